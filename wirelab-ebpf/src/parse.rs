@@ -1,0 +1,334 @@
+//! Defensive packet parser shared by every wirelab kernel program.
+//!
+//! Every access is bounds-checked against the end of the frame. The parser understands up to
+//! two VLAN tags (802.1Q / 802.1ad), IPv4 options, IPv4 and IPv6 fragments, and the IPv6
+//! extension headers hop-by-hop, routing, fragment, destination options and AH. Frames that
+//! end before a header they announce are `Truncated`; headers that contradict their own
+//! length rules (IHL < 5, TCP data offset < 5, IP total length shorter than the header...)
+//! are `Invalid`. Non-first fragments carry no L4 header and are reported with `has_l4 = false`.
+use core::mem::size_of;
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// How many IPv6 extension headers are walked before the frame is declared invalid.
+const MAX_IPV6_EXT: usize = 8;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ParseError {
+    /// The frame ends before a header it announces.
+    Truncated,
+    /// A header contradicts its own rules.
+    Invalid,
+}
+
+/// A window over packet memory `[start, end)`.
+#[derive(Clone, Copy)]
+pub struct Frame {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    pub fn new(start: usize, end: usize) -> Self {
+        Self { start, end }
+    }
+
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Pointer to a `T` at `off`, or `Truncated` if it does not fit in the frame.
+    #[inline(always)]
+    pub fn ptr<T>(&self, off: usize) -> Result<*const T, ParseError> {
+        let p = self.start + off;
+        if p + size_of::<T>() > self.end {
+            return Err(ParseError::Truncated);
+        }
+        Ok(p as *const T)
+    }
+
+    #[inline(always)]
+    pub fn u8_at(&self, off: usize) -> Result<u8, ParseError> {
+        let p = self.ptr::<u8>(off)?;
+        Ok(unsafe { *p })
+    }
+
+    #[inline(always)]
+    pub fn be16_at(&self, off: usize) -> Result<u16, ParseError> {
+        let p = self.ptr::<[u8; 2]>(off)?;
+        Ok(u16::from_be_bytes(unsafe { core::ptr::read_unaligned(p) }))
+    }
+
+    /// Four bytes as they are on the wire (network order kept).
+    #[inline(always)]
+    pub fn raw32_at(&self, off: usize) -> Result<[u8; 4], ParseError> {
+        let p = self.ptr::<[u8; 4]>(off)?;
+        Ok(unsafe { core::ptr::read_unaligned(p) })
+    }
+
+    #[inline(always)]
+    pub fn raw128_at(&self, off: usize) -> Result<[u8; 16], ParseError> {
+        let p = self.ptr::<[u8; 16]>(off)?;
+        Ok(unsafe { core::ptr::read_unaligned(p) })
+    }
+}
+
+/// What the parser learned about a frame.
+#[derive(Clone, Copy)]
+pub struct Parsed {
+    /// Innermost ethertype (host order).
+    pub ethertype: u16,
+    /// Number of VLAN tags skipped (0..=2).
+    pub vlans: u8,
+    /// Offset of the L3 header.
+    pub l3_off: usize,
+    /// IP protocol / IPv6 upper-layer header; 0 for non-IP frames.
+    pub ip_proto: u8,
+    /// True for IPv4 headers with options.
+    pub ip_options: bool,
+    /// True for any IPv4/IPv6 fragment.
+    pub fragment: bool,
+    /// True when the L4 header is present and was validated (not a non-first fragment).
+    pub has_l4: bool,
+    /// Offset of the L4 header (valid when `has_l4`).
+    pub l4_off: usize,
+    /// Source and destination address, network order; IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Ports (host order) for TCP/UDP, 0 otherwise.
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 ...).
+    pub tcp_flags: u8,
+    /// ICMP / ICMPv6 type and code.
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// ARP operation (1 request, 2 reply) for Ethernet/IPv4 ARP.
+    pub arp_op: u16,
+}
+
+impl Parsed {
+    #[inline(always)]
+    const fn empty() -> Self {
+        Self {
+            ethertype: 0,
+            vlans: 0,
+            l3_off: ETH_HLEN,
+            ip_proto: 0,
+            ip_options: false,
+            fragment: false,
+            has_l4: false,
+            l4_off: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 0,
+            dport: 0,
+            tcp_flags: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+            arp_op: 0,
+        }
+    }
+}
+
+/// Parse an Ethernet frame down to L4.
+#[inline(always)]
+pub fn parse(f: &Frame) -> Result<Parsed, ParseError> {
+    let mut p = Parsed::empty();
+    let mut ethertype = f.be16_at(12)?;
+    let mut off = ETH_HLEN;
+    // Up to two VLAN tags (QinQ). A third tag is left as an unknown ethertype.
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = f.be16_at(off + 2)?;
+        off += 4;
+        p.vlans = 1;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            ethertype = f.be16_at(off + 2)?;
+            off += 4;
+            p.vlans = 2;
+        }
+    }
+    p.ethertype = ethertype;
+    p.l3_off = off;
+    match ethertype {
+        ETH_P_IP => parse_ipv4(f, &mut p)?,
+        ETH_P_IPV6 => parse_ipv6(f, &mut p)?,
+        ETH_P_ARP => parse_arp(f, &mut p)?,
+        _ => {}
+    }
+    Ok(p)
+}
+
+#[inline(always)]
+fn parse_arp(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
+    let off = p.l3_off;
+    let htype = f.be16_at(off)?;
+    let ptype = f.be16_at(off + 2)?;
+    let hlen = f.u8_at(off + 4)?;
+    let plen = f.u8_at(off + 5)?;
+    p.arp_op = f.be16_at(off + 6)?;
+    if htype == 1 && ptype == ETH_P_IP {
+        if hlen != 6 || plen != 4 {
+            return Err(ParseError::Invalid);
+        }
+        // sender hw(6) sender ip(4) target hw(6) target ip(4)
+        let sip = f.raw32_at(off + 14)?;
+        let tip = f.raw32_at(off + 24)?;
+        p.saddr[..4].copy_from_slice(&sip);
+        p.daddr[..4].copy_from_slice(&tip);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_ipv4(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
+    let off = p.l3_off;
+    let vihl = f.u8_at(off)?;
+    if vihl >> 4 != 4 {
+        return Err(ParseError::Invalid);
+    }
+    let ihl = (vihl & 0x0f) as usize;
+    if ihl < 5 {
+        return Err(ParseError::Invalid);
+    }
+    let hlen = ihl * 4;
+    // The whole header, options included, must be in the frame.
+    f.u8_at(off + hlen - 1)?;
+    let total = f.be16_at(off + 2)? as usize;
+    if total < hlen {
+        return Err(ParseError::Invalid);
+    }
+    if off + total > f.len() {
+        return Err(ParseError::Truncated);
+    }
+    p.ip_options = ihl > 5;
+    let frag = f.be16_at(off + 6)?;
+    let more = frag & 0x2000 != 0;
+    let frag_off = frag & 0x1fff;
+    p.fragment = more || frag_off != 0;
+    p.ip_proto = f.u8_at(off + 9)?;
+    let s = f.raw32_at(off + 12)?;
+    let d = f.raw32_at(off + 16)?;
+    p.saddr[..4].copy_from_slice(&s);
+    p.daddr[..4].copy_from_slice(&d);
+    if frag_off != 0 {
+        // Non-first fragment: no L4 header here.
+        return Ok(());
+    }
+    p.l4_off = off + hlen;
+    parse_l4(f, p)
+}
+
+#[inline(always)]
+fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
+    let off = p.l3_off;
+    let v = f.u8_at(off)?;
+    if v >> 4 != 6 {
+        return Err(ParseError::Invalid);
+    }
+    let payload = f.be16_at(off + 4)? as usize;
+    let mut next = f.u8_at(off + 6)?;
+    p.saddr = f.raw128_at(off + 8)?;
+    p.daddr = f.raw128_at(off + 24)?;
+    let mut hoff = off + 40;
+    if hoff + payload > f.len() {
+        return Err(ParseError::Truncated);
+    }
+    let mut done = false;
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            // hop-by-hop, routing, destination options: (len + 1) * 8 bytes
+            0 | 43 | 60 => {
+                let nh = f.u8_at(hoff)?;
+                let len = (f.u8_at(hoff + 1)? as usize + 1) * 8;
+                f.u8_at(hoff + len - 1)?;
+                hoff += len;
+                next = nh;
+            }
+            // authentication header: (len + 2) * 4 bytes
+            51 => {
+                let nh = f.u8_at(hoff)?;
+                let len = (f.u8_at(hoff + 1)? as usize + 2) * 4;
+                f.u8_at(hoff + len - 1)?;
+                hoff += len;
+                next = nh;
+            }
+            // fragment header: 8 bytes
+            44 => {
+                let nh = f.u8_at(hoff)?;
+                let fo = f.be16_at(hoff + 2)?;
+                f.u8_at(hoff + 7)?;
+                p.fragment = true;
+                hoff += 8;
+                next = nh;
+                if fo >> 3 != 0 {
+                    // Non-first fragment: the upper-layer header is in the first one.
+                    p.ip_proto = next;
+                    return Ok(());
+                }
+            }
+            _ => {
+                done = true;
+                break;
+            }
+        }
+    }
+    if !done {
+        return Err(ParseError::Invalid);
+    }
+    p.ip_proto = next;
+    if next == 59 {
+        // No next header.
+        return Ok(());
+    }
+    p.l4_off = hoff;
+    parse_l4(f, p)
+}
+
+#[inline(always)]
+fn parse_l4(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
+    let off = p.l4_off;
+    match p.ip_proto {
+        IPPROTO_TCP => {
+            p.sport = f.be16_at(off)?;
+            p.dport = f.be16_at(off + 2)?;
+            let doff = (f.u8_at(off + 12)? >> 4) as usize;
+            if doff < 5 {
+                return Err(ParseError::Invalid);
+            }
+            p.tcp_flags = f.u8_at(off + 13)?;
+            f.u8_at(off + doff * 4 - 1)?;
+            p.has_l4 = true;
+        }
+        IPPROTO_UDP => {
+            p.sport = f.be16_at(off)?;
+            p.dport = f.be16_at(off + 2)?;
+            let ulen = f.be16_at(off + 4)? as usize;
+            if ulen != 0 && ulen < 8 {
+                return Err(ParseError::Invalid);
+            }
+            p.has_l4 = true;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            p.icmp_type = f.u8_at(off)?;
+            p.icmp_code = f.u8_at(off + 1)?;
+            // Every ICMP/ICMPv6 message has at least 8 bytes of header.
+            f.u8_at(off + 7)?;
+            p.has_l4 = true;
+        }
+        _ => {}
+    }
+    Ok(())
+}
