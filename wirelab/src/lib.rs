@@ -1,0 +1,9 @@
+//! wirelab: a Rust + eBPF network lab toolkit. This library holds every tool's userspace side;
+//! the `wirelab` binary is a thin clap front end over it.
+pub mod cleanup;
+pub mod ebpf;
+pub mod inspect;
+pub mod lab;
+pub mod netns;
+pub mod nl;
+pub mod util;

@@ -1,1 +1,271 @@
-fn main(){}
+use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use wirelab::{ebpf::AttachMode, inspect, lab, netns, util};
+
+#[derive(Parser)]
+#[command(
+    name = "wirelab",
+    version,
+    about = "Rust + eBPF network lab toolkit: namespace labs, packet inspection, WAN emulation",
+    after_help = "Examples:\n  wirelab lab up                         # default lab: client — wan — server\n  wirelab inspect --netns wirelab-wan --iface to-client --duration 10s\n  wirelab lab exec client -- ping -c 3 198.18.0.2\n  wirelab lab down\n\nLogs go to stderr; set WIRELAB_LOG=debug for more."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Network-namespace testbeds (up, down, status, exec).
+    #[command(subcommand)]
+    Lab(LabCmd),
+    /// Count packets per class (ARP, IPv4, IPv6, ICMP, TCP, UDP, malformed, ...) with XDP.
+    #[command(after_help = "Examples:\n  wirelab inspect --iface eth0 --duration 30s\n  wirelab inspect --netns wirelab-wan --iface to-client --interval 500ms --json\n\nCounts are of frames received on IFACE (XDP sees ingress only). A frame counts in every\nclass that applies (an ICMP echo counts in total, ipv4 and icmp).")]
+    Inspect(InspectArgs),
+    /// Remove what a killed wirelab left behind (half-made labs; --all-labs: every lab).
+    Cleanup {
+        /// Also remove labs that are complete and may still be in use.
+        #[arg(long)]
+        all_labs: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Create a lab from a TOML topology (default: client — wan (bridge) — server).
+    #[command(after_help = "Examples:\n  wirelab lab up\n  wirelab lab up --name l2 topo.toml\n  wirelab lab up --print-default > topo.toml")]
+    Up {
+        #[arg(long, default_value = lab::DEFAULT_LAB)]
+        name: String,
+        /// Topology file; the built-in default topology when omitted.
+        file: Option<PathBuf>,
+        /// Print the built-in default topology and exit.
+        #[arg(long)]
+        print_default: bool,
+        /// Only validate the topology; create nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Remove a lab: its namespaces, links, and processes still running in them.
+    Down {
+        #[arg(long, default_value = lab::DEFAULT_LAB)]
+        name: String,
+    },
+    /// Show labs, hosts, interfaces and addresses.
+    Status {
+        /// One lab only.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a lab host's network namespace.
+    #[command(after_help = "Example:\n  wirelab lab exec client -- ping -c 3 198.18.0.2")]
+    Exec {
+        #[arg(long, default_value = lab::DEFAULT_LAB)]
+        name: String,
+        host: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// Interface to attach to.
+    #[arg(long)]
+    iface: String,
+    /// Network namespace (under /run/netns) the interface lives in.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Reporting interval.
+    #[arg(long, default_value = "1s", value_parser = util::parse_duration)]
+    interval: Duration,
+    /// Stop after this long (default: until Ctrl-C / SIGTERM).
+    #[arg(long, value_parser = util::parse_duration)]
+    duration: Option<Duration>,
+    /// One JSON object per interval and a final one, on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Force an XDP mode instead of native-with-skb-fallback.
+    #[arg(long, value_parser = parse_mode)]
+    mode: Option<AttachMode>,
+}
+
+fn parse_mode(s: &str) -> Result<AttachMode, String> {
+    match s {
+        "native" | "driver" | "drv" => Ok(AttachMode::Native),
+        "skb" | "generic" => Ok(AttachMode::Skb),
+        _ => Err(format!("{s:?}: use native or skb")),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WIRELAB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Lab(c) => lab_cmd(c),
+        Cmd::Inspect(a) => {
+            if a.interval.is_zero() {
+                bail!("--interval must be greater than 0");
+            }
+            if let Some(ns) = &a.netns {
+                netns::enter(ns)?;
+            }
+            let stop = util::Stop::install()?;
+            inspect::run(
+                &inspect::Options {
+                    iface: a.iface,
+                    interval: a.interval,
+                    duration: a.duration,
+                    json: a.json,
+                    mode: a.mode,
+                },
+                &stop,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cleanup { all_labs, json } => {
+            let r = wirelab::cleanup::run(all_labs)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "removed labs: {:?}; namespaces: {:?}; kept labs: {:?}",
+                    r.labs_removed, r.namespaces_removed, r.kept_labs
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("this command needs root (it creates network namespaces); run it with sudo");
+    }
+    Ok(())
+}
+
+fn lab_cmd(c: LabCmd) -> Result<ExitCode> {
+    match c {
+        LabCmd::Up {
+            name,
+            file,
+            print_default,
+            check,
+        } => {
+            if print_default {
+                print!("{}", lab::DEFAULT_TOPOLOGY.trim_start());
+                return Ok(ExitCode::SUCCESS);
+            }
+            lab::validate_lab_name(&name)?;
+            let topo = match &file {
+                Some(f) => lab::Topology::load(f)?,
+                None => lab::Topology::default_topology(),
+            };
+            if check {
+                println!("topology OK: {} hosts, {} links", topo.host.len(), topo.link.len());
+                return Ok(ExitCode::SUCCESS);
+            }
+            require_root()?;
+            let st = lab::up(&name, &topo)?;
+            println!("lab {name} is up:");
+            for (h, ns) in &st.namespaces {
+                println!("  host {h:<10} netns {ns}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Down { name } => {
+            require_root()?;
+            let removed = lab::down(&name)?;
+            println!("lab {name} is down (removed {})", removed.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Status { name, json } => {
+            let labs = match name {
+                Some(n) => vec![n],
+                None => lab::list_labs(),
+            };
+            let mut all = vec![];
+            for l in &labs {
+                all.push(lab::status(l)?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                println!("no labs are up");
+            } else {
+                let mut out = std::io::stdout().lock();
+                for l in &all {
+                    writeln!(out, "lab {}{}", l.name, if l.complete { "" } else { " (incomplete)" })?;
+                    for h in &l.hosts {
+                        writeln!(
+                            out,
+                            "  host {} (netns {}{}, {} processes)",
+                            h.host,
+                            h.netns,
+                            if h.present { "" } else { ", MISSING" },
+                            h.processes
+                        )?;
+                        for i in &h.interfaces {
+                            writeln!(
+                                out,
+                                "    {:<12} {:<6} {:<4} {} mtu {}{} {}",
+                                i.name,
+                                if i.kind.is_empty() { "-" } else { &i.kind },
+                                if i.up { "UP" } else { "DOWN" },
+                                i.mac,
+                                i.mtu,
+                                i.master.as_ref().map(|m| format!(" master {m}")).unwrap_or_default(),
+                                i.addresses.join(" ")
+                            )?;
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Exec { name, host, cmd } => {
+            let Some(st) = lab::read_state(&name)? else {
+                bail!("no lab named {name:?} is up");
+            };
+            let Some(ns) = st.namespaces.get(&host) else {
+                bail!(
+                    "lab {name} has no host {host:?} (hosts: {})",
+                    st.namespaces.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            };
+            netns::enter(ns)?;
+            use std::os::unix::process::CommandExt as _;
+            let err = std::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .env("WIRELAB_LAB", &name)
+                .env("WIRELAB_HOST", &host)
+                .exec();
+            Err(err).with_context(|| format!("running {:?}", cmd[0]))
+        }
+    }
+}

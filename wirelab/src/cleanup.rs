@@ -1,0 +1,38 @@
+//! `wirelab cleanup`: remove what a crashed or killed wirelab left behind.
+//!
+//! Programs are attached through bpf_links, which the kernel removes when the owning process
+//! dies, so after kill -9 the leftovers are lab namespaces whose `up` never finished.
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::lab;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub labs_removed: Vec<String>,
+    pub namespaces_removed: Vec<String>,
+    pub kept_labs: Vec<String>,
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Remove half-made labs whose creator is gone; with `all_labs`, every lab.
+pub fn run(all_labs: bool) -> Result<Report> {
+    let mut r = Report::default();
+    for name in lab::list_labs() {
+        let Ok(Some(st)) = lab::read_state(&name) else {
+            continue;
+        };
+        let stale = !st.complete && !alive(st.pid);
+        if all_labs || stale {
+            let ns = lab::down(&name)?;
+            r.namespaces_removed.extend(ns);
+            r.labs_removed.push(name);
+        } else {
+            r.kept_labs.push(name);
+        }
+    }
+    Ok(r)
+}

@@ -1,0 +1,637 @@
+//! `wirelab lab`: testbeds of network namespaces described by a TOML topology.
+//!
+//! The topology is parsed and validated completely before anything is created; a bad file is
+//! refused with the offending field named. `up` writes a state file first
+//! (`/run/wirelab/labs/NAME.json`) so `down` can remove everything even after `up` crashed.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{netns, nl};
+
+pub const STATE_DIR: &str = "/run/wirelab/labs";
+pub const DEFAULT_LAB: &str = "wirelab";
+
+/// The default topology: a bump in the wire.
+/// client (198.18.0.1/24) — wan (to-client, to-server, bridged) — server (198.18.0.2/24)
+pub const DEFAULT_TOPOLOGY: &str = r#"
+# wirelab default lab: client — wan (bridge) — server on one 198.18.0.0/24 segment.
+[[host]]
+name = "client"
+
+[[host]]
+name = "wan"
+[[host.bridge]]
+name = "br0"
+ports = ["to-client", "to-server"]
+
+[[host]]
+name = "server"
+
+[[link]]
+a = { host = "client", iface = "eth0", addresses = ["198.18.0.1/24"] }
+b = { host = "wan", iface = "to-client" }
+
+[[link]]
+a = { host = "server", iface = "eth0", addresses = ["198.18.0.2/24"] }
+b = { host = "wan", iface = "to-server" }
+"#;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    #[serde(default)]
+    pub host: Vec<Host>,
+    #[serde(default)]
+    pub link: Vec<Link>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub name: String,
+    /// `net.*` sysctls set inside the namespace.
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, String>,
+    #[serde(default)]
+    pub bridge: Vec<Bridge>,
+    #[serde(default)]
+    pub route: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Bridge {
+    pub name: String,
+    #[serde(default)]
+    pub ports: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// A CIDR or `default`.
+    pub to: String,
+    pub via: Option<String>,
+    pub dev: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub host: String,
+    pub iface: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Interface MAC address (`aa:bb:cc:dd:ee:ff`); random when unset.
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub a: Endpoint,
+    pub b: Endpoint,
+    pub mtu: Option<u32>,
+}
+
+/// A validation failure naming the field, e.g. `link[1].a.iface`.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn ferr(field: impl Into<String>, reason: impl Into<String>) -> anyhow::Error {
+    FieldError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+    .into()
+}
+
+pub fn validate_lab_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 24
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !ok {
+        bail!(
+            "lab name {name:?}: use 1-24 characters a-z, 0-9, '-' or '_', starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+fn check_ifname(field: &str, n: &str) -> Result<()> {
+    if n.is_empty() || n.len() > 15 {
+        return Err(ferr(field, format!("{n:?} must be 1 to 15 bytes (Linux IFNAMSIZ)")));
+    }
+    if n == "." || n == ".." || n.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err(ferr(field, format!("{n:?} is not a valid interface name")));
+    }
+    Ok(())
+}
+
+fn check_host_name(field: &str, n: &str) -> Result<()> {
+    let ok = !n.is_empty()
+        && n.len() <= 32
+        && n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return Err(ferr(
+            field,
+            format!("{n:?}: use 1-32 characters a-z, A-Z, 0-9, '-' or '_'"),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_mac(field: &str, s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(ferr(field, format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")));
+    }
+    for (i, p) in parts.iter().enumerate() {
+        mac[i] = u8::from_str_radix(p, 16)
+            .map_err(|_| ferr(field, format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")))?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(ferr(field, format!("{s:?} is a multicast address")));
+    }
+    Ok(mac)
+}
+
+impl Topology {
+    pub fn default_topology() -> Self {
+        Self::parse(DEFAULT_TOPOLOGY).expect("the embedded default topology is valid")
+    }
+
+    /// Parse and validate. Errors name the field at fault.
+    pub fn parse(text: &str) -> Result<Self> {
+        let t: Topology = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid topology {}", path.display()))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.host.is_empty() {
+            return Err(ferr("host", "a topology needs at least one [[host]]"));
+        }
+        // host name -> set of interface names
+        let mut ifaces: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for (i, h) in self.host.iter().enumerate() {
+            check_host_name(&format!("host[{i}].name"), &h.name)?;
+            if ifaces.insert(&h.name, BTreeSet::new()).is_some() {
+                return Err(ferr(
+                    format!("host[{i}].name"),
+                    format!("duplicate host {:?}", h.name),
+                ));
+            }
+            for (k, v) in &h.sysctl {
+                let f = format!("host[{i}].sysctl.\"{k}\"");
+                if !k.starts_with("net.") {
+                    return Err(ferr(
+                        f,
+                        "only net.* sysctls are per-namespace; others would change the whole machine",
+                    ));
+                }
+                if k.contains("..")
+                    || !k
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                {
+                    return Err(ferr(f, "invalid sysctl name"));
+                }
+                if v.contains('\n') || v.is_empty() {
+                    return Err(ferr(f, "value must be a non-empty single line"));
+                }
+            }
+        }
+        for (i, l) in self.link.iter().enumerate() {
+            for (side, ep) in [("a", &l.a), ("b", &l.b)] {
+                let base = format!("link[{i}].{side}");
+                let Some(set) = ifaces.get_mut(ep.host.as_str()) else {
+                    return Err(ferr(
+                        format!("{base}.host"),
+                        format!("no [[host]] named {:?}", ep.host),
+                    ));
+                };
+                check_ifname(&format!("{base}.iface"), &ep.iface)?;
+                if ep.iface == "lo" || !set.insert(ep.iface.clone()) {
+                    return Err(ferr(
+                        format!("{base}.iface"),
+                        format!("host {:?} already has an interface {:?}", ep.host, ep.iface),
+                    ));
+                }
+                for (j, a) in ep.addresses.iter().enumerate() {
+                    a.parse::<IpNet>().map_err(|_| {
+                        ferr(
+                            format!("{base}.addresses[{j}]"),
+                            format!("{a:?} is not an address with prefix (198.18.0.1/24)"),
+                        )
+                    })?;
+                }
+                if let Some(m) = &ep.mac {
+                    parse_mac(&format!("{base}.mac"), m)?;
+                }
+            }
+            if let Some(m) = l.mtu {
+                if !(68..=65535).contains(&m) {
+                    return Err(ferr(format!("link[{i}].mtu"), "must be 68..=65535"));
+                }
+            }
+        }
+        for (i, h) in self.host.iter().enumerate() {
+            let set = ifaces.get(h.name.as_str()).cloned().unwrap_or_default();
+            let mut all = set.clone();
+            let mut used_ports = BTreeSet::new();
+            for (j, b) in h.bridge.iter().enumerate() {
+                let base = format!("host[{i}].bridge[{j}]");
+                check_ifname(&format!("{base}.name"), &b.name)?;
+                if !all.insert(b.name.clone()) {
+                    return Err(ferr(
+                        format!("{base}.name"),
+                        format!("host {:?} already has an interface {:?}", h.name, b.name),
+                    ));
+                }
+                for (k, p) in b.ports.iter().enumerate() {
+                    if !set.contains(p) {
+                        return Err(ferr(
+                            format!("{base}.ports[{k}]"),
+                            format!("host {:?} has no link interface {p:?}", h.name),
+                        ));
+                    }
+                    if !used_ports.insert(p.clone()) {
+                        return Err(ferr(
+                            format!("{base}.ports[{k}]"),
+                            format!("{p:?} is already a port of a bridge"),
+                        ));
+                    }
+                }
+                for (k, a) in b.addresses.iter().enumerate() {
+                    a.parse::<IpNet>().map_err(|_| {
+                        ferr(
+                            format!("{base}.addresses[{k}]"),
+                            format!("{a:?} is not an address with prefix"),
+                        )
+                    })?;
+                }
+            }
+            for (j, r) in h.route.iter().enumerate() {
+                let base = format!("host[{i}].route[{j}]");
+                let to_v6 = if r.to == "default" {
+                    None
+                } else {
+                    Some(
+                        r.to.parse::<IpNet>()
+                            .map_err(|_| {
+                                ferr(format!("{base}.to"), format!("{:?}: use a CIDR or \"default\"", r.to))
+                            })?
+                            .addr()
+                            .is_ipv6(),
+                    )
+                };
+                if let Some(v) = &r.via {
+                    let g: IpAddr = v.parse().map_err(|_| {
+                        ferr(format!("{base}.via"), format!("{v:?} is not an IP address"))
+                    })?;
+                    if to_v6.is_some_and(|t| t != g.is_ipv6()) {
+                        return Err(ferr(format!("{base}.via"), "address family differs from `to`"));
+                    }
+                }
+                if let Some(d) = &r.dev {
+                    if !all.contains(d) {
+                        return Err(ferr(
+                            format!("{base}.dev"),
+                            format!("host {:?} has no interface {d:?}", h.name),
+                        ));
+                    }
+                }
+                if r.via.is_none() && r.dev.is_none() {
+                    return Err(ferr(base, "a route needs `via` or `dev`"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `up` records before creating anything.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    /// host name -> namespace name
+    pub namespaces: BTreeMap<String, String>,
+    pub topology: Topology,
+    pub pid: u32,
+    pub complete: bool,
+    pub created_unix: u64,
+}
+
+pub fn ns_name(lab: &str, host: &str) -> String {
+    format!("{lab}-{host}")
+}
+
+fn state_path(lab: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{lab}.json"))
+}
+
+pub fn read_state(lab: &str) -> Result<Option<LabState>> {
+    let p = state_path(lab);
+    match fs::read_to_string(&p) {
+        Ok(s) => Ok(Some(
+            serde_json::from_str(&s).with_context(|| format!("parsing {}", p.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+fn write_state(s: &LabState) -> Result<()> {
+    fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+    let p = state_path(&s.name);
+    let tmp = p.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(s)?)?;
+    fs::rename(&tmp, &p)?;
+    Ok(())
+}
+
+pub fn list_labs() -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(STATE_DIR)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    n.strip_suffix(".json").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Bring a lab up. On any failure, everything created so far is removed again.
+pub fn up(lab: &str, topo: &Topology) -> Result<LabState> {
+    validate_lab_name(lab)?;
+    topo.validate()?;
+    if read_state(lab)?.is_some() {
+        bail!("lab {lab:?} is already up (`wirelab lab down --name {lab}` removes it)");
+    }
+    let namespaces: BTreeMap<String, String> = topo
+        .host
+        .iter()
+        .map(|h| (h.name.clone(), ns_name(lab, &h.name)))
+        .collect();
+    for ns in namespaces.values() {
+        if netns::path(ns).exists() {
+            bail!("network namespace {ns:?} already exists; refusing to reuse it");
+        }
+    }
+    let mut state = LabState {
+        name: lab.to_string(),
+        namespaces,
+        topology: topo.clone(),
+        pid: std::process::id(),
+        complete: false,
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    write_state(&state)?;
+    match build(&state) {
+        Ok(()) => {
+            state.complete = true;
+            write_state(&state)?;
+            Ok(state)
+        }
+        Err(e) => {
+            tracing::warn!("lab {lab}: creation failed, removing what was made");
+            let _ = down(lab);
+            Err(e)
+        }
+    }
+}
+
+fn build(state: &LabState) -> Result<()> {
+    let topo = &state.topology;
+    let ns = |h: &str| state.namespaces[h].clone();
+    for h in &topo.host {
+        let n = ns(&h.name);
+        netns::create(&n)?;
+        let sysctls = h.sysctl.clone();
+        // lo up, sysctls, and quiet IPv6 autoconf noise off by default? No: keep kernel defaults.
+        nl::with(Some(&n), |hd| async move {
+            nl::set_up(&hd, "lo").await?;
+            Ok(())
+        })?;
+        netns::run_in(Some(&n), move || {
+            for (k, v) in &sysctls {
+                netns::write_sysctl(k, v)?;
+            }
+            Ok(())
+        })?;
+    }
+    for l in &topo.link {
+        let peer_ns = netns::open(&ns(&l.b.host))?;
+        let (a, b) = (l.a.clone(), l.b.clone());
+        let mtu = l.mtu;
+        nl::with(Some(&ns(&l.a.host)), |h| async move {
+            nl::add_veth(&h, &a.iface, &b.iface, Some(&peer_ns)).await?;
+            Ok(())
+        })?;
+        for ep in [&l.a, &l.b] {
+            let ep = ep.clone();
+            nl::with(Some(&ns(&ep.host)), |h| async move {
+                if let Some(m) = &ep.mac {
+                    let mac = parse_mac("mac", m)?;
+                    let idx = nl::index_of(&h, &ep.iface).await?;
+                    h.link()
+                        .set(
+                            rtnetlink::LinkUnspec::new_with_index(idx)
+                                .address(mac.to_vec())
+                                .build(),
+                        )
+                        .execute()
+                        .await
+                        .with_context(|| format!("setting MAC of {}", ep.iface))?;
+                }
+                if let Some(m) = mtu {
+                    nl::set_mtu(&h, &ep.iface, m).await?;
+                }
+                nl::set_up(&h, &ep.iface).await?;
+                for a in &ep.addresses {
+                    nl::add_address(&h, &ep.iface, a.parse()?).await?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    for host in &topo.host {
+        let host = host.clone();
+        nl::with(Some(&ns(&host.name)), |h| async move {
+            for b in &host.bridge {
+                nl::add_bridge(&h, &b.name).await?;
+                for p in &b.ports {
+                    nl::set_master(&h, p, &b.name).await?;
+                }
+                nl::set_up(&h, &b.name).await?;
+                for a in &b.addresses {
+                    nl::add_address(&h, &b.name, a.parse()?).await?;
+                }
+            }
+            for r in &host.route {
+                let to = if r.to == "default" {
+                    None
+                } else {
+                    Some(r.to.parse::<IpNet>()?)
+                };
+                let via: Option<IpAddr> = r.via.as_deref().map(str::parse).transpose()?;
+                let v6 = to.map(|t| t.addr().is_ipv6()).or(via.map(|v| v.is_ipv6()));
+                nl::add_route(&h, to, via, r.dev.as_deref(), v6.unwrap_or(false)).await?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Remove everything a lab's `up` made (also a half-made lab). Returns the namespaces removed.
+pub fn down(lab: &str) -> Result<Vec<String>> {
+    validate_lab_name(lab)?;
+    let Some(state) = read_state(lab)? else {
+        bail!("no lab named {lab:?} is up (labs: {:?})", list_labs());
+    };
+    let mut removed = vec![];
+    let mut errors = vec![];
+    for ns in state.namespaces.values() {
+        if netns::path(ns).exists() {
+            match netns::delete(ns, Duration::from_secs(2)) {
+                Ok(()) => removed.push(ns.clone()),
+                Err(e) => errors.push(format!("{ns}: {e:#}")),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        bail!("lab {lab}: could not remove {}", errors.join("; "));
+    }
+    fs::remove_file(state_path(lab)).with_context(|| format!("removing state of lab {lab}"))?;
+    Ok(removed)
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostStatus {
+    pub host: String,
+    pub netns: String,
+    pub present: bool,
+    pub processes: usize,
+    pub interfaces: Vec<nl::IfaceInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LabStatus {
+    pub name: String,
+    pub complete: bool,
+    pub hosts: Vec<HostStatus>,
+}
+
+pub fn status(lab: &str) -> Result<LabStatus> {
+    let Some(state) = read_state(lab)? else {
+        bail!("no lab named {lab:?} is up");
+    };
+    let mut hosts = vec![];
+    for (host, ns) in &state.namespaces {
+        let present = netns::exists(ns);
+        let interfaces = if present {
+            nl::with(Some(ns), |h| async move { nl::interfaces(&h).await })?
+        } else {
+            vec![]
+        };
+        hosts.push(HostStatus {
+            host: host.clone(),
+            netns: ns.clone(),
+            present,
+            processes: netns::pids_in(ns).len(),
+            interfaces,
+        });
+    }
+    Ok(LabStatus {
+        name: lab.to_string(),
+        complete: state.complete,
+        hosts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_topology_is_valid() {
+        let t = Topology::default_topology();
+        assert_eq!(t.host.len(), 3);
+        assert_eq!(t.link.len(), 2);
+    }
+
+    fn err_of(s: &str) -> String {
+        format!("{:#}", Topology::parse(s).unwrap_err())
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = "[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n";
+        let e = err_of(&format!(
+            "{base}[[link]]\na = {{ host = \"a\", iface = \"eth0\" }}\nb = {{ host = \"c\", iface = \"eth0\" }}\n"
+        ));
+        assert!(e.contains("link[0].b.host"), "{e}");
+        let e = err_of(&format!(
+            "{base}[[link]]\na = {{ host = \"a\", iface = \"this-name-is-too-long\" }}\nb = {{ host = \"b\", iface = \"eth0\" }}\n"
+        ));
+        assert!(e.contains("link[0].a.iface"), "{e}");
+        let e = err_of(&format!(
+            "{base}[[link]]\na = {{ host = \"a\", iface = \"e0\", addresses = [\"198.18.0.300/24\"] }}\nb = {{ host = \"b\", iface = \"e0\" }}\n"
+        ));
+        assert!(e.contains("link[0].a.addresses[0]"), "{e}");
+        let e = err_of("[[host]]\nname = \"a\"\nsysctl = { \"kernel.pid_max\" = \"1\" }\n");
+        assert!(e.contains("host[0].sysctl"), "{e}");
+        let e = err_of("[[host]]\nname = \"a\"\ncolour = \"red\"\n");
+        assert!(e.contains("colour"), "{e}");
+        let e = err_of("[[host]]\nname = \"a\"\n[[host.bridge]]\nname = \"br0\"\nports = [\"x\"]\n");
+        assert!(e.contains("host[0].bridge[0].ports[0]"), "{e}");
+        let e = err_of("[[host]]\nname = \"a\"\n[[host.route]]\nto = \"10.0.0.0/8\"\n");
+        assert!(e.contains("host[0].route[0]"), "{e}");
+        let e = err_of("");
+        assert!(e.contains("host"), "{e}");
+    }
+
+    #[test]
+    fn lab_names() {
+        assert!(validate_lab_name("wl-1").is_ok());
+        assert!(validate_lab_name("").is_err());
+        assert!(validate_lab_name("../x").is_err());
+        assert!(validate_lab_name("UPPER").is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! Links, addresses and routes through rtnetlink.
+//!
+//! A netlink socket talks to the namespace it was opened in, so [`with`] opens it on a thread
+//! that first enters the target namespace, then drives the requests on a small tokio runtime.
+use std::{future::Future, net::IpAddr, os::fd::AsRawFd};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use futures::TryStreamExt as _;
+use ipnet::IpNet;
+use rtnetlink::{
+    packet_route::{
+        address::AddressAttribute,
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    },
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+};
+use serde::Serialize;
+
+use crate::netns;
+
+/// Run `f` with a netlink handle opened inside namespace `ns` (current namespace for `None`).
+pub fn with<T, F, Fut>(ns: Option<&str>, f: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: Future<Output = Result<T>>,
+{
+    netns::run_in(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
+        rt.block_on(async move {
+            let (conn, handle, _) =
+                rtnetlink::new_connection().context("opening a netlink socket")?;
+            let task = tokio::spawn(conn);
+            let r = f(handle).await;
+            task.abort();
+            r
+        })
+    })
+}
+
+pub async fn index_of(h: &Handle, name: &str) -> Result<u32> {
+    let mut s = h.link().get().match_name(name.to_string()).execute();
+    match s.try_next().await {
+        Ok(Some(m)) => Ok(m.header.index),
+        Ok(None) => bail!("no interface named {name}"),
+        Err(e) => Err(anyhow!("no interface named {name} ({e})")),
+    }
+}
+
+pub async fn set_up(h: &Handle, name: &str) -> Result<()> {
+    let idx = index_of(h, name).await?;
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .with_context(|| format!("setting {name} up"))
+}
+
+pub async fn set_promisc(h: &Handle, name: &str, on: bool) -> Result<()> {
+    let idx = index_of(h, name).await?;
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).promiscuous(on).build())
+        .execute()
+        .await
+        .with_context(|| format!("setting promiscuous mode of {name}"))
+}
+
+pub async fn set_mtu(h: &Handle, name: &str, mtu: u32) -> Result<()> {
+    let idx = index_of(h, name).await?;
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).mtu(mtu).build())
+        .execute()
+        .await
+        .with_context(|| format!("setting MTU {mtu} on {name}"))
+}
+
+/// Create a veth pair: `name` here, `peer_name` directly inside namespace `peer_ns` (one
+/// request, as `ip link add A type veth peer name B netns NS` does: no name clash possible in
+/// this namespace).
+pub async fn add_veth(
+    h: &Handle,
+    name: &str,
+    peer_name: &str,
+    peer_ns: Option<&std::fs::File>,
+) -> Result<()> {
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(peer_name.to_string());
+    if let Some(f) = peer_ns {
+        peer = peer.setns_by_fd(f.as_raw_fd());
+    }
+    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(name.to_string())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+        .build();
+    h.link()
+        .add(msg)
+        .execute()
+        .await
+        .with_context(|| format!("creating veth pair {name} <-> {peer_name}"))
+}
+
+pub async fn add_bridge(h: &Handle, name: &str) -> Result<()> {
+    h.link()
+        .add(LinkBridge::new(name).build())
+        .execute()
+        .await
+        .with_context(|| format!("creating bridge {name}"))
+}
+
+pub async fn set_master(h: &Handle, port: &str, bridge: &str) -> Result<()> {
+    let p = index_of(h, port).await?;
+    let b = index_of(h, bridge).await?;
+    h.link()
+        .set(LinkUnspec::new_with_index(p).controller(b).build())
+        .execute()
+        .await
+        .with_context(|| format!("adding {port} to bridge {bridge}"))
+}
+
+pub async fn add_address(h: &Handle, iface: &str, net: IpNet) -> Result<()> {
+    let idx = index_of(h, iface).await?;
+    h.address()
+        .add(idx, net.addr(), net.prefix_len())
+        .execute()
+        .await
+        .with_context(|| format!("adding address {net} to {iface}"))
+}
+
+/// Add a route. `to` of `None` is the default route.
+pub async fn add_route(
+    h: &Handle,
+    to: Option<IpNet>,
+    via: Option<IpAddr>,
+    dev: Option<&str>,
+    v6: bool,
+) -> Result<()> {
+    let mut b = RouteMessageBuilder::<IpAddr>::new();
+    let dest = match to {
+        Some(n) => n,
+        None if v6 => "::/0".parse().expect("literal"),
+        None => "0.0.0.0/0".parse().expect("literal"),
+    };
+    b = b
+        .destination_prefix(dest.network(), dest.prefix_len())
+        .map_err(|e| anyhow!("route to {dest}: {e}"))?;
+    if let Some(g) = via {
+        b = b.gateway(g).map_err(|e| anyhow!("route via {g}: {e}"))?;
+    }
+    if let Some(d) = dev {
+        b = b.output_interface(index_of(h, d).await?);
+    }
+    h.route()
+        .add(b.build())
+        .execute()
+        .await
+        .with_context(|| format!("adding route to {dest}"))
+}
+
+/// One interface as `lab status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct IfaceInfo {
+    pub name: String,
+    pub index: u32,
+    pub kind: String,
+    pub up: bool,
+    pub mac: String,
+    pub mtu: u32,
+    pub master: Option<String>,
+    pub addresses: Vec<String>,
+}
+
+pub async fn interfaces(h: &Handle) -> Result<Vec<IfaceInfo>> {
+    let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await?;
+    let addrs: Vec<_> = h.address().get().execute().try_collect().await?;
+    let name_of = |idx: u32| -> Option<String> {
+        links.iter().find(|l| l.header.index == idx).and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+        })
+    };
+    let mut out = vec![];
+    for l in &links {
+        let mut info = IfaceInfo {
+            name: String::new(),
+            index: l.header.index,
+            kind: String::new(),
+            up: l.header.flags.contains(LinkFlags::Up),
+            mac: String::new(),
+            mtu: 0,
+            master: None,
+            addresses: vec![],
+        };
+        for a in &l.attributes {
+            match a {
+                LinkAttribute::IfName(n) => info.name = n.clone(),
+                LinkAttribute::Address(m) => {
+                    info.mac = m
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                }
+                LinkAttribute::Mtu(m) => info.mtu = *m,
+                LinkAttribute::Controller(c) => info.master = name_of(*c),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            info.kind = k.to_string();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for a in addrs.iter().filter(|a| a.header.index == l.header.index) {
+            for at in &a.attributes {
+                if let AddressAttribute::Address(ip) = at {
+                    info.addresses.push(format!("{ip}/{}", a.header.prefix_len));
+                }
+            }
+        }
+        out.push(info);
+    }
+    Ok(out)
+}
