@@ -54,7 +54,8 @@ pub fn attach_xdp(
         .program_mut(prog)
         .with_context(|| format!("program {prog} missing from the object"))?
         .try_into()?;
-    p.load().with_context(|| format!("loading XDP program {prog}"))?;
+    p.load()
+        .with_context(|| format!("loading XDP program {prog}"))?;
     if nix::net::if_::if_nametoindex(iface).is_err() {
         bail!("no interface named {iface:?} in this network namespace (use --netns NAME for a lab host)");
     }

@@ -49,7 +49,12 @@ impl Counts {
         Counts(
             self.0
                 .iter()
-                .zip(before.0.iter().chain(std::iter::repeat(&ClassCount::default())))
+                .zip(
+                    before
+                        .0
+                        .iter()
+                        .chain(std::iter::repeat(&ClassCount::default())),
+                )
                 .map(|(a, b)| ClassCount {
                     packets: a.packets.saturating_sub(b.packets),
                     bytes: a.bytes.saturating_sub(b.bytes),
@@ -61,7 +66,10 @@ impl Counts {
     fn to_json(&self) -> serde_json::Value {
         let mut m = serde_json::Map::new();
         for (i, c) in self.0.iter().enumerate() {
-            m.insert(CLASS_NAMES[i].to_string(), serde_json::to_value(c).unwrap_or_default());
+            m.insert(
+                CLASS_NAMES[i].to_string(),
+                serde_json::to_value(c).unwrap_or_default(),
+            );
         }
         serde_json::Value::Object(m)
     }
@@ -86,12 +94,20 @@ pub fn read_counts(map: &PerCpuArray<&aya::maps::MapData, Counter>) -> Result<Co
 
 fn print_table(out: &mut impl std::io::Write, title: &str, c: &Counts, secs: f64) -> Result<()> {
     writeln!(out, "{title}")?;
-    writeln!(out, "  {:<11} {:>12} {:>14} {:>12}", "class", "packets", "bytes", "pkt/s")?;
+    writeln!(
+        out,
+        "  {:<11} {:>12} {:>14} {:>12}",
+        "class", "packets", "bytes", "pkt/s"
+    )?;
     for (i, v) in c.0.iter().enumerate() {
         if v.packets == 0 && i != 0 {
             continue;
         }
-        let rate = if secs > 0.0 { v.packets as f64 / secs } else { 0.0 };
+        let rate = if secs > 0.0 {
+            v.packets as f64 / secs
+        } else {
+            0.0
+        };
         writeln!(
             out,
             "  {:<11} {:>12} {:>14} {:>12.1}",
@@ -139,7 +155,12 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
             } else {
                 print_table(
                     &mut out,
-                    &format!("[{:>7.2}s] {} (last {:.2}s)", start.elapsed().as_secs_f64(), opts.iface, secs),
+                    &format!(
+                        "[{:>7.2}s] {} (last {:.2}s)",
+                        start.elapsed().as_secs_f64(),
+                        opts.iface,
+                        secs
+                    ),
                     &delta,
                     secs,
                 )?;
@@ -174,7 +195,6 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
     }
     out.flush()?;
     // Dropping `bpf` closes the bpf_link: the program detaches here.
-    drop(map);
     drop(bpf);
     tracing::info!(iface = %opts.iface, "inspect detached");
     Ok(total)

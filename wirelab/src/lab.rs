@@ -127,7 +127,10 @@ pub fn validate_lab_name(name: &str) -> Result<()> {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if !ok {
         bail!(
             "lab name {name:?}: use 1-24 characters a-z, 0-9, '-' or '_', starting with a letter or digit"
@@ -138,7 +141,10 @@ pub fn validate_lab_name(name: &str) -> Result<()> {
 
 fn check_ifname(field: &str, n: &str) -> Result<()> {
     if n.is_empty() || n.len() > 15 {
-        return Err(ferr(field, format!("{n:?} must be 1 to 15 bytes (Linux IFNAMSIZ)")));
+        return Err(ferr(
+            field,
+            format!("{n:?} must be 1 to 15 bytes (Linux IFNAMSIZ)"),
+        ));
     }
     if n == "." || n == ".." || n.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
         return Err(ferr(field, format!("{n:?} is not a valid interface name")));
@@ -149,8 +155,7 @@ fn check_ifname(field: &str, n: &str) -> Result<()> {
 fn check_host_name(field: &str, n: &str) -> Result<()> {
     let ok = !n.is_empty()
         && n.len() <= 32
-        && n
-            .chars()
+        && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !ok {
         return Err(ferr(
@@ -165,11 +170,18 @@ fn parse_mac(field: &str, s: &str) -> Result<[u8; 6]> {
     let parts: Vec<&str> = s.split(':').collect();
     let mut mac = [0u8; 6];
     if parts.len() != 6 {
-        return Err(ferr(field, format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")));
+        return Err(ferr(
+            field,
+            format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+        ));
     }
     for (i, p) in parts.iter().enumerate() {
-        mac[i] = u8::from_str_radix(p, 16)
-            .map_err(|_| ferr(field, format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")))?;
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| {
+            ferr(
+                field,
+                format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+            )
+        })?;
     }
     if mac[0] & 1 == 1 {
         return Err(ferr(field, format!("{s:?} is a multicast address")));
@@ -307,7 +319,10 @@ impl Topology {
                     Some(
                         r.to.parse::<IpNet>()
                             .map_err(|_| {
-                                ferr(format!("{base}.to"), format!("{:?}: use a CIDR or \"default\"", r.to))
+                                ferr(
+                                    format!("{base}.to"),
+                                    format!("{:?}: use a CIDR or \"default\"", r.to),
+                                )
                             })?
                             .addr()
                             .is_ipv6(),
@@ -318,7 +333,10 @@ impl Topology {
                         ferr(format!("{base}.via"), format!("{v:?} is not an IP address"))
                     })?;
                     if to_v6.is_some_and(|t| t != g.is_ipv6()) {
-                        return Err(ferr(format!("{base}.via"), "address family differs from `to`"));
+                        return Err(ferr(
+                            format!("{base}.via"),
+                            "address family differs from `to`",
+                        ));
                     }
                 }
                 if let Some(d) = &r.dev {
@@ -619,7 +637,8 @@ mod tests {
         assert!(e.contains("host[0].sysctl"), "{e}");
         let e = err_of("[[host]]\nname = \"a\"\ncolour = \"red\"\n");
         assert!(e.contains("colour"), "{e}");
-        let e = err_of("[[host]]\nname = \"a\"\n[[host.bridge]]\nname = \"br0\"\nports = [\"x\"]\n");
+        let e =
+            err_of("[[host]]\nname = \"a\"\n[[host.bridge]]\nname = \"br0\"\nports = [\"x\"]\n");
         assert!(e.contains("host[0].bridge[0].ports[0]"), "{e}");
         let e = err_of("[[host]]\nname = \"a\"\n[[host.route]]\nto = \"10.0.0.0/8\"\n");
         assert!(e.contains("host[0].route[0]"), "{e}");

@@ -22,7 +22,9 @@ enum Cmd {
     #[command(subcommand)]
     Lab(LabCmd),
     /// Count packets per class (ARP, IPv4, IPv6, ICMP, TCP, UDP, malformed, ...) with XDP.
-    #[command(after_help = "Examples:\n  wirelab inspect --iface eth0 --duration 30s\n  wirelab inspect --netns wirelab-wan --iface to-client --interval 500ms --json\n\nCounts are of frames received on IFACE (XDP sees ingress only). A frame counts in every\nclass that applies (an ICMP echo counts in total, ipv4 and icmp).")]
+    #[command(
+        after_help = "Examples:\n  wirelab inspect --iface eth0 --duration 30s\n  wirelab inspect --netns wirelab-wan --iface to-client --interval 500ms --json\n\nCounts are of frames received on IFACE (XDP sees ingress only). A frame counts in every\nclass that applies (an ICMP echo counts in total, ipv4 and icmp)."
+    )]
     Inspect(InspectArgs),
     /// Remove what a killed wirelab left behind (half-made labs; --all-labs: every lab).
     Cleanup {
@@ -37,7 +39,9 @@ enum Cmd {
 #[derive(Subcommand)]
 enum LabCmd {
     /// Create a lab from a TOML topology (default: client — wan (bridge) — server).
-    #[command(after_help = "Examples:\n  wirelab lab up\n  wirelab lab up --name l2 topo.toml\n  wirelab lab up --print-default > topo.toml")]
+    #[command(
+        after_help = "Examples:\n  wirelab lab up\n  wirelab lab up --name l2 topo.toml\n  wirelab lab up --print-default > topo.toml"
+    )]
     Up {
         #[arg(long, default_value = lab::DEFAULT_LAB)]
         name: String,
@@ -187,7 +191,11 @@ fn lab_cmd(c: LabCmd) -> Result<ExitCode> {
                 None => lab::Topology::default_topology(),
             };
             if check {
-                println!("topology OK: {} hosts, {} links", topo.host.len(), topo.link.len());
+                println!(
+                    "topology OK: {} hosts, {} links",
+                    topo.host.len(),
+                    topo.link.len()
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             require_root()?;
@@ -220,7 +228,12 @@ fn lab_cmd(c: LabCmd) -> Result<ExitCode> {
             } else {
                 let mut out = std::io::stdout().lock();
                 for l in &all {
-                    writeln!(out, "lab {}{}", l.name, if l.complete { "" } else { " (incomplete)" })?;
+                    writeln!(
+                        out,
+                        "lab {}{}",
+                        l.name,
+                        if l.complete { "" } else { " (incomplete)" }
+                    )?;
                     for h in &l.hosts {
                         writeln!(
                             out,
@@ -239,7 +252,10 @@ fn lab_cmd(c: LabCmd) -> Result<ExitCode> {
                                 if i.up { "UP" } else { "DOWN" },
                                 i.mac,
                                 i.mtu,
-                                i.master.as_ref().map(|m| format!(" master {m}")).unwrap_or_default(),
+                                i.master
+                                    .as_ref()
+                                    .map(|m| format!(" master {m}"))
+                                    .unwrap_or_default(),
                                 i.addresses.join(" ")
                             )?;
                         }

@@ -51,7 +51,15 @@ pub fn list() -> Vec<String> {
 fn prepare_run_dir() -> Result<()> {
     fs::create_dir_all(NETNS_RUN_DIR).with_context(|| format!("creating {NETNS_RUN_DIR}"))?;
     let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
-    if mount(None::<&str>, NETNS_RUN_DIR, None::<&str>, shared, None::<&str>).is_err() {
+    if mount(
+        None::<&str>,
+        NETNS_RUN_DIR,
+        None::<&str>,
+        shared,
+        None::<&str>,
+    )
+    .is_err()
+    {
         mount(
             Some(NETNS_RUN_DIR),
             NETNS_RUN_DIR,
@@ -60,8 +68,14 @@ fn prepare_run_dir() -> Result<()> {
             None::<&str>,
         )
         .with_context(|| format!("bind-mounting {NETNS_RUN_DIR} on itself"))?;
-        mount(None::<&str>, NETNS_RUN_DIR, None::<&str>, shared, None::<&str>)
-            .with_context(|| format!("making {NETNS_RUN_DIR} shared"))?;
+        mount(
+            None::<&str>,
+            NETNS_RUN_DIR,
+            None::<&str>,
+            shared,
+            None::<&str>,
+        )
+        .with_context(|| format!("making {NETNS_RUN_DIR} shared"))?;
     }
     Ok(())
 }
@@ -141,7 +155,11 @@ pub fn delete(name: &str, grace: Duration) -> Result<()> {
     }
     let pids = pids_in(name);
     if !pids.is_empty() {
-        tracing::info!(netns = name, count = pids.len(), "stopping processes left in namespace");
+        tracing::info!(
+            netns = name,
+            count = pids.len(),
+            "stopping processes left in namespace"
+        );
         for pid in &pids {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
         }

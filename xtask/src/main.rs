@@ -1,1 +1,142 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | test | demo | lint`.
+//!
+//! `setup` makes a fresh Debian machine ready (idempotent, prints what it did); `test` and
+//! `demo` call it first, so on a new machine `cargo xtask demo` and `cargo xtask test` are the
+//! whole set-up.
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: nightly rust-src, bpf-linker, Debian packages, bpffs mount.
+    Setup,
+    /// Build everything (userspace + embedded eBPF) in release mode.
+    Build,
+    /// Run every test: lint, unit tests, eBPF program tests, namespace integration tests.
+    Test {
+        /// Skip fmt/clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt check and clippy -D warnings on userspace and eBPF crates.
+    Lint,
+    /// The main job on the default lab (see README).
+    Demo,
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+pub fn build() -> Result<()> {
+    run(cargo().args(["build", "--release"]))
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate, for its own target.
+    run(Command::new("rustup")
+        .current_dir(root())
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--release",
+            "-p",
+            "wirelab-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => {
+            setup::setup()?;
+            build()
+        }
+        Cmd::Lint => lint(),
+        Cmd::Test { no_lint, args } => {
+            setup::setup()?;
+            if !no_lint {
+                lint()?;
+            }
+            build()?;
+            let mut c = cargo();
+            c.args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "wirelab-ebpf",
+            ]);
+            c.args(["--", "--test-threads=2"]);
+            c.args(&args);
+            // Integration tests must never skip under CI.
+            c.env("WIRELAB_TEST_STRICT", "1");
+            run(&mut c)?;
+            eprintln!("xtask: all tests passed");
+            Ok(())
+        }
+        Cmd::Demo => {
+            setup::setup()?;
+            build()?;
+            demo::demo()
+        }
+    }
+}

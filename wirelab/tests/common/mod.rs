@@ -1,0 +1,157 @@
+//! Shared harness for wirelab's integration tests.
+//!
+//! Tests run as root in their own uniquely named namespaces and clean up in `Drop`, so a
+//! failing assertion still removes what the test made. Without root or BPF they fail with a
+//! message saying what is missing: they never skip.
+#![allow(dead_code)]
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+pub const WIRELAB: &str = env!("CARGO_BIN_EXE_wirelab");
+
+/// Fail (never skip) when the machine cannot run the tests.
+pub fn require_privileges() {
+    let euid = nix::unistd::geteuid();
+    assert!(
+        euid.is_root(),
+        "integration tests need root (namespaces, XDP): run `sudo cargo xtask test`"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    assert!(
+        mounts.contains("/sys/fs/bpf bpf"),
+        "bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup`"
+    );
+}
+
+/// A lab name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn wirelab() -> Command {
+    let mut c = Command::new(WIRELAB);
+    c.env("WIRELAB_LOG", "info");
+    c
+}
+
+pub fn ok(mut c: impl std::borrow::BorrowMut<Command>) -> Output {
+    let c = c.borrow_mut();
+    let o = c.output().expect("spawn");
+    assert!(
+        o.status.success(),
+        "{c:?} failed: {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Run a command in a namespace (tests may use iproute2).
+pub fn in_ns(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]);
+    c.args(args);
+    c
+}
+
+pub fn namespaces() -> Vec<String> {
+    wirelab::netns::list()
+}
+
+/// A lab brought up through the CLI and taken down on drop.
+pub struct Lab {
+    pub name: String,
+}
+
+impl Lab {
+    pub fn up(prefix: &str) -> Self {
+        Self::up_with(prefix, None)
+    }
+
+    pub fn up_with(prefix: &str, topo: Option<&std::path::Path>) -> Self {
+        require_privileges();
+        let name = unique(prefix);
+        let mut c = wirelab();
+        c.args(["lab", "up", "--name", &name]);
+        if let Some(t) = topo {
+            c.arg(t);
+        }
+        ok(&mut c);
+        Self { name }
+    }
+
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.name)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = wirelab()
+            .args(["lab", "down", "--name", &self.name])
+            .output();
+    }
+}
+
+/// A child process killed on drop.
+pub struct Bg(pub Option<Child>);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Spawn a wirelab command and wait until its stderr shows `ready`. Remaining stderr is
+/// collected in the returned receiver.
+pub fn spawn_ready(
+    mut c: Command,
+    ready: &str,
+    timeout: Duration,
+) -> (Bg, std::sync::mpsc::Receiver<String>) {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let t0 = Instant::now();
+    let mut seen = vec![];
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => {
+                let hit = l.contains(ready);
+                seen.push(l);
+                if hit {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => {
+                let o = child.wait_with_output().ok();
+                panic!("process exited before {ready:?}: {seen:?} {o:?}");
+            }
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "no {ready:?} within {timeout:?}: {seen:?}"
+        );
+    }
+    (Bg(Some(child)), rx)
+}

@@ -1,0 +1,141 @@
+//! `wirelab inspect` with real traffic in a lab.
+mod common;
+use std::time::Duration;
+
+use common::*;
+
+fn final_json(out: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(out);
+    let last = text
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("no output: {text}"));
+    let v: serde_json::Value = serde_json::from_str(last).expect("final line is JSON");
+    assert_eq!(v["type"], "final", "{last}");
+    v
+}
+
+fn xdp_attached(ns: &str, iface: &str) -> bool {
+    let o = ok(in_ns(ns, &["ip", "-d", "link", "show", "dev", iface]));
+    String::from_utf8_lossy(&o.stdout).contains("xdp")
+}
+
+#[test]
+fn counts_exactly_n_icmp_echo_requests() {
+    let lab = Lab::up("li");
+    let n = 17;
+    let mut c = wirelab();
+    c.args([
+        "inspect",
+        "--netns",
+        &lab.ns("wan"),
+        "--iface",
+        "to-client",
+        "--interval",
+        "500ms",
+        "--duration",
+        "30s",
+        "--json",
+    ]);
+    let (mut bg, _err) = spawn_ready(c, "inspect attached", Duration::from_secs(20));
+    assert!(xdp_attached(&lab.ns("wan"), "to-client"));
+    ok(in_ns(
+        &lab.ns("client"),
+        &[
+            "ping",
+            "-c",
+            &n.to_string(),
+            "-i",
+            "0.05",
+            "-W",
+            "2",
+            "-q",
+            "198.18.0.2",
+        ],
+    ));
+    // SIGTERM ends the run early with a final report.
+    let child = bg.0.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "inspect exit {}", out.status);
+    let v = final_json(&out.stdout);
+    assert_eq!(v["counts"]["icmp"]["packets"], n, "{v}");
+    // 98-byte echo requests (84 IP + 14 Ethernet).
+    assert_eq!(v["counts"]["icmp"]["bytes"], n * 98, "{v}");
+    assert_eq!(v["counts"]["malformed"]["packets"], 0, "{v}");
+    assert!(v["counts"]["ipv4"]["packets"].as_u64().unwrap() >= n as u64);
+    // Interval lines came before the final one.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().filter(|l| l.contains("\"interval\"")).count() >= 1);
+    // Detached after exit.
+    assert!(
+        !xdp_attached(&lab.ns("wan"), "to-client"),
+        "XDP left attached"
+    );
+}
+
+#[test]
+fn duration_ends_and_detaches_and_skb_mode_works() {
+    let lab = Lab::up("ld");
+    let o = ok(wirelab().args([
+        "inspect",
+        "--netns",
+        &lab.ns("server"),
+        "--iface",
+        "eth0",
+        "--duration",
+        "1500ms",
+        "--interval",
+        "500ms",
+        "--json",
+        "--mode",
+        "skb",
+    ]));
+    let v = final_json(&o.stdout);
+    assert_eq!(v["mode"], "skb");
+    let d = v["duration_s"].as_f64().unwrap();
+    assert!((1.4..3.0).contains(&d), "duration {d}");
+    assert!(!xdp_attached(&lab.ns("server"), "eth0"));
+}
+
+#[test]
+fn killed_inspect_leaves_nothing_attached() {
+    let lab = Lab::up("lk9");
+    let mut c = wirelab();
+    c.args(["inspect", "--netns", &lab.ns("wan"), "--iface", "to-server"]);
+    let (mut bg, _err) = spawn_ready(c, "inspect attached", Duration::from_secs(20));
+    assert!(xdp_attached(&lab.ns("wan"), "to-server"));
+    let mut child = bg.0.take().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // The bpf_link dies with its owner.
+    let t0 = std::time::Instant::now();
+    while xdp_attached(&lab.ns("wan"), "to-server") && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !xdp_attached(&lab.ns("wan"), "to-server"),
+        "XDP still attached after kill -9"
+    );
+}
+
+#[test]
+fn clear_errors() {
+    require_privileges();
+    let o = wirelab()
+        .args(["inspect", "--iface", "wl-no-such-if0", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no interface named"));
+    let o = wirelab()
+        .args(["inspect", "--netns", "wl-no-such-ns", "--iface", "eth0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}

@@ -1,0 +1,165 @@
+//! `wirelab lab`: up/down leave nothing behind, bad topologies change nothing.
+mod common;
+use common::*;
+
+fn ns_of(lab: &str) -> Vec<String> {
+    namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{lab}-")))
+        .collect()
+}
+
+#[test]
+fn up_status_down_leaves_nothing() {
+    require_privileges();
+    let lab = Lab::up("lu");
+    let mut got = ns_of(&lab.name);
+    got.sort();
+    assert_eq!(got, vec![lab.ns("client"), lab.ns("server"), lab.ns("wan")]);
+    // The default lab forwards across the bridge before any emulator runs.
+    ok(in_ns(
+        &lab.ns("client"),
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", "198.18.0.2"],
+    ));
+    let o = ok(wirelab().args(["lab", "status", "--name", &lab.name, "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status JSON");
+    let hosts = v[0]["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 3);
+    let wan = hosts.iter().find(|h| h["host"] == "wan").expect("wan host");
+    let names: Vec<&str> = wan["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    for n in ["to-client", "to-server", "br0"] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    // A process left running in a lab host is stopped by `down`.
+    let _sleeper = Bg(Some(
+        in_ns(&lab.ns("server"), &["sleep", "60"]).spawn().unwrap(),
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    ok(wirelab().args(["lab", "down", "--name", &lab.name]));
+    assert!(
+        ns_of(&lab.name).is_empty(),
+        "namespaces left: {:?}",
+        ns_of(&lab.name)
+    );
+    assert!(!std::path::Path::new(&format!("/run/wirelab/labs/{}.json", lab.name)).exists());
+}
+
+#[test]
+fn two_labs_coexist() {
+    let a = Lab::up("la");
+    let b = Lab::up("lb");
+    ok(in_ns(
+        &a.ns("client"),
+        &["ping", "-c", "1", "-W", "2", "198.18.0.2"],
+    ));
+    ok(in_ns(
+        &b.ns("client"),
+        &["ping", "-c", "1", "-W", "2", "198.18.0.2"],
+    ));
+}
+
+#[test]
+fn bad_topology_names_field_and_creates_nothing() {
+    require_privileges();
+    let dir = std::env::temp_dir().join(unique("wltopo"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.toml");
+    std::fs::write(
+        &f,
+        "[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n[[link]]\na = { host = \"a\", iface = \"eth0\", addresses = [\"198.18.0.1/24\"] }\nb = { host = \"b\", iface = \"eth0\", addresses = [\"198.18.0.999/24\"] }\n",
+    )
+    .unwrap();
+    let name = unique("lbad");
+    let before = namespaces();
+    let o = wirelab()
+        .args(["lab", "up", "--name", &name])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("link[0].b.addresses[0]"), "{err}");
+    assert_eq!(
+        namespaces(),
+        before,
+        "a rejected topology created namespaces"
+    );
+    assert!(!std::path::Path::new(&format!("/run/wirelab/labs/{name}.json")).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kernel_refusal_halfway_rolls_back() {
+    require_privileges();
+    // Valid on paper, refused by the kernel at the last step (gateway not on any subnet):
+    // everything made before must be removed again.
+    let dir = std::env::temp_dir().join(unique("wltopo"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("late.toml");
+    std::fs::write(
+        &f,
+        "[[host]]\nname = \"a\"\n[[host.route]]\nto = \"198.19.0.0/24\"\nvia = \"198.18.9.9\"\n[[host]]\nname = \"b\"\n[[link]]\na = { host = \"a\", iface = \"eth0\", addresses = [\"198.18.0.1/24\"] }\nb = { host = \"b\", iface = \"eth0\" }\n",
+    )
+    .unwrap();
+    let name = unique("lrb");
+    let o = wirelab()
+        .args(["lab", "up", "--name", &name])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "route via an unreachable gateway was accepted"
+    );
+    assert!(ns_of(&name).is_empty(), "left behind: {:?}", ns_of(&name));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn down_after_killed_up() {
+    require_privileges();
+    // A bigger topology, and `up` killed with SIGKILL while it works: `down` (and `cleanup`)
+    // must still remove every namespace it had made.
+    let mut t = String::new();
+    for i in 0..24 {
+        t.push_str(&format!("[[host]]\nname = \"h{i}\"\n"));
+    }
+    for i in 1..24 {
+        t.push_str(&format!(
+            "[[link]]\na = {{ host = \"h0\", iface = \"p{i}\" }}\nb = {{ host = \"h{i}\", iface = \"eth0\" }}\n"
+        ));
+    }
+    let dir = std::env::temp_dir().join(unique("wltopo"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("big.toml");
+    std::fs::write(&f, t).unwrap();
+    let name = unique("lk");
+    let mut child = wirelab()
+        .args(["lab", "up", "--name", &name])
+        .arg(&f)
+        .spawn()
+        .unwrap();
+    // Wait until it has started creating namespaces, then kill it.
+    let t0 = std::time::Instant::now();
+    while ns_of(&name).len() < 3 && t0.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!ns_of(&name).is_empty(), "up made nothing before the kill");
+    let o = ok(wirelab().args(["cleanup", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let removed = v["labs_removed"].as_array().unwrap();
+    let complete = !removed.iter().any(|r| r == name.as_str());
+    if complete {
+        // `up` had finished before the kill: cleanup keeps complete labs, down removes them.
+        ok(wirelab().args(["lab", "down", "--name", &name]));
+    }
+    assert!(ns_of(&name).is_empty(), "left behind: {:?}", ns_of(&name));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,189 @@
+//! Idempotent fresh-machine setup. Each step checks first and only acts when something is
+//! missing; the summary says what was done. A second run takes seconds.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::run;
+
+/// Debian packages the tests, benchmarks and demo use.
+pub const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "ethtool"];
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let o = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !o.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).to_string())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into())
+}
+
+fn step_rust(done: &mut Vec<String>) -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+        done.push("installed the nightly toolchain".into());
+    }
+    let comps = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    for c in ["rust-src", "clippy", "rustfmt"] {
+        if !comps.lines().any(|l| l.starts_with(c)) {
+            run(Command::new("rustup").args(["component", "add", c, "--toolchain", "nightly"]))?;
+            done.push(format!("added {c} to nightly"));
+        }
+    }
+    let stable = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    for c in ["clippy", "rustfmt"] {
+        if !stable.lines().any(|l| l.starts_with(c)) {
+            run(Command::new("rustup").args(["component", "add", c]))?;
+            done.push(format!("added {c} to the default toolchain"));
+        }
+    }
+    Ok(())
+}
+
+fn step_bpf_linker(done: &mut Vec<String>) -> Result<()> {
+    let have = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+        || home().join(".cargo/bin/bpf-linker").exists();
+    if have {
+        return Ok(());
+    }
+    // bpf-linker must use the same LLVM as the nightly rustc that emits the bitcode.
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("no LLVM version in `rustc +nightly -vV`")?
+        .trim()
+        .to_string();
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let libdir = PathBuf::from(sysroot.trim()).join("lib");
+    let lib = std::fs::read_dir(&libdir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{major}.")))
+        })
+        .with_context(|| format!("no libLLVM.so.{major}.* in {}", libdir.display()))?;
+    let prefix = home().join(format!(".cache/wirelab/llvm-{major}"));
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&lib, &link)?;
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            "^0.13",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix))?;
+    done.push(format!(
+        "built bpf-linker against the nightly's LLVM {major}"
+    ));
+    Ok(())
+}
+
+fn step_debian(done: &mut Vec<String>) -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {missing:?}; run `cargo xtask setup` as root (or apt-get install them)"
+        );
+    }
+    run(Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    done.push(format!("installed Debian packages {}", missing.join(" ")));
+    Ok(())
+}
+
+fn step_bpffs(done: &mut Vec<String>) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[1] == "/sys/fs/bpf" && f[2] == "bpf"
+    }) {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("bpffs is not mounted at /sys/fs/bpf; run `cargo xtask setup` as root");
+    }
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    done.push("mounted bpffs at /sys/fs/bpf".into());
+    Ok(())
+}
+
+pub fn setup() -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let mut done = vec![];
+    step_rust(&mut done)?;
+    step_bpf_linker(&mut done)?;
+    step_debian(&mut done)?;
+    step_bpffs(&mut done)?;
+    if done.is_empty() {
+        eprintln!(
+            "xtask setup: nothing to do, machine ready ({:.1}s)",
+            t0.elapsed().as_secs_f64()
+        );
+    } else {
+        for d in &done {
+            eprintln!("xtask setup: {d}");
+        }
+        eprintln!("xtask setup: done in {:.1}s", t0.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
