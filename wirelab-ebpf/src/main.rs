@@ -5,6 +5,7 @@
 
 mod inspect;
 mod parse;
+mod wan;
 
 #[cfg(not(test))]
 #[panic_handler]

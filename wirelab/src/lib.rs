@@ -7,3 +7,4 @@ pub mod lab;
 pub mod netns;
 pub mod nl;
 pub mod util;
+pub mod wan;

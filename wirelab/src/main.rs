@@ -2,7 +2,7 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use wirelab::{ebpf::AttachMode, inspect, lab, netns, util};
+use wirelab::{ebpf::AttachMode, inspect, lab, netns, util, wan};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,13 @@ enum Cmd {
         after_help = "Examples:\n  wirelab inspect --iface eth0 --duration 30s\n  wirelab inspect --netns wirelab-wan --iface to-client --interval 500ms --json\n\nCounts are of frames received on IFACE (XDP sees ingress only). A frame counts in every\nclass that applies (an ICMP echo counts in total, ipv4 and icmp)."
     )]
     Inspect(InspectArgs),
+    /// WAN emulator between two interfaces: delay, jitter, loss models, rate, queues,
+    /// reorder, duplication, corruption, blackholes; live changes with `wan set`.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  wirelab wan --netns wirelab-wan --between to-client to-server --both \"delay 20ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server \\\n      --a-to-b \"delay 40ms 5ms distribution normal loss 0.5% rate 20mbit\" --b-to-a \"delay 40ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server --config wan.toml --seed 7 --json\n  wirelab wan set --netns wirelab-wan --both \"delay 80ms\"\n\nSPEC words (tc-netem's): delay TIME [JITTER [CORR%]] [distribution uniform|normal|pareto|\nparetonormal|FILE.dist], loss P% [CORR%] | loss state p13 [p31 [p32 [p23 [p14]]]] | loss gemodel\np [r [1-h [1-k]]], duplicate P% [CORR%], corrupt P% [CORR%], reorder P% [CORR%] [gap N],\nrate RATE [OVERHEAD [CELLSIZE [CELLOVERHEAD]]], limit PACKETS|SIZE, and beyond netem:\nblackhole TIME every TIME, jitter-order keep|reorder (default keep).\nOrder: classify -> loss -> duplicate -> corrupt -> delay -> rate -> queue limit."
+    )]
+    Wan(WanArgs),
     /// Remove what a killed wirelab left behind (half-made labs; --all-labs: every lab).
     Cleanup {
         /// Also remove labs that are complete and may still be in use.
@@ -76,6 +83,68 @@ enum LabCmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+}
+
+#[derive(Args)]
+struct WanArgs {
+    #[command(subcommand)]
+    cmd: Option<WanCmd>,
+    #[command(flatten)]
+    run: WanRunArgs,
+}
+
+#[derive(Subcommand)]
+enum WanCmd {
+    /// Change a running emulator's profile atomically (nothing queued is lost).
+    Set {
+        #[arg(long)]
+        netns: Option<String>,
+        /// Class to change (default: the default class).
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long)]
+        both: Option<String>,
+        #[arg(long)]
+        a_to_b: Option<String>,
+        #[arg(long)]
+        b_to_a: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct WanRunArgs {
+    /// The two interfaces: A then B. Frames arriving on A leave on B and vice versa.
+    #[arg(long, num_args = 2, value_names = ["IF_A", "IF_B"])]
+    between: Vec<String>,
+    #[arg(long)]
+    netns: Option<String>,
+    /// SPEC for both directions of the default class.
+    #[arg(long)]
+    both: Option<String>,
+    /// SPEC for frames from A to B.
+    #[arg(long)]
+    a_to_b: Option<String>,
+    /// SPEC for frames from B to A.
+    #[arg(long)]
+    b_to_a: Option<String>,
+    /// TOML config: seed, [default], [[class]] (per-flow classes).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Seed for every random decision (same seed + same packets = same decisions).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, value_parser = util::parse_duration)]
+    duration: Option<Duration>,
+    #[arg(long, default_value = "1s", value_parser = util::parse_duration)]
+    interval: Duration,
+    #[arg(long)]
+    json: bool,
+    /// UMEM frames (4 KiB each) for packets held in flight.
+    #[arg(long, default_value_t = 32768)]
+    frames: u64,
+    /// Only validate the specs and config; attach nothing.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args)]
@@ -151,6 +220,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Wan(w) => wan_cmd(w),
         Cmd::Cleanup { all_labs, json } => {
             let r = wirelab::cleanup::run(all_labs)?;
             if json {
@@ -164,6 +234,69 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
+    if let Some(WanCmd::Set {
+        netns,
+        class,
+        both,
+        a_to_b,
+        b_to_a,
+    }) = w.cmd
+    {
+        let req = wan::SetRequest {
+            class,
+            both,
+            a_to_b,
+            b_to_a,
+        };
+        let applied = wan::send_set(netns.as_deref(), &req)?;
+        println!("applied: {applied}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let a = w.run;
+    if a.interval.is_zero() {
+        bail!("--interval must be greater than 0");
+    }
+    let specs = wan::DirSpecs {
+        both: a.both,
+        a_to_b: a.a_to_b,
+        b_to_a: a.b_to_a,
+    };
+    let cfg = wan::load_config(a.config.as_deref())?;
+    let plan = wan::plan(&cfg, &specs, a.seed)?;
+    wan::engine::frames_hint(a.frames)?;
+    if a.check {
+        println!("config OK: {} classes", plan.names.len());
+        for wmsg in wan::warnings(&plan.names, &plan.specs) {
+            println!("warning: {wmsg}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.between.len() != 2 {
+        bail!("--between IF_A IF_B is required");
+    }
+    if let Some(ns) = &a.netns {
+        netns::enter(ns)?;
+    }
+    let stop = util::Stop::install()?;
+    wan::run(
+        &wan::Options {
+            iface_a: a.between[0].clone(),
+            iface_b: a.between[1].clone(),
+            netns: a.netns.clone(),
+            specs,
+            config: a.config,
+            seed: a.seed,
+            duration: a.duration,
+            interval: a.interval,
+            json: a.json,
+            frames: a.frames,
+        },
+        &stop,
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn require_root() -> Result<()> {

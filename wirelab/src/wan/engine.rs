@@ -1,0 +1,643 @@
+//! The userspace timing engine: AF_XDP sockets on both interfaces sharing one UMEM, a
+//! time-ordered queue per direction, and the impairments that need to hold or touch packets
+//! (duplicate → corrupt → delay/jitter/reorder → rate → queue limit).
+//!
+//! Frames arrive already classified (class id in the XDP metadata) and already past the
+//! kernel's loss and blackhole decisions. Each is released on the other interface's TX ring at
+//! its departure time; its UMEM frame returns to the fill rings after TX completion.
+use std::{cmp::Reverse, collections::BinaryHeap, num::NonZeroU32, ptr::NonNull};
+
+use anyhow::{anyhow, bail, Result};
+use hdrhistogram::Histogram;
+use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
+use wirelab_common::wan::{Meta, META_MAGIC};
+use xdpilone::{
+    xdp::XdpDesc, DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig,
+};
+
+use super::{
+    dist::{self, Table},
+    spec::{JitterOrder, Limit, Spec},
+};
+
+pub const FRAME_SIZE: u64 = 4096;
+/// Where copy-mode AF_XDP puts received data inside a chunk (XDP_PACKET_HEADROOM).
+const DATA_OFFSET: u64 = 256;
+const RING: u32 = 4096;
+const BATCH: u32 = 64;
+
+pub fn mono_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// Everything the engine needs to impair one (direction, class).
+#[derive(Clone)]
+pub struct Profile {
+    pub spec: Spec,
+    pub table: Option<Table>,
+    /// Effective queue limit (after BDP sizing).
+    pub limit_packets: u64,
+    pub limit_bytes: u64,
+}
+
+impl Profile {
+    pub fn new(spec: Spec, frames: u64) -> Result<Self> {
+        let table = dist::builtin(&spec.distribution)?;
+        let (limit_packets, limit_bytes) = match &spec.limit {
+            Some(Limit::Packets(n)) => (*n, u64::MAX),
+            Some(Limit::Bytes(b)) => (u64::MAX, *b),
+            None => match &spec.rate {
+                // Unset with a rate: twice the bandwidth-delay product, at least 50 ms of
+                // traffic at the rate and 64 KiB.
+                Some(r) => {
+                    let hold = spec.delay.as_secs_f64() * 2.0 + spec.jitter.as_secs_f64() * 8.0;
+                    let bdp = r.bits_per_sec as f64 / 8.0 * hold.max(0.05);
+                    (u64::MAX, (bdp as u64).max(64 * 1024))
+                }
+                // Unset without a rate: as much as the UMEM holds.
+                None => (frames, u64::MAX),
+            },
+        };
+        Ok(Self {
+            spec,
+            table,
+            limit_packets,
+            limit_bytes,
+        })
+    }
+}
+
+/// Counters of one (direction, class) in the engine.
+#[derive(Clone, Default)]
+pub struct ClassStats {
+    pub rx: u64,
+    pub tx: u64,
+    pub tx_bytes: u64,
+    pub duplicated: u64,
+    pub corrupted: u64,
+    pub reordered: u64,
+    pub queue_drops: u64,
+    pub queue_depth: u64,
+    pub queue_max: u64,
+    pub delay_hist: Option<Histogram<u64>>,
+}
+
+impl ClassStats {
+    fn record_delay(&mut self, us: u64) {
+        let h = self.delay_hist.get_or_insert_with(|| {
+            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+        });
+        let _ = h.record(us.max(1));
+    }
+}
+
+struct ClassState {
+    rng: StdRng,
+    last_delay: u32,
+    last_dup: u32,
+    last_corrupt: u32,
+    last_reorder: u32,
+    reorder_counter: u64,
+    link_free_ns: u64,
+    last_departure_ns: u64,
+    queued_packets: u64,
+    queued_bytes: u64,
+    max_seq_sent: u64,
+    interval: ClassStats,
+    total: ClassStats,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Held {
+    due: u64,
+    seq: u64,
+    addr: u64,
+    len: u32,
+    class: u32,
+    arrival: u64,
+}
+
+struct Side {
+    dev: DeviceQueue,
+    rx: RingRx,
+    tx: RingTx,
+    fill_outstanding: u32,
+    tx_outstanding: u32,
+}
+
+pub struct Engine {
+    _umem: Umem,
+    base: *mut u8,
+    area_len: usize,
+    sides: Vec<Side>,
+    free: Vec<u64>,
+    heaps: [BinaryHeap<Reverse<Held>>; 2],
+    /// [dir][class]
+    pub profiles: [Vec<Profile>; 2],
+    states: [Vec<ClassState>; 2],
+    seq: u64,
+    pub frames: u64,
+    pub no_frame_drops: u64,
+    pub bad_meta: u64,
+}
+
+fn corr_u32(rng: &mut StdRng, last: &mut u32, rho: f64) -> u32 {
+    let r: u32 = rng.random();
+    if rho <= 0.0 {
+        *last = r;
+        return r;
+    }
+    let rho32 = (rho * u32::MAX as f64) as u64;
+    let v = ((r as u64) * (u32::MAX as u64 - rho32) + (*last as u64) * rho32) >> 32;
+    *last = v as u32;
+    v as u32
+}
+
+fn chance(rng: &mut StdRng, last: &mut u32, p: f64, rho: f64) -> bool {
+    if p <= 0.0 {
+        return false;
+    }
+    if p >= 1.0 {
+        return true;
+    }
+    (corr_u32(rng, last, rho) as f64) < p * u32::MAX as f64
+}
+
+impl Engine {
+    /// Open sockets on `ifindex[0]` (A) and `ifindex[1]` (B), sharing one UMEM of `frames`.
+    pub fn new(
+        ifindex: [u32; 2],
+        frames: u64,
+        profiles: [Vec<Profile>; 2],
+        seed: u64,
+    ) -> Result<Self> {
+        let area_len = (frames * FRAME_SIZE) as usize;
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                area_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!("mmap of {} MiB for the UMEM failed", area_len >> 20);
+        }
+        let base = ptr as *mut u8;
+        let area = NonNull::slice_from_raw_parts(
+            NonNull::new(base).ok_or_else(|| anyhow!("null UMEM"))?,
+            area_len,
+        );
+        let cfg = UmemConfig {
+            fill_size: RING,
+            complete_size: RING,
+            frame_size: FRAME_SIZE as u32,
+            headroom: 0,
+            flags: 0,
+        };
+        // Safety: the area is a fresh private mapping that lives as long as the engine.
+        let umem =
+            unsafe { Umem::new(cfg, area) }.map_err(|e| anyhow!("creating the UMEM: {e:?}"))?;
+        let sock_cfg = SocketConfig {
+            rx_size: NonZeroU32::new(RING),
+            tx_size: NonZeroU32::new(RING),
+            bind_flags: 0,
+        };
+        let mut sides = vec![];
+        for (i, idx) in ifindex.iter().enumerate() {
+            let mut info = IfInfo::invalid();
+            info.from_ifindex(*idx)
+                .map_err(|e| anyhow!("interface index {idx}: {e:?}"))?;
+            info.set_queue(0);
+            let sock = if i == 0 {
+                Socket::with_shared(&info, &umem)
+            } else {
+                Socket::new(&info)
+            }
+            .map_err(|e| anyhow!("AF_XDP socket: {e:?}"))?;
+            let dev = umem
+                .fq_cq(&sock)
+                .map_err(|e| anyhow!("AF_XDP fill/completion rings: {e:?}"))?;
+            let user = umem
+                .rx_tx(&sock, &sock_cfg)
+                .map_err(|e| anyhow!("AF_XDP rx/tx rings: {e:?}"))?;
+            umem.bind(&user).map_err(|e| {
+                anyhow!("binding the AF_XDP socket to ifindex {idx} queue 0: {e:?}")
+            })?;
+            let rx = user.map_rx().map_err(|e| anyhow!("rx ring: {e:?}"))?;
+            let tx = user.map_tx().map_err(|e| anyhow!("tx ring: {e:?}"))?;
+            sides.push(Side {
+                dev,
+                rx,
+                tx,
+                fill_outstanding: 0,
+                tx_outstanding: 0,
+            });
+        }
+        let mk_states = |d: usize, n: usize| -> Vec<ClassState> {
+            (0..n)
+                .map(|c| ClassState {
+                    rng: StdRng::seed_from_u64(
+                        seed ^ ((d as u64) << 56) ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    ),
+                    last_delay: 0,
+                    last_dup: 0,
+                    last_corrupt: 0,
+                    last_reorder: 0,
+                    reorder_counter: 0,
+                    link_free_ns: 0,
+                    last_departure_ns: 0,
+                    queued_packets: 0,
+                    queued_bytes: 0,
+                    max_seq_sent: 0,
+                    interval: ClassStats::default(),
+                    total: ClassStats::default(),
+                })
+                .collect()
+        };
+        let states = [
+            mk_states(0, profiles[0].len()),
+            mk_states(1, profiles[1].len()),
+        ];
+        let mut e = Self {
+            _umem: umem,
+            base,
+            area_len,
+            sides,
+            free: (0..frames).rev().map(|i| i * FRAME_SIZE).collect(),
+            heaps: [BinaryHeap::new(), BinaryHeap::new()],
+            profiles,
+            states,
+            seq: 0,
+            frames,
+            no_frame_drops: 0,
+            bad_meta: 0,
+        };
+        e.refill();
+        Ok(e)
+    }
+
+    pub fn fds(&self) -> [i32; 2] {
+        [self.sides[0].rx.as_raw_fd(), self.sides[1].rx.as_raw_fd()]
+    }
+
+    fn frame(&mut self, addr: u64, len: usize) -> &mut [u8] {
+        let end = (addr as usize + len).min(self.area_len);
+        let start = (addr as usize).min(end);
+        // Safety: inside the mapping; the kernel does not touch a frame while we own it.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(start), end - start) }
+    }
+
+    /// Keep both fill rings stocked with free frames.
+    fn refill(&mut self) {
+        let target = (RING / 2).min((self.free.len() / 2) as u32);
+        for s in 0..2 {
+            let want = target.saturating_sub(self.sides[s].fill_outstanding);
+            if want == 0 || self.free.is_empty() {
+                continue;
+            }
+            let n = want.min(self.free.len() as u32) as usize;
+            let start = self.free.len() - n;
+            let put = {
+                let mut w = self.sides[s].dev.fill(n as u32);
+                let put = w.insert(self.free[start..].iter().copied());
+                w.commit();
+                put
+            };
+            self.free.truncate(self.free.len() - put as usize);
+            self.sides[s].fill_outstanding += put;
+        }
+    }
+
+    fn reap_completions(&mut self) {
+        for s in 0..2 {
+            let n = self.sides[s].tx_outstanding;
+            if n == 0 {
+                continue;
+            }
+            let mut got = 0;
+            {
+                let mut r = self.sides[s].dev.complete(n);
+                while let Some(a) = r.read() {
+                    self.free.push(a & !(FRAME_SIZE - 1));
+                    got += 1;
+                }
+                r.release();
+            }
+            self.sides[s].tx_outstanding -= got;
+        }
+    }
+
+    /// Receive what is waiting; returns the number of frames taken in.
+    pub fn receive(&mut self, now: u64) -> u32 {
+        let mut total = 0;
+        for d in 0..2 {
+            let mut descs = [XdpDesc {
+                addr: 0,
+                len: 0,
+                options: 0,
+            }; BATCH as usize];
+            let mut n = 0;
+            {
+                let mut r = self.sides[d].rx.receive(BATCH);
+                while let Some(desc) = r.read() {
+                    descs[n] = desc;
+                    n += 1;
+                }
+                r.release();
+            }
+            self.sides[d].fill_outstanding =
+                self.sides[d].fill_outstanding.saturating_sub(n as u32);
+            for desc in &descs[..n] {
+                self.ingest(d, desc.addr, desc.len, now);
+            }
+            total += n as u32;
+        }
+        if total > 0 {
+            self.refill();
+        }
+        total
+    }
+
+    fn class_of(&mut self, addr: u64, d: usize) -> usize {
+        let meta_at = addr.saturating_sub(std::mem::size_of::<Meta>() as u64);
+        if addr & (FRAME_SIZE - 1) < std::mem::size_of::<Meta>() as u64 {
+            self.bad_meta += 1;
+            return 0;
+        }
+        let m = self.frame(meta_at, 8);
+        let magic = u32::from_ne_bytes([m[0], m[1], m[2], m[3]]);
+        let class = u32::from_ne_bytes([m[4], m[5], m[6], m[7]]) as usize;
+        if magic != META_MAGIC || class >= self.profiles[d].len() {
+            self.bad_meta += 1;
+            return 0;
+        }
+        class
+    }
+
+    fn ingest(&mut self, d: usize, addr: u64, len: u32, now: u64) {
+        let class = self.class_of(addr, d);
+        self.states[d][class].interval.rx += 1;
+        self.states[d][class].total.rx += 1;
+        let p = &self.profiles[d][class];
+        let (dup_p, dup_c) = (p.spec.duplicate, p.spec.duplicate_corr);
+        let dup = {
+            let st = &mut self.states[d][class];
+            chance(&mut st.rng, &mut st.last_dup, dup_p, dup_c)
+        };
+        if dup {
+            if let Some(copy) = self.free.pop() {
+                let src: Vec<u8> = self.frame(addr, len as usize).to_vec();
+                let dst_addr = copy + DATA_OFFSET;
+                self.frame(dst_addr, len as usize).copy_from_slice(&src);
+                self.states[d][class].interval.duplicated += 1;
+                self.states[d][class].total.duplicated += 1;
+                self.stage(d, class, dst_addr, len, now);
+            } else {
+                self.no_frame_drops += 1;
+            }
+        }
+        self.stage(d, class, addr, len, now);
+    }
+
+    /// corrupt → delay/jitter/reorder → rate → queue limit → enqueue.
+    fn stage(&mut self, d: usize, class: usize, addr: u64, len: u32, now: u64) {
+        let p = self.profiles[d][class].clone();
+        let s = &p.spec;
+        let corrupt = {
+            let st = &mut self.states[d][class];
+            chance(&mut st.rng, &mut st.last_corrupt, s.corrupt, s.corrupt_corr)
+        };
+        if corrupt && len > 14 {
+            let (off, bit) = {
+                let st = &mut self.states[d][class];
+                (
+                    st.rng.random_range(14..len as usize),
+                    st.rng.random_range(0..8u8),
+                )
+            };
+            self.frame(addr, len as usize)[off] ^= 1 << bit;
+            self.states[d][class].interval.corrupted += 1;
+            self.states[d][class].total.corrupted += 1;
+        }
+        let st = &mut self.states[d][class];
+        // Queue limit first: a full queue drops before the frame takes a place in it.
+        if st.queued_packets + 1 > p.limit_packets || st.queued_bytes + len as u64 > p.limit_bytes {
+            st.interval.queue_drops += 1;
+            st.total.queue_drops += 1;
+            self.free.push(addr & !(FRAME_SIZE - 1));
+            return;
+        }
+        // Reorder (netem semantics): after `gap - 1` delayed packets, the next one is sent at
+        // once with probability `reorder`.
+        let mut immediate = false;
+        if s.reorder > 0.0 {
+            if st.reorder_counter + 1 >= s.gap
+                && chance(&mut st.rng, &mut st.last_reorder, s.reorder, s.reorder_corr)
+            {
+                immediate = true;
+                st.reorder_counter = 0;
+            } else {
+                st.reorder_counter += 1;
+            }
+        }
+        let mut due = now;
+        if !immediate {
+            let mut delay = s.delay.as_nanos() as f64;
+            if !s.jitter.is_zero() {
+                let u = corr_u32(&mut st.rng, &mut st.last_delay, s.delay_corr);
+                let sigma = s.jitter.as_nanos() as f64;
+                let off = match &p.table {
+                    Some(t) => sigma * dist::lookup(t, u),
+                    None => sigma * (2.0 * (u as f64 / u32::MAX as f64) - 1.0),
+                };
+                delay = (delay + off).max(0.0);
+            }
+            due = now + delay as u64;
+            if s.jitter_order == JitterOrder::Keep {
+                due = due.max(st.last_departure_ns);
+            }
+        }
+        if let Some(r) = &s.rate {
+            let mut bytes = (len as i64 + r.packet_overhead).max(1) as u64;
+            if r.cell_size > 0 {
+                let cells = bytes.div_ceil(r.cell_size);
+                bytes = (cells as i64 * (r.cell_size as i64 + r.cell_overhead)).max(1) as u64;
+            }
+            let tx_ns = bytes * 8 * 1_000_000_000 / r.bits_per_sec;
+            let start = due.max(st.link_free_ns);
+            due = start + tx_ns;
+            st.link_free_ns = due;
+        }
+        if !immediate {
+            st.last_departure_ns = st.last_departure_ns.max(due);
+        }
+        st.queued_packets += 1;
+        st.queued_bytes += len as u64;
+        st.interval.queue_max = st.interval.queue_max.max(st.queued_packets);
+        st.total.queue_max = st.total.queue_max.max(st.queued_packets);
+        self.seq += 1;
+        self.heaps[d].push(Reverse(Held {
+            due,
+            seq: self.seq,
+            addr,
+            len,
+            class: class as u32,
+            arrival: now,
+        }));
+    }
+
+    /// Send everything due by `now`. Returns frames sent.
+    pub fn transmit_due(&mut self, now: u64) -> u32 {
+        let mut sent = 0;
+        for d in 0..2 {
+            let out = 1 - d;
+            let mut batch: Vec<XdpDesc> = vec![];
+            while let Some(Reverse(h)) = self.heaps[d].peek() {
+                if h.due > now || batch.len() >= BATCH as usize {
+                    break;
+                }
+                let Some(Reverse(h)) = self.heaps[d].pop() else {
+                    break;
+                };
+                let st = &mut self.states[d][h.class as usize];
+                st.queued_packets -= 1;
+                st.queued_bytes -= h.len as u64;
+                let us = now.saturating_sub(h.arrival) / 1000;
+                for s in [&mut st.interval, &mut st.total] {
+                    s.tx += 1;
+                    s.tx_bytes += h.len as u64;
+                    s.record_delay(us);
+                }
+                if h.seq < st.max_seq_sent {
+                    st.interval.reordered += 1;
+                    st.total.reordered += 1;
+                } else {
+                    st.max_seq_sent = h.seq;
+                }
+                batch.push(XdpDesc {
+                    addr: h.addr,
+                    len: h.len,
+                    options: 0,
+                });
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let mut put = 0;
+            let mut spins = 0;
+            while put < batch.len() && spins < 1000 {
+                let n = {
+                    let mut w = self.sides[out].tx.transmit((batch.len() - put) as u32);
+                    let n = w.insert(batch[put..].iter().copied());
+                    w.commit();
+                    n
+                };
+                put += n as usize;
+                self.sides[out].tx_outstanding += n;
+                self.kick(out);
+                self.reap_completions();
+                spins += 1;
+            }
+            if put < batch.len() {
+                // TX ring stuck: drop the rest rather than hang.
+                for desc in &batch[put..] {
+                    self.free.push(desc.addr & !(FRAME_SIZE - 1));
+                    self.no_frame_drops += 1;
+                }
+            }
+            sent += put as u32;
+        }
+        self.reap_completions();
+        self.refill();
+        sent
+    }
+
+    /// Copy-mode TX moves at most a few dozen frames per sendto: kick until the ring is empty.
+    fn kick(&mut self, s: usize) {
+        for _ in 0..64 {
+            if self.sides[s].tx.pending() == 0 {
+                break;
+            }
+            self.sides[s].tx.wake();
+        }
+    }
+
+    pub fn next_due(&self) -> Option<u64> {
+        self.heaps
+            .iter()
+            .filter_map(|h| h.peek().map(|Reverse(x)| x.due))
+            .min()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.heaps[0].len() + self.heaps[1].len()
+    }
+
+    /// Interval stats of every class that saw traffic, reset for the next interval.
+    pub fn take_interval(&mut self) -> Vec<(usize, usize, ClassStats)> {
+        let mut out = vec![];
+        for d in 0..2 {
+            for (c, st) in self.states[d].iter_mut().enumerate() {
+                let mut s = std::mem::take(&mut st.interval);
+                s.queue_depth = st.queued_packets;
+                st.interval.queue_max = st.queued_packets;
+                if s.rx > 0 || s.tx > 0 || s.queue_depth > 0 || c == 0 {
+                    out.push((d, c, s));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn totals(&self) -> Vec<(usize, usize, ClassStats)> {
+        let mut out = vec![];
+        for d in 0..2 {
+            for (c, st) in self.states[d].iter().enumerate() {
+                if st.total.rx > 0 || c == 0 {
+                    let mut s = st.total.clone();
+                    s.queue_depth = st.queued_packets;
+                    out.push((d, c, s));
+                }
+            }
+        }
+        out
+    }
+
+    /// Swap in new profiles (live `set`). Queued frames keep their departure times.
+    pub fn set_profiles(&mut self, profiles: [Vec<Profile>; 2]) -> Result<()> {
+        for d in 0..2 {
+            if profiles[d].len() != self.profiles[d].len() {
+                bail!("a live change cannot add or remove classes");
+            }
+        }
+        self.profiles = profiles;
+        Ok(())
+    }
+
+    /// Send what is still queued (at exit), ignoring due times, bounded.
+    pub fn flush(&mut self) {
+        for _ in 0..1000 {
+            if self.queued() == 0 {
+                break;
+            }
+            self.transmit_due(u64::MAX);
+        }
+    }
+}
+
+/// Context for errors on this platform.
+pub fn explain_xsk_error(e: anyhow::Error) -> anyhow::Error {
+    e.context("AF_XDP setup failed (needs root, a kernel with XDP sockets, and queue 0 free)")
+}
+
+pub fn frames_hint(frames: u64) -> Result<u64> {
+    if !(1024..=1 << 22).contains(&frames) {
+        bail!("--frames must be between 1024 and 4194304");
+    }
+    Ok(frames)
+}

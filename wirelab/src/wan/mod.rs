@@ -1,0 +1,748 @@
+//! `wirelab wan`: a WAN emulator between two interfaces.
+//!
+//! Pipeline, in this order for every frame: classify → loss (kernel) → duplicate → corrupt →
+//! delay/jitter/reorder → rate → queue limit. Classify, loss and blackhole run in XDP
+//! (`wirelab-ebpf/src/wan.rs`); classes that need nothing else are forwarded in the kernel
+//! (tc redirect); the rest go through AF_XDP to the timing engine (`engine.rs`).
+pub mod dist;
+pub mod engine;
+pub mod spec;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
+    os::unix::net::{UnixListener, UnixStream},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, XskMap},
+    programs::{tc::TcAttachType, SchedClassifier},
+    EbpfLoader,
+};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use wirelab_common::wan::{
+    ClassKey, KernelProfile, LossState, WanConfig, WanCounters, CLASS_KEY_FIXED_BITS, LOSS_GEMODEL,
+    LOSS_NONE, LOSS_RANDOM, LOSS_STATE, PROFILE_FAST,
+};
+
+use crate::{ebpf, util::Stop};
+use engine::{mono_ns, ClassStats, Engine, Profile};
+use spec::{Limit, Loss, Spec};
+
+pub const CONTROL_DIR: &str = "/run/wirelab/wan";
+pub const DIRS: [&str; 2] = ["a_to_b", "b_to_a"];
+
+/// The TOML config: a seed, the default class, and per-flow classes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub default: DirSpecs,
+    #[serde(default)]
+    pub class: Vec<ClassCfg>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirSpecs {
+    pub both: Option<String>,
+    pub a_to_b: Option<String>,
+    pub b_to_a: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassCfg {
+    pub name: String,
+    /// Whose address `net` matches: "b" (the host behind interface B; default) or "a".
+    pub side: Option<String>,
+    pub net: String,
+    /// tcp, udp, icmp, icmpv6 or a number.
+    pub proto: Option<String>,
+    /// Port on the matched side (needs proto tcp or udp).
+    pub port: Option<u16>,
+    pub both: Option<String>,
+    pub a_to_b: Option<String>,
+    pub b_to_a: Option<String>,
+}
+
+/// Everything validated, before anything is attached.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub names: Vec<String>,
+    pub specs: [Vec<Spec>; 2],
+    pub keys: Vec<(ClassKey, u32, u32)>,
+    pub seed: u64,
+}
+
+fn field<T>(r: std::result::Result<T, spec::SpecError>, f: &str) -> Result<T> {
+    r.map_err(|e| anyhow!("{f}: {e}"))
+}
+
+fn dir_specs(d: &DirSpecs, base: &str) -> Result<[Spec; 2]> {
+    if d.both.is_some() && (d.a_to_b.is_some() || d.b_to_a.is_some()) {
+        bail!("{base}: give `both` or `a_to_b`/`b_to_a`, not both");
+    }
+    let both = d
+        .both
+        .as_deref()
+        .map(|t| field(spec::parse(t), &format!("{base}.both")))
+        .transpose()?;
+    let ab = match (&d.a_to_b, &both) {
+        (Some(t), _) => field(spec::parse(t), &format!("{base}.a_to_b"))?,
+        (None, Some(b)) => b.clone(),
+        _ => Spec::default(),
+    };
+    let ba = match (&d.b_to_a, &both) {
+        (Some(t), _) => field(spec::parse(t), &format!("{base}.b_to_a"))?,
+        (None, Some(b)) => b.clone(),
+        _ => Spec::default(),
+    };
+    Ok([ab, ba])
+}
+
+fn parse_proto(s: &str) -> Option<u8> {
+    match s {
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "icmp" => Some(1),
+        "icmpv6" => Some(58),
+        n => n.parse().ok(),
+    }
+}
+
+/// Validate CLI specs + config into a plan. Errors name the field or word.
+pub fn plan(cfg: &Config, cli: &DirSpecs, seed: Option<u64>) -> Result<Plan> {
+    let mut default = dir_specs(&cfg.default, "default")?;
+    let cli_given = cli.both.is_some() || cli.a_to_b.is_some() || cli.b_to_a.is_some();
+    if cli_given {
+        let c = dir_specs(cli, "command line")?;
+        if cli.both.is_some() {
+            default = c;
+        } else {
+            if cli.a_to_b.is_some() {
+                default[0] = c[0].clone();
+            }
+            if cli.b_to_a.is_some() {
+                default[1] = c[1].clone();
+            }
+        }
+    }
+    let mut names = vec!["default".to_string()];
+    let mut specs = [vec![default[0].clone()], vec![default[1].clone()]];
+    let mut keys = vec![];
+    let mut seen = BTreeMap::new();
+    if cfg.class.len() > 65_536 {
+        bail!("class: at most 65536 classes (got {})", cfg.class.len());
+    }
+    for (i, c) in cfg.class.iter().enumerate() {
+        let base = format!("class[{i}]");
+        if c.name.is_empty() || c.name == "default" {
+            bail!("{base}.name: must be set and not \"default\"");
+        }
+        if seen.insert(c.name.clone(), i).is_some() {
+            bail!("{base}.name: duplicate class {:?}", c.name);
+        }
+        let side = match c.side.as_deref() {
+            None | Some("b") => 0u8,
+            Some("a") => 1u8,
+            Some(o) => bail!("{base}.side: {o:?}: use \"a\" or \"b\""),
+        };
+        let net: IpNet = c
+            .net
+            .parse()
+            .or_else(|_| c.net.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| anyhow!("{base}.net: {:?} is not a CIDR or address", c.net))?;
+        let proto = match &c.proto {
+            None => 0,
+            Some(p) => parse_proto(p).ok_or_else(|| {
+                anyhow!("{base}.proto: {p:?}: use tcp, udp, icmp, icmpv6 or a protocol number")
+            })?,
+        };
+        if c.port.is_some() && proto != 6 && proto != 17 {
+            bail!("{base}.port: a port needs proto = \"tcp\" or \"udp\"");
+        }
+        let d = DirSpecs {
+            both: c.both.clone(),
+            a_to_b: c.a_to_b.clone(),
+            b_to_a: c.b_to_a.clone(),
+        };
+        let [ab, ba] = dir_specs(&d, &base)?;
+        let id = names.len() as u32;
+        names.push(c.name.clone());
+        specs[0].push(ab);
+        specs[1].push(ba);
+        let (addr, bits) = match net.trunc() {
+            IpNet::V4(n) => (
+                n.network().to_ipv6_mapped().octets(),
+                96 + n.prefix_len() as u32,
+            ),
+            IpNet::V6(n) => (n.network().octets(), n.prefix_len() as u32),
+        };
+        let key = ClassKey {
+            side,
+            proto,
+            port: c.port.unwrap_or(0).to_be_bytes(),
+            addr,
+        };
+        if keys.iter().any(|(k, b, _)| *k == key && *b == bits) {
+            bail!("{base}: same match as an earlier class");
+        }
+        keys.push((key, bits, id));
+    }
+    Ok(Plan {
+        names,
+        specs,
+        keys,
+        seed: seed
+            .or(cfg.seed)
+            .unwrap_or_else(|| mono_ns() ^ std::process::id() as u64),
+    })
+}
+
+fn scale(p: f64) -> u32 {
+    (p.clamp(0.0, 1.0) * u32::MAX as f64) as u32
+}
+
+pub fn kernel_profile(s: &Spec) -> KernelProfile {
+    let mut k = KernelProfile::default();
+    match &s.loss {
+        None => k.loss_kind = LOSS_NONE,
+        Some(Loss::Random { p, corr }) => {
+            k.loss_kind = LOSS_RANDOM;
+            k.p = [scale(*p), scale(*corr), 0, 0, 0];
+        }
+        Some(Loss::State {
+            p13,
+            p31,
+            p32,
+            p23,
+            p14,
+        }) => {
+            k.loss_kind = LOSS_STATE;
+            k.p = [
+                scale(*p13),
+                scale(*p31),
+                scale(*p32),
+                scale(*p23),
+                scale(*p14),
+            ];
+        }
+        Some(Loss::Gemodel { p, r, one_h, one_k }) => {
+            k.loss_kind = LOSS_GEMODEL;
+            k.p = [scale(*p), scale(*r), scale(*one_h), scale(*one_k), 0];
+        }
+    }
+    if s.is_kernel_only() {
+        k.flags |= PROFILE_FAST;
+    }
+    if let Some((d, e)) = s.blackhole {
+        k.blackhole_ns = d.as_nanos() as u64;
+        k.period_ns = e.as_nanos() as u64;
+    }
+    k
+}
+
+/// Warnings for settings that will surprise (netem's classic: limit × delay).
+pub fn warnings(names: &[String], specs: &[Vec<Spec>; 2]) -> Vec<String> {
+    let mut w = vec![];
+    for (d, v) in specs.iter().enumerate() {
+        for (c, s) in v.iter().enumerate() {
+            let hold = s.delay.as_secs_f64();
+            if hold <= 0.0 {
+                continue;
+            }
+            match &s.limit {
+                Some(Limit::Packets(n)) => w.push(format!(
+                    "class {} {}: limit {n} packets with delay {:?} drops everything above {:.0} packets/s",
+                    names[c], DIRS[d], s.delay, *n as f64 / hold
+                )),
+                Some(Limit::Bytes(b)) => w.push(format!(
+                    "class {} {}: limit {b} bytes with delay {:?} drops everything above {:.2} Mbit/s",
+                    names[c], DIRS[d], s.delay, *b as f64 * 8.0 / hold / 1e6
+                )),
+                None => {}
+            }
+        }
+    }
+    w
+}
+
+pub struct Options {
+    pub iface_a: String,
+    pub iface_b: String,
+    pub netns: Option<String>,
+    pub specs: DirSpecs,
+    pub config: Option<PathBuf>,
+    pub seed: Option<u64>,
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub json: bool,
+    pub frames: u64,
+}
+
+pub fn load_config(p: Option<&Path>) -> Result<Config> {
+    match p {
+        None => Ok(Config::default()),
+        Some(p) => {
+            let t =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&t).map_err(|e| anyhow!("{}: {e}", p.display()))
+        }
+    }
+}
+
+pub fn control_path(netns: Option<&str>) -> PathBuf {
+    Path::new(CONTROL_DIR).join(format!("{}.sock", netns.unwrap_or("default")))
+}
+
+/// A live change, sent over the control socket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SetRequest {
+    pub class: Option<String>,
+    pub both: Option<String>,
+    pub a_to_b: Option<String>,
+    pub b_to_a: Option<String>,
+}
+
+/// Send a live change to the emulator running in `netns`.
+pub fn send_set(netns: Option<&str>, req: &SetRequest) -> Result<String> {
+    let p = control_path(netns);
+    let mut s = UnixStream::connect(&p).with_context(|| {
+        format!(
+            "no wirelab wan is running there (control socket {} not found)",
+            p.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    writeln!(s, "{}", serde_json::to_string(req)?)?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    let v: serde_json::Value = serde_json::from_str(line.trim()).context("bad reply")?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("{e}");
+    }
+    Ok(v["applied"].as_str().unwrap_or("").to_string())
+}
+
+struct Maps {
+    cfg: Array<MapData, WanConfig>,
+    profiles: Array<MapData, KernelProfile>,
+    counters: PerCpuArray<MapData, WanCounters>,
+    max: u32,
+}
+
+impl Maps {
+    fn write_profiles(&mut self, gen: u32, specs: &[Vec<Spec>; 2]) -> Result<()> {
+        for (d, v) in specs.iter().enumerate() {
+            for (c, s) in v.iter().enumerate() {
+                let idx = (gen * 2 + d as u32) * self.max + c as u32;
+                self.profiles.set(idx, kernel_profile(s), 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flip(&mut self, gen: u32) -> Result<()> {
+        let mut c = self.cfg.get(&0, 0)?;
+        c.gen = gen;
+        self.cfg.set(0, c, 0)?;
+        Ok(())
+    }
+
+    fn counters(&self, d: usize, c: usize) -> Result<WanCounters> {
+        let v = self.counters.get(&(d as u32 * self.max + c as u32), 0)?;
+        let mut s = WanCounters::default();
+        for x in v.iter() {
+            s.add(x);
+        }
+        Ok(s)
+    }
+}
+
+/// One line of stats for a (direction, class).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ClassReport {
+    pub dir: String,
+    pub class: String,
+    pub rx: u64,
+    pub tx: u64,
+    pub drops_loss: u64,
+    pub drops_queue: u64,
+    pub drops_blackhole: u64,
+    pub duplicated: u64,
+    pub corrupted: u64,
+    pub reordered: u64,
+    pub fast_path: u64,
+    pub queue_now: u64,
+    pub queue_max: u64,
+    pub delay_p50_ms: Option<f64>,
+    pub delay_p99_ms: Option<f64>,
+    pub delay_max_ms: Option<f64>,
+}
+
+fn report(d: usize, name: &str, k: &WanCounters, e: &ClassStats) -> ClassReport {
+    let q = |p: f64| {
+        e.delay_hist
+            .as_ref()
+            .map(|h| h.value_at_quantile(p) as f64 / 1000.0)
+    };
+    ClassReport {
+        dir: DIRS[d].into(),
+        class: name.into(),
+        rx: k.rx_packets,
+        tx: e.tx + k.fast_packets + k.xsk_fallback,
+        drops_loss: k.loss_drops,
+        drops_queue: e.queue_drops,
+        drops_blackhole: k.blackhole_drops,
+        duplicated: e.duplicated,
+        corrupted: e.corrupted,
+        reordered: e.reordered,
+        fast_path: k.fast_packets,
+        queue_now: e.queue_depth,
+        queue_max: e.queue_max,
+        delay_p50_ms: q(0.5),
+        delay_p99_ms: q(0.99),
+        delay_max_ms: e.delay_hist.as_ref().map(|h| h.max() as f64 / 1000.0),
+    }
+}
+
+fn minus(a: &WanCounters, b: &WanCounters) -> WanCounters {
+    WanCounters {
+        rx_packets: a.rx_packets - b.rx_packets,
+        rx_bytes: a.rx_bytes - b.rx_bytes,
+        loss_drops: a.loss_drops - b.loss_drops,
+        blackhole_drops: a.blackhole_drops - b.blackhole_drops,
+        fast_packets: a.fast_packets - b.fast_packets,
+        xsk_packets: a.xsk_packets - b.xsk_packets,
+        xsk_fallback: a.xsk_fallback - b.xsk_fallback,
+    }
+}
+
+fn print_reports(t: f64, rows: &[ClassReport], json: bool, kind: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"type": kind, "t": t, "classes": rows})
+        )?;
+    } else {
+        for r in rows {
+            let ms = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+            writeln!(
+                out,
+                "[{t:>7.2}s] {:<6} {:<10} rx {:>7} tx {:>7} drop loss/queue/bh {}/{}/{} dup {} corrupt {} reord {} queue {} (max {}) delay ms p50 {} p99 {} max {}",
+                r.dir, r.class, r.rx, r.tx, r.drops_loss, r.drops_queue, r.drops_blackhole,
+                r.duplicated, r.corrupted, r.reordered, r.queue_now, r.queue_max,
+                ms(r.delay_p50_ms), ms(r.delay_p99_ms), ms(r.delay_max_ms)
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Run the emulator until `duration`, SIGINT or SIGTERM. Returns the final per-class totals.
+pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
+    // 1. Validate everything before touching the system.
+    let cfg = load_config(opts.config.as_deref())?;
+    let plan = plan(&cfg, &opts.specs, opts.seed)?;
+    let mut profiles: [Vec<Profile>; 2] = [vec![], vec![]];
+    for d in 0..2 {
+        for (c, s) in plan.specs[d].iter().enumerate() {
+            profiles[d].push(
+                Profile::new(s.clone(), opts.frames)
+                    .with_context(|| format!("class {} {}", plan.names[c], DIRS[d]))?,
+            );
+        }
+    }
+    if opts.iface_a == opts.iface_b {
+        bail!("--between needs two different interfaces");
+    }
+    let mut ifindex = [0u32; 2];
+    for (i, n) in [&opts.iface_a, &opts.iface_b].iter().enumerate() {
+        ifindex[i] = nix::net::if_::if_nametoindex(n.as_str()).map_err(|_| {
+            anyhow!("no interface named {n:?} in this network namespace (use --netns NAME for a lab host)")
+        })?;
+    }
+    ebpf::preflight()?;
+    for w in warnings(&plan.names, &plan.specs) {
+        tracing::warn!("{w}");
+    }
+    let max = plan.names.len() as u32;
+
+    // 2. Load with per-class maps sized to the class count.
+    let mut bpf = EbpfLoader::new()
+        .map_max_entries("WAN_PROFILES", 4 * max)
+        .map_max_entries("WAN_LOSS", 2 * max)
+        .map_max_entries("WAN_COUNTERS", 2 * max)
+        .map_max_entries("WAN_CLASSES", (plan.keys.len() as u32).max(1))
+        .load(ebpf::OBJECT)
+        .context("loading the wirelab eBPF object")?;
+    let mut maps = Maps {
+        cfg: Array::try_from(bpf.take_map("WAN_CONFIG").context("WAN_CONFIG")?)?,
+        profiles: Array::try_from(bpf.take_map("WAN_PROFILES").context("WAN_PROFILES")?)?,
+        counters: PerCpuArray::try_from(bpf.take_map("WAN_COUNTERS").context("WAN_COUNTERS")?)?,
+        max,
+    };
+    let mut loss: Array<MapData, LossState> =
+        Array::try_from(bpf.take_map("WAN_LOSS").context("WAN_LOSS")?)?;
+    for d in 0..2u32 {
+        for c in 0..max {
+            let seed =
+                plan.seed ^ ((d as u64 + 1) << 48) ^ (c as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+            loss.set(
+                d * max + c,
+                LossState {
+                    rng: seed | 1,
+                    state: 1,
+                    last: 0,
+                },
+                0,
+            )?;
+        }
+    }
+    let mut classes: LpmTrie<MapData, ClassKey, u32> =
+        LpmTrie::try_from(bpf.take_map("WAN_CLASSES").context("WAN_CLASSES")?)?;
+    for (k, bits, id) in &plan.keys {
+        classes.insert(&Key::new(CLASS_KEY_FIXED_BITS + bits, *k), id, 0)?;
+    }
+    maps.write_profiles(0, &plan.specs)?;
+    maps.cfg.set(
+        0,
+        WanConfig {
+            ifindex,
+            max_classes: max,
+            gen: 0,
+            epoch_ns: mono_ns(),
+        },
+        0,
+    )?;
+
+    // 3. The engine's sockets, registered in the XSKMAP.
+    let mut engine = Engine::new(ifindex, opts.frames, profiles, plan.seed)
+        .map_err(engine::explain_xsk_error)?;
+    let mut xsks = XskMap::try_from(bpf.take_map("WAN_XSKS").context("WAN_XSKS")?)?;
+    let fds = engine.fds();
+    for (d, fd) in fds.iter().enumerate() {
+        let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+        xsks.set(d as u32, bfd, 0)?;
+    }
+
+    // 4. Attach: tc fast path first, then XDP (both through links).
+    for iface in [&opts.iface_a, &opts.iface_b] {
+        let p: &mut SchedClassifier = bpf.program_mut("wan_fwd").context("wan_fwd")?.try_into()?;
+        if p.fd().is_err() {
+            p.load().context("loading wan_fwd")?;
+        }
+        p.attach(iface, TcAttachType::Ingress)
+            .with_context(|| format!("attaching the tc fast path to {iface}"))?;
+    }
+    let mut modes = vec![];
+    {
+        let p: &mut aya::programs::Xdp =
+            bpf.program_mut("wan_xdp").context("wan_xdp")?.try_into()?;
+        p.load().context("loading wan_xdp")?;
+        for iface in [&opts.iface_a, &opts.iface_b] {
+            let mode = match p.attach(iface, aya::programs::XdpMode::Driver) {
+                Ok(_) => "native",
+                Err(e) => {
+                    tracing::warn!(iface = %iface, "native XDP refused ({e}); using skb mode");
+                    p.attach(iface, aya::programs::XdpMode::Skb)
+                        .with_context(|| format!("attaching wan_xdp to {iface}"))?;
+                    "skb"
+                }
+            };
+            modes.push(mode);
+        }
+    }
+
+    // 5. Control socket for live changes.
+    std::fs::create_dir_all(CONTROL_DIR)?;
+    let cpath = control_path(opts.netns.as_deref());
+    if cpath.exists() {
+        if UnixStream::connect(&cpath).is_ok() {
+            bail!(
+                "another wirelab wan is running for this namespace ({})",
+                cpath.display()
+            );
+        }
+        let _ = std::fs::remove_file(&cpath);
+    }
+    let listener =
+        UnixListener::bind(&cpath).with_context(|| format!("binding {}", cpath.display()))?;
+    listener.set_nonblocking(true)?;
+    struct RmOnDrop(PathBuf);
+    impl Drop for RmOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _rm = RmOnDrop(cpath.clone());
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0);
+    }
+    tracing::info!(
+        a = %opts.iface_a, b = %opts.iface_b, classes = max, seed = plan.seed,
+        mode = %modes.join("/"), a_to_b = %plan.specs[0][0].text, b_to_a = %plan.specs[1][0].text,
+        "wan running"
+    );
+
+    // 6. The loop.
+    let start = Instant::now();
+    let mut last_report = Instant::now();
+    let mut last_ctl = Instant::now();
+    let mut gen = 0u32;
+    let mut specs = plan.specs.clone();
+    let mut prev_k: Vec<Vec<WanCounters>> = vec![vec![WanCounters::default(); max as usize]; 2];
+    let fds = engine.fds();
+    loop {
+        if stop.requested() || opts.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        let now = mono_ns();
+        engine.receive(now);
+        engine.transmit_due(mono_ns());
+        if last_ctl.elapsed() >= Duration::from_millis(10) {
+            last_ctl = Instant::now();
+            if let Ok((s, _)) = listener.accept() {
+                let reply = match handle_set(s.try_clone()?, &plan, &mut specs, opts.frames) {
+                    Ok((new_specs, new_profiles, applied)) => {
+                        // Kernel: write the idle generation, then flip in one write.
+                        let next = gen ^ 1;
+                        maps.write_profiles(next, &new_specs)?;
+                        maps.flip(next)?;
+                        gen = next;
+                        engine.set_profiles(new_profiles)?;
+                        specs = new_specs;
+                        tracing::info!(change = %applied, "live change applied");
+                        serde_json::json!({"applied": applied})
+                    }
+                    Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+                };
+                let mut s = s;
+                let _ = writeln!(s, "{reply}");
+            }
+        }
+        if last_report.elapsed() >= opts.interval {
+            let secs = start.elapsed().as_secs_f64();
+            last_report = Instant::now();
+            let mut rows = vec![];
+            let eng = engine.take_interval();
+            for (d, c, e) in eng {
+                let k = maps.counters(d, c)?;
+                let dk = minus(&k, &prev_k[d][c]);
+                prev_k[d][c] = k;
+                rows.push(report(d, &plan.names[c], &dk, &e));
+            }
+            print_reports(secs, &rows, opts.json, "interval")?;
+        }
+        // Sleep until the next departure (at most 1 ms), or spin when it is very close.
+        let next = engine.next_due();
+        let now = mono_ns();
+        let wait_ns = next
+            .map(|n| n.saturating_sub(now))
+            .unwrap_or(1_000_000)
+            .min(1_000_000);
+        if wait_ns > 30_000 {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: (wait_ns - 20_000) as i64,
+            };
+            let mut pfds = [
+                libc::pollfd {
+                    fd: fds[0],
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: fds[1],
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            unsafe {
+                libc::ppoll(pfds.as_mut_ptr(), 2, &ts, std::ptr::null());
+            }
+        }
+    }
+
+    // 7. Detach XDP and tc (the bridge carries traffic again), then release what is queued.
+    drop(xsks);
+    let secs = start.elapsed().as_secs_f64();
+    drop(bpf);
+    engine.flush();
+    let mut rows = vec![];
+    for (d, c, e) in engine.totals() {
+        let k = maps.counters(d, c)?;
+        rows.push(report(d, &plan.names[c], &k, &e));
+    }
+    print_reports(secs, &rows, opts.json, "final")?;
+    if engine.no_frame_drops > 0 || engine.bad_meta > 0 {
+        tracing::warn!(
+            no_frame = engine.no_frame_drops,
+            bad_meta = engine.bad_meta,
+            "engine anomalies (frames dropped for lack of UMEM space / frames without class metadata)"
+        );
+    }
+    tracing::info!("wan stopped; interfaces detached");
+    Ok(rows)
+}
+
+type SetResult = (Vec<Vec<Spec>>, [Vec<Profile>; 2], String);
+
+fn handle_set(
+    s: UnixStream,
+    plan: &Plan,
+    cur: &mut [Vec<Spec>; 2],
+    frames: u64,
+) -> Result<([Vec<Spec>; 2], [Vec<Profile>; 2], String)> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    let req: SetRequest = serde_json::from_str(line.trim()).context("malformed request")?;
+    let class = req.class.clone().unwrap_or_else(|| "default".into());
+    let c = plan
+        .names
+        .iter()
+        .position(|n| *n == class)
+        .ok_or_else(|| anyhow!("no class {class:?} (classes: {})", plan.names.join(", ")))?;
+    let d = DirSpecs {
+        both: req.both.clone(),
+        a_to_b: req.a_to_b.clone(),
+        b_to_a: req.b_to_a.clone(),
+    };
+    if d.both.is_none() && d.a_to_b.is_none() && d.b_to_a.is_none() {
+        bail!("nothing to change: give --both, --a-to-b or --b-to-a");
+    }
+    let new = dir_specs(&d, "set")?;
+    let mut specs = cur.clone();
+    if d.both.is_some() || d.a_to_b.is_some() {
+        specs[0][c] = new[0].clone();
+    }
+    if d.both.is_some() || d.b_to_a.is_some() {
+        specs[1][c] = new[1].clone();
+    }
+    let mut profiles: [Vec<Profile>; 2] = [vec![], vec![]];
+    for dd in 0..2 {
+        for s in &specs[dd] {
+            profiles[dd].push(Profile::new(s.clone(), frames)?);
+        }
+    }
+    let applied = format!(
+        "class {class}: a_to_b \"{}\" b_to_a \"{}\"",
+        specs[0][c].text, specs[1][c].text
+    );
+    Ok((specs, profiles, applied))
+}
+
+#[allow(dead_code)]
+type Unused = SetResult;

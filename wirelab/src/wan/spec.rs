@@ -1,0 +1,553 @@
+//! Impairment specs in tc-netem's words, plus what netem lacks (`blackhole`, `jitter-order`).
+//!
+//! `delay 40ms 5ms 25% distribution normal loss 1% 25% duplicate 0.5% corrupt 0.1%
+//!  reorder 10% 50% gap 5 rate 10mbit 20 limit 64kb blackhole 2s every 30s jitter-order keep`
+use std::{path::PathBuf, time::Duration};
+
+use serde::Serialize;
+
+/// A parse error naming the word at fault and what is allowed there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{word:?}: {reason}")]
+pub struct SpecError {
+    pub word: String,
+    pub reason: String,
+}
+
+fn err(word: &str, reason: impl Into<String>) -> SpecError {
+    SpecError {
+        word: word.to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    Uniform,
+    Normal,
+    Pareto,
+    Paretonormal,
+    /// A netem `.dist` table file.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "model", rename_all = "lowercase")]
+pub enum Loss {
+    Random {
+        p: f64,
+        corr: f64,
+    },
+    /// 4-state Markov: p13, p31, p32, p23, p14.
+    State {
+        p13: f64,
+        p31: f64,
+        p32: f64,
+        p23: f64,
+        p14: f64,
+    },
+    /// Gilbert-Elliott: p, r, 1-h, 1-k.
+    Gemodel {
+        p: f64,
+        r: f64,
+        one_h: f64,
+        one_k: f64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Limit {
+    Packets(u64),
+    Bytes(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JitterOrder {
+    Keep,
+    Reorder,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rate {
+    pub bits_per_sec: u64,
+    pub packet_overhead: i64,
+    pub cell_size: u64,
+    pub cell_overhead: i64,
+}
+
+/// One direction's impairments.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Spec {
+    pub delay: Duration,
+    pub jitter: Duration,
+    pub delay_corr: f64,
+    pub distribution: Distribution,
+    pub loss: Option<Loss>,
+    pub duplicate: f64,
+    pub duplicate_corr: f64,
+    pub corrupt: f64,
+    pub corrupt_corr: f64,
+    pub reorder: f64,
+    pub reorder_corr: f64,
+    pub gap: u64,
+    pub rate: Option<Rate>,
+    pub limit: Option<Limit>,
+    /// (outage, period)
+    pub blackhole: Option<(Duration, Duration)>,
+    pub jitter_order: JitterOrder,
+    /// The text it was parsed from.
+    pub text: String,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Self {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            delay_corr: 0.0,
+            distribution: Distribution::Uniform,
+            loss: None,
+            duplicate: 0.0,
+            duplicate_corr: 0.0,
+            corrupt: 0.0,
+            corrupt_corr: 0.0,
+            reorder: 0.0,
+            reorder_corr: 0.0,
+            gap: 0,
+            rate: None,
+            limit: None,
+            blackhole: None,
+            jitter_order: JitterOrder::Keep,
+            text: String::new(),
+        }
+    }
+}
+
+const KEYWORDS: &[&str] = &[
+    "delay",
+    "distribution",
+    "loss",
+    "duplicate",
+    "corrupt",
+    "reorder",
+    "gap",
+    "rate",
+    "limit",
+    "blackhole",
+    "jitter-order",
+];
+
+const ALLOWED: &str = "delay, distribution, loss, duplicate, corrupt, reorder, gap, rate, limit, blackhole, jitter-order";
+
+pub fn parse_time(w: &str) -> Result<Duration, SpecError> {
+    let (num, unit) = split_num(w);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| err(w, "expected a time such as 40ms, 500us, 1.5s"))?;
+    let scale = match unit {
+        "s" | "sec" | "secs" => 1.0,
+        "ms" | "msec" | "msecs" => 1e-3,
+        "us" | "usec" | "usecs" => 1e-6,
+        "ns" | "nsec" | "nsecs" => 1e-9,
+        "" => return Err(err(w, "a time needs a unit: s, ms, us or ns")),
+        _ => return Err(err(w, "unknown time unit (use s, ms, us or ns)")),
+    };
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(err(w, "a time must be a non-negative number"));
+    }
+    let secs = v * scale;
+    if secs > 3600.0 {
+        return Err(err(w, "longer than an hour"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn split_num(w: &str) -> (&str, &str) {
+    let i = w
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e'))
+        .unwrap_or(w.len());
+    // "1e3" style exponents are numbers, but "e" could also start a unit: accept only digits
+    // after 'e'.
+    w.split_at(i)
+}
+
+/// A percentage: `5%`, `5` (tc reads both as percent), or `0.5%`.
+pub fn parse_percent(w: &str) -> Result<f64, SpecError> {
+    let t = w.strip_suffix('%').unwrap_or(w);
+    let v: f64 = t
+        .parse()
+        .map_err(|_| err(w, "expected a percentage such as 1% or 0.5%"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(err(w, "a percentage must be between 0% and 100%"));
+    }
+    Ok(v / 100.0)
+}
+
+fn is_percent(w: &str) -> bool {
+    parse_percent(w).is_ok()
+}
+
+pub fn parse_rate(w: &str) -> Result<u64, SpecError> {
+    let (num, unit) = split_num(w);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| err(w, "expected a rate such as 10mbit, 512kbit, 1gbit, 100mbps"))?;
+    let u = unit.to_ascii_lowercase();
+    let scale = match u.as_str() {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "kibit" => 1024.0,
+        "mibit" => 1024.0 * 1024.0,
+        "gibit" => 1024.0 * 1024.0 * 1024.0,
+        "bps" => 8.0,
+        "kbps" => 8e3,
+        "mbps" => 8e6,
+        "gbps" => 8e9,
+        "" => {
+            return Err(err(
+                w,
+                "a rate needs a unit: bit, kbit, mbit, gbit, bps, kbps, mbps",
+            ))
+        }
+        _ => {
+            return Err(err(
+                w,
+                "unknown rate unit (bit, kbit, mbit, gbit, bps, kbps, mbps)",
+            ))
+        }
+    };
+    let bps = v * scale;
+    if !(bps.is_finite() && bps >= 1000.0) {
+        return Err(err(w, "a rate must be at least 1kbit"));
+    }
+    Ok(bps as u64)
+}
+
+fn parse_size(w: &str) -> Result<u64, SpecError> {
+    let (num, unit) = split_num(w);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| err(w, "expected a size such as 64kb"))?;
+    let scale = match unit.to_ascii_lowercase().as_str() {
+        "b" => 1.0,
+        "kb" | "k" => 1024.0,
+        "mb" | "m" => 1024.0 * 1024.0,
+        "gb" | "g" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(err(w, "unknown size unit (b, kb, mb, gb)")),
+    };
+    Ok((v * scale) as u64)
+}
+
+/// Parse a spec. An empty string means no impairment.
+pub fn parse(text: &str) -> Result<Spec, SpecError> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut s = Spec {
+        text: words.join(" "),
+        ..Default::default()
+    };
+    let mut i = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    let next_is_value = |i: usize| i < words.len() && !KEYWORDS.contains(&words[i]);
+    while i < words.len() {
+        let kw = words[i];
+        if !KEYWORDS.contains(&kw) {
+            return Err(err(kw, format!("unknown word; allowed: {ALLOWED}")));
+        }
+        if kw != "gap" && kw != "distribution" && !seen.insert(kw) {
+            return Err(err(kw, "given twice"));
+        }
+        i += 1;
+        let need = |i: usize, what: &str| -> Result<&str, SpecError> {
+            if i < words.len() {
+                Ok(words[i])
+            } else {
+                Err(err(kw, format!("needs {what}")))
+            }
+        };
+        match kw {
+            "delay" => {
+                s.delay = parse_time(need(i, "a time, e.g. delay 40ms")?)?;
+                i += 1;
+                if next_is_value(i) {
+                    s.jitter = parse_time(words[i])?;
+                    i += 1;
+                    if next_is_value(i) && is_percent(words[i]) {
+                        s.delay_corr = parse_percent(words[i])?;
+                        i += 1;
+                    }
+                }
+            }
+            "distribution" => {
+                let w = need(i, "uniform, normal, pareto, paretonormal or a .dist file")?;
+                s.distribution = match w {
+                    "uniform" => Distribution::Uniform,
+                    "normal" => Distribution::Normal,
+                    "pareto" => Distribution::Pareto,
+                    "paretonormal" => Distribution::Paretonormal,
+                    f if f.contains('/') || f.ends_with(".dist") => {
+                        Distribution::File(PathBuf::from(f))
+                    }
+                    _ => {
+                        return Err(err(
+                            w,
+                            "unknown distribution; use uniform, normal, pareto, paretonormal or a path to a .dist file",
+                        ))
+                    }
+                };
+                i += 1;
+            }
+            "loss" => {
+                let w = need(i, "a percentage, `state ...` or `gemodel ...`")?;
+                let mut nums = vec![];
+                let model = if w == "state" || w == "gemodel" {
+                    i += 1;
+                    w
+                } else {
+                    if w == "random" {
+                        i += 1;
+                    }
+                    "random"
+                };
+                while next_is_value(i) && nums.len() < 5 {
+                    nums.push(parse_percent(words[i])?);
+                    i += 1;
+                }
+                s.loss = Some(match (model, nums.len()) {
+                    (_, 0) => return Err(err(kw, "needs a probability, e.g. loss 1%")),
+                    ("random", 1 | 2) => Loss::Random {
+                        p: nums[0],
+                        corr: nums.get(1).copied().unwrap_or(0.0),
+                    },
+                    ("random", _) => {
+                        return Err(err(words[i - 1], "loss takes at most P and a correlation"))
+                    }
+                    ("state", n) => {
+                        let p13 = nums[0];
+                        Loss::State {
+                            p13,
+                            p31: if n > 1 { nums[1] } else { 1.0 - p13 },
+                            p32: if n > 2 { nums[2] } else { 0.0 },
+                            p23: if n > 3 { nums[3] } else { 1.0 },
+                            p14: if n > 4 { nums[4] } else { 0.0 },
+                        }
+                    }
+                    (_, n) => {
+                        if n > 4 {
+                            return Err(err(words[i - 1], "gemodel takes at most p r 1-h 1-k"));
+                        }
+                        let p = nums[0];
+                        Loss::Gemodel {
+                            p,
+                            r: if n > 1 { nums[1] } else { 1.0 - p },
+                            one_h: if n > 2 { nums[2] } else { 1.0 },
+                            one_k: if n > 3 { nums[3] } else { 0.0 },
+                        }
+                    }
+                });
+                if let Some(Loss::State {
+                    p13, p14, p31, p32, ..
+                }) = &s.loss
+                {
+                    if p13 + p14 > 1.0 + 1e-9 || p31 + p32 > 1.0 + 1e-9 {
+                        return Err(err(kw, "state: p13+p14 and p31+p32 must not exceed 100%"));
+                    }
+                }
+            }
+            "duplicate" | "corrupt" | "reorder" => {
+                let p = parse_percent(need(i, "a percentage")?)?;
+                i += 1;
+                let mut c = 0.0;
+                if next_is_value(i) && is_percent(words[i]) {
+                    c = parse_percent(words[i])?;
+                    i += 1;
+                }
+                match kw {
+                    "duplicate" => (s.duplicate, s.duplicate_corr) = (p, c),
+                    "corrupt" => (s.corrupt, s.corrupt_corr) = (p, c),
+                    _ => (s.reorder, s.reorder_corr) = (p, c),
+                }
+            }
+            "gap" => {
+                let w = need(i, "a packet count")?;
+                s.gap = w
+                    .parse()
+                    .map_err(|_| err(w, "gap needs a whole number of packets"))?;
+                i += 1;
+            }
+            "rate" => {
+                let bits_per_sec = parse_rate(need(i, "a rate, e.g. rate 10mbit")?)?;
+                i += 1;
+                let mut extra = vec![];
+                while next_is_value(i) && extra.len() < 3 {
+                    let w = words[i];
+                    extra.push(w.parse::<i64>().map_err(|_| {
+                        err(
+                            w,
+                            "rate takes PACKETOVERHEAD CELLSIZE CELLOVERHEAD (whole bytes)",
+                        )
+                    })?);
+                    i += 1;
+                }
+                let cell_size = extra.get(1).copied().unwrap_or(0);
+                if cell_size < 0 {
+                    return Err(err(kw, "cell size must not be negative"));
+                }
+                s.rate = Some(Rate {
+                    bits_per_sec,
+                    packet_overhead: extra.first().copied().unwrap_or(0),
+                    cell_size: cell_size as u64,
+                    cell_overhead: extra.get(2).copied().unwrap_or(0),
+                });
+            }
+            "limit" => {
+                let w = need(i, "a packet count or a size such as 64kb")?;
+                s.limit = Some(if let Ok(n) = w.parse::<u64>() {
+                    if n == 0 {
+                        return Err(err(w, "limit must be at least 1 packet"));
+                    }
+                    Limit::Packets(n)
+                } else {
+                    Limit::Bytes(parse_size(w)?)
+                });
+                i += 1;
+            }
+            "blackhole" => {
+                let d = parse_time(need(i, "an outage time, e.g. blackhole 2s every 30s")?)?;
+                i += 1;
+                if i >= words.len() || words[i] != "every" {
+                    return Err(err(kw, "use `blackhole DURATION every PERIOD`"));
+                }
+                i += 1;
+                let e = parse_time(need(i, "a period")?)?;
+                i += 1;
+                if d.is_zero() || e <= d {
+                    return Err(err(
+                        kw,
+                        "the outage must be longer than 0 and shorter than the period",
+                    ));
+                }
+                s.blackhole = Some((d, e));
+            }
+            "jitter-order" => {
+                let w = need(i, "keep or reorder")?;
+                s.jitter_order = match w {
+                    "keep" => JitterOrder::Keep,
+                    "reorder" => JitterOrder::Reorder,
+                    _ => return Err(err(w, "jitter-order is keep or reorder")),
+                };
+                i += 1;
+            }
+            _ => unreachable!("keyword list and match agree"),
+        }
+    }
+    if s.reorder > 0.0 && s.delay.is_zero() {
+        return Err(err(
+            "reorder",
+            "needs a delay (reordered packets are the ones sent without it)",
+        ));
+    }
+    if s.gap > 0 && s.reorder == 0.0 {
+        return Err(err("gap", "only means something with reorder"));
+    }
+    if s.reorder > 0.0 && s.gap == 0 {
+        s.gap = 1;
+    }
+    if !s.jitter.is_zero() && s.jitter > s.delay * 4 && s.jitter_order == JitterOrder::Keep {
+        // Allowed; negative samples clamp to zero delay.
+    }
+    Ok(s)
+}
+
+impl Spec {
+    /// True when nothing needs the userspace timing stage (loss and blackhole run in the kernel).
+    pub fn is_kernel_only(&self) -> bool {
+        self.delay.is_zero()
+            && self.jitter.is_zero()
+            && self.duplicate == 0.0
+            && self.corrupt == 0.0
+            && self.reorder == 0.0
+            && self.rate.is_none()
+            && self.limit.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netem_words() {
+        let s = parse("delay 40ms 5ms 25% distribution normal loss 1% 25% duplicate 0.5% corrupt 0.1% reorder 10% 50% gap 5 rate 10mbit 20 limit 64kb blackhole 2s every 30s jitter-order reorder").unwrap();
+        assert_eq!(s.delay, Duration::from_millis(40));
+        assert_eq!(s.jitter, Duration::from_millis(5));
+        assert!((s.delay_corr - 0.25).abs() < 1e-9);
+        assert_eq!(s.distribution, Distribution::Normal);
+        assert_eq!(
+            s.loss,
+            Some(Loss::Random {
+                p: 0.01,
+                corr: 0.25
+            })
+        );
+        assert!((s.duplicate - 0.005).abs() < 1e-12);
+        assert_eq!(s.gap, 5);
+        assert_eq!(s.rate.as_ref().unwrap().bits_per_sec, 10_000_000);
+        assert_eq!(s.rate.as_ref().unwrap().packet_overhead, 20);
+        assert_eq!(s.limit, Some(Limit::Bytes(65536)));
+        assert_eq!(
+            s.blackhole,
+            Some((Duration::from_secs(2), Duration::from_secs(30)))
+        );
+        assert_eq!(s.jitter_order, JitterOrder::Reorder);
+        assert!(parse("").unwrap().is_kernel_only());
+        assert!(parse("loss 5%").unwrap().is_kernel_only());
+        assert!(!parse("delay 1ms").unwrap().is_kernel_only());
+    }
+
+    #[test]
+    fn loss_models() {
+        assert_eq!(
+            parse("loss state 1% 30% 5% 2% 0.1%").unwrap().loss,
+            Some(Loss::State {
+                p13: 0.01,
+                p31: 0.3,
+                p32: 0.05,
+                p23: 0.02,
+                p14: 0.001
+            })
+        );
+        match parse("loss gemodel 1% 10%").unwrap().loss {
+            Some(Loss::Gemodel { p, r, one_h, one_k }) => {
+                assert_eq!((p, r, one_h, one_k), (0.01, 0.1, 1.0, 0.0))
+            }
+            l => panic!("{l:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_word() {
+        let e = parse("delay 40").unwrap_err();
+        assert_eq!(e.word, "40");
+        let e = parse("delay 40ms lossy 1%").unwrap_err();
+        assert_eq!(e.word, "lossy");
+        assert!(e.reason.contains("allowed"));
+        let e = parse("loss 150%").unwrap_err();
+        assert_eq!(e.word, "150%");
+        let e = parse("rate 10 mbit").unwrap_err();
+        assert_eq!(e.word, "10");
+        let e = parse("reorder 10%").unwrap_err();
+        assert_eq!(e.word, "reorder");
+        let e = parse("distribution gaussian").unwrap_err();
+        assert_eq!(e.word, "gaussian");
+        let e = parse("blackhole 5s every 1s").unwrap_err();
+        assert_eq!(e.word, "blackhole");
+        let e = parse("delay 1ms delay 2ms").unwrap_err();
+        assert_eq!(e.word, "delay");
+        let e = parse("jitter-order sometimes").unwrap_err();
+        assert_eq!(e.word, "sometimes");
+    }
+}
