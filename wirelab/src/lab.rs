@@ -37,11 +37,11 @@ ports = ["to-client", "to-server"]
 name = "server"
 
 [[link]]
-a = { host = "client", iface = "eth0", addresses = ["198.18.0.1/24"] }
+a = { host = "client", iface = "eth0", addresses = ["198.18.0.1/24"], tx_checksum = false }
 b = { host = "wan", iface = "to-client" }
 
 [[link]]
-a = { host = "server", iface = "eth0", addresses = ["198.18.0.2/24"] }
+a = { host = "server", iface = "eth0", addresses = ["198.18.0.2/24"], tx_checksum = false }
 b = { host = "wan", iface = "to-server" }
 "#;
 
@@ -95,6 +95,9 @@ pub struct Endpoint {
     pub addresses: Vec<String>,
     /// Interface MAC address (`aa:bb:cc:dd:ee:ff`); random when unset.
     pub mac: Option<String>,
+    /// TX checksum offload (ethtool `tx`); `false` for endpoints whose traffic crosses
+    /// `wirelab wan` (AF_XDP passes veth's partial checksums on unfinished).
+    pub tx_checksum: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -501,6 +504,9 @@ fn build(state: &LabState) -> Result<()> {
                     nl::set_mtu(&h, &ep.iface, m).await?;
                 }
                 nl::set_up(&h, &ep.iface).await?;
+                if let Some(on) = ep.tx_checksum {
+                    nl::set_tx_checksum(&ep.iface, on)?;
+                }
                 for a in &ep.addresses {
                     nl::add_address(&h, &ep.iface, a.parse()?).await?;
                 }

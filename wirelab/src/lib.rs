@@ -6,5 +6,6 @@ pub mod inspect;
 pub mod lab;
 pub mod netns;
 pub mod nl;
+pub mod probe;
 pub mod util;
 pub mod wan;

@@ -2,7 +2,7 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use wirelab::{ebpf::AttachMode, inspect, lab, netns, util, wan};
+use wirelab::{ebpf::AttachMode, inspect, lab, netns, probe, util, wan};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +33,10 @@ enum Cmd {
         after_help = "Examples:\n  wirelab wan --netns wirelab-wan --between to-client to-server --both \"delay 20ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server \\\n      --a-to-b \"delay 40ms 5ms distribution normal loss 0.5% rate 20mbit\" --b-to-a \"delay 40ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server --config wan.toml --seed 7 --json\n  wirelab wan set --netns wirelab-wan --both \"delay 80ms\"\n\nSPEC words (tc-netem's): delay TIME [JITTER [CORR%]] [distribution uniform|normal|pareto|\nparetonormal|FILE.dist], loss P% [CORR%] | loss state p13 [p31 [p32 [p23 [p14]]]] | loss gemodel\np [r [1-h [1-k]]], duplicate P% [CORR%], corrupt P% [CORR%], reorder P% [CORR%] [gap N],\nrate RATE [OVERHEAD [CELLSIZE [CELLOVERHEAD]]], limit PACKETS|SIZE, and beyond netem:\nblackhole TIME every TIME, jitter-order keep|reorder (default keep).\nOrder: classify -> loss -> duplicate -> corrupt -> delay -> rate -> queue limit."
     )]
     Wan(WanArgs),
+    /// Measurement traffic: one-way delay, loss, duplicates, reordering, corruption (UDP);
+    /// goodput over time (TCP).
+    #[command(subcommand)]
+    Probe(ProbeCmd),
     /// Remove what a killed wirelab left behind (half-made labs; --all-labs: every lab).
     Cleanup {
         /// Also remove labs that are complete and may still be in use.
@@ -147,6 +151,50 @@ struct WanRunArgs {
     check: bool,
 }
 
+#[derive(Subcommand)]
+enum ProbeCmd {
+    /// Echo UDP probes and sink TCP probes on ADDR:PORT.
+    #[command(
+        after_help = "Example:\n  wirelab probe server --netns wirelab-server --bind 198.18.0.2:7000 --duration 60s"
+    )]
+    Server {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+        #[arg(long, value_parser = util::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Send probes to a probe server and report.
+    #[command(
+        after_help = "Examples:\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --rate 1000 --count 20000 --json\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --tcp --duration 10s"
+    )]
+    Client {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// Probes per second (UDP).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, conflicts_with = "duration")]
+        count: Option<u64>,
+        #[arg(long, value_parser = util::parse_duration)]
+        duration: Option<Duration>,
+        /// UDP probe size in bytes (UDP payload).
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Measure TCP goodput instead.
+        #[arg(long)]
+        tcp: bool,
+        /// How long to wait for late echoes after the last probe.
+        #[arg(long, default_value = "1s", value_parser = util::parse_duration)]
+        wait: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args)]
 struct InspectArgs {
     /// Interface to attach to.
@@ -221,6 +269,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Wan(w) => wan_cmd(w),
+        Cmd::Probe(p) => probe_cmd(p),
         Cmd::Cleanup { all_labs, json } => {
             let r = wirelab::cleanup::run(all_labs)?;
             if json {
@@ -234,6 +283,73 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn probe_cmd(p: ProbeCmd) -> Result<ExitCode> {
+    match p {
+        ProbeCmd::Server {
+            netns,
+            bind,
+            duration,
+        } => {
+            if let Some(ns) = &netns {
+                netns::enter(ns)?;
+            }
+            let stop = util::Stop::install()?;
+            probe::server(bind, duration, &stop)?;
+        }
+        ProbeCmd::Client {
+            netns,
+            to,
+            rate,
+            count,
+            duration,
+            size,
+            tcp,
+            wait,
+            json,
+        } => {
+            if let Some(ns) = &netns {
+                netns::enter(ns)?;
+            }
+            let stop = util::Stop::install()?;
+            if tcp {
+                let r = probe::tcp_client(to, duration.unwrap_or(Duration::from_secs(10)), &stop)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "tcp probe to {}: {} bytes in {:.2}s = {:.2} Mbit/s goodput",
+                        r.to, r.bytes, r.seconds, r.goodput_mbps
+                    );
+                    let per: Vec<String> = r
+                        .per_second_mbps
+                        .iter()
+                        .map(|m| format!("{m:.1}"))
+                        .collect();
+                    println!("  per second (Mbit/s): {}", per.join(" "));
+                }
+            } else {
+                let r = probe::udp_client(
+                    &probe::ClientOptions {
+                        to,
+                        rate,
+                        count,
+                        duration,
+                        size,
+                        wait,
+                    },
+                    &stop,
+                )?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    probe::print_udp(&r);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn wan_cmd(w: WanArgs) -> Result<ExitCode> {

@@ -227,3 +227,48 @@ pub async fn interfaces(h: &Handle) -> Result<Vec<IfaceInfo>> {
     }
     Ok(out)
 }
+
+/// Turn TX checksum offload of `iface` (in the calling thread's namespace) on or off, through
+/// the ethtool ioctl (`ETHTOOL_STXCSUM`).
+///
+/// Lab endpoints whose traffic crosses an AF_XDP engine need it off: a veth hands over frames
+/// with unfinished (partial) checksums, which AF_XDP passes on as they are.
+pub fn set_tx_checksum(iface: &str, on: bool) -> Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    if iface.len() > 15 {
+        bail!("interface name {iface:?} too long");
+    }
+    let mut val = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: on as u32,
+    };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: &mut val,
+        _pad: [0; 16],
+    };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket for ethtool");
+    }
+    let r = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq) };
+    let e = std::io::Error::last_os_error();
+    unsafe { libc::close(fd) };
+    if r < 0 {
+        return Err(e).with_context(|| format!("setting tx checksum offload of {iface}"));
+    }
+    Ok(())
+}

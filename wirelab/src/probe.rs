@@ -1,0 +1,660 @@
+//! `wirelab probe`: the measuring instrument.
+//!
+//! UDP mode: the client sends sequence-numbered, timestamped probes at a fixed rate; the server
+//! stamps and echoes each one. Lab hosts share one CLOCK_MONOTONIC, so one-way delays are
+//! measured directly: forward = server receive − client send, reverse = client receive − server
+//! send. Both sockets use SO_NO_CHECK (IPv4 UDP without checksum) so corrupted probes reach
+//! the application and are detected by the probe's own checksums instead of vanishing as loss.
+//! A final exchange fetches the server's own counts (received, duplicates, reordered,
+//! corrupted) for the run.
+//!
+//! TCP mode: the client writes as fast as it can for the duration; the server counts bytes in
+//! 100 ms slots and returns them, giving goodput over time as the receiver saw it.
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{util::Stop, wan::engine::mono_ns};
+
+const MAGIC: u32 = 0x574c_5052; // "WLPR"
+const KIND_PROBE: u8 = 1;
+const KIND_ECHO: u8 = 2;
+const KIND_FIN: u8 = 3;
+const KIND_FIN_ACK: u8 = 4;
+/// magic 4, kind 1, flags 1, pad 2, run 8, seq 8, c_tx 8, s_rx 8, s_tx 8, csum_client 4,
+/// csum_echo 4
+const HDR: usize = 64;
+pub const MIN_SIZE: usize = HDR + 8;
+const FLAG_FWD_CORRUPT: u8 = 1;
+
+fn fnv(data: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in data {
+        h ^= *b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+fn get_u64(b: &[u8], o: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn put_u64(b: &mut [u8], o: usize, v: u64) {
+    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get_u32(b: &[u8], o: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[o..o + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// Client checksum: covers run, seq, client timestamp and payload (not server fields).
+fn client_csum(b: &[u8]) -> u32 {
+    let mut h = fnv(&b[8..32]);
+    h ^= fnv(&b[HDR..]).rotate_left(7);
+    h
+}
+
+/// Echo checksum: everything but the echo checksum itself.
+fn echo_csum(b: &[u8]) -> u32 {
+    fnv(&b[..60]) ^ fnv(&b[HDR..]).rotate_left(13)
+}
+
+fn no_check(s: &UdpSocket) {
+    const SO_NO_CHECK: libc::c_int = 11;
+    let one: libc::c_int = 1;
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NO_CHECK,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[derive(Default)]
+struct ServerRun {
+    received: u64,
+    duplicates: u64,
+    reordered: u64,
+    corrupted: u64,
+    max_seq: u64,
+    seen: Vec<u64>,
+}
+
+impl ServerRun {
+    fn mark(&mut self, seq: u64) -> bool {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        if w >= self.seen.len() {
+            if w > 1 << 24 {
+                return false;
+            }
+            self.seen.resize(w + 1, 0);
+        }
+        let dup = self.seen[w] & (1 << b) != 0;
+        self.seen[w] |= 1 << b;
+        dup
+    }
+}
+
+/// Run the server until `duration` or a signal: UDP echo and TCP sink on the same port.
+pub fn server(bind: SocketAddr, duration: Option<Duration>, stop: &Stop) -> Result<()> {
+    let udp = UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+    no_check(&udp);
+    udp.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let tcp = TcpListener::bind(bind).with_context(|| format!("binding TCP {bind}"))?;
+    tcp.set_nonblocking(true)?;
+    tracing::info!(%bind, "probe server listening (UDP echo + TCP sink)");
+    let start = Instant::now();
+    let stop2 = stop.clone();
+    let tcp_thread = std::thread::spawn(move || {
+        while !stop2.requested() && duration.is_none_or(|d| start.elapsed() < d) {
+            match tcp.accept() {
+                Ok((s, peer)) => {
+                    std::thread::spawn(move || {
+                        if let Err(e) = tcp_sink(s) {
+                            tracing::warn!(%peer, "tcp probe: {e:#}");
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let mut runs: HashMap<(SocketAddr, u64), ServerRun> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    while !stop.requested() && duration.is_none_or(|d| start.elapsed() < d) {
+        let (n, peer) = match udp.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let rx = mono_ns();
+        if n < HDR || get_u32(&buf, 0) != MAGIC {
+            continue;
+        }
+        let run = get_u64(&buf, 8);
+        let st = runs.entry((peer, run)).or_default();
+        match buf[4] {
+            KIND_PROBE => {
+                let p = &mut buf[..n];
+                let seq = get_u64(p, 16);
+                let corrupt = client_csum(p) != get_u32(p, 56);
+                if corrupt {
+                    st.corrupted += 1;
+                }
+                if !corrupt {
+                    if st.mark(seq) {
+                        st.duplicates += 1;
+                    } else {
+                        st.received += 1;
+                    }
+                    if seq < st.max_seq {
+                        st.reordered += 1;
+                    }
+                    st.max_seq = st.max_seq.max(seq);
+                }
+                p[4] = KIND_ECHO;
+                p[5] = if corrupt { FLAG_FWD_CORRUPT } else { 0 };
+                put_u64(p, 32, rx);
+                put_u64(p, 40, mono_ns());
+                let c = echo_csum(p);
+                p[60..64].copy_from_slice(&c.to_le_bytes());
+                let _ = udp.send_to(p, peer);
+            }
+            KIND_FIN => {
+                let p = &mut buf[..HDR];
+                p[4] = KIND_FIN_ACK;
+                put_u64(p, 16, st.received);
+                put_u64(p, 24, st.duplicates);
+                put_u64(p, 32, st.reordered);
+                put_u64(p, 40, st.corrupted);
+                let _ = udp.send_to(p, peer);
+            }
+            _ => {}
+        }
+    }
+    let _ = tcp_thread.join();
+    tracing::info!("probe server stopped");
+    Ok(())
+}
+
+const SLOT_MS: u64 = 100;
+
+fn tcp_sink(mut s: TcpStream) -> Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut slots: Vec<u64> = vec![];
+    let mut first: Option<Instant> = None;
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let t0 = *first.get_or_insert_with(Instant::now);
+        let slot = (t0.elapsed().as_millis() as u64 / SLOT_MS) as usize;
+        if slot >= slots.len() {
+            slots.resize(slot + 1, 0);
+        }
+        slots[slot] += n as u64;
+        total += n as u64;
+    }
+    let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+    let v =
+        serde_json::json!({"bytes": total, "seconds": secs, "slot_ms": SLOT_MS, "slots": slots});
+    writeln!(s, "{v}")?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DelayStats {
+    pub count: u64,
+    pub min: f64,
+    pub mean: f64,
+    pub stddev: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+struct DelayAcc {
+    h: Histogram<u64>,
+    n: u64,
+    sum: f64,
+    sumsq: f64,
+    min: f64,
+    max: f64,
+}
+
+impl DelayAcc {
+    fn new() -> Self {
+        Self {
+            h: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("bounds"),
+            n: 0,
+            sum: 0.0,
+            sumsq: 0.0,
+            min: f64::MAX,
+            max: 0.0,
+        }
+    }
+    fn add(&mut self, ns: i64) {
+        let ms = ns as f64 / 1e6;
+        self.n += 1;
+        self.sum += ms;
+        self.sumsq += ms * ms;
+        self.min = self.min.min(ms);
+        self.max = self.max.max(ms);
+        let _ = self.h.record(ns.max(1) as u64);
+    }
+    fn stats(&self) -> DelayStats {
+        if self.n == 0 {
+            return DelayStats::default();
+        }
+        let mean = self.sum / self.n as f64;
+        let var = (self.sumsq / self.n as f64 - mean * mean).max(0.0);
+        let q = |p| self.h.value_at_quantile(p) as f64 / 1e6;
+        DelayStats {
+            count: self.n,
+            min: self.min,
+            mean,
+            stddev: var.sqrt(),
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            max: self.max,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DirStats {
+    pub received: u64,
+    pub lost: u64,
+    pub loss_pct: f64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub corrupted: u64,
+    pub delay_ms: DelayStats,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Bursts {
+    pub count: u64,
+    pub mean_len: f64,
+    pub max_len: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct UdpReport {
+    pub mode: &'static str,
+    pub to: String,
+    pub sent: u64,
+    pub size: usize,
+    pub rate_pps: f64,
+    pub duration_s: f64,
+    pub forward: DirStats,
+    pub reverse: DirStats,
+    pub rtt_ms: DelayStats,
+    /// Probes that got no echo (lost in either direction), with burst lengths over them.
+    pub no_echo: u64,
+    pub loss_bursts: Bursts,
+    pub lost_seqs: Vec<u64>,
+    pub server_stats: bool,
+}
+
+pub struct ClientOptions {
+    pub to: SocketAddr,
+    pub rate: f64,
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+    pub size: usize,
+    pub wait: Duration,
+}
+
+/// Run UDP probes; returns the report.
+pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
+    if o.size < MIN_SIZE || o.size > 8900 {
+        bail!("--size must be between {MIN_SIZE} and 8900 bytes");
+    }
+    if !(o.rate > 0.0 && o.rate <= 1_000_000.0) {
+        bail!("--rate must be between 1 and 1000000 probes per second");
+    }
+    let count = match (o.count, o.duration) {
+        (Some(c), _) => c,
+        (None, Some(d)) => (d.as_secs_f64() * o.rate).ceil() as u64,
+        (None, None) => (10.0 * o.rate) as u64,
+    };
+    if count == 0 {
+        bail!("nothing to send (count 0)");
+    }
+    let bind: SocketAddr = if o.to.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("literal");
+    let sock = UdpSocket::bind(bind)?;
+    no_check(&sock);
+    sock.connect(o.to)?;
+    sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let run = mono_ns() ^ ((std::process::id() as u64) << 32);
+    let rx_sock = sock.try_clone()?;
+    #[derive(Default)]
+    struct Rx {
+        got: Vec<u64>,
+        fwd: Option<DelayAcc>,
+        rev: Option<DelayAcc>,
+        rtt: Option<DelayAcc>,
+        dups: u64,
+        reordered: u64,
+        corrupt_rev: u64,
+        corrupt_fwd: u64,
+        max_seq: u64,
+        fin: Option<[u64; 4]>,
+    }
+    let rx = Arc::new(Mutex::new(Rx {
+        got: vec![0; count.div_ceil(64) as usize],
+        fwd: Some(DelayAcc::new()),
+        rev: Some(DelayAcc::new()),
+        rtt: Some(DelayAcc::new()),
+        ..Default::default()
+    }));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (rx2, done2) = (rx.clone(), done.clone());
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while !done2.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok(n) = rx_sock.recv(&mut buf) else {
+                continue;
+            };
+            let now = mono_ns();
+            if n < HDR || get_u32(&buf, 0) != MAGIC || get_u64(&buf, 8) != run {
+                continue;
+            }
+            let p = &buf[..n];
+            let mut r = rx2.lock().expect("lock");
+            match p[4] {
+                KIND_FIN_ACK => {
+                    r.fin = Some([
+                        get_u64(p, 16),
+                        get_u64(p, 24),
+                        get_u64(p, 32),
+                        get_u64(p, 40),
+                    ]);
+                }
+                KIND_ECHO => {
+                    if echo_csum(p) != get_u32(p, 60) {
+                        r.corrupt_rev += 1;
+                        continue;
+                    }
+                    if p[5] & FLAG_FWD_CORRUPT != 0 {
+                        r.corrupt_fwd += 1;
+                        continue;
+                    }
+                    let seq = get_u64(p, 16);
+                    if seq >= count {
+                        continue;
+                    }
+                    let (w, b) = ((seq / 64) as usize, seq % 64);
+                    if r.got[w] & (1 << b) != 0 {
+                        r.dups += 1;
+                        continue;
+                    }
+                    r.got[w] |= 1 << b;
+                    if seq < r.max_seq {
+                        r.reordered += 1;
+                    }
+                    r.max_seq = r.max_seq.max(seq);
+                    let (ctx, srx, stx) = (get_u64(p, 24), get_u64(p, 32), get_u64(p, 40));
+                    if let Some(a) = r.fwd.as_mut() {
+                        a.add(srx as i64 - ctx as i64);
+                    }
+                    if let Some(a) = r.rev.as_mut() {
+                        a.add(now as i64 - stx as i64);
+                    }
+                    if let Some(a) = r.rtt.as_mut() {
+                        a.add(now as i64 - ctx as i64);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let mut pkt = vec![0u8; o.size];
+    for (i, b) in pkt[HDR..].iter_mut().enumerate() {
+        *b = (i * 7 + 3) as u8;
+    }
+    pkt[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    pkt[4] = KIND_PROBE;
+    put_u64(&mut pkt, 8, run);
+    let start = Instant::now();
+    let t0 = mono_ns();
+    let gap = 1e9 / o.rate;
+    let mut sent = 0u64;
+    while sent < count && !stop.requested() {
+        let due = t0 + (sent as f64 * gap) as u64;
+        loop {
+            let now = mono_ns();
+            if now >= due {
+                break;
+            }
+            let left = due - now;
+            if left > 200_000 {
+                std::thread::sleep(Duration::from_nanos(left - 100_000));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        put_u64(&mut pkt, 16, sent);
+        put_u64(&mut pkt, 24, mono_ns());
+        let c = client_csum(&pkt);
+        pkt[56..60].copy_from_slice(&c.to_le_bytes());
+        let _ = sock.send(&pkt);
+        sent += 1;
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    // Stragglers: wait, then ask the server for its side (a few tries).
+    let wait_until = Instant::now() + o.wait;
+    while Instant::now() < wait_until && !stop.requested() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut fin = [0u8; HDR];
+    fin[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    fin[4] = KIND_FIN;
+    put_u64(&mut fin, 8, run);
+    for _ in 0..20 {
+        if rx.lock().expect("lock").fin.is_some() {
+            break;
+        }
+        let _ = sock.send(&fin);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = reader.join();
+    let mut r = rx.lock().expect("lock");
+    let mut lost_seqs = vec![];
+    for seq in 0..sent {
+        if r.got[(seq / 64) as usize] & (1 << (seq % 64)) == 0 {
+            lost_seqs.push(seq);
+        }
+    }
+    let mut bursts = Bursts::default();
+    let mut run_len = 0u64;
+    let mut total_len = 0u64;
+    let mut prev: Option<u64> = None;
+    for s in &lost_seqs {
+        if prev.is_some_and(|p| p + 1 == *s) {
+            run_len += 1;
+        } else {
+            if run_len > 0 {
+                bursts.count += 1;
+                total_len += run_len;
+                bursts.max_len = bursts.max_len.max(run_len);
+            }
+            run_len = 1;
+        }
+        prev = Some(*s);
+    }
+    if run_len > 0 {
+        bursts.count += 1;
+        total_len += run_len;
+        bursts.max_len = bursts.max_len.max(run_len);
+    }
+    if bursts.count > 0 {
+        bursts.mean_len = total_len as f64 / bursts.count as f64;
+    }
+    let echoed = sent - lost_seqs.len() as u64;
+    let fwd_acc = r.fwd.take().expect("acc");
+    let rev_acc = r.rev.take().expect("acc");
+    let rtt_acc = r.rtt.take().expect("acc");
+    let (server_rx, server_dup, server_reord, server_corrupt) = match r.fin {
+        Some([a, b, c, d]) => (a, b, c, d),
+        None => {
+            tracing::warn!(
+                "the probe server did not answer the final exchange; forward counts are estimates"
+            );
+            (echoed, 0, 0, r.corrupt_fwd)
+        }
+    };
+    let pct = |lost: u64, of: u64| {
+        if of == 0 {
+            0.0
+        } else {
+            lost as f64 * 100.0 / of as f64
+        }
+    };
+    let fwd_lost = sent.saturating_sub(server_rx + server_corrupt);
+    let rev_lost = server_rx.saturating_sub(echoed + r.corrupt_rev);
+    Ok(UdpReport {
+        mode: "udp",
+        to: o.to.to_string(),
+        sent,
+        size: o.size,
+        rate_pps: o.rate,
+        duration_s: send_secs,
+        forward: DirStats {
+            received: server_rx,
+            lost: fwd_lost,
+            loss_pct: pct(fwd_lost, sent),
+            duplicates: server_dup,
+            reordered: server_reord,
+            corrupted: server_corrupt,
+            delay_ms: fwd_acc.stats(),
+        },
+        reverse: DirStats {
+            received: echoed,
+            lost: rev_lost,
+            loss_pct: pct(rev_lost, server_rx),
+            duplicates: r.dups,
+            reordered: r.reordered,
+            corrupted: r.corrupt_rev,
+            delay_ms: rev_acc.stats(),
+        },
+        rtt_ms: rtt_acc.stats(),
+        no_echo: lost_seqs.len() as u64,
+        loss_bursts: bursts,
+        lost_seqs,
+        server_stats: r.fin.is_some(),
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpReport {
+    pub mode: &'static str,
+    pub to: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub goodput_mbps: f64,
+    /// Goodput per second as the receiver saw it (Mbit/s).
+    pub per_second_mbps: Vec<f64>,
+}
+
+pub fn tcp_client(to: SocketAddr, duration: Duration, stop: &Stop) -> Result<TcpReport> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {to}"))?;
+    s.set_nodelay(true)?;
+    let buf = vec![0x5au8; 128 * 1024];
+    let start = Instant::now();
+    s.set_write_timeout(Some(Duration::from_millis(200)))?;
+    while start.elapsed() < duration && !stop.requested() {
+        match s.write(&buf) {
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e).context("sending"),
+        }
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .context("reading the server's report")?;
+    let v: serde_json::Value = serde_json::from_str(reply.trim()).context("server report")?;
+    let bytes = v["bytes"].as_u64().unwrap_or(0);
+    let seconds = v["seconds"].as_f64().unwrap_or(0.0);
+    let slots: Vec<u64> = v["slots"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+        .unwrap_or_default();
+    let per_slot = 1000 / SLOT_MS as usize;
+    let per_second_mbps = slots
+        .chunks(per_slot)
+        .filter(|c| c.len() == per_slot)
+        .map(|c| c.iter().sum::<u64>() as f64 * 8.0 / 1e6)
+        .collect();
+    Ok(TcpReport {
+        mode: "tcp",
+        to: to.to_string(),
+        bytes,
+        seconds,
+        goodput_mbps: if seconds > 0.0 {
+            bytes as f64 * 8.0 / seconds / 1e6
+        } else {
+            0.0
+        },
+        per_second_mbps,
+    })
+}
+
+pub fn print_udp(r: &UdpReport) {
+    let d = |s: &DelayStats| {
+        format!(
+            "p50 {:.3} p90 {:.3} p99 {:.3} max {:.3} mean {:.3} sd {:.3} ms",
+            s.p50, s.p90, s.p99, s.max, s.mean, s.stddev
+        )
+    };
+    println!(
+        "udp probe to {}: {} sent, {} B, {:.0}/s over {:.2}s",
+        r.to, r.sent, r.size, r.rate_pps, r.duration_s
+    );
+    for (name, s) in [("forward", &r.forward), ("reverse", &r.reverse)] {
+        println!(
+            "  {name:<8} received {} lost {} ({:.3}%) dup {} reordered {} corrupted {}",
+            s.received, s.lost, s.loss_pct, s.duplicates, s.reordered, s.corrupted
+        );
+        println!("           one-way delay {}", d(&s.delay_ms));
+    }
+    println!("  rtt      {}", d(&r.rtt_ms));
+    println!(
+        "  no echo  {} probes in {} bursts (mean {:.2}, max {})",
+        r.no_echo, r.loss_bursts.count, r.loss_bursts.mean_len, r.loss_bursts.max_len
+    );
+}
