@@ -149,6 +149,9 @@ struct WanRunArgs {
     /// Only validate the specs and config; attach nothing.
     #[arg(long)]
     check: bool,
+    /// Do not raise the engine to SCHED_FIFO (real-time) priority.
+    #[arg(long)]
+    no_realtime: bool,
 }
 
 #[derive(Subcommand)]
@@ -409,6 +412,7 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
             interval: a.interval,
             json: a.json,
             frames: a.frames,
+            realtime: !a.no_realtime,
         },
         &stop,
     )?;

@@ -73,6 +73,53 @@ fn echo_csum(b: &[u8]) -> u32 {
     fnv(&b[..60]) ^ fnv(&b[HDR..]).rotate_left(13)
 }
 
+fn real_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+        .expect("CLOCK_REALTIME is always available");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// Ask the kernel to stamp arrivals (SO_TIMESTAMPNS): delays are measured at the socket's
+/// arrival, not when this process gets scheduled.
+fn kernel_timestamps(s: &UdpSocket) -> Result<()> {
+    nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .context("SO_TIMESTAMPNS")?;
+    Ok(())
+}
+
+/// Receive one datagram with its kernel arrival time (CLOCK_REALTIME ns).
+fn recv_ts(s: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, Option<SocketAddr>, u64)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let m = recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+        .map_err(std::io::Error::from)?;
+    let mut ts = None;
+    if let Ok(cms) = m.cmsgs() {
+        for c in cms {
+            if let ControlMessageOwned::ScmTimestampns(t) = c {
+                ts = Some(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64);
+            }
+        }
+    }
+    let peer = m.address.and_then(|a: SockaddrStorage| {
+        if let Some(v4) = a.as_sockaddr_in() {
+            Some(SocketAddr::V4(std::net::SocketAddrV4::from(*v4)))
+        } else {
+            a.as_sockaddr_in6()
+                .map(|v6| SocketAddr::V6(std::net::SocketAddrV6::from(*v6)))
+        }
+    });
+    // Forwarded skbs can carry a CLOCK_MONOTONIC delivery time instead of a receive stamp:
+    // trust the kernel's stamp only when it is a plausible wall-clock time.
+    let now = real_ns();
+    let t = match ts {
+        Some(t) if t.abs_diff(now) < 1_000_000_000 => t,
+        _ => now,
+    };
+    Ok((m.bytes, peer, t))
+}
+
 fn no_check(s: &UdpSocket) {
     const SO_NO_CHECK: libc::c_int = 11;
     let one: libc::c_int = 1;
@@ -116,6 +163,7 @@ impl ServerRun {
 pub fn server(bind: SocketAddr, duration: Option<Duration>, stop: &Stop) -> Result<()> {
     let udp = UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
     no_check(&udp);
+    kernel_timestamps(&udp)?;
     udp.set_read_timeout(Some(Duration::from_millis(100)))?;
     let tcp = TcpListener::bind(bind).with_context(|| format!("binding TCP {bind}"))?;
     tcp.set_nonblocking(true)?;
@@ -139,11 +187,10 @@ pub fn server(bind: SocketAddr, duration: Option<Duration>, stop: &Stop) -> Resu
     let mut runs: HashMap<(SocketAddr, u64), ServerRun> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     while !stop.requested() && duration.is_none_or(|d| start.elapsed() < d) {
-        let (n, peer) = match udp.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(_) => continue,
+        let (n, peer, rx) = match recv_ts(&udp, &mut buf) {
+            Ok((n, Some(p), t)) => (n, p, t),
+            _ => continue,
         };
-        let rx = mono_ns();
         if n < HDR || get_u32(&buf, 0) != MAGIC {
             continue;
         }
@@ -171,7 +218,7 @@ pub fn server(bind: SocketAddr, duration: Option<Duration>, stop: &Stop) -> Resu
                 p[4] = KIND_ECHO;
                 p[5] = if corrupt { FLAG_FWD_CORRUPT } else { 0 };
                 put_u64(p, 32, rx);
-                put_u64(p, 40, mono_ns());
+                put_u64(p, 40, real_ns());
                 let c = echo_csum(p);
                 p[60..64].copy_from_slice(&c.to_le_bytes());
                 let _ = udp.send_to(p, peer);
@@ -311,6 +358,9 @@ pub struct UdpReport {
     pub forward: DirStats,
     pub reverse: DirStats,
     pub rtt_ms: DelayStats,
+    /// Probes that arrived (as echoes) before a lower-numbered probe: the ones that overtook
+    /// others, which is what netem's `reorder` produces. Measured on the round trip.
+    pub overtaking: u64,
     /// Probes that got no echo (lost in either direction), with burst lengths over them.
     pub no_echo: u64,
     pub loss_bursts: Bursts,
@@ -352,6 +402,7 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
     .expect("literal");
     let sock = UdpSocket::bind(bind)?;
     no_check(&sock);
+    kernel_timestamps(&sock)?;
     sock.connect(o.to)?;
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     let run = mono_ns() ^ ((std::process::id() as u64) << 32);
@@ -367,6 +418,7 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
         corrupt_rev: u64,
         corrupt_fwd: u64,
         max_seq: u64,
+        order: Vec<u64>,
         fin: Option<[u64; 4]>,
     }
     let rx = Arc::new(Mutex::new(Rx {
@@ -381,10 +433,9 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
     let reader = std::thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
         while !done2.load(std::sync::atomic::Ordering::Relaxed) {
-            let Ok(n) = rx_sock.recv(&mut buf) else {
+            let Ok((n, _, now)) = recv_ts(&rx_sock, &mut buf) else {
                 continue;
             };
-            let now = mono_ns();
             if n < HDR || get_u32(&buf, 0) != MAGIC || get_u64(&buf, 8) != run {
                 continue;
             }
@@ -418,6 +469,7 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
                         continue;
                     }
                     r.got[w] |= 1 << b;
+                    r.order.push(seq);
                     if seq < r.max_seq {
                         r.reordered += 1;
                     }
@@ -463,7 +515,7 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
             }
         }
         put_u64(&mut pkt, 16, sent);
-        put_u64(&mut pkt, 24, mono_ns());
+        put_u64(&mut pkt, 24, real_ns());
         let c = client_csum(&pkt);
         pkt[56..60].copy_from_slice(&c.to_le_bytes());
         let _ = sock.send(&pkt);
@@ -521,6 +573,14 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
         bursts.mean_len = total_len as f64 / bursts.count as f64;
     }
     let echoed = sent - lost_seqs.len() as u64;
+    let mut overtaking = 0u64;
+    let mut min_after = u64::MAX;
+    for s in r.order.iter().rev() {
+        if *s > min_after {
+            overtaking += 1;
+        }
+        min_after = min_after.min(*s);
+    }
     let fwd_acc = r.fwd.take().expect("acc");
     let rev_acc = r.rev.take().expect("acc");
     let rtt_acc = r.rtt.take().expect("acc");
@@ -568,6 +628,7 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
             delay_ms: rev_acc.stats(),
         },
         rtt_ms: rtt_acc.stats(),
+        overtaking,
         no_echo: lost_seqs.len() as u64,
         loss_bursts: bursts,
         lost_seqs,
@@ -653,6 +714,10 @@ pub fn print_udp(r: &UdpReport) {
         println!("           one-way delay {}", d(&s.delay_ms));
     }
     println!("  rtt      {}", d(&r.rtt_ms));
+    println!(
+        "  overtaking {} probes arrived before a lower-numbered one",
+        r.overtaking
+    );
     println!(
         "  no echo  {} probes in {} bursts (mean {:.2}, max {})",
         r.no_echo, r.loss_bursts.count, r.loss_bursts.mean_len, r.loss_bursts.max_len

@@ -39,7 +39,7 @@ fn from_samples(mut v: Vec<f64>) -> Vec<f64> {
 /// Built-in tables, made deterministically (fixed internal seed) at start-up.
 pub fn builtin(d: &Distribution) -> Result<Option<Table>> {
     const N: usize = TABLE_SIZE * 64;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5749_5245_4c41_42);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x0057_4952_454c_4142);
     let normal = Normal::new(0.0, 1.0).expect("valid normal");
     // Shape 3 as iproute2's pareto table; finite variance.
     let pareto = Pareto::new(1.0, 3.0).expect("valid pareto");

@@ -241,9 +241,9 @@ impl Engine {
         let mk_states = |d: usize, n: usize| -> Vec<ClassState> {
             (0..n)
                 .map(|c| ClassState {
-                    rng: StdRng::seed_from_u64(
-                        seed ^ ((d as u64) << 56) ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                    ),
+                    rng: StdRng::seed_from_u64(super::splitmix(
+                        seed ^ super::splitmix(((d as u64) << 32) | c as u64 | 1 << 63),
+                    )),
                     last_delay: 0,
                     last_dup: 0,
                     last_corrupt: 0,
@@ -578,37 +578,24 @@ impl Engine {
         self.heaps[0].len() + self.heaps[1].len()
     }
 
-    /// Interval stats of every class that saw traffic, reset for the next interval.
-    pub fn take_interval(&mut self) -> Vec<(usize, usize, ClassStats)> {
-        let mut out = vec![];
-        for d in 0..2 {
-            for (c, st) in self.states[d].iter_mut().enumerate() {
-                let mut s = std::mem::take(&mut st.interval);
-                s.queue_depth = st.queued_packets;
-                st.interval.queue_max = st.queued_packets;
-                if s.rx > 0 || s.tx > 0 || s.queue_depth > 0 || c == 0 {
-                    out.push((d, c, s));
-                }
-            }
-        }
-        out
+    /// Interval stats of one (direction, class), reset for the next interval.
+    pub fn take_interval(&mut self, d: usize, c: usize) -> ClassStats {
+        let st = &mut self.states[d][c];
+        let mut s = std::mem::take(&mut st.interval);
+        s.queue_depth = st.queued_packets;
+        st.interval.queue_max = st.queued_packets;
+        s
     }
 
-    pub fn totals(&self) -> Vec<(usize, usize, ClassStats)> {
-        let mut out = vec![];
-        for d in 0..2 {
-            for (c, st) in self.states[d].iter().enumerate() {
-                if st.total.rx > 0 || c == 0 {
-                    let mut s = st.total.clone();
-                    s.queue_depth = st.queued_packets;
-                    out.push((d, c, s));
-                }
-            }
-        }
-        out
+    pub fn total(&self, d: usize, c: usize) -> ClassStats {
+        let st = &self.states[d][c];
+        let mut s = st.total.clone();
+        s.queue_depth = st.queued_packets;
+        s
     }
 
     /// Swap in new profiles (live `set`). Queued frames keep their departure times.
+    #[allow(clippy::needless_range_loop)]
     pub fn set_profiles(&mut self, profiles: [Vec<Profile>; 2]) -> Result<()> {
         for d in 0..2 {
             if profiles[d].len() != self.profiles[d].len() {
