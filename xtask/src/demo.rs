@@ -1,19 +1,29 @@
-//! `cargo xtask demo`: the main job on the default lab, driven through the wirelab CLI.
+//! `cargo xtask demo`: the main job, driven through the wirelab CLI like a user would:
+//! default lab → WAN profile on the wan host → UDP and TCP probes client→server → a summary
+//! of configured against measured → lab down.
 use std::{
     io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
 
 use crate::root;
+
+pub const A_TO_B: &str = "delay 40ms 5ms distribution normal loss 0.5% rate 20mbit";
+pub const B_TO_A: &str = "delay 40ms 5ms distribution normal loss 0.5% rate 20mbit";
 
 fn wirelab() -> Command {
     Command::new(root().join("target/release/wirelab"))
 }
 
-/// Tears the lab down however the demo ends.
+/// Tears the lab down (and stops what runs in it) however the demo ends.
 struct LabGuard(String);
 
 impl Drop for LabGuard {
@@ -22,51 +32,36 @@ impl Drop for LabGuard {
     }
 }
 
-pub fn demo() -> Result<()> {
-    // Ctrl-C reaches the children (same process group); xtask itself keeps running to tear the
-    // lab down.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+struct Kill(Option<Child>);
 
-    let lab = format!("demo-{}", std::process::id());
-    let st = wirelab().args(["lab", "up", "--name", &lab]).status()?;
-    if !st.success() {
-        bail!("wirelab lab up failed");
+impl Drop for Kill {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
-    let _guard = LabGuard(lab.clone());
-    let pings = 20;
-    println!("\n== inspect on the wan host while the client pings the server {pings} times ==");
-    let mut inspect = wirelab()
-        .args([
-            "inspect",
-            "--netns",
-            &format!("{lab}-wan"),
-            "--iface",
-            "to-client",
-            "--interval",
-            "2s",
-            "--duration",
-            "7s",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting wirelab inspect")?;
-    let stderr = inspect.stderr.take().context("inspect stderr")?;
+}
+
+/// Spawn and wait for `ready` on stderr (echoing stderr to ours).
+fn spawn_ready(mut c: Command, ready: &str) -> Result<Kill> {
+    c.stderr(Stdio::piped());
+    let mut child = c.spawn().with_context(|| format!("starting {c:?}"))?;
+    let stderr = child.stderr.take().context("stderr")?;
     let mut lines = BufReader::new(stderr).lines();
     let t0 = Instant::now();
     loop {
         match lines.next() {
             Some(Ok(l)) => {
                 eprintln!("{l}");
-                if l.contains("inspect attached") {
+                if l.contains(ready) {
                     break;
                 }
             }
-            _ => bail!("inspect exited before attaching"),
+            _ => bail!("{c:?} exited before it was ready"),
         }
-        if t0.elapsed() > Duration::from_secs(10) {
-            bail!("inspect did not attach within 10 s");
+        if t0.elapsed() > Duration::from_secs(20) {
+            bail!("{c:?} not ready after 20 s");
         }
     }
     std::thread::spawn(move || {
@@ -74,27 +69,238 @@ pub fn demo() -> Result<()> {
             eprintln!("{l}");
         }
     });
-    if !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let st = wirelab()
-            .args(["lab", "exec", "--name", &lab, "client", "--"])
-            .args([
-                "ping",
-                "-c",
-                &pings.to_string(),
-                "-i",
-                "0.2",
-                "-q",
-                "198.18.0.2",
-            ])
-            .status()?;
-        if !st.success() {
-            eprintln!("ping reported loss or failed: {st}");
-        }
+    Ok(Kill(Some(child)))
+}
+
+fn json_of(c: &mut Command) -> Result<Value> {
+    let o = c.stderr(Stdio::inherit()).output()?;
+    if !o.status.success() {
+        bail!("{c:?} failed: {}", o.status);
     }
-    let st = inspect.wait()?;
+    serde_json::from_slice(&o.stdout).with_context(|| format!("JSON from {c:?}"))
+}
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_f64().unwrap_or(f64::NAN)
+}
+
+pub fn demo() -> Result<()> {
+    // Ctrl-C reaches the children (same process group); xtask keeps running to clean up.
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+
+    let lab = format!("demo-{}", std::process::id());
+    println!("== 1. lab: client — wan — server ==");
+    let st = wirelab().args(["lab", "up", "--name", &lab]).status()?;
     if !st.success() {
-        bail!("wirelab inspect failed: {st}");
+        bail!("wirelab lab up failed");
     }
-    println!("\nThe icmp row counts the {pings} echo requests the client sent (XDP sees ingress on to-client).");
+    let _guard = LabGuard(lab.clone());
+    let ns = |h: &str| format!("{lab}-{h}");
+    let _server = spawn_ready(
+        {
+            let mut c = wirelab();
+            c.args([
+                "probe",
+                "server",
+                "--netns",
+                &ns("server"),
+                "--bind",
+                "198.18.0.2:7000",
+            ]);
+            c.args(["--duration", "120s"]);
+            c
+        },
+        "probe server listening",
+    )?;
+
+    println!("\n== 2. wan on the wan host ==\n   a->b: {A_TO_B}\n   b->a: {B_TO_A}");
+    let mut wan = spawn_ready(
+        {
+            let mut c = wirelab();
+            c.args([
+                "wan",
+                "--netns",
+                &ns("wan"),
+                "--between",
+                "to-client",
+                "to-server",
+            ]);
+            c.args([
+                "--a-to-b",
+                A_TO_B,
+                "--b-to-a",
+                B_TO_A,
+                "--interval",
+                "5s",
+                "--seed",
+                "1",
+            ]);
+            c.args(["--json", "--duration", "120s"]);
+            c.stdout(Stdio::piped());
+            c
+        },
+        "wan running",
+    )?;
+    if stop.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+
+    println!("\n== 3. UDP probes client -> server: 100/s for 10 s ==");
+    let udp = json_of(wirelab().args([
+        "probe",
+        "client",
+        "--netns",
+        &ns("client"),
+        "--to",
+        "198.18.0.2:7000",
+        "--rate",
+        "100",
+        "--count",
+        "1000",
+        "--json",
+    ]))?;
+    if stop.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    println!("\n== 4. TCP goodput client -> server for 8 s ==");
+    let tcp = json_of(wirelab().args([
+        "probe",
+        "client",
+        "--netns",
+        &ns("client"),
+        "--to",
+        "198.18.0.2:7000",
+        "--tcp",
+        "--duration",
+        "8s",
+        "--json",
+    ]))?;
+
+    // Stop the emulator and take its own final numbers.
+    let mut child = wan.0.take().context("wan")?;
+    let _ = nix_kill(child.id());
+    let mut out = String::new();
+    if let Some(mut so) = child.stdout.take() {
+        use std::io::Read as _;
+        so.read_to_string(&mut out)?;
+    }
+    child.wait()?;
+    let fin: Value = out
+        .lines()
+        .rfind(|l| l.contains("\"final\""))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+
+    let row = |dir: &str| -> Value {
+        fin["classes"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|r| r["dir"] == dir && r["class"] == "default")
+                    .cloned()
+            })
+            .unwrap_or(Value::Null)
+    };
+    let (ab, ba) = (row("a_to_b"), row("b_to_a"));
+    let mss = 1448.0;
+    let rtt_s = num(&udp, &["rtt_ms", "p50"]) / 1000.0;
+    let mathis = mss * 8.0 / rtt_s * 1.22 / (0.005f64).sqrt() / 1e6;
+    println!("\n== 5. configured vs measured ==");
+    println!(
+        "{:<34} {:>16} {:>16} {:>16}",
+        "", "configured", "client->server", "server->client"
+    );
+    println!(
+        "{:<34} {:>16} {:>16.2} {:>16.2}",
+        "one-way delay p50 (ms)",
+        "40",
+        num(&udp, &["forward", "delay_ms", "p50"]),
+        num(&udp, &["reverse", "delay_ms", "p50"])
+    );
+    println!(
+        "{:<34} {:>16} {:>16.2} {:>16.2}",
+        "one-way delay mean (ms)",
+        "40",
+        num(&udp, &["forward", "delay_ms", "mean"]),
+        num(&udp, &["reverse", "delay_ms", "mean"])
+    );
+    println!(
+        "{:<34} {:>16} {:>16.2} {:>16.2}",
+        "one-way delay stddev (ms)",
+        "5 (normal)",
+        num(&udp, &["forward", "delay_ms", "stddev"]),
+        num(&udp, &["reverse", "delay_ms", "stddev"])
+    );
+    println!(
+        "{:<34} {:>16} {:>16.2} {:>16.2}",
+        "loss (%) of UDP probes",
+        "0.5",
+        num(&udp, &["forward", "loss_pct"]),
+        num(&udp, &["reverse", "loss_pct"])
+    );
+    println!(
+        "{:<34} {:>16} {:>16.0} {:>16.0}",
+        "reordered probes",
+        "0 (keep order)",
+        num(&udp, &["forward", "reordered"]),
+        num(&udp, &["reverse", "reordered"])
+    );
+    println!(
+        "{:<34} {:>16} {:>16.2}",
+        "RTT p50 (ms)",
+        "80",
+        num(&udp, &["rtt_ms", "p50"])
+    );
+    println!(
+        "{:<34} {:>16} {:>16.2}",
+        "TCP goodput (Mbit/s)",
+        "<= 19.13",
+        num(&tcp, &["goodput_mbps"])
+    );
+    println!(
+        "{:<34} {:>16} {:>16.2} {:>16.2}",
+        "wan: realized added delay p50 (ms)",
+        "40",
+        num(&ab, &["delay_p50_ms"]),
+        num(&ba, &["delay_p50_ms"])
+    );
+    println!(
+        "{:<34} {:>16} {:>16.0} {:>16.0}",
+        "wan: frames lost (loss model)",
+        "0.5%",
+        num(&ab, &["drops_loss"]),
+        num(&ba, &["drops_loss"])
+    );
+    println!(
+        "{:<34} {:>16} {:>16.0} {:>16.0}",
+        "wan: queue drops (rate)",
+        "",
+        num(&ab, &["drops_queue"]),
+        num(&ba, &["drops_queue"])
+    );
+    println!(
+        "\nTCP over an 80 ms RTT with 0.5% random loss is loss-limited: the Mathis bound\n\
+         MSS/RTT * 1.22/sqrt(p) is {mathis:.1} Mbit/s here, below the 20 Mbit/s rate (19.13 Mbit/s\n\
+         of TCP payload after headers) — what a real path with these numbers would give."
+    );
     Ok(())
+}
+
+fn nix_kill(pid: u32) -> std::io::Result<()> {
+    let r = unsafe { libc_kill(pid as i32, 15) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

@@ -251,7 +251,16 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
     };
     let mut i = 0;
     let mut seen = std::collections::BTreeSet::new();
-    let next_is_value = |i: usize| i < words.len() && !KEYWORDS.contains(&words[i]);
+    // Values are numeric: a following word that is not starts the next clause (and an
+    // unknown one is reported as such).
+    let next_is_value = |i: usize| {
+        i < words.len()
+            && !KEYWORDS.contains(&words[i])
+            && words[i]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
+    };
     while i < words.len() {
         let kw = words[i];
         if !KEYWORDS.contains(&kw) {
