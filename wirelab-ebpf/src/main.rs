@@ -5,6 +5,7 @@
 
 mod inspect;
 mod parse;
+mod swarm;
 
 #[cfg(not(test))]
 #[panic_handler]

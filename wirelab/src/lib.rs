@@ -6,4 +6,5 @@ pub mod inspect;
 pub mod lab;
 pub mod netns;
 pub mod nl;
+pub mod swarm;
 pub mod util;

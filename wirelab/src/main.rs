@@ -26,6 +26,9 @@ enum Cmd {
         after_help = "Examples:\n  wirelab inspect --iface eth0 --duration 30s\n  wirelab inspect --netns wirelab-wan --iface to-client --interval 500ms --json\n\nCounts are of frames received on IFACE (XDP sees ingress only). A frame counts in every\nclass that applies (an ICMP echo counts in total, ipv4 and icmp)."
     )]
     Inspect(InspectArgs),
+    /// Many client machines (own IP and MAC each) from one host, running unmodified programs.
+    #[command(subcommand)]
+    Swarm(SwarmCmd),
     /// Remove what a killed wirelab left behind (half-made labs; --all-labs: every lab).
     Cleanup {
         /// Also remove labs that are complete and may still be in use.
@@ -151,20 +154,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Swarm(c) => swarm_cli::run(c),
         Cmd::Cleanup { all_labs, json } => {
             let r = wirelab::cleanup::run(all_labs)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "removed labs: {:?}; namespaces: {:?}; kept labs: {:?}",
-                    r.labs_removed, r.namespaces_removed, r.kept_labs
+                    "removed labs: {:?}; namespaces: {:?}; kept labs: {:?}; swarm runs: {:?}",
+                    r.labs_removed, r.namespaces_removed, r.kept_labs, r.swarm_removed
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
+
+mod swarm_cli;
+use swarm_cli::SwarmCmd;
 
 fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
