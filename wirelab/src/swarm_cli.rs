@@ -101,6 +101,7 @@ fn options(c: &Common, identity: Identity) -> Result<Options> {
     // Validate everything before entering a namespace or touching anything.
     let pool = Pool::parse(&c.pool)?;
     let mac_prefix = swarm::parse_mac_prefix(&c.mac_prefix)?;
+    let host_gc_thresh3 = swarm::own_gc_thresh3();
     if let Some(ns) = &c.netns {
         netns::enter(ns)?;
     }
@@ -112,6 +113,7 @@ fn options(c: &Common, identity: Identity) -> Result<Options> {
         mac_prefix,
         identity,
         server_netns: c.server_netns.clone(),
+        host_gc_thresh3,
     })
 }
 

@@ -154,6 +154,9 @@ pub struct Options {
     pub identity: Identity,
     /// A lab host namespace acting as server: its neighbour table limit is checked.
     pub server_netns: Option<String>,
+    /// `gc_thresh3` of the namespace wirelab started in (host-wide when that is the initial
+    /// one), read before entering `--netns`.
+    pub host_gc_thresh3: Option<u32>,
 }
 
 impl Options {
@@ -166,6 +169,7 @@ impl Options {
             mac_prefix: DEFAULT_MAC_PREFIX,
             identity: Identity::Cgroup,
             server_netns: None,
+            host_gc_thresh3: own_gc_thresh3(),
         }
     }
 }
@@ -316,17 +320,12 @@ pub fn preflight(o: &Options) -> Result<Preflight> {
         }
     }
     if let Some(ns) = &o.server_netns {
-        let g = netns::run_in(Some(ns), || {
-            netns::read_sysctl("net.ipv4.neigh.default.gc_thresh3")
-        })
-        .with_context(|| format!("reading the neighbour table limit of server namespace {ns}"))?;
-        if let Ok(g) = g.parse::<u32>() {
-            if g < o.clients {
-                warnings.push(format!(
-                    "server namespace {ns}: net.ipv4.neigh.default.gc_thresh3={g} < {} clients: expect \"neighbour table overflow\" there; raise it",
-                    o.clients
-                ));
-            }
+        let g = server_gc_thresh3(ns, o.host_gc_thresh3)?;
+        if let Some(g) = g.filter(|g| *g < o.clients) {
+            warnings.push(format!(
+                "server namespace {ns}: the neighbour table limit gc_thresh3={g} is below {} clients: expect \"neighbour table overflow\" there; raise net.ipv4.neigh.default.gc_thresh3 (host-wide: the table is shared by all namespaces)",
+                o.clients
+            ));
         }
     }
     let cgroup_root = cgroup::root()?;
@@ -337,6 +336,24 @@ pub fn preflight(o: &Options) -> Result<Preflight> {
         iface_addresses: iface.addresses.clone(),
         warnings,
     })
+}
+
+pub const GC_THRESH3: &str = "net.ipv4.neigh.default.gc_thresh3";
+
+/// Read this namespace's `gc_thresh3`, if it has one (only the initial namespace does).
+pub fn own_gc_thresh3() -> Option<u32> {
+    netns::read_sysctl(GC_THRESH3)
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+/// The neighbour table limit a lab server in namespace `ns` is held to. The ARP table is one
+/// per host and Linux exposes `gc_thresh3` only in the initial namespace, so the host's value
+/// (read before entering `--netns`) stands in when `ns` has none.
+pub fn server_gc_thresh3(ns: &str, host: Option<u32>) -> Result<Option<u32>> {
+    let own = netns::run_in(Some(ns), || Ok(own_gc_thresh3()))
+        .with_context(|| format!("entering server namespace {ns}"))?;
+    Ok(own.or(host))
 }
 
 /// A set-up swarm: programs attached, route and cgroups in place. Dropping it undoes all.
