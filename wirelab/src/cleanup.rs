@@ -23,9 +23,11 @@ fn alive(pid: u32) -> bool {
 
 /// Remove half-made labs whose creator is gone; with `all_labs`, every lab.
 pub fn run(all_labs: bool) -> Result<Report> {
-    let mut r = Report::default();
     // Swarm runs first: their route and promiscuous mode live in lab namespaces.
-    r.swarm_removed = crate::swarm::cleanup_stale()?;
+    let mut r = Report {
+        swarm_removed: crate::swarm::cleanup_stale()?,
+        ..Default::default()
+    };
     for name in lab::list_labs() {
         let Ok(Some(st)) = lab::read_state(&name) else {
             continue;

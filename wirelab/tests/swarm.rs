@@ -317,13 +317,11 @@ fn udp_receiver(
             let t0 = Instant::now();
             let mut buf = [0u8; 512];
             while t0.elapsed() < until {
-                if let Ok((n, from)) = s.recv_from(&mut buf) {
-                    if let std::net::SocketAddr::V4(a) = from {
-                        got.push((
-                            *a.ip(),
-                            String::from_utf8_lossy(&buf[..n]).trim().to_string(),
-                        ));
-                    }
+                if let Ok((n, std::net::SocketAddr::V4(a))) = s.recv_from(&mut buf) {
+                    got.push((
+                        *a.ip(),
+                        String::from_utf8_lossy(&buf[..n]).trim().to_string(),
+                    ));
                 }
             }
             Ok(got)

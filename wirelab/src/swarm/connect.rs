@@ -214,7 +214,7 @@ pub fn run(sw: &mut Swarm, o: ConnectOptions, stop: &Stop) -> Result<ConnectSumm
             let Ok(permit) = sem.clone().acquire_owned().await else {
                 break;
             };
-            if n % 256 == 0 {
+            if n.is_multiple_of(256) {
                 peak = peak.max(rss_bytes());
             }
             let (socks, o, st) = (socks.clone(), o.clone(), stop2.clone());
@@ -232,7 +232,7 @@ pub fn run(sw: &mut Swarm, o: ConnectOptions, stop: &Stop) -> Result<ConnectSumm
                 out.push(x);
             }
             k += 1;
-            if k % 256 == 0 {
+            if k.is_multiple_of(256) {
                 peak = peak.max(rss_bytes());
             }
         }

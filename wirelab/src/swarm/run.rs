@@ -95,12 +95,10 @@ fn status_of(st: std::process::ExitStatus) -> (String, Option<i32>, bool) {
     }
 }
 
-fn spawn_client(
-    sw: &mut Swarm,
-    o: &RunOptions,
-    n: u32,
-    ip: Ipv4Addr,
-) -> Result<(Child, PathBuf, u64, Option<(PathBuf, PathBuf)>)> {
+/// A started client: its process, cgroup, cgroup id and output files.
+type Spawned = (Child, PathBuf, u64, Option<(PathBuf, PathBuf)>);
+
+fn spawn_client(sw: &mut Swarm, o: &RunOptions, n: u32, ip: Ipv4Addr) -> Result<Spawned> {
     let mac = client_mac(sw.opts.mac_prefix, ip);
     let cg = sw.state.cgroup.join(format!("c{n}"));
     std::fs::create_dir(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
