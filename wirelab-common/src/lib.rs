@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod inspect;
+pub mod swarm;
 pub mod wan;
 
 /// A packet/byte counter pair, the value type of most per-CPU counter maps.

@@ -5,6 +5,7 @@
 
 mod inspect;
 mod parse;
+mod swarm;
 mod wan;
 
 #[cfg(not(test))]

@@ -1,7 +1,8 @@
 //! `wirelab cleanup`: remove what a crashed or killed wirelab left behind.
 //!
 //! Programs are attached through bpf_links, which the kernel removes when the owning process
-//! dies, so after kill -9 the leftovers are lab namespaces whose `up` never finished.
+//! dies, so after kill -9 the leftovers are lab namespaces whose `up` never finished, and a
+//! swarm run's cgroups, AnyIP route and promiscuous mode (listed in `/run/wirelab/swarm/`).
 use anyhow::Result;
 use serde::Serialize;
 
@@ -12,6 +13,8 @@ pub struct Report {
     pub labs_removed: Vec<String>,
     pub namespaces_removed: Vec<String>,
     pub kept_labs: Vec<String>,
+    /// Swarm runs (and stray swarm cgroups) whose process was gone.
+    pub swarm_removed: Vec<String>,
 }
 
 fn alive(pid: u32) -> bool {
@@ -20,7 +23,11 @@ fn alive(pid: u32) -> bool {
 
 /// Remove half-made labs whose creator is gone; with `all_labs`, every lab.
 pub fn run(all_labs: bool) -> Result<Report> {
-    let mut r = Report::default();
+    // Swarm runs first: their route and promiscuous mode live in lab namespaces.
+    let mut r = Report {
+        swarm_removed: crate::swarm::cleanup_stale()?,
+        ..Default::default()
+    };
     for name in lab::list_labs() {
         let Ok(Some(st)) = lab::read_state(&name) else {
             continue;

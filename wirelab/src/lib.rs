@@ -7,5 +7,6 @@ pub mod lab;
 pub mod netns;
 pub mod nl;
 pub mod probe;
+pub mod swarm;
 pub mod util;
 pub mod wan;

@@ -37,6 +37,9 @@ enum Cmd {
     /// goodput over time (TCP).
     #[command(subcommand)]
     Probe(ProbeCmd),
+    /// Many client machines (own IP and MAC each) from one host, running unmodified programs.
+    #[command(subcommand)]
+    Swarm(SwarmCmd),
     /// Remove what a killed wirelab left behind (half-made labs; --all-labs: every lab).
     Cleanup {
         /// Also remove labs that are complete and may still be in use.
@@ -273,14 +276,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Wan(w) => wan_cmd(w),
         Cmd::Probe(p) => probe_cmd(p),
+        Cmd::Swarm(c) => swarm_cli::run(c),
         Cmd::Cleanup { all_labs, json } => {
             let r = wirelab::cleanup::run(all_labs)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "removed labs: {:?}; namespaces: {:?}; kept labs: {:?}",
-                    r.labs_removed, r.namespaces_removed, r.kept_labs
+                    "removed labs: {:?}; namespaces: {:?}; kept labs: {:?}; swarm runs: {:?}",
+                    r.labs_removed, r.namespaces_removed, r.kept_labs, r.swarm_removed
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -418,6 +422,9 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
     )?;
     Ok(ExitCode::SUCCESS)
 }
+
+mod swarm_cli;
+use swarm_cli::SwarmCmd;
 
 fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {

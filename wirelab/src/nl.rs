@@ -272,3 +272,55 @@ pub fn set_tx_checksum(iface: &str, on: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// The route message of an AnyIP route: `local NET dev DEV` in the local table, as
+/// `ip route add local NET dev DEV` makes it. Every address of NET becomes local.
+async fn local_route_msg(
+    h: &Handle,
+    net: ipnet::Ipv4Net,
+    dev: &str,
+) -> Result<rtnetlink::packet_route::route::RouteMessage> {
+    use rtnetlink::packet_route::route::{RouteScope, RouteType};
+    let idx = index_of(h, dev).await?;
+    Ok(RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+        .destination_prefix(net.network(), net.prefix_len())
+        .output_interface(idx)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host)
+        .table_id(255)
+        .build())
+}
+
+/// Add an AnyIP route (`local NET dev DEV`).
+pub async fn add_local_route(h: &Handle, net: ipnet::Ipv4Net, dev: &str) -> Result<()> {
+    let msg = local_route_msg(h, net, dev).await?;
+    h.route()
+        .add(msg)
+        .execute()
+        .await
+        .with_context(|| format!("adding route local {net} dev {dev}"))
+}
+
+/// Remove an AnyIP route made by [`add_local_route`]. Missing routes are not an error.
+pub async fn del_local_route(h: &Handle, net: ipnet::Ipv4Net, dev: &str) -> Result<bool> {
+    let msg = local_route_msg(h, net, dev).await?;
+    match h.route().del(msg).execute().await {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.raw_code() == -libc::ESRCH || e.raw_code() == -libc::ENOENT =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e).with_context(|| format!("removing route local {net} dev {dev}")),
+    }
+}
+
+/// Is `name` in promiscuous mode (its own IFF_PROMISC flag)?
+pub async fn is_promisc(h: &Handle, name: &str) -> Result<bool> {
+    let mut s = h.link().get().match_name(name.to_string()).execute();
+    match s.try_next().await {
+        Ok(Some(m)) => Ok(m.header.flags.contains(LinkFlags::Promisc)),
+        Ok(None) => bail!("no interface named {name}"),
+        Err(e) => Err(anyhow!("no interface named {name} ({e})")),
+    }
+}

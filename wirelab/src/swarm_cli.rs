@@ -1,0 +1,180 @@
+//! The `wirelab swarm` command line.
+use std::{io::Write as _, net::SocketAddrV4, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+use wirelab::{
+    netns,
+    swarm::{self, connect, run, Identity, Options, Pool, Swarm},
+    util,
+};
+
+#[derive(Subcommand)]
+pub enum SwarmCmd {
+    /// Run a command once per client; each client has its own IP and MAC.
+    #[command(
+        after_help = "Examples:\n  wirelab swarm run --netns wirelab-client --iface eth0 --pool 198.18.4.0/22 --clients 300 \\\n      --concurrency 32 --out /tmp/smb -- smbclient //198.18.0.2/share -N -c ls\n  wirelab swarm run --iface eth0 --pool 198.18.0.64/26 --clients 10 --json -- curl -s http://198.18.0.2/?c={n}\n  wirelab swarm run --iface eth0 --pool 198.18.0.64/26 --clients 20 --identity process -- sh -c 'for i in $(seq 20); do ncat 198.18.0.2 80 </dev/null & done; wait'\n\n{ip}, {mac} and {n} in the command are replaced per client (also in WIRELAB_SWARM_IP/_MAC/_N).\nClient n has the n-th host address of the pool; its MAC is PREFIX:a:b:c:d for address a.b.c.d\n(default prefix 02:57). The exit status is 0 when every client succeeded, 3 otherwise."
+    )]
+    Run(RunArgs),
+    /// Built-in TCP load: one connection per client, tens of thousands of clients.
+    #[command(
+        after_help = "Examples:\n  wirelab swarm connect --netns wirelab-client --iface eth0 --pool 198.18.32.0/19 --clients 5000 \\\n      --to 198.18.0.2:9000 --hold 5s --rate 2000\n\nEach connection's socket is mapped to its client address by socket cookie before connect;\nthe connect4 program binds it. The exit status is 0 when every client connected from its own address."
+    )]
+    Connect(ConnectArgs),
+}
+
+#[derive(Args)]
+pub struct Common {
+    /// Interface facing the server (Ethernet).
+    #[arg(long)]
+    iface: String,
+    /// Network namespace (under /run/netns) the interface lives in.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Client addresses: the host addresses of this IPv4 CIDR, e.g. 198.18.4.0/22.
+    #[arg(long)]
+    pool: String,
+    /// Number of clients (at most the pool's size).
+    #[arg(long)]
+    clients: u32,
+    /// First two bytes of every client MAC (locally administered, unicast).
+    #[arg(long, default_value = "02:57")]
+    mac_prefix: String,
+    /// A lab server's namespace: warn when its neighbour table cannot hold all clients.
+    #[arg(long)]
+    server_netns: Option<String>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Clients running at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: u32,
+    /// cgroup: one cgroup per client (default). process: each process (TGID) that connects
+    /// gets the next address; the command runs once.
+    #[arg(long, default_value = "cgroup", value_parser = swarm::parse_identity)]
+    identity: Identity,
+    /// Kill a client (its whole cgroup) after this long.
+    #[arg(long, value_parser = util::parse_duration)]
+    timeout: Option<Duration>,
+    /// Directory for client-N.out / client-N.err and results.json.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Server address.
+    #[arg(long)]
+    to: SocketAddrV4,
+    /// Keep each connection open this long.
+    #[arg(long, default_value = "0s", value_parser = util::parse_duration)]
+    hold: Duration,
+    /// New connections per second (default: unpaced).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Connections open at once (default: all clients).
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Connect timeout (and receive timeout).
+    #[arg(long, default_value = "10s", value_parser = util::parse_duration)]
+    timeout: Duration,
+    /// Bytes each client sends after connecting.
+    #[arg(long, default_value_t = 0)]
+    send: usize,
+    /// Bytes each client reads back before holding.
+    #[arg(long, default_value_t = 0)]
+    recv: usize,
+}
+
+fn options(c: &Common, identity: Identity) -> Result<Options> {
+    // Validate everything before entering a namespace or touching anything.
+    let pool = Pool::parse(&c.pool)?;
+    let mac_prefix = swarm::parse_mac_prefix(&c.mac_prefix)?;
+    let host_gc_thresh3 = swarm::own_gc_thresh3();
+    if let Some(ns) = &c.netns {
+        netns::enter(ns)?;
+    }
+    Ok(Options {
+        iface: c.iface.clone(),
+        netns: c.netns.clone(),
+        pool,
+        clients: c.clients,
+        mac_prefix,
+        identity,
+        server_netns: c.server_netns.clone(),
+        host_gc_thresh3,
+    })
+}
+
+pub fn run(c: SwarmCmd) -> Result<ExitCode> {
+    match c {
+        SwarmCmd::Run(a) => {
+            if a.concurrency == 0 {
+                anyhow::bail!("--concurrency must be at least 1");
+            }
+            let o = options(&a.common, a.identity)?;
+            let stop = util::Stop::install()?;
+            let mut sw = Swarm::setup(o)?;
+            let ro = run::RunOptions {
+                concurrency: a.concurrency,
+                timeout: a.timeout,
+                out: a.out,
+                cmd: a.cmd,
+            };
+            let (summary, _) = run::run(&mut sw, &ro, &stop)?;
+            drop(sw);
+            let mut out = std::io::stdout().lock();
+            if a.common.json {
+                writeln!(out, "{}", serde_json::to_string(&summary)?)?;
+            } else {
+                run::print_summary(&summary, &mut out)?;
+            }
+            out.flush()?;
+            Ok(if summary.failed == 0 && !summary.interrupted {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        SwarmCmd::Connect(a) => {
+            let o = options(&a.common, Identity::Cgroup)?;
+            let stop = util::Stop::install()?;
+            let concurrency = a.concurrency.unwrap_or(a.common.clients.max(1));
+            let mut sw = Swarm::setup(o)?;
+            let co = connect::ConnectOptions {
+                to: a.to,
+                hold: a.hold,
+                rate: a.rate,
+                concurrency,
+                timeout: a.timeout,
+                send: a.send,
+                recv: a.recv,
+            };
+            let s = connect::run(&mut sw, co, &stop).context("swarm connect")?;
+            drop(sw);
+            let mut out = std::io::stdout().lock();
+            if a.common.json {
+                writeln!(out, "{}", serde_json::to_string(&s)?)?;
+            } else {
+                connect::print_summary(&s, &mut out)?;
+            }
+            out.flush()?;
+            Ok(if s.identity_ok == s.clients && !s.interrupted {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+    }
+}

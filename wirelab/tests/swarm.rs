@@ -1,0 +1,638 @@
+//! `wirelab swarm` end to end in the default lab: client and server on one L2 segment, the wan
+//! host bridging. Real peers (Samba's smbd, kernel sockets), unmodified client programs.
+mod common;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::{Ipv4Addr, TcpListener, UdpSocket},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use common::*;
+use wirelab::swarm::{client_mac, Pool, CGROUP_PREFIX, STATE_DIR};
+
+const SERVER: &str = "198.18.0.2";
+
+/// Held for writing while the kill -9 test has a dead run's leftovers on purpose.
+static KILL9: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn json_of(o: &std::process::Output) -> serde_json::Value {
+    let s = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {s}\nstderr: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+/// Linux has one ARP table per host, shared by all namespaces, and its limits
+/// (`net.ipv4.neigh.default.gc_thresh1..3`) exist only in the initial namespace. Tests that
+/// put thousands of clients on a lab segment raise them while they run; the last one to finish
+/// puts the original values back.
+struct NeighLimits;
+
+static NEIGH: Mutex<(u32, Vec<(String, String)>)> = Mutex::new((0, Vec::new()));
+
+impl NeighLimits {
+    fn raise(n: u32) -> Self {
+        let mut g = NEIGH.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, want) in [
+            ("gc_thresh1", n * 2),
+            ("gc_thresh2", n * 4),
+            ("gc_thresh3", n * 8),
+        ] {
+            let p = format!("/proc/sys/net/ipv4/neigh/default/{k}");
+            let cur: u32 = std::fs::read_to_string(&p).unwrap().trim().parse().unwrap();
+            if g.0 == 0 {
+                g.1.push((p.clone(), cur.to_string()));
+            }
+            if cur < want {
+                std::fs::write(&p, want.to_string()).unwrap();
+            }
+        }
+        g.0 += 1;
+        Self
+    }
+}
+
+impl Drop for NeighLimits {
+    fn drop(&mut self) {
+        let mut g = NEIGH.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 -= 1;
+        if g.0 == 0 {
+            for (p, v) in g.1.drain(..).rev() {
+                let _ = std::fs::write(p, v);
+            }
+        }
+    }
+}
+
+/// Route the pool to the segment on the server, deepen its accept queue, and raise the
+/// host's neighbour limits for `n` clients.
+fn prepare_server(lab: &Lab, pool: &str, n: u32) -> NeighLimits {
+    let ns = lab.ns("server");
+    ok(in_ns(&ns, &["ip", "route", "add", pool, "dev", "eth0"]));
+    ok(in_ns(&ns, &["sysctl", "-qw", "net.core.somaxconn=8192"]));
+    NeighLimits::raise(n)
+}
+
+/// Server neighbour table: IP -> MAC for addresses of `pool`.
+fn server_neighbours(lab: &Lab, pool: &Pool) -> BTreeMap<Ipv4Addr, String> {
+    let o = ok(in_ns(
+        &lab.ns("server"),
+        &["ip", "-4", "neigh", "show", "dev", "eth0"],
+    ));
+    let mut m = BTreeMap::new();
+    for l in String::from_utf8_lossy(&o.stdout).lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (Some(ip), Some(pos)) = (
+            f.first().and_then(|s| s.parse::<Ipv4Addr>().ok()),
+            f.iter().position(|x| *x == "lladdr"),
+        ) else {
+            continue;
+        };
+        if pool.contains(ip) {
+            if let Some(mac) = f.get(pos + 1) {
+                m.insert(ip, mac.to_string());
+            }
+        }
+    }
+    m
+}
+
+/// Nothing of a finished run may remain: no swarm cgroup of a dead process, no state file of
+/// a dead process, no AnyIP route, interface not promiscuous.
+fn assert_clean(lab: &Lab, pool: &str) {
+    // The kill -9 test leaves a dead run behind on purpose for a moment.
+    let _g = KILL9.read().unwrap_or_else(|e| e.into_inner());
+    let root = wirelab::swarm::cgroup::root_no_mount().expect("cgroup2");
+    for e in std::fs::read_dir(&root).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(rest) = name.strip_prefix(CGROUP_PREFIX) {
+            let pid = rest.split('-').next().unwrap_or("");
+            assert!(
+                Path::new(&format!("/proc/{pid}")).exists(),
+                "leftover cgroup {name}"
+            );
+        }
+    }
+    for s in wirelab::swarm::read_states() {
+        assert!(
+            Path::new(&format!("/proc/{}", s.pid)).exists(),
+            "leftover state file {STATE_DIR}/{}.json",
+            s.run_id
+        );
+    }
+    let o = ok(in_ns(
+        &lab.ns("client"),
+        &["ip", "route", "show", "table", "local"],
+    ));
+    let routes = String::from_utf8_lossy(&o.stdout);
+    assert!(!routes.contains(pool), "route left behind: {routes}");
+    let o = ok(in_ns(&lab.ns("client"), &["ip", "link", "show", "eth0"]));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("PROMISC"),
+        "eth0 left promiscuous"
+    );
+}
+
+fn swarm(lab: &Lab, sub: &str, pool: &str, clients: u32) -> std::process::Command {
+    let mut c = wirelab();
+    c.args([
+        "swarm",
+        sub,
+        "--netns",
+        &lab.ns("client"),
+        "--iface",
+        "eth0",
+        "--pool",
+        pool,
+        "--clients",
+        &clients.to_string(),
+        "--server-netns",
+        &lab.ns("server"),
+        "--json",
+    ]);
+    c
+}
+
+/// smbd in the server namespace with a private configuration under a temp dir.
+struct Samba {
+    dir: PathBuf,
+    _smbd: Bg,
+}
+
+impl Samba {
+    fn start(lab: &Lab) -> Self {
+        let dir = std::env::temp_dir().join(unique("wl-smb"));
+        for d in [
+            "state", "cache", "lock", "pid", "private", "ncalrpc", "log", "share",
+        ] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("share/hello.txt"), "hello from wirelab\n").unwrap();
+        let d = dir.display();
+        let conf = format!(
+            "[global]\n  server role = standalone server\n  map to guest = Bad User\n  guest account = nobody\n  disable netbios = yes\n  smb ports = 445\n  interfaces = {SERVER}/24\n  bind interfaces only = yes\n  state directory = {d}/state\n  cache directory = {d}/cache\n  lock directory = {d}/lock\n  pid directory = {d}/pid\n  private dir = {d}/private\n  ncalrpc dir = {d}/ncalrpc\n  log file = {d}/log/log.%m\n  max log size = 0\n  load printers = no\n  printcap name = /dev/null\n  disable spoolss = yes\n  max smbd processes = 0\n[share]\n  path = {d}/share\n  guest ok = yes\n  read only = yes\n"
+        );
+        std::fs::write(dir.join("smb.conf"), conf).unwrap();
+        let conf_path = dir.join("smb.conf").display().to_string();
+        let child = in_ns(
+            &lab.ns("server"),
+            &[
+                "smbd",
+                "--foreground",
+                "--no-process-group",
+                "-s",
+                &conf_path,
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("smbd (apt-get install samba; `cargo xtask setup` does it)");
+        let smbd = Bg(Some(child));
+        let t0 = Instant::now();
+        loop {
+            let o = in_ns(&lab.ns("server"), &["ss", "-ltn"]).output().unwrap();
+            if String::from_utf8_lossy(&o.stdout).contains(&format!("{SERVER}:445")) {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "smbd did not listen on {SERVER}:445"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { dir, _smbd: smbd }
+    }
+
+    /// Client IPs Samba itself saw: one `log.IP` file per client machine.
+    fn client_ips(&self) -> BTreeSet<Ipv4Addr> {
+        std::fs::read_dir(self.dir.join("log"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("log.")
+                    .and_then(|s| s.parse().ok())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Samba {
+    fn drop(&mut self) {
+        // smbd itself is killed by `Bg`; its per-connection children go with the lab's
+        // namespace (`lab down` stops every process left in it).
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn samba_300_clients_each_with_own_ip_and_mac() {
+    let lab = Lab::up("sws");
+    let pool_s = "198.18.4.0/22";
+    let pool = Pool::parse(pool_s).unwrap();
+    let _limits = prepare_server(&lab, pool_s, 300);
+    let smb = Samba::start(&lab);
+    let out = std::env::temp_dir().join(unique("wl-swout"));
+    let o = swarm(&lab, "run", pool_s, 300)
+        .args(["--concurrency", "24", "--timeout", "60s", "--out"])
+        .arg(&out)
+        .args([
+            "--",
+            "smbclient",
+            &format!("//{SERVER}/share"),
+            "-N",
+            "-c",
+            "ls",
+        ])
+        .output()
+        .unwrap();
+    let v = json_of(&o);
+    assert!(
+        o.status.success(),
+        "swarm run failed: {v}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(v["run"], 300, "{v}");
+    assert_eq!(v["succeeded"], 300, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    // Every client listed the share (its stdout has the file).
+    let listed = (0..300)
+        .filter(|n| {
+            std::fs::read_to_string(out.join(format!("client-{n}.out")))
+                .unwrap_or_default()
+                .contains("hello.txt")
+        })
+        .count();
+    assert_eq!(listed, 300);
+    // Samba's own view: one log per client machine, named by its IP.
+    let want: BTreeSet<Ipv4Addr> = (0..300).map(|n| pool.addr(n)).collect();
+    let seen: BTreeSet<Ipv4Addr> = smb
+        .client_ips()
+        .into_iter()
+        .filter(|ip| pool.contains(*ip))
+        .collect();
+    assert_eq!(
+        seen.len(),
+        300,
+        "Samba saw {} distinct client IPs",
+        seen.len()
+    );
+    assert_eq!(seen, want);
+    // The server's neighbour table: 300 distinct MACs, each the derivation of its IP.
+    let neigh = server_neighbours(&lab, &pool);
+    let macs: HashSet<&String> = neigh.values().collect();
+    assert_eq!(neigh.len(), 300, "neighbour entries: {neigh:?}");
+    assert_eq!(macs.len(), 300);
+    for (ip, mac) in &neigh {
+        assert_eq!(*mac, client_mac([0x02, 0x57], *ip), "MAC of {ip}");
+    }
+    assert_clean(&lab, pool_s);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A receiver thread in the server namespace collecting (source IP, payload) of datagrams.
+fn udp_receiver(
+    ns: String,
+    port: u16,
+    until: Duration,
+) -> std::thread::JoinHandle<Vec<(Ipv4Addr, String)>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        wirelab::netns::run_in(Some(&ns), || {
+            let s = UdpSocket::bind((SERVER, port))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let _ = tx.send(());
+            let mut got = vec![];
+            let t0 = Instant::now();
+            let mut buf = [0u8; 512];
+            while t0.elapsed() < until {
+                if let Ok((n, std::net::SocketAddr::V4(a))) = s.recv_from(&mut buf) {
+                    got.push((
+                        *a.ip(),
+                        String::from_utf8_lossy(&buf[..n]).trim().to_string(),
+                    ));
+                }
+            }
+            Ok(got)
+        })
+        .unwrap()
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("udp receiver up");
+    h
+}
+
+#[test]
+fn unconnected_udp_gets_each_clients_source() {
+    let lab = Lab::up("swu");
+    // A pool inside the segment's own /24: no server route needed.
+    let pool_s = "198.18.0.64/26";
+    let pool = Pool::parse(pool_s).unwrap();
+    let rx = udp_receiver(lab.ns("server"), 9100, Duration::from_secs(8));
+    // socat's UDP-SENDTO sends with sendto() on an unconnected socket.
+    let o = swarm(&lab, "run", pool_s, 20)
+        .args(["--concurrency", "10", "--timeout", "10s", "--"])
+        .args([
+            "sh",
+            "-c",
+            &format!("echo {{n}} | socat -u - UDP-SENDTO:{SERVER}:9100"),
+        ])
+        .output()
+        .unwrap();
+    let v = json_of(&o);
+    assert!(o.status.success(), "{v}");
+    assert_eq!(v["succeeded"], 20, "{v}");
+    // The rewrite came from sendmsg4, not from connect4.
+    assert!(
+        v["stats"]["sendmsg_rewrites"].as_u64().unwrap() >= 20,
+        "{v}"
+    );
+    assert_eq!(v["stats"]["bind_ok"], 0, "socat must not connect: {v}");
+    let got = rx.join().unwrap();
+    let mut by_n = BTreeMap::new();
+    for (ip, payload) in &got {
+        if let Ok(n) = payload.parse::<u32>() {
+            by_n.insert(n, *ip);
+        }
+    }
+    assert_eq!(by_n.len(), 20, "datagrams: {got:?}");
+    for (n, ip) in &by_n {
+        assert_eq!(*ip, pool.addr(*n), "client {n} sent from {ip}");
+    }
+    assert_clean(&lab, pool_s);
+}
+
+/// A TCP server thread in namespace `ns` recording peer addresses (connections are held
+/// until the thread ends).
+struct TcpServer {
+    peers: Arc<Mutex<Vec<Ipv4Addr>>>,
+    done: Arc<AtomicBool>,
+    h: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpServer {
+    fn start(ns: String, port: u16) -> Self {
+        let peers = Arc::new(Mutex::new(vec![]));
+        let done = Arc::new(AtomicBool::new(false));
+        let (p2, d2) = (peers.clone(), done.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            wirelab::netns::run_in(Some(&ns), || {
+                let l = TcpListener::bind((SERVER, port))?;
+                // A deep accept queue for bursts of thousands of clients.
+                unsafe { libc::listen(l.as_raw_fd(), 8192) };
+                l.set_nonblocking(true)?;
+                let _ = tx.send(());
+                let mut held = vec![];
+                while !d2.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((s, std::net::SocketAddr::V4(a))) => {
+                            p2.lock().unwrap().push(*a.ip());
+                            held.push(s);
+                        }
+                        Ok(_) => {}
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+                Ok(())
+            })
+            .unwrap()
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("tcp server up");
+        Self {
+            peers,
+            done,
+            h: Some(h),
+        }
+    }
+
+    fn peers(&self) -> Vec<Ipv4Addr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(h) = self.h.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[test]
+fn process_identity_gives_each_forked_child_its_own_ip() {
+    let lab = Lab::up("swp");
+    let pool_s = "198.18.0.128/26";
+    let pool = Pool::parse(pool_s).unwrap();
+    let srv = TcpServer::start(lab.ns("server"), 9200);
+    // One parent (bash) forks 12 subshells; each opens its own connection.
+    let script = format!(
+        "for i in $(seq 12); do ( exec 3<>/dev/tcp/{SERVER}/9200; echo hi >&3; sleep 1 ) & done; wait"
+    );
+    let o = swarm(&lab, "run", pool_s, 12)
+        .args(["--identity", "process", "--timeout", "20s", "--"])
+        .args(["bash", "-c", &script])
+        .output()
+        .unwrap();
+    let v = json_of(&o);
+    assert!(o.status.success(), "{v}");
+    let handed: Vec<String> = v["process_addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(handed.len(), 12, "{v}");
+    let peers: BTreeSet<Ipv4Addr> = srv.peers().into_iter().collect();
+    let want: BTreeSet<Ipv4Addr> = (0..12).map(|n| pool.addr(n)).collect();
+    assert_eq!(peers, want, "server saw {peers:?}");
+    assert_clean(&lab, pool_s);
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_leaves_nothing() {
+    let lab = Lab::up("swb");
+    let run = |pool: &str, clients: u32, iface: &str, cmd: &[&str]| {
+        let mut c = wirelab();
+        c.args([
+            "swarm",
+            "run",
+            "--netns",
+            &lab.ns("client"),
+            "--iface",
+            iface,
+            "--pool",
+            pool,
+            "--clients",
+            &clients.to_string(),
+            "--json",
+            "--",
+        ]);
+        c.args(cmd);
+        c.output().unwrap()
+    };
+    let cases: [(&str, u32, &str, &str); 4] = [
+        ("198.18.0.0/24", 4, "eth0", "overlaps address 198.18.0.1/24"),
+        ("198.18.0.64/28", 4, "nope0", "no interface named \"nope0\""),
+        ("198.18.0.64/30", 5, "eth0", "larger than the pool"),
+        ("198.18.0.65/26", 4, "eth0", "host bits are set"),
+    ];
+    for (pool, n, iface, want) in cases {
+        let o = run(pool, n, iface, &["true"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{pool} {iface} should fail");
+        assert!(err.contains(want), "{pool} {iface}: {err}");
+        assert_clean(&lab, pool);
+    }
+    let o = wirelab()
+        .args([
+            "swarm",
+            "run",
+            "--iface",
+            "eth0",
+            "--pool",
+            "198.18.0.64/28",
+            "--clients",
+            "2",
+            "--mac-prefix",
+            "03:00",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("multicast bit"));
+    // A failing command: results grouped by exit status, exit code 3.
+    let o = run(
+        "198.18.0.64/28",
+        6,
+        "eth0",
+        &["sh", "-c", "exit $(( {n} % 3 ))"],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    let v = json_of(&o);
+    assert_eq!(v["succeeded"], 2, "{v}");
+    assert_eq!(v["failures"]["exit 1"], 2, "{v}");
+    assert_eq!(v["failures"]["exit 2"], 2, "{v}");
+    // A command that does not exist.
+    let o = run("198.18.0.64/28", 3, "eth0", &["/nonexistent/wirelab-cmd"]);
+    let v = json_of(&o);
+    assert_eq!(v["failures"]["spawn failed"], 3, "{v}");
+    assert_clean(&lab, "198.18.0.64/28");
+}
+
+#[test]
+fn cleanup_removes_what_kill_9_left() {
+    let lab = Lab::up("swk");
+    let pool_s = "198.18.0.192/27";
+    let mut c = wirelab();
+    c.args([
+        "swarm",
+        "run",
+        "--netns",
+        &lab.ns("client"),
+        "--iface",
+        "eth0",
+        "--pool",
+        pool_s,
+        "--clients",
+        "4",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    let (mut bg, _rx) = spawn_ready(c, "swarm ready", Duration::from_secs(30));
+    let child = bg.0.as_mut().unwrap();
+    let pid = child.id();
+    // Let the clients start, then kill -9 wirelab.
+    std::thread::sleep(Duration::from_millis(500));
+    let _g = KILL9.write().unwrap_or_else(|e| e.into_inner());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let st = wirelab::swarm::read_states();
+    let mine = st.iter().find(|s| s.pid == pid).expect("state file");
+    assert!(mine.cgroup.exists());
+    let o = ok(in_ns(
+        &lab.ns("client"),
+        &["ip", "route", "show", "table", "local"],
+    ));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(pool_s));
+    let o = ok(wirelab().args(["cleanup", "--json"]));
+    let v = json_of(&o);
+    assert!(
+        v["swarm_removed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x.as_str() == Some(mine.run_id.as_str())),
+        "{v}"
+    );
+    assert!(!mine.cgroup.exists(), "cgroup (and its sleep clients) left");
+    drop(_g);
+    assert_clean(&lab, pool_s);
+}
+
+#[test]
+fn connect_5000_clients_distinct_ips_and_macs() {
+    let lab = Lab::up("swc");
+    let pool_s = "198.18.32.0/19";
+    let pool = Pool::parse(pool_s).unwrap();
+    let n = 5000u32;
+    let _limits = prepare_server(&lab, pool_s, n);
+    {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert!(hard >= 6000, "RLIMIT_NOFILE hard limit {hard} < 6000");
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    let srv = TcpServer::start(lab.ns("server"), 9300);
+    let t0 = Instant::now();
+    let o = swarm(&lab, "connect", pool_s, n)
+        .args([
+            "--to",
+            &format!("{SERVER}:9300"),
+            "--hold",
+            "2s",
+            "--timeout",
+            "30s",
+        ])
+        .output()
+        .unwrap();
+    let wall = t0.elapsed();
+    let v = json_of(&o);
+    assert!(o.status.success(), "{v}");
+    assert_eq!(v["connected"], n, "{v}");
+    assert_eq!(v["identity_ok"], n, "{v}");
+    assert_eq!(v["distinct_local_ips"], n, "{v}");
+    assert!(
+        wall < Duration::from_secs(120),
+        "5000 clients took {wall:?}"
+    );
+    let peers: HashSet<Ipv4Addr> = srv.peers().into_iter().collect();
+    assert_eq!(peers.len(), n as usize, "server saw {} peers", peers.len());
+    assert!(peers.iter().all(|ip| pool.contains(*ip)));
+    let neigh = server_neighbours(&lab, &pool);
+    assert_eq!(neigh.len(), n as usize);
+    let bad = neigh
+        .iter()
+        .filter(|(ip, mac)| **mac != client_mac([0x02, 0x57], **ip))
+        .count();
+    assert_eq!(bad, 0);
+    let macs: HashSet<&String> = neigh.values().collect();
+    assert_eq!(macs.len(), n as usize);
+    drop(srv);
+    assert_clean(&lab, pool_s);
+}
