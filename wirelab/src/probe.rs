@@ -377,6 +377,33 @@ pub struct ClientOptions {
     pub wait: Duration,
 }
 
+/// Before measuring, exchange one message with the server so that neighbour (ARP) resolution
+/// along the path is done: otherwise the first probes wait in neighbour queues and skew the
+/// statistics.
+fn warm_up(sock: &UdpSocket, run: u64) -> Result<()> {
+    let mut hello = [0u8; HDR];
+    hello[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    hello[4] = KIND_FIN;
+    put_u64(&mut hello, 8, run ^ 0x5741_524d);
+    let mut buf = [0u8; 2048];
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let _ = sock.send(&hello);
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            if let Ok(n) = sock.recv(&mut buf) {
+                if n >= HDR && get_u32(&buf, 0) == MAGIC && buf[4] == KIND_FIN_ACK {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    bail!(
+        "no answer from a probe server at {:?} within 5 s",
+        sock.peer_addr().ok()
+    )
+}
+
 /// Run UDP probes; returns the report.
 pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
     if o.size < MIN_SIZE || o.size > 8900 {
@@ -406,6 +433,7 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
     sock.connect(o.to)?;
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     let run = mono_ns() ^ ((std::process::id() as u64) << 32);
+    warm_up(&sock, run)?;
     let rx_sock = sock.try_clone()?;
     #[derive(Default)]
     struct Rx {
