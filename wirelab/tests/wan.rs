@@ -493,3 +493,58 @@ fn bad_input_attaches_nothing() {
     assert!(!xdp_on(), "something was attached by a refused run");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn probe_agrees_with_ping_and_iperf3() {
+    let _s = serial();
+    let b = Bench::new("wp");
+    let (wan, _) = b.wan(&["--both", "delay 15ms rate 20mbit"]);
+    // RTT: ping's minimum against the probe's minimum round trip (the least load-sensitive
+    // statistic of each), within 0.5 ms, and both within 30 ms + 1 ms.
+    let o = ok(in_ns(
+        &b.lab.ns("client"),
+        &["ping", "-c", "40", "-i", "0.05", "-q", "198.18.0.2"],
+    ));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let ping_min: f64 = text
+        .lines()
+        .find(|l| l.contains("rtt min/avg"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no ping rtt in {text}"));
+    let r = b.probe(&[
+        "--rate", "100", "--count", "300", "--size", "84", "--wait", "300ms",
+    ]);
+    let min = f(&r, &["rtt_ms", "min"]);
+    assert!(
+        (min - ping_min).abs() < 0.5,
+        "probe min rtt {min} vs ping {ping_min}"
+    );
+    assert!(
+        (min - 30.0).abs() < 1.0 && (ping_min - 30.0).abs() < 1.0,
+        "rtt {min} / {ping_min}"
+    );
+    // Goodput: iperf3's receiver-side rate against the probe's, within 5%.
+    let mut srv = in_ns(
+        &b.lab.ns("server"),
+        &["iperf3", "-s", "-1", "-B", "198.18.0.2", "-p", "5201"],
+    );
+    let _iperf_server = Bg(Some(
+        srv.stdout(std::process::Stdio::null()).spawn().unwrap(),
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let o = ok(in_ns(
+        &b.lab.ns("client"),
+        &["iperf3", "-c", "198.18.0.2", "-p", "5201", "-t", "6", "-J"],
+    ));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("iperf3 JSON");
+    let iperf = f(&v, &["end", "sum_received", "bits_per_second"]) / 1e6;
+    let r = b.probe(&["--tcp", "--duration", "6s"]);
+    let ours = f(&r, &["goodput_mbps"]);
+    assert!(
+        (ours - iperf).abs() <= iperf * 0.05,
+        "probe {ours:.2} Mbit/s vs iperf3 {iperf:.2} Mbit/s"
+    );
+    stop_wan(wan);
+}

@@ -15,6 +15,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "samba",
     "smbclient",
     "socat",
+    // wan tests: cross-checking the probe against a real peer.
+    "iperf3",
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {
