@@ -567,6 +567,15 @@ impl Engine {
         }
     }
 
+    /// Frames the kernel could not hand to the engine (no fill-ring frame or RX ring full).
+    pub fn xsk_drops(&self) -> u64 {
+        self.sides
+            .iter()
+            .filter_map(|s| s.dev.statistics_v2().ok())
+            .map(|st| st.rx_dropped + st.rx_ring_full)
+            .sum()
+    }
+
     pub fn next_due(&self) -> Option<u64> {
         self.heaps
             .iter()

@@ -344,8 +344,66 @@ pub fn send_set(netns: Option<&str>, req: &SetRequest) -> Result<String> {
 struct Maps {
     cfg: Array<MapData, WanConfig>,
     profiles: Array<MapData, KernelProfile>,
-    counters: PerCpuArray<MapData, WanCounters>,
     max: u32,
+}
+
+enum ReportMsg {
+    Interval(f64, Vec<(usize, usize, ClassStats)>),
+    Final(f64, Vec<(usize, usize, ClassStats)>),
+}
+
+fn read_counters(
+    m: &PerCpuArray<MapData, WanCounters>,
+    max: u32,
+    d: usize,
+    c: usize,
+) -> WanCounters {
+    let mut s = WanCounters::default();
+    if let Ok(v) = m.get(&(d as u32 * max + c as u32), 0) {
+        for x in v.iter() {
+            s.add(x);
+        }
+    }
+    s
+}
+
+/// Merge the engine's stats with the kernel's counters and print; returns the final rows.
+#[allow(clippy::needless_range_loop)]
+fn reporter(
+    counters: PerCpuArray<MapData, WanCounters>,
+    names: Vec<String>,
+    json: bool,
+    max: u32,
+    rx: std::sync::mpsc::Receiver<ReportMsg>,
+) -> Vec<ClassReport> {
+    let mut prev: Vec<Vec<WanCounters>> = vec![vec![WanCounters::default(); max as usize]; 2];
+    for msg in rx {
+        let (t, eng, fin) = match msg {
+            ReportMsg::Interval(t, e) => (t, e, false),
+            ReportMsg::Final(t, e) => (t, e, true),
+        };
+        let mut by: BTreeMap<(usize, usize), ClassStats> =
+            eng.into_iter().map(|(d, c, s)| ((d, c), s)).collect();
+        let mut rows = vec![];
+        for d in 0..2 {
+            for c in 0..max as usize {
+                let k = read_counters(&counters, max, d, c);
+                let shown = if fin { k } else { minus(&k, &prev[d][c]) };
+                prev[d][c] = k;
+                let e = by.remove(&(d, c)).unwrap_or_default();
+                if c == 0 || shown.rx_packets > 0 || e.rx > 0 || e.tx > 0 || e.queue_depth > 0 {
+                    rows.push(report(d, &names[c], &shown, &e));
+                }
+            }
+        }
+        if let Err(e) = print_reports(t, &rows, json, if fin { "final" } else { "interval" }) {
+            tracing::warn!("printing stats: {e}");
+        }
+        if fin {
+            return rows;
+        }
+    }
+    vec![]
 }
 
 impl Maps {
@@ -364,15 +422,6 @@ impl Maps {
         c.gen = gen;
         self.cfg.set(0, c, 0)?;
         Ok(())
-    }
-
-    fn counters(&self, d: usize, c: usize) -> Result<WanCounters> {
-        let v = self.counters.get(&(d as u32 * self.max + c as u32), 0)?;
-        let mut s = WanCounters::default();
-        for x in v.iter() {
-            s.add(x);
-        }
-        Ok(s)
     }
 }
 
@@ -500,9 +549,10 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     let mut maps = Maps {
         cfg: Array::try_from(bpf.take_map("WAN_CONFIG").context("WAN_CONFIG")?)?,
         profiles: Array::try_from(bpf.take_map("WAN_PROFILES").context("WAN_PROFILES")?)?,
-        counters: PerCpuArray::try_from(bpf.take_map("WAN_COUNTERS").context("WAN_COUNTERS")?)?,
         max,
     };
+    let counters: PerCpuArray<MapData, WanCounters> =
+        PerCpuArray::try_from(bpf.take_map("WAN_COUNTERS").context("WAN_COUNTERS")?)?;
     let mut loss: Array<MapData, LossState> =
         Array::try_from(bpf.take_map("WAN_LOSS").context("WAN_LOSS")?)?;
     for d in 0..2u32 {
@@ -599,6 +649,13 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0);
     }
+    // The reporter reads the kernel's per-class counters and prints, off the engine's thread
+    // (with 65,536 classes a read of all counters takes a noticeable fraction of a second).
+    // Spawned before the engine thread turns real-time, so it stays a normal thread.
+    let (rep_tx, rep_rx) = std::sync::mpsc::channel::<ReportMsg>();
+    let names = plan.names.clone();
+    let json = opts.json;
+    let reporter = std::thread::spawn(move || reporter(counters, names, json, max, rep_rx));
     if opts.realtime {
         // Release times are the product: run the engine at a real-time priority so other
         // load on the machine does not delay departures. The loop sleeps between departures.
@@ -622,7 +679,6 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     let mut last_ctl = Instant::now();
     let mut gen = 0u32;
     let mut specs = plan.specs.clone();
-    let mut prev_k: Vec<Vec<WanCounters>> = vec![vec![WanCounters::default(); max as usize]; 2];
     let fds = engine.fds();
     loop {
         if stop.requested() || opts.duration.is_some_and(|d| start.elapsed() >= d) {
@@ -655,19 +711,16 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         if last_report.elapsed() >= opts.interval {
             let secs = start.elapsed().as_secs_f64();
             last_report = Instant::now();
-            let mut rows = vec![];
+            let mut eng = vec![];
             for d in 0..2 {
                 for c in 0..max as usize {
                     let e = engine.take_interval(d, c);
-                    let k = maps.counters(d, c)?;
-                    let dk = minus(&k, &prev_k[d][c]);
-                    prev_k[d][c] = k;
-                    if c == 0 || dk.rx_packets > 0 || e.rx > 0 || e.tx > 0 || e.queue_depth > 0 {
-                        rows.push(report(d, &plan.names[c], &dk, &e));
+                    if e.rx > 0 || e.tx > 0 || e.queue_depth > 0 || e.queue_drops > 0 {
+                        eng.push((d, c, e));
                     }
                 }
             }
-            print_reports(secs, &rows, opts.json, "interval")?;
+            let _ = rep_tx.send(ReportMsg::Interval(secs, eng));
         }
         // Sleep until the next departure (at most 1 ms), or spin when it is very close.
         let next = engine.next_due();
@@ -704,22 +757,25 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     let secs = start.elapsed().as_secs_f64();
     drop(bpf);
     engine.flush();
-    let mut rows = vec![];
+    let mut eng = vec![];
     for d in 0..2 {
         for c in 0..max as usize {
             let e = engine.total(d, c);
-            let k = maps.counters(d, c)?;
-            if c == 0 || k.rx_packets > 0 || e.rx > 0 {
-                rows.push(report(d, &plan.names[c], &k, &e));
+            if e.rx > 0 || e.tx > 0 || e.queue_drops > 0 {
+                eng.push((d, c, e));
             }
         }
     }
-    print_reports(secs, &rows, opts.json, "final")?;
-    if engine.no_frame_drops > 0 || engine.bad_meta > 0 {
+    let _ = rep_tx.send(ReportMsg::Final(secs, eng));
+    drop(rep_tx);
+    let rows = reporter.join().unwrap_or_default();
+    let xsk_drops = engine.xsk_drops();
+    if engine.no_frame_drops > 0 || engine.bad_meta > 0 || xsk_drops > 0 {
         tracing::warn!(
             no_frame = engine.no_frame_drops,
             bad_meta = engine.bad_meta,
-            "engine anomalies (frames dropped for lack of UMEM space / frames without class metadata)"
+            xsk_rx_dropped = xsk_drops,
+            "engine anomalies: frames dropped for lack of UMEM frames or ring space, or without class metadata"
         );
     }
     tracing::info!("wan stopped; interfaces detached");
