@@ -227,11 +227,11 @@ impl Firewall {
         }
         for (i, (r, ins)) in rs.rules.iter().zip(installed.iter()).enumerate() {
             let mut fill = 0u64;
-            if r.pps > 0 {
-                fill = fill.max(r.burst_pkts / r.pps + 1);
+            if let Some(t) = r.burst_pkts.checked_div(r.pps) {
+                fill = fill.max(t + 1);
             }
-            if r.bps > 0 {
-                fill = fill.max(r.burst_bytes / r.bps + 1);
+            if let Some(t) = r.burst_bytes.checked_div(r.bps) {
+                fill = fill.max(t + 1);
             }
             let meta = RuleMeta {
                 action: r.action,
@@ -634,7 +634,7 @@ fn find_socket(iface: Option<&str>) -> Result<String> {
         .lines()
         .filter_map(|l| l.split_whitespace().nth(7))
         .filter_map(|p| p.strip_prefix("@wirelab-fw/"))
-        .map(|i| socket_name(i))
+        .map(socket_name)
         .collect();
     names.sort();
     names.dedup();
