@@ -178,7 +178,7 @@ fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
         _ => true,
     };
     let before = count(meta.slot, len, !pass);
-    if meta.log_every != 0 && before % meta.log_every as u64 == 0 {
+    if meta.log_every != 0 && before.is_multiple_of(meta.log_every as u64) {
         log(&meta, &p, len, !pass);
     }
     Ok(if pass {
@@ -199,7 +199,7 @@ fn conforms(m: &RuleMeta, p: &Parsed, len: u64) -> bool {
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let need_b = len * TOKEN_UNIT;
-    match FW_BUCKETS.get_ptr_mut(&key) {
+    match FW_BUCKETS.get_ptr_mut(key) {
         Some(b) => unsafe {
             let mut el = now.saturating_sub((*b).last_ns);
             if el > m.fill_ns {
@@ -241,7 +241,7 @@ fn conforms(m: &RuleMeta, p: &Parsed, len: u64) -> bool {
                     m.burst_bytes
                 },
             };
-            let _ = FW_BUCKETS.insert(&key, &nb, 0);
+            let _ = FW_BUCKETS.insert(key, nb, 0);
             (m.pps == 0 || m.burst_pkts >= TOKEN_UNIT) && ok_b
         }
     }
