@@ -267,7 +267,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
     };
     let frame = template(src_mac, dst_mac, net.addr(), o.dst, tcp, o.dport, o.size)?;
     let limit = o.count.unwrap_or(u64::MAX);
-    let (tx0, _) = tx_counters(&o.iface)?;
+    let (mut tx0, _) = tx_counters(&o.iface)?;
     let method = match o.method.as_str() {
         "auto" | "xdp" | "packet" => o.method.as_str(),
         m => bail!("--method {m:?}: use auto, xdp or packet"),
@@ -334,6 +334,9 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
             }
             tracing::warn!("{msg}; falling back to AF_PACKET (slower)");
             used = "af-packet";
+            // The probe frames were dropped: count from here.
+            sent = 0;
+            tx0 = tx_counters(&o.iface)?.0;
         } else {
             while !done(sent) {
                 let n = pacer.allowance(sent, (limit - sent).min(1 << 16), stop);

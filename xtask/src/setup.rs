@@ -7,7 +7,13 @@ use anyhow::{bail, Context as _, Result};
 use crate::run;
 
 /// Debian packages the tests, benchmarks and demo use.
-pub const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "ethtool"];
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "ethtool",
+    "nftables",
+    "netsniff-ng",
+];
 
 fn output(cmd: &mut Command) -> Result<String> {
     let o = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
