@@ -33,7 +33,7 @@ pub const PROTO_ENTRIES: u32 = 256;
 
 /// Size of the per-source rate-limit LRU table.
 pub const BUCKETS: u32 = 65536;
-/// Prefix entries per LPM trie (both generations together).
+/// Prefix entries per LPM trie and per exact-address hash (both generations together).
 pub const TRIE_ENTRIES: u32 = 262144;
 
 /// Token-bucket fixed point: one packet (or byte) is this many units.
@@ -55,6 +55,13 @@ pub struct FwConf {
     pub malformed_action: u32,
     pub non_ip_action: u32,
     pub nrules: u32,
+    /// Which exact-address hash tables hold entries: 1 src4, 2 dst4, 4 src6, 8 dst6.
+    pub hosts: u32,
+    /// Which tries hold prefixes other than /0 (same bits). A trie with only its /0 entry
+    /// is not walked: `any` holds that entry's bitmap.
+    pub tries: u32,
+    /// Bitmaps of the /0 entries: src4, dst4, src6, dst6.
+    pub any: [u64; 4],
 }
 
 /// What rule `i` of a generation does.

@@ -4,13 +4,16 @@
 //! for source/destination prefixes (IPv4 and IPv6), arrays for protocol, ports, TCP flags and
 //! ICMP type. The AND of the bitmaps holds the rules matching on every field; the lowest set
 //! bit is the first matching rule. About ten map lookups per packet, whatever the rule set.
+//!
+//! Exact addresses (/32, /128) live in hash tables in front of the tries, so host lists of
+//! any size cost one hash lookup; only shorter prefixes walk a trie.
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, BPF_F_NO_PREALLOC},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, LruHashMap, PerCpuArray, RingBuf,
+        Array, HashMap, LruHashMap, PerCpuArray, RingBuf,
     },
     programs::XdpContext,
 };
@@ -39,6 +42,14 @@ static FW_DST4: LpmTrie<Key4, u64> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
 static FW_SRC6: LpmTrie<Key6, u64> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
 #[map]
 static FW_DST6: LpmTrie<Key6, u64> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+#[map]
+static FW_HSRC4: HashMap<Key4, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static FW_HDST4: HashMap<Key4, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static FW_HSRC6: HashMap<Key6, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static FW_HDST6: HashMap<Key6, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
 static FW_PROTO: Array<u64> = Array::with_max_entries(2 * PROTO_ENTRIES, 0);
 #[map]
@@ -96,6 +107,15 @@ fn lookup(a: &Array<u64>, idx: u32) -> u64 {
     a.get(idx).copied().unwrap_or(0)
 }
 
+/// Exact-address lookup, skipped when the generation has no such entries.
+#[inline(always)]
+fn host<K>(m: &HashMap<K, u64>, k: &K, used: bool) -> Option<u64> {
+    if !used {
+        return None;
+    }
+    m.get_ptr(k).map(|v| unsafe { *v })
+}
+
 #[inline(always)]
 fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
     let f = Frame::new(ctx.data(), ctx.data_end());
@@ -115,18 +135,46 @@ fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
             let mut k: Key4 = [0; 5];
             k[0] = gen as u8;
             k[1..5].copy_from_slice(&p.saddr[..4]);
-            let s = FW_SRC4.get(Key::new(40, k)).copied().unwrap_or(0);
-            k[1..5].copy_from_slice(&p.daddr[..4]);
-            let d = FW_DST4.get(Key::new(40, k)).copied().unwrap_or(0);
+            let s = match host(&FW_HSRC4, &k, conf.hosts & 1 != 0) {
+                Some(v) => v,
+                None if conf.tries & 1 != 0 => FW_SRC4.get(Key::new(40, k)).copied().unwrap_or(0),
+                None => conf.any[0],
+            };
+            let d = if s == 0 {
+                0
+            } else {
+                k[1..5].copy_from_slice(&p.daddr[..4]);
+                match host(&FW_HDST4, &k, conf.hosts & 2 != 0) {
+                    Some(v) => v,
+                    None if conf.tries & 2 != 0 => {
+                        FW_DST4.get(Key::new(40, k)).copied().unwrap_or(0)
+                    }
+                    None => conf.any[1],
+                }
+            };
             (s, d)
         }
         ETH_P_IPV6 => {
             let mut k: Key6 = [0; 17];
             k[0] = gen as u8;
             k[1..17].copy_from_slice(&p.saddr);
-            let s = FW_SRC6.get(Key::new(136, k)).copied().unwrap_or(0);
-            k[1..17].copy_from_slice(&p.daddr);
-            let d = FW_DST6.get(Key::new(136, k)).copied().unwrap_or(0);
+            let s = match host(&FW_HSRC6, &k, conf.hosts & 4 != 0) {
+                Some(v) => v,
+                None if conf.tries & 4 != 0 => FW_SRC6.get(Key::new(136, k)).copied().unwrap_or(0),
+                None => conf.any[2],
+            };
+            let d = if s == 0 {
+                0
+            } else {
+                k[1..17].copy_from_slice(&p.daddr);
+                match host(&FW_HDST6, &k, conf.hosts & 8 != 0) {
+                    Some(v) => v,
+                    None if conf.tries & 8 != 0 => {
+                        FW_DST6.get(Key::new(136, k)).copied().unwrap_or(0)
+                    }
+                    None => conf.any[3],
+                }
+            };
             (s, d)
         }
         _ => {

@@ -85,6 +85,12 @@ dst = "2001:db8:2::/64"
 proto = "udp"
 
 [[rule]]
+name = "v6-host"
+action = "deny"
+dst = ["2001:db8:3::1", "2001:db8:3::/120"]
+proto = "tcp"
+
+[[rule]]
 name = "gre"
 action = "deny"
 proto = "gre"
@@ -377,6 +383,19 @@ fn ipv6_prefixes_and_extension_headers() {
         PASS,
         "(default)",
     );
+    // An exact IPv6 address (hash table) and its covering /120 (trie) in one rule.
+    let tcp6 = |dst: &str| {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(SRC, DST)
+            .ipv6(v6("2001:db8:1::1"), v6(dst), 64)
+            .tcp(1, 2, 1, 1024)
+            .write(&mut v, &[])
+            .unwrap();
+        v
+    };
+    h.expect(&tcp6("2001:db8:3::1"), DROP, "v6-host");
+    h.expect(&tcp6("2001:db8:3::80"), DROP, "v6-host");
+    h.expect(&tcp6("2001:db8:3::100"), PASS, "(default)");
     // Hop-by-hop + destination options before UDP: walked, rule still applies.
     let f = cat(
         eth(0x86dd),

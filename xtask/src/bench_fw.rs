@@ -200,11 +200,37 @@ fn start_fw(t: &Topo, rules: &str) -> Result<Fw> {
 }
 
 fn fw_dropped(t: &Topo) -> Result<u64> {
+    Ok(fw_stats(t)?["rules"][0]["dropped"].as_u64().unwrap_or(0))
+}
+
+fn fw_stats(t: &Topo) -> Result<serde_json::Value> {
     let o = wirelab()
         .args(["fw", "stats", "--netns", &t.rx, "--json"])
         .output()?;
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-    Ok(v["rules"][0]["dropped"].as_u64().unwrap_or(0))
+    Ok(serde_json::from_slice(&o.stdout)?)
+}
+
+/// In-kernel run time of the fw program per packet (needs kernel.bpf_stats_enabled=1).
+fn fw_prog_ns(t: &Topo) -> Result<f64> {
+    Ok(fw_stats(t)?["program"]["ns_per_packet"]
+        .as_f64()
+        .unwrap_or(0.0))
+}
+
+/// Turns kernel.bpf_stats_enabled on for the run and restores it.
+struct BpfStats(String);
+impl BpfStats {
+    fn on() -> Result<Self> {
+        let p = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = std::fs::read_to_string(p)?.trim().to_string();
+        std::fs::write(p, "1")?;
+        Ok(Self(old))
+    }
+}
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
 }
 
 struct Nft(String);
@@ -294,6 +320,7 @@ pub fn run() -> Result<()> {
     }
     crate::build()?;
     let t = Topo::up()?;
+    let _stats = BpfStats::on()?;
     let mut report = String::new();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -311,12 +338,14 @@ pub fn run() -> Result<()> {
         let _fw = start_fw(&t, &format!("default = \"allow\"\n[[rule]]\nname = \"drop\"\naction = \"deny\"\nsrc = \"{GEN_SRC}\"\n"))?;
         let r = gen(&t, GEN_SRC, FLOWS)?;
         let d = fw_dropped(&t)?;
+        let prog = fw_prog_ns(&t)?;
         println!(
-            "  wirelab fw: {:.0} pps ({} delivered), {} dropped, receiver softirq {:.0} ns/pkt",
+            "  wirelab fw: {:.0} pps ({} delivered), {} dropped, receiver softirq {:.0} ns/pkt, program {prog:.1} ns/pkt",
             r.pps, r.delivered, d, r.softirq_ns_per_pkt
         );
-        r
+        (r, prog)
     };
+    let (fw_res, fw_prog) = fw_res;
     let nft_res = {
         let _n = nft_load(&t, "", &format!("    ip saddr {GEN_SRC} counter drop"))?;
         let r = gen(&t, GEN_SRC, FLOWS)?;
@@ -343,14 +372,19 @@ pub fn run() -> Result<()> {
     )?;
     writeln!(
         report,
-        "| ratio fw/nft | {:.2}x | {:.2}x less CPU |\n",
+        "| ratio fw/nft | {:.2}x | {:.2}x less CPU |",
         fw_res.pps / nft_res.pps.max(1.0),
         nft_res.softirq_ns_per_pkt / fw_res.softirq_ns_per_pkt.max(1.0)
     )?;
 
+    writeln!(
+        report,
+        "\nfw program run time (kernel.bpf_stats_enabled): {fw_prog:.1} ns/packet\n"
+    )?;
+
     // 2. Cost vs prefix count.
     println!("== cost vs prefixes ==");
-    writeln!(report, "| prefixes | fw pps | fw ns/pkt | nft set pps | nft set ns/pkt | nft rules pps | nft rules ns/pkt |\n|---|---|---|---|---|---|---|")?;
+    writeln!(report, "| prefixes | fw pps | fw softirq ns/pkt | fw program ns/pkt | nft set pps | nft set ns/pkt | nft rules pps | nft rules ns/pkt |\n|---|---|---|---|---|---|---|---|")?;
     let mut fw_base = 0.0;
     for n in [1usize, 1000, 100_000] {
         let list = prefixes(n);
@@ -358,13 +392,15 @@ pub fn run() -> Result<()> {
         std::fs::write(&f, list.join("\n"))?;
         let fr = {
             let _fw = start_fw(&t, &format!("default = \"allow\"\n[[rule]]\nname = \"drop\"\naction = \"deny\"\nsrc_file = \"{}\"\n", f.display()))?;
-            gen(&t, GEN_SRC, FLOWS)?
+            let r = gen(&t, GEN_SRC, FLOWS)?;
+            (r, fw_prog_ns(&t)?)
         };
+        let (fr, fprog) = fr;
         if n == 1 {
             fw_base = fr.pps;
         }
         println!(
-            "  fw {n} prefixes: {:.0} pps ({:+.1}% vs 1), {:.0} ns/pkt",
+            "  fw {n} prefixes: {:.0} pps ({:+.1}% vs 1), {:.0} ns/pkt, program {fprog:.1} ns/pkt",
             fr.pps,
             (fr.pps / fw_base - 1.0) * 100.0,
             fr.softirq_ns_per_pkt
@@ -398,7 +434,7 @@ pub fn run() -> Result<()> {
         );
         writeln!(
             report,
-            "| {n} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0}{} | {:.0} |",
+            "| {n} | {:.0} | {:.0} | {fprog:.1} | {:.0} | {:.0} | {:.0}{} | {:.0} |",
             fr.pps,
             fr.softirq_ns_per_pkt,
             sr.pps,

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Array, MapData, PerCpuArray, PerCpuValues, RingBuf,
+    Array, HashMap as BpfHash, MapData, PerCpuArray, PerCpuValues, RingBuf,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -60,6 +60,10 @@ pub struct FwMaps {
     dst4: LpmTrie<MapData, Key4, u64>,
     src6: LpmTrie<MapData, Key6, u64>,
     dst6: LpmTrie<MapData, Key6, u64>,
+    hsrc4: BpfHash<MapData, Key4, u64>,
+    hdst4: BpfHash<MapData, Key4, u64>,
+    hsrc6: BpfHash<MapData, Key6, u64>,
+    hdst6: BpfHash<MapData, Key6, u64>,
     proto: Array<MapData, u64>,
     sport: Array<MapData, u64>,
     dport: Array<MapData, u64>,
@@ -103,6 +107,10 @@ impl Firewall {
             dst4: take(bpf, "FW_DST4")?,
             src6: take(bpf, "FW_SRC6")?,
             dst6: take(bpf, "FW_DST6")?,
+            hsrc4: take(bpf, "FW_HSRC4")?,
+            hdst4: take(bpf, "FW_HDST4")?,
+            hsrc6: take(bpf, "FW_HSRC6")?,
+            hdst6: take(bpf, "FW_HDST6")?,
             proto: take(bpf, "FW_PROTO")?,
             sport: take(bpf, "FW_SPORT")?,
             dport: take(bpf, "FW_DPORT")?,
@@ -207,22 +215,52 @@ impl Firewall {
                 }
             }
         }
-        for (trie, entries) in [(&mut m.src4, &tables.src4), (&mut m.dst4, &tables.dst4)] {
+        // Exact addresses go to the hash tables, shorter prefixes to the tries.
+        let mut hosts = 0u32;
+        let mut tries = 0u32;
+        let mut any = [0u64; 4];
+        for (bit, trie, hash, entries) in [
+            (1, &mut m.src4, &mut m.hsrc4, &tables.src4),
+            (2, &mut m.dst4, &mut m.hdst4, &tables.dst4),
+        ] {
             for (len, a, v) in entries {
                 let mut k = [0u8; 5];
                 k[0] = g as u8;
                 k[1..].copy_from_slice(a);
-                trie.insert(&Key::new(8 + *len as u32, k), v, 0)
-                    .context("inserting an IPv4 prefix")?;
+                if *len == 32 {
+                    hash.insert(k, v, 0).context("inserting an IPv4 address")?;
+                    hosts |= bit;
+                } else {
+                    if *len == 0 {
+                        any[bit.trailing_zeros() as usize] = *v;
+                    } else {
+                        tries |= bit;
+                    }
+                    trie.insert(&Key::new(8 + *len as u32, k), v, 0)
+                        .context("inserting an IPv4 prefix")?;
+                }
             }
         }
-        for (trie, entries) in [(&mut m.src6, &tables.src6), (&mut m.dst6, &tables.dst6)] {
+        for (bit, trie, hash, entries) in [
+            (4, &mut m.src6, &mut m.hsrc6, &tables.src6),
+            (8, &mut m.dst6, &mut m.hdst6, &tables.dst6),
+        ] {
             for (len, a, v) in entries {
                 let mut k = [0u8; 17];
                 k[0] = g as u8;
                 k[1..].copy_from_slice(a);
-                trie.insert(&Key::new(8 + *len as u32, k), v, 0)
-                    .context("inserting an IPv6 prefix")?;
+                if *len == 128 {
+                    hash.insert(k, v, 0).context("inserting an IPv6 address")?;
+                    hosts |= bit;
+                } else {
+                    if *len == 0 {
+                        any[bit.trailing_zeros() as usize] = *v;
+                    } else {
+                        tries |= bit;
+                    }
+                    trie.insert(&Key::new(8 + *len as u32, k), v, 0)
+                        .context("inserting an IPv6 prefix")?;
+                }
             }
         }
         for (i, (r, ins)) in rs.rules.iter().zip(installed.iter()).enumerate() {
@@ -253,6 +291,9 @@ impl Firewall {
                 malformed_action: rs.malformed_action,
                 non_ip_action: rs.non_ip_action,
                 nrules: rs.rules.len() as u32,
+                hosts,
+                tries,
+                any,
             },
             0,
         )?;
@@ -292,20 +333,34 @@ impl Firewall {
         let src6 = std::mem::take(&mut sh.src6);
         let dst6 = std::mem::take(&mut sh.dst6);
         let m = &mut self.maps;
-        for (trie, entries) in [(&mut m.src4, src4), (&mut m.dst4, dst4)] {
+        for (trie, hash, entries) in [
+            (&mut m.src4, &mut m.hsrc4, src4),
+            (&mut m.dst4, &mut m.hdst4, dst4),
+        ] {
             for (len, a, _) in entries {
                 let mut k = [0u8; 5];
                 k[0] = g as u8;
                 k[1..].copy_from_slice(&a);
-                let _ = trie.remove(&Key::new(8 + len as u32, k));
+                if len == 32 {
+                    let _ = hash.remove(&k);
+                } else {
+                    let _ = trie.remove(&Key::new(8 + len as u32, k));
+                }
             }
         }
-        for (trie, entries) in [(&mut m.src6, src6), (&mut m.dst6, dst6)] {
+        for (trie, hash, entries) in [
+            (&mut m.src6, &mut m.hsrc6, src6),
+            (&mut m.dst6, &mut m.hdst6, dst6),
+        ] {
             for (len, a, _) in entries {
                 let mut k = [0u8; 17];
                 k[0] = g as u8;
                 k[1..].copy_from_slice(&a);
-                let _ = trie.remove(&Key::new(8 + len as u32, k));
+                if len == 128 {
+                    let _ = hash.remove(&k);
+                } else {
+                    let _ = trie.remove(&Key::new(8 + len as u32, k));
+                }
             }
         }
         Ok(())
@@ -539,7 +594,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
         loop {
             match listener.accept() {
                 Ok((s, _)) => {
-                    if let Err(e) = serve(&mut fw, s, opts, mode) {
+                    if let Err(e) = serve(&mut fw, &bpf, s, opts, mode) {
                         tracing::warn!("control request failed: {e:#}");
                     }
                 }
@@ -576,7 +631,31 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
     Ok(s)
 }
 
-fn serve(fw: &mut Firewall, s: UnixStream, opts: &Options, mode: AttachMode) -> Result<()> {
+/// Run count and time of the `fw` program (kept by the kernel while
+/// `kernel.bpf_stats_enabled` is 1).
+fn program_stats(bpf: &aya::Ebpf) -> serde_json::Value {
+    let info = bpf
+        .program("fw")
+        .and_then(|p| <&aya::programs::Xdp>::try_from(p).ok())
+        .and_then(|x| x.info().ok());
+    match info {
+        Some(i) => {
+            let n = i.run_count();
+            let t = i.run_time().as_nanos() as u64;
+            json!({"runs": n, "run_time_ns": t,
+                "ns_per_packet": if n > 0 { t as f64 / n as f64 } else { 0.0 }})
+        }
+        None => serde_json::Value::Null,
+    }
+}
+
+fn serve(
+    fw: &mut Firewall,
+    bpf: &aya::Ebpf,
+    s: UnixStream,
+    opts: &Options,
+    mode: AttachMode,
+) -> Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
@@ -586,6 +665,7 @@ fn serve(fw: &mut Firewall, s: UnixStream, opts: &Options, mode: AttachMode) -> 
         "stats" => match fw.stats() {
             Ok(mut v) => {
                 v["ok"] = json!(true);
+                v["program"] = program_stats(bpf);
                 v["iface"] = json!(opts.iface);
                 v["mode"] = json!(mode);
                 v
