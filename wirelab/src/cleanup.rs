@@ -1,7 +1,9 @@
 //! `wirelab cleanup`: remove what a crashed or killed wirelab left behind.
 //!
 //! Programs are attached through bpf_links, which the kernel removes when the owning process
-//! dies, so after kill -9 the leftovers are lab namespaces whose `up` never finished.
+//! dies, so after kill -9 the leftovers are lab namespaces whose `up` never finished, and the
+//! namespaces of a killed `cargo xtask bench fw` (`wlb<pid>-tx`, `wlb<pid>-rx`). `wirelab fw`
+//! itself leaves nothing: its control socket is abstract and its program hangs on a bpf_link.
 use anyhow::Result;
 use serde::Serialize;
 
@@ -12,6 +14,7 @@ pub struct Report {
     pub labs_removed: Vec<String>,
     pub namespaces_removed: Vec<String>,
     pub kept_labs: Vec<String>,
+    pub bench_namespaces_removed: Vec<String>,
 }
 
 fn alive(pid: u32) -> bool {
@@ -32,6 +35,19 @@ pub fn run(all_labs: bool) -> Result<Report> {
             r.labs_removed.push(name);
         } else {
             r.kept_labs.push(name);
+        }
+    }
+    // Benchmark namespaces wlb<pid>-tx / wlb<pid>-rx whose xtask process is gone.
+    for ns in crate::netns::list() {
+        let Some(rest) = ns.strip_prefix("wlb") else {
+            continue;
+        };
+        let Some((pid, side)) = rest.split_once('-') else {
+            continue;
+        };
+        if (side == "tx" || side == "rx") && pid.parse::<u32>().is_ok_and(|p| !alive(p)) {
+            crate::netns::delete(&ns, std::time::Duration::from_secs(1))?;
+            r.bench_namespaces_removed.push(ns);
         }
     }
     Ok(r)

@@ -299,8 +299,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "removed labs: {:?}; namespaces: {:?}; kept labs: {:?}",
-                    r.labs_removed, r.namespaces_removed, r.kept_labs
+                    "removed labs: {:?}; namespaces: {:?}; kept labs: {:?}; bench namespaces: {:?}",
+                    r.labs_removed, r.namespaces_removed, r.kept_labs, r.bench_namespaces_removed
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -505,3 +505,31 @@ fn bad_reload_keeps_old_rules_and_kill9_leaves_nothing() {
     // And a new firewall can start on the same interface right away.
     let _fw2 = start_fw(&lab, &a);
 }
+
+#[test]
+fn cleanup_removes_namespaces_of_a_killed_bench() {
+    require_privileges();
+    // A pid that is certainly gone: a child we started and reaped.
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    let ns = format!("wlb{pid}-tx");
+    ok(std::process::Command::new("ip").args(["netns", "add", &ns]));
+    let o = ok(wirelab().args(["cleanup", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let gone = !namespaces().contains(&ns);
+    if !gone {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .status();
+    }
+    assert!(gone, "{v}");
+    assert!(
+        v["bench_namespaces_removed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == ns.as_str()),
+        "{v}"
+    );
+}
