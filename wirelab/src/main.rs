@@ -287,9 +287,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let r = wirelab::gen::run(&opts, &stop)?;
             if a.json {
-                println!("{}", serde_json::to_string(&r)?);
+                emit(&serde_json::to_string(&r)?)?;
             } else {
-                println!("{r}");
+                emit(&r.to_string())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -308,15 +308,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Print to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+fn emit(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
 fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
     match a.sub {
         Some(FwCmd::Check { rules }) => {
             let rs = fw::rules::load(&rules)?;
-            println!(
+            emit(&format!(
                 "rules OK: {} rules, {} prefixes",
                 rs.rules.len(),
                 rs.prefixes()
-            );
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Some(FwCmd::Reload {
@@ -333,13 +342,13 @@ fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
             }
             let v = fw::reload(iface.as_deref(), &rules)?;
             if json {
-                println!("{v}");
+                emit(&v.to_string())?;
             } else {
-                println!(
+                emit(&format!(
                     "reloaded: generation {}, {} rules, {} prefixes (kept {}, added {}, removed {}) in {:.1} ms",
                     v["generation"], v["rules"], v["prefixes"], v["kept"], v["added"], v["removed"],
                     v["install_ms"].as_f64().unwrap_or(0.0)
-                );
+                ))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -349,9 +358,11 @@ fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
             }
             let v = fw::stats(iface.as_deref())?;
             if json {
-                println!("{v}");
+                emit(&v.to_string())?;
             } else {
-                fw::print_stats(&mut std::io::stdout().lock(), &v)?;
+                let mut buf = Vec::new();
+                fw::print_stats(&mut buf, &v)?;
+                emit(String::from_utf8_lossy(&buf).trim_end())?;
             }
             Ok(ExitCode::SUCCESS)
         }

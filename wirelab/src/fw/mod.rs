@@ -689,7 +689,7 @@ fn serve(
                         if opts.json {
                             let mut e = v.clone();
                             e["type"] = json!("reload");
-                            println!("{e}");
+                            let _ = writeln!(std::io::stdout().lock(), "{e}");
                         }
                         v
                     }
