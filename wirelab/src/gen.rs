@@ -166,12 +166,10 @@ fn set_src(frame: &mut [u8], a: Ipv4Addr, tcp: bool) {
     }
     frame[24..26].copy_from_slice(&(!(s as u16)).to_be_bytes());
     let l4 = 34;
-    // Pseudo header + L4 (UDP checksum 0 = none is legal for IPv4; TCP needs it).
-    let len = frame.len() - l4;
-    let (ck_off, ip_len) = if tcp { (l4 + 16, len) } else { (l4 + 6, len) };
+    // UDP: checksum 0 ("none") is legal over IPv4. TCP: pseudo header + segment.
+    let ck_off = if tcp { l4 + 16 } else { l4 + 6 };
     let total_ip = u16::from_be_bytes([frame[16], frame[17]]) as usize;
     let l4_len = total_ip - 20;
-    let _ = ip_len;
     frame[ck_off] = 0;
     frame[ck_off + 1] = 0;
     if !tcp {

@@ -23,8 +23,8 @@ use anyhow::{bail, Context as _, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 use wirelab_common::fw::{
-    action, MAX_RULES, PORT_ENTRIES, PORT_NONE, PROTO_ENTRIES, SMALL_ENTRIES, SMALL_NONE,
-    TOKEN_UNIT, TRIE_ENTRIES,
+    action, MAX_RULES, PORT_ENTRIES, PORT_NONE, PROTO_ENTRIES, SMALL_ENTRIES, TOKEN_UNIT,
+    TRIE_ENTRIES,
 };
 
 #[derive(Debug, Deserialize)]
@@ -659,7 +659,6 @@ pub fn compile(rs: &RuleSet) -> Tables {
             None => t.icmp.iter_mut().for_each(|v| *v |= bit),
             Some(ts) => ts.iter().for_each(|x| t.icmp[*x as usize] |= bit),
         }
-        let _ = SMALL_NONE;
     }
     t
 }
