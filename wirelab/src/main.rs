@@ -209,6 +209,7 @@ struct GenArgs {
     /// xdp, or packet.
     #[arg(long, default_value = "auto")]
     method: String,
+    /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
 }
