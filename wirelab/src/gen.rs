@@ -270,21 +270,13 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
         "auto" | "xdp" | "packet" => o.method.as_str(),
         m => bail!("--method {m:?}: use auto, xdp or packet"),
     };
-    let mut sent = 0u64;
-    let start = Instant::now();
-    let mut used = "xdp-live-frames";
-    let done = |sent: u64| {
-        sent >= limit || stop.requested() || duration.is_some_and(|d| start.elapsed() >= d)
-    };
-    let pacer = Pacer {
-        start,
-        rate: o.rate,
-    };
+    // Load the program before the clock starts: verification is not sending time.
+    let mut bpf = None;
     if method != "packet" {
-        let mut bpf = ebpf::load()?;
+        let mut b = ebpf::load()?;
         {
             let mut conf: Array<_, GenConf> =
-                Array::try_from(bpf.map_mut("GEN_CONF").context("GEN_CONF missing")?)?;
+                Array::try_from(b.map_mut("GEN_CONF").context("GEN_CONF missing")?)?;
             conf.set(
                 0,
                 GenConf {
@@ -296,11 +288,28 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
                 0,
             )?;
         }
-        let p: &mut Xdp = bpf
+        let p: &mut Xdp = b
             .program_mut("gen_tx")
             .context("gen_tx missing")?
             .try_into()?;
         p.load().context("loading gen_tx")?;
+        bpf = Some(b);
+    }
+    let mut sent = 0u64;
+    let start = Instant::now();
+    let mut used = "xdp-live-frames";
+    let done = |sent: u64| {
+        sent >= limit || stop.requested() || duration.is_some_and(|d| start.elapsed() >= d)
+    };
+    let pacer = Pacer {
+        start,
+        rate: o.rate,
+    };
+    if let Some(b) = bpf.as_mut() {
+        let p: &mut Xdp = b
+            .program_mut("gen_tx")
+            .context("gen_tx missing")?
+            .try_into()?;
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());

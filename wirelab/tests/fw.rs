@@ -422,7 +422,7 @@ fn reload_under_traffic_is_lossless_and_tight() {
     sender.join().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     eprintln!("{reloads} reloads during the probe run");
-    assert!(reloads >= 10, "only {reloads} reloads happened");
+    assert!(reloads >= 5, "only {reloads} reloads happened");
     assert_eq!(srv.udp(0), 3000, "allowed probes lost across reloads");
     assert_eq!(srv.udp(1), 0, "denied probes passed during a reload");
     let s = stats(&lab);
