@@ -147,8 +147,22 @@ impl Firewall {
     }
 
     /// Write `rs` into the idle generation, flip to it, then clear the old one. Counters and
-    /// rate-limit buckets of rules that keep their name carry over.
+    /// rate-limit buckets of rules that keep their name carry over. On an error before the
+    /// flip, the idle generation's prefixes are removed again and the old set stays in force.
     pub fn install(&mut self, rs: &RuleSet) -> Result<serde_json::Value> {
+        let g = 1 - self.active;
+        match self.install_inner(rs) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if self.active == 1 - g {
+                    let _ = self.clear_tries(g);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn install_inner(&mut self, rs: &RuleSet) -> Result<serde_json::Value> {
         let t0 = Instant::now();
         let g = 1 - self.active;
         let tables = rules::compile(rs);
@@ -215,6 +229,11 @@ impl Firewall {
                 }
             }
         }
+        // Record the prefixes before inserting them, so a failure part-way can remove them.
+        sh.src4 = tables.src4.clone();
+        sh.dst4 = tables.dst4.clone();
+        sh.src6 = tables.src6.clone();
+        sh.dst6 = tables.dst6.clone();
         // Exact addresses go to the hash tables, shorter prefixes to the tries.
         let mut hosts = 0u32;
         let mut tries = 0u32;
@@ -305,11 +324,6 @@ impl Firewall {
         // (XDP runs to completion under RCU); give them ample time before clearing it.
         std::thread::sleep(Duration::from_millis(20));
         self.clear_tries(old_gen)?;
-        let sh = &mut self.shadow[g as usize];
-        sh.src4 = tables.src4;
-        sh.dst4 = tables.dst4;
-        sh.src6 = tables.src6;
-        sh.dst6 = tables.dst6;
         self.rules = installed;
         self.set = Some(rs.clone());
         self.reloads += 1;
