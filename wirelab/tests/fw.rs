@@ -114,9 +114,9 @@ fn deny_cidr_inside_fails_outside_works() {
     add_addr(&lab.ns("client"), "198.18.0.200/24");
     let r = d.file(
         "r.toml",
-        "default = \"allow\"\n[[rule]]\nname = \"bad-net\"\naction = \"deny\"\nsrc = \"198.18.0.192/26\"\n",
+        "default = \"allow\"\n[[rule]]\nname = \"bad-net\"\naction = \"deny\"\nsrc = \"198.18.0.192/26\"\nlog = true\n",
     );
-    let _fw = start_fw(&lab, &r);
+    let mut fw = start_fw(&lab, &r);
     assert_eq!(
         ping(&lab.ns("client"), "198.18.0.200", "198.18.0.2", 5, "0.1"),
         0
@@ -128,6 +128,39 @@ fn deny_cidr_inside_fails_outside_works() {
     let s = stats(&lab);
     assert_eq!(rule(&s, "bad-net"), (5, 5), "{s}");
     assert_eq!(s["malformed"]["packets"], 0);
+    // SIGTERM: JSON lines on stdout (start, 5 log samples, final), and nothing left attached.
+    let child = fw.0.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "fw exit {}", out.status);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "start");
+    let logs: Vec<_> = lines.iter().filter(|l| l["type"] == "log").collect();
+    assert_eq!(logs.len(), 5, "{lines:?}");
+    for l in logs {
+        assert_eq!(l["rule"], "bad-net");
+        assert_eq!(l["verdict"], "drop");
+        assert_eq!(l["src"], "198.18.0.200");
+        assert_eq!(l["icmp_type"], 8);
+    }
+    let last = lines.last().unwrap();
+    assert_eq!(last["type"], "final");
+    assert_eq!(last["rules"][0]["logged"], 5);
+    let o = ok(in_ns(
+        &lab.ns("server"),
+        &["ip", "-d", "link", "show", "dev", "eth0"],
+    ));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("prog/xdp"),
+        "XDP left attached"
+    );
 }
 
 /// Accept TCP connections on `ports` in `ns` until `stop`; count UDP datagrams on `udp`.

@@ -619,6 +619,19 @@ fn rate_limit_per_source_and_log() {
 }
 
 #[test]
+fn rate_limit_bytes_per_second() {
+    // 200-byte bucket refilled at 1,000 bytes/s: three 60-byte frames fit, the fourth not.
+    let h = Harness::new(
+        "default = \"allow\"\n[[rule]]\nname = \"bytes\"\naction = \"rate-limit\"\nproto = \"udp\"\nrate_limit = { bps = 1000, burst_bytes = 200 }\n",
+    );
+    let f = udp4([198, 18, 0, 1], SERVER, 1, 2);
+    assert_eq!(f.len(), 60);
+    let v: Vec<u32> = (0..6).map(|_| h.run(&f)).collect();
+    assert_eq!(v, [PASS, PASS, PASS, DROP, DROP, DROP]);
+    assert_eq!(h.snap()["bytes"], (6, 3));
+}
+
+#[test]
 fn reload_swaps_rules_and_carries_counters() {
     let mut h = Harness::new(RULES);
     for _ in 0..4 {
