@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+mod fw;
+mod gen;
 mod inspect;
 mod parse;
 mod swarm;

@@ -1,8 +1,10 @@
 //! `wirelab cleanup`: remove what a crashed or killed wirelab left behind.
 //!
 //! Programs are attached through bpf_links, which the kernel removes when the owning process
-//! dies, so after kill -9 the leftovers are lab namespaces whose `up` never finished, and a
-//! swarm run's cgroups, AnyIP route and promiscuous mode (listed in `/run/wirelab/swarm/`).
+//! dies, so after kill -9 the leftovers are lab namespaces whose `up` never finished, a swarm
+//! run's cgroups, AnyIP route and promiscuous mode (listed in `/run/wirelab/swarm/`), and the
+//! namespaces of a killed `cargo xtask bench fw` (`wlb<pid>-tx`, `wlb<pid>-rx`). `wirelab fw`
+//! itself leaves nothing: its control socket is abstract and its program hangs on a bpf_link.
 use anyhow::Result;
 use serde::Serialize;
 
@@ -15,6 +17,7 @@ pub struct Report {
     pub kept_labs: Vec<String>,
     /// Swarm runs (and stray swarm cgroups) whose process was gone.
     pub swarm_removed: Vec<String>,
+    pub bench_namespaces_removed: Vec<String>,
 }
 
 fn alive(pid: u32) -> bool {
@@ -39,6 +42,19 @@ pub fn run(all_labs: bool) -> Result<Report> {
             r.labs_removed.push(name);
         } else {
             r.kept_labs.push(name);
+        }
+    }
+    // Benchmark namespaces wlb<pid>-tx / wlb<pid>-rx whose xtask process is gone.
+    for ns in crate::netns::list() {
+        let Some(rest) = ns.strip_prefix("wlb") else {
+            continue;
+        };
+        let Some((pid, side)) = rest.split_once('-') else {
+            continue;
+        };
+        if (side == "tx" || side == "rx") && pid.parse::<u32>().is_ok_and(|p| !alive(p)) {
+            crate::netns::delete(&ns, std::time::Duration::from_secs(1))?;
+            r.bench_namespaces_removed.push(ns);
         }
     }
     Ok(r)

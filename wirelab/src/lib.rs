@@ -2,6 +2,8 @@
 //! the `wirelab` binary is a thin clap front end over it.
 pub mod cleanup;
 pub mod ebpf;
+pub mod fw;
+pub mod gen;
 pub mod inspect;
 pub mod lab;
 pub mod netns;

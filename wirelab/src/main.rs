@@ -2,7 +2,7 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use wirelab::{ebpf::AttachMode, inspect, lab, netns, probe, util, wan};
+use wirelab::{ebpf::AttachMode, fw, inspect, lab, netns, probe, util, wan};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,17 @@ enum Cmd {
     /// Many client machines (own IP and MAC each) from one host, running unmodified programs.
     #[command(subcommand)]
     Swarm(SwarmCmd),
+    /// XDP firewall: CIDR/port/protocol rules, per-source rate limits, live reload.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml\n  wirelab fw reload --netns wirelab-server --rules new.toml\n  wirelab fw stats --netns wirelab-server --json\n  wirelab fw check --rules rules.toml\n\nSee docs/fw.md for the rules file format and semantics."
+    )]
+    Fw(FwArgs),
+    /// Fast packet generator (XDP live frames; AF_PACKET fallback) reporting achieved pps.
+    #[command(
+        after_help = "Examples:\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 198.18.0.0/24 --dst 198.18.0.2 --proto udp --size 64 --duration 5s --flows 256\n  wirelab gen --iface veth0 --dst-mac ff:ff:ff:ff:ff:ff --src 198.18.1.1/32 --dst 198.18.0.2 \\\n      --proto tcp-syn --size 64 --rate 1000 --count 5000 --json"
+    )]
+    Gen(GenArgs),
     /// Remove what a killed wirelab left behind (half-made labs; --all-labs: every lab).
     Cleanup {
         /// Also remove labs that are complete and may still be in use.
@@ -223,6 +234,109 @@ struct InspectArgs {
     mode: Option<AttachMode>,
 }
 
+#[derive(Args)]
+struct FwArgs {
+    #[command(subcommand)]
+    sub: Option<FwCmd>,
+    /// Interface to protect (ingress).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Network namespace (under /run/netns) the interface lives in.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Rules file (TOML).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Force an XDP mode instead of native-with-skb-fallback.
+    #[arg(long, value_parser = parse_mode)]
+    mode: Option<AttachMode>,
+    /// JSON lines on stdout: start, log samples, reloads, final counters.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this long (default: until Ctrl-C / SIGTERM).
+    #[arg(long, value_parser = util::parse_duration)]
+    duration: Option<Duration>,
+}
+
+#[derive(Subcommand)]
+enum FwCmd {
+    /// Validate a rules file and atomically swap it into the running firewall.
+    Reload {
+        #[arg(long)]
+        netns: Option<String>,
+        /// The firewall's interface (needed only when several run in the namespace).
+        #[arg(long)]
+        iface: Option<String>,
+        #[arg(long)]
+        rules: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-rule, default, malformed and non-IP counters, and recent log samples.
+    Stats {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        iface: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a rules file only.
+    Check {
+        #[arg(long)]
+        rules: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Interface to transmit on.
+    #[arg(long)]
+    iface: String,
+    #[arg(long)]
+    netns: Option<String>,
+    /// Destination MAC address.
+    #[arg(long)]
+    dst_mac: String,
+    /// Source MAC (default: the interface's).
+    #[arg(long)]
+    src_mac: Option<String>,
+    /// Source addresses (IPv4 CIDR); --flows of them are cycled through.
+    #[arg(long)]
+    src: String,
+    /// Destination IPv4 address.
+    #[arg(long)]
+    dst: std::net::Ipv4Addr,
+    /// udp or tcp-syn.
+    #[arg(long, default_value = "udp")]
+    proto: String,
+    /// Frame size in bytes without FCS (60..=1514; 64 is the classic "64-byte" frame).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Packets per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Packets to send.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Time to send for (default 5s when --count is absent).
+    #[arg(long, value_parser = util::parse_duration)]
+    duration: Option<Duration>,
+    /// Number of distinct source addresses.
+    #[arg(long, default_value_t = 1)]
+    flows: u32,
+    /// Destination UDP/TCP port.
+    #[arg(long, default_value_t = 9)]
+    dport: u16,
+    /// Transmit method: auto (live frames, AF_PACKET if the peer can't take XDP frames),
+    /// xdp, or packet.
+    #[arg(long, default_value = "auto")]
+    method: String,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
 fn parse_mode(s: &str) -> Result<AttachMode, String> {
     match s {
         "native" | "driver" | "drv" => Ok(AttachMode::Native),
@@ -277,14 +391,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Wan(w) => wan_cmd(w),
         Cmd::Probe(p) => probe_cmd(p),
         Cmd::Swarm(c) => swarm_cli::run(c),
+        Cmd::Fw(a) => fw_cmd(a),
+        Cmd::Gen(a) => {
+            if let Some(ns) = &a.netns {
+                netns::enter(ns)?;
+            }
+            let stop = util::Stop::install()?;
+            let opts = wirelab::gen::Options {
+                iface: a.iface,
+                dst_mac: a.dst_mac,
+                src_mac: a.src_mac,
+                src: a.src,
+                dst: a.dst,
+                proto: a.proto,
+                size: a.size,
+                rate: a.rate,
+                count: a.count,
+                duration: a.duration,
+                flows: a.flows,
+                dport: a.dport,
+                method: a.method,
+            };
+            let r = wirelab::gen::run(&opts, &stop)?;
+            if a.json {
+                emit(&serde_json::to_string(&r)?)?;
+            } else {
+                emit(&r.to_string())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Cleanup { all_labs, json } => {
             let r = wirelab::cleanup::run(all_labs)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "removed labs: {:?}; namespaces: {:?}; kept labs: {:?}; swarm runs: {:?}",
-                    r.labs_removed, r.namespaces_removed, r.kept_labs, r.swarm_removed
+                    "removed labs: {:?}; namespaces: {:?}; kept labs: {:?}; swarm runs: {:?}; bench namespaces: {:?}",
+                    r.labs_removed, r.namespaces_removed, r.kept_labs, r.swarm_removed, r.bench_namespaces_removed
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -425,6 +568,91 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
 
 mod swarm_cli;
 use swarm_cli::SwarmCmd;
+
+/// Print to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+fn emit(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
+    match a.sub {
+        Some(FwCmd::Check { rules }) => {
+            let rs = fw::rules::load(&rules)?;
+            emit(&format!(
+                "rules OK: {} rules, {} prefixes",
+                rs.rules.len(),
+                rs.prefixes()
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(FwCmd::Reload {
+            netns,
+            iface,
+            rules,
+            json,
+        }) => {
+            // Read the file before entering the namespace (paths are the caller's).
+            let rules = std::fs::canonicalize(&rules)
+                .with_context(|| format!("rules file {}", rules.display()))?;
+            if let Some(ns) = &netns {
+                netns::enter(ns)?;
+            }
+            let v = fw::reload(iface.as_deref(), &rules)?;
+            if json {
+                emit(&v.to_string())?;
+            } else {
+                emit(&format!(
+                    "reloaded: generation {}, {} rules, {} prefixes (kept {}, added {}, removed {}) in {:.1} ms",
+                    v["generation"], v["rules"], v["prefixes"], v["kept"], v["added"], v["removed"],
+                    v["install_ms"].as_f64().unwrap_or(0.0)
+                ))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(FwCmd::Stats { netns, iface, json }) => {
+            if let Some(ns) = &netns {
+                netns::enter(ns)?;
+            }
+            let v = fw::stats(iface.as_deref())?;
+            if json {
+                emit(&v.to_string())?;
+            } else {
+                let mut buf = Vec::new();
+                fw::print_stats(&mut buf, &v)?;
+                emit(String::from_utf8_lossy(&buf).trim_end())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let (Some(iface), Some(rules)) = (a.iface, a.rules) else {
+                bail!("wirelab fw needs --iface IF and --rules FILE (or a subcommand: reload, stats, check)");
+            };
+            let rules = std::fs::canonicalize(&rules)
+                .with_context(|| format!("rules file {}", rules.display()))?;
+            // Validate fully before touching anything.
+            fw::rules::load(&rules)?;
+            if let Some(ns) = &a.netns {
+                netns::enter(ns)?;
+            }
+            let stop = util::Stop::install()?;
+            fw::run(
+                &fw::Options {
+                    iface,
+                    rules,
+                    mode: a.mode,
+                    json: a.json,
+                    duration: a.duration,
+                },
+                &stop,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
 
 fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {

@@ -3,6 +3,7 @@
 //! `setup` makes a fresh Debian machine ready (idempotent, prints what it did); `test` and
 //! `demo` call it first, so on a new machine `cargo xtask demo` and `cargo xtask test` are the
 //! whole set-up.
+mod bench_fw;
 mod demo;
 mod setup;
 
@@ -40,6 +41,11 @@ enum Cmd {
     Lint,
     /// The main job on the default lab (see README).
     Demo,
+    /// Side-by-side benchmarks of a tool against its peer (fw).
+    Bench {
+        /// Which tool: fw.
+        tool: String,
+    },
 }
 
 pub fn root() -> PathBuf {
@@ -132,6 +138,13 @@ fn main() -> Result<()> {
             run(&mut c)?;
             eprintln!("xtask: all tests passed");
             Ok(())
+        }
+        Cmd::Bench { tool } => {
+            setup::setup()?;
+            match tool.as_str() {
+                "fw" => bench_fw::run(),
+                t => bail!("no benchmark for {t:?} (available: fw)"),
+            }
         }
         Cmd::Demo => {
             setup::setup()?;

@@ -17,6 +17,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "socat",
     // wan tests: cross-checking the probe against a real peer.
     "iperf3",
+    "nftables",
+    "netsniff-ng",
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {

@@ -1,0 +1,181 @@
+//! `fw`: the XDP firewall's map layouts, shared by the kernel program and userspace.
+//!
+//! Two generations (0 and 1) of every rule table live side by side; `FW_GEN[0]` names the
+//! one in force. The program reads it once per packet, so a packet is judged entirely by one
+//! generation. Userspace fills the idle generation, then flips `FW_GEN` in one write.
+//!
+//! Each match field maps a packet value to a `u64` bitmap of the rules it satisfies (bit i =
+//! rule i of the generation). The rule that fires is the lowest bit of the AND of all fields.
+
+/// Rules per generation (bits of the `u64` bitmaps).
+pub const MAX_RULES: u32 = 64;
+/// Counter slots for rules: two generations' worth, so a reload never reuses a live slot.
+pub const RULE_SLOTS: u32 = 128;
+/// Counter slot of the default policy.
+pub const SLOT_DEFAULT: u32 = 128;
+/// Counter slot of frames that failed to parse (the `malformed` policy).
+pub const SLOT_MALFORMED: u32 = 129;
+/// Counter slot of frames that are neither IPv4 nor IPv6 (the `non_ip` policy).
+pub const SLOT_NON_IP: u32 = 130;
+/// Entries of `FW_COUNTERS`.
+pub const NUM_COUNTERS: u32 = 131;
+
+/// Per-generation entries of the port tables: 65,536 ports + "no port".
+pub const PORT_ENTRIES: u32 = 65537;
+/// Index used for packets without ports (not TCP/UDP, or a non-first fragment).
+pub const PORT_NONE: u32 = 65536;
+/// Per-generation entries of the TCP-flags and ICMP-type tables: 256 values + "none".
+pub const SMALL_ENTRIES: u32 = 257;
+/// Index used for packets that are not TCP (flags) / not ICMP (type), or carry no L4 header.
+pub const SMALL_NONE: u32 = 256;
+/// Per-generation entries of the protocol table.
+pub const PROTO_ENTRIES: u32 = 256;
+
+/// Size of the per-source rate-limit LRU table.
+pub const BUCKETS: u32 = 65536;
+/// Prefix entries per LPM trie and per exact-address hash (both generations together).
+pub const TRIE_ENTRIES: u32 = 262144;
+
+/// Token-bucket fixed point: one packet (or byte) is this many units.
+pub const TOKEN_UNIT: u64 = 1_000_000_000;
+
+pub mod action {
+    pub const ALLOW: u32 = 0;
+    pub const DENY: u32 = 1;
+    pub const RATE_LIMIT: u32 = 2;
+    /// Record a sampled header, then allow.
+    pub const LOG: u32 = 3;
+}
+
+/// Per-generation policies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwConf {
+    pub default_action: u32,
+    pub malformed_action: u32,
+    pub non_ip_action: u32,
+    pub nrules: u32,
+    /// Which exact-address hash tables hold entries: 1 src4, 2 dst4, 4 src6, 8 dst6.
+    pub hosts: u32,
+    /// Which tries hold prefixes other than /0 (same bits). A trie with only its /0 entry
+    /// is not walked: `any` holds that entry's bitmap.
+    pub tries: u32,
+    /// Bitmaps of the /0 entries: src4, dst4, src6, dst6.
+    pub any: [u64; 4],
+}
+
+/// What rule `i` of a generation does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleMeta {
+    pub action: u32,
+    /// Counter slot (stable across reloads while the rule keeps its name).
+    pub slot: u32,
+    /// Rate-limit bucket id (stable across reloads while the rule keeps its name).
+    pub id: u32,
+    /// Log every Nth matching packet; 0 = never.
+    pub log_every: u32,
+    /// Token rates, per second (0 = no limit of that kind).
+    pub pps: u64,
+    pub bps: u64,
+    /// Bucket depths in TOKEN_UNITs.
+    pub burst_pkts: u64,
+    pub burst_bytes: u64,
+    /// Time after which a bucket is full whatever its level (caps the refill arithmetic).
+    pub fill_ns: u64,
+}
+
+/// Counter of one slot (per CPU in the map; userspace sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounter {
+    /// Packets and bytes that reached this rule / policy.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Of those, how many were dropped (deny, or over a rate limit).
+    pub dropped: u64,
+    /// Of those, how many were sent to the log ring.
+    pub logged: u64,
+}
+
+impl RuleCounter {
+    pub fn add(&mut self, o: &RuleCounter) {
+        self.packets = self.packets.wrapping_add(o.packets);
+        self.bytes = self.bytes.wrapping_add(o.bytes);
+        self.dropped = self.dropped.wrapping_add(o.dropped);
+        self.logged = self.logged.wrapping_add(o.logged);
+    }
+}
+
+/// Key of the per-source token buckets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketKey {
+    pub id: u32,
+    /// 4 or 6.
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub last_ns: u64,
+    pub pkts: u64,
+    pub bytes: u64,
+}
+
+/// A sampled header sent to userspace through the `FW_LOG` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogEvent {
+    pub ts_ns: u64,
+    pub slot: u32,
+    /// Frame length.
+    pub len: u32,
+    /// 1 = dropped, 0 = passed.
+    pub dropped: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub vlans: u8,
+    pub fragment: u8,
+    pub _pad: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad2: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// Data of an IPv4 trie key: generation byte, then the address.
+pub type Key4 = [u8; 5];
+/// Data of an IPv6 trie key: generation byte, then the address.
+pub type Key6 = [u8; 17];
+
+/// Configuration of the `gen_tx` generator program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenConf {
+    /// First source address (host order) and how many consecutive ones to cycle through.
+    pub src_base: u32,
+    pub flows: u32,
+    /// Offset of the IPv4 header and of the L4 header in the template frame.
+    pub l3_off: u32,
+    /// IP protocol of the template (17 or 6).
+    pub proto: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for FwConf {}
+    unsafe impl aya::Pod for RuleMeta {}
+    unsafe impl aya::Pod for RuleCounter {}
+    unsafe impl aya::Pod for BucketKey {}
+    unsafe impl aya::Pod for Bucket {}
+    unsafe impl aya::Pod for LogEvent {}
+    unsafe impl aya::Pod for GenConf {}
+}

@@ -1,0 +1,325 @@
+//! `fw`: a first-match XDP firewall whose cost does not grow with rules or prefixes.
+//!
+//! Every match field maps the packet's value to a bitmap of the rules it satisfies: LPM tries
+//! for source/destination prefixes (IPv4 and IPv6), arrays for protocol, ports, TCP flags and
+//! ICMP type. The AND of the bitmaps holds the rules matching on every field; the lowest set
+//! bit is the first matching rule. About ten map lookups per packet, whatever the rule set.
+//!
+//! Exact addresses (/32, /128) live in hash tables in front of the tries, so host lists of
+//! any size cost one hash lookup; only shorter prefixes walk a trie.
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_F_NO_PREALLOC},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, LruHashMap, PerCpuArray, RingBuf,
+    },
+    programs::XdpContext,
+};
+use wirelab_common::fw::{
+    action, Bucket, BucketKey, FwConf, Key4, Key6, LogEvent, RuleCounter, RuleMeta, BUCKETS,
+    MAX_RULES, NUM_COUNTERS, PORT_ENTRIES, PORT_NONE, PROTO_ENTRIES, SLOT_DEFAULT, SLOT_MALFORMED,
+    SLOT_NON_IP, SMALL_ENTRIES, SMALL_NONE, TOKEN_UNIT, TRIE_ENTRIES,
+};
+
+use crate::parse::{
+    self, Frame, Parsed, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
+
+#[map]
+static FW_GEN: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static FW_CONF: Array<FwConf> = Array::with_max_entries(2, 0);
+#[map]
+static FW_META: Array<RuleMeta> = Array::with_max_entries(2 * MAX_RULES, 0);
+#[map]
+static FW_SRC4: LpmTrie<Key4, u64> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+#[map]
+static FW_DST4: LpmTrie<Key4, u64> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+#[map]
+static FW_SRC6: LpmTrie<Key6, u64> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+#[map]
+static FW_DST6: LpmTrie<Key6, u64> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
+#[map]
+static FW_HSRC4: HashMap<Key4, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static FW_HDST4: HashMap<Key4, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static FW_HSRC6: HashMap<Key6, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static FW_HDST6: HashMap<Key6, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static FW_PROTO: Array<u64> = Array::with_max_entries(2 * PROTO_ENTRIES, 0);
+#[map]
+static FW_SPORT: Array<u64> = Array::with_max_entries(2 * PORT_ENTRIES, 0);
+#[map]
+static FW_DPORT: Array<u64> = Array::with_max_entries(2 * PORT_ENTRIES, 0);
+#[map]
+static FW_FLAGS: Array<u64> = Array::with_max_entries(2 * SMALL_ENTRIES, 0);
+#[map]
+static FW_ICMP: Array<u64> = Array::with_max_entries(2 * SMALL_ENTRIES, 0);
+#[map]
+static FW_COUNTERS: PerCpuArray<RuleCounter> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+#[map]
+static FW_BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(BUCKETS, 0);
+#[map]
+static FW_LOG: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[xdp]
+pub fn fw(ctx: XdpContext) -> u32 {
+    match try_fw(&ctx) {
+        Ok(v) => v,
+        // Only a missing map entry gets here, which userspace never allows: fail closed.
+        Err(()) => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[inline(always)]
+fn verdict(a: u32) -> u32 {
+    if a == action::DENY {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// Count a frame in `slot`; returns the packets count before this one (for log sampling).
+#[inline(always)]
+fn count(slot: u32, bytes: u64, dropped: bool) -> u64 {
+    match FW_COUNTERS.get_ptr_mut(slot) {
+        Some(c) => unsafe {
+            let before = (*c).packets;
+            (*c).packets = before + 1;
+            (*c).bytes += bytes;
+            if dropped {
+                (*c).dropped += 1;
+            }
+            before
+        },
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn lookup(a: &Array<u64>, idx: u32) -> u64 {
+    a.get(idx).copied().unwrap_or(0)
+}
+
+/// Exact-address lookup, skipped when the generation has no such entries.
+#[inline(always)]
+fn host<K>(m: &HashMap<K, u64>, k: &K, used: bool) -> Option<u64> {
+    if !used {
+        return None;
+    }
+    m.get_ptr(k).map(|v| unsafe { *v })
+}
+
+#[inline(always)]
+fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
+    let f = Frame::new(ctx.data(), ctx.data_end());
+    let len = f.len() as u64;
+    let gen = FW_GEN.get(0).copied().ok_or(())? & 1;
+    let conf = *FW_CONF.get(gen).ok_or(())?;
+    let p = match parse::parse(&f) {
+        Ok(p) => p,
+        Err(_) => {
+            let v = verdict(conf.malformed_action);
+            count(SLOT_MALFORMED, len, v == xdp_action::XDP_DROP);
+            return Ok(v);
+        }
+    };
+    let (s, d) = match p.ethertype {
+        ETH_P_IP => {
+            let mut k: Key4 = [0; 5];
+            k[0] = gen as u8;
+            k[1..5].copy_from_slice(&p.saddr[..4]);
+            let s = match host(&FW_HSRC4, &k, conf.hosts & 1 != 0) {
+                Some(v) => v,
+                None if conf.tries & 1 != 0 => FW_SRC4.get(Key::new(40, k)).copied().unwrap_or(0),
+                None => conf.any[0],
+            };
+            let d = if s == 0 {
+                0
+            } else {
+                k[1..5].copy_from_slice(&p.daddr[..4]);
+                match host(&FW_HDST4, &k, conf.hosts & 2 != 0) {
+                    Some(v) => v,
+                    None if conf.tries & 2 != 0 => {
+                        FW_DST4.get(Key::new(40, k)).copied().unwrap_or(0)
+                    }
+                    None => conf.any[1],
+                }
+            };
+            (s, d)
+        }
+        ETH_P_IPV6 => {
+            let mut k: Key6 = [0; 17];
+            k[0] = gen as u8;
+            k[1..17].copy_from_slice(&p.saddr);
+            let s = match host(&FW_HSRC6, &k, conf.hosts & 4 != 0) {
+                Some(v) => v,
+                None if conf.tries & 4 != 0 => FW_SRC6.get(Key::new(136, k)).copied().unwrap_or(0),
+                None => conf.any[2],
+            };
+            let d = if s == 0 {
+                0
+            } else {
+                k[1..17].copy_from_slice(&p.daddr);
+                match host(&FW_HDST6, &k, conf.hosts & 8 != 0) {
+                    Some(v) => v,
+                    None if conf.tries & 8 != 0 => {
+                        FW_DST6.get(Key::new(136, k)).copied().unwrap_or(0)
+                    }
+                    None => conf.any[3],
+                }
+            };
+            (s, d)
+        }
+        _ => {
+            let v = verdict(conf.non_ip_action);
+            count(SLOT_NON_IP, len, v == xdp_action::XDP_DROP);
+            return Ok(v);
+        }
+    };
+    let mut bits = s & d;
+    if bits != 0 {
+        bits &= lookup(&FW_PROTO, gen * PROTO_ENTRIES + p.ip_proto as u32);
+    }
+    if bits != 0 {
+        let ports = p.has_l4 && (p.ip_proto == IPPROTO_TCP || p.ip_proto == IPPROTO_UDP);
+        let (sp, dp) = if ports {
+            (p.sport as u32, p.dport as u32)
+        } else {
+            (PORT_NONE, PORT_NONE)
+        };
+        bits &= lookup(&FW_SPORT, gen * PORT_ENTRIES + sp);
+        bits &= lookup(&FW_DPORT, gen * PORT_ENTRIES + dp);
+    }
+    if bits != 0 {
+        let fl = if p.has_l4 && p.ip_proto == IPPROTO_TCP {
+            p.tcp_flags as u32
+        } else {
+            SMALL_NONE
+        };
+        let it = if p.has_l4 && (p.ip_proto == IPPROTO_ICMP || p.ip_proto == IPPROTO_ICMPV6) {
+            p.icmp_type as u32
+        } else {
+            SMALL_NONE
+        };
+        bits &= lookup(&FW_FLAGS, gen * SMALL_ENTRIES + fl);
+        bits &= lookup(&FW_ICMP, gen * SMALL_ENTRIES + it);
+    }
+    if bits == 0 {
+        let v = verdict(conf.default_action);
+        count(SLOT_DEFAULT, len, v == xdp_action::XDP_DROP);
+        return Ok(v);
+    }
+    let idx = bits.trailing_zeros();
+    let meta = *FW_META
+        .get(gen * MAX_RULES + (idx & (MAX_RULES - 1)))
+        .ok_or(())?;
+    let pass = match meta.action {
+        action::DENY => false,
+        action::RATE_LIMIT => conforms(&meta, &p, len),
+        _ => true,
+    };
+    let before = count(meta.slot, len, !pass);
+    if meta.log_every != 0 && before.is_multiple_of(meta.log_every as u64) {
+        log(&meta, &p, len, !pass);
+    }
+    Ok(if pass {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    })
+}
+
+/// Token bucket per (rule, source address). Per-CPU races on one bucket can let a few extra
+/// packets through when several CPUs receive the same source at once; they never block one.
+#[inline(always)]
+fn conforms(m: &RuleMeta, p: &Parsed, len: u64) -> bool {
+    let key = BucketKey {
+        id: m.id,
+        family: if p.ethertype == ETH_P_IP { 4 } else { 6 },
+        addr: p.saddr,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let need_b = len * TOKEN_UNIT;
+    match FW_BUCKETS.get_ptr_mut(key) {
+        Some(b) => unsafe {
+            let mut el = now.saturating_sub((*b).last_ns);
+            if el > m.fill_ns {
+                el = m.fill_ns;
+            }
+            (*b).last_ns = now;
+            let mut pk = (*b).pkts + el * m.pps;
+            if pk > m.burst_pkts {
+                pk = m.burst_pkts;
+            }
+            let mut by = (*b).bytes + el * m.bps;
+            if by > m.burst_bytes {
+                by = m.burst_bytes;
+            }
+            let ok_p = m.pps == 0 || pk >= TOKEN_UNIT;
+            let ok_b = m.bps == 0 || by >= need_b;
+            let ok = ok_p && ok_b;
+            if ok {
+                if m.pps != 0 {
+                    pk -= TOKEN_UNIT;
+                }
+                if m.bps != 0 {
+                    by -= need_b;
+                }
+            }
+            (*b).pkts = pk;
+            (*b).bytes = by;
+            ok
+        },
+        None => {
+            // A new source starts with a full bucket and spends this packet from it.
+            let ok_b = m.bps == 0 || m.burst_bytes >= need_b;
+            let nb = Bucket {
+                last_ns: now,
+                pkts: m.burst_pkts.saturating_sub(TOKEN_UNIT),
+                bytes: if ok_b {
+                    m.burst_bytes - need_b
+                } else {
+                    m.burst_bytes
+                },
+            };
+            let _ = FW_BUCKETS.insert(key, nb, 0);
+            (m.pps == 0 || m.burst_pkts >= TOKEN_UNIT) && ok_b
+        }
+    }
+}
+
+#[inline(always)]
+fn log(m: &RuleMeta, p: &Parsed, len: u64, dropped: bool) {
+    if let Some(mut e) = FW_LOG.reserve::<LogEvent>(0) {
+        let ev = LogEvent {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            slot: m.slot,
+            len: len as u32,
+            dropped: dropped as u8,
+            family: if p.ethertype == ETH_P_IP { 4 } else { 6 },
+            proto: p.ip_proto,
+            tcp_flags: p.tcp_flags,
+            icmp_type: p.icmp_type,
+            vlans: p.vlans,
+            fragment: p.fragment as u8,
+            _pad: 0,
+            sport: p.sport,
+            dport: p.dport,
+            _pad2: 0,
+            saddr: p.saddr,
+            daddr: p.daddr,
+        };
+        e.write(ev);
+        e.submit(0);
+        if let Some(c) = FW_COUNTERS.get_ptr_mut(m.slot) {
+            unsafe { (*c).logged += 1 };
+        }
+    }
+}

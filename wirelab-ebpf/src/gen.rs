@@ -1,0 +1,81 @@
+//! `gen_tx`: the packet generator's XDP program, run by BPF_PROG_TEST_RUN in live-frames mode.
+//!
+//! Each run rewrites the template's IPv4 source address to the next one of `flows` addresses
+//! (fixing the IPv4 checksum, and the TCP checksum for SYNs) and returns XDP_TX, which the
+//! live-frames test run turns into a transmit on the interface named in the context.
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use wirelab_common::fw::GenConf;
+
+use crate::parse::Frame;
+
+#[map]
+static GEN_CONF: Array<GenConf> = Array::with_max_entries(1, 0);
+#[map]
+static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn gen_tx(ctx: XdpContext) -> u32 {
+    match try_gen(&ctx) {
+        Ok(()) => xdp_action::XDP_TX,
+        Err(()) => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+#[inline(always)]
+fn try_gen(ctx: &XdpContext) -> Result<(), ()> {
+    let c = *GEN_CONF.get(0).ok_or(())?;
+    let seq = GEN_SEQ.get_ptr_mut(0).ok_or(())?;
+    let n = unsafe {
+        let n = *seq;
+        *seq = n + 1;
+        n
+    };
+    if c.flows <= 1 {
+        return Ok(());
+    }
+    let f = Frame::new(ctx.data(), ctx.data_end());
+    let l3 = (c.l3_off & 0x3f) as usize;
+    let saddr = c.src_base.wrapping_add((n % c.flows as u64) as u32);
+    let new = saddr.to_be_bytes();
+    let ip = f.ptr::<[u8; 20]>(l3).map_err(|_| ())? as *mut [u8; 20];
+    let h = unsafe { &mut *ip };
+    let old = [h[12], h[13], h[14], h[15]];
+    h[12..16].copy_from_slice(&new);
+    // Full IPv4 header checksum (no options in the template).
+    h[10] = 0;
+    h[11] = 0;
+    let mut s: u32 = 0;
+    let mut i = 0;
+    while i < 20 {
+        s += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
+        i += 2;
+    }
+    let cs = !fold(s);
+    h[10..12].copy_from_slice(&cs.to_be_bytes());
+    if c.proto == 6 {
+        // Incremental TCP checksum update for the changed source address (RFC 1624).
+        let tp = f.ptr::<[u8; 20]>(l3 + 20).map_err(|_| ())? as *mut [u8; 20];
+        let t = unsafe { &mut *tp };
+        let hc = u16::from_be_bytes([t[16], t[17]]);
+        let mut acc: u32 = (!hc) as u32;
+        acc += (!u16::from_be_bytes([old[0], old[1]])) as u32;
+        acc += (!u16::from_be_bytes([old[2], old[3]])) as u32;
+        acc += u16::from_be_bytes([new[0], new[1]]) as u32;
+        acc += u16::from_be_bytes([new[2], new[3]]) as u32;
+        let nc = !fold(acc);
+        t[16..18].copy_from_slice(&nc.to_be_bytes());
+    }
+    Ok(())
+}

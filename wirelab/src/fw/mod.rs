@@ -1,0 +1,796 @@
+//! `wirelab fw`: an XDP firewall with CIDR/port/protocol/flag/ICMP rules, per-source rate
+//! limits, sampled logging, per-rule counters and atomic live reload.
+//!
+//! The running `fw` process owns the program (through a bpf_link) and its maps, and serves
+//! `reload` and `stats` on an abstract unix socket `@wirelab-fw/IFACE` inside its network
+//! namespace. Abstract sockets and bpf_links vanish with the process, so SIGINT, SIGTERM and
+//! kill -9 leave nothing behind: no pinned files, nothing attached.
+pub mod rules;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, Ipv6Addr},
+    os::{
+        linux::net::SocketAddrExt as _,
+        unix::net::{SocketAddr, UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap as BpfHash, MapData, PerCpuArray, PerCpuValues, RingBuf,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use wirelab_common::fw::{
+    FwConf, Key4, Key6, LogEvent, RuleCounter, RuleMeta, MAX_RULES, PORT_ENTRIES, PROTO_ENTRIES,
+    RULE_SLOTS, SLOT_DEFAULT, SLOT_MALFORMED, SLOT_NON_IP, SMALL_ENTRIES,
+};
+
+use crate::{
+    ebpf::{self, AttachMode},
+    util::Stop,
+};
+use rules::{action_name, RuleSet, Tables};
+
+/// Abstract socket name of the firewall on `iface` (per network namespace).
+pub fn socket_name(iface: &str) -> String {
+    format!("wirelab-fw/{iface}")
+}
+
+/// A rule as installed: where its counters and buckets live.
+#[derive(Debug, Clone)]
+struct Installed {
+    name: String,
+    action: u32,
+    slot: u32,
+    id: u32,
+}
+
+/// The maps of the `fw` program, owned by userspace.
+pub struct FwMaps {
+    gen: Array<MapData, u32>,
+    conf: Array<MapData, FwConf>,
+    meta: Array<MapData, RuleMeta>,
+    src4: LpmTrie<MapData, Key4, u64>,
+    dst4: LpmTrie<MapData, Key4, u64>,
+    src6: LpmTrie<MapData, Key6, u64>,
+    dst6: LpmTrie<MapData, Key6, u64>,
+    hsrc4: BpfHash<MapData, Key4, u64>,
+    hdst4: BpfHash<MapData, Key4, u64>,
+    hsrc6: BpfHash<MapData, Key6, u64>,
+    hdst6: BpfHash<MapData, Key6, u64>,
+    proto: Array<MapData, u64>,
+    sport: Array<MapData, u64>,
+    dport: Array<MapData, u64>,
+    flags: Array<MapData, u64>,
+    icmp: Array<MapData, u64>,
+    counters: PerCpuArray<MapData, RuleCounter>,
+    log: RingBuf<MapData>,
+}
+
+fn take<T: TryFrom<aya::maps::Map>>(bpf: &mut aya::Ebpf, name: &str) -> Result<T>
+where
+    <T as TryFrom<aya::maps::Map>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    let m = bpf
+        .take_map(name)
+        .with_context(|| format!("map {name} missing from the object"))?;
+    T::try_from(m).with_context(|| format!("map {name}"))
+}
+
+/// The firewall's state in userspace: maps, what each generation holds, rule bookkeeping.
+pub struct Firewall {
+    maps: FwMaps,
+    active: u32,
+    /// What the array tables of each generation hold (to write only differences).
+    shadow: [Tables; 2],
+    rules: Vec<Installed>,
+    set: Option<RuleSet>,
+    next_id: u32,
+    pub reloads: u64,
+    log_ring: VecDeque<serde_json::Value>,
+}
+
+impl Firewall {
+    /// Take the fw maps from a loaded object and install `rs` as generation 0.
+    pub fn new(bpf: &mut aya::Ebpf, rs: &RuleSet) -> Result<Self> {
+        let maps = FwMaps {
+            gen: take(bpf, "FW_GEN")?,
+            conf: take(bpf, "FW_CONF")?,
+            meta: take(bpf, "FW_META")?,
+            src4: take(bpf, "FW_SRC4")?,
+            dst4: take(bpf, "FW_DST4")?,
+            src6: take(bpf, "FW_SRC6")?,
+            dst6: take(bpf, "FW_DST6")?,
+            hsrc4: take(bpf, "FW_HSRC4")?,
+            hdst4: take(bpf, "FW_HDST4")?,
+            hsrc6: take(bpf, "FW_HSRC6")?,
+            hdst6: take(bpf, "FW_HDST6")?,
+            proto: take(bpf, "FW_PROTO")?,
+            sport: take(bpf, "FW_SPORT")?,
+            dport: take(bpf, "FW_DPORT")?,
+            flags: take(bpf, "FW_FLAGS")?,
+            icmp: take(bpf, "FW_ICMP")?,
+            counters: take(bpf, "FW_COUNTERS")?,
+            log: take(bpf, "FW_LOG")?,
+        };
+        let empty = || Tables {
+            proto: vec![0; PROTO_ENTRIES as usize],
+            sport: vec![0; PORT_ENTRIES as usize],
+            dport: vec![0; PORT_ENTRIES as usize],
+            flags: vec![0; SMALL_ENTRIES as usize],
+            icmp: vec![0; SMALL_ENTRIES as usize],
+            ..Default::default()
+        };
+        let mut fw = Self {
+            maps,
+            active: 1,
+            shadow: [empty(), empty()],
+            rules: vec![],
+            set: None,
+            next_id: 1,
+            reloads: 0,
+            log_ring: VecDeque::new(),
+        };
+        fw.install(rs)?;
+        fw.reloads = 0;
+        Ok(fw)
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.active
+    }
+
+    /// Write `rs` into the idle generation, flip to it, then clear the old one. Counters and
+    /// rate-limit buckets of rules that keep their name carry over. On an error before the
+    /// flip, the idle generation's prefixes are removed again and the old set stays in force.
+    pub fn install(&mut self, rs: &RuleSet) -> Result<serde_json::Value> {
+        let g = 1 - self.active;
+        match self.install_inner(rs) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if self.active == 1 - g {
+                    let _ = self.clear_tries(g);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn install_inner(&mut self, rs: &RuleSet) -> Result<serde_json::Value> {
+        let t0 = Instant::now();
+        let g = 1 - self.active;
+        let tables = rules::compile(rs);
+        // Bookkeeping: keep slot/id by name, give new rules free slots (zeroed).
+        let old: HashMap<&str, &Installed> =
+            self.rules.iter().map(|r| (r.name.as_str(), r)).collect();
+        let mut used: Vec<bool> = vec![false; RULE_SLOTS as usize];
+        for r in &self.rules {
+            used[r.slot as usize] = true;
+        }
+        let mut installed = vec![];
+        let (mut kept, mut added) = (vec![], vec![]);
+        for r in &rs.rules {
+            if let Some(o) = old.get(r.name.as_str()) {
+                installed.push(Installed {
+                    name: r.name.clone(),
+                    action: r.action,
+                    slot: o.slot,
+                    id: o.id,
+                });
+                kept.push(r.name.clone());
+            } else {
+                let slot =
+                    used.iter()
+                        .position(|u| !*u)
+                        .ok_or_else(|| anyhow!("no free counter slot"))? as u32;
+                used[slot as usize] = true;
+                let zeros = PerCpuValues::try_from(vec![
+                    RuleCounter::default();
+                    aya::util::nr_cpus()
+                        .map_err(|(_, e)| e)?
+                ])?;
+                self.maps.counters.set(slot, zeros, 0)?;
+                installed.push(Installed {
+                    name: r.name.clone(),
+                    action: r.action,
+                    slot,
+                    id: self.next_id,
+                });
+                self.next_id += 1;
+                added.push(r.name.clone());
+            }
+        }
+        let removed: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|o| !rs.rules.iter().any(|r| r.name == o.name))
+            .map(|o| o.name.clone())
+            .collect();
+        // Generation g: arrays (differences only), tries, metadata, policies.
+        let m = &mut self.maps;
+        let sh = &mut self.shadow[g as usize];
+        for (arr, new, old, per) in [
+            (&mut m.proto, &tables.proto, &mut sh.proto, PROTO_ENTRIES),
+            (&mut m.sport, &tables.sport, &mut sh.sport, PORT_ENTRIES),
+            (&mut m.dport, &tables.dport, &mut sh.dport, PORT_ENTRIES),
+            (&mut m.flags, &tables.flags, &mut sh.flags, SMALL_ENTRIES),
+            (&mut m.icmp, &tables.icmp, &mut sh.icmp, SMALL_ENTRIES),
+        ] {
+            for (i, (n, o)) in new.iter().zip(old.iter_mut()).enumerate() {
+                if n != o {
+                    arr.set(g * per + i as u32, *n, 0)?;
+                    *o = *n;
+                }
+            }
+        }
+        // Record the prefixes before inserting them, so a failure part-way can remove them.
+        sh.src4 = tables.src4.clone();
+        sh.dst4 = tables.dst4.clone();
+        sh.src6 = tables.src6.clone();
+        sh.dst6 = tables.dst6.clone();
+        // Exact addresses go to the hash tables, shorter prefixes to the tries.
+        let mut hosts = 0u32;
+        let mut tries = 0u32;
+        let mut any = [0u64; 4];
+        for (bit, trie, hash, entries) in [
+            (1, &mut m.src4, &mut m.hsrc4, &tables.src4),
+            (2, &mut m.dst4, &mut m.hdst4, &tables.dst4),
+        ] {
+            for (len, a, v) in entries {
+                let mut k = [0u8; 5];
+                k[0] = g as u8;
+                k[1..].copy_from_slice(a);
+                if *len == 32 {
+                    hash.insert(k, v, 0).context("inserting an IPv4 address")?;
+                    hosts |= bit;
+                } else {
+                    if *len == 0 {
+                        any[bit.trailing_zeros() as usize] = *v;
+                    } else {
+                        tries |= bit;
+                    }
+                    trie.insert(&Key::new(8 + *len as u32, k), v, 0)
+                        .context("inserting an IPv4 prefix")?;
+                }
+            }
+        }
+        for (bit, trie, hash, entries) in [
+            (4, &mut m.src6, &mut m.hsrc6, &tables.src6),
+            (8, &mut m.dst6, &mut m.hdst6, &tables.dst6),
+        ] {
+            for (len, a, v) in entries {
+                let mut k = [0u8; 17];
+                k[0] = g as u8;
+                k[1..].copy_from_slice(a);
+                if *len == 128 {
+                    hash.insert(k, v, 0).context("inserting an IPv6 address")?;
+                    hosts |= bit;
+                } else {
+                    if *len == 0 {
+                        any[bit.trailing_zeros() as usize] = *v;
+                    } else {
+                        tries |= bit;
+                    }
+                    trie.insert(&Key::new(8 + *len as u32, k), v, 0)
+                        .context("inserting an IPv6 prefix")?;
+                }
+            }
+        }
+        for (i, (r, ins)) in rs.rules.iter().zip(installed.iter()).enumerate() {
+            let mut fill = 0u64;
+            if let Some(t) = r.burst_pkts.checked_div(r.pps) {
+                fill = fill.max(t + 1);
+            }
+            if let Some(t) = r.burst_bytes.checked_div(r.bps) {
+                fill = fill.max(t + 1);
+            }
+            let meta = RuleMeta {
+                action: r.action,
+                slot: ins.slot,
+                id: ins.id,
+                log_every: r.log_every,
+                pps: r.pps,
+                bps: r.bps,
+                burst_pkts: r.burst_pkts,
+                burst_bytes: r.burst_bytes,
+                fill_ns: fill,
+            };
+            m.meta.set(g * MAX_RULES + i as u32, meta, 0)?;
+        }
+        m.conf.set(
+            g,
+            FwConf {
+                default_action: rs.default_action,
+                malformed_action: rs.malformed_action,
+                non_ip_action: rs.non_ip_action,
+                nrules: rs.rules.len() as u32,
+                hosts,
+                tries,
+                any,
+            },
+            0,
+        )?;
+        // The switch: one 4-byte array write.
+        m.gen.set(0, g, 0)?;
+        let old_gen = self.active;
+        self.active = g;
+        // Packets already being judged by the old generation finish within microseconds
+        // (XDP runs to completion under RCU); give them ample time before clearing it.
+        std::thread::sleep(Duration::from_millis(20));
+        self.clear_tries(old_gen)?;
+        self.rules = installed;
+        self.set = Some(rs.clone());
+        self.reloads += 1;
+        Ok(json!({
+            "ok": true,
+            "generation": g,
+            "rules": rs.rules.len(),
+            "prefixes": rs.prefixes(),
+            "kept": kept,
+            "added": added,
+            "removed": removed,
+            "install_ms": t0.elapsed().as_secs_f64() * 1e3,
+        }))
+    }
+
+    /// Remove generation `g`'s prefixes from the tries.
+    fn clear_tries(&mut self, g: u32) -> Result<()> {
+        let sh = &mut self.shadow[g as usize];
+        let src4 = std::mem::take(&mut sh.src4);
+        let dst4 = std::mem::take(&mut sh.dst4);
+        let src6 = std::mem::take(&mut sh.src6);
+        let dst6 = std::mem::take(&mut sh.dst6);
+        let m = &mut self.maps;
+        for (trie, hash, entries) in [
+            (&mut m.src4, &mut m.hsrc4, src4),
+            (&mut m.dst4, &mut m.hdst4, dst4),
+        ] {
+            for (len, a, _) in entries {
+                let mut k = [0u8; 5];
+                k[0] = g as u8;
+                k[1..].copy_from_slice(&a);
+                if len == 32 {
+                    let _ = hash.remove(&k);
+                } else {
+                    let _ = trie.remove(&Key::new(8 + len as u32, k));
+                }
+            }
+        }
+        for (trie, hash, entries) in [
+            (&mut m.src6, &mut m.hsrc6, src6),
+            (&mut m.dst6, &mut m.hdst6, dst6),
+        ] {
+            for (len, a, _) in entries {
+                let mut k = [0u8; 17];
+                k[0] = g as u8;
+                k[1..].copy_from_slice(&a);
+                if len == 128 {
+                    let _ = hash.remove(&k);
+                } else {
+                    let _ = trie.remove(&Key::new(8 + len as u32, k));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn counter(&self, slot: u32) -> Result<RuleCounter> {
+        let v = self.maps.counters.get(&slot, 0)?;
+        let mut s = RuleCounter::default();
+        for c in v.iter() {
+            s.add(c);
+        }
+        Ok(s)
+    }
+
+    /// Counters of every rule in force plus the three policies.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        let set = self
+            .set
+            .as_ref()
+            .ok_or_else(|| anyhow!("no rules installed"))?;
+        let c = |c: RuleCounter| json!({"packets": c.packets, "bytes": c.bytes, "dropped": c.dropped, "logged": c.logged});
+        let mut rules = vec![];
+        for r in &self.rules {
+            let mut v = c(self.counter(r.slot)?);
+            v["name"] = json!(r.name);
+            v["action"] = json!(action_name(r.action));
+            rules.push(v);
+        }
+        let mut d = c(self.counter(SLOT_DEFAULT)?);
+        d["action"] = json!(action_name(set.default_action));
+        let mut mf = c(self.counter(SLOT_MALFORMED)?);
+        mf["action"] = json!(action_name(set.malformed_action));
+        let mut ni = c(self.counter(SLOT_NON_IP)?);
+        ni["action"] = json!(action_name(set.non_ip_action));
+        Ok(json!({
+            "generation": self.active,
+            "reloads": self.reloads,
+            "prefixes": set.prefixes(),
+            "rules": rules,
+            "default": d,
+            "malformed": mf,
+            "non_ip": ni,
+            "recent_log": self.log_ring.iter().collect::<Vec<_>>(),
+        }))
+    }
+
+    fn rule_name(&self, slot: u32) -> String {
+        self.rules
+            .iter()
+            .find(|r| r.slot == slot)
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| format!("slot{slot}"))
+    }
+
+    /// Drain the log ring; returns the events as JSON objects.
+    pub fn drain_log(&mut self) -> Vec<serde_json::Value> {
+        let mut raw = vec![];
+        while let Some(item) = self.maps.log.next() {
+            if item.len() >= std::mem::size_of::<LogEvent>() {
+                // SAFETY: LogEvent is plain old data and the item is at least its size.
+                let e: LogEvent =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr() as *const LogEvent) };
+                raw.push(e);
+            }
+        }
+        let mut out = vec![];
+        for e in raw {
+            let v = log_json(&e, &self.rule_name(e.slot));
+            self.log_ring.push_back(v.clone());
+            while self.log_ring.len() > 32 {
+                self.log_ring.pop_front();
+            }
+            out.push(v);
+        }
+        out
+    }
+}
+
+fn addr(family: u8, a: &[u8; 16]) -> String {
+    if family == 4 {
+        Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()
+    } else {
+        Ipv6Addr::from(*a).to_string()
+    }
+}
+
+fn log_json(e: &LogEvent, rule: &str) -> serde_json::Value {
+    json!({
+        "type": "log",
+        "rule": rule,
+        "verdict": if e.dropped != 0 { "drop" } else { "pass" },
+        "family": e.family,
+        "proto": e.proto,
+        "src": addr(e.family, &e.saddr),
+        "dst": addr(e.family, &e.daddr),
+        "sport": e.sport,
+        "dport": e.dport,
+        "tcp_flags": e.tcp_flags,
+        "icmp_type": e.icmp_type,
+        "vlans": e.vlans,
+        "fragment": e.fragment != 0,
+        "len": e.len,
+        "ktime_ns": e.ts_ns,
+    })
+}
+
+fn log_text(v: &serde_json::Value) -> String {
+    format!(
+        "log {} {} proto {} {}:{} -> {}:{} len {}{}",
+        v["rule"].as_str().unwrap_or(""),
+        v["verdict"].as_str().unwrap_or(""),
+        v["proto"],
+        v["src"].as_str().unwrap_or(""),
+        v["sport"],
+        v["dst"].as_str().unwrap_or(""),
+        v["dport"],
+        v["len"],
+        if v["fragment"] == true {
+            " fragment"
+        } else {
+            ""
+        }
+    )
+}
+
+pub struct Options {
+    pub iface: String,
+    pub rules: PathBuf,
+    pub mode: Option<AttachMode>,
+    pub json: bool,
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    cmd: String,
+    #[serde(default)]
+    rules: Option<String>,
+    #[serde(default)]
+    base: Option<PathBuf>,
+}
+
+/// Print a stats object as a table.
+pub fn print_stats(out: &mut impl std::io::Write, s: &serde_json::Value) -> Result<()> {
+    writeln!(
+        out,
+        "fw on {} ({} XDP): generation {}, {} reloads, {} prefixes",
+        s["iface"].as_str().unwrap_or("?"),
+        s["mode"].as_str().unwrap_or("?"),
+        s["generation"],
+        s["reloads"],
+        s["prefixes"]
+    )?;
+    writeln!(
+        out,
+        "  {:<20} {:<10} {:>12} {:>14} {:>12} {:>8}",
+        "rule", "action", "packets", "bytes", "dropped", "logged"
+    )?;
+    let row = |out: &mut dyn std::io::Write, name: &str, v: &serde_json::Value| {
+        writeln!(
+            out,
+            "  {:<20} {:<10} {:>12} {:>14} {:>12} {:>8}",
+            name,
+            v["action"].as_str().unwrap_or(""),
+            v["packets"].as_u64().unwrap_or(0),
+            v["bytes"].as_u64().unwrap_or(0),
+            v["dropped"].as_u64().unwrap_or(0),
+            v["logged"].as_u64().unwrap_or(0)
+        )
+    };
+    for r in s["rules"].as_array().into_iter().flatten() {
+        row(out, r["name"].as_str().unwrap_or(""), r)?;
+    }
+    row(out, "(default)", &s["default"])?;
+    row(out, "(malformed)", &s["malformed"])?;
+    row(out, "(non-ip)", &s["non_ip"])?;
+    let logs = s["recent_log"].as_array().cloned().unwrap_or_default();
+    if !logs.is_empty() {
+        writeln!(out, "recent log ({}):", logs.len())?;
+        for l in logs {
+            writeln!(out, "  {}", log_text(&l))?;
+        }
+    }
+    Ok(())
+}
+
+/// Run the firewall until `duration`, SIGINT or SIGTERM.
+pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
+    let rs = rules::load(&opts.rules)?;
+    if nix::net::if_::if_nametoindex(opts.iface.as_str()).is_err() {
+        bail!(
+            "no interface named {:?} in this network namespace (use --netns NAME for a lab host)",
+            opts.iface
+        );
+    }
+    let name = socket_name(&opts.iface);
+    if UnixStream::connect_addr(&SocketAddr::from_abstract_name(name.as_bytes())?).is_ok() {
+        bail!(
+            "a wirelab fw already runs on {} in this namespace",
+            opts.iface
+        );
+    }
+    let mut bpf = ebpf::load()?;
+    let mut fw = Firewall::new(&mut bpf, &rs)?;
+    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)
+        .with_context(|| format!("binding control socket @{name}"))?;
+    listener.set_nonblocking(true)?;
+    let mode = ebpf::attach_xdp(&mut bpf, "fw", &opts.iface, opts.mode)?;
+    tracing::info!(
+        iface = %opts.iface, %mode, rules = rs.rules.len(), prefixes = rs.prefixes(),
+        "fw attached (control socket @{name})"
+    );
+    let start = Instant::now();
+    let stdout = std::io::stdout();
+    if opts.json {
+        let v = json!({"type": "start", "iface": opts.iface, "mode": mode,
+            "rules": rs.rules.len(), "prefixes": rs.prefixes()});
+        writeln!(stdout.lock(), "{v}")?;
+    }
+    loop {
+        let stopped = stop.sleep(Duration::from_millis(20));
+        for v in fw.drain_log() {
+            let mut out = stdout.lock();
+            if opts.json {
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(out, "{}", log_text(&v))?;
+            }
+            out.flush()?;
+        }
+        loop {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    if let Err(e) = serve(&mut fw, &bpf, s, opts, mode) {
+                        tracing::warn!("control request failed: {e:#}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e).context("control socket"),
+            }
+        }
+        if stopped || opts.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+    }
+    for v in fw.drain_log() {
+        if opts.json {
+            writeln!(stdout.lock(), "{v}")?;
+        }
+    }
+    let mut s = fw.stats()?;
+    s["iface"] = json!(opts.iface);
+    s["mode"] = json!(mode);
+    s["duration_s"] = json!(start.elapsed().as_secs_f64());
+    {
+        let mut out = stdout.lock();
+        if opts.json {
+            s["type"] = json!("final");
+            writeln!(out, "{s}")?;
+        } else {
+            print_stats(&mut out, &s)?;
+        }
+        out.flush()?;
+    }
+    drop(listener);
+    drop(bpf);
+    tracing::info!(iface = %opts.iface, "fw detached");
+    Ok(s)
+}
+
+/// Run count and time of the `fw` program (kept by the kernel while
+/// `kernel.bpf_stats_enabled` is 1).
+fn program_stats(bpf: &aya::Ebpf) -> serde_json::Value {
+    let info = bpf
+        .program("fw")
+        .and_then(|p| <&aya::programs::Xdp>::try_from(p).ok())
+        .and_then(|x| x.info().ok());
+    match info {
+        Some(i) => {
+            let n = i.run_count();
+            let t = i.run_time().as_nanos() as u64;
+            json!({"runs": n, "run_time_ns": t,
+                "ns_per_packet": if n > 0 { t as f64 / n as f64 } else { 0.0 }})
+        }
+        None => serde_json::Value::Null,
+    }
+}
+
+fn serve(
+    fw: &mut Firewall,
+    bpf: &aya::Ebpf,
+    s: UnixStream,
+    opts: &Options,
+    mode: AttachMode,
+) -> Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    let req: Request = serde_json::from_str(&line).context("bad request")?;
+    let resp = match req.cmd.as_str() {
+        "stats" => match fw.stats() {
+            Ok(mut v) => {
+                v["ok"] = json!(true);
+                v["program"] = program_stats(bpf);
+                v["iface"] = json!(opts.iface);
+                v["mode"] = json!(mode);
+                v
+            }
+            Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+        },
+        "reload" => {
+            let text = req.rules.unwrap_or_default();
+            match rules::parse(&text, req.base.as_deref()) {
+                Err(e) => {
+                    tracing::warn!("reload refused, old rules stay in force: {e:#}");
+                    json!({"ok": false, "error": format!("{e:#}")})
+                }
+                Ok(rs) => match fw.install(&rs) {
+                    Ok(v) => {
+                        tracing::info!(
+                            generation = fw.generation(),
+                            rules = rs.rules.len(),
+                            "rules reloaded"
+                        );
+                        if opts.json {
+                            let mut e = v.clone();
+                            e["type"] = json!("reload");
+                            let _ = writeln!(std::io::stdout().lock(), "{e}");
+                        }
+                        v
+                    }
+                    Err(e) => json!({"ok": false, "error": format!("installing: {e:#}")}),
+                },
+            }
+        }
+        o => json!({"ok": false, "error": format!("unknown command {o:?}")}),
+    };
+    let mut w = &s;
+    writeln!(w, "{resp}")?;
+    Ok(())
+}
+
+/// Find the control socket of the firewall in the current namespace.
+fn find_socket(iface: Option<&str>) -> Result<String> {
+    if let Some(i) = iface {
+        return Ok(socket_name(i));
+    }
+    let text = std::fs::read_to_string("/proc/self/net/unix").unwrap_or_default();
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .filter_map(|p| p.strip_prefix("@wirelab-fw/"))
+        .map(socket_name)
+        .collect();
+    names.sort();
+    names.dedup();
+    match names.len() {
+        0 => bail!("no wirelab fw runs in this network namespace (use --netns NAME?)"),
+        1 => Ok(names.remove(0)),
+        _ => bail!(
+            "several firewalls run here ({}); pick one with --iface",
+            names.join(", ")
+        ),
+    }
+}
+
+/// Send one request to a running firewall and return its answer.
+fn request(iface: Option<&str>, req: &Request) -> Result<serde_json::Value> {
+    let name = find_socket(iface)?;
+    let s = UnixStream::connect_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)
+        .with_context(|| format!("connecting to @{name}: is wirelab fw running?"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut w = &s;
+    writeln!(w, "{}", serde_json::to_string(req)?)?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    let v: serde_json::Value = serde_json::from_str(&line).context("bad answer from fw")?;
+    if v["ok"] != true {
+        bail!("{}", v["error"].as_str().unwrap_or("request failed"));
+    }
+    Ok(v)
+}
+
+pub fn stats(iface: Option<&str>) -> Result<serde_json::Value> {
+    request(
+        iface,
+        &Request {
+            cmd: "stats".into(),
+            rules: None,
+            base: None,
+        },
+    )
+}
+
+/// Validate `path` here, then ask the running firewall to install it.
+pub fn reload(iface: Option<&str>, path: &Path) -> Result<serde_json::Value> {
+    rules::load(path).context("reload refused, the old rules stay in force")?;
+    let text = std::fs::read_to_string(path)?;
+    let base = path
+        .parent()
+        .map(|p| {
+            std::fs::canonicalize(if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            })
+        })
+        .transpose()?;
+    request(
+        iface,
+        &Request {
+            cmd: "reload".into(),
+            rules: Some(text),
+            base,
+        },
+    )
+    .context("reload refused, the old rules stay in force")
+}

@@ -1,0 +1,518 @@
+//! `wirelab gen`: a packet generator fast enough to load an XDP program.
+//!
+//! Default method: the `gen_tx` XDP program run by BPF_PROG_TEST_RUN in live-frames mode
+//! (`BPF_F_TEST_XDP_LIVE_FRAMES`): the kernel builds frames from a template in a page pool,
+//! runs the program on each (it rewrites the source address for `--flows`) and, as the program
+//! returns XDP_TX, transmits them with the interface's `ndo_xdp_xmit`. No socket, no skb.
+//!
+//! A veth only accepts XDP frames when its peer runs NAPI (an XDP program attached, or GRO
+//! on). `gen` checks that the first batch was delivered (the interface's tx counter moves) and
+//! otherwise falls back to an AF_PACKET socket with a notice (`--method auto`), or stops with
+//! an error (`--method xdp`).
+use std::{
+    fmt,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::Array,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+};
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use wirelab_common::fw::GenConf;
+
+use crate::{ebpf, util::Stop};
+
+pub struct Options {
+    pub iface: String,
+    pub dst_mac: String,
+    pub src_mac: Option<String>,
+    pub src: String,
+    pub dst: Ipv4Addr,
+    pub proto: String,
+    pub size: usize,
+    pub rate: Option<u64>,
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+    pub flows: u32,
+    pub dport: u16,
+    pub method: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub iface: String,
+    pub method: String,
+    /// Frames handed to the kernel.
+    pub sent: u64,
+    /// Frames the interface counted as transmitted (delivered to the veth peer).
+    pub delivered: u64,
+    pub elapsed_s: f64,
+    /// Achieved rate of delivered frames.
+    pub pps: f64,
+    pub size: usize,
+    pub flows: u32,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "gen on {} ({}): sent {} frames of {} bytes, delivered {} in {:.3}s = {:.0} pps ({:.1} Mbit/s), {} flows",
+            self.iface,
+            self.method,
+            self.sent,
+            self.size,
+            self.delivered,
+            self.elapsed_s,
+            self.pps,
+            self.pps * self.size as f64 * 8.0 / 1e6,
+            self.flows
+        )
+    }
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        bail!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)");
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        m[i] = u8::from_str_radix(p, 16).with_context(|| format!("{s:?} is not a MAC address"))?;
+    }
+    Ok(m)
+}
+
+fn iface_mac(iface: &str) -> Result<[u8; 6]> {
+    for a in nix::ifaddrs::getifaddrs()? {
+        if a.interface_name == iface {
+            if let Some(l) = a.address.as_ref().and_then(|s| s.as_link_addr()) {
+                if let Some(m) = l.addr() {
+                    return Ok(m);
+                }
+            }
+        }
+    }
+    bail!("no MAC address found for {iface}; give --src-mac")
+}
+
+/// (tx_packets, tx_dropped) of `iface` in the current namespace, from /proc/self/net/dev.
+pub fn tx_counters(iface: &str) -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/net/dev")?;
+    for l in text.lines().skip(2) {
+        let Some((name, rest)) = l.split_once(':') else {
+            continue;
+        };
+        if name.trim() == iface {
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            if v.len() >= 12 {
+                return Ok((v[9], v[11]));
+            }
+        }
+    }
+    bail!("no interface {iface} in /proc/self/net/dev")
+}
+
+/// The template frame: Ethernet + IPv4 + UDP or TCP SYN, padded to `size`.
+pub fn template(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    tcp: bool,
+    dport: u16,
+    size: usize,
+) -> Result<Vec<u8>> {
+    let hdr = 14 + 20 + if tcp { 20 } else { 8 };
+    if !(60..=1514).contains(&size) {
+        bail!("--size must be 60 to 1514 bytes (frame without FCS)");
+    }
+    let payload = vec![0u8; size.saturating_sub(hdr)];
+    let b =
+        etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src.octets(), dst.octets(), 64);
+    let mut v = Vec::with_capacity(size);
+    if tcp {
+        b.tcp(40000, dport, 1, 64240)
+            .syn()
+            .write(&mut v, &payload)
+            .context("building the frame")?;
+    } else {
+        b.udp(40000, dport)
+            .write(&mut v, &payload)
+            .context("building the frame")?;
+    }
+    Ok(v)
+}
+
+/// Rewrite the source address of a template built by [`template`] (IPv4 and TCP checksums).
+fn set_src(frame: &mut [u8], a: Ipv4Addr, tcp: bool) {
+    frame[26..30].copy_from_slice(&a.octets());
+    frame[24] = 0;
+    frame[25] = 0;
+    let mut s: u32 = 0;
+    for i in (14..34).step_by(2) {
+        s += u16::from_be_bytes([frame[i], frame[i + 1]]) as u32;
+    }
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    frame[24..26].copy_from_slice(&(!(s as u16)).to_be_bytes());
+    let l4 = 34;
+    // UDP: checksum 0 ("none") is legal over IPv4. TCP: pseudo header + segment.
+    let ck_off = if tcp { l4 + 16 } else { l4 + 6 };
+    let total_ip = u16::from_be_bytes([frame[16], frame[17]]) as usize;
+    let l4_len = total_ip - 20;
+    frame[ck_off] = 0;
+    frame[ck_off + 1] = 0;
+    if !tcp {
+        return;
+    }
+    let mut s: u32 = 0;
+    for i in (26..34).step_by(2) {
+        s += u16::from_be_bytes([frame[i], frame[i + 1]]) as u32;
+    }
+    s += 6 + l4_len as u32;
+    let end = l4 + l4_len;
+    let mut i = l4;
+    while i + 1 < end {
+        s += u16::from_be_bytes([frame[i], frame[i + 1]]) as u32;
+        i += 2;
+    }
+    if i < end {
+        s += (frame[i] as u32) << 8;
+    }
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    frame[ck_off..ck_off + 2].copy_from_slice(&(!(s as u16)).to_be_bytes());
+}
+
+/// Paces sends: how many frames may go now, sleeping when ahead of `rate`.
+struct Pacer {
+    start: Instant,
+    rate: Option<u64>,
+}
+
+impl Pacer {
+    fn allowance(&self, sent: u64, max: u64, stop: &Stop) -> u64 {
+        let Some(rate) = self.rate else {
+            return max;
+        };
+        loop {
+            let due = (self.start.elapsed().as_secs_f64() * rate as f64) as u64 + 1;
+            if due > sent {
+                return (due - sent).min(max);
+            }
+            if stop.requested() {
+                return 0;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
+    let net: Ipv4Net = o
+        .src
+        .parse()
+        .or_else(|_| o.src.parse::<Ipv4Addr>().map(Ipv4Net::from))
+        .with_context(|| format!("--src {:?}: not an IPv4 address or CIDR", o.src))?;
+    if o.flows == 0 {
+        bail!("--flows must be at least 1");
+    }
+    let base = u32::from(net.addr());
+    let last = u32::from(net.broadcast());
+    if (last - base) < o.flows - 1 {
+        bail!(
+            "--flows {}: only {} addresses from {} to the end of {}",
+            o.flows,
+            last - base + 1,
+            net.addr(),
+            net.trunc()
+        );
+    }
+    let tcp = match o.proto.as_str() {
+        "udp" => false,
+        "tcp-syn" | "syn" => true,
+        p => bail!("--proto {p:?}: use udp or tcp-syn"),
+    };
+    if o.count == Some(0) {
+        bail!("--count must be at least 1");
+    }
+    if o.rate == Some(0) {
+        bail!("--rate must be at least 1");
+    }
+    // Always bounded: by count, by duration, or by 5 s.
+    let duration = o.duration.or(if o.count.is_some() {
+        None
+    } else {
+        Some(Duration::from_secs(5))
+    });
+    let ifindex = nix::net::if_::if_nametoindex(o.iface.as_str())
+        .with_context(|| format!("no interface named {:?} in this network namespace", o.iface))?;
+    let dst_mac = parse_mac(&o.dst_mac).context("--dst-mac")?;
+    let src_mac = match &o.src_mac {
+        Some(m) => parse_mac(m).context("--src-mac")?,
+        None => iface_mac(&o.iface)?,
+    };
+    let frame = template(src_mac, dst_mac, net.addr(), o.dst, tcp, o.dport, o.size)?;
+    let limit = o.count.unwrap_or(u64::MAX);
+    let (mut tx0, _) = tx_counters(&o.iface)?;
+    let method = match o.method.as_str() {
+        "auto" | "xdp" | "packet" => o.method.as_str(),
+        m => bail!("--method {m:?}: use auto, xdp or packet"),
+    };
+    // Load the program before the clock starts: verification is not sending time.
+    let mut bpf = None;
+    if method != "packet" {
+        let mut b = ebpf::load()?;
+        {
+            let mut conf: Array<_, GenConf> =
+                Array::try_from(b.map_mut("GEN_CONF").context("GEN_CONF missing")?)?;
+            conf.set(
+                0,
+                GenConf {
+                    src_base: base,
+                    flows: o.flows,
+                    l3_off: 14,
+                    proto: if tcp { 6 } else { 17 },
+                },
+                0,
+            )?;
+        }
+        let p: &mut Xdp = b
+            .program_mut("gen_tx")
+            .context("gen_tx missing")?
+            .try_into()?;
+        p.load().context("loading gen_tx")?;
+        bpf = Some(b);
+    }
+    let mut sent = 0u64;
+    let start = Instant::now();
+    let mut used = "xdp-live-frames";
+    let done = |sent: u64| {
+        sent >= limit || stop.requested() || duration.is_some_and(|d| start.elapsed() >= d)
+    };
+    let pacer = Pacer {
+        start,
+        rate: o.rate,
+    };
+    if let Some(b) = bpf.as_mut() {
+        let p: &mut Xdp = b
+            .program_mut("gen_tx")
+            .context("gen_tx missing")?
+            .try_into()?;
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let run_batch = |n: u32| -> Result<()> {
+            p.test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ctx_in: Some(&ctx),
+                repeat: n,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN in live-frames mode")?;
+            Ok(())
+        };
+        // Probe: does the interface take XDP frames? (A veth needs NAPI on its peer.)
+        let probe = 64u64.min(limit);
+        run_batch(probe as u32)?;
+        sent += probe;
+        std::thread::sleep(Duration::from_millis(20));
+        let (tx1, _) = tx_counters(&o.iface)?;
+        if tx1.saturating_sub(tx0) * 2 < probe {
+            let msg = format!(
+                "{} did not transmit XDP frames ({} of {probe} went out): a veth peer needs an XDP program or GRO to receive them",
+                o.iface,
+                tx1.saturating_sub(tx0)
+            );
+            if method == "xdp" {
+                bail!("{msg}");
+            }
+            tracing::warn!("{msg}; falling back to AF_PACKET (slower)");
+            used = "af-packet";
+            // The probe frames were dropped: count from here.
+            sent = 0;
+            tx0 = tx_counters(&o.iface)?.0;
+        } else {
+            while !done(sent) {
+                let n = pacer.allowance(sent, (limit - sent).min(1 << 16), stop);
+                if n == 0 {
+                    continue;
+                }
+                run_batch(n as u32)?;
+                sent += n;
+            }
+        }
+    } else {
+        used = "af-packet";
+    }
+    if used == "af-packet" {
+        sent += send_packet(
+            ifindex,
+            &frame,
+            tcp,
+            base,
+            o.flows,
+            limit - sent,
+            &done_fn(limit, sent, stop, duration, start),
+            &pacer,
+            stop,
+        )?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(50));
+    let (tx2, _) = tx_counters(&o.iface)?;
+    let delivered = tx2.saturating_sub(tx0).min(sent);
+    Ok(Report {
+        iface: o.iface.clone(),
+        method: used.into(),
+        sent,
+        delivered,
+        elapsed_s: elapsed,
+        pps: delivered as f64 / elapsed.max(1e-9),
+        size: frame.len(),
+        flows: o.flows,
+    })
+}
+
+fn done_fn<'a>(
+    limit: u64,
+    already: u64,
+    stop: &'a Stop,
+    duration: Option<Duration>,
+    start: Instant,
+) -> impl Fn(u64) -> bool + 'a {
+    move |n: u64| {
+        already + n >= limit || stop.requested() || duration.is_some_and(|d| start.elapsed() >= d)
+    }
+}
+
+/// Send through an AF_PACKET socket, bypassing the qdisc. Returns frames sent.
+#[allow(clippy::too_many_arguments)]
+fn send_packet(
+    ifindex: u32,
+    template: &[u8],
+    tcp: bool,
+    base: u32,
+    flows: u32,
+    limit: u64,
+    done: &dyn Fn(u64) -> bool,
+    pacer: &Pacer,
+    stop: &Stop,
+) -> Result<u64> {
+    // SAFETY: plain socket(2) call; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: valid option pointer and length.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+    }
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    // SAFETY: sll is a valid sockaddr_ll.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
+    }
+    let mut frames: Vec<Vec<u8>> = vec![];
+    for i in 0..flows.min(4096) {
+        let mut f = template.to_vec();
+        set_src(&mut f, Ipv4Addr::from(base.wrapping_add(i)), tcp);
+        frames.push(f);
+    }
+    let mut sent = 0u64;
+    while !done(sent) && sent < limit {
+        let n = pacer.allowance(sent, 64, stop);
+        for _ in 0..n {
+            let f = &frames[(sent % frames.len() as u64) as usize];
+            // SAFETY: f is a valid buffer for its length.
+            let r = unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    f.as_ptr() as *const libc::c_void,
+                    f.len(),
+                    0,
+                )
+            };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENOBUFS) || e.raw_os_error() == Some(libc::EAGAIN)
+                {
+                    std::thread::yield_now();
+                    continue;
+                }
+                return Err(e).context("AF_PACKET send");
+            }
+            sent += 1;
+            if sent >= limit {
+                break;
+            }
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn set_src_keeps_checksums_valid() {
+        for tcp in [false, true] {
+            let mut f = template(
+                [2; 6],
+                [4; 6],
+                Ipv4Addr::new(198, 18, 0, 1),
+                Ipv4Addr::new(198, 18, 0, 2),
+                tcp,
+                22,
+                64,
+            )
+            .unwrap();
+            assert_eq!(f.len(), 64);
+            set_src(&mut f, Ipv4Addr::new(198, 18, 7, 9), tcp);
+            let p = etherparse::SlicedPacket::from_ethernet(&f).unwrap();
+            let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+                panic!()
+            };
+            assert_eq!(ip.header().source(), [198, 18, 7, 9]);
+            let h = ip.header().to_header();
+            assert_eq!(h.calc_header_checksum(), h.header_checksum);
+            if tcp {
+                let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
+                    panic!()
+                };
+                let th = t.to_header();
+                assert_eq!(th.calc_checksum_ipv4(&h, t.payload()).unwrap(), th.checksum);
+            }
+        }
+    }
+}
