@@ -372,10 +372,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if a.interval.is_zero() {
                 bail!("--interval must be greater than 0");
             }
-            if let Some(ns) = &a.netns {
-                netns::enter(ns)?;
-            }
-            let stop = util::Stop::install()?;
+            let stop = enter_netns(&a.netns)?;
             inspect::run(
                 &inspect::Options {
                     iface: a.iface,
@@ -393,10 +390,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Swarm(c) => swarm_cli::run(c),
         Cmd::Fw(a) => fw_cmd(a),
         Cmd::Gen(a) => {
-            if let Some(ns) = &a.netns {
-                netns::enter(ns)?;
-            }
-            let stop = util::Stop::install()?;
+            let stop = enter_netns(&a.netns)?;
             let opts = wirelab::gen::Options {
                 iface: a.iface,
                 dst_mac: a.dst_mac,
@@ -442,10 +436,7 @@ fn probe_cmd(p: ProbeCmd) -> Result<ExitCode> {
             bind,
             duration,
         } => {
-            if let Some(ns) = &netns {
-                netns::enter(ns)?;
-            }
-            let stop = util::Stop::install()?;
+            let stop = enter_netns(&netns)?;
             probe::server(bind, duration, &stop)?;
         }
         ProbeCmd::Client {
@@ -459,10 +450,7 @@ fn probe_cmd(p: ProbeCmd) -> Result<ExitCode> {
             wait,
             json,
         } => {
-            if let Some(ns) = &netns {
-                netns::enter(ns)?;
-            }
-            let stop = util::Stop::install()?;
+            let stop = enter_netns(&netns)?;
             if tcp {
                 let r = probe::tcp_client(to, duration.unwrap_or(Duration::from_secs(10)), &stop)?;
                 if json {
@@ -543,10 +531,7 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
     if a.between.len() != 2 {
         bail!("--between IF_A IF_B is required");
     }
-    if let Some(ns) = &a.netns {
-        netns::enter(ns)?;
-    }
-    let stop = util::Stop::install()?;
+    let stop = enter_netns(&a.netns)?;
     wan::run(
         &wan::Options {
             iface_a: a.between[0].clone(),
@@ -635,10 +620,7 @@ fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
                 .with_context(|| format!("rules file {}", rules.display()))?;
             // Validate fully before touching anything.
             fw::rules::load(&rules)?;
-            if let Some(ns) = &a.netns {
-                netns::enter(ns)?;
-            }
-            let stop = util::Stop::install()?;
+            let stop = enter_netns(&a.netns)?;
             fw::run(
                 &fw::Options {
                     iface,
@@ -652,6 +634,15 @@ fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Enter `--netns` (before any thread exists, so the whole process moves) and install the
+/// SIGINT/SIGTERM stop flag: the common start of every command that runs until stopped.
+fn enter_netns(ns: &Option<String>) -> Result<util::Stop> {
+    if let Some(ns) = ns {
+        netns::enter(ns)?;
+    }
+    util::Stop::install()
 }
 
 fn require_root() -> Result<()> {

@@ -15,11 +15,6 @@ fn final_json(out: &[u8]) -> serde_json::Value {
     v
 }
 
-fn xdp_attached(ns: &str, iface: &str) -> bool {
-    let o = ok(in_ns(ns, &["ip", "-d", "link", "show", "dev", iface]));
-    String::from_utf8_lossy(&o.stdout).contains("xdp")
-}
-
 #[test]
 fn counts_exactly_n_icmp_echo_requests() {
     let lab = Lab::up("li");

@@ -394,10 +394,7 @@ fn live_set_changes_delay_without_loss() {
 fn detaches_cleanly_and_bridge_takes_over() {
     let _s = serial();
     let b = Bench::new("wk");
-    let xdp_on = |ns: &str, i: &str| {
-        let o = ok(in_ns(ns, &["ip", "-d", "link", "show", "dev", i]));
-        String::from_utf8_lossy(&o.stdout).contains("prog/xdp")
-    };
+    let xdp_on = xdp_attached;
     // kill -9: the kernel removes the links, the bridge forwards again.
     let (mut wan, _) = b.wan(&["--both", "delay 30ms"]);
     assert!(xdp_on(&b.lab.ns("wan"), "to-client"));
@@ -425,13 +422,7 @@ fn detaches_cleanly_and_bridge_takes_over() {
 fn bad_input_attaches_nothing() {
     require_privileges();
     let lab = Lab::up("wb");
-    let xdp_on = || {
-        let o = ok(in_ns(
-            &lab.ns("wan"),
-            &["ip", "-d", "link", "show", "dev", "to-client"],
-        ));
-        String::from_utf8_lossy(&o.stdout).contains("prog/xdp")
-    };
+    let xdp_on = || xdp_attached(&lab.ns("wan"), "to-client");
     let run = |args: &[&str]| {
         let mut c = wirelab();
         c.args(["wan", "--netns", &lab.ns("wan"), "--duration", "2s"]);

@@ -64,6 +64,12 @@ pub fn in_ns(ns: &str, args: &[&str]) -> Command {
     c
 }
 
+/// Whether an XDP program is attached to `iface` in namespace `ns` (`ip -d link` shows it).
+pub fn xdp_attached(ns: &str, iface: &str) -> bool {
+    let o = ok(in_ns(ns, &["ip", "-d", "link", "show", "dev", iface]));
+    String::from_utf8_lossy(&o.stdout).contains("prog/xdp")
+}
+
 pub fn namespaces() -> Vec<String> {
     wirelab::netns::list()
 }
