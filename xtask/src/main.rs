@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | lint`.
+//! Project tasks: `cargo xtask setup | build | test | demo | lint | bench`.
 //!
 //! `setup` makes a fresh Debian machine ready (idempotent, prints what it did); `test` and
 //! `demo` call it first, so on a new machine `cargo xtask demo` and `cargo xtask test` are the
 //! whole set-up.
+mod bench;
 mod demo;
 mod setup;
 
@@ -40,6 +41,18 @@ enum Cmd {
     Lint,
     /// The main job on the default lab (see README).
     Demo,
+    /// Benchmarks against the kernel's own tools, side by side: `wan`, `swarm` or `all`
+    /// (tables printed as Markdown and written to target/bench/NAME.md).
+    Bench {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Peers the benchmarks run inside lab namespaces.
+    #[command(hide = true)]
+    BenchHelper {
+        #[command(subcommand)]
+        cmd: bench::helper::HelperCmd,
+    },
 }
 
 pub fn root() -> PathBuf {
@@ -138,5 +151,11 @@ fn main() -> Result<()> {
             build()?;
             demo::demo()
         }
+        Cmd::Bench { names } => {
+            setup::setup()?;
+            build()?;
+            bench::bench(&names)
+        }
+        Cmd::BenchHelper { cmd } => bench::helper::run(cmd),
     }
 }

@@ -15,6 +15,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "samba",
     "smbclient",
     "socat",
+    // benchmarks: TCP throughput and small-packet UDP rates against the kernel bridge.
+    "iperf3",
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {
