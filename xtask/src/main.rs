@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | lint`.
+//! Project tasks: `cargo xtask setup | build | test | demo | lint | bench`.
 //!
 //! `setup` makes a fresh Debian machine ready (idempotent, prints what it did); `test` and
 //! `demo` call it first, so on a new machine `cargo xtask demo` and `cargo xtask test` are the
 //! whole set-up.
+mod bench;
 mod bench_fw;
 mod demo;
 mod setup;
@@ -41,10 +42,17 @@ enum Cmd {
     Lint,
     /// The main job on the default lab (see README).
     Demo,
-    /// Side-by-side benchmarks of a tool against its peer (fw).
+    /// Benchmarks against the kernel's own tools, side by side: `wan`, `swarm` or `all`
+    /// (tables printed as Markdown and written to target/bench/NAME.md).
     Bench {
-        /// Which tool: fw.
-        tool: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Peers the benchmarks run inside lab namespaces.
+    #[command(hide = true)]
+    BenchHelper {
+        #[command(subcommand)]
+        cmd: bench::helper::HelperCmd,
     },
 }
 
@@ -139,17 +147,16 @@ fn main() -> Result<()> {
             eprintln!("xtask: all tests passed");
             Ok(())
         }
-        Cmd::Bench { tool } => {
-            setup::setup()?;
-            match tool.as_str() {
-                "fw" => bench_fw::run(),
-                t => bail!("no benchmark for {t:?} (available: fw)"),
-            }
-        }
         Cmd::Demo => {
             setup::setup()?;
             build()?;
             demo::demo()
         }
+        Cmd::Bench { names } => {
+            setup::setup()?;
+            build()?;
+            bench::bench(&names)
+        }
+        Cmd::BenchHelper { cmd } => bench::helper::run(cmd),
     }
 }

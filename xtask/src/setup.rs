@@ -15,8 +15,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "samba",
     "smbclient",
     "socat",
-    // wan tests: cross-checking the probe against a real peer.
+    // wan tests and benchmarks: cross-checking the probe, TCP/UDP rates against the bridge.
     "iperf3",
+    // fw tests and benchmarks: the nftables peer and trafgen.
     "nftables",
     "netsniff-ng",
 ];
