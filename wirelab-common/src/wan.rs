@@ -28,7 +28,15 @@ pub struct WanConfig {
     pub gen: u32,
     /// CLOCK_MONOTONIC nanoseconds the blackhole schedule counts from.
     pub epoch_ns: u64,
+    /// `CLASSES_HOSTS` / `CLASSES_PREFIXES`: which class tables hold entries.
+    pub class_tables: u32,
+    pub _pad: u32,
 }
+
+/// Single-address classes live in a hash table (one lookup, flat in their number).
+pub const CLASSES_HOSTS: u32 = 1;
+/// Prefix classes live in an LPM trie.
+pub const CLASSES_PREFIXES: u32 = 2;
 
 /// Loss model kinds.
 pub const LOSS_NONE: u32 = 0;

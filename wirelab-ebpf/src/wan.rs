@@ -11,12 +11,12 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_meta},
     macros::{classifier, map, xdp},
     maps::lpm_trie::Key,
-    maps::{Array, LpmTrie, PerCpuArray, XskMap},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap},
     programs::{TcContext, XdpContext},
 };
 use wirelab_common::wan::{
-    loss_step, ClassKey, KernelProfile, LossState, Meta, WanConfig, WanCounters,
-    CLASS_KEY_FIXED_BITS, META_MAGIC, PROFILE_FAST,
+    loss_step, ClassKey, KernelProfile, LossState, Meta, WanConfig, WanCounters, CLASSES_HOSTS,
+    CLASSES_PREFIXES, CLASS_KEY_FIXED_BITS, META_MAGIC, PROFILE_FAST,
 };
 
 use crate::parse::{self, Frame, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP};
@@ -39,7 +39,11 @@ static WAN_LOSS: Array<LossState> = Array::with_max_entries(2 * DEFAULT_CLASSES,
 static WAN_COUNTERS: PerCpuArray<WanCounters> =
     PerCpuArray::with_max_entries(2 * DEFAULT_CLASSES, 0);
 
-/// Class table; value = class id. BPF_F_NO_PREALLOC (required for LPM tries).
+/// Single-address classes (/32, /128): exact key, value = class id.
+#[map]
+static WAN_CLASS_HOSTS: HashMap<ClassKey, u32> = HashMap::with_max_entries(1, 0);
+
+/// Prefix classes; value = class id. BPF_F_NO_PREALLOC (required for LPM tries).
 #[map]
 static WAN_CLASSES: LpmTrie<ClassKey, u32> = LpmTrie::with_max_entries(1, 1);
 
@@ -56,16 +60,29 @@ pub fn wan_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// One (side, proto, port) tier: the exact-address table first (an exact match is the longest
+/// prefix anyway), then the trie; each only when it holds entries.
 #[inline(always)]
-fn lookup_class(key: &mut Key<ClassKey>, addr_bits: u32) -> Option<u32> {
-    key.prefix_len = CLASS_KEY_FIXED_BITS + addr_bits;
-    WAN_CLASSES.get(&*key).copied()
+fn lookup_class(key: &mut Key<ClassKey>, tables: u32) -> Option<u32> {
+    if tables & CLASSES_HOSTS != 0 {
+        if let Some(c) = unsafe { WAN_CLASS_HOSTS.get(&key.data) } {
+            return Some(*c);
+        }
+    }
+    if tables & CLASSES_PREFIXES != 0 {
+        key.prefix_len = CLASS_KEY_FIXED_BITS + 128;
+        return WAN_CLASSES.get(&*key).copied();
+    }
+    None
 }
 
 /// Class of a frame: B-side address first, then A-side; within a side (proto, port),
 /// (proto, any port), (any) — constant work however many classes exist.
 #[inline(always)]
-fn classify(f: &Frame, dir: u32) -> u32 {
+fn classify(f: &Frame, dir: u32, tables: u32) -> u32 {
+    if tables == 0 {
+        return 0;
+    }
     let Ok(p) = parse::parse(f) else {
         return 0;
     };
@@ -113,17 +130,17 @@ fn classify(f: &Frame, dir: u32) -> u32 {
         if has_ports {
             key.data.proto = p.ip_proto;
             key.data.port = port.to_be_bytes();
-            if let Some(c) = lookup_class(&mut key, 128) {
+            if let Some(c) = lookup_class(&mut key, tables) {
                 return c;
             }
         }
         key.data.proto = p.ip_proto;
         key.data.port = [0; 2];
-        if let Some(c) = lookup_class(&mut key, 128) {
+        if let Some(c) = lookup_class(&mut key, tables) {
             return c;
         }
         key.data.proto = 0;
-        if let Some(c) = lookup_class(&mut key, 128) {
+        if let Some(c) = lookup_class(&mut key, tables) {
             return c;
         }
     }
@@ -142,7 +159,7 @@ fn try_wan_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let f = Frame::new(ctx.data(), ctx.data_end());
     let len = f.len() as u64;
     let max = cfg.max_classes;
-    let mut class = classify(&f, dir);
+    let mut class = classify(&f, dir, cfg.class_tables);
     if class >= max {
         class = 0;
     }

@@ -192,13 +192,15 @@ fn normal_jitter_keeps_order() {
     stop_wan(wan);
 }
 
-fn class_config(dir: &std::path::Path, seed: u64, spec: &str) -> std::path::PathBuf {
+/// A config with one class for the probe's traffic: `net` a single address (exact-match table)
+/// or a prefix (LPM trie).
+fn class_config(dir: &std::path::Path, seed: u64, net: &str, spec: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let p = dir.join("wan.toml");
     std::fs::write(
         &p,
         format!(
-            "seed = {seed}\n[[class]]\nname = \"probe\"\nnet = \"198.18.0.2/32\"\nproto = \"udp\"\nport = {PORT}\na_to_b = \"{spec}\"\n"
+            "seed = {seed}\n[[class]]\nname = \"probe\"\nnet = \"{net}\"\nproto = \"udp\"\nport = {PORT}\na_to_b = \"{spec}\"\n"
         ),
     )
     .unwrap();
@@ -233,7 +235,7 @@ fn gemodel_bursts_and_classes() {
     let b = Bench::new("wg");
     let dir = std::env::temp_dir().join(unique("wlg"));
     // p = 2%, r = 25%: losses come in bursts of mean length 1/r = 4, on the probe's class only.
-    let cfg = class_config(&dir, 11, "loss gemodel 2% 25%");
+    let cfg = class_config(&dir, 11, "198.18.0.2/32", "loss gemodel 2% 25%");
     let (wan, _) = b.wan(&["--config", cfg.to_str().unwrap()]);
     let r = b.probe(&["--rate", "4000", "--count", "20000", "--wait", "300ms"]);
     let mean = f(&r, &["loss_bursts", "mean_len"]);
@@ -331,7 +333,7 @@ fn same_seed_same_losses() {
     let dir = std::env::temp_dir().join(unique("wls"));
     let mut runs = vec![];
     for seed in [42u64, 42, 43] {
-        let cfg = class_config(&dir, seed, "loss 10%");
+        let cfg = class_config(&dir, seed, "198.18.0.0/24", "loss 10%");
         let (wan, _) = b.wan(&["--config", cfg.to_str().unwrap()]);
         let r = b.probe(&["--rate", "1000", "--count", "2000", "--wait", "300ms"]);
         stop_wan(wan);

@@ -135,7 +135,8 @@ pub struct Engine {
     free: Vec<u64>,
     heaps: [BinaryHeap<Reverse<Held>>; 2],
     /// [dir][class]
-    pub profiles: [Vec<Profile>; 2],
+    /// Shared so a frame's stage takes a reference count, not a copy of the profile.
+    pub profiles: [Vec<std::sync::Arc<Profile>>; 2],
     states: [Vec<ClassState>; 2],
     seq: u64,
     pub frames: u64,
@@ -270,7 +271,7 @@ impl Engine {
             sides,
             free: (0..frames).rev().map(|i| i * FRAME_SIZE).collect(),
             heaps: [BinaryHeap::new(), BinaryHeap::new()],
-            profiles,
+            profiles: profiles.map(|v| v.into_iter().map(std::sync::Arc::new).collect()),
             states,
             seq: 0,
             frames,
@@ -406,7 +407,7 @@ impl Engine {
 
     /// corrupt → delay/jitter/reorder → rate → queue limit → enqueue.
     fn stage(&mut self, d: usize, class: usize, addr: u64, len: u32, now: u64) {
-        let p = self.profiles[d][class].clone();
+        let p = std::sync::Arc::clone(&self.profiles[d][class]);
         let s = &p.spec;
         let corrupt = {
             let st = &mut self.states[d][class];
@@ -611,7 +612,7 @@ impl Engine {
                 bail!("a live change cannot add or remove classes");
             }
         }
-        self.profiles = profiles;
+        self.profiles = profiles.map(|v| v.into_iter().map(std::sync::Arc::new).collect());
         Ok(())
     }
 

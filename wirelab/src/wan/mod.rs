@@ -26,8 +26,8 @@ use aya::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use wirelab_common::wan::{
-    ClassKey, KernelProfile, LossState, WanConfig, WanCounters, CLASS_KEY_FIXED_BITS, LOSS_GEMODEL,
-    LOSS_NONE, LOSS_RANDOM, LOSS_STATE, PROFILE_FAST,
+    ClassKey, KernelProfile, LossState, WanConfig, WanCounters, CLASSES_HOSTS, CLASSES_PREFIXES,
+    CLASS_KEY_FIXED_BITS, LOSS_GEMODEL, LOSS_NONE, LOSS_RANDOM, LOSS_STATE, PROFILE_FAST,
 };
 
 use crate::{ebpf, util::Stop};
@@ -537,13 +537,17 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         tracing::warn!("{w}");
     }
     let max = plan.names.len() as u32;
+    // Single-address classes go to a hash table, prefixes to the LPM trie.
+    let n_host = plan.keys.iter().filter(|(_, b, _)| *b == 128).count();
+    let n_prefix = plan.keys.len() - n_host;
 
     // 2. Load with per-class maps sized to the class count.
     let mut bpf = EbpfLoader::new()
         .map_max_entries("WAN_PROFILES", 4 * max)
         .map_max_entries("WAN_LOSS", 2 * max)
         .map_max_entries("WAN_COUNTERS", 2 * max)
-        .map_max_entries("WAN_CLASSES", (plan.keys.len() as u32).max(1))
+        .map_max_entries("WAN_CLASSES", (n_prefix as u32).max(1))
+        .map_max_entries("WAN_CLASS_HOSTS", (n_host as u32).max(1))
         .load(ebpf::OBJECT)
         .context("loading the wirelab eBPF object")?;
     let mut maps = Maps {
@@ -571,9 +575,17 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     }
     let mut classes: LpmTrie<MapData, ClassKey, u32> =
         LpmTrie::try_from(bpf.take_map("WAN_CLASSES").context("WAN_CLASSES")?)?;
+    let mut hosts: aya::maps::HashMap<MapData, ClassKey, u32> =
+        aya::maps::HashMap::try_from(bpf.take_map("WAN_CLASS_HOSTS").context("WAN_CLASS_HOSTS")?)?;
     for (k, bits, id) in &plan.keys {
-        classes.insert(&Key::new(CLASS_KEY_FIXED_BITS + bits, *k), id, 0)?;
+        if *bits == 128 {
+            hosts.insert(k, id, 0)?;
+        } else {
+            classes.insert(&Key::new(CLASS_KEY_FIXED_BITS + bits, *k), id, 0)?;
+        }
     }
+    let class_tables = if n_host > 0 { CLASSES_HOSTS } else { 0 }
+        | if n_prefix > 0 { CLASSES_PREFIXES } else { 0 };
     maps.write_profiles(0, &plan.specs)?;
     maps.cfg.set(
         0,
@@ -582,6 +594,8 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             max_classes: max,
             gen: 0,
             epoch_ns: mono_ns(),
+            class_tables,
+            _pad: 0,
         },
         0,
     )?;
