@@ -65,7 +65,7 @@ pub fn wan_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn lookup_class(key: &mut Key<ClassKey>, tables: u32) -> Option<u32> {
     if tables & CLASSES_HOSTS != 0 {
-        if let Some(c) = unsafe { WAN_CLASS_HOSTS.get(&key.data) } {
+        if let Some(c) = unsafe { WAN_CLASS_HOSTS.get(key.data) } {
             return Some(*c);
         }
     }
