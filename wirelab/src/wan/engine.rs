@@ -144,16 +144,16 @@ pub struct Engine {
     pub bad_meta: u64,
 }
 
+/// Correlated uniform draw: with probability `rho` the previous value again, otherwise a fresh
+/// one (uniform marginals, so configured probabilities and deviations are kept; see
+/// `wirelab_common::wan::correlated`).
 fn corr_u32(rng: &mut StdRng, last: &mut u32, rho: f64) -> u32 {
-    let r: u32 = rng.random();
-    if rho <= 0.0 {
-        *last = r;
-        return r;
+    if rho > 0.0 && rng.random::<f64>() < rho {
+        return *last;
     }
-    let rho32 = (rho * u32::MAX as f64) as u64;
-    let v = ((r as u64) * (u32::MAX as u64 - rho32) + (*last as u64) * rho32) >> 32;
-    *last = v as u32;
-    v as u32
+    let r: u32 = rng.random();
+    *last = r;
+    r
 }
 
 fn chance(rng: &mut StdRng, last: &mut u32, p: f64, rho: f64) -> bool {
