@@ -15,6 +15,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "samba",
     "smbclient",
     "socat",
+    // report tests: headless browser, a font for PNG plots, a strict OpenMetrics parser.
+    "chromium",
+    "fonts-dejavu-core",
+    "python3-prometheus-client",
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {
