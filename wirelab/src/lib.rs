@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod netns;
 pub mod nl;
 pub mod probe;
+pub mod progress;
 pub mod record;
 pub mod report;
 pub mod swarm;

@@ -571,8 +571,14 @@ pub fn udp_client_with(
         }));
         sent_iv = sent;
     };
+    let mut bar = crate::progress::Progress::new(count, "probes sent");
+    let mut last_bar = Instant::now();
     while sent < count && !stop.requested() {
         tick(sent, false, &mut sink);
+        if last_bar.elapsed() >= Duration::from_millis(200) {
+            last_bar = Instant::now();
+            bar.set(sent, "");
+        }
         let due = t0 + (sent as f64 * gap) as u64;
         loop {
             let now = mono_ns();
@@ -594,6 +600,7 @@ pub fn udp_client_with(
         sent += 1;
     }
     let send_secs = start.elapsed().as_secs_f64();
+    bar.finish();
     // Stragglers: wait, then ask the server for its side (a few tries).
     let wait_until = Instant::now() + o.wait;
     while Instant::now() < wait_until && !stop.requested() {
