@@ -762,7 +762,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     if let Some(r) = rec {
         let fin =
             serde_json::json!({"type": "final", "t": secs, "classes": rows, "seed": plan.seed});
-        r.finish(&fin, configured(&specs), measured(&rows))?;
+        r.finish(&fin, configured(&specs), measured(&rows, &specs))?;
     }
     if engine.no_frame_drops > 0 || engine.bad_meta > 0 {
         tracing::warn!(
@@ -905,21 +905,18 @@ pub fn configured(specs: &[Vec<Spec>; 2]) -> Vec<crate::record::Quantity> {
 }
 
 /// What the emulator itself realized (default class).
-pub fn measured(rows: &[ClassReport]) -> Vec<crate::record::Quantity> {
+pub fn measured(rows: &[ClassReport], specs: &[Vec<Spec>; 2]) -> Vec<crate::record::Quantity> {
     use crate::record::Quantity as Q;
     let mut v = vec![];
     for r in rows.iter().filter(|r| r.class == "default") {
+        let d = DIRS.iter().position(|d| *d == r.dir).unwrap_or(0);
+        let what = if specs[d].first().is_some_and(|s| s.rate.is_some()) {
+            "added delay p50 (wan engine), including rate-limit queueing"
+        } else {
+            "added delay p50 (wan engine)"
+        };
         if let Some(p50) = r.delay_p50_ms {
-            v.push(
-                Q::new(
-                    "delay_ms",
-                    &r.dir,
-                    p50,
-                    "ms",
-                    "added delay p50 (wan engine)",
-                )
-                .samples(r.tx),
-            );
+            v.push(Q::new("delay_ms", &r.dir, p50, "ms", what).samples(r.tx));
         }
         if r.rx > 0 {
             v.push(
