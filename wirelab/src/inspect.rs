@@ -23,6 +23,10 @@ pub struct Options {
     pub duration: Option<Duration>,
     pub json: bool,
     pub mode: Option<AttachMode>,
+    /// `--record DIR`.
+    pub record: Option<std::path::PathBuf>,
+    /// `--metrics`: an endpoint bound before entering the namespace.
+    pub metrics: Option<crate::metrics::Endpoint>,
 }
 
 /// Counters of one class.
@@ -123,6 +127,45 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
     let mode = ebpf::attach_xdp(&mut bpf, "inspect", &opts.iface, opts.mode)?;
     tracing::info!(iface = %opts.iface, %mode, "inspect attached");
     let map = PerCpuArray::try_from(bpf.map("INSPECT_COUNTERS").context("counter map missing")?)?;
+    let mut rec = match &opts.record {
+        Some(d) => Some(crate::record::Recorder::create(
+            d,
+            "inspect",
+            "inspect",
+            serde_json::json!({
+                "iface": opts.iface,
+                "interval_s": opts.interval.as_secs_f64(),
+                "duration_s": opts.duration.map(|d| d.as_secs_f64()),
+                "mode": mode.to_string(),
+                "requested_mode": opts.mode.map(|m| m.to_string()),
+            }),
+        )?),
+        None => None,
+    };
+    let mut mb = crate::metrics::Builder::new();
+    mb.info("inspect");
+    let m_packets = mb.counter(
+        "wirelab_inspect_packets",
+        "Frames received on the interface, by class",
+    );
+    let m_bytes = mb.counter(
+        "wirelab_inspect_bytes",
+        "Bytes received on the interface, by class",
+    );
+    let _srv = match &opts.metrics {
+        Some(ep) => Some(mb.serve(ep)?),
+        None => None,
+    };
+    let publish = |c: &Counts| {
+        if opts.metrics.is_none() {
+            return;
+        }
+        for (i, v) in c.0.iter().enumerate() {
+            let l = crate::metrics::labels(&[("iface", &opts.iface), ("class", CLASS_NAMES[i])]);
+            crate::metrics::set_total(&m_packets.get_or_create(&l), v.packets);
+            crate::metrics::set_total(&m_bytes.get_or_create(&l), v.bytes);
+        }
+    };
     let start = Instant::now();
     let mut last = read_counts(&map)?;
     let mut last_t = start;
@@ -142,15 +185,18 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
         if !done || secs >= opts.interval.as_secs_f64() * 0.5 {
             n += 1;
             let mut out = stdout.lock();
+            let v = serde_json::json!({
+                "type": "interval",
+                "seq": n,
+                "iface": opts.iface,
+                "t": start.elapsed().as_secs_f64(),
+                "interval_s": secs,
+                "counts": delta.to_json(),
+            });
+            if let Some(r) = rec.as_mut() {
+                r.interval(&v)?;
+            }
             if opts.json {
-                let v = serde_json::json!({
-                    "type": "interval",
-                    "seq": n,
-                    "iface": opts.iface,
-                    "t": start.elapsed().as_secs_f64(),
-                    "interval_s": secs,
-                    "counts": delta.to_json(),
-                });
                 writeln!(out, "{v}")?;
             } else {
                 print_table(
@@ -167,6 +213,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
             }
             out.flush()?;
         }
+        publish(&cur);
         last = cur;
         last_t = now;
         if done {
@@ -176,15 +223,32 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
     let total = last;
     let secs = start.elapsed().as_secs_f64();
     let mut out = stdout.lock();
+    let fin = serde_json::json!({
+        "type": "final",
+        "iface": opts.iface,
+        "mode": mode,
+        "duration_s": secs,
+        "counts": total.to_json(),
+    });
+    if let Some(r) = rec.take() {
+        let measured = CLASS_NAMES
+            .iter()
+            .zip(&total.0)
+            .filter(|(_, c)| c.packets > 0)
+            .map(|(n, c)| {
+                crate::record::Quantity::new(
+                    &format!("{n}_packets"),
+                    "",
+                    c.packets as f64,
+                    "packets",
+                    &format!("{n} frames received on {}", opts.iface),
+                )
+            })
+            .collect();
+        r.finish(&fin, vec![], measured)?;
+    }
     if opts.json {
-        let v = serde_json::json!({
-            "type": "final",
-            "iface": opts.iface,
-            "mode": mode,
-            "duration_s": secs,
-            "counts": total.to_json(),
-        });
-        writeln!(out, "{v}")?;
+        writeln!(out, "{fin}")?;
     } else {
         print_table(
             &mut out,

@@ -2,7 +2,9 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use wirelab::{ebpf::AttachMode, fw, inspect, lab, netns, probe, util, wan};
+use wirelab::{
+    ebpf::AttachMode, fw, inspect, lab, metrics, netns, probe, record, report, util, wan,
+};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +53,12 @@ enum Cmd {
         after_help = "Examples:\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 198.18.0.0/24 --dst 198.18.0.2 --proto udp --size 64 --duration 5s --flows 256\n  wirelab gen --iface veth0 --dst-mac ff:ff:ff:ff:ff:ff --src 198.18.1.1/32 --dst 198.18.0.2 \\\n      --proto tcp-syn --size 64 --rate 1000 --count 5000 --json"
     )]
     Gen(GenArgs),
+    /// HTML report (plots, configured vs measured) of a run directory written by --record;
+    /// with two directories, a side-by-side comparison.
+    #[command(
+        after_help = "Examples:\n  wirelab report /tmp/run1                      # writes /tmp/run1/report.html + report-plots/\n  wirelab report /tmp/run1 --out run1.html\n  wirelab report /tmp/run1 /tmp/run2 --out compare.html\n\nA damaged or unfinished run directory is an error naming the file and line; --allow-partial\nreports what is there, under a PARTIAL DATA banner."
+    )]
+    Report(ReportArgs),
     /// Remove what a killed wirelab left behind (half-made labs; --all-labs: every lab).
     Cleanup {
         /// Also remove labs that are complete and may still be in use.
@@ -101,6 +109,38 @@ enum LabCmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Run directory (two: compare A and B).
+    #[arg(required = true, num_args = 1..=2)]
+    dirs: Vec<PathBuf>,
+    /// Output HTML file (default: DIR/report.html, or DIR_A/compare.html).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Report an incomplete or damaged run directory anyway (marked PARTIAL DATA).
+    #[arg(long)]
+    allow_partial: bool,
+}
+
+/// `--record` / `--metrics`, shared by the long-running commands.
+#[derive(Args, Clone)]
+struct Observe {
+    /// Write a run record (config, JSON-lines time series, summary.json) into DIR; several
+    /// commands may record into the same DIR. See `wirelab report`.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Serve live counters in Prometheus text format on ADDR:PORT (e.g. 127.0.0.1:9464).
+    /// Bound in the namespace wirelab was started in, before --netns is entered.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+impl Observe {
+    fn endpoint(&self) -> Result<Option<metrics::Endpoint>> {
+        self.metrics.map(metrics::Endpoint::bind).transpose()
+    }
 }
 
 #[derive(Args)]
@@ -166,6 +206,8 @@ struct WanRunArgs {
     /// Do not raise the engine to SCHED_FIFO (real-time) priority.
     #[arg(long)]
     no_realtime: bool,
+    #[command(flatten)]
+    observe: Observe,
 }
 
 #[derive(Subcommand)]
@@ -209,6 +251,12 @@ enum ProbeCmd {
         wait: Duration,
         #[arg(long)]
         json: bool,
+        /// Interval of the recorded time series (--record).
+        #[arg(long, default_value = "1s", value_parser = util::parse_duration)]
+        interval: Duration,
+        /// Write a run record into DIR (see `wirelab report`).
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
     },
 }
 
@@ -232,6 +280,8 @@ struct InspectArgs {
     /// Force an XDP mode instead of native-with-skb-fallback.
     #[arg(long, value_parser = parse_mode)]
     mode: Option<AttachMode>,
+    #[command(flatten)]
+    observe: Observe,
 }
 
 #[derive(Args)]
@@ -372,6 +422,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if a.interval.is_zero() {
                 bail!("--interval must be greater than 0");
             }
+            let metrics = a.observe.endpoint()?;
             let stop = enter_netns(&a.netns)?;
             inspect::run(
                 &inspect::Options {
@@ -380,6 +431,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     duration: a.duration,
                     json: a.json,
                     mode: a.mode,
+                    record: a.observe.record,
+                    metrics,
                 },
                 &stop,
             )?;
@@ -414,6 +467,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Report(a) => report_cmd(a),
         Cmd::Cleanup { all_labs, json } => {
             let r = wirelab::cleanup::run(all_labs)?;
             if json {
@@ -449,10 +503,40 @@ fn probe_cmd(p: ProbeCmd) -> Result<ExitCode> {
             tcp,
             wait,
             json,
+            interval,
+            record: record_dir,
         } => {
+            if interval.is_zero() {
+                bail!("--interval must be greater than 0");
+            }
             let stop = enter_netns(&netns)?;
             if tcp {
-                let r = probe::tcp_client(to, duration.unwrap_or(Duration::from_secs(10)), &stop)?;
+                let dur = duration.unwrap_or(Duration::from_secs(10));
+                let rec = record_dir
+                    .as_deref()
+                    .map(|d| {
+                        record::Recorder::create(
+                            d,
+                            "probe-tcp",
+                            "probe-tcp",
+                            serde_json::json!({"to": to, "duration_s": dur.as_secs_f64()}),
+                        )
+                    })
+                    .transpose()?;
+                let t_start = util::unix_now();
+                let r = probe::tcp_client(to, dur, &stop)?;
+                if let Some(mut rec) = rec {
+                    for (i, m) in r.per_second_mbps.iter().enumerate() {
+                        rec.interval(&serde_json::json!({
+                            "type": "interval",
+                            "t": (i + 1) as f64,
+                            "unix": t_start + (i + 1) as f64,
+                            "interval_s": 1.0,
+                            "goodput_mbps": m,
+                        }))?;
+                    }
+                    rec.finish(&serde_json::to_value(&r)?, vec![], probe::tcp_measured(&r))?;
+                }
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -468,17 +552,49 @@ fn probe_cmd(p: ProbeCmd) -> Result<ExitCode> {
                     println!("  per second (Mbit/s): {}", per.join(" "));
                 }
             } else {
-                let r = probe::udp_client(
-                    &probe::ClientOptions {
-                        to,
-                        rate,
-                        count,
-                        duration,
-                        size,
-                        wait,
-                    },
-                    &stop,
-                )?;
+                let o = probe::ClientOptions {
+                    to,
+                    rate,
+                    count,
+                    duration,
+                    size,
+                    wait,
+                };
+                let r = match record_dir.as_deref() {
+                    None => probe::udp_client(&o, &stop)?,
+                    Some(d) => {
+                        let mut rec = record::Recorder::create(
+                            d,
+                            "probe-udp",
+                            "probe-udp",
+                            serde_json::json!({
+                                "to": to, "rate_pps": rate, "count": count,
+                                "duration_s": duration.map(|d| d.as_secs_f64()),
+                                "size": size, "wait_s": wait.as_secs_f64(),
+                                "interval_s": interval.as_secs_f64(),
+                                "direction_mapping": {"forward": "a_to_b", "reverse": "b_to_a"},
+                            }),
+                        )?;
+                        let mut err = None;
+                        let mut sink = |v: serde_json::Value| {
+                            if let Err(e) = rec.interval(&v) {
+                                err.get_or_insert(e);
+                            }
+                        };
+                        let r = probe::udp_client_with(&o, &stop, Some((interval, &mut sink)))?;
+                        if let Some(e) = err {
+                            return Err(e.context("writing the run record"));
+                        }
+                        let mut fin = serde_json::to_value(&r)?;
+                        fin["delay_hist_ms"] = serde_json::json!({
+                            "forward": r.delay_hist_ms[0],
+                            "reverse": r.delay_hist_ms[1],
+                        });
+                        fin["send_start_unix"] = serde_json::json!(r.send_start_unix);
+                        rec.finish(&fin, vec![], probe::udp_measured(&r))?;
+                        r
+                    }
+                };
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -531,6 +647,7 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
     if a.between.len() != 2 {
         bail!("--between IF_A IF_B is required");
     }
+    let metrics = a.observe.endpoint()?;
     let stop = enter_netns(&a.netns)?;
     wan::run(
         &wan::Options {
@@ -545,6 +662,8 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
             json: a.json,
             frames: a.frames,
             realtime: !a.no_realtime,
+            record: a.observe.record,
+            metrics,
         },
         &stop,
     )?;
@@ -763,4 +882,38 @@ fn lab_cmd(c: LabCmd) -> Result<ExitCode> {
             Err(err).with_context(|| format!("running {:?}", cmd[0]))
         }
     }
+}
+
+fn report_cmd(a: ReportArgs) -> Result<ExitCode> {
+    let mut runs = vec![];
+    for d in &a.dirs {
+        runs.push(report::load(d, a.allow_partial)?);
+    }
+    let out = a.out.clone().unwrap_or_else(|| {
+        a.dirs[0].join(if runs.len() > 1 {
+            "compare.html"
+        } else {
+            "report.html"
+        })
+    });
+    let o = report::write(&runs, &out)?;
+    for r in &runs {
+        for p in &r.problems {
+            eprintln!("warning: partial data: {p}");
+        }
+    }
+    if let Some(n) = &o.png_note {
+        eprintln!("note: {n}");
+    }
+    println!("{}", o.html.display());
+    println!(
+        "  {} plot files in {}",
+        o.plots.len(),
+        o.plots
+            .first()
+            .and_then(|p| p.parent())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -309,6 +309,12 @@ impl DelayAcc {
         self.max = self.max.max(ms);
         let _ = self.h.record(ns.max(1) as u64);
     }
+    fn hist_ms(&self) -> Vec<(f64, u64)> {
+        self.h
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to() as f64 / 1e6, v.count_at_value()))
+            .collect()
+    }
     fn stats(&self) -> DelayStats {
         if self.n == 0 {
             return DelayStats::default();
@@ -366,6 +372,12 @@ pub struct UdpReport {
     pub loss_bursts: Bursts,
     pub lost_seqs: Vec<u64>,
     pub server_stats: bool,
+    /// Delay histograms (value ms, count) forward and reverse, for `--record`.
+    #[serde(skip)]
+    pub delay_hist_ms: [Vec<(f64, u64)>; 2],
+    /// Wall-clock time the first probe was sent.
+    #[serde(skip)]
+    pub send_start_unix: f64,
 }
 
 pub struct ClientOptions {
@@ -404,8 +416,20 @@ fn warm_up(sock: &UdpSocket, run: u64) -> Result<()> {
     )
 }
 
+/// Called with one JSON object per interval (`--record`).
+pub type IntervalSink<'a> = (Duration, &'a mut dyn FnMut(serde_json::Value));
+
 /// Run UDP probes; returns the report.
 pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
+    udp_client_with(o, stop, None)
+}
+
+/// Run UDP probes, reporting per-interval delay stats to `sink` as echoes arrive.
+pub fn udp_client_with(
+    o: &ClientOptions,
+    stop: &Stop,
+    mut sink: Option<IntervalSink<'_>>,
+) -> Result<UdpReport> {
     if o.size < MIN_SIZE || o.size > 8900 {
         bail!("--size must be between {MIN_SIZE} and 8900 bytes");
     }
@@ -448,12 +472,18 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
         max_seq: u64,
         order: Vec<u64>,
         fin: Option<[u64; 4]>,
+        // This interval's echoes (for --record).
+        ifwd: Option<DelayAcc>,
+        irev: Option<DelayAcc>,
+        ireord: u64,
     }
     let rx = Arc::new(Mutex::new(Rx {
         got: vec![0; count.div_ceil(64) as usize],
         fwd: Some(DelayAcc::new()),
         rev: Some(DelayAcc::new()),
         rtt: Some(DelayAcc::new()),
+        ifwd: sink.as_ref().map(|_| DelayAcc::new()),
+        irev: sink.as_ref().map(|_| DelayAcc::new()),
         ..Default::default()
     }));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -500,9 +530,16 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
                     r.order.push(seq);
                     if seq < r.max_seq {
                         r.reordered += 1;
+                        r.ireord += 1;
                     }
                     r.max_seq = r.max_seq.max(seq);
                     let (ctx, srx, stx) = (get_u64(p, 24), get_u64(p, 32), get_u64(p, 40));
+                    if let Some(a) = r.ifwd.as_mut() {
+                        a.add(srx as i64 - ctx as i64);
+                    }
+                    if let Some(a) = r.irev.as_mut() {
+                        a.add(now as i64 - stx as i64);
+                    }
                     if let Some(a) = r.fwd.as_mut() {
                         a.add(srx as i64 - ctx as i64);
                     }
@@ -525,10 +562,51 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
     pkt[4] = KIND_PROBE;
     put_u64(&mut pkt, 8, run);
     let start = Instant::now();
+    let send_start_unix = crate::util::unix_now();
     let t0 = mono_ns();
     let gap = 1e9 / o.rate;
     let mut sent = 0u64;
+    let mut last_iv = Instant::now();
+    let mut sent_iv = 0u64;
+    // Emit one interval object when the interval is over (or `force`).
+    let mut tick = |sent: u64, force: bool, sink: &mut Option<IntervalSink<'_>>| {
+        let Some((every, f)) = sink.as_mut() else {
+            return;
+        };
+        let el = last_iv.elapsed();
+        if el < *every && !force {
+            return;
+        }
+        last_iv = Instant::now();
+        let mut r = rx.lock().expect("lock");
+        let s = |a: &mut Option<DelayAcc>| {
+            let x = a.replace(DelayAcc::new());
+            x.filter(|x| x.n > 0)
+                .map(|x| serde_json::to_value(x.stats()).unwrap_or_default())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        let (fw, rv) = (s(&mut r.ifwd), s(&mut r.irev));
+        let reord = std::mem::take(&mut r.ireord);
+        drop(r);
+        f(serde_json::json!({
+            "type": "interval",
+            "t": start.elapsed().as_secs_f64(),
+            "interval_s": el.as_secs_f64(),
+            "sent": sent - sent_iv,
+            "forward": fw,
+            "reverse": rv,
+            "reordered": reord,
+        }));
+        sent_iv = sent;
+    };
+    let mut bar = crate::progress::Progress::new(count, "probes sent");
+    let mut last_bar = Instant::now();
     while sent < count && !stop.requested() {
+        tick(sent, false, &mut sink);
+        if last_bar.elapsed() >= Duration::from_millis(200) {
+            last_bar = Instant::now();
+            bar.set(sent, "");
+        }
         let due = t0 + (sent as f64 * gap) as u64;
         loop {
             let now = mono_ns();
@@ -550,11 +628,14 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
         sent += 1;
     }
     let send_secs = start.elapsed().as_secs_f64();
+    bar.finish();
     // Stragglers: wait, then ask the server for its side (a few tries).
     let wait_until = Instant::now() + o.wait;
     while Instant::now() < wait_until && !stop.requested() {
+        tick(sent, false, &mut sink);
         std::thread::sleep(Duration::from_millis(20));
     }
+    tick(sent, true, &mut sink);
     let mut fin = [0u8; HDR];
     fin[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     fin[4] = KIND_FIN;
@@ -611,6 +692,7 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
     }
     let fwd_acc = r.fwd.take().expect("acc");
     let rev_acc = r.rev.take().expect("acc");
+    let delay_hist_ms = [fwd_acc.hist_ms(), rev_acc.hist_ms()];
     let rtt_acc = r.rtt.take().expect("acc");
     let (server_rx, server_dup, server_reord, server_corrupt) = match r.fin {
         Some([a, b, c, d]) => (a, b, c, d),
@@ -661,6 +743,8 @@ pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
         loss_bursts: bursts,
         lost_seqs,
         server_stats: r.fin.is_some(),
+        delay_hist_ms,
+        send_start_unix,
     })
 }
 
@@ -750,4 +834,89 @@ pub fn print_udp(r: &UdpReport) {
         "  no echo  {} probes in {} bursts (mean {:.2}, max {})",
         r.no_echo, r.loss_bursts.count, r.loss_bursts.mean_len, r.loss_bursts.max_len
     );
+}
+
+/// What a UDP probe run measured, for `--record` (forward = wan's a_to_b).
+pub fn udp_measured(r: &UdpReport) -> Vec<crate::record::Quantity> {
+    use crate::record::Quantity as Q;
+    let mut v = vec![];
+    for (d, s, of) in [
+        ("a_to_b", &r.forward, r.sent),
+        ("b_to_a", &r.reverse, r.forward.received),
+    ] {
+        let n = s.delay_ms.count;
+        if n > 0 {
+            v.push(
+                Q::new(
+                    "delay_ms",
+                    d,
+                    s.delay_ms.p50,
+                    "ms",
+                    "one-way delay p50 of UDP probes",
+                )
+                .samples(n),
+            );
+            v.push(
+                Q::new(
+                    "delay_stddev_ms",
+                    d,
+                    s.delay_ms.stddev,
+                    "ms",
+                    "one-way delay standard deviation",
+                )
+                .samples(n),
+            );
+        }
+        let pct = |x: u64, of: u64| {
+            if of == 0 {
+                0.0
+            } else {
+                x as f64 * 100.0 / of as f64
+            }
+        };
+        v.push(Q::new("loss_pct", d, s.loss_pct, "%", "UDP probes lost").samples(of));
+        v.push(
+            Q::new(
+                "duplicate_pct",
+                d,
+                pct(s.duplicates, s.received),
+                "%",
+                "UDP probes duplicated",
+            )
+            .samples(s.received),
+        );
+        v.push(
+            Q::new(
+                "corrupt_pct",
+                d,
+                pct(s.corrupted, of),
+                "%",
+                "UDP probes corrupted",
+            )
+            .samples(of),
+        );
+        v.push(
+            Q::new(
+                "reorder_pct",
+                d,
+                pct(s.reordered, s.received),
+                "%",
+                "UDP probes that arrived after a higher-numbered one",
+            )
+            .samples(s.received),
+        );
+    }
+    v.push(Q::new("rtt_ms", "", r.rtt_ms.p50, "ms", "round-trip time p50").samples(r.rtt_ms.count));
+    v
+}
+
+/// What a TCP probe run measured, for `--record` (client to server = wan's a_to_b).
+pub fn tcp_measured(r: &TcpReport) -> Vec<crate::record::Quantity> {
+    vec![crate::record::Quantity::new(
+        "rate_mbit",
+        "a_to_b",
+        r.goodput_mbps,
+        "Mbit/s",
+        "TCP goodput client to server",
+    )]
 }

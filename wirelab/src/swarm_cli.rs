@@ -4,7 +4,7 @@ use std::{io::Write as _, net::SocketAddrV4, path::PathBuf, process::ExitCode, t
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use wirelab::{
-    netns,
+    netns, record,
     swarm::{self, connect, run, Identity, Options, Pool, Swarm},
     util,
 };
@@ -46,6 +46,9 @@ pub struct Common {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Write a run record into DIR (see `wirelab report`).
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -125,15 +128,82 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
             }
             let o = options(&a.common, a.identity)?;
             let stop = util::Stop::install()?;
-            let mut sw = Swarm::setup(o)?;
             let ro = run::RunOptions {
                 concurrency: a.concurrency,
                 timeout: a.timeout,
                 out: a.out,
                 cmd: a.cmd,
             };
-            let (summary, _) = run::run(&mut sw, &ro, &stop)?;
+            let mut rec = a
+                .common
+                .record
+                .as_deref()
+                .map(|d| {
+                    record::Recorder::create(
+                        d,
+                        "swarm-run",
+                        "swarm-run",
+                        serde_json::json!({
+                            "iface": a.common.iface, "netns": a.common.netns, "pool": a.common.pool,
+                            "clients": a.common.clients, "mac_prefix": a.common.mac_prefix,
+                            "concurrency": ro.concurrency, "identity": format!("{:?}", a.identity),
+                            "timeout_s": ro.timeout.map(|t| t.as_secs_f64()), "cmd": ro.cmd,
+                        }),
+                    )
+                })
+                .transpose()?;
+            let mut sw = Swarm::setup(o)?;
+            let mut rec_err = None;
+            let (summary, results) = run::run_with(&mut sw, &ro, &stop, &mut |s| {
+                if let Some(r) = rec.as_mut() {
+                    let mut v = serde_json::to_value(s).unwrap_or_default();
+                    v["type"] = "interval".into();
+                    if let Err(e) = r.interval(&v) {
+                        rec_err.get_or_insert(e);
+                    }
+                }
+            })?;
             drop(sw);
+            if let Some(e) = rec_err {
+                return Err(e.context("writing the run record"));
+            }
+            if let Some(r) = rec {
+                let measured = vec![
+                    record::Quantity::new(
+                        "clients_succeeded",
+                        "",
+                        summary.succeeded as f64,
+                        "clients",
+                        "clients that exited 0",
+                    ),
+                    record::Quantity::new(
+                        "clients_failed",
+                        "",
+                        summary.failed as f64,
+                        "clients",
+                        "clients that failed",
+                    ),
+                    record::Quantity::new(
+                        "client_duration_p50_s",
+                        "",
+                        summary.duration_p50_s,
+                        "s",
+                        "client run time p50",
+                    ),
+                    record::Quantity::new(
+                        "client_duration_p99_s",
+                        "",
+                        summary.duration_p99_s,
+                        "s",
+                        "client run time p99",
+                    ),
+                ];
+                r.finish(
+                    &serde_json::json!({"summary": summary, "clients": results}),
+                    vec![],
+                    measured,
+                )?;
+            }
             let mut out = std::io::stdout().lock();
             if a.common.json {
                 writeln!(out, "{}", serde_json::to_string(&summary)?)?;
@@ -151,6 +221,24 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
             let o = options(&a.common, Identity::Cgroup)?;
             let stop = util::Stop::install()?;
             let concurrency = a.concurrency.unwrap_or(a.common.clients.max(1));
+            let rec = a
+                .common
+                .record
+                .as_deref()
+                .map(|d| {
+                    record::Recorder::create(
+                        d,
+                        "swarm-connect",
+                        "swarm-connect",
+                        serde_json::json!({
+                            "iface": a.common.iface, "netns": a.common.netns, "pool": a.common.pool,
+                            "clients": a.common.clients, "to": a.to, "hold_s": a.hold.as_secs_f64(),
+                            "rate": a.rate, "concurrency": concurrency,
+                            "timeout_s": a.timeout.as_secs_f64(), "send": a.send, "recv": a.recv,
+                        }),
+                    )
+                })
+                .transpose()?;
             let mut sw = Swarm::setup(o)?;
             let co = connect::ConnectOptions {
                 to: a.to,
@@ -163,6 +251,39 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
             };
             let s = connect::run(&mut sw, co, &stop).context("swarm connect")?;
             drop(sw);
+            if let Some(r) = rec {
+                let measured = vec![
+                    record::Quantity::new(
+                        "clients_connected",
+                        "",
+                        s.connected as f64,
+                        "clients",
+                        "connections established",
+                    ),
+                    record::Quantity::new(
+                        "connect_p50_ms",
+                        "",
+                        s.connect_p50_ms,
+                        "ms",
+                        "connect time p50",
+                    ),
+                    record::Quantity::new(
+                        "connect_p99_ms",
+                        "",
+                        s.connect_p99_ms,
+                        "ms",
+                        "connect time p99",
+                    ),
+                    record::Quantity::new(
+                        "connects_per_s",
+                        "",
+                        s.connects_per_s,
+                        "1/s",
+                        "connections per second",
+                    ),
+                ];
+                r.finish(&serde_json::to_value(&s)?, vec![], measured)?;
+            }
             let mut out = std::io::stdout().lock();
             if a.common.json {
                 writeln!(out, "{}", serde_json::to_string(&s)?)?;

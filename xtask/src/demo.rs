@@ -95,6 +95,10 @@ pub fn demo() -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
 
     let lab = format!("demo-{}", std::process::id());
+    // The run record (wan + probes) and its report go here.
+    let rec_dir = root().join("target/demo-run");
+    let _ = std::fs::remove_dir_all(&rec_dir);
+    let rec = rec_dir.to_string_lossy().to_string();
     println!("== 1. lab: client — wan — server ==");
     let st = wirelab().args(["lab", "up", "--name", &lab]).status()?;
     if !st.success() {
@@ -141,7 +145,7 @@ pub fn demo() -> Result<()> {
                 "--seed",
                 "1",
             ]);
-            c.args(["--json", "--duration", "120s"]);
+            c.args(["--json", "--duration", "120s", "--record", &rec]);
             c.stdout(Stdio::piped());
             c
         },
@@ -164,6 +168,8 @@ pub fn demo() -> Result<()> {
         "--count",
         "1000",
         "--json",
+        "--record",
+        &rec,
     ]))?;
     if stop.load(Ordering::Relaxed) {
         bail!("interrupted");
@@ -180,6 +186,8 @@ pub fn demo() -> Result<()> {
         "--duration",
         "8s",
         "--json",
+        "--record",
+        &rec,
     ]))?;
 
     // Stop the emulator and take its own final numbers.
@@ -286,6 +294,15 @@ pub fn demo() -> Result<()> {
          {:.0}% of that. The wan's own added-delay figure covers all traffic, so client->server it\n\
          includes the queue TCP builds in front of the 20 Mbit/s rate (the probes ran alone).",
         num(&tcp, &["goodput_mbps"]) / 19.13 * 100.0
+    );
+    println!("\n== 6. report ==");
+    let st = wirelab().args(["report", &rec]).status()?;
+    if !st.success() {
+        bail!("wirelab report failed");
+    }
+    println!(
+        "report of this run: {}",
+        rec_dir.join("report.html").display()
     );
     Ok(())
 }

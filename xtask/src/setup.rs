@@ -20,6 +20,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // fw tests and benchmarks: the nftables peer and trafgen.
     "nftables",
     "netsniff-ng",
+    // report tests: headless browser, a font for PNG plots, a strict OpenMetrics parser.
+    "chromium",
+    "fonts-dejavu-core",
+    "python3-prometheus-client",
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {

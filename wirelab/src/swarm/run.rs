@@ -158,8 +158,29 @@ fn finish_client(sw: &mut Swarm, r: &Running) {
     sw.unmap_cgroup(r.cgid);
 }
 
+/// Where a run stands (sampled about once a second for `--record`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub t: f64,
+    pub done: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub total: u32,
+}
+
 /// Run the command for every client. Returns the summary and per-client results.
 pub fn run(sw: &mut Swarm, o: &RunOptions, stop: &Stop) -> Result<(Summary, Vec<ClientResult>)> {
+    run_with(sw, o, stop, &mut |_| {})
+}
+
+/// [`run`], calling `sample` about once a second and at the end.
+pub fn run_with(
+    sw: &mut Swarm,
+    o: &RunOptions,
+    stop: &Stop,
+    sample: &mut dyn FnMut(&Sample),
+) -> Result<(Summary, Vec<ClientResult>)> {
     if o.cmd.is_empty() {
         bail!("no command given: put it after `--`");
     }
@@ -175,8 +196,9 @@ pub fn run(sw: &mut Swarm, o: &RunOptions, stop: &Stop) -> Result<(Summary, Vec<
         Identity::Process => 1,
     };
     let t0 = Instant::now();
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut bar = crate::progress::Progress::new(total as u64, "clients");
     let mut last_progress = Instant::now();
+    let mut last_sample = Instant::now();
     let mut results: Vec<ClientResult> = Vec::with_capacity(total as usize);
     let mut running: Vec<Running> = vec![];
     let mut next = 0u32;
@@ -264,23 +286,35 @@ pub fn run(sw: &mut Swarm, o: &RunOptions, stop: &Stop) -> Result<(Summary, Vec<
                 error: None,
             });
         }
-        if tty && last_progress.elapsed() > Duration::from_millis(200) {
-            last_progress = Instant::now();
-            eprint!(
-                "\r  {}/{} clients done, {} running ",
-                results.len(),
+        let snap = |results: &[ClientResult], running: usize| {
+            let ok = results.iter().filter(|r| r.ok).count() as u32;
+            Sample {
+                t: t0.elapsed().as_secs_f64(),
+                done: results.len() as u32,
+                running: running as u32,
+                succeeded: ok,
+                failed: results.len() as u32 - ok,
                 total,
-                running.len()
+            }
+        };
+        if last_progress.elapsed() > Duration::from_millis(200) {
+            last_progress = Instant::now();
+            bar.set(
+                results.len() as u64,
+                &format!("done, {} running", running.len()),
             );
         }
+        if last_sample.elapsed() >= Duration::from_secs(1) {
+            last_sample = Instant::now();
+            sample(&snap(&results, running.len()));
+        }
         if running.is_empty() && (next >= total || interrupted) {
+            sample(&snap(&results, 0));
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    if tty {
-        eprintln!();
-    }
+    bar.finish();
     results.sort_by_key(|r| r.n);
     let mut durs: Vec<f64> = results.iter().map(|r| r.duration_s).collect();
     durs.sort_by(|a, b| a.total_cmp(b));

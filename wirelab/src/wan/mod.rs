@@ -295,6 +295,10 @@ pub struct Options {
     pub frames: u64,
     /// Run the engine with SCHED_FIFO priority 20.
     pub realtime: bool,
+    /// `--record DIR`: write a run record there.
+    pub record: Option<PathBuf>,
+    /// `--metrics`: serve live counters on this (already bound) endpoint.
+    pub metrics: Option<crate::metrics::Endpoint>,
 }
 
 pub fn load_config(p: Option<&Path>) -> Result<Config> {
@@ -349,7 +353,9 @@ struct Maps {
 
 enum ReportMsg {
     Interval(f64, Vec<(usize, usize, ClassStats)>),
-    Final(f64, Vec<(usize, usize, ClassStats)>),
+    /// A live change: its record entry and the specs now in force.
+    Change(serde_json::Value, [Vec<Spec>; 2]),
+    Final(f64, Vec<(usize, usize, ClassStats)>, u64, [Vec<Spec>; 2]),
 }
 
 fn read_counters(
@@ -375,20 +381,33 @@ fn reporter(
     json: bool,
     max: u32,
     rx: std::sync::mpsc::Receiver<ReportMsg>,
-) -> Vec<ClassReport> {
+    mut rec: Option<crate::record::Recorder>,
+    mets: Option<WanMetrics>,
+) -> Result<Vec<ClassReport>> {
     let mut prev: Vec<Vec<WanCounters>> = vec![vec![WanCounters::default(); max as usize]; 2];
     for msg in rx {
         let (t, eng, fin) = match msg {
-            ReportMsg::Interval(t, e) => (t, e, false),
-            ReportMsg::Final(t, e) => (t, e, true),
+            ReportMsg::Interval(t, e) => (t, e, None),
+            ReportMsg::Final(t, e, seed, specs) => (t, e, Some((seed, specs))),
+            ReportMsg::Change(entry, specs) => {
+                if let Some(r) = rec.as_mut() {
+                    r.change(&entry)?;
+                    r.set_configured(configured(&specs));
+                }
+                if let Some(m) = &mets {
+                    m.changes.get_or_create(&vec![]).inc();
+                }
+                continue;
+            }
         };
+        let is_final = fin.is_some();
         let mut by: BTreeMap<(usize, usize), ClassStats> =
             eng.into_iter().map(|(d, c, s)| ((d, c), s)).collect();
         let mut rows = vec![];
         for d in 0..2 {
             for c in 0..max as usize {
                 let k = read_counters(&counters, max, d, c);
-                let shown = if fin { k } else { minus(&k, &prev[d][c]) };
+                let shown = if is_final { k } else { minus(&k, &prev[d][c]) };
                 prev[d][c] = k;
                 let e = by.remove(&(d, c)).unwrap_or_default();
                 if c == 0 || shown.rx_packets > 0 || e.rx > 0 || e.tx > 0 || e.queue_depth > 0 {
@@ -396,14 +415,27 @@ fn reporter(
                 }
             }
         }
-        if let Err(e) = print_reports(t, &rows, json, if fin { "final" } else { "interval" }) {
-            tracing::warn!("printing stats: {e}");
+        print_reports(t, &rows, json, if is_final { "final" } else { "interval" })?;
+        if let Some(m) = &mets {
+            m.update(&rows);
         }
-        if fin {
-            return rows;
+        match fin {
+            None => {
+                if let Some(r) = rec.as_mut() {
+                    r.interval(&serde_json::json!({"type": "interval", "t": t, "classes": rows}))?;
+                }
+            }
+            Some((seed, specs)) => {
+                if let Some(r) = rec.take() {
+                    let fin =
+                        serde_json::json!({"type": "final", "t": t, "classes": rows, "seed": seed});
+                    r.finish(&fin, configured(&specs), measured(&rows, &specs))?;
+                }
+                return Ok(rows);
+            }
         }
     }
-    vec![]
+    Ok(vec![])
 }
 
 impl Maps {
@@ -431,6 +463,7 @@ pub struct ClassReport {
     pub dir: String,
     pub class: String,
     pub rx: u64,
+    pub rx_bytes: u64,
     pub tx: u64,
     pub drops_loss: u64,
     pub drops_queue: u64,
@@ -456,6 +489,7 @@ fn report(d: usize, name: &str, k: &WanCounters, e: &ClassStats) -> ClassReport 
         dir: DIRS[d].into(),
         class: name.into(),
         rx: k.rx_packets,
+        rx_bytes: k.rx_bytes,
         tx: e.tx + k.fast_packets + k.xsk_fallback,
         drops_loss: k.loss_drops,
         drops_queue: e.queue_drops,
@@ -660,6 +694,27 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         }
     }
     let _rm = RmOnDrop(cpath.clone());
+    // Run record and metrics (both optional).
+    let mut rec: Option<crate::record::Recorder> = match &opts.record {
+        Some(dir) => Some(crate::record::Recorder::create(
+            dir,
+            "wan",
+            "wan",
+            record_config(opts, &cfg, &plan, &modes),
+        )?),
+        None => None,
+    };
+    if let Some(r) = rec.as_mut() {
+        r.set_configured(configured(&plan.specs));
+    }
+    let (_metrics_srv, mets) = match &opts.metrics {
+        Some(ep) => {
+            let (b, m) = WanMetrics::new();
+            (Some(b.serve(ep)?), Some(m))
+        }
+        None => (None, None),
+    };
+
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0);
     }
@@ -669,7 +724,8 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     let (rep_tx, rep_rx) = std::sync::mpsc::channel::<ReportMsg>();
     let names = plan.names.clone();
     let json = opts.json;
-    let reporter = std::thread::spawn(move || reporter(counters, names, json, max, rep_rx));
+    let reporter =
+        std::thread::spawn(move || reporter(counters, names, json, max, rep_rx, rec, mets));
     if opts.realtime {
         // Release times are the product: run the engine at a real-time priority so other
         // load on the machine does not delay departures. The loop sleeps between departures.
@@ -714,6 +770,14 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
                         engine.set_profiles(new_profiles)?;
                         specs = new_specs;
                         tracing::info!(change = %applied, "live change applied");
+                        let _ = rep_tx.send(ReportMsg::Change(
+                            serde_json::json!({
+                                "applied": applied,
+                                "t": start.elapsed().as_secs_f64(),
+                                "classes": classes_json(&plan.names, &specs),
+                            }),
+                            specs.clone(),
+                        ));
                         serde_json::json!({"applied": applied})
                     }
                     Err(e) => serde_json::json!({"error": format!("{e:#}")}),
@@ -780,9 +844,11 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             }
         }
     }
-    let _ = rep_tx.send(ReportMsg::Final(secs, eng));
+    let _ = rep_tx.send(ReportMsg::Final(secs, eng, plan.seed, specs.clone()));
     drop(rep_tx);
-    let rows = reporter.join().unwrap_or_default();
+    let rows = reporter
+        .join()
+        .map_err(|_| anyhow!("the stats reporter thread panicked"))??;
     let xsk_drops = engine.xsk_drops();
     if engine.no_frame_drops > 0 || engine.bad_meta > 0 || xsk_drops > 0 {
         tracing::warn!(
@@ -842,4 +908,211 @@ fn handle_set(
         specs[0][c].text, specs[1][c].text
     );
     Ok((specs, profiles, applied))
+}
+
+fn classes_json(names: &[String], specs: &[Vec<Spec>; 2]) -> serde_json::Value {
+    serde_json::Value::Array(
+        names
+            .iter()
+            .enumerate()
+            .map(|(c, n)| {
+                serde_json::json!({
+                    "name": n,
+                    "a_to_b": specs[0][c].text,
+                    "b_to_a": specs[1][c].text,
+                    "a_to_b_parsed": specs[0][c],
+                    "b_to_a_parsed": specs[1][c],
+                })
+            })
+            .collect(),
+    )
+}
+
+fn record_config(opts: &Options, cfg: &Config, plan: &Plan, modes: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "between": [opts.iface_a, opts.iface_b],
+        "netns": opts.netns,
+        "command_line": opts.specs,
+        "config_file": opts.config,
+        "config": cfg,
+        "seed": plan.seed,
+        "interval_s": opts.interval.as_secs_f64(),
+        "duration_s": opts.duration.map(|d| d.as_secs_f64()),
+        "frames": opts.frames,
+        "realtime": opts.realtime,
+        "xdp_modes": modes,
+        "classes": classes_json(&plan.names, &plan.specs),
+    })
+}
+
+/// The default class's configured numbers (the class probes go through unless a class
+/// matches them), for the configured-vs-measured table.
+pub fn configured(specs: &[Vec<Spec>; 2]) -> Vec<crate::record::Quantity> {
+    use crate::record::Quantity as Q;
+    let mut v = vec![];
+    for (d, dir) in DIRS.iter().enumerate() {
+        let Some(s) = specs[d].first() else { continue };
+        let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+        v.push(Q::new("delay_ms", dir, ms(s.delay), "ms", &s.text));
+        match s.distribution {
+            spec::Distribution::Normal => v.push(Q::new(
+                "delay_stddev_ms",
+                dir,
+                ms(s.jitter),
+                "ms",
+                "jitter (normal)",
+            )),
+            spec::Distribution::Uniform => v.push(Q::new(
+                "delay_stddev_ms",
+                dir,
+                ms(s.jitter) / 3f64.sqrt(),
+                "ms",
+                "jitter / sqrt(3) (uniform)",
+            )),
+            _ => {}
+        }
+        match &s.loss {
+            None => v.push(Q::new("loss_pct", dir, 0.0, "%", "")),
+            Some(Loss::Random { p, .. }) => v.push(Q::new("loss_pct", dir, p * 100.0, "%", "")),
+            Some(_) => {}
+        }
+        v.push(Q::new("duplicate_pct", dir, s.duplicate * 100.0, "%", ""));
+        v.push(Q::new("corrupt_pct", dir, s.corrupt * 100.0, "%", ""));
+        if let Some(r) = &s.rate {
+            v.push(Q::new(
+                "rate_mbit",
+                dir,
+                r.bits_per_sec as f64 / 1e6,
+                "Mbit/s",
+                "",
+            ));
+        }
+    }
+    v
+}
+
+/// What the emulator itself realized (default class).
+pub fn measured(rows: &[ClassReport], specs: &[Vec<Spec>; 2]) -> Vec<crate::record::Quantity> {
+    use crate::record::Quantity as Q;
+    let mut v = vec![];
+    for r in rows.iter().filter(|r| r.class == "default") {
+        let d = DIRS.iter().position(|d| *d == r.dir).unwrap_or(0);
+        let what = if specs[d].first().is_some_and(|s| s.rate.is_some()) {
+            "added delay p50 (wan engine), including rate-limit queueing"
+        } else {
+            "added delay p50 (wan engine)"
+        };
+        if let Some(p50) = r.delay_p50_ms {
+            v.push(Q::new("delay_ms", &r.dir, p50, "ms", what).samples(r.tx));
+        }
+        if r.rx > 0 {
+            v.push(
+                Q::new(
+                    "loss_pct",
+                    &r.dir,
+                    r.drops_loss as f64 * 100.0 / r.rx as f64,
+                    "%",
+                    "frames dropped by the loss model (wan)",
+                )
+                .samples(r.rx),
+            );
+        }
+    }
+    v
+}
+
+/// The wan's Prometheus metrics (names in docs/metrics.md).
+struct WanMetrics {
+    rx: crate::metrics::CounterFam,
+    rx_bytes: crate::metrics::CounterFam,
+    tx: crate::metrics::CounterFam,
+    drops: crate::metrics::CounterFam,
+    dup: crate::metrics::CounterFam,
+    corrupt: crate::metrics::CounterFam,
+    reord: crate::metrics::CounterFam,
+    queue: crate::metrics::GaugeFam,
+    delay: crate::metrics::GaugeFam,
+    changes: crate::metrics::CounterFam,
+}
+
+impl WanMetrics {
+    fn new() -> (crate::metrics::Builder, Self) {
+        let mut b = crate::metrics::Builder::new();
+        b.info("wan");
+        let m = Self {
+            rx: b.counter(
+                "wirelab_wan_received_packets",
+                "Frames that entered the emulator",
+            ),
+            rx_bytes: b.counter(
+                "wirelab_wan_received_bytes",
+                "Bytes that entered the emulator",
+            ),
+            tx: b.counter("wirelab_wan_sent_packets", "Frames the emulator sent on"),
+            drops: b.counter(
+                "wirelab_wan_dropped_packets",
+                "Frames dropped, by cause (loss, queue, blackhole)",
+            ),
+            dup: b.counter(
+                "wirelab_wan_duplicated_packets",
+                "Extra copies made by duplicate",
+            ),
+            corrupt: b.counter("wirelab_wan_corrupted_packets", "Frames with a flipped bit"),
+            reord: b.counter(
+                "wirelab_wan_reordered_packets",
+                "Frames sent ahead of earlier ones",
+            ),
+            queue: b.gauge(
+                "wirelab_wan_queue_packets",
+                "Frames held in the emulator at the end of the last interval",
+            ),
+            delay: b.gauge(
+                "wirelab_wan_delay_seconds",
+                "Added delay over the last interval, by quantile (0.5, 0.99)",
+            ),
+            changes: b.counter(
+                "wirelab_wan_live_changes",
+                "Live changes applied with wan set",
+            ),
+        };
+        (b, m)
+    }
+
+    fn update(&self, rows: &[ClassReport]) {
+        use crate::metrics::labels;
+        for r in rows {
+            let l = labels(&[("direction", &r.dir), ("class", &r.class)]);
+            self.rx.get_or_create(&l).inc_by(r.rx);
+            self.rx_bytes.get_or_create(&l).inc_by(r.rx_bytes);
+            self.tx.get_or_create(&l).inc_by(r.tx);
+            self.dup.get_or_create(&l).inc_by(r.duplicated);
+            self.corrupt.get_or_create(&l).inc_by(r.corrupted);
+            self.reord.get_or_create(&l).inc_by(r.reordered);
+            for (cause, n) in [
+                ("loss", r.drops_loss),
+                ("queue", r.drops_queue),
+                ("blackhole", r.drops_blackhole),
+            ] {
+                self.drops
+                    .get_or_create(&labels(&[
+                        ("direction", &r.dir),
+                        ("class", &r.class),
+                        ("cause", cause),
+                    ]))
+                    .inc_by(n);
+            }
+            self.queue.get_or_create(&l).set(r.queue_now as f64);
+            for (q, v) in [("0.5", r.delay_p50_ms), ("0.99", r.delay_p99_ms)] {
+                if let Some(ms) = v {
+                    self.delay
+                        .get_or_create(&labels(&[
+                            ("direction", &r.dir),
+                            ("class", &r.class),
+                            ("quantile", q),
+                        ]))
+                        .set(ms / 1000.0);
+                }
+            }
+        }
+    }
 }

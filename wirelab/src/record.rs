@@ -1,0 +1,584 @@
+//! Run records: `--record DIR` on every long-running command.
+//!
+//! A run directory holds one or more *sources* (one per recording command: `wan`, `probe-udp`,
+//! `probe-tcp`, `inspect`, `swarm-run`, ...). Each source writes
+//!
+//! - `NAME.config.json`: the exact configuration in force at the start, plus host facts;
+//! - `NAME.series.jsonl`: one JSON object per reporting interval (the tool's own interval
+//!   object with `seq` and `unix` added);
+//! - `NAME.changes.jsonl`: live changes (wan `set`), time-stamped;
+//! - `NAME.final.json`: the tool's final object, its configured and measured quantities.
+//!
+//! After every finished source, `summary.json` is rebuilt from all finished sources in the
+//! directory (under a lock), so a wan run and a probe run recording into one directory give
+//! one summary with configured-vs-measured comparisons. The format is in
+//! `docs/record-format.md`; [`VERSION`] changes when it changes incompatibly.
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufWriter, Write as _},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::util::unix_now;
+
+pub const FORMAT: &str = "wirelab-record";
+pub const VERSION: u32 = 1;
+
+/// One configured or measured number.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Quantity {
+    /// Stable name: `delay_ms`, `delay_stddev_ms`, `loss_pct`, `reorder_pct`,
+    /// `duplicate_pct`, `corrupt_pct`, `rate_mbit`, ...
+    pub quantity: String,
+    /// `a_to_b` / `b_to_a` (wan's directions; probe's forward is matched to `a_to_b`), or "".
+    pub direction: String,
+    pub value: f64,
+    pub unit: String,
+    /// Samples behind a measured value (for statistical tolerances).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
+    /// What exactly was measured ("one-way delay p50 of UDP probes", ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub what: String,
+}
+
+impl Quantity {
+    pub fn new(quantity: &str, direction: &str, value: f64, unit: &str, what: &str) -> Self {
+        Self {
+            quantity: quantity.into(),
+            direction: direction.into(),
+            value,
+            unit: unit.into(),
+            samples: None,
+            what: what.into(),
+        }
+    }
+    pub fn samples(mut self, n: u64) -> Self {
+        self.samples = Some(n);
+        self
+    }
+}
+
+/// Facts about where a run happened.
+pub fn host_facts() -> Value {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    json!({
+        "hostname": read("/proc/sys/kernel/hostname"),
+        "kernel": read("/proc/sys/kernel/osrelease"),
+        "kernel_version": read("/proc/sys/kernel/version"),
+        "wirelab_version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+    })
+}
+
+/// Writes one source's files. Create it before the run starts; call [`Recorder::finish`] at
+/// the end (a source without `NAME.final.json` is reported as unfinished).
+pub struct Recorder {
+    dir: PathBuf,
+    name: String,
+    tool: String,
+    start: Instant,
+    started_unix: f64,
+    series: BufWriter<File>,
+    changes: Option<BufWriter<File>>,
+    seq: u64,
+    nchanges: u64,
+    /// Configured quantities with the wall-clock time they took effect.
+    epochs: Vec<(f64, Vec<Quantity>)>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Recorder {
+    /// Start recording source `kind` (e.g. `wan`, `probe-udp`) into `dir` with its full
+    /// configuration. A second source of the same kind in the same directory is `kind-2`, ...
+    pub fn create(dir: &Path, kind: &str, tool: &str, config: Value) -> Result<Self> {
+        if !valid_name(kind) {
+            bail!("record: bad source name {kind:?}");
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--record: creating {}", dir.display()))?;
+        let started_unix = unix_now();
+        let argv: Vec<String> = std::env::args().collect();
+        for i in 1..1000 {
+            let name = if i == 1 {
+                kind.to_string()
+            } else {
+                format!("{kind}-{i}")
+            };
+            let p = dir.join(format!("{name}.config.json"));
+            let f = match OpenOptions::new().write(true).create_new(true).open(&p) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
+            };
+            let doc = json!({
+                "format": FORMAT,
+                "version": VERSION,
+                "source": name,
+                "tool": tool,
+                "started_unix": started_unix,
+                "argv": argv,
+                "host": host_facts(),
+                "config": config,
+            });
+            let mut w = BufWriter::new(f);
+            serde_json::to_writer_pretty(&mut w, &doc)?;
+            w.write_all(b"\n")?;
+            w.flush()?;
+            let sp = dir.join(format!("{name}.series.jsonl"));
+            let series = BufWriter::new(
+                File::create(&sp).with_context(|| format!("creating {}", sp.display()))?,
+            );
+            tracing::info!(dir = %dir.display(), source = %name, "recording");
+            return Ok(Self {
+                dir: dir.to_path_buf(),
+                name,
+                tool: tool.into(),
+                start: Instant::now(),
+                started_unix,
+                series,
+                changes: None,
+                seq: 0,
+                nchanges: 0,
+                epochs: vec![],
+            });
+        }
+        bail!("{}: too many {kind} sources", dir.display())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn stamp(&self, v: &Value, seq: u64) -> Value {
+        let mut m = match v {
+            Value::Object(m) => m.clone(),
+            other => {
+                let mut m = serde_json::Map::new();
+                m.insert("value".into(), other.clone());
+                m
+            }
+        };
+        m.insert("seq".into(), json!(seq));
+        if !m.contains_key("unix") {
+            m.insert("unix".into(), json!(unix_now()));
+        }
+        if !m.contains_key("t") {
+            m.insert("t".into(), json!(self.start.elapsed().as_secs_f64()));
+        }
+        Value::Object(m)
+    }
+
+    /// One interval's stats (the tool's interval object). Written and flushed at once, so a
+    /// killed run keeps every interval it reported.
+    pub fn interval(&mut self, v: &Value) -> Result<()> {
+        self.seq += 1;
+        let line = self.stamp(v, self.seq);
+        writeln!(self.series, "{line}")?;
+        self.series.flush()?;
+        Ok(())
+    }
+
+    /// A live configuration change (what was asked, what is now in force).
+    pub fn change(&mut self, v: &Value) -> Result<()> {
+        if self.changes.is_none() {
+            let p = self.dir.join(format!("{}.changes.jsonl", self.name));
+            self.changes = Some(BufWriter::new(
+                File::create(&p).with_context(|| format!("creating {}", p.display()))?,
+            ));
+        }
+        self.nchanges += 1;
+        let line = self.stamp(v, self.nchanges);
+        if let Some(w) = self.changes.as_mut() {
+            writeln!(w, "{line}")?;
+            w.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The configured quantities in force from now on (call at the start and after each
+    /// live change): measurements are compared with the configuration of their own time.
+    pub fn set_configured(&mut self, q: Vec<Quantity>) {
+        let now = if self.epochs.is_empty() {
+            self.started_unix
+        } else {
+            unix_now()
+        };
+        self.epochs.push((now, q));
+    }
+
+    /// Write the final object and rebuild `summary.json`. Returns the summary's path.
+    /// `configured` is used when [`Recorder::set_configured`] was never called.
+    pub fn finish(
+        mut self,
+        result: &Value,
+        configured: Vec<Quantity>,
+        measured: Vec<Quantity>,
+    ) -> Result<PathBuf> {
+        self.series.flush()?;
+        let ended = unix_now();
+        if self.epochs.is_empty() {
+            self.epochs.push((self.started_unix, configured));
+        }
+        let epochs: Vec<Value> = self
+            .epochs
+            .iter()
+            .enumerate()
+            .map(|(i, (from, q))| {
+                let to = self.epochs.get(i + 1).map(|e| e.0).unwrap_or(ended);
+                json!({"from_unix": from, "to_unix": to, "configured": q})
+            })
+            .collect();
+        let configured = self.epochs.last().map(|e| e.1.clone()).unwrap_or_default();
+        let doc = json!({
+            "format": FORMAT,
+            "version": VERSION,
+            "source": self.name,
+            "tool": self.tool,
+            "started_unix": self.started_unix,
+            "ended_unix": ended,
+            "duration_s": self.start.elapsed().as_secs_f64(),
+            "intervals": self.seq,
+            "changes": self.nchanges,
+            "configured": configured,
+            "configured_epochs": epochs,
+            "measured": measured,
+            "result": result,
+        });
+        let p = self.dir.join(format!("{}.final.json", self.name));
+        write_atomic(&p, &serde_json::to_vec_pretty(&doc)?)?;
+        let s = rebuild_summary(&self.dir)?;
+        tracing::info!(summary = %s.display(), "record written");
+        Ok(s)
+    }
+}
+
+fn write_atomic(p: &Path, data: &[u8]) -> Result<()> {
+    let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(data)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, p).with_context(|| format!("renaming to {}", p.display()))?;
+    Ok(())
+}
+
+/// One row of the configured-vs-measured table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    pub quantity: String,
+    pub direction: String,
+    pub unit: String,
+    pub configured: f64,
+    pub configured_by: String,
+    pub measured: f64,
+    pub measured_by: String,
+    pub what: String,
+    pub deviation: f64,
+    pub deviation_pct: Option<f64>,
+    /// How far off is still fine, in the quantity's unit (see docs/record-format.md).
+    pub tolerance: f64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+/// Compare one configured value with one measured value of the same quantity/direction.
+pub fn compare(c: &Quantity, m: &Quantity, c_by: &str, m_by: &str) -> Comparison {
+    let dev = m.value - c.value;
+    let stat = |p_pct: f64| {
+        // Three binomial standard deviations of the measured proportion, plus 0.2 points.
+        let p = (p_pct / 100.0).clamp(0.0, 1.0);
+        let n = m.samples.unwrap_or(0).max(1) as f64;
+        3.0 * (p * (1.0 - p) / n).sqrt() * 100.0 + 0.2
+    };
+    let (tol, ok, note) = match c.quantity.as_str() {
+        "delay_ms" => {
+            let t = (c.value * 0.05).max(2.0);
+            (t, dev.abs() <= t, String::new())
+        }
+        "delay_stddev_ms" => {
+            let t = (c.value * 0.25).max(1.0);
+            (t, dev.abs() <= t, String::new())
+        }
+        "rate_mbit" => {
+            let t = c.value * 0.02;
+            (
+                t,
+                m.value <= c.value + t,
+                "upper bound: goodput must not exceed the configured rate".into(),
+            )
+        }
+        q if q.ends_with("_pct") => {
+            let t = stat(c.value);
+            (t, dev.abs() <= t, String::new())
+        }
+        _ => {
+            let t = (c.value.abs() * 0.05).max(1e-9);
+            (t, dev.abs() <= t, String::new())
+        }
+    };
+    Comparison {
+        quantity: c.quantity.clone(),
+        direction: c.direction.clone(),
+        unit: c.unit.clone(),
+        configured: c.value,
+        configured_by: c_by.into(),
+        measured: m.value,
+        measured_by: m_by.into(),
+        what: m.what.clone(),
+        deviation: dev,
+        deviation_pct: (c.value != 0.0).then(|| dev / c.value * 100.0),
+        tolerance: tol,
+        ok,
+        note,
+    }
+}
+
+/// The finished sources' final documents in `dir`, by source name (sorted).
+fn finals(dir: &Path) -> Result<Vec<Value>> {
+    let mut out = vec![];
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".final.json"))
+        })
+        .collect();
+    names.sort();
+    for p in names {
+        let t = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let v: Value = serde_json::from_str(&t).map_err(|e| {
+            anyhow!(
+                "{}: line {} column {}: {e}",
+                p.display(),
+                e.line(),
+                e.column()
+            )
+        })?;
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Build the summary document from the final documents of all sources.
+pub fn summary_of(finals: &[Value], unfinished: &[String]) -> Result<Value> {
+    struct Epoch {
+        source: String,
+        from: f64,
+        to: f64,
+        q: Vec<Quantity>,
+    }
+    let mut sources = vec![];
+    let mut configured: Vec<(String, Quantity)> = vec![];
+    let mut measured: Vec<(String, Quantity, f64, f64)> = vec![];
+    let mut epochs: Vec<Epoch> = vec![];
+    let (mut start, mut end) = (f64::MAX, 0.0f64);
+    for f in finals {
+        let name = f["source"].as_str().unwrap_or("?").to_string();
+        let c: Vec<Quantity> = serde_json::from_value(f["configured"].clone())
+            .with_context(|| format!("{name}.final.json: configured"))?;
+        let m: Vec<Quantity> = serde_json::from_value(f["measured"].clone())
+            .with_context(|| format!("{name}.final.json: measured"))?;
+        let (s0, s1) = (
+            f["started_unix"].as_f64().unwrap_or(0.0),
+            f["ended_unix"].as_f64().unwrap_or(0.0),
+        );
+        match f["configured_epochs"].as_array() {
+            Some(es) if !es.is_empty() => {
+                for e in es {
+                    epochs.push(Epoch {
+                        source: name.clone(),
+                        from: e["from_unix"].as_f64().unwrap_or(s0),
+                        to: e["to_unix"].as_f64().unwrap_or(s1),
+                        q: serde_json::from_value(e["configured"].clone())
+                            .with_context(|| format!("{name}.final.json: configured_epochs"))?,
+                    });
+                }
+            }
+            _ => epochs.push(Epoch {
+                source: name.clone(),
+                from: s0,
+                to: s1,
+                q: c.clone(),
+            }),
+        }
+        start = start.min(s0);
+        end = end.max(s1);
+        sources.push(json!({
+            "source": name,
+            "tool": f["tool"],
+            "started_unix": f["started_unix"],
+            "ended_unix": f["ended_unix"],
+            "duration_s": f["duration_s"],
+            "intervals": f["intervals"],
+            "changes": f["changes"],
+        }));
+        configured.extend(c.into_iter().map(|q| (name.clone(), q)));
+        measured.extend(m.into_iter().map(|q| (name.clone(), q, s0, s1)));
+    }
+    // Each measurement is compared with the configuration in force while it was measured:
+    // the epoch of each configuring source that overlaps the measurement's time window most.
+    let mut comparisons = vec![];
+    let mut configurers: Vec<&str> = epochs.iter().map(|e| e.source.as_str()).collect();
+    configurers.dedup();
+    for cb in configurers {
+        for (mb, m, m0, m1) in &measured {
+            let overl: Vec<(&Epoch, f64)> = epochs
+                .iter()
+                .filter(|e| e.source == cb)
+                .map(|e| (e, (e.to.min(*m1) - e.from.max(*m0)).max(0.0)))
+                .filter(|(_, o)| *o > 0.0)
+                .collect();
+            let Some((e, _)) = overl.iter().max_by(|a, b| a.1.total_cmp(&b.1)) else {
+                continue;
+            };
+            let Some(c) =
+                e.q.iter()
+                    .find(|c| c.quantity == m.quantity && c.direction == m.direction)
+            else {
+                continue;
+            };
+            let mut row = compare(c, m, cb, mb);
+            if overl.len() > 1 {
+                row.note = format!(
+                    "{}{}the configuration changed {} time(s) while this was measured; compared with the one in force longest",
+                    row.note,
+                    if row.note.is_empty() { "" } else { "; " },
+                    overl.len() - 1
+                );
+            }
+            comparisons.push(row);
+        }
+    }
+    let q = |v: &[(String, Quantity)]| -> Vec<Value> {
+        v.iter()
+            .map(|(s, q)| {
+                let mut x = serde_json::to_value(q).unwrap_or_default();
+                x["source"] = json!(s);
+                x
+            })
+            .collect()
+    };
+    let measured: Vec<(String, Quantity)> =
+        measured.into_iter().map(|(s, q, _, _)| (s, q)).collect();
+    Ok(json!({
+        "format": FORMAT,
+        "version": VERSION,
+        "written_unix": unix_now(),
+        "started_unix": if start == f64::MAX { Value::Null } else { json!(start) },
+        "ended_unix": end,
+        "host": host_facts(),
+        "sources": sources,
+        "unfinished": unfinished,
+        "configured": q(&configured),
+        "measured": q(&measured),
+        "comparisons": comparisons,
+        "deviations": comparisons.iter().filter(|c| !c.ok).count(),
+    }))
+}
+
+/// Rebuild `DIR/summary.json` from every finished source, under an exclusive lock so two
+/// tools finishing at once do not lose each other's part.
+pub fn rebuild_summary(dir: &Path) -> Result<PathBuf> {
+    let lock = File::create(dir.join(".summary.lock"))?;
+    let _l = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow!("locking the run directory: {e}"))?;
+    let fin = finals(dir)?;
+    let done: Vec<String> = fin
+        .iter()
+        .filter_map(|f| f["source"].as_str().map(String::from))
+        .collect();
+    let mut unfinished = vec![];
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let n = e.file_name().to_string_lossy().to_string();
+        if let Some(s) = n.strip_suffix(".config.json") {
+            if !done.iter().any(|d| d == s) {
+                unfinished.push(s.to_string());
+            }
+        }
+    }
+    unfinished.sort();
+    let s = summary_of(&fin, &unfinished)?;
+    let p = dir.join("summary.json");
+    write_atomic(&p, &serde_json::to_vec_pretty(&s)?)?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_tolerances() {
+        let c = Quantity::new("delay_ms", "a_to_b", 40.0, "ms", "");
+        let m = Quantity::new("delay_ms", "a_to_b", 40.9, "ms", "p50");
+        assert!(compare(&c, &m, "wan", "probe").ok);
+        let m = Quantity::new("delay_ms", "a_to_b", 45.0, "ms", "p50");
+        assert!(!compare(&c, &m, "wan", "probe").ok);
+        let c = Quantity::new("loss_pct", "a_to_b", 0.5, "%", "");
+        let m = Quantity::new("loss_pct", "a_to_b", 0.7, "%", "").samples(1000);
+        assert!(compare(&c, &m, "wan", "probe").ok);
+        let m = Quantity::new("loss_pct", "a_to_b", 5.0, "%", "").samples(1000);
+        assert!(!compare(&c, &m, "wan", "probe").ok);
+        let c = Quantity::new("rate_mbit", "a_to_b", 20.0, "Mbit/s", "");
+        let m = Quantity::new("rate_mbit", "a_to_b", 3.0, "Mbit/s", "");
+        assert!(compare(&c, &m, "wan", "probe").ok);
+    }
+
+    #[test]
+    fn record_and_summary() {
+        let d = std::env::temp_dir().join(format!("wl-rec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let mut a = Recorder::create(&d, "wan", "wan", json!({"x": 1})).unwrap();
+        let mut b = Recorder::create(&d, "wan", "wan", json!({"x": 2})).unwrap();
+        assert_eq!(b.name(), "wan-2");
+        a.interval(&json!({"type": "interval", "v": 1})).unwrap();
+        a.change(&json!({"applied": "x"})).unwrap();
+        b.interval(&json!({"v": 2})).unwrap();
+        a.finish(
+            &json!({}),
+            vec![Quantity::new("delay_ms", "a_to_b", 40.0, "ms", "")],
+            vec![],
+        )
+        .unwrap();
+        let s: Value =
+            serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(s["unfinished"], json!(["wan-2"]));
+        b.finish(
+            &json!({}),
+            vec![],
+            vec![Quantity::new("delay_ms", "a_to_b", 40.5, "ms", "")],
+        )
+        .unwrap();
+        let s: Value =
+            serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(s["unfinished"], json!([]));
+        assert_eq!(s["comparisons"].as_array().unwrap().len(), 1);
+        assert_eq!(s["comparisons"][0]["ok"], json!(true));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

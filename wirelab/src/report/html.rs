@@ -1,0 +1,409 @@
+//! The report's HTML: one file, inline CSS, inline SVG plots, a few lines of inline JS.
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Result;
+use serde_json::Value;
+
+use super::{plot::Chart, Run};
+
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn when(unix: Option<f64>) -> String {
+    match unix {
+        Some(u) if u > 0.0 => {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(u);
+            humantime::format_rfc3339_seconds(t).to_string()
+        }
+        _ => "-".into(),
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+const CSS: &str = r#"
+body{font-family:system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:24px auto;max-width:1100px;color:#1b1f23;padding:0 16px}
+h1{font-size:1.5em;margin-bottom:4px}h2{margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0;font-size:.92em}th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f4f6f8}td.n{text-align:right;font-variant-numeric:tabular-nums}
+tr.dev td{background:#fde2e1}tr.dev td.flag{color:#b00020;font-weight:bold}tr.okrow td.flag{color:#1a7f37}
+.banner{background:#fff3cd;border:1px solid #e0b84a;padding:10px 14px;margin:12px 0}
+.banner.bad{background:#fde2e1;border-color:#d08080}
+figure{margin:16px 0}figure svg{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:.85em;max-height:420px}
+.meta{color:#555;font-size:.9em}
+"#;
+
+const JS: &str = r#"
+(function(){
+  var n=document.querySelectorAll('figure.plot svg').length;
+  var el=document.getElementById('plot-count');
+  if(el){el.textContent=n+' plots';}
+  document.body.setAttribute('data-plots',String(n));
+  document.querySelectorAll('tr.dev').forEach(function(r){r.title='outside tolerance';});
+  document.body.setAttribute('data-ready','1');
+})();
+"#;
+
+fn sources_table(h: &mut String, run: &Run) -> Result<()> {
+    writeln!(
+        h,
+        "<table><tr><th>source</th><th>tool</th><th>started</th><th>ended</th><th>duration</th><th>intervals</th><th>live changes</th><th>host / kernel</th><th>command</th></tr>"
+    )?;
+    for s in &run.sources {
+        let c = &s.config;
+        let f = s.fin.as_ref();
+        let argv: Vec<String> = c["argv"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{} / {} (wirelab {})</td><td><code>{}</code></td></tr>",
+            esc(&s.name),
+            esc(&s.tool),
+            when(c["started_unix"].as_f64()),
+            f.map(|f| when(f["ended_unix"].as_f64())).unwrap_or_else(|| "<b>unfinished</b>".into()),
+            f.and_then(|f| f["duration_s"].as_f64()).map(|d| format!("{d:.1} s")).unwrap_or_default(),
+            s.series.len(),
+            s.changes.len(),
+            esc(c["host"]["hostname"].as_str().unwrap_or("")),
+            esc(c["host"]["kernel"].as_str().unwrap_or("")),
+            esc(c["host"]["wirelab_version"].as_str().unwrap_or("")),
+            esc(&argv.join(" ")),
+        )?;
+    }
+    writeln!(h, "</table>")?;
+    Ok(())
+}
+
+fn comparisons_table(h: &mut String, run: &Run) -> Result<()> {
+    let rows = run.summary["comparisons"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if rows.is_empty() {
+        writeln!(
+            h,
+            "<p class=meta>No quantity was both configured and measured in this run (record a wan and a probe into the same directory to get this table).</p>"
+        )?;
+    } else {
+        writeln!(
+            h,
+            "<table id=comparisons><tr><th>quantity</th><th>direction</th><th>configured</th><th>measured</th><th>measured by</th><th>deviation</th><th>tolerance</th><th></th><th>note</th></tr>"
+        )?;
+        for r in &rows {
+            let ok = r["ok"].as_bool().unwrap_or(false);
+            let unit = r["unit"].as_str().unwrap_or("");
+            let f = |k: &str| r[k].as_f64().map(fmt_num).unwrap_or_default();
+            writeln!(
+                h,
+                "<tr class={}><td>{}</td><td>{}</td><td class=n>{} {}</td><td class=n>{} {}</td><td>{} <span class=meta>{}</span></td><td class=n>{}{}</td><td class=n>±{}</td><td class=flag>{}</td><td class=meta>{}</td></tr>",
+                if ok { "okrow" } else { "dev" },
+                esc(r["quantity"].as_str().unwrap_or("")),
+                esc(r["direction"].as_str().unwrap_or("")),
+                f("configured"),
+                esc(unit),
+                f("measured"),
+                esc(unit),
+                esc(r["measured_by"].as_str().unwrap_or("")),
+                esc(r["what"].as_str().unwrap_or("")),
+                f("deviation"),
+                r["deviation_pct"].as_f64().map(|p| format!(" ({p:+.1}%)")).unwrap_or_default(),
+                f("tolerance"),
+                if ok { "ok" } else { "DEVIATES" },
+                esc(r["note"].as_str().unwrap_or("")),
+            )?;
+        }
+        writeln!(h, "</table>")?;
+    }
+    let measured = run.summary["measured"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !measured.is_empty() {
+        writeln!(
+            h,
+            "<details><summary>All measured values ({})</summary><table><tr><th>source</th><th>quantity</th><th>direction</th><th>value</th><th>what</th></tr>",
+            measured.len()
+        )?;
+        for m in &measured {
+            writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=n>{} {}</td><td class=meta>{}</td></tr>",
+                esc(m["source"].as_str().unwrap_or("")),
+                esc(m["quantity"].as_str().unwrap_or("")),
+                esc(m["direction"].as_str().unwrap_or("")),
+                m["value"].as_f64().map(fmt_num).unwrap_or_default(),
+                esc(m["unit"].as_str().unwrap_or("")),
+                esc(m["what"].as_str().unwrap_or("")),
+            )?;
+        }
+        writeln!(h, "</table></details>")?;
+    }
+    Ok(())
+}
+
+fn config_section(h: &mut String, run: &Run) -> Result<()> {
+    for s in &run.sources {
+        writeln!(h, "<h3>{} ({})</h3>", esc(&s.name), esc(&s.tool))?;
+        writeln!(
+            h,
+            "<pre>{}</pre>",
+            esc(&serde_json::to_string_pretty(&s.config["config"])?)
+        )?;
+        if !s.changes.is_empty() {
+            writeln!(
+                h,
+                "<p>Live changes:</p><table><tr><th>#</th><th>time</th><th>after (s)</th><th>applied</th></tr>"
+            )?;
+            for c in &s.changes {
+                writeln!(
+                    h,
+                    "<tr><td class=n>{}</td><td>{}</td><td class=n>{:.2}</td><td><code>{}</code></td></tr>",
+                    c["seq"],
+                    when(c["unix"].as_f64()),
+                    c["unix"].as_f64().unwrap_or(0.0) - s.started(),
+                    esc(c["applied"].as_str().unwrap_or(&c.to_string())),
+                )?;
+            }
+            writeln!(h, "</table>")?;
+        }
+    }
+    Ok(())
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                flatten(&format!("{prefix}.{k}"), x, out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), x, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// Rows of (what, A, B) that differ between two runs: configuration and measured values.
+pub fn differences(a: &Run, b: &Run) -> (Vec<(String, String, String)>, Vec<Value>) {
+    let conf = |r: &Run| {
+        let mut v = vec![];
+        for s in &r.sources {
+            flatten(&s.name, &s.config["config"], &mut v);
+        }
+        v
+    };
+    let (ca, cb) = (conf(a), conf(b));
+    let mut cfg = vec![];
+    for (k, va) in &ca {
+        let vb = cb.iter().find(|(k2, _)| k2 == k).map(|x| x.1.clone());
+        if vb.as_deref() != Some(va.as_str()) {
+            cfg.push((
+                k.clone(),
+                va.clone(),
+                vb.unwrap_or_else(|| "(absent)".into()),
+            ));
+        }
+    }
+    for (k, vb) in &cb {
+        if !ca.iter().any(|(k2, _)| k2 == k) {
+            cfg.push((k.clone(), "(absent)".into(), vb.clone()));
+        }
+    }
+    let key = |m: &Value| {
+        format!(
+            "{}|{}|{}|{}",
+            m["source"].as_str().unwrap_or(""),
+            m["quantity"].as_str().unwrap_or(""),
+            m["direction"].as_str().unwrap_or(""),
+            m["what"].as_str().unwrap_or("")
+        )
+    };
+    let ma = a.summary["measured"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mb = b.summary["measured"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut rows = vec![];
+    for m in &ma {
+        let other = mb.iter().find(|x| key(x) == key(m));
+        let va = m["value"].as_f64();
+        let vb = other.and_then(|o| o["value"].as_f64());
+        rows.push(serde_json::json!({
+            "source": m["source"], "quantity": m["quantity"], "direction": m["direction"],
+            "what": m["what"], "unit": m["unit"], "a": va, "b": vb,
+            "diff": match (va, vb) { (Some(x), Some(y)) => Some(y - x), _ => None },
+        }));
+    }
+    for m in &mb {
+        if !ma.iter().any(|x| key(x) == key(m)) {
+            rows.push(serde_json::json!({
+                "source": m["source"], "quantity": m["quantity"], "direction": m["direction"],
+                "what": m["what"], "unit": m["unit"], "a": null, "b": m["value"], "diff": null,
+            }));
+        }
+    }
+    (cfg, rows)
+}
+
+pub fn render(runs: &[Run], charts: &[(Chart, String)], plot_dir: &Path) -> Result<String> {
+    let mut h = String::new();
+    let title = if runs.len() == 1 {
+        format!("wirelab report: {}", runs[0].dir.display())
+    } else {
+        format!(
+            "wirelab comparison: A = {} vs B = {}",
+            runs[0].dir.display(),
+            runs[1].dir.display()
+        )
+    };
+    writeln!(
+        h,
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width,initial-scale=1\"><title>{}</title><style>{CSS}</style></head><body>",
+        esc(&title)
+    )?;
+    writeln!(h, "<h1>{}</h1>", esc(&title))?;
+    writeln!(
+        h,
+        "<p class=meta>Written {} by wirelab {} &middot; <span id=plot-count>{} plots</span> &middot; plots also in <code>{}</code> (SVG and PNG)</p>",
+        when(Some(crate::util::unix_now())),
+        env!("CARGO_PKG_VERSION"),
+        charts.len(),
+        esc(&plot_dir.display().to_string())
+    )?;
+    for (i, run) in runs.iter().enumerate() {
+        if !run.problems.is_empty() {
+            writeln!(
+                h,
+                "<div class=\"banner bad\" id=partial><b>PARTIAL DATA{}</b>: this report was made with --allow-partial from a run directory that is incomplete or damaged:<ul>{}</ul></div>",
+                if runs.len() > 1 { format!(" in run {}", ["A", "B"][i]) } else { String::new() },
+                run.problems.iter().map(|p| format!("<li>{}</li>", esc(p))).collect::<String>()
+            )?;
+        }
+        let dev = run.summary["deviations"].as_u64().unwrap_or(0);
+        if dev > 0 {
+            writeln!(
+                h,
+                "<div class=banner>{dev} measured value(s) deviate from the configuration beyond tolerance{}.</div>",
+                if runs.len() > 1 { format!(" in run {}", ["A", "B"][i]) } else { String::new() }
+            )?;
+        }
+    }
+    for (i, run) in runs.iter().enumerate() {
+        let tag = if runs.len() > 1 {
+            format!("Run {}: ", ["A", "B"][i])
+        } else {
+            String::new()
+        };
+        writeln!(h, "<h2>{}What ran, where and when</h2>", esc(&tag))?;
+        writeln!(
+            h,
+            "<p class=meta>Run directory <code>{}</code>, {} &ndash; {}</p>",
+            esc(&run.dir.display().to_string()),
+            when(run.summary["started_unix"].as_f64()),
+            when(run.summary["ended_unix"].as_f64())
+        )?;
+        sources_table(&mut h, run)?;
+        writeln!(h, "<h2>{}Configured vs measured</h2>", esc(&tag))?;
+        comparisons_table(&mut h, run)?;
+    }
+    if runs.len() == 2 {
+        let (cfg, rows) = differences(&runs[0], &runs[1]);
+        writeln!(h, "<h2>Differences (B &minus; A)</h2>")?;
+        writeln!(h, "<h3>Configuration</h3>")?;
+        if cfg.is_empty() {
+            writeln!(h, "<p class=meta>Same configuration.</p>")?;
+        } else {
+            writeln!(
+                h,
+                "<table id=config-diff><tr><th>setting</th><th>A</th><th>B</th></tr>"
+            )?;
+            for (k, a, b) in &cfg {
+                writeln!(
+                    h,
+                    "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                    esc(k),
+                    esc(a),
+                    esc(b)
+                )?;
+            }
+            writeln!(h, "</table>")?;
+        }
+        writeln!(h, "<h3>Measured</h3><table id=measured-diff><tr><th>source</th><th>quantity</th><th>direction</th><th>A</th><th>B</th><th>B &minus; A</th><th>what</th></tr>")?;
+        for r in &rows {
+            let f = |k: &str| r[k].as_f64().map(fmt_num).unwrap_or_else(|| "-".into());
+            writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=meta>{} {}</td></tr>",
+                esc(r["source"].as_str().unwrap_or("")),
+                esc(r["quantity"].as_str().unwrap_or("")),
+                esc(r["direction"].as_str().unwrap_or("")),
+                f("a"),
+                f("b"),
+                f("diff"),
+                esc(r["unit"].as_str().unwrap_or("")),
+                esc(r["what"].as_str().unwrap_or("")),
+            )?;
+        }
+        writeln!(h, "</table>")?;
+    }
+    writeln!(h, "<h2>Plots</h2>")?;
+    if charts.is_empty() {
+        writeln!(h, "<p class=meta>No interval data to plot.</p>")?;
+    }
+    for (c, svg) in charts {
+        writeln!(
+            h,
+            "<figure class=plot id=\"plot-{}\">{}<figcaption>{} &middot; <code>{}.svg</code></figcaption></figure>",
+            esc(&c.id),
+            svg,
+            esc(&c.title),
+            esc(&c.id)
+        )?;
+    }
+    for (i, run) in runs.iter().enumerate() {
+        let tag = if runs.len() > 1 {
+            format!("Run {}: ", ["A", "B"][i])
+        } else {
+            String::new()
+        };
+        writeln!(h, "<h2>{}Configuration in force</h2>", esc(&tag))?;
+        config_section(&mut h, run)?;
+    }
+    writeln!(h, "<script>{JS}</script></body></html>")?;
+    Ok(h)
+}

@@ -1,0 +1,791 @@
+//! `wirelab report DIR [DIR2]`: one self-contained HTML file (inline SVG, CSS and a few lines
+//! of JS; nothing fetched) from a run directory written by `--record`, plus each plot as SVG
+//! and PNG beside it. With two directories: the same plots overlaid and a table of
+//! differences.
+//!
+//! Every file is validated first: a line that is not JSON, a truncated last line, a gap in
+//! the `seq` numbers, a series shorter than its final document says, or a source that never
+//! finished is an error naming the file and line — unless `--allow-partial`, which still
+//! reports it in a banner at the top of the report.
+pub mod html;
+pub mod plot;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::Value;
+
+use crate::record::{self, FORMAT, VERSION};
+use plot::{Chart, Kind, Series};
+
+/// One recording command's files.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub tool: String,
+    pub config: Value,
+    pub series: Vec<Value>,
+    pub changes: Vec<Value>,
+    pub fin: Option<Value>,
+}
+
+impl Source {
+    pub fn started(&self) -> f64 {
+        self.config["started_unix"].as_f64().unwrap_or(0.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub dir: PathBuf,
+    pub sources: Vec<Source>,
+    /// summary.json as recomputed from the finished sources.
+    pub summary: Value,
+    /// What is missing or damaged (only non-empty with `allow_partial`).
+    pub problems: Vec<String>,
+}
+
+impl Run {
+    pub fn t0(&self) -> f64 {
+        self.sources
+            .iter()
+            .map(|s| s.started())
+            .fold(f64::MAX, f64::min)
+    }
+}
+
+fn parse_doc(p: &Path) -> Result<Value> {
+    let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_str(&t).map_err(|e| {
+        anyhow!(
+            "{}: line {} column {}: {e} (file damaged or truncated)",
+            p.display(),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+fn check_format(p: &Path, v: &Value) -> Result<()> {
+    if v["format"] != FORMAT {
+        bail!(
+            "{}: line 1: not a wirelab record (format {:?}, want {FORMAT:?})",
+            p.display(),
+            v["format"]
+        );
+    }
+    let ver = v["version"].as_u64().unwrap_or(0);
+    if ver != VERSION as u64 {
+        bail!(
+            "{}: record format version {ver}; this wirelab reads version {VERSION}",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+/// Read a JSON-lines file strictly. Returns the good lines and the first problem (if any).
+fn read_jsonl(p: &Path) -> Result<(Vec<Value>, Option<String>)> {
+    if !p.exists() {
+        return Ok((vec![], None));
+    }
+    let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let mut out = vec![];
+    let n_lines = t.lines().count();
+    for (i, line) in t.lines().enumerate() {
+        let ln = i + 1;
+        if ln == n_lines && !t.ends_with('\n') {
+            return Ok((
+                out,
+                Some(format!(
+                    "{}: line {ln}: truncated (the last line has no newline: the file was cut while being written)",
+                    p.display()
+                )),
+            ));
+        }
+        let v: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok((
+                    out,
+                    Some(format!(
+                        "{}: line {ln} column {}: not valid JSON: {e}",
+                        p.display(),
+                        e.column()
+                    )),
+                ))
+            }
+        };
+        let want = out.len() as u64 + 1;
+        if v["seq"].as_u64() != Some(want) {
+            return Ok((
+                out,
+                Some(format!(
+                    "{}: line {ln}: seq {} where {want} was expected (lines missing, repeated or out of order)",
+                    p.display(),
+                    v["seq"]
+                )),
+            ));
+        }
+        out.push(v);
+    }
+    Ok((out, None))
+}
+
+/// Load and validate a run directory.
+pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
+    if !dir.is_dir() {
+        bail!("{}: no such run directory", dir.display());
+    }
+    let mut names = vec![];
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().to_string();
+        if let Some(s) = n.strip_suffix(".config.json") {
+            names.push(s.to_string());
+        }
+    }
+    names.sort();
+    if names.is_empty() {
+        bail!(
+            "{}: not a run directory (no NAME.config.json: record one with --record {})",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let mut problems = vec![];
+    let mut sources = vec![];
+    for name in names {
+        let cp = dir.join(format!("{name}.config.json"));
+        let config = parse_doc(&cp)?;
+        check_format(&cp, &config)?;
+        let sp = dir.join(format!("{name}.series.jsonl"));
+        let (series, prob) = read_jsonl(&sp)?;
+        if let Some(p) = prob {
+            problems.push(p);
+        }
+        let (changes, prob) = read_jsonl(&dir.join(format!("{name}.changes.jsonl")))?;
+        if let Some(p) = prob {
+            problems.push(p);
+        }
+        let fp = dir.join(format!("{name}.final.json"));
+        let fin = if fp.exists() {
+            let f = parse_doc(&fp)?;
+            check_format(&fp, &f)?;
+            let n = f["intervals"].as_u64().unwrap_or(0);
+            if n != series.len() as u64 {
+                problems.push(format!(
+                    "{}: {} good interval lines, but {} says {n} were written (line {} onwards missing or damaged)",
+                    sp.display(),
+                    series.len(),
+                    fp.display(),
+                    series.len() + 1
+                ));
+            }
+            let nc = f["changes"].as_u64().unwrap_or(0);
+            if nc != changes.len() as u64 {
+                problems.push(format!(
+                    "{name}.changes.jsonl: {} good change lines, but {} says {nc}",
+                    changes.len(),
+                    fp.display()
+                ));
+            }
+            Some(f)
+        } else {
+            problems.push(format!(
+                "{}: missing: source {name} never finished (killed or still running); its series has {} intervals",
+                fp.display(),
+                series.len()
+            ));
+            None
+        };
+        sources.push(Source {
+            name,
+            tool: config["tool"].as_str().unwrap_or("?").to_string(),
+            config,
+            series,
+            changes,
+            fin,
+        });
+    }
+    problems.dedup();
+    if !problems.is_empty() && !allow_partial {
+        bail!(
+            "{} is incomplete or damaged:\n  {}\n(use --allow-partial to report what is there, marked as partial)",
+            dir.display(),
+            problems.join("\n  ")
+        );
+    }
+    let sp = dir.join("summary.json");
+    if sp.exists() {
+        let s = parse_doc(&sp)?;
+        check_format(&sp, &s)?;
+    } else if sources.iter().any(|s| s.fin.is_some()) {
+        let m = format!("{}: missing", sp.display());
+        if !allow_partial {
+            bail!("{m} (use --allow-partial to report anyway)");
+        }
+        problems.push(m);
+    }
+    let finals: Vec<Value> = sources.iter().filter_map(|s| s.fin.clone()).collect();
+    let unfinished: Vec<String> = sources
+        .iter()
+        .filter(|s| s.fin.is_none())
+        .map(|s| s.name.clone())
+        .collect();
+    let summary = record::summary_of(&finals, &unfinished)?;
+    Ok(Run {
+        dir: dir.to_path_buf(),
+        sources,
+        summary,
+        problems,
+    })
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+/// x = seconds since the run's first start, from each line's wall-clock stamp.
+fn xs(src: &Source, t0: f64) -> Vec<f64> {
+    src.series
+        .iter()
+        .map(|l| l["unix"].as_f64().unwrap_or(t0) - t0)
+        .collect()
+}
+
+fn dts(src: &Source) -> Vec<f64> {
+    let mut prev = src.started();
+    src.series
+        .iter()
+        .map(|l| {
+            let u = l["unix"].as_f64().unwrap_or(prev);
+            let d = l["interval_s"].as_f64().unwrap_or(u - prev);
+            prev = u;
+            d.max(1e-3)
+        })
+        .collect()
+}
+
+const DIRS: [&str; 2] = ["a_to_b", "b_to_a"];
+
+fn wan_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
+    let x = xs(src, t0);
+    let dt = dts(src);
+    let rows = |l: &Value| l["classes"].as_array().cloned().unwrap_or_default();
+    let mut delay = vec![];
+    let mut tput = vec![];
+    let mut drops = vec![];
+    let mut queue = vec![];
+    for d in DIRS {
+        let pick = |f: &dyn Fn(&[Value], f64) -> Option<f64>| -> Vec<(f64, f64)> {
+            src.series
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let r: Vec<Value> = rows(l).into_iter().filter(|r| r["dir"] == d).collect();
+                    f(&r, dt[i]).map(|y| (x[i], y))
+                })
+                .collect()
+        };
+        let def = |r: &[Value], k: &str| -> Option<f64> {
+            r.iter()
+                .find(|r| r["class"] == "default")
+                .and_then(|r| num(&r[k]))
+        };
+        let sum = |r: &[Value], k: &str| -> f64 { r.iter().filter_map(|r| num(&r[k])).sum() };
+        delay.push(Series::new(
+            format!("{p}{d} p50"),
+            pick(&|r, _| def(r, "delay_p50_ms")),
+        ));
+        delay.push(
+            Series::new(format!("{p}{d} p99"), pick(&|r, _| def(r, "delay_p99_ms"))).dashed(),
+        );
+        tput.push(Series::new(
+            format!("{p}{d} in"),
+            pick(&|r, dt| Some(sum(r, "rx_bytes") * 8.0 / dt / 1e6)),
+        ));
+        for (k, cause) in [
+            ("drops_loss", "loss"),
+            ("drops_queue", "queue"),
+            ("drops_blackhole", "blackhole"),
+        ] {
+            let s = pick(&|r, _| Some(sum(r, k)));
+            if s.iter().any(|(_, y)| *y > 0.0) {
+                drops.push(Series::new(format!("{p}{d} {cause}"), s));
+            }
+        }
+        let rd = pick(&|r, _| Some(sum(r, "reordered")));
+        if rd.iter().any(|(_, y)| *y > 0.0) {
+            drops.push(Series::new(format!("{p}{d} reordered"), rd).dashed());
+        }
+        queue.push(Series::new(
+            format!("{p}{d} now"),
+            pick(&|r, _| Some(sum(r, "queue_now"))),
+        ));
+        queue.push(
+            Series::new(
+                format!("{p}{d} max"),
+                pick(&|r, _| Some(sum(r, "queue_max"))),
+            )
+            .dashed(),
+        );
+    }
+    if drops.is_empty() {
+        // Keep the plot (and its meaning: none) rather than drop it silently.
+        drops.push(Series::new(
+            format!("{p}drops (none)"),
+            x.iter().map(|x| (*x, 0.0)).collect(),
+        ));
+    }
+    vec![
+        Chart::lines(
+            "wan-delay",
+            "wan: added delay per interval (default class)",
+            "time (s)",
+            "delay (ms)",
+            delay,
+        ),
+        Chart::lines(
+            "wan-throughput",
+            "wan: throughput into the emulator",
+            "time (s)",
+            "Mbit/s",
+            tput,
+        ),
+        Chart::lines(
+            "wan-drops",
+            "wan: drops and reordering per interval",
+            "time (s)",
+            "packets",
+            drops,
+        ),
+        Chart::lines(
+            "wan-queue",
+            "wan: queue depth",
+            "time (s)",
+            "packets queued",
+            queue,
+        ),
+    ]
+}
+
+fn hist_points(h: &Value) -> Vec<(f64, f64)> {
+    h.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cdf(h: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let total: f64 = h.iter().map(|(_, c)| c).sum();
+    if total <= 0.0 {
+        return vec![];
+    }
+    let mut acc = 0.0;
+    h.iter()
+        .map(|(v, c)| {
+            acc += c;
+            (*v, acc / total * 100.0)
+        })
+        .collect()
+}
+
+fn binned(h: &[(f64, f64)], bins: usize) -> Vec<(f64, f64)> {
+    let total: f64 = h.iter().map(|(_, c)| c).sum();
+    if h.is_empty() || total <= 0.0 {
+        return vec![];
+    }
+    // Bin between the 0.1st and 99.9th percentiles so one straggler does not flatten it.
+    let c = cdf(h);
+    let lo = c
+        .iter()
+        .find(|(_, q)| *q >= 0.1)
+        .map(|x| x.0)
+        .unwrap_or(h[0].0);
+    let hi = c
+        .iter()
+        .find(|(_, q)| *q >= 99.9)
+        .map(|x| x.0)
+        .unwrap_or(h[h.len() - 1].0);
+    let width = ((hi - lo) / bins as f64).max(1e-3);
+    let mut out = vec![0.0; bins];
+    for (v, n) in h {
+        let i = (((v - lo) / width).floor().max(0.0) as usize).min(bins - 1);
+        out[i] += n;
+    }
+    out.iter()
+        .enumerate()
+        .map(|(i, n)| (lo + (i as f64 + 0.5) * width, n / total * 100.0))
+        .collect()
+}
+
+fn probe_udp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
+    let x = xs(src, t0);
+    let mut delay = vec![];
+    for (dir, label) in [
+        ("forward", "a_to_b (forward)"),
+        ("reverse", "b_to_a (reverse)"),
+    ] {
+        let get = |k: &str| -> Vec<(f64, f64)> {
+            src.series
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| num(&l[dir][k]).map(|y| (x[i], y)))
+                .collect()
+        };
+        delay.push(Series::new(format!("{p}{label} p50"), get("p50")));
+        delay.push(Series::new(format!("{p}{label} p99"), get("p99")).dashed());
+    }
+    let mut charts = vec![Chart::lines(
+        "probe-delay",
+        "probe: one-way delay per interval",
+        "time (s)",
+        "one-way delay (ms)",
+        delay,
+    )];
+    if let Some(f) = &src.fin {
+        let mut c = vec![];
+        let mut h = vec![];
+        for (dir, label) in [
+            ("forward", "a_to_b (forward)"),
+            ("reverse", "b_to_a (reverse)"),
+        ] {
+            let pts = hist_points(&f["result"]["delay_hist_ms"][dir]);
+            c.push(Series::new(format!("{p}{label}"), cdf(&pts)));
+            h.push(Series::new(format!("{p}{label}"), binned(&pts, 50)));
+        }
+        charts.push(Chart::lines(
+            "probe-cdf",
+            "probe: one-way delay CDF",
+            "one-way delay (ms)",
+            "% of probes at or below",
+            c,
+        ));
+        charts.push(Chart::lines(
+            "probe-histogram",
+            "probe: one-way delay histogram",
+            "one-way delay (ms)",
+            "% of probes",
+            h,
+        ));
+        // Loss over time: each probe without an echo, placed at its send time.
+        let r = &f["result"];
+        let (rate, start) = (
+            r["rate_pps"].as_f64().unwrap_or(0.0),
+            r["send_start_unix"].as_f64().unwrap_or(src.started()),
+        );
+        let bucket = src
+            .config
+            .pointer("/config/interval_s")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(1.0)
+            .max(0.01);
+        if rate > 0.0 {
+            let sent = r["sent"].as_f64().unwrap_or(0.0);
+            let nb = ((sent / rate) / bucket).ceil().max(1.0) as usize;
+            let mut lost = vec![0.0; nb];
+            for s in r["lost_seqs"].as_array().into_iter().flatten() {
+                if let Some(s) = s.as_f64() {
+                    let i = ((s / rate) / bucket) as usize;
+                    if i < nb {
+                        lost[i] += 1.0;
+                    }
+                }
+            }
+            let per = rate * bucket;
+            let lp: Vec<(f64, f64)> = lost
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (start - t0 + (i as f64 + 0.5) * bucket, n / per * 100.0))
+                .collect();
+            let reord: Vec<(f64, f64)> = src
+                .series
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let n = num(&l["reverse"]["count"])?.max(1.0);
+                    Some((x[i], num(&l["reordered"])? / n * 100.0))
+                })
+                .collect();
+            charts.push(Chart::lines(
+                "probe-loss",
+                "probe: loss and reordering over time",
+                "time (s)",
+                "% of probes",
+                vec![
+                    Series::new(format!("{p}no echo (lost either way)"), lp),
+                    Series::new(format!("{p}arrived out of order"), reord).dashed(),
+                ],
+            ));
+        }
+    }
+    charts
+}
+
+fn probe_tcp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
+    let x = xs(src, t0);
+    let pts = src
+        .series
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| num(&l["goodput_mbps"]).map(|y| (x[i], y)))
+        .collect();
+    vec![Chart::lines(
+        "tcp-goodput",
+        "probe: TCP goodput per second (receiver)",
+        "time (s)",
+        "Mbit/s",
+        vec![Series::new(format!("{p}goodput"), pts)],
+    )]
+}
+
+fn inspect_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
+    let x = xs(src, t0);
+    let dt = dts(src);
+    let mut classes: Vec<String> = vec![];
+    for l in &src.series {
+        if let Some(m) = l["counts"].as_object() {
+            for (k, v) in m {
+                if v["packets"].as_u64().unwrap_or(0) > 0 && !classes.contains(k) {
+                    classes.push(k.clone());
+                }
+            }
+        }
+    }
+    if classes.is_empty() {
+        classes.push("total".into());
+    }
+    let series = classes
+        .iter()
+        .map(|c| {
+            Series::new(
+                format!("{p}{c}"),
+                src.series
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, l)| num(&l["counts"][c]["packets"]).map(|y| (x[i], y / dt[i])))
+                    .collect(),
+            )
+        })
+        .collect();
+    vec![Chart::lines(
+        "inspect-rate",
+        "inspect: packets per second by class",
+        "time (s)",
+        "packets/s",
+        series,
+    )]
+}
+
+fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
+    let mut charts = vec![];
+    let Some(f) = &src.fin else {
+        return charts;
+    };
+    let r = &f["result"];
+    let summary = if r["summary"].is_object() {
+        &r["summary"]
+    } else {
+        r
+    };
+    let mut cats = vec![];
+    let mut vals = vec![];
+    let ok = summary["succeeded"]
+        .as_f64()
+        .or_else(|| summary["connected"].as_f64())
+        .unwrap_or(0.0);
+    cats.push("ok".to_string());
+    vals.push(ok);
+    if let Some(m) = summary["failures"].as_object() {
+        for (k, v) in m {
+            cats.push(k.clone());
+            vals.push(v.as_f64().unwrap_or(0.0));
+        }
+    }
+    charts.push(Chart {
+        id: "swarm-outcomes".into(),
+        title: "swarm: client outcomes".into(),
+        x: "outcome".into(),
+        y: "clients".into(),
+        kind: Kind::Bars {
+            categories: cats,
+            groups: vec![(format!("{p}clients"), vals)],
+        },
+    });
+    if let Some(res) = r["clients"].as_array() {
+        let mut d: Vec<f64> = res
+            .iter()
+            .filter_map(|c| c["duration_s"].as_f64())
+            .collect();
+        d.sort_by(|a, b| a.total_cmp(b));
+        let n = d.len().max(1) as f64;
+        let pts = d
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (*v, (i + 1) as f64 / n * 100.0))
+            .collect();
+        charts.push(Chart::lines(
+            "swarm-durations",
+            "swarm: client duration distribution",
+            "duration (s)",
+            "% of clients done within",
+            vec![Series::new(format!("{p}clients"), pts)],
+        ));
+    }
+    let x = xs(src, t0);
+    let run: Vec<(f64, f64)> = src
+        .series
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| num(&l["running"]).map(|y| (x[i], y)))
+        .collect();
+    if !run.is_empty() {
+        let done = src
+            .series
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| num(&l["done"]).map(|y| (x[i], y)))
+            .collect();
+        charts.push(Chart::lines(
+            "swarm-concurrency",
+            "swarm: clients running and done over time",
+            "time (s)",
+            "clients",
+            vec![
+                Series::new(format!("{p}running"), run),
+                Series::new(format!("{p}done"), done).dashed(),
+            ],
+        ));
+    }
+    charts
+}
+
+/// Tools without their own plots (fw and later ones start here): every numeric top-level
+/// field of the interval objects over time.
+fn generic_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
+    let x = xs(src, t0);
+    let mut keys: Vec<String> = vec![];
+    for l in &src.series {
+        if let Some(m) = l.as_object() {
+            for (k, v) in m {
+                if v.is_number()
+                    && !["seq", "unix", "t", "interval_s"].contains(&k.as_str())
+                    && !keys.contains(k)
+                {
+                    keys.push(k.clone());
+                }
+            }
+        }
+    }
+    let series = keys
+        .iter()
+        .map(|k| {
+            Series::new(
+                format!("{p}{k}"),
+                src.series
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, l)| num(&l[k]).map(|y| (x[i], y)))
+                    .collect(),
+            )
+        })
+        .collect();
+    vec![Chart::lines(
+        &format!("{}-series", src.name),
+        &format!("{}: interval values", src.name),
+        "time (s)",
+        "value",
+        series,
+    )]
+}
+
+/// The plots that fit a source's tool. `prefix` labels series in compare mode.
+pub fn charts_for(src: &Source, t0: f64, prefix: &str) -> Vec<Chart> {
+    let mut v = match src.tool.as_str() {
+        "wan" => wan_charts(src, t0, prefix),
+        "probe-udp" => probe_udp_charts(src, t0, prefix),
+        "probe-tcp" => probe_tcp_charts(src, t0, prefix),
+        "inspect" => inspect_charts(src, t0, prefix),
+        "swarm-run" | "swarm-connect" => swarm_charts(src, t0, prefix),
+        // fw: per-rule hits over time and drops vs passes go here when it records.
+        _ => generic_charts(src, t0, prefix),
+    };
+    // Two sources of one tool in a run (probe-udp, probe-udp-2): keep ids unique.
+    let kind = src.tool.as_str();
+    if src.name != kind {
+        for c in &mut v {
+            c.id = format!("{}-{}", src.name, c.id);
+            c.title = format!("{} ({})", c.title, src.name);
+        }
+    }
+    v.retain(|c| !c.is_empty());
+    v
+}
+
+pub struct Output {
+    pub html: PathBuf,
+    pub plots: Vec<PathBuf>,
+    pub png_note: Option<String>,
+}
+
+/// Write the report for one run, or two runs compared.
+pub fn write(runs: &[Run], out: &Path) -> Result<Output> {
+    let mut charts: Vec<Chart> = vec![];
+    let labels = ["A: ", "B: "];
+    for (ri, run) in runs.iter().enumerate() {
+        let t0 = run.t0();
+        let prefix = if runs.len() > 1 { labels[ri] } else { "" };
+        for s in &run.sources {
+            for c in charts_for(s, t0, prefix) {
+                if let Some(have) = charts.iter_mut().find(|h| h.id == c.id) {
+                    have.merge(c);
+                } else {
+                    charts.push(c);
+                }
+            }
+        }
+    }
+    let stem = out
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("report")
+        .to_string();
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let plot_dir = parent.join(format!("{stem}-plots"));
+    std::fs::create_dir_all(&plot_dir)
+        .with_context(|| format!("creating {}", plot_dir.display()))?;
+    let mut svgs = vec![];
+    let mut plots = vec![];
+    let mut png_note = None;
+    for c in &charts {
+        let s = plot::svg(c).with_context(|| format!("plot {}", c.id))?;
+        let p = plot_dir.join(format!("{}.svg", c.id));
+        std::fs::write(&p, &s).with_context(|| format!("writing {}", p.display()))?;
+        plots.push(p);
+        match plot::png(c) {
+            Ok(b) => {
+                let p = plot_dir.join(format!("{}.png", c.id));
+                std::fs::write(&p, b).with_context(|| format!("writing {}", p.display()))?;
+                plots.push(p);
+            }
+            Err(e) => png_note = Some(format!("PNG plots not written: {e:#}")),
+        }
+        svgs.push((c.clone(), s));
+    }
+    let doc = html::render(runs, &svgs, &plot_dir)?;
+    std::fs::write(out, doc).with_context(|| format!("writing {}", out.display()))?;
+    Ok(Output {
+        html: out.to_path_buf(),
+        plots,
+        png_note,
+    })
+}
