@@ -191,7 +191,15 @@ fn try_wan_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         cnt.fast_packets += 1;
         return Ok(xdp_action::XDP_PASS);
     }
-    // Tell the engine the class: 8 bytes of metadata in front of the frame.
+    // The engine's sockets are bound to queue 0: frames that arrive on other queues (multi-queue
+    // NICs) cannot reach them and go the fast path unimpaired, counted as fallback.
+    if ctx.rx_queue_index() != 0 {
+        cnt.xsk_fallback += 1;
+        return Ok(xdp_action::XDP_PASS);
+    }
+    // Tell the engine the class: 8 bytes of metadata in front of the frame. Without it the
+    // engine could not tell the class: then the frame goes the fast path, counted.
+    let mut tagged = false;
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(core::mem::size_of::<Meta>() as i32)) } == 0 {
         let meta = ctx.metadata();
         let data = ctx.data();
@@ -201,7 +209,12 @@ fn try_wan_xdp(ctx: &XdpContext) -> Result<u32, ()> {
                 (*m).magic = META_MAGIC;
                 (*m).class = class;
             }
+            tagged = true;
         }
+    }
+    if !tagged {
+        cnt.xsk_fallback += 1;
+        return Ok(xdp_action::XDP_PASS);
     }
     match WAN_XSKS.redirect(dir, 0) {
         Ok(a) => {

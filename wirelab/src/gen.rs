@@ -148,6 +148,10 @@ pub fn template(
         b.udp(40000, dport)
             .write(&mut v, &payload)
             .context("building the frame")?;
+        // No UDP checksum (legal over IPv4): the XDP path rewrites the source address per
+        // flow, which would otherwise leave a wrong checksum.
+        v[40] = 0;
+        v[41] = 0;
     }
     Ok(v)
 }

@@ -155,8 +155,12 @@ struct WanArgs {
 enum WanCmd {
     /// Change a running emulator's profile atomically (nothing queued is lost).
     Set {
+        /// Network namespace the emulator runs in.
         #[arg(long)]
         netns: Option<String>,
+        /// Which emulator, when several run in the namespace.
+        #[arg(long, num_args = 2, value_names = ["IF_A", "IF_B"])]
+        between: Vec<String>,
         /// Class to change (default: the default class).
         #[arg(long)]
         class: Option<String>,
@@ -609,6 +613,7 @@ fn probe_cmd(p: ProbeCmd) -> Result<ExitCode> {
 fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
     if let Some(WanCmd::Set {
         netns,
+        between,
         class,
         both,
         a_to_b,
@@ -621,7 +626,14 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
             a_to_b,
             b_to_a,
         };
-        let applied = wan::send_set(netns.as_deref(), &req)?;
+        if let Some(ns) = &netns {
+            netns::enter(ns)?;
+        }
+        let pair = match between.as_slice() {
+            [a, b] => Some((a.as_str(), b.as_str())),
+            _ => None,
+        };
+        let applied = wan::send_set(pair, &req)?;
         println!("applied: {applied}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -638,6 +650,13 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
     let plan = wan::plan(&cfg, &specs, a.seed)?;
     wan::engine::frames_hint(a.frames)?;
     if a.check {
+        // Build every profile too (distribution files are read here).
+        for (d, v) in plan.specs.iter().enumerate() {
+            for (c, s) in v.iter().enumerate() {
+                wan::engine::Profile::new(s.clone(), a.frames)
+                    .with_context(|| format!("class {} {}", plan.names[c], wan::DIRS[d]))?;
+            }
+        }
         println!("config OK: {} classes", plan.names.len());
         for wmsg in wan::warnings(&plan.names, &plan.specs) {
             println!("warning: {wmsg}");

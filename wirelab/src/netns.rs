@@ -180,6 +180,9 @@ pub fn delete(name: &str, grace: Duration) -> Result<()> {
 }
 
 pub fn open(name: &str) -> Result<File> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        bail!("invalid network namespace name {name:?} (a name under {NETNS_RUN_DIR}, not a path)");
+    }
     if !exists(name) {
         bail!(
             "network namespace {name:?} does not exist (looked for {}; `wirelab lab status` lists lab namespaces)",

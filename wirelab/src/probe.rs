@@ -35,6 +35,10 @@ const KIND_FIN_ACK: u8 = 4;
 const HDR: usize = 64;
 pub const MIN_SIZE: usize = HDR + 8;
 const FLAG_FWD_CORRUPT: u8 = 1;
+/// The echo answers a duplicate the server had seen already (a forward duplicate).
+const FLAG_DUP: u8 = 2;
+/// Offset of the server's echo sequence number (orders echoes in the reverse direction).
+const ECHO_SEQ: usize = 48;
 
 fn fnv(data: &[u8]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -142,6 +146,7 @@ struct ServerRun {
     corrupted: u64,
     max_seq: u64,
     seen: Vec<u64>,
+    echo_seq: u64,
 }
 
 impl ServerRun {
@@ -204,19 +209,24 @@ pub fn server(bind: SocketAddr, duration: Option<Duration>, stop: &Stop) -> Resu
                 if corrupt {
                     st.corrupted += 1;
                 }
+                let mut flags = if corrupt { FLAG_FWD_CORRUPT } else { 0 };
                 if !corrupt {
                     if st.mark(seq) {
                         st.duplicates += 1;
+                        flags |= FLAG_DUP;
                     } else {
                         st.received += 1;
+                        // Reordered: a first copy arriving after a higher-numbered probe.
+                        if seq < st.max_seq {
+                            st.reordered += 1;
+                        }
+                        st.max_seq = st.max_seq.max(seq);
                     }
-                    if seq < st.max_seq {
-                        st.reordered += 1;
-                    }
-                    st.max_seq = st.max_seq.max(seq);
                 }
+                st.echo_seq += 1;
+                put_u64(p, ECHO_SEQ, st.echo_seq);
                 p[4] = KIND_ECHO;
-                p[5] = if corrupt { FLAG_FWD_CORRUPT } else { 0 };
+                p[5] = flags;
                 put_u64(p, 32, rx);
                 put_u64(p, 40, real_ns());
                 let c = echo_csum(p);
@@ -444,6 +454,9 @@ pub fn udp_client_with(
     if count == 0 {
         bail!("nothing to send (count 0)");
     }
+    if count > 10_000_000 {
+        bail!("at most 10,000,000 probes per run (asked for {count})");
+    }
     let bind: SocketAddr = if o.to.is_ipv4() {
         "0.0.0.0:0"
     } else {
@@ -470,6 +483,8 @@ pub fn udp_client_with(
         corrupt_rev: u64,
         corrupt_fwd: u64,
         max_seq: u64,
+        max_echo: u64,
+        echo_seen: std::collections::HashSet<u64>,
         order: Vec<u64>,
         fin: Option<[u64; 4]>,
         // This interval's echoes (for --record).
@@ -513,8 +528,23 @@ pub fn udp_client_with(
                         r.corrupt_rev += 1;
                         continue;
                     }
+                    // Reverse path: duplicates and order of the server's echoes.
+                    let eseq = get_u64(p, ECHO_SEQ);
+                    if !r.echo_seen.insert(eseq) {
+                        r.dups += 1;
+                        continue;
+                    }
+                    if eseq < r.max_echo {
+                        r.reordered += 1;
+                        r.ireord += 1;
+                    }
+                    r.max_echo = r.max_echo.max(eseq);
                     if p[5] & FLAG_FWD_CORRUPT != 0 {
                         r.corrupt_fwd += 1;
+                        continue;
+                    }
+                    if p[5] & FLAG_DUP != 0 {
+                        // A forward duplicate: the server counted it.
                         continue;
                     }
                     let seq = get_u64(p, 16);
@@ -523,15 +553,10 @@ pub fn udp_client_with(
                     }
                     let (w, b) = ((seq / 64) as usize, seq % 64);
                     if r.got[w] & (1 << b) != 0 {
-                        r.dups += 1;
                         continue;
                     }
                     r.got[w] |= 1 << b;
                     r.order.push(seq);
-                    if seq < r.max_seq {
-                        r.reordered += 1;
-                        r.ireord += 1;
-                    }
                     r.max_seq = r.max_seq.max(seq);
                     let (ctx, srx, stx) = (get_u64(p, 24), get_u64(p, 32), get_u64(p, 40));
                     if let Some(a) = r.ifwd.as_mut() {

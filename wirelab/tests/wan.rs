@@ -277,6 +277,9 @@ fn duplicate_corrupt_reorder_rates() {
     let (wan, _) = b.wan(&["--a-to-b", "duplicate 5%"]);
     let r = b.probe(&["--rate", "4000", "--count", "10000", "--wait", "300ms"]);
     within(f(&r, &["forward", "duplicates"]), 0.05, "duplicates");
+    // Only a->b was impaired: the reverse path must show nothing.
+    assert_eq!(f(&r, &["reverse", "duplicates"]), 0.0, "{r}");
+    assert_eq!(f(&r, &["reverse", "reordered"]), 0.0, "{r}");
     stop_wan(wan);
 
     // A flipped bit in the IP/UDP headers makes the receiver drop the probe; in the payload it
@@ -422,6 +425,7 @@ fn detaches_cleanly_and_bridge_takes_over() {
 
 #[test]
 fn bad_input_attaches_nothing() {
+    let _s = serial();
     require_privileges();
     let lab = Lab::up("wb");
     let xdp_on = || xdp_attached(&lab.ns("wan"), "to-client");
@@ -526,7 +530,15 @@ fn probe_agrees_with_ping_and_iperf3() {
     let _iperf_server = Bg(Some(
         srv.stdout(std::process::Stdio::null()).spawn().unwrap(),
     ));
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait until the iperf3 server listens (bounded).
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let o = ok(in_ns(&b.lab.ns("server"), &["ss", "-ltn", "sport = :5201"]));
+        if String::from_utf8_lossy(&o.stdout).contains("5201") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let o = ok(in_ns(
         &b.lab.ns("client"),
         &["iperf3", "-c", "198.18.0.2", "-p", "5201", "-t", "6", "-J"],

@@ -36,8 +36,26 @@ fn from_samples(mut v: Vec<f64>) -> Vec<f64> {
     t
 }
 
-/// Built-in tables, made deterministically (fixed internal seed) at start-up.
+/// Built-in tables, made deterministically (fixed internal seed) once per process and shared.
 pub fn builtin(d: &Distribution) -> Result<Option<Table>> {
+    use std::sync::OnceLock;
+    static NORMAL: OnceLock<Table> = OnceLock::new();
+    static PARETO: OnceLock<Table> = OnceLock::new();
+    static PARETONORMAL: OnceLock<Table> = OnceLock::new();
+    let cell = match d {
+        Distribution::Normal => &NORMAL,
+        Distribution::Pareto => &PARETO,
+        Distribution::Paretonormal => &PARETONORMAL,
+        _ => return make(d),
+    };
+    if let Some(t) = cell.get() {
+        return Ok(Some(t.clone()));
+    }
+    let t = make(d)?.ok_or_else(|| anyhow::anyhow!("no table for {d:?}"))?;
+    Ok(Some(cell.get_or_init(|| t).clone()))
+}
+
+fn make(d: &Distribution) -> Result<Option<Table>> {
     const N: usize = TABLE_SIZE * 64;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x0057_4952_454c_4142);
     let normal = Normal::new(0.0, 1.0).expect("valid normal");

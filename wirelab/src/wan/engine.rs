@@ -125,6 +125,8 @@ struct Side {
     tx: RingTx,
     fill_outstanding: u32,
     tx_outstanding: u32,
+    /// When the interface refused to transmit (ENETDOWN); 0 while it works.
+    down_since: u64,
 }
 
 pub struct Engine {
@@ -142,6 +144,10 @@ pub struct Engine {
     pub frames: u64,
     pub no_frame_drops: u64,
     pub bad_meta: u64,
+    /// Frames due while their out interface was down.
+    pub link_down_drops: u64,
+    /// Set when the engine cannot go on (an interface was deleted).
+    pub fatal: Option<String>,
 }
 
 /// Correlated uniform draw: with probability `rho` the previous value again, otherwise a fresh
@@ -237,6 +243,7 @@ impl Engine {
                 tx,
                 fill_outstanding: 0,
                 tx_outstanding: 0,
+                down_since: 0,
             });
         }
         let mk_states = |d: usize, n: usize| -> Vec<ClassState> {
@@ -277,6 +284,8 @@ impl Engine {
             frames,
             no_frame_drops: 0,
             bad_meta: 0,
+            link_down_drops: 0,
+            fatal: None,
         };
         e.refill();
         Ok(e)
@@ -309,7 +318,8 @@ impl Engine {
                 w.commit();
                 put
             };
-            self.free.truncate(self.free.len() - put as usize);
+            // The ring took the first `put` of free[start..]; keep the rest.
+            self.free.drain(start..start + put as usize);
             self.sides[s].fill_outstanding += put;
         }
     }
@@ -373,6 +383,8 @@ impl Engine {
         let m = self.frame(meta_at, 8);
         let magic = u32::from_ne_bytes([m[0], m[1], m[2], m[3]]);
         let class = u32::from_ne_bytes([m[4], m[5], m[6], m[7]]) as usize;
+        // Clear it: the next frame in this chunk must not inherit a stale class.
+        m[0..4].fill(0);
         if magic != META_MAGIC || class >= self.profiles[d].len() {
             self.bad_meta += 1;
             return 0;
@@ -463,13 +475,15 @@ impl Engine {
                 due = due.max(st.last_departure_ns);
             }
         }
-        if let Some(r) = &s.rate {
+        // Reordered packets bypass the rate as well as the delay (netem's behaviour): otherwise
+        // they would queue behind everything already waiting for the link.
+        if let (Some(r), false) = (&s.rate, immediate) {
             let mut bytes = (len as i64 + r.packet_overhead).max(1) as u64;
             if r.cell_size > 0 {
                 let cells = bytes.div_ceil(r.cell_size);
                 bytes = (cells as i64 * (r.cell_size as i64 + r.cell_overhead)).max(1) as u64;
             }
-            let tx_ns = bytes * 8 * 1_000_000_000 / r.bits_per_sec;
+            let tx_ns = (bytes as u128 * 8 * 1_000_000_000 / r.bits_per_sec as u128) as u64;
             let start = due.max(st.link_free_ns);
             due = start + tx_ns;
             st.link_free_ns = due;
@@ -494,12 +508,16 @@ impl Engine {
 
     /// Send everything due by `now`. Returns frames sent.
     pub fn transmit_due(&mut self, now: u64) -> u32 {
+        self.transmit(now, false)
+    }
+
+    fn transmit(&mut self, now: u64, everything: bool) -> u32 {
         let mut sent = 0;
         for d in 0..2 {
             let out = 1 - d;
             let mut batch: Vec<XdpDesc> = vec![];
             while let Some(Reverse(h)) = self.heaps[d].peek() {
-                if h.due > now || batch.len() >= BATCH as usize {
+                if (h.due > now && !everything) || batch.len() >= BATCH as usize {
                     break;
                 }
                 let Some(Reverse(h)) = self.heaps[d].pop() else {
@@ -530,8 +548,20 @@ impl Engine {
                 continue;
             }
             let mut put = 0;
-            let mut spins = 0;
-            while put < batch.len() && spins < 1000 {
+            // Retry a down interface every 100 ms.
+            let down = self.sides[out].down_since;
+            if down != 0 && mono_ns().saturating_sub(down) < 100_000_000 {
+                // The out interface is down: what is due is lost, as on a dead link.
+                for desc in &batch {
+                    self.free.push(desc.addr & !(FRAME_SIZE - 1));
+                }
+                self.link_down_drops += batch.len() as u64;
+                continue;
+            }
+            for _ in 0..8 {
+                if put >= batch.len() {
+                    break;
+                }
                 let n = {
                     let mut w = self.sides[out].tx.transmit((batch.len() - put) as u32);
                     let n = w.insert(batch[put..].iter().copied());
@@ -540,12 +570,14 @@ impl Engine {
                 };
                 put += n as usize;
                 self.sides[out].tx_outstanding += n;
-                self.kick(out);
+                let progress = self.kick(out);
                 self.reap_completions();
-                spins += 1;
+                if n == 0 && !progress {
+                    break;
+                }
             }
             if put < batch.len() {
-                // TX ring stuck: drop the rest rather than hang.
+                // TX ring stuck: drop the rest rather than spin.
                 for desc in &batch[put..] {
                     self.free.push(desc.addr & !(FRAME_SIZE - 1));
                     self.no_frame_drops += 1;
@@ -558,14 +590,49 @@ impl Engine {
         sent
     }
 
-    /// Copy-mode TX moves at most a few dozen frames per sendto: kick until the ring is empty.
-    fn kick(&mut self, s: usize) {
+    /// Copy-mode TX moves at most a few dozen frames per sendto: kick until the ring is empty
+    /// or a kick moves nothing. Returns whether anything moved. A `sendto` error of ENETDOWN
+    /// marks the interface down (its traffic is dropped until it comes back), ENXIO/ENODEV
+    /// (interface deleted) is fatal.
+    fn kick(&mut self, s: usize) -> bool {
+        let mut moved = false;
         for _ in 0..64 {
-            if self.sides[s].tx.pending() == 0 {
+            let before = self.sides[s].tx.pending();
+            if before == 0 {
                 break;
             }
-            self.sides[s].tx.wake();
+            let fd = self.sides[s].tx.as_raw_fd();
+            let r = unsafe {
+                libc::sendto(
+                    fd,
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if r < 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::ENETDOWN) => {
+                        self.sides[s].down_since = mono_ns();
+                        return moved;
+                    }
+                    Some(libc::ENXIO) | Some(libc::ENODEV) => {
+                        self.fatal = Some(format!("interface {} went away", ["A", "B"][s]));
+                        return moved;
+                    }
+                    _ => {}
+                }
+            } else {
+                self.sides[s].down_since = 0;
+            }
+            if self.sides[s].tx.pending() >= before {
+                break;
+            }
+            moved = true;
         }
+        moved
     }
 
     /// Frames the kernel could not hand to the engine (no fill-ring frame or RX ring full).
@@ -604,25 +671,27 @@ impl Engine {
         s
     }
 
-    /// Swap in new profiles (live `set`). Queued frames keep their departure times.
-    #[allow(clippy::needless_range_loop)]
-    pub fn set_profiles(&mut self, profiles: [Vec<Profile>; 2]) -> Result<()> {
-        for d in 0..2 {
-            if profiles[d].len() != self.profiles[d].len() {
-                bail!("a live change cannot add or remove classes");
-            }
+    /// Swap in the profiles of one class (live `set`), both directions at once, between two
+    /// packets. Queued frames keep their departure times.
+    pub fn set_class(&mut self, class: usize, profiles: [Profile; 2]) -> Result<()> {
+        if class >= self.profiles[0].len() {
+            bail!("no class {class}");
         }
-        self.profiles = profiles.map(|v| v.into_iter().map(std::sync::Arc::new).collect());
+        let [a, b] = profiles;
+        self.profiles[0][class] = std::sync::Arc::new(a);
+        self.profiles[1][class] = std::sync::Arc::new(b);
         Ok(())
     }
 
-    /// Send what is still queued (at exit), ignoring due times, bounded.
+    /// At exit: take in what is still in the RX rings, then send everything queued now,
+    /// until the queues are empty or nothing moves.
     pub fn flush(&mut self) {
-        for _ in 0..1000 {
-            if self.queued() == 0 {
-                break;
+        self.receive(mono_ns());
+        let mut idle = 0;
+        while self.queued() > 0 && idle < 100 {
+            if self.transmit(mono_ns(), true) == 0 {
+                idle += 1;
             }
-            self.transmit_due(u64::MAX);
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod dist;
 pub mod engine;
 pub mod spec;
 
+use std::os::linux::net::SocketAddrExt as _;
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
@@ -34,7 +35,6 @@ use crate::{ebpf, util::Stop};
 use engine::{mono_ns, ClassStats, Engine, Profile};
 use spec::{Limit, Loss, Spec};
 
-pub const CONTROL_DIR: &str = "/run/wirelab/wan";
 pub const DIRS: [&str; 2] = ["a_to_b", "b_to_a"];
 
 /// The TOML config: a seed, the default class, and per-flow classes.
@@ -312,8 +312,24 @@ pub fn load_config(p: Option<&Path>) -> Result<Config> {
     }
 }
 
-pub fn control_path(netns: Option<&str>) -> PathBuf {
-    Path::new(CONTROL_DIR).join(format!("{}.sock", netns.unwrap_or("default")))
+/// Abstract socket name of the emulator between `a` and `b` (per network namespace).
+pub fn control_name(a: &str, b: &str) -> String {
+    format!("wirelab-wan/{a},{b}")
+}
+
+/// Control sockets of the emulators running in this network namespace.
+pub fn running() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .filter_map(|n| n.strip_prefix('@'))
+        .filter(|n| n.starts_with("wirelab-wan/"))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// A live change, sent over the control socket.
@@ -326,14 +342,28 @@ pub struct SetRequest {
 }
 
 /// Send a live change to the emulator running in `netns`.
-pub fn send_set(netns: Option<&str>, req: &SetRequest) -> Result<String> {
-    let p = control_path(netns);
-    let mut s = UnixStream::connect(&p).with_context(|| {
-        format!(
-            "no wirelab wan is running there (control socket {} not found)",
-            p.display()
-        )
-    })?;
+/// Send a live change to an emulator running in the current network namespace (the caller
+/// enters `--netns` first); `between` picks one when several run.
+pub fn send_set(between: Option<(&str, &str)>, req: &SetRequest) -> Result<String> {
+    let name = match between {
+        Some((a, b)) => control_name(a, b),
+        None => {
+            let r = running();
+            match r.len() {
+                0 => {
+                    bail!("no wirelab wan is running in this network namespace (use --netns NAME)")
+                }
+                1 => r[0].clone(),
+                _ => bail!(
+                    "several emulators run here ({}); pick one with --between IF_A IF_B",
+                    r.join(", ")
+                ),
+            }
+        }
+    };
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let mut s = UnixStream::connect_addr(&addr)
+        .with_context(|| format!("no wirelab wan answers on @{name}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     writeln!(s, "{}", serde_json::to_string(req)?)?;
     let mut line = String::new();
@@ -449,6 +479,16 @@ impl Maps {
         Ok(())
     }
 
+    fn write_classes(&mut self, gen: u32, specs: &[Vec<Spec>; 2], classes: &[usize]) -> Result<()> {
+        for (d, v) in specs.iter().enumerate() {
+            for &c in classes {
+                let idx = (gen * 2 + d as u32) * self.max + c as u32;
+                self.profiles.set(idx, kernel_profile(&v[c]), 0)?;
+            }
+        }
+        Ok(())
+    }
+
     fn flip(&mut self, gen: u32) -> Result<()> {
         let mut c = self.cfg.get(&0, 0)?;
         c.gen = gen;
@@ -472,6 +512,9 @@ pub struct ClassReport {
     pub corrupted: u64,
     pub reordered: u64,
     pub fast_path: u64,
+    /// Meant for the engine but forwarded unimpaired (no socket yet, a queue other than 0,
+    /// no room for metadata).
+    pub engine_bypassed: u64,
     pub queue_now: u64,
     pub queue_max: u64,
     pub delay_p50_ms: Option<f64>,
@@ -498,6 +541,7 @@ fn report(d: usize, name: &str, k: &WanCounters, e: &ClassStats) -> ClassReport 
         corrupted: e.corrupted,
         reordered: e.reordered,
         fast_path: k.fast_packets,
+        engine_bypassed: k.xsk_fallback,
         queue_now: e.queue_depth,
         queue_max: e.queue_max,
         delay_p50_ms: q(0.5),
@@ -570,6 +614,22 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     for w in warnings(&plan.names, &plan.specs) {
         tracing::warn!("{w}");
     }
+    // Control socket for live changes, bound before anything is attached: an abstract unix
+    // socket, so it is private to this network namespace and vanishes with the process.
+    let cname = control_name(&opts.iface_a, &opts.iface_b);
+    let caddr = std::os::unix::net::SocketAddr::from_abstract_name(cname.as_bytes())?;
+    let listener = UnixListener::bind_addr(&caddr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow!(
+                "another wirelab wan is already running between {} and {} in this namespace",
+                opts.iface_a,
+                opts.iface_b
+            )
+        } else {
+            anyhow!("binding the control socket @{cname}: {e}")
+        }
+    })?;
+    listener.set_nonblocking(true)?;
     let max = plan.names.len() as u32;
     // Single-address classes go to a hash table, prefixes to the LPM trie.
     let n_host = plan.keys.iter().filter(|(_, b, _)| *b == 128).count();
@@ -621,6 +681,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     let class_tables = if n_host > 0 { CLASSES_HOSTS } else { 0 }
         | if n_prefix > 0 { CLASSES_PREFIXES } else { 0 };
     maps.write_profiles(0, &plan.specs)?;
+    maps.write_profiles(1, &plan.specs)?;
     maps.cfg.set(
         0,
         WanConfig {
@@ -672,28 +733,6 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         }
     }
 
-    // 5. Control socket for live changes.
-    std::fs::create_dir_all(CONTROL_DIR)?;
-    let cpath = control_path(opts.netns.as_deref());
-    if cpath.exists() {
-        if UnixStream::connect(&cpath).is_ok() {
-            bail!(
-                "another wirelab wan is running for this namespace ({})",
-                cpath.display()
-            );
-        }
-        let _ = std::fs::remove_file(&cpath);
-    }
-    let listener =
-        UnixListener::bind(&cpath).with_context(|| format!("binding {}", cpath.display()))?;
-    listener.set_nonblocking(true)?;
-    struct RmOnDrop(PathBuf);
-    impl Drop for RmOnDrop {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    let _rm = RmOnDrop(cpath.clone());
     // Run record and metrics (both optional).
     let mut rec: Option<crate::record::Recorder> = match &opts.record {
         Some(dir) => Some(crate::record::Recorder::create(
@@ -743,6 +782,8 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         "wan running"
     );
 
+    let mut fatal: Option<String> = None;
+    let mut last_changed: Option<usize> = None;
     // 6. The loop.
     let start = Instant::now();
     let mut last_report = Instant::now();
@@ -757,17 +798,25 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         let now = mono_ns();
         engine.receive(now);
         engine.transmit_due(mono_ns());
+        if let Some(f) = engine.fatal.take() {
+            fatal = Some(f);
+            break;
+        }
         if last_ctl.elapsed() >= Duration::from_millis(10) {
             last_ctl = Instant::now();
             if let Ok((s, _)) = listener.accept() {
                 let reply = match handle_set(s.try_clone()?, &plan, &mut specs, opts.frames) {
-                    Ok((new_specs, new_profiles, applied)) => {
-                        // Kernel: write the idle generation, then flip in one write.
+                    Ok((new_specs, class, new_profiles, applied)) => {
+                        // Kernel: bring the idle generation up to date (the class changed now
+                        // and the one changed by the previous flip), then flip in one write.
                         let next = gen ^ 1;
-                        maps.write_profiles(next, &new_specs)?;
+                        let mut changed = vec![class];
+                        changed.extend(last_changed.filter(|c| *c != class));
+                        maps.write_classes(next, &new_specs, &changed)?;
                         maps.flip(next)?;
                         gen = next;
-                        engine.set_profiles(new_profiles)?;
+                        last_changed = Some(class);
+                        engine.set_class(class, new_profiles)?;
                         specs = new_specs;
                         tracing::info!(change = %applied, "live change applied");
                         let _ = rep_tx.send(ReportMsg::Change(
@@ -850,19 +899,28 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         .join()
         .map_err(|_| anyhow!("the stats reporter thread panicked"))??;
     let xsk_drops = engine.xsk_drops();
-    if engine.no_frame_drops > 0 || engine.bad_meta > 0 || xsk_drops > 0 {
+    if engine.no_frame_drops > 0
+        || engine.bad_meta > 0
+        || xsk_drops > 0
+        || engine.link_down_drops > 0
+    {
         tracing::warn!(
             no_frame = engine.no_frame_drops,
             bad_meta = engine.bad_meta,
             xsk_rx_dropped = xsk_drops,
+            link_down = engine.link_down_drops,
             "engine anomalies: frames dropped for lack of UMEM frames or ring space, or without class metadata"
         );
     }
     tracing::info!("wan stopped; interfaces detached");
+    if let Some(f) = fatal {
+        bail!("{f}");
+    }
     Ok(rows)
 }
 
-type SetResult = ([Vec<Spec>; 2], [Vec<Profile>; 2], String);
+/// New specs of every class, the changed class and its new profiles, a description.
+type SetResult = ([Vec<Spec>; 2], usize, [Profile; 2], String);
 
 fn handle_set(
     s: UnixStream,
@@ -871,7 +929,8 @@ fn handle_set(
     frames: u64,
 ) -> Result<SetResult> {
     s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // A short timeout: this runs between packets on the engine's thread.
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line)?;
     let req: SetRequest = serde_json::from_str(line.trim()).context("malformed request")?;
@@ -897,17 +956,15 @@ fn handle_set(
     if d.both.is_some() || d.b_to_a.is_some() {
         specs[1][c] = new[1].clone();
     }
-    let mut profiles: [Vec<Profile>; 2] = [vec![], vec![]];
-    for dd in 0..2 {
-        for s in &specs[dd] {
-            profiles[dd].push(Profile::new(s.clone(), frames)?);
-        }
-    }
+    let profiles = [
+        Profile::new(specs[0][c].clone(), frames)?,
+        Profile::new(specs[1][c].clone(), frames)?,
+    ];
     let applied = format!(
         "class {class}: a_to_b \"{}\" b_to_a \"{}\"",
         specs[0][c].text, specs[1][c].text
     );
-    Ok((specs, profiles, applied))
+    Ok((specs, c, profiles, applied))
 }
 
 fn classes_json(names: &[String], specs: &[Vec<Spec>; 2]) -> serde_json::Value {

@@ -402,8 +402,11 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
                     i += 1;
                 }
                 let cell_size = extra.get(1).copied().unwrap_or(0);
-                if cell_size < 0 {
-                    return Err(err(kw, "cell size must not be negative"));
+                if !(0..=65535).contains(&cell_size) {
+                    return Err(err(kw, "cell size must be between 0 and 65535 bytes"));
+                }
+                if extra.iter().any(|v| !(-65535..=65535).contains(v)) {
+                    return Err(err(kw, "overheads must be between -65535 and 65535 bytes"));
                 }
                 s.rate = Some(Rate {
                     bits_per_sec,

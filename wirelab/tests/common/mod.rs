@@ -113,8 +113,21 @@ impl Drop for Lab {
 pub struct Bg(pub Option<Child>);
 
 impl Drop for Bg {
+    /// SIGTERM first so the process can clean up (detach, remove what it made), SIGKILL after
+    /// 5 s.
     fn drop(&mut self) {
         if let Some(c) = self.0.as_mut() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
