@@ -553,3 +553,36 @@ fn probe_agrees_with_ping_and_iperf3() {
     );
     stop_wan(wan);
 }
+
+#[test]
+fn survives_interface_down_and_counts_it() {
+    let _s = serial();
+    let b = Bench::new("wdn");
+    let (wan, _) = b.wan(&["--both", "delay 5ms"]);
+    let wan_ns = b.lab.ns("wan");
+    // Take B down while traffic is held for it: due frames are dropped and counted, the
+    // engine keeps running (no spinning on a dead TX ring).
+    ok(in_ns(&wan_ns, &["ip", "link", "set", "to-server", "down"]));
+    let _ = in_ns(
+        &b.lab.ns("client"),
+        &[
+            "ping",
+            "-c",
+            "20",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-q",
+            "198.18.0.2",
+        ],
+    )
+    .output();
+    ok(in_ns(&wan_ns, &["ip", "link", "set", "to-server", "up"]));
+    std::thread::sleep(Duration::from_millis(500));
+    // Forwarding resumes.
+    let r = b.probe(&["--rate", "100", "--count", "100", "--wait", "300ms"]);
+    assert_eq!(f(&r, &["no_echo"]), 0.0, "{r}");
+    let fin = stop_wan(wan);
+    assert!(f(&fin, &["engine", "link_down"]) > 0.0, "{fin}");
+}

@@ -206,6 +206,18 @@ pub fn plan(cfg: &Config, cli: &DirSpecs, seed: Option<u64>) -> Result<Plan> {
     })
 }
 
+/// Initial loss-model state of (direction, class), for the `epoch`-th profile of the class
+/// (0 at start, then one per live change of its loss model).
+fn loss_state(seed: u64, d: u32, c: u32, epoch: u64) -> LossState {
+    let s = splitmix(seed ^ splitmix(((d as u64) << 32) | c as u64) ^ epoch.rotate_left(17));
+    LossState {
+        rng: s | 1,
+        state: 1,
+        // A random previous value, so correlated models do not start from 0 (a certain loss).
+        last: (splitmix(s) >> 32) as u32,
+    }
+}
+
 /// splitmix64 finaliser: spreads every input bit over the output (seed mixing).
 pub fn splitmix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -382,10 +394,16 @@ struct Maps {
 }
 
 enum ReportMsg {
-    Interval(f64, Vec<(usize, usize, ClassStats)>),
+    Interval(f64, Vec<(usize, usize, ClassStats)>, EngineHealth),
     /// A live change: its record entry and the specs now in force.
     Change(serde_json::Value, [Vec<Spec>; 2]),
-    Final(f64, Vec<(usize, usize, ClassStats)>, u64, [Vec<Spec>; 2]),
+    Final(
+        f64,
+        Vec<(usize, usize, ClassStats)>,
+        u64,
+        [Vec<Spec>; 2],
+        EngineHealth,
+    ),
 }
 
 fn read_counters(
@@ -416,9 +434,9 @@ fn reporter(
 ) -> Result<Vec<ClassReport>> {
     let mut prev: Vec<Vec<WanCounters>> = vec![vec![WanCounters::default(); max as usize]; 2];
     for msg in rx {
-        let (t, eng, fin) = match msg {
-            ReportMsg::Interval(t, e) => (t, e, None),
-            ReportMsg::Final(t, e, seed, specs) => (t, e, Some((seed, specs))),
+        let (t, eng, fin, health) = match msg {
+            ReportMsg::Interval(t, e, h) => (t, e, None, h),
+            ReportMsg::Final(t, e, seed, specs, h) => (t, e, Some((seed, specs)), h),
             ReportMsg::Change(entry, specs) => {
                 if let Some(r) = rec.as_mut() {
                     r.change(&entry)?;
@@ -445,7 +463,13 @@ fn reporter(
                 }
             }
         }
-        print_reports(t, &rows, json, if is_final { "final" } else { "interval" })?;
+        print_reports(
+            t,
+            &rows,
+            json,
+            if is_final { "final" } else { "interval" },
+            &health,
+        )?;
         if let Some(m) = &mets {
             m.update(&rows);
         }
@@ -562,15 +586,56 @@ fn minus(a: &WanCounters, b: &WanCounters) -> WanCounters {
     }
 }
 
-fn print_reports(t: f64, rows: &[ClassReport], json: bool, kind: &str) -> Result<()> {
+/// The engine's own losses so far: frames it could not take in, hold or send.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct EngineHealth {
+    /// Dropped by the kernel before the engine saw them (no fill-ring frame, RX ring full).
+    pub xsk_rx_dropped: u64,
+    /// Dropped for lack of UMEM frames (duplicates) or a stuck TX ring.
+    pub no_frame: u64,
+    /// Due while the out interface was down.
+    pub link_down: u64,
+    /// Without class metadata (counted, sent with the default class).
+    pub bad_meta: u64,
+}
+
+impl EngineHealth {
+    fn of(e: &Engine) -> Self {
+        Self {
+            xsk_rx_dropped: e.xsk_drops(),
+            no_frame: e.no_frame_drops,
+            link_down: e.link_down_drops,
+            bad_meta: e.bad_meta,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.xsk_rx_dropped + self.no_frame + self.link_down + self.bad_meta > 0
+    }
+}
+
+fn print_reports(
+    t: f64,
+    rows: &[ClassReport],
+    json: bool,
+    kind: &str,
+    health: &EngineHealth,
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(
             out,
             "{}",
-            serde_json::json!({"type": kind, "t": t, "classes": rows})
+            serde_json::json!({"type": kind, "t": t, "classes": rows, "engine": health})
         )?;
     } else {
+        if health.any() {
+            writeln!(
+                out,
+                "[{t:>7.2}s] engine losses so far: kernel rx drops {} no frame {} link down {} no metadata {}",
+                health.xsk_rx_dropped, health.no_frame, health.link_down, health.bad_meta
+            )?;
+        }
         for r in rows {
             let ms = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
             writeln!(
@@ -655,16 +720,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         Array::try_from(bpf.take_map("WAN_LOSS").context("WAN_LOSS")?)?;
     for d in 0..2u32 {
         for c in 0..max {
-            let seed = splitmix(plan.seed ^ splitmix(((d as u64) << 32) | c as u64));
-            loss.set(
-                d * max + c,
-                LossState {
-                    rng: seed | 1,
-                    state: 1,
-                    last: 0,
-                },
-                0,
-            )?;
+            loss.set(d * max + c, loss_state(plan.seed, d, c, 0), 0)?;
         }
     }
     let mut classes: LpmTrie<MapData, ClassKey, u32> =
@@ -723,7 +779,11 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             let mode = match p.attach(iface, aya::programs::XdpMode::Driver) {
                 Ok(_) => "native",
                 Err(e) => {
-                    tracing::warn!(iface = %iface, "native XDP refused ({e}); using skb mode");
+                    tracing::warn!(
+                        iface = %iface,
+                        "native XDP refused ({e}); using skb mode: slower, and loss decisions of a \
+                         class may interleave across CPUs, so --seed reproducibility is not exact"
+                    );
                     p.attach(iface, aya::programs::XdpMode::Skb)
                         .with_context(|| format!("attaching wan_xdp to {iface}"))?;
                     "skb"
@@ -784,6 +844,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
 
     let mut fatal: Option<String> = None;
     let mut last_changed: Option<usize> = None;
+    let mut changes = 0u64;
     // 6. The loop.
     let start = Instant::now();
     let mut last_report = Instant::now();
@@ -815,6 +876,14 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
                         maps.write_classes(next, &new_specs, &changed)?;
                         maps.flip(next)?;
                         gen = next;
+                        // A new loss model starts from its initial state.
+                        for d in 0..2 {
+                            if new_specs[d][class].loss != specs[d][class].loss {
+                                changes += 1;
+                                let st = loss_state(plan.seed, d as u32, class as u32, changes);
+                                let _ = loss.set(d as u32 * max + class as u32, st, 0);
+                            }
+                        }
                         last_changed = Some(class);
                         engine.set_class(class, new_profiles)?;
                         specs = new_specs;
@@ -847,7 +916,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
                     }
                 }
             }
-            let _ = rep_tx.send(ReportMsg::Interval(secs, eng));
+            let _ = rep_tx.send(ReportMsg::Interval(secs, eng, EngineHealth::of(&engine)));
         }
         // Sleep until the next departure (at most 1 ms), or spin when it is very close.
         let next = engine.next_due();
@@ -893,7 +962,13 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             }
         }
     }
-    let _ = rep_tx.send(ReportMsg::Final(secs, eng, plan.seed, specs.clone()));
+    let _ = rep_tx.send(ReportMsg::Final(
+        secs,
+        eng,
+        plan.seed,
+        specs.clone(),
+        EngineHealth::of(&engine),
+    ));
     drop(rep_tx);
     let rows = reporter
         .join()
