@@ -96,7 +96,7 @@ impl ClassStats {
         let h = self.delay_hist.get_or_insert_with(|| {
             Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
         });
-        let _ = h.saturating_record(us.max(1));
+        h.saturating_record(us.max(1));
     }
 }
 
