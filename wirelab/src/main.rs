@@ -11,7 +11,7 @@ use wirelab::{
     name = "wirelab",
     version,
     about = "Rust + eBPF network lab toolkit: namespace labs, packet inspection, WAN emulation",
-    after_help = "Examples:\n  wirelab lab up                         # default lab: client — wan — server\n  wirelab inspect --netns wirelab-wan --iface to-client --duration 10s\n  wirelab lab exec client -- ping -c 3 198.18.0.2\n  wirelab lab down\n\nLogs go to stderr; set WIRELAB_LOG=debug for more."
+    after_help = "Examples:\n  wirelab lab up                         # default lab: client — wan — server\n  wirelab inspect --netns wirelab-wan --iface to-client --duration 10s\n  wirelab probe server --netns wirelab-server --bind 198.18.0.2:7000 &\n  wirelab wan --netns wirelab-wan --between to-client to-server --both \"delay 40ms 5ms loss 0.5%\" &\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --rate 200 --count 2000\n  wirelab swarm run --netns wirelab-client --iface eth0 --pool 198.18.0.128/25 --clients 100 -- curl -s http://198.18.0.2/\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml\n  wirelab lab down\n\nLogs go to stderr; set WIRELAB_LOG=debug for more. Docs: README.md and docs/."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -64,6 +64,7 @@ enum Cmd {
         /// Also remove labs that are complete and may still be in use.
         #[arg(long)]
         all_labs: bool,
+        /// JSON lines on stdout instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -97,6 +98,7 @@ enum LabCmd {
         /// One lab only.
         #[arg(long)]
         name: Option<String>,
+        /// JSON lines on stdout instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -178,6 +180,7 @@ struct WanRunArgs {
     /// The two interfaces: A then B. Frames arriving on A leave on B and vice versa.
     #[arg(long, num_args = 2, value_names = ["IF_A", "IF_B"])]
     between: Vec<String>,
+    /// Network namespace (under /run/netns) to work in; wirelab enters it itself.
     #[arg(long)]
     netns: Option<String>,
     /// SPEC for both directions of the default class.
@@ -195,10 +198,12 @@ struct WanRunArgs {
     /// Seed for every random decision (same seed + same packets = same decisions).
     #[arg(long)]
     seed: Option<u64>,
+    /// Stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_parser = util::parse_duration)]
     duration: Option<Duration>,
     #[arg(long, default_value = "1s", value_parser = util::parse_duration)]
     interval: Duration,
+    /// JSON lines on stdout instead of tables.
     #[arg(long)]
     json: bool,
     /// UMEM frames (4 KiB each) for packets held in flight.
@@ -221,10 +226,13 @@ enum ProbeCmd {
         after_help = "Example:\n  wirelab probe server --netns wirelab-server --bind 198.18.0.2:7000 --duration 60s"
     )]
     Server {
+        /// Network namespace (under /run/netns) to work in; wirelab enters it itself.
         #[arg(long)]
         netns: Option<String>,
+        /// Address and port to serve on (UDP echo and TCP sink).
         #[arg(long)]
         bind: std::net::SocketAddr,
+        /// Stop after this long (default: until Ctrl-C / SIGTERM).
         #[arg(long, value_parser = util::parse_duration)]
         duration: Option<Duration>,
     },
@@ -233,15 +241,19 @@ enum ProbeCmd {
         after_help = "Examples:\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --rate 1000 --count 20000 --json\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --tcp --duration 10s"
     )]
     Client {
+        /// Network namespace (under /run/netns) to work in; wirelab enters it itself.
         #[arg(long)]
         netns: Option<String>,
+        /// The probe server's address and port.
         #[arg(long)]
         to: std::net::SocketAddr,
         /// Probes per second (UDP).
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
+        /// Number of UDP probes (default: --duration × --rate, or 10 s worth).
         #[arg(long, conflicts_with = "duration")]
         count: Option<u64>,
+        /// Stop after this long (default: until Ctrl-C / SIGTERM).
         #[arg(long, value_parser = util::parse_duration)]
         duration: Option<Duration>,
         /// UDP probe size in bytes (UDP payload).
@@ -253,6 +265,7 @@ enum ProbeCmd {
         /// How long to wait for late echoes after the last probe.
         #[arg(long, default_value = "1s", value_parser = util::parse_duration)]
         wait: Duration,
+        /// JSON lines on stdout instead of tables.
         #[arg(long)]
         json: bool,
         /// Interval of the recorded time series (--record).
@@ -316,6 +329,7 @@ struct FwArgs {
 enum FwCmd {
     /// Validate a rules file and atomically swap it into the running firewall.
     Reload {
+        /// Network namespace (under /run/netns) to work in; wirelab enters it itself.
         #[arg(long)]
         netns: Option<String>,
         /// The firewall's interface (needed only when several run in the namespace).
@@ -323,15 +337,18 @@ enum FwCmd {
         iface: Option<String>,
         #[arg(long)]
         rules: PathBuf,
+        /// JSON lines on stdout instead of tables.
         #[arg(long)]
         json: bool,
     },
     /// Per-rule, default, malformed and non-IP counters, and recent log samples.
     Stats {
+        /// Network namespace (under /run/netns) to work in; wirelab enters it itself.
         #[arg(long)]
         netns: Option<String>,
         #[arg(long)]
         iface: Option<String>,
+        /// JSON lines on stdout instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -347,6 +364,7 @@ struct GenArgs {
     /// Interface to transmit on.
     #[arg(long)]
     iface: String,
+    /// Network namespace (under /run/netns) to work in; wirelab enters it itself.
     #[arg(long)]
     netns: Option<String>,
     /// Destination MAC address.
@@ -432,7 +450,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &inspect::Options {
                     iface: a.iface,
                     interval: a.interval,
+                    /// Stop after this long (default: until Ctrl-C / SIGTERM).
                     duration: a.duration,
+                    /// JSON lines on stdout instead of tables.
                     json: a.json,
                     mode: a.mode,
                     record: a.observe.record,
@@ -458,6 +478,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 size: a.size,
                 rate: a.rate,
                 count: a.count,
+                /// Stop after this long (default: until Ctrl-C / SIGTERM).
                 duration: a.duration,
                 flows: a.flows,
                 dport: a.dport,
@@ -672,12 +693,15 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
         &wan::Options {
             iface_a: a.between[0].clone(),
             iface_b: a.between[1].clone(),
+            /// Network namespace (under /run/netns) to work in; wirelab enters it itself.
             netns: a.netns.clone(),
             specs,
             config: a.config,
             seed: a.seed,
+            /// Stop after this long (default: until Ctrl-C / SIGTERM).
             duration: a.duration,
             interval: a.interval,
+            /// JSON lines on stdout instead of tables.
             json: a.json,
             frames: a.frames,
             realtime: !a.no_realtime,
@@ -764,7 +788,9 @@ fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
                     iface,
                     rules,
                     mode: a.mode,
+                    /// JSON lines on stdout instead of tables.
                     json: a.json,
+                    /// Stop after this long (default: until Ctrl-C / SIGTERM).
                     duration: a.duration,
                 },
                 &stop,
