@@ -450,9 +450,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &inspect::Options {
                     iface: a.iface,
                     interval: a.interval,
-                    /// Stop after this long (default: until Ctrl-C / SIGTERM).
                     duration: a.duration,
-                    /// JSON lines on stdout instead of tables.
                     json: a.json,
                     mode: a.mode,
                     record: a.observe.record,
@@ -478,7 +476,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 size: a.size,
                 rate: a.rate,
                 count: a.count,
-                /// Stop after this long (default: until Ctrl-C / SIGTERM).
                 duration: a.duration,
                 flows: a.flows,
                 dport: a.dport,
@@ -693,15 +690,12 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
         &wan::Options {
             iface_a: a.between[0].clone(),
             iface_b: a.between[1].clone(),
-            /// Network namespace (under /run/netns) to work in; wirelab enters it itself.
             netns: a.netns.clone(),
             specs,
             config: a.config,
             seed: a.seed,
-            /// Stop after this long (default: until Ctrl-C / SIGTERM).
             duration: a.duration,
             interval: a.interval,
-            /// JSON lines on stdout instead of tables.
             json: a.json,
             frames: a.frames,
             realtime: !a.no_realtime,
@@ -788,9 +782,7 @@ fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
                     iface,
                     rules,
                     mode: a.mode,
-                    /// JSON lines on stdout instead of tables.
                     json: a.json,
-                    /// Stop after this long (default: until Ctrl-C / SIGTERM).
                     duration: a.duration,
                 },
                 &stop,
