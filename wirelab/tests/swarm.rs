@@ -1,5 +1,6 @@
 //! `wirelab swarm` end to end in the default lab: client and server on one L2 segment, the wan
 //! host bridging. Real peers (Samba's smbd, kernel sockets), unmodified client programs.
+use std::os::unix::process::CommandExt as _;
 mod common;
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -195,6 +196,9 @@ impl Samba {
         )
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        // Its own process group: on SIGTERM smbd signals its whole process group (it runs
+        // with --no-process-group), which must not be the test runner's.
+        .process_group(0)
         .spawn()
         .expect("smbd (apt-get install samba; `cargo xtask setup` does it)");
         let smbd = Bg(Some(child));
