@@ -403,6 +403,7 @@ fn detaches_cleanly_and_bridge_takes_over() {
     // kill -9: the kernel removes the links, the bridge forwards again.
     let (mut wan, _) = b.wan(&["--both", "delay 30ms"]);
     assert!(xdp_on(&b.lab.ns("wan"), "to-client"));
+    assert_eq!(tcx_ingress_count(&b.lab.ns("wan"), "to-server"), 1);
     let mut child = wan.0.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -412,6 +413,14 @@ fn detaches_cleanly_and_bridge_takes_over() {
     }
     assert!(!xdp_on(&b.lab.ns("wan"), "to-client"));
     assert!(!xdp_on(&b.lab.ns("wan"), "to-server"));
+    // The tc fast path's TCX links went with the process too.
+    for i in ["to-client", "to-server"] {
+        assert_eq!(
+            tcx_ingress_count(&b.lab.ns("wan"), i),
+            0,
+            "tc program left on {i}"
+        );
+    }
     let r = b.probe(&["--rate", "100", "--count", "50", "--wait", "300ms"]);
     assert_eq!(f(&r, &["no_echo"]), 0.0);
     assert!(

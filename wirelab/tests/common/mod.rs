@@ -70,6 +70,19 @@ pub fn xdp_attached(ns: &str, iface: &str) -> bool {
     String::from_utf8_lossy(&o.stdout).contains("prog/xdp")
 }
 
+/// Number of tc (TCX) ingress programs attached to `iface` in namespace `ns`.
+pub fn tcx_ingress_count(ns: &str, iface: &str) -> usize {
+    let iface = iface.to_string();
+    wirelab::netns::run_in(Some(ns), move || {
+        let (_, progs) = aya::programs::SchedClassifier::query_tcx(
+            &iface,
+            aya::programs::tc::TcAttachType::Ingress,
+        )?;
+        Ok(progs.len())
+    })
+    .expect("query TCX links")
+}
+
 pub fn namespaces() -> Vec<String> {
     wirelab::netns::list()
 }
