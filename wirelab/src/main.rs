@@ -441,9 +441,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Lab(c) => lab_cmd(c),
         Cmd::Inspect(a) => {
-            if a.interval.is_zero() {
-                bail!("--interval must be greater than 0");
-            }
+            check_interval(a.interval)?;
             let metrics = a.observe.endpoint()?;
             let stop = enter_netns(&a.netns)?;
             inspect::run(
@@ -528,9 +526,7 @@ fn probe_cmd(p: ProbeCmd) -> Result<ExitCode> {
             interval,
             record: record_dir,
         } => {
-            if interval.is_zero() {
-                bail!("--interval must be greater than 0");
-            }
+            check_interval(interval)?;
             let stop = enter_netns(&netns)?;
             if tcp {
                 let dur = duration.unwrap_or(Duration::from_secs(10));
@@ -656,9 +652,7 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let a = w.run;
-    if a.interval.is_zero() {
-        bail!("--interval must be greater than 0");
-    }
+    check_interval(a.interval)?;
     let specs = wan::DirSpecs {
         both: a.both,
         a_to_b: a.a_to_b,
@@ -799,6 +793,14 @@ fn enter_netns(ns: &Option<String>) -> Result<util::Stop> {
         netns::enter(ns)?;
     }
     util::Stop::install()
+}
+
+/// Reporting intervals below 10 ms would turn a measurement into a flood of output.
+fn check_interval(i: Duration) -> Result<()> {
+    if i < Duration::from_millis(10) {
+        bail!("--interval must be at least 10ms (got {i:?})");
+    }
+    Ok(())
 }
 
 fn require_root() -> Result<()> {

@@ -709,8 +709,22 @@ pub fn explain_xsk_error(e: anyhow::Error) -> anyhow::Error {
 }
 
 pub fn frames_hint(frames: u64) -> Result<u64> {
-    if !(1024..=1 << 22).contains(&frames) {
-        bail!("--frames must be between 1024 and 4194304");
+    // The UMEM is locked in memory: at most a quarter of the machine's RAM.
+    let ram = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(u64::MAX);
+    let max = (ram / 4 / FRAME_SIZE).clamp(1024, 1 << 22);
+    if !(1024..=max).contains(&frames) {
+        bail!(
+            "--frames must be between 1024 and {max} (4 KiB each, locked in memory; at most a quarter of RAM)"
+        );
     }
     Ok(frames)
 }
