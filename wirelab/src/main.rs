@@ -323,6 +323,13 @@ struct FwArgs {
     /// Stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_parser = util::parse_duration)]
     duration: Option<Duration>,
+    /// Write a run record (rules, reloads, per-interval hits, final counters) into DIR; see
+    /// `wirelab report`.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Interval of the recorded series.
+    #[arg(long, default_value = "1s", value_parser = util::parse_duration)]
+    interval: Duration,
 }
 
 #[derive(Subcommand)]
@@ -778,6 +785,8 @@ fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
                     mode: a.mode,
                     json: a.json,
                     duration: a.duration,
+                    record: a.record,
+                    interval: a.interval,
                 },
                 &stop,
             )?;

@@ -566,3 +566,66 @@ fn cleanup_removes_namespaces_of_a_killed_bench() {
         "{v}"
     );
 }
+
+#[test]
+fn record_series_counts_rule_hits_and_reports() {
+    let lab = Lab::up("fwr");
+    let dir = std::env::temp_dir().join(unique("wlfwrec"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "default = \"allow\"\n[[rule]]\nname = \"no-ping\"\naction = \"deny\"\nproto = \"icmp\"\nsrc = \"198.18.0.1/32\"\n",
+    )
+    .unwrap();
+    let rec = dir.join("run");
+    let mut c = wirelab();
+    c.args([
+        "fw",
+        "--netns",
+        &lab.ns("server"),
+        "--iface",
+        "eth0",
+        "--rules",
+    ]);
+    c.arg(&rules);
+    c.args(["--interval", "200ms", "--duration", "3s", "--record"]);
+    c.arg(&rec);
+    let (mut bg, _) = spawn_ready(c, "fw attached", Duration::from_secs(20));
+    let _ = in_ns(
+        &lab.ns("client"),
+        &[
+            "ping",
+            "-c",
+            "8",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            "-q",
+            "198.18.0.2",
+        ],
+    )
+    .output();
+    let st = bg.0.take().unwrap().wait().unwrap();
+    assert!(st.success(), "fw exit {st}");
+    // Every denied echo request is in the per-interval hits of its rule, and in the drops.
+    let series = std::fs::read_to_string(rec.join("fw.series.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = series
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 5, "{} lines", lines.len());
+    let hits: u64 = lines
+        .iter()
+        .map(|l| l["hits"]["no-ping"].as_u64().unwrap())
+        .sum();
+    let dropped: u64 = lines.iter().map(|l| l["dropped"].as_u64().unwrap()).sum();
+    assert_eq!(hits, 8, "{series}");
+    assert_eq!(dropped, 8, "{series}");
+    let o = ok(wirelab().arg("report").arg(&rec));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("report.html"));
+    assert!(rec.join("report-plots/fw-hits.svg").exists());
+    assert!(rec.join("report-plots/fw-verdicts.svg").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

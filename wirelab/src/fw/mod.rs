@@ -506,6 +506,51 @@ pub struct Options {
     pub mode: Option<AttachMode>,
     pub json: bool,
     pub duration: Option<Duration>,
+    /// Run record directory (`--record`): rules, reloads, per-interval hits, final counters.
+    pub record: Option<PathBuf>,
+    /// Interval of the recorded series.
+    pub interval: Duration,
+}
+
+/// Per-interval record line: passes and drops, and each rule's hits, since the last line.
+fn interval_line(t: f64, cur: &serde_json::Value, prev: &serde_json::Value) -> serde_json::Value {
+    let rows = |s: &serde_json::Value| -> Vec<(String, u64, u64)> {
+        let mut v: Vec<(String, u64, u64)> = s["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or("").to_string(),
+                    r["packets"].as_u64().unwrap_or(0),
+                    r["dropped"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        for k in ["default", "malformed", "non_ip"] {
+            v.push((
+                format!("({k})"),
+                s[k]["packets"].as_u64().unwrap_or(0),
+                s[k]["dropped"].as_u64().unwrap_or(0),
+            ));
+        }
+        v
+    };
+    let before: std::collections::HashMap<String, (u64, u64)> = rows(prev)
+        .into_iter()
+        .map(|(n, p, d)| (n, (p, d)))
+        .collect();
+    let (mut passed, mut dropped) = (0u64, 0u64);
+    let mut hits = serde_json::Map::new();
+    for (name, p, d) in rows(cur) {
+        // A rule new since the last line (reload) starts from its carried-over counters.
+        let (bp, bd) = before.get(&name).copied().unwrap_or((p, d));
+        let (dp, dd) = (p.saturating_sub(bp), d.saturating_sub(bd));
+        passed += dp.saturating_sub(dd);
+        dropped += dd;
+        hits.insert(name, json!(dp));
+    }
+    json!({"type": "interval", "t": t, "passed": passed, "dropped": dropped, "hits": hits})
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -594,6 +639,19 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
             "rules": rs.rules.len(), "prefixes": rs.prefixes()});
         writeln!(stdout.lock(), "{v}")?;
     }
+    let mut rec = match &opts.record {
+        Some(dir) => Some(crate::record::Recorder::create(
+            dir,
+            "fw",
+            "fw",
+            json!({"iface": opts.iface, "mode": mode, "rules_file": opts.rules,
+                "rules": std::fs::read_to_string(&opts.rules).unwrap_or_default(),
+                "interval_s": opts.interval.as_secs_f64()}),
+        )?),
+        None => None,
+    };
+    let mut prev = fw.stats()?;
+    let mut last_line = Instant::now();
     loop {
         let stopped = stop.sleep(Duration::from_millis(20));
         for v in fw.drain_log() {
@@ -608,12 +666,29 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
         loop {
             match listener.accept() {
                 Ok((s, _)) => {
+                    let reloads = fw.reloads;
                     if let Err(e) = serve(&mut fw, &bpf, s, opts, mode) {
                         tracing::warn!("control request failed: {e:#}");
+                    }
+                    if fw.reloads != reloads {
+                        if let Some(r) = rec.as_mut() {
+                            let st = fw.stats()?;
+                            r.change(&json!({"t": start.elapsed().as_secs_f64(),
+                                "generation": st["generation"], "rules": st["rules"]}))?;
+                        }
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e).context("control socket"),
+            }
+        }
+        if rec.is_some() && last_line.elapsed() >= opts.interval {
+            last_line = Instant::now();
+            let cur = fw.stats()?;
+            let line = interval_line(start.elapsed().as_secs_f64(), &cur, &prev);
+            prev = cur;
+            if let Some(r) = rec.as_mut() {
+                r.interval(&line)?;
             }
         }
         if stopped || opts.duration.is_some_and(|d| start.elapsed() >= d) {
@@ -638,6 +713,10 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
             print_stats(&mut out, &s)?;
         }
         out.flush()?;
+    }
+    if let Some(r) = rec {
+        let path = r.finish(&s, vec![], vec![])?;
+        tracing::info!(summary = %path.display(), "record written");
     }
     drop(listener);
     drop(bpf);

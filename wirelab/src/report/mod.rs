@@ -666,6 +666,60 @@ fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     charts
 }
 
+/// fw: passes vs drops per interval, and each rule's hits over time.
+fn fw_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
+    let x = xs(src, t0);
+    let line = |k: &str| -> Vec<(f64, f64)> {
+        src.series
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| num(&l[k]).map(|y| (x[i], y)))
+            .collect()
+    };
+    let mut rules: Vec<String> = vec![];
+    for l in &src.series {
+        if let Some(m) = l["hits"].as_object() {
+            for k in m.keys() {
+                if !rules.contains(k) {
+                    rules.push(k.clone());
+                }
+            }
+        }
+    }
+    let hits = rules
+        .iter()
+        .map(|r| {
+            Series::new(
+                format!("{p}{r}"),
+                src.series
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, l)| num(&l["hits"][r.as_str()]).map(|y| (x[i], y)))
+                    .collect(),
+            )
+        })
+        .collect();
+    vec![
+        Chart::lines(
+            &format!("{}-verdicts", src.name),
+            &format!("{}: passed and dropped packets per interval", src.name),
+            "time (s)",
+            "packets",
+            vec![
+                Series::new(format!("{p}passed"), line("passed")),
+                Series::new(format!("{p}dropped"), line("dropped")),
+            ],
+        ),
+        Chart::lines(
+            &format!("{}-hits", src.name),
+            &format!("{}: hits per rule per interval", src.name),
+            "time (s)",
+            "packets",
+            hits,
+        ),
+    ]
+}
+
 /// Tools without their own plots (fw and later ones start here): every numeric top-level
 /// field of the interval objects over time.
 fn generic_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
@@ -713,7 +767,7 @@ pub fn charts_for(src: &Source, t0: f64, prefix: &str) -> Vec<Chart> {
         "probe-tcp" => probe_tcp_charts(src, t0, prefix),
         "inspect" => inspect_charts(src, t0, prefix),
         "swarm-run" | "swarm-connect" => swarm_charts(src, t0, prefix),
-        // fw: per-rule hits over time and drops vs passes go here when it records.
+        "fw" => fw_charts(src, t0, prefix),
         _ => generic_charts(src, t0, prefix),
     };
     // Two sources of one tool in a run (probe-udp, probe-udp-2): keep ids unique.
