@@ -228,6 +228,37 @@ pub async fn interfaces(h: &Handle) -> Result<Vec<IfaceInfo>> {
     Ok(out)
 }
 
+/// Whether `iface` (in the calling thread's namespace) is up and has carrier
+/// (IFF_UP and IFF_RUNNING, through the SIOCGIFFLAGS ioctl). `None` if it does not exist.
+pub fn link_running(iface: &str) -> Option<bool> {
+    #[repr(C)]
+    struct IfReqFlags {
+        name: [u8; 16],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    if iface.len() > 15 {
+        return None;
+    }
+    let mut req = IfReqFlags {
+        name: [0; 16],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req as *mut IfReqFlags) };
+    unsafe { libc::close(fd) };
+    if r < 0 {
+        return None;
+    }
+    let f = req.flags as libc::c_int;
+    Some(f & libc::IFF_UP != 0 && f & libc::IFF_RUNNING != 0)
+}
+
 /// Turn TX checksum offload of `iface` (in the calling thread's namespace) on or off, through
 /// the ethtool ioctl (`ETHTOOL_STXCSUM`).
 ///

@@ -132,8 +132,8 @@ struct Side {
     tx: RingTx,
     fill_outstanding: u32,
     tx_outstanding: u32,
-    /// When the interface refused to transmit (ENETDOWN); 0 while it works.
-    down_since: u64,
+    /// The interface is down (seen by the periodic link check, or ENETDOWN on a kick).
+    down: bool,
 }
 
 pub struct Engine {
@@ -250,7 +250,7 @@ impl Engine {
                 tx,
                 fill_outstanding: 0,
                 tx_outstanding: 0,
-                down_since: 0,
+                down: false,
             });
         }
         let mk_states = |d: usize, n: usize| -> Vec<ClassState> {
@@ -555,9 +555,7 @@ impl Engine {
                 continue;
             }
             let mut put = 0;
-            // Retry a down interface every 100 ms.
-            let down = self.sides[out].down_since;
-            if down != 0 && mono_ns().saturating_sub(down) < 100_000_000 {
+            if self.sides[out].down {
                 // The out interface is down: what is due is lost, as on a dead link.
                 for desc in &batch {
                     self.free.push(desc.addr & !(FRAME_SIZE - 1));
@@ -622,7 +620,7 @@ impl Engine {
             if r < 0 {
                 match std::io::Error::last_os_error().raw_os_error() {
                     Some(libc::ENETDOWN) => {
-                        self.sides[s].down_since = mono_ns();
+                        self.sides[s].down = true;
                         return moved;
                     }
                     Some(libc::ENXIO) | Some(libc::ENODEV) => {
@@ -631,8 +629,6 @@ impl Engine {
                     }
                     _ => {}
                 }
-            } else {
-                self.sides[s].down_since = 0;
             }
             if self.sides[s].tx.pending() >= before {
                 break;
@@ -640,6 +636,14 @@ impl Engine {
             moved = true;
         }
         moved
+    }
+
+    /// Record whether interface `side` (0 = A, 1 = B) is up and running; while it is not,
+    /// frames due for it are dropped and counted (`link_down_drops`).
+    pub fn set_link(&mut self, side: usize, up: bool) {
+        if let Some(s) = self.sides.get_mut(side) {
+            s.down = !up;
+        }
     }
 
     /// Frames the kernel could not hand to the engine (no fill-ring frame or RX ring full).

@@ -865,6 +865,20 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         }
         if last_ctl.elapsed() >= Duration::from_millis(10) {
             last_ctl = Instant::now();
+            // Link state of both interfaces: frames due for a down one are dropped, counted.
+            for (i, name) in [&opts.iface_a, &opts.iface_b].iter().enumerate() {
+                match crate::nl::link_running(name) {
+                    Some(up) => engine.set_link(i, up),
+                    None => {
+                        if fatal.is_none() {
+                            fatal = Some(format!("interface {name} went away"));
+                        }
+                    }
+                }
+            }
+            if fatal.is_some() {
+                break;
+            }
             if let Ok((s, _)) = listener.accept() {
                 let reply = match handle_set(s.try_clone()?, &plan, &mut specs, opts.frames) {
                     Ok((new_specs, class, new_profiles, applied)) => {
