@@ -1,6 +1,7 @@
 //! `wan`: the kernel half of the WAN emulator.
 //!
-//! `wan_xdp` runs on both interfaces. Per frame it classifies (LPM class table), counts, applies
+//! `wan_xdp` runs on both interfaces. Per frame it classifies (exact-address hash and LPM class
+//! tables), counts, applies
 //! the blackhole schedule and the loss model, then either
 //! - passes the frame on (`XDP_PASS`) to `wan_fwd`, a tc ingress program that redirects it to
 //!   the other interface's egress (the in-kernel fast path, for classes with nothing to hold), or
