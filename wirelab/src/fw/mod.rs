@@ -242,45 +242,17 @@ impl Firewall {
             (1, &mut m.src4, &mut m.hsrc4, &tables.src4),
             (2, &mut m.dst4, &mut m.hdst4, &tables.dst4),
         ] {
-            for (len, a, v) in entries {
-                let mut k = [0u8; 5];
-                k[0] = g as u8;
-                k[1..].copy_from_slice(a);
-                if *len == 32 {
-                    hash.insert(k, v, 0).context("inserting an IPv4 address")?;
-                    hosts |= bit;
-                } else {
-                    if *len == 0 {
-                        any[bit.trailing_zeros() as usize] = *v;
-                    } else {
-                        tries |= bit;
-                    }
-                    trie.insert(&Key::new(8 + *len as u32, k), v, 0)
-                        .context("inserting an IPv4 prefix")?;
-                }
-            }
+            install_prefixes(
+                g as u8, bit, trie, hash, entries, &mut hosts, &mut tries, &mut any,
+            )?;
         }
         for (bit, trie, hash, entries) in [
             (4, &mut m.src6, &mut m.hsrc6, &tables.src6),
             (8, &mut m.dst6, &mut m.hdst6, &tables.dst6),
         ] {
-            for (len, a, v) in entries {
-                let mut k = [0u8; 17];
-                k[0] = g as u8;
-                k[1..].copy_from_slice(a);
-                if *len == 128 {
-                    hash.insert(k, v, 0).context("inserting an IPv6 address")?;
-                    hosts |= bit;
-                } else {
-                    if *len == 0 {
-                        any[bit.trailing_zeros() as usize] = *v;
-                    } else {
-                        tries |= bit;
-                    }
-                    trie.insert(&Key::new(8 + *len as u32, k), v, 0)
-                        .context("inserting an IPv6 prefix")?;
-                }
-            }
+            install_prefixes(
+                g as u8, bit, trie, hash, entries, &mut hosts, &mut tries, &mut any,
+            )?;
         }
         for (i, (r, ins)) in rs.rules.iter().zip(installed.iter()).enumerate() {
             let mut fill = 0u64;
@@ -498,6 +470,43 @@ fn log_text(v: &serde_json::Value) -> String {
             ""
         }
     )
+}
+
+/// Install one address table (`A` address bytes; the key is generation byte + address) of
+/// generation `gen`: exact addresses into the hash table, shorter prefixes into the trie.
+/// Sets `bit` in `hosts`/`tries` for the tables that got entries, and records the /0 entry's
+/// bitmap in `any`.
+#[allow(clippy::too_many_arguments)]
+fn install_prefixes<const A: usize, const K: usize>(
+    gen: u8,
+    bit: u32,
+    trie: &mut LpmTrie<MapData, [u8; K], u64>,
+    hash: &mut BpfHash<MapData, [u8; K], u64>,
+    entries: &[(u8, [u8; A], u64)],
+    hosts: &mut u32,
+    tries: &mut u32,
+    any: &mut [u64; 4],
+) -> Result<()> {
+    let family = if A == 4 { "IPv4" } else { "IPv6" };
+    for (len, a, v) in entries {
+        let mut k = [0u8; K];
+        k[0] = gen;
+        k[1..].copy_from_slice(a);
+        if *len as usize == A * 8 {
+            hash.insert(k, v, 0)
+                .with_context(|| format!("inserting an {family} address"))?;
+            *hosts |= bit;
+        } else {
+            if *len == 0 {
+                any[bit.trailing_zeros() as usize] = *v;
+            } else {
+                *tries |= bit;
+            }
+            trie.insert(&Key::new(8 + *len as u32, k), v, 0)
+                .with_context(|| format!("inserting an {family} prefix"))?;
+        }
+    }
+    Ok(())
 }
 
 pub struct Options {
