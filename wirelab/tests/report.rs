@@ -3,7 +3,7 @@
 //! metrics through a strict OpenMetrics parser, and damaged run directories.
 mod common;
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::mpsc::Receiver,
     time::{Duration, Instant},
@@ -13,19 +13,6 @@ use common::*;
 use serde_json::{json, Value};
 
 const TO: &str = "198.18.0.2:7000";
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(unique(&format!("wlrep-{tag}-")));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-struct RmDir(PathBuf);
-impl Drop for RmDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
@@ -162,8 +149,8 @@ fn sample(rows: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 fn chromium(args: &[&str], url: &str) -> std::process::Output {
-    let ud = tmpdir("chrome");
-    let _rm = RmDir(ud.clone());
+    let tmp = TempDir::new("wlrep-chrome-");
+    let ud = tmp.0.clone();
     let o = Command::new("chromium")
         .args([
             "--headless",
@@ -220,21 +207,9 @@ fn png_stats(p: &Path) -> (f64, f64) {
 #[test]
 fn recorded_wan_and_probe_run_report_and_metrics() {
     let lab = Lab::up("rep");
-    let mut c = wirelab();
-    c.args([
-        "probe",
-        "server",
-        "--netns",
-        &lab.ns("server"),
-        "--bind",
-        TO,
-        "--duration",
-        "120s",
-    ]);
-    let (_server, _) = spawn_ready(c, "probe server listening", Duration::from_secs(10));
-    let dir = tmpdir("a");
-    let dir_b = tmpdir("b");
-    let _rm = (RmDir(dir.clone()), RmDir(dir_b.clone()));
+    let _server = probe_server(&lab, TO, "120s");
+    let (tmp_a, tmp_b) = (TempDir::new("wlrep-a-"), TempDir::new("wlrep-b-"));
+    let (dir, dir_b) = (tmp_a.0.clone(), tmp_b.0.clone());
 
     // Run A: 20 ms each way, a UDP probe run recorded into the same directory, two scrapes
     // of the wan's metrics while the probes flow.
@@ -554,8 +529,8 @@ fn report_err(dir: &Path) -> String {
 
 #[test]
 fn damaged_run_directories_are_errors_naming_file_and_line() {
-    let base = tmpdir("dmg");
-    let _rm = RmDir(base.clone());
+    let tmp = TempDir::new("wlrep-dmg-");
+    let base = tmp.0.clone();
     let fresh = |tag: &str| {
         let d = base.join(tag);
         small_run(&d);

@@ -27,18 +27,7 @@ struct Bench {
 impl Bench {
     fn new(prefix: &str) -> Self {
         let lab = Lab::up(prefix);
-        let mut c = wirelab();
-        c.args([
-            "probe",
-            "server",
-            "--netns",
-            &lab.ns("server"),
-            "--bind",
-            TO,
-            "--duration",
-            "300s",
-        ]);
-        let (server, _) = spawn_ready(c, "probe server listening", Duration::from_secs(10));
+        let server = probe_server(&lab, TO, "300s");
         Self {
             lab,
             _server: server,
@@ -233,9 +222,9 @@ fn random_loss_is_binomial() {
 fn gemodel_bursts_and_classes() {
     let _s = serial();
     let b = Bench::new("wg");
-    let dir = std::env::temp_dir().join(unique("wlg"));
+    let dir = TempDir::new("wlg");
     // p = 2%, r = 25%: losses come in bursts of mean length 1/r = 4, on the probe's class only.
-    let cfg = class_config(&dir, 11, "198.18.0.2/32", "loss gemodel 2% 25%");
+    let cfg = class_config(&dir.0, 11, "198.18.0.2/32", "loss gemodel 2% 25%");
     let (wan, _) = b.wan(&["--config", cfg.to_str().unwrap()]);
     let r = b.probe(&["--rate", "4000", "--count", "20000", "--wait", "300ms"]);
     let mean = f(&r, &["loss_bursts", "mean_len"]);
@@ -257,7 +246,6 @@ fn gemodel_bursts_and_classes() {
         0.0,
         "default class must not lose: {def}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -333,10 +321,10 @@ fn rate_limits_tcp_goodput() {
 fn same_seed_same_losses() {
     let _s = serial();
     let b = Bench::new("ws");
-    let dir = std::env::temp_dir().join(unique("wls"));
+    let dir = TempDir::new("wls");
     let mut runs = vec![];
     for seed in [42u64, 42, 43] {
-        let cfg = class_config(&dir, seed, "198.18.0.0/24", "loss 10%");
+        let cfg = class_config(&dir.0, seed, "198.18.0.0/24", "loss 10%");
         let (wan, _) = b.wan(&["--config", cfg.to_str().unwrap()]);
         let r = b.probe(&["--rate", "1000", "--count", "2000", "--wait", "300ms"]);
         stop_wan(wan);
@@ -351,7 +339,6 @@ fn same_seed_same_losses() {
     }
     assert_eq!(runs[0], runs[1], "same seed, different losses");
     assert_ne!(runs[0], runs[2], "different seeds, same losses");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -467,37 +454,26 @@ fn bad_input_attaches_nothing() {
     assert!(e.contains("\"jitter\"") && e.contains("allowed"), "{e}");
     let e = run(&["--between", "to-client", "nope0", "--both", "delay 1ms"]);
     assert!(e.contains("no interface named \"nope0\""), "{e}");
-    let dir = std::env::temp_dir().join(unique("wlb"));
-    std::fs::create_dir_all(&dir).unwrap();
+    // A config with one bad field is refused naming it.
+    let dir = TempDir::new("wlb");
     let cfgp = dir.join("bad.toml");
-    std::fs::write(
-        &cfgp,
-        "[[class]]\nname = \"x\"\nnet = \"198.18.0.0/33\"\nboth = \"delay 1ms\"\n",
-    )
-    .unwrap();
-    let e = run(&[
-        "--between",
-        "to-client",
-        "to-server",
-        "--config",
-        cfgp.to_str().unwrap(),
-    ]);
+    let bad_config = |text: &str| {
+        std::fs::write(&cfgp, text).unwrap();
+        run(&[
+            "--between",
+            "to-client",
+            "to-server",
+            "--config",
+            cfgp.to_str().unwrap(),
+        ])
+    };
+    let e = bad_config("[[class]]\nname = \"x\"\nnet = \"198.18.0.0/33\"\nboth = \"delay 1ms\"\n");
     assert!(e.contains("class[0].net"), "{e}");
-    std::fs::write(
-        &cfgp,
+    let e = bad_config(
         "[[class]]\nname = \"x\"\nnet = \"198.18.0.2\"\nport = 80\nboth = \"delay 1ms\"\n",
-    )
-    .unwrap();
-    let e = run(&[
-        "--between",
-        "to-client",
-        "to-server",
-        "--config",
-        cfgp.to_str().unwrap(),
-    ]);
+    );
     assert!(e.contains("class[0].port"), "{e}");
     assert!(!xdp_on(), "something was attached by a refused run");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -122,6 +122,45 @@ impl Drop for Lab {
     }
 }
 
+/// A temporary directory (unique per test process and call) removed on drop, also when the
+/// test fails.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let d = std::env::temp_dir().join(unique(prefix));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("creating a temp dir");
+        Self(d)
+    }
+
+    pub fn join(&self, p: &str) -> std::path::PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `wirelab probe server` on `bind` in lab host `server`, running until dropped (bounded by
+/// `duration`).
+pub fn probe_server(lab: &Lab, bind: &str, duration: &str) -> Bg {
+    let mut c = wirelab();
+    c.args([
+        "probe",
+        "server",
+        "--netns",
+        &lab.ns("server"),
+        "--bind",
+        bind,
+    ]);
+    c.args(["--duration", duration]);
+    spawn_ready(c, "probe server listening", Duration::from_secs(10)).0
+}
+
 /// A child process killed on drop.
 pub struct Bg(pub Option<Child>);
 
