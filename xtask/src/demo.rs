@@ -221,74 +221,50 @@ pub fn demo() -> Result<()> {
         "{:<34} {:>16} {:>16} {:>16}",
         "", "configured", "client->server", "server->client"
     );
-    println!(
-        "{:<34} {:>16} {:>16.2} {:>16.2}",
-        "one-way delay p50 (ms)",
-        "40",
-        num(&udp, &["forward", "delay_ms", "p50"]),
-        num(&udp, &["reverse", "delay_ms", "p50"])
+    // One table row: label, configured value, measured client->server and server->client
+    // (the latter absent for round-trip figures), with `prec` decimals.
+    let row = |label: &str, configured: &str, fwd: f64, rev: Option<f64>, prec: usize| {
+        let rev = rev.map(|r| format!("{r:>16.prec$}")).unwrap_or_default();
+        println!("{label:<34} {configured:>16} {fwd:>16.prec$} {rev}");
+    };
+    let both = |v: &Value, f: &[&str], r: &[&str]| (num(v, f), Some(num(v, r)));
+    let (f, r) = both(
+        &udp,
+        &["forward", "delay_ms", "p50"],
+        &["reverse", "delay_ms", "p50"],
     );
-    println!(
-        "{:<34} {:>16} {:>16.2} {:>16.2}",
-        "one-way delay mean (ms)",
-        "40",
-        num(&udp, &["forward", "delay_ms", "mean"]),
-        num(&udp, &["reverse", "delay_ms", "mean"])
+    row("one-way delay p50 (ms)", "40", f, r, 2);
+    let (f, r) = both(
+        &udp,
+        &["forward", "delay_ms", "mean"],
+        &["reverse", "delay_ms", "mean"],
     );
-    println!(
-        "{:<34} {:>16} {:>16.2} {:>16.2}",
-        "one-way delay stddev (ms)",
-        "5 (normal)",
-        num(&udp, &["forward", "delay_ms", "stddev"]),
-        num(&udp, &["reverse", "delay_ms", "stddev"])
+    row("one-way delay mean (ms)", "40", f, r, 2);
+    let (f, r) = both(
+        &udp,
+        &["forward", "delay_ms", "stddev"],
+        &["reverse", "delay_ms", "stddev"],
     );
-    println!(
-        "{:<34} {:>16} {:>16.2} {:>16.2}",
-        "loss (%) of UDP probes",
-        "0.5",
-        num(&udp, &["forward", "loss_pct"]),
-        num(&udp, &["reverse", "loss_pct"])
-    );
-    println!(
-        "{:<34} {:>16} {:>16.0} {:>16.0}",
-        "reordered probes",
-        "0 (keep order)",
-        num(&udp, &["forward", "reordered"]),
-        num(&udp, &["reverse", "reordered"])
-    );
-    println!(
-        "{:<34} {:>16} {:>16.2}",
-        "RTT p50 (ms)",
-        "80",
-        num(&udp, &["rtt_ms", "p50"])
-    );
-    println!(
-        "{:<34} {:>16} {:>16.2}",
+    row("one-way delay stddev (ms)", "5 (normal)", f, r, 2);
+    let (f, r) = both(&udp, &["forward", "loss_pct"], &["reverse", "loss_pct"]);
+    row("loss (%) of UDP probes", "0.5", f, r, 2);
+    let (f, r) = both(&udp, &["forward", "reordered"], &["reverse", "reordered"]);
+    row("reordered probes", "0 (keep order)", f, r, 0);
+    row("RTT p50 (ms)", "80", num(&udp, &["rtt_ms", "p50"]), None, 2);
+    row(
         "TCP goodput (Mbit/s)",
         "<= 19.13",
-        num(&tcp, &["goodput_mbps"])
+        num(&tcp, &["goodput_mbps"]),
+        None,
+        2,
     );
-    println!(
-        "{:<34} {:>16} {:>16.2} {:>16.2}",
-        "wan: added delay p50, all traffic",
-        "40",
-        num(&ab, &["delay_p50_ms"]),
-        num(&ba, &["delay_p50_ms"])
-    );
-    println!(
-        "{:<34} {:>16} {:>16.0} {:>16.0}",
-        "wan: frames lost (loss model)",
-        "0.5%",
-        num(&ab, &["drops_loss"]),
-        num(&ba, &["drops_loss"])
-    );
-    println!(
-        "{:<34} {:>16} {:>16.0} {:>16.0}",
-        "wan: queue drops (rate)",
-        "",
-        num(&ab, &["drops_queue"]),
-        num(&ba, &["drops_queue"])
-    );
+    let wan = |k: &str| (num(&ab, &[k]), Some(num(&ba, &[k])));
+    let (f, r) = wan("delay_p50_ms");
+    row("wan: added delay p50, all traffic", "40", f, r, 2);
+    let (f, r) = wan("drops_loss");
+    row("wan: frames lost (loss model)", "0.5%", f, r, 0);
+    let (f, r) = wan("drops_queue");
+    row("wan: queue drops (rate)", "", f, r, 0);
     println!(
         "\n20 Mbit/s of 1514-byte frames carries at most 19.13 Mbit/s of TCP payload; TCP reached\n\
          {:.0}% of that. The wan's own added-delay figure covers all traffic, so client->server it\n\
