@@ -33,8 +33,20 @@ pub const PROTO_ENTRIES: u32 = 256;
 
 /// Size of the per-source rate-limit LRU table.
 pub const BUCKETS: u32 = 65536;
-/// Prefix entries per LPM trie and per exact-address hash (both generations together).
+/// Entries per address table (LPM trie or prefix hash), both generations together.
 pub const TRIE_ENTRIES: u32 = 262144;
+/// Most prefix lengths probed in a prefix hash per packet (see [`FwConf::probe_len`]).
+pub const MAX_PROBES: usize = 4;
+
+/// How an address table is searched (`FwConf::mode`).
+pub mod lookup {
+    /// No prefix but /0: `FwConf::any` is the answer, no map is read.
+    pub const ANY: u8 = 0;
+    /// Prefix hash: probe `FwConf::probe_len` lengths, longest first; a miss on all is `any`.
+    pub const HASH: u8 = 1;
+    /// LPM trie (too many distinct prefix lengths to expand within the entry budget).
+    pub const TRIE: u8 = 2;
+}
 
 /// Token-bucket fixed point: one packet (or byte) is this many units.
 pub const TOKEN_UNIT: u64 = 1_000_000_000;
@@ -47,7 +59,10 @@ pub mod action {
     pub const LOG: u32 = 3;
 }
 
-/// Per-generation policies.
+/// Per-generation policies and how each address table is searched.
+///
+/// The four address tables are, by index: 0 = IPv4 source, 1 = IPv4 destination,
+/// 2 = IPv6 source, 3 = IPv6 destination.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FwConf {
@@ -55,12 +70,19 @@ pub struct FwConf {
     pub malformed_action: u32,
     pub non_ip_action: u32,
     pub nrules: u32,
-    /// Which exact-address hash tables hold entries: 1 src4, 2 dst4, 4 src6, 8 dst6.
-    pub hosts: u32,
-    /// Which tries hold prefixes other than /0 (same bits). A trie with only its /0 entry
-    /// is not walked: `any` holds that entry's bitmap.
-    pub tries: u32,
-    /// Bitmaps of the /0 entries: src4, dst4, src6, dst6.
+    /// [`lookup`] method per table.
+    pub mode: [u8; 4],
+    /// Number of prefix lengths probed per table (hash mode).
+    pub nprobes: [u8; 4],
+    /// Probed prefix lengths per table, longest first (hash mode). Userspace expands every
+    /// prefix to the shortest probed length at or above its own, so a hit on the first probed
+    /// length that has one is the longest match.
+    pub probe_len: [[u8; MAX_PROBES]; 4],
+    /// Network-order masks of the probed lengths, IPv4 tables.
+    pub mask4: [[u32; MAX_PROBES]; 2],
+    /// Masks of the probed lengths, IPv6 tables (two network-order halves each).
+    pub mask6: [[[u64; 2]; MAX_PROBES]; 2],
+    /// Bitmaps of the /0 entries (rules without that field, and /0 prefixes), per table.
     pub any: [u64; 4],
 }
 
@@ -154,6 +176,10 @@ pub struct LogEvent {
 pub type Key4 = [u8; 5];
 /// Data of an IPv6 trie key: generation byte, then the address.
 pub type Key6 = [u8; 17];
+/// IPv4 prefix-hash key: generation, prefix length, masked address.
+pub type HKey4 = [u8; 6];
+/// IPv6 prefix-hash key: generation, prefix length, masked address.
+pub type HKey6 = [u8; 18];
 
 /// Configuration of the `gen_tx` generator program.
 #[repr(C)]

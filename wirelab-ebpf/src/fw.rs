@@ -5,8 +5,12 @@
 //! ICMP type. The AND of the bitmaps holds the rules matching on every field; the lowest set
 //! bit is the first matching rule. About ten map lookups per packet, whatever the rule set.
 //!
-//! Exact addresses (/32, /128) live in hash tables in front of the tries, so host lists of
-//! any size cost one hash lookup; only shorter prefixes walk a trie.
+//! Address prefixes are looked up in a "prefix hash" (tuple space with controlled prefix
+//! expansion): userspace expands each prefix to one of at most `MAX_PROBES` lengths, chosen
+//! to keep the table small, and the program probes those lengths longest first — one hash
+//! lookup per probed length, whatever the number of prefixes (1,000 /24s and /25s, or
+//! 100,000 /32s, are one probe). Only a list with too many distinct lengths to expand within
+//! the entry budget falls back to the kernel's LPM trie, whose cost grows with its depth.
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_PREALLOC},
     helpers::bpf_ktime_get_ns,
@@ -18,9 +22,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use wirelab_common::fw::{
-    action, Bucket, BucketKey, FwConf, Key4, Key6, LogEvent, RuleCounter, RuleMeta, BUCKETS,
-    MAX_RULES, NUM_COUNTERS, PORT_ENTRIES, PORT_NONE, PROTO_ENTRIES, SLOT_DEFAULT, SLOT_MALFORMED,
-    SLOT_NON_IP, SMALL_ENTRIES, SMALL_NONE, TOKEN_UNIT, TRIE_ENTRIES,
+    action, lookup as method, Bucket, BucketKey, FwConf, HKey4, HKey6, Key4, Key6, LogEvent,
+    RuleCounter, RuleMeta, BUCKETS, MAX_PROBES, MAX_RULES, NUM_COUNTERS, PORT_ENTRIES, PORT_NONE,
+    PROTO_ENTRIES, SLOT_DEFAULT, SLOT_MALFORMED, SLOT_NON_IP, SMALL_ENTRIES, SMALL_NONE,
+    TOKEN_UNIT, TRIE_ENTRIES,
 };
 
 use crate::parse::{
@@ -43,13 +48,13 @@ static FW_SRC6: LpmTrie<Key6, u64> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
 #[map]
 static FW_DST6: LpmTrie<Key6, u64> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0);
 #[map]
-static FW_HSRC4: HashMap<Key4, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
+static FW_HSRC4: HashMap<HKey4, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static FW_HDST4: HashMap<Key4, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
+static FW_HDST4: HashMap<HKey4, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static FW_HSRC6: HashMap<Key6, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
+static FW_HSRC6: HashMap<HKey6, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static FW_HDST6: HashMap<Key6, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
+static FW_HDST6: HashMap<HKey6, u64> = HashMap::with_max_entries(TRIE_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
 static FW_PROTO: Array<u64> = Array::with_max_entries(2 * PROTO_ENTRIES, 0);
 #[map]
@@ -107,13 +112,88 @@ fn lookup(a: &Array<u64>, idx: u32) -> u64 {
     a.get(idx).copied().unwrap_or(0)
 }
 
-/// Exact-address lookup, skipped when the generation has no such entries.
+/// Rule bitmap of an IPv4 address in table `t` (0 = source, 1 = destination).
 #[inline(always)]
-fn host<K>(m: &HashMap<K, u64>, k: &K, used: bool) -> Option<u64> {
-    if !used {
-        return None;
+fn addr4(
+    conf: &FwConf,
+    t: usize,
+    hash: &HashMap<HKey4, u64>,
+    trie: &LpmTrie<Key4, u64>,
+    gen: u8,
+    a: &[u8],
+) -> u64 {
+    let mut ab = [0u8; 4];
+    ab.copy_from_slice(&a[..4]);
+    match conf.mode[t] {
+        method::HASH => {
+            let ai = u32::from_ne_bytes(ab);
+            let n = conf.nprobes[t] as usize;
+            let mut k: HKey4 = [0; 6];
+            k[0] = gen;
+            for i in 0..MAX_PROBES {
+                if i >= n {
+                    break;
+                }
+                k[1] = conf.probe_len[t][i];
+                k[2..6].copy_from_slice(&(ai & conf.mask4[t & 1][i]).to_ne_bytes());
+                if let Some(v) = hash.get_ptr(&k) {
+                    return unsafe { *v };
+                }
+            }
+            conf.any[t]
+        }
+        method::TRIE => {
+            let mut k: Key4 = [0; 5];
+            k[0] = gen;
+            k[1..5].copy_from_slice(&ab);
+            trie.get(Key::new(40, k)).copied().unwrap_or(0)
+        }
+        _ => conf.any[t],
     }
-    m.get_ptr(k).map(|v| unsafe { *v })
+}
+
+/// Rule bitmap of an IPv6 address in table `t` (2 = source, 3 = destination).
+#[inline(always)]
+fn addr6(
+    conf: &FwConf,
+    t: usize,
+    hash: &HashMap<HKey6, u64>,
+    trie: &LpmTrie<Key6, u64>,
+    gen: u8,
+    a: &[u8; 16],
+) -> u64 {
+    match conf.mode[t] {
+        method::HASH => {
+            let mut hi = [0u8; 8];
+            let mut lo = [0u8; 8];
+            hi.copy_from_slice(&a[..8]);
+            lo.copy_from_slice(&a[8..]);
+            let (hi, lo) = (u64::from_ne_bytes(hi), u64::from_ne_bytes(lo));
+            let n = conf.nprobes[t] as usize;
+            let mut k: HKey6 = [0; 18];
+            k[0] = gen;
+            for i in 0..MAX_PROBES {
+                if i >= n {
+                    break;
+                }
+                let m = conf.mask6[t & 1][i];
+                k[1] = conf.probe_len[t][i];
+                k[2..10].copy_from_slice(&(hi & m[0]).to_ne_bytes());
+                k[10..18].copy_from_slice(&(lo & m[1]).to_ne_bytes());
+                if let Some(v) = hash.get_ptr(&k) {
+                    return unsafe { *v };
+                }
+            }
+            conf.any[t]
+        }
+        method::TRIE => {
+            let mut k: Key6 = [0; 17];
+            k[0] = gen;
+            k[1..17].copy_from_slice(a);
+            trie.get(Key::new(136, k)).copied().unwrap_or(0)
+        }
+        _ => conf.any[t],
+    }
 }
 
 #[inline(always)]
@@ -121,7 +201,7 @@ fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
     let f = Frame::new(ctx.data(), ctx.data_end());
     let len = f.len() as u64;
     let gen = FW_GEN.get(0).copied().ok_or(())? & 1;
-    let conf = *FW_CONF.get(gen).ok_or(())?;
+    let conf = FW_CONF.get(gen).ok_or(())?;
     let p = match parse::parse(&f) {
         Ok(p) => p,
         Err(_) => {
@@ -130,50 +210,23 @@ fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
             return Ok(v);
         }
     };
+    let g = gen as u8;
     let (s, d) = match p.ethertype {
         ETH_P_IP => {
-            let mut k: Key4 = [0; 5];
-            k[0] = gen as u8;
-            k[1..5].copy_from_slice(&p.saddr[..4]);
-            let s = match host(&FW_HSRC4, &k, conf.hosts & 1 != 0) {
-                Some(v) => v,
-                None if conf.tries & 1 != 0 => FW_SRC4.get(Key::new(40, k)).copied().unwrap_or(0),
-                None => conf.any[0],
-            };
+            let s = addr4(conf, 0, &FW_HSRC4, &FW_SRC4, g, &p.saddr);
             let d = if s == 0 {
                 0
             } else {
-                k[1..5].copy_from_slice(&p.daddr[..4]);
-                match host(&FW_HDST4, &k, conf.hosts & 2 != 0) {
-                    Some(v) => v,
-                    None if conf.tries & 2 != 0 => {
-                        FW_DST4.get(Key::new(40, k)).copied().unwrap_or(0)
-                    }
-                    None => conf.any[1],
-                }
+                addr4(conf, 1, &FW_HDST4, &FW_DST4, g, &p.daddr)
             };
             (s, d)
         }
         ETH_P_IPV6 => {
-            let mut k: Key6 = [0; 17];
-            k[0] = gen as u8;
-            k[1..17].copy_from_slice(&p.saddr);
-            let s = match host(&FW_HSRC6, &k, conf.hosts & 4 != 0) {
-                Some(v) => v,
-                None if conf.tries & 4 != 0 => FW_SRC6.get(Key::new(136, k)).copied().unwrap_or(0),
-                None => conf.any[2],
-            };
+            let s = addr6(conf, 2, &FW_HSRC6, &FW_SRC6, g, &p.saddr);
             let d = if s == 0 {
                 0
             } else {
-                k[1..17].copy_from_slice(&p.daddr);
-                match host(&FW_HDST6, &k, conf.hosts & 8 != 0) {
-                    Some(v) => v,
-                    None if conf.tries & 8 != 0 => {
-                        FW_DST6.get(Key::new(136, k)).copied().unwrap_or(0)
-                    }
-                    None => conf.any[3],
-                }
+                addr6(conf, 3, &FW_HDST6, &FW_DST6, g, &p.daddr)
             };
             (s, d)
         }

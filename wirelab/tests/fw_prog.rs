@@ -707,3 +707,101 @@ fn hundred_thousand_prefixes() {
     let past = (0x0b00_0000u32 + (40_000 << 8)).to_be_bytes();
     h.expect(&udp4(past, SERVER, 1, 2), PASS, "(default)");
 }
+
+/// One deny rule per prefix length ("l32" first, down to "l1"), each listing `per_len`
+/// prefixes of that length under 198.18.0.0/15 (fewer where the length has fewer), or
+/// anywhere in the IPv4 space with `spread` (frames only go through BPF_PROG_TEST_RUN); frames
+/// from addresses inside and around them must hit the rule of the longest matching length,
+/// whichever lookup method the firewall chose. Returns the method.
+fn longest_match_by_kernel(lengths: &[u8], per_len: u32, spread: bool, seed: u64) -> String {
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let base = 0xc612_0000u32; // 198.18.0.0/15
+    let mut sets: Vec<(u8, Vec<u32>)> = vec![];
+    let mut text = String::from("default = \"allow\"\n");
+    for &l in lengths.iter().rev() {
+        let mut v: Vec<u32> = (0..per_len)
+            .map(|_| {
+                let a = if spread {
+                    next() as u32
+                } else {
+                    base | (next() as u32 & 0x1_ffff)
+                };
+                if l == 0 {
+                    0
+                } else {
+                    a & (u32::MAX << (32 - l))
+                }
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        text.push_str(&format!(
+            "[[rule]]\nname = \"l{l}\"\naction = \"deny\"\nsrc = [{}]\n",
+            v.iter()
+                .map(|a| format!("\"{}/{l}\"", std::net::Ipv4Addr::from(*a)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        sets.push((l, v));
+    }
+    let h = Harness::new(&text);
+    eprintln!("lookup: {}", h.fw.stats().unwrap()["lookup"]["src4"]);
+    let method = h.fw.stats().unwrap()["lookup"]["src4"]["method"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..300 {
+        let a = if i % 5 == 0 {
+            if spread {
+                next() as u32
+            } else {
+                base ^ (next() as u32 & 0x3_ffff)
+            }
+        } else {
+            let (l, v) = &sets[(next() as usize) % sets.len()];
+            let host = if *l == 32 {
+                0
+            } else {
+                next() as u32 & (u32::MAX >> l)
+            };
+            v[(next() as usize) % v.len()] | host
+        };
+        let want = sets
+            .iter()
+            .find(|(l, v)| {
+                let m = if *l == 0 { 0 } else { u32::MAX << (32 - l) };
+                v.contains(&(a & m))
+            })
+            .map(|(l, _)| format!("l{l}"));
+        let (verdict, counter) = match &want {
+            Some(n) => (DROP, n.as_str()),
+            None => (PASS, "(default)"),
+        };
+        h.expect(&udp4(a.to_be_bytes(), SERVER, 1, 2), verdict, counter);
+    }
+    method
+}
+
+#[test]
+fn prefix_hash_answers_longest_match() {
+    // Four lengths, 100 prefixes each: expanded into a prefix hash with a few probes.
+    let m = longest_match_by_kernel(&[8, 16, 24, 32], 100, false, 0x1234_5678_9abc_def1);
+    assert_eq!(m, "hash");
+    let m = longest_match_by_kernel(&[23, 24, 25, 30, 31, 32], 200, false, 0x0bad_cafe_f00d_0001);
+    assert_eq!(m, "hash");
+}
+
+#[test]
+fn trie_fallback_answers_longest_match() {
+    // Every length from /1 to /32, up to 400 prefixes each, spread over the address space:
+    // four probes would need far more entries than the budget, so the table stays a trie.
+    let all: Vec<u8> = (1..=32).collect();
+    let m = longest_match_by_kernel(&all, 400, true, 0x5eed_5eed_5eed_5eed);
+    assert_eq!(m, "trie");
+}

@@ -5,6 +5,7 @@
 //! `reload` and `stats` on an abstract unix socket `@wirelab-fw/IFACE` inside its network
 //! namespace. Abstract sockets and bpf_links vanish with the process, so SIGINT, SIGTERM and
 //! kill -9 leave nothing behind: no pinned files, nothing attached.
+pub mod plan;
 pub mod rules;
 
 use std::{
@@ -27,8 +28,9 @@ use aya::maps::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use wirelab_common::fw::{
-    FwConf, Key4, Key6, LogEvent, RuleCounter, RuleMeta, MAX_RULES, PORT_ENTRIES, PROTO_ENTRIES,
-    RULE_SLOTS, SLOT_DEFAULT, SLOT_MALFORMED, SLOT_NON_IP, SMALL_ENTRIES,
+    lookup, FwConf, HKey4, HKey6, Key4, Key6, LogEvent, RuleCounter, RuleMeta, MAX_RULES,
+    PORT_ENTRIES, PROTO_ENTRIES, RULE_SLOTS, SLOT_DEFAULT, SLOT_MALFORMED, SLOT_NON_IP,
+    SMALL_ENTRIES,
 };
 
 use crate::{
@@ -60,10 +62,10 @@ pub struct FwMaps {
     dst4: LpmTrie<MapData, Key4, u64>,
     src6: LpmTrie<MapData, Key6, u64>,
     dst6: LpmTrie<MapData, Key6, u64>,
-    hsrc4: BpfHash<MapData, Key4, u64>,
-    hdst4: BpfHash<MapData, Key4, u64>,
-    hsrc6: BpfHash<MapData, Key6, u64>,
-    hdst6: BpfHash<MapData, Key6, u64>,
+    hsrc4: BpfHash<MapData, HKey4, u64>,
+    hdst4: BpfHash<MapData, HKey4, u64>,
+    hsrc6: BpfHash<MapData, HKey6, u64>,
+    hdst6: BpfHash<MapData, HKey6, u64>,
     proto: Array<MapData, u64>,
     sport: Array<MapData, u64>,
     dport: Array<MapData, u64>,
@@ -89,6 +91,10 @@ pub struct Firewall {
     active: u32,
     /// What the array tables of each generation hold (to write only differences).
     shadow: [Tables; 2],
+    /// What the address tables of each generation hold (to remove it again).
+    written: [Written; 2],
+    /// How the address tables of the generation in force are searched (for `stats`).
+    lookup: serde_json::Value,
     rules: Vec<Installed>,
     set: Option<RuleSet>,
     next_id: u32,
@@ -131,6 +137,8 @@ impl Firewall {
             maps,
             active: 1,
             shadow: [empty(), empty()],
+            written: Default::default(),
+            lookup: serde_json::Value::Null,
             rules: vec![],
             set: None,
             next_id: 1,
@@ -229,31 +237,50 @@ impl Firewall {
                 }
             }
         }
-        // Record the prefixes before inserting them, so a failure part-way can remove them.
-        sh.src4 = tables.src4.clone();
-        sh.dst4 = tables.dst4.clone();
-        sh.src6 = tables.src6.clone();
-        sh.dst6 = tables.dst6.clone();
-        // Exact addresses go to the hash tables, shorter prefixes to the tries.
-        let mut hosts = 0u32;
-        let mut tries = 0u32;
-        let mut any = [0u64; 4];
-        for (bit, trie, hash, entries) in [
-            (1, &mut m.src4, &mut m.hsrc4, &tables.src4),
-            (2, &mut m.dst4, &mut m.hdst4, &tables.dst4),
-        ] {
-            install_prefixes(
-                g as u8, bit, trie, hash, entries, &mut hosts, &mut tries, &mut any,
-            )?;
+        // Address tables: plan each (prefix hash or trie), record what is written before
+        // writing it, so a failure part-way can remove it.
+        let p4 = [&tables.src4, &tables.dst4].map(|c| plan::plan(c, plan::budget(c.len())));
+        let p6 = [&tables.src6, &tables.dst6].map(|c| plan::plan(c, plan::budget(c.len())));
+        let w = &mut self.written[g as usize];
+        let mut conf = FwConf {
+            default_action: rs.default_action,
+            malformed_action: rs.malformed_action,
+            non_ip_action: rs.non_ip_action,
+            nrules: rs.rules.len() as u32,
+            ..Default::default()
+        };
+        for (t, (p, trie, hash)) in [
+            (&p4[0], &mut m.src4, &mut m.hsrc4),
+            (&p4[1], &mut m.dst4, &mut m.hdst4),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            w.v4[t].0 = p.mode;
+            write_table(g as u8, p, trie, hash, &mut w.v4[t].1)?;
+            conf_table(&mut conf, t, p);
+            for (i, l) in p.lengths.iter().enumerate() {
+                conf.mask4[t][i] = plan::mask4(*l);
+            }
         }
-        for (bit, trie, hash, entries) in [
-            (4, &mut m.src6, &mut m.hsrc6, &tables.src6),
-            (8, &mut m.dst6, &mut m.hdst6, &tables.dst6),
-        ] {
-            install_prefixes(
-                g as u8, bit, trie, hash, entries, &mut hosts, &mut tries, &mut any,
-            )?;
+        for (t, (p, trie, hash)) in [
+            (&p6[0], &mut m.src6, &mut m.hsrc6),
+            (&p6[1], &mut m.dst6, &mut m.hdst6),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            w.v6[t].0 = p.mode;
+            write_table(g as u8, p, trie, hash, &mut w.v6[t].1)?;
+            conf_table(&mut conf, 2 + t, p);
+            for (i, l) in p.lengths.iter().enumerate() {
+                conf.mask6[t][i] = plan::mask6(*l);
+            }
         }
+        let lookup = json!({
+            "src4": p4[0].json(), "dst4": p4[1].json(),
+            "src6": p6[0].json(), "dst6": p6[1].json(),
+        });
         for (i, (r, ins)) in rs.rules.iter().zip(installed.iter()).enumerate() {
             let mut fill = 0u64;
             if let Some(t) = r.burst_pkts.checked_div(r.pps) {
@@ -275,19 +302,7 @@ impl Firewall {
             };
             m.meta.set(g * MAX_RULES + i as u32, meta, 0)?;
         }
-        m.conf.set(
-            g,
-            FwConf {
-                default_action: rs.default_action,
-                malformed_action: rs.malformed_action,
-                non_ip_action: rs.non_ip_action,
-                nrules: rs.rules.len() as u32,
-                hosts,
-                tries,
-                any,
-            },
-            0,
-        )?;
+        m.conf.set(g, conf, 0)?;
         // The switch: one 4-byte array write.
         m.gen.set(0, g, 0)?;
         let old_gen = self.active;
@@ -297,6 +312,7 @@ impl Firewall {
         std::thread::sleep(Duration::from_millis(20));
         self.clear_tries(old_gen)?;
         self.rules = installed;
+        self.lookup = lookup.clone();
         self.set = Some(rs.clone());
         self.reloads += 1;
         Ok(json!({
@@ -308,46 +324,27 @@ impl Firewall {
             "added": added,
             "removed": removed,
             "install_ms": t0.elapsed().as_secs_f64() * 1e3,
+            "lookup": lookup,
         }))
     }
 
-    /// Remove generation `g`'s prefixes from the tries.
+    /// Remove generation `g`'s prefixes from the address tables.
     fn clear_tries(&mut self, g: u32) -> Result<()> {
-        let sh = &mut self.shadow[g as usize];
-        let src4 = std::mem::take(&mut sh.src4);
-        let dst4 = std::mem::take(&mut sh.dst4);
-        let src6 = std::mem::take(&mut sh.src6);
-        let dst6 = std::mem::take(&mut sh.dst6);
+        let w = std::mem::take(&mut self.written[g as usize]);
         let m = &mut self.maps;
-        for (trie, hash, entries) in [
-            (&mut m.src4, &mut m.hsrc4, src4),
-            (&mut m.dst4, &mut m.hdst4, dst4),
-        ] {
-            for (len, a, _) in entries {
-                let mut k = [0u8; 5];
-                k[0] = g as u8;
-                k[1..].copy_from_slice(&a);
-                if len == 32 {
-                    let _ = hash.remove(&k);
-                } else {
-                    let _ = trie.remove(&Key::new(8 + len as u32, k));
-                }
-            }
+        for ((mode, entries), trie, hash) in
+            w.v4.into_iter()
+                .zip([(&mut m.src4, &mut m.hsrc4), (&mut m.dst4, &mut m.hdst4)])
+                .map(|(a, (t, h))| (a, t, h))
+        {
+            clear_table(g as u8, mode, &entries, trie, hash);
         }
-        for (trie, hash, entries) in [
-            (&mut m.src6, &mut m.hsrc6, src6),
-            (&mut m.dst6, &mut m.hdst6, dst6),
-        ] {
-            for (len, a, _) in entries {
-                let mut k = [0u8; 17];
-                k[0] = g as u8;
-                k[1..].copy_from_slice(&a);
-                if len == 128 {
-                    let _ = hash.remove(&k);
-                } else {
-                    let _ = trie.remove(&Key::new(8 + len as u32, k));
-                }
-            }
+        for ((mode, entries), trie, hash) in
+            w.v6.into_iter()
+                .zip([(&mut m.src6, &mut m.hsrc6), (&mut m.dst6, &mut m.hdst6)])
+                .map(|(a, (t, h))| (a, t, h))
+        {
+            clear_table(g as u8, mode, &entries, trie, hash);
         }
         Ok(())
     }
@@ -385,6 +382,7 @@ impl Firewall {
             "generation": self.active,
             "reloads": self.reloads,
             "prefixes": set.prefixes(),
+            "lookup": self.lookup,
             "rules": rules,
             "default": d,
             "malformed": mf,
@@ -472,41 +470,73 @@ fn log_text(v: &serde_json::Value) -> String {
     )
 }
 
-/// Install one address table (`A` address bytes; the key is generation byte + address) of
-/// generation `gen`: exact addresses into the hash table, shorter prefixes into the trie.
-/// Sets `bit` in `hosts`/`tries` for the tables that got entries, and records the /0 entry's
-/// bitmap in `any`.
-#[allow(clippy::too_many_arguments)]
-fn install_prefixes<const A: usize, const K: usize>(
+/// Address-table entries written for one generation: (lookup method, (length, address)).
+#[derive(Default)]
+struct Written {
+    v4: [(u8, Vec<(u8, [u8; 4])>); 2],
+    v6: [(u8, Vec<(u8, [u8; 16])>); 2],
+}
+
+fn trie_key<const A: usize, const K: usize>(gen: u8, len: u8, a: &[u8; A]) -> Key<[u8; K]> {
+    let mut k = [0u8; K];
+    k[0] = gen;
+    k[1..].copy_from_slice(a);
+    Key::new(8 + len as u32, k)
+}
+
+fn hash_key<const A: usize, const H: usize>(gen: u8, len: u8, a: &[u8; A]) -> [u8; H] {
+    let mut k = [0u8; H];
+    k[0] = gen;
+    k[1] = len;
+    k[2..].copy_from_slice(a);
+    k
+}
+
+/// Write one address table (`A` address bytes) of generation `gen` as `p` says, recording
+/// each entry in `written` before it is inserted.
+fn write_table<const A: usize, const K: usize, const H: usize>(
     gen: u8,
-    bit: u32,
+    p: &plan::Plan<A>,
     trie: &mut LpmTrie<MapData, [u8; K], u64>,
-    hash: &mut BpfHash<MapData, [u8; K], u64>,
-    entries: &[(u8, [u8; A], u64)],
-    hosts: &mut u32,
-    tries: &mut u32,
-    any: &mut [u64; 4],
+    hash: &mut BpfHash<MapData, [u8; H], u64>,
+    written: &mut Vec<(u8, [u8; A])>,
 ) -> Result<()> {
     let family = if A == 4 { "IPv4" } else { "IPv6" };
-    for (len, a, v) in entries {
-        let mut k = [0u8; K];
-        k[0] = gen;
-        k[1..].copy_from_slice(a);
-        if *len as usize == A * 8 {
-            hash.insert(k, v, 0)
-                .with_context(|| format!("inserting an {family} address"))?;
-            *hosts |= bit;
-        } else {
-            if *len == 0 {
-                any[bit.trailing_zeros() as usize] = *v;
-            } else {
-                *tries |= bit;
-            }
-            trie.insert(&Key::new(8 + *len as u32, k), v, 0)
-                .with_context(|| format!("inserting an {family} prefix"))?;
+    for (len, a, v) in &p.entries {
+        written.push((*len, *a));
+        match p.mode {
+            lookup::HASH => hash.insert(hash_key::<A, H>(gen, *len, a), v, 0),
+            _ => trie.insert(&trie_key::<A, K>(gen, *len, a), v, 0),
         }
+        .with_context(|| format!("inserting an {family} prefix"))?;
     }
     Ok(())
+}
+
+/// Remove what `write_table` wrote (missing entries are fine).
+fn clear_table<const A: usize, const K: usize, const H: usize>(
+    gen: u8,
+    mode: u8,
+    entries: &[(u8, [u8; A])],
+    trie: &mut LpmTrie<MapData, [u8; K], u64>,
+    hash: &mut BpfHash<MapData, [u8; H], u64>,
+) {
+    for (len, a) in entries {
+        let _ = match mode {
+            lookup::HASH => hash.remove(&hash_key::<A, H>(gen, *len, a)),
+            _ => trie.remove(&trie_key::<A, K>(gen, *len, a)),
+        };
+    }
+}
+
+/// Fill table `t`'s lookup fields of `conf` (masks are per family, set by the caller).
+fn conf_table<const A: usize>(conf: &mut FwConf, t: usize, p: &plan::Plan<A>) {
+    conf.mode[t] = p.mode;
+    conf.nprobes[t] = p.lengths.len() as u8;
+    for (i, l) in p.lengths.iter().enumerate() {
+        conf.probe_len[t][i] = *l;
+    }
+    conf.any[t] = p.any;
 }
 
 pub struct Options {
