@@ -136,7 +136,7 @@ fn addr4(
                 }
                 k[1] = conf.probe_len[t][i];
                 k[2..6].copy_from_slice(&(ai & conf.mask4[t & 1][i]).to_ne_bytes());
-                if let Some(v) = hash.get_ptr(&k) {
+                if let Some(v) = hash.get_ptr(k) {
                     return unsafe { *v };
                 }
             }
@@ -180,7 +180,7 @@ fn addr6(
                 k[1] = conf.probe_len[t][i];
                 k[2..10].copy_from_slice(&(hi & m[0]).to_ne_bytes());
                 k[10..18].copy_from_slice(&(lo & m[1]).to_ne_bytes());
-                if let Some(v) = hash.get_ptr(&k) {
+                if let Some(v) = hash.get_ptr(k) {
                     return unsafe { *v };
                 }
             }

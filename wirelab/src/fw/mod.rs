@@ -470,11 +470,14 @@ fn log_text(v: &serde_json::Value) -> String {
     )
 }
 
-/// Address-table entries written for one generation: (lookup method, (length, address)).
+/// One address table's entries of one generation: lookup method, (length, address) each.
+type TableEntries<const A: usize> = (u8, Vec<(u8, [u8; A])>);
+
+/// Address-table entries written for one generation (source, destination per family).
 #[derive(Default)]
 struct Written {
-    v4: [(u8, Vec<(u8, [u8; 4])>); 2],
-    v6: [(u8, Vec<(u8, [u8; 16])>); 2],
+    v4: [TableEntries<4>; 2],
+    v6: [TableEntries<16>; 2],
 }
 
 fn trie_key<const A: usize, const K: usize>(gen: u8, len: u8, a: &[u8; A]) -> Key<[u8; K]> {
