@@ -615,6 +615,31 @@ pub fn print_stats(out: &mut impl std::io::Write, s: &serde_json::Value) -> Resu
         s["reloads"],
         s["prefixes"]
     )?;
+    let lookups: Vec<String> = ["src4", "dst4", "src6", "dst6"]
+        .iter()
+        .filter_map(|t| {
+            let l = &s["lookup"][t];
+            match l["method"].as_str()? {
+                "hash" => Some(format!(
+                    "{t} hash {} probe(s) at /{} ({} entries)",
+                    l["lengths"].as_array().map_or(0, |v| v.len()),
+                    l["lengths"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" /"),
+                    l["entries"]
+                )),
+                "trie" => Some(format!("{t} LPM trie ({} entries)", l["entries"])),
+                _ => None,
+            }
+        })
+        .collect();
+    if !lookups.is_empty() {
+        writeln!(out, "  lookup: {}", lookups.join("; "))?;
+    }
     writeln!(
         out,
         "  {:<20} {:<10} {:>12} {:>14} {:>12} {:>8}",
