@@ -45,7 +45,7 @@ enum Cmd {
     /// XDP firewall: CIDR/port/protocol rules, per-source rate limits, live reload.
     #[command(
         args_conflicts_with_subcommands = true,
-        after_help = "Examples:\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml\n  wirelab fw reload --netns wirelab-server --rules new.toml\n  wirelab fw stats --netns wirelab-server --json\n  wirelab fw check --rules rules.toml\n\nSee docs/fw.md for the rules file format and semantics."
+        after_help = "Examples:\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml\n  wirelab fw reload --netns wirelab-server --rules new.toml\n  wirelab fw stats --netns wirelab-server --json\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml --metrics 127.0.0.1:9464 --record run1\n  wirelab fw check --rules rules.toml\n\nSee docs/fw.md for the rules file format and semantics."
     )]
     Fw(FwArgs),
     /// Fast packet generator (XDP live frames; AF_PACKET fallback) reporting achieved pps.
@@ -323,11 +323,11 @@ struct FwArgs {
     /// Stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_parser = util::parse_duration)]
     duration: Option<Duration>,
-    /// Write a run record (rules, reloads, per-interval hits, final counters) into DIR; see
-    /// `wirelab report`.
-    #[arg(long, value_name = "DIR")]
-    record: Option<PathBuf>,
-    /// Interval of the recorded series.
+    /// Recorded: rules, reloads, per-interval hits per rule, final counters. Metrics: per-rule
+    /// packets/bytes/dropped/logged, reloads (docs/metrics.md).
+    #[command(flatten)]
+    observe: Observe,
+    /// Interval of the recorded series and of the metrics' updates.
     #[arg(long, default_value = "1s", value_parser = util::parse_duration)]
     interval: Duration,
 }
@@ -777,6 +777,8 @@ fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
                 .with_context(|| format!("rules file {}", rules.display()))?;
             // Validate fully before touching anything.
             fw::rules::load(&rules)?;
+            check_interval(a.interval)?;
+            let metrics = a.observe.endpoint()?;
             let stop = enter_netns(&a.netns)?;
             fw::run(
                 &fw::Options {
@@ -785,7 +787,8 @@ fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
                     mode: a.mode,
                     json: a.json,
                     duration: a.duration,
-                    record: a.record,
+                    record: a.observe.record,
+                    metrics,
                     interval: a.interval,
                 },
                 &stop,

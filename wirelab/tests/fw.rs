@@ -589,9 +589,19 @@ fn record_series_counts_rule_hits_and_reports() {
         "--rules",
     ]);
     c.arg(&rules);
-    c.args(["--interval", "200ms", "--duration", "3s", "--record"]);
+    c.args(["--interval", "200ms", "--duration", "5s", "--record"]);
     c.arg(&rec);
+    c.args(["--metrics", "127.0.0.1:0"]);
     let (mut bg, _) = spawn_ready(c, "fw attached", Duration::from_secs(20));
+    let addr = tcp_listen_addr(bg.0.as_ref().unwrap().id());
+    let metric = |rows: &[serde_json::Value], name: &str, rule: &str| {
+        sample(rows, name, &[("iface", "eth0"), ("rule", rule)])
+    };
+    let before = parse_openmetrics(&scrape(&addr).1);
+    assert_eq!(
+        metric(&before, "wirelab_fw_dropped_packets_total", "no-ping"),
+        0.0
+    );
     let _ = in_ns(
         &lab.ns("client"),
         &[
@@ -607,6 +617,29 @@ fn record_series_counts_rule_hits_and_reports() {
         ],
     )
     .output();
+    // The metrics follow within an interval (200 ms): 8 echo requests denied by the rule,
+    // the replies' absence costs nothing, the client's other traffic goes to the default.
+    std::thread::sleep(Duration::from_millis(500));
+    let (head, body) = scrape(&addr);
+    assert!(head.contains("openmetrics-text"), "{head}");
+    let after = parse_openmetrics(&body);
+    assert_eq!(metric(&after, "wirelab_fw_packets_total", "no-ping"), 8.0);
+    assert_eq!(
+        metric(&after, "wirelab_fw_dropped_packets_total", "no-ping"),
+        8.0
+    );
+    assert_eq!(
+        metric(&after, "wirelab_fw_bytes_total", "no-ping"),
+        8.0 * 98.0
+    );
+    assert_eq!(
+        metric(&after, "wirelab_fw_dropped_packets_total", "(default)"),
+        0.0
+    );
+    assert_eq!(
+        sample(&after, "wirelab_fw_reloads_total", &[("iface", "eth0")]),
+        0.0
+    );
     let st = bg.0.take().unwrap().wait().unwrap();
     assert!(st.success(), "fw exit {st}");
     // Every denied echo request is in the per-interval hits of its rule, and in the drops.

@@ -542,6 +542,97 @@ fn conf_table<const A: usize>(conf: &mut FwConf, t: usize, p: &plan::Plan<A>) {
     conf.any[t] = p.any;
 }
 
+/// The firewall's Prometheus metrics (`--metrics`).
+struct FwMetrics {
+    packets: crate::metrics::CounterFam,
+    bytes: crate::metrics::CounterFam,
+    dropped: crate::metrics::CounterFam,
+    logged: crate::metrics::CounterFam,
+    reloads: crate::metrics::CounterFam,
+    generation: crate::metrics::GaugeFam,
+    /// Rule names exported so far: a removed rule's series is dropped, so that a rule added
+    /// again later under that name (fresh, zeroed counters) starts a new series.
+    shown: Vec<String>,
+    _server: crate::metrics::Server,
+}
+
+impl FwMetrics {
+    fn start(ep: &crate::metrics::Endpoint) -> Result<Self> {
+        let mut b = crate::metrics::Builder::new();
+        b.info("fw");
+        let m = |b: &mut crate::metrics::Builder, n: &str, h: &str| b.counter(n, h);
+        let packets = m(
+            &mut b,
+            "wirelab_fw_packets",
+            "Frames judged, by rule or policy",
+        );
+        let bytes = m(&mut b, "wirelab_fw_bytes", "Bytes of those frames");
+        let dropped = m(
+            &mut b,
+            "wirelab_fw_dropped_packets",
+            "Frames dropped (deny, over a rate limit, or a deny policy)",
+        );
+        let logged = m(
+            &mut b,
+            "wirelab_fw_logged_packets",
+            "Frames sampled to the log",
+        );
+        let reloads = m(
+            &mut b,
+            "wirelab_fw_reloads",
+            "Rule sets swapped in by reload",
+        );
+        let generation = b.gauge(
+            "wirelab_fw_generation",
+            "Rule-set generation in force (0 or 1)",
+        );
+        let server = b.serve(ep)?;
+        Ok(Self {
+            packets,
+            bytes,
+            dropped,
+            logged,
+            reloads,
+            generation,
+            shown: vec![],
+            _server: server,
+        })
+    }
+
+    fn publish(&mut self, iface: &str, s: &serde_json::Value) {
+        use crate::metrics::{labels, set_total};
+        let rows = counter_rows(s);
+        for old in &self.shown {
+            if !rows.iter().any(|(n, _)| n == old) {
+                let l = labels(&[("iface", iface), ("rule", old)]);
+                for f in [&self.packets, &self.bytes, &self.dropped, &self.logged] {
+                    f.remove(&l);
+                }
+            }
+        }
+        self.shown = rows.iter().map(|(n, _)| n.clone()).collect();
+        for (name, r) in rows {
+            let l = labels(&[("iface", iface), ("rule", &name)]);
+            for (f, k) in [
+                (&self.packets, "packets"),
+                (&self.bytes, "bytes"),
+                (&self.dropped, "dropped"),
+                (&self.logged, "logged"),
+            ] {
+                set_total(&f.get_or_create(&l), r[k].as_u64().unwrap_or(0));
+            }
+        }
+        let l = labels(&[("iface", iface)]);
+        set_total(
+            &self.reloads.get_or_create(&l),
+            s["reloads"].as_u64().unwrap_or(0),
+        );
+        self.generation
+            .get_or_create(&l)
+            .set(s["generation"].as_f64().unwrap_or(0.0));
+    }
+}
+
 pub struct Options {
     pub iface: String,
     pub rules: PathBuf,
@@ -550,33 +641,40 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Run record directory (`--record`): rules, reloads, per-interval hits, final counters.
     pub record: Option<PathBuf>,
-    /// Interval of the recorded series.
+    /// Prometheus endpoint (`--metrics`), bound before entering the namespace.
+    pub metrics: Option<crate::metrics::Endpoint>,
+    /// Interval of the recorded series and of the metrics' updates.
     pub interval: Duration,
 }
 
 /// Per-interval record line: passes and drops, and each rule's hits, since the last line.
+/// Counter rows of a `stats` object: each rule, then the three policies as "(default)",
+/// "(malformed)", "(non_ip)" — (name, counters object).
+fn counter_rows(s: &serde_json::Value) -> Vec<(String, &serde_json::Value)> {
+    let mut v: Vec<(String, &serde_json::Value)> = s["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (r["name"].as_str().unwrap_or("").to_string(), r))
+        .collect();
+    for k in ["default", "malformed", "non_ip"] {
+        v.push((format!("({k})"), &s[k]));
+    }
+    v
+}
+
 fn interval_line(t: f64, cur: &serde_json::Value, prev: &serde_json::Value) -> serde_json::Value {
     let rows = |s: &serde_json::Value| -> Vec<(String, u64, u64)> {
-        let mut v: Vec<(String, u64, u64)> = s["rules"]
-            .as_array()
+        counter_rows(s)
             .into_iter()
-            .flatten()
-            .map(|r| {
+            .map(|(n, r)| {
                 (
-                    r["name"].as_str().unwrap_or("").to_string(),
+                    n,
                     r["packets"].as_u64().unwrap_or(0),
                     r["dropped"].as_u64().unwrap_or(0),
                 )
             })
-            .collect();
-        for k in ["default", "malformed", "non_ip"] {
-            v.push((
-                format!("({k})"),
-                s[k]["packets"].as_u64().unwrap_or(0),
-                s[k]["dropped"].as_u64().unwrap_or(0),
-            ));
-        }
-        v
+            .collect()
     };
     let before: std::collections::HashMap<String, (u64, u64)> = rows(prev)
         .into_iter()
@@ -717,6 +815,15 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
         )?),
         None => None,
     };
+    let mut metrics = match &opts.metrics {
+        Some(ep) => {
+            let mut m = FwMetrics::start(ep)?;
+            m.publish(&opts.iface, &fw.stats()?);
+            tracing::info!("metrics on http://{}/metrics", ep.addr);
+            Some(m)
+        }
+        None => None,
+    };
     let mut prev = fw.stats()?;
     let mut last_line = Instant::now();
     loop {
@@ -749,9 +856,12 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
                 Err(e) => return Err(e).context("control socket"),
             }
         }
-        if rec.is_some() && last_line.elapsed() >= opts.interval {
+        if (rec.is_some() || metrics.is_some()) && last_line.elapsed() >= opts.interval {
             last_line = Instant::now();
             let cur = fw.stats()?;
+            if let Some(m) = metrics.as_mut() {
+                m.publish(&opts.iface, &cur);
+            }
             let line = interval_line(start.elapsed().as_secs_f64(), &cur, &prev);
             prev = cur;
             if let Some(r) = rec.as_mut() {

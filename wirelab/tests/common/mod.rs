@@ -226,3 +226,68 @@ pub fn spawn_ready(
     }
     (Bg(Some(child)), rx)
 }
+
+/// GET /metrics with a plain TCP client.
+pub fn scrape(addr: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let (head, body) = r.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (head.to_string(), body.to_string())
+}
+
+/// Parse with the Python prometheus_client OpenMetrics parser (strict: raises on anything
+/// invalid). Returns (family, type, sample name, labels, value) rows.
+pub fn parse_openmetrics(text: &str) -> Vec<serde_json::Value> {
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        out.append({"family": fam.name, "type": fam.type, "name": s.name, "labels": s.labels, "value": s.value})
+print(json.dumps(out))
+"#;
+    use std::io::Write as _;
+    let mut c = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (install python3-prometheus-client: cargo xtask setup)");
+    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "OpenMetrics parser rejected the exposition: {}\n{text}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).unwrap()
+}
+
+pub fn sample(rows: &[serde_json::Value], name: &str, labels: &[(&str, &str)]) -> f64 {
+    rows.iter()
+        .find(|r| r["name"] == name && labels.iter().all(|(k, v)| r["labels"][*k] == *v))
+        .and_then(|r| r["value"].as_f64())
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+}
+
+/// The TCP address process `pid` listens on (its `--metrics 127.0.0.1:0` port), from `ss`
+/// in the namespace the test runs in.
+pub fn tcp_listen_addr(pid: u32) -> String {
+    let out = std::process::Command::new("ss")
+        .args(["-Hltnp"])
+        .output()
+        .expect("ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.contains(&format!("pid={pid},")))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or_else(|| panic!("process {pid} listens nowhere: {text}"))
+        .to_string()
+}
