@@ -6,11 +6,10 @@ mod common;
 use std::collections::HashMap;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
+use common::frames::{cat, eth, frag6, ipv4, ipv6, opts_hdr, udp_hdr, DST, SRC};
 use etherparse::{PacketBuilder, VlanId};
 use wirelab::fw::{rules, Firewall};
 
-const SRC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const DST: [u8; 6] = [2, 0, 0, 0, 0, 2];
 const SERVER: [u8; 4] = [198, 18, 0, 2];
 const SERVER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const DROP: u32 = 1;
@@ -221,72 +220,6 @@ fn udp6(src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
         .write(&mut v, &[0u8; 8])
         .unwrap();
     v
-}
-
-fn eth(ethertype: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&DST);
-    v.extend_from_slice(&SRC);
-    v.extend_from_slice(&ethertype.to_be_bytes());
-    v
-}
-
-/// IPv4 header with `ihl` words (NOP options) + payload; total length right.
-fn ipv4(src: [u8; 4], dst: [u8; 4], ihl: u8, proto: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
-    let hlen = ihl as usize * 4;
-    let mut h = vec![0u8; hlen.max(20)];
-    h[0] = 0x40 | ihl;
-    let total = (hlen.max(20) + payload.len()) as u16;
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h[6..8].copy_from_slice(&frag.to_be_bytes());
-    h[8] = 64;
-    h[9] = proto;
-    h[12..16].copy_from_slice(&src);
-    h[16..20].copy_from_slice(&dst);
-    for b in h.iter_mut().skip(20) {
-        *b = 1;
-    }
-    h.extend_from_slice(payload);
-    h
-}
-
-fn udp_hdr(sport: u16, dport: u16) -> Vec<u8> {
-    let mut u = vec![0u8; 8];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&8u16.to_be_bytes());
-    u
-}
-
-fn ipv6(src: [u8; 16], dst: [u8; 16], first_next: u8, exts: &[Vec<u8>], upper: &[u8]) -> Vec<u8> {
-    let mut payload: Vec<u8> = exts.iter().flatten().copied().collect();
-    payload.extend_from_slice(upper);
-    let mut h = vec![0u8; 40];
-    h[0] = 0x60;
-    h[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
-    h[6] = first_next;
-    h[7] = 64;
-    h[8..24].copy_from_slice(&src);
-    h[24..40].copy_from_slice(&dst);
-    h.extend_from_slice(&payload);
-    h
-}
-
-fn opts_hdr(next: u8) -> Vec<u8> {
-    vec![next, 0, 1, 4, 0, 0, 0, 0]
-}
-
-fn frag6(next: u8, offset_units: u16, more: bool) -> Vec<u8> {
-    let fo = (offset_units << 3) | more as u16;
-    let mut v = vec![next, 0];
-    v.extend_from_slice(&fo.to_be_bytes());
-    v.extend_from_slice(&[0, 0, 0, 1]);
-    v
-}
-
-fn cat(mut a: Vec<u8>, b: Vec<u8>) -> Vec<u8> {
-    a.extend(b);
-    a
 }
 
 #[test]

@@ -9,11 +9,10 @@ use aya::{
     maps::PerCpuArray,
     programs::{TestRun, TestRunOptions, Xdp},
 };
+use common::frames::{self, cat, eth, frag6, opts_hdr, DST, SRC};
 use etherparse::{PacketBuilder, VlanId};
 use wirelab_common::{inspect::CLASS_NAMES, Counter};
 
-const SRC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const DST: [u8; 6] = [2, 0, 0, 0, 0, 2];
 const A: [u8; 4] = [198, 18, 0, 1];
 const B: [u8; 4] = [198, 18, 0, 2];
 const A6: [u8; 16] = [0x20, 0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -73,73 +72,16 @@ fn udp4() -> Vec<u8> {
     v
 }
 
-fn eth(ethertype: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&DST);
-    v.extend_from_slice(&SRC);
-    v.extend_from_slice(&ethertype.to_be_bytes());
-    v
-}
-
-/// IPv4 header with `ihl` words (options padded with NOPs) + payload, total length right.
 fn ipv4(ihl: u8, proto: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
-    let hlen = ihl as usize * 4;
-    let mut h = vec![0u8; hlen.max(20)];
-    h[0] = 0x40 | ihl;
-    let total = (hlen.max(20) + payload.len()) as u16;
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h[6..8].copy_from_slice(&frag.to_be_bytes());
-    h[8] = 64;
-    h[9] = proto;
-    h[12..16].copy_from_slice(&A);
-    h[16..20].copy_from_slice(&B);
-    for b in h.iter_mut().skip(20) {
-        *b = 1; // NOP options
-    }
-    h.extend_from_slice(payload);
-    h
+    frames::ipv4(A, B, ihl, proto, frag, payload)
 }
 
 fn udp_hdr() -> Vec<u8> {
-    let mut u = vec![0u8; 8];
-    u[0..2].copy_from_slice(&1000u16.to_be_bytes());
-    u[2..4].copy_from_slice(&2000u16.to_be_bytes());
-    u[4..6].copy_from_slice(&8u16.to_be_bytes());
-    u
+    frames::udp_hdr(1000, 2000)
 }
 
-/// IPv6 header + extension chain given as (type, bytes) + upper layer.
 fn ipv6(first_next: u8, exts: &[Vec<u8>], upper: &[u8]) -> Vec<u8> {
-    let mut payload: Vec<u8> = exts.iter().flatten().copied().collect();
-    payload.extend_from_slice(upper);
-    let mut h = vec![0u8; 40];
-    h[0] = 0x60;
-    h[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
-    h[6] = first_next;
-    h[7] = 64;
-    h[8..24].copy_from_slice(&A6);
-    h[24..40].copy_from_slice(&B6);
-    h.extend_from_slice(&payload);
-    h
-}
-
-/// An 8-byte options header (hop-by-hop / destination options) pointing to `next`.
-fn opts_hdr(next: u8) -> Vec<u8> {
-    vec![next, 0, 1, 4, 0, 0, 0, 0] // PadN covering the rest
-}
-
-fn frag6(next: u8, offset_units: u16, more: bool) -> Vec<u8> {
-    let fo = (offset_units << 3) | more as u16;
-    let mut v = vec![next, 0];
-    v.extend_from_slice(&fo.to_be_bytes());
-    v.extend_from_slice(&[0, 0, 0, 1]);
-    v
-}
-
-fn cat(a: Vec<u8>, b: Vec<u8>) -> Vec<u8> {
-    let mut a = a;
-    a.extend(b);
-    a
+    frames::ipv6(A6, B6, first_next, exts, upper)
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! failing assertion still removes what the test made. Without root or BPF they fail with a
 //! message saying what is missing: they never skip.
 #![allow(dead_code)]
+pub mod frames;
 use std::{
     io::{BufRead as _, BufReader},
     process::{Child, Command, Output, Stdio},

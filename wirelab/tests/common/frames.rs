@@ -1,0 +1,84 @@
+//! Frame builders for the BPF_PROG_TEST_RUN tests: hand-made headers for the cases a packet
+//! library refuses to build (IPv4 options, bad lengths, fragments, IPv6 extension chains).
+
+/// Source and destination MAC of every built frame.
+pub const SRC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+pub const DST: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+/// An Ethernet header with `ethertype`.
+pub fn eth(ethertype: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&DST);
+    v.extend_from_slice(&SRC);
+    v.extend_from_slice(&ethertype.to_be_bytes());
+    v
+}
+
+/// IPv4 header with `ihl` words (options padded with NOPs) + payload; total length right.
+pub fn ipv4(src: [u8; 4], dst: [u8; 4], ihl: u8, proto: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
+    let hlen = ihl as usize * 4;
+    let mut h = vec![0u8; hlen.max(20)];
+    h[0] = 0x40 | ihl;
+    let total = (hlen.max(20) + payload.len()) as u16;
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[6..8].copy_from_slice(&frag.to_be_bytes());
+    h[8] = 64;
+    h[9] = proto;
+    h[12..16].copy_from_slice(&src);
+    h[16..20].copy_from_slice(&dst);
+    for b in h.iter_mut().skip(20) {
+        *b = 1;
+    }
+    h.extend_from_slice(payload);
+    h
+}
+
+/// A UDP header with no payload (length 8).
+pub fn udp_hdr(sport: u16, dport: u16) -> Vec<u8> {
+    let mut u = vec![0u8; 8];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&8u16.to_be_bytes());
+    u
+}
+
+/// IPv6 header + extension chain (each a complete header) + upper layer.
+pub fn ipv6(
+    src: [u8; 16],
+    dst: [u8; 16],
+    first_next: u8,
+    exts: &[Vec<u8>],
+    upper: &[u8],
+) -> Vec<u8> {
+    let mut payload: Vec<u8> = exts.iter().flatten().copied().collect();
+    payload.extend_from_slice(upper);
+    let mut h = vec![0u8; 40];
+    h[0] = 0x60;
+    h[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+    h[6] = first_next;
+    h[7] = 64;
+    h[8..24].copy_from_slice(&src);
+    h[24..40].copy_from_slice(&dst);
+    h.extend_from_slice(&payload);
+    h
+}
+
+/// An 8-byte options header (hop-by-hop / destination options) pointing to `next`.
+pub fn opts_hdr(next: u8) -> Vec<u8> {
+    vec![next, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// An IPv6 fragment header: offset in 8-byte units, more-fragments flag.
+pub fn frag6(next: u8, offset_units: u16, more: bool) -> Vec<u8> {
+    let fo = (offset_units << 3) | more as u16;
+    let mut v = vec![next, 0];
+    v.extend_from_slice(&fo.to_be_bytes());
+    v.extend_from_slice(&[0, 0, 0, 1]);
+    v
+}
+
+/// `a` followed by `b`.
+pub fn cat(mut a: Vec<u8>, b: Vec<u8>) -> Vec<u8> {
+    a.extend(b);
+    a
+}
