@@ -2,6 +2,7 @@
 //! Tolerances are part of each test and stated next to it.
 mod common;
 use std::{
+    process::Command,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -379,6 +380,24 @@ fn live_set_changes_delay_without_loss() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"fast\""));
     let r = b.probe(&["--rate", "200", "--count", "200", "--wait", "300ms"]);
     assert!((f(&r, &["forward", "delay_ms", "p50"]) - 50.0).abs() < 1.0);
+    // Control clients that connect and say nothing (six in a row, 0.3 s each, while probes
+    // run) must not hold up packets: requests are read off the engine's thread.
+    let mut silent = Command::new("ip")
+        .args(["netns", "exec", &b.lab.ns("wan"), "sh", "-c"])
+        .arg(
+            "for i in 1 2 3 4 5 6; do socat -u 'EXEC:sleep 0.3' \
+             'ABSTRACT-CONNECT:wirelab-wan/to-client\\,to-server' || exit 1; done",
+        )
+        .spawn()
+        .expect("socat");
+    let r = b.probe(&["--rate", "200", "--count", "300", "--wait", "300ms"]);
+    assert!(silent.wait().unwrap().success(), "socat could not connect");
+    let max = f(&r, &["forward", "delay_ms", "max"]);
+    assert_eq!(f(&r, &["no_echo"]), 0.0, "{r}");
+    assert!(
+        max < 55.0,
+        "silent control clients delayed packets: max {max} ms"
+    );
     stop_wan(wan);
 }
 

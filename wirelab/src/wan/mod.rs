@@ -825,6 +825,22 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     let json = opts.json;
     let reporter =
         std::thread::spawn(move || reporter(counters, names, json, max, rep_rx, rec, mets));
+    // The control thread reads and validates `wan set` requests, so a slow or stuck client
+    // never holds up the engine; the engine only applies ready changes. Also spawned before
+    // the switch to real time.
+    let (ctl_tx, ctl_rx) = std::sync::mpsc::channel::<Change>();
+    let ctl_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let control_thread = {
+        let (names, specs, frames, stop) = (
+            plan.names.clone(),
+            plan.specs.clone(),
+            opts.frames,
+            ctl_stop.clone(),
+        );
+        std::thread::Builder::new()
+            .name("wan-control".into())
+            .spawn(move || control(listener, names, specs, frames, ctl_tx, stop))?
+    };
     if opts.realtime {
         // Release times are the product: run the engine at a real-time priority so other
         // load on the machine does not delay departures. The loop sleeps between departures.
@@ -879,43 +895,43 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             if fatal.is_some() {
                 break;
             }
-            if let Ok((s, _)) = listener.accept() {
-                let reply = match handle_set(s.try_clone()?, &plan, &mut specs, opts.frames) {
-                    Ok((new_specs, class, new_profiles, applied)) => {
-                        // Kernel: bring the idle generation up to date (the class changed now
-                        // and the one changed by the previous flip), then flip in one write.
-                        let next = gen ^ 1;
-                        let mut changed = vec![class];
-                        changed.extend(last_changed.filter(|c| *c != class));
-                        maps.write_classes(next, &new_specs, &changed)?;
-                        maps.flip(next)?;
-                        gen = next;
-                        // A new loss model starts from its initial state.
-                        for d in 0..2 {
-                            if new_specs[d][class].loss != specs[d][class].loss {
-                                changes += 1;
-                                let st = loss_state(plan.seed, d as u32, class as u32, changes);
-                                let _ = loss.set(d as u32 * max + class as u32, st, 0);
-                            }
-                        }
-                        last_changed = Some(class);
-                        engine.set_class(class, new_profiles)?;
-                        specs = new_specs;
-                        tracing::info!(change = %applied, "live change applied");
-                        let _ = rep_tx.send(ReportMsg::Change(
-                            serde_json::json!({
-                                "applied": applied,
-                                "t": start.elapsed().as_secs_f64(),
-                                "classes": classes_json(&plan.names, &specs),
-                            }),
-                            specs.clone(),
-                        ));
-                        serde_json::json!({"applied": applied})
+            while let Ok(ch) = ctl_rx.try_recv() {
+                let Change {
+                    specs: new_specs,
+                    class,
+                    profiles: new_profiles,
+                    applied,
+                    reply,
+                } = ch;
+                // Kernel: bring the idle generation up to date (the class changed now and the
+                // one changed by the previous flip), then flip in one write.
+                let next = gen ^ 1;
+                let mut changed = vec![class];
+                changed.extend(last_changed.filter(|c| *c != class));
+                maps.write_classes(next, &new_specs, &changed)?;
+                maps.flip(next)?;
+                gen = next;
+                // A new loss model starts from its initial state.
+                for d in 0..2 {
+                    if new_specs[d][class].loss != specs[d][class].loss {
+                        changes += 1;
+                        let st = loss_state(plan.seed, d as u32, class as u32, changes);
+                        let _ = loss.set(d as u32 * max + class as u32, st, 0);
                     }
-                    Err(e) => serde_json::json!({"error": format!("{e:#}")}),
-                };
-                let mut s = s;
-                let _ = writeln!(s, "{reply}");
+                }
+                last_changed = Some(class);
+                engine.set_class(class, new_profiles)?;
+                specs = new_specs;
+                tracing::info!(change = %applied, "live change applied");
+                let _ = rep_tx.send(ReportMsg::Change(
+                    serde_json::json!({
+                        "applied": applied,
+                        "t": start.elapsed().as_secs_f64(),
+                        "classes": classes_json(&plan.names, &specs),
+                    }),
+                    specs.clone(),
+                ));
+                let _ = reply.send(serde_json::json!({ "applied": applied }));
             }
         }
         if last_report.elapsed() >= opts.interval {
@@ -962,7 +978,11 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         }
     }
 
-    // 7. Detach XDP and tc (the bridge carries traffic again), then release what is queued.
+    // 7. Stop taking changes, detach XDP and tc (the bridge carries traffic again), then
+    // release what is queued.
+    ctl_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(ctl_rx);
+    let _ = control_thread.join();
     drop(xsks);
     let secs = start.elapsed().as_secs_f64();
     drop(bpf);
@@ -1009,26 +1029,92 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
 }
 
 /// New specs of every class, the changed class and its new profiles, a description.
+/// A validated live change, prepared off the engine's thread: all specs after the change,
+/// the class it touched, that class's new profiles, a description, and where the engine's
+/// answer goes.
+struct Change {
+    specs: [Vec<Spec>; 2],
+    class: usize,
+    profiles: [Profile; 2],
+    applied: String,
+    reply: std::sync::mpsc::Sender<serde_json::Value>,
+}
+
+/// The control thread: accepts `wan set` connections on the abstract socket, reads and
+/// validates each request (its own timeouts: a slow client delays only itself), hands the
+/// ready change to the engine and relays the engine's answer. Changes come only from here,
+/// so it keeps the current specs itself.
+fn control(
+    listener: UnixListener,
+    names: Vec<String>,
+    mut specs: [Vec<Spec>; 2],
+    frames: u64,
+    tx: std::sync::mpsc::Sender<Change>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let s = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("control socket: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let reply = match prepare(&s, &names, &specs, frames) {
+            Ok((new_specs, class, profiles, applied)) => {
+                let (rtx, rrx) = std::sync::mpsc::channel();
+                let ch = Change {
+                    specs: new_specs.clone(),
+                    class,
+                    profiles,
+                    applied,
+                    reply: rtx,
+                };
+                if tx.send(ch).is_err() {
+                    serde_json::json!({"error": "wan is stopping"})
+                } else {
+                    match rrx.recv_timeout(Duration::from_secs(5)) {
+                        Ok(v) => {
+                            specs = new_specs;
+                            v
+                        }
+                        Err(_) => {
+                            serde_json::json!({"error": "wan stopped before applying the change"})
+                        }
+                    }
+                }
+            }
+            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+        };
+        let mut s = s;
+        let _ = writeln!(s, "{reply}");
+    }
+}
+
 type SetResult = ([Vec<Spec>; 2], usize, [Profile; 2], String);
 
-fn handle_set(
-    s: UnixStream,
-    plan: &Plan,
-    cur: &mut [Vec<Spec>; 2],
+/// Read one request from `s` and build the change it asks for (nothing is applied here).
+fn prepare(
+    s: &UnixStream,
+    names: &[String],
+    cur: &[Vec<Spec>; 2],
     frames: u64,
 ) -> Result<SetResult> {
     s.set_nonblocking(false)?;
-    // A short timeout: this runs between packets on the engine's thread.
-    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
+    BufReader::new(s).read_line(&mut line)?;
     let req: SetRequest = serde_json::from_str(line.trim()).context("malformed request")?;
     let class = req.class.clone().unwrap_or_else(|| "default".into());
-    let c = plan
-        .names
+    let c = names
         .iter()
         .position(|n| *n == class)
-        .ok_or_else(|| anyhow!("no class {class:?} (classes: {})", plan.names.join(", ")))?;
+        .ok_or_else(|| anyhow!("no class {class:?} (classes: {})", names.join(", ")))?;
     let d = DirSpecs {
         both: req.both.clone(),
         a_to_b: req.a_to_b.clone(),
