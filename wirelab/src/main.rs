@@ -363,6 +363,9 @@ enum FwCmd {
     Check {
         #[arg(long)]
         rules: PathBuf,
+        /// One JSON object: counts and how each address table would be searched.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -722,13 +725,28 @@ fn emit(text: &str) -> Result<()> {
 
 fn fw_cmd(a: FwArgs) -> Result<ExitCode> {
     match a.sub {
-        Some(FwCmd::Check { rules }) => {
+        Some(FwCmd::Check { rules, json }) => {
             let rs = fw::rules::load(&rules)?;
-            emit(&format!(
-                "rules OK: {} rules, {} prefixes",
-                rs.rules.len(),
-                rs.prefixes()
-            ))?;
+            let lookup = fw::lookup_plan(&rs);
+            if json {
+                emit(
+                    &serde_json::json!({"ok": true, "rules": rs.rules.len(),
+                        "prefixes": rs.prefixes(), "lookup": lookup})
+                    .to_string(),
+                )?;
+            } else {
+                let l = fw::lookup_text(&lookup);
+                emit(&format!(
+                    "rules OK: {} rules, {} prefixes{}",
+                    rs.rules.len(),
+                    rs.prefixes(),
+                    if l.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; lookup: {l}")
+                    }
+                ))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(FwCmd::Reload {

@@ -3,7 +3,6 @@
 mod common;
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -12,25 +11,6 @@ use std::{
 };
 
 use common::*;
-
-struct Dir(PathBuf);
-impl Dir {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(unique("wirelab-fw-test-"));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn start_fw(lab: &Lab, rules: &std::path::Path) -> Bg {
     let mut c = wirelab();
@@ -110,7 +90,7 @@ fn add_addr(ns: &str, cidr: &str) {
 #[test]
 fn deny_cidr_inside_fails_outside_works() {
     let lab = Lab::up("fwa");
-    let d = Dir::new();
+    let d = TempDir::new("wirelab-fw-test-");
     add_addr(&lab.ns("client"), "198.18.0.200/24");
     let r = d.file(
         "r.toml",
@@ -248,7 +228,7 @@ fn connects(ns: &str, port: u16) -> bool {
 #[test]
 fn allow_only_ssh_and_icmp() {
     let lab = Lab::up("fwb");
-    let d = Dir::new();
+    let d = TempDir::new("wirelab-fw-test-");
     let r = d.file(
         "r.toml",
         r#"
@@ -301,7 +281,7 @@ proto = ["icmp", "icmpv6"]
 #[test]
 fn rate_limit_icmp_per_source() {
     let lab = Lab::up("fwc");
-    let d = Dir::new();
+    let d = TempDir::new("wirelab-fw-test-");
     add_addr(&lab.ns("client"), "198.18.0.50/24");
     let r = d.file(
         "r.toml",
@@ -351,7 +331,7 @@ rate_limit = { pps = 10, burst = 10 }
 fn ipv6_rule() {
     // IPv6 benchmarking prefix 2001:2::/48 (RFC 5180), the IPv6 sibling of 198.18.0.0/15.
     let lab = Lab::up("fwd");
-    let d = Dir::new();
+    let d = TempDir::new("wirelab-fw-test-");
     add_addr(&lab.ns("client"), "2001:2::1/64");
     add_addr(&lab.ns("client"), "2001:2::3/64");
     add_addr(&lab.ns("server"), "2001:2::2/64");
@@ -419,7 +399,7 @@ proto = "icmp"
 #[test]
 fn reload_under_traffic_is_lossless_and_tight() {
     let lab = Lab::up("fwe");
-    let d = Dir::new();
+    let d = TempDir::new("wirelab-fw-test-");
     let a = d.file("a.toml", RELOAD_A);
     let b = d.file("b.toml", RELOAD_B);
     let srv = Server::start(&lab.ns("server"), &[], &[7000, 7001]);
@@ -467,7 +447,7 @@ fn reload_under_traffic_is_lossless_and_tight() {
 #[test]
 fn bad_reload_keeps_old_rules_and_kill9_leaves_nothing() {
     let lab = Lab::up("fwf");
-    let d = Dir::new();
+    let d = TempDir::new("wirelab-fw-test-");
     let a = d.file("a.toml", RELOAD_A);
     let bad = d.file(
         "bad.toml",
@@ -661,4 +641,48 @@ fn record_series_counts_rule_hits_and_reports() {
     assert!(rec.join("report-plots/fw-hits.svg").exists());
     assert!(rec.join("report-plots/fw-verdicts.svg").exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_shows_the_lookup_plan_and_refuses_bad_files() {
+    let dir = TempDir::new("wlfwchk");
+    let good = dir.join("good.toml");
+    // A /24 among /25s: expanded to /25s, one probe; a /64 and a /128 (IPv6): two probes.
+    std::fs::write(
+        &good,
+        "default = \"allow\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nsrc = [\"198.18.0.0/25\", \"198.18.1.0/24\", \"2001:2::/64\", \"2001:2:0:1::1\"]\n",
+    )
+    .unwrap();
+    let o = ok(wirelab()
+        .args(["fw", "check", "--json", "--rules"])
+        .arg(&good));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["lookup"]["src4"]["method"], "hash", "{v}");
+    assert_eq!(
+        v["lookup"]["src4"]["lengths"],
+        serde_json::json!([25]),
+        "{v}"
+    );
+    assert_eq!(v["lookup"]["src4"]["entries"], 3, "{v}");
+    assert_eq!(
+        v["lookup"]["src6"]["lengths"],
+        serde_json::json!([128, 64]),
+        "{v}"
+    );
+    assert_eq!(v["lookup"]["dst4"]["method"], "none", "{v}");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "default = \"allow\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nsrc = \"198.18.0.0/33\"\n",
+    )
+    .unwrap();
+    let o = wirelab()
+        .args(["fw", "check", "--rules"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("rule[0]") || err.contains("\"b\""), "{err}");
+    assert!(err.contains("src"), "{err}");
 }

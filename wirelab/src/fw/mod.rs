@@ -239,8 +239,7 @@ impl Firewall {
         }
         // Address tables: plan each (prefix hash or trie), record what is written before
         // writing it, so a failure part-way can remove it.
-        let p4 = [&tables.src4, &tables.dst4].map(|c| plan::plan(c, plan::budget(c.len())));
-        let p6 = [&tables.src6, &tables.dst6].map(|c| plan::plan(c, plan::budget(c.len())));
+        let (p4, p6) = plans(&tables);
         let w = &mut self.written[g as usize];
         let mut conf = FwConf {
             default_action: rs.default_action,
@@ -277,10 +276,7 @@ impl Firewall {
                 conf.mask6[t][i] = plan::mask6(*l);
             }
         }
-        let lookup = json!({
-            "src4": p4[0].json(), "dst4": p4[1].json(),
-            "src6": p6[0].json(), "dst6": p6[1].json(),
-        });
+        let lookup = plans_json(&p4, &p6);
         for (i, (r, ins)) in rs.rules.iter().zip(installed.iter()).enumerate() {
             let mut fill = 0u64;
             if let Some(t) = r.burst_pkts.checked_div(r.pps) {
@@ -468,6 +464,56 @@ fn log_text(v: &serde_json::Value) -> String {
             ""
         }
     )
+}
+
+/// Lookup plans of the four address tables: (IPv4 source, destination), (IPv6 ...).
+fn plans(t: &Tables) -> ([plan::Plan<4>; 2], [plan::Plan<16>; 2]) {
+    (
+        [&t.src4, &t.dst4].map(|c| plan::plan(c, plan::budget(c.len()))),
+        [&t.src6, &t.dst6].map(|c| plan::plan(c, plan::budget(c.len()))),
+    )
+}
+
+fn plans_json(p4: &[plan::Plan<4>; 2], p6: &[plan::Plan<16>; 2]) -> serde_json::Value {
+    json!({
+        "src4": p4[0].json(), "dst4": p4[1].json(),
+        "src6": p6[0].json(), "dst6": p6[1].json(),
+    })
+}
+
+/// How a rule set's address tables would be searched (what `fw check` shows), without
+/// touching the kernel.
+pub fn lookup_plan(rs: &RuleSet) -> serde_json::Value {
+    let (p4, p6) = plans(&rules::compile(rs));
+    plans_json(&p4, &p6)
+}
+
+/// One-line description of a `lookup` object, e.g. "src4 hash 1 probe(s) at /32 (385
+/// entries)"; empty when no table holds a prefix.
+pub fn lookup_text(l: &serde_json::Value) -> String {
+    ["src4", "dst4", "src6", "dst6"]
+        .iter()
+        .filter_map(|t| {
+            let l = &l[t];
+            let lengths: Vec<String> = l["lengths"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| format!("/{x}"))
+                .collect();
+            match l["method"].as_str()? {
+                "hash" => Some(format!(
+                    "{t} hash {} probe(s) at {} ({} entries)",
+                    lengths.len(),
+                    lengths.join(" "),
+                    l["entries"]
+                )),
+                "trie" => Some(format!("{t} LPM trie ({} entries)", l["entries"])),
+                _ => None,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// One address table's entries of one generation: lookup method, (length, address) each.
@@ -713,30 +759,9 @@ pub fn print_stats(out: &mut impl std::io::Write, s: &serde_json::Value) -> Resu
         s["reloads"],
         s["prefixes"]
     )?;
-    let lookups: Vec<String> = ["src4", "dst4", "src6", "dst6"]
-        .iter()
-        .filter_map(|t| {
-            let l = &s["lookup"][t];
-            match l["method"].as_str()? {
-                "hash" => Some(format!(
-                    "{t} hash {} probe(s) at /{} ({} entries)",
-                    l["lengths"].as_array().map_or(0, |v| v.len()),
-                    l["lengths"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" /"),
-                    l["entries"]
-                )),
-                "trie" => Some(format!("{t} LPM trie ({} entries)", l["entries"])),
-                _ => None,
-            }
-        })
-        .collect();
+    let lookups = lookup_text(&s["lookup"]);
     if !lookups.is_empty() {
-        writeln!(out, "  lookup: {}", lookups.join("; "))?;
+        writeln!(out, "  lookup: {lookups}")?;
     }
     writeln!(
         out,

@@ -138,6 +138,13 @@ impl TempDir {
     pub fn join(&self, p: &str) -> std::path::PathBuf {
         self.0.join(p)
     }
+
+    /// Write `text` to file `name` in the directory; returns its path.
+    pub fn file(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("writing a test file");
+        p
+    }
 }
 
 impl Drop for TempDir {
