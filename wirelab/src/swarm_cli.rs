@@ -1,10 +1,21 @@
 //! The `wirelab swarm` command line.
-use std::{io::Write as _, net::SocketAddrV4, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    net::SocketAddrV4,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use wirelab::{
-    netns, record,
+    metrics, netns, record,
     swarm::{self, connect, run, Identity, Options, Pool, Swarm},
     util,
 };
@@ -49,6 +60,10 @@ pub struct Common {
     /// Write a run record into DIR (see `wirelab report`).
     #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
+    /// Serve live client counts (and the kernel programs' counters) in Prometheus text
+    /// format on ADDR:PORT, updated every second; bound before --netns is entered.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -120,14 +135,112 @@ fn options(c: &Common, identity: Identity) -> Result<Options> {
     })
 }
 
+/// `--metrics` of `swarm run` and `swarm connect` (names in docs/metrics.md).
+struct SwarmMetrics {
+    started: metrics::CounterFam,
+    finished: metrics::CounterFam,
+    established: metrics::CounterFam,
+    running: metrics::GaugeFam,
+    events: metrics::CounterFam,
+    mode: &'static str,
+    _server: metrics::Server,
+}
+
+impl SwarmMetrics {
+    fn start(ep: &metrics::Endpoint, mode: &'static str) -> Result<Self> {
+        let mut b = metrics::Builder::new();
+        b.info(&format!("swarm-{mode}"));
+        let started = b.counter("wirelab_swarm_clients_started", "Clients started");
+        let finished = b.counter(
+            "wirelab_swarm_clients_finished",
+            "Clients finished, by result (succeeded, failed)",
+        );
+        let established = b.counter(
+            "wirelab_swarm_connections_established",
+            "swarm connect: connections established",
+        );
+        let running = b.gauge(
+            "wirelab_swarm_clients_running",
+            "Clients running now (swarm connect: connections open)",
+        );
+        let events = b.counter(
+            "wirelab_swarm_kernel_events",
+            "swarm run: the kernel programs' counters (bind_ok, arp_replies, ...)",
+        );
+        let server = b.serve(ep)?;
+        tracing::info!("metrics on http://{}/metrics", ep.addr);
+        Ok(Self {
+            started,
+            finished,
+            established,
+            running,
+            events,
+            mode,
+            _server: server,
+        })
+    }
+
+    fn publish(&self, started: u64, ok: u64, failed: u64, running: u64) {
+        let l = |kv: &[(&str, &str)]| {
+            let mut v = vec![("mode", self.mode)];
+            v.extend_from_slice(kv);
+            metrics::labels(&v)
+        };
+        metrics::set_total(&self.started.get_or_create(&l(&[])), started);
+        metrics::set_total(
+            &self.finished.get_or_create(&l(&[("result", "succeeded")])),
+            ok,
+        );
+        metrics::set_total(
+            &self.finished.get_or_create(&l(&[("result", "failed")])),
+            failed,
+        );
+        self.running.get_or_create(&l(&[])).set(running as f64);
+    }
+
+    fn publish_run(&self, s: &run::Sample) {
+        self.publish(
+            (s.done + s.running) as u64,
+            s.succeeded as u64,
+            s.failed as u64,
+            s.running as u64,
+        );
+        self.publish_events(&s.stats);
+    }
+
+    fn publish_events(&self, stats: &BTreeMap<String, u64>) {
+        for (k, v) in stats {
+            let l = metrics::labels(&[("mode", self.mode), ("event", k)]);
+            metrics::set_total(&self.events.get_or_create(&l), *v);
+        }
+    }
+
+    /// `v`: a [`connect::ConnectProgress::snapshot`].
+    fn publish_connect(&self, v: &serde_json::Value) {
+        let g = |k: &str| v[k].as_u64().unwrap_or(0);
+        self.publish(g("attempted"), g("succeeded"), g("failed"), g("open"));
+        metrics::set_total(
+            &self
+                .established
+                .get_or_create(&metrics::labels(&[("mode", self.mode)])),
+            g("established"),
+        );
+    }
+}
+
 pub fn run(c: SwarmCmd) -> Result<ExitCode> {
     match c {
         SwarmCmd::Run(a) => {
             if a.concurrency == 0 {
                 anyhow::bail!("--concurrency must be at least 1");
             }
+            let ep = a.common.metrics.map(metrics::Endpoint::bind).transpose()?;
             let o = options(&a.common, a.identity)?;
             let stop = util::Stop::install()?;
+            let mets = ep
+                .as_ref()
+                .map(|e| SwarmMetrics::start(e, "run"))
+                .transpose()?;
             let ro = run::RunOptions {
                 concurrency: a.concurrency,
                 timeout: a.timeout,
@@ -155,6 +268,9 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
             let mut sw = Swarm::setup(o)?;
             let mut rec_err = None;
             let (summary, results) = run::run_with(&mut sw, &ro, &stop, &mut |s| {
+                if let Some(m) = &mets {
+                    m.publish_run(s);
+                }
                 if let Some(r) = rec.as_mut() {
                     let mut v = serde_json::to_value(s).unwrap_or_default();
                     v["type"] = "interval".into();
@@ -218,10 +334,15 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
             })
         }
         SwarmCmd::Connect(a) => {
+            let ep = a.common.metrics.map(metrics::Endpoint::bind).transpose()?;
             let o = options(&a.common, Identity::Cgroup)?;
             let stop = util::Stop::install()?;
+            let mets = ep
+                .as_ref()
+                .map(|e| SwarmMetrics::start(e, "connect"))
+                .transpose()?;
             let concurrency = a.concurrency.unwrap_or(a.common.clients.max(1));
-            let rec = a
+            let mut rec = a
                 .common
                 .record
                 .as_deref()
@@ -248,8 +369,47 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 timeout: a.timeout,
                 send: a.send,
                 recv: a.recv,
+                progress: Arc::new(connect::ConnectProgress::default()),
             };
-            let s = connect::run(&mut sw, co, &stop).context("swarm connect")?;
+            // A sampler thread: one series line and one metrics update per second, and a
+            // last one at the end.
+            let progress = co.progress.clone();
+            let done = Arc::new(AtomicBool::new(false));
+            let sampler = {
+                let done = done.clone();
+                let mut rec = rec.take();
+                std::thread::spawn(move || -> (Option<record::Recorder>, Result<()>) {
+                    let t0 = Instant::now();
+                    let mut res = Ok(());
+                    loop {
+                        let t1 = Instant::now();
+                        while t1.elapsed() < Duration::from_secs(1) && !done.load(Ordering::Relaxed)
+                        {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        let last = done.load(Ordering::Relaxed);
+                        let v = progress.snapshot(t0.elapsed().as_secs_f64());
+                        if let Some(m) = &mets {
+                            m.publish_connect(&v);
+                        }
+                        if let Some(r) = rec.as_mut() {
+                            if let Err(e) = r.interval(&v) {
+                                res = Err(e);
+                            }
+                        }
+                        if last {
+                            return (rec, res);
+                        }
+                    }
+                })
+            };
+            let s = connect::run(&mut sw, co, &stop).context("swarm connect");
+            done.store(true, Ordering::Relaxed);
+            let (rec, rec_res) = sampler
+                .join()
+                .map_err(|_| anyhow::anyhow!("the sampler thread panicked"))?;
+            let s = s?;
+            rec_res.context("writing the run record")?;
             drop(sw);
             if let Some(r) = rec {
                 let measured = vec![

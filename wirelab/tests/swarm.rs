@@ -344,9 +344,13 @@ fn unconnected_udp_gets_each_clients_source() {
     let pool_s = "198.18.0.64/26";
     let pool = Pool::parse(pool_s).unwrap();
     let rx = udp_receiver(lab.ns("server"), 9100, Duration::from_secs(8));
+    let dir = TempDir::new("wlswrec");
+    let rec = dir.join("run");
     // socat's UDP-SENDTO sends with sendto() on an unconnected socket.
     let o = swarm(&lab, "run", pool_s, 20)
-        .args(["--concurrency", "10", "--timeout", "10s", "--"])
+        .args(["--concurrency", "10", "--timeout", "10s", "--record"])
+        .arg(&rec)
+        .arg("--")
         .args([
             "sh",
             "-c",
@@ -363,6 +367,16 @@ fn unconnected_udp_gets_each_clients_source() {
         "{v}"
     );
     assert_eq!(v["stats"]["bind_ok"], 0, "socat must not connect: {v}");
+    // The recorded series ends with the final counts and the kernel counters.
+    let series = std::fs::read_to_string(rec.join("swarm-run.series.jsonl")).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(series.lines().last().expect("a series line")).unwrap();
+    assert_eq!(last["succeeded"], 20, "{series}");
+    assert_eq!(last["running"], 0, "{series}");
+    assert_eq!(
+        last["stats"]["sendmsg_rewrites"], v["stats"]["sendmsg_rewrites"],
+        "{series}"
+    );
     let got = rx.join().unwrap();
     let mut by_n = BTreeMap::new();
     for (ip, payload) in &got {
@@ -603,8 +617,10 @@ fn connect_5000_clients_distinct_ips_and_macs() {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
     }
     let srv = TcpServer::start(lab.ns("server"), 9300);
+    let dir = TempDir::new("wlswcrec");
+    let rec = dir.join("run");
     let t0 = Instant::now();
-    let o = swarm(&lab, "connect", pool_s, n)
+    let child = swarm(&lab, "connect", pool_s, n)
         .args([
             "--to",
             &format!("{SERVER}:9300"),
@@ -612,9 +628,45 @@ fn connect_5000_clients_distinct_ips_and_macs() {
             "2s",
             "--timeout",
             "30s",
+            "--metrics",
+            "127.0.0.1:0",
+            "--record",
         ])
-        .output()
+        .arg(&rec)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // Live metrics while connections are held: some clients started, some connections open.
+    let mut live = None;
+    while t0.elapsed() < Duration::from_secs(60) && live.is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+        let out = std::process::Command::new("ss")
+            .args(["-Hltnp"])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&out.stdout).contains(&format!("pid={},", child.id())) {
+            continue;
+        }
+        let rows = parse_openmetrics(&scrape(&tcp_listen_addr(child.id())).1);
+        let open = rows
+            .iter()
+            .find(|r| r["name"] == "wirelab_swarm_clients_running")
+            .and_then(|r| r["value"].as_f64())
+            .unwrap_or(0.0);
+        if open > 0.0 {
+            live = Some(rows);
+        }
+    }
+    let rows = live.expect("no open connections seen in the metrics");
+    assert!(
+        sample(
+            &rows,
+            "wirelab_swarm_clients_started_total",
+            &[("mode", "connect")]
+        ) > 0.0
+    );
+    let o = child.wait_with_output().unwrap();
     let wall = t0.elapsed();
     let v = json_of(&o);
     assert!(o.status.success(), "{v}");
@@ -637,6 +689,25 @@ fn connect_5000_clients_distinct_ips_and_macs() {
     assert_eq!(bad, 0);
     let macs: HashSet<&String> = neigh.values().collect();
     assert_eq!(macs.len(), n as usize);
+    // The recorded series: one line a second, the last with every client done.
+    let series = std::fs::read_to_string(rec.join("swarm-connect.series.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = series
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2, "{series}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["attempted"], n, "{series}");
+    assert_eq!(last["established"], n, "{series}");
+    assert_eq!(last["succeeded"], n, "{series}");
+    assert_eq!(last["failed"], 0, "{series}");
+    assert_eq!(last["open"], 0, "{series}");
+    assert!(
+        lines.iter().any(|l| l["open"].as_u64().unwrap() > 0),
+        "{series}"
+    );
+    ok(wirelab().arg("report").arg(&rec));
+    assert!(rec.join("report-plots/swarm-connections.svg").exists());
     drop(srv);
     assert_clean(&lab, pool_s);
 }

@@ -663,6 +663,28 @@ fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
             ],
         ));
     }
+    // swarm connect: connections open and established over time.
+    let line = |k: &str| -> Vec<(f64, f64)> {
+        src.series
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| num(&l[k]).map(|y| (x[i], y)))
+            .collect()
+    };
+    let open = line("open");
+    if !open.is_empty() {
+        charts.push(Chart::lines(
+            "swarm-connections",
+            "swarm connect: connections over time",
+            "time (s)",
+            "connections",
+            vec![
+                Series::new(format!("{p}open"), open),
+                Series::new(format!("{p}established"), line("established")).dashed(),
+                Series::new(format!("{p}failed"), line("failed")).dashed(),
+            ],
+        ));
+    }
     charts
 }
 

@@ -10,7 +10,10 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -35,6 +38,38 @@ pub struct ConnectOptions {
     pub send: usize,
     /// Bytes to read back before holding.
     pub recv: usize,
+    /// Live counts, for a sampler thread (`--record` series, `--metrics`).
+    pub progress: Arc<ConnectProgress>,
+}
+
+/// Live counts of a `swarm connect` run, updated as connections progress.
+#[derive(Debug, Default)]
+pub struct ConnectProgress {
+    /// Clients whose connection was started.
+    pub attempted: AtomicU32,
+    /// Connections established so far (a later send/recv failure still counts here).
+    pub established: AtomicU32,
+    /// Clients that ended with an error (connect, send, recv, timeout).
+    pub failed: AtomicU32,
+    /// Clients that ended well (connected, sent/received, held, closed).
+    pub succeeded: AtomicU32,
+    /// Connections established and not yet closed.
+    pub open: AtomicU32,
+}
+
+impl ConnectProgress {
+    pub fn snapshot(&self, t: f64) -> serde_json::Value {
+        let g = |a: &AtomicU32| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "type": "interval",
+            "t": t,
+            "attempted": g(&self.attempted),
+            "established": g(&self.established),
+            "failed": g(&self.failed),
+            "succeeded": g(&self.succeeded),
+            "open": g(&self.open),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,6 +132,9 @@ async fn one(
     o: Arc<ConnectOptions>,
     stop: Stop,
 ) -> Outcome {
+    let p = o.progress.clone();
+    p.attempted.fetch_add(1, Ordering::Relaxed);
+    let mut up = false;
     let r = async {
         let s = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {}", kind(&e)))?;
         let ck = cookie(s.as_raw_fd()).map_err(|e| format!("{e:#}"))?;
@@ -116,6 +154,9 @@ async fn one(
             Ok(Ok(s)) => s,
         };
         let lat = t.elapsed();
+        up = true;
+        p.established.fetch_add(1, Ordering::Relaxed);
+        p.open.fetch_add(1, Ordering::Relaxed);
         let local = match stream.local_addr() {
             Ok(SocketAddr::V4(a)) => *a.ip(),
             _ => Ipv4Addr::UNSPECIFIED,
@@ -142,6 +183,14 @@ async fn one(
         Ok((lat, local, established))
     }
     .await;
+    if up {
+        p.open.fetch_sub(1, Ordering::Relaxed);
+    }
+    if r.is_err() {
+        p.failed.fetch_add(1, Ordering::Relaxed);
+    } else {
+        p.succeeded.fetch_add(1, Ordering::Relaxed);
+    }
     Outcome { ip, result: r }
 }
 

@@ -167,6 +167,8 @@ pub struct Sample {
     pub succeeded: u32,
     pub failed: u32,
     pub total: u32,
+    /// The kernel programs' counters so far (bind_ok, arp_replies, ...).
+    pub stats: BTreeMap<String, u64>,
 }
 
 /// Run the command for every client. Returns the summary and per-client results.
@@ -286,7 +288,7 @@ pub fn run_with(
                 error: None,
             });
         }
-        let snap = |results: &[ClientResult], running: usize| {
+        let snap = |results: &[ClientResult], running: usize, stats| {
             let ok = results.iter().filter(|r| r.ok).count() as u32;
             Sample {
                 t: t0.elapsed().as_secs_f64(),
@@ -295,6 +297,7 @@ pub fn run_with(
                 succeeded: ok,
                 failed: results.len() as u32 - ok,
                 total,
+                stats,
             }
         };
         if last_progress.elapsed() > Duration::from_millis(200) {
@@ -306,10 +309,10 @@ pub fn run_with(
         }
         if last_sample.elapsed() >= Duration::from_secs(1) {
             last_sample = Instant::now();
-            sample(&snap(&results, running.len()));
+            sample(&snap(&results, running.len(), sw.stats()));
         }
         if running.is_empty() && (next >= total || interrupted) {
-            sample(&snap(&results, 0));
+            sample(&snap(&results, 0, sw.stats()));
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
