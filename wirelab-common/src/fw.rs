@@ -185,13 +185,17 @@ pub type HKey6 = [u8; 18];
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GenConf {
-    /// First source address (host order) and how many consecutive ones to cycle through.
+    /// First source address (host order; IPv6: its low 32 bits) and how many consecutive
+    /// ones to cycle through.
     pub src_base: u32,
     pub flows: u32,
     /// Offset of the IPv4 header and of the L4 header in the template frame.
     pub l3_off: u32,
     /// IP protocol of the template (17 or 6).
     pub proto: u32,
+    /// 4 or 6. For IPv6, `src_base` is the low 32 bits of the source address and the
+    /// transport checksum is updated incrementally (it is mandatory there).
+    pub family: u32,
 }
 
 #[cfg(feature = "user")]

@@ -1,8 +1,10 @@
 //! `gen_tx`: the packet generator's XDP program, run by BPF_PROG_TEST_RUN in live-frames mode.
 //!
-//! Each run rewrites the template's IPv4 source address to the next one of `flows` addresses
-//! (fixing the IPv4 checksum, and the TCP checksum for SYNs) and returns XDP_TX, which the
-//! live-frames test run turns into a transmit on the interface named in the context.
+//! Each run rewrites the template's source address to the next one of `flows` addresses and
+//! returns XDP_TX, which the live-frames test run turns into a transmit on the interface named
+//! in the context. IPv4: the header checksum is recomputed and the TCP checksum updated (UDP
+//! goes without one); IPv6: the low 32 bits of the source change and the UDP or TCP checksum
+//! is updated incrementally (RFC 1624).
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -49,6 +51,22 @@ fn try_gen(ctx: &XdpContext) -> Result<(), ()> {
     let l3 = (c.l3_off & 0x3f) as usize;
     let saddr = c.src_base.wrapping_add((n % c.flows as u64) as u32);
     let new = saddr.to_be_bytes();
+    if c.family == 6 {
+        let ip = f.ptr::<[u8; 40]>(l3).map_err(|_| ())? as *mut [u8; 40];
+        let h = unsafe { &mut *ip };
+        let old = [h[20], h[21], h[22], h[23]];
+        h[20..24].copy_from_slice(&new);
+        // Only the checksum field is touched (a UDP frame may end right after its header).
+        let at = if c.proto == 6 { l3 + 56 } else { l3 + 46 };
+        let cp = f.ptr::<[u8; 2]>(at).map_err(|_| ())? as *mut [u8; 2];
+        let ck = unsafe { &mut *cp };
+        let mut nc = csum_replace4(u16::from_be_bytes(*ck), old, new);
+        if c.proto == 17 && nc == 0 {
+            nc = 0xffff; // 0 means "no checksum", which IPv6 forbids
+        }
+        *ck = nc.to_be_bytes();
+        return Ok(());
+    }
     let ip = f.ptr::<[u8; 20]>(l3).map_err(|_| ())? as *mut [u8; 20];
     let h = unsafe { &mut *ip };
     let old = [h[12], h[13], h[14], h[15]];
@@ -65,17 +83,22 @@ fn try_gen(ctx: &XdpContext) -> Result<(), ()> {
     let cs = !fold(s);
     h[10..12].copy_from_slice(&cs.to_be_bytes());
     if c.proto == 6 {
-        // Incremental TCP checksum update for the changed source address (RFC 1624).
         let tp = f.ptr::<[u8; 20]>(l3 + 20).map_err(|_| ())? as *mut [u8; 20];
         let t = unsafe { &mut *tp };
-        let hc = u16::from_be_bytes([t[16], t[17]]);
-        let mut acc: u32 = (!hc) as u32;
-        acc += (!u16::from_be_bytes([old[0], old[1]])) as u32;
-        acc += (!u16::from_be_bytes([old[2], old[3]])) as u32;
-        acc += u16::from_be_bytes([new[0], new[1]]) as u32;
-        acc += u16::from_be_bytes([new[2], new[3]]) as u32;
-        let nc = !fold(acc);
+        let nc = csum_replace4(u16::from_be_bytes([t[16], t[17]]), old, new);
         t[16..18].copy_from_slice(&nc.to_be_bytes());
     }
     Ok(())
+}
+
+/// Incremental checksum update for 4 changed bytes of the pseudo header (RFC 1624:
+/// HC' = ~(~HC + ~m + m')).
+#[inline(always)]
+fn csum_replace4(hc: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    let mut acc: u32 = (!hc) as u32;
+    acc += (!u16::from_be_bytes([old[0], old[1]])) as u32;
+    acc += (!u16::from_be_bytes([old[2], old[3]])) as u32;
+    acc += u16::from_be_bytes([new[0], new[1]]) as u32;
+    acc += u16::from_be_bytes([new[2], new[3]]) as u32;
+    !fold(acc)
 }

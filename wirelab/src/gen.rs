@@ -11,7 +11,7 @@
 //! an error (`--method xdp`).
 use std::{
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
@@ -21,7 +21,7 @@ use aya::{
     maps::Array,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::Serialize;
 use wirelab_common::fw::GenConf;
 
@@ -32,7 +32,7 @@ pub struct Options {
     pub dst_mac: String,
     pub src_mac: Option<String>,
     pub src: String,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub proto: String,
     pub size: usize,
     pub rate: Option<u64>,
@@ -121,23 +121,31 @@ pub fn tx_counters(iface: &str) -> Result<(u64, u64)> {
     bail!("no interface {iface} in /proc/self/net/dev")
 }
 
-/// The template frame: Ethernet + IPv4 + UDP or TCP SYN, padded to `size`.
+/// The template frame: Ethernet + IPv4 or IPv6 + UDP or TCP SYN, padded to `size`.
 pub fn template(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     tcp: bool,
     dport: u16,
     size: usize,
 ) -> Result<Vec<u8>> {
-    let hdr = 14 + 20 + if tcp { 20 } else { 8 };
+    let l3 = if src.is_ipv6() { 40 } else { 20 };
+    let hdr = 14 + l3 + if tcp { 20 } else { 8 };
     if !(60..=1514).contains(&size) {
         bail!("--size must be 60 to 1514 bytes (frame without FCS)");
     }
-    let payload = vec![0u8; size.saturating_sub(hdr)];
-    let b =
-        etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src.octets(), dst.octets(), 64);
+    if size < hdr {
+        bail!("--size must be at least {hdr} bytes for these headers");
+    }
+    let payload = vec![0u8; size - hdr];
+    let eth = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac);
+    let b = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => bail!("--src and --dst must both be IPv4 or both IPv6"),
+    };
     let mut v = Vec::with_capacity(size);
     if tcp {
         b.tcp(40000, dport, 1, 64240)
@@ -148,12 +156,41 @@ pub fn template(
         b.udp(40000, dport)
             .write(&mut v, &payload)
             .context("building the frame")?;
-        // No UDP checksum (legal over IPv4): the XDP path rewrites the source address per
-        // flow, which would otherwise leave a wrong checksum.
-        v[40] = 0;
-        v[41] = 0;
+        if src.is_ipv4() {
+            // No UDP checksum (legal over IPv4): the source changes per flow. IPv6 requires
+            // one; it is updated with the address.
+            v[40] = 0;
+            v[41] = 0;
+        }
     }
     Ok(v)
+}
+
+/// Incremental checksum update for 4 changed bytes (RFC 1624).
+fn csum_replace4(hc: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    let mut acc: u32 = (!hc) as u32;
+    for (o, n) in [(0, 0), (2, 2)] {
+        acc += (!u16::from_be_bytes([old[o], old[o + 1]])) as u32;
+        acc += u16::from_be_bytes([new[n], new[n + 1]]) as u32;
+    }
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// Set the low 32 bits of an IPv6 template's source address, updating the UDP/TCP checksum.
+fn set_src6(frame: &mut [u8], low: u32, tcp: bool) {
+    let mut old = [0u8; 4];
+    old.copy_from_slice(&frame[34..38]);
+    let new = low.to_be_bytes();
+    frame[34..38].copy_from_slice(&new);
+    let off = 54 + if tcp { 16 } else { 6 };
+    let mut nc = csum_replace4(u16::from_be_bytes([frame[off], frame[off + 1]]), old, new);
+    if !tcp && nc == 0 {
+        nc = 0xffff;
+    }
+    frame[off..off + 2].copy_from_slice(&nc.to_be_bytes());
 }
 
 /// Rewrite the source address of a template built by [`template`] (IPv4 and TCP checksums).
@@ -224,23 +261,45 @@ impl Pacer {
 }
 
 pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
-    let net: Ipv4Net = o
+    let net: IpNet = o
         .src
         .parse()
-        .or_else(|_| o.src.parse::<Ipv4Addr>().map(Ipv4Net::from))
-        .with_context(|| format!("--src {:?}: not an IPv4 address or CIDR", o.src))?;
+        .or_else(|_| o.src.parse::<IpAddr>().map(IpNet::from))
+        .with_context(|| format!("--src {:?}: not an address or CIDR", o.src))?;
+    if net.addr().is_ipv6() != o.dst.is_ipv6() {
+        bail!(
+            "--src {} and --dst {} must both be IPv4 or both IPv6",
+            o.src,
+            o.dst
+        );
+    }
     if o.flows == 0 {
         bail!("--flows must be at least 1");
     }
-    let base = u32::from(net.addr());
-    let last = u32::from(net.broadcast());
-    if (last - base) < o.flows - 1 {
+    let v6 = net.addr().is_ipv6();
+    let (first, last) = match net {
+        IpNet::V4(n) => (
+            u32::from(n.addr()) as u128,
+            u32::from(n.broadcast()) as u128,
+        ),
+        IpNet::V6(n) => (u128::from(n.addr()), u128::from(n.broadcast())),
+    };
+    if last - first < o.flows as u128 - 1 {
         bail!(
             "--flows {}: only {} addresses from {} to the end of {}",
             o.flows,
-            last - base + 1,
+            last - first + 1,
             net.addr(),
             net.trunc()
+        );
+    }
+    // The generator varies the low 32 bits of the address.
+    let base = first as u32;
+    if base as u64 + o.flows as u64 - 1 > u32::MAX as u64 {
+        bail!(
+            "--flows {} from {}: the varied low 32 bits of the address would wrap",
+            o.flows,
+            net.addr()
         );
     }
     let tcp = match o.proto.as_str() {
@@ -288,6 +347,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
                     flows: o.flows,
                     l3_off: 14,
                     proto: if tcp { 6 } else { 17 },
+                    family: if v6 { 6 } else { 4 },
                 },
                 0,
             )?;
@@ -366,6 +426,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
             ifindex,
             &frame,
             tcp,
+            v6,
             base,
             o.flows,
             limit - sent,
@@ -408,6 +469,7 @@ fn send_packet(
     ifindex: u32,
     template: &[u8],
     tcp: bool,
+    v6: bool,
     base: u32,
     flows: u32,
     limit: u64,
@@ -450,7 +512,11 @@ fn send_packet(
     let mut frames: Vec<Vec<u8>> = vec![];
     for i in 0..flows.min(4096) {
         let mut f = template.to_vec();
-        set_src(&mut f, Ipv4Addr::from(base.wrapping_add(i)), tcp);
+        if v6 {
+            set_src6(&mut f, base.wrapping_add(i), tcp);
+        } else {
+            set_src(&mut f, Ipv4Addr::from(base.wrapping_add(i)), tcp);
+        }
         frames.push(f);
     }
     let mut sent = 0u64;
@@ -494,8 +560,8 @@ mod tests {
             let mut f = template(
                 [2; 6],
                 [4; 6],
-                Ipv4Addr::new(198, 18, 0, 1),
-                Ipv4Addr::new(198, 18, 0, 2),
+                Ipv4Addr::new(198, 18, 0, 1).into(),
+                Ipv4Addr::new(198, 18, 0, 2).into(),
                 tcp,
                 22,
                 64,
@@ -518,5 +584,55 @@ mod tests {
                 assert_eq!(th.calc_checksum_ipv4(&h, t.payload()).unwrap(), th.checksum);
             }
         }
+    }
+
+    #[test]
+    fn ipv6_source_change_keeps_checksums_valid() {
+        let a = |s: &str| -> IpAddr { s.parse().unwrap() };
+        for tcp in [false, true] {
+            let mut f =
+                template([2; 6], [4; 6], a("2001:2::1:0"), a("2001:2::2"), tcp, 9, 90).unwrap();
+            assert_eq!(f.len(), 90);
+            for low in [0x0001_0005u32, 0xffff_ffff, 0, 0x1234_5678] {
+                set_src6(&mut f, low, tcp);
+                let p = etherparse::SlicedPacket::from_ethernet(&f).unwrap();
+                let Some(etherparse::NetSlice::Ipv6(ip)) = p.net else {
+                    panic!()
+                };
+                let h = ip.header().to_header();
+                assert_eq!(&h.source[12..], &low.to_be_bytes());
+                match p.transport {
+                    Some(etherparse::TransportSlice::Udp(u)) => {
+                        let uh = u.to_header();
+                        assert_eq!(
+                            uh.calc_checksum_ipv6(&h, u.payload()).unwrap(),
+                            uh.checksum,
+                            "udp {low:#x}"
+                        );
+                    }
+                    Some(etherparse::TransportSlice::Tcp(t)) => {
+                        let th = t.to_header();
+                        assert_eq!(
+                            th.calc_checksum_ipv6(&h, t.payload()).unwrap(),
+                            th.checksum,
+                            "tcp {low:#x}"
+                        );
+                    }
+                    _ => panic!(),
+                }
+            }
+        }
+        // Headers that do not fit and mixed families are refused.
+        assert!(template([2; 6], [4; 6], a("2001:2::1"), a("2001:2::2"), true, 9, 60).is_err());
+        assert!(template(
+            [2; 6],
+            [4; 6],
+            a("198.18.0.1"),
+            a("2001:2::2"),
+            false,
+            9,
+            64
+        )
+        .is_err());
     }
 }

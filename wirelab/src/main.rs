@@ -383,12 +383,13 @@ struct GenArgs {
     /// Source MAC (default: the interface's).
     #[arg(long)]
     src_mac: Option<String>,
-    /// Source addresses (IPv4 CIDR); --flows of them are cycled through.
+    /// Source addresses (IPv4 or IPv6 CIDR, or one address); --flows of them, from the
+    /// first, are cycled through.
     #[arg(long)]
     src: String,
-    /// Destination IPv4 address.
+    /// Destination address (same family as --src).
     #[arg(long)]
-    dst: std::net::Ipv4Addr,
+    dst: std::net::IpAddr,
     /// udp or tcp-syn.
     #[arg(long, default_value = "udp")]
     proto: String,

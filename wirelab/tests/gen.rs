@@ -158,3 +158,86 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("did not transmit XDP frames"), "{err}");
 }
+
+/// Udp6NoPorts and Udp6InCsumErrors of the server's IPv6 stack: datagrams to a port nobody
+/// listens on are counted as NoPorts only once their checksum has been verified.
+fn udp6_counters(lab: &Lab) -> (u64, u64) {
+    let o = ok(in_ns(&lab.ns("server"), &["cat", "/proc/net/snmp6"]));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let get = |k: &str| -> u64 {
+        text.lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next() == Some(k)).then(|| it.next().unwrap().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no {k} in /proc/net/snmp6"))
+    };
+    (get("Udp6NoPorts"), get("Udp6InCsumErrors"))
+}
+
+#[test]
+fn ipv6_frames_reach_the_server_stack_with_valid_checksums() {
+    let lab = Lab::up("gn6");
+    ok(in_ns(
+        &lab.ns("server"),
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:2::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    ));
+    let gen6 = |extra: &[&str]| {
+        let mac = server_mac(&lab);
+        let mut c = wirelab();
+        c.args([
+            "gen",
+            "--netns",
+            &lab.ns("client"),
+            "--iface",
+            "eth0",
+            "--dst-mac",
+            &mac,
+            "--src",
+            "2001:2::1:0/112",
+            "--dst",
+            "2001:2::2",
+            "--dport",
+            "9",
+            "--json",
+        ]);
+        c.args(extra);
+        serde_json::from_slice::<serde_json::Value>(&ok(c).stdout).unwrap()
+    };
+    // 1. AF_PACKET (plain veth peer): 300 datagrams from 16 sources.
+    let (np0, ce0) = udp6_counters(&lab);
+    let r = gen6(&["--flows", "16", "--count", "300", "--rate", "3000"]);
+    assert_eq!(r["method"], "af-packet", "{r}");
+    assert_eq!(r["delivered"], 300, "{r}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (np1, ce1) = udp6_counters(&lab);
+    assert_eq!((np1 - np0, ce1 - ce0), (300, 0), "NoPorts, InCsumErrors");
+    // 2. Live frames (an XDP program on the peer gives it NAPI): the kernel program rewrites
+    // the low 32 bits of the source and the UDP checksum of every frame.
+    let mut c = wirelab();
+    c.args([
+        "inspect",
+        "--netns",
+        &lab.ns("wan"),
+        "--iface",
+        "to-client",
+        "--duration",
+        "60s",
+    ]);
+    let _insp = spawn_ready(c, "inspect attached", Duration::from_secs(20)).0;
+    let r = gen6(&["--flows", "256", "--count", "2560", "--rate", "10000"]);
+    assert_eq!(r["method"], "xdp-live-frames", "{r}");
+    assert_eq!(r["delivered"], 2560, "{r}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (np2, ce2) = udp6_counters(&lab);
+    assert_eq!((np2 - np1, ce2 - ce1), (2560, 0), "NoPorts, InCsumErrors");
+}
