@@ -1040,10 +1040,12 @@ struct Change {
     reply: std::sync::mpsc::Sender<serde_json::Value>,
 }
 
-/// The control thread: accepts `wan set` connections on the abstract socket, reads and
-/// validates each request (its own timeouts: a slow client delays only itself), hands the
-/// ready change to the engine and relays the engine's answer. Changes come only from here,
-/// so it keeps the current specs itself.
+/// The control thread: accepts `wan set` connections on the abstract socket. Each
+/// connection's request line is read by a short-lived thread of its own (a client that
+/// connects and says nothing holds up only that thread); this thread then takes the requests
+/// one at a time — validates, builds the change, hands it to the engine, waits until the
+/// engine has applied it, answers. Changes come only from here, so it keeps the current specs
+/// itself, and they stay equal to the engine's because it waits for every answer.
 fn control(
     listener: UnixListener,
     names: Vec<String>,
@@ -1052,20 +1054,29 @@ fn control(
     tx: std::sync::mpsc::Sender<Change>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let s = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+    let (req_tx, req_rx) = std::sync::mpsc::channel::<(UnixStream, Result<String>)>();
+    while !stopped() {
+        match listener.accept() {
+            Ok((s, _)) => {
+                let req_tx = req_tx.clone();
+                let _ = std::thread::Builder::new()
+                    .name("wan-control-read".into())
+                    .spawn(move || {
+                        let line = read_request(&s);
+                        let _ = req_tx.send((s, line));
+                    });
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 tracing::warn!("control socket: {e}");
                 std::thread::sleep(Duration::from_millis(100));
-                continue;
             }
+        }
+        let Ok((mut s, line)) = req_rx.recv_timeout(Duration::from_millis(10)) else {
+            continue;
         };
-        let reply = match prepare(&s, &names, &specs, frames) {
+        let reply = match line.and_then(|l| prepare(&l, &names, &specs, frames)) {
             Ok((new_specs, class, profiles, applied)) => {
                 let (rtx, rrx) = std::sync::mpsc::channel();
                 let ch = Change {
@@ -1078,37 +1089,41 @@ fn control(
                 if tx.send(ch).is_err() {
                     serde_json::json!({"error": "wan is stopping"})
                 } else {
-                    match rrx.recv_timeout(Duration::from_secs(5)) {
-                        Ok(v) => {
-                            specs = new_specs;
-                            v
-                        }
-                        Err(_) => {
-                            serde_json::json!({"error": "wan stopped before applying the change"})
+                    // The engine looks for changes every 10 ms; wait for its answer however
+                    // long it takes (a missed answer would leave `specs` behind the engine's).
+                    loop {
+                        match rrx.recv_timeout(Duration::from_millis(100)) {
+                            Ok(v) => {
+                                specs = new_specs;
+                                break v;
+                            }
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !stopped() => {}
+                            Err(_) => {
+                                break serde_json::json!({"error": "wan stopped before applying the change"})
+                            }
                         }
                     }
                 }
             }
             Err(e) => serde_json::json!({"error": format!("{e:#}")}),
         };
-        let mut s = s;
         let _ = writeln!(s, "{reply}");
     }
 }
 
-type SetResult = ([Vec<Spec>; 2], usize, [Profile; 2], String);
-
-/// Read one request from `s` and build the change it asks for (nothing is applied here).
-fn prepare(
-    s: &UnixStream,
-    names: &[String],
-    cur: &[Vec<Spec>; 2],
-    frames: u64,
-) -> Result<SetResult> {
+/// Read one request line (2 s at most).
+fn read_request(s: &UnixStream) -> Result<String> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line)?;
+    Ok(line)
+}
+
+type SetResult = ([Vec<Spec>; 2], usize, [Profile; 2], String);
+
+/// Build the change a request line asks for (nothing is applied here).
+fn prepare(line: &str, names: &[String], cur: &[Vec<Spec>; 2], frames: u64) -> Result<SetResult> {
     let req: SetRequest = serde_json::from_str(line.trim()).context("malformed request")?;
     let class = req.class.clone().unwrap_or_else(|| "default".into());
     let c = names
