@@ -550,8 +550,7 @@ fn cleanup_removes_namespaces_of_a_killed_bench() {
 #[test]
 fn record_series_counts_rule_hits_and_reports() {
     let lab = Lab::up("fwr");
-    let dir = std::env::temp_dir().join(unique("wlfwrec"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("wlfwrec");
     let rules = dir.join("rules.toml");
     std::fs::write(
         &rules,
@@ -569,7 +568,7 @@ fn record_series_counts_rule_hits_and_reports() {
         "--rules",
     ]);
     c.arg(&rules);
-    c.args(["--interval", "200ms", "--duration", "5s", "--record"]);
+    c.args(["--interval", "200ms", "--duration", "8s", "--record"]);
     c.arg(&rec);
     c.args(["--metrics", "127.0.0.1:0"]);
     let (mut bg, _) = spawn_ready(c, "fw attached", Duration::from_secs(20));
@@ -620,6 +619,30 @@ fn record_series_counts_rule_hits_and_reports() {
         sample(&after, "wirelab_fw_reloads_total", &[("iface", "eth0")]),
         0.0
     );
+    // A rule removed by a reload loses its series; added back, it starts a new one at 0.
+    let other = dir.file(
+        "other.toml",
+        "default = \"allow\"\n[[rule]]\nname = \"other\"\naction = \"deny\"\nproto = \"icmp\"\nsrc = \"198.18.0.1/32\"\n",
+    );
+    let reload = |f: &std::path::Path| {
+        ok(wirelab()
+            .args(["fw", "reload", "--netns", &lab.ns("server"), "--rules"])
+            .arg(f));
+        std::thread::sleep(Duration::from_millis(500));
+        parse_openmetrics(&scrape(&addr).1)
+    };
+    let rows = reload(&other);
+    assert!(
+        rows.iter().all(|r| r["labels"]["rule"] != "no-ping"),
+        "removed rule still exported"
+    );
+    assert_eq!(metric(&rows, "wirelab_fw_packets_total", "other"), 0.0);
+    let rows = reload(&rules);
+    assert_eq!(metric(&rows, "wirelab_fw_packets_total", "no-ping"), 0.0);
+    assert_eq!(
+        sample(&rows, "wirelab_fw_reloads_total", &[("iface", "eth0")]),
+        2.0
+    );
     let st = bg.0.take().unwrap().wait().unwrap();
     assert!(st.success(), "fw exit {st}");
     // Every denied echo request is in the per-interval hits of its rule, and in the drops.
@@ -631,7 +654,8 @@ fn record_series_counts_rule_hits_and_reports() {
     assert!(lines.len() >= 5, "{} lines", lines.len());
     let hits: u64 = lines
         .iter()
-        .map(|l| l["hits"]["no-ping"].as_u64().unwrap())
+        // (absent from the lines while the rule was reloaded away)
+        .map(|l| l["hits"]["no-ping"].as_u64().unwrap_or(0))
         .sum();
     let dropped: u64 = lines.iter().map(|l| l["dropped"].as_u64().unwrap()).sum();
     assert_eq!(hits, 8, "{series}");
@@ -640,7 +664,6 @@ fn record_series_counts_rule_hits_and_reports() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("report.html"));
     assert!(rec.join("report-plots/fw-hits.svg").exists());
     assert!(rec.join("report-plots/fw-verdicts.svg").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -645,8 +645,13 @@ fn hundred_thousand_prefixes() {
 /// prefixes of that length under 198.18.0.0/15 (fewer where the length has fewer), or
 /// anywhere in the IPv4 space with `spread` (frames only go through BPF_PROG_TEST_RUN); frames
 /// from addresses inside and around them must hit the rule of the longest matching length,
-/// whichever lookup method the firewall chose. Returns the method.
-fn longest_match_by_kernel(lengths: &[u8], per_len: u32, spread: bool, seed: u64) -> String {
+/// whichever lookup method the firewall chose. Returns the source table's lookup plan.
+fn longest_match_by_kernel(
+    lengths: &[u8],
+    per_len: u32,
+    spread: bool,
+    seed: u64,
+) -> serde_json::Value {
     let mut rng = seed;
     let mut next = move || {
         rng ^= rng << 13;
@@ -684,11 +689,8 @@ fn longest_match_by_kernel(lengths: &[u8], per_len: u32, spread: bool, seed: u64
         sets.push((l, v));
     }
     let h = Harness::new(&text);
-    eprintln!("lookup: {}", h.fw.stats().unwrap()["lookup"]["src4"]);
-    let method = h.fw.stats().unwrap()["lookup"]["src4"]["method"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let plan = h.fw.stats().unwrap()["lookup"]["src4"].clone();
+    eprintln!("lookup: {plan}");
     for i in 0..300 {
         let a = if i % 5 == 0 {
             if spread {
@@ -718,16 +720,26 @@ fn longest_match_by_kernel(lengths: &[u8], per_len: u32, spread: bool, seed: u64
         };
         h.expect(&udp4(a.to_be_bytes(), SERVER, 1, 2), verdict, counter);
     }
-    method
+    plan
 }
 
 #[test]
 fn prefix_hash_answers_longest_match() {
     // Four lengths, 100 prefixes each: expanded into a prefix hash with a few probes.
-    let m = longest_match_by_kernel(&[8, 16, 24, 32], 100, false, 0x1234_5678_9abc_def1);
-    assert_eq!(m, "hash");
-    let m = longest_match_by_kernel(&[23, 24, 25, 30, 31, 32], 200, false, 0x0bad_cafe_f00d_0001);
-    assert_eq!(m, "hash");
+    // Four lengths 8 bits apart, spread over the address space: merging any two would need
+    // 256x the entries, so all four
+    // are probed (every probe slot used).
+    let p = longest_match_by_kernel(&[8, 16, 24, 32], 100, true, 0x1234_5678_9abc_def1);
+    assert_eq!(p["method"], "hash", "{p}");
+    assert_eq!(p["lengths"], serde_json::json!([32, 24, 16, 8]), "{p}");
+    // Six close lengths: expanded into fewer probes.
+    let p = longest_match_by_kernel(&[23, 24, 25, 30, 31, 32], 200, false, 0x0bad_cafe_f00d_0001);
+    assert_eq!(p["method"], "hash", "{p}");
+    let n = p["lengths"].as_array().unwrap().len();
+    assert!((2..=3).contains(&n), "{p}");
+    // One length: one probe.
+    let p = longest_match_by_kernel(&[20], 300, false, 0x1111_2222_3333_4444);
+    assert_eq!(p["lengths"], serde_json::json!([20]), "{p}");
 }
 
 #[test]
@@ -735,6 +747,6 @@ fn trie_fallback_answers_longest_match() {
     // Every length from /1 to /32, up to 400 prefixes each, spread over the address space:
     // four probes would need far more entries than the budget, so the table stays a trie.
     let all: Vec<u8> = (1..=32).collect();
-    let m = longest_match_by_kernel(&all, 400, true, 0x5eed_5eed_5eed_5eed);
-    assert_eq!(m, "trie");
+    let p = longest_match_by_kernel(&all, 400, true, 0x5eed_5eed_5eed_5eed);
+    assert_eq!(p["method"], "trie", "{p}");
 }

@@ -634,9 +634,13 @@ fn connect_5000_clients_distinct_ips_and_macs() {
         ])
         .arg(&rec)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Stopped (SIGTERM, then SIGKILL) if an assertion below fails; its stdout is one JSON
+    // summary, far below a pipe's capacity.
+    let mut child = Bg(Some(child));
+    let pid = child.0.as_ref().unwrap().id();
     // Live metrics while connections are held: some clients started, some connections open.
     let mut live = None;
     while t0.elapsed() < Duration::from_secs(60) && live.is_none() {
@@ -645,10 +649,10 @@ fn connect_5000_clients_distinct_ips_and_macs() {
             .args(["-Hltnp"])
             .output()
             .unwrap();
-        if !String::from_utf8_lossy(&out.stdout).contains(&format!("pid={},", child.id())) {
+        if !String::from_utf8_lossy(&out.stdout).contains(&format!("pid={pid},")) {
             continue;
         }
-        let rows = parse_openmetrics(&scrape(&tcp_listen_addr(child.id())).1);
+        let rows = parse_openmetrics(&scrape(&tcp_listen_addr(pid)).1);
         let open = rows
             .iter()
             .find(|r| r["name"] == "wirelab_swarm_clients_running")
@@ -666,7 +670,7 @@ fn connect_5000_clients_distinct_ips_and_macs() {
             &[("mode", "connect")]
         ) > 0.0
     );
-    let o = child.wait_with_output().unwrap();
+    let o = child.0.take().unwrap().wait_with_output().unwrap();
     let wall = t0.elapsed();
     let v = json_of(&o);
     assert!(o.status.success(), "{v}");

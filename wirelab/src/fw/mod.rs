@@ -365,6 +365,8 @@ impl Firewall {
         for r in &self.rules {
             let mut v = c(self.counter(r.slot)?);
             v["name"] = json!(r.name);
+            // Changes when a rule is removed and added again (its counters restart).
+            v["id"] = json!(r.id);
             v["action"] = json!(action_name(r.action));
             rules.push(v);
         }
@@ -596,9 +598,10 @@ struct FwMetrics {
     logged: crate::metrics::CounterFam,
     reloads: crate::metrics::CounterFam,
     generation: crate::metrics::GaugeFam,
-    /// Rule names exported so far: a removed rule's series is dropped, so that a rule added
-    /// again later under that name (fresh, zeroed counters) starts a new series.
-    shown: Vec<String>,
+    /// Rules exported so far, (name, id): a removed rule's series is dropped, and so is the
+    /// series of a name whose rule was removed and added again (new id, zeroed counters),
+    /// which starts afresh.
+    shown: Vec<(String, u64)>,
     _server: crate::metrics::Server,
 }
 
@@ -648,15 +651,19 @@ impl FwMetrics {
     fn publish(&mut self, iface: &str, s: &serde_json::Value) {
         use crate::metrics::{labels, set_total};
         let rows = counter_rows(s);
+        let now: Vec<(String, u64)> = rows
+            .iter()
+            .map(|(n, r)| (n.clone(), r["id"].as_u64().unwrap_or(0)))
+            .collect();
         for old in &self.shown {
-            if !rows.iter().any(|(n, _)| n == old) {
-                let l = labels(&[("iface", iface), ("rule", old)]);
+            if !now.contains(old) {
+                let l = labels(&[("iface", iface), ("rule", &old.0)]);
                 for f in [&self.packets, &self.bytes, &self.dropped, &self.logged] {
                     f.remove(&l);
                 }
             }
         }
-        self.shown = rows.iter().map(|(n, _)| n.clone()).collect();
+        self.shown = now;
         for (name, r) in rows {
             let l = labels(&[("iface", iface), ("rule", &name)]);
             for (f, k) in [

@@ -196,6 +196,11 @@ pub fn parse(text: &str, base: Option<&Path>) -> Result<RuleSet> {
         if name.is_empty() || name.len() > 64 {
             bail!("rule #{}: field name: must be 1 to 64 characters", i + 1);
         }
+        if name.starts_with('(') {
+            bail!(
+                "rule {name:?}: field name: must not start with '(' (reserved for the policies: (default), (malformed), (non_ip))"
+            );
+        }
         if !names.insert(name.clone()) {
             bail!("rule {name:?}: field name: used by an earlier rule");
         }
@@ -686,6 +691,8 @@ mod tests {
         assert!(e.contains("default"), "{e}");
         let e = err("default = \"deny\"\n[[rule]]\nname = \"a\"\naction = \"allow\"\n[[rule]]\nname = \"a\"\naction = \"deny\"\n");
         assert!(e.contains("name"), "{e}");
+        let e = err("default = \"deny\"\n[[rule]]\nname = \"(default)\"\naction = \"allow\"\n");
+        assert!(e.contains("field name") && e.contains("reserved"), "{e}");
     }
 
     #[test]
