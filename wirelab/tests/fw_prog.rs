@@ -750,3 +750,26 @@ fn trie_fallback_answers_longest_match() {
     let p = longest_match_by_kernel(&all, 400, true, 0x5eed_5eed_5eed_5eed);
     assert_eq!(p["method"], "trie", "{p}");
 }
+
+#[test]
+fn ipv6_nested_prefixes_over_three_probes() {
+    // /128 inside /64 inside /48: lengths too far apart to merge within the budget, so three
+    // probes, longest first; the first matching rule decides.
+    let h = Harness::new(
+        "default = \"allow\"\n\
+         [[rule]]\nname = \"host\"\naction = \"deny\"\nsrc = \"2001:2:0:1::5\"\n\
+         [[rule]]\nname = \"net64\"\naction = \"allow\"\nsrc = \"2001:2:0:1::/64\"\n\
+         [[rule]]\nname = \"net48\"\naction = \"deny\"\nsrc = \"2001:2::/48\"\n",
+    );
+    let plan = h.fw.stats().unwrap()["lookup"]["src6"].clone();
+    assert_eq!(plan["method"], "hash", "{plan}");
+    assert_eq!(plan["lengths"], serde_json::json!([128, 64, 48]), "{plan}");
+    h.expect(&udp6(v6("2001:2:0:1::5"), SERVER6), DROP, "host");
+    h.expect(&udp6(v6("2001:2:0:1::6"), SERVER6), PASS, "net64");
+    h.expect(&udp6(v6("2001:2:0:1:ffff::5"), SERVER6), PASS, "net64");
+    h.expect(&udp6(v6("2001:2:0:2::5"), SERVER6), DROP, "net48");
+    h.expect(&udp6(v6("2001:2:0:ffff::1"), SERVER6), DROP, "net48");
+    h.expect(&udp6(v6("2001:2:1::1"), SERVER6), PASS, "(default)");
+    h.expect(&udp6(v6("2001:3::1"), SERVER6), PASS, "(default)");
+    h.expect(&udp6(v6("::ffff:198.18.0.5"), SERVER6), PASS, "(default)");
+}
