@@ -40,6 +40,22 @@ fn gen(lab: &Lab, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// An XDP program (inspect) on the client's veth peer gives it NAPI, so live XDP frames from
+/// the client are delivered.
+fn napi_on_client_peer(lab: &Lab) -> Bg {
+    let mut c = wirelab();
+    c.args([
+        "inspect",
+        "--netns",
+        &lab.ns("wan"),
+        "--iface",
+        "to-client",
+        "--duration",
+        "60s",
+    ]);
+    spawn_ready(c, "inspect attached", Duration::from_secs(20)).0
+}
+
 fn fw_stats(lab: &Lab) -> serde_json::Value {
     let o = ok(wirelab().args(["fw", "stats", "--netns", &lab.ns("server"), "--json"]));
     serde_json::from_slice(&o.stdout).unwrap()
@@ -84,17 +100,7 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
     assert_eq!(rule["packets"], 300, "{s}");
 
     // 2. An XDP program on the peer gives it NAPI: live frames are delivered.
-    let mut c = wirelab();
-    c.args([
-        "inspect",
-        "--netns",
-        &lab.ns("wan"),
-        "--iface",
-        "to-client",
-        "--duration",
-        "60s",
-    ]);
-    let _insp = spawn_ready(c, "inspect attached", Duration::from_secs(20)).0;
+    let _insp = napi_on_client_peer(&lab);
     // Sources 198.18.0.0 - .255 cycled; 2560 frames = 10 per source, sent in a few ms.
     let r = gen(
         &lab,
@@ -223,17 +229,7 @@ fn ipv6_frames_reach_the_server_stack_with_valid_checksums() {
     assert_eq!((np1 - np0, ce1 - ce0), (300, 0), "NoPorts, InCsumErrors");
     // 2. Live frames (an XDP program on the peer gives it NAPI): the kernel program rewrites
     // the low 32 bits of the source and the UDP checksum of every frame.
-    let mut c = wirelab();
-    c.args([
-        "inspect",
-        "--netns",
-        &lab.ns("wan"),
-        "--iface",
-        "to-client",
-        "--duration",
-        "60s",
-    ]);
-    let _insp = spawn_ready(c, "inspect attached", Duration::from_secs(20)).0;
+    let _insp = napi_on_client_peer(&lab);
     let r = gen6(&["--flows", "256", "--count", "2560", "--rate", "10000"]);
     assert_eq!(r["method"], "xdp-live-frames", "{r}");
     assert_eq!(r["delivered"], 2560, "{r}");

@@ -256,6 +256,16 @@ fn xs(src: &Source, t0: f64) -> Vec<f64> {
         .collect()
 }
 
+/// (time, value) points of one numeric field of every series line (`field` picks it out of
+/// a line); lines without it are skipped.
+fn points(src: &Source, x: &[f64], field: impl Fn(&Value) -> &Value) -> Vec<(f64, f64)> {
+    src.series
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| num(field(l)).map(|y| (x[i], y)))
+        .collect()
+}
+
 fn dts(src: &Source) -> Vec<f64> {
     let mut prev = src.started();
     src.series
@@ -432,13 +442,7 @@ fn probe_udp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
         ("forward", "a_to_b (forward)"),
         ("reverse", "b_to_a (reverse)"),
     ] {
-        let get = |k: &str| -> Vec<(f64, f64)> {
-            src.series
-                .iter()
-                .enumerate()
-                .filter_map(|(i, l)| num(&l[dir][k]).map(|y| (x[i], y)))
-                .collect()
-        };
+        let get = |k: &str| points(src, &x, |l| &l[dir][k]);
         delay.push(Series::new(format!("{p}{label} p50"), get("p50")));
         delay.push(Series::new(format!("{p}{label} p99"), get("p99")).dashed());
     }
@@ -530,12 +534,7 @@ fn probe_udp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
 
 fn probe_tcp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     let x = xs(src, t0);
-    let pts = src
-        .series
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| num(&l["goodput_mbps"]).map(|y| (x[i], y)))
-        .collect();
+    let pts = points(src, &x, |l| &l["goodput_mbps"]);
     vec![Chart::lines(
         "tcp-goodput",
         "probe: TCP goodput per second (receiver)",
@@ -639,19 +638,9 @@ fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
         ));
     }
     let x = xs(src, t0);
-    let run: Vec<(f64, f64)> = src
-        .series
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| num(&l["running"]).map(|y| (x[i], y)))
-        .collect();
+    let run = points(src, &x, |l| &l["running"]);
     if !run.is_empty() {
-        let done = src
-            .series
-            .iter()
-            .enumerate()
-            .filter_map(|(i, l)| num(&l["done"]).map(|y| (x[i], y)))
-            .collect();
+        let done = points(src, &x, |l| &l["done"]);
         charts.push(Chart::lines(
             "swarm-concurrency",
             "swarm: clients running and done over time",
@@ -664,13 +653,7 @@ fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
         ));
     }
     // swarm connect: connections open and established over time.
-    let line = |k: &str| -> Vec<(f64, f64)> {
-        src.series
-            .iter()
-            .enumerate()
-            .filter_map(|(i, l)| num(&l[k]).map(|y| (x[i], y)))
-            .collect()
-    };
+    let line = |k: &str| points(src, &x, |l| &l[k]);
     let open = line("open");
     if !open.is_empty() {
         charts.push(Chart::lines(
@@ -691,13 +674,7 @@ fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
 /// fw: passes vs drops per interval, and each rule's hits over time.
 fn fw_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     let x = xs(src, t0);
-    let line = |k: &str| -> Vec<(f64, f64)> {
-        src.series
-            .iter()
-            .enumerate()
-            .filter_map(|(i, l)| num(&l[k]).map(|y| (x[i], y)))
-            .collect()
-    };
+    let line = |k: &str| points(src, &x, |l| &l[k]);
     let mut rules: Vec<String> = vec![];
     for l in &src.series {
         if let Some(m) = l["hits"].as_object() {
@@ -713,11 +690,7 @@ fn fw_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
         .map(|r| {
             Series::new(
                 format!("{p}{r}"),
-                src.series
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, l)| num(&l["hits"][r.as_str()]).map(|y| (x[i], y)))
-                    .collect(),
+                points(src, &x, |l| &l["hits"][r.as_str()]),
             )
         })
         .collect();
@@ -761,16 +734,7 @@ fn generic_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     }
     let series = keys
         .iter()
-        .map(|k| {
-            Series::new(
-                format!("{p}{k}"),
-                src.series
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, l)| num(&l[k]).map(|y| (x[i], y)))
-                    .collect(),
-            )
-        })
+        .map(|k| Series::new(format!("{p}{k}"), points(src, &x, |l| &l[k])))
         .collect();
     vec![Chart::lines(
         &format!("{}-series", src.name),
