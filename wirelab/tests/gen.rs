@@ -19,6 +19,11 @@ fn server_mac(lab: &Lab) -> String {
 }
 
 fn gen(lab: &Lab, extra: &[&str]) -> serde_json::Value {
+    gen_to(lab, "198.18.0.2", extra)
+}
+
+/// `wirelab gen` from the client to the server's MAC and `dst`.
+fn gen_to(lab: &Lab, dst: &str, extra: &[&str]) -> serde_json::Value {
     let mac = server_mac(lab);
     let mut c = wirelab();
     c.args([
@@ -30,7 +35,7 @@ fn gen(lab: &Lab, extra: &[&str]) -> serde_json::Value {
         "--dst-mac",
         &mac,
         "--dst",
-        "198.18.0.2",
+        dst,
         "--dport",
         "9",
         "--json",
@@ -198,26 +203,9 @@ fn ipv6_frames_reach_the_server_stack_with_valid_checksums() {
         ],
     ));
     let gen6 = |extra: &[&str]| {
-        let mac = server_mac(&lab);
-        let mut c = wirelab();
-        c.args([
-            "gen",
-            "--netns",
-            &lab.ns("client"),
-            "--iface",
-            "eth0",
-            "--dst-mac",
-            &mac,
-            "--src",
-            "2001:2::1:0/112",
-            "--dst",
-            "2001:2::2",
-            "--dport",
-            "9",
-            "--json",
-        ]);
-        c.args(extra);
-        serde_json::from_slice::<serde_json::Value>(&ok(c).stdout).unwrap()
+        let mut args = vec!["--src", "2001:2::1:0/112"];
+        args.extend_from_slice(extra);
+        gen_to(&lab, "2001:2::2", &args)
     };
     // 1. AF_PACKET (plain veth peer): 300 datagrams from 16 sources.
     let (np0, ce0) = udp6_counters(&lab);
