@@ -29,7 +29,7 @@ pub enum SwarmCmd {
     Run(RunArgs),
     /// Built-in TCP load: one connection per client, tens of thousands of clients.
     #[command(
-        after_help = "Examples:\n  wirelab swarm connect --netns wirelab-client --iface eth0 --pool 198.18.32.0/19 --clients 5000 \\\n      --to 198.18.0.2:9000 --hold 5s --rate 2000\n\nEach connection's socket is mapped to its client address by socket cookie before connect;\nthe connect4 program binds it. The exit status is 0 when every client connected from its own address."
+        after_help = "Examples:\n  wirelab swarm connect --netns wirelab-client --iface eth0 --pool 198.18.32.0/19 --clients 5000 \\\n      --to 198.18.0.2:9000 --hold 5s --rate 2000 --metrics 127.0.0.1:9465 --record run1\n\nEach connection's socket is mapped to its client address by socket cookie before connect;\nthe connect4 program binds it. The exit status is 0 when every client connected from its own address."
     )]
     Connect(ConnectArgs),
 }
