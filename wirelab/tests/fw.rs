@@ -12,24 +12,8 @@ use std::{
 
 use common::*;
 
-fn start_fw(lab: &Lab, rules: &std::path::Path) -> Bg {
-    let mut c = wirelab();
-    c.args([
-        "fw",
-        "--netns",
-        &lab.ns("server"),
-        "--iface",
-        "eth0",
-        "--rules",
-    ]);
-    c.arg(rules);
-    c.args(["--json", "--duration", "300s"]);
-    spawn_ready(c, "fw attached", Duration::from_secs(20)).0
-}
-
 fn stats(lab: &Lab) -> serde_json::Value {
-    let o = ok(wirelab().args(["fw", "stats", "--netns", &lab.ns("server"), "--json"]));
-    serde_json::from_slice(&o.stdout).unwrap()
+    fw_stats(&lab.ns("server"))
 }
 
 /// (packets, dropped) of a rule.
@@ -96,7 +80,7 @@ fn deny_cidr_inside_fails_outside_works() {
         "r.toml",
         "default = \"allow\"\n[[rule]]\nname = \"bad-net\"\naction = \"deny\"\nsrc = \"198.18.0.192/26\"\nlog = true\n",
     );
-    let mut fw = start_fw(&lab, &r);
+    let mut fw = start_fw(&lab.ns("server"), &r);
     assert_eq!(
         ping(&lab.ns("client"), "198.18.0.200", "198.18.0.2", 5, "0.1"),
         0
@@ -245,7 +229,7 @@ proto = ["icmp", "icmpv6"]
 "#,
     );
     let srv = Server::start(&lab.ns("server"), &[22, 8080], &[5000]);
-    let _fw = start_fw(&lab, &r);
+    let _fw = start_fw(&lab.ns("server"), &r);
     assert!(connects(&lab.ns("client"), 22), "TCP 22 must connect");
     assert!(
         !connects(&lab.ns("client"), 8080),
@@ -295,7 +279,7 @@ icmp_type = "echo-request"
 rate_limit = { pps = 10, burst = 10 }
 "#,
     );
-    let _fw = start_fw(&lab, &r);
+    let _fw = start_fw(&lab.ns("server"), &r);
     // Two sources flood at 100 pps each for 3 s, at the same time.
     let t0 = Instant::now();
     let ns = lab.ns("client");
@@ -347,7 +331,7 @@ icmp_type = "echo-request"
 src = "2001:2::1/128"
 "#,
     );
-    let _fw = start_fw(&lab, &r);
+    let _fw = start_fw(&lab.ns("server"), &r);
     assert_eq!(
         ping(&lab.ns("client"), "2001:2::3", "2001:2::2", 3, "0.1"),
         3
@@ -403,7 +387,7 @@ fn reload_under_traffic_is_lossless_and_tight() {
     let a = d.file("a.toml", RELOAD_A);
     let b = d.file("b.toml", RELOAD_B);
     let srv = Server::start(&lab.ns("server"), &[], &[7000, 7001]);
-    let _fw = start_fw(&lab, &a);
+    let _fw = start_fw(&lab.ns("server"), &a);
     // Probes: 3000 allowed (7000) and 3000 denied (7001) datagrams at ~2000 pps in total.
     let ns = lab.ns("client");
     let sender = std::thread::spawn(move || {
@@ -454,7 +438,7 @@ fn bad_reload_keeps_old_rules_and_kill9_leaves_nothing() {
         "default = \"allow\"\n[[rule]]\nname = \"oops\"\naction = \"allow\"\nproto = \"udp\"\ndst_port = \"9000-80\"\n",
     );
     let srv = Server::start(&lab.ns("server"), &[], &[7000, 7001]);
-    let mut fw = start_fw(&lab, &a);
+    let mut fw = start_fw(&lab.ns("server"), &a);
     let g0 = stats(&lab)["generation"].clone();
     let o = wirelab()
         .args(["fw", "reload", "--netns", &lab.ns("server"), "--rules"])
@@ -516,7 +500,7 @@ fn bad_reload_keeps_old_rules_and_kill9_leaves_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(srv.udp(1), 1, "nothing filters after kill -9");
     // And a new firewall can start on the same interface right away.
-    let _fw2 = start_fw(&lab, &a);
+    let _fw2 = start_fw(&lab.ns("server"), &a);
 }
 
 #[test]

@@ -284,10 +284,7 @@ fn same_verdicts_as_nftables_netdev_ingress() {
     let rec = Recorder::start(&server);
 
     // 1. wirelab fw.
-    let mut c = wirelab();
-    c.args(["fw", "--netns", &server, "--iface", "eth0", "--rules"])
-        .arg(&rules);
-    let fw = spawn_ready(c, "fw attached", Duration::from_secs(20)).0;
+    let fw = start_fw(&server, &rules);
     let frames: Vec<Vec<u8>> = ps
         .iter()
         .enumerate()

@@ -61,35 +61,16 @@ fn napi_on_client_peer(lab: &Lab) -> Bg {
     spawn_ready(c, "inspect attached", Duration::from_secs(20)).0
 }
 
-fn fw_stats(lab: &Lab) -> serde_json::Value {
-    let o = ok(wirelab().args(["fw", "stats", "--netns", &lab.ns("server"), "--json"]));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 #[test]
 fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
     let lab = Lab::up("gna");
-    let dir = std::env::temp_dir().join(unique("wirelab-gen-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let rules = dir.join("r.toml");
+    let dir = TempDir::new("wirelab-gen-");
     // Count UDP to port 9 per rule; one token per source (burst 1, 1 pps).
-    std::fs::write(
-        &rules,
+    let rules = dir.file(
+        "r.toml",
         "default = \"allow\"\n[[rule]]\nname = \"gen\"\naction = \"rate-limit\"\nproto = \"udp\"\ndst_port = 9\nrate_limit = { pps = 1, burst = 1 }\n",
-    )
-    .unwrap();
-    let mut c = wirelab();
-    c.args([
-        "fw",
-        "--netns",
-        &lab.ns("server"),
-        "--iface",
-        "eth0",
-        "--rules",
-    ])
-    .arg(&rules);
-    let _fw = spawn_ready(c, "fw attached", Duration::from_secs(20)).0;
-    let _ = std::fs::remove_dir_all(&dir);
+    );
+    let _fw = start_fw(&lab.ns("server"), &rules);
 
     // 1. The client's peer (wan/to-client) is a plain veth in a bridge: AF_PACKET fallback.
     let r = gen(
@@ -100,7 +81,7 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
     assert_eq!(r["sent"], 300, "{r}");
     assert_eq!(r["delivered"], 300, "{r}");
     std::thread::sleep(Duration::from_millis(200));
-    let s = fw_stats(&lab);
+    let s = fw_stats(&lab.ns("server"));
     let rule = &s["rules"][0];
     assert_eq!(rule["packets"], 300, "{s}");
 
@@ -123,7 +104,7 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
     assert_eq!(r["delivered"], 2560, "{r}");
     let secs = r["elapsed_s"].as_f64().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let s = fw_stats(&lab);
+    let s = fw_stats(&lab.ns("server"));
     let rule = &s["rules"][0];
     let pk = rule["packets"].as_u64().unwrap() - 300;
     assert_eq!(pk, 2560, "{s}");

@@ -299,3 +299,19 @@ pub fn tcp_listen_addr(pid: u32) -> String {
         .unwrap_or_else(|| panic!("process {pid} listens nowhere: {text}"))
         .to_string()
 }
+
+/// Start `wirelab fw` on eth0 of namespace `ns` with `rules` (JSON lines on stdout, at most
+/// 300 s; stopped when the guard drops).
+pub fn start_fw(ns: &str, rules: &std::path::Path) -> Bg {
+    let mut c = wirelab();
+    c.args(["fw", "--netns", ns, "--iface", "eth0", "--rules"]);
+    c.arg(rules);
+    c.args(["--json", "--duration", "300s"]);
+    spawn_ready(c, "fw attached", Duration::from_secs(20)).0
+}
+
+/// `wirelab fw stats --json` of the firewall running in namespace `ns`.
+pub fn fw_stats(ns: &str) -> serde_json::Value {
+    let o = ok(wirelab().args(["fw", "stats", "--netns", ns, "--json"]));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
