@@ -166,13 +166,33 @@ enum WanCmd {
         /// Class to change (default: the default class).
         #[arg(long)]
         class: Option<String>,
-        #[arg(long)]
-        both: Option<String>,
-        #[arg(long)]
-        a_to_b: Option<String>,
-        #[arg(long)]
-        b_to_a: Option<String>,
+        #[command(flatten)]
+        specs: SpecArgs,
     },
+}
+
+/// The SPECs of `wan` and `wan set`, by direction.
+#[derive(Args)]
+struct SpecArgs {
+    /// SPEC for both directions (of the default class, or of --class for `wan set`).
+    #[arg(long)]
+    both: Option<String>,
+    /// SPEC for frames from A to B.
+    #[arg(long)]
+    a_to_b: Option<String>,
+    /// SPEC for frames from B to A.
+    #[arg(long)]
+    b_to_a: Option<String>,
+}
+
+impl From<SpecArgs> for wan::DirSpecs {
+    fn from(a: SpecArgs) -> Self {
+        Self {
+            both: a.both,
+            a_to_b: a.a_to_b,
+            b_to_a: a.b_to_a,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -183,15 +203,8 @@ struct WanRunArgs {
     /// Network namespace (under /run/netns) to work in; wirelab enters it itself.
     #[arg(long)]
     netns: Option<String>,
-    /// SPEC for both directions of the default class.
-    #[arg(long)]
-    both: Option<String>,
-    /// SPEC for frames from A to B.
-    #[arg(long)]
-    a_to_b: Option<String>,
-    /// SPEC for frames from B to A.
-    #[arg(long)]
-    b_to_a: Option<String>,
+    #[command(flatten)]
+    specs: SpecArgs,
     /// TOML config: seed, [default], [[class]] (per-flow classes).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -642,16 +655,14 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
         netns,
         between,
         class,
-        both,
-        a_to_b,
-        b_to_a,
+        specs,
     }) = w.cmd
     {
         let req = wan::SetRequest {
             class,
-            both,
-            a_to_b,
-            b_to_a,
+            both: specs.both,
+            a_to_b: specs.a_to_b,
+            b_to_a: specs.b_to_a,
         };
         if let Some(ns) = &netns {
             netns::enter(ns)?;
@@ -666,11 +677,7 @@ fn wan_cmd(w: WanArgs) -> Result<ExitCode> {
     }
     let a = w.run;
     check_interval(a.interval)?;
-    let specs = wan::DirSpecs {
-        both: a.both,
-        a_to_b: a.a_to_b,
-        b_to_a: a.b_to_a,
-    };
+    let specs = wan::DirSpecs::from(a.specs);
     let cfg = wan::load_config(a.config.as_deref())?;
     let plan = wan::plan(&cfg, &specs, a.seed)?;
     wan::engine::frames_hint(a.frames)?;
