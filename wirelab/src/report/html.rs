@@ -305,12 +305,20 @@ pub fn render(runs: &[Run], charts: &[(Chart, String)], plot_dir: &Path) -> Resu
         charts.len(),
         esc(&plot_dir.display().to_string())
     )?;
+    // "A"/"B" when two runs are compared, nothing for one.
+    let letter = |i: usize| (runs.len() > 1).then(|| ["A", "B"][i]);
+    let in_run = |i: usize| {
+        letter(i)
+            .map(|l| format!(" in run {l}"))
+            .unwrap_or_default()
+    };
+    let run_tag = |i: usize| letter(i).map(|l| format!("Run {l}: ")).unwrap_or_default();
     for (i, run) in runs.iter().enumerate() {
         if !run.problems.is_empty() {
             writeln!(
                 h,
                 "<div class=\"banner bad\" id=partial><b>PARTIAL DATA{}</b>: this report was made with --allow-partial from a run directory that is incomplete or damaged:<ul>{}</ul></div>",
-                if runs.len() > 1 { format!(" in run {}", ["A", "B"][i]) } else { String::new() },
+                in_run(i),
                 run.problems.iter().map(|p| format!("<li>{}</li>", esc(p))).collect::<String>()
             )?;
         }
@@ -319,16 +327,12 @@ pub fn render(runs: &[Run], charts: &[(Chart, String)], plot_dir: &Path) -> Resu
             writeln!(
                 h,
                 "<div class=banner>{dev} measured value(s) deviate from the configuration beyond tolerance{}.</div>",
-                if runs.len() > 1 { format!(" in run {}", ["A", "B"][i]) } else { String::new() }
+                in_run(i)
             )?;
         }
     }
     for (i, run) in runs.iter().enumerate() {
-        let tag = if runs.len() > 1 {
-            format!("Run {}: ", ["A", "B"][i])
-        } else {
-            String::new()
-        };
+        let tag = run_tag(i);
         writeln!(h, "<h2>{}What ran, where and when</h2>", esc(&tag))?;
         writeln!(
             h,
@@ -396,11 +400,7 @@ pub fn render(runs: &[Run], charts: &[(Chart, String)], plot_dir: &Path) -> Resu
         )?;
     }
     for (i, run) in runs.iter().enumerate() {
-        let tag = if runs.len() > 1 {
-            format!("Run {}: ", ["A", "B"][i])
-        } else {
-            String::new()
-        };
+        let tag = run_tag(i);
         writeln!(h, "<h2>{}Configuration in force</h2>", esc(&tag))?;
         config_section(&mut h, run)?;
     }
