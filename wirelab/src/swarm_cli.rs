@@ -228,6 +228,19 @@ impl SwarmMetrics {
     }
 }
 
+/// The run record of a swarm command (`--record DIR`), if one was asked for.
+fn recorder(c: &Common, name: &str, config: serde_json::Value) -> Result<Option<record::Recorder>> {
+    c.record
+        .as_deref()
+        .map(|d| record::Recorder::create(d, name, name, config))
+        .transpose()
+}
+
+/// A measured quantity of the whole run (no direction).
+fn q(name: &str, value: f64, unit: &str, what: &str) -> record::Quantity {
+    record::Quantity::new(name, "", value, unit, what)
+}
+
 pub fn run(c: SwarmCmd) -> Result<ExitCode> {
     match c {
         SwarmCmd::Run(a) => {
@@ -247,24 +260,16 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 out: a.out,
                 cmd: a.cmd,
             };
-            let mut rec = a
-                .common
-                .record
-                .as_deref()
-                .map(|d| {
-                    record::Recorder::create(
-                        d,
-                        "swarm-run",
-                        "swarm-run",
-                        serde_json::json!({
-                            "iface": a.common.iface, "netns": a.common.netns, "pool": a.common.pool,
-                            "clients": a.common.clients, "mac_prefix": a.common.mac_prefix,
-                            "concurrency": ro.concurrency, "identity": format!("{:?}", a.identity),
-                            "timeout_s": ro.timeout.map(|t| t.as_secs_f64()), "cmd": ro.cmd,
-                        }),
-                    )
-                })
-                .transpose()?;
+            let mut rec = recorder(
+                &a.common,
+                "swarm-run",
+                serde_json::json!({
+                    "iface": a.common.iface, "netns": a.common.netns, "pool": a.common.pool,
+                    "clients": a.common.clients, "mac_prefix": a.common.mac_prefix,
+                    "concurrency": ro.concurrency, "identity": format!("{:?}", a.identity),
+                    "timeout_s": ro.timeout.map(|t| t.as_secs_f64()), "cmd": ro.cmd,
+                }),
+            )?;
             let mut sw = Swarm::setup(o)?;
             let mut rec_err = None;
             let (summary, results) = run::run_with(&mut sw, &ro, &stop, &mut |s| {
@@ -285,30 +290,26 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
             }
             if let Some(r) = rec {
                 let measured = vec![
-                    record::Quantity::new(
+                    q(
                         "clients_succeeded",
-                        "",
                         summary.succeeded as f64,
                         "clients",
                         "clients that exited 0",
                     ),
-                    record::Quantity::new(
+                    q(
                         "clients_failed",
-                        "",
                         summary.failed as f64,
                         "clients",
                         "clients that failed",
                     ),
-                    record::Quantity::new(
+                    q(
                         "client_duration_p50_s",
-                        "",
                         summary.duration_p50_s,
                         "s",
                         "client run time p50",
                     ),
-                    record::Quantity::new(
+                    q(
                         "client_duration_p99_s",
-                        "",
                         summary.duration_p99_s,
                         "s",
                         "client run time p99",
@@ -342,24 +343,16 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 .map(|e| SwarmMetrics::start(e, "connect"))
                 .transpose()?;
             let concurrency = a.concurrency.unwrap_or(a.common.clients.max(1));
-            let mut rec = a
-                .common
-                .record
-                .as_deref()
-                .map(|d| {
-                    record::Recorder::create(
-                        d,
-                        "swarm-connect",
-                        "swarm-connect",
-                        serde_json::json!({
-                            "iface": a.common.iface, "netns": a.common.netns, "pool": a.common.pool,
-                            "clients": a.common.clients, "to": a.to, "hold_s": a.hold.as_secs_f64(),
-                            "rate": a.rate, "concurrency": concurrency,
-                            "timeout_s": a.timeout.as_secs_f64(), "send": a.send, "recv": a.recv,
-                        }),
-                    )
-                })
-                .transpose()?;
+            let mut rec = recorder(
+                &a.common,
+                "swarm-connect",
+                serde_json::json!({
+                    "iface": a.common.iface, "netns": a.common.netns, "pool": a.common.pool,
+                    "clients": a.common.clients, "to": a.to, "hold_s": a.hold.as_secs_f64(),
+                    "rate": a.rate, "concurrency": concurrency,
+                    "timeout_s": a.timeout.as_secs_f64(), "send": a.send, "recv": a.recv,
+                }),
+            )?;
             let mut sw = Swarm::setup(o)?;
             let co = connect::ConnectOptions {
                 to: a.to,
@@ -413,30 +406,16 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
             drop(sw);
             if let Some(r) = rec {
                 let measured = vec![
-                    record::Quantity::new(
+                    q(
                         "clients_connected",
-                        "",
                         s.connected as f64,
                         "clients",
                         "connections established",
                     ),
-                    record::Quantity::new(
-                        "connect_p50_ms",
-                        "",
-                        s.connect_p50_ms,
-                        "ms",
-                        "connect time p50",
-                    ),
-                    record::Quantity::new(
-                        "connect_p99_ms",
-                        "",
-                        s.connect_p99_ms,
-                        "ms",
-                        "connect time p99",
-                    ),
-                    record::Quantity::new(
+                    q("connect_p50_ms", s.connect_p50_ms, "ms", "connect time p50"),
+                    q("connect_p99_ms", s.connect_p99_ms, "ms", "connect time p99"),
+                    q(
                         "connects_per_s",
-                        "",
                         s.connects_per_s,
                         "1/s",
                         "connections per second",
