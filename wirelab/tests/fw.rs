@@ -80,7 +80,7 @@ fn deny_cidr_inside_fails_outside_works() {
         "r.toml",
         "default = \"allow\"\n[[rule]]\nname = \"bad-net\"\naction = \"deny\"\nsrc = \"198.18.0.192/26\"\nlog = true\n",
     );
-    let mut fw = start_fw(&lab.ns("server"), &r);
+    let fw = start_fw(&lab.ns("server"), &r);
     assert_eq!(
         ping(&lab.ns("client"), "198.18.0.200", "198.18.0.2", 5, "0.1"),
         0
@@ -93,14 +93,7 @@ fn deny_cidr_inside_fails_outside_works() {
     assert_eq!(rule(&s, "bad-net"), (5, 5), "{s}");
     assert_eq!(s["malformed"]["packets"], 0);
     // SIGTERM: JSON lines on stdout (start, 5 log samples, final), and nothing left attached.
-    let child = fw.0.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "fw exit {}", out.status);
+    let out = fw.terminate();
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

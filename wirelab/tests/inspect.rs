@@ -32,7 +32,7 @@ fn counts_exactly_n_icmp_echo_requests() {
         "30s",
         "--json",
     ]);
-    let (mut bg, _err) = spawn_ready(c, "inspect attached", Duration::from_secs(20));
+    let (bg, _err) = spawn_ready(c, "inspect attached", Duration::from_secs(20));
     assert!(xdp_attached(&lab.ns("wan"), "to-client"));
     ok(in_ns(
         &lab.ns("client"),
@@ -49,14 +49,7 @@ fn counts_exactly_n_icmp_echo_requests() {
         ],
     ));
     // SIGTERM ends the run early with a final report.
-    let child = bg.0.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "inspect exit {}", out.status);
+    let out = bg.terminate();
     let v = final_json(&out.stdout);
     assert_eq!(v["counts"]["icmp"]["packets"], n, "{v}");
     // 98-byte echo requests (84 IP + 14 Ethernet).

@@ -55,15 +55,8 @@ fn start_wan(lab: &Lab, spec: &str, dir: &Path) -> (Bg, Receiver<String>, String
     (bg, rx, addr)
 }
 
-fn stop(mut bg: Bg) -> String {
-    let child = bg.0.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "exit {}", out.status);
+fn stop(bg: Bg) -> String {
+    let out = bg.terminate();
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 

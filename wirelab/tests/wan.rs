@@ -73,15 +73,8 @@ impl Bench {
 }
 
 /// Stop a wan with SIGTERM; return its final JSON line.
-fn stop_wan(mut bg: Bg) -> Value {
-    let child = bg.0.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "wan exit {}", out.status);
+fn stop_wan(bg: Bg) -> Value {
+    let out = bg.terminate();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let last = text
         .lines()

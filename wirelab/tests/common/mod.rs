@@ -172,6 +172,23 @@ pub fn probe_server(lab: &Lab, bind: &str, duration: &str) -> Bg {
 /// A child process killed on drop.
 pub struct Bg(pub Option<Child>);
 
+impl Bg {
+    /// Stop the process with SIGTERM (as Ctrl-C would), wait for it and assert that it exited
+    /// successfully; returns its output.
+    #[track_caller]
+    pub fn terminate(mut self) -> Output {
+        let child = self.0.take().expect("process already taken");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "exit {}", out.status);
+        out
+    }
+}
+
 impl Drop for Bg {
     /// SIGTERM first so the process can clean up (detach, remove what it made), SIGKILL after
     /// 5 s.
