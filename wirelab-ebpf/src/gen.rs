@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use wirelab_common::fw::GenConf;
+use wirelab_common::{csum, fw::GenConf};
 
 use crate::parse::Frame;
 
@@ -26,13 +26,6 @@ pub fn gen_tx(ctx: XdpContext) -> u32 {
         Ok(()) => xdp_action::XDP_TX,
         Err(()) => xdp_action::XDP_DROP,
     }
-}
-
-#[inline(always)]
-fn fold(mut s: u32) -> u16 {
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s as u16
 }
 
 #[inline(always)]
@@ -60,7 +53,7 @@ fn try_gen(ctx: &XdpContext) -> Result<(), ()> {
         let at = if c.proto == 6 { l3 + 56 } else { l3 + 46 };
         let cp = f.ptr::<[u8; 2]>(at).map_err(|_| ())? as *mut [u8; 2];
         let ck = unsafe { &mut *cp };
-        let mut nc = csum_replace4(u16::from_be_bytes(*ck), old, new);
+        let mut nc = csum::replace4(u16::from_be_bytes(*ck), old, new);
         if c.proto == 17 && nc == 0 {
             nc = 0xffff; // 0 means "no checksum", which IPv6 forbids
         }
@@ -74,31 +67,13 @@ fn try_gen(ctx: &XdpContext) -> Result<(), ()> {
     // Full IPv4 header checksum (no options in the template).
     h[10] = 0;
     h[11] = 0;
-    let mut s: u32 = 0;
-    let mut i = 0;
-    while i < 20 {
-        s += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
-        i += 2;
-    }
-    let cs = !fold(s);
+    let cs = csum::ipv4_header(h);
     h[10..12].copy_from_slice(&cs.to_be_bytes());
     if c.proto == 6 {
         let tp = f.ptr::<[u8; 20]>(l3 + 20).map_err(|_| ())? as *mut [u8; 20];
         let t = unsafe { &mut *tp };
-        let nc = csum_replace4(u16::from_be_bytes([t[16], t[17]]), old, new);
+        let nc = csum::replace4(u16::from_be_bytes([t[16], t[17]]), old, new);
         t[16..18].copy_from_slice(&nc.to_be_bytes());
     }
     Ok(())
-}
-
-/// Incremental checksum update for 4 changed bytes of the pseudo header (RFC 1624:
-/// HC' = ~(~HC + ~m + m')).
-#[inline(always)]
-fn csum_replace4(hc: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
-    let mut acc: u32 = (!hc) as u32;
-    acc += (!u16::from_be_bytes([old[0], old[1]])) as u32;
-    acc += (!u16::from_be_bytes([old[2], old[3]])) as u32;
-    acc += u16::from_be_bytes([new[0], new[1]]) as u32;
-    acc += u16::from_be_bytes([new[2], new[3]]) as u32;
-    !fold(acc)
 }

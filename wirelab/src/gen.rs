@@ -23,7 +23,7 @@ use aya::{
 };
 use ipnet::IpNet;
 use serde::Serialize;
-use wirelab_common::fw::GenConf;
+use wirelab_common::{csum, fw::GenConf};
 
 use crate::{ebpf, util::Stop};
 
@@ -166,19 +166,6 @@ pub fn template(
     Ok(v)
 }
 
-/// Incremental checksum update for 4 changed bytes (RFC 1624).
-fn csum_replace4(hc: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
-    let mut acc: u32 = (!hc) as u32;
-    for (o, n) in [(0, 0), (2, 2)] {
-        acc += (!u16::from_be_bytes([old[o], old[o + 1]])) as u32;
-        acc += u16::from_be_bytes([new[n], new[n + 1]]) as u32;
-    }
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
 /// Set the low 32 bits of an IPv6 template's source address, updating the UDP/TCP checksum.
 fn set_src6(frame: &mut [u8], low: u32, tcp: bool) {
     let mut old = [0u8; 4];
@@ -186,7 +173,7 @@ fn set_src6(frame: &mut [u8], low: u32, tcp: bool) {
     let new = low.to_be_bytes();
     frame[34..38].copy_from_slice(&new);
     let off = 54 + if tcp { 16 } else { 6 };
-    let mut nc = csum_replace4(u16::from_be_bytes([frame[off], frame[off + 1]]), old, new);
+    let mut nc = csum::replace4(u16::from_be_bytes([frame[off], frame[off + 1]]), old, new);
     if !tcp && nc == 0 {
         nc = 0xffff;
     }
@@ -198,14 +185,9 @@ fn set_src(frame: &mut [u8], a: Ipv4Addr, tcp: bool) {
     frame[26..30].copy_from_slice(&a.octets());
     frame[24] = 0;
     frame[25] = 0;
-    let mut s: u32 = 0;
-    for i in (14..34).step_by(2) {
-        s += u16::from_be_bytes([frame[i], frame[i + 1]]) as u32;
-    }
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    frame[24..26].copy_from_slice(&(!(s as u16)).to_be_bytes());
+    let mut h = [0u8; 20];
+    h.copy_from_slice(&frame[14..34]);
+    frame[24..26].copy_from_slice(&csum::ipv4_header(&h).to_be_bytes());
     let l4 = 34;
     // UDP: checksum 0 ("none") is legal over IPv4. TCP: pseudo header + segment.
     let ck_off = if tcp { l4 + 16 } else { l4 + 6 };
@@ -230,10 +212,7 @@ fn set_src(frame: &mut [u8], a: Ipv4Addr, tcp: bool) {
     if i < end {
         s += (frame[i] as u32) << 8;
     }
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    frame[ck_off..ck_off + 2].copy_from_slice(&(!(s as u16)).to_be_bytes());
+    frame[ck_off..ck_off + 2].copy_from_slice(&(!csum::fold(s)).to_be_bytes());
 }
 
 /// Paces sends: how many frames may go now, sleeping when ahead of `rate`.
