@@ -609,28 +609,14 @@ impl FwMetrics {
     fn start(ep: &crate::metrics::Endpoint) -> Result<Self> {
         let mut b = crate::metrics::Builder::new();
         b.info("fw");
-        let m = |b: &mut crate::metrics::Builder, n: &str, h: &str| b.counter(n, h);
-        let packets = m(
-            &mut b,
-            "wirelab_fw_packets",
-            "Frames judged, by rule or policy",
-        );
-        let bytes = m(&mut b, "wirelab_fw_bytes", "Bytes of those frames");
-        let dropped = m(
-            &mut b,
+        let packets = b.counter("wirelab_fw_packets", "Frames judged, by rule or policy");
+        let bytes = b.counter("wirelab_fw_bytes", "Bytes of those frames");
+        let dropped = b.counter(
             "wirelab_fw_dropped_packets",
             "Frames dropped (deny, over a rate limit, or a deny policy)",
         );
-        let logged = m(
-            &mut b,
-            "wirelab_fw_logged_packets",
-            "Frames sampled to the log",
-        );
-        let reloads = m(
-            &mut b,
-            "wirelab_fw_reloads",
-            "Rule sets swapped in by reload",
-        );
+        let logged = b.counter("wirelab_fw_logged_packets", "Frames sampled to the log");
+        let reloads = b.counter("wirelab_fw_reloads", "Rule sets swapped in by reload");
         let generation = b.gauge(
             "wirelab_fw_generation",
             "Rule-set generation in force (0 or 1)",
@@ -847,16 +833,16 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
         )?),
         None => None,
     };
+    let mut prev = fw.stats()?;
     let mut metrics = match &opts.metrics {
         Some(ep) => {
             let mut m = FwMetrics::start(ep)?;
-            m.publish(&opts.iface, &fw.stats()?);
+            m.publish(&opts.iface, &prev);
             tracing::info!("metrics on http://{}/metrics", ep.addr);
             Some(m)
         }
         None => None,
     };
-    let mut prev = fw.stats()?;
     let mut last_line = Instant::now();
     loop {
         let stopped = stop.sleep(Duration::from_millis(20));
