@@ -10,6 +10,15 @@ pub mod inspect;
 pub mod swarm;
 pub mod wan;
 
+/// Limits of the shared kernel-side parser, known to userspace for docs and tests.
+pub mod parse {
+    /// VLAN tags (802.1Q / 802.1ad, any order) walked; a frame with more is malformed.
+    pub const MAX_VLAN_TAGS: usize = 8;
+    /// IPv6 extension headers walked; a chain of exactly this many is parsed, one more is
+    /// malformed.
+    pub const MAX_IPV6_EXT: usize = 8;
+}
+
 /// A packet/byte counter pair, the value type of most per-CPU counter maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -202,6 +202,8 @@ fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
     let len = f.len() as u64;
     let gen = FW_GEN.get(0).copied().ok_or(())? & 1;
     let conf = FW_CONF.get(gen).ok_or(())?;
+    // Every frame the parser cannot see through is malformed, never non-IP: the kernel would
+    // still find an IP packet in some of them (e.g. behind more VLAN-0 tags than are walked).
     let p = match parse::parse(&f) {
         Ok(p) => p,
         Err(_) => {
@@ -230,6 +232,7 @@ fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
             };
             (s, d)
         }
+        // Only ethertypes the kernel never hands to its IP stack (ARP, LLDP, ...) get here.
         _ => {
             let v = verdict(conf.non_ip_action);
             count(SLOT_NON_IP, len, v == xdp_action::XDP_DROP);

@@ -1,11 +1,17 @@
 //! Defensive packet parser shared by every wirelab kernel program.
 //!
 //! Every access is bounds-checked against the end of the frame. The parser understands up to
-//! two VLAN tags (802.1Q / 802.1ad), IPv4 options, IPv4 and IPv6 fragments, and the IPv6
-//! extension headers hop-by-hop, routing, fragment, destination options and AH. Frames that
-//! end before a header they announce are `Truncated`; headers that contradict their own
-//! length rules (IHL < 5, TCP data offset < 5, IP total length shorter than the header...)
-//! are `Invalid`. Non-first fragments carry no L4 header and are reported with `has_l4 = false`.
+//! `MAX_VLAN_TAGS` VLAN tags (802.1Q / 802.1ad, in any order), IPv4 options, IPv4 and IPv6
+//! fragments, and up to `MAX_IPV6_EXT` IPv6 extension headers (hop-by-hop, routing, fragment,
+//! destination options, AH). Frames that end before a header they announce are `Truncated`;
+//! headers that contradict their own length rules (IHL < 5, TCP data offset < 5, IP total
+//! length shorter than the header...) are `Invalid`. Non-first fragments carry no L4 header
+//! and are reported with `has_l4 = false`.
+//!
+//! A frame the parser cannot see through is never reported as a clean non-IP frame: the kernel
+//! strips any number of VLAN-0 (priority) tags and hands the inner packet to its IP stack, so
+//! a frame still carrying a VLAN ethertype after `MAX_VLAN_TAGS` tags is `Invalid`. Callers
+//! that judge frames (fw) must treat every `Err` as malformed, never as "not IP".
 use core::mem::size_of;
 
 pub const ETH_HLEN: usize = 14;
@@ -20,8 +26,25 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
-/// How many IPv6 extension headers are walked before the frame is declared invalid.
-const MAX_IPV6_EXT: usize = 8;
+/// IPv6 next-header values of the extension headers the parser walks, and "no next header".
+pub const NEXTHDR_HOP: u8 = 0;
+pub const NEXTHDR_ROUTING: u8 = 43;
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+pub const NEXTHDR_AUTH: u8 = 51;
+pub const NEXTHDR_NONE: u8 = 59;
+pub const NEXTHDR_DEST: u8 = 60;
+
+/// How many IPv6 extension headers are walked (a chain of exactly this many is parsed, one
+/// more is `Invalid`), and how many VLAN tags (802.1Q or 802.1ad, stacked in any order): a
+/// frame with more is `Invalid`, since the kernel would still deliver its inner packet to the
+/// IP stack.
+pub use wirelab_common::parse::{MAX_IPV6_EXT, MAX_VLAN_TAGS};
+
+/// Ethertypes the kernel treats as a VLAN tag (`eth_type_vlan`): it pops them on receive.
+#[inline(always)]
+pub fn is_vlan(ethertype: u16) -> bool {
+    ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ParseError {
@@ -90,8 +113,11 @@ impl Frame {
 pub struct Parsed {
     /// Innermost ethertype (host order).
     pub ethertype: u16,
-    /// Number of VLAN tags skipped (0..=2).
+    /// Number of VLAN tags skipped (0..=`MAX_VLAN_TAGS`).
     pub vlans: u8,
+    /// True when a skipped tag has a VLAN ID other than 0. Tags with ID 0 (priority tags)
+    /// mean the untagged network; the kernel pops them without a VLAN device.
+    pub vlan_id_set: bool,
     /// Offset of the L3 header.
     pub l3_off: usize,
     /// IP protocol / IPv6 upper-layer header; 0 for non-IP frames.
@@ -125,6 +151,7 @@ impl Parsed {
         Self {
             ethertype: 0,
             vlans: 0,
+            vlan_id_set: false,
             l3_off: ETH_HLEN,
             ip_proto: 0,
             ip_options: false,
@@ -149,16 +176,20 @@ pub fn parse(f: &Frame) -> Result<Parsed, ParseError> {
     let mut p = Parsed::empty();
     let mut ethertype = f.be16_at(12)?;
     let mut off = ETH_HLEN;
-    // Up to two VLAN tags (QinQ). A third tag is left as an unknown ethertype.
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+    // Stacked VLAN tags (QinQ, priority tags). Each is 4 bytes: TCI, then the next ethertype.
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(ethertype) {
+            break;
+        }
+        let tci = f.be16_at(off)?;
         ethertype = f.be16_at(off + 2)?;
         off += 4;
-        p.vlans = 1;
-        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            ethertype = f.be16_at(off + 2)?;
-            off += 4;
-            p.vlans = 2;
-        }
+        p.vlans += 1;
+        p.vlan_id_set |= tci & 0x0fff != 0;
+    }
+    if is_vlan(ethertype) {
+        // Deeper than we walk: the kernel would still find IP inside, so never "non-IP".
+        return Err(ParseError::Invalid);
     }
     p.ethertype = ethertype;
     p.l3_off = off;
@@ -246,11 +277,24 @@ fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
     if hoff + payload > f.len() {
         return Err(ParseError::Truncated);
     }
+    // One pass more than MAX_IPV6_EXT: after the last extension header allowed, the loop must
+    // still reach the upper-layer header.
     let mut done = false;
-    for _ in 0..MAX_IPV6_EXT {
+    for i in 0..=MAX_IPV6_EXT {
+        let ext = matches!(
+            next,
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT
+        );
+        if !ext {
+            done = true;
+            break;
+        }
+        if i == MAX_IPV6_EXT {
+            break;
+        }
         match next {
             // hop-by-hop, routing, destination options: (len + 1) * 8 bytes
-            0 | 43 | 60 => {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
                 let nl = f.be16_at(hoff)?;
                 let nh = (nl >> 8) as u8;
                 let len = ((nl & 0xff) as usize + 1) * 8;
@@ -259,7 +303,7 @@ fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
                 next = nh;
             }
             // authentication header: (len + 2) * 4 bytes
-            51 => {
+            NEXTHDR_AUTH => {
                 let nl = f.be16_at(hoff)?;
                 let nh = (nl >> 8) as u8;
                 let len = ((nl & 0xff) as usize + 2) * 4;
@@ -268,7 +312,7 @@ fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
                 next = nh;
             }
             // fragment header: 8 bytes
-            44 => {
+            NEXTHDR_FRAGMENT => {
                 let fh = f.ptr::<[u8; 8]>(hoff)?;
                 let fh = unsafe { core::ptr::read_unaligned(fh) };
                 let nh = fh[0];
@@ -282,17 +326,14 @@ fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
                     return Ok(());
                 }
             }
-            _ => {
-                done = true;
-                break;
-            }
+            _ => {}
         }
     }
     if !done {
         return Err(ParseError::Invalid);
     }
     p.ip_proto = next;
-    if next == 59 {
+    if next == NEXTHDR_NONE {
         // No next header.
         return Ok(());
     }

@@ -221,13 +221,10 @@ fn try_swarm_xdp(ctx: &XdpContext) -> Result<(), ()> {
     Ok(())
 }
 
-/// Ethernet + ARP for IPv4 over Ethernet, as on the wire.
+/// ARP for IPv4 over Ethernet, as on the wire (after the Ethernet header and any VLAN tags).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct EthArp {
-    eth_dst: [u8; 6],
-    eth_src: [u8; 6],
-    ethertype: [u8; 2],
+struct Arp {
     htype: [u8; 2],
     ptype: [u8; 2],
     hlen: u8,
@@ -239,7 +236,15 @@ struct EthArp {
     tpa: [u8; 4],
 }
 
-const ETH_ARP_LEN: usize = core::mem::size_of::<EthArp>();
+impl Arp {
+    /// Ethernet hardware, IPv4 protocol, 6- and 4-byte addresses.
+    #[inline(always)]
+    fn is_eth_ipv4(&self) -> bool {
+        self.htype == [0, 1] && self.ptype == [0x08, 0x00] && self.hlen == 6 && self.plen == 4
+    }
+}
+
+const ARP_LEN: usize = core::mem::size_of::<Arp>();
 
 /// tc ingress: accept frames to client MACs; answer ARP requests for pool addresses with the
 /// client MAC.
@@ -273,25 +278,23 @@ fn try_swarm_arp(ctx: &TcContext) -> Result<i32, ()> {
         return Ok(TC_ACT_UNSPEC);
     }
     let f = Frame::new(ctx.data(), ctx.data_end());
-    // Untagged ARP only; tagged frames are left to the kernel.
-    if f.be16_at(12).map_err(|_| ())? != ETH_P_ARP {
-        return Ok(TC_ACT_UNSPEC);
-    }
+    // ARP inside VLAN-0 (priority) tags is ARP of the untagged network: the kernel pops those
+    // tags and would answer the request itself, with the host's MAC. A tag the kernel already
+    // took into the skb's metadata stays there, so the reply leaves tagged as the request
+    // came. A tag with a VLAN ID is another network: left to the kernel (which drops it
+    // without a VLAN device).
     let p = parse::parse(&f).map_err(|_| ())?;
-    if p.arp_op != 1 || p.vlans != 0 {
+    let meta_vid = unsafe { (*ctx.skb.skb).vlan_tci } & 0x0fff;
+    if p.ethertype != ETH_P_ARP || p.arp_op != 1 || p.vlan_id_set || meta_vid != 0 {
         return Ok(TC_ACT_UNSPEC);
     }
-    let mut a: EthArp = ctx.load(0).map_err(|_| ())?;
-    if a.htype != [0, 1] || a.ptype != [0x08, 0x00] || a.hlen != 6 || a.plen != 4 {
+    let mut a: Arp = ctx.load(p.l3_off).map_err(|_| ())?;
+    if !a.is_eth_ipv4() || !in_pool(cfg, a.tpa) {
         return Ok(TC_ACT_UNSPEC);
     }
-    if !in_pool(cfg, a.tpa) {
-        return Ok(TC_ACT_UNSPEC);
-    }
+    let eth_src: [u8; 6] = ctx.load(6).map_err(|_| ())?;
     let mac = derive_mac(cfg.mac_prefix, a.tpa);
     let (req_mac, req_ip) = (a.sha, a.spa);
-    a.eth_dst = a.eth_src;
-    a.eth_src = mac;
     a.op = [0, 2];
     a.tha = req_mac;
     a.tpa = req_ip;
@@ -300,7 +303,12 @@ fn try_swarm_arp(ctx: &TcContext) -> Result<i32, ()> {
         let t = p.daddr;
         [t[0], t[1], t[2], t[3]]
     };
-    ctx.store(0, &a, 0).map_err(|_| ())?;
+    // Ethernet addresses (swapped, the client MAC as source); VLAN tags stay as they are.
+    let mut addrs = [0u8; 12];
+    addrs[..6].copy_from_slice(&eth_src);
+    addrs[6..].copy_from_slice(&mac);
+    ctx.store(0, &addrs, 0).map_err(|_| ())?;
+    ctx.store(p.l3_off, &a, 0).map_err(|_| ())?;
     bump(stat::ARP_REPLY);
     // Out of the interface it came in on, through the regular transmit path.
     let r = unsafe { bpf_redirect(cfg.ifindex, 0) };
@@ -327,8 +335,8 @@ fn try_swarm_egress(ctx: &TcContext) -> Result<(), ()> {
             bump(stat::SMAC);
         }
     } else if et == ETH_P_ARP {
-        let a: EthArp = ctx.load(0).map_err(|_| ())?;
-        if a.htype != [0, 1] || a.ptype != [0x08, 0x00] || a.hlen != 6 || a.plen != 4 {
+        let a: Arp = ctx.load(ETH_HLEN).map_err(|_| ())?;
+        if !a.is_eth_ipv4() {
             return Ok(());
         }
         if in_pool(cfg, a.spa) {
@@ -341,4 +349,4 @@ fn try_swarm_egress(ctx: &TcContext) -> Result<(), ()> {
     Ok(())
 }
 
-const _: () = assert!(ETH_ARP_LEN == 42);
+const _: () = assert!(ARP_LEN == 28);

@@ -11,7 +11,11 @@ use aya::{
 };
 use common::frames::{self, cat, eth, frag6, opts_hdr, DST, SRC};
 use etherparse::{PacketBuilder, VlanId};
-use wirelab_common::{inspect::CLASS_NAMES, Counter};
+use wirelab_common::{
+    inspect::CLASS_NAMES,
+    parse::{MAX_IPV6_EXT, MAX_VLAN_TAGS},
+    Counter,
+};
 
 const A: [u8; 4] = [198, 18, 0, 1];
 const B: [u8; 4] = [198, 18, 0, 2];
@@ -167,6 +171,29 @@ fn vlan_tags() {
     let mut f = eth(0x8100);
     f.extend_from_slice(&[0, 42]);
     assert_eq!(h.classes(&f), ["total", "malformed"]);
+
+    // Every wrapping the parser walks shows the packet inside; one tag more is malformed,
+    // never "other" (the kernel would still deliver the IP packet inside).
+    let mut tcp = Vec::new();
+    PacketBuilder::ethernet2(SRC, DST)
+        .ipv4(A, B, 64)
+        .tcp(1, 22, 1, 1024)
+        .syn()
+        .write(&mut tcp, &[])
+        .unwrap();
+    for (wrap, tags) in frames::vlan_wrappings(MAX_VLAN_TAGS) {
+        let want: &[&str] = if tags.is_empty() {
+            &["total", "ipv4", "tcp"]
+        } else {
+            &["total", "ipv4", "tcp", "vlan"]
+        };
+        assert_eq!(h.classes(&frames::vlan_wrap(&tcp, &tags)), want, "{wrap}");
+    }
+    let deep = vec![(0x8100u16, 0u16); MAX_VLAN_TAGS + 1];
+    assert_eq!(
+        h.classes(&frames::vlan_wrap(&tcp, &deep)),
+        ["total", "malformed"]
+    );
 }
 
 #[test]
@@ -296,10 +323,15 @@ fn malformed_ipv6() {
     let mut f2 = f.clone();
     f2[18..20].copy_from_slice(&16u16.to_be_bytes());
     assert_eq!(h.classes(&f2), ["total", "malformed"]);
-    // Nine chained destination-options headers: more than the parser walks.
-    let exts: Vec<Vec<u8>> = (0..9).map(|_| opts_hdr(60)).collect();
-    let f = cat(eth(0x86dd), ipv6(60, &exts, &udp_hdr()));
-    assert_eq!(h.classes(&f), ["total", "malformed"]);
+    // Exactly MAX_IPV6_EXT destination-options headers reach UDP; one more is malformed.
+    let chain = |n: usize| {
+        let exts: Vec<Vec<u8>> = (0..n)
+            .map(|i| opts_hdr(if i + 1 == n { 17 } else { 60 }))
+            .collect();
+        cat(eth(0x86dd), ipv6(60, &exts, &udp_hdr()))
+    };
+    assert_eq!(h.classes(&chain(MAX_IPV6_EXT)), ["total", "ipv6", "udp"]);
+    assert_eq!(h.classes(&chain(MAX_IPV6_EXT + 1)), ["total", "malformed"]);
     // Wrong version nibble.
     let mut f = cat(eth(0x86dd), ipv6(17, &[], &udp_hdr()));
     f[14] = 0x40;

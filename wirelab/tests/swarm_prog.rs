@@ -182,11 +182,37 @@ fn tc_ingress_answers_arp_for_pool_addresses() {
         h.run("swarm_arp", &truncated),
         (TC_ACT_UNSPEC, truncated.clone())
     );
-    // A VLAN-tagged request is not answered (untagged ARP only).
+    // A request in a VLAN with an ID is another network's: not answered.
     let mut tagged = eth([0xff; 6], PEER_MAC, 0x8100);
     tagged.extend_from_slice(&[0, 5, 0x08, 0x06]);
     tagged.extend(arp(1, PEER_MAC, SERVER, [0; 6], c));
     assert_eq!(h.run("swarm_arp", &tagged), (TC_ACT_UNSPEC, tagged.clone()));
+    // Priority tags (VLAN ID 0, PCP set, 802.1Q or an 802.1ad outer, up to four deep) are the
+    // untagged network: the kernel pops them and would answer with the host's MAC, so swarm
+    // answers with the client MAC, the tags kept as they came.
+    for tpids in [
+        vec![0x8100u16],
+        vec![0x88a8, 0x8100],
+        vec![0x8100, 0x8100, 0x8100],
+        vec![0x88a8, 0x8100, 0x8100, 0x8100],
+    ] {
+        // Each tag: TCI (PCP 5, VLAN ID 0), then the next tag's TPID or ARP's ethertype.
+        let tags = |f: &mut Vec<u8>| {
+            for next in tpids.iter().skip(1).chain([0x0806u16].iter()) {
+                f.extend_from_slice(&[0xa0, 0x00]);
+                f.extend_from_slice(&next.to_be_bytes());
+            }
+        };
+        let mut req = eth([0xff; 6], PEER_MAC, tpids[0]);
+        tags(&mut req);
+        req.extend(arp(1, PEER_MAC, SERVER, [0; 6], c));
+        let (v, out) = h.run("swarm_arp", &req);
+        assert_eq!(v, TC_ACT_REDIRECT, "{tpids:x?}");
+        let mut want = eth(PEER_MAC, client(c), tpids[0]);
+        tags(&mut want);
+        want.extend(arp(2, client(c), c, PEER_MAC, SERVER));
+        assert_eq!(out, want, "{tpids:x?}");
+    }
 }
 
 #[test]

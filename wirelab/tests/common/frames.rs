@@ -82,3 +82,35 @@ pub fn cat(mut a: Vec<u8>, b: Vec<u8>) -> Vec<u8> {
     a.extend(b);
     a
 }
+
+/// `frame` (Ethernet) with VLAN tags inserted after the MAC addresses, outermost first:
+/// each tag is (TPID, TCI); the last tag carries the frame's own ethertype.
+pub fn vlan_wrap(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut v = frame[..12].to_vec();
+    for (tpid, tci) in tags {
+        v.extend_from_slice(&tpid.to_be_bytes());
+        v.extend_from_slice(&tci.to_be_bytes());
+    }
+    v.extend_from_slice(&frame[12..]);
+    v
+}
+
+/// The VLAN wrappings every classifier is tested with: (name, tags). Priority tags (VLAN ID
+/// 0) the kernel pops however many there are; tags with an ID it would not deliver without a
+/// VLAN device, but a classifier must judge the packet inside either way.
+pub fn vlan_wrappings(max_depth: usize) -> Vec<(String, Vec<(u16, u16)>)> {
+    const Q: u16 = 0x8100;
+    const AD: u16 = 0x88a8;
+    let mut out = vec![("untagged".to_string(), vec![])];
+    for n in 1..=max_depth {
+        out.push((format!("{n} x 802.1Q VLAN 0"), vec![(Q, 0xa000); n]));
+        out.push((
+            format!("802.1ad VLAN 0 outer + {} x 802.1Q VLAN 0", n - 1),
+            std::iter::once((AD, 0))
+                .chain(std::iter::repeat_n((Q, 0), n - 1))
+                .collect(),
+        ));
+        out.push((format!("{n} x 802.1Q VLAN 42"), vec![(Q, 42); n]));
+    }
+    out
+}
