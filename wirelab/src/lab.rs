@@ -187,9 +187,120 @@ fn parse_mac(field: &str, s: &str) -> Result<[u8; 6]> {
         })?;
     }
     if mac[0] & 1 == 1 {
-        return Err(ferr(field, format!("{s:?} is a multicast address")));
+        return Err(ferr(
+            field,
+            format!("{s:?} is a multicast (group) address; an interface needs a unicast MAC"),
+        ));
+    }
+    if mac == [0; 6] {
+        return Err(ferr(
+            field,
+            format!("{s:?} is the all-zero address, which the kernel refuses"),
+        ));
     }
     Ok(mac)
+}
+
+/// An interface address as the kernel accepts it: not multicast, unspecified or broadcast.
+fn parse_iface_addr(field: &str, a: &str) -> Result<IpNet> {
+    let net: IpNet = a.parse().map_err(|_| {
+        ferr(
+            field,
+            format!("{a:?} is not an address with prefix (198.18.0.1/24)"),
+        )
+    })?;
+    let ip = net.addr();
+    let why = if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip == IpAddr::from([255, 255, 255, 255]) {
+        Some("the broadcast address")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(ferr(
+            field,
+            format!("{a:?} is {why}, which cannot be assigned to an interface"),
+        ));
+    }
+    Ok(net)
+}
+
+/// A gateway the kernel accepts: on a prefix of `dev` (or of any interface of the host without
+/// `dev`), not one of the host's own addresses; IPv6 link-local gateways need `dev`.
+fn check_gateway(
+    field: &str,
+    host: &str,
+    g: IpAddr,
+    dev: Option<&str>,
+    nets: &[(String, IpNet)],
+) -> Result<()> {
+    if nets.iter().any(|(_, n)| n.addr() == g) {
+        return Err(ferr(
+            field,
+            format!("{g} is an address of host {host:?} itself"),
+        ));
+    }
+    if let IpAddr::V6(v6) = g {
+        if v6.segments()[0] & 0xffc0 == 0xfe80 {
+            return match dev {
+                Some(_) => Ok(()),
+                None => Err(ferr(
+                    field,
+                    format!("{g} is link-local: name the interface with `dev`"),
+                )),
+            };
+        }
+    }
+    let candidates: Vec<&IpNet> = nets
+        .iter()
+        .filter(|(i, _)| dev.is_none_or(|d| d == i))
+        .map(|(_, n)| n)
+        .collect();
+    if candidates.iter().any(|n| n.contains(&g)) {
+        return Ok(());
+    }
+    let on = match dev {
+        Some(d) => format!("interface {d:?} of host {host:?}"),
+        None => format!("any link of host {host:?}"),
+    };
+    let have: Vec<String> = candidates.iter().map(|n| n.trunc().to_string()).collect();
+    Err(ferr(
+        field,
+        format!(
+            "{g} is on no prefix of {on} (its prefixes: {}); the kernel could not reach it",
+            if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            }
+        ),
+    ))
+}
+
+/// The device named in a per-device sysctl (`net.ipv4.conf.DEV.x`, `net.ipv6.conf.DEV.x`,
+/// `net.ipv4.neigh.DEV.x`, `net.ipv6.neigh.DEV.x`), with the key rewritten to `default` so
+/// it can be looked up before the device exists.
+fn sysctl_device(key: &str) -> Option<(&str, String)> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.len() >= 5
+        && parts[0] == "net"
+        && (parts[1] == "ipv4" || parts[1] == "ipv6")
+        && (parts[2] == "conf" || parts[2] == "neigh")
+    {
+        let mut generic = parts.clone();
+        generic[3] = "default";
+        return Some((parts[3], generic.join(".")));
+    }
+    None
+}
+
+/// Whitespace-separated integers (`1`, `4096 87380 6291456`): the shape of numeric sysctls.
+fn int_fields(v: &str) -> Option<usize> {
+    let f: Vec<&str> = v.split_whitespace().collect();
+    (!f.is_empty() && f.iter().all(|x| x.parse::<i64>().is_ok())).then_some(f.len())
 }
 
 impl Topology {
@@ -205,8 +316,7 @@ impl Topology {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::util::read_user_file(path, crate::util::limit::CONFIG)?;
         Self::parse(&text).with_context(|| format!("invalid topology {}", path.display()))
     }
 
@@ -216,6 +326,8 @@ impl Topology {
         }
         // host name -> set of interface names
         let mut ifaces: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        // host name -> (interface, prefix) of every address it gets
+        let mut connected: BTreeMap<&str, Vec<(String, IpNet)>> = BTreeMap::new();
         for (i, h) in self.host.iter().enumerate() {
             check_host_name(&format!("host[{i}].name"), &h.name)?;
             if ifaces.insert(&h.name, BTreeSet::new()).is_some() {
@@ -260,13 +372,17 @@ impl Topology {
                         format!("host {:?} already has an interface {:?}", ep.host, ep.iface),
                     ));
                 }
+                let mut seen = BTreeSet::new();
                 for (j, a) in ep.addresses.iter().enumerate() {
-                    a.parse::<IpNet>().map_err(|_| {
-                        ferr(
-                            format!("{base}.addresses[{j}]"),
-                            format!("{a:?} is not an address with prefix (198.18.0.1/24)"),
-                        )
-                    })?;
+                    let f = format!("{base}.addresses[{j}]");
+                    let net = parse_iface_addr(&f, a)?;
+                    if !seen.insert(net.addr()) {
+                        return Err(ferr(f, format!("{} is listed twice", net.addr())));
+                    }
+                    connected
+                        .entry(ep.host.as_str())
+                        .or_default()
+                        .push((ep.iface.clone(), net));
                 }
                 if let Some(m) = &ep.mac {
                     parse_mac(&format!("{base}.mac"), m)?;
@@ -305,31 +421,48 @@ impl Topology {
                         ));
                     }
                 }
+                let mut seen = BTreeSet::new();
                 for (k, a) in b.addresses.iter().enumerate() {
-                    a.parse::<IpNet>().map_err(|_| {
-                        ferr(
-                            format!("{base}.addresses[{k}]"),
-                            format!("{a:?} is not an address with prefix"),
-                        )
-                    })?;
+                    let f = format!("{base}.addresses[{k}]");
+                    let net = parse_iface_addr(&f, a)?;
+                    if !seen.insert(net.addr()) {
+                        return Err(ferr(f, format!("{} is listed twice", net.addr())));
+                    }
+                    connected
+                        .entry(h.name.as_str())
+                        .or_default()
+                        .push((b.name.clone(), net));
                 }
             }
+            for k in h.sysctl.keys() {
+                if let Some((dev, _)) = sysctl_device(k) {
+                    if !matches!(dev, "all" | "default" | "lo") && !all.contains(dev) {
+                        return Err(ferr(
+                            format!("host[{i}].sysctl.\"{k}\""),
+                            format!("host {:?} has no interface {dev:?}", h.name),
+                        ));
+                    }
+                }
+            }
+            let nets = connected.get(h.name.as_str()).cloned().unwrap_or_default();
             for (j, r) in h.route.iter().enumerate() {
                 let base = format!("host[{i}].route[{j}]");
                 let to_v6 = if r.to == "default" {
                     None
                 } else {
-                    Some(
-                        r.to.parse::<IpNet>()
-                            .map_err(|_| {
-                                ferr(
-                                    format!("{base}.to"),
-                                    format!("{:?}: use a CIDR or \"default\"", r.to),
-                                )
-                            })?
-                            .addr()
-                            .is_ipv6(),
-                    )
+                    let to = r.to.parse::<IpNet>().map_err(|_| {
+                        ferr(
+                            format!("{base}.to"),
+                            format!("{:?}: use a CIDR or \"default\"", r.to),
+                        )
+                    })?;
+                    if to != to.trunc() {
+                        return Err(ferr(
+                            format!("{base}.to"),
+                            format!("{:?} has host bits set; the prefix is {}", r.to, to.trunc()),
+                        ));
+                    }
+                    Some(to.addr().is_ipv6())
                 };
                 if let Some(v) = &r.via {
                     let g: IpAddr = v.parse().map_err(|_| {
@@ -341,6 +474,7 @@ impl Topology {
                             "address family differs from `to`",
                         ));
                     }
+                    check_gateway(&format!("{base}.via"), &h.name, g, r.dev.as_deref(), &nets)?;
                 }
                 if let Some(d) = &r.dev {
                     if !all.contains(d) {
@@ -356,6 +490,67 @@ impl Topology {
             }
         }
         Ok(())
+    }
+}
+
+impl Topology {
+    /// Checks only the running kernel can answer, made before anything is created (by
+    /// `lab up --check` and by `up`): every sysctl exists here (per-device keys are looked up
+    /// under `default`), numeric sysctls get numbers, and, as root, every value is written
+    /// once in a throwaway namespace that vanishes with its thread, so a value the kernel
+    /// refuses names its field here instead of failing half-way through `up`.
+    pub fn check_kernel(&self) -> Result<()> {
+        let mut trials = vec![];
+        for (i, h) in self.host.iter().enumerate() {
+            for (k, v) in &h.sysctl {
+                let f = format!("host[{i}].sysctl.\"{k}\"");
+                let generic = sysctl_device(k).map_or_else(|| k.clone(), |(_, g)| g);
+                let path = Path::new("/proc/sys").join(generic.replace('.', "/"));
+                if !path.is_file() {
+                    return Err(ferr(f, "this kernel has no such sysctl"));
+                }
+                // Write-only knobs (route flush) cannot be read: nothing to compare with.
+                if let Ok(cur) = fs::read_to_string(&path) {
+                    if let Some(n) = int_fields(&cur) {
+                        if int_fields(v) != Some(n) {
+                            return Err(ferr(
+                                f,
+                                format!(
+                                    "{v:?}: the kernel expects {n} integer{} here (now {:?})",
+                                    if n == 1 { "" } else { "s" },
+                                    cur.trim()
+                                ),
+                            ));
+                        }
+                    }
+                }
+                trials.push((f, generic, v.clone()));
+            }
+        }
+        if trials.is_empty() || !nix::unistd::geteuid().is_root() {
+            return Ok(());
+        }
+        std::thread::scope(|s| {
+            s.spawn(move || -> Result<()> {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .context("a throwaway namespace to try the sysctls in")?;
+                for (f, key, v) in trials {
+                    let p = Path::new("/proc/sys").join(key.replace('.', "/"));
+                    if !p.is_file() {
+                        return Err(ferr(
+                            f,
+                            "this sysctl is not per-namespace: it would change the whole machine",
+                        ));
+                    }
+                    if let Err(e) = fs::write(&p, &v) {
+                        return Err(ferr(f, format!("the kernel refuses {v:?} ({e})")));
+                    }
+                }
+                Ok(())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("sysctl trial thread panicked"))?
+        })
     }
 }
 
@@ -418,6 +613,7 @@ pub fn list_labs() -> Vec<String> {
 pub fn up(lab: &str, topo: &Topology) -> Result<LabState> {
     validate_lab_name(lab)?;
     topo.validate()?;
+    topo.check_kernel()?;
     if read_state(lab)?.is_some() {
         bail!("lab {lab:?} is already up (`wirelab lab down --name {lab}` removes it)");
     }
@@ -463,20 +659,12 @@ fn build(state: &LabState) -> Result<()> {
     for h in &topo.host {
         let n = ns(&h.name);
         netns::create(&n)?;
-        let sysctls = h.sysctl.clone();
-        // lo up, sysctls, and quiet IPv6 autoconf noise off by default? No: keep kernel defaults.
         nl::with(Some(&n), |hd| async move {
             nl::set_up(&hd, "lo").await?;
             Ok(())
         })?;
-        netns::run_in(Some(&n), move || {
-            for (k, v) in &sysctls {
-                netns::write_sysctl(k, v)?;
-            }
-            Ok(())
-        })?;
     }
-    for l in &topo.link {
+    for (i, l) in topo.link.iter().enumerate() {
         let peer_ns = netns::open(&ns(&l.b.host))?;
         let (a, b) = (l.a.clone(), l.b.clone());
         let mtu = l.mtu;
@@ -484,8 +672,9 @@ fn build(state: &LabState) -> Result<()> {
             nl::add_veth(&h, &a.iface, &b.iface, Some(&peer_ns)).await?;
             Ok(())
         })?;
-        for ep in [&l.a, &l.b] {
+        for (side, ep) in [("a", &l.a), ("b", &l.b)] {
             let ep = ep.clone();
+            let base = format!("link[{i}].{side}");
             nl::with(Some(&ns(&ep.host)), |h| async move {
                 if let Some(m) = &ep.mac {
                     let mac = parse_mac("mac", m)?;
@@ -498,7 +687,7 @@ fn build(state: &LabState) -> Result<()> {
                         )
                         .execute()
                         .await
-                        .with_context(|| format!("setting MAC of {}", ep.iface))?;
+                        .with_context(|| format!("{base}.mac: setting MAC of {}", ep.iface))?;
                 }
                 if let Some(m) = mtu {
                     nl::set_mtu(&h, &ep.iface, m).await?;
@@ -507,14 +696,16 @@ fn build(state: &LabState) -> Result<()> {
                 if let Some(on) = ep.tx_checksum {
                     nl::set_tx_checksum(&ep.iface, on)?;
                 }
-                for a in &ep.addresses {
-                    nl::add_address(&h, &ep.iface, a.parse()?).await?;
+                for (j, a) in ep.addresses.iter().enumerate() {
+                    nl::add_address(&h, &ep.iface, a.parse()?)
+                        .await
+                        .with_context(|| format!("{base}.addresses[{j}]"))?;
                 }
                 Ok(())
             })?;
         }
     }
-    for host in &topo.host {
+    for (i, host) in topo.host.iter().enumerate() {
         let host = host.clone();
         nl::with(Some(&ns(&host.name)), |h| async move {
             for b in &host.bridge {
@@ -527,7 +718,8 @@ fn build(state: &LabState) -> Result<()> {
                     nl::add_address(&h, &b.name, a.parse()?).await?;
                 }
             }
-            for r in &host.route {
+            for (j, r) in host.route.iter().enumerate() {
+                let field = format!("host[{i}].route[{j}]");
                 let to = if r.to == "default" {
                     None
                 } else {
@@ -535,7 +727,18 @@ fn build(state: &LabState) -> Result<()> {
                 };
                 let via: Option<IpAddr> = r.via.as_deref().map(str::parse).transpose()?;
                 let v6 = to.map(|t| t.addr().is_ipv6()).or(via.map(|v| v.is_ipv6()));
-                nl::add_route(&h, to, via, r.dev.as_deref(), v6.unwrap_or(false)).await?;
+                nl::add_route(&h, to, via, r.dev.as_deref(), v6.unwrap_or(false))
+                    .await
+                    .context(field)?;
+            }
+            Ok(())
+        })?;
+        // Sysctls once every interface (bridges too) exists, so per-device keys
+        // (net.ipv4.conf.eth0.*) work.
+        let sysctls = topo.host[i].sysctl.clone();
+        netns::run_in(Some(&ns(&topo.host[i].name)), move || {
+            for (k, v) in &sysctls {
+                netns::write_sysctl(k, v).with_context(|| format!("host[{i}].sysctl.\"{k}\""))?;
             }
             Ok(())
         })?;
@@ -650,6 +853,86 @@ mod tests {
         assert!(e.contains("host[0].route[0]"), "{e}");
         let e = err_of("");
         assert!(e.contains("host"), "{e}");
+    }
+
+    /// Each of these once passed `--check` and then failed in `up` with a bare kernel error.
+    const REFUSED_BY_KERNEL_ONCE: &[(&str, &str)] = &[
+        (
+            "[[host]]\nname = \"a\"\nsysctl = { \"net.ipv4.ip_forward\" = \"banana\" }\n",
+            "host[0].sysctl.\"net.ipv4.ip_forward\"",
+        ),
+        (
+            "[[host]]\nname = \"a\"\nsysctl = { \"net.ipv4.no_such_knob\" = \"1\" }\n",
+            "host[0].sysctl.\"net.ipv4.no_such_knob\"",
+        ),
+        (
+            "[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n[[link]]\na = { host = \"a\", iface = \"e0\", mac = \"00:00:00:00:00:00\" }\nb = { host = \"b\", iface = \"e0\" }\n",
+            "link[0].a.mac",
+        ),
+        (
+            "[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n[[link]]\na = { host = \"a\", iface = \"e0\" }\nb = { host = \"b\", iface = \"e0\", mac = \"01:00:5e:00:00:01\" }\n",
+            "link[0].b.mac",
+        ),
+        (
+            "[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n[[link]]\na = { host = \"a\", iface = \"e0\", addresses = [\"224.0.0.1/24\"] }\nb = { host = \"b\", iface = \"e0\" }\n",
+            "link[0].a.addresses[0]",
+        ),
+        (
+            "[[host]]\nname = \"a\"\n[[host.route]]\nto = \"198.19.0.0/16\"\nvia = \"198.18.0.254\"\n[[host]]\nname = \"b\"\n[[link]]\na = { host = \"a\", iface = \"e0\", addresses = [\"198.18.1.1/24\"] }\nb = { host = \"b\", iface = \"e0\" }\n",
+            "host[0].route[0].via",
+        ),
+    ];
+
+    fn full_check(s: &str) -> Result<Topology> {
+        let t = Topology::parse(s)?;
+        t.check_kernel()?;
+        Ok(t)
+    }
+
+    #[test]
+    fn what_the_kernel_would_refuse_is_refused_first() {
+        for (text, field) in REFUSED_BY_KERNEL_ONCE {
+            let e = format!("{:#}", full_check(text).unwrap_err());
+            assert!(e.contains(field), "expected {field} in: {e}");
+        }
+        // The same shapes done right pass.
+        let ok = "[[host]]\nname = \"a\"\nsysctl = { \"net.ipv4.ip_forward\" = \"1\", \"net.ipv4.conf.e0.rp_filter\" = \"0\", \"net.ipv4.tcp_rmem\" = \"4096 131072 6291456\" }\n[[host.route]]\nto = \"198.19.0.0/16\"\nvia = \"198.18.1.254\"\n[[host]]\nname = \"b\"\n[[link]]\na = { host = \"a\", iface = \"e0\", addresses = [\"198.18.1.1/24\"], mac = \"02:00:00:00:00:01\" }\nb = { host = \"b\", iface = \"e0\" }\n";
+        full_check(ok).unwrap();
+        // A per-device sysctl for a device the host does not have.
+        let e = err_of(
+            "[[host]]\nname = \"a\"\nsysctl = { \"net.ipv4.conf.eth9.rp_filter\" = \"0\" }\n",
+        );
+        assert!(
+            e.contains("host[0].sysctl.\"net.ipv4.conf.eth9.rp_filter\""),
+            "{e}"
+        );
+        // A route prefix with host bits, a gateway that is the host's own address.
+        let base = "[[host]]\nname = \"b\"\n[[link]]\na = { host = \"a\", iface = \"e0\", addresses = [\"198.18.1.1/24\"] }\nb = { host = \"b\", iface = \"e0\" }\n";
+        let e = err_of(&format!(
+            "[[host]]\nname = \"a\"\n[[host.route]]\nto = \"198.19.0.5/16\"\ndev = \"e0\"\n{base}"
+        ));
+        assert!(
+            e.contains("host[0].route[0].to") && e.contains("198.19.0.0/16"),
+            "{e}"
+        );
+        let e = err_of(&format!("[[host]]\nname = \"a\"\n[[host.route]]\nto = \"default\"\nvia = \"198.18.1.1\"\n{base}"));
+        assert!(e.contains("host[0].route[0].via"), "{e}");
+        // A value of the right shape the kernel still refuses (ports above 65535): as root it
+        // is tried in a throwaway namespace.
+        if nix::unistd::geteuid().is_root() || std::env::var_os("WIRELAB_TEST_STRICT").is_some() {
+            let e = format!(
+                "{:#}",
+                full_check(
+                    "[[host]]\nname = \"a\"\nsysctl = { \"net.ipv4.ip_local_port_range\" = \"70000 80000\" }\n"
+                )
+                .unwrap_err()
+            );
+            assert!(
+                e.contains("host[0].sysctl.\"net.ipv4.ip_local_port_range\"")
+                    && e.contains("refuses"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -868,6 +868,7 @@ fn lab_cmd(c: LabCmd) -> Result<ExitCode> {
                 None => lab::Topology::default_topology(),
             };
             if check {
+                topo.check_kernel()?;
                 println!(
                     "topology OK: {} hosts, {} links",
                     topo.host.len(),

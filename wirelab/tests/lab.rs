@@ -66,14 +66,11 @@ fn two_labs_coexist() {
 #[test]
 fn bad_topology_names_field_and_creates_nothing() {
     require_privileges();
-    let dir = std::env::temp_dir().join(unique("wltopo"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("bad.toml");
-    std::fs::write(
-        &f,
+    let dir = TempDir::new("wltopo");
+    let f = dir.file(
+        "bad.toml",
         "[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n[[link]]\na = { host = \"a\", iface = \"eth0\", addresses = [\"198.18.0.1/24\"] }\nb = { host = \"b\", iface = \"eth0\", addresses = [\"198.18.0.999/24\"] }\n",
-    )
-    .unwrap();
+    );
     let name = unique("lbad");
     let o = wirelab()
         .args(["lab", "up", "--name", &name])
@@ -88,34 +85,85 @@ fn bad_topology_names_field_and_creates_nothing() {
         "a rejected topology created namespaces"
     );
     assert!(!std::path::Path::new(&format!("/run/wirelab/labs/{name}.json")).exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn kernel_refusal_halfway_rolls_back() {
     require_privileges();
-    // Valid on paper, refused by the kernel at the last step (gateway not on any subnet):
-    // everything made before must be removed again.
-    let dir = std::env::temp_dir().join(unique("wltopo"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("late.toml");
-    std::fs::write(
-        &f,
-        "[[host]]\nname = \"a\"\n[[host.route]]\nto = \"198.19.0.0/24\"\nvia = \"198.18.9.9\"\n[[host]]\nname = \"b\"\n[[link]]\na = { host = \"a\", iface = \"eth0\", addresses = [\"198.18.0.1/24\"] }\nb = { host = \"b\", iface = \"eth0\" }\n",
-    )
-    .unwrap();
+    // Valid on paper, refused by the kernel at the last step (the same route twice: EEXIST):
+    // the error names the field, and everything made before is removed again.
+    let dir = TempDir::new("wltopo");
+    let route = "[[host.route]]\nto = \"198.19.0.0/24\"\nvia = \"198.18.0.9\"\n";
+    let f = dir.file(
+        "late.toml",
+        &format!("[[host]]\nname = \"a\"\n{route}{route}[[host]]\nname = \"b\"\n[[link]]\na = {{ host = \"a\", iface = \"eth0\", addresses = [\"198.18.0.1/24\"] }}\nb = {{ host = \"b\", iface = \"eth0\" }}\n"),
+    );
+    ok(wirelab().args(["lab", "up", "--check"]).arg(&f));
     let name = unique("lrb");
     let o = wirelab()
         .args(["lab", "up", "--name", &name])
         .arg(&f)
         .output()
         .unwrap();
-    assert!(
-        !o.status.success(),
-        "route via an unreachable gateway was accepted"
-    );
+    assert!(!o.status.success(), "a duplicate route was accepted");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("host[0].route[1]"), "{err}");
     assert!(ns_of(&name).is_empty(), "left behind: {:?}", ns_of(&name));
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_refuses_what_up_would_fail_on() {
+    require_privileges();
+    // Each of these once passed `lab up --check` and then failed in `up` with a kernel error
+    // naming no field. Now both refuse them before creating anything, naming the field.
+    let two = |a: &str, b: &str| {
+        format!("[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n[[link]]\na = {{ host = \"a\", iface = \"e0\"{a} }}\nb = {{ host = \"b\", iface = \"e0\"{b} }}\n")
+    };
+    let cases = [
+        (
+            "[[host]]\nname = \"a\"\nsysctl = { \"net.ipv4.ip_forward\" = \"banana\" }\n".to_string(),
+            "host[0].sysctl.\"net.ipv4.ip_forward\"",
+        ),
+        (
+            "[[host]]\nname = \"a\"\nsysctl = { \"net.ipv4.ip_local_port_range\" = \"70000 80000\" }\n".to_string(),
+            "host[0].sysctl.\"net.ipv4.ip_local_port_range\"",
+        ),
+        (
+            "[[host]]\nname = \"a\"\nsysctl = { \"net.ipv4.tcp_congestion_control\" = \"banana\" }\n".to_string(),
+            "host[0].sysctl.\"net.ipv4.tcp_congestion_control\"",
+        ),
+        (
+            "[[host]]\nname = \"a\"\nsysctl = { \"net.ipv4.no_such_knob\" = \"1\" }\n".to_string(),
+            "host[0].sysctl.\"net.ipv4.no_such_knob\"",
+        ),
+        (two(", mac = \"00:00:00:00:00:00\"", ""), "link[0].a.mac"),
+        (two("", ", mac = \"ff:ff:ff:ff:ff:ff\""), "link[0].b.mac"),
+        (two(", addresses = [\"224.0.0.1/24\"]", ""), "link[0].a.addresses[0]"),
+        (
+            format!(
+                "[[host]]\nname = \"a\"\n[[host.route]]\nto = \"198.19.0.0/16\"\nvia = \"198.18.0.254\"\n{}",
+                two(", addresses = [\"198.18.1.1/24\"]", "").replacen("[[host]]\nname = \"a\"\n", "", 1)
+            ),
+            "host[0].route[0].via",
+        ),
+    ];
+    let dir = TempDir::new("wltopo");
+    for (i, (text, field)) in cases.iter().enumerate() {
+        let f = dir.file(&format!("bad{i}.toml"), text);
+        for check in [true, false] {
+            let name = unique("lchk");
+            let mut c = wirelab();
+            c.args(["lab", "up", "--name", &name]);
+            if check {
+                c.arg("--check");
+            }
+            let o = c.arg(&f).output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "accepted (check={check}): {text}");
+            assert!(err.contains(field), "check={check}: no {field} in {err}");
+            assert!(ns_of(&name).is_empty(), "created: {:?}", ns_of(&name));
+        }
+    }
 }
 
 #[test]
@@ -132,10 +180,8 @@ fn down_after_killed_up() {
             "[[link]]\na = {{ host = \"h0\", iface = \"p{i}\" }}\nb = {{ host = \"h{i}\", iface = \"eth0\" }}\n"
         ));
     }
-    let dir = std::env::temp_dir().join(unique("wltopo"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("big.toml");
-    std::fs::write(&f, t).unwrap();
+    let dir = TempDir::new("wltopo");
+    let f = dir.file("big.toml", &t);
     let name = unique("lk");
     let mut child = wirelab()
         .args(["lab", "up", "--name", &name])
@@ -159,5 +205,4 @@ fn down_after_killed_up() {
         ok(wirelab().args(["lab", "down", "--name", &name]));
     }
     assert!(ns_of(&name).is_empty(), "left behind: {:?}", ns_of(&name));
-    let _ = std::fs::remove_dir_all(&dir);
 }
