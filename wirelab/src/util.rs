@@ -59,6 +59,76 @@ impl Stop {
     }
 }
 
+/// Size caps for files users name on the command line or in a config.
+pub mod limit {
+    /// TOML configs: rules, topologies, wan configs.
+    pub const CONFIG: u64 = 16 << 20;
+    /// Address lists (`src_file`/`dst_file`): room for millions of prefixes.
+    pub const ADDRESS_LIST: u64 = 64 << 20;
+    /// netem `.dist` tables (4,096 numbers in netem's own files).
+    pub const DIST: u64 = 1 << 20;
+}
+
+/// Read a user-named text file: a regular file of at most `max` bytes. A FIFO, a device
+/// (`/dev/zero`, `/dev/urandom`), a directory or a larger file is refused with its name and
+/// the limit, without blocking: the file is opened non-blocking and checked before reading.
+pub fn read_user_file(path: &std::path::Path, max: u64) -> Result<String> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let md = f
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !md.is_file() {
+        anyhow::bail!(
+            "{}: not a regular file ({}); give a file",
+            path.display(),
+            file_kind(&md)
+        );
+    }
+    if md.len() > max {
+        anyhow::bail!(
+            "{}: {} bytes is over the limit of {} bytes for this input",
+            path.display(),
+            md.len(),
+            max
+        );
+    }
+    // The size was checked; the read is capped too, in case the file grows meanwhile.
+    let mut buf = Vec::with_capacity(md.len() as usize);
+    f.take(max + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if buf.len() as u64 > max {
+        anyhow::bail!(
+            "{}: grew over the limit of {max} bytes while being read",
+            path.display()
+        );
+    }
+    String::from_utf8(buf).with_context(|| format!("{}: not UTF-8 text", path.display()))
+}
+
+fn file_kind(md: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    let t = md.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -69,6 +139,40 @@ pub fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn user_files_are_bounded_regular_files() {
+        use std::path::Path;
+        let dir = std::env::temp_dir().join(format!("wirelab-util-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        struct Gone(std::path::PathBuf);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _g = Gone(dir.clone());
+        let f = dir.join("ok.txt");
+        std::fs::write(&f, "198.18.0.1\n").unwrap();
+        assert_eq!(read_user_file(&f, 100).unwrap(), "198.18.0.1\n");
+        let e = format!("{:#}", read_user_file(&f, 5).unwrap_err());
+        assert!(
+            e.contains("ok.txt") && e.contains("limit of 5 bytes"),
+            "{e}"
+        );
+        // A FIFO with no writer: refused at once instead of blocking forever.
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = format!("{:#}", read_user_file(&fifo, 100).unwrap_err());
+        assert!(e.contains("a FIFO") && e.contains("fifo"), "{e}");
+        for dev in ["/dev/zero", "/dev/urandom"] {
+            let e = format!("{:#}", read_user_file(Path::new(dev), 1 << 20).unwrap_err());
+            assert!(e.contains("character device") && e.contains(dev), "{e}");
+        }
+        let e = format!("{:#}", read_user_file(&dir, 100).unwrap_err());
+        assert!(e.contains("a directory"), "{e}");
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));

@@ -828,7 +828,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
             "fw",
             "fw",
             json!({"iface": opts.iface, "mode": mode, "rules_file": opts.rules,
-                "rules": std::fs::read_to_string(&opts.rules).unwrap_or_default(),
+                "rules": crate::util::read_user_file(&opts.rules, crate::util::limit::CONFIG).unwrap_or_default(),
                 "interval_s": opts.interval.as_secs_f64()}),
         )?),
         None => None,
@@ -1047,7 +1047,7 @@ pub fn stats(iface: Option<&str>) -> Result<serde_json::Value> {
 /// Validate `path` here, then ask the running firewall to install it.
 pub fn reload(iface: Option<&str>, path: &Path) -> Result<serde_json::Value> {
     rules::load(path).context("reload refused, the old rules stay in force")?;
-    let text = std::fs::read_to_string(path)?;
+    let text = crate::util::read_user_file(path, crate::util::limit::CONFIG)?;
     let base = path
         .parent()
         .map(|p| {

@@ -171,8 +171,7 @@ fn policy(field: &str, v: Option<&str>, dflt: u32) -> Result<u32> {
 /// Load and validate a rules file. Relative `src_file`/`dst_file` paths are taken relative to
 /// the rules file.
 pub fn load(path: &Path) -> Result<RuleSet> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_user_file(path, crate::util::limit::CONFIG)?;
     parse(&text, path.parent()).with_context(|| format!("rules file {}", path.display()))
 }
 
@@ -387,8 +386,8 @@ fn parse_cidrs(
             Some(b) if f.is_relative() => b.join(&f),
             _ => f.clone(),
         };
-        let text = std::fs::read_to_string(&p)
-            .with_context(|| format!("field {field}_file: reading {}", p.display()))?;
+        let text = crate::util::read_user_file(&p, crate::util::limit::ADDRESS_LIST)
+            .with_context(|| format!("field {field}_file"))?;
         for (ln, l) in text.lines().enumerate() {
             let l = l.split('#').next().unwrap_or("").trim();
             if l.is_empty() {

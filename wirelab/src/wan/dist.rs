@@ -76,7 +76,7 @@ fn make(d: &Distribution) -> Result<Option<Table>> {
 
 /// Load a netem `.dist` file: whitespace-separated integers scaled by 8192, `#` comments.
 pub fn load_dist(p: &Path) -> Result<Table> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let text = crate::util::read_user_file(p, crate::util::limit::DIST)?;
     let mut v = vec![];
     for (ln, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("");

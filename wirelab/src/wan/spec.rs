@@ -417,13 +417,20 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
             }
             "limit" => {
                 let w = need(i, "a packet count or a size such as 64kb")?;
+                // A zero queue, in packets or in bytes, would drop every frame: refused in
+                // both forms (loss 100% or a blackhole say that on purpose).
+                let zero = "a zero limit would drop every frame; give at least 1 packet or 1 byte (loss 100% drops all on purpose)";
                 s.limit = Some(if let Ok(n) = w.parse::<u64>() {
                     if n == 0 {
-                        return Err(err(w, "limit must be at least 1 packet"));
+                        return Err(err(w, zero));
                     }
                     Limit::Packets(n)
                 } else {
-                    Limit::Bytes(parse_size(w)?)
+                    let b = parse_size(w)?;
+                    if b == 0 {
+                        return Err(err(w, zero));
+                    }
+                    Limit::Bytes(b)
                 });
                 i += 1;
             }
@@ -510,6 +517,11 @@ mod tests {
         assert_eq!(s.rate.as_ref().unwrap().bits_per_sec, 10_000_000);
         assert_eq!(s.rate.as_ref().unwrap().packet_overhead, 20);
         assert_eq!(s.limit, Some(Limit::Bytes(65536)));
+        // A zero limit means the same in packets and in bytes: refused, in every spelling.
+        for z in ["limit 0", "limit 0kb", "limit 0b", "limit 0mb"] {
+            let e = parse(z).unwrap_err().to_string();
+            assert!(e.contains("zero limit"), "{z}: {e}");
+        }
         assert_eq!(
             s.blackhole,
             Some((Duration::from_secs(2), Duration::from_secs(30)))

@@ -1,0 +1,109 @@
+//! Files users name (fw `src_file`, wan `distribution FILE.dist`, rules, topologies) are read
+//! only when they are regular files under a size cap: a FIFO, `/dev/zero` or `/dev/urandom`
+//! is refused at once, naming the file, instead of blocking forever or eating all memory.
+mod common;
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// Run `c`, failing the test if it has not finished within 10 s (a blocked read).
+fn bounded(mut c: Command) -> Output {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{c:?} still running after 10 s: it blocked on its input");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn refused(c: Command, needles: &[&str]) {
+    let o = bounded(c);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "accepted: {err}");
+    for n in needles {
+        assert!(err.contains(n), "no {n:?} in: {err}");
+    }
+}
+
+#[test]
+fn fw_address_lists_must_be_bounded_regular_files() {
+    let d = TempDir::new("wirelab-inputs-");
+    let fifo = d.join("list.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for (src, what) in [
+        (fifo.to_str().unwrap(), "a FIFO"),
+        ("/dev/zero", "a character device"),
+        ("/dev/urandom", "a character device"),
+    ] {
+        let rules = d.file(
+            "r.toml",
+            &format!("default = \"allow\"\n[[rule]]\nname = \"x\"\naction = \"deny\"\nsrc_file = \"{src}\"\n"),
+        );
+        let mut c = wirelab();
+        c.args(["fw", "check", "--rules"]).arg(&rules);
+        refused(c, &["src_file", src, what]);
+    }
+    // Over the cap: a sparse file of 65 MiB (the address-list limit is 64 MiB).
+    let big = d.join("big.txt");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let rules = d.file(
+        "r.toml",
+        "default = \"allow\"\n[[rule]]\nname = \"x\"\naction = \"deny\"\nsrc_file = \"big.txt\"\n",
+    );
+    let mut c = wirelab();
+    c.args(["fw", "check", "--rules"]).arg(&rules);
+    refused(c, &["big.txt", "limit of 67108864 bytes"]);
+    // The rules file itself, and a topology, follow the same rule.
+    let mut c = wirelab();
+    c.args(["fw", "check", "--rules"]).arg(&fifo);
+    refused(c, &["list.fifo", "a FIFO"]);
+    let mut c = wirelab();
+    c.args(["lab", "up", "--check"]).arg(&fifo);
+    refused(c, &["list.fifo", "a FIFO"]);
+}
+
+#[test]
+fn wan_distribution_files_must_be_bounded_regular_files() {
+    let d = TempDir::new("wirelab-inputs-");
+    let fifo = d.join("delay.dist");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for (f, what) in [
+        (fifo.to_str().unwrap(), "a FIFO"),
+        ("/dev/zero", "a character device"),
+        ("/dev/urandom", "a character device"),
+    ] {
+        let mut c = wirelab();
+        c.args([
+            "wan",
+            "--check",
+            "--both",
+            &format!("delay 10ms 2ms distribution {f}"),
+        ]);
+        refused(c, &[f, what]);
+    }
+}
+
+#[test]
+fn wan_zero_limit_means_the_same_in_packets_and_bytes() {
+    for spec in ["limit 0", "limit 0kb"] {
+        let mut c = wirelab();
+        c.args(["wan", "--check", "--both", spec]);
+        refused(c, &["zero limit"]);
+    }
+    let o = ok(wirelab().args(["wan", "--check", "--both", "limit 1"]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("config OK"));
+}
