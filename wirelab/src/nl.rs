@@ -228,9 +228,14 @@ pub async fn interfaces(h: &Handle) -> Result<Vec<IfaceInfo>> {
     Ok(out)
 }
 
-/// Whether `iface` (in the calling thread's namespace) is up and has carrier
-/// (IFF_UP and IFF_RUNNING, through the SIOCGIFFLAGS ioctl). `None` if it does not exist.
-pub fn link_running(iface: &str) -> Option<bool> {
+/// Whether `iface` (in the calling thread's namespace) is administratively up and has
+/// carrier. `None` if it does not exist.
+///
+/// Carrier comes from the driver (ethtool `ETHTOOL_GLINK`, what `IFF_LOWER_UP` shows), not
+/// from `IFF_RUNNING`: that follows operstate, which the kernel updates up to about a second
+/// after the carrier is on, while frames are already delivered. Only a device without the
+/// ethtool call falls back to `IFF_RUNNING`.
+pub fn link_carrier(iface: &str) -> Option<bool> {
     #[repr(C)]
     struct IfReqFlags {
         name: [u8; 16],
@@ -250,13 +255,62 @@ pub fn link_running(iface: &str) -> Option<bool> {
     if fd < 0 {
         return None;
     }
+    // SAFETY: `req` is an ifreq-shaped buffer the ioctl fills; `fd` is ours and closed below.
     let r = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req as *mut IfReqFlags) };
+    let carrier = if r < 0 {
+        None
+    } else {
+        ethtool_u32(fd, iface, ETHTOOL_GLINK).ok()
+    };
+    // SAFETY: closing the socket opened above.
     unsafe { libc::close(fd) };
     if r < 0 {
         return None;
     }
     let f = req.flags as libc::c_int;
-    Some(f & libc::IFF_UP != 0 && f & libc::IFF_RUNNING != 0)
+    let up = f & libc::IFF_UP != 0;
+    Some(up && carrier.map_or(f & libc::IFF_RUNNING != 0, |c| c != 0))
+}
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GLINK: u32 = 0x0a;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// One `struct ethtool_value` ioctl on socket `fd`: a get returns the value, a set sends
+/// `data` (through the same call with the set command).
+fn ethtool_value(fd: libc::c_int, iface: &str, cmd: u32, data: u32) -> std::io::Result<u32> {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    if iface.len() > 15 {
+        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    let mut val = EthtoolValue { cmd, data };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: &mut val,
+        _pad: [0; 16],
+    };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    // SAFETY: `req` points at `val`, both live across the call; the kernel reads/writes them.
+    let r = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(val.data)
+}
+
+fn ethtool_u32(fd: libc::c_int, iface: &str, cmd: u32) -> std::io::Result<u32> {
+    ethtool_value(fd, iface, cmd, 0)
 }
 
 /// Turn TX checksum offload of `iface` (in the calling thread's namespace) on or off, through
@@ -265,42 +319,17 @@ pub fn link_running(iface: &str) -> Option<bool> {
 /// Lab endpoints whose traffic crosses an AF_XDP engine need it off: a veth hands over frames
 /// with unfinished (partial) checksums, which AF_XDP passes on as they are.
 pub fn set_tx_checksum(iface: &str, on: bool) -> Result<()> {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; 16],
-        data: *mut EthtoolValue,
-        _pad: [u8; 16],
-    }
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_STXCSUM: u32 = 0x17;
     if iface.len() > 15 {
         bail!("interface name {iface:?} too long");
     }
-    let mut val = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: on as u32,
-    };
-    let mut req = IfReq {
-        name: [0; 16],
-        data: &mut val,
-        _pad: [0; 16],
-    };
-    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error()).context("socket for ethtool");
     }
-    let r = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq) };
-    let e = std::io::Error::last_os_error();
+    let r = ethtool_value(fd, iface, ETHTOOL_STXCSUM, on as u32);
+    // SAFETY: closing the socket opened above.
     unsafe { libc::close(fd) };
-    if r < 0 {
-        return Err(e).with_context(|| format!("setting tx checksum offload of {iface}"));
-    }
+    r.with_context(|| format!("setting tx checksum offload of {iface}"))?;
     Ok(())
 }
 

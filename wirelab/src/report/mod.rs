@@ -321,6 +321,7 @@ fn wan_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
             ("drops_loss", "loss"),
             ("drops_queue", "queue"),
             ("drops_blackhole", "blackhole"),
+            ("drops_link_down", "link down"),
         ] {
             let s = pick(&|r, _| Some(sum(r, k)));
             if s.iter().any(|(_, y)| *y > 0.0) {

@@ -84,6 +84,8 @@ pub struct ClassStats {
     pub corrupted: u64,
     pub reordered: u64,
     pub queue_drops: u64,
+    /// Due while the out interface had no carrier: dropped, not sent.
+    pub link_down_drops: u64,
     pub queue_depth: u64,
     pub queue_max: u64,
     /// Realised added delay in microseconds, 1 us to 100 s, 3 significant digits, 32-bit
@@ -523,6 +525,9 @@ impl Engine {
         for d in 0..2 {
             let out = 1 - d;
             let mut batch: Vec<XdpDesc> = vec![];
+            // The out interface is down: what is due is lost, as on a dead link, and counted
+            // as dropped, never as sent.
+            let down = self.sides[out].down;
             while let Some(Reverse(h)) = self.heaps[d].peek() {
                 if (h.due > now && !everything) || batch.len() >= BATCH as usize {
                     break;
@@ -533,6 +538,13 @@ impl Engine {
                 let st = &mut self.states[d][h.class as usize];
                 st.queued_packets -= 1;
                 st.queued_bytes -= h.len as u64;
+                if down {
+                    st.interval.link_down_drops += 1;
+                    st.total.link_down_drops += 1;
+                    self.link_down_drops += 1;
+                    self.free.push(h.addr & !(FRAME_SIZE - 1));
+                    continue;
+                }
                 let us = now.saturating_sub(h.arrival) / 1000;
                 for s in [&mut st.interval, &mut st.total] {
                     s.tx += 1;

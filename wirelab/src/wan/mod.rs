@@ -317,8 +317,7 @@ pub fn load_config(p: Option<&Path>) -> Result<Config> {
     match p {
         None => Ok(Config::default()),
         Some(p) => {
-            let t =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let t = crate::util::read_user_file(p, crate::util::limit::CONFIG)?;
             toml::from_str(&t).map_err(|e| anyhow!("{}: {e}", p.display()))
         }
     }
@@ -532,6 +531,8 @@ pub struct ClassReport {
     pub drops_loss: u64,
     pub drops_queue: u64,
     pub drops_blackhole: u64,
+    /// Due while the out interface had no carrier.
+    pub drops_link_down: u64,
     pub duplicated: u64,
     pub corrupted: u64,
     pub reordered: u64,
@@ -561,6 +562,7 @@ fn report(d: usize, name: &str, k: &WanCounters, e: &ClassStats) -> ClassReport 
         drops_loss: k.loss_drops,
         drops_queue: e.queue_drops,
         drops_blackhole: k.blackhole_drops,
+        drops_link_down: e.link_down_drops,
         duplicated: e.duplicated,
         corrupted: e.corrupted,
         reordered: e.reordered,
@@ -640,9 +642,9 @@ fn print_reports(
             let ms = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
             writeln!(
                 out,
-                "[{t:>7.2}s] {:<6} {:<10} rx {:>7} tx {:>7} drop loss/queue/bh {}/{}/{} dup {} corrupt {} reord {} queue {} (max {}) delay ms p50 {} p99 {} max {}",
+                "[{t:>7.2}s] {:<6} {:<10} rx {:>7} tx {:>7} drop loss/queue/bh/down {}/{}/{}/{} dup {} corrupt {} reord {} queue {} (max {}) delay ms p50 {} p99 {} max {}",
                 r.dir, r.class, r.rx, r.tx, r.drops_loss, r.drops_queue, r.drops_blackhole,
-                r.duplicated, r.corrupted, r.reordered, r.queue_now, r.queue_max,
+                r.drops_link_down, r.duplicated, r.corrupted, r.reordered, r.queue_now, r.queue_max,
                 ms(r.delay_p50_ms), ms(r.delay_p99_ms), ms(r.delay_max_ms)
             )?;
         }
@@ -883,7 +885,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             last_ctl = Instant::now();
             // Link state of both interfaces: frames due for a down one are dropped, counted.
             for (i, name) in [&opts.iface_a, &opts.iface_b].iter().enumerate() {
-                match crate::nl::link_running(name) {
+                match crate::nl::link_carrier(name) {
                     Some(up) => engine.set_link(i, up),
                     None => {
                         if fatal.is_none() {
@@ -941,7 +943,12 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             for d in 0..2 {
                 for c in 0..max as usize {
                     let e = engine.take_interval(d, c);
-                    if e.rx > 0 || e.tx > 0 || e.queue_depth > 0 || e.queue_drops > 0 {
+                    if e.rx > 0
+                        || e.tx > 0
+                        || e.queue_depth > 0
+                        || e.queue_drops > 0
+                        || e.link_down_drops > 0
+                    {
                         eng.push((d, c, e));
                     }
                 }
@@ -991,7 +998,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     for d in 0..2 {
         for c in 0..max as usize {
             let e = engine.total(d, c);
-            if e.rx > 0 || e.tx > 0 || e.queue_drops > 0 {
+            if e.rx > 0 || e.tx > 0 || e.queue_drops > 0 || e.link_down_drops > 0 {
                 eng.push((d, c, e));
             }
         }
@@ -1339,6 +1346,7 @@ impl WanMetrics {
                 ("loss", r.drops_loss),
                 ("queue", r.drops_queue),
                 ("blackhole", r.drops_blackhole),
+                ("link_down", r.drops_link_down),
             ] {
                 self.drops
                     .get_or_create(&labels(&[
