@@ -335,6 +335,12 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
             })
         }
         SwarmCmd::Connect(a) => {
+            // Preflight: the descriptor limit is settled before anything is attached.
+            let conc = connect::plan_concurrency(a.concurrency, a.common.clients)?;
+            if let Some(n) = &conc.notice {
+                tracing::warn!("{n}");
+            }
+            let concurrency = conc.value;
             let ep = a.common.metrics.map(metrics::Endpoint::bind).transpose()?;
             let o = options(&a.common, Identity::Cgroup)?;
             let stop = util::Stop::install()?;
@@ -342,7 +348,6 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 .as_ref()
                 .map(|e| SwarmMetrics::start(e, "connect"))
                 .transpose()?;
-            let concurrency = a.concurrency.unwrap_or(a.common.clients.max(1));
             let mut rec = recorder(
                 &a.common,
                 "swarm-connect",

@@ -715,3 +715,73 @@ fn connect_5000_clients_distinct_ips_and_macs() {
     drop(srv);
     assert_clean(&lab, pool_s);
 }
+
+/// `swarm` with RLIMIT_NOFILE (soft and hard) set to `nofile` in the child only.
+fn swarm_with_nofile(
+    lab: &Lab,
+    sub: &str,
+    pool: &str,
+    clients: u32,
+    nofile: u64,
+) -> std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut c = swarm(lab, sub, pool, clients);
+    // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                nofile,
+                nofile,
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    c
+}
+
+#[test]
+fn connect_concurrency_fits_the_descriptor_limit() {
+    let lab = Lab::up("swn");
+    let pool_s = "198.18.16.0/24";
+    let n = 200u32;
+    let _limits = prepare_server(&lab, pool_s, n);
+    // An explicit --concurrency that cannot fit: refused in the preflight, before anything is
+    // attached, naming the user's number and wirelab's own share separately.
+    let o = swarm_with_nofile(&lab, "connect", pool_s, n, 300)
+        .args(["--to", &format!("{SERVER}:9301"), "--concurrency", "280"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("--concurrency 280 needs 280 open sockets") && err.contains("plus 64"),
+        "{err}"
+    );
+    assert!(err.contains("--concurrency 236"), "{err}");
+    assert!(
+        !err.contains("swarm ready"),
+        "checked after attaching: {err}"
+    );
+    assert_clean(&lab, pool_s);
+    // The default (one socket per client) is lowered to what fits, said so, and every client
+    // still connects: 200 clients through 100 - 64 = 36 sockets at a time.
+    let srv = TcpServer::start(lab.ns("server"), 9301);
+    let o = swarm_with_nofile(&lab, "connect", pool_s, n, 100)
+        .args(["--to", &format!("{SERVER}:9301"), "--hold", "100ms"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let v = json_of(&o);
+    assert!(o.status.success(), "{v} {err}");
+    assert!(
+        err.contains("concurrency 36 instead of one per client (200)"),
+        "{err}"
+    );
+    assert_eq!(v["connected"], n, "{v}");
+    assert_eq!(v["concurrency"], 36, "{v}");
+    let peers: HashSet<Ipv4Addr> = srv.peers().into_iter().collect();
+    assert_eq!(peers.len(), n as usize);
+    drop(srv);
+    assert_clean(&lab, pool_s);
+}

@@ -77,6 +77,8 @@ pub struct ConnectSummary {
     pub run_id: String,
     pub to: String,
     pub clients: u32,
+    /// Sockets open at most at once (the planned `--concurrency`).
+    pub concurrency: u32,
     pub attempted: u32,
     pub connected: u32,
     /// Connections whose local address was the client's own (checked with getsockname).
@@ -206,19 +208,65 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// Raise RLIMIT_NOFILE's soft limit to the hard limit; fail if `need` descriptors won't fit.
-fn raise_nofile(need: u64) -> Result<()> {
+/// File descriptors wirelab itself holds during `swarm connect` (BPF maps and links, netlink,
+/// the cgroup, metrics and record files, stdio), kept free of the sockets' share.
+pub const OWN_FDS: u64 = 64;
+
+/// The concurrency `swarm connect` runs with, settled before anything is attached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Concurrency {
+    pub value: u32,
+    /// Why the default was lowered, for the user (None when it was not).
+    pub notice: Option<String>,
+}
+
+/// Raise RLIMIT_NOFILE's soft limit to the hard one, then settle the concurrency: an
+/// explicit `--concurrency` must fit beside wirelab's own descriptors (the error names both
+/// numbers); the default (one socket per client) is lowered to what fits, and says so.
+pub fn plan_concurrency(requested: Option<u32>, clients: u32) -> Result<Concurrency> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit")?;
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit(NOFILE)")?;
     }
-    if hard < need {
-        bail!(
-            "--concurrency {need} needs that many open sockets but RLIMIT_NOFILE is {hard}: lower --concurrency or raise the limit (ulimit -n)"
-        );
+    concurrency_within(requested, clients, hard)
+}
+
+fn concurrency_within(requested: Option<u32>, clients: u32, nofile: u64) -> Result<Concurrency> {
+    let room = nofile.saturating_sub(OWN_FDS);
+    match requested {
+        Some(0) => bail!("--concurrency must be at least 1"),
+        Some(n) if n as u64 > room => bail!(
+            "--concurrency {n} needs {n} open sockets, plus {OWN_FDS} descriptors wirelab holds itself, \
+             but RLIMIT_NOFILE allows {nofile}: use --concurrency {room} or less, or raise the hard limit (ulimit -Hn)"
+        ),
+        Some(n) => Ok(Concurrency {
+            value: n,
+            notice: None,
+        }),
+        None => {
+            let want = clients.max(1);
+            if room == 0 {
+                bail!(
+                    "RLIMIT_NOFILE is {nofile}, no more than the {OWN_FDS} descriptors wirelab holds itself: raise it (ulimit -n)"
+                );
+            }
+            if want as u64 <= room {
+                return Ok(Concurrency {
+                    value: want,
+                    notice: None,
+                });
+            }
+            let value = room.min(u32::MAX as u64) as u32;
+            Ok(Concurrency {
+                value,
+                notice: Some(format!(
+                    "concurrency {value} instead of one per client ({want}): RLIMIT_NOFILE {nofile} minus {OWN_FDS} of wirelab's own; \
+                     clients beyond that wait for a free socket (raise ulimit -n for more at once)"
+                )),
+            })
+        }
     }
-    Ok(())
 }
 
 pub fn run(sw: &mut Swarm, o: ConnectOptions, stop: &Stop) -> Result<ConnectSummary> {
@@ -228,7 +276,9 @@ pub fn run(sw: &mut Swarm, o: ConnectOptions, stop: &Stop) -> Result<ConnectSumm
     if o.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number of connections per second");
     }
-    raise_nofile(o.concurrency as u64 + 64)?;
+    // Settled by plan_concurrency before setup; checked again for callers that did not.
+    plan_concurrency(Some(o.concurrency), sw.opts.clients)?;
+    let concurrency = o.concurrency;
     let socks = Arc::new(Mutex::new(
         sw.take_socket_map().context("socket map already in use")?,
     ));
@@ -314,6 +364,7 @@ pub fn run(sw: &mut Swarm, o: ConnectOptions, stop: &Stop) -> Result<ConnectSumm
         run_id: sw.state.run_id.clone(),
         to: to_str,
         clients,
+        concurrency,
         attempted: outcomes.len() as u32,
         connected,
         identity_ok,
@@ -372,4 +423,39 @@ pub fn print_summary(s: &ConnectSummary, out: &mut impl std::io::Write) -> Resul
         .collect();
     writeln!(out, "  kernel: {}", st.join(" "))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_fits_the_descriptor_limit() {
+        // The issue's case: 20,000 clients, hard limit 20,000.
+        let c = concurrency_within(None, 20_000, 20_000).unwrap();
+        assert_eq!(c.value, 20_000 - OWN_FDS as u32);
+        let n = c.notice.unwrap();
+        assert!(
+            n.contains("19936") && n.contains("20000") && n.contains("64"),
+            "{n}"
+        );
+        assert_eq!(
+            concurrency_within(None, 300, 20_000).unwrap(),
+            Concurrency {
+                value: 300,
+                notice: None
+            }
+        );
+        let e = concurrency_within(Some(20_000), 20_000, 20_000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--concurrency 20000 needs 20000")
+                && e.contains("plus 64")
+                && e.contains("19936"),
+            "{e}"
+        );
+        assert!(concurrency_within(Some(0), 1, 20_000).is_err());
+        assert!(concurrency_within(None, 10, 64).is_err());
+    }
 }
