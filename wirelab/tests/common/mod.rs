@@ -332,3 +332,78 @@ pub fn fw_stats(ns: &str) -> serde_json::Value {
     let o = ok(wirelab().args(["fw", "stats", "--netns", ns, "--json"]));
     serde_json::from_slice(&o.stdout).unwrap()
 }
+
+/// Send raw Ethernet frames out of `iface` in namespace `ns` through an AF_PACKET socket,
+/// in order, as they are (no qdisc offloads, tags left in the data).
+pub fn send_raw(ns: &str, iface: &str, frames: &[Vec<u8>]) {
+    let iface = iface.to_string();
+    wirelab::netns::run_in(Some(ns), move || {
+        let idx = nix::net::if_::if_nametoindex(iface.as_str())?;
+        // SAFETY: plain socket syscalls on a descriptor this closure owns and closes.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = idx as i32;
+            sll.sll_halen = 6;
+            for f in frames {
+                let n = libc::sendto(
+                    fd,
+                    f.as_ptr() as *const libc::c_void,
+                    f.len(),
+                    0,
+                    &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+        }
+        Ok(())
+    })
+    .expect("sending raw frames");
+}
+
+/// The MAC address of `iface` in namespace `ns`.
+pub fn mac_of(ns: &str, iface: &str) -> [u8; 6] {
+    let o = ok(in_ns(
+        ns,
+        &["cat", &format!("/sys/class/net/{iface}/address")],
+    ));
+    let s = String::from_utf8_lossy(&o.stdout);
+    let mut m = [0u8; 6];
+    for (i, p) in s.trim().split(':').enumerate() {
+        m[i] = u8::from_str_radix(p, 16).expect("MAC");
+    }
+    m
+}
+
+/// TCP segments the stack of namespace `ns` has received (`Tcp: InSegs`, IPv4 and IPv6).
+pub fn tcp_in_segs(ns: &str) -> u64 {
+    let o = ok(in_ns(ns, &["cat", "/proc/net/snmp"]));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let names: Vec<&str> = rows[0].split_whitespace().collect();
+    let values: Vec<&str> = rows[1].split_whitespace().collect();
+    let i = names.iter().position(|n| *n == "InSegs").expect("InSegs");
+    values[i].parse().expect("InSegs value")
+}
+
+/// Wait up to `timeout` for `cond`, polling every 20 ms; false if it never held.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if t0.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
