@@ -27,20 +27,43 @@ use wirelab_common::{csum, fw::GenConf};
 
 use crate::{ebpf, util::Stop};
 
+/// What `gen` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Proto {
+    /// UDP datagrams to --dport.
+    Udp,
+    /// TCP SYNs to --dport.
+    #[value(alias = "syn")]
+    TcpSyn,
+}
+
+/// How `gen` transmits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Live XDP frames; AF_PACKET, with a notice, when the peer cannot take XDP frames.
+    Auto,
+    /// Live XDP frames only (an error when the peer cannot take them).
+    Xdp,
+    /// An AF_PACKET socket (slower, works with every peer).
+    Packet,
+}
+
 pub struct Options {
     pub iface: String,
     pub dst_mac: String,
     pub src_mac: Option<String>,
     pub src: String,
     pub dst: IpAddr,
-    pub proto: String,
+    pub proto: Proto,
     pub size: usize,
     pub rate: Option<u64>,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
     pub flows: u32,
     pub dport: u16,
-    pub method: String,
+    pub method: Method,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -281,11 +304,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
             net.addr()
         );
     }
-    let tcp = match o.proto.as_str() {
-        "udp" => false,
-        "tcp-syn" | "syn" => true,
-        p => bail!("--proto {p:?}: use udp or tcp-syn"),
-    };
+    let tcp = o.proto == Proto::TcpSyn;
     if o.count == Some(0) {
         bail!("--count must be at least 1");
     }
@@ -308,13 +327,10 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
     let frame = template(src_mac, dst_mac, net.addr(), o.dst, tcp, o.dport, o.size)?;
     let limit = o.count.unwrap_or(u64::MAX);
     let (mut tx0, _) = tx_counters(&o.iface)?;
-    let method = match o.method.as_str() {
-        "auto" | "xdp" | "packet" => o.method.as_str(),
-        m => bail!("--method {m:?}: use auto, xdp or packet"),
-    };
+    let method = o.method;
     // Load the program before the clock starts: verification is not sending time.
     let mut bpf = None;
-    if method != "packet" {
+    if method != Method::Packet {
         let mut b = ebpf::load()?;
         {
             let mut conf: Array<_, GenConf> =
@@ -379,7 +395,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
                 o.iface,
                 tx1.saturating_sub(tx0)
             );
-            if method == "xdp" {
+            if method == Method::Xdp {
                 bail!("{msg}");
             }
             tracing::warn!("{msg}; falling back to AF_PACKET (slower)");

@@ -68,10 +68,11 @@ pub struct Summary {
     pub results_file: Option<PathBuf>,
 }
 
-/// Replace `{ip}`, `{mac}` and `{n}` in one argument.
+/// Replace `{ip}`, `{mac}` and `{index}` (short form `{n}`) in one argument.
 pub fn substitute(arg: &str, n: u32, ip: Ipv4Addr, mac: &str) -> String {
     arg.replace("{ip}", &ip.to_string())
         .replace("{mac}", mac)
+        .replace("{index}", &n.to_string())
         .replace("{n}", &n.to_string())
 }
 
@@ -413,7 +414,7 @@ mod tests {
     fn placeholders() {
         assert_eq!(
             substitute(
-                "x{ip}-{mac}-{n}{n}",
+                "x{ip}-{mac}-{n}{index}",
                 7,
                 Ipv4Addr::new(198, 18, 4, 8),
                 "02:57:c6:12:04:08"

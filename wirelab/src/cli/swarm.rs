@@ -1,4 +1,4 @@
-//! The `wirelab swarm` command line.
+//! `wirelab swarm`: many client machines from one host (`run` and `connect`).
 use std::{
     collections::BTreeMap,
     io::Write as _,
@@ -15,16 +15,18 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use wirelab::{
-    metrics, netns, record,
+    metrics, record,
     swarm::{self, connect, run, Identity, Options, Pool, Swarm},
     util,
 };
+
+use super::{parse_duration, JsonArg, NetnsArg};
 
 #[derive(Subcommand)]
 pub enum SwarmCmd {
     /// Run a command once per client; each client has its own IP and MAC.
     #[command(
-        after_help = "Examples:\n  wirelab swarm run --netns wirelab-client --iface eth0 --pool 198.18.4.0/22 --clients 300 \\\n      --concurrency 32 --out /tmp/smb -- smbclient //198.18.0.2/share -N -c ls\n  wirelab swarm run --iface eth0 --pool 198.18.0.64/26 --clients 10 --json -- curl -s http://198.18.0.2/?c={n}\n  wirelab swarm run --iface eth0 --pool 198.18.0.64/26 --clients 20 --identity process -- sh -c 'for i in $(seq 20); do ncat 198.18.0.2 80 </dev/null & done; wait'\n\n{ip}, {mac} and {n} in the command are replaced per client (also in WIRELAB_SWARM_IP/_MAC/_N).\nClient n has the n-th host address of the pool; its MAC is PREFIX:a:b:c:d for address a.b.c.d\n(default prefix 02:57). The exit status is 0 when every client succeeded, 3 otherwise."
+        after_help = "Examples:\n  wirelab swarm run --netns wirelab-client --iface eth0 --pool 198.18.4.0/22 --clients 300 \\\n      --concurrency 32 --out /tmp/smb -- smbclient //198.18.0.2/share -N -c ls\n  wirelab swarm run --iface eth0 --pool 198.18.0.64/26 --clients 10 --json \\\n      -- curl -s 'http://198.18.0.2/?c={index}'\n  wirelab swarm run --iface eth0 --pool 198.18.0.64/26 --clients 20 --identity process \\\n      -- sh -c 'for i in $(seq 20); do ncat 198.18.0.2 80 </dev/null & done; wait'\n\n{ip}, {mac} and {index} in the command are replaced per client (also in WIRELAB_SWARM_IP,\nWIRELAB_SWARM_MAC and WIRELAB_SWARM_N; docs/swarm.md names the short form of {index}).\nClient N has the N-th host address of the pool; its MAC is PREFIX:a:b:c:d for address a.b.c.d\n(default prefix 02:57). The exit status is 0 when every client succeeded, 3 otherwise."
     )]
     Run(RunArgs),
     /// Built-in TCP load: one connection per client, tens of thousands of clients.
@@ -39,24 +41,22 @@ pub struct Common {
     /// Interface facing the server (Ethernet).
     #[arg(long)]
     iface: String,
-    /// Network namespace (under /run/netns) the interface lives in.
-    #[arg(long)]
-    netns: Option<String>,
+    #[command(flatten)]
+    netns: NetnsArg,
     /// Client addresses: the host addresses of this IPv4 CIDR, e.g. 198.18.4.0/22.
-    #[arg(long)]
-    pool: String,
+    #[arg(long, value_parser = parse_pool)]
+    pool: Pool,
     /// Number of clients (at most the pool's size).
     #[arg(long)]
     clients: u32,
     /// First two bytes of every client MAC (locally administered, unicast).
-    #[arg(long, default_value = "02:57")]
-    mac_prefix: String,
+    #[arg(long, default_value = "02:57", value_parser = parse_mac_prefix)]
+    mac_prefix: [u8; 2],
     /// A lab server's namespace: warn when its neighbour table cannot hold all clients.
     #[arg(long)]
     server_netns: Option<String>,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: JsonArg,
     /// Write a run record into DIR (see `wirelab report`).
     #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
@@ -78,7 +78,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "cgroup", value_parser = swarm::parse_identity)]
     identity: Identity,
     /// Kill a client (its whole cgroup) after this long.
-    #[arg(long, value_parser = util::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
     /// Directory for client-N.out / client-N.err and results.json.
     #[arg(long)]
@@ -96,7 +96,7 @@ pub struct ConnectArgs {
     #[arg(long)]
     to: SocketAddrV4,
     /// Keep each connection open this long.
-    #[arg(long, default_value = "0s", value_parser = util::parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
     hold: Duration,
     /// New connections per second (default: unpaced).
     #[arg(long)]
@@ -105,7 +105,7 @@ pub struct ConnectArgs {
     #[arg(long)]
     concurrency: Option<u32>,
     /// Connect timeout (and receive timeout).
-    #[arg(long, default_value = "10s", value_parser = util::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
     /// Bytes each client sends after connecting.
     #[arg(long, default_value_t = 0)]
@@ -115,20 +115,24 @@ pub struct ConnectArgs {
     recv: usize,
 }
 
+fn parse_pool(s: &str) -> Result<Pool, String> {
+    Pool::parse(s).map_err(|e| format!("{e:#}"))
+}
+
+fn parse_mac_prefix(s: &str) -> Result<[u8; 2], String> {
+    swarm::parse_mac_prefix(s).map_err(|e| format!("{e:#}"))
+}
+
 fn options(c: &Common, identity: Identity) -> Result<Options> {
-    // Validate everything before entering a namespace or touching anything.
-    let pool = Pool::parse(&c.pool)?;
-    let mac_prefix = swarm::parse_mac_prefix(&c.mac_prefix)?;
+    // Validated by clap before this; read the host's own limit before entering a namespace.
     let host_gc_thresh3 = swarm::own_gc_thresh3();
-    if let Some(ns) = &c.netns {
-        netns::enter(ns)?;
-    }
+    c.netns.enter()?;
     Ok(Options {
         iface: c.iface.clone(),
-        netns: c.netns.clone(),
-        pool,
+        netns: c.netns.netns.clone(),
+        pool: c.pool,
         clients: c.clients,
-        mac_prefix,
+        mac_prefix: c.mac_prefix,
         identity,
         server_netns: c.server_netns.clone(),
         host_gc_thresh3,
@@ -264,7 +268,7 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 &a.common,
                 "swarm-run",
                 serde_json::json!({
-                    "iface": a.common.iface, "netns": a.common.netns, "pool": a.common.pool,
+                    "iface": a.common.iface, "netns": a.common.netns.netns, "pool": a.common.pool.net.to_string(),
                     "clients": a.common.clients, "mac_prefix": a.common.mac_prefix,
                     "concurrency": ro.concurrency, "identity": format!("{:?}", a.identity),
                     "timeout_s": ro.timeout.map(|t| t.as_secs_f64()), "cmd": ro.cmd,
@@ -322,7 +326,7 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 )?;
             }
             let mut out = std::io::stdout().lock();
-            if a.common.json {
+            if a.common.json.json {
                 writeln!(out, "{}", serde_json::to_string(&summary)?)?;
             } else {
                 run::print_summary(&summary, &mut out)?;
@@ -352,7 +356,7 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 &a.common,
                 "swarm-connect",
                 serde_json::json!({
-                    "iface": a.common.iface, "netns": a.common.netns, "pool": a.common.pool,
+                    "iface": a.common.iface, "netns": a.common.netns.netns, "pool": a.common.pool.net.to_string(),
                     "clients": a.common.clients, "to": a.to, "hold_s": a.hold.as_secs_f64(),
                     "rate": a.rate, "concurrency": concurrency,
                     "timeout_s": a.timeout.as_secs_f64(), "send": a.send, "recv": a.recv,
@@ -429,7 +433,7 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 r.finish(&serde_json::to_value(&s)?, vec![], measured)?;
             }
             let mut out = std::io::stdout().lock();
-            if a.common.json {
+            if a.common.json.json {
                 writeln!(out, "{}", serde_json::to_string(&s)?)?;
             } else {
                 connect::print_summary(&s, &mut out)?;

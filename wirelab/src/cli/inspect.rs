@@ -1,0 +1,45 @@
+//! `wirelab inspect`: per-class packet counts with XDP.
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::Args;
+use wirelab::inspect;
+
+use super::{parse_duration, JsonArg, NetnsArg, Observe, XdpModeArg};
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Interface to attach to.
+    #[arg(long)]
+    iface: String,
+    #[command(flatten)]
+    netns: NetnsArg,
+    /// Stop after this long (default: until Ctrl-C / SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    #[command(flatten)]
+    json: JsonArg,
+    /// Force an XDP mode instead of native with a fallback to skb.
+    #[arg(long, value_enum)]
+    mode: Option<XdpModeArg>,
+    #[command(flatten)]
+    observe: Observe,
+}
+
+pub fn run(a: InspectArgs) -> Result<ExitCode> {
+    let metrics = a.observe.endpoint()?;
+    let stop = a.netns.enter_until_stopped()?;
+    inspect::run(
+        &inspect::Options {
+            iface: a.iface,
+            interval: a.observe.interval,
+            duration: a.duration,
+            json: a.json.json,
+            mode: a.mode.map(Into::into),
+            record: a.observe.record,
+            metrics,
+        },
+        &stop,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,226 @@
+//! The command line: one file per command, the argument groups they share, and the
+//! helpers every command uses (entering `--netns`, printing to a pipe that may close).
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wirelab::{ebpf::AttachMode, metrics, netns, util};
+
+mod cleanup;
+mod fw;
+mod gen;
+mod inspect;
+mod lab;
+mod probe;
+mod report;
+mod swarm;
+mod wan;
+
+#[derive(Parser)]
+#[command(
+    name = "wirelab",
+    version,
+    about = "Rust + eBPF network lab toolkit: namespace labs, packet inspection, WAN emulation",
+    after_help = "Examples:\n  wirelab lab up                         # default lab: client — wan — server\n  wirelab inspect --netns wirelab-wan --iface to-client --duration 10s\n  wirelab probe server --netns wirelab-server --bind 198.18.0.2:7000 &\n  wirelab wan --netns wirelab-wan --between to-client to-server --both \"delay 40ms 5ms loss 0.5%\" &\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --rate 200 --count 2000\n  wirelab swarm run --netns wirelab-client --iface eth0 --pool 198.18.0.128/25 --clients 100 -- curl -s http://198.18.0.2/\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml\n  wirelab lab down\n\nLogs go to stderr; set WIRELAB_LOG=debug for more. Docs: README.md and docs/."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Network-namespace testbeds (up, down, status, exec).
+    #[command(subcommand)]
+    Lab(lab::LabCmd),
+    /// Count packets per class (ARP, IPv4, IPv6, ICMP, TCP, UDP, malformed, ...) with XDP.
+    #[command(
+        after_help = "Examples:\n  wirelab inspect --iface eth0 --duration 30s\n  wirelab inspect --netns wirelab-wan --iface to-client --interval 500ms --json\n\nCounts are of frames received on IFACE (XDP sees ingress only). A frame counts in every\nclass that applies (an ICMP echo counts in total, ipv4 and icmp)."
+    )]
+    Inspect(inspect::InspectArgs),
+    /// WAN emulator between two interfaces: delay, jitter, loss models, rate, queues,
+    /// reorder, duplication, corruption, blackholes; live changes with `wan set`.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  wirelab wan --netns wirelab-wan --between to-client to-server --both \"delay 20ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server \\\n      --a-to-b \"delay 40ms 5ms distribution normal loss 0.5% rate 20mbit\" --b-to-a \"delay 40ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server --config wan.toml --seed 7 --json\n  wirelab wan set --netns wirelab-wan --both \"delay 80ms\"\n\nSPEC words (tc-netem's): delay TIME [JITTER [CORR%]] [distribution uniform|normal|pareto|\nparetonormal|FILE.dist], loss P% [CORR%] | loss state p13 [p31 [p32 [p23 [p14]]]] | loss gemodel\np [r [1-h [1-k]]], duplicate P% [CORR%], corrupt P% [CORR%], reorder P% [CORR%] [gap N],\nrate RATE [OVERHEAD [CELLSIZE [CELLOVERHEAD]]], limit PACKETS|SIZE, and beyond netem:\nblackhole TIME every TIME, jitter-order keep|reorder (default keep).\nOrder: classify -> loss -> duplicate -> corrupt -> delay -> rate -> queue limit."
+    )]
+    Wan(wan::WanArgs),
+    /// Measurement traffic: one-way delay, loss, duplicates, reordering, corruption (UDP);
+    /// goodput over time (TCP).
+    #[command(subcommand)]
+    Probe(probe::ProbeCmd),
+    /// Many client machines (own IP and MAC each) from one host, running unmodified programs.
+    #[command(subcommand)]
+    Swarm(swarm::SwarmCmd),
+    /// XDP firewall: CIDR/port/protocol rules, per-source rate limits, live reload.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml\n  wirelab fw reload --netns wirelab-server --rules new.toml\n  wirelab fw stats --netns wirelab-server --json\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml \\\n      --metrics 127.0.0.1:9464 --record run1\n  wirelab fw check --rules rules.toml\n\nSee docs/fw.md for the rules file format and semantics."
+    )]
+    Fw(fw::FwArgs),
+    /// Fast packet generator (XDP live frames; AF_PACKET fallback) reporting achieved pps.
+    #[command(
+        after_help = "Examples:\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 198.18.0.0/24 --dst 198.18.0.2 --proto udp --size 64 --duration 5s --flows 256\n  wirelab gen --iface veth0 --dst-mac ff:ff:ff:ff:ff:ff --src 198.18.1.1/32 --dst 198.18.0.2 \\\n      --proto tcp-syn --size 64 --rate 1000 --count 5000 --json\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 2001:2::1:0/112 --flows 16 --dst 2001:2::2 --count 10000"
+    )]
+    Gen(gen::GenArgs),
+    /// HTML report (plots, configured vs measured) of a run directory written by --record;
+    /// with two directories, a side-by-side comparison.
+    #[command(
+        after_help = "Examples:\n  wirelab report /tmp/run1                      # writes /tmp/run1/report.html + report-plots/\n  wirelab report /tmp/run1 --out run1.html\n  wirelab report /tmp/run1 /tmp/run2 --out compare.html\n\nA damaged or unfinished run directory is an error naming the file and line; --allow-partial\nreports what is there, under a PARTIAL DATA banner."
+    )]
+    Report(report::ReportArgs),
+    /// Remove what a killed wirelab left behind (half-made labs; --all-labs: every lab).
+    #[command(after_help = "Examples:\n  wirelab cleanup\n  wirelab cleanup --all-labs --json")]
+    Cleanup(cleanup::CleanupArgs),
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Lab(c) => lab::run(c),
+        Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Wan(a) => wan::run(a),
+        Cmd::Probe(c) => probe::run(c),
+        Cmd::Swarm(c) => swarm::run(c),
+        Cmd::Fw(a) => fw::run(a),
+        Cmd::Gen(a) => gen::run(a),
+        Cmd::Report(a) => report::run(a),
+        Cmd::Cleanup(a) => cleanup::run(a),
+    }
+}
+
+/// `--netns`: the namespace a command works in.
+#[derive(Args, Clone, Debug, Default)]
+pub struct NetnsArg {
+    /// Network namespace (under /run/netns) to work in; wirelab enters it itself (a lab host
+    /// is LAB-HOST, e.g. wirelab-server).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+}
+
+impl NetnsArg {
+    /// Enter the namespace (before any thread exists, so the whole process moves).
+    pub fn enter(&self) -> Result<()> {
+        if let Some(ns) = &self.netns {
+            netns::enter(ns)?;
+        }
+        Ok(())
+    }
+
+    /// Enter the namespace and install the SIGINT/SIGTERM stop flag: the common start of
+    /// every command that runs until stopped.
+    pub fn enter_until_stopped(&self) -> Result<util::Stop> {
+        self.enter()?;
+        util::Stop::install()
+    }
+}
+
+/// `--json`: machine-readable output.
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct JsonArg {
+    /// Machine-readable output on stdout: JSON (one object per line) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--interval`, `--record` and `--metrics`: how a long-running command reports.
+#[derive(Args, Clone, Debug)]
+pub struct Observe {
+    /// Reporting interval: each table or JSON line, recorded series line and metrics update
+    /// (at least 10ms; e.g. 500ms, 1s, 2m).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Write a run record (config, JSON-lines time series, summary.json) into DIR; several
+    /// commands may record into the same DIR. See `wirelab report`.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+    /// Serve live counters in Prometheus text format on ADDR:PORT (e.g. 127.0.0.1:9464).
+    /// Bound in the namespace wirelab was started in, before --netns is entered.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl Observe {
+    /// Bind the metrics endpoint (before `--netns` is entered).
+    pub fn endpoint(&self) -> Result<Option<metrics::Endpoint>> {
+        self.metrics.map(metrics::Endpoint::bind).transpose()
+    }
+}
+
+/// `--duration` and other times: `1s`, `250ms`, `2m`, `1h30m`, or seconds (`0.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    util::parse_duration(s)
+}
+
+/// Reporting intervals below 10 ms would turn a measurement into a flood of output.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = util::parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!("{s:?}: an interval must be at least 10ms"));
+    }
+    Ok(d)
+}
+
+/// XDP attach mode, when forced.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpModeArg {
+    /// In the driver (fast; veth supports it).
+    #[value(alias = "driver", alias = "drv")]
+    Native,
+    /// Generic XDP on the skb (works on every interface, slower).
+    #[value(alias = "generic")]
+    Skb,
+}
+
+impl From<XdpModeArg> for AttachMode {
+    fn from(m: XdpModeArg) -> Self {
+        match m {
+            XdpModeArg::Native => AttachMode::Native,
+            XdpModeArg::Skb => AttachMode::Skb,
+        }
+    }
+}
+
+/// Print to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+pub fn emit(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+pub fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("this command needs root (it creates network namespaces); run it with sudo");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn intervals_are_checked_when_parsed() {
+        assert!(parse_interval("5ms").is_err());
+        assert_eq!(parse_interval("10ms").unwrap(), Duration::from_millis(10));
+        assert!(
+            Cli::try_parse_from(["wirelab", "inspect", "--iface", "x", "--interval", "1ms"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["wirelab", "inspect", "--iface", "x", "--mode", "bogus"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["wirelab", "inspect", "--iface", "x", "--mode", "generic"])
+                .is_ok()
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! `wirelab probe`: measurement traffic (UDP one-way delay and loss, TCP goodput).
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::Subcommand;
+use wirelab::{probe, record, util};
+
+use super::{parse_duration, parse_interval, JsonArg, NetnsArg};
+
+#[derive(Subcommand)]
+pub enum ProbeCmd {
+    /// Echo UDP probes and sink TCP probes on ADDR:PORT.
+    #[command(
+        after_help = "Example:\n  wirelab probe server --netns wirelab-server --bind 198.18.0.2:7000 --duration 60s"
+    )]
+    Server {
+        #[command(flatten)]
+        netns: NetnsArg,
+        /// Address and port to serve on (UDP echo and TCP sink).
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+        /// Stop after this long (default: until Ctrl-C / SIGTERM).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Send probes to a probe server and report.
+    #[command(
+        after_help = "Examples:\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --rate 1000 --count 20000 --json\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --tcp --duration 10s"
+    )]
+    Client {
+        #[command(flatten)]
+        netns: NetnsArg,
+        /// The probe server's address and port.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// Probes per second (UDP).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Number of UDP probes (default: --duration × --rate, or 10 s worth when neither
+        /// --count nor --duration is given).
+        #[arg(long, conflicts_with = "duration")]
+        count: Option<u64>,
+        /// Send for this long (default: 10s; Ctrl-C / SIGTERM stops earlier).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// UDP probe size in bytes (UDP payload).
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Measure TCP goodput instead.
+        #[arg(long)]
+        tcp: bool,
+        /// How long to wait for late echoes after the last probe.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        wait: Duration,
+        #[command(flatten)]
+        json: JsonArg,
+        /// Interval of the recorded time series (--record).
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Write a run record into DIR (see `wirelab report`).
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
+    },
+}
+
+pub fn run(p: ProbeCmd) -> Result<ExitCode> {
+    match p {
+        ProbeCmd::Server {
+            netns,
+            bind,
+            duration,
+        } => {
+            let stop = netns.enter_until_stopped()?;
+            probe::server(bind, duration, &stop)?;
+        }
+        ProbeCmd::Client {
+            netns,
+            to,
+            rate,
+            count,
+            duration,
+            size,
+            tcp,
+            wait,
+            json,
+            interval,
+            record: record_dir,
+        } => {
+            let stop = netns.enter_until_stopped()?;
+            if tcp {
+                let dur = duration.unwrap_or(Duration::from_secs(10));
+                let rec = record_dir
+                    .as_deref()
+                    .map(|d| {
+                        record::Recorder::create(
+                            d,
+                            "probe-tcp",
+                            "probe-tcp",
+                            serde_json::json!({"to": to, "duration_s": dur.as_secs_f64()}),
+                        )
+                    })
+                    .transpose()?;
+                let t_start = util::unix_now();
+                let r = probe::tcp_client(to, dur, &stop)?;
+                if let Some(mut rec) = rec {
+                    for (i, m) in r.per_second_mbps.iter().enumerate() {
+                        rec.interval(&serde_json::json!({
+                            "type": "interval",
+                            "t": (i + 1) as f64,
+                            "unix": t_start + (i + 1) as f64,
+                            "interval_s": 1.0,
+                            "goodput_mbps": m,
+                        }))?;
+                    }
+                    rec.finish(&serde_json::to_value(&r)?, vec![], probe::tcp_measured(&r))?;
+                }
+                if json.json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "tcp probe to {}: {} bytes in {:.2}s = {:.2} Mbit/s goodput",
+                        r.to, r.bytes, r.seconds, r.goodput_mbps
+                    );
+                    let per: Vec<String> = r
+                        .per_second_mbps
+                        .iter()
+                        .map(|m| format!("{m:.1}"))
+                        .collect();
+                    println!("  per second (Mbit/s): {}", per.join(" "));
+                }
+            } else {
+                let o = probe::ClientOptions {
+                    to,
+                    rate,
+                    count,
+                    duration,
+                    size,
+                    wait,
+                };
+                let r = match record_dir.as_deref() {
+                    None => probe::udp_client(&o, &stop)?,
+                    Some(d) => {
+                        let mut rec = record::Recorder::create(
+                            d,
+                            "probe-udp",
+                            "probe-udp",
+                            serde_json::json!({
+                                "to": to, "rate_pps": rate, "count": count,
+                                "duration_s": duration.map(|d| d.as_secs_f64()),
+                                "size": size, "wait_s": wait.as_secs_f64(),
+                                "interval_s": interval.as_secs_f64(),
+                                "direction_mapping": {"forward": "a_to_b", "reverse": "b_to_a"},
+                            }),
+                        )?;
+                        let mut err = None;
+                        let mut sink = |v: serde_json::Value| {
+                            if let Err(e) = rec.interval(&v) {
+                                err.get_or_insert(e);
+                            }
+                        };
+                        let r = probe::udp_client_with(&o, &stop, Some((interval, &mut sink)))?;
+                        if let Some(e) = err {
+                            return Err(e.context("writing the run record"));
+                        }
+                        let mut fin = serde_json::to_value(&r)?;
+                        fin["delay_hist_ms"] = serde_json::json!({
+                            "forward": r.delay_hist_ms[0],
+                            "reverse": r.delay_hist_ms[1],
+                        });
+                        fin["send_start_unix"] = serde_json::json!(r.send_start_unix);
+                        rec.finish(&fin, vec![], probe::udp_measured(&r))?;
+                        r
+                    }
+                };
+                if json.json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    probe::print_udp(&r);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
