@@ -1,8 +1,5 @@
 //! `wirelab inspect`: attach the `inspect` XDP program and report per-class counters.
-use std::{
-    io::Write as _,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, io::Write, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::PerCpuArray;
@@ -13,7 +10,13 @@ use wirelab_common::{
 };
 
 use crate::{
-    ebpf::{self, AttachMode},
+    ebpf,
+    record::Quantity,
+    runtime::{
+        bpf::{self, AttachMode},
+        observe::Observer,
+        Ticker,
+    },
     util::Stop,
 };
 
@@ -67,36 +70,61 @@ impl Counts {
         )
     }
 
-    fn to_json(&self) -> serde_json::Value {
-        let mut m = serde_json::Map::new();
-        for (i, c) in self.0.iter().enumerate() {
-            m.insert(
-                CLASS_NAMES[i].to_string(),
-                serde_json::to_value(c).unwrap_or_default(),
-            );
-        }
-        serde_json::Value::Object(m)
+    /// Class name -> counts (the shape of `counts` in every JSON line).
+    fn by_name(&self) -> BTreeMap<&'static str, ClassCount> {
+        CLASS_NAMES
+            .iter()
+            .copied()
+            .zip(self.0.iter().copied())
+            .collect()
     }
 }
 
 /// Read and sum the per-CPU counters.
 pub fn read_counts(map: &PerCpuArray<&aya::maps::MapData, Counter>) -> Result<Counts> {
-    let mut out = Vec::with_capacity(NUM_CLASSES as usize);
-    for i in 0..NUM_CLASSES {
-        let per_cpu = map.get(&i, 0).context("reading inspect counters")?;
-        let mut sum = Counter::default();
-        for c in per_cpu.iter() {
-            sum.add(c);
-        }
-        out.push(ClassCount {
-            packets: sum.packets,
-            bytes: sum.bytes,
-        });
-    }
-    Ok(Counts(out))
+    let sums = bpf::sum_all(map, NUM_CLASSES).context("reading inspect counters")?;
+    Ok(Counts(
+        sums.into_iter()
+            .map(|c| ClassCount {
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect(),
+    ))
 }
 
-fn print_table(out: &mut impl std::io::Write, title: &str, c: &Counts, secs: f64) -> Result<()> {
+/// `{"type": "interval", ...}`: one interval's counts.
+#[derive(Serialize)]
+struct IntervalLine<'a> {
+    r#type: &'static str,
+    seq: u64,
+    iface: &'a str,
+    t: f64,
+    interval_s: f64,
+    counts: BTreeMap<&'static str, ClassCount>,
+}
+
+/// `{"type": "final", ...}`: the totals.
+#[derive(Serialize)]
+struct FinalLine<'a> {
+    r#type: &'static str,
+    iface: &'a str,
+    mode: AttachMode,
+    duration_s: f64,
+    counts: BTreeMap<&'static str, ClassCount>,
+}
+
+/// The configuration recorded with `--record`.
+#[derive(Serialize)]
+struct RecordConfig<'a> {
+    iface: &'a str,
+    interval_s: f64,
+    duration_s: Option<f64>,
+    mode: AttachMode,
+    requested_mode: Option<AttachMode>,
+}
+
+fn print_table(out: &mut dyn Write, title: &str, c: &Counts, secs: f64) -> std::io::Result<()> {
     writeln!(out, "{title}")?;
     writeln!(
         out,
@@ -121,143 +149,125 @@ fn print_table(out: &mut impl std::io::Write, title: &str, c: &Counts, secs: f64
     Ok(())
 }
 
+/// `--metrics`: packets and bytes per class.
+struct InspectMetrics {
+    packets: crate::metrics::CounterFam,
+    bytes: crate::metrics::CounterFam,
+    _server: crate::metrics::Server,
+}
+
+impl InspectMetrics {
+    fn start(ep: &crate::metrics::Endpoint) -> Result<Self> {
+        let mut mb = crate::metrics::Builder::new();
+        mb.info("inspect");
+        let packets = mb.counter(
+            "wirelab_inspect_packets",
+            "Frames received on the interface, by class",
+        );
+        let bytes = mb.counter(
+            "wirelab_inspect_bytes",
+            "Bytes received on the interface, by class",
+        );
+        let server = mb.serve(ep)?;
+        Ok(Self {
+            packets,
+            bytes,
+            _server: server,
+        })
+    }
+
+    fn publish(&self, iface: &str, c: &Counts) {
+        for (i, v) in c.0.iter().enumerate() {
+            let l = crate::metrics::labels(&[("iface", iface), ("class", CLASS_NAMES[i])]);
+            crate::metrics::set_total(&self.packets.get_or_create(&l), v.packets);
+            crate::metrics::set_total(&self.bytes.get_or_create(&l), v.bytes);
+        }
+    }
+}
+
 /// Run inspect until `duration`, SIGINT or SIGTERM. Returns the totals.
 pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
     let mut bpf = ebpf::load()?;
-    let mode = ebpf::attach_xdp(&mut bpf, "inspect", &opts.iface, opts.mode)?;
+    let mode = bpf::attach_xdp(&mut bpf, "inspect", &opts.iface, opts.mode)?;
     tracing::info!(iface = %opts.iface, %mode, "inspect attached");
     let map = PerCpuArray::try_from(bpf.map("INSPECT_COUNTERS").context("counter map missing")?)?;
-    let mut rec = match &opts.record {
-        Some(d) => Some(crate::record::Recorder::create(
-            d,
-            "inspect",
-            "inspect",
-            serde_json::json!({
-                "iface": opts.iface,
-                "interval_s": opts.interval.as_secs_f64(),
-                "duration_s": opts.duration.map(|d| d.as_secs_f64()),
-                "mode": mode.to_string(),
-                "requested_mode": opts.mode.map(|m| m.to_string()),
-            }),
-        )?),
-        None => None,
-    };
-    let mut mb = crate::metrics::Builder::new();
-    mb.info("inspect");
-    let m_packets = mb.counter(
-        "wirelab_inspect_packets",
-        "Frames received on the interface, by class",
-    );
-    let m_bytes = mb.counter(
-        "wirelab_inspect_bytes",
-        "Bytes received on the interface, by class",
-    );
-    let _srv = match &opts.metrics {
-        Some(ep) => Some(mb.serve(ep)?),
-        None => None,
-    };
-    let publish = |c: &Counts| {
-        if opts.metrics.is_none() {
-            return;
-        }
-        for (i, v) in c.0.iter().enumerate() {
-            let l = crate::metrics::labels(&[("iface", &opts.iface), ("class", CLASS_NAMES[i])]);
-            crate::metrics::set_total(&m_packets.get_or_create(&l), v.packets);
-            crate::metrics::set_total(&m_bytes.get_or_create(&l), v.bytes);
-        }
-    };
-    let start = Instant::now();
+    let mut obs = Observer::new(
+        opts.json,
+        opts.record.as_deref(),
+        "inspect",
+        &RecordConfig {
+            iface: &opts.iface,
+            interval_s: opts.interval.as_secs_f64(),
+            duration_s: opts.duration.map(|d| d.as_secs_f64()),
+            mode,
+            requested_mode: opts.mode,
+        },
+    )?;
+    let metrics = opts
+        .metrics
+        .as_ref()
+        .map(InspectMetrics::start)
+        .transpose()?;
+    let mut ticker = Ticker::new(opts.interval, opts.duration);
     let mut last = read_counts(&map)?;
-    let mut last_t = start;
-    let stdout = std::io::stdout();
     let mut n = 0u64;
-    loop {
-        let mut wait = opts.interval;
-        if let Some(d) = opts.duration {
-            wait = wait.min(d.saturating_sub(start.elapsed()));
-        }
-        let stopped = stop.sleep(wait);
-        let now = Instant::now();
+    while let Some(tick) = ticker.wait(stop) {
         let cur = read_counts(&map)?;
         let delta = cur.minus(&last);
-        let secs = (now - last_t).as_secs_f64();
-        let done = stopped || opts.duration.is_some_and(|d| start.elapsed() >= d);
-        if !done || secs >= opts.interval.as_secs_f64() * 0.5 {
+        // A stop right after a tick leaves a sliver of an interval: it goes into the totals.
+        if !tick.short {
             n += 1;
-            let mut out = stdout.lock();
-            let v = serde_json::json!({
-                "type": "interval",
-                "seq": n,
-                "iface": opts.iface,
-                "t": start.elapsed().as_secs_f64(),
-                "interval_s": secs,
-                "counts": delta.to_json(),
-            });
-            if let Some(r) = rec.as_mut() {
-                r.interval(&v)?;
-            }
-            if opts.json {
-                writeln!(out, "{v}")?;
-            } else {
-                print_table(
-                    &mut out,
-                    &format!(
-                        "[{:>7.2}s] {} (last {:.2}s)",
-                        start.elapsed().as_secs_f64(),
-                        opts.iface,
-                        secs
-                    ),
-                    &delta,
-                    secs,
-                )?;
-            }
-            out.flush()?;
+            obs.interval(
+                &IntervalLine {
+                    r#type: "interval",
+                    seq: n,
+                    iface: &opts.iface,
+                    t: tick.t,
+                    interval_s: tick.secs,
+                    counts: delta.by_name(),
+                },
+                |out| {
+                    let title =
+                        format!("[{:>7.2}s] {} (last {:.2}s)", tick.t, opts.iface, tick.secs);
+                    print_table(out, &title, &delta, tick.secs)
+                },
+            )?;
         }
-        publish(&cur);
+        if let Some(m) = &metrics {
+            m.publish(&opts.iface, &cur);
+        }
         last = cur;
-        last_t = now;
-        if done {
-            break;
-        }
     }
     let total = last;
-    let secs = start.elapsed().as_secs_f64();
-    let mut out = stdout.lock();
-    let fin = serde_json::json!({
-        "type": "final",
-        "iface": opts.iface,
-        "mode": mode,
-        "duration_s": secs,
-        "counts": total.to_json(),
-    });
-    if let Some(r) = rec.take() {
-        let measured = CLASS_NAMES
-            .iter()
-            .zip(&total.0)
-            .filter(|(_, c)| c.packets > 0)
-            .map(|(n, c)| {
-                crate::record::Quantity::new(
-                    &format!("{n}_packets"),
-                    "",
-                    c.packets as f64,
-                    "packets",
-                    &format!("{n} frames received on {}", opts.iface),
-                )
-            })
-            .collect();
-        r.finish(&fin, vec![], measured)?;
-    }
-    if opts.json {
-        writeln!(out, "{fin}")?;
-    } else {
-        print_table(
-            &mut out,
-            &format!("total on {} over {secs:.2}s ({mode} XDP)", opts.iface),
-            &total,
-            secs,
-        )?;
-    }
-    out.flush()?;
+    let secs = ticker.elapsed();
+    let measured = CLASS_NAMES
+        .iter()
+        .zip(&total.0)
+        .filter(|(_, c)| c.packets > 0)
+        .map(|(n, c)| {
+            Quantity::new(
+                &format!("{n}_packets"),
+                "",
+                c.packets as f64,
+                "packets",
+                &format!("{n} frames received on {}", opts.iface),
+            )
+        })
+        .collect();
+    obs.finish(
+        &FinalLine {
+            r#type: "final",
+            iface: &opts.iface,
+            mode,
+            duration_s: secs,
+            counts: total.by_name(),
+        },
+        measured,
+        |out| {
+            let title = format!("total on {} over {secs:.2}s ({mode} XDP)", opts.iface);
+            print_table(out, &title, &total, secs)
+        },
+    )?;
     // Dropping `bpf` closes the bpf_link: the program detaches here.
     drop(bpf);
     tracing::info!(iface = %opts.iface, "inspect detached");

@@ -22,10 +22,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A flag raised by SIGINT or SIGTERM.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Stop(Arc<AtomicBool>);
 
 impl Stop {
+    /// A flag no signal raises (tests, and stops driven from code through `raise`).
+    pub fn new() -> Self {
+        Self(Arc::new(AtomicBool::new(false)))
+    }
+
     pub fn install() -> Result<Self> {
         let flag = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use wirelab::{ebpf::AttachMode, metrics, netns, util};
+use wirelab::{metrics, netns, runtime::bpf::AttachMode, util};
 
 mod cleanup;
 mod fw;

@@ -34,7 +34,8 @@ use wirelab_common::fw::{
 };
 
 use crate::{
-    ebpf::{self, AttachMode},
+    ebpf,
+    runtime::bpf::{self, AttachMode},
     util::Stop,
 };
 use rules::{action_name, RuleSet, Tables};
@@ -346,12 +347,7 @@ impl Firewall {
     }
 
     fn counter(&self, slot: u32) -> Result<RuleCounter> {
-        let v = self.maps.counters.get(&slot, 0)?;
-        let mut s = RuleCounter::default();
-        for c in v.iter() {
-            s.add(c);
-        }
-        Ok(s)
+        bpf::sum(&self.maps.counters, slot)
     }
 
     /// Counters of every rule in force plus the three policies.
@@ -810,7 +806,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
     let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)
         .with_context(|| format!("binding control socket @{name}"))?;
     listener.set_nonblocking(true)?;
-    let mode = ebpf::attach_xdp(&mut bpf, "fw", &opts.iface, opts.mode)?;
+    let mode = bpf::attach_xdp(&mut bpf, "fw", &opts.iface, opts.mode)?;
     tracing::info!(
         iface = %opts.iface, %mode, rules = rs.rules.len(), prefixes = rs.prefixes(),
         "fw attached (control socket @{name})"

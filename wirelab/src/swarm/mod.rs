@@ -23,10 +23,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{
-        links::CgroupAttachMode, tc::TcAttachOptions, CgroupSockAddr, LinkOrder, SchedClassifier,
-        TcAttachType,
-    },
+    programs::{links::CgroupAttachMode, CgroupSockAddr, TcAttachType},
     Ebpf,
 };
 use ipnet::Ipv4Net;
@@ -35,7 +32,7 @@ use wirelab_common::swarm::{
     derive_mac, SwarmConfig, DEFAULT_MAC_PREFIX, MODE_CGROUP, MODE_PROCESS, NUM_STATS, STAT_NAMES,
 };
 
-use crate::{ebpf, netns, nl};
+use crate::{ebpf, netns, nl, runtime::bpf};
 
 pub const STATE_DIR: &str = "/run/wirelab/swarm";
 /// Every swarm cgroup is named `wirelab-swarm-PID-SUFFIX`.
@@ -433,24 +430,17 @@ impl Swarm {
             p.attach(&cg, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to {}", state.cgroup.display()))?;
         }
-        let mode = ebpf::attach_xdp(&mut bpf, "swarm_xdp", &opts.iface, None)?;
+        let mode = bpf::attach_xdp(&mut bpf, "swarm_xdp", &opts.iface, None)?;
         tracing::debug!(%mode, "swarm_xdp attached");
+        // TCX where the kernel has it (6.6+), a clsact filter before.
+        let mut tc_mode = bpf::TcMode::Tcx;
         for (name, at) in [
             ("swarm_arp", TcAttachType::Ingress),
             ("swarm_egress", TcAttachType::Egress),
         ] {
-            let p: &mut SchedClassifier = bpf
-                .program_mut(name)
-                .with_context(|| format!("{name} missing"))?
-                .try_into()?;
-            p.load().with_context(|| format!("loading {name}"))?;
-            p.attach_with_options(
-                &opts.iface,
-                at,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .with_context(|| format!("attaching {name} to {} (tcx)", opts.iface))?;
+            tc_mode = bpf::attach_tc(&mut bpf, name, &opts.iface, at)?;
         }
+
         // Network changes last; recorded in the state file before they are made.
         let pool = opts.pool.net;
         nl::with(None, move |h| async move {
@@ -481,6 +471,7 @@ impl Swarm {
             iface = %opts.iface,
             pool = %opts.pool.net,
             clients = opts.clients,
+            tc = %tc_mode,
             "swarm ready"
         );
         Ok(Self {
@@ -525,11 +516,7 @@ impl Swarm {
     pub fn stats(&self) -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();
         for i in 0..NUM_STATS {
-            let v = self
-                .stats
-                .get(&i, 0)
-                .map(|pc| pc.iter().sum::<u64>())
-                .unwrap_or(0);
+            let v = bpf::sum(&self.stats, i).unwrap_or(0);
             m.insert(STAT_NAMES[i as usize].to_string(), v);
         }
         m
@@ -601,6 +588,23 @@ pub fn teardown(s: &State, other_ns: bool) -> Result<()> {
         });
         if let Err(e) = r {
             errs.push(format!("{e:#}"));
+        }
+    }
+    // A killed run on a kernel without TCX leaves its clsact filters: remove them by name.
+    if other_ns && !ns_gone && !crate::kernel::has_tcx() {
+        let iface = s.iface.clone();
+        let removed = netns::run_in(ns.as_deref(), move || {
+            Ok(["swarm_arp", "swarm_egress"]
+                .iter()
+                .map(|p| bpf::detach_tc_filters(&iface, p))
+                .sum::<usize>())
+        });
+        match removed {
+            Ok(n) if n > 0 => {
+                tracing::info!(iface = %s.iface, n, "removed clsact filters of a killed run")
+            }
+            Ok(_) => {}
+            Err(e) => errs.push(format!("{e:#}")),
         }
     }
     if errs.is_empty() {

@@ -411,13 +411,7 @@ fn read_counters(
     d: usize,
     c: usize,
 ) -> WanCounters {
-    let mut s = WanCounters::default();
-    if let Ok(v) = m.get(&(d as u32 * max + c as u32), 0) {
-        for x in v.iter() {
-            s.add(x);
-        }
-    }
-    s
+    crate::runtime::bpf::sum(m, d as u32 * max + c as u32).unwrap_or_default()
 }
 
 /// Merge the engine's stats with the kernel's counters and print; returns the final rows.
@@ -773,26 +767,19 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             .with_context(|| format!("attaching the tc fast path to {iface}"))?;
     }
     let mut modes = vec![];
-    {
-        let p: &mut aya::programs::Xdp =
-            bpf.program_mut("wan_xdp").context("wan_xdp")?.try_into()?;
-        p.load().context("loading wan_xdp")?;
-        for iface in [&opts.iface_a, &opts.iface_b] {
-            let mode = match p.attach(iface, aya::programs::XdpMode::Driver) {
-                Ok(_) => "native",
-                Err(e) => {
-                    tracing::warn!(
-                        iface = %iface,
-                        "native XDP refused ({e}); using skb mode: slower, and loss decisions of a \
-                         class may interleave across CPUs, so --seed reproducibility is not exact"
-                    );
-                    p.attach(iface, aya::programs::XdpMode::Skb)
-                        .with_context(|| format!("attaching wan_xdp to {iface}"))?;
-                    "skb"
-                }
-            };
-            modes.push(mode);
-        }
+    for iface in [&opts.iface_a, &opts.iface_b] {
+        let mode = crate::runtime::bpf::attach_xdp_noting(
+            &mut bpf,
+            "wan_xdp",
+            iface,
+            None,
+            "loss decisions of a class may interleave across CPUs, so --seed reproducibility is not exact",
+        )?;
+        modes.push(if mode == crate::runtime::bpf::AttachMode::Native {
+            "native"
+        } else {
+            "skb"
+        });
     }
 
     // Run record and metrics (both optional).

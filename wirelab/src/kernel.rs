@@ -1,0 +1,99 @@
+//! What the running kernel is, and the features tools need from it, checked before anything is
+//! attached so a missing one is named with the kernel version that has it.
+use anyhow::{bail, Result};
+
+/// `uname -r` of the running kernel.
+pub fn release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// (major, minor) of a release string such as `6.1.0-28-cloud-amd64`.
+pub fn parse_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(['.', '-', '+']);
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Whether the running kernel is at least `major.minor` (unknown counts as new enough:
+/// the operation itself then reports what it lacks).
+pub fn at_least(major: u32, minor: u32) -> bool {
+    parse_version(&release()).is_none_or(|v| v >= (major, minor))
+}
+
+/// TCX (tc programs attached through bpf_link), Linux 6.6.
+pub fn has_tcx() -> bool {
+    at_least(6, 6)
+}
+
+/// A kernel feature a tool needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Feature {
+    /// What it is, as a user would look it up.
+    pub name: &'static str,
+    /// The first Linux version that has it.
+    pub since: (u32, u32),
+    /// Which part of the tool needs it.
+    pub needed_for: &'static str,
+}
+
+/// Features the tools need, by the version that brought them.
+pub mod feature {
+    use super::Feature;
+
+    pub const CGROUP_SOCK_ADDR_CGROUP_ID: Feature = Feature {
+        name: "bpf_get_current_cgroup_id in cgroup/connect4 programs",
+        since: (5, 7),
+        needed_for: "swarm (per-client source addresses)",
+    };
+    pub const BPF_LINK_XDP: Feature = Feature {
+        name: "XDP attached through bpf_link",
+        since: (5, 9),
+        needed_for: "inspect, fw, wan and swarm (detached when the process dies)",
+    };
+    pub const XDP_LIVE_FRAMES: Feature = Feature {
+        name: "BPF_F_TEST_XDP_LIVE_FRAMES",
+        since: (5, 18),
+        needed_for: "gen's live-frame method (gen falls back to AF_PACKET without it)",
+    };
+}
+
+/// Check `features` against the running kernel; the error names every missing one with the
+/// version that has it.
+pub fn require(features: &[Feature]) -> Result<()> {
+    let rel = release();
+    let Some(v) = parse_version(&rel) else {
+        return Ok(());
+    };
+    let missing: Vec<String> = features
+        .iter()
+        .filter(|f| v < f.since)
+        .map(|f| {
+            format!(
+                "{} (Linux {}.{}+), needed for {}",
+                f.name, f.since.0, f.since.1, f.needed_for
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        bail!("this kernel ({rel}) lacks: {}", missing.join("; "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("6.1.0-28-cloud-amd64"), Some((6, 1)));
+        assert_eq!(parse_version("5.10.0-33-amd64"), Some((5, 10)));
+        assert_eq!(parse_version("6.18.2"), Some((6, 18)));
+        assert_eq!(parse_version("7.2.0+deb14-amd64"), Some((7, 2)));
+        assert_eq!(parse_version("garbage"), None);
+        assert!((5, 10) < (5, 14) && (5, 15) < (6, 6));
+    }
+}

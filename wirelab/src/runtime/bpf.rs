@@ -1,0 +1,224 @@
+//! Attaching kernel programs, and reading their per-CPU counters, the same way in every tool.
+//!
+//! Every attachment goes through a bpf_link where the kernel has one, so a killed process
+//! leaves nothing behind: XDP links, TCX links (6.6+). Before 6.6 a tc program can only be a
+//! clsact filter made over netlink, which outlives a killed process: `attach_tc` says so when
+//! it falls back, and `wirelab cleanup` removes such filters by their program name.
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{MapData, PerCpuArray},
+    programs::{
+        tc::{self, NlOptions, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    Ebpf, Pod,
+};
+use serde::Serialize;
+
+/// How an XDP program ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Native,
+    Skb,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        })
+    }
+}
+
+fn xdp_program<'a>(bpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut Xdp> {
+    let p: &mut Xdp = bpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the object"))?
+        .try_into()?;
+    // One program may be attached to several interfaces (wan): load it once.
+    if p.fd().is_err() {
+        p.load()
+            .with_context(|| format!("loading XDP program {prog}"))?;
+    }
+    Ok(p)
+}
+
+fn require_iface(iface: &str) -> Result<()> {
+    if nix::net::if_::if_nametoindex(iface).is_err() {
+        bail!("no interface named {iface:?} in this network namespace (use --netns NAME for a lab host)");
+    }
+    Ok(())
+}
+
+/// Load XDP program `prog` (once) and attach it to `iface` through a bpf_link: native mode
+/// first, generic (skb) mode as a fallback with a notice. `force` picks one mode without
+/// fallback.
+pub fn attach_xdp(
+    bpf: &mut Ebpf,
+    prog: &str,
+    iface: &str,
+    force: Option<AttachMode>,
+) -> Result<AttachMode> {
+    attach_xdp_noting(bpf, prog, iface, force, "")
+}
+
+/// [`attach_xdp`], with what the fallback costs this tool added to the notice.
+pub fn attach_xdp_noting(
+    bpf: &mut Ebpf,
+    prog: &str,
+    iface: &str,
+    force: Option<AttachMode>,
+    fallback_cost: &str,
+) -> Result<AttachMode> {
+    let p = xdp_program(bpf, prog)?;
+    require_iface(iface)?;
+    let skb = |p: &mut Xdp| {
+        p.attach(iface, XdpMode::Skb)
+            .with_context(|| format!("attaching {prog} to {iface} in skb mode"))
+            .map(|_| AttachMode::Skb)
+    };
+    match force {
+        Some(AttachMode::Native) => {
+            p.attach(iface, XdpMode::Driver)
+                .with_context(|| format!("attaching {prog} to {iface} in native mode"))?;
+            Ok(AttachMode::Native)
+        }
+        Some(AttachMode::Skb) => skb(p),
+        None => match p.attach(iface, XdpMode::Driver) {
+            Ok(_) => Ok(AttachMode::Native),
+            Err(e) => {
+                tracing::warn!(
+                    iface,
+                    "native XDP refused ({e}); falling back to generic (skb) mode, which is slower{}{fallback_cost}",
+                    if fallback_cost.is_empty() { "" } else { ", and " }
+                );
+                skb(p)
+            }
+        },
+    }
+}
+
+/// How a tc program ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcMode {
+    /// A TCX link (Linux 6.6+): detached by the kernel when the process dies.
+    Tcx,
+    /// A clsact filter made over netlink (kernels before 6.6): removed on a clean exit; after
+    /// a kill, by `wirelab cleanup`.
+    Clsact,
+}
+
+impl std::fmt::Display for TcMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TcMode::Tcx => "tcx",
+            TcMode::Clsact => "clsact",
+        })
+    }
+}
+
+/// Load tc program `prog` (once) and attach it to `iface` at `dir`: a TCX link where the
+/// kernel has TCX (6.6+), otherwise a clsact filter over netlink (the qdisc is added if
+/// missing), with a notice saying which.
+pub fn attach_tc(bpf: &mut Ebpf, prog: &str, iface: &str, dir: TcAttachType) -> Result<TcMode> {
+    let p: &mut SchedClassifier = bpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the object"))?
+        .try_into()?;
+    if p.fd().is_err() {
+        p.load()
+            .with_context(|| format!("loading tc program {prog}"))?;
+    }
+    require_iface(iface)?;
+    let tcx_err = if crate::kernel::has_tcx() {
+        match p.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default())) {
+            Ok(_) => return Ok(TcMode::Tcx),
+            Err(e) => e.to_string(),
+        }
+    } else {
+        format!("TCX needs Linux 6.6, this is {}", crate::kernel::release())
+    };
+    // clsact exists already when another tool (or a previous run) added it.
+    if let Err(e) = tc::qdisc_add_clsact(iface) {
+        let exists =
+            matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+        if !exists {
+            return Err(e).with_context(|| format!("adding a clsact qdisc to {iface}"));
+        }
+    }
+    p.attach_with_options(iface, dir, TcAttachOptions::Netlink(NlOptions::default()))
+        .with_context(|| format!("attaching {prog} to {iface} (clsact filter; {tcx_err})"))?;
+    tracing::info!(
+        iface,
+        prog,
+        "attached as a clsact filter ({tcx_err}); a killed run leaves it: `wirelab cleanup` removes it"
+    );
+    Ok(TcMode::Clsact)
+}
+
+/// Remove clsact filters whose program is named `prog` from `iface` (a killed run's), at
+/// both hooks. Returns how many were removed.
+pub fn detach_tc_filters(iface: &str, prog: &str) -> usize {
+    let mut n = 0;
+    for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+        if tc::qdisc_detach_program(iface, dir, prog).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Per-CPU values that add up: counters kept by each CPU and summed when read.
+pub trait PerCpuSum: Pod + Default {
+    fn add(&mut self, other: &Self);
+}
+
+impl PerCpuSum for u64 {
+    fn add(&mut self, other: &Self) {
+        *self = self.wrapping_add(*other);
+    }
+}
+
+impl PerCpuSum for wirelab_common::Counter {
+    fn add(&mut self, other: &Self) {
+        wirelab_common::Counter::add(self, other)
+    }
+}
+
+impl PerCpuSum for wirelab_common::fw::RuleCounter {
+    fn add(&mut self, other: &Self) {
+        wirelab_common::fw::RuleCounter::add(self, other)
+    }
+}
+
+impl PerCpuSum for wirelab_common::wan::WanCounters {
+    fn add(&mut self, other: &Self) {
+        wirelab_common::wan::WanCounters::add(self, other)
+    }
+}
+
+/// Entry `idx` of a per-CPU array, summed over the CPUs.
+pub fn sum<T: PerCpuSum, M: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<M, T>,
+    idx: u32,
+) -> Result<T> {
+    let per_cpu = map
+        .get(&idx, 0)
+        .with_context(|| format!("reading per-CPU entry {idx}"))?;
+    let mut total = T::default();
+    for v in per_cpu.iter() {
+        total.add(v);
+    }
+    Ok(total)
+}
+
+/// Entries `0..n` of a per-CPU array, each summed over the CPUs.
+pub fn sum_all<T: PerCpuSum, M: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<M, T>,
+    n: u32,
+) -> Result<Vec<T>> {
+    (0..n).map(|i| sum(map, i)).collect()
+}

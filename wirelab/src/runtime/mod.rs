@@ -1,0 +1,119 @@
+//! The runtime every long-running tool (inspect, fw, wan, swarm, probe) stands on.
+//!
+//! - [`Ticker`]: one interval/duration loop that wakes early on Ctrl-C / SIGTERM.
+//! - [`bpf`]: attaching (native XDP with a stated fallback to skb mode; TCX with a stated
+//!   fallback to a clsact filter on kernels before 6.6) and typed per-CPU counter reads.
+//! - [`observe`]: one typed snapshot per interval, fanned out to the table or `--json` lines
+//!   and the `--record` series, and the final summary.
+//!
+//! Entering `--netns` and the stop flag come first, in the CLI (`cli::NetnsArg`), because the
+//! whole process must move before any thread exists.
+use std::time::{Duration, Instant};
+
+use crate::util::Stop;
+
+pub mod bpf;
+pub mod observe;
+
+/// Interval ticks until `duration` has passed or a stop is requested.
+pub struct Ticker {
+    start: Instant,
+    last: Instant,
+    interval: Duration,
+    duration: Option<Duration>,
+    seq: u64,
+    done: bool,
+}
+
+/// One tick of a [`Ticker`].
+#[derive(Debug, Clone, Copy)]
+pub struct Tick {
+    /// 1 for the first tick.
+    pub seq: u64,
+    /// Seconds since the ticker started.
+    pub t: f64,
+    /// Seconds since the previous tick (the length of the interval this tick closes).
+    pub secs: f64,
+    /// The final tick: duration reached or stop requested.
+    pub last: bool,
+    /// A final interval shorter than half the configured one (a stop right after a tick):
+    /// worth folding into the totals rather than reporting as an interval of its own.
+    pub short: bool,
+}
+
+impl Ticker {
+    pub fn new(interval: Duration, duration: Option<Duration>) -> Self {
+        let now = Instant::now();
+        Self {
+            start: now,
+            last: now,
+            interval,
+            duration,
+            seq: 0,
+            done: false,
+        }
+    }
+
+    /// Seconds since the ticker started.
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Sleep until the next tick (an interval later, the end of `duration`, or a stop,
+    /// whichever comes first). `None` once the final tick has been returned.
+    pub fn wait(&mut self, stop: &Stop) -> Option<Tick> {
+        if self.done {
+            return None;
+        }
+        let mut wait = self.interval.saturating_sub(self.last.elapsed());
+        if let Some(d) = self.duration {
+            wait = wait.min(d.saturating_sub(self.start.elapsed()));
+        }
+        let stopped = stop.sleep(wait);
+        let now = Instant::now();
+        let secs = (now - self.last).as_secs_f64();
+        self.last = now;
+        self.seq += 1;
+        let last = stopped || self.duration.is_some_and(|d| self.start.elapsed() >= d);
+        self.done = last;
+        Some(Tick {
+            seq: self.seq,
+            t: (now - self.start).as_secs_f64(),
+            secs,
+            last,
+            short: last && secs < self.interval.as_secs_f64() * 0.5,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_until_the_duration_then_stops() {
+        let stop = Stop::new();
+        let mut t = Ticker::new(Duration::from_millis(30), Some(Duration::from_millis(100)));
+        let mut ticks = vec![];
+        while let Some(k) = t.wait(&stop) {
+            ticks.push(k);
+        }
+        // 30, 60, 90 and the last 10 ms: four ticks, the last one short and final.
+        assert_eq!(ticks.len(), 4, "{ticks:?}");
+        assert!(ticks[..3].iter().all(|k| !k.last && !k.short));
+        let end = ticks[3];
+        assert!(end.last && end.short && end.seq == 4, "{end:?}");
+        assert!((0.1..0.2).contains(&end.t), "{end:?}");
+        assert!(t.wait(&stop).is_none());
+    }
+
+    #[test]
+    fn a_stop_ends_at_once() {
+        let stop = Stop::new();
+        stop.raise();
+        let mut t = Ticker::new(Duration::from_secs(10), None);
+        let k = t.wait(&stop).unwrap();
+        assert!(k.last && k.short && k.secs < 1.0, "{k:?}");
+        assert!(t.wait(&stop).is_none());
+    }
+}

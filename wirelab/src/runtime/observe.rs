@@ -1,0 +1,102 @@
+//! One typed snapshot per interval, fanned out: a table or a `--json` line on stdout, and a
+//! line of the `--record` series; at the end the final snapshot and the run's summary.
+//! (Live `--metrics` are published by each tool from the same snapshot: their families
+//! differ per tool, see `metrics.rs`.)
+use std::{
+    io::{self, Write},
+    path::Path,
+};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::record::{Quantity, Recorder};
+
+/// Where a tool's snapshots go.
+pub struct Observer {
+    json: bool,
+    rec: Option<Recorder>,
+}
+
+/// Print `write` to stdout; a closed pipe (`| head`) is not an error.
+fn to_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match write(&mut out).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+fn json_line(out: &mut dyn Write, v: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, v)?;
+    writeln!(out)
+}
+
+impl Observer {
+    /// `record`: the `--record DIR`, recorded as source `kind` with `config`.
+    pub fn new(
+        json: bool,
+        record: Option<&Path>,
+        kind: &str,
+        config: &impl Serialize,
+    ) -> Result<Self> {
+        let rec = match record {
+            Some(dir) => Some(Recorder::create(
+                dir,
+                kind,
+                kind,
+                serde_json::to_value(config)?,
+            )?),
+            None => None,
+        };
+        Ok(Self { json, rec })
+    }
+
+    /// The run record, for what only some tools write (live changes, configured values).
+    pub fn recorder(&mut self) -> Option<&mut Recorder> {
+        self.rec.as_mut()
+    }
+
+    /// An event line (start, log sample, reload): printed with `--json` only.
+    pub fn event(&mut self, line: &impl Serialize) -> Result<()> {
+        if self.json {
+            to_stdout(|out| json_line(out, line))?;
+        }
+        Ok(())
+    }
+
+    /// One interval: recorded, and printed as a JSON line with `--json`, else as `table`.
+    pub fn interval(
+        &mut self,
+        line: &impl Serialize,
+        table: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<()> {
+        if let Some(r) = self.rec.as_mut() {
+            r.interval(&serde_json::to_value(line)?)?;
+        }
+        if self.json {
+            to_stdout(|out| json_line(out, line))
+        } else {
+            to_stdout(table)
+        }
+    }
+
+    /// The end: the final snapshot printed (JSON line or `table`) and the record finished
+    /// with it and the measured quantities.
+    pub fn finish(
+        self,
+        fin: &impl Serialize,
+        measured: Vec<Quantity>,
+        table: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<()> {
+        if let Some(r) = self.rec {
+            let path = r.finish(&serde_json::to_value(fin)?, vec![], measured)?;
+            tracing::info!(summary = %path.display(), "record written");
+        }
+        if self.json {
+            to_stdout(|out| json_line(out, fin))
+        } else {
+            to_stdout(table)
+        }
+    }
+}
