@@ -785,3 +785,67 @@ fn connect_concurrency_fits_the_descriptor_limit() {
     drop(srv);
     assert_clean(&lab, pool_s);
 }
+
+/// tc filters on `iface` in `ns` at `dir` (ingress/egress), as `tc filter show` prints them.
+fn tc_filters(ns: &str, iface: &str, dir: &str) -> String {
+    let o = ok(in_ns(ns, &["tc", "filter", "show", "dev", iface, dir]));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Kernels before 6.6 have no TCX: swarm's tc programs become clsact filters. The same
+/// programs and checks on that path (forced here with WIRELAB_TC_ATTACH=clsact): clients
+/// connect from their own addresses and MACs, a clean exit removes the filters, and after a
+/// kill -9 `wirelab cleanup` does.
+#[test]
+fn clsact_fallback_where_tcx_is_missing() {
+    let lab = Lab::up("swt");
+    let pool_s = "198.18.20.0/26";
+    let pool = Pool::parse(pool_s).unwrap();
+    let n = 40u32;
+    let _limits = prepare_server(&lab, pool_s, n);
+    let srv = TcpServer::start(lab.ns("server"), 9302);
+    let client = lab.ns("client");
+    let o = swarm(&lab, "connect", pool_s, n)
+        .env("WIRELAB_TC_ATTACH", "clsact")
+        .args(["--to", &format!("{SERVER}:9302"), "--hold", "200ms"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let v = json_of(&o);
+    assert!(o.status.success(), "{v} {err}");
+    assert!(err.contains("tc=clsact"), "the attach used is not stated: {err}");
+    assert_eq!(v["connected"], n, "{v}");
+    assert_eq!(v["identity_ok"], n, "{v}");
+    let neigh = server_neighbours(&lab, &pool);
+    assert_eq!(neigh.len(), n as usize);
+    assert!(neigh
+        .iter()
+        .all(|(ip, mac)| *mac == client_mac([0x02, 0x57], *ip)));
+    for dir in ["ingress", "egress"] {
+        let f = tc_filters(&client, "eth0", dir);
+        assert!(!f.contains("swarm_"), "{dir} filter left after a clean exit: {f}");
+    }
+    drop(srv);
+    assert_clean(&lab, pool_s);
+
+    // kill -9 while the filters are in place: cleanup removes them.
+    let mut c = swarm(&lab, "run", pool_s, 2);
+    c.env("WIRELAB_TC_ATTACH", "clsact").args(["--", "sleep", "60"]);
+    let (mut bg, _rx) = spawn_ready(c, "swarm ready", Duration::from_secs(30));
+    assert!(tc_filters(&client, "eth0", "ingress").contains("swarm_arp"));
+    assert!(tc_filters(&client, "eth0", "egress").contains("swarm_egress"));
+    let _g = KILL9.write().unwrap_or_else(|e| e.into_inner());
+    let child = bg.0.as_mut().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(tc_filters(&client, "eth0", "ingress").contains("swarm_arp"));
+    let mut c = wirelab();
+    c.env("WIRELAB_TC_ATTACH", "clsact");
+    ok(c.args(["cleanup", "--json"]));
+    for dir in ["ingress", "egress"] {
+        let f = tc_filters(&client, "eth0", dir);
+        assert!(!f.contains("swarm_"), "{dir} filter left after cleanup: {f}");
+    }
+    drop(_g);
+    assert_clean(&lab, pool_s);
+}

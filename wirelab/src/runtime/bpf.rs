@@ -120,6 +120,12 @@ impl std::fmt::Display for TcMode {
     }
 }
 
+/// Whether tc programs attach through TCX here: the kernel has it (6.6+) and
+/// `WIRELAB_TC_ATTACH=clsact` does not ask for the older path (the tests run it that way).
+pub fn tcx_in_use() -> bool {
+    crate::kernel::has_tcx() && std::env::var("WIRELAB_TC_ATTACH").as_deref() != Ok("clsact")
+}
+
 /// Load tc program `prog` (once) and attach it to `iface` at `dir`: a TCX link where the
 /// kernel has TCX (6.6+), otherwise a clsact filter over netlink (the qdisc is added if
 /// missing), with a notice saying which.
@@ -133,11 +139,13 @@ pub fn attach_tc(bpf: &mut Ebpf, prog: &str, iface: &str, dir: TcAttachType) -> 
             .with_context(|| format!("loading tc program {prog}"))?;
     }
     require_iface(iface)?;
-    let tcx_err = if crate::kernel::has_tcx() {
+    let tcx_err = if tcx_in_use() {
         match p.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default())) {
             Ok(_) => return Ok(TcMode::Tcx),
             Err(e) => e.to_string(),
         }
+    } else if crate::kernel::has_tcx() {
+        "WIRELAB_TC_ATTACH=clsact".to_string()
     } else {
         format!("TCX needs Linux 6.6, this is {}", crate::kernel::release())
     };

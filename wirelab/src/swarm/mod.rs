@@ -591,7 +591,7 @@ pub fn teardown(s: &State, other_ns: bool) -> Result<()> {
         }
     }
     // A killed run on a kernel without TCX leaves its clsact filters: remove them by name.
-    if other_ns && !ns_gone && !crate::kernel::has_tcx() {
+    if other_ns && !ns_gone && !bpf::tcx_in_use() {
         let iface = s.iface.clone();
         let removed = netns::run_in(ns.as_deref(), move || {
             Ok(["swarm_arp", "swarm_egress"]
