@@ -53,6 +53,11 @@ pub mod feature {
         since: (5, 9),
         needed_for: "inspect, fw, wan and swarm (detached when the process dies)",
     };
+    pub const XSK_NETNS_COOKIE: Feature = Feature {
+        name: "SO_NETNS_COOKIE on AF_XDP sockets (asked for by the xdpilone AF_XDP library)",
+        since: (5, 14),
+        needed_for: "wan's AF_XDP engine",
+    };
     pub const XDP_LIVE_FRAMES: Feature = Feature {
         name: "BPF_F_TEST_XDP_LIVE_FRAMES",
         since: (5, 18),
@@ -63,8 +68,11 @@ pub mod feature {
 /// Check `features` against the running kernel; the error names every missing one with the
 /// version that has it.
 pub fn require(features: &[Feature]) -> Result<()> {
-    let rel = release();
-    let Some(v) = parse_version(&rel) else {
+    require_on(&release(), features)
+}
+
+fn require_on(rel: &str, features: &[Feature]) -> Result<()> {
+    let Some(v) = parse_version(rel) else {
         return Ok(());
     };
     let missing: Vec<String> = features
@@ -95,5 +103,18 @@ mod tests {
         assert_eq!(parse_version("7.2.0+deb14-amd64"), Some((7, 2)));
         assert_eq!(parse_version("garbage"), None);
         assert!((5, 10) < (5, 14) && (5, 15) < (6, 6));
+    }
+
+    #[test]
+    fn missing_features_are_named_with_their_version() {
+        let wan = [feature::BPF_LINK_XDP, feature::XSK_NETNS_COOKIE];
+        let e = require_on("5.10.0-33-amd64", &wan).unwrap_err().to_string();
+        assert!(
+            e.contains("5.10.0-33-amd64") && e.contains("Linux 5.14+"),
+            "{e}"
+        );
+        assert!(!e.contains("5.9+"), "{e}");
+        require_on("5.15.0-100-generic", &wan).unwrap();
+        require_on("6.1.0-28-cloud-amd64", &wan).unwrap();
     }
 }

@@ -813,7 +813,10 @@ fn clsact_fallback_where_tcx_is_missing() {
     let err = String::from_utf8_lossy(&o.stderr);
     let v = json_of(&o);
     assert!(o.status.success(), "{v} {err}");
-    assert!(err.contains("tc=clsact"), "the attach used is not stated: {err}");
+    assert!(
+        err.contains("tc=clsact"),
+        "the attach used is not stated: {err}"
+    );
     assert_eq!(v["connected"], n, "{v}");
     assert_eq!(v["identity_ok"], n, "{v}");
     let neigh = server_neighbours(&lab, &pool);
@@ -823,14 +826,18 @@ fn clsact_fallback_where_tcx_is_missing() {
         .all(|(ip, mac)| *mac == client_mac([0x02, 0x57], *ip)));
     for dir in ["ingress", "egress"] {
         let f = tc_filters(&client, "eth0", dir);
-        assert!(!f.contains("swarm_"), "{dir} filter left after a clean exit: {f}");
+        assert!(
+            !f.contains("swarm_"),
+            "{dir} filter left after a clean exit: {f}"
+        );
     }
     drop(srv);
     assert_clean(&lab, pool_s);
 
     // kill -9 while the filters are in place: cleanup removes them.
     let mut c = swarm(&lab, "run", pool_s, 2);
-    c.env("WIRELAB_TC_ATTACH", "clsact").args(["--", "sleep", "60"]);
+    c.env("WIRELAB_TC_ATTACH", "clsact")
+        .args(["--", "sleep", "60"]);
     let (mut bg, _rx) = spawn_ready(c, "swarm ready", Duration::from_secs(30));
     assert!(tc_filters(&client, "eth0", "ingress").contains("swarm_arp"));
     assert!(tc_filters(&client, "eth0", "egress").contains("swarm_egress"));
@@ -844,7 +851,10 @@ fn clsact_fallback_where_tcx_is_missing() {
     ok(c.args(["cleanup", "--json"]));
     for dir in ["ingress", "egress"] {
         let f = tc_filters(&client, "eth0", dir);
-        assert!(!f.contains("swarm_"), "{dir} filter left after cleanup: {f}");
+        assert!(
+            !f.contains("swarm_"),
+            "{dir} filter left after cleanup: {f}"
+        );
     }
     drop(_g);
     assert_clean(&lab, pool_s);

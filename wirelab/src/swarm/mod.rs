@@ -369,6 +369,10 @@ pub struct Swarm {
 impl Swarm {
     /// Check everything, then set up. On error, whatever was made is removed again.
     pub fn setup(opts: Options) -> Result<Self> {
+        crate::kernel::require(&[
+            crate::kernel::feature::CGROUP_SOCK_ADDR_CGROUP_ID,
+            crate::kernel::feature::BPF_LINK_XDP,
+        ])?;
         let pre = preflight(&opts)?;
         for w in &pre.warnings {
             tracing::warn!("{w}");

@@ -241,11 +241,17 @@ impl Engine {
             let user = umem
                 .rx_tx(&sock, &sock_cfg)
                 .map_err(|e| anyhow!("AF_XDP rx/tx rings: {e:?}"))?;
+            // Every ring is mapped before bind(): kernels before 6.4 refuse mmap on a bound
+            // socket (EBUSY), later ones accept both orders.
+            let rx = user
+                .map_rx()
+                .map_err(|e| anyhow!("AF_XDP rx ring: {e:?}"))?;
+            let tx = user
+                .map_tx()
+                .map_err(|e| anyhow!("AF_XDP tx ring: {e:?}"))?;
             umem.bind(&user).map_err(|e| {
                 anyhow!("binding the AF_XDP socket to ifindex {idx} queue 0: {e:?}")
             })?;
-            let rx = user.map_rx().map_err(|e| anyhow!("rx ring: {e:?}"))?;
-            let tx = user.map_tx().map_err(|e| anyhow!("tx ring: {e:?}"))?;
             sides.push(Side {
                 dev,
                 rx,
@@ -721,7 +727,10 @@ impl Engine {
 
 /// Context for errors on this platform.
 pub fn explain_xsk_error(e: anyhow::Error) -> anyhow::Error {
-    e.context("AF_XDP setup failed (needs root, a kernel with XDP sockets, and queue 0 free)")
+    e.context(format!(
+        "AF_XDP setup failed on Linux {} (needs root, XDP sockets, and queue 0 of both interfaces free of other AF_XDP users)",
+        crate::kernel::release()
+    ))
 }
 
 pub fn frames_hint(frames: u64) -> Result<u64> {

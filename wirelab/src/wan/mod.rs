@@ -650,7 +650,11 @@ fn print_reports(
 /// Run the emulator until `duration`, SIGINT or SIGTERM. Returns the final per-class totals.
 #[allow(clippy::needless_range_loop)] // (direction, class) grids read best as indexes
 pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
-    // 1. Validate everything before touching the system.
+    // 1. Validate everything before touching the system, the kernel's features first.
+    crate::kernel::require(&[
+        crate::kernel::feature::BPF_LINK_XDP,
+        crate::kernel::feature::XSK_NETNS_COOKIE,
+    ])?;
     let cfg = load_config(opts.config.as_deref())?;
     let plan = plan(&cfg, &opts.specs, opts.seed)?;
     let mut profiles: [Vec<Profile>; 2] = [vec![], vec![]];
