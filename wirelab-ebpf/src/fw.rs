@@ -204,13 +204,10 @@ fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
     let conf = FW_CONF.get(gen).ok_or(())?;
     // Every frame the parser cannot see through is malformed, never non-IP: the kernel would
     // still find an IP packet in some of them (e.g. behind more VLAN-0 tags than are walked).
-    let p = match parse::parse(&f) {
-        Ok(p) => p,
-        Err(_) => {
-            let v = verdict(conf.malformed_action);
-            count(SLOT_MALFORMED, len, v == xdp_action::XDP_DROP);
-            return Ok(v);
-        }
+    let Ok(p) = parse::parse(&f) else {
+        let v = verdict(conf.malformed_action);
+        count(SLOT_MALFORMED, len, v == xdp_action::XDP_DROP);
+        return Ok(v);
     };
     let g = gen as u8;
     let (s, d) = match p.ethertype {

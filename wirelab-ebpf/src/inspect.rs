@@ -41,12 +41,9 @@ fn try_inspect(ctx: &XdpContext) {
     let f = Frame::new(ctx.data(), ctx.data_end());
     let bytes = f.len() as u64;
     bump(class::TOTAL, bytes);
-    let p = match parse::parse(&f) {
-        Ok(p) => p,
-        Err(_) => {
-            bump(class::MALFORMED, bytes);
-            return;
-        }
+    let Ok(p) = parse::parse(&f) else {
+        bump(class::MALFORMED, bytes);
+        return;
     };
     if p.vlans > 0 {
         bump(class::VLAN, bytes);

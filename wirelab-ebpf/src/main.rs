@@ -12,7 +12,7 @@ mod wan;
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     // Unreachable in verified programs: nothing in wirelab's eBPF code panics.
     loop {}
 }

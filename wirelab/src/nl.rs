@@ -202,7 +202,7 @@ pub async fn interfaces(h: &Handle) -> Result<Vec<IfaceInfo>> {
                         .iter()
                         .map(|b| format!("{b:02x}"))
                         .collect::<Vec<_>>()
-                        .join(":")
+                        .join(":");
                 }
                 LinkAttribute::Mtu(m) => info.mtu = *m,
                 LinkAttribute::Controller(c) => info.master = name_of(*c),

@@ -192,9 +192,8 @@ pub fn server(bind: SocketAddr, duration: Option<Duration>, stop: &Stop) -> Resu
     let mut runs: HashMap<(SocketAddr, u64), ServerRun> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     while !stop.requested() && duration.is_none_or(|d| start.elapsed() < d) {
-        let (n, peer, rx) = match recv_ts(&udp, &mut buf) {
-            Ok((n, Some(p), t)) => (n, p, t),
-            _ => continue,
+        let Ok((n, Some(peer), rx)) = recv_ts(&udp, &mut buf) else {
+            continue;
         };
         if n < HDR || get_u32(&buf, 0) != MAGIC {
             continue;

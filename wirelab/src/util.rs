@@ -45,7 +45,7 @@ impl Stop {
     }
 
     pub fn raise(&self) {
-        self.0.store(true, Ordering::Relaxed)
+        self.0.store(true, Ordering::Relaxed);
     }
 
     /// Sleep up to `d`, waking early when a stop is requested. Returns true if stopped.

@@ -397,7 +397,7 @@ fn reload_under_traffic_is_lossless_and_tight() {
             }
             Ok(())
         })
-        .unwrap()
+        .unwrap();
     });
     let mut reloads = 0;
     while !sender.is_finished() {

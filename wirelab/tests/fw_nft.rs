@@ -130,7 +130,7 @@ fn frame(dst_mac: [u8; 6], src: [u8; 4], p: Probe, id: u16) -> Vec<u8> {
                     bytes5to8: [0; 4],
                 },
             };
-            b.icmpv4(ty).write(&mut v, &[0; 12]).unwrap()
+            b.icmpv4(ty).write(&mut v, &[0; 12]).unwrap();
         }
     }
     v

@@ -425,7 +425,7 @@ impl TcpServer {
                 }
                 Ok(())
             })
-            .unwrap()
+            .unwrap();
         });
         rx.recv_timeout(Duration::from_secs(10))
             .expect("tcp server up");

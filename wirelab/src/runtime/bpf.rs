@@ -192,19 +192,19 @@ impl PerCpuSum for u64 {
 
 impl PerCpuSum for wirelab_common::Counter {
     fn add(&mut self, other: &Self) {
-        wirelab_common::Counter::add(self, other)
+        wirelab_common::Counter::add(self, other);
     }
 }
 
 impl PerCpuSum for wirelab_common::fw::RuleCounter {
     fn add(&mut self, other: &Self) {
-        wirelab_common::fw::RuleCounter::add(self, other)
+        wirelab_common::fw::RuleCounter::add(self, other);
     }
 }
 
 impl PerCpuSum for wirelab_common::wan::WanCounters {
     fn add(&mut self, other: &Self) {
-        wirelab_common::wan::WanCounters::add(self, other)
+        wirelab_common::wan::WanCounters::add(self, other);
     }
 }
 

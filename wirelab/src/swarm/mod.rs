@@ -469,6 +469,8 @@ impl Swarm {
         let stats =
             PerCpuArray::try_from(bpf.take_map("SWARM_STATS").context("SWARM_STATS missing")?)?;
         let state = partial.state.clone();
+        // Set up completely: the guard's work now belongs to `Swarm`'s own Drop.
+        #[allow(clippy::mem_forget, reason = "disarming the teardown guard on success")]
         std::mem::forget(partial);
         tracing::info!(
             run = %state.run_id,
@@ -605,7 +607,7 @@ pub fn teardown(s: &State, other_ns: bool) -> Result<()> {
         });
         match removed {
             Ok(n) if n > 0 => {
-                tracing::info!(iface = %s.iface, n, "removed clsact filters of a killed run")
+                tracing::info!(iface = %s.iface, n, "removed clsact filters of a killed run");
             }
             Ok(_) => {}
             Err(e) => errs.push(format!("{e:#}")),

@@ -546,7 +546,7 @@ mod tests {
         );
         match parse("loss gemodel 1% 10%").unwrap().loss {
             Some(Loss::Gemodel { p, r, one_h, one_k }) => {
-                assert_eq!((p, r, one_h, one_k), (0.01, 0.1, 1.0, 0.0))
+                assert_eq!((p, r, one_h, one_k), (0.01, 0.1, 1.0, 0.0));
             }
             l => panic!("{l:?}"),
         }
