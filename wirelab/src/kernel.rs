@@ -31,6 +31,8 @@ pub fn has_tcx() -> bool {
 /// A kernel feature a tool needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Feature {
+    /// A short label (doctor's first column).
+    pub label: &'static str,
     /// What it is, as a user would look it up.
     pub name: &'static str,
     /// The first Linux version that has it.
@@ -44,21 +46,25 @@ pub mod feature {
     use super::Feature;
 
     pub const CGROUP_SOCK_ADDR_CGROUP_ID: Feature = Feature {
+        label: "cgroup id in connect4",
         name: "bpf_get_current_cgroup_id in cgroup/connect4 programs",
         since: (5, 7),
         needed_for: "swarm (per-client source addresses)",
     };
     pub const BPF_LINK_XDP: Feature = Feature {
+        label: "XDP through bpf_link",
         name: "XDP attached through bpf_link",
         since: (5, 9),
         needed_for: "inspect, fw, wan and swarm (detached when the process dies)",
     };
     pub const XSK_NETNS_COOKIE: Feature = Feature {
+        label: "AF_XDP netns cookie",
         name: "SO_NETNS_COOKIE on AF_XDP sockets (asked for by the xdpilone AF_XDP library)",
         since: (5, 14),
         needed_for: "wan's AF_XDP engine",
     };
     pub const XDP_LIVE_FRAMES: Feature = Feature {
+        label: "XDP live frames",
         name: "BPF_F_TEST_XDP_LIVE_FRAMES",
         since: (5, 18),
         needed_for: "gen's live-frame method (gen falls back to AF_PACKET without it)",

@@ -1,6 +1,7 @@
 //! wirelab: a Rust + eBPF network lab toolkit. This library holds every tool's userspace side;
 //! the `wirelab` binary is a thin clap front end over it.
 pub mod cleanup;
+pub mod doctor;
 pub mod ebpf;
 pub mod fw;
 pub mod gen;

@@ -38,7 +38,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// rustfmt check and clippy -D warnings on userspace and eBPF crates.
+    /// rustfmt check, dependency licences (cargo-deny), clippy -D warnings on userspace and
+    /// eBPF crates.
     Lint,
     /// The main job on the default lab (see README).
     Demo,
@@ -84,6 +85,8 @@ pub fn build() -> Result<()> {
 
 fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // Licences and bans, offline (deny.toml; THIRD-PARTY.md explains the exception).
+    run(cargo().args(["deny", "--offline", "check", "licenses", "bans"]))?;
     run(cargo().args([
         "clippy",
         "--release",
@@ -124,7 +127,10 @@ fn main() -> Result<()> {
             setup::setup()?;
             build()
         }
-        Cmd::Lint => lint(),
+        Cmd::Lint => {
+            setup::setup()?;
+            lint()
+        }
         Cmd::Test { no_lint, args } => {
             setup::setup()?;
             if !no_lint {

@@ -6,6 +6,9 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::run;
 
+/// cargo-deny version for the licence check (one that builds with the stable toolchain here).
+const CARGO_DENY: &str = "0.20.2";
+
 /// Debian packages the tests, benchmarks and demo use.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
@@ -137,6 +140,27 @@ fn step_bpf_linker(done: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// cargo-deny, for the licence check of `cargo xtask lint`.
+fn step_cargo_deny(done: &mut Vec<String>) -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["deny", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if have {
+        return Ok(());
+    }
+    run(Command::new("cargo").args([
+        "install",
+        "cargo-deny",
+        "--locked",
+        "--version",
+        CARGO_DENY,
+    ]))?;
+    done.push(format!("installed cargo-deny {CARGO_DENY}"));
+    Ok(())
+}
+
 fn step_debian(done: &mut Vec<String>) -> Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
@@ -189,6 +213,7 @@ pub fn setup() -> Result<()> {
     let mut done = vec![];
     step_rust(&mut done)?;
     step_bpf_linker(&mut done)?;
+    step_cargo_deny(&mut done)?;
     step_debian(&mut done)?;
     step_bpffs(&mut done)?;
     if done.is_empty() {

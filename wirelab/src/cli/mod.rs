@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use wirelab::{metrics, netns, runtime::bpf::AttachMode, util};
 
 mod cleanup;
+mod doctor;
 mod fw;
 mod gen;
 mod inspect;
@@ -72,6 +73,11 @@ enum Cmd {
     /// Remove what a killed wirelab left behind (half-made labs; --all-labs: every lab).
     #[command(after_help = "Examples:\n  wirelab cleanup\n  wirelab cleanup --all-labs --json")]
     Cleanup(cleanup::CleanupArgs),
+    /// Check this machine: kernel version and features, root, bpffs, cgroup v2, limits, tools.
+    #[command(
+        after_help = "Examples:\n  wirelab doctor\n  wirelab doctor --json\n\nExit status 1 when a check fails (a tool cannot run here), 0 otherwise."
+    )]
+    Doctor(doctor::DoctorArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -85,6 +91,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Gen(a) => gen::run(a),
         Cmd::Report(a) => report::run(a),
         Cmd::Cleanup(a) => cleanup::run(a),
+        Cmd::Doctor(a) => doctor::run(a),
     }
 }
 

@@ -1,0 +1,182 @@
+//! `wirelab doctor`: what this machine can run, checked the way the tools check it before they
+//! attach anything (the kernel feature list is `kernel.rs`, shared with them).
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::kernel::{self, feature, Feature};
+
+/// How one check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// Works, with a fallback or a limit worth knowing.
+    Warn,
+    /// A tool (named in the detail) cannot run.
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub what: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+fn check(what: &str, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        what: what.into(),
+        status,
+        detail: detail.into(),
+    }
+}
+
+fn kernel_feature(v: Option<(u32, u32)>, f: Feature, missing: Status) -> Check {
+    let have = v.is_none_or(|v| v >= f.since);
+    check(
+        f.label,
+        if have { Status::Ok } else { missing },
+        format!(
+            "{}: Linux {}.{}+, for {}{}",
+            f.name,
+            f.since.0,
+            f.since.1,
+            f.needed_for,
+            if have { "" } else { ": missing here" }
+        ),
+    )
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// Every check, in the order a newcomer meets them.
+pub fn run() -> Vec<Check> {
+    let mut out = vec![];
+    let rel = kernel::release();
+    let v = kernel::parse_version(&rel);
+    out.push(check(
+        "kernel",
+        if v.is_some_and(|v| v < (5, 10)) {
+            Status::Fail
+        } else {
+            Status::Ok
+        },
+        format!(
+            "Linux {rel} (tested: 5.10, 6.1, 6.12, 6.18; Debian 12 ships 6.1, Ubuntu 22.04 5.15)"
+        ),
+    ));
+    out.push(if nix::unistd::geteuid().is_root() {
+        check("root", Status::Ok, "running as root")
+    } else {
+        check(
+            "root",
+            Status::Fail,
+            "eBPF and namespaces need root: run as root, or `sudo env PATH=$PATH cargo xtask ...` when rustup belongs to your user",
+        )
+    });
+    for (f, missing) in [
+        (feature::CGROUP_SOCK_ADDR_CGROUP_ID, Status::Fail),
+        (feature::BPF_LINK_XDP, Status::Fail),
+        (feature::XSK_NETNS_COOKIE, Status::Fail),
+        (feature::XDP_LIVE_FRAMES, Status::Warn),
+    ] {
+        out.push(kernel_feature(v, f, missing));
+    }
+    out.push(if kernel::has_tcx() {
+        check("TCX", Status::Ok, "tc programs attach through bpf_link (Linux 6.6+)")
+    } else {
+        check(
+            "TCX",
+            Status::Warn,
+            "Linux 6.6+ has TCX; here swarm's tc programs are clsact filters, which a killed run leaves until `wirelab cleanup`",
+        )
+    });
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    out.push(
+        if mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+        {
+            check("bpffs", Status::Ok, "mounted at /sys/fs/bpf")
+        } else {
+            check(
+                "bpffs",
+                Status::Warn,
+                "not mounted at /sys/fs/bpf (`cargo xtask setup` mounts it; the tests need it)",
+            )
+        },
+    );
+    out.push(match crate::swarm::cgroup::root_no_mount() {
+        Ok(p) => check("cgroup v2", Status::Ok, format!("at {}", p.display())),
+        Err(e) => check(
+            "cgroup v2",
+            Status::Warn,
+            format!("{e:#} (swarm mounts one itself when it can)"),
+        ),
+    });
+    out.push(if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        check("BTF", Status::Ok, "/sys/kernel/btf/vmlinux")
+    } else {
+        check(
+            "BTF",
+            Status::Warn,
+            "no /sys/kernel/btf/vmlinux: the programs load without it, bpftool shows less",
+        )
+    });
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap_or((0, 0));
+    out.push(check(
+        "open files",
+        if hard >= 20_000 {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        format!(
+            "hard RLIMIT_NOFILE {hard}: swarm connect holds at most {} connections at once",
+            hard.saturating_sub(crate::swarm::connect::OWN_FDS)
+        ),
+    ));
+    for (cmd, for_what, missing) in [
+        ("ip", "the tour and the tests (iproute2)", Status::Warn),
+        ("ethtool", "checking offloads by hand", Status::Warn),
+        ("smbclient", "the swarm tour's SMB example", Status::Warn),
+        ("iperf3", "wan's cross-checks and benchmarks", Status::Warn),
+        ("nft", "the fw benchmark's peer", Status::Warn),
+    ] {
+        out.push(if on_path(cmd) {
+            check(cmd, Status::Ok, format!("found, for {for_what}"))
+        } else {
+            check(
+                cmd,
+                missing,
+                format!("not found, for {for_what} (`cargo xtask setup` installs it)"),
+            )
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_fail_on_old_kernels_and_pass_on_new_ones() {
+        let f = feature::XSK_NETNS_COOKIE;
+        assert_eq!(
+            kernel_feature(Some((5, 10)), f, Status::Fail).status,
+            Status::Fail
+        );
+        assert_eq!(
+            kernel_feature(Some((5, 15)), f, Status::Fail).status,
+            Status::Ok
+        );
+        let d = kernel_feature(Some((5, 10)), f, Status::Fail).detail;
+        assert!(d.contains("Linux 5.14+") && d.contains("missing"), "{d}");
+    }
+}
