@@ -5,6 +5,9 @@
 //! run's cgroups, AnyIP route and promiscuous mode (listed in `/run/wirelab/swarm/`), and the
 //! namespaces of a killed `cargo xtask bench fw` (`wlb<pid>-tx`, `wlb<pid>-rx`). `wirelab fw`
 //! itself leaves nothing: its control socket is abstract and its program hangs on a bpf_link.
+//! On kernels without TCX (before 6.6) tc programs are clsact filters that outlive a killed
+//! process: swarm's are removed with its run, wan's fast path (`wan_fwd`) from every interface
+//! of every lab when no wan runs there.
 use anyhow::Result;
 use serde::Serialize;
 
@@ -18,10 +21,40 @@ pub struct Report {
     /// Swarm runs (and stray swarm cgroups) whose process was gone.
     pub swarm_removed: Vec<String>,
     pub bench_namespaces_removed: Vec<String>,
+    /// `ns/iface` where a killed wan's clsact filter was removed (kernels before 6.6).
+    pub wan_filters_removed: Vec<String>,
 }
 
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// In namespace `ns` with no wan running: remove `wan_fwd` clsact filters a killed one left.
+fn stale_wan_filters(ns: &str) -> Vec<String> {
+    if !crate::netns::exists(ns) {
+        return vec![];
+    }
+    let ns_owned = ns.to_string();
+    crate::netns::run_in(Some(ns), move || {
+        // This thread's namespace (not the process's): is a wan's control socket there?
+        let unix = std::fs::read_to_string("/proc/thread-self/net/unix").unwrap_or_default();
+        if unix.contains("@wirelab-wan/") {
+            return Ok(vec![]);
+        }
+        let ifaces: Vec<String> = nix::net::if_::if_nameindex()
+            .map(|l| {
+                l.iter()
+                    .map(|i| i.name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ifaces
+            .into_iter()
+            .filter(|i| crate::runtime::bpf::detach_tc_filters(i, "wan_fwd") > 0)
+            .map(|i| format!("{ns_owned}/{i}"))
+            .collect())
+    })
+    .unwrap_or_default()
 }
 
 /// Remove half-made labs whose creator is gone; with `all_labs`, every lab.
@@ -35,6 +68,11 @@ pub fn run(all_labs: bool) -> Result<Report> {
         let Ok(Some(st)) = lab::read_state(&name) else {
             continue;
         };
+        if !crate::runtime::bpf::tcx_in_use() {
+            for ns in st.namespaces.values() {
+                r.wan_filters_removed.extend(stale_wan_filters(ns));
+            }
+        }
         let stale = !st.complete && !alive(st.pid);
         if all_labs || stale {
             let ns = lab::down(&name)?;

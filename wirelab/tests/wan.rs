@@ -659,3 +659,62 @@ fn follows_carrier_not_operstate() {
     assert_eq!(f(&fin, &["engine", "link_down"]), 0.0, "{fin}");
     assert_accounted(&fin);
 }
+
+/// Kernels before 6.6 have no TCX: wan's tc fast path is a clsact filter (forced here with
+/// WIRELAB_TC_ATTACH=clsact). It delays as on TCX, and what a kill -9 leaves, `wirelab
+/// cleanup` removes.
+#[test]
+fn clsact_fast_path_and_cleanup_after_kill() {
+    let _s = serial();
+    let b = Bench::new("wcl");
+    let wan_ns = b.lab.ns("wan");
+    let filters = |iface: &str| {
+        let o = ok(in_ns(
+            &wan_ns,
+            &["tc", "filter", "show", "dev", iface, "ingress"],
+        ));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let mut c = wirelab();
+    c.env("WIRELAB_TC_ATTACH", "clsact").args([
+        "wan",
+        "--netns",
+        &wan_ns,
+        "--between",
+        "to-client",
+        "to-server",
+        "--json",
+        "--duration",
+        "120s",
+        "--both",
+        "delay 10ms",
+    ]);
+    let (mut wan, _) = spawn_ready(c, "wan running", Duration::from_secs(20));
+    assert!(
+        filters("to-client").contains("wan_fwd"),
+        "{}",
+        filters("to-client")
+    );
+    let r = b.probe(&["--rate", "200", "--count", "400", "--wait", "300ms"]);
+    assert_eq!(f(&r, &["forward", "received"]), 400.0, "{r}");
+    let p50 = f(&r, &["forward", "delay_ms", "p50"]);
+    assert!(
+        (9.7..=10.5).contains(&p50),
+        "one-way p50 {p50} ms for delay 10ms: {r}"
+    );
+    let child = wan.0.as_mut().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(filters("to-server").contains("wan_fwd"));
+    let mut c = wirelab();
+    c.env("WIRELAB_TC_ATTACH", "clsact");
+    let o = ok(c.args(["cleanup", "--json"]));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["wan_filters_removed"].as_array().unwrap().len(), 2, "{v}");
+    for i in ["to-client", "to-server"] {
+        assert!(!filters(i).contains("wan_fwd"), "{i}: {}", filters(i));
+    }
+    // The bridge forwards again.
+    let r = b.probe(&["--rate", "100", "--count", "100", "--wait", "300ms"]);
+    assert_eq!(f(&r, &["no_echo"]), 0.0, "{r}");
+}

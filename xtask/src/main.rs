@@ -6,6 +6,7 @@
 mod bench;
 mod bench_fw;
 mod demo;
+mod kernels;
 mod setup;
 
 use std::{
@@ -47,6 +48,12 @@ enum Cmd {
     /// (tables printed as Markdown and written to target/bench/NAME.md).
     Bench {
         #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// The kernel matrix: Debian's 6.1 and 6.12 kernels booted under qemu (software
+    /// emulation), every tool run in a lab inside each guest.
+    Kernels {
+        /// Only these kernels (e.g. 6.1).
         names: Vec<String>,
     },
     /// Peers the benchmarks run inside lab namespaces.
@@ -162,6 +169,10 @@ fn main() -> Result<()> {
             setup::setup()?;
             build()?;
             bench::bench(&names)
+        }
+        Cmd::Kernels { names } => {
+            setup::setup()?;
+            kernels::kernels(&names)
         }
         Cmd::BenchHelper { cmd } => bench::helper::run(cmd),
     }

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, XskMap},
-    programs::{tc::TcAttachType, SchedClassifier},
+    programs::tc::TcAttachType,
     EbpfLoader,
 };
 use ipnet::IpNet;
@@ -761,14 +761,11 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         xsks.set(d as u32, bfd, 0)?;
     }
 
-    // 4. Attach: tc fast path first, then XDP (both through links).
+    // 4. Attach: tc fast path first (TCX, or a clsact filter before 6.6), then XDP.
     for iface in [&opts.iface_a, &opts.iface_b] {
-        let p: &mut SchedClassifier = bpf.program_mut("wan_fwd").context("wan_fwd")?.try_into()?;
-        if p.fd().is_err() {
-            p.load().context("loading wan_fwd")?;
-        }
-        p.attach(iface, TcAttachType::Ingress)
+        let tc = crate::runtime::bpf::attach_tc(&mut bpf, "wan_fwd", iface, TcAttachType::Ingress)
             .with_context(|| format!("attaching the tc fast path to {iface}"))?;
+        tracing::debug!(%iface, %tc, "wan_fwd attached");
     }
     let mut modes = vec![];
     for iface in [&opts.iface_a, &opts.iface_b] {

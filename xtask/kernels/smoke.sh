@@ -1,0 +1,90 @@
+#!/bin/busybox sh
+# The init of the kernel-matrix guest (`cargo xtask kernels`): every wirelab tool once, in a
+# lab inside the guest, one "WIRELAB-KT PASS|FAIL name" line per check on the serial console.
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /sys/fs/bpf /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+for m in /modules/*.ko; do insmod "$m" 2>/dev/null; done
+ip link set lo up
+W=/bin/wirelab
+export WIRELAB_LOG=info
+echo "WIRELAB-KT KERNEL $(uname -r)"
+
+# check NAME CMD...: PASS when CMD exits 0; its output is shown either way.
+check() {
+  name=$1; shift
+  if "$@" > /tmp/out 2>&1; then r=PASS; else r=FAIL; fi
+  sed 's/^/  | /' /tmp/out | tail -n 25
+  echo "WIRELAB-KT $r $name"
+}
+
+# until TRIES CMD...: retry CMD every 0.5 s.
+until_ok() {
+  n=$1; shift
+  while [ "$n" -gt 0 ]; do "$@" > /dev/null 2>&1 && return 0; n=$((n - 1)); sleep 0.5; done
+  return 1
+}
+
+$W doctor
+check lab-up $W lab up
+check ping-through-bridge $W lab exec client -- ping -c 2 -W 5 198.18.0.2
+
+inspect_counts() {
+  $W inspect --netns wirelab-server --iface eth0 --duration 120s --json > /tmp/inspect.json 2> /tmp/inspect.err &
+  p=$!
+  until_ok 120 grep -q "inspect attached" /tmp/inspect.err || { cat /tmp/inspect.err; return 1; }
+  $W lab exec client -- ping -c 3 -i 0.5 198.18.0.2 || return 1
+  kill -INT $p; wait $p
+  grep '"type":"final"' /tmp/inspect.json | grep -q '"icmp":{"packets":[3-9]'
+}
+check inspect-counts-pings inspect_counts
+
+fw_blocks() {
+  printf 'default = "allow"\n[[rule]]\nname = "no-ping"\naction = "deny"\nproto = "icmp"\n' > /tmp/r.toml
+  $W fw --netns wirelab-server --iface eth0 --rules /tmp/r.toml --duration 60s > /tmp/fw.out 2>&1 &
+  p=$!
+  until_ok 120 $W fw stats --netns wirelab-server || return 1
+  if $W lab exec client -- ping -c 2 -W 2 198.18.0.2; then kill -INT $p; return 1; fi
+  $W fw stats --netns wirelab-server --json | grep -q '"name":"no-ping"'
+  ok=$?
+  kill -INT $p; wait $p
+  return $ok
+}
+check fw-denies-icmp fw_blocks
+
+wan_delays() {
+  $W wan --netns wirelab-wan --between to-client to-server --both "delay 20ms" --duration 90s > /tmp/wan.out 2>&1 &
+  p=$!
+  until_ok 120 grep -q "wan running" /tmp/wan.out || { cat /tmp/wan.out; return 1; }
+  $W lab exec client -- ping -c 5 -i 0.3 198.18.0.2 > /tmp/ping.out || { cat /tmp/ping.out /tmp/wan.out; return 1; }
+  cat /tmp/ping.out
+  kill -INT $p; wait $p; cat /tmp/wan.out | tail -n 5
+  # 20 ms each way: the average RTT is at least 38 ms (the emulated guest adds, never removes).
+  awk -F/ '/round-trip/ { exit !($4 >= 38.0) }' /tmp/ping.out
+}
+check wan-delay-20ms-each-way wan_delays
+
+swarm_connects() {
+  $W lab exec server -- ip route add 198.18.0.64/26 dev eth0 || return 1
+  $W probe server --netns wirelab-server --bind 198.18.0.2:7000 --duration 120s > /tmp/probe.out 2>&1 &
+  p=$!
+  until_ok 60 grep -q "listening" /tmp/probe.out || return 1
+  $W swarm connect --netns wirelab-client --iface eth0 --pool 198.18.0.64/26 --clients 20 \
+     --to 198.18.0.2:7000 --hold 200ms --timeout 60s --json
+  ok=$?
+  kill -INT $p; wait $p
+  return $ok
+}
+check swarm-connect-20-clients swarm_connects
+check swarm-run-5-clients $W swarm run --netns wirelab-client --iface eth0 --pool 198.18.0.64/26 --clients 5 -- true
+check cleanup-after $W cleanup
+check lab-down $W lab down
+echo "WIRELAB-KT DONE"
+poweroff -f

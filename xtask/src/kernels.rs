@@ -1,0 +1,349 @@
+//! `cargo xtask kernels`: wirelab on the kernels labs run, booted under qemu.
+//!
+//! For each kernel: Debian's cloud kernel package is downloaded with apt (cached under
+//! `target/kernels/`), its modules for veth, bridge and tc are picked with `modprobe
+//! --show-depends`, and an initramfs is built holding busybox, the `wirelab` binary with the
+//! libraries `ldd` names, the modules and a script (`kernels/smoke.sh`). qemu boots it with
+//! software emulation (`-accel tcg`: this machine's KVM cannot run these kernels) inside a
+//! `timeout`; the script runs every tool in a lab inside the guest and prints one
+//! `WIRELAB-KT PASS|FAIL name` line per check to the serial console, which is read back here.
+//! Nothing runs on the host but qemu: the guest's namespaces and traffic stay in the guest.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{root, run};
+
+/// Debian packages the kernel matrix needs on the host.
+const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "kmod"];
+
+/// Modules the smoke test loads (with their dependencies), where the kernel has them as modules.
+const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf"];
+
+/// What a kernel of the matrix is expected to run.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    pub name: &'static str,
+    /// Debian package whose dependency (or newest match) is the image to boot.
+    pub query: Query,
+    /// Checks expected to fail on this kernel (named with the reason in the report).
+    pub expected_fail: &'static [(&'static str, &'static str)],
+}
+
+#[derive(Clone, Copy)]
+pub enum Query {
+    /// The image a meta package depends on.
+    DependsOf(&'static str),
+    /// The newest package whose name starts and ends as given.
+    Newest(&'static str, &'static str),
+}
+
+pub const MATRIX: &[Kernel] = &[
+    Kernel {
+        name: "6.1",
+        query: Query::DependsOf("linux-image-cloud-amd64"),
+        expected_fail: &[],
+    },
+    Kernel {
+        name: "6.12",
+        query: Query::Newest("linux-image-6.12.", "-cloud-amd64-unsigned"),
+        expected_fail: &[],
+    },
+];
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let o = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !o.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn ensure_host_packages() -> Result<()> {
+    let missing: Vec<&str> = HOST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_ok_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn package_name(q: Query) -> Result<String> {
+    match q {
+        Query::DependsOf(meta) => {
+            let deps = output(Command::new("apt-cache").args(["depends", meta]))?;
+            deps.lines()
+                .find_map(|l| l.trim().strip_prefix("Depends: "))
+                .map(str::to_string)
+                .with_context(|| format!("{meta} depends on no image"))
+        }
+        Query::Newest(prefix, suffix) => {
+            let found = output(Command::new("apt-cache").args(["search", "--names-only", prefix]))?;
+            let mut names: Vec<&str> = found
+                .lines()
+                .filter_map(|l| l.split(" - ").next())
+                .filter(|n| n.starts_with(prefix) && n.ends_with(suffix))
+                .collect();
+            names.sort_by_key(|n| version_key(n));
+            names
+                .last()
+                .map(|n| n.to_string())
+                .with_context(|| format!("no package {prefix}*{suffix} in the apt sources"))
+        }
+    }
+}
+
+/// Numeric parts of a package name, for sorting versions (6.12.9 before 6.12.10).
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Download and unpack the kernel package; returns (unpacked dir, kernel release).
+fn fetch(k: &Kernel, cache: &Path) -> Result<(PathBuf, String)> {
+    let pkg = package_name(k.query)?;
+    let dir = cache.join(&pkg);
+    if !dir.join("boot").exists() {
+        std::fs::create_dir_all(cache)?;
+        run(Command::new("apt-get")
+            .args(["download", &pkg])
+            .current_dir(cache))?;
+        let deb = std::fs::read_dir(cache)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+            })
+            .with_context(|| format!("apt-get download left no {pkg}_*.deb"))?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+        let _ = std::fs::remove_file(&deb);
+    }
+    let kver = std::fs::read_dir(dir.join("lib/modules"))?
+        .flatten()
+        .find_map(|e| e.file_name().to_str().map(str::to_string))
+        .context("no lib/modules/KVER in the package")?;
+    run(Command::new("depmod").args(["-b"]).arg(&dir).arg(&kver))?;
+    Ok((dir, kver))
+}
+
+/// Copy `bin` and every library `ldd` names into `root` at the same paths.
+fn copy_with_libs(bin: &Path, dest: &str, root: &Path) -> Result<()> {
+    let to = root.join(dest.trim_start_matches('/'));
+    std::fs::create_dir_all(to.parent().context("dest has a parent")?)?;
+    std::fs::copy(bin, &to).with_context(|| format!("copying {}", bin.display()))?;
+    let ldd = output(Command::new("ldd").arg(bin)).unwrap_or_default();
+    for l in ldd.lines() {
+        let path = l
+            .split("=>")
+            .nth(1)
+            .unwrap_or(l)
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if path.starts_with('/') {
+            let t = root.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(t.parent().context("lib has a parent")?)?;
+            std::fs::copy(path, &t).with_context(|| format!("copying {path}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Build the initramfs for one kernel; returns its path.
+fn initramfs(work: &Path, kdir: &Path, kver: &str) -> Result<PathBuf> {
+    let root = work.join("root");
+    let _ = std::fs::remove_dir_all(&root);
+    for d in [
+        "bin", "sbin", "proc", "sys", "dev", "run", "tmp", "modules", "etc",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
+    copy_with_libs(
+        &crate::root().join("target/release/wirelab"),
+        "/bin/wirelab",
+        &root,
+    )?;
+    // Modules in load order; built-in ones show as "builtin" and need nothing.
+    let deps = output(
+        Command::new("modprobe")
+            .arg("-d")
+            .arg(kdir)
+            .args(["-S", kver, "-a", "--show-depends"])
+            .args(MODULES),
+    )?;
+    let mut n = 0;
+    for l in deps.lines() {
+        if let Some(p) = l.strip_prefix("insmod ") {
+            let p = p.split_whitespace().next().unwrap_or("");
+            n += 1;
+            let name = Path::new(p)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or("m.ko");
+            std::fs::copy(p, root.join(format!("modules/{n:02}-{name}")))
+                .with_context(|| format!("copying module {p}"))?;
+        }
+    }
+    let script = std::fs::read_to_string(crate::root().join("xtask/kernels/smoke.sh"))?;
+    std::fs::write(root.join("init"), script)?;
+    run(Command::new("chmod").args(["0755"]).arg(root.join("init")))?;
+    let img = work.join("initramfs.cpio.gz");
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+        root.display(),
+        img.display()
+    )))?;
+    Ok(img)
+}
+
+/// One kernel's checks: (name, passed).
+fn boot(
+    k: &Kernel,
+    kdir: &Path,
+    kver: &str,
+    img: &Path,
+    log: &Path,
+) -> Result<Vec<(String, bool)>> {
+    let vmlinuz = kdir.join(format!("boot/vmlinuz-{kver}"));
+    let _ = std::fs::remove_file(log);
+    let t0 = Instant::now();
+    let st = Command::new("timeout")
+        .args(["--kill-after=10", "900"])
+        .args([
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "2048M",
+        ])
+        .args([
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(img)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .status()
+        .context("running qemu-system-x86_64")?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    eprintln!(
+        "xtask kernels: {} ({kver}) ran {:.0} s, qemu {st}",
+        k.name,
+        t0.elapsed().as_secs_f64()
+    );
+    if !text.contains("WIRELAB-KT DONE") {
+        bail!(
+            "kernel {} ({kver}): the guest did not finish (qemu {st}); last lines of {}:\n{}",
+            k.name,
+            log.display(),
+            text.lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("WIRELAB-KT "))
+        .filter_map(|l| {
+            let (verdict, name) = l.split_once(' ')?;
+            match verdict {
+                "PASS" => Some((name.trim().to_string(), true)),
+                "FAIL" => Some((name.trim().to_string(), false)),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
+/// Run the matrix (or the kernels named in `only`); prints a Markdown table, fails on any
+/// unexpected result.
+pub fn kernels(only: &[String]) -> Result<()> {
+    ensure_host_packages()?;
+    crate::build()?;
+    let base = root().join("target/kernels");
+    let mut rows = vec![];
+    let mut bad = vec![];
+    let t0 = Instant::now();
+    for k in MATRIX {
+        if !only.is_empty() && !only.iter().any(|o| o == k.name) {
+            continue;
+        }
+        let (kdir, kver) = fetch(k, &base.join("cache"))?;
+        let work = base.join(k.name);
+        std::fs::create_dir_all(&work)?;
+        let img = initramfs(&work, &kdir, &kver)?;
+        let log = work.join("serial.log");
+        let results = boot(k, &kdir, &kver, &img, &log)?;
+        if results.is_empty() {
+            bail!("kernel {}: no results in {}", k.name, log.display());
+        }
+        for (name, pass) in &results {
+            let expected = k.expected_fail.iter().find(|(n, _)| n == name);
+            let note = match (pass, expected) {
+                (true, None) => "pass".to_string(),
+                (false, Some((_, why))) => format!("fails as expected: {why}"),
+                (true, Some(_)) => {
+                    bad.push(format!(
+                        "{} {name}: passed but was expected to fail",
+                        k.name
+                    ));
+                    "pass (expected to fail)".into()
+                }
+                (false, None) => {
+                    bad.push(format!("{} {name}: FAILED (see {})", k.name, log.display()));
+                    "FAIL".into()
+                }
+            };
+            rows.push(format!("| {} ({kver}) | {name} | {note} |", k.name));
+        }
+    }
+    let table = format!(
+        "| kernel | check | result |\n|---|---|---|\n{}\n",
+        rows.join("\n")
+    );
+    println!("{table}");
+    std::fs::write(base.join("results.md"), &table)?;
+    eprintln!("xtask kernels: done in {:.0} s", t0.elapsed().as_secs_f64());
+    if !bad.is_empty() {
+        bail!("kernel matrix: {}", bad.join("; "));
+    }
+    Ok(())
+}
