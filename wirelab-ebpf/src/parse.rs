@@ -40,6 +40,25 @@ pub const NEXTHDR_DEST: u8 = 60;
 /// IP stack.
 pub use wirelab_common::parse::{MAX_IPV6_EXT, MAX_VLAN_TAGS};
 
+/// Repeat a block `$n` times in straight-line code (8 is the only count used). The header
+/// walks are written out rather than looped: LLVM may lay a loop's back-edge out as a plain
+/// fall-through, which verifiers before Linux ~6.4 reject ("back-edge from insn X to X+1"),
+/// while straight-line code verifies on every kernel. The `const` checks keep the counts and
+/// the limits in step.
+macro_rules! unrolled {
+    (MAX_VLAN_TAGS, $b:block) => {{
+        const _: () = assert!(MAX_VLAN_TAGS == 8);
+        unrolled!(@8 $b)
+    }};
+    (MAX_IPV6_EXT, $b:block) => {{
+        const _: () = assert!(MAX_IPV6_EXT == 8);
+        unrolled!(@8 $b)
+    }};
+    (@8 $b:block) => {{
+        $b $b $b $b $b $b $b $b
+    }};
+}
+
 /// Ethertypes the kernel treats as a VLAN tag (`eth_type_vlan`): it pops them on receive.
 #[inline(always)]
 pub fn is_vlan(ethertype: u16) -> bool {
@@ -85,12 +104,14 @@ impl Frame {
     #[inline(always)]
     pub fn u8_at(&self, off: usize) -> Result<u8, ParseError> {
         let p = self.ptr::<u8>(off)?;
+        // SAFETY: `ptr` checked that the byte lies inside the frame.
         Ok(unsafe { *p })
     }
 
     #[inline(always)]
     pub fn be16_at(&self, off: usize) -> Result<u16, ParseError> {
         let p = self.ptr::<[u8; 2]>(off)?;
+        // SAFETY: `ptr` checked that both bytes lie inside the frame.
         Ok(u16::from_be_bytes(unsafe { core::ptr::read_unaligned(p) }))
     }
 
@@ -98,12 +119,14 @@ impl Frame {
     #[inline(always)]
     pub fn raw32_at(&self, off: usize) -> Result<[u8; 4], ParseError> {
         let p = self.ptr::<[u8; 4]>(off)?;
+        // SAFETY: `ptr` checked that the 4 bytes lie inside the frame.
         Ok(unsafe { core::ptr::read_unaligned(p) })
     }
 
     #[inline(always)]
     pub fn raw128_at(&self, off: usize) -> Result<[u8; 16], ParseError> {
         let p = self.ptr::<[u8; 16]>(off)?;
+        // SAFETY: `ptr` checked that the 16 bytes lie inside the frame.
         Ok(unsafe { core::ptr::read_unaligned(p) })
     }
 }
@@ -177,16 +200,16 @@ pub fn parse(f: &Frame) -> Result<Parsed, ParseError> {
     let mut ethertype = f.be16_at(12)?;
     let mut off = ETH_HLEN;
     // Stacked VLAN tags (QinQ, priority tags). Each is 4 bytes: TCI, then the next ethertype.
-    for _ in 0..MAX_VLAN_TAGS {
-        if !is_vlan(ethertype) {
-            break;
+    // Written out (`unrolled!`), not looped: see `unrolled!`.
+    unrolled!(MAX_VLAN_TAGS, {
+        if is_vlan(ethertype) {
+            let tci = f.be16_at(off)?;
+            ethertype = f.be16_at(off + 2)?;
+            off += 4;
+            p.vlans += 1;
+            p.vlan_id_set |= tci & 0x0fff != 0;
         }
-        let tci = f.be16_at(off)?;
-        ethertype = f.be16_at(off + 2)?;
-        off += 4;
-        p.vlans += 1;
-        p.vlan_id_set |= tci & 0x0fff != 0;
-    }
+    });
     if is_vlan(ethertype) {
         // Deeper than we walk: the kernel would still find IP inside, so never "non-IP".
         return Err(ParseError::Invalid);
@@ -277,59 +300,23 @@ fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
     if hoff + payload > f.len() {
         return Err(ParseError::Truncated);
     }
-    // One pass more than MAX_IPV6_EXT: after the last extension header allowed, the loop must
-    // still reach the upper-layer header.
+    // Up to MAX_IPV6_EXT extension headers, written out (`unrolled!`), then the upper layer.
     let mut done = false;
-    for i in 0..=MAX_IPV6_EXT {
-        let ext = matches!(
-            next,
-            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT
-        );
-        if !ext {
-            done = true;
-            break;
-        }
-        if i == MAX_IPV6_EXT {
-            break;
-        }
-        match next {
-            // hop-by-hop, routing, destination options: (len + 1) * 8 bytes
-            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                let nl = f.be16_at(hoff)?;
-                let nh = (nl >> 8) as u8;
-                let len = ((nl & 0xff) as usize + 1) * 8;
-                f.u8_at(hoff + len - 1)?;
-                hoff += len;
-                next = nh;
-            }
-            // authentication header: (len + 2) * 4 bytes
-            NEXTHDR_AUTH => {
-                let nl = f.be16_at(hoff)?;
-                let nh = (nl >> 8) as u8;
-                let len = ((nl & 0xff) as usize + 2) * 4;
-                f.u8_at(hoff + len - 1)?;
-                hoff += len;
-                next = nh;
-            }
-            // fragment header: 8 bytes
-            NEXTHDR_FRAGMENT => {
-                let fh = f.ptr::<[u8; 8]>(hoff)?;
-                let fh = unsafe { core::ptr::read_unaligned(fh) };
-                let nh = fh[0];
-                let fo = u16::from_be_bytes([fh[2], fh[3]]);
-                p.fragment = true;
-                hoff += 8;
-                next = nh;
-                if fo >> 3 != 0 {
-                    // Non-first fragment: the upper-layer header is in the first one.
-                    p.ip_proto = next;
+    unrolled!(MAX_IPV6_EXT, {
+        if !done {
+            match ext_header(f, p, &mut hoff, next)? {
+                Ext::Upper => done = true,
+                Ext::Next(n) => next = n,
+                Ext::NonFirstFragment(n) => {
+                    // The upper-layer header is in the first fragment.
+                    p.ip_proto = n;
                     return Ok(());
                 }
             }
-            _ => {}
         }
-    }
-    if !done {
+    });
+    if !done && is_ext(next) {
+        // One more extension header than we walk.
         return Err(ParseError::Invalid);
     }
     p.ip_proto = next;
@@ -339,6 +326,62 @@ fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
     }
     p.l4_off = hoff;
     parse_l4(f, p)
+}
+
+/// What one IPv6 extension-header step found.
+enum Ext {
+    /// `next` is not an extension header: the upper layer starts at the offset.
+    Upper,
+    /// Walked one header; this is the next one's type.
+    Next(u8),
+    /// A fragment header of a non-first fragment, and the protocol it carries.
+    NonFirstFragment(u8),
+}
+
+#[inline(always)]
+fn is_ext(next: u8) -> bool {
+    matches!(
+        next,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT
+    )
+}
+
+/// Walk the extension header of type `next` at `*hoff`.
+#[inline(always)]
+fn ext_header(f: &Frame, p: &mut Parsed, hoff: &mut usize, next: u8) -> Result<Ext, ParseError> {
+    match next {
+        // hop-by-hop, routing, destination options: (len + 1) * 8 bytes
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+            let nl = f.be16_at(*hoff)?;
+            let len = ((nl & 0xff) as usize + 1) * 8;
+            f.u8_at(*hoff + len - 1)?;
+            *hoff += len;
+            Ok(Ext::Next((nl >> 8) as u8))
+        }
+        // authentication header: (len + 2) * 4 bytes
+        NEXTHDR_AUTH => {
+            let nl = f.be16_at(*hoff)?;
+            let len = ((nl & 0xff) as usize + 2) * 4;
+            f.u8_at(*hoff + len - 1)?;
+            *hoff += len;
+            Ok(Ext::Next((nl >> 8) as u8))
+        }
+        // fragment header: 8 bytes
+        NEXTHDR_FRAGMENT => {
+            let fh = f.ptr::<[u8; 8]>(*hoff)?;
+            // SAFETY: `ptr` checked that all 8 bytes lie inside the frame.
+            let fh = unsafe { core::ptr::read_unaligned(fh) };
+            let fo = u16::from_be_bytes([fh[2], fh[3]]);
+            p.fragment = true;
+            *hoff += 8;
+            if fo >> 3 != 0 {
+                Ok(Ext::NonFirstFragment(fh[0]))
+            } else {
+                Ok(Ext::Next(fh[0]))
+            }
+        }
+        _ => Ok(Ext::Upper),
+    }
 }
 
 #[inline(always)]
@@ -369,6 +412,7 @@ fn parse_l4(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
             // Every ICMP/ICMPv6 message has at least 8 bytes of header. One 8-byte check
             // (not single-byte ones) keeps the bounds test in a form the verifier tracks.
             let h = f.ptr::<[u8; 8]>(off)?;
+            // SAFETY: `ptr` checked that the 8 bytes lie inside the frame.
             let h = unsafe { core::ptr::read_unaligned(h) };
             p.icmp_type = h[0];
             p.icmp_code = h[1];

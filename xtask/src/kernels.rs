@@ -28,6 +28,9 @@ const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf"];
 #[derive(Clone, Copy)]
 pub struct Kernel {
     pub name: &'static str,
+    /// A Debian suite not in this machine's sources (read through a private apt
+    /// configuration under target/kernels/, the host's sources untouched), or None.
+    pub suite: Option<&'static str>,
     /// Debian package whose dependency (or newest match) is the image to boot.
     pub query: Query,
     /// Checks expected to fail on this kernel (named with the reason in the report).
@@ -44,12 +47,23 @@ pub enum Query {
 
 pub const MATRIX: &[Kernel] = &[
     Kernel {
+        name: "5.10",
+        suite: Some("bullseye"),
+        query: Query::DependsOf("linux-image-cloud-amd64"),
+        expected_fail: &[(
+            "wan-delay-20ms-each-way",
+            "the xdpilone AF_XDP library needs SO_NETNS_COOKIE (Linux 5.14); wan says so before attaching",
+        )],
+    },
+    Kernel {
         name: "6.1",
+        suite: None,
         query: Query::DependsOf("linux-image-cloud-amd64"),
         expected_fail: &[],
     },
     Kernel {
         name: "6.12",
+        suite: None,
         query: Query::Newest("linux-image-6.12.", "-cloud-amd64-unsigned"),
         expected_fail: &[],
     },
@@ -84,17 +98,55 @@ fn ensure_host_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn package_name(q: Query) -> Result<String> {
+/// apt options reading `suite` from a private configuration under `cache` (updated once).
+fn apt_opts(cache: &Path, suite: Option<&str>) -> Result<Vec<String>> {
+    let Some(suite) = suite else {
+        return Ok(vec![]);
+    };
+    let dir = cache.join(format!("apt-{suite}"));
+    for d in ["lists/partial", "cache/archives/partial"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let list = dir.join("sources.list");
+    std::fs::write(
+        &list,
+        format!("deb http://deb.debian.org/debian {suite} main\n"),
+    )?;
+    let d = dir.display();
+    let opts: Vec<String> = [
+        format!("Dir::Etc::SourceList={}", list.display()),
+        "Dir::Etc::SourceParts=/nonexistent".into(),
+        format!("Dir::State::Lists={d}/lists"),
+        format!("Dir::Cache={d}/cache"),
+        "APT::Get::List-Cleanup=0".into(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_string(), o])
+    .collect();
+    let has_lists = std::fs::read_dir(dir.join("lists"))?
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().contains(suite));
+    if !has_lists {
+        run(Command::new("apt-get").args(&opts).args(["update", "-q"]))?;
+    }
+    Ok(opts)
+}
+
+fn package_name(q: Query, apt: &[String]) -> Result<String> {
     match q {
         Query::DependsOf(meta) => {
-            let deps = output(Command::new("apt-cache").args(["depends", meta]))?;
+            let deps = output(Command::new("apt-cache").args(apt).args(["depends", meta]))?;
             deps.lines()
                 .find_map(|l| l.trim().strip_prefix("Depends: "))
                 .map(str::to_string)
                 .with_context(|| format!("{meta} depends on no image"))
         }
         Query::Newest(prefix, suffix) => {
-            let found = output(Command::new("apt-cache").args(["search", "--names-only", prefix]))?;
+            let found = output(
+                Command::new("apt-cache")
+                    .args(apt)
+                    .args(["search", "--names-only", prefix]),
+            )?;
             let mut names: Vec<&str> = found
                 .lines()
                 .filter_map(|l| l.split(" - ").next())
@@ -118,11 +170,14 @@ fn version_key(name: &str) -> Vec<u64> {
 
 /// Download and unpack the kernel package; returns (unpacked dir, kernel release).
 fn fetch(k: &Kernel, cache: &Path) -> Result<(PathBuf, String)> {
-    let pkg = package_name(k.query)?;
+    std::fs::create_dir_all(cache)?;
+    let apt = apt_opts(cache, k.suite)?;
+    let pkg = package_name(k.query, &apt)?;
     let dir = cache.join(&pkg);
     if !dir.join("boot").exists() {
         std::fs::create_dir_all(cache)?;
         run(Command::new("apt-get")
+            .args(&apt)
             .args(["download", &pkg])
             .current_dir(cache))?;
         let deb = std::fs::read_dir(cache)?
@@ -200,8 +255,24 @@ fn initramfs(work: &Path, kdir: &Path, kver: &str) -> Result<PathBuf> {
                 .file_name()
                 .and_then(|f| f.to_str())
                 .unwrap_or("m.ko");
-            std::fs::copy(p, root.join(format!("modules/{n:02}-{name}")))
-                .with_context(|| format!("copying module {p}"))?;
+            // busybox's insmod takes plain .ko files: newer kernels ship them xz-compressed.
+            match name.strip_suffix(".xz") {
+                Some(plain) => {
+                    let out = std::fs::File::create(root.join(format!("modules/{n:02}-{plain}")))?;
+                    let st = Command::new("xz")
+                        .args(["-dc", p])
+                        .stdout(out)
+                        .status()
+                        .context("xz")?;
+                    if !st.success() {
+                        bail!("decompressing {p}: {st}");
+                    }
+                }
+                None => {
+                    std::fs::copy(p, root.join(format!("modules/{n:02}-{name}")))
+                        .with_context(|| format!("copying module {p}"))?;
+                }
+            }
         }
     }
     let script = std::fs::read_to_string(crate::root().join("xtask/kernels/smoke.sh"))?;

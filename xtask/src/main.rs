@@ -30,11 +30,15 @@ enum Cmd {
     Setup,
     /// Build everything (userspace + embedded eBPF) in release mode.
     Build,
-    /// Run every test: lint, unit tests, eBPF program tests, namespace integration tests.
+    /// Run every test: lint, unit tests, eBPF program tests, namespace integration tests, and
+    /// the kernel matrix (`kernels`).
     Test {
         /// Skip fmt/clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the kernel matrix (qemu; a few minutes).
+        #[arg(long)]
+        no_kernels: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -50,7 +54,7 @@ enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// The kernel matrix: Debian's 6.1 and 6.12 kernels booted under qemu (software
+    /// The kernel matrix: Debian's 5.10, 6.1 and 6.12 kernels booted under qemu (software
     /// emulation), every tool run in a lab inside each guest.
     Kernels {
         /// Only these kernels (e.g. 6.1).
@@ -138,7 +142,11 @@ fn main() -> Result<()> {
             setup::setup()?;
             lint()
         }
-        Cmd::Test { no_lint, args } => {
+        Cmd::Test {
+            no_lint,
+            no_kernels,
+            args,
+        } => {
             setup::setup()?;
             if !no_lint {
                 lint()?;
@@ -157,6 +165,10 @@ fn main() -> Result<()> {
             // Integration tests must never skip under CI.
             c.env("WIRELAB_TEST_STRICT", "1");
             run(&mut c)?;
+            // A test filter asks for some tests, not the whole suite.
+            if !no_kernels && args.is_empty() {
+                kernels::kernels(&[])?;
+            }
             eprintln!("xtask: all tests passed");
             Ok(())
         }
