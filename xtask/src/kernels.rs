@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{root, run};
+use crate::{root, run, setup::output};
 
 /// Debian packages the kernel matrix needs on the host.
 const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "kmod"];
@@ -69,33 +69,8 @@ pub const MATRIX: &[Kernel] = &[
     },
 ];
 
-fn output(cmd: &mut Command) -> Result<String> {
-    let o = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
-    if !o.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
 fn ensure_host_packages() -> Result<()> {
-    let missing: Vec<&str> = HOST_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_ok_and(|s| s.contains("install ok installed"))
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    crate::setup::install_debian(HOST_PACKAGES).map(|_| ())
 }
 
 /// apt options reading `suite` from a private configuration under `cache` (updated once).
@@ -142,11 +117,11 @@ fn package_name(q: Query, apt: &[String]) -> Result<String> {
                 .with_context(|| format!("{meta} depends on no image"))
         }
         Query::Newest(prefix, suffix) => {
-            let found = output(
-                Command::new("apt-cache")
-                    .args(apt)
-                    .args(["search", "--names-only", prefix]),
-            )?;
+            let found = output(Command::new("apt-cache").args(apt).args([
+                "search",
+                "--names-only",
+                prefix,
+            ]))?;
             let mut names: Vec<&str> = found
                 .lines()
                 .filter_map(|l| l.split(" - ").next())

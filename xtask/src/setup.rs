@@ -29,7 +29,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3-prometheus-client",
 ];
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let o = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !o.status.success() {
         bail!(
@@ -161,20 +161,19 @@ fn step_cargo_deny(done: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn step_debian(done: &mut Vec<String>) -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Install the Debian packages of `packages` that are missing (as root); returns those
+/// installed.
+pub fn install_debian(packages: &[&str]) -> Result<Vec<String>> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-                .unwrap_or(false)
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_ok_and(|s| s.contains("install ok installed"))
         })
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(vec![]);
     }
     if !is_root() {
         bail!(
@@ -188,7 +187,14 @@ fn step_debian(done: &mut Vec<String>) -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    done.push(format!("installed Debian packages {}", missing.join(" ")));
+    Ok(missing.iter().map(|m| m.to_string()).collect())
+}
+
+fn step_debian(done: &mut Vec<String>) -> Result<()> {
+    let installed = install_debian(DEBIAN_PACKAGES)?;
+    if !installed.is_empty() {
+        done.push(format!("installed Debian packages {}", installed.join(" ")));
+    }
     Ok(())
 }
 
