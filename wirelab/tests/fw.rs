@@ -710,27 +710,13 @@ struct Syn {
 
 impl Syn {
     fn v4(&self, src: [u8; 4], dport: u16) -> Vec<u8> {
-        let mut v = Vec::new();
-        etherparse::PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
-            .ipv4(src, [198, 18, 0, 2], 64)
-            .tcp(40000, dport, 1, 1024)
-            .syn()
-            .write(&mut v, &[])
-            .unwrap();
-        v
+        let dst = [198, 18, 0, 2];
+        common::frames::tcp_syn(self.src_mac, self.dst_mac, src.into(), dst.into(), dport)
     }
 
     fn v6(&self, src: &str, dport: u16) -> Vec<u8> {
-        let src: std::net::Ipv6Addr = src.parse().unwrap();
-        let dst: std::net::Ipv6Addr = "2001:2::2".parse().unwrap();
-        let mut v = Vec::new();
-        etherparse::PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
-            .ipv6(src.octets(), dst.octets(), 64)
-            .tcp(40000, dport, 1, 1024)
-            .syn()
-            .write(&mut v, &[])
-            .unwrap();
-        v
+        let (src, dst) = (src.parse().unwrap(), "2001:2::2".parse().unwrap());
+        common::frames::tcp_syn(self.src_mac, self.dst_mac, src, dst, dport)
     }
 }
 

@@ -416,14 +416,7 @@ fn vlan_options_fragments() {
 }
 
 fn tcp6_syn(src: [u8; 16], dport: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv6(src, SERVER6, 64)
-        .tcp(40000, dport, 1, 1024)
-        .syn()
-        .write(&mut v, &[])
-        .unwrap();
-    v
+    common::frames::tcp_syn(SRC, DST, src.into(), SERVER6.into(), dport)
 }
 
 /// A frame the kernel hands to its IP stack is judged by the rules, however it is wrapped:

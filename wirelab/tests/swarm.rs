@@ -716,6 +716,18 @@ fn connect_5000_clients_distinct_ips_and_macs() {
     assert_clean(&lab, pool_s);
 }
 
+/// Run a `swarm connect` and assert that it succeeded with all `n` clients connected from their
+/// own addresses; returns its JSON summary and stderr.
+fn every_client_connects(mut c: std::process::Command, n: u32) -> (serde_json::Value, String) {
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let v = json_of(&o);
+    assert!(o.status.success(), "{v} {err}");
+    assert_eq!(v["connected"], n, "{v}");
+    assert_eq!(v["identity_ok"], n, "{v}");
+    (v, err)
+}
+
 /// `swarm` with RLIMIT_NOFILE (soft and hard) set to `nofile` in the child only.
 fn swarm_with_nofile(
     lab: &Lab,
@@ -767,18 +779,13 @@ fn connect_concurrency_fits_the_descriptor_limit() {
     // The default (one socket per client) is lowered to what fits, said so, and every client
     // still connects: 200 clients through 100 - 64 = 36 sockets at a time.
     let srv = TcpServer::start(lab.ns("server"), 9301);
-    let o = swarm_with_nofile(&lab, "connect", pool_s, n, 100)
-        .args(["--to", &format!("{SERVER}:9301"), "--hold", "100ms"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    let v = json_of(&o);
-    assert!(o.status.success(), "{v} {err}");
+    let mut c = swarm_with_nofile(&lab, "connect", pool_s, n, 100);
+    c.args(["--to", &format!("{SERVER}:9301"), "--hold", "100ms"]);
+    let (v, err) = every_client_connects(c, n);
     assert!(
         err.contains("concurrency 36 instead of one per client (200)"),
         "{err}"
     );
-    assert_eq!(v["connected"], n, "{v}");
     assert_eq!(v["concurrency"], 36, "{v}");
     let peers: HashSet<Ipv4Addr> = srv.peers().into_iter().collect();
     assert_eq!(peers.len(), n as usize);
@@ -805,20 +812,18 @@ fn clsact_fallback_where_tcx_is_missing() {
     let _limits = prepare_server(&lab, pool_s, n);
     let srv = TcpServer::start(lab.ns("server"), 9302);
     let client = lab.ns("client");
-    let o = swarm(&lab, "connect", pool_s, n)
-        .env("WIRELAB_TC_ATTACH", "clsact")
-        .args(["--to", &format!("{SERVER}:9302"), "--hold", "200ms"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    let v = json_of(&o);
-    assert!(o.status.success(), "{v} {err}");
+    let mut c = swarm(&lab, "connect", pool_s, n);
+    c.env("WIRELAB_TC_ATTACH", "clsact").args([
+        "--to",
+        &format!("{SERVER}:9302"),
+        "--hold",
+        "200ms",
+    ]);
+    let (_, err) = every_client_connects(c, n);
     assert!(
         err.contains("tc=clsact"),
         "the attach used is not stated: {err}"
     );
-    assert_eq!(v["connected"], n, "{v}");
-    assert_eq!(v["identity_ok"], n, "{v}");
     let neigh = server_neighbours(&lab, &pool);
     assert_eq!(neigh.len(), n as usize);
     assert!(neigh

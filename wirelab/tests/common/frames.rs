@@ -114,3 +114,26 @@ pub fn vlan_wrappings(max_depth: usize) -> Vec<(String, Vec<(u16, u16)>)> {
     }
     out
 }
+
+/// A TCP SYN from port 40000 to `dport`, IPv4 or IPv6 by the addresses' family.
+pub fn tcp_syn(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    dport: u16,
+) -> Vec<u8> {
+    use std::net::IpAddr;
+    let eth = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac);
+    let ip = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("tcp_syn: {src} and {dst} are of different families"),
+    };
+    let mut v = Vec::new();
+    ip.tcp(40000, dport, 1, 1024)
+        .syn()
+        .write(&mut v, &[])
+        .expect("building a SYN");
+    v
+}
