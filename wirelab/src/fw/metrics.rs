@@ -1,0 +1,87 @@
+//! `fw --metrics`: per-rule and per-policy counters, reloads, generation.
+
+use anyhow::Result;
+
+use super::*;
+
+/// The firewall's Prometheus metrics (`--metrics`).
+pub(super) struct FwMetrics {
+    packets: crate::metrics::CounterFam,
+    bytes: crate::metrics::CounterFam,
+    dropped: crate::metrics::CounterFam,
+    logged: crate::metrics::CounterFam,
+    reloads: crate::metrics::CounterFam,
+    generation: crate::metrics::GaugeFam,
+    /// Rules exported so far, (name, id): a removed rule's series is dropped, and so is the
+    /// series of a name whose rule was removed and added again (new id, zeroed counters),
+    /// which starts afresh.
+    shown: Vec<(String, u64)>,
+    _server: crate::metrics::Server,
+}
+
+impl FwMetrics {
+    pub(super) fn start(ep: &crate::metrics::Endpoint) -> Result<Self> {
+        let mut b = crate::metrics::Builder::new();
+        b.info("fw");
+        let packets = b.counter("wirelab_fw_packets", "Frames judged, by rule or policy");
+        let bytes = b.counter("wirelab_fw_bytes", "Bytes of those frames");
+        let dropped = b.counter(
+            "wirelab_fw_dropped_packets",
+            "Frames dropped (deny, over a rate limit, or a deny policy)",
+        );
+        let logged = b.counter("wirelab_fw_logged_packets", "Frames sampled to the log");
+        let reloads = b.counter("wirelab_fw_reloads", "Rule sets swapped in by reload");
+        let generation = b.gauge(
+            "wirelab_fw_generation",
+            "Rule-set generation in force (0 or 1)",
+        );
+        let server = b.serve(ep)?;
+        Ok(Self {
+            packets,
+            bytes,
+            dropped,
+            logged,
+            reloads,
+            generation,
+            shown: vec![],
+            _server: server,
+        })
+    }
+
+    pub(super) fn publish(&mut self, iface: &str, s: &serde_json::Value) {
+        use crate::metrics::{labels, set_total};
+        let rows = counter_rows(s);
+        let now: Vec<(String, u64)> = rows
+            .iter()
+            .map(|(n, r)| (n.clone(), r["id"].as_u64().unwrap_or(0)))
+            .collect();
+        for old in &self.shown {
+            if !now.contains(old) {
+                let l = labels(&[("iface", iface), ("rule", &old.0)]);
+                for f in [&self.packets, &self.bytes, &self.dropped, &self.logged] {
+                    f.remove(&l);
+                }
+            }
+        }
+        self.shown = now;
+        for (name, r) in rows {
+            let l = labels(&[("iface", iface), ("rule", &name)]);
+            for (f, k) in [
+                (&self.packets, "packets"),
+                (&self.bytes, "bytes"),
+                (&self.dropped, "dropped"),
+                (&self.logged, "logged"),
+            ] {
+                set_total(&f.get_or_create(&l), r[k].as_u64().unwrap_or(0));
+            }
+        }
+        let l = labels(&[("iface", iface)]);
+        set_total(
+            &self.reloads.get_or_create(&l),
+            s["reloads"].as_u64().unwrap_or(0),
+        );
+        self.generation
+            .get_or_create(&l)
+            .set(s["generation"].as_f64().unwrap_or(0.0));
+    }
+}
