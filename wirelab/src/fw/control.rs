@@ -1,34 +1,39 @@
 //! The control socket: `fw stats` and `fw reload` talk to the running firewall over an
 //! abstract unix socket in its namespace.
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    os::{
-        linux::net::SocketAddrExt as _,
-        unix::net::{SocketAddr, UnixStream},
-    },
+    io::Write as _,
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::*;
-use crate::runtime::bpf::AttachMode;
+use crate::runtime::{
+    bpf::AttachMode,
+    control::{self, Reply},
+};
 
 /// Abstract socket name of the firewall on `iface` (per network namespace).
 pub fn socket_name(iface: &str) -> String {
     format!("wirelab-fw/{iface}")
 }
 
+/// What `fw stats` and `fw reload` ask the running firewall.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Request {
-    cmd: String,
-    #[serde(default)]
-    rules: Option<String>,
-    #[serde(default)]
-    base: Option<PathBuf>,
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub(super) enum Request {
+    /// Counters, log samples, lookup plan.
+    Stats,
+    /// Install this rules text (relative `src_file`s resolved against `base`).
+    Reload {
+        rules: String,
+        #[serde(default)]
+        base: Option<PathBuf>,
+    },
 }
 
 /// Run count and time of the `fw` program (kept by the kernel while
@@ -49,6 +54,7 @@ pub(super) fn program_stats(bpf: &aya::Ebpf) -> serde_json::Value {
     }
 }
 
+/// Answer one request on an accepted connection.
 pub(super) fn serve(
     fw: &mut Firewall,
     bpf: &aya::Ebpf,
@@ -56,104 +62,47 @@ pub(super) fn serve(
     opts: &Options,
     mode: AttachMode,
 ) -> Result<()> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
-    let req: Request = serde_json::from_str(&line).context("bad request")?;
-    let resp = match req.cmd.as_str() {
-        "stats" => match fw.stats() {
-            Ok(mut v) => {
-                v["ok"] = json!(true);
-                v["program"] = program_stats(bpf);
-                v["iface"] = json!(opts.iface);
-                v["mode"] = json!(mode);
-                v
-            }
-            Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
-        },
-        "reload" => {
-            let text = req.rules.unwrap_or_default();
-            match rules::parse(&text, req.base.as_deref()) {
-                Err(e) => {
-                    tracing::warn!("reload refused, old rules stay in force: {e:#}");
-                    json!({"ok": false, "error": format!("{e:#}")})
+    let answer = match control::read_request::<Request>(&s, Duration::from_secs(5)) {
+        Err(e) => Err(e),
+        Ok(Request::Stats) => fw.stats().map(|mut v| {
+            v["program"] = program_stats(bpf);
+            v["iface"] = json!(opts.iface);
+            v["mode"] = json!(mode);
+            v
+        }),
+        Ok(Request::Reload { rules, base }) => rules::parse(&rules, base.as_deref())
+            .inspect_err(|e| tracing::warn!("reload refused, old rules stay in force: {e:#}"))
+            .and_then(|rs| {
+                let v = fw.install(&rs).context("installing")?;
+                tracing::info!(
+                    generation = fw.generation(),
+                    rules = rs.rules.len(),
+                    "rules reloaded"
+                );
+                if opts.json {
+                    let mut e = v.clone();
+                    e["type"] = json!("reload");
+                    let _ = writeln!(std::io::stdout().lock(), "{e}");
                 }
-                Ok(rs) => match fw.install(&rs) {
-                    Ok(v) => {
-                        tracing::info!(
-                            generation = fw.generation(),
-                            rules = rs.rules.len(),
-                            "rules reloaded"
-                        );
-                        if opts.json {
-                            let mut e = v.clone();
-                            e["type"] = json!("reload");
-                            let _ = writeln!(std::io::stdout().lock(), "{e}");
-                        }
-                        v
-                    }
-                    Err(e) => json!({"ok": false, "error": format!("installing: {e:#}")}),
-                },
-            }
-        }
-        o => json!({"ok": false, "error": format!("unknown command {o:?}")}),
+                Ok(v)
+            }),
     };
-    let mut w = &s;
-    writeln!(w, "{resp}")?;
-    Ok(())
+    control::reply(&s, &Reply::from_result(answer))
 }
 
-/// Find the control socket of the firewall in the current namespace.
-pub(super) fn find_socket(iface: Option<&str>) -> Result<String> {
-    if let Some(i) = iface {
-        return Ok(socket_name(i));
-    }
-    let text = std::fs::read_to_string("/proc/self/net/unix").unwrap_or_default();
-    let mut names: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(7))
-        .filter_map(|p| p.strip_prefix("@wirelab-fw/"))
-        .map(socket_name)
-        .collect();
-    names.sort();
-    names.dedup();
-    match names.len() {
-        0 => bail!("no wirelab fw runs in this network namespace (use --netns NAME?)"),
-        1 => Ok(names.remove(0)),
-        _ => bail!(
-            "several firewalls run here ({}); pick one with --iface",
-            names.join(", ")
-        ),
-    }
-}
-
-/// Send one request to a running firewall and return its answer.
-pub(super) fn request(iface: Option<&str>, req: &Request) -> Result<serde_json::Value> {
-    let name = find_socket(iface)?;
-    let s = UnixStream::connect_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)
-        .with_context(|| format!("connecting to @{name}: is wirelab fw running?"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut w = &s;
-    writeln!(w, "{}", serde_json::to_string(req)?)?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
-    let v: serde_json::Value = serde_json::from_str(&line).context("bad answer from fw")?;
-    if v["ok"] != true {
-        bail!("{}", v["error"].as_str().unwrap_or("request failed"));
-    }
-    Ok(v)
+/// Send one request to the firewall on `iface` (or the only one running here).
+fn request(iface: Option<&str>, req: &Request) -> Result<serde_json::Value> {
+    let name = control::pick(
+        "wirelab-fw/",
+        iface.map(socket_name),
+        "wirelab fw",
+        "--iface",
+    )?;
+    control::request(&name, req, Duration::from_secs(60))
 }
 
 pub fn stats(iface: Option<&str>) -> Result<serde_json::Value> {
-    request(
-        iface,
-        &Request {
-            cmd: "stats".into(),
-            rules: None,
-            base: None,
-        },
-    )
+    request(iface, &Request::Stats)
 }
 
 /// Validate `path` here, then ask the running firewall to install it.
@@ -170,13 +119,6 @@ pub fn reload(iface: Option<&str>, path: &Path) -> Result<serde_json::Value> {
             })
         })
         .transpose()?;
-    request(
-        iface,
-        &Request {
-            cmd: "reload".into(),
-            rules: Some(text),
-            base,
-        },
-    )
-    .context("reload refused, the old rules stay in force")
+    request(iface, &Request::Reload { rules: text, base })
+        .context("reload refused, the old rules stay in force")
 }

@@ -289,7 +289,6 @@ impl Firewall {
         self.set = Some(rs.clone());
         self.reloads += 1;
         Ok(json!({
-            "ok": true,
             "generation": g,
             "rules": rs.rules.len(),
             "prefixes": rs.prefixes(),

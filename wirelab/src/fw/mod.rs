@@ -24,10 +24,6 @@ use stats::*;
 
 use std::{
     io::Write as _,
-    os::{
-        linux::net::SocketAddrExt as _,
-        unix::net::{SocketAddr, UnixListener, UnixStream},
-    },
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -37,7 +33,10 @@ use serde_json::json;
 
 use crate::{
     ebpf,
-    runtime::bpf::{self, AttachMode},
+    runtime::{
+        bpf::{self, AttachMode},
+        control as ctl,
+    },
     util::Stop,
 };
 
@@ -65,17 +64,9 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
         );
     }
     let name = socket_name(&opts.iface);
-    if UnixStream::connect_addr(&SocketAddr::from_abstract_name(name.as_bytes())?).is_ok() {
-        bail!(
-            "a wirelab fw already runs on {} in this namespace",
-            opts.iface
-        );
-    }
+    let listener = ctl::bind(&name, &format!("a wirelab fw on {}", opts.iface))?;
     let mut bpf = ebpf::load()?;
     let mut fw = Firewall::new(&mut bpf, &rs)?;
-    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)
-        .with_context(|| format!("binding control socket @{name}"))?;
-    listener.set_nonblocking(true)?;
     let mode = bpf::attach_xdp(&mut bpf, "fw", &opts.iface, opts.mode)?;
     tracing::info!(
         iface = %opts.iface, %mode, rules = rs.rules.len(), prefixes = rs.prefixes(),

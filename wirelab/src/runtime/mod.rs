@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::util::Stop;
 
 pub mod bpf;
+pub mod control;
 pub mod observe;
 
 /// Interval ticks until `duration` has passed or a stop is requested.
