@@ -161,12 +161,9 @@ mod tests {
             let mut answered = 0;
             // The refused second bind connected once and hung up: an empty request, skipped.
             while answered < 2 {
-                let s = match l.accept() {
-                    Ok((s, _)) => s,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(5));
-                        continue;
-                    }
+                let Ok((s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
                 };
                 let Ok(Req::Ping { n }) = read_request(&s, Duration::from_secs(2)) else {
                     continue;

@@ -8,10 +8,9 @@ pub mod dist;
 pub mod engine;
 pub mod spec;
 
-use std::os::linux::net::SocketAddrExt as _;
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     net::IpAddr,
     os::unix::net::{UnixListener, UnixStream},
     path::{Path, PathBuf},
@@ -31,7 +30,7 @@ use wirelab_common::wan::{
     CLASS_KEY_FIXED_BITS, LOSS_GEMODEL, LOSS_NONE, LOSS_RANDOM, LOSS_STATE, PROFILE_FAST,
 };
 
-use crate::{ebpf, util::Stop};
+use crate::{ebpf, runtime::control as ctl, util::Stop};
 use engine::{mono_ns, ClassStats, Engine, Profile};
 use spec::{Limit, Loss, Spec};
 
@@ -330,17 +329,13 @@ pub fn control_name(a: &str, b: &str) -> String {
 
 /// Control sockets of the emulators running in this network namespace.
 pub fn running() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_to_string("/proc/net/unix")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(7))
-        .filter_map(|n| n.strip_prefix('@'))
-        .filter(|n| n.starts_with("wirelab-wan/"))
-        .map(str::to_string)
-        .collect();
-    v.sort();
-    v.dedup();
-    v
+    ctl::listening("wirelab-wan/")
+}
+
+/// The answer to a live change: what is now in force.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetReply {
+    pub applied: String,
 }
 
 /// A live change, sent over the control socket.
@@ -356,34 +351,14 @@ pub struct SetRequest {
 /// Send a live change to an emulator running in the current network namespace (the caller
 /// enters `--netns` first); `between` picks one when several run.
 pub fn send_set(between: Option<(&str, &str)>, req: &SetRequest) -> Result<String> {
-    let name = match between {
-        Some((a, b)) => control_name(a, b),
-        None => {
-            let r = running();
-            match r.len() {
-                0 => {
-                    bail!("no wirelab wan is running in this network namespace (use --netns NAME)")
-                }
-                1 => r[0].clone(),
-                _ => bail!(
-                    "several emulators run here ({}); pick one with --between IF_A IF_B",
-                    r.join(", ")
-                ),
-            }
-        }
-    };
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let mut s = UnixStream::connect_addr(&addr)
-        .with_context(|| format!("no wirelab wan answers on @{name}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    writeln!(s, "{}", serde_json::to_string(req)?)?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
-    let v: serde_json::Value = serde_json::from_str(line.trim()).context("bad reply")?;
-    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        bail!("{e}");
-    }
-    Ok(v["applied"].as_str().unwrap_or("").to_string())
+    let name = ctl::pick(
+        "wirelab-wan/",
+        between.map(|(a, b)| control_name(a, b)),
+        "wirelab wan",
+        "--between IF_A IF_B",
+    )?;
+    let r: SetReply = ctl::request(&name, req, Duration::from_secs(5))?;
+    Ok(r.applied)
 }
 
 struct Maps {
@@ -682,19 +657,13 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     // Control socket for live changes, bound before anything is attached: an abstract unix
     // socket, so it is private to this network namespace and vanishes with the process.
     let cname = control_name(&opts.iface_a, &opts.iface_b);
-    let caddr = std::os::unix::net::SocketAddr::from_abstract_name(cname.as_bytes())?;
-    let listener = UnixListener::bind_addr(&caddr).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow!(
-                "another wirelab wan is already running between {} and {} in this namespace",
-                opts.iface_a,
-                opts.iface_b
-            )
-        } else {
-            anyhow!("binding the control socket @{cname}: {e}")
-        }
-    })?;
-    listener.set_nonblocking(true)?;
+    let listener = ctl::bind(
+        &cname,
+        &format!(
+            "another wirelab wan between {} and {}",
+            opts.iface_a, opts.iface_b
+        ),
+    )?;
     let max = plan.names.len() as u32;
     // Single-address classes go to a hash table, prefixes to the LPM trie.
     let n_host = plan.keys.iter().filter(|(_, b, _)| *b == 128).count();
@@ -921,7 +890,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
                     }),
                     specs.clone(),
                 ));
-                let _ = reply.send(serde_json::json!({ "applied": applied }));
+                let _ = reply.send(SetReply { applied });
             }
         }
         if last_report.elapsed() >= opts.interval {
@@ -1032,7 +1001,7 @@ struct Change {
     class: usize,
     profiles: [Profile; 2],
     applied: String,
-    reply: std::sync::mpsc::Sender<serde_json::Value>,
+    reply: std::sync::mpsc::Sender<SetReply>,
 }
 
 /// The control thread: accepts `wan set` connections on the abstract socket. Each
@@ -1050,7 +1019,7 @@ fn control(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
-    let (req_tx, req_rx) = std::sync::mpsc::channel::<(UnixStream, Result<String>)>();
+    let (req_tx, req_rx) = std::sync::mpsc::channel::<(UnixStream, Result<SetRequest>)>();
     while !stopped() {
         match listener.accept() {
             Ok((s, _)) => {
@@ -1058,8 +1027,8 @@ fn control(
                 let _ = std::thread::Builder::new()
                     .name("wan-control-read".into())
                     .spawn(move || {
-                        let line = read_request(&s);
-                        let _ = req_tx.send((s, line));
+                        let req = ctl::read_request(&s, Duration::from_secs(2));
+                        let _ = req_tx.send((s, req));
                     });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -1068,10 +1037,10 @@ fn control(
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        let Ok((mut s, line)) = req_rx.recv_timeout(Duration::from_millis(10)) else {
+        let Ok((s, req)) = req_rx.recv_timeout(Duration::from_millis(10)) else {
             continue;
         };
-        let reply = match line.and_then(|l| prepare(&l, &names, &specs, frames)) {
+        let reply: Result<SetReply> = match req.and_then(|r| prepare(&r, &names, &specs, frames)) {
             Ok((new_specs, class, profiles, applied)) => {
                 let (rtx, rrx) = std::sync::mpsc::channel();
                 let ch = Change {
@@ -1082,7 +1051,7 @@ fn control(
                     reply: rtx,
                 };
                 if tx.send(ch).is_err() {
-                    serde_json::json!({"error": "wan is stopping"})
+                    Err(anyhow!("wan is stopping"))
                 } else {
                     // The engine looks for changes every 10 ms; wait for its answer however
                     // long it takes (a missed answer would leave `specs` behind the engine's).
@@ -1090,36 +1059,29 @@ fn control(
                         match rrx.recv_timeout(Duration::from_millis(100)) {
                             Ok(v) => {
                                 specs = new_specs;
-                                break v;
+                                break Ok(v);
                             }
                             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !stopped() => {}
-                            Err(_) => {
-                                break serde_json::json!({"error": "wan stopped before applying the change"})
-                            }
+                            Err(_) => break Err(anyhow!("wan stopped before applying the change")),
                         }
                     }
                 }
             }
-            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+            Err(e) => Err(e),
         };
-        let _ = writeln!(s, "{reply}");
+        let _ = ctl::reply(&s, &ctl::Reply::from_result(reply));
     }
-}
-
-/// Read one request line (2 s at most).
-fn read_request(s: &UnixStream) -> Result<String> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
-    Ok(line)
 }
 
 type SetResult = ([Vec<Spec>; 2], usize, [Profile; 2], String);
 
-/// Build the change a request line asks for (nothing is applied here).
-fn prepare(line: &str, names: &[String], cur: &[Vec<Spec>; 2], frames: u64) -> Result<SetResult> {
-    let req: SetRequest = serde_json::from_str(line.trim()).context("malformed request")?;
+/// Build the change a request asks for (nothing is applied here).
+fn prepare(
+    req: &SetRequest,
+    names: &[String],
+    cur: &[Vec<Spec>; 2],
+    frames: u64,
+) -> Result<SetResult> {
     let class = req.class.clone().unwrap_or_else(|| "default".into());
     let c = names
         .iter()
