@@ -622,10 +622,17 @@ fn print_reports(
     Ok(())
 }
 
-/// Run the emulator until `duration`, SIGINT or SIGTERM. Returns the final per-class totals.
-#[allow(clippy::needless_range_loop)] // (direction, class) grids read best as indexes
-pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
-    // 1. Validate everything before touching the system, the kernel's features first.
+/// What `validate` found good: the config, its plan, each class's profiles, the interfaces.
+struct Validated {
+    cfg: Config,
+    plan: Plan,
+    profiles: [Vec<Profile>; 2],
+    ifindex: [u32; 2],
+}
+
+/// Everything `run` checks before it touches the system: kernel features, the config and its
+/// plan, every class's profile (distribution files are read here), the two interfaces.
+fn validate(opts: &Options) -> Result<Validated> {
     crate::kernel::require(&[
         crate::kernel::feature::BPF_LINK_XDP,
         crate::kernel::feature::XSK_NETNS_COOKIE,
@@ -650,26 +657,29 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             anyhow!("no interface named {n:?} in this network namespace (use --netns NAME for a lab host)")
         })?;
     }
-    ebpf::preflight()?;
-    for w in warnings(&plan.names, &plan.specs) {
-        tracing::warn!("{w}");
-    }
-    // Control socket for live changes, bound before anything is attached: an abstract unix
-    // socket, so it is private to this network namespace and vanishes with the process.
-    let cname = control_name(&opts.iface_a, &opts.iface_b);
-    let listener = ctl::bind(
-        &cname,
-        &format!(
-            "another wirelab wan between {} and {}",
-            opts.iface_a, opts.iface_b
-        ),
-    )?;
-    let max = plan.names.len() as u32;
-    // Single-address classes go to a hash table, prefixes to the LPM trie.
-    let n_host = plan.keys.iter().filter(|(_, b, _)| *b == 128).count();
-    let n_prefix = plan.keys.len() - n_host;
+    Ok(Validated {
+        cfg,
+        plan,
+        profiles,
+        ifindex,
+    })
+}
 
-    // 2. Load with per-class maps sized to the class count.
+/// The loaded object and the maps taken out of it. Every map taken must live as long as the
+/// programs are loaded: the programs are loaded at attach time and refer to the maps' fds.
+struct Loaded {
+    bpf: aya::Ebpf,
+    maps: Maps,
+    counters: PerCpuArray<MapData, WanCounters>,
+    loss: Array<MapData, LossState>,
+    classes: LpmTrie<MapData, ClassKey, u32>,
+    hosts: aya::maps::HashMap<MapData, ClassKey, u32>,
+}
+
+/// Load the object with per-class maps sized to the class count and fill them: loss states,
+/// class keys (single addresses in a hash table, prefixes in the LPM trie), profiles, config.
+fn load(plan: &Plan, ifindex: [u32; 2], n_host: usize, n_prefix: usize) -> Result<Loaded> {
+    let max = plan.names.len() as u32;
     let mut bpf = EbpfLoader::new()
         .map_max_entries("WAN_PROFILES", 4 * max)
         .map_max_entries("WAN_LOSS", 2 * max)
@@ -720,26 +730,28 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         0,
     )?;
 
-    // 3. The engine's sockets, registered in the XSKMAP.
-    let mut engine = Engine::new(ifindex, opts.frames, profiles, plan.seed)
-        .map_err(engine::explain_xsk_error)?;
-    let mut xsks = XskMap::try_from(bpf.take_map("WAN_XSKS").context("WAN_XSKS")?)?;
-    let fds = engine.fds();
-    for (d, fd) in fds.iter().enumerate() {
-        let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
-        xsks.set(d as u32, bfd, 0)?;
-    }
+    Ok(Loaded {
+        bpf,
+        maps,
+        counters,
+        loss,
+        classes,
+        hosts,
+    })
+}
 
-    // 4. Attach: tc fast path first (TCX, or a clsact filter before 6.6), then XDP.
+/// Attach the tc fast path (TCX, or a clsact filter before 6.6), then XDP, to both
+/// interfaces; returns the XDP mode of each.
+fn attach(bpf: &mut aya::Ebpf, opts: &Options) -> Result<Vec<&'static str>> {
     for iface in [&opts.iface_a, &opts.iface_b] {
-        let tc = crate::runtime::bpf::attach_tc(&mut bpf, "wan_fwd", iface, TcAttachType::Ingress)
+        let tc = crate::runtime::bpf::attach_tc(bpf, "wan_fwd", iface, TcAttachType::Ingress)
             .with_context(|| format!("attaching the tc fast path to {iface}"))?;
         tracing::debug!(%iface, %tc, "wan_fwd attached");
     }
     let mut modes = vec![];
     for iface in [&opts.iface_a, &opts.iface_b] {
         let mode = crate::runtime::bpf::attach_xdp_noting(
-            &mut bpf,
+            bpf,
             "wan_xdp",
             iface,
             None,
@@ -751,6 +763,61 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             "skb"
         });
     }
+
+    Ok(modes)
+}
+
+/// Run the emulator until `duration`, SIGINT or SIGTERM. Returns the final per-class totals.
+#[allow(clippy::needless_range_loop)] // (direction, class) grids read best as indexes
+pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
+    // 1. Validate everything before touching the system, the kernel's features first.
+    let Validated {
+        cfg,
+        plan,
+        profiles,
+        ifindex,
+    } = validate(opts)?;
+    ebpf::preflight()?;
+    for w in warnings(&plan.names, &plan.specs) {
+        tracing::warn!("{w}");
+    }
+    // Control socket for live changes, bound before anything is attached: an abstract unix
+    // socket, so it is private to this network namespace and vanishes with the process.
+    let cname = control_name(&opts.iface_a, &opts.iface_b);
+    let listener = ctl::bind(
+        &cname,
+        &format!(
+            "another wirelab wan between {} and {}",
+            opts.iface_a, opts.iface_b
+        ),
+    )?;
+    let max = plan.names.len() as u32;
+    // Single-address classes go to a hash table, prefixes to the LPM trie.
+    let n_host = plan.keys.iter().filter(|(_, b, _)| *b == 128).count();
+    let n_prefix = plan.keys.len() - n_host;
+
+    // 2. Load with per-class maps sized to the class count, and fill them.
+    let Loaded {
+        mut bpf,
+        mut maps,
+        counters,
+        mut loss,
+        classes: _classes,
+        hosts: _hosts,
+    } = load(&plan, ifindex, n_host, n_prefix)?;
+
+    // 3. The engine's sockets, registered in the XSKMAP.
+    let mut engine = Engine::new(ifindex, opts.frames, profiles, plan.seed)
+        .map_err(engine::explain_xsk_error)?;
+    let mut xsks = XskMap::try_from(bpf.take_map("WAN_XSKS").context("WAN_XSKS")?)?;
+    let fds = engine.fds();
+    for (d, fd) in fds.iter().enumerate() {
+        let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+        xsks.set(d as u32, bfd, 0)?;
+    }
+
+    // 4. Attach: tc fast path first (TCX, or a clsact filter before 6.6), then XDP.
+    let modes = attach(&mut bpf, opts)?;
 
     // Run record and metrics (both optional).
     let mut rec: Option<crate::record::Recorder> = match &opts.record {
