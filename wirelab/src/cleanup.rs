@@ -36,9 +36,8 @@ fn stale_wan_filters(ns: &str) -> Vec<String> {
     }
     let ns_owned = ns.to_string();
     crate::netns::run_in(Some(ns), move || {
-        // This thread's namespace (not the process's): is a wan's control socket there?
-        let unix = std::fs::read_to_string("/proc/thread-self/net/unix").unwrap_or_default();
-        if unix.contains("@wirelab-wan/") {
+        // A wan running in this thread's namespace owns its filters.
+        if !crate::wan::running().is_empty() {
             return Ok(vec![]);
         }
         let ifaces: Vec<String> = nix::net::if_::if_nameindex()

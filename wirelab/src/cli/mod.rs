@@ -187,14 +187,10 @@ impl From<XdpModeArg> for AttachMode {
     }
 }
 
-/// Print to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+/// Print a line to stdout; a closed pipe (`| head`) ends the output quietly instead of
+/// panicking.
 pub fn emit(text: &str) -> Result<()> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{text}").and_then(|_| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => Ok(r?),
-    }
+    wirelab::runtime::observe::to_stdout(|out| writeln!(out, "{text}"))
 }
 
 pub fn require_root() -> Result<()> {

@@ -19,7 +19,7 @@ pub struct Observer {
 }
 
 /// Print `write` to stdout; a closed pipe (`| head`) is not an error.
-fn to_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+pub fn to_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
     let mut out = io::stdout().lock();
     match write(&mut out).and_then(|_| out.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
@@ -50,19 +50,6 @@ impl Observer {
             None => None,
         };
         Ok(Self { json, rec })
-    }
-
-    /// The run record, for what only some tools write (live changes, configured values).
-    pub fn recorder(&mut self) -> Option<&mut Recorder> {
-        self.rec.as_mut()
-    }
-
-    /// An event line (start, log sample, reload): printed with `--json` only.
-    pub fn event(&mut self, line: &impl Serialize) -> Result<()> {
-        if self.json {
-            to_stdout(|out| json_line(out, line))?;
-        }
-        Ok(())
     }
 
     /// One interval: recorded, and printed as a JSON line with `--json`, else as `table`.
