@@ -464,7 +464,7 @@ fn bad_reload_keeps_old_rules_and_kill9_leaves_nothing() {
         "old rules must stay in force"
     );
     // kill -9: the bpf_link and the abstract control socket die with the process.
-    let child = fw.0.as_mut().unwrap();
+    let child = fw.child_mut();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -548,8 +548,8 @@ fn record_series_counts_rule_hits_and_reports() {
     c.args(["--interval", "200ms", "--duration", "8s", "--record"]);
     c.arg(&rec);
     c.args(["--metrics", "127.0.0.1:0"]);
-    let (mut bg, _) = spawn_ready(c, "fw attached", Duration::from_secs(20));
-    let addr = tcp_listen_addr(bg.0.as_ref().unwrap().id());
+    let bg = spawn_ready(c, "fw attached", Duration::from_secs(20));
+    let addr = tcp_listen_addr(bg.pid());
     let metric = |rows: &[serde_json::Value], name: &str, rule: &str| {
         sample(rows, name, &[("iface", "eth0"), ("rule", rule)])
     };
@@ -620,8 +620,8 @@ fn record_series_counts_rule_hits_and_reports() {
         sample(&rows, "wirelab_fw_reloads_total", &[("iface", "eth0")]),
         2.0
     );
-    let st = bg.0.take().unwrap().wait().unwrap();
-    assert!(st.success(), "fw exit {st}");
+    let st = bg.wait(Duration::from_secs(60)).unwrap();
+    assert!(st.success(), "fw exit {:?}", st.status);
     // Every denied echo request is in the per-interval hits of its rule, and in the drops.
     let series = std::fs::read_to_string(rec.join("fw.series.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = series

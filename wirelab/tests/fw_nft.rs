@@ -262,8 +262,7 @@ impl Drop for NftTable {
 #[test]
 fn same_verdicts_as_nftables_netdev_ingress() {
     let lab = Lab::up("fwn");
-    let dir = std::env::temp_dir().join(unique("wirelab-fwnft-"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("wirelab-fwnft-");
     let rules = dir.join("r.toml");
     std::fs::write(&rules, RULES).unwrap();
     let nft_file = dir.join("r.nft");
@@ -304,7 +303,6 @@ fn same_verdicts_as_nftables_netdev_ingress() {
         .collect();
     send_frames(&lab.ns("client"), frames);
     std::thread::sleep(Duration::from_millis(500));
-    let _ = std::fs::remove_dir_all(&dir);
 
     let ids = rec.ids.lock().unwrap().clone();
     let mut disagree = vec![];

@@ -5,7 +5,7 @@
 mod common;
 use std::collections::HashMap;
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use common::frames::{
     cat, eth, frag6, ipv4, ipv6, opts_hdr, udp_hdr, vlan_wrap, vlan_wrappings, DST, SRC,
 };
@@ -148,13 +148,7 @@ impl Harness {
     }
 
     fn run(&self, frame: &[u8]) -> u32 {
-        let p: &Xdp = self.bpf.program("fw").unwrap().try_into().unwrap();
-        p.test_run(TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
+        wirelab_testkit::prog::run(&self.bpf, "fw", frame).0
     }
 
     /// Run one frame; assert the verdict and that exactly `counter` moved by one.
@@ -708,8 +702,7 @@ src = "198.18.5.0/24"
 #[test]
 fn hundred_thousand_prefixes() {
     // 100,000 distinct /32s and /24s across 10.0.0.0/8 and 198.18.0.0/15, in one rule.
-    let dir = std::env::temp_dir().join(format!("wirelab-fwprog-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = wirelab_testkit::TempDir::new("wirelab-fwprog-");
     let mut list = String::new();
     for i in 0..60_000u32 {
         let a = 0x0a00_0000u32 + i * 7;
@@ -723,7 +716,6 @@ fn hundred_thousand_prefixes() {
     let text = "default = \"allow\"\n[[rule]]\nname = \"big\"\naction = \"deny\"\nsrc_file = \"big.txt\"\n";
     std::fs::write(dir.join("big.toml"), text).unwrap();
     let rs = rules::load(&dir.join("big.toml")).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(rs.prefixes(), 100_000);
     common::require_privileges();
     let mut bpf = wirelab::ebpf::load().unwrap();

@@ -58,7 +58,7 @@ fn napi_on_client_peer(lab: &Lab) -> Bg {
         "--duration",
         "60s",
     ]);
-    spawn_ready(c, "inspect attached", Duration::from_secs(20)).0
+    spawn_ready(c, "inspect attached", Duration::from_secs(20))
 }
 
 #[test]

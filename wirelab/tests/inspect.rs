@@ -32,7 +32,7 @@ fn counts_exactly_n_icmp_echo_requests() {
         "30s",
         "--json",
     ]);
-    let (bg, _err) = spawn_ready(c, "inspect attached", Duration::from_secs(20));
+    let bg = spawn_ready(c, "inspect attached", Duration::from_secs(20));
     assert!(xdp_attached(&lab.ns("wan"), "to-client"));
     ok(in_ns(
         &lab.ns("client"),
@@ -95,18 +95,15 @@ fn killed_inspect_leaves_nothing_attached() {
     let lab = Lab::up("lk9");
     let mut c = wirelab();
     c.args(["inspect", "--netns", &lab.ns("wan"), "--iface", "to-server"]);
-    let (mut bg, _err) = spawn_ready(c, "inspect attached", Duration::from_secs(20));
+    let bg = spawn_ready(c, "inspect attached", Duration::from_secs(20));
     assert!(xdp_attached(&lab.ns("wan"), "to-server"));
-    let mut child = bg.0.take().unwrap();
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    bg.kill();
     // The bpf_link dies with its owner.
-    let t0 = std::time::Instant::now();
-    while xdp_attached(&lab.ns("wan"), "to-server") && t0.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     assert!(
-        !xdp_attached(&lab.ns("wan"), "to-server"),
+        eventually(Duration::from_secs(5), || !xdp_attached(
+            &lab.ns("wan"),
+            "to-server"
+        )),
         "XDP still attached after kill -9"
     );
 }

@@ -5,10 +5,7 @@
 //! The kernel refuses test input shorter than an Ethernet header (14 bytes), so "truncated
 //! Ethernet" cases are frames whose announced headers (VLAN tags, L3) are cut short.
 mod common;
-use aya::{
-    maps::PerCpuArray,
-    programs::{TestRun, TestRunOptions, Xdp},
-};
+use aya::{maps::PerCpuArray, programs::Xdp};
 use common::frames::{self, cat, eth, frag6, opts_hdr, DST, SRC};
 use etherparse::{PacketBuilder, VlanId};
 use wirelab_common::{
@@ -46,14 +43,8 @@ impl Harness {
     /// Run one frame; return the names of the classes whose counter moved.
     fn classes(&self, frame: &[u8]) -> Vec<&'static str> {
         let before = self.counts();
-        let p: &Xdp = self.bpf.program("inspect").unwrap().try_into().unwrap();
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        assert_eq!(r.return_value, 2, "inspect must always return XDP_PASS");
+        let (verdict, _) = wirelab_testkit::prog::run(&self.bpf, "inspect", frame);
+        assert_eq!(verdict, 2, "inspect must always return XDP_PASS");
         let after = self.counts();
         let mut moved = vec![];
         for (i, (a, b)) in after.iter().zip(before.iter()).enumerate() {

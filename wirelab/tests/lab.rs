@@ -36,9 +36,7 @@ fn up_status_down_leaves_nothing() {
         assert!(names.contains(&n), "{names:?}");
     }
     // A process left running in a lab host is stopped by `down`.
-    let _sleeper = Bg(Some(
-        in_ns(&lab.ns("server"), &["sleep", "60"]).spawn().unwrap(),
-    ));
+    let _sleeper = Bg::from_child(in_ns(&lab.ns("server"), &["sleep", "60"]).spawn().unwrap());
     std::thread::sleep(std::time::Duration::from_millis(200));
     ok(wirelab().args(["lab", "down", "--name", &lab.name]));
     assert!(

@@ -5,7 +5,6 @@ mod common;
 use std::{
     path::Path,
     process::Command,
-    sync::mpsc::Receiver,
     time::{Duration, Instant},
 };
 
@@ -27,7 +26,7 @@ fn lines(p: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn start_wan(lab: &Lab, spec: &str, dir: &Path) -> (Bg, Receiver<String>, String) {
+fn start_wan(lab: &Lab, spec: &str, dir: &Path) -> (Bg, String) {
     let mut c = wirelab();
     c.args([
         "wan",
@@ -50,9 +49,9 @@ fn start_wan(lab: &Lab, spec: &str, dir: &Path) -> (Bg, Receiver<String>, String
         "--metrics",
         "127.0.0.1:0",
     ]);
-    let (bg, rx) = spawn_ready(c, "wan running", Duration::from_secs(20));
-    let addr = tcp_listen_addr(bg.0.as_ref().unwrap().id());
-    (bg, rx, addr)
+    let bg = spawn_ready(c, "wan running", Duration::from_secs(20));
+    let addr = tcp_listen_addr(bg.pid());
+    (bg, addr)
 }
 
 fn stop(bg: Bg) -> String {
@@ -146,7 +145,7 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
 
     // Run A: 20 ms each way, a UDP probe run recorded into the same directory, two scrapes
     // of the wan's metrics while the probes flow.
-    let (wan, _rx, maddr) = start_wan(&lab, "delay 20ms", &dir);
+    let (wan, maddr) = start_wan(&lab, "delay 20ms", &dir);
     let t0 = Instant::now();
     let lab_ns = lab.ns("client");
     let dir2 = dir.clone();
@@ -322,7 +321,7 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
         .contains("delay 20ms"));
 
     // Run B: 40 ms, for the comparison.
-    let (wan_b, _rx, _) = start_wan(&lab, "delay 40ms", &dir_b);
+    let (wan_b, _) = start_wan(&lab, "delay 40ms", &dir_b);
     let udp_b = probe_udp(&lab, &dir_b, "400");
     stop(wan_b);
     let dp = udp_b["forward"]["delay_ms"]["p50"].as_f64().unwrap()

@@ -201,7 +201,7 @@ impl Samba {
         .process_group(0)
         .spawn()
         .expect("smbd (apt-get install samba; `cargo xtask setup` does it)");
-        let smbd = Bg(Some(child));
+        let smbd = Bg::from_child(child);
         let t0 = Instant::now();
         loop {
             let o = in_ns(&lab.ns("server"), &["ss", "-ltn"]).output().unwrap();
@@ -247,7 +247,8 @@ fn samba_300_clients_each_with_own_ip_and_mac() {
     let pool = Pool::parse(pool_s).unwrap();
     let _limits = prepare_server(&lab, pool_s, 300);
     let smb = Samba::start(&lab);
-    let out = std::env::temp_dir().join(unique("wl-swout"));
+    let out_dir = TempDir::new("wl-swout");
+    let out = out_dir.0.clone();
     let o = swarm(&lab, "run", pool_s, 300)
         .args(["--concurrency", "24", "--timeout", "60s", "--out"])
         .arg(&out)
@@ -302,7 +303,6 @@ fn samba_300_clients_each_with_own_ip_and_mac() {
         assert_eq!(*mac, client_mac([0x02, 0x57], *ip), "MAC of {ip}");
     }
     assert_clean(&lab, pool_s);
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// A receiver thread in the server namespace collecting (source IP, payload) of datagrams.
@@ -572,8 +572,8 @@ fn cleanup_removes_what_kill_9_left() {
         "sleep",
         "60",
     ]);
-    let (mut bg, _rx) = spawn_ready(c, "swarm ready", Duration::from_secs(30));
-    let child = bg.0.as_mut().unwrap();
+    let mut bg = spawn_ready(c, "swarm ready", Duration::from_secs(30));
+    let child = bg.child_mut();
     let pid = child.id();
     // Let the clients start, then kill -9 wirelab.
     std::thread::sleep(Duration::from_millis(500));
@@ -639,8 +639,8 @@ fn connect_5000_clients_distinct_ips_and_macs() {
         .unwrap();
     // Stopped (SIGTERM, then SIGKILL) if an assertion below fails; its stdout is one JSON
     // summary, far below a pipe's capacity.
-    let mut child = Bg(Some(child));
-    let pid = child.0.as_ref().unwrap().id();
+    let child = Bg::from_child(child);
+    let pid = child.pid();
     // Live metrics while connections are held: some clients started, some connections open.
     let mut live = None;
     while t0.elapsed() < Duration::from_secs(60) && live.is_none() {
@@ -670,10 +670,10 @@ fn connect_5000_clients_distinct_ips_and_macs() {
             &[("mode", "connect")]
         ) > 0.0
     );
-    let o = child.0.take().unwrap().wait_with_output().unwrap();
+    let o = child.wait(Duration::from_secs(120)).unwrap();
     let wall = t0.elapsed();
-    let v = json_of(&o);
-    assert!(o.status.success(), "{v}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(o.success(), "{v}");
     assert_eq!(v["connected"], n, "{v}");
     assert_eq!(v["identity_ok"], n, "{v}");
     assert_eq!(v["distinct_local_ips"], n, "{v}");
@@ -843,11 +843,11 @@ fn clsact_fallback_where_tcx_is_missing() {
     let mut c = swarm(&lab, "run", pool_s, 2);
     c.env("WIRELAB_TC_ATTACH", "clsact")
         .args(["--", "sleep", "60"]);
-    let (mut bg, _rx) = spawn_ready(c, "swarm ready", Duration::from_secs(30));
+    let mut bg = spawn_ready(c, "swarm ready", Duration::from_secs(30));
     assert!(tc_filters(&client, "eth0", "ingress").contains("swarm_arp"));
     assert!(tc_filters(&client, "eth0", "egress").contains("swarm_egress"));
     let _g = KILL9.write().unwrap_or_else(|e| e.into_inner());
-    let child = bg.0.as_mut().unwrap();
+    let child = bg.child_mut();
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(tc_filters(&client, "eth0", "ingress").contains("swarm_arp"));

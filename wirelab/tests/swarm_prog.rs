@@ -4,7 +4,7 @@
 mod common;
 use aya::{
     maps::Array,
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{SchedClassifier, Xdp},
     Ebpf,
 };
 use wirelab_common::swarm::{derive_mac, SwarmConfig, DEFAULT_MAC_PREFIX};
@@ -50,23 +50,7 @@ impl Harness {
 
     /// Run a program on `frame`; return (verdict, frame after the program).
     fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        };
-        let p = self.bpf.program(prog).unwrap();
-        let r = if prog == "swarm_xdp" {
-            let x: &Xdp = p.try_into().unwrap();
-            x.test_run(opts)
-        } else {
-            let t: &SchedClassifier = p.try_into().unwrap();
-            t.test_run(opts)
-        }
-        .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        wirelab_testkit::prog::run(&self.bpf, prog, frame)
     }
 }
 

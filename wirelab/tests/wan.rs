@@ -36,7 +36,7 @@ impl Bench {
     }
 
     /// Start the emulator with extra args; returns it once running.
-    fn wan(&self, args: &[&str]) -> (Bg, std::sync::mpsc::Receiver<String>) {
+    fn wan(&self, args: &[&str]) -> Bg {
         let mut c = wirelab();
         c.args([
             "wan",
@@ -107,7 +107,7 @@ fn zero_impairment_delivers_everything_fast() {
     let b = Bench::new("wz");
     // The kernel fast path (nothing to hold) and the engine path (forced by a 1 us delay).
     for spec in ["", "delay 1us"] {
-        let (wan, _) = b.wan(&["--both", spec]);
+        let wan = b.wan(&["--both", spec]);
         let r = b.probe(&["--rate", "1000", "--count", "3000", "--wait", "300ms"]);
         assert_eq!(f(&r, &["forward", "received"]), 3000.0, "{spec:?}: {r}");
         assert_eq!(f(&r, &["reverse", "received"]), 3000.0, "{spec:?}: {r}");
@@ -137,7 +137,7 @@ fn zero_impairment_delivers_everything_fast() {
 fn fixed_delay_each_way() {
     let _s = serial();
     let b = Bench::new("wd");
-    let (wan, _) = b.wan(&["--both", "delay 20ms"]);
+    let wan = b.wan(&["--both", "delay 20ms"]);
     let r = b.probe(&["--rate", "200", "--count", "1000", "--wait", "300ms"]);
     // One-way p50 within 20 ms ± 0.3 ms; RTT within 40 ms ± 0.6 ms.
     for d in ["forward", "reverse"] {
@@ -157,7 +157,7 @@ fn fixed_delay_each_way() {
 fn normal_jitter_keeps_order() {
     let _s = serial();
     let b = Bench::new("wj");
-    let (wan, _) = b.wan(&[
+    let wan = b.wan(&[
         "--both",
         "delay 20ms 5ms distribution normal",
         "--seed",
@@ -194,7 +194,7 @@ fn class_config(dir: &std::path::Path, seed: u64, net: &str, spec: &str) -> std:
 fn random_loss_is_binomial() {
     let _s = serial();
     let b = Bench::new("wl");
-    let (wan, _) = b.wan(&["--a-to-b", "loss 5%"]);
+    let wan = b.wan(&["--a-to-b", "loss 5%"]);
     let n = 20000.0;
     let r = b.probe(&["--rate", "4000", "--count", "20000", "--wait", "300ms"]);
     // Within 4 sigma of the binomial expectation.
@@ -219,7 +219,7 @@ fn gemodel_bursts_and_classes() {
     let dir = TempDir::new("wlg");
     // p = 2%, r = 25%: losses come in bursts of mean length 1/r = 4, on the probe's class only.
     let cfg = class_config(&dir.0, 11, "198.18.0.2/32", "loss gemodel 2% 25%");
-    let (wan, _) = b.wan(&["--config", cfg.to_str().unwrap()]);
+    let wan = b.wan(&["--config", cfg.to_str().unwrap()]);
     let r = b.probe(&["--rate", "4000", "--count", "20000", "--wait", "300ms"]);
     let mean = f(&r, &["loss_bursts", "mean_len"]);
     // Tolerance ±20% (the estimate's standard error is about 5% here).
@@ -256,7 +256,7 @@ fn duplicate_corrupt_reorder_rates() {
             4.0 * sigma
         );
     };
-    let (wan, _) = b.wan(&["--a-to-b", "duplicate 5%"]);
+    let wan = b.wan(&["--a-to-b", "duplicate 5%"]);
     let r = b.probe(&["--rate", "4000", "--count", "10000", "--wait", "300ms"]);
     within(f(&r, &["forward", "duplicates"]), 0.05, "duplicates");
     // Only a->b was impaired: the reverse path must show nothing.
@@ -266,7 +266,7 @@ fn duplicate_corrupt_reorder_rates() {
 
     // A flipped bit in the IP/UDP headers makes the receiver drop the probe; in the payload it
     // is detected by the probe's checksum. Both together match the configured rate.
-    let (wan, _) = b.wan(&["--a-to-b", "corrupt 3%"]);
+    let wan = b.wan(&["--a-to-b", "corrupt 3%"]);
     let r = b.probe(&[
         "--rate", "4000", "--count", "10000", "--size", "1000", "--wait", "300ms",
     ]);
@@ -277,7 +277,7 @@ fn duplicate_corrupt_reorder_rates() {
 
     // reorder 20% with a 5 ms delay at 2000/s: a reordered probe is sent at once and overtakes
     // the ~10 probes still delayed.
-    let (wan, _) = b.wan(&["--a-to-b", "delay 5ms reorder 20%"]);
+    let wan = b.wan(&["--a-to-b", "delay 5ms reorder 20%"]);
     let r = b.probe(&["--rate", "2000", "--count", "10000", "--wait", "300ms"]);
     within(f(&r, &["overtaking"]), 0.20, "overtaking probes");
     stop_wan(wan);
@@ -287,7 +287,7 @@ fn duplicate_corrupt_reorder_rates() {
 fn rate_limits_tcp_goodput() {
     let _s = serial();
     let b = Bench::new("wr");
-    let (wan, _) = b.wan(&["--both", "rate 20mbit"]);
+    let wan = b.wan(&["--both", "rate 20mbit"]);
     let r = b.probe(&["--tcp", "--duration", "8s"]);
     // 1500-byte MTU: 1448 bytes of payload per 1514-byte frame. ±5%, skipping the first second.
     let expect = 20.0 * 1448.0 / 1514.0;
@@ -319,7 +319,7 @@ fn same_seed_same_losses() {
     let mut runs = vec![];
     for seed in [42u64, 42, 43] {
         let cfg = class_config(&dir.0, seed, "198.18.0.0/24", "loss 10%");
-        let (wan, _) = b.wan(&["--config", cfg.to_str().unwrap()]);
+        let wan = b.wan(&["--config", cfg.to_str().unwrap()]);
         let r = b.probe(&["--rate", "1000", "--count", "2000", "--wait", "300ms"]);
         stop_wan(wan);
         let lost: Vec<u64> = r["lost_seqs"]
@@ -339,7 +339,7 @@ fn same_seed_same_losses() {
 fn live_set_changes_delay_without_loss() {
     let _s = serial();
     let b = Bench::new("wv");
-    let (wan, _) = b.wan(&["--both", "delay 10ms"]);
+    let wan = b.wan(&["--both", "delay 10ms"]);
     let ns = b.lab.ns("wan");
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(2));
@@ -419,17 +419,14 @@ fn detaches_cleanly_and_bridge_takes_over() {
     let b = Bench::new("wk");
     let xdp_on = xdp_attached;
     // kill -9: the kernel removes the links, the bridge forwards again.
-    let (mut wan, _) = b.wan(&["--both", "delay 30ms"]);
+    let wan = b.wan(&["--both", "delay 30ms"]);
     assert!(xdp_on(&b.lab.ns("wan"), "to-client"));
     assert_eq!(tcx_ingress_count(&b.lab.ns("wan"), "to-server"), 1);
-    let mut child = wan.0.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let t0 = Instant::now();
-    while xdp_on(&b.lab.ns("wan"), "to-client") && t0.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!xdp_on(&b.lab.ns("wan"), "to-client"));
+    wan.kill();
+    assert!(eventually(Duration::from_secs(5), || !xdp_on(
+        &b.lab.ns("wan"),
+        "to-client"
+    )));
     assert!(!xdp_on(&b.lab.ns("wan"), "to-server"));
     // The tc fast path's TCX links went with the process too.
     for i in ["to-client", "to-server"] {
@@ -446,7 +443,7 @@ fn detaches_cleanly_and_bridge_takes_over() {
         "still delayed after kill: {r}"
     );
     // A stale control socket from the killed run does not block the next one.
-    let (wan, _) = b.wan(&["--both", "delay 5ms"]);
+    let wan = b.wan(&["--both", "delay 5ms"]);
     stop_wan(wan);
 }
 
@@ -511,7 +508,7 @@ fn bad_input_attaches_nothing() {
 fn probe_agrees_with_ping_and_iperf3() {
     let _s = serial();
     let b = Bench::new("wp");
-    let (wan, _) = b.wan(&["--both", "delay 15ms rate 20mbit"]);
+    let wan = b.wan(&["--both", "delay 15ms rate 20mbit"]);
     // RTT: ping's minimum against the probe's minimum round trip (the least load-sensitive
     // statistic of each), within 0.5 ms, and both within 30 ms + 1 ms.
     let o = ok(in_ns(
@@ -543,9 +540,7 @@ fn probe_agrees_with_ping_and_iperf3() {
         &b.lab.ns("server"),
         &["iperf3", "-s", "-1", "-B", "198.18.0.2", "-p", "5201"],
     );
-    let _iperf_server = Bg(Some(
-        srv.stdout(std::process::Stdio::null()).spawn().unwrap(),
-    ));
+    let _iperf_server = Bg::from_child(srv.stdout(std::process::Stdio::null()).spawn().unwrap());
     // Wait until the iperf3 server listens (bounded).
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(10) {
@@ -574,7 +569,7 @@ fn probe_agrees_with_ping_and_iperf3() {
 fn survives_interface_down_and_counts_it() {
     let _s = serial();
     let b = Bench::new("wdn");
-    let (wan, _) = b.wan(&["--both", "delay 5ms"]);
+    let wan = b.wan(&["--both", "delay 5ms"]);
     let wan_ns = b.lab.ns("wan");
     // Take B down while traffic is held for it: due frames are dropped and counted, the
     // engine keeps running (no spinning on a dead TX ring).
@@ -652,7 +647,7 @@ fn follows_carrier_not_operstate() {
         line.contains("LOWER_UP") && line.contains("state DORMANT"),
         "{line}"
     );
-    let (wan, _) = b.wan(&["--both", "delay 30ms"]);
+    let wan = b.wan(&["--both", "delay 30ms"]);
     let r = b.probe(&["--rate", "200", "--count", "400", "--wait", "300ms"]);
     assert_eq!(f(&r, &["no_echo"]), 0.0, "{r}");
     let fin = stop_wan(wan);
@@ -689,7 +684,7 @@ fn clsact_fast_path_and_cleanup_after_kill() {
         "--both",
         "delay 10ms",
     ]);
-    let (mut wan, _) = spawn_ready(c, "wan running", Duration::from_secs(20));
+    let mut wan = spawn_ready(c, "wan running", Duration::from_secs(20));
     assert!(
         filters("to-client").contains("wan_fwd"),
         "{}",
@@ -702,7 +697,7 @@ fn clsact_fast_path_and_cleanup_after_kill() {
         (9.7..=10.5).contains(&p50),
         "one-way p50 {p50} ms for delay 10ms: {r}"
     );
-    let child = wan.0.as_mut().unwrap();
+    let child = wan.child_mut();
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(filters("to-server").contains("wan_fwd"));

@@ -4,7 +4,6 @@
 //! `demo` call it first, so on a new machine `cargo xtask demo` and `cargo xtask test` are the
 //! whole set-up.
 mod bench;
-mod bench_fw;
 mod demo;
 mod kernels;
 mod setup;

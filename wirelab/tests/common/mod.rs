@@ -3,14 +3,12 @@
 //! Tests run as root in their own uniquely named namespaces and clean up in `Drop`, so a
 //! failing assertion still removes what the test made. Without root or BPF they fail with a
 //! message saying what is missing: they never skip.
-#![allow(dead_code)]
-pub mod frames;
+#![allow(dead_code, unused_imports)]
 use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    process::{Command, Output},
+    time::Duration,
 };
+pub use wirelab_testkit::{eventually, frames, unique, Bg, Ready, TempDir};
 
 pub const WIRELAB: &str = env!("CARGO_BIN_EXE_wirelab");
 
@@ -26,16 +24,6 @@ pub fn require_privileges() {
         mounts.contains("/sys/fs/bpf bpf"),
         "bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup`"
     );
-}
-
-/// A lab name unique to this test process and call.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id() % 100000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 pub fn wirelab() -> Command {
@@ -57,13 +45,7 @@ pub fn ok(mut c: impl std::borrow::BorrowMut<Command>) -> Output {
     o
 }
 
-/// Run a command in a namespace (tests may use iproute2).
-pub fn in_ns(ns: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]);
-    c.args(args);
-    c
-}
+pub use wirelab_testkit::in_ns;
 
 /// Whether an XDP program is attached to `iface` in namespace `ns` (`ip -d link` shows it).
 pub fn xdp_attached(ns: &str, iface: &str) -> bool {
@@ -88,10 +70,8 @@ pub fn namespaces() -> Vec<String> {
     wirelab::netns::list()
 }
 
-/// A lab brought up through the CLI and taken down on drop.
-pub struct Lab {
-    pub name: String,
-}
+/// A lab brought up through the CLI (with a unique name) and taken down on drop.
+pub struct Lab(wirelab_testkit::Lab);
 
 impl Lab {
     pub fn up(prefix: &str) -> Self {
@@ -101,55 +81,14 @@ impl Lab {
     pub fn up_with(prefix: &str, topo: Option<&std::path::Path>) -> Self {
         require_privileges();
         let name = unique(prefix);
-        let mut c = wirelab();
-        c.args(["lab", "up", "--name", &name]);
-        if let Some(t) = topo {
-            c.arg(t);
-        }
-        ok(&mut c);
-        Self { name }
-    }
-
-    pub fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.name)
+        Self(wirelab_testkit::Lab::up(WIRELAB.as_ref(), &name, topo).expect("lab up"))
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = wirelab()
-            .args(["lab", "down", "--name", &self.name])
-            .output();
-    }
-}
-
-/// A temporary directory (unique per test process and call) removed on drop, also when the
-/// test fails.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Self {
-        let d = std::env::temp_dir().join(unique(prefix));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("creating a temp dir");
-        Self(d)
-    }
-
-    pub fn join(&self, p: &str) -> std::path::PathBuf {
-        self.0.join(p)
-    }
-
-    /// Write `text` to file `name` in the directory; returns its path.
-    pub fn file(&self, name: &str, text: &str) -> std::path::PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).expect("writing a test file");
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+impl std::ops::Deref for Lab {
+    type Target = wirelab_testkit::Lab;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
@@ -166,90 +105,15 @@ pub fn probe_server(lab: &Lab, bind: &str, duration: &str) -> Bg {
         bind,
     ]);
     c.args(["--duration", duration]);
-    spawn_ready(c, "probe server listening", Duration::from_secs(10)).0
+    spawn_ready(c, "probe server listening", Duration::from_secs(10))
 }
 
-/// A child process killed on drop.
-pub struct Bg(pub Option<Child>);
-
-impl Bg {
-    /// Stop the process with SIGTERM (as Ctrl-C would), wait for it and assert that it exited
-    /// successfully; returns its output.
-    #[track_caller]
-    pub fn terminate(mut self) -> Output {
-        let child = self.0.take().expect("process already taken");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "exit {}", out.status);
-        out
-    }
-}
-
-impl Drop for Bg {
-    /// SIGTERM first so the process can clean up (detach, remove what it made), SIGKILL after
-    /// 5 s.
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Spawn a wirelab command and wait until its stderr shows `ready`. Remaining stderr is
-/// collected in the returned receiver.
-pub fn spawn_ready(
-    mut c: Command,
-    ready: &str,
-    timeout: Duration,
-) -> (Bg, std::sync::mpsc::Receiver<String>) {
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let t0 = Instant::now();
-    let mut seen = vec![];
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) => {
-                let hit = l.contains(ready);
-                seen.push(l);
-                if hit {
-                    break;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(_) => {
-                let o = child.wait_with_output().ok();
-                panic!("process exited before {ready:?}: {seen:?} {o:?}");
-            }
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "no {ready:?} within {timeout:?}: {seen:?}"
-        );
-    }
-    (Bg(Some(child)), rx)
+/// Spawn a wirelab command and wait until its stderr shows `ready`; its stdout stays piped
+/// for [`Bg::terminate`].
+#[track_caller]
+pub fn spawn_ready(c: Command, ready: &str, timeout: Duration) -> Bg {
+    wirelab_testkit::spawn_ready(c, Ready::Stderr, ready, timeout)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// GET /metrics with a plain TCP client.
@@ -324,7 +188,7 @@ pub fn start_fw(ns: &str, rules: &std::path::Path) -> Bg {
     c.args(["fw", "--netns", ns, "--iface", "eth0", "--rules"]);
     c.arg(rules);
     c.args(["--json", "--duration", "300s"]);
-    spawn_ready(c, "fw attached", Duration::from_secs(20)).0
+    spawn_ready(c, "fw attached", Duration::from_secs(20))
 }
 
 /// `wirelab fw stats --json` of the firewall running in namespace `ns`.
@@ -392,18 +256,4 @@ pub fn tcp_in_segs(ns: &str) -> u64 {
     let values: Vec<&str> = rows[1].split_whitespace().collect();
     let i = names.iter().position(|n| *n == "InSegs").expect("InSegs");
     values[i].parse().expect("InSegs value")
-}
-
-/// Wait up to `timeout` for `cond`, polling every 20 ms; false if it never held.
-pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    loop {
-        if cond() {
-            return true;
-        }
-        if t0.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

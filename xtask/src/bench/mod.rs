@@ -5,20 +5,21 @@
 //!
 //! Adding a tool: a module with `pub fn run(ctx: &Ctx) -> Result<()>` and one line in
 //! [`BENCHES`].
+mod fw;
 pub mod helper;
 mod swarm;
 mod wan;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::Write as _,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc, Mutex,
+        Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -42,13 +43,9 @@ pub const BENCHES: &[(&str, &str, BenchFn)] = &[
     (
         "fw",
         "wirelab fw vs nftables netdev ingress (drop rate, cost vs prefixes), gen vs trafgen",
-        fw,
+        fw::run,
     ),
 ];
-
-fn fw(_ctx: &Ctx) -> Result<()> {
-    crate::bench_fw::run()
-}
 
 /// Shared state of one `cargo xtask bench` invocation.
 pub struct Ctx {
@@ -180,35 +177,14 @@ pub fn wirelab() -> Command {
     Command::new(wirelab_bin())
 }
 
-/// `ip netns exec NS PROG`.
-pub fn in_ns(ns: &str, prog: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, prog]);
-    c
-}
+pub use wirelab_testkit::{in_ns, out, spawn_ready, Bg, Ready};
 
 /// This xtask binary, for helpers run inside namespaces (`xtask bench-helper …`).
 pub fn xtask_in_ns(ns: &str) -> Result<Command> {
     let exe = std::env::current_exe().context("current_exe")?;
-    let mut c = in_ns(ns, &exe.to_string_lossy());
+    let mut c = in_ns(ns, &[&exe.to_string_lossy()]);
     c.arg("bench-helper");
     Ok(c)
-}
-
-/// Run to completion; stdout on success, an error with stderr otherwise.
-pub fn out(c: &mut Command) -> Result<String> {
-    let o = c
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("spawning {c:?}"))?;
-    if !o.status.success() {
-        bail!(
-            "{c:?} failed ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 pub fn json(c: &mut Command) -> Result<serde_json::Value> {
@@ -225,169 +201,15 @@ pub fn num(v: &serde_json::Value, path: &[&str]) -> f64 {
     x.as_f64().unwrap_or(f64::NAN)
 }
 
-/// A lab (`wirelab lab up`) with a per-run name, torn down on drop.
-pub struct Lab {
-    pub name: String,
-}
+pub use wirelab_testkit::Lab;
 
-impl Lab {
-    pub fn up(prefix: &str) -> Result<Self> {
-        let name = format!("{prefix}{}", std::process::id());
-        let lab = Lab { name };
-        out(wirelab().args(["lab", "up", "--name", &lab.name]))?;
-        Ok(lab)
-    }
-
-    pub fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.name)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = wirelab()
-            .args(["lab", "down", "--name", &self.name])
-            .stdout(Stdio::null())
-            .status();
-    }
-}
-
-/// A background process: SIGTERM then SIGKILL on drop. Its stderr (or stdout) lines are kept.
-pub struct Bg {
-    child: Option<Child>,
-    pub lines: Arc<Mutex<Vec<String>>>,
-    pub started: Instant,
-    pub ready_after: Duration,
-}
-
-fn signal(pid: u32, sig: i32) {
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
-
-impl Bg {
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    /// SIGTERM, wait (bounded), and return what it wrote on stdout (when piped).
-    pub fn stop(mut self) -> Result<String> {
-        let mut c = self.child.take().context("already stopped")?;
-        signal(c.id(), libc::SIGTERM);
-        let mut so = c.stdout.take();
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(o) = so.as_mut() {
-                let _ = o.read_to_string(&mut s);
-            }
-            s
-        });
-        wait_bounded(&mut c, Duration::from_secs(30));
-        Ok(reader.join().unwrap_or_default())
-    }
-
-    /// Wait for it to exit by itself (bounded), returning stdout and success.
-    pub fn wait(mut self, limit: Duration) -> Result<(String, bool)> {
-        let mut c = self.child.take().context("already stopped")?;
-        let mut so = c.stdout.take();
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(o) = so.as_mut() {
-                let _ = o.read_to_string(&mut s);
-            }
-            s
-        });
-        let ok = wait_bounded(&mut c, limit);
-        Ok((reader.join().unwrap_or_default(), ok))
-    }
-}
-
-/// Wait up to `limit`, then SIGKILL. True when it exited successfully by itself.
-fn wait_bounded(c: &mut Child, limit: Duration) -> bool {
-    let t0 = Instant::now();
-    loop {
-        match c.try_wait() {
-            Ok(Some(st)) => return st.success(),
-            Ok(None) if t0.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = c.kill();
-                let _ = c.wait();
-                return false;
-            }
-        }
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(c.id(), libc::SIGTERM);
-            wait_bounded(&mut c, Duration::from_secs(10));
-        }
-    }
-}
-
-/// Which stream carries the readiness line.
-#[derive(Clone, Copy, PartialEq)]
-pub enum Ready {
-    Stderr,
-    Stdout,
-}
-
-/// Start `c` and wait (bounded) until a line of `stream` contains `needle`. The other stream:
-/// stdout stays piped for [`Bg::stop`]/[`Bg::wait`] when the readiness line is on stderr.
-pub fn spawn_ready(mut c: Command, stream: Ready, needle: &str, limit: Duration) -> Result<Bg> {
-    c.stdin(Stdio::null());
-    c.stderr(Stdio::piped());
-    c.stdout(Stdio::piped());
-    let started = Instant::now();
-    let mut child = c.spawn().with_context(|| format!("starting {c:?}"))?;
-    let pipe: Box<dyn std::io::Read + Send> = match stream {
-        Ready::Stderr => Box::new(child.stderr.take().context("stderr")?),
-        Ready::Stdout => Box::new(child.stdout.take().context("stdout")?),
-    };
-    if stream == Ready::Stdout {
-        // Keep stderr drained too.
-        if let Some(e) = child.stderr.take() {
-            std::thread::spawn(move || {
-                for l in BufReader::new(e).lines().map_while(Result::ok) {
-                    eprintln!("  | {l}");
-                }
-            });
-        }
-    }
-    let lines = Arc::new(Mutex::new(vec![]));
-    let (tx, rx) = mpsc::channel::<String>();
-    let l2 = lines.clone();
-    std::thread::spawn(move || {
-        for l in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if let Ok(mut v) = l2.lock() {
-                v.push(l.clone());
-            }
-            let _ = tx.send(l);
-        }
-    });
-    let mut bg = Bg {
-        child: Some(child),
-        lines,
-        started,
-        ready_after: Duration::ZERO,
-    };
-    loop {
-        let left = limit.saturating_sub(started.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(l) if l.contains(needle) => {
-                bg.ready_after = started.elapsed();
-                return Ok(bg);
-            }
-            Ok(_) => {}
-            Err(_) => {
-                let log = bg.lines.lock().map(|v| v.join("\n")).unwrap_or_default();
-                bail!("{c:?} not ready (no {needle:?}) within {limit:?}:\n{log}");
-            }
-        }
-    }
+/// A lab (`wirelab lab up`) named `{prefix}{pid}`, torn down on drop.
+pub fn lab_up(prefix: &str) -> Result<Lab> {
+    Lab::up(
+        &wirelab_bin(),
+        &format!("{prefix}{}", std::process::id()),
+        None,
+    )
 }
 
 /// Set a /proc/sys value; the old value is put back on drop.

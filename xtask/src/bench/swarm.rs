@@ -17,8 +17,8 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 use super::{
-    f, helper::pool_addr, in_ns, map_memlock, num, out, spawn_ready, wirelab, xtask_in_ns, Bg, Ctx,
-    Lab, Ready, Sysctl, Table,
+    f, helper::pool_addr, in_ns, lab_up, map_memlock, num, out, spawn_ready, wirelab, xtask_in_ns,
+    Bg, Ctx, Lab, Ready, Sysctl, Table,
 };
 
 const SERVER: &str = "198.18.0.2";
@@ -62,7 +62,7 @@ fn sink(lab: &Lab) -> Result<Bg> {
 }
 
 fn sink_peers(s: Bg) -> Result<u64> {
-    let o = s.stop()?;
+    let o = s.stop()?.text();
     let v: Value = serde_json::from_str(o.trim()).with_context(|| format!("tcp-sink: {o}"))?;
     Ok(v["distinct_peers"].as_u64().unwrap_or(0))
 }
@@ -131,7 +131,8 @@ fn swarm_connect(ctx: &Ctx, lab: &Lab, n: u32) -> Result<Run> {
     let started = bg.started;
     // Right away: with small N the run is over within milliseconds of being ready.
     let kmem = map_memlock(bg.pid());
-    let (so, ok) = bg.wait(Duration::from_secs(180))?;
+    let st = bg.wait(Duration::from_secs(180))?;
+    let (so, ok) = (st.text(), st.success());
     let total = started.elapsed().as_secs_f64();
     if !ok {
         bail!("wirelab swarm connect with {n} clients failed: {so}");
@@ -234,10 +235,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let _g1 = Sysctl::at_least("/proc/sys/net/ipv4/neigh/default/gc_thresh1", 131_072)?;
     let _g2 = Sysctl::at_least("/proc/sys/net/ipv4/neigh/default/gc_thresh2", 262_144)?;
     let _g3 = Sysctl::at_least("/proc/sys/net/ipv4/neigh/default/gc_thresh3", 524_288)?;
-    let lab = Lab::up("bs")?;
+    let lab = lab_up("bs")?;
     out(Command::new("ip").args(["-n", &lab.ns("server"), "route", "add", POOL, "dev", "eth0"]))?;
-    out(in_ns(&lab.ns("server"), "sysctl").args(["-qw", "net.core.somaxconn=16384"]))?;
-    out(in_ns(&lab.ns("client"), "ping").args(["-c", "2", "-i", "0.2", "-q", SERVER]))?;
+    out(in_ns(&lab.ns("server"), &["sysctl"]).args(["-qw", "net.core.somaxconn=16384"]))?;
+    out(in_ns(&lab.ns("client"), &["ping"]).args(["-c", "2", "-i", "0.2", "-q", SERVER]))?;
 
     let mut runs = vec![];
     for n in SIZES {

@@ -13,8 +13,8 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 use super::{
-    f, in_ns, json, mean, num, out, pct, prog_stats, spawn_ready, wirelab, Bg, Ctx, Lab, Ready,
-    Table,
+    f, in_ns, json, lab_up, mean, num, out, pct, prog_stats, spawn_ready, wirelab, Bg, Ctx, Lab,
+    Ready, Table,
 };
 
 const SERVER: &str = "198.18.0.2";
@@ -98,7 +98,7 @@ impl Wan {
 
     /// Stop it and return its final report (one row per direction and class).
     fn stop(self) -> Result<Value> {
-        let so = self.bg.stop()?;
+        let so = self.bg.stop()?.text();
         let line = so
             .lines()
             .rfind(|l| l.contains("\"final\""))
@@ -136,7 +136,7 @@ fn server_rx_packets(lab: &Lab) -> Result<u64> {
 }
 
 fn iperf_client(lab: &Lab) -> Command {
-    let mut c = in_ns(&lab.ns("client"), "iperf3");
+    let mut c = in_ns(&lab.ns("client"), &["iperf3"]);
     c.args(["-c", SERVER, "-J"]);
     c
 }
@@ -213,7 +213,7 @@ fn probe(lab: &Lab) -> Result<Lat> {
 }
 
 fn offloads(lab: &Lab, host: &str, iface: &str) -> Result<String> {
-    let t = out(in_ns(&lab.ns(host), "ethtool").args(["-k", iface]))?;
+    let t = out(in_ns(&lab.ns(host), &["ethtool"]).args(["-k", iface]))?;
     let pick = |k: &str| {
         t.lines()
             .find_map(|l| l.trim().strip_prefix(&format!("{k}: ")))
@@ -232,7 +232,7 @@ fn offloads(lab: &Lab, host: &str, iface: &str) -> Result<String> {
 
 fn set_tx(lab: &Lab, on: bool) -> Result<()> {
     for h in ["client", "server"] {
-        out(in_ns(&lab.ns(h), "ethtool").args([
+        out(in_ns(&lab.ns(h), &["ethtool"]).args([
             "-K",
             "eth0",
             "tx",
@@ -264,10 +264,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         super::machine()
     ));
     let _stats = BpfStats::enable()?;
-    let lab = Lab::up("bw")?;
+    let lab = lab_up("bw")?;
     let _iperf = spawn_ready(
         {
-            let mut c = in_ns(&lab.ns("server"), "iperf3");
+            let mut c = in_ns(&lab.ns("server"), &["iperf3"]);
             c.args(["-s", "-p", "5201", "--forceflush"]);
             c
         },
@@ -294,7 +294,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "probe server listening",
         Duration::from_secs(10),
     )?;
-    out(in_ns(&lab.ns("client"), "ping").args(["-c", "3", "-i", "0.2", "-q", SERVER]))?;
+    out(in_ns(&lab.ns("client"), &["ping"]).args(["-c", "3", "-i", "0.2", "-q", SERVER]))?;
 
     let mut off = Table::new(
         "Offload settings in the lab",
