@@ -15,6 +15,7 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
+use wirelab_common::maps;
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
@@ -334,7 +335,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
         let mut b = ebpf::load()?;
         {
             let mut conf: Array<_, GenConf> =
-                Array::try_from(b.map_mut("GEN_CONF").context("GEN_CONF missing")?)?;
+                Array::try_from(b.map_mut(maps::GEN_CONF).context("GEN_CONF missing")?)?;
             conf.set(
                 0,
                 GenConf {

@@ -1,5 +1,6 @@
 //! `wirelab inspect`: attach the `inspect` XDP program and report per-class counters.
 use std::{collections::BTreeMap, io::Write, time::Duration};
+use wirelab_common::maps;
 
 use anyhow::{Context as _, Result};
 use aya::maps::PerCpuArray;
@@ -190,7 +191,10 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
     let mut bpf = ebpf::load()?;
     let mode = bpf::attach_xdp(&mut bpf, "inspect", &opts.iface, opts.mode)?;
     tracing::info!(iface = %opts.iface, %mode, "inspect attached");
-    let map = PerCpuArray::try_from(bpf.map("INSPECT_COUNTERS").context("counter map missing")?)?;
+    let map = PerCpuArray::try_from(
+        bpf.map(maps::INSPECT_COUNTERS)
+            .context("counter map missing")?,
+    )?;
     let mut obs = Observer::new(
         opts.json,
         opts.record.as_deref(),

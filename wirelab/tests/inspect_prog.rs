@@ -8,6 +8,7 @@ mod common;
 use aya::{maps::PerCpuArray, programs::Xdp};
 use common::frames::{self, cat, eth, frag6, opts_hdr, DST, SRC};
 use etherparse::{PacketBuilder, VlanId};
+use wirelab_common::maps;
 use wirelab_common::{
     inspect::CLASS_NAMES,
     parse::{MAX_IPV6_EXT, MAX_VLAN_TAGS},
@@ -34,7 +35,7 @@ impl Harness {
 
     fn counts(&self) -> Vec<u64> {
         let m: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.bpf.map("INSPECT_COUNTERS").unwrap()).unwrap();
+            PerCpuArray::try_from(self.bpf.map(maps::INSPECT_COUNTERS).unwrap()).unwrap();
         (0..CLASS_NAMES.len() as u32)
             .map(|i| m.get(&i, 0).unwrap().iter().map(|c| c.packets).sum())
             .collect()

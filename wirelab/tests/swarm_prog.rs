@@ -7,6 +7,7 @@ use aya::{
     programs::{SchedClassifier, Xdp},
     Ebpf,
 };
+use wirelab_common::maps;
 use wirelab_common::swarm::{derive_mac, SwarmConfig, DEFAULT_MAC_PREFIX};
 
 const IFACE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
@@ -36,7 +37,7 @@ impl Harness {
             _pad: [0; 7],
         };
         let mut c: Array<_, SwarmConfig> =
-            Array::try_from(bpf.map_mut("SWARM_CONFIG").unwrap()).unwrap();
+            Array::try_from(bpf.map_mut(maps::SWARM_CONFIG).unwrap()).unwrap();
         c.set(0, cfg, 0).unwrap();
         let x: &mut Xdp = bpf.program_mut("swarm_xdp").unwrap().try_into().unwrap();
         x.load().expect("verifier accepts swarm_xdp");

@@ -19,6 +19,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
+use wirelab_common::maps;
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
@@ -416,7 +417,7 @@ impl Swarm {
         };
         {
             let mut c: Array<_, SwarmConfig> = Array::try_from(
-                bpf.map_mut("SWARM_CONFIG")
+                bpf.map_mut(maps::SWARM_CONFIG)
                     .context("SWARM_CONFIG missing")?,
             )?;
             c.set(0, cfg, 0).context("writing the swarm config map")?;
@@ -463,11 +464,16 @@ impl Swarm {
         })?;
         partial.state.promisc_set = !was;
         write_state(&partial.state)?;
-        let ids = BpfHashMap::try_from(bpf.take_map("SWARM_IDS").context("SWARM_IDS missing")?)?;
-        let socks =
-            BpfHashMap::try_from(bpf.take_map("SWARM_SOCKS").context("SWARM_SOCKS missing")?)?;
-        let stats =
-            PerCpuArray::try_from(bpf.take_map("SWARM_STATS").context("SWARM_STATS missing")?)?;
+        let ids =
+            BpfHashMap::try_from(bpf.take_map(maps::SWARM_IDS).context("SWARM_IDS missing")?)?;
+        let socks = BpfHashMap::try_from(
+            bpf.take_map(maps::SWARM_SOCKS)
+                .context("SWARM_SOCKS missing")?,
+        )?;
+        let stats = PerCpuArray::try_from(
+            bpf.take_map(maps::SWARM_STATS)
+                .context("SWARM_STATS missing")?,
+        )?;
         let state = partial.state.clone();
         // Set up completely: the guard's work now belongs to `Swarm`'s own Drop.
         #[allow(clippy::mem_forget, reason = "disarming the teardown guard on success")]

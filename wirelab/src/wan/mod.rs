@@ -16,6 +16,7 @@ use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+use wirelab_common::maps;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
@@ -681,31 +682,38 @@ struct Loaded {
 fn load(plan: &Plan, ifindex: [u32; 2], n_host: usize, n_prefix: usize) -> Result<Loaded> {
     let max = plan.names.len() as u32;
     let mut bpf = EbpfLoader::new()
-        .map_max_entries("WAN_PROFILES", 4 * max)
-        .map_max_entries("WAN_LOSS", 2 * max)
-        .map_max_entries("WAN_COUNTERS", 2 * max)
-        .map_max_entries("WAN_CLASSES", (n_prefix as u32).max(1))
-        .map_max_entries("WAN_CLASS_HOSTS", (n_host as u32).max(1))
+        .map_max_entries(maps::WAN_PROFILES, 4 * max)
+        .map_max_entries(maps::WAN_LOSS, 2 * max)
+        .map_max_entries(maps::WAN_COUNTERS, 2 * max)
+        .map_max_entries(maps::WAN_CLASSES, (n_prefix as u32).max(1))
+        .map_max_entries(maps::WAN_CLASS_HOSTS, (n_host as u32).max(1))
         .load(ebpf::OBJECT)
         .context("loading the wirelab eBPF object")?;
     let mut maps = Maps {
-        cfg: Array::try_from(bpf.take_map("WAN_CONFIG").context("WAN_CONFIG")?)?,
-        profiles: Array::try_from(bpf.take_map("WAN_PROFILES").context("WAN_PROFILES")?)?,
+        cfg: Array::try_from(bpf.take_map(maps::WAN_CONFIG).context(maps::WAN_CONFIG)?)?,
+        profiles: Array::try_from(
+            bpf.take_map(maps::WAN_PROFILES)
+                .context(maps::WAN_PROFILES)?,
+        )?,
         max,
     };
-    let counters: PerCpuArray<MapData, WanCounters> =
-        PerCpuArray::try_from(bpf.take_map("WAN_COUNTERS").context("WAN_COUNTERS")?)?;
+    let counters: PerCpuArray<MapData, WanCounters> = PerCpuArray::try_from(
+        bpf.take_map(maps::WAN_COUNTERS)
+            .context(maps::WAN_COUNTERS)?,
+    )?;
     let mut loss: Array<MapData, LossState> =
-        Array::try_from(bpf.take_map("WAN_LOSS").context("WAN_LOSS")?)?;
+        Array::try_from(bpf.take_map(maps::WAN_LOSS).context(maps::WAN_LOSS)?)?;
     for d in 0..2u32 {
         for c in 0..max {
             loss.set(d * max + c, loss_state(plan.seed, d, c, 0), 0)?;
         }
     }
     let mut classes: LpmTrie<MapData, ClassKey, u32> =
-        LpmTrie::try_from(bpf.take_map("WAN_CLASSES").context("WAN_CLASSES")?)?;
-    let mut hosts: aya::maps::HashMap<MapData, ClassKey, u32> =
-        aya::maps::HashMap::try_from(bpf.take_map("WAN_CLASS_HOSTS").context("WAN_CLASS_HOSTS")?)?;
+        LpmTrie::try_from(bpf.take_map(maps::WAN_CLASSES).context(maps::WAN_CLASSES)?)?;
+    let mut hosts: aya::maps::HashMap<MapData, ClassKey, u32> = aya::maps::HashMap::try_from(
+        bpf.take_map(maps::WAN_CLASS_HOSTS)
+            .context(maps::WAN_CLASS_HOSTS)?,
+    )?;
     for (k, bits, id) in &plan.keys {
         if *bits == 128 {
             hosts.insert(k, id, 0)?;
@@ -809,7 +817,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     // 3. The engine's sockets, registered in the XSKMAP.
     let mut engine = Engine::new(ifindex, opts.frames, profiles, plan.seed)
         .map_err(engine::explain_xsk_error)?;
-    let mut xsks = XskMap::try_from(bpf.take_map("WAN_XSKS").context("WAN_XSKS")?)?;
+    let mut xsks = XskMap::try_from(bpf.take_map(maps::WAN_XSKS).context(maps::WAN_XSKS)?)?;
     let fds = engine.fds();
     for (d, fd) in fds.iter().enumerate() {
         let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };

@@ -1,0 +1,89 @@
+//! The names of every map in the kernel-program object, one constant per map, grouped by
+//! tool. The eBPF side declares each map as a `static` of exactly this name (aya names a map
+//! after its static); userspace and the tests ask for maps only through these constants, and
+//! `wirelab`'s `object_maps_match_the_shared_names` test checks the object against [`ALL`]
+//! both ways, so a renamed map fails a test instead of failing at attach time.
+
+// fw
+pub const FW_GEN: &str = "FW_GEN";
+pub const FW_CONF: &str = "FW_CONF";
+pub const FW_META: &str = "FW_META";
+pub const FW_SRC4: &str = "FW_SRC4";
+pub const FW_DST4: &str = "FW_DST4";
+pub const FW_SRC6: &str = "FW_SRC6";
+pub const FW_DST6: &str = "FW_DST6";
+pub const FW_HSRC4: &str = "FW_HSRC4";
+pub const FW_HDST4: &str = "FW_HDST4";
+pub const FW_HSRC6: &str = "FW_HSRC6";
+pub const FW_HDST6: &str = "FW_HDST6";
+pub const FW_PROTO: &str = "FW_PROTO";
+pub const FW_SPORT: &str = "FW_SPORT";
+pub const FW_DPORT: &str = "FW_DPORT";
+pub const FW_FLAGS: &str = "FW_FLAGS";
+pub const FW_ICMP: &str = "FW_ICMP";
+pub const FW_COUNTERS: &str = "FW_COUNTERS";
+pub const FW_BUCKETS: &str = "FW_BUCKETS";
+pub const FW_LOG: &str = "FW_LOG";
+
+// gen
+pub const GEN_CONF: &str = "GEN_CONF";
+pub const GEN_SEQ: &str = "GEN_SEQ";
+
+// inspect
+pub const INSPECT_COUNTERS: &str = "INSPECT_COUNTERS";
+
+// swarm
+pub const SWARM_CONFIG: &str = "SWARM_CONFIG";
+pub const SWARM_IDS: &str = "SWARM_IDS";
+pub const SWARM_SOCKS: &str = "SWARM_SOCKS";
+pub const SWARM_CLAIMS: &str = "SWARM_CLAIMS";
+pub const SWARM_NEXT: &str = "SWARM_NEXT";
+pub const SWARM_STATS: &str = "SWARM_STATS";
+
+// wan
+pub const WAN_CONFIG: &str = "WAN_CONFIG";
+pub const WAN_PROFILES: &str = "WAN_PROFILES";
+pub const WAN_LOSS: &str = "WAN_LOSS";
+pub const WAN_COUNTERS: &str = "WAN_COUNTERS";
+pub const WAN_CLASS_HOSTS: &str = "WAN_CLASS_HOSTS";
+pub const WAN_CLASSES: &str = "WAN_CLASSES";
+pub const WAN_XSKS: &str = "WAN_XSKS";
+
+/// Every map of the object.
+pub const ALL: &[&str] = &[
+    FW_GEN,
+    FW_CONF,
+    FW_META,
+    FW_SRC4,
+    FW_DST4,
+    FW_SRC6,
+    FW_DST6,
+    FW_HSRC4,
+    FW_HDST4,
+    FW_HSRC6,
+    FW_HDST6,
+    FW_PROTO,
+    FW_SPORT,
+    FW_DPORT,
+    FW_FLAGS,
+    FW_ICMP,
+    FW_COUNTERS,
+    FW_BUCKETS,
+    FW_LOG,
+    GEN_CONF,
+    GEN_SEQ,
+    INSPECT_COUNTERS,
+    SWARM_CONFIG,
+    SWARM_IDS,
+    SWARM_SOCKS,
+    SWARM_CLAIMS,
+    SWARM_NEXT,
+    SWARM_STATS,
+    WAN_CONFIG,
+    WAN_PROFILES,
+    WAN_LOSS,
+    WAN_COUNTERS,
+    WAN_CLASS_HOSTS,
+    WAN_CLASSES,
+    WAN_XSKS,
+];
