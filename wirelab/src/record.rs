@@ -190,16 +190,17 @@ impl Recorder {
 
     /// One interval's stats (the tool's interval object). Written and flushed at once, so a
     /// killed run keeps every interval it reported.
-    pub fn interval(&mut self, v: &Value) -> Result<()> {
+    pub fn interval(&mut self, v: &impl serde::Serialize) -> Result<()> {
         self.seq += 1;
-        let line = self.stamp(v, self.seq);
+        let line = self.stamp(&serde_json::to_value(v)?, self.seq);
         writeln!(self.series, "{line}")?;
         self.series.flush()?;
         Ok(())
     }
 
     /// A live configuration change (what was asked, what is now in force).
-    pub fn change(&mut self, v: &Value) -> Result<()> {
+    pub fn change(&mut self, v: &impl serde::Serialize) -> Result<()> {
+        let v = serde_json::to_value(v)?;
         if self.changes.is_none() {
             let p = self.dir.join(format!("{}.changes.jsonl", self.name));
             self.changes = Some(BufWriter::new(
@@ -207,7 +208,7 @@ impl Recorder {
             ));
         }
         self.nchanges += 1;
-        let line = self.stamp(v, self.nchanges);
+        let line = self.stamp(&v, self.nchanges);
         if let Some(w) = self.changes.as_mut() {
             writeln!(w, "{line}")?;
             w.flush()?;
@@ -230,7 +231,7 @@ impl Recorder {
     /// `configured` is used when [`Recorder::set_configured`] was never called.
     pub fn finish(
         mut self,
-        result: &Value,
+        result: &impl serde::Serialize,
         configured: Vec<Quantity>,
         measured: Vec<Quantity>,
     ) -> Result<PathBuf> {

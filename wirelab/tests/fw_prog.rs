@@ -131,20 +131,10 @@ impl Harness {
 
     fn snap(&self) -> Snap {
         let s = self.fw.stats().unwrap();
-        let mut m = HashMap::new();
-        let pd = |v: &serde_json::Value| {
-            (
-                v["packets"].as_u64().unwrap(),
-                v["dropped"].as_u64().unwrap(),
-            )
-        };
-        for r in s["rules"].as_array().unwrap() {
-            m.insert(r["name"].as_str().unwrap().to_string(), pd(r));
-        }
-        m.insert("(default)".into(), pd(&s["default"]));
-        m.insert("(malformed)".into(), pd(&s["malformed"]));
-        m.insert("(non_ip)".into(), pd(&s["non_ip"]));
-        m
+        s.rows()
+            .into_iter()
+            .map(|(name, _, c)| (name, (c.packets, c.dropped)))
+            .collect::<HashMap<_, _>>()
     }
 
     fn run(&self, frame: &[u8]) -> u32 {
@@ -630,20 +620,14 @@ fn rate_limit_per_source_and_log() {
     }
     let logs = h.fw.drain_log();
     assert_eq!(logs.len(), 3, "{logs:?}");
-    assert_eq!(logs[0]["rule"], "log-5000");
-    assert_eq!(logs[0]["src"], "198.18.0.3");
-    assert_eq!(logs[0]["sport"], 777);
-    assert_eq!(logs[0]["dport"], 5000);
-    assert_eq!(logs[0]["verdict"], "pass");
+    assert_eq!(logs[0].rule, "log-5000");
+    assert_eq!(logs[0].src, "198.18.0.3");
+    assert_eq!(logs[0].sport, 777);
+    assert_eq!(logs[0].dport, 5000);
+    assert_eq!(logs[0].verdict, "pass");
     let st = h.fw.stats().unwrap();
-    let r = st["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "log-5000")
-        .unwrap()
-        .clone();
-    assert_eq!(r["logged"], 3);
+    let r = st.rules.iter().find(|r| r.name == "log-5000").unwrap();
+    assert_eq!(r.counters.logged, 3);
 }
 
 #[test]
@@ -680,8 +664,8 @@ src = "198.18.5.0/24"
 "#;
     let rs = rules::parse(new, None).unwrap();
     let r = h.fw.install(&rs).unwrap();
-    assert_eq!(r["kept"], serde_json::json!(["block-net"]));
-    assert_eq!(r["added"], serde_json::json!(["new-first"]));
+    assert_eq!(r.kept, ["block-net"]);
+    assert_eq!(r.added, ["new-first"]);
     assert_ne!(h.fw.generation(), g0);
     let s = h.snap();
     assert_eq!(s["block-net"], (4, 4), "counters carried over");
@@ -744,7 +728,7 @@ fn longest_match_by_kernel(
     per_len: u32,
     spread: bool,
     seed: u64,
-) -> serde_json::Value {
+) -> wirelab::fw::TablePlan {
     let mut rng = seed;
     let mut next = move || {
         rng ^= rng << 13;
@@ -782,8 +766,8 @@ fn longest_match_by_kernel(
         sets.push((l, v));
     }
     let h = Harness::new(&text);
-    let plan = h.fw.stats().unwrap()["lookup"]["src4"].clone();
-    eprintln!("lookup: {plan}");
+    let plan = h.fw.stats().unwrap().lookup.src4;
+    eprintln!("lookup: {plan:?}");
     for i in 0..300 {
         let a = if i % 5 == 0 {
             if spread {
@@ -823,16 +807,15 @@ fn prefix_hash_answers_longest_match() {
     // 256x the entries, so all four
     // are probed (every probe slot used).
     let p = longest_match_by_kernel(&[8, 16, 24, 32], 100, true, 0x1234_5678_9abc_def1);
-    assert_eq!(p["method"], "hash", "{p}");
-    assert_eq!(p["lengths"], serde_json::json!([32, 24, 16, 8]), "{p}");
+    assert_eq!(p.method, "hash", "{p:?}");
+    assert_eq!(p.lengths, [32, 24, 16, 8], "{p:?}");
     // Six close lengths: expanded into fewer probes.
     let p = longest_match_by_kernel(&[23, 24, 25, 30, 31, 32], 200, false, 0x0bad_cafe_f00d_0001);
-    assert_eq!(p["method"], "hash", "{p}");
-    let n = p["lengths"].as_array().unwrap().len();
-    assert!((2..=3).contains(&n), "{p}");
+    assert_eq!(p.method, "hash", "{p:?}");
+    assert!((2..=3).contains(&p.lengths.len()), "{p:?}");
     // One length: one probe.
     let p = longest_match_by_kernel(&[20], 300, false, 0x1111_2222_3333_4444);
-    assert_eq!(p["lengths"], serde_json::json!([20]), "{p}");
+    assert_eq!(p.lengths, [20], "{p:?}");
 }
 
 #[test]
@@ -841,7 +824,7 @@ fn trie_fallback_answers_longest_match() {
     // four probes would need far more entries than the budget, so the table stays a trie.
     let all: Vec<u8> = (1..=32).collect();
     let p = longest_match_by_kernel(&all, 400, true, 0x5eed_5eed_5eed_5eed);
-    assert_eq!(p["method"], "trie", "{p}");
+    assert_eq!(p.method, "trie", "{p:?}");
 }
 
 #[test]
@@ -854,9 +837,9 @@ fn ipv6_nested_prefixes_over_three_probes() {
          [[rule]]\nname = \"net64\"\naction = \"allow\"\nsrc = \"2001:2:0:1::/64\"\n\
          [[rule]]\nname = \"net48\"\naction = \"deny\"\nsrc = \"2001:2::/48\"\n",
     );
-    let plan = h.fw.stats().unwrap()["lookup"]["src6"].clone();
-    assert_eq!(plan["method"], "hash", "{plan}");
-    assert_eq!(plan["lengths"], serde_json::json!([128, 64, 48]), "{plan}");
+    let plan = h.fw.stats().unwrap().lookup.src6;
+    assert_eq!(plan.method, "hash", "{plan:?}");
+    assert_eq!(plan.lengths, [128, 64, 48], "{plan:?}");
     h.expect(&udp6(v6("2001:2:0:1::5"), SERVER6), DROP, "host");
     h.expect(&udp6(v6("2001:2:0:1::6"), SERVER6), PASS, "net64");
     h.expect(&udp6(v6("2001:2:0:1:ffff::5"), SERVER6), PASS, "net64");

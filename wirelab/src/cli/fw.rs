@@ -92,7 +92,7 @@ pub fn run(a: FwArgs) -> Result<ExitCode> {
                     .to_string(),
                 )?;
             } else {
-                let l = fw::lookup_text(&lookup);
+                let l = lookup.text();
                 emit(&format!(
                     "rules OK: {} rules, {} prefixes{}",
                     rs.rules.len(),
@@ -118,12 +118,17 @@ pub fn run(a: FwArgs) -> Result<ExitCode> {
             netns.enter()?;
             let v = fw::reload(iface.as_deref(), &rules)?;
             if json.json {
-                emit(&v.to_string())?;
+                emit(&serde_json::to_string(&v)?)?;
             } else {
                 emit(&format!(
                     "reloaded: generation {}, {} rules, {} prefixes (kept {}, added {}, removed {}) in {:.1} ms",
-                    v["generation"], v["rules"], v["prefixes"], v["kept"], v["added"], v["removed"],
-                    v["install_ms"].as_f64().unwrap_or(0.0)
+                    v.generation,
+                    v.rules,
+                    v.prefixes,
+                    serde_json::to_string(&v.kept)?,
+                    serde_json::to_string(&v.added)?,
+                    serde_json::to_string(&v.removed)?,
+                    v.install_ms
                 ))?;
             }
             Ok(ExitCode::SUCCESS)
@@ -132,7 +137,7 @@ pub fn run(a: FwArgs) -> Result<ExitCode> {
             netns.enter()?;
             let v = fw::stats(iface.as_deref())?;
             if json.json {
-                emit(&v.to_string())?;
+                emit(&serde_json::to_string(&v)?)?;
             } else {
                 let mut buf = Vec::new();
                 fw::print_stats(&mut buf, &v)?;

@@ -1,15 +1,13 @@
 //! The control socket: `fw stats` and `fw reload` talk to the running firewall over an
 //! abstract unix socket in its namespace.
 use std::{
-    io::Write as _,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::*;
 use crate::runtime::{
@@ -36,22 +34,34 @@ pub(super) enum Request {
     },
 }
 
+/// What the running firewall answers (inside the runtime's reply envelope).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "lowercase")]
+pub(super) enum Answer {
+    Stats(Box<Stats>),
+    Reload(Box<InstallReport>),
+}
+
 /// Run count and time of the `fw` program (kept by the kernel while
 /// `kernel.bpf_stats_enabled` is 1).
-pub(super) fn program_stats(bpf: &aya::Ebpf) -> serde_json::Value {
+pub(super) fn program_stats(bpf: &aya::Ebpf) -> Option<ProgramStats> {
     let info = bpf
         .program("fw")
         .and_then(|p| <&aya::programs::Xdp>::try_from(p).ok())
         .and_then(|x| x.info().ok());
-    match info {
-        Some(i) => {
-            let n = i.run_count();
-            let t = i.run_time().as_nanos() as u64;
-            json!({"runs": n, "run_time_ns": t,
-                "ns_per_packet": if n > 0 { t as f64 / n as f64 } else { 0.0 }})
+    info.map(|i| {
+        let runs = i.run_count();
+        let run_time_ns = i.run_time().as_nanos() as u64;
+        ProgramStats {
+            runs,
+            run_time_ns,
+            ns_per_packet: if runs > 0 {
+                run_time_ns as f64 / runs as f64
+            } else {
+                0.0
+            },
         }
-        None => serde_json::Value::Null,
-    }
+    })
 }
 
 /// Answer one request on an accepted connection.
@@ -65,10 +75,10 @@ pub(super) fn serve(
     let answer = match control::read_request::<Request>(&s, Duration::from_secs(5)) {
         Err(e) => Err(e),
         Ok(Request::Stats) => fw.stats().map(|mut v| {
-            v["program"] = program_stats(bpf);
-            v["iface"] = json!(opts.iface);
-            v["mode"] = json!(mode);
-            v
+            v.program = program_stats(bpf);
+            v.iface = Some(opts.iface.clone());
+            v.mode = Some(mode.to_string());
+            Answer::Stats(Box::new(v))
         }),
         Ok(Request::Reload { rules, base }) => rules::parse(&rules, base.as_deref())
             .inspect_err(|e| tracing::warn!("reload refused, old rules stay in force: {e:#}"))
@@ -80,18 +90,16 @@ pub(super) fn serve(
                     "rules reloaded"
                 );
                 if opts.json {
-                    let mut e = v.clone();
-                    e["type"] = json!("reload");
-                    let _ = writeln!(std::io::stdout().lock(), "{e}");
+                    let _ = print_line(&Line::Reload(Box::new(v.clone())));
                 }
-                Ok(v)
+                Ok(Answer::Reload(Box::new(v)))
             }),
     };
     control::reply(&s, &Reply::from_result(answer))
 }
 
 /// Send one request to the firewall on `iface` (or the only one running here).
-fn request(iface: Option<&str>, req: &Request) -> Result<serde_json::Value> {
+fn request(iface: Option<&str>, req: &Request) -> Result<Answer> {
     let name = control::pick(
         "wirelab-fw/",
         iface.map(socket_name),
@@ -101,12 +109,15 @@ fn request(iface: Option<&str>, req: &Request) -> Result<serde_json::Value> {
     control::request(&name, req, Duration::from_secs(60))
 }
 
-pub fn stats(iface: Option<&str>) -> Result<serde_json::Value> {
-    request(iface, &Request::Stats)
+pub fn stats(iface: Option<&str>) -> Result<Stats> {
+    match request(iface, &Request::Stats)? {
+        Answer::Stats(s) => Ok(*s),
+        Answer::Reload(_) => bail!("the firewall answered a stats request with a reload"),
+    }
 }
 
 /// Validate `path` here, then ask the running firewall to install it.
-pub fn reload(iface: Option<&str>, path: &Path) -> Result<serde_json::Value> {
+pub fn reload(iface: Option<&str>, path: &Path) -> Result<InstallReport> {
     rules::load(path).context("reload refused, the old rules stay in force")?;
     let text = crate::util::read_user_file(path, crate::util::limit::CONFIG)?;
     let base = path
@@ -119,6 +130,10 @@ pub fn reload(iface: Option<&str>, path: &Path) -> Result<serde_json::Value> {
             })
         })
         .transpose()?;
-    request(iface, &Request::Reload { rules: text, base })
-        .context("reload refused, the old rules stay in force")
+    match request(iface, &Request::Reload { rules: text, base })
+        .context("reload refused, the old rules stay in force")?
+    {
+        Answer::Reload(r) => Ok(*r),
+        Answer::Stats(_) => bail!("the firewall answered a reload request with stats"),
+    }
 }

@@ -4,13 +4,13 @@ use std::{
     collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
+use wirelab_common::maps;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     Array, HashMap as BpfHash, MapData, PerCpuArray, PerCpuValues, RingBuf,
 };
-use serde_json::json;
 use wirelab_common::fw::{
     lookup, FwConf, HKey4, HKey6, Key4, Key6, LogEvent, RuleCounter, RuleMeta, MAX_RULES,
     PORT_ENTRIES, PROTO_ENTRIES, RULE_SLOTS, SLOT_DEFAULT, SLOT_MALFORMED, SLOT_NON_IP,
@@ -71,36 +71,36 @@ pub struct Firewall {
     /// What the address tables of each generation hold (to remove it again).
     written: [Written; 2],
     /// How the address tables of the generation in force are searched (for `stats`).
-    lookup: serde_json::Value,
+    lookup: Lookup,
     rules: Vec<Installed>,
     set: Option<RuleSet>,
     next_id: u32,
     pub reloads: u64,
-    log_ring: VecDeque<serde_json::Value>,
+    log_ring: VecDeque<LogLine>,
 }
 
 impl Firewall {
     /// Take the fw maps from a loaded object and install `rs` as generation 0.
     pub fn new(bpf: &mut aya::Ebpf, rs: &RuleSet) -> Result<Self> {
         let maps = FwMaps {
-            gen: take(bpf, "FW_GEN")?,
-            conf: take(bpf, "FW_CONF")?,
-            meta: take(bpf, "FW_META")?,
-            src4: take(bpf, "FW_SRC4")?,
-            dst4: take(bpf, "FW_DST4")?,
-            src6: take(bpf, "FW_SRC6")?,
-            dst6: take(bpf, "FW_DST6")?,
-            hsrc4: take(bpf, "FW_HSRC4")?,
-            hdst4: take(bpf, "FW_HDST4")?,
-            hsrc6: take(bpf, "FW_HSRC6")?,
-            hdst6: take(bpf, "FW_HDST6")?,
-            proto: take(bpf, "FW_PROTO")?,
-            sport: take(bpf, "FW_SPORT")?,
-            dport: take(bpf, "FW_DPORT")?,
-            flags: take(bpf, "FW_FLAGS")?,
-            icmp: take(bpf, "FW_ICMP")?,
-            counters: take(bpf, "FW_COUNTERS")?,
-            log: take(bpf, "FW_LOG")?,
+            gen: take(bpf, maps::FW_GEN)?,
+            conf: take(bpf, maps::FW_CONF)?,
+            meta: take(bpf, maps::FW_META)?,
+            src4: take(bpf, maps::FW_SRC4)?,
+            dst4: take(bpf, maps::FW_DST4)?,
+            src6: take(bpf, maps::FW_SRC6)?,
+            dst6: take(bpf, maps::FW_DST6)?,
+            hsrc4: take(bpf, maps::FW_HSRC4)?,
+            hdst4: take(bpf, maps::FW_HDST4)?,
+            hsrc6: take(bpf, maps::FW_HSRC6)?,
+            hdst6: take(bpf, maps::FW_HDST6)?,
+            proto: take(bpf, maps::FW_PROTO)?,
+            sport: take(bpf, maps::FW_SPORT)?,
+            dport: take(bpf, maps::FW_DPORT)?,
+            flags: take(bpf, maps::FW_FLAGS)?,
+            icmp: take(bpf, maps::FW_ICMP)?,
+            counters: take(bpf, maps::FW_COUNTERS)?,
+            log: take(bpf, maps::FW_LOG)?,
         };
         let empty = || Tables {
             proto: vec![0; PROTO_ENTRIES as usize],
@@ -115,7 +115,7 @@ impl Firewall {
             active: 1,
             shadow: [empty(), empty()],
             written: Default::default(),
-            lookup: serde_json::Value::Null,
+            lookup: Lookup::default(),
             rules: vec![],
             set: None,
             next_id: 1,
@@ -134,7 +134,7 @@ impl Firewall {
     /// Write `rs` into the idle generation, flip to it, then clear the old one. Counters and
     /// rate-limit buckets of rules that keep their name carry over. On an error before the
     /// flip, the idle generation's prefixes are removed again and the old set stays in force.
-    pub fn install(&mut self, rs: &RuleSet) -> Result<serde_json::Value> {
+    pub fn install(&mut self, rs: &RuleSet) -> Result<InstallReport> {
         let g = 1 - self.active;
         match self.install_inner(rs) {
             Ok(v) => Ok(v),
@@ -147,7 +147,7 @@ impl Firewall {
         }
     }
 
-    fn install_inner(&mut self, rs: &RuleSet) -> Result<serde_json::Value> {
+    fn install_inner(&mut self, rs: &RuleSet) -> Result<InstallReport> {
         let t0 = Instant::now();
         let g = 1 - self.active;
         let tables = rules::compile(rs);
@@ -253,7 +253,7 @@ impl Firewall {
                 conf.mask6[t][i] = plan::mask6(*l);
             }
         }
-        let lookup = plans_json(&p4, &p6);
+        let lookup = lookup_of(&p4, &p6);
         for (i, (r, ins)) in rs.rules.iter().zip(installed.iter()).enumerate() {
             let mut fill = 0u64;
             if let Some(t) = r.burst_pkts.checked_div(r.pps) {
@@ -288,16 +288,16 @@ impl Firewall {
         self.lookup = lookup.clone();
         self.set = Some(rs.clone());
         self.reloads += 1;
-        Ok(json!({
-            "generation": g,
-            "rules": rs.rules.len(),
-            "prefixes": rs.prefixes(),
-            "kept": kept,
-            "added": added,
-            "removed": removed,
-            "install_ms": t0.elapsed().as_secs_f64() * 1e3,
-            "lookup": lookup,
-        }))
+        Ok(InstallReport {
+            generation: g,
+            rules: rs.rules.len(),
+            prefixes: rs.prefixes(),
+            kept,
+            added,
+            removed,
+            install_ms: t0.elapsed().as_secs_f64() * 1e3,
+            lookup,
+        })
     }
 
     /// Remove generation `g`'s prefixes from the address tables.
@@ -326,38 +326,44 @@ impl Firewall {
     }
 
     /// Counters of every rule in force plus the three policies.
-    pub fn stats(&self) -> Result<serde_json::Value> {
+    pub fn stats(&self) -> Result<Stats> {
         let set = self
             .set
             .as_ref()
             .ok_or_else(|| anyhow!("no rules installed"))?;
-        let c = |c: RuleCounter| json!({"packets": c.packets, "bytes": c.bytes, "dropped": c.dropped, "logged": c.logged});
-        let mut rules = vec![];
-        for r in &self.rules {
-            let mut v = c(self.counter(r.slot)?);
-            v["name"] = json!(r.name);
-            // Changes when a rule is removed and added again (its counters restart).
-            v["id"] = json!(r.id);
-            v["action"] = json!(action_name(r.action));
-            rules.push(v);
-        }
-        let mut d = c(self.counter(SLOT_DEFAULT)?);
-        d["action"] = json!(action_name(set.default_action));
-        let mut mf = c(self.counter(SLOT_MALFORMED)?);
-        mf["action"] = json!(action_name(set.malformed_action));
-        let mut ni = c(self.counter(SLOT_NON_IP)?);
-        ni["action"] = json!(action_name(set.non_ip_action));
-        Ok(json!({
-            "generation": self.active,
-            "reloads": self.reloads,
-            "prefixes": set.prefixes(),
-            "lookup": self.lookup,
-            "rules": rules,
-            "default": d,
-            "malformed": mf,
-            "non_ip": ni,
-            "recent_log": self.log_ring.iter().collect::<Vec<_>>(),
-        }))
+        let policy = |slot: u32, action: u32| -> Result<PolicyStats> {
+            Ok(PolicyStats {
+                action: action_name(action).to_string(),
+                counters: self.counter(slot)?.into(),
+            })
+        };
+        let rules = self
+            .rules
+            .iter()
+            .map(|r| {
+                Ok(RuleStats {
+                    name: r.name.clone(),
+                    id: r.id,
+                    action: action_name(r.action).to_string(),
+                    counters: self.counter(r.slot)?.into(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stats {
+            iface: None,
+            mode: None,
+            duration_s: None,
+            generation: self.active,
+            reloads: self.reloads,
+            prefixes: set.prefixes(),
+            lookup: self.lookup.clone(),
+            rules,
+            default: policy(SLOT_DEFAULT, set.default_action)?,
+            malformed: policy(SLOT_MALFORMED, set.malformed_action)?,
+            non_ip: policy(SLOT_NON_IP, set.non_ip_action)?,
+            recent_log: self.log_ring.iter().cloned().collect(),
+            program: None,
+        })
     }
 
     fn rule_name(&self, slot: u32) -> String {
@@ -368,8 +374,8 @@ impl Firewall {
             .unwrap_or_else(|| format!("slot{slot}"))
     }
 
-    /// Drain the log ring; returns the events as JSON objects.
-    pub fn drain_log(&mut self) -> Vec<serde_json::Value> {
+    /// Drain the log ring; returns the events.
+    pub fn drain_log(&mut self) -> Vec<LogLine> {
         let mut raw = vec![];
         while let Some(item) = self.maps.log.next() {
             if item.len() >= std::mem::size_of::<LogEvent>() {
@@ -381,7 +387,7 @@ impl Firewall {
         }
         let mut out = vec![];
         for e in raw {
-            let v = log_json(&e, &self.rule_name(e.slot));
+            let v = log_line(&e, &self.rule_name(e.slot));
             self.log_ring.push_back(v.clone());
             while self.log_ring.len() > 32 {
                 self.log_ring.pop_front();
@@ -400,46 +406,20 @@ pub(super) fn plans(t: &Tables) -> ([plan::Plan<4>; 2], [plan::Plan<16>; 2]) {
     )
 }
 
-pub(super) fn plans_json(p4: &[plan::Plan<4>; 2], p6: &[plan::Plan<16>; 2]) -> serde_json::Value {
-    json!({
-        "src4": p4[0].json(), "dst4": p4[1].json(),
-        "src6": p6[0].json(), "dst6": p6[1].json(),
-    })
+pub(super) fn lookup_of(p4: &[plan::Plan<4>; 2], p6: &[plan::Plan<16>; 2]) -> Lookup {
+    Lookup {
+        src4: p4[0].table_plan(),
+        dst4: p4[1].table_plan(),
+        src6: p6[0].table_plan(),
+        dst6: p6[1].table_plan(),
+    }
 }
 
 /// How a rule set's address tables would be searched (what `fw check` shows), without
 /// touching the kernel.
-pub fn lookup_plan(rs: &RuleSet) -> serde_json::Value {
+pub fn lookup_plan(rs: &RuleSet) -> Lookup {
     let (p4, p6) = plans(&rules::compile(rs));
-    plans_json(&p4, &p6)
-}
-
-/// One-line description of a `lookup` object, e.g. "src4 hash 1 probe(s) at /32 (385
-/// entries)"; empty when no table holds a prefix.
-pub fn lookup_text(l: &serde_json::Value) -> String {
-    ["src4", "dst4", "src6", "dst6"]
-        .iter()
-        .filter_map(|t| {
-            let l = &l[t];
-            let lengths: Vec<String> = l["lengths"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| format!("/{x}"))
-                .collect();
-            match l["method"].as_str()? {
-                "hash" => Some(format!(
-                    "{t} hash {} probe(s) at {} ({} entries)",
-                    lengths.len(),
-                    lengths.join(" "),
-                    l["entries"]
-                )),
-                "trie" => Some(format!("{t} LPM trie ({} entries)", l["entries"])),
-                _ => None,
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+    lookup_of(&p4, &p6)
 }
 
 /// One address table's entries of one generation: lookup method, (length, address) each.

@@ -15,7 +15,7 @@ pub(super) struct FwMetrics {
     /// Rules exported so far, (name, id): a removed rule's series is dropped, and so is the
     /// series of a name whose rule was removed and added again (new id, zeroed counters),
     /// which starts afresh.
-    shown: Vec<(String, u64)>,
+    shown: Vec<(String, u32)>,
     _server: crate::metrics::Server,
 }
 
@@ -48,13 +48,10 @@ impl FwMetrics {
         })
     }
 
-    pub(super) fn publish(&mut self, iface: &str, s: &serde_json::Value) {
+    pub(super) fn publish(&mut self, iface: &str, s: &Stats) {
         use crate::metrics::{labels, set_total};
-        let rows = counter_rows(s);
-        let now: Vec<(String, u64)> = rows
-            .iter()
-            .map(|(n, r)| (n.clone(), r["id"].as_u64().unwrap_or(0)))
-            .collect();
+        let rows = s.rows();
+        let now: Vec<(String, u32)> = rows.iter().map(|(n, id, _)| (n.clone(), *id)).collect();
         for old in &self.shown {
             if !now.contains(old) {
                 let l = labels(&[("iface", iface), ("rule", &old.0)]);
@@ -64,24 +61,19 @@ impl FwMetrics {
             }
         }
         self.shown = now;
-        for (name, r) in rows {
+        for (name, _, c) in rows {
             let l = labels(&[("iface", iface), ("rule", &name)]);
-            for (f, k) in [
-                (&self.packets, "packets"),
-                (&self.bytes, "bytes"),
-                (&self.dropped, "dropped"),
-                (&self.logged, "logged"),
+            for (f, v) in [
+                (&self.packets, c.packets),
+                (&self.bytes, c.bytes),
+                (&self.dropped, c.dropped),
+                (&self.logged, c.logged),
             ] {
-                set_total(&f.get_or_create(&l), r[k].as_u64().unwrap_or(0));
+                set_total(&f.get_or_create(&l), v);
             }
         }
         let l = labels(&[("iface", iface)]);
-        set_total(
-            &self.reloads.get_or_create(&l),
-            s["reloads"].as_u64().unwrap_or(0),
-        );
-        self.generation
-            .get_or_create(&l)
-            .set(s["generation"].as_f64().unwrap_or(0.0));
+        set_total(&self.reloads.get_or_create(&l), s.reloads);
+        self.generation.get_or_create(&l).set(s.generation as f64);
     }
 }

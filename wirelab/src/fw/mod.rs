@@ -12,15 +12,17 @@ mod metrics;
 pub mod plan;
 pub mod rules;
 mod stats;
+pub mod types;
 
 use control::*;
 pub use control::{reload, socket_name, stats};
-pub use firewall::{lookup_plan, lookup_text};
+pub use firewall::lookup_plan;
 pub use firewall::{Firewall, FwMaps};
 use log::*;
 use metrics::*;
 pub use stats::print_stats;
 use stats::*;
+pub use types::*;
 
 use std::{
     io::Write as _,
@@ -30,6 +32,14 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
+
+/// Write one JSON line on stdout (`--json`).
+fn print_line(l: &Line) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(l)?)?;
+    out.flush()?;
+    Ok(())
+}
 
 use crate::{
     ebpf,
@@ -55,7 +65,7 @@ pub struct Options {
 }
 
 /// Run the firewall until `duration`, SIGINT or SIGTERM.
-pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
+pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     let rs = rules::load(&opts.rules)?;
     if nix::net::if_::if_nametoindex(opts.iface.as_str()).is_err() {
         bail!(
@@ -75,9 +85,12 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
     let start = Instant::now();
     let stdout = std::io::stdout();
     if opts.json {
-        let v = json!({"type": "start", "iface": opts.iface, "mode": mode,
-            "rules": rs.rules.len(), "prefixes": rs.prefixes()});
-        writeln!(stdout.lock(), "{v}")?;
+        print_line(&Line::Start {
+            iface: opts.iface.clone(),
+            mode: mode.to_string(),
+            rules: rs.rules.len(),
+            prefixes: rs.prefixes(),
+        })?;
     }
     let mut rec = match &opts.record {
         Some(dir) => Some(crate::record::Recorder::create(
@@ -104,13 +117,13 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
     loop {
         let stopped = stop.sleep(Duration::from_millis(20));
         for v in fw.drain_log() {
-            let mut out = stdout.lock();
             if opts.json {
-                writeln!(out, "{v}")?;
+                print_line(&Line::Log(Box::new(v)))?;
             } else {
-                writeln!(out, "{}", log_text(&v))?;
+                let mut out = stdout.lock();
+                writeln!(out, "{}", v.text())?;
+                out.flush()?;
             }
-            out.flush()?;
         }
         loop {
             match listener.accept() {
@@ -122,8 +135,11 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
                     if fw.reloads != reloads {
                         if let Some(r) = rec.as_mut() {
                             let st = fw.stats()?;
-                            r.change(&json!({"t": start.elapsed().as_secs_f64(),
-                                "generation": st["generation"], "rules": st["rules"]}))?;
+                            r.change(&ReloadChange {
+                                t: start.elapsed().as_secs_f64(),
+                                generation: st.generation,
+                                rules: st.rules,
+                            })?;
                         }
                     }
                 }
@@ -149,21 +165,18 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<serde_json::Value> {
     }
     for v in fw.drain_log() {
         if opts.json {
-            writeln!(stdout.lock(), "{v}")?;
+            print_line(&Line::Log(Box::new(v)))?;
         }
     }
     let mut s = fw.stats()?;
-    s["iface"] = json!(opts.iface);
-    s["mode"] = json!(mode);
-    s["duration_s"] = json!(start.elapsed().as_secs_f64());
-    {
+    s.iface = Some(opts.iface.clone());
+    s.mode = Some(mode.to_string());
+    s.duration_s = Some(start.elapsed().as_secs_f64());
+    if opts.json {
+        print_line(&Line::Final(Box::new(s.clone())))?;
+    } else {
         let mut out = stdout.lock();
-        if opts.json {
-            s["type"] = json!("final");
-            writeln!(out, "{s}")?;
-        } else {
-            print_stats(&mut out, &s)?;
-        }
+        print_stats(&mut out, &s)?;
         out.flush()?;
     }
     if let Some(r) = rec {

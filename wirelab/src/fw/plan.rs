@@ -42,12 +42,12 @@ impl<const A: usize> Plan<A> {
         }
     }
 
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "method": self.method_name(),
-            "lengths": self.lengths,
-            "entries": self.entries.len(),
-        })
+    pub fn table_plan(&self) -> super::types::TablePlan {
+        super::types::TablePlan {
+            method: self.method_name().to_string(),
+            lengths: self.lengths.clone(),
+            entries: self.entries.len(),
+        }
     }
 }
 

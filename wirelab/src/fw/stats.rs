@@ -1,72 +1,47 @@
-//! Stats objects: counter rows, interval lines of the record, the table `fw stats` prints.
+//! Stats: interval lines of the record and the table `fw stats` prints.
 
 use anyhow::Result;
-use serde_json::json;
 
-use super::*;
+use super::types::{Interval, IntervalTag, Stats};
 
-/// Per-interval record line: passes and drops, and each rule's hits, since the last line.
-/// Counter rows of a `stats` object: each rule, then the three policies as "(default)",
-/// "(malformed)", "(non_ip)" — (name, counters object).
-pub(super) fn counter_rows(s: &serde_json::Value) -> Vec<(String, &serde_json::Value)> {
-    let mut v: Vec<(String, &serde_json::Value)> = s["rules"]
-        .as_array()
+/// Per-interval record line: passes and drops, and each rule's hits, since `prev`.
+pub(super) fn interval_line(t: f64, cur: &Stats, prev: &Stats) -> Interval {
+    let before: std::collections::HashMap<String, (u64, u64)> = prev
+        .rows()
         .into_iter()
-        .flatten()
-        .map(|r| (r["name"].as_str().unwrap_or("").to_string(), r))
-        .collect();
-    for k in ["default", "malformed", "non_ip"] {
-        v.push((format!("({k})"), &s[k]));
-    }
-    v
-}
-
-pub(super) fn interval_line(
-    t: f64,
-    cur: &serde_json::Value,
-    prev: &serde_json::Value,
-) -> serde_json::Value {
-    let rows = |s: &serde_json::Value| -> Vec<(String, u64, u64)> {
-        counter_rows(s)
-            .into_iter()
-            .map(|(n, r)| {
-                (
-                    n,
-                    r["packets"].as_u64().unwrap_or(0),
-                    r["dropped"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect()
-    };
-    let before: std::collections::HashMap<String, (u64, u64)> = rows(prev)
-        .into_iter()
-        .map(|(n, p, d)| (n, (p, d)))
+        .map(|(n, _, c)| (n, (c.packets, c.dropped)))
         .collect();
     let (mut passed, mut dropped) = (0u64, 0u64);
-    let mut hits = serde_json::Map::new();
-    for (name, p, d) in rows(cur) {
+    let mut hits = std::collections::BTreeMap::new();
+    for (name, _, c) in cur.rows() {
         // A rule new since the last line (reload) starts from its carried-over counters.
-        let (bp, bd) = before.get(&name).copied().unwrap_or((p, d));
-        let (dp, dd) = (p.saturating_sub(bp), d.saturating_sub(bd));
+        let (bp, bd) = before.get(&name).copied().unwrap_or((c.packets, c.dropped));
+        let (dp, dd) = (c.packets.saturating_sub(bp), c.dropped.saturating_sub(bd));
         passed += dp.saturating_sub(dd);
         dropped += dd;
-        hits.insert(name, json!(dp));
+        hits.insert(name, dp);
     }
-    json!({"type": "interval", "t": t, "passed": passed, "dropped": dropped, "hits": hits})
+    Interval {
+        kind: IntervalTag::Interval,
+        t,
+        passed,
+        dropped,
+        hits,
+    }
 }
 
 /// Print a stats object as a table.
-pub fn print_stats(out: &mut impl std::io::Write, s: &serde_json::Value) -> Result<()> {
+pub fn print_stats(out: &mut impl std::io::Write, s: &Stats) -> Result<()> {
     writeln!(
         out,
         "fw on {} ({} XDP): generation {}, {} reloads, {} prefixes",
-        s["iface"].as_str().unwrap_or("?"),
-        s["mode"].as_str().unwrap_or("?"),
-        s["generation"],
-        s["reloads"],
-        s["prefixes"]
+        s.iface.as_deref().unwrap_or("?"),
+        s.mode.as_deref().unwrap_or("?"),
+        s.generation,
+        s.reloads,
+        s.prefixes
     )?;
-    let lookups = lookup_text(&s["lookup"]);
+    let lookups = s.lookup.text();
     if !lookups.is_empty() {
         writeln!(out, "  lookup: {lookups}")?;
     }
@@ -75,29 +50,38 @@ pub fn print_stats(out: &mut impl std::io::Write, s: &serde_json::Value) -> Resu
         "  {:<20} {:<10} {:>12} {:>14} {:>12} {:>8}",
         "rule", "action", "packets", "bytes", "dropped", "logged"
     )?;
-    let row = |out: &mut dyn std::io::Write, name: &str, v: &serde_json::Value| {
+    let action = |name: &str| -> &str {
+        match name {
+            "(default)" => &s.default.action,
+            "(malformed)" => &s.malformed.action,
+            "(non_ip)" => &s.non_ip.action,
+            _ => s
+                .rules
+                .iter()
+                .find(|r| r.name == name)
+                .map_or("", |r| r.action.as_str()),
+        }
+    };
+    for (name, _, c) in s.rows() {
         writeln!(
             out,
             "  {:<20} {:<10} {:>12} {:>14} {:>12} {:>8}",
-            name,
-            v["action"].as_str().unwrap_or(""),
-            v["packets"].as_u64().unwrap_or(0),
-            v["bytes"].as_u64().unwrap_or(0),
-            v["dropped"].as_u64().unwrap_or(0),
-            v["logged"].as_u64().unwrap_or(0)
-        )
-    };
-    for r in s["rules"].as_array().into_iter().flatten() {
-        row(out, r["name"].as_str().unwrap_or(""), r)?;
+            if name == "(non_ip)" {
+                "(non-ip)"
+            } else {
+                &name
+            },
+            action(&name),
+            c.packets,
+            c.bytes,
+            c.dropped,
+            c.logged
+        )?;
     }
-    row(out, "(default)", &s["default"])?;
-    row(out, "(malformed)", &s["malformed"])?;
-    row(out, "(non-ip)", &s["non_ip"])?;
-    let logs = s["recent_log"].as_array().cloned().unwrap_or_default();
-    if !logs.is_empty() {
-        writeln!(out, "recent log ({}):", logs.len())?;
-        for l in logs {
-            writeln!(out, "  {}", log_text(&l))?;
+    if !s.recent_log.is_empty() {
+        writeln!(out, "recent log ({}):", s.recent_log.len())?;
+        for l in &s.recent_log {
+            writeln!(out, "  {}", l.text())?;
         }
     }
     Ok(())
