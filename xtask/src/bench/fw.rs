@@ -155,7 +155,7 @@ fn start_fw(t: &Topo, rules: &str) -> Result<Bg> {
 }
 
 fn fw_dropped(t: &Topo) -> Result<u64> {
-    Ok(num(&fw_stats(t)?, &["rules", "0", "dropped"]) as u64)
+    Ok(fw_stats(t)?["rules"][0]["dropped"].as_u64().unwrap_or(0))
 }
 
 fn fw_stats(t: &Topo) -> Result<serde_json::Value> {
