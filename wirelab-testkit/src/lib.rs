@@ -2,10 +2,12 @@
 //! shipped): labs brought up through the CLI and taken down on drop ([`Lab`]), background
 //! processes stopped on drop ([`Bg`], [`spawn_ready`]), polling instead of sleeping
 //! ([`eventually`]), temporary directories removed even when a test fails ([`TempDir`]), one
-//! `BPF_PROG_TEST_RUN` entry point ([`prog::run`]) and crafted frames ([`frames`]).
+//! `BPF_PROG_TEST_RUN` entry point ([`prog::run`]), crafted frames ([`frames`]) and the command
+//! lines that point the tools at a lab host ([`cli`]).
 //!
 //! It depends on the `wirelab` binary, not its library, so xtask can use it without building
 //! the eBPF object.
+pub mod cli;
 pub mod frames;
 pub mod lab;
 pub mod process;

@@ -13,11 +13,14 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
+use wirelab_testkit::cli;
 
 use crate::root;
 
 pub const A_TO_B: &str = "delay 40ms 5ms distribution normal loss 0.5% rate 20mbit";
 pub const B_TO_A: &str = "delay 40ms 5ms distribution normal loss 0.5% rate 20mbit";
+/// The probe server's address on the lab's server host.
+const TO: &str = "198.18.0.2:7000";
 
 fn wirelab() -> Command {
     Command::new(root().join("target/release/wirelab"))
@@ -109,86 +112,44 @@ pub fn demo() -> Result<()> {
     let _server = spawn_ready(
         {
             let mut c = wirelab();
-            c.args([
-                "probe",
-                "server",
-                "--netns",
-                &ns("server"),
-                "--bind",
-                "198.18.0.2:7000",
-            ]);
-            c.args(["--duration", "120s"]);
+            c.args(cli::probe_server(&ns("server"), TO, "120s"));
             c
         },
-        "probe server listening",
+        cli::PROBE_SERVER_READY,
     )?;
 
     println!("\n== 2. wan on the wan host ==\n   a->b: {A_TO_B}\n   b->a: {B_TO_A}");
     let mut wan = spawn_ready(
         {
             let mut c = wirelab();
-            c.args([
-                "wan",
-                "--netns",
-                &ns("wan"),
-                "--between",
-                "to-client",
-                "to-server",
-            ]);
-            c.args([
-                "--a-to-b",
-                A_TO_B,
-                "--b-to-a",
-                B_TO_A,
-                "--interval",
-                "5s",
-                "--seed",
-                "1",
-            ]);
+            c.args(cli::wan(&ns("wan")));
+            c.args(["--a-to-b", A_TO_B, "--b-to-a", B_TO_A]);
+            c.args(["--interval", "5s", "--seed", "1"]);
             c.args(["--json", "--duration", "120s", "--record", &rec]);
             c.stdout(Stdio::piped());
             c
         },
         "wan running",
     )?;
-    if stop.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
+    let interrupted = || -> Result<()> {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        Ok(())
+    };
+    interrupted()?;
+    // A recorded probe run from the client to the server (JSON summary).
+    let probe = |extra: &[&str]| {
+        let mut c = wirelab();
+        c.args(cli::probe_client(&ns("client"), TO)).args(extra);
+        json_of(c.args(["--json", "--record", &rec]))
+    };
 
     println!("\n== 3. UDP probes client -> server: 100/s for 10 s ==");
-    let udp = json_of(wirelab().args([
-        "probe",
-        "client",
-        "--netns",
-        &ns("client"),
-        "--to",
-        "198.18.0.2:7000",
-        "--rate",
-        "100",
-        "--count",
-        "1000",
-        "--json",
-        "--record",
-        &rec,
-    ]))?;
-    if stop.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
+    let udp = probe(&["--rate", "100", "--count", "1000"])?;
+    interrupted()?;
     println!("\n== 4. TCP goodput client -> server for 8 s ==");
-    let tcp = json_of(wirelab().args([
-        "probe",
-        "client",
-        "--netns",
-        &ns("client"),
-        "--to",
-        "198.18.0.2:7000",
-        "--tcp",
-        "--duration",
-        "8s",
-        "--json",
-        "--record",
-        &rec,
-    ]))?;
+    let tcp = probe(&["--tcp", "--duration", "8s"])?;
 
     // Stop the emulator and take its own final numbers.
     let mut child = wan.0.take().context("wan")?;

@@ -177,7 +177,7 @@ pub fn wirelab() -> Command {
     Command::new(wirelab_bin())
 }
 
-pub use wirelab_testkit::{in_ns, out, spawn_ready, Bg, Ready};
+pub use wirelab_testkit::{cli, in_ns, out, spawn_ready, Bg, Ready, TempDir};
 
 /// This xtask binary, for helpers run inside namespaces (`xtask bench-helper …`).
 pub fn xtask_in_ns(ns: &str) -> Result<Command> {

@@ -8,7 +8,6 @@
 use std::{
     collections::HashSet,
     io::Write as _,
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -18,7 +17,7 @@ use serde_json::Value;
 
 use super::{
     f, helper::pool_addr, in_ns, lab_up, map_memlock, num, out, spawn_ready, wirelab, xtask_in_ns,
-    Bg, Ctx, Lab, Ready, Sysctl, Table,
+    Bg, Ctx, Lab, Ready, Sysctl, Table, TempDir,
 };
 
 const SERVER: &str = "198.18.0.2";
@@ -49,6 +48,42 @@ struct Run {
     kernel_bytes: Option<u64>,
 }
 
+impl Run {
+    /// The figures both methods print in their JSON summary `v` (the same keys); set-up,
+    /// teardown and what the server saw are left at zero for the caller to fill in.
+    fn measured(method: &'static str, n: u32, v: &Value) -> Self {
+        Self {
+            method,
+            n,
+            ready_s: 0.0,
+            connect_phase_s: num(v, &["connect_phase_s"]),
+            connects_per_s: num(v, &["connects_per_s"]),
+            p50: num(v, &["connect_p50_ms"]),
+            p99: num(v, &["connect_p99_ms"]),
+            teardown_s: 0.0,
+            connected: v["connected"].as_u64().unwrap_or(0),
+            peers: 0,
+            macs: 0,
+            rss_per_client: num(v, &["rss_per_client_bytes"]),
+            kernel_bytes: None,
+        }
+    }
+}
+
+/// The load both methods offer: N clients from the pool to the sink, at most 8000 at a time.
+fn load_args(n: u32) -> [String; 8] {
+    [
+        "--pool".into(),
+        POOL.into(),
+        "--clients".into(),
+        n.to_string(),
+        "--to".into(),
+        format!("{SERVER}:{PORT}"),
+        "--concurrency".into(),
+        n.min(8000).to_string(),
+    ]
+}
+
 fn sink(lab: &Lab) -> Result<Bg> {
     let mut c = xtask_in_ns(&lab.ns("server"))?;
     c.args([
@@ -76,15 +111,10 @@ fn flush_neigh(lab: &Lab) -> Result<()> {
 
 /// Distinct MACs the server's neighbour table holds for pool addresses.
 fn server_macs(lab: &Lab) -> Result<usize> {
-    let t = out(Command::new("ip").args([
-        "-n",
+    let t = out(&mut in_ns(
         &lab.ns("server"),
-        "-4",
-        "neigh",
-        "show",
-        "dev",
-        "eth0",
-    ]))?;
+        &["ip", "-4", "neigh", "show", "dev", "eth0"],
+    ))?;
     let mut macs = HashSet::new();
     for l in t.lines() {
         let w: Vec<&str> = l.split_whitespace().collect();
@@ -112,14 +142,9 @@ fn swarm_connect(ctx: &Ctx, lab: &Lab, n: u32) -> Result<Run> {
         &lab.ns("client"),
         "--iface",
         "eth0",
-        "--pool",
-        POOL,
-        "--clients",
-        &n.to_string(),
-        "--to",
-        &format!("{SERVER}:{PORT}"),
-        "--concurrency",
-        &n.min(8000).to_string(),
+    ]);
+    c.args(load_args(n));
+    c.args([
         "--hold",
         &format!("{HOLD_MS}ms"),
         "--timeout",
@@ -142,19 +167,12 @@ fn swarm_connect(ctx: &Ctx, lab: &Lab, n: u32) -> Result<Run> {
     let peers = sink_peers(s)?;
     let wall = num(&v, &["wall_s"]);
     Ok(Run {
-        method: "wirelab swarm connect",
-        n,
         ready_s: ready,
-        connect_phase_s: num(&v, &["connect_phase_s"]),
-        connects_per_s: num(&v, &["connects_per_s"]),
-        p50: num(&v, &["connect_p50_ms"]),
-        p99: num(&v, &["connect_p99_ms"]),
         teardown_s: (total - ready - wall).max(0.0),
-        connected: v["connected"].as_u64().unwrap_or(0),
         peers,
         macs,
-        rss_per_client: num(&v, &["rss_per_client_bytes"]),
         kernel_bytes: Some(kmem),
+        ..Run::measured("wirelab swarm connect", n, &v)
     })
 }
 
@@ -179,47 +197,21 @@ fn old_way(ctx: &Ctx, lab: &Lab, dir: &std::path::Path, n: u32) -> Result<Run> {
     let s = sink(lab)?;
     let add = addr_batch(lab, dir, "add", n)?;
     let mut c = xtask_in_ns(&lab.ns("client"))?;
-    c.args([
-        "bind-connect",
-        "--pool",
-        POOL,
-        "--clients",
-        &n.to_string(),
-        "--to",
-        &format!("{SERVER}:{PORT}"),
-        "--concurrency",
-        &n.min(8000).to_string(),
-        "--hold-ms",
-        &HOLD_MS.to_string(),
-    ]);
+    c.arg("bind-connect");
+    c.args(load_args(n));
+    c.args(["--hold-ms", &HOLD_MS.to_string()]);
     let r = out(c.stderr(Stdio::inherit()));
     let macs = server_macs(lab);
     let del = addr_batch(lab, dir, "del", n)?;
     let v: Value = serde_json::from_str(r?.trim()).context("bind-connect JSON")?;
     let peers = sink_peers(s)?;
     Ok(Run {
-        method: "old way: ip -batch address add + bind()",
-        n,
         ready_s: add,
-        connect_phase_s: num(&v, &["connect_phase_s"]),
-        connects_per_s: num(&v, &["connects_per_s"]),
-        p50: num(&v, &["connect_p50_ms"]),
-        p99: num(&v, &["connect_p99_ms"]),
         teardown_s: del,
-        connected: v["connected"].as_u64().unwrap_or(0),
         peers,
         macs: macs?,
-        rss_per_client: num(&v, &["rss_per_client_bytes"]),
-        kernel_bytes: None,
+        ..Run::measured("old way: ip -batch address add + bind()", n, &v)
     })
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 pub fn run(ctx: &Ctx) -> Result<()> {
@@ -227,9 +219,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "\n## swarm (`cargo xtask bench swarm`)\n\nMachine: {}.\n",
         super::machine()
     ));
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("wirelab-bench-sw-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
+    let dir = TempDir::new("wirelab-bench-sw-");
     // The host's one ARP table (limits only in the initial namespace) must hold every client
     // on the server side; restored on exit.
     let _g1 = Sysctl::at_least("/proc/sys/net/ipv4/neigh/default/gc_thresh1", 131_072)?;
@@ -243,7 +233,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let mut runs = vec![];
     for n in SIZES {
         runs.push(swarm_connect(ctx, &lab, n)?);
-        runs.push(old_way(ctx, &lab, &dir.0, n)?);
+        runs.push(old_way(ctx, &lab, dir.path(), n)?);
     }
     let largest = swarm_connect(ctx, &lab, LARGEST)?;
 

@@ -13,8 +13,8 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 use super::{
-    f, in_ns, json, lab_up, mean, num, out, pct, prog_stats, spawn_ready, wirelab, Bg, Ctx, Lab,
-    Ready, Table,
+    cli, f, in_ns, json, lab_up, mean, num, out, pct, prog_stats, spawn_ready, wirelab, Bg, Ctx,
+    Lab, Ready, Table, TempDir,
 };
 
 const SERVER: &str = "198.18.0.2";
@@ -62,15 +62,6 @@ impl Drop for BpfStats {
     }
 }
 
-/// A temp directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 struct Wan {
     bg: Bg,
 }
@@ -78,19 +69,8 @@ struct Wan {
 impl Wan {
     fn start(lab: &Lab, extra: &[&str]) -> Result<Self> {
         let mut c = wirelab();
-        c.args([
-            "wan",
-            "--netns",
-            &lab.ns("wan"),
-            "--between",
-            "to-client",
-            "to-server",
-            "--json",
-            "--interval",
-            "1h",
-            "--duration",
-            "10m",
-        ]);
+        c.args(cli::wan(&lab.ns("wan")));
+        c.args(["--json", "--interval", "1h", "--duration", "10m"]);
         c.args(extra);
         let bg = spawn_ready(c, Ready::Stderr, "wan running", Duration::from_secs(180))?;
         Ok(Self { bg })
@@ -188,20 +168,13 @@ struct Lat {
 }
 
 fn probe(lab: &Lab) -> Result<Lat> {
-    let v = json(wirelab().args([
-        "probe",
-        "client",
-        "--netns",
+    let mut c = wirelab();
+    c.args(cli::probe_client(
         &lab.ns("client"),
-        "--to",
         &format!("{SERVER}:7000"),
-        "--rate",
-        "1000",
-        "--count",
-        "3000",
-        "--size",
-        "72",
-        "--json",
+    ));
+    let v = json(c.args([
+        "--rate", "1000", "--count", "3000", "--size", "72", "--json",
     ]))?;
     let p = |d: &str, q: &str| num(&v, &[d, "delay_ms", q]);
     Ok(Lat {
@@ -275,25 +248,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "Server listening",
         Duration::from_secs(10),
     )?;
-    let _probe = spawn_ready(
-        {
-            let mut c = wirelab();
-            c.args([
-                "probe",
-                "server",
-                "--netns",
-                &lab.ns("server"),
-                "--bind",
-                &format!("{SERVER}:7000"),
-                "--duration",
-                "15m",
-            ]);
-            c
-        },
-        Ready::Stderr,
-        "probe server listening",
-        Duration::from_secs(10),
-    )?;
+    let bind = format!("{SERVER}:7000");
+    let _probe = cli::start_probe_server(wirelab(), &lab.ns("server"), &bind, "15m")?;
     out(in_ns(&lab.ns("client"), &["ping"]).args(["-c", "3", "-i", "0.2", "-q", SERVER]))?;
 
     let mut off = Table::new(
@@ -510,8 +466,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 /// (198.18.0.2); in the large config that class sits among 65,536 /32s covering 198.18.0.0/16,
 /// so the LPM lookup walks a fully populated trie.
 fn classes(ctx: &Ctx, lab: &Lab) -> Result<()> {
-    let dir = TempDir(std::env::temp_dir().join(format!("wirelab-bench-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
+    let dir = TempDir::new("wirelab-bench-");
     let write = |n: u32, spec: &str| -> Result<PathBuf> {
         let mut s = String::new();
         let both = if spec.is_empty() {
