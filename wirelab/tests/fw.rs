@@ -63,6 +63,25 @@ fn ping(ns: &str, from: &str, to: &str, count: u32, interval: &str) -> u32 {
         .unwrap()
 }
 
+/// Replies to `count` pings, 0.1 s apart, from client address `from` to server address `to`.
+fn pings(lab: &Lab, from: &str, to: &str, count: u32) -> u32 {
+    ping(&lab.ns("client"), from, to, count, "0.1")
+}
+
+/// Send `rounds` one-byte UDP datagrams from the client (198.18.0.1) to each of `to`, in turn.
+fn send_udp(lab: &Lab, to: &[&str], rounds: usize) {
+    wirelab::netns::run_in(Some(&lab.ns("client")), || {
+        let u = UdpSocket::bind("198.18.0.1:0")?;
+        for _ in 0..rounds {
+            for dst in to {
+                u.send_to(b"x", dst)?;
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
 fn add_addr(ns: &str, cidr: &str) {
     let mut args = vec!["ip", "addr", "add", cidr, "dev", "eth0"];
     if cidr.contains(':') {
@@ -74,21 +93,11 @@ fn add_addr(ns: &str, cidr: &str) {
 #[test]
 fn deny_cidr_inside_fails_outside_works() {
     let lab = Lab::up("fwa");
-    let d = TempDir::new("wirelab-fw-test-");
     add_addr(&lab.ns("client"), "198.18.0.200/24");
-    let r = d.file(
-        "r.toml",
-        "default = \"allow\"\n[[rule]]\nname = \"bad-net\"\naction = \"deny\"\nsrc = \"198.18.0.192/26\"\nlog = true\n",
-    );
-    let fw = start_fw(&lab.ns("server"), &r);
-    assert_eq!(
-        ping(&lab.ns("client"), "198.18.0.200", "198.18.0.2", 5, "0.1"),
-        0
-    );
-    assert_eq!(
-        ping(&lab.ns("client"), "198.18.0.1", "198.18.0.2", 5, "0.1"),
-        5
-    );
+    let r = "default = \"allow\"\n[[rule]]\nname = \"bad-net\"\naction = \"deny\"\nsrc = \"198.18.0.192/26\"\nlog = true\n";
+    let fw = start_fw_rules(&lab.ns("server"), r);
+    assert_eq!(pings(&lab, "198.18.0.200", "198.18.0.2", 5), 0);
+    assert_eq!(pings(&lab, "198.18.0.1", "198.18.0.2", 5), 5);
     let s = stats(&lab);
     assert_eq!(rule(&s, "bad-net"), (5, 5), "{s}");
     assert_eq!(s["malformed"]["packets"], 0);
@@ -110,12 +119,8 @@ fn deny_cidr_inside_fails_outside_works() {
     let last = lines.last().unwrap();
     assert_eq!(last["type"], "final");
     assert_eq!(last["rules"][0]["logged"], 5);
-    let o = ok(in_ns(
-        &lab.ns("server"),
-        &["ip", "-d", "link", "show", "dev", "eth0"],
-    ));
     assert!(
-        !String::from_utf8_lossy(&o.stdout).contains("prog/xdp"),
+        !xdp_attached(&lab.ns("server"), "eth0"),
         "XDP left attached"
     );
 }
@@ -205,10 +210,7 @@ fn connects(ns: &str, port: u16) -> bool {
 #[test]
 fn allow_only_ssh_and_icmp() {
     let lab = Lab::up("fwb");
-    let d = TempDir::new("wirelab-fw-test-");
-    let r = d.file(
-        "r.toml",
-        r#"
+    let r = r#"
 default = "deny"
 [[rule]]
 name = "ssh"
@@ -219,28 +221,22 @@ dst_port = 22
 name = "icmp"
 action = "allow"
 proto = ["icmp", "icmpv6"]
-"#,
-    );
+"#;
     let srv = Server::start(&lab.ns("server"), &[22, 8080], &[5000]);
-    let _fw = start_fw(&lab.ns("server"), &r);
+    let _fw = start_fw_rules(&lab.ns("server"), r);
     assert!(connects(&lab.ns("client"), 22), "TCP 22 must connect");
     assert!(
         !connects(&lab.ns("client"), 8080),
         "TCP 8080 must be dropped"
     );
-    assert_eq!(
-        ping(&lab.ns("client"), "198.18.0.1", "198.18.0.2", 3, "0.1"),
-        3
-    );
-    wirelab::netns::run_in(Some(&lab.ns("client")), || {
-        let u = UdpSocket::bind("198.18.0.1:0")?;
-        for _ in 0..5 {
-            u.send_to(b"x", "198.18.0.2:5000")?;
-        }
-        Ok(())
-    })
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pings(&lab, "198.18.0.1", "198.18.0.2", 3), 3);
+    let default_dropped = |s: &serde_json::Value| s["default"]["dropped"].as_u64().unwrap();
+    let before = default_dropped(&stats(&lab));
+    send_udp(&lab, &["198.18.0.2:5000"], 5);
+    // Once the firewall has judged the datagrams, none may have reached the server.
+    eventually(Duration::from_secs(5), || {
+        default_dropped(&stats(&lab)) >= before + 5
+    });
     assert_eq!(srv.udp(0), 0, "UDP must be dropped");
     let s = stats(&lab);
     assert!(rule(&s, "ssh").0 >= 3, "{s}"); // SYN, ACK, FIN...
@@ -258,11 +254,8 @@ proto = ["icmp", "icmpv6"]
 #[test]
 fn rate_limit_icmp_per_source() {
     let lab = Lab::up("fwc");
-    let d = TempDir::new("wirelab-fw-test-");
     add_addr(&lab.ns("client"), "198.18.0.50/24");
-    let r = d.file(
-        "r.toml",
-        r#"
+    let r = r#"
 default = "allow"
 [[rule]]
 name = "icmp-10pps"
@@ -270,9 +263,8 @@ action = "rate-limit"
 proto = "icmp"
 icmp_type = "echo-request"
 rate_limit = { pps = 10, burst = 10 }
-"#,
-    );
-    let _fw = start_fw(&lab.ns("server"), &r);
+"#;
+    let _fw = start_fw_rules(&lab.ns("server"), r);
     // Two sources flood at 100 pps each for 3 s, at the same time.
     let t0 = Instant::now();
     let ns = lab.ns("client");
@@ -308,13 +300,10 @@ rate_limit = { pps = 10, burst = 10 }
 fn ipv6_rule() {
     // IPv6 benchmarking prefix 2001:2::/48 (RFC 5180), the IPv6 sibling of 198.18.0.0/15.
     let lab = Lab::up("fwd");
-    let d = TempDir::new("wirelab-fw-test-");
     add_addr(&lab.ns("client"), "2001:2::1/64");
     add_addr(&lab.ns("client"), "2001:2::3/64");
     add_addr(&lab.ns("server"), "2001:2::2/64");
-    let r = d.file(
-        "r.toml",
-        r#"
+    let r = r#"
 default = "allow"
 [[rule]]
 name = "deny-v6-host"
@@ -322,17 +311,10 @@ action = "deny"
 proto = "icmpv6"
 icmp_type = "echo-request"
 src = "2001:2::1/128"
-"#,
-    );
-    let _fw = start_fw(&lab.ns("server"), &r);
-    assert_eq!(
-        ping(&lab.ns("client"), "2001:2::3", "2001:2::2", 3, "0.1"),
-        3
-    );
-    assert_eq!(
-        ping(&lab.ns("client"), "2001:2::1", "2001:2::2", 3, "0.1"),
-        0
-    );
+"#;
+    let _fw = start_fw_rules(&lab.ns("server"), r);
+    assert_eq!(pings(&lab, "2001:2::3", "2001:2::2", 3), 3);
+    assert_eq!(pings(&lab, "2001:2::1", "2001:2::2", 3), 0);
     let s = stats(&lab);
     assert_eq!(rule(&s, "deny-v6-host"), (3, 3), "{s}");
 }
@@ -410,7 +392,7 @@ fn reload_under_traffic_is_lossless_and_tight() {
         std::thread::sleep(Duration::from_millis(50));
     }
     sender.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(Duration::from_secs(5), || srv.udp(0) >= 3000);
     eprintln!("{reloads} reloads during the probe run");
     assert!(reloads >= 5, "only {reloads} reloads happened");
     assert_eq!(srv.udp(0), 3000, "allowed probes lost across reloads");
@@ -433,13 +415,11 @@ fn bad_reload_keeps_old_rules_and_kill9_leaves_nothing() {
     let srv = Server::start(&lab.ns("server"), &[], &[7000, 7001]);
     let mut fw = start_fw(&lab.ns("server"), &a);
     let g0 = stats(&lab)["generation"].clone();
-    let o = wirelab()
-        .args(["fw", "reload", "--netns", &lab.ns("server"), "--rules"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = fails(
+        wirelab()
+            .args(["fw", "reload", "--netns", &lab.ns("server"), "--rules"])
+            .arg(&bad),
+    );
     assert!(
         err.contains("\"oops\"") && err.contains("dst_port") && err.contains("empty"),
         "{err}"
@@ -448,16 +428,9 @@ fn bad_reload_keeps_old_rules_and_kill9_leaves_nothing() {
     let s = stats(&lab);
     assert_eq!(s["generation"], g0);
     assert_eq!(s["reloads"], 0);
-    wirelab::netns::run_in(Some(&lab.ns("client")), || {
-        let u = UdpSocket::bind("198.18.0.1:0")?;
-        for _ in 0..20 {
-            u.send_to(b"x", "198.18.0.2:7000")?;
-            u.send_to(b"x", "198.18.0.2:7001")?;
-        }
-        Ok(())
-    })
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    send_udp(&lab, &["198.18.0.2:7000", "198.18.0.2:7001"], 20);
+    // In order: once the last allowed datagram is in, every denied one has been judged.
+    eventually(Duration::from_secs(5), || srv.udp(0) >= 20);
     assert_eq!(
         (srv.udp(0), srv.udp(1)),
         (20, 0),
@@ -471,12 +444,8 @@ fn bad_reload_keeps_old_rules_and_kill9_leaves_nothing() {
     )
     .unwrap();
     let _ = child.wait();
-    let o = ok(in_ns(
-        &lab.ns("server"),
-        &["ip", "-d", "link", "show", "dev", "eth0"],
-    ));
     assert!(
-        !String::from_utf8_lossy(&o.stdout).contains("prog/xdp"),
+        !xdp_attached(&lab.ns("server"), "eth0"),
         "XDP left attached"
     );
     let o = wirelab()
@@ -484,13 +453,8 @@ fn bad_reload_keeps_old_rules_and_kill9_leaves_nothing() {
         .output()
         .unwrap();
     assert!(!o.status.success(), "control socket survived kill -9");
-    wirelab::netns::run_in(Some(&lab.ns("client")), || {
-        let u = UdpSocket::bind("198.18.0.1:0")?;
-        u.send_to(b"x", "198.18.0.2:7001")?;
-        Ok(())
-    })
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    send_udp(&lab, &["198.18.0.2:7001"], 1);
+    eventually(Duration::from_secs(5), || srv.udp(1) >= 1);
     assert_eq!(srv.udp(1), 1, "nothing filters after kill -9");
     // And a new firewall can start on the same interface right away.
     let _fw2 = start_fw(&lab.ns("server"), &a);
@@ -536,15 +500,8 @@ fn record_series_counts_rule_hits_and_reports() {
     .unwrap();
     let rec = dir.join("run");
     let mut c = wirelab();
-    c.args([
-        "fw",
-        "--netns",
-        &lab.ns("server"),
-        "--iface",
-        "eth0",
-        "--rules",
-    ]);
-    c.arg(&rules);
+    c.args(cli::on_iface("fw", &lab.ns("server"), "eth0"));
+    c.arg("--rules").arg(&rules);
     c.args(["--interval", "200ms", "--duration", "8s", "--record"]);
     c.arg(&rec);
     c.args(["--metrics", "127.0.0.1:0"]);
@@ -553,29 +510,20 @@ fn record_series_counts_rule_hits_and_reports() {
     let metric = |rows: &[serde_json::Value], name: &str, rule: &str| {
         sample(rows, name, &[("iface", "eth0"), ("rule", rule)])
     };
+    let reloads =
+        |rows: &[serde_json::Value]| sample(rows, "wirelab_fw_reloads_total", &[("iface", "eth0")]);
     let before = parse_openmetrics(&scrape(&addr).1);
     assert_eq!(
         metric(&before, "wirelab_fw_dropped_packets_total", "no-ping"),
         0.0
     );
-    let _ = in_ns(
-        &lab.ns("client"),
-        &[
-            "ping",
-            "-c",
-            "8",
-            "-i",
-            "0.1",
-            "-W",
-            "1",
-            "-q",
-            "198.18.0.2",
-        ],
-    )
-    .output();
+    pings(&lab, "198.18.0.1", "198.18.0.2", 8);
     // The metrics follow within an interval (200 ms): 8 echo requests denied by the rule,
     // the replies' absence costs nothing, the client's other traffic goes to the default.
-    std::thread::sleep(Duration::from_millis(500));
+    eventually(Duration::from_secs(5), || {
+        let rows = parse_openmetrics(&scrape(&addr).1);
+        metric(&rows, "wirelab_fw_dropped_packets_total", "no-ping") >= 8.0
+    });
     let (head, body) = scrape(&addr);
     assert!(head.contains("openmetrics-text"), "{head}");
     let after = parse_openmetrics(&body);
@@ -592,34 +540,32 @@ fn record_series_counts_rule_hits_and_reports() {
         metric(&after, "wirelab_fw_dropped_packets_total", "(default)"),
         0.0
     );
-    assert_eq!(
-        sample(&after, "wirelab_fw_reloads_total", &[("iface", "eth0")]),
-        0.0
-    );
+    assert_eq!(reloads(&after), 0.0);
     // A rule removed by a reload loses its series; added back, it starts a new one at 0.
     let other = dir.file(
         "other.toml",
         "default = \"allow\"\n[[rule]]\nname = \"other\"\naction = \"deny\"\nproto = \"icmp\"\nsrc = \"198.18.0.1/32\"\n",
     );
-    let reload = |f: &std::path::Path| {
+    // Reload `f` as the `n`th reload; the metrics once they show it (the same snapshot as the
+    // rule series).
+    let reload = |f: &std::path::Path, n: f64| {
         ok(wirelab()
             .args(["fw", "reload", "--netns", &lab.ns("server"), "--rules"])
             .arg(f));
-        std::thread::sleep(Duration::from_millis(500));
+        eventually(Duration::from_secs(5), || {
+            reloads(&parse_openmetrics(&scrape(&addr).1)) >= n
+        });
         parse_openmetrics(&scrape(&addr).1)
     };
-    let rows = reload(&other);
+    let rows = reload(&other, 1.0);
     assert!(
         rows.iter().all(|r| r["labels"]["rule"] != "no-ping"),
         "removed rule still exported"
     );
     assert_eq!(metric(&rows, "wirelab_fw_packets_total", "other"), 0.0);
-    let rows = reload(&rules);
+    let rows = reload(&rules, 2.0);
     assert_eq!(metric(&rows, "wirelab_fw_packets_total", "no-ping"), 0.0);
-    assert_eq!(
-        sample(&rows, "wirelab_fw_reloads_total", &[("iface", "eth0")]),
-        2.0
-    );
+    assert_eq!(reloads(&rows), 2.0);
     let st = bg.wait(Duration::from_secs(60)).unwrap();
     assert!(st.success(), "fw exit {:?}", st.status);
     // Every denied echo request is in the per-interval hits of its rule, and in the drops.
@@ -676,13 +622,7 @@ fn check_shows_the_lookup_plan_and_refuses_bad_files() {
         "default = \"allow\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nsrc = \"198.18.0.0/33\"\n",
     )
     .unwrap();
-    let o = wirelab()
-        .args(["fw", "check", "--rules"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = fails(wirelab().args(["fw", "check", "--rules"]).arg(&bad));
     assert!(err.contains("rule[0]") || err.contains("\"b\""), "{err}");
     assert!(err.contains("src"), "{err}");
 }
@@ -732,14 +672,10 @@ fn vlan_wrapped_syns_never_reach_a_denied_port() {
     let (client, server) = (lab.ns("client"), lab.ns("server"));
     add_addr(&client, "2001:2::1/64");
     add_addr(&server, "2001:2::2/64");
-    let d = TempDir::new("wirelab-fw-vlan-");
-    let r = d.file(
-        "r.toml",
-        "default = \"allow\"\n\
+    let r = "default = \"allow\"\n\
          [[rule]]\nname = \"no-ssh\"\naction = \"deny\"\nproto = \"tcp\"\ndst_port = 22\n\
-         [[rule]]\nname = \"bad-src\"\naction = \"deny\"\nsrc = [\"198.18.0.200\", \"2001:2::bad\"]\n",
-    );
-    let _fw = start_fw(&server, &r);
+         [[rule]]\nname = \"bad-src\"\naction = \"deny\"\nsrc = [\"198.18.0.200\", \"2001:2::bad\"]\n";
+    let _fw = start_fw_rules(&server, r);
     let syn = Syn {
         src_mac: mac_of(&client, "eth0"),
         dst_mac: mac_of(&server, "eth0"),

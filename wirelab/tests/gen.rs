@@ -26,20 +26,8 @@ fn gen(lab: &Lab, extra: &[&str]) -> serde_json::Value {
 fn gen_to(lab: &Lab, dst: &str, extra: &[&str]) -> serde_json::Value {
     let mac = server_mac(lab);
     let mut c = wirelab();
-    c.args([
-        "gen",
-        "--netns",
-        &lab.ns("client"),
-        "--iface",
-        "eth0",
-        "--dst-mac",
-        &mac,
-        "--dst",
-        dst,
-        "--dport",
-        "9",
-        "--json",
-    ]);
+    c.args(cli::on_iface("gen", &lab.ns("client"), "eth0"));
+    c.args(["--dst-mac", &mac, "--dst", dst, "--dport", "9", "--json"]);
     c.args(extra);
     let o = ok(c);
     serde_json::from_slice(&o.stdout).unwrap()
@@ -48,17 +36,7 @@ fn gen_to(lab: &Lab, dst: &str, extra: &[&str]) -> serde_json::Value {
 /// An XDP program (inspect) on the client's veth peer gives it NAPI, so live XDP frames from
 /// the client are delivered.
 fn napi_on_client_peer(lab: &Lab) -> Bg {
-    let mut c = wirelab();
-    c.args([
-        "inspect",
-        "--netns",
-        &lab.ns("wan"),
-        "--iface",
-        "to-client",
-        "--duration",
-        "60s",
-    ]);
-    spawn_ready(c, "inspect attached", Duration::from_secs(20))
+    start_inspect(&lab.ns("wan"), "to-client", &["--duration", "60s"])
 }
 
 #[test]
@@ -80,7 +58,12 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
     assert_eq!(r["method"], "af-packet", "{r}");
     assert_eq!(r["sent"], 300, "{r}");
     assert_eq!(r["delivered"], 300, "{r}");
-    std::thread::sleep(Duration::from_millis(200));
+    let rule_packets = || {
+        fw_stats(&lab.ns("server"))["rules"][0]["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    eventually(Duration::from_secs(5), || rule_packets() >= 300);
     let s = fw_stats(&lab.ns("server"));
     let rule = &s["rules"][0];
     assert_eq!(rule["packets"], 300, "{s}");
@@ -103,7 +86,7 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
     assert_eq!(r["sent"], 2560, "{r}");
     assert_eq!(r["delivered"], 2560, "{r}");
     let secs = r["elapsed_s"].as_f64().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(Duration::from_secs(5), || rule_packets() >= 300 + 2560);
     let s = fw_stats(&lab.ns("server"));
     let rule = &s["rules"][0];
     let pk = rule["packets"].as_u64().unwrap() - 300;
@@ -127,23 +110,9 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
 
     // 4. --method xdp refuses a plain peer (the server's peer wan/to-server) with a reason.
     let o = wirelab()
-        .args([
-            "gen",
-            "--netns",
-            &lab.ns("server"),
-            "--iface",
-            "eth0",
-            "--dst-mac",
-            "02:00:00:00:00:01",
-            "--src",
-            "198.18.0.2",
-            "--dst",
-            "198.18.0.1",
-            "--count",
-            "100",
-            "--method",
-            "xdp",
-        ])
+        .args(cli::on_iface("gen", &lab.ns("server"), "eth0"))
+        .args(["--dst-mac", "02:00:00:00:00:01", "--src", "198.18.0.2"])
+        .args(["--dst", "198.18.0.1", "--count", "100", "--method", "xdp"])
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -193,7 +162,9 @@ fn ipv6_frames_reach_the_server_stack_with_valid_checksums() {
     let r = gen6(&["--flows", "16", "--count", "300", "--rate", "3000"]);
     assert_eq!(r["method"], "af-packet", "{r}");
     assert_eq!(r["delivered"], 300, "{r}");
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(Duration::from_secs(5), || {
+        udp6_counters(&lab).0 >= np0 + 300
+    });
     let (np1, ce1) = udp6_counters(&lab);
     assert_eq!((np1 - np0, ce1 - ce0), (300, 0), "NoPorts, InCsumErrors");
     // 2. Live frames (an XDP program on the peer gives it NAPI): the kernel program rewrites
@@ -202,7 +173,9 @@ fn ipv6_frames_reach_the_server_stack_with_valid_checksums() {
     let r = gen6(&["--flows", "256", "--count", "2560", "--rate", "10000"]);
     assert_eq!(r["method"], "xdp-live-frames", "{r}");
     assert_eq!(r["delivered"], 2560, "{r}");
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(Duration::from_secs(5), || {
+        udp6_counters(&lab).0 >= np1 + 2560
+    });
     let (np2, ce2) = udp6_counters(&lab);
     assert_eq!((np2 - np1, ce2 - ce1), (2560, 0), "NoPorts, InCsumErrors");
 }

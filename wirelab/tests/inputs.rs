@@ -27,6 +27,23 @@ fn bounded(mut c: Command) -> Output {
     }
 }
 
+/// Make the FIFO `name` in `d`.
+fn fifo(d: &TempDir, name: &str) -> std::path::PathBuf {
+    let p = d.join(name);
+    nix::unistd::mkfifo(&p, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    p
+}
+
+/// What no tool may read, with how its refusal describes it: the FIFO `fifo` (nobody writes
+/// it) and two endless character devices.
+fn unreadable(fifo: &std::path::Path) -> [(&str, &str); 3] {
+    [
+        (fifo.to_str().unwrap(), "a FIFO"),
+        ("/dev/zero", "a character device"),
+        ("/dev/urandom", "a character device"),
+    ]
+}
+
 fn refused(c: Command, needles: &[&str]) {
     let o = bounded(c);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -39,13 +56,8 @@ fn refused(c: Command, needles: &[&str]) {
 #[test]
 fn fw_address_lists_must_be_bounded_regular_files() {
     let d = TempDir::new("wirelab-inputs-");
-    let fifo = d.join("list.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    for (src, what) in [
-        (fifo.to_str().unwrap(), "a FIFO"),
-        ("/dev/zero", "a character device"),
-        ("/dev/urandom", "a character device"),
-    ] {
+    let fifo = fifo(&d, "list.fifo");
+    for (src, what) in unreadable(&fifo) {
         let rules = d.file(
             "r.toml",
             &format!("default = \"allow\"\n[[rule]]\nname = \"x\"\naction = \"deny\"\nsrc_file = \"{src}\"\n"),
@@ -79,13 +91,8 @@ fn fw_address_lists_must_be_bounded_regular_files() {
 #[test]
 fn wan_distribution_files_must_be_bounded_regular_files() {
     let d = TempDir::new("wirelab-inputs-");
-    let fifo = d.join("delay.dist");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    for (f, what) in [
-        (fifo.to_str().unwrap(), "a FIFO"),
-        ("/dev/zero", "a character device"),
-        ("/dev/urandom", "a character device"),
-    ] {
+    let fifo = fifo(&d, "delay.dist");
+    for (f, what) in unreadable(&fifo) {
         let mut c = wirelab();
         c.args([
             "wan",

@@ -19,20 +19,11 @@ fn final_json(out: &[u8]) -> serde_json::Value {
 fn counts_exactly_n_icmp_echo_requests() {
     let lab = Lab::up("li");
     let n = 17;
-    let mut c = wirelab();
-    c.args([
-        "inspect",
-        "--netns",
+    let bg = start_inspect(
         &lab.ns("wan"),
-        "--iface",
         "to-client",
-        "--interval",
-        "500ms",
-        "--duration",
-        "30s",
-        "--json",
-    ]);
-    let bg = spawn_ready(c, "inspect attached", Duration::from_secs(20));
+        &["--interval", "500ms", "--duration", "30s", "--json"],
+    );
     assert!(xdp_attached(&lab.ns("wan"), "to-client"));
     ok(in_ns(
         &lab.ns("client"),
@@ -69,20 +60,17 @@ fn counts_exactly_n_icmp_echo_requests() {
 #[test]
 fn duration_ends_and_detaches_and_skb_mode_works() {
     let lab = Lab::up("ld");
-    let o = ok(wirelab().args([
-        "inspect",
-        "--netns",
-        &lab.ns("server"),
-        "--iface",
-        "eth0",
-        "--duration",
-        "1500ms",
-        "--interval",
-        "500ms",
-        "--json",
-        "--mode",
-        "skb",
-    ]));
+    let o = ok(wirelab()
+        .args(cli::on_iface("inspect", &lab.ns("server"), "eth0"))
+        .args([
+            "--duration",
+            "1500ms",
+            "--interval",
+            "500ms",
+            "--json",
+            "--mode",
+            "skb",
+        ]));
     let v = final_json(&o.stdout);
     assert_eq!(v["mode"], "skb");
     let d = v["duration_s"].as_f64().unwrap();
@@ -93,9 +81,7 @@ fn duration_ends_and_detaches_and_skb_mode_works() {
 #[test]
 fn killed_inspect_leaves_nothing_attached() {
     let lab = Lab::up("lk9");
-    let mut c = wirelab();
-    c.args(["inspect", "--netns", &lab.ns("wan"), "--iface", "to-server"]);
-    let bg = spawn_ready(c, "inspect attached", Duration::from_secs(20));
+    let bg = start_inspect(&lab.ns("wan"), "to-server", &[]);
     assert!(xdp_attached(&lab.ns("wan"), "to-server"));
     bg.kill();
     // The bpf_link dies with its owner.
@@ -111,16 +97,8 @@ fn killed_inspect_leaves_nothing_attached() {
 #[test]
 fn clear_errors() {
     require_privileges();
-    let o = wirelab()
-        .args(["inspect", "--iface", "wl-no-such-if0", "--duration", "1s"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no interface named"));
-    let o = wirelab()
-        .args(["inspect", "--netns", "wl-no-such-ns", "--iface", "eth0"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+    let err = fails(wirelab().args(["inspect", "--iface", "wl-no-such-if0", "--duration", "1s"]));
+    assert!(err.contains("no interface named"), "{err}");
+    let err = fails(wirelab().args(cli::on_iface("inspect", "wl-no-such-ns", "eth0")));
+    assert!(err.contains("does not exist"), "{err}");
 }

@@ -70,13 +70,7 @@ fn bad_topology_names_field_and_creates_nothing() {
         "[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n[[link]]\na = { host = \"a\", iface = \"eth0\", addresses = [\"198.18.0.1/24\"] }\nb = { host = \"b\", iface = \"eth0\", addresses = [\"198.18.0.999/24\"] }\n",
     );
     let name = unique("lbad");
-    let o = wirelab()
-        .args(["lab", "up", "--name", &name])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = fails(wirelab().args(["lab", "up", "--name", &name]).arg(&f));
     assert!(err.contains("link[0].b.addresses[0]"), "{err}");
     assert!(
         ns_of(&name).is_empty(),
@@ -98,13 +92,7 @@ fn kernel_refusal_halfway_rolls_back() {
     );
     ok(wirelab().args(["lab", "up", "--check"]).arg(&f));
     let name = unique("lrb");
-    let o = wirelab()
-        .args(["lab", "up", "--name", &name])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "a duplicate route was accepted");
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = fails(wirelab().args(["lab", "up", "--name", &name]).arg(&f));
     assert!(err.contains("host[0].route[1]"), "{err}");
     assert!(ns_of(&name).is_empty(), "left behind: {:?}", ns_of(&name));
 }

@@ -28,13 +28,8 @@ fn lines(p: &Path) -> Vec<Value> {
 
 fn start_wan(lab: &Lab, spec: &str, dir: &Path) -> (Bg, String) {
     let mut c = wirelab();
+    c.args(cli::wan(&lab.ns("wan")));
     c.args([
-        "wan",
-        "--netns",
-        &lab.ns("wan"),
-        "--between",
-        "to-client",
-        "to-server",
         "--both",
         spec,
         "--json",
@@ -42,13 +37,9 @@ fn start_wan(lab: &Lab, spec: &str, dir: &Path) -> (Bg, String) {
         "500ms",
         "--duration",
         "60s",
-        "--seed",
-        "3",
-        "--record",
-        dir.to_str().unwrap(),
-        "--metrics",
-        "127.0.0.1:0",
     ]);
+    c.args(["--seed", "3", "--metrics", "127.0.0.1:0", "--record"]);
+    c.arg(dir);
     let bg = spawn_ready(c, "wan running", Duration::from_secs(20));
     let addr = tcp_listen_addr(bg.pid());
     (bg, addr)
@@ -59,14 +50,11 @@ fn stop(bg: Bg) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-fn probe_udp(lab: &Lab, dir: &Path, count: &str) -> Value {
-    let o = ok(wirelab().args([
-        "probe",
-        "client",
-        "--netns",
-        &lab.ns("client"),
-        "--to",
-        TO,
+/// A recorded UDP probe run (200/s) of `count` probes from namespace `ns` to the server.
+fn probe_udp(ns: &str, dir: &Path, count: &str) -> Value {
+    let mut c = wirelab();
+    c.args(cli::probe_client(ns, TO));
+    c.args([
         "--rate",
         "200",
         "--count",
@@ -75,8 +63,8 @@ fn probe_udp(lab: &Lab, dir: &Path, count: &str) -> Value {
         "500ms",
         "--json",
         "--record",
-        dir.to_str().unwrap(),
-    ]));
+    ]);
+    let o = ok(c.arg(dir));
     serde_json::from_slice(&o.stdout).expect("probe JSON")
 }
 
@@ -149,26 +137,7 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
     let t0 = Instant::now();
     let lab_ns = lab.ns("client");
     let dir2 = dir.clone();
-    let probe = std::thread::spawn(move || {
-        let o = ok(wirelab().args([
-            "probe",
-            "client",
-            "--netns",
-            &lab_ns,
-            "--to",
-            TO,
-            "--rate",
-            "200",
-            "--count",
-            "800",
-            "--interval",
-            "500ms",
-            "--json",
-            "--record",
-            dir2.to_str().unwrap(),
-        ]));
-        serde_json::from_slice::<Value>(&o.stdout).expect("probe JSON")
-    });
+    let probe = std::thread::spawn(move || probe_udp(&lab_ns, &dir2, "800"));
     std::thread::sleep(Duration::from_millis(1500));
     let (head, body1) = scrape(&maddr);
     assert!(
@@ -322,7 +291,7 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
 
     // Run B: 40 ms, for the comparison.
     let (wan_b, _) = start_wan(&lab, "delay 40ms", &dir_b);
-    let udp_b = probe_udp(&lab, &dir_b, "400");
+    let udp_b = probe_udp(&lab.ns("client"), &dir_b, "400");
     stop(wan_b);
     let dp = udp_b["forward"]["delay_ms"]["p50"].as_f64().unwrap()
         - udp["forward"]["delay_ms"]["p50"].as_f64().unwrap();

@@ -202,18 +202,14 @@ impl Samba {
         .spawn()
         .expect("smbd (apt-get install samba; `cargo xtask setup` does it)");
         let smbd = Bg::from_child(child);
-        let t0 = Instant::now();
-        loop {
+        let listens = || {
             let o = in_ns(&lab.ns("server"), &["ss", "-ltn"]).output().unwrap();
-            if String::from_utf8_lossy(&o.stdout).contains(&format!("{SERVER}:445")) {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "smbd did not listen on {SERVER}:445"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            String::from_utf8_lossy(&o.stdout).contains(&format!("{SERVER}:445"))
+        };
+        assert!(
+            eventually(Duration::from_secs(20), listens),
+            "smbd did not listen on {SERVER}:445"
+        );
         Self { dir, _smbd: smbd }
     }
 
@@ -799,6 +795,19 @@ fn tc_filters(ns: &str, iface: &str, dir: &str) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
+/// Assert that no swarm tc filter is left on eth0 of `ns`, in either direction, `after` what
+/// just happened (for the message).
+#[track_caller]
+fn assert_no_swarm_filters(ns: &str, after: &str) {
+    for dir in ["ingress", "egress"] {
+        let f = tc_filters(ns, "eth0", dir);
+        assert!(
+            !f.contains("swarm_"),
+            "{dir} filter left after {after}: {f}"
+        );
+    }
+}
+
 /// Kernels before 6.6 have no TCX: swarm's tc programs become clsact filters. The same
 /// programs and checks on that path (forced here with WIRELAB_TC_ATTACH=clsact): clients
 /// connect from their own addresses and MACs, a clean exit removes the filters, and after a
@@ -829,13 +838,7 @@ fn clsact_fallback_where_tcx_is_missing() {
     assert!(neigh
         .iter()
         .all(|(ip, mac)| *mac == client_mac([0x02, 0x57], *ip)));
-    for dir in ["ingress", "egress"] {
-        let f = tc_filters(&client, "eth0", dir);
-        assert!(
-            !f.contains("swarm_"),
-            "{dir} filter left after a clean exit: {f}"
-        );
-    }
+    assert_no_swarm_filters(&client, "a clean exit");
     drop(srv);
     assert_clean(&lab, pool_s);
 
@@ -854,13 +857,7 @@ fn clsact_fallback_where_tcx_is_missing() {
     let mut c = wirelab();
     c.env("WIRELAB_TC_ATTACH", "clsact");
     ok(c.args(["cleanup", "--json"]));
-    for dir in ["ingress", "egress"] {
-        let f = tc_filters(&client, "eth0", dir);
-        assert!(
-            !f.contains("swarm_"),
-            "{dir} filter left after cleanup: {f}"
-        );
-    }
+    assert_no_swarm_filters(&client, "cleanup");
     drop(_g);
     assert_clean(&lab, pool_s);
 }

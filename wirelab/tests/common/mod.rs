@@ -8,7 +8,7 @@ use std::{
     process::{Command, Output},
     time::Duration,
 };
-pub use wirelab_testkit::{eventually, frames, unique, Bg, Ready, TempDir};
+pub use wirelab_testkit::{cli, eventually, frames, unique, Bg, Ready, TempDir};
 
 pub const WIRELAB: &str = env!("CARGO_BIN_EXE_wirelab");
 
@@ -43,6 +43,20 @@ pub fn ok(mut c: impl std::borrow::BorrowMut<Command>) -> Output {
         String::from_utf8_lossy(&o.stderr)
     );
     o
+}
+
+/// Run `c`, assert that it fails, and return its stderr for the caller's checks of what it
+/// says.
+#[track_caller]
+pub fn fails(mut c: impl std::borrow::BorrowMut<Command>) -> String {
+    let c = c.borrow_mut();
+    let o = c.output().expect("spawn");
+    assert!(
+        !o.status.success(),
+        "{c:?} succeeded: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 pub use wirelab_testkit::in_ns;
@@ -95,17 +109,8 @@ impl std::ops::Deref for Lab {
 /// A `wirelab probe server` on `bind` in lab host `server`, running until dropped (bounded by
 /// `duration`).
 pub fn probe_server(lab: &Lab, bind: &str, duration: &str) -> Bg {
-    let mut c = wirelab();
-    c.args([
-        "probe",
-        "server",
-        "--netns",
-        &lab.ns("server"),
-        "--bind",
-        bind,
-    ]);
-    c.args(["--duration", duration]);
-    spawn_ready(c, "probe server listening", Duration::from_secs(10))
+    cli::start_probe_server(wirelab(), &lab.ns("server"), bind, duration)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Spawn a wirelab command and wait until its stderr shows `ready`; its stdout stays piped
@@ -181,14 +186,29 @@ pub fn tcp_listen_addr(pid: u32) -> String {
         .to_string()
 }
 
+/// Start `wirelab inspect` on `iface` of namespace `ns` with the options `extra`, and wait
+/// until it is attached (stopped when the guard drops).
+pub fn start_inspect(ns: &str, iface: &str, extra: &[&str]) -> Bg {
+    let mut c = wirelab();
+    c.args(cli::on_iface("inspect", ns, iface)).args(extra);
+    spawn_ready(c, "inspect attached", Duration::from_secs(20))
+}
+
 /// Start `wirelab fw` on eth0 of namespace `ns` with `rules` (JSON lines on stdout, at most
 /// 300 s; stopped when the guard drops).
 pub fn start_fw(ns: &str, rules: &std::path::Path) -> Bg {
     let mut c = wirelab();
-    c.args(["fw", "--netns", ns, "--iface", "eth0", "--rules"]);
-    c.arg(rules);
+    c.args(cli::on_iface("fw", ns, "eth0"));
+    c.arg("--rules").arg(rules);
     c.args(["--json", "--duration", "300s"]);
     spawn_ready(c, "fw attached", Duration::from_secs(20))
+}
+
+/// Start `wirelab fw` as [`start_fw`] does, with the rules `toml` (written to a temporary file
+/// that is removed once the firewall has loaded it).
+pub fn start_fw_rules(ns: &str, toml: &str) -> Bg {
+    let d = TempDir::new("wirelab-fw-rules-");
+    start_fw(ns, &d.file("rules.toml", toml))
 }
 
 /// `wirelab fw stats --json` of the firewall running in namespace `ns`.
