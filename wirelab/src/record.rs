@@ -529,6 +529,17 @@ pub fn rebuild_summary(dir: &Path) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// A series or change line as written: the tool's own typed line with the record's stamps.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Stamped<T> {
+    /// 1, 2, 3… per file, without gaps.
+    pub seq: u64,
+    /// Wall-clock time of the line (seconds since the epoch).
+    pub unix: f64,
+    #[serde(flatten)]
+    pub line: T,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 
 use crate::record::{self, FORMAT, VERSION};
+use crate::wan;
 use plot::{Chart, Kind, Series};
 
 /// One recording command's files.
@@ -25,8 +26,46 @@ pub struct Source {
     pub tool: String,
     pub config: Value,
     pub series: Vec<Value>,
+    /// The series read back as the tool's own line type (tools that have one).
+    pub typed: Typed,
     pub changes: Vec<Value>,
     pub fin: Option<Value>,
+}
+
+/// A series decoded into the type its tool wrote: a line of another shape is an error
+/// naming the file and line, never a silent zero in a plot.
+#[derive(Debug, Clone)]
+pub enum Typed {
+    Wan(Vec<record::Stamped<crate::wan::Line>>),
+    Fw(Vec<record::Stamped<crate::fw::Interval>>),
+    /// Tools whose plots read the lines generically.
+    Other,
+}
+
+impl Typed {
+    fn decode(tool: &str, path: &Path, series: &[Value]) -> Result<Self> {
+        fn all<T: serde::de::DeserializeOwned>(path: &Path, series: &[Value]) -> Result<Vec<T>> {
+            series
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    T::deserialize(l).with_context(|| {
+                        format!(
+                            "{} line {}: not a {} series line",
+                            path.display(),
+                            i + 1,
+                            std::any::type_name::<T>()
+                        )
+                    })
+                })
+                .collect()
+        }
+        Ok(match tool {
+            "wan" => Typed::Wan(all(path, series)?),
+            "fw" => Typed::Fw(all(path, series)?),
+            _ => Typed::Other,
+        })
+    }
 }
 
 impl Source {
@@ -201,11 +240,14 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
             ));
             None
         };
+        let tool = config["tool"].as_str().unwrap_or("?").to_string();
+        let typed = Typed::decode(&tool, &sp, &series)?;
         sources.push(Source {
             name,
-            tool: config["tool"].as_str().unwrap_or("?").to_string(),
+            tool,
             config,
             series,
+            typed,
             changes,
             fin,
         });
@@ -281,65 +323,76 @@ fn dts(src: &Source) -> Vec<f64> {
 
 const DIRS: [&str; 2] = ["a_to_b", "b_to_a"];
 
+/// A counter of a wan class row.
+type Field = fn(&wan::ClassReport) -> u64;
+
 fn wan_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
+    let Typed::Wan(lines) = &src.typed else {
+        return vec![];
+    };
     let x = xs(src, t0);
     let dt = dts(src);
-    let rows = |l: &Value| l["classes"].as_array().cloned().unwrap_or_default();
     let mut delay = vec![];
     let mut tput = vec![];
     let mut drops = vec![];
     let mut queue = vec![];
     for d in DIRS {
-        let pick = |f: &dyn Fn(&[Value], f64) -> Option<f64>| -> Vec<(f64, f64)> {
-            src.series
+        type Pick<'a> = &'a dyn Fn(&[&wan::ClassReport], f64) -> Option<f64>;
+        let pick = |f: Pick<'_>| -> Vec<(f64, f64)> {
+            lines
                 .iter()
                 .enumerate()
                 .filter_map(|(i, l)| {
-                    let r: Vec<Value> = rows(l).into_iter().filter(|r| r["dir"] == d).collect();
+                    let r: Vec<&wan::ClassReport> =
+                        l.line.classes.iter().filter(|r| r.dir == d).collect();
                     f(&r, dt[i]).map(|y| (x[i], y))
                 })
                 .collect()
         };
-        let def = |r: &[Value], k: &str| -> Option<f64> {
-            r.iter()
-                .find(|r| r["class"] == "default")
-                .and_then(|r| num(&r[k]))
+        let def = |r: &[&wan::ClassReport], k: fn(&wan::ClassReport) -> Option<f64>| {
+            r.iter().find(|r| r.class == "default").and_then(|r| k(r))
         };
-        let sum = |r: &[Value], k: &str| -> f64 { r.iter().filter_map(|r| num(&r[k])).sum() };
+        let sum =
+            |r: &[&wan::ClassReport], k: Field| -> f64 { r.iter().map(|r| k(r) as f64).sum() };
         delay.push(Series::new(
             format!("{p}{d} p50"),
-            pick(&|r, _| def(r, "delay_p50_ms")),
+            pick(&|r, _| def(r, |c| c.delay_p50_ms)),
         ));
         delay.push(
-            Series::new(format!("{p}{d} p99"), pick(&|r, _| def(r, "delay_p99_ms"))).dashed(),
+            Series::new(
+                format!("{p}{d} p99"),
+                pick(&|r, _| def(r, |c| c.delay_p99_ms)),
+            )
+            .dashed(),
         );
         tput.push(Series::new(
             format!("{p}{d} in"),
-            pick(&|r, dt| Some(sum(r, "rx_bytes") * 8.0 / dt / 1e6)),
+            pick(&|r, dt| Some(sum(r, |c| c.rx_bytes) * 8.0 / dt / 1e6)),
         ));
-        for (k, cause) in [
-            ("drops_loss", "loss"),
-            ("drops_queue", "queue"),
-            ("drops_blackhole", "blackhole"),
-            ("drops_link_down", "link down"),
-        ] {
+        let causes: [(Field, &str); 4] = [
+            (|c| c.drops_loss, "loss"),
+            (|c| c.drops_queue, "queue"),
+            (|c| c.drops_blackhole, "blackhole"),
+            (|c| c.drops_link_down, "link down"),
+        ];
+        for (k, cause) in causes {
             let s = pick(&|r, _| Some(sum(r, k)));
             if s.iter().any(|(_, y)| *y > 0.0) {
                 drops.push(Series::new(format!("{p}{d} {cause}"), s));
             }
         }
-        let rd = pick(&|r, _| Some(sum(r, "reordered")));
+        let rd = pick(&|r, _| Some(sum(r, |c| c.reordered)));
         if rd.iter().any(|(_, y)| *y > 0.0) {
             drops.push(Series::new(format!("{p}{d} reordered"), rd).dashed());
         }
         queue.push(Series::new(
             format!("{p}{d} now"),
-            pick(&|r, _| Some(sum(r, "queue_now"))),
+            pick(&|r, _| Some(sum(r, |c| c.queue_now))),
         ));
         queue.push(
             Series::new(
                 format!("{p}{d} max"),
-                pick(&|r, _| Some(sum(r, "queue_max"))),
+                pick(&|r, _| Some(sum(r, |c| c.queue_max))),
             )
             .dashed(),
         );
@@ -674,15 +727,22 @@ fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
 
 /// fw: passes vs drops per interval, and each rule's hits over time.
 fn fw_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
+    let Typed::Fw(lines) = &src.typed else {
+        return vec![];
+    };
     let x = xs(src, t0);
-    let line = |k: &str| points(src, &x, |l| &l[k]);
+    let line = |f: fn(&crate::fw::Interval) -> u64| -> Vec<(f64, f64)> {
+        lines
+            .iter()
+            .zip(&x)
+            .map(|(l, x)| (*x, f(&l.line) as f64))
+            .collect()
+    };
     let mut rules: Vec<String> = vec![];
-    for l in &src.series {
-        if let Some(m) = l["hits"].as_object() {
-            for k in m.keys() {
-                if !rules.contains(k) {
-                    rules.push(k.clone());
-                }
+    for l in lines {
+        for k in l.line.hits.keys() {
+            if !rules.contains(k) {
+                rules.push(k.clone());
             }
         }
     }
@@ -691,7 +751,11 @@ fn fw_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
         .map(|r| {
             Series::new(
                 format!("{p}{r}"),
-                points(src, &x, |l| &l["hits"][r.as_str()]),
+                lines
+                    .iter()
+                    .zip(&x)
+                    .filter_map(|(l, x)| l.line.hits.get(r).map(|h| (*x, *h as f64)))
+                    .collect(),
             )
         })
         .collect();
@@ -702,8 +766,8 @@ fn fw_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
             "time (s)",
             "packets",
             vec![
-                Series::new(format!("{p}passed"), line("passed")),
-                Series::new(format!("{p}dropped"), line("dropped")),
+                Series::new(format!("{p}passed"), line(|l| l.passed)),
+                Series::new(format!("{p}dropped"), line(|l| l.dropped)),
             ],
         ),
         Chart::lines(
@@ -829,4 +893,40 @@ pub fn write(runs: &[Run], out: &Path) -> Result<Output> {
         plots,
         png_note,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A series line of the right tool but the wrong shape (a renamed or retyped field) is
+    /// an error naming the file and line, not zeros in a plot.
+    #[test]
+    fn a_mistyped_series_line_is_named() {
+        let dir = std::env::temp_dir().join(format!("wirelab-report-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut rec = record::Recorder::create(&dir, "wan", "wan", serde_json::json!({})).unwrap();
+        let row = crate::wan::ClassReport {
+            dir: "a_to_b".into(),
+            class: "default".into(),
+            rx: 5,
+            ..Default::default()
+        };
+        let good = crate::wan::Line {
+            kind: crate::wan::LineKind::Interval,
+            t: 1.0,
+            classes: vec![row],
+            engine: None,
+            seed: None,
+        };
+        rec.interval(&good).unwrap();
+        let mut bad = serde_json::to_value(&good).unwrap();
+        bad["classes"][0]["rx"] = serde_json::json!("five");
+        rec.interval(&bad).unwrap();
+        rec.finish(&good, vec![], vec![]).unwrap();
+        let e = format!("{:#}", load(&dir, true).unwrap_err());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(e.contains("wan.series.jsonl line 2"), "{e}");
+    }
 }

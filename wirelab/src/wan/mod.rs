@@ -371,7 +371,7 @@ struct Maps {
 enum ReportMsg {
     Interval(f64, Vec<(usize, usize, ClassStats)>, EngineHealth),
     /// A live change: its record entry and the specs now in force.
-    Change(serde_json::Value, [Vec<Spec>; 2]),
+    Change(ChangeEntry, [Vec<Spec>; 2]),
     Final(
         f64,
         Vec<(usize, usize, ClassStats)>,
@@ -436,7 +436,11 @@ fn reporter(
             t,
             &rows,
             json,
-            if is_final { "final" } else { "interval" },
+            if is_final {
+                LineKind::Final
+            } else {
+                LineKind::Interval
+            },
             &health,
         )?;
         if let Some(m) = &mets {
@@ -445,14 +449,26 @@ fn reporter(
         match fin {
             None => {
                 if let Some(r) = rec.as_mut() {
-                    r.interval(&serde_json::json!({"type": "interval", "t": t, "classes": rows}))?;
+                    r.interval(&Line {
+                        kind: LineKind::Interval,
+                        t,
+                        classes: rows,
+                        engine: None,
+                        seed: None,
+                    })?;
                 }
             }
             Some((seed, specs)) => {
                 if let Some(r) = rec.take() {
-                    let fin =
-                        serde_json::json!({"type": "final", "t": t, "classes": rows, "seed": seed});
-                    r.finish(&fin, configured(&specs), measured(&rows, &specs))?;
+                    let measured = measured(&rows, &specs);
+                    let fin = Line {
+                        kind: LineKind::Final,
+                        t,
+                        classes: rows.clone(),
+                        engine: None,
+                        seed: Some(seed),
+                    };
+                    r.finish(&fin, configured(&specs), measured)?;
                 }
                 return Ok(rows);
             }
@@ -490,8 +506,49 @@ impl Maps {
     }
 }
 
+/// What a stats line is: one interval, or the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineKind {
+    Interval,
+    Final,
+}
+
+/// One stats line: on stdout (`--json`, with `engine`), in the record's series (interval)
+/// and its final document (with `seed`). The report reads the record back as this type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Line {
+    #[serde(rename = "type")]
+    pub kind: LineKind,
+    /// Seconds since start.
+    pub t: f64,
+    pub classes: Vec<ClassReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineHealth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// One class's configuration in a record (`classes` of the config and of each change).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassConfig {
+    pub name: String,
+    pub a_to_b: String,
+    pub b_to_a: String,
+    pub a_to_b_parsed: Spec,
+    pub b_to_a_parsed: Spec,
+}
+
+/// A live change in the record: what was applied, when, and every class now in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeEntry {
+    pub applied: String,
+    pub t: f64,
+    pub classes: Vec<ClassConfig>,
+}
+
 /// One line of stats for a (direction, class).
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct ClassReport {
     pub dir: String,
     pub class: String,
@@ -559,7 +616,7 @@ fn minus(a: &WanCounters, b: &WanCounters) -> WanCounters {
 }
 
 /// The engine's own losses so far: frames it could not take in, hold or send.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct EngineHealth {
     /// Dropped by the kernel before the engine saw them (no fill-ring frame, RX ring full).
     pub xsk_rx_dropped: u64,
@@ -590,16 +647,19 @@ fn print_reports(
     t: f64,
     rows: &[ClassReport],
     json: bool,
-    kind: &str,
+    kind: LineKind,
     health: &EngineHealth,
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({"type": kind, "t": t, "classes": rows, "engine": health})
-        )?;
+        let line = Line {
+            kind,
+            t,
+            classes: rows.to_vec(),
+            engine: Some(*health),
+            seed: None,
+        };
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
     } else {
         if health.any() {
             writeln!(
@@ -958,11 +1018,11 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
                 specs = new_specs;
                 tracing::info!(change = %applied, "live change applied");
                 let _ = rep_tx.send(ReportMsg::Change(
-                    serde_json::json!({
-                        "applied": applied,
-                        "t": start.elapsed().as_secs_f64(),
-                        "classes": classes_json(&plan.names, &specs),
-                    }),
+                    ChangeEntry {
+                        applied: applied.clone(),
+                        t: start.elapsed().as_secs_f64(),
+                        classes: class_configs(&plan.names, &specs),
+                    },
                     specs.clone(),
                 ));
                 let _ = reply.send(SetReply { applied });
@@ -1189,22 +1249,18 @@ fn prepare(
     Ok((specs, c, profiles, applied))
 }
 
-fn classes_json(names: &[String], specs: &[Vec<Spec>; 2]) -> serde_json::Value {
-    serde_json::Value::Array(
-        names
-            .iter()
-            .enumerate()
-            .map(|(c, n)| {
-                serde_json::json!({
-                    "name": n,
-                    "a_to_b": specs[0][c].text,
-                    "b_to_a": specs[1][c].text,
-                    "a_to_b_parsed": specs[0][c],
-                    "b_to_a_parsed": specs[1][c],
-                })
-            })
-            .collect(),
-    )
+fn class_configs(names: &[String], specs: &[Vec<Spec>; 2]) -> Vec<ClassConfig> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(c, n)| ClassConfig {
+            name: n.clone(),
+            a_to_b: specs[0][c].text.clone(),
+            b_to_a: specs[1][c].text.clone(),
+            a_to_b_parsed: specs[0][c].clone(),
+            b_to_a_parsed: specs[1][c].clone(),
+        })
+        .collect()
 }
 
 fn record_config(opts: &Options, cfg: &Config, plan: &Plan, modes: &[&str]) -> serde_json::Value {
@@ -1220,7 +1276,7 @@ fn record_config(opts: &Options, cfg: &Config, plan: &Plan, modes: &[&str]) -> s
         "frames": opts.frames,
         "realtime": opts.realtime,
         "xdp_modes": modes,
-        "classes": classes_json(&plan.names, &plan.specs),
+        "classes": class_configs(&plan.names, &plan.specs),
     })
 }
 
