@@ -492,12 +492,10 @@ fn cleanup_removes_namespaces_of_a_killed_bench() {
 fn record_series_counts_rule_hits_and_reports() {
     let lab = Lab::up("fwr");
     let dir = TempDir::new("wlfwrec");
-    let rules = dir.join("rules.toml");
-    std::fs::write(
-        &rules,
+    let rules = dir.file(
+        "rules.toml",
         "default = \"allow\"\n[[rule]]\nname = \"no-ping\"\naction = \"deny\"\nproto = \"icmp\"\nsrc = \"198.18.0.1/32\"\n",
-    )
-    .unwrap();
+    );
     let rec = dir.join("run");
     let mut c = wirelab();
     c.args(cli::on_iface("fw", &lab.ns("server"), "eth0"));
@@ -592,13 +590,11 @@ fn record_series_counts_rule_hits_and_reports() {
 #[test]
 fn check_shows_the_lookup_plan_and_refuses_bad_files() {
     let dir = TempDir::new("wlfwchk");
-    let good = dir.join("good.toml");
     // A /24 among /25s: expanded to /25s, one probe; a /64 and a /128 (IPv6): two probes.
-    std::fs::write(
-        &good,
+    let good = dir.file(
+        "good.toml",
         "default = \"allow\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nsrc = [\"198.18.0.0/25\", \"198.18.1.0/24\", \"2001:2::/64\", \"2001:2:0:1::1\"]\n",
-    )
-    .unwrap();
+    );
     let o = ok(wirelab()
         .args(["fw", "check", "--json", "--rules"])
         .arg(&good));
@@ -616,12 +612,10 @@ fn check_shows_the_lookup_plan_and_refuses_bad_files() {
         "{v}"
     );
     assert_eq!(v["lookup"]["dst4"]["method"], "none", "{v}");
-    let bad = dir.join("bad.toml");
-    std::fs::write(
-        &bad,
+    let bad = dir.file(
+        "bad.toml",
         "default = \"allow\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nsrc = \"198.18.0.0/33\"\n",
-    )
-    .unwrap();
+    );
     let err = fails(wirelab().args(["fw", "check", "--rules"]).arg(&bad));
     assert!(err.contains("rule[0]") || err.contains("\"b\""), "{err}");
     assert!(err.contains("src"), "{err}");

@@ -263,10 +263,8 @@ impl Drop for NftTable {
 fn same_verdicts_as_nftables_netdev_ingress() {
     let lab = Lab::up("fwn");
     let dir = TempDir::new("wirelab-fwnft-");
-    let rules = dir.join("r.toml");
-    std::fs::write(&rules, RULES).unwrap();
-    let nft_file = dir.join("r.nft");
-    std::fs::write(&nft_file, NFT).unwrap();
+    let rules = dir.file("r.toml", RULES);
+    let nft_file = dir.file("r.nft", NFT);
     let server = lab.ns("server");
     // sysfs shows the namespace of whoever mounted it: read the MAC with ip instead.
     let o = ok(in_ns(&server, &["ip", "-br", "link", "show", "eth0"]));
@@ -281,28 +279,27 @@ fn same_verdicts_as_nftables_netdev_ingress() {
     };
     let ps = probes();
     let rec = Recorder::start(&server);
+    // Send every probe once from the client, IPv4 IDs numbered from `first_id`, and give the
+    // server's stack time to take what passed (how many will is what the test finds out).
+    let send_probes = |first_id: u16| {
+        let frames: Vec<Vec<u8>> = ps
+            .iter()
+            .enumerate()
+            .map(|(i, (s, p))| frame(dst_mac, *s, *p, first_id + i as u16))
+            .collect();
+        send_frames(&lab.ns("client"), frames);
+        std::thread::sleep(Duration::from_millis(500));
+    };
 
     // 1. wirelab fw.
     let fw = start_fw(&server, &rules);
-    let frames: Vec<Vec<u8>> = ps
-        .iter()
-        .enumerate()
-        .map(|(i, (s, p))| frame(dst_mac, *s, *p, 1 + i as u16))
-        .collect();
-    send_frames(&lab.ns("client"), frames);
-    std::thread::sleep(Duration::from_millis(500));
+    send_probes(1);
     drop(fw);
 
     // 2. nftables on the same interface.
     ok(in_ns(&server, &["nft", "-f", nft_file.to_str().unwrap()]));
     let _t = NftTable(server.clone());
-    let frames: Vec<Vec<u8>> = ps
-        .iter()
-        .enumerate()
-        .map(|(i, (s, p))| frame(dst_mac, *s, *p, 1001 + i as u16))
-        .collect();
-    send_frames(&lab.ns("client"), frames);
-    std::thread::sleep(Duration::from_millis(500));
+    send_probes(1001);
 
     let ids = rec.ids.lock().unwrap().clone();
     let mut disagree = vec![];

@@ -219,26 +219,14 @@ fn addresses_and_first_match_order() {
     h.expect(&udp4([198, 18, 6, 7], SERVER, 1, 2), PASS, "exception");
     h.expect(&udp4([198, 18, 6, 8], SERVER, 1, 2), DROP, "block-6");
     // Destination prefix + protocol + port range.
-    h.expect(
-        &udp4([198, 18, 0, 1], [198, 18, 9, 1], 1, 1000),
-        DROP,
-        "dst-udp-range",
-    );
-    h.expect(
-        &udp4([198, 18, 0, 1], [198, 18, 9, 1], 1, 2000),
-        DROP,
-        "dst-udp-range",
-    );
-    h.expect(
-        &udp4([198, 18, 0, 1], [198, 18, 9, 1], 1, 2001),
-        PASS,
-        "(default)",
-    );
-    h.expect(
-        &udp4([198, 18, 0, 1], [198, 18, 10, 1], 1, 1500),
-        PASS,
-        "(default)",
-    );
+    for (dst, dport, verdict, counter) in [
+        ([198, 18, 9, 1], 1000, DROP, "dst-udp-range"),
+        ([198, 18, 9, 1], 2000, DROP, "dst-udp-range"),
+        ([198, 18, 9, 1], 2001, PASS, "(default)"),
+        ([198, 18, 10, 1], 1500, PASS, "(default)"),
+    ] {
+        h.expect(&udp4([198, 18, 0, 1], dst, 1, dport), verdict, counter);
+    }
 }
 
 #[test]

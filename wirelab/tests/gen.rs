@@ -157,15 +157,17 @@ fn ipv6_frames_reach_the_server_stack_with_valid_checksums() {
         args.extend_from_slice(extra);
         gen_to(&lab, "2001:2::2", &args)
     };
+    // The counters once `n` datagrams more than `np` have reached NoPorts (or 5 s have passed).
+    let counters_after = |np: u64, n: u64| {
+        eventually(Duration::from_secs(5), || udp6_counters(&lab).0 >= np + n);
+        udp6_counters(&lab)
+    };
     // 1. AF_PACKET (plain veth peer): 300 datagrams from 16 sources.
     let (np0, ce0) = udp6_counters(&lab);
     let r = gen6(&["--flows", "16", "--count", "300", "--rate", "3000"]);
     assert_eq!(r["method"], "af-packet", "{r}");
     assert_eq!(r["delivered"], 300, "{r}");
-    eventually(Duration::from_secs(5), || {
-        udp6_counters(&lab).0 >= np0 + 300
-    });
-    let (np1, ce1) = udp6_counters(&lab);
+    let (np1, ce1) = counters_after(np0, 300);
     assert_eq!((np1 - np0, ce1 - ce0), (300, 0), "NoPorts, InCsumErrors");
     // 2. Live frames (an XDP program on the peer gives it NAPI): the kernel program rewrites
     // the low 32 bits of the source and the UDP checksum of every frame.
@@ -173,9 +175,6 @@ fn ipv6_frames_reach_the_server_stack_with_valid_checksums() {
     let r = gen6(&["--flows", "256", "--count", "2560", "--rate", "10000"]);
     assert_eq!(r["method"], "xdp-live-frames", "{r}");
     assert_eq!(r["delivered"], 2560, "{r}");
-    eventually(Duration::from_secs(5), || {
-        udp6_counters(&lab).0 >= np1 + 2560
-    });
-    let (np2, ce2) = udp6_counters(&lab);
+    let (np2, ce2) = counters_after(np1, 2560);
     assert_eq!((np2 - np1, ce2 - ce1), (2560, 0), "NoPorts, InCsumErrors");
 }

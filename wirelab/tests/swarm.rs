@@ -144,22 +144,16 @@ fn assert_clean(lab: &Lab, pool: &str) {
 }
 
 fn swarm(lab: &Lab, sub: &str, pool: &str, clients: u32) -> std::process::Command {
+    let mut c = swarm_on(lab, sub, "eth0", pool, clients);
+    c.args(["--server-netns", &lab.ns("server"), "--json"]);
+    c
+}
+
+/// `wirelab swarm SUB` on `iface` of the lab's client, with `clients` clients from `pool`.
+fn swarm_on(lab: &Lab, sub: &str, iface: &str, pool: &str, clients: u32) -> std::process::Command {
     let mut c = wirelab();
-    c.args([
-        "swarm",
-        sub,
-        "--netns",
-        &lab.ns("client"),
-        "--iface",
-        "eth0",
-        "--pool",
-        pool,
-        "--clients",
-        &clients.to_string(),
-        "--server-netns",
-        &lab.ns("server"),
-        "--json",
-    ]);
+    c.args(["swarm", sub, "--netns", &lab.ns("client"), "--iface", iface]);
+    c.args(["--pool", pool, "--clients", &clients.to_string()]);
     c
 }
 
@@ -480,22 +474,8 @@ fn process_identity_gives_each_forked_child_its_own_ip() {
 fn bad_input_gives_clear_errors_and_leaves_nothing() {
     let lab = Lab::up("swb");
     let run = |pool: &str, clients: u32, iface: &str, cmd: &[&str]| {
-        let mut c = wirelab();
-        c.args([
-            "swarm",
-            "run",
-            "--netns",
-            &lab.ns("client"),
-            "--iface",
-            iface,
-            "--pool",
-            pool,
-            "--clients",
-            &clients.to_string(),
-            "--json",
-            "--",
-        ]);
-        c.args(cmd);
+        let mut c = swarm_on(&lab, "run", iface, pool, clients);
+        c.args(["--json", "--"]).args(cmd);
         c.output().unwrap()
     };
     let cases: [(&str, u32, &str, &str); 4] = [
@@ -552,22 +532,8 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
 fn cleanup_removes_what_kill_9_left() {
     let lab = Lab::up("swk");
     let pool_s = "198.18.0.192/27";
-    let mut c = wirelab();
-    c.args([
-        "swarm",
-        "run",
-        "--netns",
-        &lab.ns("client"),
-        "--iface",
-        "eth0",
-        "--pool",
-        pool_s,
-        "--clients",
-        "4",
-        "--",
-        "sleep",
-        "60",
-    ]);
+    let mut c = swarm_on(&lab, "run", "eth0", pool_s, 4);
+    c.args(["--", "sleep", "60"]);
     let mut bg = spawn_ready(c, "swarm ready", Duration::from_secs(30));
     let child = bg.child_mut();
     let pid = child.id();
