@@ -16,7 +16,8 @@ use crate::{
     runtime::{
         bpf::{self, AttachMode},
         observe::Observer,
-        Ticker,
+        sampled::{self, Sampled},
+        Tick, Ticker,
     },
     util::Stop,
 };
@@ -67,6 +68,16 @@ impl Counts {
                     packets: a.packets.saturating_sub(b.packets),
                     bytes: a.bytes.saturating_sub(b.bytes),
                 })
+                .collect(),
+        )
+    }
+
+    /// Back from [`Counts::by_name`].
+    fn from_names(m: &BTreeMap<&'static str, ClassCount>) -> Counts {
+        Counts(
+            CLASS_NAMES
+                .iter()
+                .map(|n| m.get(n).copied().unwrap_or_default())
                 .collect(),
         )
     }
@@ -186,16 +197,92 @@ impl InspectMetrics {
     }
 }
 
+/// inspect as the runtime drives it.
+struct Inspect<'a> {
+    opts: &'a Options,
+    map: PerCpuArray<&'a aya::maps::MapData, Counter>,
+    mode: AttachMode,
+    metrics: Option<InspectMetrics>,
+    total: Counts,
+}
+
+impl<'a> Sampled for Inspect<'a> {
+    type Snapshot = Counts;
+    type Line = IntervalLine<'a>;
+    type Final = FinalLine<'a>;
+
+    fn read(&mut self) -> Result<Counts> {
+        read_counts(&self.map)
+    }
+
+    fn interval(&self, tick: &Tick, cur: &Counts, prev: &Counts) -> IntervalLine<'a> {
+        IntervalLine {
+            r#type: "interval",
+            seq: tick.seq,
+            iface: &self.opts.iface,
+            t: tick.t,
+            interval_s: tick.secs,
+            counts: cur.minus(prev).by_name(),
+        }
+    }
+
+    fn table(
+        &self,
+        tick: &Tick,
+        line: &IntervalLine<'a>,
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        let title = format!("[{:>7.2}s] {} (last {:.2}s)", tick.t, line.iface, tick.secs);
+        print_table(out, &title, &Counts::from_names(&line.counts), tick.secs)
+    }
+
+    fn publish(&mut self, cur: &Counts) {
+        if let Some(m) = &self.metrics {
+            m.publish(&self.opts.iface, cur);
+        }
+    }
+
+    fn finish(&mut self, total: &Counts, secs: f64) -> Result<(FinalLine<'a>, Vec<Quantity>)> {
+        self.total = total.clone();
+        let measured = CLASS_NAMES
+            .iter()
+            .zip(&total.0)
+            .filter(|(_, c)| c.packets > 0)
+            .map(|(n, c)| {
+                Quantity::new(
+                    &format!("{n}_packets"),
+                    "",
+                    c.packets as f64,
+                    "packets",
+                    &format!("{n} frames received on {}", self.opts.iface),
+                )
+            })
+            .collect();
+        let fin = FinalLine {
+            r#type: "final",
+            iface: &self.opts.iface,
+            mode: self.mode,
+            duration_s: secs,
+            counts: total.by_name(),
+        };
+        Ok((fin, measured))
+    }
+
+    fn final_table(&self, fin: &FinalLine<'a>, out: &mut dyn Write) -> std::io::Result<()> {
+        let title = format!(
+            "total on {} over {:.2}s ({} XDP)",
+            fin.iface, fin.duration_s, fin.mode
+        );
+        print_table(out, &title, &self.total, fin.duration_s)
+    }
+}
+
 /// Run inspect until `duration`, SIGINT or SIGTERM. Returns the totals.
 pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
     let mut bpf = ebpf::load()?;
     let mode = bpf::attach_xdp(&mut bpf, "inspect", &opts.iface, opts.mode)?;
     tracing::info!(iface = %opts.iface, %mode, "inspect attached");
-    let map = PerCpuArray::try_from(
-        bpf.map(maps::INSPECT_COUNTERS)
-            .context("counter map missing")?,
-    )?;
-    let mut obs = Observer::new(
+    let obs = Observer::new(
         opts.json,
         opts.record.as_deref(),
         "inspect",
@@ -207,71 +294,27 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
             requested_mode: opts.mode,
         },
     )?;
-    let metrics = opts
-        .metrics
-        .as_ref()
-        .map(InspectMetrics::start)
-        .transpose()?;
-    let mut ticker = Ticker::new(opts.interval, opts.duration);
-    let mut last = read_counts(&map)?;
-    let mut n = 0u64;
-    while let Some(tick) = ticker.wait(stop) {
-        let cur = read_counts(&map)?;
-        let delta = cur.minus(&last);
-        // A stop right after a tick leaves a sliver of an interval: it goes into the totals.
-        if !tick.short {
-            n += 1;
-            obs.interval(
-                &IntervalLine {
-                    r#type: "interval",
-                    seq: n,
-                    iface: &opts.iface,
-                    t: tick.t,
-                    interval_s: tick.secs,
-                    counts: delta.by_name(),
-                },
-                |out| {
-                    let title =
-                        format!("[{:>7.2}s] {} (last {:.2}s)", tick.t, opts.iface, tick.secs);
-                    print_table(out, &title, &delta, tick.secs)
-                },
-            )?;
-        }
-        if let Some(m) = &metrics {
-            m.publish(&opts.iface, &cur);
-        }
-        last = cur;
-    }
-    let total = last;
-    let secs = ticker.elapsed();
-    let measured = CLASS_NAMES
-        .iter()
-        .zip(&total.0)
-        .filter(|(_, c)| c.packets > 0)
-        .map(|(n, c)| {
-            Quantity::new(
-                &format!("{n}_packets"),
-                "",
-                c.packets as f64,
-                "packets",
-                &format!("{n} frames received on {}", opts.iface),
-            )
-        })
-        .collect();
-    obs.finish(
-        &FinalLine {
-            r#type: "final",
-            iface: &opts.iface,
-            mode,
-            duration_s: secs,
-            counts: total.by_name(),
-        },
-        measured,
-        |out| {
-            let title = format!("total on {} over {secs:.2}s ({mode} XDP)", opts.iface);
-            print_table(out, &title, &total, secs)
-        },
+    let mut tool = Inspect {
+        opts,
+        map: PerCpuArray::try_from(
+            bpf.map(maps::INSPECT_COUNTERS)
+                .context("counter map missing")?,
+        )?,
+        mode,
+        metrics: opts
+            .metrics
+            .as_ref()
+            .map(InspectMetrics::start)
+            .transpose()?,
+        total: Counts::default(),
+    };
+    sampled::drive(
+        &mut tool,
+        Ticker::new(opts.interval, opts.duration),
+        stop,
+        obs,
     )?;
+    let total = tool.total;
     // Dropping `bpf` closes the bpf_link: the program detaches here.
     drop(bpf);
     tracing::info!(iface = %opts.iface, "inspect detached");

@@ -5,6 +5,10 @@
 //!   fallback to a clsact filter on kernels before 6.6) and typed per-CPU counter reads.
 //! - [`observe`]: one typed snapshot per interval, fanned out to the table or `--json` lines
 //!   and the `--record` series, and the final summary.
+//! - [`sampled`]: the [`sampled::Sampled`] trait a tool implements (read its maps, make the
+//!   interval and final lines, publish metrics, poll between ticks) and [`sampled::drive`],
+//!   the one loop that runs it on a [`Ticker`] and an [`observe::Observer`].
+//! - [`control`]: one control-socket server and client with typed requests and replies.
 //!
 //! Entering `--netns` and the stop flag come first, in the CLI (`cli::NetnsArg`), because the
 //! whole process must move before any thread exists.
@@ -15,6 +19,7 @@ use crate::util::Stop;
 pub mod bpf;
 pub mod control;
 pub mod observe;
+pub mod sampled;
 
 /// Interval ticks until `duration` has passed or a stop is requested.
 pub struct Ticker {
@@ -63,27 +68,52 @@ impl Ticker {
     /// Sleep until the next tick (an interval later, the end of `duration`, or a stop,
     /// whichever comes first). `None` once the final tick has been returned.
     pub fn wait(&mut self, stop: &Stop) -> Option<Tick> {
+        self.wait_polling(stop, None, || Ok(())).unwrap_or(None)
+    }
+
+    /// [`Ticker::wait`], calling `poll` about every `every` meanwhile (a tool's work between
+    /// ticks: draining a log ring, answering its control socket). An error from `poll` ends
+    /// the wait and is returned.
+    pub fn wait_polling(
+        &mut self,
+        stop: &Stop,
+        every: Option<Duration>,
+        mut poll: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Option<Tick>> {
         if self.done {
-            return None;
+            return Ok(None);
         }
-        let mut wait = self.interval.saturating_sub(self.last.elapsed());
-        if let Some(d) = self.duration {
-            wait = wait.min(d.saturating_sub(self.start.elapsed()));
-        }
-        let stopped = stop.sleep(wait);
+        let until_tick = |t: &Self| {
+            let mut wait = t.interval.saturating_sub(t.last.elapsed());
+            if let Some(d) = t.duration {
+                wait = wait.min(d.saturating_sub(t.start.elapsed()));
+            }
+            wait
+        };
+        let stopped = loop {
+            let wait = until_tick(self);
+            let step = every.map_or(wait, |e| e.min(wait));
+            if stop.sleep(step) {
+                break true;
+            }
+            poll()?;
+            if until_tick(self).is_zero() {
+                break false;
+            }
+        };
         let now = Instant::now();
         let secs = (now - self.last).as_secs_f64();
         self.last = now;
         self.seq += 1;
         let last = stopped || self.duration.is_some_and(|d| self.start.elapsed() >= d);
         self.done = last;
-        Some(Tick {
+        Ok(Some(Tick {
             seq: self.seq,
             t: (now - self.start).as_secs_f64(),
             secs,
             last,
             short: last && secs < self.interval.as_secs_f64() * 0.5,
-        })
+        }))
     }
 }
 
@@ -106,6 +136,27 @@ mod tests {
         assert!(end.last && end.short && end.seq == 4, "{end:?}");
         assert!((0.1..0.2).contains(&end.t), "{end:?}");
         assert!(t.wait(&stop).is_none());
+    }
+
+    #[test]
+    fn polls_between_ticks() {
+        let stop = Stop::new();
+        let mut t = Ticker::new(Duration::from_millis(100), Some(Duration::from_millis(100)));
+        let mut polls = 0;
+        let k = t
+            .wait_polling(&stop, Some(Duration::from_millis(10)), || {
+                polls += 1;
+                Ok(())
+            })
+            .unwrap()
+            .unwrap();
+        assert!(k.last, "{k:?}");
+        assert!(
+            (5..=11).contains(&polls),
+            "{polls} polls in 100 ms at 10 ms"
+        );
+        let e = t.wait_polling(&stop, None, || anyhow::bail!("boom"));
+        assert!(matches!(e, Ok(None)), "no wait after the last tick");
     }
 
     #[test]

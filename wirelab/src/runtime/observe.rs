@@ -68,6 +68,15 @@ impl Observer {
         }
     }
 
+    /// One interval that is only recorded, not printed (a tool whose stdout carries events
+    /// of its own, like fw's log samples).
+    pub fn record_only(&mut self, line: &impl Serialize) -> Result<()> {
+        if let Some(r) = self.rec.as_mut() {
+            r.interval(line)?;
+        }
+        Ok(())
+    }
+
     /// The end: the final snapshot printed (JSON line or `table`) and the record finished
     /// with it and the measured quantities.
     pub fn finish(
