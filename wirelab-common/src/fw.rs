@@ -59,6 +59,18 @@ pub mod action {
     pub const LOG: u32 = 3;
 }
 
+/// Indices of the four address tables in [`FwConf`]'s per-table arrays.
+pub mod table {
+    pub const SRC4: usize = 0;
+    pub const DST4: usize = 1;
+    pub const SRC6: usize = 2;
+    pub const DST6: usize = 3;
+}
+
+/// Address family values of [`BucketKey::family`] and [`LogEvent::family`].
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
 /// Per-generation policies and how each address table is searched.
 ///
 /// The four address tables are, by index: 0 = IPv4 source, 1 = IPv4 destination,
@@ -176,6 +188,14 @@ pub struct LogEvent {
 pub type Key4 = [u8; 5];
 /// Data of an IPv6 trie key: generation byte, then the address.
 pub type Key6 = [u8; 17];
+/// Bits of the generation byte in front of every trie key: a prefix of `n` address bits
+/// has trie prefix length `KEY_GEN_BITS + n`.
+pub const KEY_GEN_BITS: u32 = 8;
+/// Trie prefix length of a whole IPv4 / IPv6 address (the lookup key of a packet).
+pub const KEY4_FULL_BITS: u32 = KEY_GEN_BITS + 32;
+pub const KEY6_FULL_BITS: u32 = KEY_GEN_BITS + 128;
+const _: () = assert!(KEY4_FULL_BITS as usize == 8 * core::mem::size_of::<Key4>());
+const _: () = assert!(KEY6_FULL_BITS as usize == 8 * core::mem::size_of::<Key6>());
 /// IPv4 prefix-hash key: generation, prefix length, masked address.
 pub type HKey4 = [u8; 6];
 /// IPv6 prefix-hash key: generation, prefix length, masked address.
