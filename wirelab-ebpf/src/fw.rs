@@ -11,9 +11,10 @@
 //! lookup per probed length, whatever the number of prefixes (1,000 /24s and /25s, or
 //! 100,000 /32s, are one probe). Only a list with too many distinct lengths to expand within
 //! the entry budget falls back to the kernel's LPM trie, whose cost grows with its depth.
+use core::num::NonZeroU64;
+
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_PREALLOC},
-    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
     maps::{
         lpm_trie::{Key, LpmTrie},
@@ -22,15 +23,20 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use wirelab_common::fw::{
-    action, lookup as method, Bucket, BucketKey, FwConf, HKey4, HKey6, Key4, Key6, LogEvent,
-    RuleCounter, RuleMeta, BUCKETS, MAX_PROBES, MAX_RULES, NUM_COUNTERS, PORT_ENTRIES, PORT_NONE,
-    PROTO_ENTRIES, SLOT_DEFAULT, SLOT_MALFORMED, SLOT_NON_IP, SMALL_ENTRIES, SMALL_NONE,
-    TOKEN_UNIT, TRIE_ENTRIES,
+    action, lookup as method, table, Bucket, BucketKey, FwConf, HKey4, HKey6, Key4, Key6, LogEvent,
+    RuleCounter, RuleMeta, BUCKETS, FAMILY_IPV4, FAMILY_IPV6, KEY4_FULL_BITS, KEY6_FULL_BITS,
+    MAX_PROBES, MAX_RULES, NUM_COUNTERS, PORT_ENTRIES, PORT_NONE, PROTO_ENTRIES, SLOT_DEFAULT,
+    SLOT_MALFORMED, SLOT_NON_IP, SMALL_ENTRIES, SMALL_NONE, TOKEN_UNIT, TRIE_ENTRIES,
 };
 
-use crate::parse::{
-    self, Frame, Parsed, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP,
+use crate::{
+    counter,
+    error::{Error, Result},
+    parse::{
+        self, Frame, Parsed, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, IPV4_ALEN,
+    },
+    sys,
 };
 
 #[map]
@@ -74,11 +80,9 @@ static FW_LOG: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[xdp]
 pub fn fw(ctx: XdpContext) -> u32 {
-    match try_fw(&ctx) {
-        Ok(v) => v,
-        // Only a missing map entry gets here, which userspace never allows: fail closed.
-        Err(()) => xdp_action::XDP_ABORTED,
-    }
+    // Only a missing map entry (`Error::Map`) gets here, which userspace never allows: fail
+    // closed.
+    try_fw(&ctx).unwrap_or(xdp_action::XDP_ABORTED)
 }
 
 #[inline(always)]
@@ -93,18 +97,16 @@ fn verdict(a: u32) -> u32 {
 /// Count a frame in `slot`; returns the packets count before this one (for log sampling).
 #[inline(always)]
 fn count(slot: u32, bytes: u64, dropped: bool) -> u64 {
-    match FW_COUNTERS.get_ptr_mut(slot) {
-        Some(c) => unsafe {
-            let before = (*c).packets;
-            (*c).packets = before + 1;
-            (*c).bytes += bytes;
-            if dropped {
-                (*c).dropped += 1;
-            }
-            before
-        },
-        None => 0,
-    }
+    counter::update(&FW_COUNTERS, slot, |c| {
+        let before = c.packets;
+        c.packets = before + 1;
+        c.bytes += bytes;
+        if dropped {
+            c.dropped += 1;
+        }
+        before
+    })
+    .unwrap_or(0)
 }
 
 #[inline(always)]
@@ -112,7 +114,7 @@ fn lookup(a: &Array<u64>, idx: u32) -> u64 {
     a.get(idx).copied().unwrap_or(0)
 }
 
-/// Rule bitmap of an IPv4 address in table `t` (0 = source, 1 = destination).
+/// Rule bitmap of an IPv4 address in table `t` (`table::SRC4` or `table::DST4`).
 #[inline(always)]
 fn addr4(
     conf: &FwConf,
@@ -122,8 +124,8 @@ fn addr4(
     gen: u8,
     a: &[u8],
 ) -> u64 {
-    let mut ab = [0u8; 4];
-    ab.copy_from_slice(&a[..4]);
+    let mut ab = [0u8; IPV4_ALEN];
+    ab.copy_from_slice(&a[..IPV4_ALEN]);
     match conf.mode[t] {
         method::HASH => {
             let ai = u32::from_ne_bytes(ab);
@@ -136,8 +138,9 @@ fn addr4(
                 }
                 k[1] = conf.probe_len[t][i];
                 k[2..6].copy_from_slice(&(ai & conf.mask4[t & 1][i]).to_ne_bytes());
-                if let Some(v) = hash.get_ptr(k) {
-                    return unsafe { *v };
+                // Keys carry the generation, and userspace writes only the idle one.
+                if let Some(v) = sys::hash_get(hash, k) {
+                    return v;
                 }
             }
             conf.any[t]
@@ -146,13 +149,13 @@ fn addr4(
             let mut k: Key4 = [0; 5];
             k[0] = gen;
             k[1..5].copy_from_slice(&ab);
-            trie.get(Key::new(40, k)).copied().unwrap_or(0)
+            trie.get(Key::new(KEY4_FULL_BITS, k)).copied().unwrap_or(0)
         }
         _ => conf.any[t],
     }
 }
 
-/// Rule bitmap of an IPv6 address in table `t` (2 = source, 3 = destination).
+/// Rule bitmap of an IPv6 address in table `t` (`table::SRC6` or `table::DST6`).
 #[inline(always)]
 fn addr6(
     conf: &FwConf,
@@ -180,8 +183,9 @@ fn addr6(
                 k[1] = conf.probe_len[t][i];
                 k[2..10].copy_from_slice(&(hi & m[0]).to_ne_bytes());
                 k[10..18].copy_from_slice(&(lo & m[1]).to_ne_bytes());
-                if let Some(v) = hash.get_ptr(k) {
-                    return unsafe { *v };
+                // Keys carry the generation, and userspace writes only the idle one.
+                if let Some(v) = sys::hash_get(hash, k) {
+                    return v;
                 }
             }
             conf.any[t]
@@ -190,18 +194,18 @@ fn addr6(
             let mut k: Key6 = [0; 17];
             k[0] = gen;
             k[1..17].copy_from_slice(a);
-            trie.get(Key::new(136, k)).copied().unwrap_or(0)
+            trie.get(Key::new(KEY6_FULL_BITS, k)).copied().unwrap_or(0)
         }
         _ => conf.any[t],
     }
 }
 
 #[inline(always)]
-fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
-    let f = Frame::new(ctx.data(), ctx.data_end());
+fn try_fw(ctx: &XdpContext) -> Result<u32> {
+    let f = Frame::xdp(ctx);
     let len = f.len() as u64;
-    let gen = FW_GEN.get(0).copied().ok_or(())? & 1;
-    let conf = FW_CONF.get(gen).ok_or(())?;
+    let gen = FW_GEN.get(0).copied().ok_or(Error::Map)? & 1;
+    let conf = FW_CONF.get(gen).ok_or(Error::Map)?;
     // Every frame the parser cannot see through is malformed, never non-IP: the kernel would
     // still find an IP packet in some of them (e.g. behind more VLAN-0 tags than are walked).
     let Ok(p) = parse::parse(&f) else {
@@ -212,20 +216,20 @@ fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
     let g = gen as u8;
     let (s, d) = match p.ethertype {
         ETH_P_IP => {
-            let s = addr4(conf, 0, &FW_HSRC4, &FW_SRC4, g, &p.saddr);
+            let s = addr4(conf, table::SRC4, &FW_HSRC4, &FW_SRC4, g, &p.saddr);
             let d = if s == 0 {
                 0
             } else {
-                addr4(conf, 1, &FW_HDST4, &FW_DST4, g, &p.daddr)
+                addr4(conf, table::DST4, &FW_HDST4, &FW_DST4, g, &p.daddr)
             };
             (s, d)
         }
         ETH_P_IPV6 => {
-            let s = addr6(conf, 2, &FW_HSRC6, &FW_SRC6, g, &p.saddr);
+            let s = addr6(conf, table::SRC6, &FW_HSRC6, &FW_SRC6, g, &p.saddr);
             let d = if s == 0 {
                 0
             } else {
-                addr6(conf, 3, &FW_HDST6, &FW_DST6, g, &p.daddr)
+                addr6(conf, table::DST6, &FW_HDST6, &FW_DST6, g, &p.daddr)
             };
             (s, d)
         }
@@ -272,15 +276,19 @@ fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
     let idx = bits.trailing_zeros();
     let meta = *FW_META
         .get(gen * MAX_RULES + (idx & (MAX_RULES - 1)))
-        .ok_or(())?;
+        .ok_or(Error::Map)?;
     let pass = match meta.action {
         action::DENY => false,
         action::RATE_LIMIT => conforms(&meta, &p, len),
         _ => true,
     };
     let before = count(meta.slot, len, !pass);
-    if meta.log_every != 0 && before.is_multiple_of(meta.log_every as u64) {
-        log(&meta, &p, len, !pass);
+    // `NonZeroU64`: the remainder needs no divide-by-zero check (a panic path the verifier
+    // would have to prove dead).
+    if let Some(every) = NonZeroU64::new(meta.log_every as u64) {
+        if before % every == 0 {
+            log(&meta, &p, len, !pass);
+        }
     }
     Ok(if pass {
         xdp_action::XDP_PASS
@@ -295,12 +303,16 @@ fn try_fw(ctx: &XdpContext) -> Result<u32, ()> {
 fn conforms(m: &RuleMeta, p: &Parsed, len: u64) -> bool {
     let key = BucketKey {
         id: m.id,
-        family: if p.ethertype == ETH_P_IP { 4 } else { 6 },
+        family: family(p) as u32,
         addr: p.saddr,
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = sys::now_ns();
     let need_b = len * TOKEN_UNIT;
     match FW_BUCKETS.get_ptr_mut(key) {
+        // SAFETY: a successful lookup points to the bucket's value, aligned and kept
+        // allocated (RCU) for this run even if the LRU evicts it meanwhile. CPUs receiving the
+        // same source at once may interleave their updates of these plain words: the race
+        // documented above (a few extra packets through), never an invalid access.
         Some(b) => unsafe {
             let mut el = now.saturating_sub((*b).last_ns);
             if el > m.fill_ns {
@@ -348,15 +360,25 @@ fn conforms(m: &RuleMeta, p: &Parsed, len: u64) -> bool {
     }
 }
 
+/// `FAMILY_IPV4` or `FAMILY_IPV6` of an IP frame.
+#[inline(always)]
+fn family(p: &Parsed) -> u8 {
+    if p.ethertype == ETH_P_IP {
+        FAMILY_IPV4
+    } else {
+        FAMILY_IPV6
+    }
+}
+
 #[inline(always)]
 fn log(m: &RuleMeta, p: &Parsed, len: u64, dropped: bool) {
     if let Some(mut e) = FW_LOG.reserve::<LogEvent>(0) {
         let ev = LogEvent {
-            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ts_ns: sys::now_ns(),
             slot: m.slot,
             len: len as u32,
             dropped: dropped as u8,
-            family: if p.ethertype == ETH_P_IP { 4 } else { 6 },
+            family: family(p),
             proto: p.ip_proto,
             tcp_flags: p.tcp_flags,
             icmp_type: p.icmp_type,
@@ -371,8 +393,6 @@ fn log(m: &RuleMeta, p: &Parsed, len: u64, dropped: bool) {
         };
         e.write(ev);
         e.submit(0);
-        if let Some(c) = FW_COUNTERS.get_ptr_mut(m.slot) {
-            unsafe { (*c).logged += 1 };
-        }
+        counter::update(&FW_COUNTERS, m.slot, |c| c.logged += 1);
     }
 }

@@ -10,9 +10,12 @@ use wirelab_common::{
     Counter,
 };
 
-use crate::parse::{
-    self, Frame, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP,
+use crate::{
+    counter,
+    parse::{
+        self, Frame, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP,
+    },
 };
 
 #[map]
@@ -27,18 +30,15 @@ pub fn inspect(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn bump(idx: u32, bytes: u64) {
-    if let Some(c) = INSPECT_COUNTERS.get_ptr_mut(idx) {
-        // Per-CPU slot: no other CPU writes it.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
-        }
-    }
+    counter::update(&INSPECT_COUNTERS, idx, |c| {
+        c.packets += 1;
+        c.bytes += bytes;
+    });
 }
 
 #[inline(always)]
 fn try_inspect(ctx: &XdpContext) {
-    let f = Frame::new(ctx.data(), ctx.data_end());
+    let f = Frame::xdp(ctx);
     let bytes = f.len() as u64;
     bump(class::TOTAL, bytes);
     let Ok(p) = parse::parse(&f) else {

@@ -3,11 +3,14 @@
 #![no_std]
 #![no_main]
 
+mod counter;
+mod error;
 mod fw;
 mod gen;
 mod inspect;
 mod parse;
 mod swarm;
+mod sys;
 mod wan;
 
 #[cfg(not(test))]
@@ -17,6 +20,9 @@ fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 
+// SAFETY: "license" is the ELF section the loader reads the program license from, and
+// `LICENSE` is the only symbol of that name in the object (nothing else is placed there or
+// exported under it); the bytes are a NUL-terminated string as the kernel expects.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -12,14 +12,86 @@
 //! strips any number of VLAN-0 (priority) tags and hands the inner packet to its IP stack, so
 //! a frame still carrying a VLAN ethertype after `MAX_VLAN_TAGS` tags is `Invalid`. Callers
 //! that judge frames (fw) must treat every `Err` as malformed, never as "not IP".
-use core::mem::size_of;
+use core::{marker::PhantomData, mem::size_of};
+
+use aya_ebpf::programs::{TcContext, XdpContext};
+
+pub use crate::error::Error;
 
 pub const ETH_HLEN: usize = 14;
+/// Bytes of a MAC address.
+pub const ETH_ALEN: usize = 6;
+/// Ethernet header: destination MAC, source MAC, ethertype.
+pub const ETH_DEST_OFF: usize = 0;
+pub const ETH_SOURCE_OFF: usize = 6;
+pub const ETH_PROTO_OFF: usize = 12;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
+
+/// A VLAN tag: TCI (priority, DEI, VLAN ID), then the next ethertype.
+pub const VLAN_HLEN: usize = 4;
+const VLAN_PROTO_OFF: usize = 2;
+pub const VLAN_VID_MASK: u16 = 0x0fff;
+
+/// ARP: hardware type "Ethernet", the operations, and the field offsets of Ethernet/IPv4 ARP.
+pub const ARPHRD_ETHER: u16 = 1;
+pub const ARPOP_REQUEST: u16 = 1;
+pub const ARPOP_REPLY: u16 = 2;
+const ARP_PTYPE_OFF: usize = 2;
+const ARP_HLEN_OFF: usize = 4;
+const ARP_PLEN_OFF: usize = 5;
+const ARP_OP_OFF: usize = 6;
+pub const ARP_SHA_OFF: usize = 8;
+const ARP_SPA_OFF: usize = 14;
+const ARP_TPA_OFF: usize = 24;
+/// Bytes of an IPv4 address.
+pub const IPV4_ALEN: usize = 4;
+
+/// IPv4 header: version/IHL byte, field offsets, fragment bits, minimum length.
+const IPV4_VERSION: u8 = 4;
+const IPV4_MIN_IHL: usize = 5;
+const IPV4_TOT_LEN_OFF: usize = 2;
+const IPV4_FRAG_OFF: usize = 6;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+const IPV4_PROTO_OFF: usize = 9;
+pub const IPV4_CSUM_OFF: usize = 10;
+pub const IPV4_SADDR_OFF: usize = 12;
+const IPV4_DADDR_OFF: usize = 16;
+/// Length of an IPv4 header without options.
+pub const IPV4_HLEN: usize = 20;
+
+/// IPv6 header: field offsets and length.
+const IPV6_VERSION: u8 = 6;
+const IPV6_PAYLOAD_LEN_OFF: usize = 4;
+const IPV6_NEXTHDR_OFF: usize = 6;
+pub const IPV6_SADDR_OFF: usize = 8;
+const IPV6_DADDR_OFF: usize = 24;
+pub const IPV6_HLEN: usize = 40;
+/// Extension headers: hop-by-hop/routing/destination options count 8-byte units beyond the
+/// first, AH 4-byte units beyond the first two; a fragment header is 8 bytes, its offset
+/// field the top 13 bits of bytes 2-3.
+const IPV6_OPT_UNIT: usize = 8;
+const IPV6_AH_UNIT: usize = 4;
+const IPV6_FRAG_HLEN: usize = 8;
+const IPV6_FRAG_OFFSET_SHIFT: u16 = 3;
+
+/// TCP header: data offset (top 4 bits) and flags bytes, checksum, minimum data offset.
+const TCP_DOFF_OFF: usize = 12;
+const TCP_FLAGS_OFF: usize = 13;
+pub const TCP_CSUM_OFF: usize = 16;
+const TCP_MIN_DOFF: usize = 5;
+/// Length of a TCP header without options.
+pub const TCP_HLEN: usize = 20;
+/// UDP header: length field, checksum, header length.
+const UDP_LEN_OFF: usize = 4;
+pub const UDP_CSUM_OFF: usize = 6;
+const UDP_HLEN: usize = 8;
+/// Every ICMP / ICMPv6 message starts with at least this many header bytes.
+const ICMP_HLEN: usize = 8;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -65,25 +137,60 @@ pub fn is_vlan(ethertype: u16) -> bool {
     ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ParseError {
-    /// The frame ends before a header it announces.
-    Truncated,
-    /// A header contradicts its own rules.
-    Invalid,
-}
+/// Plain data that may be copied out of, and into, packet memory.
+///
+/// # Safety
+///
+/// Every bit pattern of `size_of::<Self>()` bytes must be a valid `Self` (packet bytes are
+/// arbitrary), and `Self` must hold no pointers or references. Values are copied with
+/// unaligned accesses, so any alignment is fine.
+pub unsafe trait Plain: Copy {}
 
-/// A window over packet memory `[start, end)`.
+// SAFETY: bytes and byte arrays are valid for every bit pattern and hold no pointers.
+unsafe impl Plain for u8 {}
+// SAFETY: as above.
+unsafe impl<const N: usize> Plain for [u8; N] {}
+
+/// A window over packet memory `[start, end)` handed to the program by the kernel. With
+/// [`Field`], the only code that reads or writes packet bytes through raw pointers: every
+/// access is checked against the window (the verifier insists on the same check), so the
+/// accessors are safe. Values are copied in and out (`Plain` types only).
+///
+/// A frame is built from a context and must not outlive a helper that may move the packet
+/// (`bpf_xdp_adjust_meta`, `bpf_skb_store_bytes`, ...): build a new one after such a call.
+/// The verifier rejects a program that uses packet pointers a helper invalidated.
 #[derive(Clone, Copy)]
 pub struct Frame {
-    pub start: usize,
-    pub end: usize,
+    start: usize,
+    end: usize,
 }
 
 impl Frame {
+    /// The frame of an XDP program's packet.
     #[inline(always)]
-    pub fn new(start: usize, end: usize) -> Self {
-        Self { start, end }
+    pub fn xdp(ctx: &XdpContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    /// The XDP metadata area in front of the packet (`bpf_xdp_adjust_meta`).
+    #[inline(always)]
+    pub fn xdp_meta(ctx: &XdpContext) -> Self {
+        Self {
+            start: ctx.metadata(),
+            end: ctx.metadata_end(),
+        }
+    }
+
+    /// The linear data of a tc program's packet.
+    #[inline(always)]
+    pub fn tc(ctx: &TcContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
     }
 
     #[inline(always)]
@@ -91,43 +198,74 @@ impl Frame {
         self.end - self.start
     }
 
-    /// Pointer to a `T` at `off`, or `Truncated` if it does not fit in the frame.
+    /// The `T` at `off`, checked to lie inside the frame, or `Truncated`.
+    ///
+    /// Check once, then `get` and `set` as needed. A wide `T` read with `at(off)?.get()`
+    /// lets LLVM load only the bytes used; returning it inside a `Result` (as `u8_at` and
+    /// friends do for small values) makes it load them all.
     #[inline(always)]
-    pub fn ptr<T>(&self, off: usize) -> Result<*const T, ParseError> {
+    pub fn at<T: Plain>(&self, off: usize) -> Result<Field<'_, T>, Error> {
         let p = self.start + off;
         if p + size_of::<T>() > self.end {
-            return Err(ParseError::Truncated);
+            return Err(Error::Truncated);
         }
-        Ok(p as *const T)
+        Ok(Field {
+            ptr: p as *mut T,
+            _frame: PhantomData,
+        })
+    }
+
+    /// Write `v` into the frame at `off`, or `Truncated` (nothing written) if it does not fit.
+    #[inline(always)]
+    pub fn store<T: Plain>(&self, off: usize, v: T) -> Result<(), Error> {
+        self.at(off)?.set(v);
+        Ok(())
     }
 
     #[inline(always)]
-    pub fn u8_at(&self, off: usize) -> Result<u8, ParseError> {
-        let p = self.ptr::<u8>(off)?;
-        // SAFETY: `ptr` checked that the byte lies inside the frame.
-        Ok(unsafe { *p })
+    pub fn u8_at(&self, off: usize) -> Result<u8, Error> {
+        Ok(self.at(off)?.get())
     }
 
     #[inline(always)]
-    pub fn be16_at(&self, off: usize) -> Result<u16, ParseError> {
-        let p = self.ptr::<[u8; 2]>(off)?;
-        // SAFETY: `ptr` checked that both bytes lie inside the frame.
-        Ok(u16::from_be_bytes(unsafe { core::ptr::read_unaligned(p) }))
+    pub fn be16_at(&self, off: usize) -> Result<u16, Error> {
+        Ok(u16::from_be_bytes(self.at(off)?.get()))
     }
 
     /// Four bytes as they are on the wire (network order kept).
     #[inline(always)]
-    pub fn raw32_at(&self, off: usize) -> Result<[u8; 4], ParseError> {
-        let p = self.ptr::<[u8; 4]>(off)?;
-        // SAFETY: `ptr` checked that the 4 bytes lie inside the frame.
-        Ok(unsafe { core::ptr::read_unaligned(p) })
+    pub fn raw32_at(&self, off: usize) -> Result<[u8; 4], Error> {
+        Ok(self.at(off)?.get())
     }
 
     #[inline(always)]
-    pub fn raw128_at(&self, off: usize) -> Result<[u8; 16], ParseError> {
-        let p = self.ptr::<[u8; 16]>(off)?;
-        // SAFETY: `ptr` checked that the 16 bytes lie inside the frame.
-        Ok(unsafe { core::ptr::read_unaligned(p) })
+    pub fn raw128_at(&self, off: usize) -> Result<[u8; 16], Error> {
+        Ok(self.at(off)?.get())
+    }
+}
+
+/// A `T` inside a [`Frame`], bounds-checked when it was made (a "header pointer"): reads and
+/// writes copy, so no Rust reference to packet memory ever exists.
+#[derive(Clone, Copy)]
+pub struct Field<'a, T> {
+    ptr: *mut T,
+    _frame: PhantomData<&'a Frame>,
+}
+
+impl<T: Plain> Field<'_, T> {
+    #[inline(always)]
+    pub fn get(self) -> T {
+        // SAFETY: `Frame::at` checked that the `size_of::<T>()` bytes at `ptr` lie inside the
+        // packet the kernel handed to this program; `T: Plain` is valid for any bytes and is
+        // read unaligned.
+        unsafe { core::ptr::read_unaligned(self.ptr) }
+    }
+
+    #[inline(always)]
+    pub fn set(self, v: T) {
+        // SAFETY: as in `get`; XDP and tc programs may write their packet, and the write is
+        // unaligned.
+        unsafe { core::ptr::write_unaligned(self.ptr, v) }
     }
 }
 
@@ -193,26 +331,26 @@ impl Parsed {
     }
 }
 
-/// Parse an Ethernet frame down to L4.
+/// Parse an Ethernet frame down to L4. Errors are `Truncated` or `Invalid` (module docs).
 #[inline(always)]
-pub fn parse(f: &Frame) -> Result<Parsed, ParseError> {
+pub fn parse(f: &Frame) -> Result<Parsed, Error> {
     let mut p = Parsed::empty();
-    let mut ethertype = f.be16_at(12)?;
+    let mut ethertype = f.be16_at(ETH_PROTO_OFF)?;
     let mut off = ETH_HLEN;
     // Stacked VLAN tags (QinQ, priority tags). Each is 4 bytes: TCI, then the next ethertype.
     // Written out (`unrolled!`), not looped: see `unrolled!`.
     unrolled!(MAX_VLAN_TAGS, {
         if is_vlan(ethertype) {
             let tci = f.be16_at(off)?;
-            ethertype = f.be16_at(off + 2)?;
-            off += 4;
+            ethertype = f.be16_at(off + VLAN_PROTO_OFF)?;
+            off += VLAN_HLEN;
             p.vlans += 1;
-            p.vlan_id_set |= tci & 0x0fff != 0;
+            p.vlan_id_set |= tci & VLAN_VID_MASK != 0;
         }
     });
     if is_vlan(ethertype) {
         // Deeper than we walk: the kernel would still find IP inside, so never "non-IP".
-        return Err(ParseError::Invalid);
+        return Err(Error::Invalid);
     }
     p.ethertype = ethertype;
     p.l3_off = off;
@@ -226,57 +364,57 @@ pub fn parse(f: &Frame) -> Result<Parsed, ParseError> {
 }
 
 #[inline(always)]
-fn parse_arp(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
+fn parse_arp(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     let off = p.l3_off;
     let htype = f.be16_at(off)?;
-    let ptype = f.be16_at(off + 2)?;
-    let hlen = f.u8_at(off + 4)?;
-    let plen = f.u8_at(off + 5)?;
-    p.arp_op = f.be16_at(off + 6)?;
-    if htype == 1 && ptype == ETH_P_IP {
-        if hlen != 6 || plen != 4 {
-            return Err(ParseError::Invalid);
+    let ptype = f.be16_at(off + ARP_PTYPE_OFF)?;
+    let hlen = f.u8_at(off + ARP_HLEN_OFF)?;
+    let plen = f.u8_at(off + ARP_PLEN_OFF)?;
+    p.arp_op = f.be16_at(off + ARP_OP_OFF)?;
+    if htype == ARPHRD_ETHER && ptype == ETH_P_IP {
+        if hlen as usize != ETH_ALEN || plen as usize != IPV4_ALEN {
+            return Err(Error::Invalid);
         }
         // sender hw(6) sender ip(4) target hw(6) target ip(4)
-        let sip = f.raw32_at(off + 14)?;
-        let tip = f.raw32_at(off + 24)?;
-        p.saddr[..4].copy_from_slice(&sip);
-        p.daddr[..4].copy_from_slice(&tip);
+        let sip = f.raw32_at(off + ARP_SPA_OFF)?;
+        let tip = f.raw32_at(off + ARP_TPA_OFF)?;
+        p.saddr[..IPV4_ALEN].copy_from_slice(&sip);
+        p.daddr[..IPV4_ALEN].copy_from_slice(&tip);
     }
     Ok(())
 }
 
 #[inline(always)]
-fn parse_ipv4(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
+fn parse_ipv4(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     let off = p.l3_off;
     let vihl = f.u8_at(off)?;
-    if vihl >> 4 != 4 {
-        return Err(ParseError::Invalid);
+    if vihl >> 4 != IPV4_VERSION {
+        return Err(Error::Invalid);
     }
     let ihl = (vihl & 0x0f) as usize;
-    if ihl < 5 {
-        return Err(ParseError::Invalid);
+    if ihl < IPV4_MIN_IHL {
+        return Err(Error::Invalid);
     }
     let hlen = ihl * 4;
     // The whole header, options included, must be in the frame.
     f.u8_at(off + hlen - 1)?;
-    let total = f.be16_at(off + 2)? as usize;
+    let total = f.be16_at(off + IPV4_TOT_LEN_OFF)? as usize;
     if total < hlen {
-        return Err(ParseError::Invalid);
+        return Err(Error::Invalid);
     }
     if off + total > f.len() {
-        return Err(ParseError::Truncated);
+        return Err(Error::Truncated);
     }
-    p.ip_options = ihl > 5;
-    let frag = f.be16_at(off + 6)?;
-    let more = frag & 0x2000 != 0;
-    let frag_off = frag & 0x1fff;
+    p.ip_options = ihl > IPV4_MIN_IHL;
+    let frag = f.be16_at(off + IPV4_FRAG_OFF)?;
+    let more = frag & IP_MF != 0;
+    let frag_off = frag & IP_OFFSET;
     p.fragment = more || frag_off != 0;
-    p.ip_proto = f.u8_at(off + 9)?;
-    let s = f.raw32_at(off + 12)?;
-    let d = f.raw32_at(off + 16)?;
-    p.saddr[..4].copy_from_slice(&s);
-    p.daddr[..4].copy_from_slice(&d);
+    p.ip_proto = f.u8_at(off + IPV4_PROTO_OFF)?;
+    let s = f.raw32_at(off + IPV4_SADDR_OFF)?;
+    let d = f.raw32_at(off + IPV4_DADDR_OFF)?;
+    p.saddr[..IPV4_ALEN].copy_from_slice(&s);
+    p.daddr[..IPV4_ALEN].copy_from_slice(&d);
     if frag_off != 0 {
         // Non-first fragment: no L4 header here.
         return Ok(());
@@ -286,19 +424,19 @@ fn parse_ipv4(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
 }
 
 #[inline(always)]
-fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
+fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     let off = p.l3_off;
     let v = f.u8_at(off)?;
-    if v >> 4 != 6 {
-        return Err(ParseError::Invalid);
+    if v >> 4 != IPV6_VERSION {
+        return Err(Error::Invalid);
     }
-    let payload = f.be16_at(off + 4)? as usize;
-    let mut next = f.u8_at(off + 6)?;
-    p.saddr = f.raw128_at(off + 8)?;
-    p.daddr = f.raw128_at(off + 24)?;
-    let mut hoff = off + 40;
+    let payload = f.be16_at(off + IPV6_PAYLOAD_LEN_OFF)? as usize;
+    let mut next = f.u8_at(off + IPV6_NEXTHDR_OFF)?;
+    p.saddr = f.raw128_at(off + IPV6_SADDR_OFF)?;
+    p.daddr = f.raw128_at(off + IPV6_DADDR_OFF)?;
+    let mut hoff = off + IPV6_HLEN;
     if hoff + payload > f.len() {
-        return Err(ParseError::Truncated);
+        return Err(Error::Truncated);
     }
     // Up to MAX_IPV6_EXT extension headers, written out (`unrolled!`), then the upper layer.
     let mut done = false;
@@ -317,7 +455,7 @@ fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
     });
     if !done && is_ext(next) {
         // One more extension header than we walk.
-        return Err(ParseError::Invalid);
+        return Err(Error::Invalid);
     }
     p.ip_proto = next;
     if next == NEXTHDR_NONE {
@@ -348,12 +486,12 @@ fn is_ext(next: u8) -> bool {
 
 /// Walk the extension header of type `next` at `*hoff`.
 #[inline(always)]
-fn ext_header(f: &Frame, p: &mut Parsed, hoff: &mut usize, next: u8) -> Result<Ext, ParseError> {
+fn ext_header(f: &Frame, p: &mut Parsed, hoff: &mut usize, next: u8) -> Result<Ext, Error> {
     match next {
         // hop-by-hop, routing, destination options: (len + 1) * 8 bytes
         NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
             let nl = f.be16_at(*hoff)?;
-            let len = ((nl & 0xff) as usize + 1) * 8;
+            let len = ((nl & 0xff) as usize + 1) * IPV6_OPT_UNIT;
             f.u8_at(*hoff + len - 1)?;
             *hoff += len;
             Ok(Ext::Next((nl >> 8) as u8))
@@ -361,20 +499,18 @@ fn ext_header(f: &Frame, p: &mut Parsed, hoff: &mut usize, next: u8) -> Result<E
         // authentication header: (len + 2) * 4 bytes
         NEXTHDR_AUTH => {
             let nl = f.be16_at(*hoff)?;
-            let len = ((nl & 0xff) as usize + 2) * 4;
+            let len = ((nl & 0xff) as usize + 2) * IPV6_AH_UNIT;
             f.u8_at(*hoff + len - 1)?;
             *hoff += len;
             Ok(Ext::Next((nl >> 8) as u8))
         }
-        // fragment header: 8 bytes
+        // fragment header: next header, reserved, offset and flags, identification
         NEXTHDR_FRAGMENT => {
-            let fh = f.ptr::<[u8; 8]>(*hoff)?;
-            // SAFETY: `ptr` checked that all 8 bytes lie inside the frame.
-            let fh = unsafe { core::ptr::read_unaligned(fh) };
+            let fh = f.at::<[u8; IPV6_FRAG_HLEN]>(*hoff)?.get();
             let fo = u16::from_be_bytes([fh[2], fh[3]]);
             p.fragment = true;
-            *hoff += 8;
-            if fo >> 3 != 0 {
+            *hoff += IPV6_FRAG_HLEN;
+            if fo >> IPV6_FRAG_OFFSET_SHIFT != 0 {
                 Ok(Ext::NonFirstFragment(fh[0]))
             } else {
                 Ok(Ext::Next(fh[0]))
@@ -385,35 +521,33 @@ fn ext_header(f: &Frame, p: &mut Parsed, hoff: &mut usize, next: u8) -> Result<E
 }
 
 #[inline(always)]
-fn parse_l4(f: &Frame, p: &mut Parsed) -> Result<(), ParseError> {
+fn parse_l4(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     let off = p.l4_off;
     match p.ip_proto {
         IPPROTO_TCP => {
             p.sport = f.be16_at(off)?;
             p.dport = f.be16_at(off + 2)?;
-            let doff = (f.u8_at(off + 12)? >> 4) as usize;
-            if doff < 5 {
-                return Err(ParseError::Invalid);
+            let doff = (f.u8_at(off + TCP_DOFF_OFF)? >> 4) as usize;
+            if doff < TCP_MIN_DOFF {
+                return Err(Error::Invalid);
             }
-            p.tcp_flags = f.u8_at(off + 13)?;
+            p.tcp_flags = f.u8_at(off + TCP_FLAGS_OFF)?;
             f.u8_at(off + doff * 4 - 1)?;
             p.has_l4 = true;
         }
         IPPROTO_UDP => {
             p.sport = f.be16_at(off)?;
             p.dport = f.be16_at(off + 2)?;
-            let ulen = f.be16_at(off + 4)? as usize;
-            if ulen != 0 && ulen < 8 {
-                return Err(ParseError::Invalid);
+            let ulen = f.be16_at(off + UDP_LEN_OFF)? as usize;
+            if ulen != 0 && ulen < UDP_HLEN {
+                return Err(Error::Invalid);
             }
             p.has_l4 = true;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             // Every ICMP/ICMPv6 message has at least 8 bytes of header. One 8-byte check
             // (not single-byte ones) keeps the bounds test in a form the verifier tracks.
-            let h = f.ptr::<[u8; 8]>(off)?;
-            // SAFETY: `ptr` checked that the 8 bytes lie inside the frame.
-            let h = unsafe { core::ptr::read_unaligned(h) };
+            let h = f.at::<[u8; ICMP_HLEN]>(off)?.get();
             p.icmp_type = h[0];
             p.icmp_code = h[1];
             p.has_l4 = true;

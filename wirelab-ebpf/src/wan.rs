@@ -9,7 +9,6 @@
 //!   id in the XDP metadata, for classes that delay, rate-limit, duplicate, corrupt or reorder.
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_meta},
     macros::{classifier, map, xdp},
     maps::lpm_trie::Key,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap},
@@ -17,13 +16,34 @@ use aya_ebpf::{
 };
 use wirelab_common::wan::{
     loss_step, ClassKey, KernelProfile, LossState, Meta, WanConfig, WanCounters, CLASSES_HOSTS,
-    CLASSES_PREFIXES, CLASS_KEY_FIXED_BITS, META_MAGIC, PROFILE_FAST,
+    CLASSES_PREFIXES, CLASS_KEY_FIXED_BITS, DIR_A_TO_B, DIR_B_TO_A, META_MAGIC, PROFILE_FAST,
 };
 
-use crate::parse::{self, Frame, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP};
+use crate::{
+    counter::Slot,
+    error::{Error, Result},
+    parse::{self, Frame, Plain, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_ALEN},
+    sys,
+};
 
 /// Default sizes; userspace resizes the per-class maps to the configured class count.
 const DEFAULT_CLASSES: u32 = 1;
+
+/// Prefix length of a whole class key: the fixed (side, proto, port) bits and an IPv6 (or
+/// v4-mapped) address.
+const CLASS_KEY_FULL_BITS: u32 = CLASS_KEY_FIXED_BITS + 128;
+
+/// Bytes 10-11 of a v4-mapped IPv6 address (`::ffff:a.b.c.d`), then the IPv4 address.
+const V4_MAPPED_FFFF: usize = 10;
+const V4_MAPPED_ADDR: usize = 12;
+
+/// Receive queue the engine's AF_XDP sockets are bound to.
+const XSK_QUEUE: u32 = 0;
+
+// SAFETY: `Meta` is `#[repr(C)]` with two `u32` fields and no padding: every bit pattern is a
+// valid value and it holds no pointers.
+unsafe impl Plain for Meta {}
+const _: () = assert!(core::mem::size_of::<Meta>() == 8);
 
 #[map]
 static WAN_CONFIG: Array<WanConfig> = Array::with_max_entries(1, 0);
@@ -54,11 +74,9 @@ static WAN_XSKS: XskMap = XskMap::with_max_entries(2, 0);
 
 #[xdp]
 pub fn wan_xdp(ctx: XdpContext) -> u32 {
-    match try_wan_xdp(&ctx) {
-        Ok(a) => a,
-        // Only map lookups can fail here (never in a configured emulator): keep traffic moving.
-        Err(()) => xdp_action::XDP_PASS,
-    }
+    // Only map lookups (`Error::Map`) fail here, never in a configured emulator: keep traffic
+    // moving.
+    try_wan_xdp(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
 /// One (side, proto, port) tier: the exact-address table first (an exact match is the longest
@@ -66,12 +84,13 @@ pub fn wan_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn lookup_class(key: &mut Key<ClassKey>, tables: u32) -> Option<u32> {
     if tables & CLASSES_HOSTS != 0 {
-        if let Some(c) = unsafe { WAN_CLASS_HOSTS.get(key.data) } {
-            return Some(*c);
+        // Class ids are `u32`s (one word, as `sys::hash_get` asks).
+        if let Some(c) = sys::hash_get(&WAN_CLASS_HOSTS, key.data) {
+            return Some(c);
         }
     }
     if tables & CLASSES_PREFIXES != 0 {
-        key.prefix_len = CLASS_KEY_FIXED_BITS + 128;
+        key.prefix_len = CLASS_KEY_FULL_BITS;
         return WAN_CLASSES.get(&*key).copied();
     }
     None
@@ -94,20 +113,21 @@ fn classify(f: &Frame, dir: u32, tables: u32) -> u32 {
         return 0;
     }
     // B-side address: destination for A->B frames, source for B->A.
-    let (b, a) = if dir == 0 {
+    let (b, a) = if dir == DIR_A_TO_B {
         (&p.daddr, &p.saddr)
     } else {
         (&p.saddr, &p.daddr)
     };
-    let bport = if dir == 0 { p.dport } else { p.sport };
-    let aport = if dir == 0 { p.sport } else { p.dport };
+    let bport = if dir == DIR_A_TO_B { p.dport } else { p.sport };
+    let aport = if dir == DIR_A_TO_B { p.sport } else { p.dport };
     if v4 {
-        addr[10] = 0xff;
-        addr[11] = 0xff;
-        addr[12..16].copy_from_slice(&b[..4]);
-        other[10] = 0xff;
-        other[11] = 0xff;
-        other[12..16].copy_from_slice(&a[..4]);
+        let (m, at) = (V4_MAPPED_FFFF, V4_MAPPED_ADDR);
+        addr[m] = 0xff;
+        addr[m + 1] = 0xff;
+        addr[at..at + IPV4_ALEN].copy_from_slice(&b[..IPV4_ALEN]);
+        other[m] = 0xff;
+        other[m + 1] = 0xff;
+        other[at..at + IPV4_ALEN].copy_from_slice(&a[..IPV4_ALEN]);
     } else {
         addr = *b;
         other = *a;
@@ -149,15 +169,15 @@ fn classify(f: &Frame, dir: u32, tables: u32) -> u32 {
 }
 
 #[inline(always)]
-fn try_wan_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let cfg = WAN_CONFIG.get(0).ok_or(())?;
-    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let dir = if ifindex == cfg.ifindex[0] {
-        0u32
+fn try_wan_xdp(ctx: &XdpContext) -> Result<u32> {
+    let cfg = WAN_CONFIG.get(0).ok_or(Error::Map)?;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let dir = if ifindex == cfg.ifindex[DIR_A_TO_B as usize] {
+        DIR_A_TO_B
     } else {
-        1u32
+        DIR_B_TO_A
     };
-    let f = Frame::new(ctx.data(), ctx.data_end());
+    let f = Frame::xdp(ctx);
     let len = f.len() as u64;
     let max = cfg.max_classes;
     let mut class = classify(&f, dir, cfg.class_tables);
@@ -166,64 +186,64 @@ fn try_wan_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     }
     let idx = dir * max + class;
     let gen = cfg.gen & 1;
-    let prof: &KernelProfile = WAN_PROFILES.get((gen * 2 + dir) * max + class).ok_or(())?;
-    let cnt = WAN_COUNTERS.get_ptr_mut(idx).ok_or(())?;
-    let cnt = unsafe { &mut *cnt };
-    cnt.rx_packets += 1;
-    cnt.rx_bytes += len;
+    let prof: &KernelProfile = WAN_PROFILES
+        .get((gen * 2 + dir) * max + class)
+        .ok_or(Error::Map)?;
+    let cnt = Slot::get(&WAN_COUNTERS, idx).ok_or(Error::Map)?;
+    cnt.update(|c| {
+        c.rx_packets += 1;
+        c.rx_bytes += len;
+    });
 
     if prof.period_ns != 0 && prof.blackhole_ns != 0 {
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = sys::now_ns();
         let t = now.wrapping_sub(cfg.epoch_ns) % prof.period_ns;
         if t >= prof.period_ns - prof.blackhole_ns {
-            cnt.blackhole_drops += 1;
+            cnt.update(|c| c.blackhole_drops += 1);
             return Ok(xdp_action::XDP_DROP);
         }
     }
     if prof.loss_kind != 0 {
-        let st = WAN_LOSS.get_ptr_mut(idx).ok_or(())?;
-        // One writer per direction: XDP on a device's queue runs on one CPU at a time.
+        let st = WAN_LOSS.get_ptr_mut(idx).ok_or(Error::Map)?;
+        // SAFETY: `st` points to an entry of an array map, aligned and allocated for the map's
+        // lifetime; the reference ends with the call. One program writer per direction: XDP
+        // on a device's queue runs on one CPU at a time. Userspace rewrites an entry only when
+        // its class's loss model changes; a packet racing that continues from a mix of old and
+        // new state words (plain integers, any value valid), never touches invalid memory.
         if loss_step(prof, unsafe { &mut *st }) {
-            cnt.loss_drops += 1;
+            cnt.update(|c| c.loss_drops += 1);
             return Ok(xdp_action::XDP_DROP);
         }
     }
     if prof.flags & PROFILE_FAST != 0 {
-        cnt.fast_packets += 1;
+        cnt.update(|c| c.fast_packets += 1);
         return Ok(xdp_action::XDP_PASS);
     }
     // The engine's sockets are bound to queue 0: frames that arrive on other queues (multi-queue
     // NICs) cannot reach them and go the fast path unimpaired, counted as fallback.
-    if ctx.rx_queue_index() != 0 {
-        cnt.xsk_fallback += 1;
+    if ctx.rx_queue_index() != XSK_QUEUE {
+        cnt.update(|c| c.xsk_fallback += 1);
         return Ok(xdp_action::XDP_PASS);
     }
     // Tell the engine the class: 8 bytes of metadata in front of the frame. Without it the
     // engine could not tell the class: then the frame goes the fast path, counted.
-    let mut tagged = false;
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(core::mem::size_of::<Meta>() as i32)) } == 0 {
-        let meta = ctx.metadata();
-        let data = ctx.data();
-        if meta + core::mem::size_of::<Meta>() <= data {
-            let m = meta as *mut Meta;
-            unsafe {
-                (*m).magic = META_MAGIC;
-                (*m).class = class;
-            }
-            tagged = true;
-        }
-    }
+    let meta = Meta {
+        magic: META_MAGIC,
+        class,
+    };
+    let tagged = sys::xdp_adjust_meta(ctx, -(core::mem::size_of::<Meta>() as i32))
+        && Frame::xdp_meta(ctx).store(0, meta).is_ok();
     if !tagged {
-        cnt.xsk_fallback += 1;
+        cnt.update(|c| c.xsk_fallback += 1);
         return Ok(xdp_action::XDP_PASS);
     }
     match WAN_XSKS.redirect(dir, 0) {
         Ok(a) => {
-            cnt.xsk_packets += 1;
+            cnt.update(|c| c.xsk_packets += 1);
             Ok(a)
         }
         Err(_) => {
-            cnt.xsk_fallback += 1;
+            cnt.update(|c| c.xsk_fallback += 1);
             Ok(xdp_action::XDP_PASS)
         }
     }
@@ -236,16 +256,18 @@ pub fn wan_fwd(ctx: TcContext) -> i32 {
     let Some(cfg) = WAN_CONFIG.get(0) else {
         return TC_ACT_OK;
     };
-    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    let out = if ifindex == cfg.ifindex[0] {
-        cfg.ifindex[1]
-    } else if ifindex == cfg.ifindex[1] {
-        cfg.ifindex[0]
+    let ifindex = sys::skb_ingress_ifindex(&ctx);
+    let (a, b) = (DIR_A_TO_B as usize, DIR_B_TO_A as usize);
+    let out = if ifindex == cfg.ifindex[a] {
+        cfg.ifindex[b]
+    } else if ifindex == cfg.ifindex[b] {
+        cfg.ifindex[a]
     } else {
         return TC_ACT_OK;
     };
+    // 0: that interface is not configured (yet): drop rather than loop the frame back.
     if out == 0 {
         return TC_ACT_SHOT;
     }
-    unsafe { bpf_redirect(out, 0) as i32 }
+    sys::redirect(out)
 }
