@@ -31,7 +31,6 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use serde_json::json;
 
 /// Write one JSON line on stdout (`--json`).
 fn print_line(l: &Line) -> Result<()> {
@@ -46,6 +45,9 @@ use crate::{
     runtime::{
         bpf::{self, AttachMode},
         control as ctl,
+        observe::Observer,
+        sampled::{self, Sampled},
+        Tick, Ticker,
     },
     util::Stop,
 };
@@ -64,6 +66,99 @@ pub struct Options {
     pub interval: Duration,
 }
 
+/// The configuration recorded with `--record`.
+#[derive(serde::Serialize)]
+struct RecordConfig<'a> {
+    iface: &'a str,
+    mode: AttachMode,
+    rules_file: &'a std::path::Path,
+    rules: String,
+    interval_s: f64,
+}
+
+/// The running firewall as the runtime drives it: counters sampled each interval (recorded,
+/// published), log samples and control requests handled between ticks.
+struct FwTool<'a> {
+    opts: &'a Options,
+    bpf: &'a aya::Ebpf,
+    fw: Firewall,
+    listener: std::os::unix::net::UnixListener,
+    mode: AttachMode,
+    metrics: Option<FwMetrics>,
+    start: Instant,
+}
+
+impl Sampled for FwTool<'_> {
+    type Snapshot = Stats;
+    type Line = Interval;
+    type Final = Line;
+    /// Stdout carries log samples and reloads; intervals go to the record and metrics.
+    const PRINTS_INTERVALS: bool = false;
+
+    fn read(&mut self) -> Result<Stats> {
+        self.fw.stats()
+    }
+
+    fn interval(&self, tick: &Tick, cur: &Stats, prev: &Stats) -> Interval {
+        interval_line(tick.t, cur, prev)
+    }
+
+    fn publish(&mut self, cur: &Stats) {
+        if let Some(m) = self.metrics.as_mut() {
+            m.publish(&self.opts.iface, cur);
+        }
+    }
+
+    fn poll_every(&self) -> Option<Duration> {
+        Some(Duration::from_millis(20))
+    }
+
+    fn poll(&mut self, obs: &mut Observer) -> Result<()> {
+        for v in self.fw.drain_log() {
+            if self.opts.json {
+                print_line(&Line::Log(Box::new(v)))?;
+            } else {
+                crate::runtime::observe::to_stdout(|out| writeln!(out, "{}", v.text()))?;
+            }
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => {
+                    let reloads = self.fw.reloads;
+                    if let Err(e) = serve(&mut self.fw, self.bpf, s, self.opts, self.mode) {
+                        tracing::warn!("control request failed: {e:#}");
+                    }
+                    if self.fw.reloads != reloads {
+                        let st = self.fw.stats()?;
+                        obs.change(&ReloadChange {
+                            t: self.start.elapsed().as_secs_f64(),
+                            generation: st.generation,
+                            rules: st.rules,
+                        })?;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e).context("control socket"),
+            }
+        }
+    }
+
+    fn finish(&mut self, total: &Stats, secs: f64) -> Result<(Line, Vec<crate::record::Quantity>)> {
+        let mut s = total.clone();
+        s.iface = Some(self.opts.iface.clone());
+        s.mode = Some(self.mode.to_string());
+        s.duration_s = Some(secs);
+        Ok((Line::Final(Box::new(s)), vec![]))
+    }
+
+    fn final_table(&self, fin: &Line, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        match fin {
+            Line::Final(s) => print_stats(out, s).map_err(std::io::Error::other),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Run the firewall until `duration`, SIGINT or SIGTERM.
 pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     let rs = rules::load(&opts.rules)?;
@@ -76,14 +171,12 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     let name = socket_name(&opts.iface);
     let listener = ctl::bind(&name, &format!("a wirelab fw on {}", opts.iface))?;
     let mut bpf = ebpf::load()?;
-    let mut fw = Firewall::new(&mut bpf, &rs)?;
+    let fw = Firewall::new(&mut bpf, &rs)?;
     let mode = bpf::attach_xdp(&mut bpf, "fw", &opts.iface, opts.mode)?;
     tracing::info!(
         iface = %opts.iface, %mode, rules = rs.rules.len(), prefixes = rs.prefixes(),
         "fw attached (control socket @{name})"
     );
-    let start = Instant::now();
-    let stdout = std::io::stdout();
     if opts.json {
         print_line(&Line::Start {
             iface: opts.iface.clone(),
@@ -92,99 +185,47 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             prefixes: rs.prefixes(),
         })?;
     }
-    let mut rec = match &opts.record {
-        Some(dir) => Some(crate::record::Recorder::create(
-            dir,
-            "fw",
-            "fw",
-            json!({"iface": opts.iface, "mode": mode, "rules_file": opts.rules,
-                "rules": crate::util::read_user_file(&opts.rules, crate::util::limit::CONFIG).unwrap_or_default(),
-                "interval_s": opts.interval.as_secs_f64()}),
-        )?),
-        None => None,
-    };
-    let mut prev = fw.stats()?;
-    let mut metrics = match &opts.metrics {
+    let obs = Observer::new(
+        opts.json,
+        opts.record.as_deref(),
+        "fw",
+        &RecordConfig {
+            iface: &opts.iface,
+            mode,
+            rules_file: &opts.rules,
+            rules: crate::util::read_user_file(&opts.rules, crate::util::limit::CONFIG)
+                .unwrap_or_default(),
+            interval_s: opts.interval.as_secs_f64(),
+        },
+    )?;
+    let metrics = match &opts.metrics {
         Some(ep) => {
-            let mut m = FwMetrics::start(ep)?;
-            m.publish(&opts.iface, &prev);
+            let m = FwMetrics::start(ep)?;
             tracing::info!("metrics on http://{}/metrics", ep.addr);
             Some(m)
         }
         None => None,
     };
-    let mut last_line = Instant::now();
-    loop {
-        let stopped = stop.sleep(Duration::from_millis(20));
-        for v in fw.drain_log() {
-            if opts.json {
-                print_line(&Line::Log(Box::new(v)))?;
-            } else {
-                let mut out = stdout.lock();
-                writeln!(out, "{}", v.text())?;
-                out.flush()?;
-            }
-        }
-        loop {
-            match listener.accept() {
-                Ok((s, _)) => {
-                    let reloads = fw.reloads;
-                    if let Err(e) = serve(&mut fw, &bpf, s, opts, mode) {
-                        tracing::warn!("control request failed: {e:#}");
-                    }
-                    if fw.reloads != reloads {
-                        if let Some(r) = rec.as_mut() {
-                            let st = fw.stats()?;
-                            r.change(&ReloadChange {
-                                t: start.elapsed().as_secs_f64(),
-                                generation: st.generation,
-                                rules: st.rules,
-                            })?;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e).context("control socket"),
-            }
-        }
-        if (rec.is_some() || metrics.is_some()) && last_line.elapsed() >= opts.interval {
-            last_line = Instant::now();
-            let cur = fw.stats()?;
-            if let Some(m) = metrics.as_mut() {
-                m.publish(&opts.iface, &cur);
-            }
-            let line = interval_line(start.elapsed().as_secs_f64(), &cur, &prev);
-            prev = cur;
-            if let Some(r) = rec.as_mut() {
-                r.interval(&line)?;
-            }
-        }
-        if stopped || opts.duration.is_some_and(|d| start.elapsed() >= d) {
-            break;
-        }
-    }
-    for v in fw.drain_log() {
-        if opts.json {
-            print_line(&Line::Log(Box::new(v)))?;
-        }
-    }
-    let mut s = fw.stats()?;
-    s.iface = Some(opts.iface.clone());
-    s.mode = Some(mode.to_string());
-    s.duration_s = Some(start.elapsed().as_secs_f64());
-    if opts.json {
-        print_line(&Line::Final(Box::new(s.clone())))?;
-    } else {
-        let mut out = stdout.lock();
-        print_stats(&mut out, &s)?;
-        out.flush()?;
-    }
-    if let Some(r) = rec {
-        let path = r.finish(&s, vec![], vec![])?;
-        tracing::info!(summary = %path.display(), "record written");
-    }
-    drop(listener);
+    let mut tool = FwTool {
+        opts,
+        bpf: &bpf,
+        fw,
+        listener,
+        mode,
+        metrics,
+        start: Instant::now(),
+    };
+    let fin = sampled::drive(
+        &mut tool,
+        Ticker::new(opts.interval, opts.duration),
+        stop,
+        obs,
+    )?;
+    drop(tool);
     drop(bpf);
     tracing::info!(iface = %opts.iface, "fw detached");
-    Ok(s)
+    match fin {
+        Line::Final(s) => Ok(*s),
+        _ => bail!("fw ended without its final counters"),
+    }
 }

@@ -31,7 +31,7 @@ pub(super) fn interval_line(t: f64, cur: &Stats, prev: &Stats) -> Interval {
 }
 
 /// Print a stats object as a table.
-pub fn print_stats(out: &mut impl std::io::Write, s: &Stats) -> Result<()> {
+pub fn print_stats(out: &mut (impl std::io::Write + ?Sized), s: &Stats) -> Result<()> {
     writeln!(
         out,
         "fw on {} ({} XDP): generation {}, {} reloads, {} prefixes",

@@ -77,6 +77,14 @@ impl Observer {
         Ok(())
     }
 
+    /// A live change (recorded with `--record`).
+    pub fn change(&mut self, v: &impl Serialize) -> Result<()> {
+        if let Some(r) = self.rec.as_mut() {
+            r.change(v)?;
+        }
+        Ok(())
+    }
+
     /// The end: the final snapshot printed (JSON line or `table`) and the record finished
     /// with it and the measured quantities.
     pub fn finish(

@@ -44,8 +44,9 @@ pub trait Sampled {
     /// Publish the cumulative counters to `--metrics` (no-op without it).
     fn publish(&mut self, _cur: &Self::Snapshot) {}
 
-    /// Work between ticks, called about every [`Sampled::poll_every`].
-    fn poll(&mut self) -> Result<()> {
+    /// Work between ticks, called about every [`Sampled::poll_every`] and once at the end
+    /// (live changes go to `obs`'s record).
+    fn poll(&mut self, _obs: &mut Observer) -> Result<()> {
         Ok(())
     }
 
@@ -72,7 +73,7 @@ pub fn drive<T: Sampled>(
     let mut last = tool.read()?;
     tool.publish(&last);
     let every = tool.poll_every();
-    while let Some(tick) = ticker.wait_polling(stop, every, || tool.poll())? {
+    while let Some(tick) = ticker.wait_polling(stop, every, || tool.poll(&mut obs))? {
         let cur = tool.read()?;
         // A stop right after a tick leaves a sliver of an interval: it goes into the totals.
         if !tick.short {
@@ -86,7 +87,7 @@ pub fn drive<T: Sampled>(
         tool.publish(&cur);
         last = cur;
     }
-    tool.poll()?;
+    tool.poll(&mut obs)?;
     let (fin, measured) = tool.finish(&last, ticker.elapsed())?;
     obs.finish(&fin, measured, |out| tool.final_table(&fin, out))?;
     Ok(fin)
