@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::Subcommand;
-use wirelab::{probe, record, util};
+use wirelab::probe;
 
 use super::{parse_duration, parse_interval, JsonArg, NetnsArg};
 
@@ -89,31 +89,10 @@ pub fn run(p: ProbeCmd) -> Result<ExitCode> {
             let stop = netns.enter_until_stopped()?;
             if tcp {
                 let dur = duration.unwrap_or(Duration::from_secs(10));
-                let rec = record_dir
-                    .as_deref()
-                    .map(|d| {
-                        record::Recorder::create(
-                            d,
-                            "probe-tcp",
-                            "probe-tcp",
-                            serde_json::json!({"to": to, "duration_s": dur.as_secs_f64()}),
-                        )
-                    })
-                    .transpose()?;
-                let t_start = util::unix_now();
-                let r = probe::tcp_client(to, dur, &stop)?;
-                if let Some(mut rec) = rec {
-                    for (i, m) in r.per_second_mbps.iter().enumerate() {
-                        rec.interval(&serde_json::json!({
-                            "type": "interval",
-                            "t": (i + 1) as f64,
-                            "unix": t_start + (i + 1) as f64,
-                            "interval_s": 1.0,
-                            "goodput_mbps": m,
-                        }))?;
-                    }
-                    rec.finish(&serde_json::to_value(&r)?, vec![], probe::tcp_measured(&r))?;
-                }
+                let r = match record_dir.as_deref() {
+                    Some(d) => probe::tcp_recorded(to, dur, &stop, d, vec![])?,
+                    None => probe::tcp_client(to, dur, &stop)?,
+                };
                 if json.json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -139,38 +118,7 @@ pub fn run(p: ProbeCmd) -> Result<ExitCode> {
                 };
                 let r = match record_dir.as_deref() {
                     None => probe::udp_client(&o, &stop)?,
-                    Some(d) => {
-                        let mut rec = record::Recorder::create(
-                            d,
-                            "probe-udp",
-                            "probe-udp",
-                            serde_json::json!({
-                                "to": to, "rate_pps": rate, "count": count,
-                                "duration_s": duration.map(|d| d.as_secs_f64()),
-                                "size": size, "wait_s": wait.as_secs_f64(),
-                                "interval_s": interval.as_secs_f64(),
-                                "direction_mapping": {"forward": "a_to_b", "reverse": "b_to_a"},
-                            }),
-                        )?;
-                        let mut err = None;
-                        let mut sink = |v: serde_json::Value| {
-                            if let Err(e) = rec.interval(&v) {
-                                err.get_or_insert(e);
-                            }
-                        };
-                        let r = probe::udp_client_with(&o, &stop, Some((interval, &mut sink)))?;
-                        if let Some(e) = err {
-                            return Err(e.context("writing the run record"));
-                        }
-                        let mut fin = serde_json::to_value(&r)?;
-                        fin["delay_hist_ms"] = serde_json::json!({
-                            "forward": r.delay_hist_ms[0],
-                            "reverse": r.delay_hist_ms[1],
-                        });
-                        fin["send_start_unix"] = serde_json::json!(r.send_start_unix);
-                        rec.finish(&fin, vec![], probe::udp_measured(&r))?;
-                        r
-                    }
+                    Some(d) => probe::udp_recorded(&o, &stop, d, interval, vec![])?,
                 };
                 if json.json {
                     println!("{}", serde_json::to_string(&r)?);

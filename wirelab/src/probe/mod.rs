@@ -12,13 +12,15 @@
 //! 100 ms slots and returns them, giving goodput over time as the receiver saw it.
 //!
 //! Files: `wire.rs` (the probe format and socket options), `server.rs` (UDP echo, TCP sink),
-//! `udp.rs` and `tcp.rs` (the clients), `report.rs` (printing and recorded quantities).
+//! `udp.rs` and `tcp.rs` (the clients), `report.rs` (printing and recorded quantities), `record.rs` (runs with `--record`).
+mod record;
 mod report;
 mod server;
 mod tcp;
 mod udp;
 mod wire;
 
+pub use record::{tcp_recorded, udp_recorded};
 pub use report::{print_udp, tcp_measured, udp_measured};
 pub use server::server;
 pub use tcp::{tcp_client, TcpReport};
