@@ -30,6 +30,10 @@ enum WanCmd {
         /// Class to change (default: the default class).
         #[arg(long)]
         class: Option<String>,
+        /// Restart the class's random decisions from this seed, as if the emulator had
+        /// started with it (reproducible runs on one live emulator).
+        #[arg(long)]
+        seed: Option<u64>,
         #[command(flatten)]
         specs: SpecArgs,
     },
@@ -97,6 +101,7 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
         netns,
         between,
         class,
+        seed,
         specs,
     }) = w.cmd
     {
@@ -105,6 +110,7 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
             both: specs.both,
             a_to_b: specs.a_to_b,
             b_to_a: specs.b_to_a,
+            seed,
         };
         netns.enter()?;
         let pair = match between.as_slice() {

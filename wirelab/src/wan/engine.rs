@@ -162,6 +162,13 @@ pub struct Engine {
 /// Correlated uniform draw: with probability `rho` the previous value again, otherwise a fresh
 /// one (uniform marginals, so configured probabilities and deviations are kept; see
 /// `wirelab_common::wan::correlated`).
+/// The random stream of (direction, class) under `seed`.
+fn class_rng(seed: u64, d: usize, c: usize) -> StdRng {
+    StdRng::seed_from_u64(super::splitmix(
+        seed ^ super::splitmix(((d as u64) << 32) | c as u64 | 1 << 63),
+    ))
+}
+
 fn corr_u32(rng: &mut StdRng, last: &mut u32, rho: f64) -> u32 {
     if rho > 0.0 && rng.random::<f64>() < rho {
         return *last;
@@ -264,9 +271,7 @@ impl Engine {
         let mk_states = |d: usize, n: usize| -> Vec<ClassState> {
             (0..n)
                 .map(|c| ClassState {
-                    rng: StdRng::seed_from_u64(super::splitmix(
-                        seed ^ super::splitmix(((d as u64) << 32) | c as u64 | 1 << 63),
-                    )),
+                    rng: class_rng(seed, d, c),
                     last_delay: 0,
                     last_dup: 0,
                     last_corrupt: 0,
@@ -698,6 +703,22 @@ impl Engine {
         let mut s = st.total.clone();
         s.queue_depth = st.queued_packets;
         s
+    }
+
+    /// Restart one class's random decisions from `seed` (both directions), as if the
+    /// emulator had started with it: a run that sends the same packets after a seeded
+    /// `set` sees the same duplicate, corrupt, reorder and jitter decisions.
+    pub fn reseed_class(&mut self, class: usize, seed: u64) {
+        for d in 0..2 {
+            if let Some(st) = self.states[d].get_mut(class) {
+                st.rng = class_rng(seed, d, class);
+                st.last_delay = 0;
+                st.last_dup = 0;
+                st.last_corrupt = 0;
+                st.last_reorder = 0;
+                st.reorder_counter = 0;
+            }
+        }
     }
 
     /// Swap in the profiles of one class (live `set`), both directions at once, between two

@@ -346,6 +346,10 @@ pub struct SetRequest {
     pub both: Option<String>,
     pub a_to_b: Option<String>,
     pub b_to_a: Option<String>,
+    /// Restart the class's random decisions (loss, duplicate, corrupt, reorder, jitter) from
+    /// this seed, as if the emulator had started with it.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// Send a live change to the emulator running in `netns`.
@@ -995,6 +999,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
                     class,
                     profiles: new_profiles,
                     applied,
+                    seed: new_seed,
                     reply,
                 } = ch;
                 // Kernel: bring the idle generation up to date (the class changed now and the
@@ -1005,16 +1010,26 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
                 maps.write_classes(next, &new_specs, &changed)?;
                 maps.flip(next)?;
                 gen = next;
-                // A new loss model starts from its initial state.
+                // A new loss model starts from its initial state; a seeded change restarts
+                // it (and the engine's decisions) from the seed, as at start-up.
                 for d in 0..2 {
-                    if new_specs[d][class].loss != specs[d][class].loss {
-                        changes += 1;
-                        let st = loss_state(plan.seed, d as u32, class as u32, changes);
+                    let st = match new_seed {
+                        Some(s) => Some(loss_state(s, d as u32, class as u32, 0)),
+                        None if new_specs[d][class].loss != specs[d][class].loss => {
+                            changes += 1;
+                            Some(loss_state(plan.seed, d as u32, class as u32, changes))
+                        }
+                        None => None,
+                    };
+                    if let Some(st) = st {
                         let _ = loss.set(d as u32 * max + class as u32, st, 0);
                     }
                 }
                 last_changed = Some(class);
                 engine.set_class(class, new_profiles)?;
+                if let Some(s) = new_seed {
+                    engine.reseed_class(class, s);
+                }
                 specs = new_specs;
                 tracing::info!(change = %applied, "live change applied");
                 let _ = rep_tx.send(ReportMsg::Change(
@@ -1136,6 +1151,7 @@ struct Change {
     class: usize,
     profiles: [Profile; 2],
     applied: String,
+    seed: Option<u64>,
     reply: std::sync::mpsc::Sender<SetReply>,
 }
 
@@ -1175,6 +1191,7 @@ fn control(
         let Ok((s, req)) = req_rx.recv_timeout(Duration::from_millis(10)) else {
             continue;
         };
+        let req_seed = req.as_ref().ok().and_then(|r| r.seed);
         let reply: Result<SetReply> = match req.and_then(|r| prepare(&r, &names, &specs, frames)) {
             Ok((new_specs, class, profiles, applied)) => {
                 let (rtx, rrx) = std::sync::mpsc::channel();
@@ -1183,6 +1200,7 @@ fn control(
                     class,
                     profiles,
                     applied,
+                    seed: req_seed,
                     reply: rtx,
                 };
                 if tx.send(ch).is_err() {

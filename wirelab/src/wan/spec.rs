@@ -125,7 +125,7 @@ impl Default for Spec {
     }
 }
 
-const KEYWORDS: &[&str] = &[
+pub const KEYWORDS: &[&str] = &[
     "delay",
     "distribution",
     "loss",
