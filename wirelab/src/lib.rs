@@ -17,5 +17,6 @@ pub mod record;
 pub mod report;
 pub mod runtime;
 pub mod swarm;
+pub mod sweep;
 pub mod util;
 pub mod wan;

@@ -15,6 +15,7 @@ mod lab;
 mod probe;
 mod report;
 mod swarm;
+mod sweep;
 mod wan;
 
 #[derive(Parser)]
@@ -64,6 +65,13 @@ enum Cmd {
         after_help = "Examples:\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 198.18.0.0/24 --dst 198.18.0.2 --proto udp --size 64 --duration 5s --flows 256\n  wirelab gen --iface veth0 --dst-mac ff:ff:ff:ff:ff:ff --src 198.18.1.1/32 --dst 198.18.0.2 \\\n      --proto tcp-syn --size 64 --rate 1000 --count 5000 --json\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 2001:2::1:0/112 --flows 16 --dst 2001:2::2 --count 10000"
     )]
     Gen(gen::GenArgs),
+    /// Matrices of wan conditions: axes over SPEC clauses crossed into cells, workloads run
+    /// in each, repeated in a seeded random order on one live-changed lab, with stability
+    /// figures per cell; --resume after an interruption.
+    #[command(
+        after_help = "Examples:\n  wirelab sweep sweep.toml --dry-run\n  wirelab sweep sweep.toml --out runs/sweep1\n  wirelab sweep --resume runs/sweep1\n  wirelab sweep sweep.toml --out runs/sweep2 --json\n\nThe file (docs/sweep.md):\n  seed = 7\n  repetitions = 3\n  [base]\n  both = \"delay 10ms\"\n  [[axis]]\n  name = \"delay\"\n  values = [\"delay 10ms\", \"delay 50ms 5ms\"]\n  [[axis]]\n  name = \"loss\"\n  values = [\"\", \"loss 1%\"]\n  [[workload]]\n  kind = \"udp\"\n  rate = 200\n  count = 400\n\nRuns in its own lab (client - wan - server), removed at the end, on error and on Ctrl-C."
+    )]
+    Sweep(sweep::SweepArgs),
     /// HTML report (plots, configured vs measured) of a run directory written by --record;
     /// with two directories, a side-by-side comparison.
     #[command(
@@ -89,6 +97,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Swarm(c) => swarm::run(c),
         Cmd::Fw(a) => fw::run(a),
         Cmd::Gen(a) => gen::run(a),
+        Cmd::Sweep(a) => sweep::run(a),
         Cmd::Report(a) => report::run(a),
         Cmd::Cleanup(a) => cleanup::run(a),
         Cmd::Doctor(a) => doctor::run(a),

@@ -1,0 +1,61 @@
+//! `wirelab sweep`: matrices of wan conditions, repeated, with stability figures.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Result};
+use clap::Args;
+use wirelab::{sweep, util};
+
+use super::JsonArg;
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// The sweep file (TOML): axes, workloads, repetitions, seed (docs/sweep.md).
+    file: Option<PathBuf>,
+    /// Directory for the manifest, results, summary and every run's record (must not hold a
+    /// sweep yet).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Finish the sweep in DIR: run only the runs it has no result for (same order, same
+    /// seeds).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["file", "out"])]
+    resume: Option<PathBuf>,
+    /// List the runs (order, cell, repetition, seed) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+pub fn run(a: SweepArgs) -> Result<ExitCode> {
+    let (out, resume) = match (&a.resume, &a.out) {
+        (Some(d), _) => (d.clone(), true),
+        (None, Some(d)) => (d.clone(), false),
+        (None, None) if a.dry_run => (PathBuf::new(), false),
+        (None, None) => bail!("give --out DIR for the sweep's results (or --resume DIR)"),
+    };
+    if a.file.is_none() && !resume {
+        bail!("give the sweep FILE (or --resume DIR)");
+    }
+    let stop = util::Stop::install()?;
+    let o = sweep::Options {
+        file: a.file,
+        out,
+        resume,
+        dry_run: a.dry_run,
+    };
+    let Some(summary) = sweep::run(&o, &stop)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if a.json.json {
+        super::emit(&serde_json::to_string(&summary)?)?;
+    } else {
+        let mut buf = vec![];
+        sweep::print_summary(&mut buf, &summary)?;
+        super::emit(String::from_utf8_lossy(&buf).trim_end())?;
+    }
+    Ok(if summary.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,217 @@
+//! `wirelab sweep` end to end: a 2×2×2 sweep with 3 repetitions in its own lab, every run
+//! recorded; the summary's medians equal the medians of the runs' own records and the
+//! measured delay matches the configured one; the same seeds give the same loss decisions;
+//! `--resume` after kill -9 runs only the missing runs; `--dry-run` lists exactly the runs;
+//! a bad file is refused before anything is made.
+mod common;
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use common::*;
+use wirelab::sweep::{self, RunResult};
+
+const GRID: &str = r#"
+seed = 11
+repetitions = 3
+[base]
+both = "delay 2ms"
+[[axis]]
+name = "delay"
+values = ["delay 5ms", "delay 20ms"]
+[[axis]]
+name = "loss"
+values = ["", "loss 20%"]
+[[axis]]
+name = "dup"
+values = ["", "duplicate 5%"]
+dir = "a_to_b"
+[[workload]]
+kind = "udp"
+rate = 400
+count = 120
+"#;
+
+fn results(dir: &Path) -> Vec<RunResult> {
+    sweep::run::read_results(dir).unwrap()
+}
+
+/// The probe's final report of one run's record.
+fn final_of(dir: &Path, r: &RunResult) -> serde_json::Value {
+    let p = dir.join(&r.record).join("probe-udp.final.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["result"].clone()
+}
+
+/// Whether the lab a sweep process `pid` would make exists (other tests' labs may come and
+/// go meanwhile).
+fn lab_of(pid: u32) -> bool {
+    wirelab::lab::list_labs().contains(&format!("swp{}", pid % 100_000))
+}
+
+/// Run `wirelab sweep ARGS` to the end: its output and its pid.
+fn sweep_cmd(args: &[&std::ffi::OsStr]) -> (std::process::Output, u32) {
+    let mut c = wirelab();
+    c.arg("sweep").args(args);
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    let pid = child.id();
+    (child.wait_with_output().unwrap(), pid)
+}
+
+#[test]
+fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
+    require_privileges();
+    let d = TempDir::new("wl-sweep-");
+    let file = d.file("grid.toml", GRID);
+
+    // --dry-run: exactly the 24 runs, each (cell, rep) once, nothing made.
+    let (o, pid) = sweep_cmd(&[file.as_os_str(), "--dry-run".as_ref()]);
+    assert!(o.status.success());
+    assert!(!lab_of(pid), "a dry run makes no lab");
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let plan = sweep::plan::load(&file).unwrap();
+    assert_eq!(plan.runs.len(), 24);
+    let rows: Vec<&str> = text.lines().skip(2).collect();
+    assert_eq!(rows.len(), 24, "{text}");
+    for (row, r) in rows.iter().zip(&plan.runs) {
+        let w: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(w[1].parse::<usize>().unwrap(), r.id, "{row}");
+        assert_eq!(w[4].parse::<u64>().unwrap(), r.seed, "{row}");
+    }
+
+    // The whole sweep.
+    let out = d.join("a");
+    let o = ok(wirelab()
+        .arg("sweep")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .arg("--json"));
+    let summary: sweep::Summary = serde_json::from_slice(&o.stdout).unwrap();
+    let rs = results(&out);
+    assert_eq!(rs.len(), 24);
+    assert!(rs.iter().all(|r| r.ok), "{rs:?}");
+    let mut ids: Vec<usize> = rs.iter().map(|r| r.id).collect();
+    ids.sort();
+    assert_eq!(ids, (0..24).collect::<Vec<_>>());
+    assert_eq!(
+        rs.iter().map(|r| r.id).collect::<Vec<_>>(),
+        plan.runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+        "run in the planned order"
+    );
+    assert!(!lab_of(pid), "the sweep's lab is gone");
+
+    // Each cell's median is the median of its runs' own records; the measured one-way
+    // delay is the configured one (within 1 ms: the probe's own path adds ~0.1 ms).
+    for c in &summary.cells {
+        let mut p50: Vec<f64> = rs
+            .iter()
+            .filter(|r| r.cell == c.cell.index)
+            .map(|r| {
+                final_of(&out, r)["forward"]["delay_ms"]["p50"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(p50.len(), 3);
+        p50.sort_by(f64::total_cmp);
+        let f = &c.metrics["udp.fwd_delay_p50_ms"];
+        assert_eq!(f.median, p50[1], "cell {}", c.cell.label);
+        let conf = c.configured_delay_ms.unwrap();
+        assert!(
+            (f.median - conf).abs() < 1.0,
+            "cell {}: measured {} ms, configured {conf} ms",
+            c.cell.label,
+            f.median
+        );
+        // Loss 20% where asked, none elsewhere (120 probes: 20% ± 12 points).
+        let loss = c.metrics["udp.fwd_loss_pct"].median;
+        if c.cell.label.contains("loss 20%") {
+            assert!((8.0..=32.0).contains(&loss), "{}: {loss}", c.cell.label);
+        } else {
+            assert_eq!(loss, 0.0, "{}", c.cell.label);
+        }
+    }
+
+    // The same file again: every run's loss decisions are the same (its seed).
+    let out_b = d.join("b");
+    ok(wirelab().arg("sweep").arg(&file).arg("--out").arg(&out_b));
+    let by_id = |dir: &Path| -> BTreeMap<usize, serde_json::Value> {
+        results(dir)
+            .iter()
+            .map(|r| (r.id, final_of(dir, r)["lost_seqs"].clone()))
+            .collect()
+    };
+    let (a, b) = (by_id(&out), by_id(&out_b));
+    let lossy: Vec<usize> = a
+        .iter()
+        .filter(|(_, v)| v.as_array().is_some_and(|v| !v.is_empty()))
+        .map(|(k, _)| *k)
+        .collect();
+    assert!(lossy.len() >= 10, "runs with losses: {lossy:?}");
+    for id in &lossy {
+        assert_eq!(
+            a[id], b[id],
+            "run {id}: lost probes differ between two sweeps"
+        );
+    }
+
+    // kill -9 part-way, then --resume: only the missing runs run, each once.
+    let out_c = d.join("c");
+    let mut c = wirelab();
+    c.arg("sweep").arg(&file).arg("--out").arg(&out_c);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let bg = Bg::from_child(c.spawn().unwrap());
+    let killed = bg.pid();
+    assert!(
+        eventually(Duration::from_secs(60), || results(&out_c).len() >= 5),
+        "no 5 results within 60 s"
+    );
+    bg.kill();
+    let before = results(&out_c);
+    assert!(before.len() < 24, "killed too late: {}", before.len());
+    assert!(
+        lab_of(killed),
+        "a killed sweep leaves its lab (resume removes it)"
+    );
+    let (o, resumed) = sweep_cmd(&["--resume".as_ref(), out_c.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = results(&out_c);
+    assert_eq!(after.len(), 24);
+    for (x, y) in before.iter().zip(&after) {
+        assert_eq!(x.id, y.id);
+        assert_eq!(x.started_unix, y.started_unix, "run {} ran again", x.id);
+    }
+    let mut ids: Vec<usize> = after.iter().map(|r| r.id).collect();
+    ids.sort();
+    assert_eq!(ids, (0..24).collect::<Vec<_>>(), "each run exactly once");
+    assert!(!lab_of(killed) && !lab_of(resumed), "labs left");
+}
+
+#[test]
+fn a_bad_sweep_file_names_the_field_and_makes_nothing() {
+    require_privileges();
+    let d = TempDir::new("wl-sweep-bad-");
+    for (text, field) in [
+        (GRID.replace("\"loss 20%\"", "\"loss 120%\""), "loss 120%"),
+        (GRID.replace("rate = 400", "rate = -1"), "workload[0].rate"),
+        (
+            GRID.replace("repetitions = 3", "repetitions = 0"),
+            "repetitions",
+        ),
+        (
+            GRID.replace("name = \"dup\"", "name = \"loss\""),
+            "axis[2] (loss).name",
+        ),
+    ] {
+        let f = d.file("bad.toml", &text);
+        let out = d.join("out");
+        let (o, pid) = sweep_cmd(&[f.as_os_str(), "--out".as_ref(), out.as_os_str()]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(e.contains(field), "{field:?} not in: {e}");
+        assert!(!out.exists(), "nothing written for a refused file");
+        assert!(!lab_of(pid));
+    }
+}
