@@ -133,6 +133,46 @@ fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
         }
     }
 
+    // The sweep's report: loads in headless Chromium without console errors, and each
+    // heatmap cell of the primary metric shows the cell's median.
+    let html = out.join("report.html");
+    let tmp = TempDir::new("wl-sweep-chrome-");
+    let o = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", tmp.0.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium (cargo xtask setup installs it)");
+    assert!(o.status.success(), "{o:?}");
+    let console: Vec<String> = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(String::from)
+        .collect();
+    assert!(console.is_empty(), "{console:?}");
+    let dom = String::from_utf8_lossy(&o.stdout);
+    let heat = dom
+        .split("<h2>udp.fwd_delay_p50_ms</h2>")
+        .nth(1)
+        .and_then(|s| s.split("<h2>").next())
+        .expect("a heatmap section of the primary metric");
+    for c in &summary.cells {
+        let m = sweep::report::fmt(c.metrics["udp.fwd_delay_p50_ms"].median);
+        assert!(
+            heat.contains(&format!(">{m}<")) || heat.contains(&format!(">{m} !<")),
+            "cell {}: {m} not in the heatmap",
+            c.cell.label
+        );
+    }
+
     // The same file again: every run's loss decisions are the same (its seed).
     let out_b = d.join("b");
     ok(wirelab().arg("sweep").arg(&file).arg("--out").arg(&out_b));
@@ -143,6 +183,10 @@ fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
             .collect()
     };
     let (a, b) = (by_id(&out), by_id(&out_b));
+    // The two sweeps side by side: a difference heatmap per metric.
+    let o = ok(wirelab().arg("report").arg(&out).arg(&out_b));
+    let cmp = std::fs::read_to_string(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert!(cmp.contains("B − A") && cmp.contains("<h2>udp.fwd_loss_pct</h2>"));
     let lossy: Vec<usize> = a
         .iter()
         .filter(|(_, v)| v.as_array().is_some_and(|v| !v.is_empty()))

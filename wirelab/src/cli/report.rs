@@ -1,13 +1,13 @@
 //! `wirelab report`: HTML reports of run records.
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
-use wirelab::report;
+use wirelab::{report, sweep};
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// Run directory (two: compare A and B).
+    /// Run directory (two: compare A and B), or sweep directory (two: B − A per cell).
     #[arg(required = true, num_args = 1..=2)]
     dirs: Vec<PathBuf>,
     /// Output HTML file (default: DIR/report.html, or DIR_A/compare.html).
@@ -19,6 +19,26 @@ pub struct ReportArgs {
 }
 
 pub fn run(a: ReportArgs) -> Result<ExitCode> {
+    let sweeps: Vec<bool> = a.dirs.iter().map(|d| sweep::report::is_sweep(d)).collect();
+    if sweeps.iter().any(|s| *s) {
+        if !sweeps.iter().all(|s| *s) {
+            bail!("give run directories or sweep directories, not both");
+        }
+        let loaded = a
+            .dirs
+            .iter()
+            .map(|d| sweep::report::load(d))
+            .collect::<Result<Vec<_>>>()?;
+        let (html, name) = match loaded.as_slice() {
+            [one] => (sweep::report::render(one), "report.html"),
+            [x, y] => (sweep::report::render_diff(x, y)?, "compare.html"),
+            _ => bail!("one or two sweep directories"),
+        };
+        let out = a.out.clone().unwrap_or_else(|| a.dirs[0].join(name));
+        std::fs::write(&out, html)?;
+        println!("{}", out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut runs = vec![];
     for d in &a.dirs {
         runs.push(report::load(d, a.allow_partial)?);

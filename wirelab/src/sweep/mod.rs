@@ -6,9 +6,10 @@
 //!
 //! Files: `plan.rs` (the file, cells, seeds, order), `run.rs` (the lab, the emulator, the
 //! workloads, results.jsonl), `stats.rs` (the figures). A sweep directory holds
-//! `manifest.json`, `results.jsonl`, `summary.json`, `runs/NNNN-cC-rR/` (one run record
-//! each) and `wan/` (the emulator's record).
+//! `manifest.json`, `results.jsonl`, `summary.json`, `report.html` (`report.rs`),
+//! `runs/NNNN-cC-rR/` (one run record each) and `wan/` (the emulator's record).
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod stats;
 
@@ -213,5 +214,8 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Option<Summary>> {
         o.out.join(run::SUMMARY),
         serde_json::to_string_pretty(&summary)?,
     )?;
+    let html = o.out.join("report.html");
+    std::fs::write(&html, report::render(&report::load(&o.out)?))?;
+    tracing::info!(report = %html.display(), "sweep report written");
     Ok(Some(summary))
 }
