@@ -3,7 +3,8 @@
 //! Programs are attached through bpf_links, which the kernel removes when the owning process
 //! dies, so after kill -9 the leftovers are lab namespaces whose `up` never finished, a swarm
 //! run's cgroups, AnyIP route and promiscuous mode (listed in `/run/wirelab/swarm/`), and the
-//! namespaces of a killed `cargo xtask bench fw` (`wlb<pid>-tx`, `wlb<pid>-rx`). `wirelab fw`
+//! namespaces of a killed `cargo xtask bench fw` (`wlb<pid>-tx`, `wlb<pid>-rx`), and the lab
+//! of a killed `wirelab sweep` (`swp<pid>`; `--resume` removes it too). `wirelab fw`
 //! itself leaves nothing: its control socket is abstract and its program hangs on a bpf_link.
 //! On kernels without TCX (before 6.6) tc programs are clsact filters that outlive a killed
 //! process: swarm's are removed with its run, wan's fast path (`wan_fwd`) from every interface
@@ -56,7 +57,7 @@ fn stale_wan_filters(ns: &str) -> Vec<String> {
     .unwrap_or_default()
 }
 
-/// Remove half-made labs whose creator is gone; with `all_labs`, every lab.
+/// Remove half-made labs and sweep labs whose creator is gone; with `all_labs`, every lab.
 pub fn run(all_labs: bool) -> Result<Report> {
     // Swarm runs first: their route and promiscuous mode live in lab namespaces.
     let mut r = Report {
@@ -72,7 +73,11 @@ pub fn run(all_labs: bool) -> Result<Report> {
                 r.wan_filters_removed.extend(stale_wan_filters(ns));
             }
         }
-        let stale = !st.complete && !alive(st.pid);
+        // A sweep's lab (`swp<pid>`) lives exactly as long as its sweep process.
+        let sweep_lab = name
+            .strip_prefix("swp")
+            .is_some_and(|p| p.parse::<u32>().is_ok());
+        let stale = (!st.complete || sweep_lab) && !alive(st.pid);
         if all_labs || stale {
             let ns = lab::down(&name)?;
             r.namespaces_removed.extend(ns);

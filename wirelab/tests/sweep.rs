@@ -26,7 +26,7 @@ values = ["", "duplicate 5%"]
 dir = "a_to_b"
 [[workload]]
 kind = "udp"
-rate = 400
+rate = 200
 count = 120
 "#;
 
@@ -239,7 +239,7 @@ fn a_bad_sweep_file_names_the_field_and_makes_nothing() {
     let d = TempDir::new("wl-sweep-bad-");
     for (text, field) in [
         (GRID.replace("\"loss 20%\"", "\"loss 120%\""), "loss 120%"),
-        (GRID.replace("rate = 400", "rate = -1"), "workload[0].rate"),
+        (GRID.replace("rate = 200", "rate = -1"), "workload[0].rate"),
         (
             GRID.replace("repetitions = 3", "repetitions = 0"),
             "repetitions",
