@@ -7,6 +7,7 @@
 pub mod csum;
 pub mod fw;
 pub mod inspect;
+pub mod lb;
 pub mod maps;
 pub mod swarm;
 pub mod wan;

@@ -32,6 +32,18 @@ pub const GEN_SEQ: &str = "GEN_SEQ";
 // inspect
 pub const INSPECT_COUNTERS: &str = "INSPECT_COUNTERS";
 
+// lb
+pub const LB_CONF: &str = "LB_CONF";
+pub const LB_GEN: &str = "LB_GEN";
+pub const LB_VIPS: &str = "LB_VIPS";
+pub const LB_SERVICES: &str = "LB_SERVICES";
+pub const LB_BACKENDS: &str = "LB_BACKENDS";
+pub const LB_TABLE: &str = "LB_TABLE";
+pub const LB_FLOWS: &str = "LB_FLOWS";
+pub const LB_SVC_STATS: &str = "LB_SVC_STATS";
+pub const LB_BACKEND_STATS: &str = "LB_BACKEND_STATS";
+pub const LB_EVENTS: &str = "LB_EVENTS";
+
 // swarm
 pub const SWARM_CONFIG: &str = "SWARM_CONFIG";
 pub const SWARM_IDS: &str = "SWARM_IDS";
@@ -73,6 +85,16 @@ pub const ALL: &[&str] = &[
     GEN_CONF,
     GEN_SEQ,
     INSPECT_COUNTERS,
+    LB_CONF,
+    LB_GEN,
+    LB_VIPS,
+    LB_SERVICES,
+    LB_BACKENDS,
+    LB_TABLE,
+    LB_FLOWS,
+    LB_SVC_STATS,
+    LB_BACKEND_STATS,
+    LB_EVENTS,
     SWARM_CONFIG,
     SWARM_IDS,
     SWARM_SOCKS,

@@ -8,6 +8,7 @@ mod error;
 mod fw;
 mod gen;
 mod inspect;
+mod lb;
 mod parse;
 mod swarm;
 mod sys;

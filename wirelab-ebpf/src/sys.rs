@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_bind, bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect,
         bpf_xdp_adjust_meta,
     },
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 
@@ -57,6 +57,13 @@ pub fn skb_vlan_tci(ctx: &TcContext) -> u32 {
 pub fn skb_ingress_ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: as in `skb_pkt_type`; `ingress_ifindex` is readable by tc programs.
     unsafe { (*ctx.skb.skb).ingress_ifindex }
+}
+
+/// `skb->ifindex`: the interface a tc program runs on.
+#[inline(always)]
+pub fn skb_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: as in `skb_pkt_type`; `ifindex` is readable by tc programs.
+    unsafe { (*ctx.skb.skb).ifindex }
 }
 
 /// Cookie of the socket a cgroup sock_addr hook runs for.
@@ -133,5 +140,16 @@ pub fn hash_get<K, V: Copy>(map: &HashMap<K, V>, key: impl Borrow<K>) -> Option<
     // which the kernel frees only after an RCU grace period, and programs run inside an RCU
     // read-side section: the memory is valid for this read. The value is copied out at once,
     // so no reference to it outlives the call.
+    Some(unsafe { core::ptr::read(p) })
+}
+
+/// A copy of the value under `key` in an LRU hash map (values written by programs only; a
+/// value another CPU replaces meanwhile may be seen half old, half new, which callers accept
+/// for the statistics-grade fields they read).
+#[inline(always)]
+pub fn lru_get<K, V: Copy>(map: &LruHashMap<K, V>, key: impl Borrow<K>) -> Option<V> {
+    let p = map.get_ptr(key)?;
+    // SAFETY: as in `hash_get`: the element stays allocated for this RCU read-side section,
+    // the pointer is aligned for `V`, and the value is copied out at once.
     Some(unsafe { core::ptr::read(p) })
 }

@@ -1,0 +1,246 @@
+//! `lb`: the L4 load balancer's map layouts, shared by the kernel program and userspace.
+//!
+//! - `LB_VIPS` maps a [`VipKey`] (address, port, protocol) to a service index. Each VIP
+//!   address also has a marker entry with port 0 and protocol 0 (value [`VIP_ADDR_MARK`]), so
+//!   fragments to a VIP address are recognised without their ports.
+//! - `LB_GEN[0]` names the generation (0 or 1) in force. The program reads it once per
+//!   packet; `LB_SERVICES` and `LB_TABLE` hold both generations side by side, so userspace
+//!   fills the idle generation and flips `LB_GEN` in one write: no packet sees a half-written
+//!   table.
+//! - `LB_BACKENDS` is indexed by a backend id that stays the same across generations, so a
+//!   tracked flow ([`FlowValue::backend`]) keeps its backend when the tables change.
+//! - `LB_TABLE` is the Maglev lookup table: slot `h % M` of service `s` in generation `g` is
+//!   at `(g * MAX_SERVICES + s) * MAX_TABLE_SIZE + h % M` and holds a backend id, or
+//!   [`NO_BACKEND`].
+
+/// Services (VIP:port/proto) per balancer.
+pub const MAX_SERVICES: u32 = 16;
+/// Backends over all services (ids `0..MAX_BACKENDS`).
+pub const MAX_BACKENDS: u32 = 256;
+/// Largest Maglev table size M (a prime); each service's stride in `LB_TABLE`.
+pub const MAX_TABLE_SIZE: u32 = 65537;
+/// Entries of `LB_TABLE`: two generations of `MAX_SERVICES` tables.
+pub const TABLE_ENTRIES: u32 = 2 * MAX_SERVICES * MAX_TABLE_SIZE;
+/// Entries of the connection-tracking LRU table.
+pub const MAX_FLOWS: u32 = 65536;
+/// A table slot (or flow) without a backend.
+pub const NO_BACKEND: u32 = u32::MAX;
+/// Value of the per-address marker entries of `LB_VIPS` (port 0, protocol 0).
+pub const VIP_ADDR_MARK: u32 = u32::MAX;
+
+/// Address family values of [`VipKey::family`] and [`FlowKey::family`].
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// [`ServiceMeta::mode`].
+pub mod mode {
+    /// Direct server return: rewrite the MACs, send back out of the interface.
+    pub const DSR: u32 = 0;
+}
+
+/// [`Backend::flags`].
+pub mod backend_flag {
+    /// The backend may receive packets (tracked flows to a backend without it hash afresh).
+    pub const UP: u32 = 1;
+}
+
+/// Indices of `LB_EVENTS`: what happened to frames outside the per-service counters, and
+/// drops by reason.
+pub mod event {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): passed.
+    pub const NON_IP: u32 = 0;
+    /// IP but not to a VIP:port/proto: passed.
+    pub const NON_VIP: u32 = 1;
+    /// The parser could not see through it (truncated, bad header lengths): passed to the
+    /// stack, which judges it as it would without the balancer.
+    pub const MALFORMED: u32 = 2;
+    /// An IPv4/IPv6 fragment to a VIP address: dropped (ports are only in the first
+    /// fragment, so fragments cannot be balanced consistently without reassembly).
+    pub const DROP_FRAGMENT: u32 = 3;
+    /// A VIP packet whose service has no backend with weight > 0: dropped.
+    pub const DROP_NO_BACKEND: u32 = 4;
+    /// A VIP packet the program could not forward (a map entry missing, the frame could not
+    /// be made linear): dropped.
+    pub const DROP_ERROR: u32 = 5;
+    /// Frames sent to a backend.
+    pub const FORWARDED: u32 = 6;
+    /// A tracked flow whose backend was down or gone, hashed afresh.
+    pub const REHASHED: u32 = 7;
+    /// IPv4 packets with options to a VIP (forwarded like any other; counted).
+    pub const IP_OPTIONS: u32 = 8;
+    /// Entries of `LB_EVENTS`.
+    pub const COUNT: u32 = 9;
+    /// Names, by index (the JSON and table keys).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "non_ip",
+        "non_vip",
+        "malformed",
+        "drop_fragment",
+        "drop_no_backend",
+        "drop_error",
+        "forwarded",
+        "rehashed",
+        "ip_options",
+    ];
+}
+
+/// Key of `LB_VIPS`: a service's VIP, destination port (host order) and IP protocol. IPv4
+/// addresses use the first 4 bytes of `addr`, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+}
+
+/// Per-generation description of a service (`LB_SERVICES[gen * MAX_SERVICES + svc]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceMeta {
+    /// Maglev table size M (prime, ≤ [`MAX_TABLE_SIZE`]); 0: the service is not in this
+    /// generation (its packets are dropped as `DROP_NO_BACKEND`).
+    pub table_size: u32,
+    /// [`mode`].
+    pub mode: u32,
+    /// Seed of the flow hash (the same config and seed pick the same backend).
+    pub hash_seed: u32,
+    /// Backends with weight > 0 in this generation (0: every packet is `DROP_NO_BACKEND`).
+    pub active: u32,
+}
+
+/// A backend (`LB_BACKENDS[id]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub mac: [u8; 6],
+    /// Port the backend listens on (host order; DSR: the service port).
+    pub port: u16,
+    /// IPv4 (first 4 bytes) or IPv6 address (informational in DSR mode).
+    pub addr: [u8; 16],
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// [`backend_flag`] bits.
+    pub flags: u32,
+}
+
+/// Key of the connection-tracking table: the client's 5-tuple as it arrives (ports host
+/// order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the connection-tracking table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Backend id the flow goes to.
+    pub backend: u32,
+    /// Service index.
+    pub service: u32,
+    /// When the entry was made or last rehashed (CLOCK_MONOTONIC ns).
+    pub created_ns: u64,
+    /// TCP flags seen on the flow so far (ORed: FIN 0x01, SYN 0x02, RST 0x04 ...).
+    pub tcp_flags: u32,
+    pub _pad: u32,
+}
+
+/// Counters of a service (`LB_SVC_STATS`, per CPU) or of a backend (`LB_BACKEND_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbCounter {
+    /// Packets and bytes forwarded.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows entered into the tracking table (SYNs and misses hashed afresh).
+    pub new_flows: u64,
+    /// Packets to this service dropped (no backend, fragments, errors).
+    pub drops: u64,
+}
+
+impl LbCounter {
+    pub fn add(&mut self, o: &LbCounter) {
+        self.packets = self.packets.wrapping_add(o.packets);
+        self.bytes = self.bytes.wrapping_add(o.bytes);
+        self.new_flows = self.new_flows.wrapping_add(o.new_flows);
+        self.drops = self.drops.wrapping_add(o.drops);
+    }
+}
+
+/// The balancer's configuration (`LB_CONF[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbConf {
+    /// MAC of the interface the program runs on: the source MAC of forwarded frames.
+    pub iface_mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Number of services configured.
+    pub services: u32,
+    pub _pad2: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for ServiceMeta {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for LbCounter {}
+    unsafe impl aya::Pod for LbConf {}
+}
+
+/// One MurmurHash3 (x86, 32-bit) block step.
+#[inline(always)]
+const fn mix(h: u32, w: u32) -> u32 {
+    let k = w
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn word(a: &[u8; 16], i: usize) -> u32 {
+    u32::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
+}
+
+/// The flow hash that picks a Maglev slot: MurmurHash3 of the 5-tuple with the service's
+/// seed, written out without loops (the kernel program computes it, and userspace can predict
+/// it). Slot = `flow_hash(key, seed) % M`.
+#[inline(always)]
+pub const fn flow_hash(k: &FlowKey, seed: u32) -> u32 {
+    let mut h = seed;
+    h = mix(h, word(&k.saddr, 0));
+    h = mix(h, word(&k.saddr, 4));
+    h = mix(h, word(&k.saddr, 8));
+    h = mix(h, word(&k.saddr, 12));
+    h = mix(h, word(&k.daddr, 0));
+    h = mix(h, word(&k.daddr, 4));
+    h = mix(h, word(&k.daddr, 8));
+    h = mix(h, word(&k.daddr, 12));
+    h = mix(h, ((k.sport as u32) << 16) | k.dport as u32);
+    h = mix(h, ((k.proto as u32) << 8) | k.family as u32);
+    // Length, then the finaliser.
+    h ^= 40;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
