@@ -8,6 +8,7 @@ pub mod gen;
 pub mod inspect;
 pub mod kernel;
 pub mod lab;
+pub mod lb;
 pub mod metrics;
 pub mod netns;
 pub mod nl;

@@ -1,0 +1,497 @@
+//! The balancer's configuration file, parsed and validated in full before anything is
+//! attached. Every error names the field at fault (`service[0].backend[2].weight: ...`).
+//!
+//! ```toml
+//! [[service]]
+//! name = "web"              # optional; default "service0", "service1", ...
+//! vip = "198.18.1.100"      # IPv4 or IPv6
+//! port = 80
+//! proto = "tcp"             # tcp | udp
+//! mode = "dsr"              # dsr (nat: not implemented yet)
+//! table_size = 65537        # Maglev table size M: a prime, N..=65537 (default 65537)
+//! seed = 0                  # hash seed: same config + seed = same backend choice
+//!
+//! [[service.backend]]
+//! name = "web1"             # unique within the service; seeds its Maglev permutation
+//! addr = "198.18.0.21"      # same family as the VIP
+//! mac = "02:00:00:00:00:21" # optional: resolved from the neighbour table when missing
+//! weight = 1                # 0 drains: no new flows, tracked flows stay (default 1)
+//! ```
+use std::{collections::HashSet, net::IpAddr, path::Path};
+
+use anyhow::{Context as _, Result};
+use serde::Deserialize;
+use wirelab_common::lb::{MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE};
+
+use super::maglev::{self, DEFAULT_TABLE_SIZE};
+use crate::lab::FieldError;
+
+/// Largest weight of a backend (keeps M·w within u64 with room, and weights readable).
+pub const MAX_WEIGHT: u32 = 10_000;
+
+fn ferr(field: impl Into<String>, reason: impl Into<String>) -> anyhow::Error {
+    FieldError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+    .into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Option<String>,
+    vip: String,
+    port: i64,
+    proto: String,
+    #[serde(default = "default_mode")]
+    mode: String,
+    table_size: Option<i64>,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+}
+
+fn default_mode() -> String {
+    "dsr".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: String,
+    addr: String,
+    mac: Option<String>,
+    weight: Option<i64>,
+}
+
+/// Transport protocol of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// Forwarding mode of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Dsr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConf {
+    pub name: String,
+    pub addr: IpAddr,
+    /// `None`: resolved from the neighbour table at start.
+    pub mac: Option<[u8; 6]>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConf {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+    pub mode: Mode,
+    pub table_size: u32,
+    pub seed: u64,
+    pub backends: Vec<BackendConf>,
+}
+
+impl ServiceConf {
+    /// `VIP:port/proto`.
+    pub fn label(&self) -> String {
+        match self.vip {
+            IpAddr::V4(a) => format!("{a}:{}/{}", self.port, self.proto),
+            IpAddr::V6(a) => format!("[{a}]:{}/{}", self.port, self.proto),
+        }
+    }
+
+    /// The Maglev table of this service (slot → index into `backends`).
+    pub fn table(&self) -> Result<Vec<Option<u32>>> {
+        let bs: Vec<(&str, u32)> = self
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.weight))
+            .collect();
+        maglev::build(self.table_size, self.seed, &bs)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub services: Vec<ServiceConf>,
+}
+
+/// `aa:bb:cc:dd:ee:ff` (or with `-`), a unicast, non-zero address.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+        }
+        m[i] = u8::from_str_radix(p, 16)
+            .map_err(|_| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+    }
+    if m[0] & 1 != 0 {
+        return Err(format!(
+            "{s:?} is a multicast/broadcast address, not a backend's"
+        ));
+    }
+    if m == [0; 6] {
+        return Err(format!("{s:?} is the zero address"));
+    }
+    Ok(m)
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = crate::util::read_user_file(path, crate::util::limit::CONFIG)?;
+        Self::parse(&text).with_context(|| format!("invalid lb config {}", path.display()))
+    }
+
+    /// Parse and validate the whole file.
+    pub fn parse(text: &str) -> Result<Self> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if raw.service.is_empty() {
+            return Err(ferr("service", "the config needs at least one [[service]]"));
+        }
+        if raw.service.len() > MAX_SERVICES as usize {
+            return Err(ferr(
+                "service",
+                format!(
+                    "{} services; at most {MAX_SERVICES} are supported",
+                    raw.service.len()
+                ),
+            ));
+        }
+        let mut services = Vec::new();
+        let mut vips = HashSet::new();
+        let mut names = HashSet::new();
+        let mut total_backends = 0usize;
+        for (i, s) in raw.service.into_iter().enumerate() {
+            let f = |k: &str| format!("service[{i}].{k}");
+            let name = s.name.unwrap_or_else(|| format!("service{i}"));
+            if name.is_empty() || !names.insert(name.clone()) {
+                return Err(ferr(f("name"), format!("{name:?} is empty or used twice")));
+            }
+            let vip: IpAddr = s
+                .vip
+                .parse()
+                .map_err(|_| ferr(f("vip"), format!("{:?} is not an IP address", s.vip)))?;
+            if vip.is_unspecified() || vip.is_multicast() || vip.is_loopback() {
+                return Err(ferr(f("vip"), format!("{vip} cannot be a service address")));
+            }
+            let port = u16::try_from(s.port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ferr(f("port"), format!("{} is not a port (1-65535)", s.port)))?;
+            let proto = match s.proto.as_str() {
+                "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                o => {
+                    return Err(ferr(
+                        f("proto"),
+                        format!("{o:?}: expected \"tcp\" or \"udp\""),
+                    ))
+                }
+            };
+            let mode =
+                match s.mode.as_str() {
+                    "dsr" => Mode::Dsr,
+                    "nat" => return Err(ferr(
+                        f("mode"),
+                        "\"nat\" is not implemented yet; only \"dsr\" (direct server return) is",
+                    )),
+                    o => return Err(ferr(f("mode"), format!("{o:?}: expected \"dsr\""))),
+                };
+            if !vips.insert((vip, port, proto)) {
+                return Err(ferr(
+                    f("vip"),
+                    format!("{vip}:{port}/{proto} is already a service"),
+                ));
+            }
+            let table_size = match s.table_size {
+                None => DEFAULT_TABLE_SIZE,
+                Some(m) => u32::try_from(m)
+                    .ok()
+                    .filter(|m| maglev::is_prime(*m) && *m <= MAX_TABLE_SIZE)
+                    .ok_or_else(|| {
+                        ferr(
+                            f("table_size"),
+                            format!("{m}: must be a prime of at most {MAX_TABLE_SIZE}"),
+                        )
+                    })?,
+            };
+            if s.backend.is_empty() {
+                return Err(ferr(f("backend"), "a service needs at least one backend"));
+            }
+            if s.backend.len() > table_size as usize {
+                return Err(ferr(
+                    f("table_size"),
+                    format!(
+                        "{table_size} slots for {} backends: make it larger (about 100 per backend)",
+                        s.backend.len()
+                    ),
+                ));
+            }
+            let mut backends = Vec::new();
+            let mut bnames = HashSet::new();
+            for (j, b) in s.backend.into_iter().enumerate() {
+                let g = |k: &str| format!("service[{i}].backend[{j}].{k}");
+                if b.name.is_empty() || !bnames.insert(b.name.clone()) {
+                    return Err(ferr(
+                        g("name"),
+                        format!("{:?} is empty or used twice", b.name),
+                    ));
+                }
+                let addr: IpAddr = b
+                    .addr
+                    .parse()
+                    .map_err(|_| ferr(g("addr"), format!("{:?} is not an IP address", b.addr)))?;
+                if addr.is_ipv4() != vip.is_ipv4() {
+                    return Err(ferr(
+                        g("addr"),
+                        format!("{addr} is not of the VIP's address family ({vip})"),
+                    ));
+                }
+                let mac = b
+                    .mac
+                    .as_deref()
+                    .map(parse_mac)
+                    .transpose()
+                    .map_err(|e| ferr(g("mac"), e))?;
+                if mac.is_none() && addr.is_ipv6() {
+                    return Err(ferr(
+                        g("mac"),
+                        "required for IPv6 backends (only IPv4 neighbours are resolved)",
+                    ));
+                }
+                let weight = match b.weight {
+                    None => 1,
+                    Some(w) => u32::try_from(w)
+                        .ok()
+                        .filter(|w| *w <= MAX_WEIGHT)
+                        .ok_or_else(|| {
+                            ferr(g("weight"), format!("{w}: must be 0..={MAX_WEIGHT}"))
+                        })?,
+                };
+                backends.push(BackendConf {
+                    name: b.name,
+                    addr,
+                    mac,
+                    weight,
+                });
+            }
+            total_backends += backends.len();
+            if total_backends > MAX_BACKENDS as usize {
+                return Err(ferr(
+                    f("backend"),
+                    format!("more than {MAX_BACKENDS} backends over all services"),
+                ));
+            }
+            services.push(ServiceConf {
+                name,
+                vip,
+                port,
+                proto,
+                mode,
+                table_size,
+                seed: s.seed,
+                backends,
+            });
+        }
+        Ok(Config { services })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[service]]
+name = "web"
+vip = "198.18.1.100"
+port = 80
+proto = "tcp"
+table_size = 251
+seed = 9
+
+[[service.backend]]
+name = "a"
+addr = "198.18.0.21"
+mac = "02:00:00:00:00:21"
+
+[[service.backend]]
+name = "b"
+addr = "198.18.0.22"
+weight = 3
+
+[[service]]
+vip = "2001:2::100"
+port = 53
+proto = "udp"
+[[service.backend]]
+name = "a6"
+addr = "2001:2::21"
+mac = "02-00-00-00-00-21"
+weight = 0
+"#;
+
+    #[test]
+    fn a_good_config() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.services.len(), 2);
+        let s = &c.services[0];
+        assert_eq!(s.label(), "198.18.1.100:80/tcp");
+        assert_eq!((s.table_size, s.seed, s.mode), (251, 9, Mode::Dsr));
+        assert_eq!(s.backends[0].mac, Some([2, 0, 0, 0, 0, 0x21]));
+        assert_eq!((s.backends[0].weight, s.backends[1].weight), (1, 3));
+        assert_eq!(s.backends[1].mac, None);
+        let v6 = &c.services[1];
+        assert_eq!(v6.name, "service1");
+        assert_eq!(v6.table_size, DEFAULT_TABLE_SIZE);
+        assert_eq!(v6.label(), "[2001:2::100]:53/udp");
+        assert_eq!(v6.backends[0].weight, 0);
+        let shares = maglev::shares(&s.table().unwrap(), 2);
+        assert_eq!(shares.iter().sum::<u32>(), 251);
+        assert!((62..=63).contains(&shares[0]), "{shares:?}");
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("weight = 3", "weight = -1", "service[0].backend[1].weight"),
+            (
+                "weight = 3",
+                "weight = 20000",
+                "service[0].backend[1].weight",
+            ),
+            (
+                "table_size = 251",
+                "table_size = 250",
+                "service[0].table_size",
+            ),
+            (
+                "table_size = 251",
+                "table_size = 131071",
+                "service[0].table_size",
+            ),
+            (
+                "table_size = 251",
+                "table_size = 1",
+                "service[0].table_size",
+            ),
+            ("port = 80", "port = 0", "service[0].port"),
+            ("port = 80", "port = 70000", "service[0].port"),
+            ("proto = \"tcp\"", "proto = \"sctp\"", "service[0].proto"),
+            ("vip = \"198.18.1.100\"", "vip = \"nope\"", "service[0].vip"),
+            (
+                "vip = \"198.18.1.100\"",
+                "vip = \"0.0.0.0\"",
+                "service[0].vip",
+            ),
+            (
+                "mac = \"02:00:00:00:00:21\"",
+                "mac = \"01:00:00:00:00:21\"",
+                "service[0].backend[0].mac",
+            ),
+            (
+                "mac = \"02:00:00:00:00:21\"",
+                "mac = \"02:00:00:00:21\"",
+                "service[0].backend[0].mac",
+            ),
+            (
+                "addr = \"198.18.0.22\"",
+                "addr = \"2001:2::22\"",
+                "service[0].backend[1].addr",
+            ),
+            ("name = \"b\"", "name = \"a\"", "service[0].backend[1].name"),
+            (
+                "mac = \"02-00-00-00-00-21\"\n",
+                "",
+                "service[1].backend[0].mac",
+            ),
+            (
+                "port = 53",
+                "port = 80\nmode = \"dsr\"\nname = \"web\"",
+                "service[1].name",
+            ),
+        ];
+        for (from, to, field) in cases {
+            assert!(GOOD.contains(from), "{from}");
+            let e = err(&GOOD.replacen(from, to, 1));
+            assert!(e.contains(&format!("{field}:")), "{from} -> {to}: {e}");
+        }
+    }
+
+    #[test]
+    fn nat_is_refused_as_not_implemented_yet() {
+        let e = err(&GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1));
+        assert!(
+            e.contains("service[0].mode:") && e.contains("not implemented yet"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn structure_errors() {
+        assert!(err("").contains("service:"));
+        assert!(
+            err("[[service]]\nvip = \"198.18.1.1\"\nport = 1\nproto = \"tcp\"\n")
+                .contains("service[0].backend:")
+        );
+        assert!(err(&GOOD.replacen("seed = 9", "seed = 9\nbogus = 1", 1)).contains("bogus"));
+        let dup = GOOD.replacen(
+            "vip = \"2001:2::100\"\nport = 53\nproto = \"udp\"",
+            "vip = \"198.18.1.100\"\nport = 80\nproto = \"tcp\"",
+            1,
+        );
+        assert!(err(&dup).contains("service[1].vip:"), "{}", err(&dup));
+    }
+}
