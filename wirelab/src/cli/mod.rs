@@ -12,6 +12,7 @@ mod fw;
 mod gen;
 mod inspect;
 mod lab;
+mod lb;
 mod probe;
 mod report;
 mod swarm;
@@ -60,6 +61,13 @@ enum Cmd {
         after_help = "Examples:\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml\n  wirelab fw reload --netns wirelab-server --rules new.toml\n  wirelab fw stats --netns wirelab-server --json\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml \\\n      --metrics 127.0.0.1:9464 --record run1\n  wirelab fw check --rules rules.toml\n\nSee docs/fw.md for the rules file format and semantics."
     )]
     Fw(fw::FwArgs),
+    /// L4 load balancer (tc): weighted Maglev hashing, connection tracking, direct server
+    /// return; `lb check` validates a config and shows each backend's share.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  wirelab lb --netns wirelab-lb --iface eth0 --config lb.toml\n  wirelab lb --netns wirelab-lb --iface eth0 --config lb.toml --json --interval 2s --duration 60s\n  wirelab lb check --config lb.toml\n\nSee docs/lb.md for the config format, the packet path and what is not done yet."
+    )]
+    Lb(lb::LbArgs),
     /// Fast packet generator (XDP live frames; AF_PACKET fallback) reporting achieved pps.
     #[command(
         after_help = "Examples:\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 198.18.0.0/24 --dst 198.18.0.2 --proto udp --size 64 --duration 5s --flows 256\n  wirelab gen --iface veth0 --dst-mac ff:ff:ff:ff:ff:ff --src 198.18.1.1/32 --dst 198.18.0.2 \\\n      --proto tcp-syn --size 64 --rate 1000 --count 5000 --json\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 2001:2::1:0/112 --flows 16 --dst 2001:2::2 --count 10000"
@@ -96,6 +104,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Probe(c) => probe::run(c),
         Cmd::Swarm(c) => swarm::run(c),
         Cmd::Fw(a) => fw::run(a),
+        Cmd::Lb(a) => lb::run(a),
         Cmd::Gen(a) => gen::run(a),
         Cmd::Sweep(a) => sweep::run(a),
         Cmd::Report(a) => report::run(a),
