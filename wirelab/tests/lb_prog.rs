@@ -1,0 +1,417 @@
+//! The `lb` tc program on crafted and malformed frames through BPF_PROG_TEST_RUN: VIP hits
+//! redirected to the backend userspace predicts (destination MAC rewritten), misses passed,
+//! tracked flows kept, SYNs hashed afresh, weight 0 never chosen, fragments / malformed /
+//! all-backends-down frames counted as documented.
+mod common;
+use std::collections::BTreeMap;
+
+use aya::{programs::SchedClassifier, Ebpf};
+use common::frames::{cat, eth, ipv4, udp_hdr, DST, SRC};
+use etherparse::PacketBuilder;
+use wirelab::lb::{Balancer, Config, Stats};
+use wirelab_common::lb::{FlowKey, FAMILY_IPV4, FAMILY_IPV6};
+
+const IFACE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+const CLIENT: [u8; 4] = [198, 18, 0, 1];
+const VIP: [u8; 4] = [198, 18, 1, 100];
+const VIP_DOWN: [u8; 4] = [198, 18, 1, 101];
+const OTHER: [u8; 4] = [198, 18, 0, 2];
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const VIP6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: passed on
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const CONFIG: &str = r#"
+[[service]]
+name = "web"
+vip = "198.18.1.100"
+port = 80
+proto = "tcp"
+table_size = 251
+seed = 5
+[[service.backend]]
+name = "a"
+addr = "198.18.0.21"
+mac = "02:00:00:00:00:21"
+[[service.backend]]
+name = "b"
+addr = "198.18.0.22"
+mac = "02:00:00:00:00:22"
+[[service.backend]]
+name = "c"
+addr = "198.18.0.23"
+mac = "02:00:00:00:00:23"
+[[service.backend]]
+name = "drained"
+addr = "198.18.0.24"
+mac = "02:00:00:00:00:24"
+weight = 0
+
+[[service]]
+name = "dns"
+vip = "198.18.1.100"
+port = 53
+proto = "udp"
+table_size = 251
+[[service.backend]]
+name = "ns1"
+addr = "198.18.0.31"
+mac = "02:00:00:00:00:31"
+
+[[service]]
+name = "down"
+vip = "198.18.1.101"
+port = 80
+proto = "tcp"
+table_size = 251
+[[service.backend]]
+name = "off1"
+addr = "198.18.0.41"
+mac = "02:00:00:00:00:41"
+weight = 0
+[[service.backend]]
+name = "off2"
+addr = "198.18.0.42"
+mac = "02:00:00:00:00:42"
+weight = 0
+
+[[service]]
+name = "web6"
+vip = "2001:2::100"
+port = 80
+proto = "tcp"
+table_size = 251
+[[service.backend]]
+name = "v6a"
+addr = "2001:2::21"
+mac = "02:00:00:00:06:21"
+[[service.backend]]
+name = "v6b"
+addr = "2001:2::22"
+mac = "02:00:00:00:06:22"
+"#;
+
+struct Harness {
+    bpf: Ebpf,
+    lb: Balancer,
+}
+
+#[derive(Clone, Copy)]
+enum Flags {
+    Syn,
+    Ack,
+    Fin,
+    Rst,
+}
+
+fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, f: Flags) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC, DST)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1, 1024);
+    let b = match f {
+        Flags::Syn => b.syn(),
+        Flags::Ack => b.ack(1),
+        Flags::Fin => b.ack(1).fin(),
+        Flags::Rst => b.rst(),
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    v
+}
+
+fn tcp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(SRC, DST)
+        .ipv6(src, dst, 64)
+        .tcp(sport, dport, 1, 1024)
+        .syn()
+        .write(&mut v, &[])
+        .unwrap();
+    v
+}
+
+fn key4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> FlowKey {
+    let mut k = FlowKey {
+        sport,
+        dport,
+        proto,
+        family: FAMILY_IPV4,
+        ..Default::default()
+    };
+    k.saddr[..4].copy_from_slice(&src);
+    k.daddr[..4].copy_from_slice(&dst);
+    k
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(CONFIG)
+    }
+
+    fn with(config: &str) -> Self {
+        common::require_privileges();
+        let mut bpf = wirelab::ebpf::load().expect("load object");
+        let c = Config::parse(config).unwrap();
+        let lb = Balancer::install(&mut bpf, &c, IFACE_MAC).expect("install");
+        let t: &mut SchedClassifier = bpf.program_mut("lb").unwrap().try_into().unwrap();
+        t.load()
+            .unwrap_or_else(|e| panic!("verifier accepts lb: {e:?}"));
+        Self { bpf, lb }
+    }
+
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        wirelab_testkit::prog::run(&self.bpf, "lb", frame)
+    }
+
+    fn stats(&self) -> Stats {
+        self.lb.read(&self.bpf).unwrap()
+    }
+
+    /// Backend name by MAC, over every service.
+    fn backend_by_mac(&self, mac: &[u8]) -> String {
+        self.lb
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .find(|b| b.mac == mac)
+            .map(|b| b.name.clone())
+            .unwrap_or_else(|| panic!("no backend has MAC {mac:02x?}"))
+    }
+
+    /// Run `frame`, assert it is redirected as DSR (MACs rewritten, nothing else changed),
+    /// return the backend's name.
+    #[track_caller]
+    fn forwarded(&self, frame: &[u8]) -> String {
+        let (v, out) = self.run(frame);
+        assert_eq!(v, TC_ACT_REDIRECT, "VIP frame redirected");
+        assert_eq!(&out[6..12], &IFACE_MAC, "source MAC = the interface's");
+        assert_eq!(&out[12..], &frame[12..], "only the MACs change in DSR");
+        self.backend_by_mac(&out[..6])
+    }
+}
+
+#[test]
+fn a_vip_syn_goes_to_the_backend_userspace_predicts() {
+    let h = Harness::new();
+    let f = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
+    let got = h.forwarded(&f);
+    let want = h.lb.services[0]
+        .predict(&key4(CLIENT, VIP, 40000, 80, 6))
+        .unwrap();
+    assert_eq!(got, want.name);
+    let s = h.stats();
+    let web = &s.services[0];
+    assert_eq!((web.count.packets, web.count.new_flows), (1, 1));
+    assert_eq!(web.count.bytes, f.len() as u64);
+    let b = web.backends.iter().find(|b| b.name == got).unwrap();
+    assert_eq!((b.count.packets, b.count.new_flows), (1, 1));
+    assert_eq!(s.events.forwarded, 1);
+}
+
+#[test]
+fn a_tracked_flow_keeps_its_backend() {
+    let h = Harness::new();
+    let first = h.forwarded(&tcp(CLIENT, VIP, 40001, 80, Flags::Syn));
+    for f in [Flags::Ack, Flags::Ack, Flags::Fin, Flags::Rst] {
+        assert_eq!(h.forwarded(&tcp(CLIENT, VIP, 40001, 80, f)), first);
+    }
+    let web = &h.stats().services[0];
+    assert_eq!((web.count.packets, web.count.new_flows), (5, 1));
+    // A miss that is not a SYN (the balancer restarted mid-flow) is hashed and tracked too:
+    // the same table gives the same backend.
+    let mid = h.forwarded(&tcp(CLIENT, VIP, 40002, 80, Flags::Ack));
+    assert_eq!(mid, h.forwarded(&tcp(CLIENT, VIP, 40002, 80, Flags::Ack)));
+    assert_eq!(h.stats().services[0].count.new_flows, 2);
+}
+
+#[test]
+fn syns_spread_over_backends_and_never_to_weight_0() {
+    let h = Harness::new();
+    let mut per: BTreeMap<String, u32> = BTreeMap::new();
+    for port in 20000..20600u16 {
+        let got = h.forwarded(&tcp(CLIENT, VIP, port, 80, Flags::Syn));
+        let want = h.lb.services[0]
+            .predict(&key4(CLIENT, VIP, port, 80, 6))
+            .unwrap();
+        assert_eq!(got, want.name, "port {port}");
+        *per.entry(got).or_default() += 1;
+    }
+    assert!(!per.contains_key("drained"), "{per:?}");
+    assert_eq!(
+        per.len(),
+        3,
+        "every backend with weight gets flows: {per:?}"
+    );
+    for (b, n) in &per {
+        // 600 flows, 1/3 each: within ±10 percentage points.
+        assert!((140..=260).contains(n), "{b}: {n} of 600 ({per:?})");
+    }
+    let web = &h.stats().services[0];
+    assert_eq!(web.count.new_flows, 600);
+    let drained = web.backends.iter().find(|b| b.name == "drained").unwrap();
+    assert_eq!((drained.slots, drained.count.packets), (0, 0));
+}
+
+#[test]
+fn a_new_syn_hashes_afresh() {
+    let h = Harness::new();
+    // A SYN on a tuple already tracked re-enters the flow through the table, counted as new.
+    let a = h.forwarded(&tcp(CLIENT, VIP, 40003, 80, Flags::Syn));
+    let b = h.forwarded(&tcp(CLIENT, VIP, 40003, 80, Flags::Syn));
+    assert_eq!(a, b, "same table, same slot");
+    assert_eq!(h.stats().services[0].count.new_flows, 2);
+    // Different source ports pick different backends.
+    let backends: std::collections::BTreeSet<String> = (30000..30020u16)
+        .map(|p| h.forwarded(&tcp(CLIENT, VIP, p, 80, Flags::Syn)))
+        .collect();
+    assert!(backends.len() >= 2, "{backends:?}");
+}
+
+#[test]
+fn udp_and_ipv6_services() {
+    let h = Harness::new();
+    let mut u = Vec::new();
+    PacketBuilder::ethernet2(SRC, DST)
+        .ipv4(CLIENT, VIP, 64)
+        .udp(5353, 53)
+        .write(&mut u, b"query")
+        .unwrap();
+    assert_eq!(h.forwarded(&u), "ns1");
+    let got6 = h.forwarded(&tcp6(CLIENT6, VIP6, 40000, 80));
+    let k = FlowKey {
+        saddr: CLIENT6,
+        daddr: VIP6,
+        sport: 40000,
+        dport: 80,
+        proto: 6,
+        family: FAMILY_IPV6,
+        ..Default::default()
+    };
+    assert_eq!(got6, h.lb.services[3].predict(&k).unwrap().name);
+    let s = h.stats();
+    assert_eq!(s.services[1].count.packets, 1);
+    assert_eq!(s.services[3].count.new_flows, 1);
+}
+
+#[test]
+fn misses_are_passed_and_counted() {
+    let h = Harness::new();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("other address", tcp(CLIENT, OTHER, 40000, 80, Flags::Syn)),
+        ("VIP, other port", tcp(CLIENT, VIP, 40000, 81, Flags::Syn)),
+        ("VIP, UDP to the TCP port", {
+            cat(eth(0x0800), ipv4(CLIENT, VIP, 5, 17, 0, &udp_hdr(1, 80)))
+        }),
+        ("VIP, ICMP", {
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2(SRC, DST)
+                .ipv4(CLIENT, VIP, 64)
+                .icmpv4_echo_request(1, 1)
+                .write(&mut v, &[])
+                .unwrap();
+            v
+        }),
+    ];
+    for (what, f) in &cases {
+        let (v, out) = h.run(f);
+        assert_eq!(v, TC_ACT_UNSPEC, "{what}: passed");
+        assert_eq!(&out, f, "{what}: unchanged");
+    }
+    let mut arp = eth(0x0806);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&[0; 20]);
+    assert_eq!(h.run(&arp).0, TC_ACT_UNSPEC, "ARP passed");
+    let s = h.stats();
+    assert_eq!(s.events.non_vip, cases.len() as u64);
+    assert_eq!(s.events.non_ip, 1);
+    assert_eq!(s.events.forwarded, 0);
+    assert!(s.services.iter().all(|s| s.count.packets == 0));
+}
+
+#[test]
+fn fragments_to_a_vip_are_dropped_others_passed() {
+    let h = Harness::new();
+    let tcp_hdr = &tcp(CLIENT, VIP, 40000, 80, Flags::Syn)[34..];
+    // First fragment (MF, offset 0): has the ports, still a fragment.
+    let first = cat(eth(0x0800), ipv4(CLIENT, VIP, 5, 6, 0x2000, tcp_hdr));
+    // A later fragment: no ports at all.
+    let later = cat(eth(0x0800), ipv4(CLIENT, VIP, 5, 6, 0x0010, &[0u8; 16]));
+    let elsewhere = cat(eth(0x0800), ipv4(CLIENT, OTHER, 5, 6, 0x0010, &[0u8; 16]));
+    assert_eq!(h.run(&first).0, TC_ACT_SHOT);
+    assert_eq!(h.run(&later).0, TC_ACT_SHOT);
+    assert_eq!(h.run(&elsewhere).0, TC_ACT_UNSPEC);
+    let s = h.stats();
+    assert_eq!((s.events.drop_fragment, s.events.non_vip), (2, 1));
+}
+
+#[test]
+fn malformed_frames_are_passed_and_counted() {
+    let h = Harness::new();
+    let syn = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
+    let mut bad_ihl = syn.clone();
+    bad_ihl[14] = 0x44;
+    let mut long_total = syn.clone();
+    long_total[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    // (BPF_PROG_TEST_RUN itself refuses an IPv4 frame shorter than an IPv4 header.)
+    let mut options_cut = syn[..14 + 20 + 20].to_vec();
+    options_cut[14] = 0x4f;
+    let mut bad_doff = syn.clone();
+    bad_doff[14 + 20 + 12] = 0x20;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("cut in the TCP header", syn[..14 + 20 + 10].to_vec()),
+        ("IP options cut off", options_cut),
+        ("IHL 4", bad_ihl),
+        ("total length beyond the frame", long_total),
+        ("TCP data offset 2", bad_doff),
+    ];
+    for (what, f) in &cases {
+        let (v, out) = h.run(f);
+        assert_eq!(v, TC_ACT_UNSPEC, "{what}: passed to the stack");
+        assert_eq!(&out, f, "{what}: unchanged");
+    }
+    let s = h.stats();
+    assert_eq!(s.events.malformed, cases.len() as u64);
+    assert_eq!(s.events.forwarded, 0);
+}
+
+#[test]
+fn ip_options_are_forwarded_and_counted() {
+    let h = Harness::new();
+    let tcp_hdr = &tcp(CLIENT, VIP, 40000, 80, Flags::Syn)[34..];
+    let f = cat(eth(0x0800), ipv4(CLIENT, VIP, 6, 6, 0, tcp_hdr));
+    h.forwarded(&f);
+    assert_eq!(h.stats().events.ip_options, 1);
+}
+
+#[test]
+fn all_backends_down_is_a_counted_drop() {
+    let h = Harness::new();
+    for port in 0..10u16 {
+        let (v, _) = h.run(&tcp(CLIENT, VIP_DOWN, 41000 + port, 80, Flags::Syn));
+        assert_eq!(v, TC_ACT_SHOT);
+    }
+    let s = h.stats();
+    assert_eq!(s.events.drop_no_backend, 10);
+    assert_eq!(s.services[2].count.drops, 10);
+    assert_eq!(s.services[2].count.packets, 0);
+}
+
+#[test]
+fn the_tables_go_in_the_idle_generation() {
+    // A second install (as a reload will) writes the other generation and flips to it.
+    let mut h = Harness::new();
+    assert_eq!(
+        h.lb.gen, 1,
+        "the first install fills generation 1, then flips"
+    );
+    let before = h.forwarded(&tcp(CLIENT, VIP, 40000, 80, Flags::Syn));
+    let c = Config::parse(CONFIG).unwrap();
+    let lb2 = Balancer::install(&mut h.bpf, &c, IFACE_MAC).unwrap();
+    assert_eq!(lb2.gen, 0);
+    h.lb = lb2;
+    assert_eq!(
+        h.forwarded(&tcp(CLIENT, VIP, 40000, 80, Flags::Syn)),
+        before
+    );
+}
