@@ -760,7 +760,7 @@ pub fn print_check(out: &mut dyn Write, c: &[CheckService]) -> std::io::Result<(
     for s in c {
         writeln!(
             out,
-            "{} {} ({:?}, M = {}, seed {})",
+            "{} {} ({}, M = {}, seed {})",
             s.name, s.service, s.mode, s.table_size, s.seed
         )?;
         writeln!(
