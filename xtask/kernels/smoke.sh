@@ -84,7 +84,25 @@ swarm_connects() {
 }
 check swarm-connect-20-clients swarm_connects
 check swarm-run-5-clients $W swarm run --netns wirelab-client --iface eth0 --pool 198.18.0.64/26 --clients 5 -- true
-check cleanup-after $W cleanup
 check lab-down $W lab down
+
+# A 2-cell sweep in its own lab (lab, emulator changed live with seeds, probe, records).
+sweep_runs() {
+  cat > /tmp/sweep.toml <<'EOT'
+repetitions = 1
+[[axis]]
+name = "delay"
+values = ["delay 5ms", "delay 20ms"]
+[[workload]]
+kind = "udp"
+rate = 50
+count = 50
+EOT
+  $W sweep /tmp/sweep.toml --out /tmp/sweep1 --json > /tmp/sweep.json || { cat /tmp/sweep.json; return 1; }
+  cat /tmp/sweep.json
+  grep -q '"runs":2,"failed":0' /tmp/sweep.json
+}
+check sweep-2-cells sweep_runs
+check cleanup-after $W cleanup
 echo "WIRELAB-KT DONE"
 poweroff -f
