@@ -107,6 +107,22 @@ pub fn lookup(t: &[f64], u: u32) -> f64 {
     t[(u as usize * t.len()) >> 32]
 }
 
+/// [`lookup`], linear between neighbouring entries: continuous in `u`, for the smooth delay
+/// process of `jitter-order keep` (a step would make neighbouring packets jump apart).
+#[inline]
+pub fn lookup_lerp(t: &[f64], u: u32) -> f64 {
+    let x = u as f64 / (u32::MAX as f64 + 1.0) * t.len() as f64 - 0.5;
+    if x <= 0.0 {
+        return t[0];
+    }
+    let i = x.floor() as usize;
+    if i + 1 >= t.len() {
+        return t[t.len() - 1];
+    }
+    let f = x - i as f64;
+    t[i] + (t[i + 1] - t[i]) * f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,8 +65,16 @@ pub enum Limit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JitterOrder {
+    /// Packets never overtake, and the realized delay distribution is the configured one at
+    /// any packet rate: the delay is a smooth process in time (see the engine), sampled at
+    /// each packet's arrival.
     Keep,
+    /// Each packet draws its own delay and may overtake others (netem's jitter).
     Reorder,
+    /// Each packet draws its own delay and waits for the one ahead of it (netem with a fifo
+    /// child qdisc; wirelab's `keep` before). The realized delay is biased upwards, the more
+    /// the denser the traffic.
+    Fifo,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -452,11 +460,12 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
                 s.blackhole = Some((d, e));
             }
             "jitter-order" => {
-                let w = need(i, "keep or reorder")?;
+                let w = need(i, "keep, reorder or fifo")?;
                 s.jitter_order = match w {
                     "keep" => JitterOrder::Keep,
                     "reorder" => JitterOrder::Reorder,
-                    _ => return Err(err(w, "jitter-order is keep or reorder")),
+                    "fifo" => JitterOrder::Fifo,
+                    _ => return Err(err(w, "jitter-order is keep, reorder or fifo")),
                 };
                 i += 1;
             }
@@ -474,9 +483,6 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
     }
     if s.reorder > 0.0 && s.gap == 0 {
         s.gap = 1;
-    }
-    if !s.jitter.is_zero() && s.jitter > s.delay * 4 && s.jitter_order == JitterOrder::Keep {
-        // Allowed; negative samples clamp to zero delay.
     }
     Ok(s)
 }
