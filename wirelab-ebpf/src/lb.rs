@@ -1,13 +1,14 @@
 //! `lb`: an L4 load balancer (tc ingress) with Maglev hashing, connection tracking and
 //! direct server return.
 //!
-//! Packet path: parse (the shared defensive parser) → not IP: pass (`NON_IP`) → not a
+//! Two entry points share one decision ([`balance`]): `lb` (tc ingress, the default, which
+//! works with any peer) and `lb_xdp` (XDP, `XDP_TX`). Packet path: parse (the shared defensive parser) → not IP: pass (`NON_IP`) → not a
 //! VIP:port/proto: pass (`NON_VIP`) → a fragment to a VIP address: drop (`DROP_FRAGMENT`) →
 //! VIP hit: a tracked flow keeps its backend (unless the backend is down); a TCP SYN (without
 //! ACK) or a miss hashes afresh through the service's Maglev table in the generation in force
 //! and enters the flow in the LRU table → DSR: destination MAC = the backend's, source MAC =
-//! the interface's, `bpf_redirect` out of the same interface (the normal transmit path, so a
-//! plain veth peer receives it).
+//! the interface's, and back out of the same interface (tc: `bpf_redirect`, the normal
+//! transmit path, so a plain veth peer receives it; XDP: `XDP_TX`).
 //!
 //! FIN and RST are forwarded along the tracked flow and marked in its entry (`tcp_flags`);
 //! the entry is left to age out of the LRU table (a new SYN on the same tuple hashes afresh
@@ -16,10 +17,10 @@
 use core::num::NonZeroU32;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    macros::{classifier, map},
+    bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use wirelab_common::lb::{
     backend_flag, event, flow_hash, Backend, FlowKey, FlowValue, LbConf, LbCounter, ServiceMeta,
@@ -62,47 +63,75 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-/// Pass the frame on (to the next tc program, then the stack).
-const PASS: i32 = TC_ACT_UNSPEC;
-const DROP: i32 = TC_ACT_SHOT;
+/// What the balancer decided; each entry point turns it into its own verdict.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// On to the stack (tc: the next program).
+    Pass,
+    Drop,
+    /// MACs rewritten: send back out of the interface it came in on.
+    Forward,
+}
 
+/// The tc path: `bpf_redirect` to the interface's own egress goes through the normal
+/// transmit path, so a plain veth peer receives it.
 #[classifier]
 pub fn lb(ctx: TcContext) -> i32 {
-    // Only a VIP packet that could not be forwarded gets here (a missing map entry): it is
-    // counted and dropped, since the balancer host does not hold the VIP itself.
-    try_lb(&ctx).unwrap_or_else(|_| {
+    // The parser needs the whole IP packet in the linear area: pull the rest in when the skb
+    // is not linear (large segments); if that fails, the parse says `Truncated`.
+    let skb_len = ctx.len();
+    if (Frame::tc(&ctx).len() as u32) < skb_len {
+        let _ = ctx.pull_data(skb_len);
+    }
+    match balance(&Frame::tc(&ctx), skb_len as u64) {
+        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Forward => sys::redirect(sys::skb_ifindex(&ctx)),
+    }
+}
+
+/// The XDP path: `XDP_TX`. Into a veth, the peer receives it only if it runs NAPI (an XDP
+/// program or GRO on the peer): see docs/lb.md.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let f = Frame::xdp(&ctx);
+    match balance(&f, f.len() as u64) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Forward => xdp_action::XDP_TX,
+    }
+}
+
+#[inline(always)]
+fn balance(f: &Frame, len: u64) -> Verdict {
+    // Only a VIP packet that could not be forwarded gets an `Err` (a missing map entry): it
+    // is counted and dropped, since the balancer host does not hold the VIP itself.
+    try_balance(f, len).unwrap_or_else(|_| {
         counter::bump(&LB_EVENTS, event::DROP_ERROR);
-        DROP
+        Verdict::Drop
     })
 }
 
 /// Count a drop of service `svc`'s packet by `reason`.
 #[inline(always)]
-fn drop_svc(svc: u32, reason: u32) -> i32 {
+fn drop_svc(svc: u32, reason: u32) -> Verdict {
     counter::bump(&LB_EVENTS, reason);
     counter::update(&LB_SVC_STATS, svc, |c| c.drops += 1);
-    DROP
+    Verdict::Drop
 }
 
 #[inline(always)]
-fn try_lb(ctx: &TcContext) -> Result<i32> {
-    // The parser needs the whole IP packet in the linear area: pull the rest in when the skb
-    // is not linear (large segments); if that fails, the parse below says `Truncated`.
-    let skb_len = ctx.len();
-    if (Frame::tc(ctx).len() as u32) < skb_len {
-        let _ = ctx.pull_data(skb_len);
-    }
-    let f = Frame::tc(ctx);
-    let Ok(p) = parse::parse(&f) else {
+fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
+    let Ok(p) = parse::parse(f) else {
         counter::bump(&LB_EVENTS, event::MALFORMED);
-        return Ok(PASS);
+        return Ok(Verdict::Pass);
     };
     let family = match p.ethertype {
         ETH_P_IP => FAMILY_IPV4,
         ETH_P_IPV6 => FAMILY_IPV6,
         _ => {
             counter::bump(&LB_EVENTS, event::NON_IP);
-            return Ok(PASS);
+            return Ok(Verdict::Pass);
         }
     };
     if p.fragment {
@@ -115,10 +144,10 @@ fn try_lb(ctx: &TcContext) -> Result<i32> {
         };
         if sys::hash_get(&LB_VIPS, mark).is_some() {
             counter::bump(&LB_EVENTS, event::DROP_FRAGMENT);
-            return Ok(DROP);
+            return Ok(Verdict::Drop);
         }
         counter::bump(&LB_EVENTS, event::NON_VIP);
-        return Ok(PASS);
+        return Ok(Verdict::Pass);
     }
     let l4 = p.has_l4 && (p.ip_proto == IPPROTO_TCP || p.ip_proto == IPPROTO_UDP);
     let vip = VipKey {
@@ -134,7 +163,7 @@ fn try_lb(ctx: &TcContext) -> Result<i32> {
     };
     let Some(svc) = svc.filter(|s| *s < MAX_SERVICES) else {
         counter::bump(&LB_EVENTS, event::NON_VIP);
-        return Ok(PASS);
+        return Ok(Verdict::Pass);
     };
     if p.ip_options {
         counter::bump(&LB_EVENTS, event::IP_OPTIONS);
@@ -221,7 +250,7 @@ fn try_lb(ctx: &TcContext) -> Result<i32> {
     // DSR: the frame goes to the backend's MAC, from ours, out of the same interface.
     f.store(ETH_DEST_OFF, be.mac)?;
     f.store(ETH_SOURCE_OFF, conf.iface_mac)?;
-    let bytes = skb_len as u64;
+    let bytes = len;
     let bump = |c: &mut LbCounter| {
         c.packets += 1;
         c.bytes += bytes;
@@ -232,5 +261,5 @@ fn try_lb(ctx: &TcContext) -> Result<i32> {
     counter::update(&LB_SVC_STATS, svc, bump);
     counter::update(&LB_BACKEND_STATS, id, bump);
     counter::bump(&LB_EVENTS, event::FORWARDED);
-    Ok(sys::redirect(sys::skb_ifindex(ctx)))
+    Ok(Verdict::Forward)
 }

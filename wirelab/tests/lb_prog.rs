@@ -5,7 +5,10 @@
 mod common;
 use std::collections::BTreeMap;
 
-use aya::{programs::SchedClassifier, Ebpf};
+use aya::{
+    programs::{SchedClassifier, Xdp},
+    Ebpf,
+};
 use common::frames::{cat, eth, ipv4, udp_hdr, DST, SRC};
 use etherparse::PacketBuilder;
 use wirelab::lb::{Balancer, Config, Stats};
@@ -157,6 +160,9 @@ impl Harness {
         let t: &mut SchedClassifier = bpf.program_mut("lb").unwrap().try_into().unwrap();
         t.load()
             .unwrap_or_else(|e| panic!("verifier accepts lb: {e:?}"));
+        let x: &mut Xdp = bpf.program_mut("lb_xdp").unwrap().try_into().unwrap();
+        x.load()
+            .unwrap_or_else(|e| panic!("verifier accepts lb_xdp: {e:?}"));
         Self { bpf, lb }
     }
 
@@ -414,4 +420,76 @@ fn the_tables_go_in_the_idle_generation() {
         h.forwarded(&tcp(CLIENT, VIP, 40000, 80, Flags::Syn)),
         before
     );
+}
+
+#[test]
+fn the_xdp_entry_point_decides_the_same() {
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    const XDP_TX: u32 = 3;
+    let h = Harness::new();
+    let syn = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
+    let (v, out) = wirelab_testkit::prog::run(&h.bpf, "lb_xdp", &syn);
+    assert_eq!(v, XDP_TX);
+    assert_eq!(&out[6..12], &IFACE_MAC);
+    assert_eq!(&out[12..], &syn[12..]);
+    let want = h.lb.services[0]
+        .predict(&key4(CLIENT, VIP, 40000, 80, 6))
+        .unwrap();
+    assert_eq!(h.backend_by_mac(&out[..6]), want.name);
+    // The tc entry point agrees, on the flow the XDP one tracked.
+    assert_eq!(
+        h.forwarded(&tcp(CLIENT, VIP, 40000, 80, Flags::Ack)),
+        want.name
+    );
+    let miss = tcp(CLIENT, OTHER, 40000, 80, Flags::Syn);
+    assert_eq!(
+        wirelab_testkit::prog::run(&h.bpf, "lb_xdp", &miss).0,
+        XDP_PASS
+    );
+    let down = tcp(CLIENT, VIP_DOWN, 40000, 80, Flags::Syn);
+    assert_eq!(
+        wirelab_testkit::prog::run(&h.bpf, "lb_xdp", &down).0,
+        XDP_DROP
+    );
+    let s = h.stats();
+    assert_eq!(s.services[0].count.new_flows, 1);
+    assert_eq!((s.events.non_vip, s.events.drop_no_backend), (1, 1));
+}
+
+/// Program cost per packet on each path, as BPF_PROG_TEST_RUN times it (average over many
+/// runs of one frame). Printed for docs/lb.md; the bound only catches a pathological path.
+#[test]
+fn cost_per_packet_on_each_path() {
+    use aya::programs::{TestRun, TestRunOptions};
+    let h = Harness::new();
+    // Track the flow the ACK case then hits.
+    h.forwarded(&tcp(CLIENT, VIP, 40000, 80, Flags::Syn));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("non-VIP pass", tcp(CLIENT, OTHER, 40000, 80, Flags::Ack)),
+        ("tracked flow", tcp(CLIENT, VIP, 40000, 80, Flags::Ack)),
+        ("SYN, new flow", tcp(CLIENT, VIP, 40000, 80, Flags::Syn)),
+        (
+            "all backends down",
+            tcp(CLIENT, VIP_DOWN, 40000, 80, Flags::Syn),
+        ),
+    ];
+    let p: &SchedClassifier = h.bpf.program("lb").unwrap().try_into().unwrap();
+    for (what, f) in &cases {
+        let mut out = vec![0u8; f.len() + 256];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(f),
+                data_out: Some(&mut out),
+                repeat: 200_000,
+                ..Default::default()
+            })
+            .unwrap();
+        let ns = r.duration.as_nanos();
+        eprintln!(
+            "lb cost: {what}: {ns} ns/packet (verdict {})",
+            r.return_value as i32
+        );
+        assert!(ns < 20_000, "{what}: {ns} ns/packet");
+    }
 }
