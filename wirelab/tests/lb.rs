@@ -179,6 +179,7 @@ struct Events {
 struct FinalLine {
     r#type: String,
     path: String,
+    attach: String,
     services: Vec<ServiceLine>,
     events: Events,
 }
@@ -222,11 +223,7 @@ fn dsr_spreads_real_connections_and_kill_9_leaves_nothing_attached() {
     let (per, failed) = connect_many(&client_ns, CONNECTIONS);
     let secs = t0.elapsed().as_secs_f64();
     let stopped = bg.terminate();
-    stop.store(true, Ordering::Relaxed);
-    let served: Vec<u64> = servers.into_iter().map(|h| h.join().unwrap()).collect();
-    eprintln!(
-        "{CONNECTIONS} connections in {secs:.2}s: answers {per:?}, failed {failed}; servers served {served:?}"
-    );
+    eprintln!("tc path: {CONNECTIONS} connections in {secs:.2}s: answers {per:?}, failed {failed}");
     assert_eq!(failed, 0, "every connection answered: {per:?}");
     assert_eq!(per.values().sum::<usize>(), CONNECTIONS);
     for (b, _) in BACKENDS {
@@ -247,7 +244,7 @@ fn dsr_spreads_real_connections_and_kill_9_leaves_nothing_attached() {
         .filter_map(|l| serde_json::from_str::<FinalLine>(l).ok())
         .find(|f| f.r#type == "final")
         .unwrap_or_else(|| panic!("no final line in {text}"));
-    assert_eq!(fin.path, "tcx");
+    assert_eq!((fin.path.as_str(), fin.attach.as_str()), ("tc", "tcx"));
     let web = &fin.services[0];
     assert_eq!(
         web.count.new_flows, CONNECTIONS as u64,
@@ -292,6 +289,13 @@ fn dsr_spreads_real_connections_and_kill_9_leaves_nothing_attached() {
     assert!(
         String::from_utf8_lossy(&ip.stdout).trim().is_empty(),
         "no clsact filter either"
+    );
+    let answered = CONNECTIONS;
+    stop.store(true, Ordering::Relaxed);
+    let served: u64 = servers.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(
+        served, answered as u64,
+        "the servers saw exactly the answered connections"
     );
 }
 
