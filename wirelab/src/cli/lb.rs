@@ -76,6 +76,7 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
             lb::run(
                 &lb::Options {
                     iface,
+                    path: lb::Path::Tc,
                     config,
                     interval: a.observe.interval,
                     duration: a.duration,
