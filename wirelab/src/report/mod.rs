@@ -365,6 +365,10 @@ fn wan_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
             )
             .dashed(),
         );
+        let q = pick(&|r, _| def(r, |c| c.queue_delay_p50_ms));
+        if q.iter().any(|(_, y)| *y > 0.0) {
+            delay.push(Series::new(format!("{p}{d} rate queue p50"), q).dashed());
+        }
         tput.push(Series::new(
             format!("{p}{d} in"),
             pick(&|r, dt| Some(sum(r, |c| c.rx_bytes) * 8.0 / dt / 1e6)),
@@ -407,7 +411,7 @@ fn wan_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     vec![
         Chart::lines(
             "wan-delay",
-            "wan: added delay per interval (default class)",
+            "wan: emulated delay (and the rate queue) per interval, default class",
             "time (s)",
             "delay (ms)",
             delay,

@@ -88,17 +88,27 @@ pub struct ClassStats {
     pub link_down_drops: u64,
     pub queue_depth: u64,
     pub queue_max: u64,
-    /// Realised added delay in microseconds, 1 us to 100 s, 3 significant digits, 32-bit
-    /// counts (about 90 KiB, allocated only for classes that carry traffic).
+    /// Realised emulated delay (the delay/jitter stage: what `delay` configures) in
+    /// microseconds, 1 us to 100 s, 3 significant digits, 32-bit counts (about 90 KiB,
+    /// allocated only for classes that carry traffic).
     pub delay_hist: Option<Histogram<u32>>,
+    /// Realised queueing delay after it: waiting for the `rate` link behind earlier frames.
+    pub queue_hist: Option<Histogram<u32>>,
+}
+
+fn record(h: &mut Option<Histogram<u32>>, us: u64) {
+    let h = h.get_or_insert_with(|| {
+        Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
+    });
+    h.saturating_record(us.max(1));
 }
 
 impl ClassStats {
-    fn record_delay(&mut self, us: u64) {
-        let h = self.delay_hist.get_or_insert_with(|| {
-            Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
-        });
-        h.saturating_record(us.max(1));
+    /// One sent frame: `emulated` (arrival to the end of the delay stage) and `queued` (from
+    /// there to leaving), in microseconds.
+    fn record_delays(&mut self, emulated_us: u64, queued_us: u64) {
+        record(&mut self.delay_hist, emulated_us);
+        record(&mut self.queue_hist, queued_us);
     }
 }
 
@@ -113,6 +123,7 @@ struct ClassState {
     last_reorder: u32,
     reorder_counter: u64,
     link_free_ns: u64,
+    /// When the delay stage last released a frame (the order rule's reference).
     last_departure_ns: u64,
     queued_packets: u64,
     queued_bytes: u64,
@@ -129,6 +140,8 @@ struct Held {
     len: u32,
     class: u32,
     arrival: u64,
+    /// When the delay stage (delay, jitter, order) released it; `due` adds the rate queue.
+    delayed: u64,
 }
 
 struct Side {
@@ -567,6 +580,7 @@ impl Engine {
                 due = due.max(st.last_departure_ns);
             }
         }
+        let delayed = due;
         // Reordered packets bypass the rate as well as the delay (netem's behaviour): otherwise
         // they would queue behind everything already waiting for the link.
         if let (Some(r), false) = (&s.rate, immediate) {
@@ -580,8 +594,11 @@ impl Engine {
             due = start + tx_ns;
             st.link_free_ns = due;
         }
+        // The order rule holds at the delay stage; the rate stage after it is a FIFO link, so
+        // frames still leave in order, and time spent waiting for the link counts as queueing,
+        // not as emulated delay.
         if !immediate {
-            st.last_departure_ns = st.last_departure_ns.max(due);
+            st.last_departure_ns = st.last_departure_ns.max(delayed);
         }
         st.queued_packets += 1;
         st.queued_bytes += len as u64;
@@ -595,6 +612,7 @@ impl Engine {
             len,
             class: class as u32,
             arrival: now,
+            delayed,
         }));
     }
 
@@ -628,11 +646,15 @@ impl Engine {
                     self.free.push(h.addr & !(FRAME_SIZE - 1));
                     continue;
                 }
-                let us = now.saturating_sub(h.arrival) / 1000;
+                let released = h.delayed.min(now).max(h.arrival);
+                let (emulated, queued) = (
+                    (released - h.arrival) / 1000,
+                    now.saturating_sub(released) / 1000,
+                );
                 for s in [&mut st.interval, &mut st.total] {
                     s.tx += 1;
                     s.tx_bytes += h.len as u64;
-                    s.record_delay(us);
+                    s.record_delays(emulated, queued);
                 }
                 if h.seq < st.max_seq_sent {
                     st.interval.reordered += 1;
