@@ -29,68 +29,10 @@ const BACKENDS: [(&str, &str); 3] = [
 ];
 const CONNECTIONS: usize = 3000;
 
-const TOPOLOGY: &str = r#"
-[[host]]
-name = "client"
-[[host.route]]
-to = "198.18.1.100/32"
-via = "198.18.0.10"
-
-[[host]]
-name = "lb"
-
-[[host]]
-name = "sw"
-[[host.bridge]]
-name = "br0"
-ports = ["p-client", "p-lb", "p-b1", "p-b2", "p-b3"]
-
-[[host]]
-name = "b1"
-sysctl = { "net.ipv4.conf.all.arp_ignore" = "1", "net.ipv4.conf.all.arp_announce" = "2" }
-[[host]]
-name = "b2"
-sysctl = { "net.ipv4.conf.all.arp_ignore" = "1", "net.ipv4.conf.all.arp_announce" = "2" }
-[[host]]
-name = "b3"
-sysctl = { "net.ipv4.conf.all.arp_ignore" = "1", "net.ipv4.conf.all.arp_announce" = "2" }
-
-[[link]]
-a = { host = "client", iface = "eth0", addresses = ["198.18.0.1/24"], tx_checksum = false }
-b = { host = "sw", iface = "p-client" }
-[[link]]
-a = { host = "lb", iface = "eth0", addresses = ["198.18.0.10/24"], tx_checksum = false }
-b = { host = "sw", iface = "p-lb" }
-[[link]]
-a = { host = "b1", iface = "eth0", addresses = ["198.18.0.21/24"], tx_checksum = false }
-b = { host = "sw", iface = "p-b1" }
-[[link]]
-a = { host = "b2", iface = "eth0", addresses = ["198.18.0.22/24"], tx_checksum = false }
-b = { host = "sw", iface = "p-b2" }
-[[link]]
-a = { host = "b3", iface = "eth0", addresses = ["198.18.0.23/24"], tx_checksum = false }
-b = { host = "sw", iface = "p-b3" }
-"#;
+const TOPOLOGY: &str = include_str!("../../docs/examples/lb-lab.toml");
 
 /// Backend MACs are left out: `wirelab lb` resolves them through ARP.
-const CONFIG: &str = r#"
-[[service]]
-name = "web"
-vip = "198.18.1.100"
-port = 80
-proto = "tcp"
-seed = 1
-
-[[service.backend]]
-name = "b1"
-addr = "198.18.0.21"
-[[service.backend]]
-name = "b2"
-addr = "198.18.0.22"
-[[service.backend]]
-name = "b3"
-addr = "198.18.0.23"
-"#;
+const CONFIG: &str = include_str!("../../docs/examples/lb.toml");
 
 /// A TCP server on VIP:80 inside `ns` answering every connection with `name`, until `stop`.
 fn serve(ns: String, name: &'static str, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
