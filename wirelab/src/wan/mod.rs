@@ -860,7 +860,6 @@ fn attach(bpf: &mut aya::Ebpf, opts: &Options) -> Result<Vec<&'static str>> {
 }
 
 /// Run the emulator until `duration`, SIGINT or SIGTERM. Returns the final per-class totals.
-#[allow(clippy::needless_range_loop)] // (direction, class) grids read best as indexes
 pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     // 1. Validate everything before touching the system, the kernel's features first.
     let Validated {
@@ -873,16 +872,8 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     for w in warnings(&plan.names, &plan.specs) {
         tracing::warn!("{w}");
     }
-    // Control socket for live changes, bound before anything is attached: an abstract unix
-    // socket, so it is private to this network namespace and vanishes with the process.
-    let cname = control_name(&opts.iface_a, &opts.iface_b);
-    let listener = ctl::bind(
-        &cname,
-        &format!(
-            "another wirelab wan between {} and {}",
-            opts.iface_a, opts.iface_b
-        ),
-    )?;
+    // Control socket for live changes, bound before anything is attached.
+    let listener = bind_control(opts)?;
     let max = plan.names.len() as u32;
     // Single-address classes go to a hash table, prefixes to the LPM trie.
     let n_host = plan.keys.iter().filter(|(_, b, _)| *b == 128).count();
@@ -901,29 +892,13 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     // 3. The engine's sockets, registered in the XSKMAP.
     let mut engine = Engine::new(ifindex, opts.frames, profiles, plan.seed)
         .map_err(engine::explain_xsk_error)?;
-    let mut xsks = XskMap::try_from(bpf.take_map(maps::WAN_XSKS).context(maps::WAN_XSKS)?)?;
-    let fds = engine.fds();
-    for (d, fd) in fds.iter().enumerate() {
-        let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
-        xsks.set(d as u32, bfd, 0)?;
-    }
+    let xsks = register_xsks(&mut bpf, &engine)?;
 
     // 4. Attach: tc fast path first (TCX, or a clsact filter before 6.6), then XDP.
     let modes = attach(&mut bpf, opts)?;
 
     // Run record and metrics (both optional).
-    let mut rec: Option<crate::record::Recorder> = match &opts.record {
-        Some(dir) => Some(crate::record::Recorder::create(
-            dir,
-            "wan",
-            "wan",
-            record_config(opts, &cfg, &plan, &modes),
-        )?),
-        None => None,
-    };
-    if let Some(r) = rec.as_mut() {
-        r.set_configured(configured(&plan.specs));
-    }
+    let rec = recorder(opts, &cfg, &plan, &modes)?;
     let (_metrics_srv, mets) = match &opts.metrics {
         Some(ep) => {
             let (b, m) = WanMetrics::new();
@@ -935,6 +910,116 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0);
     }
+    // 5. The reporter and control threads, spawned before the engine thread turns real-time.
+    let threads = spawn_threads(opts, &plan, listener, counters, rec, mets)?;
+    if opts.realtime {
+        set_realtime();
+    }
+    tracing::info!(
+        a = %opts.iface_a, b = %opts.iface_b, classes = max, seed = plan.seed,
+        mode = %modes.join("/"), a_to_b = %plan.specs[0][0].text, b_to_a = %plan.specs[1][0].text,
+        "wan running"
+    );
+
+    // 6. The loop.
+    let end = EngineLoop::new(
+        opts,
+        stop,
+        &plan,
+        &mut engine,
+        &mut maps,
+        &mut loss,
+        &threads,
+    )
+    .run()?;
+
+    // 7. Stop taking changes, detach XDP and tc (the bridge carries traffic again), then
+    // release what is queued.
+    let fatal = end.fatal;
+    let rows = shutdown(
+        threads,
+        xsks,
+        bpf,
+        &mut engine,
+        &plan,
+        max,
+        end.start,
+        end.specs,
+    )?;
+    warn_anomalies(&engine);
+    tracing::info!("wan stopped; interfaces detached");
+    if let Some(f) = fatal {
+        bail!("{f}");
+    }
+    Ok(rows)
+}
+
+/// The control socket for live changes: an abstract unix socket, so it is private to this
+/// network namespace and vanishes with the process.
+fn bind_control(opts: &Options) -> Result<UnixListener> {
+    let cname = control_name(&opts.iface_a, &opts.iface_b);
+    ctl::bind(
+        &cname,
+        &format!(
+            "another wirelab wan between {} and {}",
+            opts.iface_a, opts.iface_b
+        ),
+    )
+}
+
+/// Register the engine's two sockets in the XSKMAP (index = direction).
+fn register_xsks(bpf: &mut aya::Ebpf, engine: &Engine) -> Result<XskMap<MapData>> {
+    let mut xsks = XskMap::try_from(bpf.take_map(maps::WAN_XSKS).context(maps::WAN_XSKS)?)?;
+    let fds = engine.fds();
+    for (d, fd) in fds.iter().enumerate() {
+        let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+        xsks.set(d as u32, bfd, 0)?;
+    }
+    Ok(xsks)
+}
+
+/// The run record (`--record`), with the configured quantities set.
+fn recorder(
+    opts: &Options,
+    cfg: &Config,
+    plan: &Plan,
+    modes: &[&str],
+) -> Result<Option<crate::record::Recorder>> {
+    let mut rec: Option<crate::record::Recorder> = match &opts.record {
+        Some(dir) => Some(crate::record::Recorder::create(
+            dir,
+            "wan",
+            "wan",
+            record_config(opts, cfg, plan, modes),
+        )?),
+        None => None,
+    };
+    if let Some(r) = rec.as_mut() {
+        r.set_configured(configured(&plan.specs));
+    }
+    Ok(rec)
+}
+
+/// The threads beside the engine's and the channels to them.
+struct Threads {
+    rep_tx: std::sync::mpsc::Sender<ReportMsg>,
+    reporter: std::thread::JoinHandle<Result<Vec<ClassReport>>>,
+    ctl_rx: std::sync::mpsc::Receiver<Change>,
+    ctl_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    control_thread: std::thread::JoinHandle<()>,
+}
+
+/// Spawn the reporter and the control thread (before the engine's thread turns real-time,
+/// so they stay normal threads).
+fn spawn_threads(
+    opts: &Options,
+    plan: &Plan,
+    listener: UnixListener,
+    counters: PerCpuArray<MapData, WanCounters>,
+    rec: Option<crate::record::Recorder>,
+    mets: Option<WanMetrics>,
+) -> Result<Threads> {
+    let max = plan.names.len() as u32;
     // The reporter reads the kernel's per-class counters and prints, off the engine's thread
     // (with 65,536 classes a read of all counters takes a noticeable fraction of a second).
     // Spawned before the engine thread turns real-time, so it stays a normal thread.
@@ -959,131 +1044,228 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             .name("wan-control".into())
             .spawn(move || control(listener, names, specs, frames, ctl_tx, stop))?
     };
-    if opts.realtime {
-        // Release times are the product: run the engine at a real-time priority so other
-        // load on the machine does not delay departures. The loop sleeps between departures.
-        let p = libc::sched_param { sched_priority: 20 };
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } != 0 {
-            tracing::warn!(
-                "could not switch to SCHED_FIFO ({}); timing will suffer under load",
-                std::io::Error::last_os_error()
-            );
+    Ok(Threads {
+        rep_tx,
+        reporter,
+        ctl_rx,
+        ctl_stop,
+        control_thread,
+    })
+}
+
+/// Release times are the product: run the engine at a real-time priority so other load on
+/// the machine does not delay departures. The loop sleeps between departures.
+fn set_realtime() {
+    let p = libc::sched_param { sched_priority: 20 };
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } != 0 {
+        tracing::warn!(
+            "could not switch to SCHED_FIFO ({}); timing will suffer under load",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The engine thread's loop and its state: what it reads, and what it changes as it goes.
+struct EngineLoop<'a> {
+    opts: &'a Options,
+    stop: &'a Stop,
+    plan: &'a Plan,
+    max: u32,
+    engine: &'a mut Engine,
+    maps: &'a mut Maps,
+    loss: &'a mut Array<MapData, LossState>,
+    ctl_rx: &'a std::sync::mpsc::Receiver<Change>,
+    rep_tx: &'a std::sync::mpsc::Sender<ReportMsg>,
+    fds: [i32; 2],
+    start: Instant,
+    last_report: Instant,
+    last_ctl: Instant,
+    gen: u32,
+    specs: [Vec<Spec>; 2],
+    last_changed: Option<usize>,
+    changes: u64,
+    fatal: Option<String>,
+}
+
+/// What the loop leaves for the shutdown: its start, the specs in force, why it failed.
+struct LoopEnd {
+    start: Instant,
+    specs: [Vec<Spec>; 2],
+    fatal: Option<String>,
+}
+
+impl<'a> EngineLoop<'a> {
+    fn new(
+        opts: &'a Options,
+        stop: &'a Stop,
+        plan: &'a Plan,
+        engine: &'a mut Engine,
+        maps: &'a mut Maps,
+        loss: &'a mut Array<MapData, LossState>,
+        threads: &'a Threads,
+    ) -> Self {
+        Self {
+            fatal: None,
+            last_changed: None,
+            changes: 0,
+            start: Instant::now(),
+            last_report: Instant::now(),
+            last_ctl: Instant::now(),
+            gen: 0,
+            specs: plan.specs.clone(),
+            fds: engine.fds(),
+            opts,
+            stop,
+            plan,
+            max: plan.names.len() as u32,
+            engine,
+            maps,
+            loss,
+            ctl_rx: &threads.ctl_rx,
+            rep_tx: &threads.rep_tx,
         }
     }
-    tracing::info!(
-        a = %opts.iface_a, b = %opts.iface_b, classes = max, seed = plan.seed,
-        mode = %modes.join("/"), a_to_b = %plan.specs[0][0].text, b_to_a = %plan.specs[1][0].text,
-        "wan running"
-    );
 
-    let mut fatal: Option<String> = None;
-    let mut last_changed: Option<usize> = None;
-    let mut changes = 0u64;
-    // 6. The loop.
-    let start = Instant::now();
-    let mut last_report = Instant::now();
-    let mut last_ctl = Instant::now();
-    let mut gen = 0u32;
-    let mut specs = plan.specs.clone();
-    let fds = engine.fds();
-    loop {
-        if stop.requested() || opts.duration.is_some_and(|d| start.elapsed() >= d) {
-            break;
-        }
-        let now = mono_ns();
-        engine.receive(now);
-        engine.transmit_due(mono_ns());
-        if let Some(f) = engine.fatal.take() {
-            fatal = Some(f);
-            break;
-        }
-        if last_ctl.elapsed() >= Duration::from_millis(10) {
-            last_ctl = Instant::now();
-            // Link state of both interfaces: frames due for a down one are dropped, counted.
-            for (i, name) in [&opts.iface_a, &opts.iface_b].iter().enumerate() {
-                match crate::nl::link_carrier(name) {
-                    Some(up) => engine.set_link(i, up),
-                    None => {
-                        if fatal.is_none() {
-                            fatal = Some(format!("interface {name} went away"));
-                        }
-                    }
-                }
-            }
-            if fatal.is_some() {
+    /// Until stopped, the duration is over, or something fatal happens.
+    fn run(mut self) -> Result<LoopEnd> {
+        loop {
+            if self.stop.requested()
+                || self
+                    .opts
+                    .duration
+                    .is_some_and(|d| self.start.elapsed() >= d)
+            {
                 break;
             }
-            while let Ok(ch) = ctl_rx.try_recv() {
-                let Change {
-                    specs: new_specs,
-                    class,
-                    profiles: new_profiles,
-                    applied,
-                    seed: new_seed,
-                    reply,
-                } = ch;
-                // Kernel: bring the idle generation up to date (the class changed now and the
-                // one changed by the previous flip), then flip in one write.
-                let next = gen ^ 1;
-                let mut changed = vec![class];
-                changed.extend(last_changed.filter(|c| *c != class));
-                maps.write_classes(next, &new_specs, &changed)?;
-                maps.flip(next)?;
-                gen = next;
-                // A new loss model starts from its initial state; a seeded change restarts
-                // it (and the engine's decisions) from the seed, as at start-up.
-                for d in 0..2 {
-                    let st = match new_seed {
-                        Some(s) => Some(loss_state(s, d as u32, class as u32, 0)),
-                        None if new_specs[d][class].loss != specs[d][class].loss => {
-                            changes += 1;
-                            Some(loss_state(plan.seed, d as u32, class as u32, changes))
-                        }
-                        None => None,
-                    };
-                    if let Some(st) = st {
-                        let _ = loss.set(d as u32 * max + class as u32, st, 0);
-                    }
-                }
-                last_changed = Some(class);
-                engine.set_class(class, new_profiles)?;
-                if let Some(s) = new_seed {
-                    engine.reseed_class(class, s);
-                }
-                specs = new_specs;
-                tracing::info!(change = %applied, "live change applied");
-                let _ = rep_tx.send(ReportMsg::Change(
-                    ChangeEntry {
-                        applied: applied.clone(),
-                        t: start.elapsed().as_secs_f64(),
-                        classes: class_configs(&plan.names, &specs),
-                    },
-                    specs.clone(),
-                ));
-                let _ = reply.send(SetReply { applied });
+            let now = mono_ns();
+            self.engine.receive(now);
+            self.engine.transmit_due(mono_ns());
+            if let Some(f) = self.engine.fatal.take() {
+                self.fatal = Some(f);
+                break;
             }
+            if self.last_ctl.elapsed() >= Duration::from_millis(10) {
+                self.last_ctl = Instant::now();
+                self.check_links();
+                if self.fatal.is_some() {
+                    break;
+                }
+                while let Ok(ch) = self.ctl_rx.try_recv() {
+                    self.apply_change(ch)?;
+                }
+            }
+            if self.last_report.elapsed() >= self.opts.interval {
+                self.report_interval();
+            }
+            self.wait();
         }
-        if last_report.elapsed() >= opts.interval {
-            let secs = start.elapsed().as_secs_f64();
-            last_report = Instant::now();
-            let mut eng = vec![];
-            for d in 0..2 {
-                for c in 0..max as usize {
-                    let e = engine.take_interval(d, c);
-                    if e.rx > 0
-                        || e.tx > 0
-                        || e.queue_depth > 0
-                        || e.queue_drops > 0
-                        || e.link_down_drops > 0
-                    {
-                        eng.push((d, c, e));
+        Ok(LoopEnd {
+            start: self.start,
+            specs: self.specs,
+            fatal: self.fatal,
+        })
+    }
+
+    /// Link state of both interfaces: frames due for a down one are dropped, counted.
+    fn check_links(&mut self) {
+        for (i, name) in [&self.opts.iface_a, &self.opts.iface_b].iter().enumerate() {
+            match crate::nl::link_carrier(name) {
+                Some(up) => self.engine.set_link(i, up),
+                None => {
+                    if self.fatal.is_none() {
+                        self.fatal = Some(format!("interface {name} went away"));
                     }
                 }
             }
-            let _ = rep_tx.send(ReportMsg::Interval(secs, eng, EngineHealth::of(&engine)));
         }
-        // Sleep until the next departure (at most 1 ms), or spin when it is very close.
-        let next = engine.next_due();
+    }
+
+    /// Apply a live change: kernel maps, loss states, the engine; tell the reporter, answer.
+    #[allow(clippy::needless_range_loop)] // (direction, class) grids read best as indexes
+    fn apply_change(&mut self, ch: Change) -> Result<()> {
+        let Change {
+            specs: new_specs,
+            class,
+            profiles: new_profiles,
+            applied,
+            seed: new_seed,
+            reply,
+        } = ch;
+        // Kernel: bring the idle generation up to date (the class changed now and the
+        // one changed by the previous flip), then flip in one write.
+        let next = self.gen ^ 1;
+        let mut changed = vec![class];
+        changed.extend(self.last_changed.filter(|c| *c != class));
+        self.maps.write_classes(next, &new_specs, &changed)?;
+        self.maps.flip(next)?;
+        self.gen = next;
+        // A new loss model starts from its initial state; a seeded change restarts
+        // it (and the engine's decisions) from the seed, as at start-up.
+        for d in 0..2 {
+            let st = match new_seed {
+                Some(s) => Some(loss_state(s, d as u32, class as u32, 0)),
+                None if new_specs[d][class].loss != self.specs[d][class].loss => {
+                    self.changes += 1;
+                    Some(loss_state(
+                        self.plan.seed,
+                        d as u32,
+                        class as u32,
+                        self.changes,
+                    ))
+                }
+                None => None,
+            };
+            if let Some(st) = st {
+                let _ = self.loss.set(d as u32 * self.max + class as u32, st, 0);
+            }
+        }
+        self.last_changed = Some(class);
+        self.engine.set_class(class, new_profiles)?;
+        if let Some(s) = new_seed {
+            self.engine.reseed_class(class, s);
+        }
+        self.specs = new_specs;
+        tracing::info!(change = %applied, "live change applied");
+        let _ = self.rep_tx.send(ReportMsg::Change(
+            ChangeEntry {
+                applied: applied.clone(),
+                t: self.start.elapsed().as_secs_f64(),
+                classes: class_configs(&self.plan.names, &self.specs),
+            },
+            self.specs.clone(),
+        ));
+        let _ = reply.send(SetReply { applied });
+        Ok(())
+    }
+
+    /// Hand this interval's engine stats to the reporter.
+    fn report_interval(&mut self) {
+        let secs = self.start.elapsed().as_secs_f64();
+        self.last_report = Instant::now();
+        let mut eng = vec![];
+        for d in 0..2 {
+            for c in 0..self.max as usize {
+                let e = self.engine.take_interval(d, c);
+                if e.rx > 0
+                    || e.tx > 0
+                    || e.queue_depth > 0
+                    || e.queue_drops > 0
+                    || e.link_down_drops > 0
+                {
+                    eng.push((d, c, e));
+                }
+            }
+        }
+        let _ = self.rep_tx.send(ReportMsg::Interval(
+            secs,
+            eng,
+            EngineHealth::of(self.engine),
+        ));
+    }
+
+    /// Sleep until the next departure (at most 1 ms), or spin when it is very close.
+    fn wait(&self) {
+        let next = self.engine.next_due();
         let now = mono_ns();
         let wait_ns = next
             .map(|n| n.saturating_sub(now))
@@ -1096,12 +1278,12 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             };
             let mut pfds = [
                 libc::pollfd {
-                    fd: fds[0],
+                    fd: self.fds[0],
                     events: libc::POLLIN,
                     revents: 0,
                 },
                 libc::pollfd {
-                    fd: fds[1],
+                    fd: self.fds[1],
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -1111,9 +1293,28 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             }
         }
     }
+}
 
-    // 7. Stop taking changes, detach XDP and tc (the bridge carries traffic again), then
-    // release what is queued.
+/// Stop taking changes, detach XDP and tc (the bridge carries traffic again), release what
+/// is queued, and hand the totals to the reporter; returns its final rows.
+#[allow(clippy::too_many_arguments)]
+fn shutdown(
+    threads: Threads,
+    xsks: XskMap<MapData>,
+    bpf: aya::Ebpf,
+    engine: &mut Engine,
+    plan: &Plan,
+    max: u32,
+    start: Instant,
+    specs: [Vec<Spec>; 2],
+) -> Result<Vec<ClassReport>> {
+    let Threads {
+        rep_tx,
+        reporter,
+        ctl_rx,
+        ctl_stop,
+        control_thread,
+    } = threads;
     ctl_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(ctl_rx);
     let _ = control_thread.join();
@@ -1135,12 +1336,16 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         eng,
         plan.seed,
         specs.clone(),
-        EngineHealth::of(&engine),
+        EngineHealth::of(engine),
     ));
     drop(rep_tx);
-    let rows = reporter
+    reporter
         .join()
-        .map_err(|_| anyhow!("the stats reporter thread panicked"))??;
+        .map_err(|_| anyhow!("the stats reporter thread panicked"))?
+}
+
+/// Warn when the engine lost frames of its own.
+fn warn_anomalies(engine: &Engine) {
     let xsk_drops = engine.xsk_drops();
     if engine.no_frame_drops > 0
         || engine.bad_meta > 0
@@ -1155,11 +1360,6 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
             "engine anomalies: frames dropped for lack of UMEM frames or ring space, or without class metadata"
         );
     }
-    tracing::info!("wan stopped; interfaces detached");
-    if let Some(f) = fatal {
-        bail!("{f}");
-    }
-    Ok(rows)
 }
 
 /// New specs of every class, the changed class and its new profiles, a description.
