@@ -1,7 +1,10 @@
 //! The UDP client: paced probes, one-way delays, loss, duplicates, reordering, corruption.
 use std::{
     net::{SocketAddr, UdpSocket},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -175,6 +178,43 @@ pub fn udp_client_with(
     stop: &Stop,
     mut sink: Option<IntervalSink<'_>>,
 ) -> Result<UdpReport> {
+    let count = probe_count(o)?;
+    let (sock, run) = open_socket(o)?;
+    let rx_sock = sock.try_clone()?;
+    let rx = Arc::new(Mutex::new(Rx::new(count, sink.is_some())));
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = spawn_reader(rx_sock, rx.clone(), done.clone(), run, count);
+    let mut pkt = probe_packet(o.size, run);
+    let start = Instant::now();
+    let send_start_unix = crate::util::unix_now();
+    let pace = Pace {
+        t0: mono_ns(),
+        gap: 1e9 / o.rate,
+        count,
+    };
+    let mut iv = Intervals {
+        rx: &rx,
+        start,
+        last_iv: Instant::now(),
+        sent_iv: 0,
+    };
+    let (sent, send_secs) = send_probes(&sock, &mut pkt, pace, stop, &mut iv, &mut sink);
+    // Stragglers: wait, then ask the server for its side (a few tries).
+    let wait_until = Instant::now() + o.wait;
+    while Instant::now() < wait_until && !stop.requested() {
+        iv.tick(sent, false, &mut sink);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    iv.tick(sent, true, &mut sink);
+    final_exchange(&sock, &rx, run);
+    done.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    let mut r = rx.lock().expect("lock");
+    Ok(build_report(o, &mut r, sent, send_secs, send_start_unix))
+}
+
+/// Check the options; returns how many probes to send.
+fn probe_count(o: &ClientOptions) -> Result<u64> {
     if o.size < MIN_SIZE || o.size > 8900 {
         bail!("--size must be between {MIN_SIZE} and 8900 bytes");
     }
@@ -192,6 +232,11 @@ pub fn udp_client_with(
     if count > 10_000_000 {
         bail!("at most 10,000,000 probes per run (asked for {count})");
     }
+    Ok(count)
+}
+
+/// The client's socket, connected to the server and warmed up; returns it and the run id.
+fn open_socket(o: &ClientOptions) -> Result<(UdpSocket, u64)> {
     let bind: SocketAddr = if o.to.is_ipv4() {
         "0.0.0.0:0"
     } else {
@@ -206,49 +251,119 @@ pub fn udp_client_with(
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     let run = mono_ns() ^ ((std::process::id() as u64) << 32);
     warm_up(&sock, run)?;
-    let rx_sock = sock.try_clone()?;
-    #[derive(Default)]
-    struct Rx {
-        got: Vec<u64>,
-        fwd: Option<DelayAcc>,
-        rev: Option<DelayAcc>,
-        rtt: Option<DelayAcc>,
-        dups: u64,
-        reordered: u64,
-        corrupt_rev: u64,
-        corrupt_fwd: u64,
-        max_seq: u64,
-        max_echo: u64,
-        echo_seen: std::collections::HashSet<u64>,
-        order: Vec<u64>,
-        fin: Option<[u64; 4]>,
-        // This interval's echoes (for --record).
-        ifwd: Option<DelayAcc>,
-        irev: Option<DelayAcc>,
-        ireord: u64,
+    Ok((sock, run))
+}
+
+/// What the reader thread has seen so far.
+#[derive(Default)]
+struct Rx {
+    got: Vec<u64>,
+    fwd: Option<DelayAcc>,
+    rev: Option<DelayAcc>,
+    rtt: Option<DelayAcc>,
+    dups: u64,
+    reordered: u64,
+    corrupt_rev: u64,
+    corrupt_fwd: u64,
+    max_seq: u64,
+    max_echo: u64,
+    echo_seen: std::collections::HashSet<u64>,
+    order: Vec<u64>,
+    fin: Option<[u64; 4]>,
+    // This interval's echoes (for --record).
+    ifwd: Option<DelayAcc>,
+    irev: Option<DelayAcc>,
+    ireord: u64,
+}
+
+impl Rx {
+    /// For `count` probes; `intervals`: keep per-interval delays too (for --record).
+    fn new(count: u64, intervals: bool) -> Self {
+        Self {
+            got: vec![0; count.div_ceil(64) as usize],
+            fwd: Some(DelayAcc::new()),
+            rev: Some(DelayAcc::new()),
+            rtt: Some(DelayAcc::new()),
+            ifwd: intervals.then(DelayAcc::new),
+            irev: intervals.then(DelayAcc::new),
+            ..Default::default()
+        }
     }
-    let rx = Arc::new(Mutex::new(Rx {
-        got: vec![0; count.div_ceil(64) as usize],
-        fwd: Some(DelayAcc::new()),
-        rev: Some(DelayAcc::new()),
-        rtt: Some(DelayAcc::new()),
-        ifwd: sink.as_ref().map(|_| DelayAcc::new()),
-        irev: sink.as_ref().map(|_| DelayAcc::new()),
-        ..Default::default()
-    }));
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (rx2, done2) = (rx.clone(), done.clone());
-    let reader = std::thread::spawn(move || {
+
+    /// One echo (`p`, of this run), received at `now`.
+    fn echo(&mut self, p: &[u8], now: u64, count: u64) {
+        if echo_csum(p) != get_u32(p, 60) {
+            self.corrupt_rev += 1;
+            return;
+        }
+        // Reverse path: duplicates and order of the server's echoes.
+        let eseq = get_u64(p, ECHO_SEQ);
+        if !self.echo_seen.insert(eseq) {
+            self.dups += 1;
+            return;
+        }
+        if eseq < self.max_echo {
+            self.reordered += 1;
+            self.ireord += 1;
+        }
+        self.max_echo = self.max_echo.max(eseq);
+        if p[5] & FLAG_FWD_CORRUPT != 0 {
+            self.corrupt_fwd += 1;
+            return;
+        }
+        if p[5] & FLAG_DUP != 0 {
+            // A forward duplicate: the server counted it.
+            return;
+        }
+        let seq = get_u64(p, 16);
+        if seq >= count {
+            return;
+        }
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        if self.got[w] & (1 << b) != 0 {
+            return;
+        }
+        self.got[w] |= 1 << b;
+        self.order.push(seq);
+        self.max_seq = self.max_seq.max(seq);
+        let (ctx, srx, stx) = (get_u64(p, 24), get_u64(p, 32), get_u64(p, 40));
+        if let Some(a) = self.ifwd.as_mut() {
+            a.add(srx as i64 - ctx as i64);
+        }
+        if let Some(a) = self.irev.as_mut() {
+            a.add(now as i64 - stx as i64);
+        }
+        if let Some(a) = self.fwd.as_mut() {
+            a.add(srx as i64 - ctx as i64);
+        }
+        if let Some(a) = self.rev.as_mut() {
+            a.add(now as i64 - stx as i64);
+        }
+        if let Some(a) = self.rtt.as_mut() {
+            a.add(now as i64 - ctx as i64);
+        }
+    }
+}
+
+/// The reader thread: echoes and the server's final answer of run `run`, until `done`.
+fn spawn_reader(
+    sock: UdpSocket,
+    rx: Arc<Mutex<Rx>>,
+    done: Arc<AtomicBool>,
+    run: u64,
+    count: u64,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
-        while !done2.load(std::sync::atomic::Ordering::Relaxed) {
-            let Ok((n, _, now)) = recv_ts(&rx_sock, &mut buf) else {
+        while !done.load(Ordering::Relaxed) {
+            let Ok((n, _, now)) = recv_ts(&sock, &mut buf) else {
                 continue;
             };
             if n < HDR || get_u32(&buf, 0) != MAGIC || get_u64(&buf, 8) != run {
                 continue;
             }
             let p = &buf[..n];
-            let mut r = rx2.lock().expect("lock");
+            let mut r = rx.lock().expect("lock");
             match p[4] {
                 KIND_FIN_ACK => {
                     r.fin = Some([
@@ -258,87 +373,54 @@ pub fn udp_client_with(
                         get_u64(p, 40),
                     ]);
                 }
-                KIND_ECHO => {
-                    if echo_csum(p) != get_u32(p, 60) {
-                        r.corrupt_rev += 1;
-                        continue;
-                    }
-                    // Reverse path: duplicates and order of the server's echoes.
-                    let eseq = get_u64(p, ECHO_SEQ);
-                    if !r.echo_seen.insert(eseq) {
-                        r.dups += 1;
-                        continue;
-                    }
-                    if eseq < r.max_echo {
-                        r.reordered += 1;
-                        r.ireord += 1;
-                    }
-                    r.max_echo = r.max_echo.max(eseq);
-                    if p[5] & FLAG_FWD_CORRUPT != 0 {
-                        r.corrupt_fwd += 1;
-                        continue;
-                    }
-                    if p[5] & FLAG_DUP != 0 {
-                        // A forward duplicate: the server counted it.
-                        continue;
-                    }
-                    let seq = get_u64(p, 16);
-                    if seq >= count {
-                        continue;
-                    }
-                    let (w, b) = ((seq / 64) as usize, seq % 64);
-                    if r.got[w] & (1 << b) != 0 {
-                        continue;
-                    }
-                    r.got[w] |= 1 << b;
-                    r.order.push(seq);
-                    r.max_seq = r.max_seq.max(seq);
-                    let (ctx, srx, stx) = (get_u64(p, 24), get_u64(p, 32), get_u64(p, 40));
-                    if let Some(a) = r.ifwd.as_mut() {
-                        a.add(srx as i64 - ctx as i64);
-                    }
-                    if let Some(a) = r.irev.as_mut() {
-                        a.add(now as i64 - stx as i64);
-                    }
-                    if let Some(a) = r.fwd.as_mut() {
-                        a.add(srx as i64 - ctx as i64);
-                    }
-                    if let Some(a) = r.rev.as_mut() {
-                        a.add(now as i64 - stx as i64);
-                    }
-                    if let Some(a) = r.rtt.as_mut() {
-                        a.add(now as i64 - ctx as i64);
-                    }
-                }
+                KIND_ECHO => r.echo(p, now, count),
                 _ => {}
             }
         }
-    });
-    let mut pkt = vec![0u8; o.size];
+    })
+}
+
+/// A probe of `size` bytes of run `run` (sequence, time and checksum are filled per send).
+fn probe_packet(size: usize, run: u64) -> Vec<u8> {
+    let mut pkt = vec![0u8; size];
     for (i, b) in pkt[HDR..].iter_mut().enumerate() {
         *b = (i * 7 + 3) as u8;
     }
     pkt[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     pkt[4] = KIND_PROBE;
     put_u64(&mut pkt, 8, run);
-    let start = Instant::now();
-    let send_start_unix = crate::util::unix_now();
-    let t0 = mono_ns();
-    let gap = 1e9 / o.rate;
-    let mut sent = 0u64;
-    let mut last_iv = Instant::now();
-    let mut sent_iv = 0u64;
-    // Emit one interval object when the interval is over (or `force`).
-    let mut tick = |sent: u64, force: bool, sink: &mut Option<IntervalSink<'_>>| {
+    pkt
+}
+
+/// The send schedule: probe `i` is due at `t0 + i * gap` (ns), `count` probes.
+#[derive(Clone, Copy)]
+struct Pace {
+    t0: u64,
+    gap: f64,
+    count: u64,
+}
+
+/// Per-interval reporting (`--record`): emits one object per interval from the reader's
+/// interval accumulators.
+struct Intervals<'a> {
+    rx: &'a Mutex<Rx>,
+    start: Instant,
+    last_iv: Instant,
+    sent_iv: u64,
+}
+
+impl Intervals<'_> {
+    /// Emit one interval object when the interval is over (or `force`).
+    fn tick(&mut self, sent: u64, force: bool, sink: &mut Option<IntervalSink<'_>>) {
         let Some((every, f)) = sink.as_mut() else {
             return;
         };
-        let el = last_iv.elapsed();
+        let el = self.last_iv.elapsed();
         if el < *every && !force {
             return;
         }
-        last_iv = Instant::now();
-        let mut r = rx.lock().expect("lock");
+        self.last_iv = Instant::now();
+        let mut r = self.rx.lock().expect("lock");
         let s = |a: &mut Option<DelayAcc>| {
             let x = a.replace(DelayAcc::new());
             x.filter(|x| x.n > 0)
@@ -350,19 +432,33 @@ pub fn udp_client_with(
         drop(r);
         f(serde_json::json!({
             "type": "interval",
-            "t": start.elapsed().as_secs_f64(),
+            "t": self.start.elapsed().as_secs_f64(),
             "interval_s": el.as_secs_f64(),
-            "sent": sent - sent_iv,
+            "sent": sent - self.sent_iv,
             "forward": fw,
             "reverse": rv,
             "reordered": reord,
         }));
-        sent_iv = sent;
-    };
+        self.sent_iv = sent;
+    }
+}
+
+/// Send the probes on schedule until all are sent or `stop`; returns how many were sent and
+/// the seconds that took.
+fn send_probes(
+    sock: &UdpSocket,
+    pkt: &mut [u8],
+    pace: Pace,
+    stop: &Stop,
+    iv: &mut Intervals<'_>,
+    sink: &mut Option<IntervalSink<'_>>,
+) -> (u64, f64) {
+    let Pace { t0, gap, count } = pace;
+    let mut sent = 0u64;
     let mut bar = crate::progress::Progress::new(count, "probes sent");
     let mut last_bar = Instant::now();
     while sent < count && !stop.requested() {
-        tick(sent, false, &mut sink);
+        iv.tick(sent, false, sink);
         if last_bar.elapsed() >= Duration::from_millis(200) {
             last_bar = Instant::now();
             bar.set(sent, "");
@@ -380,22 +476,20 @@ pub fn udp_client_with(
                 std::hint::spin_loop();
             }
         }
-        put_u64(&mut pkt, 16, sent);
-        put_u64(&mut pkt, 24, real_ns());
-        let c = client_csum(&pkt);
+        put_u64(pkt, 16, sent);
+        put_u64(pkt, 24, real_ns());
+        let c = client_csum(pkt);
         pkt[56..60].copy_from_slice(&c.to_le_bytes());
-        let _ = sock.send(&pkt);
+        let _ = sock.send(pkt);
         sent += 1;
     }
-    let send_secs = start.elapsed().as_secs_f64();
+    let send_secs = iv.start.elapsed().as_secs_f64();
     bar.finish();
-    // Stragglers: wait, then ask the server for its side (a few tries).
-    let wait_until = Instant::now() + o.wait;
-    while Instant::now() < wait_until && !stop.requested() {
-        tick(sent, false, &mut sink);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    tick(sent, true, &mut sink);
+    (sent, send_secs)
+}
+
+/// Ask the server for its counts until it answers (at most 20 tries, 150 ms apart).
+fn final_exchange(sock: &UdpSocket, rx: &Mutex<Rx>, run: u64) {
     let mut fin = [0u8; HDR];
     fin[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     fin[4] = KIND_FIN;
@@ -407,20 +501,26 @@ pub fn udp_client_with(
         let _ = sock.send(&fin);
         std::thread::sleep(Duration::from_millis(150));
     }
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = reader.join();
-    let mut r = rx.lock().expect("lock");
+}
+
+/// The sequence numbers below `sent` that got no echo.
+fn lost_seqs(got: &[u64], sent: u64) -> Vec<u64> {
     let mut lost_seqs = vec![];
     for seq in 0..sent {
-        if r.got[(seq / 64) as usize] & (1 << (seq % 64)) == 0 {
+        if got[(seq / 64) as usize] & (1 << (seq % 64)) == 0 {
             lost_seqs.push(seq);
         }
     }
+    lost_seqs
+}
+
+/// Runs of consecutive sequence numbers in `lost_seqs` (ascending).
+fn loss_bursts(lost_seqs: &[u64]) -> Bursts {
     let mut bursts = Bursts::default();
     let mut run_len = 0u64;
     let mut total_len = 0u64;
     let mut prev: Option<u64> = None;
-    for s in &lost_seqs {
+    for s in lost_seqs {
         if prev.is_some_and(|p| p + 1 == *s) {
             run_len += 1;
         } else {
@@ -441,15 +541,34 @@ pub fn udp_client_with(
     if bursts.count > 0 {
         bursts.mean_len = total_len as f64 / bursts.count as f64;
     }
-    let echoed = sent - lost_seqs.len() as u64;
+    bursts
+}
+
+/// Probes whose echo arrived before that of a lower-numbered probe (`order`: arrival order).
+fn overtaking(order: &[u64]) -> u64 {
     let mut overtaking = 0u64;
     let mut min_after = u64::MAX;
-    for s in r.order.iter().rev() {
+    for s in order.iter().rev() {
         if *s > min_after {
             overtaking += 1;
         }
         min_after = min_after.min(*s);
     }
+    overtaking
+}
+
+/// The report from what the reader saw and the server's final counts.
+fn build_report(
+    o: &ClientOptions,
+    r: &mut Rx,
+    sent: u64,
+    send_secs: f64,
+    send_start_unix: f64,
+) -> UdpReport {
+    let lost_seqs = lost_seqs(&r.got, sent);
+    let bursts = loss_bursts(&lost_seqs);
+    let echoed = sent - lost_seqs.len() as u64;
+    let overtaking = overtaking(&r.order);
     let fwd_acc = r.fwd.take().expect("acc");
     let rev_acc = r.rev.take().expect("acc");
     let delay_hist_ms = [fwd_acc.hist_ms(), rev_acc.hist_ms()];
@@ -472,7 +591,7 @@ pub fn udp_client_with(
     };
     let fwd_lost = sent.saturating_sub(server_rx + server_corrupt);
     let rev_lost = server_rx.saturating_sub(echoed + r.corrupt_rev);
-    Ok(UdpReport {
+    UdpReport {
         mode: "udp",
         to: o.to.to_string(),
         sent,
@@ -505,5 +624,5 @@ pub fn udp_client_with(
         server_stats: r.fin.is_some(),
         delay_hist_ms,
         send_start_unix,
-    })
+    }
 }
