@@ -71,6 +71,41 @@ wan_delays() {
 }
 check wan-delay-20ms-each-way wan_delays
 
+# Loss measured by the probe: 10% each way on 400 probes (a generous band: emulated guest).
+wan_loss() {
+  $W probe server --netns wirelab-server --bind 198.18.0.2:7001 --duration 120s > /tmp/ps.out 2>&1 &
+  ps=$!
+  $W wan --netns wirelab-wan --between to-client to-server --both "loss 10%" --seed 3 --duration 90s > /tmp/wl.out 2>&1 &
+  p=$!
+  until_ok 120 grep -q "wan running" /tmp/wl.out || { cat /tmp/wl.out; kill $ps; return 1; }
+  until_ok 60 grep -q "listening" /tmp/ps.out || { kill $p $ps; return 1; }
+  $W probe client --netns wirelab-client --to 198.18.0.2:7001 --rate 100 --count 400 --json > /tmp/pl.json
+  ok=$?
+  kill -INT $p $ps; wait $p; wait $ps
+  cat /tmp/pl.json
+  [ $ok -eq 0 ] || return 1
+  # forward loss_pct between 4 and 18 %
+  grep -o '"forward":{[^}]*"loss_pct":[0-9.]*' /tmp/pl.json | grep -o '[0-9.]*$' | awk '{ exit !($1 >= 4 && $1 <= 18) }'
+}
+check wan-loss-10pct-by-probe wan_loss
+
+# kill -9 of a running wan: its XDP links go with it; the tc fast path's clsact filter (kernels
+# before 6.6) stays until `wirelab cleanup`. Afterwards the bridge forwards again and a new wan
+# attaches to the same interfaces.
+kill9_then_cleanup() {
+  $W wan --netns wirelab-wan --between to-client to-server --both "delay 5ms" --duration 90s > /tmp/w9.out 2>&1 &
+  p=$!
+  until_ok 120 grep -q "wan running" /tmp/w9.out || { cat /tmp/w9.out; return 1; }
+  kill -9 $p; wait $p 2>/dev/null
+  $W cleanup || return 1
+  $W lab exec client -- ping -c 2 -W 5 198.18.0.2 || return 1
+  $W wan --netns wirelab-wan --between to-client to-server --both "delay 5ms" --duration 90s > /tmp/w10.out 2>&1 &
+  p=$!
+  until_ok 120 grep -q "wan running" /tmp/w10.out || { cat /tmp/w10.out; return 1; }
+  kill -INT $p; wait $p
+}
+check kill9-wan-then-cleanup kill9_then_cleanup
+
 swarm_connects() {
   $W lab exec server -- ip route add 198.18.0.64/26 dev eth0 || return 1
   $W probe server --netns wirelab-server --bind 198.18.0.2:7000 --duration 120s > /tmp/probe.out 2>&1 &

@@ -58,6 +58,8 @@ pub const MATRIX: &[Kernel] = &[
                 "wan-delay-20ms-each-way",
                 "the xdpilone AF_XDP library needs SO_NETNS_COOKIE (Linux 5.14); wan says so before attaching",
             ),
+            ("wan-loss-10pct-by-probe", "wan (above)"),
+            ("kill9-wan-then-cleanup", "wan (above)"),
             ("sweep-2-cells", "a sweep runs wan (above)"),
         ],
         split_modules: false,
