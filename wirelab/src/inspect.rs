@@ -203,7 +203,6 @@ struct Inspect<'a> {
     map: PerCpuArray<&'a aya::maps::MapData, Counter>,
     mode: AttachMode,
     metrics: Option<InspectMetrics>,
-    total: Counts,
 }
 
 impl<'a> Sampled for Inspect<'a> {
@@ -243,7 +242,6 @@ impl<'a> Sampled for Inspect<'a> {
     }
 
     fn finish(&mut self, total: &Counts, secs: f64) -> Result<(FinalLine<'a>, Vec<Quantity>)> {
-        self.total = total.clone();
         let measured = CLASS_NAMES
             .iter()
             .zip(&total.0)
@@ -273,7 +271,12 @@ impl<'a> Sampled for Inspect<'a> {
             "total on {} over {:.2}s ({} XDP)",
             fin.iface, fin.duration_s, fin.mode
         );
-        print_table(out, &title, &self.total, fin.duration_s)
+        print_table(
+            out,
+            &title,
+            &Counts::from_names(&fin.counts),
+            fin.duration_s,
+        )
     }
 }
 
@@ -306,15 +309,13 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
             .as_ref()
             .map(InspectMetrics::start)
             .transpose()?,
-        total: Counts::default(),
     };
-    sampled::drive(
+    let (_, total) = sampled::drive(
         &mut tool,
         Ticker::new(opts.interval, opts.duration),
         stop,
         obs,
     )?;
-    let total = tool.total;
     // Dropping `bpf` closes the bpf_link: the program detaches here.
     drop(bpf);
     tracing::info!(iface = %opts.iface, "inspect detached");

@@ -215,7 +215,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         metrics,
         start: Instant::now(),
     };
-    let fin = sampled::drive(
+    let (fin, _) = sampled::drive(
         &mut tool,
         Ticker::new(opts.interval, opts.duration),
         stop,

@@ -602,7 +602,6 @@ struct LbTool<'a> {
     lb: &'a Balancer,
     path: Path,
     attach: String,
-    total: Stats,
 }
 
 impl Sampled for LbTool<'_> {
@@ -633,7 +632,6 @@ impl Sampled for LbTool<'_> {
     }
 
     fn finish(&mut self, total: &Stats, secs: f64) -> Result<(FinalLine, Vec<Quantity>)> {
-        self.total = total.clone();
         let mut measured = Vec::new();
         for s in &total.services {
             for b in &s.backends {
@@ -715,15 +713,13 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         lb: &lb,
         path,
         attach: attach.clone(),
-        total: Stats::default(),
     };
-    sampled::drive(
+    let (_, total) = sampled::drive(
         &mut tool,
         Ticker::new(opts.interval, opts.duration),
         stop,
         obs,
     )?;
-    let total = tool.total;
     // Dropping `bpf` closes the TCX link: the program detaches here.
     drop(bpf);
     tracing::info!(iface = %opts.iface, "lb detached");

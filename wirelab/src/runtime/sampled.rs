@@ -63,13 +63,14 @@ pub trait Sampled {
     fn final_table(&self, fin: &Self::Final, out: &mut dyn Write) -> io::Result<()>;
 }
 
-/// Run `tool` until `ticker` ends (duration, Ctrl-C/SIGTERM); returns the final line.
+/// Run `tool` until `ticker` ends (duration, Ctrl-C/SIGTERM); returns the final line and the
+/// last snapshot (the totals), so a tool need not keep its own copy of them.
 pub fn drive<T: Sampled>(
     tool: &mut T,
     mut ticker: Ticker,
     stop: &Stop,
     mut obs: Observer,
-) -> Result<T::Final> {
+) -> Result<(T::Final, T::Snapshot)> {
     let mut last = tool.read()?;
     tool.publish(&last);
     let every = tool.poll_every();
@@ -90,5 +91,5 @@ pub fn drive<T: Sampled>(
     tool.poll(&mut obs)?;
     let (fin, measured) = tool.finish(&last, ticker.elapsed())?;
     obs.finish(&fin, measured, |out| tool.final_table(&fin, out))?;
-    Ok(fin)
+    Ok((fin, last))
 }
