@@ -21,6 +21,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(t).map_err(|e| format!("{s:?}: {e} (examples: 500ms, 1s, 2m)"))
 }
 
+/// Standard normal CDF Φ(x) (Abramowitz-Stegun 7.1.26 erf, |error| < 1.5e-7): the sweep's
+/// trend test and wan's smooth keep-order jitter.
+pub fn normal_cdf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs() / std::f64::consts::SQRT_2);
+    let y = 1.0
+        - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t
+            + 0.254_829_592)
+            * t
+            * (-(x * x) / 2.0).exp();
+    0.5 * (1.0 + if x >= 0.0 { y } else { -y })
+}
+
 /// A flag raised by SIGINT or SIGTERM.
 #[derive(Clone, Default)]
 pub struct Stop(Arc<AtomicBool>);

@@ -71,19 +71,10 @@ pub fn mann_kendall(v: &[f64]) -> (i64, f64) {
     } else {
         0.0
     };
-    (s, (2.0 * (1.0 - normal_cdf(z.abs()))).clamp(0.0, 1.0))
-}
-
-/// Standard normal CDF (Abramowitz-Stegun 7.1.26 erf, |error| < 1.5e-7).
-fn normal_cdf(x: f64) -> f64 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs() / std::f64::consts::SQRT_2);
-    let y = 1.0
-        - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t
-            + 0.254_829_592)
-            * t
-            * (-(x * x) / 2.0).exp();
-    let erf = if x >= 0.0 { y } else { -y };
-    0.5 * (1.0 + erf)
+    (
+        s,
+        (2.0 * (1.0 - crate::util::normal_cdf(z.abs()))).clamp(0.0, 1.0),
+    )
 }
 
 /// The figures of `values` (in the order the runs ran); `seed` makes the bootstrap
@@ -171,6 +162,6 @@ mod tests {
         assert!(mann_kendall(&flat).1 > 0.3);
         assert_eq!(mann_kendall(&[1.0, 2.0]), (0, 1.0));
         // Φ(1.96) ≈ 0.975.
-        assert!((normal_cdf(1.96) - 0.975).abs() < 1e-4);
+        assert!((crate::util::normal_cdf(1.96) - 0.975).abs() < 1e-4);
     }
 }

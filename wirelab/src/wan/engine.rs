@@ -192,17 +192,6 @@ fn std_normal(rng: &mut StdRng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
-/// Standard normal CDF (Abramowitz-Stegun 7.1.26, |error| < 1.5e-7).
-fn phi(x: f64) -> f64 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs() / std::f64::consts::SQRT_2);
-    let y = 1.0
-        - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t
-            + 0.254_829_592)
-            * t
-            * (-(x * x) / 2.0).exp();
-    0.5 * (1.0 + if x >= 0.0 { y } else { -y })
-}
-
 /// `jitter-order keep`: the uniform variate of the delay process at time `now`.
 ///
 /// Independent standard normal knots z0, z1, z2… are drawn every `spacing` ns; between two
@@ -234,7 +223,7 @@ fn smooth_u32(
     let f = (now.saturating_sub(t0) as f64 / spacing as f64).clamp(0.0, 1.0);
     let a = std::f64::consts::FRAC_PI_2 * f;
     let z = a.cos() * z0 + a.sin() * z1;
-    (phi(z) * u32::MAX as f64) as u32
+    (crate::util::normal_cdf(z) * u32::MAX as f64) as u32
 }
 
 /// The random stream of (direction, class) under `seed`.
