@@ -106,7 +106,12 @@ fn valid_name(s: &str) -> bool {
 impl Recorder {
     /// Start recording source `kind` (e.g. `wan`, `probe-udp`) into `dir` with its full
     /// configuration. A second source of the same kind in the same directory is `kind-2`, ...
-    pub fn create(dir: &Path, kind: &str, tool: &str, config: Value) -> Result<Self> {
+    pub fn create(
+        dir: &Path,
+        kind: &str,
+        tool: &str,
+        config: &impl serde::Serialize,
+    ) -> Result<Self> {
         if !valid_name(kind) {
             bail!("record: bad source name {kind:?}");
         }
@@ -196,6 +201,16 @@ impl Recorder {
         writeln!(self.series, "{line}")?;
         self.series.flush()?;
         Ok(())
+    }
+
+    /// An interval line stamped with the wall-clock time it describes (`unix`), for a tool
+    /// that learns its intervals only at the end (the TCP probe's receiver slots).
+    pub fn interval_at(&mut self, unix: f64, v: &impl serde::Serialize) -> Result<()> {
+        let mut v = serde_json::to_value(v)?;
+        if let Value::Object(m) = &mut v {
+            m.insert("unix".into(), json!(unix));
+        }
+        self.interval(&v)
     }
 
     /// A live configuration change (what was asked, what is now in force).
@@ -529,6 +544,14 @@ pub fn rebuild_summary(dir: &Path) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// What a stats line is: one interval, or the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineKind {
+    Interval,
+    Final,
+}
+
 /// A series or change line as written: the tool's own typed line with the record's stamps.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Stamped<T> {
@@ -565,8 +588,8 @@ mod tests {
     fn record_and_summary() {
         let d = std::env::temp_dir().join(format!("wl-rec-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        let mut a = Recorder::create(&d, "wan", "wan", json!({"x": 1})).unwrap();
-        let mut b = Recorder::create(&d, "wan", "wan", json!({"x": 2})).unwrap();
+        let mut a = Recorder::create(&d, "wan", "wan", &json!({"x": 1})).unwrap();
+        let mut b = Recorder::create(&d, "wan", "wan", &json!({"x": 2})).unwrap();
         assert_eq!(b.name(), "wan-2");
         a.interval(&json!({"type": "interval", "v": 1})).unwrap();
         a.change(&json!({"applied": "x"})).unwrap();

@@ -393,22 +393,47 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
     assert!(String::from_utf8_lossy(&oc.stdout).contains("data-ready=\"1\""));
 }
 
-/// Write a small run directory with the real recorder.
+/// Write a small run directory with the real recorder and the probe's own line types.
 fn small_run(dir: &Path) {
-    use wirelab::record::{Quantity, Recorder};
+    use wirelab::{
+        probe::{DelayStats, Dirs, UdpInterval, UdpRecord, UdpReport},
+        record::{LineKind, Quantity, Recorder},
+    };
     let mut r =
-        Recorder::create(dir, "probe-udp", "probe-udp", json!({"interval_s": 1.0})).unwrap();
+        Recorder::create(dir, "probe-udp", "probe-udp", &json!({"interval_s": 1.0})).unwrap();
+    let stats = |p50: f64, p99: f64| DelayStats {
+        count: 10,
+        p50,
+        p99,
+        ..Default::default()
+    };
     for i in 0..5 {
-        r.interval(&json!({
-            "type": "interval", "t": i as f64, "interval_s": 1.0, "sent": 10, "reordered": 0,
-            "forward": {"count": 10, "p50": 20.0 + i as f64, "p99": 21.0 + i as f64},
-            "reverse": {"count": 10, "p50": 20.0, "p99": 22.0},
-        }))
+        r.interval(&UdpInterval {
+            kind: LineKind::Interval,
+            t: i as f64,
+            interval_s: 1.0,
+            sent: 10,
+            forward: Some(stats(20.0 + i as f64, 21.0 + i as f64)),
+            reverse: Some(stats(20.0, 22.0)),
+            reordered: 0,
+        })
         .unwrap();
     }
+    let fin = UdpRecord {
+        report: UdpReport {
+            sent: 50,
+            rate_pps: 10.0,
+            lost_seqs: vec![3],
+            ..Default::default()
+        },
+        delay_hist_ms: Dirs {
+            forward: vec![(20.0, 25), (21.0, 25)],
+            reverse: vec![(20.0, 50)],
+        },
+        send_start_unix: wirelab::util::unix_now(),
+    };
     r.finish(
-        &json!({"sent": 50, "rate_pps": 10.0, "lost_seqs": [3],
-                "delay_hist_ms": {"forward": [[20.0, 25], [21.0, 25]], "reverse": [[20.0, 50]]}}),
+        &fin,
         vec![],
         vec![Quantity::new("delay_ms", "a_to_b", 20.5, "ms", "p50")],
     )
@@ -480,6 +505,17 @@ fn damaged_run_directories_are_errors_naming_file_and_line() {
     let e = report_err(&d);
     assert!(
         e.contains("probe-udp.series.jsonl: line 2: seq 3 where 2 was expected"),
+        "{e}"
+    );
+
+    // A well-formed line of the wrong shape: the probe's own type refuses it.
+    let d = fresh("mistyped");
+    let t = std::fs::read_to_string(series(&d)).unwrap();
+    let t = t.replacen("\"sent\":10", "\"sent\":\"ten\"", 1);
+    std::fs::write(series(&d), t).unwrap();
+    let e = report_err(&d);
+    assert!(
+        e.contains("probe-udp.series.jsonl line 1: not a") && e.contains("UdpInterval"),
         "{e}"
     );
 

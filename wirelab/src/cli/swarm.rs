@@ -1,21 +1,15 @@
 //! `wirelab swarm`: many client machines from one host (`run` and `connect`).
 use std::{
-    collections::BTreeMap,
-    io::Write as _,
-    net::SocketAddrV4,
-    path::PathBuf,
-    process::ExitCode,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
+    collections::BTreeMap, net::SocketAddrV4, path::PathBuf, process::ExitCode, sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
+use serde::Serialize;
 use wirelab::{
     metrics, record,
+    runtime::{observe::Observer, Ticker},
     swarm::{self, connect, run, Identity, Options, Pool, Swarm},
     util,
 };
@@ -219,25 +213,63 @@ impl SwarmMetrics {
         }
     }
 
-    /// `v`: a [`connect::ConnectProgress::snapshot`].
-    fn publish_connect(&self, v: &serde_json::Value) {
-        let g = |k: &str| v[k].as_u64().unwrap_or(0);
-        self.publish(g("attempted"), g("succeeded"), g("failed"), g("open"));
+    fn publish_connect(&self, v: &connect::ConnectSample) {
+        self.publish(
+            v.attempted.into(),
+            v.succeeded.into(),
+            v.failed.into(),
+            v.open.into(),
+        );
         metrics::set_total(
             &self
                 .established
                 .get_or_create(&metrics::labels(&[("mode", self.mode)])),
-            g("established"),
+            v.established.into(),
         );
     }
 }
 
-/// The run record of a swarm command (`--record DIR`), if one was asked for.
-fn recorder(c: &Common, name: &str, config: serde_json::Value) -> Result<Option<record::Recorder>> {
-    c.record
-        .as_deref()
-        .map(|d| record::Recorder::create(d, name, name, config))
-        .transpose()
+/// The observer of a swarm command: its `--record` source (interval lines are recorded, not
+/// printed: the progress bar has the terminal) and the final summary on stdout.
+fn observer(c: &Common, name: &str, config: &impl Serialize) -> Result<Observer> {
+    Observer::new(c.json.json, c.record.as_deref(), name, config)
+}
+
+/// `swarm run`'s configuration in its record.
+#[derive(Serialize)]
+struct RunConfig<'a> {
+    iface: &'a str,
+    netns: Option<&'a str>,
+    pool: String,
+    clients: u32,
+    mac_prefix: [u8; 2],
+    concurrency: u32,
+    identity: String,
+    timeout_s: Option<f64>,
+    cmd: &'a [String],
+}
+
+/// `swarm connect`'s configuration in its record.
+#[derive(Serialize)]
+struct ConnectConfig<'a> {
+    iface: &'a str,
+    netns: Option<&'a str>,
+    pool: String,
+    clients: u32,
+    to: SocketAddrV4,
+    hold_s: f64,
+    rate: Option<f64>,
+    concurrency: u32,
+    timeout_s: f64,
+    send: usize,
+    recv: usize,
+}
+
+/// `swarm run`'s final record: the summary and every client's result.
+#[derive(Serialize)]
+struct RunRecord<'a> {
+    summary: &'a run::Summary,
+    clients: &'a [run::ClientResult],
 }
 
 /// A measured quantity of the whole run (no direction).
@@ -264,15 +296,20 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 out: a.out,
                 cmd: a.cmd,
             };
-            let mut rec = recorder(
+            let mut obs = observer(
                 &a.common,
                 "swarm-run",
-                serde_json::json!({
-                    "iface": a.common.iface, "netns": a.common.netns.netns, "pool": a.common.pool.net.to_string(),
-                    "clients": a.common.clients, "mac_prefix": a.common.mac_prefix,
-                    "concurrency": ro.concurrency, "identity": format!("{:?}", a.identity),
-                    "timeout_s": ro.timeout.map(|t| t.as_secs_f64()), "cmd": ro.cmd,
-                }),
+                &RunConfig {
+                    iface: &a.common.iface,
+                    netns: a.common.netns.netns.as_deref(),
+                    pool: a.common.pool.net.to_string(),
+                    clients: a.common.clients,
+                    mac_prefix: a.common.mac_prefix,
+                    concurrency: ro.concurrency,
+                    identity: format!("{:?}", a.identity),
+                    timeout_s: ro.timeout.map(|t| t.as_secs_f64()),
+                    cmd: &ro.cmd,
+                },
             )?;
             let mut sw = Swarm::setup(o)?;
             let mut rec_err = None;
@@ -280,58 +317,49 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 if let Some(m) = &mets {
                     m.publish_run(s);
                 }
-                if let Some(r) = rec.as_mut() {
-                    let mut v = serde_json::to_value(s).unwrap_or_default();
-                    v["type"] = "interval".into();
-                    if let Err(e) = r.interval(&v) {
-                        rec_err.get_or_insert(e);
-                    }
+                if let Err(e) = obs.record_only(s) {
+                    rec_err.get_or_insert(e);
                 }
             })?;
             drop(sw);
             if let Some(e) = rec_err {
                 return Err(e.context("writing the run record"));
             }
-            if let Some(r) = rec {
-                let measured = vec![
-                    q(
-                        "clients_succeeded",
-                        summary.succeeded as f64,
-                        "clients",
-                        "clients that exited 0",
-                    ),
-                    q(
-                        "clients_failed",
-                        summary.failed as f64,
-                        "clients",
-                        "clients that failed",
-                    ),
-                    q(
-                        "client_duration_p50_s",
-                        summary.duration_p50_s,
-                        "s",
-                        "client run time p50",
-                    ),
-                    q(
-                        "client_duration_p99_s",
-                        summary.duration_p99_s,
-                        "s",
-                        "client run time p99",
-                    ),
-                ];
-                r.finish(
-                    &serde_json::json!({"summary": summary, "clients": results}),
-                    vec![],
-                    measured,
-                )?;
-            }
-            let mut out = std::io::stdout().lock();
-            if a.common.json.json {
-                writeln!(out, "{}", serde_json::to_string(&summary)?)?;
-            } else {
-                run::print_summary(&summary, &mut out)?;
-            }
-            out.flush()?;
+            let measured = vec![
+                q(
+                    "clients_succeeded",
+                    summary.succeeded as f64,
+                    "clients",
+                    "clients that exited 0",
+                ),
+                q(
+                    "clients_failed",
+                    summary.failed as f64,
+                    "clients",
+                    "clients that failed",
+                ),
+                q(
+                    "client_duration_p50_s",
+                    summary.duration_p50_s,
+                    "s",
+                    "client run time p50",
+                ),
+                q(
+                    "client_duration_p99_s",
+                    summary.duration_p99_s,
+                    "s",
+                    "client run time p99",
+                ),
+            ];
+            obs.finish_apart(
+                &RunRecord {
+                    summary: &summary,
+                    clients: &results,
+                },
+                &summary,
+                measured,
+                |out| run::print_summary(&summary, out),
+            )?;
             Ok(if summary.failed == 0 && !summary.interrupted {
                 ExitCode::SUCCESS
             } else {
@@ -352,15 +380,22 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 .as_ref()
                 .map(|e| SwarmMetrics::start(e, "connect"))
                 .transpose()?;
-            let mut rec = recorder(
+            let obs = observer(
                 &a.common,
                 "swarm-connect",
-                serde_json::json!({
-                    "iface": a.common.iface, "netns": a.common.netns.netns, "pool": a.common.pool.net.to_string(),
-                    "clients": a.common.clients, "to": a.to, "hold_s": a.hold.as_secs_f64(),
-                    "rate": a.rate, "concurrency": concurrency,
-                    "timeout_s": a.timeout.as_secs_f64(), "send": a.send, "recv": a.recv,
-                }),
+                &ConnectConfig {
+                    iface: &a.common.iface,
+                    netns: a.common.netns.netns.as_deref(),
+                    pool: a.common.pool.net.to_string(),
+                    clients: a.common.clients,
+                    to: a.to,
+                    hold_s: a.hold.as_secs_f64(),
+                    rate: a.rate,
+                    concurrency,
+                    timeout_s: a.timeout.as_secs_f64(),
+                    send: a.send,
+                    recv: a.recv,
+                },
             )?;
             let mut sw = Swarm::setup(o)?;
             let co = connect::ConnectOptions {
@@ -373,72 +408,50 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 recv: a.recv,
                 progress: Arc::new(connect::ConnectProgress::default()),
             };
-            // A sampler thread: one series line and one metrics update per second, and a
-            // last one at the end.
+            // A sampler thread on the runtime's ticker: one series line and one metrics
+            // update per second, and a last one when the run ends.
             let progress = co.progress.clone();
-            let done = Arc::new(AtomicBool::new(false));
+            let done = util::Stop::new();
             let sampler = {
                 let done = done.clone();
-                let mut rec = rec.take();
-                std::thread::spawn(move || -> (Option<record::Recorder>, Result<()>) {
-                    let t0 = Instant::now();
-                    let mut res = Ok(());
-                    loop {
-                        let t1 = Instant::now();
-                        while t1.elapsed() < Duration::from_secs(1) && !done.load(Ordering::Relaxed)
-                        {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        let last = done.load(Ordering::Relaxed);
-                        let v = progress.snapshot(t0.elapsed().as_secs_f64());
+                let mut obs = obs;
+                std::thread::spawn(move || -> Result<Observer> {
+                    let mut ticker = Ticker::new(Duration::from_secs(1), None);
+                    while let Some(tick) = ticker.wait(&done) {
+                        let line = progress.snapshot(tick.t);
                         if let Some(m) = &mets {
-                            m.publish_connect(&v);
+                            m.publish_connect(&line);
                         }
-                        if let Some(r) = rec.as_mut() {
-                            if let Err(e) = r.interval(&v) {
-                                res = Err(e);
-                            }
-                        }
-                        if last {
-                            return (rec, res);
-                        }
+                        obs.record_only(&line)?;
                     }
+                    Ok(obs)
                 })
             };
             let s = connect::run(&mut sw, co, &stop).context("swarm connect");
-            done.store(true, Ordering::Relaxed);
-            let (rec, rec_res) = sampler
+            done.raise();
+            let obs = sampler
                 .join()
                 .map_err(|_| anyhow::anyhow!("the sampler thread panicked"))?;
             let s = s?;
-            rec_res.context("writing the run record")?;
+            let obs = obs.context("writing the run record")?;
             drop(sw);
-            if let Some(r) = rec {
-                let measured = vec![
-                    q(
-                        "clients_connected",
-                        s.connected as f64,
-                        "clients",
-                        "connections established",
-                    ),
-                    q("connect_p50_ms", s.connect_p50_ms, "ms", "connect time p50"),
-                    q("connect_p99_ms", s.connect_p99_ms, "ms", "connect time p99"),
-                    q(
-                        "connects_per_s",
-                        s.connects_per_s,
-                        "1/s",
-                        "connections per second",
-                    ),
-                ];
-                r.finish(&serde_json::to_value(&s)?, vec![], measured)?;
-            }
-            let mut out = std::io::stdout().lock();
-            if a.common.json.json {
-                writeln!(out, "{}", serde_json::to_string(&s)?)?;
-            } else {
-                connect::print_summary(&s, &mut out)?;
-            }
-            out.flush()?;
+            let measured = vec![
+                q(
+                    "clients_connected",
+                    s.connected as f64,
+                    "clients",
+                    "connections established",
+                ),
+                q("connect_p50_ms", s.connect_p50_ms, "ms", "connect time p50"),
+                q("connect_p99_ms", s.connect_p99_ms, "ms", "connect time p99"),
+                q(
+                    "connects_per_s",
+                    s.connects_per_s,
+                    "1/s",
+                    "connections per second",
+                ),
+            ];
+            obs.finish(&s, measured, |out| connect::print_summary(&s, out))?;
             Ok(if s.identity_ok == s.clients && !s.interrupted {
                 ExitCode::SUCCESS
             } else {

@@ -12,11 +12,13 @@
 //! 100 ms slots and returns them, giving goodput over time as the receiver saw it.
 //!
 //! Files: `wire.rs` (the probe format and socket options), `server.rs` (UDP echo, TCP sink),
-//! `udp.rs` and `tcp.rs` (the clients), `report.rs` (printing and recorded quantities), `record.rs` (runs with `--record`).
+//! `udp.rs` and `tcp.rs` (the clients), `report.rs` (printing and recorded quantities), `record.rs` (runs with `--record`),
+//! `types.rs` (the typed lines those write and `wirelab report` reads).
 mod record;
 mod report;
 mod server;
 mod tcp;
+mod types;
 mod udp;
 mod wire;
 
@@ -24,6 +26,7 @@ pub use record::{tcp_recorded, udp_recorded};
 pub use report::{print_udp, tcp_measured, udp_measured};
 pub use server::server;
 pub use tcp::{tcp_client, TcpReport};
+pub use types::{Dirs, SinkReport, TcpInterval, UdpInterval, UdpRecord};
 pub use udp::{
     udp_client, udp_client_with, Bursts, ClientOptions, DelayStats, DirStats, UdpReport,
 };

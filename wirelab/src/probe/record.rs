@@ -4,9 +4,13 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::Result;
 
-use super::{report, tcp, udp};
+use super::{
+    report, tcp,
+    types::{Dirs, TcpConfig, TcpInterval, UdpConfig, UdpInterval, UdpRecord},
+    udp,
+};
 use crate::{
-    record::{Quantity, Recorder},
+    record::{LineKind, Quantity, Recorder},
     util::{self, Stop},
 };
 
@@ -22,17 +26,23 @@ pub fn udp_recorded(
         dir,
         "probe-udp",
         "probe-udp",
-        serde_json::json!({
-            "to": o.to, "rate_pps": o.rate, "count": o.count,
-            "duration_s": o.duration.map(|d| d.as_secs_f64()),
-            "size": o.size, "wait_s": o.wait.as_secs_f64(),
-            "interval_s": interval.as_secs_f64(),
-            "direction_mapping": {"forward": "a_to_b", "reverse": "b_to_a"},
-        }),
+        &UdpConfig {
+            to: o.to,
+            rate_pps: o.rate,
+            count: o.count,
+            duration_s: o.duration.map(|d| d.as_secs_f64()),
+            size: o.size,
+            wait_s: o.wait.as_secs_f64(),
+            interval_s: interval.as_secs_f64(),
+            direction_mapping: Dirs {
+                forward: "a_to_b",
+                reverse: "b_to_a",
+            },
+        },
     )?;
     let mut err = None;
-    let mut sink = |v: serde_json::Value| {
-        if let Err(e) = rec.interval(&v) {
+    let mut sink = |line: &UdpInterval| {
+        if let Err(e) = rec.interval(line) {
             err.get_or_insert(e);
         }
     };
@@ -40,12 +50,12 @@ pub fn udp_recorded(
     if let Some(e) = err {
         return Err(e.context("writing the run record"));
     }
-    let mut fin = serde_json::to_value(&r)?;
-    fin["delay_hist_ms"] = serde_json::json!({
-        "forward": r.delay_hist_ms[0],
-        "reverse": r.delay_hist_ms[1],
-    });
-    fin["send_start_unix"] = serde_json::json!(r.send_start_unix);
+    let [forward, reverse] = r.delay_hist_ms.clone();
+    let fin = UdpRecord {
+        report: r.clone(),
+        delay_hist_ms: Dirs { forward, reverse },
+        send_start_unix: r.send_start_unix,
+    };
     rec.finish(&fin, configured, report::udp_measured(&r))?;
     Ok(r)
 }
@@ -62,18 +72,22 @@ pub fn tcp_recorded(
         dir,
         "probe-tcp",
         "probe-tcp",
-        serde_json::json!({"to": to, "duration_s": dur.as_secs_f64()}),
+        &TcpConfig {
+            to,
+            duration_s: dur.as_secs_f64(),
+        },
     )?;
     let t_start = util::unix_now();
     let r = tcp::tcp_client(to, dur, stop)?;
     for (i, m) in r.per_second_mbps.iter().enumerate() {
-        rec.interval(&serde_json::json!({
-            "type": "interval",
-            "t": (i + 1) as f64,
-            "unix": t_start + (i + 1) as f64,
-            "interval_s": 1.0,
-            "goodput_mbps": m,
-        }))?;
+        let t = (i + 1) as f64;
+        let line = TcpInterval {
+            kind: LineKind::Interval,
+            t,
+            interval_s: 1.0,
+            goodput_mbps: *m,
+        };
+        rec.interval_at(t_start + t, &line)?;
     }
     rec.finish(&r, configured, report::tcp_measured(&r))?;
     Ok(r)

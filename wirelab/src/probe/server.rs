@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 
 use crate::util::Stop;
 
-use super::wire::*;
+use super::{types::SinkReport, wire::*};
 
 #[derive(Default)]
 pub(super) struct ServerRun {
@@ -145,8 +145,12 @@ pub(super) fn tcp_sink(mut s: TcpStream) -> Result<()> {
         total += n as u64;
     }
     let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
-    let v =
-        serde_json::json!({"bytes": total, "seconds": secs, "slot_ms": SLOT_MS, "slots": slots});
-    writeln!(s, "{v}")?;
+    let report = SinkReport {
+        bytes: total,
+        seconds: secs,
+        slot_ms: SLOT_MS,
+        slots,
+    };
+    writeln!(s, "{}", serde_json::to_string(&report)?)?;
     Ok(())
 }

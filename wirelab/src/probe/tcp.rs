@@ -5,16 +5,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
-use serde::Serialize;
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::util::Stop;
 
-use super::server::SLOT_MS;
+use super::types::SinkReport;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TcpReport {
-    pub mode: &'static str,
+    pub mode: String,
     pub to: String,
     pub bytes: u64,
     pub seconds: f64,
@@ -44,21 +44,23 @@ pub fn tcp_client(to: SocketAddr, duration: Duration, stop: &Stop) -> Result<Tcp
     let mut reply = String::new();
     s.read_to_string(&mut reply)
         .context("reading the server's report")?;
-    let v: serde_json::Value = serde_json::from_str(reply.trim()).context("server report")?;
-    let bytes = v["bytes"].as_u64().unwrap_or(0);
-    let seconds = v["seconds"].as_f64().unwrap_or(0.0);
-    let slots: Vec<u64> = v["slots"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-        .unwrap_or_default();
-    let per_slot = 1000 / SLOT_MS as usize;
+    let SinkReport {
+        bytes,
+        seconds,
+        slot_ms,
+        slots,
+    } = serde_json::from_str(reply.trim()).context("reading the server's report")?;
+    if slot_ms == 0 || 1000 % slot_ms != 0 {
+        bail!("the server's report has slots of {slot_ms} ms (want a divisor of 1000)");
+    }
+    let per_slot = (1000 / slot_ms) as usize;
     let per_second_mbps = slots
         .chunks(per_slot)
         .filter(|c| c.len() == per_slot)
         .map(|c| c.iter().sum::<u64>() as f64 * 8.0 / 1e6)
         .collect();
     Ok(TcpReport {
-        mode: "tcp",
+        mode: "tcp".into(),
         to: to.to_string(),
         bytes,
         seconds,

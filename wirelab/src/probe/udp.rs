@@ -10,13 +10,14 @@ use std::{
 
 use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{util::Stop, wan::engine::mono_ns};
 
-use super::wire::*;
+use super::{types::UdpInterval, wire::*};
+use crate::record::LineKind;
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct DelayStats {
     pub count: u64,
     pub min: f64,
@@ -83,7 +84,7 @@ impl DelayAcc {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct DirStats {
     pub received: u64,
     pub lost: u64,
@@ -94,16 +95,16 @@ pub struct DirStats {
     pub delay_ms: DelayStats,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Bursts {
     pub count: u64,
     pub mean_len: f64,
     pub max_len: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct UdpReport {
-    pub mode: &'static str,
+    pub mode: String,
     pub to: String,
     pub sent: u64,
     pub size: usize,
@@ -164,8 +165,8 @@ pub(super) fn warm_up(sock: &UdpSocket, run: u64) -> Result<()> {
     )
 }
 
-/// Called with one JSON object per interval (`--record`).
-pub type IntervalSink<'a> = (Duration, &'a mut dyn FnMut(serde_json::Value));
+/// Called with each interval's line (`--record`), about every the given duration.
+pub type IntervalSink<'a> = (Duration, &'a mut dyn FnMut(&UdpInterval));
 
 /// Run UDP probes; returns the report.
 pub fn udp_client(o: &ClientOptions, stop: &Stop) -> Result<UdpReport> {
@@ -423,22 +424,20 @@ impl Intervals<'_> {
         let mut r = self.rx.lock().expect("lock");
         let s = |a: &mut Option<DelayAcc>| {
             let x = a.replace(DelayAcc::new());
-            x.filter(|x| x.n > 0)
-                .map(|x| serde_json::to_value(x.stats()).unwrap_or_default())
-                .unwrap_or(serde_json::Value::Null)
+            x.filter(|x| x.n > 0).map(|x| x.stats())
         };
-        let (fw, rv) = (s(&mut r.ifwd), s(&mut r.irev));
-        let reord = std::mem::take(&mut r.ireord);
+        let (forward, reverse) = (s(&mut r.ifwd), s(&mut r.irev));
+        let reordered = std::mem::take(&mut r.ireord);
         drop(r);
-        f(serde_json::json!({
-            "type": "interval",
-            "t": self.start.elapsed().as_secs_f64(),
-            "interval_s": el.as_secs_f64(),
-            "sent": sent - self.sent_iv,
-            "forward": fw,
-            "reverse": rv,
-            "reordered": reord,
-        }));
+        f(&UdpInterval {
+            kind: LineKind::Interval,
+            t: self.start.elapsed().as_secs_f64(),
+            interval_s: el.as_secs_f64(),
+            sent: sent - self.sent_iv,
+            forward,
+            reverse,
+            reordered,
+        });
         self.sent_iv = sent;
     }
 }
@@ -592,7 +591,7 @@ fn build_report(
     let fwd_lost = sent.saturating_sub(server_rx + server_corrupt);
     let rev_lost = server_rx.saturating_sub(echoed + r.corrupt_rev);
     UdpReport {
-        mode: "udp",
+        mode: "udp".into(),
         to: o.to.to_string(),
         sent,
         size: o.size,

@@ -16,8 +16,9 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 
 use crate::record::{self, FORMAT, VERSION};
-use crate::wan;
+use crate::{probe, wan};
 use plot::{Chart, Kind, Series};
+use serde::Deserialize as _;
 
 /// One recording command's files.
 #[derive(Debug, Clone)]
@@ -38,12 +39,18 @@ pub struct Source {
 pub enum Typed {
     Wan(Vec<record::Stamped<crate::wan::Line>>),
     Fw(Vec<record::Stamped<crate::fw::Interval>>),
+    /// The UDP probe's intervals, and its final result when the run finished.
+    ProbeUdp(
+        Vec<record::Stamped<probe::UdpInterval>>,
+        Option<Box<probe::UdpRecord>>,
+    ),
+    ProbeTcp(Vec<record::Stamped<probe::TcpInterval>>),
     /// Tools whose plots read the lines generically.
     Other,
 }
 
 impl Typed {
-    fn decode(tool: &str, path: &Path, series: &[Value]) -> Result<Self> {
+    fn decode(tool: &str, path: &Path, series: &[Value], fin: Option<&Value>) -> Result<Self> {
         fn all<T: serde::de::DeserializeOwned>(path: &Path, series: &[Value]) -> Result<Vec<T>> {
             series
                 .iter()
@@ -63,6 +70,22 @@ impl Typed {
         Ok(match tool {
             "wan" => Typed::Wan(all(path, series)?),
             "fw" => Typed::Fw(all(path, series)?),
+            "probe-udp" => {
+                let fin = fin
+                    .map(|f| {
+                        probe::UdpRecord::deserialize(&f["result"]).with_context(|| {
+                            format!(
+                                "{}: the final result is not a UDP probe result",
+                                path.with_extension("")
+                                    .with_extension("final.json")
+                                    .display()
+                            )
+                        })
+                    })
+                    .transpose()?;
+                Typed::ProbeUdp(all(path, series)?, fin.map(Box::new))
+            }
+            "probe-tcp" => Typed::ProbeTcp(all(path, series)?),
             _ => Typed::Other,
         })
     }
@@ -241,7 +264,7 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
             None
         };
         let tool = config["tool"].as_str().unwrap_or("?").to_string();
-        let typed = Typed::decode(&tool, &sp, &series)?;
+        let typed = Typed::decode(&tool, &sp, &series, fin.as_ref())?;
         sources.push(Source {
             name,
             tool,
@@ -440,16 +463,6 @@ fn wan_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     ]
 }
 
-fn hist_points(h: &Value) -> Vec<(f64, f64)> {
-    h.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn cdf(h: &[(f64, f64)]) -> Vec<(f64, f64)> {
     let total: f64 = h.iter().map(|(_, c)| c).sum();
     if total <= 0.0 {
@@ -494,15 +507,25 @@ fn binned(h: &[(f64, f64)], bins: usize) -> Vec<(f64, f64)> {
 }
 
 fn probe_udp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
-    let x = xs(src, t0);
+    let Typed::ProbeUdp(lines, fin) = &src.typed else {
+        return vec![];
+    };
+    let x = |l: &record::Stamped<probe::UdpInterval>| l.unix - t0;
     let mut delay = vec![];
-    for (dir, label) in [
-        ("forward", "a_to_b (forward)"),
-        ("reverse", "b_to_a (reverse)"),
-    ] {
-        let get = |k: &str| points(src, &x, |l| &l[dir][k]);
-        delay.push(Series::new(format!("{p}{label} p50"), get("p50")));
-        delay.push(Series::new(format!("{p}{label} p99"), get("p99")).dashed());
+    type Pick = fn(&probe::UdpInterval) -> Option<&probe::DelayStats>;
+    let dirs: [(Pick, &str); 2] = [
+        (|l| l.forward.as_ref(), "a_to_b (forward)"),
+        (|l| l.reverse.as_ref(), "b_to_a (reverse)"),
+    ];
+    for (pick, label) in dirs {
+        let get = |q: fn(&probe::DelayStats) -> f64| -> Vec<(f64, f64)> {
+            lines
+                .iter()
+                .filter_map(|l| pick(&l.line).map(|d| (x(l), q(d))))
+                .collect()
+        };
+        delay.push(Series::new(format!("{p}{label} p50"), get(|d| d.p50)));
+        delay.push(Series::new(format!("{p}{label} p99"), get(|d| d.p99)).dashed());
     }
     let mut charts = vec![Chart::lines(
         "probe-delay",
@@ -511,88 +534,89 @@ fn probe_udp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
         "one-way delay (ms)",
         delay,
     )];
-    if let Some(f) = &src.fin {
-        let mut c = vec![];
-        let mut h = vec![];
-        for (dir, label) in [
-            ("forward", "a_to_b (forward)"),
-            ("reverse", "b_to_a (reverse)"),
-        ] {
-            let pts = hist_points(&f["result"]["delay_hist_ms"][dir]);
-            c.push(Series::new(format!("{p}{label}"), cdf(&pts)));
-            h.push(Series::new(format!("{p}{label}"), binned(&pts, 50)));
-        }
-        charts.push(Chart::lines(
-            "probe-cdf",
-            "probe: one-way delay CDF",
-            "one-way delay (ms)",
-            "% of probes at or below",
-            c,
-        ));
-        charts.push(Chart::lines(
-            "probe-histogram",
-            "probe: one-way delay histogram",
-            "one-way delay (ms)",
-            "% of probes",
-            h,
-        ));
-        // Loss over time: each probe without an echo, placed at its send time.
-        let r = &f["result"];
-        let (rate, start) = (
-            r["rate_pps"].as_f64().unwrap_or(0.0),
-            r["send_start_unix"].as_f64().unwrap_or(src.started()),
-        );
-        let bucket = src
-            .config
-            .pointer("/config/interval_s")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(1.0)
-            .max(0.01);
-        if rate > 0.0 {
-            let sent = r["sent"].as_f64().unwrap_or(0.0);
-            let nb = ((sent / rate) / bucket).ceil().max(1.0) as usize;
-            let mut lost = vec![0.0; nb];
-            for s in r["lost_seqs"].as_array().into_iter().flatten() {
-                if let Some(s) = s.as_f64() {
-                    let i = ((s / rate) / bucket) as usize;
-                    if i < nb {
-                        lost[i] += 1.0;
-                    }
-                }
+    let Some(f) = fin else {
+        return charts;
+    };
+    let mut c = vec![];
+    let mut h = vec![];
+    for (hist, label) in [
+        (&f.delay_hist_ms.forward, "a_to_b (forward)"),
+        (&f.delay_hist_ms.reverse, "b_to_a (reverse)"),
+    ] {
+        let pts: Vec<(f64, f64)> = hist.iter().map(|&(v, n)| (v, n as f64)).collect();
+        c.push(Series::new(format!("{p}{label}"), cdf(&pts)));
+        h.push(Series::new(format!("{p}{label}"), binned(&pts, 50)));
+    }
+    charts.push(Chart::lines(
+        "probe-cdf",
+        "probe: one-way delay CDF",
+        "one-way delay (ms)",
+        "% of probes at or below",
+        c,
+    ));
+    charts.push(Chart::lines(
+        "probe-histogram",
+        "probe: one-way delay histogram",
+        "one-way delay (ms)",
+        "% of probes",
+        h,
+    ));
+    // Loss over time: each probe without an echo, placed at its send time.
+    let r = &f.report;
+    let bucket = src
+        .config
+        .pointer("/config/interval_s")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1.0)
+        .max(0.01);
+    if r.rate_pps > 0.0 {
+        let rate = r.rate_pps;
+        let nb = ((r.sent as f64 / rate) / bucket).ceil().max(1.0) as usize;
+        let mut lost = vec![0.0; nb];
+        for &s in &r.lost_seqs {
+            let i = ((s as f64 / rate) / bucket) as usize;
+            if i < nb {
+                lost[i] += 1.0;
             }
-            let per = rate * bucket;
-            let lp: Vec<(f64, f64)> = lost
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (start - t0 + (i as f64 + 0.5) * bucket, n / per * 100.0))
-                .collect();
-            let reord: Vec<(f64, f64)> = src
-                .series
-                .iter()
-                .enumerate()
-                .filter_map(|(i, l)| {
-                    let n = num(&l["reverse"]["count"])?.max(1.0);
-                    Some((x[i], num(&l["reordered"])? / n * 100.0))
-                })
-                .collect();
-            charts.push(Chart::lines(
-                "probe-loss",
-                "probe: loss and reordering over time",
-                "time (s)",
-                "% of probes",
-                vec![
-                    Series::new(format!("{p}no echo (lost either way)"), lp),
-                    Series::new(format!("{p}arrived out of order"), reord).dashed(),
-                ],
-            ));
         }
+        let per = rate * bucket;
+        let lp: Vec<(f64, f64)> = lost
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let t = f.send_start_unix - t0 + (i as f64 + 0.5) * bucket;
+                (t, n / per * 100.0)
+            })
+            .collect();
+        let reord: Vec<(f64, f64)> = lines
+            .iter()
+            .filter_map(|l| {
+                let n = l.line.reverse.as_ref()?.count.max(1) as f64;
+                Some((x(l), l.line.reordered as f64 / n * 100.0))
+            })
+            .collect();
+        charts.push(Chart::lines(
+            "probe-loss",
+            "probe: loss and reordering over time",
+            "time (s)",
+            "% of probes",
+            vec![
+                Series::new(format!("{p}no echo (lost either way)"), lp),
+                Series::new(format!("{p}arrived out of order"), reord).dashed(),
+            ],
+        ));
     }
     charts
 }
 
 fn probe_tcp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
-    let x = xs(src, t0);
-    let pts = points(src, &x, |l| &l["goodput_mbps"]);
+    let Typed::ProbeTcp(lines) = &src.typed else {
+        return vec![];
+    };
+    let pts = lines
+        .iter()
+        .map(|l| (l.unix - t0, l.line.goodput_mbps))
+        .collect();
     vec![Chart::lines(
         "tcp-goodput",
         "probe: TCP goodput per second (receiver)",
@@ -910,7 +934,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wirelab-report-unit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut rec = record::Recorder::create(&dir, "wan", "wan", serde_json::json!({})).unwrap();
+        let mut rec = record::Recorder::create(&dir, "wan", "wan", &serde_json::json!({})).unwrap();
         let row = crate::wan::ClassReport {
             dir: "a_to_b".into(),
             class: "default".into(),

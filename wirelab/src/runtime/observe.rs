@@ -41,12 +41,7 @@ impl Observer {
         config: &impl Serialize,
     ) -> Result<Self> {
         let rec = match record {
-            Some(dir) => Some(Recorder::create(
-                dir,
-                kind,
-                kind,
-                serde_json::to_value(config)?,
-            )?),
+            Some(dir) => Some(Recorder::create(dir, kind, kind, config)?),
             None => None,
         };
         Ok(Self { json, rec })
@@ -58,9 +53,7 @@ impl Observer {
         line: &impl Serialize,
         table: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> Result<()> {
-        if let Some(r) = self.rec.as_mut() {
-            r.interval(&serde_json::to_value(line)?)?;
-        }
+        self.record_only(line)?;
         if self.json {
             to_stdout(|out| json_line(out, line))
         } else {
@@ -75,6 +68,19 @@ impl Observer {
             r.interval(line)?;
         }
         Ok(())
+    }
+
+    /// The configured quantities in force from now on (at the start and after each live
+    /// change), for the record's configured-vs-measured table.
+    pub fn set_configured(&mut self, q: Vec<Quantity>) {
+        if let Some(r) = self.rec.as_mut() {
+            r.set_configured(q);
+        }
+    }
+
+    /// Whether a `--record` is being written.
+    pub fn records(&self) -> bool {
+        self.rec.is_some()
     }
 
     /// A live change (recorded with `--record`).
@@ -93,12 +99,23 @@ impl Observer {
         measured: Vec<Quantity>,
         table: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> Result<()> {
+        self.finish_apart(fin, fin, measured, table)
+    }
+
+    /// [`Observer::finish`] for a tool whose record keeps more than it prints: `recorded`
+    /// goes into the record, `printed` to stdout as the `--json` line.
+    pub fn finish_apart(
+        self,
+        recorded: &impl Serialize,
+        printed: &impl Serialize,
+        measured: Vec<Quantity>,
+        table: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<()> {
         if let Some(r) = self.rec {
-            let path = r.finish(&serde_json::to_value(fin)?, vec![], measured)?;
-            tracing::info!(summary = %path.display(), "record written");
+            r.finish(recorded, vec![], measured)?;
         }
         if self.json {
-            to_stdout(|out| json_line(out, fin))
+            to_stdout(|out| json_line(out, printed))
         } else {
             to_stdout(table)
         }

@@ -19,11 +19,11 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{percentile, Swarm};
-use crate::util::Stop;
+use crate::{record::LineKind, util::Stop};
 
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -58,18 +58,33 @@ pub struct ConnectProgress {
 }
 
 impl ConnectProgress {
-    pub fn snapshot(&self, t: f64) -> serde_json::Value {
+    pub fn snapshot(&self, t: f64) -> ConnectSample {
         let g = |a: &AtomicU32| a.load(Ordering::Relaxed);
-        serde_json::json!({
-            "type": "interval",
-            "t": t,
-            "attempted": g(&self.attempted),
-            "established": g(&self.established),
-            "failed": g(&self.failed),
-            "succeeded": g(&self.succeeded),
-            "open": g(&self.open),
-        })
+        ConnectSample {
+            kind: LineKind::Interval,
+            t,
+            attempted: g(&self.attempted),
+            established: g(&self.established),
+            failed: g(&self.failed),
+            succeeded: g(&self.succeeded),
+            open: g(&self.open),
+        }
     }
+}
+
+/// Where a `swarm connect` run stands (`--record` series, `--metrics`): the counts of
+/// [`ConnectProgress`] at one moment.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ConnectSample {
+    #[serde(rename = "type")]
+    pub kind: LineKind,
+    /// Seconds since the run started.
+    pub t: f64,
+    pub attempted: u32,
+    pub established: u32,
+    pub failed: u32,
+    pub succeeded: u32,
+    pub open: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -386,7 +401,7 @@ pub fn run(sw: &mut Swarm, o: ConnectOptions, stop: &Stop) -> Result<ConnectSumm
     })
 }
 
-pub fn print_summary(s: &ConnectSummary, out: &mut impl std::io::Write) -> Result<()> {
+pub fn print_summary(s: &ConnectSummary, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     writeln!(
         out,
         "swarm connect {}: {} clients to {}",

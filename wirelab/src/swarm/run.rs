@@ -12,10 +12,13 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{cgroup, client_mac, percentile, Identity, Swarm};
-use crate::util::{unix_now, Stop};
+use crate::{
+    record::LineKind,
+    util::{unix_now, Stop},
+};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -160,8 +163,10 @@ fn finish_client(sw: &mut Swarm, r: &Running) {
 }
 
 /// Where a run stands (sampled about once a second for `--record`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
+    #[serde(rename = "type")]
+    pub kind: LineKind,
     pub t: f64,
     pub done: u32,
     pub running: u32,
@@ -292,6 +297,7 @@ pub fn run_with(
         let snap = |results: &[ClientResult], running: usize, stats| {
             let ok = results.iter().filter(|r| r.ok).count() as u32;
             Sample {
+                kind: LineKind::Interval,
                 t: t0.elapsed().as_secs_f64(),
                 done: results.len() as u32,
                 running: running as u32,
@@ -362,7 +368,7 @@ pub fn run_with(
     Ok((summary, results))
 }
 
-pub fn print_summary(s: &Summary, out: &mut impl std::io::Write) -> Result<()> {
+pub fn print_summary(s: &Summary, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     writeln!(
         out,
         "swarm {}: {} clients from {} on {} ({} identity)",
