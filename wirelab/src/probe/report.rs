@@ -62,44 +62,31 @@ pub fn udp_measured(r: &UdpReport) -> Vec<crate::record::Quantity> {
                 .samples(n),
             );
         }
-        let pct = |x: u64, of: u64| {
-            if of == 0 {
+        // (quantity, count, out of, what): a share of the probes, in %.
+        let shares = [
+            (
+                "duplicate_pct",
+                s.duplicates,
+                s.received,
+                "UDP probes duplicated",
+            ),
+            ("corrupt_pct", s.corrupted, of, "UDP probes corrupted"),
+            (
+                "reorder_pct",
+                s.reordered,
+                s.received,
+                "UDP probes that arrived after a higher-numbered one",
+            ),
+        ];
+        v.push(Q::new("loss_pct", d, s.loss_pct, "%", "UDP probes lost").samples(of));
+        for (name, x, of, what) in shares {
+            let pct = if of == 0 {
                 0.0
             } else {
                 x as f64 * 100.0 / of as f64
-            }
-        };
-        v.push(Q::new("loss_pct", d, s.loss_pct, "%", "UDP probes lost").samples(of));
-        v.push(
-            Q::new(
-                "duplicate_pct",
-                d,
-                pct(s.duplicates, s.received),
-                "%",
-                "UDP probes duplicated",
-            )
-            .samples(s.received),
-        );
-        v.push(
-            Q::new(
-                "corrupt_pct",
-                d,
-                pct(s.corrupted, of),
-                "%",
-                "UDP probes corrupted",
-            )
-            .samples(of),
-        );
-        v.push(
-            Q::new(
-                "reorder_pct",
-                d,
-                pct(s.reordered, s.received),
-                "%",
-                "UDP probes that arrived after a higher-numbered one",
-            )
-            .samples(s.received),
-        );
+            };
+            v.push(Q::new(name, d, pct, "%", what).samples(of));
+        }
     }
     v.push(Q::new("rtt_ms", "", r.rtt_ms.p50, "ms", "round-trip time p50").samples(r.rtt_ms.count));
     v

@@ -158,6 +158,20 @@ fn e<E: std::fmt::Debug>(x: E) -> anyhow::Error {
     anyhow!("drawing: {x:?}")
 }
 
+/// The series legend, top right, the same on every chart.
+fn legend<'a, DB, CT>(ch: &mut ChartContext<'a, DB, CT>) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
+    ch.configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+        .map_err(e)
+}
+
 fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, 0.0f64, f64::MIN);
     for s in series {
@@ -217,12 +231,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Chart) -> Result<
                         .map_err(e)?;
                 }
             }
-            ch.configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .draw()
-                .map_err(e)?;
+            legend(&mut ch)?;
         }
         Kind::Bars { categories, groups } => {
             let n = categories.len();
@@ -270,12 +279,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Chart) -> Result<
                     Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
                 });
             }
-            ch.configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .draw()
-                .map_err(e)?;
+            legend(&mut ch)?;
         }
     }
     root.present().map_err(e)?;

@@ -417,9 +417,7 @@ pub fn print_summary(s: &ConnectSummary, out: &mut dyn std::io::Write) -> std::i
         s.distinct_local_ips,
         if s.interrupted { "  (interrupted)" } else { "" }
     )?;
-    for (k, v) in &s.failures {
-        writeln!(out, "    {k:<20} {v}")?;
-    }
+    super::write_failures(out, &s.failures, 20)?;
     writeln!(
         out,
         "  connect p50 {:.2} ms  p99 {:.2} ms  {:.0} connections/s over {:.2}s  wall {:.2}s",

@@ -669,6 +669,18 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The failures of a summary, one reason per line, counts aligned after `width` columns.
+fn write_failures<N: std::fmt::Display>(
+    out: &mut dyn std::io::Write,
+    failures: &std::collections::BTreeMap<String, N>,
+    width: usize,
+) -> std::io::Result<()> {
+    for (reason, n) in failures {
+        writeln!(out, "    {reason:<width$} {n}")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -389,9 +389,7 @@ pub fn print_summary(s: &Summary, out: &mut dyn std::io::Write) -> std::io::Resu
         s.failed,
         if s.interrupted { "  (interrupted)" } else { "" }
     )?;
-    for (k, v) in &s.failures {
-        writeln!(out, "    {k:<14} {v}")?;
-    }
+    super::write_failures(out, &s.failures, 14)?;
     writeln!(
         out,
         "  duration p50 {:.3}s  p99 {:.3}s  wall {:.2}s",
