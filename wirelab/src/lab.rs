@@ -201,6 +201,21 @@ fn parse_mac(field: &str, s: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// The `addresses` list of one interface at `base`: each one assignable, none twice.
+fn check_addresses(base: &str, addresses: &[String]) -> Result<Vec<IpNet>> {
+    let mut seen = BTreeSet::new();
+    let mut nets = vec![];
+    for (j, a) in addresses.iter().enumerate() {
+        let f = format!("{base}.addresses[{j}]");
+        let net = parse_iface_addr(&f, a)?;
+        if !seen.insert(net.addr()) {
+            return Err(ferr(f, format!("{} is listed twice", net.addr())));
+        }
+        nets.push(net);
+    }
+    Ok(nets)
+}
+
 /// An interface address as the kernel accepts it: not multicast, unspecified or broadcast.
 fn parse_iface_addr(field: &str, a: &str) -> Result<IpNet> {
     let net: IpNet = a.parse().map_err(|_| {
@@ -372,18 +387,9 @@ impl Topology {
                         format!("host {:?} already has an interface {:?}", ep.host, ep.iface),
                     ));
                 }
-                let mut seen = BTreeSet::new();
-                for (j, a) in ep.addresses.iter().enumerate() {
-                    let f = format!("{base}.addresses[{j}]");
-                    let net = parse_iface_addr(&f, a)?;
-                    if !seen.insert(net.addr()) {
-                        return Err(ferr(f, format!("{} is listed twice", net.addr())));
-                    }
-                    connected
-                        .entry(ep.host.as_str())
-                        .or_default()
-                        .push((ep.iface.clone(), net));
-                }
+                let nets = check_addresses(&base, &ep.addresses)?;
+                let on = connected.entry(ep.host.as_str()).or_default();
+                on.extend(nets.into_iter().map(|n| (ep.iface.clone(), n)));
                 if let Some(m) = &ep.mac {
                     parse_mac(&format!("{base}.mac"), m)?;
                 }
@@ -421,18 +427,9 @@ impl Topology {
                         ));
                     }
                 }
-                let mut seen = BTreeSet::new();
-                for (k, a) in b.addresses.iter().enumerate() {
-                    let f = format!("{base}.addresses[{k}]");
-                    let net = parse_iface_addr(&f, a)?;
-                    if !seen.insert(net.addr()) {
-                        return Err(ferr(f, format!("{} is listed twice", net.addr())));
-                    }
-                    connected
-                        .entry(h.name.as_str())
-                        .or_default()
-                        .push((b.name.clone(), net));
-                }
+                let nets = check_addresses(&base, &b.addresses)?;
+                let on = connected.entry(h.name.as_str()).or_default();
+                on.extend(nets.into_iter().map(|n| (b.name.clone(), n)));
             }
             for k in h.sysctl.keys() {
                 if let Some((dev, _)) = sysctl_device(k) {

@@ -50,31 +50,31 @@ pub async fn index_of(h: &Handle, name: &str) -> Result<u32> {
     }
 }
 
-pub async fn set_up(h: &Handle, name: &str) -> Result<()> {
+/// Change one link attribute of `name` (`what` names the change in the error).
+async fn set_link(
+    h: &Handle,
+    name: &str,
+    what: &str,
+    change: impl FnOnce(LinkMessageBuilder<LinkUnspec>) -> LinkMessageBuilder<LinkUnspec>,
+) -> Result<()> {
     let idx = index_of(h, name).await?;
     h.link()
-        .set(LinkUnspec::new_with_index(idx).up().build())
+        .set(change(LinkUnspec::new_with_index(idx)).build())
         .execute()
         .await
-        .with_context(|| format!("setting {name} up"))
+        .with_context(|| format!("{name}: {what}"))
+}
+
+pub async fn set_up(h: &Handle, name: &str) -> Result<()> {
+    set_link(h, name, "setting the link up", |l| l.up()).await
 }
 
 pub async fn set_promisc(h: &Handle, name: &str, on: bool) -> Result<()> {
-    let idx = index_of(h, name).await?;
-    h.link()
-        .set(LinkUnspec::new_with_index(idx).promiscuous(on).build())
-        .execute()
-        .await
-        .with_context(|| format!("setting promiscuous mode of {name}"))
+    set_link(h, name, "setting promiscuous mode", |l| l.promiscuous(on)).await
 }
 
 pub async fn set_mtu(h: &Handle, name: &str, mtu: u32) -> Result<()> {
-    let idx = index_of(h, name).await?;
-    h.link()
-        .set(LinkUnspec::new_with_index(idx).mtu(mtu).build())
-        .execute()
-        .await
-        .with_context(|| format!("setting MTU {mtu} on {name}"))
+    set_link(h, name, &format!("setting MTU {mtu}"), |l| l.mtu(mtu)).await
 }
 
 /// Create a veth pair: `name` here, `peer_name` directly inside namespace `peer_ns` (one

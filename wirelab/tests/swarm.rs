@@ -367,6 +367,12 @@ fn unconnected_udp_gets_each_clients_source() {
         last["stats"]["sendmsg_rewrites"], v["stats"]["sendmsg_rewrites"],
         "{series}"
     );
+    // The report reads the record back as swarm's own types and plots it.
+    ok(wirelab().arg("report").arg(&rec));
+    for chart in ["swarm-outcomes", "swarm-durations", "swarm-concurrency"] {
+        let svg = rec.join(format!("report-plots/{chart}.svg"));
+        assert!(svg.exists(), "{} missing", svg.display());
+    }
     let got = rx.join().unwrap();
     let mut by_n = BTreeMap::new();
     for (ip, payload) in &got {

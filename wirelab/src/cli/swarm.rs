@@ -265,13 +265,6 @@ struct ConnectConfig<'a> {
     recv: usize,
 }
 
-/// `swarm run`'s final record: the summary and every client's result.
-#[derive(Serialize)]
-struct RunRecord<'a> {
-    summary: &'a run::Summary,
-    clients: &'a [run::ClientResult],
-}
-
 /// A measured quantity of the whole run (no direction).
 fn q(name: &str, value: f64, unit: &str, what: &str) -> record::Quantity {
     record::Quantity::new(name, "", value, unit, what)
@@ -351,15 +344,14 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                     "client run time p99",
                 ),
             ];
-            obs.finish_apart(
-                &RunRecord {
-                    summary: &summary,
-                    clients: &results,
-                },
-                &summary,
-                measured,
-                |out| run::print_summary(&summary, out),
-            )?;
+            let fin = run::RunRecord {
+                summary,
+                clients: results,
+            };
+            let summary = &fin.summary;
+            obs.finish_apart(&fin, summary, measured, |out| {
+                run::print_summary(summary, out)
+            })?;
             Ok(if summary.failed == 0 && !summary.interrupted {
                 ExitCode::SUCCESS
             } else {

@@ -16,9 +16,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 
 use crate::record::{self, FORMAT, VERSION};
-use crate::{probe, wan};
+use crate::{probe, swarm, wan};
 use plot::{Chart, Kind, Series};
-use serde::Deserialize as _;
 
 /// One recording command's files.
 #[derive(Debug, Clone)]
@@ -45,6 +44,14 @@ pub enum Typed {
         Option<Box<probe::UdpRecord>>,
     ),
     ProbeTcp(Vec<record::Stamped<probe::TcpInterval>>),
+    SwarmRun(
+        Vec<record::Stamped<swarm::run::Sample>>,
+        Option<Box<swarm::run::RunRecord>>,
+    ),
+    SwarmConnect(
+        Vec<record::Stamped<swarm::connect::ConnectSample>>,
+        Option<Box<swarm::connect::ConnectSummary>>,
+    ),
     /// Tools whose plots read the lines generically.
     Other,
 }
@@ -67,25 +74,31 @@ impl Typed {
                 })
                 .collect()
         }
+        /// The final document's `result`, as the tool's own type.
+        fn result<T: serde::de::DeserializeOwned>(
+            path: &Path,
+            fin: Option<&Value>,
+        ) -> Result<Option<Box<T>>> {
+            fin.map(|f| {
+                T::deserialize(&f["result"]).map(Box::new).with_context(|| {
+                    format!(
+                        "{}: the final result is not a {}",
+                        path.with_extension("")
+                            .with_extension("final.json")
+                            .display(),
+                        std::any::type_name::<T>()
+                    )
+                })
+            })
+            .transpose()
+        }
         Ok(match tool {
             "wan" => Typed::Wan(all(path, series)?),
             "fw" => Typed::Fw(all(path, series)?),
-            "probe-udp" => {
-                let fin = fin
-                    .map(|f| {
-                        probe::UdpRecord::deserialize(&f["result"]).with_context(|| {
-                            format!(
-                                "{}: the final result is not a UDP probe result",
-                                path.with_extension("")
-                                    .with_extension("final.json")
-                                    .display()
-                            )
-                        })
-                    })
-                    .transpose()?;
-                Typed::ProbeUdp(all(path, series)?, fin.map(Box::new))
-            }
+            "probe-udp" => Typed::ProbeUdp(all(path, series)?, result(path, fin)?),
             "probe-tcp" => Typed::ProbeTcp(all(path, series)?),
+            "swarm-run" => Typed::SwarmRun(all(path, series)?, result(path, fin)?),
+            "swarm-connect" => Typed::SwarmConnect(all(path, series)?, result(path, fin)?),
             _ => Typed::Other,
         })
     }
@@ -666,89 +679,88 @@ fn inspect_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
 
 fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     let mut charts = vec![];
-    let Some(f) = &src.fin else {
-        return charts;
+    // Outcomes: ok, then each failure reason.
+    let outcomes = match &src.typed {
+        Typed::SwarmRun(_, Some(r)) => Some((r.summary.succeeded, &r.summary.failures)),
+        Typed::SwarmConnect(_, Some(s)) => Some((s.connected, &s.failures)),
+        _ => None,
     };
-    let r = &f["result"];
-    let summary = if r["summary"].is_object() {
-        &r["summary"]
-    } else {
-        r
-    };
-    let mut cats = vec![];
-    let mut vals = vec![];
-    let ok = summary["succeeded"]
-        .as_f64()
-        .or_else(|| summary["connected"].as_f64())
-        .unwrap_or(0.0);
-    cats.push("ok".to_string());
-    vals.push(ok);
-    if let Some(m) = summary["failures"].as_object() {
-        for (k, v) in m {
+    if let Some((ok, failures)) = outcomes {
+        let mut cats = vec!["ok".to_string()];
+        let mut vals = vec![f64::from(ok)];
+        for (k, v) in failures {
             cats.push(k.clone());
-            vals.push(v.as_f64().unwrap_or(0.0));
+            vals.push(f64::from(*v));
         }
+        charts.push(Chart {
+            id: "swarm-outcomes".into(),
+            title: "swarm: client outcomes".into(),
+            x: "outcome".into(),
+            y: "clients".into(),
+            kind: Kind::Bars {
+                categories: cats,
+                groups: vec![(format!("{p}clients"), vals)],
+            },
+        });
     }
-    charts.push(Chart {
-        id: "swarm-outcomes".into(),
-        title: "swarm: client outcomes".into(),
-        x: "outcome".into(),
-        y: "clients".into(),
-        kind: Kind::Bars {
-            categories: cats,
-            groups: vec![(format!("{p}clients"), vals)],
-        },
-    });
-    if let Some(res) = r["clients"].as_array() {
-        let mut d: Vec<f64> = res
-            .iter()
-            .filter_map(|c| c["duration_s"].as_f64())
-            .collect();
-        d.sort_by(|a, b| a.total_cmp(b));
-        let n = d.len().max(1) as f64;
-        let pts = d
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (*v, (i + 1) as f64 / n * 100.0))
-            .collect();
-        charts.push(Chart::lines(
-            "swarm-durations",
-            "swarm: client duration distribution",
-            "duration (s)",
-            "% of clients done within",
-            vec![Series::new(format!("{p}clients"), pts)],
-        ));
-    }
-    let x = xs(src, t0);
-    let run = points(src, &x, |l| &l["running"]);
-    if !run.is_empty() {
-        let done = points(src, &x, |l| &l["done"]);
-        charts.push(Chart::lines(
-            "swarm-concurrency",
-            "swarm: clients running and done over time",
-            "time (s)",
-            "clients",
-            vec![
-                Series::new(format!("{p}running"), run),
-                Series::new(format!("{p}done"), done).dashed(),
-            ],
-        ));
-    }
-    // swarm connect: connections open and established over time.
-    let line = |k: &str| points(src, &x, |l| &l[k]);
-    let open = line("open");
-    if !open.is_empty() {
-        charts.push(Chart::lines(
-            "swarm-connections",
-            "swarm connect: connections over time",
-            "time (s)",
-            "connections",
-            vec![
-                Series::new(format!("{p}open"), open),
-                Series::new(format!("{p}established"), line("established")).dashed(),
-                Series::new(format!("{p}failed"), line("failed")).dashed(),
-            ],
-        ));
+    match &src.typed {
+        Typed::SwarmRun(lines, fin) => {
+            if let Some(r) = fin {
+                let mut d: Vec<f64> = r.clients.iter().map(|c| c.duration_s).collect();
+                d.sort_by(|a, b| a.total_cmp(b));
+                let n = d.len().max(1) as f64;
+                let pts = d
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (*v, (i + 1) as f64 / n * 100.0))
+                    .collect();
+                charts.push(Chart::lines(
+                    "swarm-durations",
+                    "swarm: client duration distribution",
+                    "duration (s)",
+                    "% of clients done within",
+                    vec![Series::new(format!("{p}clients"), pts)],
+                ));
+            }
+            let line = |f: fn(&swarm::run::Sample) -> u32| -> Vec<(f64, f64)> {
+                lines
+                    .iter()
+                    .map(|l| (l.unix - t0, f64::from(f(&l.line))))
+                    .collect()
+            };
+            if !lines.is_empty() {
+                charts.push(Chart::lines(
+                    "swarm-concurrency",
+                    "swarm: clients running and done over time",
+                    "time (s)",
+                    "clients",
+                    vec![
+                        Series::new(format!("{p}running"), line(|l| l.running)),
+                        Series::new(format!("{p}done"), line(|l| l.done)).dashed(),
+                    ],
+                ));
+            }
+        }
+        Typed::SwarmConnect(lines, _) if !lines.is_empty() => {
+            let line = |f: fn(&swarm::connect::ConnectSample) -> u32| -> Vec<(f64, f64)> {
+                lines
+                    .iter()
+                    .map(|l| (l.unix - t0, f64::from(f(&l.line))))
+                    .collect()
+            };
+            charts.push(Chart::lines(
+                "swarm-connections",
+                "swarm connect: connections over time",
+                "time (s)",
+                "connections",
+                vec![
+                    Series::new(format!("{p}open"), line(|l| l.open)),
+                    Series::new(format!("{p}established"), line(|l| l.established)).dashed(),
+                    Series::new(format!("{p}failed"), line(|l| l.failed)).dashed(),
+                ],
+            ));
+        }
+        _ => {}
     }
     charts
 }

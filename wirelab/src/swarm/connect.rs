@@ -87,7 +87,7 @@ pub struct ConnectSample {
     pub open: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectSummary {
     pub run_id: String,
     pub to: String,

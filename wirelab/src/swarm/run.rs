@@ -29,7 +29,7 @@ pub struct RunOptions {
 }
 
 /// One client's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientResult {
     pub n: u32,
     pub ip: String,
@@ -42,11 +42,11 @@ pub struct ClientResult {
     pub duration_s: f64,
     pub stdout: Option<PathBuf>,
     pub stderr: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub run_id: String,
     pub iface: String,
@@ -65,10 +65,17 @@ pub struct Summary {
     /// Kernel-side counters (binds, ARP replies, MAC rewrites...).
     pub stats: BTreeMap<String, u64>,
     /// Process identity: the addresses handed out, in order.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_addresses: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results_file: Option<PathBuf>,
+}
+
+/// `swarm run`'s final record (`--record`): the summary and every client's result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub summary: Summary,
+    pub clients: Vec<ClientResult>,
 }
 
 /// Replace `{ip}`, `{mac}` and `{index}` (short form `{n}`) in one argument.

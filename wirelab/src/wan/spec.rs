@@ -560,24 +560,22 @@ mod tests {
 
     #[test]
     fn errors_name_the_word() {
-        let e = parse("delay 40").unwrap_err();
-        assert_eq!(e.word, "40");
-        let e = parse("delay 40ms lossy 1%").unwrap_err();
-        assert_eq!(e.word, "lossy");
-        assert!(e.reason.contains("allowed"));
-        let e = parse("loss 150%").unwrap_err();
-        assert_eq!(e.word, "150%");
-        let e = parse("rate 10 mbit").unwrap_err();
-        assert_eq!(e.word, "10");
-        let e = parse("reorder 10%").unwrap_err();
-        assert_eq!(e.word, "reorder");
-        let e = parse("distribution gaussian").unwrap_err();
-        assert_eq!(e.word, "gaussian");
-        let e = parse("blackhole 5s every 1s").unwrap_err();
-        assert_eq!(e.word, "blackhole");
-        let e = parse("delay 1ms delay 2ms").unwrap_err();
-        assert_eq!(e.word, "delay");
-        let e = parse("jitter-order sometimes").unwrap_err();
-        assert_eq!(e.word, "sometimes");
+        for (spec, word) in [
+            ("delay 40", "40"),
+            ("delay 40ms lossy 1%", "lossy"),
+            ("loss 150%", "150%"),
+            ("rate 10 mbit", "10"),
+            ("reorder 10%", "reorder"),
+            ("distribution gaussian", "gaussian"),
+            ("blackhole 5s every 1s", "blackhole"),
+            ("delay 1ms delay 2ms", "delay"),
+            ("jitter-order sometimes", "sometimes"),
+        ] {
+            assert_eq!(parse(spec).unwrap_err().word, word, "{spec}");
+        }
+        assert!(parse("delay 40ms lossy 1%")
+            .unwrap_err()
+            .reason
+            .contains("allowed"));
     }
 }
