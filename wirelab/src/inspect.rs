@@ -4,7 +4,7 @@ use wirelab_common::maps;
 
 use anyhow::{Context as _, Result};
 use aya::maps::PerCpuArray;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wirelab_common::{
     inspect::{CLASS_NAMES, NUM_CLASSES},
     Counter,
@@ -12,7 +12,7 @@ use wirelab_common::{
 
 use crate::{
     ebpf,
-    record::Quantity,
+    record::{LineKind, Quantity},
     runtime::{
         bpf::{self, AttachMode},
         observe::Observer,
@@ -35,7 +35,7 @@ pub struct Options {
 }
 
 /// Counters of one class.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ClassCount {
     pub packets: u64,
     pub bytes: u64,
@@ -73,20 +73,20 @@ impl Counts {
     }
 
     /// Back from [`Counts::by_name`].
-    fn from_names(m: &BTreeMap<&'static str, ClassCount>) -> Counts {
+    fn from_names(m: &BTreeMap<String, ClassCount>) -> Counts {
         Counts(
             CLASS_NAMES
                 .iter()
-                .map(|n| m.get(n).copied().unwrap_or_default())
+                .map(|n| m.get(*n).copied().unwrap_or_default())
                 .collect(),
         )
     }
 
     /// Class name -> counts (the shape of `counts` in every JSON line).
-    fn by_name(&self) -> BTreeMap<&'static str, ClassCount> {
+    fn by_name(&self) -> BTreeMap<String, ClassCount> {
         CLASS_NAMES
             .iter()
-            .copied()
+            .map(|n| n.to_string())
             .zip(self.0.iter().copied())
             .collect()
     }
@@ -105,25 +105,32 @@ pub fn read_counts(map: &PerCpuArray<&aya::maps::MapData, Counter>) -> Result<Co
     ))
 }
 
-/// `{"type": "interval", ...}`: one interval's counts.
-#[derive(Serialize)]
-struct IntervalLine<'a> {
-    r#type: &'static str,
-    seq: u64,
-    iface: &'a str,
-    t: f64,
-    interval_s: f64,
-    counts: BTreeMap<&'static str, ClassCount>,
+/// `{"type": "interval", ...}`: one interval's counts (a `--json` line, a line of the
+/// `--record` series, read back by the report as this type).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Interval {
+    #[serde(rename = "type")]
+    pub kind: LineKind,
+    /// The tick's number, 1 for the first (in a record the record's own `seq` replaces it).
+    #[serde(default)]
+    pub seq: u64,
+    pub iface: String,
+    /// Seconds since start.
+    pub t: f64,
+    pub interval_s: f64,
+    /// Class name -> frames and bytes received in the interval.
+    pub counts: BTreeMap<String, ClassCount>,
 }
 
 /// `{"type": "final", ...}`: the totals.
-#[derive(Serialize)]
-struct FinalLine<'a> {
-    r#type: &'static str,
-    iface: &'a str,
-    mode: AttachMode,
-    duration_s: f64,
-    counts: BTreeMap<&'static str, ClassCount>,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinalLine {
+    #[serde(rename = "type")]
+    pub kind: LineKind,
+    pub iface: String,
+    pub mode: AttachMode,
+    pub duration_s: f64,
+    pub counts: BTreeMap<String, ClassCount>,
 }
 
 /// The configuration recorded with `--record`.
@@ -207,30 +214,25 @@ struct Inspect<'a> {
 
 impl<'a> Sampled for Inspect<'a> {
     type Snapshot = Counts;
-    type Line = IntervalLine<'a>;
-    type Final = FinalLine<'a>;
+    type Line = Interval;
+    type Final = FinalLine;
 
     fn read(&mut self) -> Result<Counts> {
         read_counts(&self.map)
     }
 
-    fn interval(&self, tick: &Tick, cur: &Counts, prev: &Counts) -> IntervalLine<'a> {
-        IntervalLine {
-            r#type: "interval",
+    fn interval(&self, tick: &Tick, cur: &Counts, prev: &Counts) -> Interval {
+        Interval {
+            kind: LineKind::Interval,
             seq: tick.seq,
-            iface: &self.opts.iface,
+            iface: self.opts.iface.clone(),
             t: tick.t,
             interval_s: tick.secs,
             counts: cur.minus(prev).by_name(),
         }
     }
 
-    fn table(
-        &self,
-        tick: &Tick,
-        line: &IntervalLine<'a>,
-        out: &mut dyn Write,
-    ) -> std::io::Result<()> {
+    fn table(&self, tick: &Tick, line: &Interval, out: &mut dyn Write) -> std::io::Result<()> {
         let title = format!("[{:>7.2}s] {} (last {:.2}s)", tick.t, line.iface, tick.secs);
         print_table(out, &title, &Counts::from_names(&line.counts), tick.secs)
     }
@@ -241,7 +243,7 @@ impl<'a> Sampled for Inspect<'a> {
         }
     }
 
-    fn finish(&mut self, total: &Counts, secs: f64) -> Result<(FinalLine<'a>, Vec<Quantity>)> {
+    fn finish(&mut self, total: &Counts, secs: f64) -> Result<(FinalLine, Vec<Quantity>)> {
         let measured = CLASS_NAMES
             .iter()
             .zip(&total.0)
@@ -257,8 +259,8 @@ impl<'a> Sampled for Inspect<'a> {
             })
             .collect();
         let fin = FinalLine {
-            r#type: "final",
-            iface: &self.opts.iface,
+            kind: LineKind::Final,
+            iface: self.opts.iface.clone(),
             mode: self.mode,
             duration_s: secs,
             counts: total.by_name(),
@@ -266,7 +268,7 @@ impl<'a> Sampled for Inspect<'a> {
         Ok((fin, measured))
     }
 
-    fn final_table(&self, fin: &FinalLine<'a>, out: &mut dyn Write) -> std::io::Result<()> {
+    fn final_table(&self, fin: &FinalLine, out: &mut dyn Write) -> std::io::Result<()> {
         let title = format!(
             "total on {} over {:.2}s ({} XDP)",
             fin.iface, fin.duration_s, fin.mode

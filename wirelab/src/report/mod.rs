@@ -44,6 +44,7 @@ pub enum Typed {
         Option<Box<probe::UdpRecord>>,
     ),
     ProbeTcp(Vec<record::Stamped<probe::TcpInterval>>),
+    Inspect(Vec<record::Stamped<crate::inspect::Interval>>),
     SwarmRun(
         Vec<record::Stamped<swarm::run::Sample>>,
         Option<Box<swarm::run::RunRecord>>,
@@ -97,6 +98,7 @@ impl Typed {
             "fw" => Typed::Fw(all(path, series)?),
             "probe-udp" => Typed::ProbeUdp(all(path, series)?, result(path, fin)?),
             "probe-tcp" => Typed::ProbeTcp(all(path, series)?),
+            "inspect" => Typed::Inspect(all(path, series)?),
             "swarm-run" => Typed::SwarmRun(all(path, series)?, result(path, fin)?),
             "swarm-connect" => Typed::SwarmConnect(all(path, series)?, result(path, fin)?),
             _ => Typed::Other,
@@ -640,32 +642,32 @@ fn probe_tcp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
 }
 
 fn inspect_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
-    let x = xs(src, t0);
-    let dt = dts(src);
-    let mut classes: Vec<String> = vec![];
-    for l in &src.series {
-        if let Some(m) = l["counts"].as_object() {
-            for (k, v) in m {
-                if v["packets"].as_u64().unwrap_or(0) > 0 && !classes.contains(k) {
-                    classes.push(k.clone());
-                }
+    let Typed::Inspect(lines) = &src.typed else {
+        return vec![];
+    };
+    // Every class that saw a frame (total when none did), in the order first seen.
+    let mut classes: Vec<&str> = vec![];
+    for l in lines {
+        for (k, c) in &l.line.counts {
+            if c.packets > 0 && !classes.contains(&k.as_str()) {
+                classes.push(k);
             }
         }
     }
     if classes.is_empty() {
-        classes.push("total".into());
+        classes.push("total");
     }
     let series = classes
         .iter()
         .map(|c| {
-            Series::new(
-                format!("{p}{c}"),
-                src.series
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, l)| num(&l["counts"][c]["packets"]).map(|y| (x[i], y / dt[i])))
-                    .collect(),
-            )
+            let pts = lines
+                .iter()
+                .filter_map(|l| {
+                    let n = l.line.counts.get(*c)?.packets as f64;
+                    Some((l.unix - t0, n / l.line.interval_s.max(1e-3)))
+                })
+                .collect();
+            Series::new(format!("{p}{c}"), pts)
         })
         .collect();
     vec![Chart::lines(

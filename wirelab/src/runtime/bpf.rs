@@ -13,10 +13,10 @@ use aya::{
     },
     Ebpf, Pod,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How an XDP program ended up attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Native,
