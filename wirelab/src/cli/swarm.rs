@@ -14,7 +14,7 @@ use wirelab::{
     util,
 };
 
-use super::{parse_duration, JsonArg, NetnsArg};
+use super::{parse_duration, JsonArg, NetnsArg, Observe};
 
 #[derive(Subcommand)]
 pub enum SwarmCmd {
@@ -51,13 +51,10 @@ pub struct Common {
     server_netns: Option<String>,
     #[command(flatten)]
     json: JsonArg,
-    /// Write a run record into DIR (see `wirelab report`).
-    #[arg(long, value_name = "DIR")]
-    record: Option<PathBuf>,
-    /// Serve live client counts (and the kernel programs' counters) in Prometheus text
-    /// format on ADDR:PORT, updated every second; bound before --netns is entered.
-    #[arg(long, value_name = "ADDR:PORT")]
-    metrics: Option<std::net::SocketAddr>,
+    /// `--interval` (of the record's series and the metrics: client counts and the kernel
+    /// programs' counters), `--record`, `--metrics`.
+    #[command(flatten)]
+    observe: Observe,
 }
 
 #[derive(Args)]
@@ -232,7 +229,7 @@ impl SwarmMetrics {
 /// The observer of a swarm command: its `--record` source (interval lines are recorded, not
 /// printed: the progress bar has the terminal) and the final summary on stdout.
 fn observer(c: &Common, name: &str, config: &impl Serialize) -> Result<Observer> {
-    Observer::new(c.json.json, c.record.as_deref(), name, config)
+    Observer::new(c.json.json, c.observe.record.as_deref(), name, config)
 }
 
 /// `swarm run`'s configuration in its record.
@@ -276,7 +273,7 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
             if a.concurrency == 0 {
                 anyhow::bail!("--concurrency must be at least 1");
             }
-            let ep = a.common.metrics.map(metrics::Endpoint::bind).transpose()?;
+            let ep = a.common.observe.endpoint()?;
             let o = options(&a.common, a.identity)?;
             let stop = util::Stop::install()?;
             let mets = ep
@@ -285,6 +282,7 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 .transpose()?;
             let ro = run::RunOptions {
                 concurrency: a.concurrency,
+                interval: a.common.observe.interval,
                 timeout: a.timeout,
                 out: a.out,
                 cmd: a.cmd,
@@ -365,7 +363,7 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
                 tracing::warn!("{n}");
             }
             let concurrency = conc.value;
-            let ep = a.common.metrics.map(metrics::Endpoint::bind).transpose()?;
+            let ep = a.common.observe.endpoint()?;
             let o = options(&a.common, Identity::Cgroup)?;
             let stop = util::Stop::install()?;
             let mets = ep
@@ -404,11 +402,12 @@ pub fn run(c: SwarmCmd) -> Result<ExitCode> {
             // update per second, and a last one when the run ends.
             let progress = co.progress.clone();
             let done = util::Stop::new();
+            let interval = a.common.observe.interval;
             let sampler = {
                 let done = done.clone();
                 let mut obs = obs;
                 std::thread::spawn(move || -> Result<Observer> {
-                    let mut ticker = Ticker::new(Duration::from_secs(1), None);
+                    let mut ticker = Ticker::new(interval, None);
                     while let Some(tick) = ticker.wait(&done) {
                         let line = progress.snapshot(tick.t);
                         if let Some(m) = &mets {

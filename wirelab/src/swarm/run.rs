@@ -23,6 +23,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub concurrency: u32,
+    /// How often `run_with` samples (the `--record` series and `--metrics`).
+    pub interval: Duration,
     pub timeout: Option<Duration>,
     pub out: Option<PathBuf>,
     pub cmd: Vec<String>,
@@ -189,7 +191,7 @@ pub fn run(sw: &mut Swarm, o: &RunOptions, stop: &Stop) -> Result<(Summary, Vec<
     run_with(sw, o, stop, &mut |_| {})
 }
 
-/// [`run`], calling `sample` about once a second and at the end.
+/// [`run`], calling `sample` about every `o.interval` and at the end.
 pub fn run_with(
     sw: &mut Swarm,
     o: &RunOptions,
@@ -321,7 +323,7 @@ pub fn run_with(
                 &format!("done, {} running", running.len()),
             );
         }
-        if last_sample.elapsed() >= Duration::from_secs(1) {
+        if last_sample.elapsed() >= o.interval {
             last_sample = Instant::now();
             sample(&snap(&results, running.len(), sw.stats()));
         }
