@@ -1,5 +1,5 @@
 //! `wirelab inspect`: attach the `inspect` XDP program and report per-class counters.
-use std::{collections::BTreeMap, io::Write, time::Duration};
+use std::{collections::BTreeMap, io::Write};
 use wirelab_common::maps;
 
 use anyhow::{Context as _, Result};
@@ -10,28 +10,12 @@ use wirelab_common::{
     Counter,
 };
 
-use crate::{
-    ebpf,
-    record::{LineKind, Quantity},
-    runtime::{
-        bpf::{self, AttachMode},
-        observe::Observer,
-        sampled::{self, Sampled},
-        Tick, Ticker,
-    },
-    util::Stop,
-};
+use crate::runtime::prelude::*;
 
 pub struct Options {
     pub iface: String,
-    pub interval: Duration,
-    pub duration: Option<Duration>,
-    pub json: bool,
     pub mode: Option<AttachMode>,
-    /// `--record DIR`.
-    pub record: Option<std::path::PathBuf>,
-    /// `--metrics`: an endpoint bound before entering the namespace.
-    pub metrics: Option<crate::metrics::Endpoint>,
+    pub report: Reporting,
 }
 
 /// Counters of one class.
@@ -287,14 +271,13 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
     let mut bpf = ebpf::load()?;
     let mode = bpf::attach_xdp(&mut bpf, "inspect", &opts.iface, opts.mode)?;
     tracing::info!(iface = %opts.iface, %mode, "inspect attached");
-    let obs = Observer::new(
-        opts.json,
-        opts.record.as_deref(),
+    let (interval_s, duration_s) = opts.report.seconds();
+    let obs = opts.report.observer(
         "inspect",
         &RecordConfig {
             iface: &opts.iface,
-            interval_s: opts.interval.as_secs_f64(),
-            duration_s: opts.duration.map(|d| d.as_secs_f64()),
+            interval_s,
+            duration_s,
             mode,
             requested_mode: opts.mode,
         },
@@ -307,17 +290,13 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
         )?,
         mode,
         metrics: opts
+            .report
             .metrics
             .as_ref()
             .map(InspectMetrics::start)
             .transpose()?,
     };
-    let (_, total) = sampled::drive(
-        &mut tool,
-        Ticker::new(opts.interval, opts.duration),
-        stop,
-        obs,
-    )?;
+    let (_, total) = sampled::drive(&mut tool, opts.report.ticker(), stop, obs)?;
     // Dropping `bpf` closes the bpf_link: the program detaches here.
     drop(bpf);
     tracing::info!(iface = %opts.iface, "inspect detached");

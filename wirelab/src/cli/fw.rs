@@ -153,18 +153,14 @@ pub fn run(a: FwArgs) -> Result<ExitCode> {
                 .with_context(|| format!("rules file {}", rules.display()))?;
             // Validate fully before touching anything.
             fw::rules::load(&rules)?;
-            let metrics = a.observe.endpoint()?;
+            let report = a.observe.reporting(JsonArg { json: a.json }, a.duration)?;
             let stop = a.netns.enter_until_stopped()?;
             fw::run(
                 &fw::Options {
                     iface,
                     rules,
                     mode: a.mode.map(Into::into),
-                    json: a.json,
-                    duration: a.duration,
-                    record: a.observe.record,
-                    metrics,
-                    interval: a.observe.interval,
+                    report,
                 },
                 &stop,
             )?;

@@ -27,17 +27,13 @@ pub struct InspectArgs {
 }
 
 pub fn run(a: InspectArgs) -> Result<ExitCode> {
-    let metrics = a.observe.endpoint()?;
+    let report = a.observe.reporting(a.json, a.duration)?;
     let stop = a.netns.enter_until_stopped()?;
     inspect::run(
         &inspect::Options {
             iface: a.iface,
-            interval: a.observe.interval,
-            duration: a.duration,
-            json: a.json.json,
             mode: a.mode.map(Into::into),
-            record: a.observe.record,
-            metrics,
+            report,
         },
         &stop,
     )?;

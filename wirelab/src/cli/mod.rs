@@ -4,7 +4,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use wirelab::{metrics, netns, runtime::bpf::AttachMode, util};
+use wirelab::{
+    metrics, netns,
+    runtime::{bpf::AttachMode, Reporting},
+    util,
+};
 
 mod cleanup;
 mod doctor;
@@ -168,6 +172,18 @@ impl Observe {
     /// Bind the metrics endpoint (before `--netns` is entered).
     pub fn endpoint(&self) -> Result<Option<metrics::Endpoint>> {
         self.metrics.map(metrics::Endpoint::bind).transpose()
+    }
+
+    /// The library's [`Reporting`], with the metrics endpoint bound (call it before
+    /// `--netns` is entered).
+    pub fn reporting(self, json: JsonArg, duration: Option<Duration>) -> Result<Reporting> {
+        Ok(Reporting {
+            interval: self.interval,
+            duration,
+            json: json.json,
+            metrics: self.endpoint()?,
+            record: self.record,
+        })
     }
 }
 

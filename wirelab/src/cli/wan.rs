@@ -143,7 +143,7 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
     if a.between.len() != 2 {
         bail!("--between IF_A IF_B is required");
     }
-    let metrics = a.observe.endpoint()?;
+    let report = a.observe.reporting(a.json, a.duration)?;
     let stop = a.netns.enter_until_stopped()?;
     wan::run(
         &wan::Options {
@@ -153,13 +153,9 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
             specs,
             config: a.config,
             seed: a.seed,
-            duration: a.duration,
-            interval: a.observe.interval,
-            json: a.json.json,
             frames: a.frames,
             realtime: !a.no_realtime,
-            record: a.observe.record,
-            metrics,
+            report,
         },
         &stop,
     )?;

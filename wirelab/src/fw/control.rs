@@ -89,7 +89,7 @@ pub(super) fn serve(
                     rules = rs.rules.len(),
                     "rules reloaded"
                 );
-                if opts.json {
+                if opts.report.json {
                     let _ = print_line(&Line::Reload(Box::new(v.clone())));
                 }
                 Ok(Answer::Reload(Box::new(v)))

@@ -40,30 +40,15 @@ fn print_line(l: &Line) -> Result<()> {
     Ok(())
 }
 
-use crate::{
-    ebpf,
-    runtime::{
-        bpf::{self, AttachMode},
-        control as ctl,
-        observe::Observer,
-        sampled::{self, Sampled},
-        Tick, Ticker,
-    },
-    util::Stop,
-};
+use crate::runtime::{control as ctl, prelude::*};
 
 pub struct Options {
     pub iface: String,
     pub rules: PathBuf,
     pub mode: Option<AttachMode>,
-    pub json: bool,
-    pub duration: Option<Duration>,
-    /// Run record directory (`--record`): rules, reloads, per-interval hits, final counters.
-    pub record: Option<PathBuf>,
-    /// Prometheus endpoint (`--metrics`), bound before entering the namespace.
-    pub metrics: Option<crate::metrics::Endpoint>,
-    /// Interval of the recorded series and of the metrics' updates.
-    pub interval: Duration,
+    /// Interval, duration, `--json`, and the record (rules, reloads, per-interval hits, final
+    /// counters) and metrics.
+    pub report: Reporting,
 }
 
 /// The configuration recorded with `--record`.
@@ -115,7 +100,7 @@ impl Sampled for FwTool<'_> {
 
     fn poll(&mut self, obs: &mut Observer) -> Result<()> {
         for v in self.fw.drain_log() {
-            if self.opts.json {
+            if self.opts.report.json {
                 print_line(&Line::Log(Box::new(v)))?;
             } else {
                 crate::runtime::observe::to_stdout(|out| writeln!(out, "{}", v.text()))?;
@@ -177,7 +162,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         iface = %opts.iface, %mode, rules = rs.rules.len(), prefixes = rs.prefixes(),
         "fw attached (control socket @{name})"
     );
-    if opts.json {
+    if opts.report.json {
         print_line(&Line::Start {
             iface: opts.iface.clone(),
             mode: mode.to_string(),
@@ -185,9 +170,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             prefixes: rs.prefixes(),
         })?;
     }
-    let obs = Observer::new(
-        opts.json,
-        opts.record.as_deref(),
+    let obs = opts.report.observer(
         "fw",
         &RecordConfig {
             iface: &opts.iface,
@@ -195,10 +178,10 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             rules_file: &opts.rules,
             rules: crate::util::read_user_file(&opts.rules, crate::util::limit::CONFIG)
                 .unwrap_or_default(),
-            interval_s: opts.interval.as_secs_f64(),
+            interval_s: opts.report.interval.as_secs_f64(),
         },
     )?;
-    let metrics = match &opts.metrics {
+    let metrics = match &opts.report.metrics {
         Some(ep) => {
             let m = FwMetrics::start(ep)?;
             tracing::info!("metrics on http://{}/metrics", ep.addr);
@@ -215,12 +198,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         metrics,
         start: Instant::now(),
     };
-    let (fin, _) = sampled::drive(
-        &mut tool,
-        Ticker::new(opts.interval, opts.duration),
-        stop,
-        obs,
-    )?;
+    let (fin, _) = sampled::drive(&mut tool, opts.report.ticker(), stop, obs)?;
     drop(tool);
     drop(bpf);
     tracing::info!(iface = %opts.iface, "fw detached");

@@ -12,14 +12,67 @@
 //!
 //! Entering `--netns` and the stop flag come first, in the CLI (`cli::NetnsArg`), because the
 //! whole process must move before any thread exists.
-use std::time::{Duration, Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use crate::util::Stop;
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{metrics::Endpoint, util::Stop};
 
 pub mod bpf;
 pub mod control;
 pub mod observe;
 pub mod sampled;
+
+/// What a tool module built on the runtime uses: `use crate::runtime::prelude::*;`.
+pub mod prelude {
+    pub use super::{
+        bpf::{self, AttachMode},
+        observe::Observer,
+        sampled::{self, Sampled},
+        Reporting, Tick, Ticker,
+    };
+    pub use crate::{ebpf, record::LineKind, record::Quantity, util::Stop};
+}
+
+/// How a long-running tool reports, and for how long: the command line's `--interval`,
+/// `--duration`, `--json`, `--record` and `--metrics`, resolved (the metrics endpoint is
+/// bound before `--netns` is entered).
+#[derive(Default)]
+pub struct Reporting {
+    pub interval: Duration,
+    /// `None`: until Ctrl-C / SIGTERM.
+    pub duration: Option<Duration>,
+    pub json: bool,
+    /// `--record DIR`: write a run record there.
+    pub record: Option<PathBuf>,
+    /// `--metrics`: serve live counters on this (already bound) endpoint.
+    pub metrics: Option<Endpoint>,
+}
+
+impl Reporting {
+    /// The ticker of the tool's loop.
+    pub fn ticker(&self) -> Ticker {
+        Ticker::new(self.interval, self.duration)
+    }
+
+    /// The observer of the tool's lines: stdout (table or `--json`) and the `--record`
+    /// source `kind` with `config`.
+    pub fn observer(&self, kind: &str, config: &impl Serialize) -> Result<observe::Observer> {
+        observe::Observer::new(self.json, self.record.as_deref(), kind, config)
+    }
+
+    /// `interval_s` and `duration_s` as a record's configuration gives them.
+    pub fn seconds(&self) -> (f64, Option<f64>) {
+        (
+            self.interval.as_secs_f64(),
+            self.duration.map(|d| d.as_secs_f64()),
+        )
+    }
+}
 
 /// Interval ticks until `duration` has passed or a stop is requested.
 pub struct Ticker {

@@ -36,7 +36,7 @@ use wirelab_common::wan::{
 
 use crate::{
     ebpf,
-    runtime::{control as ctl, observe::Observer},
+    runtime::{control as ctl, observe::Observer, Reporting},
     util::Stop,
 };
 use engine::{mono_ns, Engine, Profile};
@@ -309,16 +309,10 @@ pub struct Options {
     pub specs: DirSpecs,
     pub config: Option<PathBuf>,
     pub seed: Option<u64>,
-    pub duration: Option<Duration>,
-    pub interval: Duration,
-    pub json: bool,
     pub frames: u64,
     /// Run the engine with SCHED_FIFO priority 20.
     pub realtime: bool,
-    /// `--record DIR`: write a run record there.
-    pub record: Option<PathBuf>,
-    /// `--metrics`: serve live counters on this (already bound) endpoint.
-    pub metrics: Option<crate::metrics::Endpoint>,
+    pub report: Reporting,
 }
 
 pub fn load_config(p: Option<&Path>) -> Result<Config> {
@@ -601,7 +595,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
 
     // Run record and metrics (both optional).
     let obs = report::observer(opts, &cfg, &plan, &modes)?;
-    let (_metrics_srv, mets) = match &opts.metrics {
+    let (_metrics_srv, mets) = match &opts.report.metrics {
         Some(ep) => {
             let (b, m) = WanMetrics::new();
             (Some(b.serve(ep)?), Some(m))
@@ -812,6 +806,7 @@ impl<'a> EngineLoop<'a> {
             if self.stop.requested()
                 || self
                     .opts
+                    .report
                     .duration
                     .is_some_and(|d| self.start.elapsed() >= d)
             {
@@ -834,7 +829,7 @@ impl<'a> EngineLoop<'a> {
                     self.apply_change(ch)?;
                 }
             }
-            if self.last_report.elapsed() >= self.opts.interval {
+            if self.last_report.elapsed() >= self.opts.report.interval {
                 self.report_interval();
             }
             self.wait();

@@ -324,6 +324,7 @@ pub(super) fn observer(
     plan: &Plan,
     modes: &[&str],
 ) -> Result<Observer> {
+    let (interval_s, duration_s) = opts.report.seconds();
     let config = RecordConfig {
         between: [&opts.iface_a, &opts.iface_b],
         netns: opts.netns.as_deref(),
@@ -331,14 +332,14 @@ pub(super) fn observer(
         config_file: opts.config.as_deref(),
         config: cfg,
         seed: plan.seed,
-        interval_s: opts.interval.as_secs_f64(),
-        duration_s: opts.duration.map(|d| d.as_secs_f64()),
+        interval_s,
+        duration_s,
         frames: opts.frames,
         realtime: opts.realtime,
         xdp_modes: modes,
         classes: class_configs(&plan.names, &plan.specs),
     };
-    let mut obs = Observer::new(opts.json, opts.record.as_deref(), "wan", &config)?;
+    let mut obs = opts.report.observer("wan", &config)?;
     obs.set_configured(configured(&plan.specs));
     Ok(obs)
 }
