@@ -3,7 +3,8 @@
 //! processes stopped on drop ([`Bg`], [`spawn_ready`]), polling instead of sleeping
 //! ([`eventually`]), temporary directories removed even when a test fails ([`TempDir`]), one
 //! `BPF_PROG_TEST_RUN` entry point ([`prog::run`]), crafted frames ([`frames`]) and the command
-//! lines that point the tools at a lab host ([`cli`]).
+//! lines that point the tools at a lab host ([`cli`]), and worker threads inside a lab
+//! namespace ([`NsWorker`]).
 //!
 //! It depends on the `wirelab` binary, not its library, so xtask can use it without building
 //! the eBPF object.
@@ -12,6 +13,7 @@ pub mod frames;
 pub mod lab;
 pub mod process;
 pub mod prog;
+pub mod worker;
 
 use std::{
     sync::atomic::{AtomicU32, Ordering},
@@ -20,6 +22,7 @@ use std::{
 
 pub use lab::{in_ns, Lab};
 pub use process::{out, spawn_ready, Bg, Ready, Stopped};
+pub use worker::NsWorker;
 
 /// A name unique to this process and call: `{prefix}{pid}x{n}` (short enough for interface
 /// and namespace names).

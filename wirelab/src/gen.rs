@@ -52,17 +52,26 @@ pub enum Method {
 }
 
 pub struct Options {
+    /// Interface the frames leave by.
     pub iface: String,
+    /// Destination MAC (aa:bb:cc:dd:ee:ff): the next hop's, as `lab status` shows it.
     pub dst_mac: String,
+    /// Source MAC; `None`: the interface's own.
     pub src_mac: Option<String>,
+    /// Source addresses: one address or a CIDR the flows' sources are spread over.
     pub src: String,
     pub dst: IpAddr,
     pub proto: Proto,
+    /// Frame size in bytes, Ethernet header included, FCS not.
     pub size: usize,
+    /// Frames per second; `None`: as fast as the method allows.
     pub rate: Option<u64>,
+    /// Frames to send; with `duration`, whichever ends first.
     pub count: Option<u64>,
     pub duration: Option<Duration>,
+    /// Distinct 5-tuples, cycled frame by frame.
     pub flows: u32,
+    /// Destination port (TCP/UDP).
     pub dport: u16,
     pub method: Method,
 }

@@ -163,11 +163,16 @@ pub async fn add_route(
 pub struct IfaceInfo {
     pub name: String,
     pub index: u32,
+    /// Link kind: veth, bridge, dummy, ... (`""` for a plain device).
     pub kind: String,
+    /// Administratively up (IFF_UP).
     pub up: bool,
     pub mac: String,
+    /// MTU in bytes (L3).
     pub mtu: u32,
+    /// The bridge it is a port of.
     pub master: Option<String>,
+    /// Addresses with prefix length (198.18.0.1/24).
     pub addresses: Vec<String>,
 }
 

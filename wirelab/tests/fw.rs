@@ -4,7 +4,7 @@ mod common;
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -125,77 +125,55 @@ fn deny_cidr_inside_fails_outside_works() {
     );
 }
 
-/// Accept TCP connections on `ports` in `ns` until `stop`; count UDP datagrams on `udp`.
+/// Accept TCP connections on `tcp` in `ns`; count UDP datagrams on `udp` (until dropped).
 struct Server {
-    stop: Arc<AtomicBool>,
     udp_count: Arc<Vec<AtomicU64>>,
-    t: Option<std::thread::JoinHandle<()>>,
+    _worker: NsWorker,
 }
 
 impl Server {
     fn start(ns: &str, tcp: &[u16], udp: &[u16]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
         let udp_count = Arc::new(udp.iter().map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
-        let (ns, tcp, udp) = (ns.to_string(), tcp.to_vec(), udp.to_vec());
-        let (st, uc) = (stop.clone(), udp_count.clone());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let t = std::thread::spawn(move || {
-            wirelab::netns::run_in(Some(&ns), || {
-                let ls: Vec<TcpListener> = tcp
-                    .iter()
-                    .map(|p| TcpListener::bind(("198.18.0.2", *p)).unwrap())
-                    .collect();
-                for l in &ls {
-                    l.set_nonblocking(true)?;
+        let uc = udp_count.clone();
+        let (tcp, udp) = (tcp.to_vec(), udp.to_vec());
+        let open = move || {
+            let ls: Vec<TcpListener> = tcp
+                .iter()
+                .map(|p| TcpListener::bind(("198.18.0.2", *p)).unwrap())
+                .collect();
+            let us: Vec<UdpSocket> = udp
+                .iter()
+                .map(|p| UdpSocket::bind(("0.0.0.0", *p)).unwrap())
+                .collect();
+            for l in &ls {
+                l.set_nonblocking(true).unwrap();
+            }
+            for u in &us {
+                u.set_nonblocking(true).unwrap();
+            }
+            (ls, us)
+        };
+        let mut buf = [0u8; 2048];
+        let poll = move |(ls, us): &mut (Vec<TcpListener>, Vec<UdpSocket>)| {
+            let mut busy = false;
+            for l in ls.iter() {
+                busy |= l.accept().is_ok();
+            }
+            for (i, u) in us.iter().enumerate() {
+                while u.recv(&mut buf).is_ok() {
+                    uc[i].fetch_add(1, Ordering::Relaxed);
+                    busy = true;
                 }
-                let us: Vec<UdpSocket> = udp
-                    .iter()
-                    .map(|p| UdpSocket::bind(("0.0.0.0", *p)).unwrap())
-                    .collect();
-                for u in &us {
-                    u.set_nonblocking(true)?;
-                }
-                ready_tx.send(()).unwrap();
-                let mut buf = [0u8; 2048];
-                while !st.load(Ordering::Relaxed) {
-                    let mut idle = true;
-                    for l in &ls {
-                        if l.accept().is_ok() {
-                            idle = false;
-                        }
-                    }
-                    for (i, u) in us.iter().enumerate() {
-                        while u.recv(&mut buf).is_ok() {
-                            uc[i].fetch_add(1, Ordering::Relaxed);
-                            idle = false;
-                        }
-                    }
-                    if idle {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-                Ok(())
-            })
-            .unwrap();
-        });
-        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            }
+            busy
+        };
         Self {
-            stop,
             udp_count,
-            t: Some(t),
+            _worker: NsWorker::start(ns, open, poll),
         }
     }
     fn udp(&self, i: usize) -> u64 {
         self.udp_count[i].load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.t.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -8,10 +8,7 @@ mod common;
 use std::{
     collections::BTreeSet,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -173,81 +170,58 @@ fn send_frames(ns: &str, frames: Vec<Vec<u8>>) {
 /// Records the IPv4 IDs of TCP/UDP/ICMP packets delivered to the server's IP stack.
 struct Recorder {
     ids: Arc<Mutex<BTreeSet<u16>>>,
-    stop: Arc<AtomicBool>,
-    t: Option<std::thread::JoinHandle<()>>,
+    _worker: NsWorker,
 }
 
 impl Recorder {
     fn start(ns: &str) -> Self {
         let ids = Arc::new(Mutex::new(BTreeSet::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (i2, s2, ns) = (ids.clone(), stop.clone(), ns.to_string());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let t = std::thread::spawn(move || {
-            wirelab::netns::run_in(Some(&ns), || {
-                let socks: Vec<OwnedFd> =
-                    [libc::IPPROTO_TCP, libc::IPPROTO_UDP, libc::IPPROTO_ICMP]
-                        .iter()
-                        .map(|p| {
-                            let fd = unsafe {
-                                libc::socket(
-                                    libc::AF_INET,
-                                    libc::SOCK_RAW | libc::SOCK_NONBLOCK,
-                                    *p,
-                                )
-                            };
-                            assert!(fd >= 0, "raw socket");
-                            unsafe { OwnedFd::from_raw_fd(fd) }
-                        })
-                        .collect();
-                tx.send(()).unwrap();
-                let mut buf = [0u8; 2048];
-                while !s2.load(Ordering::Relaxed) {
-                    let mut idle = true;
-                    for s in &socks {
-                        loop {
-                            let n = unsafe {
-                                libc::recv(
-                                    s.as_raw_fd(),
-                                    buf.as_mut_ptr() as *mut libc::c_void,
-                                    buf.len(),
-                                    0,
-                                )
-                            };
-                            if n < 20 {
-                                break;
-                            }
-                            idle = false;
-                            // Only probes from the client's crafted frames (ID >= 1).
-                            if buf[12..15] == [198, 18, 0] && buf[16..20] == [198, 18, 0, 2] {
-                                i2.lock()
-                                    .unwrap()
-                                    .insert(u16::from_be_bytes([buf[4], buf[5]]));
-                            }
-                        }
+        let i2 = ids.clone();
+        let open = || -> Vec<OwnedFd> {
+            [libc::IPPROTO_TCP, libc::IPPROTO_UDP, libc::IPPROTO_ICMP]
+                .iter()
+                .map(|p| {
+                    // SAFETY: a plain socket(2) call; the result is checked before use.
+                    let fd = unsafe {
+                        libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, *p)
+                    };
+                    assert!(fd >= 0, "raw socket");
+                    // SAFETY: fd is a new descriptor this closure owns.
+                    unsafe { OwnedFd::from_raw_fd(fd) }
+                })
+                .collect()
+        };
+        let mut buf = [0u8; 2048];
+        let poll = move |socks: &mut Vec<OwnedFd>| {
+            let mut busy = false;
+            for s in socks.iter() {
+                loop {
+                    // SAFETY: recv into a buffer of the length given.
+                    let n = unsafe {
+                        libc::recv(
+                            s.as_raw_fd(),
+                            buf.as_mut_ptr() as *mut libc::c_void,
+                            buf.len(),
+                            0,
+                        )
+                    };
+                    if n < 20 {
+                        break;
                     }
-                    if idle {
-                        std::thread::sleep(Duration::from_millis(1));
+                    busy = true;
+                    // Only probes from the client's crafted frames (ID >= 1).
+                    if buf[12..15] == [198, 18, 0] && buf[16..20] == [198, 18, 0, 2] {
+                        i2.lock()
+                            .unwrap()
+                            .insert(u16::from_be_bytes([buf[4], buf[5]]));
                     }
                 }
-                Ok(())
-            })
-            .unwrap();
-        });
-        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            }
+            busy
+        };
         Self {
             ids,
-            stop,
-            t: Some(t),
-        }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.t.take() {
-            let _ = t.join();
+            _worker: NsWorker::start(ns, open, poll),
         }
     }
 }

@@ -14,7 +14,7 @@ use wirelab::fw::{rules, Firewall};
 use wirelab_common::parse::{MAX_IPV6_EXT, MAX_VLAN_TAGS};
 
 const SERVER: [u8; 4] = [198, 18, 0, 2];
-const SERVER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const SERVER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2];
 const DROP: u32 = 1;
 const PASS: u32 = 2;
 
@@ -78,18 +78,18 @@ icmp_type = "echo-request"
 [[rule]]
 name = "v6-src"
 action = "deny"
-src = "2001:db8:bad::/48"
+src = "2001:2:0:bad::/64"
 
 [[rule]]
 name = "v6-dst-udp"
 action = "deny"
-dst = "2001:db8:2::/64"
+dst = "2001:2:0:2::/80"
 proto = "udp"
 
 [[rule]]
 name = "v6-host"
 action = "deny"
-dst = ["2001:db8:3::1", "2001:db8:3::/120"]
+dst = ["2001:2:0:3::1", "2001:2:0:3::/120"]
 proto = "tcp"
 
 [[rule]]
@@ -256,14 +256,14 @@ fn ports_protocols_flags_icmp() {
     // ICMPv6 echo request vs reply.
     let mut v = Vec::new();
     PacketBuilder::ethernet2(SRC, DST)
-        .ipv6(v6("2001:db8:1::1"), SERVER6, 64)
+        .ipv6(v6("2001:2:0:1::1"), SERVER6, 64)
         .icmpv6_echo_request(1, 1)
         .write(&mut v, &[0; 8])
         .unwrap();
     h.expect(&v, DROP, "echo6");
     let mut v = Vec::new();
     PacketBuilder::ethernet2(SRC, DST)
-        .ipv6(v6("2001:db8:1::1"), SERVER6, 64)
+        .ipv6(v6("2001:2:0:1::1"), SERVER6, 64)
         .icmpv6_echo_reply(1, 1)
         .write(&mut v, &[0; 8])
         .unwrap();
@@ -279,15 +279,15 @@ fn ports_protocols_flags_icmp() {
 #[test]
 fn ipv6_prefixes_and_extension_headers() {
     let h = Harness::new(RULES);
-    h.expect(&udp6(v6("2001:db8:bad:1::9"), SERVER6), DROP, "v6-src");
-    h.expect(&udp6(v6("2001:db8:bae::9"), SERVER6), PASS, "(default)");
+    h.expect(&udp6(v6("2001:2:0:bad:1::9"), SERVER6), DROP, "v6-src");
+    h.expect(&udp6(v6("2001:2:0:bae::9"), SERVER6), PASS, "(default)");
     h.expect(
-        &udp6(v6("2001:db8:1::1"), v6("2001:db8:2::77")),
+        &udp6(v6("2001:2:0:1::1"), v6("2001:2:0:2::77")),
         DROP,
         "v6-dst-udp",
     );
     h.expect(
-        &udp6(v6("2001:db8:1::1"), v6("2001:db8:2:1::77")),
+        &udp6(v6("2001:2:0:1::1"), v6("2001:2:0:2:1::77")),
         PASS,
         "(default)",
     );
@@ -295,21 +295,21 @@ fn ipv6_prefixes_and_extension_headers() {
     let tcp6 = |dst: &str| {
         let mut v = Vec::new();
         PacketBuilder::ethernet2(SRC, DST)
-            .ipv6(v6("2001:db8:1::1"), v6(dst), 64)
+            .ipv6(v6("2001:2:0:1::1"), v6(dst), 64)
             .tcp(1, 2, 1, 1024)
             .write(&mut v, &[])
             .unwrap();
         v
     };
-    h.expect(&tcp6("2001:db8:3::1"), DROP, "v6-host");
-    h.expect(&tcp6("2001:db8:3::80"), DROP, "v6-host");
-    h.expect(&tcp6("2001:db8:3::100"), PASS, "(default)");
+    h.expect(&tcp6("2001:2:0:3::1"), DROP, "v6-host");
+    h.expect(&tcp6("2001:2:0:3::80"), DROP, "v6-host");
+    h.expect(&tcp6("2001:2:0:3::100"), PASS, "(default)");
     // Hop-by-hop + destination options before UDP: walked, rule still applies.
     let f = cat(
         eth(0x86dd),
         ipv6(
-            v6("2001:db8:1::1"),
-            v6("2001:db8:2::77"),
+            v6("2001:2:0:1::1"),
+            v6("2001:2:0:2::77"),
             0,
             &[opts_hdr(60), opts_hdr(17)],
             &udp_hdr(1, 2),
@@ -377,8 +377,8 @@ fn vlan_options_fragments() {
     let f = cat(
         eth(0x86dd),
         ipv6(
-            v6("2001:db8:1::1"),
-            v6("2001:db8:2::77"),
+            v6("2001:2:0:1::1"),
+            v6("2001:2:0:2::77"),
             44,
             &[frag6(17, 100, false)],
             &[0; 16],
@@ -409,12 +409,12 @@ fn vlan_wrappings_never_hide_ip() {
         ),
         (
             "tcp SYN to 22 (IPv6)",
-            tcp6_syn(v6("2001:db8:1::1"), 22),
+            tcp6_syn(v6("2001:2:0:1::1"), 22),
             "syn-22",
         ),
         (
-            "source 2001:db8:bad::1",
-            tcp6_syn(v6("2001:db8:bad::1"), 80),
+            "source 2001:2:0:bad::1",
+            tcp6_syn(v6("2001:2:0:bad::1"), 80),
             "v6-src",
         ),
     ];
@@ -464,7 +464,7 @@ fn ipv6_extension_header_limit() {
             .collect();
         cat(
             eth(0x86dd),
-            ipv6(v6("2001:db8:1::1"), v6("2001:db8:2::77"), 60, &exts, upper),
+            ipv6(v6("2001:2:0:1::1"), v6("2001:2:0:2::77"), 60, &exts, upper),
         )
     };
     for n in [1, MAX_IPV6_EXT - 1, MAX_IPV6_EXT] {
@@ -549,7 +549,7 @@ fn malformed_and_non_ip() {
     let mut f = eth(0x8100);
     f.extend_from_slice(&[0, 42]);
     cases.push(("VLAN tag cut", f));
-    let mut f = udp6(v6("2001:db8:1::1"), SERVER6);
+    let mut f = udp6(v6("2001:2:0:1::1"), SERVER6);
     f.truncate(14 + 30);
     cases.push(("IPv6 header cut", f));
     let exts: Vec<Vec<u8>> = (0..9).map(|_| opts_hdr(60)).collect();
@@ -557,7 +557,7 @@ fn malformed_and_non_ip() {
         "9 IPv6 extension headers",
         cat(
             eth(0x86dd),
-            ipv6(v6("2001:db8:1::1"), SERVER6, 0, &exts, &udp_hdr(1, 2)),
+            ipv6(v6("2001:2:0:1::1"), SERVER6, 0, &exts, &udp_hdr(1, 2)),
         ),
     ));
     let mut big = opts_hdr(17);
@@ -566,7 +566,7 @@ fn malformed_and_non_ip() {
         "IPv6 extension header beyond the frame",
         cat(
             eth(0x86dd),
-            ipv6(v6("2001:db8:1::1"), SERVER6, 0, &[big], &[]),
+            ipv6(v6("2001:2:0:1::1"), SERVER6, 0, &[big], &[]),
         ),
     ));
     for (what, f) in &cases {

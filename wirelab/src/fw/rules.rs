@@ -11,7 +11,7 @@
 //! proto = "tcp"           # tcp | udp | icmp | icmpv6 | 0-255, or a list
 //! dst_port = 22           # 22, "1000-2000", or a list of those
 //! tcp_flags = "syn,!ack"  # flags that must be set / (!) clear
-//! src = ["198.18.0.0/24", "2001:db8::/32"]
+//! src = ["198.18.0.0/24", "2001:2::/48"]
 //! ```
 use std::{
     collections::{HashMap, HashSet},

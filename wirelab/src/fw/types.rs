@@ -157,10 +157,14 @@ pub struct Stats {
     /// Seconds since attach (final line only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
+    /// Rule-set generation in force (0 or 1) and reloads so far.
     pub generation: u32,
     pub reloads: u64,
+    /// Address prefixes in the rule set (after list files are read).
     pub prefixes: usize,
+    /// How each address table is searched.
     pub lookup: Lookup,
+    /// Per rule, in file order, then the three policies.
     pub rules: Vec<RuleStats>,
     pub default: PolicyStats,
     pub malformed: PolicyStats,
@@ -195,9 +199,11 @@ impl Stats {
 /// What an installed rule set changed (`fw reload`'s answer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstallReport {
+    /// The generation now in force.
     pub generation: u32,
     pub rules: usize,
     pub prefixes: usize,
+    /// Rule names kept (counters carried over), added and removed by this install.
     pub kept: Vec<String>,
     pub added: Vec<String>,
     pub removed: Vec<String>,

@@ -22,8 +22,11 @@ pub struct UdpInterval {
     pub kind: LineKind,
     /// Seconds since the first probe.
     pub t: f64,
+    /// Length of this interval, s.
     pub interval_s: f64,
+    /// Probes sent in it.
     pub sent: u64,
+    /// One-way delays (ms) of the probes (forward) and echoes (reverse) that arrived in it.
     pub forward: Option<DelayStats>,
     pub reverse: Option<DelayStats>,
     /// Echoes that arrived before a lower-numbered probe's.
@@ -66,10 +69,13 @@ pub struct SinkReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct UdpConfig {
     pub to: SocketAddr,
+    /// Probes per second.
     pub rate_pps: f64,
     pub count: Option<u64>,
     pub duration_s: Option<f64>,
+    /// UDP payload bytes per probe.
     pub size: usize,
+    /// Seconds to wait for stragglers after the last probe.
     pub wait_s: f64,
     pub interval_s: f64,
     /// Which wan direction each probe direction crosses.

@@ -28,11 +28,13 @@ use crate::{record::LineKind, util::Stop};
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub to: SocketAddrV4,
+    /// How long each connection stays open once established (and data exchanged).
     pub hold: Duration,
     /// New connections per second (None: as fast as the concurrency allows).
     pub rate: Option<f64>,
     /// Connections in flight or held at once (default: all clients).
     pub concurrency: u32,
+    /// Per connection, for connecting and for each send/receive.
     pub timeout: Duration,
     /// Bytes to send after connecting.
     pub send: usize,

@@ -149,23 +149,32 @@ pub struct ChangeEntry {
 /// One line of stats for a (direction, class).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct ClassReport {
+    /// `a_to_b` or `b_to_a`.
     pub dir: String,
     pub class: String,
+    /// Frames (and bytes) that entered the emulator.
     pub rx: u64,
     pub rx_bytes: u64,
+    /// Frames sent on: by the engine, the kernel fast path, or bypassing the engine.
     pub tx: u64,
+    /// Frames dropped, by cause: the loss model, a full queue (`limit`), a blackhole.
     pub drops_loss: u64,
     pub drops_queue: u64,
     pub drops_blackhole: u64,
     /// Due while the out interface had no carrier.
     pub drops_link_down: u64,
+    /// Extra copies sent (`duplicate`).
     pub duplicated: u64,
+    /// Frames sent with one bit flipped (`corrupt`).
     pub corrupted: u64,
+    /// Frames sent ahead of earlier ones (`reorder`, or jitter with `jitter-order reorder`).
     pub reordered: u64,
+    /// Forwarded by the kernel alone (a class with nothing for the engine to do).
     pub fast_path: u64,
     /// Meant for the engine but forwarded unimpaired (no socket yet, a queue other than 0,
     /// no room for metadata).
     pub engine_bypassed: u64,
+    /// Frames held by the engine at the end of the interval, and at most during it.
     pub queue_now: u64,
     pub queue_max: u64,
     /// The emulated delay (the delay/jitter stage, what `delay` configures).

@@ -88,17 +88,24 @@ pub struct Rate {
 /// One direction's impairments.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Spec {
+    /// Added one-way delay (mean of the distribution).
     pub delay: Duration,
+    /// The distribution's spread (standard deviation for normal; half-width for uniform).
     pub jitter: Duration,
+    /// Correlation of successive delays, 0..=1 (netem's percent / 100).
     pub delay_corr: f64,
     pub distribution: Distribution,
     pub loss: Option<Loss>,
+    /// Probabilities below are 0..=1 (the SPEC's percent / 100); each `_corr` is the
+    /// correlation with the previous frame's decision, 0..=1.
     pub duplicate: f64,
     pub duplicate_corr: f64,
     pub corrupt: f64,
     pub corrupt_corr: f64,
+    /// Probability that a frame skips the delay (sent at once), as netem's `reorder`.
     pub reorder: f64,
     pub reorder_corr: f64,
+    /// `reorder ... gap N`: only every N-th frame may skip the delay.
     pub gap: u64,
     pub rate: Option<Rate>,
     pub limit: Option<Limit>,
