@@ -59,19 +59,26 @@ impl Default for Builder {
     }
 }
 
+/// The version of the metric names and labels (docs/metrics.md): changes when one is
+/// removed or changes meaning.
+pub const METRICS_VERSION: &str = "1";
+
 impl Builder {
-    /// A registry with `wirelab_build_info{version, tool}` = 1.
+    /// An empty registry; [`Builder::info`] adds `wirelab_build_info`.
     pub fn new() -> Self {
         Self {
             reg: Registry::default(),
         }
     }
 
+    /// `wirelab_build_info{version, tool, metrics_version}` = 1 (`metrics_version`: the
+    /// version of the names and labels, docs/metrics.md).
     pub fn info(&mut self, tool: &str) {
         let g: GaugeFam = Family::default();
         g.get_or_create(&labels(&[
             ("version", env!("CARGO_PKG_VERSION")),
             ("tool", tool),
+            ("metrics_version", METRICS_VERSION),
         ]))
         .set(1.0);
         self.reg

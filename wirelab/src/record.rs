@@ -184,6 +184,7 @@ impl Recorder {
             }
         };
         m.insert("seq".into(), json!(seq));
+        m.insert("v".into(), json!(VERSION));
         if !m.contains_key("unix") {
             m.insert("unix".into(), json!(unix_now()));
         }
@@ -557,6 +558,9 @@ pub enum LineKind {
 pub struct Stamped<T> {
     /// 1, 2, 3… per file, without gaps.
     pub seq: u64,
+    /// The record format version the line was written in (absent before it was stamped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v: Option<u32>,
     /// Wall-clock time of the line (seconds since the epoch).
     pub unix: f64,
     #[serde(flatten)]

@@ -114,3 +114,41 @@ fn wan_zero_limit_means_the_same_in_packets_and_bytes() {
     let o = ok(wirelab().args(["wan", "--check", "--both", "limit 1"]));
     assert!(String::from_utf8_lossy(&o.stdout).contains("config OK"));
 }
+
+/// `wan --check` shows how each unit was read: tc's `mbps` is bytes per second, `kb` is 1024.
+#[test]
+fn wan_check_spells_out_the_units_it_read() {
+    let o = ok(wirelab().args([
+        "wan",
+        "--check",
+        "--json",
+        "--a-to-b",
+        "delay 20ms 2ms distribution normal loss 1% rate 100mbps limit 64kb",
+        "--b-to-a",
+        "delay 1.5s rate 10mbit",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], true, "{v}");
+    let a = v["classes"][0]["a_to_b"].as_str().unwrap();
+    for want in [
+        "delay 20 ms",
+        "jitter 2 ms normal (order kept)",
+        "loss 1 % random",
+        "rate 800 Mbit/s (100 MB/s)",
+        "queue limit 65536 bytes",
+    ] {
+        assert!(a.contains(want), "{want:?} not in {a:?}");
+    }
+    let b = v["classes"][0]["b_to_a"].as_str().unwrap();
+    assert!(
+        b.contains("delay 1500 ms") && b.contains("rate 10 Mbit/s (1.25 MB/s)"),
+        "{b}"
+    );
+    // The text form says the same.
+    let o = ok(wirelab().args(["wan", "--check", "--both", "rate 100mbps"]));
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        t.contains("config OK") && t.contains("rate 800 Mbit/s (100 MB/s)"),
+        "{t}"
+    );
+}

@@ -162,7 +162,8 @@ pub struct Observe {
     /// commands may record into the same DIR. See `wirelab report`.
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
-    /// Serve live counters in Prometheus text format on ADDR:PORT (e.g. 127.0.0.1:9464).
+    /// Serve live counters in OpenMetrics text format (docs/metrics.md) on ADDR:PORT (e.g.
+    /// 127.0.0.1:9464).
     /// Bound in the namespace wirelab was started in, before --netns is entered.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,

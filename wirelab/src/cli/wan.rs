@@ -3,9 +3,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
+use serde::Serialize;
 use wirelab::wan;
 
-use super::{parse_duration, JsonArg, NetnsArg, Observe};
+use super::{emit, parse_duration, JsonArg, NetnsArg, Observe};
 
 #[derive(Args)]
 pub struct WanArgs {
@@ -134,9 +135,39 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
                     .with_context(|| format!("class {} {}", plan.names[c], wan::DIRS[d]))?;
             }
         }
-        println!("config OK: {} classes", plan.names.len());
-        for wmsg in wan::warnings(&plan.names, &plan.specs) {
-            println!("warning: {wmsg}");
+        let check = CheckReport {
+            ok: true,
+            seed: plan.seed,
+            classes: plan
+                .names
+                .iter()
+                .enumerate()
+                .map(|(c, name)| ClassCheck {
+                    name: name.clone(),
+                    a_to_b: plan.specs[0][c].explain(),
+                    b_to_a: plan.specs[1][c].explain(),
+                })
+                .collect(),
+            warnings: wan::warnings(&plan.names, &plan.specs),
+        };
+        if a.json.json {
+            emit(&serde_json::to_string(&check)?)?;
+        } else {
+            let mut text = format!(
+                "config OK: {} class(es), seed {}",
+                check.classes.len(),
+                check.seed
+            );
+            for c in &check.classes {
+                text += &format!(
+                    "\n  class {}\n    a_to_b: {}\n    b_to_a: {}",
+                    c.name, c.a_to_b, c.b_to_a
+                );
+            }
+            for w in &check.warnings {
+                text += &format!("\nwarning: {w}");
+            }
+            emit(&text)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -160,4 +191,21 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
         &stop,
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `wan --check`: how every class's SPECs were read, with units spelled out.
+#[derive(Serialize)]
+struct CheckReport {
+    ok: bool,
+    /// The seed of the decisions (random unless `--seed` or the config sets one).
+    seed: u64,
+    classes: Vec<ClassCheck>,
+    warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ClassCheck {
+    name: String,
+    a_to_b: String,
+    b_to_a: String,
 }

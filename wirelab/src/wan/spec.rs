@@ -116,6 +116,109 @@ pub struct Spec {
     pub text: String,
 }
 
+impl Spec {
+    /// How the words were read, with units spelled out (`wan --check`): "delay 20 ms, jitter
+    /// 2 ms normal (order kept), loss 1 % random, rate 20 Mbit/s (2.5 MB/s), ...".
+    pub fn explain(&self) -> String {
+        let ms = |d: Duration| format!("{} ms", d.as_secs_f64() * 1e3);
+        let pct = |p: f64| format!("{} %", p * 100.0);
+        let corr = |c: f64| {
+            if c > 0.0 {
+                format!(" (correlation {})", pct(c))
+            } else {
+                String::new()
+            }
+        };
+        let mut parts = vec![format!("delay {}", ms(self.delay))];
+        if !self.jitter.is_zero() {
+            let order = match self.jitter_order {
+                JitterOrder::Keep => "order kept",
+                JitterOrder::Reorder => "may reorder",
+                JitterOrder::Fifo => "order kept, FIFO: held behind earlier frames",
+            };
+            let dist = match &self.distribution {
+                Distribution::File(p) => format!("table {}", p.display()),
+                d => format!("{d:?}").to_lowercase(),
+            };
+            parts.push(format!(
+                "jitter {} {dist} ({order}){}",
+                ms(self.jitter),
+                corr(self.delay_corr)
+            ));
+        }
+        match &self.loss {
+            Some(Loss::Random { p, corr: c }) => {
+                parts.push(format!("loss {} random{}", pct(*p), corr(*c)));
+            }
+            Some(Loss::State {
+                p13,
+                p31,
+                p32,
+                p23,
+                p14,
+            }) => parts.push(format!(
+                "loss 4-state Markov p13 {} p31 {} p32 {} p23 {} p14 {}",
+                pct(*p13),
+                pct(*p31),
+                pct(*p32),
+                pct(*p23),
+                pct(*p14)
+            )),
+            Some(Loss::Gemodel { p, r, one_h, one_k }) => parts.push(format!(
+                "loss Gilbert-Elliott p {} r {} 1-h {} 1-k {}",
+                pct(*p),
+                pct(*r),
+                pct(*one_h),
+                pct(*one_k)
+            )),
+            None => {}
+        }
+        for (name, p, c) in [
+            ("duplicate", self.duplicate, self.duplicate_corr),
+            ("corrupt", self.corrupt, self.corrupt_corr),
+        ] {
+            if p > 0.0 {
+                parts.push(format!("{name} {}{}", pct(p), corr(c)));
+            }
+        }
+        if self.reorder > 0.0 {
+            parts.push(format!(
+                "reorder {} sent at once{}{}",
+                pct(self.reorder),
+                corr(self.reorder_corr),
+                if self.gap > 0 {
+                    format!(", every {}th frame", self.gap)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if let Some(r) = &self.rate {
+            let mut t = format!(
+                "rate {} Mbit/s ({} MB/s)",
+                r.bits_per_sec as f64 / 1e6,
+                r.bits_per_sec as f64 / 8e6
+            );
+            if r.packet_overhead != 0 {
+                t += &format!(", {:+} B per frame", r.packet_overhead);
+            }
+            if r.cell_size > 0 {
+                t += &format!(", cells of {} B {:+} B", r.cell_size, r.cell_overhead);
+            }
+            parts.push(t);
+        }
+        match &self.limit {
+            Some(Limit::Packets(n)) => parts.push(format!("queue limit {n} frames")),
+            Some(Limit::Bytes(b)) => parts.push(format!("queue limit {b} bytes")),
+            None => {}
+        }
+        if let Some((out, every)) = self.blackhole {
+            parts.push(format!("blackhole {} every {}", ms(out), ms(every)));
+        }
+        parts.join(", ")
+    }
+}
+
 impl Default for Spec {
     fn default() -> Self {
         Self {
