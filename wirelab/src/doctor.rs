@@ -81,11 +81,26 @@ pub fn run() -> Vec<Check> {
     for (f, missing) in [
         (feature::CGROUP_SOCK_ADDR_CGROUP_ID, Status::Fail),
         (feature::BPF_LINK_XDP, Status::Fail),
-        (feature::XSK_NETNS_COOKIE, Status::Fail),
         (feature::XDP_LIVE_FRAMES, Status::Warn),
     ] {
         out.push(kernel_feature(v, f, missing));
     }
+    out.push(match crate::runtime::xsk::available() {
+        Ok(()) => check(
+            "AF_XDP sockets",
+            Status::Ok,
+            "an AF_XDP socket opens, for wan's timing engine",
+        ),
+        Err(e) => check(
+            "AF_XDP sockets",
+            if e.errno() == Some(nix::errno::Errno::EAFNOSUPPORT) {
+                Status::Fail
+            } else {
+                Status::Warn
+            },
+            format!("{e}, for wan's timing engine"),
+        ),
+    });
     out.push(if kernel::has_tcx() {
         check("TCX", Status::Ok, "tc programs attach through bpf_link (Linux 6.6+)")
     } else {
@@ -167,16 +182,16 @@ mod tests {
 
     #[test]
     fn features_fail_on_old_kernels_and_pass_on_new_ones() {
-        let f = feature::XSK_NETNS_COOKIE;
+        let f = feature::BPF_LINK_XDP;
         assert_eq!(
-            kernel_feature(Some((5, 10)), f, Status::Fail).status,
+            kernel_feature(Some((5, 4)), f, Status::Fail).status,
             Status::Fail
         );
         assert_eq!(
-            kernel_feature(Some((5, 15)), f, Status::Fail).status,
+            kernel_feature(Some((5, 10)), f, Status::Fail).status,
             Status::Ok
         );
-        let d = kernel_feature(Some((5, 10)), f, Status::Fail).detail;
-        assert!(d.contains("Linux 5.14+") && d.contains("missing"), "{d}");
+        let d = kernel_feature(Some((5, 4)), f, Status::Fail).detail;
+        assert!(d.contains("Linux 5.9+") && d.contains("missing"), "{d}");
     }
 }

@@ -158,6 +158,40 @@ pub async fn add_route(
         .with_context(|| format!("adding route to {dest}"))
 }
 
+/// The hardware address of interface `name`.
+pub async fn mac_of(h: &Handle, name: &str) -> Result<Vec<u8>> {
+    let mut s = h.link().get().match_name(name.to_string()).execute();
+    let m = s
+        .try_next()
+        .await
+        .map_err(|e| anyhow!("no interface named {name} ({e})"))?
+        .ok_or_else(|| anyhow!("no interface named {name}"))?;
+    m.attributes
+        .into_iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(m) => Some(m),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("{name} has no hardware address"))
+}
+
+/// A permanent neighbour entry: `addr` is at `mac` on `iface` (no ARP/ND for it again).
+pub async fn set_permanent_neighbour(
+    h: &Handle,
+    iface: &str,
+    addr: IpAddr,
+    mac: &[u8],
+) -> Result<()> {
+    let idx = index_of(h, iface).await?;
+    h.neighbours()
+        .add(idx, addr)
+        .link_layer_address(mac)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("a permanent neighbour entry for {addr} on {iface}"))
+}
+
 /// One interface as `lab status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct IfaceInfo {

@@ -15,7 +15,7 @@ fn doctor_reports_every_check_and_passes_here() {
         "kernel",
         "root",
         "XDP through bpf_link",
-        "AF_XDP netns cookie",
+        "AF_XDP sockets",
         "TCX",
         "bpffs",
         "cgroup v2",

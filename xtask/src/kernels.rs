@@ -53,15 +53,7 @@ pub const MATRIX: &[Kernel] = &[
         name: "5.10",
         suite: Some("bullseye"),
         query: Query::DependsOf("linux-image-cloud-amd64"),
-        expected_fail: &[
-            (
-                "wan-delay-20ms-each-way",
-                "the xdpilone AF_XDP library needs SO_NETNS_COOKIE (Linux 5.14); wan says so before attaching",
-            ),
-            ("wan-loss-10pct-by-probe", "wan (above)"),
-            ("kill9-wan-then-cleanup", "wan (above)"),
-            ("sweep-2-cells", "a sweep runs wan (above)"),
-        ],
+        expected_fail: &[],
         split_modules: false,
     },
     Kernel {

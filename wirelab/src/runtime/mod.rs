@@ -9,6 +9,8 @@
 //!   interval and final lines, publish metrics, poll between ticks) and [`sampled::drive`],
 //!   the one loop that runs it on a [`Ticker`] and an [`observe::Observer`].
 //! - [`control`]: one control-socket server and client with typed requests and replies.
+//! - [`xsk`]: AF_XDP sockets on libc (UMEM, rings mapped before bind, shared UMEM), all of
+//!   wirelab's AF_XDP `unsafe` in one place.
 //!
 //! Entering `--netns` and the stop flag come first, in the CLI (`cli::NetnsArg`), because the
 //! whole process must move before any thread exists.
@@ -26,6 +28,7 @@ pub mod bpf;
 pub mod control;
 pub mod observe;
 pub mod sampled;
+pub mod xsk;
 
 /// What a tool module built on the runtime uses: `use crate::runtime::prelude::*;`.
 pub mod prelude {

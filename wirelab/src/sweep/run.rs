@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{Cell, Plan, RunPlan, Workload};
-use crate::{lab, netns, probe, util::Stop, wan};
+use crate::{lab, netns, nl, probe, util::Stop, wan};
 
 /// The files of a sweep directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -25,6 +25,7 @@ pub const FORMAT: &str = "wirelab-sweep";
 
 /// Where the probe server listens (the default lab's server).
 const SERVER: &str = "198.18.0.2";
+const CLIENT: &str = "198.18.0.1";
 const PROBE_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
 
@@ -328,6 +329,28 @@ fn setup(plan: &Plan, out: &Path, lab_name: &str) -> Result<Bench> {
             }
             Ok(())
         })?;
+    }
+    // The two endpoints know each other's MAC for good. Otherwise the first run resolves
+    // them through the emulator: the ARP exchange (default class, its own unseeded stream)
+    // may lose frames, the probe's warm-up message waits in the neighbour queue and is sent
+    // again meanwhile, and how many copies reach the measured class shifts that run's seeded
+    // loss decisions from one sweep to the next.
+    let mac = |h: &str| {
+        nl::with(
+            Some(&ns(h)),
+            |nh| async move { nl::mac_of(&nh, "eth0").await },
+        )
+    };
+    let (client_mac, server_mac) = (mac("client")?, mac("server")?);
+    for (h, peer, peer_mac) in [
+        ("client", SERVER, server_mac),
+        ("server", CLIENT, client_mac),
+    ] {
+        let addr: std::net::IpAddr = peer.parse()?;
+        nl::with(Some(&ns(h)), |nh| async move {
+            nl::set_permanent_neighbour(&nh, "eth0", addr, &peer_mac).await
+        })
+        .with_context(|| format!("pinning {peer}'s MAC in the sweep's {h}"))?;
     }
     let server = ProbeServer::start(&ns("server"))?;
     let iperf = if plan

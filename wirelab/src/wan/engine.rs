@@ -5,20 +5,18 @@
 //! Frames arrive already classified (class id in the XDP metadata) and already past the
 //! kernel's loss and blackhole decisions. Each is released on the other interface's TX ring at
 //! its departure time; its UMEM frame returns to the fill rings after TX completion.
-use std::{cmp::Reverse, collections::BinaryHeap, num::NonZeroU32, ptr::NonNull};
+use std::{cmp::Reverse, collections::BinaryHeap};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
 use wirelab_common::wan::{Meta, META_MAGIC};
-use xdpilone::{
-    xdp::XdpDesc, DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig,
-};
 
 use super::{
     dist::{self, Table},
     spec::{JitterOrder, Limit, Spec},
 };
+use crate::runtime::xsk::{BindOptions, Desc, RingSizes, Socket, Umem};
 
 pub const FRAME_SIZE: u64 = 4096;
 /// Where copy-mode AF_XDP puts received data inside a chunk (XDP_PACKET_HEADROOM).
@@ -145,9 +143,7 @@ struct Held {
 }
 
 struct Side {
-    dev: DeviceQueue,
-    rx: RingRx,
-    tx: RingTx,
+    sock: Socket,
     fill_outstanding: u32,
     tx_outstanding: u32,
     /// The interface is down (seen by the periodic link check, or ENETDOWN on a kick).
@@ -155,10 +151,9 @@ struct Side {
 }
 
 pub struct Engine {
-    _umem: Umem,
-    base: *mut u8,
-    area_len: usize,
+    // Sockets first: they are closed before the UMEM area is unmapped.
     sides: Vec<Side>,
+    umem: Umem,
     free: Vec<u64>,
     heaps: [BinaryHeap<Reverse<Held>>; 2],
     /// [dir][class]
@@ -260,78 +255,27 @@ impl Engine {
         profiles: [Vec<Profile>; 2],
         seed: u64,
     ) -> Result<Self> {
-        let area_len = (frames * FRAME_SIZE) as usize;
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                area_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
+        let umem = Umem::new(frames, FRAME_SIZE as u32)?;
+        let sizes = RingSizes {
+            fill: RING,
+            completion: RING,
+            rx: RING,
+            tx: RING,
         };
-        if ptr == libc::MAP_FAILED {
-            bail!("mmap of {} MiB for the UMEM failed", area_len >> 20);
-        }
-        let base = ptr as *mut u8;
-        let area = NonNull::slice_from_raw_parts(
-            NonNull::new(base).ok_or_else(|| anyhow!("null UMEM"))?,
-            area_len,
-        );
-        let cfg = UmemConfig {
-            fill_size: RING,
-            complete_size: RING,
-            frame_size: FRAME_SIZE as u32,
-            headroom: 0,
-            flags: 0,
-        };
-        // Safety: the area is a fresh private mapping that lives as long as the engine.
-        let umem =
-            unsafe { Umem::new(cfg, area) }.map_err(|e| anyhow!("creating the UMEM: {e:?}"))?;
-        let sock_cfg = SocketConfig {
-            rx_size: NonZeroU32::new(RING),
-            tx_size: NonZeroU32::new(RING),
-            bind_flags: 0,
-        };
-        let mut sides = vec![];
-        for (i, idx) in ifindex.iter().enumerate() {
-            let mut info = IfInfo::invalid();
-            info.from_ifindex(*idx)
-                .map_err(|e| anyhow!("interface index {idx}: {e:?}"))?;
-            info.set_queue(0);
-            let sock = if i == 0 {
-                Socket::with_shared(&info, &umem)
-            } else {
-                Socket::new(&info)
-            }
-            .map_err(|e| anyhow!("AF_XDP socket: {e:?}"))?;
-            let dev = umem
-                .fq_cq(&sock)
-                .map_err(|e| anyhow!("AF_XDP fill/completion rings: {e:?}"))?;
-            let user = umem
-                .rx_tx(&sock, &sock_cfg)
-                .map_err(|e| anyhow!("AF_XDP rx/tx rings: {e:?}"))?;
-            // Every ring is mapped before bind(): kernels before 6.4 refuse mmap on a bound
-            // socket (EBUSY), later ones accept both orders.
-            let rx = user
-                .map_rx()
-                .map_err(|e| anyhow!("AF_XDP rx ring: {e:?}"))?;
-            let tx = user
-                .map_tx()
-                .map_err(|e| anyhow!("AF_XDP tx ring: {e:?}"))?;
-            umem.bind(&user).map_err(|e| {
-                anyhow!("binding the AF_XDP socket to ifindex {idx} queue 0: {e:?}")
-            })?;
-            sides.push(Side {
-                dev,
-                rx,
-                tx,
+        // A owns the UMEM (the kernel picks the mode: zero-copy where the driver has it, copy
+        // on veth); B shares it with fill and completion rings of its own. Every ring is
+        // mapped before bind() (see runtime::xsk).
+        let a = Socket::owner(&umem, ifindex[0], 0, sizes, BindOptions::default())?;
+        let b = Socket::shared(&a, ifindex[1], 0, sizes)?;
+        let sides = [a, b]
+            .into_iter()
+            .map(|sock| Side {
+                sock,
                 fill_outstanding: 0,
                 tx_outstanding: 0,
                 down: false,
-            });
-        }
+            })
+            .collect();
         let mk_states = |d: usize, n: usize| -> Vec<ClassState> {
             (0..n)
                 .map(|c| ClassState {
@@ -357,10 +301,8 @@ impl Engine {
             mk_states(1, profiles[1].len()),
         ];
         let mut e = Self {
-            _umem: umem,
-            base,
-            area_len,
             sides,
+            umem,
             free: (0..frames).rev().map(|i| i * FRAME_SIZE).collect(),
             heaps: [BinaryHeap::new(), BinaryHeap::new()],
             profiles: profiles.map(|v| v.into_iter().map(std::sync::Arc::new).collect()),
@@ -377,14 +319,11 @@ impl Engine {
     }
 
     pub fn fds(&self) -> [i32; 2] {
-        [self.sides[0].rx.as_raw_fd(), self.sides[1].rx.as_raw_fd()]
+        [self.sides[0].sock.fd(), self.sides[1].sock.fd()]
     }
 
     fn frame(&mut self, addr: u64, len: usize) -> &mut [u8] {
-        let end = (addr as usize + len).min(self.area_len);
-        let start = (addr as usize).min(end);
-        // Safety: inside the mapping; the kernel does not touch a frame while we own it.
-        unsafe { std::slice::from_raw_parts_mut(self.base.add(start), end - start) }
+        self.umem.frame_mut(addr, len)
     }
 
     /// Keep both fill rings stocked with free frames.
@@ -397,12 +336,7 @@ impl Engine {
             }
             let n = want.min(self.free.len() as u32) as usize;
             let start = self.free.len() - n;
-            let put = {
-                let mut w = self.sides[s].dev.fill(n as u32);
-                let put = w.insert(self.free[start..].iter().copied());
-                w.commit();
-                put
-            };
+            let put = self.sides[s].sock.fill().produce(&self.free[start..]);
             // The ring took the first `put` of free[start..]; keep the rest.
             self.free.drain(start..start + put as usize);
             self.sides[s].fill_outstanding += put;
@@ -415,15 +349,11 @@ impl Engine {
             if n == 0 {
                 continue;
             }
-            let mut got = 0;
-            {
-                let mut r = self.sides[s].dev.complete(n);
-                while let Some(a) = r.read() {
-                    self.free.push(a & !(FRAME_SIZE - 1));
-                    got += 1;
-                }
-                r.release();
-            }
+            let free = &mut self.free;
+            let got = self.sides[s]
+                .sock
+                .completion()
+                .consume(n, |a| free.push(a & !(FRAME_SIZE - 1)));
             self.sides[s].tx_outstanding -= got;
         }
     }
@@ -432,20 +362,12 @@ impl Engine {
     pub fn receive(&mut self, now: u64) -> u32 {
         let mut total = 0;
         for d in 0..2 {
-            let mut descs = [XdpDesc {
-                addr: 0,
-                len: 0,
-                options: 0,
-            }; BATCH as usize];
+            let mut descs = [Desc::default(); BATCH as usize];
             let mut n = 0;
-            {
-                let mut r = self.sides[d].rx.receive(BATCH);
-                while let Some(desc) = r.read() {
-                    descs[n] = desc;
-                    n += 1;
-                }
-                r.release();
-            }
+            self.sides[d].sock.rx().consume(BATCH, |desc| {
+                descs[n] = desc;
+                n += 1;
+            });
             self.sides[d].fill_outstanding =
                 self.sides[d].fill_outstanding.saturating_sub(n as u32);
             for desc in &descs[..n] {
@@ -614,7 +536,7 @@ impl Engine {
         let mut sent = 0;
         for d in 0..2 {
             let out = 1 - d;
-            let mut batch: Vec<XdpDesc> = vec![];
+            let mut batch: Vec<Desc> = vec![];
             // The out interface is down: what is due is lost, as on a dead link, and counted
             // as dropped, never as sent.
             let down = self.sides[out].down;
@@ -651,7 +573,7 @@ impl Engine {
                 } else {
                     st.max_seq_sent = h.seq;
                 }
-                batch.push(XdpDesc {
+                batch.push(Desc {
                     addr: h.addr,
                     len: h.len,
                     options: 0,
@@ -673,12 +595,7 @@ impl Engine {
                 if put >= batch.len() {
                     break;
                 }
-                let n = {
-                    let mut w = self.sides[out].tx.transmit((batch.len() - put) as u32);
-                    let n = w.insert(batch[put..].iter().copied());
-                    w.commit();
-                    n
-                };
+                let n = self.sides[out].sock.tx().produce(&batch[put..]);
                 put += n as usize;
                 self.sides[out].tx_outstanding += n;
                 let progress = self.kick(out);
@@ -708,35 +625,29 @@ impl Engine {
     fn kick(&mut self, s: usize) -> bool {
         let mut moved = false;
         for _ in 0..64 {
-            let before = self.sides[s].tx.pending();
+            let before = self.sides[s].sock.tx_ref().pending();
             if before == 0 {
                 break;
             }
-            let fd = self.sides[s].tx.as_raw_fd();
-            let r = unsafe {
-                libc::sendto(
-                    fd,
-                    std::ptr::null(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null(),
-                    0,
-                )
-            };
-            if r < 0 {
-                match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::ENETDOWN) => {
+            // EAGAIN, EBUSY, ENOBUFS: the kernel is busy; the next kick retries.
+            if let Err(e) = self.sides[s].sock.kick() {
+                match e.errno() {
+                    Some(nix::errno::Errno::ENETDOWN) => {
                         self.sides[s].down = true;
                         return moved;
                     }
-                    Some(libc::ENXIO) | Some(libc::ENODEV) => {
-                        self.fatal = Some(format!("interface {} went away", ["A", "B"][s]));
+                    Some(nix::errno::Errno::ENXIO | nix::errno::Errno::ENODEV) => {
+                        self.fatal = Some(format!(
+                            "interface {} ({}) went away",
+                            ["A", "B"][s],
+                            self.sides[s].sock.iface()
+                        ));
                         return moved;
                     }
                     _ => {}
                 }
             }
-            if self.sides[s].tx.pending() >= before {
+            if self.sides[s].sock.tx_ref().pending() >= before {
                 break;
             }
             moved = true;
@@ -756,7 +667,7 @@ impl Engine {
     pub fn xsk_drops(&self) -> u64 {
         self.sides
             .iter()
-            .filter_map(|s| s.dev.statistics_v2().ok())
+            .filter_map(|s| s.sock.statistics().ok())
             .map(|st| st.rx_dropped + st.rx_ring_full)
             .sum()
     }
@@ -830,10 +741,11 @@ impl Engine {
     }
 }
 
-/// Context for errors on this platform.
+/// Context for errors on this platform (the error itself names the failing step and what the
+/// kernel needs for it).
 pub fn explain_xsk_error(e: anyhow::Error) -> anyhow::Error {
     e.context(format!(
-        "AF_XDP setup failed on Linux {} (needs root, XDP sockets, and queue 0 of both interfaces free of other AF_XDP users)",
+        "AF_XDP setup failed on Linux {}",
         crate::kernel::release()
     ))
 }

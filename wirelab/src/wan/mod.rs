@@ -414,10 +414,7 @@ struct Validated {
 /// Everything `run` checks before it touches the system: kernel features, the config and its
 /// plan, every class's profile (distribution files are read here), the two interfaces.
 fn validate(opts: &Options) -> Result<Validated> {
-    crate::kernel::require(&[
-        crate::kernel::feature::BPF_LINK_XDP,
-        crate::kernel::feature::XSK_NETNS_COOKIE,
-    ])?;
+    crate::kernel::require(&[crate::kernel::feature::BPF_LINK_XDP])?;
     let cfg = load_config(opts.config.as_deref())?;
     let plan = plan(&cfg, &opts.specs, opts.seed)?;
     let mut profiles: [Vec<Profile>; 2] = [vec![], vec![]];
