@@ -53,12 +53,8 @@ fn on_path(cmd: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }
 
-/// Every check, in the order a newcomer meets them.
-pub fn run() -> Vec<Check> {
-    let mut out = vec![];
-    let rel = kernel::release();
-    let v = kernel::parse_version(&rel);
-    out.push(check(
+fn kernel_release(rel: &str, v: Option<(u32, u32)>) -> Check {
+    check(
         "kernel",
         if v.is_some_and(|v| v < (5, 10)) {
             Status::Fail
@@ -66,9 +62,56 @@ pub fn run() -> Vec<Check> {
             Status::Ok
         },
         format!(
-            "Linux {rel} (tested: 5.10, 6.1, 6.12, 6.18; Debian 12 ships 6.1, Ubuntu 22.04 5.15)"
+            "Linux {rel} (5.10+; tested: 5.10, 6.1, 6.12, 6.18, 7.2; Debian 12 ships 6.1, Ubuntu 22.04 5.15)"
         ),
-    ));
+    )
+}
+
+/// The features known by the version that brought them.
+fn kernel_features(v: Option<(u32, u32)>) -> Vec<Check> {
+    [
+        (feature::CGROUP_SOCK_ADDR_CGROUP_ID, Status::Fail),
+        (feature::BPF_LINK_XDP, Status::Fail),
+        (feature::XDP_LIVE_FRAMES, Status::Warn),
+    ]
+    .into_iter()
+    .map(|(f, missing)| kernel_feature(v, f, missing))
+    .collect()
+}
+
+fn tcx(have: bool) -> Check {
+    if have {
+        check(
+            "TCX",
+            Status::Ok,
+            "tc programs attach through bpf_link (Linux 6.6+)",
+        )
+    } else {
+        check(
+            "TCX",
+            Status::Warn,
+            "Linux 6.6+ has TCX; without it swarm's and lb's tc programs are clsact filters, which a killed run leaves until `wirelab cleanup`",
+        )
+    }
+}
+
+/// What a kernel `rel` (e.g. `6.1`, `5.15.0-91-generic`) would lack, from the checks that
+/// depend on the version alone (`doctor --kernel`): run `wirelab doctor` on that machine for
+/// the rest. `None` when `rel` is not a version.
+pub fn for_kernel(rel: &str) -> Option<Vec<Check>> {
+    let v = kernel::parse_version(rel)?;
+    let mut out = vec![kernel_release(rel, Some(v))];
+    out.extend(kernel_features(Some(v)));
+    out.push(tcx(v >= (6, 6)));
+    Some(out)
+}
+
+/// Every check, in the order a newcomer meets them.
+pub fn run() -> Vec<Check> {
+    let mut out = vec![];
+    let rel = kernel::release();
+    let v = kernel::parse_version(&rel);
+    out.push(kernel_release(&rel, v));
     out.push(if nix::unistd::geteuid().is_root() {
         check("root", Status::Ok, "running as root")
     } else {
@@ -78,13 +121,7 @@ pub fn run() -> Vec<Check> {
             "eBPF and namespaces need root: run as root, or `sudo env PATH=$PATH cargo xtask ...` when rustup belongs to your user",
         )
     });
-    for (f, missing) in [
-        (feature::CGROUP_SOCK_ADDR_CGROUP_ID, Status::Fail),
-        (feature::BPF_LINK_XDP, Status::Fail),
-        (feature::XDP_LIVE_FRAMES, Status::Warn),
-    ] {
-        out.push(kernel_feature(v, f, missing));
-    }
+    out.extend(kernel_features(v));
     out.push(match crate::runtime::xsk::available() {
         Ok(()) => check(
             "AF_XDP sockets",
@@ -101,15 +138,7 @@ pub fn run() -> Vec<Check> {
             format!("{e}, for wan's timing engine"),
         ),
     });
-    out.push(if kernel::has_tcx() {
-        check("TCX", Status::Ok, "tc programs attach through bpf_link (Linux 6.6+)")
-    } else {
-        check(
-            "TCX",
-            Status::Warn,
-            "Linux 6.6+ has TCX; here swarm's tc programs are clsact filters, which a killed run leaves until `wirelab cleanup`",
-        )
-    });
+    out.push(tcx(kernel::has_tcx()));
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     out.push(
         if mounts

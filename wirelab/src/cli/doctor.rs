@@ -11,10 +11,19 @@ use super::{emit, JsonArg};
 pub struct DoctorArgs {
     #[command(flatten)]
     json: JsonArg,
+    /// Instead of this machine: what a kernel of this version (e.g. 6.1, 5.15) would lack,
+    /// from the checks that depend on the version alone.
+    #[arg(long, value_name = "VERSION")]
+    kernel: Option<String>,
 }
 
 pub fn run(a: DoctorArgs) -> Result<ExitCode> {
-    let checks = doctor::run();
+    let checks = match &a.kernel {
+        Some(k) => doctor::for_kernel(k).ok_or_else(|| {
+            anyhow::anyhow!("--kernel {k:?}: not a version such as 6.1 or 5.15.0-91")
+        })?,
+        None => doctor::run(),
+    };
     if a.json.json {
         for c in &checks {
             emit(&serde_json::to_string(c)?)?;

@@ -95,7 +95,7 @@ enum Cmd {
     Cleanup(cleanup::CleanupArgs),
     /// Check this machine: kernel version and features, root, bpffs, cgroup v2, limits, tools.
     #[command(
-        after_help = "Examples:\n  wirelab doctor\n  wirelab doctor --json\n\nExit status 1 when a check fails (a tool cannot run here), 0 otherwise."
+        after_help = "Examples:\n  wirelab doctor\n  wirelab doctor --json\n  wirelab doctor --kernel 6.1     # what Debian 12's kernel would lack\n\nExit status 1 when a check fails (a tool cannot run here), 0 otherwise."
     )]
     Doctor(doctor::DoctorArgs),
 }
