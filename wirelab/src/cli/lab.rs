@@ -46,7 +46,9 @@ pub enum LabCmd {
         json: JsonArg,
     },
     /// Run a command inside a lab host's network namespace.
-    #[command(after_help = "Example:\n  wirelab lab exec client -- ping -c 3 198.18.0.2")]
+    #[command(
+        after_help = "Examples:\n  wirelab lab exec client -- ping -c 3 198.18.0.2\n  wirelab lab exec --name doc server -- ss -tln"
+    )]
     Exec {
         /// The lab's name.
         #[arg(long, default_value = lab::DEFAULT_LAB)]

@@ -261,4 +261,40 @@ mod tests {
                 .is_ok()
         );
     }
+
+    /// Every command a user can run: its help has examples, and every option says what it
+    /// is (the newcomer's `--help` is the first manual).
+    #[test]
+    fn every_command_has_examples_and_every_option_a_description() {
+        let mut missing = vec![];
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", c.get_name());
+            let leaf = !c.has_subcommands() || c.is_args_conflicts_with_subcommands_set();
+            if leaf {
+                let after = c
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if !after.contains("Examples:") {
+                    missing.push(format!("{path}: no examples"));
+                }
+                for a in c.get_arguments() {
+                    let id = a.get_id().as_str();
+                    if id == "help" || id == "version" {
+                        continue;
+                    }
+                    if a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                        missing.push(format!("{path} {id}: no description"));
+                    }
+                }
+            }
+            for s in c.get_subcommands() {
+                if s.get_name() != "help" {
+                    walk(s, &path, missing);
+                }
+            }
+        }
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
 }

@@ -11,7 +11,7 @@ use super::{parse_duration, parse_interval, JsonArg, NetnsArg};
 pub enum ProbeCmd {
     /// Echo UDP probes and sink TCP probes on ADDR:PORT.
     #[command(
-        after_help = "Example:\n  wirelab probe server --netns wirelab-server --bind 198.18.0.2:7000 --duration 60s"
+        after_help = "Examples:\n  wirelab probe server --netns wirelab-server --bind 198.18.0.2:7000\n  wirelab probe server --netns wirelab-server --bind 198.18.0.2:7000 --duration 60s"
     )]
     Server {
         #[command(flatten)]
