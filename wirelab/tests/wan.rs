@@ -759,3 +759,43 @@ fn clsact_fast_path_and_cleanup_after_kill() {
     let r = b.probe(&["--rate", "100", "--count", "100", "--wait", "300ms"]);
     assert_eq!(f(&r, &["no_echo"]), 0.0, "{r}");
 }
+
+/// wan's AF_XDP errors name the failing step and why: with queue 0 of to-server held by
+/// another AF_XDP socket (opened here through wirelab's own AF_XDP layer), binding wan's
+/// second socket fails with EBUSY, the message says so, and nothing stays attached.
+#[test]
+fn a_queue_held_by_another_af_xdp_socket_is_named() {
+    let _s = serial();
+    require_privileges();
+    let lab = Lab::up("wx");
+    let ns = lab.ns("wan");
+    let e = wirelab::netns::run_in(Some(&ns), || {
+        use wirelab::runtime::xsk::{BindOptions, RingSizes, Socket, Umem};
+        let umem = Umem::new(64, 4096)?;
+        let idx = nix::net::if_::if_nametoindex("to-server")?;
+        let sizes = RingSizes {
+            fill: 64,
+            completion: 64,
+            rx: 64,
+            tx: 64,
+        };
+        let _held = Socket::owner(&umem, idx, 0, sizes, BindOptions::default())?;
+        let o = wirelab()
+            .args(["wan", "--netns", &ns, "--between", "to-client", "to-server"])
+            .args(["--both", "delay 1ms", "--duration", "2s"])
+            .output()?;
+        anyhow::ensure!(!o.status.success(), "wan ran on a held queue");
+        Ok(String::from_utf8_lossy(&o.stderr).to_string())
+    })
+    .unwrap();
+    assert!(
+        e.contains("binding the AF_XDP socket to to-server queue 0")
+            && e.contains("EBUSY")
+            && e.contains("another AF_XDP socket holds the queue"),
+        "{e}"
+    );
+    assert!(
+        !xdp_attached(&ns, "to-client") && !xdp_attached(&ns, "to-server"),
+        "a failed wan left XDP attached"
+    );
+}
