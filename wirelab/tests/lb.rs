@@ -282,3 +282,419 @@ fn check_prints_the_shares_and_bad_configs_are_refused_before_attaching() {
     );
     assert!(e.contains("service[0].backend[2].weight"), "{e}");
 }
+
+/// An HTTP backend on 0.0.0.0:80 (so on the VIP, which it holds on `lo`, and on its own
+/// address, where the health checks probe it) in `ns`: a GET is answered with the backend's
+/// name and the connection closed; a connection that sends `PING` lines instead is held open
+/// and each line answered with the name (a long-lived connection). Stopped on drop (the
+/// listener closes: new connections are refused, as from a killed nginx).
+struct HttpBackend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// GETs served, health probes (`/health`) not counted.
+    served: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl HttpBackend {
+    fn start(ns: &str, name: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        let ns = ns.to_string();
+        let (st, sv) = (stop.clone(), served.clone());
+        let thread = std::thread::spawn(move || {
+            wirelab::netns::run_in(Some(&ns), || {
+                let l = TcpListener::bind(("0.0.0.0", PORT))?;
+                l.set_nonblocking(true)?;
+                tx.send(()).ok();
+                while !st.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((s, _)) => {
+                            let sv = sv.clone();
+                            std::thread::spawn(move || handle(s, name, &sv));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_micros(300));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            })
+            .expect("http backend");
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("http backend listening");
+        Self {
+            stop,
+            thread: Some(thread),
+            served,
+        }
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn handle(mut s: TcpStream, name: &str, served: &std::sync::atomic::AtomicU64) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let req = &buf[..n];
+        if req.starts_with(b"GET ") {
+            // The request fits one segment here (curl's, the probes' and ours do).
+            if !req.starts_with(b"GET /health ") {
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+                    name.len()
+                )
+                .as_bytes(),
+            );
+            return;
+        }
+        if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// `n` HTTP GETs to VIP:80 from `ns` with curl (one process, a new connection each, each
+/// bounded by 2 s): answers by backend name, and how many failed.
+fn curl_many(ns: &str, n: usize) -> (BTreeMap<String, usize>, usize) {
+    let url = format!("http://{VIP}/load/[1-{n}]");
+    let o = common::in_ns(
+        ns,
+        &[
+            "timeout",
+            "120",
+            "curl",
+            "-s",
+            "--connect-timeout",
+            "2",
+            "--max-time",
+            "2",
+            "-w",
+            " %{http_code}\\n",
+            &url,
+        ],
+    )
+    .output()
+    .expect("curl");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failed = n;
+    for l in text.lines() {
+        if let Some(name) = l.strip_suffix(" 200") {
+            *per.entry(name.to_string()).or_default() += 1;
+            failed -= 1;
+        }
+    }
+    (per, failed)
+}
+
+/// `wirelab lb stats --json` of the balancer in `ns`.
+fn lb_stats(ns: &str) -> serde_json::Value {
+    let o = common::ok(wirelab().args(["lb", "stats", "--netns", ns, "--json"]));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn health_of(stats: &serde_json::Value, backend: &str) -> String {
+    stats["services"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == backend)
+        .map(|b| b["health"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+/// Lab with the VIP on every backend's `lo` and an HTTP server on each.
+fn http_lab(prefix: &str, dir: &TempDir) -> (Lab, BTreeMap<&'static str, HttpBackend>) {
+    let topo = dir.file("lb-lab.toml", TOPOLOGY);
+    let lab = Lab::up_with(prefix, Some(&topo));
+    let mut servers = BTreeMap::new();
+    for (b, _) in BACKENDS {
+        common::ok(common::in_ns(
+            &lab.ns(b),
+            &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
+        ));
+        servers.insert(b, HttpBackend::start(&lab.ns(b), b));
+    }
+    (lab, servers)
+}
+
+const HEALTH: &str = r#"health = { kind = "http", path = "/health", interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }"#;
+
+#[test]
+fn health_checks_take_a_killed_backend_out_and_bring_it_back() {
+    let dir = TempDir::new("lbh");
+    let (lab, mut servers) = http_lab("lbh", &dir);
+    let config = dir.file(
+        "lb.toml",
+        &CONFIG.replace("seed = 1", &format!("seed = 1\n{HEALTH}")),
+    );
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    let rec = dir.join("rec");
+    let mut c = wirelab();
+    c.args(["lb", "--netns", &lb_ns, "--iface", "eth0", "--config"])
+        .arg(&config)
+        .args(["--json", "--interval", "1s", "--record"])
+        .arg(&rec);
+    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+
+    let (per, failed) = curl_many(&client_ns, 150);
+    assert_eq!((failed, per.len()), (0, 3), "all three serve: {per:?}");
+
+    // Kill b2's server: connections to it are refused from now on.
+    drop(servers.remove("b2"));
+    let t0 = std::time::Instant::now();
+    let out = eventually(Duration::from_secs(5), || {
+        health_of(&lb_stats(&lb_ns), "b2") == "down"
+    });
+    let fall_s = t0.elapsed().as_secs_f64();
+    eprintln!("b2 out after {fall_s:.3}s (fall 3 x 200ms, timeout 100ms)");
+    assert!(out, "b2 never marked down");
+    // fall × interval, plus a probe's timeout, plus slack for the polling and a busy host.
+    assert!(fall_s <= 3.0 * 0.2 + 0.1 + 0.5, "{fall_s:.3}s");
+    let before = lb_stats(&lb_ns);
+    let (per, failed) = curl_many(&client_ns, 300);
+    eprintln!("with b2 down: {per:?}, failed {failed}");
+    assert_eq!(
+        failed, 0,
+        "no new connection goes to the dead backend: {per:?}"
+    );
+    assert!(!per.contains_key("b2"));
+    let after = lb_stats(&lb_ns);
+    let b2_flows = |s: &serde_json::Value| {
+        s["services"][0]["backends"][1]["new_flows"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        b2_flows(&after),
+        b2_flows(&before),
+        "no new flow sent to b2"
+    );
+    assert_eq!(after["services"][0]["backends"][1]["slots"], 0);
+
+    // Back: `rise` good probes bring it in again.
+    servers.insert("b2", HttpBackend::start(&lab.ns("b2"), "b2"));
+    let t1 = std::time::Instant::now();
+    let back = eventually(Duration::from_secs(5), || {
+        health_of(&lb_stats(&lb_ns), "b2") == "up"
+    });
+    let rise_s = t1.elapsed().as_secs_f64();
+    eprintln!("b2 back after {rise_s:.3}s (rise 2 x 200ms)");
+    assert!(back && rise_s <= 2.0 * 0.2 + 0.1 + 0.5, "{rise_s:.3}s");
+    let (per, failed) = curl_many(&client_ns, 300);
+    eprintln!("with b2 back: {per:?}, failed {failed}");
+    assert_eq!(failed, 0);
+    assert!(per.get("b2").copied().unwrap_or(0) > 50, "{per:?}");
+
+    let text = bg.terminate().text();
+    let transitions: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "health")
+        .collect();
+    assert_eq!(transitions.len(), 2, "{text}");
+    assert_eq!(
+        (&transitions[0]["backend"], &transitions[0]["state"]),
+        (&"b2".into(), &"down".into())
+    );
+    assert!(
+        transitions[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{}",
+        transitions[0]
+    );
+    assert_eq!(
+        (
+            transitions[0]["up"].as_u64(),
+            transitions[0]["probes"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
+    assert_eq!(transitions[1]["state"], "up");
+    let fin: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "final")
+        .unwrap();
+    assert_eq!(fin["health_changes"], 2);
+    let changes = std::fs::read_to_string(rec.join("lb.changes.jsonl")).unwrap();
+    assert_eq!(
+        changes.lines().filter(|l| l.contains("\"health\"")).count(),
+        2,
+        "{changes}"
+    );
+}
+
+/// A long-lived connection: send a PING line, read the backend's name.
+fn ping(s: &mut TcpStream) -> std::io::Result<String> {
+    s.write_all(b"PING\n")?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+#[test]
+fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their_connections() {
+    let dir = TempDir::new("lbr");
+    let (lab, servers) = http_lab("lbr", &dir);
+    let config = dir.file("lb.toml", CONFIG);
+    let drain = dir.file(
+        "drain.toml",
+        &CONFIG.replace("name = \"b3\"", "name = \"b3\"\nweight = 0"),
+    );
+    let removed = dir.file(
+        "removed.toml",
+        &CONFIG.replace(
+            "[[service.backend]]\nname = \"b3\"\naddr = \"198.18.0.23\"",
+            "",
+        ),
+    );
+    let bad = dir.file(
+        "bad.toml",
+        &CONFIG.replace("name = \"b3\"", "name = \"b3\"\nweight = -2"),
+    );
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    let mut c = wirelab();
+    c.args(["lb", "--netns", &lb_ns, "--iface", "eth0", "--config"])
+        .arg(&config)
+        .args(["--json", "--interval", "1s"]);
+    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+
+    // 30 long-lived connections, each on its backend.
+    let to: SocketAddr = format!("{VIP}:{PORT}").parse().unwrap();
+    let mut long: Vec<(TcpStream, String)> = wirelab::netns::run_in(Some(&client_ns), || {
+        let mut v = Vec::new();
+        for _ in 0..30 {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let b = ping(&mut s)?;
+            v.push((s, b));
+        }
+        Ok(v)
+    })
+    .unwrap();
+    let on_b3 = long.iter().filter(|(_, b)| b == "b3").count();
+    assert!(on_b3 > 0, "some long-lived connections on b3");
+
+    // Traffic through every reload: curl, bounded in count and time.
+    let cns = client_ns.clone();
+    let traffic = std::thread::spawn(move || curl_many(&cns, 1500));
+    let reload = |f: &std::path::Path, extra: &[&str]| {
+        let mut c = wirelab();
+        c.args(["lb", "reload", "--netns", &lb_ns, "--json", "--config"])
+            .arg(f)
+            .args(extra);
+        let o = common::ok(c);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let dry = reload(&drain, &["--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    let moved = dry["services"][0]["slots_moved_pct"].as_f64().unwrap();
+    assert!(
+        (30.0..37.0).contains(&moved),
+        "draining 1 of 3 moves ~1/3 of the slots: {moved}"
+    );
+    assert!(dry["tracked_flows"].as_u64().unwrap() >= 30, "{dry}");
+    assert_eq!(dry["tracked_flows_moved"], 0);
+    let r = reload(&drain, &[]);
+    assert_eq!(r["services"][0]["reweighted"], serde_json::json!(["b3"]));
+    // A bad file is refused, naming the field; nothing changes.
+    let e = common::fails(
+        wirelab()
+            .args(["lb", "reload", "--netns", &lb_ns, "--config"])
+            .arg(&bad),
+    );
+    assert!(e.contains("service[0].backend[2].weight"), "{e}");
+    std::thread::sleep(Duration::from_millis(500));
+    // New flows avoid the drained backend; `which` says so, and finds the tracked flows.
+    for port in 41000..41050u16 {
+        let o = common::ok(wirelab().args([
+            "lb",
+            "which",
+            "--netns",
+            &lb_ns,
+            "--json",
+            "--from",
+            &format!("198.18.0.1:{port}"),
+            "--to",
+            &format!("{VIP}:80"),
+        ]));
+        let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_ne!(w["new_flow"]["name"], "b3", "{w}");
+    }
+    for (s, b) in &long {
+        let from = s.local_addr().unwrap().to_string();
+        let o = common::ok(wirelab().args([
+            "lb",
+            "which",
+            "--netns",
+            &lb_ns,
+            "--json",
+            "--from",
+            &from,
+            "--to",
+            &format!("{VIP}:80"),
+        ]));
+        let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(w["tracked"]["backend"], b.as_str(), "{w}");
+        assert_eq!(w["tracked"]["stays"], true, "{w}");
+    }
+    let r = reload(&removed, &[]);
+    assert_eq!(r["services"][0]["removed"], serde_json::json!(["b3"]));
+    std::thread::sleep(Duration::from_millis(500));
+    // Drained, then removed: every long-lived connection still talks to its backend.
+    for (s, b) in long.iter_mut() {
+        assert_eq!(&ping(s).unwrap(), b, "long-lived connection kept");
+    }
+    let r = reload(&config, &[]);
+    assert_eq!(r["services"][0]["added"], serde_json::json!(["b3"]));
+    let (per, failed) = traffic.join().unwrap();
+    eprintln!("through 3 reloads: {per:?}, failed {failed}");
+    assert_eq!(failed, 0, "reload under traffic loses nothing: {per:?}");
+    for (s, b) in long.iter_mut() {
+        assert_eq!(&ping(s).unwrap(), b, "long-lived connection kept");
+    }
+    let st = lb_stats(&lb_ns);
+    assert_eq!(st["reloads"], 3);
+    assert_eq!(st["events"]["drop_no_backend"], 0);
+    assert_eq!(st["events"]["drop_error"], 0);
+    drop(long);
+    let served: u64 = servers
+        .values()
+        .map(|s| s.served.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(served, 1500, "the servers saw exactly the curl GETs");
+    let text = bg.terminate().text();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("\"type\":\"reload\""))
+            .count(),
+        3,
+        "{text}"
+    );
+    drop(servers);
+}

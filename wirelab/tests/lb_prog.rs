@@ -493,3 +493,93 @@ fn cost_per_packet_on_each_path() {
         assert!(ns < 20_000, "{what}: {ns} ns/packet");
     }
 }
+
+#[test]
+fn a_down_backend_leaves_the_table_and_its_flows_rehash_a_removed_one_keeps_its_flows() {
+    use wirelab::lb::{DownSet, Health};
+    let with_health = CONFIG.replacen("seed = 5", "seed = 5\nhealth = { kind = \"tcp\" }", 1);
+    let mut h = Harness::with(&with_health);
+    // One tracked flow on each of a and b.
+    let mut on: BTreeMap<String, u16> = BTreeMap::new();
+    for port in 30000..30100u16 {
+        let b = h.forwarded(&tcp(CLIENT, VIP, port, 80, Flags::Syn));
+        on.entry(b).or_insert(port);
+    }
+    let (pa, pb) = (on["a"], on["b"]);
+    let c = Config::parse(&with_health).unwrap();
+    let down: DownSet = [("web".to_string(), "a".to_string())].into();
+    let next = Balancer::plan(&c, IFACE_MAC, Some(&h.lb), &down)
+        .unwrap()
+        .write(&mut h.bpf, Some(&h.lb))
+        .unwrap();
+    let a = &next.services[0].backends[0];
+    assert_eq!((a.health, a.slots), (Health::Down, 0));
+    assert_eq!(next.services[0].backends[1].health, Health::Up);
+    assert_eq!(next.services[1].backends[0].health, Health::Unchecked);
+    h.lb = next;
+    // a's tracked flow hashes afresh (a is down); b's stays.
+    let moved = h.forwarded(&tcp(CLIENT, VIP, pa, 80, Flags::Ack));
+    assert_ne!(moved, "a");
+    assert_eq!(h.forwarded(&tcp(CLIENT, VIP, pb, 80, Flags::Ack)), "b");
+    assert_eq!(h.stats().events.rehashed, 1);
+    for port in 31000..31300u16 {
+        assert_ne!(h.forwarded(&tcp(CLIENT, VIP, port, 80, Flags::Syn)), "a");
+    }
+    // Back up: a takes its slots again (ids unchanged).
+    let up = Balancer::plan(&c, IFACE_MAC, Some(&h.lb), &DownSet::new())
+        .unwrap()
+        .write(&mut h.bpf, Some(&h.lb))
+        .unwrap();
+    assert_eq!(
+        up.services[0].backends[0].id,
+        h.lb.services[0].backends[0].id
+    );
+    assert!(up.services[0].backends[0].slots > 0);
+    h.lb = up;
+    // Remove b from the config: its tracked flow stays on it; new flows never go there,
+    // and a backend added later does not take b's id.
+    let removed = with_health.replacen(
+        "[[service.backend]]\nname = \"b\"\naddr = \"198.18.0.22\"\nmac = \"02:00:00:00:00:22\"\n",
+        "",
+        1,
+    );
+    assert_ne!(removed, with_health);
+    let c2 = Config::parse(&removed).unwrap();
+    let b_id = h.lb.services[0].backends[1].id;
+    let next = Balancer::plan(&c2, IFACE_MAC, Some(&h.lb), &DownSet::new())
+        .unwrap()
+        .write(&mut h.bpf, Some(&h.lb))
+        .unwrap();
+    assert!(next.retired.contains(&b_id));
+    h.lb = next;
+    assert_eq!(
+        wirelab_testkit::prog::run(&h.bpf, "lb", &tcp(CLIENT, VIP, pb, 80, Flags::Ack)).1[..6],
+        [2, 0, 0, 0, 0, 0x22],
+        "the removed backend keeps its tracked flow"
+    );
+    for port in 32000..32300u16 {
+        let (v, out) = h.run(&tcp(CLIENT, VIP, port, 80, Flags::Syn));
+        assert_eq!(v, TC_ACT_REDIRECT);
+        assert_ne!(
+            out[..6],
+            [2, 0, 0, 0, 0, 0x22],
+            "no new flow to the removed backend"
+        );
+    }
+    let added = CONFIG.replacen(
+        "name = \"drained\"",
+        "name = \"new\"\naddr = \"198.18.0.25\"\nmac = \"02:00:00:00:00:25\"\n[[service.backend]]\nname = \"drained\"",
+        1,
+    );
+    let next = Balancer::plan(
+        &Config::parse(&added).unwrap(),
+        IFACE_MAC,
+        Some(&h.lb),
+        &DownSet::new(),
+    )
+    .unwrap();
+    assert!(
+        next.services[0].backends.iter().all(|b| b.id != b_id),
+        "b's id stays retired"
+    );
+}

@@ -17,7 +17,13 @@
 //! mac = "02:00:00:00:00:21" # optional: resolved from the neighbour table when missing
 //! weight = 1                # 0 drains: no new flows, tracked flows stay (default 1)
 //! ```
-use std::{collections::HashSet, net::IpAddr, path::Path};
+//!
+//! A service may have health checks (probes from the balancer's namespace):
+//!
+//! ```toml
+//! health = { kind = "http", path = "/", expect_status = 200, interval = "1s", rise = 2, fall = 3, timeout = "500ms" }
+//! ```
+use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
@@ -58,6 +64,144 @@ struct RawService {
     seed: u64,
     #[serde(default)]
     backend: Vec<RawBackend>,
+    health: Option<RawHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: String,
+    path: Option<String>,
+    expect_status: Option<i64>,
+    interval: Option<String>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+    timeout: Option<String>,
+    port: Option<i64>,
+}
+
+/// What a health probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    /// A TCP connect within the timeout.
+    Tcp,
+    /// `GET path HTTP/1.0` answered with `expect_status` within the timeout.
+    Http { path: String, expect_status: u16 },
+}
+
+/// A service's health checks: every backend probed each `interval` from the balancer's
+/// namespace; `fall` failures in a row take it out of the table, `rise` successes bring it
+/// back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConf {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Port probed (default: the service's port).
+    pub port: Option<u16>,
+}
+
+/// Health check bounds.
+pub const HEALTH_MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub const HEALTH_MAX_INTERVAL: Duration = Duration::from_secs(3600);
+pub const HEALTH_MAX_COUNT: i64 = 100;
+
+fn parse_health(h: RawHealth, f: &dyn Fn(&str) -> String) -> Result<HealthConf> {
+    let dur = |k: &str, v: Option<String>, default: Duration| -> Result<Duration> {
+        match v {
+            None => Ok(default),
+            Some(t) => crate::util::parse_duration(&t).map_err(|e| ferr(f(k), e)),
+        }
+    };
+    let interval = dur("health.interval", h.interval, Duration::from_secs(1))?;
+    if !(HEALTH_MIN_INTERVAL..=HEALTH_MAX_INTERVAL).contains(&interval) {
+        return Err(ferr(
+            f("health.interval"),
+            format!("{interval:?}: must be 100ms..=1h"),
+        ));
+    }
+    let timeout = dur(
+        "health.timeout",
+        h.timeout,
+        interval.min(Duration::from_secs(1)),
+    )?;
+    if timeout < Duration::from_millis(10) || timeout > interval {
+        return Err(ferr(
+            f("health.timeout"),
+            format!("{timeout:?}: must be at least 10ms and at most the interval ({interval:?})"),
+        ));
+    }
+    let count = |k: &str, v: Option<i64>, default: u32| -> Result<u32> {
+        match v {
+            None => Ok(default),
+            Some(n) if (1..=HEALTH_MAX_COUNT).contains(&n) => Ok(n as u32),
+            Some(n) => Err(ferr(f(k), format!("{n}: must be 1..={HEALTH_MAX_COUNT}"))),
+        }
+    };
+    let rise = count("health.rise", h.rise, 2)?;
+    let fall = count("health.fall", h.fall, 3)?;
+    let port = h
+        .port
+        .map(|p| {
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ferr(f("health.port"), format!("{p} is not a port (1-65535)")))
+        })
+        .transpose()?;
+    let kind = match h.kind.as_str() {
+        "tcp" => {
+            if h.path.is_some() {
+                return Err(ferr(f("health.path"), "only for kind = \"http\""));
+            }
+            if h.expect_status.is_some() {
+                return Err(ferr(f("health.expect_status"), "only for kind = \"http\""));
+            }
+            HealthKind::Tcp
+        }
+        "http" => {
+            let path = h.path.unwrap_or_else(|| "/".into());
+            if !path.starts_with('/')
+                || path.len() > 1024
+                || path.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ferr(
+                    f("health.path"),
+                    format!("{path:?}: must start with / and hold no spaces or control characters (at most 1024 bytes)"),
+                ));
+            }
+            let expect_status = match h.expect_status {
+                None => 200,
+                Some(c) if (100..=599).contains(&c) => c as u16,
+                Some(c) => {
+                    return Err(ferr(
+                        f("health.expect_status"),
+                        format!("{c}: an HTTP status is 100..=599"),
+                    ))
+                }
+            };
+            HealthKind::Http {
+                path,
+                expect_status,
+            }
+        }
+        o => {
+            return Err(ferr(
+                f("health.kind"),
+                format!("{o:?}: expected \"tcp\" or \"http\""),
+            ))
+        }
+    };
+    Ok(HealthConf {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+        port,
+    })
 }
 
 fn default_mode() -> String {
@@ -74,7 +218,7 @@ struct RawBackend {
 }
 
 /// Transport protocol of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -133,6 +277,8 @@ pub struct ServiceConf {
     pub table_size: u32,
     pub seed: u64,
     pub backends: Vec<BackendConf>,
+    /// `None`: no health checks (every backend counts as up).
+    pub health: Option<HealthConf>,
 }
 
 impl ServiceConf {
@@ -146,10 +292,15 @@ impl ServiceConf {
 
     /// The Maglev table of this service (slot → index into `backends`).
     pub fn table(&self) -> Result<Vec<Option<u32>>> {
+        self.table_without(&|_| false)
+    }
+
+    /// The Maglev table with the backends `down` says are down left out (as if weight 0).
+    pub fn table_without(&self, down: &dyn Fn(&str) -> bool) -> Result<Vec<Option<u32>>> {
         let bs: Vec<(&str, u32)> = self
             .backends
             .iter()
-            .map(|b| (b.name.as_str(), b.weight))
+            .map(|b| (b.name.as_str(), if down(&b.name) { 0 } else { b.weight }))
             .collect();
         maglev::build(self.table_size, self.seed, &bs)
     }
@@ -338,6 +489,7 @@ impl Config {
                     format!("more than {MAX_BACKENDS} backends over all services"),
                 ));
             }
+            let health = s.health.map(|h| parse_health(h, &f)).transpose()?;
             services.push(ServiceConf {
                 name,
                 vip,
@@ -347,6 +499,7 @@ impl Config {
                 table_size,
                 seed: s.seed,
                 backends,
+                health,
             });
         }
         Ok(Config { services })
@@ -485,6 +638,72 @@ weight = 0
             e.contains("service[0].mode:") && e.contains("not implemented yet"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn health_checks_parse_with_defaults_and_errors_name_the_field() {
+        let with = |h: &str| GOOD.replacen("seed = 9", &format!("seed = 9\nhealth = {{ {h} }}"), 1);
+        let c = Config::parse(&with("kind = \"tcp\"")).unwrap();
+        let h = c.services[0].health.clone().unwrap();
+        assert_eq!(h.kind, HealthKind::Tcp);
+        assert_eq!((h.rise, h.fall, h.port), (2, 3, None));
+        assert_eq!(
+            (h.interval, h.timeout),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
+        assert!(c.services[1].health.is_none());
+        let c = Config::parse(&with(
+            "kind = \"http\", path = \"/health\", expect_status = 204, interval = \"200ms\", rise = 1, fall = 2, timeout = \"100ms\", port = 8080",
+        ))
+        .unwrap();
+        let h = c.services[0].health.clone().unwrap();
+        assert_eq!(
+            h.kind,
+            HealthKind::Http {
+                path: "/health".into(),
+                expect_status: 204
+            }
+        );
+        assert_eq!((h.rise, h.fall, h.port), (1, 2, Some(8080)));
+        assert_eq!(h.interval, Duration::from_millis(200));
+        assert_eq!(h.timeout, Duration::from_millis(100));
+        let cases = [
+            ("kind = \"icmp\"", "service[0].health.kind"),
+            ("kind = \"tcp\", path = \"/\"", "service[0].health.path"),
+            (
+                "kind = \"tcp\", expect_status = 200",
+                "service[0].health.expect_status",
+            ),
+            (
+                "kind = \"http\", path = \"health\"",
+                "service[0].health.path",
+            ),
+            ("kind = \"http\", path = \"/a b\"", "service[0].health.path"),
+            (
+                "kind = \"http\", expect_status = 99",
+                "service[0].health.expect_status",
+            ),
+            (
+                "kind = \"tcp\", interval = \"10ms\"",
+                "service[0].health.interval",
+            ),
+            (
+                "kind = \"tcp\", interval = \"soon\"",
+                "service[0].health.interval",
+            ),
+            (
+                "kind = \"tcp\", interval = \"1s\", timeout = \"2s\"",
+                "service[0].health.timeout",
+            ),
+            ("kind = \"tcp\", rise = 0", "service[0].health.rise"),
+            ("kind = \"tcp\", fall = 101", "service[0].health.fall"),
+            ("kind = \"tcp\", port = 0", "service[0].health.port"),
+        ];
+        for (h, field) in cases {
+            let e = err(&with(h));
+            assert!(e.contains(&format!("{field}:")), "{h}: {e}");
+        }
+        assert!(err(&with("kind = \"tcp\", bogus = 1")).contains("bogus"));
     }
 
     #[test]

@@ -6,32 +6,85 @@
 //! nothing attached). The run is driven by the runtime ([`sampled::drive`]): per-interval
 //! counters as a table or `--json` lines, `--record` series, and a final table.
 pub mod config;
+mod control;
+pub mod health;
 pub mod maglev;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     io::Write,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
     programs::TcAttachType,
+    util::nr_cpus as aya_nr_cpus,
     Ebpf,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wirelab_common::{
     lb::{
-        backend_flag, event, flow_hash, mode, Backend, FlowKey, LbConf, LbCounter, ServiceMeta,
-        VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_SERVICES, MAX_TABLE_SIZE, NO_BACKEND, VIP_ADDR_MARK,
+        backend_flag, event, flow_hash, mode, Backend, FlowKey, FlowValue, LbConf, LbCounter,
+        ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE,
+        NO_BACKEND, VIP_ADDR_MARK,
     },
     maps,
 };
 
 pub use config::Config;
 use config::{format_mac, ServiceConf};
+pub use control::{reload, socket_name, stats, which, ReloadReport, ServiceChange, StatsReply};
+pub use health::Health;
+
+fn nr_cpus() -> Result<usize> {
+    aya_nr_cpus().map_err(|(_, e)| anyhow::anyhow!("counting CPUs: {e}"))
+}
+
+/// A [`VipKey`]'s bytes (an ordering key for sets).
+fn vip_bytes(k: &VipKey) -> Vec<u8> {
+    let mut v = k.addr.to_vec();
+    v.extend_from_slice(&k.port.to_be_bytes());
+    v.push(k.proto);
+    v.push(k.family);
+    v
+}
+
+/// `lb which`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Which {
+    pub service: String,
+    /// `VIP:port/proto`.
+    pub label: String,
+    /// The flow's Maglev slot (hash % M).
+    pub slot: u32,
+    pub table_size: u32,
+    /// The backend a new flow (a SYN) would get now; `None`: no backend is up with weight.
+    pub new_flow: Option<WhichBackend>,
+    /// The tracked flow of this 5-tuple, if the conntrack table holds one.
+    pub tracked: Option<TrackedFlow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WhichBackend {
+    pub name: String,
+    pub addr: IpAddr,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrackedFlow {
+    pub backend: String,
+    /// Its next packet stays on that backend (it is up); otherwise it hashes afresh.
+    pub stays: bool,
+    /// TCP flags seen on the flow (FIN 0x01, SYN 0x02, RST 0x04, ...).
+    pub tcp_flags: u32,
+    /// Seconds since the entry was made.
+    pub age_s: f64,
+}
 
 use crate::{
     ebpf,
@@ -86,7 +139,8 @@ fn addr16(a: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-/// A backend as installed: its id in `LB_BACKENDS`.
+/// A backend as installed: its id in `LB_BACKENDS` (kept across reloads and health
+/// changes, so tracked flows keep their backend).
 #[derive(Debug, Clone)]
 pub struct InstalledBackend {
     pub id: u32,
@@ -96,11 +150,21 @@ pub struct InstalledBackend {
     pub weight: u32,
     /// Maglev slots it holds.
     pub slots: u32,
+    pub health: Health,
+}
+
+impl InstalledBackend {
+    /// May receive packets (the `UP` flag): not failed by health checks.
+    pub fn up(&self) -> bool {
+        self.health != Health::Down
+    }
 }
 
 /// A service as installed.
 #[derive(Debug, Clone)]
 pub struct InstalledService {
+    /// Index in `LB_SERVICES` / `LB_SVC_STATS` (kept across reloads).
+    pub id: u32,
     pub conf: ServiceConf,
     pub backends: Vec<InstalledBackend>,
     /// Slot → backend id ([`NO_BACKEND`] when no backend has weight).
@@ -115,13 +179,22 @@ impl InstalledService {
         let id = self.table[slot as usize];
         self.backends.iter().find(|b| b.id == id)
     }
+
+    fn key(&self) -> (IpAddr, u16, u8) {
+        (self.conf.vip, self.conf.port, self.conf.proto.number())
+    }
 }
 
 /// The balancer's maps, filled from a configuration.
+#[derive(Debug, Clone)]
 pub struct Balancer {
     pub services: Vec<InstalledService>,
     /// Generation in force (`LB_GEN[0]`).
     pub gen: u32,
+    /// MAC of the interface (source MAC of forwarded frames).
+    pub iface_mac: [u8; 6],
+    /// Ids of removed backends whose entries still carry their tracked flows.
+    pub retired: BTreeSet<u32>,
 }
 
 fn map_mut<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -129,32 +202,110 @@ fn map_mut<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> 
         .with_context(|| format!("map {name} missing from the object"))
 }
 
+/// Backends failed by health checks: (service name, backend name).
+pub type DownSet = BTreeSet<(String, String)>;
+
+/// Lowest id in `0..max` not in `used`.
+fn free_id(used: &BTreeSet<u32>, max: u32) -> Option<u32> {
+    (0..max).find(|i| !used.contains(i))
+}
+
 impl Balancer {
     /// Fill every map from `config` (every backend MAC known) for the interface whose MAC
     /// is `iface_mac`: the tables go into the idle generation, then `LB_GEN` flips in one
     /// write.
     pub fn install(bpf: &mut Ebpf, config: &Config, iface_mac: [u8; 6]) -> Result<Self> {
+        Self::plan(config, iface_mac, None, &DownSet::new())?.write(bpf, None)
+    }
+
+    /// What `config` would install after `prev` (nothing is written): services and
+    /// backends that stay keep their ids, new ones take ids `prev` does not use (so a
+    /// tracked flow of a removed backend never lands on a new one), backends in `down`
+    /// leave the tables.
+    pub fn plan(
+        config: &Config,
+        iface_mac: [u8; 6],
+        prev: Option<&Balancer>,
+        down: &DownSet,
+    ) -> Result<Self> {
+        let prev_svc: BTreeMap<(IpAddr, u16, u8), &InstalledService> = prev
+            .map(|p| p.services.iter().map(|s| (s.key(), s)).collect())
+            .unwrap_or_default();
+        // Service ids: kept by VIP:port/proto; new ones take the lowest free.
+        let mut svc_ids: Vec<Option<u32>> = config
+            .services
+            .iter()
+            .map(|s| {
+                prev_svc
+                    .get(&(s.vip, s.port, s.proto.number()))
+                    .map(|p| p.id)
+            })
+            .collect();
+        let mut used: BTreeSet<u32> = svc_ids.iter().flatten().copied().collect();
+        for id in svc_ids.iter_mut().filter(|i| i.is_none()) {
+            let n = free_id(&used, MAX_SERVICES).context("no free service id")?;
+            used.insert(n);
+            *id = Some(n);
+        }
+        // Backend ids: kept by (service, name); new ones avoid every id `prev` used.
+        let mut prev_used: BTreeSet<u32> = prev
+            .map(|p| {
+                p.services
+                    .iter()
+                    .flat_map(|s| s.backends.iter().map(|b| b.id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(p) = prev {
+            prev_used.extend(p.retired.iter().copied());
+        }
+        let mut be_ids: Vec<Vec<Option<u32>>> = config
+            .services
+            .iter()
+            .map(|s| {
+                let p = prev_svc.get(&(s.vip, s.port, s.proto.number()));
+                s.backends
+                    .iter()
+                    .map(|b| {
+                        p.and_then(|p| p.backends.iter().find(|x| x.name == b.name))
+                            .map(|x| x.id)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut used: BTreeSet<u32> = be_ids.iter().flatten().flatten().copied().collect();
+        for id in be_ids.iter_mut().flatten().filter(|i| i.is_none()) {
+            let avoid: BTreeSet<u32> = used.union(&prev_used).copied().collect();
+            let n = free_id(&avoid, MAX_BACKENDS)
+                .or_else(|| free_id(&used, MAX_BACKENDS))
+                .context("no free backend id")?;
+            used.insert(n);
+            *id = Some(n);
+        }
+
         let mut services = Vec::new();
-        let mut next_id = 0u32;
-        for s in &config.services {
-            let slots = s.table()?;
+        for (i, s) in config.services.iter().enumerate() {
+            let is_down =
+                |b: &str| s.health.is_some() && down.contains(&(s.name.clone(), b.to_string()));
+            let slots = s.table_without(&is_down)?;
             let mut backends = Vec::new();
             for (j, b) in s.backends.iter().enumerate() {
                 let Some(mac) = b.mac else {
-                    bail!(
-                        "service[{}].backend[{j}].mac: unknown (not given, not resolved)",
-                        services.len()
-                    );
+                    bail!("service[{i}].backend[{j}].mac: unknown (not given, not resolved)");
                 };
                 backends.push(InstalledBackend {
-                    id: next_id,
+                    id: be_ids[i][j].context("backend id")?,
                     name: b.name.clone(),
                     addr: b.addr,
                     mac,
                     weight: b.weight,
                     slots: 0,
+                    health: match (&s.health, is_down(&b.name)) {
+                        (None, _) => Health::Unchecked,
+                        (Some(_), true) => Health::Down,
+                        (Some(_), false) => Health::Up,
+                    },
                 });
-                next_id += 1;
             }
             let counts = maglev::shares(&slots, backends.len());
             for (b, c) in backends.iter_mut().zip(counts) {
@@ -165,52 +316,119 @@ impl Balancer {
                 .map(|s| s.map_or(NO_BACKEND, |i| backends[i as usize].id))
                 .collect();
             services.push(InstalledService {
+                id: svc_ids[i].context("service id")?,
                 conf: s.clone(),
                 backends,
                 table,
             });
         }
+        let in_use: BTreeSet<u32> = services
+            .iter()
+            .flat_map(|s: &InstalledService| s.backends.iter().map(|b| b.id))
+            .collect();
+        let retired = prev_used.difference(&in_use).copied().collect();
+        Ok(Self {
+            services,
+            gen: prev.map_or(1, |p| p.gen ^ 1),
+            iface_mac,
+            retired,
+        })
+    }
 
+    /// Write this plan into the idle generation and flip `LB_GEN` (after `prev`, the one in
+    /// force, if any). Order: backends that come up or are new first, then the tables and
+    /// service descriptions of the idle generation, VIPs of removed services deleted, the
+    /// flip (one word), then the new VIPs and the `UP` flags cleared of backends that went
+    /// down or were removed (their tracked flows hash afresh).
+    pub fn write(mut self, bpf: &mut Ebpf, prev: Option<&Balancer>) -> Result<Self> {
         let cur = Array::<&mut MapData, u32>::try_from(map_mut(bpf, maps::LB_GEN)?)?
             .get(&0, 0)
             .context("reading LB_GEN")?
             & 1;
         let gen = cur ^ 1;
+        self.gen = gen;
+        let prev_backends: BTreeMap<u32, &InstalledBackend> = prev
+            .map(|p| {
+                p.services
+                    .iter()
+                    .flat_map(|s| s.backends.iter().map(|b| (b.id, b)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prev_services: BTreeSet<u32> = prev
+            .map(|p| p.services.iter().map(|s| s.id).collect())
+            .unwrap_or_default();
 
         let mut conf: Array<&mut MapData, LbConf> = Array::try_from(map_mut(bpf, maps::LB_CONF)?)?;
         conf.set(
             0,
             LbConf {
-                iface_mac,
-                services: services.len() as u32,
+                iface_mac: self.iface_mac,
+                services: self.services.len() as u32,
                 ..Default::default()
             },
             0,
         )
         .context("writing LB_CONF")?;
-        let mut bmap: Array<&mut MapData, Backend> =
-            Array::try_from(map_mut(bpf, maps::LB_BACKENDS)?)?;
-        for s in &services {
-            for b in &s.backends {
-                let (addr, family) = addr16(b.addr);
-                bmap.set(
-                    b.id,
-                    Backend {
-                        mac: b.mac,
-                        port: s.conf.port,
-                        addr,
-                        family,
-                        flags: backend_flag::UP,
-                        ..Default::default()
-                    },
-                    0,
-                )
-                .with_context(|| format!("writing backend {}", b.name))?;
+        let backend = |s: &InstalledService, b: &InstalledBackend, up: bool| {
+            let (addr, family) = addr16(b.addr);
+            Backend {
+                mac: b.mac,
+                port: s.conf.port,
+                addr,
+                family,
+                flags: if up { backend_flag::UP } else { 0 },
+                ..Default::default()
+            }
+        };
+        let mut later: Vec<(u32, Backend)> = Vec::new();
+        {
+            let mut bmap: Array<&mut MapData, Backend> =
+                Array::try_from(map_mut(bpf, maps::LB_BACKENDS)?)?;
+            for s in &self.services {
+                for b in &s.backends {
+                    // Until the flip, the table in force may still send flows to a backend
+                    // going down: it keeps its flag until then.
+                    let was_up = prev_backends.get(&b.id).is_some_and(|p| p.up());
+                    bmap.set(b.id, backend(s, b, b.up() || was_up), 0)
+                        .with_context(|| format!("writing backend {}", b.name))?;
+                    if !b.up() && was_up {
+                        later.push((b.id, backend(s, b, false)));
+                    }
+                }
+            }
+        }
+        let new_ids: BTreeSet<u32> = self
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.id))
+            .collect();
+        // Removed backends keep their entry (and `UP` flag): their tracked flows stay on them,
+        // as with a drain, until they end or age out; [`Balancer::plan`] gives their ids to
+        // new backends only when no other id is free.
+        // Counters of ids new to this plan start at zero.
+        {
+            let mut be: PerCpuArray<&mut MapData, LbCounter> =
+                PerCpuArray::try_from(map_mut(bpf, maps::LB_BACKEND_STATS)?)?;
+            let n = nr_cpus()?;
+            let zero = || PerCpuValues::try_from(vec![LbCounter::default(); n]);
+            for id in new_ids.iter().filter(|id| !prev_backends.contains_key(id)) {
+                be.set(*id, zero()?, 0)
+                    .context("clearing LB_BACKEND_STATS")?;
+            }
+            let mut sv: PerCpuArray<&mut MapData, LbCounter> =
+                PerCpuArray::try_from(map_mut(bpf, maps::LB_SVC_STATS)?)?;
+            for s in self
+                .services
+                .iter()
+                .filter(|s| !prev_services.contains(&s.id))
+            {
+                sv.set(s.id, zero()?, 0).context("clearing LB_SVC_STATS")?;
             }
         }
         let mut table: Array<&mut MapData, u32> = Array::try_from(map_mut(bpf, maps::LB_TABLE)?)?;
-        for (i, s) in services.iter().enumerate() {
-            let base = (gen * MAX_SERVICES + i as u32) * MAX_TABLE_SIZE;
+        for s in &self.services {
+            let base = (gen * MAX_SERVICES + s.id) * MAX_TABLE_SIZE;
             for (slot, id) in s.table.iter().enumerate() {
                 table
                     .set(base + slot as u32, id, 0)
@@ -219,43 +437,199 @@ impl Balancer {
         }
         let mut meta: Array<&mut MapData, ServiceMeta> =
             Array::try_from(map_mut(bpf, maps::LB_SERVICES)?)?;
-        for (i, s) in services.iter().enumerate() {
-            meta.set(
-                gen * MAX_SERVICES + i as u32,
-                ServiceMeta {
+        for id in 0..MAX_SERVICES {
+            let m = match self.services.iter().find(|s| s.id == id) {
+                Some(s) => ServiceMeta {
                     table_size: s.conf.table_size,
                     mode: mode::DSR,
                     hash_seed: s.conf.seed as u32,
-                    active: s.backends.iter().filter(|b| b.weight > 0).count() as u32,
+                    active: s.backends.iter().filter(|b| b.weight > 0 && b.up()).count() as u32,
                 },
-                0,
-            )
-            .context("writing LB_SERVICES")?;
+                None => ServiceMeta::default(),
+            };
+            meta.set(gen * MAX_SERVICES + id, m, 0)
+                .context("writing LB_SERVICES")?;
         }
-        let mut vips: BpfHashMap<&mut MapData, VipKey, u32> =
-            BpfHashMap::try_from(map_mut(bpf, maps::LB_VIPS)?)?;
-        for (i, s) in services.iter().enumerate() {
+        // VIP keys: removed services' go before the flip, new ones after it.
+        let vip_key = |s: &InstalledService| {
             let (addr, family) = addr16(s.conf.vip);
-            let key = VipKey {
+            VipKey {
                 addr,
                 port: s.conf.port,
                 proto: s.conf.proto.number(),
                 family,
-            };
-            vips.insert(key, i as u32, 0).context("writing LB_VIPS")?;
-            let mark = VipKey {
+            }
+        };
+        let mark = |a: IpAddr| {
+            let (addr, family) = addr16(a);
+            VipKey {
                 addr,
                 port: 0,
                 proto: 0,
                 family,
+            }
+        };
+        let new_keys: BTreeMap<Vec<u8>, (VipKey, u32)> = self
+            .services
+            .iter()
+            .map(|s| {
+                let k = vip_key(s);
+                (vip_bytes(&k), (k, s.id))
+            })
+            .collect();
+        let new_marks: BTreeSet<Vec<u8>> = self
+            .services
+            .iter()
+            .map(|s| vip_bytes(&mark(s.conf.vip)))
+            .collect();
+        let mut vips: BpfHashMap<&mut MapData, VipKey, u32> =
+            BpfHashMap::try_from(map_mut(bpf, maps::LB_VIPS)?)?;
+        let old: Vec<(VipKey, u32)> = vips.iter().filter_map(|r| r.ok()).collect();
+        for (k, v) in &old {
+            let b = vip_bytes(k);
+            let stays = if *v == VIP_ADDR_MARK {
+                new_marks.contains(&b)
+            } else {
+                new_keys.get(&b).is_some_and(|(_, id)| id == v)
             };
-            vips.insert(mark, VIP_ADDR_MARK, 0)
-                .context("writing LB_VIPS")?;
+            if !stays && *v != VIP_ADDR_MARK {
+                vips.remove(k).context("removing from LB_VIPS")?;
+            }
         }
         // The switch: one word.
         let mut gen_map: Array<&mut MapData, u32> = Array::try_from(map_mut(bpf, maps::LB_GEN)?)?;
         gen_map.set(0, gen, 0).context("writing LB_GEN")?;
-        Ok(Self { services, gen })
+        let mut vips: BpfHashMap<&mut MapData, VipKey, u32> =
+            BpfHashMap::try_from(map_mut(bpf, maps::LB_VIPS)?)?;
+        for (k, id) in new_keys.values() {
+            vips.insert(k, id, 0).context("writing LB_VIPS")?;
+        }
+        for s in &self.services {
+            vips.insert(mark(s.conf.vip), VIP_ADDR_MARK, 0)
+                .context("writing LB_VIPS")?;
+        }
+        for (k, v) in &old {
+            if *v == VIP_ADDR_MARK && !new_marks.contains(&vip_bytes(k)) {
+                vips.remove(k).context("removing from LB_VIPS")?;
+            }
+        }
+        let mut bmap: Array<&mut MapData, Backend> =
+            Array::try_from(map_mut(bpf, maps::LB_BACKENDS)?)?;
+        for (id, b) in later {
+            bmap.set(id, b, 0).context("writing LB_BACKENDS")?;
+        }
+        Ok(self)
+    }
+
+    /// Tracked flows now, and how many of them a switch to `next` would move (their backend
+    /// down; flows of removed backends stay on them).
+    pub fn tracked_flows(&self, bpf: &Ebpf, next: &Balancer) -> Result<(u64, u64)> {
+        let flows: BpfHashMap<&MapData, FlowKey, FlowValue> = BpfHashMap::try_from(
+            bpf.map(maps::LB_FLOWS)
+                .context("map LB_FLOWS missing from the object")?,
+        )?;
+        let down: BTreeSet<u32> = next
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().filter(|b| !b.up()).map(|b| b.id))
+            .collect();
+        let (mut n, mut moved) = (0, 0);
+        for r in flows.iter() {
+            let Ok((_, v)) = r else { continue };
+            n += 1;
+            if down.contains(&v.backend) {
+                moved += 1;
+            }
+        }
+        Ok((n, moved))
+    }
+
+    /// The backend a new flow `from` → `to` would get, and the tracked flow if there is one.
+    pub fn which(
+        &self,
+        bpf: &Ebpf,
+        from: SocketAddr,
+        to: SocketAddr,
+        proto: config::Proto,
+    ) -> Result<Which> {
+        if from.is_ipv4() != to.is_ipv4() {
+            bail!("--from {from} and --to {to} are of different address families");
+        }
+        let Some(s) = self
+            .services
+            .iter()
+            .find(|s| s.conf.vip == to.ip() && s.conf.port == to.port() && s.conf.proto == proto)
+        else {
+            bail!(
+                "{to}/{proto} is not a service here (services: {})",
+                self.services
+                    .iter()
+                    .map(|s| s.conf.label())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        let (saddr, family) = addr16(from.ip());
+        let (daddr, _) = addr16(to.ip());
+        let key = FlowKey {
+            saddr,
+            daddr,
+            sport: from.port(),
+            dport: to.port(),
+            proto: proto.number(),
+            family,
+            _pad: [0; 2],
+        };
+        let slot = flow_hash(&key, s.conf.seed as u32) % s.conf.table_size;
+        let name_of = |id: u32| {
+            self.services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .find(|b| b.id == id)
+        };
+        let flows: BpfHashMap<&MapData, FlowKey, FlowValue> = BpfHashMap::try_from(
+            bpf.map(maps::LB_FLOWS)
+                .context("map LB_FLOWS missing from the object")?,
+        )?;
+        let tracked = match flows.get(&key, 0) {
+            Ok(v) => {
+                let b = name_of(v.backend);
+                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                    .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+                    .unwrap_or(0);
+                let bmap: Array<&MapData, Backend> = Array::try_from(
+                    bpf.map(maps::LB_BACKENDS)
+                        .context("map LB_BACKENDS missing from the object")?,
+                )?;
+                let flags = bmap
+                    .get(&(v.backend % MAX_BACKENDS), 0)
+                    .map_or(0, |b| b.flags);
+                Some(TrackedFlow {
+                    backend: b.map_or_else(
+                        || format!("#{} (removed from the config)", v.backend),
+                        |b| b.name.clone(),
+                    ),
+                    stays: v.backend < MAX_BACKENDS && flags & backend_flag::UP != 0,
+                    tcp_flags: v.tcp_flags,
+                    age_s: now.saturating_sub(v.created_ns) as f64 / 1e9,
+                })
+            }
+            Err(aya::maps::MapError::KeyNotFound) => None,
+            Err(e) => return Err(e).context("reading LB_FLOWS"),
+        };
+        let chosen = s.predict(&key).map(|b| WhichBackend {
+            name: b.name.clone(),
+            addr: b.addr,
+            health: b.health,
+        });
+        Ok(Which {
+            service: s.conf.name.clone(),
+            label: s.conf.label(),
+            slot,
+            table_size: s.conf.table_size,
+            new_flow: chosen,
+            tracked,
+        })
     }
 
     /// The counters now (per-CPU values summed).
@@ -271,8 +645,8 @@ impl Balancer {
         let ev: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(get(maps::LB_EVENTS)?)?;
         let events = rbpf::sum_all(&ev, event::COUNT)?;
         let mut services = Vec::new();
-        for (i, s) in self.services.iter().enumerate() {
-            let c = rbpf::sum(&svc, i as u32)?;
+        for s in &self.services {
+            let c = rbpf::sum(&svc, s.id)?;
             let mut backends = Vec::new();
             for b in &s.backends {
                 backends.push(BackendStats {
@@ -281,6 +655,7 @@ impl Balancer {
                     mac: format_mac(&b.mac),
                     weight: b.weight,
                     slots: b.slots,
+                    health: b.health,
                     count: rbpf::sum(&be, b.id)?.into(),
                 });
             }
@@ -299,7 +674,7 @@ impl Balancer {
 }
 
 /// Counters of a service or a backend.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Count {
     pub packets: u64,
     pub bytes: u64,
@@ -330,7 +705,7 @@ impl Count {
 }
 
 /// Frames outside the services' counters, and drops by reason (`wirelab_common::lb::event`).
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Events {
     pub non_ip: u64,
     pub non_vip: u64,
@@ -374,7 +749,7 @@ impl Events {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackendStats {
     pub name: String,
     pub addr: IpAddr,
@@ -382,11 +757,13 @@ pub struct BackendStats {
     pub weight: u32,
     /// Maglev slots held.
     pub slots: u32,
+    /// `up`, `down` (failed health checks: out of the table) or `unchecked`.
+    pub health: Health,
     #[serde(flatten)]
     pub count: Count,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ServiceStats {
     pub name: String,
     /// `VIP:port/proto`.
@@ -397,7 +774,7 @@ pub struct ServiceStats {
 }
 
 /// Cumulative counters of every service and backend.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Stats {
     pub services: Vec<ServiceStats>,
     pub events: Events,
@@ -450,6 +827,8 @@ pub struct FinalLine {
     /// How the program is attached: "tcx" or "clsact".
     pub attach: String,
     pub duration_s: f64,
+    pub reloads: u64,
+    pub health_changes: u64,
     #[serde(flatten)]
     pub stats: Stats,
 }
@@ -468,33 +847,35 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     writeln!(out, "{title}")?;
     writeln!(
         out,
-        "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>8}",
-        "service / backend", "packets", "bytes", "new flows", "flows%", "slots%", "drops"
+        "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>8} {:>9}",
+        "service / backend", "packets", "bytes", "new flows", "flows%", "slots%", "drops", "health"
     )?;
     for svc in &s.services {
         writeln!(
             out,
-            "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>8}",
+            "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>8} {:>9}",
             format!("{} {}", svc.name, svc.service),
             svc.count.packets,
             svc.count.bytes,
             svc.count.new_flows,
             "",
             "",
-            svc.count.drops
+            svc.count.drops,
+            ""
         )?;
         let slots: u64 = svc.backends.iter().map(|b| b.slots as u64).sum();
         for b in &svc.backends {
             writeln!(
                 out,
-                "    {:<26} {:>10} {:>12} {:>10} {:>7.1} {:>7.1} {:>8}",
+                "    {:<26} {:>10} {:>12} {:>10} {:>7.1} {:>7.1} {:>8} {:>9}",
                 format!("{} (w {})", b.name, b.weight),
                 b.count.packets,
                 b.count.bytes,
                 b.count.new_flows,
                 pct(b.count.new_flows, svc.count.new_flows),
                 pct(b.slots as u64, slots),
-                ""
+                "",
+                b.health.to_string()
             )?;
         }
     }
@@ -595,13 +976,216 @@ struct RecordConfig<'a> {
     interval_s: f64,
 }
 
-/// The balancer as the runtime drives it.
+/// A reload as printed (`--json`: `{"type":"reload",...}`) and recorded.
+#[derive(Debug, Serialize)]
+struct ReloadLine<'a> {
+    r#type: &'static str,
+    t: f64,
+    #[serde(flatten)]
+    report: &'a ReloadReport,
+}
+
+/// The balancer as the runtime drives it: counters each interval; health outcomes and
+/// control requests between ticks.
 struct LbTool<'a> {
     opts: &'a Options,
-    bpf: &'a Ebpf,
-    lb: &'a Balancer,
+    bpf: Ebpf,
+    lb: Balancer,
+    config: Config,
+    listener: std::os::unix::net::UnixListener,
+    checker: health::Checker,
+    states: BTreeMap<(String, String), health::State>,
+    down: DownSet,
     path: Path,
     attach: String,
+    start: Instant,
+    reloads: u64,
+    health_changes: u64,
+}
+
+/// Print one event line: JSON with `--json`, else `text`.
+fn print_event(json: bool, v: &impl Serialize, text: &str) -> Result<()> {
+    crate::runtime::observe::to_stdout(|out| {
+        if json {
+            serde_json::to_writer(&mut *out, v)?;
+            writeln!(out)
+        } else {
+            writeln!(out, "{text}")
+        }
+    })
+}
+
+impl LbTool<'_> {
+    fn t(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Count one probe outcome; a transition rebuilds the tables without the backends that
+    /// are down (or with the one back up) and is logged, printed and recorded.
+    fn health(&mut self, o: health::Outcome, obs: &mut Observer) -> Result<()> {
+        let Some(svc) = self.config.services.iter().find(|s| s.name == o.service) else {
+            return Ok(());
+        };
+        let Some(h) = &svc.health else { return Ok(()) };
+        let Some(b) = svc.backends.iter().find(|b| b.name == o.backend) else {
+            return Ok(());
+        };
+        let key = (o.service.clone(), o.backend.clone());
+        let st = self.states.entry(key.clone()).or_default();
+        if let Err(e) = &o.result {
+            st.last_error = Some(e.clone());
+        }
+        let Some(up) = st.count(o.result.is_ok(), h.rise, h.fall) else {
+            return Ok(());
+        };
+        let reason = if up { None } else { st.last_error.clone() };
+        if up {
+            self.down.remove(&key);
+        } else {
+            self.down.insert(key);
+        }
+        let next = Balancer::plan(&self.config, self.lb.iface_mac, Some(&self.lb), &self.down)?
+            .write(&mut self.bpf, Some(&self.lb))?;
+        self.lb = next;
+        self.health_changes += 1;
+        let nup = svc
+            .backends
+            .iter()
+            .filter(|x| !self.down.contains(&(svc.name.clone(), x.name.clone())))
+            .count();
+        let tr = health::Transition {
+            r#type: "health".into(),
+            t: self.t(),
+            service: svc.name.clone(),
+            backend: b.name.clone(),
+            addr: b.addr,
+            state: if up { Health::Up } else { Health::Down },
+            probes: if up { h.rise } else { h.fall },
+            reason: reason.clone(),
+            up: nup,
+            backends: svc.backends.len(),
+        };
+        if up {
+            tracing::info!(service = %svc.name, backend = %b.name, addr = %b.addr, up = nup, "backend up: back in the table after {} good probes", h.rise);
+        } else {
+            tracing::warn!(service = %svc.name, backend = %b.name, addr = %b.addr, up = nup, reason = reason.as_deref().unwrap_or(""), "backend down: out of the table after {} failed probes", h.fall);
+        }
+        let text = format!(
+            "[{:>7.2}s] health: {}/{} {} {} ({} of {} up){}",
+            tr.t,
+            tr.service,
+            tr.backend,
+            tr.addr,
+            tr.state,
+            tr.up,
+            tr.backends,
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        );
+        print_event(self.opts.json, &tr, &text)?;
+        obs.change(&tr)?;
+        Ok(())
+    }
+
+    /// Validate and (unless `dry_run`) install a new config. Nothing changes on an error:
+    /// the file is parsed and validated in full, MACs resolved and the tables planned before
+    /// any map is written.
+    fn reload(&mut self, text: &str, dry_run: bool, obs: &mut Observer) -> Result<ReloadReport> {
+        let t0 = Instant::now();
+        let mut config = Config::parse(text)?;
+        resolve_macs(&mut config, &self.opts.iface, Duration::from_secs(3))?;
+        // Health state carries over for backends still checked under the same names.
+        let checked: BTreeSet<(String, String)> = config
+            .services
+            .iter()
+            .filter(|s| s.health.is_some())
+            .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.name.clone())))
+            .collect();
+        let down: DownSet = self.down.intersection(&checked).cloned().collect();
+        let next = Balancer::plan(&config, self.lb.iface_mac, Some(&self.lb), &down)?;
+        let services = control::diff(&self.lb, &next);
+        let (tracked_flows, tracked_flows_moved) = self.lb.tracked_flows(&self.bpf, &next)?;
+        let mut report = ReloadReport {
+            dry_run,
+            generation: self.lb.gen,
+            services,
+            tracked_flows,
+            tracked_flows_moved,
+            install_ms: 0.0,
+        };
+        if dry_run {
+            return Ok(report);
+        }
+        let next = next.write(&mut self.bpf, Some(&self.lb))?;
+        report.generation = next.gen;
+        report.install_ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.lb = next;
+        self.states.retain(|k, _| checked.contains(k));
+        self.down = down;
+        self.checker.stop();
+        self.checker = health::Checker::start(&config).context("starting health checks")?;
+        self.config = config;
+        self.reloads += 1;
+        tracing::info!(
+            generation = report.generation,
+            services = self.lb.services.len(),
+            moved_flows = report.tracked_flows_moved,
+            "config reloaded"
+        );
+        let line = ReloadLine {
+            r#type: "reload",
+            t: self.t(),
+            report: &report,
+        };
+        let text = format!(
+            "[{:>7.2}s] reload: generation {}, {} in {:.1} ms; tracked flows {} (moved {})",
+            line.t,
+            report.generation,
+            report
+                .services
+                .iter()
+                .map(|c| format!(
+                    "{} {} (+{:?} -{:?}, slots moved {:.1}%)",
+                    c.name, c.change, c.added, c.removed, c.slots_moved_pct
+                ))
+                .collect::<Vec<_>>()
+                .join("; "),
+            report.install_ms,
+            report.tracked_flows,
+            report.tracked_flows_moved
+        );
+        print_event(self.opts.json, &line, &text)?;
+        obs.change(&line)?;
+        Ok(report)
+    }
+
+    fn serve(&mut self, s: std::os::unix::net::UnixStream, obs: &mut Observer) -> Result<()> {
+        use control::{Answer, Request};
+        let answer =
+            match crate::runtime::control::read_request::<Request>(&s, Duration::from_secs(5)) {
+                Err(e) => Err(e),
+                Ok(Request::Stats) => self.lb.read(&self.bpf).map(|st| {
+                    Answer::Stats(Box::new(StatsReply {
+                        iface: self.opts.iface.clone(),
+                        generation: self.lb.gen,
+                        reloads: self.reloads,
+                        health_changes: self.health_changes,
+                        uptime_s: self.t(),
+                        stats: st,
+                    }))
+                }),
+                Ok(Request::Reload { config, dry_run }) => self
+                    .reload(&config, dry_run, obs)
+                    .inspect_err(|e| {
+                        tracing::warn!("reload refused, the running config stays: {e:#}");
+                    })
+                    .map(|r| Answer::Reload(Box::new(r))),
+                Ok(Request::Which { from, to, proto }) => self
+                    .lb
+                    .which(&self.bpf, from, to, proto)
+                    .map(|w| Answer::Which(Box::new(w))),
+            };
+        crate::runtime::control::reply(&s, &crate::runtime::control::Reply::from_result(answer))
+    }
 }
 
 impl Sampled for LbTool<'_> {
@@ -610,7 +1194,7 @@ impl Sampled for LbTool<'_> {
     type Final = FinalLine;
 
     fn read(&mut self) -> Result<Stats> {
-        self.lb.read(self.bpf)
+        self.lb.read(&self.bpf)
     }
 
     fn interval(&self, tick: &Tick, cur: &Stats, prev: &Stats) -> IntervalLine {
@@ -629,6 +1213,27 @@ impl Sampled for LbTool<'_> {
             tick.t, self.opts.iface, tick.secs
         );
         print_stats(out, &title, &line.stats)
+    }
+
+    fn poll_every(&self) -> Option<Duration> {
+        Some(Duration::from_millis(20))
+    }
+
+    fn poll(&mut self, obs: &mut Observer) -> Result<()> {
+        while let Ok(o) = self.checker.rx.try_recv() {
+            self.health(o, obs)?;
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => {
+                    if let Err(e) = self.serve(s, obs) {
+                        tracing::warn!("control request failed: {e:#}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e).context("control socket"),
+            }
+        }
     }
 
     fn finish(&mut self, total: &Stats, secs: f64) -> Result<(FinalLine, Vec<Quantity>)> {
@@ -651,6 +1256,8 @@ impl Sampled for LbTool<'_> {
                 path: self.path,
                 attach: self.attach.clone(),
                 duration_s: secs,
+                reloads: self.reloads,
+                health_changes: self.health_changes,
                 stats: total.clone(),
             },
             measured,
@@ -659,8 +1266,8 @@ impl Sampled for LbTool<'_> {
 
     fn final_table(&self, fin: &FinalLine, out: &mut dyn Write) -> std::io::Result<()> {
         let title = format!(
-            "total on {} over {:.2}s ({} path, {}; DSR)",
-            fin.iface, fin.duration_s, fin.path, fin.attach
+            "total on {} over {:.2}s ({} path, {}; DSR; {} reloads, {} health changes)",
+            fin.iface, fin.duration_s, fin.path, fin.attach, fin.reloads, fin.health_changes
         );
         print_stats(out, &title, &fin.stats)
     }
@@ -671,6 +1278,9 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     // Everything is checked before anything is attached.
     let mut config = Config::load(&opts.config)?;
     let mac = iface_mac(&opts.iface)?;
+    let name = socket_name(&opts.iface);
+    let listener =
+        crate::runtime::control::bind(&name, &format!("a wirelab lb on {}", opts.iface))?;
     resolve_macs(&mut config, &opts.iface, Duration::from_secs(3))?;
     let mut bpf = ebpf::load()?;
     let lb = Balancer::install(&mut bpf, &config, mac)?;
@@ -685,6 +1295,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             service = %s.conf.label(),
             backends = s.backends.len(),
             table_size = s.conf.table_size,
+            health = s.conf.health.as_ref().map_or("none".to_string(), |h| format!("{:?} every {:?}, rise {}, fall {}", h.kind, h.interval, h.rise, h.fall)),
             "serving"
         );
     }
@@ -693,7 +1304,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             "tc ingress, DSR frames sent back out with bpf_redirect (works with plain veth peers)"
         }
     };
-    tracing::info!(iface = %opts.iface, %path, %attach, "lb attached: {how}");
+    tracing::info!(iface = %opts.iface, %path, %attach, "lb attached: {how} (control socket @{name})");
     let obs = Observer::new(
         opts.json,
         opts.record.as_deref(),
@@ -707,12 +1318,22 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             interval_s: opts.interval.as_secs_f64(),
         },
     )?;
+    // Probes start in this (the balancer's) namespace: the process entered it already.
+    let checker = health::Checker::start(&config).context("starting health checks")?;
     let mut tool = LbTool {
         opts,
-        bpf: &bpf,
-        lb: &lb,
+        bpf,
+        lb,
+        config,
+        listener,
+        checker,
+        states: BTreeMap::new(),
+        down: DownSet::new(),
         path,
         attach: attach.clone(),
+        start: Instant::now(),
+        reloads: 0,
+        health_changes: 0,
     };
     let (_, total) = sampled::drive(
         &mut tool,
@@ -720,8 +1341,8 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         stop,
         obs,
     )?;
-    // Dropping `bpf` closes the TCX link: the program detaches here.
-    drop(bpf);
+    // Dropping the tool closes the TCX link (the program detaches) and stops the probers.
+    drop(tool);
     tracing::info!(iface = %opts.iface, "lb detached");
     Ok(total)
 }
