@@ -36,6 +36,9 @@ pub const FAMILY_IPV6: u8 = 6;
 pub mod mode {
     /// Direct server return: rewrite the MACs, send back out of the interface.
     pub const DSR: u32 = 0;
+    /// DNAT to the backend's address, handed to the kernel's routing; replies (which route
+    /// back through the balancer) get the VIP back as their source (`LB_NAT`).
+    pub const NAT: u32 = 1;
 }
 
 /// [`Backend::flags`].
@@ -68,8 +71,10 @@ pub mod event {
     pub const REHASHED: u32 = 7;
     /// IPv4 packets with options to a VIP (forwarded like any other; counted).
     pub const IP_OPTIONS: u32 = 8;
+    /// Replies from NAT backends whose source was translated back to the VIP.
+    pub const NAT_REPLIES: u32 = 9;
     /// Entries of `LB_EVENTS`.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     /// Names, by index (the JSON and table keys).
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
@@ -81,6 +86,7 @@ pub mod event {
         "forwarded",
         "rehashed",
         "ip_options",
+        "nat_replies",
     ];
 }
 
@@ -156,6 +162,17 @@ pub struct FlowValue {
     pub _pad: u32,
 }
 
+/// Value of `LB_NAT`, keyed by a NAT flow's reply 5-tuple as the backend sends it (source =
+/// backend address and port, destination = the client's): what to put back as the source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatValue {
+    /// The VIP (IPv4: first 4 bytes).
+    pub vip: [u8; 16],
+    pub service: u32,
+    pub backend: u32,
+}
+
 /// Counters of a service (`LB_SVC_STATS`, per CPU) or of a backend (`LB_BACKEND_STATS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -200,6 +217,7 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for LbCounter {}
     unsafe impl aya::Pod for LbConf {}
+    unsafe impl aya::Pod for NatValue {}
 }
 
 /// One MurmurHash3 (x86, 32-bit) block step.

@@ -261,15 +261,22 @@ fn check_prints_the_shares_and_bad_configs_are_refused_before_attaching() {
             "{text}"
         );
     }
-    let nat = dir.file(
-        "nat.toml",
-        &CONFIG.replace("seed = 1", "seed = 1\nmode = \"nat\""),
+    let nat = dir.file("nat.toml", NAT_CONFIG);
+    let o = common::ok(wirelab().args(["lb", "check", "--config"]).arg(&nat));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("(nat, M = 65537"), "{text}");
+    let tunnel = dir.file(
+        "tunnel.toml",
+        &CONFIG.replace("seed = 1", "seed = 1\nmode = \"tunnel\""),
     );
-    let e = common::fails(wirelab().args(["lb", "check", "--config"]).arg(&nat));
+    let e = common::fails(wirelab().args(["lb", "check", "--config"]).arg(&tunnel));
     assert!(
-        e.contains("service[0].mode") && e.contains("not implemented yet"),
+        e.contains("service[0].mode") && e.contains("no tunnel mode"),
         "{e}"
     );
+    let health = dir.file("health.toml", &NAT_CONFIG.replace("rise = 2", "rise = 0"));
+    let e = common::fails(wirelab().args(["lb", "check", "--config"]).arg(&health));
+    assert!(e.contains("service[0].health.rise"), "{e}");
     let bad = dir.file(
         "bad.toml",
         &CONFIG.replace("name = \"b3\"", "name = \"b3\"\nweight = -2"),
@@ -293,15 +300,18 @@ struct HttpBackend {
     thread: Option<JoinHandle<()>>,
     /// GETs served, health probes (`/health`) not counted.
     served: Arc<std::sync::atomic::AtomicU64>,
+    /// The access log: the peer address of every GET served (health probes not counted).
+    peers: Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>,
 }
 
 impl HttpBackend {
     fn start(ns: &str, name: &'static str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let ns = ns.to_string();
-        let (st, sv) = (stop.clone(), served.clone());
+        let (st, sv, pe) = (stop.clone(), served.clone(), peers.clone());
         let thread = std::thread::spawn(move || {
             wirelab::netns::run_in(Some(&ns), || {
                 let l = TcpListener::bind(("0.0.0.0", PORT))?;
@@ -309,9 +319,13 @@ impl HttpBackend {
                 tx.send(()).ok();
                 while !st.load(Ordering::Relaxed) {
                     match l.accept() {
-                        Ok((s, _)) => {
-                            let sv = sv.clone();
-                            std::thread::spawn(move || handle(s, name, &sv));
+                        Ok((s, peer)) => {
+                            let (sv, pe) = (sv.clone(), pe.clone());
+                            std::thread::spawn(move || {
+                                if handle(s, name, &sv) {
+                                    pe.lock().unwrap().push(peer.ip());
+                                }
+                            });
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_micros(300));
@@ -329,6 +343,7 @@ impl HttpBackend {
             stop,
             thread: Some(thread),
             served,
+            peers,
         }
     }
 }
@@ -342,19 +357,21 @@ impl Drop for HttpBackend {
     }
 }
 
-fn handle(mut s: TcpStream, name: &str, served: &std::sync::atomic::AtomicU64) {
+/// Serve one connection; true when it was a GET other than a health probe.
+fn handle(mut s: TcpStream, name: &str, served: &std::sync::atomic::AtomicU64) -> bool {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = [0u8; 2048];
     loop {
         let n = match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return false,
             Ok(n) => n,
         };
         let req = &buf[..n];
         if req.starts_with(b"GET ") {
             // The request fits one segment here (curl's, the probes' and ours do).
-            if !req.starts_with(b"GET /health ") {
+            let counted = !req.starts_with(b"GET /health ");
+            if counted {
                 served.fetch_add(1, Ordering::Relaxed);
             }
             let _ = s.write_all(
@@ -364,10 +381,10 @@ fn handle(mut s: TcpStream, name: &str, served: &std::sync::atomic::AtomicU64) {
                 )
                 .as_bytes(),
             );
-            return;
+            return counted;
         }
         if s.write_all(format!("{name}\n").as_bytes()).is_err() {
-            return;
+            return false;
         }
     }
 }
@@ -375,6 +392,11 @@ fn handle(mut s: TcpStream, name: &str, served: &std::sync::atomic::AtomicU64) {
 /// `n` HTTP GETs to VIP:80 from `ns` with curl (one process, a new connection each, each
 /// bounded by 2 s): answers by backend name, and how many failed.
 fn curl_many(ns: &str, n: usize) -> (BTreeMap<String, usize>, usize) {
+    curl_many_from(ns, n, "0.0.0.0")
+}
+
+/// [`curl_many`] from source address `src`.
+fn curl_many_from(ns: &str, n: usize, src: &str) -> (BTreeMap<String, usize>, usize) {
     let url = format!("http://{VIP}/load/[1-{n}]");
     let o = common::in_ns(
         ns,
@@ -382,6 +404,8 @@ fn curl_many(ns: &str, n: usize) -> (BTreeMap<String, usize>, usize) {
             "timeout",
             "120",
             "curl",
+            "--interface",
+            src,
             "-s",
             "--connect-timeout",
             "2",
@@ -697,4 +721,109 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
         "{text}"
     );
     drop(servers);
+}
+
+const NAT_TOPOLOGY: &str = include_str!("../../docs/examples/lb-nat-lab.toml");
+const NAT_CONFIG: &str = include_str!("../../docs/examples/lb-nat.toml");
+
+#[test]
+fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip() {
+    let dir = TempDir::new("lbn");
+    let topo = dir.file("lb-nat-lab.toml", NAT_TOPOLOGY);
+    let config = dir.file("lb-nat.toml", NAT_CONFIG);
+    let lab = Lab::up_with("lbn", Some(&topo));
+    // No VIP on the backends: they see the VIP's traffic addressed to themselves.
+    let servers: BTreeMap<&str, HttpBackend> = BACKENDS
+        .iter()
+        .map(|(b, _)| (*b, HttpBackend::start(&lab.ns(b), b)))
+        .collect();
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    let (per, failed) = curl_many(&client_ns, 1);
+    assert_eq!((per.len(), failed), (0, 1), "no balancer, no answer");
+
+    // Without forwarding NAT is refused before anything is attached, naming the field.
+    common::ok(common::in_ns(
+        &lb_ns,
+        &["sysctl", "-qw", "net.ipv4.ip_forward=0"],
+    ));
+    let e = common::fails(
+        wirelab()
+            .args([
+                "lb",
+                "--netns",
+                &lb_ns,
+                "--iface",
+                "eth0",
+                "--nat-iface",
+                "eth1",
+                "--config",
+            ])
+            .arg(&config),
+    );
+    assert!(
+        e.contains("service[0].mode") && e.contains("ip_forward"),
+        "{e}"
+    );
+    assert_eq!(tcx_ingress_count(&lb_ns, "eth0"), 0);
+    common::ok(common::in_ns(
+        &lb_ns,
+        &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+    ));
+
+    let mut c = wirelab();
+    c.args([
+        "lb",
+        "--netns",
+        &lb_ns,
+        "--iface",
+        "eth0",
+        "--nat-iface",
+        "eth1",
+        "--config",
+    ])
+    .arg(&config)
+    .args(["--json", "--interval", "1s"]);
+    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    assert_eq!(tcx_ingress_count(&lb_ns, "eth1"), 1);
+
+    let (per1, failed1) = curl_many_from(&client_ns, 600, "198.18.0.1");
+    let (per2, failed2) = curl_many_from(&client_ns, 600, "198.18.0.2");
+    eprintln!("nat: from .1 {per1:?} failed {failed1}; from .2 {per2:?} failed {failed2}");
+    assert_eq!(
+        (failed1, failed2),
+        (0, 0),
+        "every GET answered (from the VIP: curl checks)"
+    );
+    let st = lb_stats(&lb_ns);
+    let text = bg.terminate().text();
+    for (b, s) in &servers {
+        let peers = s.peers.lock().unwrap().clone();
+        let from: std::collections::BTreeSet<String> =
+            peers.iter().map(|a| a.to_string()).collect();
+        eprintln!("{b} access log: {} GETs from {from:?}", peers.len());
+        assert_eq!(
+            from,
+            ["198.18.0.1", "198.18.0.2"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            "{b} logs the real client addresses (not the balancer's)"
+        );
+        let n = per1.get(*b).copied().unwrap_or(0) + per2.get(*b).copied().unwrap_or(0);
+        assert_eq!(peers.len(), n, "{b}: every answer logged once");
+        let pct = 100.0 * n as f64 / 1200.0;
+        assert!((100.0 / 3.0 - pct).abs() <= 6.0, "{b}: {n} of 1200");
+    }
+    let ev = &st["events"];
+    assert!(ev["nat_replies"].as_u64().unwrap() >= 2 * 1200, "{ev}");
+    assert_eq!(
+        (ev["drop_error"].as_u64(), ev["drop_no_backend"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(text.contains("\"type\":\"final\""), "{text}");
+    assert!(
+        !text.contains("\"type\":\"health\""),
+        "every backend stays up under health checks: {text}"
+    );
 }

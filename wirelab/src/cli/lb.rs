@@ -11,9 +11,14 @@ use super::{emit, parse_duration, JsonArg, NetnsArg, Observe};
 pub struct LbArgs {
     #[command(subcommand)]
     sub: Option<LbCmd>,
-    /// Interface the VIP traffic arrives on (tc ingress); DSR frames leave through it too.
+    /// Interface the VIP traffic arrives on (tc ingress); DSR frames leave through it too
+    /// (NAT: translated packets are routed by the kernel).
     #[arg(long)]
     iface: Option<String>,
+    /// Also watch this interface (repeatable): NAT replies from backends on another segment
+    /// arrive there and get the VIP back as their source.
+    #[arg(long, value_name = "IF")]
+    nat_iface: Vec<String>,
     #[command(flatten)]
     netns: NetnsArg,
     /// Services and backends (TOML, docs/lb.md), validated in full before anything is
@@ -236,6 +241,7 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
             lb::run(
                 &lb::Options {
                     iface,
+                    nat_ifaces: a.nat_iface,
                     path: lb::Path::Tc,
                     config,
                     interval: a.observe.interval,

@@ -7,14 +7,14 @@
 //! vip = "198.18.1.100"      # IPv4 or IPv6
 //! port = 80
 //! proto = "tcp"             # tcp | udp
-//! mode = "dsr"              # dsr (nat: not implemented yet)
+//! mode = "dsr"              # dsr | nat
 //! table_size = 65537        # Maglev table size M: a prime, N..=65537 (default 65537)
 //! seed = 0                  # hash seed: same config + seed = same backend choice
 //!
 //! [[service.backend]]
 //! name = "web1"             # unique within the service; seeds its Maglev permutation
 //! addr = "198.18.0.21"      # same family as the VIP
-//! mac = "02:00:00:00:00:21" # optional: resolved from the neighbour table when missing
+//! mac = "02:00:00:00:00:21" # dsr, optional: resolved from the neighbour table when missing
 //! weight = 1                # 0 drains: no new flows, tracked flows stay (default 1)
 //! ```
 //!
@@ -248,12 +248,14 @@ impl std::fmt::Display for Proto {
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Dsr,
+    Nat,
 }
 
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Mode::Dsr => "dsr",
+            Mode::Nat => "nat",
         })
     }
 }
@@ -395,15 +397,16 @@ impl Config {
                     ))
                 }
             };
-            let mode =
-                match s.mode.as_str() {
-                    "dsr" => Mode::Dsr,
-                    "nat" => return Err(ferr(
+            let mode = match s.mode.as_str() {
+                "dsr" => Mode::Dsr,
+                "nat" => Mode::Nat,
+                o => {
+                    return Err(ferr(
                         f("mode"),
-                        "\"nat\" is not implemented yet; only \"dsr\" (direct server return) is",
-                    )),
-                    o => return Err(ferr(f("mode"), format!("{o:?}: expected \"dsr\""))),
-                };
+                        format!("{o:?}: expected \"dsr\" or \"nat\" (there is no tunnel mode: this kernel has no IPIP/GRE/FOU)"),
+                    ))
+                }
+            };
             if !vips.insert((vip, port, proto)) {
                 return Err(ferr(
                     f("vip"),
@@ -460,7 +463,7 @@ impl Config {
                     .map(parse_mac)
                     .transpose()
                     .map_err(|e| ferr(g("mac"), e))?;
-                if mac.is_none() && addr.is_ipv6() {
+                if mac.is_none() && addr.is_ipv6() && mode == Mode::Dsr {
                     return Err(ferr(
                         g("mac"),
                         "required for IPv6 backends (only IPv4 neighbours are resolved)",
@@ -632,12 +635,19 @@ weight = 0
     }
 
     #[test]
-    fn nat_is_refused_as_not_implemented_yet() {
-        let e = err(&GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1));
+    fn nat_mode_and_unknown_modes() {
+        let c = Config::parse(&GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1)).unwrap();
+        assert_eq!(c.services[0].mode, Mode::Nat);
+        let e = err(&GOOD.replacen("seed = 9", "seed = 9\nmode = \"tunnel\"", 1));
         assert!(
-            e.contains("service[0].mode:") && e.contains("not implemented yet"),
+            e.contains("service[0].mode:") && e.contains("no tunnel mode"),
             "{e}"
         );
+        // NAT backends are reached by routing: IPv6 ones need no MAC.
+        let v6 = GOOD
+            .replacen("port = 53", "port = 53\nmode = \"nat\"", 1)
+            .replacen("mac = \"02-00-00-00-00-21\"\n", "", 1);
+        assert!(Config::parse(&v6).is_ok(), "{}", err(&v6));
     }
 
     #[test]

@@ -50,11 +50,12 @@ pub fn probe(h: &HealthConf, addr: SocketAddr) -> Result<(), String> {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
     };
-    write!(
-        s,
+    // One write: the request leaves in one segment.
+    let req = format!(
         "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: wirelab-lb-health\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("http: sending: {e}"))?;
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("http: sending: {e}"))?;
     // The status line is all we need: `HTTP/1.x NNN ...`.
     let mut buf = [0u8; 256];
     let mut got = 0;

@@ -1,5 +1,6 @@
 //! `wirelab lb`: an L4 load balancer (tc ingress) with weighted Maglev hashing, connection
-//! tracking and direct server return. See docs/lb.md.
+//! tracking, direct server return or NAT, health checks, and `lb reload/stats/which` over a
+//! control socket. See docs/lb.md.
 //!
 //! The configuration is validated in full, backend MACs are resolved, every map is filled
 //! and only then is the program attached (TCX ingress, a bpf_link: a killed process leaves
@@ -290,8 +291,12 @@ impl Balancer {
             let slots = s.table_without(&is_down)?;
             let mut backends = Vec::new();
             for (j, b) in s.backends.iter().enumerate() {
-                let Some(mac) = b.mac else {
-                    bail!("service[{i}].backend[{j}].mac: unknown (not given, not resolved)");
+                let mac = match (b.mac, s.mode) {
+                    (Some(m), _) => m,
+                    (None, config::Mode::Nat) => [0; 6],
+                    (None, config::Mode::Dsr) => {
+                        bail!("service[{i}].backend[{j}].mac: unknown (not given, not resolved)")
+                    }
                 };
                 backends.push(InstalledBackend {
                     id: be_ids[i][j].context("backend id")?,
@@ -441,7 +446,10 @@ impl Balancer {
             let m = match self.services.iter().find(|s| s.id == id) {
                 Some(s) => ServiceMeta {
                     table_size: s.conf.table_size,
-                    mode: mode::DSR,
+                    mode: match s.conf.mode {
+                        config::Mode::Dsr => mode::DSR,
+                        config::Mode::Nat => mode::NAT,
+                    },
                     hash_seed: s.conf.seed as u32,
                     active: s.backends.iter().filter(|b| b.weight > 0 && b.up()).count() as u32,
                 },
@@ -716,6 +724,9 @@ pub struct Events {
     pub forwarded: u64,
     pub rehashed: u64,
     pub ip_options: u64,
+    /// NAT replies translated back to the VIP.
+    #[serde(default)]
+    pub nat_replies: u64,
 }
 
 impl Events {
@@ -731,6 +742,7 @@ impl Events {
             forwarded: g(event::FORWARDED),
             rehashed: g(event::REHASHED),
             ip_options: g(event::IP_OPTIONS),
+            nat_replies: g(event::NAT_REPLIES),
         }
     }
 
@@ -745,6 +757,7 @@ impl Events {
             forwarded: self.forwarded.saturating_sub(o.forwarded),
             rehashed: self.rehashed.saturating_sub(o.rehashed),
             ip_options: self.ip_options.saturating_sub(o.ip_options),
+            nat_replies: self.nat_replies.saturating_sub(o.nat_replies),
         }
     }
 }
@@ -882,9 +895,33 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     let e = &s.events;
     writeln!(
         out,
-        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} | rehashed {} ip-options {}",
-        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.rehashed, e.ip_options
+        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} | rehashed {} ip-options {} nat-replies {}",
+        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.rehashed, e.ip_options, e.nat_replies
     )
+}
+
+/// NAT hands translated packets to the kernel's routing: it must forward.
+pub fn check_forwarding(config: &Config) -> Result<()> {
+    for (i, s) in config.services.iter().enumerate() {
+        if s.mode != config::Mode::Nat {
+            continue;
+        }
+        let key = if s.vip.is_ipv4() {
+            "/proc/sys/net/ipv4/ip_forward"
+        } else {
+            "/proc/sys/net/ipv6/conf/all/forwarding"
+        };
+        let on = std::fs::read_to_string(key)
+            .map(|v| v.trim() == "1")
+            .unwrap_or(false);
+        if !on {
+            bail!(
+                "service[{i}].mode: \"nat\" needs {} = 1 in the balancer's namespace (translated packets are routed to the backends)",
+                key.trim_start_matches("/proc/sys/").replace('/', ".")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// MAC of `iface` in this namespace.
@@ -924,6 +961,10 @@ fn arp_entry(addr: std::net::Ipv4Addr, iface: &str) -> Option<[u8; 6]> {
 /// `limit`). Errors name the field.
 pub fn resolve_macs(config: &mut Config, iface: &str, limit: Duration) -> Result<()> {
     for (i, s) in config.services.iter_mut().enumerate() {
+        if s.mode == config::Mode::Nat {
+            // NAT backends are reached through the kernel's routing: no MAC needed.
+            continue;
+        }
         for (j, b) in s.backends.iter_mut().enumerate() {
             if b.mac.is_some() {
                 continue;
@@ -957,6 +998,8 @@ pub fn resolve_macs(config: &mut Config, iface: &str, limit: Duration) -> Result
 
 pub struct Options {
     pub iface: String,
+    /// More interfaces the program watches (NAT: where the backends' replies arrive).
+    pub nat_ifaces: Vec<String>,
     pub path: Path,
     pub config: PathBuf,
     pub interval: Duration,
@@ -1016,6 +1059,22 @@ fn print_event(json: bool, v: &impl Serialize, text: &str) -> Result<()> {
 }
 
 impl LbTool<'_> {
+    /// The forwarding modes in use, e.g. "DSR" or "DSR+NAT".
+    fn modes(&self) -> String {
+        let mut m: Vec<&str> = self
+            .config
+            .services
+            .iter()
+            .map(|s| match s.mode {
+                config::Mode::Dsr => "DSR",
+                config::Mode::Nat => "NAT",
+            })
+            .collect();
+        m.sort_unstable();
+        m.dedup();
+        m.join("+")
+    }
+
     fn t(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }
@@ -1092,6 +1151,7 @@ impl LbTool<'_> {
     fn reload(&mut self, text: &str, dry_run: bool, obs: &mut Observer) -> Result<ReloadReport> {
         let t0 = Instant::now();
         let mut config = Config::parse(text)?;
+        check_forwarding(&config)?;
         resolve_macs(&mut config, &self.opts.iface, Duration::from_secs(3))?;
         // Health state carries over for backends still checked under the same names.
         let checked: BTreeSet<(String, String)> = config
@@ -1266,8 +1326,14 @@ impl Sampled for LbTool<'_> {
 
     fn final_table(&self, fin: &FinalLine, out: &mut dyn Write) -> std::io::Result<()> {
         let title = format!(
-            "total on {} over {:.2}s ({} path, {}; DSR; {} reloads, {} health changes)",
-            fin.iface, fin.duration_s, fin.path, fin.attach, fin.reloads, fin.health_changes
+            "total on {} over {:.2}s ({} path, {}; {}; {} reloads, {} health changes)",
+            fin.iface,
+            fin.duration_s,
+            fin.path,
+            fin.attach,
+            self.modes(),
+            fin.reloads,
+            fin.health_changes
         );
         print_stats(out, &title, &fin.stats)
     }
@@ -1278,6 +1344,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     // Everything is checked before anything is attached.
     let mut config = Config::load(&opts.config)?;
     let mac = iface_mac(&opts.iface)?;
+    check_forwarding(&config)?;
     let name = socket_name(&opts.iface);
     let listener =
         crate::runtime::control::bind(&name, &format!("a wirelab lb on {}", opts.iface))?;
@@ -1289,6 +1356,10 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             rbpf::attach_tc(&mut bpf, PROG, &opts.iface, TcAttachType::Ingress)?.to_string()
         }
     };
+    for i in &opts.nat_ifaces {
+        rbpf::attach_tc(&mut bpf, PROG, i, TcAttachType::Ingress)?;
+        tracing::info!(iface = %i, "lb also on {i} (NAT replies)");
+    }
     let path = opts.path;
     for s in &lb.services {
         tracing::info!(
