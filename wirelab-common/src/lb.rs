@@ -73,8 +73,10 @@ pub mod event {
     pub const IP_OPTIONS: u32 = 8;
     /// Replies from NAT backends whose source was translated back to the VIP.
     pub const NAT_REPLIES: u32 = 9;
+    /// UDP flows idle past their service's timeout, hashed afresh.
+    pub const UDP_EXPIRED: u32 = 10;
     /// Entries of `LB_EVENTS`.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     /// Names, by index (the JSON and table keys).
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
@@ -87,6 +89,7 @@ pub mod event {
         "rehashed",
         "ip_options",
         "nat_replies",
+        "udp_expired",
     ];
 }
 
@@ -115,6 +118,10 @@ pub struct ServiceMeta {
     pub hash_seed: u32,
     /// Backends with weight > 0 in this generation (0: every packet is `DROP_NO_BACKEND`).
     pub active: u32,
+    /// UDP: a tracked flow idle longer than this (ms) is forgotten; its next packet hashes
+    /// afresh (`UDP_EXPIRED`). 0: no idle timeout (LRU only).
+    pub udp_idle_ms: u32,
+    pub _pad: u32,
 }
 
 /// A backend (`LB_BACKENDS[id]`).
@@ -160,6 +167,9 @@ pub struct FlowValue {
     /// TCP flags seen on the flow so far (ORed: FIN 0x01, SYN 0x02, RST 0x04 ...).
     pub tcp_flags: u32,
     pub _pad: u32,
+    /// UDP: when a packet of the flow was last seen (CLOCK_MONOTONIC ns), refreshed at most
+    /// every quarter of the idle timeout.
+    pub seen_ns: u64,
 }
 
 /// Value of `LB_NAT`, keyed by a NAT flow's reply 5-tuple as the backend sends it (source =

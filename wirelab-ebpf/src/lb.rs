@@ -291,14 +291,28 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
     };
     let syn = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
 
-    // A tracked flow keeps its backend while that backend is up.
+    // A tracked flow keeps its backend while that backend is up (and, UDP, while it is not
+    // idle past the service's timeout).
     let mut chosen: Option<(u32, Backend)> = None;
+    let idle_ns = if udp {
+        meta.udp_idle_ms as u64 * 1_000_000
+    } else {
+        0
+    };
+    let now = if idle_ns != 0 { sys::now_ns() } else { 0 };
     if !syn {
         if let Some(v) = sys::lru_get(&LB_FLOWS, key) {
             let be = *LB_BACKENDS
                 .get(v.backend % MAX_BACKENDS)
                 .ok_or(Error::Map)?;
-            if v.backend < MAX_BACKENDS && be.flags & backend_flag::UP != 0 {
+            let idle = now.saturating_sub(v.seen_ns);
+            if idle_ns != 0 && idle > idle_ns {
+                counter::bump(&LB_EVENTS, event::UDP_EXPIRED);
+            } else if v.backend < MAX_BACKENDS && be.flags & backend_flag::UP != 0 {
+                if idle_ns != 0 && idle > idle_ns / 4 {
+                    let nv = &FlowValue { seen_ns: now, ..v };
+                    let _ = LB_FLOWS.insert(key, nv, 0);
+                }
                 if flags & (TCP_FIN | TCP_RST) != 0 && v.tcp_flags & flags as u32 == 0 {
                     let nv = &FlowValue {
                         tcp_flags: v.tcp_flags | flags as u32,
@@ -340,6 +354,7 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
                 created_ns: sys::now_ns(),
                 tcp_flags: flags as u32,
                 _pad: 0,
+                seen_ns: now,
             };
             // A full table evicts the least recently used flow; a failed insert only means
             // the next packet of the flow hashes again (to the same slot).

@@ -778,3 +778,39 @@ fn nat_rewrites_both_directions_with_correct_checksums() {
     assert_eq!(translated(&h, &r6, 22, 16), VIP6);
     assert_eq!(h.stats().events.nat_replies, 3);
 }
+
+#[test]
+fn udp_flows_expire_after_their_idle_timeout() {
+    let idle = CONFIG.replacen(
+        "port = 53\nproto = \"udp\"",
+        "port = 53\nproto = \"udp\"\nudp_idle_timeout = \"300ms\"",
+        1,
+    );
+    assert_ne!(idle, CONFIG);
+    let h = Harness::with(&idle);
+    let q = |sport| {
+        cat(
+            eth(0x0800),
+            ipv4(CLIENT, VIP, 5, 17, 0, &udp_hdr(sport, 53)),
+        )
+    };
+    let new_flows = |h: &Harness| h.stats().services[1].count.new_flows;
+    h.forwarded(&q(6000));
+    // Packets every 100 ms keep the flow (each refreshes it: past a quarter of the timeout).
+    for _ in 0..6 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        h.forwarded(&q(6000));
+    }
+    assert_eq!(new_flows(&h), 1, "kept alive for 600 ms by its packets");
+    assert_eq!(h.stats().events.udp_expired, 0);
+    // Idle past 300 ms: forgotten, the next packet is a new flow.
+    std::thread::sleep(std::time::Duration::from_millis(450));
+    h.forwarded(&q(6000));
+    assert_eq!(new_flows(&h), 2);
+    assert_eq!(h.stats().events.udp_expired, 1);
+    // TCP flows have no idle timeout.
+    h.forwarded(&tcp(CLIENT, VIP, 40000, 80, Flags::Syn));
+    std::thread::sleep(std::time::Duration::from_millis(450));
+    h.forwarded(&tcp(CLIENT, VIP, 40000, 80, Flags::Ack));
+    assert_eq!(h.stats().services[0].count.new_flows, 1);
+}

@@ -65,6 +65,7 @@ struct RawService {
     #[serde(default)]
     backend: Vec<RawBackend>,
     health: Option<RawHealth>,
+    udp_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +103,9 @@ pub struct HealthConf {
     /// Port probed (default: the service's port).
     pub port: Option<u16>,
 }
+
+/// Idle timeout of tracked UDP flows when the config does not set one.
+pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(30);
 
 /// Health check bounds.
 pub const HEALTH_MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -281,6 +285,8 @@ pub struct ServiceConf {
     pub backends: Vec<BackendConf>,
     /// `None`: no health checks (every backend counts as up).
     pub health: Option<HealthConf>,
+    /// UDP services: tracked flows idle this long are forgotten (default 30 s).
+    pub udp_idle_timeout: Option<Duration>,
 }
 
 impl ServiceConf {
@@ -493,6 +499,27 @@ impl Config {
                 ));
             }
             let health = s.health.map(|h| parse_health(h, &f)).transpose()?;
+            let udp_idle_timeout = match (proto, s.udp_idle_timeout) {
+                (Proto::Tcp, Some(_)) => {
+                    return Err(ferr(
+                        f("udp_idle_timeout"),
+                        "only for proto = \"udp\" (TCP flows end with FIN/RST and age out of the LRU table)",
+                    ))
+                }
+                (Proto::Tcp, None) => None,
+                (Proto::Udp, None) => Some(DEFAULT_UDP_IDLE),
+                (Proto::Udp, Some(t)) => {
+                    let d = crate::util::parse_duration(&t)
+                        .map_err(|e| ferr(f("udp_idle_timeout"), e))?;
+                    if !(Duration::from_millis(10)..=Duration::from_secs(86_400)).contains(&d) {
+                        return Err(ferr(
+                            f("udp_idle_timeout"),
+                            format!("{d:?}: must be 10ms..=24h"),
+                        ));
+                    }
+                    Some(d)
+                }
+            };
             services.push(ServiceConf {
                 name,
                 vip,
@@ -503,6 +530,7 @@ impl Config {
                 seed: s.seed,
                 backends,
                 health,
+                udp_idle_timeout,
             });
         }
         Ok(Config { services })
@@ -714,6 +742,22 @@ weight = 0
             assert!(e.contains(&format!("{field}:")), "{h}: {e}");
         }
         assert!(err(&with("kind = \"tcp\", bogus = 1")).contains("bogus"));
+    }
+
+    #[test]
+    fn udp_idle_timeout() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.services[0].udp_idle_timeout, None, "TCP: none");
+        assert_eq!(c.services[1].udp_idle_timeout, Some(DEFAULT_UDP_IDLE));
+        let set = GOOD.replacen("port = 53", "port = 53\nudp_idle_timeout = \"2s\"", 1);
+        assert_eq!(
+            Config::parse(&set).unwrap().services[1].udp_idle_timeout,
+            Some(Duration::from_secs(2))
+        );
+        let e = err(&GOOD.replacen("seed = 9", "seed = 9\nudp_idle_timeout = \"2s\"", 1));
+        assert!(e.contains("service[0].udp_idle_timeout:"), "{e}");
+        let e = err(&GOOD.replacen("port = 53", "port = 53\nudp_idle_timeout = \"1ms\"", 1));
+        assert!(e.contains("service[1].udp_idle_timeout:"), "{e}");
     }
 
     #[test]

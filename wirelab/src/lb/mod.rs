@@ -452,6 +452,11 @@ impl Balancer {
                     },
                     hash_seed: s.conf.seed as u32,
                     active: s.backends.iter().filter(|b| b.weight > 0 && b.up()).count() as u32,
+                    udp_idle_ms: s
+                        .conf
+                        .udp_idle_timeout
+                        .map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32),
+                    _pad: 0,
                 },
                 None => ServiceMeta::default(),
             };
@@ -727,6 +732,9 @@ pub struct Events {
     /// NAT replies translated back to the VIP.
     #[serde(default)]
     pub nat_replies: u64,
+    /// UDP flows idle past their timeout, hashed afresh.
+    #[serde(default)]
+    pub udp_expired: u64,
 }
 
 impl Events {
@@ -743,6 +751,7 @@ impl Events {
             rehashed: g(event::REHASHED),
             ip_options: g(event::IP_OPTIONS),
             nat_replies: g(event::NAT_REPLIES),
+            udp_expired: g(event::UDP_EXPIRED),
         }
     }
 
@@ -758,6 +767,7 @@ impl Events {
             rehashed: self.rehashed.saturating_sub(o.rehashed),
             ip_options: self.ip_options.saturating_sub(o.ip_options),
             nat_replies: self.nat_replies.saturating_sub(o.nat_replies),
+            udp_expired: self.udp_expired.saturating_sub(o.udp_expired),
         }
     }
 }
@@ -895,8 +905,8 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     let e = &s.events;
     writeln!(
         out,
-        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} | rehashed {} ip-options {} nat-replies {}",
-        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.rehashed, e.ip_options, e.nat_replies
+        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} | rehashed {} ip-options {} nat-replies {} udp-expired {}",
+        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired
     )
 }
 
