@@ -1380,9 +1380,15 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             "serving"
         );
     }
-    let how = match path {
-        Path::Tc => {
+    let nat = config.services.iter().any(|s| s.mode == config::Mode::Nat);
+    let dsr = config.services.iter().any(|s| s.mode == config::Mode::Dsr);
+    let how = match (path, dsr, nat) {
+        (Path::Tc, true, false) => {
             "tc ingress, DSR frames sent back out with bpf_redirect (works with plain veth peers)"
+        }
+        (Path::Tc, false, _) => "tc ingress, NAT packets translated and routed by the kernel",
+        (Path::Tc, true, true) => {
+            "tc ingress; DSR frames sent back out with bpf_redirect, NAT packets translated and routed by the kernel"
         }
     };
     tracing::info!(iface = %opts.iface, %path, %attach, "lb attached: {how} (control socket @{name})");
