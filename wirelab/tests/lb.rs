@@ -265,6 +265,12 @@ fn check_prints_the_shares_and_bad_configs_are_refused_before_attaching() {
     let o = common::ok(wirelab().args(["lb", "check", "--config"]).arg(&nat));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("(nat, M = 65537"), "{text}");
+    assert!(
+        text.contains(
+            "health: http GET /health expecting 200 every 500ms (timeout 200ms), rise 2, fall 3"
+        ),
+        "{text}"
+    );
     let tunnel = dir.file(
         "tunnel.toml",
         &CONFIG.replace("seed = 1", "seed = 1\nmode = \"tunnel\""),

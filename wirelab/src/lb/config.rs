@@ -104,6 +104,27 @@ pub struct HealthConf {
     pub port: Option<u16>,
 }
 
+impl std::fmt::Display for HealthConf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            HealthKind::Tcp => write!(f, "tcp connect")?,
+            HealthKind::Http {
+                path,
+                expect_status,
+            } => write!(f, "http GET {path} expecting {expect_status}")?,
+        }
+        write!(
+            f,
+            " every {:?} (timeout {:?}), rise {}, fall {}",
+            self.interval, self.timeout, self.rise, self.fall
+        )?;
+        if let Some(p) = self.port {
+            write!(f, ", port {p}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Idle timeout of tracked UDP flows when the config does not set one.
 pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(30);
 

@@ -1376,7 +1376,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             service = %s.conf.label(),
             backends = s.backends.len(),
             table_size = s.conf.table_size,
-            health = s.conf.health.as_ref().map_or("none".to_string(), |h| format!("{:?} every {:?}, rise {}, fall {}", h.kind, h.interval, h.rise, h.fall)),
+            health = s.conf.health.as_ref().map_or("none".to_string(), |h| h.to_string()),
             "serving"
         );
     }
@@ -1455,6 +1455,12 @@ pub struct CheckService {
     pub mode: config::Mode,
     pub table_size: u32,
     pub seed: u64,
+    /// The health checks, described (absent: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// UDP services: the idle timeout of tracked flows, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp_idle_timeout_s: Option<f64>,
     pub backends: Vec<CheckBackend>,
 }
 
@@ -1473,6 +1479,8 @@ pub fn check(config: &Config) -> Result<Vec<CheckService>> {
                 mode: s.mode,
                 table_size: s.table_size,
                 seed: s.seed,
+                health: s.health.as_ref().map(|h| h.to_string()),
+                udp_idle_timeout_s: s.udp_idle_timeout.map(|d| d.as_secs_f64()),
                 backends: s
                     .backends
                     .iter()
@@ -1500,6 +1508,12 @@ pub fn print_check(out: &mut dyn Write, c: &[CheckService]) -> std::io::Result<(
             "{} {} ({}, M = {}, seed {})",
             s.name, s.service, s.mode, s.table_size, s.seed
         )?;
+        if let Some(h) = &s.health {
+            writeln!(out, "  health: {h}")?;
+        }
+        if let Some(t) = s.udp_idle_timeout_s {
+            writeln!(out, "  udp idle timeout: {t}s")?;
+        }
         writeln!(
             out,
             "  {:<16} {:<40} {:>6} {:>8} {:>8} {:>8}",
