@@ -296,7 +296,7 @@ fn check_prints_the_shares_and_bad_configs_are_refused_before_attaching() {
     assert!(e.contains("service[0].backend[2].weight"), "{e}");
 }
 
-/// An HTTP backend on 0.0.0.0:80 (so on the VIP, which it holds on `lo`, and on its own
+/// An HTTP backend on [::]:80, IPv4 and IPv6 (so on the VIP, which it holds on `lo`, and on its own
 /// address, where the health checks probe it) in `ns`: a GET is answered with the backend's
 /// name and the connection closed; a connection that sends `PING` lines instead is held open
 /// and each line answered with the name (a long-lived connection). Stopped on drop (the
@@ -320,7 +320,8 @@ impl HttpBackend {
         let (st, sv, pe) = (stop.clone(), served.clone(), peers.clone());
         let thread = std::thread::spawn(move || {
             wirelab::netns::run_in(Some(&ns), || {
-                let l = TcpListener::bind(("0.0.0.0", PORT))?;
+                // [::] takes IPv4 too (as mapped addresses, made canonical in the log).
+                let l = TcpListener::bind(("::", PORT))?;
                 l.set_nonblocking(true)?;
                 tx.send(()).ok();
                 while !st.load(Ordering::Relaxed) {
@@ -329,7 +330,7 @@ impl HttpBackend {
                             let (sv, pe) = (sv.clone(), pe.clone());
                             std::thread::spawn(move || {
                                 if handle(s, name, &sv) {
-                                    pe.lock().unwrap().push(peer.ip());
+                                    pe.lock().unwrap().push(peer.ip().to_canonical());
                                 }
                             });
                         }
@@ -403,13 +404,26 @@ fn curl_many(ns: &str, n: usize) -> (BTreeMap<String, usize>, usize) {
 
 /// [`curl_many`] from source address `src`.
 fn curl_many_from(ns: &str, n: usize, src: &str) -> (BTreeMap<String, usize>, usize) {
-    let url = format!("http://{VIP}/load/[1-{n}]");
+    curl_many_to(ns, n, src, VIP)
+}
+
+/// [`curl_many`] from `src` to `vip` (IPv4 or IPv6: the URL names the host `vip`, which
+/// `--resolve` maps to the address, since brackets would clash with curl's URL globbing).
+fn curl_many_to(ns: &str, n: usize, src: &str, vip: &str) -> (BTreeMap<String, usize>, usize) {
+    let url = format!("http://vip/load/[1-{n}]");
+    let resolve = if vip.contains(':') {
+        format!("vip:80:[{vip}]")
+    } else {
+        format!("vip:80:{vip}")
+    };
     let o = common::in_ns(
         ns,
         &[
             "timeout",
             "120",
             "curl",
+            "--resolve",
+            &resolve,
             "--interface",
             src,
             "-s",
@@ -832,4 +846,120 @@ fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip
         !text.contains("\"type\":\"health\""),
         "every backend stays up under health checks: {text}"
     );
+}
+
+#[test]
+fn nat_over_ipv6() {
+    let dir = TempDir::new("lb6");
+    let topo = dir.file("lb-nat-lab.toml", NAT_TOPOLOGY);
+    let config = dir.file(
+        "lb6.toml",
+        r#"
+[[service]]
+name = "web6"
+vip = "2001:2:1::100"
+port = 80
+proto = "tcp"
+mode = "nat"
+health = { kind = "tcp", interval = "200ms" }
+[[service.backend]]
+name = "b1"
+addr = "2001:2:2::21"
+[[service.backend]]
+name = "b2"
+addr = "2001:2:2::22"
+[[service.backend]]
+name = "b3"
+addr = "2001:2:2::23"
+"#,
+    );
+    let lab = Lab::up_with("lb6", Some(&topo));
+    // IPv6 on the NAT lab (no DAD: addresses usable at once): 2001:2::/64 on the client
+    // segment, 2001:2:2::/64 behind the balancer, the VIP 2001:2:1::100 routed to it.
+    let ip = |host: &str, args: &[&str]| {
+        let mut a = vec!["ip"];
+        a.extend_from_slice(args);
+        common::ok(common::in_ns(&lab.ns(host), &a));
+    };
+    ip(
+        "client",
+        &["addr", "add", "2001:2::1/64", "dev", "eth0", "nodad"],
+    );
+    ip(
+        "client",
+        &[
+            "-6",
+            "route",
+            "add",
+            "2001:2:1::100/128",
+            "via",
+            "2001:2::10",
+        ],
+    );
+    ip(
+        "lb",
+        &["addr", "add", "2001:2::10/64", "dev", "eth0", "nodad"],
+    );
+    ip(
+        "lb",
+        &["addr", "add", "2001:2:2::1/64", "dev", "eth1", "nodad"],
+    );
+    common::ok(common::in_ns(
+        &lab.ns("lb"),
+        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    ));
+    let mut servers = BTreeMap::new();
+    for (i, (b, _)) in BACKENDS.iter().enumerate() {
+        ip(
+            b,
+            &[
+                "addr",
+                "add",
+                &format!("2001:2:2::2{}/64", i + 1),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        ip(b, &["-6", "route", "add", "default", "via", "2001:2:2::1"]);
+        servers.insert(*b, HttpBackend::start(&lab.ns(b), b));
+    }
+    let lb_ns = lab.ns("lb");
+    let mut c = wirelab();
+    c.args([
+        "lb",
+        "--netns",
+        &lb_ns,
+        "--iface",
+        "eth0",
+        "--nat-iface",
+        "eth1",
+        "--config",
+    ])
+    .arg(&config)
+    .args(["--json", "--interval", "1s"]);
+    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    let (per, failed) = curl_many_to(&lab.ns("client"), 300, "2001:2::1", "2001:2:1::100");
+    eprintln!("nat over IPv6: {per:?}, failed {failed}");
+    assert_eq!((failed, per.len()), (0, 3), "{per:?}");
+    let st = lb_stats(&lb_ns);
+    bg.terminate();
+    for (b, s) in &servers {
+        let peers: std::collections::BTreeSet<String> = s
+            .peers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            peers,
+            ["2001:2::1".to_string()].into(),
+            "{b} sees the IPv6 client"
+        );
+    }
+    assert!(st["events"]["nat_replies"].as_u64().unwrap() >= 600, "{st}");
+    for b in st["services"][0]["backends"].as_array().unwrap() {
+        assert_eq!(b["health"], "up", "probes over IPv6 pass: {b}");
+    }
 }
