@@ -75,8 +75,10 @@ pub mod event {
     pub const NAT_REPLIES: u32 = 9;
     /// UDP flows idle past their service's timeout, hashed afresh.
     pub const UDP_EXPIRED: u32 = 10;
+    /// New DSR flows over the new-flow limit: forwarded by their hash, not tracked.
+    pub const UNTRACKED: u32 = 11;
     /// Entries of `LB_EVENTS`.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     /// Names, by index (the JSON and table keys).
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
@@ -90,6 +92,7 @@ pub mod event {
         "ip_options",
         "nat_replies",
         "udp_expired",
+        "untracked",
     ];
 }
 
@@ -214,7 +217,18 @@ pub struct LbConf {
     pub _pad: [u8; 2],
     /// Number of services configured.
     pub services: u32,
-    pub _pad2: u32,
+    /// New flows entered into the tracking table per second and CPU (0: no limit). Above
+    /// it, new DSR flows are forwarded by their hash but not entered (`UNTRACKED`), so a SYN
+    /// flood cannot evict the established flows.
+    pub new_flow_limit: u32,
+}
+
+/// State of the per-CPU new-flow limit (`LB_RATE[0]`): the theoretical arrival time of the
+/// next flow (GCRA): a flow may enter while it is at most one second ahead of now.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub tat_ns: u64,
 }
 
 #[cfg(feature = "user")]
@@ -228,6 +242,7 @@ mod pod {
     unsafe impl aya::Pod for LbCounter {}
     unsafe impl aya::Pod for LbConf {}
     unsafe impl aya::Pod for NatValue {}
+    unsafe impl aya::Pod for RateState {}
 }
 
 /// One MurmurHash3 (x86, 32-bit) block step.

@@ -33,8 +33,8 @@ use aya_ebpf::{
 };
 use wirelab_common::lb::{
     backend_flag, event, flow_hash, mode, Backend, FlowKey, FlowValue, LbConf, LbCounter, NatValue,
-    ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES,
-    MAX_TABLE_SIZE, TABLE_ENTRIES,
+    RateState, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS,
+    MAX_SERVICES, MAX_TABLE_SIZE, TABLE_ENTRIES,
 };
 
 use crate::{
@@ -69,6 +69,33 @@ static LB_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT,
 /// NAT flows by their reply 5-tuple (backend → client): the VIP to restore as the source.
 #[map]
 static LB_NAT: LruHashMap<FlowKey, NatValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+/// Per-CPU state of the new-flow limit.
+#[map]
+static LB_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+
+/// May one more flow enter the tracking table on this CPU (at most `limit` per second, with
+/// a burst of one second's worth)? GCRA: each flow moves the theoretical arrival time on by
+/// 1/limit s; a flow is refused while that time is more than a second ahead of now.
+#[inline(always)]
+fn flow_allowed(limit: u32) -> bool {
+    if limit == 0 {
+        return true;
+    }
+    let Some(st) = LB_RATE.get_ptr_mut(0) else {
+        return true;
+    };
+    let now = sys::now_ns();
+    // SAFETY: the pointer is this CPU's element of a per-CPU array, valid for the whole run
+    // of the program and not shared with other CPUs; read and written in place.
+    let tat = unsafe { (*st).tat_ns };
+    if tat > now + 1_000_000_000 {
+        return false;
+    }
+    let step = 1_000_000_000 / limit as u64;
+    // SAFETY: as above.
+    unsafe { (*st).tat_ns = if tat > now { tat } else { now } + step };
+    true
+}
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -357,8 +384,14 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
                 seen_ns: now,
             };
             // A full table evicts the least recently used flow; a failed insert only means
-            // the next packet of the flow hashes again (to the same slot).
-            let _ = LB_FLOWS.insert(key, v, 0);
+            // the next packet of the flow hashes again (to the same slot). Over the new-flow
+            // limit a DSR flow is not entered (its packets keep hashing to the same slot
+            // while the table stays); a NAT flow must be, for its replies.
+            if meta.mode == mode::NAT || flow_allowed(conf.new_flow_limit) {
+                let _ = LB_FLOWS.insert(key, v, 0);
+            } else {
+                counter::bump(&LB_EVENTS, event::UNTRACKED);
+            }
             new_flow = true;
             (id, be)
         }

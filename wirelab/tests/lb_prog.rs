@@ -859,3 +859,32 @@ fn udp_flows_expire_after_their_idle_timeout() {
     h.forwarded(&tcp(CLIENT, VIP, 40000, 80, Flags::Ack));
     assert_eq!(h.stats().services[0].count.new_flows, 1);
 }
+
+#[test]
+fn over_the_new_flow_limit_syns_are_forwarded_but_not_tracked() {
+    let h = Harness::with(&format!("new_flow_limit = 100\n{CONFIG}"));
+    // 300 SYNs at once: a second's worth (100 per CPU) enters the table, the rest is
+    // forwarded by its hash without an entry.
+    for port in 10000..10300u16 {
+        let got = h.forwarded(&tcp(CLIENT, VIP, port, 80, Flags::Syn));
+        let want = h.lb.services[0]
+            .predict(&key4(CLIENT, VIP, port, 80, 6))
+            .unwrap();
+        assert_eq!(
+            got, want.name,
+            "untracked flows still go where the table says"
+        );
+    }
+    let s = h.stats();
+    let cpus = aya::util::nr_cpus().unwrap() as u64;
+    eprintln!("untracked {} of 300", s.events.untracked);
+    assert!(
+        s.events.untracked >= 300 - 101 * cpus.min(2) && s.events.untracked <= 200,
+        "untracked {}",
+        s.events.untracked
+    );
+    assert_eq!(s.services[0].count.new_flows, 300);
+    // An untracked flow's next packet hashes to the same backend.
+    let last = h.forwarded(&tcp(CLIENT, VIP, 10299, 80, Flags::Syn));
+    assert_eq!(h.forwarded(&tcp(CLIENT, VIP, 10299, 80, Flags::Ack)), last);
+}

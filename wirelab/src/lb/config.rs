@@ -46,6 +46,7 @@ fn ferr(field: impl Into<String>, reason: impl Into<String>) -> anyhow::Error {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    new_flow_limit: Option<i64>,
     #[serde(default)]
     service: Vec<RawService>,
 }
@@ -338,6 +339,8 @@ impl ServiceConf {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub services: Vec<ServiceConf>,
+    /// New flows entered into the tracking table per second and CPU; `None`: no limit.
+    pub new_flow_limit: Option<u32>,
 }
 
 /// `aa:bb:cc:dd:ee:ff` (or with `-`), a unicast, non-zero address.
@@ -380,7 +383,7 @@ impl Config {
 
     /// Parse and validate the whole file.
     pub fn parse(text: &str) -> Result<Self> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut raw: RawFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         if raw.service.is_empty() {
             return Err(ferr("service", "the config needs at least one [[service]]"));
         }
@@ -397,7 +400,7 @@ impl Config {
         let mut vips = HashSet::new();
         let mut names = HashSet::new();
         let mut total_backends = 0usize;
-        for (i, s) in raw.service.into_iter().enumerate() {
+        for (i, s) in std::mem::take(&mut raw.service).into_iter().enumerate() {
             let f = |k: &str| format!("service[{i}].{k}");
             let name = s.name.unwrap_or_else(|| format!("service{i}"));
             if name.is_empty() || !names.insert(name.clone()) {
@@ -554,7 +557,24 @@ impl Config {
                 udp_idle_timeout,
             });
         }
-        Ok(Config { services })
+        let new_flow_limit = raw
+            .new_flow_limit
+            .map(|n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=100_000_000).contains(n))
+                    .ok_or_else(|| {
+                        ferr(
+                            "new_flow_limit",
+                            format!("{n}: must be 1..=100000000 (flows per second and CPU)"),
+                        )
+                    })
+            })
+            .transpose()?;
+        Ok(Config {
+            services,
+            new_flow_limit,
+        })
     }
 }
 
@@ -763,6 +783,15 @@ weight = 0
             assert!(e.contains(&format!("{field}:")), "{h}: {e}");
         }
         assert!(err(&with("kind = \"tcp\", bogus = 1")).contains("bogus"));
+    }
+
+    #[test]
+    fn new_flow_limit() {
+        assert_eq!(Config::parse(GOOD).unwrap().new_flow_limit, None);
+        let c = Config::parse(&format!("new_flow_limit = 5000\n{GOOD}")).unwrap();
+        assert_eq!(c.new_flow_limit, Some(5000));
+        let e = err(&format!("new_flow_limit = 0\n{GOOD}"));
+        assert!(e.contains("new_flow_limit:"), "{e}");
     }
 
     #[test]

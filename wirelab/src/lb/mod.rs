@@ -196,6 +196,8 @@ pub struct Balancer {
     pub iface_mac: [u8; 6],
     /// Ids of removed backends whose entries still carry their tracked flows.
     pub retired: BTreeSet<u32>,
+    /// `LbConf::new_flow_limit` (0: none).
+    pub new_flow_limit: u32,
 }
 
 fn map_mut<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -337,6 +339,7 @@ impl Balancer {
             gen: prev.map_or(1, |p| p.gen ^ 1),
             iface_mac,
             retired,
+            new_flow_limit: config.new_flow_limit.unwrap_or(0),
         })
     }
 
@@ -370,6 +373,7 @@ impl Balancer {
             LbConf {
                 iface_mac: self.iface_mac,
                 services: self.services.len() as u32,
+                new_flow_limit: self.new_flow_limit,
                 ..Default::default()
             },
             0,
@@ -735,6 +739,9 @@ pub struct Events {
     /// UDP flows idle past their timeout, hashed afresh.
     #[serde(default)]
     pub udp_expired: u64,
+    /// New DSR flows over the new-flow limit, forwarded but not tracked.
+    #[serde(default)]
+    pub untracked: u64,
 }
 
 impl Events {
@@ -752,6 +759,7 @@ impl Events {
             ip_options: g(event::IP_OPTIONS),
             nat_replies: g(event::NAT_REPLIES),
             udp_expired: g(event::UDP_EXPIRED),
+            untracked: g(event::UNTRACKED),
         }
     }
 
@@ -768,6 +776,7 @@ impl Events {
             ip_options: self.ip_options.saturating_sub(o.ip_options),
             nat_replies: self.nat_replies.saturating_sub(o.nat_replies),
             udp_expired: self.udp_expired.saturating_sub(o.udp_expired),
+            untracked: self.untracked.saturating_sub(o.untracked),
         }
     }
 }
@@ -905,8 +914,8 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     let e = &s.events;
     writeln!(
         out,
-        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} | rehashed {} ip-options {} nat-replies {} udp-expired {}",
-        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired
+        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {}",
+        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked
     )
 }
 
