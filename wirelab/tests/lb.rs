@@ -497,9 +497,25 @@ fn health_checks_take_a_killed_backend_out_and_bring_it_back() {
     let mut c = wirelab();
     c.args(["lb", "--netns", &lb_ns, "--iface", "eth0", "--config"])
         .arg(&config)
-        .args(["--json", "--interval", "1s", "--record"])
+        .args([
+            "--json",
+            "--interval",
+            "200ms",
+            "--metrics",
+            "127.0.0.1:0",
+            "--record",
+        ])
         .arg(&rec);
     let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    let metrics = common::tcp_listen_addr(bg.pid());
+    let up_metric = |b: &str| {
+        let rows = common::parse_openmetrics(&common::scrape(&metrics).1);
+        common::sample(
+            &rows,
+            "wirelab_lb_backend_up",
+            &[("service", "web"), ("backend", b)],
+        )
+    };
 
     let (per, failed) = curl_many(&client_ns, 150);
     assert_eq!((failed, per.len()), (0, 3), "all three serve: {per:?}");
@@ -535,6 +551,21 @@ fn health_checks_take_a_killed_backend_out_and_bring_it_back() {
         "no new flow sent to b2"
     );
     assert_eq!(after["services"][0]["backends"][1]["slots"], 0);
+    // --metrics says so too (updated each 200 ms interval).
+    assert!(eventually(Duration::from_secs(2), || up_metric("b2") == 0.0));
+    assert_eq!(up_metric("b1"), 1.0);
+    let rows = common::parse_openmetrics(&common::scrape(&metrics).1);
+    assert!(
+        common::sample(
+            &rows,
+            "wirelab_lb_new_flows_total",
+            &[("service", "web"), ("backend", "")]
+        ) >= 450.0
+    );
+    assert_eq!(
+        common::sample(&rows, "wirelab_lb_health_changes_total", &[]),
+        1.0
+    );
 
     // Back: `rise` good probes bring it in again.
     servers.insert("b2", HttpBackend::start(&lab.ns("b2"), "b2"));

@@ -30,8 +30,9 @@ pub struct LbArgs {
     /// Stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Recorded: the services, per-interval counters per service and backend, final totals.
-    /// (--metrics is not implemented for lb yet.)
+    /// Recorded: the services, per-interval counters per service and backend, health
+    /// transitions and reloads, final totals. Metrics: per-service and per-backend counters,
+    /// backend health, events, reloads (docs/metrics.md).
     #[command(flatten)]
     observe: Observe,
 }
@@ -230,13 +231,11 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
             let (Some(iface), Some(config)) = (a.iface, a.config) else {
                 bail!("wirelab lb needs --iface IF and --config FILE (or a subcommand: check, reload, stats, which)");
             };
-            if a.observe.metrics.is_some() {
-                bail!("--metrics is not implemented for lb yet (use --json or --record)");
-            }
             let config = std::fs::canonicalize(&config)
                 .with_context(|| format!("config file {}", config.display()))?;
             // Validate fully before touching anything.
             lb::Config::load(&config)?;
+            let metrics = a.observe.endpoint()?;
             let stop = a.netns.enter_until_stopped()?;
             lb::run(
                 &lb::Options {
@@ -248,6 +247,7 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
                     duration: a.duration,
                     json: a.json.json,
                     record: a.observe.record,
+                    metrics,
                 },
                 &stop,
             )?;

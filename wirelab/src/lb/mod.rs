@@ -10,6 +10,7 @@ pub mod config;
 mod control;
 pub mod health;
 pub mod maglev;
+mod metrics;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -1025,6 +1026,8 @@ pub struct Options {
     pub duration: Option<Duration>,
     pub json: bool,
     pub record: Option<PathBuf>,
+    /// Prometheus endpoint (`--metrics`), bound before entering the namespace.
+    pub metrics: Option<crate::metrics::Endpoint>,
 }
 
 /// The configuration recorded with `--record`.
@@ -1063,6 +1066,7 @@ struct LbTool<'a> {
     start: Instant,
     reloads: u64,
     health_changes: u64,
+    metrics: Option<metrics::LbMetrics>,
 }
 
 /// Print one event line: JSON with `--json`, else `text`.
@@ -1294,6 +1298,17 @@ impl Sampled for LbTool<'_> {
         print_stats(out, &title, &line.stats)
     }
 
+    fn publish(&mut self, cur: &Stats) {
+        let st = metrics::State {
+            generation: self.lb.gen,
+            reloads: self.reloads,
+            health_changes: self.health_changes,
+        };
+        if let Some(m) = self.metrics.as_mut() {
+            m.publish(&self.opts.iface, cur, &st);
+        }
+    }
+
     fn poll_every(&self) -> Option<Duration> {
         Some(Duration::from_millis(20))
     }
@@ -1416,6 +1431,14 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     )?;
     // Probes start in this (the balancer's) namespace: the process entered it already.
     let checker = health::Checker::start(&config).context("starting health checks")?;
+    let metrics = match &opts.metrics {
+        Some(ep) => {
+            let m = metrics::LbMetrics::start(ep)?;
+            tracing::info!("metrics on http://{}/metrics", ep.addr);
+            Some(m)
+        }
+        None => None,
+    };
     let mut tool = LbTool {
         opts,
         bpf,
@@ -1430,6 +1453,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         start: Instant::now(),
         reloads: 0,
         health_changes: 0,
+        metrics,
     };
     let (_, total) = sampled::drive(
         &mut tool,
