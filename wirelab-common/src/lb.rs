@@ -36,6 +36,9 @@ pub const FAMILY_IPV6: u8 = 6;
 pub mod mode {
     /// Direct server return: rewrite the MACs, send back out of the interface.
     pub const DSR: u32 = 0;
+    /// DNAT to the backend's address, handed to the kernel's routing; replies (which route
+    /// back through the balancer) get the VIP back as their source (`LB_NAT`).
+    pub const NAT: u32 = 1;
 }
 
 /// [`Backend::flags`].
@@ -68,8 +71,14 @@ pub mod event {
     pub const REHASHED: u32 = 7;
     /// IPv4 packets with options to a VIP (forwarded like any other; counted).
     pub const IP_OPTIONS: u32 = 8;
+    /// Replies from NAT backends whose source was translated back to the VIP.
+    pub const NAT_REPLIES: u32 = 9;
+    /// UDP flows idle past their service's timeout, hashed afresh.
+    pub const UDP_EXPIRED: u32 = 10;
+    /// New DSR flows over the new-flow limit: forwarded by their hash, not tracked.
+    pub const UNTRACKED: u32 = 11;
     /// Entries of `LB_EVENTS`.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 12;
     /// Names, by index (the JSON and table keys).
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
@@ -81,6 +90,9 @@ pub mod event {
         "forwarded",
         "rehashed",
         "ip_options",
+        "nat_replies",
+        "udp_expired",
+        "untracked",
     ];
 }
 
@@ -109,6 +121,10 @@ pub struct ServiceMeta {
     pub hash_seed: u32,
     /// Backends with weight > 0 in this generation (0: every packet is `DROP_NO_BACKEND`).
     pub active: u32,
+    /// UDP: a tracked flow idle longer than this (ms) is forgotten; its next packet hashes
+    /// afresh (`UDP_EXPIRED`). 0: no idle timeout (LRU only).
+    pub udp_idle_ms: u32,
+    pub _pad: u32,
 }
 
 /// A backend (`LB_BACKENDS[id]`).
@@ -154,6 +170,20 @@ pub struct FlowValue {
     /// TCP flags seen on the flow so far (ORed: FIN 0x01, SYN 0x02, RST 0x04 ...).
     pub tcp_flags: u32,
     pub _pad: u32,
+    /// UDP: when a packet of the flow was last seen (CLOCK_MONOTONIC ns), refreshed at most
+    /// every quarter of the idle timeout.
+    pub seen_ns: u64,
+}
+
+/// Value of `LB_NAT`, keyed by a NAT flow's reply 5-tuple as the backend sends it (source =
+/// backend address and port, destination = the client's): what to put back as the source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatValue {
+    /// The VIP (IPv4: first 4 bytes).
+    pub vip: [u8; 16],
+    pub service: u32,
+    pub backend: u32,
 }
 
 /// Counters of a service (`LB_SVC_STATS`, per CPU) or of a backend (`LB_BACKEND_STATS`).
@@ -187,7 +217,18 @@ pub struct LbConf {
     pub _pad: [u8; 2],
     /// Number of services configured.
     pub services: u32,
-    pub _pad2: u32,
+    /// New flows entered into the tracking table per second and CPU (0: no limit). Above
+    /// it, new DSR flows are forwarded by their hash but not entered (`UNTRACKED`), so a SYN
+    /// flood cannot evict the established flows.
+    pub new_flow_limit: u32,
+}
+
+/// State of the per-CPU new-flow limit (`LB_RATE[0]`): the theoretical arrival time of the
+/// next flow (GCRA): a flow may enter while it is at most one second ahead of now.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub tat_ns: u64,
 }
 
 #[cfg(feature = "user")]
@@ -200,6 +241,8 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for LbCounter {}
     unsafe impl aya::Pod for LbConf {}
+    unsafe impl aya::Pod for NatValue {}
+    unsafe impl aya::Pod for RateState {}
 }
 
 /// One MurmurHash3 (x86, 32-bit) block step.

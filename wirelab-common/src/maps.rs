@@ -43,6 +43,8 @@ pub const LB_FLOWS: &str = "LB_FLOWS";
 pub const LB_SVC_STATS: &str = "LB_SVC_STATS";
 pub const LB_BACKEND_STATS: &str = "LB_BACKEND_STATS";
 pub const LB_EVENTS: &str = "LB_EVENTS";
+pub const LB_NAT: &str = "LB_NAT";
+pub const LB_RATE: &str = "LB_RATE";
 
 // swarm
 pub const SWARM_CONFIG: &str = "SWARM_CONFIG";
@@ -95,6 +97,8 @@ pub const ALL: &[&str] = &[
     LB_SVC_STATS,
     LB_BACKEND_STATS,
     LB_EVENTS,
+    LB_NAT,
+    LB_RATE,
     SWARM_CONFIG,
     SWARM_IDS,
     SWARM_SOCKS,

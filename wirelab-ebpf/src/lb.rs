@@ -10,6 +10,13 @@
 //! the interface's, and back out of the same interface (tc: `bpf_redirect`, the normal
 //! transmit path, so a plain veth peer receives it; XDP: `XDP_TX`).
 //!
+//! NAT services (`mode::NAT`, tc only): the destination address becomes the backend's and the
+//! packet goes on to the kernel's routing (`TC_ACT_OK`); a new flow also enters its reply
+//! 5-tuple in `LB_NAT`, so the backend's replies (routed back through the balancer, on any
+//! interface the program watches) get the VIP back as their source. Checksums are updated
+//! incrementally with the kernel's helpers (IPv4 header; TCP/UDP through the pseudo-header).
+//! The XDP entry point does not translate: NAT packets there are dropped as `DROP_ERROR`.
+//!
 //! FIN and RST are forwarded along the tracked flow and marked in its entry (`tcp_flags`);
 //! the entry is left to age out of the LRU table (a new SYN on the same tuple hashes afresh
 //! anyway). Frames the parser cannot see through are passed to the stack (`MALFORMED`),
@@ -17,15 +24,17 @@
 use core::num::NonZeroU32;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{
+        xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use wirelab_common::lb::{
-    backend_flag, event, flow_hash, Backend, FlowKey, FlowValue, LbConf, LbCounter, ServiceMeta,
-    VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_TABLE_SIZE,
-    TABLE_ENTRIES,
+    backend_flag, event, flow_hash, mode, Backend, FlowKey, FlowValue, LbConf, LbCounter, NatValue,
+    RateState, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS,
+    MAX_SERVICES, MAX_TABLE_SIZE, TABLE_ENTRIES,
 };
 
 use crate::{
@@ -57,6 +66,36 @@ static LB_SVC_STATS: PerCpuArray<LbCounter> = PerCpuArray::with_max_entries(MAX_
 static LB_BACKEND_STATS: PerCpuArray<LbCounter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 static LB_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT, 0);
+/// NAT flows by their reply 5-tuple (backend → client): the VIP to restore as the source.
+#[map]
+static LB_NAT: LruHashMap<FlowKey, NatValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+/// Per-CPU state of the new-flow limit.
+#[map]
+static LB_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+
+/// May one more flow enter the tracking table on this CPU (at most `limit` per second, with
+/// a burst of one second's worth)? GCRA: each flow moves the theoretical arrival time on by
+/// 1/limit s; a flow is refused while that time is more than a second ahead of now.
+#[inline(always)]
+fn flow_allowed(limit: u32) -> bool {
+    if limit == 0 {
+        return true;
+    }
+    let Some(st) = LB_RATE.get_ptr_mut(0) else {
+        return true;
+    };
+    let now = sys::now_ns();
+    // SAFETY: the pointer is this CPU's element of a per-CPU array, valid for the whole run
+    // of the program and not shared with other CPUs; read and written in place.
+    let tat = unsafe { (*st).tat_ns };
+    if tat > now + 1_000_000_000 {
+        return false;
+    }
+    let step = 1_000_000_000 / limit as u64;
+    // SAFETY: as above.
+    unsafe { (*st).tat_ns = if tat > now { tat } else { now } + step };
+    true
+}
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -71,6 +110,64 @@ enum Verdict {
     Drop,
     /// MACs rewritten: send back out of the interface it came in on.
     Forward,
+    /// NAT: replace one address (and the checksums), then on to the kernel's routing.
+    Nat(Rewrite),
+}
+
+/// One address replaced in an IP packet: the destination (a NAT flow to its backend) or the
+/// source (a backend's reply, back to the VIP).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Rewrite {
+    /// Offset of the address in the frame.
+    addr_off: usize,
+    /// Offset of the IPv4 header checksum; 0 for IPv6 (no header checksum).
+    ip_csum_off: usize,
+    /// Offset of the TCP/UDP checksum (it covers the address through the pseudo-header).
+    l4_csum_off: usize,
+    udp: bool,
+    v6: bool,
+    old: [u8; 16],
+    new: [u8; 16],
+}
+
+#[inline(always)]
+fn word(a: &[u8; 16], i: usize) -> u64 {
+    let i = i & 3;
+    u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]) as u64
+}
+
+/// Apply `r` with the kernel's checksum helpers, which also keep the skb's checksum state
+/// right (CHECKSUM_PARTIAL from a local sender, CHECKSUM_COMPLETE from a NIC): the IPv4 header
+/// checksum, and the TCP/UDP checksum through the pseudo-header, updated incrementally 32
+/// bits at a time (one word for IPv4, four for IPv6); a UDP checksum of 0 (none, IPv4) stays
+/// 0.
+#[inline(always)]
+fn nat_tc(ctx: &TcContext, r: &Rewrite) -> core::result::Result<(), i64> {
+    let l4 = BPF_F_PSEUDO_HDR as u64
+        | 4
+        | if r.udp {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        };
+    let words = if r.v6 { 4 } else { 1 };
+    for i in 0..4 {
+        if i >= words {
+            break;
+        }
+        let (from, to) = (word(&r.old, i), word(&r.new, i));
+        if r.ip_csum_off != 0 {
+            ctx.l3_csum_replace(r.ip_csum_off, from, to, 4)?;
+        }
+        ctx.l4_csum_replace(r.l4_csum_off, from, to, l4)?;
+    }
+    if r.v6 {
+        ctx.store(r.addr_off, &r.new, 0)?;
+    } else {
+        let a: [u8; 4] = [r.new[0], r.new[1], r.new[2], r.new[3]];
+        ctx.store(r.addr_off, &a, 0)?;
+    }
+    Ok(())
 }
 
 /// The tc path: `bpf_redirect` to the interface's own egress goes through the normal
@@ -87,6 +184,14 @@ pub fn lb(ctx: TcContext) -> i32 {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Forward => sys::redirect(sys::skb_ifindex(&ctx)),
+        // Translated: the kernel routes it (to the backend, or back to the client).
+        Verdict::Nat(r) => match nat_tc(&ctx, &r) {
+            Ok(()) => TC_ACT_OK,
+            Err(_) => {
+                counter::bump(&LB_EVENTS, event::DROP_ERROR);
+                TC_ACT_SHOT
+            }
+        },
     }
 }
 
@@ -99,6 +204,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Forward => xdp_action::XDP_TX,
+        // NAT needs the skb checksum helpers: the XDP entry point does not translate.
+        Verdict::Nat(_) => {
+            counter::bump(&LB_EVENTS, event::DROP_ERROR);
+            xdp_action::XDP_DROP
+        }
     }
 }
 
@@ -161,7 +271,35 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
     } else {
         None
     };
+    // References all along: by-value copies of the key and values cost stack.
+    let key = &FlowKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.ip_proto,
+        family,
+        _pad: [0; 2],
+    };
+    let v6 = family == FAMILY_IPV6;
+    let udp = p.ip_proto == IPPROTO_UDP;
+    let l4_csum_off = p.l4_off + if udp { 6 } else { 16 };
     let Some(svc) = svc.filter(|s| *s < MAX_SERVICES) else {
+        // A reply of a NAT flow: the source goes back to the VIP.
+        if l4 {
+            if let Some(n) = sys::lru_get(&LB_NAT, key) {
+                counter::bump(&LB_EVENTS, event::NAT_REPLIES);
+                return Ok(Verdict::Nat(Rewrite {
+                    addr_off: p.l3_off + if v6 { 8 } else { 12 },
+                    ip_csum_off: if v6 { 0 } else { p.l3_off + 10 },
+                    l4_csum_off,
+                    udp,
+                    v6,
+                    old: p.saddr,
+                    new: n.vip,
+                }));
+            }
+        }
         counter::bump(&LB_EVENTS, event::NON_VIP);
         return Ok(Verdict::Pass);
     };
@@ -173,16 +311,6 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
         .get(gen * MAX_SERVICES + svc)
         .ok_or(Error::Map)?;
     let conf = *LB_CONF.get(0).ok_or(Error::Map)?;
-    // References all along: by-value copies of the key and values cost stack.
-    let key = &FlowKey {
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.ip_proto,
-        family,
-        _pad: [0; 2],
-    };
     let flags = if p.ip_proto == IPPROTO_TCP {
         p.tcp_flags
     } else {
@@ -190,14 +318,28 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
     };
     let syn = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
 
-    // A tracked flow keeps its backend while that backend is up.
+    // A tracked flow keeps its backend while that backend is up (and, UDP, while it is not
+    // idle past the service's timeout).
     let mut chosen: Option<(u32, Backend)> = None;
+    let idle_ns = if udp {
+        meta.udp_idle_ms as u64 * 1_000_000
+    } else {
+        0
+    };
+    let now = if idle_ns != 0 { sys::now_ns() } else { 0 };
     if !syn {
         if let Some(v) = sys::lru_get(&LB_FLOWS, key) {
             let be = *LB_BACKENDS
                 .get(v.backend % MAX_BACKENDS)
                 .ok_or(Error::Map)?;
-            if v.backend < MAX_BACKENDS && be.flags & backend_flag::UP != 0 {
+            let idle = now.saturating_sub(v.seen_ns);
+            if idle_ns != 0 && idle > idle_ns {
+                counter::bump(&LB_EVENTS, event::UDP_EXPIRED);
+            } else if v.backend < MAX_BACKENDS && be.flags & backend_flag::UP != 0 {
+                if idle_ns != 0 && idle > idle_ns / 4 {
+                    let nv = &FlowValue { seen_ns: now, ..v };
+                    let _ = LB_FLOWS.insert(key, nv, 0);
+                }
                 if flags & (TCP_FIN | TCP_RST) != 0 && v.tcp_flags & flags as u32 == 0 {
                     let nv = &FlowValue {
                         tcp_flags: v.tcp_flags | flags as u32,
@@ -239,17 +381,47 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
                 created_ns: sys::now_ns(),
                 tcp_flags: flags as u32,
                 _pad: 0,
+                seen_ns: now,
             };
             // A full table evicts the least recently used flow; a failed insert only means
-            // the next packet of the flow hashes again (to the same slot).
-            let _ = LB_FLOWS.insert(key, v, 0);
+            // the next packet of the flow hashes again (to the same slot). Over the new-flow
+            // limit a DSR flow is not entered (its packets keep hashing to the same slot
+            // while the table stays); a NAT flow must be, for its replies.
+            if meta.mode == mode::NAT || flow_allowed(conf.new_flow_limit) {
+                let _ = LB_FLOWS.insert(key, v, 0);
+            } else {
+                counter::bump(&LB_EVENTS, event::UNTRACKED);
+            }
             new_flow = true;
             (id, be)
         }
     };
-    // DSR: the frame goes to the backend's MAC, from ours, out of the same interface.
-    f.store(ETH_DEST_OFF, be.mac)?;
-    f.store(ETH_SOURCE_OFF, conf.iface_mac)?;
+    let nat = meta.mode == mode::NAT;
+    if nat && new_flow {
+        // The reply direction, as the backend will send it, finds the VIP here.
+        let rk = &FlowKey {
+            saddr: be.addr,
+            daddr: p.saddr,
+            sport: p.dport,
+            dport: p.sport,
+            proto: p.ip_proto,
+            family,
+            _pad: [0; 2],
+        };
+        let nv = &NatValue {
+            vip: p.daddr,
+            service: svc,
+            backend: id,
+        };
+        if LB_NAT.insert(rk, nv, 0).is_err() {
+            return Ok(drop_svc(svc, event::DROP_ERROR));
+        }
+    }
+    if !nat {
+        // DSR: the frame goes to the backend's MAC, from ours, out of the same interface.
+        f.store(ETH_DEST_OFF, be.mac)?;
+        f.store(ETH_SOURCE_OFF, conf.iface_mac)?;
+    }
     let bytes = len;
     let bump = |c: &mut LbCounter| {
         c.packets += 1;
@@ -261,5 +433,16 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
     counter::update(&LB_SVC_STATS, svc, bump);
     counter::update(&LB_BACKEND_STATS, id, bump);
     counter::bump(&LB_EVENTS, event::FORWARDED);
+    if nat {
+        return Ok(Verdict::Nat(Rewrite {
+            addr_off: p.l3_off + if v6 { 24 } else { 16 },
+            ip_csum_off: if v6 { 0 } else { p.l3_off + 10 },
+            l4_csum_off,
+            udp,
+            v6,
+            old: p.daddr,
+            new: be.addr,
+        }));
+    }
     Ok(Verdict::Forward)
 }

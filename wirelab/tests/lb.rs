@@ -261,15 +261,28 @@ fn check_prints_the_shares_and_bad_configs_are_refused_before_attaching() {
             "{text}"
         );
     }
-    let nat = dir.file(
-        "nat.toml",
-        &CONFIG.replace("seed = 1", "seed = 1\nmode = \"nat\""),
-    );
-    let e = common::fails(wirelab().args(["lb", "check", "--config"]).arg(&nat));
+    let nat = dir.file("nat.toml", NAT_CONFIG);
+    let o = common::ok(wirelab().args(["lb", "check", "--config"]).arg(&nat));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("(nat, M = 65537"), "{text}");
     assert!(
-        e.contains("service[0].mode") && e.contains("not implemented yet"),
+        text.contains(
+            "health: http GET /health expecting 200 every 500ms (timeout 200ms), rise 2, fall 3"
+        ),
+        "{text}"
+    );
+    let tunnel = dir.file(
+        "tunnel.toml",
+        &CONFIG.replace("seed = 1", "seed = 1\nmode = \"tunnel\""),
+    );
+    let e = common::fails(wirelab().args(["lb", "check", "--config"]).arg(&tunnel));
+    assert!(
+        e.contains("service[0].mode") && e.contains("no tunnel mode"),
         "{e}"
     );
+    let health = dir.file("health.toml", &NAT_CONFIG.replace("rise = 2", "rise = 0"));
+    let e = common::fails(wirelab().args(["lb", "check", "--config"]).arg(&health));
+    assert!(e.contains("service[0].health.rise"), "{e}");
     let bad = dir.file(
         "bad.toml",
         &CONFIG.replace("name = \"b3\"", "name = \"b3\"\nweight = -2"),
@@ -281,4 +294,703 @@ fn check_prints_the_shares_and_bad_configs_are_refused_before_attaching() {
             .arg(&bad),
     );
     assert!(e.contains("service[0].backend[2].weight"), "{e}");
+}
+
+/// An HTTP backend on [::]:80, IPv4 and IPv6 (so on the VIP, which it holds on `lo`, and on its own
+/// address, where the health checks probe it) in `ns`: a GET is answered with the backend's
+/// name and the connection closed; a connection that sends `PING` lines instead is held open
+/// and each line answered with the name (a long-lived connection). Stopped on drop (the
+/// listener closes: new connections are refused, as from a killed nginx).
+struct HttpBackend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// GETs served, health probes (`/health`) not counted.
+    served: Arc<std::sync::atomic::AtomicU64>,
+    /// The access log: the peer address of every GET served (health probes not counted).
+    peers: Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>,
+}
+
+impl HttpBackend {
+    fn start(ns: &str, name: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let ns = ns.to_string();
+        let (st, sv, pe) = (stop.clone(), served.clone(), peers.clone());
+        let thread = std::thread::spawn(move || {
+            wirelab::netns::run_in(Some(&ns), || {
+                // [::] takes IPv4 too (as mapped addresses, made canonical in the log).
+                let l = TcpListener::bind(("::", PORT))?;
+                l.set_nonblocking(true)?;
+                tx.send(()).ok();
+                while !st.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((s, peer)) => {
+                            let (sv, pe) = (sv.clone(), pe.clone());
+                            std::thread::spawn(move || {
+                                if handle(s, name, &sv) {
+                                    pe.lock().unwrap().push(peer.ip().to_canonical());
+                                }
+                            });
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_micros(300));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            })
+            .expect("http backend");
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("http backend listening");
+        Self {
+            stop,
+            thread: Some(thread),
+            served,
+            peers,
+        }
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serve one connection; true when it was a GET other than a health probe.
+fn handle(mut s: TcpStream, name: &str, served: &std::sync::atomic::AtomicU64) -> bool {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        let req = &buf[..n];
+        if req.starts_with(b"GET ") {
+            // The request fits one segment here (curl's, the probes' and ours do).
+            let counted = !req.starts_with(b"GET /health ");
+            if counted {
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+                    name.len()
+                )
+                .as_bytes(),
+            );
+            return counted;
+        }
+        if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+            return false;
+        }
+    }
+}
+
+/// `n` HTTP GETs to VIP:80 from `ns` with curl (one process, a new connection each, each
+/// bounded by 2 s): answers by backend name, and how many failed.
+fn curl_many(ns: &str, n: usize) -> (BTreeMap<String, usize>, usize) {
+    curl_many_from(ns, n, "0.0.0.0")
+}
+
+/// [`curl_many`] from source address `src`.
+fn curl_many_from(ns: &str, n: usize, src: &str) -> (BTreeMap<String, usize>, usize) {
+    curl_many_to(ns, n, src, VIP)
+}
+
+/// [`curl_many`] from `src` to `vip` (IPv4 or IPv6: the URL names the host `vip`, which
+/// `--resolve` maps to the address, since brackets would clash with curl's URL globbing).
+fn curl_many_to(ns: &str, n: usize, src: &str, vip: &str) -> (BTreeMap<String, usize>, usize) {
+    let url = format!("http://vip/load/[1-{n}]");
+    let resolve = if vip.contains(':') {
+        format!("vip:80:[{vip}]")
+    } else {
+        format!("vip:80:{vip}")
+    };
+    let o = common::in_ns(
+        ns,
+        &[
+            "timeout",
+            "120",
+            "curl",
+            "--resolve",
+            &resolve,
+            "--interface",
+            src,
+            "-s",
+            "--connect-timeout",
+            "2",
+            "--max-time",
+            "2",
+            "-w",
+            " %{http_code}\\n",
+            &url,
+        ],
+    )
+    .output()
+    .expect("curl");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failed = n;
+    for l in text.lines() {
+        if let Some(name) = l.strip_suffix(" 200") {
+            *per.entry(name.to_string()).or_default() += 1;
+            failed -= 1;
+        }
+    }
+    (per, failed)
+}
+
+/// `wirelab lb stats --json` of the balancer in `ns`.
+fn lb_stats(ns: &str) -> serde_json::Value {
+    let o = common::ok(wirelab().args(["lb", "stats", "--netns", ns, "--json"]));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn health_of(stats: &serde_json::Value, backend: &str) -> String {
+    stats["services"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == backend)
+        .map(|b| b["health"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+/// Lab with the VIP on every backend's `lo` and an HTTP server on each.
+fn http_lab(prefix: &str, dir: &TempDir) -> (Lab, BTreeMap<&'static str, HttpBackend>) {
+    let topo = dir.file("lb-lab.toml", TOPOLOGY);
+    let lab = Lab::up_with(prefix, Some(&topo));
+    let mut servers = BTreeMap::new();
+    for (b, _) in BACKENDS {
+        common::ok(common::in_ns(
+            &lab.ns(b),
+            &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
+        ));
+        servers.insert(b, HttpBackend::start(&lab.ns(b), b));
+    }
+    (lab, servers)
+}
+
+const HEALTH: &str = r#"health = { kind = "http", path = "/health", interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }"#;
+
+#[test]
+fn health_checks_take_a_killed_backend_out_and_bring_it_back() {
+    let dir = TempDir::new("lbh");
+    let (lab, mut servers) = http_lab("lbh", &dir);
+    let config = dir.file(
+        "lb.toml",
+        &CONFIG.replace("seed = 1", &format!("seed = 1\n{HEALTH}")),
+    );
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    let rec = dir.join("rec");
+    let mut c = wirelab();
+    c.args(["lb", "--netns", &lb_ns, "--iface", "eth0", "--config"])
+        .arg(&config)
+        .args([
+            "--json",
+            "--interval",
+            "200ms",
+            "--metrics",
+            "127.0.0.1:0",
+            "--record",
+        ])
+        .arg(&rec);
+    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    let metrics = common::tcp_listen_addr(bg.pid());
+    let up_metric = |b: &str| {
+        let rows = common::parse_openmetrics(&common::scrape(&metrics).1);
+        common::sample(
+            &rows,
+            "wirelab_lb_backend_up",
+            &[("service", "web"), ("backend", b)],
+        )
+    };
+
+    let (per, failed) = curl_many(&client_ns, 150);
+    assert_eq!((failed, per.len()), (0, 3), "all three serve: {per:?}");
+
+    // Kill b2's server: connections to it are refused from now on.
+    drop(servers.remove("b2"));
+    let t0 = std::time::Instant::now();
+    let out = eventually(Duration::from_secs(5), || {
+        health_of(&lb_stats(&lb_ns), "b2") == "down"
+    });
+    let fall_s = t0.elapsed().as_secs_f64();
+    eprintln!("b2 out after {fall_s:.3}s (fall 3 x 200ms, timeout 100ms)");
+    assert!(out, "b2 never marked down");
+    // fall × interval, plus a probe's timeout, plus slack for the polling and a busy host.
+    assert!(fall_s <= 3.0 * 0.2 + 0.1 + 0.5, "{fall_s:.3}s");
+    let before = lb_stats(&lb_ns);
+    let (per, failed) = curl_many(&client_ns, 300);
+    eprintln!("with b2 down: {per:?}, failed {failed}");
+    assert_eq!(
+        failed, 0,
+        "no new connection goes to the dead backend: {per:?}"
+    );
+    assert!(!per.contains_key("b2"));
+    let after = lb_stats(&lb_ns);
+    let b2_flows = |s: &serde_json::Value| {
+        s["services"][0]["backends"][1]["new_flows"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        b2_flows(&after),
+        b2_flows(&before),
+        "no new flow sent to b2"
+    );
+    assert_eq!(after["services"][0]["backends"][1]["slots"], 0);
+    // --metrics says so too (updated each 200 ms interval).
+    assert!(eventually(Duration::from_secs(2), || up_metric("b2") == 0.0));
+    assert_eq!(up_metric("b1"), 1.0);
+    let rows = common::parse_openmetrics(&common::scrape(&metrics).1);
+    assert!(
+        common::sample(
+            &rows,
+            "wirelab_lb_new_flows_total",
+            &[("service", "web"), ("backend", "")]
+        ) >= 450.0
+    );
+    assert_eq!(
+        common::sample(&rows, "wirelab_lb_health_changes_total", &[]),
+        1.0
+    );
+
+    // Back: `rise` good probes bring it in again.
+    servers.insert("b2", HttpBackend::start(&lab.ns("b2"), "b2"));
+    let t1 = std::time::Instant::now();
+    let back = eventually(Duration::from_secs(5), || {
+        health_of(&lb_stats(&lb_ns), "b2") == "up"
+    });
+    let rise_s = t1.elapsed().as_secs_f64();
+    eprintln!("b2 back after {rise_s:.3}s (rise 2 x 200ms)");
+    assert!(back && rise_s <= 2.0 * 0.2 + 0.1 + 0.5, "{rise_s:.3}s");
+    let (per, failed) = curl_many(&client_ns, 300);
+    eprintln!("with b2 back: {per:?}, failed {failed}");
+    assert_eq!(failed, 0);
+    assert!(per.get("b2").copied().unwrap_or(0) > 50, "{per:?}");
+
+    let text = bg.terminate().text();
+    let transitions: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "health")
+        .collect();
+    assert_eq!(transitions.len(), 2, "{text}");
+    assert_eq!(
+        (&transitions[0]["backend"], &transitions[0]["state"]),
+        (&"b2".into(), &"down".into())
+    );
+    assert!(
+        transitions[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{}",
+        transitions[0]
+    );
+    assert_eq!(
+        (
+            transitions[0]["up"].as_u64(),
+            transitions[0]["probes"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
+    assert_eq!(transitions[1]["state"], "up");
+    let fin: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "final")
+        .unwrap();
+    assert_eq!(fin["health_changes"], 2);
+    let changes = std::fs::read_to_string(rec.join("lb.changes.jsonl")).unwrap();
+    assert_eq!(
+        changes.lines().filter(|l| l.contains("\"health\"")).count(),
+        2,
+        "{changes}"
+    );
+}
+
+/// A long-lived connection: send a PING line, read the backend's name.
+fn ping(s: &mut TcpStream) -> std::io::Result<String> {
+    s.write_all(b"PING\n")?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+#[test]
+fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their_connections() {
+    let dir = TempDir::new("lbr");
+    let (lab, servers) = http_lab("lbr", &dir);
+    let config = dir.file("lb.toml", CONFIG);
+    let drain = dir.file(
+        "drain.toml",
+        &CONFIG.replace("name = \"b3\"", "name = \"b3\"\nweight = 0"),
+    );
+    let removed = dir.file(
+        "removed.toml",
+        &CONFIG.replace(
+            "[[service.backend]]\nname = \"b3\"\naddr = \"198.18.0.23\"",
+            "",
+        ),
+    );
+    let bad = dir.file(
+        "bad.toml",
+        &CONFIG.replace("name = \"b3\"", "name = \"b3\"\nweight = -2"),
+    );
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    let mut c = wirelab();
+    c.args(["lb", "--netns", &lb_ns, "--iface", "eth0", "--config"])
+        .arg(&config)
+        .args(["--json", "--interval", "1s"]);
+    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+
+    // 30 long-lived connections, each on its backend.
+    let to: SocketAddr = format!("{VIP}:{PORT}").parse().unwrap();
+    let mut long: Vec<(TcpStream, String)> = wirelab::netns::run_in(Some(&client_ns), || {
+        let mut v = Vec::new();
+        for _ in 0..30 {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let b = ping(&mut s)?;
+            v.push((s, b));
+        }
+        Ok(v)
+    })
+    .unwrap();
+    let on_b3 = long.iter().filter(|(_, b)| b == "b3").count();
+    assert!(on_b3 > 0, "some long-lived connections on b3");
+
+    // Traffic through every reload: curl, bounded in count and time.
+    let cns = client_ns.clone();
+    let traffic = std::thread::spawn(move || curl_many(&cns, 1500));
+    let reload = |f: &std::path::Path, extra: &[&str]| {
+        let mut c = wirelab();
+        c.args(["lb", "reload", "--netns", &lb_ns, "--json", "--config"])
+            .arg(f)
+            .args(extra);
+        let o = common::ok(c);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let dry = reload(&drain, &["--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    let moved = dry["services"][0]["slots_moved_pct"].as_f64().unwrap();
+    assert!(
+        (30.0..37.0).contains(&moved),
+        "draining 1 of 3 moves ~1/3 of the slots: {moved}"
+    );
+    assert!(dry["tracked_flows"].as_u64().unwrap() >= 30, "{dry}");
+    assert_eq!(dry["tracked_flows_moved"], 0);
+    let r = reload(&drain, &[]);
+    assert_eq!(r["services"][0]["reweighted"], serde_json::json!(["b3"]));
+    // A bad file is refused, naming the field; nothing changes.
+    let e = common::fails(
+        wirelab()
+            .args(["lb", "reload", "--netns", &lb_ns, "--config"])
+            .arg(&bad),
+    );
+    assert!(e.contains("service[0].backend[2].weight"), "{e}");
+    std::thread::sleep(Duration::from_millis(500));
+    // New flows avoid the drained backend; `which` says so, and finds the tracked flows.
+    for port in 41000..41050u16 {
+        let o = common::ok(wirelab().args([
+            "lb",
+            "which",
+            "--netns",
+            &lb_ns,
+            "--json",
+            "--from",
+            &format!("198.18.0.1:{port}"),
+            "--to",
+            &format!("{VIP}:80"),
+        ]));
+        let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_ne!(w["new_flow"]["name"], "b3", "{w}");
+    }
+    for (s, b) in &long {
+        let from = s.local_addr().unwrap().to_string();
+        let o = common::ok(wirelab().args([
+            "lb",
+            "which",
+            "--netns",
+            &lb_ns,
+            "--json",
+            "--from",
+            &from,
+            "--to",
+            &format!("{VIP}:80"),
+        ]));
+        let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(w["tracked"]["backend"], b.as_str(), "{w}");
+        assert_eq!(w["tracked"]["stays"], true, "{w}");
+    }
+    let r = reload(&removed, &[]);
+    assert_eq!(r["services"][0]["removed"], serde_json::json!(["b3"]));
+    std::thread::sleep(Duration::from_millis(500));
+    // Drained, then removed: every long-lived connection still talks to its backend.
+    for (s, b) in long.iter_mut() {
+        assert_eq!(&ping(s).unwrap(), b, "long-lived connection kept");
+    }
+    let r = reload(&config, &[]);
+    assert_eq!(r["services"][0]["added"], serde_json::json!(["b3"]));
+    let (per, failed) = traffic.join().unwrap();
+    eprintln!("through 3 reloads: {per:?}, failed {failed}");
+    assert_eq!(failed, 0, "reload under traffic loses nothing: {per:?}");
+    for (s, b) in long.iter_mut() {
+        assert_eq!(&ping(s).unwrap(), b, "long-lived connection kept");
+    }
+    let st = lb_stats(&lb_ns);
+    assert_eq!(st["reloads"], 3);
+    assert_eq!(st["events"]["drop_no_backend"], 0);
+    assert_eq!(st["events"]["drop_error"], 0);
+    drop(long);
+    let served: u64 = servers
+        .values()
+        .map(|s| s.served.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(served, 1500, "the servers saw exactly the curl GETs");
+    let text = bg.terminate().text();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("\"type\":\"reload\""))
+            .count(),
+        3,
+        "{text}"
+    );
+    drop(servers);
+}
+
+const NAT_TOPOLOGY: &str = include_str!("../../docs/examples/lb-nat-lab.toml");
+const NAT_CONFIG: &str = include_str!("../../docs/examples/lb-nat.toml");
+
+#[test]
+fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip() {
+    let dir = TempDir::new("lbn");
+    let topo = dir.file("lb-nat-lab.toml", NAT_TOPOLOGY);
+    let config = dir.file("lb-nat.toml", NAT_CONFIG);
+    let lab = Lab::up_with("lbn", Some(&topo));
+    // No VIP on the backends: they see the VIP's traffic addressed to themselves.
+    let servers: BTreeMap<&str, HttpBackend> = BACKENDS
+        .iter()
+        .map(|(b, _)| (*b, HttpBackend::start(&lab.ns(b), b)))
+        .collect();
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    let (per, failed) = curl_many(&client_ns, 1);
+    assert_eq!((per.len(), failed), (0, 1), "no balancer, no answer");
+
+    // Without forwarding NAT is refused before anything is attached, naming the field.
+    common::ok(common::in_ns(
+        &lb_ns,
+        &["sysctl", "-qw", "net.ipv4.ip_forward=0"],
+    ));
+    let e = common::fails(
+        wirelab()
+            .args([
+                "lb",
+                "--netns",
+                &lb_ns,
+                "--iface",
+                "eth0",
+                "--nat-iface",
+                "eth1",
+                "--config",
+            ])
+            .arg(&config),
+    );
+    assert!(
+        e.contains("service[0].mode") && e.contains("ip_forward"),
+        "{e}"
+    );
+    assert_eq!(tcx_ingress_count(&lb_ns, "eth0"), 0);
+    common::ok(common::in_ns(
+        &lb_ns,
+        &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+    ));
+
+    let mut c = wirelab();
+    c.args([
+        "lb",
+        "--netns",
+        &lb_ns,
+        "--iface",
+        "eth0",
+        "--nat-iface",
+        "eth1",
+        "--config",
+    ])
+    .arg(&config)
+    .args(["--json", "--interval", "1s"]);
+    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    assert_eq!(tcx_ingress_count(&lb_ns, "eth1"), 1);
+
+    let (per1, failed1) = curl_many_from(&client_ns, 600, "198.18.0.1");
+    let (per2, failed2) = curl_many_from(&client_ns, 600, "198.18.0.2");
+    eprintln!("nat: from .1 {per1:?} failed {failed1}; from .2 {per2:?} failed {failed2}");
+    assert_eq!(
+        (failed1, failed2),
+        (0, 0),
+        "every GET answered (from the VIP: curl checks)"
+    );
+    let st = lb_stats(&lb_ns);
+    let text = bg.terminate().text();
+    for (b, s) in &servers {
+        let peers = s.peers.lock().unwrap().clone();
+        let from: std::collections::BTreeSet<String> =
+            peers.iter().map(|a| a.to_string()).collect();
+        eprintln!("{b} access log: {} GETs from {from:?}", peers.len());
+        assert_eq!(
+            from,
+            ["198.18.0.1", "198.18.0.2"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            "{b} logs the real client addresses (not the balancer's)"
+        );
+        let n = per1.get(*b).copied().unwrap_or(0) + per2.get(*b).copied().unwrap_or(0);
+        assert_eq!(peers.len(), n, "{b}: every answer logged once");
+        let pct = 100.0 * n as f64 / 1200.0;
+        assert!((100.0 / 3.0 - pct).abs() <= 6.0, "{b}: {n} of 1200");
+    }
+    let ev = &st["events"];
+    assert!(ev["nat_replies"].as_u64().unwrap() >= 2 * 1200, "{ev}");
+    assert_eq!(
+        (ev["drop_error"].as_u64(), ev["drop_no_backend"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(text.contains("\"type\":\"final\""), "{text}");
+    assert!(
+        !text.contains("\"type\":\"health\""),
+        "every backend stays up under health checks: {text}"
+    );
+}
+
+#[test]
+fn nat_over_ipv6() {
+    let dir = TempDir::new("lb6");
+    let topo = dir.file("lb-nat-lab.toml", NAT_TOPOLOGY);
+    let config = dir.file(
+        "lb6.toml",
+        r#"
+[[service]]
+name = "web6"
+vip = "2001:2:1::100"
+port = 80
+proto = "tcp"
+mode = "nat"
+health = { kind = "tcp", interval = "200ms" }
+[[service.backend]]
+name = "b1"
+addr = "2001:2:2::21"
+[[service.backend]]
+name = "b2"
+addr = "2001:2:2::22"
+[[service.backend]]
+name = "b3"
+addr = "2001:2:2::23"
+"#,
+    );
+    let lab = Lab::up_with("lb6", Some(&topo));
+    // IPv6 on the NAT lab (no DAD: addresses usable at once): 2001:2::/64 on the client
+    // segment, 2001:2:2::/64 behind the balancer, the VIP 2001:2:1::100 routed to it.
+    let ip = |host: &str, args: &[&str]| {
+        let mut a = vec!["ip"];
+        a.extend_from_slice(args);
+        common::ok(common::in_ns(&lab.ns(host), &a));
+    };
+    ip(
+        "client",
+        &["addr", "add", "2001:2::1/64", "dev", "eth0", "nodad"],
+    );
+    ip(
+        "client",
+        &[
+            "-6",
+            "route",
+            "add",
+            "2001:2:1::100/128",
+            "via",
+            "2001:2::10",
+        ],
+    );
+    ip(
+        "lb",
+        &["addr", "add", "2001:2::10/64", "dev", "eth0", "nodad"],
+    );
+    ip(
+        "lb",
+        &["addr", "add", "2001:2:2::1/64", "dev", "eth1", "nodad"],
+    );
+    common::ok(common::in_ns(
+        &lab.ns("lb"),
+        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    ));
+    let mut servers = BTreeMap::new();
+    for (i, (b, _)) in BACKENDS.iter().enumerate() {
+        ip(
+            b,
+            &[
+                "addr",
+                "add",
+                &format!("2001:2:2::2{}/64", i + 1),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        ip(b, &["-6", "route", "add", "default", "via", "2001:2:2::1"]);
+        servers.insert(*b, HttpBackend::start(&lab.ns(b), b));
+    }
+    let lb_ns = lab.ns("lb");
+    let mut c = wirelab();
+    c.args([
+        "lb",
+        "--netns",
+        &lb_ns,
+        "--iface",
+        "eth0",
+        "--nat-iface",
+        "eth1",
+        "--config",
+    ])
+    .arg(&config)
+    .args(["--json", "--interval", "1s"]);
+    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    let (per, failed) = curl_many_to(&lab.ns("client"), 300, "2001:2::1", "2001:2:1::100");
+    eprintln!("nat over IPv6: {per:?}, failed {failed}");
+    assert_eq!((failed, per.len()), (0, 3), "{per:?}");
+    let st = lb_stats(&lb_ns);
+    bg.terminate();
+    for (b, s) in &servers {
+        let peers: std::collections::BTreeSet<String> = s
+            .peers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            peers,
+            ["2001:2::1".to_string()].into(),
+            "{b} sees the IPv6 client"
+        );
+    }
+    assert!(st["events"]["nat_replies"].as_u64().unwrap() >= 600, "{st}");
+    for b in st["services"][0]["backends"].as_array().unwrap() {
+        assert_eq!(b["health"], "up", "probes over IPv6 pass: {b}");
+    }
 }

@@ -1,5 +1,5 @@
-//! `wirelab lb`: the L4 load balancer, and `lb check`.
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+//! `wirelab lb`: the L4 load balancer, and `lb check`, `lb reload`, `lb stats`, `lb which`.
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
@@ -11,9 +11,14 @@ use super::{emit, parse_duration, JsonArg, NetnsArg, Observe};
 pub struct LbArgs {
     #[command(subcommand)]
     sub: Option<LbCmd>,
-    /// Interface the VIP traffic arrives on (tc ingress); DSR frames leave through it too.
+    /// Interface the VIP traffic arrives on (tc ingress); DSR frames leave through it too
+    /// (NAT: translated packets are routed by the kernel).
     #[arg(long)]
     iface: Option<String>,
+    /// Also watch this interface (repeatable): NAT replies from backends on another segment
+    /// arrive there and get the VIP back as their source.
+    #[arg(long, value_name = "IF")]
+    nat_iface: Vec<String>,
     #[command(flatten)]
     netns: NetnsArg,
     /// Services and backends (TOML, docs/lb.md), validated in full before anything is
@@ -25,8 +30,9 @@ pub struct LbArgs {
     /// Stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Recorded: the services, per-interval counters per service and backend, final totals.
-    /// (--metrics is not implemented for lb yet.)
+    /// Recorded: the services, per-interval counters per service and backend, health
+    /// transitions and reloads, final totals. Metrics: per-service and per-backend counters,
+    /// backend health, events, reloads (docs/metrics.md).
     #[command(flatten)]
     observe: Observe,
 }
@@ -45,6 +51,77 @@ enum LbCmd {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Validate a config and swap it into the running balancer atomically (tracked flows
+    /// stay on their backends unless the backend is removed).
+    #[command(
+        after_help = "Examples:\n  wirelab lb reload --netns lbt-lb --config lb-v2.toml\n  wirelab lb reload --netns lbt-lb --config lb-v2.toml --dry-run --json\n\nA file that fails validation (here or in the balancer, e.g. a backend that does not answer ARP) changes nothing."
+    )]
+    Reload {
+        #[command(flatten)]
+        netns: NetnsArg,
+        /// The balancer's interface (needed only when several run in the namespace).
+        #[arg(long)]
+        iface: Option<String>,
+        /// The new config (TOML), validated in full before anything changes.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only say what would change: per service the backends added/removed/reweighted
+        /// and the share of Maglev slots moved, and the tracked flows that would move.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Per-service and per-backend counters (packets, bytes, new flows, drops), health, and
+    /// the frames passed or dropped by reason.
+    #[command(
+        after_help = "Examples:\n  wirelab lb stats --netns lbt-lb\n  wirelab lb stats --netns lbt-lb --json"
+    )]
+    Stats {
+        #[command(flatten)]
+        netns: NetnsArg,
+        /// The balancer's interface (needed only when several run in the namespace).
+        #[arg(long)]
+        iface: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Which backend a new flow FROM -> TO would get now, and whether a tracked flow of that
+    /// 5-tuple exists (and where it goes).
+    #[command(
+        after_help = "Examples:\n  wirelab lb which --netns lbt-lb --from 198.18.0.1:40000 --to 198.18.1.100:80\n  wirelab lb which --netns lbt-lb --from [2001:2::1]:40000 --to [2001:2::100]:80 --proto tcp --json"
+    )]
+    Which {
+        #[command(flatten)]
+        netns: NetnsArg,
+        /// The balancer's interface (needed only when several run in the namespace).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Client address and port.
+        #[arg(long, value_name = "IP:PORT")]
+        from: SocketAddr,
+        /// Service VIP and port.
+        #[arg(long, value_name = "VIP:PORT")]
+        to: SocketAddr,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: ProtoArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProtoArg {
+    Tcp,
+    Udp,
+}
+
+fn print(json: bool, v: &impl serde::Serialize, text: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        emit(&serde_json::to_string(v)?)
+    } else {
+        emit(text().trim_end())
+    }
 }
 
 pub fn run(a: LbArgs) -> Result<ExitCode> {
@@ -61,27 +138,116 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Some(LbCmd::Reload {
+            netns,
+            iface,
+            config,
+            dry_run,
+            json,
+        }) => {
+            // Read the file before entering the namespace (paths are the caller's).
+            let config = std::fs::canonicalize(&config)
+                .with_context(|| format!("config file {}", config.display()))?;
+            netns.enter()?;
+            let r = lb::reload(iface.as_deref(), &config, dry_run)?;
+            print(json.json, &r, || {
+                let mut t = format!(
+                    "{}generation {} ({:.1} ms); tracked flows {}, of which {} move",
+                    if r.dry_run {
+                        "dry run, nothing changed: "
+                    } else {
+                        "reloaded: "
+                    },
+                    r.generation,
+                    r.install_ms,
+                    r.tracked_flows,
+                    r.tracked_flows_moved
+                );
+                for c in &r.services {
+                    t += &format!(
+                        "\n  {} {}: {}; added {:?}, removed {:?}, reweighted {:?}; {:.2}% of slots move",
+                        c.name, c.service, c.change, c.added, c.removed, c.reweighted, c.slots_moved_pct
+                    );
+                }
+                t
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(LbCmd::Stats { netns, iface, json }) => {
+            netns.enter()?;
+            let v = lb::stats(iface.as_deref())?;
+            print(json.json, &v, || {
+                let mut buf = Vec::new();
+                let title = format!(
+                    "{}: generation {}, {} reloads, {} health changes, up {:.1}s",
+                    v.iface, v.generation, v.reloads, v.health_changes, v.uptime_s
+                );
+                let _ = lb::print_stats(&mut buf, &title, &v.stats);
+                String::from_utf8_lossy(&buf).into_owned()
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(LbCmd::Which {
+            netns,
+            iface,
+            from,
+            to,
+            proto,
+            json,
+        }) => {
+            netns.enter()?;
+            let proto = match proto {
+                ProtoArg::Tcp => lb::config::Proto::Tcp,
+                ProtoArg::Udp => lb::config::Proto::Udp,
+            };
+            let w = lb::which(iface.as_deref(), from, to, proto)?;
+            print(json.json, &w, || {
+                let new = match &w.new_flow {
+                    Some(b) => format!("{} ({}, {})", b.name, b.addr, b.health),
+                    None => "none (no backend up with weight > 0: dropped)".into(),
+                };
+                let tracked = match &w.tracked {
+                    Some(t) => format!(
+                        "tracked flow to {} (age {:.1}s, TCP flags {:#04x}){}",
+                        t.backend,
+                        t.age_s,
+                        t.tcp_flags,
+                        if t.stays {
+                            ""
+                        } else {
+                            ": its backend is down or gone, the next packet hashes afresh"
+                        }
+                    ),
+                    None => "no tracked flow".into(),
+                };
+                format!(
+                    "{from} -> {} ({}): slot {} of {}; a new flow goes to {new}; {tracked}",
+                    w.label, w.service, w.slot, w.table_size
+                )
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         None => {
             let (Some(iface), Some(config)) = (a.iface, a.config) else {
-                bail!("wirelab lb needs --iface IF and --config FILE (or a subcommand: check)");
+                bail!("wirelab lb needs --iface IF and --config FILE (or a subcommand: check, reload, stats, which)");
             };
-            if a.observe.metrics.is_some() {
-                bail!("--metrics is not implemented for lb yet (use --json or --record)");
-            }
             let config = std::fs::canonicalize(&config)
                 .with_context(|| format!("config file {}", config.display()))?;
             // Validate fully before touching anything.
             lb::Config::load(&config)?;
+            let metrics = a.observe.endpoint()?;
             let stop = a.netns.enter_until_stopped()?;
             lb::run(
                 &lb::Options {
                     iface,
+                    nat_ifaces: a.nat_iface,
                     path: lb::Path::Tc,
                     config,
                     interval: a.observe.interval,
                     duration: a.duration,
                     json: a.json.json,
                     record: a.observe.record,
+                    metrics,
                 },
                 &stop,
             )?;

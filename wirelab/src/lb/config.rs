@@ -7,17 +7,23 @@
 //! vip = "198.18.1.100"      # IPv4 or IPv6
 //! port = 80
 //! proto = "tcp"             # tcp | udp
-//! mode = "dsr"              # dsr (nat: not implemented yet)
+//! mode = "dsr"              # dsr | nat
 //! table_size = 65537        # Maglev table size M: a prime, N..=65537 (default 65537)
 //! seed = 0                  # hash seed: same config + seed = same backend choice
 //!
 //! [[service.backend]]
 //! name = "web1"             # unique within the service; seeds its Maglev permutation
 //! addr = "198.18.0.21"      # same family as the VIP
-//! mac = "02:00:00:00:00:21" # optional: resolved from the neighbour table when missing
+//! mac = "02:00:00:00:00:21" # dsr, optional: resolved from the neighbour table when missing
 //! weight = 1                # 0 drains: no new flows, tracked flows stay (default 1)
 //! ```
-use std::{collections::HashSet, net::IpAddr, path::Path};
+//!
+//! A service may have health checks (probes from the balancer's namespace):
+//!
+//! ```toml
+//! health = { kind = "http", path = "/", expect_status = 200, interval = "1s", rise = 2, fall = 3, timeout = "500ms" }
+//! ```
+use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
@@ -40,6 +46,7 @@ fn ferr(field: impl Into<String>, reason: impl Into<String>) -> anyhow::Error {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    new_flow_limit: Option<i64>,
     #[serde(default)]
     service: Vec<RawService>,
 }
@@ -58,6 +65,169 @@ struct RawService {
     seed: u64,
     #[serde(default)]
     backend: Vec<RawBackend>,
+    health: Option<RawHealth>,
+    udp_idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: String,
+    path: Option<String>,
+    expect_status: Option<i64>,
+    interval: Option<String>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+    timeout: Option<String>,
+    port: Option<i64>,
+}
+
+/// What a health probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    /// A TCP connect within the timeout.
+    Tcp,
+    /// `GET path HTTP/1.0` answered with `expect_status` within the timeout.
+    Http { path: String, expect_status: u16 },
+}
+
+/// A service's health checks: every backend probed each `interval` from the balancer's
+/// namespace; `fall` failures in a row take it out of the table, `rise` successes bring it
+/// back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConf {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Port probed (default: the service's port).
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Display for HealthConf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            HealthKind::Tcp => write!(f, "tcp connect")?,
+            HealthKind::Http {
+                path,
+                expect_status,
+            } => write!(f, "http GET {path} expecting {expect_status}")?,
+        }
+        write!(
+            f,
+            " every {:?} (timeout {:?}), rise {}, fall {}",
+            self.interval, self.timeout, self.rise, self.fall
+        )?;
+        if let Some(p) = self.port {
+            write!(f, ", port {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Idle timeout of tracked UDP flows when the config does not set one.
+pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(30);
+
+/// Health check bounds.
+pub const HEALTH_MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub const HEALTH_MAX_INTERVAL: Duration = Duration::from_secs(3600);
+pub const HEALTH_MAX_COUNT: i64 = 100;
+
+fn parse_health(h: RawHealth, f: &dyn Fn(&str) -> String) -> Result<HealthConf> {
+    let dur = |k: &str, v: Option<String>, default: Duration| -> Result<Duration> {
+        match v {
+            None => Ok(default),
+            Some(t) => crate::util::parse_duration(&t).map_err(|e| ferr(f(k), e)),
+        }
+    };
+    let interval = dur("health.interval", h.interval, Duration::from_secs(1))?;
+    if !(HEALTH_MIN_INTERVAL..=HEALTH_MAX_INTERVAL).contains(&interval) {
+        return Err(ferr(
+            f("health.interval"),
+            format!("{interval:?}: must be 100ms..=1h"),
+        ));
+    }
+    let timeout = dur(
+        "health.timeout",
+        h.timeout,
+        interval.min(Duration::from_secs(1)),
+    )?;
+    if timeout < Duration::from_millis(10) || timeout > interval {
+        return Err(ferr(
+            f("health.timeout"),
+            format!("{timeout:?}: must be at least 10ms and at most the interval ({interval:?})"),
+        ));
+    }
+    let count = |k: &str, v: Option<i64>, default: u32| -> Result<u32> {
+        match v {
+            None => Ok(default),
+            Some(n) if (1..=HEALTH_MAX_COUNT).contains(&n) => Ok(n as u32),
+            Some(n) => Err(ferr(f(k), format!("{n}: must be 1..={HEALTH_MAX_COUNT}"))),
+        }
+    };
+    let rise = count("health.rise", h.rise, 2)?;
+    let fall = count("health.fall", h.fall, 3)?;
+    let port = h
+        .port
+        .map(|p| {
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ferr(f("health.port"), format!("{p} is not a port (1-65535)")))
+        })
+        .transpose()?;
+    let kind = match h.kind.as_str() {
+        "tcp" => {
+            if h.path.is_some() {
+                return Err(ferr(f("health.path"), "only for kind = \"http\""));
+            }
+            if h.expect_status.is_some() {
+                return Err(ferr(f("health.expect_status"), "only for kind = \"http\""));
+            }
+            HealthKind::Tcp
+        }
+        "http" => {
+            let path = h.path.unwrap_or_else(|| "/".into());
+            if !path.starts_with('/')
+                || path.len() > 1024
+                || path.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ferr(
+                    f("health.path"),
+                    format!("{path:?}: must start with / and hold no spaces or control characters (at most 1024 bytes)"),
+                ));
+            }
+            let expect_status = match h.expect_status {
+                None => 200,
+                Some(c) if (100..=599).contains(&c) => c as u16,
+                Some(c) => {
+                    return Err(ferr(
+                        f("health.expect_status"),
+                        format!("{c}: an HTTP status is 100..=599"),
+                    ))
+                }
+            };
+            HealthKind::Http {
+                path,
+                expect_status,
+            }
+        }
+        o => {
+            return Err(ferr(
+                f("health.kind"),
+                format!("{o:?}: expected \"tcp\" or \"http\""),
+            ))
+        }
+    };
+    Ok(HealthConf {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+        port,
+    })
 }
 
 fn default_mode() -> String {
@@ -74,7 +244,7 @@ struct RawBackend {
 }
 
 /// Transport protocol of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -104,12 +274,14 @@ impl std::fmt::Display for Proto {
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Dsr,
+    Nat,
 }
 
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Mode::Dsr => "dsr",
+            Mode::Nat => "nat",
         })
     }
 }
@@ -133,6 +305,10 @@ pub struct ServiceConf {
     pub table_size: u32,
     pub seed: u64,
     pub backends: Vec<BackendConf>,
+    /// `None`: no health checks (every backend counts as up).
+    pub health: Option<HealthConf>,
+    /// UDP services: tracked flows idle this long are forgotten (default 30 s).
+    pub udp_idle_timeout: Option<Duration>,
 }
 
 impl ServiceConf {
@@ -146,10 +322,15 @@ impl ServiceConf {
 
     /// The Maglev table of this service (slot → index into `backends`).
     pub fn table(&self) -> Result<Vec<Option<u32>>> {
+        self.table_without(&|_| false)
+    }
+
+    /// The Maglev table with the backends `down` says are down left out (as if weight 0).
+    pub fn table_without(&self, down: &dyn Fn(&str) -> bool) -> Result<Vec<Option<u32>>> {
         let bs: Vec<(&str, u32)> = self
             .backends
             .iter()
-            .map(|b| (b.name.as_str(), b.weight))
+            .map(|b| (b.name.as_str(), if down(&b.name) { 0 } else { b.weight }))
             .collect();
         maglev::build(self.table_size, self.seed, &bs)
     }
@@ -158,6 +339,8 @@ impl ServiceConf {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub services: Vec<ServiceConf>,
+    /// New flows entered into the tracking table per second and CPU; `None`: no limit.
+    pub new_flow_limit: Option<u32>,
 }
 
 /// `aa:bb:cc:dd:ee:ff` (or with `-`), a unicast, non-zero address.
@@ -200,7 +383,7 @@ impl Config {
 
     /// Parse and validate the whole file.
     pub fn parse(text: &str) -> Result<Self> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut raw: RawFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         if raw.service.is_empty() {
             return Err(ferr("service", "the config needs at least one [[service]]"));
         }
@@ -217,7 +400,7 @@ impl Config {
         let mut vips = HashSet::new();
         let mut names = HashSet::new();
         let mut total_backends = 0usize;
-        for (i, s) in raw.service.into_iter().enumerate() {
+        for (i, s) in std::mem::take(&mut raw.service).into_iter().enumerate() {
             let f = |k: &str| format!("service[{i}].{k}");
             let name = s.name.unwrap_or_else(|| format!("service{i}"));
             if name.is_empty() || !names.insert(name.clone()) {
@@ -244,15 +427,16 @@ impl Config {
                     ))
                 }
             };
-            let mode =
-                match s.mode.as_str() {
-                    "dsr" => Mode::Dsr,
-                    "nat" => return Err(ferr(
+            let mode = match s.mode.as_str() {
+                "dsr" => Mode::Dsr,
+                "nat" => Mode::Nat,
+                o => {
+                    return Err(ferr(
                         f("mode"),
-                        "\"nat\" is not implemented yet; only \"dsr\" (direct server return) is",
-                    )),
-                    o => return Err(ferr(f("mode"), format!("{o:?}: expected \"dsr\""))),
-                };
+                        format!("{o:?}: expected \"dsr\" or \"nat\" (there is no tunnel mode: this kernel has no IPIP/GRE/FOU)"),
+                    ))
+                }
+            };
             if !vips.insert((vip, port, proto)) {
                 return Err(ferr(
                     f("vip"),
@@ -309,7 +493,7 @@ impl Config {
                     .map(parse_mac)
                     .transpose()
                     .map_err(|e| ferr(g("mac"), e))?;
-                if mac.is_none() && addr.is_ipv6() {
+                if mac.is_none() && addr.is_ipv6() && mode == Mode::Dsr {
                     return Err(ferr(
                         g("mac"),
                         "required for IPv6 backends (only IPv4 neighbours are resolved)",
@@ -338,6 +522,28 @@ impl Config {
                     format!("more than {MAX_BACKENDS} backends over all services"),
                 ));
             }
+            let health = s.health.map(|h| parse_health(h, &f)).transpose()?;
+            let udp_idle_timeout = match (proto, s.udp_idle_timeout) {
+                (Proto::Tcp, Some(_)) => {
+                    return Err(ferr(
+                        f("udp_idle_timeout"),
+                        "only for proto = \"udp\" (TCP flows end with FIN/RST and age out of the LRU table)",
+                    ))
+                }
+                (Proto::Tcp, None) => None,
+                (Proto::Udp, None) => Some(DEFAULT_UDP_IDLE),
+                (Proto::Udp, Some(t)) => {
+                    let d = crate::util::parse_duration(&t)
+                        .map_err(|e| ferr(f("udp_idle_timeout"), e))?;
+                    if !(Duration::from_millis(10)..=Duration::from_secs(86_400)).contains(&d) {
+                        return Err(ferr(
+                            f("udp_idle_timeout"),
+                            format!("{d:?}: must be 10ms..=24h"),
+                        ));
+                    }
+                    Some(d)
+                }
+            };
             services.push(ServiceConf {
                 name,
                 vip,
@@ -347,9 +553,28 @@ impl Config {
                 table_size,
                 seed: s.seed,
                 backends,
+                health,
+                udp_idle_timeout,
             });
         }
-        Ok(Config { services })
+        let new_flow_limit = raw
+            .new_flow_limit
+            .map(|n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=100_000_000).contains(n))
+                    .ok_or_else(|| {
+                        ferr(
+                            "new_flow_limit",
+                            format!("{n}: must be 1..=100000000 (flows per second and CPU)"),
+                        )
+                    })
+            })
+            .transpose()?;
+        Ok(Config {
+            services,
+            new_flow_limit,
+        })
     }
 }
 
@@ -479,12 +704,110 @@ weight = 0
     }
 
     #[test]
-    fn nat_is_refused_as_not_implemented_yet() {
-        let e = err(&GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1));
+    fn nat_mode_and_unknown_modes() {
+        let c = Config::parse(&GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1)).unwrap();
+        assert_eq!(c.services[0].mode, Mode::Nat);
+        let e = err(&GOOD.replacen("seed = 9", "seed = 9\nmode = \"tunnel\"", 1));
         assert!(
-            e.contains("service[0].mode:") && e.contains("not implemented yet"),
+            e.contains("service[0].mode:") && e.contains("no tunnel mode"),
             "{e}"
         );
+        // NAT backends are reached by routing: IPv6 ones need no MAC.
+        let v6 = GOOD
+            .replacen("port = 53", "port = 53\nmode = \"nat\"", 1)
+            .replacen("mac = \"02-00-00-00-00-21\"\n", "", 1);
+        assert!(Config::parse(&v6).is_ok(), "{}", err(&v6));
+    }
+
+    #[test]
+    fn health_checks_parse_with_defaults_and_errors_name_the_field() {
+        let with = |h: &str| GOOD.replacen("seed = 9", &format!("seed = 9\nhealth = {{ {h} }}"), 1);
+        let c = Config::parse(&with("kind = \"tcp\"")).unwrap();
+        let h = c.services[0].health.clone().unwrap();
+        assert_eq!(h.kind, HealthKind::Tcp);
+        assert_eq!((h.rise, h.fall, h.port), (2, 3, None));
+        assert_eq!(
+            (h.interval, h.timeout),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
+        assert!(c.services[1].health.is_none());
+        let c = Config::parse(&with(
+            "kind = \"http\", path = \"/health\", expect_status = 204, interval = \"200ms\", rise = 1, fall = 2, timeout = \"100ms\", port = 8080",
+        ))
+        .unwrap();
+        let h = c.services[0].health.clone().unwrap();
+        assert_eq!(
+            h.kind,
+            HealthKind::Http {
+                path: "/health".into(),
+                expect_status: 204
+            }
+        );
+        assert_eq!((h.rise, h.fall, h.port), (1, 2, Some(8080)));
+        assert_eq!(h.interval, Duration::from_millis(200));
+        assert_eq!(h.timeout, Duration::from_millis(100));
+        let cases = [
+            ("kind = \"icmp\"", "service[0].health.kind"),
+            ("kind = \"tcp\", path = \"/\"", "service[0].health.path"),
+            (
+                "kind = \"tcp\", expect_status = 200",
+                "service[0].health.expect_status",
+            ),
+            (
+                "kind = \"http\", path = \"health\"",
+                "service[0].health.path",
+            ),
+            ("kind = \"http\", path = \"/a b\"", "service[0].health.path"),
+            (
+                "kind = \"http\", expect_status = 99",
+                "service[0].health.expect_status",
+            ),
+            (
+                "kind = \"tcp\", interval = \"10ms\"",
+                "service[0].health.interval",
+            ),
+            (
+                "kind = \"tcp\", interval = \"soon\"",
+                "service[0].health.interval",
+            ),
+            (
+                "kind = \"tcp\", interval = \"1s\", timeout = \"2s\"",
+                "service[0].health.timeout",
+            ),
+            ("kind = \"tcp\", rise = 0", "service[0].health.rise"),
+            ("kind = \"tcp\", fall = 101", "service[0].health.fall"),
+            ("kind = \"tcp\", port = 0", "service[0].health.port"),
+        ];
+        for (h, field) in cases {
+            let e = err(&with(h));
+            assert!(e.contains(&format!("{field}:")), "{h}: {e}");
+        }
+        assert!(err(&with("kind = \"tcp\", bogus = 1")).contains("bogus"));
+    }
+
+    #[test]
+    fn new_flow_limit() {
+        assert_eq!(Config::parse(GOOD).unwrap().new_flow_limit, None);
+        let c = Config::parse(&format!("new_flow_limit = 5000\n{GOOD}")).unwrap();
+        assert_eq!(c.new_flow_limit, Some(5000));
+        let e = err(&format!("new_flow_limit = 0\n{GOOD}"));
+        assert!(e.contains("new_flow_limit:"), "{e}");
+    }
+
+    #[test]
+    fn udp_idle_timeout() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.services[0].udp_idle_timeout, None, "TCP: none");
+        assert_eq!(c.services[1].udp_idle_timeout, Some(DEFAULT_UDP_IDLE));
+        let set = GOOD.replacen("port = 53", "port = 53\nudp_idle_timeout = \"2s\"", 1);
+        assert_eq!(
+            Config::parse(&set).unwrap().services[1].udp_idle_timeout,
+            Some(Duration::from_secs(2))
+        );
+        let e = err(&GOOD.replacen("seed = 9", "seed = 9\nudp_idle_timeout = \"2s\"", 1));
+        assert!(e.contains("service[0].udp_idle_timeout:"), "{e}");
+        let e = err(&GOOD.replacen("port = 53", "port = 53\nudp_idle_timeout = \"1ms\"", 1));
+        assert!(e.contains("service[1].udp_idle_timeout:"), "{e}");
     }
 
     #[test]

@@ -1,37 +1,92 @@
 //! `wirelab lb`: an L4 load balancer (tc ingress) with weighted Maglev hashing, connection
-//! tracking and direct server return. See docs/lb.md.
+//! tracking, direct server return or NAT, health checks, and `lb reload/stats/which` over a
+//! control socket. See docs/lb.md.
 //!
 //! The configuration is validated in full, backend MACs are resolved, every map is filled
 //! and only then is the program attached (TCX ingress, a bpf_link: a killed process leaves
 //! nothing attached). The run is driven by the runtime ([`sampled::drive`]): per-interval
 //! counters as a table or `--json` lines, `--record` series, and a final table.
 pub mod config;
+mod control;
+pub mod health;
 pub mod maglev;
+mod metrics;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     io::Write,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
     programs::TcAttachType,
+    util::nr_cpus as aya_nr_cpus,
     Ebpf,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wirelab_common::{
     lb::{
-        backend_flag, event, flow_hash, mode, Backend, FlowKey, LbConf, LbCounter, ServiceMeta,
-        VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_SERVICES, MAX_TABLE_SIZE, NO_BACKEND, VIP_ADDR_MARK,
+        backend_flag, event, flow_hash, mode, Backend, FlowKey, FlowValue, LbConf, LbCounter,
+        ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE,
+        NO_BACKEND, VIP_ADDR_MARK,
     },
     maps,
 };
 
 pub use config::Config;
 use config::{format_mac, ServiceConf};
+pub use control::{reload, socket_name, stats, which, ReloadReport, ServiceChange, StatsReply};
+pub use health::Health;
+
+fn nr_cpus() -> Result<usize> {
+    aya_nr_cpus().map_err(|(_, e)| anyhow::anyhow!("counting CPUs: {e}"))
+}
+
+/// A [`VipKey`]'s bytes (an ordering key for sets).
+fn vip_bytes(k: &VipKey) -> Vec<u8> {
+    let mut v = k.addr.to_vec();
+    v.extend_from_slice(&k.port.to_be_bytes());
+    v.push(k.proto);
+    v.push(k.family);
+    v
+}
+
+/// `lb which`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Which {
+    pub service: String,
+    /// `VIP:port/proto`.
+    pub label: String,
+    /// The flow's Maglev slot (hash % M).
+    pub slot: u32,
+    pub table_size: u32,
+    /// The backend a new flow (a SYN) would get now; `None`: no backend is up with weight.
+    pub new_flow: Option<WhichBackend>,
+    /// The tracked flow of this 5-tuple, if the conntrack table holds one.
+    pub tracked: Option<TrackedFlow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WhichBackend {
+    pub name: String,
+    pub addr: IpAddr,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrackedFlow {
+    pub backend: String,
+    /// Its next packet stays on that backend (it is up); otherwise it hashes afresh.
+    pub stays: bool,
+    /// TCP flags seen on the flow (FIN 0x01, SYN 0x02, RST 0x04, ...).
+    pub tcp_flags: u32,
+    /// Seconds since the entry was made.
+    pub age_s: f64,
+}
 
 use crate::{
     ebpf,
@@ -86,7 +141,8 @@ fn addr16(a: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-/// A backend as installed: its id in `LB_BACKENDS`.
+/// A backend as installed: its id in `LB_BACKENDS` (kept across reloads and health
+/// changes, so tracked flows keep their backend).
 #[derive(Debug, Clone)]
 pub struct InstalledBackend {
     pub id: u32,
@@ -96,11 +152,21 @@ pub struct InstalledBackend {
     pub weight: u32,
     /// Maglev slots it holds.
     pub slots: u32,
+    pub health: Health,
+}
+
+impl InstalledBackend {
+    /// May receive packets (the `UP` flag): not failed by health checks.
+    pub fn up(&self) -> bool {
+        self.health != Health::Down
+    }
 }
 
 /// A service as installed.
 #[derive(Debug, Clone)]
 pub struct InstalledService {
+    /// Index in `LB_SERVICES` / `LB_SVC_STATS` (kept across reloads).
+    pub id: u32,
     pub conf: ServiceConf,
     pub backends: Vec<InstalledBackend>,
     /// Slot → backend id ([`NO_BACKEND`] when no backend has weight).
@@ -115,13 +181,24 @@ impl InstalledService {
         let id = self.table[slot as usize];
         self.backends.iter().find(|b| b.id == id)
     }
+
+    fn key(&self) -> (IpAddr, u16, u8) {
+        (self.conf.vip, self.conf.port, self.conf.proto.number())
+    }
 }
 
 /// The balancer's maps, filled from a configuration.
+#[derive(Debug, Clone)]
 pub struct Balancer {
     pub services: Vec<InstalledService>,
     /// Generation in force (`LB_GEN[0]`).
     pub gen: u32,
+    /// MAC of the interface (source MAC of forwarded frames).
+    pub iface_mac: [u8; 6],
+    /// Ids of removed backends whose entries still carry their tracked flows.
+    pub retired: BTreeSet<u32>,
+    /// `LbConf::new_flow_limit` (0: none).
+    pub new_flow_limit: u32,
 }
 
 fn map_mut<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -129,32 +206,114 @@ fn map_mut<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> 
         .with_context(|| format!("map {name} missing from the object"))
 }
 
+/// Backends failed by health checks: (service name, backend name).
+pub type DownSet = BTreeSet<(String, String)>;
+
+/// Lowest id in `0..max` not in `used`.
+fn free_id(used: &BTreeSet<u32>, max: u32) -> Option<u32> {
+    (0..max).find(|i| !used.contains(i))
+}
+
 impl Balancer {
     /// Fill every map from `config` (every backend MAC known) for the interface whose MAC
     /// is `iface_mac`: the tables go into the idle generation, then `LB_GEN` flips in one
     /// write.
     pub fn install(bpf: &mut Ebpf, config: &Config, iface_mac: [u8; 6]) -> Result<Self> {
+        Self::plan(config, iface_mac, None, &DownSet::new())?.write(bpf, None)
+    }
+
+    /// What `config` would install after `prev` (nothing is written): services and
+    /// backends that stay keep their ids, new ones take ids `prev` does not use (so a
+    /// tracked flow of a removed backend never lands on a new one), backends in `down`
+    /// leave the tables.
+    pub fn plan(
+        config: &Config,
+        iface_mac: [u8; 6],
+        prev: Option<&Balancer>,
+        down: &DownSet,
+    ) -> Result<Self> {
+        let prev_svc: BTreeMap<(IpAddr, u16, u8), &InstalledService> = prev
+            .map(|p| p.services.iter().map(|s| (s.key(), s)).collect())
+            .unwrap_or_default();
+        // Service ids: kept by VIP:port/proto; new ones take the lowest free.
+        let mut svc_ids: Vec<Option<u32>> = config
+            .services
+            .iter()
+            .map(|s| {
+                prev_svc
+                    .get(&(s.vip, s.port, s.proto.number()))
+                    .map(|p| p.id)
+            })
+            .collect();
+        let mut used: BTreeSet<u32> = svc_ids.iter().flatten().copied().collect();
+        for id in svc_ids.iter_mut().filter(|i| i.is_none()) {
+            let n = free_id(&used, MAX_SERVICES).context("no free service id")?;
+            used.insert(n);
+            *id = Some(n);
+        }
+        // Backend ids: kept by (service, name); new ones avoid every id `prev` used.
+        let mut prev_used: BTreeSet<u32> = prev
+            .map(|p| {
+                p.services
+                    .iter()
+                    .flat_map(|s| s.backends.iter().map(|b| b.id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(p) = prev {
+            prev_used.extend(p.retired.iter().copied());
+        }
+        let mut be_ids: Vec<Vec<Option<u32>>> = config
+            .services
+            .iter()
+            .map(|s| {
+                let p = prev_svc.get(&(s.vip, s.port, s.proto.number()));
+                s.backends
+                    .iter()
+                    .map(|b| {
+                        p.and_then(|p| p.backends.iter().find(|x| x.name == b.name))
+                            .map(|x| x.id)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut used: BTreeSet<u32> = be_ids.iter().flatten().flatten().copied().collect();
+        for id in be_ids.iter_mut().flatten().filter(|i| i.is_none()) {
+            let avoid: BTreeSet<u32> = used.union(&prev_used).copied().collect();
+            let n = free_id(&avoid, MAX_BACKENDS)
+                .or_else(|| free_id(&used, MAX_BACKENDS))
+                .context("no free backend id")?;
+            used.insert(n);
+            *id = Some(n);
+        }
+
         let mut services = Vec::new();
-        let mut next_id = 0u32;
-        for s in &config.services {
-            let slots = s.table()?;
+        for (i, s) in config.services.iter().enumerate() {
+            let is_down =
+                |b: &str| s.health.is_some() && down.contains(&(s.name.clone(), b.to_string()));
+            let slots = s.table_without(&is_down)?;
             let mut backends = Vec::new();
             for (j, b) in s.backends.iter().enumerate() {
-                let Some(mac) = b.mac else {
-                    bail!(
-                        "service[{}].backend[{j}].mac: unknown (not given, not resolved)",
-                        services.len()
-                    );
+                let mac = match (b.mac, s.mode) {
+                    (Some(m), _) => m,
+                    (None, config::Mode::Nat) => [0; 6],
+                    (None, config::Mode::Dsr) => {
+                        bail!("service[{i}].backend[{j}].mac: unknown (not given, not resolved)")
+                    }
                 };
                 backends.push(InstalledBackend {
-                    id: next_id,
+                    id: be_ids[i][j].context("backend id")?,
                     name: b.name.clone(),
                     addr: b.addr,
                     mac,
                     weight: b.weight,
                     slots: 0,
+                    health: match (&s.health, is_down(&b.name)) {
+                        (None, _) => Health::Unchecked,
+                        (Some(_), true) => Health::Down,
+                        (Some(_), false) => Health::Up,
+                    },
                 });
-                next_id += 1;
             }
             let counts = maglev::shares(&slots, backends.len());
             for (b, c) in backends.iter_mut().zip(counts) {
@@ -165,52 +324,121 @@ impl Balancer {
                 .map(|s| s.map_or(NO_BACKEND, |i| backends[i as usize].id))
                 .collect();
             services.push(InstalledService {
+                id: svc_ids[i].context("service id")?,
                 conf: s.clone(),
                 backends,
                 table,
             });
         }
+        let in_use: BTreeSet<u32> = services
+            .iter()
+            .flat_map(|s: &InstalledService| s.backends.iter().map(|b| b.id))
+            .collect();
+        let retired = prev_used.difference(&in_use).copied().collect();
+        Ok(Self {
+            services,
+            gen: prev.map_or(1, |p| p.gen ^ 1),
+            iface_mac,
+            retired,
+            new_flow_limit: config.new_flow_limit.unwrap_or(0),
+        })
+    }
 
+    /// Write this plan into the idle generation and flip `LB_GEN` (after `prev`, the one in
+    /// force, if any). Order: backends that come up or are new first, then the tables and
+    /// service descriptions of the idle generation, VIPs of removed services deleted, the
+    /// flip (one word), then the new VIPs and the `UP` flags cleared of backends that went
+    /// down or were removed (their tracked flows hash afresh).
+    pub fn write(mut self, bpf: &mut Ebpf, prev: Option<&Balancer>) -> Result<Self> {
         let cur = Array::<&mut MapData, u32>::try_from(map_mut(bpf, maps::LB_GEN)?)?
             .get(&0, 0)
             .context("reading LB_GEN")?
             & 1;
         let gen = cur ^ 1;
+        self.gen = gen;
+        let prev_backends: BTreeMap<u32, &InstalledBackend> = prev
+            .map(|p| {
+                p.services
+                    .iter()
+                    .flat_map(|s| s.backends.iter().map(|b| (b.id, b)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prev_services: BTreeSet<u32> = prev
+            .map(|p| p.services.iter().map(|s| s.id).collect())
+            .unwrap_or_default();
 
         let mut conf: Array<&mut MapData, LbConf> = Array::try_from(map_mut(bpf, maps::LB_CONF)?)?;
         conf.set(
             0,
             LbConf {
-                iface_mac,
-                services: services.len() as u32,
+                iface_mac: self.iface_mac,
+                services: self.services.len() as u32,
+                new_flow_limit: self.new_flow_limit,
                 ..Default::default()
             },
             0,
         )
         .context("writing LB_CONF")?;
-        let mut bmap: Array<&mut MapData, Backend> =
-            Array::try_from(map_mut(bpf, maps::LB_BACKENDS)?)?;
-        for s in &services {
-            for b in &s.backends {
-                let (addr, family) = addr16(b.addr);
-                bmap.set(
-                    b.id,
-                    Backend {
-                        mac: b.mac,
-                        port: s.conf.port,
-                        addr,
-                        family,
-                        flags: backend_flag::UP,
-                        ..Default::default()
-                    },
-                    0,
-                )
-                .with_context(|| format!("writing backend {}", b.name))?;
+        let backend = |s: &InstalledService, b: &InstalledBackend, up: bool| {
+            let (addr, family) = addr16(b.addr);
+            Backend {
+                mac: b.mac,
+                port: s.conf.port,
+                addr,
+                family,
+                flags: if up { backend_flag::UP } else { 0 },
+                ..Default::default()
+            }
+        };
+        let mut later: Vec<(u32, Backend)> = Vec::new();
+        {
+            let mut bmap: Array<&mut MapData, Backend> =
+                Array::try_from(map_mut(bpf, maps::LB_BACKENDS)?)?;
+            for s in &self.services {
+                for b in &s.backends {
+                    // Until the flip, the table in force may still send flows to a backend
+                    // going down: it keeps its flag until then.
+                    let was_up = prev_backends.get(&b.id).is_some_and(|p| p.up());
+                    bmap.set(b.id, backend(s, b, b.up() || was_up), 0)
+                        .with_context(|| format!("writing backend {}", b.name))?;
+                    if !b.up() && was_up {
+                        later.push((b.id, backend(s, b, false)));
+                    }
+                }
+            }
+        }
+        let new_ids: BTreeSet<u32> = self
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.id))
+            .collect();
+        // Removed backends keep their entry (and `UP` flag): their tracked flows stay on them,
+        // as with a drain, until they end or age out; [`Balancer::plan`] gives their ids to
+        // new backends only when no other id is free.
+        // Counters of ids new to this plan start at zero.
+        {
+            let mut be: PerCpuArray<&mut MapData, LbCounter> =
+                PerCpuArray::try_from(map_mut(bpf, maps::LB_BACKEND_STATS)?)?;
+            let n = nr_cpus()?;
+            let zero = || PerCpuValues::try_from(vec![LbCounter::default(); n]);
+            for id in new_ids.iter().filter(|id| !prev_backends.contains_key(id)) {
+                be.set(*id, zero()?, 0)
+                    .context("clearing LB_BACKEND_STATS")?;
+            }
+            let mut sv: PerCpuArray<&mut MapData, LbCounter> =
+                PerCpuArray::try_from(map_mut(bpf, maps::LB_SVC_STATS)?)?;
+            for s in self
+                .services
+                .iter()
+                .filter(|s| !prev_services.contains(&s.id))
+            {
+                sv.set(s.id, zero()?, 0).context("clearing LB_SVC_STATS")?;
             }
         }
         let mut table: Array<&mut MapData, u32> = Array::try_from(map_mut(bpf, maps::LB_TABLE)?)?;
-        for (i, s) in services.iter().enumerate() {
-            let base = (gen * MAX_SERVICES + i as u32) * MAX_TABLE_SIZE;
+        for s in &self.services {
+            let base = (gen * MAX_SERVICES + s.id) * MAX_TABLE_SIZE;
             for (slot, id) in s.table.iter().enumerate() {
                 table
                     .set(base + slot as u32, id, 0)
@@ -219,43 +447,207 @@ impl Balancer {
         }
         let mut meta: Array<&mut MapData, ServiceMeta> =
             Array::try_from(map_mut(bpf, maps::LB_SERVICES)?)?;
-        for (i, s) in services.iter().enumerate() {
-            meta.set(
-                gen * MAX_SERVICES + i as u32,
-                ServiceMeta {
+        for id in 0..MAX_SERVICES {
+            let m = match self.services.iter().find(|s| s.id == id) {
+                Some(s) => ServiceMeta {
                     table_size: s.conf.table_size,
-                    mode: mode::DSR,
+                    mode: match s.conf.mode {
+                        config::Mode::Dsr => mode::DSR,
+                        config::Mode::Nat => mode::NAT,
+                    },
                     hash_seed: s.conf.seed as u32,
-                    active: s.backends.iter().filter(|b| b.weight > 0).count() as u32,
+                    active: s.backends.iter().filter(|b| b.weight > 0 && b.up()).count() as u32,
+                    udp_idle_ms: s
+                        .conf
+                        .udp_idle_timeout
+                        .map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32),
+                    _pad: 0,
                 },
-                0,
-            )
-            .context("writing LB_SERVICES")?;
+                None => ServiceMeta::default(),
+            };
+            meta.set(gen * MAX_SERVICES + id, m, 0)
+                .context("writing LB_SERVICES")?;
         }
-        let mut vips: BpfHashMap<&mut MapData, VipKey, u32> =
-            BpfHashMap::try_from(map_mut(bpf, maps::LB_VIPS)?)?;
-        for (i, s) in services.iter().enumerate() {
+        // VIP keys: removed services' go before the flip, new ones after it.
+        let vip_key = |s: &InstalledService| {
             let (addr, family) = addr16(s.conf.vip);
-            let key = VipKey {
+            VipKey {
                 addr,
                 port: s.conf.port,
                 proto: s.conf.proto.number(),
                 family,
-            };
-            vips.insert(key, i as u32, 0).context("writing LB_VIPS")?;
-            let mark = VipKey {
+            }
+        };
+        let mark = |a: IpAddr| {
+            let (addr, family) = addr16(a);
+            VipKey {
                 addr,
                 port: 0,
                 proto: 0,
                 family,
+            }
+        };
+        let new_keys: BTreeMap<Vec<u8>, (VipKey, u32)> = self
+            .services
+            .iter()
+            .map(|s| {
+                let k = vip_key(s);
+                (vip_bytes(&k), (k, s.id))
+            })
+            .collect();
+        let new_marks: BTreeSet<Vec<u8>> = self
+            .services
+            .iter()
+            .map(|s| vip_bytes(&mark(s.conf.vip)))
+            .collect();
+        let mut vips: BpfHashMap<&mut MapData, VipKey, u32> =
+            BpfHashMap::try_from(map_mut(bpf, maps::LB_VIPS)?)?;
+        let old: Vec<(VipKey, u32)> = vips.iter().filter_map(|r| r.ok()).collect();
+        for (k, v) in &old {
+            let b = vip_bytes(k);
+            let stays = if *v == VIP_ADDR_MARK {
+                new_marks.contains(&b)
+            } else {
+                new_keys.get(&b).is_some_and(|(_, id)| id == v)
             };
-            vips.insert(mark, VIP_ADDR_MARK, 0)
-                .context("writing LB_VIPS")?;
+            if !stays && *v != VIP_ADDR_MARK {
+                vips.remove(k).context("removing from LB_VIPS")?;
+            }
         }
         // The switch: one word.
         let mut gen_map: Array<&mut MapData, u32> = Array::try_from(map_mut(bpf, maps::LB_GEN)?)?;
         gen_map.set(0, gen, 0).context("writing LB_GEN")?;
-        Ok(Self { services, gen })
+        let mut vips: BpfHashMap<&mut MapData, VipKey, u32> =
+            BpfHashMap::try_from(map_mut(bpf, maps::LB_VIPS)?)?;
+        for (k, id) in new_keys.values() {
+            vips.insert(k, id, 0).context("writing LB_VIPS")?;
+        }
+        for s in &self.services {
+            vips.insert(mark(s.conf.vip), VIP_ADDR_MARK, 0)
+                .context("writing LB_VIPS")?;
+        }
+        for (k, v) in &old {
+            if *v == VIP_ADDR_MARK && !new_marks.contains(&vip_bytes(k)) {
+                vips.remove(k).context("removing from LB_VIPS")?;
+            }
+        }
+        let mut bmap: Array<&mut MapData, Backend> =
+            Array::try_from(map_mut(bpf, maps::LB_BACKENDS)?)?;
+        for (id, b) in later {
+            bmap.set(id, b, 0).context("writing LB_BACKENDS")?;
+        }
+        Ok(self)
+    }
+
+    /// Tracked flows now, and how many of them a switch to `next` would move (their backend
+    /// down; flows of removed backends stay on them).
+    pub fn tracked_flows(&self, bpf: &Ebpf, next: &Balancer) -> Result<(u64, u64)> {
+        let flows: BpfHashMap<&MapData, FlowKey, FlowValue> = BpfHashMap::try_from(
+            bpf.map(maps::LB_FLOWS)
+                .context("map LB_FLOWS missing from the object")?,
+        )?;
+        let down: BTreeSet<u32> = next
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().filter(|b| !b.up()).map(|b| b.id))
+            .collect();
+        let (mut n, mut moved) = (0, 0);
+        for r in flows.iter() {
+            let Ok((_, v)) = r else { continue };
+            n += 1;
+            if down.contains(&v.backend) {
+                moved += 1;
+            }
+        }
+        Ok((n, moved))
+    }
+
+    /// The backend a new flow `from` → `to` would get, and the tracked flow if there is one.
+    pub fn which(
+        &self,
+        bpf: &Ebpf,
+        from: SocketAddr,
+        to: SocketAddr,
+        proto: config::Proto,
+    ) -> Result<Which> {
+        if from.is_ipv4() != to.is_ipv4() {
+            bail!("--from {from} and --to {to} are of different address families");
+        }
+        let Some(s) = self
+            .services
+            .iter()
+            .find(|s| s.conf.vip == to.ip() && s.conf.port == to.port() && s.conf.proto == proto)
+        else {
+            bail!(
+                "{to}/{proto} is not a service here (services: {})",
+                self.services
+                    .iter()
+                    .map(|s| s.conf.label())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        let (saddr, family) = addr16(from.ip());
+        let (daddr, _) = addr16(to.ip());
+        let key = FlowKey {
+            saddr,
+            daddr,
+            sport: from.port(),
+            dport: to.port(),
+            proto: proto.number(),
+            family,
+            _pad: [0; 2],
+        };
+        let slot = flow_hash(&key, s.conf.seed as u32) % s.conf.table_size;
+        let name_of = |id: u32| {
+            self.services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .find(|b| b.id == id)
+        };
+        let flows: BpfHashMap<&MapData, FlowKey, FlowValue> = BpfHashMap::try_from(
+            bpf.map(maps::LB_FLOWS)
+                .context("map LB_FLOWS missing from the object")?,
+        )?;
+        let tracked = match flows.get(&key, 0) {
+            Ok(v) => {
+                let b = name_of(v.backend);
+                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                    .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+                    .unwrap_or(0);
+                let bmap: Array<&MapData, Backend> = Array::try_from(
+                    bpf.map(maps::LB_BACKENDS)
+                        .context("map LB_BACKENDS missing from the object")?,
+                )?;
+                let flags = bmap
+                    .get(&(v.backend % MAX_BACKENDS), 0)
+                    .map_or(0, |b| b.flags);
+                Some(TrackedFlow {
+                    backend: b.map_or_else(
+                        || format!("#{} (removed from the config)", v.backend),
+                        |b| b.name.clone(),
+                    ),
+                    stays: v.backend < MAX_BACKENDS && flags & backend_flag::UP != 0,
+                    tcp_flags: v.tcp_flags,
+                    age_s: now.saturating_sub(v.created_ns) as f64 / 1e9,
+                })
+            }
+            Err(aya::maps::MapError::KeyNotFound) => None,
+            Err(e) => return Err(e).context("reading LB_FLOWS"),
+        };
+        let chosen = s.predict(&key).map(|b| WhichBackend {
+            name: b.name.clone(),
+            addr: b.addr,
+            health: b.health,
+        });
+        Ok(Which {
+            service: s.conf.name.clone(),
+            label: s.conf.label(),
+            slot,
+            table_size: s.conf.table_size,
+            new_flow: chosen,
+            tracked,
+        })
     }
 
     /// The counters now (per-CPU values summed).
@@ -271,8 +663,8 @@ impl Balancer {
         let ev: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(get(maps::LB_EVENTS)?)?;
         let events = rbpf::sum_all(&ev, event::COUNT)?;
         let mut services = Vec::new();
-        for (i, s) in self.services.iter().enumerate() {
-            let c = rbpf::sum(&svc, i as u32)?;
+        for s in &self.services {
+            let c = rbpf::sum(&svc, s.id)?;
             let mut backends = Vec::new();
             for b in &s.backends {
                 backends.push(BackendStats {
@@ -281,6 +673,7 @@ impl Balancer {
                     mac: format_mac(&b.mac),
                     weight: b.weight,
                     slots: b.slots,
+                    health: b.health,
                     count: rbpf::sum(&be, b.id)?.into(),
                 });
             }
@@ -299,7 +692,7 @@ impl Balancer {
 }
 
 /// Counters of a service or a backend.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Count {
     pub packets: u64,
     pub bytes: u64,
@@ -330,7 +723,7 @@ impl Count {
 }
 
 /// Frames outside the services' counters, and drops by reason (`wirelab_common::lb::event`).
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Events {
     pub non_ip: u64,
     pub non_vip: u64,
@@ -341,6 +734,15 @@ pub struct Events {
     pub forwarded: u64,
     pub rehashed: u64,
     pub ip_options: u64,
+    /// NAT replies translated back to the VIP.
+    #[serde(default)]
+    pub nat_replies: u64,
+    /// UDP flows idle past their timeout, hashed afresh.
+    #[serde(default)]
+    pub udp_expired: u64,
+    /// New DSR flows over the new-flow limit, forwarded but not tracked.
+    #[serde(default)]
+    pub untracked: u64,
 }
 
 impl Events {
@@ -356,6 +758,9 @@ impl Events {
             forwarded: g(event::FORWARDED),
             rehashed: g(event::REHASHED),
             ip_options: g(event::IP_OPTIONS),
+            nat_replies: g(event::NAT_REPLIES),
+            udp_expired: g(event::UDP_EXPIRED),
+            untracked: g(event::UNTRACKED),
         }
     }
 
@@ -370,11 +775,14 @@ impl Events {
             forwarded: self.forwarded.saturating_sub(o.forwarded),
             rehashed: self.rehashed.saturating_sub(o.rehashed),
             ip_options: self.ip_options.saturating_sub(o.ip_options),
+            nat_replies: self.nat_replies.saturating_sub(o.nat_replies),
+            udp_expired: self.udp_expired.saturating_sub(o.udp_expired),
+            untracked: self.untracked.saturating_sub(o.untracked),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackendStats {
     pub name: String,
     pub addr: IpAddr,
@@ -382,11 +790,13 @@ pub struct BackendStats {
     pub weight: u32,
     /// Maglev slots held.
     pub slots: u32,
+    /// `up`, `down` (failed health checks: out of the table) or `unchecked`.
+    pub health: Health,
     #[serde(flatten)]
     pub count: Count,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ServiceStats {
     pub name: String,
     /// `VIP:port/proto`.
@@ -397,7 +807,7 @@ pub struct ServiceStats {
 }
 
 /// Cumulative counters of every service and backend.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Stats {
     pub services: Vec<ServiceStats>,
     pub events: Events,
@@ -450,6 +860,8 @@ pub struct FinalLine {
     /// How the program is attached: "tcx" or "clsact".
     pub attach: String,
     pub duration_s: f64,
+    pub reloads: u64,
+    pub health_changes: u64,
     #[serde(flatten)]
     pub stats: Stats,
 }
@@ -468,42 +880,68 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     writeln!(out, "{title}")?;
     writeln!(
         out,
-        "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>8}",
-        "service / backend", "packets", "bytes", "new flows", "flows%", "slots%", "drops"
+        "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>8} {:>9}",
+        "service / backend", "packets", "bytes", "new flows", "flows%", "slots%", "drops", "health"
     )?;
     for svc in &s.services {
         writeln!(
             out,
-            "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>8}",
+            "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>8} {:>9}",
             format!("{} {}", svc.name, svc.service),
             svc.count.packets,
             svc.count.bytes,
             svc.count.new_flows,
             "",
             "",
-            svc.count.drops
+            svc.count.drops,
+            ""
         )?;
         let slots: u64 = svc.backends.iter().map(|b| b.slots as u64).sum();
         for b in &svc.backends {
             writeln!(
                 out,
-                "    {:<26} {:>10} {:>12} {:>10} {:>7.1} {:>7.1} {:>8}",
+                "    {:<26} {:>10} {:>12} {:>10} {:>7.1} {:>7.1} {:>8} {:>9}",
                 format!("{} (w {})", b.name, b.weight),
                 b.count.packets,
                 b.count.bytes,
                 b.count.new_flows,
                 pct(b.count.new_flows, svc.count.new_flows),
                 pct(b.slots as u64, slots),
-                ""
+                "",
+                b.health.to_string()
             )?;
         }
     }
     let e = &s.events;
     writeln!(
         out,
-        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} | rehashed {} ip-options {}",
-        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.rehashed, e.ip_options
+        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {}",
+        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked
     )
+}
+
+/// NAT hands translated packets to the kernel's routing: it must forward.
+pub fn check_forwarding(config: &Config) -> Result<()> {
+    for (i, s) in config.services.iter().enumerate() {
+        if s.mode != config::Mode::Nat {
+            continue;
+        }
+        let key = if s.vip.is_ipv4() {
+            "/proc/sys/net/ipv4/ip_forward"
+        } else {
+            "/proc/sys/net/ipv6/conf/all/forwarding"
+        };
+        let on = std::fs::read_to_string(key)
+            .map(|v| v.trim() == "1")
+            .unwrap_or(false);
+        if !on {
+            bail!(
+                "service[{i}].mode: \"nat\" needs {} = 1 in the balancer's namespace (translated packets are routed to the backends)",
+                key.trim_start_matches("/proc/sys/").replace('/', ".")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// MAC of `iface` in this namespace.
@@ -543,6 +981,10 @@ fn arp_entry(addr: std::net::Ipv4Addr, iface: &str) -> Option<[u8; 6]> {
 /// `limit`). Errors name the field.
 pub fn resolve_macs(config: &mut Config, iface: &str, limit: Duration) -> Result<()> {
     for (i, s) in config.services.iter_mut().enumerate() {
+        if s.mode == config::Mode::Nat {
+            // NAT backends are reached through the kernel's routing: no MAC needed.
+            continue;
+        }
         for (j, b) in s.backends.iter_mut().enumerate() {
             if b.mac.is_some() {
                 continue;
@@ -576,12 +1018,16 @@ pub fn resolve_macs(config: &mut Config, iface: &str, limit: Duration) -> Result
 
 pub struct Options {
     pub iface: String,
+    /// More interfaces the program watches (NAT: where the backends' replies arrive).
+    pub nat_ifaces: Vec<String>,
     pub path: Path,
     pub config: PathBuf,
     pub interval: Duration,
     pub duration: Option<Duration>,
     pub json: bool,
     pub record: Option<PathBuf>,
+    /// Prometheus endpoint (`--metrics`), bound before entering the namespace.
+    pub metrics: Option<crate::metrics::Endpoint>,
 }
 
 /// The configuration recorded with `--record`.
@@ -595,13 +1041,234 @@ struct RecordConfig<'a> {
     interval_s: f64,
 }
 
-/// The balancer as the runtime drives it.
+/// A reload as printed (`--json`: `{"type":"reload",...}`) and recorded.
+#[derive(Debug, Serialize)]
+struct ReloadLine<'a> {
+    r#type: &'static str,
+    t: f64,
+    #[serde(flatten)]
+    report: &'a ReloadReport,
+}
+
+/// The balancer as the runtime drives it: counters each interval; health outcomes and
+/// control requests between ticks.
 struct LbTool<'a> {
     opts: &'a Options,
-    bpf: &'a Ebpf,
-    lb: &'a Balancer,
+    bpf: Ebpf,
+    lb: Balancer,
+    config: Config,
+    listener: std::os::unix::net::UnixListener,
+    checker: health::Checker,
+    states: BTreeMap<(String, String), health::State>,
+    down: DownSet,
     path: Path,
     attach: String,
+    start: Instant,
+    reloads: u64,
+    health_changes: u64,
+    metrics: Option<metrics::LbMetrics>,
+}
+
+/// Print one event line: JSON with `--json`, else `text`.
+fn print_event(json: bool, v: &impl Serialize, text: &str) -> Result<()> {
+    crate::runtime::observe::to_stdout(|out| {
+        if json {
+            serde_json::to_writer(&mut *out, v)?;
+            writeln!(out)
+        } else {
+            writeln!(out, "{text}")
+        }
+    })
+}
+
+impl LbTool<'_> {
+    /// The forwarding modes in use, e.g. "DSR" or "DSR+NAT".
+    fn modes(&self) -> String {
+        let mut m: Vec<&str> = self
+            .config
+            .services
+            .iter()
+            .map(|s| match s.mode {
+                config::Mode::Dsr => "DSR",
+                config::Mode::Nat => "NAT",
+            })
+            .collect();
+        m.sort_unstable();
+        m.dedup();
+        m.join("+")
+    }
+
+    fn t(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Count one probe outcome; a transition rebuilds the tables without the backends that
+    /// are down (or with the one back up) and is logged, printed and recorded.
+    fn health(&mut self, o: health::Outcome, obs: &mut Observer) -> Result<()> {
+        let Some(svc) = self.config.services.iter().find(|s| s.name == o.service) else {
+            return Ok(());
+        };
+        let Some(h) = &svc.health else { return Ok(()) };
+        let Some(b) = svc.backends.iter().find(|b| b.name == o.backend) else {
+            return Ok(());
+        };
+        let key = (o.service.clone(), o.backend.clone());
+        let st = self.states.entry(key.clone()).or_default();
+        if let Err(e) = &o.result {
+            st.last_error = Some(e.clone());
+        }
+        let Some(up) = st.count(o.result.is_ok(), h.rise, h.fall) else {
+            return Ok(());
+        };
+        let reason = if up { None } else { st.last_error.clone() };
+        if up {
+            self.down.remove(&key);
+        } else {
+            self.down.insert(key);
+        }
+        let next = Balancer::plan(&self.config, self.lb.iface_mac, Some(&self.lb), &self.down)?
+            .write(&mut self.bpf, Some(&self.lb))?;
+        self.lb = next;
+        self.health_changes += 1;
+        let nup = svc
+            .backends
+            .iter()
+            .filter(|x| !self.down.contains(&(svc.name.clone(), x.name.clone())))
+            .count();
+        let tr = health::Transition {
+            r#type: "health".into(),
+            t: self.t(),
+            service: svc.name.clone(),
+            backend: b.name.clone(),
+            addr: b.addr,
+            state: if up { Health::Up } else { Health::Down },
+            probes: if up { h.rise } else { h.fall },
+            reason: reason.clone(),
+            up: nup,
+            backends: svc.backends.len(),
+        };
+        if up {
+            tracing::info!(service = %svc.name, backend = %b.name, addr = %b.addr, up = nup, "backend up: back in the table after {} good probes", h.rise);
+        } else {
+            tracing::warn!(service = %svc.name, backend = %b.name, addr = %b.addr, up = nup, reason = reason.as_deref().unwrap_or(""), "backend down: out of the table after {} failed probes", h.fall);
+        }
+        let text = format!(
+            "[{:>7.2}s] health: {}/{} {} {} ({} of {} up){}",
+            tr.t,
+            tr.service,
+            tr.backend,
+            tr.addr,
+            tr.state,
+            tr.up,
+            tr.backends,
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        );
+        print_event(self.opts.json, &tr, &text)?;
+        obs.change(&tr)?;
+        Ok(())
+    }
+
+    /// Validate and (unless `dry_run`) install a new config. Nothing changes on an error:
+    /// the file is parsed and validated in full, MACs resolved and the tables planned before
+    /// any map is written.
+    fn reload(&mut self, text: &str, dry_run: bool, obs: &mut Observer) -> Result<ReloadReport> {
+        let t0 = Instant::now();
+        let mut config = Config::parse(text)?;
+        check_forwarding(&config)?;
+        resolve_macs(&mut config, &self.opts.iface, Duration::from_secs(3))?;
+        // Health state carries over for backends still checked under the same names.
+        let checked: BTreeSet<(String, String)> = config
+            .services
+            .iter()
+            .filter(|s| s.health.is_some())
+            .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.name.clone())))
+            .collect();
+        let down: DownSet = self.down.intersection(&checked).cloned().collect();
+        let next = Balancer::plan(&config, self.lb.iface_mac, Some(&self.lb), &down)?;
+        let services = control::diff(&self.lb, &next);
+        let (tracked_flows, tracked_flows_moved) = self.lb.tracked_flows(&self.bpf, &next)?;
+        let mut report = ReloadReport {
+            dry_run,
+            generation: self.lb.gen,
+            services,
+            tracked_flows,
+            tracked_flows_moved,
+            install_ms: 0.0,
+        };
+        if dry_run {
+            return Ok(report);
+        }
+        let next = next.write(&mut self.bpf, Some(&self.lb))?;
+        report.generation = next.gen;
+        report.install_ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.lb = next;
+        self.states.retain(|k, _| checked.contains(k));
+        self.down = down;
+        self.checker.stop();
+        self.checker = health::Checker::start(&config).context("starting health checks")?;
+        self.config = config;
+        self.reloads += 1;
+        tracing::info!(
+            generation = report.generation,
+            services = self.lb.services.len(),
+            moved_flows = report.tracked_flows_moved,
+            "config reloaded"
+        );
+        let line = ReloadLine {
+            r#type: "reload",
+            t: self.t(),
+            report: &report,
+        };
+        let text = format!(
+            "[{:>7.2}s] reload: generation {}, {} in {:.1} ms; tracked flows {} (moved {})",
+            line.t,
+            report.generation,
+            report
+                .services
+                .iter()
+                .map(|c| format!(
+                    "{} {} (+{:?} -{:?}, slots moved {:.1}%)",
+                    c.name, c.change, c.added, c.removed, c.slots_moved_pct
+                ))
+                .collect::<Vec<_>>()
+                .join("; "),
+            report.install_ms,
+            report.tracked_flows,
+            report.tracked_flows_moved
+        );
+        print_event(self.opts.json, &line, &text)?;
+        obs.change(&line)?;
+        Ok(report)
+    }
+
+    fn serve(&mut self, s: std::os::unix::net::UnixStream, obs: &mut Observer) -> Result<()> {
+        use control::{Answer, Request};
+        let answer =
+            match crate::runtime::control::read_request::<Request>(&s, Duration::from_secs(5)) {
+                Err(e) => Err(e),
+                Ok(Request::Stats) => self.lb.read(&self.bpf).map(|st| {
+                    Answer::Stats(Box::new(StatsReply {
+                        iface: self.opts.iface.clone(),
+                        generation: self.lb.gen,
+                        reloads: self.reloads,
+                        health_changes: self.health_changes,
+                        uptime_s: self.t(),
+                        stats: st,
+                    }))
+                }),
+                Ok(Request::Reload { config, dry_run }) => self
+                    .reload(&config, dry_run, obs)
+                    .inspect_err(|e| {
+                        tracing::warn!("reload refused, the running config stays: {e:#}");
+                    })
+                    .map(|r| Answer::Reload(Box::new(r))),
+                Ok(Request::Which { from, to, proto }) => self
+                    .lb
+                    .which(&self.bpf, from, to, proto)
+                    .map(|w| Answer::Which(Box::new(w))),
+            };
+        crate::runtime::control::reply(&s, &crate::runtime::control::Reply::from_result(answer))
+    }
 }
 
 impl Sampled for LbTool<'_> {
@@ -610,7 +1277,7 @@ impl Sampled for LbTool<'_> {
     type Final = FinalLine;
 
     fn read(&mut self) -> Result<Stats> {
-        self.lb.read(self.bpf)
+        self.lb.read(&self.bpf)
     }
 
     fn interval(&self, tick: &Tick, cur: &Stats, prev: &Stats) -> IntervalLine {
@@ -629,6 +1296,38 @@ impl Sampled for LbTool<'_> {
             tick.t, self.opts.iface, tick.secs
         );
         print_stats(out, &title, &line.stats)
+    }
+
+    fn publish(&mut self, cur: &Stats) {
+        let st = metrics::State {
+            generation: self.lb.gen,
+            reloads: self.reloads,
+            health_changes: self.health_changes,
+        };
+        if let Some(m) = self.metrics.as_mut() {
+            m.publish(&self.opts.iface, cur, &st);
+        }
+    }
+
+    fn poll_every(&self) -> Option<Duration> {
+        Some(Duration::from_millis(20))
+    }
+
+    fn poll(&mut self, obs: &mut Observer) -> Result<()> {
+        while let Ok(o) = self.checker.rx.try_recv() {
+            self.health(o, obs)?;
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => {
+                    if let Err(e) = self.serve(s, obs) {
+                        tracing::warn!("control request failed: {e:#}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e).context("control socket"),
+            }
+        }
     }
 
     fn finish(&mut self, total: &Stats, secs: f64) -> Result<(FinalLine, Vec<Quantity>)> {
@@ -651,6 +1350,8 @@ impl Sampled for LbTool<'_> {
                 path: self.path,
                 attach: self.attach.clone(),
                 duration_s: secs,
+                reloads: self.reloads,
+                health_changes: self.health_changes,
                 stats: total.clone(),
             },
             measured,
@@ -659,8 +1360,14 @@ impl Sampled for LbTool<'_> {
 
     fn final_table(&self, fin: &FinalLine, out: &mut dyn Write) -> std::io::Result<()> {
         let title = format!(
-            "total on {} over {:.2}s ({} path, {}; DSR)",
-            fin.iface, fin.duration_s, fin.path, fin.attach
+            "total on {} over {:.2}s ({} path, {}; {}; {} reloads, {} health changes)",
+            fin.iface,
+            fin.duration_s,
+            fin.path,
+            fin.attach,
+            self.modes(),
+            fin.reloads,
+            fin.health_changes
         );
         print_stats(out, &title, &fin.stats)
     }
@@ -671,6 +1378,10 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     // Everything is checked before anything is attached.
     let mut config = Config::load(&opts.config)?;
     let mac = iface_mac(&opts.iface)?;
+    check_forwarding(&config)?;
+    let name = socket_name(&opts.iface);
+    let listener =
+        crate::runtime::control::bind(&name, &format!("a wirelab lb on {}", opts.iface))?;
     resolve_macs(&mut config, &opts.iface, Duration::from_secs(3))?;
     let mut bpf = ebpf::load()?;
     let lb = Balancer::install(&mut bpf, &config, mac)?;
@@ -679,21 +1390,32 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             rbpf::attach_tc(&mut bpf, PROG, &opts.iface, TcAttachType::Ingress)?.to_string()
         }
     };
+    for i in &opts.nat_ifaces {
+        rbpf::attach_tc(&mut bpf, PROG, i, TcAttachType::Ingress)?;
+        tracing::info!(iface = %i, "lb also on {i} (NAT replies)");
+    }
     let path = opts.path;
     for s in &lb.services {
         tracing::info!(
             service = %s.conf.label(),
             backends = s.backends.len(),
             table_size = s.conf.table_size,
+            health = s.conf.health.as_ref().map_or("none".to_string(), |h| h.to_string()),
             "serving"
         );
     }
-    let how = match path {
-        Path::Tc => {
+    let nat = config.services.iter().any(|s| s.mode == config::Mode::Nat);
+    let dsr = config.services.iter().any(|s| s.mode == config::Mode::Dsr);
+    let how = match (path, dsr, nat) {
+        (Path::Tc, true, false) => {
             "tc ingress, DSR frames sent back out with bpf_redirect (works with plain veth peers)"
         }
+        (Path::Tc, false, _) => "tc ingress, NAT packets translated and routed by the kernel",
+        (Path::Tc, true, true) => {
+            "tc ingress; DSR frames sent back out with bpf_redirect, NAT packets translated and routed by the kernel"
+        }
     };
-    tracing::info!(iface = %opts.iface, %path, %attach, "lb attached: {how}");
+    tracing::info!(iface = %opts.iface, %path, %attach, "lb attached: {how} (control socket @{name})");
     let obs = Observer::new(
         opts.json,
         opts.record.as_deref(),
@@ -707,12 +1429,31 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             interval_s: opts.interval.as_secs_f64(),
         },
     )?;
+    // Probes start in this (the balancer's) namespace: the process entered it already.
+    let checker = health::Checker::start(&config).context("starting health checks")?;
+    let metrics = match &opts.metrics {
+        Some(ep) => {
+            let m = metrics::LbMetrics::start(ep)?;
+            tracing::info!("metrics on http://{}/metrics", ep.addr);
+            Some(m)
+        }
+        None => None,
+    };
     let mut tool = LbTool {
         opts,
-        bpf: &bpf,
-        lb: &lb,
+        bpf,
+        lb,
+        config,
+        listener,
+        checker,
+        states: BTreeMap::new(),
+        down: DownSet::new(),
         path,
         attach: attach.clone(),
+        start: Instant::now(),
+        reloads: 0,
+        health_changes: 0,
+        metrics,
     };
     let (_, total) = sampled::drive(
         &mut tool,
@@ -720,8 +1461,8 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         stop,
         obs,
     )?;
-    // Dropping `bpf` closes the TCX link: the program detaches here.
-    drop(bpf);
+    // Dropping the tool closes the TCX link (the program detaches) and stops the probers.
+    drop(tool);
     tracing::info!(iface = %opts.iface, "lb detached");
     Ok(total)
 }
@@ -747,6 +1488,12 @@ pub struct CheckService {
     pub mode: config::Mode,
     pub table_size: u32,
     pub seed: u64,
+    /// The health checks, described (absent: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// UDP services: the idle timeout of tracked flows, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp_idle_timeout_s: Option<f64>,
     pub backends: Vec<CheckBackend>,
 }
 
@@ -765,6 +1512,8 @@ pub fn check(config: &Config) -> Result<Vec<CheckService>> {
                 mode: s.mode,
                 table_size: s.table_size,
                 seed: s.seed,
+                health: s.health.as_ref().map(|h| h.to_string()),
+                udp_idle_timeout_s: s.udp_idle_timeout.map(|d| d.as_secs_f64()),
                 backends: s
                     .backends
                     .iter()
@@ -792,6 +1541,12 @@ pub fn print_check(out: &mut dyn Write, c: &[CheckService]) -> std::io::Result<(
             "{} {} ({}, M = {}, seed {})",
             s.name, s.service, s.mode, s.table_size, s.seed
         )?;
+        if let Some(h) = &s.health {
+            writeln!(out, "  health: {h}")?;
+        }
+        if let Some(t) = s.udp_idle_timeout_s {
+            writeln!(out, "  udp idle timeout: {t}s")?;
+        }
         writeln!(
             out,
             "  {:<16} {:<40} {:>6} {:>8} {:>8} {:>8}",

@@ -1,0 +1,208 @@
+//! The control socket: `lb stats`, `lb reload` and `lb which` talk to the running balancer
+//! over the runtime's abstract unix socket `@wirelab-lb/IFACE` in its namespace, with typed
+//! requests and answers.
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{config::Proto, Balancer, Config, Stats, Which};
+use crate::runtime::control;
+
+/// Abstract socket name of the balancer on `iface` (per network namespace).
+pub fn socket_name(iface: &str) -> String {
+    format!("wirelab-lb/{iface}")
+}
+
+/// What `lb stats`, `lb reload` and `lb which` ask the running balancer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub(super) enum Request {
+    /// Counters per service and backend, health, generation.
+    Stats,
+    /// Validate and install this config text (`dry_run`: only say what would change).
+    Reload {
+        config: String,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Which backend a new flow `from` → `to` would get, and its tracked flow.
+    Which {
+        from: SocketAddr,
+        to: SocketAddr,
+        proto: Proto,
+    },
+}
+
+/// What the running balancer answers (inside the runtime's reply envelope).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "lowercase")]
+pub(super) enum Answer {
+    Stats(Box<StatsReply>),
+    Reload(Box<ReloadReport>),
+    Which(Box<Which>),
+}
+
+/// `lb stats`: the cumulative counters and the state of the tables.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatsReply {
+    pub iface: String,
+    /// Table generation in force (0 or 1).
+    pub generation: u32,
+    /// Reloads installed since start.
+    pub reloads: u64,
+    /// Table rebuilds caused by health transitions since start.
+    pub health_changes: u64,
+    pub uptime_s: f64,
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+/// What a reload changed (or, with `dry_run`, would change) in one service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceChange {
+    pub name: String,
+    /// `VIP:port/proto`.
+    pub service: String,
+    /// `added`, `removed` or `kept`.
+    pub change: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Backends whose weight changed.
+    pub reweighted: Vec<String>,
+    /// Share of the Maglev slots that point to another backend afterwards (percent; new
+    /// flows hashing there go elsewhere, tracked flows stay).
+    pub slots_moved_pct: f64,
+}
+
+/// `lb reload`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReloadReport {
+    pub dry_run: bool,
+    /// Generation in force afterwards (unchanged by a dry run).
+    pub generation: u32,
+    pub services: Vec<ServiceChange>,
+    /// Flows in the tracking table at the reload.
+    pub tracked_flows: u64,
+    /// Of those, flows whose backend is down (failed health checks): their next packet
+    /// hashes afresh. Flows of removed or drained backends stay on them.
+    pub tracked_flows_moved: u64,
+    pub install_ms: f64,
+}
+
+/// Per-service changes from `prev` to `next` (both planned with stable ids).
+pub(super) fn diff(prev: &Balancer, next: &Balancer) -> Vec<ServiceChange> {
+    let mut out = Vec::new();
+    for n in &next.services {
+        let p = prev.services.iter().find(|p| p.id == n.id);
+        let names = |s: &super::InstalledService| {
+            s.backends
+                .iter()
+                .map(|b| b.name.clone())
+                .collect::<Vec<_>>()
+        };
+        let Some(p) = p else {
+            out.push(ServiceChange {
+                name: n.conf.name.clone(),
+                service: n.conf.label(),
+                change: "added".into(),
+                added: names(n),
+                removed: vec![],
+                reweighted: vec![],
+                slots_moved_pct: 100.0,
+            });
+            continue;
+        };
+        let moved = if p.table.len() == n.table.len() {
+            p.table.iter().zip(&n.table).filter(|(a, b)| a != b).count()
+        } else {
+            n.table.len()
+        };
+        out.push(ServiceChange {
+            name: n.conf.name.clone(),
+            service: n.conf.label(),
+            change: "kept".into(),
+            added: n
+                .backends
+                .iter()
+                .filter(|b| !p.backends.iter().any(|x| x.id == b.id))
+                .map(|b| b.name.clone())
+                .collect(),
+            removed: p
+                .backends
+                .iter()
+                .filter(|b| !n.backends.iter().any(|x| x.id == b.id))
+                .map(|b| b.name.clone())
+                .collect(),
+            reweighted: n
+                .backends
+                .iter()
+                .filter(|b| {
+                    p.backends
+                        .iter()
+                        .any(|x| x.id == b.id && x.weight != b.weight)
+                })
+                .map(|b| b.name.clone())
+                .collect(),
+            slots_moved_pct: 100.0 * moved as f64 / n.table.len().max(1) as f64,
+        });
+    }
+    for p in &prev.services {
+        if !next.services.iter().any(|n| n.id == p.id) {
+            out.push(ServiceChange {
+                name: p.conf.name.clone(),
+                service: p.conf.label(),
+                change: "removed".into(),
+                added: vec![],
+                removed: p.backends.iter().map(|b| b.name.clone()).collect(),
+                reweighted: vec![],
+                slots_moved_pct: 100.0,
+            });
+        }
+    }
+    out
+}
+
+/// Send one request to the balancer on `iface` (or the only one running here).
+fn request(iface: Option<&str>, req: &Request) -> Result<Answer> {
+    let name = control::pick(
+        "wirelab-lb/",
+        iface.map(socket_name),
+        "wirelab lb",
+        "--iface",
+    )?;
+    control::request(&name, req, Duration::from_secs(30))
+}
+
+pub fn stats(iface: Option<&str>) -> Result<StatsReply> {
+    match request(iface, &Request::Stats)? {
+        Answer::Stats(s) => Ok(*s),
+        _ => bail!("the balancer answered a stats request with something else"),
+    }
+}
+
+/// Validate `path` here, then ask the running balancer to install it (or, `dry_run`, to say
+/// what it would change). A refused file changes nothing.
+pub fn reload(iface: Option<&str>, path: &Path, dry_run: bool) -> Result<ReloadReport> {
+    Config::load(path).context("reload refused, the running config stays")?;
+    let text = crate::util::read_user_file(path, crate::util::limit::CONFIG)?;
+    match request(
+        iface,
+        &Request::Reload {
+            config: text,
+            dry_run,
+        },
+    )
+    .context("reload refused, the running config stays")?
+    {
+        Answer::Reload(r) => Ok(*r),
+        _ => bail!("the balancer answered a reload request with something else"),
+    }
+}
+
+pub fn which(iface: Option<&str>, from: SocketAddr, to: SocketAddr, proto: Proto) -> Result<Which> {
+    match request(iface, &Request::Which { from, to, proto })? {
+        Answer::Which(w) => Ok(*w),
+        _ => bail!("the balancer answered a which request with something else"),
+    }
+}

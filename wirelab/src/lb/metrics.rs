@@ -1,0 +1,141 @@
+//! `lb --metrics`: per-service and per-backend counters, backend health, the frames passed or
+//! dropped by reason, reloads and health changes.
+use anyhow::Result;
+
+use super::{Health, Stats};
+use crate::metrics::{labels, set_total, Builder, CounterFam, Endpoint, GaugeFam, Server};
+
+/// The balancer's Prometheus metrics (`--metrics`).
+pub(super) struct LbMetrics {
+    packets: CounterFam,
+    bytes: CounterFam,
+    new_flows: CounterFam,
+    drops: CounterFam,
+    up: GaugeFam,
+    events: CounterFam,
+    reloads: CounterFam,
+    health_changes: CounterFam,
+    generation: GaugeFam,
+    /// Backend series exported so far, (service, backend): a reload that removes a backend
+    /// drops its series.
+    shown: Vec<(String, String)>,
+    _server: Server,
+}
+
+/// What [`LbMetrics::publish`] shows besides the counters.
+pub(super) struct State {
+    pub generation: u32,
+    pub reloads: u64,
+    pub health_changes: u64,
+}
+
+impl LbMetrics {
+    pub(super) fn start(ep: &Endpoint) -> Result<Self> {
+        let mut b = Builder::new();
+        b.info("lb");
+        let packets = b.counter(
+            "wirelab_lb_packets",
+            "Frames forwarded, per service (backend=\"\") and per backend",
+        );
+        let bytes = b.counter("wirelab_lb_bytes", "Bytes of those frames");
+        let new_flows = b.counter(
+            "wirelab_lb_new_flows",
+            "Flows hashed afresh and entered (SYNs and misses)",
+        );
+        let drops = b.counter("wirelab_lb_dropped_packets", "Frames to a service dropped");
+        let up = b.gauge(
+            "wirelab_lb_backend_up",
+            "1 while the backend is in the table (health checks pass or none), 0 when down",
+        );
+        let events = b.counter(
+            "wirelab_lb_events",
+            "Frames passed or dropped by reason, and other events (event label)",
+        );
+        let reloads = b.counter("wirelab_lb_reloads", "Configs swapped in by lb reload");
+        let health_changes = b.counter(
+            "wirelab_lb_health_changes",
+            "Backends taken out or brought back by health checks",
+        );
+        let generation = b.gauge(
+            "wirelab_lb_generation",
+            "Table generation in force (0 or 1)",
+        );
+        let server = b.serve(ep)?;
+        Ok(Self {
+            packets,
+            bytes,
+            new_flows,
+            drops,
+            up,
+            events,
+            reloads,
+            health_changes,
+            generation,
+            shown: vec![],
+            _server: server,
+        })
+    }
+
+    pub(super) fn publish(&mut self, iface: &str, s: &Stats, st: &State) {
+        let now: Vec<(String, String)> = s
+            .services
+            .iter()
+            .flat_map(|svc| {
+                std::iter::once((svc.name.clone(), String::new())).chain(
+                    svc.backends
+                        .iter()
+                        .map(|b| (svc.name.clone(), b.name.clone())),
+                )
+            })
+            .collect();
+        for old in &self.shown {
+            if !now.contains(old) {
+                let l = labels(&[("iface", iface), ("service", &old.0), ("backend", &old.1)]);
+                for f in [&self.packets, &self.bytes, &self.new_flows, &self.drops] {
+                    f.remove(&l);
+                }
+                self.up.remove(&l);
+            }
+        }
+        self.shown = now;
+        for svc in &s.services {
+            let l = labels(&[("iface", iface), ("service", &svc.name), ("backend", "")]);
+            for (f, v) in [
+                (&self.packets, svc.count.packets),
+                (&self.bytes, svc.count.bytes),
+                (&self.new_flows, svc.count.new_flows),
+                (&self.drops, svc.count.drops),
+            ] {
+                set_total(&f.get_or_create(&l), v);
+            }
+            for b in &svc.backends {
+                let l = labels(&[
+                    ("iface", iface),
+                    ("service", &svc.name),
+                    ("backend", &b.name),
+                ]);
+                for (f, v) in [
+                    (&self.packets, b.count.packets),
+                    (&self.bytes, b.count.bytes),
+                    (&self.new_flows, b.count.new_flows),
+                ] {
+                    set_total(&f.get_or_create(&l), v);
+                }
+                self.up
+                    .get_or_create(&l)
+                    .set(if b.health == Health::Down { 0.0 } else { 1.0 });
+            }
+        }
+        let ev = serde_json::to_value(s.events).unwrap_or_default();
+        if let Some(m) = ev.as_object() {
+            for (k, v) in m {
+                let l = labels(&[("iface", iface), ("event", k)]);
+                set_total(&self.events.get_or_create(&l), v.as_u64().unwrap_or(0));
+            }
+        }
+        let l = labels(&[("iface", iface)]);
+        set_total(&self.reloads.get_or_create(&l), st.reloads);
+        set_total(&self.health_changes.get_or_create(&l), st.health_changes);
+        self.generation.get_or_create(&l).set(st.generation as f64);
+    }
+}
