@@ -235,7 +235,7 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
                 .with_context(|| format!("config file {}", config.display()))?;
             // Validate fully before touching anything.
             lb::Config::load(&config)?;
-            let metrics = a.observe.endpoint()?;
+            let report = a.observe.reporting(a.json, a.duration)?;
             let stop = a.netns.enter_until_stopped()?;
             lb::run(
                 &lb::Options {
@@ -243,11 +243,7 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
                     nat_ifaces: a.nat_iface,
                     path: lb::Path::Tc,
                     config,
-                    interval: a.observe.interval,
-                    duration: a.duration,
-                    json: a.json.json,
-                    record: a.observe.record,
-                    metrics,
+                    report,
                 },
                 &stop,
             )?;

@@ -88,16 +88,9 @@ pub struct TrackedFlow {
     pub age_s: f64,
 }
 
-use crate::{
-    ebpf,
-    record::Quantity,
-    runtime::{
-        bpf::{self as rbpf, PerCpuSum},
-        observe::Observer,
-        sampled::{self, Sampled},
-        Tick, Ticker,
-    },
-    util::Stop,
+use crate::runtime::{
+    bpf::{self as rbpf, PerCpuSum},
+    prelude::*,
 };
 
 /// The tc program's name in the object.
@@ -1022,12 +1015,7 @@ pub struct Options {
     pub nat_ifaces: Vec<String>,
     pub path: Path,
     pub config: PathBuf,
-    pub interval: Duration,
-    pub duration: Option<Duration>,
-    pub json: bool,
-    pub record: Option<PathBuf>,
-    /// Prometheus endpoint (`--metrics`), bound before entering the namespace.
-    pub metrics: Option<crate::metrics::Endpoint>,
+    pub report: Reporting,
 }
 
 /// The configuration recorded with `--record`.
@@ -1163,7 +1151,7 @@ impl LbTool<'_> {
             tr.backends,
             reason.map(|r| format!(": {r}")).unwrap_or_default()
         );
-        print_event(self.opts.json, &tr, &text)?;
+        print_event(self.opts.report.json, &tr, &text)?;
         obs.change(&tr)?;
         Ok(())
     }
@@ -1236,7 +1224,7 @@ impl LbTool<'_> {
             report.tracked_flows,
             report.tracked_flows_moved
         );
-        print_event(self.opts.json, &line, &text)?;
+        print_event(self.opts.report.json, &line, &text)?;
         obs.change(&line)?;
         Ok(report)
     }
@@ -1416,9 +1404,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         }
     };
     tracing::info!(iface = %opts.iface, %path, %attach, "lb attached: {how} (control socket @{name})");
-    let obs = Observer::new(
-        opts.json,
-        opts.record.as_deref(),
+    let obs = opts.report.observer(
         "lb",
         &RecordConfig {
             iface: &opts.iface,
@@ -1426,12 +1412,12 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             path,
             attach: &attach,
             services: lb.services.iter().map(|s| s.conf.label()).collect(),
-            interval_s: opts.interval.as_secs_f64(),
+            interval_s: opts.report.interval.as_secs_f64(),
         },
     )?;
     // Probes start in this (the balancer's) namespace: the process entered it already.
     let checker = health::Checker::start(&config).context("starting health checks")?;
-    let metrics = match &opts.metrics {
+    let metrics = match &opts.report.metrics {
         Some(ep) => {
             let m = metrics::LbMetrics::start(ep)?;
             tracing::info!("metrics on http://{}/metrics", ep.addr);
@@ -1455,12 +1441,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         health_changes: 0,
         metrics,
     };
-    let (_, total) = sampled::drive(
-        &mut tool,
-        Ticker::new(opts.interval, opts.duration),
-        stop,
-        obs,
-    )?;
+    let (_, total) = sampled::drive(&mut tool, opts.report.ticker(), stop, obs)?;
     // Dropping the tool closes the TCX link (the program detaches) and stops the probers.
     drop(tool);
     tracing::info!(iface = %opts.iface, "lb detached");
