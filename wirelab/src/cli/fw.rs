@@ -5,7 +5,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use wirelab::fw;
 
-use super::{emit, parse_duration, JsonArg, NetnsArg, Observe, XdpModeArg};
+use super::{emit, parse_duration, JsonArg, NetnsArg, Observe, Running, XdpModeArg};
 
 #[derive(Args)]
 pub struct FwArgs {
@@ -42,15 +42,10 @@ enum FwCmd {
     )]
     Reload {
         #[command(flatten)]
-        netns: NetnsArg,
-        /// The firewall's interface (needed only when several run in the namespace).
-        #[arg(long)]
-        iface: Option<String>,
+        at: Running,
         /// The new rules file (TOML), validated in full before anything changes.
         #[arg(long)]
         rules: PathBuf,
-        #[command(flatten)]
-        json: JsonArg,
     },
     /// Per-rule, default, malformed and non-IP counters, and recent log samples.
     #[command(
@@ -58,12 +53,7 @@ enum FwCmd {
     )]
     Stats {
         #[command(flatten)]
-        netns: NetnsArg,
-        /// The firewall's interface (needed only when several run in the namespace).
-        #[arg(long)]
-        iface: Option<String>,
-        #[command(flatten)]
-        json: JsonArg,
+        at: Running,
     },
     /// Validate a rules file and show how its address tables would be searched (nothing is
     /// attached).
@@ -107,10 +97,8 @@ pub fn run(a: FwArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(FwCmd::Reload {
-            netns,
-            iface,
+            at: Running { netns, iface, json },
             rules,
-            json,
         }) => {
             // Read the file before entering the namespace (paths are the caller's).
             let rules = std::fs::canonicalize(&rules)
@@ -133,7 +121,9 @@ pub fn run(a: FwArgs) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(FwCmd::Stats { netns, iface, json }) => {
+        Some(FwCmd::Stats {
+            at: Running { netns, iface, json },
+        }) => {
             netns.enter()?;
             let v = fw::stats(iface.as_deref())?;
             if json.json {

@@ -5,7 +5,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use wirelab::lb;
 
-use super::{emit, parse_duration, JsonArg, NetnsArg, Observe};
+use super::{emit, parse_duration, JsonArg, NetnsArg, Observe, Running};
 
 #[derive(Args)]
 pub struct LbArgs {
@@ -58,10 +58,7 @@ enum LbCmd {
     )]
     Reload {
         #[command(flatten)]
-        netns: NetnsArg,
-        /// The balancer's interface (needed only when several run in the namespace).
-        #[arg(long)]
-        iface: Option<String>,
+        at: Running,
         /// The new config (TOML), validated in full before anything changes.
         #[arg(long)]
         config: PathBuf,
@@ -69,8 +66,6 @@ enum LbCmd {
         /// and the share of Maglev slots moved, and the tracked flows that would move.
         #[arg(long)]
         dry_run: bool,
-        #[command(flatten)]
-        json: JsonArg,
     },
     /// Per-service and per-backend counters (packets, bytes, new flows, drops), health, and
     /// the frames passed or dropped by reason.
@@ -79,12 +74,7 @@ enum LbCmd {
     )]
     Stats {
         #[command(flatten)]
-        netns: NetnsArg,
-        /// The balancer's interface (needed only when several run in the namespace).
-        #[arg(long)]
-        iface: Option<String>,
-        #[command(flatten)]
-        json: JsonArg,
+        at: Running,
     },
     /// Which backend a new flow FROM -> TO would get now, and whether a tracked flow of that
     /// 5-tuple exists (and where it goes).
@@ -93,20 +83,16 @@ enum LbCmd {
     )]
     Which {
         #[command(flatten)]
-        netns: NetnsArg,
-        /// The balancer's interface (needed only when several run in the namespace).
-        #[arg(long)]
-        iface: Option<String>,
+        at: Running,
         /// Client address and port.
         #[arg(long, value_name = "IP:PORT")]
         from: SocketAddr,
         /// Service VIP and port.
         #[arg(long, value_name = "VIP:PORT")]
         to: SocketAddr,
+        /// The flow's protocol.
         #[arg(long, value_enum, default_value = "tcp")]
         proto: ProtoArg,
-        #[command(flatten)]
-        json: JsonArg,
     },
 }
 
@@ -139,11 +125,9 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(LbCmd::Reload {
-            netns,
-            iface,
+            at: Running { netns, iface, json },
             config,
             dry_run,
-            json,
         }) => {
             // Read the file before entering the namespace (paths are the caller's).
             let config = std::fs::canonicalize(&config)
@@ -173,7 +157,9 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(LbCmd::Stats { netns, iface, json }) => {
+        Some(LbCmd::Stats {
+            at: Running { netns, iface, json },
+        }) => {
             netns.enter()?;
             let v = lb::stats(iface.as_deref())?;
             print(json.json, &v, || {
@@ -188,12 +174,10 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(LbCmd::Which {
-            netns,
-            iface,
+            at: Running { netns, iface, json },
             from,
             to,
             proto,
-            json,
         }) => {
             netns.enter()?;
             let proto = match proto {

@@ -151,6 +151,20 @@ pub struct JsonArg {
     pub json: bool,
 }
 
+/// Which running instance a control command talks to: `--netns`, `--iface` (when several run
+/// in the namespace) and `--json` for the answer.
+#[derive(Args, Clone, Debug)]
+pub struct Running {
+    #[command(flatten)]
+    pub netns: NetnsArg,
+    /// The interface the running instance is attached to (needed only when several run in
+    /// the namespace).
+    #[arg(long)]
+    pub iface: Option<String>,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
 /// `--interval`, `--record` and `--metrics`: how a long-running command reports.
 #[derive(Args, Clone, Debug)]
 pub struct Observe {
