@@ -138,6 +138,31 @@ EOT
   grep -q '"runs":2,"failed":0' /tmp/sweep.json
 }
 check sweep-2-cells sweep_runs
+
+# The load balancer on the tour's DSR lab: TCP sinks on the VIP in three backends, the tc
+# program (TCX, or a clsact filter before 6.6) spreading a TCP probe's flows, lb stats.
+lb_balances() {
+  $W lab up --name lbk /examples/lb-lab.toml || return 1
+  for b in b1 b2 b3; do
+    $W lab exec --name lbk $b -- ip addr add 198.18.1.100/32 dev lo || return 1
+    $W probe server --netns lbk-$b --bind 198.18.1.100:80 --duration 120s > /tmp/lb-$b.out 2>&1 &
+  done
+  $W lb --netns lbk-lb --iface eth0 --config /examples/lb.toml --duration 120s > /tmp/lb.out 2>&1 &
+  p=$!
+  until_ok 120 $W lb stats --netns lbk-lb || { cat /tmp/lb.out; return 1; }
+  for i in 1 2 3 4 5 6; do
+    $W probe client --netns lbk-client --to 198.18.1.100:80 --tcp --duration 1s --json > /tmp/lbc.json || { cat /tmp/lbc.json; return 1; }
+    grep -q '"goodput_mbps":0.0,' /tmp/lbc.json && { cat /tmp/lbc.json; return 1; }
+  done
+  $W lb stats --netns lbk-lb
+  $W lb stats --netns lbk-lb --json > /tmp/lbs.json
+  ok=1
+  grep -q '"new_flows":[1-9]' /tmp/lbs.json && ok=0
+  kill -INT $p; wait $p
+  $W lab down --name lbk
+  return $ok
+}
+check lb-dsr-tcp lb_balances
 check cleanup-after $W cleanup
 echo "WIRELAB-KT DONE"
 poweroff -f

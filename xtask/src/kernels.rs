@@ -284,6 +284,15 @@ fn initramfs(work: &Path, kdir: &Path, kver: &str) -> Result<PathBuf> {
     }
     let script = std::fs::read_to_string(crate::root().join("xtask/kernels/smoke.sh"))?;
     std::fs::write(root.join("init"), script)?;
+    // The tour's example files the guest runs on (the lb lab and its config).
+    std::fs::create_dir_all(root.join("examples"))?;
+    for f in ["lb-lab.toml", "lb.toml"] {
+        std::fs::copy(
+            crate::root().join("docs/examples").join(f),
+            root.join("examples").join(f),
+        )
+        .with_context(|| format!("copying docs/examples/{f}"))?;
+    }
     run(Command::new("chmod").args(["0755"]).arg(root.join("init")))?;
     let img = work.join("initramfs.cpio.gz");
     run(Command::new("sh").arg("-c").arg(format!(
