@@ -331,7 +331,8 @@ fn atom_test(x: &Facts, a: &Atom) -> bool {
             )
         }
         kind::TCP_FLAGS => {
-            if !(x.has_l4 && x.ip_proto == IPPROTO_TCP) {
+            // IPv4 only, as tcpdump's `tcp[...]` (libpcap refuses IPv6 there).
+            if !(x.has_l4 && x.ip_proto == IPPROTO_TCP && x.ethertype == ETH_P_IP) {
                 return false;
             }
             let v = x.tcp_flags & a.mask;
