@@ -67,8 +67,8 @@ pub struct Options {
 
 /// Default `--snaplen`: whole frames up to a jumbo MTU.
 pub const DEFAULT_SNAPLEN: u32 = 9216;
-/// Pages of each CPU's perf buffer (1 MiB with 4 KiB pages).
-const PERF_PAGES: usize = 256;
+/// Pages of each CPU's perf buffer (4 MiB with 4 KiB pages: ~2,700 full-size frames).
+const PERF_PAGES: usize = 1024;
 
 /// Kernel counters of one direction.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
