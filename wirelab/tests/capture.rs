@@ -241,3 +241,71 @@ fn killed_capture_leaves_nothing_attached() {
         "capture programs still attached after kill -9"
     );
 }
+
+#[test]
+fn cleanup_removes_a_killed_captures_clsact_filter_and_spares_a_live_one() {
+    let lab = Lab::up("ckc");
+    let dir = TempDir::new("wlcapc");
+    let filters = |iface: &str| {
+        let o = ok(in_ns(
+            &lab.ns("server"),
+            &["tc", "filter", "show", "dev", iface, "egress"],
+        ));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains("capture_tc"))
+            .count()
+    };
+    let mut c = wirelab();
+    c.env("WIRELAB_TC_ATTACH", "clsact")
+        .args([
+            "capture",
+            "--netns",
+            &lab.ns("server"),
+            "--iface",
+            "eth0",
+            "-w",
+        ])
+        .arg(dir.join("a.pcapng"));
+    let bg = spawn_ready(c, READY, Duration::from_secs(30));
+    assert_eq!(filters("eth0"), 1);
+    // A second capture on the same interface is refused while the first runs.
+    let err = fails(
+        wirelab()
+            .args([
+                "capture",
+                "--netns",
+                &lab.ns("server"),
+                "--iface",
+                "eth0",
+                "-w",
+            ])
+            .arg(dir.join("b.pcapng")),
+    );
+    assert!(err.contains("already runs"), "{err}");
+    // While it runs, cleanup leaves its filter alone.
+    ok(wirelab()
+        .env("WIRELAB_TC_ATTACH", "clsact")
+        .args(["cleanup", "--json"]));
+    assert_eq!(
+        filters("eth0"),
+        1,
+        "cleanup removed a live capture's filter"
+    );
+    bg.kill();
+    assert_eq!(
+        filters("eth0"),
+        1,
+        "a killed clsact capture leaves its filter"
+    );
+    let o = ok(wirelab()
+        .env("WIRELAB_TC_ATTACH", "clsact")
+        .args(["cleanup", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["capture_filters_removed"],
+        serde_json::json!([format!("{}/eth0", lab.ns("server"))]),
+        "{v}"
+    );
+    assert_eq!(filters("eth0"), 0);
+}

@@ -65,6 +65,14 @@ pub struct Options {
     pub mode: Option<AttachMode>,
 }
 
+/// Abstract socket `@wirelab-capture/IFACE` held while a capture runs.
+pub const SOCKET_PREFIX: &str = "wirelab-capture/";
+
+/// Interfaces with a capture running in the calling thread's namespace.
+pub fn running() -> Vec<String> {
+    crate::runtime::control::listening(SOCKET_PREFIX)
+}
+
 /// Default `--snaplen`: whole frames up to a jumbo MTU.
 pub const DEFAULT_SNAPLEN: u32 = 9216;
 /// Pages of each CPU's perf buffer (4 MiB with 4 KiB pages: ~2,700 full-size frames).
@@ -268,6 +276,13 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
         bail!("--snaplen must be 1-{MAX_SNAPLEN}, not {}", opts.snaplen);
     }
     let filter = compile(&opts.filter)?;
+    // Held for the whole run: tells `wirelab cleanup` a capture is alive in this namespace
+    // (its clsact filter, before 6.6, is not a leftover), and refuses a second capture on
+    // the same interface with a clear message.
+    let _alive = crate::runtime::control::bind(
+        &format!("{SOCKET_PREFIX}{}", opts.iface),
+        &format!("a capture on {}", opts.iface),
+    )?;
     let mut bpf = ebpf::load()?;
     configure(&mut bpf, opts.snaplen, &filter)?;
     load_filter_programs(&mut bpf)?;
