@@ -34,7 +34,11 @@ impl fmt::Display for FilterError {
             self.pos + 1,
             self.msg,
             self.expr,
-            " ".repeat(self.expr[..self.pos.min(self.expr.len())].chars().count())
+            " ".repeat(
+                self.expr
+                    .get(..self.pos.min(self.expr.len()))
+                    .map_or(self.pos, |p| p.chars().count())
+            )
         )
     }
 }
@@ -703,6 +707,32 @@ mod tests {
             assert_eq!(e.pos, pos, "{expr}: {e}");
             assert!(e.msg.contains(msg), "{expr}: {e}");
             assert!(e.to_string().contains(&format!("column {}", pos + 1)));
+        }
+        // Odd input is refused, never a panic.
+        for expr in [
+            "host ü",
+            "ü",
+            "((((",
+            "))",
+            "not",
+            "!!!",
+            "port -",
+            "portrange 5-",
+            "vlan 99999",
+            "tcp[",
+            "tcp[tcpflags] &",
+            "tcp[tcpflags] & (tcp-syn|",
+            "net ::/129",
+            "src",
+            "and",
+            "host 198.18.0.1/24",
+            "port 80 or",
+            "\u{0}",
+            "port 1-2",
+        ] {
+            let e = compile(expr).unwrap_err();
+            assert!(e.pos <= expr.len(), "{expr}: {e}");
+            let _ = e.to_string();
         }
         let big = "(port 1 or port 2) and (port 3 or port 4) and (port 5 or port 6) and (port 7 or port 8)";
         assert!(compile(big).unwrap_err().msg.contains("alternatives"));
