@@ -13,6 +13,14 @@ use wirelab::capture::Summary;
 
 const READY: &str = "capture attached";
 
+/// `wirelab cleanup` acts on every lab of the machine: the tests that make labs take turns
+/// with the one that runs it (as wan's tests do).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn start_capture(ns: &str, iface: &str, extra: &[&str]) -> Bg {
     let mut c = wirelab();
     c.args(["capture", "--netns", ns, "--iface", iface])
@@ -65,6 +73,7 @@ fn tcx_egress_count(ns: &str, iface: &str) -> usize {
 
 #[test]
 fn the_file_holds_what_was_sent_with_directions_and_ordered_times() {
+    let _s = serial();
     let lab = Lab::up("cw");
     let dir = TempDir::new("wlcapw");
     let file = dir.join("icmp.pcapng");
@@ -163,6 +172,7 @@ fn the_file_holds_what_was_sent_with_directions_and_ordered_times() {
 
 #[test]
 fn stdout_pipes_into_tshark() {
+    let _s = serial();
     let lab = Lab::up("cs");
     let bg = start_capture(
         &lab.ns("server"),
@@ -219,6 +229,7 @@ fn a_bad_filter_is_refused_with_its_column() {
 
 #[test]
 fn killed_capture_leaves_nothing_attached() {
+    let _s = serial();
     let lab = Lab::up("ck9");
     let dir = TempDir::new("wlcapk");
     let bg = start_capture(
@@ -244,6 +255,7 @@ fn killed_capture_leaves_nothing_attached() {
 
 #[test]
 fn cleanup_removes_a_killed_captures_clsact_filter_and_spares_a_live_one() {
+    let _s = serial();
     let lab = Lab::up("ckc");
     let dir = TempDir::new("wlcapc");
     let filters = |iface: &str| {
