@@ -4,6 +4,7 @@
 //! thing on both sides of a BPF map. With the `user` feature the types implement `aya::Pod`.
 #![no_std]
 
+pub mod capture;
 pub mod csum;
 pub mod fw;
 pub mod inspect;

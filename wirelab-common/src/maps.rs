@@ -4,6 +4,15 @@
 //! `wirelab`'s `object_maps_match_the_shared_names` test checks the object against [`ALL`]
 //! both ways, so a renamed map fails a test instead of failing at attach time.
 
+// capture
+pub const CAPTURE_CONF: &str = "CAPTURE_CONF";
+pub const CAPTURE_FILTER: &str = "CAPTURE_FILTER";
+pub const CAPTURE_EVENTS: &str = "CAPTURE_EVENTS";
+pub const CAPTURE_STATS: &str = "CAPTURE_STATS";
+pub const CAPTURE_SCRATCH: &str = "CAPTURE_SCRATCH";
+pub const CAPTURE_XDP_PROG: &str = "CAPTURE_XDP_PROG";
+pub const CAPTURE_TC_PROG: &str = "CAPTURE_TC_PROG";
+
 // fw
 pub const FW_GEN: &str = "FW_GEN";
 pub const FW_CONF: &str = "FW_CONF";
@@ -65,6 +74,13 @@ pub const WAN_XSKS: &str = "WAN_XSKS";
 
 /// Every map of the object.
 pub const ALL: &[&str] = &[
+    CAPTURE_CONF,
+    CAPTURE_FILTER,
+    CAPTURE_EVENTS,
+    CAPTURE_STATS,
+    CAPTURE_SCRATCH,
+    CAPTURE_XDP_PROG,
+    CAPTURE_TC_PROG,
     FW_GEN,
     FW_CONF,
     FW_META,

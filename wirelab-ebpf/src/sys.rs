@@ -4,13 +4,14 @@
 use core::borrow::Borrow;
 
 use aya_ebpf::{
-    bindings::sockaddr,
+    bindings::{sockaddr, BPF_F_CURRENT_CPU},
     helpers::{
-        bpf_bind, bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect,
-        bpf_xdp_adjust_meta,
+        bpf_bind, bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_perf_event_output, bpf_redirect, bpf_xdp_adjust_meta,
     },
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerfEventArray},
     programs::{SockAddrContext, TcContext, XdpContext},
+    EbpfContext,
 };
 
 /// CLOCK_MONOTONIC, nanoseconds.
@@ -152,4 +153,46 @@ pub fn lru_get<K, V: Copy>(map: &LruHashMap<K, V>, key: impl Borrow<K>) -> Optio
     // SAFETY: as in `hash_get`: the element stays allocated for this RCU read-side section,
     // the pointer is aligned for `V`, and the value is copied out at once.
     Some(unsafe { core::ptr::read(p) })
+}
+
+/// `xdp_md->ingress_ifindex`: the interface an XDP program's packet arrived on.
+#[inline(always)]
+pub fn xdp_ingress_ifindex(ctx: &XdpContext) -> u32 {
+    // SAFETY: `ctx.ctx` is the `xdp_md` the kernel passed to this XDP program, valid for its
+    // whole run; `ingress_ifindex` is readable by XDP programs.
+    unsafe { (*ctx.ctx).ingress_ifindex }
+}
+
+/// Largest packet length `perf_output_with_packet` can ask for (`BPF_F_CTXLEN_MASK`).
+pub const PERF_CTXLEN_MAX: u32 = 0xfffff;
+
+/// `bpf_perf_event_output` on this CPU's buffer of `map`: the bytes of `hdr`, then the first
+/// `cap` bytes of the program's packet, which the kernel copies itself (from the XDP buffer or
+/// the skb, `cap` passed in the upper flag bits), so no verifier-bounded copy loop is needed.
+/// `cap` must not exceed the packet's length (the helper refuses the output otherwise).
+/// Returns false when the sample was not written (the CPU's buffer is full, or no reader
+/// opened it).
+#[inline(always)]
+pub fn perf_output_with_packet<C: EbpfContext, T>(
+    ctx: &C,
+    map: &PerfEventArray<T>,
+    hdr: &T,
+    cap: u32,
+) -> bool {
+    let flags = (u64::from(cap & PERF_CTXLEN_MAX) << 32) | BPF_F_CURRENT_CPU;
+    // SAFETY: `ctx.as_ptr()` is the context the kernel passed to this XDP or tc program (the
+    // helper's expected first argument for both); `map` is a perf event array map declared
+    // with `#[map]` (`PerfEventArray` is a transparent wrapper of its definition, whose
+    // address the loader relocates to the map); `hdr` is a live `T` whose size is passed with
+    // it and outlives the call. The kernel checks `cap` against the packet's length.
+    let r = unsafe {
+        bpf_perf_event_output(
+            ctx.as_ptr(),
+            core::ptr::from_ref(map).cast_mut().cast(),
+            flags,
+            core::ptr::from_ref(hdr).cast_mut().cast(),
+            core::mem::size_of::<T>() as u64,
+        )
+    };
+    r == 0
 }

@@ -8,7 +8,8 @@
 //! itself leaves nothing: its control socket is abstract and its program hangs on a bpf_link.
 //! On kernels without TCX (before 6.6) tc programs are clsact filters that outlive a killed
 //! process: swarm's are removed with its run, wan's fast path (`wan_fwd`) from every interface
-//! of every lab when no wan runs there.
+//! of every lab when no wan runs there, capture's egress program (`capture_tc`) from every
+//! interface of a lab on which no capture runs.
 use anyhow::Result;
 use serde::Serialize;
 
@@ -24,10 +25,42 @@ pub struct Report {
     pub bench_namespaces_removed: Vec<String>,
     /// `ns/iface` where a killed wan's clsact filter was removed (kernels before 6.6).
     pub wan_filters_removed: Vec<String>,
+    /// `ns/iface` where a killed capture's egress clsact filter was removed (before 6.6).
+    pub capture_filters_removed: Vec<String>,
 }
 
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// In namespace `ns`: remove `capture_tc` clsact filters from the interfaces no live capture
+/// holds (`@wirelab-capture/IFACE`).
+fn stale_capture_filters(ns: &str) -> Vec<String> {
+    if !crate::netns::exists(ns) {
+        return vec![];
+    }
+    let ns_owned = ns.to_string();
+    crate::netns::run_in(Some(ns), move || {
+        let live = crate::capture::running();
+        let ifaces: Vec<String> = nix::net::if_::if_nameindex()
+            .map(|l| {
+                l.iter()
+                    .map(|i| i.name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ifaces
+            .into_iter()
+            .filter(|i| {
+                !live
+                    .iter()
+                    .any(|l| l.strip_prefix(crate::capture::SOCKET_PREFIX) == Some(i.as_str()))
+            })
+            .filter(|i| crate::runtime::bpf::detach_tc_filters(i, "capture_tc") > 0)
+            .map(|i| format!("{ns_owned}/{i}"))
+            .collect())
+    })
+    .unwrap_or_default()
 }
 
 /// In namespace `ns` with no wan running: remove `wan_fwd` clsact filters a killed one left.
@@ -71,6 +104,7 @@ pub fn run(all_labs: bool) -> Result<Report> {
         if !crate::runtime::bpf::tcx_in_use() {
             for ns in st.namespaces.values() {
                 r.wan_filters_removed.extend(stale_wan_filters(ns));
+                r.capture_filters_removed.extend(stale_capture_filters(ns));
             }
         }
         // A sweep's lab (`swp<pid>`) lives exactly as long as its sweep process.

@@ -1,5 +1,6 @@
 //! wirelab: a Rust + eBPF network lab toolkit. This library holds every tool's userspace side;
 //! the `wirelab` binary is a thin clap front end over it.
+pub mod capture;
 pub mod cleanup;
 pub mod doctor;
 pub mod ebpf;

@@ -23,6 +23,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // fw tests and benchmarks: the nftables peer and trafgen.
     "nftables",
     "netsniff-ng",
+    // capture tests: pcapng read back by capinfos/tshark, filters compared with tcpdump's.
+    "tshark",
+    "tcpdump",
     // report tests: headless browser, a font for PNG plots, a strict OpenMetrics parser.
     "chromium",
     "fonts-dejavu-core",

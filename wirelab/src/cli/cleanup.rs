@@ -24,6 +24,12 @@ pub fn run(a: CleanupArgs) -> Result<ExitCode> {
             "removed labs: {:?}; namespaces: {:?}; kept labs: {:?}; swarm runs: {:?}; bench namespaces: {:?}",
             r.labs_removed, r.namespaces_removed, r.kept_labs, r.swarm_removed, r.bench_namespaces_removed
         );
+        if !r.capture_filters_removed.is_empty() {
+            println!(
+                "removed capture clsact filters: {:?}",
+                r.capture_filters_removed
+            );
+        }
         if !r.wan_filters_removed.is_empty() {
             println!("removed wan clsact filters: {:?}", r.wan_filters_removed);
         }

@@ -10,6 +10,7 @@ use wirelab::{
     util,
 };
 
+mod capture;
 mod cleanup;
 mod doctor;
 mod fw;
@@ -45,6 +46,12 @@ enum Cmd {
         after_help = "Examples:\n  wirelab inspect --iface eth0 --duration 30s\n  wirelab inspect --netns wirelab-wan --iface to-client --interval 500ms --json\n\nCounts are of frames received on IFACE (XDP sees ingress only). A frame counts in every\nclass that applies (an ICMP echo counts in total, ipv4 and icmp)."
     )]
     Inspect(inspect::InspectArgs),
+    /// Capture what an interface receives (XDP) and sends (tc) to pcapng, filtered in the
+    /// kernel with tcpdump's words; `-w -` writes to stdout for tshark or Wireshark.
+    #[command(
+        after_help = "Examples:\n  wirelab capture --netns wirelab-server --iface eth0 -w /tmp/server.pcapng --count 100\n  wirelab capture --netns wirelab-wan --iface to-client --filter 'icmp or udp port 7000' \\\n      --duration 10s -w run.pcapng --json\n  wirelab capture --netns wirelab-client --iface eth0 --snaplen 128 -w - | tshark -r -\n\nFilter words: host, net CIDR, port, portrange A-B (after src/dst, src or dst, src and dst;\nports also after tcp/udp), ip, ip6, arp, tcp, udp, icmp, icmp6, vlan [ID],\ntcp[tcpflags] & FLAGS != 0, and/&&, or/||, not/!, parentheses. Unmatched frames are not\ncopied. See docs/capture.md."
+    )]
+    Capture(capture::CaptureArgs),
     /// WAN emulator between two interfaces: delay, jitter, loss models, rate, queues,
     /// reorder, duplication, corruption, blackholes; live changes with `wan set`.
     #[command(
@@ -104,6 +111,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Lab(c) => lab::run(c),
         Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Capture(a) => capture::run(a),
         Cmd::Wan(a) => wan::run(a),
         Cmd::Probe(c) => probe::run(c),
         Cmd::Swarm(c) => swarm::run(c),

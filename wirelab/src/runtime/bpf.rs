@@ -101,7 +101,7 @@ pub fn attach_xdp_noting(
 }
 
 /// How a tc program ended up attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TcMode {
     /// A TCX link (Linux 6.6+): detached by the kernel when the process dies.

@@ -1,0 +1,570 @@
+//! `wirelab capture`: frames an interface receives (XDP) and sends (tc/TCX egress), matched
+//! in the kernel by a tcpdump-style filter, written as pcapng.
+//!
+//! ```text
+//! capture_xdp / capture_tc ─ filter ─> perf sample (EventHeader + snaplen bytes), per CPU
+//!   │ one reader thread per CPU buffer (poll, drain, hand over)
+//!   ▼
+//! writer: merge by timestamp (held until every CPU has moved past it), monotonic -> wall
+//! clock, EPB with epb_flags direction; at the end an ISB with the kernel's counters
+//! ```
+pub mod filter;
+pub mod pcapng;
+
+use std::{
+    collections::{BinaryHeap, HashMap},
+    fs::File,
+    io::{BufWriter, Write},
+    os::fd::AsFd,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{
+        perf::{PerfEvent, PerfEventArray},
+        Array, MapData, PerCpuArray, ProgramArray,
+    },
+    programs::{SchedClassifier, TcAttachType, Xdp},
+};
+use serde::{Deserialize, Serialize};
+use wirelab_common::{
+    capture::{dir, dir_base, stat, CaptureConf, EventHeader, Term, EVENT_HEADER_LEN, MAX_SNAPLEN},
+    maps,
+};
+
+use crate::{
+    ebpf,
+    runtime::bpf::{self, AttachMode, TcMode},
+    util::Stop,
+};
+
+pub use filter::{compile, Filter, FilterError};
+
+/// Where the pcapng goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    File(PathBuf),
+    Stdout,
+}
+
+pub struct Options {
+    pub iface: String,
+    /// tcpdump-style expression; empty: every frame.
+    pub filter: String,
+    pub snaplen: u32,
+    /// Stop after this many frames written.
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+    pub out: Output,
+    pub mode: Option<AttachMode>,
+}
+
+/// Abstract socket `@wirelab-capture/IFACE` held while a capture runs.
+pub const SOCKET_PREFIX: &str = "wirelab-capture/";
+
+/// Interfaces with a capture running in the calling thread's namespace.
+pub fn running() -> Vec<String> {
+    crate::runtime::control::listening(SOCKET_PREFIX)
+}
+
+/// Default `--snaplen`: whole frames up to a jumbo MTU.
+pub const DEFAULT_SNAPLEN: u32 = 9216;
+/// Pages of each CPU's perf buffer (4 MiB with 4 KiB pages: ~2,700 full-size frames).
+const PERF_PAGES: usize = 1024;
+
+/// Kernel counters of one direction.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirCounts {
+    /// Frames the program ran on.
+    pub seen: u64,
+    /// Frames the filter matched.
+    pub matched: u64,
+    /// Matched frames lost: the CPU's buffer was full.
+    pub lost: u64,
+    /// Frames the parser refused (no filter word matches them; `not` words do).
+    pub malformed: u64,
+    /// Frames whose filter program could not be reached (never expected).
+    pub no_filter: u64,
+}
+
+/// The final line (`--json`) / table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub r#type: String,
+    pub iface: String,
+    pub filter: String,
+    pub snaplen: u32,
+    /// Frames written to the file.
+    pub written: u64,
+    pub ingress: DirCounts,
+    pub egress: DirCounts,
+    /// Samples the perf buffers reported lost (the kernel's `lost` count cross-checks it).
+    pub perf_lost: u64,
+    /// Matched frames not written because `--count` was reached first.
+    pub beyond_count: u64,
+    pub duration_s: f64,
+    pub xdp_mode: AttachMode,
+    pub tc_mode: TcMode,
+    pub file: String,
+}
+
+/// One captured frame on its way to the writer.
+#[derive(Debug, PartialEq, Eq)]
+struct Captured {
+    /// CLOCK_MONOTONIC ns.
+    ts: u64,
+    /// Arrival order, to keep equal timestamps stable.
+    seq: u64,
+    orig_len: u32,
+    dir: u32,
+    data: Vec<u8>,
+}
+
+impl Ord for Captured {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // BinaryHeap is a max-heap: the oldest frame is the greatest.
+        (o.ts, o.seq).cmp(&(self.ts, self.seq))
+    }
+}
+
+impl PartialOrd for Captured {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// What a reader thread hands the writer.
+enum Msg {
+    Frame {
+        cpu: u32,
+        frame: Captured,
+    },
+    /// This CPU's buffer was empty at `mono_ns`: nothing older can still come from it.
+    Idle {
+        cpu: u32,
+        mono_ns: u64,
+    },
+    Lost(u64),
+}
+
+fn clock_ns(c: nix::time::ClockId) -> u64 {
+    nix::time::clock_gettime(c)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+fn mono_ns() -> u64 {
+    clock_ns(nix::time::ClockId::CLOCK_MONOTONIC)
+}
+
+/// Decode one perf sample: header, then `cap_len` bytes. `None` for a sample too short for
+/// what its header announces (never from our programs).
+fn decode(head: &[u8], tail: &[u8], seq: u64) -> Option<Captured> {
+    let mut b = Vec::with_capacity(head.len() + tail.len());
+    b.extend_from_slice(head);
+    b.extend_from_slice(tail);
+    if b.len() < EVENT_HEADER_LEN {
+        return None;
+    }
+    // The header's fields in the machine's byte order (the kernel wrote them on this host).
+    let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let h = EventHeader {
+        ts_ns: u64::from(u32_at(0)) | (u64::from(u32_at(4)) << 32),
+        orig_len: u32_at(8),
+        cap_len: u32_at(12),
+        ifindex: u32_at(16),
+        dir: u32_at(20),
+    };
+    let end = EVENT_HEADER_LEN.checked_add(h.cap_len as usize)?;
+    if end > b.len() {
+        return None;
+    }
+    b.truncate(end);
+    b.drain(..EVENT_HEADER_LEN);
+    Some(Captured {
+        ts: h.ts_ns,
+        seq,
+        orig_len: h.orig_len,
+        dir: h.dir,
+        data: b,
+    })
+}
+
+/// The interface's MAC address in this namespace (netlink, not /sys, which shows the
+/// namespace sysfs was mounted in).
+fn iface_mac(iface: &str) -> Option<[u8; 6]> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        if a.interface_name != iface {
+            return None;
+        }
+        a.address?.as_link_addr()?.addr()
+    })
+}
+
+fn read_counts(stats: &PerCpuArray<&MapData, u64>, d: u32) -> Result<DirCounts> {
+    let b = dir_base(d);
+    let get = |i: u32| bpf::sum(stats, b + i);
+    Ok(DirCounts {
+        seen: get(stat::SEEN)?,
+        matched: get(stat::MATCHED)?,
+        lost: get(stat::LOST)?,
+        malformed: get(stat::MALFORMED)?,
+        no_filter: get(stat::NO_FILTER)?,
+    })
+}
+
+/// Write the configuration and the compiled filter into the object's maps.
+pub fn configure(bpf: &mut aya::Ebpf, snaplen: u32, f: &Filter) -> Result<()> {
+    let mut conf: Array<&mut MapData, CaptureConf> = Array::try_from(
+        bpf.map_mut(maps::CAPTURE_CONF)
+            .context("capture conf map missing")?,
+    )?;
+    conf.set(
+        0,
+        CaptureConf {
+            snaplen,
+            nterms: f.terms.len() as u32,
+        },
+        0,
+    )?;
+    let mut terms: Array<&mut MapData, Term> = Array::try_from(
+        bpf.map_mut(maps::CAPTURE_FILTER)
+            .context("capture filter map missing")?,
+    )?;
+    for (i, t) in f.terms.iter().enumerate() {
+        terms.set(i as u32, *t, 0)?;
+    }
+    Ok(())
+}
+
+/// Load the filter halves and put them where the entry programs tail-call them.
+pub fn load_filter_programs(bpf: &mut aya::Ebpf) -> Result<()> {
+    let xdp: &mut Xdp = bpf
+        .program_mut("capture_xdp_filter")
+        .context("program capture_xdp_filter missing")?
+        .try_into()?;
+    xdp.load().context("loading capture_xdp_filter")?;
+    let xdp_fd = xdp.fd()?.try_clone()?;
+    let tc: &mut SchedClassifier = bpf
+        .program_mut("capture_tc_filter")
+        .context("program capture_tc_filter missing")?
+        .try_into()?;
+    tc.load().context("loading capture_tc_filter")?;
+    let tc_fd = tc.fd()?.try_clone()?;
+    for (map, fd) in [
+        (maps::CAPTURE_XDP_PROG, &xdp_fd),
+        (maps::CAPTURE_TC_PROG, &tc_fd),
+    ] {
+        let mut progs =
+            ProgramArray::try_from(bpf.map_mut(map).with_context(|| format!("{map} missing"))?)?;
+        progs
+            .set(0, fd, 0)
+            .with_context(|| format!("filling {map}"))?;
+    }
+    Ok(())
+}
+
+/// Run a capture until `count`, `duration`, SIGINT or SIGTERM.
+pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
+    if opts.snaplen == 0 || opts.snaplen > MAX_SNAPLEN {
+        bail!("--snaplen must be 1-{MAX_SNAPLEN}, not {}", opts.snaplen);
+    }
+    let filter = compile(&opts.filter)?;
+    // Held for the whole run: tells `wirelab cleanup` a capture is alive in this namespace
+    // (its clsact filter, before 6.6, is not a leftover), and refuses a second capture on
+    // the same interface with a clear message.
+    let _alive = crate::runtime::control::bind(
+        &format!("{SOCKET_PREFIX}{}", opts.iface),
+        &format!("a capture on {}", opts.iface),
+    )?;
+    let mut bpf = ebpf::load()?;
+    configure(&mut bpf, opts.snaplen, &filter)?;
+    load_filter_programs(&mut bpf)?;
+
+    // One buffer per CPU, each drained by its own thread: a slow CPU's backlog does not hold
+    // up the others, and draining keeps pace with the CPUs producing.
+    let mut events = PerfEventArray::try_from(
+        bpf.take_map(maps::CAPTURE_EVENTS)
+            .context("capture events map missing")?,
+    )?;
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    let mut bufs = vec![];
+    for &cpu in &cpus {
+        bufs.push((
+            cpu,
+            events
+                .open(cpu, Some(PERF_PAGES))
+                .with_context(|| format!("opening the perf buffer of CPU {cpu}"))?,
+        ));
+    }
+
+    let mono0 = mono_ns();
+    let real0 = clock_ns(nix::time::ClockId::CLOCK_REALTIME);
+    let to_wall = |mono: u64| mono.wrapping_sub(mono0).wrapping_add(real0);
+
+    let xdp_mode = bpf::attach_xdp(&mut bpf, "capture_xdp", &opts.iface, opts.mode)?;
+    let tc_mode = bpf::attach_tc(&mut bpf, "capture_tc", &opts.iface, TcAttachType::Egress)?;
+    tracing::info!(iface = %opts.iface, %xdp_mode, %tc_mode, filter = %opts.filter, "capture attached");
+
+    let out: Box<dyn Write> = match &opts.out {
+        Output::Stdout => Box::new(BufWriter::with_capacity(1 << 16, std::io::stdout())),
+        Output::File(p) => Box::new(BufWriter::with_capacity(
+            1 << 16,
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+    };
+    let mut w = pcapng::Writer::new(
+        out,
+        &format!("wirelab {} capture", env!("CARGO_PKG_VERSION")),
+    )?;
+    w.interface(&pcapng::Interface {
+        name: opts.iface.clone(),
+        mac: iface_mac(&opts.iface),
+        snaplen: opts.snaplen,
+    })?;
+    w.flush()?;
+
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let quit = Arc::new(AtomicBool::new(false));
+    let mut readers = vec![];
+    for (cpu, mut buf) in bufs {
+        let tx = tx.clone();
+        let quit = quit.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut seq = 0u64;
+            loop {
+                let done = quit.load(Ordering::Relaxed);
+                let mut frames = vec![];
+                let mut lost = 0;
+                buf.for_each(|e| match e {
+                    PerfEvent::Sample { head, tail } => {
+                        seq += 1;
+                        if let Some(f) = decode(head, tail, seq) {
+                            frames.push(f);
+                        }
+                    }
+                    PerfEvent::Lost { count } => lost += count,
+                });
+                let idle = mono_ns();
+                for frame in frames {
+                    if tx.send(Msg::Frame { cpu, frame }).is_err() {
+                        return;
+                    }
+                }
+                if lost > 0 {
+                    let _ = tx.send(Msg::Lost(lost));
+                }
+                if tx.send(Msg::Idle { cpu, mono_ns: idle }).is_err() || done {
+                    return;
+                }
+                let mut pfd = [nix::poll::PollFd::new(
+                    buf.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(50u8));
+            }
+        }));
+    }
+    drop(tx);
+
+    // A frame is written once every CPU has been seen idle after it (minus a margin for a
+    // program between its timestamp and its output), so the file is in time order.
+    const MARGIN_NS: u64 = 2_000_000;
+    let start = Instant::now();
+    let mut heap = BinaryHeap::new();
+    let mut safe: HashMap<u32, u64> = cpus.iter().map(|c| (*c, 0)).collect();
+    let mut written = 0u64;
+    let mut beyond = 0u64;
+    let mut perf_lost = 0u64;
+    let write_frame = |w: &mut pcapng::Writer<Box<dyn Write>>,
+                       f: &Captured,
+                       written: &mut u64,
+                       beyond: &mut u64|
+     -> Result<()> {
+        if opts.count.is_some_and(|n| *written >= n) {
+            *beyond += 1;
+            return Ok(());
+        }
+        w.packet(&pcapng::Packet {
+            interface_id: 0,
+            ts_ns: to_wall(f.ts),
+            orig_len: f.orig_len,
+            data: &f.data,
+            direction: Some(if f.dir == dir::EGRESS {
+                pcapng::Direction::Outbound
+            } else {
+                pcapng::Direction::Inbound
+            }),
+            comment: None,
+        })?;
+        *written += 1;
+        Ok(())
+    };
+    let mut last_flush = Instant::now();
+    loop {
+        let finished = stop.requested()
+            || opts.duration.is_some_and(|d| start.elapsed() >= d)
+            || opts.count.is_some_and(|n| written >= n);
+        if finished {
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(Msg::Frame { cpu, frame }) => {
+                let s = safe.entry(cpu).or_default();
+                *s = (*s).max(frame.ts);
+                heap.push(frame);
+            }
+            Ok(Msg::Idle { cpu, mono_ns }) => {
+                let s = safe.entry(cpu).or_default();
+                *s = (*s).max(mono_ns.saturating_sub(MARGIN_NS));
+            }
+            Ok(Msg::Lost(n)) => perf_lost += n,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("every capture reader stopped"),
+        }
+        let watermark = safe.values().copied().min().unwrap_or(0);
+        while heap.peek().is_some_and(|f: &Captured| f.ts <= watermark) {
+            if let Some(f) = heap.pop() {
+                write_frame(&mut w, &f, &mut written, &mut beyond)?;
+            }
+        }
+        if last_flush.elapsed() > Duration::from_millis(100) {
+            w.flush()?;
+            last_flush = Instant::now();
+        }
+    }
+    let end_mono = mono_ns();
+    // Detach first, so the counters below are final, then let the readers drain.
+    let stats_map = bpf
+        .take_map(maps::CAPTURE_STATS)
+        .context("capture stats map missing")?;
+    drop(bpf);
+    quit.store(true, Ordering::Relaxed);
+    for msg in rx.iter() {
+        match msg {
+            Msg::Frame { frame, .. } => heap.push(frame),
+            Msg::Lost(n) => perf_lost += n,
+            Msg::Idle { .. } => {}
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    while let Some(f) = heap.pop() {
+        write_frame(&mut w, &f, &mut written, &mut beyond)?;
+    }
+    let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&stats_map)?;
+    let ingress = read_counts(&stats, dir::INGRESS)?;
+    let egress = read_counts(&stats, dir::EGRESS)?;
+    w.stats(&pcapng::Stats {
+        interface_id: 0,
+        ts_ns: to_wall(end_mono),
+        start_ns: real0,
+        end_ns: to_wall(end_mono),
+        ifrecv: ingress.seen + egress.seen,
+        ifdrop: ingress.lost + egress.lost,
+        filter_accept: ingress.matched + egress.matched,
+    })?;
+    w.into_inner()?.flush()?;
+    tracing::info!(iface = %opts.iface, written, "capture detached");
+    Ok(Summary {
+        r#type: "final".into(),
+        iface: opts.iface.clone(),
+        filter: opts.filter.clone(),
+        snaplen: opts.snaplen,
+        written,
+        ingress,
+        egress,
+        perf_lost,
+        beyond_count: beyond,
+        duration_s: start.elapsed().as_secs_f64(),
+        xdp_mode,
+        tc_mode,
+        file: match &opts.out {
+            Output::Stdout => "-".into(),
+            Output::File(p) => p.display().to_string(),
+        },
+    })
+}
+
+/// The summary as a table.
+pub fn print_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "capture on {} ({} XDP ingress, {} egress) for {:.2}s -> {}",
+        s.iface, s.xdp_mode, s.tc_mode, s.duration_s, s.file
+    )?;
+    if !s.filter.trim().is_empty() {
+        writeln!(out, "  filter: {}", s.filter)?;
+    }
+    writeln!(
+        out,
+        "  {:<8} {:>10} {:>10} {:>8} {:>10}",
+        "dir", "seen", "matched", "lost", "malformed"
+    )?;
+    for (n, c) in [("ingress", s.ingress), ("egress", s.egress)] {
+        writeln!(
+            out,
+            "  {:<8} {:>10} {:>10} {:>8} {:>10}",
+            n, c.seen, c.matched, c.lost, c.malformed
+        )?;
+    }
+    writeln!(out, "  written: {} frames", s.written)?;
+    if s.beyond_count > 0 {
+        writeln!(out, "  not written (past --count): {}", s.beyond_count)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_decode_and_refuse_short_ones() {
+        let h = EventHeader {
+            ts_ns: 0x1_0000_0002,
+            orig_len: 100,
+            cap_len: 3,
+            ifindex: 7,
+            dir: dir::EGRESS,
+        };
+        let mut b = vec![];
+        b.extend_from_slice(&h.ts_ns.to_ne_bytes());
+        for v in [h.orig_len, h.cap_len, h.ifindex, h.dir] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        b.extend_from_slice(&[9, 8, 7, 0, 0]); // padding after the data
+        let (head, tail) = b.split_at(10);
+        let c = decode(head, tail, 1).unwrap();
+        assert_eq!((c.ts, c.orig_len, c.dir), (0x1_0000_0002, 100, dir::EGRESS));
+        assert_eq!(c.data, [9, 8, 7]);
+        assert!(decode(&b[..EVENT_HEADER_LEN + 2], &[], 1).is_none());
+        assert!(decode(&b[..5], &[], 1).is_none());
+    }
+
+    #[test]
+    fn the_heap_yields_the_oldest_first() {
+        let f = |ts, seq| Captured {
+            ts,
+            seq,
+            orig_len: 0,
+            dir: 1,
+            data: vec![],
+        };
+        let mut h = BinaryHeap::new();
+        for (ts, seq) in [(5, 1), (1, 2), (3, 3), (1, 1)] {
+            h.push(f(ts, seq));
+        }
+        let order: Vec<_> = std::iter::from_fn(|| h.pop())
+            .map(|c| (c.ts, c.seq))
+            .collect();
+        assert_eq!(order, [(1, 1), (1, 2), (3, 3), (5, 1)]);
+    }
+}
