@@ -33,15 +33,23 @@ fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// In namespace `ns`: remove `capture_tc` clsact filters from the interfaces no live capture
-/// holds (`@wirelab-capture/IFACE`).
-fn stale_capture_filters(ns: &str) -> Vec<String> {
+/// In namespace `ns`: remove the clsact filters of program `prog` that a killed process left
+/// (kernels before 6.6, where tc programs are not bpf_links) from every interface no live
+/// process holds. `held` runs inside the namespace: the interfaces live processes hold, or
+/// `None` when one holds them all.
+fn stale_tc_filters(
+    ns: &str,
+    prog: &'static str,
+    held: fn() -> Option<Vec<String>>,
+) -> Vec<String> {
     if !crate::netns::exists(ns) {
         return vec![];
     }
     let ns_owned = ns.to_string();
     crate::netns::run_in(Some(ns), move || {
-        let live = crate::capture::running();
+        let Some(held) = held() else {
+            return Ok(vec![]);
+        };
         let ifaces: Vec<String> = nix::net::if_::if_nameindex()
             .map(|l| {
                 l.iter()
@@ -51,43 +59,28 @@ fn stale_capture_filters(ns: &str) -> Vec<String> {
             .unwrap_or_default();
         Ok(ifaces
             .into_iter()
-            .filter(|i| {
-                !live
-                    .iter()
-                    .any(|l| l.strip_prefix(crate::capture::SOCKET_PREFIX) == Some(i.as_str()))
-            })
-            .filter(|i| crate::runtime::bpf::detach_tc_filters(i, "capture_tc") > 0)
+            .filter(|i| !held.contains(i))
+            .filter(|i| crate::runtime::bpf::detach_tc_filters(i, prog) > 0)
             .map(|i| format!("{ns_owned}/{i}"))
             .collect())
     })
     .unwrap_or_default()
 }
 
-/// In namespace `ns` with no wan running: remove `wan_fwd` clsact filters a killed one left.
-fn stale_wan_filters(ns: &str) -> Vec<String> {
-    if !crate::netns::exists(ns) {
-        return vec![];
-    }
-    let ns_owned = ns.to_string();
-    crate::netns::run_in(Some(ns), move || {
-        // A wan running in this thread's namespace owns its filters.
-        if !crate::wan::running().is_empty() {
-            return Ok(vec![]);
-        }
-        let ifaces: Vec<String> = nix::net::if_::if_nameindex()
-            .map(|l| {
-                l.iter()
-                    .map(|i| i.name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(ifaces
-            .into_iter()
-            .filter(|i| crate::runtime::bpf::detach_tc_filters(i, "wan_fwd") > 0)
-            .map(|i| format!("{ns_owned}/{i}"))
-            .collect())
-    })
-    .unwrap_or_default()
+/// Interfaces held by a live capture (`@wirelab-capture/IFACE`) in this namespace.
+fn captures_held() -> Option<Vec<String>> {
+    Some(
+        crate::capture::running()
+            .iter()
+            .filter_map(|l| l.strip_prefix(crate::capture::SOCKET_PREFIX))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// A wan running in this namespace owns all its filters.
+fn wan_holds() -> Option<Vec<String>> {
+    crate::wan::running().is_empty().then(Vec::new)
 }
 
 /// Remove half-made labs and sweep labs whose creator is gone; with `all_labs`, every lab.
@@ -103,8 +96,10 @@ pub fn run(all_labs: bool) -> Result<Report> {
         };
         if !crate::runtime::bpf::tcx_in_use() {
             for ns in st.namespaces.values() {
-                r.wan_filters_removed.extend(stale_wan_filters(ns));
-                r.capture_filters_removed.extend(stale_capture_filters(ns));
+                r.wan_filters_removed
+                    .extend(stale_tc_filters(ns, "wan_fwd", wan_holds));
+                r.capture_filters_removed
+                    .extend(stale_tc_filters(ns, "capture_tc", captures_held));
             }
         }
         // A sweep's lab (`swp<pid>`) lives exactly as long as its sweep process.

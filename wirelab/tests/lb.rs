@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use common::{eventually, spawn_ready, tcx_ingress_count, wirelab, Lab, TempDir};
+use common::{eventually, spawn_ready, tcx_ingress_count, wirelab, Bg, Lab, TempDir};
 use serde::Deserialize;
 
 const VIP: &str = "198.18.1.100";
@@ -623,6 +623,24 @@ fn health_checks_take_a_killed_backend_out_and_bring_it_back() {
 }
 
 /// A long-lived connection: send a PING line, read the backend's name.
+/// `wirelab lb` in NAT mode in `lb_ns`: clients on eth0, backends' replies on eth1.
+fn start_nat_lb(lb_ns: &str, config: &std::path::Path) -> Bg {
+    let mut c = wirelab();
+    c.args([
+        "lb",
+        "--netns",
+        lb_ns,
+        "--iface",
+        "eth0",
+        "--nat-iface",
+        "eth1",
+        "--config",
+    ])
+    .arg(config)
+    .args(["--json", "--interval", "1s"]);
+    spawn_ready(c, "lb attached", Duration::from_secs(30))
+}
+
 fn ping(s: &mut TcpStream) -> std::io::Result<String> {
     s.write_all(b"PING\n")?;
     let mut buf = [0u8; 64];
@@ -822,20 +840,7 @@ fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip
         &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
     ));
 
-    let mut c = wirelab();
-    c.args([
-        "lb",
-        "--netns",
-        &lb_ns,
-        "--iface",
-        "eth0",
-        "--nat-iface",
-        "eth1",
-        "--config",
-    ])
-    .arg(&config)
-    .args(["--json", "--interval", "1s"]);
-    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    let bg = start_nat_lb(&lb_ns, &config);
     assert_eq!(tcx_ingress_count(&lb_ns, "eth1"), 1);
 
     let (per1, failed1) = curl_many_from(&client_ns, 600, "198.18.0.1");
@@ -956,20 +961,7 @@ addr = "2001:2:2::23"
         servers.insert(*b, HttpBackend::start(&lab.ns(b), b));
     }
     let lb_ns = lab.ns("lb");
-    let mut c = wirelab();
-    c.args([
-        "lb",
-        "--netns",
-        &lb_ns,
-        "--iface",
-        "eth0",
-        "--nat-iface",
-        "eth1",
-        "--config",
-    ])
-    .arg(&config)
-    .args(["--json", "--interval", "1s"]);
-    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    let bg = start_nat_lb(&lb_ns, &config);
     let (per, failed) = curl_many_to(&lab.ns("client"), 300, "2001:2::1", "2001:2:1::100");
     eprintln!("nat over IPv6: {per:?}, failed {failed}");
     assert_eq!((failed, per.len()), (0, 3), "{per:?}");
