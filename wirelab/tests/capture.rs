@@ -28,23 +28,6 @@ fn start_capture(ns: &str, iface: &str, extra: &[&str]) -> Bg {
     spawn_ready(c, READY, Duration::from_secs(30))
 }
 
-fn ping(ns: &str, n: u32, to: &str) {
-    ok(in_ns(
-        ns,
-        &[
-            "ping",
-            "-c",
-            &n.to_string(),
-            "-i",
-            "0.05",
-            "-W",
-            "2",
-            "-q",
-            to,
-        ],
-    ));
-}
-
 /// `tshark -r FILE -T fields -e F…` rows.
 fn tshark_fields(file: &std::path::Path, fields: &[&str]) -> Vec<Vec<String>> {
     let mut c = Command::new("tshark");
@@ -89,7 +72,7 @@ fn the_file_holds_what_was_sent_with_directions_and_ordered_times() {
             file.to_str().unwrap(),
         ],
     );
-    ping(&lab.ns("client"), n, "198.18.0.2");
+    pings_ok(&lab.ns("client"), n, "198.18.0.2");
     let out = bg.terminate();
     let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
     assert_eq!(s.written, 2 * n as u64, "{s:?}");
@@ -179,7 +162,7 @@ fn stdout_pipes_into_tshark() {
         "eth0",
         &["--filter", "icmp", "--count", "6", "-w", "-"],
     );
-    ping(&lab.ns("client"), 3, "198.18.0.2");
+    pings_ok(&lab.ns("client"), 3, "198.18.0.2");
     let out = bg
         .wait(Duration::from_secs(20))
         .expect("capture exits after --count");

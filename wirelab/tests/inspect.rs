@@ -35,20 +35,7 @@ fn counts_exactly_n_icmp_echo_requests() {
         ],
     );
     assert!(xdp_attached(&lab.ns("wan"), "to-client"));
-    ok(in_ns(
-        &lab.ns("client"),
-        &[
-            "ping",
-            "-c",
-            &n.to_string(),
-            "-i",
-            "0.05",
-            "-W",
-            "2",
-            "-q",
-            "198.18.0.2",
-        ],
-    ));
+    pings_ok(&lab.ns("client"), n as u32, "198.18.0.2");
     // SIGTERM ends the run early with a final report.
     let out = bg.terminate();
     let v = final_json(&out.stdout);

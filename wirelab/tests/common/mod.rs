@@ -277,3 +277,22 @@ pub fn tcp_in_segs(ns: &str) -> u64 {
     let i = names.iter().position(|n| *n == "InSegs").expect("InSegs");
     values[i].parse().expect("InSegs value")
 }
+
+/// `n` pings from `ns` to `to`, 50 ms apart, each answered within 2 s (the test fails
+/// otherwise).
+pub fn pings_ok(ns: &str, n: u32, to: &str) {
+    ok(in_ns(
+        ns,
+        &[
+            "ping",
+            "-c",
+            &n.to_string(),
+            "-i",
+            "0.05",
+            "-W",
+            "2",
+            "-q",
+            to,
+        ],
+    ));
+}
