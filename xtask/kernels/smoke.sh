@@ -118,6 +118,30 @@ swarm_connects() {
   return $ok
 }
 check swarm-connect-20-clients swarm_connects
+
+# gen: 200 UDP frames to the server's MAC (XDP live frames from 5.18, AF_PACKET before).
+gen_sends() {
+  mac=$($W lab exec server -- ip link show eth0 | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
+  [ -n "$mac" ] || return 1
+  $W gen --netns wirelab-client --iface eth0 --dst-mac "$mac" --src 198.18.0.1 --dst 198.18.0.2 \
+     --proto udp --size 64 --count 200 --rate 2000 --json > /tmp/gen.json || { cat /tmp/gen.json; return 1; }
+  cat /tmp/gen.json
+  grep -q '"sent":200,"delivered":200,' /tmp/gen.json
+}
+check gen-200-frames gen_sends
+
+# capture: 3 pings seen on the server's eth0, requests in (XDP) and replies out (tc egress).
+capture_pings() {
+  $W capture --netns wirelab-server --iface eth0 --filter icmp --count 6 --json \
+     -w /tmp/c.pcapng > /tmp/cap.json 2> /tmp/cap.err &
+  p=$!
+  until_ok 120 grep -q "capture attached" /tmp/cap.err || { cat /tmp/cap.err; return 1; }
+  $W lab exec client -- ping -c 3 -i 0.5 -W 5 198.18.0.2 || return 1
+  wait $p || { cat /tmp/cap.err; return 1; }
+  cat /tmp/cap.json
+  grep -q '"written":6,' /tmp/cap.json && [ -s /tmp/c.pcapng ]
+}
+check capture-pings-both-ways capture_pings
 check swarm-run-5-clients $W swarm run --netns wirelab-client --iface eth0 --pool 198.18.0.64/26 --clients 5 -- true
 check lab-down $W lab down
 
