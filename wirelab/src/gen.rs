@@ -337,7 +337,25 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
     let frame = template(src_mac, dst_mac, net.addr(), o.dst, tcp, o.dport, o.size)?;
     let limit = o.count.unwrap_or(u64::MAX);
     let (mut tx0, _) = tx_counters(&o.iface)?;
-    let method = o.method;
+    // Live frames came with Linux 5.18: before that `auto` takes AF_PACKET, `xdp` is refused.
+    let live = crate::kernel::feature::XDP_LIVE_FRAMES;
+    let method = match o.method {
+        Method::Xdp => {
+            crate::kernel::require(&[live])?;
+            Method::Xdp
+        }
+        Method::Auto if !crate::kernel::at_least(live.since.0, live.since.1) => {
+            tracing::warn!(
+                "{} needs Linux {}.{} (this is {}): sending with AF_PACKET (slower)",
+                live.name,
+                live.since.0,
+                live.since.1,
+                crate::kernel::release()
+            );
+            Method::Packet
+        }
+        m => m,
+    };
     // Load the program before the clock starts: verification is not sending time.
     let mut bpf = None;
     if method != Method::Packet {
