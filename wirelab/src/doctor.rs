@@ -102,7 +102,7 @@ pub fn for_kernel(rel: &str) -> Option<Vec<Check>> {
     let v = kernel::parse_version(rel)?;
     let mut out = vec![kernel_release(rel, Some(v))];
     out.extend(kernel_features(Some(v)));
-    out.push(tcx(v >= (6, 6)));
+    out.push(tcx(v >= kernel::TCX_SINCE));
     Some(out)
 }
 

@@ -23,9 +23,12 @@ pub fn at_least(major: u32, minor: u32) -> bool {
     parse_version(&release()).is_none_or(|v| v >= (major, minor))
 }
 
-/// TCX (tc programs attached through bpf_link), Linux 6.6.
+/// The first Linux version with TCX (tc programs attached through bpf_link).
+pub const TCX_SINCE: (u32, u32) = (6, 6);
+
+/// Whether the running kernel has TCX.
 pub fn has_tcx() -> bool {
-    at_least(6, 6)
+    at_least(TCX_SINCE.0, TCX_SINCE.1)
 }
 
 /// A kernel feature a tool needs.

@@ -50,14 +50,16 @@ pub fn udp_recorded(
     if let Some(e) = err {
         return Err(e.context("writing the run record"));
     }
+    let measured = report::udp_measured(&r);
     let [forward, reverse] = r.delay_hist_ms.clone();
+    let send_start_unix = r.send_start_unix;
     let fin = UdpRecord {
-        report: r.clone(),
+        report: r,
         delay_hist_ms: Dirs { forward, reverse },
-        send_start_unix: r.send_start_unix,
+        send_start_unix,
     };
-    rec.finish(&fin, configured, report::udp_measured(&r))?;
-    Ok(r)
+    rec.finish(&fin, configured, measured)?;
+    Ok(fin.report)
 }
 
 /// A TCP goodput run recorded into `dir` (source `probe-tcp`).
