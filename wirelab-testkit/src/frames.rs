@@ -5,6 +5,14 @@
 pub const SRC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 pub const DST: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
+/// Addresses of built frames, from the benchmarking ranges the project keeps to:
+/// 198.18.0.0/15 (RFC 2544) and 2001:2::/48 (RFC 5180).
+pub const A4: [u8; 4] = [198, 18, 0, 1];
+pub const B4: [u8; 4] = [198, 18, 0, 2];
+/// 2001:2::1 and 2001:2::2.
+pub const A6: [u8; 16] = std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1).octets();
+pub const B6: [u8; 16] = std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2).octets();
+
 /// An Ethernet header with `ethertype`.
 pub fn eth(ethertype: u16) -> Vec<u8> {
     let mut v = Vec::new();

@@ -253,28 +253,16 @@ fn cleanup_removes_a_killed_captures_clsact_filter_and_spares_a_live_one() {
     };
     let mut c = wirelab();
     c.env("WIRELAB_TC_ATTACH", "clsact")
-        .args([
-            "capture",
-            "--netns",
-            &lab.ns("server"),
-            "--iface",
-            "eth0",
-            "-w",
-        ])
+        .args(cli::on_iface("capture", &lab.ns("server"), "eth0"))
+        .arg("-w")
         .arg(dir.join("a.pcapng"));
     let bg = spawn_ready(c, READY, Duration::from_secs(30));
     assert_eq!(filters("eth0"), 1);
     // A second capture on the same interface is refused while the first runs.
     let err = fails(
         wirelab()
-            .args([
-                "capture",
-                "--netns",
-                &lab.ns("server"),
-                "--iface",
-                "eth0",
-                "-w",
-            ])
+            .args(cli::on_iface("capture", &lab.ns("server"), "eth0"))
+            .arg("-w")
             .arg(dir.join("b.pcapng")),
     );
     assert!(err.contains("already runs"), "{err}");

@@ -13,11 +13,10 @@ use wirelab_common::{
     maps,
 };
 
-const A: [u8; 4] = [198, 18, 0, 1];
-const B: [u8; 4] = [198, 18, 0, 2];
+use frames::{A4 as A, A6, B4 as B};
 const C: [u8; 4] = [198, 18, 1, 5];
-const A6: [u8; 16] = [0x20, 0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const B6: [u8; 16] = [0x20, 0x01, 0x02, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+/// 2001:2:0:1::2, in another /64 than A6 (for the `net` expressions).
+const B6: [u8; 16] = std::net::Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2).octets();
 
 struct Harness {
     bpf: aya::Ebpf,
@@ -179,6 +178,56 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Write `frames` (name, bytes) to a pcapng file tcpdump reads: frame i at i + 1 seconds.
+fn write_pcapng(file: &std::path::Path, iface: &str, frames: &[(&str, &[u8])]) {
+    let mut w = pcapng::Writer::new(std::fs::File::create(file).unwrap(), "test").unwrap();
+    w.interface(&pcapng::Interface {
+        name: iface.into(),
+        mac: None,
+        snaplen: 65535,
+    })
+    .unwrap();
+    for (i, (_, f)) in frames.iter().enumerate() {
+        w.packet(&pcapng::Packet {
+            interface_id: 0,
+            ts_ns: 1_000_000_000 * (i as u64 + 1),
+            orig_len: f.len() as u32,
+            data: f,
+            direction: None,
+            comment: None,
+        })
+        .unwrap();
+    }
+    w.into_inner().unwrap();
+}
+
+/// Every expression judged by the kernel filter and by tcpdump on the same frames (written
+/// to `file` by [`write_pcapng`]): one line per expression on which they differ.
+fn mismatches(h: &mut Harness, file: &std::path::Path, frames: &[(&str, &[u8])]) -> Vec<String> {
+    let mut failures = vec![];
+    for expr in EXPRESSIONS {
+        // `tcp[tcpflags] == A|B` is tcpdump's arithmetic; ours takes `(A|B)`.
+        let ours_expr = expr.replace("== tcp-syn|tcp-ack", "== (tcp-syn|tcp-ack)");
+        let want = tcpdump_matches(file, expr);
+        h.set(&ours_expr);
+        let got: BTreeSet<usize> = frames
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, f))| h.matches(f))
+            .map(|(i, _)| i)
+            .collect();
+        if got != want {
+            let names = |s: &BTreeSet<usize>| s.iter().map(|i| frames[*i].0).collect::<Vec<_>>();
+            failures.push(format!(
+                "{expr:?}: kernel only {:?}, tcpdump only {:?}",
+                names(&got.difference(&want).copied().collect()),
+                names(&want.difference(&got).copied().collect())
+            ));
+        }
+    }
+    failures
+}
+
 /// The indices (from 0) of the frames of `file` that `tcpdump -r file EXPR` matches.
 fn tcpdump_matches(file: &std::path::Path, expr: &str) -> BTreeSet<usize> {
     let o = Command::new("tcpdump")
@@ -256,48 +305,10 @@ fn the_kernel_filter_matches_what_tcpdump_matches() {
     let corpus = corpus();
     let dir = common::TempDir::new("wlcap");
     let file = dir.join("corpus.pcapng");
-    let mut w = pcapng::Writer::new(std::fs::File::create(&file).unwrap(), "test").unwrap();
-    w.interface(&pcapng::Interface {
-        name: "test0".into(),
-        mac: None,
-        snaplen: 65535,
-    })
-    .unwrap();
-    for (i, (_, f)) in corpus.iter().enumerate() {
-        w.packet(&pcapng::Packet {
-            interface_id: 0,
-            ts_ns: 1_000_000_000 * (i as u64 + 1),
-            orig_len: f.len() as u32,
-            data: f,
-            direction: None,
-            comment: None,
-        })
-        .unwrap();
-    }
-    w.into_inner().unwrap();
+    let named: Vec<(&str, &[u8])> = corpus.iter().map(|(n, f)| (*n, &f[..])).collect();
+    write_pcapng(&file, "test0", &named);
     assert!(EXPRESSIONS.len() >= 30);
-    let mut failures = vec![];
-    let mut h = Harness::new("");
-    for expr in EXPRESSIONS {
-        // `tcp[tcpflags] == A|B` is tcpdump's arithmetic; ours takes `(A|B)`.
-        let ours_expr = expr.replace("== tcp-syn|tcp-ack", "== (tcp-syn|tcp-ack)");
-        let want = tcpdump_matches(&file, expr);
-        h.set(&ours_expr);
-        let got: BTreeSet<usize> = corpus
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, f))| h.matches(f))
-            .map(|(i, _)| i)
-            .collect();
-        if got != want {
-            let names = |s: &BTreeSet<usize>| s.iter().map(|i| corpus[*i].0).collect::<Vec<_>>();
-            failures.push(format!(
-                "{expr:?}: kernel only {:?}, tcpdump only {:?}",
-                names(&got.difference(&want).copied().collect()),
-                names(&want.difference(&got).copied().collect())
-            ));
-        }
-    }
+    let failures = mismatches(&mut Harness::new(""), &file, &named);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -399,15 +410,9 @@ fn on_a_real_capture_the_kernel_filter_matches_what_tcpdump_matches() {
     let dir = common::TempDir::new("wlcapr");
     let file = dir.join("real.pcapng");
     let mut c = common::wirelab();
-    c.args([
-        "capture",
-        "--netns",
-        &lab.ns("server"),
-        "--iface",
-        "eth0",
-        "-w",
-    ])
-    .arg(&file);
+    c.args(common::cli::on_iface("capture", &lab.ns("server"), "eth0"))
+        .arg("-w")
+        .arg(&file);
     let bg = common::spawn_ready(c, "capture attached", Duration::from_secs(30));
     let client = lab.ns("client");
     common::ok(common::in_ns(
@@ -459,25 +464,8 @@ fn on_a_real_capture_the_kernel_filter_matches_what_tcpdump_matches() {
     let with_ext: Vec<Vec<u8>> = frames.iter().filter(|f| ext(f)).cloned().collect();
     frames.retain(|f| !ext(f));
     let file = dir.join("plain.pcapng");
-    let mut w = pcapng::Writer::new(std::fs::File::create(&file).unwrap(), "test").unwrap();
-    w.interface(&pcapng::Interface {
-        name: "eth0".into(),
-        mac: None,
-        snaplen: 65535,
-    })
-    .unwrap();
-    for (i, f) in frames.iter().enumerate() {
-        w.packet(&pcapng::Packet {
-            interface_id: 0,
-            ts_ns: 1_000_000_000 * (i as u64 + 1),
-            orig_len: f.len() as u32,
-            data: f,
-            direction: None,
-            comment: None,
-        })
-        .unwrap();
-    }
-    w.into_inner().unwrap();
+    let named: Vec<(&str, &[u8])> = frames.iter().map(|f| ("captured", &f[..])).collect();
+    write_pcapng(&file, "eth0", &named);
     let mut h = Harness::new("icmp6");
     for f in &with_ext {
         // ICMPv6 (MLD) behind a hop-by-hop header: icmp6 for us.
@@ -486,24 +474,7 @@ fn on_a_real_capture_the_kernel_filter_matches_what_tcpdump_matches() {
             "extension-header frame"
         );
     }
-    let mut failures = vec![];
-    for expr in EXPRESSIONS {
-        let ours_expr = expr.replace("== tcp-syn|tcp-ack", "== (tcp-syn|tcp-ack)");
-        // tcpdump counts the frames it matches in the same file.
-        let o = Command::new("tcpdump")
-            .args(["-nn", "-q", "-r"])
-            .arg(&file)
-            .arg(expr)
-            .output()
-            .expect("tcpdump");
-        assert!(o.status.success());
-        let want = String::from_utf8_lossy(&o.stdout).lines().count();
-        h.set(&ours_expr);
-        let got = frames.iter().filter(|f| h.matches(f)).count();
-        if got != want {
-            failures.push(format!("{expr:?}: kernel {got}, tcpdump {want}"));
-        }
-    }
+    let failures = mismatches(&mut h, &file, &named);
     assert!(
         failures.is_empty(),
         "{} frames\n{}",

@@ -188,18 +188,7 @@ fn connects(ns: &str, port: u16) -> bool {
 #[test]
 fn allow_only_ssh_and_icmp() {
     let lab = Lab::up("fwb");
-    let r = r#"
-default = "deny"
-[[rule]]
-name = "ssh"
-action = "allow"
-proto = "tcp"
-dst_port = 22
-[[rule]]
-name = "icmp"
-action = "allow"
-proto = ["icmp", "icmpv6"]
-"#;
+    let r = include_str!("data/fw-ssh-only.toml");
     let srv = Server::start(&lab.ns("server"), &[22, 8080], &[5000]);
     let _fw = start_fw_rules(&lab.ns("server"), r);
     assert!(connects(&lab.ns("client"), 22), "TCP 22 must connect");
@@ -233,15 +222,7 @@ proto = ["icmp", "icmpv6"]
 fn rate_limit_icmp_per_source() {
     let lab = Lab::up("fwc");
     add_addr(&lab.ns("client"), "198.18.0.50/24");
-    let r = r#"
-default = "allow"
-[[rule]]
-name = "icmp-10pps"
-action = "rate-limit"
-proto = "icmp"
-icmp_type = "echo-request"
-rate_limit = { pps = 10, burst = 10 }
-"#;
+    let r = include_str!("data/fw-icmp-rate-limit.toml");
     let _fw = start_fw_rules(&lab.ns("server"), r);
     // Two sources flood at 100 pps each for 3 s, at the same time.
     let t0 = Instant::now();
@@ -281,15 +262,7 @@ fn ipv6_rule() {
     add_addr(&lab.ns("client"), "2001:2::1/64");
     add_addr(&lab.ns("client"), "2001:2::3/64");
     add_addr(&lab.ns("server"), "2001:2::2/64");
-    let r = r#"
-default = "allow"
-[[rule]]
-name = "deny-v6-host"
-action = "deny"
-proto = "icmpv6"
-icmp_type = "echo-request"
-src = "2001:2::1/128"
-"#;
+    let r = include_str!("data/fw-deny-v6-host.toml");
     let _fw = start_fw_rules(&lab.ns("server"), r);
     assert_eq!(pings(&lab, "2001:2::3", "2001:2::2", 3), 3);
     assert_eq!(pings(&lab, "2001:2::1", "2001:2::2", 3), 0);
@@ -297,41 +270,9 @@ src = "2001:2::1/128"
     assert_eq!(rule(&s, "deny-v6-host"), (3, 3), "{s}");
 }
 
-const RELOAD_A: &str = r#"
-default = "deny"
-[[rule]]
-name = "probe-ok"
-action = "allow"
-proto = "udp"
-dst_port = 7000
-[[rule]]
-name = "probe-bad"
-action = "deny"
-proto = "udp"
-dst_port = 7001
-[[rule]]
-name = "icmp"
-action = "allow"
-proto = "icmp"
-"#;
+const RELOAD_A: &str = include_str!("data/fw-reload-a.toml");
 
-const RELOAD_B: &str = r#"
-default = "deny"
-[[rule]]
-name = "extra-deny"
-action = "deny"
-src = "198.18.1.0/24"
-[[rule]]
-name = "probe-ok-range"
-action = "allow"
-proto = "udp"
-dst_port = "6990-7000"
-src = ["198.18.0.0/24"]
-[[rule]]
-name = "icmp"
-action = "allow"
-proto = "icmp"
-"#;
+const RELOAD_B: &str = include_str!("data/fw-reload-b.toml");
 
 #[test]
 fn reload_under_traffic_is_lossless_and_tight() {

@@ -15,55 +15,9 @@ use std::{
 use common::*;
 use etherparse::PacketBuilder;
 
-const RULES: &str = r#"
-default = "deny"
-[[rule]]
-name = "bad-sources"
-action = "deny"
-src = "198.18.0.16/28"
-[[rule]]
-name = "ssh-syn"
-action = "allow"
-proto = "tcp"
-dst_port = 22
-tcp_flags = "syn,!ack"
-[[rule]]
-name = "web"
-action = "allow"
-proto = "tcp"
-dst_port = "80-90"
-[[rule]]
-name = "dns"
-action = "allow"
-proto = "udp"
-dst_port = 53
-[[rule]]
-name = "app"
-action = "allow"
-proto = "udp"
-src_port = "1000-1999"
-dst_port = 5000
-[[rule]]
-name = "ping"
-action = "allow"
-proto = "icmp"
-icmp_type = "echo-request"
-"#;
+const RULES: &str = include_str!("data/fw-vs-nft.toml");
 
-const NFT: &str = r#"
-table netdev wlcmp {
-  chain ingress {
-    type filter hook ingress device "eth0" priority 0; policy drop;
-    meta protocol != { ip, ip6 } accept
-    ip saddr 198.18.0.16/28 drop
-    tcp dport 22 tcp flags & (syn | ack) == syn accept
-    tcp dport 80-90 accept
-    udp dport 53 accept
-    udp sport 1000-1999 udp dport 5000 accept
-    icmp type echo-request accept
-  }
-}
-"#;
+const NFT: &str = include_str!("data/fw-vs-nft.nft");
 
 #[derive(Clone, Copy, Debug)]
 enum Probe {

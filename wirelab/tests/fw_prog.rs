@@ -18,98 +18,7 @@ const SERVER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]
 const DROP: u32 = 1;
 const PASS: u32 = 2;
 
-const RULES: &str = r#"
-default = "allow"
-
-[[rule]]
-name = "block-net"
-action = "deny"
-src = "198.18.5.0/24"
-
-[[rule]]
-name = "exception"
-action = "allow"
-src = "198.18.6.7"
-
-[[rule]]
-name = "block-6"
-action = "deny"
-src = ["198.18.6.0/24"]
-
-[[rule]]
-name = "dst-udp-range"
-action = "deny"
-dst = "198.18.9.0/24"
-proto = "udp"
-dst_port = "1000-2000"
-
-[[rule]]
-name = "syn-22"
-action = "deny"
-proto = "tcp"
-dst_port = 22
-tcp_flags = "syn,!ack"
-
-[[rule]]
-name = "ssh"
-action = "allow"
-proto = "tcp"
-dst_port = 22
-
-[[rule]]
-name = "from-53"
-action = "deny"
-proto = "udp"
-src_port = [53, "5353"]
-
-[[rule]]
-name = "echo-from-7"
-action = "deny"
-proto = "icmp"
-icmp_type = "echo-request"
-src = "198.18.7.0/24"
-
-[[rule]]
-name = "echo6"
-action = "deny"
-proto = "icmpv6"
-icmp_type = "echo-request"
-
-[[rule]]
-name = "v6-src"
-action = "deny"
-src = "2001:2:0:bad::/64"
-
-[[rule]]
-name = "v6-dst-udp"
-action = "deny"
-dst = "2001:2:0:2::/80"
-proto = "udp"
-
-[[rule]]
-name = "v6-host"
-action = "deny"
-dst = ["2001:2:0:3::1", "2001:2:0:3::/120"]
-proto = "tcp"
-
-[[rule]]
-name = "gre"
-action = "deny"
-proto = "gre"
-
-[[rule]]
-name = "log-5000"
-action = "log"
-proto = "udp"
-dst_port = 5000
-
-[[rule]]
-name = "rl-6000"
-action = "rate-limit"
-proto = "udp"
-dst_port = 6000
-rate_limit = { pps = 5, burst = 5 }
-"#;
+const RULES: &str = include_str!("data/fw-prog.toml");
 
 struct Harness {
     bpf: aya::Ebpf,
@@ -639,17 +548,7 @@ fn reload_swaps_rules_and_carries_counters() {
     }
     let g0 = h.fw.generation();
     // New set: block-net persists (moved to second place), a new rule first, ssh removed.
-    let new = r#"
-default = "deny"
-[[rule]]
-name = "new-first"
-action = "allow"
-src = "198.18.5.128/25"
-[[rule]]
-name = "block-net"
-action = "deny"
-src = "198.18.5.0/24"
-"#;
+    let new = include_str!("data/fw-prog-reload.toml");
     let rs = rules::parse(new, None).unwrap();
     let r = h.fw.install(&rs).unwrap();
     assert_eq!(r.kept, ["block-net"]);

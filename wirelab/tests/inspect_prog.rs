@@ -15,10 +15,7 @@ use wirelab_common::{
     Counter,
 };
 
-const A: [u8; 4] = [198, 18, 0, 1];
-const B: [u8; 4] = [198, 18, 0, 2];
-const A6: [u8; 16] = [0x20, 0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const B6: [u8; 16] = [0x20, 0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+use frames::{A4 as A, A6, B4 as B, B6};
 
 struct Harness {
     bpf: aya::Ebpf,

@@ -641,6 +641,18 @@ fn start_nat_lb(lb_ns: &str, config: &std::path::Path) -> Bg {
     spawn_ready(c, "lb attached", Duration::from_secs(30))
 }
 
+/// `lb which --json` for a TCP flow from `from` to the VIP's port 80.
+fn which(lb_ns: &str, from: &str) -> wirelab::lb::Which {
+    let o = common::ok(
+        wirelab()
+            .args([
+                "lb", "which", "--netns", lb_ns, "--json", "--from", from, "--to",
+            ])
+            .arg(format!("{VIP}:80")),
+    );
+    serde_json::from_slice(&o.stdout).expect("lb which --json is a Which")
+}
+
 fn ping(s: &mut TcpStream) -> std::io::Result<String> {
     s.write_all(b"PING\n")?;
     let mut buf = [0u8; 64];
@@ -725,36 +737,16 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
     std::thread::sleep(Duration::from_millis(500));
     // New flows avoid the drained backend; `which` says so, and finds the tracked flows.
     for port in 41000..41050u16 {
-        let o = common::ok(wirelab().args([
-            "lb",
-            "which",
-            "--netns",
-            &lb_ns,
-            "--json",
-            "--from",
-            &format!("198.18.0.1:{port}"),
-            "--to",
-            &format!("{VIP}:80"),
-        ]));
-        let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_ne!(w["new_flow"]["name"], "b3", "{w}");
+        let w = which(&lb_ns, &format!("198.18.0.1:{port}"));
+        let new_flow = w.new_flow.as_ref().map(|b| b.name.as_str());
+        assert_ne!(new_flow, Some("b3"), "{w:?}");
     }
     for (s, b) in &long {
         let from = s.local_addr().unwrap().to_string();
-        let o = common::ok(wirelab().args([
-            "lb",
-            "which",
-            "--netns",
-            &lb_ns,
-            "--json",
-            "--from",
-            &from,
-            "--to",
-            &format!("{VIP}:80"),
-        ]));
-        let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(w["tracked"]["backend"], b.as_str(), "{w}");
-        assert_eq!(w["tracked"]["stays"], true, "{w}");
+        let w = which(&lb_ns, &from);
+        let tracked = w.tracked.as_ref().expect("the flow is tracked");
+        assert_eq!(&tracked.backend, b, "{w:?}");
+        assert!(tracked.stays, "{w:?}");
     }
     let r = reload(&removed, &[]);
     assert_eq!(r["services"][0]["removed"], serde_json::json!(["b3"]));
@@ -888,27 +880,7 @@ fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip
 fn nat_over_ipv6() {
     let dir = TempDir::new("lb6");
     let topo = dir.file("lb-nat-lab.toml", NAT_TOPOLOGY);
-    let config = dir.file(
-        "lb6.toml",
-        r#"
-[[service]]
-name = "web6"
-vip = "2001:2:1::100"
-port = 80
-proto = "tcp"
-mode = "nat"
-health = { kind = "tcp", interval = "200ms" }
-[[service.backend]]
-name = "b1"
-addr = "2001:2:2::21"
-[[service.backend]]
-name = "b2"
-addr = "2001:2:2::22"
-[[service.backend]]
-name = "b3"
-addr = "2001:2:2::23"
-"#,
-    );
+    let config = dir.file("lb6.toml", include_str!("data/lb-nat6.toml"));
     let lab = Lab::up_with("lb6", Some(&topo));
     // IPv6 on the NAT lab (no DAD: addresses usable at once): 2001:2::/64 on the client
     // segment, 2001:2:2::/64 behind the balancer, the VIP 2001:2:1::100 routed to it.

@@ -25,75 +25,7 @@ const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: passed on
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
-const CONFIG: &str = r#"
-[[service]]
-name = "web"
-vip = "198.18.1.100"
-port = 80
-proto = "tcp"
-table_size = 251
-seed = 5
-[[service.backend]]
-name = "a"
-addr = "198.18.0.21"
-mac = "02:00:00:00:00:21"
-[[service.backend]]
-name = "b"
-addr = "198.18.0.22"
-mac = "02:00:00:00:00:22"
-[[service.backend]]
-name = "c"
-addr = "198.18.0.23"
-mac = "02:00:00:00:00:23"
-[[service.backend]]
-name = "drained"
-addr = "198.18.0.24"
-mac = "02:00:00:00:00:24"
-weight = 0
-
-[[service]]
-name = "dns"
-vip = "198.18.1.100"
-port = 53
-proto = "udp"
-table_size = 251
-[[service.backend]]
-name = "ns1"
-addr = "198.18.0.31"
-mac = "02:00:00:00:00:31"
-
-[[service]]
-name = "down"
-vip = "198.18.1.101"
-port = 80
-proto = "tcp"
-table_size = 251
-[[service.backend]]
-name = "off1"
-addr = "198.18.0.41"
-mac = "02:00:00:00:00:41"
-weight = 0
-[[service.backend]]
-name = "off2"
-addr = "198.18.0.42"
-mac = "02:00:00:00:00:42"
-weight = 0
-
-[[service]]
-name = "web6"
-vip = "2001:2::100"
-port = 80
-proto = "tcp"
-table_size = 251
-[[service.backend]]
-name = "v6a"
-addr = "2001:2::21"
-mac = "02:00:00:00:06:21"
-[[service.backend]]
-name = "v6b"
-addr = "2001:2::22"
-mac = "02:00:00:00:06:22"
-"#;
+const CONFIG: &str = include_str!("data/lb-prog.toml");
 
 struct Harness {
     bpf: Ebpf,
@@ -629,43 +561,7 @@ fn a_down_backend_leaves_the_table_and_its_flows_rehash_a_removed_one_keeps_its_
     );
 }
 
-const NAT_CONFIG: &str = r#"
-[[service]]
-name = "nat"
-vip = "198.18.1.100"
-port = 80
-proto = "tcp"
-mode = "nat"
-table_size = 251
-[[service.backend]]
-name = "n1"
-addr = "198.18.2.21"
-[[service.backend]]
-name = "n2"
-addr = "198.18.2.22"
-
-[[service]]
-name = "nat-dns"
-vip = "198.18.1.100"
-port = 53
-proto = "udp"
-mode = "nat"
-table_size = 251
-[[service.backend]]
-name = "u1"
-addr = "198.18.2.31"
-
-[[service]]
-name = "nat6"
-vip = "2001:2::100"
-port = 80
-proto = "tcp"
-mode = "nat"
-table_size = 251
-[[service.backend]]
-name = "v6"
-addr = "2001:2:2::21"
-"#;
+const NAT_CONFIG: &str = include_str!("data/lb-prog-nat.toml");
 
 const TC_ACT_OK: u32 = 0;
 

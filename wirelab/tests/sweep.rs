@@ -9,26 +9,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use common::*;
 use wirelab::sweep::{self, RunResult};
 
-const GRID: &str = r#"
-seed = 11
-repetitions = 3
-[base]
-both = "delay 2ms"
-[[axis]]
-name = "delay"
-values = ["delay 5ms", "delay 20ms"]
-[[axis]]
-name = "loss"
-values = ["", "loss 20%"]
-[[axis]]
-name = "dup"
-values = ["", "duplicate 5%"]
-dir = "a_to_b"
-[[workload]]
-kind = "udp"
-rate = 200
-count = 120
-"#;
+const GRID: &str = include_str!("data/sweep-2x2x2.toml");
 
 fn results(dir: &Path) -> Vec<RunResult> {
     sweep::run::read_results(dir).unwrap()

@@ -582,35 +582,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
-[[service]]
-name = "web"
-vip = "198.18.1.100"
-port = 80
-proto = "tcp"
-table_size = 251
-seed = 9
-
-[[service.backend]]
-name = "a"
-addr = "198.18.0.21"
-mac = "02:00:00:00:00:21"
-
-[[service.backend]]
-name = "b"
-addr = "198.18.0.22"
-weight = 3
-
-[[service]]
-vip = "2001:2::100"
-port = 53
-proto = "udp"
-[[service.backend]]
-name = "a6"
-addr = "2001:2::21"
-mac = "02-00-00-00-00-21"
-weight = 0
-"#;
+    const GOOD: &str = include_str!("../../tests/data/lb-config-unit.toml");
 
     #[test]
     fn a_good_config() {

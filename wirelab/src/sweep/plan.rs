@@ -481,24 +481,7 @@ mod tests {
         Plan::new(toml::from_str(text)?)
     }
 
-    const GRID: &str = r#"
-seed = 7
-repetitions = 3
-[base]
-both = "delay 5ms loss 0%"
-[[axis]]
-name = "delay"
-values = ["delay 10ms", "delay 30ms 2ms distribution normal"]
-[[axis]]
-name = "loss"
-values = ["loss 0%", "loss 2%"]
-[[axis]]
-name = "rate"
-values = ["", "rate 20mbit"]
-dir = "a_to_b"
-[[workload]]
-kind = "udp"
-"#;
+    const GRID: &str = include_str!("../../tests/data/sweep-plan-unit.toml");
 
     #[test]
     fn cells_cross_the_axes_and_replace_base_clauses() {
