@@ -10,13 +10,9 @@ use std::{
 
 use common::*;
 use serde_json::{json, Value};
+use wirelab::record::{self, FinalDoc, Summary};
 
 const TO: &str = "198.18.0.2:7000";
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
 
 fn lines(p: &Path) -> Vec<Value> {
     std::fs::read_to_string(p)
@@ -192,18 +188,16 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
     let wan_secs = t0.elapsed().as_secs_f64();
 
     // summary.json: the probe's measured values are the probe's own numbers.
-    let s = read_json(&dir.join("summary.json"));
-    assert_eq!(s["format"], "wirelab-record");
-    assert_eq!(s["version"], 1);
-    assert_eq!(s["unfinished"], json!([]));
+    let s: Summary = record::read_doc(&dir.join("summary.json")).unwrap();
+    assert_eq!(s.format, "wirelab-record");
+    assert_eq!(s.version, 1);
+    assert!(s.unfinished.is_empty(), "{s:?}");
     let meas = |src: &str, q: &str, d: &str| -> f64 {
-        s["measured"]
-            .as_array()
-            .unwrap()
+        s.measured
             .iter()
-            .find(|m| m["source"] == src && m["quantity"] == q && m["direction"] == d)
-            .and_then(|m| m["value"].as_f64())
-            .unwrap_or_else(|| panic!("no measured {src} {q} {d}: {s}"))
+            .find(|m| m.source == src && m.quantity.quantity == q && m.quantity.direction == d)
+            .map(|m| m.quantity.value)
+            .unwrap_or_else(|| panic!("no measured {src} {q} {d}: {s:?}"))
     };
     let eq = |a: f64, b: f64| (a - b).abs() < 1e-9;
     for (d, k) in [("a_to_b", "forward"), ("b_to_a", "reverse")] {
@@ -221,31 +215,24 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
         ));
     }
     // Configured vs measured: 20 ms against the probe's p50, within the stated tolerance.
-    let cmp = s["comparisons"]
-        .as_array()
-        .unwrap()
+    let cmp = s
+        .comparisons
         .iter()
         .find(|c| {
-            c["quantity"] == "delay_ms"
-                && c["direction"] == "a_to_b"
-                && c["measured_by"] == "probe-udp"
+            c.quantity == "delay_ms" && c.direction == "a_to_b" && c.measured_by == "probe-udp"
         })
-        .unwrap_or_else(|| panic!("no delay comparison: {s}"))
-        .clone();
-    assert_eq!(cmp["configured"], 20.0);
+        .unwrap_or_else(|| panic!("no delay comparison: {s:?}"));
+    assert_eq!(cmp.configured, 20.0);
     assert!(eq(
-        cmp["measured"].as_f64().unwrap(),
+        cmp.measured,
         udp["forward"]["delay_ms"]["p50"].as_f64().unwrap()
     ));
-    assert_eq!(cmp["configured_by"], "wan");
+    assert_eq!(cmp.configured_by, "wan");
 
     // Series: one line per interval, as many as the final document says.
     let wan_series = lines(&dir.join("wan.series.jsonl"));
-    let wan_final = read_json(&dir.join("wan.final.json"));
-    assert_eq!(
-        wan_series.len() as u64,
-        wan_final["intervals"].as_u64().unwrap()
-    );
+    let wan_final: FinalDoc = record::read_doc(&dir.join("wan.final.json")).unwrap();
+    assert_eq!(wan_series.len() as u64, wan_final.intervals);
     let printed = wan_out
         .lines()
         .filter(|l| l.contains("\"interval\""))
@@ -266,11 +253,8 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
             .any(|r| r["class"] == "default"));
     }
     let probe_series = lines(&dir.join("probe-udp.series.jsonl"));
-    let probe_final = read_json(&dir.join("probe-udp.final.json"));
-    assert_eq!(
-        probe_series.len() as u64,
-        probe_final["intervals"].as_u64().unwrap()
-    );
+    let probe_final: FinalDoc = record::read_doc(&dir.join("probe-udp.final.json")).unwrap();
+    assert_eq!(probe_series.len() as u64, probe_final.intervals);
     // 800 probes at 200/s = 4 s of sending + 1 s wait, 0.5 s intervals.
     assert!(
         probe_series.len() >= 8 && (probe_series.len() as f64) <= probe_secs / 0.5 + 2.0,

@@ -15,11 +15,12 @@ fn results(dir: &Path) -> Vec<RunResult> {
     sweep::run::read_results(dir).unwrap()
 }
 
-/// The probe's final report of one run's record.
-fn final_of(dir: &Path, r: &RunResult) -> serde_json::Value {
+/// The probe's final result in one run's record.
+fn final_of(dir: &Path, r: &RunResult) -> wirelab::probe::UdpRecord {
     let p = dir.join(&r.record).join("probe-udp.final.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    v["result"].clone()
+    let doc: wirelab::record::FinalDoc<wirelab::probe::UdpRecord> =
+        wirelab::record::read_doc(&p).unwrap();
+    doc.result
 }
 
 /// Whether the lab a sweep process `pid` would make exists (other tests' labs may come and
@@ -88,11 +89,7 @@ fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
         let mut p50: Vec<f64> = rs
             .iter()
             .filter(|r| r.cell == c.cell.index)
-            .map(|r| {
-                final_of(&out, r)["forward"]["delay_ms"]["p50"]
-                    .as_f64()
-                    .unwrap()
-            })
+            .map(|r| final_of(&out, r).report.forward.delay_ms.p50)
             .collect();
         assert_eq!(p50.len(), 3);
         p50.sort_by(f64::total_cmp);
@@ -157,10 +154,10 @@ fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
     // The same file again: every run's loss decisions are the same (its seed).
     let out_b = d.join("b");
     ok(wirelab().arg("sweep").arg(&file).arg("--out").arg(&out_b));
-    let by_id = |dir: &Path| -> BTreeMap<usize, serde_json::Value> {
+    let by_id = |dir: &Path| -> BTreeMap<usize, Vec<u64>> {
         results(dir)
             .iter()
-            .map(|r| (r.id, final_of(dir, r)["lost_seqs"].clone()))
+            .map(|r| (r.id, final_of(dir, r).report.lost_seqs))
             .collect()
     };
     let (a, b) = (by_id(&out), by_id(&out_b));
@@ -170,7 +167,7 @@ fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
     assert!(cmp.contains("B − A") && cmp.contains("<h2>udp.fwd_loss_pct</h2>"));
     let lossy: Vec<usize> = a
         .iter()
-        .filter(|(_, v)| v.as_array().is_some_and(|v| !v.is_empty()))
+        .filter(|(_, v)| !v.is_empty())
         .map(|(k, _)| *k)
         .collect();
     assert!(lossy.len() >= 10, "runs with losses: {lossy:?}");

@@ -5,6 +5,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::{plot::Chart, Run};
+use crate::record::SourcedQuantity;
 
 pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -75,28 +76,20 @@ fn sources_table(h: &mut String, run: &Run) -> Result<()> {
     for s in &run.sources {
         let c = &s.config;
         let f = s.fin.as_ref();
-        let argv: Vec<String> = c["argv"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
         writeln!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{} / {} (wirelab {})</td><td><code>{}</code></td></tr>",
             esc(&s.name),
             esc(&s.tool),
-            when(c["started_unix"].as_f64()),
-            f.map(|f| when(f["ended_unix"].as_f64())).unwrap_or_else(|| "<b>unfinished</b>".into()),
-            f.and_then(|f| f["duration_s"].as_f64()).map(|d| format!("{d:.1} s")).unwrap_or_default(),
+            when(Some(c.started_unix)),
+            f.map(|f| when(Some(f.ended_unix))).unwrap_or_else(|| "<b>unfinished</b>".into()),
+            f.map(|f| format!("{:.1} s", f.duration_s)).unwrap_or_default(),
             s.series.len(),
             s.changes.len(),
-            esc(c["host"]["hostname"].as_str().unwrap_or("")),
-            esc(c["host"]["kernel"].as_str().unwrap_or("")),
-            esc(c["host"]["wirelab_version"].as_str().unwrap_or("")),
-            esc(&argv.join(" ")),
+            esc(&c.host.hostname),
+            esc(&c.host.kernel),
+            esc(&c.host.wirelab_version),
+            esc(&c.argv.join(" ")),
         )?;
     }
     writeln!(h, "</table>")?;
@@ -104,10 +97,7 @@ fn sources_table(h: &mut String, run: &Run) -> Result<()> {
 }
 
 fn comparisons_table(h: &mut String, run: &Run) -> Result<()> {
-    let rows = run.summary["comparisons"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let rows = &run.summary.comparisons;
     if rows.is_empty() {
         writeln!(
             h,
@@ -118,51 +108,45 @@ fn comparisons_table(h: &mut String, run: &Run) -> Result<()> {
             h,
             "<table id=comparisons><tr><th>quantity</th><th>direction</th><th>configured</th><th>measured</th><th>measured by</th><th>deviation</th><th>tolerance</th><th></th><th>note</th></tr>"
         )?;
-        for r in &rows {
-            let ok = r["ok"].as_bool().unwrap_or(false);
-            let unit = r["unit"].as_str().unwrap_or("");
-            let f = |k: &str| r[k].as_f64().map(fmt_num).unwrap_or_default();
+        for r in rows {
+            let unit = esc(&r.unit);
             writeln!(
                 h,
-                "<tr class={}><td>{}</td><td>{}</td><td class=n>{} {}</td><td class=n>{} {}</td><td>{} <span class=meta>{}</span></td><td class=n>{}{}</td><td class=n>±{}</td><td class=flag>{}</td><td class=meta>{}</td></tr>",
-                if ok { "okrow" } else { "dev" },
-                esc(r["quantity"].as_str().unwrap_or("")),
-                esc(r["direction"].as_str().unwrap_or("")),
-                f("configured"),
-                esc(unit),
-                f("measured"),
-                esc(unit),
-                esc(r["measured_by"].as_str().unwrap_or("")),
-                esc(r["what"].as_str().unwrap_or("")),
-                f("deviation"),
-                r["deviation_pct"].as_f64().map(|p| format!(" ({p:+.1}%)")).unwrap_or_default(),
-                f("tolerance"),
-                if ok { "ok" } else { "DEVIATES" },
-                esc(r["note"].as_str().unwrap_or("")),
+                "<tr class={}><td>{}</td><td>{}</td><td class=n>{} {unit}</td><td class=n>{} {unit}</td><td>{} <span class=meta>{}</span></td><td class=n>{}{}</td><td class=n>±{}</td><td class=flag>{}</td><td class=meta>{}</td></tr>",
+                if r.ok { "okrow" } else { "dev" },
+                esc(&r.quantity),
+                esc(&r.direction),
+                fmt_num(r.configured),
+                fmt_num(r.measured),
+                esc(&r.measured_by),
+                esc(&r.what),
+                fmt_num(r.deviation),
+                r.deviation_pct.map(|p| format!(" ({p:+.1}%)")).unwrap_or_default(),
+                fmt_num(r.tolerance),
+                if r.ok { "ok" } else { "DEVIATES" },
+                esc(&r.note),
             )?;
         }
         writeln!(h, "</table>")?;
     }
-    let measured = run.summary["measured"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let measured = &run.summary.measured;
     if !measured.is_empty() {
         writeln!(
             h,
             "<details><summary>All measured values ({})</summary><table><tr><th>source</th><th>quantity</th><th>direction</th><th>value</th><th>what</th></tr>",
             measured.len()
         )?;
-        for m in &measured {
+        for m in measured {
+            let q = &m.quantity;
             writeln!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td class=n>{} {}</td><td class=meta>{}</td></tr>",
-                esc(m["source"].as_str().unwrap_or("")),
-                esc(m["quantity"].as_str().unwrap_or("")),
-                esc(m["direction"].as_str().unwrap_or("")),
-                m["value"].as_f64().map(fmt_num).unwrap_or_default(),
-                esc(m["unit"].as_str().unwrap_or("")),
-                esc(m["what"].as_str().unwrap_or("")),
+                esc(&m.source),
+                esc(&q.quantity),
+                esc(&q.direction),
+                fmt_num(q.value),
+                esc(&q.unit),
+                esc(&q.what),
             )?;
         }
         writeln!(h, "</table></details>")?;
@@ -176,7 +160,7 @@ fn config_section(h: &mut String, run: &Run) -> Result<()> {
         writeln!(
             h,
             "<pre>{}</pre>",
-            esc(&serde_json::to_string_pretty(&s.config["config"])?)
+            esc(&serde_json::to_string_pretty(&s.config.config)?)
         )?;
         if !s.changes.is_empty() {
             writeln!(
@@ -216,11 +200,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
 }
 
 /// Rows of (what, A, B) that differ between two runs: configuration and measured values.
-pub fn differences(a: &Run, b: &Run) -> (Vec<(String, String, String)>, Vec<Value>) {
+pub fn differences(a: &Run, b: &Run) -> (Vec<(String, String, String)>, Vec<MeasuredDiff>) {
     let conf = |r: &Run| {
         let mut v = vec![];
         for s in &r.sources {
-            flatten(&s.name, &s.config["config"], &mut v);
+            flatten(&s.name, &s.config.config, &mut v);
         }
         v
     };
@@ -241,43 +225,53 @@ pub fn differences(a: &Run, b: &Run) -> (Vec<(String, String, String)>, Vec<Valu
             cfg.push((k.clone(), "(absent)".into(), vb.clone()));
         }
     }
-    let key = |m: &Value| {
-        format!(
-            "{}|{}|{}|{}",
-            m["source"].as_str().unwrap_or(""),
-            m["quantity"].as_str().unwrap_or(""),
-            m["direction"].as_str().unwrap_or(""),
-            m["what"].as_str().unwrap_or("")
+    let key = |m: &SourcedQuantity| {
+        (
+            m.source.clone(),
+            m.quantity.quantity.clone(),
+            m.quantity.direction.clone(),
+            m.quantity.what.clone(),
         )
     };
-    let ma = a.summary["measured"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mb = b.summary["measured"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let (ma, mb) = (&a.summary.measured, &b.summary.measured);
     let mut rows = vec![];
-    for m in &ma {
-        let other = mb.iter().find(|x| key(x) == key(m));
-        let va = m["value"].as_f64();
-        let vb = other.and_then(|o| o["value"].as_f64());
-        rows.push(serde_json::json!({
-            "source": m["source"], "quantity": m["quantity"], "direction": m["direction"],
-            "what": m["what"], "unit": m["unit"], "a": va, "b": vb,
-            "diff": match (va, vb) { (Some(x), Some(y)) => Some(y - x), _ => None },
-        }));
+    for m in ma {
+        let vb = mb
+            .iter()
+            .find(|x| key(x) == key(m))
+            .map(|o| o.quantity.value);
+        rows.push(MeasuredDiff {
+            quantity: m.clone(),
+            a: Some(m.quantity.value),
+            b: vb,
+        });
     }
-    for m in &mb {
+    for m in mb {
         if !ma.iter().any(|x| key(x) == key(m)) {
-            rows.push(serde_json::json!({
-                "source": m["source"], "quantity": m["quantity"], "direction": m["direction"],
-                "what": m["what"], "unit": m["unit"], "a": null, "b": m["value"], "diff": null,
-            }));
+            rows.push(MeasuredDiff {
+                quantity: m.clone(),
+                a: None,
+                b: Some(m.quantity.value),
+            });
         }
     }
     (cfg, rows)
+}
+
+/// One measured quantity in runs A and B (`None`: that run did not measure it).
+#[derive(Debug, Clone)]
+pub struct MeasuredDiff {
+    /// The quantity as the first run that has it measured it (its value is not used).
+    pub quantity: SourcedQuantity,
+    pub a: Option<f64>,
+    pub b: Option<f64>,
+}
+
+impl MeasuredDiff {
+    /// B − A where both measured it.
+    pub fn diff(&self) -> Option<f64> {
+        Some(self.b? - self.a?)
+    }
 }
 
 pub fn render(runs: &[Run], charts: &[(Chart, String)], plot_dir: &Path) -> Result<String> {
@@ -322,7 +316,7 @@ pub fn render(runs: &[Run], charts: &[(Chart, String)], plot_dir: &Path) -> Resu
                 run.problems.iter().map(|p| format!("<li>{}</li>", esc(p))).collect::<String>()
             )?;
         }
-        let dev = run.summary["deviations"].as_u64().unwrap_or(0);
+        let dev = run.summary.deviations;
         if dev > 0 {
             writeln!(
                 h,
@@ -338,8 +332,8 @@ pub fn render(runs: &[Run], charts: &[(Chart, String)], plot_dir: &Path) -> Resu
             h,
             "<p class=meta>Run directory <code>{}</code>, {} &ndash; {}</p>",
             esc(&run.dir.display().to_string()),
-            when(run.summary["started_unix"].as_f64()),
-            when(run.summary["ended_unix"].as_f64())
+            when(run.summary.started_unix),
+            when(Some(run.summary.ended_unix))
         )?;
         sources_table(&mut h, run)?;
         writeln!(h, "<h2>{}Configured vs measured</h2>", esc(&tag))?;
@@ -369,18 +363,19 @@ pub fn render(runs: &[Run], charts: &[(Chart, String)], plot_dir: &Path) -> Resu
         }
         writeln!(h, "<h3>Measured</h3><table id=measured-diff><tr><th>source</th><th>quantity</th><th>direction</th><th>A</th><th>B</th><th>B &minus; A</th><th>what</th></tr>")?;
         for r in &rows {
-            let f = |k: &str| r[k].as_f64().map(fmt_num).unwrap_or_else(|| "-".into());
+            let f = |v: Option<f64>| v.map(fmt_num).unwrap_or_else(|| "-".into());
+            let q = &r.quantity.quantity;
             writeln!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=meta>{} {}</td></tr>",
-                esc(r["source"].as_str().unwrap_or("")),
-                esc(r["quantity"].as_str().unwrap_or("")),
-                esc(r["direction"].as_str().unwrap_or("")),
-                f("a"),
-                f("b"),
-                f("diff"),
-                esc(r["unit"].as_str().unwrap_or("")),
-                esc(r["what"].as_str().unwrap_or("")),
+                esc(&r.quantity.source),
+                esc(&q.quantity),
+                esc(&q.direction),
+                f(r.a),
+                f(r.b),
+                f(r.diff()),
+                esc(&q.unit),
+                esc(&q.what),
             )?;
         }
         writeln!(h, "</table>")?;

@@ -12,10 +12,10 @@ pub mod plot;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
-use crate::record::{self, FORMAT, VERSION};
+use crate::record;
 use crate::{probe, swarm, wan};
 use plot::{Chart, Kind, Series};
 
@@ -24,12 +24,12 @@ use plot::{Chart, Kind, Series};
 pub struct Source {
     pub name: String,
     pub tool: String,
-    pub config: Value,
+    pub config: record::ConfigDoc,
     pub series: Vec<Value>,
     /// The series read back as the tool's own line type (tools that have one).
     pub typed: Typed,
     pub changes: Vec<Value>,
-    pub fin: Option<Value>,
+    pub fin: Option<record::FinalDoc>,
 }
 
 /// A series decoded into the type its tool wrote: a line of another shape is an error
@@ -58,7 +58,12 @@ pub enum Typed {
 }
 
 impl Typed {
-    fn decode(tool: &str, path: &Path, series: &[Value], fin: Option<&Value>) -> Result<Self> {
+    fn decode(
+        tool: &str,
+        path: &Path,
+        series: &[Value],
+        fin: Option<&record::FinalDoc>,
+    ) -> Result<Self> {
         fn all<T: serde::de::DeserializeOwned>(path: &Path, series: &[Value]) -> Result<Vec<T>> {
             series
                 .iter()
@@ -78,10 +83,10 @@ impl Typed {
         /// The final document's `result`, as the tool's own type.
         fn result<T: serde::de::DeserializeOwned>(
             path: &Path,
-            fin: Option<&Value>,
+            fin: Option<&record::FinalDoc>,
         ) -> Result<Option<Box<T>>> {
             fin.map(|f| {
-                T::deserialize(&f["result"]).map(Box::new).with_context(|| {
+                T::deserialize(&f.result).map(Box::new).with_context(|| {
                     format!(
                         "{}: the final result is not a {}",
                         path.with_extension("")
@@ -108,7 +113,7 @@ impl Typed {
 
 impl Source {
     pub fn started(&self) -> f64 {
-        self.config["started_unix"].as_f64().unwrap_or(0.0)
+        self.config.started_unix
     }
 }
 
@@ -117,7 +122,7 @@ pub struct Run {
     pub dir: PathBuf,
     pub sources: Vec<Source>,
     /// summary.json as recomputed from the finished sources.
-    pub summary: Value,
+    pub summary: record::Summary,
     /// What is missing or damaged (only non-empty with `allow_partial`).
     pub problems: Vec<String>,
 }
@@ -129,36 +134,6 @@ impl Run {
             .map(|s| s.started())
             .fold(f64::MAX, f64::min)
     }
-}
-
-fn parse_doc(p: &Path) -> Result<Value> {
-    let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    serde_json::from_str(&t).map_err(|e| {
-        anyhow!(
-            "{}: line {} column {}: {e} (file damaged or truncated)",
-            p.display(),
-            e.line(),
-            e.column()
-        )
-    })
-}
-
-fn check_format(p: &Path, v: &Value) -> Result<()> {
-    if v["format"] != FORMAT {
-        bail!(
-            "{}: line 1: not a wirelab record (format {:?}, want {FORMAT:?})",
-            p.display(),
-            v["format"]
-        );
-    }
-    let ver = v["version"].as_u64().unwrap_or(0);
-    if ver != VERSION as u64 {
-        bail!(
-            "{}: record format version {ver}; this wirelab reads version {VERSION}",
-            p.display()
-        );
-    }
-    Ok(())
 }
 
 /// Read a JSON-lines file strictly. Returns the good lines and the first problem (if any).
@@ -236,8 +211,7 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
     let mut sources = vec![];
     for name in names {
         let cp = dir.join(format!("{name}.config.json"));
-        let config = parse_doc(&cp)?;
-        check_format(&cp, &config)?;
+        let config: record::ConfigDoc = record::read_doc(&cp)?;
         let sp = dir.join(format!("{name}.series.jsonl"));
         let (series, prob) = read_jsonl(&sp)?;
         if let Some(p) = prob {
@@ -249,9 +223,8 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
         }
         let fp = dir.join(format!("{name}.final.json"));
         let fin = if fp.exists() {
-            let f = parse_doc(&fp)?;
-            check_format(&fp, &f)?;
-            let n = f["intervals"].as_u64().unwrap_or(0);
+            let f: record::FinalDoc = record::read_doc(&fp)?;
+            let n = f.intervals;
             if n != series.len() as u64 {
                 problems.push(format!(
                     "{}: {} good interval lines, but {} says {n} were written (line {} onwards missing or damaged)",
@@ -261,7 +234,7 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
                     series.len() + 1
                 ));
             }
-            let nc = f["changes"].as_u64().unwrap_or(0);
+            let nc = f.changes;
             if nc != changes.len() as u64 {
                 problems.push(format!(
                     "{name}.changes.jsonl: {} good change lines, but {} says {nc}",
@@ -278,7 +251,7 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
             ));
             None
         };
-        let tool = config["tool"].as_str().unwrap_or("?").to_string();
+        let tool = config.tool.clone();
         let typed = Typed::decode(&tool, &sp, &series, fin.as_ref())?;
         sources.push(Source {
             name,
@@ -300,8 +273,7 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
     }
     let sp = dir.join("summary.json");
     if sp.exists() {
-        let s = parse_doc(&sp)?;
-        check_format(&sp, &s)?;
+        record::read_doc::<record::Summary>(&sp)?;
     } else if sources.iter().any(|s| s.fin.is_some()) {
         let m = format!("{}: missing", sp.display());
         if !allow_partial {
@@ -309,13 +281,13 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
         }
         problems.push(m);
     }
-    let finals: Vec<Value> = sources.iter().filter_map(|s| s.fin.clone()).collect();
+    let finals: Vec<&record::FinalDoc> = sources.iter().filter_map(|s| s.fin.as_ref()).collect();
     let unfinished: Vec<String> = sources
         .iter()
         .filter(|s| s.fin.is_none())
         .map(|s| s.name.clone())
         .collect();
-    let summary = record::summary_of(&finals, &unfinished)?;
+    let summary = record::summary_of(&finals, &unfinished);
     Ok(Run {
         dir: dir.to_path_buf(),
         sources,
@@ -580,8 +552,9 @@ fn probe_udp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     let r = &f.report;
     let bucket = src
         .config
-        .pointer("/config/interval_s")
-        .and_then(|v| v.as_f64())
+        .config
+        .get("interval_s")
+        .and_then(Value::as_f64)
         .unwrap_or(1.0)
         .max(0.01);
     if r.rate_pps > 0.0 {
