@@ -11,6 +11,9 @@ use wirelab::{
 use super::{parse_duration, JsonArg, NetnsArg, XdpModeArg};
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  wirelab capture --netns wirelab-server --iface eth0 -w /tmp/server.pcapng --count 100\n  wirelab capture --netns wirelab-wan --iface to-client --filter 'icmp or udp port 7000' \\\n      --duration 10s -w run.pcapng --json\n  wirelab capture --netns wirelab-client --iface eth0 --snaplen 128 -w - | tshark -r -\n\nFilter words: host, net CIDR, port, portrange A-B (after src/dst, src or dst, src and dst;\nports also after tcp/udp), ip, ip6, arp, tcp, udp, icmp, icmp6, vlan [ID],\ntcp[tcpflags] & FLAGS != 0, and/&&, or/||, not/!, parentheses. Unmatched frames are not\ncopied. See docs/capture.md."
+)]
 pub struct CaptureArgs {
     /// Interface to capture on (both directions).
     #[arg(long)]

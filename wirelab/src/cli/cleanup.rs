@@ -7,6 +7,7 @@ use clap::Args;
 use super::JsonArg;
 
 #[derive(Args)]
+#[command(after_help = "Examples:\n  wirelab cleanup\n  wirelab cleanup --all-labs --json")]
 pub struct CleanupArgs {
     /// Also remove labs that are complete and may still be in use.
     #[arg(long)]

@@ -8,6 +8,9 @@ use wirelab::doctor::{self, Status};
 use super::{emit, JsonArg};
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  wirelab doctor\n  wirelab doctor --json\n  wirelab doctor --kernel 6.1     # what Debian 12's kernel would lack\n\nExit status 1 when a check fails (a tool cannot run here), 0 otherwise."
+)]
 pub struct DoctorArgs {
     #[command(flatten)]
     json: JsonArg,

@@ -8,6 +8,9 @@ use wirelab::fw;
 use super::{emit, parse_duration, JsonArg, NetnsArg, Observe, Running, XdpModeArg};
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml\n  wirelab fw reload --netns wirelab-server --rules new.toml\n  wirelab fw stats --netns wirelab-server --json\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml \\\n      --metrics 127.0.0.1:9464 --record run1\n  wirelab fw check --rules rules.toml\n\nSee docs/fw.md for the rules file format and semantics."
+)]
 pub struct FwArgs {
     #[command(subcommand)]
     sub: Option<FwCmd>,
@@ -76,11 +79,13 @@ pub fn run(a: FwArgs) -> Result<ExitCode> {
             let rs = fw::rules::load(&rules)?;
             let lookup = fw::lookup_plan(&rs);
             if json {
-                emit(
-                    &serde_json::json!({"ok": true, "rules": rs.rules.len(),
-                        "prefixes": rs.prefixes(), "lookup": lookup})
-                    .to_string(),
-                )?;
+                let report = fw::CheckReport {
+                    ok: true,
+                    rules: rs.rules.len(),
+                    prefixes: rs.prefixes(),
+                    lookup,
+                };
+                emit(&serde_json::to_string(&report)?)?;
             } else {
                 let l = lookup.text();
                 emit(&format!(

@@ -8,6 +8,9 @@ use wirelab::gen;
 use super::{emit, parse_duration, JsonArg, NetnsArg};
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 198.18.0.0/24 --dst 198.18.0.2 --proto udp --size 64 --duration 5s --flows 256\n  wirelab gen --iface veth0 --dst-mac ff:ff:ff:ff:ff:ff --src 198.18.1.1/32 --dst 198.18.0.2 \\\n      --proto tcp-syn --size 64 --rate 1000 --count 5000 --json\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 2001:2::1:0/112 --flows 16 --dst 2001:2::2 --count 10000"
+)]
 pub struct GenArgs {
     /// Interface to transmit on.
     #[arg(long)]

@@ -8,6 +8,9 @@ use wirelab::inspect;
 use super::{parse_duration, JsonArg, NetnsArg, Observe, XdpModeArg};
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  wirelab inspect --iface eth0 --duration 30s\n  wirelab inspect --netns wirelab-wan --iface to-client --interval 500ms --json\n\nCounts are of frames received on IFACE (XDP sees ingress only). A frame counts in every\nclass that applies (an ICMP echo counts in total, ipv4 and icmp)."
+)]
 pub struct InspectArgs {
     /// Interface to attach to.
     #[arg(long)]

@@ -8,6 +8,9 @@ use wirelab::lb;
 use super::{emit, parse_duration, JsonArg, NetnsArg, Observe, Running};
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  wirelab lb --netns wirelab-lb --iface eth0 --config lb.toml\n  wirelab lb --netns wirelab-lb --iface eth0 --config lb.toml --json --interval 2s --duration 60s\n  wirelab lb check --config lb.toml\n\nSee docs/lb.md for the config format, the packet path and what is not done yet."
+)]
 pub struct LbArgs {
     #[command(subcommand)]
     sub: Option<LbCmd>,

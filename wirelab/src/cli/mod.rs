@@ -42,22 +42,13 @@ enum Cmd {
     #[command(subcommand)]
     Lab(lab::LabCmd),
     /// Count packets per class (ARP, IPv4, IPv6, ICMP, TCP, UDP, malformed, ...) with XDP.
-    #[command(
-        after_help = "Examples:\n  wirelab inspect --iface eth0 --duration 30s\n  wirelab inspect --netns wirelab-wan --iface to-client --interval 500ms --json\n\nCounts are of frames received on IFACE (XDP sees ingress only). A frame counts in every\nclass that applies (an ICMP echo counts in total, ipv4 and icmp)."
-    )]
     Inspect(inspect::InspectArgs),
     /// Capture what an interface receives (XDP) and sends (tc) to pcapng, filtered in the
     /// kernel with tcpdump's words; `-w -` writes to stdout for tshark or Wireshark.
-    #[command(
-        after_help = "Examples:\n  wirelab capture --netns wirelab-server --iface eth0 -w /tmp/server.pcapng --count 100\n  wirelab capture --netns wirelab-wan --iface to-client --filter 'icmp or udp port 7000' \\\n      --duration 10s -w run.pcapng --json\n  wirelab capture --netns wirelab-client --iface eth0 --snaplen 128 -w - | tshark -r -\n\nFilter words: host, net CIDR, port, portrange A-B (after src/dst, src or dst, src and dst;\nports also after tcp/udp), ip, ip6, arp, tcp, udp, icmp, icmp6, vlan [ID],\ntcp[tcpflags] & FLAGS != 0, and/&&, or/||, not/!, parentheses. Unmatched frames are not\ncopied. See docs/capture.md."
-    )]
     Capture(capture::CaptureArgs),
     /// WAN emulator between two interfaces: delay, jitter, loss models, rate, queues,
     /// reorder, duplication, corruption, blackholes; live changes with `wan set`.
-    #[command(
-        args_conflicts_with_subcommands = true,
-        after_help = "Examples:\n  wirelab wan --netns wirelab-wan --between to-client to-server --both \"delay 20ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server \\\n      --a-to-b \"delay 40ms 5ms distribution normal loss 0.5% rate 20mbit\" --b-to-a \"delay 40ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server --config wan.toml --seed 7 --json\n  wirelab wan set --netns wirelab-wan --both \"delay 80ms\"\n\nSPEC words (tc-netem's): delay TIME [JITTER [CORR%]] [distribution uniform|normal|pareto|\nparetonormal|FILE.dist], loss P% [CORR%] | loss state p13 [p31 [p32 [p23 [p14]]]] | loss gemodel\np [r [1-h [1-k]]], duplicate P% [CORR%], corrupt P% [CORR%], reorder P% [CORR%] [gap N],\nrate RATE [OVERHEAD [CELLSIZE [CELLOVERHEAD]]], limit PACKETS|SIZE, and beyond netem:\nblackhole TIME every TIME, jitter-order keep|reorder (default keep).\nOrder: classify -> loss -> duplicate -> corrupt -> delay -> rate -> queue limit."
-    )]
+    #[command(args_conflicts_with_subcommands = true)]
     Wan(wan::WanArgs),
     /// Measurement traffic: one-way delay, loss, duplicates, reordering, corruption (UDP);
     /// goodput over time (TCP).
@@ -67,43 +58,24 @@ enum Cmd {
     #[command(subcommand)]
     Swarm(swarm::SwarmCmd),
     /// XDP firewall: CIDR/port/protocol rules, per-source rate limits, live reload.
-    #[command(
-        args_conflicts_with_subcommands = true,
-        after_help = "Examples:\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml\n  wirelab fw reload --netns wirelab-server --rules new.toml\n  wirelab fw stats --netns wirelab-server --json\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml \\\n      --metrics 127.0.0.1:9464 --record run1\n  wirelab fw check --rules rules.toml\n\nSee docs/fw.md for the rules file format and semantics."
-    )]
+    #[command(args_conflicts_with_subcommands = true)]
     Fw(fw::FwArgs),
     /// L4 load balancer (tc): weighted Maglev hashing, connection tracking, direct server
     /// return; `lb check` validates a config and shows each backend's share.
-    #[command(
-        args_conflicts_with_subcommands = true,
-        after_help = "Examples:\n  wirelab lb --netns wirelab-lb --iface eth0 --config lb.toml\n  wirelab lb --netns wirelab-lb --iface eth0 --config lb.toml --json --interval 2s --duration 60s\n  wirelab lb check --config lb.toml\n\nSee docs/lb.md for the config format, the packet path and what is not done yet."
-    )]
+    #[command(args_conflicts_with_subcommands = true)]
     Lb(lb::LbArgs),
     /// Fast packet generator (XDP live frames; AF_PACKET fallback) reporting achieved pps.
-    #[command(
-        after_help = "Examples:\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 198.18.0.0/24 --dst 198.18.0.2 --proto udp --size 64 --duration 5s --flows 256\n  wirelab gen --iface veth0 --dst-mac ff:ff:ff:ff:ff:ff --src 198.18.1.1/32 --dst 198.18.0.2 \\\n      --proto tcp-syn --size 64 --rate 1000 --count 5000 --json\n  wirelab gen --netns wirelab-client --iface eth0 --dst-mac 02:00:00:00:00:02 \\\n      --src 2001:2::1:0/112 --flows 16 --dst 2001:2::2 --count 10000"
-    )]
     Gen(gen::GenArgs),
     /// Matrices of wan conditions: axes over SPEC clauses crossed into cells, workloads run
     /// in each, repeated in a seeded random order on one live-changed lab, with stability
     /// figures per cell; --resume after an interruption.
-    #[command(
-        after_help = "Examples:\n  wirelab sweep sweep.toml --dry-run\n  wirelab sweep sweep.toml --out runs/sweep1\n  wirelab sweep --resume runs/sweep1\n  wirelab sweep sweep.toml --out runs/sweep2 --json\n\nThe file (docs/sweep.md):\n  seed = 7\n  repetitions = 3\n  [base]\n  both = \"delay 10ms\"\n  [[axis]]\n  name = \"delay\"\n  values = [\"delay 10ms\", \"delay 50ms 5ms\"]\n  [[axis]]\n  name = \"loss\"\n  values = [\"\", \"loss 1%\"]\n  [[workload]]\n  kind = \"udp\"\n  rate = 200\n  count = 400\n\nRuns in its own lab (client - wan - server), removed at the end, on error and on Ctrl-C."
-    )]
     Sweep(sweep::SweepArgs),
     /// HTML report (plots, configured vs measured) of a run directory written by --record;
     /// with two directories, a side-by-side comparison.
-    #[command(
-        after_help = "Examples:\n  wirelab report /tmp/run1                      # writes /tmp/run1/report.html + report-plots/\n  wirelab report /tmp/run1 --out run1.html\n  wirelab report /tmp/run1 /tmp/run2 --out compare.html\n\nA damaged or unfinished run directory is an error naming the file and line; --allow-partial\nreports what is there, under a PARTIAL DATA banner."
-    )]
     Report(report::ReportArgs),
     /// Remove what a killed wirelab left behind (half-made labs; --all-labs: every lab).
-    #[command(after_help = "Examples:\n  wirelab cleanup\n  wirelab cleanup --all-labs --json")]
     Cleanup(cleanup::CleanupArgs),
     /// Check this machine: kernel version and features, root, bpffs, cgroup v2, limits, tools.
-    #[command(
-        after_help = "Examples:\n  wirelab doctor\n  wirelab doctor --json\n  wirelab doctor --kernel 6.1     # what Debian 12's kernel would lack\n\nExit status 1 when a check fails (a tool cannot run here), 0 otherwise."
-    )]
     Doctor(doctor::DoctorArgs),
 }
 

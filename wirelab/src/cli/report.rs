@@ -6,6 +6,9 @@ use clap::Args;
 use wirelab::{report, sweep};
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  wirelab report /tmp/run1                      # writes /tmp/run1/report.html + report-plots/\n  wirelab report /tmp/run1 --out run1.html\n  wirelab report /tmp/run1 /tmp/run2 --out compare.html\n\nA damaged or unfinished run directory is an error naming the file and line; --allow-partial\nreports what is there, under a PARTIAL DATA banner."
+)]
 pub struct ReportArgs {
     /// Run directory (two: compare A and B), or sweep directory (two: B − A per cell).
     #[arg(required = true, num_args = 1..=2)]

@@ -8,6 +8,9 @@ use wirelab::{sweep, util};
 use super::JsonArg;
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  wirelab sweep sweep.toml --dry-run\n  wirelab sweep sweep.toml --out runs/sweep1\n  wirelab sweep --resume runs/sweep1\n  wirelab sweep sweep.toml --out runs/sweep2 --json\n\nThe file (docs/sweep.md):\n  seed = 7\n  repetitions = 3\n  [base]\n  both = \"delay 10ms\"\n  [[axis]]\n  name = \"delay\"\n  values = [\"delay 10ms\", \"delay 50ms 5ms\"]\n  [[axis]]\n  name = \"loss\"\n  values = [\"\", \"loss 1%\"]\n  [[workload]]\n  kind = \"udp\"\n  rate = 200\n  count = 400\n\nRuns in its own lab (client - wan - server), removed at the end, on error and on Ctrl-C."
+)]
 pub struct SweepArgs {
     /// The sweep file (TOML): axes, workloads, repetitions, seed (docs/sweep.md).
     file: Option<PathBuf>,

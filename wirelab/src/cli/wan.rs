@@ -9,6 +9,9 @@ use wirelab::wan;
 use super::{emit, parse_duration, JsonArg, NetnsArg, Observe};
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  wirelab wan --netns wirelab-wan --between to-client to-server --both \"delay 20ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server \\\n      --a-to-b \"delay 40ms 5ms distribution normal loss 0.5% rate 20mbit\" --b-to-a \"delay 40ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server --config wan.toml --seed 7 --json\n  wirelab wan set --netns wirelab-wan --both \"delay 80ms\"\n\nSPEC words (tc-netem's): delay TIME [JITTER [CORR%]] [distribution uniform|normal|pareto|\nparetonormal|FILE.dist], loss P% [CORR%] | loss state p13 [p31 [p32 [p23 [p14]]]] | loss gemodel\np [r [1-h [1-k]]], duplicate P% [CORR%], corrupt P% [CORR%], reorder P% [CORR%] [gap N],\nrate RATE [OVERHEAD [CELLSIZE [CELLOVERHEAD]]], limit PACKETS|SIZE, and beyond netem:\nblackhole TIME every TIME, jitter-order keep|reorder (default keep).\nOrder: classify -> loss -> duplicate -> corrupt -> delay -> rate -> queue limit."
+)]
 pub struct WanArgs {
     #[command(subcommand)]
     cmd: Option<WanCmd>,

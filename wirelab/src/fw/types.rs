@@ -252,3 +252,14 @@ pub struct ReloadChange {
     pub generation: u32,
     pub rules: Vec<RuleStats>,
 }
+
+/// What `fw check --json` prints: the file is valid, and how it would be searched.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// Always true (an invalid file is an error naming the field, not a report).
+    pub ok: bool,
+    pub rules: usize,
+    /// Address prefixes over all rules.
+    pub prefixes: usize,
+    pub lookup: Lookup,
+}

@@ -126,12 +126,9 @@ impl LbMetrics {
                     .set(if b.health == Health::Down { 0.0 } else { 1.0 });
             }
         }
-        let ev = serde_json::to_value(s.events).unwrap_or_default();
-        if let Some(m) = ev.as_object() {
-            for (k, v) in m {
-                let l = labels(&[("iface", iface), ("event", k)]);
-                set_total(&self.events.get_or_create(&l), v.as_u64().unwrap_or(0));
-            }
+        for (k, v) in s.events.named() {
+            let l = labels(&[("iface", iface), ("event", k)]);
+            set_total(&self.events.get_or_create(&l), v);
         }
         let l = labels(&[("iface", iface)]);
         set_total(&self.reloads.get_or_create(&l), st.reloads);

@@ -739,6 +739,7 @@ pub struct Events {
 }
 
 impl Events {
+    /// From the per-CPU sums of `LB_EVENTS`, by index.
     fn from_slice(v: &[u64]) -> Self {
         let g = |i: u32| v.get(i as usize).copied().unwrap_or(0);
         Self {
@@ -757,21 +758,37 @@ impl Events {
         }
     }
 
-    fn minus(&self, o: &Events) -> Events {
-        Events {
-            non_ip: self.non_ip.saturating_sub(o.non_ip),
-            non_vip: self.non_vip.saturating_sub(o.non_vip),
-            malformed: self.malformed.saturating_sub(o.malformed),
-            drop_fragment: self.drop_fragment.saturating_sub(o.drop_fragment),
-            drop_no_backend: self.drop_no_backend.saturating_sub(o.drop_no_backend),
-            drop_error: self.drop_error.saturating_sub(o.drop_error),
-            forwarded: self.forwarded.saturating_sub(o.forwarded),
-            rehashed: self.rehashed.saturating_sub(o.rehashed),
-            ip_options: self.ip_options.saturating_sub(o.ip_options),
-            nat_replies: self.nat_replies.saturating_sub(o.nat_replies),
-            udp_expired: self.udp_expired.saturating_sub(o.udp_expired),
-            untracked: self.untracked.saturating_sub(o.untracked),
+    /// The counts by index, the inverse of [`Events::from_slice`].
+    fn to_array(self) -> [u64; event::COUNT as usize] {
+        let mut a = [0; event::COUNT as usize];
+        for (i, v) in [
+            (event::NON_IP, self.non_ip),
+            (event::NON_VIP, self.non_vip),
+            (event::MALFORMED, self.malformed),
+            (event::DROP_FRAGMENT, self.drop_fragment),
+            (event::DROP_NO_BACKEND, self.drop_no_backend),
+            (event::DROP_ERROR, self.drop_error),
+            (event::FORWARDED, self.forwarded),
+            (event::REHASHED, self.rehashed),
+            (event::IP_OPTIONS, self.ip_options),
+            (event::NAT_REPLIES, self.nat_replies),
+            (event::UDP_EXPIRED, self.udp_expired),
+            (event::UNTRACKED, self.untracked),
+        ] {
+            a[i as usize] = v;
         }
+        a
+    }
+
+    /// Every event with its name (the JSON key, `event::NAMES`), in index order.
+    pub fn named(self) -> impl Iterator<Item = (&'static str, u64)> {
+        event::NAMES.into_iter().zip(self.to_array())
+    }
+
+    fn minus(&self, o: &Events) -> Events {
+        let (a, b) = (self.to_array(), o.to_array());
+        let d: Vec<u64> = a.iter().zip(b).map(|(x, y)| x.saturating_sub(y)).collect();
+        Events::from_slice(&d)
     }
 }
 
@@ -1548,4 +1565,24 @@ pub fn print_check(out: &mut dyn Write, c: &[CheckService]) -> std::io::Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event names of the metrics and the JSON keys are one list: every index lands in
+    /// the field of its name, and back.
+    #[test]
+    fn events_by_index_name_and_field_agree() {
+        let v: Vec<u64> = (1..=u64::from(event::COUNT)).collect();
+        let e = Events::from_slice(&v);
+        assert_eq!(e.to_array().to_vec(), v);
+        let json = serde_json::to_value(e).unwrap();
+        for (name, n) in e.named() {
+            assert_eq!(json[name], n, "{name}");
+        }
+        assert_eq!(json.as_object().unwrap().len(), event::COUNT as usize);
+        assert_eq!(e.minus(&Events::from_slice(&[1; 12])).to_array()[11], 11);
+    }
 }
