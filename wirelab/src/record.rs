@@ -121,14 +121,9 @@ pub struct Epoch {
 pub struct FinalDoc<R = Value> {
     pub format: String,
     pub version: u32,
-    pub source: String,
-    pub tool: String,
-    pub started_unix: f64,
-    pub ended_unix: f64,
-    pub duration_s: f64,
-    /// Lines written to `NAME.series.jsonl` / `NAME.changes.jsonl`.
-    pub intervals: u64,
-    pub changes: u64,
+    /// Which source, when, and how many lines it wrote (as `summary.json` lists it).
+    #[serde(flatten)]
+    pub run: SourceLine,
     /// The configuration in force at the end.
     pub configured: Vec<Quantity>,
     #[serde(default)]
@@ -137,7 +132,7 @@ pub struct FinalDoc<R = Value> {
     pub result: R,
 }
 
-/// One source in `summary.json`.
+/// One source in `summary.json` (and the head of its final document).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SourceLine {
     pub source: String,
@@ -145,6 +140,7 @@ pub struct SourceLine {
     pub started_unix: f64,
     pub ended_unix: f64,
     pub duration_s: f64,
+    /// Lines written to `NAME.series.jsonl` / `NAME.changes.jsonl`.
     pub intervals: u64,
     pub changes: u64,
 }
@@ -368,13 +364,15 @@ impl Recorder {
         let doc = FinalDoc {
             format: FORMAT.into(),
             version: VERSION,
-            source: self.name.clone(),
-            tool: self.tool.clone(),
-            started_unix: self.started_unix,
-            ended_unix: ended,
-            duration_s: self.start.elapsed().as_secs_f64(),
-            intervals: self.seq,
-            changes: self.nchanges,
+            run: SourceLine {
+                source: self.name.clone(),
+                tool: self.tool.clone(),
+                started_unix: self.started_unix,
+                ended_unix: ended,
+                duration_s: self.start.elapsed().as_secs_f64(),
+                intervals: self.seq,
+                changes: self.nchanges,
+            },
             configured,
             configured_epochs: epochs,
             measured,
@@ -552,37 +550,33 @@ pub fn summary_of<F: std::borrow::Borrow<FinalDoc<R>>, R>(
     let (mut start, mut end) = (f64::MAX, 0.0f64);
     for f in finals {
         let f = f.borrow();
-        let (s0, s1) = (f.started_unix, f.ended_unix);
+        let (s0, s1) = (f.run.started_unix, f.run.ended_unix);
         if f.configured_epochs.is_empty() {
             epochs.push(Window {
-                source: &f.source,
+                source: &f.run.source,
                 from: s0,
                 to: s1,
                 q: &f.configured,
             });
         }
         epochs.extend(f.configured_epochs.iter().map(|e| Window {
-            source: &f.source,
+            source: &f.run.source,
             from: e.from_unix,
             to: e.to_unix,
             q: &e.configured,
         }));
         start = start.min(s0);
         end = end.max(s1);
-        sources.push(SourceLine {
-            source: f.source.clone(),
-            tool: f.tool.clone(),
-            started_unix: s0,
-            ended_unix: s1,
-            duration_s: f.duration_s,
-            intervals: f.intervals,
-            changes: f.changes,
-        });
+        sources.push(f.run.clone());
         configured.extend(f.configured.iter().map(|q| SourcedQuantity {
-            source: f.source.clone(),
+            source: f.run.source.clone(),
             quantity: q.clone(),
         }));
-        measured.extend(f.measured.iter().map(|q| (f.source.as_str(), q, s0, s1)));
+        measured.extend(
+            f.measured
+                .iter()
+                .map(|q| (f.run.source.as_str(), q, s0, s1)),
+        );
     }
     // Each measurement is compared with the configuration in force while it was measured:
     // the epoch of each configuring source that overlaps the measurement's time window most.
@@ -652,7 +646,7 @@ pub fn rebuild_summary(dir: &Path) -> Result<PathBuf> {
     for e in std::fs::read_dir(dir)?.flatten() {
         let n = e.file_name().to_string_lossy().to_string();
         if let Some(s) = n.strip_suffix(".config.json") {
-            if !fin.iter().any(|d| d.source == s) {
+            if !fin.iter().any(|d| d.run.source == s) {
                 unfinished.push(s.to_string());
             }
         }

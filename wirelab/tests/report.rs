@@ -232,7 +232,7 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
     // Series: one line per interval, as many as the final document says.
     let wan_series = lines(&dir.join("wan.series.jsonl"));
     let wan_final: FinalDoc = record::read_doc(&dir.join("wan.final.json")).unwrap();
-    assert_eq!(wan_series.len() as u64, wan_final.intervals);
+    assert_eq!(wan_series.len() as u64, wan_final.run.intervals);
     let printed = wan_out
         .lines()
         .filter(|l| l.contains("\"interval\""))
@@ -254,7 +254,7 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
     }
     let probe_series = lines(&dir.join("probe-udp.series.jsonl"));
     let probe_final: FinalDoc = record::read_doc(&dir.join("probe-udp.final.json")).unwrap();
-    assert_eq!(probe_series.len() as u64, probe_final.intervals);
+    assert_eq!(probe_series.len() as u64, probe_final.run.intervals);
     // 800 probes at 200/s = 4 s of sending + 1 s wait, 0.5 s intervals.
     assert!(
         probe_series.len() >= 8 && (probe_series.len() as f64) <= probe_secs / 0.5 + 2.0,

@@ -224,7 +224,7 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
         let fp = dir.join(format!("{name}.final.json"));
         let fin = if fp.exists() {
             let f: record::FinalDoc = record::read_doc(&fp)?;
-            let n = f.intervals;
+            let n = f.run.intervals;
             if n != series.len() as u64 {
                 problems.push(format!(
                     "{}: {} good interval lines, but {} says {n} were written (line {} onwards missing or damaged)",
@@ -234,7 +234,7 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
                     series.len() + 1
                 ));
             }
-            let nc = f.changes;
+            let nc = f.run.changes;
             if nc != changes.len() as u64 {
                 problems.push(format!(
                     "{name}.changes.jsonl: {} good change lines, but {} says {nc}",
