@@ -1,7 +1,8 @@
-//! The names of every map in the kernel-program object, one constant per map, grouped by
-//! tool. The eBPF side declares each map as a `static` of exactly this name (aya names a map
-//! after its static); userspace and the tests ask for maps only through these constants, and
-//! `wirelab`'s `object_maps_match_the_shared_names` test checks the object against [`ALL`]
+//! The names of every map in the kernel objects, one constant per map, grouped by tool (each
+//! tool has its own object; a map's name starts with its tool's). The eBPF side declares each
+//! map as a `static` of exactly this name (aya names a map after its static); userspace and
+//! the tests ask for maps only through these constants, and `wirelab`'s
+//! `each_object_holds_its_tools_maps_and_no_other` test checks the objects against [`ALL`]
 //! both ways, so a renamed map fails a test instead of failing at attach time.
 
 // capture

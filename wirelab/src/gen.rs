@@ -359,7 +359,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
     // Load the program before the clock starts: verification is not sending time.
     let mut bpf = None;
     if method != Method::Packet {
-        let mut b = ebpf::load()?;
+        let mut b = ebpf::load(ebpf::Object::Gen)?;
         {
             let mut conf: Array<_, GenConf> =
                 Array::try_from(b.map_mut(maps::GEN_CONF).context("GEN_CONF missing")?)?;

@@ -268,7 +268,7 @@ impl<'a> Sampled for Inspect<'a> {
 
 /// Run inspect until `duration`, SIGINT or SIGTERM. Returns the totals.
 pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
-    let mut bpf = ebpf::load()?;
+    let mut bpf = ebpf::load(ebpf::Object::Inspect)?;
     let mode = bpf::attach_xdp(&mut bpf, "inspect", &opts.iface, opts.mode)?;
     tracing::info!(iface = %opts.iface, %mode, "inspect attached");
     let (interval_s, duration_s) = opts.report.seconds();

@@ -26,7 +26,7 @@ impl Harness {
     /// The object loaded with `expr` compiled into it.
     fn new(expr: &str) -> Self {
         common::require_privileges();
-        let mut bpf = wirelab::ebpf::load().expect("load object");
+        let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Capture).expect("load object");
         let f = capture::compile(expr).unwrap_or_else(|e| panic!("{e}"));
         capture::configure(&mut bpf, 256, &f).expect("configure");
         capture::load_filter_programs(&mut bpf).expect("filter programs load");

@@ -31,7 +31,7 @@ impl Harness {
     fn new(text: &str) -> Self {
         common::require_privileges();
         let rs = rules::parse(text, None).expect("rules");
-        let mut bpf = wirelab::ebpf::load().expect("load object");
+        let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Fw).expect("load object");
         let fw = Firewall::new(&mut bpf, &rs).expect("install");
         let p: &mut Xdp = bpf.program_mut("fw").unwrap().try_into().unwrap();
         p.load().expect("verifier accepts fw");
@@ -589,7 +589,7 @@ fn hundred_thousand_prefixes() {
     let rs = rules::load(&dir.join("big.toml")).unwrap();
     assert_eq!(rs.prefixes(), 100_000);
     common::require_privileges();
-    let mut bpf = wirelab::ebpf::load().unwrap();
+    let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Fw).unwrap();
     let t = std::time::Instant::now();
     let fw = Firewall::new(&mut bpf, &rs).unwrap();
     eprintln!("installed 100,000 prefixes in {:?}", t.elapsed());

@@ -24,7 +24,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         common::require_privileges();
-        let mut bpf = wirelab::ebpf::load().expect("load object");
+        let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Inspect).expect("load object");
         let p: &mut Xdp = bpf.program_mut("inspect").unwrap().try_into().unwrap();
         p.load().expect("verifier accepts inspect");
         Self { bpf }

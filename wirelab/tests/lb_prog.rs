@@ -86,7 +86,7 @@ impl Harness {
 
     fn with(config: &str) -> Self {
         common::require_privileges();
-        let mut bpf = wirelab::ebpf::load().expect("load object");
+        let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Lb).expect("load object");
         let c = Config::parse(config).unwrap();
         let lb = Balancer::install(&mut bpf, &c, IFACE_MAC).expect("install");
         let t: &mut SchedClassifier = bpf.program_mut("lb").unwrap().try_into().unwrap();

@@ -24,7 +24,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         common::require_privileges();
-        let mut bpf = wirelab::ebpf::load().expect("load object");
+        let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Swarm).expect("load object");
         let pool = wirelab::swarm::Pool::parse("198.18.4.0/22").unwrap();
         let cfg = SwarmConfig {
             pool_first: pool.first,

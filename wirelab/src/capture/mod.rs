@@ -283,7 +283,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
         &format!("{SOCKET_PREFIX}{}", opts.iface),
         &format!("a capture on {}", opts.iface),
     )?;
-    let mut bpf = ebpf::load()?;
+    let mut bpf = ebpf::load(ebpf::Object::Capture)?;
     configure(&mut bpf, opts.snaplen, &filter)?;
     load_filter_programs(&mut bpf)?;
 

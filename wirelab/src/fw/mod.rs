@@ -155,7 +155,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     }
     let name = socket_name(&opts.iface);
     let listener = ctl::bind(&name, &format!("a wirelab fw on {}", opts.iface))?;
-    let mut bpf = ebpf::load()?;
+    let mut bpf = ebpf::load(ebpf::Object::Fw)?;
     let fw = Firewall::new(&mut bpf, &rs)?;
     let mode = bpf::attach_xdp(&mut bpf, "fw", &opts.iface, opts.mode)?;
     tracing::info!(

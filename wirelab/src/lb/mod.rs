@@ -1388,7 +1388,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     let listener =
         crate::runtime::control::bind(&name, &format!("a wirelab lb on {}", opts.iface))?;
     resolve_macs(&mut config, &opts.iface, Duration::from_secs(3))?;
-    let mut bpf = ebpf::load()?;
+    let mut bpf = ebpf::load(ebpf::Object::Lb)?;
     let lb = Balancer::install(&mut bpf, &config, mac)?;
     let attach = match opts.path {
         Path::Tc => {

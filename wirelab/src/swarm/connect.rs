@@ -226,9 +226,9 @@ fn rss_bytes() -> u64 {
 }
 
 /// File descriptors wirelab itself holds during `swarm connect`, kept free of the sockets'
-/// share: every map of the one eBPF object (about 60 across the tools: each is a descriptor),
-/// its links, netlink, the cgroup, metrics and record files, stdio. `run` checks the real
-/// count against it.
+/// share: the maps of swarm's eBPF object (6, a descriptor each), its programs and links,
+/// netlink, the cgroup, metrics and record files, stdio, with room to spare. `run` checks the
+/// real count against it.
 pub const OWN_FDS: u64 = 128;
 
 /// Descriptors this process holds now.

@@ -399,7 +399,7 @@ impl Swarm {
         let mut partial = Teardown {
             state: state.clone(),
         };
-        let mut bpf = ebpf::load()?;
+        let mut bpf = ebpf::load(ebpf::Object::Swarm)?;
         std::fs::create_dir(&state.cgroup)
             .with_context(|| format!("creating cgroup {}", state.cgroup.display()))?;
         let cfg = SwarmConfig {

@@ -464,7 +464,7 @@ fn load(plan: &Plan, ifindex: [u32; 2], n_host: usize, n_prefix: usize) -> Resul
         .map_max_entries(maps::WAN_COUNTERS, 2 * max)
         .map_max_entries(maps::WAN_CLASSES, (n_prefix as u32).max(1))
         .map_max_entries(maps::WAN_CLASS_HOSTS, (n_host as u32).max(1))
-        .load(ebpf::OBJECT)
+        .load(ebpf::Object::Wan.bytes())
         .context("loading the wirelab eBPF object")?;
     let mut maps = Maps {
         cfg: Array::try_from(bpf.take_map(maps::WAN_CONFIG).context(maps::WAN_CONFIG)?)?,
@@ -561,7 +561,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         profiles,
         ifindex,
     } = validate(opts)?;
-    ebpf::preflight()?;
+    ebpf::preflight(ebpf::Object::Wan)?;
     for w in warnings(&plan.names, &plan.specs) {
         tracing::warn!("{w}");
     }

@@ -1,0 +1,9 @@
+//! `wirelab gen`'s kernel object: the `gen` module and the shared helpers. Built by
+//! `wirelab/build.rs` (aya-build) for `bpfel-unknown-none` and embedded into `wirelab`.
+#![no_std]
+#![no_main]
+
+include!("../object.rs");
+
+#[path = "../gen.rs"]
+mod gen;

@@ -1,0 +1,9 @@
+//! `wirelab inspect`'s kernel object: the `inspect` module and the shared helpers. Built by
+//! `wirelab/build.rs` (aya-build) for `bpfel-unknown-none` and embedded into `wirelab`.
+#![no_std]
+#![no_main]
+
+include!("../object.rs");
+
+#[path = "../inspect.rs"]
+mod inspect;
