@@ -8,7 +8,8 @@
 //! - a command ending in `&` runs in the background: the next command starts once it printed a
 //!   line; the output shown under it is matched against the start of everything it printed
 //!   until it ended (`kill %N` stops the block's N-th background command with SIGTERM; those
-//!   still running at the end of the block get SIGTERM then);
+//!   still running at the end of the block get SIGTERM then; `wait` waits until they end by
+//!   themselves);
 //! - a command shown without output must succeed and its output is not compared; one whose shown
 //!   output starts with `error:` must fail;
 //! - `$ cat FILE` with shown output writes that output to FILE first: the README shows the files
@@ -267,6 +268,15 @@ impl<'a> Run<'a> {
                 .get_mut(n.wrapping_sub(1))
                 .ok_or_else(|| format!("kill %{n}: the block has no background command {n}"))?;
             job.stop();
+            return Ok(());
+        }
+        if text == "wait" {
+            for j in &mut self.jobs {
+                if finish(&mut j.child, COMMAND_LIMIT).is_none() {
+                    return Err(format!("a background command did not end within {COMMAND_LIMIT:?}"));
+                }
+                j.done = true;
+            }
             return Ok(());
         }
         if let (Some(file), Some(c)) = (cat_file(text), cmd) {
