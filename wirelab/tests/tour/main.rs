@@ -270,10 +270,12 @@ impl<'a> Run<'a> {
             job.stop();
             return Ok(());
         }
-        if text == "wait" {
+        if without_comment(text) == "wait" {
             for j in &mut self.jobs {
                 if finish(&mut j.child, COMMAND_LIMIT).is_none() {
-                    return Err(format!("a background command did not end within {COMMAND_LIMIT:?}"));
+                    return Err(format!(
+                        "a background command did not end within {COMMAND_LIMIT:?}"
+                    ));
                 }
                 j.done = true;
             }
@@ -314,6 +316,7 @@ impl<'a> Run<'a> {
         let (mut child, out) = self.spawn(text, false);
         let status = finish(&mut child, COMMAND_LIMIT);
         let real = self.as_shown(&std::fs::read_to_string(&out).unwrap_or_default());
+        show(text, &real);
         let Some(status) = status else {
             return Err(format!(
                 "did not end within {COMMAND_LIMIT:?}; it printed:\n{real}"
@@ -361,6 +364,7 @@ impl<'a> Run<'a> {
                 continue;
             };
             let real = self.as_shown(&std::fs::read_to_string(&job.out).unwrap_or_default());
+            show(&c.text, &real);
             if let Err(e) = readme::matches(&c.shown, &real, b.numbers, true) {
                 errors.push(format!("README:{}: `{}` (background): {e}", c.line, c.text));
             }
@@ -373,10 +377,21 @@ impl<'a> Run<'a> {
     }
 }
 
+/// With `WIRELAB_TOUR_SHOW=1`, print each command's real output (to paste into the README).
+fn show(text: &str, real: &str) {
+    if std::env::var_os("WIRELAB_TOUR_SHOW").is_some() {
+        eprintln!("$ {text}\n{real}");
+    }
+}
+
+/// A one-line command without its trailing `# comment`.
+fn without_comment(text: &str) -> &str {
+    text.split(" #").next().unwrap_or("").trim()
+}
+
 /// `kill %N` (a comment may follow).
 fn kill_job(text: &str) -> Option<usize> {
-    let t = text.split('#').next().unwrap_or("").trim();
-    t.strip_prefix("kill %")?.parse().ok()
+    without_comment(text).strip_prefix("kill %")?.parse().ok()
 }
 
 /// `cat FILE` of a file in the block's directory.
@@ -411,12 +426,13 @@ fn tour_runs_as_written() {
     require_privileges();
     let blocks = read_readme();
     let t0 = Instant::now();
-    let queue: Mutex<VecDeque<&Block>> = Mutex::new(
-        blocks
-            .iter()
-            .filter(|b| b.skip.is_none() && !b.alone && chosen(b))
-            .collect(),
-    );
+    let mut order: Vec<&Block> = blocks
+        .iter()
+        .filter(|b| b.skip.is_none() && !b.alone && chosen(b))
+        .collect();
+    // The longest first, so the others run beside it.
+    order.sort_by_key(|b| !b.long);
+    let queue: Mutex<VecDeque<&Block>> = Mutex::new(order.into());
     let results = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..PARALLEL {

@@ -4,7 +4,8 @@
 //! The convention (also written at the top of the README's tour, in an HTML comment):
 //!
 //! - Every fenced block with a line starting with `$ ` is a tour block and must follow a marker
-//!   `<!-- tour: NAME [lab=LAB] [numbers=exact|any|P%] [alone] [skip="REASON"] … -->`.
+//!   `<!-- tour: NAME [lab=LAB] [numbers=exact|any|P%] [long] [alone] [skip="REASON"] … -->`
+//!   (`long`: starts first; `alone`: runs after the others, by itself).
 //! - Lines of the marker after its first line: `$ CMD` is a setup command run before the block
 //!   (its output is not compared); `skip $ CMD-START because REASON` leaves out the block's
 //!   commands that start with `CMD-START`.
@@ -51,6 +52,8 @@ pub struct Block {
     pub numbers: Numbers,
     /// Runs when no other block runs (it looks at the whole machine).
     pub alone: bool,
+    /// Starts before the others (it takes the longest).
+    pub long: bool,
     /// Why the whole block is not run.
     pub skip: Option<String>,
     pub setup: Vec<String>,
@@ -131,6 +134,7 @@ fn block(name_line: &str, body: &[String], fence: usize, code: &[&str]) -> Resul
         lab: None,
         numbers: Numbers::Exact,
         alone: false,
+        long: false,
         skip: None,
         setup: Vec::new(),
         commands: Vec::new(),
@@ -140,6 +144,7 @@ fn block(name_line: &str, body: &[String], fence: usize, code: &[&str]) -> Resul
             "lab" => b.lab = Some(v),
             "numbers" => b.numbers = numbers(&v)?,
             "alone" => b.alone = true,
+            "long" => b.long = true,
             "skip" if !v.trim().is_empty() => b.skip = Some(v),
             _ => {
                 return Err(format!(
@@ -309,14 +314,17 @@ fn ipv4_len(s: &[u8]) -> Option<usize> {
 fn timestamp_len(s: &[u8]) -> Option<usize> {
     let shape = b"dddd-dd-ddTdd:dd:dd";
     (s.len() >= shape.len()
-        && shape
-            .iter()
-            .zip(s)
-            .all(|(p, c)| if *p == b'd' { c.is_ascii_digit() } else { p == c }))
+        && shape.iter().zip(s).all(|(p, c)| {
+            if *p == b'd' {
+                c.is_ascii_digit()
+            } else {
+                p == c
+            }
+        }))
     .then(|| {
-        let frac = s[shape.len()..]
-            .strip_prefix(b".")
-            .map_or(0, |f| 1 + f.iter().take_while(|c| c.is_ascii_digit()).count());
+        let frac = s[shape.len()..].strip_prefix(b".").map_or(0, |f| {
+            1 + f.iter().take_while(|c| c.is_ascii_digit()).count()
+        });
         let n = shape.len() + frac;
         n + usize::from(s.get(n) == Some(&b'Z'))
     })
@@ -604,8 +612,16 @@ mod tests {
         assert!(line_ok("a … b", "a b", n));
         assert!(!line_ok("a … b", "a x c", n));
         assert!(line_ok("labs: […];", "labs: [mine];", n));
-        assert!(line_ok("kept labs: […]; x: []", "kept labs: [\"a\", \"b\"]; x: []", n));
-        assert!(!line_ok("kept labs: […]; x: []", "kept labs: [\"a\"]; y: []", n));
+        assert!(line_ok(
+            "kept labs: […]; x: []",
+            "kept labs: [\"a\", \"b\"]; x: []",
+            n
+        ));
+        assert!(!line_ok(
+            "kept labs: […]; x: []",
+            "kept labs: [\"a\"]; y: []",
+            n
+        ));
         assert!(line_ok("[…]", "[]", n));
         let shown = lines("head\n...\ntail 1");
         assert!(matches(&shown, "head\ntail 1\n", n, false).is_ok());
@@ -613,7 +629,13 @@ mod tests {
         assert!(matches(&shown, "head\nx\n", n, false).is_err());
         assert!(matches(&lines("head\n…"), "head\nx", n, false).is_ok());
         // Progress lines are what a terminal would not keep.
-        assert!(matches(&lines("done 2"), "progress: 1/2 probes sent\ndone 2", n, false).is_ok());
+        assert!(matches(
+            &lines("done 2"),
+            "progress: 1/2 probes sent\ndone 2",
+            n,
+            false
+        )
+        .is_ok());
     }
 
     #[test]
