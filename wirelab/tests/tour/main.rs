@@ -355,6 +355,9 @@ impl<'a> Run<'a> {
             }
             self.run(&c.text, Some(c))
                 .map_err(|e| format!("README:{}: `{}`: {e}", c.line, c.text))?;
+            for s in &c.after {
+                self.run(s, None).map_err(|e| format!("setup `{s}`: {e}"))?;
+            }
         }
         let mut errors = Vec::new();
         for k in 0..self.jobs.len() {

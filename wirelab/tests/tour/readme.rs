@@ -8,7 +8,8 @@
 //!   (`long`: starts first; `alone`: runs after the others, by itself).
 //! - Lines of the marker after its first line: `$ CMD` is a setup command run before the block
 //!   (its output is not compared); `skip $ CMD-START because REASON` leaves out the block's
-//!   commands that start with `CMD-START`.
+//!   commands that start with `CMD-START`; `after $ CMD-START then $ CMD` runs setup command
+//!   `CMD` right after the block's first command that starts with `CMD-START`.
 //! - In a block, `$ ` starts a command; a line ending in `\` or a next line starting with `> `
 //!   continues it; the lines up to the next command are the output it shows.
 //! - `...` or `…` alone on a line of shown output stands for any number of lines; `…` as a word
@@ -39,6 +40,8 @@ pub struct Command {
     pub shown: Vec<String>,
     /// Why it is not run, when the marker leaves it out.
     pub skipped: Option<String>,
+    /// Setup commands the marker runs right after it.
+    pub after: Vec<String>,
 }
 
 /// A marked tour block.
@@ -154,6 +157,8 @@ fn block(name_line: &str, body: &[String], fence: usize, code: &[&str]) -> Resul
         }
     }
     let mut skips = Vec::new();
+    // (command start, setup command, index of the command it follows)
+    let mut afters: Vec<(String, String, Option<usize>)> = Vec::new();
     for l in body.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
         if let Some(c) = l.strip_prefix("$ ") {
             b.setup.push(c.to_string());
@@ -162,9 +167,15 @@ fn block(name_line: &str, body: &[String], fence: usize, code: &[&str]) -> Resul
                 .split_once(" because ")
                 .ok_or_else(|| format!("{l:?}: a skip needs `because REASON`"))?;
             skips.push((prefix.trim().to_string(), reason.trim().to_string(), false));
+        } else if let Some(s) = l.strip_prefix("after $ ") {
+            let (prefix, cmd) = s
+                .split_once(" then $ ")
+                .ok_or_else(|| format!("{l:?}: an after needs `then $ CMD`"))?;
+            afters.push((prefix.trim().to_string(), cmd.trim().to_string(), None));
         } else {
             return Err(format!(
-                "marker line {l:?}: expected `$ CMD` or `skip $ CMD because REASON`"
+                "marker line {l:?}: expected `$ CMD`, `skip $ CMD because REASON` or \
+                 `after $ CMD then $ CMD`"
             ));
         }
     }
@@ -204,15 +215,26 @@ fn block(name_line: &str, body: &[String], fence: usize, code: &[&str]) -> Resul
                 *used = true;
                 r.clone()
             });
+        let mut after = Vec::new();
+        for (p, c, at) in &mut afters {
+            if text.starts_with(p.as_str()) && at.is_none_or(|k| k == b.commands.len()) {
+                *at = Some(b.commands.len());
+                after.push(c.clone());
+            }
+        }
         b.commands.push(Command {
             line,
             text,
             shown: Vec::new(),
             skipped,
+            after,
         });
     }
     if let Some((p, _, _)) = skips.iter().find(|(_, _, used)| !used) {
         return Err(format!("`skip $ {p}` matches no command of the block"));
+    }
+    if let Some((p, _, _)) = afters.iter().find(|(_, _, at)| at.is_none()) {
+        return Err(format!("`after $ {p}` matches no command of the block"));
     }
     for c in &mut b.commands {
         while c.shown.last().is_some_and(|l| l.is_empty()) {
@@ -456,12 +478,33 @@ fn words_ok(shown: &[&str], real: &[&str], numbers: Numbers) -> bool {
 pub fn line_ok(shown: &str, real: &str, numbers: Numbers) -> bool {
     let s: Vec<&str> = shown.split_whitespace().collect();
     let r: Vec<&str> = real.split_whitespace().collect();
-    if s.iter().any(|w| w.contains('…') && *w != "…") {
-        // `…` inside a word may stand for several words (`[…]` for `["a", "b"]`): the line is
-        // one pattern, its text compared as written.
-        return glob(&s.join(" "), &r.join(" "));
+    if words_ok(&s, &r, numbers) {
+        return true;
     }
-    words_ok(&s, &r, numbers)
+    // `…` inside a word may stand for several words (`[…]` for `["a", "b"]`): then the line is
+    // one pattern, its text compared as written (values of a kind as their kind).
+    s.iter().any(|w| w.contains('…') && *w != "…") && glob(&kinds(&s), &kinds(&r))
+}
+
+/// The words joined by spaces, MACs, link-local addresses, hex values and timestamps replaced
+/// by their kind.
+fn kinds(words: &[&str]) -> String {
+    let word = |w: &str| -> String {
+        if w.contains('…') {
+            return w.to_string();
+        }
+        segments(w)
+            .iter()
+            .map(|s| match s {
+                Seg::Text(t) | Seg::Num(t) => t,
+                Seg::Mac => "<mac>",
+                Seg::LinkLocal => "<fe80>",
+                Seg::Hex => "<hex>",
+                Seg::Time => "<time>",
+            })
+            .collect()
+    };
+    words.iter().map(|w| word(w)).collect::<Vec<_>>().join(" ")
 }
 
 fn is_gap(line: &str) -> bool {
@@ -623,6 +666,10 @@ mod tests {
             n
         ));
         assert!(line_ok("[…]", "[]", n));
+        let t = "2026-11-30T21:09:18.526591Z  INFO swarm ready run=[…] mac=aa:bb:cc:dd:ee:ff";
+        let real = "2027-01-01T00:00:00.000001Z  INFO swarm ready run=[a b] mac=02:00:00:00:00:01";
+        assert!(line_ok(t, real, n));
+        assert!(!line_ok(t, &real.replace("INFO", "WARN"), n));
         let shown = lines("head\n...\ntail 1");
         assert!(matches(&shown, "head\ntail 1\n", n, false).is_ok());
         assert!(matches(&shown, "head\nx\ny\ntail 1\n", n, false).is_ok());
@@ -682,6 +729,11 @@ mod tests {
         assert_eq!(b.commands[1].shown, vec!["1", "2"]);
         assert_eq!(b.commands[2].skipped.as_deref(), Some("it needs two runs"));
         assert_eq!(b.commands[0].line, 7);
+        let m = "<!-- tour: a\nafter $ echo 1 then $ touch x\nafter $ echo 1 then $ touch y\n-->\n";
+        let b = parse(&format!("{m}```text\n$ echo 1\n1\n$ echo 1\n```\n")).unwrap();
+        assert_eq!(b[0].commands[0].after, vec!["touch x", "touch y"]);
+        assert!(b[0].commands[1].after.is_empty());
+        assert!(parse(&format!("{m}```text\n$ echo 2\n```\n")).is_err());
     }
 
     #[test]
