@@ -24,13 +24,12 @@ mod readme;
 use std::{
     collections::VecDeque,
     fs::File,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Stdio},
     sync::Mutex,
     time::{Duration, Instant},
 };
-
-use std::os::unix::process::CommandExt as _;
 
 use common::{eventually, require_privileges, unique, TempDir, WIRELAB};
 use readme::{Block, Command};
