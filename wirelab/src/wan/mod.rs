@@ -6,8 +6,10 @@
 //! (tc redirect); the rest go through AF_XDP to the timing engine (`engine.rs`).
 pub mod dist;
 pub mod engine;
+pub mod preset;
 mod report;
 pub mod spec;
+pub mod trace;
 
 pub use crate::record::LineKind;
 pub use report::{configured, measured, ChangeEntry, ClassConfig, ClassReport, EngineHealth, Line};
@@ -775,6 +777,7 @@ impl<'a> EngineLoop<'a> {
         loss: &'a mut Array<MapData, LossState>,
         threads: &'a Threads,
     ) -> Self {
+        engine.start_traces(mono_ns());
         Self {
             fatal: None,
             last_changed: None,

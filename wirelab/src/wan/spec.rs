@@ -85,6 +85,15 @@ pub struct Rate {
     pub cell_overhead: i64,
 }
 
+/// `rate trace FILE [once|wrap]`: the link's delivery opportunities come from an mm-link trace
+/// (read and validated when the profile is built, see `trace.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TraceClause {
+    pub path: PathBuf,
+    /// Play the trace once (then the link carries nothing); otherwise it wraps.
+    pub once: bool,
+}
+
 /// One direction's impairments.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Spec {
@@ -108,6 +117,10 @@ pub struct Spec {
     /// `reorder ... gap N`: only every N-th frame may skip the delay.
     pub gap: u64,
     pub rate: Option<Rate>,
+    /// `rate trace FILE`: instead of `rate`, delivery opportunities from a trace.
+    pub trace: Option<TraceClause>,
+    /// `preset NAME`: the calibrated path whose words this SPEC starts from.
+    pub preset: Option<String>,
     pub limit: Option<Limit>,
     /// (outage, period)
     pub blackhole: Option<(Duration, Duration)>,
@@ -130,6 +143,9 @@ impl Spec {
             }
         };
         let mut parts = vec![format!("delay {}", ms(self.delay))];
+        if let Some(p) = &self.preset {
+            parts.insert(0, super::preset::explain(p));
+        }
         if !self.jitter.is_zero() {
             let order = match self.jitter_order {
                 JitterOrder::Keep => "order kept",
@@ -207,6 +223,17 @@ impl Spec {
             }
             parts.push(t);
         }
+        if let Some(t) = &self.trace {
+            parts.push(format!(
+                "rate from trace {} ({})",
+                t.path.display(),
+                if t.once {
+                    "played once, then the link carries nothing"
+                } else {
+                    "wraps at its last timestamp"
+                }
+            ));
+        }
         match &self.limit {
             Some(Limit::Packets(n)) => parts.push(format!("queue limit {n} frames")),
             Some(Limit::Bytes(b)) => parts.push(format!("queue limit {b} bytes")),
@@ -235,6 +262,8 @@ impl Default for Spec {
             reorder_corr: 0.0,
             gap: 0,
             rate: None,
+            trace: None,
+            preset: None,
             limit: None,
             blackhole: None,
             jitter_order: JitterOrder::Keep,
@@ -257,7 +286,7 @@ pub const KEYWORDS: &[&str] = &[
     "jitter-order",
 ];
 
-const ALLOWED: &str = "delay, distribution, loss, duplicate, corrupt, reorder, gap, rate, limit, blackhole, jitter-order";
+const ALLOWED: &str = "delay, distribution, loss, duplicate, corrupt, reorder, gap, rate, limit, blackhole, jitter-order, preset";
 
 pub fn parse_time(w: &str) -> Result<Duration, SpecError> {
     let (num, unit) = split_num(w);
@@ -362,9 +391,11 @@ fn parse_size(w: &str) -> Result<u64, SpecError> {
 
 /// Parse a spec. An empty string means no impairment.
 pub fn parse(text: &str) -> Result<Spec, SpecError> {
-    let words: Vec<&str> = text.split_whitespace().collect();
+    let given: Vec<&str> = text.split_whitespace().collect();
+    let (words, preset) = super::preset::expand(&given)?;
     let mut s = Spec {
-        text: words.join(" "),
+        text: given.join(" "),
+        preset: preset.map(|p| p.name.to_string()),
         ..Default::default()
     };
     let mut i = 0;
@@ -385,7 +416,13 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
             return Err(err(kw, format!("unknown word; allowed: {ALLOWED}")));
         }
         if kw != "gap" && kw != "distribution" && !seen.insert(kw) {
-            return Err(err(kw, "given twice"));
+            return Err(err(
+                kw,
+                match preset {
+                    Some(p) => format!("given twice (preset {} sets {})", p.name, p.words),
+                    None => "given twice".into(),
+                },
+            ));
         }
         i += 1;
         let need = |i: usize, what: &str| -> Result<&str, SpecError> {
@@ -505,6 +542,17 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
                     .map_err(|_| err(w, "gap needs a whole number of packets"))?;
                 i += 1;
             }
+            "rate" if words.get(i) == Some(&"trace") => {
+                let path = need(i + 1, "a trace file: rate trace FILE [once|wrap]")?;
+                s.trace = Some(TraceClause {
+                    path: PathBuf::from(path),
+                    once: words.get(i + 2) == Some(&"once"),
+                });
+                i += 2;
+                if matches!(words.get(i), Some(&"once" | &"wrap")) {
+                    i += 1;
+                }
+            }
             "rate" => {
                 let bits_per_sec = parse_rate(need(i, "a rate, e.g. rate 10mbit")?)?;
                 i += 1;
@@ -606,6 +654,7 @@ impl Spec {
             && self.corrupt == 0.0
             && self.reorder == 0.0
             && self.rate.is_none()
+            && self.trace.is_none()
             && self.limit.is_none()
     }
 }
