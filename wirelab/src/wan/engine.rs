@@ -41,6 +41,9 @@ pub struct Profile {
     /// Effective queue limit (after BDP sizing).
     pub limit_packets: u64,
     pub limit_bytes: u64,
+    /// `limit N link`: (packets, bytes) waiting for the link; the limits above are then the
+    /// engine's memory.
+    pub link_limit: Option<(u64, u64)>,
 }
 
 impl Profile {
@@ -58,10 +61,14 @@ impl Profile {
             .as_ref()
             .map(|r| r.bits_per_sec as f64)
             .or(trace.as_ref().map(|t| t.mean_bps()));
-        let (limit_packets, limit_bytes) = match &spec.limit {
-            Some(Limit::Packets(n)) => (*n, u64::MAX),
-            Some(Limit::Bytes(b)) => (u64::MAX, *b),
-            None => match rate_bps {
+        let limit = |l: &Limit| match l {
+            Limit::Packets(n) => (*n, u64::MAX),
+            Limit::Bytes(b) => (u64::MAX, *b),
+        };
+        let link_limit = spec.limit.as_ref().filter(|_| spec.limit_link).map(limit);
+        let (limit_packets, limit_bytes) = match spec.limit.as_ref().filter(|_| !spec.limit_link) {
+            Some(l) => limit(l),
+            None => match rate_bps.filter(|_| link_limit.is_none()) {
                 // Unset with a rate: twice the bandwidth-delay product, at least 50 ms of
                 // traffic at the rate and 64 KiB.
                 Some(bps) => {
@@ -82,6 +89,7 @@ impl Profile {
             spec,
             table,
             trace,
+            link_limit,
             limit_packets,
             limit_bytes,
         })
@@ -139,6 +147,9 @@ struct ClassState {
     link_free_ns: u64,
     /// `rate trace`: where the link is in its trace (started with the profile).
     cursor: Option<trace::Cursor>,
+    /// `limit N link`: departure times and sizes of the frames waiting for the link.
+    link_queue: std::collections::VecDeque<(u64, u64)>,
+    link_queue_bytes: u64,
     /// When the delay stage last released a frame (the order rule's reference).
     last_departure_ns: u64,
     queued_packets: u64,
@@ -306,6 +317,8 @@ impl Engine {
                     reorder_counter: 0,
                     link_free_ns: 0,
                     cursor: None,
+                    link_queue: Default::default(),
+                    link_queue_bytes: 0,
                     last_departure_ns: 0,
                     queued_packets: 0,
                     queued_bytes: 0,
@@ -511,6 +524,23 @@ impl Engine {
             }
         }
         let delayed = due;
+        // `limit N link`: drop-tail in front of the link, counted when the frame reaches it
+        // (the frames ahead that will have left by then are not counted).
+        if let (Some((lp, lb)), false) = (p.link_limit, immediate) {
+            while let Some(&(t, l)) = st.link_queue.front() {
+                if t > due {
+                    break;
+                }
+                st.link_queue.pop_front();
+                st.link_queue_bytes -= l;
+            }
+            if st.link_queue.len() as u64 + 1 > lp || st.link_queue_bytes + len as u64 > lb {
+                st.interval.queue_drops += 1;
+                st.total.queue_drops += 1;
+                self.free.push(addr & !(FRAME_SIZE - 1));
+                return;
+            }
+        }
         // Reordered packets bypass the rate as well as the delay (netem's behaviour): otherwise
         // they would queue behind everything already waiting for the link.
         if let (Some(r), false) = (&s.rate, immediate) {
@@ -541,6 +571,10 @@ impl Engine {
                     return;
                 }
             }
+        }
+        if p.link_limit.is_some() && !immediate {
+            st.link_queue.push_back((due, len as u64));
+            st.link_queue_bytes += len as u64;
         }
         // The order rule holds at the delay stage; the rate stage after it is a FIFO link, so
         // frames still leave in order, and time spent waiting for the link counts as queueing,

@@ -285,7 +285,8 @@ pub fn warnings(names: &[String], specs: &[Vec<Spec>; 2]) -> Vec<String> {
     for (d, v) in specs.iter().enumerate() {
         for (c, s) in v.iter().enumerate() {
             let hold = s.delay.as_secs_f64();
-            if hold <= 0.0 {
+            // `limit N link` does not count the delay stage.
+            if hold <= 0.0 || s.limit_link {
                 continue;
             }
             match &s.limit {

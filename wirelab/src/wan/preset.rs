@@ -26,37 +26,37 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "pantheon-nepal-india",
         path: "Nepal to AWS India (wireless)",
-        words: "delay 28ms rate 0.57mbit -14 limit 14 loss 4.77%",
+        words: "delay 28ms rate 0.57mbit -14 limit 14 link loss 4.77%",
         reverse: "delay 28ms rate 0.57mbit -14",
     },
     Preset {
         name: "pantheon-mexico-california",
         path: "Mexico (cellular) to AWS California",
-        words: "delay 88ms rate 2.64mbit -14 limit 130",
+        words: "delay 88ms rate 2.64mbit -14 limit 130 link",
         reverse: "delay 88ms rate 2.64mbit -14",
     },
     Preset {
         name: "pantheon-brazil-colombia",
         path: "AWS Brazil to Colombia (cellular)",
-        words: "delay 130ms rate 3.04mbit -14 limit 426",
+        words: "delay 130ms rate 3.04mbit -14 limit 426 link",
         reverse: "delay 130ms rate 3.04mbit -14",
     },
     Preset {
         name: "pantheon-india-india",
         path: "India to AWS India (wired)",
-        words: "delay 27ms rate 100.42mbit -14 limit 173",
+        words: "delay 27ms rate 100.42mbit -14 limit 173 link",
         reverse: "delay 27ms rate 100.42mbit -14",
     },
     Preset {
         name: "pantheon-korea-china",
         path: "AWS Korea to China (wired)",
-        words: "delay 51ms rate 77.72mbit -14 limit 94 loss 0.06%",
+        words: "delay 51ms rate 77.72mbit -14 limit 94 link loss 0.06%",
         reverse: "delay 51ms rate 77.72mbit -14",
     },
     Preset {
         name: "pantheon-california-mexico",
         path: "AWS California to Mexico (wired)",
-        words: "delay 45ms rate 114.68mbit -14 limit 450",
+        words: "delay 45ms rate 114.68mbit -14 limit 450 link",
         reverse: "delay 45ms rate 114.68mbit -14",
     },
 ];
@@ -120,6 +120,7 @@ mod tests {
         assert_eq!(s.rate.as_ref().unwrap().bits_per_sec, 570_000);
         assert_eq!(s.rate.as_ref().unwrap().packet_overhead, -14);
         assert_eq!(s.limit, Some(Limit::Packets(14)));
+        assert!(s.limit_link);
         assert!(matches!(s.loss, Some(Loss::Random { p, .. }) if (p - 0.0477).abs() < 1e-12));
         assert_eq!(s.preset.as_deref(), Some("pantheon-nepal-india"));
         assert_eq!(s.text, "preset pantheon-nepal-india");

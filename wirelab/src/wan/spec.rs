@@ -122,6 +122,9 @@ pub struct Spec {
     /// `preset NAME`: the calibrated path whose words this SPEC starts from.
     pub preset: Option<String>,
     pub limit: Option<Limit>,
+    /// `limit N link`: the limit counts only frames waiting for the `rate`/trace link (a
+    /// drop-tail queue in front of it, as mm-link's), not those still in the delay stage.
+    pub limit_link: bool,
     /// (outage, period)
     pub blackhole: Option<(Duration, Duration)>,
     pub jitter_order: JitterOrder,
@@ -234,9 +237,14 @@ impl Spec {
                 }
             ));
         }
+        let link = if self.limit_link {
+            " waiting for the link (drop-tail in front of the rate; the delay stage not counted)"
+        } else {
+            ""
+        };
         match &self.limit {
-            Some(Limit::Packets(n)) => parts.push(format!("queue limit {n} frames")),
-            Some(Limit::Bytes(b)) => parts.push(format!("queue limit {b} bytes")),
+            Some(Limit::Packets(n)) => parts.push(format!("queue limit {n} frames{link}")),
+            Some(Limit::Bytes(b)) => parts.push(format!("queue limit {b} bytes{link}")),
             None => {}
         }
         if let Some((out, every)) = self.blackhole {
@@ -265,6 +273,7 @@ impl Default for Spec {
             trace: None,
             preset: None,
             limit: None,
+            limit_link: false,
             blackhole: None,
             jitter_order: JitterOrder::Keep,
             text: String::new(),
@@ -599,6 +608,10 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
                     Limit::Bytes(b)
                 });
                 i += 1;
+                if words.get(i) == Some(&"link") {
+                    s.limit_link = true;
+                    i += 1;
+                }
             }
             "blackhole" => {
                 let d = parse_time(need(i, "an outage time, e.g. blackhole 2s every 30s")?)?;
@@ -634,6 +647,12 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
         return Err(err(
             "reorder",
             "needs a delay (reordered packets are the ones sent without it)",
+        ));
+    }
+    if s.limit_link && s.rate.is_none() && s.trace.is_none() {
+        return Err(err(
+            "link",
+            "limit ... link counts the queue in front of a rate: give `rate` or `rate trace`",
         ));
     }
     if s.gap > 0 && s.reorder == 0.0 {
@@ -729,6 +748,7 @@ mod tests {
             ("blackhole 5s every 1s", "blackhole"),
             ("delay 1ms delay 2ms", "delay"),
             ("jitter-order sometimes", "sometimes"),
+            ("limit 10 link", "link"),
         ] {
             assert_eq!(parse(spec).unwrap_err().word, word, "{spec}");
         }
