@@ -167,9 +167,9 @@ pub fn trace(ctx: &Ctx) -> Result<()> {
             r.into(),
             f(expected, 2),
             f(tr, 2),
-            pct(tr, expected),
+            format!("{}%", f(tr / expected * 100.0, 1)),
             f(rt, 2),
-            pct(tr, rt),
+            format!("{}%", f(tr / rt * 100.0, 1)),
             tr_drops.to_string(),
             rt_drops.to_string(),
         ]);
