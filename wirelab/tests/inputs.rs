@@ -188,9 +188,12 @@ fn wan_trace_files_are_validated_naming_the_line() {
         &["\"link\"", "give `rate` or `rate trace`"],
     );
     // A good one: --check says what it read (opportunities, span, mean rate, mode).
-    let o = ok(wirelab().current_dir(d.path()).args([
-        "wan",
-        "trace",
+    let wan_trace = |args: &[&str]| {
+        let mut c = wirelab();
+        c.current_dir(d.path()).args(["wan", "trace"]).args(args);
+        c
+    };
+    let o = ok(wan_trace(&[
         "--rate",
         "12mbit",
         "--duration",
@@ -212,21 +215,14 @@ fn wan_trace_files_are_validated_naming_the_line() {
         assert!(t.contains(want), "{want:?} not in {t}");
     }
     // The converter's own input is checked too.
-    let mut c = wirelab();
-    c.args([
-        "wan",
-        "trace",
-        "--rate",
-        "12mbit",
-        "--duration",
-        "1s",
-        "--rate",
-        "1mbit",
-    ]);
-    refused(c, &["one --duration per --rate"]);
-    let mut c = wirelab();
-    c.args(["wan", "trace", "--rate", "12mbit", "--duration", "1.5ms"]);
-    refused(c, &["--duration #1", "whole milliseconds"]);
+    refused(
+        wan_trace(&["--rate", "12mbit", "--duration", "1s", "--rate", "1mbit"]),
+        &["one --duration per --rate"],
+    );
+    refused(
+        wan_trace(&["--rate", "12mbit", "--duration", "1.5ms"]),
+        &["--duration #1", "whole milliseconds"],
+    );
     // Presets: --check shows what one expands to; an unknown one names the known ones.
     let o = ok(wirelab().args(["wan", "--check", "--preset", "pantheon-india-india"]));
     let t = String::from_utf8_lossy(&o.stdout);

@@ -105,15 +105,7 @@ fn lab_with_iperf(prefix: &str) -> Result<(Lab, Bg)> {
 
 /// Queue drops of direction `dir` (all classes).
 fn queue_drops(fin: &Value, dir: &str) -> u64 {
-    fin["classes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|x| x["dir"] == dir)
-                .map(|x| x["drops_queue"].as_u64().unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
+    dir_sum(fin, dir, "drops_queue")
 }
 
 /// `cargo xtask bench wan-trace`: trace replay (`rate trace FILE`) at 10, 100 and 500 Mbit/s
@@ -186,12 +178,17 @@ pub fn trace(ctx: &Ctx) -> Result<()> {
 
 /// Frames wirelab received in direction `dir` (all classes).
 fn wan_rx(fin: &Value, dir: &str) -> u64 {
+    dir_sum(fin, dir, "rx")
+}
+
+/// A counter of a final report summed over the classes of direction `dir`.
+fn dir_sum(fin: &Value, dir: &str, field: &str) -> u64 {
     fin["classes"]
         .as_array()
         .map(|a| {
             a.iter()
                 .filter(|r| r["dir"] == dir)
-                .map(|r| r["rx"].as_u64().unwrap_or(0))
+                .map(|r| r[field].as_u64().unwrap_or(0))
                 .sum()
         })
         .unwrap_or(0)
