@@ -50,7 +50,15 @@ fn cell_cdfs(dir: &Path, s: &Summary, results: &[RunResult]) -> Vec<CellCdf> {
             }
         }
         hist.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let points = crate::report::cdf(&hist);
+        // Runs share the histogram's bucket values: one point per value.
+        let mut merged: Vec<(f64, f64)> = vec![];
+        for (v, n) in hist {
+            match merged.last_mut() {
+                Some(last) if last.0 == v => last.1 += n,
+                _ => merged.push((v, n)),
+            }
+        }
+        let points = crate::report::cdf(&merged);
         if !points.is_empty() {
             out.push(CellCdf {
                 label: c.cell.label.clone(),
