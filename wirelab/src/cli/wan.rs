@@ -41,7 +41,7 @@ enum WanCmd {
     /// Write a packet-delivery trace (Mahimahi's mm-link format) for `rate trace FILE`:
     /// a constant rate, or several levels in turn (one --rate and --duration each).
     #[command(
-        after_help = "Examples:\n  wirelab wan trace --rate 12mbit --duration 1s -o 12mbit.trace\n  wirelab wan trace --rate 20mbit --duration 2s --rate 5mbit --duration 2s -o steps.trace\n  wirelab wan --between to-client to-server --netns wirelab-wan --a-to-b \"delay 20ms rate trace steps.trace\""
+        after_help = "Examples:\n  wirelab wan trace --rate 12mbit --duration 1s -o 12mbit.trace\n  wirelab wan trace --rate 2.64mbit --duration 60s --poisson 1 -o mexico.trace\n  wirelab wan trace --rate 20mbit --duration 2s --rate 5mbit --duration 2s -o steps.trace\n  wirelab wan --between to-client to-server --netns wirelab-wan --a-to-b \"delay 20ms rate trace steps.trace\""
     )]
     Trace {
         /// Rate of a level (of IP packets, 1500-byte opportunities): 12mbit, 500kbit, 1gbit.
@@ -53,6 +53,10 @@ enum WanCmd {
         /// Write the trace here (default: standard output).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Poisson-timed opportunities of the same mean rate (exponential gaps, as the
+        /// traces of Pantheon's cellular emulators), drawn from this seed.
+        #[arg(long, value_name = "SEED")]
+        poisson: Option<u64>,
     },
 }
 
@@ -146,9 +150,10 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
         rate,
         duration,
         output,
+        poisson,
     }) = w.cmd
     {
-        return write_trace(&rate, &duration, output.as_deref());
+        return write_trace(&rate, &duration, output.as_deref(), poisson);
     }
     let a = w.run;
     let specs = match &a.preset {
@@ -245,6 +250,7 @@ fn write_trace(
     rates: &[String],
     durations: &[Duration],
     output: Option<&std::path::Path>,
+    poisson: Option<u64>,
 ) -> Result<ExitCode> {
     if rates.len() != durations.len() {
         bail!(
@@ -265,7 +271,7 @@ fn write_trace(
         }
         levels.push((bps, d.as_millis() as u64));
     }
-    let stamps = wan::trace::levels(&levels)?;
+    let stamps = wan::trace::levels(&levels, poisson)?;
     let text = wan::trace::render(&stamps);
     let span = stamps.last().copied().unwrap_or(0);
     let summary = format!(
