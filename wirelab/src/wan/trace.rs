@@ -1,6 +1,6 @@
 //! Trace replay (`rate trace FILE [once|wrap]`): a link whose delivery opportunities come from
 //! a packet-delivery trace in Mahimahi's mm-link format, and the converter that writes
-//! constant-rate and two-level traces (`wirelab wan trace`).
+//! constant-rate, multi-level and Poisson-timed traces (`wirelab wan trace`).
 //!
 //! The format: one line per delivery opportunity, each an integer number of milliseconds
 //! since the trace started; the numbers never decrease, and a number repeated N times means N
