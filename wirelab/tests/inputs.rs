@@ -152,3 +152,86 @@ fn wan_check_spells_out_the_units_it_read() {
         "{t}"
     );
 }
+
+/// `rate trace FILE` is validated in full before anything is attached: the error names the
+/// clause, the file and the line; FIFOs and devices are refused like every user file.
+#[test]
+fn wan_trace_files_are_validated_naming_the_line() {
+    let d = TempDir::new("wirelab-inputs-");
+    let check = |spec: &str| {
+        let mut c = wirelab();
+        c.current_dir(d.path())
+            .args(["wan", "--check", "--a-to-b", spec]);
+        c
+    };
+    for (name, text, want) in [
+        ("empty.trace", "", "empty trace"),
+        ("zero.trace", "0\n0\n", "longer than 0 ms"),
+        ("word.trace", "1\n2\nthree\n", "line 3: \"three\""),
+        ("frac.trace", "1\n1.5\n", "line 2: \"1.5\""),
+        ("down.trace", "1\n5\n4\n", "line 3: 4 ms comes after 5 ms"),
+        ("blank.trace", "1\n\n2\n", "line 2 is empty"),
+    ] {
+        d.file(name, text);
+        refused(
+            check(&format!("delay 5ms rate trace {name}")),
+            &["class default a_to_b", "rate trace", name, want],
+        );
+    }
+    let fifo = fifo(&d, "t.fifo");
+    for (f, what) in unreadable(&fifo) {
+        refused(check(&format!("rate trace {f} once")), &[f, what]);
+    }
+    refused(check("rate trace"), &["\"rate\"", "trace file"]);
+    refused(
+        check("limit 10 link"),
+        &["\"link\"", "give `rate` or `rate trace`"],
+    );
+    // A good one: --check says what it read (opportunities, span, mean rate, mode).
+    let wan_trace = |args: &[&str]| {
+        let mut c = wirelab();
+        c.current_dir(d.path()).args(["wan", "trace"]).args(args);
+        c
+    };
+    let o = ok(wan_trace(&[
+        "--rate",
+        "12mbit",
+        "--duration",
+        "1s",
+        "-o",
+        "ok.trace",
+    ]));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("1000 opportunities over 1000 ms"),
+        "{o:?}"
+    );
+    let o = ok(check("rate trace ok.trace once limit 20 link"));
+    let t = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "rate from trace ok.trace (played once",
+        "queue limit 20 frames waiting for the link",
+        "1000 opportunities over 1000 ms, mean 12.000 Mbit/s",
+    ] {
+        assert!(t.contains(want), "{want:?} not in {t}");
+    }
+    // The converter's own input is checked too.
+    refused(
+        wan_trace(&["--rate", "12mbit", "--duration", "1s", "--rate", "1mbit"]),
+        &["one --duration per --rate"],
+    );
+    refused(
+        wan_trace(&["--rate", "12mbit", "--duration", "1.5ms"]),
+        &["--duration #1", "whole milliseconds"],
+    );
+    // Presets: --check shows what one expands to; an unknown one names the known ones.
+    let o = ok(wirelab().args(["wan", "--check", "--preset", "pantheon-india-india"]));
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        t.contains("delay 27ms rate 100.42mbit -14 limit 173 link")
+            && t.contains("b_to_a: delay 27 ms"),
+        "{t}"
+    );
+    let mut c = wirelab();
+    c.args(["wan", "--check", "--preset", "mars"]);
+    refused(c, &["\"mars\"", "pantheon-nepal-india"]);
+}

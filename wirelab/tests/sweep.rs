@@ -151,6 +151,56 @@ fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
         );
     }
 
+    // Each cell's delay CDF (all its repetitions' probe histograms merged) is in the report:
+    // one curve per cell, monotone, ending at 100 %, its median within 1 ms of the cell's
+    // median p50 (the histogram's resolution and the merge of three runs).
+    let loaded = sweep::report::load(&out).unwrap();
+    assert_eq!(loaded.cdfs.len(), summary.cells.len());
+    for (cdf, c) in loaded.cdfs.iter().zip(&summary.cells) {
+        assert_eq!(cdf.label, c.cell.label);
+        let p = &cdf.points;
+        assert!(
+            p.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "cell {}: not monotone: {p:?}",
+            c.cell.label
+        );
+        assert!((p.last().unwrap().1 - 100.0).abs() < 1e-9, "{p:?}");
+        let med = p.iter().find(|x| x.1 >= 50.0).unwrap().0;
+        let want = c.metrics["udp.fwd_delay_p50_ms"].median;
+        assert!(
+            (med - want).abs() < 1.0,
+            "cell {}: CDF median {med} vs {want}",
+            c.cell.label
+        );
+    }
+    let drawn = dom
+        .split("<h2>One-way delay CDF per cell</h2>")
+        .nth(1)
+        .and_then(|s| s.split("</svg>").next())
+        .expect("a CDF chart in the report");
+    // The drawn curves are monotone too: x grows, y (downwards in SVG) does not.
+    let curves: Vec<Vec<(f64, f64)>> = drawn
+        .split("<polyline")
+        .skip(1)
+        .filter_map(|p| p.split("points=\"").nth(1)?.split('"').next())
+        .map(|pts| {
+            pts.split_whitespace()
+                .filter_map(|xy| {
+                    let (x, y) = xy.split_once(',')?;
+                    Some((x.parse().ok()?, y.parse().ok()?))
+                })
+                .collect()
+        })
+        .filter(|v: &Vec<(f64, f64)>| v.len() > 2)
+        .collect();
+    assert_eq!(curves.len(), summary.cells.len(), "{drawn}");
+    for v in &curves {
+        assert!(
+            v.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 >= w[1].1),
+            "{v:?}"
+        );
+    }
+
     // The same file again: every run's loss decisions are the same (its seed).
     let out_b = d.join("b");
     ok(wirelab().arg("sweep").arg(&file).arg("--out").arg(&out_b));

@@ -357,6 +357,107 @@ fn rate_limits_tcp_goodput() {
     );
 }
 
+/// The probe's TCP goodput per second, skipping the first (slow start).
+fn per_second(r: &Value) -> Vec<f64> {
+    r["per_second_mbps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// Write a trace with `wirelab wan trace` (levels: (rate, duration) in turn).
+fn write_trace(dir: &TempDir, name: &str, levels: &[(&str, &str)]) -> String {
+    let p = dir.join(name);
+    let mut c = wirelab();
+    c.args(["wan", "trace", "-o", p.to_str().unwrap()]);
+    for (r, d) in levels {
+        c.args(["--rate", r, "--duration", d]);
+    }
+    ok(c);
+    p.to_str().unwrap().to_string()
+}
+
+/// Trace replay (`rate trace FILE`): a constant 20 Mbit/s trace gives the TCP goodput of a
+/// 20 Mbit/s link, and a two-level trace (30 Mbit/s for 2 s, then 10 Mbit/s for 2 s) gives
+/// per-second goodput that follows the levels.
+#[test]
+fn trace_replay_reproduces_rate_and_follows_levels() {
+    let _s = serial();
+    let b = Bench::new("wt");
+    let dir = TempDir::new("wirelab-trace-");
+    // A trace counts IP bytes (1500 per opportunity, as mm-link): 1448 bytes of TCP payload
+    // per 1500-byte packet. ±2 %: the trace delivers exactly the rate while TCP keeps the
+    // queue full (the default queue holds 50 ms of the mean rate, far above the lab's RTT),
+    // the first second (slow start) is skipped, and the seconds are the receiver's.
+    let constant = write_trace(&dir, "20.trace", &[("20mbit", "1s")]);
+    let wan = b.wan(&["--a-to-b", &format!("rate trace {constant}")]);
+    let r = b.probe(&["--tcp", "--duration", "6s"]);
+    let per = per_second(&r);
+    assert!(per.len() >= 5, "{r}");
+    let steady = per[1..].iter().sum::<f64>() / (per.len() - 1) as f64;
+    let expect = 20.0 * 1448.0 / 1500.0;
+    assert!(
+        (steady - expect).abs() <= expect * 0.02,
+        "goodput {steady:.3} Mbit/s, expected {expect:.3} ± 2 %: {per:?}"
+    );
+    stop_wan(wan);
+
+    // Two levels. The trace starts with the emulator and the probe a moment later, so the
+    // probe's seconds straddle the trace's by an unknown phase: the expected goodput of each
+    // probe second is the levels' mix at the best-fitting phase (10 ms steps), and every
+    // second after the first must be within 10 % of the high level of it (TCP needs a few
+    // round trips to fill the faster level).
+    let steps = write_trace(&dir, "steps.trace", &[("30mbit", "2s"), ("10mbit", "2s")]);
+    let wan = b.wan(&["--a-to-b", &format!("rate trace {steps}")]);
+    let r = b.probe(&["--tcp", "--duration", "9s"]);
+    stop_wan(wan);
+    let per = per_second(&r);
+    assert!(per.len() >= 8, "{r}");
+    let level = |t: f64| {
+        if t.rem_euclid(4.0) < 2.0 {
+            30.0
+        } else {
+            10.0
+        }
+    };
+    let expected = |phase: f64| -> Vec<f64> {
+        (0..per.len())
+            .map(|s| {
+                // Mean level over [s, s+1) of the probe, 1 ms steps.
+                (0..1000)
+                    .map(|k| level(phase + s as f64 + k as f64 / 1000.0))
+                    .sum::<f64>()
+                    / 1000.0
+                    * 1448.0
+                    / 1500.0
+            })
+            .collect()
+    };
+    let err = |e: &[f64]| {
+        per[1..]
+            .iter()
+            .zip(&e[1..])
+            .map(|(m, x)| (m - x).abs())
+            .fold(0.0, f64::max)
+    };
+    let (phase, worst) = (0..400)
+        .map(|i| i as f64 / 100.0)
+        .map(|p| (p, err(&expected(p))))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    let e = expected(phase);
+    assert!(
+        worst <= 0.1 * 30.0 * 1448.0 / 1500.0,
+        "per-second goodput {per:.2?} does not follow the trace: best phase {phase:.2} s gives {e:.2?} (worst miss {worst:.2} Mbit/s)"
+    );
+    // Both levels were seen: the seconds wholly inside each one.
+    let max = per[1..].iter().cloned().fold(0.0, f64::max);
+    let min = per[1..].iter().cloned().fold(f64::MAX, f64::min);
+    assert!(max > 25.0 && min < 12.0, "{per:.2?}");
+}
+
 #[test]
 fn same_seed_same_losses() {
     let _s = serial();

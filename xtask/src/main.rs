@@ -47,7 +47,8 @@ enum Cmd {
     Lint,
     /// The main job on the default lab (see README).
     Demo,
-    /// Benchmarks against the kernel's own tools, side by side: `wan`, `swarm` or `all`
+    /// Benchmarks against the kernel's own tools, side by side: `wan`, `wan-trace`, `swarm`,
+    /// `fw` or `all`
     /// (tables printed as Markdown and written to target/bench/NAME.md).
     Bench {
         #[arg(required = true)]

@@ -41,6 +41,26 @@ enum WanCmd {
         #[command(flatten)]
         specs: SpecArgs,
     },
+    /// Write a packet-delivery trace (Mahimahi's mm-link format) for `rate trace FILE`:
+    /// a constant rate, or several levels in turn (one --rate and --duration each).
+    #[command(
+        after_help = "Examples:\n  wirelab wan trace --rate 12mbit --duration 1s -o 12mbit.trace\n  wirelab wan trace --rate 2.64mbit --duration 60s --poisson 1 -o mexico.trace\n  wirelab wan trace --rate 20mbit --duration 2s --rate 5mbit --duration 2s -o steps.trace\n  wirelab wan --between to-client to-server --netns wirelab-wan --a-to-b \"delay 20ms rate trace steps.trace\""
+    )]
+    Trace {
+        /// Rate of a level (of IP packets, 1500-byte opportunities): 12mbit, 500kbit, 1gbit.
+        #[arg(long, required = true)]
+        rate: Vec<String>,
+        /// How long the level lasts (whole milliseconds); one per --rate, in the same order.
+        #[arg(long, required = true, value_parser = parse_duration)]
+        duration: Vec<Duration>,
+        /// Write the trace here (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Poisson-timed opportunities of the same mean rate (exponential gaps, as the
+        /// traces of Pantheon's cellular emulators), drawn from this seed.
+        #[arg(long, value_name = "SEED")]
+        poisson: Option<u64>,
+    },
 }
 
 /// The SPECs of `wan` and `wan set`, by direction.
@@ -76,6 +96,10 @@ struct WanRunArgs {
     netns: NetnsArg,
     #[command(flatten)]
     specs: SpecArgs,
+    /// A calibrated path (Pantheon's emulators, e.g. pantheon-nepal-india): its delay, rate,
+    /// queue and loss A to B (the data direction), its delay and rate B to A.
+    #[arg(long, conflicts_with_all = ["both", "a_to_b", "b_to_a"])]
+    preset: Option<String>,
     /// TOML config: seed, [default], [[class]] (per-flow classes).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -125,17 +149,45 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
         println!("applied: {applied}");
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(WanCmd::Trace {
+        rate,
+        duration,
+        output,
+        poisson,
+    }) = w.cmd
+    {
+        return write_trace(&rate, &duration, output.as_deref(), poisson);
+    }
     let a = w.run;
-    let specs = wan::DirSpecs::from(a.specs);
+    let specs = match &a.preset {
+        Some(name) => {
+            let p = wan::preset::lookup(name)?;
+            wan::DirSpecs {
+                both: None,
+                a_to_b: Some(format!("preset {}", p.name)),
+                b_to_a: Some(p.reverse.to_string()),
+            }
+        }
+        None => wan::DirSpecs::from(a.specs),
+    };
     let cfg = wan::load_config(a.config.as_deref())?;
     let plan = wan::plan(&cfg, &specs, a.seed)?;
     wan::engine::frames_hint(a.frames)?;
     if a.check {
-        // Build every profile too (distribution files are read here).
+        // Build every profile too (distribution and trace files are read here).
+        let mut traces = vec![[String::new(), String::new()]; plan.names.len()];
         for (d, v) in plan.specs.iter().enumerate() {
             for (c, s) in v.iter().enumerate() {
-                wan::engine::Profile::new(s.clone(), a.frames)
+                let p = wan::engine::Profile::new(s.clone(), a.frames)
                     .with_context(|| format!("class {} {}", plan.names[c], wan::DIRS[d]))?;
+                if let Some(t) = &p.trace {
+                    traces[c][d] = format!(
+                        ": {} opportunities over {} ms, mean {:.3} Mbit/s",
+                        t.opportunities,
+                        t.period_ms,
+                        t.mean_bps() / 1e6
+                    );
+                }
             }
         }
         let check = CheckReport {
@@ -147,8 +199,8 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
                 .enumerate()
                 .map(|(c, name)| ClassCheck {
                     name: name.clone(),
-                    a_to_b: plan.specs[0][c].explain(),
-                    b_to_a: plan.specs[1][c].explain(),
+                    a_to_b: plan.specs[0][c].explain() + &traces[c][0],
+                    b_to_a: plan.specs[1][c].explain() + &traces[c][1],
                 })
                 .collect(),
             warnings: wan::warnings(&plan.names, &plan.specs),
@@ -193,6 +245,54 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
         },
         &stop,
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wan trace`: validate the levels, write the trace, say what it holds.
+fn write_trace(
+    rates: &[String],
+    durations: &[Duration],
+    output: Option<&std::path::Path>,
+    poisson: Option<u64>,
+) -> Result<ExitCode> {
+    if rates.len() != durations.len() {
+        bail!(
+            "give one --duration per --rate ({} rates, {} durations)",
+            rates.len(),
+            durations.len()
+        );
+    }
+    let mut levels = vec![];
+    for (i, (r, d)) in rates.iter().zip(durations).enumerate() {
+        let bps =
+            wan::spec::parse_rate(r).map_err(|e| anyhow::anyhow!("--rate #{}: {e}", i + 1))?;
+        if d.subsec_nanos() % 1_000_000 != 0 || d.is_zero() {
+            bail!(
+                "--duration #{}: {d:?}: a trace counts whole milliseconds (at least 1ms)",
+                i + 1
+            );
+        }
+        levels.push((bps, d.as_millis() as u64));
+    }
+    let stamps = wan::trace::levels(&levels, poisson)?;
+    let text = wan::trace::render(&stamps);
+    let span = stamps.last().copied().unwrap_or(0);
+    let summary = format!(
+        "{} opportunities over {span} ms, mean {:.3} Mbit/s (1500-byte opportunities)",
+        stamps.len(),
+        (stamps.len() as u64 * wan::trace::OPPORTUNITY_BYTES * 8) as f64 / span as f64 / 1e3
+    );
+    match output {
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+            eprintln!("wrote {}: {summary}", p.display());
+        }
+        None => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(text.as_bytes())?;
+            eprintln!("{summary}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

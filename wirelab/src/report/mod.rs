@@ -450,7 +450,8 @@ fn wan_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     ]
 }
 
-fn cdf(h: &[(f64, f64)]) -> Vec<(f64, f64)> {
+/// A histogram's (value, count) points sorted by value as a CDF: (value, % at or below).
+pub(crate) fn cdf(h: &[(f64, f64)]) -> Vec<(f64, f64)> {
     let total: f64 = h.iter().map(|(_, c)| c).sum();
     if total <= 0.0 {
         return vec![];

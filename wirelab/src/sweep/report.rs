@@ -1,6 +1,7 @@
 //! One self-contained HTML page per sweep (inline SVG, no scripts, nothing fetched): per
 //! metric a heatmap over two axes (one panel per combination of the other axes), the median
-//! and its 95 % CI in each cell; box plots of every cell's runs; throughput against delay
+//! and its 95 % CI in each cell; box plots of every cell's runs; each cell's one-way delay
+//! CDF over all its repetitions (from the runs' probe records); throughput against delay
 //! when both were measured; the table of figures with unstable and drifting cells marked.
 //! With two sweeps of the same grid: a difference heatmap (B − A) marking the cells whose
 //! CIs do not overlap.
@@ -15,11 +16,81 @@ use super::{
 };
 use crate::report::html::esc;
 
-/// A sweep directory read back: its manifest, results and summary (recomputed).
+/// A sweep directory read back: its manifest, results and summary (recomputed), and each
+/// cell's delay CDF from its runs' records.
 pub struct Loaded {
     pub manifest: Manifest,
     pub results: Vec<RunResult>,
     pub summary: Summary,
+    pub cdfs: Vec<CellCdf>,
+}
+
+/// One cell's forward one-way delay CDF: the UDP probe's delay histograms of all its
+/// finished runs merged, as (ms, % of probes at or below).
+pub struct CellCdf {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Every cell's CDF (cells without a recorded UDP probe have none).
+fn cell_cdfs(dir: &Path, s: &Summary, results: &[RunResult]) -> Vec<CellCdf> {
+    let mut out = vec![];
+    for c in &s.cells {
+        let mut hist: Vec<(f64, f64)> = vec![];
+        for r in results.iter().filter(|r| r.cell == c.cell.index && r.ok) {
+            // A run whose record cannot be read adds nothing (its figures still come from
+            // results.jsonl); the report stays whole.
+            let Ok(run) = crate::report::load(&dir.join(&r.record), true) else {
+                continue;
+            };
+            for src in &run.sources {
+                if let crate::report::Typed::ProbeUdp(_, Some(f)) = &src.typed {
+                    hist.extend(f.delay_hist_ms.forward.iter().map(|&(v, n)| (v, n as f64)));
+                }
+            }
+        }
+        hist.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Runs share the histogram's bucket values: one point per value.
+        let mut merged: Vec<(f64, f64)> = vec![];
+        for (v, n) in hist {
+            match merged.last_mut() {
+                Some(last) if last.0 == v => last.1 += n,
+                _ => merged.push((v, n)),
+            }
+        }
+        let points = crate::report::cdf(&merged);
+        if !points.is_empty() {
+            out.push(CellCdf {
+                label: c.cell.label.clone(),
+                points,
+            });
+        }
+    }
+    out
+}
+
+/// All cells' CDFs in one chart.
+fn cdf_chart(cdfs: &[CellCdf]) -> String {
+    use crate::report::plot::{self, Chart, Series};
+    if cdfs.is_empty() {
+        return String::new();
+    }
+    let chart = Chart::lines(
+        "sweep-cdf",
+        "one-way delay CDF per cell (forward, all repetitions)",
+        "one-way delay (ms)",
+        "% of probes at or below",
+        cdfs.iter()
+            .map(|c| Series::new(c.label.clone(), c.points.clone()))
+            .collect(),
+    );
+    match plot::svg(&chart) {
+        Ok(svg) => format!("<h2>One-way delay CDF per cell</h2><figure>{svg}</figure>"),
+        Err(e) => format!(
+            "<h2>One-way delay CDF per cell</h2><p class=\"note\">not drawn: {}</p>",
+            esc(&format!("{e:#}"))
+        ),
+    }
 }
 
 pub fn is_sweep(dir: &Path) -> bool {
@@ -30,10 +101,12 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     let manifest = run::read_manifest(dir)?;
     let results = run::read_results(dir)?;
     let summary = summarize(&manifest.plan, &results);
+    let cdfs = cell_cdfs(dir, &summary, &results);
     Ok(Loaded {
         manifest,
         results,
         summary,
+        cdfs,
     })
 }
 
@@ -455,6 +528,7 @@ pub fn render(l: &Loaded) -> String {
             boxes(s, &l.results, &m)
         );
     }
+    o.push_str(&cdf_chart(&l.cdfs));
     let sc = scatter(&l.results);
     if !sc.is_empty() {
         let _ = write!(o, "<h2>Goodput against delay (one point per run)</h2>{sc}");

@@ -15,6 +15,7 @@ use wirelab_common::wan::{Meta, META_MAGIC};
 use super::{
     dist::{self, Table},
     spec::{JitterOrder, Limit, Spec},
+    trace::{self, Trace},
 };
 use crate::runtime::xsk::{BindOptions, Desc, RingSizes, Socket, Umem};
 
@@ -35,23 +36,44 @@ pub fn mono_ns() -> u64 {
 pub struct Profile {
     pub spec: Spec,
     pub table: Option<Table>,
+    /// `rate trace FILE`: the validated trace.
+    pub trace: Option<std::sync::Arc<Trace>>,
     /// Effective queue limit (after BDP sizing).
     pub limit_packets: u64,
     pub limit_bytes: u64,
+    /// `limit N link`: (packets, bytes) waiting for the link; the limits above are then the
+    /// engine's memory.
+    pub link_limit: Option<(u64, u64)>,
 }
 
 impl Profile {
     pub fn new(spec: Spec, frames: u64) -> Result<Self> {
         let table = dist::builtin(&spec.distribution)?;
-        let (limit_packets, limit_bytes) = match &spec.limit {
-            Some(Limit::Packets(n)) => (*n, u64::MAX),
-            Some(Limit::Bytes(b)) => (u64::MAX, *b),
-            None => match &spec.rate {
+        let trace = match &spec.trace {
+            Some(t) => {
+                Some(Trace::load(&t.path).map_err(|e| anyhow::anyhow!("rate trace: {e:#}"))?)
+            }
+            None => None,
+        };
+        // A trace's mean rate sizes the queue as a `rate` would.
+        let rate_bps = spec
+            .rate
+            .as_ref()
+            .map(|r| r.bits_per_sec as f64)
+            .or(trace.as_ref().map(|t| t.mean_bps()));
+        let limit = |l: &Limit| match l {
+            Limit::Packets(n) => (*n, u64::MAX),
+            Limit::Bytes(b) => (u64::MAX, *b),
+        };
+        let link_limit = spec.limit.as_ref().filter(|_| spec.limit_link).map(limit);
+        let (limit_packets, limit_bytes) = match spec.limit.as_ref().filter(|_| !spec.limit_link) {
+            Some(l) => limit(l),
+            None => match rate_bps.filter(|_| link_limit.is_none()) {
                 // Unset with a rate: twice the bandwidth-delay product, at least 50 ms of
                 // traffic at the rate and 64 KiB.
-                Some(r) => {
+                Some(bps) => {
                     let hold = spec.delay.as_secs_f64() * 2.0 + spec.jitter.as_secs_f64() * 8.0;
-                    let bdp = r.bits_per_sec as f64 / 8.0 * hold.max(0.05);
+                    let bdp = bps / 8.0 * hold.max(0.05);
                     (u64::MAX, (bdp as u64).max(64 * 1024))
                 }
                 // Unset without a rate: as much as the UMEM holds.
@@ -66,6 +88,8 @@ impl Profile {
         Ok(Self {
             spec,
             table,
+            trace,
+            link_limit,
             limit_packets,
             limit_bytes,
         })
@@ -121,6 +145,11 @@ struct ClassState {
     last_reorder: u32,
     reorder_counter: u64,
     link_free_ns: u64,
+    /// `rate trace`: where the link is in its trace (started with the profile).
+    cursor: Option<trace::Cursor>,
+    /// `limit N link`: departure times and sizes of the frames waiting for the link.
+    link_queue: std::collections::VecDeque<(u64, u64)>,
+    link_queue_bytes: u64,
     /// When the delay stage last released a frame (the order rule's reference).
     last_departure_ns: u64,
     queued_packets: u64,
@@ -287,6 +316,9 @@ impl Engine {
                     last_reorder: 0,
                     reorder_counter: 0,
                     link_free_ns: 0,
+                    cursor: None,
+                    link_queue: Default::default(),
+                    link_queue_bytes: 0,
                     last_departure_ns: 0,
                     queued_packets: 0,
                     queued_bytes: 0,
@@ -492,6 +524,23 @@ impl Engine {
             }
         }
         let delayed = due;
+        // `limit N link`: drop-tail in front of the link, counted when the frame reaches it
+        // (the frames ahead that will have left by then are not counted).
+        if let (Some((lp, lb)), false) = (p.link_limit, immediate) {
+            while let Some(&(t, l)) = st.link_queue.front() {
+                if t > due {
+                    break;
+                }
+                st.link_queue.pop_front();
+                st.link_queue_bytes -= l;
+            }
+            if st.link_queue.len() as u64 + 1 > lp || st.link_queue_bytes + len as u64 > lb {
+                st.interval.queue_drops += 1;
+                st.total.queue_drops += 1;
+                self.free.push(addr & !(FRAME_SIZE - 1));
+                return;
+            }
+        }
         // Reordered packets bypass the rate as well as the delay (netem's behaviour): otherwise
         // they would queue behind everything already waiting for the link.
         if let (Some(r), false) = (&s.rate, immediate) {
@@ -504,6 +553,28 @@ impl Engine {
             let start = due.max(st.link_free_ns);
             due = start + tx_ns;
             st.link_free_ns = due;
+        } else if let (Some(t), Some(c), false) = (&p.trace, &mut st.cursor, immediate) {
+            // The trace's opportunities carry IP bytes (mm-link's accounting); the frame
+            // waits behind the one ahead of it (FIFO link).
+            let once = s.trace.as_ref().is_some_and(|t| t.once);
+            let ip = (len as u64).saturating_sub(trace::ETH_HEADER);
+            match c.depart(t, once, due.max(st.link_free_ns), ip) {
+                Some(at) => {
+                    due = at;
+                    st.link_free_ns = at;
+                }
+                None => {
+                    // A `once` trace has ended: the link is gone, as if it were down.
+                    st.interval.link_down_drops += 1;
+                    st.total.link_down_drops += 1;
+                    self.free.push(addr & !(FRAME_SIZE - 1));
+                    return;
+                }
+            }
+        }
+        if p.link_limit.is_some() && !immediate {
+            st.link_queue.push_back((due, len as u64));
+            st.link_queue_bytes += len as u64;
         }
         // The order rule holds at the delay stage; the rate stage after it is a FIFO link, so
         // frames still leave in order, and time spent waiting for the link counts as queueing,
@@ -716,11 +787,36 @@ impl Engine {
         }
     }
 
+    /// Start the traces of every class now (the trace's 0 ms): called when the emulator starts
+    /// forwarding, so the trace's seconds are the report's.
+    pub fn start_traces(&mut self, now: u64) {
+        for d in 0..2 {
+            for (c, st) in self.states[d].iter_mut().enumerate() {
+                st.cursor = self.profiles[d][c]
+                    .trace
+                    .as_ref()
+                    .map(|_| trace::Cursor::new(now));
+            }
+        }
+    }
+
     /// Swap in the profiles of one class (live `set`), both directions at once, between two
-    /// packets. Queued frames keep their departure times.
+    /// packets. Queued frames keep their departure times. A trace starts from its beginning
+    /// unless the same trace (same contents, same mode) was already playing.
     pub fn set_class(&mut self, class: usize, profiles: [Profile; 2]) -> Result<()> {
         if class >= self.profiles[0].len() {
             bail!("no class {class}");
+        }
+        let now = mono_ns();
+        for (d, p) in profiles.iter().enumerate() {
+            let old = &self.profiles[d][class];
+            let same = p.trace.is_some()
+                && p.trace == old.trace
+                && p.spec.trace.as_ref().map(|t| t.once) == old.spec.trace.as_ref().map(|t| t.once);
+            let st = &mut self.states[d][class];
+            if !same {
+                st.cursor = p.trace.as_ref().map(|_| trace::Cursor::new(now));
+            }
         }
         let [a, b] = profiles;
         self.profiles[0][class] = std::sync::Arc::new(a);

@@ -6,8 +6,10 @@
 //! (tc redirect); the rest go through AF_XDP to the timing engine (`engine.rs`).
 pub mod dist;
 pub mod engine;
+pub mod preset;
 mod report;
 pub mod spec;
+pub mod trace;
 
 pub use crate::record::LineKind;
 pub use report::{configured, measured, ChangeEntry, ClassConfig, ClassReport, EngineHealth, Line};
@@ -283,7 +285,8 @@ pub fn warnings(names: &[String], specs: &[Vec<Spec>; 2]) -> Vec<String> {
     for (d, v) in specs.iter().enumerate() {
         for (c, s) in v.iter().enumerate() {
             let hold = s.delay.as_secs_f64();
-            if hold <= 0.0 {
+            // `limit N link` does not count the delay stage.
+            if hold <= 0.0 || s.limit_link {
                 continue;
             }
             match &s.limit {
@@ -775,6 +778,7 @@ impl<'a> EngineLoop<'a> {
         loss: &'a mut Array<MapData, LossState>,
         threads: &'a Threads,
     ) -> Self {
+        engine.start_traces(mono_ns());
         Self {
             fatal: None,
             last_changed: None,

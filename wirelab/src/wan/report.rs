@@ -419,7 +419,10 @@ pub fn measured(rows: &[ClassReport], specs: &[Vec<Spec>; 2]) -> Vec<crate::reco
                 .samples(r.tx),
             );
         }
-        if specs[d].first().is_some_and(|s| s.rate.is_some()) {
+        if specs[d]
+            .first()
+            .is_some_and(|s| s.rate.is_some() || s.trace.is_some())
+        {
             if let Some(q50) = r.queue_delay_p50_ms {
                 v.push(
                     Q::new(

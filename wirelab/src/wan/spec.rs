@@ -85,6 +85,15 @@ pub struct Rate {
     pub cell_overhead: i64,
 }
 
+/// `rate trace FILE [once|wrap]`: the link's delivery opportunities come from an mm-link trace
+/// (read and validated when the profile is built, see `trace.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TraceClause {
+    pub path: PathBuf,
+    /// Play the trace once (then the link carries nothing); otherwise it wraps.
+    pub once: bool,
+}
+
 /// One direction's impairments.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Spec {
@@ -108,7 +117,14 @@ pub struct Spec {
     /// `reorder ... gap N`: only every N-th frame may skip the delay.
     pub gap: u64,
     pub rate: Option<Rate>,
+    /// `rate trace FILE`: instead of `rate`, delivery opportunities from a trace.
+    pub trace: Option<TraceClause>,
+    /// `preset NAME`: the calibrated path whose words this SPEC starts from.
+    pub preset: Option<String>,
     pub limit: Option<Limit>,
+    /// `limit N link`: the limit counts only frames waiting for the `rate`/trace link (a
+    /// drop-tail queue in front of it, as mm-link's), not those still in the delay stage.
+    pub limit_link: bool,
     /// (outage, period)
     pub blackhole: Option<(Duration, Duration)>,
     pub jitter_order: JitterOrder,
@@ -130,6 +146,9 @@ impl Spec {
             }
         };
         let mut parts = vec![format!("delay {}", ms(self.delay))];
+        if let Some(p) = &self.preset {
+            parts.insert(0, super::preset::explain(p));
+        }
         if !self.jitter.is_zero() {
             let order = match self.jitter_order {
                 JitterOrder::Keep => "order kept",
@@ -207,9 +226,25 @@ impl Spec {
             }
             parts.push(t);
         }
+        if let Some(t) = &self.trace {
+            parts.push(format!(
+                "rate from trace {} ({})",
+                t.path.display(),
+                if t.once {
+                    "played once, then the link carries nothing"
+                } else {
+                    "wraps at its last timestamp"
+                }
+            ));
+        }
+        let link = if self.limit_link {
+            " waiting for the link (drop-tail in front of the rate; the delay stage not counted)"
+        } else {
+            ""
+        };
         match &self.limit {
-            Some(Limit::Packets(n)) => parts.push(format!("queue limit {n} frames")),
-            Some(Limit::Bytes(b)) => parts.push(format!("queue limit {b} bytes")),
+            Some(Limit::Packets(n)) => parts.push(format!("queue limit {n} frames{link}")),
+            Some(Limit::Bytes(b)) => parts.push(format!("queue limit {b} bytes{link}")),
             None => {}
         }
         if let Some((out, every)) = self.blackhole {
@@ -235,7 +270,10 @@ impl Default for Spec {
             reorder_corr: 0.0,
             gap: 0,
             rate: None,
+            trace: None,
+            preset: None,
             limit: None,
+            limit_link: false,
             blackhole: None,
             jitter_order: JitterOrder::Keep,
             text: String::new(),
@@ -257,7 +295,7 @@ pub const KEYWORDS: &[&str] = &[
     "jitter-order",
 ];
 
-const ALLOWED: &str = "delay, distribution, loss, duplicate, corrupt, reorder, gap, rate, limit, blackhole, jitter-order";
+const ALLOWED: &str = "delay, distribution, loss, duplicate, corrupt, reorder, gap, rate, limit, blackhole, jitter-order, preset";
 
 pub fn parse_time(w: &str) -> Result<Duration, SpecError> {
     let (num, unit) = split_num(w);
@@ -362,9 +400,11 @@ fn parse_size(w: &str) -> Result<u64, SpecError> {
 
 /// Parse a spec. An empty string means no impairment.
 pub fn parse(text: &str) -> Result<Spec, SpecError> {
-    let words: Vec<&str> = text.split_whitespace().collect();
+    let given: Vec<&str> = text.split_whitespace().collect();
+    let (words, preset) = super::preset::expand(&given)?;
     let mut s = Spec {
-        text: words.join(" "),
+        text: given.join(" "),
+        preset: preset.map(|p| p.name.to_string()),
         ..Default::default()
     };
     let mut i = 0;
@@ -385,7 +425,13 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
             return Err(err(kw, format!("unknown word; allowed: {ALLOWED}")));
         }
         if kw != "gap" && kw != "distribution" && !seen.insert(kw) {
-            return Err(err(kw, "given twice"));
+            return Err(err(
+                kw,
+                match preset {
+                    Some(p) => format!("given twice (preset {} sets {})", p.name, p.words),
+                    None => "given twice".into(),
+                },
+            ));
         }
         i += 1;
         let need = |i: usize, what: &str| -> Result<&str, SpecError> {
@@ -505,6 +551,17 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
                     .map_err(|_| err(w, "gap needs a whole number of packets"))?;
                 i += 1;
             }
+            "rate" if words.get(i) == Some(&"trace") => {
+                let path = need(i + 1, "a trace file: rate trace FILE [once|wrap]")?;
+                s.trace = Some(TraceClause {
+                    path: PathBuf::from(path),
+                    once: words.get(i + 2) == Some(&"once"),
+                });
+                i += 2;
+                if matches!(words.get(i), Some(&"once" | &"wrap")) {
+                    i += 1;
+                }
+            }
             "rate" => {
                 let bits_per_sec = parse_rate(need(i, "a rate, e.g. rate 10mbit")?)?;
                 i += 1;
@@ -551,6 +608,10 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
                     Limit::Bytes(b)
                 });
                 i += 1;
+                if words.get(i) == Some(&"link") {
+                    s.limit_link = true;
+                    i += 1;
+                }
             }
             "blackhole" => {
                 let d = parse_time(need(i, "an outage time, e.g. blackhole 2s every 30s")?)?;
@@ -588,6 +649,12 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
             "needs a delay (reordered packets are the ones sent without it)",
         ));
     }
+    if s.limit_link && s.rate.is_none() && s.trace.is_none() {
+        return Err(err(
+            "link",
+            "limit ... link counts the queue in front of a rate: give `rate` or `rate trace`",
+        ));
+    }
     if s.gap > 0 && s.reorder == 0.0 {
         return Err(err("gap", "only means something with reorder"));
     }
@@ -606,6 +673,7 @@ impl Spec {
             && self.corrupt == 0.0
             && self.reorder == 0.0
             && self.rate.is_none()
+            && self.trace.is_none()
             && self.limit.is_none()
     }
 }
@@ -680,6 +748,7 @@ mod tests {
             ("blackhole 5s every 1s", "blackhole"),
             ("delay 1ms delay 2ms", "delay"),
             ("jitter-order sometimes", "sometimes"),
+            ("limit 10 link", "link"),
         ] {
             assert_eq!(parse(spec).unwrap_err().word, word, "{spec}");
         }

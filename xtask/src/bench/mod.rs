@@ -36,6 +36,11 @@ pub const BENCHES: &[(&str, &str, BenchFn)] = &[
         wan::run,
     ),
     (
+        "wan-trace",
+        "wirelab wan trace replay: a constant-rate trace vs `rate` at 10, 100 and 500 Mbit/s",
+        wan::trace,
+    ),
+    (
         "swarm",
         "wirelab swarm vs N netlink addresses with explicit bind (ready time, connects/s, largest N)",
         swarm::run,

@@ -87,14 +87,108 @@ impl Wan {
     }
 }
 
+/// The default lab with an iperf3 server on the server host.
+fn lab_with_iperf(prefix: &str) -> Result<(Lab, Bg)> {
+    let lab = lab_up(prefix)?;
+    let iperf = spawn_ready(
+        {
+            let mut c = in_ns(&lab.ns("server"), &["iperf3"]);
+            c.args(["-s", "-p", "5201", "--forceflush"]);
+            c
+        },
+        Ready::Stdout,
+        "Server listening",
+        Duration::from_secs(10),
+    )?;
+    Ok((lab, iperf))
+}
+
+/// Queue drops of direction `dir` (all classes).
+fn queue_drops(fin: &Value, dir: &str) -> u64 {
+    dir_sum(fin, dir, "drops_queue")
+}
+
+/// `cargo xtask bench wan-trace`: trace replay (`rate trace FILE`) at 10, 100 and 500 Mbit/s
+/// against `rate R -14` (the same IP-byte accounting) and the rate itself, TCP client → server.
+pub fn trace(ctx: &Ctx) -> Result<()> {
+    const SECS: u32 = 8;
+    if Command::new("iperf3").arg("--version").output().is_err() {
+        bail!("iperf3 is not installed (cargo xtask setup)");
+    }
+    ctx.emit(&format!(
+        "\n## wan trace replay (`cargo xtask bench wan-trace`)\n\nMachine: {}.\n",
+        super::machine()
+    ));
+    let (lab, _iperf) = lab_with_iperf("bt")?;
+    let dir = TempDir::new("wirelab-bench-trace-");
+    let mut t = Table::new(
+        "Trace replay accuracy: a constant-rate trace vs `rate` at the same rate, TCP client → server",
+        &format!(
+            "wirelab wan trace --rate R --duration 1s -o R.trace; wirelab wan --a-to-b \"rate trace R.trace\" vs --a-to-b \"rate R -14\"; iperf3 -c {SERVER} -t {SECS} -O 2"
+        ),
+        &[
+            "rate",
+            "expected TCP goodput Mbit/s",
+            "trace Mbit/s",
+            "trace / expected",
+            "`rate R -14` Mbit/s",
+            "trace / rate",
+            "trace queue drops",
+            "rate queue drops",
+        ],
+    );
+    for r in ["10mbit", "100mbit", "500mbit"] {
+        ctx.check()?;
+        eprintln!("bench wan-trace: {r}");
+        let file = dir.join(&format!("{r}.trace"));
+        out(wirelab()
+            .args(["wan", "trace", "--rate", r, "--duration", "1s", "-o"])
+            .arg(&file))?;
+        let run = |spec: String| -> Result<(f64, u64)> {
+            let w = Wan::start(&lab, &["--a-to-b", &spec])?;
+            let got = iperf_tcp(&lab, SECS, 2);
+            let fin = w.stop()?;
+            Ok((got?.0, queue_drops(&fin, "a_to_b")))
+        };
+        let (tr, tr_drops) = run(format!("rate trace {}", file.display()))?;
+        let (rt, rt_drops) = run(format!("rate {r} -14"))?;
+        let bits: f64 = r.trim_end_matches("mbit").parse::<f64>()? * 1e6;
+        // 1448 bytes of TCP payload per 1500-byte IP packet (one opportunity each).
+        let expected = bits * 1448.0 / 1500.0 / 1e6;
+        t.row(vec![
+            r.into(),
+            f(expected, 2),
+            f(tr, 2),
+            format!("{}%", f(tr / expected * 100.0, 1)),
+            f(rt, 2),
+            format!("{}%", f(tr / rt * 100.0, 1)),
+            tr_drops.to_string(),
+            rt_drops.to_string(),
+        ]);
+    }
+    t.note(
+        "A trace's opportunities carry 1500 bytes of IP packet, as in mm-link; `rate R -14` \
+         counts the same bytes (the frame without its Ethernet header). Expected: R × 1448/1500 \
+         (TCP payload per full-size packet, timestamps on). Queues are left at their default \
+         (twice the bandwidth-delay product, at least 50 ms of the rate and 64 KiB).",
+    );
+    ctx.emit(&t.render());
+    Ok(())
+}
+
 /// Frames wirelab received in direction `dir` (all classes).
 fn wan_rx(fin: &Value, dir: &str) -> u64 {
+    dir_sum(fin, dir, "rx")
+}
+
+/// A counter of a final report summed over the classes of direction `dir`.
+fn dir_sum(fin: &Value, dir: &str, field: &str) -> u64 {
     fin["classes"]
         .as_array()
         .map(|a| {
             a.iter()
                 .filter(|r| r["dir"] == dir)
-                .map(|r| r["rx"].as_u64().unwrap_or(0))
+                .map(|r| r[field].as_u64().unwrap_or(0))
                 .sum()
         })
         .unwrap_or(0)
@@ -237,17 +331,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         super::machine()
     ));
     let _stats = BpfStats::enable()?;
-    let lab = lab_up("bw")?;
-    let _iperf = spawn_ready(
-        {
-            let mut c = in_ns(&lab.ns("server"), &["iperf3"]);
-            c.args(["-s", "-p", "5201", "--forceflush"]);
-            c
-        },
-        Ready::Stdout,
-        "Server listening",
-        Duration::from_secs(10),
-    )?;
+    let (lab, _iperf) = lab_with_iperf("bw")?;
     let bind = format!("{SERVER}:7000");
     let _probe = cli::start_probe_server(wirelab(), &lab.ns("server"), &bind, "15m")?;
     out(in_ns(&lab.ns("client"), &["ping"]).args(["-c", "3", "-i", "0.2", "-q", SERVER]))?;
@@ -606,15 +690,7 @@ fn rate(ctx: &Ctx, lab: &Lab) -> Result<()> {
         let wl = iperf_tcp(lab, SECS, 2);
         let fin = w.stop()?;
         let wl = wl?.0;
-        let qd: u64 = fin["classes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|x| x["dir"] == "a_to_b")
-                    .map(|x| x["drops_queue"].as_u64().unwrap_or(0))
-                    .sum()
-            })
-            .unwrap_or(0);
+        let qd = queue_drops(&fin, "a_to_b");
         let ns = lab.ns("wan");
         out(Command::new("tc").args([
             "-n",
