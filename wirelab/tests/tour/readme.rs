@@ -252,15 +252,24 @@ pub fn parse(readme: &str) -> Result<Vec<Block>, String> {
     let mut names = std::collections::BTreeSet::new();
     let mut i = 0;
     while i < lines.len() {
-        let Some(fence) = lines[i].strip_prefix("```") else {
+        // A fence may be indented (a block inside a list item); its lines lose that indent.
+        let fence_line = lines[i].trim_start();
+        if !fence_line.starts_with("```") {
             i += 1;
             continue;
-        };
-        let _ = fence;
+        }
+        let indent = lines[i].len() - fence_line.len();
         let end = (i + 1..lines.len())
-            .find(|&j| lines[j].starts_with("```"))
+            .find(|&j| lines[j].trim_start().starts_with("```"))
             .ok_or_else(|| format!("README:{}: unclosed code block", i + 1))?;
-        let code = &lines[i + 1..end];
+        let code: Vec<&str> = lines[i + 1..end]
+            .iter()
+            .map(|l| {
+                let ws = l.len() - l.trim_start().len();
+                &l[ws.min(indent)..]
+            })
+            .collect();
+        let code = &code[..];
         if code.iter().any(|l| l.starts_with("$ ")) {
             let before = (0..i).rev().find(|&j| !lines[j].trim().is_empty());
             let m = before
@@ -706,6 +715,15 @@ mod tests {
             "{e}"
         );
         assert!(parse("```sh\ncargo xtask demo\n```\n").unwrap().is_empty());
+        // A block inside a list item is a tour block too.
+        let e = parse("- item:\n\n  ```text\n  $ wirelab lab up\n  ```\n").unwrap_err();
+        assert!(e.contains("README:3"), "{e}");
+        let b = parse(
+            "- item:\n\n  <!-- tour: t -->\n  ```text\n  $ wirelab lab up\n  lab up\n  ```\n",
+        )
+        .unwrap();
+        assert_eq!(b[0].commands[0].text, "wirelab lab up");
+        assert_eq!(b[0].commands[0].shown, ["lab up"]);
         let readme = "<!-- tour: wan lab=doc numbers=20%\n\
                       $ wirelab lab up --name doc\n\
                       skip $ wirelab report because it needs two runs\n-->\n\n\
