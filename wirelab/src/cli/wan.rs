@@ -79,6 +79,10 @@ struct WanRunArgs {
     /// Seed for every random decision (same seed + same packets = same decisions).
     #[arg(long)]
     seed: Option<u64>,
+    /// TOML timeline of live changes (set, ramp, flap, handover, loop) played from the
+    /// start; `--check` prints its expanded schedule.
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<PathBuf>,
     /// Stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -112,6 +116,7 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
             a_to_b: specs.a_to_b,
             b_to_a: specs.b_to_a,
             seed,
+            timeline: None,
         };
         netns.enter()?;
         let pair = match between.as_slice() {
@@ -126,6 +131,11 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
     let specs = wan::DirSpecs::from(a.specs);
     let cfg = wan::load_config(a.config.as_deref())?;
     let plan = wan::plan(&cfg, &specs, a.seed)?;
+    let schedule = a
+        .timeline
+        .as_deref()
+        .map(|p| wan::plan_timeline(p, &plan))
+        .transpose()?;
     wan::engine::frames_hint(a.frames)?;
     if a.check {
         // Build every profile too (distribution files are read here).
@@ -149,6 +159,7 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
                 })
                 .collect(),
             warnings: wan::warnings(&plan.names, &plan.specs),
+            timeline: schedule,
         };
         if a.json.json {
             emit(&serde_json::to_string(&check)?)?;
@@ -166,6 +177,9 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
             }
             for w in &check.warnings {
                 text += &format!("\nwarning: {w}");
+            }
+            if let Some(s) = &check.timeline {
+                text += &format!("\n{}", wan::timeline::describe(s));
             }
             emit(&text)?;
         }
@@ -186,6 +200,7 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
             seed: a.seed,
             frames: a.frames,
             realtime: !a.no_realtime,
+            timeline: a.timeline,
             report,
         },
         &stop,
@@ -201,6 +216,9 @@ struct CheckReport {
     seed: u64,
     classes: Vec<ClassCheck>,
     warnings: Vec<String>,
+    /// The expanded `--timeline`: every change with its time, class and SPECs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeline: Option<wan::timeline::Schedule>,
 }
 
 #[derive(Serialize)]

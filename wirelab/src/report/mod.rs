@@ -961,6 +961,7 @@ mod tests {
             classes: vec![row],
             engine: None,
             seed: None,
+            changes: None,
         };
         rec.interval(&good).unwrap();
         let mut bad = serde_json::to_value(&good).unwrap();

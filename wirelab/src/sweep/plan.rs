@@ -44,6 +44,10 @@ pub struct SweepFile {
     /// product under test. A failing hook fails the run.
     #[serde(default)]
     pub hooks: Hooks,
+    /// A wan timeline file (relative to the sweep file) played from the start of every
+    /// run's workloads, over the cell's SPECs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<String>,
 }
 
 fn one() -> u64 {
@@ -209,6 +213,9 @@ pub struct Plan {
     pub file: SweepFile,
     pub cells: Vec<Cell>,
     pub runs: Vec<RunPlan>,
+    /// The `timeline` file's contents, checked against every cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<crate::wan::timeline::Timeline>,
 }
 
 /// Most cells a sweep may have (a typo in an axis should not start a week-long sweep).
@@ -229,7 +236,9 @@ fn keyword(clause: &str) -> &str {
 }
 
 /// Split a SPEC into its clauses (each starts with a keyword).
-fn clauses(text: &str) -> Vec<String> {
+/// A SPEC's clauses: each keyword with its values (`distribution` and `gap` stay with the
+/// clause before them).
+pub fn clauses(text: &str) -> Vec<String> {
     let mut out: Vec<String> = vec![];
     for w in text.split_whitespace() {
         // `distribution` and `gap` belong to the clause before them (delay, reorder).
@@ -342,7 +351,12 @@ impl Plan {
                 runs.shuffle(&mut rng);
             }
         }
-        Ok(Self { file, cells, runs })
+        Ok(Self {
+            file,
+            cells,
+            runs,
+            timeline: None,
+        })
     }
 }
 
@@ -470,7 +484,43 @@ fn check_duration(at: &str, d: Option<Duration>) -> Result<()> {
 
 /// The plan for a file.
 pub fn load(path: &Path) -> Result<Plan> {
-    Plan::new(SweepFile::load(path)?).with_context(|| format!("{}", path.display()))
+    let mut plan =
+        Plan::new(SweepFile::load(path)?).with_context(|| format!("{}", path.display()))?;
+    if let Some(t) = &plan.file.timeline {
+        let p = path.parent().unwrap_or(Path::new(".")).join(t);
+        let tl = crate::wan::timeline::load(&p)
+            .with_context(|| format!("{}: timeline", path.display()))?;
+        for c in &plan.cells {
+            crate::wan::timeline::expand(
+                &tl,
+                &timeline_classes(c),
+                &TIMELINE_CLASSES.map(String::from),
+            )
+            .with_context(|| {
+                format!(
+                    "{}: timeline {}: cell {} ({})",
+                    path.display(),
+                    p.display(),
+                    c.index,
+                    c.label
+                )
+            })?;
+        }
+        plan.timeline = Some(tl);
+    }
+    Ok(plan)
+}
+
+/// The classes a sweep's timeline changes: the emulator's default class and the class the
+/// measured traffic runs in.
+pub const TIMELINE_CLASSES: [&str; 2] = ["default", super::run::MEASURED_CLASS];
+
+/// A cell's SPECs per class, as a timeline starts from them.
+pub fn timeline_classes(c: &Cell) -> std::collections::BTreeMap<String, [String; 2]> {
+    TIMELINE_CLASSES
+        .iter()
+        .map(|n| (n.to_string(), [c.a_to_b.clone(), c.b_to_a.clone()]))
+        .collect()
 }
 
 #[cfg(test)]
