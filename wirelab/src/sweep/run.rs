@@ -484,6 +484,7 @@ fn workload(
                 duration: None,
                 size: *size,
                 wait: Duration::from_secs(1),
+                per_probe: false,
             };
             let (dir, stop, conf) = (dir.to_path_buf(), stop.clone(), configured(cell));
             let r = netns::run_in(Some(&b.ns("client")), move || {

@@ -1137,7 +1137,7 @@ fn warn_anomalies(engine: &Engine) {
 
 /// How long before its time a timeline change is handed to the engine, which holds it until
 /// then: validation and the hand-over happen ahead, the switch itself on time.
-const LEAD: Duration = Duration::from_millis(50);
+const LEAD: Duration = Duration::from_millis(250);
 
 /// Where a live change comes from, and what it is for the record.
 #[derive(Debug, Clone)]
