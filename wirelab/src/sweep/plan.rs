@@ -642,4 +642,29 @@ kind = "udp"
             assert!(e.contains(want), "{want:?} not in {e}");
         }
     }
+
+    #[test]
+    fn a_timeline_is_checked_against_every_cell() {
+        let d = std::env::temp_dir().join(format!("wirelab-sweep-tl-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let sweep = d.join("sweep.toml");
+        std::fs::write(&sweep, format!("timeline = \"tl.toml\"\n{GRID}")).unwrap();
+        let tl = d.join("tl.toml");
+        std::fs::write(
+            &tl,
+            "[[steps]]\nat = \"1s\"\nkind = \"ramp\"\nparam = \"jitter\"\nfrom = \"1ms\"\nto = \"3ms\"\nover = \"1s\"\nevery = \"500ms\"\n",
+        )
+        .unwrap();
+        let p = load(&sweep).unwrap();
+        assert_eq!(p.timeline.as_ref().map(|t| t.steps.len()), Some(1));
+        // A value no cell can take is refused before a lab exists, naming the step and cell.
+        std::fs::write(
+            &tl,
+            "[[steps]]\nat = \"1s\"\nkind = \"set\"\nclass = \"measured\"\nboth = \"delay 1ms\"\n[[steps]]\nat = \"2s\"\nkind = \"flap\"\ndown = \"1s\"\nevery = \"1s\"\ncount = 1\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", load(&sweep).unwrap_err());
+        let _ = std::fs::remove_dir_all(&d);
+        assert!(e.contains("timeline.steps[1].down"), "{e}");
+    }
 }

@@ -174,7 +174,16 @@ impl Param {
         match self {
             Self::Delay | Self::Jitter => ms(x),
             Self::Loss => format!("{}%", round(x * 100.0, 4)),
-            Self::Rate => format!("{}kbit", round(x / 1e3, 3)),
+            Self::Rate => {
+                let bits = x.round();
+                if bits % 1e6 == 0.0 {
+                    format!("{}mbit", bits / 1e6)
+                } else if bits % 1e3 == 0.0 {
+                    format!("{}kbit", bits / 1e3)
+                } else {
+                    format!("{bits}bit")
+                }
+            }
         }
     }
     fn name(self) -> &'static str {
@@ -648,7 +657,7 @@ pub fn expand(
                 class: class.clone(),
                 a_to_b: now[0].clone(),
                 b_to_a: now[1].clone(),
-                label: labels.join(", "),
+                label: join_labels(&labels),
             });
             last.insert(class, now);
         }
@@ -664,6 +673,27 @@ pub fn expand(
         changes,
         length_s: length.as_secs_f64(),
     })
+}
+
+/// Labels of one change, a step's parts together: "steps[0] handover delay 60ms, rate 5mbit".
+fn join_labels(labels: &[String]) -> String {
+    let mut out = String::new();
+    let mut head = "";
+    for l in labels {
+        // "steps[0] handover" and the rest.
+        let cut = l.match_indices(' ').nth(1).map_or(l.len(), |(i, _)| i);
+        let (h, rest) = l.split_at(cut);
+        if h == head && !rest.is_empty() {
+            out += &format!(",{rest}");
+        } else {
+            if !out.is_empty() {
+                out += "; ";
+            }
+            out += l;
+            head = h;
+        }
+    }
+    out
 }
 
 /// `base` with one value replaced: the delay's time or jitter, the loss, the rate.
@@ -807,6 +837,10 @@ mod tests {
             "delay 20ms",
         )
         .unwrap();
+        assert_eq!(
+            s.changes[0].label,
+            "steps[0] handover delay 60ms, rate 5mbit, burst loss 100% for 150ms"
+        );
         let v: Vec<(f64, &str)> = s
             .changes
             .iter()
@@ -815,14 +849,14 @@ mod tests {
         assert_eq!(
             v,
             [
-                (1.0, "delay 60ms rate 5000kbit loss 100%"),
-                (1.15, "delay 60ms rate 5000kbit"),
+                (1.0, "delay 60ms rate 5mbit loss 100%"),
+                (1.15, "delay 60ms rate 5mbit"),
                 (2.0, "delay 20ms"),
-                (3.0, "delay 60ms rate 5000kbit loss 100%"),
-                (3.15, "delay 60ms rate 5000kbit"),
+                (3.0, "delay 60ms rate 5mbit loss 100%"),
+                (3.15, "delay 60ms rate 5mbit"),
                 (4.0, "delay 20ms"),
-                (5.0, "delay 60ms rate 5000kbit loss 100%"),
-                (5.15, "delay 60ms rate 5000kbit"),
+                (5.0, "delay 60ms rate 5mbit loss 100%"),
+                (5.15, "delay 60ms rate 5mbit"),
                 (6.0, "delay 20ms"),
             ]
         );
