@@ -486,11 +486,21 @@ fn check_duration(at: &str, d: Option<Duration>) -> Result<()> {
 pub fn load(path: &Path) -> Result<Plan> {
     let mut plan =
         Plan::new(SweepFile::load(path)?).with_context(|| format!("{}", path.display()))?;
-    if let Some(t) = &plan.file.timeline {
+    plan.attach_timeline(path)?;
+    Ok(plan)
+}
+
+impl Plan {
+    /// Read the file's `timeline` (relative to the sweep file at `path`) and check it
+    /// against every cell.
+    pub fn attach_timeline(&mut self, path: &Path) -> Result<()> {
+        let Some(t) = &self.file.timeline else {
+            return Ok(());
+        };
         let p = path.parent().unwrap_or(Path::new(".")).join(t);
         let tl = crate::wan::timeline::load(&p)
             .with_context(|| format!("{}: timeline", path.display()))?;
-        for c in &plan.cells {
+        for c in &self.cells {
             crate::wan::timeline::expand(
                 &tl,
                 &timeline_classes(c),
@@ -506,9 +516,9 @@ pub fn load(path: &Path) -> Result<Plan> {
                 )
             })?;
         }
-        plan.timeline = Some(tl);
+        self.timeline = Some(tl);
+        Ok(())
     }
-    Ok(plan)
 }
 
 /// The classes a sweep's timeline changes: the emulator's default class and the class the
