@@ -833,17 +833,22 @@ fn spec_delay_ms(text: &str) -> f64 {
     w[i + 1].trim_end_matches("ms").parse().unwrap()
 }
 
+/// A bench, a temporary directory and the timeline `text` written into it.
+fn timeline_bench(prefix: &str, text: &str) -> (Bench, TempDir, std::path::PathBuf) {
+    let b = Bench::new(prefix);
+    let d = TempDir::new("wirelab-timeline-");
+    let tl = d.join("timeline.toml");
+    std::fs::write(&tl, text).unwrap();
+    (b, d, tl)
+}
+
 #[test]
 fn timeline_ramp_follows_the_schedule() {
     let _s = serial();
-    let b = Bench::new("wt");
-    let d = TempDir::new("wirelab-timeline-");
-    let tl = d.join("ramp.toml");
-    std::fs::write(
-        &tl,
+    let (b, d, tl) = timeline_bench(
+        "wt",
         "[[steps]]\nat = \"2s\"\nkind = \"ramp\"\nparam = \"delay\"\nfrom = \"20ms\"\nto = \"80ms\"\nover = \"6s\"\nevery = \"500ms\"\n",
-    )
-    .unwrap();
+    );
     let rec = d.join("run");
     let wan = b.wan(&[
         "--both",
@@ -954,15 +959,11 @@ fn timeline_ramp_follows_the_schedule() {
 #[test]
 fn timeline_flap_outage_lasts_the_configured_time() {
     let _s = serial();
-    let b = Bench::new("wf");
-    let d = TempDir::new("wirelab-timeline-");
-    let tl = d.join("flap.toml");
     // Forward only, so a lost echo is a forward loss: two outages of 300 ms, 1 s apart.
-    std::fs::write(
-        &tl,
+    let (b, _d, tl) = timeline_bench(
+        "wf",
         "[[steps]]\nat = \"1s\"\nkind = \"flap\"\ndir = \"a_to_b\"\ndown = \"300ms\"\nevery = \"1s\"\ncount = 2\n",
-    )
-    .unwrap();
+    );
     let wan = b.wan(&["--both", "delay 5ms", "--timeline", tl.to_str().unwrap()]);
     let r = b.probe(&["--rate", "1000", "--count", "3500", "--wait", "300ms"]);
     stop_wan(wan);

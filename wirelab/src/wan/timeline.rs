@@ -435,23 +435,12 @@ fn edits(tl: &Timeline, classes: &[String], unclassed: &[String]) -> Result<Vec<
                 if s.delay.is_none() && s.rate.is_none() && s.burst.is_none() {
                     bail!("{at}: a handover needs delay, rate or burst (or all three)");
                 }
-                if let Some(d) = &s.delay {
-                    let v = Param::Delay.value(&format!("{at}.delay"), d)?;
-                    push(
-                        t0,
-                        dirs,
-                        Op::Value(Param::Delay, v),
-                        format!("handover delay {}", ms(v)),
-                    );
-                }
-                if let Some(r) = &s.rate {
-                    let v = Param::Rate.value(&format!("{at}.rate"), r)?;
-                    push(
-                        t0,
-                        dirs,
-                        Op::Value(Param::Rate, v),
-                        format!("handover rate {}", Param::Rate.word(v)),
-                    );
+                for (p, given) in [(Param::Delay, &s.delay), (Param::Rate, &s.rate)] {
+                    if let Some(text) = given {
+                        let v = p.value(&format!("{at}.{}", p.name()), text)?;
+                        let label = format!("handover {} {}", p.name(), p.word(v));
+                        push(t0, dirs, Op::Value(p, v), label);
+                    }
                 }
                 match (&s.burst, &s.loss) {
                     (Some(b), l) => {
