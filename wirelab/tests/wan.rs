@@ -957,13 +957,14 @@ fn timeline_ramp_follows_the_schedule() {
 }
 
 #[test]
-fn timeline_flap_outage_lasts_the_configured_time() {
+fn timeline_refused_when_bad_and_a_flap_lasts_the_configured_time() {
     let _s = serial();
     // Forward only, so a lost echo is a forward loss: two outages of 300 ms, 1 s apart.
-    let (b, _d, tl) = timeline_bench(
+    let (b, d, tl) = timeline_bench(
         "wf",
         "[[steps]]\nat = \"1s\"\nkind = \"flap\"\ndir = \"a_to_b\"\ndown = \"300ms\"\nevery = \"1s\"\ncount = 2\n",
     );
+    refuses_bad_timelines(&b.lab, &d.0);
     let wan = b.wan(&["--both", "delay 5ms", "--timeline", tl.to_str().unwrap()]);
     let r = b.probe(&["--rate", "1000", "--count", "3500", "--wait", "300ms"]);
     stop_wan(wan);
@@ -992,12 +993,8 @@ fn timeline_flap_outage_lasts_the_configured_time() {
     assert!((gap - 1000.0).abs() <= 20.0, "{gap} ms apart");
 }
 
-#[test]
-fn bad_timeline_is_refused_naming_the_field() {
-    let _s = serial();
-    require_privileges();
-    let lab = Lab::up("wtb");
-    let d = TempDir::new("wirelab-timeline-");
+/// Bad timelines are refused before anything is attached, naming the field.
+fn refuses_bad_timelines(lab: &Lab, d: &std::path::Path) {
     let tl = d.join("bad.toml");
     let run = |text: &str| {
         std::fs::write(&tl, text).unwrap();
@@ -1045,7 +1042,14 @@ fn bad_timeline_is_refused_naming_the_field() {
         !xdp_attached(&lab.ns("wan"), "to-client"),
         "something was attached by a refused run"
     );
-    // `--check` prints the expanded schedule, as text and as JSON.
+}
+
+/// `--check` prints the expanded schedule, as text and as JSON.
+#[test]
+fn timeline_check_prints_the_expanded_schedule() {
+    let d = TempDir::new("wirelab-timeline-");
+    let tl = d.join("tl.toml");
+    let ramp = "[[steps]]\nat = \"1s\"\nkind = \"set\"\nboth = \"delay 10ms\"\n[[steps]]\nat = \"2s\"\nkind = \"ramp\"\nparam = \"delay\"\nfrom = \"20ms\"\nover = \"6s\"\nevery = \"1s\"\n";
     std::fs::write(&tl, format!("{ramp}to = \"80ms\"\n[[steps]]\nat = \"9s\"\nkind = \"loop\"\nstart = \"1s\"\ncount = 2\n")).unwrap();
     let o = ok(wirelab()
         .args(["wan", "--both", "delay 5ms", "--check", "--json"])
