@@ -561,7 +561,7 @@ impl WanMetrics {
             ),
             changes: b.counter(
                 "wirelab_wan_live_changes",
-                "Live changes applied with wan set",
+                "Live changes applied (wan set, timeline steps)",
             ),
         };
         (b, m)
