@@ -287,3 +287,57 @@ fn a_bad_sweep_file_names_the_field_and_makes_nothing() {
         assert!(!lab_of(pid));
     }
 }
+
+/// Two forward outages of 200 ms, 1 s apart, from 1 s into every run.
+const FLAP: &str = "[[steps]]\nat = \"1s\"\nkind = \"flap\"\ndir = \"a_to_b\"\ndown = \"200ms\"\nevery = \"1s\"\ncount = 2\n";
+
+#[test]
+fn a_sweep_plays_its_timeline_in_every_run() {
+    require_privileges();
+    let d = TempDir::new("wl-sweep-tl-");
+    d.file("flap.toml", FLAP);
+    let f = d.file(
+        "sweep.toml",
+        "seed = 3\nrepetitions = 2\ntimeline = \"flap.toml\"\n[base]\nboth = \"delay 10ms\"\n\
+         [[workload]]\nkind = \"udp\"\nrate = 200\ncount = 600\n",
+    );
+    let out = d.join("out");
+    let (o, _) = sweep_cmd(&[f.as_os_str(), "--out".as_ref(), out.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Each run lost the two outages' probes forward: 2 × 200 ms at 200/s = 80 of 600 (a
+    // probe at each edge may fall either way), and nothing in reverse.
+    let rs = results(&out);
+    assert_eq!(rs.len(), 2);
+    for r in &rs {
+        let lost = r.metrics["udp.fwd_loss_pct"] * 6.0;
+        assert!(
+            (lost - 80.0).abs() <= 2.0,
+            "run {}: {lost} probes lost",
+            r.id
+        );
+        assert_eq!(r.metrics["udp.rev_loss_pct"], 0.0);
+    }
+    // Every timeline change is in the emulator's record: per run 2 outages × (down, up) ×
+    // (default, measured class), all applied, each with its scheduled and applied time.
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("wan").join("wan.changes.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let tl: Vec<&serde_json::Value> = lines.iter().filter(|l| l["source"] == "timeline").collect();
+    assert_eq!(tl.len(), 16, "{lines:?}");
+    for l in tl {
+        assert_eq!(l["type"], "applied", "{l}");
+        assert!(l["latency_ms"].as_f64().unwrap() < 10.0, "{l}");
+    }
+    // A bad timeline is refused before anything is made, naming the step's field.
+    d.file("flap.toml", &FLAP.replace("200ms", "2s"));
+    let out = d.join("out2");
+    let (o, pid) = sweep_cmd(&[f.as_os_str(), "--out".as_ref(), out.as_os_str()]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(e.contains("timeline.steps[0].down"), "{e}");
+    assert!(!out.exists());
+    assert!(!lab_of(pid));
+}

@@ -60,6 +60,9 @@ pub enum ProbeCmd {
         /// Write a run record into DIR (see `wirelab report`).
         #[arg(long, value_name = "DIR")]
         record: Option<PathBuf>,
+        /// Write every echoed UDP probe to FILE as CSV: seq, sent_unix, forward_ms, reverse_ms.
+        #[arg(long, value_name = "FILE", conflicts_with = "tcp")]
+        per_probe: Option<PathBuf>,
     },
 }
 
@@ -85,6 +88,7 @@ pub fn run(p: ProbeCmd) -> Result<ExitCode> {
             json,
             interval,
             record: record_dir,
+            per_probe,
         } => {
             let stop = netns.enter_until_stopped()?;
             if tcp {
@@ -115,11 +119,15 @@ pub fn run(p: ProbeCmd) -> Result<ExitCode> {
                     duration,
                     size,
                     wait,
+                    per_probe: per_probe.is_some(),
                 };
                 let r = match record_dir.as_deref() {
                     None => probe::udp_client(&o, &stop)?,
                     Some(d) => probe::udp_recorded(&o, &stop, d, interval, vec![])?,
                 };
+                if let Some(p) = &per_probe {
+                    probe::ProbeSample::write_csv(&r.per_probe, p)?;
+                }
                 if json.json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {

@@ -10,7 +10,7 @@ use super::{emit, parse_duration, JsonArg, NetnsArg, Observe};
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  wirelab wan --netns wirelab-wan --between to-client to-server --both \"delay 20ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server \\\n      --a-to-b \"delay 40ms 5ms distribution normal loss 0.5% rate 20mbit\" --b-to-a \"delay 40ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server --config wan.toml --seed 7 --json\n  wirelab wan set --netns wirelab-wan --both \"delay 80ms\"\n\nSPEC words (tc-netem's): delay TIME [JITTER [CORR%]] [distribution uniform|normal|pareto|\nparetonormal|FILE.dist], loss P% [CORR%] | loss state p13 [p31 [p32 [p23 [p14]]]] | loss gemodel\np [r [1-h [1-k]]], duplicate P% [CORR%], corrupt P% [CORR%], reorder P% [CORR%] [gap N],\nrate RATE [OVERHEAD [CELLSIZE [CELLOVERHEAD]]], limit PACKETS|SIZE, and beyond netem:\nblackhole TIME every TIME, jitter-order keep|reorder (default keep).\nOrder: classify -> loss -> duplicate -> corrupt -> delay -> rate -> queue limit."
+    after_help = "Examples:\n  wirelab wan --netns wirelab-wan --between to-client to-server --both \"delay 20ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server \\\n      --a-to-b \"delay 40ms 5ms distribution normal loss 0.5% rate 20mbit\" --b-to-a \"delay 40ms\"\n  wirelab wan --netns wirelab-wan --between to-client to-server --config wan.toml --seed 7 --json\n  wirelab wan --netns wirelab-wan --between to-client to-server --both \"delay 20ms\" \\\n      --timeline ramp.toml --record run1\n  wirelab wan --both \"delay 20ms\" --timeline ramp.toml --check   # the expanded schedule\n  wirelab wan set --netns wirelab-wan --both \"delay 80ms\"\n\nSPEC words (tc-netem's): delay TIME [JITTER [CORR%]] [distribution uniform|normal|pareto|\nparetonormal|FILE.dist], loss P% [CORR%] | loss state p13 [p31 [p32 [p23 [p14]]]] | loss gemodel\np [r [1-h [1-k]]], duplicate P% [CORR%], corrupt P% [CORR%], reorder P% [CORR%] [gap N],\nrate RATE [OVERHEAD [CELLSIZE [CELLOVERHEAD]]], limit PACKETS|SIZE [link], and beyond netem:\nblackhole TIME every TIME, jitter-order keep|reorder (default keep), rate trace FILE [once|wrap]\n(Mahimahi mm-link traces), preset NAME (Pantheon's calibrated paths).\nOrder: classify -> loss -> duplicate -> corrupt -> delay -> rate -> queue limit."
 )]
 pub struct WanArgs {
     #[command(subcommand)]
@@ -106,6 +106,10 @@ struct WanRunArgs {
     /// Seed for every random decision (same seed + same packets = same decisions).
     #[arg(long)]
     seed: Option<u64>,
+    /// TOML timeline of live changes (set, ramp, flap, handover, loop) played from the
+    /// start; `--check` prints its expanded schedule.
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<PathBuf>,
     /// Stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -139,6 +143,7 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
             a_to_b: specs.a_to_b,
             b_to_a: specs.b_to_a,
             seed,
+            timeline: None,
         };
         netns.enter()?;
         let pair = match between.as_slice() {
@@ -172,6 +177,11 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
     };
     let cfg = wan::load_config(a.config.as_deref())?;
     let plan = wan::plan(&cfg, &specs, a.seed)?;
+    let schedule = a
+        .timeline
+        .as_deref()
+        .map(|p| wan::plan_timeline(p, &plan))
+        .transpose()?;
     wan::engine::frames_hint(a.frames)?;
     if a.check {
         // Build every profile too (distribution and trace files are read here).
@@ -204,6 +214,7 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
                 })
                 .collect(),
             warnings: wan::warnings(&plan.names, &plan.specs),
+            timeline: schedule,
         };
         if a.json.json {
             emit(&serde_json::to_string(&check)?)?;
@@ -221,6 +232,9 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
             }
             for w in &check.warnings {
                 text += &format!("\nwarning: {w}");
+            }
+            if let Some(s) = &check.timeline {
+                text += &format!("\n{}", wan::timeline::describe(s));
             }
             emit(&text)?;
         }
@@ -241,6 +255,7 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
             seed: a.seed,
             frames: a.frames,
             realtime: !a.no_realtime,
+            timeline: a.timeline,
             report,
         },
         &stop,
@@ -304,6 +319,9 @@ struct CheckReport {
     seed: u64,
     classes: Vec<ClassCheck>,
     warnings: Vec<String>,
+    /// The expanded `--timeline`: every change with its time, class and SPECs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeline: Option<wan::timeline::Schedule>,
 }
 
 #[derive(Serialize)]

@@ -127,6 +127,19 @@ pub struct UdpReport {
     /// Wall-clock time the first probe was sent.
     #[serde(skip)]
     pub send_start_unix: f64,
+    /// Every echoed probe, in arrival order (only with [`ClientOptions::per_probe`]).
+    #[serde(skip)]
+    pub per_probe: Vec<ProbeSample>,
+}
+
+/// One echoed probe: when it was sent and its one-way delays.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeSample {
+    pub seq: u64,
+    /// Wall-clock send time (the time the probe carries).
+    pub sent_unix: f64,
+    pub forward_ms: f64,
+    pub reverse_ms: f64,
 }
 
 pub struct ClientOptions {
@@ -136,6 +149,29 @@ pub struct ClientOptions {
     pub duration: Option<Duration>,
     pub size: usize,
     pub wait: Duration,
+    /// Keep every probe's send time and delays (`--per-probe FILE`).
+    pub per_probe: bool,
+}
+
+impl ProbeSample {
+    /// `--per-probe FILE`: one CSV line per echoed probe.
+    pub fn write_csv(v: &[Self], p: &std::path::Path) -> Result<()> {
+        use std::io::Write as _;
+        let mut w = std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .map_err(|e| anyhow::anyhow!("--per-probe {}: {e}", p.display()))?,
+        );
+        writeln!(w, "seq,sent_unix,forward_ms,reverse_ms")?;
+        for s in v {
+            writeln!(
+                w,
+                "{},{:.6},{:.4},{:.4}",
+                s.seq, s.sent_unix, s.forward_ms, s.reverse_ms
+            )?;
+        }
+        w.flush()?;
+        Ok(())
+    }
 }
 
 /// Before measuring, exchange one message with the server so that neighbour (ARP) resolution
@@ -182,7 +218,11 @@ pub fn udp_client_with(
     let count = probe_count(o)?;
     let (sock, run) = open_socket(o)?;
     let rx_sock = sock.try_clone()?;
-    let rx = Arc::new(Mutex::new(Rx::new(count, sink.is_some())));
+    let mut rx0 = Rx::new(count, sink.is_some());
+    if o.per_probe {
+        rx0.samples = Some(Vec::with_capacity(count.min(1 << 20) as usize));
+    }
+    let rx = Arc::new(Mutex::new(rx0));
     let done = Arc::new(AtomicBool::new(false));
     let reader = spawn_reader(rx_sock, rx.clone(), done.clone(), run, count);
     let mut pkt = probe_packet(o.size, run);
@@ -211,7 +251,21 @@ pub fn udp_client_with(
     done.store(true, Ordering::Relaxed);
     let _ = reader.join();
     let mut r = rx.lock().expect("lock");
-    Ok(build_report(o, &mut r, sent, send_secs, send_start_unix))
+    let mut rep = build_report(o, &mut r, sent, send_secs, send_start_unix);
+    rep.per_probe = r
+        .samples
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(seq, ctx, fwd, rev)| ProbeSample {
+            seq,
+            // The probe carries its wall-clock send time.
+            sent_unix: ctx as f64 / 1e9,
+            forward_ms: fwd as f64 / 1e6,
+            reverse_ms: rev as f64 / 1e6,
+        })
+        .collect();
+    Ok(rep)
 }
 
 /// Check the options; returns how many probes to send.
@@ -275,6 +329,9 @@ struct Rx {
     ifwd: Option<DelayAcc>,
     irev: Option<DelayAcc>,
     ireord: u64,
+    /// Every echo: (seq, client send ns (wall clock), forward ns, reverse ns), with
+    /// `--per-probe`.
+    samples: Option<Vec<(u64, u64, i64, i64)>>,
 }
 
 impl Rx {
@@ -328,6 +385,9 @@ impl Rx {
         self.order.push(seq);
         self.max_seq = self.max_seq.max(seq);
         let (ctx, srx, stx) = (get_u64(p, 24), get_u64(p, 32), get_u64(p, 40));
+        if let Some(v) = self.samples.as_mut() {
+            v.push((seq, ctx, srx as i64 - ctx as i64, now as i64 - stx as i64));
+        }
         if let Some(a) = self.ifwd.as_mut() {
             a.add(srx as i64 - ctx as i64);
         }
@@ -623,5 +683,6 @@ fn build_report(
         server_stats: r.fin.is_some(),
         delay_hist_ms,
         send_start_unix,
+        per_probe: vec![],
     }
 }

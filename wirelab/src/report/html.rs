@@ -165,16 +165,25 @@ fn config_section(h: &mut String, run: &Run) -> Result<()> {
         if !s.changes.is_empty() {
             writeln!(
                 h,
-                "<p>Live changes:</p><table><tr><th>#</th><th>time</th><th>after (s)</th><th>applied</th></tr>"
+                "<p>Live changes (marked on the time plots):</p><table><tr><th>#</th><th>time</th><th>asked (s)</th><th>applied (s)</th><th>latency (ms)</th><th>source</th><th>step</th><th>applied</th></tr>"
             )?;
             for c in &s.changes {
+                let secs = |v: &Value| v.as_f64().map(|x| format!("{x:.3}")).unwrap_or_default();
+                let applied = match c["error"].as_str() {
+                    Some(e) => format!("refused: {e}"),
+                    None => c["applied"].as_str().unwrap_or(&c.to_string()).to_string(),
+                };
                 writeln!(
                     h,
-                    "<tr><td class=n>{}</td><td>{}</td><td class=n>{:.2}</td><td><code>{}</code></td></tr>",
+                    "<tr><td class=n>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
                     c["seq"],
                     when(c["unix"].as_f64()),
-                    c["unix"].as_f64().unwrap_or(0.0) - s.started(),
-                    esc(c["applied"].as_str().unwrap_or(&c.to_string())),
+                    secs(&c["requested_t"]),
+                    secs(&c["t"]),
+                    secs(&c["latency_ms"]),
+                    esc(c["source"].as_str().unwrap_or("set")),
+                    esc(c["label"].as_str().unwrap_or("")),
+                    esc(&applied),
                 )?;
             }
             writeln!(h, "</table>")?;

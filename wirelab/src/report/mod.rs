@@ -677,6 +677,7 @@ fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
                 categories: cats,
                 groups: vec![(format!("{p}clients"), vals)],
             },
+            markers: vec![],
         });
     }
     match &src.typed {
@@ -855,6 +856,33 @@ pub struct Output {
     pub png_note: Option<String>,
 }
 
+/// The live changes of a run's wan sources as time-plot markers (x from `t0`): the timeline
+/// step or the `wan set` SPEC as label. Refused changes are not marked (the report's table of
+/// live changes lists them).
+pub fn markers(run: &Run, t0: f64, prefix: &str) -> Vec<(f64, String)> {
+    let mut v = vec![];
+    for s in run.sources.iter().filter(|s| s.tool == "wan") {
+        for c in &s.changes {
+            if c["type"] == "refused" {
+                continue;
+            }
+            let Some(unix) = c["unix"].as_f64() else {
+                continue;
+            };
+            let text = c["label"]
+                .as_str()
+                .or(c["applied"].as_str())
+                .unwrap_or("change");
+            let mut label: String = format!("{prefix}{text}");
+            if label.chars().count() > 40 {
+                label = label.chars().take(39).collect::<String>() + "…";
+            }
+            v.push((unix - t0, label));
+        }
+    }
+    v
+}
+
 /// Write the report for one run, or two runs compared.
 pub fn write(runs: &[Run], out: &Path) -> Result<Output> {
     let mut charts: Vec<Chart> = vec![];
@@ -862,8 +890,12 @@ pub fn write(runs: &[Run], out: &Path) -> Result<Output> {
     for (ri, run) in runs.iter().enumerate() {
         let t0 = run.t0();
         let prefix = if runs.len() > 1 { labels[ri] } else { "" };
+        let marks = markers(run, t0, prefix);
         for s in &run.sources {
-            for c in charts_for(s, t0, prefix) {
+            for mut c in charts_for(s, t0, prefix) {
+                if c.x == "time (s)" {
+                    c.markers.clone_from(&marks);
+                }
                 if let Some(have) = charts.iter_mut().find(|h| h.id == c.id) {
                     have.merge(c);
                 } else {
@@ -935,6 +967,7 @@ mod tests {
             classes: vec![row],
             engine: None,
             seed: None,
+            changes: None,
         };
         rec.interval(&good).unwrap();
         let mut bad = serde_json::to_value(&good).unwrap();

@@ -50,6 +50,8 @@ pub struct Chart {
     pub x: String,
     pub y: String,
     pub kind: Kind,
+    /// Vertical markers on a time axis (x, label): the live changes of the run.
+    pub markers: Vec<(f64, String)>,
 }
 
 impl Chart {
@@ -65,6 +67,7 @@ impl Chart {
                     .filter(|s| !s.points.is_empty())
                     .collect(),
             ),
+            markers: vec![],
         }
     }
 
@@ -77,6 +80,7 @@ impl Chart {
 
     /// Overlay: add `other`'s series (compare mode).
     pub fn merge(&mut self, other: Chart) {
+        self.markers.extend(other.markers);
         match (&mut self.kind, other.kind) {
             (Kind::Lines(a), Kind::Lines(b)) => a.extend(b),
             (
@@ -229,6 +233,34 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Chart) -> Result<
                 if pts.len() <= 30 {
                     ch.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
                         .map_err(e)?;
+                }
+            }
+            // Live changes: a thin vertical line each; labels on at most ~12 of them (every
+            // k-th), staggered in height so neighbours do not overlap.
+            let shown: Vec<&(f64, String)> = c
+                .markers
+                .iter()
+                .filter(|(x, _)| *x >= x0 && *x <= x1)
+                .collect();
+            let every = shown.len().div_ceil(12).max(1);
+            let grey = RGBColor(120, 120, 120);
+            for (i, (x, label)) in shown.iter().enumerate() {
+                ch.draw_series(DashedLineSeries::new(
+                    [(*x, y0), (*x, y1)],
+                    3,
+                    3,
+                    grey.stroke_width(1),
+                ))
+                .map_err(e)?;
+                if i % every == 0 {
+                    let row = (i / every) % 3;
+                    let y = y1 - (y1 - y0) * (0.03 + 0.06 * row as f64);
+                    ch.draw_series(std::iter::once(Text::new(
+                        label.clone(),
+                        (*x, y),
+                        ("sans-serif", 11).into_font().color(&grey),
+                    )))
+                    .map_err(e)?;
                 }
             }
             legend(&mut ch)?;

@@ -176,8 +176,11 @@ pub fn print_summary(out: &mut dyn Write, s: &Summary) -> std::io::Result<()> {
 
 /// Run (or resume, or list) a sweep. Returns the summary (None for `--dry-run`).
 pub fn run(o: &Options, stop: &Stop) -> Result<Option<Summary>> {
+    let mut resumed_timeline = None;
     let (file_text, file_path) = if o.resume {
         let m = run::read_manifest(&o.out)?;
+        // The timeline as it was read when the sweep started.
+        resumed_timeline = m.plan.timeline;
         (m.file_text, None)
     } else {
         let p = o.file.as_ref().context("a sweep FILE (or --resume DIR)")?;
@@ -195,11 +198,15 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Option<Summary>> {
             e.to_string().trim()
         )
     })?;
-    let plan = Plan::new(file).with_context(|| {
+    let mut plan = Plan::new(file).with_context(|| {
         file_path
             .as_ref()
             .map_or("manifest".into(), |p| p.display().to_string())
     })?;
+    match &file_path {
+        Some(p) => plan.attach_timeline(p)?,
+        None => plan.timeline = resumed_timeline,
+    }
     if o.dry_run {
         crate::runtime::observe::to_stdout(|out| print_runs(out, &plan))?;
         return Ok(None);

@@ -44,6 +44,10 @@ pub struct SweepFile {
     /// product under test. A failing hook fails the run.
     #[serde(default)]
     pub hooks: Hooks,
+    /// A wan timeline file (relative to the sweep file) played from the start of every
+    /// run's workloads, over the cell's SPECs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<String>,
 }
 
 fn one() -> u64 {
@@ -209,6 +213,9 @@ pub struct Plan {
     pub file: SweepFile,
     pub cells: Vec<Cell>,
     pub runs: Vec<RunPlan>,
+    /// The `timeline` file's contents, checked against every cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<crate::wan::timeline::Timeline>,
 }
 
 /// Most cells a sweep may have (a typo in an axis should not start a week-long sweep).
@@ -229,7 +236,9 @@ fn keyword(clause: &str) -> &str {
 }
 
 /// Split a SPEC into its clauses (each starts with a keyword).
-fn clauses(text: &str) -> Vec<String> {
+/// A SPEC's clauses: each keyword with its values (`distribution` and `gap` stay with the
+/// clause before them).
+pub fn clauses(text: &str) -> Vec<String> {
     let mut out: Vec<String> = vec![];
     for w in text.split_whitespace() {
         // `distribution` and `gap` belong to the clause before them (delay, reorder).
@@ -342,7 +351,12 @@ impl Plan {
                 runs.shuffle(&mut rng);
             }
         }
-        Ok(Self { file, cells, runs })
+        Ok(Self {
+            file,
+            cells,
+            runs,
+            timeline: None,
+        })
     }
 }
 
@@ -470,7 +484,53 @@ fn check_duration(at: &str, d: Option<Duration>) -> Result<()> {
 
 /// The plan for a file.
 pub fn load(path: &Path) -> Result<Plan> {
-    Plan::new(SweepFile::load(path)?).with_context(|| format!("{}", path.display()))
+    let mut plan =
+        Plan::new(SweepFile::load(path)?).with_context(|| format!("{}", path.display()))?;
+    plan.attach_timeline(path)?;
+    Ok(plan)
+}
+
+impl Plan {
+    /// Read the file's `timeline` (relative to the sweep file at `path`) and check it
+    /// against every cell.
+    pub fn attach_timeline(&mut self, path: &Path) -> Result<()> {
+        let Some(t) = &self.file.timeline else {
+            return Ok(());
+        };
+        let p = path.parent().unwrap_or(Path::new(".")).join(t);
+        let tl = crate::wan::timeline::load(&p)
+            .with_context(|| format!("{}: timeline", path.display()))?;
+        for c in &self.cells {
+            crate::wan::timeline::expand(
+                &tl,
+                &timeline_classes(c),
+                &TIMELINE_CLASSES.map(String::from),
+            )
+            .with_context(|| {
+                format!(
+                    "{}: timeline {}: cell {} ({})",
+                    path.display(),
+                    p.display(),
+                    c.index,
+                    c.label
+                )
+            })?;
+        }
+        self.timeline = Some(tl);
+        Ok(())
+    }
+}
+
+/// The classes a sweep's timeline changes: the emulator's default class and the class the
+/// measured traffic runs in.
+pub const TIMELINE_CLASSES: [&str; 2] = ["default", super::run::MEASURED_CLASS];
+
+/// A cell's SPECs per class, as a timeline starts from them.
+pub fn timeline_classes(c: &Cell) -> std::collections::BTreeMap<String, [String; 2]> {
+    TIMELINE_CLASSES
+        .iter()
+        .map(|n| (n.to_string(), [c.a_to_b.clone(), c.b_to_a.clone()]))
+        .collect()
 }
 
 #[cfg(test)]
@@ -574,5 +634,30 @@ mod tests {
             let e = format!("{:#}", file(&text).unwrap_err());
             assert!(e.contains(want), "{want:?} not in {e}");
         }
+    }
+
+    #[test]
+    fn a_timeline_is_checked_against_every_cell() {
+        let d = std::env::temp_dir().join(format!("wirelab-sweep-tl-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let sweep = d.join("sweep.toml");
+        std::fs::write(&sweep, format!("timeline = \"tl.toml\"\n{GRID}")).unwrap();
+        let tl = d.join("tl.toml");
+        std::fs::write(
+            &tl,
+            "[[steps]]\nat = \"1s\"\nkind = \"ramp\"\nparam = \"jitter\"\nfrom = \"1ms\"\nto = \"3ms\"\nover = \"1s\"\nevery = \"500ms\"\n",
+        )
+        .unwrap();
+        let p = load(&sweep).unwrap();
+        assert_eq!(p.timeline.as_ref().map(|t| t.steps.len()), Some(1));
+        // A value no cell can take is refused before a lab exists, naming the step and cell.
+        std::fs::write(
+            &tl,
+            "[[steps]]\nat = \"1s\"\nkind = \"set\"\nclass = \"measured\"\nboth = \"delay 1ms\"\n[[steps]]\nat = \"2s\"\nkind = \"flap\"\ndown = \"1s\"\nevery = \"1s\"\ncount = 1\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", load(&sweep).unwrap_err());
+        let _ = std::fs::remove_dir_all(&d);
+        assert!(e.contains("timeline.steps[1].down"), "{e}");
     }
 }

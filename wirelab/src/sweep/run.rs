@@ -400,15 +400,38 @@ fn apply_cell(b: &mut Bench, plan: &Plan, out: &Path, cell: &Cell, seed: u64) ->
         both: None,
         a_to_b: Some(cell.a_to_b.clone()),
         b_to_a: Some(cell.b_to_a.clone()),
+        timeline: None,
     });
+    send(b, reqs.to_vec()).context("changing the emulator live")
+}
+
+/// Send requests to the sweep's emulator, one after the other.
+fn send(b: &Bench, reqs: Vec<wan::SetRequest>) -> Result<()> {
     netns::run_in(Some(&b.ns("wan")), move || {
         for r in &reqs {
             wan::send_set(None, r)?;
         }
         Ok(())
     })
-    .context("changing the emulator live")?;
-    Ok(())
+}
+
+/// Start (or stop, with `None`) the sweep's timeline in the emulator.
+fn timeline(b: &Bench, tl: Option<&wan::timeline::Timeline>) -> Result<()> {
+    let cmd = match tl {
+        Some(t) => wan::TimelineCmd::Start {
+            timeline: t.clone(),
+            classes: super::plan::TIMELINE_CLASSES.map(String::from).to_vec(),
+        },
+        None => wan::TimelineCmd::Stop,
+    };
+    send(
+        b,
+        vec![wan::SetRequest {
+            timeline: Some(cmd),
+            ..Default::default()
+        }],
+    )
+    .context("the sweep's timeline")
 }
 
 /// Run one hook command in the client host; a failure fails the run.
@@ -461,6 +484,7 @@ fn workload(
                 duration: None,
                 size: *size,
                 wait: Duration::from_secs(1),
+                per_probe: false,
             };
             let (dir, stop, conf) = (dir.to_path_buf(), stop.clone(), configured(cell));
             let r = netns::run_in(Some(&b.ns("client")), move || {
@@ -681,12 +705,22 @@ fn one_run(
         if let Some(h) = &plan.file.hooks.pre {
             hook(b, h, "pre")?;
         }
-        for w in &plan.file.workloads {
-            if stop.requested() {
-                bail!("interrupted");
-            }
-            workload(b, w, cell, &dir, stop, &mut metrics)?;
+        if plan.timeline.is_some() {
+            timeline(b, plan.timeline.as_ref())?;
         }
+        let res = (|| {
+            for w in &plan.file.workloads {
+                if stop.requested() {
+                    bail!("interrupted");
+                }
+                workload(b, w, cell, &dir, stop, &mut metrics)?;
+            }
+            Ok(())
+        })();
+        if plan.timeline.is_some() {
+            timeline(b, None)?;
+        }
+        res?;
         if let Some(h) = &plan.file.hooks.post {
             hook(b, h, "post")?;
         }

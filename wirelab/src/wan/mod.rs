@@ -9,10 +9,13 @@ pub mod engine;
 pub mod preset;
 mod report;
 pub mod spec;
+pub mod timeline;
 pub mod trace;
 
 pub use crate::record::LineKind;
-pub use report::{configured, measured, ChangeEntry, ClassConfig, ClassReport, EngineHealth, Line};
+pub use report::{
+    configured, measured, ChangeEntry, ChangeStats, ClassConfig, ClassReport, EngineHealth, Line,
+};
 
 use std::{
     collections::BTreeMap,
@@ -315,6 +318,8 @@ pub struct Options {
     pub frames: u64,
     /// Run the engine with SCHED_FIFO priority 20.
     pub realtime: bool,
+    /// Timed live changes, played from the start (`--timeline FILE`).
+    pub timeline: Option<PathBuf>,
     pub report: Reporting,
 }
 
@@ -355,6 +360,48 @@ pub struct SetRequest {
     /// this seed, as if the emulator had started with it.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Start a timeline now (replacing a running one), or stop the running one; the SPEC
+    /// fields are not used then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineCmd>,
+}
+
+/// A timeline started or stopped over the control socket (a sweep's runs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum TimelineCmd {
+    /// Play `timeline` from now; its steps without `class` change each class of `classes`.
+    Start {
+        timeline: timeline::Timeline,
+        classes: Vec<String>,
+    },
+    Stop,
+}
+
+/// The SPECs in force per class (`initial` of [`timeline::expand`]).
+fn texts(names: &[String], specs: &[Vec<Spec>; 2]) -> BTreeMap<String, [String; 2]> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(c, n)| {
+            (
+                n.clone(),
+                [specs[0][c].text.clone(), specs[1][c].text.clone()],
+            )
+        })
+        .collect()
+}
+
+/// A `--timeline` file expanded against a validated plan (steps without `class` change the
+/// default class).
+pub fn plan_timeline(p: &Path, plan: &Plan) -> Result<timeline::Schedule> {
+    let tl = timeline::load(p)?;
+    timeline::expand(
+        &tl,
+        &texts(&plan.names, &plan.specs),
+        &["default".to_string()],
+    )
+    .with_context(|| format!("{}", p.display()))
 }
 
 /// Send a live change to the emulator running in `netns`.
@@ -412,6 +459,7 @@ struct Validated {
     plan: Plan,
     profiles: [Vec<Profile>; 2],
     ifindex: [u32; 2],
+    schedule: Option<timeline::Schedule>,
 }
 
 /// Everything `run` checks before it touches the system: kernel features, the config and its
@@ -420,6 +468,11 @@ fn validate(opts: &Options) -> Result<Validated> {
     crate::kernel::require(&[crate::kernel::feature::BPF_LINK_XDP])?;
     let cfg = load_config(opts.config.as_deref())?;
     let plan = plan(&cfg, &opts.specs, opts.seed)?;
+    let schedule = opts
+        .timeline
+        .as_deref()
+        .map(|p| plan_timeline(p, &plan))
+        .transpose()?;
     let mut profiles: [Vec<Profile>; 2] = [vec![], vec![]];
     for d in 0..2 {
         for (c, s) in plan.specs[d].iter().enumerate() {
@@ -443,6 +496,7 @@ fn validate(opts: &Options) -> Result<Validated> {
         plan,
         profiles,
         ifindex,
+        schedule,
     })
 }
 
@@ -563,6 +617,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         plan,
         profiles,
         ifindex,
+        schedule,
     } = validate(opts)?;
     ebpf::preflight(ebpf::Object::Wan)?;
     for w in warnings(&plan.names, &plan.specs) {
@@ -607,7 +662,8 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0);
     }
     // 5. The reporter and control threads, spawned before the engine thread turns real-time.
-    let threads = spawn_threads(opts, &plan, listener, counters, obs, mets)?;
+    let start = Instant::now();
+    let threads = spawn_threads(opts, &plan, listener, counters, obs, mets, schedule, start)?;
     if opts.realtime {
         set_realtime();
     }
@@ -626,6 +682,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
         &mut maps,
         &mut loss,
         &threads,
+        start,
     )
     .run()?;
 
@@ -685,6 +742,7 @@ struct Threads {
 
 /// Spawn the reporter and the control thread (before the engine's thread turns real-time,
 /// so they stay normal threads).
+#[allow(clippy::too_many_arguments)]
 fn spawn_threads(
     opts: &Options,
     plan: &Plan,
@@ -692,6 +750,8 @@ fn spawn_threads(
     counters: PerCpuArray<MapData, WanCounters>,
     obs: Observer,
     mets: Option<WanMetrics>,
+    schedule: Option<timeline::Schedule>,
+    start: Instant,
 ) -> Result<Threads> {
     let max = plan.names.len() as u32;
     // The reporter reads the kernel's per-class counters and prints, off the engine's thread
@@ -708,15 +768,19 @@ fn spawn_threads(
     let (ctl_tx, ctl_rx) = std::sync::mpsc::channel::<Change>();
     let ctl_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let control_thread = {
-        let (names, specs, frames, stop) = (
-            plan.names.clone(),
-            plan.specs.clone(),
-            opts.frames,
-            ctl_stop.clone(),
-        );
+        let ctx = Control {
+            names: plan.names.clone(),
+            specs: plan.specs.clone(),
+            frames: opts.frames,
+            tx: ctl_tx,
+            stop: ctl_stop.clone(),
+            rep_tx: rep_tx.clone(),
+            start,
+            player: None,
+        };
         std::thread::Builder::new()
             .name("wan-control".into())
-            .spawn(move || control(listener, names, specs, frames, ctl_tx, stop))?
+            .spawn(move || ctx.run(listener, schedule))?
     };
     Ok(Threads {
         rep_tx,
@@ -758,6 +822,8 @@ struct EngineLoop<'a> {
     specs: [Vec<Spec>; 2],
     last_changed: Option<usize>,
     changes: u64,
+    /// A change handed over ahead of its time (a timeline's), applied when due.
+    pending: Option<Change>,
     fatal: Option<String>,
 }
 
@@ -769,6 +835,7 @@ struct LoopEnd {
 }
 
 impl<'a> EngineLoop<'a> {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         opts: &'a Options,
         stop: &'a Stop,
@@ -777,13 +844,15 @@ impl<'a> EngineLoop<'a> {
         maps: &'a mut Maps,
         loss: &'a mut Array<MapData, LossState>,
         threads: &'a Threads,
+        start: Instant,
     ) -> Self {
         engine.start_traces(mono_ns());
         Self {
             fatal: None,
             last_changed: None,
             changes: 0,
-            start: Instant::now(),
+            pending: None,
+            start,
             last_report: Instant::now(),
             last_ctl: Instant::now(),
             gen: 0,
@@ -826,7 +895,18 @@ impl<'a> EngineLoop<'a> {
                 if self.fatal.is_some() {
                     break;
                 }
-                while let Ok(ch) = self.ctl_rx.try_recv() {
+            }
+            // Live changes: looked for on every pass (a channel read), so one is applied
+            // within a pass of its time; the control thread sends one at a time.
+            if self.pending.is_none() {
+                self.pending = self.ctl_rx.try_recv().ok();
+            }
+            if self
+                .pending
+                .as_ref()
+                .is_some_and(|c| c.origin.due.is_none_or(|d| Instant::now() >= d))
+            {
+                if let Some(ch) = self.pending.take() {
                     self.apply_change(ch)?;
                 }
             }
@@ -865,6 +945,7 @@ impl<'a> EngineLoop<'a> {
             profiles: new_profiles,
             applied,
             seed: new_seed,
+            origin,
             reply,
         } = ch;
         // Kernel: bring the idle generation up to date (the class changed now and the
@@ -901,14 +982,27 @@ impl<'a> EngineLoop<'a> {
             self.engine.reseed_class(class, s);
         }
         self.specs = new_specs;
-        tracing::info!(change = %applied, "live change applied");
+        let now = Instant::now();
+        let latency_ms = now
+            .saturating_duration_since(origin.requested)
+            .as_secs_f64()
+            * 1e3;
+        tracing::info!(change = %applied, source = origin.source, latency_ms, "live change applied");
+        let since = |i: Instant| i.saturating_duration_since(self.start).as_secs_f64();
         let _ = self.rep_tx.send(ReportMsg::Change(
             ChangeEntry {
+                kind: "applied".into(),
+                source: origin.source.into(),
+                label: origin.label,
+                requested_t: Some(since(origin.requested)),
+                latency_ms: Some(latency_ms),
+                error: None,
+                unix: crate::util::unix_now(),
                 applied: applied.clone(),
-                t: self.start.elapsed().as_secs_f64(),
+                t: since(now),
                 classes: class_configs(&self.plan.names, &self.specs),
             },
-            self.specs.clone(),
+            Some(self.specs.clone()),
         ));
         let _ = reply.send(SetReply { applied });
         Ok(())
@@ -943,9 +1037,16 @@ impl<'a> EngineLoop<'a> {
     fn wait(&self) {
         let next = self.engine.next_due();
         let now = mono_ns();
+        // A change held for its time wakes the loop on time too.
+        let change_ns = self.pending.as_ref().and_then(|c| c.origin.due).map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .as_nanos()
+                .min(u64::MAX as u128) as u64
+        });
         let wait_ns = next
             .map(|n| n.saturating_sub(now))
             .unwrap_or(1_000_000)
+            .min(change_ns.unwrap_or(u64::MAX))
             .min(1_000_000);
         if wait_ns > 2_000 {
             let ts = libc::timespec {
@@ -1038,7 +1139,23 @@ fn warn_anomalies(engine: &Engine) {
     }
 }
 
-/// New specs of every class, the changed class and its new profiles, a description.
+/// How long before its time a timeline change is handed to the engine, which holds it until
+/// then: validation and the hand-over happen ahead, the switch itself on time.
+const LEAD: Duration = Duration::from_millis(250);
+
+/// Where a live change comes from, and what it is for the record.
+#[derive(Debug, Clone)]
+struct Origin {
+    /// `set` (the control socket) or `timeline`.
+    source: &'static str,
+    /// The timeline's label of the change ("steps[1] ramp delay 25ms (1/12)").
+    label: Option<String>,
+    /// When it was asked for: a timeline's scheduled time, a socket request's arrival.
+    requested: Instant,
+    /// Not before this time (timeline changes).
+    due: Option<Instant>,
+}
+
 /// A validated live change, prepared off the engine's thread: all specs after the change,
 /// the class it touched, that class's new profiles, a description, and where the engine's
 /// answer goes.
@@ -1048,78 +1165,254 @@ struct Change {
     profiles: [Profile; 2],
     applied: String,
     seed: Option<u64>,
+    origin: Origin,
     reply: std::sync::mpsc::Sender<SetReply>,
 }
 
-/// The control thread: accepts `wan set` connections on the abstract socket. Each
-/// connection's request line is read by a short-lived thread of its own (a client that
-/// connects and says nothing holds up only that thread); this thread then takes the requests
-/// one at a time — validates, builds the change, hands it to the engine, waits until the
-/// engine has applied it, answers. Changes come only from here, so it keeps the current specs
-/// itself, and they stay equal to the engine's because it waits for every answer.
-fn control(
-    listener: UnixListener,
+/// Who waits for the answer to a request: a socket client, or the timeline player.
+enum Asker {
+    Socket(UnixStream),
+    Timeline {
+        reply: std::sync::mpsc::Sender<Result<SetReply>>,
+        /// The player's stop flag: a request of a stopped timeline is dropped.
+        stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    },
+}
+
+type Request = (Asker, Origin, Result<SetRequest>);
+
+/// A running timeline player and its stop flag.
+struct Player(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The control thread's state: the classes, the SPECs in force (changes come only from here,
+/// and it waits for every answer, so they stay equal to the engine's), where changes go.
+struct Control {
     names: Vec<String>,
-    mut specs: [Vec<Spec>; 2],
+    specs: [Vec<Spec>; 2],
     frames: u64,
     tx: std::sync::mpsc::Sender<Change>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
-    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
-    let (req_tx, req_rx) = std::sync::mpsc::channel::<(UnixStream, Result<SetRequest>)>();
-    while !stopped() {
-        match listener.accept() {
-            Ok((s, _)) => {
-                let req_tx = req_tx.clone();
-                let _ = std::thread::Builder::new()
-                    .name("wan-control-read".into())
-                    .spawn(move || {
-                        let req = ctl::read_request(&s, Duration::from_secs(2));
-                        let _ = req_tx.send((s, req));
-                    });
+    rep_tx: std::sync::mpsc::Sender<ReportMsg>,
+    start: Instant,
+    player: Option<Player>,
+}
+
+impl Control {
+    fn stopped(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Accept `wan set` connections on the abstract socket and play the timeline (if any).
+    /// Each connection's request line is read by a short-lived thread of its own (a client
+    /// that connects and says nothing holds up only that thread); the timeline player sends
+    /// its requests into the same queue. This thread takes the requests one at a time —
+    /// validates, builds the change, hands it to the engine, waits until the engine has
+    /// applied it, answers.
+    fn run(mut self, listener: UnixListener, schedule: Option<timeline::Schedule>) {
+        let (req_tx, req_rx) = std::sync::mpsc::channel::<Request>();
+        if let Some(s) = schedule {
+            self.player = Some(play(s, self.start, req_tx.clone(), self.stop.clone()));
+        }
+        while !self.stopped() {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    let req_tx = req_tx.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("wan-control-read".into())
+                        .spawn(move || {
+                            let req = ctl::read_request(&s, Duration::from_secs(2));
+                            let origin = Origin {
+                                source: "set",
+                                label: None,
+                                requested: Instant::now(),
+                                due: None,
+                            };
+                            let _ = req_tx.send((Asker::Socket(s), origin, req));
+                        });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::warn!("control socket: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                tracing::warn!("control socket: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+            let Ok((asker, origin, req)) = req_rx.recv_timeout(Duration::from_millis(10)) else {
+                continue;
+            };
+            let reply = match &asker {
+                Asker::Timeline { stopped, .. }
+                    if stopped.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    Err(anyhow!("the timeline was stopped"))
+                }
+                _ => match req {
+                    Ok(SetRequest {
+                        timeline: Some(cmd),
+                        ..
+                    }) => self.timeline(cmd, &req_tx),
+                    Ok(r) => self.change(&r, origin.clone()),
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = &reply {
+                self.refused(&origin, e);
+            }
+            match asker {
+                Asker::Socket(s) => {
+                    let _ = ctl::reply(&s, &ctl::Reply::from_result(reply));
+                }
+                Asker::Timeline { reply: r, .. } => {
+                    let _ = r.send(reply);
+                }
             }
         }
-        let Ok((s, req)) = req_rx.recv_timeout(Duration::from_millis(10)) else {
-            continue;
+    }
+
+    /// Start or stop a timeline (a sweep's run).
+    fn timeline(
+        &mut self,
+        cmd: TimelineCmd,
+        req_tx: &std::sync::mpsc::Sender<Request>,
+    ) -> Result<SetReply> {
+        self.player = None;
+        match cmd {
+            TimelineCmd::Stop => Ok(SetReply {
+                applied: "timeline stopped".into(),
+            }),
+            TimelineCmd::Start { timeline, classes } => {
+                let s = timeline::expand(&timeline, &texts(&self.names, &self.specs), &classes)?;
+                let applied = format!(
+                    "timeline started: {} changes over {:.3}s",
+                    s.changes.len(),
+                    s.length_s
+                );
+                self.player = Some(play(s, Instant::now(), req_tx.clone(), self.stop.clone()));
+                Ok(SetReply { applied })
+            }
+        }
+    }
+
+    /// Validate a change, hand it to the engine, wait until it is applied.
+    fn change(&mut self, r: &SetRequest, origin: Origin) -> Result<SetReply> {
+        let (new_specs, class, profiles, applied) =
+            prepare(r, &self.names, &self.specs, self.frames)?;
+        let (rtx, rrx) = std::sync::mpsc::channel();
+        let ch = Change {
+            specs: new_specs.clone(),
+            class,
+            profiles,
+            applied,
+            seed: r.seed,
+            origin,
+            reply: rtx,
         };
-        let req_seed = req.as_ref().ok().and_then(|r| r.seed);
-        let reply: Result<SetReply> = match req.and_then(|r| prepare(&r, &names, &specs, frames)) {
-            Ok((new_specs, class, profiles, applied)) => {
+        if self.tx.send(ch).is_err() {
+            bail!("wan is stopping");
+        }
+        // The engine applies it at once (or at its time); wait for its answer however long
+        // it takes (a missed answer would leave `specs` behind the engine's).
+        loop {
+            match rrx.recv_timeout(Duration::from_millis(100)) {
+                Ok(v) => {
+                    self.specs = new_specs;
+                    return Ok(v);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !self.stopped() => {}
+                Err(_) => bail!("wan stopped before applying the change"),
+            }
+        }
+    }
+
+    /// A refused change goes into the record too.
+    fn refused(&self, o: &Origin, e: &anyhow::Error) {
+        tracing::warn!(source = o.source, "live change refused: {e:#}");
+        let t = |i: Instant| i.saturating_duration_since(self.start).as_secs_f64();
+        let _ = self.rep_tx.send(ReportMsg::Change(
+            ChangeEntry {
+                kind: "refused".into(),
+                source: o.source.into(),
+                label: o.label.clone(),
+                requested_t: Some(t(o.requested)),
+                latency_ms: None,
+                error: Some(format!("{e:#}")),
+                unix: crate::util::unix_now(),
+                applied: String::new(),
+                t: t(Instant::now()),
+                classes: vec![],
+            },
+            None,
+        ));
+    }
+}
+
+/// Play a schedule from `start`: each change is handed to the control thread [`LEAD`] before
+/// its time (the engine holds it until then), one at a time, until the schedule ends or
+/// `stop`/the returned player's flag is raised.
+fn play(
+    s: timeline::Schedule,
+    start: Instant,
+    req_tx: std::sync::mpsc::Sender<Request>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Player {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mine = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = mine.clone();
+    let spawned = std::thread::Builder::new()
+        .name("wan-timeline".into())
+        .spawn(move || {
+            let done = || flag.load(Relaxed) || stop.load(Relaxed);
+            for c in s.changes {
+                let due = start + Duration::from_secs_f64(c.at_s);
+                while !done() {
+                    let left = due.saturating_duration_since(Instant::now() + LEAD);
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(50)));
+                }
+                if done() {
+                    return;
+                }
                 let (rtx, rrx) = std::sync::mpsc::channel();
-                let ch = Change {
-                    specs: new_specs.clone(),
-                    class,
-                    profiles,
-                    applied,
-                    seed: req_seed,
-                    reply: rtx,
+                let origin = Origin {
+                    source: "timeline",
+                    label: Some(c.label.clone()),
+                    requested: due,
+                    due: Some(due),
                 };
-                if tx.send(ch).is_err() {
-                    Err(anyhow!("wan is stopping"))
-                } else {
-                    // The engine looks for changes every 10 ms; wait for its answer however
-                    // long it takes (a missed answer would leave `specs` behind the engine's).
-                    loop {
-                        match rrx.recv_timeout(Duration::from_millis(100)) {
-                            Ok(v) => {
-                                specs = new_specs;
-                                break Ok(v);
-                            }
-                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !stopped() => {}
-                            Err(_) => break Err(anyhow!("wan stopped before applying the change")),
-                        }
+                let req = SetRequest {
+                    class: Some(c.class),
+                    a_to_b: Some(c.a_to_b),
+                    b_to_a: Some(c.b_to_a),
+                    ..Default::default()
+                };
+                let asker = Asker::Timeline {
+                    reply: rtx,
+                    stopped: flag.clone(),
+                };
+                if req_tx.send((asker, origin, Ok(req))).is_err() {
+                    return;
+                }
+                loop {
+                    match rrx.recv_timeout(Duration::from_millis(100)) {
+                        Ok(_) => break,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !done() => {}
+                        Err(_) => return,
                     }
                 }
             }
-            Err(e) => Err(e),
-        };
-        let _ = ctl::reply(&s, &ctl::Reply::from_result(reply));
+            tracing::info!("timeline played to its end");
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("could not start the timeline player: {e}");
     }
+    Player(mine)
 }
 
 type SetResult = ([Vec<Spec>; 2], usize, [Profile; 2], String);

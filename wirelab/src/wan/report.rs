@@ -24,8 +24,8 @@ use crate::{record::LineKind, runtime::observe::Observer};
 
 pub(super) enum ReportMsg {
     Interval(f64, Vec<(usize, usize, ClassStats)>, EngineHealth),
-    /// A live change: its record entry and the specs now in force.
-    Change(ChangeEntry, [Vec<Spec>; 2]),
+    /// A live change: its record entry and the specs now in force (none when refused).
+    Change(ChangeEntry, Option<[Vec<Spec>; 2]>),
     Final(
         f64,
         Vec<(usize, usize, ClassStats)>,
@@ -76,13 +76,25 @@ pub(super) fn reporter(
         }
         rows
     };
+    let mut stats = ChangeStats::default();
+    let mut latencies = vec![];
     for msg in rx {
         match msg {
             ReportMsg::Change(entry, specs) => {
                 obs.change(&entry)?;
-                obs.set_configured(configured(&specs));
-                if let Some(m) = &mets {
-                    m.changes.get_or_create(&vec![]).inc();
+                match (&specs, entry.latency_ms) {
+                    (Some(specs), lat) => {
+                        obs.set_configured(configured(specs));
+                        stats.applied += 1;
+                        if entry.source == "timeline" {
+                            stats.timeline += 1;
+                            latencies.extend(lat);
+                        }
+                        if let Some(m) = &mets {
+                            m.changes.get_or_create(&vec![]).inc();
+                        }
+                    }
+                    (None, _) => stats.refused += 1,
                 }
             }
             ReportMsg::Interval(t, eng, health) => {
@@ -92,18 +104,23 @@ pub(super) fn reporter(
                     classes: rows_of(eng, false),
                     engine: Some(health),
                     seed: None,
+                    changes: None,
                 };
                 obs.interval(&line, |out| table(&line, out))?;
             }
             ReportMsg::Final(t, eng, seed, specs, health) => {
                 let rows = rows_of(eng, true);
                 let measured = measured(&rows, &specs);
+                latencies.sort_by(f64::total_cmp);
+                stats.latency_p50_ms = latencies.get(latencies.len() / 2).copied();
+                stats.latency_max_ms = latencies.last().copied();
                 let fin = Line {
                     kind: LineKind::Final,
                     t,
                     classes: rows,
                     engine: Some(health),
                     seed: Some(seed),
+                    changes: (stats.applied + stats.refused > 0).then_some(stats),
                 };
                 obs.finish(&fin, measured, |out| table(&fin, out))?;
                 return Ok(fin.classes);
@@ -126,6 +143,21 @@ pub struct Line {
     pub engine: Option<EngineHealth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The final line: live changes applied and refused, and how late the timeline's were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangeStats>,
+}
+
+/// Live changes over a run (the final line), with the timeline's apply latency: from the
+/// time a change was due to the time the engine switched to it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChangeStats {
+    pub applied: u64,
+    /// Of them, from the timeline.
+    pub timeline: u64,
+    pub refused: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_max_ms: Option<f64>,
 }
 
 /// One class's configuration in a record (`classes` of the config and of each change).
@@ -138,10 +170,31 @@ pub struct ClassConfig {
     pub b_to_a_parsed: Spec,
 }
 
-/// A live change in the record: what was applied, when, and every class now in force.
+/// A live change in the record (`wan.changes.jsonl`): one line per change asked for, applied
+/// or refused, with the time it was asked for (a timeline's: its scheduled time), the time
+/// the engine switched to it, and every class now in force.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeEntry {
+    /// `applied` or `refused`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `set` (the control socket: `wan set`, a sweep) or `timeline`.
+    pub source: String,
+    /// The timeline step(s) behind it: "steps[1] ramp delay 25ms (1/12)".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Seconds since start when it was asked for (scheduled, for a timeline).
+    pub requested_t: Option<f64>,
+    /// From asked for to applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Wall-clock time it was applied (or refused).
+    pub unix: f64,
+    /// The class's SPECs now in force, as text (empty when refused).
     pub applied: String,
+    /// Seconds since start when it was applied (or refused).
     pub t: f64,
     pub classes: Vec<ClassConfig>,
 }
@@ -273,6 +326,14 @@ impl EngineHealth {
 /// A stats line as text: the engine's own losses (if any), then one row per class.
 fn table(line: &Line, out: &mut dyn Write) -> io::Result<()> {
     let t = line.t;
+    if let Some(c) = &line.changes {
+        let ms = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "[{t:>7.2}s] live changes: {} applied ({} from the timeline), {} refused; timeline apply latency ms p50 {} max {}",
+            c.applied, c.timeline, c.refused, ms(c.latency_p50_ms), ms(c.latency_max_ms)
+        )?;
+    }
     if let Some(health) = line.engine.filter(EngineHealth::any) {
         writeln!(
             out,
@@ -503,7 +564,7 @@ impl WanMetrics {
             ),
             changes: b.counter(
                 "wirelab_wan_live_changes",
-                "Live changes applied with wan set",
+                "Live changes applied (wan set, timeline steps)",
             ),
         };
         (b, m)
