@@ -273,12 +273,13 @@ pub const MEASURED_CLASS: &str = "measured";
 /// class rule (or with one that selects all traffic) both carry the cell's SPECs and the
 /// measured class is everything to and from the server; with a narrowing rule the measured
 /// class is the rule's traffic and the default class (everything else) is unimpaired.
-fn wan_config(cell: &Cell, seed: u64) -> wan::Config {
+fn wan_config(cell: &Cell) -> wan::Config {
     let rule = cell.class_match().unwrap_or_default();
     let default = if rule.narrows() { "" } else { &cell.a_to_b };
     let default_ba = if rule.narrows() { "" } else { &cell.b_to_a };
     wan::Config {
-        seed: Some(seed),
+        // On the command line (`--seed`): TOML has no integers above i64::MAX.
+        seed: None,
         default: wan::DirSpecs {
             both: None,
             a_to_b: Some(default.into()),
@@ -290,10 +291,10 @@ fn wan_config(cell: &Cell, seed: u64) -> wan::Config {
 
 fn wan_command(out: &Path, cell: &Cell, seed: u64, record: bool) -> Result<Command> {
     let cfg = out.join("wan.toml");
-    std::fs::write(&cfg, toml::to_string(&wan_config(cell, seed))?)?;
+    std::fs::write(&cfg, toml::to_string(&wan_config(cell))?)?;
     let mut c = Command::new(std::env::current_exe().unwrap_or_else(|_| "wirelab".into()));
     c.args(["wan", "--between", "to-client", "to-server", "--config"]);
-    c.arg(&cfg);
+    c.arg(&cfg).arg("--seed").arg(seed.to_string());
     c.args(["--interval", "1s"]);
     if record {
         c.arg("--record").arg(out.join("wan"));
