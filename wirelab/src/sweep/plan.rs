@@ -743,7 +743,7 @@ mod tests {
 
     #[test]
     fn bad_files_name_the_field() {
-        for (text, want) in [
+        let grid = [
             (
                 GRID.replace("repetitions = 3", "repetitions = 0"),
                 "repetitions",
@@ -778,9 +778,52 @@ mod tests {
                 "workload[1].argv",
             ),
             (format!("bogus = 1\n{GRID}"), "unknown field"),
-        ] {
+        ]
+        .map(|(t, want)| (t, want.to_string()));
+        // Class axes: (replace, by, the error names after `axis[1] (scope).`).
+        let scope = [
+            ("port = 7000", "port = 70000", "values[1].port: 70000"),
+            (
+                "proto = \"udp\", ",
+                "",
+                "values[1].port: a port needs proto",
+            ),
+            ("proto = \"udp\"", "proto = \"udq\"", "values[1].proto"),
+            (
+                "port = 7000",
+                "port = 7000, net = \"198.18.0.0/33\"",
+                "values[1].net",
+            ),
+            (
+                "\"udp7000\"",
+                "\"all\"",
+                "values[1].name: \"all\" given twice",
+            ),
+            (
+                "{ name = \"all\" }",
+                "\"delay 5ms\"",
+                "values[0]: \"delay 5ms\": a class axis takes tables",
+            ),
+            (
+                "kind = \"class\"\n",
+                "",
+                "values[0]: a table is a class rule",
+            ),
+            (
+                "kind = \"class\"\n",
+                "kind = \"class\"\ndir = \"a_to_b\"\n",
+                "dir",
+            ),
+            (
+                "[base]",
+                "timeline = \"t.toml\"\n[base]",
+                "kind: a class axis with a timeline",
+            ),
+        ]
+        .map(|(a, b, want)| (SCOPE.replace(a, b), format!("axis[1] (scope).{want}")));
+        for (text, want) in grid.into_iter().chain(scope) {
             let e = format!("{:#}", file(&text).unwrap_err());
-            assert!(e.contains(want), "{want:?} not in {e}");
+            assert!(e.contains(&want), "{want:?} not in {e}");
         }
     }
 
@@ -810,54 +853,6 @@ mod tests {
         let out = String::from_utf8(out).unwrap();
         let restarts = out.matches("restarts the emulator").count();
         assert!((1..=3).contains(&restarts), "{out}");
-    }
-
-    #[test]
-    fn a_bad_class_axis_names_the_field() {
-        for (text, want) in [
-            (
-                SCOPE.replace("port = 7000", "port = 70000"),
-                "axis[1] (scope).values[1].port: 70000",
-            ),
-            (
-                SCOPE.replace("proto = \"udp\", ", ""),
-                "axis[1] (scope).values[1].port: a port needs proto",
-            ),
-            (
-                SCOPE.replace("proto = \"udp\"", "proto = \"udq\""),
-                "axis[1] (scope).values[1].proto",
-            ),
-            (
-                SCOPE.replace(
-                    "name = \"udp7000\",",
-                    "name = \"udp7000\", net = \"198.18.0.0/33\",",
-                ),
-                "axis[1] (scope).values[1].net",
-            ),
-            (
-                SCOPE.replace("name = \"udp7000\"", "name = \"all\""),
-                "axis[1] (scope).values[1].name: \"all\" given twice",
-            ),
-            (
-                SCOPE.replace("{ name = \"all\" }", "\"delay 5ms\""),
-                "axis[1] (scope).values[0]: \"delay 5ms\": a class axis takes tables",
-            ),
-            (
-                SCOPE.replace("kind = \"class\"\n", ""),
-                "axis[1] (scope).values[0]: a table is a class rule",
-            ),
-            (
-                SCOPE.replace("kind = \"class\"\n", "kind = \"class\"\ndir = \"a_to_b\"\n"),
-                "axis[1] (scope).dir",
-            ),
-            (
-                format!("timeline = \"t.toml\"\n{SCOPE}"),
-                "axis[1] (scope).kind: a class axis with a timeline",
-            ),
-        ] {
-            let e = format!("{:#}", file(&text).unwrap_err());
-            assert!(e.contains(want), "{want:?} not in {e}");
-        }
     }
 
     #[test]
