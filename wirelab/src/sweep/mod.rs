@@ -130,10 +130,19 @@ pub fn print_runs(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
         "{:>5} {:>5} {:>5} {:>4} {:>20}  cell",
         "#", "run", "cell", "rep", "seed"
     )?;
+    let mut running = plan.runs.first().map(|r| plan.cells[r.cell].class_match());
     for (i, r) in plan.runs.iter().enumerate() {
+        let m = plan.cells[r.cell].class_match();
+        // Class rules do not change live: a new rule starts a new emulator.
+        let restart = if !plan.file.fresh_wan && running.as_ref() != Some(&m) {
+            "  (new class rule: restarts the emulator)"
+        } else {
+            ""
+        };
+        running = Some(m);
         writeln!(
             out,
-            "{:>5} {:>5} {:>5} {:>4} {:>20}  {}",
+            "{:>5} {:>5} {:>5} {:>4} {:>20}  {}{restart}",
             i, r.id, r.cell, r.rep, r.seed, plan.cells[r.cell].label
         )?;
     }

@@ -106,15 +106,99 @@ pub enum Dir {
     BToA,
 }
 
-/// One axis: its values are SPEC clauses (e.g. "delay 20ms", "loss 1%", "" for none). A
-/// clause replaces the base's clause of the same keyword.
+/// One axis. `kind = "spec"` (default): its values are SPEC clauses (e.g. "delay 20ms",
+/// "loss 1%", "" for none); a clause replaces the base's clause of the same keyword.
+/// `kind = "class"`: its values are class rules ([`ClassRule`]), which traffic the cell's
+/// SPEC applies to.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Axis {
     pub name: String,
-    pub values: Vec<String>,
+    #[serde(default)]
+    pub kind: AxisKind,
+    pub values: Vec<AxisValue>,
     #[serde(default)]
     pub dir: Dir,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AxisKind {
+    #[default]
+    Spec,
+    Class,
+}
+
+/// An axis value: a SPEC clause (a string) or a class rule (a table).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum AxisValue {
+    Clause(String),
+    Class(ClassRule),
+}
+
+impl std::fmt::Display for AxisValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AxisValue::Clause(c) => f.write_str(c),
+            AxisValue::Class(r) => f.write_str(&r.name),
+        }
+    }
+}
+
+impl AxisValue {
+    fn clause(&self) -> &str {
+        match self {
+            AxisValue::Clause(c) => c,
+            AxisValue::Class(_) => "",
+        }
+    }
+}
+
+/// A class axis value: the traffic the cell's SPEC applies to, matched as a wan `[[class]]`
+/// is (docs/wan.md), with the sweep server's address (`198.18.0.2`, side `b`) as the default
+/// `net`. A rule without `side`, `net`, `proto` and `port` selects all traffic (the default
+/// class and the measured class, as without a class axis); otherwise only the matching
+/// traffic is impaired and everything else is not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassRule {
+    /// The value's name in labels and records.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    /// A wider type than the port so that a bad one is refused naming the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
+}
+
+impl ClassRule {
+    /// Whether the rule narrows the impaired traffic (any match field given).
+    pub fn narrows(&self) -> bool {
+        self.side.is_some() || self.net.is_some() || self.proto.is_some() || self.port.is_some()
+    }
+
+    /// The wan class this rule makes, with `a_to_b`/`b_to_a` as its SPECs (the port must
+    /// have been checked: see `validate`).
+    pub fn class_cfg(&self, name: &str, a_to_b: &str, b_to_a: &str) -> crate::wan::ClassCfg {
+        crate::wan::ClassCfg {
+            name: name.into(),
+            side: self.side.clone(),
+            net: self
+                .net
+                .clone()
+                .unwrap_or_else(|| format!("{}/32", super::run::SERVER)),
+            proto: self.proto.clone(),
+            port: self.port.and_then(|p| u16::try_from(p).ok()),
+            both: None,
+            a_to_b: Some(a_to_b.into()),
+            b_to_a: Some(b_to_a.into()),
+        }
+    }
 }
 
 /// What runs in each cell, against the lab's server.
@@ -195,6 +279,23 @@ pub struct Cell {
     pub label: String,
     pub a_to_b: String,
     pub b_to_a: String,
+    /// The class axis's value: which traffic the SPECs apply to (none: all of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<ClassRule>,
+}
+
+impl Cell {
+    /// The class match the emulator needs for this cell (None: all traffic). A cell whose
+    /// match differs from the running emulator's needs a new emulator.
+    pub fn class_match(&self) -> Option<ClassRule> {
+        self.rule
+            .as_ref()
+            .filter(|r| r.narrows())
+            .map(|r| ClassRule {
+                name: String::new(),
+                ..r.clone()
+            })
+    }
 }
 
 /// One run: a cell, a repetition, its seed, its place in the order.
@@ -304,8 +405,10 @@ impl Plan {
                 file.axes
                     .iter()
                     .zip(&at)
-                    .filter(|(a, _)| a.dir == Dir::Both || a.dir == dir)
-                    .map(|(a, i)| a.values[*i].as_str())
+                    .filter(|(a, _)| {
+                        a.kind == AxisKind::Spec && (a.dir == Dir::Both || a.dir == dir)
+                    })
+                    .map(|(a, i)| a.values[*i].clause())
                     .collect()
             };
             let a_to_b = apply(&base_ab, &pick(Dir::AToB));
@@ -322,12 +425,21 @@ impl Plan {
                     anyhow::anyhow!("cell {index} ({label}): {d} SPEC {text:?}: {e}")
                 })?;
             }
+            let rule = file
+                .axes
+                .iter()
+                .zip(&at)
+                .find_map(|(a, i)| match &a.values[*i] {
+                    AxisValue::Class(r) => Some(r.clone()),
+                    AxisValue::Clause(_) => None,
+                });
             cells.push(Cell {
                 index,
                 at,
                 label,
                 a_to_b,
                 b_to_a,
+                rule,
             });
         }
         let mut runs: Vec<RunPlan> = (0..n)
@@ -376,21 +488,46 @@ fn validate(f: &SweepFile) -> Result<()> {
     let mut cells = 1usize;
     for (i, a) in f.axes.iter().enumerate() {
         let at = format!("axis[{i}] ({})", a.name);
-        if a.name.is_empty()
-            || !a
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            bail!("{at}.name: {:?} (letters, digits, - and _)", a.name);
-        }
+        check_name(&format!("{at}.name"), &a.name)?;
         if f.axes[..i].iter().any(|b| b.name == a.name) {
             bail!("{at}.name: {:?} given twice", a.name);
         }
         if a.values.is_empty() {
             bail!("{at}.values: empty");
         }
+        if a.kind == AxisKind::Class {
+            if f.axes[..i].iter().any(|b| b.kind == AxisKind::Class) {
+                bail!("{at}.kind: only one class axis per sweep");
+            }
+            if a.dir != Dir::Both {
+                bail!("{at}.dir: a class axis has no direction (its rule matches both)");
+            }
+            if f.timeline.is_some() {
+                bail!("{at}.kind: a class axis with a timeline is not supported yet");
+            }
+            for (j, v) in a.values.iter().enumerate() {
+                let at = format!("{at}.values[{j}]");
+                let AxisValue::Class(r) = v else {
+                    bail!("{at}: {:?}: a class axis takes tables ({{ name = \"udp7000\", proto = \"udp\", port = 7000 }})", v.to_string());
+                };
+                check_name(&format!("{at}.name"), &r.name)?;
+                if a.values[..j].iter().any(|o| o.to_string() == r.name) {
+                    bail!("{at}.name: {:?} given twice", r.name);
+                }
+                if let Some(p) = r.port {
+                    if !(1..=65535).contains(&p) {
+                        bail!("{at}.port: {p} (1 to 65535)");
+                    }
+                }
+                crate::wan::class_key(&r.class_cfg("", "", ""), &at)?;
+            }
+            cells = cells.saturating_mul(a.values.len());
+            continue;
+        }
         for (j, v) in a.values.iter().enumerate() {
+            let AxisValue::Clause(v) = v else {
+                bail!("{at}.values[{j}]: a table is a class rule: give the axis kind = \"class\"");
+            };
             let k = keyword(v);
             if !k.is_empty() && clauses(v).len() != 1 {
                 bail!("{at}.values[{j}]: {v:?} is more than one clause (one keyword per value)");
@@ -469,6 +606,17 @@ fn validate(f: &SweepFile) -> Result<()> {
         if h.as_ref().is_some_and(|v| v.is_empty()) {
             bail!("{k}: empty command");
         }
+    }
+    Ok(())
+}
+
+fn check_name(at: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        bail!("{at}: {name:?} (letters, digits, - and _)");
     }
     Ok(())
 }
@@ -595,7 +743,7 @@ mod tests {
 
     #[test]
     fn bad_files_name_the_field() {
-        for (text, want) in [
+        let grid = [
             (
                 GRID.replace("repetitions = 3", "repetitions = 0"),
                 "repetitions",
@@ -630,10 +778,81 @@ mod tests {
                 "workload[1].argv",
             ),
             (format!("bogus = 1\n{GRID}"), "unknown field"),
-        ] {
+        ]
+        .map(|(t, want)| (t, want.to_string()));
+        // Class axes: (replace, by, the error names after `axis[1] (scope).`).
+        let scope = [
+            ("port = 7000", "port = 70000", "values[1].port: 70000"),
+            (
+                "proto = \"udp\", ",
+                "",
+                "values[1].port: a port needs proto",
+            ),
+            ("proto = \"udp\"", "proto = \"udq\"", "values[1].proto"),
+            (
+                "port = 7000",
+                "port = 7000, net = \"198.18.0.0/33\"",
+                "values[1].net",
+            ),
+            (
+                "\"udp7000\"",
+                "\"all\"",
+                "values[1].name: \"all\" given twice",
+            ),
+            (
+                "{ name = \"all\" }",
+                "\"delay 5ms\"",
+                "values[0]: \"delay 5ms\": a class axis takes tables",
+            ),
+            (
+                "kind = \"class\"\n",
+                "",
+                "values[0]: a table is a class rule",
+            ),
+            (
+                "kind = \"class\"\n",
+                "kind = \"class\"\ndir = \"a_to_b\"\n",
+                "dir",
+            ),
+            (
+                "[base]",
+                "timeline = \"t.toml\"\n[base]",
+                "kind: a class axis with a timeline",
+            ),
+        ]
+        .map(|(a, b, want)| (SCOPE.replace(a, b), format!("axis[1] (scope).{want}")));
+        for (text, want) in grid.into_iter().chain(scope) {
             let e = format!("{:#}", file(&text).unwrap_err());
-            assert!(e.contains(want), "{want:?} not in {e}");
+            assert!(e.contains(&want), "{want:?} not in {e}");
         }
+    }
+
+    const SCOPE: &str = "repetitions = 1\n[base]\nboth = \"rate 20mbit\"\n\
+        [[axis]]\nname = \"delay\"\nvalues = [\"delay 10ms\", \"delay 40ms\"]\n\
+        [[axis]]\nname = \"scope\"\nkind = \"class\"\n\
+        values = [{ name = \"all\" }, { name = \"udp7000\", proto = \"udp\", port = 7000 }]\n\
+        [[workload]]\nkind = \"udp\"\n";
+
+    #[test]
+    fn a_class_axis_selects_the_traffic_of_each_cell() {
+        let p = file(SCOPE).unwrap();
+        assert_eq!(p.cells.len(), 4);
+        let c = &p.cells[3];
+        assert_eq!(c.label, "delay=delay 40ms, scope=udp7000");
+        // The class axis changes no SPEC clause.
+        assert_eq!(c.a_to_b, "rate 20mbit delay 40ms");
+        assert_eq!(c.b_to_a, c.a_to_b);
+        assert!(p.cells[0].class_match().is_none(), "`all` narrows nothing");
+        let m = c.class_match().unwrap();
+        assert_eq!((m.proto.as_deref(), m.port), (Some("udp"), Some(7000)));
+        // The rule's wan class defaults to the server's address.
+        assert_eq!(m.class_cfg("measured", "", "").net, "198.18.0.2/32");
+        // --dry-run says which runs restart the emulator.
+        let mut out = vec![];
+        super::super::print_runs(&mut out, &p).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let restarts = out.matches("restarts the emulator").count();
+        assert!((1..=3).contains(&restarts), "{out}");
     }
 
     #[test]

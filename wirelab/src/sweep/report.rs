@@ -210,11 +210,11 @@ fn heatmap_svg(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">"
     );
     let label = |a: usize, i: usize| -> String {
-        let v = &axes[a].values[i];
+        let v = axes[a].values[i].to_string();
         if v.is_empty() {
             "(none)".into()
         } else {
-            v.clone()
+            v
         }
     };
     let corner = match (lay.rows, lay.cols) {

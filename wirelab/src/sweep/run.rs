@@ -24,7 +24,7 @@ pub const SUMMARY: &str = "summary.json";
 pub const FORMAT: &str = "wirelab-sweep";
 
 /// Where the probe server listens (the default lab's server).
-const SERVER: &str = "198.18.0.2";
+pub(crate) const SERVER: &str = "198.18.0.2";
 const CLIENT: &str = "198.18.0.1";
 const PROBE_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
@@ -88,6 +88,9 @@ pub struct RunResult {
     pub metrics: BTreeMap<String, f64>,
     /// This run's record directory, relative to the sweep directory.
     pub record: String,
+    /// The class axis's value this run used (its rule is the cell's `rule` in the manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_rule: Option<String>,
 }
 
 /// Read `results.jsonl`; a torn last line (a kill mid-write) is ignored.
@@ -249,6 +252,8 @@ struct Bench {
     _server: ProbeServer,
     _iperf: Option<Kid>,
     wan: Option<Kid>,
+    /// The class match the running emulator was started with (see [`Cell::class_match`]).
+    wan_match: Option<super::plan::ClassRule>,
     _guard: LabGuard,
 }
 
@@ -264,35 +269,32 @@ impl Bench {
 /// random stream, so it never shifts a run's seeded decisions.
 pub const MEASURED_CLASS: &str = "measured";
 
-/// The emulator's config for `cell`: the default class and the measured class.
-fn wan_config(cell: &Cell, seed: u64) -> wan::Config {
-    let d = wan::DirSpecs {
-        both: None,
-        a_to_b: Some(cell.a_to_b.clone()),
-        b_to_a: Some(cell.b_to_a.clone()),
-    };
+/// The emulator's config for `cell`: the default class and the measured class. Without a
+/// class rule (or with one that selects all traffic) both carry the cell's SPECs and the
+/// measured class is everything to and from the server; with a narrowing rule the measured
+/// class is the rule's traffic and the default class (everything else) is unimpaired.
+fn wan_config(cell: &Cell) -> wan::Config {
+    let rule = cell.class_match().unwrap_or_default();
+    let default = if rule.narrows() { "" } else { &cell.a_to_b };
+    let default_ba = if rule.narrows() { "" } else { &cell.b_to_a };
     wan::Config {
-        seed: Some(seed),
-        default: d.clone(),
-        class: vec![wan::ClassCfg {
-            name: MEASURED_CLASS.into(),
-            side: None,
-            net: format!("{SERVER}/32"),
-            proto: None,
-            port: None,
+        // On the command line (`--seed`): TOML has no integers above i64::MAX.
+        seed: None,
+        default: wan::DirSpecs {
             both: None,
-            a_to_b: d.a_to_b,
-            b_to_a: d.b_to_a,
-        }],
+            a_to_b: Some(default.into()),
+            b_to_a: Some(default_ba.into()),
+        },
+        class: vec![rule.class_cfg(MEASURED_CLASS, &cell.a_to_b, &cell.b_to_a)],
     }
 }
 
 fn wan_command(out: &Path, cell: &Cell, seed: u64, record: bool) -> Result<Command> {
     let cfg = out.join("wan.toml");
-    std::fs::write(&cfg, toml::to_string(&wan_config(cell, seed))?)?;
+    std::fs::write(&cfg, toml::to_string(&wan_config(cell))?)?;
     let mut c = Command::new(std::env::current_exe().unwrap_or_else(|_| "wirelab".into()));
     c.args(["wan", "--between", "to-client", "to-server", "--config"]);
-    c.arg(&cfg);
+    c.arg(&cfg).arg("--seed").arg(seed.to_string());
     c.args(["--interval", "1s"]);
     if record {
         c.arg("--record").arg(out.join("wan"));
@@ -373,6 +375,7 @@ fn setup(plan: &Plan, out: &Path, lab_name: &str) -> Result<Bench> {
         _server: server,
         _iperf: iperf,
         wan: None,
+        wan_match: None,
         _guard: guard,
     };
     if !plan.file.fresh_wan {
@@ -381,20 +384,30 @@ fn setup(plan: &Plan, out: &Path, lab_name: &str) -> Result<Bench> {
             .first()
             .ok_or_else(|| anyhow!("a sweep without cells"))?;
         b.wan = Some(start_wan(&b, out, first, plan.file.seed, true)?);
+        b.wan_match = first.class_match();
     }
     Ok(b)
 }
 
-/// Apply `cell` with `seed` before a run: a seeded live change, or a fresh emulator.
+/// Apply `cell` with `seed` before a run: a seeded live change, or a fresh emulator (every
+/// run with `fresh_wan`, or when the cell's class rule differs from the running emulator's:
+/// class rules do not change live).
 fn apply_cell(b: &mut Bench, plan: &Plan, out: &Path, cell: &Cell, seed: u64) -> Result<()> {
-    if plan.file.fresh_wan {
+    if plan.file.fresh_wan || cell.class_match() != b.wan_match {
         b.wan = None;
         b.wan = Some(start_wan(b, out, cell, seed, false)?);
+        b.wan_match = cell.class_match();
         return Ok(());
     }
     // The default class first (unseeded: its random stream just goes on), then the measured
-    // class, restarted from the run's seed.
-    let reqs = [None, Some(MEASURED_CLASS.to_string())].map(|class| wan::SetRequest {
+    // class, restarted from the run's seed. With a narrowing class rule the default class
+    // stays unimpaired.
+    let classes: &[Option<String>] = if b.wan_match.is_some() {
+        &[Some(MEASURED_CLASS.to_string())]
+    } else {
+        &[None, Some(MEASURED_CLASS.to_string())]
+    };
+    let reqs = classes.iter().cloned().map(|class| wan::SetRequest {
         seed: class.is_some().then_some(seed),
         class,
         both: None,
@@ -402,7 +415,7 @@ fn apply_cell(b: &mut Bench, plan: &Plan, out: &Path, cell: &Cell, seed: u64) ->
         b_to_a: Some(cell.b_to_a.clone()),
         timeline: None,
     });
-    send(b, reqs.to_vec()).context("changing the emulator live")
+    send(b, reqs.collect()).context("changing the emulator live")
 }
 
 /// Send requests to the sweep's emulator, one after the other.
@@ -738,6 +751,7 @@ fn one_run(
         error: res.err().map(|e| format!("{e:#}")),
         metrics,
         record: rel,
+        class_rule: cell.rule.as_ref().map(|r| r.name.clone()),
     })
 }
 

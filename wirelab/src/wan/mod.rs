@@ -130,6 +130,44 @@ fn parse_proto(s: &str) -> Option<u8> {
     }
 }
 
+/// The match of a class (side, address, protocol, port) as a classifier key and its prefix
+/// length; errors name the field under `base` (`class[0].net`).
+pub fn class_key(c: &ClassCfg, base: &str) -> Result<(ClassKey, u32)> {
+    let side = match c.side.as_deref() {
+        None | Some("b") => 0u8,
+        Some("a") => 1u8,
+        Some(o) => bail!("{base}.side: {o:?}: use \"a\" or \"b\""),
+    };
+    let net: IpNet = c
+        .net
+        .parse()
+        .or_else(|_| c.net.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| anyhow!("{base}.net: {:?} is not a CIDR or address", c.net))?;
+    let proto = match &c.proto {
+        None => 0,
+        Some(p) => parse_proto(p).ok_or_else(|| {
+            anyhow!("{base}.proto: {p:?}: use tcp, udp, icmp, icmpv6 or a protocol number")
+        })?,
+    };
+    if c.port.is_some() && proto != 6 && proto != 17 {
+        bail!("{base}.port: a port needs proto = \"tcp\" or \"udp\"");
+    }
+    let (addr, bits) = match net.trunc() {
+        IpNet::V4(n) => (
+            n.network().to_ipv6_mapped().octets(),
+            96 + n.prefix_len() as u32,
+        ),
+        IpNet::V6(n) => (n.network().octets(), n.prefix_len() as u32),
+    };
+    let key = ClassKey {
+        side,
+        proto,
+        port: c.port.unwrap_or(0).to_be_bytes(),
+        addr,
+    };
+    Ok((key, bits))
+}
+
 /// Validate CLI specs + config into a plan. Errors name the field or word.
 pub fn plan(cfg: &Config, cli: &DirSpecs, seed: Option<u64>) -> Result<Plan> {
     let mut default = dir_specs(&cfg.default, "default")?;
@@ -162,25 +200,7 @@ pub fn plan(cfg: &Config, cli: &DirSpecs, seed: Option<u64>) -> Result<Plan> {
         if seen.insert(c.name.clone(), i).is_some() {
             bail!("{base}.name: duplicate class {:?}", c.name);
         }
-        let side = match c.side.as_deref() {
-            None | Some("b") => 0u8,
-            Some("a") => 1u8,
-            Some(o) => bail!("{base}.side: {o:?}: use \"a\" or \"b\""),
-        };
-        let net: IpNet = c
-            .net
-            .parse()
-            .or_else(|_| c.net.parse::<IpAddr>().map(IpNet::from))
-            .map_err(|_| anyhow!("{base}.net: {:?} is not a CIDR or address", c.net))?;
-        let proto = match &c.proto {
-            None => 0,
-            Some(p) => parse_proto(p).ok_or_else(|| {
-                anyhow!("{base}.proto: {p:?}: use tcp, udp, icmp, icmpv6 or a protocol number")
-            })?,
-        };
-        if c.port.is_some() && proto != 6 && proto != 17 {
-            bail!("{base}.port: a port needs proto = \"tcp\" or \"udp\"");
-        }
+        let (key, bits) = class_key(c, &base)?;
         let d = DirSpecs {
             both: c.both.clone(),
             a_to_b: c.a_to_b.clone(),
@@ -191,19 +211,6 @@ pub fn plan(cfg: &Config, cli: &DirSpecs, seed: Option<u64>) -> Result<Plan> {
         names.push(c.name.clone());
         specs[0].push(ab);
         specs[1].push(ba);
-        let (addr, bits) = match net.trunc() {
-            IpNet::V4(n) => (
-                n.network().to_ipv6_mapped().octets(),
-                96 + n.prefix_len() as u32,
-            ),
-            IpNet::V6(n) => (n.network().octets(), n.prefix_len() as u32),
-        };
-        let key = ClassKey {
-            side,
-            proto,
-            port: c.port.unwrap_or(0).to_be_bytes(),
-            addr,
-        };
         if keys.iter().any(|(k, b, _)| *k == key && *b == bits) {
             bail!("{base}: same match as an earlier class");
         }
