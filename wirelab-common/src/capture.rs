@@ -168,6 +168,9 @@ pub struct EventHeader {
     pub ifindex: u32,
     /// `dir::*`.
     pub dir: u32,
+    /// What fw decided about the frame when capture runs behind fw's tap (`tap::tool::NONE`
+    /// from capture's own hooks).
+    pub decision: crate::tap::Decision,
 }
 
 /// Bytes of [`EventHeader`].
@@ -231,6 +234,6 @@ mod tests {
     fn layouts_are_fixed() {
         assert_eq!(core::mem::size_of::<Atom>(), 48);
         assert_eq!(core::mem::size_of::<Term>(), 8 + 48 * MAX_ATOMS);
-        assert_eq!(EVENT_HEADER_LEN, 24);
+        assert_eq!(EVENT_HEADER_LEN, 32);
     }
 }

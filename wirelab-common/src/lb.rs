@@ -41,6 +41,16 @@ pub mod mode {
     pub const NAT: u32 = 1;
 }
 
+/// [`LbConf::xdp_out`].
+pub mod xdp_out {
+    /// `XDP_TX`: a NIC's own transmit ring.
+    pub const TX: u8 = 0;
+    /// `bpf_redirect` to the interface it came in on. On a veth this is the one that works
+    /// with a peer running NAPI through GRO only: the veth kicks the peer's NAPI after a
+    /// redirect, but after `XDP_TX` only when the peer has an XDP program.
+    pub const REDIRECT: u8 = 1;
+}
+
 /// [`Backend::flags`].
 pub mod backend_flag {
     /// The backend may receive packets (tracked flows to a backend without it hash afresh).
@@ -77,8 +87,12 @@ pub mod event {
     pub const UDP_EXPIRED: u32 = 10;
     /// New DSR flows over the new-flow limit: forwarded by their hash, not tracked.
     pub const UNTRACKED: u32 = 11;
+    /// New NAT flows over the new-flow limit: dropped (a NAT flow cannot go untracked: its
+    /// replies need the entry), so a flood cannot evict the tracked flows; the client's
+    /// retransmission gets in when the rate allows.
+    pub const DROP_FLOW_LIMIT: u32 = 12;
     /// Entries of `LB_EVENTS`.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// Names, by index (the JSON and table keys).
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
@@ -93,7 +107,28 @@ pub mod event {
         "nat_replies",
         "udp_expired",
         "untracked",
+        "drop_flow_limit",
     ];
+}
+
+/// What `lb_which` (the decision run through BPF_PROG_TEST_RUN without effects) returns: an
+/// outcome in the high bits, and for `TRACKED`/`HASHED` the backend id in `BACKEND_MASK`.
+pub mod which {
+    /// The backend id's bits of the answer.
+    pub const BACKEND_MASK: u32 = 0xffff;
+    /// A tracked flow keeps its backend.
+    pub const TRACKED: u32 = 1 << 16;
+    /// Hashed through the service's Maglev table (a SYN, an untracked flow, or a tracked one
+    /// whose backend is down).
+    pub const HASHED: u32 = 2 << 16;
+    /// Dropped: the service has no backend up with weight, or the frame is a fragment.
+    pub const DROPPED: u32 = 3 << 16;
+    /// Not a service's packet: passed to the stack.
+    pub const NOT_SERVICE: u32 = 4 << 16;
+    /// A map entry the decision needs is missing.
+    pub const ERROR: u32 = 5 << 16;
+    /// The outcome's bits.
+    pub const HOW_MASK: u32 = 0xffff << 16;
 }
 
 /// Key of `LB_VIPS`: a service's VIP, destination port (host order) and IP protocol. IPv4
@@ -214,7 +249,9 @@ impl LbCounter {
 pub struct LbConf {
     /// MAC of the interface the program runs on: the source MAC of forwarded frames.
     pub iface_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// How the XDP entry point sends DSR frames back out ([`xdp_out`]).
+    pub xdp_out: u8,
+    pub _pad: u8,
     /// Number of services configured.
     pub services: u32,
     /// New flows entered into the tracking table per second and CPU (0: no limit). Above

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod lb;
 pub mod maps;
 pub mod swarm;
+pub mod tap;
 pub mod wan;
 
 /// Limits of the shared kernel-side parser, known to userspace for docs and tests.

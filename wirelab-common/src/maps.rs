@@ -34,6 +34,8 @@ pub const FW_ICMP: &str = "FW_ICMP";
 pub const FW_COUNTERS: &str = "FW_COUNTERS";
 pub const FW_BUCKETS: &str = "FW_BUCKETS";
 pub const FW_LOG: &str = "FW_LOG";
+pub const FW_TAP: &str = "FW_TAP";
+pub const FW_TAP_ON: &str = "FW_TAP_ON";
 
 // gen
 pub const GEN_CONF: &str = "GEN_CONF";
@@ -55,6 +57,9 @@ pub const LB_BACKEND_STATS: &str = "LB_BACKEND_STATS";
 pub const LB_EVENTS: &str = "LB_EVENTS";
 pub const LB_NAT: &str = "LB_NAT";
 pub const LB_RATE: &str = "LB_RATE";
+pub const LB_TAP: &str = "LB_TAP";
+pub const LB_TAP_ON: &str = "LB_TAP_ON";
+pub const LB_XDP_NAT: &str = "LB_XDP_NAT";
 
 // swarm
 pub const SWARM_CONFIG: &str = "SWARM_CONFIG";
@@ -72,6 +77,8 @@ pub const WAN_COUNTERS: &str = "WAN_COUNTERS";
 pub const WAN_CLASS_HOSTS: &str = "WAN_CLASS_HOSTS";
 pub const WAN_CLASSES: &str = "WAN_CLASSES";
 pub const WAN_XSKS: &str = "WAN_XSKS";
+pub const WAN_TAP: &str = "WAN_TAP";
+pub const WAN_TAP_ON: &str = "WAN_TAP_ON";
 
 /// Every map of the object.
 pub const ALL: &[&str] = &[
@@ -101,6 +108,8 @@ pub const ALL: &[&str] = &[
     FW_COUNTERS,
     FW_BUCKETS,
     FW_LOG,
+    FW_TAP,
+    FW_TAP_ON,
     GEN_CONF,
     GEN_SEQ,
     INSPECT_COUNTERS,
@@ -116,6 +125,9 @@ pub const ALL: &[&str] = &[
     LB_EVENTS,
     LB_NAT,
     LB_RATE,
+    LB_TAP,
+    LB_TAP_ON,
+    LB_XDP_NAT,
     SWARM_CONFIG,
     SWARM_IDS,
     SWARM_SOCKS,
@@ -129,4 +141,6 @@ pub const ALL: &[&str] = &[
     WAN_CLASS_HOSTS,
     WAN_CLASSES,
     WAN_XSKS,
+    WAN_TAP,
+    WAN_TAP_ON,
 ];

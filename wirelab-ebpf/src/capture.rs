@@ -1,6 +1,8 @@
-//! `capture`: copy the frames an interface receives (XDP, `capture_xdp`) and sends (tc/TCX
-//! egress, `capture_tc`) to userspace, through a per-CPU perf buffer, when the compiled
-//! filter matches. Both programs always let the packet go on (XDP_PASS, TC_ACT_UNSPEC).
+//! `capture`: copy the frames an interface receives (tc/TCX ingress, `capture_tc_in`, or XDP,
+//! `capture_xdp` / `capture_xdp_tap` behind fw) and sends (tc/TCX egress, `capture_tc`) to
+//! userspace, through a per-CPU perf buffer, when the compiled filter matches. The programs
+//! always let the packet go on (XDP_PASS, TC_ACT_UNSPEC) or return the deciding program's
+//! verdict (behind fw's tap).
 //!
 //! The filter (`CAPTURE_FILTER`, `CAPTURE_CONF.nterms` terms) is evaluated on what `parse.rs`
 //! learned, so an unmatched frame costs a parse and no copy. A matched frame goes out as one
@@ -18,6 +20,7 @@ use wirelab_common::capture::{
     cmp, dir, dir_base, kind, side, stat, words, Atom, CaptureConf, EventHeader, Term, MAX_ATOMS,
     MAX_SNAPLEN, MAX_TERMS, MAX_VLAN_ID_DEPTH, VLAN_ANY,
 };
+use wirelab_common::tap::{self as tapdef, Decision, DECISION_LEN};
 
 use crate::{
     counter,
@@ -48,61 +51,108 @@ static CAPTURE_TC_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 static CAPTURE_SCRATCH: PerCpuArray<Facts> = PerCpuArray::with_max_entries(1, 0);
 
+/// No deciding program: capture's own hooks.
+const UNDECIDED: Decision = Decision {
+    magic: 0,
+    tool: tapdef::tool::NONE,
+    what: 0,
+    action: xdp_action::XDP_PASS as u8,
+    id: 0,
+};
+
 /// Ingress: every frame the interface receives, before the stack sees it.
 #[xdp]
 pub fn capture_xdp(ctx: XdpContext) -> u32 {
-    let f = Frame::xdp(&ctx);
-    let ifindex = sys::xdp_ingress_ifindex(&ctx);
-    if entry(&ctx, &f, f.len() as u32, ifindex, dir::INGRESS) {
+    ingress(&ctx, UNDECIDED)
+}
+
+/// Ingress behind a deciding program (fw): reached by its tail call with its `Decision` in
+/// the XDP metadata (`wirelab_common::tap`); returns that program's verdict.
+#[xdp]
+pub fn capture_xdp_tap(ctx: XdpContext) -> u32 {
+    let Ok(d) = Frame::xdp_meta(&ctx).at::<Decision>(0).map(|f| f.get()) else {
+        // The deciding program always writes the decision before its tail call: unreachable.
+        // Its verdict is unknown, so fail closed.
+        return xdp_action::XDP_ABORTED;
+    };
+    if d.magic != tapdef::MAGIC {
+        return xdp_action::XDP_ABORTED;
+    }
+    // The frame goes on without the metadata, as it would without a capture.
+    if !sys::xdp_adjust_meta(&ctx, DECISION_LEN as i32) {
+        return xdp_action::XDP_ABORTED;
+    }
+    ingress(&ctx, d)
+}
+
+#[inline(always)]
+fn ingress(ctx: &XdpContext, d: Decision) -> u32 {
+    let f = Frame::xdp(ctx);
+    let ifindex = sys::xdp_ingress_ifindex(ctx);
+    if entry(ctx, &f, f.len() as u32, ifindex, dir::INGRESS, d) {
         // SAFETY: `ctx` is this XDP program's context and CAPTURE_XDP_PROG[0] holds an XDP
         // program (userspace puts `capture_xdp_filter` there); on success the
         // call does not return, on failure nothing changed and the frame passes uncaptured.
-        unsafe { CAPTURE_XDP_PROG.tail_call(&ctx, 0) };
+        unsafe { CAPTURE_XDP_PROG.tail_call(ctx, 0) };
         counter::bump(&CAPTURE_STATS, dir_base(dir::INGRESS) + stat::NO_FILTER);
     }
-    xdp_action::XDP_PASS
+    d.action as u32
 }
 
-/// Ingress, second half (tail call): the filter, then the copy.
+/// Ingress, second half (tail call): the filter, then the copy. Returns the verdict the
+/// first half was given (`XDP_PASS` from capture's own hook).
 #[xdp]
 pub fn capture_xdp_filter(ctx: XdpContext) -> u32 {
     let len = Frame::xdp(&ctx).len() as u32;
     let ifindex = sys::xdp_ingress_ifindex(&ctx);
-    filter_and_emit(&ctx, len, ifindex, dir::INGRESS);
-    xdp_action::XDP_PASS
+    filter_and_emit(&ctx, len, ifindex).map_or(xdp_action::XDP_ABORTED, |d| d.action as u32)
 }
 
 /// Egress: every frame the interface sends. `TC_ACT_UNSPEC` (= `TCX_NEXT`) lets the next
 /// program or filter on the hook decide.
 #[classifier]
 pub fn capture_tc(ctx: TcContext) -> i32 {
+    tc_entry(&ctx, dir::EGRESS)
+}
+
+/// Ingress at tc/TCX: every frame the interface receives, as the stack gets it (after GRO,
+/// so one skb can be several wire frames, as tcpdump sees them). An XDP program on a veth
+/// stops GRO there; this hook leaves it on.
+#[classifier]
+pub fn capture_tc_in(ctx: TcContext) -> i32 {
+    tc_entry(&ctx, dir::INGRESS)
+}
+
+#[inline(always)]
+fn tc_entry(ctx: &TcContext, d: u32) -> i32 {
     let len = ctx.len();
-    // Headers of a locally made packet are normally linear; pull them in when they are not,
-    // so the filter sees them (the copy itself reads paged data too).
+    // Headers are normally linear; pull them in when they are not, so the filter sees them
+    // (the copy itself reads paged data too).
     let want = if len < PULL { len } else { PULL };
-    if Frame::tc(&ctx).len() < want as usize {
+    if Frame::tc(ctx).len() < want as usize {
         let _ = ctx.pull_data(want);
     }
-    let f = Frame::tc(&ctx);
-    if entry(&ctx, &f, len, sys::skb_ifindex(&ctx), dir::EGRESS) {
+    let f = Frame::tc(ctx);
+    if entry(ctx, &f, len, sys::skb_ifindex(ctx), d, UNDECIDED) {
         // SAFETY: as in `capture_xdp`, with the tc program `capture_tc_filter` at
-        // CAPTURE_TC_PROG[0].
-        unsafe { CAPTURE_TC_PROG.tail_call(&ctx, 0) };
-        counter::bump(&CAPTURE_STATS, dir_base(dir::EGRESS) + stat::NO_FILTER);
+        // CAPTURE_TC_PROG[0] (it reads the direction from CAPTURE_SCRATCH).
+        unsafe { CAPTURE_TC_PROG.tail_call(ctx, 0) };
+        counter::bump(&CAPTURE_STATS, dir_base(d) + stat::NO_FILTER);
     }
     TC_ACT_UNSPEC
 }
 
-/// Egress, second half (tail call).
+/// tc, second half (tail call from `capture_tc` or `capture_tc_in`: the direction is in
+/// the scratch `Facts`).
 #[classifier]
 pub fn capture_tc_filter(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    filter_and_emit(&ctx, len, sys::skb_ifindex(&ctx), dir::EGRESS);
+    let _ = filter_and_emit(&ctx, len, sys::skb_ifindex(&ctx));
     TC_ACT_UNSPEC
 }
 
 /// Bytes of an skb made linear for the filter when they are not already.
-const PULL: u32 = 128;
+const PULL: u32 = 256;
 
 /// Count the frame, parse it into this CPU's `CAPTURE_SCRATCH`, and copy it out at once when
 /// there is no filter. True when the filter program must run (tail call).
@@ -110,7 +160,14 @@ const PULL: u32 = 128;
 /// The filter runs in a program of its own, reached by a tail call, so the verifier checks
 /// it once, starting from one state, instead of once for every path through the parser.
 #[inline(always)]
-fn entry<C: EbpfContext>(ctx: &C, f: &Frame, len: u32, ifindex: u32, d: u32) -> bool {
+fn entry<C: EbpfContext>(
+    ctx: &C,
+    f: &Frame,
+    len: u32,
+    ifindex: u32,
+    d: u32,
+    decision: Decision,
+) -> bool {
     let base = dir_base(d);
     counter::bump(&CAPTURE_STATS, base + stat::SEEN);
     let Some(conf) = CAPTURE_CONF.get(0) else {
@@ -122,10 +179,12 @@ fn entry<C: EbpfContext>(ctx: &C, f: &Frame, len: u32, ifindex: u32, d: u32) -> 
         if parse::parse(f).is_err() {
             counter::bump(&CAPTURE_STATS, base + stat::MALFORMED);
         }
-        emit(ctx, len, snaplen, ifindex, d);
+        emit(ctx, len, snaplen, ifindex, d, decision);
         return false;
     }
-    let facts = facts(f);
+    let mut facts = facts(f);
+    facts.decision = decision;
+    facts.dir = d as u8;
     if !facts.ok {
         counter::bump(&CAPTURE_STATS, base + stat::MALFORMED);
     }
@@ -136,20 +195,28 @@ fn entry<C: EbpfContext>(ctx: &C, f: &Frame, len: u32, ifindex: u32, d: u32) -> 
     true
 }
 
+/// The decision the first half stored (`None`: no scratch entry, never). The direction is
+/// the first half's too (tc ingress and egress share the filter program).
 #[inline(always)]
-fn filter_and_emit<C: EbpfContext>(ctx: &C, len: u32, ifindex: u32, d: u32) {
-    let Some(conf) = CAPTURE_CONF.get(0) else {
-        return;
+fn filter_and_emit<C: EbpfContext>(ctx: &C, len: u32, ifindex: u32) -> Option<Decision> {
+    let scratch = CAPTURE_SCRATCH.get(0)?;
+    let decision = scratch.decision;
+    let d = if u32::from(scratch.dir) == dir::EGRESS {
+        dir::EGRESS
+    } else {
+        dir::INGRESS
     };
+    let conf = CAPTURE_CONF.get(0)?;
     let snaplen = conf.snaplen;
     if filter(conf.nterms) {
-        emit(ctx, len, snaplen, ifindex, d);
+        emit(ctx, len, snaplen, ifindex, d, decision);
     }
+    Some(decision)
 }
 
 /// Copy the frame out: header, then min(len, snaplen) bytes.
 #[inline(always)]
-fn emit<C: EbpfContext>(ctx: &C, len: u32, snaplen: u32, ifindex: u32, d: u32) {
+fn emit<C: EbpfContext>(ctx: &C, len: u32, snaplen: u32, ifindex: u32, d: u32, decision: Decision) {
     let base = dir_base(d);
     counter::bump(&CAPTURE_STATS, base + stat::MATCHED);
     let mut cap = if len < snaplen { len } else { snaplen };
@@ -162,6 +229,7 @@ fn emit<C: EbpfContext>(ctx: &C, len: u32, snaplen: u32, ifindex: u32, d: u32) {
         cap_len: cap,
         ifindex,
         dir: d,
+        decision,
     };
     if !sys::perf_output_with_packet(ctx, &CAPTURE_EVENTS, &hdr, cap) {
         counter::bump(&CAPTURE_STATS, base + stat::LOST);
@@ -186,6 +254,10 @@ pub struct Facts {
     vids: u64,
     saddr: [u64; 2],
     daddr: [u64; 2],
+    /// The deciding program's verdict (ingress behind fw's tap), for the second half.
+    decision: Decision,
+    /// `dir::INGRESS` or `dir::EGRESS`, for the second half.
+    dir: u8,
 }
 
 #[inline(always)]
@@ -202,6 +274,8 @@ fn facts(f: &Frame) -> Facts {
         vids: 0,
         saddr: [0; 2],
         daddr: [0; 2],
+        decision: UNDECIDED,
+        dir: 0,
     };
     let Ok(p) = parse::parse(f) else {
         return x;
@@ -241,9 +315,10 @@ fn filter(nterms: u32) -> bool {
         return false;
     };
     // SAFETY: a successful lookup in a per-CPU array points to this CPU's copy of entry 0,
-    // aligned for `Facts` and allocated while the program runs; only this program writes it,
-    // on this CPU, before this call, with a complete `Facts`, and nothing writes it while this
-    // shared reference lives (a nested run on the same CPU would be another program type).
+    // aligned for `Facts` and allocated while the program runs; only capture's first halves
+    // write it, on this CPU, with a complete `Facts`, right before their tail call to this
+    // program (no other program runs in between), and nothing writes it while this shared
+    // reference lives (this program does not return to the kernel before it is done).
     let x = unsafe { &*p };
     let mut t = 0;
     while t < MAX_TERMS {

@@ -18,7 +18,7 @@ use aya_ebpf::{
     macros::{map, xdp},
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, LruHashMap, PerCpuArray, RingBuf,
+        Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
     },
     programs::XdpContext,
 };
@@ -29,6 +29,8 @@ use wirelab_common::fw::{
     SLOT_MALFORMED, SLOT_NON_IP, SMALL_ENTRIES, SMALL_NONE, TOKEN_UNIT, TRIE_ENTRIES,
 };
 
+use wirelab_common::tap::{self as tapdef, fw_what, Decision};
+
 use crate::{
     counter,
     error::{Error, Result},
@@ -36,7 +38,7 @@ use crate::{
         self, Frame, Parsed, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, IPV4_ALEN,
     },
-    sys,
+    sys, tap,
 };
 
 #[map]
@@ -77,12 +79,33 @@ static FW_COUNTERS: PerCpuArray<RuleCounter> = PerCpuArray::with_max_entries(NUM
 static FW_BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(BUCKETS, 0);
 #[map]
 static FW_LOG: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+/// The capture tap (`wirelab_common::tap`): `capture_xdp_tap` of a running capture, and the
+/// flag that says it is there.
+#[map]
+static FW_TAP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static FW_TAP_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 #[xdp]
 pub fn fw(ctx: XdpContext) -> u32 {
-    // Only a missing map entry (`Error::Map`) gets here, which userspace never allows: fail
-    // closed.
-    try_fw(&ctx).unwrap_or(xdp_action::XDP_ABORTED)
+    match try_fw(&ctx) {
+        Ok(d) => tap::xdp(&ctx, &FW_TAP_ON, &FW_TAP, d),
+        // Only a missing map entry (`Error::Map`) gets here, which userspace never allows:
+        // fail closed.
+        Err(_) => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// The verdict `v` with what it came from.
+#[inline(always)]
+fn decided(v: u32, what: u8, id: u32) -> Decision {
+    Decision {
+        magic: tapdef::MAGIC,
+        tool: tapdef::tool::FW,
+        what,
+        action: v as u8,
+        id,
+    }
 }
 
 #[inline(always)]
@@ -201,7 +224,7 @@ fn addr6(
 }
 
 #[inline(always)]
-fn try_fw(ctx: &XdpContext) -> Result<u32> {
+fn try_fw(ctx: &XdpContext) -> Result<Decision> {
     let f = Frame::xdp(ctx);
     let len = f.len() as u64;
     let gen = FW_GEN.get(0).copied().ok_or(Error::Map)? & 1;
@@ -211,7 +234,7 @@ fn try_fw(ctx: &XdpContext) -> Result<u32> {
     let Ok(p) = parse::parse(&f) else {
         let v = verdict(conf.malformed_action);
         count(SLOT_MALFORMED, len, v == xdp_action::XDP_DROP);
-        return Ok(v);
+        return Ok(decided(v, fw_what::MALFORMED, 0));
     };
     let g = gen as u8;
     let (s, d) = match p.ethertype {
@@ -237,7 +260,7 @@ fn try_fw(ctx: &XdpContext) -> Result<u32> {
         _ => {
             let v = verdict(conf.non_ip_action);
             count(SLOT_NON_IP, len, v == xdp_action::XDP_DROP);
-            return Ok(v);
+            return Ok(decided(v, fw_what::NON_IP, 0));
         }
     };
     let mut bits = s & d;
@@ -271,7 +294,7 @@ fn try_fw(ctx: &XdpContext) -> Result<u32> {
     if bits == 0 {
         let v = verdict(conf.default_action);
         count(SLOT_DEFAULT, len, v == xdp_action::XDP_DROP);
-        return Ok(v);
+        return Ok(decided(v, fw_what::DEFAULT, 0));
     }
     let idx = bits.trailing_zeros();
     let meta = *FW_META
@@ -291,9 +314,11 @@ fn try_fw(ctx: &XdpContext) -> Result<u32> {
         }
     }
     Ok(if pass {
-        xdp_action::XDP_PASS
+        decided(xdp_action::XDP_PASS, fw_what::RULE, meta.id)
+    } else if meta.action == action::RATE_LIMIT {
+        decided(xdp_action::XDP_DROP, fw_what::RATE_LIMITED, meta.id)
     } else {
-        xdp_action::XDP_DROP
+        decided(xdp_action::XDP_DROP, fw_what::RULE, meta.id)
     })
 }
 

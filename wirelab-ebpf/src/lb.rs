@@ -1,8 +1,9 @@
 //! `lb`: an L4 load balancer (tc ingress) with Maglev hashing, connection tracking and
 //! direct server return.
 //!
-//! Two entry points share one decision ([`balance`]): `lb` (tc ingress, the default, which
-//! works with any peer) and `lb_xdp` (XDP, `XDP_TX`). Packet path: parse (the shared defensive parser) → not IP: pass (`NON_IP`) → not a
+//! Three entry points share one decision ([`try_balance`]): `lb` (tc ingress, the default,
+//! which works with any peer), `lb_xdp` (XDP, `XDP_TX`) and `lb_which` (the decision with its
+//! effects off, run by `lb which` through BPF_PROG_TEST_RUN, never attached). Packet path: parse (the shared defensive parser) → not IP: pass (`NON_IP`) → not a
 //! VIP:port/proto: pass (`NON_VIP`) → a fragment to a VIP address: drop (`DROP_FRAGMENT`) →
 //! VIP hit: a tracked flow keeps its backend (unless the backend is down); a TCP SYN (without
 //! ACK) or a miss hashes afresh through the service's Maglev table in the generation in force
@@ -28,14 +29,16 @@ use aya_ebpf::{
         xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
 };
+use wirelab_common::csum;
 use wirelab_common::lb::{
-    backend_flag, event, flow_hash, mode, Backend, FlowKey, FlowValue, LbConf, LbCounter, NatValue,
-    RateState, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS,
-    MAX_SERVICES, MAX_TABLE_SIZE, TABLE_ENTRIES,
+    backend_flag, event, flow_hash, mode, which, xdp_out, Backend, FlowKey, FlowValue, LbConf,
+    LbCounter, NatValue, RateState, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS,
+    MAX_FLOWS, MAX_SERVICES, MAX_TABLE_SIZE, TABLE_ENTRIES,
 };
+use wirelab_common::tap::{self as tapdef, lb_what, Decision};
 
 use crate::{
     counter,
@@ -43,7 +46,7 @@ use crate::{
     parse::{
         self, Frame, ETH_DEST_OFF, ETH_P_IP, ETH_P_IPV6, ETH_SOURCE_OFF, IPPROTO_TCP, IPPROTO_UDP,
     },
-    sys,
+    sys, tap,
 };
 
 #[map]
@@ -72,11 +75,27 @@ static LB_NAT: LruHashMap<FlowKey, NatValue> = LruHashMap::with_max_entries(MAX_
 /// Per-CPU state of the new-flow limit.
 #[map]
 static LB_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+/// The capture tap (`wirelab_common::tap`): `capture_xdp_tap` of a running capture, and the
+/// flag that says it is there (the XDP path only).
+#[map]
+static LB_TAP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static LB_TAP_ON: Array<u32> = Array::with_max_entries(1, 0);
+/// This CPU's NAT rewrite on its way from the decision to [`nat_xdp`] (the XDP path). Going
+/// through a map value is deliberate: read back, the rewrite is unknown to the verifier, so
+/// it checks the rewrite and what follows once, instead of once for every path through the
+/// decision (that had taken `lb_xdp` to 0.78-0.99 of its limit of a million instructions).
+#[map]
+static LB_XDP_NAT: PerCpuArray<Rewrite> = PerCpuArray::with_max_entries(1, 0);
 
 /// May one more flow enter the tracking table on this CPU (at most `limit` per second, with
 /// a burst of one second's worth)? GCRA: each flow moves the theoretical arrival time on by
 /// 1/limit s; a flow is refused while that time is more than a second ahead of now.
-#[inline(always)]
+///
+/// A function of its own (a BPF-to-BPF call): the verifier then carries one answer back to
+/// the caller instead of continuing the rest of the decision once per path in here, which
+/// kept `lb_xdp` under its limit of a million instructions.
+#[inline(never)]
 fn flow_allowed(limit: u32) -> bool {
     if limit == 0 {
         return true;
@@ -116,6 +135,7 @@ enum Verdict {
 
 /// One address replaced in an IP packet: the destination (a NAT flow to its backend) or the
 /// source (a backend's reply, back to the VIP).
+#[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Rewrite {
     /// Offset of the address in the frame.
@@ -180,7 +200,8 @@ pub fn lb(ctx: TcContext) -> i32 {
     if (Frame::tc(&ctx).len() as u32) < skb_len {
         let _ = ctx.pull_data(skb_len);
     }
-    match balance(&Frame::tc(&ctx), skb_len as u64) {
+    let mut pick = Pick::NONE;
+    match balance(&Frame::tc(&ctx), skb_len as u64, &mut pick) {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Forward => sys::redirect(sys::skb_ifindex(&ctx)),
@@ -195,52 +216,206 @@ pub fn lb(ctx: TcContext) -> i32 {
     }
 }
 
-/// The XDP path: `XDP_TX`. Into a veth, the peer receives it only if it runs NAPI (an XDP
-/// program or GRO on the peer): see docs/lb.md.
+/// The XDP path: DSR frames bounced with `XDP_TX` (into a veth, the peer receives them only
+/// if it runs NAPI: an XDP program or GRO on the peer, see docs/lb.md); NAT packets
+/// translated here and passed to the kernel's routing.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let f = Frame::xdp(&ctx);
-    match balance(&f, f.len() as u64) {
+    let mut pick = Pick::NONE;
+    let action = match balance(&f, f.len() as u64, &mut pick) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Forward => xdp_action::XDP_TX,
-        // NAT needs the skb checksum helpers: the XDP entry point does not translate.
-        Verdict::Nat(_) => {
-            counter::bump(&LB_EVENTS, event::DROP_ERROR);
-            xdp_action::XDP_DROP
-        }
+        Verdict::Forward => match LB_CONF.get(0) {
+            Some(c) if c.xdp_out == xdp_out::REDIRECT => {
+                sys::redirect(sys::xdp_ifindex(&ctx)) as u32
+            }
+            _ => xdp_action::XDP_TX,
+        },
+        Verdict::Nat(r) => match nat_xdp_funnelled(&f, &r) {
+            Ok(()) => xdp_action::XDP_PASS,
+            Err(_) => {
+                counter::bump(&LB_EVENTS, event::DROP_ERROR);
+                pick.dropped(event::DROP_ERROR);
+                xdp_action::XDP_DROP
+            }
+        },
+    };
+    // Copied, never compared: the verifier need not tell the paths apart by them.
+    let d = Decision {
+        magic: tapdef::MAGIC,
+        tool: tapdef::tool::LB,
+        what: pick.what,
+        action: action as u8,
+        id: pick.id,
+    };
+    tap::xdp(&ctx, &LB_TAP_ON, &LB_TAP, d)
+}
+
+/// `lb which`: the running balancer asks its own loaded decision code, through
+/// BPF_PROG_TEST_RUN on a crafted frame, which backend that flow would get. The same
+/// [`try_balance`] as the attached entry points, with `LIVE = false`: no flow is entered, no
+/// counter moves, the frame is not sent anywhere. Returns `which::HOW | backend id`.
+#[xdp]
+pub fn lb_which(ctx: XdpContext) -> u32 {
+    let f = Frame::xdp(&ctx);
+    let mut pick = Pick::NONE;
+    match try_balance::<false>(&f, 0, &mut pick) {
+        Ok(Verdict::Forward | Verdict::Nat(_)) => pick.how | (pick.backend & which::BACKEND_MASK),
+        Ok(Verdict::Drop) => which::DROPPED,
+        Ok(Verdict::Pass) => which::NOT_SERVICE,
+        Err(_) => which::ERROR,
     }
 }
 
+/// Four bytes of a 16-byte address: word `i` (0..4).
 #[inline(always)]
-fn balance(f: &Frame, len: u64) -> Verdict {
+fn quad(a: &[u8; 16], i: usize) -> [u8; 4] {
+    let i = i & 3;
+    [a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]
+}
+
+/// A UDP checksum of 0 means "none" (IPv4); a computed 0 is sent as one's complement -0.
+const UDP_CSUM_ZERO: u16 = 0xffff;
+
+/// [`nat_xdp`] after a round trip of `r` through [`LB_XDP_NAT`].
+#[inline(always)]
+fn nat_xdp_funnelled(f: &Frame, r: &Rewrite) -> Result<()> {
+    let p = LB_XDP_NAT.get_ptr_mut(0).ok_or(Error::Map)?;
+    // SAFETY: `p` is this CPU's element of a per-CPU array, aligned, valid for the whole run
+    // of the program and not shared with other CPUs.
+    unsafe { p.write(*r) };
+    // Looked up again (a second helper call): the compiler cannot know it is the same
+    // element, so it reads what the map holds instead of reusing `r` (and nothing is copied
+    // to the stack, which is full).
+    let r = LB_XDP_NAT.get(0).ok_or(Error::Map)?;
+    nat_xdp(f, r)
+}
+
+/// Offsets read back from [`LB_XDP_NAT`] are bounded for the verifier (headers end far
+/// below 1 KiB: the parser's limits).
+const OFF_MASK: usize = 0x3ff;
+
+/// Apply `r` in XDP, where there is no skb checksum state: the IPv4 header checksum and the
+/// TCP/UDP checksum (through the pseudo-header) are updated incrementally (RFC 1624) over the
+/// changed address words only, taking the frame's checksums as complete, as a NIC delivers
+/// them (a veth sender with TX checksum offload on hands over unfinished ones: docs/lb.md).
+#[inline(always)]
+fn nat_xdp(f: &Frame, r: &Rewrite) -> Result<()> {
+    let l4 = f.at::<[u8; 2]>(r.l4_csum_off & OFF_MASK)?;
+    let mut l4c = u16::from_be_bytes(l4.get());
+    // IPv4 UDP without a checksum stays without one.
+    let none = r.udp && !r.v6 && l4c == 0;
+    let ip = if r.ip_csum_off != 0 {
+        Some(f.at::<[u8; 2]>(r.ip_csum_off & OFF_MASK)?)
+    } else {
+        None
+    };
+    let mut ipc = ip.map_or(0, |c| u16::from_be_bytes(c.get()));
+    let words = if r.v6 { 4 } else { 1 };
+    for i in 0..4 {
+        if i >= words {
+            break;
+        }
+        let (from, to) = (quad(&r.old, i), quad(&r.new, i));
+        l4c = csum::replace4(l4c, from, to);
+        ipc = csum::replace4(ipc, from, to);
+    }
+    if !none {
+        if r.udp && l4c == 0 {
+            l4c = UDP_CSUM_ZERO;
+        }
+        l4.set(l4c.to_be_bytes());
+    }
+    if let Some(c) = ip {
+        c.set(ipc.to_be_bytes());
+    }
+    if r.v6 {
+        f.store(r.addr_off & OFF_MASK, r.new)?;
+    } else {
+        f.store(r.addr_off & OFF_MASK, quad(&r.new, 0))?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn balance(f: &Frame, len: u64, pick: &mut Pick) -> Verdict {
     // Only a VIP packet that could not be forwarded gets an `Err` (a missing map entry): it
     // is counted and dropped, since the balancer host does not hold the VIP itself.
-    try_balance(f, len).unwrap_or_else(|_| {
+    try_balance::<true>(f, len, pick).unwrap_or_else(|_| {
         counter::bump(&LB_EVENTS, event::DROP_ERROR);
+        pick.dropped(event::DROP_ERROR);
         Verdict::Drop
     })
 }
 
 /// Count a drop of service `svc`'s packet by `reason`.
 #[inline(always)]
-fn drop_svc(svc: u32, reason: u32) -> Verdict {
-    counter::bump(&LB_EVENTS, reason);
-    counter::update(&LB_SVC_STATS, svc, |c| c.drops += 1);
+fn drop_svc<const LIVE: bool>(pick: &mut Pick, svc: u32, reason: u32) -> Verdict {
+    pick.dropped(reason);
+    if LIVE {
+        counter::bump(&LB_EVENTS, reason);
+        counter::update(&LB_SVC_STATS, svc, |c| c.drops += 1);
+    }
     Verdict::Drop
 }
 
+/// Count event `e`, on the live path only (`lb_which` asks without effects).
 #[inline(always)]
-fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
+fn ev<const LIVE: bool>(e: u32) {
+    if LIVE {
+        counter::bump(&LB_EVENTS, e);
+    }
+}
+
+/// The backend a decision picked and how (`which::TRACKED` or `which::HASHED`): what
+/// `lb_which` answers; and what the capture tap shows (`what`, `id`: `lb_what::*` with the
+/// backend id, or the drop's reason `event::*`), set where the decision is made so the
+/// entry point copies it without comparing.
+#[derive(Clone, Copy)]
+struct Pick {
+    how: u32,
+    backend: u32,
+    what: u8,
+    id: u32,
+}
+
+impl Pick {
+    const NONE: Pick = Pick {
+        how: which::NOT_SERVICE,
+        backend: 0,
+        what: lb_what::NOT_SERVICE,
+        id: 0,
+    };
+
+    #[inline(always)]
+    fn picked(&mut self, how: u32, what: u8, backend: u32) {
+        self.how = how;
+        self.backend = backend;
+        self.what = what;
+        self.id = backend;
+    }
+
+    #[inline(always)]
+    fn dropped(&mut self, reason: u32) {
+        self.what = lb_what::DROPPED;
+        self.id = reason;
+    }
+}
+
+/// The balancer's decision. `LIVE`: the attached entry points, which enter flows and count;
+/// `lb_which` runs the same code with `LIVE = false`, which changes no map.
+#[inline(always)]
+fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result<Verdict> {
     let Ok(p) = parse::parse(f) else {
-        counter::bump(&LB_EVENTS, event::MALFORMED);
+        ev::<LIVE>(event::MALFORMED);
         return Ok(Verdict::Pass);
     };
     let family = match p.ethertype {
         ETH_P_IP => FAMILY_IPV4,
         ETH_P_IPV6 => FAMILY_IPV6,
         _ => {
-            counter::bump(&LB_EVENTS, event::NON_IP);
+            ev::<LIVE>(event::NON_IP);
             return Ok(Verdict::Pass);
         }
     };
@@ -253,10 +428,11 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
             family,
         };
         if sys::hash_get(&LB_VIPS, mark).is_some() {
-            counter::bump(&LB_EVENTS, event::DROP_FRAGMENT);
+            ev::<LIVE>(event::DROP_FRAGMENT);
+            pick.dropped(event::DROP_FRAGMENT);
             return Ok(Verdict::Drop);
         }
-        counter::bump(&LB_EVENTS, event::NON_VIP);
+        ev::<LIVE>(event::NON_VIP);
         return Ok(Verdict::Pass);
     }
     let l4 = p.has_l4 && (p.ip_proto == IPPROTO_TCP || p.ip_proto == IPPROTO_UDP);
@@ -288,7 +464,9 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
         // A reply of a NAT flow: the source goes back to the VIP.
         if l4 {
             if let Some(n) = sys::lru_get(&LB_NAT, key) {
-                counter::bump(&LB_EVENTS, event::NAT_REPLIES);
+                ev::<LIVE>(event::NAT_REPLIES);
+                pick.what = lb_what::NAT_REPLY;
+                pick.id = n.backend;
                 return Ok(Verdict::Nat(Rewrite {
                     addr_off: p.l3_off + if v6 { 8 } else { 12 },
                     ip_csum_off: if v6 { 0 } else { p.l3_off + 10 },
@@ -300,11 +478,11 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
                 }));
             }
         }
-        counter::bump(&LB_EVENTS, event::NON_VIP);
+        ev::<LIVE>(event::NON_VIP);
         return Ok(Verdict::Pass);
     };
     if p.ip_options {
-        counter::bump(&LB_EVENTS, event::IP_OPTIONS);
+        ev::<LIVE>(event::IP_OPTIONS);
     }
     let gen = LB_GEN.get(0).copied().ok_or(Error::Map)? & 1;
     let meta = *LB_SERVICES
@@ -334,13 +512,13 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
                 .ok_or(Error::Map)?;
             let idle = now.saturating_sub(v.seen_ns);
             if idle_ns != 0 && idle > idle_ns {
-                counter::bump(&LB_EVENTS, event::UDP_EXPIRED);
+                ev::<LIVE>(event::UDP_EXPIRED);
             } else if v.backend < MAX_BACKENDS && be.flags & backend_flag::UP != 0 {
-                if idle_ns != 0 && idle > idle_ns / 4 {
+                if LIVE && idle_ns != 0 && idle > idle_ns / 4 {
                     let nv = &FlowValue { seen_ns: now, ..v };
                     let _ = LB_FLOWS.insert(key, nv, 0);
                 }
-                if flags & (TCP_FIN | TCP_RST) != 0 && v.tcp_flags & flags as u32 == 0 {
+                if LIVE && flags & (TCP_FIN | TCP_RST) != 0 && v.tcp_flags & flags as u32 == 0 {
                     let nv = &FlowValue {
                         tcp_flags: v.tcp_flags | flags as u32,
                         ..v
@@ -348,8 +526,9 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
                     let _ = LB_FLOWS.insert(key, nv, 0);
                 }
                 chosen = Some((v.backend, be));
+                pick.picked(which::TRACKED, lb_what::TRACKED, v.backend);
             } else {
-                counter::bump(&LB_EVENTS, event::REHASHED);
+                ev::<LIVE>(event::REHASHED);
             }
         }
     }
@@ -359,21 +538,21 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
         None => {
             // A SYN or a miss: hash afresh through the table in force.
             let Some(m) = NonZeroU32::new(meta.table_size) else {
-                return Ok(drop_svc(svc, event::DROP_NO_BACKEND));
+                return Ok(drop_svc::<LIVE>(pick, svc, event::DROP_NO_BACKEND));
             };
             if meta.active == 0 || meta.table_size > MAX_TABLE_SIZE {
-                return Ok(drop_svc(svc, event::DROP_NO_BACKEND));
+                return Ok(drop_svc::<LIVE>(pick, svc, event::DROP_NO_BACKEND));
             }
             let slot = flow_hash(key, meta.hash_seed) % m;
             let id = *LB_TABLE
                 .get((gen * MAX_SERVICES + svc) * MAX_TABLE_SIZE + slot)
                 .ok_or(Error::Map)?;
             if id >= MAX_BACKENDS {
-                return Ok(drop_svc(svc, event::DROP_NO_BACKEND));
+                return Ok(drop_svc::<LIVE>(pick, svc, event::DROP_NO_BACKEND));
             }
             let be = *LB_BACKENDS.get(id).ok_or(Error::Map)?;
             if be.flags & backend_flag::UP == 0 {
-                return Ok(drop_svc(svc, event::DROP_NO_BACKEND));
+                return Ok(drop_svc::<LIVE>(pick, svc, event::DROP_NO_BACKEND));
             }
             let v = &FlowValue {
                 backend: id,
@@ -386,18 +565,24 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
             // A full table evicts the least recently used flow; a failed insert only means
             // the next packet of the flow hashes again (to the same slot). Over the new-flow
             // limit a DSR flow is not entered (its packets keep hashing to the same slot
-            // while the table stays); a NAT flow must be, for its replies.
-            if meta.mode == mode::NAT || flow_allowed(conf.new_flow_limit) {
+            // while the table stays); a NAT flow cannot go without its entry (its replies
+            // need it), so it is dropped: the client retransmits its SYN.
+            pick.picked(which::HASHED, lb_what::HASHED, id);
+            if !LIVE {
+                // `lb_which`: the decision is made; nothing is entered or counted.
+            } else if flow_allowed(conf.new_flow_limit) {
                 let _ = LB_FLOWS.insert(key, v, 0);
+            } else if meta.mode == mode::NAT {
+                return Ok(drop_svc::<LIVE>(pick, svc, event::DROP_FLOW_LIMIT));
             } else {
-                counter::bump(&LB_EVENTS, event::UNTRACKED);
+                ev::<LIVE>(event::UNTRACKED);
             }
             new_flow = true;
             (id, be)
         }
     };
     let nat = meta.mode == mode::NAT;
-    if nat && new_flow {
+    if LIVE && nat && new_flow {
         // The reply direction, as the backend will send it, finds the VIP here.
         let rk = &FlowKey {
             saddr: be.addr,
@@ -414,7 +599,7 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
             backend: id,
         };
         if LB_NAT.insert(rk, nv, 0).is_err() {
-            return Ok(drop_svc(svc, event::DROP_ERROR));
+            return Ok(drop_svc::<LIVE>(pick, svc, event::DROP_ERROR));
         }
     }
     if !nat {
@@ -430,9 +615,11 @@ fn try_balance(f: &Frame, len: u64) -> Result<Verdict> {
             c.new_flows += 1;
         }
     };
-    counter::update(&LB_SVC_STATS, svc, bump);
-    counter::update(&LB_BACKEND_STATS, id, bump);
-    counter::bump(&LB_EVENTS, event::FORWARDED);
+    if LIVE {
+        counter::update(&LB_SVC_STATS, svc, bump);
+        counter::update(&LB_BACKEND_STATS, id, bump);
+    }
+    ev::<LIVE>(event::FORWARDED);
     if nat {
         return Ok(Verdict::Nat(Rewrite {
             addr_off: p.l3_off + if v6 { 24 } else { 16 },

@@ -14,6 +14,9 @@ mod parse;
 #[allow(dead_code)]
 #[path = "sys.rs"]
 mod sys;
+#[allow(dead_code)]
+#[path = "tap.rs"]
+mod tap;
 
 #[cfg(not(test))]
 #[panic_handler]

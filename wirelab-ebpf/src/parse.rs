@@ -163,34 +163,49 @@ unsafe impl<const N: usize> Plain for [u8; N] {}
 pub struct Frame {
     start: usize,
     end: usize,
+    /// The packet's length as the kernel counts it: the window's for XDP; for tc, `skb->len`,
+    /// which includes paged data beyond the linear window. IP length fields are checked
+    /// against it (a header must still lie inside the window to be read).
+    wire: usize,
 }
 
 impl Frame {
     /// The frame of an XDP program's packet.
     #[inline(always)]
     pub fn xdp(ctx: &XdpContext) -> Self {
+        let (start, end) = (ctx.data(), ctx.data_end());
         Self {
-            start: ctx.data(),
-            end: ctx.data_end(),
+            start,
+            end,
+            wire: end - start,
         }
     }
 
     /// The XDP metadata area in front of the packet (`bpf_xdp_adjust_meta`).
     #[inline(always)]
     pub fn xdp_meta(ctx: &XdpContext) -> Self {
+        let (start, end) = (ctx.metadata(), ctx.metadata_end());
         Self {
-            start: ctx.metadata(),
-            end: ctx.metadata_end(),
+            start,
+            end,
+            wire: end - start,
         }
     }
 
-    /// The linear data of a tc program's packet.
+    /// The linear data of a tc program's packet (the rest may be paged: see `wire`).
     #[inline(always)]
     pub fn tc(ctx: &TcContext) -> Self {
         Self {
             start: ctx.data(),
             end: ctx.data_end(),
+            wire: ctx.len() as usize,
         }
+    }
+
+    /// The packet's length as the kernel counts it (linear and paged data).
+    #[inline(always)]
+    pub fn wire_len(&self) -> usize {
+        self.wire
     }
 
     #[inline(always)]
@@ -332,6 +347,9 @@ impl Parsed {
 }
 
 /// Parse an Ethernet frame down to L4. Errors are `Truncated` or `Invalid` (module docs).
+///
+/// IP length fields are checked against the packet's whole length ([`Frame::wire_len`]): a tc
+/// program's skb keeps a locally made packet's payload in pages, outside its linear data.
 #[inline(always)]
 pub fn parse(f: &Frame) -> Result<Parsed, Error> {
     let mut p = Parsed::empty();
@@ -402,7 +420,7 @@ fn parse_ipv4(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     if total < hlen {
         return Err(Error::Invalid);
     }
-    if off + total > f.len() {
+    if off + total > f.wire_len() {
         return Err(Error::Truncated);
     }
     p.ip_options = ihl > IPV4_MIN_IHL;
@@ -435,7 +453,7 @@ fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     p.saddr = f.raw128_at(off + IPV6_SADDR_OFF)?;
     p.daddr = f.raw128_at(off + IPV6_DADDR_OFF)?;
     let mut hoff = off + IPV6_HLEN;
-    if hoff + payload > f.len() {
+    if hoff + payload > f.wire_len() {
         return Err(Error::Truncated);
     }
     // Up to MAX_IPV6_EXT extension headers, written out (`unrolled!`), then the upper layer.

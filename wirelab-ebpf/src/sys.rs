@@ -60,6 +60,13 @@ pub fn skb_ingress_ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ingress_ifindex }
 }
 
+/// `xdp_md->ingress_ifindex`: the interface an XDP program's packet arrived on.
+#[inline(always)]
+pub fn xdp_ifindex(ctx: &XdpContext) -> u32 {
+    // SAFETY: `ctx.ctx` is the `xdp_md` the kernel passed to this program, valid for its run.
+    unsafe { (*ctx.ctx).ingress_ifindex }
+}
+
 /// `skb->ifindex`: the interface a tc program runs on.
 #[inline(always)]
 pub fn skb_ifindex(ctx: &TcContext) -> u32 {

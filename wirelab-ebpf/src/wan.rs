@@ -11,9 +11,10 @@ use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     macros::{classifier, map, xdp},
     maps::lpm_trie::Key,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, XskMap},
     programs::{TcContext, XdpContext},
 };
+use wirelab_common::tap::{self as tapdef, wan_what, Decision};
 use wirelab_common::wan::{
     loss_step, ClassKey, KernelProfile, LossState, Meta, WanConfig, WanCounters, CLASSES_HOSTS,
     CLASSES_PREFIXES, CLASS_KEY_FIXED_BITS, DIR_A_TO_B, DIR_B_TO_A, META_MAGIC, PROFILE_FAST,
@@ -23,7 +24,7 @@ use crate::{
     counter::Slot,
     error::{Error, Result},
     parse::{self, Frame, Plain, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_ALEN},
-    sys,
+    sys, tap,
 };
 
 /// Default sizes; userspace resizes the per-class maps to the configured class count.
@@ -71,12 +72,40 @@ static WAN_CLASSES: LpmTrie<ClassKey, u32> = LpmTrie::with_max_entries(1, 1);
 /// Key = direction (the socket bound to the interface the frame arrived on).
 #[map]
 static WAN_XSKS: XskMap = XskMap::with_max_entries(2, 0);
+/// The capture tap (`wirelab_common::tap`): `capture_xdp_tap` of a running capture, and the
+/// ifindex of the interface it captures.
+#[map]
+static WAN_TAP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static WAN_TAP_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 #[xdp]
 pub fn wan_xdp(ctx: XdpContext) -> u32 {
     // Only map lookups (`Error::Map`) fail here, never in a configured emulator: keep traffic
     // moving.
-    try_wan_xdp(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    match try_wan_xdp(&ctx) {
+        Ok(w) => tap::xdp(
+            &ctx,
+            &WAN_TAP_ON,
+            &WAN_TAP,
+            Decision {
+                magic: tapdef::MAGIC,
+                tool: tapdef::tool::WAN,
+                what: w.what,
+                action: w.action as u8,
+                id: w.class,
+            },
+        ),
+        Err(_) => xdp_action::XDP_PASS,
+    }
+}
+
+/// What `wan_xdp` did with a frame: its verdict, and what the capture tap shows.
+struct Decided {
+    action: u32,
+    /// `wan_what::*`.
+    what: u8,
+    class: u32,
 }
 
 /// One (side, proto, port) tier: the exact-address table first (an exact match is the longest
@@ -169,7 +198,7 @@ fn classify(f: &Frame, dir: u32, tables: u32) -> u32 {
 }
 
 #[inline(always)]
-fn try_wan_xdp(ctx: &XdpContext) -> Result<u32> {
+fn try_wan_xdp(ctx: &XdpContext) -> Result<Decided> {
     let cfg = WAN_CONFIG.get(0).ok_or(Error::Map)?;
     let ifindex = ctx.ingress_ifindex() as u32;
     let dir = if ifindex == cfg.ifindex[DIR_A_TO_B as usize] {
@@ -184,6 +213,11 @@ fn try_wan_xdp(ctx: &XdpContext) -> Result<u32> {
     if class >= max {
         class = 0;
     }
+    let decided = |action, what| Decided {
+        action,
+        what,
+        class,
+    };
     let idx = dir * max + class;
     let gen = cfg.gen & 1;
     let prof: &KernelProfile = WAN_PROFILES
@@ -200,7 +234,7 @@ fn try_wan_xdp(ctx: &XdpContext) -> Result<u32> {
         let t = now.wrapping_sub(cfg.epoch_ns) % prof.period_ns;
         if t >= prof.period_ns - prof.blackhole_ns {
             cnt.update(|c| c.blackhole_drops += 1);
-            return Ok(xdp_action::XDP_DROP);
+            return Ok(decided(xdp_action::XDP_DROP, wan_what::BLACKHOLE));
         }
     }
     if prof.loss_kind != 0 {
@@ -212,18 +246,18 @@ fn try_wan_xdp(ctx: &XdpContext) -> Result<u32> {
         // new state words (plain integers, any value valid), never touches invalid memory.
         if loss_step(prof, unsafe { &mut *st }) {
             cnt.update(|c| c.loss_drops += 1);
-            return Ok(xdp_action::XDP_DROP);
+            return Ok(decided(xdp_action::XDP_DROP, wan_what::LOST));
         }
     }
     if prof.flags & PROFILE_FAST != 0 {
         cnt.update(|c| c.fast_packets += 1);
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(decided(xdp_action::XDP_PASS, wan_what::FAST));
     }
     // The engine's sockets are bound to queue 0: frames that arrive on other queues (multi-queue
     // NICs) cannot reach them and go the fast path unimpaired, counted as fallback.
     if ctx.rx_queue_index() != XSK_QUEUE {
         cnt.update(|c| c.xsk_fallback += 1);
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(decided(xdp_action::XDP_PASS, wan_what::FALLBACK));
     }
     // Tell the engine the class: 8 bytes of metadata in front of the frame. Without it the
     // engine could not tell the class: then the frame goes the fast path, counted.
@@ -235,16 +269,16 @@ fn try_wan_xdp(ctx: &XdpContext) -> Result<u32> {
         && Frame::xdp_meta(ctx).store(0, meta).is_ok();
     if !tagged {
         cnt.update(|c| c.xsk_fallback += 1);
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(decided(xdp_action::XDP_PASS, wan_what::FALLBACK));
     }
     match WAN_XSKS.redirect(dir, 0) {
         Ok(a) => {
             cnt.update(|c| c.xsk_packets += 1);
-            Ok(a)
+            Ok(decided(a, wan_what::ENGINE))
         }
         Err(_) => {
             cnt.update(|c| c.xsk_fallback += 1);
-            Ok(xdp_action::XDP_PASS)
+            Ok(decided(xdp_action::XDP_PASS, wan_what::FALLBACK))
         }
     }
 }

@@ -13,6 +13,21 @@ pub const B4: [u8; 4] = [198, 18, 0, 2];
 pub const A6: [u8; 16] = std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1).octets();
 pub const B6: [u8; 16] = std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2).octets();
 
+/// The lb program's frames (tests/lb_prog.rs and `cargo xtask bench lb`'s lb_bench example).
+pub mod lb {
+    /// MAC of the interface the program runs on (the source MAC of forwarded frames).
+    pub const IFACE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+    pub const CLIENT: [u8; 4] = super::A4;
+    /// The VIP of the test configs, a VIP whose backends all have weight 0, an address that
+    /// is no VIP.
+    pub const VIP: [u8; 4] = [198, 18, 1, 100];
+    pub const VIP_DOWN: [u8; 4] = [198, 18, 1, 101];
+    pub const OTHER: [u8; 4] = super::B4;
+    pub const CLIENT6: [u8; 16] = super::A6;
+    /// 2001:2::100.
+    pub const VIP6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+}
+
 /// An Ethernet header with `ethertype`.
 pub fn eth(ethertype: u16) -> Vec<u8> {
     let mut v = Vec::new();

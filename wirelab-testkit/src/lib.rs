@@ -3,8 +3,8 @@
 //! processes stopped on drop ([`Bg`], [`spawn_ready`]), polling instead of sleeping
 //! ([`eventually`]), temporary directories removed even when a test fails ([`TempDir`]), one
 //! `BPF_PROG_TEST_RUN` entry point ([`prog::run`]), crafted frames ([`frames`]) and the command
-//! lines that point the tools at a lab host ([`cli`]), and worker threads inside a lab
-//! namespace ([`NsWorker`]).
+//! lines that point the tools at a lab host ([`cli`]), worker threads inside a lab
+//! namespace ([`NsWorker`]), and a Samba server in a lab host ([`samba::Samba`]).
 //!
 //! It depends on the `wirelab` binary, not its library, so xtask can use it without building
 //! the eBPF object.
@@ -13,6 +13,7 @@ pub mod frames;
 pub mod lab;
 pub mod process;
 pub mod prog;
+pub mod samba;
 pub mod worker;
 
 use std::{

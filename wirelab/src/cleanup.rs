@@ -8,14 +8,14 @@
 //! itself leaves nothing: its control socket is abstract and its program hangs on a bpf_link.
 //! On kernels without TCX (before 6.6) tc programs are clsact filters that outlive a killed
 //! process: swarm's are removed with its run, wan's fast path (`wan_fwd`) from every interface
-//! of every lab when no wan runs there, capture's egress program (`capture_tc`) from every
-//! interface of a lab on which no capture runs.
+//! of every lab when no wan runs there, capture's programs (`capture_tc` at egress,
+//! `capture_tc_in` at ingress) from every interface of a lab on which no capture runs.
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::lab;
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Report {
     pub labs_removed: Vec<String>,
     pub namespaces_removed: Vec<String>,
@@ -25,7 +25,7 @@ pub struct Report {
     pub bench_namespaces_removed: Vec<String>,
     /// `ns/iface` where a killed wan's clsact filter was removed (kernels before 6.6).
     pub wan_filters_removed: Vec<String>,
-    /// `ns/iface` where a killed capture's egress clsact filter was removed (before 6.6).
+    /// `ns/iface` where a killed capture's clsact filters were removed (before 6.6).
     pub capture_filters_removed: Vec<String>,
 }
 
@@ -39,7 +39,7 @@ fn alive(pid: u32) -> bool {
 /// `None` when one holds them all.
 fn stale_tc_filters(
     ns: &str,
-    prog: &'static str,
+    progs: &'static [&'static str],
     held: fn() -> Option<Vec<String>>,
 ) -> Vec<String> {
     if !crate::netns::exists(ns) {
@@ -60,7 +60,13 @@ fn stale_tc_filters(
         Ok(ifaces
             .into_iter()
             .filter(|i| !held.contains(i))
-            .filter(|i| crate::runtime::bpf::detach_tc_filters(i, prog) > 0)
+            .filter(|i| {
+                progs
+                    .iter()
+                    .map(|p| crate::runtime::bpf::detach_tc_filters(i, p))
+                    .sum::<usize>()
+                    > 0
+            })
             .map(|i| format!("{ns_owned}/{i}"))
             .collect())
     })
@@ -97,9 +103,12 @@ pub fn run(all_labs: bool) -> Result<Report> {
         if !crate::runtime::bpf::tcx_in_use() {
             for ns in st.namespaces.values() {
                 r.wan_filters_removed
-                    .extend(stale_tc_filters(ns, "wan_fwd", wan_holds));
-                r.capture_filters_removed
-                    .extend(stale_tc_filters(ns, "capture_tc", captures_held));
+                    .extend(stale_tc_filters(ns, &["wan_fwd"], wan_holds));
+                r.capture_filters_removed.extend(stale_tc_filters(
+                    ns,
+                    &["capture_tc", "capture_tc_in"],
+                    captures_held,
+                ));
             }
         }
         // A sweep's lab (`swp<pid>`) lives exactly as long as its sweep process.

@@ -2,12 +2,12 @@
 //! attach anything (the kernel feature list is `kernel.rs`, shared with them).
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::kernel::{self, feature, Feature};
 
 /// How one check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
@@ -17,7 +17,8 @@ pub enum Status {
     Fail,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One check: a line of `doctor --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
     pub what: String,
     pub status: Status,

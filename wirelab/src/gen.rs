@@ -23,7 +23,7 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wirelab_common::{csum, fw::GenConf};
 
 use crate::{ebpf, util::Stop};
@@ -76,7 +76,8 @@ pub struct Options {
     pub method: Method,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// What `gen` did (`--json`: this type, read back by the tests).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub iface: String,
     pub method: String,

@@ -766,7 +766,7 @@ pub fn down(lab: &str) -> Result<Vec<String>> {
     Ok(removed)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct HostStatus {
     pub host: String,
     pub netns: String,
@@ -775,7 +775,8 @@ pub struct HostStatus {
     pub interfaces: Vec<nl::IfaceInfo>,
 }
 
-#[derive(Debug, Serialize)]
+/// One lab in `lab status` (`--json`: a list of these).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LabStatus {
     pub name: String,
     pub complete: bool,

@@ -14,7 +14,7 @@ use rtnetlink::{
     },
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::netns;
 
@@ -158,14 +158,18 @@ pub async fn add_route(
         .with_context(|| format!("adding route to {dest}"))
 }
 
-/// The hardware address of interface `name`.
-pub async fn mac_of(h: &Handle, name: &str) -> Result<Vec<u8>> {
+/// The link message of interface `name`.
+async fn link_named(h: &Handle, name: &str) -> Result<LinkMessage> {
     let mut s = h.link().get().match_name(name.to_string()).execute();
-    let m = s
-        .try_next()
+    s.try_next()
         .await
         .map_err(|e| anyhow!("no interface named {name} ({e})"))?
-        .ok_or_else(|| anyhow!("no interface named {name}"))?;
+        .ok_or_else(|| anyhow!("no interface named {name}"))
+}
+
+/// The hardware address of interface `name`.
+pub async fn mac_of(h: &Handle, name: &str) -> Result<Vec<u8>> {
+    let m = link_named(h, name).await?;
     m.attributes
         .into_iter()
         .find_map(|a| match a {
@@ -193,7 +197,7 @@ pub async fn set_permanent_neighbour(
 }
 
 /// One interface as `lab status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IfaceInfo {
     pub name: String,
     pub index: u32,
@@ -421,5 +425,203 @@ pub async fn is_promisc(h: &Handle, name: &str) -> Result<bool> {
         Ok(Some(m)) => Ok(m.header.flags.contains(LinkFlags::Promisc)),
         Ok(None) => bail!("no interface named {name}"),
         Err(e) => Err(anyhow!("no interface named {name} ({e})")),
+    }
+}
+
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+
+/// The id under which the calling thread's namespace knows namespace `fd` (RTM_GETNSID;
+/// `None`: it has none).
+async fn nsid_of(h: &Handle, fd: std::os::fd::RawFd) -> Result<Option<i32>> {
+    use rtnetlink::{
+        packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST},
+        packet_route::{
+            nsid::{NsidAttribute, NsidMessage},
+            RouteNetlinkMessage,
+        },
+    };
+    let mut msg = NsidMessage::default();
+    msg.attributes.push(NsidAttribute::Fd(fd as u32));
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+    req.header.flags = NLM_F_REQUEST;
+    let mut resp = h.clone().request(req).context("RTM_GETNSID")?;
+    while let Some(m) = futures::StreamExt::next(&mut resp).await {
+        match m.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                return Ok(m.attributes.iter().find_map(|a| match a {
+                    NsidAttribute::Id(i) if *i >= 0 => Some(*i),
+                    _ => None,
+                }));
+            }
+            NetlinkPayload::Error(e) => bail!("RTM_GETNSID: {e}"),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Whether generic receive offload and TX checksum offload are on on `iface` (in the calling
+/// thread's namespace).
+fn gro_and_tx_csum(iface: &str) -> Result<(bool, bool)> {
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket for ethtool");
+    }
+    let gro = ethtool_u32(fd, iface, ETHTOOL_GGRO);
+    let tx = ethtool_u32(fd, iface, ETHTOOL_GTXCSUM);
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    Ok((
+        gro.with_context(|| format!("reading the GRO setting of {iface}"))? != 0,
+        tx.with_context(|| format!("reading the TX checksum setting of {iface}"))? != 0,
+    ))
+}
+
+/// A veth's peer, as far as receiving `XDP_TX`/`XDP_REDIRECT` frames goes: a veth delivers
+/// them only when its peer runs NAPI, i.e. has a native XDP program or GRO on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethPeer {
+    pub name: String,
+    /// The peer's namespace (`None`: the same as the veth's).
+    pub netns: Option<String>,
+    pub gro: bool,
+    /// A native (driver-mode) XDP program is attached.
+    pub xdp: bool,
+    /// TX checksum offload is on: frames sent through it may carry unfinished (partial)
+    /// checksums, which an XDP program cannot tell from finished ones. Off, the kernel
+    /// finishes every checksum before the veth hands the frame over.
+    pub tx_csum: bool,
+}
+
+impl VethPeer {
+    pub fn napi(&self) -> bool {
+        self.gro || self.xdp
+    }
+
+    /// e.g. `p-lb in namespace lab-sw`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}{}",
+            self.name,
+            self.netns
+                .as_ref()
+                .map_or(String::new(), |n| format!(" in namespace {n}"))
+        )
+    }
+}
+
+/// What one link message says: name, veth or not, its peer's index and namespace id, a
+/// native XDP program.
+struct LinkFacts {
+    name: String,
+    veth: bool,
+    link: Option<u32>,
+    link_netnsid: Option<i32>,
+    drv_xdp: bool,
+}
+
+fn link_facts(m: &LinkMessage) -> LinkFacts {
+    let mut f = LinkFacts {
+        name: String::new(),
+        veth: false,
+        link: None,
+        link_netnsid: None,
+        drv_xdp: false,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => f.name = n.clone(),
+            LinkAttribute::Link(l) => f.link = Some(*l),
+            LinkAttribute::LinkNetNsId(n) => f.link_netnsid = Some(*n),
+            LinkAttribute::LinkInfo(infos) => {
+                f.veth |= infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+            }
+            LinkAttribute::Xdp(x) => {
+                use rtnetlink::packet_route::link::{LinkXdp, XdpAttached};
+                f.drv_xdp |= x.iter().any(|x| {
+                    matches!(
+                        x,
+                        LinkXdp::DrvProgId(_) | LinkXdp::Attached(XdpAttached::Driver)
+                    )
+                });
+            }
+            _ => {}
+        }
+    }
+    f
+}
+
+/// Whether `iface` (in the calling thread's namespace) is a veth.
+pub fn is_veth(iface: &str) -> Result<bool> {
+    with(None, |h| async move {
+        Ok(link_facts(&link_named(&h, iface).await?).veth)
+    })
+}
+
+/// `iface`'s peer if it is a veth (`None`: not a veth), in the calling thread's namespace.
+///
+/// The kernel names the peer's namespace only by an id local to this namespace, so it is
+/// looked for among the named namespaces (`/run/netns`): the one this namespace knows by that
+/// id (RTM_GETNSID). None is an error (the peer cannot be checked).
+pub fn veth_peer_napi(iface: &str) -> Result<Option<VethPeer>> {
+    let (me, idx) = with(None, |h| async move {
+        let m = link_named(&h, iface).await?;
+        Ok((link_facts(&m), m.header.index))
+    })?;
+    if !me.veth {
+        return Ok(None);
+    }
+    let Some(peer_idx) = me.link else {
+        bail!("{iface} is a veth without a peer index");
+    };
+    // The peer as seen from namespace `ns`, if it is there.
+    let look = |ns: Option<&str>| -> Result<Option<VethPeer>> {
+        let found = with(ns, |h| async move {
+            let mut s = h.link().get().match_index(peer_idx).execute();
+            match s.try_next().await {
+                Ok(Some(m)) => Ok(Some(link_facts(&m))),
+                _ => Ok(None),
+            }
+        })?;
+        let Some(p) = found.filter(|p| p.veth && p.link == Some(idx)) else {
+            return Ok(None);
+        };
+        let name = p.name.clone();
+        let (gro, tx_csum) = netns::run_in(ns, || gro_and_tx_csum(&name))?;
+        Ok(Some(VethPeer {
+            name: p.name,
+            netns: ns.map(str::to_string),
+            gro,
+            xdp: p.drv_xdp,
+            tx_csum,
+        }))
+    };
+    let Some(peer_nsid) = me.link_netnsid else {
+        return look(None);
+    };
+    // The named namespace that this one knows by the peer's namespace id.
+    let names = netns::list();
+    let files: Vec<(String, std::fs::File)> = names
+        .into_iter()
+        .filter_map(|n| netns::open(&n).ok().map(|f| (n, f)))
+        .collect();
+    let ids = with(None, |h| async move {
+        let mut ids = vec![];
+        for (n, f) in &files {
+            if nsid_of(&h, f.as_raw_fd()).await? == Some(peer_nsid) {
+                ids.push(n.clone());
+            }
+        }
+        Ok(ids)
+    })?;
+    match ids.as_slice() {
+        [ns] => look(Some(ns))?
+            .with_context(|| format!("no veth at index {peer_idx} in namespace {ns} points back"))
+            .map(Some),
+        [] => bail!("its peer's namespace (id {peer_nsid}) has no name under /run/netns"),
+        _ => bail!("several named namespaces have id {peer_nsid}"),
     }
 }

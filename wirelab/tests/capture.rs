@@ -1,6 +1,7 @@
 //! `wirelab capture` in a lab: what was sent is what is in the file (read back by capinfos
 //! and tshark), with directions and ordered timestamps; `-w -` into tshark; a bad filter is
-//! refused with its column; kill -9 leaves nothing attached.
+//! refused with its column; kill -9 leaves nothing attached; ingress at tc by default, at XDP
+//! when asked.
 mod common;
 use std::{
     io::Write as _,
@@ -11,8 +12,6 @@ use std::{
 use common::*;
 use wirelab::capture::Summary;
 
-const READY: &str = "capture attached";
-
 /// `wirelab cleanup` acts on every lab of the machine: the tests that make labs take turns
 /// with the one that runs it (as wan's tests do).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -21,43 +20,38 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn start_capture(ns: &str, iface: &str, extra: &[&str]) -> Bg {
-    let mut c = wirelab();
-    c.args(["capture", "--netns", ns, "--iface", iface])
-        .args(extra);
-    spawn_ready(c, READY, Duration::from_secs(30))
-}
-
-/// `tshark -r FILE -T fields -e F…` rows.
-fn tshark_fields(file: &std::path::Path, fields: &[&str]) -> Vec<Vec<String>> {
-    let mut c = Command::new("tshark");
-    c.arg("-r").arg(file).args(["-T", "fields"]);
-    for f in fields {
-        c.args(["-e", f]);
-    }
-    let o = ok(c);
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| l.split('\t').map(str::to_string).collect())
-        .collect()
-}
-
-fn tcx_egress_count(ns: &str, iface: &str) -> usize {
+fn tcx_count(ns: &str, iface: &str, at: aya::programs::tc::TcAttachType) -> usize {
     let iface = iface.to_string();
     wirelab::netns::run_in(Some(ns), move || {
-        let (_, progs) = aya::programs::SchedClassifier::query_tcx(
-            &iface,
-            aya::programs::tc::TcAttachType::Egress,
-        )?;
+        let (_, progs) = aya::programs::SchedClassifier::query_tcx(&iface, at)?;
         Ok(progs.len())
     })
     .expect("query TCX links")
 }
 
+fn tcx_egress_count(ns: &str, iface: &str) -> usize {
+    tcx_count(ns, iface, aya::programs::tc::TcAttachType::Egress)
+}
+
+fn tcx_ingress_count(ns: &str, iface: &str) -> usize {
+    tcx_count(ns, iface, aya::programs::tc::TcAttachType::Ingress)
+}
+
+/// The default (`--ingress auto`, no fw here) takes ingress at tc, and says so.
 #[test]
 fn the_file_holds_what_was_sent_with_directions_and_ordered_times() {
+    file_holds_what_was_sent("auto", "cw", "tc (");
+}
+
+/// The same with ingress at XDP (`--ingress xdp`).
+#[test]
+fn the_file_holds_what_was_sent_with_directions_and_ordered_times_at_xdp() {
+    file_holds_what_was_sent("xdp", "cwx", "xdp (");
+}
+
+fn file_holds_what_was_sent(ingress: &str, lab_name: &str, hook: &str) {
     let _s = serial();
-    let lab = Lab::up("cw");
+    let lab = Lab::up(lab_name);
     let dir = TempDir::new("wlcapw");
     let file = dir.join("icmp.pcapng");
     let n = 20;
@@ -65,6 +59,8 @@ fn the_file_holds_what_was_sent_with_directions_and_ordered_times() {
         &lab.ns("server"),
         "eth0",
         &[
+            "--ingress",
+            ingress,
             "--filter",
             "icmp and host 198.18.0.1",
             "--json",
@@ -72,9 +68,15 @@ fn the_file_holds_what_was_sent_with_directions_and_ordered_times() {
             file.to_str().unwrap(),
         ],
     );
+    let log = bg.lines.lock().unwrap().join("\n");
+    assert!(
+        log.contains(&format!("ingress={hook}")),
+        "the attach line names the hook: {log}"
+    );
     pings_ok(&lab.ns("client"), n, "198.18.0.2");
     let out = bg.terminate();
     let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
+    assert!(s.ingress_hook.starts_with(hook), "{s:?}");
     assert_eq!(s.written, 2 * n as u64, "{s:?}");
     assert_eq!((s.ingress.matched, s.egress.matched), (n as u64, n as u64));
     assert_eq!(s.ingress.lost + s.egress.lost + s.perf_lost, 0, "{s:?}");
@@ -215,25 +217,38 @@ fn killed_capture_leaves_nothing_attached() {
     let _s = serial();
     let lab = Lab::up("ck9");
     let dir = TempDir::new("wlcapk");
-    let bg = start_capture(
-        &lab.ns("server"),
-        "eth0",
-        &["-w", dir.join("k.pcapng").to_str().unwrap()],
-    );
-    assert!(xdp_attached(&lab.ns("server"), "eth0"));
+    let ns = lab.ns("server");
     let tcx = wirelab::runtime::bpf::tcx_in_use();
-    if tcx {
-        assert_eq!(tcx_egress_count(&lab.ns("server"), "eth0"), 1);
+    for ingress in ["auto", "xdp"] {
+        let bg = start_capture(
+            &ns,
+            "eth0",
+            &[
+                "--ingress",
+                ingress,
+                "-w",
+                dir.join("k.pcapng").to_str().unwrap(),
+            ],
+        );
+        // auto: tc ingress here (no fw); xdp: capture's XDP program.
+        assert_eq!(xdp_attached(&ns, "eth0"), ingress == "xdp");
+        if tcx {
+            assert_eq!(tcx_egress_count(&ns, "eth0"), 1);
+            assert_eq!(
+                tcx_ingress_count(&ns, "eth0"),
+                usize::from(ingress == "auto")
+            );
+        }
+        bg.kill();
+        assert!(
+            eventually(Duration::from_secs(5), || !xdp_attached(&ns, "eth0")
+                && (!tcx
+                    || tcx_egress_count(&ns, "eth0")
+                        + tcx_ingress_count(&ns, "eth0")
+                        == 0)),
+            "capture programs still attached after kill -9 (--ingress {ingress})"
+        );
     }
-    bg.kill();
-    assert!(
-        eventually(Duration::from_secs(5), || !xdp_attached(
-            &lab.ns("server"),
-            "eth0"
-        ) && (!tcx
-            || tcx_egress_count(&lab.ns("server"), "eth0") == 0)),
-        "capture programs still attached after kill -9"
-    );
 }
 
 #[test]
@@ -241,23 +256,29 @@ fn cleanup_removes_a_killed_captures_clsact_filter_and_spares_a_live_one() {
     let _s = serial();
     let lab = Lab::up("ckc");
     let dir = TempDir::new("wlcapc");
+    // Egress (`capture_tc`) and ingress (`capture_tc_in`) filters.
     let filters = |iface: &str| {
-        let o = ok(in_ns(
-            &lab.ns("server"),
-            &["tc", "filter", "show", "dev", iface, "egress"],
-        ));
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| l.contains("capture_tc"))
-            .count()
+        ["egress", "ingress"]
+            .iter()
+            .map(|hook| {
+                let o = ok(in_ns(
+                    &lab.ns("server"),
+                    &["tc", "filter", "show", "dev", iface, hook],
+                ));
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains("capture_tc"))
+                    .count()
+            })
+            .sum::<usize>()
     };
     let mut c = wirelab();
     c.env("WIRELAB_TC_ATTACH", "clsact")
         .args(cli::on_iface("capture", &lab.ns("server"), "eth0"))
         .arg("-w")
         .arg(dir.join("a.pcapng"));
-    let bg = spawn_ready(c, READY, Duration::from_secs(30));
-    assert_eq!(filters("eth0"), 1);
+    let bg = spawn_ready(c, "capture attached", Duration::from_secs(30));
+    assert_eq!(filters("eth0"), 2);
     // A second capture on the same interface is refused while the first runs.
     let err = fails(
         wirelab()
@@ -272,23 +293,299 @@ fn cleanup_removes_a_killed_captures_clsact_filter_and_spares_a_live_one() {
         .args(["cleanup", "--json"]));
     assert_eq!(
         filters("eth0"),
-        1,
-        "cleanup removed a live capture's filter"
+        2,
+        "cleanup removed a live capture's filters"
     );
     bg.kill();
     assert_eq!(
         filters("eth0"),
-        1,
-        "a killed clsact capture leaves its filter"
+        2,
+        "a killed clsact capture leaves its filters"
     );
     let o = ok(wirelab()
         .env("WIRELAB_TC_ATTACH", "clsact")
         .args(["cleanup", "--json"]));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v: wirelab::cleanup::Report = serde_json::from_slice(&o.stdout).expect("cleanup --json");
     assert_eq!(
-        v["capture_filters_removed"],
-        serde_json::json!([format!("{}/eth0", lab.ns("server"))]),
-        "{v}"
+        v.capture_filters_removed,
+        [format!("{}/eth0", lab.ns("server"))],
+        "{v:?}"
     );
     assert_eq!(filters("eth0"), 0);
+}
+
+/// Loaded programs named `capture_xdp_tap` (a capture behind fw's tap, live or not yet
+/// released).
+fn tap_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some("capture_xdp_tap"))
+        .count()
+}
+
+#[test]
+fn behind_fw_each_frame_carries_fws_verdict_and_rule() {
+    let _s = serial();
+    let lab = Lab::up("cfw");
+    let server = lab.ns("server");
+    let _fw = start_fw_rules(&server, include_str!("data/fw-block-udp.toml"));
+    let dir = TempDir::new("wlcapfw");
+    let file = dir.join("fw.pcapng");
+    let bg = start_capture(
+        &server,
+        "eth0",
+        &[
+            "--filter",
+            "(udp and port 5000) or (icmp and host 198.18.0.1)",
+            "--json",
+            "-w",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(tap_programs(), 1);
+    let n = 3;
+    pings_ok(&lab.ns("client"), n, "198.18.0.2");
+    let udp = 5;
+    wirelab::netns::run_in(Some(&lab.ns("client")), move || {
+        let u = std::net::UdpSocket::bind("198.18.0.1:0")?;
+        for _ in 0..udp {
+            u.send_to(b"dropped by fw", "198.18.0.2:5000")?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    // fw judged them all before the capture stops.
+    assert!(eventually(Duration::from_secs(5), || {
+        fw_stats(&server)
+            .rules
+            .iter()
+            .any(|r| r.name == "block-udp" && r.counters.dropped >= udp)
+    }));
+    let out = bg.terminate();
+    let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
+    assert_eq!(s.behind.as_deref(), Some("fw"), "{s:?}");
+    assert_eq!(s.written, 2 * n as u64 + udp, "{s:?}");
+    let rows = tshark_fields(
+        &file,
+        &[
+            "frame.packet_flags_direction",
+            "udp.dstport",
+            "icmp.type",
+            "frame.comment",
+        ],
+    );
+    let count = |dport: &str, icmp: &str, comment: &str| {
+        rows.iter()
+            .filter(|r| r[1] == dport && r[2] == icmp && r[3] == comment)
+            .count() as u64
+    };
+    assert_eq!(
+        count("5000", "", r#"fw: drop, rule "block-udp""#),
+        udp,
+        "{rows:?}"
+    );
+    assert_eq!(
+        count("", "8", r#"fw: pass, rule "icmp""#),
+        n as u64,
+        "{rows:?}"
+    );
+    // Replies leave through capture's own egress hook: fw did not see them.
+    assert_eq!(count("", "0", ""), n as u64, "{rows:?}");
+
+    // kill -9 cannot turn the tap off: fw notices the capture is gone and releases it.
+    let bg = start_capture(
+        &server,
+        "eth0",
+        &["-w", dir.join("k.pcapng").to_str().unwrap()],
+    );
+    assert_eq!(tap_programs(), 1);
+    bg.kill();
+    assert!(
+        eventually(Duration::from_secs(5), || tap_programs() == 0),
+        "fw still holds a killed capture's program"
+    );
+    pings_ok(&lab.ns("client"), 2, "198.18.0.2");
+}
+
+/// At tc ingress a bulk TCP transfer arrives as the stack gets it (GSO/GRO packets): frames
+/// longer than the MTU, as tcpdump sees them; XDP ingress (`--ingress xdp`) sees wire frames
+/// only (an XDP program on a veth turns its peer's TSO off).
+#[test]
+fn tc_ingress_sees_gso_packets_larger_than_the_mtu_and_xdp_wire_frames() {
+    let _s = serial();
+    let lab = Lab::up("cgro");
+    let dir = TempDir::new("wlcapg");
+    let server = lab.ns("server");
+    // The lab's veths have tx checksum offload off (so TSO is off): turn it on from the
+    // client to the server, so the client's TSO packets cross the bridge whole, as on a
+    // host's own veth (the bench's rx0).
+    ok(in_ns(
+        &lab.ns("client"),
+        &["ethtool", "-K", "eth0", "tx", "on"],
+    ));
+    for i in ["to-client", "to-server", "br0"] {
+        ok(in_ns(&lab.ns("wan"), &["ethtool", "-K", i, "tx", "on"]));
+    }
+    for (i, ingress) in ["tc", "xdp"].iter().enumerate() {
+        let file = dir.join(&format!("{ingress}.pcapng"));
+        let port = (5001 + i).to_string();
+        let mut srv = in_ns(
+            &server,
+            &[
+                "socat",
+                "-u",
+                &format!("TCP-LISTEN:{port},bind=198.18.0.2"),
+                "/dev/null",
+            ],
+        )
+        .spawn()
+        .expect("socat server");
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let o = ok(in_ns(&server, &["ss", "-ltn"]));
+                String::from_utf8_lossy(&o.stdout).contains(&format!(":{port}"))
+            }),
+            "socat listens"
+        );
+        let bg = start_capture(
+            &server,
+            "eth0",
+            &[
+                "--ingress",
+                ingress,
+                "--filter",
+                "tcp",
+                "--snaplen",
+                "128",
+                "-w",
+                file.to_str().unwrap(),
+            ],
+        );
+        ok(in_ns(
+            &lab.ns("client"),
+            &[
+                "sh",
+                "-c",
+                &format!("head -c 4000000 /dev/zero | socat -u - TCP:198.18.0.2:{port}"),
+            ],
+        ));
+        let _ = srv.wait();
+        bg.terminate();
+        let bytes = std::fs::read(&file).unwrap();
+        let mut r = pcap_file::pcapng::PcapNgReader::new(&bytes[..]).unwrap();
+        let (mut inbound, mut longest) = (0u64, 0u32);
+        while let Some(b) = r.next_block() {
+            if let pcap_file::pcapng::Block::EnhancedPacket(p) = b.unwrap() {
+                let flags = p.options.iter().find_map(|o| match o {
+                    pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption::Flags(f) => {
+                        Some(*f)
+                    }
+                    _ => None,
+                });
+                if flags.map(|f| f & 3) == Some(1) {
+                    inbound += 1;
+                    longest = longest.max(p.original_len);
+                }
+                assert!(p.data.len() <= 128);
+            }
+        }
+        // 4 MB in 1448-byte segments would be ~2,760 wire frames.
+        assert!(inbound > 0, "{ingress}: no inbound frames");
+        if *ingress == "tc" {
+            assert!(
+                longest > 1514,
+                "tc: longest inbound frame {longest}, no GSO/GRO packet"
+            );
+            assert!(
+                inbound < 2000,
+                "tc: {inbound} inbound frames, no GSO/GRO packets"
+            );
+        } else {
+            assert!(longest <= 1514, "xdp: inbound frame of {longest} bytes");
+            assert!(inbound > 2700, "xdp: {inbound} inbound frames");
+        }
+        eprintln!("{ingress}: {inbound} inbound frames, longest {longest} bytes");
+    }
+}
+
+/// Behind wan's tap: each client frame arriving at the wan carries its class and what the wan
+/// did with it: lost (the loss model, decided in XDP) or handed to the timing engine (the
+/// delay). The probe's own count of lost probes agrees.
+#[test]
+fn behind_wan_each_frame_carries_its_class_and_loss() {
+    let _s = serial();
+    let lab = Lab::up("cwan");
+    let _server = probe_server(&lab, "198.18.0.2:7000", "120s");
+    let wan_ns = lab.ns("wan");
+    let mut c = wirelab();
+    c.args([
+        "wan",
+        "--netns",
+        &wan_ns,
+        "--between",
+        "to-client",
+        "to-server",
+    ])
+    .args([
+        "--both",
+        "delay 5ms loss 20%",
+        "--seed",
+        "9",
+        "--duration",
+        "120s",
+    ]);
+    let wan = spawn_ready(c, "wan running", Duration::from_secs(20));
+    let dir = TempDir::new("wlcapwan");
+    let file = dir.join("wan.pcapng");
+    let cap = start_capture(
+        &wan_ns,
+        "to-client",
+        &[
+            "--filter",
+            "udp dst port 7000",
+            "--json",
+            "-w",
+            file.to_str().unwrap(),
+        ],
+    );
+    let o = ok(wirelab()
+        .args(["probe", "client", "--netns", &lab.ns("client")])
+        .args([
+            "--to",
+            "198.18.0.2:7000",
+            "--json",
+            "--rate",
+            "200",
+            "--count",
+            "500",
+            "--wait",
+            "300ms",
+        ]));
+    let r: wirelab::probe::UdpReport = serde_json::from_slice(&o.stdout).expect("probe JSON");
+    let out = cap.terminate();
+    drop(wan);
+    let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
+    assert_eq!(s.behind.as_deref(), Some("wan"), "{s:?}");
+    let rows = tshark_fields(&file, &["frame.comment"]);
+    let count = |c: &str| rows.iter().filter(|r| r[0] == c).count() as u64;
+    let lost = count(r#"wan: class "default", lost"#);
+    let engine = count(r#"wan: class "default", to the timing engine"#);
+    eprintln!(
+        "behind wan: {} frames, {lost} lost, {engine} to the engine; probe: sent {}, lost {}",
+        rows.len(),
+        r.sent,
+        r.forward.lost
+    );
+    // Every frame has one of the two; beyond the probes, the probe's warm-up and final
+    // exchange also cross (and can be lost).
+    assert_eq!(lost + engine, rows.len() as u64, "{rows:?}");
+    let extra = rows.len() as u64 - r.sent;
+    assert!(extra <= 30, "{extra} frames beyond the probes");
+    assert!(
+        lost >= r.forward.lost && lost <= r.forward.lost + extra,
+        "lost comments {lost}, probe lost {}",
+        r.forward.lost
+    );
+    // 20 % of 500: within ±5 standard deviations (σ ≈ 9).
+    assert!((55..=145).contains(&r.forward.lost), "{}", r.forward.lost);
 }

@@ -34,6 +34,12 @@ impl Harness {
         p.load().expect("verifier accepts capture_xdp");
         let p: &mut SchedClassifier = bpf.program_mut("capture_tc").unwrap().try_into().unwrap();
         p.load().expect("verifier accepts capture_tc");
+        let p: &mut SchedClassifier = bpf
+            .program_mut("capture_tc_in")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        p.load().expect("verifier accepts capture_tc_in");
         Self { bpf }
     }
 
@@ -49,14 +55,15 @@ impl Harness {
         m.get(&(dir_base(d) + s), 0).unwrap().iter().sum()
     }
 
-    /// Whether the program `prog` (direction `d`) matched `frame`; it must pass it on.
+    /// Whether the program `prog` (direction `d`) matched `frame`, counted in `d`'s counters
+    /// (tc ingress and egress share the tail-called filter program); it must pass it on.
     fn matches_with(&self, prog: &str, d: u32, frame: &[u8]) -> bool {
         let before = self.stat(d, stat::MATCHED);
         let (verdict, out) = wirelab_testkit::prog::run(&self.bpf, prog, frame);
-        if d == dir::INGRESS {
-            assert_eq!(verdict, 2, "capture_xdp must return XDP_PASS");
+        if prog.starts_with("capture_xdp") {
+            assert_eq!(verdict, 2, "{prog} must return XDP_PASS");
         } else {
-            assert_eq!(verdict as i32, -1, "capture_tc must return TC_ACT_UNSPEC");
+            assert_eq!(verdict as i32, -1, "{prog} must return TC_ACT_UNSPEC");
         }
         assert_eq!(out, frame, "the frame must not change");
         assert_eq!(self.stat(d, stat::NO_FILTER), 0, "tail call failed");
@@ -70,7 +77,9 @@ impl Harness {
     fn matches(&self, frame: &[u8]) -> bool {
         let x = self.matches_with("capture_xdp", dir::INGRESS, frame);
         let t = self.matches_with("capture_tc", dir::EGRESS, frame);
-        assert_eq!(x, t, "XDP and tc disagree");
+        let ti = self.matches_with("capture_tc_in", dir::INGRESS, frame);
+        assert_eq!(x, t, "XDP and tc egress disagree");
+        assert_eq!(x, ti, "XDP and tc ingress disagree");
         x
     }
 }
@@ -343,8 +352,13 @@ fn no_filter_matches_everything_and_malformed_frames_match_no_word() {
     for f in &malformed {
         assert!(all.matches(f), "no filter: every frame is copied");
     }
+    // Ingress counts each frame twice: `matches` runs capture_xdp and capture_tc_in.
     assert_eq!(
         all.stat(dir::INGRESS, stat::MALFORMED),
+        2 * malformed.len() as u64
+    );
+    assert_eq!(
+        all.stat(dir::EGRESS, stat::MALFORMED),
         malformed.len() as u64
     );
     let words = Harness::new("ip or tcp or host 198.18.0.1 or port 1 or vlan");

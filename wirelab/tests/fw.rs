@@ -11,23 +11,20 @@ use std::{
 };
 
 use common::*;
+use wirelab::fw::{CheckReport, Interval, Line, LogLine, Stats};
 
-fn stats(lab: &Lab) -> serde_json::Value {
+fn stats(lab: &Lab) -> Stats {
     fw_stats(&lab.ns("server"))
 }
 
 /// (packets, dropped) of a rule.
-fn rule(s: &serde_json::Value, name: &str) -> (u64, u64) {
-    let r = s["rules"]
-        .as_array()
-        .unwrap()
+fn rule(s: &Stats, name: &str) -> (u64, u64) {
+    let r = s
+        .rules
         .iter()
-        .find(|r| r["name"] == name)
-        .unwrap_or_else(|| panic!("no rule {name} in {s}"));
-    (
-        r["packets"].as_u64().unwrap(),
-        r["dropped"].as_u64().unwrap(),
-    )
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no rule {name} in {s:?}"));
+    (r.counters.packets, r.counters.dropped)
 }
 
 /// Ping from a source address; returns replies received.
@@ -99,26 +96,34 @@ fn deny_cidr_inside_fails_outside_works() {
     assert_eq!(pings(&lab, "198.18.0.200", "198.18.0.2", 5), 0);
     assert_eq!(pings(&lab, "198.18.0.1", "198.18.0.2", 5), 5);
     let s = stats(&lab);
-    assert_eq!(rule(&s, "bad-net"), (5, 5), "{s}");
-    assert_eq!(s["malformed"]["packets"], 0);
+    assert_eq!(rule(&s, "bad-net"), (5, 5), "{s:?}");
+    assert_eq!(s.malformed.counters.packets, 0);
     // SIGTERM: JSON lines on stdout (start, 5 log samples, final), and nothing left attached.
     let out = fw.terminate();
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let lines: Vec<Line> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str(l).expect("an fw --json line"))
         .collect();
-    assert_eq!(lines[0]["type"], "start");
-    let logs: Vec<_> = lines.iter().filter(|l| l["type"] == "log").collect();
+    assert!(matches!(lines[0], Line::Start { .. }), "{lines:?}");
+    let logs: Vec<&LogLine> = lines
+        .iter()
+        .filter_map(|l| match l {
+            Line::Log(l) => Some(&**l),
+            _ => None,
+        })
+        .collect();
     assert_eq!(logs.len(), 5, "{lines:?}");
     for l in logs {
-        assert_eq!(l["rule"], "bad-net");
-        assert_eq!(l["verdict"], "drop");
-        assert_eq!(l["src"], "198.18.0.200");
-        assert_eq!(l["icmp_type"], 8);
+        assert_eq!(
+            (l.rule.as_str(), l.verdict.as_str(), l.src.as_str()),
+            ("bad-net", "drop", "198.18.0.200")
+        );
+        assert_eq!(l.icmp_type, 8);
     }
-    let last = lines.last().unwrap();
-    assert_eq!(last["type"], "final");
-    assert_eq!(last["rules"][0]["logged"], 5);
+    let Some(Line::Final(last)) = lines.last() else {
+        panic!("the last line is not final: {lines:?}")
+    };
+    assert_eq!(last.rules[0].counters.logged, 5);
     assert!(
         !xdp_attached(&lab.ns("server"), "eth0"),
         "XDP left attached"
@@ -197,7 +202,7 @@ fn allow_only_ssh_and_icmp() {
         "TCP 8080 must be dropped"
     );
     assert_eq!(pings(&lab, "198.18.0.1", "198.18.0.2", 3), 3);
-    let default_dropped = |s: &serde_json::Value| s["default"]["dropped"].as_u64().unwrap();
+    let default_dropped = |s: &Stats| s.default.counters.dropped;
     let before = default_dropped(&stats(&lab));
     send_udp(&lab, &["198.18.0.2:5000"], 5);
     // Once the firewall has judged the datagrams, none may have reached the server.
@@ -206,16 +211,16 @@ fn allow_only_ssh_and_icmp() {
     });
     assert_eq!(srv.udp(0), 0, "UDP must be dropped");
     let s = stats(&lab);
-    assert!(rule(&s, "ssh").0 >= 3, "{s}"); // SYN, ACK, FIN...
+    assert!(rule(&s, "ssh").0 >= 3, "{s:?}"); // SYN, ACK, FIN...
     assert_eq!(rule(&s, "ssh").1, 0);
     // 3 echo requests plus the client's own ICMPv6 (neighbour discovery, MLD).
-    assert!(rule(&s, "icmp").0 >= 3, "{s}");
+    assert!(rule(&s, "icmp").0 >= 3, "{s:?}");
     assert_eq!(rule(&s, "icmp").1, 0);
     // SYNs to 8080 (with retries) and the 5 datagrams, all dropped by the default policy.
-    assert!(s["default"]["dropped"].as_u64().unwrap() >= 6, "{s}");
-    assert_eq!(s["default"]["packets"], s["default"]["dropped"]);
+    assert!(s.default.counters.dropped >= 6, "{s:?}");
+    assert_eq!(s.default.counters.packets, s.default.counters.dropped);
     // ARP got through (non-IP allowed): the connections above needed it.
-    assert!(s["non_ip"]["packets"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s.non_ip.counters.packets >= 1, "{s:?}");
 }
 
 #[test]
@@ -234,7 +239,7 @@ fn rate_limit_icmp_per_source() {
     let secs = t0.elapsed().as_secs_f64();
     let s = stats(&lab);
     let (pk, dr) = rule(&s, "icmp-10pps");
-    assert_eq!(pk, 600, "{s}");
+    assert_eq!(pk, 600, "{s:?}");
     let passed = pk - dr;
     // Each source: a burst of 10, then 10/s for the flood's duration (~3 s): ~40.
     let expect = 2.0 * (10.0 + 10.0 * secs);
@@ -267,7 +272,7 @@ fn ipv6_rule() {
     assert_eq!(pings(&lab, "2001:2::3", "2001:2::2", 3), 3);
     assert_eq!(pings(&lab, "2001:2::1", "2001:2::2", 3), 0);
     let s = stats(&lab);
-    assert_eq!(rule(&s, "deny-v6-host"), (3, 3), "{s}");
+    assert_eq!(rule(&s, "deny-v6-host"), (3, 3), "{s:?}");
 }
 
 const RELOAD_A: &str = include_str!("data/fw-reload-a.toml");
@@ -317,7 +322,7 @@ fn reload_under_traffic_is_lossless_and_tight() {
     assert_eq!(srv.udp(0), 3000, "allowed probes lost across reloads");
     assert_eq!(srv.udp(1), 0, "denied probes passed during a reload");
     let s = stats(&lab);
-    assert_eq!(s["reloads"], reloads, "{s}");
+    assert_eq!(s.reloads, reloads, "{s:?}");
     // icmp persisted through every reload; its counter (0 here) never reset to garbage.
     assert_eq!(rule(&s, "icmp"), (0, 0));
 }
@@ -333,7 +338,7 @@ fn bad_reload_keeps_old_rules_and_kill9_leaves_nothing() {
     );
     let srv = Server::start(&lab.ns("server"), &[], &[7000, 7001]);
     let mut fw = start_fw(&lab.ns("server"), &a);
-    let g0 = stats(&lab)["generation"].clone();
+    let g0 = stats(&lab).generation;
     let err = fails(
         wirelab()
             .args(["fw", "reload", "--netns", &lab.ns("server"), "--rules"])
@@ -345,8 +350,8 @@ fn bad_reload_keeps_old_rules_and_kill9_leaves_nothing() {
     );
     // The running firewall also refuses it itself when sent directly (no client check).
     let s = stats(&lab);
-    assert_eq!(s["generation"], g0);
-    assert_eq!(s["reloads"], 0);
+    assert_eq!(s.generation, g0);
+    assert_eq!(s.reloads, 0);
     send_udp(&lab, &["198.18.0.2:7000", "198.18.0.2:7001"], 20);
     // In order: once the last allowed datagram is in, every denied one has been judged.
     eventually(Duration::from_secs(5), || srv.udp(0) >= 20);
@@ -389,22 +394,15 @@ fn cleanup_removes_namespaces_of_a_killed_bench() {
     let ns = format!("wlb{pid}-tx");
     ok(std::process::Command::new("ip").args(["netns", "add", &ns]));
     let o = ok(wirelab().args(["cleanup", "--json"]));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v: wirelab::cleanup::Report = serde_json::from_slice(&o.stdout).expect("cleanup --json");
     let gone = !namespaces().contains(&ns);
     if !gone {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &ns])
             .status();
     }
-    assert!(gone, "{v}");
-    assert!(
-        v["bench_namespaces_removed"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n == ns.as_str()),
-        "{v}"
-    );
+    assert!(gone, "{v:?}");
+    assert!(v.bench_namespaces_removed.contains(&ns), "{v:?}");
 }
 
 #[test]
@@ -424,11 +422,11 @@ fn record_series_counts_rule_hits_and_reports() {
     c.args(["--metrics", "127.0.0.1:0"]);
     let bg = spawn_ready(c, "fw attached", Duration::from_secs(20));
     let addr = tcp_listen_addr(bg.pid());
-    let metric = |rows: &[serde_json::Value], name: &str, rule: &str| {
+    let metric = |rows: &[MetricSample], name: &str, rule: &str| {
         sample(rows, name, &[("iface", "eth0"), ("rule", rule)])
     };
     let reloads =
-        |rows: &[serde_json::Value]| sample(rows, "wirelab_fw_reloads_total", &[("iface", "eth0")]);
+        |rows: &[MetricSample]| sample(rows, "wirelab_fw_reloads_total", &[("iface", "eth0")]);
     let before = parse_openmetrics(&scrape(&addr).1);
     assert_eq!(
         metric(&before, "wirelab_fw_dropped_packets_total", "no-ping"),
@@ -476,7 +474,7 @@ fn record_series_counts_rule_hits_and_reports() {
     };
     let rows = reload(&other, 1.0);
     assert!(
-        rows.iter().all(|r| r["labels"]["rule"] != "no-ping"),
+        rows.iter().all(|r| r.label("rule") != Some("no-ping")),
         "removed rule still exported"
     );
     assert_eq!(metric(&rows, "wirelab_fw_packets_total", "other"), 0.0);
@@ -487,17 +485,17 @@ fn record_series_counts_rule_hits_and_reports() {
     assert!(st.success(), "fw exit {:?}", st.status);
     // Every denied echo request is in the per-interval hits of its rule, and in the drops.
     let series = std::fs::read_to_string(rec.join("fw.series.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = series
+    let lines: Vec<Interval> = series
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str(l).expect("an fw series line"))
         .collect();
     assert!(lines.len() >= 5, "{} lines", lines.len());
     let hits: u64 = lines
         .iter()
         // (absent from the lines while the rule was reloaded away)
-        .map(|l| l["hits"]["no-ping"].as_u64().unwrap_or(0))
+        .map(|l| l.hits.get("no-ping").copied().unwrap_or(0))
         .sum();
-    let dropped: u64 = lines.iter().map(|l| l["dropped"].as_u64().unwrap()).sum();
+    let dropped: u64 = lines.iter().map(|l| l.dropped).sum();
     assert_eq!(hits, 8, "{series}");
     assert_eq!(dropped, 8, "{series}");
     let o = ok(wirelab().arg("report").arg(&rec));
@@ -517,20 +515,19 @@ fn check_shows_the_lookup_plan_and_refuses_bad_files() {
     let o = ok(wirelab()
         .args(["fw", "check", "--json", "--rules"])
         .arg(&good));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["lookup"]["src4"]["method"], "hash", "{v}");
+    let v: CheckReport = serde_json::from_slice(&o.stdout).expect("fw check --json");
+    let l = &v.lookup;
     assert_eq!(
-        v["lookup"]["src4"]["lengths"],
-        serde_json::json!([25]),
-        "{v}"
+        (
+            l.src4.method.as_str(),
+            l.src4.lengths.as_slice(),
+            l.src4.entries
+        ),
+        ("hash", &[25u8][..], 3),
+        "{v:?}"
     );
-    assert_eq!(v["lookup"]["src4"]["entries"], 3, "{v}");
-    assert_eq!(
-        v["lookup"]["src6"]["lengths"],
-        serde_json::json!([128, 64]),
-        "{v}"
-    );
-    assert_eq!(v["lookup"]["dst4"]["method"], "none", "{v}");
+    assert_eq!(l.src6.lengths, [128, 64], "{v:?}");
+    assert_eq!(l.dst4.method, "none", "{v:?}");
     let bad = dir.file(
         "bad.toml",
         "default = \"allow\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nsrc = \"198.18.0.0/33\"\n",
@@ -541,18 +538,8 @@ fn check_shows_the_lookup_plan_and_refuses_bad_files() {
 }
 
 /// Total packets the firewall has judged (every counter).
-fn judged(s: &serde_json::Value) -> u64 {
-    let rules: u64 = s["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["packets"].as_u64().unwrap())
-        .sum();
-    rules
-        + ["default", "malformed", "non_ip"]
-            .iter()
-            .map(|k| s[*k]["packets"].as_u64().unwrap())
-            .sum::<u64>()
+fn judged(s: &Stats) -> u64 {
+    s.rows().iter().map(|(_, _, c)| c.packets).sum()
 }
 
 /// TCP SYN frames from the client's MAC to the server's, IPv4 or IPv6.
@@ -630,7 +617,7 @@ fn vlan_wrapped_syns_never_reach_a_denied_port() {
         // At most the allowed wrapped SYN may have reached the stack: never a denied one.
         assert!(
             seen <= 1,
-            "{wrap}: the server's stack saw {seen} wrapped SYNs: {s}"
+            "{wrap}: the server's stack saw {seen} wrapped SYNs: {s:?}"
         );
         if priority_only && within {
             assert_eq!(seen, 1, "{wrap}: the allowed SYN did not arrive");
@@ -640,17 +627,16 @@ fn vlan_wrapped_syns_never_reach_a_denied_port() {
         }
         let moved = |name: &str| rule(&s, name).1 - rule(&before_s, name).1;
         let verdict = if within {
-            assert_eq!((moved("no-ssh"), moved("bad-src")), (2, 2), "{wrap}: {s}");
+            assert_eq!((moved("no-ssh"), moved("bad-src")), (2, 2), "{wrap}: {s:?}");
             "denied by its rule"
         } else {
             // Deeper than the parser walks: malformed (default deny), never non-IP. (Through
             // the bridge the outer tag may travel as metadata, so the program may see one tag
             // fewer and judge the packet by its rule instead: denied either way.)
-            let malformed = s["malformed"]["dropped"].as_u64().unwrap()
-                - before_s["malformed"]["dropped"].as_u64().unwrap();
+            let malformed = s.malformed.counters.dropped - before_s.malformed.counters.dropped;
             assert!(
                 moved("no-ssh") + moved("bad-src") + malformed >= 4,
-                "{wrap}: not every denied SYN was dropped: {s}"
+                "{wrap}: not every denied SYN was dropped: {s:?}"
             );
             "malformed, or denied by its rule"
         };

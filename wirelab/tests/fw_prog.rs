@@ -736,3 +736,80 @@ fn ipv6_nested_prefixes_over_three_probes() {
     h.expect(&udp6(v6("2001:3::1"), SERVER6), PASS, "(default)");
     h.expect(&udp6(v6("::ffff:198.18.0.5"), SERVER6), PASS, "(default)");
 }
+
+/// ns per run of `fw` on `frame` (BPF_PROG_TEST_RUN, `repeat` runs; the kernel's average).
+fn ns_per_run(bpf: &aya::Ebpf, frame: &[u8], repeat: u32) -> f64 {
+    use aya::programs::{TestRun, TestRunOptions};
+    let p: &Xdp = bpf.program("fw").unwrap().try_into().unwrap();
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })
+        .expect("test run");
+    r.duration.as_nanos() as f64
+}
+
+#[test]
+fn the_capture_tap_keeps_fws_verdicts_and_costs_a_lookup_when_off() {
+    use aya::maps::{Array, PerCpuArray, ProgramArray};
+    use wirelab_common::{capture::stat, maps};
+    let mut h = Harness::new(include_str!("data/fw-block-udp.toml"));
+    let dropped = udp4([198, 18, 0, 1], SERVER, 1000, 5000);
+    let passed = udp4([198, 18, 0, 1], SERVER, 1000, 6000);
+    let repeat = 200_000;
+    // Tap off (no capture): the median of 5 averages, for the record.
+    let med = |bpf: &aya::Ebpf, f: &[u8]| {
+        let mut v: Vec<f64> = (0..5).map(|_| ns_per_run(bpf, f, repeat)).collect();
+        v.sort_by(f64::total_cmp);
+        v[2]
+    };
+    let off = med(&h.bpf, &passed);
+
+    // A capture behind the tap: capture's object, no filter, its tap program in fw's slot.
+    let mut cap = wirelab::ebpf::load(wirelab::ebpf::Object::Capture).expect("capture object");
+    let filter = wirelab::capture::compile("").unwrap();
+    wirelab::capture::configure(&mut cap, 128, &filter).unwrap();
+    wirelab::capture::load_filter_programs(&mut cap).unwrap();
+    let p: &mut Xdp = cap
+        .program_mut("capture_xdp_tap")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    p.load().expect("verifier accepts capture_xdp_tap");
+    let fd = p.fd().unwrap().try_clone().unwrap();
+    ProgramArray::try_from(h.bpf.map_mut(maps::FW_TAP).unwrap())
+        .unwrap()
+        .set(0, &fd, 0)
+        .unwrap();
+    // The flag holds the captured interface's ifindex: BPF_PROG_TEST_RUN's frames arrive on
+    // the loopback device (ifindex 1).
+    let mut flag: Array<_, u32> = Array::try_from(h.bpf.map_mut(maps::FW_TAP_ON).unwrap()).unwrap();
+    flag.set(0, 1, 0).unwrap();
+    let seen = |cap: &aya::Ebpf| {
+        let s: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(cap.map(maps::CAPTURE_STATS).unwrap()).unwrap();
+        s.get(&stat::SEEN, 0).unwrap().iter().sum::<u64>()
+    };
+    // The verdicts stay fw's, the counters count once, capture ran on each frame, and the
+    // frame leaves as it came (the metadata removed).
+    h.expect(&dropped, DROP, "block-udp");
+    h.expect(&passed, PASS, "(default)");
+    assert_eq!(seen(&cap), 2);
+    let (_, out) = wirelab_testkit::prog::run(&h.bpf, "fw", &passed);
+    assert_eq!(out, passed);
+    let on = med(&h.bpf, &passed);
+    // With the flag off again, capture no longer runs.
+    let mut flag: Array<_, u32> = Array::try_from(h.bpf.map_mut(maps::FW_TAP_ON).unwrap()).unwrap();
+    flag.set(0, 0, 0).unwrap();
+    let before = seen(&cap);
+    h.expect(&dropped, DROP, "block-udp");
+    assert_eq!(seen(&cap), before);
+    let off_again = med(&h.bpf, &passed);
+    eprintln!(
+        "fw ns/run, tap off: {off:.1} (again {off_again:.1}); tap on, capture without reader: {on:.1}"
+    );
+}

@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use wirelab::gen::Report;
 
 fn server_mac(lab: &Lab) -> String {
     let o = ok(in_ns(
@@ -18,19 +19,19 @@ fn server_mac(lab: &Lab) -> String {
         .to_string()
 }
 
-fn gen(lab: &Lab, extra: &[&str]) -> serde_json::Value {
+fn gen(lab: &Lab, extra: &[&str]) -> Report {
     gen_to(lab, "198.18.0.2", extra)
 }
 
 /// `wirelab gen` from the client to the server's MAC and `dst`.
-fn gen_to(lab: &Lab, dst: &str, extra: &[&str]) -> serde_json::Value {
+fn gen_to(lab: &Lab, dst: &str, extra: &[&str]) -> Report {
     let mac = server_mac(lab);
     let mut c = wirelab();
     c.args(cli::on_iface("gen", &lab.ns("client"), "eth0"));
     c.args(["--dst-mac", &mac, "--dst", dst, "--dport", "9", "--json"]);
     c.args(extra);
     let o = ok(c);
-    serde_json::from_slice(&o.stdout).unwrap()
+    serde_json::from_slice(&o.stdout).expect("gen --json")
 }
 
 /// An XDP program (inspect) on the client's veth peer gives it NAPI, so live XDP frames from
@@ -55,18 +56,13 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
         &lab,
         &["--src", "198.18.0.1", "--count", "300", "--rate", "3000"],
     );
-    assert_eq!(r["method"], "af-packet", "{r}");
-    assert_eq!(r["sent"], 300, "{r}");
-    assert_eq!(r["delivered"], 300, "{r}");
-    let rule_packets = || {
-        fw_stats(&lab.ns("server"))["rules"][0]["packets"]
-            .as_u64()
-            .unwrap()
-    };
+    assert_eq!(r.method, "af-packet", "{r:?}");
+    assert_eq!(r.sent, 300, "{r:?}");
+    assert_eq!(r.delivered, 300, "{r:?}");
+    let rule_packets = || fw_stats(&lab.ns("server")).rules[0].counters.packets;
     eventually(Duration::from_secs(5), || rule_packets() >= 300);
     let s = fw_stats(&lab.ns("server"));
-    let rule = &s["rules"][0];
-    assert_eq!(rule["packets"], 300, "{s}");
+    assert_eq!(s.rules[0].counters.packets, 300, "{s:?}");
 
     // 2. An XDP program on the peer gives it NAPI: live frames are delivered.
     let _insp = napi_on_client_peer(&lab);
@@ -82,18 +78,18 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
             "2560",
         ],
     );
-    assert_eq!(r["method"], "xdp-live-frames", "{r}");
-    assert_eq!(r["sent"], 2560, "{r}");
-    assert_eq!(r["delivered"], 2560, "{r}");
-    let secs = r["elapsed_s"].as_f64().unwrap();
+    assert_eq!(r.method, "xdp-live-frames", "{r:?}");
+    assert_eq!(r.sent, 2560, "{r:?}");
+    assert_eq!(r.delivered, 2560, "{r:?}");
+    let secs = r.elapsed_s;
     eventually(Duration::from_secs(5), || rule_packets() >= 300 + 2560);
     let s = fw_stats(&lab.ns("server"));
-    let rule = &s["rules"][0];
-    let pk = rule["packets"].as_u64().unwrap() - 300;
-    assert_eq!(pk, 2560, "{s}");
+    let rule = s.rules[0].counters;
+    let pk = rule.packets - 300;
+    assert_eq!(pk, 2560, "{s:?}");
     // 256 distinct sources: each got its one token (198.18.0.1 spent its own earlier and
     // may have refilled one since), plus at most 1 token/s each while sending.
-    let passed = pk - (rule["dropped"].as_u64().unwrap() - 299);
+    let passed = pk - (rule.dropped - 299);
     let max = 256 + (256.0 * secs).ceil() as u64 + 2;
     assert!(
         (255..=max).contains(&passed),
@@ -105,8 +101,8 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
         &lab,
         &["--src", "198.18.0.1", "--rate", "2000", "--duration", "1s"],
     );
-    let pps = r["pps"].as_f64().unwrap();
-    assert!((1700.0..=2200.0).contains(&pps), "{r}");
+    let pps = r.pps;
+    assert!((1700.0..=2200.0).contains(&pps), "{r:?}");
 
     // 4. --method xdp refuses a plain peer (the server's peer wan/to-server) with a reason.
     let o = wirelab()
@@ -165,16 +161,16 @@ fn ipv6_frames_reach_the_server_stack_with_valid_checksums() {
     // 1. AF_PACKET (plain veth peer): 300 datagrams from 16 sources.
     let (np0, ce0) = udp6_counters(&lab);
     let r = gen6(&["--flows", "16", "--count", "300", "--rate", "3000"]);
-    assert_eq!(r["method"], "af-packet", "{r}");
-    assert_eq!(r["delivered"], 300, "{r}");
+    assert_eq!(r.method, "af-packet", "{r:?}");
+    assert_eq!(r.delivered, 300, "{r:?}");
     let (np1, ce1) = counters_after(np0, 300);
     assert_eq!((np1 - np0, ce1 - ce0), (300, 0), "NoPorts, InCsumErrors");
     // 2. Live frames (an XDP program on the peer gives it NAPI): the kernel program rewrites
     // the low 32 bits of the source and the UDP checksum of every frame.
     let _insp = napi_on_client_peer(&lab);
     let r = gen6(&["--flows", "256", "--count", "2560", "--rate", "10000"]);
-    assert_eq!(r["method"], "xdp-live-frames", "{r}");
-    assert_eq!(r["delivered"], 2560, "{r}");
+    assert_eq!(r.method, "xdp-live-frames", "{r:?}");
+    assert_eq!(r.delivered, 2560, "{r:?}");
     let (np2, ce2) = counters_after(np1, 2560);
     assert_eq!((np2 - np1, ce2 - ce1), (2560, 0), "NoPorts, InCsumErrors");
 }

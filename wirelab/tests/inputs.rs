@@ -127,9 +127,10 @@ fn wan_check_spells_out_the_units_it_read() {
         "--b-to-a",
         "delay 1.5s rate 10mbit",
     ]));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
-    assert_eq!(v["ok"], true, "{v}");
-    let a = v["classes"][0]["a_to_b"].as_str().unwrap();
+    let v: wirelab::wan::CheckReport =
+        serde_json::from_slice(&o.stdout).expect("one wan --check report");
+    assert!(v.ok, "{v:?}");
+    let a = &v.classes[0].a_to_b;
     for want in [
         "delay 20 ms",
         "jitter 2 ms normal (order kept)",
@@ -139,7 +140,7 @@ fn wan_check_spells_out_the_units_it_read() {
     ] {
         assert!(a.contains(want), "{want:?} not in {a:?}");
     }
-    let b = v["classes"][0]["b_to_a"].as_str().unwrap();
+    let b = &v.classes[0].b_to_a;
     assert!(
         b.contains("delay 1500 ms") && b.contains("rate 10 Mbit/s (1.25 MB/s)"),
         "{b}"

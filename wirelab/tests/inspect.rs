@@ -3,16 +3,29 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use wirelab::{
+    inspect::{FinalLine, Interval},
+    record::{LineKind, Stamped},
+    runtime::bpf::AttachMode,
+};
 
-fn final_json(out: &[u8]) -> serde_json::Value {
+/// `inspect --json` on stdout, as inspect's own line types: the interval lines, then the
+/// final line.
+fn json_lines(out: &[u8]) -> (Vec<Interval>, FinalLine) {
     let text = String::from_utf8_lossy(out);
-    let last = text
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let (last, before) = lines
+        .split_last()
         .unwrap_or_else(|| panic!("no output: {text}"));
-    let v: serde_json::Value = serde_json::from_str(last).expect("final line is JSON");
-    assert_eq!(v["type"], "final", "{last}");
-    v
+    let v: FinalLine = serde_json::from_str(last).expect("the final line is inspect's FinalLine");
+    assert_eq!(v.kind, LineKind::Final, "{last}");
+    let intervals = before
+        .iter()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not an interval line ({e}): {l}"))
+        })
+        .collect();
+    (intervals, v)
 }
 
 #[test]
@@ -38,15 +51,20 @@ fn counts_exactly_n_icmp_echo_requests() {
     pings_ok(&lab.ns("client"), n as u32, "198.18.0.2");
     // SIGTERM ends the run early with a final report.
     let out = bg.terminate();
-    let v = final_json(&out.stdout);
-    assert_eq!(v["counts"]["icmp"]["packets"], n, "{v}");
+    let (intervals, v) = json_lines(&out.stdout);
+    assert_eq!(v.counts["icmp"].packets, n, "{v:?}");
     // 98-byte echo requests (84 IP + 14 Ethernet).
-    assert_eq!(v["counts"]["icmp"]["bytes"], n * 98, "{v}");
-    assert_eq!(v["counts"]["malformed"]["packets"], 0, "{v}");
-    assert!(v["counts"]["ipv4"]["packets"].as_u64().unwrap() >= n);
+    assert_eq!(v.counts["icmp"].bytes, n * 98, "{v:?}");
+    assert_eq!(v.counts["malformed"].packets, 0, "{v:?}");
+    assert!(v.counts["ipv4"].packets >= n);
     // Interval lines came before the final one.
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.lines().filter(|l| l.contains("\"interval\"")).count() >= 1);
+    assert!(
+        intervals
+            .iter()
+            .filter(|l| l.kind == LineKind::Interval)
+            .count()
+            >= 1
+    );
     // Detached after exit.
     assert!(
         !xdp_attached(&lab.ns("wan"), "to-client"),
@@ -58,8 +76,7 @@ fn counts_exactly_n_icmp_echo_requests() {
     let series = std::fs::read_to_string(rec.join("inspect.series.jsonl")).unwrap();
     let mut icmp = 0;
     for l in series.lines() {
-        let l: wirelab::record::Stamped<wirelab::inspect::Interval> =
-            serde_json::from_str(l).unwrap();
+        let l: Stamped<Interval> = serde_json::from_str(l).unwrap();
         icmp += l.line.counts["icmp"].packets;
     }
     assert!(
@@ -85,9 +102,9 @@ fn duration_ends_and_detaches_and_skb_mode_works() {
             "--mode",
             "skb",
         ]));
-    let v = final_json(&o.stdout);
-    assert_eq!(v["mode"], "skb");
-    let d = v["duration_s"].as_f64().unwrap();
+    let (_, v) = json_lines(&o.stdout);
+    assert_eq!(v.mode, AttachMode::Skb);
+    let d = v.duration_s;
     assert!((1.4..3.0).contains(&d), "duration {d}");
     assert!(!xdp_attached(&lab.ns("server"), "eth0"));
 }

@@ -1,6 +1,7 @@
 //! `wirelab lab`: up/down leave nothing behind, bad topologies change nothing.
 mod common;
 use common::*;
+use wirelab::{cleanup, lab::LabStatus};
 
 fn ns_of(lab: &str) -> Vec<String> {
     namespaces()
@@ -22,22 +23,24 @@ fn up_status_down_leaves_nothing() {
         &["ping", "-c", "2", "-i", "0.2", "-W", "2", "198.18.0.2"],
     ));
     let o = ok(wirelab().args(["lab", "status", "--name", &lab.name, "--json"]));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status JSON");
-    let hosts = v[0]["hosts"].as_array().expect("hosts");
+    let v: Vec<LabStatus> = serde_json::from_slice(&o.stdout).expect("status JSON");
+    let hosts = &v[0].hosts;
     assert_eq!(hosts.len(), 3);
-    let wan = hosts.iter().find(|h| h["host"] == "wan").expect("wan host");
-    let names: Vec<&str> = wan["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap())
-        .collect();
+    let wan = hosts.iter().find(|h| h.host == "wan").expect("wan host");
+    let names: Vec<&str> = wan.interfaces.iter().map(|i| i.name.as_str()).collect();
     for n in ["to-client", "to-server", "br0"] {
         assert!(names.contains(&n), "{names:?}");
     }
     // A process left running in a lab host is stopped by `down`.
-    let _sleeper = Bg::from_child(in_ns(&lab.ns("server"), &["sleep", "60"]).spawn().unwrap());
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let sleeper = Bg::from_child(in_ns(&lab.ns("server"), &["sleep", "60"]).spawn().unwrap());
+    // `ip netns exec` has moved into the namespace and become `sleep`.
+    let inside = || {
+        let o = ok(std::process::Command::new("ip").args(["netns", "pids", &lab.ns("server")]));
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .any(|p| p == sleeper.pid().to_string())
+    };
+    assert!(eventually(std::time::Duration::from_secs(10), inside));
     ok(wirelab().args(["lab", "down", "--name", &lab.name]));
     assert!(
         ns_of(&lab.name).is_empty(),
@@ -183,9 +186,8 @@ fn down_after_killed_up() {
     let _ = child.wait();
     assert!(!ns_of(&name).is_empty(), "up made nothing before the kill");
     let o = ok(wirelab().args(["cleanup", "--json"]));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let removed = v["labs_removed"].as_array().unwrap();
-    let complete = !removed.iter().any(|r| r == name.as_str());
+    let v: cleanup::Report = serde_json::from_slice(&o.stdout).expect("cleanup --json");
+    let complete = !v.labs_removed.contains(&name);
     if complete {
         // `up` had finished before the kill: cleanup keeps complete labs, down removes them.
         ok(wirelab().args(["lab", "down", "--name", &name]));

@@ -18,7 +18,7 @@ use std::{
 };
 
 use common::{eventually, spawn_ready, tcx_ingress_count, wirelab, Bg, Lab, TempDir};
-use serde::Deserialize;
+use wirelab::lb::{health::Transition, FinalLine, Health, Path, ReloadReport, StatsReply};
 
 const VIP: &str = "198.18.1.100";
 const PORT: u16 = 80;
@@ -90,42 +90,6 @@ fn connect_many(ns: &str, n: usize) -> (BTreeMap<String, usize>, usize) {
     .expect("client")
 }
 
-#[derive(Deserialize)]
-struct Count {
-    packets: u64,
-    new_flows: u64,
-    drops: u64,
-}
-
-#[derive(Deserialize)]
-struct BackendLine {
-    name: String,
-    #[serde(flatten)]
-    count: Count,
-}
-
-#[derive(Deserialize)]
-struct ServiceLine {
-    #[serde(flatten)]
-    count: Count,
-    backends: Vec<BackendLine>,
-}
-
-#[derive(Deserialize)]
-struct Events {
-    drop_error: u64,
-    drop_no_backend: u64,
-}
-
-#[derive(Deserialize)]
-struct FinalLine {
-    r#type: String,
-    path: String,
-    attach: String,
-    services: Vec<ServiceLine>,
-    events: Events,
-}
-
 #[test]
 fn dsr_spreads_real_connections_and_kill_9_leaves_nothing_attached() {
     let dir = TempDir::new("lb");
@@ -181,13 +145,9 @@ fn dsr_spreads_real_connections_and_kill_9_leaves_nothing_attached() {
 
     // The balancer's own account: every connection a new flow, on the backend that answered.
     let text = stopped.text();
-    let fin: FinalLine = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<FinalLine>(l).ok())
-        .find(|f| f.r#type == "final")
-        .unwrap_or_else(|| panic!("no final line in {text}"));
-    assert_eq!((fin.path.as_str(), fin.attach.as_str()), ("tc", "tcx"));
-    let web = &fin.services[0];
+    let fin = final_of(&text);
+    assert_eq!((fin.path, fin.attach.as_str()), (Path::Tc, "tcx"));
+    let web = &fin.stats.services[0];
     assert_eq!(
         web.count.new_flows, CONNECTIONS as u64,
         "one new flow per connection"
@@ -197,7 +157,8 @@ fn dsr_spreads_real_connections_and_kill_9_leaves_nothing_attached() {
         "SYN, ACK, FIN at least"
     );
     assert_eq!(web.count.drops, 0);
-    assert_eq!((fin.events.drop_error, fin.events.drop_no_backend), (0, 0));
+    let ev = &fin.stats.events;
+    assert_eq!((ev.drop_error, ev.drop_no_backend), (0, 0));
     for b in &web.backends {
         assert_eq!(
             b.count.new_flows as usize,
@@ -451,19 +412,33 @@ fn curl_many_to(ns: &str, n: usize, src: &str, vip: &str) -> (BTreeMap<String, u
 }
 
 /// `wirelab lb stats --json` of the balancer in `ns`.
-fn lb_stats(ns: &str) -> serde_json::Value {
+fn lb_stats(ns: &str) -> StatsReply {
     let o = common::ok(wirelab().args(["lb", "stats", "--netns", ns, "--json"]));
-    serde_json::from_slice(&o.stdout).unwrap()
+    serde_json::from_slice(&o.stdout).expect("lb stats --json is a StatsReply")
 }
 
-fn health_of(stats: &serde_json::Value, backend: &str) -> String {
-    stats["services"][0]["backends"]
-        .as_array()
-        .unwrap()
+fn health_of(stats: &StatsReply, backend: &str) -> Health {
+    stats.stats.services[0]
+        .backends
         .iter()
-        .find(|b| b["name"] == backend)
-        .map(|b| b["health"].as_str().unwrap().to_string())
-        .unwrap()
+        .find(|b| b.name == backend)
+        .map(|b| b.health)
+        .unwrap_or_else(|| panic!("no backend {backend}: {stats:?}"))
+}
+
+/// The `--json` lines of a balancer's output that are of type `T`.
+fn lines_of<T: serde::de::DeserializeOwned>(text: &str) -> Vec<T> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<T>(l).ok())
+        .collect()
+}
+
+/// The final line of a balancer's `--json` output.
+fn final_of(text: &str) -> FinalLine {
+    lines_of::<FinalLine>(text)
+        .into_iter()
+        .find(|f| f.r#type == wirelab::record::LineKind::Final)
+        .unwrap_or_else(|| panic!("no final line in {text}"))
 }
 
 /// Lab with the VIP on every backend's `lo` and an HTTP server on each.
@@ -481,6 +456,15 @@ fn http_lab(prefix: &str, dir: &TempDir) -> (Lab, BTreeMap<&'static str, HttpBac
     (lab, servers)
 }
 
+/// `wirelab lb` on `eth0` of `lb_ns` with `--json` lines every `interval`.
+fn lb_json(lb_ns: &str, config: &std::path::Path, interval: &str) -> std::process::Command {
+    let mut c = wirelab();
+    c.args(["lb", "--netns", lb_ns, "--iface", "eth0", "--config"])
+        .arg(config)
+        .args(["--json", "--interval", interval]);
+    c
+}
+
 const HEALTH: &str = r#"health = { kind = "http", path = "/health", interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }"#;
 
 #[test]
@@ -494,18 +478,8 @@ fn health_checks_take_a_killed_backend_out_and_bring_it_back() {
     let lb_ns = lab.ns("lb");
     let client_ns = lab.ns("client");
     let rec = dir.join("rec");
-    let mut c = wirelab();
-    c.args(["lb", "--netns", &lb_ns, "--iface", "eth0", "--config"])
-        .arg(&config)
-        .args([
-            "--json",
-            "--interval",
-            "200ms",
-            "--metrics",
-            "127.0.0.1:0",
-            "--record",
-        ])
-        .arg(&rec);
+    let mut c = lb_json(&lb_ns, &config, "200ms");
+    c.args(["--metrics", "127.0.0.1:0", "--record"]).arg(&rec);
     let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
     let metrics = common::tcp_listen_addr(bg.pid());
     let up_metric = |b: &str| {
@@ -524,7 +498,7 @@ fn health_checks_take_a_killed_backend_out_and_bring_it_back() {
     drop(servers.remove("b2"));
     let t0 = std::time::Instant::now();
     let out = eventually(Duration::from_secs(5), || {
-        health_of(&lb_stats(&lb_ns), "b2") == "down"
+        health_of(&lb_stats(&lb_ns), "b2") == Health::Down
     });
     let fall_s = t0.elapsed().as_secs_f64();
     eprintln!("b2 out after {fall_s:.3}s (fall 3 x 200ms, timeout 100ms)");
@@ -540,17 +514,13 @@ fn health_checks_take_a_killed_backend_out_and_bring_it_back() {
     );
     assert!(!per.contains_key("b2"));
     let after = lb_stats(&lb_ns);
-    let b2_flows = |s: &serde_json::Value| {
-        s["services"][0]["backends"][1]["new_flows"]
-            .as_u64()
-            .unwrap()
-    };
+    let b2_flows = |s: &StatsReply| s.stats.services[0].backends[1].count.new_flows;
     assert_eq!(
         b2_flows(&after),
         b2_flows(&before),
         "no new flow sent to b2"
     );
-    assert_eq!(after["services"][0]["backends"][1]["slots"], 0);
+    assert_eq!(after.stats.services[0].backends[1].slots, 0);
     // --metrics says so too (updated each 200 ms interval).
     assert!(eventually(Duration::from_secs(2), || up_metric("b2") == 0.0));
     assert_eq!(up_metric("b1"), 1.0);
@@ -571,7 +541,7 @@ fn health_checks_take_a_killed_backend_out_and_bring_it_back() {
     servers.insert("b2", HttpBackend::start(&lab.ns("b2"), "b2"));
     let t1 = std::time::Instant::now();
     let back = eventually(Duration::from_secs(5), || {
-        health_of(&lb_stats(&lb_ns), "b2") == "up"
+        health_of(&lb_stats(&lb_ns), "b2") == Health::Up
     });
     let rise_s = t1.elapsed().as_secs_f64();
     eprintln!("b2 back after {rise_s:.3}s (rise 2 x 200ms)");
@@ -582,38 +552,22 @@ fn health_checks_take_a_killed_backend_out_and_bring_it_back() {
     assert!(per.get("b2").copied().unwrap_or(0) > 50, "{per:?}");
 
     let text = bg.terminate().text();
-    let transitions: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["type"] == "health")
+    let transitions: Vec<Transition> = lines_of::<Transition>(&text)
+        .into_iter()
+        .filter(|t| t.r#type == "health")
         .collect();
     assert_eq!(transitions.len(), 2, "{text}");
-    assert_eq!(
-        (&transitions[0]["backend"], &transitions[0]["state"]),
-        (&"b2".into(), &"down".into())
-    );
+    let down = &transitions[0];
+    assert_eq!((down.backend.as_str(), down.state), ("b2", Health::Down));
     assert!(
-        transitions[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("refused"),
-        "{}",
-        transitions[0]
+        down.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("refused")),
+        "{down:?}"
     );
-    assert_eq!(
-        (
-            transitions[0]["up"].as_u64(),
-            transitions[0]["probes"].as_u64()
-        ),
-        (Some(2), Some(3))
-    );
-    assert_eq!(transitions[1]["state"], "up");
-    let fin: serde_json::Value = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["type"] == "final")
-        .unwrap();
-    assert_eq!(fin["health_changes"], 2);
+    assert_eq!((down.up, down.probes), (2, 3));
+    assert_eq!(transitions[1].state, Health::Up);
+    assert_eq!(final_of(&text).health_changes, 2);
     let changes = std::fs::read_to_string(rec.join("lb.changes.jsonl")).unwrap();
     assert_eq!(
         changes.lines().filter(|l| l.contains("\"health\"")).count(),
@@ -622,9 +576,8 @@ fn health_checks_take_a_killed_backend_out_and_bring_it_back() {
     );
 }
 
-/// A long-lived connection: send a PING line, read the backend's name.
 /// `wirelab lb` in NAT mode in `lb_ns`: clients on eth0, backends' replies on eth1.
-fn start_nat_lb(lb_ns: &str, config: &std::path::Path) -> Bg {
+fn nat_lb_cmd(lb_ns: &str, config: &std::path::Path) -> std::process::Command {
     let mut c = wirelab();
     c.args([
         "lb",
@@ -636,8 +589,14 @@ fn start_nat_lb(lb_ns: &str, config: &std::path::Path) -> Bg {
         "eth1",
         "--config",
     ])
-    .arg(config)
-    .args(["--json", "--interval", "1s"]);
+    .arg(config);
+    c
+}
+
+/// [`nat_lb_cmd`] running, with `--json` lines every second.
+fn start_nat_lb(lb_ns: &str, config: &std::path::Path) -> Bg {
+    let mut c = nat_lb_cmd(lb_ns, config);
+    c.args(["--json", "--interval", "1s"]);
     spawn_ready(c, "lb attached", Duration::from_secs(30))
 }
 
@@ -713,20 +672,20 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
             .arg(f)
             .args(extra);
         let o = common::ok(c);
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+        serde_json::from_slice::<ReloadReport>(&o.stdout).expect("lb reload --json")
     };
     std::thread::sleep(Duration::from_millis(500));
     let dry = reload(&drain, &["--dry-run"]);
-    assert_eq!(dry["dry_run"], true);
-    let moved = dry["services"][0]["slots_moved_pct"].as_f64().unwrap();
+    assert!(dry.dry_run);
+    let moved = dry.services[0].slots_moved_pct;
     assert!(
         (30.0..37.0).contains(&moved),
         "draining 1 of 3 moves ~1/3 of the slots: {moved}"
     );
-    assert!(dry["tracked_flows"].as_u64().unwrap() >= 30, "{dry}");
-    assert_eq!(dry["tracked_flows_moved"], 0);
+    assert!(dry.tracked_flows >= 30, "{dry:?}");
+    assert_eq!(dry.tracked_flows_moved, 0);
     let r = reload(&drain, &[]);
-    assert_eq!(r["services"][0]["reweighted"], serde_json::json!(["b3"]));
+    assert_eq!(r.services[0].reweighted, ["b3"]);
     // A bad file is refused, naming the field; nothing changes.
     let e = common::fails(
         wirelab()
@@ -740,6 +699,10 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
         let w = which(&lb_ns, &format!("198.18.0.1:{port}"));
         let new_flow = w.new_flow.as_ref().map(|b| b.name.as_str());
         assert_ne!(new_flow, Some("b3"), "{w:?}");
+        assert!(
+            w.model_agrees,
+            "the program and the userspace model agree: {w:?}"
+        );
     }
     for (s, b) in &long {
         let from = s.local_addr().unwrap().to_string();
@@ -749,24 +712,53 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
         assert!(tracked.stays, "{w:?}");
     }
     let r = reload(&removed, &[]);
-    assert_eq!(r["services"][0]["removed"], serde_json::json!(["b3"]));
+    assert_eq!(r.services[0].removed, ["b3"]);
     std::thread::sleep(Duration::from_millis(500));
     // Drained, then removed: every long-lived connection still talks to its backend.
     for (s, b) in long.iter_mut() {
         assert_eq!(&ping(s).unwrap(), b, "long-lived connection kept");
     }
     let r = reload(&config, &[]);
-    assert_eq!(r["services"][0]["added"], serde_json::json!(["b3"]));
+    assert_eq!(r.services[0].added, ["b3"]);
     let (per, failed) = traffic.join().unwrap();
     eprintln!("through 3 reloads: {per:?}, failed {failed}");
     assert_eq!(failed, 0, "reload under traffic loses nothing: {per:?}");
     for (s, b) in long.iter_mut() {
         assert_eq!(&ping(s).unwrap(), b, "long-lived connection kept");
     }
+    // Open tracked flows: the long-lived connections, each on its backend; every curl
+    // connection has closed (its FIN went through the balancer). b3 was removed and added
+    // again: a new backend (new id), so its long-lived connections, which stay on the old
+    // one, count for the service only.
+    let want = |b: &str| {
+        if b == "b3" {
+            0
+        } else {
+            long.iter().filter(|(_, n)| n == b).count() as u64
+        }
+    };
+    let active_ok = || {
+        let st = lb_stats(&lb_ns);
+        st.stats.services[0]
+            .backends
+            .iter()
+            .all(|b| b.active_flows == want(&b.name))
+            && st.stats.services[0].active_flows == long.len() as u64
+    };
+    assert!(
+        eventually(Duration::from_secs(5), active_ok),
+        "active flows {:?}, long-lived {:?}",
+        lb_stats(&lb_ns).stats.services[0]
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), b.active_flows))
+            .collect::<Vec<_>>(),
+        long.iter().map(|(_, n)| n).collect::<Vec<_>>()
+    );
     let st = lb_stats(&lb_ns);
-    assert_eq!(st["reloads"], 3);
-    assert_eq!(st["events"]["drop_no_backend"], 0);
-    assert_eq!(st["events"]["drop_error"], 0);
+    assert_eq!(st.reloads, 3);
+    assert_eq!(st.stats.events.drop_no_backend, 0);
+    assert_eq!(st.stats.events.drop_error, 0);
     drop(long);
     let served: u64 = servers
         .values()
@@ -787,17 +779,26 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
 const NAT_TOPOLOGY: &str = include_str!("../../docs/examples/lb-nat-lab.toml");
 const NAT_CONFIG: &str = include_str!("../../docs/examples/lb-nat.toml");
 
-#[test]
-fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip() {
-    let dir = TempDir::new("lbn");
+/// The NAT lab with an HTTP server on each backend, and its lb config file.
+fn nat_lab(
+    prefix: &str,
+    dir: &TempDir,
+) -> (Lab, BTreeMap<&'static str, HttpBackend>, std::path::PathBuf) {
     let topo = dir.file("lb-nat-lab.toml", NAT_TOPOLOGY);
     let config = dir.file("lb-nat.toml", NAT_CONFIG);
-    let lab = Lab::up_with("lbn", Some(&topo));
+    let lab = Lab::up_with(prefix, Some(&topo));
     // No VIP on the backends: they see the VIP's traffic addressed to themselves.
-    let servers: BTreeMap<&str, HttpBackend> = BACKENDS
+    let servers = BACKENDS
         .iter()
         .map(|(b, _)| (*b, HttpBackend::start(&lab.ns(b), b)))
         .collect();
+    (lab, servers, config)
+}
+
+#[test]
+fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip() {
+    let dir = TempDir::new("lbn");
+    let (lab, servers, config) = nat_lab("lbn", &dir);
     let lb_ns = lab.ns("lb");
     let client_ns = lab.ns("client");
     let (per, failed) = curl_many(&client_ns, 1);
@@ -808,20 +809,7 @@ fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip
         &lb_ns,
         &["sysctl", "-qw", "net.ipv4.ip_forward=0"],
     ));
-    let e = common::fails(
-        wirelab()
-            .args([
-                "lb",
-                "--netns",
-                &lb_ns,
-                "--iface",
-                "eth0",
-                "--nat-iface",
-                "eth1",
-                "--config",
-            ])
-            .arg(&config),
-    );
+    let e = common::fails(&mut nat_lb_cmd(&lb_ns, &config));
     assert!(
         e.contains("service[0].mode") && e.contains("ip_forward"),
         "{e}"
@@ -863,12 +851,9 @@ fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip
         let pct = 100.0 * n as f64 / 1200.0;
         assert!((100.0 / 3.0 - pct).abs() <= 6.0, "{b}: {n} of 1200");
     }
-    let ev = &st["events"];
-    assert!(ev["nat_replies"].as_u64().unwrap() >= 2 * 1200, "{ev}");
-    assert_eq!(
-        (ev["drop_error"].as_u64(), ev["drop_no_backend"].as_u64()),
-        (Some(0), Some(0))
-    );
+    let ev = &st.stats.events;
+    assert!(ev.nat_replies >= 2 * 1200, "{ev:?}");
+    assert_eq!((ev.drop_error, ev.drop_no_backend), (0, 0));
     assert!(text.contains("\"type\":\"final\""), "{text}");
     assert!(
         !text.contains("\"type\":\"health\""),
@@ -953,8 +938,520 @@ fn nat_over_ipv6() {
             "{b} sees the IPv6 client"
         );
     }
-    assert!(st["events"]["nat_replies"].as_u64().unwrap() >= 600, "{st}");
-    for b in st["services"][0]["backends"].as_array().unwrap() {
-        assert_eq!(b["health"], "up", "probes over IPv6 pass: {b}");
+    assert!(st.stats.events.nat_replies >= 600, "{st:?}");
+    for b in &st.stats.services[0].backends {
+        assert_eq!(b.health, Health::Up, "probes over IPv6 pass: {b:?}");
     }
+}
+
+/// `wirelab lb --record` then `wirelab report`: the plots of each backend's share and of the
+/// new flows per second exist, the health transition and the reload are markers on them, and
+/// the report's numbers per backend equal the balancer's final counters and the GETs each
+/// backend answered.
+#[test]
+fn recorded_run_reports_shares_new_flows_and_health_transitions() {
+    let dir = TempDir::new("lbrep");
+    let (lab, mut servers) = http_lab("lbrep", &dir);
+    let with_health = CONFIG.replace("seed = 1", &format!("seed = 1\n{HEALTH}"));
+    let config = dir.file("lb.toml", &with_health);
+    let heavier = dir.file(
+        "lb-v2.toml",
+        &with_health.replace("name = \"b3\"", "name = \"b3\"\nweight = 2"),
+    );
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    let rec = dir.join("rec");
+    let mut c = lb_json(&lb_ns, &config, "200ms");
+    c.arg("--record").arg(&rec);
+    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    let mut answered: BTreeMap<String, usize> = BTreeMap::new();
+    let mut add = |(per, failed): (BTreeMap<String, usize>, usize)| {
+        assert_eq!(failed, 0, "{per:?}");
+        for (b, n) in per {
+            *answered.entry(b).or_default() += n;
+        }
+    };
+    add(curl_many(&client_ns, 150));
+    drop(servers.remove("b2"));
+    assert!(
+        eventually(Duration::from_secs(5), || health_of(
+            &lb_stats(&lb_ns),
+            "b2"
+        ) == Health::Down),
+        "b2 never marked down"
+    );
+    add(curl_many(&client_ns, 150));
+    common::ok(
+        wirelab()
+            .args(["lb", "reload", "--netns", &lb_ns, "--config"])
+            .arg(&heavier),
+    );
+    add(curl_many(&client_ns, 150));
+    assert!(!answered.contains_key("b2") || answered["b2"] < 150);
+    // Let a whole interval pass after the traffic, so the series holds every flow.
+    let series = rec.join("lb.series.jsonl");
+    let lines = || {
+        std::fs::read_to_string(&series)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let n = lines();
+    assert!(eventually(Duration::from_secs(5), || lines() >= n + 2));
+    let text = bg.terminate().text();
+    let fin = final_of(&text);
+
+    let o = common::ok(wirelab().arg("report").arg(&rec));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    eprintln!("{out}");
+    assert!(
+        out.contains("web/b2") && out.contains("web/b2 down"),
+        "{out}"
+    );
+    assert!(out.contains("reload (generation 1)"), "{out}");
+    let run = wirelab::report::load(&rec, false).unwrap();
+    let src = run.sources.iter().find(|s| s.tool == "lb").unwrap();
+    let wirelab::report::Typed::Lb(l) = &src.typed else {
+        panic!("the lb source is not read as lb lines")
+    };
+    let rows = wirelab::report::lb::rows(l);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let total: u64 = rows.iter().map(|r| r.new_flows).sum();
+    assert_eq!(total, 450, "{rows:?}");
+    for (r, b) in rows.iter().zip(&fin.stats.services[0].backends) {
+        assert_eq!(r.backend, b.name);
+        assert_eq!(
+            (r.new_flows, r.packets, r.bytes),
+            (b.count.new_flows, b.count.packets, b.count.bytes),
+            "{}: the report's totals are the final counters",
+            r.backend
+        );
+        assert_eq!(
+            (r.series_new_flows, r.series_packets),
+            (r.new_flows, r.packets),
+            "{}: the plotted intervals add up to the totals",
+            r.backend
+        );
+        assert_eq!(
+            r.new_flows as usize,
+            answered.get(&r.backend).copied().unwrap_or(0),
+            "{}: one new flow per GET answered",
+            r.backend
+        );
+        let pct = 100.0 * r.new_flows as f64 / 450.0;
+        assert!((r.new_flows_pct - pct).abs() < 1e-9, "{r:?}");
+    }
+    let b2 = &rows[1];
+    assert_eq!(
+        (b2.health, b2.went_down, b2.came_up, b2.slots_pct),
+        (wirelab::lb::Health::Down, 1, 0, 0.0),
+        "{b2:?}"
+    );
+    // b3 weighs 2 of b1 + b3 = 3 after the reload; b2 (down) holds no slot.
+    assert_eq!(rows[2].weight, 2);
+    assert!((rows[2].slots_pct - 200.0 / 3.0).abs() < 0.1, "{rows:?}");
+
+    // The plots: share of new flows and of packets, and new flows per second, whose points
+    // (flows/s × interval) add up to each backend's flows; both events marked.
+    let t0 = run.t0();
+    let charts = wirelab::report::charts_for(src, t0, "");
+    let rate = charts.iter().find(|c| c.id == "lb-new-flows").unwrap();
+    let wirelab::report::plot::Kind::Lines(series) = &rate.kind else {
+        panic!("lines")
+    };
+    for r in &rows {
+        let s = series
+            .iter()
+            .find(|s| s.label == format!("web/{}", r.backend))
+            .unwrap();
+        let flows: f64 = s
+            .points
+            .iter()
+            .zip(&l.intervals)
+            .map(|((_, y), i)| y * i.line.interval_s)
+            .sum();
+        assert!((flows - r.new_flows as f64).abs() < 0.01, "{flows} {r:?}");
+    }
+    let plots = rec.join("report-plots");
+    for id in ["lb-flow-share", "lb-packet-share", "lb-new-flows"] {
+        assert!(plots.join(format!("{id}.png")).exists(), "{id}.png");
+        let svg = std::fs::read_to_string(plots.join(format!("{id}.svg"))).unwrap();
+        assert!(
+            svg.contains("web/b2 down") && svg.contains("reload (generation 1)"),
+            "{id}: the health transition and the reload are marked"
+        );
+    }
+    let html = std::fs::read_to_string(rec.join("report.html")).unwrap();
+    assert!(html.contains("id=\"lb-backends-lb\"") && html.contains("id=\"lb-events-lb\""));
+    assert!(html.contains("id=\"plot-lb-flow-share\""));
+}
+
+/// nginx (one process, `master_process off`) in `ns` on port 80, answering every request
+/// with the backend's name and closing the connection, logging each client address.
+struct Nginx {
+    _proc: Bg,
+    log: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(ns: &str, name: &str, dir: &std::path::Path) -> Self {
+        let d = dir.join(format!("nginx-{name}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log {p}/access.log;\n  keepalive_timeout 0;\n\
+             client_body_temp_path {p}/body; proxy_temp_path {p}/proxy; fastcgi_temp_path {p}/fastcgi;\n\
+             uwsgi_temp_path {p}/uwsgi; scgi_temp_path {p}/scgi;\n\
+             server {{ listen 80 backlog=4096; default_type text/plain;\n\
+             location = /health {{ access_log off; return 200 \"ok\\n\"; }}\n\
+             location / {{ return 200 \"{name}\\n\"; }} }}\n}}\n"
+        );
+        let cf = d.join("nginx.conf");
+        std::fs::write(&cf, conf).unwrap();
+        let child = common::in_ns(ns, &["nginx", "-p", &p.to_string(), "-c"])
+            .arg(&cf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx (apt-get install nginx-light)");
+        let proc = Bg::from_child(child);
+        let listens = || {
+            let o = common::in_ns(ns, &["ss", "-Hltn", "sport = :80"])
+                .output()
+                .unwrap();
+            !String::from_utf8_lossy(&o.stdout).trim().is_empty()
+        };
+        assert!(
+            eventually(Duration::from_secs(10), listens),
+            "nginx in {ns} did not listen: {}",
+            std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
+        );
+        Self {
+            _proc: proc,
+            log: d.join("access.log"),
+        }
+    }
+
+    /// The client address of every request logged (health checks are not logged).
+    fn clients(&self) -> Vec<std::net::Ipv4Addr> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+}
+
+/// `wirelab swarm run` as the client: 1,000 clients, each its own IP and MAC, each running an
+/// unmodified `curl` for 4 GETs (a new connection each) through the NAT balancer to nginx
+/// backends weighted 1:1:2. The spread of the 4,000 connections is within ±10 % of the
+/// weights, and the backends' access logs hold the 1,000 client addresses.
+#[test]
+fn swarm_clients_spread_by_weight_and_nat_backends_log_every_client_address() {
+    const CLIENTS: u32 = 1000;
+    const GETS: u32 = 4;
+    let dir = TempDir::new("lbsw");
+    let topo = dir.file("lb-nat-lab.toml", NAT_TOPOLOGY);
+    let config = dir.file(
+        "lb-nat.toml",
+        &NAT_CONFIG.replace(
+            "addr = \"198.18.2.23\"",
+            "addr = \"198.18.2.23\"\nweight = 2",
+        ),
+    );
+    let lab = Lab::up_with("lbsw", Some(&topo));
+    // The swarm's pool lies outside the client segment's /24: the balancer reaches it on
+    // eth0 (where the swarm answers ARP for every client address).
+    let pool_s = "198.18.16.0/21";
+    let pool = wirelab::swarm::Pool::parse(pool_s).unwrap();
+    let lb_ns = lab.ns("lb");
+    common::ok(common::in_ns(
+        &lb_ns,
+        &["ip", "route", "add", pool_s, "dev", "eth0"],
+    ));
+    let _limits = common::NeighLimits::raise(CLIENTS);
+    let servers: Vec<(&str, Nginx)> = BACKENDS
+        .iter()
+        .map(|(b, _)| (*b, Nginx::start(&lab.ns(b), b, &dir.0)))
+        .collect();
+    let bg = start_nat_lb(&lb_ns, &config);
+    let out = dir.join("swarm-out");
+    let t0 = std::time::Instant::now();
+    let o = wirelab()
+        .args([
+            "swarm",
+            "run",
+            "--netns",
+            &lab.ns("client"),
+            "--iface",
+            "eth0",
+        ])
+        .args(["--pool", pool_s, "--clients", &CLIENTS.to_string()])
+        .args(["--concurrency", "48", "--timeout", "20s", "--json", "--out"])
+        .arg(&out)
+        .args([
+            "--",
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "5",
+            "-H",
+            "Connection: close",
+            &format!("http://{VIP}/c{{n}}/[1-{GETS}]"),
+        ])
+        .output()
+        .unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let summary = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "every client succeeded: {summary}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let st = lb_stats(&lb_ns);
+    bg.terminate();
+    // The answers the clients got, by backend.
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for n in 0..CLIENTS {
+        let text = std::fs::read_to_string(out.join(format!("client-{n}.out"))).unwrap();
+        let names: Vec<&str> = text.lines().collect();
+        assert_eq!(names.len(), GETS as usize, "client {n}: {text}");
+        for b in names {
+            *per.entry(b.to_string()).or_default() += 1;
+        }
+    }
+    let total = (CLIENTS * GETS) as usize;
+    eprintln!("swarm through nat: {total} GETs from {CLIENTS} clients in {secs:.1}s: {per:?}");
+    assert_eq!(per.values().sum::<usize>(), total);
+    // Weights 1:1:2. ±10 % of a share is 3.6 standard deviations of a fair split for the
+    // 25 % shares at 4,000 connections (σ = 0.68 points), 6.3 for the 50 % one.
+    for ((b, _), want) in BACKENDS.iter().zip([25.0, 25.0, 50.0]) {
+        let pct = 100.0 * per.get(*b).copied().unwrap_or(0) as f64 / total as f64;
+        assert!(
+            (pct - want).abs() <= want * 0.10,
+            "{b}: {pct:.2}% of {total}, weight share {want}%: {per:?}"
+        );
+    }
+    // The balancer: one new flow per GET.
+    assert_eq!(st.stats.services[0].count.new_flows, total as u64, "{st:?}");
+    // Each backend's access log: the GETs it answered, from the clients' own addresses.
+    let mut seen = std::collections::BTreeSet::new();
+    for (b, s) in &servers {
+        let clients = s.clients();
+        assert_eq!(
+            clients.len(),
+            per.get(*b).copied().unwrap_or(0),
+            "{b}: every answer logged once"
+        );
+        assert!(
+            clients.iter().all(|a| pool.contains(*a)),
+            "{b} logs the clients' addresses, not the balancer's"
+        );
+        seen.extend(clients);
+    }
+    let want: std::collections::BTreeSet<std::net::Ipv4Addr> =
+        (0..CLIENTS).map(|n| pool.addr(n)).collect();
+    assert_eq!(seen, want, "the backends saw every client address");
+    drop(servers);
+}
+
+/// The attach line `wirelab lb` printed (path, why, how).
+fn attach_line(bg: &Bg) -> String {
+    bg.lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("lb attached"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// TCP segments with bad checksums the backends dropped (`TcpInCsumErrors`, absolute).
+fn csum_errors(lab: &Lab) -> u64 {
+    BACKENDS
+        .iter()
+        .map(|(b, _)| {
+            let o = common::ok(common::in_ns(
+                &lab.ns(b),
+                &["nstat", "-az", "TcpInCsumErrors"],
+            ));
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix("TcpInCsumErrors"))
+                .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// The XDP path on a veth: with a plain peer (GRO off, TX checksum offload on) `--path auto`
+/// falls back to tc and says why; with the peer running NAPI (GRO on) and finishing its
+/// checksums (TX offload off, as a NIC delivers them), it chooses XDP, and real curl
+/// connections reach the backends through it, spread by the same table.
+#[test]
+fn xdp_path_on_a_veth_peer_with_napi_and_tc_on_a_plain_peer() {
+    const GETS: usize = 600;
+    let dir = TempDir::new("lbx");
+    let (lab, servers) = http_lab("lbx", &dir);
+    let config = dir.file("lb.toml", CONFIG);
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    let start = |path: &str| {
+        let mut c = wirelab();
+        c.args([
+            "lb", "--netns", &lb_ns, "--iface", "eth0", "--path", path, "--config",
+        ])
+        .arg(&config)
+        .args(["--json", "--interval", "1s"]);
+        spawn_ready(c, "lb attached", Duration::from_secs(30))
+    };
+    // A plain peer: tc, and the reason names the peer and NAPI.
+    let bg = start("auto");
+    let line = attach_line(&bg);
+    assert!(
+        line.contains(&format!(
+            "tc path: auto: eth0 is a veth whose peer p-lb in namespace {} runs no NAPI",
+            lab.ns("sw")
+        )),
+        "{line}"
+    );
+    assert_eq!(tcx_ingress_count(&lb_ns, "eth0"), 1);
+    let (per, failed) = curl_many(&client_ns, 30);
+    assert_eq!(failed, 0, "tc path: {per:?}");
+    let fin = final_of(&bg.terminate().text());
+    assert_eq!((fin.path, fin.attach.as_str()), (Path::Tc, "tcx"));
+    assert!(fin.path_reason.contains("runs no NAPI"), "{fin:?}");
+
+    // GRO on alone: the peer may still hand over unfinished checksums: still tc.
+    let sw = lab.ns("sw");
+    common::ok(common::in_ns(&sw, &["ethtool", "-K", "p-lb", "gro", "on"]));
+    let bg = start("auto");
+    let line = attach_line(&bg);
+    assert!(
+        line.contains("tc path:") && line.contains("TX checksum offload on"),
+        "{line}"
+    );
+    drop(bg);
+    assert!(eventually(Duration::from_secs(5), || tcx_ingress_count(
+        &lb_ns, "eth0"
+    ) == 0));
+
+    // GRO on and TX checksum offload off: XDP.
+    common::ok(common::in_ns(&sw, &["ethtool", "-K", "p-lb", "tx", "off"]));
+    let errors_before = csum_errors(&lab);
+    let bg = start("auto");
+    let line = attach_line(&bg);
+    assert!(line.contains("xdp path: auto:"), "{line}");
+    assert_eq!(
+        tcx_ingress_count(&lb_ns, "eth0"),
+        0,
+        "no tc program on the XDP path"
+    );
+    let t0 = std::time::Instant::now();
+    let (per, failed) = curl_many(&client_ns, GETS);
+    let secs = t0.elapsed().as_secs_f64();
+    let fin = final_of(&bg.terminate().text());
+    eprintln!("xdp path: {GETS} GETs in {secs:.2}s: {per:?}, failed {failed}; {fin:?}");
+    assert_eq!(
+        failed, 0,
+        "every GET answered through the XDP path: {per:?}"
+    );
+    assert_eq!((fin.path, fin.attach.as_str()), (Path::Xdp, "native"));
+    let web = &fin.stats.services[0];
+    assert_eq!(
+        web.count.new_flows, GETS as u64,
+        "one new flow per connection"
+    );
+    for b in &web.backends {
+        let name = b.name.as_str();
+        let n = per.get(name).copied().unwrap_or(0);
+        // Equal weights: ±10 points is about 5 standard deviations at 600 connections.
+        let pct = 100.0 * n as f64 / GETS as f64;
+        assert!(
+            (100.0 / 3.0 - pct).abs() <= 10.0,
+            "{name}: {n} of {GETS}: {per:?}"
+        );
+    }
+    assert_eq!(fin.stats.events.drop_error, 0);
+    assert_eq!(
+        csum_errors(&lab),
+        errors_before,
+        "no segment arrived with a bad checksum"
+    );
+    let served: usize = servers
+        .values()
+        .map(|s| s.peers.lock().unwrap().len())
+        .sum();
+    assert_eq!(served, GETS + 30, "the servers saw every GET");
+}
+
+/// NAT on the XDP path: translated in XDP (RFC 1624 checksum updates) and routed by the
+/// kernel, both ways; the backends log the real client address.
+#[test]
+fn nat_on_the_xdp_path() {
+    let dir = TempDir::new("lbnx");
+    let (lab, servers, config) = nat_lab("lbnx", &dir);
+    let lb_ns = lab.ns("lb");
+    // eth0's peer is the client's eth0 (TX checksum offload off in the lab file); eth1's is
+    // the bridge port, which hands over what the backends send: finished checksums once its
+    // own TX offload is off.
+    common::ok(common::in_ns(
+        &lab.ns("sw"),
+        &["ethtool", "-K", "p-lb", "tx", "off"],
+    ));
+    let bg = start_nat_lb(&lb_ns, &config);
+    let line = attach_line(&bg);
+    assert!(line.contains("xdp path: auto:"), "{line}");
+    // A capture on the clients' side goes behind lb's tap: each frame carries its decision.
+    let file = dir.join("lb.pcapng");
+    let cap = common::start_capture(
+        &lb_ns,
+        "eth0",
+        &[
+            "--filter",
+            "tcp port 80",
+            "--json",
+            "-w",
+            file.to_str().unwrap(),
+        ],
+    );
+    let (per, failed) = curl_many_from(&lab.ns("client"), 300, "198.18.0.2");
+    let st = lb_stats(&lb_ns);
+    let cap_out = cap.terminate();
+    drop(bg);
+    eprintln!("nat over xdp: {per:?}, failed {failed}");
+    assert_eq!(failed, 0, "{per:?}");
+    let s: wirelab::capture::Summary =
+        serde_json::from_str(cap_out.text().trim()).expect("capture summary line");
+    assert_eq!(s.behind.as_deref(), Some("lb"), "{s:?}");
+    // Every SYN of a curl was hashed to the backend that answered it, every other client
+    // packet followed its tracked flow; the backends' replies arrive on eth1, not here.
+    let rows = common::tshark_fields(&file, &["tcp.flags.syn", "tcp.flags.ack", "frame.comment"]);
+    let syn = |r: &Vec<String>| r[0] == "1" && r[1] == "0";
+    for (b, n) in &per {
+        let hashed = format!(r#"lb: new flow, backend "web/{b}" (pass)"#);
+        let got = rows.iter().filter(|r| syn(r) && r[2] == hashed).count();
+        assert_eq!(got, *n, "{b}: {rows:?}");
+    }
+    let tracked = rows
+        .iter()
+        .filter(|r| !syn(r) && r[2].starts_with("lb: tracked flow, backend \"web/b"))
+        .count();
+    let egress = rows.iter().filter(|r| r[2].is_empty()).count();
+    assert_eq!(tracked + 300 + egress, rows.len(), "{rows:?}");
+    assert!(tracked >= 3 * 300, "{tracked}");
+    for (b, s) in &servers {
+        let peers = s.peers.lock().unwrap().clone();
+        assert!(
+            peers.iter().all(|a| a.to_string() == "198.18.0.2"),
+            "{b}: {peers:?}"
+        );
+        assert_eq!(peers.len(), per.get(*b).copied().unwrap_or(0), "{b}");
+    }
+    let ev = &st.stats.events;
+    assert!(ev.nat_replies >= 2 * 300, "{ev:?}");
+    assert_eq!(ev.drop_error, 0, "{ev:?}");
 }

@@ -13,14 +13,8 @@ use common::frames::{cat, eth, ipv4, udp_hdr, DST, SRC};
 use etherparse::PacketBuilder;
 use wirelab::lb::{Balancer, Config, Stats};
 use wirelab_common::lb::{FlowKey, FAMILY_IPV4, FAMILY_IPV6};
+use wirelab_testkit::frames::lb::{CLIENT, CLIENT6, IFACE_MAC, OTHER, VIP, VIP6, VIP_DOWN};
 
-const IFACE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
-const CLIENT: [u8; 4] = [198, 18, 0, 1];
-const VIP: [u8; 4] = [198, 18, 1, 100];
-const VIP_DOWN: [u8; 4] = [198, 18, 1, 101];
-const OTHER: [u8; 4] = [198, 18, 0, 2];
-const CLIENT6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const VIP6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: passed on
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -95,6 +89,8 @@ impl Harness {
         let x: &mut Xdp = bpf.program_mut("lb_xdp").unwrap().try_into().unwrap();
         x.load()
             .unwrap_or_else(|e| panic!("verifier accepts lb_xdp: {e:?}"));
+        wirelab::lb::load_which(&mut bpf)
+            .unwrap_or_else(|e| panic!("verifier accepts lb_which: {e:?}"));
         Self { bpf, lb }
     }
 
@@ -126,6 +122,27 @@ impl Harness {
         assert_eq!(&out[6..12], &IFACE_MAC, "source MAC = the interface's");
         assert_eq!(&out[12..], &frame[12..], "only the MACs change in DSR");
         self.backend_by_mac(&out[..6])
+    }
+}
+
+/// The verifier's work per program, against its limit of a million instructions: older
+/// kernels prune less, so the decision code keeps a wide margin here (6.18 is the best case).
+#[test]
+fn the_programs_stay_far_from_the_verifier_limit() {
+    let h = Harness::with(NAT_CONFIG);
+    for name in ["lb", "lb_xdp"] {
+        let p = h.bpf.program(name).unwrap();
+        let info = match p {
+            aya::programs::Program::SchedClassifier(p) => p.info(),
+            aya::programs::Program::Xdp(p) => p.info(),
+            _ => unreachable!(),
+        }
+        .unwrap();
+        let n = info
+            .verified_instruction_count()
+            .expect("kernel reports it");
+        eprintln!("{name}: verifier processed {n} instructions");
+        assert!(n < 400_000, "{name}: {n}");
     }
 }
 
@@ -471,6 +488,74 @@ fn cost_per_packet_on_each_path() {
     }
 }
 
+/// `lb which` asks `lb_which` (the same decision, effects off): its answers match what the
+/// attached program then does, and asking enters no flow and moves no counter.
+#[test]
+fn which_asks_the_program_and_changes_nothing() {
+    use std::net::SocketAddr;
+    use wirelab::lb::config::Proto;
+    let h = Harness::new();
+    let from: SocketAddr = "198.18.0.1:41000".parse().unwrap();
+    let vip: SocketAddr = "198.18.1.100:80".parse().unwrap();
+    let before = h.stats();
+    let w = h.lb.which(&h.bpf, from, vip, Proto::Tcp).unwrap();
+    assert!(w.tracked.is_none(), "no tracked flow yet: {w:?}");
+    assert!(w.model_agrees, "{w:?}");
+    let predicted = w.new_flow.expect("a backend is up").name;
+    let after = h.stats();
+    assert_eq!(after.events, before.events, "asking moves no event counter");
+    assert_eq!(after.services[0].count, before.services[0].count);
+    // Still untracked: asking entered nothing.
+    assert!(h
+        .lb
+        .which(&h.bpf, from, vip, Proto::Tcp)
+        .unwrap()
+        .tracked
+        .is_none());
+    // The attached program sends the flow where `which` said.
+    let got = h.forwarded(&tcp(CLIENT, VIP, 41000, 80, Flags::Syn));
+    assert_eq!(got, predicted);
+    let w = h.lb.which(&h.bpf, from, vip, Proto::Tcp).unwrap();
+    let t = w.tracked.expect("tracked after the SYN");
+    assert_eq!((t.backend.as_str(), t.stays), (got.as_str(), true));
+    // Over many 5-tuples, which and the program agree; UDP and IPv6 too.
+    for port in 42000..42050u16 {
+        let from: SocketAddr = format!("198.18.0.1:{port}").parse().unwrap();
+        let w = h.lb.which(&h.bpf, from, vip, Proto::Tcp).unwrap();
+        assert!(w.model_agrees);
+        assert_eq!(
+            w.new_flow.unwrap().name,
+            h.forwarded(&tcp(CLIENT, VIP, port, 80, Flags::Syn))
+        );
+    }
+    let dns: SocketAddr = "198.18.1.100:53".parse().unwrap();
+    assert_eq!(
+        h.lb.which(&h.bpf, from, dns, Proto::Udp)
+            .unwrap()
+            .new_flow
+            .unwrap()
+            .name,
+        "ns1"
+    );
+    let w6 =
+        h.lb.which(
+            &h.bpf,
+            "[2001:2::1]:40000".parse().unwrap(),
+            "[2001:2::100]:80".parse().unwrap(),
+            Proto::Tcp,
+        )
+        .unwrap();
+    assert!(w6.model_agrees && w6.new_flow.is_some(), "{w6:?}");
+    // A service with no backend up: no new flow, and it says so.
+    let down: SocketAddr = "198.18.1.101:80".parse().unwrap();
+    assert!(h
+        .lb
+        .which(&h.bpf, from, down, Proto::Tcp)
+        .unwrap()
+        .new_flow
+        .is_none());
+}
+
 #[test]
 fn a_down_backend_leaves_the_table_and_its_flows_rehash_a_removed_one_keeps_its_flows() {
     use wirelab::lb::{DownSet, Health};
@@ -633,12 +718,16 @@ fn tcp6_from(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, syn: bool) ->
 /// only the address at `off` (and the checksums) changed. Returns the new address.
 #[track_caller]
 fn translated(h: &Harness, f: &[u8], off: usize, len: usize) -> Vec<u8> {
+    translated_by(h, "lb", TC_ACT_OK, f, off, len)
+}
+
+/// [`translated`] through program `prog`, whose verdict for "on to the kernel's routing" is
+/// `pass`.
+#[track_caller]
+fn translated_by(h: &Harness, prog: &str, pass: u32, f: &[u8], off: usize, len: usize) -> Vec<u8> {
     assert!(checksums_ok(f), "the crafted frame verifies");
-    let (v, out) = h.run(f);
-    assert_eq!(
-        v, TC_ACT_OK,
-        "translated and handed to the kernel's routing"
-    );
+    let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, f);
+    assert_eq!(v, pass, "translated and handed to the kernel's routing");
     assert_eq!(out.len(), f.len());
     assert!(
         checksums_ok(&out),
@@ -783,4 +872,110 @@ fn over_the_new_flow_limit_syns_are_forwarded_but_not_tracked() {
     // An untracked flow's next packet hashes to the same backend.
     let last = h.forwarded(&tcp(CLIENT, VIP, 10299, 80, Flags::Syn));
     assert_eq!(h.forwarded(&tcp(CLIENT, VIP, 10299, 80, Flags::Ack)), last);
+}
+
+/// A NAT flow cannot go untracked (its replies need the entry): over the new-flow limit its
+/// SYN is dropped and counted, so a flood cannot evict the flows already tracked, which keep
+/// being translated.
+#[test]
+fn over_the_new_flow_limit_nat_syns_are_dropped_and_tracked_flows_stay() {
+    let h = Harness::with(&format!("new_flow_limit = 100\n{NAT_CONFIG}"));
+    let first = tcp(CLIENT, VIP, 9999, 80, Flags::Syn);
+    let to = translated(&h, &first, 30, 4);
+    let (mut entered, mut dropped) = (0u64, 0u64);
+    for port in 10000..10300u16 {
+        match h.run(&tcp(CLIENT, VIP, port, 80, Flags::Syn)).0 {
+            TC_ACT_OK => entered += 1,
+            TC_ACT_SHOT => dropped += 1,
+            v => panic!("SYN {port}: verdict {v}"),
+        }
+    }
+    let s = h.stats();
+    let cpus = aya::util::nr_cpus().unwrap() as u64;
+    eprintln!("NAT over the limit: {entered} entered, {dropped} dropped of 300");
+    // A second's worth (100 per CPU, the first SYN included) gets in; BPF_PROG_TEST_RUN
+    // may run on either CPU.
+    assert!(
+        (99..=101 * cpus.min(2)).contains(&entered) && entered + dropped == 300,
+        "entered {entered}, dropped {dropped}"
+    );
+    assert_eq!(s.events.drop_flow_limit, dropped);
+    assert_eq!(s.events.untracked, 0);
+    assert_eq!(s.services[0].count.new_flows, 1 + entered);
+    assert_eq!(s.services[0].count.drops, dropped);
+    // The flow entered first still goes to its backend, both ways.
+    let ack = tcp(CLIENT, VIP, 9999, 80, Flags::Ack);
+    assert_eq!(translated(&h, &ack, 30, 4), to);
+    let be: [u8; 4] = to.clone().try_into().unwrap();
+    let reply = tcp(be, CLIENT, 80, 9999, Flags::Ack);
+    assert_eq!(translated(&h, &reply, 26, 4), VIP);
+}
+
+/// NAT in the XDP entry point: the same rewrites as tc, checksums updated by RFC 1624 in the
+/// program (no skb helpers), then `XDP_PASS` to the kernel's routing. A DSR frame leaves
+/// with `XDP_TX`, or with a redirect to the interface itself when userspace asks for it (a
+/// veth: docs/lb.md).
+#[test]
+fn xdp_entry_point_translates_nat_and_redirects_dsr_on_request() {
+    const XDP_PASS: u32 = 2;
+    const XDP_REDIRECT: u32 = 4;
+    let x = |h: &Harness, f: &[u8], off: usize, len: usize| {
+        translated_by(h, "lb_xdp", XDP_PASS, f, off, len)
+    };
+    let h = Harness::with(NAT_CONFIG);
+    let syn = tcp(CLIENT, VIP, 41000, 80, Flags::Syn);
+    let to = x(&h, &syn, 30, 4);
+    let want = h.lb.services[0]
+        .predict(&key4(CLIENT, VIP, 41000, 80, 6))
+        .unwrap();
+    assert_eq!(
+        std::net::IpAddr::from([to[0], to[1], to[2], to[3]]),
+        want.addr
+    );
+    // The tc entry point agrees on the tracked flow.
+    assert_eq!(
+        translated(&h, &tcp(CLIENT, VIP, 41000, 80, Flags::Ack), 30, 4),
+        to
+    );
+    let be: [u8; 4] = to.clone().try_into().unwrap();
+    assert_eq!(x(&h, &tcp(be, CLIENT, 80, 41000, Flags::Ack), 26, 4), VIP);
+    // UDP with a checksum, and without one (stays none).
+    assert_eq!(x(&h, &udp4(CLIENT, VIP, 5400, 53), 30, 4), [198, 18, 2, 31]);
+    let mut q0 = udp4(CLIENT, VIP, 5401, 53);
+    q0[40..42].copy_from_slice(&[0, 0]);
+    let (v, out) = wirelab_testkit::prog::run(&h.bpf, "lb_xdp", &q0);
+    assert_eq!((v, &out[40..42]), (XDP_PASS, &[0u8, 0][..]));
+    assert!(checksums_ok(&out));
+    assert_eq!(x(&h, &udp4([198, 18, 2, 31], CLIENT, 53, 5400), 26, 4), VIP);
+    // IPv6: four words through the L4 checksum.
+    let b6 = x(&h, &tcp6_from(CLIENT6, VIP6, 41000, 80, true), 38, 16);
+    let b6: [u8; 16] = b6.try_into().unwrap();
+    assert_eq!(
+        x(&h, &tcp6_from(b6, CLIENT6, 80, 41000, false), 22, 16),
+        VIP6
+    );
+    // Many different checksums (one per source port), so one's complement carries occur.
+    for port in 6000..6064 {
+        let f = udp4(CLIENT, VIP, port, 53);
+        x(&h, &f, 30, 4);
+    }
+    let s = h.stats();
+    assert_eq!((s.events.drop_error, s.events.nat_replies), (0, 3));
+
+    // DSR: XDP_TX by default; a redirect to the interface itself when asked.
+    let mut d = Harness::new();
+    let f = tcp(CLIENT, VIP, 42000, 80, Flags::Syn);
+    assert_eq!(
+        wirelab_testkit::prog::run(&d.bpf, "lb_xdp", &f).0,
+        3,
+        "XDP_TX"
+    );
+    let c = Config::parse(CONFIG).unwrap();
+    let mut plan = Balancer::plan(&c, IFACE_MAC, Some(&d.lb), &Default::default()).unwrap();
+    plan.xdp_out = wirelab_common::lb::xdp_out::REDIRECT;
+    d.lb = plan.write(&mut d.bpf, Some(&d.lb)).unwrap();
+    let (v, out) = wirelab_testkit::prog::run(&d.bpf, "lb_xdp", &f);
+    assert_eq!(v, XDP_REDIRECT);
+    assert_eq!(&out[6..12], &IFACE_MAC);
+    assert_eq!(&out[12..], &f[12..]);
 }

@@ -9,16 +9,21 @@ use std::{
 };
 
 use common::*;
-use serde_json::{json, Value};
-use wirelab::record::{self, FinalDoc, Summary};
+use serde::de::DeserializeOwned;
+use wirelab::{
+    probe::{UdpInterval, UdpReport},
+    record::{self, FinalDoc, LineKind, Stamped, Summary},
+    wan::{ChangeEntry, Line},
+};
 
 const TO: &str = "198.18.0.2:7000";
 
-fn lines(p: &Path) -> Vec<Value> {
+/// A JSON-lines file of the record, each line as the tool's own type.
+fn lines<T: DeserializeOwned>(p: &Path) -> Vec<T> {
     std::fs::read_to_string(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", p.display())))
         .collect()
 }
 
@@ -47,7 +52,7 @@ fn stop(bg: Bg) -> String {
 }
 
 /// A recorded UDP probe run (200/s) of `count` probes from namespace `ns` to the server.
-fn probe_udp(ns: &str, dir: &Path, count: &str) -> Value {
+fn probe_udp(ns: &str, dir: &Path, count: &str) -> UdpReport {
     let mut c = wirelab();
     c.args(cli::probe_client(ns, TO));
     c.args([
@@ -170,8 +175,9 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
     }
     assert_eq!(
         m2.iter()
-            .find(|r| r["family"] == "wirelab_wan_received_packets")
-            .unwrap()["type"],
+            .find(|r| r.family == "wirelab_wan_received_packets")
+            .unwrap()
+            .kind,
         "counter"
     );
     // A live change is recorded with its time.
@@ -200,19 +206,13 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
             .unwrap_or_else(|| panic!("no measured {src} {q} {d}: {s:?}"))
     };
     let eq = |a: f64, b: f64| (a - b).abs() < 1e-9;
-    for (d, k) in [("a_to_b", "forward"), ("b_to_a", "reverse")] {
-        assert!(eq(
-            meas("probe-udp", "delay_ms", d),
-            udp[k]["delay_ms"]["p50"].as_f64().unwrap()
-        ));
+    for (d, k) in [("a_to_b", &udp.forward), ("b_to_a", &udp.reverse)] {
+        assert!(eq(meas("probe-udp", "delay_ms", d), k.delay_ms.p50));
         assert!(eq(
             meas("probe-udp", "delay_stddev_ms", d),
-            udp[k]["delay_ms"]["stddev"].as_f64().unwrap()
+            k.delay_ms.stddev
         ));
-        assert!(eq(
-            meas("probe-udp", "loss_pct", d),
-            udp[k]["loss_pct"].as_f64().unwrap()
-        ));
+        assert!(eq(meas("probe-udp", "loss_pct", d), k.loss_pct));
     }
     // Configured vs measured: 20 ms against the probe's p50, within the stated tolerance.
     let cmp = s
@@ -223,19 +223,17 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
         })
         .unwrap_or_else(|| panic!("no delay comparison: {s:?}"));
     assert_eq!(cmp.configured, 20.0);
-    assert!(eq(
-        cmp.measured,
-        udp["forward"]["delay_ms"]["p50"].as_f64().unwrap()
-    ));
+    assert!(eq(cmp.measured, udp.forward.delay_ms.p50));
     assert_eq!(cmp.configured_by, "wan");
 
     // Series: one line per interval, as many as the final document says.
-    let wan_series = lines(&dir.join("wan.series.jsonl"));
+    let wan_series: Vec<Stamped<Line>> = lines(&dir.join("wan.series.jsonl"));
     let wan_final: FinalDoc = record::read_doc(&dir.join("wan.final.json")).unwrap();
     assert_eq!(wan_series.len() as u64, wan_final.run.intervals);
     let printed = wan_out
         .lines()
-        .filter(|l| l.contains("\"interval\""))
+        .map(|l| serde_json::from_str::<Line>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|l| l.kind == LineKind::Interval)
         .count();
     assert_eq!(wan_series.len(), printed, "record vs stdout interval lines");
     let expect = wan_secs / 0.5;
@@ -245,14 +243,10 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
         wan_series.len()
     );
     for (i, l) in wan_series.iter().enumerate() {
-        assert_eq!(l["seq"], (i + 1) as u64);
-        assert!(l["classes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["class"] == "default"));
+        assert_eq!(l.seq, (i + 1) as u64);
+        assert!(l.line.classes.iter().any(|r| r.class == "default"));
     }
-    let probe_series = lines(&dir.join("probe-udp.series.jsonl"));
+    let probe_series: Vec<Stamped<UdpInterval>> = lines(&dir.join("probe-udp.series.jsonl"));
     let probe_final: FinalDoc = record::read_doc(&dir.join("probe-udp.final.json")).unwrap();
     assert_eq!(probe_series.len() as u64, probe_final.run.intervals);
     // 800 probes at 200/s = 4 s of sending + 1 s wait, 0.5 s intervals.
@@ -261,24 +255,17 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
         "{} probe intervals",
         probe_series.len()
     );
-    let sent: u64 = probe_series
-        .iter()
-        .map(|l| l["sent"].as_u64().unwrap())
-        .sum();
+    let sent: u64 = probe_series.iter().map(|l| l.line.sent).sum();
     assert_eq!(sent, 800);
-    let changes = lines(&dir.join("wan.changes.jsonl"));
+    let changes: Vec<ChangeEntry> = lines(&dir.join("wan.changes.jsonl"));
     assert_eq!(changes.len(), 1);
-    assert!(changes[0]["applied"]
-        .as_str()
-        .unwrap()
-        .contains("delay 20ms"));
+    assert!(changes[0].applied.contains("delay 20ms"));
 
     // Run B: 40 ms, for the comparison.
     let (wan_b, _) = start_wan(&lab, "delay 40ms", &dir_b);
     let udp_b = probe_udp(&lab.ns("client"), &dir_b, "400");
     stop(wan_b);
-    let dp = udp_b["forward"]["delay_ms"]["p50"].as_f64().unwrap()
-        - udp["forward"]["delay_ms"]["p50"].as_f64().unwrap();
+    let dp = udp_b.forward.delay_ms.p50 - udp.forward.delay_ms.p50;
     assert!((dp - 20.0).abs() < 5.0, "B - A forward p50 = {dp}");
 
     // The report of run A: HTML with plots, SVG and PNG files beside it.
@@ -380,11 +367,23 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
 /// Write a small run directory with the real recorder and the probe's own line types.
 fn small_run(dir: &Path) {
     use wirelab::{
-        probe::{DelayStats, Dirs, UdpInterval, UdpRecord, UdpReport},
+        probe::{DelayStats, Dirs, UdpConfig, UdpInterval, UdpRecord, UdpReport},
         record::{LineKind, Quantity, Recorder},
     };
-    let mut r =
-        Recorder::create(dir, "probe-udp", "probe-udp", &json!({"interval_s": 1.0})).unwrap();
+    let config = UdpConfig {
+        to: TO.parse().unwrap(),
+        rate_pps: 10.0,
+        count: Some(50),
+        duration_s: None,
+        size: 64,
+        wait_s: 0.3,
+        interval_s: 1.0,
+        direction_mapping: Dirs {
+            forward: "a_to_b",
+            reverse: "b_to_a",
+        },
+    };
+    let mut r = Recorder::create(dir, "probe-udp", "probe-udp", &config).unwrap();
     let stats = |p50: f64, p99: f64| DelayStats {
         count: 10,
         p50,

@@ -1,12 +1,11 @@
 //! `wirelab swarm` end to end in the default lab: client and server on one L2 segment, the wan
 //! host bridging. Real peers (Samba's smbd, kernel sockets), unmodified client programs.
-use std::os::unix::process::CommandExt as _;
 mod common;
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::{Ipv4Addr, TcpListener, UdpSocket},
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -15,14 +14,26 @@ use std::{
 };
 
 use common::*;
-use wirelab::swarm::{client_mac, Pool, CGROUP_PREFIX, STATE_DIR};
+use serde::de::DeserializeOwned;
+use wirelab::{
+    cleanup,
+    record::Stamped,
+    swarm::{
+        client_mac,
+        connect::{ConnectSample, ConnectSummary},
+        run::{Sample, Summary},
+        Pool, CGROUP_PREFIX, STATE_DIR,
+    },
+};
+use wirelab_testkit::samba::Samba;
 
 const SERVER: &str = "198.18.0.2";
 
 /// Held for writing while the kill -9 test has a dead run's leftovers on purpose.
 static KILL9: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-fn json_of(o: &std::process::Output) -> serde_json::Value {
+/// A command's `--json` stdout as the tool's own type.
+fn json_of<T: DeserializeOwned>(o: &std::process::Output) -> T {
     let s = String::from_utf8_lossy(&o.stdout);
     serde_json::from_str(s.trim()).unwrap_or_else(|e| {
         panic!(
@@ -30,48 +41,6 @@ fn json_of(o: &std::process::Output) -> serde_json::Value {
             String::from_utf8_lossy(&o.stderr)
         )
     })
-}
-
-/// Linux has one ARP table per host, shared by all namespaces, and its limits
-/// (`net.ipv4.neigh.default.gc_thresh1..3`) exist only in the initial namespace. Tests that
-/// put thousands of clients on a lab segment raise them while they run; the last one to finish
-/// puts the original values back.
-struct NeighLimits;
-
-static NEIGH: Mutex<(u32, Vec<(String, String)>)> = Mutex::new((0, Vec::new()));
-
-impl NeighLimits {
-    fn raise(n: u32) -> Self {
-        let mut g = NEIGH.lock().unwrap_or_else(|e| e.into_inner());
-        for (k, want) in [
-            ("gc_thresh1", n * 2),
-            ("gc_thresh2", n * 4),
-            ("gc_thresh3", n * 8),
-        ] {
-            let p = format!("/proc/sys/net/ipv4/neigh/default/{k}");
-            let cur: u32 = std::fs::read_to_string(&p).unwrap().trim().parse().unwrap();
-            if g.0 == 0 {
-                g.1.push((p.clone(), cur.to_string()));
-            }
-            if cur < want {
-                std::fs::write(&p, want.to_string()).unwrap();
-            }
-        }
-        g.0 += 1;
-        Self
-    }
-}
-
-impl Drop for NeighLimits {
-    fn drop(&mut self) {
-        let mut g = NEIGH.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 -= 1;
-        if g.0 == 0 {
-            for (p, v) in g.1.drain(..).rev() {
-                let _ = std::fs::write(p, v);
-            }
-        }
-    }
 }
 
 /// Route the pool to the segment on the server, deepen its accept queue, and raise the
@@ -157,86 +126,13 @@ fn swarm_on(lab: &Lab, sub: &str, iface: &str, pool: &str, clients: u32) -> std:
     c
 }
 
-/// smbd in the server namespace with a private configuration under a temp dir.
-struct Samba {
-    dir: PathBuf,
-    _smbd: Bg,
-}
-
-impl Samba {
-    fn start(lab: &Lab) -> Self {
-        let dir = std::env::temp_dir().join(unique("wl-smb"));
-        for d in [
-            "state", "cache", "lock", "pid", "private", "ncalrpc", "log", "share",
-        ] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        std::fs::write(dir.join("share/hello.txt"), "hello from wirelab\n").unwrap();
-        let d = dir.display();
-        let conf = format!(
-            "[global]\n  server role = standalone server\n  map to guest = Bad User\n  guest account = nobody\n  disable netbios = yes\n  smb ports = 445\n  interfaces = {SERVER}/24\n  bind interfaces only = yes\n  state directory = {d}/state\n  cache directory = {d}/cache\n  lock directory = {d}/lock\n  pid directory = {d}/pid\n  private dir = {d}/private\n  ncalrpc dir = {d}/ncalrpc\n  log file = {d}/log/log.%m\n  max log size = 0\n  load printers = no\n  printcap name = /dev/null\n  disable spoolss = yes\n  max smbd processes = 0\n[share]\n  path = {d}/share\n  guest ok = yes\n  read only = yes\n"
-        );
-        std::fs::write(dir.join("smb.conf"), conf).unwrap();
-        let conf_path = dir.join("smb.conf").display().to_string();
-        let child = in_ns(
-            &lab.ns("server"),
-            &[
-                "smbd",
-                "--foreground",
-                "--no-process-group",
-                "-s",
-                &conf_path,
-            ],
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        // Its own process group: on SIGTERM smbd signals its whole process group (it runs
-        // with --no-process-group), which must not be the test runner's.
-        .process_group(0)
-        .spawn()
-        .expect("smbd (apt-get install samba; `cargo xtask setup` does it)");
-        let smbd = Bg::from_child(child);
-        let listens = || {
-            let o = in_ns(&lab.ns("server"), &["ss", "-ltn"]).output().unwrap();
-            String::from_utf8_lossy(&o.stdout).contains(&format!("{SERVER}:445"))
-        };
-        assert!(
-            eventually(Duration::from_secs(20), listens),
-            "smbd did not listen on {SERVER}:445"
-        );
-        Self { dir, _smbd: smbd }
-    }
-
-    /// Client IPs Samba itself saw: one `log.IP` file per client machine.
-    fn client_ips(&self) -> BTreeSet<Ipv4Addr> {
-        std::fs::read_dir(self.dir.join("log"))
-            .unwrap()
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .strip_prefix("log.")
-                    .and_then(|s| s.parse().ok())
-            })
-            .collect()
-    }
-}
-
-impl Drop for Samba {
-    fn drop(&mut self) {
-        // smbd itself is killed by `Bg`; its per-connection children go with the lab's
-        // namespace (`lab down` stops every process left in it).
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn samba_300_clients_each_with_own_ip_and_mac() {
     let lab = Lab::up("sws");
     let pool_s = "198.18.4.0/22";
     let pool = Pool::parse(pool_s).unwrap();
     let _limits = prepare_server(&lab, pool_s, 300);
-    let smb = Samba::start(&lab);
+    let smb = Samba::start(&lab.ns("server"), SERVER);
     let out_dir = TempDir::new("wl-swout");
     let out = out_dir.0.clone();
     let o = swarm(&lab, "run", pool_s, 300)
@@ -252,15 +148,15 @@ fn samba_300_clients_each_with_own_ip_and_mac() {
         ])
         .output()
         .unwrap();
-    let v = json_of(&o);
+    let v: Summary = json_of(&o);
     assert!(
         o.status.success(),
-        "swarm run failed: {v}\n{}",
+        "swarm run failed: {v:?}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(v["run"], 300, "{v}");
-    assert_eq!(v["succeeded"], 300, "{v}");
-    assert_eq!(v["failed"], 0, "{v}");
+    assert_eq!(v.run, 300, "{v:?}");
+    assert_eq!(v.succeeded, 300, "{v:?}");
+    assert_eq!(v.failed, 0, "{v:?}");
     // Every client listed the share (its stdout has the file).
     let listed = (0..300)
         .filter(|n| {
@@ -348,23 +244,21 @@ fn unconnected_udp_gets_each_clients_source() {
         ])
         .output()
         .unwrap();
-    let v = json_of(&o);
-    assert!(o.status.success(), "{v}");
-    assert_eq!(v["succeeded"], 20, "{v}");
+    let v: Summary = json_of(&o);
+    assert!(o.status.success(), "{v:?}");
+    assert_eq!(v.succeeded, 20, "{v:?}");
     // The rewrite came from sendmsg4, not from connect4.
-    assert!(
-        v["stats"]["sendmsg_rewrites"].as_u64().unwrap() >= 20,
-        "{v}"
-    );
-    assert_eq!(v["stats"]["bind_ok"], 0, "socat must not connect: {v}");
+    assert!(v.stats["sendmsg_rewrites"] >= 20, "{v:?}");
+    assert_eq!(v.stats["bind_ok"], 0, "socat must not connect: {v:?}");
     // The recorded series ends with the final counts and the kernel counters.
     let series = std::fs::read_to_string(rec.join("swarm-run.series.jsonl")).unwrap();
-    let last: serde_json::Value =
-        serde_json::from_str(series.lines().last().expect("a series line")).unwrap();
-    assert_eq!(last["succeeded"], 20, "{series}");
-    assert_eq!(last["running"], 0, "{series}");
+    let last: Stamped<Sample> = serde_json::from_str(series.lines().last().expect("a series line"))
+        .expect("a swarm run series line");
+    let last = last.line;
+    assert_eq!(last.succeeded, 20, "{series}");
+    assert_eq!(last.running, 0, "{series}");
     assert_eq!(
-        last["stats"]["sendmsg_rewrites"], v["stats"]["sendmsg_rewrites"],
+        last.stats["sendmsg_rewrites"], v.stats["sendmsg_rewrites"],
         "{series}"
     );
     // The report reads the record back as swarm's own types and plots it.
@@ -461,15 +355,13 @@ fn process_identity_gives_each_forked_child_its_own_ip() {
         .args(["bash", "-c", &script])
         .output()
         .unwrap();
-    let v = json_of(&o);
-    assert!(o.status.success(), "{v}");
-    let handed: Vec<String> = v["process_addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(handed.len(), 12, "{v}");
+    let v: Summary = json_of(&o);
+    assert!(o.status.success(), "{v:?}");
+    let handed = v
+        .process_addresses
+        .as_ref()
+        .unwrap_or_else(|| panic!("no process_addresses: {v:?}"));
+    assert_eq!(handed.len(), 12, "{v:?}");
     let peers: BTreeSet<Ipv4Addr> = srv.peers().into_iter().collect();
     let want: BTreeSet<Ipv4Addr> = (0..12).map(|n| pool.addr(n)).collect();
     assert_eq!(peers, want, "server saw {peers:?}");
@@ -523,14 +415,14 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
         &["sh", "-c", "exit $(( {n} % 3 ))"],
     );
     assert_eq!(o.status.code(), Some(3));
-    let v = json_of(&o);
-    assert_eq!(v["succeeded"], 2, "{v}");
-    assert_eq!(v["failures"]["exit 1"], 2, "{v}");
-    assert_eq!(v["failures"]["exit 2"], 2, "{v}");
+    let v: Summary = json_of(&o);
+    assert_eq!(v.succeeded, 2, "{v:?}");
+    assert_eq!(v.failures.get("exit 1"), Some(&2), "{v:?}");
+    assert_eq!(v.failures.get("exit 2"), Some(&2), "{v:?}");
     // A command that does not exist.
     let o = run("198.18.0.64/28", 3, "eth0", &["/nonexistent/wirelab-cmd"]);
-    let v = json_of(&o);
-    assert_eq!(v["failures"]["spawn failed"], 3, "{v}");
+    let v: Summary = json_of(&o);
+    assert_eq!(v.failures.get("spawn failed"), Some(&3), "{v:?}");
     assert_clean(&lab, "198.18.0.64/28");
 }
 
@@ -557,15 +449,8 @@ fn cleanup_removes_what_kill_9_left() {
     ));
     assert!(String::from_utf8_lossy(&o.stdout).contains(pool_s));
     let o = ok(wirelab().args(["cleanup", "--json"]));
-    let v = json_of(&o);
-    assert!(
-        v["swarm_removed"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x.as_str() == Some(mine.run_id.as_str())),
-        "{v}"
-    );
+    let v: cleanup::Report = json_of(&o);
+    assert!(v.swarm_removed.contains(&mine.run_id), "{v:?}");
     assert!(!mine.cgroup.exists(), "cgroup (and its sleep clients) left");
     drop(_g);
     assert_clean(&lab, pool_s);
@@ -623,8 +508,8 @@ fn connect_5000_clients_distinct_ips_and_macs() {
         let rows = parse_openmetrics(&scrape(&tcp_listen_addr(pid)).1);
         let open = rows
             .iter()
-            .find(|r| r["name"] == "wirelab_swarm_clients_running")
-            .and_then(|r| r["value"].as_f64())
+            .find(|r| r.name == "wirelab_swarm_clients_running")
+            .map(|r| r.value)
             .unwrap_or(0.0);
         if open > 0.0 {
             live = Some(rows);
@@ -640,11 +525,11 @@ fn connect_5000_clients_distinct_ips_and_macs() {
     );
     let o = child.wait(Duration::from_secs(120)).unwrap();
     let wall = t0.elapsed();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(o.success(), "{v}");
-    assert_eq!(v["connected"], n, "{v}");
-    assert_eq!(v["identity_ok"], n, "{v}");
-    assert_eq!(v["distinct_local_ips"], n, "{v}");
+    let v: ConnectSummary = serde_json::from_slice(&o.stdout).expect("swarm connect --json");
+    assert!(o.success(), "{v:?}");
+    assert_eq!(v.connected, n, "{v:?}");
+    assert_eq!(v.identity_ok, n, "{v:?}");
+    assert_eq!(v.distinct_local_ips, n, "{v:?}");
     assert!(
         wall < Duration::from_secs(120),
         "5000 clients took {wall:?}"
@@ -663,21 +548,22 @@ fn connect_5000_clients_distinct_ips_and_macs() {
     assert_eq!(macs.len(), n as usize);
     // The recorded series: one line a second, the last with every client done.
     let series = std::fs::read_to_string(rec.join("swarm-connect.series.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = series
+    let lines: Vec<ConnectSample> = series
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| {
+            serde_json::from_str::<Stamped<ConnectSample>>(l)
+                .expect("a swarm connect series line")
+                .line
+        })
         .collect();
     assert!(lines.len() >= 2, "{series}");
     let last = lines.last().unwrap();
-    assert_eq!(last["attempted"], n, "{series}");
-    assert_eq!(last["established"], n, "{series}");
-    assert_eq!(last["succeeded"], n, "{series}");
-    assert_eq!(last["failed"], 0, "{series}");
-    assert_eq!(last["open"], 0, "{series}");
-    assert!(
-        lines.iter().any(|l| l["open"].as_u64().unwrap() > 0),
-        "{series}"
-    );
+    assert_eq!(last.attempted, n, "{series}");
+    assert_eq!(last.established, n, "{series}");
+    assert_eq!(last.succeeded, n, "{series}");
+    assert_eq!(last.failed, 0, "{series}");
+    assert_eq!(last.open, 0, "{series}");
+    assert!(lines.iter().any(|l| l.open > 0), "{series}");
     ok(wirelab().arg("report").arg(&rec));
     assert!(rec.join("report-plots/swarm-connections.svg").exists());
     drop(srv);
@@ -686,13 +572,13 @@ fn connect_5000_clients_distinct_ips_and_macs() {
 
 /// Run a `swarm connect` and assert that it succeeded with all `n` clients connected from their
 /// own addresses; returns its JSON summary and stderr.
-fn every_client_connects(mut c: std::process::Command, n: u32) -> (serde_json::Value, String) {
+fn every_client_connects(mut c: std::process::Command, n: u32) -> (ConnectSummary, String) {
     let o = c.output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    let v = json_of(&o);
-    assert!(o.status.success(), "{v} {err}");
-    assert_eq!(v["connected"], n, "{v}");
-    assert_eq!(v["identity_ok"], n, "{v}");
+    let v: ConnectSummary = json_of(&o);
+    assert!(o.status.success(), "{v:?} {err}");
+    assert_eq!(v.connected, n, "{v:?}");
+    assert_eq!(v.identity_ok, n, "{v:?}");
     (v, err)
 }
 
@@ -756,7 +642,7 @@ fn connect_concurrency_fits_the_descriptor_limit() {
         "{err}"
     );
     assert!(!err.contains("set aside"), "{err}");
-    assert_eq!(v["concurrency"], 52, "{v}");
+    assert_eq!(v.concurrency, 52, "{v:?}");
     let peers: HashSet<Ipv4Addr> = srv.peers().into_iter().collect();
     assert_eq!(peers.len(), n as usize);
     drop(srv);

@@ -319,17 +319,17 @@ fn a_sweep_plays_its_timeline_in_every_run() {
     }
     // Every timeline change is in the emulator's record: per run 2 outages × (down, up) ×
     // (default, measured class), all applied, each with its scheduled and applied time.
-    let lines: Vec<serde_json::Value> =
+    let lines: Vec<wirelab::wan::ChangeEntry> =
         std::fs::read_to_string(out.join("wan").join("wan.changes.jsonl"))
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| serde_json::from_str(l).expect("a wan change line"))
             .collect();
-    let tl: Vec<&serde_json::Value> = lines.iter().filter(|l| l["source"] == "timeline").collect();
+    let tl: Vec<_> = lines.iter().filter(|l| l.source == "timeline").collect();
     assert_eq!(tl.len(), 16, "{lines:?}");
     for l in tl {
-        assert_eq!(l["type"], "applied", "{l}");
-        assert!(l["latency_ms"].as_f64().unwrap() < 10.0, "{l}");
+        assert_eq!(l.kind, "applied", "{l:?}");
+        assert!(l.latency_ms.expect("latency_ms") < 10.0, "{l:?}");
     }
     // A bad timeline is refused before anything is made, naming the step's field.
     d.file("flap.toml", &FLAP.replace("200ms", "2s"));

@@ -8,7 +8,13 @@ use std::{
 };
 
 use common::*;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use wirelab::{
+    cleanup,
+    probe::{TcpReport, UdpReport},
+    sweep::run::Iperf3,
+    wan::{ChangeEntry, CheckReport, ClassReport, Line},
+};
 
 /// Timing tests run one at a time: two cores, and the numbers are the point.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -55,7 +61,17 @@ impl Bench {
         spawn_ready(c, "wan running", Duration::from_secs(20))
     }
 
-    fn probe(&self, args: &[&str]) -> Value {
+    /// A UDP probe run (`probe client --json`).
+    fn probe(&self, args: &[&str]) -> UdpReport {
+        self.client(args)
+    }
+
+    /// A TCP probe run (`probe client --tcp --json`).
+    fn probe_tcp(&self, args: &[&str]) -> TcpReport {
+        self.client(&[&["--tcp"], args].concat())
+    }
+
+    fn client<T: DeserializeOwned>(&self, args: &[&str]) -> T {
         let mut c = wirelab();
         c.args([
             "probe",
@@ -73,62 +89,56 @@ impl Bench {
 }
 
 /// Stop a wan with SIGTERM; return its final JSON line.
-fn stop_wan(bg: Bg) -> Value {
+fn stop_wan(bg: Bg) -> Line {
     let out = bg.terminate();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let last = text
         .lines()
         .rfind(|l| l.contains("\"final\""))
         .unwrap_or_else(|| panic!("no final line: {text}"));
-    serde_json::from_str(last).unwrap()
+    serde_json::from_str(last).expect("wan's final line")
 }
 
-fn f(v: &Value, path: &[&str]) -> f64 {
-    let mut x = v;
-    for p in path {
-        x = &x[*p];
-    }
-    x.as_f64()
-        .unwrap_or_else(|| panic!("{path:?} missing in {v}"))
-}
-
-fn class_row<'a>(v: &'a Value, dir: &str, class: &str) -> &'a Value {
-    v["classes"]
-        .as_array()
-        .unwrap()
+fn class_row<'a>(v: &'a Line, dir: &str, class: &str) -> &'a ClassReport {
+    v.classes
         .iter()
-        .find(|r| r["dir"] == dir && r["class"] == class)
-        .unwrap_or_else(|| panic!("no row {dir}/{class} in {v}"))
+        .find(|r| r.dir == dir && r.class == class)
+        .unwrap_or_else(|| panic!("no row {dir}/{class} in {v:?}"))
+}
+
+/// An optional figure that must be there (a class the engine timed has its delays).
+fn some(x: Option<f64>, what: &str) -> f64 {
+    x.unwrap_or_else(|| panic!("{what} missing"))
 }
 
 #[test]
 fn zero_impairment_delivers_everything_fast() {
     let _s = serial();
     let b = Bench::new("wz");
+    // The same probe over the lab's bridge without the wan: what the host itself adds (its
+    // scheduling, the probe's own sockets), measured in the same run. The wan's tolerance is
+    // on the delay it adds on top.
+    let base = b.probe(&["--rate", "1000", "--count", "3000", "--wait", "300ms"]);
+    let (base_f, base_r) = (base.forward.delay_ms.p99, base.reverse.delay_ms.p99);
+    eprintln!("without the wan: one-way p99 {base_f:.3} / {base_r:.3} ms");
     // The kernel fast path (nothing to hold) and the engine path (forced by a 1 us delay).
     for spec in ["", "delay 1us"] {
         let wan = b.wan(&["--both", spec]);
         let r = b.probe(&["--rate", "1000", "--count", "3000", "--wait", "300ms"]);
-        assert_eq!(f(&r, &["forward", "received"]), 3000.0, "{spec:?}: {r}");
-        assert_eq!(f(&r, &["reverse", "received"]), 3000.0, "{spec:?}: {r}");
-        // Added one-way delay p99 below 1 ms (tolerance of the issue).
-        assert!(
-            f(&r, &["forward", "delay_ms", "p99"]) < 1.0,
-            "{spec:?}: {r}"
-        );
-        assert!(
-            f(&r, &["reverse", "delay_ms", "p99"]) < 1.0,
-            "{spec:?}: {r}"
-        );
+        assert_eq!(r.forward.received, 3000, "{spec:?}: {r:?}");
+        assert_eq!(r.reverse.received, 3000, "{spec:?}: {r:?}");
+        // Added one-way delay p99 below 1 ms (tolerance of the issue): the p99 with the wan
+        // minus the p99 without it.
+        let (f, rv) = (r.forward.delay_ms.p99, r.reverse.delay_ms.p99);
+        eprintln!("{spec:?}: one-way p99 {f:.3} / {rv:.3} ms");
+        assert!(f - base_f < 1.0, "{spec:?}: {r:?}");
+        assert!(rv - base_r < 1.0, "{spec:?}: {r:?}");
         let fin = stop_wan(wan);
         let row = class_row(&fin, "a_to_b", "default");
         if spec.is_empty() {
-            assert!(
-                f(row, &["fast_path"]) >= 3000.0,
-                "fast path not used: {row}"
-            );
+            assert!(row.fast_path >= 3000, "fast path not used: {row:?}");
         } else {
-            assert!(f(row, &["fast_path"]) == 0.0, "engine bypassed: {row}");
+            assert!(row.fast_path == 0, "engine bypassed: {row:?}");
         }
     }
 }
@@ -141,15 +151,20 @@ fn fixed_delay_each_way() {
     let r = b.probe(&["--rate", "200", "--count", "1000", "--wait", "300ms"]);
     // One-way p50 within 20 ms ± 0.3 ms; RTT within 40 ms ± 0.6 ms.
     for d in ["forward", "reverse"] {
-        let p50 = f(&r, &[d, "delay_ms", "p50"]);
-        assert!((p50 - 20.0).abs() <= 0.3, "{d} p50 {p50}: {r}");
-        assert_eq!(f(&r, &[d, "lost"]), 0.0);
+        let dir = if d == "forward" {
+            &r.forward
+        } else {
+            &r.reverse
+        };
+        let p50 = dir.delay_ms.p50;
+        assert!((p50 - 20.0).abs() <= 0.3, "{d} p50 {p50}: {r:?}");
+        assert_eq!(dir.lost, 0);
     }
-    let rtt = f(&r, &["rtt_ms", "p50"]);
+    let rtt = r.rtt_ms.p50;
     assert!((rtt - 40.0).abs() <= 0.6, "rtt {rtt}");
     let fin = stop_wan(wan);
     let row = class_row(&fin, "a_to_b", "default");
-    let p50 = f(row, &["delay_p50_ms"]);
+    let p50 = some(row.delay_p50_ms, "the engine's delay p50");
     assert!((p50 - 20.0).abs() <= 0.3, "engine's own p50 {p50}");
 }
 
@@ -166,12 +181,12 @@ fn normal_jitter_keeps_order() {
     // 50 probes/s (20 ms apart) so keeping order rarely binds: stddev within ±15% of 5 ms,
     // median within 20 ms ± 1 ms, and no reordering (jitter-order keep is the default).
     let r = b.probe(&["--rate", "50", "--count", "600", "--wait", "300ms"]);
-    let sd = f(&r, &["forward", "delay_ms", "stddev"]);
-    assert!((sd - 5.0).abs() <= 0.75, "stddev {sd}: {r}");
-    let p50 = f(&r, &["forward", "delay_ms", "p50"]);
+    let sd = r.forward.delay_ms.stddev;
+    assert!((sd - 5.0).abs() <= 0.75, "stddev {sd}: {r:?}");
+    let p50 = r.forward.delay_ms.p50;
     assert!((p50 - 20.0).abs() <= 1.0, "p50 {p50}");
-    assert_eq!(f(&r, &["forward", "reordered"]), 0.0, "{r}");
-    assert_eq!(f(&r, &["overtaking"]), 0.0, "{r}");
+    assert_eq!(r.forward.reordered, 0, "{r:?}");
+    assert_eq!(r.overtaking, 0, "{r:?}");
     stop_wan(wan);
 }
 
@@ -179,6 +194,12 @@ fn normal_jitter_keeps_order() {
 /// probe's delay distribution is still the configured one (`keep`: the delay is a smooth
 /// process in time), where the per-packet draws of `fifo` (the old `keep`) are biased up
 /// because each packet waits for the slowest ahead of it.
+///
+/// The spread is judged by the deciles (p90 − p10 = 2.563 σ for a normal distribution), not by
+/// the standard deviation: a stall of the host (a VM's vCPU descheduled for 10 ms) holds up a
+/// few dozen of the 12,000 packets by that much and moves the standard deviation by 0.4 ms
+/// (seen in CI), while the deciles do not move. The tails have their own test
+/// (`zero_impairment_delivers_everything_fast`).
 #[test]
 fn keep_order_jitter_is_unbiased_under_load() {
     let _s = serial();
@@ -206,16 +227,23 @@ fn keep_order_jitter_is_unbiased_under_load() {
             ("under load", &busy.0),
             ("the load", &busy.1),
         ] {
-            let p50 = f(r, &["forward", "delay_ms", "p50"]);
-            let sd = f(r, &["forward", "delay_ms", "stddev"]);
-            eprintln!("jitter-order {order}, {what}: p50 {p50:.2} ms, stddev {sd:.2} ms");
-            assert_eq!(f(r, &["forward", "reordered"]), 0.0, "{order} {what}: {r}");
+            let d = &r.forward.delay_ms;
+            let (p50, sd) = (d.p50, d.stddev);
+            let sigma = (d.p90 - d.p10) / 2.563;
+            eprintln!(
+                "jitter-order {order}, {what}: p50 {p50:.2} ms, σ from deciles {sigma:.2} ms, \
+                 stddev {sd:.2} ms"
+            );
+            assert_eq!(r.forward.reordered, 0, "{order} {what}: {r:?}");
             if order == "keep" {
                 assert!((p50 - 20.0).abs() <= 0.5, "{order} {what}: p50 {p50}");
-                assert!((sd - 2.0).abs() <= 0.4, "{order} {what}: stddev {sd}");
+                assert!(
+                    (sigma - 2.0).abs() <= 0.4,
+                    "{order} {what}: σ {sigma}: {r:?}"
+                );
             }
         }
-        p50s.push(f(&busy.1, &["forward", "delay_ms", "p50"]));
+        p50s.push(busy.1.forward.delay_ms.p50);
     }
     // The old behaviour's bias, measured side by side: the reason `keep` changed.
     assert!(p50s[1] - 20.0 > 1.0, "fifo under load: p50 {}", p50s[1]);
@@ -245,17 +273,20 @@ fn random_loss_is_binomial() {
     let r = b.probe(&["--rate", "4000", "--count", "20000", "--wait", "300ms"]);
     // Within 4 sigma of the binomial expectation.
     let sigma = (n * 0.05 * 0.95f64).sqrt();
-    let lost = f(&r, &["forward", "lost"]);
+    let lost = r.forward.lost as f64;
     assert!(
         (lost - n * 0.05).abs() <= 4.0 * sigma,
         "lost {lost}, expected {} ± {}",
         n * 0.05,
         4.0 * sigma
     );
-    assert_eq!(f(&r, &["reverse", "lost"]), 0.0);
+    assert_eq!(r.reverse.lost, 0);
     let fin = stop_wan(wan);
     let row = class_row(&fin, "a_to_b", "default");
-    assert!(f(row, &["drops_loss"]) >= lost, "kernel loss counter {row}");
+    assert!(
+        row.drops_loss >= r.forward.lost,
+        "kernel loss counter {row:?}"
+    );
 }
 
 #[test]
@@ -267,25 +298,21 @@ fn gemodel_bursts_and_classes() {
     let cfg = class_config(&dir.0, 11, "198.18.0.2/32", "loss gemodel 2% 25%");
     let wan = b.wan(&["--config", cfg.to_str().unwrap()]);
     let r = b.probe(&["--rate", "4000", "--count", "20000", "--wait", "300ms"]);
-    let mean = f(&r, &["loss_bursts", "mean_len"]);
+    let mean = r.loss_bursts.mean_len;
     // Tolerance ±20% (the estimate's standard error is about 5% here).
     assert!(
         (mean - 4.0).abs() <= 0.8,
-        "mean burst {mean}: {}",
-        r["loss_bursts"]
+        "mean burst {mean}: {:?}",
+        r.loss_bursts
     );
     // Expected loss fraction p/(p+r) = 7.4%; ±1.5 points.
-    let pct = f(&r, &["forward", "loss_pct"]);
+    let pct = r.forward.loss_pct;
     assert!((pct - 7.41).abs() <= 1.5, "loss {pct}%");
     let fin = stop_wan(wan);
     let row = class_row(&fin, "a_to_b", "probe");
-    assert!(f(row, &["drops_loss"]) > 0.0, "{row}");
+    assert!(row.drops_loss > 0, "{row:?}");
     let def = class_row(&fin, "a_to_b", "default");
-    assert_eq!(
-        f(def, &["drops_loss"]),
-        0.0,
-        "default class must not lose: {def}"
-    );
+    assert_eq!(def.drops_loss, 0, "default class must not lose: {def:?}");
 }
 
 #[test]
@@ -304,10 +331,10 @@ fn duplicate_corrupt_reorder_rates() {
     };
     let wan = b.wan(&["--a-to-b", "duplicate 5%"]);
     let r = b.probe(&["--rate", "4000", "--count", "10000", "--wait", "300ms"]);
-    within(f(&r, &["forward", "duplicates"]), 0.05, "duplicates");
+    within(r.forward.duplicates as f64, 0.05, "duplicates");
     // Only a->b was impaired: the reverse path must show nothing.
-    assert_eq!(f(&r, &["reverse", "duplicates"]), 0.0, "{r}");
-    assert_eq!(f(&r, &["reverse", "reordered"]), 0.0, "{r}");
+    assert_eq!(r.reverse.duplicates, 0, "{r:?}");
+    assert_eq!(r.reverse.reordered, 0, "{r:?}");
     stop_wan(wan);
 
     // A flipped bit in the IP/UDP headers makes the receiver drop the probe; in the payload it
@@ -316,16 +343,16 @@ fn duplicate_corrupt_reorder_rates() {
     let r = b.probe(&[
         "--rate", "4000", "--count", "10000", "--size", "1000", "--wait", "300ms",
     ]);
-    let corrupt = f(&r, &["forward", "corrupted"]) + f(&r, &["forward", "lost"]);
+    let corrupt = (r.forward.corrupted + r.forward.lost) as f64;
     within(corrupt, 0.03, "corrupted + header-corrupted");
-    assert!(f(&r, &["forward", "corrupted"]) > 0.8 * corrupt, "{r}");
+    assert!(r.forward.corrupted as f64 > 0.8 * corrupt, "{r:?}");
     stop_wan(wan);
 
     // reorder 20% with a 5 ms delay at 2000/s: a reordered probe is sent at once and overtakes
     // the ~10 probes still delayed.
     let wan = b.wan(&["--a-to-b", "delay 5ms reorder 20%"]);
     let r = b.probe(&["--rate", "2000", "--count", "10000", "--wait", "300ms"]);
-    within(f(&r, &["overtaking"]), 0.20, "overtaking probes");
+    within(r.overtaking as f64, 0.20, "overtaking probes");
     stop_wan(wan);
 }
 
@@ -334,16 +361,11 @@ fn rate_limits_tcp_goodput() {
     let _s = serial();
     let b = Bench::new("wr");
     let wan = b.wan(&["--both", "rate 20mbit"]);
-    let r = b.probe(&["--tcp", "--duration", "8s"]);
+    let r = b.probe_tcp(&["--duration", "8s"]);
     // 1500-byte MTU: 1448 bytes of payload per 1514-byte frame. ±5%, skipping the first second.
     let expect = 20.0 * 1448.0 / 1514.0;
-    let per: Vec<f64> = r["per_second_mbps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
-    assert!(per.len() >= 6, "{r}");
+    let per = &r.per_second_mbps;
+    assert!(per.len() >= 6, "{r:?}");
     let steady = per[1..].iter().sum::<f64>() / (per.len() - 1) as f64;
     assert!(
         (steady - expect).abs() <= expect * 0.05,
@@ -352,19 +374,9 @@ fn rate_limits_tcp_goodput() {
     let fin = stop_wan(wan);
     let row = class_row(&fin, "a_to_b", "default");
     assert!(
-        f(row, &["drops_queue"]) > 0.0,
-        "TCP should overflow the queue: {row}"
+        row.drops_queue > 0,
+        "TCP should overflow the queue: {row:?}"
     );
-}
-
-/// The probe's TCP goodput per second, skipping the first (slow start).
-fn per_second(r: &Value) -> Vec<f64> {
-    r["per_second_mbps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 /// Write a trace with `wirelab wan trace` (levels: (rate, duration) in turn).
@@ -393,9 +405,9 @@ fn trace_replay_reproduces_rate_and_follows_levels() {
     // the first second (slow start) is skipped, and the seconds are the receiver's.
     let constant = write_trace(&dir, "20.trace", &[("20mbit", "1s")]);
     let wan = b.wan(&["--a-to-b", &format!("rate trace {constant}")]);
-    let r = b.probe(&["--tcp", "--duration", "6s"]);
-    let per = per_second(&r);
-    assert!(per.len() >= 5, "{r}");
+    let r = b.probe_tcp(&["--duration", "6s"]);
+    let per = &r.per_second_mbps;
+    assert!(per.len() >= 5, "{r:?}");
     let steady = per[1..].iter().sum::<f64>() / (per.len() - 1) as f64;
     let expect = 20.0 * 1448.0 / 1500.0;
     assert!(
@@ -411,10 +423,10 @@ fn trace_replay_reproduces_rate_and_follows_levels() {
     // round trips to fill the faster level).
     let steps = write_trace(&dir, "steps.trace", &[("30mbit", "2s"), ("10mbit", "2s")]);
     let wan = b.wan(&["--a-to-b", &format!("rate trace {steps}")]);
-    let r = b.probe(&["--tcp", "--duration", "9s"]);
+    let r = b.probe_tcp(&["--duration", "9s"]);
     stop_wan(wan);
-    let per = per_second(&r);
-    assert!(per.len() >= 8, "{r}");
+    let per = &r.per_second_mbps;
+    assert!(per.len() >= 8, "{r:?}");
     let level = |t: f64| {
         if t.rem_euclid(4.0) < 2.0 {
             30.0
@@ -469,12 +481,7 @@ fn same_seed_same_losses() {
         let wan = b.wan(&["--config", cfg.to_str().unwrap()]);
         let r = b.probe(&["--rate", "1000", "--count", "2000", "--wait", "300ms"]);
         stop_wan(wan);
-        let lost: Vec<u64> = r["lost_seqs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .collect();
+        let lost = r.lost_seqs;
         assert!(lost.len() > 100, "{}", lost.len());
         runs.push(lost);
     }
@@ -496,11 +503,11 @@ fn live_set_changes_delay_without_loss() {
     let o = t.join().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("delay 50ms"));
     // Nothing lost across the change; the delay moved from 10 ms to 50 ms.
-    assert_eq!(f(&r, &["no_echo"]), 0.0, "{r}");
+    assert_eq!(r.no_echo, 0, "{r:?}");
     // 1000 probes at 10 ms, then 1500 at 50 ms; a scheduling hiccup may add a few ms at most.
-    let min = f(&r, &["forward", "delay_ms", "min"]);
-    let p90 = f(&r, &["forward", "delay_ms", "p90"]);
-    let max = f(&r, &["forward", "delay_ms", "max"]);
+    let min = r.forward.delay_ms.min;
+    let p90 = r.forward.delay_ms.p90;
+    let max = r.forward.delay_ms.max;
     assert!((min - 10.0).abs() < 1.0, "min {min}");
     assert!((p90 - 50.0).abs() < 2.0, "p90 {p90}");
     assert!(max < 60.0, "max {max}");
@@ -519,7 +526,7 @@ fn live_set_changes_delay_without_loss() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"fast\""));
     let r = b.probe(&["--rate", "200", "--count", "200", "--wait", "300ms"]);
-    assert!((f(&r, &["forward", "delay_ms", "p50"]) - 50.0).abs() < 1.0);
+    assert!((r.forward.delay_ms.p50 - 50.0).abs() < 1.0);
     // Control clients that connect and say nothing — six in a row, 0.3 s each, and one for
     // 3 s — must neither hold up packets (requests are read off the engine's thread) nor a
     // real `wan set` sent meanwhile (each connection is read by its own thread).
@@ -550,8 +557,8 @@ fn live_set_changes_delay_without_loss() {
         took < Duration::from_secs(1),
         "wan set waited {took:?} behind silent clients"
     );
-    let max = f(&r, &["forward", "delay_ms", "max"]);
-    assert_eq!(f(&r, &["no_echo"]), 0.0, "{r}");
+    let max = r.forward.delay_ms.max;
+    assert_eq!(r.no_echo, 0, "{r:?}");
     // Same bound as after the live change above.
     assert!(
         max < 60.0,
@@ -584,11 +591,8 @@ fn detaches_cleanly_and_bridge_takes_over() {
         );
     }
     let r = b.probe(&["--rate", "100", "--count", "50", "--wait", "300ms"]);
-    assert_eq!(f(&r, &["no_echo"]), 0.0);
-    assert!(
-        f(&r, &["rtt_ms", "p50"]) < 5.0,
-        "still delayed after kill: {r}"
-    );
+    assert_eq!(r.no_echo, 0);
+    assert!(r.rtt_ms.p50 < 5.0, "still delayed after kill: {r:?}");
     // A stale control socket from the killed run does not block the next one.
     let wan = b.wan(&["--both", "delay 5ms"]);
     stop_wan(wan);
@@ -673,7 +677,7 @@ fn probe_agrees_with_ping_and_iperf3() {
     let r = b.probe(&[
         "--rate", "100", "--count", "300", "--size", "84", "--wait", "300ms",
     ]);
-    let min = f(&r, &["rtt_ms", "min"]);
+    let min = r.rtt_ms.min;
     assert!(
         (min - ping_min).abs() < 0.5,
         "probe min rtt {min} vs ping {ping_min}"
@@ -688,23 +692,22 @@ fn probe_agrees_with_ping_and_iperf3() {
         &["iperf3", "-s", "-1", "-B", "198.18.0.2", "-p", "5201"],
     );
     let _iperf_server = Bg::from_child(srv.stdout(std::process::Stdio::null()).spawn().unwrap());
-    // Wait until the iperf3 server listens (bounded).
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) {
+    let listens = || {
         let o = ok(in_ns(&b.lab.ns("server"), &["ss", "-ltn", "sport = :5201"]));
-        if String::from_utf8_lossy(&o.stdout).contains("5201") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        String::from_utf8_lossy(&o.stdout).contains("5201")
+    };
+    assert!(
+        eventually(Duration::from_secs(10), listens),
+        "iperf3 -s did not listen"
+    );
     let o = ok(in_ns(
         &b.lab.ns("client"),
         &["iperf3", "-c", "198.18.0.2", "-p", "5201", "-t", "6", "-J"],
     ));
-    let v: Value = serde_json::from_slice(&o.stdout).expect("iperf3 JSON");
-    let iperf = f(&v, &["end", "sum_received", "bits_per_second"]) / 1e6;
-    let r = b.probe(&["--tcp", "--duration", "6s"]);
-    let ours = f(&r, &["goodput_mbps"]);
+    let v: Iperf3 = serde_json::from_slice(&o.stdout).expect("iperf3 JSON");
+    let iperf = v.end.sum_received.bits_per_second / 1e6;
+    let r = b.probe_tcp(&["--duration", "6s"]);
+    let ours = r.goodput_mbps;
     assert!(
         (ours - iperf).abs() <= iperf * 0.05,
         "probe {ours:.2} Mbit/s vs iperf3 {iperf:.2} Mbit/s"
@@ -740,35 +743,22 @@ fn survives_interface_down_and_counts_it() {
     // Forwarding resumes at once: the engine follows the carrier, which is on as soon as the
     // link is up, not operstate (IFF_RUNNING), which can lag it by up to a second.
     let r = b.probe(&["--rate", "100", "--count", "100", "--wait", "300ms"]);
-    assert_eq!(f(&r, &["no_echo"]), 0.0, "{r}");
+    assert_eq!(r.no_echo, 0, "{r:?}");
     let fin = stop_wan(wan);
-    let down = f(&fin, &["engine", "link_down"]);
-    assert!(down > 0.0, "{fin}");
+    let down = fin.engine.expect("the engine's health").link_down;
+    assert!(down > 0, "{fin:?}");
     // A frame dropped for a down link is a drop, never a send: every frame received is
     // either sent or dropped for one stated reason.
     assert_accounted(&fin);
-    let per_class: f64 = fin["classes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| f(r, &["drops_link_down"]))
-        .sum();
-    assert_eq!(per_class, down, "{fin}");
+    let per_class: u64 = fin.classes.iter().map(|r| r.drops_link_down).sum();
+    assert_eq!(per_class, down, "{fin:?}");
 }
 
 /// rx = tx + every drop, per class and direction, in a final report (queues flushed).
-fn assert_accounted(fin: &Value) {
-    for r in fin["classes"].as_array().unwrap() {
-        let drops: f64 = [
-            "drops_loss",
-            "drops_queue",
-            "drops_blackhole",
-            "drops_link_down",
-        ]
-        .iter()
-        .map(|k| f(r, &[k]))
-        .sum();
-        assert_eq!(f(r, &["rx"]), f(r, &["tx"]) + drops, "{r}");
+fn assert_accounted(fin: &Line) {
+    for r in &fin.classes {
+        let drops = r.drops_loss + r.drops_queue + r.drops_blackhole + r.drops_link_down;
+        assert_eq!(r.rx, r.tx + drops, "{r:?}");
     }
 }
 
@@ -796,9 +786,13 @@ fn follows_carrier_not_operstate() {
     );
     let wan = b.wan(&["--both", "delay 30ms"]);
     let r = b.probe(&["--rate", "200", "--count", "400", "--wait", "300ms"]);
-    assert_eq!(f(&r, &["no_echo"]), 0.0, "{r}");
+    assert_eq!(r.no_echo, 0, "{r:?}");
     let fin = stop_wan(wan);
-    assert_eq!(f(&fin, &["engine", "link_down"]), 0.0, "{fin}");
+    assert_eq!(
+        fin.engine.expect("the engine's health").link_down,
+        0,
+        "{fin:?}"
+    );
     assert_accounted(&fin);
 }
 
@@ -838,11 +832,11 @@ fn clsact_fast_path_and_cleanup_after_kill() {
         filters("to-client")
     );
     let r = b.probe(&["--rate", "200", "--count", "400", "--wait", "300ms"]);
-    assert_eq!(f(&r, &["forward", "received"]), 400.0, "{r}");
-    let p50 = f(&r, &["forward", "delay_ms", "p50"]);
+    assert_eq!(r.forward.received, 400, "{r:?}");
+    let p50 = r.forward.delay_ms.p50;
     assert!(
         (9.7..=10.5).contains(&p50),
-        "one-way p50 {p50} ms for delay 10ms: {r}"
+        "one-way p50 {p50} ms for delay 10ms: {r:?}"
     );
     let child = wan.child_mut();
     child.kill().unwrap();
@@ -851,14 +845,14 @@ fn clsact_fast_path_and_cleanup_after_kill() {
     let mut c = wirelab();
     c.env("WIRELAB_TC_ATTACH", "clsact");
     let o = ok(c.args(["cleanup", "--json"]));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["wan_filters_removed"].as_array().unwrap().len(), 2, "{v}");
+    let v: cleanup::Report = serde_json::from_slice(&o.stdout).expect("cleanup --json");
+    assert_eq!(v.wan_filters_removed.len(), 2, "{v:?}");
     for i in ["to-client", "to-server"] {
         assert!(!filters(i).contains("wan_fwd"), "{i}: {}", filters(i));
     }
     // The bridge forwards again.
     let r = b.probe(&["--rate", "100", "--count", "100", "--wait", "300ms"]);
-    assert_eq!(f(&r, &["no_echo"]), 0.0, "{r}");
+    assert_eq!(r.no_echo, 0, "{r:?}");
 }
 
 /// wan's AF_XDP errors name the failing step and why: with queue 0 of to-server held by
@@ -919,11 +913,11 @@ fn per_probe(p: &std::path::Path) -> Vec<(u64, f64, f64)> {
 }
 
 /// The wan record's change lines (`wan.changes.jsonl`).
-fn change_lines(dir: &std::path::Path) -> Vec<Value> {
+fn change_lines(dir: &std::path::Path) -> Vec<ChangeEntry> {
     std::fs::read_to_string(dir.join("wan.changes.jsonl"))
         .unwrap_or_default()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str(l).expect("a wan change line"))
         .collect()
 }
 
@@ -979,36 +973,40 @@ fn timeline_ramp_follows_the_schedule() {
     assert_eq!(lines.len(), 12, "{lines:?}");
     let mut worst = 0.0f64;
     for (k, l) in lines.iter().enumerate() {
-        assert_eq!(l["type"], "applied", "{l}");
-        assert_eq!(l["source"], "timeline", "{l}");
+        assert_eq!(l.kind, "applied", "{l:?}");
+        assert_eq!(l.source, "timeline", "{l:?}");
         let due = 2.0 + 0.5 * (k + 1) as f64;
-        assert!((f(l, &["requested_t"]) - due).abs() < 1e-6, "{l}");
-        let lat = f(l, &["latency_ms"]);
-        assert!((f(l, &["t"]) - f(l, &["requested_t"]) - lat / 1e3).abs() < 1e-3);
+        let requested = some(l.requested_t, "requested_t");
+        assert!((requested - due).abs() < 1e-6, "{l:?}");
+        let lat = some(l.latency_ms, "latency_ms");
+        assert!((l.t - requested - lat / 1e3).abs() < 1e-3);
         worst = worst.max(lat);
         let want = 20.0 + 5.0 * (k + 1) as f64;
-        assert!(l["label"].as_str().unwrap().contains("ramp delay"), "{l}");
-        assert_eq!(
-            spec_delay_ms(l["applied"].as_str().unwrap().split('"').nth(1).unwrap()),
-            want
+        assert!(
+            l.label.as_deref().is_some_and(|t| t.contains("ramp delay")),
+            "{l:?}"
         );
+        assert_eq!(spec_delay_ms(l.applied.split('"').nth(1).unwrap()), want);
     }
     eprintln!(
         "timeline apply latency: worst {worst:.3} ms over {} changes",
         lines.len()
     );
     assert!(worst < 5.0, "a change applied {worst} ms late");
-    assert_eq!(f(&fin, &["changes", "timeline"]), 12.0, "{fin}");
+    assert_eq!(fin.changes.map(|c| c.timeline), Some(12), "{fin:?}");
     // Every probe's forward delay against the schedule at its send time, from 0.5 s before
     // the ramp (the probe's first few hundred ms after start-up see a few ms of extra delay
     // on this 2-core machine, timeline or not); probes sent within 2 ms of a step are left
     // out (the step falls between their send and their arrival).
-    let start_unix = f(&lines[0], &["unix"]) - f(&lines[0], &["t"]);
+    let start_unix = lines[0].unix - lines[0].t;
     let steps: Vec<(f64, f64)> = lines
         .iter()
         .map(|l| {
-            let text = l["applied"].as_str().unwrap().split('"').nth(1).unwrap();
-            (start_unix + f(l, &["requested_t"]), spec_delay_ms(text))
+            let text = l.applied.split('"').nth(1).unwrap();
+            (
+                start_unix + some(l.requested_t, "requested_t"),
+                spec_delay_ms(text),
+            )
         })
         .collect();
     let probes = per_probe(&csv);
@@ -1069,12 +1067,7 @@ fn timeline_refused_when_bad_and_a_flap_lasts_the_configured_time() {
     let wan = b.wan(&["--both", "delay 5ms", "--timeline", tl.to_str().unwrap()]);
     let r = b.probe(&["--rate", "1000", "--count", "3500", "--wait", "300ms"]);
     stop_wan(wan);
-    let lost: Vec<u64> = r["lost_seqs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let lost = r.lost_seqs;
     // Runs of consecutive lost probes, 1 ms apart each.
     let mut runs: Vec<(u64, u64)> = vec![];
     for s in lost {
@@ -1156,12 +1149,12 @@ fn timeline_check_prints_the_expanded_schedule() {
         .args(["wan", "--both", "delay 5ms", "--check", "--json"])
         .arg("--timeline")
         .arg(&tl));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let ch = v["timeline"]["changes"].as_array().unwrap();
+    let v: CheckReport = serde_json::from_slice(&o.stdout).expect("wan --check --json");
+    let ch = &v.timeline.as_ref().expect("the expanded timeline").changes;
     // set + 7 ramp values, twice.
-    assert_eq!(ch.len(), 16, "{v}");
-    assert_eq!(ch[15]["a_to_b"], "delay 80ms");
-    assert_eq!(f(&ch[15], &["at_s"]), 16.0);
+    assert_eq!(ch.len(), 16, "{v:?}");
+    assert_eq!(ch[15].a_to_b, "delay 80ms");
+    assert_eq!(ch[15].at_s, 16.0);
     let o = ok(wirelab()
         .args(["wan", "--both", "delay 5ms", "--check"])
         .arg("--timeline")

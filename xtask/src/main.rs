@@ -48,7 +48,7 @@ enum Cmd {
     /// The main job on the default lab (see README).
     Demo,
     /// Benchmarks against the kernel's own tools, side by side: `wan`, `wan-trace`, `swarm`,
-    /// `fw` or `all`
+    /// `fw`, `lb` or `all`
     /// (tables printed as Markdown and written to target/bench/NAME.md).
     Bench {
         #[arg(required = true)]

@@ -23,9 +23,15 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // fw tests and benchmarks: the nftables peer and trafgen.
     "nftables",
     "netsniff-ng",
-    // capture tests: pcapng read back by capinfos/tshark, filters compared with tcpdump's.
+    // lb benchmark: the HTTP backends, HAProxy `mode tcp` as the reference, the generator.
+    "nginx-light",
+    "haproxy",
+    "wrk",
+    // capture tests: pcapng read back by capinfos/tshark, filters compared with tcpdump's;
+    // `bench capture` compares with tcpdump and dumpcap (wireshark-common, a tshark dependency).
     "tshark",
     "tcpdump",
+    "wireshark-common",
     // report tests: headless browser, a font for PNG plots, a strict OpenMetrics parser.
     "chromium",
     "fonts-dejavu-core",

@@ -1,8 +1,10 @@
-//! `wirelab capture`: frames an interface receives (XDP) and sends (tc/TCX egress), matched
-//! in the kernel by a tcpdump-style filter, written as pcapng.
+//! `wirelab capture`: frames an interface receives (tc/TCX ingress by default; XDP behind
+//! the tap of fw, lb or wan, or when asked) and sends (tc/TCX egress), matched in the kernel by a
+//! tcpdump-style filter, written as pcapng.
 //!
 //! ```text
-//! capture_xdp / capture_tc ─ filter ─> perf sample (EventHeader + snaplen bytes), per CPU
+//! capture_tc_in | capture_xdp(_tap), capture_tc ─ filter ─> perf sample (EventHeader +
+//!   snaplen bytes), per CPU
 //!   │ one reader thread per CPU buffer (poll, drain, hand over)
 //!   ▼
 //! writer: merge by timestamp (held until every CPU has moved past it), monotonic -> wall
@@ -10,6 +12,7 @@
 //! ```
 pub mod filter;
 pub mod pcapng;
+pub mod tap;
 
 use std::{
     collections::{BinaryHeap, HashMap},
@@ -36,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use wirelab_common::{
     capture::{dir, dir_base, stat, CaptureConf, EventHeader, Term, EVENT_HEADER_LEN, MAX_SNAPLEN},
     maps,
+    tap::Decision,
 };
 
 use crate::{
@@ -62,7 +66,55 @@ pub struct Options {
     pub count: Option<u64>,
     pub duration: Option<Duration>,
     pub out: Output,
+    /// Where ingress is taken.
+    pub ingress: IngressChoice,
+    /// XDP mode for ingress at XDP (`None`: native, falling back to skb).
     pub mode: Option<AttachMode>,
+}
+
+/// The hook asked for ingress (`--ingress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IngressChoice {
+    /// tc/TCX ingress, or the tap of fw, lb (XDP path) or wan when one runs on the interface
+    /// (it owns the XDP hook).
+    #[default]
+    Auto,
+    /// tc/TCX ingress, even behind fw, lb or wan (then only what they pass to the stack,
+    /// without their decisions).
+    Tc,
+    /// XDP: capture's own program, or the tap of fw, lb or wan when one runs there.
+    Xdp,
+}
+
+/// The hook that took ingress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressHook {
+    /// `capture_tc_in` at tc ingress (GRO kept: an aggregated skb is one frame).
+    Tc(TcMode),
+    /// `capture_xdp`, capture's own XDP program (stops GRO on a veth).
+    Xdp(AttachMode),
+    /// `capture_xdp_tap`, called by the XDP program of fw, lb or wan (in its mode).
+    Tap(tap::Decider, AttachMode),
+}
+
+impl std::fmt::Display for IngressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IngressHook::Tc(m) => write!(f, "tc ({m})"),
+            IngressHook::Xdp(m) => write!(f, "xdp ({m})"),
+            IngressHook::Tap(d, m) => write!(f, "{d} tap ({m} xdp)"),
+        }
+    }
+}
+
+impl IngressHook {
+    /// The XDP mode, when ingress is at XDP.
+    pub fn xdp_mode(&self) -> Option<AttachMode> {
+        match *self {
+            IngressHook::Tc(_) => None,
+            IngressHook::Xdp(m) | IngressHook::Tap(_, m) => Some(m),
+        }
+    }
 }
 
 /// Abstract socket `@wirelab-capture/IFACE` held while a capture runs.
@@ -109,8 +161,15 @@ pub struct Summary {
     /// Matched frames not written because `--count` was reached first.
     pub beyond_count: u64,
     pub duration_s: f64,
-    pub xdp_mode: AttachMode,
+    /// The hook that took ingress: `tc (tcx)`, `tc (clsact)`, `xdp (native)`, `xdp (skb)`,
+    /// `fw tap (native xdp)`, `lb tap (...)`, `wan tap (...)`.
+    pub ingress_hook: String,
+    /// The egress hook's attachment.
     pub tc_mode: TcMode,
+    /// `fw`, `lb` or `wan` when ingress was captured behind its tap (frames carry its
+    /// decisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind: Option<String>,
     pub file: String,
 }
 
@@ -123,6 +182,7 @@ struct Captured {
     seq: u64,
     orig_len: u32,
     dir: u32,
+    decision: Decision,
     data: Vec<u8>,
 }
 
@@ -159,9 +219,7 @@ fn clock_ns(c: nix::time::ClockId) -> u64 {
         .unwrap_or(0)
 }
 
-fn mono_ns() -> u64 {
-    clock_ns(nix::time::ClockId::CLOCK_MONOTONIC)
-}
+use crate::util::mono_ns;
 
 /// Decode one perf sample: header, then `cap_len` bytes. `None` for a sample too short for
 /// what its header announces (never from our programs).
@@ -180,6 +238,13 @@ fn decode(head: &[u8], tail: &[u8], seq: u64) -> Option<Captured> {
         cap_len: u32_at(12),
         ifindex: u32_at(16),
         dir: u32_at(20),
+        decision: Decision {
+            magic: b[24],
+            tool: b[25],
+            what: b[26],
+            action: b[27],
+            id: u32_at(28),
+        },
     };
     let end = EVENT_HEADER_LEN.checked_add(h.cap_len as usize)?;
     if end > b.len() {
@@ -192,6 +257,7 @@ fn decode(head: &[u8], tail: &[u8], seq: u64) -> Option<Captured> {
         seq,
         orig_len: h.orig_len,
         dir: h.dir,
+        decision: h.decision,
         data: b,
     })
 }
@@ -270,8 +336,167 @@ pub fn load_filter_programs(bpf: &mut aya::Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// One frame in time order, as a [`Sink`] receives it.
+pub struct Frame<'a> {
+    /// Wall-clock time, ns since the Unix epoch.
+    pub ts_ns: u64,
+    /// The frame's length on the wire.
+    pub orig_len: u32,
+    /// Sent by the interface (tc egress) rather than received (tc ingress or XDP).
+    pub egress: bool,
+    /// The first `snaplen` bytes.
+    pub data: &'a [u8],
+    /// What wirelab's own programs decided about it (behind the tap of fw, lb or wan).
+    pub comment: Option<&'a str>,
+}
+
+/// Where the time-ordered frames of [`stream`] go: capture's pcapng writer, or `flows`.
+pub trait Sink {
+    /// The next frame; frames come in timestamp order.
+    fn frame(&mut self, f: &Frame<'_>) -> Result<()>;
+    /// Called between frames at least every 20 ms (flushing, reporting).
+    fn idle(&mut self) -> Result<()>;
+    /// The programs are attached: frames may come from now on.
+    fn attached(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Stop now (e.g. `--count` reached).
+    fn done(&self) -> bool {
+        false
+    }
+}
+
+/// What [`stream`] measured, for the caller's summary.
+pub struct Streamed {
+    pub ingress: DirCounts,
+    pub egress: DirCounts,
+    pub perf_lost: u64,
+    /// Wall-clock start and end, ns since the Unix epoch.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub duration_s: f64,
+    pub ingress_hook: IngressHook,
+    /// The egress hook's attachment.
+    pub tc_mode: TcMode,
+    /// `fw`, `lb` or `wan` when ingress was captured behind its tap.
+    pub behind: Option<String>,
+}
+
+/// The pcapng file as a [`Sink`].
+struct PcapSink {
+    w: pcapng::Writer<Box<dyn Write>>,
+    count: Option<u64>,
+    written: u64,
+    beyond: u64,
+    last_flush: Instant,
+}
+
+impl Sink for PcapSink {
+    /// A reader of the file (`wirelab smb` live) sees the header once frames can come.
+    fn attached(&mut self) -> Result<()> {
+        self.w.flush()?;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    fn frame(&mut self, f: &Frame<'_>) -> Result<()> {
+        if self.count.is_some_and(|n| self.written >= n) {
+            self.beyond += 1;
+            return Ok(());
+        }
+        self.w.packet(&pcapng::Packet {
+            interface_id: 0,
+            ts_ns: f.ts_ns,
+            orig_len: f.orig_len,
+            data: f.data,
+            direction: Some(if f.egress {
+                pcapng::Direction::Outbound
+            } else {
+                pcapng::Direction::Inbound
+            }),
+            comment: f.comment,
+        })?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn idle(&mut self) -> Result<()> {
+        if self.last_flush.elapsed() > Duration::from_millis(100) {
+            self.w.flush()?;
+            self.last_flush = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.count.is_some_and(|n| self.written >= n)
+    }
+}
+
 /// Run a capture until `count`, `duration`, SIGINT or SIGTERM.
 pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
+    let out: Box<dyn Write> = match &opts.out {
+        Output::Stdout => Box::new(BufWriter::with_capacity(1 << 16, std::io::stdout())),
+        Output::File(p) => Box::new(BufWriter::with_capacity(
+            1 << 16,
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+    };
+    let mut w = pcapng::Writer::new(
+        out,
+        &format!("wirelab {} capture", env!("CARGO_PKG_VERSION")),
+    )?;
+    w.interface(&pcapng::Interface {
+        name: opts.iface.clone(),
+        mac: iface_mac(&opts.iface),
+        snaplen: opts.snaplen,
+    })?;
+    // The header reaches the reader once the programs are attached (see `attached`).
+    let mut sink = PcapSink {
+        w,
+        count: opts.count,
+        written: 0,
+        beyond: 0,
+        last_flush: Instant::now(),
+    };
+    let s = stream(opts, stop, &mut sink)?;
+    let mut w = sink.w;
+    w.stats(&pcapng::Stats {
+        interface_id: 0,
+        ts_ns: s.end_ns,
+        start_ns: s.start_ns,
+        end_ns: s.end_ns,
+        ifrecv: s.ingress.seen + s.egress.seen,
+        ifdrop: s.ingress.lost + s.egress.lost,
+        filter_accept: s.ingress.matched + s.egress.matched,
+    })?;
+    w.into_inner()?.flush()?;
+    tracing::info!(iface = %opts.iface, written = sink.written, "capture detached");
+    Ok(Summary {
+        r#type: "final".into(),
+        iface: opts.iface.clone(),
+        filter: opts.filter.clone(),
+        snaplen: opts.snaplen,
+        written: sink.written,
+        ingress: s.ingress,
+        egress: s.egress,
+        perf_lost: s.perf_lost,
+        beyond_count: sink.beyond,
+        duration_s: s.duration_s,
+        ingress_hook: s.ingress_hook.to_string(),
+        tc_mode: s.tc_mode,
+        behind: s.behind,
+        file: match &opts.out {
+            Output::Stdout => "-".into(),
+            Output::File(p) => p.display().to_string(),
+        },
+    })
+}
+
+/// Attach the capture programs to `opts.iface` (filter `opts.filter`, `opts.snaplen` bytes
+/// per frame) and hand every matched frame, in time order, to `sink` until `opts.duration`,
+/// a stop request or `sink.done()`. (`opts.count` and `opts.out` are the sink's business.)
+pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Streamed> {
     if opts.snaplen == 0 || opts.snaplen > MAX_SNAPLEN {
         bail!("--snaplen must be 1-{MAX_SNAPLEN}, not {}", opts.snaplen);
     }
@@ -308,27 +533,50 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
     let real0 = clock_ns(nix::time::ClockId::CLOCK_REALTIME);
     let to_wall = |mono: u64| mono.wrapping_sub(mono0).wrapping_add(real0);
 
-    let xdp_mode = bpf::attach_xdp(&mut bpf, "capture_xdp", &opts.iface, opts.mode)?;
-    let tc_mode = bpf::attach_tc(&mut bpf, "capture_tc", &opts.iface, TcAttachType::Egress)?;
-    tracing::info!(iface = %opts.iface, %xdp_mode, %tc_mode, filter = %opts.filter, "capture attached");
-
-    let out: Box<dyn Write> = match &opts.out {
-        Output::Stdout => Box::new(BufWriter::with_capacity(1 << 16, std::io::stdout())),
-        Output::File(p) => Box::new(BufWriter::with_capacity(
-            1 << 16,
-            File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
+    // fw, lb or wan owns the XDP hook when it runs here: XDP ingress goes behind its tap (the
+    // frames then carry its decisions); tc ingress (the default elsewhere) keeps GRO on.
+    let decider = tap::Decider::on(&opts.iface);
+    let mut tap = None;
+    let behind = match (opts.ingress, decider) {
+        (IngressChoice::Auto | IngressChoice::Xdp, Some(d)) => {
+            match tap::Tap::attach(&mut bpf, &opts.iface, d) {
+                Ok(t) => Some(t),
+                // lb on its tc path has no tap: capture's own hooks, said plainly.
+                Err(e) if opts.ingress == IngressChoice::Auto && d != tap::Decider::Fw => {
+                    tracing::warn!(
+                        "{d} runs on {}, but its decisions cannot be captured: {e:#}; \
+                         capturing at tc ingress without them",
+                        opts.iface
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        _ => None,
     };
-    let mut w = pcapng::Writer::new(
-        out,
-        &format!("wirelab {} capture", env!("CARGO_PKG_VERSION")),
-    )?;
-    w.interface(&pcapng::Interface {
-        name: opts.iface.clone(),
-        mac: iface_mac(&opts.iface),
-        snaplen: opts.snaplen,
-    })?;
-    w.flush()?;
+    let ingress_hook = match (opts.ingress, behind) {
+        (_, Some(t)) => {
+            let h = IngressHook::Tap(t.decider, t.mode);
+            tap = Some(t);
+            h
+        }
+        (IngressChoice::Xdp, None) => IngressHook::Xdp(bpf::attach_xdp(
+            &mut bpf,
+            "capture_xdp",
+            &opts.iface,
+            opts.mode,
+        )?),
+        (IngressChoice::Auto | IngressChoice::Tc, None) => IngressHook::Tc(bpf::attach_tc(
+            &mut bpf,
+            "capture_tc_in",
+            &opts.iface,
+            TcAttachType::Ingress,
+        )?),
+    };
+    let tc_mode = bpf::attach_tc(&mut bpf, "capture_tc", &opts.iface, TcAttachType::Egress)?;
+    tracing::info!(iface = %opts.iface, ingress = %ingress_hook, egress = %tc_mode, filter = %opts.filter, "capture attached");
+    sink.attached()?;
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let quit = Arc::new(AtomicBool::new(false));
@@ -379,38 +627,20 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
     let start = Instant::now();
     let mut heap = BinaryHeap::new();
     let mut safe: HashMap<u32, u64> = cpus.iter().map(|c| (*c, 0)).collect();
-    let mut written = 0u64;
-    let mut beyond = 0u64;
     let mut perf_lost = 0u64;
-    let write_frame = |w: &mut pcapng::Writer<Box<dyn Write>>,
-                       f: &Captured,
-                       written: &mut u64,
-                       beyond: &mut u64|
-     -> Result<()> {
-        if opts.count.is_some_and(|n| *written >= n) {
-            *beyond += 1;
-            return Ok(());
-        }
-        w.packet(&pcapng::Packet {
-            interface_id: 0,
+    let write_frame = |sink: &mut dyn Sink, tap: &mut Option<tap::Tap>, f: &Captured| {
+        let comment = tap.as_mut().and_then(|t| t.comment(&f.decision));
+        sink.frame(&Frame {
             ts_ns: to_wall(f.ts),
             orig_len: f.orig_len,
+            egress: f.dir == dir::EGRESS,
             data: &f.data,
-            direction: Some(if f.dir == dir::EGRESS {
-                pcapng::Direction::Outbound
-            } else {
-                pcapng::Direction::Inbound
-            }),
-            comment: None,
-        })?;
-        *written += 1;
-        Ok(())
+            comment: comment.as_deref(),
+        })
     };
-    let mut last_flush = Instant::now();
     loop {
-        let finished = stop.requested()
-            || opts.duration.is_some_and(|d| start.elapsed() >= d)
-            || opts.count.is_some_and(|n| written >= n);
+        let finished =
+            stop.requested() || opts.duration.is_some_and(|d| start.elapsed() >= d) || sink.done();
         if finished {
             break;
         }
@@ -431,19 +661,21 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
         let watermark = safe.values().copied().min().unwrap_or(0);
         while heap.peek().is_some_and(|f: &Captured| f.ts <= watermark) {
             if let Some(f) = heap.pop() {
-                write_frame(&mut w, &f, &mut written, &mut beyond)?;
+                write_frame(sink, &mut tap, &f)?;
             }
         }
-        if last_flush.elapsed() > Duration::from_millis(100) {
-            w.flush()?;
-            last_flush = Instant::now();
-        }
+        sink.idle()?;
     }
     let end_mono = mono_ns();
     // Detach first, so the counters below are final, then let the readers drain.
     let stats_map = bpf
         .take_map(maps::CAPTURE_STATS)
         .context("capture stats map missing")?;
+    // The tap off (fw stops calling capture), kept for the names of the frames still queued.
+    let behind = tap.as_ref().map(|t| t.decider.name().to_string());
+    if let Some(t) = &mut tap {
+        t.off();
+    }
     drop(bpf);
     quit.store(true, Ordering::Relaxed);
     for msg in rx.iter() {
@@ -457,39 +689,19 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
         let _ = r.join();
     }
     while let Some(f) = heap.pop() {
-        write_frame(&mut w, &f, &mut written, &mut beyond)?;
+        write_frame(sink, &mut tap, &f)?;
     }
     let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&stats_map)?;
-    let ingress = read_counts(&stats, dir::INGRESS)?;
-    let egress = read_counts(&stats, dir::EGRESS)?;
-    w.stats(&pcapng::Stats {
-        interface_id: 0,
-        ts_ns: to_wall(end_mono),
+    Ok(Streamed {
+        ingress: read_counts(&stats, dir::INGRESS)?,
+        egress: read_counts(&stats, dir::EGRESS)?,
+        perf_lost,
         start_ns: real0,
         end_ns: to_wall(end_mono),
-        ifrecv: ingress.seen + egress.seen,
-        ifdrop: ingress.lost + egress.lost,
-        filter_accept: ingress.matched + egress.matched,
-    })?;
-    w.into_inner()?.flush()?;
-    tracing::info!(iface = %opts.iface, written, "capture detached");
-    Ok(Summary {
-        r#type: "final".into(),
-        iface: opts.iface.clone(),
-        filter: opts.filter.clone(),
-        snaplen: opts.snaplen,
-        written,
-        ingress,
-        egress,
-        perf_lost,
-        beyond_count: beyond,
         duration_s: start.elapsed().as_secs_f64(),
-        xdp_mode,
+        ingress_hook,
         tc_mode,
-        file: match &opts.out {
-            Output::Stdout => "-".into(),
-            Output::File(p) => p.display().to_string(),
-        },
+        behind,
     })
 }
 
@@ -497,8 +709,8 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
 pub fn print_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "capture on {} ({} XDP ingress, {} egress) for {:.2}s -> {}",
-        s.iface, s.xdp_mode, s.tc_mode, s.duration_s, s.file
+        "capture on {} (ingress: {}, egress: tc ({})) for {:.2}s -> {}",
+        s.iface, s.ingress_hook, s.tc_mode, s.duration_s, s.file
     )?;
     if !s.filter.trim().is_empty() {
         writeln!(out, "  filter: {}", s.filter)?;
@@ -534,17 +746,28 @@ mod tests {
             cap_len: 3,
             ifindex: 7,
             dir: dir::EGRESS,
+            decision: Decision {
+                magic: wirelab_common::tap::MAGIC,
+                tool: wirelab_common::tap::tool::FW,
+                what: 0,
+                action: 1,
+                id: 42,
+            },
         };
         let mut b = vec![];
         b.extend_from_slice(&h.ts_ns.to_ne_bytes());
         for v in [h.orig_len, h.cap_len, h.ifindex, h.dir] {
             b.extend_from_slice(&v.to_ne_bytes());
         }
+        let d = h.decision;
+        b.extend_from_slice(&[d.magic, d.tool, d.what, d.action]);
+        b.extend_from_slice(&d.id.to_ne_bytes());
         b.extend_from_slice(&[9, 8, 7, 0, 0]); // padding after the data
         let (head, tail) = b.split_at(10);
         let c = decode(head, tail, 1).unwrap();
         assert_eq!((c.ts, c.orig_len, c.dir), (0x1_0000_0002, 100, dir::EGRESS));
         assert_eq!(c.data, [9, 8, 7]);
+        assert_eq!(c.decision, h.decision);
         assert!(decode(&b[..EVENT_HEADER_LEN + 2], &[], 1).is_none());
         assert!(decode(&b[..5], &[], 1).is_none());
     }
@@ -556,6 +779,7 @@ mod tests {
             seq,
             orig_len: 0,
             dir: 1,
+            decision: Decision::default(),
             data: vec![],
         };
         let mut h = BinaryHeap::new();

@@ -1,10 +1,10 @@
 //! `wirelab capture`: pcapng of what an interface receives and sends, filtered in the kernel.
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
-use clap::Args;
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
 use wirelab::{
-    capture::{self, Output},
+    capture::{self, IngressChoice, Output},
     runtime::observe,
 };
 
@@ -38,14 +38,49 @@ pub struct CaptureArgs {
     write: PathBuf,
     #[command(flatten)]
     json: JsonArg,
-    /// Force an XDP mode for the ingress program instead of native with a fallback to skb.
+    /// Where ingress is captured: `auto` = tc/TCX ingress (GRO kept, no cost to TCP), or
+    /// behind the XDP tap of `wirelab fw`, `lb` (XDP path) or `wan` when one runs on the
+    /// interface (frames carry its decisions as comments); `tc` = tc ingress always; `xdp` =
+    /// an XDP program (frames before GRO; on a veth it turns GRO off, which costs TCP
+    /// throughput), or that tap.
+    #[arg(long, value_enum, default_value_t = IngressArg::Auto)]
+    ingress: IngressArg,
+    /// Force an XDP mode for XDP ingress instead of native with a fallback to skb (implies
+    /// `--ingress xdp`).
     #[arg(long, value_enum)]
     mode: Option<XdpModeArg>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IngressArg {
+    /// tc ingress, or the tap of fw, lb or wan when one runs on the interface.
+    Auto,
+    /// tc/TCX ingress.
+    Tc,
+    /// XDP (capture's own program, or the tap of fw, lb or wan when one runs).
+    Xdp,
+}
+
+impl From<IngressArg> for IngressChoice {
+    fn from(a: IngressArg) -> Self {
+        match a {
+            IngressArg::Auto => IngressChoice::Auto,
+            IngressArg::Tc => IngressChoice::Tc,
+            IngressArg::Xdp => IngressChoice::Xdp,
+        }
+    }
 }
 
 pub fn run(a: CaptureArgs) -> Result<ExitCode> {
     // Refuse a bad filter before touching anything (it is compiled again in `run`).
     capture::compile(&a.filter)?;
+    if a.mode.is_some() && a.ingress == IngressArg::Tc {
+        bail!("--mode is the XDP mode of XDP ingress: it does not go with --ingress tc");
+    }
+    let ingress = match (a.ingress, a.mode) {
+        (IngressArg::Auto, Some(_)) => IngressChoice::Xdp,
+        (i, _) => i.into(),
+    };
     let stop = a.netns.enter_until_stopped()?;
     let out = if a.write.as_os_str() == "-" {
         Output::Stdout
@@ -61,6 +96,7 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode> {
             count: a.count,
             duration: a.duration,
             out,
+            ingress,
             mode: a.mode.map(Into::into),
         },
         &stop,

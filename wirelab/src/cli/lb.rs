@@ -9,7 +9,7 @@ use super::{emit, parse_duration, JsonArg, NetnsArg, Observe, Running};
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  wirelab lb --netns wirelab-lb --iface eth0 --config lb.toml\n  wirelab lb --netns wirelab-lb --iface eth0 --config lb.toml --json --interval 2s --duration 60s\n  wirelab lb check --config lb.toml\n\nSee docs/lb.md for the config format, the packet path and what is not done yet."
+    after_help = "Examples:\n  wirelab lb --netns wirelab-lb --iface eth0 --config lb.toml\n  wirelab lb --netns wirelab-lb --iface eth0 --config lb.toml --json --interval 2s --duration 60s\n  wirelab lb --netns wirelab-lb --iface eth0 --config lb.toml --path tc\n  wirelab lb check --config lb.toml\n\nSee docs/lb.md for the config format, the packet path and what is not done yet."
 )]
 pub struct LbArgs {
     #[command(subcommand)]
@@ -22,6 +22,11 @@ pub struct LbArgs {
     /// arrive there and get the VIP back as their source.
     #[arg(long, value_name = "IF")]
     nat_iface: Vec<String>,
+    /// How forwarded frames leave: `xdp` (native XDP, `XDP_TX`), `tc` (tc ingress,
+    /// `bpf_redirect`), or `auto`: XDP unless IF is a veth whose peer runs no NAPI (GRO off,
+    /// no XDP program), where XDP_TX frames would be lost. The choice and why are printed.
+    #[arg(long, value_enum, default_value = "auto")]
+    path: lb::PathChoice,
     #[command(flatten)]
     netns: NetnsArg,
     /// Services and backends (TOML, docs/lb.md), validated in full before anything is
@@ -207,8 +212,13 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
                     ),
                     None => "no tracked flow".into(),
                 };
+                let model = if w.model_agrees {
+                    ""
+                } else {
+                    "\nwarning: the userspace model of the table picks another backend: please report it"
+                };
                 format!(
-                    "{from} -> {} ({}): slot {} of {}; a new flow goes to {new}; {tracked}",
+                    "{from} -> {} ({}): slot {} of {}; a new flow goes to {new}; {tracked} (asked the loaded program){model}",
                     w.label, w.service, w.slot, w.table_size
                 )
             })?;
@@ -228,7 +238,7 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
                 &lb::Options {
                     iface,
                     nat_ifaces: a.nat_iface,
-                    path: lb::Path::Tc,
+                    path: a.path,
                     config,
                     report,
                 },

@@ -13,6 +13,7 @@ use wirelab::{
 mod capture;
 mod cleanup;
 mod doctor;
+mod flows;
 mod fw;
 mod gen;
 mod inspect;
@@ -20,6 +21,7 @@ mod lab;
 mod lb;
 mod probe;
 mod report;
+mod smb;
 mod swarm;
 mod sweep;
 mod wan;
@@ -46,6 +48,13 @@ enum Cmd {
     /// Capture what an interface receives (XDP) and sends (tc) to pcapng, filtered in the
     /// kernel with tcpdump's words; `-w -` writes to stdout for tshark or Wireshark.
     Capture(capture::CaptureArgs),
+    /// SMB2/3 per client address: dialect, sessions, tree connects, opens, commands and
+    /// their latency, errors by NTSTATUS; live tree connects over time (live or from pcapng).
+    Smb(smb::SmbArgs),
+    /// Live table of bidirectional flows (top-like): packets and bytes per direction,
+    /// Zeek-style state and history, handshake and running RTT, retransmissions,
+    /// out-of-order segments, zero windows and resets by side.
+    Flows(flows::FlowsArgs),
     /// WAN emulator between two interfaces: delay, jitter, loss models, rate, queues,
     /// reorder, duplication, corruption, blackholes; live changes with `wan set`.
     #[command(args_conflicts_with_subcommands = true)]
@@ -84,6 +93,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Lab(c) => lab::run(c),
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Capture(a) => capture::run(a),
+        Cmd::Smb(a) => smb::run(a),
+        Cmd::Flows(a) => flows::run(a),
         Cmd::Wan(a) => wan::run(a),
         Cmd::Probe(c) => probe::run(c),
         Cmd::Swarm(c) => swarm::run(c),

@@ -72,5 +72,14 @@ pub fn run(a: ReportArgs) -> Result<ExitCode> {
             .map(|p| p.display().to_string())
             .unwrap_or_default()
     );
+    // Tools with a summary of their own (lb: the table per backend; flows: top talkers and
+    // flows; smb: the peak of live tree connects) print it too.
+    for (r, tag) in runs.iter().zip(["A", "B"]) {
+        let t = report::lb::text(r) + &report::flows::text(r) + &report::smb::text(r);
+        if runs.len() > 1 && !t.is_empty() {
+            println!("{tag}: {}", r.dir.display());
+        }
+        print!("{t}");
+    }
     Ok(ExitCode::SUCCESS)
 }

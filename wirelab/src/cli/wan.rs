@@ -3,8 +3,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
-use serde::Serialize;
-use wirelab::wan;
+use wirelab::wan::{self, CheckReport, ClassCheck};
 
 use super::{emit, parse_duration, JsonArg, NetnsArg, Observe};
 
@@ -309,24 +308,4 @@ fn write_trace(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `wan --check`: how every class's SPECs were read, with units spelled out.
-#[derive(Serialize)]
-struct CheckReport {
-    ok: bool,
-    /// The seed of the decisions (random unless `--seed` or the config sets one).
-    seed: u64,
-    classes: Vec<ClassCheck>,
-    warnings: Vec<String>,
-    /// The expanded `--timeline`: every change with its time, class and SPECs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    timeline: Option<wan::timeline::Schedule>,
-}
-
-#[derive(Serialize)]
-struct ClassCheck {
-    name: String,
-    a_to_b: String,
-    b_to_a: String,
 }

@@ -32,6 +32,8 @@ pub(super) enum Request {
         #[serde(default)]
         base: Option<PathBuf>,
     },
+    /// The ids of the capture tap's maps (`wirelab capture` on this interface).
+    Tap,
 }
 
 /// What the running firewall answers (inside the runtime's reply envelope).
@@ -40,6 +42,7 @@ pub(super) enum Request {
 pub(super) enum Answer {
     Stats(Box<Stats>),
     Reload(Box<InstallReport>),
+    Tap(TapInfo),
 }
 
 /// Run count and time of the `fw` program (kept by the kernel while
@@ -80,6 +83,7 @@ pub(super) fn serve(
             v.mode = Some(mode.to_string());
             Answer::Stats(Box::new(v))
         }),
+        Ok(Request::Tap) => tap_info(bpf, &mode.to_string()).map(Answer::Tap),
         Ok(Request::Reload { rules, base }) => rules::parse(&rules, base.as_deref())
             .inspect_err(|e| tracing::warn!("reload refused, old rules stay in force: {e:#}"))
             .and_then(|rs| {
@@ -112,7 +116,26 @@ fn request(iface: Option<&str>, req: &Request) -> Result<Answer> {
 pub fn stats(iface: Option<&str>) -> Result<Stats> {
     match request(iface, &Request::Stats)? {
         Answer::Stats(s) => Ok(*s),
-        Answer::Reload(_) => bail!("the firewall answered a stats request with a reload"),
+        _ => bail!("the firewall answered a stats request with something else"),
+    }
+}
+
+/// The kernel ids of this firewall's tap maps.
+fn tap_info(bpf: &aya::Ebpf, mode: &str) -> Result<TapInfo> {
+    let mut t = TapInfo::of(
+        bpf,
+        wirelab_common::maps::FW_TAP,
+        wirelab_common::maps::FW_TAP_ON,
+    )?;
+    t.mode = Some(mode.to_string());
+    Ok(t)
+}
+
+/// Ask the firewall on `iface` (in this namespace) for its tap's map ids.
+pub fn tap(iface: &str) -> Result<TapInfo> {
+    match request(Some(iface), &Request::Tap)? {
+        Answer::Tap(t) => Ok(t),
+        _ => bail!("the firewall answered a tap request with something else"),
     }
 }
 
@@ -134,6 +157,6 @@ pub fn reload(iface: Option<&str>, path: &Path) -> Result<InstallReport> {
         .context("reload refused, the old rules stay in force")?
     {
         Answer::Reload(r) => Ok(*r),
-        Answer::Stats(_) => bail!("the firewall answered a reload request with stats"),
+        _ => bail!("the firewall answered a reload request with something else"),
     }
 }

@@ -15,7 +15,7 @@ mod stats;
 pub mod types;
 
 use control::*;
-pub use control::{reload, socket_name, stats};
+pub use control::{reload, socket_name, stats, tap};
 pub use firewall::lookup_plan;
 pub use firewall::{Firewall, FwMaps};
 use log::*;
@@ -71,6 +71,8 @@ struct FwTool<'a> {
     mode: AttachMode,
     metrics: Option<FwMetrics>,
     start: Instant,
+    /// Last check that a capture holding the tap is still alive.
+    tap_checked: Instant,
 }
 
 impl Sampled for FwTool<'_> {
@@ -99,6 +101,17 @@ impl Sampled for FwTool<'_> {
     }
 
     fn poll(&mut self, obs: &mut Observer) -> Result<()> {
+        if self.tap_checked.elapsed() >= Duration::from_secs(1) {
+            self.tap_checked = Instant::now();
+            let (p, f) = (
+                wirelab_common::maps::FW_TAP,
+                wirelab_common::maps::FW_TAP_ON,
+            );
+            let tap = crate::runtime::tap::TapInfo::of(self.bpf, p, f);
+            if let Err(e) = tap.and_then(|t| crate::runtime::tap::release_dead(&t)) {
+                tracing::warn!("checking the capture tap: {e:#}");
+            }
+        }
         for v in self.fw.drain_log() {
             if self.opts.report.json {
                 print_line(&Line::Log(Box::new(v)))?;
@@ -197,6 +210,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         mode,
         metrics,
         start: Instant::now(),
+        tap_checked: Instant::now(),
     };
     let (fin, _) = sampled::drive(&mut tool, opts.report.ticker(), stop, obs)?;
     drop(tool);

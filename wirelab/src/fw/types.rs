@@ -263,3 +263,5 @@ pub struct CheckReport {
     pub prefixes: usize,
     pub lookup: Lookup,
 }
+
+pub use crate::runtime::tap::TapInfo;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{config::Proto, Balancer, Config, Stats, Which};
-use crate::runtime::control;
+use crate::runtime::{control, tap::TapInfo};
 
 /// Abstract socket name of the balancer on `iface` (per network namespace).
 pub fn socket_name(iface: &str) -> String {
@@ -32,6 +32,8 @@ pub(super) enum Request {
         to: SocketAddr,
         proto: Proto,
     },
+    /// Where the capture tap is (`wirelab_common::tap`), for a capture on `iface`.
+    Tap { iface: String },
 }
 
 /// What the running balancer answers (inside the runtime's reply envelope).
@@ -41,6 +43,7 @@ pub(super) enum Answer {
     Stats(Box<StatsReply>),
     Reload(Box<ReloadReport>),
     Which(Box<Which>),
+    Tap(Box<TapInfo>),
 }
 
 /// `lb stats`: the cumulative counters and the state of the tables.
@@ -172,6 +175,18 @@ fn request(iface: Option<&str>, req: &Request) -> Result<Answer> {
         "--iface",
     )?;
     control::request(&name, req, Duration::from_secs(30))
+}
+
+/// Ask the balancer on `iface` (in this namespace) where its capture tap is. Refused when it
+/// runs on its tc path (the tap is the XDP path's).
+pub fn tap(iface: &str) -> Result<TapInfo> {
+    let req = Request::Tap {
+        iface: iface.to_string(),
+    };
+    match request(Some(iface), &req)? {
+        Answer::Tap(t) => Ok(*t),
+        _ => bail!("the balancer answered a tap request with something else"),
+    }
 }
 
 pub fn stats(iface: Option<&str>) -> Result<StatsReply> {

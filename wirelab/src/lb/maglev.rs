@@ -167,6 +167,114 @@ pub fn shares(table: &[Option<u32>], n: usize) -> Vec<u32> {
     s
 }
 
+/// How well Maglev spreads and keeps flows, next to a plain `hash mod N` (nftables'
+/// `jhash … mod N` with its map renumbered when a backend goes): one row of
+/// `cargo xtask bench lb`'s Maglev quality table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Quality {
+    /// Backends (equal weights) and table size.
+    pub n: u32,
+    pub m: u32,
+    /// Median time to build the table of `n` backends (5 builds).
+    pub build_ms: f64,
+    /// Share of the slots that point elsewhere when backend `n / 2` goes (the ideal is 1/N:
+    /// only its own).
+    pub slots_moved: f64,
+    /// Share of the sample flows that go elsewhere then: Maglev, and hash mod N.
+    pub flows_moved: f64,
+    pub modn_flows_moved: f64,
+    /// Most slots any backend holds over the average (M/N).
+    pub slot_max_avg: f64,
+    /// Most sample flows any backend gets over the average: Maglev, and hash mod N.
+    pub flow_max_avg: f64,
+    pub modn_flow_max_avg: f64,
+    /// Sample flows (distinct TCP 5-tuples to one VIP:port, hashed with the program's flow
+    /// hash).
+    pub flows: u32,
+}
+
+/// `backends` without the one at index `gone`.
+pub fn without<'a>(backends: &[(&'a str, u32)], gone: usize) -> Vec<(&'a str, u32)> {
+    backends
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != gone)
+        .map(|(_, b)| *b)
+        .collect()
+}
+
+/// Measure [`Quality`] for `n` equal backends and a table of `m` slots over `flows` sample
+/// flows. Both schemes use the flow hash the program uses: Maglev takes `hash % M` into the
+/// table, hash mod N takes `hash % N` into the backend list (`hash % (N-1)` once one is gone).
+pub fn quality(n: u32, m: u32, seed: u64, flows: u32) -> Result<Quality> {
+    use wirelab_common::lb::{flow_hash, FlowKey, FAMILY_IPV4};
+    if n < 2 || n > m {
+        bail!("quality: need 2 <= N <= M (N = {n}, M = {m})");
+    }
+    let names: Vec<String> = (0..n).map(|i| format!("backend-{i}")).collect();
+    let all: Vec<(&str, u32)> = names.iter().map(|s| (s.as_str(), 1)).collect();
+    let gone = (n / 2) as usize;
+    let rest = without(&all, gone);
+    let mut times = vec![];
+    let mut before = vec![];
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        before = build(m, seed, &all)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let after = build(m, seed, &rest)?;
+    // Slots and flows are compared by backend name: indices shift after the removed one.
+    let name_before = |s: usize| before[s].map(|i| all[i as usize].0);
+    let name_after = |s: usize| after[s].map(|i| rest[i as usize].0);
+    let slots_moved = (0..m as usize)
+        .filter(|s| name_before(*s) != name_after(*s))
+        .count() as f64
+        / m as f64;
+    let slot_max = shares(&before, n as usize).into_iter().max().unwrap_or(0);
+    let (mut moved, mut modn_moved) = (0u64, 0u64);
+    let (mut per, mut modn_per) = (vec![0u32; n as usize], vec![0u32; n as usize]);
+    for i in 0..flows {
+        let mut k = FlowKey {
+            sport: 1024 + (i % 64000) as u16,
+            dport: 80,
+            proto: 6,
+            family: FAMILY_IPV4,
+            ..Default::default()
+        };
+        // Clients 198.18.0.0/15, 64,000 ports each; the VIP 198.18.1.100.
+        k.saddr[..4].copy_from_slice(&(0xc612_0000u32 + i / 64000).to_be_bytes());
+        k.daddr[..4].copy_from_slice(&[198, 18, 1, 100]);
+        let h = flow_hash(&k, seed as u32);
+        let slot = (h % m) as usize;
+        if let Some(b) = before[slot] {
+            per[b as usize] += 1;
+        }
+        if name_before(slot) != name_after(slot) {
+            moved += 1;
+        }
+        let b = (h % n) as usize;
+        modn_per[b] += 1;
+        if all[b].0 != rest[(h % (n - 1)) as usize].0 {
+            modn_moved += 1;
+        }
+    }
+    let avg = flows as f64 / n as f64;
+    let max_avg = |v: &[u32]| v.iter().copied().max().unwrap_or(0) as f64 / avg;
+    Ok(Quality {
+        n,
+        m,
+        build_ms: times[times.len() / 2],
+        slots_moved,
+        flows_moved: moved as f64 / flows.max(1) as f64,
+        modn_flows_moved: modn_moved as f64 / flows.max(1) as f64,
+        slot_max_avg: slot_max as f64 / (m as f64 / n as f64),
+        flow_max_avg: max_avg(&per),
+        modn_flow_max_avg: max_avg(&modn_per),
+        flows,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,12 +370,7 @@ mod tests {
             let all: Vec<(&str, u32)> = ns.iter().map(|n| (n.as_str(), 1)).collect();
             let before = build(65537, 3, &all).unwrap();
             for gone in [0, n / 2, n - 1] {
-                let rest: Vec<(&str, u32)> = all
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != gone)
-                    .map(|(_, b)| *b)
-                    .collect();
+                let rest = without(&all, gone);
                 let after = build(65537, 3, &rest).unwrap();
                 // Compare by name: indices shift after the removed one.
                 let moved = before
@@ -287,5 +390,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The goals for the Maglev quality table where they hold: the table's max/avg
+    /// load is at most 1.01 whenever M >= 100·N, and removing 1 of N moves at most 1.1/N of
+    /// the slots for N <= 10 (for N = 100 it moves 1.6–2.3/N: docs/benchmarks-lb.md); hash
+    /// mod N moves most flows.
+    #[test]
+    fn quality_meets_the_goals_when_m_is_at_least_100_n() {
+        for (n, m) in [
+            (3u32, 251u32),
+            (10, 16381),
+            (100, 16381),
+            (3, 65537),
+            (10, 65537),
+            (100, 65537),
+        ] {
+            let q = quality(n, m, 1, 20_000).unwrap();
+            assert!(
+                q.slot_max_avg <= 1.01,
+                "N={n} M={m}: max/avg {}",
+                q.slot_max_avg
+            );
+            assert!(q.slots_moved >= 1.0 / n as f64 - 1.0 / m as f64, "{q:?}");
+            if n <= 10 {
+                assert!(
+                    q.slots_moved <= 1.1 / n as f64,
+                    "N={n} M={m}: {:.4} of slots moved, limit {:.4}",
+                    q.slots_moved,
+                    1.1 / n as f64
+                );
+            }
+            assert!(
+                q.modn_flows_moved > 0.5,
+                "hash mod N moves most flows: {q:?}"
+            );
+        }
+        assert!(quality(1, 251, 1, 10).is_err() && quality(300, 251, 1, 10).is_err());
     }
 }

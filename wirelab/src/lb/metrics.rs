@@ -11,6 +11,7 @@ pub(super) struct LbMetrics {
     bytes: CounterFam,
     new_flows: CounterFam,
     drops: CounterFam,
+    active: GaugeFam,
     up: GaugeFam,
     events: CounterFam,
     reloads: CounterFam,
@@ -43,6 +44,10 @@ impl LbMetrics {
             "Flows hashed afresh and entered (SYNs and misses)",
         );
         let drops = b.counter("wirelab_lb_dropped_packets", "Frames to a service dropped");
+        let active = b.gauge(
+            "wirelab_lb_active_flows",
+            "Tracked flows still open (TCP: no FIN or RST seen; UDP: within the idle timeout)",
+        );
         let up = b.gauge(
             "wirelab_lb_backend_up",
             "1 while the backend is in the table (health checks pass or none), 0 when down",
@@ -66,6 +71,7 @@ impl LbMetrics {
             bytes,
             new_flows,
             drops,
+            active,
             up,
             events,
             reloads,
@@ -95,6 +101,7 @@ impl LbMetrics {
                     f.remove(&l);
                 }
                 self.up.remove(&l);
+                self.active.remove(&l);
             }
         }
         self.shown = now;
@@ -108,6 +115,7 @@ impl LbMetrics {
             ] {
                 set_total(&f.get_or_create(&l), v);
             }
+            self.active.get_or_create(&l).set(svc.active_flows as f64);
             for b in &svc.backends {
                 let l = labels(&[
                     ("iface", iface),
@@ -121,6 +129,7 @@ impl LbMetrics {
                 ] {
                     set_total(&f.get_or_create(&l), v);
                 }
+                self.active.get_or_create(&l).set(b.active_flows as f64);
                 self.up
                     .get_or_create(&l)
                     .set(if b.health == Health::Down { 0.0 } else { 1.0 });

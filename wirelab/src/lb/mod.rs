@@ -23,23 +23,25 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
-    programs::TcAttachType,
+    programs::{TcAttachType, TestRun, TestRunOptions, Xdp},
     util::nr_cpus as aya_nr_cpus,
     Ebpf,
 };
 use serde::{Deserialize, Serialize};
 use wirelab_common::{
     lb::{
-        backend_flag, event, flow_hash, mode, Backend, FlowKey, FlowValue, LbConf, LbCounter,
-        ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE,
-        NO_BACKEND, VIP_ADDR_MARK,
+        backend_flag, event, flow_hash, mode, which, xdp_out, Backend, FlowKey, FlowValue, LbConf,
+        LbCounter, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES,
+        MAX_TABLE_SIZE, NO_BACKEND, VIP_ADDR_MARK,
     },
     maps,
 };
 
 pub use config::Config;
 use config::{format_mac, ServiceConf};
-pub use control::{reload, socket_name, stats, which, ReloadReport, ServiceChange, StatsReply};
+pub use control::{
+    reload, socket_name, stats, tap, which, ReloadReport, ServiceChange, StatsReply,
+};
 pub use health::Health;
 
 fn nr_cpus() -> Result<usize> {
@@ -68,6 +70,11 @@ pub struct Which {
     pub new_flow: Option<WhichBackend>,
     /// The tracked flow of this 5-tuple, if the conntrack table holds one.
     pub tracked: Option<TrackedFlow>,
+    /// Who answered: the loaded program, run through BPF_PROG_TEST_RUN.
+    pub asked: String,
+    /// The userspace model of the table (the same flow hash over the installed table) gives
+    /// the new flow the same backend as the program did.
+    pub model_agrees: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,17 +100,40 @@ use crate::runtime::{
     prelude::*,
 };
 
+/// IP protocol number of TCP, and the TCP flags `FlowValue::tcp_flags` collects.
+const IPPROTO_TCP: u8 = 6;
+const TCP_FIN: u32 = 0x01;
+const TCP_RST: u32 = 0x04;
+
 /// The tc program's name in the object.
 pub const PROG: &str = "lb";
-/// The XDP entry point in the object (`XDP_TX`), tested through BPF_PROG_TEST_RUN but not
-/// offered by the command yet: in the lab its frames did not reach the backends, even with
-/// GRO on the peer veth (docs/lb.md).
+/// The XDP entry point in the object (`XDP_TX` for DSR, `XDP_PASS` after translating for NAT).
 pub const PROG_XDP: &str = "lb_xdp";
+/// The decision without effects, for `lb which` (run through BPF_PROG_TEST_RUN, never
+/// attached).
+pub const PROG_WHICH: &str = "lb_which";
+
+/// The path asked for on the command line (`--path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathChoice {
+    /// XDP where its transmits can arrive (see [`choose_path`]), else tc.
+    #[default]
+    Auto,
+    /// Native XDP (`XDP_TX`), whatever the peer.
+    Xdp,
+    /// tc ingress with `bpf_redirect`.
+    Tc,
+}
 
 /// How forwarded frames leave: back out of the interface they came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Path {
+    /// Native XDP: DSR frames bounced with `XDP_TX`, NAT packets translated in XDP and
+    /// passed to the kernel's routing. Into a veth, only a peer running NAPI (an XDP program
+    /// or GRO on) receives `XDP_TX` frames.
+    Xdp,
     /// tc ingress, `bpf_redirect` to the interface's egress: the normal transmit path, so
     /// any peer receives the frames.
     Tc,
@@ -112,9 +142,79 @@ pub enum Path {
 impl std::fmt::Display for Path {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Path::Xdp => "xdp",
             Path::Tc => "tc",
         })
     }
+}
+
+/// Pick the path for `iface` (in the calling thread's namespace; `nat_ifaces`: the other
+/// interfaces the program watches, where only NAT replies arrive): the path and why.
+///
+/// - `tc` and `xdp` are taken as asked (`xdp` where `auto` would not choose it is allowed,
+///   with a warning saying what will go wrong).
+/// - `auto`: XDP where every watched interface is not a veth (a NIC delivers finished
+///   checksums and transmits what XDP sends), or a veth whose peer (checked in its namespace,
+///   found among the named ones) transmits finished checksums (TX checksum offload off: an
+///   XDP program cannot finish a partial checksum, and XDP drops the skb's note that it is
+///   partial, so the receiver would drop the frame) and, for `iface` when `dsr` services
+///   send frames back out of it, runs NAPI (GRO on, or a native XDP program: else those
+///   frames wait in its ring). tc
+///   otherwise, or when a peer cannot be checked.
+pub fn choose_path(
+    choice: PathChoice,
+    iface: &str,
+    nat_ifaces: &[String],
+    dsr: bool,
+) -> Result<(Path, String)> {
+    // Why XDP would not work on `i` (None: it would).
+    let obstacle = |i: &str, transmits: bool| -> Option<String> {
+        match crate::nl::veth_peer_napi(i) {
+            Ok(None) => None,
+            Ok(Some(p)) if transmits && !p.napi() => Some(format!(
+                "{i} is a veth whose peer {} runs no NAPI (GRO off, no XDP program), so frames sent back out from XDP would wait in its ring (`ethtool -K {} gro on` on the peer)",
+                p.describe(),
+                p.name
+            )),
+            Ok(Some(p)) if p.tx_csum => Some(format!(
+                "{i} is a veth whose peer {} has TX checksum offload on (it may hand over unfinished checksums, which XDP cannot finish: receivers would drop those frames; `ethtool -K {} tx off` on the peer)",
+                p.describe(),
+                p.name
+            )),
+            Ok(Some(_)) => None,
+            Err(e) => Some(format!(
+                "{i} is a veth whose peer cannot be checked ({e:#})"
+            )),
+        }
+    };
+    let obstacles = || -> Vec<String> {
+        std::iter::once(obstacle(iface, dsr))
+            .chain(nat_ifaces.iter().map(|i| obstacle(i, false)))
+            .flatten()
+            .collect()
+    };
+    Ok(match choice {
+        PathChoice::Tc => (Path::Tc, "asked for (--path tc)".to_string()),
+        PathChoice::Xdp => {
+            for o in obstacles() {
+                tracing::warn!("--path xdp although {o}");
+            }
+            (Path::Xdp, "asked for (--path xdp)".to_string())
+        }
+        PathChoice::Auto => {
+            let o = obstacles();
+            if o.is_empty() {
+                (
+                    Path::Xdp,
+                    format!(
+                        "auto: {iface} can send frames back out from XDP and receives finished checksums"
+                    ),
+                )
+            } else {
+                (Path::Tc, format!("auto: {}", o.join("; ")))
+            }
+        }
+    })
 }
 
 impl PerCpuSum for LbCounter {
@@ -192,6 +292,8 @@ pub struct Balancer {
     pub retired: BTreeSet<u32>,
     /// `LbConf::new_flow_limit` (0: none).
     pub new_flow_limit: u32,
+    /// `LbConf::xdp_out`: how the XDP path sends DSR frames back out.
+    pub xdp_out: u8,
 }
 
 fn map_mut<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -334,6 +436,7 @@ impl Balancer {
             iface_mac,
             retired,
             new_flow_limit: config.new_flow_limit.unwrap_or(0),
+            xdp_out: prev.map_or(xdp_out::TX, |p| p.xdp_out),
         })
     }
 
@@ -368,6 +471,7 @@ impl Balancer {
                 iface_mac: self.iface_mac,
                 services: self.services.len() as u32,
                 new_flow_limit: self.new_flow_limit,
+                xdp_out: self.xdp_out,
                 ..Default::default()
             },
             0,
@@ -555,6 +659,38 @@ impl Balancer {
         Ok((n, moved))
     }
 
+    /// Open tracked flows per backend id and per service id: TCP flows that have seen no FIN
+    /// or RST, UDP flows seen within their service's idle timeout. One walk over `LB_FLOWS`
+    /// (at most `MAX_FLOWS` entries, two syscalls each). Flows that stay on a backend a
+    /// reload removed count for their service only.
+    pub fn active_flows(&self, bpf: &Ebpf) -> Result<ActiveFlows> {
+        let flows: BpfHashMap<&MapData, FlowKey, FlowValue> = BpfHashMap::try_from(
+            bpf.map(maps::LB_FLOWS)
+                .context("map LB_FLOWS missing from the object")?,
+        )?;
+        let idle: BTreeMap<u32, u64> = self
+            .services
+            .iter()
+            .filter_map(|s| Some((s.id, s.conf.udp_idle_timeout?.as_nanos() as u64)))
+            .collect();
+        let now = crate::util::mono_ns();
+        let mut open = ActiveFlows::default();
+        for r in flows.iter() {
+            let Ok((k, v)) = r else { continue };
+            let alive = if k.proto == IPPROTO_TCP {
+                v.tcp_flags & (TCP_FIN | TCP_RST) == 0
+            } else {
+                idle.get(&v.service)
+                    .is_none_or(|t| now.saturating_sub(v.seen_ns.max(v.created_ns)) < *t)
+            };
+            if alive {
+                *open.backends.entry(v.backend).or_default() += 1;
+                *open.services.entry(v.service).or_default() += 1;
+            }
+        }
+        Ok(open)
+    }
+
     /// The backend a new flow `from` → `to` would get, and the tracked flow if there is one.
     pub fn which(
         &self,
@@ -592,11 +728,18 @@ impl Balancer {
             _pad: [0; 2],
         };
         let slot = flow_hash(&key, s.conf.seed as u32) % s.conf.table_size;
-        let name_of = |id: u32| {
+        let find = |id: u32| {
             self.services
                 .iter()
                 .flat_map(|s| &s.backends)
                 .find(|b| b.id == id)
+        };
+        // The program answers twice: for the flow's next packet (its tracked flow, if any),
+        // and for a SYN (a new flow hashes afresh).
+        let next = ask_program(bpf, from, to, proto, false, self.iface_mac)?;
+        let fresh = ask_program(bpf, from, to, proto, true, self.iface_mac)?;
+        let picked = |ans: u32, how: u32| {
+            (ans & which::HOW_MASK == how).then_some(ans & which::BACKEND_MASK)
         };
         let flows: BpfHashMap<&MapData, FlowKey, FlowValue> = BpfHashMap::try_from(
             bpf.map(maps::LB_FLOWS)
@@ -604,23 +747,13 @@ impl Balancer {
         )?;
         let tracked = match flows.get(&key, 0) {
             Ok(v) => {
-                let b = name_of(v.backend);
-                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-                    .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-                    .unwrap_or(0);
-                let bmap: Array<&MapData, Backend> = Array::try_from(
-                    bpf.map(maps::LB_BACKENDS)
-                        .context("map LB_BACKENDS missing from the object")?,
-                )?;
-                let flags = bmap
-                    .get(&(v.backend % MAX_BACKENDS), 0)
-                    .map_or(0, |b| b.flags);
+                let now = crate::util::mono_ns();
                 Some(TrackedFlow {
-                    backend: b.map_or_else(
+                    backend: find(v.backend).map_or_else(
                         || format!("#{} (removed from the config)", v.backend),
                         |b| b.name.clone(),
                     ),
-                    stays: v.backend < MAX_BACKENDS && flags & backend_flag::UP != 0,
+                    stays: picked(next, which::TRACKED) == Some(v.backend),
                     tcp_flags: v.tcp_flags,
                     age_s: now.saturating_sub(v.created_ns) as f64 / 1e9,
                 })
@@ -628,11 +761,23 @@ impl Balancer {
             Err(aya::maps::MapError::KeyNotFound) => None,
             Err(e) => return Err(e).context("reading LB_FLOWS"),
         };
-        let chosen = s.predict(&key).map(|b| WhichBackend {
-            name: b.name.clone(),
-            addr: b.addr,
-            health: b.health,
-        });
+        let fresh_id = picked(fresh, which::HASHED);
+        let chosen = match fresh_id {
+            Some(id) => {
+                let b = find(id).with_context(|| {
+                    format!("the program picked backend #{id}, which the config does not hold")
+                })?;
+                Some(WhichBackend {
+                    name: b.name.clone(),
+                    addr: b.addr,
+                    health: b.health,
+                })
+            }
+            None if fresh == which::DROPPED => None,
+            None => bail!(
+                "the program did not balance {from} -> {to}/{proto} (answer {fresh:#x}): the service is not in its maps"
+            ),
+        };
         Ok(Which {
             service: s.conf.name.clone(),
             label: s.conf.label(),
@@ -640,6 +785,8 @@ impl Balancer {
             table_size: s.conf.table_size,
             new_flow: chosen,
             tracked,
+            asked: format!("{PROG_WHICH} (BPF_PROG_TEST_RUN on the loaded object)"),
+            model_agrees: s.predict(&key).map(|b| b.id) == fresh_id,
         })
     }
 
@@ -655,12 +802,14 @@ impl Balancer {
             PerCpuArray::try_from(get(maps::LB_BACKEND_STATS)?)?;
         let ev: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(get(maps::LB_EVENTS)?)?;
         let events = rbpf::sum_all(&ev, event::COUNT)?;
+        let active = self.active_flows(bpf)?;
         let mut services = Vec::new();
         for s in &self.services {
             let c = rbpf::sum(&svc, s.id)?;
             let mut backends = Vec::new();
             for b in &s.backends {
                 backends.push(BackendStats {
+                    active_flows: active.backends.get(&b.id).copied().unwrap_or(0),
                     name: b.name.clone(),
                     addr: b.addr,
                     mac: format_mac(&b.mac),
@@ -674,6 +823,7 @@ impl Balancer {
                 name: s.conf.name.clone(),
                 service: s.conf.label(),
                 count: c.into(),
+                active_flows: active.services.get(&s.id).copied().unwrap_or(0),
                 backends,
             });
         }
@@ -682,6 +832,13 @@ impl Balancer {
             events: Events::from_slice(&events),
         })
     }
+}
+
+/// Open tracked flows by backend id and by service id ([`Balancer::active_flows`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActiveFlows {
+    pub backends: BTreeMap<u32, u64>,
+    pub services: BTreeMap<u32, u64>,
 }
 
 /// Counters of a service or a backend.
@@ -736,6 +893,9 @@ pub struct Events {
     /// New DSR flows over the new-flow limit, forwarded but not tracked.
     #[serde(default)]
     pub untracked: u64,
+    /// New NAT flows over the new-flow limit, dropped.
+    #[serde(default)]
+    pub drop_flow_limit: u64,
 }
 
 impl Events {
@@ -755,6 +915,7 @@ impl Events {
             nat_replies: g(event::NAT_REPLIES),
             udp_expired: g(event::UDP_EXPIRED),
             untracked: g(event::UNTRACKED),
+            drop_flow_limit: g(event::DROP_FLOW_LIMIT),
         }
     }
 
@@ -774,6 +935,7 @@ impl Events {
             (event::NAT_REPLIES, self.nat_replies),
             (event::UDP_EXPIRED, self.udp_expired),
             (event::UNTRACKED, self.untracked),
+            (event::DROP_FLOW_LIMIT, self.drop_flow_limit),
         ] {
             a[i as usize] = v;
         }
@@ -802,6 +964,9 @@ pub struct BackendStats {
     pub slots: u32,
     /// `up`, `down` (failed health checks: out of the table) or `unchecked`.
     pub health: Health,
+    /// Tracked flows still open now (TCP: no FIN or RST seen; UDP: within the idle timeout).
+    #[serde(default)]
+    pub active_flows: u64,
     #[serde(flatten)]
     pub count: Count,
 }
@@ -813,6 +978,9 @@ pub struct ServiceStats {
     pub service: String,
     #[serde(flatten)]
     pub count: Count,
+    /// Its open tracked flows (also those staying on a backend a reload removed).
+    #[serde(default)]
+    pub active_flows: u64,
     pub backends: Vec<BackendStats>,
 }
 
@@ -849,10 +1017,13 @@ impl Stats {
     }
 }
 
-/// `{"type": "interval", ...}`.
-#[derive(Debug, Serialize)]
+/// `{"type": "interval", ...}`: printed with `--json`, and the record's series line (read
+/// back by `wirelab report`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IntervalLine {
-    pub r#type: &'static str,
+    pub r#type: LineKind,
+    /// The interval's number (the record's own `seq` stamp takes its place there).
+    #[serde(default)]
     pub seq: u64,
     pub t: f64,
     pub interval_s: f64,
@@ -860,14 +1031,16 @@ pub struct IntervalLine {
     pub stats: Stats,
 }
 
-/// `{"type": "final", ...}`.
-#[derive(Debug, Serialize)]
+/// `{"type": "final", ...}`: printed with `--json`, and the record's final result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinalLine {
-    pub r#type: &'static str,
+    pub r#type: LineKind,
     pub iface: String,
-    /// "tc" (the only path offered yet).
+    /// "xdp" or "tc".
     pub path: Path,
-    /// How the program is attached: "tcx" or "clsact".
+    /// Why that path (what `--path auto` found, or that it was asked for).
+    pub path_reason: String,
+    /// How the program is attached: "tcx" or "clsact" (tc), "native" or "skb" (XDP).
     pub attach: String,
     pub duration_s: f64,
     pub reloads: u64,
@@ -876,7 +1049,8 @@ pub struct FinalLine {
     pub stats: Stats,
 }
 
-fn pct(part: u64, whole: u64) -> f64 {
+/// `part` as a percentage of `whole` (0 when `whole` is).
+pub(crate) fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
     } else {
@@ -890,19 +1064,28 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     writeln!(out, "{title}")?;
     writeln!(
         out,
-        "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>8} {:>9}",
-        "service / backend", "packets", "bytes", "new flows", "flows%", "slots%", "drops", "health"
+        "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>7} {:>8} {:>9}",
+        "service / backend",
+        "packets",
+        "bytes",
+        "new flows",
+        "flows%",
+        "slots%",
+        "active",
+        "drops",
+        "health"
     )?;
     for svc in &s.services {
         writeln!(
             out,
-            "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>8} {:>9}",
+            "  {:<28} {:>10} {:>12} {:>10} {:>7} {:>7} {:>7} {:>8} {:>9}",
             format!("{} {}", svc.name, svc.service),
             svc.count.packets,
             svc.count.bytes,
             svc.count.new_flows,
             "",
             "",
+            svc.active_flows,
             svc.count.drops,
             ""
         )?;
@@ -910,13 +1093,14 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
         for b in &svc.backends {
             writeln!(
                 out,
-                "    {:<26} {:>10} {:>12} {:>10} {:>7.1} {:>7.1} {:>8} {:>9}",
+                "    {:<26} {:>10} {:>12} {:>10} {:>7.1} {:>7.1} {:>7} {:>8} {:>9}",
                 format!("{} (w {})", b.name, b.weight),
                 b.count.packets,
                 b.count.bytes,
                 b.count.new_flows,
                 pct(b.count.new_flows, svc.count.new_flows),
                 pct(b.slots as u64, slots),
+                b.active_flows,
                 "",
                 b.health.to_string()
             )?;
@@ -925,8 +1109,8 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     let e = &s.events;
     writeln!(
         out,
-        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {}",
-        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked
+        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} flow-limit {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {}",
+        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.drop_flow_limit, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked
     )
 }
 
@@ -1030,7 +1214,7 @@ pub struct Options {
     pub iface: String,
     /// More interfaces the program watches (NAT: where the backends' replies arrive).
     pub nat_ifaces: Vec<String>,
-    pub path: Path,
+    pub path: PathChoice,
     pub config: PathBuf,
     pub report: Reporting,
 }
@@ -1041,18 +1225,31 @@ struct RecordConfig<'a> {
     iface: &'a str,
     config_file: &'a std::path::Path,
     path: Path,
+    /// Why this path (`--path auto` says what it found).
+    path_reason: &'a str,
     attach: &'a str,
     services: Vec<String>,
     interval_s: f64,
 }
 
 /// A reload as printed (`--json`: `{"type":"reload",...}`) and recorded.
-#[derive(Debug, Serialize)]
-struct ReloadLine<'a> {
-    r#type: &'static str,
-    t: f64,
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReloadLine {
+    /// Always "reload".
+    pub r#type: String,
+    /// Seconds since the balancer started.
+    pub t: f64,
     #[serde(flatten)]
-    report: &'a ReloadReport,
+    pub report: ReloadReport,
+}
+
+/// A line of the record's `lb.changes.jsonl`: a health transition or an installed reload
+/// (written and read back by `wirelab report` as this type).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Change {
+    Health(health::Transition),
+    Reload(ReloadLine),
 }
 
 /// The balancer as the runtime drives it: counters each interval; health outcomes and
@@ -1067,11 +1264,14 @@ struct LbTool<'a> {
     states: BTreeMap<(String, String), health::State>,
     down: DownSet,
     path: Path,
+    path_reason: String,
     attach: String,
     start: Instant,
     reloads: u64,
     health_changes: u64,
     metrics: Option<metrics::LbMetrics>,
+    /// When a dead capture's hold on the tap was last looked for.
+    tap_checked: Instant,
 }
 
 /// Print one event line: JSON with `--json`, else `text`.
@@ -1169,7 +1369,7 @@ impl LbTool<'_> {
             reason.map(|r| format!(": {r}")).unwrap_or_default()
         );
         print_event(self.opts.report.json, &tr, &text)?;
-        obs.change(&tr)?;
+        obs.change(&Change::Health(tr))?;
         Ok(())
     }
 
@@ -1220,9 +1420,9 @@ impl LbTool<'_> {
             "config reloaded"
         );
         let line = ReloadLine {
-            r#type: "reload",
+            r#type: "reload".into(),
             t: self.t(),
-            report: &report,
+            report: report.clone(),
         };
         let text = format!(
             "[{:>7.2}s] reload: generation {}, {} in {:.1} ms; tracked flows {} (moved {})",
@@ -1242,8 +1442,34 @@ impl LbTool<'_> {
             report.tracked_flows_moved
         );
         print_event(self.opts.report.json, &line, &text)?;
-        obs.change(&line)?;
+        obs.change(&Change::Reload(line))?;
         Ok(report)
+    }
+
+    /// Where the capture tap is, with the backends' names (`service/backend`) by id.
+    fn tap_info(&self, iface: &str) -> Result<crate::runtime::tap::TapInfo> {
+        if self.path != Path::Xdp {
+            bail!(
+                "lb runs on its tc path on {}: its decisions reach a capture only on the XDP path",
+                self.opts.iface
+            );
+        }
+        if iface != self.opts.iface && !self.opts.nat_ifaces.iter().any(|i| i == iface) {
+            bail!("lb does not run on {iface}");
+        }
+        let mut t = crate::runtime::tap::TapInfo::of(&self.bpf, maps::LB_TAP, maps::LB_TAP_ON)?;
+        t.mode = Some(self.attach.clone());
+        t.names = self
+            .lb
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(|b| (b.id, format!("{}/{}", s.conf.name, b.name)))
+            })
+            .collect();
+        Ok(t)
     }
 
     fn serve(&mut self, s: std::os::unix::net::UnixStream, obs: &mut Observer) -> Result<()> {
@@ -1271,6 +1497,9 @@ impl LbTool<'_> {
                     .lb
                     .which(&self.bpf, from, to, proto)
                     .map(|w| Answer::Which(Box::new(w))),
+                Ok(Request::Tap { iface }) => {
+                    self.tap_info(&iface).map(|t| Answer::Tap(Box::new(t)))
+                }
             };
         crate::runtime::control::reply(&s, &crate::runtime::control::Reply::from_result(answer))
     }
@@ -1287,7 +1516,7 @@ impl Sampled for LbTool<'_> {
 
     fn interval(&self, tick: &Tick, cur: &Stats, prev: &Stats) -> IntervalLine {
         IntervalLine {
-            r#type: "interval",
+            r#type: LineKind::Interval,
             seq: tick.seq,
             t: tick.t,
             interval_s: tick.secs,
@@ -1319,6 +1548,13 @@ impl Sampled for LbTool<'_> {
     }
 
     fn poll(&mut self, obs: &mut Observer) -> Result<()> {
+        if self.path == Path::Xdp && self.tap_checked.elapsed() >= Duration::from_secs(1) {
+            self.tap_checked = Instant::now();
+            let tap = crate::runtime::tap::TapInfo::of(&self.bpf, maps::LB_TAP, maps::LB_TAP_ON);
+            if let Err(e) = tap.and_then(|t| crate::runtime::tap::release_dead(&t)) {
+                tracing::warn!("checking the capture tap: {e:#}");
+            }
+        }
         while let Ok(o) = self.checker.rx.try_recv() {
             self.health(o, obs)?;
         }
@@ -1350,9 +1586,10 @@ impl Sampled for LbTool<'_> {
         }
         Ok((
             FinalLine {
-                r#type: "final",
+                r#type: LineKind::Final,
                 iface: self.opts.iface.clone(),
                 path: self.path,
+                path_reason: self.path_reason.clone(),
                 attach: self.attach.clone(),
                 duration_s: secs,
                 reloads: self.reloads,
@@ -1378,6 +1615,57 @@ impl Sampled for LbTool<'_> {
     }
 }
 
+/// Load (never attach) [`PROG_WHICH`], which `lb which` runs.
+pub fn load_which(bpf: &mut Ebpf) -> Result<()> {
+    let p: &mut Xdp = bpf
+        .program_mut(PROG_WHICH)
+        .with_context(|| format!("program {PROG_WHICH} missing from the object"))?
+        .try_into()?;
+    p.load()
+        .with_context(|| format!("loading {PROG_WHICH} (the decision `lb which` asks)"))
+}
+
+/// Run [`PROG_WHICH`] on a crafted frame `from` → `to` (a SYN when `syn`, otherwise an ACK
+/// of an established flow; UDP has no flags): the program's answer (`which::*`).
+fn ask_program(
+    bpf: &Ebpf,
+    from: SocketAddr,
+    to: SocketAddr,
+    proto: config::Proto,
+    syn: bool,
+    mac: [u8; 6],
+) -> Result<u32> {
+    let b = etherparse::PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 1], mac);
+    let b = match (from.ip(), to.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+        _ => bail!("--from {from} and --to {to} are of different address families"),
+    };
+    let mut frame = Vec::with_capacity(96);
+    match proto {
+        config::Proto::Tcp => {
+            let t = b.tcp(from.port(), to.port(), 1, 64240);
+            let t = if syn { t.syn() } else { t.ack(1) };
+            t.write(&mut frame, &[])
+        }
+        config::Proto::Udp => b.udp(from.port(), to.port()).write(&mut frame, &[]),
+    }
+    .context("building the probe frame")?;
+    let p: &Xdp = bpf
+        .program(PROG_WHICH)
+        .with_context(|| format!("program {PROG_WHICH} missing from the object"))?
+        .try_into()?;
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {PROG_WHICH}"))?;
+    Ok(r.return_value)
+}
+
 /// Run the balancer until `duration`, SIGINT or SIGTERM; returns the totals.
 pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     // Everything is checked before anything is attached.
@@ -1388,18 +1676,34 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     let listener =
         crate::runtime::control::bind(&name, &format!("a wirelab lb on {}", opts.iface))?;
     resolve_macs(&mut config, &opts.iface, Duration::from_secs(3))?;
+    let dsr = config.services.iter().any(|s| s.mode == config::Mode::Dsr);
+    let (path, why) = choose_path(opts.path, &opts.iface, &opts.nat_ifaces, dsr)?;
+    // XDP on a veth sends DSR frames back with a redirect to itself, not XDP_TX: the veth
+    // kicks its peer's NAPI after a redirect, but after XDP_TX only when the peer has an XDP
+    // program (with GRO alone the frames wait in the peer's ring: docs/lb.md).
+    let veth = crate::nl::is_veth(&opts.iface)?;
     let mut bpf = ebpf::load(ebpf::Object::Lb)?;
-    let lb = Balancer::install(&mut bpf, &config, mac)?;
-    let attach = match opts.path {
+    let mut plan = Balancer::plan(&config, mac, None, &DownSet::new())?;
+    plan.xdp_out = if veth { xdp_out::REDIRECT } else { xdp_out::TX };
+    let lb = plan.write(&mut bpf, None)?;
+    load_which(&mut bpf)?;
+    let attach = match path {
         Path::Tc => {
             rbpf::attach_tc(&mut bpf, PROG, &opts.iface, TcAttachType::Ingress)?.to_string()
         }
+        Path::Xdp => rbpf::attach_xdp(&mut bpf, PROG_XDP, &opts.iface, None)?.to_string(),
     };
     for i in &opts.nat_ifaces {
-        rbpf::attach_tc(&mut bpf, PROG, i, TcAttachType::Ingress)?;
+        match path {
+            Path::Tc => {
+                rbpf::attach_tc(&mut bpf, PROG, i, TcAttachType::Ingress)?;
+            }
+            Path::Xdp => {
+                rbpf::attach_xdp(&mut bpf, PROG_XDP, i, None)?;
+            }
+        }
         tracing::info!(iface = %i, "lb also on {i} (NAT replies)");
     }
-    let path = opts.path;
     for s in &lb.services {
         tracing::info!(
             service = %s.conf.label(),
@@ -1410,7 +1714,6 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         );
     }
     let nat = config.services.iter().any(|s| s.mode == config::Mode::Nat);
-    let dsr = config.services.iter().any(|s| s.mode == config::Mode::Dsr);
     let how = match (path, dsr, nat) {
         (Path::Tc, true, false) => {
             "tc ingress, DSR frames sent back out with bpf_redirect (works with plain veth peers)"
@@ -1419,14 +1722,26 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         (Path::Tc, true, true) => {
             "tc ingress; DSR frames sent back out with bpf_redirect, NAT packets translated and routed by the kernel"
         }
+        (Path::Xdp, true, false) if veth => {
+            "XDP, DSR frames sent back out with XDP_REDIRECT to the same veth"
+        }
+        (Path::Xdp, true, false) => "XDP, DSR frames bounced with XDP_TX",
+        (Path::Xdp, false, _) => "XDP, NAT packets translated in XDP and routed by the kernel",
+        (Path::Xdp, true, true) if veth => {
+            "XDP; DSR frames sent back out with XDP_REDIRECT to the same veth, NAT packets translated in XDP and routed by the kernel"
+        }
+        (Path::Xdp, true, true) => {
+            "XDP; DSR frames bounced with XDP_TX, NAT packets translated in XDP and routed by the kernel"
+        }
     };
-    tracing::info!(iface = %opts.iface, %path, %attach, "lb attached: {how} (control socket @{name})");
+    tracing::info!(iface = %opts.iface, %path, %attach, "lb attached ({path} path: {why}): {how} (control socket @{name})");
     let obs = opts.report.observer(
         "lb",
         &RecordConfig {
             iface: &opts.iface,
             config_file: &opts.config,
             path,
+            path_reason: &why,
             attach: &attach,
             services: lb.services.iter().map(|s| s.conf.label()).collect(),
             interval_s: opts.report.interval.as_secs_f64(),
@@ -1452,11 +1767,13 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         states: BTreeMap::new(),
         down: DownSet::new(),
         path,
+        path_reason: why.clone(),
         attach: attach.clone(),
         start: Instant::now(),
         reloads: 0,
         health_changes: 0,
         metrics,
+        tap_checked: Instant::now(),
     };
     let (_, total) = sampled::drive(&mut tool, opts.report.ticker(), stop, obs)?;
     // Dropping the tool closes the TCX link (the program detaches) and stops the probers.

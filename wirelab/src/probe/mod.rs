@@ -26,7 +26,7 @@ pub use record::{tcp_recorded, udp_recorded};
 pub use report::{print_udp, tcp_measured, udp_measured};
 pub use server::server;
 pub use tcp::{tcp_client, TcpReport};
-pub use types::{Dirs, SinkReport, TcpInterval, UdpInterval, UdpRecord};
+pub use types::{Dirs, SinkReport, TcpInterval, UdpConfig, UdpInterval, UdpRecord};
 pub use udp::{
     udp_client, udp_client_with, Bursts, ClientOptions, DelayStats, DirStats, ProbeSample,
     UdpReport,

@@ -23,6 +23,10 @@ pub struct DelayStats {
     pub min: f64,
     pub mean: f64,
     pub stddev: f64,
+    /// The 10th percentile: with `p90`, the spread of the bulk of the delays, which a few
+    /// packets held up by the host cannot move as they move `stddev`.
+    #[serde(default)]
+    pub p10: f64,
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -76,6 +80,7 @@ impl DelayAcc {
             min: self.min,
             mean,
             stddev: var.sqrt(),
+            p10: q(0.1),
             p50: q(0.5),
             p90: q(0.9),
             p99: q(0.99),

@@ -22,6 +22,36 @@ pub fn esc(s: &str) -> String {
     o
 }
 
+/// A table with id `id`: a header row, then rows whose first cell is text and the others
+/// numbers (right-aligned).
+pub fn table<const N: usize>(
+    h: &mut String,
+    id: &str,
+    head: [&str; N],
+    rows: &[[String; N]],
+) -> Result<()> {
+    use std::fmt::Write as _;
+    writeln!(
+        h,
+        "<table id=\"{}\"><tr>{}</tr>",
+        esc(id),
+        head.map(|c| format!("<th>{}</th>", esc(c))).concat()
+    )?;
+    for r in rows {
+        writeln!(
+            h,
+            "<tr><td>{}</td>{}</tr>",
+            esc(&r[0]),
+            r[1..]
+                .iter()
+                .map(|c| format!("<td class=n>{}</td>", esc(c)))
+                .collect::<String>()
+        )?;
+    }
+    writeln!(h, "</table>")?;
+    Ok(())
+}
+
 fn when(unix: Option<f64>) -> String {
     match unix {
         Some(u) if u > 0.0 => {
@@ -162,7 +192,8 @@ fn config_section(h: &mut String, run: &Run) -> Result<()> {
             "<pre>{}</pre>",
             esc(&serde_json::to_string_pretty(&s.config.config)?)
         )?;
-        if !s.changes.is_empty() {
+        // An lb's changes have their own table (the load balancer section).
+        if !s.changes.is_empty() && !matches!(s.typed, super::Typed::Lb(_)) {
             writeln!(
                 h,
                 "<p>Live changes (marked on the time plots):</p><table><tr><th>#</th><th>time</th><th>asked (s)</th><th>applied (s)</th><th>latency (ms)</th><th>source</th><th>step</th><th>applied</th></tr>"
@@ -347,6 +378,8 @@ pub fn render(runs: &[Run], charts: &[(Chart, String)], plot_dir: &Path) -> Resu
         sources_table(&mut h, run)?;
         writeln!(h, "<h2>{}Configured vs measured</h2>", esc(&tag))?;
         comparisons_table(&mut h, run)?;
+        super::lb::html(&mut h, run, &tag)?;
+        super::flows::html(&mut h, run, &tag)?;
     }
     if runs.len() == 2 {
         let (cfg, rows) = differences(&runs[0], &runs[1]);

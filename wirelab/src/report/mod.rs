@@ -7,8 +7,11 @@
 //! the `seq` numbers, a series shorter than its final document says, or a source that never
 //! finished is an error naming the file and line — unless `--allow-partial`, which still
 //! reports it in a banner at the top of the report.
+pub mod flows;
 pub mod html;
+pub mod lb;
 pub mod plot;
+pub mod smb;
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +56,12 @@ pub enum Typed {
         Vec<record::Stamped<swarm::connect::ConnectSample>>,
         Option<Box<swarm::connect::ConnectSummary>>,
     ),
+    /// The balancer's intervals, health transitions and reloads, and final counters.
+    Lb(Box<lb::LbLines>),
+    /// The flow table's intervals (top rows) and every flow at the end.
+    Flows(Box<flows::FlowLines>),
+    /// The SMB view's server-wide intervals and its final line.
+    Smb(Box<smb::SmbLines>),
     /// Tools whose plots read the lines generically.
     Other,
 }
@@ -62,6 +71,7 @@ impl Typed {
         tool: &str,
         path: &Path,
         series: &[Value],
+        changes: &[Value],
         fin: Option<&record::FinalDoc>,
     ) -> Result<Self> {
         fn all<T: serde::de::DeserializeOwned>(path: &Path, series: &[Value]) -> Result<Vec<T>> {
@@ -71,7 +81,7 @@ impl Typed {
                 .map(|(i, l)| {
                     T::deserialize(l).with_context(|| {
                         format!(
-                            "{} line {}: not a {} series line",
+                            "{} line {}: not a {} line",
                             path.display(),
                             i + 1,
                             std::any::type_name::<T>()
@@ -106,6 +116,22 @@ impl Typed {
             "inspect" => Typed::Inspect(all(path, series)?),
             "swarm-run" => Typed::SwarmRun(all(path, series)?, result(path, fin)?),
             "swarm-connect" => Typed::SwarmConnect(all(path, series)?, result(path, fin)?),
+            "lb" => Typed::Lb(Box::new(lb::LbLines {
+                intervals: all(path, series)?,
+                changes: all(
+                    &path.with_extension("").with_extension("changes.jsonl"),
+                    changes,
+                )?,
+                fin: result(path, fin)?,
+            })),
+            "flows" => Typed::Flows(Box::new(flows::FlowLines {
+                intervals: all(path, series)?,
+                fin: result(path, fin)?,
+            })),
+            "smb" => Typed::Smb(Box::new(smb::SmbLines {
+                intervals: all(path, series)?,
+                fin: result(path, fin)?,
+            })),
             _ => Typed::Other,
         })
     }
@@ -252,7 +278,7 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
             None
         };
         let tool = config.tool.clone();
-        let typed = Typed::decode(&tool, &sp, &series, fin.as_ref())?;
+        let typed = Typed::decode(&tool, &sp, &series, &changes, fin.as_ref())?;
         sources.push(Source {
             name,
             tool,
@@ -836,6 +862,9 @@ pub fn charts_for(src: &Source, t0: f64, prefix: &str) -> Vec<Chart> {
         "inspect" => inspect_charts(src, t0, prefix),
         "swarm-run" | "swarm-connect" => swarm_charts(src, t0, prefix),
         "fw" => fw_charts(src, t0, prefix),
+        "lb" => lb::charts(src, t0, prefix),
+        "flows" => flows::charts(src, t0, prefix),
+        "smb" => smb::charts(src, t0, prefix),
         _ => generic_charts(src, t0, prefix),
     };
     // Two sources of one tool in a run (probe-udp, probe-udp-2): keep ids unique.
@@ -858,9 +887,9 @@ pub struct Output {
 
 /// The live changes of a run's wan sources as time-plot markers (x from `t0`): the timeline
 /// step or the `wan set` SPEC as label. Refused changes are not marked (the report's table of
-/// live changes lists them).
+/// live changes lists them). An lb's health transitions and reloads are marked too.
 pub fn markers(run: &Run, t0: f64, prefix: &str) -> Vec<(f64, String)> {
-    let mut v = vec![];
+    let mut v = lb::markers(run, t0, prefix);
     for s in run.sources.iter().filter(|s| s.tool == "wan") {
         for c in &s.changes {
             if c["type"] == "refused" {

@@ -230,3 +230,18 @@ pub fn sum_all<T: PerCpuSum, M: std::borrow::Borrow<MapData>>(
 ) -> Result<Vec<T>> {
     (0..n).map(|i| sum(map, i)).collect()
 }
+
+/// The kernel id of the object's map `name` (an array or a program array), for another
+/// process to open it (`MapData::from_id`): the capture tap.
+pub fn map_id(bpf: &Ebpf, name: &str) -> Result<u32> {
+    match bpf
+        .map(name)
+        .with_context(|| format!("map {name} missing"))?
+    {
+        aya::maps::Map::Array(d) | aya::maps::Map::ProgramArray(d) => Ok(d
+            .info()
+            .with_context(|| format!("reading the info of map {name}"))?
+            .id()),
+        _ => bail!("map {name} is not an array"),
+    }
+}

@@ -9,6 +9,7 @@
 //!   interval and final lines, publish metrics, poll between ticks) and [`sampled::drive`],
 //!   the one loop that runs it on a [`Ticker`] and an [`observe::Observer`].
 //! - [`control`]: one control-socket server and client with typed requests and replies.
+//! - [`tap`]: what a deciding program (fw, lb, wan) tells a capture about its tap.
 //! - [`xsk`]: AF_XDP sockets on libc (UMEM, rings mapped before bind, shared UMEM), all of
 //!   wirelab's AF_XDP `unsafe` in one place.
 //!
@@ -28,6 +29,7 @@ pub mod bpf;
 pub mod control;
 pub mod observe;
 pub mod sampled;
+pub mod tap;
 pub mod xsk;
 
 /// What a tool module built on the runtime uses: `use crate::runtime::prelude::*;`.

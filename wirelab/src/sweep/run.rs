@@ -573,28 +573,28 @@ fn workload(
     Ok(())
 }
 
-/// What the sweep reads of `iperf3 -J`.
+/// What the sweep reads of `iperf3 -J` (the tests read iperf3 through it too).
 #[derive(Debug, Serialize, Deserialize)]
-struct Iperf3 {
-    end: Iperf3End,
+pub struct Iperf3 {
+    pub end: Iperf3End,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Iperf3End {
+pub struct Iperf3End {
     #[serde(default)]
-    sum_received: Iperf3Sum,
+    pub sum_received: Iperf3Sum,
     #[serde(default)]
-    sum: Iperf3Sum,
+    pub sum: Iperf3Sum,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Iperf3Sum {
+pub struct Iperf3Sum {
     #[serde(default)]
-    bits_per_second: f64,
+    pub bits_per_second: f64,
     #[serde(default)]
-    jitter_ms: f64,
+    pub jitter_ms: f64,
     #[serde(default)]
-    lost_percent: f64,
+    pub lost_percent: f64,
 }
 
 fn iperf3(b: &Bench, d: Option<Duration>, udp: bool, bitrate: Option<&str>) -> Result<Iperf3> {

@@ -41,7 +41,7 @@ use wirelab_common::wan::{
 
 use crate::{
     ebpf,
-    runtime::{control as ctl, observe::Observer, Reporting},
+    runtime::{control as ctl, observe::Observer, tap::TapInfo, Reporting},
     util::Stop,
 };
 use engine::{mono_ns, Engine, Profile};
@@ -289,6 +289,28 @@ pub fn kernel_profile(s: &Spec) -> KernelProfile {
     k
 }
 
+/// `wan --check`: how every class's SPECs were read, with units spelled out (`--json`: this
+/// type, read back by the tests).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub ok: bool,
+    /// The seed of the decisions (random unless `--seed` or the config sets one).
+    pub seed: u64,
+    pub classes: Vec<ClassCheck>,
+    pub warnings: Vec<String>,
+    /// The expanded `--timeline`: every change with its time, class and SPECs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<timeline::Schedule>,
+}
+
+/// One class in [`CheckReport`]: its SPECs as read, per direction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassCheck {
+    pub name: String,
+    pub a_to_b: String,
+    pub b_to_a: String,
+}
+
 /// Warnings for settings that will surprise (netem's classic: limit × delay).
 pub fn warnings(names: &[String], specs: &[Vec<Spec>; 2]) -> Vec<String> {
     let mut w = vec![];
@@ -371,6 +393,63 @@ pub struct SetRequest {
     /// fields are not used then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<TimelineCmd>,
+}
+
+/// What the control socket takes: a capture asking where the tap is (`{"tap": IFACE}`), or a
+/// live change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ControlRequest {
+    Tap { tap: String },
+    Set(SetRequest),
+}
+
+/// The control socket of the emulator running on `iface` in this namespace.
+fn socket_on(iface: &str) -> Option<String> {
+    running().into_iter().find(|n| {
+        n.strip_prefix("wirelab-wan/")
+            .is_some_and(|p| p.split(',').any(|i| i == iface))
+    })
+}
+
+/// Whether a wan runs on `iface` in this namespace.
+pub fn running_on(iface: &str) -> bool {
+    socket_on(iface).is_some()
+}
+
+/// Ask the emulator running on `iface` (in this namespace) where its capture tap is.
+pub fn tap(iface: &str) -> Result<TapInfo> {
+    let name = socket_on(iface).ok_or_else(|| anyhow!("no wirelab wan runs on {iface} here"))?;
+    let req = ControlRequest::Tap {
+        tap: iface.to_string(),
+    };
+    ctl::request(&name, &req, Duration::from_secs(5))
+}
+
+/// What each interface's capture is told: the tap's maps, the XDP mode there, class names.
+fn taps(
+    bpf: &aya::Ebpf,
+    opts: &Options,
+    plan: &Plan,
+    modes: &[&str],
+) -> Result<BTreeMap<String, TapInfo>> {
+    let mut out = BTreeMap::new();
+    for (iface, mode) in [&opts.iface_a, &opts.iface_b].into_iter().zip(modes) {
+        let mut t = TapInfo::of(
+            bpf,
+            wirelab_common::maps::WAN_TAP,
+            wirelab_common::maps::WAN_TAP_ON,
+        )?;
+        t.mode = Some(mode.to_string());
+        t.names = plan
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u32, n.clone()))
+            .collect();
+        out.insert(iface.clone(), t);
+    }
+    Ok(out)
 }
 
 /// A timeline started or stopped over the control socket (a sweep's runs).
@@ -670,7 +749,10 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     }
     // 5. The reporter and control threads, spawned before the engine thread turns real-time.
     let start = Instant::now();
-    let threads = spawn_threads(opts, &plan, listener, counters, obs, mets, schedule, start)?;
+    let taps = taps(&bpf, opts, &plan, &modes)?;
+    let threads = spawn_threads(
+        opts, &plan, listener, counters, obs, mets, schedule, start, taps,
+    )?;
     if opts.realtime {
         set_realtime();
     }
@@ -759,6 +841,7 @@ fn spawn_threads(
     mets: Option<WanMetrics>,
     schedule: Option<timeline::Schedule>,
     start: Instant,
+    taps: BTreeMap<String, TapInfo>,
 ) -> Result<Threads> {
     let max = plan.names.len() as u32;
     // The reporter reads the kernel's per-class counters and prints, off the engine's thread
@@ -784,6 +867,7 @@ fn spawn_threads(
             rep_tx: rep_tx.clone(),
             start,
             player: None,
+            taps: std::sync::Arc::new(taps),
         };
         std::thread::Builder::new()
             .name("wan-control".into())
@@ -1208,6 +1292,8 @@ struct Control {
     rep_tx: std::sync::mpsc::Sender<ReportMsg>,
     start: Instant,
     player: Option<Player>,
+    /// What a capture on each interface is told about the tap.
+    taps: std::sync::Arc<BTreeMap<String, TapInfo>>,
 }
 
 impl Control {
@@ -1226,14 +1312,28 @@ impl Control {
         if let Some(s) = schedule {
             self.player = Some(play(s, self.start, req_tx.clone(), self.stop.clone()));
         }
+        let mut tap_checked = Instant::now();
         while !self.stopped() {
             match listener.accept() {
                 Ok((s, _)) => {
                     let req_tx = req_tx.clone();
+                    let taps = self.taps.clone();
                     let _ = std::thread::Builder::new()
                         .name("wan-control-read".into())
                         .spawn(move || {
-                            let req = ctl::read_request(&s, Duration::from_secs(2));
+                            let req = match ctl::read_request(&s, Duration::from_secs(2)) {
+                                Ok(ControlRequest::Tap { tap }) => {
+                                    // Fixed for the run: answered here, not by the queue.
+                                    let t = taps
+                                        .get(&tap)
+                                        .cloned()
+                                        .ok_or_else(|| anyhow!("wan does not run on {tap}"));
+                                    let _ = ctl::reply(&s, &ctl::Reply::from_result(t));
+                                    return;
+                                }
+                                Ok(ControlRequest::Set(r)) => Ok(r),
+                                Err(e) => Err(e),
+                            };
                             let origin = Origin {
                                 source: "set",
                                 label: None,
@@ -1247,6 +1347,14 @@ impl Control {
                 Err(e) => {
                     tracing::warn!("control socket: {e}");
                     std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            if tap_checked.elapsed() >= Duration::from_secs(1) {
+                tap_checked = Instant::now();
+                if let Some(t) = self.taps.values().next() {
+                    if let Err(e) = crate::runtime::tap::release_dead(t) {
+                        tracing::warn!("checking the capture tap: {e:#}");
+                    }
                 }
             }
             let Ok((asker, origin, req)) = req_rx.recv_timeout(Duration::from_millis(10)) else {

@@ -161,7 +161,7 @@ pub struct ChangeStats {
 }
 
 /// One class's configuration in a record (`classes` of the config and of each change).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassConfig {
     pub name: String,
     pub a_to_b: String,
@@ -173,7 +173,7 @@ pub struct ClassConfig {
 /// A live change in the record (`wan.changes.jsonl`): one line per change asked for, applied
 /// or refused, with the time it was asked for (a timeline's: its scheduled time), the time
 /// the engine switched to it, and every class now in force.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangeEntry {
     /// `applied` or `refused`.
     #[serde(rename = "type")]
@@ -181,14 +181,14 @@ pub struct ChangeEntry {
     /// `set` (the control socket: `wan set`, a sweep) or `timeline`.
     pub source: String,
     /// The timeline step(s) behind it: "steps[1] ramp delay 25ms (1/12)".
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// Seconds since start when it was asked for (scheduled, for a timeline).
     pub requested_t: Option<f64>,
     /// From asked for to applied.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Wall-clock time it was applied (or refused).
     pub unix: f64,

@@ -4,7 +4,7 @@
 //!  reorder 10% 50% gap 5 rate 10mbit 20 limit 64kb blackhole 2s every 30s jitter-order keep`
 use std::{path::PathBuf, time::Duration};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A parse error naming the word at fault and what is allowed there.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,7 +21,7 @@ fn err(word: &str, reason: impl Into<String>) -> SpecError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Distribution {
     Uniform,
@@ -32,7 +32,7 @@ pub enum Distribution {
     File(PathBuf),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "model", rename_all = "lowercase")]
 pub enum Loss {
     Random {
@@ -56,13 +56,13 @@ pub enum Loss {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Limit {
     Packets(u64),
     Bytes(u64),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JitterOrder {
     /// Packets never overtake, and the realized delay distribution is the configured one at
@@ -77,7 +77,7 @@ pub enum JitterOrder {
     Fifo,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rate {
     pub bits_per_sec: u64,
     pub packet_overhead: i64,
@@ -87,7 +87,7 @@ pub struct Rate {
 
 /// `rate trace FILE [once|wrap]`: the link's delivery opportunities come from an mm-link trace
 /// (read and validated when the profile is built, see `trace.rs`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceClause {
     pub path: PathBuf,
     /// Play the trace once (then the link carries nothing); otherwise it wraps.
@@ -95,7 +95,7 @@ pub struct TraceClause {
 }
 
 /// One direction's impairments.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Spec {
     /// Added one-way delay (mean of the distribution).
     pub delay: Duration,

@@ -134,9 +134,31 @@ pub fn scrape(addr: &str) -> (String, String) {
     (head.to_string(), body.to_string())
 }
 
+/// One sample of an OpenMetrics exposition as the strict parser read it: a row of the JSON
+/// that the script in [`parse_openmetrics`] prints (the harness's own format, written and
+/// read here).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct MetricSample {
+    pub family: String,
+    /// The family's type (`counter`, `gauge`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The sample's name (`..._total` for a counter).
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+impl MetricSample {
+    /// The value of label `k`, if the sample has it.
+    pub fn label(&self, k: &str) -> Option<&str> {
+        self.labels.get(k).map(String::as_str)
+    }
+}
+
 /// Parse with the Python prometheus_client OpenMetrics parser (strict: raises on anything
-/// invalid). Returns (family, type, sample name, labels, value) rows.
-pub fn parse_openmetrics(text: &str) -> Vec<serde_json::Value> {
+/// invalid). Returns one [`MetricSample`] per sample.
+pub fn parse_openmetrics(text: &str) -> Vec<MetricSample> {
     let script = r#"
 import json, sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -161,13 +183,13 @@ print(json.dumps(out))
         "OpenMetrics parser rejected the exposition: {}\n{text}",
         String::from_utf8_lossy(&o.stderr)
     );
-    serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).unwrap()
+    serde_json::from_slice(&o.stdout).expect("the parser's samples")
 }
 
-pub fn sample(rows: &[serde_json::Value], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn sample(rows: &[MetricSample], name: &str, labels: &[(&str, &str)]) -> f64 {
     rows.iter()
-        .find(|r| r["name"] == name && labels.iter().all(|(k, v)| r["labels"][*k] == *v))
-        .and_then(|r| r["value"].as_f64())
+        .find(|r| r.name == name && labels.iter().all(|(k, v)| r.label(k) == Some(*v)))
+        .map(|r| r.value)
         .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
 }
 
@@ -212,9 +234,9 @@ pub fn start_fw_rules(ns: &str, toml: &str) -> Bg {
 }
 
 /// `wirelab fw stats --json` of the firewall running in namespace `ns`.
-pub fn fw_stats(ns: &str) -> serde_json::Value {
+pub fn fw_stats(ns: &str) -> wirelab::fw::Stats {
     let o = ok(wirelab().args(["fw", "stats", "--netns", ns, "--json"]));
-    serde_json::from_slice(&o.stdout).unwrap()
+    serde_json::from_slice(&o.stdout).expect("fw stats --json")
 }
 
 /// Send raw Ethernet frames out of `iface` in namespace `ns` through an AF_PACKET socket,
@@ -295,4 +317,95 @@ pub fn pings_ok(ns: &str, n: u32, to: &str) {
             to,
         ],
     ));
+}
+
+/// Linux has one ARP table per host, shared by all namespaces, and its limits
+/// (`net.ipv4.neigh.default.gc_thresh1..3`) exist only in the initial namespace. Tests that
+/// put thousands of clients on a lab segment raise them while they run; the last one to finish
+/// puts the original values back.
+pub struct NeighLimits;
+
+static NEIGH: std::sync::Mutex<(u32, Vec<(String, String)>)> =
+    std::sync::Mutex::new((0, Vec::new()));
+
+impl NeighLimits {
+    pub fn raise(n: u32) -> Self {
+        let mut g = NEIGH.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, want) in [
+            ("gc_thresh1", n * 2),
+            ("gc_thresh2", n * 4),
+            ("gc_thresh3", n * 8),
+        ] {
+            let p = format!("/proc/sys/net/ipv4/neigh/default/{k}");
+            let cur: u32 = std::fs::read_to_string(&p).unwrap().trim().parse().unwrap();
+            if g.0 == 0 {
+                g.1.push((p.clone(), cur.to_string()));
+            }
+            if cur < want {
+                std::fs::write(&p, want.to_string()).unwrap();
+            }
+        }
+        g.0 += 1;
+        Self
+    }
+}
+
+impl Drop for NeighLimits {
+    fn drop(&mut self) {
+        let mut g = NEIGH.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 -= 1;
+        if g.0 == 0 {
+            for (p, v) in g.1.drain(..).rev() {
+                let _ = std::fs::write(p, v);
+            }
+        }
+    }
+}
+
+/// The points of the line `label` in the report plot `chart` of a recorded source.
+pub fn plotted(src: &wirelab::report::Source, chart: &str, label: &str) -> Vec<(f64, f64)> {
+    let charts = wirelab::report::charts_for(src, src.started(), "");
+    let c = charts
+        .iter()
+        .find(|c| c.id == chart)
+        .unwrap_or_else(|| panic!("no plot {chart}"));
+    let wirelab::report::plot::Kind::Lines(series) = &c.kind else {
+        panic!("the plot {chart} has no lines")
+    };
+    series
+        .iter()
+        .find(|s| s.label == label)
+        .unwrap_or_else(|| panic!("no line {label:?} in the plot {chart}"))
+        .points
+        .clone()
+}
+
+/// `wirelab capture` on `iface` in namespace `ns`, running (attached) in the background.
+pub fn start_capture(ns: &str, iface: &str, extra: &[&str]) -> Bg {
+    let mut c = wirelab();
+    c.args(["capture", "--netns", ns, "--iface", iface])
+        .args(extra);
+    spawn_ready(c, "capture attached", Duration::from_secs(30))
+}
+
+/// `tshark -r FILE -T fields -e F…` rows.
+pub fn tshark_fields(file: &std::path::Path, fields: &[&str]) -> Vec<Vec<String>> {
+    tshark_rows(file, "", fields)
+}
+
+/// `tshark -r FILE [-Y FILTER] -T fields -e F…` rows.
+pub fn tshark_rows(file: &std::path::Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut c = Command::new("tshark");
+    c.arg("-r").arg(file).args(["-T", "fields"]);
+    if !filter.is_empty() {
+        c.args(["-Y", filter]);
+    }
+    for f in fields {
+        c.args(["-e", f]);
+    }
+    let o = ok(c);
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
 }

@@ -24,10 +24,11 @@ fn sh(ns: &str, args: &[&str]) -> Result<String> {
     out(&mut in_ns(ns, args))
 }
 
-struct Topo {
-    tx: String,
-    rx: String,
-    dir: PathBuf,
+/// Two namespaces joined by one veth pair (shared with `bench capture`).
+pub(super) struct Topo {
+    pub(super) tx: String,
+    pub(super) rx: String,
+    pub(super) dir: PathBuf,
 }
 
 impl Drop for Topo {
@@ -41,11 +42,16 @@ impl Drop for Topo {
 
 impl Topo {
     fn up() -> Result<Self> {
+        Self::up_for("fw")
+    }
+
+    /// The topology, its scratch directory named after the bench `tool`.
+    pub(super) fn up_for(tool: &str) -> Result<Self> {
         let p = std::process::id();
         let t = Topo {
             tx: format!("wlb{p}-tx"),
             rx: format!("wlb{p}-rx"),
-            dir: std::env::temp_dir().join(format!("wirelab-bench-fw-{p}")),
+            dir: std::env::temp_dir().join(format!("wirelab-bench-{tool}-{p}")),
         };
         std::fs::create_dir_all(&t.dir)?;
         for ns in [&t.tx, &t.rx] {
@@ -72,7 +78,7 @@ impl Topo {
         Ok(t)
     }
 
-    fn rx_mac(&self) -> Result<String> {
+    pub(super) fn rx_mac(&self) -> Result<String> {
         let o = sh(&self.rx, &["ip", "-br", "link", "show", "rx0"])?;
         Ok(o.split_whitespace().nth(2).unwrap_or("").to_string())
     }
@@ -105,9 +111,28 @@ fn gen(t: &Topo, src: &str, flows: u32) -> Result<Res> {
 
 /// [`gen`] to destination `dst` (IPv6 runs use 2001:2::2 with a 2001:2::/64 source).
 fn gen_to(t: &Topo, src: &str, dst: &str, flows: u32) -> Result<Res> {
-    let mac = t.rx_mac()?;
     let s0 = softirq_ns()?;
-    let v = json(wirelab().args([
+    let v = json(gen_cmd(t, src, dst, 64)?.args([
+        "--duration",
+        &format!("{SECS}s"),
+        "--flows",
+        &flows.to_string(),
+    ]))?;
+    let s1 = softirq_ns()?;
+    let delivered = num(&v, &["delivered"]) as u64;
+    Ok(Res {
+        pps: num(&v, &["pps"]),
+        delivered,
+        softirq_ns_per_pkt: (s1 - s0) as f64 / delivered.max(1) as f64,
+    })
+}
+
+/// `wirelab gen` from tx0 to rx0: UDP to port 9, `size`-byte frames, XDP live frames, JSON
+/// report; the caller adds how long or how many.
+pub(super) fn gen_cmd(t: &Topo, src: &str, dst: &str, size: u32) -> Result<Command> {
+    let mac = t.rx_mac()?;
+    let mut c = wirelab();
+    c.args([
         "gen",
         "--netns",
         &t.tx,
@@ -122,24 +147,10 @@ fn gen_to(t: &Topo, src: &str, dst: &str, flows: u32) -> Result<Res> {
         "--proto",
         "udp",
         "--size",
-        "64",
-        "--dport",
-        "9",
-        "--method",
-        "xdp",
-        "--duration",
-        &format!("{SECS}s"),
-        "--flows",
-        &flows.to_string(),
-        "--json",
-    ]))?;
-    let s1 = softirq_ns()?;
-    let delivered = num(&v, &["delivered"]) as u64;
-    Ok(Res {
-        pps: num(&v, &["pps"]),
-        delivered,
-        softirq_ns_per_pkt: (s1 - s0) as f64 / delivered.max(1) as f64,
-    })
+    ])
+    .arg(size.to_string())
+    .args(["--dport", "9", "--method", "xdp", "--json"]);
+    Ok(c)
 }
 
 fn start_fw(t: &Topo, rules: &str) -> Result<Bg> {

@@ -5,8 +5,10 @@
 //!
 //! Adding a tool: a module with `pub fn run(ctx: &Ctx) -> Result<()>` and one line in
 //! [`BENCHES`].
+mod capture;
 mod fw;
 pub mod helper;
+mod lb;
 mod swarm;
 mod wan;
 
@@ -49,6 +51,16 @@ pub const BENCHES: &[(&str, &str, BenchFn)] = &[
         "fw",
         "wirelab fw vs nftables netdev ingress (drop rate, cost vs prefixes), gen vs trafgen",
         fw::run,
+    ),
+    (
+        "lb",
+        "wirelab lb vs HAProxy, nftables DNAT and no balancer (program ns/packet, connections/s, Maglev quality)",
+        lb::run,
+    ),
+    (
+        "capture",
+        "wirelab capture vs tcpdump -w (default, -B 65536) and dumpcap (loss-free rate, 64/1500 B), iperf3 cost",
+        capture::run,
     ),
 ];
 

@@ -1,0 +1,41 @@
+//! The deciding side of the capture tap (`wirelab_common::tap`): hand the frame and its
+//! decision to the capture program a running `wirelab capture` put in the tool's program array.
+
+use aya_ebpf::{
+    maps::{Array, ProgramArray},
+    programs::XdpContext,
+};
+use wirelab_common::tap::{Decision, DECISION_LEN};
+
+use crate::{
+    parse::{Frame, Plain},
+    sys,
+};
+
+// SAFETY: four bytes and a u32, valid for every bit pattern, no pointers.
+unsafe impl Plain for Decision {}
+
+/// Returns the verdict to return: `d.action` (the capture program, when it runs, returns it
+/// itself). `on[0]` is the ifindex of the interface being captured (0: none), since one
+/// program can run on several (wan, lb's NAT interfaces). With no capture this is one array
+/// lookup. A redirect (`XDP_REDIRECT`) is set up before the call and survives the tail call.
+#[inline(always)]
+pub fn xdp(ctx: &XdpContext, on: &Array<u32>, progs: &ProgramArray, d: Decision) -> u32 {
+    let captured = on.get(0).map_or(0, |v| *v);
+    if captured == 0 || captured != sys::xdp_ingress_ifindex(ctx) {
+        return d.action as u32;
+    }
+    let n = DECISION_LEN as i32;
+    if !sys::xdp_adjust_meta(ctx, -n) {
+        return d.action as u32;
+    }
+    if Frame::xdp_meta(ctx).store(0, d).is_ok() {
+        // SAFETY: `ctx` is this XDP program's context and the array holds XDP programs only
+        // (the kernel refuses another type); on success the call does not return, and the
+        // capture program returns `d.action`. On failure (slot empty) nothing changed.
+        unsafe { progs.tail_call(ctx, 0) };
+    }
+    // No capture took it: the frame goes on without the metadata.
+    let _ = sys::xdp_adjust_meta(ctx, n);
+    d.action as u32
+}

@@ -1,0 +1,67 @@
+//! `wirelab flows`: a live table of bidirectional flows with TCP health.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::Args;
+use wirelab::{flows, runtime::Reporting};
+
+use super::{parse_duration, parse_interval, JsonArg, NetnsArg, XdpModeArg};
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  wirelab flows --netns wirelab-client --iface eth0\n  wirelab flows --netns wirelab-server --iface eth0 --filter 'tcp port 5201' --sort rate --top 5\n  wirelab flows --netns wirelab-client --iface eth0 --duration 10s --json --record run1\n\nState and history follow Zeek's conn.log (upper-case letters: the originator); retx, ooo,\nzwin and rst are originator/responder; rtt> is the running RTT (TCP timestamps, the pping\nmethod) from this interface to the responder and back, rtt< to the originator and back.\nSee docs/flows.md."
+)]
+pub struct FlowsArgs {
+    /// Interface to watch (both directions: XDP ingress, tc egress).
+    #[arg(long)]
+    iface: String,
+    #[command(flatten)]
+    netns: NetnsArg,
+    /// tcpdump-style filter, evaluated in the kernel (capture's words, see docs/capture.md).
+    #[arg(long, value_name = "EXPR", default_value = "")]
+    filter: String,
+    /// Order of the table: bytes so far, rate in the last interval, or packets so far.
+    #[arg(long, value_enum, default_value = "bytes")]
+    sort: flows::SortBy,
+    /// Rows in each interval's table or JSON line (the final table has every flow).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100000))]
+    top: u64,
+    /// Time between tables (at least 10ms; e.g. 500ms, 1s).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    interval: Duration,
+    /// Stop after this long (default: until Ctrl-C / SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    #[command(flatten)]
+    json: JsonArg,
+    /// Write a run record (config, the interval lines, the final flows) into DIR.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Force an XDP mode for the ingress program instead of native with a fallback to skb.
+    #[arg(long, value_enum)]
+    mode: Option<XdpModeArg>,
+}
+
+pub fn run(a: FlowsArgs) -> Result<ExitCode> {
+    // Refuse a bad filter before touching anything.
+    wirelab::capture::compile(&a.filter)?;
+    let stop = a.netns.enter_until_stopped()?;
+    flows::run(
+        &flows::Options {
+            iface: a.iface,
+            filter: a.filter,
+            sort: a.sort,
+            top: a.top as usize,
+            mode: a.mode.map(Into::into),
+            report: Reporting {
+                interval: a.interval,
+                duration: a.duration,
+                json: a.json.json,
+                record: a.record,
+                metrics: None,
+            },
+        },
+        &stop,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,336 @@
+//! `wirelab smb` against real peers: Samba's smbd in the lab's server, unmodified `smbclient`
+//! processes as K distinct client machines (`wirelab swarm`), and three references on the
+//! same traffic: Samba's own `smbstatus --json` (live tree connects while the clients hold
+//! them), and tshark over a tcpdump capture taken alongside (per-client requests by command,
+//! `-z smb2,srt` response counts, error responses by NTSTATUS).
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::IpAddr,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::*;
+use wirelab::smb::{proto, FinalLine, IntervalLine};
+use wirelab_testkit::samba::Samba;
+
+const SERVER: &str = "198.18.0.2";
+const POOL: &str = "198.18.8.0/24";
+const K: usize = 30;
+
+/// Tree connects Samba holds now (`smbstatus --json`).
+fn smbstatus_tcons(ns: &str, smb: &Samba) -> usize {
+    let conf = smb.conf().display().to_string();
+    let o = in_ns(ns, &["smbstatus", "-s", &conf, "--json"])
+        .output()
+        .expect("smbstatus");
+    #[derive(serde::Deserialize)]
+    struct Status {
+        #[serde(default)]
+        tcons: BTreeMap<String, serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Status>(&o.stdout).map_or(0, |s| s.tcons.len())
+}
+
+/// Count lines of `tshark -T fields` output by their fields (comma lists are split: a
+/// compound frame holds several commands).
+fn tshark_fields(file: &str, filter: &str, fields: &[&str]) -> BTreeMap<(String, String), u64> {
+    let mut c = std::process::Command::new("tshark");
+    c.args(["-r", file, "-Y", filter, "-T", "fields"]);
+    for f in fields {
+        c.args(["-e", f]);
+    }
+    let o = ok(c);
+    let mut m = BTreeMap::new();
+    for l in String::from_utf8_lossy(&o.stdout).lines() {
+        let mut parts = l.split('\t');
+        let (Some(a), Some(b)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        for v in b.split(',').filter(|v| !v.is_empty()) {
+            *m.entry((a.to_string(), v.to_string())).or_default() += 1;
+        }
+    }
+    m
+}
+
+/// Equal maps, or a panic listing the keys whose values differ (ours, the reference).
+#[track_caller]
+fn assert_same(
+    ours: &BTreeMap<(String, String), u64>,
+    reference: &BTreeMap<(String, String), u64>,
+    what: &str,
+) {
+    let differ: Vec<String> = ours
+        .keys()
+        .chain(reference.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| ours.get(k) != reference.get(k))
+        .map(|k| format!("{k:?}: {:?} vs {:?}", ours.get(k), reference.get(k)))
+        .collect();
+    assert!(differ.is_empty(), "{what}:\n{}", differ.join("\n"));
+}
+
+/// `wirelab report` on the smb record: the peak of live tree connects is the final line's,
+/// and the plot of live tree connects climbs to K and ends at 0, as smbstatus saw.
+fn report_plots_live_tree_connects(rec: &std::path::Path, fin: &FinalLine) {
+    let o = ok(wirelab().arg("report").arg(rec));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    eprintln!("{out}");
+    assert!(
+        out.contains(&format!("live tree connects at most {K} ")),
+        "{out}"
+    );
+    let run = wirelab::report::load(rec, false).unwrap();
+    let src = run.sources.iter().find(|s| s.tool == "smb").unwrap();
+    let wirelab::report::Typed::Smb(l) = &src.typed else {
+        panic!("the smb source is not read as smb lines")
+    };
+    assert_eq!(l.fin.as_deref(), Some(fin));
+    let trees = plotted(src, "smb-live", "tree connects");
+    let ys: Vec<f64> = trees.iter().map(|p| p.1).collect();
+    assert_eq!(ys.iter().copied().fold(0.0, f64::max), K as f64, "{ys:?}");
+    assert_eq!(ys.last(), Some(&0.0), "{ys:?}");
+    assert!(trees.windows(2).all(|w| w[0].0 < w[1].0));
+}
+
+#[test]
+fn smbclient_swarm_agrees_with_smbstatus_and_tshark() {
+    let lab = Lab::up("smbv");
+    let server_ns = lab.ns("server");
+    ok(in_ns(
+        &server_ns,
+        &["ip", "route", "add", POOL, "dev", "eth0"],
+    ));
+    let smb = Samba::start(&server_ns, SERVER);
+    let dir = TempDir::new("wl-smbv");
+    let pcap = dir.join("ref.pcap").display().to_string();
+    // The reference capture (AF_PACKET, beside wirelab's XDP/tc capture).
+    let mut tcpdump_cmd = in_ns(
+        &server_ns,
+        &[
+            "tcpdump",
+            "-i",
+            "eth0",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+            &pcap,
+            "tcp port 445",
+        ],
+    );
+    tcpdump_cmd.stdout(Stdio::null());
+    let tcpdump = spawn_ready(tcpdump_cmd, "listening on", Duration::from_secs(10));
+    let mut view_cmd = wirelab();
+    view_cmd.args([
+        "smb",
+        "--netns",
+        &server_ns,
+        "--iface",
+        "eth0",
+        "--interval",
+        "200ms",
+        "--json",
+        "--record",
+    ]);
+    let rec = dir.join("rec");
+    view_cmd.arg(&rec).stdout(Stdio::piped());
+    let mut view = spawn_ready(view_cmd, "capture attached", Duration::from_secs(20));
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let reader = {
+        let out = view.child_mut().stdout.take().expect("stdout piped");
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(l);
+            }
+        })
+    };
+    // K client machines; each lists the share, reads a file, asks for a missing one (an
+    // error), then holds its tree connect for a while.
+    let swarm = {
+        let ns = lab.ns("client");
+        std::thread::spawn(move || {
+            let mut c = wirelab();
+            c.args([
+                "swarm", "run", "--netns", &ns, "--iface", "eth0", "--pool", POOL,
+            ]);
+            c.args(["--clients", &K.to_string(), "--concurrency", &K.to_string()]);
+            c.args(["--timeout", "30s", "--json", "--", "sh", "-c"]);
+            c.arg(format!(
+                "{{ echo ls; echo 'get hello.txt /dev/null'; echo 'get missing-{{n}}.txt /dev/null'; sleep 4; echo exit; }} | smbclient //{SERVER}/share -N"
+            ));
+            c.output().expect("swarm run")
+        })
+    };
+    // While they hold: Samba and the view count the same live tree connects.
+    let latest = || -> Option<IntervalLine> {
+        let l = lines.lock().unwrap();
+        l.iter().rev().find_map(|l| serde_json::from_str(l).ok())
+    };
+    let mut seen = (0, 0);
+    let agreed = eventually(Duration::from_secs(30), || {
+        let samba = smbstatus_tcons(&server_ns, &smb);
+        let ours = latest().map_or(0, |l| l.totals.trees_live as usize);
+        seen = (samba, ours);
+        samba == K && ours == K
+    });
+    let o = swarm.join().unwrap();
+    assert!(
+        agreed,
+        "live tree connects: smbstatus {} vs wirelab smb {}\nswarm: {}\n{}\nwirelab smb: {:?}",
+        seen.0,
+        seen.1,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        lines.lock().unwrap().last()
+    );
+    assert!(
+        o.status.success() || o.status.code() == Some(1),
+        "swarm: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Every client has left: both say 0.
+    assert!(eventually(Duration::from_secs(10), || {
+        smbstatus_tcons(&server_ns, &smb) == 0 && latest().is_some_and(|l| l.totals.trees_live == 0)
+    }));
+    let stopped = view.stop().expect("wirelab smb stops");
+    assert!(stopped.success(), "{}", stopped.text());
+    reader.join().unwrap();
+    // tcpdump has written every connection's end before it stops.
+    let fins = || {
+        let o = std::process::Command::new("tcpdump")
+            .args(["-r", &pcap, "tcp[tcpflags] & tcp-fin != 0 and src port 445"])
+            .stderr(Stdio::null())
+            .output()
+            .expect("tcpdump -r");
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || fins() >= K),
+        "tcpdump wrote {} FINs",
+        fins()
+    );
+    let _ = tcpdump.stop();
+    let fin: FinalLine = {
+        let l = lines.lock().unwrap();
+        serde_json::from_str(l.last().expect("a final line")).expect("the last line is final")
+    };
+    assert_eq!(fin.clients.len(), K, "{:?}", fin.clients);
+    assert_eq!((fin.trees_live_max, fin.totals.trees_live), (K as u64, 0));
+    assert_eq!(fin.skipped_bytes, 0);
+    report_plots_live_tree_connects(&rec, &fin);
+
+    // Per client and command: requests as tshark decodes them from tcpdump's capture.
+    let reqs = tshark_fields(
+        &pcap,
+        "smb2 && smb2.flags.response == 0",
+        &["ip.src", "smb2.cmd"],
+    );
+    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for ((ip, cmd), n) in reqs {
+        let cmd: u16 = cmd.parse().expect("numeric smb2.cmd");
+        want.insert((ip, proto::command_name(cmd)), n);
+    }
+    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for c in &fin.clients {
+        assert_eq!(c.dialect.as_deref(), Some("3.1.1"), "{c:?}");
+        // smbclient connects IPC$ (a DFS referral) before the share.
+        assert_eq!((c.sessions_total, c.trees_total), (1, 2), "{c:?}");
+        assert_eq!(
+            c.shares,
+            [
+                format!("\\\\{SERVER}\\IPC$"),
+                format!("\\\\{SERVER}\\share")
+            ]
+        );
+        assert!(!c.encrypted);
+        for (cmd, n) in &c.by_command {
+            got.insert((c.client.to_string(), cmd.clone()), *n);
+        }
+    }
+    assert_eq!(
+        got, want,
+        "requests per client and command: wirelab smb vs tshark"
+    );
+
+    // Errors by client and NTSTATUS: each client's missing file, as tshark sees it.
+    let errs = tshark_fields(
+        &pcap,
+        "smb2.flags.response == 1 && smb2.nt_status != 0 && smb2.nt_status != 0x103 && smb2.nt_status != 0xc0000016",
+        &["ip.dst", "smb2.nt_status"],
+    );
+    let mut want_err: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for ((ip, st), n) in errs {
+        let v = u32::from_str_radix(st.trim_start_matches("0x"), 16).expect("hex status");
+        want_err.insert((ip, proto::status::name(v)), n);
+    }
+    let mut got_err: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for c in &fin.clients {
+        for (st, n) in &c.errors {
+            got_err.insert((c.client.to_string(), st.clone()), *n);
+        }
+        assert!(
+            c.errors
+                .get("STATUS_OBJECT_NAME_NOT_FOUND")
+                .is_some_and(|n| *n >= 1),
+            "{c:?}"
+        );
+    }
+    assert_same(&got_err, &want_err, "errors: wirelab smb vs tshark");
+
+    // Response times: as many request/response pairs per command as `-z smb2,srt` counts.
+    let srt = ok(std::process::Command::new("tshark").args(["-r", &pcap, "-q", "-z", "smb2,srt"]));
+    let srt = String::from_utf8_lossy(&srt.stdout);
+    // Rows: index, the command's name (words), calls, min, max, avg, sum (seconds).
+    let rows: BTreeMap<String, (u64, f64)> = srt
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let cmd: u16 = f.first()?.parse().ok()?;
+            let n = f.len();
+            let calls = f.get(n.checked_sub(5)?)?.parse().ok()?;
+            let avg_s: f64 = f.get(n - 2)?.parse().ok()?;
+            Some((proto::command_name(cmd), (calls, avg_s * 1000.0)))
+        })
+        .collect();
+    for c in &fin.commands {
+        let (calls, avg_ms) = *rows
+            .get(&c.command)
+            .unwrap_or_else(|| panic!("{} not in tshark's smb2,srt:\n{srt}", c.command));
+        assert_eq!(
+            c.responses, calls,
+            "{}: responses vs srt calls\n{srt}",
+            c.command
+        );
+        // Two captures at different hooks (XDP/tc vs AF_PACKET) of the same exchanges.
+        let mean = c.mean_ms.expect("a mean");
+        assert!(
+            (mean - avg_ms).abs() <= (0.25 * avg_ms).max(0.5),
+            "{}: mean {mean:.3} ms vs tshark's {avg_ms:.3} ms",
+            c.command
+        );
+    }
+
+    // The same file read back (pcap, tcpdump's): the same per-client figures.
+    let o = ok(wirelab().args(["smb", "--read", &pcap, "--json"]));
+    let back: FinalLine = serde_json::from_slice(&o.stdout).expect("final line");
+    let key = |f: &FinalLine| -> BTreeMap<IpAddr, (u64, u64, u64)> {
+        f.clients
+            .iter()
+            .map(|c| {
+                (
+                    c.client,
+                    (c.commands, c.trees_total, c.errors.values().sum()),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(key(&back), key(&fin));
+}

@@ -1,0 +1,342 @@
+//! `cargo xtask bench capture`: wirelab capture vs `tcpdump -w` (default buffer and
+//! `-B 65536`) and `dumpcap`, on the receiving end of one veth pair, at the same offered loads
+//! (`wirelab gen`, XDP live frames, `--rate`, bounded by `--count`), for 64- and 1500-byte
+//! frames; then iperf3 throughput with a capture on and off. Tables go to stdout and
+//! `target/bench/capture.md`; docs/benchmarks-capture.md records a run.
+//!
+//! Per run: frames sent (gen), frames that arrived (rx0's `rx_packets`), frames in the file
+//! (`capinfos`), the loss the tool states (wirelab: ring-full `lost` + perf `lost`; tcpdump:
+//! "dropped by kernel"; dumpcap: "dropped" of its interface line) and rx0's `rx_dropped`.
+//! A rate is loss-free when the file holds every frame sent.
+//!
+//! Topology: `bench fw`'s (namespaces `wlb<pid>-tx`/`-rx`), removed on exit and Ctrl-C.
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{
+    f, fw::Topo, in_ns, json, machine, num, out, spawn_ready, wirelab, Bg, Ctx, Ready, Table,
+};
+
+/// Seconds of traffic per run.
+const SECS: u64 = 2;
+/// Offered rates (pps) tried, lowest first; a tool's ladder stops at its first loss. 0: as
+/// fast as the generator goes (for SECS seconds).
+const RATES: &[u64] = &[25_000, 50_000, 100_000, 200_000, 400_000, 800_000, 0];
+const FILTER: &str = "udp port 9";
+/// Bytes kept of each iperf3 segment (headers): the cost measured is the capture path, not
+/// the disk.
+const IPERF_SNAPLEN: u32 = 128;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tool {
+    /// Default hooks: ingress at tc/TCX.
+    Wirelab,
+    /// `--ingress xdp` (the iperf3 table only: the earlier default, for comparison).
+    WirelabXdp,
+    Tcpdump,
+    TcpdumpBig,
+    Dumpcap,
+}
+
+const TOOLS: [Tool; 4] = [
+    Tool::Wirelab,
+    Tool::Tcpdump,
+    Tool::TcpdumpBig,
+    Tool::Dumpcap,
+];
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Wirelab => "wirelab capture",
+            Tool::WirelabXdp => "wirelab capture --ingress xdp",
+            Tool::Tcpdump => "tcpdump -w",
+            Tool::TcpdumpBig => "tcpdump -B 65536 -w",
+            Tool::Dumpcap => "dumpcap",
+        }
+    }
+
+    /// Capture `filter` on rx0 into `file`, `snaplen` bytes of each frame.
+    fn start(self, t: &Topo, file: &Path, filter: &str, snaplen: u32) -> Result<Bg> {
+        let f = file.to_str().context("file name")?;
+        let s = snaplen.to_string();
+        let (c, ready) = match self {
+            Tool::Wirelab | Tool::WirelabXdp => {
+                let mut c = wirelab();
+                if self == Tool::WirelabXdp {
+                    c.args(["capture", "--ingress", "xdp"]);
+                } else {
+                    c.arg("capture");
+                }
+                c.args([
+                    "--netns",
+                    &t.rx,
+                    "--iface",
+                    "rx0",
+                    "--filter",
+                    filter,
+                    "--snaplen",
+                    &s,
+                    "--json",
+                    "-w",
+                    f,
+                ]);
+                (c, "capture attached")
+            }
+            Tool::Tcpdump | Tool::TcpdumpBig => {
+                let mut args = vec![
+                    "tcpdump", "-i", "rx0", "-n", "-Z", "root", "-s", &s, "-w", f,
+                ];
+                if self == Tool::TcpdumpBig {
+                    args.extend(["-B", "65536"]);
+                }
+                args.push(filter);
+                (in_ns(&t.rx, &args), "listening on")
+            }
+            Tool::Dumpcap => (
+                in_ns(
+                    &t.rx,
+                    &["dumpcap", "-i", "rx0", "-f", filter, "-s", &s, "-w", f],
+                ),
+                "Capturing on",
+            ),
+        };
+        spawn_ready(c, Ready::Stderr, ready, Duration::from_secs(60))
+    }
+}
+
+/// rx0's (rx_packets, rx_dropped).
+fn rx_counters(t: &Topo) -> Result<(u64, u64)> {
+    let v = json(
+        in_ns(&t.rx, &["ip", "-s", "-j", "link", "show", "rx0"]).stdin(std::process::Stdio::null()),
+    )?;
+    let s = &v[0]["stats64"]["rx"];
+    Ok((
+        s["packets"].as_u64().unwrap_or(0),
+        s["dropped"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Frames in a capture file.
+fn frames_in(file: &Path) -> Result<u64> {
+    let o = out(Command::new("capinfos").args(["-c", "-M"]).arg(file))?;
+    o.lines()
+        .find_map(|l| l.strip_prefix("Number of packets:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("capinfos said: {o}"))
+}
+
+/// The loss a tool reports about itself, from its final output.
+fn stated_loss(tool: Tool, stdout: &str, stderr: &[String]) -> Option<u64> {
+    match tool {
+        Tool::Wirelab | Tool::WirelabXdp => {
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).ok()?;
+            // The kernel's count of samples a full buffer refused, and the perf buffers' own
+            // count of the same samples: two views of one loss.
+            let kernel = num(&v, &["ingress", "lost"]) + num(&v, &["egress", "lost"]);
+            Some(kernel.max(num(&v, &["perf_lost"])) as u64)
+        }
+        // "N packets dropped by kernel"
+        Tool::Tcpdump | Tool::TcpdumpBig => stderr.iter().find_map(|l| {
+            l.strip_suffix(" packets dropped by kernel")
+                .and_then(|n| n.trim().parse().ok())
+        }),
+        // "Packets received/dropped on interface 'rx0': 1000/0 (...)"
+        Tool::Dumpcap => stderr.iter().find_map(|l| {
+            let (_, rest) = l.split_once("Packets received/dropped on interface")?;
+            let (_, nums) = rest.split_once(": ")?;
+            let pair = nums.split_whitespace().next()?;
+            pair.split_once('/')?.1.parse().ok()
+        }),
+    }
+}
+
+struct Run {
+    /// Delivered rate the generator reached.
+    pps: f64,
+    sent: u64,
+    arrived: u64,
+    in_file: u64,
+    stated: Option<u64>,
+    if_dropped: u64,
+}
+
+impl Run {
+    fn loss_free(&self) -> bool {
+        self.sent > 0 && self.in_file >= self.sent
+    }
+}
+
+fn one(t: &Topo, tool: Tool, size: u32, pps: u64) -> Result<Run> {
+    let file = t.dir.join(format!("run-{size}-{pps}.pcap"));
+    let _ = std::fs::remove_file(&file);
+    let bg = tool.start(t, &file, FILTER, 2048)?;
+    let lines = bg.lines.clone();
+    let (rx0, drop0) = rx_counters(t)?;
+    let mut gen = super::fw::gen_cmd(t, "198.18.10.1", "198.18.10.2", size)?;
+    if pps == 0 {
+        gen.args(["--duration", &format!("{SECS}s")]);
+    } else {
+        gen.args([
+            "--rate",
+            &pps.to_string(),
+            "--count",
+            &(pps * SECS).to_string(),
+        ]);
+    }
+    let g = json(&mut gen)?;
+    // Let the tool drain what it has buffered before it is stopped.
+    std::thread::sleep(Duration::from_secs(1));
+    let (rx1, drop1) = rx_counters(t)?;
+    let stopped = bg.stop()?;
+    let stderr = lines.lock().map(|v| v.clone()).unwrap_or_default();
+    let run = Run {
+        pps: num(&g, &["pps"]),
+        sent: num(&g, &["sent"]) as u64,
+        arrived: rx1.saturating_sub(rx0),
+        in_file: frames_in(&file).unwrap_or(0),
+        stated: stated_loss(tool, &stopped.text(), &stderr),
+        if_dropped: drop1.saturating_sub(drop0),
+    };
+    let _ = std::fs::remove_file(&file);
+    Ok(run)
+}
+
+/// iperf3 TCP throughput (Mbit/s) from tx to rx for SECS seconds.
+fn iperf(t: &Topo) -> Result<f64> {
+    let _srv = spawn_ready(
+        in_ns(
+            &t.rx,
+            &["iperf3", "-s", "-1", "-B", "198.18.10.2", "--forceflush"],
+        ),
+        Ready::Stdout,
+        "Server listening",
+        Duration::from_secs(10),
+    )?;
+    let v = json(&mut in_ns(
+        &t.tx,
+        &["iperf3", "-c", "198.18.10.2", "-t", &SECS.to_string(), "-J"],
+    ))?;
+    Ok(num(&v, &["end", "sum_received", "bits_per_second"]) / 1e6)
+}
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    for bin in ["tcpdump", "dumpcap", "capinfos", "iperf3"] {
+        if which(bin).is_none() {
+            bail!("{bin} is missing: run `cargo xtask setup`");
+        }
+    }
+    let t = Topo::up_for("capture")?;
+    // The veth takes the generator's XDP frames only with an XDP program or GRO on rx0: GRO,
+    // so every tool sees the same path.
+    out(&mut in_ns(&t.rx, &["ethtool", "-K", "rx0", "gro", "on"]))?;
+    let started = Instant::now();
+    for size in [64u32, 1500] {
+        let mut tab = Table::new(
+            &format!("Capture rate, {size}-byte frames: highest offered rate with no capture loss"),
+            "cargo xtask bench capture",
+            &[
+                "tool",
+                "offered pps",
+                "reached pps",
+                "sent",
+                "arrived (rx0)",
+                "in file",
+                "tool says lost",
+                "rx0 dropped",
+            ],
+        );
+        let mut best: Vec<(Tool, u64)> = vec![];
+        for tool in TOOLS {
+            let mut top = 0;
+            for &pps in RATES {
+                ctx.check()?;
+                let r = one(&t, tool, size, pps)?;
+                tab.row(vec![
+                    tool.name().into(),
+                    if pps == 0 {
+                        "max".into()
+                    } else {
+                        pps.to_string()
+                    },
+                    f(r.pps, 0),
+                    r.sent.to_string(),
+                    r.arrived.to_string(),
+                    r.in_file.to_string(),
+                    r.stated.map_or("?".into(), |n| n.to_string()),
+                    r.if_dropped.to_string(),
+                ]);
+                if !r.loss_free() {
+                    break;
+                }
+                top = top.max(r.pps as u64);
+            }
+            best.push((tool, top));
+        }
+        let wl = best
+            .iter()
+            .find(|(t, _)| *t == Tool::Wirelab)
+            .map_or(0, |b| b.1);
+        for (tool, top) in &best {
+            tab.note(format!(
+                "{}: loss-free up to {} pps reached{}",
+                tool.name(),
+                top,
+                if *tool != Tool::Wirelab && *top > 0 {
+                    format!(" (wirelab: {}x)", f(wl as f64 / *top as f64, 2))
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        tab.note(format!(
+            "{SECS} s per run (wirelab gen, XDP, --rate, --count = {SECS} x rate; `max`: no --rate), \
+             filter `{FILTER}`; a tool's ladder stops at its first run with fewer frames in the file \
+             than sent; loss-free rates are the rates the generator reached. {}",
+            machine()
+        ));
+        ctx.emit(&tab.render());
+    }
+
+    // Cost: iperf3 with and without a capture of everything on rx0.
+    let mut tab = Table::new(
+        "iperf3 throughput with a capture on rx0",
+        "cargo xtask bench capture",
+        &["capture", "Mbit/s", "vs none"],
+    );
+    let base = iperf(&t)?;
+    tab.row(vec!["none".into(), f(base, 0), "100%".into()]);
+    for tool in [Tool::Wirelab, Tool::WirelabXdp, Tool::Tcpdump] {
+        ctx.check()?;
+        let file = t.dir.join("iperf.pcap");
+        let bg = tool.start(&t, &file, "tcp", IPERF_SNAPLEN)?;
+        let v = iperf(&t)?;
+        drop(bg);
+        let _ = std::fs::remove_file(&file);
+        tab.row(vec![
+            tool.name().into(),
+            f(v, 0),
+            format!("{}%", f(100.0 * v / base.max(1e-9), 1)),
+        ]);
+    }
+    tab.note(format!(
+        "iperf3 TCP, {SECS} s, tx -> rx; the capture keeps every segment (filter `tcp`, \
+         {IPERF_SNAPLEN} bytes of each). Bench took {:.0} s.",
+        started.elapsed().as_secs_f64()
+    ));
+    ctx.emit(&tab.render());
+    Ok(())
+}
+
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|c| c.is_file())
+    })
+}
