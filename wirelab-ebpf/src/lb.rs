@@ -92,10 +92,10 @@ static LB_XDP_NAT: PerCpuArray<Rewrite> = PerCpuArray::with_max_entries(1, 0);
 /// a burst of one second's worth)? GCRA: each flow moves the theoretical arrival time on by
 /// 1/limit s; a flow is refused while that time is more than a second ahead of now.
 ///
-/// A function of its own (a BPF-to-BPF call): the verifier then carries one answer back to
-/// the caller instead of continuing the rest of the decision once per path in here, which
-/// kept `lb_xdp` under its limit of a million instructions.
-#[inline(never)]
+/// Inlined, never a BPF-to-BPF call: before Linux 6.4 the verifier's precision tracking gives
+/// up at a call and marks every scalar precise, which stops its pruning; `lb` then ran past
+/// the limit of a million instructions on 5.10 and 6.1.
+#[inline(always)]
 fn flow_allowed(limit: u32) -> bool {
     if limit == 0 {
         return true;
@@ -302,33 +302,35 @@ const OFF_MASK: usize = 0x3ff;
 /// them (a veth sender with TX checksum offload on hands over unfinished ones: docs/lb.md).
 #[inline(always)]
 fn nat_xdp(f: &Frame, r: &Rewrite) -> Result<()> {
+    let words = if r.v6 { 4 } else { 1 };
+    // Each checksum is read, updated and written within one block, its packet pointer never
+    // kept past it: 5.10 and 6.1 lose a pointer held in an `Option` across branches (a
+    // spilled pointer whose `Some` they no longer connect to its flag).
     let l4 = f.at::<[u8; 2]>(r.l4_csum_off & OFF_MASK)?;
     let mut l4c = u16::from_be_bytes(l4.get());
     // IPv4 UDP without a checksum stays without one.
-    let none = r.udp && !r.v6 && l4c == 0;
-    let ip = if r.ip_csum_off != 0 {
-        Some(f.at::<[u8; 2]>(r.ip_csum_off & OFF_MASK)?)
-    } else {
-        None
-    };
-    let mut ipc = ip.map_or(0, |c| u16::from_be_bytes(c.get()));
-    let words = if r.v6 { 4 } else { 1 };
-    for i in 0..4 {
-        if i >= words {
-            break;
+    if !(r.udp && !r.v6 && l4c == 0) {
+        for i in 0..4 {
+            if i >= words {
+                break;
+            }
+            l4c = csum::replace4(l4c, quad(&r.old, i), quad(&r.new, i));
         }
-        let (from, to) = (quad(&r.old, i), quad(&r.new, i));
-        l4c = csum::replace4(l4c, from, to);
-        ipc = csum::replace4(ipc, from, to);
-    }
-    if !none {
         if r.udp && l4c == 0 {
             l4c = UDP_CSUM_ZERO;
         }
         l4.set(l4c.to_be_bytes());
     }
-    if let Some(c) = ip {
-        c.set(ipc.to_be_bytes());
+    if r.ip_csum_off != 0 {
+        let ip = f.at::<[u8; 2]>(r.ip_csum_off & OFF_MASK)?;
+        let mut ipc = u16::from_be_bytes(ip.get());
+        for i in 0..4 {
+            if i >= words {
+                break;
+            }
+            ipc = csum::replace4(ipc, quad(&r.old, i), quad(&r.new, i));
+        }
+        ip.set(ipc.to_be_bytes());
     }
     if r.v6 {
         f.store(r.addr_off & OFF_MASK, r.new)?;

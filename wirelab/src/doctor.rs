@@ -107,6 +107,44 @@ pub fn for_kernel(rel: &str) -> Option<Vec<Check>> {
     Some(out)
 }
 
+/// `doctor --programs`: every program of every tool loaded into this kernel (nothing
+/// attached), one check each: refused is a failure (the verifier's reason in the detail); a
+/// program using more than half the verifier's budget is a warning (an older kernel, which
+/// prunes less, may refuse it).
+pub fn programs() -> Vec<Check> {
+    let loads = match crate::ebpf::load_every_program() {
+        Ok(l) => l,
+        Err(e) => return vec![check("programs", Status::Fail, format!("{e:#}"))],
+    };
+    loads
+        .into_iter()
+        .map(|l| {
+            let what = format!("program {}/{}", l.object.name(), l.program);
+            let limit = crate::ebpf::VERIFIER_LIMIT;
+            match (l.error, l.verified) {
+                (Some(e), _) => check(&what, Status::Fail, format!("refused: {e}")),
+                (None, Some(n)) => check(
+                    &what,
+                    if n > limit / 2 {
+                        Status::Warn
+                    } else {
+                        Status::Ok
+                    },
+                    format!(
+                        "loads; the verifier processed {n} instructions ({:.1} % of its limit)",
+                        100.0 * n as f64 / limit as f64
+                    ),
+                ),
+                (None, None) => check(
+                    &what,
+                    Status::Ok,
+                    "loads (this kernel does not say how much verifying it took)",
+                ),
+            }
+        })
+        .collect()
+}
+
 /// Every check, in the order a newcomer meets them.
 pub fn run() -> Vec<Check> {
     let mut out = vec![];

@@ -78,3 +78,77 @@ pub fn load(o: Object) -> Result<Ebpf> {
     preflight(o)?;
     Ebpf::load(o.bytes()).with_context(|| format!("loading the {} eBPF object", o.name()))
 }
+
+/// The verifier's limit of instructions processed per program (`BPF_COMPLEXITY_LIMIT_INSNS`,
+/// since Linux 5.2).
+pub const VERIFIER_LIMIT: u32 = 1_000_000;
+
+/// One program of one tool's object, loaded into this kernel (and unloaded again).
+#[derive(Debug, Clone)]
+pub struct ProgramLoad {
+    pub object: Object,
+    pub program: String,
+    /// The instructions the verifier processed, when the kernel tells (Linux 5.16+).
+    pub verified: Option<u32>,
+    /// Why the kernel refused the program: the error and the verifier log's last lines.
+    pub error: Option<String>,
+}
+
+/// Load every program of every tool's object, as the tools would (nothing is attached): the
+/// check that this kernel's verifier accepts all of wirelab, not only the programs a test ran.
+pub fn load_every_program() -> Result<Vec<ProgramLoad>> {
+    use aya::programs::Program;
+    let mut out = vec![];
+    for o in Object::ALL {
+        let mut bpf = load(o)?;
+        let mut names: Vec<String> = bpf.programs().map(|(n, _)| n.to_string()).collect();
+        names.sort();
+        for name in names {
+            let Some(p) = bpf.program_mut(&name) else {
+                continue;
+            };
+            let res = match p {
+                Program::Xdp(p) => p.load().and_then(|()| p.info()),
+                Program::SchedClassifier(p) => p.load().and_then(|()| p.info()),
+                Program::CgroupSockAddr(p) => p.load().and_then(|()| p.info()),
+                other => bail!(
+                    "{}/{name}: program type {:?} is not one wirelab loads",
+                    o.name(),
+                    other.prog_type()
+                ),
+            };
+            out.push(match res {
+                Ok(info) => ProgramLoad {
+                    object: o,
+                    program: name,
+                    verified: info.verified_instruction_count(),
+                    error: None,
+                },
+                Err(e) => ProgramLoad {
+                    object: o,
+                    program: name,
+                    verified: None,
+                    error: Some(load_error(&e)),
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A refused program in a few lines: the error, then the verifier log's last lines (where it
+/// says why, and how many instructions it processed).
+fn load_error(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(6).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{io_error}; verifier: {}", tail.join(" | "))
+        }
+        e => format!("{e:#}"),
+    }
+}

@@ -77,3 +77,32 @@ fn doctor_says_what_another_kernel_would_lack() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a version"));
 }
+
+/// `doctor --programs`: one more check per program of every tool, each loaded into this
+/// kernel, with the verifier's count (this kernel reports it).
+#[test]
+fn doctor_loads_every_program() {
+    require_privileges();
+    let o = wirelab()
+        .args(["doctor", "--json", "--programs"])
+        .output()
+        .unwrap();
+    let lines = checks_of(&o.stdout);
+    let progs: Vec<&Check> = lines
+        .iter()
+        .filter(|c| c.what.starts_with("program "))
+        .collect();
+    for p in [
+        "program fw/fw",
+        "program lb/lb",
+        "program wan/wan_xdp",
+        "program swarm/swarm_connect4",
+    ] {
+        assert!(progs.iter().any(|c| c.what == p), "no {p} in {progs:?}");
+    }
+    for c in &progs {
+        assert_eq!(c.status, Status::Ok, "{c:?}");
+        assert!(c.detail.contains("the verifier processed"), "{c:?}");
+    }
+    assert!(o.status.success());
+}

@@ -38,3 +38,20 @@ fn each_object_holds_its_tools_maps_and_no_other() {
         "maps in the objects (left) vs wirelab_common::maps::ALL (right)"
     );
 }
+
+/// Every program of every object loads here, each far from the verifier's limit of a million
+/// instructions: older kernels prune less (the kernel matrix's `programs-load` loads them on
+/// 5.10 and 6.1), so 6.18, the best case, must leave a wide margin.
+#[test]
+fn every_program_loads_far_from_the_verifier_limit() {
+    common::require_privileges();
+    let loads = wirelab::ebpf::load_every_program().expect("objects load");
+    assert!(loads.len() >= 15, "{} programs", loads.len());
+    for l in &loads {
+        let name = format!("{}/{}", l.object.name(), l.program);
+        assert!(l.error.is_none(), "{name}: {:?}", l.error);
+        let n = l.verified.expect("Linux 5.16+ reports the count");
+        eprintln!("{name}: the verifier processed {n} instructions");
+        assert!(n < 400_000, "{name}: {n} instructions");
+    }
+}

@@ -310,6 +310,7 @@ fn boot(
     kver: &str,
     img: &Path,
     log: &Path,
+    checks: &[String],
 ) -> Result<Vec<(String, bool)>> {
     let vmlinuz = [
         kdir.join(format!("boot/vmlinuz-{kver}")),
@@ -346,7 +347,15 @@ fn boot(
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(img)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-append")
+        .arg(if checks.is_empty() {
+            "console=ttyS0 panic=-1 quiet".to_string()
+        } else {
+            format!(
+                "console=ttyS0 panic=-1 quiet wirelab.checks={}",
+                checks.join(",")
+            )
+        })
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .status()
@@ -388,7 +397,7 @@ fn boot(
 
 /// Run the matrix (or the kernels named in `only`); prints a Markdown table, fails on any
 /// unexpected result.
-pub fn kernels(only: &[String]) -> Result<()> {
+pub fn kernels(only: &[String], checks: &[String]) -> Result<()> {
     ensure_host_packages()?;
     crate::build()?;
     let base = root().join("target/kernels");
@@ -404,7 +413,7 @@ pub fn kernels(only: &[String]) -> Result<()> {
         std::fs::create_dir_all(&work)?;
         let img = initramfs(&work, &kdir, &kver)?;
         let log = work.join("serial.log");
-        let results = boot(k, &kdir, &kver, &img, &log)?;
+        let results = boot(k, &kdir, &kver, &img, &log, checks)?;
         if results.is_empty() {
             bail!("kernel {}: no results in {}", k.name, log.display());
         }

@@ -59,6 +59,10 @@ enum Cmd {
     Kernels {
         /// Only these kernels (e.g. 6.1).
         names: Vec<String>,
+        /// Only these checks (e.g. programs-load), a developer's loop: the guest skips the
+        /// rest, including what they would have set up.
+        #[arg(long = "check", value_name = "NAME")]
+        checks: Vec<String>,
     },
     /// Peers the benchmarks run inside lab namespaces.
     #[command(hide = true)]
@@ -167,7 +171,7 @@ fn main() -> Result<()> {
             run(&mut c)?;
             // A test filter asks for some tests, not the whole suite.
             if !no_kernels && args.is_empty() {
-                kernels::kernels(&[])?;
+                kernels::kernels(&[], &[])?;
             }
             eprintln!("xtask: all tests passed");
             Ok(())
@@ -182,9 +186,9 @@ fn main() -> Result<()> {
             build()?;
             bench::bench(&names)
         }
-        Cmd::Kernels { names } => {
+        Cmd::Kernels { names, checks } => {
             setup::setup()?;
-            kernels::kernels(&names)
+            kernels::kernels(&names, &checks)
         }
         Cmd::BenchHelper { cmd } => bench::helper::run(cmd),
     }
