@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::{util::Stop, wan::engine::mono_ns};
+use crate::util::{mono_ns, Stop};
 
 use super::{types::UdpInterval, wire::*};
 use crate::record::LineKind;

@@ -25,11 +25,8 @@ const DATA_OFFSET: u64 = 256;
 const RING: u32 = 4096;
 const BATCH: u32 = 64;
 
-pub fn mono_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .expect("CLOCK_MONOTONIC is always available");
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
+/// The engine's clock: CLOCK_MONOTONIC, the clock of the programs' timestamps.
+pub use crate::util::mono_ns;
 
 /// Everything the engine needs to impair one (direction, class).
 #[derive(Clone)]
