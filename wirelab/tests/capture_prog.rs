@@ -300,7 +300,10 @@ const EXPRESSIONS: &[&str] = &[
     "vlan and udp",
     "vlan 20 and host 198.18.1.5",
     "vlan 100 and vlan 10 and icmp",
-    "not vlan and tcp",
+    // Not `not vlan and tcp`: libpcap shifts its offsets after the first `vlan` even under
+    // `not`, so on an untagged frame tcpdump reads `tcp` 4 bytes too far (an ARP frame whose
+    // sender MAC ends in 06 then "is" TCP: a real capture failed on that once).
+    "tcp and not vlan",
     "tcp[tcpflags] & tcp-syn != 0",
     "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn",
     "tcp[tcpflags] & tcp-rst != 0",
