@@ -32,3 +32,41 @@ pub fn replace4(hc: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     acc += u16::from_be_bytes([new[2], new[3]]) as u32;
     !fold(acc)
 }
+
+/// Update checksum `hc` for 2 covered bytes (a port) changed from `old` to `new` (RFC 1624).
+#[inline(always)]
+pub fn replace2(hc: u16, old: [u8; 2], new: [u8; 2]) -> u16 {
+    let mut acc: u32 = (!hc) as u32;
+    acc += (!u16::from_be_bytes(old)) as u32;
+    acc += u16::from_be_bytes(new) as u32;
+    !fold(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checksum of `words` (one's complement of their one's-complement sum).
+    fn full(words: &[u16]) -> u16 {
+        !fold(words.iter().map(|w| *w as u32).sum())
+    }
+
+    #[test]
+    fn incremental_updates_equal_a_full_recompute() {
+        let mut w = [
+            0x4500u16, 0x0054, 0x1c46, 0x4000, 0x4006, 0xc612, 0x0001, 0xc612, 0x0264,
+        ];
+        let hc = full(&w);
+        // A port: one 16-bit word.
+        let (old, new) = (w[3], 0xd431u16);
+        w[3] = new;
+        let hc2 = replace2(hc, old.to_be_bytes(), new.to_be_bytes());
+        assert_eq!(hc2, full(&w));
+        // An address: two words.
+        let (a, b) = (w[5].to_be_bytes(), w[6].to_be_bytes());
+        w[6] = 0x02fa;
+        let (c, d) = (w[5].to_be_bytes(), w[6].to_be_bytes());
+        let hc3 = replace4(hc2, [a[0], a[1], b[0], b[1]], [c[0], c[1], d[0], d[1]]);
+        assert_eq!(hc3, full(&w));
+    }
+}

@@ -37,7 +37,9 @@ pub mod mode {
     /// Direct server return: rewrite the MACs, send back out of the interface.
     pub const DSR: u32 = 0;
     /// DNAT to the backend's address, handed to the kernel's routing; replies (which route
-    /// back through the balancer) get the VIP back as their source (`LB_NAT`).
+    /// back through the balancer) get the VIP back as their source (`LB_NAT`). With SNAT
+    /// ([`ServiceMeta::snat`]) the source becomes the balancer's SNAT address too, so replies
+    /// come back to it whatever the backends' routes.
     pub const NAT: u32 = 1;
 }
 
@@ -91,8 +93,11 @@ pub mod event {
     /// replies need the entry), so a flood cannot evict the tracked flows; the client's
     /// retransmission gets in when the rate allows.
     pub const DROP_FLOW_LIMIT: u32 = 12;
+    /// New SNAT flows for which no source port was free towards their backend (the client's
+    /// own and the flow's alternatives all taken by other clients): dropped.
+    pub const DROP_SNAT_PORT: u32 = 13;
     /// Entries of `LB_EVENTS`.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
     /// Names, by index (the JSON and table keys).
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
@@ -108,6 +113,7 @@ pub mod event {
         "udp_expired",
         "untracked",
         "drop_flow_limit",
+        "drop_snat_port",
     ];
 }
 
@@ -159,7 +165,12 @@ pub struct ServiceMeta {
     /// UDP: a tracked flow idle longer than this (ms) is forgotten; its next packet hashes
     /// afresh (`UDP_EXPIRED`). 0: no idle timeout (LRU only).
     pub udp_idle_ms: u32,
-    pub _pad: u32,
+    /// NAT: 1 when new flows also get [`ServiceMeta::snat_addr`] as their source (SNAT, for
+    /// backends whose replies do not route through the balancer); 0: the client's address
+    /// stays.
+    pub snat: u32,
+    /// The SNAT source address (IPv4: first 4 bytes), when `snat` is 1.
+    pub snat_addr: [u8; 16],
 }
 
 /// A backend (`LB_BACKENDS[id]`).
@@ -204,21 +215,29 @@ pub struct FlowValue {
     pub created_ns: u64,
     /// TCP flags seen on the flow so far (ORed: FIN 0x01, SYN 0x02, RST 0x04 ...).
     pub tcp_flags: u32,
-    pub _pad: u32,
+    /// SNAT services: the source port the flow has towards its backend (host order; often
+    /// the client's own); 0: no SNAT.
+    pub snat_port: u32,
     /// UDP: when a packet of the flow was last seen (CLOCK_MONOTONIC ns), refreshed at most
     /// every quarter of the idle timeout.
     pub seen_ns: u64,
 }
 
 /// Value of `LB_NAT`, keyed by a NAT flow's reply 5-tuple as the backend sends it (source =
-/// backend address and port, destination = the client's): what to put back as the source.
+/// backend address and port; destination = the client's address and port, or with SNAT the
+/// SNAT address and the flow's SNAT port): what to put back.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatValue {
-    /// The VIP (IPv4: first 4 bytes).
+    /// The VIP (IPv4: first 4 bytes): the reply's source again.
     pub vip: [u8; 16],
     pub service: u32,
     pub backend: u32,
+    /// SNAT: the client's address and port (host order), the reply's destination again.
+    pub client: [u8; 16],
+    pub client_port: u16,
+    /// 1: an SNAT flow (`client`, `client_port` set); 0: only the source changes.
+    pub snat: u16,
 }
 
 /// Counters of a service (`LB_SVC_STATS`, per CPU) or of a backend (`LB_BACKEND_STATS`).
@@ -280,6 +299,21 @@ mod pod {
     unsafe impl aya::Pod for LbConf {}
     unsafe impl aya::Pod for NatValue {}
     unsafe impl aya::Pod for RateState {}
+}
+
+/// Source ports a new SNAT flow tries towards its backend ([`snat_port_try`]).
+pub const SNAT_TRIES: u32 = 4;
+
+/// The source port a new SNAT flow tries at attempt `i`: first the client's own (`sport`),
+/// then alternatives in 1024..=65535 derived from the flow's hash (`flow_hash` with the
+/// service's seed), so a retransmitted SYN tries the same ones.
+#[inline(always)]
+pub const fn snat_port_try(sport: u16, hash: u32, i: u32) -> u16 {
+    if i == 0 {
+        sport
+    } else {
+        (1024 + (hash.rotate_right(8 * i).wrapping_add(i) % 64512)) as u16
+    }
 }
 
 /// One MurmurHash3 (x86, 32-bit) block step.

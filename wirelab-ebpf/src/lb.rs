@@ -14,9 +14,13 @@
 //! NAT services (`mode::NAT`, tc only): the destination address becomes the backend's and the
 //! packet goes on to the kernel's routing (`TC_ACT_OK`); a new flow also enters its reply
 //! 5-tuple in `LB_NAT`, so the backend's replies (routed back through the balancer, on any
-//! interface the program watches) get the VIP back as their source. Checksums are updated
-//! incrementally with the kernel's helpers (IPv4 header; TCP/UDP through the pseudo-header).
-//! The XDP entry point does not translate: NAT packets there are dropped as `DROP_ERROR`.
+//! interface the program watches) get the VIP back as their source. With SNAT
+//! (`ServiceMeta::snat`) the source becomes the balancer's SNAT address and a port free
+//! towards that backend ([`snat_enter`]: the client's own, or an alternative), kept in the
+//! flow's entry; the reply is entered under that tuple and gets the VIP as its source and the
+//! client's address and port as its destination. Checksums are updated incrementally: in tc
+//! with the kernel's helpers (IPv4 header; TCP/UDP through the pseudo-header), in XDP by RFC
+//! 1624 ([`nat_xdp`]).
 //!
 //! FIN and RST are forwarded along the tracked flow and marked in its entry (`tcp_flags`);
 //! the entry is left to age out of the LRU table (a new SYN on the same tuple hashes afresh
@@ -26,7 +30,8 @@ use core::num::NonZeroU32;
 
 use aya_ebpf::{
     bindings::{
-        xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
+        TC_ACT_UNSPEC,
     },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
@@ -34,9 +39,9 @@ use aya_ebpf::{
 };
 use wirelab_common::csum;
 use wirelab_common::lb::{
-    backend_flag, event, flow_hash, mode, which, xdp_out, Backend, FlowKey, FlowValue, LbConf,
-    LbCounter, NatValue, RateState, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS,
-    MAX_FLOWS, MAX_SERVICES, MAX_TABLE_SIZE, TABLE_ENTRIES,
+    backend_flag, event, flow_hash, mode, snat_port_try, which, xdp_out, Backend, FlowKey,
+    FlowValue, LbConf, LbCounter, NatValue, RateState, ServiceMeta, VipKey, FAMILY_IPV4,
+    FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_TABLE_SIZE, SNAT_TRIES, TABLE_ENTRIES,
 };
 use wirelab_common::tap::{self as tapdef, lb_what, Decision};
 
@@ -81,12 +86,13 @@ static LB_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
 static LB_TAP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 static LB_TAP_ON: Array<u32> = Array::with_max_entries(1, 0);
-/// This CPU's NAT rewrite on its way from the decision to [`nat_xdp`] (the XDP path). Going
-/// through a map value is deliberate: read back, the rewrite is unknown to the verifier, so
-/// it checks the rewrite and what follows once, instead of once for every path through the
-/// decision (that had taken `lb_xdp` to 0.78-0.99 of its limit of a million instructions).
+/// This CPU's NAT rewrite on its way from the decision to [`nat_tc`] or [`nat_xdp`]. Going
+/// through a map value is deliberate: built in place, it costs no stack (which the decision
+/// fills); read back by the entry point, it is unknown to the verifier, so it checks the
+/// rewrite and what follows once, instead of once for every path through the decision (that
+/// had taken `lb_xdp` to 0.78-0.99 of its limit of a million instructions).
 #[map]
-static LB_XDP_NAT: PerCpuArray<Rewrite> = PerCpuArray::with_max_entries(1, 0);
+static LB_NAT_REWRITE: PerCpuArray<Rewrite> = PerCpuArray::with_max_entries(1, 0);
 
 /// May one more flow enter the tracking table on this CPU (at most `limit` per second, with
 /// a burst of one second's worth)? GCRA: each flow moves the theoretical arrival time on by
@@ -129,25 +135,90 @@ enum Verdict {
     Drop,
     /// MACs rewritten: send back out of the interface it came in on.
     Forward,
-    /// NAT: replace one address (and the checksums), then on to the kernel's routing.
-    Nat(Rewrite),
+    /// NAT: apply this CPU's [`LB_NAT_REWRITE`] (addresses, ports and the checksums), then on
+    /// to the kernel's routing.
+    Nat,
 }
 
-/// One address replaced in an IP packet: the destination (a NAT flow to its backend) or the
-/// source (a backend's reply, back to the VIP).
+/// [`Rewrite::parts`]: which fields of the packet change.
+const RW_SRC: u8 = 1;
+const RW_DST: u8 = 2;
+const RW_SPORT: u8 = 4;
+const RW_DPORT: u8 = 8;
+
+/// Fields of an IP packet replaced by NAT: the destination address (a NAT flow to its
+/// backend), with SNAT also the source address and port; or, on a backend's reply, the
+/// source address (back to the VIP), with SNAT also the destination address and port (back
+/// to the client). The old values are read from the packet when the rewrite is applied.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Rewrite {
-    /// Offset of the address in the frame.
-    addr_off: usize,
-    /// Offset of the IPv4 header checksum; 0 for IPv6 (no header checksum).
-    ip_csum_off: usize,
-    /// Offset of the TCP/UDP checksum (it covers the address through the pseudo-header).
-    l4_csum_off: usize,
+    l3_off: u16,
+    l4_off: u16,
+    /// `RW_*` bits.
+    parts: u8,
     udp: bool,
     v6: bool,
-    old: [u8; 16],
-    new: [u8; 16],
+    _pad: u8,
+    /// New ports, network order.
+    sport: [u8; 2],
+    dport: [u8; 2],
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+impl Rewrite {
+    /// This CPU's [`LB_NAT_REWRITE`], set for packet `p` with nothing to change yet.
+    #[inline(always)]
+    fn slot(p: &parse::Parsed, udp: bool, v6: bool) -> Result<&'static mut Rewrite> {
+        let r = LB_NAT_REWRITE.get_ptr_mut(0).ok_or(Error::Map)?;
+        // SAFETY: this CPU's element of a per-CPU array, aligned, valid for the whole run of
+        // the program and not shared with other CPUs; the decision fills it, then the entry
+        // point reads it, never both at once.
+        let r = unsafe { &mut *r };
+        r.l3_off = p.l3_off as u16;
+        r.l4_off = p.l4_off as u16;
+        r.parts = 0;
+        r.udp = udp;
+        r.v6 = v6;
+        Ok(r)
+    }
+
+    /// Offsets (bounded for the verifier: headers end far below 1 KiB, the parser's limits).
+    #[inline(always)]
+    fn l3(&self) -> usize {
+        self.l3_off as usize & OFF_MASK
+    }
+    #[inline(always)]
+    fn l4(&self) -> usize {
+        self.l4_off as usize & OFF_MASK
+    }
+    #[inline(always)]
+    fn src_off(&self) -> usize {
+        self.l3() + if self.v6 { 8 } else { 12 }
+    }
+    #[inline(always)]
+    fn dst_off(&self) -> usize {
+        self.l3() + if self.v6 { 24 } else { 16 }
+    }
+    /// The IPv4 header checksum (IPv6 has none).
+    #[inline(always)]
+    fn ip_csum_off(&self) -> usize {
+        self.l3() + 10
+    }
+    /// The TCP/UDP checksum (it covers the addresses through the pseudo-header).
+    #[inline(always)]
+    fn l4_csum_off(&self) -> usize {
+        self.l4() + if self.udp { 6 } else { 16 }
+    }
+    #[inline(always)]
+    fn words(&self) -> usize {
+        if self.v6 {
+            4
+        } else {
+            1
+        }
+    }
 }
 
 #[inline(always)]
@@ -158,36 +229,74 @@ fn word(a: &[u8; 16], i: usize) -> u64 {
 
 /// Apply `r` with the kernel's checksum helpers, which also keep the skb's checksum state
 /// right (CHECKSUM_PARTIAL from a local sender, CHECKSUM_COMPLETE from a NIC): the IPv4 header
-/// checksum, and the TCP/UDP checksum through the pseudo-header, updated incrementally 32
-/// bits at a time (one word for IPv4, four for IPv6); a UDP checksum of 0 (none, IPv4) stays
-/// 0.
+/// checksum, and the TCP/UDP checksum (addresses through the pseudo-header), updated
+/// incrementally 32 bits at a time (one word for IPv4, four for IPv6) and 16 for a port; a
+/// UDP checksum of 0 (none, IPv4) stays 0.
 #[inline(always)]
 fn nat_tc(ctx: &TcContext, r: &Rewrite) -> core::result::Result<(), i64> {
-    let l4 = BPF_F_PSEUDO_HDR as u64
-        | 4
-        | if r.udp {
-            BPF_F_MARK_MANGLED_0 as u64
-        } else {
-            0
-        };
-    let words = if r.v6 { 4 } else { 1 };
-    for i in 0..4 {
-        if i >= words {
-            break;
-        }
-        let (from, to) = (word(&r.old, i), word(&r.new, i));
-        if r.ip_csum_off != 0 {
-            ctx.l3_csum_replace(r.ip_csum_off, from, to, 4)?;
-        }
-        ctx.l4_csum_replace(r.l4_csum_off, from, to, l4)?;
+    if r.parts & RW_SRC != 0 {
+        addr_tc(ctx, r, r.src_off(), &r.src)?;
     }
-    if r.v6 {
-        ctx.store(r.addr_off, &r.new, 0)?;
-    } else {
-        let a: [u8; 4] = [r.new[0], r.new[1], r.new[2], r.new[3]];
-        ctx.store(r.addr_off, &a, 0)?;
+    if r.parts & RW_DST != 0 {
+        addr_tc(ctx, r, r.dst_off(), &r.dst)?;
+    }
+    if r.parts & RW_SPORT != 0 {
+        port_tc(ctx, r, r.l4(), r.sport)?;
+    }
+    if r.parts & RW_DPORT != 0 {
+        port_tc(ctx, r, r.l4() + 2, r.dport)?;
     }
     Ok(())
+}
+
+#[inline(always)]
+fn mangled_0(r: &Rewrite) -> u64 {
+    if r.udp {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    }
+}
+
+/// One address of `r` (at `off`) becomes `new`, checksums first.
+#[inline(always)]
+fn addr_tc(
+    ctx: &TcContext,
+    r: &Rewrite,
+    off: usize,
+    new: &[u8; 16],
+) -> core::result::Result<(), i64> {
+    let l4 = BPF_F_PSEUDO_HDR as u64 | 4 | mangled_0(r);
+    for i in 0..4 {
+        if i >= r.words() {
+            break;
+        }
+        let from = u32::from_ne_bytes(ctx.load::<[u8; 4]>(off + 4 * i)?) as u64;
+        let to = word(new, i);
+        if !r.v6 {
+            ctx.l3_csum_replace(r.ip_csum_off(), from, to, 4)?;
+        }
+        ctx.l4_csum_replace(r.l4_csum_off(), from, to, l4)?;
+    }
+    if r.v6 {
+        ctx.store(off, new, 0)
+    } else {
+        ctx.store(off, &quad(new, 0), 0)
+    }
+}
+
+/// A port of `r` (at `off`) becomes `new`: only the TCP/UDP checksum covers it.
+#[inline(always)]
+fn port_tc(
+    ctx: &TcContext,
+    r: &Rewrite,
+    off: usize,
+    new: [u8; 2],
+) -> core::result::Result<(), i64> {
+    let from = u16::from_ne_bytes(ctx.load::<[u8; 2]>(off)?) as u64;
+    let to = u16::from_ne_bytes(new) as u64;
+    ctx.l4_csum_replace(r.l4_csum_off(), from, to, 2 | mangled_0(r))?;
+    ctx.store(off, &new, 0)
 }
 
 /// The tc path: `bpf_redirect` to the interface's own egress goes through the normal
@@ -206,9 +315,9 @@ pub fn lb(ctx: TcContext) -> i32 {
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Forward => sys::redirect(sys::skb_ifindex(&ctx)),
         // Translated: the kernel routes it (to the backend, or back to the client).
-        Verdict::Nat(r) => match nat_tc(&ctx, &r) {
-            Ok(()) => TC_ACT_OK,
-            Err(_) => {
+        Verdict::Nat => match LB_NAT_REWRITE.get(0).map(|r| nat_tc(&ctx, r)) {
+            Some(Ok(())) => TC_ACT_OK,
+            _ => {
                 counter::bump(&LB_EVENTS, event::DROP_ERROR);
                 TC_ACT_SHOT
             }
@@ -232,7 +341,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             }
             _ => xdp_action::XDP_TX,
         },
-        Verdict::Nat(r) => match nat_xdp_funnelled(&f, &r) {
+        Verdict::Nat => match LB_NAT_REWRITE
+            .get(0)
+            .ok_or(Error::Map)
+            .and_then(|r| nat_xdp(&f, r))
+        {
             Ok(()) => xdp_action::XDP_PASS,
             Err(_) => {
                 counter::bump(&LB_EVENTS, event::DROP_ERROR);
@@ -261,7 +374,7 @@ pub fn lb_which(ctx: XdpContext) -> u32 {
     let f = Frame::xdp(&ctx);
     let mut pick = Pick::NONE;
     match try_balance::<false>(&f, 0, &mut pick) {
-        Ok(Verdict::Forward | Verdict::Nat(_)) => pick.how | (pick.backend & which::BACKEND_MASK),
+        Ok(Verdict::Forward | Verdict::Nat) => pick.how | (pick.backend & which::BACKEND_MASK),
         Ok(Verdict::Drop) => which::DROPPED,
         Ok(Verdict::Pass) => which::NOT_SERVICE,
         Err(_) => which::ERROR,
@@ -278,66 +391,90 @@ fn quad(a: &[u8; 16], i: usize) -> [u8; 4] {
 /// A UDP checksum of 0 means "none" (IPv4); a computed 0 is sent as one's complement -0.
 const UDP_CSUM_ZERO: u16 = 0xffff;
 
-/// [`nat_xdp`] after a round trip of `r` through [`LB_XDP_NAT`].
-#[inline(always)]
-fn nat_xdp_funnelled(f: &Frame, r: &Rewrite) -> Result<()> {
-    let p = LB_XDP_NAT.get_ptr_mut(0).ok_or(Error::Map)?;
-    // SAFETY: `p` is this CPU's element of a per-CPU array, aligned, valid for the whole run
-    // of the program and not shared with other CPUs.
-    unsafe { p.write(*r) };
-    // Looked up again (a second helper call): the compiler cannot know it is the same
-    // element, so it reads what the map holds instead of reusing `r` (and nothing is copied
-    // to the stack, which is full).
-    let r = LB_XDP_NAT.get(0).ok_or(Error::Map)?;
-    nat_xdp(f, r)
-}
-
-/// Offsets read back from [`LB_XDP_NAT`] are bounded for the verifier (headers end far
-/// below 1 KiB: the parser's limits).
+/// Offsets in a [`Rewrite`] are bounded for the verifier (headers end far below 1 KiB: the
+/// parser's limits), which matters once it is read back from [`LB_NAT_REWRITE`].
 const OFF_MASK: usize = 0x3ff;
 
 /// Apply `r` in XDP, where there is no skb checksum state: the IPv4 header checksum and the
-/// TCP/UDP checksum (through the pseudo-header) are updated incrementally (RFC 1624) over the
-/// changed address words only, taking the frame's checksums as complete, as a NIC delivers
-/// them (a veth sender with TX checksum offload on hands over unfinished ones: docs/lb.md).
+/// TCP/UDP checksum (addresses through the pseudo-header) are updated incrementally (RFC
+/// 1624) over the changed words only, taking the frame's checksums as complete, as a NIC
+/// delivers them (a veth sender with TX checksum offload on hands over unfinished ones:
+/// docs/lb.md). The new checksums are computed from the old fields first, then everything is
+/// written.
 #[inline(always)]
 fn nat_xdp(f: &Frame, r: &Rewrite) -> Result<()> {
-    let words = if r.v6 { 4 } else { 1 };
-    // Each checksum is read, updated and written within one block, its packet pointer never
-    // kept past it: 5.10 and 6.1 lose a pointer held in an `Option` across branches (a
-    // spilled pointer whose `Some` they no longer connect to its flag).
-    let l4 = f.at::<[u8; 2]>(r.l4_csum_off & OFF_MASK)?;
-    let mut l4c = u16::from_be_bytes(l4.get());
+    // Checksums are kept as values, never as packet pointers across branches: 5.10 and 6.1
+    // lose a pointer held in an `Option` across branches (a spilled pointer whose `Some` they
+    // no longer connect to its flag).
+    let mut l4c = f.be16_at(r.l4_csum_off())?;
     // IPv4 UDP without a checksum stays without one.
-    if !(r.udp && !r.v6 && l4c == 0) {
-        for i in 0..4 {
-            if i >= words {
-                break;
-            }
-            l4c = csum::replace4(l4c, quad(&r.old, i), quad(&r.new, i));
-        }
+    let no_l4c = r.udp && !r.v6 && l4c == 0;
+    let mut ipc = if r.v6 { 0 } else { f.be16_at(r.ip_csum_off())? };
+    if r.parts & RW_SRC != 0 {
+        sum_addr(f, r, r.src_off(), &r.src, &mut l4c, &mut ipc)?;
+    }
+    if r.parts & RW_DST != 0 {
+        sum_addr(f, r, r.dst_off(), &r.dst, &mut l4c, &mut ipc)?;
+    }
+    if r.parts & RW_SPORT != 0 {
+        l4c = csum::replace2(l4c, f.at::<[u8; 2]>(r.l4())?.get(), r.sport);
+    }
+    if r.parts & RW_DPORT != 0 {
+        l4c = csum::replace2(l4c, f.at::<[u8; 2]>(r.l4() + 2)?.get(), r.dport);
+    }
+    // A computed UDP checksum of 0 is sent as -0.
+    if !no_l4c {
         if r.udp && l4c == 0 {
             l4c = UDP_CSUM_ZERO;
         }
-        l4.set(l4c.to_be_bytes());
+        f.store(r.l4_csum_off(), l4c.to_be_bytes())?;
     }
-    if r.ip_csum_off != 0 {
-        let ip = f.at::<[u8; 2]>(r.ip_csum_off & OFF_MASK)?;
-        let mut ipc = u16::from_be_bytes(ip.get());
-        for i in 0..4 {
-            if i >= words {
-                break;
-            }
-            ipc = csum::replace4(ipc, quad(&r.old, i), quad(&r.new, i));
-        }
-        ip.set(ipc.to_be_bytes());
+    if !r.v6 {
+        f.store(r.ip_csum_off(), ipc.to_be_bytes())?;
     }
-    if r.v6 {
-        f.store(r.addr_off & OFF_MASK, r.new)?;
-    } else {
-        f.store(r.addr_off & OFF_MASK, quad(&r.new, 0))?;
+    if r.parts & RW_SRC != 0 {
+        store_addr(f, r, r.src_off(), &r.src)?;
+    }
+    if r.parts & RW_DST != 0 {
+        store_addr(f, r, r.dst_off(), &r.dst)?;
+    }
+    if r.parts & RW_SPORT != 0 {
+        f.store(r.l4(), r.sport)?;
+    }
+    if r.parts & RW_DPORT != 0 {
+        f.store(r.l4() + 2, r.dport)?;
     }
     Ok(())
+}
+
+/// The checksums `l4c` and (IPv4) `ipc` once the address at `off` becomes `new`.
+#[inline(always)]
+fn sum_addr(
+    f: &Frame,
+    r: &Rewrite,
+    off: usize,
+    new: &[u8; 16],
+    l4c: &mut u16,
+    ipc: &mut u16,
+) -> Result<()> {
+    for i in 0..4 {
+        if i >= r.words() {
+            break;
+        }
+        let (old, new) = (f.raw32_at(off + 4 * i)?, quad(new, i));
+        *l4c = csum::replace4(*l4c, old, new);
+        *ipc = csum::replace4(*ipc, old, new);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn store_addr(f: &Frame, r: &Rewrite, off: usize, new: &[u8; 16]) -> Result<()> {
+    if r.v6 {
+        f.store(off, *new)
+    } else {
+        f.store(off, quad(new, 0))
+    }
 }
 
 #[inline(always)]
@@ -405,6 +542,90 @@ impl Pick {
     }
 }
 
+/// A new NAT flow's `LB_NAT` key and value, built here rather than on the stack (which the
+/// decision fills).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NatEntry {
+    key: FlowKey,
+    val: NatValue,
+}
+
+#[map]
+static LB_NAT_SCRATCH: PerCpuArray<NatEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// Enter a new NAT flow's reply 5-tuple, as its backend will send it, in `LB_NAT`. Without
+/// SNAT that is backend:port -> client:port, and the answer is 0. With SNAT it is
+/// backend:port -> SNAT address:port, and the answer is the port: the client's own when no
+/// other flow holds it towards this backend, else one of `SNAT_TRIES - 1` alternatives
+/// ([`snat_port_try`]);
+/// an entry of this same client address, port and VIP is taken over (the client reconnects
+/// with its port). `Err`: the drop's reason (`DROP_SNAT_PORT`: every try is held by another
+/// flow).
+// The keys and values are passed by reference on purpose: by value they would be copied to
+// the stack, which the decision fills.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn nat_enter(
+    k: &FlowKey,
+    be_addr: &[u8; 16],
+    meta: &ServiceMeta,
+    svc: u32,
+    id: u32,
+    hash: u32,
+) -> core::result::Result<u32, u32> {
+    let e = LB_NAT_SCRATCH.get_ptr_mut(0).ok_or(event::DROP_ERROR)?;
+    // SAFETY: `e` is this CPU's element of a per-CPU array, aligned, valid for the whole run
+    // of the program and not shared with other CPUs; only this function uses it.
+    let e = unsafe { &mut *e };
+    let snat = meta.snat != 0;
+    // Field by field: a whole struct would be built on the stack first.
+    e.key.saddr = *be_addr;
+    e.key.daddr = if snat { meta.snat_addr } else { k.saddr };
+    e.key.sport = k.dport;
+    e.key.dport = k.sport;
+    e.key.proto = k.proto;
+    e.key.family = k.family;
+    e.key._pad = [0; 2];
+    e.val.vip = k.daddr;
+    e.val.service = svc;
+    e.val.backend = id;
+    e.val.client = k.saddr;
+    e.val.client_port = k.sport;
+    e.val.snat = snat as u16;
+    if !snat {
+        return match LB_NAT.insert(&e.key, &e.val, 0) {
+            Ok(()) => Ok(0),
+            Err(_) => Err(event::DROP_ERROR),
+        };
+    }
+    for i in 0..SNAT_TRIES {
+        e.key.dport = snat_port_try(k.sport, hash, i);
+        if LB_NAT.insert(&e.key, &e.val, BPF_NOEXIST as u64).is_ok() {
+            return Ok(e.key.dport as u32);
+        }
+        if let Some(o) = LB_NAT.get_ptr(&e.key) {
+            // SAFETY: a successful lookup's pointer to the element's value, valid for this
+            // RCU read-side section; only read here.
+            let o = unsafe { &*o };
+            if o.client_port == k.sport && same16(&o.client, &k.saddr) && same16(&o.vip, &k.daddr) {
+                let _ = LB_NAT.insert(&e.key, &e.val, 0);
+                return Ok(e.key.dport as u32);
+            }
+        }
+    }
+    Err(event::DROP_SNAT_PORT)
+}
+
+/// Two addresses equal, word by word (no `memcmp` in a kernel program).
+#[inline(always)]
+fn same16(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    word(a, 0) == word(b, 0)
+        && word(a, 1) == word(b, 1)
+        && word(a, 2) == word(b, 2)
+        && word(a, 3) == word(b, 3)
+}
+
 /// The balancer's decision. `LIVE`: the attached entry points, which enter flows and count;
 /// `lb_which` runs the same code with `LIVE = false`, which changes no map.
 #[inline(always)]
@@ -461,23 +682,25 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
     };
     let v6 = family == FAMILY_IPV6;
     let udp = p.ip_proto == IPPROTO_UDP;
-    let l4_csum_off = p.l4_off + if udp { 6 } else { 16 };
     let Some(svc) = svc.filter(|s| *s < MAX_SERVICES) else {
         // A reply of a NAT flow: the source goes back to the VIP.
         if l4 {
-            if let Some(n) = sys::lru_get(&LB_NAT, key) {
+            if let Some(n) = LB_NAT.get_ptr(key) {
+                // SAFETY: a successful lookup's pointer to the element's value, valid for
+                // this RCU read-side section; the fields are copied out.
+                let n = unsafe { &*n };
                 ev::<LIVE>(event::NAT_REPLIES);
                 pick.what = lb_what::NAT_REPLY;
                 pick.id = n.backend;
-                return Ok(Verdict::Nat(Rewrite {
-                    addr_off: p.l3_off + if v6 { 8 } else { 12 },
-                    ip_csum_off: if v6 { 0 } else { p.l3_off + 10 },
-                    l4_csum_off,
-                    udp,
-                    v6,
-                    old: p.saddr,
-                    new: n.vip,
-                }));
+                let r = Rewrite::slot(&p, udp, v6)?;
+                r.parts = RW_SRC;
+                r.src = n.vip;
+                if n.snat != 0 {
+                    r.parts |= RW_DST | RW_DPORT;
+                    r.dst = n.client;
+                    r.dport = n.client_port.to_be_bytes();
+                }
+                return Ok(Verdict::Nat);
             }
         }
         ev::<LIVE>(event::NON_VIP);
@@ -501,6 +724,7 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
     // A tracked flow keeps its backend while that backend is up (and, UDP, while it is not
     // idle past the service's timeout).
     let mut chosen: Option<(u32, Backend)> = None;
+    let mut snat_port: u32 = 0;
     let idle_ns = if udp {
         meta.udp_idle_ms as u64 * 1_000_000
     } else {
@@ -528,6 +752,7 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
                     let _ = LB_FLOWS.insert(key, nv, 0);
                 }
                 chosen = Some((v.backend, be));
+                snat_port = v.snat_port;
                 pick.picked(which::TRACKED, lb_what::TRACKED, v.backend);
             } else {
                 ev::<LIVE>(event::REHASHED);
@@ -545,7 +770,8 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
             if meta.active == 0 || meta.table_size > MAX_TABLE_SIZE {
                 return Ok(drop_svc::<LIVE>(pick, svc, event::DROP_NO_BACKEND));
             }
-            let slot = flow_hash(key, meta.hash_seed) % m;
+            let hash = flow_hash(key, meta.hash_seed);
+            let slot = hash % m;
             let id = *LB_TABLE
                 .get((gen * MAX_SERVICES + svc) * MAX_TABLE_SIZE + slot)
                 .ok_or(Error::Map)?;
@@ -556,14 +782,6 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
             if be.flags & backend_flag::UP == 0 {
                 return Ok(drop_svc::<LIVE>(pick, svc, event::DROP_NO_BACKEND));
             }
-            let v = &FlowValue {
-                backend: id,
-                service: svc,
-                created_ns: sys::now_ns(),
-                tcp_flags: flags as u32,
-                _pad: 0,
-                seen_ns: now,
-            };
             // A full table evicts the least recently used flow; a failed insert only means
             // the next packet of the flow hashes again (to the same slot). Over the new-flow
             // limit a DSR flow is not entered (its packets keep hashing to the same slot
@@ -573,6 +791,21 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
             if !LIVE {
                 // `lb_which`: the decision is made; nothing is entered or counted.
             } else if flow_allowed(conf.new_flow_limit) {
+                if meta.mode == mode::NAT {
+                    // The reply direction, as the backend will send it, is entered now.
+                    match nat_enter(key, &be.addr, &meta, svc, id, hash) {
+                        Ok(port) => snat_port = port,
+                        Err(reason) => return Ok(drop_svc::<LIVE>(pick, svc, reason)),
+                    }
+                }
+                let v = &FlowValue {
+                    backend: id,
+                    service: svc,
+                    created_ns: sys::now_ns(),
+                    tcp_flags: flags as u32,
+                    snat_port,
+                    seen_ns: now,
+                };
                 let _ = LB_FLOWS.insert(key, v, 0);
             } else if meta.mode == mode::NAT {
                 return Ok(drop_svc::<LIVE>(pick, svc, event::DROP_FLOW_LIMIT));
@@ -584,26 +817,6 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         }
     };
     let nat = meta.mode == mode::NAT;
-    if LIVE && nat && new_flow {
-        // The reply direction, as the backend will send it, finds the VIP here.
-        let rk = &FlowKey {
-            saddr: be.addr,
-            daddr: p.saddr,
-            sport: p.dport,
-            dport: p.sport,
-            proto: p.ip_proto,
-            family,
-            _pad: [0; 2],
-        };
-        let nv = &NatValue {
-            vip: p.daddr,
-            service: svc,
-            backend: id,
-        };
-        if LB_NAT.insert(rk, nv, 0).is_err() {
-            return Ok(drop_svc::<LIVE>(pick, svc, event::DROP_ERROR));
-        }
-    }
     if !nat {
         // DSR: the frame goes to the backend's MAC, from ours, out of the same interface.
         f.store(ETH_DEST_OFF, be.mac)?;
@@ -623,15 +836,18 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
     }
     ev::<LIVE>(event::FORWARDED);
     if nat {
-        return Ok(Verdict::Nat(Rewrite {
-            addr_off: p.l3_off + if v6 { 24 } else { 16 },
-            ip_csum_off: if v6 { 0 } else { p.l3_off + 10 },
-            l4_csum_off,
-            udp,
-            v6,
-            old: p.daddr,
-            new: be.addr,
-        }));
+        let r = Rewrite::slot(&p, udp, v6)?;
+        r.parts = RW_DST;
+        r.dst = be.addr;
+        if meta.snat != 0 && snat_port != 0 {
+            r.parts |= RW_SRC;
+            r.src = meta.snat_addr;
+            if snat_port != p.sport as u32 {
+                r.parts |= RW_SPORT;
+                r.sport = (snat_port as u16).to_be_bytes();
+            }
+        }
+        return Ok(Verdict::Nat);
     }
     Ok(Verdict::Forward)
 }

@@ -861,6 +861,105 @@ fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip
     );
 }
 
+/// SNAT: backends without a route back to the clients (only their own segment) are served
+/// once the service has `snat`: they see the balancer's SNAT address, and every GET is
+/// answered from the VIP. Without `snat` the same lab answers nothing.
+#[test]
+fn snat_serves_backends_whose_replies_do_not_route_through_the_balancer() {
+    let dir = TempDir::new("lbs");
+    let (lab, servers, plain) = nat_lab("lbs", &dir);
+    let snat = "198.18.2.250";
+    let config = dir.file(
+        "lb-snat.toml",
+        &NAT_CONFIG.replacen(
+            "mode = \"nat\"",
+            &format!("mode = \"nat\"\nsnat = \"{snat}\""),
+            1,
+        ),
+    );
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    for (b, _) in BACKENDS {
+        common::ok(common::in_ns(
+            &lab.ns(b),
+            &["ip", "route", "del", "default"],
+        ));
+    }
+    // The SNAT address: the balancer's own, on the backend side (the kernel answers ARP).
+    common::ok(common::in_ns(
+        &lb_ns,
+        &["ip", "addr", "add", &format!("{snat}/24"), "dev", "eth1"],
+    ));
+
+    // The balancer's SNAT address is a local source to its routing: refused (naming the
+    // field) until accept_local is on.
+    let e = common::fails(&mut nat_lb_cmd(&lb_ns, &config));
+    assert!(
+        e.contains("service[0].snat") && e.contains("accept_local"),
+        "{e}"
+    );
+    common::ok(common::in_ns(
+        &lb_ns,
+        &["sysctl", "-qw", "net.ipv4.conf.all.accept_local=1"],
+    ));
+
+    let bg = start_nat_lb(&lb_ns, &plain);
+    let (_, failed) = curl_many(&client_ns, 2);
+    assert_eq!(failed, 2, "plain NAT: the backends' replies have no route");
+    bg.terminate();
+
+    let bg = start_nat_lb(&lb_ns, &config);
+    let (per1, failed1) = curl_many_from(&client_ns, 450, "198.18.0.1");
+    let (per2, failed2) = curl_many_from(&client_ns, 450, "198.18.0.2");
+    eprintln!("snat: from .1 {per1:?} failed {failed1}; from .2 {per2:?} failed {failed2}");
+    assert_eq!(
+        (failed1, failed2),
+        (0, 0),
+        "every GET answered (from the VIP)"
+    );
+    let st = lb_stats(&lb_ns);
+    bg.terminate();
+    for (b, s) in &servers {
+        let peers = s.peers.lock().unwrap().clone();
+        let from: std::collections::BTreeSet<String> =
+            peers.iter().map(|a| a.to_string()).collect();
+        let n = per1.get(*b).copied().unwrap_or(0) + per2.get(*b).copied().unwrap_or(0);
+        eprintln!("{b}: {n} GETs, access log from {from:?}");
+        assert_eq!(
+            from,
+            [snat.to_string()].into_iter().collect(),
+            "{b} sees the SNAT address"
+        );
+        assert_eq!(peers.len(), n, "{b}: every answer logged once");
+        let pct = 100.0 * n as f64 / 900.0;
+        assert!((100.0 / 3.0 - pct).abs() <= 6.0, "{b}: {n} of 900");
+    }
+    let ev = &st.stats.events;
+    assert!(ev.nat_replies >= 2 * 900, "{ev:?}");
+    assert_eq!(
+        (ev.drop_error, ev.drop_no_backend, ev.drop_snat_port),
+        (0, 0, 0),
+        "{ev:?}"
+    );
+    // A reload may not move the SNAT address: refused, naming the field.
+    let moved = dir.file(
+        "lb-snat2.toml",
+        &std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(snat, "198.18.2.251"),
+    );
+    let bg = start_nat_lb(&lb_ns, &config);
+    let e = common::fails(
+        wirelab()
+            .args(["lb", "reload", "--netns", &lb_ns, "--config"])
+            .arg(&moved),
+    );
+    assert!(e.contains("service[0].snat"), "{e}");
+    let (_, failed) = curl_many(&client_ns, 20);
+    assert_eq!(failed, 0, "the running set stays");
+    bg.terminate();
+}
+
 #[test]
 fn nat_over_ipv6() {
     let dir = TempDir::new("lb6");

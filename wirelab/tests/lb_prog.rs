@@ -958,3 +958,212 @@ fn xdp_entry_point_translates_nat_and_redirects_dsr_on_request() {
     assert_eq!(&out[6..12], &IFACE_MAC);
     assert_eq!(&out[12..], &f[12..]);
 }
+
+/// The NAT services with SNAT: each gets a balancer address as the source of its flows.
+fn snat_config() -> String {
+    let c = NAT_CONFIG
+        .replacen(
+            "name = \"nat\"\n",
+            "name = \"nat\"\nsnat = \"198.18.2.250\"\n",
+            1,
+        )
+        .replacen(
+            "name = \"nat-dns\"\n",
+            "name = \"nat-dns\"\nsnat = \"198.18.2.250\"\n",
+            1,
+        )
+        .replacen(
+            "name = \"nat6\"\n",
+            "name = \"nat6\"\nsnat = \"2001:2:2::250\"\n",
+            1,
+        );
+    assert_eq!(c.matches("snat = ").count(), 3);
+    c
+}
+
+const SNAT: [u8; 4] = [198, 18, 2, 250];
+
+/// Run `f` through `prog`: handed on (`pass`) with every checksum right and no byte changed
+/// outside `ranges` (offset, length) and the checksums. Returns the frame.
+#[track_caller]
+fn rewritten(h: &Harness, prog: &str, pass: u32, f: &[u8], ranges: &[(usize, usize)]) -> Vec<u8> {
+    assert!(checksums_ok(f), "the crafted frame verifies");
+    let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, f);
+    assert_eq!(
+        v, pass,
+        "{prog}: translated and handed to the kernel's routing"
+    );
+    assert_eq!(out.len(), f.len());
+    assert!(
+        checksums_ok(&out),
+        "{prog}: checksums after the rewrite: {out:02x?}"
+    );
+    let v4 = f[12..14] == [0x08, 0x00];
+    let udp = f[if v4 { 23 } else { 20 }] == 17;
+    let l4 = if v4 { 34 } else { 54 };
+    let l4_csum = l4 + if udp { 6 } else { 16 };
+    for (i, (a, b)) in f.iter().zip(&out).enumerate() {
+        let allowed = ranges.iter().any(|(o, n)| (*o..o + n).contains(&i))
+            || (v4 && (24..26).contains(&i))
+            || (l4_csum..l4_csum + 2).contains(&i);
+        assert!(
+            a == b || allowed,
+            "{prog}: byte {i} changed: {a:#04x} -> {b:#04x}"
+        );
+    }
+    out
+}
+
+fn port_at(f: &[u8], off: usize) -> u16 {
+    u16::from_be_bytes([f[off], f[off + 1]])
+}
+
+/// SNAT on both entry points: a new flow gets the SNAT address as its source and keeps the
+/// client's port while it is free towards its backend; a second client with the same port to
+/// the same backend gets an alternative port, and the replies find their way back to each
+/// client's own address and port; with every try taken the SYN is a counted drop.
+#[test]
+fn snat_rewrites_source_and_destination_and_picks_a_free_port() {
+    const XDP_PASS: u32 = 2;
+    for (prog, pass) in [("lb", TC_ACT_OK), ("lb_xdp", XDP_PASS)] {
+        let h = Harness::with(&snat_config());
+        let svc = &h.lb.services[0];
+        let be = |client: [u8; 4]| -> [u8; 4] {
+            match svc.predict(&key4(client, VIP, 40000, 80, 6)).unwrap().addr {
+                std::net::IpAddr::V4(a) => a.octets(),
+                a => panic!("{a}"),
+            }
+        };
+        let b = be(CLIENT);
+        // Client 1: source = SNAT address, port kept; destination = the backend.
+        let syn = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
+        let out = rewritten(&h, prog, pass, &syn, &[(26, 8)]);
+        assert_eq!((&out[26..30], &out[30..34]), (&SNAT[..], &b[..]), "{prog}");
+        assert_eq!(
+            port_at(&out, 34),
+            40000,
+            "{prog}: the client's port is free"
+        );
+        // The backend's reply to SNAT:40000 goes back from the VIP to the client.
+        let reply = tcp(b, SNAT, 80, 40000, Flags::Ack);
+        let out = rewritten(&h, prog, pass, &reply, &[(26, 8), (36, 2)]);
+        assert_eq!(
+            (&out[26..30], &out[30..34]),
+            (&VIP[..], &CLIENT[..]),
+            "{prog}"
+        );
+        assert_eq!(port_at(&out, 36), 40000);
+
+        // Client 2, the same port, to the same backend: another port.
+        let c2 = (2..=254)
+            .map(|i| [198, 18, 0, i])
+            .find(|c| *c != CLIENT && be(*c) == b)
+            .expect("a second client on the same backend");
+        let syn2 = tcp(c2, VIP, 40000, 80, Flags::Syn);
+        let out = rewritten(&h, prog, pass, &syn2, &[(26, 10)]);
+        assert_eq!((&out[26..30], &out[30..34]), (&SNAT[..], &b[..]), "{prog}");
+        let p2 = port_at(&out, 34);
+        assert!(
+            p2 != 40000 && p2 >= 1024,
+            "{prog}: an alternative port: {p2}"
+        );
+        // Its tracked packets keep that port; its replies go back to client 2's port.
+        let ack2 = tcp(c2, VIP, 40000, 80, Flags::Ack);
+        let out = rewritten(&h, prog, pass, &ack2, &[(26, 10)]);
+        assert_eq!(
+            port_at(&out, 34),
+            p2,
+            "{prog}: tracked flow keeps its SNAT port"
+        );
+        let reply2 = tcp(b, SNAT, 80, p2, Flags::Ack);
+        let out = rewritten(&h, prog, pass, &reply2, &[(26, 8), (36, 2)]);
+        assert_eq!((&out[26..30], &out[30..34]), (&VIP[..], &c2[..]), "{prog}");
+        assert_eq!(
+            port_at(&out, 36),
+            40000,
+            "{prog}: back to client 2's own port"
+        );
+        // Client 1 reconnecting with its port takes its own entry again.
+        let out = rewritten(&h, prog, pass, &syn, &[(26, 8)]);
+        assert_eq!(
+            port_at(&out, 34),
+            40000,
+            "{prog}: a reconnect keeps the port"
+        );
+
+        // UDP/IPv4 without a checksum stays without one; the reply comes back.
+        let mut q0 = udp4(CLIENT, VIP, 5354, 53);
+        q0[40..42].copy_from_slice(&[0, 0]);
+        let out = rewritten(&h, prog, pass, &q0, &[(26, 8)]);
+        assert_eq!(
+            (&out[26..30], &out[40..42]),
+            (&SNAT[..], &[0u8, 0][..]),
+            "{prog}"
+        );
+        let r = udp4([198, 18, 2, 31], SNAT, 53, 5354);
+        let out = rewritten(&h, prog, pass, &r, &[(26, 8), (36, 2)]);
+        assert_eq!(
+            (&out[26..30], &out[30..34]),
+            (&VIP[..], &CLIENT[..]),
+            "{prog}"
+        );
+
+        // IPv6: four words of each address.
+        let snat6: [u8; 16] = "2001:2:2::250"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let b6: [u8; 16] = "2001:2:2::21"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let s6 = tcp6_from(CLIENT6, VIP6, 40000, 80, true);
+        let out = rewritten(&h, prog, pass, &s6, &[(22, 32)]);
+        assert_eq!(
+            (&out[22..38], &out[38..54]),
+            (&snat6[..], &b6[..]),
+            "{prog}"
+        );
+        let r6 = tcp6_from(b6, snat6, 80, 40000, false);
+        let out = rewritten(&h, prog, pass, &r6, &[(22, 32), (56, 2)]);
+        assert_eq!(
+            (&out[22..38], &out[38..54]),
+            (&VIP6[..], &CLIENT6[..]),
+            "{prog}"
+        );
+
+        // Every port a third client's SYN could take is held by other flows: dropped.
+        let c3 = (2..=254)
+            .map(|i| [198, 18, 0, i])
+            .find(|c| *c != CLIENT && *c != c2 && be(*c) == b)
+            .expect("a third client on the same backend");
+        let k3 = key4(c3, VIP, 41000, 80, 6);
+        let hash = wirelab_common::lb::flow_hash(&k3, svc.conf.seed as u32);
+        let mut h = h;
+        let mut nat: aya::maps::HashMap<_, FlowKey, wirelab_common::lb::NatValue> =
+            aya::maps::HashMap::try_from(h.bpf.map_mut("LB_NAT").unwrap()).unwrap();
+        for i in 0..wirelab_common::lb::SNAT_TRIES {
+            let port = wirelab_common::lb::snat_port_try(41000, hash, i);
+            let taken = key4(b, SNAT, 80, port, 6);
+            let other = wirelab_common::lb::NatValue {
+                snat: 1,
+                client_port: 1,
+                ..Default::default()
+            };
+            nat.insert(taken, other, 0).unwrap();
+        }
+        let before = h.stats().events.drop_snat_port;
+        let (v, _) = wirelab_testkit::prog::run(&h.bpf, prog, &tcp(c3, VIP, 41000, 80, Flags::Syn));
+        assert_eq!(
+            v,
+            if prog == "lb" { TC_ACT_SHOT } else { 1 },
+            "{prog}: dropped"
+        );
+        let s = h.stats();
+        assert_eq!(
+            (s.events.drop_snat_port, s.events.drop_error),
+            (before + 1, 0),
+            "{prog}"
+        );
+    }
+}

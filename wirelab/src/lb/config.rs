@@ -10,6 +10,8 @@
 //! mode = "dsr"              # dsr | nat
 //! table_size = 65537        # Maglev table size M: a prime, N..=65537 (default 65537)
 //! seed = 0                  # hash seed: same config + seed = same backend choice
+//! snat = "198.18.2.250"     # nat, optional: new flows get this balancer address as their
+//!                           # source, for backends whose replies do not route through it
 //!
 //! [[service.backend]]
 //! name = "web1"             # unique within the service; seeds its Maglev permutation
@@ -67,6 +69,7 @@ struct RawService {
     backend: Vec<RawBackend>,
     health: Option<RawHealth>,
     udp_idle_timeout: Option<String>,
+    snat: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +233,39 @@ fn parse_health(h: RawHealth, f: &dyn Fn(&str) -> String) -> Result<HealthConf> 
     })
 }
 
+/// A service's `snat` address: NAT services only, of the VIP's family, neither the VIP nor a
+/// backend's address.
+fn parse_snat(
+    text: &str,
+    vip: IpAddr,
+    mode: Mode,
+    backends: &[BackendConf],
+    f: &dyn Fn(&str) -> String,
+) -> Result<IpAddr> {
+    let a: IpAddr = text
+        .parse()
+        .map_err(|_| ferr(f("snat"), format!("{text:?} is not an IP address")))?;
+    if mode != Mode::Nat {
+        return Err(ferr(
+            f("snat"),
+            "only for mode = \"nat\" (DSR backends reply to the client themselves)",
+        ));
+    }
+    if a.is_ipv4() != vip.is_ipv4() {
+        return Err(ferr(
+            f("snat"),
+            format!("{a} is not of the VIP's address family ({vip})"),
+        ));
+    }
+    if a == vip || backends.iter().any(|b| b.addr == a) || a.is_unspecified() || a.is_multicast() {
+        return Err(ferr(
+            f("snat"),
+            format!("{a}: must be an address of the balancer's own, not the VIP, a backend's, unspecified or multicast"),
+        ));
+    }
+    Ok(a)
+}
+
 fn default_mode() -> String {
     "dsr".into()
 }
@@ -309,6 +345,9 @@ pub struct ServiceConf {
     pub health: Option<HealthConf>,
     /// UDP services: tracked flows idle this long are forgotten (default 30 s).
     pub udp_idle_timeout: Option<Duration>,
+    /// NAT services: the balancer's address that new flows get as their source (SNAT), so
+    /// backends reply to the balancer whatever their routes; `None`: the client's stays.
+    pub snat: Option<IpAddr>,
 }
 
 impl ServiceConf {
@@ -544,6 +583,10 @@ impl Config {
                     Some(d)
                 }
             };
+            let snat = s
+                .snat
+                .map(|a| parse_snat(&a, vip, mode, &backends, &f))
+                .transpose()?;
             services.push(ServiceConf {
                 name,
                 vip,
@@ -555,6 +598,7 @@ impl Config {
                 backends,
                 health,
                 udp_idle_timeout,
+                snat,
             });
         }
         let new_flow_limit = raw
@@ -780,6 +824,32 @@ mod tests {
         assert!(e.contains("service[0].udp_idle_timeout:"), "{e}");
         let e = err(&GOOD.replacen("port = 53", "port = 53\nudp_idle_timeout = \"1ms\"", 1));
         assert!(e.contains("service[1].udp_idle_timeout:"), "{e}");
+    }
+
+    #[test]
+    fn snat_is_for_nat_services_in_the_vips_family() {
+        let nat = GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1);
+        let with = |a: &str| nat.replacen("seed = 9", &format!("seed = 9\nsnat = \"{a}\""), 1);
+        let c = Config::parse(&with("198.18.2.250")).unwrap();
+        assert_eq!(c.services[0].snat, Some("198.18.2.250".parse().unwrap()));
+        assert_eq!(Config::parse(&nat).unwrap().services[0].snat, None);
+        for (bad, why) in [
+            ("2001:2::1", "family"),
+            ("not-an-address", "not an IP address"),
+            ("0.0.0.0", "own"),
+        ] {
+            let e = err(&with(bad));
+            assert!(
+                e.contains("service[0].snat:") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
+        let dsr = GOOD.replacen("seed = 9", "seed = 9\nsnat = \"198.18.2.250\"", 1);
+        let e = err(&dsr);
+        assert!(
+            e.contains("service[0].snat:") && e.contains("only for mode"),
+            "{e}"
+        );
     }
 
     #[test]

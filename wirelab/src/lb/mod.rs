@@ -340,6 +340,18 @@ impl Balancer {
                     .map(|p| p.id)
             })
             .collect();
+        for (i, s) in config.services.iter().enumerate() {
+            if let Some(p) = prev_svc.get(&(s.vip, s.port, s.proto.number())) {
+                if p.conf.snat != s.snat {
+                    let show = |a: Option<IpAddr>| a.map_or("none".to_string(), |a| a.to_string());
+                    bail!(
+                        "service[{i}].snat: {} -> {}: the SNAT address cannot change while the balancer runs (the replies of its flows come back to the old one); restart the balancer",
+                        show(p.conf.snat),
+                        show(s.snat)
+                    );
+                }
+            }
+        }
         let mut used: BTreeSet<u32> = svc_ids.iter().flatten().copied().collect();
         for id in svc_ids.iter_mut().filter(|i| i.is_none()) {
             let n = free_id(&used, MAX_SERVICES).context("no free service id")?;
@@ -558,7 +570,8 @@ impl Balancer {
                         .conf
                         .udp_idle_timeout
                         .map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32),
-                    _pad: 0,
+                    snat: s.conf.snat.is_some() as u32,
+                    snat_addr: s.conf.snat.map_or([0; 16], |a| addr16(a).0),
                 },
                 None => ServiceMeta::default(),
             };
@@ -896,6 +909,9 @@ pub struct Events {
     /// New NAT flows over the new-flow limit, dropped.
     #[serde(default)]
     pub drop_flow_limit: u64,
+    /// New SNAT flows without a free source port towards their backend, dropped.
+    #[serde(default)]
+    pub drop_snat_port: u64,
 }
 
 impl Events {
@@ -916,6 +932,7 @@ impl Events {
             udp_expired: g(event::UDP_EXPIRED),
             untracked: g(event::UNTRACKED),
             drop_flow_limit: g(event::DROP_FLOW_LIMIT),
+            drop_snat_port: g(event::DROP_SNAT_PORT),
         }
     }
 
@@ -936,6 +953,7 @@ impl Events {
             (event::UDP_EXPIRED, self.udp_expired),
             (event::UNTRACKED, self.untracked),
             (event::DROP_FLOW_LIMIT, self.drop_flow_limit),
+            (event::DROP_SNAT_PORT, self.drop_snat_port),
         ] {
             a[i as usize] = v;
         }
@@ -1109,8 +1127,8 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     let e = &s.events;
     writeln!(
         out,
-        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} flow-limit {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {}",
-        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.drop_flow_limit, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked
+        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} flow-limit {} snat-port {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {}",
+        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.drop_flow_limit, e.drop_snat_port, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked
     )
 }
 
@@ -1133,6 +1151,20 @@ pub fn check_forwarding(config: &Config) -> Result<()> {
                 "service[{i}].mode: \"nat\" needs {} = 1 in the balancer's namespace (translated packets are routed to the backends)",
                 key.trim_start_matches("/proc/sys/").replace('/', ".")
             );
+        }
+        // An SNAT address the balancer holds is a local source to its own routing, which
+        // drops such packets as martians unless accept_local is on.
+        if let Some(IpAddr::V4(a)) = s.snat {
+            let local = std::net::UdpSocket::bind((a, 0)).is_ok();
+            let key = "/proc/sys/net/ipv4/conf/all/accept_local";
+            let on = std::fs::read_to_string(key)
+                .map(|v| v.trim() == "1")
+                .unwrap_or(false);
+            if local && !on {
+                bail!(
+                    "service[{i}].snat: {a} is the balancer's own address, so translated packets leave with a local source, which the kernel drops unless net.ipv4.conf.all.accept_local = 1 in the balancer's namespace"
+                );
+            }
         }
     }
     Ok(())
