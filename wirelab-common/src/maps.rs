@@ -59,7 +59,9 @@ pub const LB_NAT: &str = "LB_NAT";
 pub const LB_RATE: &str = "LB_RATE";
 pub const LB_TAP: &str = "LB_TAP";
 pub const LB_TAP_ON: &str = "LB_TAP_ON";
-pub const LB_XDP_NAT: &str = "LB_XDP_NAT";
+pub const LB_TC_TAP: &str = "LB_TC_TAP";
+pub const LB_NAT_REWRITE: &str = "LB_NAT_REWRITE";
+pub const LB_NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
 
 // swarm
 pub const SWARM_CONFIG: &str = "SWARM_CONFIG";
@@ -127,7 +129,9 @@ pub const ALL: &[&str] = &[
     LB_RATE,
     LB_TAP,
     LB_TAP_ON,
-    LB_XDP_NAT,
+    LB_TC_TAP,
+    LB_NAT_REWRITE,
+    LB_NAT_SCRATCH,
     SWARM_CONFIG,
     SWARM_IDS,
     SWARM_SOCKS,

@@ -1,5 +1,6 @@
-//! `tap`: how a deciding program (the XDP programs of fw, lb and wan) hands each packet, with
-//! what it decided, to a `wirelab capture` running on the same interface.
+//! `tap`: how a deciding program (the XDP programs of fw, lb and wan, and lb's tc program)
+//! hands each packet, with what it decided, to a `wirelab capture` running on the same
+//! interface.
 //!
 //! Only one XDP program runs on an interface, so capture cannot see what fw drops from its
 //! own hook. Instead the deciding program owns a one-slot program array (`FW_TAP`, `LB_TAP`,
@@ -11,6 +12,10 @@
 //! capture program, which copies the frame out with the decision, removes the decision and
 //! returns the deciding program's verdict. With no capture, the cost is one array lookup
 //! (inlined by the verifier) per packet.
+//!
+//! lb's tc program does the same through its own program array (`LB_TC_TAP`: a program
+//! array holds one program type) and `capture_tc_tap`, with the decision in the skb's control
+//! block (`cb[0]`, `cb[1]`), which a tail call keeps, and [`MAGIC_TC`].
 
 /// Which program decided.
 pub mod tool {
@@ -66,6 +71,11 @@ pub mod wan_what {
 
 /// `Decision::magic`: the metadata in front of the frame is a decision.
 pub const MAGIC: u8 = 0xd5;
+
+/// `Decision::magic` of a decision made at tc (lb on its tc path), handed over in the skb's
+/// control block: its `action` is the tc verdict as a byte (`TC_ACT_UNSPEC` = 255, `OK` 0,
+/// `SHOT` 2, `REDIRECT` 7), which the capture program returns.
+pub const MAGIC_TC: u8 = 0xd6;
 
 /// A deciding program's verdict on one frame: 8 bytes, the XDP metadata the tap carries and
 /// the tail of every captured frame's [`crate::capture::EventHeader`].

@@ -1,8 +1,9 @@
 //! `capture`: copy the frames an interface receives (tc/TCX ingress, `capture_tc_in`, or XDP,
-//! `capture_xdp` / `capture_xdp_tap` behind fw) and sends (tc/TCX egress, `capture_tc`) to
+//! `capture_xdp` / `capture_xdp_tap` behind fw, lb or wan, `capture_tc_tap` behind lb's tc
+//! program) and sends (tc/TCX egress, `capture_tc`) to
 //! userspace, through a per-CPU perf buffer, when the compiled filter matches. The programs
 //! always let the packet go on (XDP_PASS, TC_ACT_UNSPEC) or return the deciding program's
-//! verdict (behind fw's tap).
+//! verdict (behind a tap).
 //!
 //! The filter (`CAPTURE_FILTER`, `CAPTURE_CONF.nterms` terms) is evaluated on what `parse.rs`
 //! learned, so an unmatched frame costs a parse and no copy. A matched frame goes out as one
@@ -10,7 +11,7 @@
 //! itself (`bpf_perf_event_output` with the length in its flags). A sample the full buffer
 //! refuses counts in `stat::LOST`.
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_UNSPEC},
+    bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray, PerfEventArray, ProgramArray},
     programs::{TcContext, XdpContext},
@@ -28,7 +29,7 @@ use crate::{
         self, is_vlan, Frame, ETH_HLEN, ETH_PROTO_OFF, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
         IPPROTO_TCP, IPPROTO_UDP, VLAN_HLEN, VLAN_VID_MASK,
     },
-    sys,
+    sys, tap,
 };
 
 #[map]
@@ -112,7 +113,7 @@ pub fn capture_xdp_filter(ctx: XdpContext) -> u32 {
 /// program or filter on the hook decide.
 #[classifier]
 pub fn capture_tc(ctx: TcContext) -> i32 {
-    tc_entry(&ctx, dir::EGRESS)
+    tc_entry(&ctx, dir::EGRESS, UNDECIDED)
 }
 
 /// Ingress at tc/TCX: every frame the interface receives, as the stack gets it (after GRO,
@@ -120,11 +121,35 @@ pub fn capture_tc(ctx: TcContext) -> i32 {
 /// stops GRO there; this hook leaves it on.
 #[classifier]
 pub fn capture_tc_in(ctx: TcContext) -> i32 {
-    tc_entry(&ctx, dir::INGRESS)
+    tc_entry(&ctx, dir::INGRESS, UNDECIDED)
+}
+
+/// Ingress at tc behind a deciding program (lb on its tc path): reached by its tail call with
+/// its `Decision` in the skb's control block (`wirelab_common::tap`); returns that
+/// program's verdict.
+#[classifier]
+pub fn capture_tc_tap(ctx: TcContext) -> i32 {
+    let Some(d) = tap::tc_decision(&ctx) else {
+        // The deciding program always writes the decision before its tail call: unreachable.
+        // Its verdict is unknown, so fail closed.
+        return TC_ACT_SHOT;
+    };
+    tc_entry(&ctx, dir::INGRESS, d)
+}
+
+/// What a tc hook returns: the deciding program's verdict behind a tap (`MAGIC_TC`: the
+/// verdict as a byte), else `TC_ACT_UNSPEC` (the next program or filter decides).
+#[inline(always)]
+fn tc_verdict(d: &Decision) -> i32 {
+    if d.magic == tapdef::MAGIC_TC {
+        d.action as i8 as i32
+    } else {
+        TC_ACT_UNSPEC
+    }
 }
 
 #[inline(always)]
-fn tc_entry(ctx: &TcContext, d: u32) -> i32 {
+fn tc_entry(ctx: &TcContext, d: u32, decision: Decision) -> i32 {
     let len = ctx.len();
     // Headers are normally linear; pull them in when they are not, so the filter sees them
     // (the copy itself reads paged data too).
@@ -133,13 +158,13 @@ fn tc_entry(ctx: &TcContext, d: u32) -> i32 {
         let _ = ctx.pull_data(want);
     }
     let f = Frame::tc(ctx);
-    if entry(ctx, &f, len, sys::skb_ifindex(ctx), d, UNDECIDED) {
+    if entry(ctx, &f, len, sys::skb_ifindex(ctx), d, decision) {
         // SAFETY: as in `capture_xdp`, with the tc program `capture_tc_filter` at
-        // CAPTURE_TC_PROG[0] (it reads the direction from CAPTURE_SCRATCH).
+        // CAPTURE_TC_PROG[0] (it reads the direction and decision from CAPTURE_SCRATCH).
         unsafe { CAPTURE_TC_PROG.tail_call(ctx, 0) };
         counter::bump(&CAPTURE_STATS, dir_base(d) + stat::NO_FILTER);
     }
-    TC_ACT_UNSPEC
+    tc_verdict(&decision)
 }
 
 /// tc, second half (tail call from `capture_tc` or `capture_tc_in`: the direction is in
@@ -147,8 +172,11 @@ fn tc_entry(ctx: &TcContext, d: u32) -> i32 {
 #[classifier]
 pub fn capture_tc_filter(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    let _ = filter_and_emit(&ctx, len, sys::skb_ifindex(&ctx));
-    TC_ACT_UNSPEC
+    match filter_and_emit(&ctx, len, sys::skb_ifindex(&ctx)) {
+        Some(d) => tc_verdict(&d),
+        // No scratch entry (never): behind a tap the verdict is still in the control block.
+        None => tap::tc_decision(&ctx).map_or(TC_ACT_UNSPEC, |d| tc_verdict(&d)),
+    }
 }
 
 /// Bytes of an skb made linear for the filter when they are not already.

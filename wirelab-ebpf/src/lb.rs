@@ -81,11 +81,15 @@ static LB_NAT: LruHashMap<FlowKey, NatValue> = LruHashMap::with_max_entries(MAX_
 #[map]
 static LB_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
 /// The capture tap (`wirelab_common::tap`): `capture_xdp_tap` of a running capture, and the
-/// flag that says it is there (the XDP path only).
+/// flag that says it is there (the ifindex captured).
 #[map]
 static LB_TAP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 static LB_TAP_ON: Array<u32> = Array::with_max_entries(1, 0);
+/// The capture tap of the tc path: `capture_tc_tap` (a program array holds one program type,
+/// so the tc path has its own; the flag `LB_TAP_ON` is shared).
+#[map]
+static LB_TC_TAP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// This CPU's NAT rewrite on its way from the decision to [`nat_tc`] or [`nat_xdp`]. Going
 /// through a map value is deliberate: built in place, it costs no stack (which the decision
 /// fills); read back by the entry point, it is unknown to the verifier, so it checks the
@@ -302,7 +306,7 @@ fn port_tc(
 /// The tc path: `bpf_redirect` to the interface's own egress goes through the normal
 /// transmit path, so a plain veth peer receives it.
 #[classifier]
-pub fn lb(ctx: TcContext) -> i32 {
+pub fn lb(mut ctx: TcContext) -> i32 {
     // The parser needs the whole IP packet in the linear area: pull the rest in when the skb
     // is not linear (large segments); if that fails, the parse says `Truncated`.
     let skb_len = ctx.len();
@@ -310,7 +314,7 @@ pub fn lb(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(skb_len);
     }
     let mut pick = Pick::NONE;
-    match balance(&Frame::tc(&ctx), skb_len as u64, &mut pick) {
+    let verdict = match balance(&Frame::tc(&ctx), skb_len as u64, &mut pick) {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Forward => sys::redirect(sys::skb_ifindex(&ctx)),
@@ -319,10 +323,19 @@ pub fn lb(ctx: TcContext) -> i32 {
             Some(Ok(())) => TC_ACT_OK,
             _ => {
                 counter::bump(&LB_EVENTS, event::DROP_ERROR);
+                pick.dropped(event::DROP_ERROR);
                 TC_ACT_SHOT
             }
         },
-    }
+    };
+    let d = Decision {
+        magic: tapdef::MAGIC_TC,
+        tool: tapdef::tool::LB,
+        what: pick.what,
+        action: verdict as u8,
+        id: pick.id,
+    };
+    tap::tc(&mut ctx, &LB_TAP_ON, &LB_TC_TAP, d, verdict)
 }
 
 /// The XDP path: DSR frames bounced with `XDP_TX` (into a veth, the peer receives them only

@@ -3,9 +3,9 @@
 
 use aya_ebpf::{
     maps::{Array, ProgramArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
-use wirelab_common::tap::{Decision, DECISION_LEN};
+use wirelab_common::tap::{Decision, DECISION_LEN, MAGIC_TC};
 
 use crate::{
     parse::{Frame, Plain},
@@ -38,4 +38,48 @@ pub fn xdp(ctx: &XdpContext, on: &Array<u32>, progs: &ProgramArray, d: Decision)
     // No capture took it: the frame goes on without the metadata.
     let _ = sys::xdp_adjust_meta(ctx, n);
     d.action as u32
+}
+
+/// The tc version of [`xdp`]: `d` (its `action` the tc verdict `verdict` as a byte, its
+/// magic [`MAGIC_TC`]) goes in the skb's control block, which the tail call keeps. Returns
+/// `verdict` (the capture program, when it runs, returns it itself). A redirect set up
+/// before the call survives it.
+#[inline(always)]
+pub fn tc(
+    ctx: &mut TcContext,
+    on: &Array<u32>,
+    progs: &ProgramArray,
+    d: Decision,
+    verdict: i32,
+) -> i32 {
+    let captured = on.get(0).map_or(0, |v| *v);
+    if captured == 0 || captured != sys::skb_ifindex(ctx) {
+        return verdict;
+    }
+    let [w0, w1, ..] = ctx.cb_mut() else {
+        return verdict;
+    };
+    *w0 = u32::from_ne_bytes([MAGIC_TC, d.tool, d.what, verdict as u8]);
+    *w1 = d.id;
+    // SAFETY: `ctx` is this tc program's context and the array holds tc programs only (the
+    // kernel refuses another type); on success the call does not return, and the capture
+    // program returns the verdict. On failure (slot empty) nothing changed.
+    unsafe { progs.tail_call(ctx, 0) };
+    verdict
+}
+
+/// The decision [`tc`] left in the skb's control block (`None`: not one).
+#[inline(always)]
+pub fn tc_decision(ctx: &TcContext) -> Option<Decision> {
+    let [w0, w1, ..] = ctx.cb() else {
+        return None;
+    };
+    let [magic, tool, what, action] = w0.to_ne_bytes();
+    (magic == MAGIC_TC).then_some(Decision {
+        magic,
+        tool,
+        what,
+        action,
+        id: *w1,
+    })
 }

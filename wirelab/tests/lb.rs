@@ -822,9 +822,29 @@ fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip
 
     let bg = start_nat_lb(&lb_ns, &config);
     assert_eq!(tcx_ingress_count(&lb_ns, "eth1"), 1);
+    let line = attach_line(&bg);
+    assert!(line.contains("tc path"), "{line}");
 
+    // The second client's GETs are captured behind lb's tc tap.
     let (per1, failed1) = curl_many_from(&client_ns, 600, "198.18.0.1");
+    let file = dir.join("lb-tc.pcapng");
+    let cap = common::start_capture(
+        &lb_ns,
+        "eth0",
+        &[
+            "--filter",
+            "tcp port 80",
+            "--json",
+            "-w",
+            file.to_str().unwrap(),
+        ],
+    );
     let (per2, failed2) = curl_many_from(&client_ns, 600, "198.18.0.2");
+    let cap_out = cap.terminate();
+    let summary: wirelab::capture::Summary =
+        serde_json::from_str(cap_out.text().trim()).expect("capture summary line");
+    assert_eq!(summary.behind.as_deref(), Some("lb"), "{summary:?}");
+    lb_decisions_in_capture(&file, &per2, 600);
     eprintln!("nat: from .1 {per1:?} failed {failed1}; from .2 {per2:?} failed {failed2}");
     assert_eq!(
         (failed1, failed2),
@@ -859,6 +879,119 @@ fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip
         !text.contains("\"type\":\"health\""),
         "every backend stays up under health checks: {text}"
     );
+}
+
+/// The new-flow guard under a real SYN flood: two `hping3 --flood` runs (each SYN a new flow:
+/// hping3 moves the source port every packet; two source addresses, so more distinct flows
+/// than the tracking table's 65,536 entries) against the VIP right after a backend was
+/// drained. Above `new_flow_limit` new flows go by their hash untracked, so the table is not
+/// thrashed: every long-lived connection keeps its backend, the drained one's included (an
+/// evicted entry would rehash such a connection away from its drained backend, which breaks
+/// it).
+#[test]
+fn a_syn_flood_does_not_evict_tracked_flows_under_the_new_flow_limit() {
+    let dir = TempDir::new("lbf");
+    let (lab, _servers) = http_lab("lbf", &dir);
+    let limit = 2000u64;
+    let config = dir.file("lb.toml", &format!("new_flow_limit = {limit}\n{CONFIG}"));
+    let drain = dir.file(
+        "drain.toml",
+        &format!(
+            "new_flow_limit = {limit}\n{}",
+            CONFIG.replace(
+                "addr = \"198.18.0.23\"",
+                "addr = \"198.18.0.23\"\nweight = 0"
+            )
+        ),
+    );
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    let bg = spawn_ready(
+        lb_json(&lb_ns, &config, "1s"),
+        "lb attached",
+        Duration::from_secs(30),
+    );
+    let to: SocketAddr = format!("{VIP}:{PORT}").parse().unwrap();
+    let mut long: Vec<(TcpStream, String)> = wirelab::netns::run_in(Some(&client_ns), || {
+        let mut v = Vec::new();
+        for _ in 0..30 {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let b = ping(&mut s)?;
+            v.push((s, b));
+        }
+        Ok(v)
+    })
+    .unwrap();
+    let on_b3 = long.iter().filter(|(_, b)| b == "b3").count();
+    assert!(on_b3 > 0, "some long-lived connections on b3");
+    common::ok(
+        wirelab()
+            .args(["lb", "reload", "--netns", &lb_ns, "--config"])
+            .arg(&drain),
+    );
+    let before = lb_stats(&lb_ns).stats;
+
+    // The flood: bounded in time (5 s each, SIGINT so hping3 prints its count).
+    let floods: Vec<_> = ["198.18.0.1", "198.18.0.2"]
+        .into_iter()
+        .map(|src| {
+            let ns = client_ns.clone();
+            std::thread::spawn(move || {
+                let o = common::in_ns(
+                    &ns,
+                    &[
+                        "timeout", "-s", "INT", "5", "hping3", "-S", "-p", "80", "--flood", "-a",
+                        src, VIP,
+                    ],
+                )
+                .output()
+                .expect("hping3");
+                String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+            })
+        })
+        .collect();
+    let sent: Vec<String> = floods
+        .into_iter()
+        .map(|t| {
+            let text = t.join().unwrap();
+            text.lines()
+                .find(|l| l.contains("packets transmitted"))
+                .unwrap_or("no statistics line")
+                .to_string()
+        })
+        .collect();
+    let after = lb_stats(&lb_ns).stats;
+    let new = after.services[0].count.new_flows - before.services[0].count.new_flows;
+    let untracked = after.events.untracked - before.events.untracked;
+    let entered = new - untracked;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    eprintln!(
+        "flood: hping3 {sent:?}; the balancer saw {new} new flows, {entered} entered, {untracked} untracked (limit {limit}/s per CPU, {cpus} CPUs)"
+    );
+    assert!(
+        untracked > 65_536,
+        "a flood larger than the tracking table ran: {untracked} untracked of {new}"
+    );
+    // At most a second's burst and the limit for each second of flood, per CPU.
+    assert!(
+        entered <= limit * cpus * 7,
+        "{entered} entered, limit {limit}/s on {cpus} CPUs"
+    );
+    for (s, b) in long.iter_mut() {
+        assert_eq!(
+            &ping(s).unwrap(),
+            b,
+            "long-lived connection kept its backend"
+        );
+    }
+    assert_eq!(
+        (after.events.drop_error, after.events.drop_flow_limit),
+        (0, 0),
+        "{:?}",
+        after.events
+    );
+    bg.terminate();
 }
 
 /// SNAT: backends without a route back to the clients (only their own segment) are served
@@ -1487,6 +1620,28 @@ fn xdp_path_on_a_veth_peer_with_napi_and_tc_on_a_plain_peer() {
     assert_eq!(served, GETS + 30, "the servers saw every GET");
 }
 
+/// A capture of `tcp port 80` on the balancer's client side, behind lb's tap, while `gets`
+/// GETs went through NAT (answered as `per` says): every SYN of a curl was hashed to the
+/// backend that answered it, every other client packet followed its tracked flow, and only
+/// the frames sent (egress, captured by capture's own hook) carry no decision; the backends'
+/// replies arrive on eth1, not here.
+fn lb_decisions_in_capture(file: &std::path::Path, per: &BTreeMap<String, usize>, gets: usize) {
+    let rows = common::tshark_fields(file, &["tcp.flags.syn", "tcp.flags.ack", "frame.comment"]);
+    let syn = |r: &Vec<String>| r[0] == "1" && r[1] == "0";
+    for (b, n) in per {
+        let hashed = format!(r#"lb: new flow, backend "web/{b}" (pass)"#);
+        let got = rows.iter().filter(|r| syn(r) && r[2] == hashed).count();
+        assert_eq!(got, *n, "{b}: {rows:?}");
+    }
+    let tracked = rows
+        .iter()
+        .filter(|r| !syn(r) && r[2].starts_with("lb: tracked flow, backend \"web/b"))
+        .count();
+    let egress = rows.iter().filter(|r| r[2].is_empty()).count();
+    assert_eq!(tracked + gets + egress, rows.len(), "{rows:?}");
+    assert!(tracked >= 3 * gets, "{tracked}");
+}
+
 /// NAT on the XDP path: translated in XDP (RFC 1624 checksum updates) and routed by the
 /// kernel, both ways; the backends log the real client address.
 #[test]
@@ -1526,22 +1681,7 @@ fn nat_on_the_xdp_path() {
     let s: wirelab::capture::Summary =
         serde_json::from_str(cap_out.text().trim()).expect("capture summary line");
     assert_eq!(s.behind.as_deref(), Some("lb"), "{s:?}");
-    // Every SYN of a curl was hashed to the backend that answered it, every other client
-    // packet followed its tracked flow; the backends' replies arrive on eth1, not here.
-    let rows = common::tshark_fields(&file, &["tcp.flags.syn", "tcp.flags.ack", "frame.comment"]);
-    let syn = |r: &Vec<String>| r[0] == "1" && r[1] == "0";
-    for (b, n) in &per {
-        let hashed = format!(r#"lb: new flow, backend "web/{b}" (pass)"#);
-        let got = rows.iter().filter(|r| syn(r) && r[2] == hashed).count();
-        assert_eq!(got, *n, "{b}: {rows:?}");
-    }
-    let tracked = rows
-        .iter()
-        .filter(|r| !syn(r) && r[2].starts_with("lb: tracked flow, backend \"web/b"))
-        .count();
-    let egress = rows.iter().filter(|r| r[2].is_empty()).count();
-    assert_eq!(tracked + 300 + egress, rows.len(), "{rows:?}");
-    assert!(tracked >= 3 * 300, "{tracked}");
+    lb_decisions_in_capture(&file, &per, 300);
     for (b, s) in &servers {
         let peers = s.peers.lock().unwrap().clone();
         assert!(

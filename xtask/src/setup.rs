@@ -27,6 +27,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "nginx-light",
     "haproxy",
     "wrk",
+    // lb tests: a real SYN flood against the new-flow guard.
+    "hping3",
     // capture tests: pcapng read back by capinfos/tshark, filters compared with tcpdump's;
     // `bench capture` compares with tcpdump and dumpcap (wireshark-common, a tshark dependency).
     "tshark",

@@ -93,8 +93,9 @@ pub enum IngressHook {
     Tc(TcMode),
     /// `capture_xdp`, capture's own XDP program (stops GRO on a veth).
     Xdp(AttachMode),
-    /// `capture_xdp_tap`, called by the XDP program of fw, lb or wan (in its mode).
-    Tap(tap::Decider, AttachMode),
+    /// `capture_xdp_tap`, called by the XDP program of fw, lb or wan (in its mode), or
+    /// `capture_tc_tap` (`None`), called by lb's tc program.
+    Tap(tap::Decider, Option<AttachMode>),
 }
 
 impl std::fmt::Display for IngressHook {
@@ -102,7 +103,8 @@ impl std::fmt::Display for IngressHook {
         match self {
             IngressHook::Tc(m) => write!(f, "tc ({m})"),
             IngressHook::Xdp(m) => write!(f, "xdp ({m})"),
-            IngressHook::Tap(d, m) => write!(f, "{d} tap ({m} xdp)"),
+            IngressHook::Tap(d, Some(m)) => write!(f, "{d} tap ({m} xdp)"),
+            IngressHook::Tap(d, None) => write!(f, "{d} tap (tc)"),
         }
     }
 }
@@ -112,7 +114,8 @@ impl IngressHook {
     pub fn xdp_mode(&self) -> Option<AttachMode> {
         match *self {
             IngressHook::Tc(_) => None,
-            IngressHook::Xdp(m) | IngressHook::Tap(_, m) => Some(m),
+            IngressHook::Xdp(m) | IngressHook::Tap(_, Some(m)) => Some(m),
+            IngressHook::Tap(_, None) => None,
         }
     }
 }
@@ -538,14 +541,21 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     let to_wall = |mono: u64| mono.wrapping_sub(mono0).wrapping_add(real0);
 
     // fw, lb or wan owns the XDP hook when it runs here: XDP ingress goes behind its tap (the
-    // frames then carry its decisions); tc ingress (the default elsewhere) keeps GRO on.
+    // frames then carry its decisions); lb on its tc path has a tap at tc; tc ingress (the
+    // default elsewhere) keeps GRO on.
     let decider = tap::Decider::on(&opts.iface);
     let mut tap = None;
     let behind = match (opts.ingress, decider) {
         (IngressChoice::Auto | IngressChoice::Xdp, Some(d)) => {
             match tap::Tap::attach(&mut bpf, &opts.iface, d) {
+                Ok(t) if t.mode.is_none() && opts.ingress == IngressChoice::Xdp => {
+                    bail!(
+                        "{d} runs on its tc path on {}: its decisions are captured at tc (--ingress auto), not at XDP",
+                        opts.iface
+                    )
+                }
                 Ok(t) => Some(t),
-                // lb on its tc path has no tap: capture's own hooks, said plainly.
+                // A tap that cannot be used: capture's own hooks, said plainly.
                 Err(e) if opts.ingress == IngressChoice::Auto && d != tap::Decider::Fw => {
                     tracing::warn!(
                         "{d} runs on {}, but its decisions cannot be captured: {e:#}; \

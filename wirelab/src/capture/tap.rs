@@ -15,11 +15,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{Array, Map, MapData, ProgramArray},
-    programs::Xdp,
+    programs::{SchedClassifier, Xdp},
 };
 use wirelab_common::{
     lb::event,
-    tap::{fw_what, lb_what, tool, wan_what, Decision},
+    tap::{fw_what, lb_what, tool, wan_what, Decision, MAGIC_TC},
 };
 
 use crate::{fw, runtime::bpf::AttachMode, runtime::tap::TapInfo};
@@ -84,8 +84,8 @@ pub struct Tap {
     /// fw rule id, lb backend id or wan class id -> name.
     names: BTreeMap<u32, String>,
     refreshed: Instant,
-    /// The deciding program's XDP attach mode.
-    pub mode: AttachMode,
+    /// The deciding program's XDP attach mode; `None`: the tap is at tc (lb's tc path).
+    pub mode: Option<AttachMode>,
 }
 
 impl Tap {
@@ -97,23 +97,33 @@ impl Tap {
             .with_context(|| format!("asking {decider} for its capture tap"))?;
         let ifindex =
             nix::net::if_::if_nametoindex(iface).with_context(|| format!("interface {iface}"))?;
-        let mode = match info.mode.as_deref() {
-            Some("skb") => AttachMode::Skb,
-            _ => AttachMode::Native,
+        let (mode, prog) = match (info.tc, info.mode.as_deref()) {
+            (true, _) => (None, "capture_tc_tap"),
+            (false, Some("skb")) => (Some(AttachMode::Skb), "capture_xdp_tap"),
+            (false, _) => (Some(AttachMode::Native), "capture_xdp_tap"),
         };
-        let p: &mut Xdp = bpf
-            .program_mut("capture_xdp_tap")
-            .context("program capture_xdp_tap missing")?
-            .try_into()?;
-        p.load().context("loading capture_xdp_tap")?;
-        let fd = p.fd()?.try_clone()?;
+        let fd = if info.tc {
+            let p: &mut SchedClassifier = bpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing"))?
+                .try_into()?;
+            p.load().with_context(|| format!("loading {prog}"))?;
+            p.fd()?.try_clone()?
+        } else {
+            let p: &mut Xdp = bpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing"))?
+                .try_into()?;
+            p.load().with_context(|| format!("loading {prog}"))?;
+            p.fd()?.try_clone()?
+        };
         let mut progs = ProgramArray::try_from(Map::ProgramArray(
             MapData::from_id(info.prog_array_id)
                 .with_context(|| format!("opening {decider}'s tap program array"))?,
         ))?;
         progs
             .set(0, &fd, 0)
-            .with_context(|| format!("putting capture_xdp_tap in {decider}'s tap"))?;
+            .with_context(|| format!("putting {prog} in {decider}'s tap"))?;
         let mut flag: Array<MapData, u32> = Array::try_from(Map::Array(
             MapData::from_id(info.flag_id)
                 .with_context(|| format!("opening {decider}'s tap flag"))?,
@@ -202,9 +212,19 @@ impl Drop for Tap {
     }
 }
 
-/// XDP actions: 0 aborted, 1 drop, 2 pass, 3 tx, 4 redirect.
-fn action(a: u8) -> &'static str {
-    match a {
+/// The deciding program's verdict in words. XDP actions: 0 aborted, 1 drop, 2 pass, 3 tx, 4
+/// redirect; at tc ([`MAGIC_TC`]): the verdict as a byte (255 = `TC_ACT_UNSPEC` and 0 =
+/// `TC_ACT_OK`, both on to the stack; 2 shot, 7 redirect).
+fn action(d: &Decision) -> &'static str {
+    if d.magic == MAGIC_TC {
+        return match d.action as i8 {
+            -1 | 0 => "pass",
+            2 => "drop",
+            7 => "redirect",
+            _ => "other tc verdict",
+        };
+    }
+    match d.action {
         1 => "drop",
         2 => "pass",
         3 => "tx",
@@ -219,7 +239,7 @@ pub fn lb_text(d: &Decision, name: Option<&str>) -> String {
         Some(n) => format!("backend {n:?}"),
         None => format!("backend id {}", d.id),
     };
-    let verdict = action(d.action);
+    let verdict = action(d);
     match d.what {
         lb_what::NOT_SERVICE => format!("lb: {verdict}, not a service"),
         lb_what::TRACKED => format!("lb: tracked flow, {} ({verdict})", backend()),
@@ -256,7 +276,7 @@ pub fn wan_text(d: &Decision, name: Option<&str>) -> String {
 
 /// `fw: drop, rule "block-ssh"`; `name` is the rule's (None: unknown, the id is shown).
 pub fn fw_text(d: &Decision, name: Option<&str>) -> String {
-    let verdict = action(d.action);
+    let verdict = action(d);
     let rule = || match name {
         Some(n) => format!("rule {n:?}"),
         None => format!("rule id {}", d.id),

@@ -1478,19 +1478,28 @@ impl LbTool<'_> {
         Ok(report)
     }
 
+    /// The capture tap's maps on the path in use: the XDP program's, or the tc program's
+    /// (its own program array, the flag shared).
+    fn tap_maps(&self) -> Result<crate::runtime::tap::TapInfo> {
+        if self.path == Path::Xdp {
+            crate::runtime::tap::TapInfo::of(&self.bpf, maps::LB_TAP, maps::LB_TAP_ON)
+        } else {
+            let mut t =
+                crate::runtime::tap::TapInfo::of(&self.bpf, maps::LB_TC_TAP, maps::LB_TAP_ON)?;
+            t.tc = true;
+            Ok(t)
+        }
+    }
+
     /// Where the capture tap is, with the backends' names (`service/backend`) by id.
     fn tap_info(&self, iface: &str) -> Result<crate::runtime::tap::TapInfo> {
-        if self.path != Path::Xdp {
-            bail!(
-                "lb runs on its tc path on {}: its decisions reach a capture only on the XDP path",
-                self.opts.iface
-            );
-        }
         if iface != self.opts.iface && !self.opts.nat_ifaces.iter().any(|i| i == iface) {
             bail!("lb does not run on {iface}");
         }
-        let mut t = crate::runtime::tap::TapInfo::of(&self.bpf, maps::LB_TAP, maps::LB_TAP_ON)?;
-        t.mode = Some(self.attach.clone());
+        let mut t = self.tap_maps()?;
+        if self.path == Path::Xdp {
+            t.mode = Some(self.attach.clone());
+        }
         t.names = self
             .lb
             .services
@@ -1580,9 +1589,9 @@ impl Sampled for LbTool<'_> {
     }
 
     fn poll(&mut self, obs: &mut Observer) -> Result<()> {
-        if self.path == Path::Xdp && self.tap_checked.elapsed() >= Duration::from_secs(1) {
+        if self.tap_checked.elapsed() >= Duration::from_secs(1) {
             self.tap_checked = Instant::now();
-            let tap = crate::runtime::tap::TapInfo::of(&self.bpf, maps::LB_TAP, maps::LB_TAP_ON);
+            let tap = self.tap_maps();
             if let Err(e) = tap.and_then(|t| crate::runtime::tap::release_dead(&t)) {
                 tracing::warn!("checking the capture tap: {e:#}");
             }

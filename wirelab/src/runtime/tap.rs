@@ -17,6 +17,9 @@ pub struct TapInfo {
     /// back through a flattened struct.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<(u32, String)>,
+    /// The tap is at tc (lb on its tc path): the capture program is `capture_tc_tap`.
+    #[serde(default)]
+    pub tc: bool,
 }
 
 impl TapInfo {
@@ -27,6 +30,7 @@ impl TapInfo {
             flag_id: super::bpf::map_id(bpf, flag)?,
             mode: None,
             names: Vec::new(),
+            tc: false,
         })
     }
 }
@@ -70,6 +74,7 @@ mod tests {
             flag_id: 8,
             mode: Some("native".into()),
             names: vec![(0, "default".into()), (3, "web/b2".into())],
+            tc: true,
         };
         let text = serde_json::to_string(&Reply::from_result(Ok(t.clone()))).unwrap();
         let back: Reply<TapInfo> = serde_json::from_str(&text).unwrap();
