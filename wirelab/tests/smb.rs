@@ -22,18 +22,43 @@ const SERVER: &str = "198.18.0.2";
 const POOL: &str = "198.18.8.0/24";
 const K: usize = 30;
 
-/// Tree connects Samba holds now (`smbstatus --json`).
-fn smbstatus_tcons(ns: &str, smb: &Samba) -> usize {
+/// Tree connects Samba holds now (`smbstatus --json`), by share name.
+fn smbstatus_tcons_by_share(ns: &str, smb: &Samba) -> BTreeMap<String, usize> {
     let conf = smb.conf().display().to_string();
     let o = in_ns(ns, &["smbstatus", "-s", &conf, "--json"])
         .output()
         .expect("smbstatus");
     #[derive(serde::Deserialize)]
+    struct Tcon {
+        service: String,
+    }
+    #[derive(serde::Deserialize)]
     struct Status {
         #[serde(default)]
-        tcons: BTreeMap<String, serde::de::IgnoredAny>,
+        tcons: BTreeMap<String, Tcon>,
     }
-    serde_json::from_slice::<Status>(&o.stdout).map_or(0, |s| s.tcons.len())
+    let mut by = BTreeMap::new();
+    if let Ok(s) = serde_json::from_slice::<Status>(&o.stdout) {
+        for t in s.tcons.into_values() {
+            *by.entry(t.service).or_default() += 1;
+        }
+    }
+    by
+}
+
+/// Tree connects Samba holds now.
+fn smbstatus_tcons(ns: &str, smb: &Samba) -> usize {
+    smbstatus_tcons_by_share(ns, smb).values().sum()
+}
+
+/// wirelab smb's live tree connects per share, by the share's name (the path's last part),
+/// shares with none left out.
+fn ours_by_share(l: &IntervalLine) -> BTreeMap<String, usize> {
+    l.shares_live
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(p, n)| (p.rsplit('\\').next().unwrap_or(p).to_string(), *n as usize))
+        .collect()
 }
 
 /// Count lines of `tshark -T fields` output by their fields (comma lists are split: a
@@ -137,11 +162,24 @@ fn smbclient_swarm_agrees_with_smbstatus_and_tshark() {
         "--interval",
         "200ms",
         "--json",
+        "--metrics",
+        "127.0.0.1:0",
         "--record",
     ]);
     let rec = dir.join("rec");
     view_cmd.arg(&rec).stdout(Stdio::piped());
     let mut view = spawn_ready(view_cmd, "capture attached", Duration::from_secs(20));
+    let metrics = tcp_listen_addr(view.pid());
+    let trees_metric = || {
+        let rows = parse_openmetrics(&scrape(&metrics).1);
+        rows.iter()
+            .find(|r| {
+                r.name == "wirelab_smb_tree_connects"
+                    && r.label("server") == Some(SERVER)
+                    && r.label("share") == Some("share")
+            })
+            .map_or(0.0, |r| r.value)
+    };
     let lines: Arc<Mutex<Vec<String>>> = Arc::default();
     let reader = {
         let out = view.child_mut().stdout.take().expect("stdout piped");
@@ -181,7 +219,35 @@ fn smbclient_swarm_agrees_with_smbstatus_and_tshark() {
         seen = (samba, ours);
         samba == K && ours == K
     });
+    // And per share: every live one is "share" (smbclient's IPC$ connect is over by then).
+    let mut by_share = (BTreeMap::new(), BTreeMap::new());
+    let shares_agree = agreed
+        && eventually(Duration::from_secs(3), || {
+            by_share = (
+                smbstatus_tcons_by_share(&server_ns, &smb),
+                latest().map(|l| ours_by_share(&l)).unwrap_or_default(),
+            );
+            by_share.0 == by_share.1
+        });
+    // --metrics serves the same live count for the share.
+    let mut metric = 0.0;
+    let metric_agrees = agreed
+        && eventually(Duration::from_secs(3), || {
+            metric = trees_metric();
+            metric == K as f64
+        });
     let o = swarm.join().unwrap();
+    assert!(
+        !agreed || metric_agrees,
+        "wirelab_smb_tree_connects{{server={SERVER:?},share=\"share\"}} {metric}, want {K}"
+    );
+    assert!(
+        !agreed || shares_agree,
+        "live tree connects per share: smbstatus {:?} vs wirelab smb {:?}",
+        by_share.0,
+        by_share.1
+    );
+    assert_eq!(by_share.0.get("share"), Some(&K), "{by_share:?}");
     assert!(
         agreed,
         "live tree connects: smbstatus {} vs wirelab smb {}\nswarm: {}\n{}\nwirelab smb: {:?}",
@@ -224,6 +290,23 @@ fn smbclient_swarm_agrees_with_smbstatus_and_tshark() {
     };
     assert_eq!(fin.clients.len(), K, "{:?}", fin.clients);
     assert_eq!((fin.trees_live_max, fin.totals.trees_live), (K as u64, 0));
+    // Per share: each client connected IPC$ and the share once; all of the share's at once.
+    let share = |name: &str| {
+        fin.shares
+            .iter()
+            .find(|s| s.share == format!("\\\\{SERVER}\\{name}"))
+            .unwrap_or_else(|| panic!("{name} in {:?}", fin.shares))
+    };
+    let (ipc, sh) = (share("IPC$"), share("share"));
+    assert_eq!(fin.shares.len(), 2, "{:?}", fin.shares);
+    assert_eq!(
+        (ipc.trees_total, ipc.clients, ipc.trees_live),
+        (K as u64, K as u64, 0)
+    );
+    assert_eq!(
+        (sh.trees_total, sh.clients, sh.trees_live, sh.trees_live_max),
+        (K as u64, K as u64, 0, K as u64)
+    );
     assert_eq!(fin.skipped_bytes, 0);
     report_plots_live_tree_connects(&rec, &fin);
 

@@ -12,7 +12,7 @@ use super::{parse_duration, JsonArg, NetnsArg};
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  wirelab smb --netns wirelab-server --iface eth0 --interval 1s\n  wirelab smb --netns wirelab-server --iface eth0 --duration 30s --json\n  wirelab smb --netns wirelab-server --iface eth0 --duration 60s --record smb-run && wirelab report smb-run\n  wirelab smb --read server.pcapng --top 50\n  wirelab capture --netns wirelab-server --iface eth0 --filter 'tcp port 445' -w - | wirelab smb --read -\n\nPer client address: dialect, connections, sessions / tree connects / opens (live now and\nin total), commands and commands per second, errors by NTSTATUS, encrypted sessions; per\ncommand: latency from request to response by MessageId (p50, p99, max); server-wide:\nlive tree connects over time and their peak. See docs/smb.md."
+    after_help = "Examples:\n  wirelab smb --netns wirelab-server --iface eth0 --interval 1s\n  wirelab smb --netns wirelab-server --iface eth0 --duration 30s --json\n  wirelab smb --netns wirelab-server --iface eth0 --duration 60s --record smb-run && wirelab report smb-run\n  wirelab smb --read server.pcapng --top 50\n  wirelab smb --netns wirelab-server --iface eth0 --metrics 127.0.0.1:9466\n  wirelab capture --netns wirelab-server --iface eth0 --filter 'tcp port 445' -w - | wirelab smb --read -\n\nPer client address: dialect, connections, sessions / tree connects / opens (live now and\nin total), commands and commands per second, errors by NTSTATUS, encrypted sessions; per\ncommand: latency from request to response by MessageId (p50, p99, max); per share: tree\nconnects live, in total and at most; server-wide: live tree connects over time and their\npeak; --metrics serves them live. See docs/smb.md."
 )]
 pub struct SmbArgs {
     /// Capture on this interface (runs `wirelab capture` with `tcp port PORT` in the kernel).
@@ -42,6 +42,11 @@ pub struct SmbArgs {
     /// The interval is 1 s unless --interval says otherwise.
     #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
+    /// Serve the server-wide figures and live tree connects per share in OpenMetrics text
+    /// format (docs/metrics.md) on ADDR:PORT, updated every interval (1 s unless --interval
+    /// says otherwise).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(a: SmbArgs) -> Result<ExitCode> {
@@ -70,6 +75,10 @@ pub fn run(a: SmbArgs) -> Result<ExitCode> {
         json: a.json.json,
         top: a.top,
         record: a.record,
+        metrics: a
+            .metrics
+            .map(wirelab::metrics::Endpoint::bind)
+            .transpose()?,
     };
     smb::run(&opts, &stop)?;
     Ok(ExitCode::SUCCESS)

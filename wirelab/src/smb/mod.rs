@@ -12,6 +12,7 @@
 //! Live, it runs `wirelab capture … -w -` itself and reads its output; `--read FILE` (or
 //! `-` for standard input) reads a capture written before: pcapng (wirelab capture,
 //! dumpcap) or pcap (tcpdump -w), Ethernet.
+mod metrics;
 pub mod proto;
 pub mod stream;
 pub mod view;
@@ -38,7 +39,7 @@ use pcap_file::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use view::{ClientReport, CommandReport, Segment, Totals, View};
+pub use view::{ClientReport, CommandReport, Segment, ShareReport, Totals, View};
 
 use crate::{runtime::observe::Observer, util::Stop};
 
@@ -66,6 +67,9 @@ pub struct Options {
     pub top: usize,
     /// `--record DIR`: the interval lines and the final line as a run record.
     pub record: Option<PathBuf>,
+    /// `--metrics ADDR:PORT`: the server-wide figures and live tree connects per share,
+    /// updated every interval.
+    pub metrics: Option<crate::metrics::Endpoint>,
 }
 
 /// One `--json` interval line.
@@ -79,6 +83,9 @@ pub struct IntervalLine {
     pub totals: Totals,
     /// Requests in this interval, per second.
     pub commands_per_s: f64,
+    /// Tree connects live now per share (path).
+    #[serde(default)]
+    pub shares_live: std::collections::BTreeMap<String, u64>,
 }
 
 /// The final `--json` line.
@@ -93,6 +100,9 @@ pub struct FinalLine {
     pub trees_live_max: u64,
     pub trees_live_max_t: f64,
     pub clients: Vec<ClientReport>,
+    /// Per share: tree connects live and in total, the most at once.
+    #[serde(default)]
+    pub shares: Vec<ShareReport>,
     pub commands: Vec<CommandReport>,
     pub errors: std::collections::BTreeMap<String, u64>,
     /// Frames read, TCP segments to or from the port, SMB messages parsed.
@@ -286,7 +296,14 @@ fn spawn_capture(
 /// Read frames until the input ends (or, live, until `stop`), feeding the view; prints
 /// (and records) the interval lines and the final line, and returns the final line.
 pub fn run(o: &Options, stop: &Stop) -> Result<FinalLine> {
-    let interval = o.interval.or(o.record.is_some().then_some(RECORD_INTERVAL));
+    let interval = o
+        .interval
+        .or((o.record.is_some() || o.metrics.is_some()).then_some(RECORD_INTERVAL));
+    let metrics = o
+        .metrics
+        .as_ref()
+        .map(metrics::SmbMetrics::start)
+        .transpose()?;
     let (iface, netns, read, duration) = match &o.source {
         Source::File(p) => (None, None, Some(p.display().to_string()), None),
         Source::Live {
@@ -358,8 +375,12 @@ pub fn run(o: &Options, stop: &Stop) -> Result<FinalLine> {
             t,
             totals: v.totals(),
             commands_per_s: (v.requests - last_requests) as f64 / dt.max(1e-9),
+            shares_live: v.shares_live(),
         };
         last_requests = v.requests;
+        if let Some(m) = &metrics {
+            m.publish(v);
+        }
         obs.interval(&l, |out| print_interval(&l, out))
     };
     let mut stopping = false;
@@ -424,6 +445,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<FinalLine> {
         trees_live_max: trees_max,
         trees_live_max_t: trees_max_t,
         clients,
+        shares: v.shares(),
         commands: v.commands(),
         errors: v.errors_by_status(),
         frames,
@@ -486,6 +508,18 @@ pub fn print_final(f: &FinalLine, top: usize, out: &mut dyn Write) -> std::io::R
         )?;
     }
     writeln!(out, "  (sessions, trees, opens: live now / in total)")?;
+    writeln!(
+        out,
+        "  {:<40} {:>10} {:>11} {:>8} {:>7}",
+        "share", "trees live", "trees total", "at most", "clients"
+    )?;
+    for s in &f.shares {
+        writeln!(
+            out,
+            "  {:<40} {:>10} {:>11} {:>8} {:>7}",
+            s.share, s.trees_live, s.trees_total, s.trees_live_max, s.clients
+        )?;
+    }
     writeln!(
         out,
         "  {:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -65,10 +65,29 @@ struct Client {
     smb1_messages: u64,
 }
 
+/// A share (its tree connect path, `\\server\share`) over every client.
+#[derive(Default)]
+struct Share {
+    live: u64,
+    total: u64,
+    /// The most tree connects live at once, and when (s since the origin).
+    max: (u64, f64),
+    clients: BTreeSet<IpAddr>,
+}
+
+impl Share {
+    fn gone(shares: &mut BTreeMap<String, Share>, path: &str) {
+        if let Some(s) = shares.get_mut(path) {
+            s.live = s.live.saturating_sub(1);
+        }
+    }
+}
+
 pub struct View {
     port: u16,
     conns: HashMap<ConnKey, Conn>,
     clients: BTreeMap<IpAddr, Client>,
+    shares: BTreeMap<String, Share>,
     pending: HashMap<(ConnKey, u64), Pending>,
     latency: BTreeMap<u16, Histogram<u64>>,
     first_ns: Option<u64>,
@@ -90,6 +109,7 @@ impl View {
             port,
             conns: HashMap::new(),
             clients: BTreeMap::new(),
+            shares: BTreeMap::new(),
             pending: HashMap::new(),
             latency: BTreeMap::new(),
             first_ns: None,
@@ -153,7 +173,11 @@ impl View {
         }
         if s.end {
             // The server lets go of everything the connection held.
-            self.conns.remove(&key);
+            if let Some(c) = self.conns.remove(&key) {
+                for path in c.trees.values() {
+                    Share::gone(&mut self.shares, path);
+                }
+            }
             self.pending.retain(|(k, _), _| *k != key);
         }
         let live = self.trees_live();
@@ -164,6 +188,7 @@ impl View {
 
     fn message(&mut self, key: ConnKey, to_server: bool, t_ns: u64, m: Message) {
         self.messages += 1;
+        let t = self.elapsed_s(t_ns);
         let client = self.clients.entry(key.0.ip()).or_default();
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
@@ -226,11 +251,20 @@ impl View {
             // Session setup rounds with MORE_PROCESSING_REQUIRED change nothing live.
             return;
         }
-        Self::success(client, conn, &h, p.as_ref());
+        let at = (&mut self.shares, key.0.ip(), t);
+        Self::success(client, conn, at, &h, p.as_ref());
     }
 
-    /// What a successful response makes live or ends.
-    fn success(client: &mut Client, conn: &mut Conn, h: &Smb2, p: Option<&Pending>) {
+    /// What a successful response makes live or ends; `at`: the shares, the client's address
+    /// and the time (s).
+    fn success(
+        client: &mut Client,
+        conn: &mut Conn,
+        at: (&mut BTreeMap<String, Share>, IpAddr, f64),
+        h: &Smb2,
+        p: Option<&Pending>,
+    ) {
+        let (shares, ip, t) = at;
         match (h.command, &h.body) {
             (cmd::NEGOTIATE, Body::NegotiateResponse { dialect }) => {
                 client.dialect = Some(*dialect);
@@ -243,19 +277,42 @@ impl View {
             }
             (cmd::LOGOFF, _) => {
                 conn.sessions.remove(&h.session_id);
-                conn.trees.retain(|(s, _), _| *s != h.session_id);
+                conn.trees.retain(|(s, _), path| {
+                    let keep = *s != h.session_id;
+                    if !keep {
+                        Share::gone(shares, path);
+                    }
+                    keep
+                });
                 conn.opens.retain(|_, (s, _)| *s != h.session_id);
             }
             (cmd::TREE_CONNECT, _) => {
                 let path = p.and_then(|p| p.path.clone()).unwrap_or_default();
                 client.shares.insert(path.clone());
-                if conn.trees.insert((h.session_id, h.tree_id), path).is_none() {
-                    client.trees_total += 1;
+                let share = shares.entry(path.clone()).or_default();
+                share.clients.insert(ip);
+                match conn.trees.insert((h.session_id, h.tree_id), path) {
+                    None => {
+                        client.trees_total += 1;
+                        share.total += 1;
+                        share.live += 1;
+                        if share.live > share.max.0 {
+                            share.max = (share.live, t);
+                        }
+                    }
+                    // The same TreeId again (a reconnect): it replaces the old one.
+                    Some(old) => {
+                        share.total += 1;
+                        share.live += 1;
+                        Share::gone(shares, &old);
+                    }
                 }
             }
             (cmd::TREE_DISCONNECT, _) => {
                 let tid = p.map_or(h.tree_id, |p| p.tree_id);
-                conn.trees.remove(&(h.session_id, tid));
+                if let Some(path) = conn.trees.remove(&(h.session_id, tid)) {
+                    Share::gone(shares, &path);
+                }
                 conn.opens.retain(|_, t| *t != (h.session_id, tid));
             }
             (cmd::CREATE, Body::CreateResponse { file_id }) => {
@@ -374,6 +431,30 @@ impl View {
         e
     }
 
+    /// Per share (tree connect path): tree connects live now and in total, the most live at
+    /// once and when, and how many client addresses connected it.
+    pub fn shares(&self) -> Vec<ShareReport> {
+        self.shares
+            .iter()
+            .map(|(path, s)| ShareReport {
+                share: path.clone(),
+                trees_live: s.live,
+                trees_total: s.total,
+                trees_live_max: s.max.0,
+                trees_live_max_t: s.max.1,
+                clients: s.clients.len() as u64,
+            })
+            .collect()
+    }
+
+    /// Tree connects live now per share (path).
+    pub fn shares_live(&self) -> BTreeMap<String, u64> {
+        self.shares
+            .iter()
+            .map(|(p, s)| (p.clone(), s.live))
+            .collect()
+    }
+
     /// The most tree connects live at once, and when.
     pub fn trees_max(&self) -> (u64, f64) {
         self.trees_max
@@ -430,6 +511,20 @@ pub struct ClientReport {
     pub errors: BTreeMap<String, u64>,
     pub encrypted_messages: u64,
     pub smb1_messages: u64,
+}
+
+/// One share over every client.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShareReport {
+    /// The tree connect's path (`\\198.18.0.2\share`).
+    pub share: String,
+    pub trees_live: u64,
+    pub trees_total: u64,
+    /// The most tree connects to it live at once, and when (s).
+    pub trees_live_max: u64,
+    pub trees_live_max_t: f64,
+    /// Client addresses that connected it.
+    pub clients: u64,
 }
 
 /// One command over every client.
@@ -582,6 +677,16 @@ mod tests {
             (0, 0, 0)
         );
         assert_eq!(w.v.clients(1.0)[0].trees_total, 2);
+        // Per share: the failed tree connect counts nowhere; both connects of "share" and
+        // their ends (a disconnect, the connection's end) do.
+        let shares = w.v.shares();
+        assert_eq!(shares.len(), 1, "{shares:?}");
+        let s = &shares[0];
+        assert_eq!(s.share, "\\\\198.18.0.2\\share");
+        assert_eq!(
+            (s.trees_live, s.trees_total, s.trees_live_max, s.clients),
+            (0, 2, 1, 1)
+        );
     }
 
     #[test]
