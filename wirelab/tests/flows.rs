@@ -248,10 +248,14 @@ fn flows_agree_with_tshark_on_loss_zero_window_and_reset() {
             "500ms",
             "--duration",
             "60s",
+            "--metrics",
+            "127.0.0.1:0",
             "--record",
         ])
         .arg(&rec);
     let flows = spawn_ready(c, "capture attached", Duration::from_secs(30));
+    let metrics = tcp_listen_addr(flows.pid());
+    let scrape_rows = || parse_openmetrics(&scrape(&metrics).1);
     let mut c = in_ns(
         &lab.ns("client"),
         &["tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-w"],
@@ -262,6 +266,16 @@ fn flows_agree_with_tshark_on_loss_zero_window_and_reset() {
             .expect("tcpdump");
 
     client(&lab.ns("client")).join().expect("client");
+    // --metrics: once an interval without packets has passed (active 0), the top flows'
+    // gauges hold their final bytes.
+    let mut rows = vec![];
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            rows = scrape_rows();
+            sample(&rows, "wirelab_flows_active", &[("iface", "eth0")]) == 0.0
+        }),
+        "flows stay active"
+    );
     let out = flows.terminate();
     let text = out.text();
     let fin: FinalLine = serde_json::from_str(
@@ -294,6 +308,28 @@ fn flows_agree_with_tshark_on_loss_zero_window_and_reset() {
     );
     assert_eq!(fin.lost, 0, "the capture lost frames");
     assert_eq!(fin.flows.len(), 3, "{fin:#?}");
+    // The metrics' top flows are the final line's, with the same bytes and retransmissions
+    // per side.
+    for f in &fin.flows {
+        for (side, d) in [("orig", &f.orig), ("resp", &f.resp)] {
+            let l = [
+                ("proto", f.proto.as_str()),
+                ("orig", f.orig_addr.as_str()),
+                ("resp", f.resp_addr.as_str()),
+                ("side", side),
+            ];
+            assert_eq!(
+                sample(&rows, "wirelab_flows_top_bytes", &l),
+                d.bytes as f64,
+                "{f:?} {side}"
+            );
+            assert_eq!(
+                sample(&rows, "wirelab_flows_top_retransmissions", &l),
+                d.retransmissions as f64,
+                "{f:?} {side}"
+            );
+        }
+    }
     let by_port = |p: u16| -> &FlowReport {
         fin.flows
             .iter()

@@ -9,7 +9,7 @@ use super::{parse_duration, parse_interval, JsonArg, NetnsArg, XdpModeArg};
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  wirelab flows --netns wirelab-client --iface eth0\n  wirelab flows --netns wirelab-server --iface eth0 --filter 'tcp port 5201' --sort rate --top 5\n  wirelab flows --netns wirelab-client --iface eth0 --duration 10s --json --record run1\n\nState and history follow Zeek's conn.log (upper-case letters: the originator); retx, ooo,\nzwin and rst are originator/responder; rtt> is the running RTT (TCP timestamps, the pping\nmethod) from this interface to the responder and back, rtt< to the originator and back.\nSee docs/flows.md."
+    after_help = "Examples:\n  wirelab flows --netns wirelab-client --iface eth0\n  wirelab flows --netns wirelab-server --iface eth0 --filter 'tcp port 5201' --sort rate --top 5\n  wirelab flows --netns wirelab-client --iface eth0 --duration 10s --json --record run1\n  wirelab flows --netns wirelab-client --iface eth0 --top 20 --metrics 127.0.0.1:9467\n\nState and history follow Zeek's conn.log (upper-case letters: the originator); retx, ooo,\nzwin and rst are originator/responder; rtt> is the running RTT (TCP timestamps, the pping\nmethod) from this interface to the responder and back, rtt< to the originator and back.\nSee docs/flows.md."
 )]
 pub struct FlowsArgs {
     /// Interface to watch (both directions: XDP ingress, tc egress).
@@ -40,11 +40,20 @@ pub struct FlowsArgs {
     /// Force an XDP mode for the ingress program instead of native with a fallback to skb.
     #[arg(long, value_enum)]
     mode: Option<XdpModeArg>,
+    /// Serve the table's counters and the --top flows of each interval (rate, bytes, RTT,
+    /// retransmissions) in OpenMetrics text format (docs/metrics.md) on ADDR:PORT.
+    /// Bound in the namespace wirelab was started in, before --netns is entered.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(a: FlowsArgs) -> Result<ExitCode> {
     // Refuse a bad filter before touching anything.
     wirelab::capture::compile(&a.filter)?;
+    let metrics = a
+        .metrics
+        .map(wirelab::metrics::Endpoint::bind)
+        .transpose()?;
     let stop = a.netns.enter_until_stopped()?;
     flows::run(
         &flows::Options {
@@ -58,7 +67,7 @@ pub fn run(a: FlowsArgs) -> Result<ExitCode> {
                 duration: a.duration,
                 json: a.json.json,
                 record: a.record,
-                metrics: None,
+                metrics,
             },
         },
         &stop,

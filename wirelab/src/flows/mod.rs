@@ -9,6 +9,7 @@
 //!      rows (table | --json line | --record series); at the end every flow (final)
 //! ```
 //! Design and limits: docs/flows.md.
+mod metrics;
 pub mod tcp;
 
 use std::{collections::HashMap, io::Write, time::Instant};
@@ -396,6 +397,7 @@ struct FlowSink<'a> {
     last_tick: Instant,
     seq: u64,
     clear: bool,
+    metrics: Option<metrics::FlowsMetrics>,
 }
 
 impl FlowSink<'_> {
@@ -428,6 +430,9 @@ impl FlowSink<'_> {
             self.opts.top,
             sort_word(self.opts.sort)
         );
+        if let Some(m) = self.metrics.as_mut() {
+            m.publish(&line, &self.table);
+        }
         if let Some(obs) = self.obs.as_mut() {
             obs.interval(&line, |o| print_table(o, &title, &line.top))?;
         }
@@ -489,6 +494,12 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<FinalLine> {
         last_tick: Instant::now(),
         seq: 0,
         clear: !opts.report.json && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        metrics: opts
+            .report
+            .metrics
+            .as_ref()
+            .map(metrics::FlowsMetrics::start)
+            .transpose()?,
     };
     let copts = capture::Options {
         iface: opts.iface.clone(),
