@@ -362,7 +362,7 @@ fn flows_agree_with_tshark_on_loss_zero_window_and_reset() {
     let zwin = tshark_count(&pcap, "tcp.analysis.zero_window");
     let rst = tshark_count(&pcap, "tcp.flags.reset == 1");
     let syns = tshark_count(&pcap, "tcp.flags.syn == 1 && tcp.flags.ack == 0");
-    let mut rtt_checked = 0;
+    let mut handshakes: Vec<f64> = vec![];
     for f in &fin.flows {
         let (c, s) = (port_of(&f.orig_addr), port_of(&f.resp_addr));
         let get = |m: &HashMap<(u16, u16), u64>, k| m.get(&k).copied().unwrap_or(0);
@@ -390,15 +390,28 @@ fn flows_agree_with_tshark_on_loss_zero_window_and_reset() {
             // work in between.
             assert!((h - theirs).abs() < 2.0, "handshake {h} vs tshark {theirs}");
             if get(&syns, (c, s)) == 1 {
-                assert!(
-                    (h - 2.0 * DELAY_MS).abs() <= 0.1 * 2.0 * DELAY_MS,
-                    "handshake RTT {h:.2} ms, expected 40 ms ± 10 %"
-                );
-                rtt_checked += 1;
+                handshakes.push(h);
             }
         }
     }
-    assert!(rtt_checked > 0, "no flow with a single SYN: {fin:#?}");
+    // One sample per flow, each through the wan's engine, which can add to a single packet
+    // when the host is busy but never take away: the smallest within ±10 % of the 40 ms the
+    // wan adds, none below it by more than 10 % or above it by more than half.
+    let least = handshakes.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(
+        !handshakes.is_empty(),
+        "no flow with a single SYN: {fin:#?}"
+    );
+    assert!(
+        (least - 2.0 * DELAY_MS).abs() <= 0.1 * 2.0 * DELAY_MS,
+        "handshake RTTs {handshakes:.2?} ms: the least should be 40 ms ± 10 %"
+    );
+    assert!(
+        handshakes
+            .iter()
+            .all(|h| (0.9 * 2.0 * DELAY_MS..=1.5 * 2.0 * DELAY_MS).contains(h)),
+        "handshake RTTs {handshakes:.2?} ms, expected 36-60 ms"
+    );
     // Running RTT (pping) of the upload: the client's timestamps echoed by the server.
     let r = up.orig.rtt_ms.expect("running RTT samples");
     assert!(up.orig.rtt_samples >= 20, "{up:?}");
