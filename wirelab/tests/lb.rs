@@ -834,22 +834,9 @@ fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip
     // The second client's GETs are captured behind lb's tc tap.
     let (per1, failed1) = curl_many_from(&client_ns, 600, "198.18.0.1");
     let file = dir.join("lb-tc.pcapng");
-    let cap = common::start_capture(
-        &lb_ns,
-        "eth0",
-        &[
-            "--filter",
-            "tcp port 80",
-            "--json",
-            "-w",
-            file.to_str().unwrap(),
-        ],
-    );
+    let cap = capture_port_80(&lb_ns, &file);
     let (per2, failed2) = curl_many_from(&client_ns, 600, "198.18.0.2");
-    let cap_out = cap.terminate();
-    let summary: wirelab::capture::Summary =
-        serde_json::from_str(cap_out.text().trim()).expect("capture summary line");
-    assert_eq!(summary.behind.as_deref(), Some("lb"), "{summary:?}");
+    assert_behind_lb(cap);
     lb_decisions_in_capture(&file, &per2, 600);
     eprintln!("nat: from .1 {per1:?} failed {failed1}; from .2 {per2:?} failed {failed2}");
     assert_eq!(
@@ -1621,6 +1608,30 @@ fn xdp_path_on_a_veth_peer_with_napi_and_tc_on_a_plain_peer() {
     assert_eq!(served, GETS + 30, "the servers saw every GET");
 }
 
+/// `wirelab capture` of `tcp port 80` on the balancer's `eth0` into `file`, with a JSON
+/// summary.
+fn capture_port_80(lb_ns: &str, file: &std::path::Path) -> Bg {
+    common::start_capture(
+        lb_ns,
+        "eth0",
+        &[
+            "--filter",
+            "tcp port 80",
+            "--json",
+            "-w",
+            file.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Stop `cap` ([`capture_port_80`]) and check that it captured behind lb's tap.
+fn assert_behind_lb(cap: Bg) {
+    let out = cap.terminate();
+    let s: wirelab::capture::Summary =
+        serde_json::from_str(out.text().trim()).expect("capture summary line");
+    assert_eq!(s.behind.as_deref(), Some("lb"), "{s:?}");
+}
+
 /// A capture of `tcp port 80` on the balancer's client side, behind lb's tap, while `gets`
 /// GETs went through NAT (answered as `per` says): every SYN of a curl was hashed to the
 /// backend that answered it, every other client packet followed its tracked flow, and only
@@ -1662,26 +1673,13 @@ fn nat_on_the_xdp_path() {
     assert!(line.contains("xdp path: auto:"), "{line}");
     // A capture on the clients' side goes behind lb's tap: each frame carries its decision.
     let file = dir.join("lb.pcapng");
-    let cap = common::start_capture(
-        &lb_ns,
-        "eth0",
-        &[
-            "--filter",
-            "tcp port 80",
-            "--json",
-            "-w",
-            file.to_str().unwrap(),
-        ],
-    );
+    let cap = capture_port_80(&lb_ns, &file);
     let (per, failed) = curl_many_from(&lab.ns("client"), 300, "198.18.0.2");
     let st = lb_stats(&lb_ns);
-    let cap_out = cap.terminate();
+    assert_behind_lb(cap);
     drop(bg);
     eprintln!("nat over xdp: {per:?}, failed {failed}");
     assert_eq!(failed, 0, "{per:?}");
-    let s: wirelab::capture::Summary =
-        serde_json::from_str(cap_out.text().trim()).expect("capture summary line");
-    assert_eq!(s.behind.as_deref(), Some("lb"), "{s:?}");
     lb_decisions_in_capture(&file, &per, 300);
     for (b, s) in &servers {
         let peers = s.peers.lock().unwrap().clone();
