@@ -1138,29 +1138,22 @@ pub fn check_forwarding(config: &Config) -> Result<()> {
         if s.mode != config::Mode::Nat {
             continue;
         }
+        let on = |key: &str| crate::netns::read_sysctl(key).is_ok_and(|v| v == "1");
         let key = if s.vip.is_ipv4() {
-            "/proc/sys/net/ipv4/ip_forward"
+            "net.ipv4.ip_forward"
         } else {
-            "/proc/sys/net/ipv6/conf/all/forwarding"
+            "net.ipv6.conf.all.forwarding"
         };
-        let on = std::fs::read_to_string(key)
-            .map(|v| v.trim() == "1")
-            .unwrap_or(false);
-        if !on {
+        if !on(key) {
             bail!(
-                "service[{i}].mode: \"nat\" needs {} = 1 in the balancer's namespace (translated packets are routed to the backends)",
-                key.trim_start_matches("/proc/sys/").replace('/', ".")
+                "service[{i}].mode: \"nat\" needs {key} = 1 in the balancer's namespace (translated packets are routed to the backends)"
             );
         }
         // An SNAT address the balancer holds is a local source to its own routing, which
         // drops such packets as martians unless accept_local is on.
         if let Some(IpAddr::V4(a)) = s.snat {
             let local = std::net::UdpSocket::bind((a, 0)).is_ok();
-            let key = "/proc/sys/net/ipv4/conf/all/accept_local";
-            let on = std::fs::read_to_string(key)
-                .map(|v| v.trim() == "1")
-                .unwrap_or(false);
-            if local && !on {
+            if local && !on("net.ipv4.conf.all.accept_local") {
                 bail!(
                     "service[{i}].snat: {a} is the balancer's own address, so translated packets leave with a local source, which the kernel drops unless net.ipv4.conf.all.accept_local = 1 in the balancer's namespace"
                 );
