@@ -93,7 +93,8 @@ pub struct FlowReport {
     pub history: String,
     pub orig: DirReport,
     pub resp: DirReport,
-    /// First SYN to the ACK of the SYN/ACK (ms), when the handshake was seen.
+    /// The latest SYN to the ACK of the SYN/ACK (ms, tshark's `initial_rtt`), when the
+    /// handshake was seen.
     pub handshake_rtt_ms: Option<f64>,
     /// First packet, seconds since flows started.
     pub start_s: f64,

@@ -261,7 +261,9 @@ pub struct Flow {
     pub orig: Side,
     pub resp: Side,
     pub history: String,
-    /// First SYN, first SYN/ACK and the ACK completing the handshake.
+    /// The latest SYN before the handshake completed (a SYN sent again restarts the
+    /// handshake, as tshark's most recent SYN does), the first SYN/ACK and the ACK completing
+    /// the handshake.
     pub syn_ns: Option<u64>,
     pub synack_ns: Option<u64>,
     pub ack_ns: Option<u64>,
@@ -417,7 +419,7 @@ impl Flow {
         }
 
         // Handshake.
-        if syn && !ack && from_orig && self.syn_ns.is_none() {
+        if syn && !ack && from_orig && self.ack_ns.is_none() {
             self.syn_ns = Some(s.t_ns);
         }
         if syn && ack && !from_orig && self.synack_ns.is_none() {
@@ -454,7 +456,8 @@ impl Flow {
         }
     }
 
-    /// The handshake RTT: first SYN to the ACK of the SYN/ACK (tshark's `initial_rtt`), ms.
+    /// The handshake RTT: the latest SYN to the ACK of the SYN/ACK (tshark's `initial_rtt`),
+    /// ms. A lost SYN's timeout is not part of it: the SYN sent again starts the measurement.
     pub fn handshake_ms(&self) -> Option<f64> {
         let (a, b) = (self.syn_ns?, self.ack_ns?);
         (b >= a).then(|| (b - a) as f64 / 1e6)
@@ -690,6 +693,20 @@ mod tests {
         assert_eq!((f.state(), f.history.as_str()), ("S0", "ST"));
         assert_eq!(f.orig.retrans, 1, "a repeated SYN is a retransmission");
         assert_eq!(f.handshake_ms(), None);
+    }
+
+    #[test]
+    fn a_lost_syn_leaves_its_timeout_out_of_the_handshake_rtt() {
+        // The first SYN is lost; the one sent again a second later is answered 40 ms on.
+        let mut v = vec![seg(true, 0.0, SYN, (1000, 0), 0, 64240, Some((0, 0)))];
+        v.extend(handshake().into_iter().map(|mut s| {
+            s.t_ns += 1_000_000_000;
+            s
+        }));
+        let f = run(&v);
+        let hs = f.handshake_ms().unwrap();
+        assert!((hs - 40.1).abs() < 1e-9, "{hs}");
+        assert_eq!((f.state(), f.orig.retrans), ("S1", 1), "{f:?}");
     }
 
     #[test]
