@@ -96,8 +96,13 @@ pub mod event {
     /// New SNAT flows for which no source port was free towards their backend (the client's
     /// own and the flow's alternatives all taken by other clients): dropped.
     pub const DROP_SNAT_PORT: u32 = 13;
+    /// ICMP errors about NAT flows translated (the quoted packet, addresses and checksums):
+    /// towards the client, or to the backend when sent to the VIP.
+    pub const ICMP_TRANSLATED: u32 = 14;
+    /// ICMP errors sent to a VIP about a DSR flow's reply, forwarded to its backend.
+    pub const ICMP_FORWARDED: u32 = 15;
     /// Entries of `LB_EVENTS`.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
     /// Names, by index (the JSON and table keys).
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
@@ -114,6 +119,8 @@ pub mod event {
         "untracked",
         "drop_flow_limit",
         "drop_snat_port",
+        "icmp_translated",
+        "icmp_forwarded",
     ];
 }
 

@@ -60,6 +60,8 @@ pub const LB_RATE: &str = "LB_RATE";
 pub const LB_TAP: &str = "LB_TAP";
 pub const LB_TAP_ON: &str = "LB_TAP_ON";
 pub const LB_TC_TAP: &str = "LB_TC_TAP";
+pub const LB_ICMP_TC: &str = "LB_ICMP_TC";
+pub const LB_ICMP_XDP: &str = "LB_ICMP_XDP";
 pub const LB_NAT_REWRITE: &str = "LB_NAT_REWRITE";
 pub const LB_NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
 

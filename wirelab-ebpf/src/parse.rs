@@ -51,25 +51,25 @@ const ARP_TPA_OFF: usize = 24;
 pub const IPV4_ALEN: usize = 4;
 
 /// IPv4 header: version/IHL byte, field offsets, fragment bits, minimum length.
-const IPV4_VERSION: u8 = 4;
-const IPV4_MIN_IHL: usize = 5;
+pub const IPV4_VERSION: u8 = 4;
+pub const IPV4_MIN_IHL: usize = 5;
 const IPV4_TOT_LEN_OFF: usize = 2;
-const IPV4_FRAG_OFF: usize = 6;
+pub const IPV4_FRAG_OFF: usize = 6;
 const IP_MF: u16 = 0x2000;
-const IP_OFFSET: u16 = 0x1fff;
-const IPV4_PROTO_OFF: usize = 9;
+pub const IP_OFFSET: u16 = 0x1fff;
+pub const IPV4_PROTO_OFF: usize = 9;
 pub const IPV4_CSUM_OFF: usize = 10;
 pub const IPV4_SADDR_OFF: usize = 12;
-const IPV4_DADDR_OFF: usize = 16;
+pub const IPV4_DADDR_OFF: usize = 16;
 /// Length of an IPv4 header without options.
 pub const IPV4_HLEN: usize = 20;
 
 /// IPv6 header: field offsets and length.
-const IPV6_VERSION: u8 = 6;
+pub const IPV6_VERSION: u8 = 6;
 const IPV6_PAYLOAD_LEN_OFF: usize = 4;
-const IPV6_NEXTHDR_OFF: usize = 6;
+pub const IPV6_NEXTHDR_OFF: usize = 6;
 pub const IPV6_SADDR_OFF: usize = 8;
-const IPV6_DADDR_OFF: usize = 24;
+pub const IPV6_DADDR_OFF: usize = 24;
 pub const IPV6_HLEN: usize = 40;
 /// Extension headers: hop-by-hop/routing/destination options count 8-byte units beyond the
 /// first, AH 4-byte units beyond the first two; a fragment header is 8 bytes, its offset
@@ -91,7 +91,7 @@ const UDP_LEN_OFF: usize = 4;
 pub const UDP_CSUM_OFF: usize = 6;
 const UDP_HLEN: usize = 8;
 /// Every ICMP / ICMPv6 message starts with at least this many header bytes.
-const ICMP_HLEN: usize = 8;
+pub const ICMP_HLEN: usize = 8;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;

@@ -91,6 +91,8 @@ impl Harness {
             .unwrap_or_else(|e| panic!("verifier accepts lb_xdp: {e:?}"));
         wirelab::lb::load_which(&mut bpf)
             .unwrap_or_else(|e| panic!("verifier accepts lb_which: {e:?}"));
+        wirelab::lb::load_icmp(&mut bpf)
+            .unwrap_or_else(|e| panic!("verifier accepts lb_icmp and lb_icmp_xdp: {e:?}"));
         Self { bpf, lb }
     }
 
@@ -1164,6 +1166,233 @@ fn snat_rewrites_source_and_destination_and_picks_a_free_port() {
             (s.events.drop_snat_port, s.events.drop_error),
             (before + 1, 0),
             "{prog}"
+        );
+    }
+}
+
+/// An IPv4 packet (no Ethernet header) as the quote of an ICMP error: TCP with a SYN or UDP.
+fn quoted4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, udp: bool) -> Vec<u8> {
+    let b = PacketBuilder::ipv4(src, dst, 63);
+    let mut v = Vec::new();
+    if udp {
+        b.udp(sport, dport).write(&mut v, b"a query").unwrap();
+    } else {
+        b.tcp(sport, dport, 7, 1024)
+            .syn()
+            .write(&mut v, b"some bytes")
+            .unwrap();
+    }
+    v
+}
+
+fn quoted6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv6(src, dst, 63)
+        .tcp(sport, dport, 7, 1024)
+        .syn()
+        .write(&mut v, b"some bytes")
+        .unwrap();
+    v
+}
+
+/// An ICMPv4 error ("fragmentation needed", or "port unreachable" for UDP) from `src` to
+/// `dst` quoting `quote`; every checksum computed by etherparse.
+fn icmp4_error(src: [u8; 4], dst: [u8; 4], quote: &[u8]) -> Vec<u8> {
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
+    let why = if quote[9] == 17 {
+        DestUnreachableHeader::Port
+    } else {
+        DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }
+    };
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(SRC, DST)
+        .ipv4(src, dst, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(why))
+        .write(&mut v, quote)
+        .unwrap();
+    v
+}
+
+/// An ICMPv6 "packet too big" from `src` to `dst` quoting `quote`.
+fn icmp6_error(src: [u8; 16], dst: [u8; 16], quote: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(SRC, DST)
+        .ipv6(src, dst, 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+        .write(&mut v, quote)
+        .unwrap();
+    v
+}
+
+/// Run `f` through `prog`: it must be handed on (`pass`) exactly as `want` (every field and
+/// checksum: `want` is built with the translated fields, its checksums computed afresh).
+#[track_caller]
+fn icmp_becomes(h: &Harness, prog: &str, pass: u32, f: &[u8], want: &[u8]) {
+    let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, f);
+    assert_eq!(v, pass, "{prog}: translated and handed on");
+    assert_eq!(out, want, "{prog}: the translated error");
+}
+
+/// ICMP errors about balanced flows (RFC 5508): towards a NAT flow's client the quoted
+/// packet (and, from the backend itself, the error's source) goes back to what the client
+/// sent, with SNAT the client's address and port too; one sent to the VIP about a reply goes
+/// to the flow's backend, translated (NAT) or as it is (DSR). Quotes that reach the TCP/UDP
+/// checksum and those that do not (8 bytes), IPv4 and IPv6, both entry points; every
+/// checksum checked against frames built afresh with the translated fields.
+#[test]
+fn icmp_errors_about_balanced_flows_are_translated_or_sent_to_the_backend() {
+    const XDP_PASS: u32 = 2;
+    const XDP_TX: u32 = 3;
+    const ROUTER: [u8; 4] = [198, 18, 2, 1];
+    for (prog, pass) in [("lb", TC_ACT_OK), ("lb_xdp", XDP_PASS)] {
+        // NAT, no SNAT.
+        let h = Harness::with(NAT_CONFIG);
+        let (v, out) =
+            wirelab_testkit::prog::run(&h.bpf, prog, &tcp(CLIENT, VIP, 40000, 80, Flags::Syn));
+        assert_eq!(v, pass);
+        let be: [u8; 4] = out[30..34].try_into().unwrap();
+        // "Fragmentation needed" from a router between the balancer and the backend: only
+        // the quote changes (its destination back to the VIP).
+        let sent = quoted4(CLIENT, be, 40000, 80, false);
+        let orig = quoted4(CLIENT, VIP, 40000, 80, false);
+        for len in [sent.len(), 28] {
+            icmp_becomes(
+                &h,
+                prog,
+                pass,
+                &icmp4_error(ROUTER, CLIENT, &sent[..len]),
+                &icmp4_error(ROUTER, CLIENT, &orig[..len]),
+            );
+        }
+        // From the backend itself: its source becomes the VIP too.
+        icmp_becomes(
+            &h,
+            prog,
+            pass,
+            &icmp4_error(be, CLIENT, &sent),
+            &icmp4_error(VIP, CLIENT, &orig),
+        );
+        // UDP: "port unreachable" from the backend.
+        let (v, _) = wirelab_testkit::prog::run(&h.bpf, prog, &udp4(CLIENT, VIP, 5353, 53));
+        assert_eq!(v, pass);
+        let u1 = [198, 18, 2, 31];
+        icmp_becomes(
+            &h,
+            prog,
+            pass,
+            &icmp4_error(u1, CLIENT, &quoted4(CLIENT, u1, 5353, 53, true)),
+            &icmp4_error(VIP, CLIENT, &quoted4(CLIENT, VIP, 5353, 53, true)),
+        );
+        // To the VIP about a reply (the client's side lowers the MTU): to the backend.
+        icmp_becomes(
+            &h,
+            prog,
+            pass,
+            &icmp4_error(CLIENT, VIP, &quoted4(VIP, CLIENT, 80, 40000, false)),
+            &icmp4_error(CLIENT, be, &quoted4(be, CLIENT, 80, 40000, false)),
+        );
+        // IPv6: "packet too big" from a router and from the backend (whose source is in
+        // ICMPv6's pseudo-header).
+        let (v, _) = wirelab_testkit::prog::run(&h.bpf, prog, &tcp6(CLIENT6, VIP6, 40000, 80));
+        assert_eq!(v, pass);
+        let b6: [u8; 16] = "2001:2:2::21"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let r6: [u8; 16] = "2001:2:2::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let sent6 = quoted6(CLIENT6, b6, 40000, 80);
+        let orig6 = quoted6(CLIENT6, VIP6, 40000, 80);
+        icmp_becomes(
+            &h,
+            prog,
+            pass,
+            &icmp6_error(r6, CLIENT6, &sent6),
+            &icmp6_error(r6, CLIENT6, &orig6),
+        );
+        icmp_becomes(
+            &h,
+            prog,
+            pass,
+            &icmp6_error(b6, CLIENT6, &sent6),
+            &icmp6_error(VIP6, CLIENT6, &orig6),
+        );
+        // About no flow: passed as it is; so is a ping to the VIP.
+        for f in [
+            icmp4_error(ROUTER, CLIENT, &quoted4(CLIENT, be, 40001, 80, false)),
+            icmp4_error(CLIENT, VIP, &quoted4(VIP, CLIENT, 80, 40001, false)),
+        ] {
+            let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, &f);
+            assert_eq!(
+                (v, &out),
+                (
+                    if prog == "lb" {
+                        TC_ACT_UNSPEC
+                    } else {
+                        XDP_PASS
+                    },
+                    &f
+                )
+            );
+        }
+        let e = h.stats().events;
+        assert_eq!(
+            (e.icmp_translated, e.icmp_forwarded),
+            (7, 0),
+            "{prog}: {e:?}"
+        );
+
+        // SNAT: the quote's source and port go back to the client's, and so does the error's
+        // destination; to the VIP, the quote's destination becomes the SNAT address and port.
+        let h = Harness::with(&snat_config());
+        let (v, out) =
+            wirelab_testkit::prog::run(&h.bpf, prog, &tcp(CLIENT, VIP, 40000, 80, Flags::Syn));
+        assert_eq!(v, pass);
+        let be: [u8; 4] = out[30..34].try_into().unwrap();
+        assert_eq!(&out[26..30], &SNAT);
+        let port = port_at(&out, 34);
+        for len in [60, 28] {
+            let sent = quoted4(SNAT, be, port, 80, false);
+            let orig = quoted4(CLIENT, VIP, 40000, 80, false);
+            icmp_becomes(
+                &h,
+                prog,
+                pass,
+                &icmp4_error(be, SNAT, &sent[..len.min(sent.len())]),
+                &icmp4_error(VIP, CLIENT, &orig[..len.min(orig.len())]),
+            );
+        }
+        icmp_becomes(
+            &h,
+            prog,
+            pass,
+            &icmp4_error(CLIENT, VIP, &quoted4(VIP, CLIENT, 80, 40000, false)),
+            &icmp4_error(SNAT, be, &quoted4(be, SNAT, 80, port, false)),
+        );
+
+        // DSR: an error to the VIP about a reply goes, unchanged, to the flow's backend.
+        let h = Harness::new();
+        let syn = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
+        let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, &syn);
+        let dsr_out = if prog == "lb" {
+            TC_ACT_REDIRECT
+        } else {
+            XDP_TX
+        };
+        assert_eq!(v, dsr_out);
+        let mac = out[..6].to_vec();
+        let err = icmp4_error(CLIENT, VIP, &quoted4(VIP, CLIENT, 80, 40000, false));
+        let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, &err);
+        assert_eq!(v, dsr_out, "{prog}: to the backend");
+        assert_eq!((&out[..6], &out[6..12]), (&mac[..], &IFACE_MAC[..]));
+        assert_eq!(&out[12..], &err[12..], "{prog}: only the MACs change");
+        let e = h.stats().events;
+        assert_eq!(
+            (e.icmp_translated, e.icmp_forwarded),
+            (0, 1),
+            "{prog}: {e:?}"
         );
     }
 }

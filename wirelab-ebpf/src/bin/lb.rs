@@ -5,5 +5,5 @@
 
 include!("../object.rs");
 
-#[path = "../lb.rs"]
+#[path = "../lb/mod.rs"]
 mod lb;

@@ -22,8 +22,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
-    programs::{TcAttachType, TestRun, TestRunOptions, Xdp},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray},
+    programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp},
     util::nr_cpus as aya_nr_cpus,
     Ebpf,
 };
@@ -109,6 +109,10 @@ const TCP_RST: u32 = 0x04;
 pub const PROG: &str = "lb";
 /// The XDP entry point in the object (`XDP_TX` for DSR, `XDP_PASS` after translating for NAT).
 pub const PROG_XDP: &str = "lb_xdp";
+/// ICMP errors' programs (tc, XDP), which [`PROG`] and [`PROG_XDP`] reach by a tail call:
+/// errors about NAT flows translated, errors to a VIP about DSR flows sent to the backend.
+pub const PROG_ICMP: &str = "lb_icmp";
+pub const PROG_ICMP_XDP: &str = "lb_icmp_xdp";
 /// The decision without effects, for `lb which` (run through BPF_PROG_TEST_RUN, never
 /// attached).
 pub const PROG_WHICH: &str = "lb_which";
@@ -912,6 +916,12 @@ pub struct Events {
     /// New SNAT flows without a free source port towards their backend, dropped.
     #[serde(default)]
     pub drop_snat_port: u64,
+    /// ICMP errors about NAT flows translated.
+    #[serde(default)]
+    pub icmp_translated: u64,
+    /// ICMP errors to a VIP about DSR flows, forwarded to the flow's backend.
+    #[serde(default)]
+    pub icmp_forwarded: u64,
 }
 
 impl Events {
@@ -933,6 +943,8 @@ impl Events {
             untracked: g(event::UNTRACKED),
             drop_flow_limit: g(event::DROP_FLOW_LIMIT),
             drop_snat_port: g(event::DROP_SNAT_PORT),
+            icmp_translated: g(event::ICMP_TRANSLATED),
+            icmp_forwarded: g(event::ICMP_FORWARDED),
         }
     }
 
@@ -954,6 +966,8 @@ impl Events {
             (event::UNTRACKED, self.untracked),
             (event::DROP_FLOW_LIMIT, self.drop_flow_limit),
             (event::DROP_SNAT_PORT, self.drop_snat_port),
+            (event::ICMP_TRANSLATED, self.icmp_translated),
+            (event::ICMP_FORWARDED, self.icmp_forwarded),
         ] {
             a[i as usize] = v;
         }
@@ -1127,8 +1141,8 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     let e = &s.events;
     writeln!(
         out,
-        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} flow-limit {} snat-port {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {}",
-        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.drop_flow_limit, e.drop_snat_port, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked
+        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} flow-limit {} snat-port {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {} icmp-translated {} icmp-forwarded {}",
+        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.drop_flow_limit, e.drop_snat_port, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked, e.icmp_translated, e.icmp_forwarded
     )
 }
 
@@ -1659,6 +1673,34 @@ pub fn load_which(bpf: &mut Ebpf) -> Result<()> {
         .with_context(|| format!("loading {PROG_WHICH} (the decision `lb which` asks)"))
 }
 
+/// Load [`PROG_ICMP`] and [`PROG_ICMP_XDP`] and enter them in the tail-call arrays the entry
+/// points use for ICMP errors (without them errors are passed on untranslated).
+pub fn load_icmp(bpf: &mut Ebpf) -> Result<()> {
+    let tc: &mut SchedClassifier = bpf
+        .program_mut(PROG_ICMP)
+        .with_context(|| format!("program {PROG_ICMP} missing from the object"))?
+        .try_into()?;
+    tc.load()
+        .with_context(|| format!("loading {PROG_ICMP} (ICMP errors, tc)"))?;
+    let tc = tc.fd()?.try_clone()?;
+    let x: &mut Xdp = bpf
+        .program_mut(PROG_ICMP_XDP)
+        .with_context(|| format!("program {PROG_ICMP_XDP} missing from the object"))?
+        .try_into()?;
+    x.load()
+        .with_context(|| format!("loading {PROG_ICMP_XDP} (ICMP errors, XDP)"))?;
+    let x = x.fd()?.try_clone()?;
+    for (map, fd) in [(maps::LB_ICMP_TC, &tc), (maps::LB_ICMP_XDP, &x)] {
+        let mut a = ProgramArray::try_from(
+            bpf.map_mut(map)
+                .with_context(|| format!("map {map} missing from the object"))?,
+        )?;
+        a.set(0, fd, 0)
+            .with_context(|| format!("entering the ICMP program in {map}"))?;
+    }
+    Ok(())
+}
+
 /// Run [`PROG_WHICH`] on a crafted frame `from` → `to` (a SYN when `syn`, otherwise an ACK
 /// of an established flow; UDP has no flags): the program's answer (`which::*`).
 fn ask_program(
@@ -1721,6 +1763,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     plan.xdp_out = if veth { xdp_out::REDIRECT } else { xdp_out::TX };
     let lb = plan.write(&mut bpf, None)?;
     load_which(&mut bpf)?;
+    load_icmp(&mut bpf)?;
     let attach = match path {
         Path::Tc => {
             rbpf::attach_tc(&mut bpf, PROG, &opts.iface, TcAttachType::Ingress)?.to_string()

@@ -49,10 +49,13 @@ use crate::{
     counter,
     error::{Error, Result},
     parse::{
-        self, Frame, ETH_DEST_OFF, ETH_P_IP, ETH_P_IPV6, ETH_SOURCE_OFF, IPPROTO_TCP, IPPROTO_UDP,
+        self, Frame, ETH_DEST_OFF, ETH_P_IP, ETH_P_IPV6, ETH_SOURCE_OFF, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
     },
     sys, tap,
 };
+
+mod icmp;
 
 #[map]
 static LB_CONF: Array<LbConf> = Array::with_max_entries(1, 0);
@@ -90,6 +93,11 @@ static LB_TAP_ON: Array<u32> = Array::with_max_entries(1, 0);
 /// so the tc path has its own; the flag `LB_TAP_ON` is shared).
 #[map]
 static LB_TC_TAP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// `lb_icmp` (tc) and `lb_icmp_xdp`, for ICMP errors: entered by userspace at load.
+#[map]
+static LB_ICMP_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static LB_ICMP_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// This CPU's NAT rewrite on its way from the decision to [`nat_tc`] or [`nat_xdp`]. Going
 /// through a map value is deliberate: built in place, it costs no stack (which the decision
 /// fills); read back by the entry point, it is unknown to the verifier, so it checks the
@@ -142,6 +150,12 @@ enum Verdict {
     /// NAT: apply this CPU's [`LB_NAT_REWRITE`] (addresses, ports and the checksums), then on
     /// to the kernel's routing.
     Nat,
+    /// An ICMP error: on to `lb_icmp` / `lb_icmp_xdp` ([`icmp`]), by a tail call (passed
+    /// when that is not possible).
+    Icmp,
+    /// `lb_icmp`: an ICMP error about a NAT flow; apply this CPU's ICMP patch, then on to the
+    /// kernel's routing.
+    IcmpNat,
 }
 
 /// [`Rewrite::parts`]: which fields of the packet change.
@@ -327,6 +341,14 @@ pub fn lb(mut ctx: TcContext) -> i32 {
                 TC_ACT_SHOT
             }
         },
+        Verdict::Icmp | Verdict::IcmpNat => {
+            // SAFETY: `ctx` is this tc program's context and the array holds tc programs
+            // only; on success the call does not return. On failure nothing changed.
+            unsafe {
+                LB_ICMP_TC.tail_call(&ctx, 0);
+            }
+            TC_ACT_UNSPEC
+        }
     };
     let d = Decision {
         magic: tapdef::MAGIC_TC,
@@ -366,6 +388,13 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
                 xdp_action::XDP_DROP
             }
         },
+        Verdict::Icmp | Verdict::IcmpNat => {
+            // SAFETY: as in `lb`, for an XDP context and an array of XDP programs.
+            unsafe {
+                LB_ICMP_XDP.tail_call(&ctx, 0);
+            }
+            xdp_action::XDP_PASS
+        }
     };
     // Copied, never compared: the verifier need not tell the paths apart by them.
     let d = Decision {
@@ -389,7 +418,7 @@ pub fn lb_which(ctx: XdpContext) -> u32 {
     match try_balance::<false>(&f, 0, &mut pick) {
         Ok(Verdict::Forward | Verdict::Nat) => pick.how | (pick.backend & which::BACKEND_MASK),
         Ok(Verdict::Drop) => which::DROPPED,
-        Ok(Verdict::Pass) => which::NOT_SERVICE,
+        Ok(Verdict::Pass | Verdict::Icmp | Verdict::IcmpNat) => which::NOT_SERVICE,
         Err(_) => which::ERROR,
     }
 }
@@ -715,6 +744,16 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
                 }
                 return Ok(Verdict::Nat);
             }
+        }
+        // An ICMP error: whether it is about a balanced flow is for `lb_icmp` to say (a
+        // program of its own, reached by a tail call: its stack is not the decision's).
+        let icmp_proto = if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
+        if p.has_l4
+            && p.ip_proto == icmp_proto
+            && icmp::is_error(v6, p.icmp_type)
+            && (!LIVE || icmp::hand_over(&p, v6))
+        {
+            return Ok(Verdict::Icmp);
         }
         ev::<LIVE>(event::NON_VIP);
         return Ok(Verdict::Pass);
