@@ -874,6 +874,81 @@ fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip
     );
 }
 
+/// ICMP errors about NAT flows come back as the VIP's: UDP datagrams to a VIP port no backend
+/// listens on are answered by the backend's kernel with "port unreachable", which the
+/// balancer translates (the quoted packet back to client -> VIP, the error's source the VIP).
+/// The client's kernel matches the quote to its connected socket, which gets ECONNREFUSED
+/// (untranslated, the quote names the backend and the error is dropped: a 2 s timeout), and
+/// hping3 sees the error come from the VIP.
+#[test]
+fn nat_icmp_errors_reach_the_client_from_the_vip() {
+    let dir = TempDir::new("lbi");
+    let (lab, _servers, _) = nat_lab("lbi", &dir);
+    let config = dir.file(
+        "lb-udp.toml",
+        &format!(
+            "{NAT_CONFIG}\n[[service]]\nname = \"closed\"\nvip = \"198.18.1.100\"\nport = 9\n\
+             proto = \"udp\"\nmode = \"nat\"\n{}",
+            (1..=3)
+                .map(|i| format!(
+                    "[[service.backend]]\nname = \"b{i}\"\naddr = \"198.18.2.2{i}\"\n"
+                ))
+                .collect::<String>()
+        ),
+    );
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    let bg = start_nat_lb(&lb_ns, &config);
+    // Five sockets, one datagram each (five flows, over the backends).
+    let py = "import socket\n\
+        out = []\n\
+        for i in range(5):\n    \
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+            s.settimeout(2)\n    \
+            s.connect(('198.18.1.100', 9))\n    \
+            s.send(b'x')\n    \
+            try:\n        \
+                s.recv(100)\n        \
+                out.append('data')\n    \
+            except ConnectionRefusedError:\n        \
+                out.append('refused')\n    \
+            except socket.timeout:\n        \
+                out.append('timeout')\n\
+        print(' '.join(out))\n";
+    let o = common::ok(common::in_ns(&client_ns, &["python3", "-c", py]));
+    let got = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert_eq!(got, "refused refused refused refused refused");
+    let o = common::in_ns(
+        &client_ns,
+        &[
+            "hping3",
+            "--udp",
+            "-p",
+            "9",
+            "-c",
+            "2",
+            "-i",
+            "u200000",
+            "198.18.1.100",
+        ],
+    )
+    .output()
+    .expect("hping3");
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        text.contains("ICMP Port Unreachable from ip=198.18.1.100"),
+        "hping3: {text}"
+    );
+    assert!(
+        !text.contains("from ip=198.18.2."),
+        "a backend's address leaked: {text}"
+    );
+    let ev = lb_stats(&lb_ns).stats.events;
+    assert!(ev.icmp_translated >= 6, "{ev:?}");
+    assert_eq!((ev.drop_error, ev.icmp_forwarded), (0, 0), "{ev:?}");
+    bg.terminate();
+}
+
 /// The new-flow guard under a real SYN flood: two `hping3 --flood` runs (each SYN a new flow:
 /// hping3 moves the source port every packet; two spoofed source addresses in the lab, so more
 /// distinct flows than the tracking table's 65,536 entries) against the VIP right after a
