@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod frames;
 pub mod lab;
+pub mod noise;
 pub mod process;
 pub mod prog;
 pub mod samba;

@@ -8,7 +8,9 @@ use std::{
     process::{Command, Output},
     time::Duration,
 };
-pub use wirelab_testkit::{cli, eventually, frames, unique, Bg, NsWorker, Ready, TempDir};
+pub use wirelab_testkit::{
+    cli, eventually, frames, noise::timing, unique, Bg, NsWorker, Ready, TempDir,
+};
 
 pub const WIRELAB: &str = env!("CARGO_BIN_EXE_wirelab");
 
