@@ -1156,6 +1156,8 @@ fn snat_serves_backends_whose_replies_do_not_route_through_the_balancer() {
     bg.terminate();
 }
 
+/// NAT over IPv6 (the routed lab with IPv6 addresses): every GET answered, the backends see
+/// the IPv6 client; then SNAT over IPv6 for backends without a route back.
 #[test]
 fn nat_over_ipv6() {
     let dir = TempDir::new("lb6");
@@ -1237,6 +1239,53 @@ fn nat_over_ipv6() {
     for b in &st.stats.services[0].backends {
         assert_eq!(b.health, Health::Up, "probes over IPv6 pass: {b:?}");
     }
+
+    // SNAT over IPv6: without their route back the backends answer no one; with `snat` they
+    // are served again and see only the balancer's SNAT address (IPv6 forwards packets with a
+    // local source: no accept_local to turn on).
+    for (b, _) in BACKENDS {
+        ip(b, &["-6", "route", "del", "default"]);
+    }
+    let (_, failed) = curl_many_to(&lab.ns("client"), 2, "2001:2::1", "2001:2:1::100");
+    assert_eq!(failed, 2, "no route back, no answer");
+    ip(
+        "lb",
+        &["addr", "add", "2001:2:2::250/64", "dev", "eth1", "nodad"],
+    );
+    let snat = dir.file(
+        "lb6-snat.toml",
+        &include_str!("data/lb-nat6.toml").replacen(
+            "mode = \"nat\"",
+            "mode = \"nat\"\nsnat = \"2001:2:2::250\"",
+            1,
+        ),
+    );
+    for s in servers.values() {
+        s.peers.lock().unwrap().clear();
+    }
+    let bg = start_nat_lb(&lb_ns, &snat);
+    let (per, failed) = curl_many_to(&lab.ns("client"), 300, "2001:2::1", "2001:2:1::100");
+    eprintln!("snat over IPv6: {per:?}, failed {failed}");
+    assert_eq!((failed, per.len()), (0, 3), "{per:?}");
+    let st = lb_stats(&lb_ns);
+    bg.terminate();
+    for (b, s) in &servers {
+        let peers: std::collections::BTreeSet<String> = s
+            .peers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            peers,
+            ["2001:2:2::250".to_string()].into(),
+            "{b} sees the SNAT address"
+        );
+    }
+    let ev = &st.stats.events;
+    assert!(ev.nat_replies >= 600, "{ev:?}");
+    assert_eq!((ev.drop_error, ev.drop_snat_port), (0, 0), "{ev:?}");
 }
 
 /// `wirelab lb --record` then `wirelab report`: the plots of each backend's share and of the
