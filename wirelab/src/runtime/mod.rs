@@ -182,17 +182,18 @@ mod tests {
     #[test]
     fn ticks_until_the_duration_then_stops() {
         let stop = Stop::new();
-        let mut t = Ticker::new(Duration::from_millis(30), Some(Duration::from_millis(100)));
+        // Wide margins: a 2-core VM stalls a thread by 10-20 ms now and then.
+        let mut t = Ticker::new(Duration::from_millis(100), Some(Duration::from_millis(220)));
         let mut ticks = vec![];
         while let Some(k) = t.wait(&stop) {
             ticks.push(k);
         }
-        // 30, 60, 90 and the last 10 ms: four ticks, the last one short and final.
-        assert_eq!(ticks.len(), 4, "{ticks:?}");
-        assert!(ticks[..3].iter().all(|k| !k.last && !k.short));
-        let end = ticks[3];
-        assert!(end.last && end.short && end.seq == 4, "{end:?}");
-        assert!((0.1..0.2).contains(&end.t), "{end:?}");
+        // 100, 200 and the last 20 ms: three ticks, the last one short (under 50 ms) and final.
+        assert_eq!(ticks.len(), 3, "{ticks:?}");
+        assert!(ticks[..2].iter().all(|k| !k.last && !k.short));
+        let end = ticks[2];
+        assert!(end.last && end.short && end.seq == 3, "{end:?}");
+        assert!((0.22..0.4).contains(&end.t), "{end:?}");
         assert!(t.wait(&stop).is_none());
     }
 
@@ -209,8 +210,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(k.last, "{k:?}");
+        // Up to 11; fewer when the host stalls the thread (a 2-core VM can, by 10-20 ms).
         assert!(
-            (5..=11).contains(&polls),
+            (3..=11).contains(&polls),
             "{polls} polls in 100 ms at 10 ms"
         );
         let e = t.wait_polling(&stop, None, || anyhow::bail!("boom"));
