@@ -1156,6 +1156,21 @@ fn snat_serves_backends_whose_replies_do_not_route_through_the_balancer() {
     bg.terminate();
 }
 
+/// Every backend's access log holds `addr` alone.
+#[track_caller]
+fn only_from(servers: &BTreeMap<&str, HttpBackend>, addr: &str) {
+    for (b, s) in servers {
+        let peers: std::collections::BTreeSet<String> = s
+            .peers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(peers, [addr.to_string()].into(), "{b}'s access log");
+    }
+}
+
 /// NAT over IPv6 (the routed lab with IPv6 addresses): every GET answered, the backends see
 /// the IPv6 client; then SNAT over IPv6 for backends without a route back.
 #[test]
@@ -1221,20 +1236,7 @@ fn nat_over_ipv6() {
     assert_eq!((failed, per.len()), (0, 3), "{per:?}");
     let st = lb_stats(&lb_ns);
     bg.terminate();
-    for (b, s) in &servers {
-        let peers: std::collections::BTreeSet<String> = s
-            .peers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        assert_eq!(
-            peers,
-            ["2001:2::1".to_string()].into(),
-            "{b} sees the IPv6 client"
-        );
-    }
+    only_from(&servers, "2001:2::1");
     assert!(st.stats.events.nat_replies >= 600, "{st:?}");
     for b in &st.stats.services[0].backends {
         assert_eq!(b.health, Health::Up, "probes over IPv6 pass: {b:?}");
@@ -1269,20 +1271,7 @@ fn nat_over_ipv6() {
     assert_eq!((failed, per.len()), (0, 3), "{per:?}");
     let st = lb_stats(&lb_ns);
     bg.terminate();
-    for (b, s) in &servers {
-        let peers: std::collections::BTreeSet<String> = s
-            .peers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        assert_eq!(
-            peers,
-            ["2001:2:2::250".to_string()].into(),
-            "{b} sees the SNAT address"
-        );
-    }
+    only_from(&servers, "2001:2:2::250");
     let ev = &st.stats.events;
     assert!(ev.nat_replies >= 600, "{ev:?}");
     assert_eq!((ev.drop_error, ev.drop_snat_port), (0, 0), "{ev:?}");

@@ -34,11 +34,11 @@ use wirelab_common::csum;
 use wirelab_common::lb::{
     event, mode, which, FlowKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES,
 };
-use wirelab_common::tap::{self as tapdef, lb_what, Decision};
+use wirelab_common::tap::lb_what;
 
 use super::{
-    Pick, Verdict, LB_BACKENDS, LB_CONF, LB_EVENTS, LB_FLOWS, LB_GEN, LB_NAT, LB_SERVICES, LB_TAP,
-    LB_TAP_ON, LB_TC_TAP, OFF_MASK,
+    tap_tc, tap_xdp, xdp_forward, Pick, Verdict, LB_BACKENDS, LB_CONF, LB_EVENTS, LB_FLOWS, LB_GEN,
+    LB_NAT, LB_SERVICES, OFF_MASK,
 };
 use crate::{
     counter,
@@ -49,7 +49,7 @@ use crate::{
         IPV4_SADDR_OFF, IPV4_VERSION, IPV6_DADDR_OFF, IPV6_HLEN, IPV6_NEXTHDR_OFF, IPV6_SADDR_OFF,
         IPV6_VERSION, IP_OFFSET, TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
-    sys, tap,
+    sys,
 };
 
 /// ICMP types that quote the packet they are about.
@@ -530,14 +530,7 @@ pub fn lb_icmp(mut ctx: TcContext) -> i32 {
         Verdict::Forward => sys::redirect(sys::skb_ifindex(&ctx)),
         _ => TC_ACT_UNSPEC,
     };
-    let d = Decision {
-        magic: tapdef::MAGIC_TC,
-        tool: tapdef::tool::LB,
-        what: pick.what,
-        action: verdict as u8,
-        id: pick.id,
-    };
-    tap::tc(&mut ctx, &LB_TAP_ON, &LB_TC_TAP, d, verdict)
+    tap_tc(&mut ctx, &pick, verdict)
 }
 
 /// `lb_xdp`'s tail call for ICMP errors.
@@ -553,20 +546,8 @@ pub fn lb_icmp_xdp(ctx: XdpContext) -> u32 {
                 xdp_action::XDP_DROP
             }
         }
-        Verdict::Forward => match LB_CONF.get(0) {
-            Some(c) if c.xdp_out == wirelab_common::lb::xdp_out::REDIRECT => {
-                sys::redirect(sys::xdp_ifindex(&ctx)) as u32
-            }
-            _ => xdp_action::XDP_TX,
-        },
+        Verdict::Forward => xdp_forward(&ctx),
         _ => xdp_action::XDP_PASS,
     };
-    let d = Decision {
-        magic: tapdef::MAGIC,
-        tool: tapdef::tool::LB,
-        what: pick.what,
-        action: action as u8,
-        id: pick.id,
-    };
-    tap::xdp(&ctx, &LB_TAP_ON, &LB_TAP, d)
+    tap_xdp(&ctx, &pick, action)
 }

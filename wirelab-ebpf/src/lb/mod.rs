@@ -350,6 +350,13 @@ pub fn lb(mut ctx: TcContext) -> i32 {
             TC_ACT_UNSPEC
         }
     };
+    tap_tc(&mut ctx, &pick, verdict)
+}
+
+/// The decision in `pick` and the tc verdict to the capture tap (when one is on here);
+/// returns the verdict.
+#[inline(always)]
+fn tap_tc(ctx: &mut TcContext, pick: &Pick, verdict: i32) -> i32 {
     let d = Decision {
         magic: tapdef::MAGIC_TC,
         tool: tapdef::tool::LB,
@@ -357,7 +364,31 @@ pub fn lb(mut ctx: TcContext) -> i32 {
         action: verdict as u8,
         id: pick.id,
     };
-    tap::tc(&mut ctx, &LB_TAP_ON, &LB_TC_TAP, d, verdict)
+    tap::tc(ctx, &LB_TAP_ON, &LB_TC_TAP, d, verdict)
+}
+
+/// The XDP action sending a DSR frame back out: `XDP_TX`, or on a veth a redirect to itself.
+#[inline(always)]
+fn xdp_forward(ctx: &XdpContext) -> u32 {
+    match LB_CONF.get(0) {
+        Some(c) if c.xdp_out == xdp_out::REDIRECT => sys::redirect(sys::xdp_ifindex(ctx)) as u32,
+        _ => xdp_action::XDP_TX,
+    }
+}
+
+/// The decision in `pick` and the XDP action to the capture tap (when one is on here);
+/// returns the action.
+#[inline(always)]
+fn tap_xdp(ctx: &XdpContext, pick: &Pick, action: u32) -> u32 {
+    // Copied, never compared: the verifier need not tell the paths apart by them.
+    let d = Decision {
+        magic: tapdef::MAGIC,
+        tool: tapdef::tool::LB,
+        what: pick.what,
+        action: action as u8,
+        id: pick.id,
+    };
+    tap::xdp(ctx, &LB_TAP_ON, &LB_TAP, d)
 }
 
 /// The XDP path: DSR frames bounced with `XDP_TX` (into a veth, the peer receives them only
@@ -370,12 +401,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let action = match balance(&f, f.len() as u64, &mut pick) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Forward => match LB_CONF.get(0) {
-            Some(c) if c.xdp_out == xdp_out::REDIRECT => {
-                sys::redirect(sys::xdp_ifindex(&ctx)) as u32
-            }
-            _ => xdp_action::XDP_TX,
-        },
+        Verdict::Forward => xdp_forward(&ctx),
         Verdict::Nat => match LB_NAT_REWRITE
             .get(0)
             .ok_or(Error::Map)
@@ -396,15 +422,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             xdp_action::XDP_PASS
         }
     };
-    // Copied, never compared: the verifier need not tell the paths apart by them.
-    let d = Decision {
-        magic: tapdef::MAGIC,
-        tool: tapdef::tool::LB,
-        what: pick.what,
-        action: action as u8,
-        id: pick.id,
-    };
-    tap::xdp(&ctx, &LB_TAP_ON, &LB_TAP, d)
+    tap_xdp(&ctx, &pick, action)
 }
 
 /// `lb which`: the running balancer asks its own loaded decision code, through
