@@ -37,8 +37,8 @@ use wirelab_common::lb::{
 use wirelab_common::tap::lb_what;
 
 use super::{
-    tap_tc, tap_xdp, xdp_forward, Pick, Verdict, LB_BACKENDS, LB_CONF, LB_EVENTS, LB_FLOWS, LB_GEN,
-    LB_NAT, LB_SERVICES, OFF_MASK,
+    quad, same16, tap_tc, tap_xdp, xdp_forward, Pick, Verdict, LB_BACKENDS, LB_CONF, LB_EVENTS,
+    LB_FLOWS, LB_GEN, LB_NAT, LB_SERVICES, OFF_MASK,
 };
 use crate::{
     counter,
@@ -143,20 +143,6 @@ fn addr_at(f: &Frame, off: usize, v6: bool) -> Result<[u8; 16]> {
         let a = f.raw32_at(off)?;
         Ok([a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
     }
-}
-
-#[inline(always)]
-fn quad(a: &[u8; 16], i: usize) -> [u8; 4] {
-    let i = i & 3;
-    [a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]
-}
-
-#[inline(always)]
-fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    quad(a, 0) == quad(b, 0)
-        && quad(a, 1) == quad(b, 1)
-        && quad(a, 2) == quad(b, 2)
-        && quad(a, 3) == quad(b, 3)
 }
 
 /// Running checksums while the patch is computed (host-order values).
@@ -283,14 +269,15 @@ fn try_icmp(f: &Frame, pick: &mut Pick) -> Result<Verdict> {
             s.in_sport = n.client_port.to_be_bytes();
             s.out_dst = n.client;
         }
-        if same(&s.osrc, &s.key.saddr) {
+        if same16(&s.osrc, &s.key.saddr) {
             s.parts |= OUT_SRC;
             s.out_src = n.vip;
         }
         pick.picked(which::HASHED, lb_what::NAT_REPLY, n.backend);
     } else if let Some(v) = sys::lru_get(&LB_FLOWS, &s.key) {
         // About a reply, sent to the VIP.
-        if !same(&s.odst, &s.key.daddr) || v.backend >= MAX_BACKENDS || v.service >= MAX_SERVICES {
+        if !same16(&s.odst, &s.key.daddr) || v.backend >= MAX_BACKENDS || v.service >= MAX_SERVICES
+        {
             return Ok(Verdict::Pass);
         }
         let gen = LB_GEN.get(0).copied().ok_or(Error::Map)? & 1;
@@ -313,7 +300,7 @@ fn try_icmp(f: &Frame, pick: &mut Pick) -> Result<Verdict> {
             s.parts |= IN_DST | IN_DPORT;
             s.in_dst = meta.snat_addr;
             s.in_dport = (v.snat_port as u16).to_be_bytes();
-            if same(&s.osrc, &s.key.saddr) {
+            if same16(&s.osrc, &s.key.saddr) {
                 s.parts |= OUT_SRC;
                 s.out_src = meta.snat_addr;
             }
