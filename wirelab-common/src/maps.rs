@@ -64,6 +64,7 @@ pub const LB_ICMP_TC: &str = "LB_ICMP_TC";
 pub const LB_ICMP_XDP: &str = "LB_ICMP_XDP";
 pub const LB_NAT_REWRITE: &str = "LB_NAT_REWRITE";
 pub const LB_NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
+pub const LB_ICMP_PATCH: &str = "LB_ICMP_PATCH";
 
 // swarm
 pub const SWARM_CONFIG: &str = "SWARM_CONFIG";
@@ -134,6 +135,9 @@ pub const ALL: &[&str] = &[
     LB_TC_TAP,
     LB_NAT_REWRITE,
     LB_NAT_SCRATCH,
+    LB_ICMP_TC,
+    LB_ICMP_XDP,
+    LB_ICMP_PATCH,
     SWARM_CONFIG,
     SWARM_IDS,
     SWARM_SOCKS,
