@@ -43,222 +43,224 @@ fn sweep_cmd(args: &[&std::ffi::OsStr]) -> (std::process::Output, u32) {
 #[test]
 fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
     require_privileges();
-    let d = TempDir::new("wl-sweep-");
-    let file = d.file("grid.toml", GRID);
+    timing("a_sweep_runs_every_cell_reproducibly_and_resumes", || {
+        let d = TempDir::new("wl-sweep-");
+        let file = d.file("grid.toml", GRID);
 
-    // --dry-run: exactly the 24 runs, each (cell, rep) once, nothing made.
-    let (o, pid) = sweep_cmd(&[file.as_os_str(), "--dry-run".as_ref()]);
-    assert!(o.status.success());
-    assert!(!lab_of(pid), "a dry run makes no lab");
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    let plan = sweep::plan::load(&file).unwrap();
-    assert_eq!(plan.runs.len(), 24);
-    let rows: Vec<&str> = text.lines().skip(2).collect();
-    assert_eq!(rows.len(), 24, "{text}");
-    for (row, r) in rows.iter().zip(&plan.runs) {
-        let w: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(w[1].parse::<usize>().unwrap(), r.id, "{row}");
-        assert_eq!(w[4].parse::<u64>().unwrap(), r.seed, "{row}");
-    }
-
-    // The whole sweep.
-    let out = d.join("a");
-    let o = ok(wirelab()
-        .arg("sweep")
-        .arg(&file)
-        .arg("--out")
-        .arg(&out)
-        .arg("--json"));
-    let summary: sweep::Summary = serde_json::from_slice(&o.stdout).unwrap();
-    let rs = results(&out);
-    assert_eq!(rs.len(), 24);
-    assert!(rs.iter().all(|r| r.ok), "{rs:?}");
-    let mut ids: Vec<usize> = rs.iter().map(|r| r.id).collect();
-    ids.sort();
-    assert_eq!(ids, (0..24).collect::<Vec<_>>());
-    assert_eq!(
-        rs.iter().map(|r| r.id).collect::<Vec<_>>(),
-        plan.runs.iter().map(|r| r.id).collect::<Vec<_>>(),
-        "run in the planned order"
-    );
-    assert!(!lab_of(pid), "the sweep's lab is gone");
-
-    // Each cell's median is the median of its runs' own records; the measured one-way
-    // delay is the configured one (within 1 ms: the probe's own path adds ~0.1 ms).
-    for c in &summary.cells {
-        let mut p50: Vec<f64> = rs
-            .iter()
-            .filter(|r| r.cell == c.cell.index)
-            .map(|r| final_of(&out, r).report.forward.delay_ms.p50)
-            .collect();
-        assert_eq!(p50.len(), 3);
-        p50.sort_by(f64::total_cmp);
-        let f = &c.metrics["udp.fwd_delay_p50_ms"];
-        assert_eq!(f.median, p50[1], "cell {}", c.cell.label);
-        let conf = c.configured_delay_ms.unwrap();
-        assert!(
-            (f.median - conf).abs() < 1.0,
-            "cell {}: measured {} ms, configured {conf} ms",
-            c.cell.label,
-            f.median
-        );
-        // Loss 20% where asked, none elsewhere (120 probes: 20% ± 12 points).
-        let loss = c.metrics["udp.fwd_loss_pct"].median;
-        if c.cell.label.contains("loss 20%") {
-            assert!((8.0..=32.0).contains(&loss), "{}: {loss}", c.cell.label);
-        } else {
-            assert_eq!(loss, 0.0, "{}", c.cell.label);
+        // --dry-run: exactly the 24 runs, each (cell, rep) once, nothing made.
+        let (o, pid) = sweep_cmd(&[file.as_os_str(), "--dry-run".as_ref()]);
+        assert!(o.status.success());
+        assert!(!lab_of(pid), "a dry run makes no lab");
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let plan = sweep::plan::load(&file).unwrap();
+        assert_eq!(plan.runs.len(), 24);
+        let rows: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(rows.len(), 24, "{text}");
+        for (row, r) in rows.iter().zip(&plan.runs) {
+            let w: Vec<&str> = row.split_whitespace().collect();
+            assert_eq!(w[1].parse::<usize>().unwrap(), r.id, "{row}");
+            assert_eq!(w[4].parse::<u64>().unwrap(), r.seed, "{row}");
         }
-    }
 
-    // The sweep's report: loads in headless Chromium without console errors, and each
-    // heatmap cell of the primary metric shows the cell's median.
-    let html = out.join("report.html");
-    let tmp = TempDir::new("wl-sweep-chrome-");
-    let o = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", tmp.0.display()))
-        .arg(format!("file://{}", html.display()))
-        .output()
-        .expect("chromium (cargo xtask setup installs it)");
-    assert!(o.status.success(), "{o:?}");
-    let console: Vec<String> = String::from_utf8_lossy(&o.stderr)
-        .lines()
-        .filter(|l| l.contains(":CONSOLE"))
-        .map(String::from)
-        .collect();
-    assert!(console.is_empty(), "{console:?}");
-    let dom = String::from_utf8_lossy(&o.stdout);
-    let heat = dom
-        .split("<h2>udp.fwd_delay_p50_ms</h2>")
-        .nth(1)
-        .and_then(|s| s.split("<h2>").next())
-        .expect("a heatmap section of the primary metric");
-    for c in &summary.cells {
-        let m = sweep::report::fmt(c.metrics["udp.fwd_delay_p50_ms"].median);
-        assert!(
-            heat.contains(&format!(">{m}<")) || heat.contains(&format!(">{m} !<")),
-            "cell {}: {m} not in the heatmap",
-            c.cell.label
-        );
-    }
-
-    // Each cell's delay CDF (all its repetitions' probe histograms merged) is in the report:
-    // one curve per cell, monotone, ending at 100 %, its median within 1 ms of the cell's
-    // median p50 (the histogram's resolution and the merge of three runs).
-    let loaded = sweep::report::load(&out).unwrap();
-    assert_eq!(loaded.cdfs.len(), summary.cells.len());
-    for (cdf, c) in loaded.cdfs.iter().zip(&summary.cells) {
-        assert_eq!(cdf.label, c.cell.label);
-        let p = &cdf.points;
-        assert!(
-            p.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
-            "cell {}: not monotone: {p:?}",
-            c.cell.label
-        );
-        assert!((p.last().unwrap().1 - 100.0).abs() < 1e-9, "{p:?}");
-        let med = p.iter().find(|x| x.1 >= 50.0).unwrap().0;
-        let want = c.metrics["udp.fwd_delay_p50_ms"].median;
-        assert!(
-            (med - want).abs() < 1.0,
-            "cell {}: CDF median {med} vs {want}",
-            c.cell.label
-        );
-    }
-    let drawn = dom
-        .split("<h2>One-way delay CDF per cell</h2>")
-        .nth(1)
-        .and_then(|s| s.split("</svg>").next())
-        .expect("a CDF chart in the report");
-    // The drawn curves are monotone too: x grows, y (downwards in SVG) does not.
-    let curves: Vec<Vec<(f64, f64)>> = drawn
-        .split("<polyline")
-        .skip(1)
-        .filter_map(|p| p.split("points=\"").nth(1)?.split('"').next())
-        .map(|pts| {
-            pts.split_whitespace()
-                .filter_map(|xy| {
-                    let (x, y) = xy.split_once(',')?;
-                    Some((x.parse().ok()?, y.parse().ok()?))
-                })
-                .collect()
-        })
-        .filter(|v: &Vec<(f64, f64)>| v.len() > 2)
-        .collect();
-    assert_eq!(curves.len(), summary.cells.len(), "{drawn}");
-    for v in &curves {
-        assert!(
-            v.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 >= w[1].1),
-            "{v:?}"
-        );
-    }
-
-    // The same file again: every run's loss decisions are the same (its seed).
-    let out_b = d.join("b");
-    ok(wirelab().arg("sweep").arg(&file).arg("--out").arg(&out_b));
-    let by_id = |dir: &Path| -> BTreeMap<usize, Vec<u64>> {
-        results(dir)
-            .iter()
-            .map(|r| (r.id, final_of(dir, r).report.lost_seqs))
-            .collect()
-    };
-    let (a, b) = (by_id(&out), by_id(&out_b));
-    // The two sweeps side by side: a difference heatmap per metric.
-    let o = ok(wirelab().arg("report").arg(&out).arg(&out_b));
-    let cmp = std::fs::read_to_string(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
-    assert!(cmp.contains("B − A") && cmp.contains("<h2>udp.fwd_loss_pct</h2>"));
-    let lossy: Vec<usize> = a
-        .iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, _)| *k)
-        .collect();
-    assert!(lossy.len() >= 10, "runs with losses: {lossy:?}");
-    for id in &lossy {
+        // The whole sweep.
+        let out = d.join("a");
+        let o = ok(wirelab()
+            .arg("sweep")
+            .arg(&file)
+            .arg("--out")
+            .arg(&out)
+            .arg("--json"));
+        let summary: sweep::Summary = serde_json::from_slice(&o.stdout).unwrap();
+        let rs = results(&out);
+        assert_eq!(rs.len(), 24);
+        assert!(rs.iter().all(|r| r.ok), "{rs:?}");
+        let mut ids: Vec<usize> = rs.iter().map(|r| r.id).collect();
+        ids.sort();
+        assert_eq!(ids, (0..24).collect::<Vec<_>>());
         assert_eq!(
-            a[id], b[id],
-            "run {id}: lost probes differ between two sweeps"
+            rs.iter().map(|r| r.id).collect::<Vec<_>>(),
+            plan.runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+            "run in the planned order"
         );
-    }
+        assert!(!lab_of(pid), "the sweep's lab is gone");
 
-    // kill -9 part-way, then --resume: only the missing runs run, each once.
-    let out_c = d.join("c");
-    let mut c = wirelab();
-    c.arg("sweep").arg(&file).arg("--out").arg(&out_c);
-    c.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let bg = Bg::from_child(c.spawn().unwrap());
-    let killed = bg.pid();
-    assert!(
-        eventually(Duration::from_secs(60), || results(&out_c).len() >= 5),
-        "no 5 results within 60 s"
-    );
-    bg.kill();
-    let before = results(&out_c);
-    assert!(before.len() < 24, "killed too late: {}", before.len());
-    assert!(
-        lab_of(killed),
-        "a killed sweep leaves its lab (resume removes it)"
-    );
-    let (o, resumed) = sweep_cmd(&["--resume".as_ref(), out_c.as_os_str()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let after = results(&out_c);
-    assert_eq!(after.len(), 24);
-    for (x, y) in before.iter().zip(&after) {
-        assert_eq!(x.id, y.id);
-        assert_eq!(x.started_unix, y.started_unix, "run {} ran again", x.id);
-    }
-    let mut ids: Vec<usize> = after.iter().map(|r| r.id).collect();
-    ids.sort();
-    assert_eq!(ids, (0..24).collect::<Vec<_>>(), "each run exactly once");
-    assert!(!lab_of(killed) && !lab_of(resumed), "labs left");
+        // Each cell's median is the median of its runs' own records; the measured one-way
+        // delay is the configured one (within 1 ms: the probe's own path adds ~0.1 ms).
+        for c in &summary.cells {
+            let mut p50: Vec<f64> = rs
+                .iter()
+                .filter(|r| r.cell == c.cell.index)
+                .map(|r| final_of(&out, r).report.forward.delay_ms.p50)
+                .collect();
+            assert_eq!(p50.len(), 3);
+            p50.sort_by(f64::total_cmp);
+            let f = &c.metrics["udp.fwd_delay_p50_ms"];
+            assert_eq!(f.median, p50[1], "cell {}", c.cell.label);
+            let conf = c.configured_delay_ms.unwrap();
+            assert!(
+                (f.median - conf).abs() < 1.0,
+                "cell {}: measured {} ms, configured {conf} ms",
+                c.cell.label,
+                f.median
+            );
+            // Loss 20% where asked, none elsewhere (120 probes: 20% ± 12 points).
+            let loss = c.metrics["udp.fwd_loss_pct"].median;
+            if c.cell.label.contains("loss 20%") {
+                assert!((8.0..=32.0).contains(&loss), "{}: {loss}", c.cell.label);
+            } else {
+                assert_eq!(loss, 0.0, "{}", c.cell.label);
+            }
+        }
+
+        // The sweep's report: loads in headless Chromium without console errors, and each
+        // heatmap cell of the primary metric shows the cell's median.
+        let html = out.join("report.html");
+        let tmp = TempDir::new("wl-sweep-chrome-");
+        let o = std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", tmp.0.display()))
+            .arg(format!("file://{}", html.display()))
+            .output()
+            .expect("chromium (cargo xtask setup installs it)");
+        assert!(o.status.success(), "{o:?}");
+        let console: Vec<String> = String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .filter(|l| l.contains(":CONSOLE"))
+            .map(String::from)
+            .collect();
+        assert!(console.is_empty(), "{console:?}");
+        let dom = String::from_utf8_lossy(&o.stdout);
+        let heat = dom
+            .split("<h2>udp.fwd_delay_p50_ms</h2>")
+            .nth(1)
+            .and_then(|s| s.split("<h2>").next())
+            .expect("a heatmap section of the primary metric");
+        for c in &summary.cells {
+            let m = sweep::report::fmt(c.metrics["udp.fwd_delay_p50_ms"].median);
+            assert!(
+                heat.contains(&format!(">{m}<")) || heat.contains(&format!(">{m} !<")),
+                "cell {}: {m} not in the heatmap",
+                c.cell.label
+            );
+        }
+
+        // Each cell's delay CDF (all its repetitions' probe histograms merged) is in the report:
+        // one curve per cell, monotone, ending at 100 %, its median within 1 ms of the cell's
+        // median p50 (the histogram's resolution and the merge of three runs).
+        let loaded = sweep::report::load(&out).unwrap();
+        assert_eq!(loaded.cdfs.len(), summary.cells.len());
+        for (cdf, c) in loaded.cdfs.iter().zip(&summary.cells) {
+            assert_eq!(cdf.label, c.cell.label);
+            let p = &cdf.points;
+            assert!(
+                p.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+                "cell {}: not monotone: {p:?}",
+                c.cell.label
+            );
+            assert!((p.last().unwrap().1 - 100.0).abs() < 1e-9, "{p:?}");
+            let med = p.iter().find(|x| x.1 >= 50.0).unwrap().0;
+            let want = c.metrics["udp.fwd_delay_p50_ms"].median;
+            assert!(
+                (med - want).abs() < 1.0,
+                "cell {}: CDF median {med} vs {want}",
+                c.cell.label
+            );
+        }
+        let drawn = dom
+            .split("<h2>One-way delay CDF per cell</h2>")
+            .nth(1)
+            .and_then(|s| s.split("</svg>").next())
+            .expect("a CDF chart in the report");
+        // The drawn curves are monotone too: x grows, y (downwards in SVG) does not.
+        let curves: Vec<Vec<(f64, f64)>> = drawn
+            .split("<polyline")
+            .skip(1)
+            .filter_map(|p| p.split("points=\"").nth(1)?.split('"').next())
+            .map(|pts| {
+                pts.split_whitespace()
+                    .filter_map(|xy| {
+                        let (x, y) = xy.split_once(',')?;
+                        Some((x.parse().ok()?, y.parse().ok()?))
+                    })
+                    .collect()
+            })
+            .filter(|v: &Vec<(f64, f64)>| v.len() > 2)
+            .collect();
+        assert_eq!(curves.len(), summary.cells.len(), "{drawn}");
+        for v in &curves {
+            assert!(
+                v.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 >= w[1].1),
+                "{v:?}"
+            );
+        }
+
+        // The same file again: every run's loss decisions are the same (its seed).
+        let out_b = d.join("b");
+        ok(wirelab().arg("sweep").arg(&file).arg("--out").arg(&out_b));
+        let by_id = |dir: &Path| -> BTreeMap<usize, Vec<u64>> {
+            results(dir)
+                .iter()
+                .map(|r| (r.id, final_of(dir, r).report.lost_seqs))
+                .collect()
+        };
+        let (a, b) = (by_id(&out), by_id(&out_b));
+        // The two sweeps side by side: a difference heatmap per metric.
+        let o = ok(wirelab().arg("report").arg(&out).arg(&out_b));
+        let cmp = std::fs::read_to_string(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+        assert!(cmp.contains("B − A") && cmp.contains("<h2>udp.fwd_loss_pct</h2>"));
+        let lossy: Vec<usize> = a
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        assert!(lossy.len() >= 10, "runs with losses: {lossy:?}");
+        for id in &lossy {
+            assert_eq!(
+                a[id], b[id],
+                "run {id}: lost probes differ between two sweeps"
+            );
+        }
+
+        // kill -9 part-way, then --resume: only the missing runs run, each once.
+        let out_c = d.join("c");
+        let mut c = wirelab();
+        c.arg("sweep").arg(&file).arg("--out").arg(&out_c);
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let bg = Bg::from_child(c.spawn().unwrap());
+        let killed = bg.pid();
+        assert!(
+            eventually(Duration::from_secs(60), || results(&out_c).len() >= 5),
+            "no 5 results within 60 s"
+        );
+        bg.kill();
+        let before = results(&out_c);
+        assert!(before.len() < 24, "killed too late: {}", before.len());
+        assert!(
+            lab_of(killed),
+            "a killed sweep leaves its lab (resume removes it)"
+        );
+        let (o, resumed) = sweep_cmd(&["--resume".as_ref(), out_c.as_os_str()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let after = results(&out_c);
+        assert_eq!(after.len(), 24);
+        for (x, y) in before.iter().zip(&after) {
+            assert_eq!(x.id, y.id);
+            assert_eq!(x.started_unix, y.started_unix, "run {} ran again", x.id);
+        }
+        let mut ids: Vec<usize> = after.iter().map(|r| r.id).collect();
+        ids.sort();
+        assert_eq!(ids, (0..24).collect::<Vec<_>>(), "each run exactly once");
+        assert!(!lab_of(killed) && !lab_of(resumed), "labs left");
+    });
 }
 
 #[test]
@@ -294,52 +296,54 @@ const FLAP: &str = "[[steps]]\nat = \"1s\"\nkind = \"flap\"\ndir = \"a_to_b\"\nd
 #[test]
 fn a_sweep_plays_its_timeline_in_every_run() {
     require_privileges();
-    let d = TempDir::new("wl-sweep-tl-");
-    d.file("flap.toml", FLAP);
-    let f = d.file(
-        "sweep.toml",
-        "seed = 3\nrepetitions = 2\ntimeline = \"flap.toml\"\n[base]\nboth = \"delay 10ms\"\n\
+    timing("a_sweep_plays_its_timeline_in_every_run", || {
+        let d = TempDir::new("wl-sweep-tl-");
+        d.file("flap.toml", FLAP);
+        let f = d.file(
+            "sweep.toml",
+            "seed = 3\nrepetitions = 2\ntimeline = \"flap.toml\"\n[base]\nboth = \"delay 10ms\"\n\
          [[workload]]\nkind = \"udp\"\nrate = 200\ncount = 600\n",
-    );
-    let out = d.join("out");
-    let (o, _) = sweep_cmd(&[f.as_os_str(), "--out".as_ref(), out.as_os_str()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // Each run lost the two outages' probes forward: 2 × 200 ms at 200/s = 80 of 600 (a
-    // probe at each edge may fall either way), and nothing in reverse.
-    let rs = results(&out);
-    assert_eq!(rs.len(), 2);
-    for r in &rs {
-        let lost = r.metrics["udp.fwd_loss_pct"] * 6.0;
-        assert!(
-            (lost - 80.0).abs() <= 2.0,
-            "run {}: {lost} probes lost",
-            r.id
         );
-        assert_eq!(r.metrics["udp.rev_loss_pct"], 0.0);
-    }
-    // Every timeline change is in the emulator's record: per run 2 outages × (down, up) ×
-    // (default, measured class), all applied, each with its scheduled and applied time.
-    let lines: Vec<wirelab::wan::ChangeEntry> =
-        std::fs::read_to_string(out.join("wan").join("wan.changes.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a wan change line"))
-            .collect();
-    let tl: Vec<_> = lines.iter().filter(|l| l.source == "timeline").collect();
-    assert_eq!(tl.len(), 16, "{lines:?}");
-    for l in tl {
-        assert_eq!(l.kind, "applied", "{l:?}");
-        assert!(l.latency_ms.expect("latency_ms") < 10.0, "{l:?}");
-    }
-    // A bad timeline is refused before anything is made, naming the step's field.
-    d.file("flap.toml", &FLAP.replace("200ms", "2s"));
-    let out = d.join("out2");
-    let (o, pid) = sweep_cmd(&[f.as_os_str(), "--out".as_ref(), out.as_os_str()]);
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    assert!(e.contains("timeline.steps[0].down"), "{e}");
-    assert!(!out.exists());
-    assert!(!lab_of(pid));
+        let out = d.join("out");
+        let (o, _) = sweep_cmd(&[f.as_os_str(), "--out".as_ref(), out.as_os_str()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // Each run lost the two outages' probes forward: 2 × 200 ms at 200/s = 80 of 600 (a
+        // probe at each edge may fall either way), and nothing in reverse.
+        let rs = results(&out);
+        assert_eq!(rs.len(), 2);
+        for r in &rs {
+            let lost = r.metrics["udp.fwd_loss_pct"] * 6.0;
+            assert!(
+                (lost - 80.0).abs() <= 2.0,
+                "run {}: {lost} probes lost",
+                r.id
+            );
+            assert_eq!(r.metrics["udp.rev_loss_pct"], 0.0);
+        }
+        // Every timeline change is in the emulator's record: per run 2 outages × (down, up) ×
+        // (default, measured class), all applied, each with its scheduled and applied time.
+        let lines: Vec<wirelab::wan::ChangeEntry> =
+            std::fs::read_to_string(out.join("wan").join("wan.changes.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("a wan change line"))
+                .collect();
+        let tl: Vec<_> = lines.iter().filter(|l| l.source == "timeline").collect();
+        assert_eq!(tl.len(), 16, "{lines:?}");
+        for l in tl {
+            assert_eq!(l.kind, "applied", "{l:?}");
+            assert!(l.latency_ms.expect("latency_ms") < 10.0, "{l:?}");
+        }
+        // A bad timeline is refused before anything is made, naming the step's field.
+        d.file("flap.toml", &FLAP.replace("200ms", "2s"));
+        let out = d.join("out2");
+        let (o, pid) = sweep_cmd(&[f.as_os_str(), "--out".as_ref(), out.as_os_str()]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(e.contains("timeline.steps[0].down"), "{e}");
+        assert!(!out.exists());
+        assert!(!lab_of(pid));
+    });
 }
 
 /// A class axis: `delay 50ms` on all traffic, then only on the UDP probe's port (7000, the
@@ -355,37 +359,42 @@ const SCOPE: &str = "repetitions = 1\norder = \"sequential\"\n[base]\nboth = \"d
 #[test]
 fn a_class_axis_impairs_only_the_traffic_its_rule_selects() {
     require_privileges();
-    let d = TempDir::new("wl-sweep-class-");
-    let f = d.file("sweep.toml", SCOPE);
-    let (o, _) = sweep_cmd(&[f.as_os_str(), "--dry-run".as_ref()]);
-    let dry = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(dry.matches("restarts the emulator").count(), 1, "{dry}");
-    let out = d.join("out");
-    let (o, _) = sweep_cmd(&[f.as_os_str(), "--out".as_ref(), out.as_os_str()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let mut rs = results(&out);
-    rs.sort_by_key(|r| r.cell);
-    assert_eq!(rs.len(), 2);
-    let names: Vec<_> = rs.iter().map(|r| r.class_rule.as_deref()).collect();
-    assert_eq!(names, [Some("all"), Some("udp7000")]);
-    for r in &rs {
-        assert!(r.ok, "{r:?}");
-        // The probe crosses the 50 ms delay in both cells (the emulator adds well under 5 ms).
-        let p50 = r.metrics["udp.fwd_delay_p50_ms"];
-        assert!((50.0..55.0).contains(&p50), "cell {}: p50 {p50}", r.cell);
-    }
-    // The ping's average RTT: 2 × 50 ms in `all`, under 5 ms where only UDP port 7000 is
-    // delayed.
-    let rtt: Vec<f64> = rs.iter().map(|r| r.metrics["ping.value"]).collect();
-    let p50: Vec<f64> = rs
-        .iter()
-        .map(|r| r.metrics["udp.fwd_delay_p50_ms"])
-        .collect();
-    eprintln!("probe p50 per cell: {p50:?}, ping avg rtt per cell: {rtt:?}");
-    assert!((100.0..110.0).contains(&rtt[0]), "{rtt:?}");
-    assert!(rtt[1] < 5.0, "{rtt:?}");
-    // The manifest records each cell's rule.
-    let m = sweep::run::read_manifest(&out).unwrap();
-    assert_eq!(m.plan.cells[1].rule.as_ref().unwrap().port, Some(7000));
+    timing(
+        "a_class_axis_impairs_only_the_traffic_its_rule_selects",
+        || {
+            let d = TempDir::new("wl-sweep-class-");
+            let f = d.file("sweep.toml", SCOPE);
+            let (o, _) = sweep_cmd(&[f.as_os_str(), "--dry-run".as_ref()]);
+            let dry = String::from_utf8_lossy(&o.stdout);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            assert_eq!(dry.matches("restarts the emulator").count(), 1, "{dry}");
+            let out = d.join("out");
+            let (o, _) = sweep_cmd(&[f.as_os_str(), "--out".as_ref(), out.as_os_str()]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let mut rs = results(&out);
+            rs.sort_by_key(|r| r.cell);
+            assert_eq!(rs.len(), 2);
+            let names: Vec<_> = rs.iter().map(|r| r.class_rule.as_deref()).collect();
+            assert_eq!(names, [Some("all"), Some("udp7000")]);
+            for r in &rs {
+                assert!(r.ok, "{r:?}");
+                // The probe crosses the 50 ms delay in both cells (the emulator adds well under 5 ms).
+                let p50 = r.metrics["udp.fwd_delay_p50_ms"];
+                assert!((50.0..55.0).contains(&p50), "cell {}: p50 {p50}", r.cell);
+            }
+            // The ping's average RTT: 2 × 50 ms in `all`, under 5 ms where only UDP port 7000 is
+            // delayed.
+            let rtt: Vec<f64> = rs.iter().map(|r| r.metrics["ping.value"]).collect();
+            let p50: Vec<f64> = rs
+                .iter()
+                .map(|r| r.metrics["udp.fwd_delay_p50_ms"])
+                .collect();
+            eprintln!("probe p50 per cell: {p50:?}, ping avg rtt per cell: {rtt:?}");
+            assert!((100.0..110.0).contains(&rtt[0]), "{rtt:?}");
+            assert!(rtt[1] < 5.0, "{rtt:?}");
+            // The manifest records each cell's rule.
+            let m = sweep::run::read_manifest(&out).unwrap();
+            assert_eq!(m.plan.cells[1].rule.as_ref().unwrap().port, Some(7000));
+        },
+    );
 }
