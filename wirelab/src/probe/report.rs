@@ -18,6 +18,12 @@ pub fn print_udp(r: &UdpReport) {
             "  {name:<8} received {} lost {} ({:.3}%) dup {} reordered {} corrupted {}",
             s.received, s.lost, s.loss_pct, s.duplicates, s.reordered, s.corrupted
         );
+        if s.socket_drops > 0 {
+            println!(
+                "           of those lost, {} were dropped by the receiving probe socket (this host was busy)",
+                s.socket_drops
+            );
+        }
         println!("           one-way delay {}", d(&s.delay_ms));
     }
     println!("  rtt      {}", d(&r.rtt_ms));

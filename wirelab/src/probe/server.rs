@@ -21,6 +21,8 @@ pub(super) struct ServerRun {
     max_seq: u64,
     seen: Vec<u64>,
     echo_seq: u64,
+    /// The socket's drop count (SO_RXQ_OVFL) when this run's first datagram arrived.
+    drops_at_start: u32,
 }
 
 impl ServerRun {
@@ -41,8 +43,7 @@ impl ServerRun {
 /// Run the server until `duration` or a signal: UDP echo and TCP sink on the same port.
 pub fn server(bind: SocketAddr, duration: Option<Duration>, stop: &Stop) -> Result<()> {
     let udp = UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
-    no_check(&udp);
-    kernel_timestamps(&udp)?;
+    prepare(&udp)?;
     udp.set_read_timeout(Some(Duration::from_millis(100)))?;
     let tcp = TcpListener::bind(bind).with_context(|| format!("binding TCP {bind}"))?;
     tcp.set_nonblocking(true)?;
@@ -66,14 +67,24 @@ pub fn server(bind: SocketAddr, duration: Option<Duration>, stop: &Stop) -> Resu
     let mut runs: HashMap<(SocketAddr, u64), ServerRun> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     while !stop.requested() && duration.is_none_or(|d| start.elapsed() < d) {
-        let Ok((n, Some(peer), rx)) = recv_ts(&udp, &mut buf) else {
+        let Ok(Arrival {
+            len: n,
+            peer: Some(peer),
+            at: rx,
+            socket_drops,
+        }) = recv_ts(&udp, &mut buf)
+        else {
             continue;
         };
         if n < HDR || get_u32(&buf, 0) != MAGIC {
             continue;
         }
         let run = get_u64(&buf, 8);
-        let st = runs.entry((peer, run)).or_default();
+        let drops = socket_drops.unwrap_or(0);
+        let st = runs.entry((peer, run)).or_insert_with(|| ServerRun {
+            drops_at_start: drops,
+            ..Default::default()
+        });
         match buf[4] {
             KIND_PROBE => {
                 let p = &mut buf[..n];
@@ -113,6 +124,7 @@ pub fn server(bind: SocketAddr, duration: Option<Duration>, stop: &Stop) -> Resu
                 put_u64(p, 24, st.duplicates);
                 put_u64(p, 32, st.reordered);
                 put_u64(p, 40, st.corrupted);
+                put_u64(p, 48, drops.wrapping_sub(st.drops_at_start) as u64);
                 let _ = udp.send_to(p, peer);
             }
             _ => {}

@@ -97,6 +97,10 @@ pub struct DirStats {
     pub duplicates: u64,
     pub reordered: u64,
     pub corrupted: u64,
+    /// Of `lost`, the datagrams the receiving probe socket itself dropped for want of buffer
+    /// space (SO_RXQ_OVFL): the measuring host was too busy, the network did not lose them.
+    #[serde(default)]
+    pub socket_drops: u64,
     pub delay_ms: DelayStats,
 }
 
@@ -305,8 +309,7 @@ fn open_socket(o: &ClientOptions) -> Result<(UdpSocket, u64)> {
     .parse()
     .expect("literal");
     let sock = UdpSocket::bind(bind)?;
-    no_check(&sock);
-    kernel_timestamps(&sock)?;
+    prepare(&sock)?;
     sock.connect(o.to)?;
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     let run = mono_ns() ^ ((std::process::id() as u64) << 32);
@@ -329,7 +332,9 @@ struct Rx {
     max_echo: u64,
     echo_seen: std::collections::HashSet<u64>,
     order: Vec<u64>,
-    fin: Option<[u64; 4]>,
+    fin: Option<[u64; FIN_FIELDS]>,
+    /// The client socket's own drops so far (SO_RXQ_OVFL).
+    socket_drops: u64,
     // This interval's echoes (for --record).
     ifwd: Option<DelayAcc>,
     irev: Option<DelayAcc>,
@@ -422,7 +427,13 @@ fn spawn_reader(
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
         while !done.load(Ordering::Relaxed) {
-            let Ok((n, _, now)) = recv_ts(&sock, &mut buf) else {
+            let Ok(Arrival {
+                len: n,
+                at: now,
+                socket_drops,
+                ..
+            }) = recv_ts(&sock, &mut buf)
+            else {
                 continue;
             };
             if n < HDR || get_u32(&buf, 0) != MAGIC || get_u64(&buf, 8) != run {
@@ -430,14 +441,10 @@ fn spawn_reader(
             }
             let p = &buf[..n];
             let mut r = rx.lock().expect("lock");
+            r.socket_drops = r.socket_drops.max(socket_drops.unwrap_or(0) as u64);
             match p[4] {
                 KIND_FIN_ACK => {
-                    r.fin = Some([
-                        get_u64(p, 16),
-                        get_u64(p, 24),
-                        get_u64(p, 32),
-                        get_u64(p, 40),
-                    ]);
+                    r.fin = Some(std::array::from_fn(|i| get_u64(p, 16 + 8 * i)));
                 }
                 KIND_ECHO => r.echo(p, now, count),
                 _ => {}
@@ -637,15 +644,23 @@ fn build_report(
     let rev_acc = r.rev.take().expect("acc");
     let delay_hist_ms = [fwd_acc.hist_ms(), rev_acc.hist_ms()];
     let rtt_acc = r.rtt.take().expect("acc");
-    let (server_rx, server_dup, server_reord, server_corrupt) = match r.fin {
-        Some([a, b, c, d]) => (a, b, c, d),
+    let [server_rx, server_dup, server_reord, server_corrupt, server_drops] = match r.fin {
+        Some(f) => f,
         None => {
             tracing::warn!(
                 "the probe server did not answer the final exchange; forward counts are estimates"
             );
-            (echoed, 0, 0, r.corrupt_fwd)
+            [echoed, 0, 0, r.corrupt_fwd, 0]
         }
     };
+    if server_drops + r.socket_drops > 0 {
+        tracing::warn!(
+            forward = server_drops,
+            reverse = r.socket_drops,
+            "the probe's own sockets dropped datagrams (this host was too busy to read them): \
+             counted as lost, but not the network's loss"
+        );
+    }
     let pct = |lost: u64, of: u64| {
         if of == 0 {
             0.0
@@ -669,6 +684,7 @@ fn build_report(
             duplicates: server_dup,
             reordered: server_reord,
             corrupted: server_corrupt,
+            socket_drops: server_drops.min(fwd_lost),
             delay_ms: fwd_acc.stats(),
         },
         reverse: DirStats {
@@ -678,6 +694,7 @@ fn build_report(
             duplicates: r.dups,
             reordered: r.reordered,
             corrupted: r.corrupt_rev,
+            socket_drops: r.socket_drops.min(rev_lost),
             delay_ms: rev_acc.stats(),
         },
         rtt_ms: rtt_acc.stats(),

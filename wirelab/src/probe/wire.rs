@@ -20,6 +20,10 @@ pub(super) const FLAG_FWD_CORRUPT: u8 = 1;
 pub(super) const FLAG_DUP: u8 = 2;
 /// Offset of the server's echo sequence number (orders echoes in the reverse direction).
 pub(super) const ECHO_SEQ: usize = 48;
+/// The final answer (FIN_ACK) carries at 16, 24, 32, 40 and 48: received, duplicates,
+/// reordered, corrupted, and the datagrams the server's socket dropped during the run (an
+/// older server leaves that 0).
+pub(super) const FIN_FIELDS: usize = 5;
 
 pub(super) fn fnv(data: &[u8]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -64,29 +68,55 @@ pub(super) fn real_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
-/// Ask the kernel to stamp arrivals (SO_TIMESTAMPNS): delays are measured at the socket's
-/// arrival, not when this process gets scheduled.
-pub(super) fn kernel_timestamps(s: &UdpSocket) -> Result<()> {
-    nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
-        .context("SO_TIMESTAMPNS")?;
+/// How large a probe socket's receive buffer is made: 4 MiB holds about a second of echoes at
+/// 4,000 probes/s even at their full kernel size, so a client or server thread the host
+/// leaves unscheduled for a while drops nothing.
+const RCVBUF: usize = 4 << 20;
+
+/// Prepare a probe socket: no UDP checksum ([`no_check`]), kernel arrival stamps
+/// (SO_TIMESTAMPNS: delays are measured at the socket's arrival, not when this process gets
+/// scheduled), a large receive buffer, and the socket's own drop counter on every datagram
+/// (SO_RXQ_OVFL), so that drops on this host are told apart from the network's.
+pub(super) fn prepare(s: &UdpSocket) -> Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    no_check(s);
+    setsockopt(s, sockopt::ReceiveTimestampns, &true).context("SO_TIMESTAMPNS")?;
+    // SO_RCVBUFFORCE passes net.core.rmem_max (needs CAP_NET_ADMIN); without it, as large
+    // as rmem_max allows.
+    if setsockopt(s, sockopt::RcvBufForce, &RCVBUF).is_err() {
+        let _ = setsockopt(s, sockopt::RcvBuf, &RCVBUF);
+    }
+    setsockopt(s, sockopt::RxqOvfl, &1).context("SO_RXQ_OVFL")?;
     Ok(())
 }
 
-/// Receive one datagram with its kernel arrival time (CLOCK_REALTIME ns).
-pub(super) fn recv_ts(
-    s: &UdpSocket,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, Option<SocketAddr>, u64)> {
+/// One received datagram.
+pub(super) struct Arrival {
+    pub len: usize,
+    pub peer: Option<SocketAddr>,
+    /// Kernel arrival time (CLOCK_REALTIME ns).
+    pub at: u64,
+    /// The socket's count of datagrams it dropped for want of buffer space so far (SO_RXQ_OVFL;
+    /// the kernel sends it once it is not zero).
+    pub socket_drops: Option<u32>,
+}
+
+/// Receive one datagram with its kernel arrival time and the socket's drop count.
+pub(super) fn recv_ts(s: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Arrival> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
     let mut iov = [std::io::IoSliceMut::new(buf)];
-    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec, u32);
     let m = recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
         .map_err(std::io::Error::from)?;
-    let mut ts = None;
+    let (mut ts, mut socket_drops) = (None, None);
     if let Ok(cms) = m.cmsgs() {
         for c in cms {
-            if let ControlMessageOwned::ScmTimestampns(t) = c {
-                ts = Some(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64);
+            match c {
+                ControlMessageOwned::ScmTimestampns(t) => {
+                    ts = Some(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64);
+                }
+                ControlMessageOwned::RxqOvfl(n) => socket_drops = Some(n),
+                _ => {}
             }
         }
     }
@@ -101,14 +131,19 @@ pub(super) fn recv_ts(
     // Forwarded skbs can carry a CLOCK_MONOTONIC delivery time instead of a receive stamp:
     // trust the kernel's stamp only when it is a plausible wall-clock time.
     let now = real_ns();
-    let t = match ts {
+    let at = match ts {
         Some(t) if t.abs_diff(now) < 1_000_000_000 => t,
         _ => now,
     };
-    Ok((m.bytes, peer, t))
+    Ok(Arrival {
+        len: m.bytes,
+        peer,
+        at,
+        socket_drops,
+    })
 }
 
-pub(super) fn no_check(s: &UdpSocket) {
+fn no_check(s: &UdpSocket) {
     const SO_NO_CHECK: libc::c_int = 11;
     let one: libc::c_int = 1;
     unsafe {
