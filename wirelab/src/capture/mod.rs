@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! capture_tc_in | capture_xdp(_tap), capture_tc ─ filter ─> perf sample (EventHeader +
-//!   snaplen bytes), per CPU
+//!   snaplen bytes), per CPU, woken at a watermark (perf_ring.rs)
 //!   │ one reader thread per CPU buffer (poll, drain, hand over)
 //!   ▼
 //! writer: merge by timestamp (held until every CPU has moved past it), monotonic -> wall
@@ -12,6 +12,7 @@
 //! ```
 pub mod filter;
 pub mod pcapng;
+mod perf_ring;
 pub mod tap;
 
 use std::{
@@ -29,10 +30,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{
-        perf::{PerfEvent, PerfEventArray},
-        Array, MapData, PerCpuArray, ProgramArray,
-    },
+    maps::{Array, Map, MapData, PerCpuArray, ProgramArray},
     programs::{SchedClassifier, TcAttachType, Xdp},
 };
 use serde::{Deserialize, Serialize};
@@ -130,11 +128,23 @@ pub fn running() -> Vec<String> {
 
 /// Default `--snaplen`: whole frames up to a jumbo MTU.
 pub const DEFAULT_SNAPLEN: u32 = 9216;
-/// Pages of each CPU's perf buffer (4 MiB with 4 KiB pages: ~2,700 full-size frames).
-const PERF_PAGES: usize = 1024;
+/// Bytes of perf ring all CPUs share (each CPU's ring between [`RING_MIN`] and [`RING_MAX`]):
+/// 16 MiB per CPU on a 2-CPU machine holds about 10,000 full-size frames, 100 ms at
+/// 100,000 frames/s, for a reader the host leaves unscheduled a while.
+const RING_TOTAL: usize = 32 << 20;
+const RING_MIN: usize = 4 << 20;
+const RING_MAX: usize = 16 << 20;
+
+/// Bytes of each CPU's perf ring with `cpus` CPUs.
+fn ring_bytes(cpus: usize) -> usize {
+    (RING_TOTAL / cpus.max(1)).clamp(RING_MIN, RING_MAX)
+}
 /// How long a reader pauses between drains while frames keep coming: its buffer (4 MiB)
 /// holds 1 ms of frames up to about 10 Gbit/s.
 const BUSY_PAUSE: Duration = Duration::from_millis(1);
+/// How long an idle reader waits for its ring's watermark before draining anyway: the most
+/// a frame on a quiet interface waits to be handed over.
+const IDLE_POLL_MS: u8 = 20;
 
 /// Kernel counters of one direction.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -521,18 +531,15 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
 
     // One buffer per CPU, each drained by its own thread: a slow CPU's backlog does not hold
     // up the others, and draining keeps pace with the CPUs producing.
-    let mut events = PerfEventArray::try_from(
-        bpf.take_map(maps::CAPTURE_EVENTS)
-            .context("capture events map missing")?,
-    )?;
+    let Some(Map::PerfEventArray(events)) = bpf.map(maps::CAPTURE_EVENTS) else {
+        bail!("capture events map missing");
+    };
     let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     let mut bufs = vec![];
     for &cpu in &cpus {
         bufs.push((
             cpu,
-            events
-                .open(cpu, Some(PERF_PAGES))
-                .with_context(|| format!("opening the perf buffer of CPU {cpu}"))?,
+            perf_ring::PerfRing::open(events.fd().as_fd(), cpu, ring_bytes(cpus.len()))?,
         ));
     }
 
@@ -605,13 +612,13 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
                 let mut frames = vec![];
                 let mut lost = 0;
                 buf.for_each(|e| match e {
-                    PerfEvent::Sample { head, tail } => {
+                    perf_ring::Record::Sample { head, tail } => {
                         seq += 1;
                         if let Some(f) = decode(head, tail, seq) {
                             frames.push(f);
                         }
                     }
-                    PerfEvent::Lost { count } => lost += count,
+                    perf_ring::Record::Lost { count } => lost += count,
                 });
                 let idle = mono_ns();
                 let busy = !frames.is_empty() || lost > 0;
@@ -625,16 +632,18 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
                     return;
                 }
                 if busy {
-                    // Traffic: drain again after a pause instead of waiting on the buffer,
-                    // so the kernel's per-sample wakeup finds no one to wake (a context
-                    // switch per frame had cost more than the rest of the frame's path).
+                    // Traffic: drain again after a pause, one batch per drain (a wakeup
+                    // and context switch per frame had cost more than the rest of the
+                    // frame's path).
                     std::thread::sleep(BUSY_PAUSE);
                 } else {
+                    // The kernel wakes us only at the ring's watermark (a quarter full):
+                    // the timeout bounds how long a lone frame waits.
                     let mut pfd = [nix::poll::PollFd::new(
                         buf.as_fd(),
                         nix::poll::PollFlags::POLLIN,
                     )];
-                    let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(50u8));
+                    let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(IDLE_POLL_MS));
                 }
             }
         }));
@@ -758,6 +767,15 @@ pub fn print_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rings_share_a_budget_within_bounds() {
+        use super::{ring_bytes, RING_MAX, RING_MIN};
+        assert_eq!(ring_bytes(1), RING_MAX);
+        assert_eq!(ring_bytes(2), 16 << 20);
+        assert_eq!(ring_bytes(4), 8 << 20);
+        assert_eq!(ring_bytes(64), RING_MIN);
+    }
+
     use super::*;
 
     #[test]
