@@ -30,8 +30,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, Map, MapData, PerCpuArray, ProgramArray},
-    programs::{SchedClassifier, TcAttachType, Xdp},
+    maps::{Array, Map, MapData, PerCpuArray},
+    programs::TcAttachType,
 };
 use serde::{Deserialize, Serialize};
 use wirelab_common::{
@@ -328,29 +328,14 @@ pub fn configure(bpf: &mut aya::Ebpf, snaplen: u32, f: &Filter) -> Result<()> {
 
 /// Load the filter halves and put them where the entry programs tail-call them.
 pub fn load_filter_programs(bpf: &mut aya::Ebpf) -> Result<()> {
-    let xdp: &mut Xdp = bpf
-        .program_mut("capture_xdp_filter")
-        .context("program capture_xdp_filter missing")?
-        .try_into()?;
-    xdp.load().context("loading capture_xdp_filter")?;
-    let xdp_fd = xdp.fd()?.try_clone()?;
-    let tc: &mut SchedClassifier = bpf
-        .program_mut("capture_tc_filter")
-        .context("program capture_tc_filter missing")?
-        .try_into()?;
-    tc.load().context("loading capture_tc_filter")?;
-    let tc_fd = tc.fd()?.try_clone()?;
-    for (map, fd) in [
-        (maps::CAPTURE_XDP_PROG, &xdp_fd),
-        (maps::CAPTURE_TC_PROG, &tc_fd),
-    ] {
-        let mut progs =
-            ProgramArray::try_from(bpf.map_mut(map).with_context(|| format!("{map} missing"))?)?;
-        progs
-            .set(0, fd, 0)
-            .with_context(|| format!("filling {map}"))?;
-    }
-    Ok(())
+    use crate::runtime::bpf::{fill_tail_calls, Hook};
+    fill_tail_calls(
+        bpf,
+        &[
+            ("capture_xdp_filter", Hook::Xdp, maps::CAPTURE_XDP_PROG),
+            ("capture_tc_filter", Hook::Tc, maps::CAPTURE_TC_PROG),
+        ],
+    )
 }
 
 /// One frame in time order, as a [`Sink`] receives it.

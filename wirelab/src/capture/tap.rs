@@ -13,16 +13,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::{
-    maps::{Array, Map, MapData, ProgramArray},
-    programs::{SchedClassifier, Xdp},
-};
+use aya::maps::{Array, Map, MapData, ProgramArray};
 use wirelab_common::{
     lb::event,
     tap::{fw_what, lb_what, tool, wan_what, Decision, MAGIC_TC},
 };
 
-use crate::{fw, runtime::bpf::AttachMode, runtime::tap::TapInfo};
+use crate::{
+    fw,
+    runtime::bpf::{AttachMode, Hook},
+    runtime::tap::TapInfo,
+};
 
 /// fw on `iface` in this namespace, if one runs there.
 pub fn fw_running(iface: &str) -> bool {
@@ -102,21 +103,8 @@ impl Tap {
             (false, Some("skb")) => (Some(AttachMode::Skb), "capture_xdp_tap"),
             (false, _) => (Some(AttachMode::Native), "capture_xdp_tap"),
         };
-        let fd = if info.tc {
-            let p: &mut SchedClassifier = bpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing"))?
-                .try_into()?;
-            p.load().with_context(|| format!("loading {prog}"))?;
-            p.fd()?.try_clone()?
-        } else {
-            let p: &mut Xdp = bpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing"))?
-                .try_into()?;
-            p.load().with_context(|| format!("loading {prog}"))?;
-            p.fd()?.try_clone()?
-        };
+        let hook = if info.tc { Hook::Tc } else { Hook::Xdp };
+        let fd = crate::runtime::bpf::load_for_tail_call(bpf, prog, hook)?;
         let mut progs = ProgramArray::try_from(Map::ProgramArray(
             MapData::from_id(info.prog_array_id)
                 .with_context(|| format!("opening {decider}'s tap program array"))?,

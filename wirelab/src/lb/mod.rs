@@ -22,8 +22,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray},
-    programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::{TcAttachType, TestRun, TestRunOptions, Xdp},
     util::nr_cpus as aya_nr_cpus,
     Ebpf,
 };
@@ -1676,29 +1676,14 @@ pub fn load_which(bpf: &mut Ebpf) -> Result<()> {
 /// Load [`PROG_ICMP`] and [`PROG_ICMP_XDP`] and enter them in the tail-call arrays the entry
 /// points use for ICMP errors (without them errors are passed on untranslated).
 pub fn load_icmp(bpf: &mut Ebpf) -> Result<()> {
-    let tc: &mut SchedClassifier = bpf
-        .program_mut(PROG_ICMP)
-        .with_context(|| format!("program {PROG_ICMP} missing from the object"))?
-        .try_into()?;
-    tc.load()
-        .with_context(|| format!("loading {PROG_ICMP} (ICMP errors, tc)"))?;
-    let tc = tc.fd()?.try_clone()?;
-    let x: &mut Xdp = bpf
-        .program_mut(PROG_ICMP_XDP)
-        .with_context(|| format!("program {PROG_ICMP_XDP} missing from the object"))?
-        .try_into()?;
-    x.load()
-        .with_context(|| format!("loading {PROG_ICMP_XDP} (ICMP errors, XDP)"))?;
-    let x = x.fd()?.try_clone()?;
-    for (map, fd) in [(maps::LB_ICMP_TC, &tc), (maps::LB_ICMP_XDP, &x)] {
-        let mut a = ProgramArray::try_from(
-            bpf.map_mut(map)
-                .with_context(|| format!("map {map} missing from the object"))?,
-        )?;
-        a.set(0, fd, 0)
-            .with_context(|| format!("entering the ICMP program in {map}"))?;
-    }
-    Ok(())
+    use crate::runtime::bpf::{fill_tail_calls, Hook};
+    fill_tail_calls(
+        bpf,
+        &[
+            (PROG_ICMP, Hook::Tc, maps::LB_ICMP_TC),
+            (PROG_ICMP_XDP, Hook::Xdp, maps::LB_ICMP_XDP),
+        ],
+    )
 }
 
 /// Run [`PROG_WHICH`] on a crafted frame `from` → `to` (a SYN when `syn`, otherwise an ACK

@@ -6,10 +6,10 @@
 //! it falls back, and `wirelab cleanup` removes such filters by their program name.
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray, ProgramArray},
     programs::{
         tc::{self, NlOptions, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, Pod,
 };
@@ -43,6 +43,49 @@ fn xdp_program<'a>(bpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut Xdp> {
             .with_context(|| format!("loading XDP program {prog}"))?;
     }
     Ok(p)
+}
+
+/// The hook a program reached by tail call is written for: the one its caller runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Tc,
+    Xdp,
+}
+
+/// Load program `prog` of the object for `hook`, to be reached by a tail call: its fd.
+pub fn load_for_tail_call(bpf: &mut Ebpf, prog: &str, hook: Hook) -> Result<ProgramFd> {
+    let program = bpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the object"))?;
+    let fd = match hook {
+        Hook::Tc => {
+            let p: &mut SchedClassifier = program.try_into()?;
+            p.load().with_context(|| format!("loading {prog}"))?;
+            p.fd()?.try_clone()?
+        }
+        Hook::Xdp => {
+            let p: &mut Xdp = program.try_into()?;
+            p.load().with_context(|| format!("loading {prog}"))?;
+            p.fd()?.try_clone()?
+        }
+    };
+    Ok(fd)
+}
+
+/// Load each `(program, hook, program array)` and enter the program in slot 0 of its array:
+/// the tail calls one object makes to programs of its own.
+pub fn fill_tail_calls(bpf: &mut Ebpf, calls: &[(&str, Hook, &str)]) -> Result<()> {
+    for &(prog, hook, map) in calls {
+        let fd = load_for_tail_call(bpf, prog, hook)?;
+        let mut array = ProgramArray::try_from(
+            bpf.map_mut(map)
+                .with_context(|| format!("map {map} missing from the object"))?,
+        )?;
+        array
+            .set(0, &fd, 0)
+            .with_context(|| format!("entering {prog} in {map}"))?;
+    }
+    Ok(())
 }
 
 fn require_iface(iface: &str) -> Result<()> {
