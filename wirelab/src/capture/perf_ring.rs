@@ -157,57 +157,71 @@ impl PerfRing {
         // SAFETY: only this reader writes data_tail.
         let mut tail = unsafe { std::ptr::read_volatile(self.word(DATA_TAIL)) };
         let start = tail;
-        // SAFETY: the data area follows the metadata page inside the mapping.
-        let base = unsafe { self.map.as_ptr().add(self.page) };
-        let size = self.size;
-        let read = |at: u64, len: usize| -> (&[u8], &[u8]) {
-            let off = (at % size as u64) as usize;
-            let first = len.min(size - off);
-            // SAFETY: [off, off+first) and [0, len-first) lie in the data area, and the
-            // kernel does not write there until data_tail moves past them.
-            unsafe {
-                (
-                    std::slice::from_raw_parts(base.add(off), first),
-                    std::slice::from_raw_parts(base, len - first),
-                )
-            }
-        };
-        let u64_at = |at: u64| {
-            let (a, b) = read(at, 8);
-            let mut w = [0u8; 8];
-            w[..a.len()].copy_from_slice(a);
-            w[a.len()..].copy_from_slice(b);
-            u64::from_ne_bytes(w)
-        };
-        while tail < head {
-            // struct perf_event_header { u32 type; u16 misc; u16 size; }
-            let h = u64_at(tail);
-            let (kind, rec_len) = (h as u32, (h >> 48) as u16 as u64);
-            if rec_len < 8 || tail + rec_len > head {
-                // Never from the kernel; stop rather than read garbage.
-                break;
-            }
-            match kind {
-                PERF_RECORD_SAMPLE => {
-                    // u32 size, then the raw payload.
-                    let n = (u64_at(tail + 8) as u32 as u64).min(rec_len - 12);
-                    let (head, tail2) = read(tail + 12, n as usize);
-                    f(Record::Sample { head, tail: tail2 });
-                }
-                // u64 id, u64 lost.
-                PERF_RECORD_LOST => f(Record::Lost {
-                    count: u64_at(tail + 16),
-                }),
-                _ => {}
-            }
-            tail += rec_len;
-        }
+        // SAFETY: the data area follows the metadata page inside the mapping; the kernel
+        // does not write the part between data_tail and data_head until data_tail moves
+        // past it, and that is all `walk` reads.
+        let data =
+            unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.page), self.size) };
+        tail = walk(data, tail, head, &mut f);
         if tail != start {
             fence(Ordering::SeqCst);
             // SAFETY: as above; the kernel reads data_tail to know what it may overwrite.
             unsafe { std::ptr::write_volatile(self.word(DATA_TAIL), tail) };
         }
     }
+}
+
+/// Hand the records of ring `data` from position `tail` to `head` (positions run on past
+/// the ring's size; the data wraps round) to `f`; returns the position after the last one.
+fn walk(data: &[u8], mut tail: u64, head: u64, f: &mut impl FnMut(Record<'_>)) -> u64 {
+    let size = data.len() as u64;
+    // `len` bytes at position `at`, in two parts where they wrap round.
+    let read = |at: u64, len: usize| -> (&[u8], &[u8]) {
+        let off = (at % size) as usize;
+        let first = len.min(data.len() - off);
+        (&data[off..off + first], &data[..len - first])
+    };
+    let bytes = |at: u64, out: &mut [u8]| {
+        let (a, b) = read(at, out.len());
+        out[..a.len()].copy_from_slice(a);
+        out[a.len()..].copy_from_slice(b);
+    };
+    let u32_at = |at: u64| {
+        let mut w = [0u8; 4];
+        bytes(at, &mut w);
+        u32::from_ne_bytes(w)
+    };
+    let u64_at = |at: u64| {
+        let mut w = [0u8; 8];
+        bytes(at, &mut w);
+        u64::from_ne_bytes(w)
+    };
+    while tail < head {
+        // struct perf_event_header { u32 type; u16 misc; u16 size; }
+        let mut h = [0u8; 8];
+        bytes(tail, &mut h);
+        let kind = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]);
+        let rec_len = u64::from(u16::from_ne_bytes([h[6], h[7]]));
+        if rec_len < 8 || rec_len > size || tail + rec_len > head {
+            // Never from the kernel; stop rather than read garbage.
+            break;
+        }
+        match kind {
+            PERF_RECORD_SAMPLE => {
+                // u32 size, then the raw payload.
+                let n = u64::from(u32_at(tail + 8)).min(rec_len.saturating_sub(12));
+                let (a, b) = read(tail + 12, n as usize);
+                f(Record::Sample { head: a, tail: b });
+            }
+            // u64 id, u64 lost.
+            PERF_RECORD_LOST if rec_len >= 24 => f(Record::Lost {
+                count: u64_at(tail + 16),
+            }),
+            _ => {}
+        }
+        tail += rec_len;
+    }
+    tail
 }
 
 impl AsFd for PerfRing {
@@ -254,5 +268,80 @@ fn map_update(array: BorrowedFd<'_>, key: u32, value: u32) -> std::io::Result<()
         Err(std::io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sample record as the kernel writes it: header, u32 size, payload, padded to 8.
+    fn sample(payload: &[u8]) -> Vec<u8> {
+        let len = (8 + 4 + payload.len()).div_ceil(8) * 8;
+        let mut r = vec![0u8; len];
+        r[..4].copy_from_slice(&PERF_RECORD_SAMPLE.to_ne_bytes());
+        r[6..8].copy_from_slice(&(len as u16).to_ne_bytes());
+        r[8..12].copy_from_slice(&(payload.len() as u32).to_ne_bytes());
+        r[12..12 + payload.len()].copy_from_slice(payload);
+        r
+    }
+
+    fn lost(count: u64) -> Vec<u8> {
+        let mut r = vec![0u8; 24];
+        r[..4].copy_from_slice(&PERF_RECORD_LOST.to_ne_bytes());
+        r[6..8].copy_from_slice(&24u16.to_ne_bytes());
+        r[16..24].copy_from_slice(&count.to_ne_bytes());
+        r
+    }
+
+    /// Write `records` into a ring of `size` bytes from position `at`; returns the ring and
+    /// the head.
+    fn ring(size: usize, at: u64, records: &[Vec<u8>]) -> (Vec<u8>, u64) {
+        let mut data = vec![0xeeu8; size];
+        let mut pos = at;
+        for r in records {
+            for b in r {
+                data[(pos % size as u64) as usize] = *b;
+                pos += 1;
+            }
+        }
+        (data, pos)
+    }
+
+    fn walk_all(data: &[u8], tail: u64, head: u64) -> (Vec<Vec<u8>>, u64, u64) {
+        let (mut samples, mut lost) = (vec![], 0);
+        let end = walk(data, tail, head, &mut |r| match r {
+            Record::Sample { head, tail } => samples.push([head, tail].concat()),
+            Record::Lost { count } => lost += count,
+        });
+        (samples, lost, end)
+    }
+
+    #[test]
+    fn records_are_read_across_the_wrap() {
+        let a: Vec<u8> = (0..37).collect();
+        let b: Vec<u8> = (100..160).collect();
+        // Start 16 bytes before the end of a 256-byte ring: `a`'s payload wraps round.
+        let recs = [sample(&a), lost(7), sample(&b)];
+        let (data, head) = ring(256, 1000 * 256 - 16, &recs);
+        let (samples, lost, end) = walk_all(&data, 1000 * 256 - 16, head);
+        assert_eq!(samples, vec![a, b]);
+        assert_eq!(lost, 7);
+        assert_eq!(end, head, "every record consumed");
+    }
+
+    #[test]
+    fn a_malformed_record_stops_the_walk_without_reading_past_head() {
+        let mut bad = sample(&[1, 2, 3]);
+        bad[6..8].copy_from_slice(&4u16.to_ne_bytes()); // shorter than a header
+        let (data, head) = ring(64, 0, &[sample(&[9]), bad]);
+        let (samples, _, end) = walk_all(&data, 0, head);
+        assert_eq!(samples, vec![vec![9]]);
+        assert_eq!(end, 16, "stopped at the malformed record");
+        // A record longer than what the kernel has published is not read either.
+        let (data, head) = ring(64, 0, &[sample(&[1; 20])]);
+        let (samples, _, end) = walk_all(&data, 0, head - 8);
+        assert!(samples.is_empty());
+        assert_eq!(end, 0);
     }
 }

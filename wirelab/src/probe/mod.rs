@@ -28,7 +28,7 @@ pub use server::server;
 pub use tcp::{tcp_client, TcpReport};
 pub use types::{Dirs, SinkReport, TcpInterval, UdpConfig, UdpInterval, UdpRecord};
 pub use udp::{
-    udp_client, udp_client_with, Bursts, ClientOptions, DelayStats, DirStats, ProbeSample,
+    udp_client, udp_client_with, Behind, Bursts, ClientOptions, DelayStats, DirStats, ProbeSample,
     UdpReport,
 };
 pub use wire::MIN_SIZE;

@@ -35,6 +35,12 @@ pub fn print_udp(r: &UdpReport) {
         "  no echo  {} probes in {} bursts (mean {:.2}, max {})",
         r.no_echo, r.loss_bursts.count, r.loss_bursts.mean_len, r.loss_bursts.max_len
     );
+    if r.sender_behind.resyncs > 0 {
+        println!(
+            "  sender   fell behind its schedule {} times (at most {:.1} ms): went on from then, no bursts",
+            r.sender_behind.resyncs, r.sender_behind.max_late_ms
+        );
+    }
 }
 
 /// What a UDP probe run measured, for `--record` (forward = wan's a_to_b).

@@ -130,6 +130,9 @@ pub struct UdpReport {
     pub loss_bursts: Bursts,
     pub lost_seqs: Vec<u64>,
     pub server_stats: bool,
+    /// The sender's own lateness (a busy host), which it did not make up in bursts.
+    #[serde(default)]
+    pub sender_behind: Behind,
     /// Delay histograms (value ms, count) forward and reverse, for `--record`.
     #[serde(skip)]
     pub delay_hist_ms: [Vec<(f64, u64)>; 2],
@@ -248,7 +251,15 @@ pub fn udp_client_with(
         last_iv: Instant::now(),
         sent_iv: 0,
     };
-    let (sent, send_secs) = send_probes(&sock, &mut pkt, pace, stop, &mut iv, &mut sink);
+    let (sent, send_secs, behind) = send_probes(&sock, &mut pkt, pace, stop, &mut iv, &mut sink);
+    if behind.resyncs > 0 {
+        tracing::warn!(
+            times = behind.resyncs,
+            max_late_ms = behind.max_late_ms,
+            "the probe sender fell behind its schedule (this host did not run it in time): \
+             it went on from then instead of sending the missed probes at once"
+        );
+    }
     // Stragglers: wait, then ask the server for its side (a few tries).
     let wait_until = Instant::now() + o.wait;
     while Instant::now() < wait_until && !stop.requested() {
@@ -261,6 +272,7 @@ pub fn udp_client_with(
     let _ = reader.join();
     let mut r = rx.lock().expect("lock");
     let mut rep = build_report(o, &mut r, sent, send_secs, send_start_unix);
+    rep.sender_behind = behind;
     rep.per_probe = r
         .samples
         .take()
@@ -473,6 +485,16 @@ struct Pace {
     count: u64,
 }
 
+/// How often the sender fell behind its schedule by more than its limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Behind {
+    /// Times the schedule started again from "now" (the missed probes were sent later, not
+    /// in a burst).
+    pub resyncs: u64,
+    /// The largest lateness found, ms.
+    pub max_late_ms: f64,
+}
+
 /// Per-interval reporting (`--record`): emits one object per interval from the reader's
 /// interval accumulators.
 struct Intervals<'a> {
@@ -523,8 +545,13 @@ fn send_probes(
     stop: &Stop,
     iv: &mut Intervals<'_>,
     sink: &mut Option<IntervalSink<'_>>,
-) -> (u64, f64) {
-    let Pace { t0, gap, count } = pace;
+) -> (u64, f64, Behind) {
+    let Pace { mut t0, gap, count } = pace;
+    // A sender the host left unscheduled longer than this starts its schedule again from
+    // now instead of sending every missed probe at once: a burst would queue in the path
+    // under test and be measured as its delay or loss.
+    let late_limit = (4.0 * gap).max(2e6) as u64;
+    let mut behind = Behind::default();
     let mut sent = 0u64;
     let mut bar = crate::progress::Progress::new(count, "probes sent");
     let mut last_bar = Instant::now();
@@ -534,7 +561,14 @@ fn send_probes(
             last_bar = Instant::now();
             bar.set(sent, "");
         }
-        let due = t0 + (sent as f64 * gap) as u64;
+        let mut due = t0 + (sent as f64 * gap) as u64;
+        let late = mono_ns().saturating_sub(due);
+        if late > late_limit {
+            t0 += late;
+            due += late;
+            behind.resyncs += 1;
+            behind.max_late_ms = behind.max_late_ms.max(late as f64 / 1e6);
+        }
         loop {
             let now = mono_ns();
             if now >= due {
@@ -556,7 +590,7 @@ fn send_probes(
     }
     let send_secs = iv.start.elapsed().as_secs_f64();
     bar.finish();
-    (sent, send_secs)
+    (sent, send_secs, behind)
 }
 
 /// Ask the server for its counts until it answers (at most 20 tries, 150 ms apart).
@@ -703,6 +737,7 @@ fn build_report(
         loss_bursts: bursts,
         lost_seqs,
         server_stats: r.fin.is_some(),
+        sender_behind: Behind::default(),
         delay_hist_ms,
         send_start_unix,
         per_probe: vec![],
