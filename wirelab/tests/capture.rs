@@ -40,16 +40,25 @@ fn tcx_ingress_count(ns: &str, iface: &str) -> usize {
 /// The default (`--ingress auto`, no fw here) takes ingress at tc, and says so.
 #[test]
 fn the_file_holds_what_was_sent_with_directions_and_ordered_times() {
-    file_holds_what_was_sent("auto", "cw", "tc (");
+    // The default rings (32 MiB shared by the CPUs: `ring_bytes` is unit-tested).
+    file_holds_what_was_sent("auto", "cw", "tc (", &[], "ring_kib_per_cpu=");
 }
 
 /// The same with ingress at XDP (`--ingress xdp`).
 #[test]
 fn the_file_holds_what_was_sent_with_directions_and_ordered_times_at_xdp() {
-    file_holds_what_was_sent("xdp", "cwx", "xdp (");
+    // With a 1 MiB ring per CPU (`--buffer-size`): the watermark is 256 KiB, which 20 pings
+    // never reach, so every frame is handed over by the idle reader's timeout.
+    file_holds_what_was_sent(
+        "xdp",
+        "cwx",
+        "xdp (",
+        &["--buffer-size", "1"],
+        "ring_kib_per_cpu=1024",
+    );
 }
 
-fn file_holds_what_was_sent(ingress: &str, lab_name: &str, hook: &str) {
+fn file_holds_what_was_sent(ingress: &str, lab_name: &str, hook: &str, extra: &[&str], ring: &str) {
     let _s = serial();
     let lab = Lab::up(lab_name);
     let dir = TempDir::new("wlcapw");
@@ -59,19 +68,27 @@ fn file_holds_what_was_sent(ingress: &str, lab_name: &str, hook: &str) {
         &lab.ns("server"),
         "eth0",
         &[
-            "--ingress",
-            ingress,
-            "--filter",
-            "icmp and host 198.18.0.1",
-            "--json",
-            "-w",
-            file.to_str().unwrap(),
-        ],
+            &[
+                "--ingress",
+                ingress,
+                "--filter",
+                "icmp and host 198.18.0.1",
+                "--json",
+                "-w",
+                file.to_str().unwrap(),
+            ],
+            extra,
+        ]
+        .concat(),
     );
     let log = bg.lines.lock().unwrap().join("\n");
     assert!(
         log.contains(&format!("ingress={hook}")),
         "the attach line names the hook: {log}"
+    );
+    assert!(
+        log.contains(ring),
+        "the attach line says the ring's size: {log}"
     );
     pings_ok(&lab.ns("client"), n, "198.18.0.2");
     let out = bg.terminate();

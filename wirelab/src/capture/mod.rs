@@ -60,6 +60,8 @@ pub struct Options {
     /// tcpdump-style expression; empty: every frame.
     pub filter: String,
     pub snaplen: u32,
+    /// Bytes of kernel ring per CPU (`None`: [`ring_bytes`]'s share of 32 MiB).
+    pub ring_bytes: Option<usize>,
     /// Stop after this many frames written.
     pub count: Option<u64>,
     pub duration: Option<Duration>,
@@ -135,8 +137,8 @@ const RING_TOTAL: usize = 32 << 20;
 const RING_MIN: usize = 4 << 20;
 const RING_MAX: usize = 16 << 20;
 
-/// Bytes of each CPU's perf ring with `cpus` CPUs.
-fn ring_bytes(cpus: usize) -> usize {
+/// Bytes of each CPU's perf ring with `cpus` CPUs (unless `--buffer-size` says).
+pub fn ring_bytes(cpus: usize) -> usize {
     (RING_TOTAL / cpus.max(1)).clamp(RING_MIN, RING_MAX)
 }
 /// How long a reader pauses between drains while frames keep coming: its buffer (4 MiB)
@@ -520,13 +522,15 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
         bail!("capture events map missing");
     };
     let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    let ring = opts.ring_bytes.unwrap_or_else(|| ring_bytes(cpus.len()));
     let mut bufs = vec![];
     for &cpu in &cpus {
         bufs.push((
             cpu,
-            perf_ring::PerfRing::open(events.fd().as_fd(), cpu, ring_bytes(cpus.len()))?,
+            perf_ring::PerfRing::open(events.fd().as_fd(), cpu, ring)?,
         ));
     }
+    let ring_kib = bufs.first().map_or(0, |(_, r)| r.bytes() / 1024);
 
     let mono0 = mono_ns();
     let real0 = clock_ns(nix::time::ClockId::CLOCK_REALTIME);
@@ -581,7 +585,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
         )?),
     };
     let tc_mode = bpf::attach_tc(&mut bpf, "capture_tc", &opts.iface, TcAttachType::Egress)?;
-    tracing::info!(iface = %opts.iface, ingress = %ingress_hook, egress = %tc_mode, filter = %opts.filter, "capture attached");
+    tracing::info!(iface = %opts.iface, ingress = %ingress_hook, egress = %tc_mode, filter = %opts.filter, ring_kib_per_cpu = ring_kib, "capture attached");
     sink.attached()?;
 
     let (tx, rx) = mpsc::channel::<Msg>();

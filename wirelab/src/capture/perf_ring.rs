@@ -143,6 +143,11 @@ impl PerfRing {
         Ok(ring)
     }
 
+    /// Bytes of the ring's data area.
+    pub fn bytes(&self) -> usize {
+        self.size
+    }
+
     fn word(&self, offset: usize) -> *mut u64 {
         // SAFETY: both offsets are inside the metadata page, 8-byte aligned.
         unsafe { self.map.as_ptr().add(offset).cast() }

@@ -12,7 +12,7 @@ use super::{parse_duration, JsonArg, NetnsArg, XdpModeArg};
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  wirelab capture --netns wirelab-server --iface eth0 -w /tmp/server.pcapng --count 100\n  wirelab capture --netns wirelab-wan --iface to-client --filter 'icmp or udp port 7000' \\\n      --duration 10s -w run.pcapng --json\n  wirelab capture --netns wirelab-client --iface eth0 --snaplen 128 -w - | tshark -r -\n\nFilter words: host, net CIDR, port, portrange A-B (after src/dst, src or dst, src and dst;\nports also after tcp/udp), ip, ip6, arp, tcp, udp, icmp, icmp6, vlan [ID],\ntcp[tcpflags] & FLAGS != 0, and/&&, or/||, not/!, parentheses. Unmatched frames are not\ncopied. See docs/capture.md."
+    after_help = "Examples:\n  wirelab capture --netns wirelab-server --iface eth0 -w /tmp/server.pcapng --count 100\n  wirelab capture --netns wirelab-wan --iface to-client --filter 'icmp or udp port 7000' \\\n      --duration 10s -w run.pcapng --json\n  wirelab capture --netns wirelab-client --iface eth0 --snaplen 128 -w - | tshark -r -\n  wirelab capture --netns wirelab-server --iface eth0 --buffer-size 64 -w big.pcapng\n\nFilter words: host, net CIDR, port, portrange A-B (after src/dst, src or dst, src and dst;\nports also after tcp/udp), ip, ip6, arp, tcp, udp, icmp, icmp6, vlan [ID],\ntcp[tcpflags] & FLAGS != 0, and/&&, or/||, not/!, parentheses. Unmatched frames are not\ncopied. See docs/capture.md."
 )]
 pub struct CaptureArgs {
     /// Interface to capture on (both directions).
@@ -27,6 +27,10 @@ pub struct CaptureArgs {
     /// Bytes kept of each frame (1-65535).
     #[arg(long, default_value_t = capture::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(1..=65535))]
     snaplen: u32,
+    /// MiB of kernel ring per CPU (rounded down to a power of two of pages; default: 32 MiB
+    /// shared by the CPUs, 4-16 MiB each). Larger absorbs longer bursts of large frames.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    buffer_size: Option<u32>,
     /// Stop after writing this many frames.
     #[arg(long, conflicts_with = "duration")]
     count: Option<u64>,
@@ -93,6 +97,7 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode> {
             iface: a.iface,
             filter: a.filter,
             snaplen: a.snaplen,
+            ring_bytes: a.buffer_size.map(|m| m as usize * (1 << 20)),
             count: a.count,
             duration: a.duration,
             out,

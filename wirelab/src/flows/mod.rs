@@ -506,6 +506,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<FinalLine> {
         iface: opts.iface.clone(),
         filter: opts.filter.clone(),
         snaplen: SNAPLEN,
+        ring_bytes: None,
         count: None,
         duration: opts.report.duration,
         out: capture::Output::Stdout,
