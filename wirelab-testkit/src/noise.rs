@@ -1,5 +1,5 @@
 //! Timing-sensitive measurements on a shared host: [`timing`] runs one and, if it fails,
-//! measures again (at most three attempts in all).
+//! measures again: three failures on an undisturbed host, or eight in all, fail the test.
 //!
 //! The lab tests' tolerances judge the tool (the wan's added delay within 0.3 ms, a rate
 //! within 2 %), not the virtual machine's scheduler. On the 2-core VMs this suite runs on, a
@@ -9,8 +9,10 @@
 //! more in bursts). A single such stall in the wrong second moves a maximum or a per-second
 //! goodput past its tolerance, and a busy host stays busy for a while: a fresh-clone run
 //! failed the same two engine-path tests twice in a row, which passed four times of four right
-//! after. Every failed attempt is printed with the CPU time the host took meanwhile; three
-//! failures in a row are the tool's.
+//! after. With the host taking 11-19 % of the VM's CPU (steal), the engine path's p99 for a
+//! 1 us delay was 3-15 ms in attempt after attempt; at 3-7 % it was 0.1-0.7 ms. So every
+//! failed attempt is printed with the CPU time the host took meanwhile, an attempt with more
+//! than 5 % stolen does not count, and three counted failures are the tool's.
 //!
 //! Nothing watches the host meanwhile: a thread waking every 5 ms to measure its own lateness,
 //! tried first, made three of the wan's tests fail twice in a row on an idle machine (which
@@ -21,8 +23,14 @@ use std::{
     time::Instant,
 };
 
-/// How many times a measurement runs before its failure is the test's.
+/// How many failed attempts on an undisturbed host make a measurement's failure the test's.
 pub const ATTEMPTS: u32 = 3;
+/// At most this many attempts in all, disturbed ones included (bounded time).
+pub const MAX_ATTEMPTS: u32 = 8;
+/// A failed attempt during which the host took more than this share of the VM's CPU time
+/// (steal) does not count toward [`ATTEMPTS`]: quiet attempts saw 2.5-2.9 %, the engine-path
+/// failures of fresh-clone runs 11-19 % (p99 of a 1 us delay 3-15 ms, 0.1-0.7 ms otherwise).
+pub const DISTURBED: f64 = 0.05;
 
 /// CPU time the hypervisor took from this VM so far, ms (all CPUs; `steal` in /proc/stat).
 fn stolen_ms() -> Option<u64> {
@@ -35,30 +43,48 @@ fn stolen_ms() -> Option<u64> {
     Some(ticks * 1000 / hz)
 }
 
+/// The share of the VM's CPU time (all CPUs over `ms`) that `stolen` ms is.
+fn share(stolen: u64, ms: u128) -> f64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    stolen as f64 / (ms.max(1) as f64 * cpus)
+}
+
 /// Run `f` (a whole measurement: its setup, traffic and its assertions). If it panics, run it
 /// again, saying so with the attempt's duration and the CPU time the host took from the VM
-/// meanwhile; the [`ATTEMPTS`]th failure fails the test.
+/// meanwhile. The [`ATTEMPTS`]th failure on an undisturbed host (see [`DISTURBED`]) fails
+/// the test, and so does the [`MAX_ATTEMPTS`]th failure of any kind.
 pub fn timing<T>(what: &str, f: impl Fn() -> T) -> T {
-    for attempt in 1..=ATTEMPTS {
+    let mut counted = 0;
+    for attempt in 1..=MAX_ATTEMPTS {
         let t = Instant::now();
         let s0 = stolen_ms();
         match catch_unwind(AssertUnwindSafe(&f)) {
             Ok(v) => return v,
             Err(e) => {
-                let stolen = match (s0, stolen_ms()) {
-                    (Some(a), Some(b)) => format!("{} ms", b.saturating_sub(a)),
-                    _ => "unknown".into(),
-                };
                 let took = t.elapsed();
-                if attempt < ATTEMPTS {
+                let stolen = match (s0, stolen_ms()) {
+                    (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                    _ => None,
+                };
+                let disturbed = stolen.is_some_and(|s| share(s, took.as_millis()) > DISTURBED);
+                if !disturbed {
+                    counted += 1;
+                }
+                let host = match stolen {
+                    Some(s) => format!(
+                        "the host took {s} ms of CPU from this VM meanwhile, {:.1} %{}",
+                        100.0 * share(s, took.as_millis()),
+                        if disturbed { ": not counted" } else { "" }
+                    ),
+                    None => "the host's steal time is unknown".into(),
+                };
+                if counted < ATTEMPTS && attempt < MAX_ATTEMPTS {
                     eprintln!(
-                        "{what}: attempt {attempt} failed after {took:.1?} (CPU time the host took from this VM meanwhile: {stolen}): measuring again"
+                        "{what}: attempt {attempt} failed after {took:.1?} ({host}): measuring again"
                     );
                     drop(e);
                 } else {
-                    eprintln!(
-                        "{what}: attempt {attempt} failed too, after {took:.1?} (host took {stolen})"
-                    );
+                    eprintln!("{what}: attempt {attempt} failed too, after {took:.1?} ({host})");
                     resume_unwind(e);
                 }
             }
@@ -97,5 +123,10 @@ mod tests {
         });
         assert_eq!((v, runs.load(Ordering::Relaxed)), ("second", 2));
         assert!(stolen_ms().is_some(), "/proc/stat has a steal column");
+        assert!(
+            (share(100, 1000) - 0.1 / std::thread::available_parallelism().unwrap().get() as f64)
+                .abs()
+                < 1e-9
+        );
     }
 }
