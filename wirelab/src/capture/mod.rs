@@ -141,8 +141,8 @@ const RING_MAX: usize = 16 << 20;
 pub fn ring_bytes(cpus: usize) -> usize {
     (RING_TOTAL / cpus.max(1)).clamp(RING_MIN, RING_MAX)
 }
-/// How long a reader pauses between drains while frames keep coming: its buffer (4 MiB)
-/// holds 1 ms of frames up to about 10 Gbit/s.
+/// How long a reader pauses between drains while frames keep coming: its ring (4 MiB at
+/// the least) holds 1 ms of frames up to about 10 Gbit/s.
 const BUSY_PAUSE: Duration = Duration::from_millis(1);
 /// How long an idle reader waits for its ring's watermark before draining anyway: the most
 /// a frame on a quiet interface waits to be handed over.
@@ -756,16 +756,15 @@ pub fn print_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn rings_share_a_budget_within_bounds() {
-        use super::{ring_bytes, RING_MAX, RING_MIN};
         assert_eq!(ring_bytes(1), RING_MAX);
         assert_eq!(ring_bytes(2), 16 << 20);
         assert_eq!(ring_bytes(4), 8 << 20);
         assert_eq!(ring_bytes(64), RING_MIN);
     }
-
-    use super::*;
 
     #[test]
     fn samples_decode_and_refuse_short_ones() {

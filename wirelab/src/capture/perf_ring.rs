@@ -160,14 +160,13 @@ impl PerfRing {
         let head = unsafe { std::ptr::read_volatile(self.word(DATA_HEAD)) };
         fence(Ordering::Acquire);
         // SAFETY: only this reader writes data_tail.
-        let mut tail = unsafe { std::ptr::read_volatile(self.word(DATA_TAIL)) };
-        let start = tail;
+        let start = unsafe { std::ptr::read_volatile(self.word(DATA_TAIL)) };
         // SAFETY: the data area follows the metadata page inside the mapping; the kernel
         // does not write the part between data_tail and data_head until data_tail moves
         // past it, and that is all `walk` reads.
         let data =
             unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.page), self.size) };
-        tail = walk(data, tail, head, &mut f);
+        let tail = walk(data, start, head, &mut f);
         if tail != start {
             fence(Ordering::SeqCst);
             // SAFETY: as above; the kernel reads data_tail to know what it may overwrite.
