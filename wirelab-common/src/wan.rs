@@ -14,6 +14,9 @@ pub const META_MAGIC: u32 = 0x574c_414e; // "WLAN"
 pub struct Meta {
     pub magic: u32,
     pub class: u32,
+    /// When the frame arrived (CLOCK_MONOTONIC ns, taken by the XDP program): the engine counts
+    /// delay and link time from here, not from when its thread got to the frame.
+    pub arrival_ns: u64,
 }
 
 /// Global configuration (array map, one entry).

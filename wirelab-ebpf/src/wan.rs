@@ -41,10 +41,10 @@ const V4_MAPPED_ADDR: usize = 12;
 /// Receive queue the engine's AF_XDP sockets are bound to.
 const XSK_QUEUE: u32 = 0;
 
-// SAFETY: `Meta` is `#[repr(C)]` with two `u32` fields and no padding: every bit pattern is a
+// SAFETY: `Meta` is `#[repr(C)]` with two `u32` fields and a `u64`, no padding: every bit pattern is a
 // valid value and it holds no pointers.
 unsafe impl Plain for Meta {}
-const _: () = assert!(core::mem::size_of::<Meta>() == 8);
+const _: () = assert!(core::mem::size_of::<Meta>() == 16);
 
 #[map]
 static WAN_CONFIG: Array<WanConfig> = Array::with_max_entries(1, 0);
@@ -259,11 +259,13 @@ fn try_wan_xdp(ctx: &XdpContext) -> Result<Decided> {
         cnt.update(|c| c.xsk_fallback += 1);
         return Ok(decided(xdp_action::XDP_PASS, wan_what::FALLBACK));
     }
-    // Tell the engine the class: 8 bytes of metadata in front of the frame. Without it the
-    // engine could not tell the class: then the frame goes the fast path, counted.
+    // Tell the engine the class and the arrival time: 16 bytes of metadata in front of the
+    // frame. Without them the engine could not tell the class: then the frame goes the fast
+    // path, counted.
     let meta = Meta {
         magic: META_MAGIC,
         class,
+        arrival_ns: sys::now_ns(),
     };
     let tagged = sys::xdp_adjust_meta(ctx, -(core::mem::size_of::<Meta>() as i32))
         && Frame::xdp_meta(ctx).store(0, meta).is_ok();

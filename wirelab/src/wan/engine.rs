@@ -410,26 +410,38 @@ impl Engine {
         total
     }
 
-    fn class_of(&mut self, addr: u64, d: usize) -> usize {
-        let meta_at = addr.saturating_sub(std::mem::size_of::<Meta>() as u64);
-        if addr & (FRAME_SIZE - 1) < std::mem::size_of::<Meta>() as u64 {
+    /// The frame's class and arrival time from the metadata in front of it. A frame without
+    /// valid metadata is class 0, arrived `now`; an arrival time not within the last second
+    /// (a clock that is not the engine's) counts as `now` too.
+    fn meta_of(&mut self, addr: u64, d: usize, now: u64) -> (usize, u64) {
+        const LEN: usize = std::mem::size_of::<Meta>();
+        if addr & (FRAME_SIZE - 1) < LEN as u64 {
             self.bad_meta += 1;
-            return 0;
+            return (0, now);
         }
-        let m = self.frame(meta_at, 8);
-        let magic = u32::from_ne_bytes([m[0], m[1], m[2], m[3]]);
-        let class = u32::from_ne_bytes([m[4], m[5], m[6], m[7]]) as usize;
+        let m = self.frame(addr - LEN as u64, LEN);
+        let word = |i: usize| u32::from_ne_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
+        let (magic, class) = (word(0), word(4) as usize);
+        let at = u64::from_ne_bytes(std::array::from_fn(|i| m[8 + i]));
         // Clear it: the next frame in this chunk must not inherit a stale class.
         m[0..4].fill(0);
         if magic != META_MAGIC || class >= self.profiles[d].len() {
             self.bad_meta += 1;
-            return 0;
+            return (0, now);
         }
-        class
+        let arrival = if at <= now && now - at < 1_000_000_000 {
+            at
+        } else {
+            now
+        };
+        (class, arrival)
     }
 
+    /// Take in one frame. Its delay and its place on the link count from when it arrived (the
+    /// XDP program's time), so a late wake-up of this thread neither adds to the emulated
+    /// delay nor wastes the link's time: frames due meanwhile leave at once.
     fn ingest(&mut self, d: usize, addr: u64, len: u32, now: u64) {
-        let class = self.class_of(addr, d);
+        let (class, now) = self.meta_of(addr, d, now);
         self.states[d][class].interval.rx += 1;
         self.states[d][class].total.rx += 1;
         let p = &self.profiles[d][class];
