@@ -121,6 +121,7 @@ pub struct UdpReport {
     pub duration_s: f64,
     pub forward: DirStats,
     pub reverse: DirStats,
+    /// Round trip (client send to echo arrival) less the server's turnaround.
     pub rtt_ms: DelayStats,
     /// Probes that arrived (as echoes) before a lower-numbered probe: the ones that overtook
     /// others, which is what netem's `reorder` produces. Measured on the round trip.
@@ -422,8 +423,11 @@ impl Rx {
         if let Some(a) = self.rev.as_mut() {
             a.add(now as i64 - stx as i64);
         }
+        // The round trip without the server's turnaround (its receive timestamp to its send
+        // time), as TWAMP and irtt count it: how late the server's thread woke is the
+        // measuring host's, not the path's.
         if let Some(a) = self.rtt.as_mut() {
-            a.add(now as i64 - ctx as i64);
+            a.add((now as i64 - ctx as i64) - (stx as i64 - srx as i64).max(0));
         }
     }
 }
