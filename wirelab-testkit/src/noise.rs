@@ -1,5 +1,7 @@
 //! Timing-sensitive measurements on a shared host: [`timing`] runs one and, if it fails,
 //! measures again: three failures on an undisturbed host, or eight in all, fail the test.
+//! Checks that a host's stalls decide (percentiles, per-second goodput) take their tolerance
+//! from [`bound`]: the tool's claim on an undisturbed host, a coarser one on a disturbed host.
 //!
 //! The lab tests' tolerances judge the tool (the wan's added delay within 0.3 ms, a rate
 //! within 2 %), not the virtual machine's scheduler. On the 2-core VMs this suite runs on, a
@@ -19,9 +21,15 @@
 //! passed again without it), so it disturbed what it was meant to explain. Reading
 //! /proc/stat before and after costs nothing.
 use std::{
+    cell::Cell,
     panic::{catch_unwind, resume_unwind, AssertUnwindSafe},
     time::Instant,
 };
+
+thread_local! {
+    /// When the current attempt of [`timing`] started, and the steal counter then.
+    static ATTEMPT: Cell<Option<(Instant, Option<u64>)>> = const { Cell::new(None) };
+}
 
 /// How many failed attempts on an undisturbed host make a measurement's failure the test's.
 pub const ATTEMPTS: u32 = 3;
@@ -58,7 +66,10 @@ pub fn timing<T>(what: &str, f: impl Fn() -> T) -> T {
     for attempt in 1..=MAX_ATTEMPTS {
         let t = Instant::now();
         let s0 = stolen_ms();
-        match catch_unwind(AssertUnwindSafe(&f)) {
+        ATTEMPT.with(|a| a.set(Some((t, s0))));
+        let r = catch_unwind(AssertUnwindSafe(&f));
+        ATTEMPT.with(|a| a.set(None));
+        match r {
             Ok(v) => return v,
             Err(e) => {
                 let took = t.elapsed();
@@ -93,6 +104,36 @@ pub fn timing<T>(what: &str, f: impl Fn() -> T) -> T {
     unreachable!("the last attempt returns or panics")
 }
 
+/// The share of the VM's CPU the host took since the current attempt of [`timing`] started
+/// (`None` outside one, or without a steal counter).
+pub fn stolen_share() -> Option<f64> {
+    let (t, s0) = ATTEMPT.with(Cell::get)?;
+    Some(share(
+        stolen_ms()?.saturating_sub(s0?),
+        t.elapsed().as_millis(),
+    ))
+}
+
+/// The tolerance for one check of a measurement in [`timing`]: `tight` (the tool's claim) when
+/// the host took at most [`DISTURBED`] of the VM's CPU since the attempt started, `loose`
+/// otherwise, saying so. A busy host can stay busy for all [`MAX_ATTEMPTS`] (a CI run saw
+/// 7-39 % steal for minutes): its stalls of several milliseconds then decide percentiles and
+/// per-second goodput, and the tight claim cannot be judged there. The loose bound still fails
+/// a tool that is broken (a stage that sleeps in ticks, a rate that is half the asked one), and
+/// the tight one holds wherever the host lets it be measured.
+pub fn bound(what: &str, tight: f64, loose: f64) -> f64 {
+    match stolen_share() {
+        Some(s) if s > DISTURBED => {
+            eprintln!(
+                "{what}: the host took {:.1} % of the VM's CPU during this attempt: checked against {loose} instead of {tight}",
+                100.0 * s
+            );
+            loose
+        }
+        _ => tight,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,11 +150,10 @@ mod tests {
             });
         }));
         assert!(r.is_err());
-        assert_eq!(
-            runs.load(Ordering::Relaxed),
-            ATTEMPTS,
-            "never more than ATTEMPTS"
-        );
+        // ATTEMPTS, plus one for each attempt the host disturbed (steal is counted in 10 ms
+        // ticks: one tick in a 100 ms attempt is 5 % of two CPUs).
+        let n = runs.load(Ordering::Relaxed);
+        assert!((ATTEMPTS..=MAX_ATTEMPTS).contains(&n), "{n} attempts");
         runs.store(0, Ordering::Relaxed);
         let v = timing("fails once", || {
             if runs.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -123,6 +163,11 @@ mod tests {
         });
         assert_eq!((v, runs.load(Ordering::Relaxed)), ("second", 2));
         assert!(stolen_ms().is_some(), "/proc/stat has a steal column");
+        // Outside a measurement the claim's tolerance is the one checked; inside one the
+        // host's share is known.
+        assert_eq!(bound("outside", 1.0, 5.0), 1.0);
+        assert_eq!(stolen_share(), None);
+        assert!(timing("inside", || stolen_share().is_some()));
         assert!(
             (share(100, 1000) - 0.1 / std::thread::available_parallelism().unwrap().get() as f64)
                 .abs()

@@ -135,8 +135,12 @@ fn zero_impairment_delivers_everything_fast() {
             // minus the p99 without it.
             let (f, rv) = (r.forward.delay_ms.p99, r.reverse.delay_ms.p99);
             eprintln!("{spec:?}: one-way p99 {f:.3} / {rv:.3} ms");
-            assert!(f - base_f < 1.0, "{spec:?}: {r:?}");
-            assert!(rv - base_r < 1.0, "{spec:?}: {r:?}");
+            // On a host that takes CPU from the VM, stalls of several ms land on a different
+            // 1 % of probes in each run: then only an added p99 beyond 10 ms (an engine that
+            // waits in timer ticks) is the wan's.
+            let limit = bound("added one-way p99 (ms)", 1.0, 10.0);
+            assert!(f - base_f < limit, "{spec:?}: {r:?}");
+            assert!(rv - base_r < limit, "{spec:?}: {r:?}");
             let fin = stop_wan(wan);
             let row = class_row(&fin, "a_to_b", "default");
             if spec.is_empty() {
@@ -387,9 +391,11 @@ fn rate_limits_tcp_goodput() {
         let per = &r.per_second_mbps;
         assert!(per.len() >= 6, "{r:?}");
         let steady = per[1..].iter().sum::<f64>() / (per.len() - 1) as f64;
+        let tol = bound("rate goodput tolerance", 0.05, 0.15);
         assert!(
-            (steady - expect).abs() <= expect * 0.05,
-            "goodput {steady:.2} Mbit/s, expected {expect:.2} ± 5%: {per:?}"
+            (steady - expect).abs() <= expect * tol,
+            "goodput {steady:.2} Mbit/s, expected {expect:.2} ± {}%: {per:?}",
+            tol * 100.0
         );
         let fin = stop_wan(wan);
         let row = class_row(&fin, "a_to_b", "default");
@@ -432,9 +438,13 @@ fn trace_replay_reproduces_rate_and_follows_levels() {
         assert!(per.len() >= 5, "{r:?}");
         let steady = per[1..].iter().sum::<f64>() / (per.len() - 1) as f64;
         let expect = 20.0 * 1448.0 / 1500.0;
+        // A host stalling the VM stalls the TCP sender too: the link idles then (a fresh-clone
+        // run at 39 % steal measured 18.1 of 19.3 Mbit/s, 6 % short, four times in a row).
+        let tol = bound("trace goodput tolerance", 0.02, 0.15);
         assert!(
-            (steady - expect).abs() <= expect * 0.02,
-            "goodput {steady:.3} Mbit/s, expected {expect:.3} ± 2 %: {per:?}"
+            (steady - expect).abs() <= expect * tol,
+            "goodput {steady:.3} Mbit/s, expected {expect:.3} ± {} %: {per:?}",
+            tol * 100.0
         );
         stop_wan(wan);
 
@@ -482,8 +492,9 @@ fn trace_replay_reproduces_rate_and_follows_levels() {
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap();
         let e = expected(phase);
+        let tol = bound("trace levels tolerance", 0.1, 0.25);
         assert!(
-        worst <= 0.1 * 30.0 * 1448.0 / 1500.0,
+        worst <= tol * 30.0 * 1448.0 / 1500.0,
         "per-second goodput {per:.2?} does not follow the trace: best phase {phase:.2} s gives {e:.2?} (worst miss {worst:.2} Mbit/s)"
     );
         // Both levels were seen: the seconds wholly inside each one.
@@ -1103,26 +1114,43 @@ fn timeline_refused_when_bad_and_a_flap_lasts_the_configured_time() {
     );
             refuses_bad_timelines(&b.lab, &d.0);
             let wan = b.wan(&["--both", "delay 5ms", "--timeline", tl.to_str().unwrap()]);
-            let r = b.probe(&["--rate", "1000", "--count", "3500", "--wait", "300ms"]);
+            let csv = d.0.join("flap.csv");
+            let r = b.probe(&[
+                "--rate",
+                "1000",
+                "--count",
+                "3500",
+                "--wait",
+                "300ms",
+                "--per-probe",
+                csv.to_str().unwrap(),
+            ]);
             stop_wan(wan);
-            let lost = r.lost_seqs;
-            // Runs of consecutive lost probes, 1 ms apart each.
-            let mut runs: Vec<(u64, u64)> = vec![];
-            for s in lost {
-                match runs.last_mut() {
-                    Some((_, end)) if *end + 1 == s => *end = s,
-                    _ => runs.push((s, s)),
+            // Outages in time, not in probes: a probe sender that fell behind on a busy host
+            // restarts its schedule (`sender_behind`), so sequence numbers are not
+            // milliseconds. An outage lasts from the send time of the last probe echoed before
+            // it to that of the first echoed after it, less one probe interval (1 ms).
+            let mut echoed = per_probe(&csv);
+            echoed.sort_by_key(|e| e.0);
+            let mut runs: Vec<(f64, f64)> = vec![];
+            for w in echoed.windows(2) {
+                let ((s0, t0, _), (s1, t1, _)) = (w[0], w[1]);
+                if s1 > s0 + 1 {
+                    runs.push((t0 * 1e3, (t1 - t0) * 1e3 - 1.0));
                 }
             }
-            assert_eq!(runs.len(), 2, "outages seen: {runs:?}");
-            for (a, z) in &runs {
-                let ms = (z - a + 1) as f64;
-                eprintln!("flap outage seen by the probe: {ms} ms");
+            assert_eq!(
+                runs.len(),
+                2,
+                "outages (start ms, length ms) seen: {runs:?}; {r:?}"
+            );
+            for (_, ms) in &runs {
+                eprintln!("flap outage seen by the probe: {ms:.1} ms");
                 assert!((ms - 300.0).abs() <= 20.0, "outage {ms} ms: {runs:?}");
             }
             // 1 s apart, within the same tolerance.
-            let gap = (runs[1].0 - runs[0].0) as f64;
-            assert!((gap - 1000.0).abs() <= 20.0, "{gap} ms apart");
+            let gap = runs[1].0 - runs[0].0;
+            assert!((gap - 1000.0).abs() <= 20.0, "{gap:.1} ms apart");
         },
     );
 }

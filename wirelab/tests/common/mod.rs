@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 pub use wirelab_testkit::{
-    cli, eventually, frames, noise::timing, unique, Bg, NsWorker, Ready, TempDir,
+    cli, eventually, frames,
+    noise::{bound, timing},
+    unique, Bg, NsWorker, Ready, TempDir,
 };
 
 pub const WIRELAB: &str = env!("CARGO_BIN_EXE_wirelab");
