@@ -56,8 +56,9 @@ pub mod lb_what {
 
 /// What a wan decision refers to (`Decision::what`); `id` is the class id.
 pub mod wan_what {
-    /// Handed to the timing engine (delay, rate, duplicate, corrupt, reorder): what happens to
-    /// it there (a queue drop) is in the engine's counters, not here.
+    /// Handed to the timing engine (delay, rate, duplicate, corrupt, reorder). A drop there
+    /// reaches a capture behind the tap as a note from the engine (`QUEUE_DROP`,
+    /// `LINK_ENDED`).
     pub const ENGINE: u8 = 0;
     /// Passed on unimpaired (the class has nothing to hold).
     pub const FAST: u8 = 1;
@@ -67,6 +68,11 @@ pub mod wan_what {
     pub const BLACKHOLE: u8 = 3;
     /// Meant for the engine but passed on unimpaired (no socket on its queue).
     pub const FALLBACK: u8 = 4;
+    /// Handed to the engine, which dropped it: its queue (or its link's queue) was full.
+    /// Never set by the kernel: the capture relabels an `ENGINE` frame from the engine's note.
+    pub const QUEUE_DROP: u8 = 5;
+    /// Handed to the engine, which dropped it: its `once` trace had ended (the link is gone).
+    pub const LINK_ENDED: u8 = 6;
 }
 
 /// `Decision::magic`: the metadata in front of the frame is a decision.

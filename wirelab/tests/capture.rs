@@ -606,3 +606,97 @@ fn behind_wan_each_frame_carries_its_class_and_loss() {
     // 20 % of 500: within ±5 standard deviations (σ ≈ 9).
     assert!((55..=145).contains(&r.forward.lost), "{}", r.forward.lost);
 }
+
+/// wan's engine drops frames after the tap saw them go "to the timing engine": with a queue of
+/// 10 packets in front of a 2 Mbit/s link, a probe at 16 Mbit/s overflows it, and every
+/// frame the engine dropped is in the file with the reason next to it: as many "queue was
+/// full" comments as the engine's own `drops_queue` count for that direction, and each of
+/// them on a frame the probe sent.
+#[test]
+fn behind_wan_the_engines_queue_drops_are_next_to_the_packet() {
+    let _s = serial();
+    let lab = Lab::up("cwq");
+    let _server = probe_server(&lab, "198.18.0.2:7000", "120s");
+    let wan_ns = lab.ns("wan");
+    let mut c = wirelab();
+    c.args(["wan", "--netns", &wan_ns])
+        .args(["--between", "to-client", "to-server", "--json"])
+        .args(["--a-to-b", "rate 2mbit limit 10", "--duration", "120s"]);
+    let wan = spawn_ready(c, "wan running", Duration::from_secs(20));
+    let dir = TempDir::new("wlcapwq");
+    let file = dir.join("wq.pcapng");
+    // No filter: every frame the engine could drop is captured.
+    let cap = start_capture(
+        &wan_ns,
+        "to-client",
+        &["--json", "-w", file.to_str().unwrap()],
+    );
+    let o = ok(wirelab()
+        .args(["probe", "client", "--netns", &lab.ns("client")])
+        .args(["--to", "198.18.0.2:7000", "--json", "--rate", "2000"])
+        .args(["--count", "2000", "--size", "1000", "--wait", "1s"]));
+    let r: wirelab::probe::UdpReport = serde_json::from_slice(&o.stdout).expect("probe JSON");
+    let out = cap.terminate();
+    let w = wan.terminate().text();
+    let fin: wirelab::wan::Line = serde_json::from_str(
+        w.lines()
+            .rfind(|l| l.contains("\"final\""))
+            .unwrap_or_else(|| panic!("no final line: {w}")),
+    )
+    .expect("wan's final line");
+    let row = fin
+        .classes
+        .iter()
+        .find(|c| c.dir == "a_to_b" && c.class == "default")
+        .expect("a_to_b default row");
+    let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
+    assert_eq!(
+        (s.behind.as_deref(), s.perf_lost),
+        (Some("wan"), 0),
+        "{s:?}"
+    );
+    let rows = tshark_fields(
+        &file,
+        &[
+            "frame.comment",
+            "udp.dstport",
+            "frame.len",
+            "frame.protocols",
+        ],
+    );
+    let full = r#"wan: class "default", dropped by the timing engine: its queue was full"#;
+    let dropped: Vec<&Vec<String>> = rows.iter().filter(|r| r[0] == full).collect();
+    eprintln!(
+        "behind wan: {} frames, {} marked queue drops; engine drops_queue {}; probe lost {}",
+        rows.len(),
+        dropped.len(),
+        row.drops_queue,
+        r.forward.lost
+    );
+    // 16 Mbit/s into 2: most probes are dropped.
+    assert!(row.drops_queue > 1000, "{row:?}");
+    assert_eq!(dropped.len() as u64, row.drops_queue, "{row:?}");
+    assert_eq!(s.engine_drops, row.drops_queue, "{s:?}");
+    // Every one is the probe's (its probes, 1042 bytes, and its warm-up and final exchange)
+    // or the client's own ICMPv6 (MLD reports, neighbour discovery), queued like the rest.
+    assert!(
+        dropped
+            .iter()
+            .all(|r| r[1] == "7000" || r[3].ends_with(":icmpv6")),
+        "a queue-drop comment on a frame that is neither the probe's nor ICMPv6: {:?}",
+        dropped
+            .iter()
+            .filter(|r| r[1] != "7000")
+            .collect::<Vec<_>>()
+    );
+    let probes = dropped.iter().filter(|r| r[2] == "1042").count() as u64;
+    assert_eq!(probes, r.forward.lost, "probes marked dropped");
+    // The probe's own count of forward loss agrees (its warm-up and final exchange are not
+    // probes).
+    assert!(
+        r.forward.lost <= row.drops_queue && row.drops_queue <= r.forward.lost + 5,
+        "probe lost {}, engine dropped {}",
+        r.forward.lost,
+        row.drops_queue
+    );
+}

@@ -10,6 +10,7 @@
 //! writer: merge by timestamp (held until every CPU has moved past it), monotonic -> wall
 //! clock, EPB with epb_flags direction; at the end an ISB with the kernel's counters
 //! ```
+pub mod drops;
 pub mod filter;
 pub mod pcapng;
 mod perf_ring;
@@ -37,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use wirelab_common::{
     capture::{dir, dir_base, stat, CaptureConf, EventHeader, Term, EVENT_HEADER_LEN, MAX_SNAPLEN},
     maps,
-    tap::Decision,
+    tap::{tool, wan_what, Decision},
 };
 
 use crate::{
@@ -188,6 +189,10 @@ pub struct Summary {
     /// decisions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behind: Option<String>,
+    /// Behind wan: frames the timing engine dropped after the tap, so marked (its queue was
+    /// full, or its trace had ended).
+    #[serde(default)]
+    pub engine_drops: u64,
     pub file: String,
 }
 
@@ -230,6 +235,8 @@ enum Msg {
         mono_ns: u64,
     },
     Lost(u64),
+    /// wan's engine dropped these frames after the tap (see [`drops`]).
+    Notes(Vec<drops::Note>),
 }
 
 fn clock_ns(c: nix::time::ClockId) -> u64 {
@@ -384,6 +391,8 @@ pub struct Streamed {
     pub tc_mode: TcMode,
     /// `fw`, `lb` or `wan` when ingress was captured behind its tap.
     pub behind: Option<String>,
+    /// Frames marked dropped by wan's engine (see [`drops`]).
+    pub engine_drops: u64,
 }
 
 /// The pcapng file as a [`Sink`].
@@ -490,6 +499,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
         ingress_hook: s.ingress_hook.to_string(),
         tc_mode: s.tc_mode,
         behind: s.behind,
+        engine_drops: s.engine_drops,
         file: match &opts.out {
             Output::Stdout => "-".into(),
             Output::File(p) => p.display().to_string(),
@@ -584,6 +594,19 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             TcAttachType::Ingress,
         )?),
     };
+    // Behind wan: the engine's drops come as notes; frames wait HOLD_NS for them.
+    let listener = match tap.as_ref().map(|t| t.decider) {
+        Some(tap::Decider::Wan) => match drops::Listener::bind(&opts.iface) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("wan's queue drops will show as `to the timing engine`: {e:#}");
+                None
+            }
+        },
+        _ => None,
+    };
+    let mut notes = listener.as_ref().map(|_| drops::Matcher::default());
+    let hold = if notes.is_some() { drops::HOLD_NS } else { 0 };
     let tc_mode = bpf::attach_tc(&mut bpf, "capture_tc", &opts.iface, TcAttachType::Egress)?;
     tracing::info!(iface = %opts.iface, ingress = %ingress_hook, egress = %tc_mode, filter = %opts.filter, ring_kib_per_cpu = ring_kib, "capture attached");
     sink.attached()?;
@@ -637,6 +660,18 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             }
         }));
     }
+    if let Some(l) = listener {
+        let tx = tx.clone();
+        let quit = quit.clone();
+        readers.push(std::thread::spawn(move || {
+            while !quit.load(Ordering::Relaxed) {
+                let n = l.recv();
+                if !n.is_empty() && tx.send(Msg::Notes(n)).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
     drop(tx);
 
     // A frame is written once every CPU has been seen idle after it (minus a margin for a
@@ -646,7 +681,21 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     let mut heap = BinaryHeap::new();
     let mut safe: HashMap<u32, u64> = cpus.iter().map(|c| (*c, 0)).collect();
     let mut perf_lost = 0u64;
-    let write_frame = |sink: &mut dyn Sink, tap: &mut Option<tap::Tap>, f: &Captured| {
+    let write_frame = |sink: &mut dyn Sink,
+                       tap: &mut Option<tap::Tap>,
+                       notes: &mut Option<drops::Matcher>,
+                       mut f: Captured| {
+        // A frame wan handed to its engine, which dropped it: the note says why.
+        if let Some(m) = notes.as_mut() {
+            if f.decision.tool == tool::WAN
+                && f.decision.what == wan_what::ENGINE
+                && f.dir == dir::INGRESS
+            {
+                if let Some(n) = m.take(f.ts, f.orig_len) {
+                    f.decision.what = n.what;
+                }
+            }
+        }
         let comment = tap.as_mut().and_then(|t| t.comment(&f.decision));
         sink.frame(&Frame {
             ts_ns: to_wall(f.ts),
@@ -675,13 +724,23 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
                 *s = (*s).max(mono_ns.saturating_sub(MARGIN_NS));
             }
             Ok(Msg::Lost(n)) => perf_lost += n,
+            Ok(Msg::Notes(n)) => {
+                if let Some(m) = notes.as_mut() {
+                    m.add(n);
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => bail!("every capture reader stopped"),
         }
-        let watermark = safe.values().copied().min().unwrap_or(0);
+        let watermark = safe
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(0)
+            .saturating_sub(hold);
         while heap.peek().is_some_and(|f: &Captured| f.ts <= watermark) {
             if let Some(f) = heap.pop() {
-                write_frame(sink, &mut tap, &f)?;
+                write_frame(sink, &mut tap, &mut notes, f)?;
             }
         }
         sink.idle()?;
@@ -702,6 +761,11 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
         match msg {
             Msg::Frames { frames, .. } => heap.extend(frames),
             Msg::Lost(n) => perf_lost += n,
+            Msg::Notes(n) => {
+                if let Some(m) = notes.as_mut() {
+                    m.add(n);
+                }
+            }
             Msg::Idle { .. } => {}
         }
     }
@@ -709,7 +773,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
         let _ = r.join();
     }
     while let Some(f) = heap.pop() {
-        write_frame(sink, &mut tap, &f)?;
+        write_frame(sink, &mut tap, &mut notes, f)?;
     }
     let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&stats_map)?;
     Ok(Streamed {
@@ -722,6 +786,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
         ingress_hook,
         tc_mode,
         behind,
+        engine_drops: notes.map_or(0, |m| m.matched),
     })
 }
 
@@ -748,6 +813,13 @@ pub fn print_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
         )?;
     }
     writeln!(out, "  written: {} frames", s.written)?;
+    if s.engine_drops > 0 {
+        writeln!(
+            out,
+            "  marked dropped by wan's timing engine: {} frames",
+            s.engine_drops
+        )?;
+    }
     if s.beyond_count > 0 {
         writeln!(out, "  not written (past --count): {}", s.beyond_count)?;
     }

@@ -257,6 +257,8 @@ pub fn wan_text(d: &Decision, name: Option<&str>) -> String {
         wan_what::LOST => "lost",
         wan_what::BLACKHOLE => "dropped in a blackhole period",
         wan_what::FALLBACK => "passed unimpaired (no engine socket on its queue)",
+        wan_what::QUEUE_DROP => "dropped by the timing engine: its queue was full",
+        wan_what::LINK_ENDED => "dropped by the timing engine: its trace had ended",
         _ => "unknown decision",
     };
     format!("wan: {class}, {what}")

@@ -10,7 +10,10 @@ use std::{cmp::Reverse, collections::BinaryHeap};
 use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
-use wirelab_common::wan::{Meta, META_MAGIC};
+use wirelab_common::{
+    tap::wan_what,
+    wan::{Meta, META_MAGIC},
+};
 
 use super::{
     dist::{self, Table},
@@ -194,6 +197,8 @@ pub struct Engine {
     pub link_down_drops: u64,
     /// Set when the engine cannot go on (an interface was deleted).
     pub fatal: Option<String>,
+    /// Tells a capture behind the tap which frames the engine dropped (see `capture::drops`).
+    drop_notes: Option<crate::capture::drops::Notifier>,
 }
 
 /// Correlated uniform draw: with probability `rho` the previous value again, otherwise a fresh
@@ -342,6 +347,7 @@ impl Engine {
             bad_meta: 0,
             link_down_drops: 0,
             fatal: None,
+            drop_notes: None,
         };
         e.refill();
         Ok(e)
@@ -387,6 +393,27 @@ impl Engine {
         }
     }
 
+    /// Tell a capture on `ifaces[d]` (direction `d`'s in interface) of the frames dropped
+    /// after the tap saw them.
+    pub fn notify_drops(&mut self, ifaces: [&str; 2]) -> Result<()> {
+        self.drop_notes = Some(crate::capture::drops::Notifier::new(ifaces)?);
+        Ok(())
+    }
+
+    fn note_drop(&mut self, d: usize, class: usize, len: u32, arrival: u64, what: u8) {
+        if let Some(n) = self.drop_notes.as_mut() {
+            n.push(
+                d,
+                &crate::capture::drops::Note {
+                    arrival_ns: arrival,
+                    len,
+                    class: class as u32,
+                    what,
+                },
+            );
+        }
+    }
+
     /// Receive what is waiting; returns the number of frames taken in.
     pub fn receive(&mut self, now: u64) -> u32 {
         let mut total = 0;
@@ -406,6 +433,9 @@ impl Engine {
         }
         if total > 0 {
             self.refill();
+        }
+        if let Some(n) = self.drop_notes.as_mut() {
+            n.flush();
         }
         total
     }
@@ -457,16 +487,17 @@ impl Engine {
                 self.frame(dst_addr, len as usize).copy_from_slice(&src);
                 self.states[d][class].interval.duplicated += 1;
                 self.states[d][class].total.duplicated += 1;
-                self.stage(d, class, dst_addr, len, now);
+                self.stage(d, class, dst_addr, len, now, true);
             } else {
                 self.no_frame_drops += 1;
             }
         }
-        self.stage(d, class, addr, len, now);
+        self.stage(d, class, addr, len, now, false);
     }
 
     /// corrupt → delay/jitter/reorder → rate → queue limit → enqueue.
-    fn stage(&mut self, d: usize, class: usize, addr: u64, len: u32, now: u64) {
+    /// `copy`: a duplicate, which no capture saw (its drop is not told).
+    fn stage(&mut self, d: usize, class: usize, addr: u64, len: u32, now: u64, copy: bool) {
         let p = std::sync::Arc::clone(&self.profiles[d][class]);
         let s = &p.spec;
         let corrupt = {
@@ -491,6 +522,9 @@ impl Engine {
             st.interval.queue_drops += 1;
             st.total.queue_drops += 1;
             self.free.push(addr & !(FRAME_SIZE - 1));
+            if !copy {
+                self.note_drop(d, class, len, now, wan_what::QUEUE_DROP);
+            }
             return;
         }
         // Reorder (netem semantics): after `gap - 1` delayed packets, the next one is sent at
@@ -547,6 +581,9 @@ impl Engine {
                 st.interval.queue_drops += 1;
                 st.total.queue_drops += 1;
                 self.free.push(addr & !(FRAME_SIZE - 1));
+                if !copy {
+                    self.note_drop(d, class, len, now, wan_what::QUEUE_DROP);
+                }
                 return;
             }
         }
@@ -577,6 +614,9 @@ impl Engine {
                     st.interval.link_down_drops += 1;
                     st.total.link_down_drops += 1;
                     self.free.push(addr & !(FRAME_SIZE - 1));
+                    if !copy {
+                        self.note_drop(d, class, len, now, wan_what::LINK_ENDED);
+                    }
                     return;
                 }
             }

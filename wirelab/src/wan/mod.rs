@@ -729,6 +729,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     // 3. The engine's sockets, registered in the XSKMAP.
     let mut engine = Engine::new(ifindex, opts.frames, profiles, plan.seed)
         .map_err(engine::explain_xsk_error)?;
+    engine.notify_drops([&opts.iface_a, &opts.iface_b])?;
     let xsks = register_xsks(&mut bpf, &engine)?;
 
     // 4. Attach: tc fast path first (TCX, or a clsact filter before 6.6), then XDP.

@@ -1,0 +1,304 @@
+//! Drops that happen after the tap: wan's userspace engine drops a frame when its queue is
+//! full or a `once` trace has ended, long after `wan_xdp` (and the capture behind its tap)
+//! saw the frame go "to the timing engine". The engine tells a capture on the interface the
+//! frame came in by, through an abstract datagram socket per interface and network
+//! namespace; the capture holds the frames it saw go to the engine for [`HOLD_NS`] and
+//! relabels the one a note names, so the drop's reason stands next to the packet.
+//!
+//! A note names the frame by its arrival time (`wan_xdp`'s `bpf_ktime_get_ns`, the clock of
+//! the capture's own timestamp, taken in the same XDP run a few hundred ns later) and its
+//! length. The engine sends the notes of one intake batch as one datagram and never blocks
+//! on it: without a listening capture a send fails and the engine tries again a second later;
+//! a capture that falls behind loses notes (its frames keep "to the timing engine"), never the
+//! engine's time. The capture reads them on a thread of its own (an AF_UNIX datagram queue
+//! holds only `net.unix.max_dgram_qlen` datagrams, 10 by default).
+use std::{
+    io::ErrorKind,
+    os::{
+        linux::net::SocketAddrExt,
+        unix::net::{SocketAddr, UnixDatagram},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use wirelab_common::tap::wan_what;
+
+/// Abstract socket name prefix; the interface name follows.
+pub const PREFIX: &str = "wirelab-wan-drops/";
+
+/// How long a capture behind wan holds frames before writing them, waiting for a note: the
+/// engine drops a frame when it takes it in, within milliseconds of its arrival even on a
+/// busy host.
+pub const HOLD_NS: u64 = 50_000_000;
+
+/// How far apart a note's arrival time and the captured frame's timestamp may be.
+const MATCH_NS: u64 = 100_000;
+
+const NOTE_LEN: usize = 24;
+const MAGIC: u32 = 0x5744_524e; // "WDRN"
+
+/// One dropped frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Note {
+    /// When the frame arrived (CLOCK_MONOTONIC ns, from `wan_xdp`).
+    pub arrival_ns: u64,
+    /// Its length on the wire.
+    pub len: u32,
+    /// Its wan class id.
+    pub class: u32,
+    /// Why (`wan_what::QUEUE_DROP` or `wan_what::LINK_ENDED`).
+    pub what: u8,
+}
+
+impl Note {
+    fn encode(&self) -> [u8; NOTE_LEN] {
+        let mut b = [0u8; NOTE_LEN];
+        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4] = self.what;
+        b[8..16].copy_from_slice(&self.arrival_ns.to_le_bytes());
+        b[16..20].copy_from_slice(&self.len.to_le_bytes());
+        b[20..24].copy_from_slice(&self.class.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let b: &[u8; NOTE_LEN] = b.try_into().ok()?;
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        if u32_at(0) != MAGIC || !matches!(b[4], wan_what::QUEUE_DROP | wan_what::LINK_ENDED) {
+            return None;
+        }
+        Some(Self {
+            what: b[4],
+            arrival_ns: u64::from_le_bytes(b[8..16].try_into().ok()?),
+            len: u32_at(16),
+            class: u32_at(20),
+        })
+    }
+}
+
+fn address(iface: &str) -> Result<SocketAddr> {
+    SocketAddr::from_abstract_name(format!("{PREFIX}{iface}"))
+        .with_context(|| format!("socket address for {iface}"))
+}
+
+/// Notes per datagram at most (24 bytes each).
+const NOTES_PER_DATAGRAM: usize = 128;
+
+/// Notes kept per direction while the capture's socket is full (its reader not scheduled
+/// yet): beyond this many the oldest are let go.
+const BACKLOG: usize = 16 * NOTES_PER_DATAGRAM;
+
+/// The engine's side: one unbound, non-blocking socket; per direction the address of the
+/// interface frames of that direction came in by, and the notes not sent yet.
+pub struct Notifier {
+    sock: UnixDatagram,
+    to: [SocketAddr; 2],
+    backlog: [Vec<u8>; 2],
+    /// Per direction: nobody listened at the last try; try again from then on.
+    quiet_until: [Option<Instant>; 2],
+    /// Notes sent.
+    pub sent: u64,
+    /// Notes let go (backlog full).
+    pub lost: u64,
+}
+
+impl Notifier {
+    /// `ifaces[d]`: the interface frames of direction `d` arrive on.
+    pub fn new(ifaces: [&str; 2]) -> Result<Self> {
+        let sock = UnixDatagram::unbound().context("drop-note socket")?;
+        sock.set_nonblocking(true)?;
+        Ok(Self {
+            sock,
+            to: [address(ifaces[0])?, address(ifaces[1])?],
+            backlog: [vec![], vec![]],
+            quiet_until: [None; 2],
+            sent: 0,
+            lost: 0,
+        })
+    }
+
+    /// Note a drop of direction `d`, sent at the next [`Notifier::flush`]. Nothing is kept
+    /// while nobody listens.
+    pub fn push(&mut self, d: usize, note: &Note) {
+        if self.quiet_until[d].is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let b = &mut self.backlog[d];
+        if b.len() >= BACKLOG * NOTE_LEN {
+            b.drain(..NOTE_LEN);
+            self.lost += 1;
+        }
+        b.extend_from_slice(&note.encode());
+    }
+
+    /// Send what is noted, up to [`NOTES_PER_DATAGRAM`] per datagram, until the capture's
+    /// socket is full (the rest waits for the next call).
+    pub fn flush(&mut self) {
+        for d in 0..2 {
+            while !self.backlog[d].is_empty() {
+                let n = self.backlog[d].len().min(NOTES_PER_DATAGRAM * NOTE_LEN);
+                match self.sock.send_to_addr(&self.backlog[d][..n], &self.to[d]) {
+                    Ok(_) => {
+                        self.backlog[d].drain(..n);
+                        self.sent += (n / NOTE_LEN) as u64;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    // Nobody listens (or the socket went away): look again in a second.
+                    Err(_) => {
+                        self.backlog[d].clear();
+                        self.quiet_until[d] = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The capture's side: bound to its interface's name.
+pub struct Listener {
+    sock: UnixDatagram,
+}
+
+impl Listener {
+    pub fn bind(iface: &str) -> Result<Self> {
+        let sock = UnixDatagram::bind_addr(&address(iface)?)
+            .with_context(|| format!("binding @{PREFIX}{iface}"))?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        Ok(Self { sock })
+    }
+
+    /// The notes of the next datagram; empty after 50 ms without one.
+    pub fn recv(&self) -> Vec<Note> {
+        let mut b = vec![0u8; NOTES_PER_DATAGRAM * NOTE_LEN];
+        match self.sock.recv(&mut b) {
+            Ok(n) => b[..n].chunks(NOTE_LEN).filter_map(Note::decode).collect(),
+            Err(_) => vec![],
+        }
+    }
+}
+
+/// Notes waiting for their frame, as the capture writes frames in time order.
+#[derive(Default)]
+pub struct Matcher {
+    /// Notes not yet matched to a frame.
+    pending: Vec<Note>,
+    /// Frames a note matched.
+    pub matched: u64,
+}
+
+impl Matcher {
+    pub fn add(&mut self, notes: Vec<Note>) {
+        self.pending.extend(notes);
+    }
+
+    /// The note for the frame captured at `ts_ns` with length `len`, if one names it (the
+    /// note is used up). Frames come in time order, so notes older than `ts_ns` by more than
+    /// [`HOLD_NS`] can no longer match one, and are forgotten.
+    pub fn take(&mut self, ts_ns: u64, len: u32) -> Option<Note> {
+        self.pending
+            .retain(|n| n.arrival_ns + HOLD_NS + MATCH_NS >= ts_ns);
+        let i = self
+            .pending
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.len == len && n.arrival_ns.abs_diff(ts_ns) <= MATCH_NS)
+            .min_by_key(|(_, n)| n.arrival_ns.abs_diff(ts_ns));
+        let i = i?.0;
+        self.matched += 1;
+        Some(self.pending.remove(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_round_trip_and_refuse_others() {
+        let n = Note {
+            arrival_ns: 123_456_789_012,
+            len: 1514,
+            class: 3,
+            what: wan_what::QUEUE_DROP,
+        };
+        assert_eq!(Note::decode(&n.encode()), Some(n));
+        let mut bad = n.encode();
+        bad[0] ^= 1;
+        assert_eq!(Note::decode(&bad), None, "wrong magic");
+        let mut bad = n.encode();
+        bad[4] = wan_what::ENGINE;
+        assert_eq!(Note::decode(&bad), None, "not a drop");
+        assert_eq!(Note::decode(&n.encode()[..20]), None, "short");
+    }
+
+    #[test]
+    fn an_engine_note_reaches_the_listening_capture_and_matches_its_frame() {
+        let iface = format!("unit{}", std::process::id());
+        let l = Listener::bind(&iface).unwrap();
+        let mut tx = Notifier::new([&iface, "nobody-listens"]).unwrap();
+        let note = |at: u64, len: u32| Note {
+            arrival_ns: at,
+            len,
+            class: 1,
+            what: wan_what::QUEUE_DROP,
+        };
+        // More notes than a datagram holds, and more datagrams than the socket queues (10):
+        // the batch is sent as it fills.
+        for i in 0..200u64 {
+            tx.push(0, &note(1_000_000_000 + i * 1000, 100));
+        }
+        tx.push(1, &note(1_000_000_000, 100));
+        tx.flush();
+        assert_eq!(tx.sent, 200, "direction 1 has no capture");
+        assert!(tx.quiet_until[1].is_some());
+        let mut m = Matcher::default();
+        let (a, b) = (l.recv(), l.recv());
+        assert_eq!(
+            (a.len(), b.len()),
+            (NOTES_PER_DATAGRAM, 200 - NOTES_PER_DATAGRAM)
+        );
+        assert!(l.recv().is_empty(), "nothing more");
+        m.add(a);
+        m.add(b);
+        // The nearest note of the same length; another length or a distant time: none.
+        assert_eq!(m.take(1_000_000_300, 60), None);
+        assert_eq!(m.take(1_000_000_300, 100), Some(note(1_000_000_000, 100)));
+        assert_eq!(m.take(1_000_000_300, 100), Some(note(1_000_001_000, 100)));
+        assert_eq!(m.take(1_000_150_200, 100), Some(note(1_000_150_000, 100)));
+        assert_eq!(
+            m.take(1_000_500_000, 100),
+            None,
+            "100 us past the last note"
+        );
+        assert_eq!(m.matched, 3);
+        // A full socket (it queues `net.unix.max_dgram_qlen` datagrams) keeps the rest in the
+        // backlog for the next flush; beyond the backlog the oldest go.
+        for i in 0..(BACKLOG + 5) as u64 {
+            tx.push(0, &note(i, 60));
+        }
+        assert_eq!(tx.lost, 5);
+        let mut got = vec![];
+        for _ in 0..100 {
+            tx.flush();
+            loop {
+                let n = l.recv();
+                if n.is_empty() {
+                    break;
+                }
+                got.extend(n);
+            }
+            if tx.backlog[0].is_empty() {
+                break;
+            }
+        }
+        assert_eq!(got.len(), BACKLOG);
+        assert_eq!(
+            (got[0].arrival_ns, got[BACKLOG - 1].arrival_ns),
+            (5, BACKLOG as u64 + 4)
+        );
+        // Old notes are forgotten.
+        assert_eq!(m.take(1_000_199_001 + HOLD_NS + MATCH_NS, 100), None);
+        assert!(m.pending.is_empty());
+    }
+}
