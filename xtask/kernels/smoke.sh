@@ -30,7 +30,9 @@ check() {
   echo "WIRELAB-KT $r $name"
 }
 
-# until TRIES CMD...: retry CMD every 0.5 s.
+# until TRIES CMD...: retry CMD every 0.5 s. Waits for a tool to load and attach take up to
+# 360 tries (3 minutes): under TCG on a busy host, 5.10's verifier took 61 s for capture's
+# programs, and a 60 s limit failed a CI run.
 until_ok() {
   n=$1; shift
   while [ "$n" -gt 0 ]; do "$@" > /dev/null 2>&1 && return 0; n=$((n - 1)); sleep 0.5; done
@@ -46,7 +48,7 @@ check ping-through-bridge $W lab exec client -- ping -c 2 -W 5 198.18.0.2
 inspect_counts() {
   $W inspect --netns wirelab-server --iface eth0 --duration 120s --json > /tmp/inspect.json 2> /tmp/inspect.err &
   p=$!
-  until_ok 120 grep -q "inspect attached" /tmp/inspect.err || { cat /tmp/inspect.err; return 1; }
+  until_ok 360 grep -q "inspect attached" /tmp/inspect.err || { cat /tmp/inspect.err; return 1; }
   $W lab exec client -- ping -c 3 -i 0.5 198.18.0.2 || return 1
   kill -INT $p; wait $p
   grep '"type":"final"' /tmp/inspect.json | grep -q '"icmp":{"packets":[3-9]'
@@ -57,7 +59,7 @@ fw_blocks() {
   printf 'default = "allow"\n[[rule]]\nname = "no-ping"\naction = "deny"\nproto = "icmp"\n' > /tmp/r.toml
   $W fw --netns wirelab-server --iface eth0 --rules /tmp/r.toml --duration 60s > /tmp/fw.out 2>&1 &
   p=$!
-  until_ok 120 $W fw stats --netns wirelab-server || return 1
+  until_ok 360 $W fw stats --netns wirelab-server || return 1
   if $W lab exec client -- ping -c 2 -W 2 198.18.0.2; then kill -INT $p; return 1; fi
   $W fw stats --netns wirelab-server --json | grep -q '"name":"no-ping"'
   ok=$?
@@ -69,7 +71,7 @@ check fw-denies-icmp fw_blocks
 wan_delays() {
   $W wan --netns wirelab-wan --between to-client to-server --both "delay 20ms" --duration 90s > /tmp/wan.out 2>&1 &
   p=$!
-  until_ok 120 grep -q "wan running" /tmp/wan.out || { cat /tmp/wan.out; return 1; }
+  until_ok 360 grep -q "wan running" /tmp/wan.out || { cat /tmp/wan.out; return 1; }
   $W lab exec client -- ping -c 5 -i 0.3 198.18.0.2 > /tmp/ping.out || { cat /tmp/ping.out /tmp/wan.out; return 1; }
   cat /tmp/ping.out
   kill -INT $p; wait $p; cat /tmp/wan.out | tail -n 5
@@ -84,7 +86,7 @@ wan_loss() {
   ps=$!
   $W wan --netns wirelab-wan --between to-client to-server --both "loss 10%" --seed 3 --duration 90s > /tmp/wl.out 2>&1 &
   p=$!
-  until_ok 120 grep -q "wan running" /tmp/wl.out || { cat /tmp/wl.out; kill $ps; return 1; }
+  until_ok 360 grep -q "wan running" /tmp/wl.out || { cat /tmp/wl.out; kill $ps; return 1; }
   until_ok 60 grep -q "listening" /tmp/ps.out || { kill $p $ps; return 1; }
   $W probe client --netns wirelab-client --to 198.18.0.2:7001 --rate 100 --count 400 --json > /tmp/pl.json
   ok=$?
@@ -102,13 +104,13 @@ check wan-loss-10pct-by-probe wan_loss
 kill9_then_cleanup() {
   $W wan --netns wirelab-wan --between to-client to-server --both "delay 5ms" --duration 90s > /tmp/w9.out 2>&1 &
   p=$!
-  until_ok 120 grep -q "wan running" /tmp/w9.out || { cat /tmp/w9.out; return 1; }
+  until_ok 360 grep -q "wan running" /tmp/w9.out || { cat /tmp/w9.out; return 1; }
   kill -9 $p; wait $p 2>/dev/null
   $W cleanup || return 1
   $W lab exec client -- ping -c 2 -W 5 198.18.0.2 || return 1
   $W wan --netns wirelab-wan --between to-client to-server --both "delay 5ms" --duration 90s > /tmp/w10.out 2>&1 &
   p=$!
-  until_ok 120 grep -q "wan running" /tmp/w10.out || { cat /tmp/w10.out; return 1; }
+  until_ok 360 grep -q "wan running" /tmp/w10.out || { cat /tmp/w10.out; return 1; }
   kill -INT $p; wait $p
 }
 check kill9-wan-then-cleanup kill9_then_cleanup
@@ -142,7 +144,7 @@ capture_pings() {
   $W capture --netns wirelab-server --iface eth0 --filter icmp --count 6 --json \
      -w /tmp/c.pcapng > /tmp/cap.json 2> /tmp/cap.err &
   p=$!
-  until_ok 120 grep -q "capture attached" /tmp/cap.err || { cat /tmp/cap.err; return 1; }
+  until_ok 360 grep -q "capture attached" /tmp/cap.err || { cat /tmp/cap.err; return 1; }
   $W lab exec client -- ping -c 3 -i 0.5 -W 5 198.18.0.2 || return 1
   wait $p || { cat /tmp/cap.err; return 1; }
   cat /tmp/cap.json
@@ -180,7 +182,7 @@ lb_balances() {
   done
   $W lb --netns lbk-lb --iface eth0 --config /examples/lb.toml --duration 120s > /tmp/lb.out 2>&1 &
   p=$!
-  until_ok 120 $W lb stats --netns lbk-lb || { cat /tmp/lb.out; return 1; }
+  until_ok 360 $W lb stats --netns lbk-lb || { cat /tmp/lb.out; return 1; }
   for i in 1 2 3 4 5 6; do
     $W probe client --netns lbk-client --to 198.18.1.100:80 --tcp --duration 1s --json > /tmp/lbc.json || { cat /tmp/lbc.json; return 1; }
     grep -q '"goodput_mbps":0.0,' /tmp/lbc.json && { cat /tmp/lbc.json; return 1; }
