@@ -8,7 +8,7 @@
 //! A note names the frame by its arrival time (`wan_xdp`'s `bpf_ktime_get_ns`, the clock of
 //! the capture's own timestamp, taken in the same XDP run a few hundred ns later) and its
 //! length. The engine sends the notes of one intake batch as one datagram and never blocks
-//! on it: without a listening capture a send fails and the engine tries again a second later;
+//! on it: without a listening capture a send fails and the engine tries again 50 ms later;
 //! a capture that falls behind loses notes (its frames keep "to the timing engine"), never the
 //! engine's time. The capture reads them on a thread of its own (an AF_UNIX datagram queue
 //! holds only `net.unix.max_dgram_qlen` datagrams, 10 by default).
@@ -89,6 +89,9 @@ const NOTES_PER_DATAGRAM: usize = 128;
 /// yet): beyond this many the oldest are let go.
 const BACKLOG: usize = 16 * NOTES_PER_DATAGRAM;
 
+/// How long the engine keeps no notes after finding nobody listening.
+const QUIET: Duration = Duration::from_millis(50);
+
 /// The engine's side: one unbound, non-blocking socket; per direction the address of the
 /// interface frames of that direction came in by, and the notes not sent yet.
 pub struct Notifier {
@@ -144,10 +147,12 @@ impl Notifier {
                         self.sent += (n / NOTE_LEN) as u64;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // Nobody listens (or the socket went away): look again in a second.
+                    // Nobody listens (or the socket went away): look again a little later
+                    // (a failed send costs a syscall; a capture that starts meanwhile misses
+                    // the notes of this pause).
                     Err(_) => {
                         self.backlog[d].clear();
-                        self.quiet_until[d] = Some(Instant::now() + Duration::from_secs(1));
+                        self.quiet_until[d] = Some(Instant::now() + QUIET);
                     }
                 }
             }

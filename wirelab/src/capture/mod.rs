@@ -347,6 +347,15 @@ pub fn load_filter_programs(bpf: &mut aya::Ebpf) -> Result<()> {
     )
 }
 
+/// Sets the flag that stops [`stream`]'s threads when dropped.
+struct QuitOnDrop(Arc<AtomicBool>);
+
+impl Drop for QuitOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// One frame in time order, as a [`Sink`] receives it.
 pub struct Frame<'a> {
     /// Wall-clock time, ns since the Unix epoch.
@@ -549,7 +558,37 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     // fw, lb or wan owns the XDP hook when it runs here: XDP ingress goes behind its tap (the
     // frames then carry its decisions); lb on its tc path has a tap at tc; tc ingress (the
     // default elsewhere) keeps GRO on.
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let quit = Arc::new(AtomicBool::new(false));
+    // The threads stop however this function ends (an attach error included).
+    let _quit_on_return = QuitOnDrop(quit.clone());
     let decider = tap::Decider::on(&opts.iface);
+    // Behind wan: the engine's drops come as notes (see `drops`), to a socket bound and read
+    // before the tap is on, so every frame the tap hands over has a listener for its drop
+    // (attaching the rest can take seconds while the wan is busy: the notes queue meanwhile).
+    let notes_reader = match (opts.ingress, decider) {
+        (IngressChoice::Auto | IngressChoice::Xdp, Some(tap::Decider::Wan)) => {
+            match drops::Listener::bind(&opts.iface) {
+                Ok(l) => {
+                    let tx = tx.clone();
+                    let quit = quit.clone();
+                    Some(std::thread::spawn(move || {
+                        while !quit.load(Ordering::Relaxed) {
+                            let n = l.recv();
+                            if !n.is_empty() && tx.send(Msg::Notes(n)).is_err() {
+                                return;
+                            }
+                        }
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!("wan's queue drops will show as `to the timing engine`: {e:#}");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let mut tap = None;
     let behind = match (opts.ingress, decider) {
         (IngressChoice::Auto | IngressChoice::Xdp, Some(d)) => {
@@ -594,25 +633,16 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             TcAttachType::Ingress,
         )?),
     };
-    // Behind wan: the engine's drops come as notes; frames wait HOLD_NS for them.
-    let listener = match tap.as_ref().map(|t| t.decider) {
-        Some(tap::Decider::Wan) => match drops::Listener::bind(&opts.iface) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::warn!("wan's queue drops will show as `to the timing engine`: {e:#}");
-                None
-            }
-        },
-        _ => None,
-    };
-    let mut notes = listener.as_ref().map(|_| drops::Matcher::default());
+    // Frames wait HOLD_NS for their notes (only behind wan's tap).
+    let mut notes = notes_reader
+        .as_ref()
+        .filter(|_| tap.is_some())
+        .map(|_| drops::Matcher::default());
     let hold = if notes.is_some() { drops::HOLD_NS } else { 0 };
     let tc_mode = bpf::attach_tc(&mut bpf, "capture_tc", &opts.iface, TcAttachType::Egress)?;
     tracing::info!(iface = %opts.iface, ingress = %ingress_hook, egress = %tc_mode, filter = %opts.filter, ring_kib_per_cpu = ring_kib, "capture attached");
     sink.attached()?;
 
-    let (tx, rx) = mpsc::channel::<Msg>();
-    let quit = Arc::new(AtomicBool::new(false));
     let mut readers = vec![];
     for (cpu, mut buf) in bufs {
         let tx = tx.clone();
@@ -660,18 +690,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             }
         }));
     }
-    if let Some(l) = listener {
-        let tx = tx.clone();
-        let quit = quit.clone();
-        readers.push(std::thread::spawn(move || {
-            while !quit.load(Ordering::Relaxed) {
-                let n = l.recv();
-                if !n.is_empty() && tx.send(Msg::Notes(n)).is_err() {
-                    return;
-                }
-            }
-        }));
-    }
+    readers.extend(notes_reader);
     drop(tx);
 
     // A frame is written once every CPU has been seen idle after it (minus a margin for a
