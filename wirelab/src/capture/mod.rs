@@ -555,13 +555,13 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     let real0 = clock_ns(nix::time::ClockId::CLOCK_REALTIME);
     let to_wall = |mono: u64| mono.wrapping_sub(mono0).wrapping_add(real0);
 
-    // fw, lb or wan owns the XDP hook when it runs here: XDP ingress goes behind its tap (the
-    // frames then carry its decisions); lb on its tc path has a tap at tc; tc ingress (the
-    // default elsewhere) keeps GRO on.
     let (tx, rx) = mpsc::channel::<Msg>();
     let quit = Arc::new(AtomicBool::new(false));
     // The threads stop however this function ends (an attach error included).
     let _quit_on_return = QuitOnDrop(quit.clone());
+    // fw, lb or wan owns the XDP hook when it runs here: XDP ingress goes behind its tap (the
+    // frames then carry its decisions); lb on its tc path has a tap at tc; tc ingress (the
+    // default elsewhere) keeps GRO on.
     let decider = tap::Decider::on(&opts.iface);
     // Behind wan: the engine's drops come as notes (see `drops`), to a socket bound and read
     // before the tap is on, so every frame the tap hands over has a listener for its drop
