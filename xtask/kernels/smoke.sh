@@ -151,6 +151,29 @@ capture_pings() {
   grep -q '"written":6,' /tmp/cap.json && [ -s /tmp/c.pcapng ]
 }
 check capture-pings-both-ways capture_pings
+
+# capture behind wan's tap: 4 Mbit/s of probes into `rate 1mbit limit 5`; the frames wan's
+# engine drops from its full queue are marked in the file (`engine_drops` in the summary).
+capture_behind_wan() {
+  $W probe server --netns wirelab-server --bind 198.18.0.2:7002 --duration 150s > /tmp/pw.out 2>&1 &
+  ps=$!
+  $W wan --netns wirelab-wan --between to-client to-server --a-to-b "rate 1mbit limit 5" \
+     --duration 150s > /tmp/wq.out 2>&1 &
+  p=$!
+  until_ok 360 grep -q "wan running" /tmp/wq.out || { cat /tmp/wq.out; kill $ps; return 1; }
+  until_ok 60 grep -q "listening" /tmp/pw.out || { kill $p $ps; return 1; }
+  $W capture --netns wirelab-wan --iface to-client --filter 'udp dst port 7002' --json \
+     -w /tmp/cw.pcapng > /tmp/cw.json 2> /tmp/cw.err &
+  pc=$!
+  until_ok 360 grep -q "capture attached" /tmp/cw.err || { cat /tmp/cw.err; kill $p $ps $pc; return 1; }
+  $W probe client --netns wirelab-client --to 198.18.0.2:7002 --rate 500 --count 500 --size 1000 \
+     --json > /tmp/pq.json
+  kill -INT $pc; wait $pc
+  kill -INT $p $ps; wait $p; wait $ps
+  cat /tmp/cw.json
+  grep -q '"behind":"wan"' /tmp/cw.json && grep -q '"engine_drops":[1-9]' /tmp/cw.json
+}
+check capture-behind-wan-marks-queue-drops capture_behind_wan
 check swarm-run-5-clients $W swarm run --netns wirelab-client --iface eth0 --pool 198.18.0.64/26 --clients 5 -- true
 check lab-down $W lab down
 
