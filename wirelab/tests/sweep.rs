@@ -308,13 +308,17 @@ fn a_sweep_plays_its_timeline_in_every_run() {
         let (o, _) = sweep_cmd(&[f.as_os_str(), "--out".as_ref(), out.as_os_str()]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         // Each run lost the two outages' probes forward: 2 × 200 ms at 200/s = 80 of 600 (a
-        // probe at each edge may fall either way), and nothing in reverse.
+        // probe at each edge may fall either way), and nothing in reverse. A host that takes
+        // the VM's CPU puts the probe's sender behind its schedule (it goes on from then), so
+        // the outages hold fewer or more probes: a fresh-clone run at 38-45 % steal counted
+        // 63-85, attempt after attempt.
+        let tol = bound("probes lost in the outages (of 80)", 2.0, 20.0);
         let rs = results(&out);
         assert_eq!(rs.len(), 2);
         for r in &rs {
             let lost = r.metrics["udp.fwd_loss_pct"] * 6.0;
             assert!(
-                (lost - 80.0).abs() <= 2.0,
+                (lost - 80.0).abs() <= tol,
                 "run {}: {lost} probes lost",
                 r.id
             );
