@@ -73,18 +73,15 @@ pub fn timing<T>(what: &str, f: impl Fn() -> T) -> T {
             Ok(v) => return v,
             Err(e) => {
                 let took = t.elapsed();
-                let stolen = match (s0, stolen_ms()) {
-                    (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-                    _ => None,
-                };
-                let disturbed = stolen.is_some_and(|s| share(s, took.as_millis()) > DISTURBED);
+                let stolen = stolen_since(t, s0);
+                let disturbed = stolen.is_some_and(|(_, sh)| sh > DISTURBED);
                 if !disturbed {
                     counted += 1;
                 }
                 let host = match stolen {
-                    Some(s) => format!(
+                    Some((s, sh)) => format!(
                         "the host took {s} ms of CPU from this VM meanwhile, {:.1} %{}",
-                        100.0 * share(s, took.as_millis()),
+                        100.0 * sh,
                         if disturbed { ": not counted" } else { "" }
                     ),
                     None => "the host's steal time is unknown".into(),
@@ -108,10 +105,14 @@ pub fn timing<T>(what: &str, f: impl Fn() -> T) -> T {
 /// (`None` outside one, or without a steal counter).
 pub fn stolen_share() -> Option<f64> {
     let (t, s0) = ATTEMPT.with(Cell::get)?;
-    Some(share(
-        stolen_ms()?.saturating_sub(s0?),
-        t.elapsed().as_millis(),
-    ))
+    stolen_since(t, s0).map(|(_, sh)| sh)
+}
+
+/// CPU time (ms) the host took since `t`, when the steal counter read `s0`, and its share of
+/// the VM's CPU time.
+fn stolen_since(t: Instant, s0: Option<u64>) -> Option<(u64, f64)> {
+    let ms = stolen_ms()?.saturating_sub(s0?);
+    Some((ms, share(ms, t.elapsed().as_millis())))
 }
 
 /// The tolerance for one check of a measurement in [`timing`]: `tight` (the tool's claim) when
