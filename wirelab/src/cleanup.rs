@@ -27,6 +27,9 @@ pub struct Report {
     pub wan_filters_removed: Vec<String>,
     /// `ns/iface` where a killed capture's clsact filters were removed (before 6.6).
     pub capture_filters_removed: Vec<String>,
+    /// `ns/iface` where a killed balancer's clsact filters were removed (before 6.6).
+    #[serde(default)]
+    pub lb_filters_removed: Vec<String>,
 }
 
 fn alive(pid: u32) -> bool {
@@ -89,6 +92,11 @@ fn wan_holds() -> Option<Vec<String>> {
     crate::wan::running().is_empty().then(Vec::new)
 }
 
+/// A balancer running in this namespace owns all its filters (its NAT interfaces too).
+fn lb_holds() -> Option<Vec<String>> {
+    crate::lb::running().is_empty().then(Vec::new)
+}
+
 /// Remove half-made labs and sweep labs whose creator is gone; with `all_labs`, every lab.
 pub fn run(all_labs: bool) -> Result<Report> {
     // Swarm runs first: their route and promiscuous mode live in lab namespaces.
@@ -109,6 +117,8 @@ pub fn run(all_labs: bool) -> Result<Report> {
                     &["capture_tc", "capture_tc_in"],
                     captures_held,
                 ));
+                r.lb_filters_removed
+                    .extend(stale_tc_filters(ns, &crate::lb::TC_PROGS, lb_holds));
             }
         }
         // A sweep's lab (`swp<pid>`) lives exactly as long as its sweep process.

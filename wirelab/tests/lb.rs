@@ -949,6 +949,75 @@ fn nat_icmp_errors_reach_the_client_from_the_vip() {
     bg.terminate();
 }
 
+/// Path MTU discovery through the NAT balancer: the balancer's link towards the backends has
+/// a smaller MTU (1280) than the client's (1500). The balancer's own kernel answers the
+/// client's full-size segments with "fragmentation needed", quoting them as translated (to
+/// the backend's address); `lb_egress` gives the quote the VIP back, so the client's TCP
+/// finds its connection, lowers its path MTU to the VIP and the 300 kB upload completes.
+/// Without it the client cannot match the error to any connection: its route to the VIP
+/// keeps no MTU and the upload stalls (the client gives up after 10 s).
+#[test]
+fn nat_path_mtu_discovery_works_through_the_balancer() {
+    let dir = TempDir::new("lbm");
+    let (lab, _servers, _) = nat_lab("lbm", &dir);
+    let config = dir.file(
+        "lb-sink.toml",
+        &format!(
+            "{NAT_CONFIG}\n[[service]]\nname = \"sink\"\nvip = \"198.18.1.100\"\nport = 9000\n\
+             proto = \"tcp\"\nmode = \"nat\"\n[[service.backend]]\nname = \"b1\"\n\
+             addr = \"198.18.2.21\"\n"
+        ),
+    );
+    let lb_ns = lab.ns("lb");
+    let client_ns = lab.ns("client");
+    common::ok(common::in_ns(
+        &lb_ns,
+        &["ip", "link", "set", "eth1", "mtu", "1280"],
+    ));
+    // A sink on b1: counts what one connection sends and answers with the count.
+    let sink = "import socket, sys\n\
+        s = socket.socket()\n\
+        s.bind(('0.0.0.0', 9000))\n\
+        s.listen(1)\n\
+        s.settimeout(60)\n\
+        print('listening', file=sys.stderr, flush=True)\n\
+        c, _ = s.accept()\n\
+        c.settimeout(30)\n\
+        n = 0\n\
+        while True:\n    \
+            d = c.recv(65536)\n    \
+            if not d:\n        \
+                break\n    \
+            n += len(d)\n\
+        c.sendall(str(n).encode())\n";
+    let _sink = spawn_ready(
+        common::in_ns(&lab.ns("b1"), &["python3", "-c", sink]),
+        "listening",
+        Duration::from_secs(10),
+    );
+    let bg = start_nat_lb(&lb_ns, &config);
+    let upload = "import socket\n\
+        c = socket.create_connection(('198.18.1.100', 9000), timeout=10)\n\
+        c.sendall(b'x' * 300000)\n\
+        c.shutdown(socket.SHUT_WR)\n\
+        print(c.recv(100).decode())\n";
+    let o = common::ok(common::in_ns(&client_ns, &["python3", "-c", upload]));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "300000");
+    let o = common::ok(common::in_ns(
+        &client_ns,
+        &["ip", "route", "get", "198.18.1.100"],
+    ));
+    let route = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        route.contains("mtu 1280"),
+        "the client learnt no path MTU: {route}"
+    );
+    let ev = lb_stats(&lb_ns).stats.events;
+    assert!(ev.icmp_translated >= 1, "{ev:?}");
+    assert_eq!(ev.drop_error, 0, "{ev:?}");
+    bg.terminate();
+}
+
 /// The new-flow guard under a real SYN flood: two `hping3 --flood` runs (each SYN a new flow:
 /// hping3 moves the source port every packet; two spoofed source addresses in the lab, so more
 /// distinct flows than the tracking table's 65,536 entries) against the VIP right after a

@@ -93,6 +93,13 @@ impl Harness {
             .unwrap_or_else(|e| panic!("verifier accepts lb_which: {e:?}"));
         wirelab::lb::load_icmp(&mut bpf)
             .unwrap_or_else(|e| panic!("verifier accepts lb_icmp and lb_icmp_xdp: {e:?}"));
+        let t: &mut SchedClassifier = bpf
+            .program_mut(wirelab::lb::PROG_EGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        t.load()
+            .unwrap_or_else(|e| panic!("verifier accepts lb_egress: {e:?}"));
         Self { bpf, lb }
     }
 
@@ -1231,6 +1238,65 @@ fn icmp_becomes(h: &Harness, prog: &str, pass: u32, f: &[u8], want: &[u8]) {
     let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, f);
     assert_eq!(v, pass, "{prog}: translated and handed on");
     assert_eq!(out, want, "{prog}: the translated error");
+}
+
+/// Errors the balancer host's own kernel sends about a NAT flow (its "fragmentation needed"
+/// when the link towards the backends has a smaller MTU) leave by tc egress, where
+/// `lb_egress` hands them to `lb_icmp`: the quote's destination goes back to the VIP (IPv4,
+/// full and 8-byte quotes; IPv6 "packet too big"). Everything else leaving the host passes
+/// untouched and uncounted: the forwarded packet itself, a reply, an error about no flow, and
+/// an error to the VIP about a reply (at ingress that one goes to the backend; leaving this
+/// host it is not the balancer's).
+#[test]
+fn errors_the_balancer_host_sends_about_nat_flows_are_translated_at_egress() {
+    const LB_ADDR: [u8; 4] = [198, 18, 0, 10];
+    let egress = wirelab::lb::PROG_EGRESS;
+    let h = Harness::with(NAT_CONFIG);
+    let (v, fwd) = h.run(&tcp(CLIENT, VIP, 40000, 80, Flags::Syn));
+    assert_eq!(v, TC_ACT_OK);
+    let be: [u8; 4] = fwd[30..34].try_into().unwrap();
+    let sent = quoted4(CLIENT, be, 40000, 80, false);
+    let orig = quoted4(CLIENT, VIP, 40000, 80, false);
+    for len in [sent.len(), 28] {
+        icmp_becomes(
+            &h,
+            egress,
+            TC_ACT_OK,
+            &icmp4_error(LB_ADDR, CLIENT, &sent[..len]),
+            &icmp4_error(LB_ADDR, CLIENT, &orig[..len]),
+        );
+    }
+    let (v, _) = h.run(&tcp6(CLIENT6, VIP6, 40000, 80));
+    assert_eq!(v, TC_ACT_OK);
+    let b6: [u8; 16] = "2001:2:2::21"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
+    let lb6: [u8; 16] = "2001:2::10".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    icmp_becomes(
+        &h,
+        egress,
+        TC_ACT_OK,
+        &icmp6_error(lb6, CLIENT6, &quoted6(CLIENT6, b6, 40000, 80)),
+        &icmp6_error(lb6, CLIENT6, &quoted6(CLIENT6, VIP6, 40000, 80)),
+    );
+    let before = h.stats().events;
+    assert_eq!(before.icmp_translated, 3, "{before:?}");
+    for f in [
+        fwd.clone(),
+        tcp(be, CLIENT, 80, 40000, Flags::Ack),
+        icmp4_error(LB_ADDR, CLIENT, &quoted4(CLIENT, be, 40001, 80, false)),
+        icmp4_error(CLIENT, VIP, &quoted4(VIP, CLIENT, 80, 40000, false)),
+    ] {
+        let (v, out) = wirelab_testkit::prog::run(&h.bpf, egress, &f);
+        assert_eq!((v, &out), (TC_ACT_UNSPEC, &f), "passed untouched");
+    }
+    let e = h.stats().events;
+    assert_eq!(
+        (e.icmp_translated, e.icmp_forwarded, e.non_vip, e.drop_error),
+        (3, 0, before.non_vip, 0),
+        "{e:?}"
+    );
 }
 
 /// ICMP errors about balanced flows (RFC 5508): towards a NAT flow's client the quoted

@@ -22,7 +22,9 @@
 //! checksum when the quote reaches it (a quoted UDP checksum of 0 stays 0). Everything is
 //! computed from the packet first, into this CPU's [`LB_ICMP_PATCH`], then written by the
 //! program (`lb_icmp` for tc, `lb_icmp_xdp`), which `lb` and `lb_xdp` reach by a tail call
-//! for every ICMP error: the decision's stack has no room for this. Quotes through IPv6 extension headers and of
+//! for every ICMP error: the decision's stack has no room for this. Errors the balancer host's
+//! own kernel sends about a NAT flow (a smaller MTU towards the backends) leave by the output
+//! path: `lb_egress` (tc egress) hands them to `lb_icmp` the same way, `LB_NAT` only. Quotes through IPv6 extension headers and of
 //! non-first IPv4 fragments carry no ports: such errors are passed on untranslated.
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -38,16 +40,17 @@ use wirelab_common::tap::lb_what;
 
 use super::{
     quad, same16, tap_tc, tap_xdp, xdp_forward, Pick, Verdict, LB_BACKENDS, LB_CONF, LB_EVENTS,
-    LB_FLOWS, LB_GEN, LB_NAT, LB_SERVICES, OFF_MASK,
+    LB_FLOWS, LB_GEN, LB_ICMP_TC, LB_NAT, LB_SERVICES, OFF_MASK,
 };
 use crate::{
     counter,
     error::{Error, Result},
     parse::{
-        Frame, Parsed, ETH_DEST_OFF, ETH_HLEN, ETH_SOURCE_OFF, ICMP_HLEN, IPPROTO_TCP, IPPROTO_UDP,
-        IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_FRAG_OFF, IPV4_HLEN, IPV4_MIN_IHL, IPV4_PROTO_OFF,
-        IPV4_SADDR_OFF, IPV4_VERSION, IPV6_DADDR_OFF, IPV6_HLEN, IPV6_NEXTHDR_OFF, IPV6_SADDR_OFF,
-        IPV6_VERSION, IP_OFFSET, TCP_CSUM_OFF, UDP_CSUM_OFF,
+        self, Frame, Parsed, ETH_DEST_OFF, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ETH_SOURCE_OFF,
+        ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_CSUM_OFF,
+        IPV4_DADDR_OFF, IPV4_FRAG_OFF, IPV4_HLEN, IPV4_MIN_IHL, IPV4_PROTO_OFF, IPV4_SADDR_OFF,
+        IPV4_VERSION, IPV6_DADDR_OFF, IPV6_HLEN, IPV6_NEXTHDR_OFF, IPV6_SADDR_OFF, IPV6_VERSION,
+        IP_OFFSET, TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
     sys,
 };
@@ -90,10 +93,13 @@ const IN_L4C: u8 = 64;
 #[derive(Clone, Copy)]
 pub(super) struct IcmpPatch {
     /// Set by the decision before the tail call: the outer packet's L3 and ICMP offsets, its
-    /// family and addresses.
+    /// family and addresses; `egress`: handed over by [`lb_egress`] (an error this host's
+    /// kernel sends), which only `LB_NAT` flows are looked up for and which is not counted
+    /// when passed.
     ol3: u16,
     ol4: u16,
     v6: bool,
+    egress: bool,
     osrc: [u8; 16],
     odst: [u8; 16],
     key: FlowKey,
@@ -274,6 +280,9 @@ fn try_icmp(f: &Frame, pick: &mut Pick) -> Result<Verdict> {
             s.out_src = n.vip;
         }
         pick.picked(which::HASHED, lb_what::NAT_REPLY, n.backend);
+    } else if s.egress {
+        // Leaving this host: only errors about packets sent to a backend are ours.
+        return Ok(Verdict::Pass);
     } else if let Some(v) = sys::lru_get(&LB_FLOWS, &s.key) {
         // About a reply, sent to the VIP.
         if !same16(&s.odst, &s.key.daddr) || v.backend >= MAX_BACKENDS || v.service >= MAX_SERVICES
@@ -469,13 +478,14 @@ fn apply(w: &mut impl Put) -> Result<()> {
 /// The decision hands an ICMP error over: what its parse found, in this CPU's patch (the
 /// tail call follows at once, on this CPU). `false`: the slot is missing.
 #[inline(always)]
-pub(super) fn hand_over(p: &Parsed, v6: bool) -> bool {
+pub(super) fn hand_over(p: &Parsed, v6: bool, egress: bool) -> bool {
     let Ok(s) = slot() else {
         return false;
     };
     s.ol3 = p.l3_off as u16;
     s.ol4 = p.l4_off as u16;
     s.v6 = v6;
+    s.egress = egress;
     s.osrc = p.saddr;
     s.odst = p.daddr;
     true
@@ -486,7 +496,7 @@ pub(super) fn hand_over(p: &Parsed, v6: bool) -> bool {
 #[inline(always)]
 fn decide(f: &Frame, pick: &mut Pick) -> Verdict {
     let v = try_icmp(f, pick).unwrap_or(Verdict::Pass);
-    if v == Verdict::Pass {
+    if v == Verdict::Pass && !egressing() {
         counter::bump(&LB_EVENTS, event::NON_VIP);
     }
     v
@@ -502,7 +512,13 @@ fn written(r: Result<()>, pick: &mut Pick) -> bool {
     r.is_ok()
 }
 
-/// `lb`'s tail call for ICMP errors (tc).
+/// Was this error handed over by [`lb_egress`]?
+#[inline(always)]
+fn egressing() -> bool {
+    slot().is_ok_and(|s| s.egress)
+}
+
+/// `lb`'s and `lb_egress`'s tail call for ICMP errors (tc).
 #[classifier]
 pub fn lb_icmp(mut ctx: TcContext) -> i32 {
     let mut pick = Pick::NONE;
@@ -517,7 +533,44 @@ pub fn lb_icmp(mut ctx: TcContext) -> i32 {
         Verdict::Forward => sys::redirect(sys::skb_ifindex(&ctx)),
         _ => TC_ACT_UNSPEC,
     };
+    if egressing() {
+        // The capture tap shows ingress decisions; a capture sees this frame at its own
+        // egress hook.
+        return verdict;
+    }
     tap_tc(&mut ctx, &pick, verdict)
+}
+
+/// tc egress of the balancer's interfaces, for NAT services: ICMP errors this host's own
+/// kernel sends about a NAT flow (its "fragmentation needed" / "packet too big" when the link
+/// towards a backend has a smaller MTU, "time exceeded", an unreachable backend) quote the
+/// packet as translated, the backend's address as its destination, which the client cannot
+/// match to its connection (a PMTU black hole). They leave by the output path, which the
+/// ingress programs do not see: here each such error goes to `lb_icmp` like one from a
+/// backend, and its quote gets the VIP back. Everything else (the whole forwarded traffic)
+/// is passed after a look at the IP header in the linear area: no copy, no pull.
+#[classifier]
+pub fn lb_egress(ctx: TcContext) -> i32 {
+    let Ok(p) = parse::parse(&Frame::tc(&ctx)) else {
+        return TC_ACT_UNSPEC;
+    };
+    let v6 = match p.ethertype {
+        ETH_P_IP => false,
+        ETH_P_IPV6 => true,
+        _ => return TC_ACT_UNSPEC,
+    };
+    let icmp_proto = if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
+    if p.fragment || !p.has_l4 || p.ip_proto != icmp_proto || !is_error(v6, p.icmp_type) {
+        return TC_ACT_UNSPEC;
+    }
+    if hand_over(&p, v6, true) {
+        // SAFETY: `ctx` is this tc program's context and the array holds tc programs only;
+        // on success the call does not return. On failure nothing changed.
+        unsafe {
+            LB_ICMP_TC.tail_call(&ctx, 0);
+        }
+    }
+    TC_ACT_UNSPEC
 }
 
 /// `lb_xdp`'s tail call for ICMP errors.

@@ -769,7 +769,7 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         if p.has_l4
             && p.ip_proto == icmp_proto
             && icmp::is_error(v6, p.icmp_type)
-            && (!LIVE || icmp::hand_over(&p, v6))
+            && (!LIVE || icmp::hand_over(&p, v6, false))
         {
             return Ok(Verdict::Icmp);
         }

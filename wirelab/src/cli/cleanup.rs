@@ -34,6 +34,9 @@ pub fn run(a: CleanupArgs) -> Result<ExitCode> {
         if !r.wan_filters_removed.is_empty() {
             println!("removed wan clsact filters: {:?}", r.wan_filters_removed);
         }
+        if !r.lb_filters_removed.is_empty() {
+            println!("removed lb clsact filters: {:?}", r.lb_filters_removed);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

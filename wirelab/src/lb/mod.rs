@@ -113,6 +113,16 @@ pub const PROG_XDP: &str = "lb_xdp";
 /// errors about NAT flows translated, errors to a VIP about DSR flows sent to the backend.
 pub const PROG_ICMP: &str = "lb_icmp";
 pub const PROG_ICMP_XDP: &str = "lb_icmp_xdp";
+/// tc egress, with NAT services: ICMP errors this host's own kernel sends about NAT flows
+/// (a smaller MTU towards the backends) get their quote translated back to the VIP.
+pub const PROG_EGRESS: &str = "lb_egress";
+/// The tc programs a run attaches (what `wirelab cleanup` looks for after a kill).
+pub const TC_PROGS: [&str; 2] = [PROG, PROG_EGRESS];
+
+/// The interfaces (`--iface`) of the balancers running in this network namespace.
+pub fn running() -> Vec<String> {
+    crate::runtime::control::listening("wirelab-lb/")
+}
 /// The decision without effects, for `lb which` (run through BPF_PROG_TEST_RUN, never
 /// attached).
 pub const PROG_WHICH: &str = "lb_which";
@@ -1766,6 +1776,15 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         }
         tracing::info!(iface = %i, "lb also on {i} (NAT replies)");
     }
+    let nat = config.services.iter().any(|s| s.mode == config::Mode::Nat);
+    if nat {
+        for i in std::iter::once(&opts.iface).chain(&opts.nat_ifaces) {
+            rbpf::attach_tc(&mut bpf, PROG_EGRESS, i, TcAttachType::Egress)?;
+        }
+        tracing::info!(
+            "lb_egress at tc egress: ICMP errors this host sends about NAT flows quote the VIP"
+        );
+    }
     for s in &lb.services {
         tracing::info!(
             service = %s.conf.label(),
@@ -1775,7 +1794,6 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             "serving"
         );
     }
-    let nat = config.services.iter().any(|s| s.mode == config::Mode::Nat);
     let how = match (path, dsr, nat) {
         (Path::Tc, true, false) => {
             "tc ingress, DSR frames sent back out with bpf_redirect (works with plain veth peers)"
