@@ -1018,6 +1018,57 @@ fn nat_path_mtu_discovery_works_through_the_balancer() {
     bg.terminate();
 }
 
+/// The NAT balancer on the clsact path (kernels before 6.6; forced here with
+/// WIRELAB_TC_ATTACH=clsact): `lb` at ingress and `lb_egress` at egress of both interfaces.
+/// `wirelab cleanup` leaves a live balancer's filters alone; after a kill -9 it removes all
+/// four.
+#[test]
+fn nat_on_clsact_a_killed_balancers_filters_are_removed_by_cleanup() {
+    let dir = TempDir::new("lbk");
+    let (lab, _servers, config) = nat_lab("lbk", &dir);
+    let lb_ns = lab.ns("lb");
+    let filters = || -> usize {
+        ["eth0", "eth1"]
+            .iter()
+            .flat_map(|i| ["ingress", "egress"].map(|hook| (*i, hook)))
+            .map(|(i, hook)| {
+                let o = common::ok(common::in_ns(
+                    &lb_ns,
+                    &["tc", "filter", "show", "dev", i, hook],
+                ));
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains("lb") && l.contains("direct-action"))
+                    .count()
+            })
+            .sum()
+    };
+    let mut c = nat_lb_cmd(&lb_ns, &config);
+    c.env("WIRELAB_TC_ATTACH", "clsact");
+    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    assert_eq!(filters(), 4, "lb and lb_egress on eth0 and eth1");
+    let cleanup = || -> wirelab::cleanup::Report {
+        let o = common::ok(
+            wirelab()
+                .env("WIRELAB_TC_ATTACH", "clsact")
+                .args(["cleanup", "--json"]),
+        );
+        serde_json::from_slice(&o.stdout).expect("cleanup --json")
+    };
+    let r = cleanup();
+    assert!(r.lb_filters_removed.is_empty(), "{r:?}");
+    assert_eq!(filters(), 4, "cleanup removed a live balancer's filters");
+    bg.kill();
+    assert_eq!(filters(), 4, "a killed clsact balancer leaves its filters");
+    let r = cleanup();
+    assert_eq!(
+        r.lb_filters_removed,
+        [format!("{lb_ns}/eth0"), format!("{lb_ns}/eth1")],
+        "{r:?}"
+    );
+    assert_eq!(filters(), 0);
+}
+
 /// The new-flow guard under a real SYN flood: two `hping3 --flood` runs (each SYN a new flow:
 /// hping3 moves the source port every packet; two spoofed source addresses in the lab, so more
 /// distinct flows than the tracking table's 65,536 entries) against the VIP right after a
