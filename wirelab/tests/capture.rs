@@ -654,11 +654,13 @@ fn behind_wan_the_engines_queue_drops_are_next_to_the_packet() {
     );
     let full = r#"wan: class "default", dropped by the timing engine: its queue was full"#;
     let dropped: Vec<&Vec<String>> = rows.iter().filter(|r| r[0] == full).collect();
+    let notes_lost = fin.engine.map_or(0, |e| e.drop_notes_lost);
     eprintln!(
-        "behind wan: {} frames, {} marked queue drops; engine drops_queue {}; probe lost {}",
+        "behind wan: {} frames, {} marked queue drops; engine drops_queue {}, drop notes lost {}; probe lost {}",
         rows.len(),
         dropped.len(),
         row.drops_queue,
+        notes_lost,
         r.forward.lost
     );
     // 16 Mbit/s into 2: most probes are dropped.
@@ -673,6 +675,11 @@ fn behind_wan_the_engines_queue_drops_are_next_to_the_packet() {
         "{marked} marked of {row:?}"
     );
     assert_eq!(s.engine_drops, marked, "{s:?}");
+    // A note the engine let go leaves its frame unmarked: never more of them than unmarked.
+    assert!(
+        notes_lost <= row.drops_queue - marked,
+        "{notes_lost} notes lost, {marked} marked of {row:?}"
+    );
     // Every one is the probe's (its probes, 1042 bytes, and its warm-up and final exchange)
     // or the client's own ICMPv6 (MLD reports, neighbour discovery), queued like the rest.
     assert!(

@@ -13,6 +13,7 @@
 //! engine's time. The capture reads them on a thread of its own (an AF_UNIX datagram queue
 //! holds only `net.unix.max_dgram_qlen` datagrams, 10 by default).
 use std::{
+    collections::VecDeque,
     io::ErrorKind,
     os::{
         linux::net::SocketAddrExt,
@@ -97,7 +98,9 @@ const QUIET: Duration = Duration::from_millis(50);
 pub struct Notifier {
     sock: UnixDatagram,
     to: [SocketAddr; 2],
-    backlog: [Vec<u8>; 2],
+    /// Encoded notes, oldest first (a ring: a full backlog lets its oldest note go without
+    /// moving the rest).
+    backlog: [VecDeque<u8>; 2],
     /// Per direction: nobody listened at the last try; try again from then on.
     quiet_until: [Option<Instant>; 2],
     /// Notes sent.
@@ -114,7 +117,7 @@ impl Notifier {
         Ok(Self {
             sock,
             to: [address(ifaces[0])?, address(ifaces[1])?],
-            backlog: [vec![], vec![]],
+            backlog: [VecDeque::new(), VecDeque::new()],
             quiet_until: [None; 2],
             sent: 0,
             lost: 0,
@@ -132,7 +135,7 @@ impl Notifier {
             b.drain(..NOTE_LEN);
             self.lost += 1;
         }
-        b.extend_from_slice(&note.encode());
+        b.extend(note.encode());
     }
 
     /// Send what is noted, up to [`NOTES_PER_DATAGRAM`] per datagram, until the capture's
@@ -141,7 +144,8 @@ impl Notifier {
         for d in 0..2 {
             while !self.backlog[d].is_empty() {
                 let n = self.backlog[d].len().min(NOTES_PER_DATAGRAM * NOTE_LEN);
-                match self.sock.send_to_addr(&self.backlog[d][..n], &self.to[d]) {
+                let pending = self.backlog[d].make_contiguous();
+                match self.sock.send_to_addr(&pending[..n], &self.to[d]) {
                     Ok(_) => {
                         self.backlog[d].drain(..n);
                         self.sent += (n / NOTE_LEN) as u64;

@@ -400,6 +400,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Notes of dropped frames let go because a listening capture did not take them in
+    /// time: those frames keep the label `to the timing engine` in its file.
+    pub fn drop_notes_lost(&self) -> u64 {
+        self.drop_notes.as_ref().map_or(0, |n| n.lost)
+    }
+
     fn note_drop(&mut self, d: usize, class: usize, len: u32, arrival: u64, what: u8) {
         if let Some(n) = self.drop_notes.as_mut() {
             n.push(

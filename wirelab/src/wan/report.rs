@@ -306,6 +306,11 @@ pub struct EngineHealth {
     pub link_down: u64,
     /// Without class metadata (counted, sent with the default class).
     pub bad_meta: u64,
+    /// Notes of dropped frames a capture on the interface did not take in time (its socket
+    /// and the engine's backlog of 2,048 were full): those frames stay labelled `to the
+    /// timing engine` in its file.
+    #[serde(default)]
+    pub drop_notes_lost: u64,
 }
 
 impl EngineHealth {
@@ -315,11 +320,13 @@ impl EngineHealth {
             no_frame: e.no_frame_drops,
             link_down: e.link_down_drops,
             bad_meta: e.bad_meta,
+            drop_notes_lost: e.drop_notes_lost(),
         }
     }
 
     fn any(&self) -> bool {
-        self.xsk_rx_dropped + self.no_frame + self.link_down + self.bad_meta > 0
+        self.xsk_rx_dropped + self.no_frame + self.link_down + self.bad_meta + self.drop_notes_lost
+            > 0
     }
 }
 
@@ -337,8 +344,15 @@ fn table(line: &Line, out: &mut dyn Write) -> io::Result<()> {
     if let Some(health) = line.engine.filter(EngineHealth::any) {
         writeln!(
             out,
-            "[{t:>7.2}s] engine losses so far: kernel rx drops {} no frame {} link down {} no metadata {}",
-            health.xsk_rx_dropped, health.no_frame, health.link_down, health.bad_meta
+            "[{t:>7.2}s] engine losses so far: kernel rx drops {} no frame {} link down {} no metadata {}{}",
+            health.xsk_rx_dropped,
+            health.no_frame,
+            health.link_down,
+            health.bad_meta,
+            match health.drop_notes_lost {
+                0 => String::new(),
+                n => format!(" (drop notes a capture missed: {n})"),
+            }
         )?;
     }
     for r in &line.classes {
