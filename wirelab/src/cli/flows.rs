@@ -1,11 +1,11 @@
 //! `wirelab flows`: a live table of bidirectional flows with TCP health.
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::Args;
-use wirelab::{flows, runtime::Reporting};
+use wirelab::flows;
 
-use super::{parse_duration, parse_interval, JsonArg, NetnsArg, XdpModeArg};
+use super::{parse_duration, JsonArg, NetnsArg, Observe, XdpModeArg};
 
 #[derive(Args)]
 #[command(
@@ -26,34 +26,25 @@ pub struct FlowsArgs {
     /// Rows in each interval's table or JSON line (the final table has every flow).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100000))]
     top: u64,
-    /// Time between tables (at least 10ms; e.g. 500ms, 1s).
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
-    interval: Duration,
     /// Stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     #[command(flatten)]
     json: JsonArg,
-    /// Write a run record (config, the interval lines, the final flows) into DIR.
-    #[arg(long, value_name = "DIR")]
-    record: Option<PathBuf>,
+    /// `--interval` (between tables), `--record` (the interval lines and the final flows),
+    /// `--metrics` (the table's counters and each interval's --top flows: rate, bytes, RTT,
+    /// retransmissions).
+    #[command(flatten)]
+    observe: Observe,
     /// Force an XDP mode for the ingress program instead of native with a fallback to skb.
     #[arg(long, value_enum)]
     mode: Option<XdpModeArg>,
-    /// Serve the table's counters and the --top flows of each interval (rate, bytes, RTT,
-    /// retransmissions) in OpenMetrics text format (docs/metrics.md) on ADDR:PORT.
-    /// Bound in the namespace wirelab was started in, before --netns is entered.
-    #[arg(long, value_name = "ADDR:PORT")]
-    metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(a: FlowsArgs) -> Result<ExitCode> {
     // Refuse a bad filter before touching anything.
     wirelab::capture::compile(&a.filter)?;
-    let metrics = a
-        .metrics
-        .map(wirelab::metrics::Endpoint::bind)
-        .transpose()?;
+    let report = a.observe.reporting(a.json, a.duration)?;
     let stop = a.netns.enter_until_stopped()?;
     flows::run(
         &flows::Options {
@@ -62,13 +53,7 @@ pub fn run(a: FlowsArgs) -> Result<ExitCode> {
             sort: a.sort,
             top: a.top as usize,
             mode: a.mode.map(Into::into),
-            report: Reporting {
-                interval: a.interval,
-                duration: a.duration,
-                json: a.json.json,
-                record: a.record,
-                metrics,
-            },
+            report,
         },
         &stop,
     )?;
