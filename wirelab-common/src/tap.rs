@@ -58,7 +58,7 @@ pub mod lb_what {
 pub mod wan_what {
     /// Handed to the timing engine (delay, rate, duplicate, corrupt, reorder). A drop there
     /// reaches a capture behind the tap as a note from the engine (`QUEUE_DROP`,
-    /// `LINK_ENDED`).
+    /// `LINK_ENDED`, `LINK_DOWN`).
     pub const ENGINE: u8 = 0;
     /// Passed on unimpaired (the class has nothing to hold).
     pub const FAST: u8 = 1;
@@ -73,6 +73,9 @@ pub mod wan_what {
     pub const QUEUE_DROP: u8 = 5;
     /// Handed to the engine, which dropped it: its `once` trace had ended (the link is gone).
     pub const LINK_ENDED: u8 = 6;
+    /// Handed to the engine, which dropped it: the interface it was to leave by was down
+    /// when it was due (a `flap` or `down` of the timeline, or the link itself).
+    pub const LINK_DOWN: u8 = 7;
 }
 
 /// `Decision::magic`: the metadata in front of the frame is a decision.

@@ -707,3 +707,77 @@ fn behind_wan_the_engines_queue_drops_are_next_to_the_packet() {
         row.drops_queue
     );
 }
+
+/// Behind wan's tap, drops at departure: with 100 ms of delay, the wan's way out
+/// (`to-server`) goes down for 600 ms while probes flow at 1,000/s. The engine drops every
+/// frame due meanwhile and notes each one 100 ms after it arrived, later than the capture's
+/// first hold (50 ms): the first such notes find their frames written (counted late), after
+/// which the hold covers the delay and the rest are marked next to the packet. Marked and
+/// late together are wan's own count of link-down drops.
+#[test]
+fn behind_wan_drops_at_a_down_link_are_marked_once_the_hold_covers_the_delay() {
+    let _s = serial();
+    let lab = Lab::up("cwd");
+    let _server = probe_server(&lab, "198.18.0.2:7000", "120s");
+    let wan_ns = lab.ns("wan");
+    let wan = wan_between(&lab, &["--json", "--both", "delay 100ms"]);
+    let dir = TempDir::new("wlcapwd");
+    let file = dir.join("wd.pcapng");
+    let cap = start_capture(
+        &wan_ns,
+        "to-client",
+        &["--json", "-w", file.to_str().unwrap()],
+    );
+    let link = |state: &str| ok(in_ns(&wan_ns, &["ip", "link", "set", "to-server", state]));
+    let flap = std::thread::scope(|s| {
+        let probe = s.spawn(|| {
+            ok(wirelab()
+                .args(["probe", "client", "--netns", &lab.ns("client")])
+                .args(["--to", "198.18.0.2:7000", "--json", "--rate", "1000"])
+                .args(["--count", "2500", "--size", "200", "--wait", "1s"]))
+        });
+        // The outage's place in the probe's 2.5 s (a schedule, not a wait for a condition).
+        std::thread::sleep(Duration::from_millis(800));
+        link("down");
+        std::thread::sleep(Duration::from_millis(600));
+        link("up");
+        probe.join().expect("probe thread")
+    });
+    let r: wirelab::probe::UdpReport = serde_json::from_slice(&flap.stdout).expect("probe JSON");
+    let out = cap.terminate();
+    let w = wan.terminate().text();
+    let fin: wirelab::wan::Line = serde_json::from_str(
+        w.lines()
+            .rfind(|l| l.contains("\"final\""))
+            .unwrap_or_else(|| panic!("no final line: {w}")),
+    )
+    .expect("wan's final line");
+    let row = fin
+        .classes
+        .iter()
+        .find(|c| c.dir == "a_to_b" && c.class == "default")
+        .expect("a_to_b default row");
+    let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
+    let rows = tshark_fields(&file, &["frame.comment"]);
+    let down = r#"wan: class "default", dropped by the timing engine: the link out was down when it was due"#;
+    let marked = rows.iter().filter(|r| r[0] == down).count() as u64;
+    eprintln!(
+        "link down: wan dropped {}, marked {marked}, late {}; probe lost {}",
+        row.drops_link_down, s.engine_drops_late, r.forward.lost
+    );
+    // 600 ms of 1,000 probes/s.
+    assert!(row.drops_link_down >= 300, "{row:?}");
+    assert_eq!(s.engine_drops, marked, "{s:?}");
+    assert!(
+        marked + s.engine_drops_late <= row.drops_link_down
+            && marked + s.engine_drops_late + row.drops_link_down / 500 + 1 >= row.drops_link_down,
+        "{marked} marked + {} late of {row:?}",
+        s.engine_drops_late
+    );
+    // The hold grew after the first late notes (about 50 ms of frames): most are marked.
+    assert!(
+        s.engine_drops_late > 0 && marked > 2 * s.engine_drops_late,
+        "{marked} marked, {} late",
+        s.engine_drops_late
+    );
+}

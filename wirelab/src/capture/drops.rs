@@ -1,9 +1,12 @@
 //! Drops that happen after the tap: wan's userspace engine drops a frame when its queue is
-//! full or a `once` trace has ended, long after `wan_xdp` (and the capture behind its tap)
-//! saw the frame go "to the timing engine". The engine tells a capture on the interface the
-//! frame came in by, through an abstract datagram socket per interface and network
-//! namespace; the capture holds the frames it saw go to the engine for [`HOLD_NS`] and
-//! relabels the one a note names, so the drop's reason stands next to the packet.
+//! full or a `once` trace has ended, or when the interface it was to leave by is down when it
+//! is due, after `wan_xdp` (and the capture behind its tap) saw the frame go "to the timing
+//! engine". The engine tells a capture on the interface the frame came in by, through an
+//! abstract datagram socket per interface and network namespace; the capture holds the frames
+//! it saw go to the engine for [`HOLD_NS`] and relabels the one a note names, so the drop's
+//! reason stands next to the packet. A drop at departure comes as late as the frame's delay:
+//! a note later than the hold finds its frame written already (counted as late), and the hold
+//! grows to cover such notes from then on, up to [`MAX_HOLD_NS`].
 //!
 //! A note names the frame by its arrival time (`wan_xdp`'s `bpf_ktime_get_ns`, the clock of
 //! the capture's own timestamp, taken in the same XDP run a few hundred ns later) and its
@@ -33,6 +36,10 @@ pub const PREFIX: &str = "wirelab-wan-drops/";
 /// busy host.
 pub const HOLD_NS: u64 = 50_000_000;
 
+/// The longest the hold grows to for notes that come late (drops at departure, after the
+/// frame's emulated delay): frames wait in memory that long.
+pub const MAX_HOLD_NS: u64 = 1_000_000_000;
+
 /// How far apart a note's arrival time and the captured frame's timestamp may be.
 const MATCH_NS: u64 = 100_000;
 
@@ -48,7 +55,7 @@ pub struct Note {
     pub len: u32,
     /// Its wan class id.
     pub class: u32,
-    /// Why (`wan_what::QUEUE_DROP` or `wan_what::LINK_ENDED`).
+    /// Why (`wan_what::QUEUE_DROP`, `LINK_ENDED` or `LINK_DOWN`).
     pub what: u8,
 }
 
@@ -66,7 +73,12 @@ impl Note {
     fn decode(b: &[u8]) -> Option<Self> {
         let b: &[u8; NOTE_LEN] = b.try_into().ok()?;
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        if u32_at(0) != MAGIC || !matches!(b[4], wan_what::QUEUE_DROP | wan_what::LINK_ENDED) {
+        if u32_at(0) != MAGIC
+            || !matches!(
+                b[4],
+                wan_what::QUEUE_DROP | wan_what::LINK_ENDED | wan_what::LINK_DOWN
+            )
+        {
             return None;
         }
         Some(Self {
@@ -188,25 +200,54 @@ impl Listener {
 }
 
 /// Notes waiting for their frame, as the capture writes frames in time order.
-#[derive(Default)]
 pub struct Matcher {
     /// Notes not yet matched to a frame.
     pending: Vec<Note>,
     /// Frames a note matched.
     pub matched: u64,
+    /// Notes that came after the frames around their arrival time had been written: their
+    /// frame (if the filter took it) keeps "to the timing engine".
+    pub late: u64,
+    /// How long frames wait for their notes now: [`HOLD_NS`], more once notes came late.
+    pub hold_ns: u64,
+    /// The timestamp of the last frame offered to [`Matcher::take`].
+    last_ts: u64,
+}
+
+impl Default for Matcher {
+    fn default() -> Self {
+        Self {
+            pending: vec![],
+            matched: 0,
+            late: 0,
+            hold_ns: HOLD_NS,
+            last_ts: 0,
+        }
+    }
 }
 
 impl Matcher {
-    pub fn add(&mut self, notes: Vec<Note>) {
+    /// Notes received at `now_ns` (CLOCK_MONOTONIC). One whose frame's time has been written
+    /// past is late: the hold grows to its lag and [`HOLD_NS`] more, up to [`MAX_HOLD_NS`].
+    pub fn add(&mut self, notes: Vec<Note>, now_ns: u64) {
+        for n in &notes {
+            if n.arrival_ns + MATCH_NS < self.last_ts {
+                self.late += 1;
+                let lag = now_ns.saturating_sub(n.arrival_ns);
+                self.hold_ns = self.hold_ns.max(lag + HOLD_NS).min(MAX_HOLD_NS);
+            }
+        }
         self.pending.extend(notes);
     }
 
     /// The note for the frame captured at `ts_ns` with length `len`, if one names it (the
     /// note is used up). Frames come in time order, so notes older than `ts_ns` by more than
-    /// [`HOLD_NS`] can no longer match one, and are forgotten.
+    /// the hold can no longer match one, and are forgotten.
     pub fn take(&mut self, ts_ns: u64, len: u32) -> Option<Note> {
+        self.last_ts = self.last_ts.max(ts_ns);
+        let hold = self.hold_ns;
         self.pending
-            .retain(|n| n.arrival_ns + HOLD_NS + MATCH_NS >= ts_ns);
+            .retain(|n| n.arrival_ns + hold + MATCH_NS >= ts_ns);
         let i = self
             .pending
             .iter()
@@ -222,6 +263,15 @@ impl Matcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn note(at: u64, len: u32) -> Note {
+        Note {
+            arrival_ns: at,
+            len,
+            class: 1,
+            what: wan_what::QUEUE_DROP,
+        }
+    }
 
     #[test]
     fn notes_round_trip_and_refuse_others() {
@@ -246,12 +296,6 @@ mod tests {
         let iface = format!("unit{}", std::process::id());
         let l = Listener::bind(&iface).unwrap();
         let mut tx = Notifier::new([&iface, "nobody-listens"]).unwrap();
-        let note = |at: u64, len: u32| Note {
-            arrival_ns: at,
-            len,
-            class: 1,
-            what: wan_what::QUEUE_DROP,
-        };
         // More notes than a datagram holds, and more datagrams than the socket queues (10):
         // the batch is sent as it fills.
         for i in 0..200u64 {
@@ -268,8 +312,8 @@ mod tests {
             (NOTES_PER_DATAGRAM, 200 - NOTES_PER_DATAGRAM)
         );
         assert!(l.recv().is_empty(), "nothing more");
-        m.add(a);
-        m.add(b);
+        m.add(a, 1_000_300_000);
+        m.add(b, 1_000_300_000);
         // The nearest note of the same length; another length or a distant time: none.
         assert_eq!(m.take(1_000_000_300, 60), None);
         assert_eq!(m.take(1_000_000_300, 100), Some(note(1_000_000_000, 100)));
@@ -309,5 +353,28 @@ mod tests {
         // Old notes are forgotten.
         assert_eq!(m.take(1_000_199_001 + HOLD_NS + MATCH_NS, 100), None);
         assert!(m.pending.is_empty());
+        assert_eq!((m.late, m.hold_ns), (0, HOLD_NS), "no note came late");
+    }
+
+    /// A drop at departure is noted as late as the frame's delay: a note for a time already
+    /// written past is counted late, and the hold grows to cover the next ones (not past
+    /// its limit).
+    #[test]
+    fn late_notes_are_counted_and_lengthen_the_hold() {
+        let ms = 1_000_000u64;
+        let mut m = Matcher::default();
+        // Frames written up to 1,000 ms; notes of frames that arrived at 900 ms and 990 ms
+        // come at 1,050 ms (150 ms after the first arrival).
+        assert_eq!(m.take(1000 * ms, 100), None);
+        m.add(vec![note(900 * ms, 100), note(990 * ms, 100)], 1050 * ms);
+        assert_eq!(m.late, 2, "both frames were written before their notes");
+        assert_eq!(m.hold_ns, 150 * ms + HOLD_NS);
+        // A note ahead of what is written is not late, and still matches.
+        m.add(vec![note(1100 * ms, 100)], 1250 * ms);
+        assert_eq!(m.late, 2);
+        assert_eq!(m.take(1100 * ms + 500, 100), Some(note(1100 * ms, 100)));
+        // The hold never grows past MAX_HOLD_NS.
+        m.add(vec![note(10 * ms, 100)], 5000 * ms);
+        assert_eq!((m.late, m.hold_ns), (3, MAX_HOLD_NS));
     }
 }

@@ -190,9 +190,13 @@ pub struct Summary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behind: Option<String>,
     /// Behind wan: frames the timing engine dropped after the tap, so marked (its queue was
-    /// full, or its trace had ended).
+    /// full, its trace had ended, or the link out was down when the frame was due).
     #[serde(default)]
     pub engine_drops: u64,
+    /// Behind wan: drops the engine noted only after the frame had been written (at
+    /// departure, behind a delay longer than the hold then was): unmarked in the file.
+    #[serde(default)]
+    pub engine_drops_late: u64,
     pub file: String,
 }
 
@@ -402,6 +406,8 @@ pub struct Streamed {
     pub behind: Option<String>,
     /// Frames marked dropped by wan's engine (see [`drops`]).
     pub engine_drops: u64,
+    /// Drops wan's engine noted after their frame had been written (see [`drops`]).
+    pub engine_drops_late: u64,
 }
 
 /// The pcapng file as a [`Sink`].
@@ -509,6 +515,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
         tc_mode: s.tc_mode,
         behind: s.behind,
         engine_drops: s.engine_drops,
+        engine_drops_late: s.engine_drops_late,
         file: match &opts.out {
             Output::Stdout => "-".into(),
             Output::File(p) => p.display().to_string(),
@@ -633,12 +640,12 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             TcAttachType::Ingress,
         )?),
     };
-    // Frames wait HOLD_NS for their notes (only behind wan's tap).
+    // Frames wait for their notes (only behind wan's tap): HOLD_NS, longer once notes come
+    // late (drops at departure, behind a delay).
     let mut notes = notes_reader
         .as_ref()
         .filter(|_| tap.is_some())
         .map(|_| drops::Matcher::default());
-    let hold = if notes.is_some() { drops::HOLD_NS } else { 0 };
     let tc_mode = bpf::attach_tc(&mut bpf, "capture_tc", &opts.iface, TcAttachType::Egress)?;
     tracing::info!(iface = %opts.iface, ingress = %ingress_hook, egress = %tc_mode, filter = %opts.filter, ring_kib_per_cpu = ring_kib, "capture attached");
     sink.attached()?;
@@ -745,7 +752,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             Ok(Msg::Lost(n)) => perf_lost += n,
             Ok(Msg::Notes(n)) => {
                 if let Some(m) = notes.as_mut() {
-                    m.add(n);
+                    m.add(n, mono_ns());
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -756,7 +763,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             .copied()
             .min()
             .unwrap_or(0)
-            .saturating_sub(hold);
+            .saturating_sub(notes.as_ref().map_or(0, |m| m.hold_ns));
         while heap.peek().is_some_and(|f: &Captured| f.ts <= watermark) {
             if let Some(f) = heap.pop() {
                 write_frame(sink, &mut tap, &mut notes, f)?;
@@ -782,7 +789,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             Msg::Lost(n) => perf_lost += n,
             Msg::Notes(n) => {
                 if let Some(m) = notes.as_mut() {
-                    m.add(n);
+                    m.add(n, mono_ns());
                 }
             }
             Msg::Idle { .. } => {}
@@ -805,7 +812,8 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
         ingress_hook,
         tc_mode,
         behind,
-        engine_drops: notes.map_or(0, |m| m.matched),
+        engine_drops: notes.as_ref().map_or(0, |m| m.matched),
+        engine_drops_late: notes.as_ref().map_or(0, |m| m.late),
     })
 }
 
@@ -837,6 +845,13 @@ pub fn print_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
             out,
             "  marked dropped by wan's timing engine: {} frames",
             s.engine_drops
+        )?;
+    }
+    if s.engine_drops_late > 0 {
+        writeln!(
+            out,
+            "  dropped by wan's timing engine after they were written (not marked): {} frames",
+            s.engine_drops_late
         )?;
     }
     if s.beyond_count > 0 {

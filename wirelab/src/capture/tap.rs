@@ -259,6 +259,9 @@ pub fn wan_text(d: &Decision, name: Option<&str>) -> String {
         wan_what::FALLBACK => "passed unimpaired (no engine socket on its queue)",
         wan_what::QUEUE_DROP => "dropped by the timing engine: its queue was full",
         wan_what::LINK_ENDED => "dropped by the timing engine: its trace had ended",
+        wan_what::LINK_DOWN => {
+            "dropped by the timing engine: the link out was down when it was due"
+        }
         _ => "unknown decision",
     };
     format!("wan: {class}, {what}")

@@ -169,6 +169,8 @@ struct Held {
     arrival: u64,
     /// When the delay stage (delay, jitter, order) released it; `due` adds the rate queue.
     delayed: u64,
+    /// A duplicate the engine made (its drop is noted for the original only).
+    copy: bool,
 }
 
 struct Side {
@@ -650,6 +652,7 @@ impl Engine {
             class: class as u32,
             arrival: now,
             delayed,
+            copy,
         }));
     }
 
@@ -681,6 +684,10 @@ impl Engine {
                     st.total.link_down_drops += 1;
                     self.link_down_drops += 1;
                     self.free.push(h.addr & !(FRAME_SIZE - 1));
+                    if !h.copy {
+                        let what = wan_what::LINK_DOWN;
+                        self.note_drop(d, h.class as usize, h.len, h.arrival, what);
+                    }
                     continue;
                 }
                 let released = h.delayed.min(now).max(h.arrival);
@@ -741,6 +748,9 @@ impl Engine {
         }
         self.reap_completions();
         self.refill();
+        if let Some(n) = self.drop_notes.as_mut() {
+            n.flush();
+        }
         sent
     }
 
