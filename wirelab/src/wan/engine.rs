@@ -408,6 +408,32 @@ impl Engine {
         self.drop_notes.as_ref().map_or(0, |n| n.lost)
     }
 
+    /// Drop a frame [`Engine::stage`] was taking in (`frame`: its UMEM address, length and
+    /// arrival): counted for its class by `what` (`QUEUE_DROP`, or `LINK_ENDED` among the
+    /// link-down drops), its UMEM frame freed, and noted for a capture (a duplicate's drop is
+    /// not: the capture saw only the original).
+    fn drop_staged(
+        &mut self,
+        d: usize,
+        class: usize,
+        (addr, len, arrival): (u64, u32, u64),
+        copy: bool,
+        what: u8,
+    ) {
+        let st = &mut self.states[d][class];
+        for c in [&mut st.interval, &mut st.total] {
+            if what == wan_what::QUEUE_DROP {
+                c.queue_drops += 1;
+            } else {
+                c.link_down_drops += 1;
+            }
+        }
+        self.free.push(addr & !(FRAME_SIZE - 1));
+        if !copy {
+            self.note_drop(d, class, len, arrival, what);
+        }
+    }
+
     fn note_drop(&mut self, d: usize, class: usize, len: u32, arrival: u64, what: u8) {
         if let Some(n) = self.drop_notes.as_mut() {
             n.push(
@@ -527,12 +553,7 @@ impl Engine {
         let st = &mut self.states[d][class];
         // Queue limit first: a full queue drops before the frame takes a place in it.
         if st.queued_packets + 1 > p.limit_packets || st.queued_bytes + len as u64 > p.limit_bytes {
-            st.interval.queue_drops += 1;
-            st.total.queue_drops += 1;
-            self.free.push(addr & !(FRAME_SIZE - 1));
-            if !copy {
-                self.note_drop(d, class, len, now, wan_what::QUEUE_DROP);
-            }
+            self.drop_staged(d, class, (addr, len, now), copy, wan_what::QUEUE_DROP);
             return;
         }
         // Reorder (netem semantics): after `gap - 1` delayed packets, the next one is sent at
@@ -586,12 +607,7 @@ impl Engine {
                 st.link_queue_bytes -= l;
             }
             if st.link_queue.len() as u64 + 1 > lp || st.link_queue_bytes + len as u64 > lb {
-                st.interval.queue_drops += 1;
-                st.total.queue_drops += 1;
-                self.free.push(addr & !(FRAME_SIZE - 1));
-                if !copy {
-                    self.note_drop(d, class, len, now, wan_what::QUEUE_DROP);
-                }
+                self.drop_staged(d, class, (addr, len, now), copy, wan_what::QUEUE_DROP);
                 return;
             }
         }
@@ -619,12 +635,7 @@ impl Engine {
                 }
                 None => {
                     // A `once` trace has ended: the link is gone, as if it were down.
-                    st.interval.link_down_drops += 1;
-                    st.total.link_down_drops += 1;
-                    self.free.push(addr & !(FRAME_SIZE - 1));
-                    if !copy {
-                        self.note_drop(d, class, len, now, wan_what::LINK_ENDED);
-                    }
+                    self.drop_staged(d, class, (addr, len, now), copy, wan_what::LINK_ENDED);
                     return;
                 }
             }
