@@ -534,6 +534,25 @@ fn wan_between(lab: &Lab, args: &[&str]) -> Bg {
     spawn_ready(c, "wan running", Duration::from_secs(20))
 }
 
+/// Stop a wan started with `--json` and read its final line.
+fn wan_final(wan: Bg) -> wirelab::wan::Line {
+    let w = wan.terminate().text();
+    serde_json::from_str(
+        w.lines()
+            .rfind(|l| l.contains("\"final\""))
+            .unwrap_or_else(|| panic!("no final line: {w}")),
+    )
+    .expect("wan's final line")
+}
+
+/// The final line's row of the client-to-server direction's default class.
+fn a_to_b_default(fin: &wirelab::wan::Line) -> &wirelab::wan::ClassReport {
+    fin.classes
+        .iter()
+        .find(|c| c.dir == "a_to_b" && c.class == "default")
+        .expect("a_to_b default row")
+}
+
 /// Behind wan's tap: each client frame arriving at the wan carries its class and what the wan
 /// did with it: lost (the loss model, decided in XDP) or handed to the timing engine (the
 /// delay). The probe's own count of lost probes agrees.
@@ -625,18 +644,8 @@ fn behind_wan_the_engines_queue_drops_are_next_to_the_packet() {
         .args(["--count", "2000", "--size", "1000", "--wait", "1s"]));
     let r: wirelab::probe::UdpReport = serde_json::from_slice(&o.stdout).expect("probe JSON");
     let out = cap.terminate();
-    let w = wan.terminate().text();
-    let fin: wirelab::wan::Line = serde_json::from_str(
-        w.lines()
-            .rfind(|l| l.contains("\"final\""))
-            .unwrap_or_else(|| panic!("no final line: {w}")),
-    )
-    .expect("wan's final line");
-    let row = fin
-        .classes
-        .iter()
-        .find(|c| c.dir == "a_to_b" && c.class == "default")
-        .expect("a_to_b default row");
+    let fin = wan_final(wan);
+    let row = a_to_b_default(&fin);
     let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
     assert_eq!(
         (s.behind.as_deref(), s.perf_lost),
@@ -745,18 +754,8 @@ fn behind_wan_drops_at_a_down_link_are_marked_once_the_hold_covers_the_delay() {
     });
     let r: wirelab::probe::UdpReport = serde_json::from_slice(&flap.stdout).expect("probe JSON");
     let out = cap.terminate();
-    let w = wan.terminate().text();
-    let fin: wirelab::wan::Line = serde_json::from_str(
-        w.lines()
-            .rfind(|l| l.contains("\"final\""))
-            .unwrap_or_else(|| panic!("no final line: {w}")),
-    )
-    .expect("wan's final line");
-    let row = fin
-        .classes
-        .iter()
-        .find(|c| c.dir == "a_to_b" && c.class == "default")
-        .expect("a_to_b default row");
+    let fin = wan_final(wan);
+    let row = a_to_b_default(&fin);
     let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
     let rows = tshark_fields(&file, &["frame.comment"]);
     let down = r#"wan: class "default", dropped by the timing engine: the link out was down when it was due"#;
