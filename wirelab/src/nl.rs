@@ -179,6 +179,56 @@ pub async fn mac_of(h: &Handle, name: &str) -> Result<Vec<u8>> {
         .ok_or_else(|| anyhow!("{name} has no hardware address"))
 }
 
+/// The MAC the neighbour table (ARP for IPv4, neighbour discovery for IPv6) holds for `addr`
+/// on `iface`, if it has a usable entry (reachable, stale, delay, probe, permanent).
+pub fn neighbour_mac(iface: &str, addr: IpAddr) -> Result<Option<[u8; 6]>> {
+    use rtnetlink::packet_route::{
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+        AddressFamily,
+    };
+    let iface = iface.to_string();
+    with(None, move |h| async move {
+        let idx = index_of(&h, &iface).await?;
+        let family = if addr.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let mut s = h.neighbours().get().set_address_family(family).execute();
+        while let Some(m) = s.try_next().await.context("reading the neighbour table")? {
+            let usable = matches!(
+                m.header.state,
+                NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe
+                    | NeighbourState::Permanent
+            );
+            if m.header.ifindex != idx || !usable {
+                continue;
+            }
+            let mut dst = None;
+            let mut lladdr = None;
+            for a in m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                        dst = Some(IpAddr::V4(a));
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                        dst = Some(IpAddr::V6(a));
+                    }
+                    NeighbourAttribute::LinkLayerAddress(l) => lladdr = <[u8; 6]>::try_from(l).ok(),
+                    _ => {}
+                }
+            }
+            if dst == Some(addr) && lladdr.is_some() {
+                return Ok(lladdr);
+            }
+        }
+        Ok(None)
+    })
+}
+
 /// A permanent neighbour entry: `addr` is at `mac` on `iface` (no ARP/ND for it again).
 pub async fn set_permanent_neighbour(
     h: &Handle,

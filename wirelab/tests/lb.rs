@@ -949,6 +949,75 @@ fn nat_icmp_errors_reach_the_client_from_the_vip() {
     bg.terminate();
 }
 
+/// DSR over IPv6, the backends' MACs found by neighbour discovery (the config names none):
+/// the DSR lab with IPv6 added (2001:2::/64 on the bridge; the VIP 2001:2:1::100 on each
+/// backend's `lo`, which IPv6 does not announce on `eth0`, and routed to the balancer by the
+/// client). 300 GETs, each a new connection, are all answered, by all three backends
+/// straight to the client, and the balancer counts every connection's flow.
+#[test]
+fn dsr_over_ipv6_finds_backends_by_neighbour_discovery() {
+    const VIP6: &str = "2001:2:1::100";
+    let dir = TempDir::new("lbd6");
+    let (lab, _servers) = http_lab("lbd6", &dir);
+    let ip = |host: &str, args: &[&str]| {
+        let mut a = vec!["ip"];
+        a.extend_from_slice(args);
+        common::ok(common::in_ns(&lab.ns(host), &a));
+    };
+    ip(
+        "client",
+        &["addr", "add", "2001:2::1/64", "dev", "eth0", "nodad"],
+    );
+    ip("client", &["-6", "route", "add", VIP6, "via", "2001:2::10"]);
+    ip(
+        "lb",
+        &["addr", "add", "2001:2::10/64", "dev", "eth0", "nodad"],
+    );
+    let mut config = format!(
+        "[[service]]\nname = \"web6\"\nvip = \"{VIP6}\"\nport = 80\nproto = \"tcp\"\nmode = \"dsr\"\n"
+    );
+    for (i, (b, _)) in BACKENDS.iter().enumerate() {
+        let addr = format!("2001:2::2{}", i + 1);
+        ip(
+            b,
+            &["addr", "add", &format!("{addr}/64"), "dev", "eth0", "nodad"],
+        );
+        ip(b, &["addr", "add", &format!("{VIP6}/128"), "dev", "lo"]);
+        config += &format!("[[service.backend]]\nname = \"{b}\"\naddr = \"{addr}\"\n");
+    }
+    let config = dir.file("lb6.toml", &config);
+    let lb_ns = lab.ns("lb");
+    let mut c = wirelab();
+    c.args(["lb", "--netns", &lb_ns, "--iface", "eth0", "--config"])
+        .arg(&config)
+        .args(["--json", "--interval", "1s"]);
+    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    let resolved = bg
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("resolved") && l.contains("addr=2001:2::2"))
+        .count();
+    assert_eq!(
+        resolved, 3,
+        "each backend's MAC found by neighbour discovery"
+    );
+    let (per, failed) = curl_many_to(&lab.ns("client"), 300, "2001:2::1", VIP6);
+    eprintln!("IPv6 DSR: {per:?}, failed {failed}");
+    assert_eq!((failed, per.len()), (0, 3), "{per:?}");
+    // Maglev over random source ports: each of three equal backends gets about 100.
+    assert!(per.values().all(|n| *n >= 50), "{per:?}");
+    let st = lb_stats(&lb_ns);
+    let flows: u64 = st.stats.services[0]
+        .backends
+        .iter()
+        .map(|b| b.count.new_flows)
+        .sum();
+    assert!(flows >= 300, "{flows} new flows for 300 connections");
+    bg.terminate();
+}
+
 /// Path MTU discovery through the NAT balancer: the balancer's link towards the backends has
 /// a smaller MTU (1280) than the client's (1500). The balancer's own kernel answers the
 /// client's full-size segments with "fragmentation needed", quoting them as translated (to

@@ -532,12 +532,6 @@ impl Config {
                     .map(parse_mac)
                     .transpose()
                     .map_err(|e| ferr(g("mac"), e))?;
-                if mac.is_none() && addr.is_ipv6() && mode == Mode::Dsr {
-                    return Err(ferr(
-                        g("mac"),
-                        "required for IPv6 backends (only IPv4 neighbours are resolved)",
-                    ));
-                }
                 let weight = match b.weight {
                     None => 1,
                     Some(w) => u32::try_from(w)
@@ -702,11 +696,6 @@ mod tests {
             ),
             ("name = \"b\"", "name = \"a\"", "service[0].backend[1].name"),
             (
-                "mac = \"02-00-00-00-00-21\"\n",
-                "",
-                "service[1].backend[0].mac",
-            ),
-            (
                 "port = 53",
                 "port = 80\nmode = \"dsr\"\nname = \"web\"",
                 "service[1].name",
@@ -728,10 +717,11 @@ mod tests {
             e.contains("service[0].mode:") && e.contains("no tunnel mode"),
             "{e}"
         );
-        // NAT backends are reached by routing: IPv6 ones need no MAC.
-        let v6 = GOOD
-            .replacen("port = 53", "port = 53\nmode = \"nat\"", 1)
-            .replacen("mac = \"02-00-00-00-00-21\"\n", "", 1);
+        // NAT backends are reached by routing, DSR ones by the MAC neighbour discovery finds
+        // when the config gives none: neither needs `mac`, IPv6 ones included.
+        let v6 = GOOD.replacen("mac = \"02-00-00-00-00-21\"\n", "", 1);
+        assert!(Config::parse(&v6).is_ok(), "{}", err(&v6));
+        let v6 = v6.replacen("port = 53", "port = 53\nmode = \"nat\"", 1);
         assert!(Config::parse(&v6).is_ok(), "{}", err(&v6));
     }
 

@@ -1206,22 +1206,9 @@ pub fn iface_mac(iface: &str) -> Result<[u8; 6]> {
 }
 
 /// The complete neighbour entry of `addr` on `iface` in /proc/net/arp (this namespace's).
-fn arp_entry(addr: std::net::Ipv4Addr, iface: &str) -> Option<[u8; 6]> {
-    let text = std::fs::read_to_string("/proc/net/arp").ok()?;
-    text.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        // IP address, HW type, Flags (0x2 = complete), HW address, Mask, Device
-        if f.len() >= 6 && f[0] == addr.to_string() && f[5] == iface && f[2] == "0x2" {
-            config::parse_mac(f[3]).ok()
-        } else {
-            None
-        }
-    })
-}
-
-/// Fill in the MACs not given in the config from the neighbour table, sending a datagram to
-/// the discard port of each such backend to make the kernel ask (IPv4 only; within
-/// `limit`). Errors name the field.
+/// Fill in the MACs not given in the config from the neighbour table (ARP for IPv4, neighbour
+/// discovery for IPv6), sending a datagram to the discard port of each such backend to make
+/// the kernel ask (within `limit`). Errors name the field.
 pub fn resolve_macs(config: &mut Config, iface: &str, limit: Duration) -> Result<()> {
     for (i, s) in config.services.iter_mut().enumerate() {
         if s.mode == config::Mode::Nat {
@@ -1232,24 +1219,32 @@ pub fn resolve_macs(config: &mut Config, iface: &str, limit: Duration) -> Result
             if b.mac.is_some() {
                 continue;
             }
-            let IpAddr::V4(a) = b.addr else {
-                bail!("service[{i}].backend[{j}].mac: required for IPv6 backends");
-            };
+            let a = b.addr;
             let start = Instant::now();
-            let sock = std::net::UdpSocket::bind("0.0.0.0:0").context("UDP socket for ARP")?;
-            let mut mac = arp_entry(a, iface);
+            let any: SocketAddr = if a.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                ([0u16; 8], 0).into()
+            };
+            let sock = std::net::UdpSocket::bind(any).context("UDP socket to ask for a MAC")?;
+            let mut mac = crate::nl::neighbour_mac(iface, a)?;
             let mut sent = Instant::now() - Duration::from_secs(1);
             while mac.is_none() && start.elapsed() < limit {
                 if sent.elapsed() >= Duration::from_millis(300) {
                     let _ = sock.send_to(b"wirelab-lb", (a, 9));
                     sent = Instant::now();
                 }
-                std::thread::sleep(Duration::from_millis(20));
-                mac = arp_entry(a, iface);
+                std::thread::sleep(Duration::from_millis(50));
+                mac = crate::nl::neighbour_mac(iface, a)?;
             }
             let Some(mac) = mac else {
+                let how = if a.is_ipv4() {
+                    "ARP"
+                } else {
+                    "neighbour discovery"
+                };
                 bail!(
-                    "service[{i}].backend[{j}].mac: not given, and {a} did not answer ARP on {iface} within {limit:?}"
+                    "service[{i}].backend[{j}].mac: not given, and {a} did not answer {how} on {iface} within {limit:?}"
                 );
             };
             tracing::info!(backend = %b.name, addr = %a, mac = %format_mac(&mac), "resolved");
