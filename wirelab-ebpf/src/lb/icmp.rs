@@ -548,10 +548,25 @@ pub fn lb_icmp(mut ctx: TcContext) -> i32 {
 /// match to its connection (a PMTU black hole). They leave by the output path, which the
 /// ingress programs do not see: here each such error goes to `lb_icmp` like one from a
 /// backend, and its quote gets the VIP back. Everything else (the whole forwarded traffic)
-/// is passed after a look at the IP header in the linear area: no copy, no pull.
+/// is passed after a look at two header bytes (the parse only for what is not plain TCP or
+/// UDP): no copy, no pull.
 #[classifier]
 pub fn lb_egress(ctx: TcContext) -> i32 {
-    let Ok(p) = parse::parse(&Frame::tc(&ctx)) else {
+    let f = Frame::tc(&ctx);
+    // Nearly all that leaves is forwarded TCP or UDP without VLAN tags or IPv6 extension
+    // headers: told by two header bytes, before any parse.
+    if let Ok(h) = f.at::<[u8; ETH_HLEN + IPV4_PROTO_OFF + 1]>(0) {
+        let h = h.get();
+        let l4 = match u16::from_be_bytes([h[ETH_HLEN - 2], h[ETH_HLEN - 1]]) {
+            ETH_P_IP => h[ETH_HLEN + IPV4_PROTO_OFF],
+            ETH_P_IPV6 => h[ETH_HLEN + IPV6_NEXTHDR_OFF],
+            _ => 0,
+        };
+        if l4 == IPPROTO_TCP || l4 == IPPROTO_UDP {
+            return TC_ACT_UNSPEC;
+        }
+    }
+    let Ok(p) = parse::parse(&f) else {
         return TC_ACT_UNSPEC;
     };
     let v6 = match p.ethertype {
