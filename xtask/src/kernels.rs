@@ -284,9 +284,9 @@ fn initramfs(work: &Path, kdir: &Path, kver: &str) -> Result<PathBuf> {
     }
     let script = std::fs::read_to_string(crate::root().join("xtask/kernels/smoke.sh"))?;
     std::fs::write(root.join("init"), script)?;
-    // The tour's example files the guest runs on (the lb lab and its config).
+    // The tour's example files the guest runs on (the lb labs and the DSR config).
     std::fs::create_dir_all(root.join("examples"))?;
-    for f in ["lb-lab.toml", "lb.toml"] {
+    for f in ["lb-lab.toml", "lb.toml", "lb-nat-lab.toml"] {
         std::fs::copy(
             crate::root().join("docs/examples").join(f),
             root.join("examples").join(f),
