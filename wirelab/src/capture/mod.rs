@@ -193,8 +193,9 @@ pub struct Summary {
     /// full, its trace had ended, or the link out was down when the frame was due).
     #[serde(default)]
     pub engine_drops: u64,
-    /// Behind wan: drops the engine noted only after the frame had been written (at
-    /// departure, behind a delay longer than the hold then was): unmarked in the file.
+    /// Behind wan: drops the engine noted too late to mark (at departure, behind a delay
+    /// longer than the hold then was): later frames had been written already, so such a
+    /// frame, if the filter took it, stays `to the timing engine` in the file.
     #[serde(default)]
     pub engine_drops_late: u64,
     pub file: String,
@@ -850,7 +851,7 @@ pub fn print_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     if s.engine_drops_late > 0 {
         writeln!(
             out,
-            "  dropped by wan's timing engine after they were written (not marked): {} frames",
+            "  noted by wan's timing engine too late to mark: {} drops",
             s.engine_drops_late
         )?;
     }
