@@ -1088,13 +1088,19 @@ fn nat_path_mtu_discovery_works_through_the_balancer() {
 }
 
 /// The NAT balancer on the clsact path (kernels before 6.6; forced here with
-/// WIRELAB_TC_ATTACH=clsact): `lb` at ingress and `lb_egress` at egress of both interfaces.
-/// `wirelab cleanup` leaves a live balancer's filters alone; after a kill -9 it removes all
-/// four.
+/// WIRELAB_TC_ATTACH=clsact): `lb` at ingress of both interfaces, and `lb_egress` at egress
+/// once a NAT service comes (here by a reload of a DSR-only start). `wirelab cleanup` leaves
+/// a live balancer's filters alone; after a kill -9 it removes all four.
 #[test]
 fn nat_on_clsact_a_killed_balancers_filters_are_removed_by_cleanup() {
     let dir = TempDir::new("lbk");
     let (lab, _servers, config) = nat_lab("lbk", &dir);
+    let dsr = dir.file(
+        "dsr.toml",
+        "[[service]]\nname = \"d\"\nvip = \"198.18.1.200\"\nport = 80\nproto = \"tcp\"\n\
+         mode = \"dsr\"\n[[service.backend]]\nname = \"x\"\naddr = \"198.18.0.99\"\n\
+         mac = \"02:00:00:00:00:99\"\n",
+    );
     let lb_ns = lab.ns("lb");
     let filters = || -> usize {
         ["eth0", "eth1"]
@@ -1112,10 +1118,21 @@ fn nat_on_clsact_a_killed_balancers_filters_are_removed_by_cleanup() {
             })
             .sum()
     };
-    let mut c = nat_lb_cmd(&lb_ns, &config);
+    let mut c = nat_lb_cmd(&lb_ns, &dsr);
     c.env("WIRELAB_TC_ATTACH", "clsact");
     let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
-    assert_eq!(filters(), 4, "lb and lb_egress on eth0 and eth1");
+    assert_eq!(filters(), 2, "DSR only: lb on eth0 and eth1, no lb_egress");
+    common::ok(
+        wirelab()
+            .env("WIRELAB_TC_ATTACH", "clsact")
+            .args(["lb", "reload", "--netns", &lb_ns, "--config"])
+            .arg(&config),
+    );
+    assert_eq!(
+        filters(),
+        4,
+        "the reload's NAT service: lb_egress on eth0 and eth1 too"
+    );
     let cleanup = || -> wirelab::cleanup::Report {
         let o = common::ok(
             wirelab()

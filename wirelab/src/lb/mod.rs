@@ -1316,6 +1316,8 @@ struct LbTool<'a> {
     metrics: Option<metrics::LbMetrics>,
     /// When a dead capture's hold on the tap was last looked for.
     tap_checked: Instant,
+    /// [`PROG_EGRESS`] is attached (a NAT service was configured at start or by a reload).
+    egress_on: bool,
 }
 
 /// Print one event line: JSON with `--json`, else `text`.
@@ -1446,6 +1448,10 @@ impl LbTool<'_> {
         };
         if dry_run {
             return Ok(report);
+        }
+        if !self.egress_on && config.services.iter().any(|s| s.mode == config::Mode::Nat) {
+            attach_egress(&mut self.bpf, self.opts)?;
+            self.egress_on = true;
         }
         let next = next.write(&mut self.bpf, Some(&self.lb))?;
         report.generation = next.gen;
@@ -1732,6 +1738,18 @@ fn ask_program(
     Ok(r.return_value)
 }
 
+/// Attach [`PROG_EGRESS`] at tc egress of every interface the balancer watches: once, for the
+/// first NAT service (at start, or the reload that brings one).
+fn attach_egress(bpf: &mut Ebpf, opts: &Options) -> Result<()> {
+    for i in std::iter::once(&opts.iface).chain(&opts.nat_ifaces) {
+        rbpf::attach_tc(bpf, PROG_EGRESS, i, TcAttachType::Egress)?;
+    }
+    tracing::info!(
+        "lb_egress at tc egress: ICMP errors this host sends about NAT flows quote the VIP"
+    );
+    Ok(())
+}
+
 /// Run the balancer until `duration`, SIGINT or SIGTERM; returns the totals.
 pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     // Everything is checked before anything is attached.
@@ -1773,12 +1791,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     }
     let nat = config.services.iter().any(|s| s.mode == config::Mode::Nat);
     if nat {
-        for i in std::iter::once(&opts.iface).chain(&opts.nat_ifaces) {
-            rbpf::attach_tc(&mut bpf, PROG_EGRESS, i, TcAttachType::Egress)?;
-        }
-        tracing::info!(
-            "lb_egress at tc egress: ICMP errors this host sends about NAT flows quote the VIP"
-        );
+        attach_egress(&mut bpf, opts)?;
     }
     for s in &lb.services {
         tracing::info!(
@@ -1849,6 +1862,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         health_changes: 0,
         metrics,
         tap_checked: Instant::now(),
+        egress_on: nat,
     };
     let (_, total) = sampled::drive(&mut tool, opts.report.ticker(), stop, obs)?;
     // Dropping the tool closes the TCX link (the program detaches) and stops the probers.
