@@ -1005,7 +1005,11 @@ fn dsr_over_ipv6_finds_backends_by_neighbour_discovery() {
     );
     let (per, failed) = curl_many_to(&lab.ns("client"), 300, "2001:2::1", VIP6);
     eprintln!("IPv6 DSR: {per:?}, failed {failed}");
-    assert_eq!((failed, per.len()), (0, 3), "{per:?}");
+    // Each GET may take 2 s. A fresh-clone CI run lost 1 of 300 to that limit, with this
+    // binary's other test beside it: up to 1 % may time out on a busy host; a broken path
+    // fails them all.
+    assert_eq!(per.len(), 3, "{per:?}");
+    assert!(failed <= 3, "{failed} of 300 failed: {per:?}");
     // Maglev over random source ports: each of three equal backends gets about 100.
     assert!(per.values().all(|n| *n >= 50), "{per:?}");
     let st = lb_stats(&lb_ns);
@@ -1014,7 +1018,11 @@ fn dsr_over_ipv6_finds_backends_by_neighbour_discovery() {
         .iter()
         .map(|b| b.count.new_flows)
         .sum();
-    assert!(flows >= 300, "{flows} new flows for 300 connections");
+    assert!(
+        flows >= 300 - failed as u64,
+        "{flows} new flows for {} answered connections",
+        300 - failed
+    );
     bg.terminate();
 }
 
