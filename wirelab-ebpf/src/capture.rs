@@ -21,7 +21,8 @@ use wirelab_common::capture::{
     cmp, dir, dir_base, kind, side, stat, words, Atom, CaptureConf, EventHeader, Term, MAX_ATOMS,
     MAX_SNAPLEN, MAX_TERMS, MAX_VLAN_ID_DEPTH, VLAN_ANY,
 };
-use wirelab_common::tap::{self as tapdef, Decision, DECISION_LEN};
+use wirelab_common::tap::{self as tapdef, wan_what, Decision, DECISION_LEN};
+use wirelab_common::wan::{Meta, META_MAGIC};
 
 use crate::{
     counter,
@@ -90,7 +91,12 @@ pub fn capture_xdp_tap(ctx: XdpContext) -> u32 {
 fn ingress(ctx: &XdpContext, d: Decision) -> u32 {
     let f = Frame::xdp(ctx);
     let ifindex = sys::xdp_ingress_ifindex(ctx);
-    if entry(ctx, &f, f.len() as u32, ifindex, dir::INGRESS, d) {
+    let at = Stamp {
+        ifindex,
+        dir: dir::INGRESS,
+        ts_ns: wan_arrival(ctx, &d),
+    };
+    if entry(ctx, &f, f.len() as u32, at, d) {
         // SAFETY: `ctx` is this XDP program's context and CAPTURE_XDP_PROG[0] holds an XDP
         // program (userspace puts `capture_xdp_filter` there); on success the
         // call does not return, on failure nothing changed and the frame passes uncaptured.
@@ -98,6 +104,31 @@ fn ingress(ctx: &XdpContext, d: Decision) -> u32 {
         counter::bump(&CAPTURE_STATS, dir_base(dir::INGRESS) + stat::NO_FILTER);
     }
     d.action as u32
+}
+
+/// Behind wan's tap, a frame going to the timing engine carries wan's `Meta` (the metadata
+/// left once the tap's `Decision` is taken off): its arrival time becomes the frame's
+/// timestamp, so a note of the engine dropping it (`capture::drops`, userspace) names the
+/// frame exactly, however long the CPU was away between the two programs. 0: none (the
+/// capture takes its own time).
+#[inline(always)]
+fn wan_arrival(ctx: &XdpContext, d: &Decision) -> u64 {
+    if d.tool != tapdef::tool::WAN || d.what != wan_what::ENGINE {
+        return 0;
+    }
+    match Frame::xdp_meta(ctx).at::<Meta>(0).map(|m| m.get()) {
+        Ok(m) if m.magic == META_MAGIC => m.arrival_ns,
+        _ => 0,
+    }
+}
+
+/// Where and when a frame was seen: its interface, direction and, when already known, its
+/// timestamp (0: take it when copying out).
+#[derive(Clone, Copy)]
+struct Stamp {
+    ifindex: u32,
+    dir: u32,
+    ts_ns: u64,
 }
 
 /// Ingress, second half (tail call): the filter, then the copy. Returns the verdict the
@@ -158,7 +189,12 @@ fn tc_entry(ctx: &TcContext, d: u32, decision: Decision) -> i32 {
         let _ = ctx.pull_data(want);
     }
     let f = Frame::tc(ctx);
-    if entry(ctx, &f, len, sys::skb_ifindex(ctx), d, decision) {
+    let at = Stamp {
+        ifindex: sys::skb_ifindex(ctx),
+        dir: d,
+        ts_ns: 0,
+    };
+    if entry(ctx, &f, len, at, decision) {
         // SAFETY: as in `capture_xdp`, with the tc program `capture_tc_filter` at
         // CAPTURE_TC_PROG[0] (it reads the direction and decision from CAPTURE_SCRATCH).
         unsafe { CAPTURE_TC_PROG.tail_call(ctx, 0) };
@@ -188,15 +224,8 @@ const PULL: u32 = 256;
 /// The filter runs in a program of its own, reached by a tail call, so the verifier checks
 /// it once, starting from one state, instead of once for every path through the parser.
 #[inline(always)]
-fn entry<C: EbpfContext>(
-    ctx: &C,
-    f: &Frame,
-    len: u32,
-    ifindex: u32,
-    d: u32,
-    decision: Decision,
-) -> bool {
-    let base = dir_base(d);
+fn entry<C: EbpfContext>(ctx: &C, f: &Frame, len: u32, at: Stamp, decision: Decision) -> bool {
+    let base = dir_base(at.dir);
     counter::bump(&CAPTURE_STATS, base + stat::SEEN);
     let Some(conf) = CAPTURE_CONF.get(0) else {
         return false;
@@ -207,12 +236,13 @@ fn entry<C: EbpfContext>(
         if parse::parse(f).is_err() {
             counter::bump(&CAPTURE_STATS, base + stat::MALFORMED);
         }
-        emit(ctx, len, snaplen, ifindex, d, decision);
+        emit(ctx, len, snaplen, at, decision);
         return false;
     }
     let mut facts = facts(f);
     facts.decision = decision;
-    facts.dir = d as u8;
+    facts.dir = at.dir as u8;
+    facts.ts_ns = at.ts_ns;
     if !facts.ok {
         counter::bump(&CAPTURE_STATS, base + stat::MALFORMED);
     }
@@ -234,29 +264,38 @@ fn filter_and_emit<C: EbpfContext>(ctx: &C, len: u32, ifindex: u32) -> Option<De
     } else {
         dir::INGRESS
     };
+    let at = Stamp {
+        ifindex,
+        dir: d,
+        ts_ns: scratch.ts_ns,
+    };
     let conf = CAPTURE_CONF.get(0)?;
     let snaplen = conf.snaplen;
     if filter(conf.nterms) {
-        emit(ctx, len, snaplen, ifindex, d, decision);
+        emit(ctx, len, snaplen, at, decision);
     }
     Some(decision)
 }
 
 /// Copy the frame out: header, then min(len, snaplen) bytes.
 #[inline(always)]
-fn emit<C: EbpfContext>(ctx: &C, len: u32, snaplen: u32, ifindex: u32, d: u32, decision: Decision) {
-    let base = dir_base(d);
+fn emit<C: EbpfContext>(ctx: &C, len: u32, snaplen: u32, at: Stamp, decision: Decision) {
+    let base = dir_base(at.dir);
     counter::bump(&CAPTURE_STATS, base + stat::MATCHED);
     let mut cap = if len < snaplen { len } else { snaplen };
     if cap > MAX_SNAPLEN {
         cap = MAX_SNAPLEN;
     }
     let hdr = EventHeader {
-        ts_ns: sys::now_ns(),
+        ts_ns: if at.ts_ns != 0 {
+            at.ts_ns
+        } else {
+            sys::now_ns()
+        },
         orig_len: len,
         cap_len: cap,
-        ifindex,
-        dir: d,
+        ifindex: at.ifindex,
+        dir: at.dir,
         decision,
     };
     if !sys::perf_output_with_packet(ctx, &CAPTURE_EVENTS, &hdr, cap) {
@@ -286,6 +325,8 @@ pub struct Facts {
     decision: Decision,
     /// `dir::INGRESS` or `dir::EGRESS`, for the second half.
     dir: u8,
+    /// The frame's timestamp when known already ([`Stamp`]), for the second half.
+    ts_ns: u64,
 }
 
 #[inline(always)]
@@ -304,6 +345,7 @@ fn facts(f: &Frame) -> Facts {
         daddr: [0; 2],
         decision: UNDECIDED,
         dir: 0,
+        ts_ns: 0,
     };
     let Ok(p) = parse::parse(f) else {
         return x;

@@ -5,7 +5,10 @@ use aya_ebpf::{
     maps::{Array, ProgramArray},
     programs::{TcContext, XdpContext},
 };
-use wirelab_common::tap::{Decision, DECISION_LEN, MAGIC_TC};
+use wirelab_common::{
+    tap::{Decision, DECISION_LEN, MAGIC_TC},
+    wan::Meta,
+};
 
 use crate::{
     parse::{Frame, Plain},
@@ -14,6 +17,12 @@ use crate::{
 
 // SAFETY: four bytes and a u32, valid for every bit pattern, no pointers.
 unsafe impl Plain for Decision {}
+
+// SAFETY: `Meta` is `#[repr(C)]` with two `u32` fields and a `u64`, no padding: every bit
+// pattern is a valid value and it holds no pointers. (Here, not in `wan`: the capture behind
+// wan's tap reads it too.)
+unsafe impl Plain for Meta {}
+const _: () = assert!(core::mem::size_of::<Meta>() == 16);
 
 /// Returns the verdict to return: `d.action` (the capture program, when it runs, returns it
 /// itself). `on[0]` is the ifindex of the interface being captured (0: none), since one

@@ -23,7 +23,7 @@ use wirelab_common::wan::{
 use crate::{
     counter::Slot,
     error::{Error, Result},
-    parse::{self, Frame, Plain, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_ALEN},
+    parse::{self, Frame, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_ALEN},
     sys, tap,
 };
 
@@ -40,11 +40,6 @@ const V4_MAPPED_ADDR: usize = 12;
 
 /// Receive queue the engine's AF_XDP sockets are bound to.
 const XSK_QUEUE: u32 = 0;
-
-// SAFETY: `Meta` is `#[repr(C)]` with two `u32` fields and a `u64`, no padding: every bit pattern is a
-// valid value and it holds no pointers.
-unsafe impl Plain for Meta {}
-const _: () = assert!(core::mem::size_of::<Meta>() == 16);
 
 #[map]
 static WAN_CONFIG: Array<WanConfig> = Array::with_max_entries(1, 0);

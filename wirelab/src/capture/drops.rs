@@ -8,9 +8,10 @@
 //! a note later than the hold finds its frame written already (counted as late), and the hold
 //! grows to cover such notes from then on, up to [`MAX_HOLD_NS`].
 //!
-//! A note names the frame by its arrival time (`wan_xdp`'s `bpf_ktime_get_ns`, the clock of
-//! the capture's own timestamp, taken in the same XDP run a few hundred ns later) and its
-//! length. The engine sends the notes of one intake batch as one datagram and never blocks
+//! A note names the frame by its arrival time (`wan_xdp`'s `bpf_ktime_get_ns`, which the
+//! capture behind wan's tap takes as that frame's timestamp from wan's metadata) and its
+//! length: the match is exact, and a note is late exactly when the capture has written a
+//! frame at or past its time. The engine sends the notes of one intake batch as one datagram and never blocks
 //! on it: without a listening capture a send fails and the engine tries again 50 ms later;
 //! a capture that falls behind loses notes (its frames keep "to the timing engine"), never the
 //! engine's time. The capture reads them on a thread of its own (an AF_UNIX datagram queue
@@ -39,9 +40,6 @@ pub const HOLD_NS: u64 = 50_000_000;
 /// The longest the hold grows to for notes that come late (drops at departure, after the
 /// frame's emulated delay): frames wait in memory that long.
 pub const MAX_HOLD_NS: u64 = 1_000_000_000;
-
-/// How far apart a note's arrival time and the captured frame's timestamp may be.
-const MATCH_NS: u64 = 100_000;
 
 const NOTE_LEN: usize = 24;
 const MAGIC: u32 = 0x5744_524e; // "WDRN"
@@ -205,8 +203,8 @@ pub struct Matcher {
     pending: Vec<Note>,
     /// Frames a note matched.
     pub matched: u64,
-    /// Notes that came after the frames around their arrival time had been written: their
-    /// frame (if the filter took it) keeps "to the timing engine".
+    /// Notes that came after the capture had written frames up to or past their arrival
+    /// time: their frame (if the filter took it) keeps "to the timing engine".
     pub late: u64,
     /// How long frames wait for their notes now: [`HOLD_NS`], more once notes came late.
     pub hold_ns: u64,
@@ -228,35 +226,33 @@ impl Default for Matcher {
 
 impl Matcher {
     /// Notes received at `now_ns` (CLOCK_MONOTONIC). One whose frame's time has been written
-    /// past is late: the hold grows to its lag and [`HOLD_NS`] more, up to [`MAX_HOLD_NS`].
+    /// (frames are written in time order) is late and let go: the hold grows to its lag and
+    /// [`HOLD_NS`] more, up to [`MAX_HOLD_NS`].
     pub fn add(&mut self, notes: Vec<Note>, now_ns: u64) {
-        for n in &notes {
-            if n.arrival_ns + MATCH_NS < self.last_ts {
+        for n in notes {
+            if n.arrival_ns <= self.last_ts {
                 self.late += 1;
                 let lag = now_ns.saturating_sub(n.arrival_ns);
                 self.hold_ns = self.hold_ns.max(lag + HOLD_NS).min(MAX_HOLD_NS);
+            } else {
+                self.pending.push(n);
             }
         }
-        self.pending.extend(notes);
     }
 
-    /// The note for the frame captured at `ts_ns` with length `len`, if one names it (the
-    /// note is used up). Frames come in time order, so notes older than `ts_ns` by more than
-    /// the hold can no longer match one, and are forgotten.
+    /// The note for the frame going to wan's engine captured at `ts_ns` (its arrival time)
+    /// with length `len`, if one names it (the note is used up). Frames come in time order,
+    /// so notes older than `ts_ns` can no longer match one, and are forgotten (their frames
+    /// were not captured: the filter or a full buffer).
     pub fn take(&mut self, ts_ns: u64, len: u32) -> Option<Note> {
         self.last_ts = self.last_ts.max(ts_ns);
-        let hold = self.hold_ns;
-        self.pending
-            .retain(|n| n.arrival_ns + hold + MATCH_NS >= ts_ns);
+        self.pending.retain(|n| n.arrival_ns >= ts_ns);
         let i = self
             .pending
             .iter()
-            .enumerate()
-            .filter(|(_, n)| n.len == len && n.arrival_ns.abs_diff(ts_ns) <= MATCH_NS)
-            .min_by_key(|(_, n)| n.arrival_ns.abs_diff(ts_ns));
-        let i = i?.0;
+            .position(|n| n.arrival_ns == ts_ns && n.len == len)?;
         self.matched += 1;
-        Some(self.pending.remove(i))
+        Some(self.pending.swap_remove(i))
     }
 }
 
@@ -314,16 +310,17 @@ mod tests {
         assert!(l.recv().is_empty(), "nothing more");
         m.add(a, 1_000_300_000);
         m.add(b, 1_000_300_000);
-        // The nearest note of the same length; another length or a distant time: none.
-        assert_eq!(m.take(1_000_000_300, 60), None);
-        assert_eq!(m.take(1_000_000_300, 100), Some(note(1_000_000_000, 100)));
-        assert_eq!(m.take(1_000_000_300, 100), Some(note(1_000_001_000, 100)));
-        assert_eq!(m.take(1_000_150_200, 100), Some(note(1_000_150_000, 100)));
-        assert_eq!(
-            m.take(1_000_500_000, 100),
-            None,
-            "100 us past the last note"
-        );
+        // The note of the frame's time and length; another length or time: none.
+        assert_eq!(m.take(1_000_000_000, 60), None);
+        assert_eq!(m.take(1_000_000_000, 100), Some(note(1_000_000_000, 100)));
+        assert_eq!(m.take(1_000_000_300, 100), None, "no note of that time");
+        assert_eq!(m.take(1_000_001_000, 100), Some(note(1_000_001_000, 100)));
+        // A frame at 150 us: the notes of frames before it can no longer match (not
+        // captured) and are forgotten.
+        assert_eq!(m.take(1_000_150_000, 100), Some(note(1_000_150_000, 100)));
+        assert_eq!(m.pending.len(), 49);
+        assert!(m.pending.iter().all(|n| n.arrival_ns > 1_000_150_000));
+        assert_eq!(m.take(1_000_500_000, 100), None, "past the last note");
         assert_eq!(m.matched, 3);
         // A full socket (it queues `net.unix.max_dgram_qlen` datagrams) keeps the rest in the
         // backlog for the next flush; beyond the backlog the oldest go.
@@ -350,8 +347,6 @@ mod tests {
             (got[0].arrival_ns, got[BACKLOG - 1].arrival_ns),
             (5, BACKLOG as u64 + 4)
         );
-        // Old notes are forgotten.
-        assert_eq!(m.take(1_000_199_001 + HOLD_NS + MATCH_NS, 100), None);
         assert!(m.pending.is_empty());
         assert_eq!((m.late, m.hold_ns), (0, HOLD_NS), "no note came late");
     }
@@ -363,16 +358,17 @@ mod tests {
     fn late_notes_are_counted_and_lengthen_the_hold() {
         let ms = 1_000_000u64;
         let mut m = Matcher::default();
-        // Frames written up to 1,000 ms; notes of frames that arrived at 900 ms and 990 ms
-        // come at 1,050 ms (150 ms after the first arrival).
+        // Frames written up to 1,000 ms; notes of frames that arrived at 900 ms and 1,000 ms
+        // (the last one written) come at 1,050 ms (150 ms after the first arrival).
         assert_eq!(m.take(1000 * ms, 100), None);
-        m.add(vec![note(900 * ms, 100), note(990 * ms, 100)], 1050 * ms);
+        m.add(vec![note(900 * ms, 100), note(1000 * ms, 100)], 1050 * ms);
         assert_eq!(m.late, 2, "both frames were written before their notes");
+        assert!(m.pending.is_empty(), "late notes are let go");
         assert_eq!(m.hold_ns, 150 * ms + HOLD_NS);
-        // A note ahead of what is written is not late, and still matches.
-        m.add(vec![note(1100 * ms, 100)], 1250 * ms);
+        // A note ahead of what is written (by 1 ns) is not late, and still matches.
+        m.add(vec![note(1000 * ms + 1, 100)], 1250 * ms);
         assert_eq!(m.late, 2);
-        assert_eq!(m.take(1100 * ms + 500, 100), Some(note(1100 * ms, 100)));
+        assert_eq!(m.take(1000 * ms + 1, 100), Some(note(1000 * ms + 1, 100)));
         // The hold never grows past MAX_HOLD_NS.
         m.add(vec![note(10 * ms, 100)], 5000 * ms);
         assert_eq!((m.late, m.hold_ns), (3, MAX_HOLD_NS));
