@@ -415,6 +415,11 @@ pub fn format_mac(m: &[u8; 6]) -> String {
 }
 
 impl Config {
+    /// Some service translates (NAT): the kernel must forward, and `lb_egress` must run.
+    pub fn has_nat(&self) -> bool {
+        self.services.iter().any(|s| s.mode == Mode::Nat)
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = crate::util::read_user_file(path, crate::util::limit::CONFIG)?;
         Self::parse(&text).with_context(|| format!("invalid lb config {}", path.display()))

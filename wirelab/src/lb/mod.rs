@@ -1205,7 +1205,6 @@ pub fn iface_mac(iface: &str) -> Result<[u8; 6]> {
     bail!("no interface named {iface:?} with a MAC address in this network namespace (use --netns NAME for a lab host)")
 }
 
-/// The complete neighbour entry of `addr` on `iface` in /proc/net/arp (this namespace's).
 /// Fill in the MACs not given in the config from the neighbour table (ARP for IPv4, neighbour
 /// discovery for IPv6), sending a datagram to the discard port of each such backend to make
 /// the kernel ask (within `limit`). Errors name the field.
@@ -1449,7 +1448,7 @@ impl LbTool<'_> {
         if dry_run {
             return Ok(report);
         }
-        if !self.egress_on && config.services.iter().any(|s| s.mode == config::Mode::Nat) {
+        if !self.egress_on && config.has_nat() {
             attach_egress(&mut self.bpf, self.opts)?;
             self.egress_on = true;
         }
@@ -1789,7 +1788,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         }
         tracing::info!(iface = %i, "lb also on {i} (NAT replies)");
     }
-    let nat = config.services.iter().any(|s| s.mode == config::Mode::Nat);
+    let nat = config.has_nat();
     if nat {
         attach_egress(&mut bpf, opts)?;
     }

@@ -408,10 +408,11 @@ impl Engine {
         self.drop_notes.as_ref().map_or(0, |n| n.lost)
     }
 
-    /// Drop a frame [`Engine::stage`] was taking in (`frame`: its UMEM address, length and
-    /// arrival): counted for its class by `what` (`QUEUE_DROP`, or `LINK_ENDED` among the
-    /// link-down drops), its UMEM frame freed, and noted for a capture (a duplicate's drop is
-    /// not: the capture saw only the original).
+    /// Drop a frame (`frame`: its UMEM address, length and arrival) [`Engine::stage`] was
+    /// taking in, or one due to leave by a down interface: counted for its class by `what`
+    /// (`QUEUE_DROP`, or `LINK_ENDED` / `LINK_DOWN` among the link-down drops), its UMEM frame
+    /// freed, and noted for a capture (a duplicate's drop is not: the capture saw only the
+    /// original).
     fn drop_staged(
         &mut self,
         d: usize,
@@ -691,14 +692,9 @@ impl Engine {
                 st.queued_packets -= 1;
                 st.queued_bytes -= h.len as u64;
                 if down {
-                    st.interval.link_down_drops += 1;
-                    st.total.link_down_drops += 1;
                     self.link_down_drops += 1;
-                    self.free.push(h.addr & !(FRAME_SIZE - 1));
-                    if !h.copy {
-                        let what = wan_what::LINK_DOWN;
-                        self.note_drop(d, h.class as usize, h.len, h.arrival, what);
-                    }
+                    let frame = (h.addr, h.len, h.arrival);
+                    self.drop_staged(d, h.class as usize, frame, h.copy, wan_what::LINK_DOWN);
                     continue;
                 }
                 let released = h.delayed.min(now).max(h.arrival);
