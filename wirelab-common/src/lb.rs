@@ -185,7 +185,8 @@ pub struct ServiceMeta {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub mac: [u8; 6],
-    /// Port the backend listens on (host order; DSR: the service port).
+    /// Port the backend listens on (host order): NAT rewrites the service port to it (and
+    /// back on replies) when they differ; DSR: the service port.
     pub port: u16,
     /// IPv4 (first 4 bytes) or IPv6 address (informational in DSR mode).
     pub addr: [u8; 16],
@@ -231,8 +232,8 @@ pub struct FlowValue {
 }
 
 /// Value of `LB_NAT`, keyed by a NAT flow's reply 5-tuple as the backend sends it (source =
-/// backend address and port; destination = the client's address and port, or with SNAT the
-/// SNAT address and the flow's SNAT port): what to put back.
+/// backend address and the port it listens on; destination = the client's address and port,
+/// or with SNAT the SNAT address and the flow's SNAT port): what to put back.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatValue {
@@ -245,6 +246,10 @@ pub struct NatValue {
     pub client_port: u16,
     /// 1: an SNAT flow (`client`, `client_port` set); 0: only the source changes.
     pub snat: u16,
+    /// The service port (host order): the reply's source port again, when the backend
+    /// listens on another.
+    pub vport: u16,
+    pub _pad: [u8; 2],
 }
 
 /// Counters of a service (`LB_SVC_STATS`, per CPU) or of a backend (`LB_BACKEND_STATS`).

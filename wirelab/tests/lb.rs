@@ -273,6 +273,11 @@ struct HttpBackend {
 
 impl HttpBackend {
     fn start(ns: &str, name: &'static str) -> Self {
+        Self::start_on(ns, name, PORT)
+    }
+
+    /// [`HttpBackend::start`] listening on `port`.
+    fn start_on(ns: &str, name: &'static str, port: u16) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -282,7 +287,7 @@ impl HttpBackend {
         let thread = std::thread::spawn(move || {
             wirelab::netns::run_in(Some(&ns), || {
                 // [::] takes IPv4 too (as mapped addresses, made canonical in the log).
-                let l = TcpListener::bind(("::", PORT))?;
+                let l = TcpListener::bind(("::", port))?;
                 l.set_nonblocking(true)?;
                 tx.send(()).ok();
                 while !st.load(Ordering::Relaxed) {
@@ -871,6 +876,55 @@ fn nat_backends_see_the_real_client_addresses_and_replies_come_back_from_the_vip
     assert!(
         !text.contains("\"type\":\"health\""),
         "every backend stays up under health checks: {text}"
+    );
+}
+
+/// NAT to backends that listen on other ports than the service's 80: b1 on 8080, b2 on 8081
+/// (only there), b3 on 80. Clients reach all three through VIP:80 and get their answers
+/// from it; the health checks probe each backend on its own port, so none goes down.
+#[test]
+fn nat_backends_may_listen_on_other_ports_than_the_service() {
+    let dir = TempDir::new("lbp");
+    let topo = dir.file("lb-nat-lab.toml", NAT_TOPOLOGY);
+    let mut text = NAT_CONFIG.to_string();
+    for (addr, port) in [("198.18.2.21", 8080), ("198.18.2.22", 8081)] {
+        let a = format!("addr = \"{addr}\"\n");
+        assert!(text.contains(&a));
+        text = text.replacen(&a, &format!("{a}port = {port}\n"), 1);
+    }
+    let config = dir.file("lb-ports.toml", &text);
+    let lab = Lab::up_with("lbp", Some(&topo));
+    let _servers: Vec<HttpBackend> = [("b1", 8080), ("b2", 8081), ("b3", PORT)]
+        .into_iter()
+        .map(|(b, port)| HttpBackend::start_on(&lab.ns(b), b, port))
+        .collect();
+    let lb_ns = lab.ns("lb");
+    let started = std::time::Instant::now();
+    let bg = start_nat_lb(&lb_ns, &config);
+    let (per, failed) = curl_many(&lab.ns("client"), 300);
+    eprintln!("ports: {per:?}, failed {failed}");
+    assert_eq!(
+        failed, 0,
+        "every GET answered, from the VIP and port 80: {per:?}"
+    );
+    assert_eq!(per.len(), 3, "{per:?}");
+    assert!(per.values().all(|n| *n >= 50), "{per:?}");
+    // A probe to the wrong port would fail: `fall` (3) probes 500 ms apart take a backend
+    // out within 1.5 s of the start. Watched for 2.5 s: all stay up.
+    if let Some(rest) = Duration::from_millis(2500).checked_sub(started.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let st = lb_stats(&lb_ns);
+    for b in ["b1", "b2", "b3"] {
+        assert_eq!(health_of(&st, b), Health::Up, "{b}");
+    }
+    let ev = &st.stats.events;
+    assert!(ev.nat_replies >= 2 * 300, "{ev:?}");
+    assert_eq!((ev.drop_error, ev.drop_no_backend), (0, 0), "{ev:?}");
+    let text = bg.terminate().text();
+    assert!(
+        !text.contains("\"type\":\"health\""),
+        "no health transition: {text}"
     );
 }
 

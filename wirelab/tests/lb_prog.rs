@@ -1462,3 +1462,149 @@ fn icmp_errors_about_balanced_flows_are_translated_or_sent_to_the_backend() {
         );
     }
 }
+
+/// NAT towards backends that listen on other ports than the service's (`port` on a backend):
+/// n1 on 8080, n2 on 8081, the DNS backend on 5300, the IPv6 one on 8080.
+fn port_config(snat: bool) -> String {
+    let c = if snat {
+        snat_config()
+    } else {
+        NAT_CONFIG.to_string()
+    };
+    let mut c = c;
+    for (addr, port) in [
+        ("198.18.2.21", 8080),
+        ("198.18.2.22", 8081),
+        ("198.18.2.31", 5300),
+        ("2001:2:2::21", 8080),
+    ] {
+        let a = format!("addr = \"{addr}\"\n");
+        assert!(c.contains(&a), "{addr}");
+        c = c.replacen(&a, &format!("{a}port = {port}\n"), 1);
+    }
+    c
+}
+
+/// The port translation of NAT, on both entry points: a flow's packets go to the port its
+/// backend listens on, its replies come back from the service port, every checksum right
+/// (TCP and UDP over IPv4, TCP over IPv6); a packet from the backend's service port is no
+/// reply of the flow. ICMP errors carry the translation in their quotes both ways, and SNAT
+/// translates the source port beside it.
+#[test]
+fn nat_translates_the_service_port_to_the_port_the_backend_listens_on() {
+    const XDP_PASS: u32 = 2;
+    const ROUTER: [u8; 4] = [198, 18, 2, 1];
+    for (prog, pass) in [("lb", TC_ACT_OK), ("lb_xdp", XDP_PASS)] {
+        let h = Harness::with(&port_config(false));
+        let listens = |addr: [u8; 4]| {
+            h.lb.services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .find(|b| b.addr == std::net::IpAddr::from(addr))
+                .map(|b| b.port)
+                .expect("a backend of that address")
+        };
+        // TCP/IPv4: the destination address and port, then the rest of the flow the same.
+        let syn = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
+        let out = rewritten(&h, prog, pass, &syn, &[(30, 4), (36, 2)]);
+        let be: [u8; 4] = out[30..34].try_into().unwrap();
+        let bport = listens(be);
+        assert!([8080, 8081].contains(&bport), "{bport}");
+        assert_eq!(
+            port_at(&out, 36),
+            bport,
+            "{prog}: to the port it listens on"
+        );
+        let ack = tcp(CLIENT, VIP, 40000, 80, Flags::Ack);
+        let out = rewritten(&h, prog, pass, &ack, &[(30, 4), (36, 2)]);
+        assert_eq!((&out[30..34], port_at(&out, 36)), (&be[..], bport));
+        // The reply: from the VIP and the service port again.
+        let reply = tcp(be, CLIENT, bport, 40000, Flags::Ack);
+        let out = rewritten(&h, prog, pass, &reply, &[(26, 4), (34, 2)]);
+        assert_eq!((&out[26..30], port_at(&out, 34)), (&VIP[..], 80));
+        // From the backend's service port: no flow's reply, left alone.
+        let other = tcp(be, CLIENT, 80, 40000, Flags::Ack);
+        let passed = if prog == "lb" {
+            TC_ACT_UNSPEC
+        } else {
+            XDP_PASS
+        };
+        let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, &other);
+        assert_eq!((v, out), (passed, other), "{prog}: passed untouched");
+
+        // UDP/IPv4 (its checksum covers the port too).
+        let q = udp4(CLIENT, VIP, 5353, 53);
+        let out = rewritten(&h, prog, pass, &q, &[(30, 4), (36, 2)]);
+        assert_eq!(
+            (&out[30..34], port_at(&out, 36)),
+            (&[198, 18, 2, 31][..], 5300)
+        );
+        let r = udp4([198, 18, 2, 31], CLIENT, 5300, 5353);
+        let out = rewritten(&h, prog, pass, &r, &[(26, 4), (34, 2)]);
+        assert_eq!((&out[26..30], port_at(&out, 34)), (&VIP[..], 53));
+
+        // TCP/IPv6.
+        let b6: [u8; 16] = "2001:2:2::21"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let s6 = tcp6_from(CLIENT6, VIP6, 40000, 80, true);
+        let out = rewritten(&h, prog, pass, &s6, &[(38, 16), (56, 2)]);
+        assert_eq!((&out[38..54], port_at(&out, 56)), (&b6[..], 8080));
+        let r6 = tcp6_from(b6, CLIENT6, 8080, 40000, false);
+        let out = rewritten(&h, prog, pass, &r6, &[(22, 16), (54, 2)]);
+        assert_eq!((&out[22..38], port_at(&out, 54)), (&VIP6[..], 80));
+
+        // ICMP errors: about a packet sent to the backend (the quote's destination port goes
+        // back to the service's), and to the VIP about a reply (the quote's source port
+        // becomes the one the backend listens on), full and 8-byte quotes.
+        let sent = quoted4(CLIENT, be, 40000, bport, false);
+        let orig = quoted4(CLIENT, VIP, 40000, 80, false);
+        let reply_seen = quoted4(VIP, CLIENT, 80, 40000, false);
+        let reply_sent = quoted4(be, CLIENT, bport, 40000, false);
+        for len in [sent.len(), 28] {
+            icmp_becomes(
+                &h,
+                prog,
+                pass,
+                &icmp4_error(ROUTER, CLIENT, &sent[..len]),
+                &icmp4_error(ROUTER, CLIENT, &orig[..len]),
+            );
+            icmp_becomes(
+                &h,
+                prog,
+                pass,
+                &icmp4_error(CLIENT, VIP, &reply_seen[..len]),
+                &icmp4_error(CLIENT, be, &reply_sent[..len]),
+            );
+        }
+        let e = h.stats().events;
+        assert_eq!(
+            (e.nat_replies, e.icmp_translated, e.drop_error),
+            (3, 4, 0),
+            "{prog}: {e:?}"
+        );
+
+        // With SNAT: source address and port, destination address and port, all at once.
+        let h = Harness::with(&port_config(true));
+        let syn = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
+        let out = rewritten(&h, prog, pass, &syn, &[(26, 8), (34, 4)]);
+        let be: [u8; 4] = out[30..34].try_into().unwrap();
+        let bport = port_at(&out, 36);
+        assert_eq!(&out[26..30], &SNAT);
+        assert!([8080, 8081].contains(&bport), "{bport}");
+        let sport = port_at(&out, 34);
+        let reply = tcp(be, SNAT, bport, sport, Flags::Ack);
+        let out = rewritten(&h, prog, pass, &reply, &[(26, 8), (34, 4)]);
+        assert_eq!(
+            (
+                &out[26..30],
+                &out[30..34],
+                port_at(&out, 34),
+                port_at(&out, 36)
+            ),
+            (&VIP[..], &CLIENT[..], 80, 40000),
+            "{prog}: back to the client, from the service"
+        );
+    }
+}

@@ -7,13 +7,15 @@
 //! round, is the key of the flow the error belongs to:
 //! - **In `LB_NAT`**: the error is about a packet the balancer sent to a backend (a NAT
 //!   flow), sent back towards the client by the backend or a router between. The quoted
-//!   destination (the backend) becomes the VIP again; with SNAT the quoted source and port
+//!   destination (the backend) becomes the VIP again, and its port the service's when the
+//!   backend listens on another; with SNAT the quoted source and port
 //!   become the client's, and so does the error's destination. An error the backend itself
 //!   sent gets the VIP as its source.
 //! - **In `LB_FLOWS`**: the error is about a reply (VIP -> client), sent to the VIP by the
 //!   client or a router on its side (say, "fragmentation needed" for a large reply). DSR:
 //!   forwarded unchanged to the flow's backend, which holds the VIP. NAT: the VIP becomes the
-//!   backend (the quoted source and the error's destination); with SNAT the quoted
+//!   backend (the quoted source and the error's destination), the quoted source port the
+//!   backend's when it listens on another; with SNAT the quoted
 //!   destination and port become the SNAT address and port, and an error the client itself
 //!   sent gets the SNAT address as its source.
 //!
@@ -269,6 +271,11 @@ fn try_icmp(f: &Frame, pick: &mut Pick) -> Result<Verdict> {
         // About a packet sent to a backend: back to what the client sent.
         s.parts = IN_DST;
         s.in_dst = n.vip;
+        if n.vport != s.key.sport {
+            // The backend listens on another port: the quote's goes back to the service's.
+            s.parts |= IN_DPORT;
+            s.in_dport = n.vport.to_be_bytes();
+        }
         if n.snat != 0 {
             s.parts |= IN_SRC | IN_SPORT | OUT_DST;
             s.in_src = n.client;
@@ -305,6 +312,11 @@ fn try_icmp(f: &Frame, pick: &mut Pick) -> Result<Verdict> {
         s.parts = IN_SRC | OUT_DST;
         s.in_src = be.addr;
         s.out_dst = be.addr;
+        if be.port != s.key.dport {
+            // The reply came from the port the backend listens on.
+            s.parts |= IN_SPORT;
+            s.in_sport = be.port.to_be_bytes();
+        }
         if meta.snat != 0 && v.snat_port != 0 {
             s.parts |= IN_DST | IN_DPORT;
             s.in_dst = meta.snat_addr;

@@ -615,7 +615,8 @@ struct NatEntry {
 static LB_NAT_SCRATCH: PerCpuArray<NatEntry> = PerCpuArray::with_max_entries(1, 0);
 
 /// Enter a new NAT flow's reply 5-tuple, as its backend will send it, in `LB_NAT`. Without
-/// SNAT that is backend:port -> client:port, and the answer is 0. With SNAT it is
+/// SNAT that is backend:port -> client:port (the port the backend listens on), and the
+/// answer is 0. With SNAT it is
 /// backend:port -> SNAT address:port, and the answer is the port: the client's own when no
 /// other flow holds it towards this backend, else one of `SNAT_TRIES - 1` alternatives
 /// ([`snat_port_try`]);
@@ -628,7 +629,7 @@ static LB_NAT_SCRATCH: PerCpuArray<NatEntry> = PerCpuArray::with_max_entries(1, 
 #[inline(always)]
 fn nat_enter(
     k: &FlowKey,
-    be_addr: &[u8; 16],
+    be: &Backend,
     meta: &ServiceMeta,
     svc: u32,
     id: u32,
@@ -640,9 +641,9 @@ fn nat_enter(
     let e = unsafe { &mut *e };
     let snat = meta.snat != 0;
     // Field by field: a whole struct would be built on the stack first.
-    e.key.saddr = *be_addr;
+    e.key.saddr = be.addr;
     e.key.daddr = if snat { meta.snat_addr } else { k.saddr };
-    e.key.sport = k.dport;
+    e.key.sport = be.port;
     e.key.dport = k.sport;
     e.key.proto = k.proto;
     e.key.family = k.family;
@@ -653,6 +654,8 @@ fn nat_enter(
     e.val.client = k.saddr;
     e.val.client_port = k.sport;
     e.val.snat = snat as u16;
+    e.val.vport = k.dport;
+    e.val._pad = [0; 2];
     if !snat {
         return match LB_NAT.insert(&e.key, &e.val, 0) {
             Ok(()) => Ok(0),
@@ -755,6 +758,11 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
                 let r = Rewrite::slot(&p, udp, v6)?;
                 r.parts = RW_SRC;
                 r.src = n.vip;
+                if n.vport != p.sport {
+                    // The backend listens on another port than the service's.
+                    r.parts |= RW_SPORT;
+                    r.sport = n.vport.to_be_bytes();
+                }
                 if n.snat != 0 {
                     r.parts |= RW_DST | RW_DPORT;
                     r.dst = n.client;
@@ -863,7 +871,7 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
             } else if flow_allowed(conf.new_flow_limit) {
                 if meta.mode == mode::NAT {
                     // The reply direction, as the backend will send it, is entered now.
-                    match nat_enter(key, &be.addr, &meta, svc, id, hash) {
+                    match nat_enter(key, &be, &meta, svc, id, hash) {
                         Ok(port) => snat_port = port,
                         Err(reason) => return Ok(drop_svc::<LIVE>(pick, svc, reason)),
                     }
@@ -909,6 +917,10 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         let r = Rewrite::slot(&p, udp, v6)?;
         r.parts = RW_DST;
         r.dst = be.addr;
+        if be.port != p.dport {
+            r.parts |= RW_DPORT;
+            r.dport = be.port.to_be_bytes();
+        }
         if meta.snat != 0 && snat_port != 0 {
             r.parts |= RW_SRC;
             r.src = meta.snat_addr;

@@ -16,6 +16,7 @@
 //! [[service.backend]]
 //! name = "web1"             # unique within the service; seeds its Maglev permutation
 //! addr = "198.18.0.21"      # same family as the VIP
+//! port = 8080               # nat, optional: the port it listens on (default: the service's)
 //! mac = "02:00:00:00:00:21" # dsr, optional: resolved from the neighbour table when missing
 //! weight = 1                # 0 drains: no new flows, tracked flows stay (default 1)
 //! ```
@@ -275,6 +276,7 @@ fn default_mode() -> String {
 struct RawBackend {
     name: String,
     addr: String,
+    port: Option<i64>,
     mac: Option<String>,
     weight: Option<i64>,
 }
@@ -326,6 +328,9 @@ impl std::fmt::Display for Mode {
 pub struct BackendConf {
     pub name: String,
     pub addr: IpAddr,
+    /// The port it listens on: the service's unless given (NAT only: the balancer
+    /// translates the service port to it and back).
+    pub port: u16,
     /// `None`: resolved from the neighbour table at start.
     pub mac: Option<[u8; 6]>,
     pub weight: u32,
@@ -531,6 +536,21 @@ impl Config {
                         format!("{addr} is not of the VIP's address family ({vip})"),
                     ));
                 }
+                let bport = match b.port {
+                    None => port,
+                    Some(n) => {
+                        let p = u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
+                            ferr(g("port"), format!("{n} is not a port (1-65535)"))
+                        })?;
+                        if mode == Mode::Dsr && p != port {
+                            return Err(ferr(
+                                g("port"),
+                                format!("{p}: a DSR backend answers the client itself, from the VIP: it listens on the service port ({port}); only mode = \"nat\" translates ports"),
+                            ));
+                        }
+                        p
+                    }
+                };
                 let mac = b
                     .mac
                     .as_deref()
@@ -549,6 +569,7 @@ impl Config {
                 backends.push(BackendConf {
                     name: b.name,
                     addr,
+                    port: bport,
                     mac,
                     weight,
                 });
@@ -728,6 +749,40 @@ mod tests {
         assert!(Config::parse(&v6).is_ok(), "{}", err(&v6));
         let v6 = v6.replacen("port = 53", "port = 53\nmode = \"nat\"", 1);
         assert!(Config::parse(&v6).is_ok(), "{}", err(&v6));
+    }
+
+    /// A NAT backend may listen on another port than the service's (the balancer translates
+    /// it); a DSR one cannot (it answers from the VIP itself), unless it is the same port.
+    #[test]
+    fn a_nat_backend_may_listen_on_another_port() {
+        let nat = GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1);
+        let with = |c: &str, port: &str| {
+            c.replacen(
+                "addr = \"198.18.0.22\"",
+                &format!("addr = \"198.18.0.22\"\nport = {port}"),
+                1,
+            )
+        };
+        let c = Config::parse(&with(&nat, "8080")).unwrap();
+        let ports: Vec<u16> = c.services[0].backends.iter().map(|b| b.port).collect();
+        assert_eq!(ports, [80, 8080], "the service's port unless given");
+        assert_eq!(c.services[1].backends[0].port, 53);
+        let c = Config::parse(&with(GOOD, "80")).unwrap();
+        assert_eq!(
+            c.services[0].backends[1].port, 80,
+            "DSR: the service's port"
+        );
+        for (config, port, why) in [
+            (GOOD, "8080", "only mode = \"nat\" translates ports"),
+            (nat.as_str(), "0", "not a port"),
+            (nat.as_str(), "65536", "not a port"),
+        ] {
+            let e = err(&with(config, port));
+            assert!(
+                e.contains("service[0].backend[1].port:") && e.contains(why),
+                "{port}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl Checker {
         for s in &config.services {
             let Some(h) = &s.health else { continue };
             for b in &s.backends {
-                let addr = SocketAddr::new(b.addr, h.port.unwrap_or(s.port));
+                let addr = SocketAddr::new(b.addr, h.port.unwrap_or(b.port));
                 let (h, tx, stop) = (h.clone(), tx.clone(), stop.clone());
                 let (service, backend) = (s.name.clone(), b.name.clone());
                 threads.push(

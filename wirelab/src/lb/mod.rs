@@ -255,6 +255,8 @@ pub struct InstalledBackend {
     pub id: u32,
     pub name: String,
     pub addr: IpAddr,
+    /// The port it listens on (NAT may translate the service port to it).
+    pub port: u16,
     pub mac: [u8; 6],
     pub weight: u32,
     /// Maglev slots it holds.
@@ -426,6 +428,7 @@ impl Balancer {
                     id: be_ids[i][j].context("backend id")?,
                     name: b.name.clone(),
                     addr: b.addr,
+                    port: b.port,
                     mac,
                     weight: b.weight,
                     slots: 0,
@@ -503,11 +506,11 @@ impl Balancer {
             0,
         )
         .context("writing LB_CONF")?;
-        let backend = |s: &InstalledService, b: &InstalledBackend, up: bool| {
+        let backend = |b: &InstalledBackend, up: bool| {
             let (addr, family) = addr16(b.addr);
             Backend {
                 mac: b.mac,
-                port: s.conf.port,
+                port: b.port,
                 addr,
                 family,
                 flags: if up { backend_flag::UP } else { 0 },
@@ -523,10 +526,10 @@ impl Balancer {
                     // Until the flip, the table in force may still send flows to a backend
                     // going down: it keeps its flag until then.
                     let was_up = prev_backends.get(&b.id).is_some_and(|p| p.up());
-                    bmap.set(b.id, backend(s, b, b.up() || was_up), 0)
+                    bmap.set(b.id, backend(b, b.up() || was_up), 0)
                         .with_context(|| format!("writing backend {}", b.name))?;
                     if !b.up() && was_up {
-                        later.push((b.id, backend(s, b, false)));
+                        later.push((b.id, backend(b, false)));
                     }
                 }
             }
@@ -1875,6 +1878,8 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
 pub struct CheckBackend {
     pub name: String,
     pub addr: IpAddr,
+    /// The port it listens on (NAT translates the service port to it when they differ).
+    pub port: u16,
     pub mac: Option<String>,
     pub weight: u32,
     pub slots: u32,
@@ -1888,6 +1893,7 @@ pub struct CheckBackend {
 pub struct CheckService {
     pub name: String,
     pub service: String,
+    pub port: u16,
     pub mode: config::Mode,
     pub table_size: u32,
     pub seed: u64,
@@ -1912,6 +1918,7 @@ pub fn check(config: &Config) -> Result<Vec<CheckService>> {
             Ok(CheckService {
                 name: s.name.clone(),
                 service: s.label(),
+                port: s.port,
                 mode: s.mode,
                 table_size: s.table_size,
                 seed: s.seed,
@@ -1924,6 +1931,7 @@ pub fn check(config: &Config) -> Result<Vec<CheckService>> {
                     .map(|(b, n)| CheckBackend {
                         name: b.name.clone(),
                         addr: b.addr,
+                        port: b.port,
                         mac: b.mac.as_ref().map(format_mac),
                         weight: b.weight,
                         slots: n,
@@ -1956,10 +1964,16 @@ pub fn print_check(out: &mut dyn Write, c: &[CheckService]) -> std::io::Result<(
             "backend", "addr", "weight", "slots", "share%", "weight%"
         )?;
         for b in &s.backends {
+            // The port only where the backend listens on another than the service's.
+            let addr = if b.port == s.port {
+                b.addr.to_string()
+            } else {
+                std::net::SocketAddr::new(b.addr, b.port).to_string()
+            };
             writeln!(
                 out,
                 "  {:<16} {:<40} {:>6} {:>8} {:>8.2} {:>8.2}",
-                b.name, b.addr, b.weight, b.slots, b.share_pct, b.weight_pct
+                b.name, addr, b.weight, b.slots, b.share_pct, b.weight_pct
             )?;
         }
         if s.backends.iter().all(|b| b.weight == 0) {
