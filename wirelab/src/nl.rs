@@ -179,22 +179,17 @@ pub async fn mac_of(h: &Handle, name: &str) -> Result<Vec<u8>> {
         .ok_or_else(|| anyhow!("{name} has no hardware address"))
 }
 
-/// The MAC the neighbour table (ARP for IPv4, neighbour discovery for IPv6) holds for `addr`
-/// on `iface`, if it has a usable entry (reachable, stale, delay, probe, permanent).
-pub fn neighbour_mac(iface: &str, addr: IpAddr) -> Result<Option<[u8; 6]>> {
-    use rtnetlink::packet_route::{
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
-        AddressFamily,
+/// The neighbour table's usable entries (reachable, stale, delay, probe, permanent) on
+/// `iface`, both families (ARP for IPv4, neighbour discovery for IPv6): address and MAC.
+pub fn neighbours(iface: &str) -> Result<Vec<(IpAddr, [u8; 6])>> {
+    use rtnetlink::packet_route::neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourState,
     };
     let iface = iface.to_string();
     with(None, move |h| async move {
         let idx = index_of(&h, &iface).await?;
-        let family = if addr.is_ipv4() {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
-        let mut s = h.neighbours().get().set_address_family(family).execute();
+        let mut found = Vec::new();
+        let mut s = h.neighbours().get().execute();
         while let Some(m) = s.try_next().await.context("reading the neighbour table")? {
             let usable = matches!(
                 m.header.state,
@@ -221,11 +216,11 @@ pub fn neighbour_mac(iface: &str, addr: IpAddr) -> Result<Option<[u8; 6]>> {
                     _ => {}
                 }
             }
-            if dst == Some(addr) && lladdr.is_some() {
-                return Ok(lladdr);
+            if let (Some(d), Some(l)) = (dst, lladdr) {
+                found.push((d, l));
             }
         }
-        Ok(None)
+        Ok(found)
     })
 }
 

@@ -1608,3 +1608,115 @@ fn nat_translates_the_service_port_to_the_port_the_backend_listens_on() {
         );
     }
 }
+
+/// An SNAT pool of two addresses, on both entry points: a new flow's hash picks its first
+/// address (both are used over many clients, each keeping its port while free); a client
+/// whose port is held there by another client's flow to the same backend keeps its port on
+/// the other address, and its tracked packets, replies and ICMP errors use that address.
+#[test]
+fn an_snat_pool_spreads_flows_and_keeps_the_clients_port_on_another_address() {
+    const XDP_PASS: u32 = 2;
+    const SNAT2: [u8; 4] = [198, 18, 2, 251];
+    let pool = [SNAT, SNAT2];
+    let config = NAT_CONFIG.replacen(
+        "name = \"nat\"\n",
+        "name = \"nat\"\nsnat = [\"198.18.2.250\", \"198.18.2.251\"]\n",
+        1,
+    );
+    for (prog, pass) in [("lb", TC_ACT_OK), ("lb_xdp", XDP_PASS)] {
+        let h = Harness::with(&config);
+        let svc = &h.lb.services[0];
+        let key = |c: [u8; 4], port: u16| key4(c, VIP, port, 80, 6);
+        let be = |c: [u8; 4], port: u16| -> [u8; 4] {
+            match svc.predict(&key(c, port)).unwrap().addr {
+                std::net::IpAddr::V4(a) => a.octets(),
+                a => panic!("{a}"),
+            }
+        };
+        // The address a flow tries first, as the program picks it.
+        let first = |c: [u8; 4], port: u16| -> usize {
+            let hash = wirelab_common::lb::flow_hash(&key(c, port), svc.conf.seed as u32);
+            ((hash >> 16) % 2) as usize
+        };
+        // 40 clients, each its own port: each flow leaves from its first address with its
+        // port; both addresses are used.
+        let mut used = [0; 2];
+        for i in 1..=40u8 {
+            let (c, port) = ([198, 18, 0, i], 41000 + u16::from(i));
+            let out = rewritten(
+                &h,
+                prog,
+                pass,
+                &tcp(c, VIP, port, 80, Flags::Syn),
+                &[(26, 8)],
+            );
+            let a = first(c, port);
+            assert_eq!(
+                (&out[26..30], &out[30..34], port_at(&out, 34)),
+                (&pool[a][..], &be(c, port)[..], port),
+                "{prog}: client {i}"
+            );
+            used[a] += 1;
+        }
+        assert!(used.iter().all(|n| *n >= 5), "{prog}: {used:?}");
+
+        // Two clients, the same port, the same backend, the same first address: the second
+        // keeps its port on the other address.
+        let port = 40000;
+        let c1 = CLIENT;
+        let (b, a1) = (be(c1, port), first(c1, port));
+        let c2 = (2..=254)
+            .map(|i| [198, 18, 0, i])
+            .find(|c| *c != c1 && be(*c, port) == b && first(*c, port) == a1)
+            .expect("a second client on the same backend and first address");
+        let out = rewritten(
+            &h,
+            prog,
+            pass,
+            &tcp(c1, VIP, port, 80, Flags::Syn),
+            &[(26, 8)],
+        );
+        assert_eq!(
+            (&out[26..30], port_at(&out, 34)),
+            (&pool[a1][..], port),
+            "{prog}"
+        );
+        let other = pool[1 - a1];
+        for flags in [Flags::Syn, Flags::Ack] {
+            let out = rewritten(&h, prog, pass, &tcp(c2, VIP, port, 80, flags), &[(26, 8)]);
+            assert_eq!(
+                (&out[26..30], &out[30..34], port_at(&out, 34)),
+                (&other[..], &b[..], port),
+                "{prog}: the other address, the client's own port"
+            );
+        }
+        // Each one's reply goes back to its own client.
+        for (c, a) in [(c1, pool[a1]), (c2, other)] {
+            let out = rewritten(&h, prog, pass, &tcp(b, a, 80, port, Flags::Ack), &[(26, 8)]);
+            assert_eq!(
+                (&out[26..30], &out[30..34], port_at(&out, 36)),
+                (&VIP[..], &c[..], port),
+                "{prog}: back to its client"
+            );
+        }
+        // The second client's error about a reply goes to the backend from its address.
+        icmp_becomes(
+            &h,
+            prog,
+            pass,
+            &icmp4_error(c2, VIP, &quoted4(VIP, c2, 80, port, false)),
+            &icmp4_error(other, b, &quoted4(b, other, 80, port, false)),
+        );
+        let e = h.stats().events;
+        assert_eq!(
+            (
+                e.drop_snat_port,
+                e.drop_error,
+                e.nat_replies,
+                e.icmp_translated
+            ),
+            (0, 0, 2, 1),
+            "{prog}: {e:?}"
+        );
+    }
+}

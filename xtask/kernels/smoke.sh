@@ -222,12 +222,14 @@ check lb-dsr-tcp lb_balances
 
 # NAT with a smaller MTU towards the backends: the balancer's own "fragmentation needed"
 # reaches the client only through lb_egress (tc egress; a clsact filter before 6.6), which
-# gives its quote the VIP back. Without it the bulk TCP probe stalls at 0 goodput.
+# gives its quote the VIP back. Without it the bulk TCP probe stalls at 0 goodput. The
+# backend listens on 8080 (`port`): the service port is translated both ways, in the quote
+# too.
 lb_nat_pmtu() {
   $W lab up --name lbn /examples/lb-nat-lab.toml || return 1
-  printf '[[service]]\nname = "web"\nvip = "198.18.1.100"\nport = 80\nproto = "tcp"\nmode = "nat"\n[[service.backend]]\nname = "b1"\naddr = "198.18.2.21"\n' > /tmp/lbn.toml
+  printf '[[service]]\nname = "web"\nvip = "198.18.1.100"\nport = 80\nproto = "tcp"\nmode = "nat"\n[[service.backend]]\nname = "b1"\naddr = "198.18.2.21"\nport = 8080\n' > /tmp/lbn.toml
   $W lab exec --name lbn lb -- ip link set eth1 mtu 1280 || return 1
-  $W probe server --netns lbn-b1 --bind 198.18.2.21:80 --duration 120s > /tmp/lbn-b1.out 2>&1 &
+  $W probe server --netns lbn-b1 --bind 198.18.2.21:8080 --duration 120s > /tmp/lbn-b1.out 2>&1 &
   $W lb --netns lbn-lb --iface eth0 --nat-iface eth1 --config /tmp/lbn.toml --duration 120s > /tmp/lbn.out 2>&1 &
   p=$!
   until_ok 360 $W lb stats --netns lbn-lb || { cat /tmp/lbn.out; return 1; }
@@ -242,7 +244,7 @@ lb_nat_pmtu() {
   $W lab down --name lbn
   return $ok
 }
-check lb-nat-pmtu lb_nat_pmtu
+check lb-nat-port-pmtu lb_nat_pmtu
 check cleanup-after $W cleanup
 echo "WIRELAB-KT DONE"
 poweroff -f

@@ -32,7 +32,7 @@ use wirelab_common::{
     lb::{
         backend_flag, event, flow_hash, mode, which, xdp_out, Backend, FlowKey, FlowValue, LbConf,
         LbCounter, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES,
-        MAX_TABLE_SIZE, NO_BACKEND, VIP_ADDR_MARK,
+        MAX_SNAT_ADDRS, MAX_TABLE_SIZE, NO_BACKEND, VIP_ADDR_MARK,
     },
     maps,
 };
@@ -359,11 +359,18 @@ impl Balancer {
         for (i, s) in config.services.iter().enumerate() {
             if let Some(p) = prev_svc.get(&(s.vip, s.port, s.proto.number())) {
                 if p.conf.snat != s.snat {
-                    let show = |a: Option<IpAddr>| a.map_or("none".to_string(), |a| a.to_string());
+                    let show = |a: &[IpAddr]| match a {
+                        [] => "none".to_string(),
+                        a => a
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    };
                     bail!(
-                        "service[{i}].snat: {} -> {}: the SNAT address cannot change while the balancer runs (the replies of its flows come back to the old one); restart the balancer",
-                        show(p.conf.snat),
-                        show(s.snat)
+                        "service[{i}].snat: {} -> {}: the SNAT addresses cannot change while the balancer runs (the replies of its flows come back to the old ones); restart the balancer",
+                        show(&p.conf.snat),
+                        show(&s.snat)
                     );
                 }
             }
@@ -587,8 +594,7 @@ impl Balancer {
                         .conf
                         .udp_idle_timeout
                         .map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32),
-                    snat: s.conf.snat.is_some() as u32,
-                    snat_addr: s.conf.snat.map_or([0; 16], |a| addr16(a).0),
+                    snat: s.conf.snat.len() as u32,
                 },
                 None => ServiceMeta::default(),
             };
@@ -644,6 +650,18 @@ impl Balancer {
         // The switch: one word.
         let mut gen_map: Array<&mut MapData, u32> = Array::try_from(map_mut(bpf, maps::LB_GEN)?)?;
         gen_map.set(0, gen, 0).context("writing LB_GEN")?;
+        // SNAT pools (they never change while the balancer runs): after the switch, so a
+        // removed service whose id a new one takes sends no new flow from the new pool; before
+        // the new VIPs, so the new service finds its own.
+        let mut pools: Array<&mut MapData, [u8; 16]> =
+            Array::try_from(map_mut(bpf, maps::LB_SNAT)?)?;
+        for s in &self.services {
+            for (k, a) in s.conf.snat.iter().enumerate() {
+                pools
+                    .set(s.id * MAX_SNAT_ADDRS + k as u32, addr16(*a).0, 0)
+                    .context("writing LB_SNAT")?;
+            }
+        }
         let mut vips: BpfHashMap<&mut MapData, VipKey, u32> =
             BpfHashMap::try_from(map_mut(bpf, maps::LB_VIPS)?)?;
         for (k, id) in new_keys.values() {
@@ -842,6 +860,7 @@ impl Balancer {
                     active_flows: active.backends.get(&b.id).copied().unwrap_or(0),
                     name: b.name.clone(),
                     addr: b.addr,
+                    port: b.port,
                     mac: format_mac(&b.mac),
                     weight: b.weight,
                     slots: b.slots,
@@ -1003,6 +1022,9 @@ impl Events {
 pub struct BackendStats {
     pub name: String,
     pub addr: IpAddr,
+    /// The port it listens on (NAT: where the service port is translated to).
+    #[serde(default)]
+    pub port: u16,
     pub mac: String,
     pub weight: u32,
     /// Maglev slots held.
@@ -1178,7 +1200,10 @@ pub fn check_forwarding(config: &Config) -> Result<()> {
         }
         // An SNAT address the balancer holds is a local source to its own routing, which
         // drops such packets as martians unless accept_local is on.
-        if let Some(IpAddr::V4(a)) = s.snat {
+        for a in s.snat.iter().filter_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        }) {
             let local = std::net::UdpSocket::bind((a, 0)).is_ok();
             if local && !on("net.ipv4.conf.all.accept_local") {
                 bail!(
@@ -1209,51 +1234,76 @@ pub fn iface_mac(iface: &str) -> Result<[u8; 6]> {
 }
 
 /// Fill in the MACs not given in the config from the neighbour table (ARP for IPv4, neighbour
-/// discovery for IPv6), sending a datagram to the discard port of each such backend to make
-/// the kernel ask (within `limit`). Errors name the field.
+/// discovery for IPv6), sending a datagram to the discard port of each such backend every
+/// 300 ms to make the kernel ask, all at once, within `limit`. Errors name the field.
 pub fn resolve_macs(config: &mut Config, iface: &str, limit: Duration) -> Result<()> {
-    for (i, s) in config.services.iter_mut().enumerate() {
-        if s.mode == config::Mode::Nat {
-            // NAT backends are reached through the kernel's routing: no MAC needed.
-            continue;
-        }
-        for (j, b) in s.backends.iter_mut().enumerate() {
-            if b.mac.is_some() {
-                continue;
-            }
-            let a = b.addr;
-            let start = Instant::now();
-            let any: SocketAddr = if a.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
-            } else {
-                ([0u16; 8], 0).into()
-            };
-            let sock = std::net::UdpSocket::bind(any).context("UDP socket to ask for a MAC")?;
-            let mut mac = crate::nl::neighbour_mac(iface, a)?;
-            let mut sent = Instant::now() - Duration::from_secs(1);
-            while mac.is_none() && start.elapsed() < limit {
-                if sent.elapsed() >= Duration::from_millis(300) {
-                    let _ = sock.send_to(b"wirelab-lb", (a, 9));
-                    sent = Instant::now();
-                }
-                std::thread::sleep(Duration::from_millis(50));
-                mac = crate::nl::neighbour_mac(iface, a)?;
-            }
-            let Some(mac) = mac else {
-                let how = if a.is_ipv4() {
-                    "ARP"
-                } else {
-                    "neighbour discovery"
-                };
-                bail!(
-                    "service[{i}].backend[{j}].mac: not given, and {a} did not answer {how} on {iface} within {limit:?}"
-                );
-            };
-            tracing::info!(backend = %b.name, addr = %a, mac = %format_mac(&mac), "resolved");
-            b.mac = Some(mac);
-        }
+    // (service, backend) of every DSR backend without a MAC (NAT backends are reached
+    // through the kernel's routing: no MAC needed).
+    let wanted: Vec<(usize, usize)> = config
+        .services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.mode == config::Mode::Dsr)
+        .flat_map(|(i, s)| {
+            s.backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.mac.is_none())
+                .map(move |(j, _)| (i, j))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    // A socket per family the backends need (a namespace may have IPv6 off).
+    let family = |v4: bool| {
+        wanted
+            .iter()
+            .any(|&(i, j)| config.services[i].backends[j].addr.is_ipv4() == v4)
+    };
+    let bind =
+        |any: &str| std::net::UdpSocket::bind((any, 0)).context("UDP socket to ask for a MAC");
+    let v4 = family(true).then(|| bind("0.0.0.0")).transpose()?;
+    let v6 = family(false).then(|| bind("::")).transpose()?;
+    let start = Instant::now();
+    let mut asked = start - Duration::from_secs(1);
+    let mut missing = wanted;
+    loop {
+        let table = crate::nl::neighbours(iface)?;
+        missing.retain(|&(i, j)| {
+            let b = &mut config.services[i].backends[j];
+            let Some((_, mac)) = table.iter().find(|(a, _)| *a == b.addr) else {
+                return true;
+            };
+            tracing::info!(backend = %b.name, addr = %b.addr, mac = %format_mac(mac), "resolved");
+            b.mac = Some(*mac);
+            false
+        });
+        let Some(&(i, j)) = missing.first() else {
+            return Ok(());
+        };
+        if start.elapsed() >= limit {
+            let a = config.services[i].backends[j].addr;
+            let how = if a.is_ipv4() {
+                "ARP"
+            } else {
+                "neighbour discovery"
+            };
+            bail!(
+                "service[{i}].backend[{j}].mac: not given, and {a} did not answer {how} on {iface} within {limit:?}"
+            );
+        }
+        if asked.elapsed() >= Duration::from_millis(300) {
+            for &(i, j) in &missing {
+                let a = config.services[i].backends[j].addr;
+                if let Some(sock) = if a.is_ipv4() { &v4 } else { &v6 } {
+                    let _ = sock.send_to(b"wirelab-lb", (a, 9));
+                }
+            }
+            asked = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub struct Options {
