@@ -172,28 +172,12 @@ pub struct ServiceMeta {
     /// UDP: a tracked flow idle longer than this (ms) is forgotten; its next packet hashes
     /// afresh (`UDP_EXPIRED`). 0: no idle timeout (LRU only).
     pub udp_idle_ms: u32,
-    /// NAT: how many SNAT addresses new flows take their source from (`LB_SNAT[svc *
-    /// MAX_SNAT_ADDRS ..][..snat]`; SNAT, for backends whose replies do not route through the
-    /// balancer); 0: the client's address stays.
+    /// NAT: 1 when new flows also get [`ServiceMeta::snat_addr`] as their source (SNAT, for
+    /// backends whose replies do not route through the balancer); 0: the client's address
+    /// stays.
     pub snat: u32,
-}
-
-/// SNAT addresses a service may have (its pool, `LB_SNAT[svc * MAX_SNAT_ADDRS + i]`).
-pub const MAX_SNAT_ADDRS: u32 = 16;
-
-/// [`FlowValue::snat_port`]: the port in the low 16 bits, the pool index of the address
-/// above them.
-pub const SNAT_ADDR_SHIFT: u32 = 16;
-
-/// The pool index and the source try `i` of a new SNAT flow takes, of a pool of `n`
-/// addresses (`base`: the flow's first, from its hash): the addresses in turn from `base`,
-/// each with the client's own port first, then with the alternatives of [`snat_port_try`].
-#[inline(always)]
-pub const fn snat_try(sport: u16, hash: u32, base: u32, n: u32, i: u32) -> (u32, u16) {
-    if n == 0 {
-        return (0, sport);
-    }
-    ((base + i) % n, snat_port_try(sport, hash, i / n))
+    /// The SNAT source address (IPv4: first 4 bytes), when `snat` is 1.
+    pub snat_addr: [u8; 16],
 }
 
 /// A backend (`LB_BACKENDS[id]`).
@@ -240,8 +224,7 @@ pub struct FlowValue {
     /// TCP flags seen on the flow so far (ORed: FIN 0x01, SYN 0x02, RST 0x04 ...).
     pub tcp_flags: u32,
     /// SNAT services: the source port the flow has towards its backend (host order; often
-    /// the client's own), and above [`SNAT_ADDR_SHIFT`] the pool index of its source
-    /// address; 0: no SNAT.
+    /// the client's own); 0: no SNAT.
     pub snat_port: u32,
     /// UDP: when a packet of the flow was last seen (CLOCK_MONOTONIC ns), refreshed at most
     /// every quarter of the idle timeout.

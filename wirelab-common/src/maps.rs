@@ -65,7 +65,6 @@ pub const LB_ICMP_XDP: &str = "LB_ICMP_XDP";
 pub const LB_NAT_REWRITE: &str = "LB_NAT_REWRITE";
 pub const LB_NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
 pub const LB_ICMP_PATCH: &str = "LB_ICMP_PATCH";
-pub const LB_SNAT: &str = "LB_SNAT";
 
 // swarm
 pub const SWARM_CONFIG: &str = "SWARM_CONFIG";
@@ -139,7 +138,6 @@ pub const ALL: &[&str] = &[
     LB_ICMP_TC,
     LB_ICMP_XDP,
     LB_ICMP_PATCH,
-    LB_SNAT,
     SWARM_CONFIG,
     SWARM_IDS,
     SWARM_SOCKS,

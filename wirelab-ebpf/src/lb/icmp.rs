@@ -37,13 +37,12 @@ use aya_ebpf::{
 use wirelab_common::csum;
 use wirelab_common::lb::{
     event, mode, which, FlowKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES,
-    SNAT_ADDR_SHIFT,
 };
 use wirelab_common::tap::lb_what;
 
 use super::{
-    quad, same16, snat_addr, tap_tc, tap_xdp, xdp_forward, Pick, Verdict, LB_BACKENDS, LB_CONF,
-    LB_EVENTS, LB_FLOWS, LB_GEN, LB_ICMP_TC, LB_NAT, LB_SERVICES, OFF_MASK,
+    quad, same16, tap_tc, tap_xdp, xdp_forward, Pick, Verdict, LB_BACKENDS, LB_CONF, LB_EVENTS,
+    LB_FLOWS, LB_GEN, LB_ICMP_TC, LB_NAT, LB_SERVICES, OFF_MASK,
 };
 use crate::{
     counter,
@@ -319,13 +318,12 @@ fn try_icmp(f: &Frame, pick: &mut Pick) -> Result<Verdict> {
             s.in_sport = be.port.to_be_bytes();
         }
         if meta.snat != 0 && v.snat_port != 0 {
-            let a = *snat_addr(v.service, v.snat_port >> SNAT_ADDR_SHIFT).ok_or(Error::Map)?;
             s.parts |= IN_DST | IN_DPORT;
-            s.in_dst = a;
+            s.in_dst = meta.snat_addr;
             s.in_dport = (v.snat_port as u16).to_be_bytes();
             if same16(&s.osrc, &s.key.saddr) {
                 s.parts |= OUT_SRC;
-                s.out_src = a;
+                s.out_src = meta.snat_addr;
             }
         }
     } else {

@@ -15,9 +15,9 @@
 //! packet goes on to the kernel's routing (`TC_ACT_OK`); a new flow also enters its reply
 //! 5-tuple in `LB_NAT`, so the backend's replies (routed back through the balancer, on any
 //! interface the program watches) get the VIP back as their source. With SNAT
-//! (`ServiceMeta::snat`) the source becomes an address of the service's SNAT pool
-//! (`LB_SNAT`) and a port free towards that backend ([`nat_enter`]: the client's own, or an
-//! alternative), both kept in the flow's entry; the reply is entered under that tuple and gets the VIP as its source and the
+//! (`ServiceMeta::snat`) the source becomes the balancer's SNAT address and a port free
+//! towards that backend ([`snat_enter`]: the client's own, or an alternative), kept in the
+//! flow's entry; the reply is entered under that tuple and gets the VIP as its source and the
 //! client's address and port as its destination. Checksums are updated incrementally: in tc
 //! with the kernel's helpers (IPv4 header; TCP/UDP through the pseudo-header), in XDP by RFC
 //! 1624 ([`nat_xdp`]).
@@ -39,10 +39,9 @@ use aya_ebpf::{
 };
 use wirelab_common::csum;
 use wirelab_common::lb::{
-    backend_flag, event, flow_hash, mode, snat_try, which, xdp_out, Backend, FlowKey, FlowValue,
-    LbConf, LbCounter, NatValue, RateState, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6,
-    MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_TABLE_SIZE, SNAT_ADDR_SHIFT,
-    SNAT_TRIES, TABLE_ENTRIES,
+    backend_flag, event, flow_hash, mode, snat_port_try, which, xdp_out, Backend, FlowKey,
+    FlowValue, LbConf, LbCounter, NatValue, RateState, ServiceMeta, VipKey, FAMILY_IPV4,
+    FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_TABLE_SIZE, SNAT_TRIES, TABLE_ENTRIES,
 };
 use wirelab_common::tap::{self as tapdef, lb_what, Decision};
 
@@ -615,24 +614,13 @@ struct NatEntry {
 #[map]
 static LB_NAT_SCRATCH: PerCpuArray<NatEntry> = PerCpuArray::with_max_entries(1, 0);
 
-/// The service's SNAT pool (`wirelab_common::lb::MAX_SNAT_ADDRS` per service): addresses
-/// new SNAT flows take their source from. A pool never changes while the balancer runs.
-#[map]
-static LB_SNAT: Array<[u8; 16]> = Array::with_max_entries(MAX_SERVICES * MAX_SNAT_ADDRS, 0);
-
-/// Address `idx` of service `svc`'s SNAT pool.
-#[inline(always)]
-fn snat_addr(svc: u32, idx: u32) -> Option<&'static [u8; 16]> {
-    LB_SNAT.get(svc * MAX_SNAT_ADDRS + (idx % MAX_SNAT_ADDRS))
-}
-
 /// Enter a new NAT flow's reply 5-tuple, as its backend will send it, in `LB_NAT`. Without
 /// SNAT that is backend:port -> client:port (the port the backend listens on), and the
-/// answer is 0. With SNAT it is backend:port -> SNAT address:port, and the answer is the
-/// port with the address's pool index above it (`SNAT_ADDR_SHIFT`): the first of
-/// [`snat_try`]'s `SNAT_TRIES` that no other flow holds towards this backend (the pool's
-/// addresses from one the flow's hash picks, each with the client's own port first); an
-/// entry of this same client address, port and VIP is taken over (the client reconnects
+/// answer is 0. With SNAT it is
+/// backend:port -> SNAT address:port, and the answer is the port: the client's own when no
+/// other flow holds it towards this backend, else one of `SNAT_TRIES - 1` alternatives
+/// ([`snat_port_try`]);
+/// an entry of this same client address, port and VIP is taken over (the client reconnects
 /// with its port). `Err`: the drop's reason (`DROP_SNAT_PORT`: every try is held by another
 /// flow).
 // The keys and values are passed by reference on purpose: by value they would be copied to
@@ -651,10 +639,10 @@ fn nat_enter(
     // SAFETY: `e` is this CPU's element of a per-CPU array, aligned, valid for the whole run
     // of the program and not shared with other CPUs; only this function uses it.
     let e = unsafe { &mut *e };
-    let n = meta.snat;
+    let snat = meta.snat != 0;
     // Field by field: a whole struct would be built on the stack first.
     e.key.saddr = be.addr;
-    e.key.daddr = k.saddr;
+    e.key.daddr = if snat { meta.snat_addr } else { k.saddr };
     e.key.sport = be.port;
     e.key.dport = k.sport;
     e.key.proto = k.proto;
@@ -665,23 +653,19 @@ fn nat_enter(
     e.val.backend = id;
     e.val.client = k.saddr;
     e.val.client_port = k.sport;
-    e.val.snat = (n != 0) as u16;
+    e.val.snat = snat as u16;
     e.val.vport = k.dport;
     e.val._pad = [0; 2];
-    if n == 0 {
+    if !snat {
         return match LB_NAT.insert(&e.key, &e.val, 0) {
             Ok(()) => Ok(0),
             Err(_) => Err(event::DROP_ERROR),
         };
     }
-    let base = (hash >> 16) % n;
     for i in 0..SNAT_TRIES {
-        let (idx, port) = snat_try(k.sport, hash, base, n, i);
-        e.key.daddr = *snat_addr(svc, idx).ok_or(event::DROP_ERROR)?;
-        e.key.dport = port;
-        let taken = (port as u32) | (idx << SNAT_ADDR_SHIFT);
+        e.key.dport = snat_port_try(k.sport, hash, i);
         if LB_NAT.insert(&e.key, &e.val, BPF_NOEXIST as u64).is_ok() {
-            return Ok(taken);
+            return Ok(e.key.dport as u32);
         }
         if let Some(o) = LB_NAT.get_ptr(&e.key) {
             // SAFETY: a successful lookup's pointer to the element's value, valid for this
@@ -689,7 +673,7 @@ fn nat_enter(
             let o = unsafe { &*o };
             if o.client_port == k.sport && same16(&o.client, &k.saddr) && same16(&o.vip, &k.daddr) {
                 let _ = LB_NAT.insert(&e.key, &e.val, 0);
-                return Ok(taken);
+                return Ok(e.key.dport as u32);
             }
         }
     }
@@ -939,8 +923,8 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         }
         if meta.snat != 0 && snat_port != 0 {
             r.parts |= RW_SRC;
-            r.src = *snat_addr(svc, snat_port >> SNAT_ADDR_SHIFT).ok_or(Error::Map)?;
-            if snat_port as u16 != p.sport {
+            r.src = meta.snat_addr;
+            if snat_port != p.sport as u32 {
                 r.parts |= RW_SPORT;
                 r.sport = (snat_port as u16).to_be_bytes();
             }

@@ -11,8 +11,7 @@
 //! table_size = 65537        # Maglev table size M: a prime, N..=65537 (default 65537)
 //! seed = 0                  # hash seed: same config + seed = same backend choice
 //! snat = "198.18.2.250"     # nat, optional: new flows get this balancer address as their
-//!                           # source, for backends whose replies do not route through it;
-//!                           # a pool: ["198.18.2.250", "198.18.2.251"] (up to 16)
+//!                           # source, for backends whose replies do not route through it
 //!
 //! [[service.backend]]
 //! name = "web1"             # unique within the service; seeds its Maglev permutation
@@ -31,7 +30,7 @@ use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
-use wirelab_common::lb::{MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_TABLE_SIZE};
+use wirelab_common::lb::{MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE};
 
 use super::maglev::{self, DEFAULT_TABLE_SIZE};
 use crate::lab::FieldError;
@@ -71,15 +70,7 @@ struct RawService {
     backend: Vec<RawBackend>,
     health: Option<RawHealth>,
     udp_idle_timeout: Option<String>,
-    snat: Option<RawSnat>,
-}
-
-/// `snat = "ADDR"` or `snat = ["ADDR", ...]` (a pool).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawSnat {
-    One(String),
-    Pool(Vec<String>),
+    snat: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,59 +234,24 @@ fn parse_health(h: RawHealth, f: &dyn Fn(&str) -> String) -> Result<HealthConf> 
     })
 }
 
-/// A service's `snat` pool: NAT services only, 1..=`MAX_SNAT_ADDRS` addresses, each once.
-fn parse_snat_pool(
-    raw: RawSnat,
-    vip: IpAddr,
-    mode: Mode,
-    backends: &[BackendConf],
-    f: &dyn Fn(&str) -> String,
-) -> Result<Vec<IpAddr>> {
-    if mode != Mode::Nat {
-        return Err(ferr(
-            f("snat"),
-            "only for mode = \"nat\" (DSR backends reply to the client themselves)",
-        ));
-    }
-    let (texts, one) = match raw {
-        RawSnat::One(t) => (vec![t], true),
-        RawSnat::Pool(p) => (p, false),
-    };
-    if texts.is_empty() || texts.len() > MAX_SNAT_ADDRS as usize {
-        return Err(ferr(
-            f("snat"),
-            format!("{} addresses: give 1..={MAX_SNAT_ADDRS}", texts.len()),
-        ));
-    }
-    let mut pool: Vec<IpAddr> = Vec::new();
-    for (k, t) in texts.iter().enumerate() {
-        let field = |_: &str| {
-            if one {
-                f("snat")
-            } else {
-                f(&format!("snat[{k}]"))
-            }
-        };
-        let a = parse_snat(t, vip, backends, &field)?;
-        if pool.contains(&a) {
-            return Err(ferr(field(""), format!("{a} is in the pool twice")));
-        }
-        pool.push(a);
-    }
-    Ok(pool)
-}
-
-/// One SNAT address (`f("")` names its field): of the VIP's family, neither the VIP nor a
+/// A service's `snat` address: NAT services only, of the VIP's family, neither the VIP nor a
 /// backend's address.
 fn parse_snat(
     text: &str,
     vip: IpAddr,
+    mode: Mode,
     backends: &[BackendConf],
     f: &dyn Fn(&str) -> String,
 ) -> Result<IpAddr> {
     let a: IpAddr = text
         .parse()
         .map_err(|_| ferr(f("snat"), format!("{text:?} is not an IP address")))?;
+    if mode != Mode::Nat {
+        return Err(ferr(
+            f("snat"),
+            "only for mode = \"nat\" (DSR backends reply to the client themselves)",
+        ));
+    }
     if a.is_ipv4() != vip.is_ipv4() {
         return Err(ferr(
             f("snat"),
@@ -394,10 +350,9 @@ pub struct ServiceConf {
     pub health: Option<HealthConf>,
     /// UDP services: tracked flows idle this long are forgotten (default 30 s).
     pub udp_idle_timeout: Option<Duration>,
-    /// NAT services: the balancer's addresses new flows get as their source (SNAT), so
-    /// backends reply to the balancer whatever their routes (a pool: more flows to one
-    /// backend at once); empty: the client's stays.
-    pub snat: Vec<IpAddr>,
+    /// NAT services: the balancer's address that new flows get as their source (SNAT), so
+    /// backends reply to the balancer whatever their routes; `None`: the client's stays.
+    pub snat: Option<IpAddr>,
 }
 
 impl ServiceConf {
@@ -648,10 +603,10 @@ impl Config {
                     Some(d)
                 }
             };
-            let snat = match s.snat {
-                None => vec![],
-                Some(raw) => parse_snat_pool(raw, vip, mode, &backends, &f)?,
-            };
+            let snat = s
+                .snat
+                .map(|a| parse_snat(&a, vip, mode, &backends, &f))
+                .transpose()?;
             services.push(ServiceConf {
                 name,
                 vip,
@@ -926,11 +881,8 @@ mod tests {
         let nat = GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1);
         let with = |a: &str| nat.replacen("seed = 9", &format!("seed = 9\nsnat = \"{a}\""), 1);
         let c = Config::parse(&with("198.18.2.250")).unwrap();
-        assert_eq!(
-            c.services[0].snat,
-            ["198.18.2.250".parse::<IpAddr>().unwrap()]
-        );
-        assert!(Config::parse(&nat).unwrap().services[0].snat.is_empty());
+        assert_eq!(c.services[0].snat, Some("198.18.2.250".parse().unwrap()));
+        assert_eq!(Config::parse(&nat).unwrap().services[0].snat, None);
         for (bad, why) in [
             ("2001:2::1", "family"),
             ("not-an-address", "not an IP address"),
@@ -948,28 +900,6 @@ mod tests {
             e.contains("service[0].snat:") && e.contains("only for mode"),
             "{e}"
         );
-        // A pool: each address checked alone (naming its place), none twice, 1..=16.
-        let pool = |p: &str| nat.replacen("seed = 9", &format!("seed = 9\nsnat = [{p}]"), 1);
-        let c = Config::parse(&pool("\"198.18.2.250\", \"198.18.2.251\"")).unwrap();
-        assert_eq!(c.services[0].snat.len(), 2);
-        let many: Vec<String> = (1..=17).map(|i| format!("\"198.18.2.{i}\"")).collect();
-        for (p, field, why) in [
-            ("\"198.18.2.250\", \"2001:2::1\"", "snat[1]", "family"),
-            ("\"198.18.2.250\", \"198.18.2.250\"", "snat[1]", "twice"),
-            (
-                "\"198.18.1.100\", \"198.18.2.250\"",
-                "snat[0]",
-                "not the VIP",
-            ),
-            ("", "snat", "give 1..=16"),
-            (many.join(", ").as_str(), "snat", "17 addresses"),
-        ] {
-            let e = err(&pool(p));
-            assert!(
-                e.contains(&format!("service[0].{field}:")) && e.contains(why),
-                "{p}: {e}"
-            );
-        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use wirelab_common::{
     lb::{
         backend_flag, event, flow_hash, mode, which, xdp_out, Backend, FlowKey, FlowValue, LbConf,
         LbCounter, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES,
-        MAX_SNAT_ADDRS, MAX_TABLE_SIZE, NO_BACKEND, VIP_ADDR_MARK,
+        MAX_TABLE_SIZE, NO_BACKEND, VIP_ADDR_MARK,
     },
     maps,
 };
@@ -359,18 +359,11 @@ impl Balancer {
         for (i, s) in config.services.iter().enumerate() {
             if let Some(p) = prev_svc.get(&(s.vip, s.port, s.proto.number())) {
                 if p.conf.snat != s.snat {
-                    let show = |a: &[IpAddr]| match a {
-                        [] => "none".to_string(),
-                        a => a
-                            .iter()
-                            .map(|a| a.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    };
+                    let show = |a: Option<IpAddr>| a.map_or("none".to_string(), |a| a.to_string());
                     bail!(
-                        "service[{i}].snat: {} -> {}: the SNAT addresses cannot change while the balancer runs (the replies of its flows come back to the old ones); restart the balancer",
-                        show(&p.conf.snat),
-                        show(&s.snat)
+                        "service[{i}].snat: {} -> {}: the SNAT address cannot change while the balancer runs (the replies of its flows come back to the old one); restart the balancer",
+                        show(p.conf.snat),
+                        show(s.snat)
                     );
                 }
             }
@@ -594,7 +587,8 @@ impl Balancer {
                         .conf
                         .udp_idle_timeout
                         .map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32),
-                    snat: s.conf.snat.len() as u32,
+                    snat: s.conf.snat.is_some() as u32,
+                    snat_addr: s.conf.snat.map_or([0; 16], |a| addr16(a).0),
                 },
                 None => ServiceMeta::default(),
             };
@@ -650,18 +644,6 @@ impl Balancer {
         // The switch: one word.
         let mut gen_map: Array<&mut MapData, u32> = Array::try_from(map_mut(bpf, maps::LB_GEN)?)?;
         gen_map.set(0, gen, 0).context("writing LB_GEN")?;
-        // SNAT pools (they never change while the balancer runs): after the switch, so a
-        // removed service whose id a new one takes sends no new flow from the new pool; before
-        // the new VIPs, so the new service finds its own.
-        let mut pools: Array<&mut MapData, [u8; 16]> =
-            Array::try_from(map_mut(bpf, maps::LB_SNAT)?)?;
-        for s in &self.services {
-            for (k, a) in s.conf.snat.iter().enumerate() {
-                pools
-                    .set(s.id * MAX_SNAT_ADDRS + k as u32, addr16(*a).0, 0)
-                    .context("writing LB_SNAT")?;
-            }
-        }
         let mut vips: BpfHashMap<&mut MapData, VipKey, u32> =
             BpfHashMap::try_from(map_mut(bpf, maps::LB_VIPS)?)?;
         for (k, id) in new_keys.values() {
@@ -1200,10 +1182,7 @@ pub fn check_forwarding(config: &Config) -> Result<()> {
         }
         // An SNAT address the balancer holds is a local source to its own routing, which
         // drops such packets as martians unless accept_local is on.
-        for a in s.snat.iter().filter_map(|a| match a {
-            IpAddr::V4(a) => Some(*a),
-            IpAddr::V6(_) => None,
-        }) {
+        if let Some(IpAddr::V4(a)) = s.snat {
             let local = std::net::UdpSocket::bind((a, 0)).is_ok();
             if local && !on("net.ipv4.conf.all.accept_local") {
                 bail!(
