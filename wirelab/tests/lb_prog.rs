@@ -1245,7 +1245,7 @@ type Error4<'a> = ([u8; 4], [u8; 4], &'a [u8]);
 
 /// The IPv4 ICMP error `from` becomes `to`, with the whole quote and with only its first 28
 /// bytes (the IP header and 8 bytes of TCP/UDP: no L4 checksum in the quote).
-fn error4_becomes(h: &Harness, prog: &str, pass: u32, from: Error4, to: Error4) {
+fn error4_becomes(h: &Harness, prog: &str, pass: u32, from: Error4<'_>, to: Error4<'_>) {
     for whole in [true, false] {
         let cut = |q: &[u8]| q[..if whole { q.len() } else { 28 }].to_vec();
         icmp_becomes(
