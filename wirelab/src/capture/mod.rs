@@ -142,12 +142,14 @@ const RING_MAX: usize = 16 << 20;
 pub fn ring_bytes(cpus: usize) -> usize {
     (RING_TOTAL / cpus.max(1)).clamp(RING_MIN, RING_MAX)
 }
-/// How long a reader pauses between drains while frames keep coming: its ring (4 MiB at
-/// the least) holds 1 ms of frames up to about 10 Gbit/s.
-const BUSY_PAUSE: Duration = Duration::from_millis(1);
-/// How long an idle reader waits for its ring's watermark before draining anyway: the most
-/// a frame on a quiet interface waits to be handed over.
-const IDLE_POLL_MS: u8 = 20;
+/// The buffer a reader copies a drain's frames into grows by this much at a time: one
+/// allocation for hundreds of frames.
+const BATCH_BYTES: usize = 256 << 10;
+/// How long a reader waits for its ring's watermark (a quarter full) before draining
+/// anyway: the most a frame waits to be handed over. Busy or idle, a reader drains at most
+/// every `POLL_MS` unless its ring fills faster: each wakeup (of the reader, and of the
+/// writer it hands the batch to) costs microseconds, so a drain should collect many frames.
+const POLL_MS: u8 = 20;
 
 /// Kernel counters of one direction.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -211,7 +213,8 @@ struct Captured {
     orig_len: u32,
     dir: u32,
     decision: Decision,
-    data: Vec<u8>,
+    /// The captured bytes: a piece of its drain's one buffer (shared, counted).
+    data: bytes::Bytes,
 }
 
 impl Ord for Captured {
@@ -229,17 +232,15 @@ impl PartialOrd for Captured {
 
 /// What a reader thread hands the writer.
 enum Msg {
-    /// One drain of a CPU's buffer, in its order.
-    Frames {
+    /// One drain of a CPU's buffer: its frames in its order, the samples the kernel could
+    /// not write (full buffer), and when the drain began (`mono_ns`): nothing stamped
+    /// before that can still come from it. One message per drain: each wakes the writer.
+    Drained {
         cpu: u32,
         frames: Vec<Captured>,
-    },
-    /// This CPU's buffer was empty at `mono_ns`: nothing older can still come from it.
-    Idle {
-        cpu: u32,
+        lost: u64,
         mono_ns: u64,
     },
-    Lost(u64),
     /// wan's engine dropped these frames after the tap (see [`drops`]).
     Notes(Vec<drops::Note>),
 }
@@ -252,14 +253,18 @@ fn clock_ns(c: nix::time::ClockId) -> u64 {
 
 use crate::util::mono_ns;
 
-/// Decode one perf sample: header, then `cap_len` bytes. `None` for a sample too short for
-/// what its header announces (never from our programs).
-fn decode(head: &[u8], tail: &[u8], seq: u64) -> Option<Captured> {
-    let mut b = Vec::with_capacity(head.len() + tail.len());
-    b.extend_from_slice(head);
-    b.extend_from_slice(tail);
-    if b.len() < EVENT_HEADER_LEN {
-        return None;
+/// Decode one perf sample: header, then `cap_len` bytes, in two pieces where the sample
+/// wraps around the ring's end. `None` for a sample too short for what its header announces
+/// (never from our programs). The frame's bytes are copied once, onto `batch` (a drain's
+/// buffer: one allocation for many frames), and split off it.
+fn decode(head: &[u8], tail: &[u8], seq: u64, batch: &mut bytes::BytesMut) -> Option<Captured> {
+    let at = |i: usize| match head.get(i) {
+        Some(b) => Some(*b),
+        None => tail.get(i - head.len()).copied(),
+    };
+    let mut b = [0u8; EVENT_HEADER_LEN];
+    for (i, v) in b.iter_mut().enumerate() {
+        *v = at(i)?;
     }
     // The header's fields in the machine's byte order (the kernel wrote them on this host).
     let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
@@ -278,18 +283,23 @@ fn decode(head: &[u8], tail: &[u8], seq: u64) -> Option<Captured> {
         },
     };
     let end = EVENT_HEADER_LEN.checked_add(h.cap_len as usize)?;
-    if end > b.len() {
+    if end > head.len() + tail.len() {
         return None;
     }
-    b.truncate(end);
-    b.drain(..EVENT_HEADER_LEN);
+    batch.extend_from_slice(&head[EVENT_HEADER_LEN.min(head.len())..end.min(head.len())]);
+    let (from, to) = (
+        EVENT_HEADER_LEN.saturating_sub(head.len()),
+        end.saturating_sub(head.len()),
+    );
+    batch.extend_from_slice(&tail[from..to]);
+    let data = batch.split().freeze();
     Some(Captured {
         ts: h.ts_ns,
         seq,
         orig_len: h.orig_len,
         dir: h.dir,
         decision: h.decision,
-        data: b,
+        data,
     })
 }
 
@@ -657,44 +667,47 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
         let quit = quit.clone();
         readers.push(std::thread::spawn(move || {
             let mut seq = 0u64;
+            let mut last_count = 0;
             loop {
                 let done = quit.load(Ordering::Relaxed);
-                let mut frames = vec![];
+                let mut frames = Vec::with_capacity(last_count);
                 let mut lost = 0;
+                let mut batch = bytes::BytesMut::new();
+                // Read before the drain: every frame stamped earlier (less the margin for a
+                // program between its timestamp and its output) is in the ring by now, so
+                // this drain takes it. Read after, a drain that took long (or was preempted)
+                // would vouch for frames output behind the ring's head it had read.
+                let drained_at = mono_ns();
                 buf.for_each(|e| match e {
                     perf_ring::Record::Sample { head, tail } => {
                         seq += 1;
-                        if let Some(f) = decode(head, tail, seq) {
+                        if batch.capacity() < MAX_SNAPLEN as usize {
+                            batch.reserve(BATCH_BYTES);
+                        }
+                        if let Some(f) = decode(head, tail, seq, &mut batch) {
                             frames.push(f);
                         }
                     }
                     perf_ring::Record::Lost { count } => lost += count,
                 });
-                let idle = mono_ns();
-                let busy = !frames.is_empty() || lost > 0;
-                if !frames.is_empty() && tx.send(Msg::Frames { cpu, frames }).is_err() {
+                last_count = frames.len();
+                let drained = Msg::Drained {
+                    cpu,
+                    frames,
+                    lost,
+                    mono_ns: drained_at,
+                };
+                if tx.send(drained).is_err() || done {
                     return;
                 }
-                if lost > 0 {
-                    let _ = tx.send(Msg::Lost(lost));
-                }
-                if tx.send(Msg::Idle { cpu, mono_ns: idle }).is_err() || done {
-                    return;
-                }
-                if busy {
-                    // Traffic: drain again after a pause, one batch per drain (a wakeup
-                    // and context switch per frame had cost more than the rest of the
-                    // frame's path).
-                    std::thread::sleep(BUSY_PAUSE);
-                } else {
-                    // The kernel wakes us only at the ring's watermark (a quarter full):
-                    // the timeout bounds how long a lone frame waits.
-                    let mut pfd = [nix::poll::PollFd::new(
-                        buf.as_fd(),
-                        nix::poll::PollFlags::POLLIN,
-                    )];
-                    let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(IDLE_POLL_MS));
-                }
+                // The kernel wakes us only at the ring's watermark (a quarter full), not
+                // for every frame: a drain takes a batch, and the timeout bounds how long
+                // a frame waits on a quiet interface.
+                let mut pfd = [nix::poll::PollFd::new(
+                    buf.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(POLL_MS));
             }
         }));
     }
@@ -739,18 +752,20 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             break;
         }
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(Msg::Frames { cpu, frames }) => {
+            Ok(Msg::Drained {
+                cpu,
+                frames,
+                lost,
+                mono_ns,
+            }) => {
                 let s = safe.entry(cpu).or_default();
                 for frame in frames {
                     *s = (*s).max(frame.ts);
                     heap.push(frame);
                 }
-            }
-            Ok(Msg::Idle { cpu, mono_ns }) => {
-                let s = safe.entry(cpu).or_default();
                 *s = (*s).max(mono_ns.saturating_sub(MARGIN_NS));
+                perf_lost += lost;
             }
-            Ok(Msg::Lost(n)) => perf_lost += n,
             Ok(Msg::Notes(n)) => {
                 if let Some(m) = notes.as_mut() {
                     m.add(n, mono_ns());
@@ -786,14 +801,15 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     quit.store(true, Ordering::Relaxed);
     for msg in rx.iter() {
         match msg {
-            Msg::Frames { frames, .. } => heap.extend(frames),
-            Msg::Lost(n) => perf_lost += n,
+            Msg::Drained { frames, lost, .. } => {
+                heap.extend(frames);
+                perf_lost += lost;
+            }
             Msg::Notes(n) => {
                 if let Some(m) = notes.as_mut() {
                     m.add(n, mono_ns());
                 }
             }
-            Msg::Idle { .. } => {}
         }
     }
     for r in readers {
@@ -898,13 +914,26 @@ mod tests {
         b.extend_from_slice(&[d.magic, d.tool, d.what, d.action]);
         b.extend_from_slice(&d.id.to_ne_bytes());
         b.extend_from_slice(&[9, 8, 7, 0, 0]); // padding after the data
-        let (head, tail) = b.split_at(10);
-        let c = decode(head, tail, 1).unwrap();
-        assert_eq!((c.ts, c.orig_len, c.dir), (0x1_0000_0002, 100, dir::EGRESS));
-        assert_eq!(c.data, [9, 8, 7]);
-        assert_eq!(c.decision, h.decision);
-        assert!(decode(&b[..EVENT_HEADER_LEN + 2], &[], 1).is_none());
-        assert!(decode(&b[..5], &[], 1).is_none());
+                                               // Wrapped around the ring's end anywhere: in the header, in the data, or not at all.
+        for cut in 0..=b.len() {
+            let (head, tail) = b.split_at(cut);
+            let c = decode(head, tail, 1, &mut bytes::BytesMut::new()).unwrap();
+            assert_eq!((c.ts, c.orig_len, c.dir), (0x1_0000_0002, 100, dir::EGRESS));
+            assert_eq!(&c.data[..], [9, 8, 7], "split at {cut}");
+            assert_eq!(c.decision, h.decision);
+        }
+        // Short: nothing decoded, nothing left on the batch.
+        let mut batch = bytes::BytesMut::new();
+        let h = EVENT_HEADER_LEN;
+        for (head, tail) in [
+            (&b[..h + 2], &[][..]),
+            (&b[..h], &b[h..h + 2]),
+            (&b[..5], &[][..]),
+            (&b[..5], &b[5..9]),
+        ] {
+            assert!(decode(head, tail, 1, &mut batch).is_none());
+        }
+        assert!(batch.is_empty());
     }
 
     #[test]
@@ -915,7 +944,7 @@ mod tests {
             orig_len: 0,
             dir: 1,
             decision: Decision::default(),
-            data: vec![],
+            data: bytes::Bytes::new(),
         };
         let mut h = BinaryHeap::new();
         for (ts, seq) in [(5, 1), (1, 2), (3, 3), (1, 1)] {

@@ -70,14 +70,19 @@ pub struct Stats {
 #[derive(Default)]
 struct Opts(Vec<u8>);
 
+/// One option (code, length, value, padding) onto `out`, whose length is a multiple of 4.
+fn option(out: &mut Vec<u8>, code: u16, val: &[u8]) {
+    out.extend_from_slice(&code.to_le_bytes());
+    // Option values are at most 65535 bytes; longer ones (none here) are cut.
+    let len = val.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(len as u16).to_le_bytes());
+    out.extend_from_slice(&val[..len]);
+    pad(out);
+}
+
 impl Opts {
     fn add(&mut self, code: u16, val: &[u8]) {
-        self.0.extend_from_slice(&code.to_le_bytes());
-        // Option values are at most 65535 bytes; longer ones (none here) are cut.
-        let len = val.len().min(u16::MAX as usize);
-        self.0.extend_from_slice(&(len as u16).to_le_bytes());
-        self.0.extend_from_slice(&val[..len]);
-        pad(&mut self.0);
+        option(&mut self.0, code, val);
     }
 
     fn add_u64(&mut self, code: u16, v: u64) {
@@ -147,24 +152,34 @@ impl<W: Write> Writer<W> {
         self.emit(IDB, &body)
     }
 
+    /// An enhanced packet block, built in place in the writer's one buffer (the block is
+    /// written for every frame: no allocation, one copy of the data).
     pub fn packet(&mut self, p: &Packet<'_>) -> io::Result<()> {
-        let mut body = Vec::with_capacity(32 + p.data.len());
-        body.extend_from_slice(&p.interface_id.to_le_bytes());
-        body.extend_from_slice(&((p.ts_ns >> 32) as u32).to_le_bytes());
-        body.extend_from_slice(&(p.ts_ns as u32).to_le_bytes());
-        body.extend_from_slice(&(p.data.len() as u32).to_le_bytes());
-        body.extend_from_slice(&p.orig_len.to_le_bytes());
-        body.extend_from_slice(p.data);
-        pad(&mut body);
-        let mut o = Opts::default();
+        let b = &mut self.buf;
+        b.clear();
+        b.extend_from_slice(&EPB.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes()); // the total length, once known
+        b.extend_from_slice(&p.interface_id.to_le_bytes());
+        b.extend_from_slice(&((p.ts_ns >> 32) as u32).to_le_bytes());
+        b.extend_from_slice(&(p.ts_ns as u32).to_le_bytes());
+        b.extend_from_slice(&(p.data.len() as u32).to_le_bytes());
+        b.extend_from_slice(&p.orig_len.to_le_bytes());
+        b.extend_from_slice(p.data);
+        pad(b);
         if let Some(d) = p.direction {
-            o.add(EPB_FLAGS, &(d as u32).to_le_bytes());
+            option(b, EPB_FLAGS, &(d as u32).to_le_bytes());
         }
         if let Some(c) = p.comment {
-            o.add(OPT_COMMENT, c.as_bytes());
+            option(b, OPT_COMMENT, c.as_bytes());
         }
-        body.extend_from_slice(&o.finish());
-        self.emit(EPB, &body)
+        if p.direction.is_some() || p.comment.is_some() {
+            b.extend_from_slice(&OPT_END.to_le_bytes());
+            b.extend_from_slice(&0u16.to_le_bytes());
+        }
+        let total = (b.len() + 4) as u32;
+        b[4..8].copy_from_slice(&total.to_le_bytes());
+        b.extend_from_slice(&total.to_le_bytes());
+        self.out.write_all(b)
     }
 
     pub fn stats(&mut self, s: &Stats) -> io::Result<()> {
