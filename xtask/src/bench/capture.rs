@@ -9,6 +9,9 @@
 //! "dropped by kernel"; dumpcap: "dropped" of its interface line) and rx0's `rx_dropped`.
 //! A rate is loss-free when the file holds every frame sent.
 //!
+//! Knobs (environment): `WIRELAB_BENCH_CAPTURE_ROUNDS` (iperf3 rounds, default 3),
+//! `WIRELAB_BENCH_CAPTURE_IPERF_SECS` (seconds per iperf3 run, default 4).
+//!
 //! Topology: `bench fw`'s (namespaces `wlb<pid>-tx`/`-rx`), removed on exit and Ctrl-C.
 use std::{
     path::Path,
@@ -19,7 +22,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    f, fw::Topo, in_ns, json, machine, num, out, spawn_ready, wirelab, Bg, Ctx, Ready, Table,
+    cpu_seconds, f, fw::Topo, in_ns, json, knob, machine, median, num, out, spawn_ready, wirelab,
+    Bg, Ctx, Ready, Table,
 };
 
 /// Seconds of traffic per run.
@@ -207,8 +211,8 @@ fn one(t: &Topo, tool: Tool, size: u32, pps: u64) -> Result<Run> {
     Ok(run)
 }
 
-/// iperf3 TCP throughput (Mbit/s) from tx to rx for SECS seconds.
-fn iperf(t: &Topo) -> Result<f64> {
+/// iperf3 TCP throughput (Mbit/s) from tx to rx for `secs` seconds.
+fn iperf(t: &Topo, secs: u64) -> Result<f64> {
     let _srv = spawn_ready(
         in_ns(
             &t.rx,
@@ -220,7 +224,7 @@ fn iperf(t: &Topo) -> Result<f64> {
     )?;
     let v = json(&mut in_ns(
         &t.tx,
-        &["iperf3", "-c", "198.18.10.2", "-t", &SECS.to_string(), "-J"],
+        &["iperf3", "-c", "198.18.10.2", "-t", &secs.to_string(), "-J"],
     ))?;
     Ok(num(&v, &["end", "sum_received", "bits_per_second"]) / 1e6)
 }
@@ -303,31 +307,94 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         ctx.emit(&tab.render());
     }
 
-    // Cost: iperf3 with and without a capture of everything on rx0.
+    cost(ctx, &t)?;
+    eprintln!(
+        "bench capture took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The cost: iperf3 with and without a capture of every segment on rx0. One iperf3 run
+/// swings by tens of percent on a shared VM, so the cases take turns for `rounds` rounds
+/// (each round in another order) and each capture is compared with the run without one of
+/// its own round; the table gives the median and the range of those ratios, and the CPU
+/// time of the capture's process per GB received.
+fn cost(ctx: &Ctx, t: &Topo) -> Result<()> {
+    let rounds = knob("WIRELAB_BENCH_CAPTURE_ROUNDS", 3)?.clamp(1, 20) as usize;
+    let secs = knob("WIRELAB_BENCH_CAPTURE_IPERF_SECS", 4)?.clamp(1, 60);
+    let cases: [Option<Tool>; 4] = [
+        None,
+        Some(Tool::Wirelab),
+        Some(Tool::WirelabXdp),
+        Some(Tool::Tcpdump),
+    ];
+    // mbits[case][round], cpu_per_gb[case][round].
+    let mut mbits = vec![vec![f64::NAN; rounds]; cases.len()];
+    let mut cpu = vec![vec![f64::NAN; rounds]; cases.len()];
+    for r in 0..rounds {
+        for k in 0..cases.len() {
+            let c = (r + k) % cases.len();
+            ctx.check()?;
+            let file = t.dir.join("iperf.pcap");
+            let bg = cases[c]
+                .map(|tool| tool.start(t, &file, "tcp", IPERF_SNAPLEN))
+                .transpose()?;
+            let cpu0 = bg.as_ref().map_or(0.0, |b| cpu_seconds(b.pid()));
+            let v = iperf(t, secs)?;
+            if let Some(b) = &bg {
+                let gb = v * secs as f64 / 8e3;
+                cpu[c][r] = (cpu_seconds(b.pid()) - cpu0) / gb.max(1e-9);
+            }
+            drop(bg);
+            let _ = std::fs::remove_file(&file);
+            mbits[c][r] = v;
+        }
+    }
     let mut tab = Table::new(
         "iperf3 throughput with a capture on rx0",
         "cargo xtask bench capture",
-        &["capture", "Mbit/s", "vs none"],
+        &[
+            "capture",
+            "Mbit/s per round",
+            "median Mbit/s",
+            "vs none (median of rounds, range)",
+            "capture process CPU s per GB",
+        ],
     );
-    let base = iperf(&t)?;
-    tab.row(vec!["none".into(), f(base, 0), "100%".into()]);
-    for tool in [Tool::Wirelab, Tool::WirelabXdp, Tool::Tcpdump] {
-        ctx.check()?;
-        let file = t.dir.join("iperf.pcap");
-        let bg = tool.start(&t, &file, "tcp", IPERF_SNAPLEN)?;
-        let v = iperf(&t)?;
-        drop(bg);
-        let _ = std::fs::remove_file(&file);
+    for (c, case) in cases.iter().enumerate() {
+        let ratios: Vec<f64> = (0..rounds)
+            .map(|r| 100.0 * mbits[c][r] / mbits[0][r].max(1e-9))
+            .collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         tab.row(vec![
-            tool.name().into(),
-            f(v, 0),
-            format!("{}%", f(100.0 * v / base.max(1e-9), 1)),
+            case.map_or("none", |t| t.name()).into(),
+            mbits[c]
+                .iter()
+                .map(|v| f(*v, 0))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            f(median(mbits[c].clone()), 0),
+            if case.is_none() {
+                "100%".into()
+            } else {
+                format!("{}% ({}-{}%)", f(median(ratios), 1), f(lo, 1), f(hi, 1))
+            },
+            if case.is_none() {
+                "-".into()
+            } else {
+                f(median(cpu[c].clone()), 3)
+            },
         ]);
     }
     tab.note(format!(
-        "iperf3 TCP, {SECS} s, tx -> rx; the capture keeps every segment (filter `tcp`, \
-         {IPERF_SNAPLEN} bytes of each). Bench took {:.0} s.",
-        started.elapsed().as_secs_f64()
+        "iperf3 TCP, {secs} s per run, tx -> rx, {rounds} rounds, the cases in turn (each round \
+         starts one case later); the capture keeps every segment (filter `tcp`, {IPERF_SNAPLEN} \
+         bytes of each). CPU: user + system time of the capture's process over the run (its \
+         threads and system calls; the kernel's work per frame in softirq is on iperf3's \
+         time) per GB iperf3 received. {}",
+        machine()
     ));
     ctx.emit(&tab.render());
     Ok(())

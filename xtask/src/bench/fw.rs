@@ -15,7 +15,7 @@ use std::{
 use anyhow::{bail, Result};
 
 use super::{
-    f, in_ns, json, machine, num, out, spawn_ready, wirelab, Bg, Ctx, Ready, Sysctl, Table,
+    f, in_ns, json, machine, median, num, out, spawn_ready, wirelab, Bg, Ctx, Ready, Sysctl, Table,
 };
 
 const SECS: u64 = 3;
@@ -278,11 +278,6 @@ const GEN_SRC: &str = "198.18.0.0/15";
 
 const DROP_ALL: &str =
     "default = \"allow\"\n[[rule]]\nname = \"drop\"\naction = \"deny\"\nsrc = \"198.18.0.0/15\"\n";
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 pub fn run(ctx: &Ctx) -> Result<()> {
     let t = Topo::up()?;

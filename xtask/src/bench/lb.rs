@@ -25,8 +25,8 @@ use serde_json::Value;
 use wirelab_testkit::eventually;
 
 use super::{
-    cpu_seconds, f, in_ns, machine, num, out, pct, prog_stats, spawn_ready, wirelab, wirelab_bin,
-    Bg, Ctx, Lab, Ready, Sysctl, Table, TempDir,
+    cpu_seconds, f, in_ns, knob, machine, num, out, pct, prog_stats, spawn_ready, wirelab,
+    wirelab_bin, Bg, Ctx, Lab, Ready, Sysctl, Table, TempDir,
 };
 use crate::root;
 
@@ -34,15 +34,6 @@ const VIP: &str = "198.18.1.100";
 /// Katran's BPF_PROG_TEST_RUN tester (katran#235): an anchor, not measured here.
 const KATRAN_NS: (f64, f64) = (101.0, 119.0);
 const PROG_SCHED_CLS: u32 = 3;
-
-fn knob(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v:?}: expected a whole number")),
-        Err(_) => Ok(default),
-    }
-}
 
 pub fn run(ctx: &Ctx) -> Result<()> {
     let secs = knob("WIRELAB_BENCH_LB_SECS", 5)?.clamp(1, 120);
