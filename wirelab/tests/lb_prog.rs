@@ -787,10 +787,7 @@ fn nat_rewrites_both_directions_with_correct_checksums() {
     // TCP/IPv6: four words of the address through the L4 checksum (no header checksum).
     let s6 = tcp6_from(CLIENT6, VIP6, 40000, 80, true);
     let to6 = translated(&h, &s6, 38, 16);
-    let b6: [u8; 16] = "2001:2:2::21"
-        .parse::<std::net::Ipv6Addr>()
-        .unwrap()
-        .octets();
+    let b6 = v6("2001:2:2::21");
     assert_eq!(to6, b6);
     let r6 = tcp6_from(b6, CLIENT6, 80, 40000, false);
     assert_eq!(translated(&h, &r6, 22, 16), VIP6);
@@ -1118,14 +1115,8 @@ fn snat_rewrites_source_and_destination_and_picks_a_free_port() {
         );
 
         // IPv6: four words of each address.
-        let snat6: [u8; 16] = "2001:2:2::250"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets();
-        let b6: [u8; 16] = "2001:2:2::21"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets();
+        let snat6 = v6("2001:2:2::250");
+        let b6 = v6("2001:2:2::21");
         let s6 = tcp6_from(CLIENT6, VIP6, 40000, 80, true);
         let out = rewritten(&h, prog, pass, &s6, &[(22, 32)]);
         assert_eq!(
@@ -1175,6 +1166,13 @@ fn snat_rewrites_source_and_destination_and_picks_a_free_port() {
             "{prog}"
         );
     }
+}
+
+/// An IPv6 address's 16 bytes.
+fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>()
+        .expect("an IPv6 address")
+        .octets()
 }
 
 /// An IPv4 packet (no Ethernet header) as the quote of an ICMP error: TCP with a SYN or UDP.
@@ -1284,11 +1282,8 @@ fn errors_the_balancer_host_sends_about_nat_flows_are_translated_at_egress() {
     );
     let (v, _) = h.run(&tcp6(CLIENT6, VIP6, 40000, 80));
     assert_eq!(v, TC_ACT_OK);
-    let b6: [u8; 16] = "2001:2:2::21"
-        .parse::<std::net::Ipv6Addr>()
-        .unwrap()
-        .octets();
-    let lb6: [u8; 16] = "2001:2::10".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let b6 = v6("2001:2:2::21");
+    let lb6 = v6("2001:2::10");
     icmp_becomes(
         &h,
         egress,
@@ -1375,14 +1370,8 @@ fn icmp_errors_about_balanced_flows_are_translated_or_sent_to_the_backend() {
         // ICMPv6's pseudo-header).
         let (v, _) = wirelab_testkit::prog::run(&h.bpf, prog, &tcp6(CLIENT6, VIP6, 40000, 80));
         assert_eq!(v, pass);
-        let b6: [u8; 16] = "2001:2:2::21"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets();
-        let r6: [u8; 16] = "2001:2:2::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets();
+        let b6 = v6("2001:2:2::21");
+        let r6 = v6("2001:2:2::1");
         let sent6 = quoted6(CLIENT6, b6, 40000, 80);
         let orig6 = quoted6(CLIENT6, VIP6, 40000, 80);
         icmp_becomes(
@@ -1550,10 +1539,7 @@ fn nat_translates_the_service_port_to_the_port_the_backend_listens_on() {
         assert_eq!((&out[26..30], port_at(&out, 34)), (&VIP[..], 53));
 
         // TCP/IPv6.
-        let b6: [u8; 16] = "2001:2:2::21"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets();
+        let b6 = v6("2001:2:2::21");
         let s6 = tcp6_from(CLIENT6, VIP6, 40000, 80, true);
         let out = rewritten(&h, prog, pass, &s6, &[(38, 16), (56, 2)]);
         assert_eq!((&out[38..54], port_at(&out, 56)), (&b6[..], 8080));
