@@ -1243,7 +1243,9 @@ type Error4<'a> = ([u8; 4], [u8; 4], &'a [u8]);
 
 /// The IPv4 ICMP error `from` becomes `to`, with the whole quote and with only its first 28
 /// bytes (the IP header and 8 bytes of TCP/UDP: no L4 checksum in the quote).
-fn error4_becomes(h: &Harness, prog: &str, pass: u32, from: Error4<'_>, to: Error4<'_>) {
+/// `at`: the harness, the program and the verdict that hands the translated error on.
+fn error4_becomes(at: (&Harness, &str, u32), from: Error4<'_>, to: Error4<'_>) {
+    let (h, prog, pass) = at;
     for whole in [true, false] {
         let cut = |q: &[u8]| q[..if whole { q.len() } else { 28 }].to_vec();
         icmp_becomes(
@@ -1274,9 +1276,7 @@ fn errors_the_balancer_host_sends_about_nat_flows_are_translated_at_egress() {
     let sent = quoted4(CLIENT, be, 40000, 80, false);
     let orig = quoted4(CLIENT, VIP, 40000, 80, false);
     error4_becomes(
-        &h,
-        egress,
-        TC_ACT_OK,
+        (&h, egress, TC_ACT_OK),
         (LB_ADDR, CLIENT, &sent),
         (LB_ADDR, CLIENT, &orig),
     );
@@ -1333,9 +1333,7 @@ fn icmp_errors_about_balanced_flows_are_translated_or_sent_to_the_backend() {
         let sent = quoted4(CLIENT, be, 40000, 80, false);
         let orig = quoted4(CLIENT, VIP, 40000, 80, false);
         error4_becomes(
-            &h,
-            prog,
-            pass,
+            (&h, prog, pass),
             (ROUTER, CLIENT, &sent),
             (ROUTER, CLIENT, &orig),
         );
@@ -1424,7 +1422,7 @@ fn icmp_errors_about_balanced_flows_are_translated_or_sent_to_the_backend() {
         let port = port_at(&out, 34);
         let sent = quoted4(SNAT, be, port, 80, false);
         let orig = quoted4(CLIENT, VIP, 40000, 80, false);
-        error4_becomes(&h, prog, pass, (be, SNAT, &sent), (VIP, CLIENT, &orig));
+        error4_becomes((&h, prog, pass), (be, SNAT, &sent), (VIP, CLIENT, &orig));
         icmp_becomes(
             &h,
             prog,
@@ -1555,16 +1553,12 @@ fn nat_translates_the_service_port_to_the_port_the_backend_listens_on() {
         let reply_seen = quoted4(VIP, CLIENT, 80, 40000, false);
         let reply_sent = quoted4(be, CLIENT, bport, 40000, false);
         error4_becomes(
-            &h,
-            prog,
-            pass,
+            (&h, prog, pass),
             (ROUTER, CLIENT, &sent),
             (ROUTER, CLIENT, &orig),
         );
         error4_becomes(
-            &h,
-            prog,
-            pass,
+            (&h, prog, pass),
             (CLIENT, VIP, &reply_seen),
             (CLIENT, be, &reply_sent),
         );
