@@ -914,7 +914,8 @@ mod tests {
         b.extend_from_slice(&[d.magic, d.tool, d.what, d.action]);
         b.extend_from_slice(&d.id.to_ne_bytes());
         b.extend_from_slice(&[9, 8, 7, 0, 0]); // padding after the data
-                                               // Wrapped around the ring's end anywhere: in the header, in the data, or not at all.
+
+        // Wrapped around the ring's end anywhere: in the header, in the data, or not at all.
         for cut in 0..=b.len() {
             let (head, tail) = b.split_at(cut);
             let c = decode(head, tail, 1, &mut bytes::BytesMut::new()).unwrap();

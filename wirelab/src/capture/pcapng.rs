@@ -70,6 +70,12 @@ pub struct Stats {
 #[derive(Default)]
 struct Opts(Vec<u8>);
 
+/// The end of a block's options (after at least one option).
+fn end_of_options(out: &mut Vec<u8>) {
+    out.extend_from_slice(&OPT_END.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+}
+
 /// One option (code, length, value, padding) onto `out`, whose length is a multiple of 4.
 fn option(out: &mut Vec<u8>, code: u16, val: &[u8]) {
     out.extend_from_slice(&code.to_le_bytes());
@@ -99,8 +105,7 @@ impl Opts {
 
     fn finish(mut self) -> Vec<u8> {
         if !self.0.is_empty() {
-            self.0.extend_from_slice(&OPT_END.to_le_bytes());
-            self.0.extend_from_slice(&0u16.to_le_bytes());
+            end_of_options(&mut self.0);
         }
         self.0
     }
@@ -173,8 +178,7 @@ impl<W: Write> Writer<W> {
             option(b, OPT_COMMENT, c.as_bytes());
         }
         if p.direction.is_some() || p.comment.is_some() {
-            b.extend_from_slice(&OPT_END.to_le_bytes());
-            b.extend_from_slice(&0u16.to_le_bytes());
+            end_of_options(b);
         }
         let total = (b.len() + 4) as u32;
         b[4..8].copy_from_slice(&total.to_le_bytes());
