@@ -13,6 +13,7 @@ use aya::{
 use clap::Parser;
 use etherparse::PacketBuilder;
 use serde::Serialize;
+use wirelab::ebpf::LoadRetrying as _;
 use wirelab::lb::{maglev, Balancer, Config};
 use wirelab_testkit::frames::{
     lb::{CLIENT, CLIENT6, IFACE_MAC, OTHER, VIP, VIP6, VIP_DOWN},
@@ -84,9 +85,9 @@ fn loaded(config: &str) -> Result<Ebpf> {
     let c = Config::parse(&config.replace("table_size = 251\n", ""))?;
     Balancer::install(&mut bpf, &c, IFACE_MAC)?;
     let t: &mut SchedClassifier = bpf.program_mut("lb").context("lb")?.try_into()?;
-    t.load().context("loading lb")?;
+    t.load_retrying().context("loading lb")?;
     let x: &mut Xdp = bpf.program_mut("lb_xdp").context("lb_xdp")?.try_into()?;
-    x.load().context("loading lb_xdp")?;
+    x.load_retrying().context("loading lb_xdp")?;
     Ok(bpf)
 }
 

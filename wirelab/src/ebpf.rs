@@ -79,6 +79,48 @@ pub fn load(o: Object) -> Result<Ebpf> {
     Ebpf::load(o.bytes()).with_context(|| format!("loading the {} eBPF object", o.name()))
 }
 
+/// How many times [`LoadRetrying::load_retrying`] asks the kernel (libbpf asks 5 times too).
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// `load()` that asks again when the verifier gave up because a signal came in.
+///
+/// The verifier checks for pending signals while it works and then fails the load with
+/// `EAGAIN`, so a long verification (the capture filter, lb) in a process that gets signals
+/// (a test harness, a supervisor) can fail for no fault of the program: CI saw it once. Every
+/// program wirelab loads goes through here.
+pub trait LoadRetrying {
+    fn load_retrying(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+fn interrupted(e: &aya::programs::ProgramError) -> bool {
+    matches!(e, aya::programs::ProgramError::LoadError { io_error, .. }
+        if io_error.raw_os_error() == Some(libc::EAGAIN))
+}
+
+macro_rules! load_retrying {
+    ($($t:ty),*) => {$(
+        impl LoadRetrying for $t {
+            fn load_retrying(&mut self) -> Result<(), aya::programs::ProgramError> {
+                let mut attempt = 1;
+                loop {
+                    match self.load() {
+                        Err(e) if interrupted(&e) && attempt < LOAD_ATTEMPTS => {
+                            tracing::debug!(attempt, "the verifier was interrupted by a signal; loading again");
+                            attempt += 1;
+                        }
+                        other => return other,
+                    }
+                }
+            }
+        }
+    )*};
+}
+load_retrying!(
+    aya::programs::Xdp,
+    aya::programs::SchedClassifier,
+    aya::programs::CgroupSockAddr
+);
+
 /// The verifier's limit of instructions processed per program (`BPF_COMPLEXITY_LIMIT_INSNS`,
 /// since Linux 5.2).
 pub const VERIFIER_LIMIT: u32 = 1_000_000;
@@ -108,9 +150,9 @@ pub fn load_every_program() -> Result<Vec<ProgramLoad>> {
                 continue;
             };
             let res = match p {
-                Program::Xdp(p) => p.load().and_then(|()| p.info()),
-                Program::SchedClassifier(p) => p.load().and_then(|()| p.info()),
-                Program::CgroupSockAddr(p) => p.load().and_then(|()| p.info()),
+                Program::Xdp(p) => p.load_retrying().and_then(|()| p.info()),
+                Program::SchedClassifier(p) => p.load_retrying().and_then(|()| p.info()),
+                Program::CgroupSockAddr(p) => p.load_retrying().and_then(|()| p.info()),
                 other => bail!(
                     "{}/{name}: program type {:?} is not one wirelab loads",
                     o.name(),

@@ -17,6 +17,7 @@ use std::{
 };
 use wirelab_common::maps;
 
+use crate::ebpf::LoadRetrying as _;
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::Array,
@@ -380,7 +381,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
             .program_mut("gen_tx")
             .context("gen_tx missing")?
             .try_into()?;
-        p.load().context("loading gen_tx")?;
+        p.load_retrying().context("loading gen_tx")?;
         bpf = Some(b);
     }
     let mut sent = 0u64;

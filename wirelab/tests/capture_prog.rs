@@ -8,6 +8,7 @@ use aya::{maps::PerCpuArray, programs::SchedClassifier, programs::Xdp};
 use common::frames::{self, cat, eth, frag6, vlan_wrap, DST, SRC};
 use etherparse::PacketBuilder;
 use wirelab::capture::{self, pcapng};
+use wirelab::ebpf::LoadRetrying as _;
 use wirelab_common::{
     capture::{dir, dir_base, stat},
     maps,
@@ -31,15 +32,15 @@ impl Harness {
         capture::configure(&mut bpf, 256, &f).expect("configure");
         capture::load_filter_programs(&mut bpf).expect("filter programs load");
         let p: &mut Xdp = bpf.program_mut("capture_xdp").unwrap().try_into().unwrap();
-        p.load().expect("verifier accepts capture_xdp");
+        p.load_retrying().expect("verifier accepts capture_xdp");
         let p: &mut SchedClassifier = bpf.program_mut("capture_tc").unwrap().try_into().unwrap();
-        p.load().expect("verifier accepts capture_tc");
+        p.load_retrying().expect("verifier accepts capture_tc");
         let p: &mut SchedClassifier = bpf
             .program_mut("capture_tc_in")
             .unwrap()
             .try_into()
             .unwrap();
-        p.load().expect("verifier accepts capture_tc_in");
+        p.load_retrying().expect("verifier accepts capture_tc_in");
         Self { bpf }
     }
 

@@ -10,6 +10,7 @@ use common::frames::{
     cat, eth, frag6, ipv4, ipv6, opts_hdr, udp_hdr, vlan_wrap, vlan_wrappings, DST, SRC,
 };
 use etherparse::{PacketBuilder, VlanId};
+use wirelab::ebpf::LoadRetrying as _;
 use wirelab::fw::{rules, Firewall};
 use wirelab_common::parse::{MAX_IPV6_EXT, MAX_VLAN_TAGS};
 
@@ -34,7 +35,7 @@ impl Harness {
         let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Fw).expect("load object");
         let fw = Firewall::new(&mut bpf, &rs).expect("install");
         let p: &mut Xdp = bpf.program_mut("fw").unwrap().try_into().unwrap();
-        p.load().expect("verifier accepts fw");
+        p.load_retrying().expect("verifier accepts fw");
         Self { bpf, fw }
     }
 
@@ -594,7 +595,7 @@ fn hundred_thousand_prefixes() {
     let fw = Firewall::new(&mut bpf, &rs).unwrap();
     eprintln!("installed 100,000 prefixes in {:?}", t.elapsed());
     let p: &mut Xdp = bpf.program_mut("fw").unwrap().try_into().unwrap();
-    p.load().unwrap();
+    p.load_retrying().unwrap();
     let h = Harness { bpf, fw };
     h.expect(&udp4([10, 0, 0, 7], SERVER, 1, 2), DROP, "big");
     h.expect(&udp4([10, 0, 0, 8], SERVER, 1, 2), PASS, "(default)");
@@ -779,7 +780,7 @@ fn the_capture_tap_keeps_fws_verdicts_and_costs_a_lookup_when_off() {
         .unwrap()
         .try_into()
         .unwrap();
-    p.load().expect("verifier accepts capture_xdp_tap");
+    p.load_retrying().expect("verifier accepts capture_xdp_tap");
     let fd = p.fd().unwrap().try_clone().unwrap();
     ProgramArray::try_from(h.bpf.map_mut(maps::FW_TAP).unwrap())
         .unwrap()

@@ -8,6 +8,7 @@ mod common;
 use aya::{maps::PerCpuArray, programs::Xdp};
 use common::frames::{self, cat, eth, frag6, opts_hdr, DST, SRC};
 use etherparse::{PacketBuilder, VlanId};
+use wirelab::ebpf::LoadRetrying as _;
 use wirelab_common::maps;
 use wirelab_common::{
     inspect::CLASS_NAMES,
@@ -26,7 +27,7 @@ impl Harness {
         common::require_privileges();
         let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Inspect).expect("load object");
         let p: &mut Xdp = bpf.program_mut("inspect").unwrap().try_into().unwrap();
-        p.load().expect("verifier accepts inspect");
+        p.load_retrying().expect("verifier accepts inspect");
         Self { bpf }
     }
 

@@ -11,6 +11,7 @@ use aya::{
 };
 use common::frames::{cat, eth, ipv4, udp_hdr, DST, SRC};
 use etherparse::PacketBuilder;
+use wirelab::ebpf::LoadRetrying as _;
 use wirelab::lb::{Balancer, Config, Stats};
 use wirelab_common::lb::{FlowKey, FAMILY_IPV4, FAMILY_IPV6};
 use wirelab_testkit::frames::lb::{CLIENT, CLIENT6, IFACE_MAC, OTHER, VIP, VIP6, VIP_DOWN};
@@ -84,10 +85,10 @@ impl Harness {
         let c = Config::parse(config).unwrap();
         let lb = Balancer::install(&mut bpf, &c, IFACE_MAC).expect("install");
         let t: &mut SchedClassifier = bpf.program_mut("lb").unwrap().try_into().unwrap();
-        t.load()
+        t.load_retrying()
             .unwrap_or_else(|e| panic!("verifier accepts lb: {e:?}"));
         let x: &mut Xdp = bpf.program_mut("lb_xdp").unwrap().try_into().unwrap();
-        x.load()
+        x.load_retrying()
             .unwrap_or_else(|e| panic!("verifier accepts lb_xdp: {e:?}"));
         wirelab::lb::load_which(&mut bpf)
             .unwrap_or_else(|e| panic!("verifier accepts lb_which: {e:?}"));
@@ -98,7 +99,7 @@ impl Harness {
             .unwrap()
             .try_into()
             .unwrap();
-        t.load()
+        t.load_retrying()
             .unwrap_or_else(|e| panic!("verifier accepts lb_egress: {e:?}"));
         Self { bpf, lb }
     }

@@ -55,3 +55,67 @@ fn every_program_loads_far_from_the_verifier_limit() {
         assert!(n < 400_000, "{name}: {n} instructions");
     }
 }
+
+/// The verifier gives up with `EAGAIN` when a signal comes in while it works (CI met it once,
+/// on the capture filter): wirelab loads every program through `load_retrying`, which asks
+/// again. Shown on that program: under a stream of signals every 2 ms a plain `load` fails
+/// with `EAGAIN`; three signals 2 ms apart spoil three attempts, and `load_retrying` loads.
+#[test]
+fn a_verification_interrupted_by_signals_is_asked_again() {
+    use std::{
+        sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, Arc},
+        time::Duration,
+    };
+
+    use aya::programs::{ProgramError, Xdp};
+    use nix::sys::{pthread, signal::Signal};
+    use wirelab::ebpf::LoadRetrying as _;
+
+    common::require_privileges();
+    // A handler, so that SIGUSR1 interrupts the syscall instead of ending the process.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGUSR1,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .expect("SIGUSR1 handler");
+    let me = pthread::pthread_self();
+    // Load capture_xdp_filter while another thread sends this one up to `signals` SIGUSR1,
+    // 2 ms apart: the load's result and how many were sent before it returned.
+    let load = |retrying: bool, signals: u32| -> (Result<(), ProgramError>, u32) {
+        let mut bpf = wirelab::ebpf::load(Object::Capture).expect("load object");
+        let p: &mut Xdp = bpf
+            .program_mut("capture_xdp_filter")
+            .expect("capture_xdp_filter")
+            .try_into()
+            .expect("an XDP program");
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let sender = s.spawn(|| {
+                let mut sent = 0;
+                while sent < signals && !done.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(2));
+                    pthread::pthread_kill(me, Signal::SIGUSR1).expect("pthread_kill");
+                    sent += 1;
+                }
+                sent
+            });
+            let r = if retrying {
+                p.load_retrying()
+            } else {
+                p.load()
+            };
+            done.store(true, Relaxed);
+            (r, sender.join().expect("sender"))
+        })
+    };
+    let (plain, _) = load(false, 5_000);
+    match plain {
+        Err(ProgramError::LoadError { io_error, .. }) => {
+            assert_eq!(io_error.raw_os_error(), Some(libc::EAGAIN), "{io_error}");
+        }
+        other => panic!("a plain load under signals: {other:?}"),
+    }
+    let (retried, sent) = load(true, 3);
+    retried.expect("load_retrying under three signals");
+    assert_eq!(sent, 3, "the signals came while it loaded");
+}

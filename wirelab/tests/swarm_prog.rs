@@ -7,6 +7,7 @@ use aya::{
     programs::{SchedClassifier, Xdp},
     Ebpf,
 };
+use wirelab::ebpf::LoadRetrying as _;
 use wirelab_common::maps;
 use wirelab_common::swarm::{derive_mac, SwarmConfig, DEFAULT_MAC_PREFIX};
 
@@ -40,10 +41,10 @@ impl Harness {
             Array::try_from(bpf.map_mut(maps::SWARM_CONFIG).unwrap()).unwrap();
         c.set(0, cfg, 0).unwrap();
         let x: &mut Xdp = bpf.program_mut("swarm_xdp").unwrap().try_into().unwrap();
-        x.load().expect("verifier accepts swarm_xdp");
+        x.load_retrying().expect("verifier accepts swarm_xdp");
         for p in ["swarm_arp", "swarm_egress"] {
             let t: &mut SchedClassifier = bpf.program_mut(p).unwrap().try_into().unwrap();
-            t.load()
+            t.load_retrying()
                 .unwrap_or_else(|e| panic!("verifier accepts {p}: {e}"));
         }
         Self { bpf }

@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::ebpf::LoadRetrying as _;
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
@@ -1711,7 +1712,7 @@ pub fn load_which(bpf: &mut Ebpf) -> Result<()> {
         .program_mut(PROG_WHICH)
         .with_context(|| format!("program {PROG_WHICH} missing from the object"))?
         .try_into()?;
-    p.load()
+    p.load_retrying()
         .with_context(|| format!("loading {PROG_WHICH} (the decision `lb which` asks)"))
 }
 

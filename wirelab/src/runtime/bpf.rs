@@ -4,6 +4,7 @@
 //! leaves nothing behind: XDP links, TCX links (6.6+). Before 6.6 a tc program can only be a
 //! clsact filter made over netlink, which outlives a killed process: `attach_tc` says so when
 //! it falls back, and `wirelab cleanup` removes such filters by their program name.
+use crate::ebpf::LoadRetrying as _;
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{MapData, PerCpuArray, ProgramArray},
@@ -39,7 +40,7 @@ fn xdp_program<'a>(bpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut Xdp> {
         .try_into()?;
     // One program may be attached to several interfaces (wan): load it once.
     if p.fd().is_err() {
-        p.load()
+        p.load_retrying()
             .with_context(|| format!("loading XDP program {prog}"))?;
     }
     Ok(p)
@@ -60,12 +61,14 @@ pub fn load_for_tail_call(bpf: &mut Ebpf, prog: &str, hook: Hook) -> Result<Prog
     let fd = match hook {
         Hook::Tc => {
             let p: &mut SchedClassifier = program.try_into()?;
-            p.load().with_context(|| format!("loading {prog}"))?;
+            p.load_retrying()
+                .with_context(|| format!("loading {prog}"))?;
             p.fd()?.try_clone()?
         }
         Hook::Xdp => {
             let p: &mut Xdp = program.try_into()?;
-            p.load().with_context(|| format!("loading {prog}"))?;
+            p.load_retrying()
+                .with_context(|| format!("loading {prog}"))?;
             p.fd()?.try_clone()?
         }
     };
@@ -178,7 +181,7 @@ pub fn attach_tc(bpf: &mut Ebpf, prog: &str, iface: &str, dir: TcAttachType) -> 
         .with_context(|| format!("program {prog} missing from the object"))?
         .try_into()?;
     if p.fd().is_err() {
-        p.load()
+        p.load_retrying()
             .with_context(|| format!("loading tc program {prog}"))?;
     }
     require_iface(iface)?;

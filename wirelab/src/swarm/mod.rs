@@ -21,6 +21,7 @@ use std::{
 };
 use wirelab_common::maps;
 
+use crate::ebpf::LoadRetrying as _;
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
@@ -429,7 +430,7 @@ impl Swarm {
                 .program_mut(name)
                 .with_context(|| format!("{name} missing"))?
                 .try_into()?;
-            p.load().with_context(|| {
+            p.load_retrying().with_context(|| {
                 format!("loading {name} (the kernel needs cgroup sock_addr hooks and bpf_bind)")
             })?;
             p.attach(&cg, CgroupAttachMode::Single)
