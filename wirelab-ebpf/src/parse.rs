@@ -306,6 +306,9 @@ pub struct Parsed {
     pub has_l4: bool,
     /// Offset of the L4 header (valid when `has_l4`).
     pub l4_off: usize,
+    /// Where the IP packet ends by its own length (valid when `has_l4`): bytes after it
+    /// (padding, a trailer) belong to no header.
+    pub l3_end: usize,
     /// Source and destination address, network order; IPv4 uses the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -334,6 +337,7 @@ impl Parsed {
             fragment: false,
             has_l4: false,
             l4_off: 0,
+            l3_end: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             sport: 0,
@@ -434,10 +438,15 @@ fn parse_ipv4(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     p.saddr[..IPV4_ALEN].copy_from_slice(&s);
     p.daddr[..IPV4_ALEN].copy_from_slice(&d);
     if frag_off != 0 {
-        // Non-first fragment: no L4 header here.
+        // Non-first fragment: no L4 header here. One that starts 8 bytes in would overwrite
+        // the TCP flags of the first (the overlapping-fragment attack, RFC 1858): malformed.
+        if frag_off == 1 && p.ip_proto == IPPROTO_TCP {
+            return Err(Error::Invalid);
+        }
         return Ok(());
     }
     p.l4_off = off + hlen;
+    p.l3_end = off + total;
     parse_l4(f, p)
 }
 
@@ -481,6 +490,12 @@ fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
         return Ok(());
     }
     p.l4_off = hoff;
+    // A zero payload length is a jumbogram's (or BIG TCP's): the packet ends with the frame.
+    p.l3_end = if payload == 0 {
+        f.wire_len()
+    } else {
+        off + IPV6_HLEN + payload
+    };
     parse_l4(f, p)
 }
 
@@ -538,9 +553,14 @@ fn ext_header(f: &Frame, p: &mut Parsed, hoff: &mut usize, next: u8) -> Result<E
     }
 }
 
+/// The L4 header at `p.l4_off`, which must end within the frame (else `Truncated`) and
+/// within the IP packet, which ends at `p.l3_end` (else `Invalid`): bytes after the packet (a
+/// frame's padding, a trailer) are not its header. So a first fragment too short to hold the
+/// whole TCP header (RFC 1858's tiny fragment) is malformed, and never judged by flags read
+/// from whatever follows it.
 #[inline(always)]
 fn parse_l4(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
-    let off = p.l4_off;
+    let (off, end) = (p.l4_off, p.l3_end);
     match p.ip_proto {
         IPPROTO_TCP => {
             p.sport = f.be16_at(off)?;
@@ -551,6 +571,9 @@ fn parse_l4(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
             }
             p.tcp_flags = f.u8_at(off + TCP_FLAGS_OFF)?;
             f.u8_at(off + doff * 4 - 1)?;
+            if off + doff * 4 > end {
+                return Err(Error::Invalid);
+            }
             p.has_l4 = true;
         }
         IPPROTO_UDP => {
@@ -560,12 +583,20 @@ fn parse_l4(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
             if ulen != 0 && ulen < UDP_HLEN {
                 return Err(Error::Invalid);
             }
+            // (The checks against the packet's end after the reads: before them the compiler
+            // merges the frame's bounds checks into a form the verifier does not follow.)
+            if off + UDP_HLEN > end {
+                return Err(Error::Invalid);
+            }
             p.has_l4 = true;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             // Every ICMP/ICMPv6 message has at least 8 bytes of header. One 8-byte check
             // (not single-byte ones) keeps the bounds test in a form the verifier tracks.
             let h = f.at::<[u8; ICMP_HLEN]>(off)?.get();
+            if off + ICMP_HLEN > end {
+                return Err(Error::Invalid);
+            }
             p.icmp_type = h[0];
             p.icmp_code = h[1];
             p.has_l4 = true;

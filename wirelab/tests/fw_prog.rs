@@ -297,6 +297,56 @@ fn vlan_options_fragments() {
     h.expect(&f, DROP, "v6-dst-udp");
 }
 
+/// Headers are read within the IP packet, not the frame: the bytes after it (Ethernet
+/// padding, a trailer) are the sender's to choose. A first fragment holding only the ports
+/// and sequence number of a SYN to port 22, padded with bytes that read as a data offset and
+/// the ACK flag, must not slip past `syn-22` as an ACK (its second fragment, with the real
+/// flags, has no ports for any rule to see): it is malformed (RFC 1858's tiny fragment), as
+/// is a TCP fragment at offset 8, which would overwrite the first one's flags.
+#[test]
+fn tiny_and_overlapping_tcp_fragments_are_malformed_not_judged_by_padding() {
+    let h = Harness::new(RULES);
+    let mut tcp8 = vec![0u8; 8];
+    tcp8[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp8[2..4].copy_from_slice(&22u16.to_be_bytes());
+    // After the packet: acknowledgement number, data offset 5, flags ACK, window.
+    let padding = [0, 0, 0, 1, 0x50, 0x10, 0x04, 0x00, 0, 0, 0, 0];
+    let tiny = cat(
+        eth(0x0800),
+        ipv4([198, 18, 0, 1], SERVER, 5, 6, 0x2000, &tcp8),
+    );
+    h.expect(&cat(tiny, padding.to_vec()), DROP, "(malformed)");
+    // Unfragmented, the same: a TCP header the IP length cuts short is malformed.
+    let short = cat(eth(0x0800), ipv4([198, 18, 0, 1], SERVER, 5, 6, 0, &tcp8));
+    h.expect(&cat(short, padding.to_vec()), DROP, "(malformed)");
+    // Fragment offset 1 (8 bytes) of TCP.
+    let f = cat(
+        eth(0x0800),
+        ipv4(
+            [198, 18, 0, 1],
+            SERVER,
+            5,
+            6,
+            1,
+            &[0x50, 0x02, 4, 0, 0, 0, 0, 0],
+        ),
+    );
+    h.expect(&f, DROP, "(malformed)");
+    // Padding after a whole header changes nothing: a short SYN padded to 60 bytes still
+    // meets `syn-22`, a padded ACK `ssh`; a UDP fragment at offset 8 is no TCP overlap.
+    let mut syn = tcp4([198, 18, 0, 1], 22, true, false);
+    syn.resize(60, 0xff);
+    h.expect(&syn, DROP, "syn-22");
+    let mut ack = tcp4([198, 18, 0, 1], 22, false, true);
+    ack.resize(60, 0xff);
+    h.expect(&ack, PASS, "ssh");
+    let f = cat(
+        eth(0x0800),
+        ipv4([198, 18, 0, 1], SERVER, 5, 17, 1, &[0; 8]),
+    );
+    h.expect(&f, PASS, "(default)");
+}
+
 fn tcp6_syn(src: [u8; 16], dport: u16) -> Vec<u8> {
     common::frames::tcp_syn(SRC, DST, src.into(), SERVER6.into(), dport)
 }
