@@ -795,6 +795,43 @@ fn nat_rewrites_both_directions_with_correct_checksums() {
     assert_eq!(h.stats().events.nat_replies, 3);
 }
 
+/// A NAT packet whose TCP header starts beyond the offsets a rewrite can reach (here behind a
+/// 1 KiB destination-options header) is dropped as an error, not rewritten at a cut-down
+/// offset inside the extension header (which left the real checksum stale); one behind a
+/// short header is translated.
+#[test]
+fn nat_packets_with_headers_deeper_than_a_rewrite_reaches_are_dropped() {
+    let h = Harness::with(NAT_CONFIG);
+    let mut syn = vec![0u8; 20];
+    syn[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    syn[2..4].copy_from_slice(&80u16.to_be_bytes());
+    syn[12] = 0x50;
+    syn[13] = 0x02;
+    // Destination options (60) of (127 + 1) * 8 bytes: the TCP header at 14 + 40 + 1024.
+    let mut big = vec![6u8, 127];
+    big.resize(1024, 0);
+    let deep = cat(
+        eth(0x86dd),
+        common::frames::ipv6(CLIENT6, VIP6, 60, &[big], &syn),
+    );
+    assert_eq!(h.run(&deep), (TC_ACT_SHOT, deep.clone()));
+    assert_eq!(h.stats().events.drop_error, 1);
+    let near = cat(
+        eth(0x86dd),
+        common::frames::ipv6(CLIENT6, VIP6, 60, &[common::frames::opts_hdr(6)], &syn),
+    );
+    let (v, out) = h.run(&near);
+    assert_eq!(v, TC_ACT_OK, "translated");
+    assert_eq!(&out[38..54], &v6("2001:2:2::21"), "to the backend");
+    assert_eq!(&out[62..66], &syn[0..4], "ports untouched");
+    assert_ne!(
+        &out[62 + 16..62 + 18],
+        &near[62 + 16..62 + 18],
+        "checksum follows"
+    );
+    assert_eq!(h.stats().events.drop_error, 1);
+}
+
 #[test]
 fn udp_flows_expire_after_their_idle_timeout() {
     let idle = CONFIG.replacen(
@@ -1243,18 +1280,21 @@ fn icmp_becomes(h: &Harness, prog: &str, pass: u32, f: &[u8], want: &[u8]) {
 type Error4<'a> = ([u8; 4], [u8; 4], &'a [u8]);
 
 /// The IPv4 ICMP error `from` becomes `to`, with the whole quote and with only its first 28
-/// bytes (the IP header and 8 bytes of TCP/UDP: no L4 checksum in the quote).
+/// bytes (the IP header and 8 bytes of TCP/UDP: no L4 checksum in the quote), also with 12
+/// bytes after the packet (a frame's padding: where a longer quote's TCP checksum would be,
+/// and no part of the quote, so left alone).
 /// `at`: the harness, the program and the verdict that hands the translated error on.
 fn error4_becomes(at: (&Harness, &str, u32), from: Error4<'_>, to: Error4<'_>) {
     let (h, prog, pass) = at;
-    for whole in [true, false] {
+    for (whole, pad) in [(true, 0), (false, 0), (false, 12)] {
         let cut = |q: &[u8]| q[..if whole { q.len() } else { 28 }].to_vec();
+        let padded = |f: Vec<u8>| cat(f, vec![0xab; pad]);
         icmp_becomes(
             h,
             prog,
             pass,
-            &icmp4_error(from.0, from.1, &cut(from.2)),
-            &icmp4_error(to.0, to.1, &cut(to.2)),
+            &padded(icmp4_error(from.0, from.1, &cut(from.2))),
+            &padded(icmp4_error(to.0, to.1, &cut(to.2))),
         );
     }
 }
@@ -1293,7 +1333,7 @@ fn errors_the_balancer_host_sends_about_nat_flows_are_translated_at_egress() {
         &icmp6_error(lb6, CLIENT6, &quoted6(CLIENT6, VIP6, 40000, 80)),
     );
     let before = h.stats().events;
-    assert_eq!(before.icmp_translated, 3, "{before:?}");
+    assert_eq!(before.icmp_translated, 4, "{before:?}");
     for f in [
         fwd.clone(),
         tcp(be, CLIENT, 80, 40000, Flags::Ack),
@@ -1306,7 +1346,7 @@ fn errors_the_balancer_host_sends_about_nat_flows_are_translated_at_egress() {
     let e = h.stats().events;
     assert_eq!(
         (e.icmp_translated, e.icmp_forwarded, e.non_vip, e.drop_error),
-        (3, 0, before.non_vip, 0),
+        (4, 0, before.non_vip, 0),
         "{e:?}"
     );
 }
@@ -1408,7 +1448,7 @@ fn icmp_errors_about_balanced_flows_are_translated_or_sent_to_the_backend() {
         let e = h.stats().events;
         assert_eq!(
             (e.icmp_translated, e.icmp_forwarded),
-            (7, 0),
+            (8, 0),
             "{prog}: {e:?}"
         );
 
@@ -1566,7 +1606,7 @@ fn nat_translates_the_service_port_to_the_port_the_backend_listens_on() {
         let e = h.stats().events;
         assert_eq!(
             (e.nat_replies, e.icmp_translated, e.drop_error),
-            (3, 4, 0),
+            (3, 6, 0),
             "{prog}: {e:?}"
         );
 

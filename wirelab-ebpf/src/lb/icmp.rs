@@ -68,6 +68,10 @@ const ICMPV6_ERROR_MAX: u8 = 4;
 const ICMP_CSUM_OFF: usize = 2;
 /// Bytes of the quoted transport header that hold both ports (and UDP's checksum).
 const QUOTED_L4_MIN: usize = 8;
+/// The longest quoted IP header: IPv4 with 40 bytes of options (IPv6's is 40).
+const IPV4_MAX_HLEN: usize = 60;
+/// A quoted TCP header up to its checksum and beyond: the most of it translation touches.
+const QUOTED_TCP_MIN: usize = 20;
 
 /// Is this ICMP (`v6`: ICMPv6) type an error that quotes a packet?
 #[inline(always)]
@@ -100,6 +104,8 @@ pub(super) struct IcmpPatch {
     /// when passed.
     ol3: u16,
     ol4: u16,
+    /// Where the outer packet ends by its IP length: the quote ends there too.
+    oend: u16,
     v6: bool,
     egress: bool,
     osrc: [u8; 16],
@@ -353,10 +359,14 @@ fn try_icmp(f: &Frame, pick: &mut Pick) -> Result<Verdict> {
         in_l4: 0,
     };
     // The quoted checksum counts when the quote reaches it (UDP's is in the 8 bytes every
-    // error quotes; TCP's only in a longer quote) and it is in use.
+    // error quotes; TCP's only in a longer quote) and it is in use. The quote ends with the
+    // outer packet: bytes after it (padding, a trailer) are not the quoted checksum.
+    let outer_end = s.oend as usize;
     let mut l4c = false;
     // (Tried as a read, not by comparing lengths: the verifier follows the pointer test.)
-    if let Ok(c) = f.at::<[u8; 2]>(in_l4c_off) {
+    if in_l4c_off + 2 > outer_end {
+        // Not quoted.
+    } else if let Ok(c) = f.at::<[u8; 2]>(in_l4c_off) {
         sums.in_l4 = u16::from_be_bytes(c.get());
         l4c = !(proto == IPPROTO_UDP && !v6 && sums.in_l4 == 0);
     }
@@ -491,11 +501,17 @@ fn apply(w: &mut impl Put) -> Result<()> {
 /// tail call follows at once, on this CPU). `false`: the slot is missing.
 #[inline(always)]
 pub(super) fn hand_over(p: &Parsed, v6: bool, egress: bool) -> bool {
+    // The quoted headers must end within `OFF_MASK`, so that masking their offsets for the
+    // verifier changes none of them.
+    if p.l4_off + ICMP_HLEN + IPV4_MAX_HLEN + QUOTED_TCP_MIN > OFF_MASK {
+        return false;
+    }
     let Ok(s) = slot() else {
         return false;
     };
     s.ol3 = p.l3_off as u16;
     s.ol4 = p.l4_off as u16;
+    s.oend = p.l3_end.min(u16::MAX as usize) as u16;
     s.v6 = v6;
     s.egress = egress;
     s.osrc = p.saddr;

@@ -189,6 +189,11 @@ impl Rewrite {
     /// This CPU's [`LB_NAT_REWRITE`], set for packet `p` with nothing to change yet.
     #[inline(always)]
     fn slot(p: &parse::Parsed, udp: bool, v6: bool) -> Result<&'static mut Rewrite> {
+        // Headers deeper than `OFF_MASK` (a chain of long IPv6 extension headers) cannot be
+        // rewritten: dropped as an error rather than written at a masked offset.
+        if p.l4_off > OFF_MASK {
+            return Err(Error::Invalid);
+        }
         let r = LB_NAT_REWRITE.get_ptr_mut(0).ok_or(Error::Map)?;
         // SAFETY: this CPU's element of a per-CPU array, aligned, valid for the whole run of
         // the program and not shared with other CPUs; the decision fills it, then the entry
@@ -451,8 +456,9 @@ fn quad(a: &[u8; 16], i: usize) -> [u8; 4] {
 /// A UDP checksum of 0 means "none" (IPv4); a computed 0 is sent as one's complement -0.
 const UDP_CSUM_ZERO: u16 = 0xffff;
 
-/// Offsets in a [`Rewrite`] are bounded for the verifier (headers end far below 1 KiB: the
-/// parser's limits), which matters once it is read back from [`LB_NAT_REWRITE`].
+/// Offsets in a [`Rewrite`] are bounded for the verifier once read back from
+/// [`LB_NAT_REWRITE`]: the mask is exact, since a packet whose L4 header starts beyond it is
+/// not rewritten (`Rewrite::slot`) nor handed to `lb_icmp` (`icmp::hand_over`).
 const OFF_MASK: usize = 0x3ff;
 
 /// Apply `r` in XDP, where there is no skb checksum state: the IPv4 header checksum and the
@@ -817,7 +823,12 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
             let idle = now.saturating_sub(v.seen_ns);
             if idle_ns != 0 && idle > idle_ns {
                 ev::<LIVE>(event::UDP_EXPIRED);
-            } else if v.backend < MAX_BACKENDS && be.flags & backend_flag::UP != 0 {
+            } else if v.backend < MAX_BACKENDS
+                && be.flags & backend_flag::UP != 0
+                && v.service == svc
+            {
+                // (A flow entered for another service, whose backend id a reload has since
+                // given to this one, hashes afresh.)
                 if LIVE && idle_ns != 0 && idle > idle_ns / 4 {
                     let nv = &FlowValue { seen_ns: now, ..v };
                     let _ = LB_FLOWS.insert(key, nv, 0);
