@@ -115,8 +115,9 @@ pub struct RuleMeta {
     /// Bucket depths in TOKEN_UNITs.
     pub burst_pkts: u64,
     pub burst_bytes: u64,
-    /// Time after which a bucket is full whatever its level (caps the refill arithmetic).
-    pub fill_ns: u64,
+    /// Time after which each bucket is full whatever its level (caps its refill arithmetic).
+    pub fill_pkts_ns: u64,
+    pub fill_bytes_ns: u64,
 }
 
 /// Counter of one slot (per CPU in the map; userspace sums).

@@ -339,16 +339,16 @@ fn conforms(m: &RuleMeta, p: &Parsed, len: u64) -> bool {
         // same source at once may interleave their updates of these plain words: the race
         // documented above (a few extra packets through), never an invalid access.
         Some(b) => unsafe {
-            let mut el = now.saturating_sub((*b).last_ns);
-            if el > m.fill_ns {
-                el = m.fill_ns;
-            }
+            let el = now.saturating_sub((*b).last_ns);
             (*b).last_ns = now;
-            let mut pk = (*b).pkts + el * m.pps;
+            // Each bucket's refill is capped by its own fill time, so the product stays
+            // below its depth plus one second's rate: no overflow (a cap shared by both let
+            // the faster bucket's product pass 64 bits).
+            let mut pk = (*b).pkts + el.min(m.fill_pkts_ns) * m.pps;
             if pk > m.burst_pkts {
                 pk = m.burst_pkts;
             }
-            let mut by = (*b).bytes + el * m.bps;
+            let mut by = (*b).bytes + el.min(m.fill_bytes_ns) * m.bps;
             if by > m.burst_bytes {
                 by = m.burst_bytes;
             }

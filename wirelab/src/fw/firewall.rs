@@ -255,13 +255,8 @@ impl Firewall {
         }
         let lookup = lookup_of(&p4, &p6);
         for (i, (r, ins)) in rs.rules.iter().zip(installed.iter()).enumerate() {
-            let mut fill = 0u64;
-            if let Some(t) = r.burst_pkts.checked_div(r.pps) {
-                fill = fill.max(t + 1);
-            }
-            if let Some(t) = r.burst_bytes.checked_div(r.bps) {
-                fill = fill.max(t + 1);
-            }
+            // Nanoseconds for an empty bucket to fill (0 where there is no such limit).
+            let fill = |burst: u64, rate: u64| burst.checked_div(rate).map_or(0, |t| t + 1);
             let meta = RuleMeta {
                 action: r.action,
                 slot: ins.slot,
@@ -271,7 +266,8 @@ impl Firewall {
                 bps: r.bps,
                 burst_pkts: r.burst_pkts,
                 burst_bytes: r.burst_bytes,
-                fill_ns: fill,
+                fill_pkts_ns: fill(r.burst_pkts, r.pps),
+                fill_bytes_ns: fill(r.burst_bytes, r.bps),
             };
             m.meta.set(g * MAX_RULES + i as u32, meta, 0)?;
         }
