@@ -152,33 +152,19 @@ fn print_table(out: &mut dyn Write, title: &str, c: &Counts, secs: f64) -> std::
     Ok(())
 }
 
-/// `--metrics`: packets and bytes per class.
-struct InspectMetrics {
-    packets: crate::metrics::CounterFam,
-    bytes: crate::metrics::CounterFam,
-    _server: crate::metrics::Server,
+crate::metrics::families! {
+    /// `--metrics`: packets and bytes per class.
+    struct InspectMetrics {
+        packets: counter(
+            "wirelab_inspect_packets",
+            "Frames received on the interface, by class"
+        ),
+        bytes: counter("wirelab_inspect_bytes", "Bytes received on the interface, by class"),
+        ;
+    }
 }
 
 impl InspectMetrics {
-    fn start(ep: &crate::metrics::Endpoint) -> Result<Self> {
-        let mut mb = crate::metrics::Builder::new();
-        mb.info("inspect");
-        let packets = mb.counter(
-            "wirelab_inspect_packets",
-            "Frames received on the interface, by class",
-        );
-        let bytes = mb.counter(
-            "wirelab_inspect_bytes",
-            "Bytes received on the interface, by class",
-        );
-        let server = mb.serve(ep)?;
-        Ok(Self {
-            packets,
-            bytes,
-            _server: server,
-        })
-    }
-
     fn publish(&self, iface: &str, c: &Counts) {
         for (i, v) in c.0.iter().enumerate() {
             let l = crate::metrics::labels(&[("iface", iface), ("class", CLASS_NAMES[i])]);
@@ -293,7 +279,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Counts> {
             .report
             .metrics
             .as_ref()
-            .map(InspectMetrics::start)
+            .map(|ep| InspectMetrics::serve("inspect", ep))
             .transpose()?,
     };
     let (_, total) = sampled::drive(&mut tool, opts.report.ticker(), stop, obs)?;

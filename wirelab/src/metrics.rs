@@ -186,6 +186,58 @@ impl Drop for Server {
     }
 }
 
+/// A tool's metrics: a struct of metric families, each declared once by its field, kind
+/// (`counter` or `gauge`), name and help, then the tool's own fields with their starting
+/// values; `serve(tool, ep)` declares the families (and `wirelab_build_info` for `tool`) and
+/// serves them on `ep` until the struct is dropped.
+///
+/// ```ignore
+/// families! {
+///     pub(super) struct FwMetrics {
+///         packets: counter("wirelab_fw_packets", "Frames judged, by rule or policy"),
+///         generation: gauge("wirelab_fw_generation", "Rule-set generation in force"),
+///         ;
+///         shown: Vec<(String, u32)> = vec![],
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! metric_families {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($field:ident: $kind:ident($metric:literal, $help:literal),)*
+            ;
+            $($(#[$xmeta:meta])* $extra:ident: $xty:ty = $xval:expr,)*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($field: $crate::metric_families!(@type $kind),)*
+            $($(#[$xmeta])* $extra: $xty,)*
+            _server: $crate::metrics::Server,
+        }
+
+        impl $name {
+            /// Declare the families, with `wirelab_build_info` for `tool`, and serve them on
+            /// `ep` until this is dropped.
+            $vis fn serve(tool: &str, ep: &$crate::metrics::Endpoint) -> ::anyhow::Result<Self> {
+                let mut b = $crate::metrics::Builder::new();
+                b.info(tool);
+                $(let $field = b.$kind($metric, $help);)*
+                Ok(Self {
+                    $($field,)*
+                    $($extra: $xval,)*
+                    _server: b.serve(ep)?,
+                })
+            }
+        }
+    };
+    (@type counter) => { $crate::metrics::CounterFam };
+    (@type gauge) => { $crate::metrics::GaugeFam };
+}
+pub use crate::metric_families as families;
+
 /// Set a counter to a cumulative value read elsewhere (kernel counters): adds the increase.
 pub fn set_total(c: &Counter, total: u64) {
     let cur = c.get();

@@ -130,49 +130,36 @@ fn options(c: &Common, identity: Identity) -> Result<Options> {
     })
 }
 
-/// `--metrics` of `swarm run` and `swarm connect` (names in docs/metrics.md).
-struct SwarmMetrics {
-    started: metrics::CounterFam,
-    finished: metrics::CounterFam,
-    established: metrics::CounterFam,
-    running: metrics::GaugeFam,
-    events: metrics::CounterFam,
-    mode: &'static str,
-    _server: metrics::Server,
+metrics::families! {
+    /// `--metrics` of `swarm run` and `swarm connect` (names in docs/metrics.md).
+    struct SwarmMetrics {
+        started: counter("wirelab_swarm_clients_started", "Clients started"),
+        finished: counter(
+            "wirelab_swarm_clients_finished",
+            "Clients finished, by result (succeeded, failed)"
+        ),
+        established: counter(
+            "wirelab_swarm_connections_established",
+            "swarm connect: connections established"
+        ),
+        running: gauge(
+            "wirelab_swarm_clients_running",
+            "Clients running now (swarm connect: connections open)"
+        ),
+        events: counter(
+            "wirelab_swarm_kernel_events",
+            "swarm run: the kernel programs' counters (bind_ok, arp_replies, ...)"
+        ),
+        ;
+        /// `run` or `connect`, a label of every series.
+        mode: &'static str = "",
+    }
 }
 
 impl SwarmMetrics {
     fn start(ep: &metrics::Endpoint, mode: &'static str) -> Result<Self> {
-        let mut b = metrics::Builder::new();
-        b.info(&format!("swarm-{mode}"));
-        let started = b.counter("wirelab_swarm_clients_started", "Clients started");
-        let finished = b.counter(
-            "wirelab_swarm_clients_finished",
-            "Clients finished, by result (succeeded, failed)",
-        );
-        let established = b.counter(
-            "wirelab_swarm_connections_established",
-            "swarm connect: connections established",
-        );
-        let running = b.gauge(
-            "wirelab_swarm_clients_running",
-            "Clients running now (swarm connect: connections open)",
-        );
-        let events = b.counter(
-            "wirelab_swarm_kernel_events",
-            "swarm run: the kernel programs' counters (bind_ok, arp_replies, ...)",
-        );
-        let server = b.serve(ep)?;
-        tracing::info!("metrics on http://{}/metrics", ep.addr);
-        Ok(Self {
-            started,
-            finished,
-            established,
-            running,
-            events,
-            mode,
-            _server: server,
-        })
+        let m = Self::serve(&format!("swarm-{mode}"), ep)?;
+        Ok(Self { mode, ..m })
     }
 
     fn publish(&self, started: u64, ok: u64, failed: u64, running: u64) {

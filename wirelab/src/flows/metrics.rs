@@ -1,24 +1,39 @@
 //! `flows --metrics`: the table's size and the capture's counters, and the `--top` flows of
 //! each interval as labelled gauges (their series go when a flow leaves the top), so a
 //! dashboard shows the top talkers with their rate, RTT and TCP health (docs/metrics.md).
-use anyhow::Result;
-
 use super::{FlowReport, Interval, Table};
-use crate::metrics::{labels, set_total, Builder, CounterFam, Endpoint, GaugeFam, Labels, Server};
+use crate::metrics::{labels, set_total, Labels};
 
-pub(super) struct FlowsMetrics {
-    flows: GaugeFam,
-    active: GaugeFam,
-    frames: CounterFam,
-    non_ip: CounterFam,
-    evicted: CounterFam,
-    rate: GaugeFam,
-    bytes: GaugeFam,
-    rtt: GaugeFam,
-    retx: GaugeFam,
-    /// The top flows' labels published last time (without `side`).
-    shown: Vec<Labels>,
-    _server: Server,
+crate::metrics::families! {
+    pub(super) struct FlowsMetrics {
+        flows: gauge("wirelab_flows_flows", "Flows in the table"),
+        active: gauge("wirelab_flows_active", "Flows with a packet in the last interval"),
+        frames: counter("wirelab_flows_frames", "Frames the capture handed over"),
+        non_ip: counter("wirelab_flows_non_ip_frames", "Of those, not IP (ARP, ...)"),
+        evicted: counter(
+            "wirelab_flows_evicted",
+            "Flows forgotten to stay under the table's limit"
+        ),
+        rate: gauge(
+            "wirelab_flows_top_rate_bits_per_second",
+            "A top flow's rate, both directions, over the last interval"
+        ),
+        bytes: gauge(
+            "wirelab_flows_top_bytes",
+            "A top flow's frame bytes so far, per side (orig: sent by the originator)"
+        ),
+        rtt: gauge(
+            "wirelab_flows_top_rtt_seconds",
+            "A top flow's running RTT (TCP timestamps) over the last interval, per side"
+        ),
+        retx: gauge(
+            "wirelab_flows_top_retransmissions",
+            "A top flow's TCP retransmissions so far, per side"
+        ),
+        ;
+        /// The top flows' labels published last time (without `side`).
+        shown: Vec<Labels> = vec![],
+    }
 }
 
 /// A flow's labels: interface, protocol, originator and responder.
@@ -38,52 +53,6 @@ fn with_side(l: &Labels, side: &str) -> Labels {
 }
 
 impl FlowsMetrics {
-    pub(super) fn start(ep: &Endpoint) -> Result<Self> {
-        let mut b = Builder::new();
-        b.info("flows");
-        let flows = b.gauge("wirelab_flows_flows", "Flows in the table");
-        let active = b.gauge(
-            "wirelab_flows_active",
-            "Flows with a packet in the last interval",
-        );
-        let frames = b.counter("wirelab_flows_frames", "Frames the capture handed over");
-        let non_ip = b.counter("wirelab_flows_non_ip_frames", "Of those, not IP (ARP, ...)");
-        let evicted = b.counter(
-            "wirelab_flows_evicted",
-            "Flows forgotten to stay under the table's limit",
-        );
-        let rate = b.gauge(
-            "wirelab_flows_top_rate_bits_per_second",
-            "A top flow's rate, both directions, over the last interval",
-        );
-        let bytes = b.gauge(
-            "wirelab_flows_top_bytes",
-            "A top flow's frame bytes so far, per side (orig: sent by the originator)",
-        );
-        let rtt = b.gauge(
-            "wirelab_flows_top_rtt_seconds",
-            "A top flow's running RTT (TCP timestamps) over the last interval, per side",
-        );
-        let retx = b.gauge(
-            "wirelab_flows_top_retransmissions",
-            "A top flow's TCP retransmissions so far, per side",
-        );
-        let server = b.serve(ep)?;
-        Ok(Self {
-            flows,
-            active,
-            frames,
-            non_ip,
-            evicted,
-            rate,
-            bytes,
-            rtt,
-            retx,
-            shown: vec![],
-            _server: server,
-        })
-    }
-
     pub(super) fn publish(&mut self, line: &Interval, table: &Table) {
         let iface = labels(&[("iface", &line.iface)]);
         self.flows.get_or_create(&iface).set(line.flows as f64);

@@ -499,7 +499,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<FinalLine> {
             .report
             .metrics
             .as_ref()
-            .map(metrics::FlowsMetrics::start)
+            .map(|ep| metrics::FlowsMetrics::serve("flows", ep))
             .transpose()?,
     };
     let copts = capture::Options {

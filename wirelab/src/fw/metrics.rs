@@ -1,53 +1,28 @@
 //! `fw --metrics`: per-rule and per-policy counters, reloads, generation.
 
-use anyhow::Result;
-
 use super::*;
 
-/// The firewall's Prometheus metrics (`--metrics`).
-pub(super) struct FwMetrics {
-    packets: crate::metrics::CounterFam,
-    bytes: crate::metrics::CounterFam,
-    dropped: crate::metrics::CounterFam,
-    logged: crate::metrics::CounterFam,
-    reloads: crate::metrics::CounterFam,
-    generation: crate::metrics::GaugeFam,
-    /// Rules exported so far, (name, id): a removed rule's series is dropped, and so is the
-    /// series of a name whose rule was removed and added again (new id, zeroed counters),
-    /// which starts afresh.
-    shown: Vec<(String, u32)>,
-    _server: crate::metrics::Server,
+crate::metrics::families! {
+    /// The firewall's Prometheus metrics (`--metrics`).
+    pub(super) struct FwMetrics {
+        packets: counter("wirelab_fw_packets", "Frames judged, by rule or policy"),
+        bytes: counter("wirelab_fw_bytes", "Bytes of those frames"),
+        dropped: counter(
+            "wirelab_fw_dropped_packets",
+            "Frames dropped (deny, over a rate limit, or a deny policy)"
+        ),
+        logged: counter("wirelab_fw_logged_packets", "Frames sampled to the log"),
+        reloads: counter("wirelab_fw_reloads", "Rule sets swapped in by reload"),
+        generation: gauge("wirelab_fw_generation", "Rule-set generation in force (0 or 1)"),
+        ;
+        /// Rules exported so far, (name, id): a removed rule's series is dropped, and so is
+        /// the series of a name whose rule was removed and added again (new id, zeroed
+        /// counters), which starts afresh.
+        shown: Vec<(String, u32)> = vec![],
+    }
 }
 
 impl FwMetrics {
-    pub(super) fn start(ep: &crate::metrics::Endpoint) -> Result<Self> {
-        let mut b = crate::metrics::Builder::new();
-        b.info("fw");
-        let packets = b.counter("wirelab_fw_packets", "Frames judged, by rule or policy");
-        let bytes = b.counter("wirelab_fw_bytes", "Bytes of those frames");
-        let dropped = b.counter(
-            "wirelab_fw_dropped_packets",
-            "Frames dropped (deny, over a rate limit, or a deny policy)",
-        );
-        let logged = b.counter("wirelab_fw_logged_packets", "Frames sampled to the log");
-        let reloads = b.counter("wirelab_fw_reloads", "Rule sets swapped in by reload");
-        let generation = b.gauge(
-            "wirelab_fw_generation",
-            "Rule-set generation in force (0 or 1)",
-        );
-        let server = b.serve(ep)?;
-        Ok(Self {
-            packets,
-            bytes,
-            dropped,
-            logged,
-            reloads,
-            generation,
-            shown: vec![],
-            _server: server,
-        })
-    }
-
     pub(super) fn publish(&mut self, iface: &str, s: &Stats) {
         use crate::metrics::{labels, set_total};
         let rows = s.rows();

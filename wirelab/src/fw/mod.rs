@@ -196,7 +196,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     )?;
     let metrics = match &opts.report.metrics {
         Some(ep) => {
-            let m = FwMetrics::start(ep)?;
+            let m = FwMetrics::serve("fw", ep)?;
             tracing::info!("metrics on http://{}/metrics", ep.addr);
             Some(m)
         }

@@ -1,26 +1,44 @@
 //! `lb --metrics`: per-service and per-backend counters, backend health, the frames passed or
 //! dropped by reason, reloads and health changes.
-use anyhow::Result;
-
 use super::{Health, Stats};
-use crate::metrics::{labels, set_total, Builder, CounterFam, Endpoint, GaugeFam, Server};
+use crate::metrics::{labels, set_total};
 
-/// The balancer's Prometheus metrics (`--metrics`).
-pub(super) struct LbMetrics {
-    packets: CounterFam,
-    bytes: CounterFam,
-    new_flows: CounterFam,
-    drops: CounterFam,
-    active: GaugeFam,
-    up: GaugeFam,
-    events: CounterFam,
-    reloads: CounterFam,
-    health_changes: CounterFam,
-    generation: GaugeFam,
-    /// Backend series exported so far, (service, backend): a reload that removes a backend
-    /// drops its series.
-    shown: Vec<(String, String)>,
-    _server: Server,
+crate::metrics::families! {
+    /// The balancer's Prometheus metrics (`--metrics`).
+    pub(super) struct LbMetrics {
+        packets: counter(
+            "wirelab_lb_packets",
+            "Frames forwarded, per service (backend=\"\") and per backend"
+        ),
+        bytes: counter("wirelab_lb_bytes", "Bytes of those frames"),
+        new_flows: counter(
+            "wirelab_lb_new_flows",
+            "Flows hashed afresh and entered (SYNs and misses)"
+        ),
+        drops: counter("wirelab_lb_dropped_packets", "Frames to a service dropped"),
+        active: gauge(
+            "wirelab_lb_active_flows",
+            "Tracked flows still open (TCP: no FIN or RST seen; UDP: within the idle timeout)"
+        ),
+        up: gauge(
+            "wirelab_lb_backend_up",
+            "1 while the backend is in the table (health checks pass or none), 0 when down"
+        ),
+        events: counter(
+            "wirelab_lb_events",
+            "Frames passed or dropped by reason, and other events (event label)"
+        ),
+        reloads: counter("wirelab_lb_reloads", "Configs swapped in by lb reload"),
+        health_changes: counter(
+            "wirelab_lb_health_changes",
+            "Backends taken out or brought back by health checks"
+        ),
+        generation: gauge("wirelab_lb_generation", "Table generation in force (0 or 1)"),
+        ;
+        /// Backend series exported so far, (service, backend): a reload that removes a
+        /// backend drops its series.
+        shown: Vec<(String, String)> = vec![],
+    }
 }
 
 /// What [`LbMetrics::publish`] shows besides the counters.
@@ -31,57 +49,6 @@ pub(super) struct State {
 }
 
 impl LbMetrics {
-    pub(super) fn start(ep: &Endpoint) -> Result<Self> {
-        let mut b = Builder::new();
-        b.info("lb");
-        let packets = b.counter(
-            "wirelab_lb_packets",
-            "Frames forwarded, per service (backend=\"\") and per backend",
-        );
-        let bytes = b.counter("wirelab_lb_bytes", "Bytes of those frames");
-        let new_flows = b.counter(
-            "wirelab_lb_new_flows",
-            "Flows hashed afresh and entered (SYNs and misses)",
-        );
-        let drops = b.counter("wirelab_lb_dropped_packets", "Frames to a service dropped");
-        let active = b.gauge(
-            "wirelab_lb_active_flows",
-            "Tracked flows still open (TCP: no FIN or RST seen; UDP: within the idle timeout)",
-        );
-        let up = b.gauge(
-            "wirelab_lb_backend_up",
-            "1 while the backend is in the table (health checks pass or none), 0 when down",
-        );
-        let events = b.counter(
-            "wirelab_lb_events",
-            "Frames passed or dropped by reason, and other events (event label)",
-        );
-        let reloads = b.counter("wirelab_lb_reloads", "Configs swapped in by lb reload");
-        let health_changes = b.counter(
-            "wirelab_lb_health_changes",
-            "Backends taken out or brought back by health checks",
-        );
-        let generation = b.gauge(
-            "wirelab_lb_generation",
-            "Table generation in force (0 or 1)",
-        );
-        let server = b.serve(ep)?;
-        Ok(Self {
-            packets,
-            bytes,
-            new_flows,
-            drops,
-            active,
-            up,
-            events,
-            reloads,
-            health_changes,
-            generation,
-            shown: vec![],
-            _server: server,
-        })
-    }
-
     pub(super) fn publish(&mut self, iface: &str, s: &Stats, st: &State) {
         let now: Vec<(String, String)> = s
             .services

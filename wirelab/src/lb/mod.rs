@@ -1870,11 +1870,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     // Probes start in this (the balancer's) namespace: the process entered it already.
     let checker = health::Checker::start(&config).context("starting health checks")?;
     let metrics = match &opts.report.metrics {
-        Some(ep) => {
-            let m = metrics::LbMetrics::start(ep)?;
-            tracing::info!("metrics on http://{}/metrics", ep.addr);
-            Some(m)
-        }
+        Some(ep) => Some(metrics::LbMetrics::serve("lb", ep)?),
         None => None,
     };
     let mut tool = LbTool {

@@ -1,51 +1,25 @@
 //! `smb --metrics`: the server-wide figures and the live tree connects per share, the
 //! founding scenario's quantity (docs/metrics.md).
-use anyhow::Result;
-
 use super::View;
-use crate::metrics::{labels, set_total, Builder, CounterFam, Endpoint, GaugeFam, Server};
+use crate::metrics::{labels, set_total};
 
-pub(super) struct SmbMetrics {
-    trees: GaugeFam,
-    clients: GaugeFam,
-    connections: GaugeFam,
-    sessions: GaugeFam,
-    opens: GaugeFam,
-    requests: CounterFam,
-    errors: CounterFam,
-    _server: Server,
+crate::metrics::families! {
+    pub(super) struct SmbMetrics {
+        trees: gauge(
+            "wirelab_smb_tree_connects",
+            "Tree connects live now, per server and share (from the tree connect's path)"
+        ),
+        clients: gauge("wirelab_smb_clients", "Client addresses seen so far"),
+        connections: gauge("wirelab_smb_connections", "TCP connections live now"),
+        sessions: gauge("wirelab_smb_sessions", "Sessions live now"),
+        opens: gauge("wirelab_smb_opens", "Opens live now"),
+        requests: counter("wirelab_smb_requests", "SMB2 requests seen"),
+        errors: counter("wirelab_smb_errors", "Error responses, per NTSTATUS (status label)"),
+        ;
+    }
 }
 
 impl SmbMetrics {
-    pub(super) fn start(ep: &Endpoint) -> Result<Self> {
-        let mut b = Builder::new();
-        b.info("smb");
-        let trees = b.gauge(
-            "wirelab_smb_tree_connects",
-            "Tree connects live now, per server and share (from the tree connect's path)",
-        );
-        let clients = b.gauge("wirelab_smb_clients", "Client addresses seen so far");
-        let connections = b.gauge("wirelab_smb_connections", "TCP connections live now");
-        let sessions = b.gauge("wirelab_smb_sessions", "Sessions live now");
-        let opens = b.gauge("wirelab_smb_opens", "Opens live now");
-        let requests = b.counter("wirelab_smb_requests", "SMB2 requests seen");
-        let errors = b.counter(
-            "wirelab_smb_errors",
-            "Error responses, per NTSTATUS (status label)",
-        );
-        let server = b.serve(ep)?;
-        Ok(Self {
-            trees,
-            clients,
-            connections,
-            sessions,
-            opens,
-            requests,
-            errors,
-            _server: server,
-        })
-    }
-
     /// Publish what `v` holds now.
     pub(super) fn publish(&self, v: &View) {
         let t = v.totals();

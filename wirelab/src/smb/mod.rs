@@ -302,7 +302,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<FinalLine> {
     let metrics = o
         .metrics
         .as_ref()
-        .map(metrics::SmbMetrics::start)
+        .map(|ep| metrics::SmbMetrics::serve("smb", ep))
         .transpose()?;
     let (iface, netns, read, duration) = match &o.source {
         Source::File(p) => (None, None, Some(p.display().to_string()), None),

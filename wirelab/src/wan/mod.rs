@@ -737,13 +737,9 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
 
     // Run record and metrics (both optional).
     let obs = report::observer(opts, &cfg, &plan, &modes)?;
-    let (_metrics_srv, mets) = match &opts.report.metrics {
-        Some(ep) => {
-            let (b, m) = WanMetrics::new();
-            (Some(b.serve(ep)?), Some(m))
-        }
-        None => (None, None),
-    };
+    let mets = (opts.report.metrics.as_ref())
+        .map(|ep| WanMetrics::serve("wan", ep))
+        .transpose()?;
 
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0);

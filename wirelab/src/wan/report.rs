@@ -527,63 +527,36 @@ pub fn measured(rows: &[ClassReport], specs: &[Vec<Spec>; 2]) -> Vec<crate::reco
     v
 }
 
-/// The wan's Prometheus metrics (names in docs/metrics.md).
-pub(super) struct WanMetrics {
-    rx: crate::metrics::CounterFam,
-    rx_bytes: crate::metrics::CounterFam,
-    tx: crate::metrics::CounterFam,
-    drops: crate::metrics::CounterFam,
-    dup: crate::metrics::CounterFam,
-    corrupt: crate::metrics::CounterFam,
-    reord: crate::metrics::CounterFam,
-    queue: crate::metrics::GaugeFam,
-    delay: crate::metrics::GaugeFam,
-    changes: crate::metrics::CounterFam,
+crate::metrics::families! {
+    /// The wan's Prometheus metrics (names in docs/metrics.md).
+    pub(super) struct WanMetrics {
+        rx: counter("wirelab_wan_received_packets", "Frames that entered the emulator"),
+        rx_bytes: counter("wirelab_wan_received_bytes", "Bytes that entered the emulator"),
+        tx: counter("wirelab_wan_sent_packets", "Frames the emulator sent on"),
+        drops: counter(
+            "wirelab_wan_dropped_packets",
+            "Frames dropped, by cause (loss, queue, blackhole)"
+        ),
+        dup: counter("wirelab_wan_duplicated_packets", "Extra copies made by duplicate"),
+        corrupt: counter("wirelab_wan_corrupted_packets", "Frames with a flipped bit"),
+        reord: counter("wirelab_wan_reordered_packets", "Frames sent ahead of earlier ones"),
+        queue: gauge(
+            "wirelab_wan_queue_packets",
+            "Frames held in the emulator at the end of the last interval"
+        ),
+        delay: gauge(
+            "wirelab_wan_delay_seconds",
+            "Added delay over the last interval, by quantile (0.5, 0.99)"
+        ),
+        changes: counter(
+            "wirelab_wan_live_changes",
+            "Live changes applied (wan set, timeline steps)"
+        ),
+        ;
+    }
 }
 
 impl WanMetrics {
-    pub(super) fn new() -> (crate::metrics::Builder, Self) {
-        let mut b = crate::metrics::Builder::new();
-        b.info("wan");
-        let m = Self {
-            rx: b.counter(
-                "wirelab_wan_received_packets",
-                "Frames that entered the emulator",
-            ),
-            rx_bytes: b.counter(
-                "wirelab_wan_received_bytes",
-                "Bytes that entered the emulator",
-            ),
-            tx: b.counter("wirelab_wan_sent_packets", "Frames the emulator sent on"),
-            drops: b.counter(
-                "wirelab_wan_dropped_packets",
-                "Frames dropped, by cause (loss, queue, blackhole)",
-            ),
-            dup: b.counter(
-                "wirelab_wan_duplicated_packets",
-                "Extra copies made by duplicate",
-            ),
-            corrupt: b.counter("wirelab_wan_corrupted_packets", "Frames with a flipped bit"),
-            reord: b.counter(
-                "wirelab_wan_reordered_packets",
-                "Frames sent ahead of earlier ones",
-            ),
-            queue: b.gauge(
-                "wirelab_wan_queue_packets",
-                "Frames held in the emulator at the end of the last interval",
-            ),
-            delay: b.gauge(
-                "wirelab_wan_delay_seconds",
-                "Added delay over the last interval, by quantile (0.5, 0.99)",
-            ),
-            changes: b.counter(
-                "wirelab_wan_live_changes",
-                "Live changes applied (wan set, timeline steps)",
-            ),
-        };
-        (b, m)
-    }
-
     fn update(&self, rows: &[ClassReport]) {
         use crate::metrics::labels;
         for r in rows {
