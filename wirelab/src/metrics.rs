@@ -191,7 +191,7 @@ impl Drop for Server {
 /// values; `serve(tool, ep)` declares the families (and `wirelab_build_info` for `tool`) and
 /// serves them on `ep` until the struct is dropped.
 ///
-/// ```ignore
+/// ```text
 /// families! {
 ///     pub(super) struct FwMetrics {
 ///         packets: counter("wirelab_fw_packets", "Frames judged, by rule or policy"),
