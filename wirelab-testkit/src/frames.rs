@@ -65,6 +65,17 @@ pub fn udp_hdr(sport: u16, dport: u16) -> Vec<u8> {
     u
 }
 
+/// A TCP header with no options (data offset 5), sequence and acknowledgement 0, the
+/// checksum left 0.
+pub fn tcp_hdr(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = flags;
+    t
+}
+
 /// IPv6 header + extension chain (each a complete header) + upper layer.
 pub fn ipv6(
     src: [u8; 16],

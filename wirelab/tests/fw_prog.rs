@@ -306,9 +306,8 @@ fn vlan_options_fragments() {
 #[test]
 fn tiny_and_overlapping_tcp_fragments_are_malformed_not_judged_by_padding() {
     let h = Harness::new(RULES);
-    let mut tcp8 = vec![0u8; 8];
-    tcp8[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp8[2..4].copy_from_slice(&22u16.to_be_bytes());
+    // A SYN's ports and sequence number only.
+    let tcp8 = common::frames::tcp_hdr(40000, 22, 0x02)[..8].to_vec();
     // After the packet: acknowledgement number, data offset 5, flags ACK, window.
     let padding = [0, 0, 0, 1, 0x50, 0x10, 0x04, 0x00, 0, 0, 0, 0];
     let tiny = cat(

@@ -802,11 +802,7 @@ fn nat_rewrites_both_directions_with_correct_checksums() {
 #[test]
 fn nat_packets_with_headers_deeper_than_a_rewrite_reaches_are_dropped() {
     let h = Harness::with(NAT_CONFIG);
-    let mut syn = vec![0u8; 20];
-    syn[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    syn[2..4].copy_from_slice(&80u16.to_be_bytes());
-    syn[12] = 0x50;
-    syn[13] = 0x02;
+    let syn = common::frames::tcp_hdr(40000, 80, 0x02);
     // Destination options (60) of (127 + 1) * 8 bytes: the TCP header at 14 + 40 + 1024.
     let mut big = vec![6u8, 127];
     big.resize(1024, 0);
