@@ -101,8 +101,11 @@ pub mod event {
     pub const ICMP_TRANSLATED: u32 = 14;
     /// ICMP errors sent to a VIP about a DSR flow's reply, forwarded to its backend.
     pub const ICMP_FORWARDED: u32 = 15;
+    /// Tracked NAT flows whose reply entry had been evicted from `LB_NAT` (the two tables
+    /// are LRU and evicted independently): entered again under the same tuple.
+    pub const NAT_REENTERED: u32 = 16;
     /// Entries of `LB_EVENTS`.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     /// Names, by index (the JSON and table keys).
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
@@ -121,6 +124,7 @@ pub mod event {
         "drop_snat_port",
         "icmp_translated",
         "icmp_forwarded",
+        "nat_reentered",
     ];
 }
 

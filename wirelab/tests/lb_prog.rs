@@ -795,6 +795,68 @@ fn nat_rewrites_both_directions_with_correct_checksums() {
     assert_eq!(h.stats().events.nat_replies, 3);
 }
 
+/// `LB_FLOWS` and `LB_NAT` are LRU tables evicted independently. A tracked NAT flow whose
+/// reply entry was evicted gets it back with its next packet (`nat_reentered`), so its
+/// replies are translated again; with SNAT, a flow whose port another flow has been given
+/// since is dropped rather than sent under that other flow's tuple.
+#[test]
+fn a_tracked_nat_flow_whose_reply_entry_was_evicted_gets_it_back() {
+    for snat in [false, true] {
+        let mut h = Harness::with(&if snat {
+            snat_config()
+        } else {
+            NAT_CONFIG.into()
+        });
+        let syn = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
+        let (v, out) = h.run(&syn);
+        assert_eq!(v, TC_ACT_OK, "snat {snat}");
+        let b: [u8; 4] = out[30..34].try_into().unwrap();
+        let to = if snat { SNAT } else { CLIENT };
+        let reply_key = key4(b, to, 80, 40000, 6);
+        let reply = tcp(b, to, 80, 40000, Flags::Ack);
+        let ack = tcp(CLIENT, VIP, 40000, 80, Flags::Ack);
+        let evict = |h: &mut Harness| {
+            let mut nat: aya::maps::HashMap<_, FlowKey, wirelab_common::lb::NatValue> =
+                aya::maps::HashMap::try_from(h.bpf.map_mut("LB_NAT").unwrap()).unwrap();
+            nat.remove(&reply_key).unwrap();
+        };
+        evict(&mut h);
+        assert_eq!(
+            h.run(&reply),
+            (TC_ACT_UNSPEC, reply.clone()),
+            "snat {snat}: without its entry the reply is no NAT flow's"
+        );
+        assert_eq!(h.run(&ack).0, TC_ACT_OK, "snat {snat}: tracked");
+        assert_eq!(h.stats().events.nat_reentered, 1, "snat {snat}");
+        let (v, out) = h.run(&reply);
+        assert_eq!((v, &out[26..30]), (TC_ACT_OK, &VIP[..]), "snat {snat}");
+        assert_eq!(h.run(&ack).0, TC_ACT_OK);
+        assert_eq!(
+            h.stats().events.nat_reentered,
+            1,
+            "snat {snat}: an entry in place is only looked up"
+        );
+        if !snat {
+            continue;
+        }
+        // The port given to another client in the meantime: this flow's packets are dropped.
+        evict(&mut h);
+        {
+            let mut nat: aya::maps::HashMap<_, FlowKey, wirelab_common::lb::NatValue> =
+                aya::maps::HashMap::try_from(h.bpf.map_mut("LB_NAT").unwrap()).unwrap();
+            let other = wirelab_common::lb::NatValue {
+                snat: 1,
+                client_port: 1,
+                ..Default::default()
+            };
+            nat.insert(reply_key, other, 0).unwrap();
+        }
+        assert_eq!(h.run(&ack), (TC_ACT_SHOT, ack.clone()));
+        let e = h.stats().events;
+        assert_eq!((e.drop_snat_port, e.nat_reentered, e.drop_error), (1, 1, 0));
+    }
+}
+
 /// A NAT packet whose TCP header starts beyond the offsets a rewrite can reach (here behind a
 /// 1 KiB destination-options header) is dropped as an error, not rewritten at a cut-down
 /// offset inside the extension header (which left the real checksum stale); one behind a

@@ -16,7 +16,7 @@
 //! 5-tuple in `LB_NAT`, so the backend's replies (routed back through the balancer, on any
 //! interface the program watches) get the VIP back as their source. With SNAT
 //! (`ServiceMeta::snat`) the source becomes the balancer's SNAT address and a port free
-//! towards that backend ([`snat_enter`]: the client's own, or an alternative), kept in the
+//! towards that backend ([`nat_enter`]: the client's own, or an alternative), kept in the
 //! flow's entry; the reply is entered under that tuple and gets the VIP as its source and the
 //! client's address and port as its destination. Checksums are updated incrementally: in tc
 //! with the kernel's helpers (IPv4 header; TCP/UDP through the pseudo-header), in XDP by RFC
@@ -620,30 +620,23 @@ struct NatEntry {
 #[map]
 static LB_NAT_SCRATCH: PerCpuArray<NatEntry> = PerCpuArray::with_max_entries(1, 0);
 
-/// Enter a new NAT flow's reply 5-tuple, as its backend will send it, in `LB_NAT`. Without
-/// SNAT that is backend:port -> client:port (the port the backend listens on), and the
-/// answer is 0. With SNAT it is
-/// backend:port -> SNAT address:port, and the answer is the port: the client's own when no
-/// other flow holds it towards this backend, else one of `SNAT_TRIES - 1` alternatives
-/// ([`snat_port_try`]);
-/// an entry of this same client address, port and VIP is taken over (the client reconnects
-/// with its port). `Err`: the drop's reason (`DROP_SNAT_PORT`: every try is held by another
-/// flow).
+/// This CPU's scratch `LB_NAT` entry filled for flow `k` to backend `id` of service `svc`:
+/// the reply 5-tuple as the backend sends it (backend:port -> client:port, or with SNAT ->
+/// SNAT address, its port left for the caller) and what the reply gets back.
 // The keys and values are passed by reference on purpose: by value they would be copied to
 // the stack, which the decision fills.
-#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
-fn nat_enter(
+fn nat_entry(
     k: &FlowKey,
     be: &Backend,
     meta: &ServiceMeta,
     svc: u32,
     id: u32,
-    hash: u32,
-) -> core::result::Result<u32, u32> {
+) -> core::result::Result<&'static mut NatEntry, u32> {
     let e = LB_NAT_SCRATCH.get_ptr_mut(0).ok_or(event::DROP_ERROR)?;
     // SAFETY: `e` is this CPU's element of a per-CPU array, aligned, valid for the whole run
-    // of the program and not shared with other CPUs; only this function uses it.
+    // of the program and not shared with other CPUs; only `nat_enter` and `nat_keep` use it,
+    // one at a time.
     let e = unsafe { &mut *e };
     let snat = meta.snat != 0;
     // Field by field: a whole struct would be built on the stack first.
@@ -662,7 +655,37 @@ fn nat_enter(
     e.val.snat = snat as u16;
     e.val.vport = k.dport;
     e.val._pad = [0; 2];
-    if !snat {
+    Ok(e)
+}
+
+/// Does `LB_NAT` value `o` belong to the flow `k` (the same client address and port, to the
+/// same VIP)?
+#[inline(always)]
+fn nat_owned(o: &NatValue, k: &FlowKey) -> bool {
+    o.client_port == k.sport && same16(&o.client, &k.saddr) && same16(&o.vip, &k.daddr)
+}
+
+/// Enter a new NAT flow's reply 5-tuple, as its backend will send it, in `LB_NAT`. Without
+/// SNAT that is backend:port -> client:port (the port the backend listens on), and the
+/// answer is 0. With SNAT it is
+/// backend:port -> SNAT address:port, and the answer is the port: the client's own when no
+/// other flow holds it towards this backend, else one of `SNAT_TRIES - 1` alternatives
+/// ([`snat_port_try`]);
+/// an entry of this same client address, port and VIP is taken over (the client reconnects
+/// with its port). `Err`: the drop's reason (`DROP_SNAT_PORT`: every try is held by another
+/// flow).
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn nat_enter(
+    k: &FlowKey,
+    be: &Backend,
+    meta: &ServiceMeta,
+    svc: u32,
+    id: u32,
+    hash: u32,
+) -> core::result::Result<u32, u32> {
+    let e = nat_entry(k, be, meta, svc, id)?;
+    if meta.snat == 0 {
         return match LB_NAT.insert(&e.key, &e.val, 0) {
             Ok(()) => Ok(0),
             Err(_) => Err(event::DROP_ERROR),
@@ -676,14 +699,53 @@ fn nat_enter(
         if let Some(o) = LB_NAT.get_ptr(&e.key) {
             // SAFETY: a successful lookup's pointer to the element's value, valid for this
             // RCU read-side section; only read here.
-            let o = unsafe { &*o };
-            if o.client_port == k.sport && same16(&o.client, &k.saddr) && same16(&o.vip, &k.daddr) {
+            if nat_owned(unsafe { &*o }, k) {
                 let _ = LB_NAT.insert(&e.key, &e.val, 0);
                 return Ok(e.key.dport as u32);
             }
         }
     }
     Err(event::DROP_SNAT_PORT)
+}
+
+/// A tracked NAT flow's packet: its reply entry in `LB_NAT` is looked up, which also keeps it
+/// recent in that LRU table as long as the flow sends (the two tables are evicted
+/// independently), and entered again if it was evicted (`NAT_REENTERED`), under the SNAT
+/// port the flow holds (`snat_port`). `Err`: the drop's reason: with SNAT, another flow has
+/// been given that port towards this backend since (`DROP_SNAT_PORT`; forwarding this
+/// flow's packets under it would mix them into the other flow).
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn nat_keep(
+    k: &FlowKey,
+    be: &Backend,
+    meta: &ServiceMeta,
+    svc: u32,
+    id: u32,
+    snat_port: u32,
+) -> core::result::Result<(), u32> {
+    let e = nat_entry(k, be, meta, svc, id)?;
+    let snat = meta.snat != 0;
+    if snat {
+        e.key.dport = snat_port as u16;
+    }
+    if let Some(o) = LB_NAT.get_ptr(&e.key) {
+        // SAFETY: a successful lookup's pointer to the element's value, valid for this RCU
+        // read-side section; only read here.
+        return if !snat || nat_owned(unsafe { &*o }, k) {
+            Ok(())
+        } else {
+            Err(event::DROP_SNAT_PORT)
+        };
+    }
+    counter::bump(&LB_EVENTS, event::NAT_REENTERED);
+    // With SNAT only if the port is still free (another CPU may be entering a flow under it).
+    let flags = if snat { BPF_NOEXIST as u64 } else { 0 };
+    match LB_NAT.insert(&e.key, &e.val, flags) {
+        Ok(()) => Ok(()),
+        Err(_) if snat => Err(event::DROP_SNAT_PORT),
+        Err(_) => Err(event::DROP_ERROR),
+    }
 }
 
 /// Two addresses equal, word by word (no `memcmp` in a kernel program).
@@ -906,6 +968,11 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         }
     };
     let nat = meta.mode == mode::NAT;
+    if LIVE && nat && !new_flow {
+        if let Err(reason) = nat_keep(key, &be, &meta, svc, id, snat_port) {
+            return Ok(drop_svc::<LIVE>(pick, svc, reason));
+        }
+    }
     if !nat {
         // DSR: the frame goes to the backend's MAC, from ours, out of the same interface.
         f.store(ETH_DEST_OFF, be.mac)?;

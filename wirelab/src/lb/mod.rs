@@ -937,6 +937,9 @@ pub struct Events {
     /// ICMP errors to a VIP about DSR flows, forwarded to the flow's backend.
     #[serde(default)]
     pub icmp_forwarded: u64,
+    /// Tracked NAT flows whose evicted reply entry was entered again.
+    #[serde(default)]
+    pub nat_reentered: u64,
 }
 
 impl Events {
@@ -960,6 +963,7 @@ impl Events {
             drop_snat_port: g(event::DROP_SNAT_PORT),
             icmp_translated: g(event::ICMP_TRANSLATED),
             icmp_forwarded: g(event::ICMP_FORWARDED),
+            nat_reentered: g(event::NAT_REENTERED),
         }
     }
 
@@ -983,6 +987,7 @@ impl Events {
             (event::DROP_SNAT_PORT, self.drop_snat_port),
             (event::ICMP_TRANSLATED, self.icmp_translated),
             (event::ICMP_FORWARDED, self.icmp_forwarded),
+            (event::NAT_REENTERED, self.nat_reentered),
         ] {
             a[i as usize] = v;
         }
@@ -1159,8 +1164,8 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     let e = &s.events;
     writeln!(
         out,
-        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} flow-limit {} snat-port {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {} icmp-translated {} icmp-forwarded {}",
-        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.drop_flow_limit, e.drop_snat_port, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked, e.icmp_translated, e.icmp_forwarded
+        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} flow-limit {} snat-port {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {} icmp-translated {} icmp-forwarded {} nat-reentered {}",
+        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.drop_flow_limit, e.drop_snat_port, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked, e.icmp_translated, e.icmp_forwarded, e.nat_reentered
     )
 }
 
