@@ -104,8 +104,11 @@ pub mod event {
     /// Tracked NAT flows whose reply entry had been evicted from `LB_NAT` (the two tables
     /// are LRU and evicted independently): entered again under the same tuple.
     pub const NAT_REENTERED: u32 = 16;
+    /// Later fragments of NAT replies translated (by the entry their first fragment left in
+    /// `LB_FRAGS`; the first counts in `NAT_REPLIES`).
+    pub const NAT_FRAGMENTS: u32 = 17;
     /// Entries of `LB_EVENTS`.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     /// Names, by index (the JSON and table keys).
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
@@ -125,6 +128,7 @@ pub mod event {
         "icmp_translated",
         "icmp_forwarded",
         "nat_reentered",
+        "nat_fragments",
     ];
 }
 
@@ -214,6 +218,22 @@ pub struct FlowKey {
     pub family: u8,
     pub _pad: [u8; 2],
 }
+
+/// Key of `LB_FRAGS`: a fragmented NAT reply as the backend sends it (addresses network
+/// order), by the identification its fragments share.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Entries of `LB_FRAGS`: fragmented NAT replies whose later fragments may still come.
+pub const MAX_FRAGS: u32 = 8192;
 
 /// Value of the connection-tracking table.
 #[repr(C)]
@@ -307,6 +327,7 @@ pub struct RateState {
 mod pod {
     use super::*;
     unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for ServiceMeta {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}

@@ -56,6 +56,7 @@ pub const LB_SVC_STATS: &str = "LB_SVC_STATS";
 pub const LB_BACKEND_STATS: &str = "LB_BACKEND_STATS";
 pub const LB_EVENTS: &str = "LB_EVENTS";
 pub const LB_NAT: &str = "LB_NAT";
+pub const LB_FRAGS: &str = "LB_FRAGS";
 pub const LB_RATE: &str = "LB_RATE";
 pub const LB_TAP: &str = "LB_TAP";
 pub const LB_TAP_ON: &str = "LB_TAP_ON";
@@ -129,6 +130,7 @@ pub const ALL: &[&str] = &[
     LB_BACKEND_STATS,
     LB_EVENTS,
     LB_NAT,
+    LB_FRAGS,
     LB_RATE,
     LB_TAP,
     LB_TAP_ON,

@@ -54,6 +54,8 @@ pub const IPV4_ALEN: usize = 4;
 pub const IPV4_VERSION: u8 = 4;
 pub const IPV4_MIN_IHL: usize = 5;
 const IPV4_TOT_LEN_OFF: usize = 2;
+/// Identification: the fragments of one datagram share it.
+pub const IPV4_ID_OFF: usize = 4;
 pub const IPV4_FRAG_OFF: usize = 6;
 const IP_MF: u16 = 0x2000;
 pub const IP_OFFSET: u16 = 0x1fff;
@@ -302,6 +304,9 @@ pub struct Parsed {
     pub ip_options: bool,
     /// True for any IPv4/IPv6 fragment.
     pub fragment: bool,
+    /// A fragment's identification (IPv4: 16 bits; IPv6: the fragment header's 32), shared
+    /// by the fragments of one datagram; 0 when not `fragment`.
+    pub frag_id: u32,
     /// True when the L4 header is present and was validated (not a non-first fragment).
     pub has_l4: bool,
     /// Offset of the L4 header (valid when `has_l4`).
@@ -335,6 +340,7 @@ impl Parsed {
             ip_proto: 0,
             ip_options: false,
             fragment: false,
+            frag_id: 0,
             has_l4: false,
             l4_off: 0,
             l3_end: 0,
@@ -432,6 +438,9 @@ fn parse_ipv4(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     let more = frag & IP_MF != 0;
     let frag_off = frag & IP_OFFSET;
     p.fragment = more || frag_off != 0;
+    if p.fragment {
+        p.frag_id = f.be16_at(off + IPV4_ID_OFF)? as u32;
+    }
     p.ip_proto = f.u8_at(off + IPV4_PROTO_OFF)?;
     let s = f.raw32_at(off + IPV4_SADDR_OFF)?;
     let d = f.raw32_at(off + IPV4_DADDR_OFF)?;
@@ -542,6 +551,7 @@ fn ext_header(f: &Frame, p: &mut Parsed, hoff: &mut usize, next: u8) -> Result<E
             let fh = f.at::<[u8; IPV6_FRAG_HLEN]>(*hoff)?.get();
             let fo = u16::from_be_bytes([fh[2], fh[3]]);
             p.fragment = true;
+            p.frag_id = u32::from_be_bytes([fh[4], fh[5], fh[6], fh[7]]);
             *hoff += IPV6_FRAG_HLEN;
             if fo >> IPV6_FRAG_OFFSET_SHIFT != 0 {
                 Ok(Ext::NonFirstFragment(fh[0]))

@@ -1009,6 +1009,89 @@ fn nat_icmp_errors_reach_the_client_from_the_vip() {
     bg.terminate();
 }
 
+/// A NAT backend's UDP answer larger than the link's MTU leaves it in fragments: the balancer
+/// translates the first (with the ports) through `LB_NAT` and the later ones through the
+/// entry the first left, so the client's connected socket gets each 4,000-byte answer whole
+/// from the VIP (untranslated, the reassembled datagram would come from the backend's address
+/// and the socket would drop it: a timeout).
+#[test]
+fn nat_fragmented_udp_answers_reach_the_client_from_the_vip() {
+    const QUERIES: usize = 30;
+    let dir = TempDir::new("lbf");
+    let (lab, _servers, _) = nat_lab("lbf", &dir);
+    let config = dir.file(
+        "lb-big.toml",
+        &format!(
+            "{NAT_CONFIG}\n[[service]]\nname = \"big\"\nvip = \"198.18.1.100\"\nport = 5300\n\
+             proto = \"udp\"\nmode = \"nat\"\n{}",
+            (1..=3)
+                .map(|i| format!(
+                    "[[service.backend]]\nname = \"b{i}\"\naddr = \"198.18.2.2{i}\"\n"
+                ))
+                .collect::<String>()
+        ),
+    );
+    // Each backend answers every datagram with 4,000 bytes (three fragments at MTU 1500),
+    // for two minutes at most.
+    let server = "import socket\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.bind(('0.0.0.0', 5300))\n\
+        while True:\n    \
+            d, a = s.recvfrom(100)\n    \
+            s.sendto(b'y' * 4000, a)\n";
+    let _udp: Vec<Bg> = BACKENDS
+        .iter()
+        .map(|(b, _)| {
+            let ns = lab.ns(b);
+            let child = common::in_ns(&ns, &["timeout", "120", "python3", "-c", server])
+                .spawn()
+                .expect("python3");
+            let bg = Bg::from_child(child);
+            let bound = || {
+                let o = common::in_ns(&ns, &["ss", "-Hlun", "sport = :5300"])
+                    .output()
+                    .unwrap();
+                !String::from_utf8_lossy(&o.stdout).trim().is_empty()
+            };
+            assert!(
+                eventually(Duration::from_secs(10), bound),
+                "{ns}: no UDP server"
+            );
+            bg
+        })
+        .collect();
+    let lb_ns = lab.ns("lb");
+    let bg = start_nat_lb(&lb_ns, &config);
+    let client = format!(
+        "import socket\n\
+        ok = short = lost = 0\n\
+        for i in range({QUERIES}):\n    \
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+            s.settimeout(2)\n    \
+            s.connect(('198.18.1.100', 5300))\n    \
+            s.send(b'q')\n    \
+            try:\n        \
+                n = len(s.recv(8000))\n        \
+                ok, short = ok + (n == 4000), short + (n != 4000)\n    \
+            except socket.timeout:\n        \
+                lost += 1\n\
+        print(ok, short, lost)\n"
+    );
+    let o = common::ok(common::in_ns(
+        &lab.ns("client"),
+        &["python3", "-c", &client],
+    ));
+    let got = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert_eq!(got, format!("{QUERIES} 0 0"), "answered whole, short, lost");
+    let ev = lb_stats(&lb_ns).stats.events;
+    assert!(
+        ev.nat_replies >= QUERIES as u64 && ev.nat_fragments >= 2 * QUERIES as u64,
+        "a first and two later fragments per answer: {ev:?}"
+    );
+    assert_eq!(ev.drop_error, 0, "{ev:?}");
+    bg.terminate();
+}
+
 /// DSR over IPv6, the backends' MACs found by neighbour discovery (the config names none):
 /// the DSR lab with IPv6 added (2001:2::/64 on the bridge; the VIP 2001:2:1::100 on each
 /// backend's `lo`, which IPv6 does not announce on `eth0`, and routed to the balancer by the

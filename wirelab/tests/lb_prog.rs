@@ -857,6 +857,145 @@ fn a_tracked_nat_flow_whose_reply_entry_was_evicted_gets_it_back() {
     }
 }
 
+/// Split an Ethernet/IP frame's IP payload at `at` (a multiple of 8) into two fragments
+/// with identification `id`: IPv4 (header checksums right) or IPv6 (a fragment header).
+fn fragments(f: &[u8], at: usize, id: u32) -> [Vec<u8>; 2] {
+    let v4 = f[12..14] == [0x08, 0x00];
+    let payload = if v4 { &f[34..] } else { &f[54..] };
+    let parts = [
+        (&payload[..at], 0u16, true),
+        (&payload[at..], (at / 8) as u16, false),
+    ];
+    parts.map(|(chunk, units, more)| {
+        if v4 {
+            let frag = units | if more { 0x2000 } else { 0 };
+            let mut ip = common::frames::ipv4(
+                f[26..30].try_into().unwrap(),
+                f[30..34].try_into().unwrap(),
+                5,
+                f[23],
+                frag,
+                chunk,
+            );
+            ip[4..6].copy_from_slice(&(id as u16).to_be_bytes());
+            let c = !fold(sum16(&ip[..20], 0));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            cat(eth(0x0800), ip)
+        } else {
+            let mut fh = common::frames::frag6(f[20], units, more);
+            fh[4..8].copy_from_slice(&id.to_be_bytes());
+            let ip = common::frames::ipv6(
+                f[22..38].try_into().unwrap(),
+                f[38..54].try_into().unwrap(),
+                44,
+                &[fh],
+                chunk,
+            );
+            cat(eth(0x86dd), ip)
+        }
+    })
+}
+
+/// The datagram two fragments carry, as one frame again (headers from the first).
+fn reassembled(a: &[u8], b: &[u8]) -> Vec<u8> {
+    if a[12..14] == [0x08, 0x00] {
+        let mut payload = a[34..].to_vec();
+        payload.extend_from_slice(&b[34..]);
+        let mut ip = common::frames::ipv4(
+            a[26..30].try_into().unwrap(),
+            a[30..34].try_into().unwrap(),
+            5,
+            a[23],
+            0,
+            &payload,
+        );
+        let c = !fold(sum16(&ip[..20], 0));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        cat(eth(0x0800), ip)
+    } else {
+        let mut upper = a[62..].to_vec();
+        upper.extend_from_slice(&b[62..]);
+        let ip = common::frames::ipv6(
+            a[22..38].try_into().unwrap(),
+            a[38..54].try_into().unwrap(),
+            a[54],
+            &[],
+            &upper,
+        );
+        cat(eth(0x86dd), ip)
+    }
+}
+
+/// A NAT backend's reply too large for the path arrives in fragments: the first (with the
+/// ports) is translated as any reply and the later ones get the same addresses through its
+/// `LB_FRAGS` entry, so the datagram reassembles from the VIP with a right checksum (IPv4
+/// UDP and IPv6 TCP; both entry points; with SNAT the destination too). A later fragment of
+/// a datagram whose first was not seen is passed as it is.
+#[test]
+fn fragmented_nat_replies_are_translated_fragment_by_fragment() {
+    const XDP_PASS: u32 = 2;
+    for (prog, pass, unspec) in [
+        ("lb", TC_ACT_OK, TC_ACT_UNSPEC),
+        ("lb_xdp", XDP_PASS, XDP_PASS),
+    ] {
+        for snat in [false, true] {
+            let h = Harness::with(&if snat {
+                snat_config()
+            } else {
+                NAT_CONFIG.into()
+            });
+            let run = |f: &[u8]| wirelab_testkit::prog::run(&h.bpf, prog, f);
+            let what = format!("{prog}, snat {snat}");
+            // UDP/IPv4: the query enters the flow; the answer comes back in two fragments.
+            let (v, q) = run(&udp4(CLIENT, VIP, 5353, 53));
+            assert_eq!(v, pass, "{what}");
+            let (to, port) = (&q[26..30], port_at(&q, 34));
+            let mut answer = Vec::new();
+            PacketBuilder::ethernet2(SRC, DST)
+                .ipv4([198, 18, 2, 31], to.try_into().unwrap(), 64)
+                .udp(53, port)
+                .write(&mut answer, &[0x5a; 200])
+                .unwrap();
+            let [f1, f2] = fragments(&answer, 104, 0x1234);
+            let (v1, o1) = run(&f1);
+            let (v2, o2) = run(&f2);
+            assert_eq!((v1, v2), (pass, pass), "{what}");
+            let whole = reassembled(&o1, &o2);
+            assert!(checksums_ok(&whole), "{what}: {whole:02x?}");
+            assert_eq!(&whole[26..30], &VIP, "{what}: from the VIP");
+            assert_eq!(&whole[30..34], &CLIENT, "{what}: to the client");
+            assert_eq!(port_at(&whole, 36), 5353, "{what}");
+            assert_eq!(&whole[42..], &[0x5a; 200], "{what}: payload untouched");
+            let e = h.stats().events;
+            assert_eq!((e.nat_replies, e.nat_fragments), (1, 1), "{what}");
+            // A later fragment of another datagram (its first never came): left alone.
+            let [_, lone] = fragments(&answer, 104, 0x4321);
+            assert_eq!(run(&lone), (unspec, lone.clone()), "{what}");
+
+            // TCP/IPv6 (the nat6 service).
+            let (v, s) = run(&tcp6_from(CLIENT6, VIP6, 40000, 80, true));
+            assert_eq!(v, pass, "{what}");
+            let mut seg = Vec::new();
+            PacketBuilder::ethernet2(SRC, DST)
+                .ipv6(v6("2001:2:2::21"), s[22..38].try_into().unwrap(), 64)
+                .tcp(80, port_at(&s, 54), 7, 1024)
+                .ack(8)
+                .write(&mut seg, &[0xa5; 300])
+                .unwrap();
+            let [f1, f2] = fragments(&seg, 160, 0x0102_0304);
+            let (v1, o1) = run(&f1);
+            let (v2, o2) = run(&f2);
+            assert_eq!((v1, v2), (pass, pass), "{what}");
+            let whole = reassembled(&o1, &o2);
+            assert!(checksums_ok(&whole), "{what}: {whole:02x?}");
+            assert_eq!(&whole[22..38], &VIP6, "{what}");
+            assert_eq!(&whole[38..54], &CLIENT6, "{what}");
+            assert_eq!(port_at(&whole, 56), 40000, "{what}");
+            assert_eq!(h.stats().events.nat_fragments, 2, "{what}");
+        }
+    }
+}
+
 /// A NAT packet whose TCP header starts beyond the offsets a rewrite can reach (here behind a
 /// 1 KiB destination-options header) is dropped as an error, not rewritten at a cut-down
 /// offset inside the extension header (which left the real checksum stale); one behind a

@@ -40,8 +40,9 @@ use aya_ebpf::{
 use wirelab_common::csum;
 use wirelab_common::lb::{
     backend_flag, event, flow_hash, mode, snat_port_try, which, xdp_out, Backend, FlowKey,
-    FlowValue, LbConf, LbCounter, NatValue, RateState, ServiceMeta, VipKey, FAMILY_IPV4,
-    FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_TABLE_SIZE, SNAT_TRIES, TABLE_ENTRIES,
+    FlowValue, FragKey, LbConf, LbCounter, NatValue, RateState, ServiceMeta, VipKey, FAMILY_IPV4,
+    FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGS, MAX_SERVICES, MAX_TABLE_SIZE, SNAT_TRIES,
+    TABLE_ENTRIES,
 };
 use wirelab_common::tap::{self as tapdef, lb_what, Decision};
 
@@ -80,6 +81,10 @@ static LB_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT,
 /// NAT flows by their reply 5-tuple (backend → client): the VIP to restore as the source.
 #[map]
 static LB_NAT: LruHashMap<FlowKey, NatValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+/// Fragmented NAT replies by their identification: the first fragment (which holds the ports,
+/// so it finds its flow in `LB_NAT`) leaves its flow's entry here for the later ones.
+#[map]
+static LB_FRAGS: LruHashMap<FragKey, NatValue> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 /// Per-CPU state of the new-flow limit.
 #[map]
 static LB_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
@@ -177,7 +182,9 @@ struct Rewrite {
     parts: u8,
     udp: bool,
     v6: bool,
-    _pad: u8,
+    /// The TCP/UDP header is in this packet (false: a later fragment, where only the
+    /// addresses change and only the IPv4 header checksum covers them).
+    l4: bool,
     /// New ports, network order.
     sport: [u8; 2],
     dport: [u8; 2],
@@ -204,6 +211,7 @@ impl Rewrite {
         r.parts = 0;
         r.udp = udp;
         r.v6 = v6;
+        r.l4 = p.has_l4;
         Ok(r)
     }
 
@@ -299,7 +307,9 @@ fn addr_tc(
         if !r.v6 {
             ctx.l3_csum_replace(r.ip_csum_off(), from, to, 4)?;
         }
-        ctx.l4_csum_replace(r.l4_csum_off(), from, to, l4)?;
+        if r.l4 {
+            ctx.l4_csum_replace(r.l4_csum_off(), from, to, l4)?;
+        }
     }
     if r.v6 {
         ctx.store(off, new, 0)
@@ -472,9 +482,9 @@ fn nat_xdp(f: &Frame, r: &Rewrite) -> Result<()> {
     // Checksums are kept as values, never as packet pointers across branches: 5.10 and 6.1
     // lose a pointer held in an `Option` across branches (a spilled pointer whose `Some` they
     // no longer connect to its flag).
-    let mut l4c = f.be16_at(r.l4_csum_off())?;
-    // IPv4 UDP without a checksum stays without one.
-    let no_l4c = r.udp && !r.v6 && l4c == 0;
+    let mut l4c = if r.l4 { f.be16_at(r.l4_csum_off())? } else { 0 };
+    // IPv4 UDP without a checksum stays without one; a later fragment has none.
+    let no_l4c = !r.l4 || (r.udp && !r.v6 && l4c == 0);
     let mut ipc = if r.v6 { 0 } else { f.be16_at(r.ip_csum_off())? };
     if r.parts & RW_SRC != 0 {
         sum_addr(f, r, r.src_off(), &r.src, &mut l4c, &mut ipc)?;
@@ -615,6 +625,8 @@ impl Pick {
 struct NatEntry {
     key: FlowKey,
     val: NatValue,
+    /// A fragment's `LB_FRAGS` key ([`nat_fragment`]).
+    frag: FragKey,
 }
 
 #[map]
@@ -635,8 +647,8 @@ fn nat_entry(
 ) -> core::result::Result<&'static mut NatEntry, u32> {
     let e = LB_NAT_SCRATCH.get_ptr_mut(0).ok_or(event::DROP_ERROR)?;
     // SAFETY: `e` is this CPU's element of a per-CPU array, aligned, valid for the whole run
-    // of the program and not shared with other CPUs; only `nat_enter` and `nat_keep` use it,
-    // one at a time.
+    // of the program and not shared with other CPUs; `nat_enter`, `nat_keep` and
+    // `nat_fragment` use it, one at a time (a packet takes one of their paths).
     let e = unsafe { &mut *e };
     let snat = meta.snat != 0;
     // Field by field: a whole struct would be built on the stack first.
@@ -757,6 +769,95 @@ fn same16(a: &[u8; 16], b: &[u8; 16]) -> bool {
         && word(a, 3) == word(b, 3)
 }
 
+/// A NAT flow's reply (`n`, its `LB_NAT` entry) goes back from the VIP and the service
+/// port, with SNAT to the client's address and port: this CPU's rewrite set for packet `p`.
+#[inline(always)]
+fn reply_rewrite<const LIVE: bool>(p: &parse::Parsed, n: &NatValue, pick: &mut Pick) -> Result<()> {
+    ev::<LIVE>(event::NAT_REPLIES);
+    pick.what = lb_what::NAT_REPLY;
+    pick.id = n.backend;
+    let r = Rewrite::slot(p, p.ip_proto == IPPROTO_UDP, is_v6(p))?;
+    r.parts = RW_SRC;
+    r.src = n.vip;
+    if n.vport != p.sport {
+        // The backend listens on another port than the service's.
+        r.parts |= RW_SPORT;
+        r.sport = n.vport.to_be_bytes();
+    }
+    if n.snat != 0 {
+        r.parts |= RW_DST | RW_DPORT;
+        r.dst = n.client;
+        r.dport = n.client_port.to_be_bytes();
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn is_v6(p: &parse::Parsed) -> bool {
+    p.ethertype == ETH_P_IPV6
+}
+
+/// A fragment of a NAT backend's reply (too large for the path: a big UDP answer). The
+/// first fragment holds the ports: found in `LB_NAT`, it is translated as any reply (its
+/// TCP/UDP checksum covers the whole datagram, so the incremental update holds) and leaves
+/// its flow's entry in `LB_FRAGS` under the datagram's addresses and identification; a later
+/// fragment found there gets the same addresses (only the IPv4 header checksum covers them
+/// there). A later fragment that comes before its first is not translated. Returns whether
+/// the fragment is to be translated (this CPU's rewrite set).
+// The keys are passed by reference on purpose: by value they would be copied to the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn nat_fragment(p: &parse::Parsed, family: u8, pick: &mut Pick) -> Result<bool> {
+    let e = LB_NAT_SCRATCH.get_ptr_mut(0).ok_or(Error::Map)?;
+    // SAFETY: this CPU's element of a per-CPU array, aligned, valid for the whole run of the
+    // program and not shared with other CPUs; the fragment path only, which returns before
+    // `nat_entry` could use it.
+    let e = unsafe { &mut *e };
+    e.frag.saddr = p.saddr;
+    e.frag.daddr = p.daddr;
+    e.frag.id = p.frag_id;
+    e.frag.proto = p.ip_proto;
+    e.frag.family = family;
+    e.frag._pad = [0; 2];
+    if p.has_l4 {
+        if p.ip_proto != IPPROTO_TCP && p.ip_proto != IPPROTO_UDP {
+            return Ok(false);
+        }
+        e.key.saddr = p.saddr;
+        e.key.daddr = p.daddr;
+        e.key.sport = p.sport;
+        e.key.dport = p.dport;
+        e.key.proto = p.ip_proto;
+        e.key.family = family;
+        e.key._pad = [0; 2];
+        let Some(n) = LB_NAT.get_ptr(&e.key) else {
+            return Ok(false);
+        };
+        // SAFETY: a successful lookup's pointer to the element's value, valid for this RCU
+        // read-side section; only read.
+        let n = unsafe { &*n };
+        reply_rewrite::<true>(p, n, pick)?;
+        let _ = LB_FRAGS.insert(&e.frag, n, 0);
+        return Ok(true);
+    }
+    let Some(n) = LB_FRAGS.get_ptr(&e.frag) else {
+        return Ok(false);
+    };
+    // SAFETY: as above.
+    let n = unsafe { &*n };
+    counter::bump(&LB_EVENTS, event::NAT_FRAGMENTS);
+    pick.what = lb_what::NAT_REPLY;
+    pick.id = n.backend;
+    let r = Rewrite::slot(p, p.ip_proto == IPPROTO_UDP, is_v6(p))?;
+    r.parts = RW_SRC;
+    r.src = n.vip;
+    if n.snat != 0 {
+        r.parts |= RW_DST;
+        r.dst = n.client;
+    }
+    Ok(true)
+}
+
 /// The balancer's decision. `LIVE`: the attached entry points, which enter flows and count;
 /// `lb_which` runs the same code with `LIVE = false`, which changes no map.
 #[inline(always)]
@@ -785,6 +886,9 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
             ev::<LIVE>(event::DROP_FRAGMENT);
             pick.dropped(event::DROP_FRAGMENT);
             return Ok(Verdict::Drop);
+        }
+        if LIVE && nat_fragment(&p, family, pick)? {
+            return Ok(Verdict::Nat);
         }
         ev::<LIVE>(event::NON_VIP);
         return Ok(Verdict::Pass);
@@ -818,24 +922,8 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         if l4 {
             if let Some(n) = LB_NAT.get_ptr(key) {
                 // SAFETY: a successful lookup's pointer to the element's value, valid for
-                // this RCU read-side section; the fields are copied out.
-                let n = unsafe { &*n };
-                ev::<LIVE>(event::NAT_REPLIES);
-                pick.what = lb_what::NAT_REPLY;
-                pick.id = n.backend;
-                let r = Rewrite::slot(&p, udp, v6)?;
-                r.parts = RW_SRC;
-                r.src = n.vip;
-                if n.vport != p.sport {
-                    // The backend listens on another port than the service's.
-                    r.parts |= RW_SPORT;
-                    r.sport = n.vport.to_be_bytes();
-                }
-                if n.snat != 0 {
-                    r.parts |= RW_DST | RW_DPORT;
-                    r.dst = n.client;
-                    r.dport = n.client_port.to_be_bytes();
-                }
+                // this RCU read-side section; only read.
+                reply_rewrite::<LIVE>(&p, unsafe { &*n }, pick)?;
                 return Ok(Verdict::Nat);
             }
         }
