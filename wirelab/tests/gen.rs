@@ -105,14 +105,12 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
     assert!((1700.0..=2200.0).contains(&pps), "{r:?}");
 
     // 4. --method xdp refuses a plain peer (the server's peer wan/to-server) with a reason.
-    let o = wirelab()
-        .args(cli::on_iface("gen", &lab.ns("server"), "eth0"))
-        .args(["--dst-mac", "02:00:00:00:00:01", "--src", "198.18.0.2"])
-        .args(["--dst", "198.18.0.1", "--count", "100", "--method", "xdp"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = fails(
+        wirelab()
+            .args(cli::on_iface("gen", &lab.ns("server"), "eth0"))
+            .args(["--dst-mac", "02:00:00:00:00:01", "--src", "198.18.0.2"])
+            .args(["--dst", "198.18.0.1", "--count", "100", "--method", "xdp"]),
+    );
     assert!(err.contains("did not transmit XDP frames"), "{err}");
 }
 

@@ -97,10 +97,7 @@ fn dsr_spreads_real_connections_and_kill_9_leaves_nothing_attached() {
     let config = dir.file("lb.toml", CONFIG);
     let lab = Lab::up_with("lb", Some(&topo));
     for (b, _) in BACKENDS {
-        common::ok(common::in_ns(
-            &lab.ns(b),
-            &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
-        ));
+        ip(&lab, b, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let servers: Vec<_> = BACKENDS
@@ -118,11 +115,7 @@ fn dsr_spreads_real_connections_and_kill_9_leaves_nothing_attached() {
         "no balancer, no answer: {per:?}"
     );
 
-    let mut c = wirelab();
-    c.args(["lb", "--netns", &lb_ns, "--iface", "eth0", "--config"])
-        .arg(&config)
-        .args(["--json", "--interval", "1s"]);
-    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    let bg = start_lb(&lb_ns, &config);
     assert_eq!(tcx_ingress_count(&lb_ns, "eth0"), 1);
 
     let t0 = std::time::Instant::now();
@@ -446,16 +439,21 @@ fn final_of(text: &str) -> FinalLine {
         .unwrap_or_else(|| panic!("no final line in {text}"))
 }
 
+/// `ip ARGS` in the namespace of the lab's `host`.
+#[track_caller]
+fn ip(lab: &Lab, host: &str, args: &[&str]) {
+    let mut a = vec!["ip"];
+    a.extend_from_slice(args);
+    common::ok(common::in_ns(&lab.ns(host), &a));
+}
+
 /// Lab with the VIP on every backend's `lo` and an HTTP server on each.
 fn http_lab(prefix: &str, dir: &TempDir) -> (Lab, BTreeMap<&'static str, HttpBackend>) {
     let topo = dir.file("lb-lab.toml", TOPOLOGY);
     let lab = Lab::up_with(prefix, Some(&topo));
     let mut servers = BTreeMap::new();
     for (b, _) in BACKENDS {
-        common::ok(common::in_ns(
-            &lab.ns(b),
-            &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
-        ));
+        ip(&lab, b, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
         servers.insert(b, HttpBackend::start(&lab.ns(b), b));
     }
     (lab, servers)
@@ -468,6 +466,15 @@ fn lb_json(lb_ns: &str, config: &std::path::Path, interval: &str) -> std::proces
         .arg(config)
         .args(["--json", "--interval", interval]);
     c
+}
+
+/// [`lb_json`] with a line every second, attached.
+fn start_lb(lb_ns: &str, config: &std::path::Path) -> Bg {
+    spawn_ready(
+        lb_json(lb_ns, config, "1s"),
+        "lb attached",
+        Duration::from_secs(30),
+    )
 }
 
 const HEALTH: &str = r#"health = { kind = "http", path = "/health", interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }"#;
@@ -663,11 +670,7 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
     );
     let lb_ns = lab.ns("lb");
     let client_ns = lab.ns("client");
-    let mut c = wirelab();
-    c.args(["lb", "--netns", &lb_ns, "--iface", "eth0", "--config"])
-        .arg(&config)
-        .args(["--json", "--interval", "1s"]);
-    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    let bg = start_lb(&lb_ns, &config);
 
     // 30 long-lived connections, each on its backend.
     let mut long = long_lived(&client_ns, 30);
@@ -1092,6 +1095,26 @@ fn nat_fragmented_udp_answers_reach_the_client_from_the_vip() {
     bg.terminate();
 }
 
+/// IPv6 on the client's segment (no DAD: addresses usable at once): the client 2001:2::1,
+/// the balancer 2001:2::10 on its eth0, and the client's route to `vip` through it.
+fn ipv6_client_segment(lab: &Lab, vip: &str) {
+    ip(
+        lab,
+        "client",
+        &["addr", "add", "2001:2::1/64", "dev", "eth0", "nodad"],
+    );
+    ip(
+        lab,
+        "client",
+        &["-6", "route", "add", vip, "via", "2001:2::10"],
+    );
+    ip(
+        lab,
+        "lb",
+        &["addr", "add", "2001:2::10/64", "dev", "eth0", "nodad"],
+    );
+}
+
 /// DSR over IPv6, the backends' MACs found by neighbour discovery (the config names none):
 /// the DSR lab with IPv6 added (2001:2::/64 on the bridge; the VIP 2001:2:1::100 on each
 /// backend's `lo`, which IPv6 does not announce on `eth0`, and routed to the balancer by the
@@ -1102,39 +1125,27 @@ fn dsr_over_ipv6_finds_backends_by_neighbour_discovery() {
     const VIP6: &str = "2001:2:1::100";
     let dir = TempDir::new("lbd6");
     let (lab, _servers) = http_lab("lbd6", &dir);
-    let ip = |host: &str, args: &[&str]| {
-        let mut a = vec!["ip"];
-        a.extend_from_slice(args);
-        common::ok(common::in_ns(&lab.ns(host), &a));
-    };
-    ip(
-        "client",
-        &["addr", "add", "2001:2::1/64", "dev", "eth0", "nodad"],
-    );
-    ip("client", &["-6", "route", "add", VIP6, "via", "2001:2::10"]);
-    ip(
-        "lb",
-        &["addr", "add", "2001:2::10/64", "dev", "eth0", "nodad"],
-    );
+    ipv6_client_segment(&lab, VIP6);
     let mut config = format!(
         "[[service]]\nname = \"web6\"\nvip = \"{VIP6}\"\nport = 80\nproto = \"tcp\"\nmode = \"dsr\"\n"
     );
     for (i, (b, _)) in BACKENDS.iter().enumerate() {
         let addr = format!("2001:2::2{}", i + 1);
         ip(
+            &lab,
             b,
             &["addr", "add", &format!("{addr}/64"), "dev", "eth0", "nodad"],
         );
-        ip(b, &["addr", "add", &format!("{VIP6}/128"), "dev", "lo"]);
+        ip(
+            &lab,
+            b,
+            &["addr", "add", &format!("{VIP6}/128"), "dev", "lo"],
+        );
         config += &format!("[[service.backend]]\nname = \"{b}\"\naddr = \"{addr}\"\n");
     }
     let config = dir.file("lb6.toml", &config);
     let lb_ns = lab.ns("lb");
-    let mut c = wirelab();
-    c.args(["lb", "--netns", &lb_ns, "--iface", "eth0", "--config"])
-        .arg(&config)
-        .args(["--json", "--interval", "1s"]);
-    let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+    let bg = start_lb(&lb_ns, &config);
     let resolved = bg
         .lines
         .lock()
@@ -1333,11 +1344,7 @@ fn a_syn_flood_is_held_to_the_new_flow_limit_and_tracked_flows_keep_their_backen
     );
     let lb_ns = lab.ns("lb");
     let client_ns = lab.ns("client");
-    let bg = spawn_ready(
-        lb_json(&lb_ns, &config, "1s"),
-        "lb attached",
-        Duration::from_secs(30),
-    );
+    let bg = start_lb(&lb_ns, &config);
     let mut long = long_lived(&client_ns, 30);
     let on_b3 = long.iter().filter(|(_, b)| b == "b3").count();
     assert!(on_b3 > 0, "some long-lived connections on b3");
@@ -1433,10 +1440,7 @@ fn snat_serves_backends_whose_replies_do_not_route_through_the_balancer() {
     let lb_ns = lab.ns("lb");
     let client_ns = lab.ns("client");
     for (b, _) in BACKENDS {
-        common::ok(common::in_ns(
-            &lab.ns(b),
-            &["ip", "route", "del", "default"],
-        ));
+        ip(&lab, b, &["route", "del", "default"]);
     }
     // The SNAT address: the balancer's own, on the backend side (the kernel answers ARP).
     common::ok(common::in_ns(
@@ -1538,31 +1542,9 @@ fn nat_over_ipv6() {
     let lab = Lab::up_with("lb6", Some(&topo));
     // IPv6 on the NAT lab (no DAD: addresses usable at once): 2001:2::/64 on the client
     // segment, 2001:2:2::/64 behind the balancer, the VIP 2001:2:1::100 routed to it.
-    let ip = |host: &str, args: &[&str]| {
-        let mut a = vec!["ip"];
-        a.extend_from_slice(args);
-        common::ok(common::in_ns(&lab.ns(host), &a));
-    };
+    ipv6_client_segment(&lab, "2001:2:1::100/128");
     ip(
-        "client",
-        &["addr", "add", "2001:2::1/64", "dev", "eth0", "nodad"],
-    );
-    ip(
-        "client",
-        &[
-            "-6",
-            "route",
-            "add",
-            "2001:2:1::100/128",
-            "via",
-            "2001:2::10",
-        ],
-    );
-    ip(
-        "lb",
-        &["addr", "add", "2001:2::10/64", "dev", "eth0", "nodad"],
-    );
-    ip(
+        &lab,
         "lb",
         &["addr", "add", "2001:2:2::1/64", "dev", "eth1", "nodad"],
     );
@@ -1573,6 +1555,7 @@ fn nat_over_ipv6() {
     let mut servers = BTreeMap::new();
     for (i, (b, _)) in BACKENDS.iter().enumerate() {
         ip(
+            &lab,
             b,
             &[
                 "addr",
@@ -1583,7 +1566,11 @@ fn nat_over_ipv6() {
                 "nodad",
             ],
         );
-        ip(b, &["-6", "route", "add", "default", "via", "2001:2:2::1"]);
+        ip(
+            &lab,
+            b,
+            &["-6", "route", "add", "default", "via", "2001:2:2::1"],
+        );
         servers.insert(*b, HttpBackend::start(&lab.ns(b), b));
     }
     let lb_ns = lab.ns("lb");
@@ -1603,11 +1590,12 @@ fn nat_over_ipv6() {
     // are served again and see only the balancer's SNAT address (IPv6 forwards packets with a
     // local source: no accept_local to turn on).
     for (b, _) in BACKENDS {
-        ip(b, &["-6", "route", "del", "default"]);
+        ip(&lab, b, &["-6", "route", "del", "default"]);
     }
     let (_, failed) = curl_many_to(&lab.ns("client"), 2, "2001:2::1", "2001:2:1::100");
     assert_eq!(failed, 2, "no route back, no answer");
     ip(
+        &lab,
         "lb",
         &["addr", "add", "2001:2:2::250/64", "dev", "eth1", "nodad"],
     );

@@ -614,12 +614,12 @@ fn connect_concurrency_fits_the_descriptor_limit() {
     let _limits = prepare_server(&lab, pool_s, n);
     // An explicit --concurrency that cannot fit: refused in the preflight, before anything is
     // attached, naming the user's number and wirelab's own share separately.
-    let o = swarm_with_nofile(&lab, "connect", pool_s, n, 300)
-        .args(["--to", &format!("{SERVER}:9301"), "--concurrency", "280"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    let err = fails(swarm_with_nofile(&lab, "connect", pool_s, n, 300).args([
+        "--to",
+        &format!("{SERVER}:9301"),
+        "--concurrency",
+        "280",
+    ]));
     assert!(
         err.contains("--concurrency 280 needs 280 open sockets") && err.contains("plus 128"),
         "{err}"

@@ -562,19 +562,15 @@ fn live_set_changes_delay_without_loss() {
         let stall = bound("stall allowance on the maximum (ms)", 15.0, 60.0);
         assert!(max < 60.0 + stall, "max {max}");
         // A bad change is refused and the running profile stays.
-        let o = wirelab()
-            .args([
-                "wan",
-                "set",
-                "--netns",
-                &b.lab.ns("wan"),
-                "--both",
-                "delay fast",
-            ])
-            .output()
-            .unwrap();
-        assert!(!o.status.success());
-        assert!(String::from_utf8_lossy(&o.stderr).contains("\"fast\""));
+        let e = fails(wirelab().args([
+            "wan",
+            "set",
+            "--netns",
+            &b.lab.ns("wan"),
+            "--both",
+            "delay fast",
+        ]));
+        assert!(e.contains("\"fast\""), "{e}");
         let r = b.probe(&["--rate", "200", "--count", "200", "--wait", "300ms"]);
         assert!((r.forward.delay_ms.p50 - 50.0).abs() < 1.0);
         // Control clients that connect and say nothing — six in a row, 0.3 s each, and one for
@@ -657,12 +653,11 @@ fn bad_input_attaches_nothing() {
     let lab = Lab::up("wb");
     let xdp_on = || xdp_attached(&lab.ns("wan"), "to-client");
     let run = |args: &[&str]| {
-        let mut c = wirelab();
-        c.args(["wan", "--netns", &lab.ns("wan"), "--duration", "2s"]);
-        c.args(args);
-        let o = c.output().unwrap();
-        assert!(!o.status.success(), "{args:?} accepted");
-        String::from_utf8_lossy(&o.stderr).to_string()
+        fails(
+            wirelab()
+                .args(["wan", "--netns", &lab.ns("wan"), "--duration", "2s"])
+                .args(args),
+        )
     };
     let e = run(&[
         "--between",
@@ -1179,14 +1174,12 @@ fn refuses_bad_timelines(lab: &Lab, d: &std::path::Path) {
     let tl = d.join("bad.toml");
     let run = |text: &str| {
         std::fs::write(&tl, text).unwrap();
-        let o = wirelab()
-            .args(["wan", "--netns", &lab.ns("wan"), "--duration", "2s"])
-            .args(["--between", "to-client", "to-server", "--both", "delay 5ms"])
-            .args(["--timeline", tl.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(!o.status.success(), "{text} accepted");
-        String::from_utf8_lossy(&o.stderr).to_string()
+        fails(
+            wirelab()
+                .args(["wan", "--netns", &lab.ns("wan"), "--duration", "2s"])
+                .args(["--between", "to-client", "to-server", "--both", "delay 5ms"])
+                .args(["--timeline", tl.to_str().unwrap()]),
+        )
     };
     let ramp = "[[steps]]\nat = \"1s\"\nkind = \"set\"\nboth = \"delay 10ms\"\n[[steps]]\nat = \"2s\"\nkind = \"ramp\"\nparam = \"delay\"\nfrom = \"20ms\"\nover = \"6s\"\nevery = \"1s\"\n";
     for (text, needles) in [

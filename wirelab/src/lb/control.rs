@@ -93,23 +93,29 @@ pub struct ReloadReport {
     pub install_ms: f64,
 }
 
+/// The names of `s`'s backends that `pick` keeps, in order.
+fn names(
+    s: &super::InstalledService,
+    pick: impl Fn(&super::InstalledBackend) -> bool,
+) -> Vec<String> {
+    s.backends
+        .iter()
+        .filter(|b| pick(b))
+        .map(|b| b.name.clone())
+        .collect()
+}
+
 /// Per-service changes from `prev` to `next` (both planned with stable ids).
 pub(super) fn diff(prev: &Balancer, next: &Balancer) -> Vec<ServiceChange> {
     let mut out = Vec::new();
     for n in &next.services {
         let p = prev.services.iter().find(|p| p.id == n.id);
-        let names = |s: &super::InstalledService| {
-            s.backends
-                .iter()
-                .map(|b| b.name.clone())
-                .collect::<Vec<_>>()
-        };
         let Some(p) = p else {
             out.push(ServiceChange {
                 name: n.conf.name.clone(),
                 service: n.conf.label(),
                 change: "added".into(),
-                added: names(n),
+                added: names(n, |_| true),
                 removed: vec![],
                 reweighted: vec![],
                 slots_moved_pct: 100.0,
@@ -125,28 +131,13 @@ pub(super) fn diff(prev: &Balancer, next: &Balancer) -> Vec<ServiceChange> {
             name: n.conf.name.clone(),
             service: n.conf.label(),
             change: "kept".into(),
-            added: n
-                .backends
-                .iter()
-                .filter(|b| !p.backends.iter().any(|x| x.id == b.id))
-                .map(|b| b.name.clone())
-                .collect(),
-            removed: p
-                .backends
-                .iter()
-                .filter(|b| !n.backends.iter().any(|x| x.id == b.id))
-                .map(|b| b.name.clone())
-                .collect(),
-            reweighted: n
-                .backends
-                .iter()
-                .filter(|b| {
-                    p.backends
-                        .iter()
-                        .any(|x| x.id == b.id && x.weight != b.weight)
-                })
-                .map(|b| b.name.clone())
-                .collect(),
+            added: names(n, |b| !p.backends.iter().any(|x| x.id == b.id)),
+            removed: names(p, |b| !n.backends.iter().any(|x| x.id == b.id)),
+            reweighted: names(n, |b| {
+                p.backends
+                    .iter()
+                    .any(|x| x.id == b.id && x.weight != b.weight)
+            }),
             slots_moved_pct: 100.0 * moved as f64 / n.table.len().max(1) as f64,
         });
     }
@@ -157,7 +148,7 @@ pub(super) fn diff(prev: &Balancer, next: &Balancer) -> Vec<ServiceChange> {
                 service: p.conf.label(),
                 change: "removed".into(),
                 added: vec![],
-                removed: p.backends.iter().map(|b| b.name.clone()).collect(),
+                removed: names(p, |_| true),
                 reweighted: vec![],
                 slots_moved_pct: 100.0,
             });

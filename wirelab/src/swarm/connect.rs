@@ -447,13 +447,7 @@ pub fn print_summary(s: &ConnectSummary, out: &mut dyn std::io::Write) -> std::i
         "  memory: {} bytes RSS per client (peak)",
         s.rss_per_client_bytes
     )?;
-    let st: Vec<String> = s
-        .stats
-        .iter()
-        .filter(|(_, v)| **v > 0)
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    writeln!(out, "  kernel: {}", st.join(" "))?;
+    super::write_kernel_stats(out, &s.stats)?;
     Ok(())
 }
 

@@ -682,6 +682,19 @@ fn write_failures<N: std::fmt::Display>(
     Ok(())
 }
 
+/// The kernel counters of a summary on one line, `name=value` for each that is not zero.
+fn write_kernel_stats(
+    out: &mut dyn std::io::Write,
+    stats: &std::collections::BTreeMap<String, u64>,
+) -> std::io::Result<()> {
+    let st: Vec<String> = stats
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    writeln!(out, "  kernel: {}", st.join(" "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

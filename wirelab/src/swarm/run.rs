@@ -404,13 +404,7 @@ pub fn print_summary(s: &Summary, out: &mut dyn std::io::Write) -> std::io::Resu
         "  duration p50 {:.3}s  p99 {:.3}s  wall {:.2}s",
         s.duration_p50_s, s.duration_p99_s, s.wall_s
     )?;
-    let st: Vec<String> = s
-        .stats
-        .iter()
-        .filter(|(_, v)| **v > 0)
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    writeln!(out, "  kernel: {}", st.join(" "))?;
+    super::write_kernel_stats(out, &s.stats)?;
     if let Some(a) = &s.process_addresses {
         writeln!(out, "  process addresses handed out: {}", a.len())?;
     }
