@@ -937,6 +937,20 @@ fn nat_backends_may_listen_on_other_ports_than_the_service() {
     );
 }
 
+/// The NAT lab's config with one more service: UDP `port` on the VIP, NAT to b1, b2, b3.
+fn nat_udp_config(dir: &TempDir, name: &str, port: u16) -> std::path::PathBuf {
+    let backends: String = (1..=3)
+        .map(|i| format!("[[service.backend]]\nname = \"b{i}\"\naddr = \"198.18.2.2{i}\"\n"))
+        .collect();
+    dir.file(
+        &format!("lb-{name}.toml"),
+        &format!(
+            "{NAT_CONFIG}\n[[service]]\nname = \"{name}\"\nvip = \"198.18.1.100\"\n\
+             port = {port}\nproto = \"udp\"\nmode = \"nat\"\n{backends}"
+        ),
+    )
+}
+
 /// ICMP errors about NAT flows come back as the VIP's: UDP datagrams to a VIP port no backend
 /// listens on are answered by the backend's kernel with "port unreachable", which the
 /// balancer translates (the quoted packet back to client -> VIP, the error's source the VIP).
@@ -947,18 +961,7 @@ fn nat_backends_may_listen_on_other_ports_than_the_service() {
 fn nat_icmp_errors_reach_the_client_from_the_vip() {
     let dir = TempDir::new("lbi");
     let (lab, _servers, _) = nat_lab("lbi", &dir);
-    let config = dir.file(
-        "lb-udp.toml",
-        &format!(
-            "{NAT_CONFIG}\n[[service]]\nname = \"closed\"\nvip = \"198.18.1.100\"\nport = 9\n\
-             proto = \"udp\"\nmode = \"nat\"\n{}",
-            (1..=3)
-                .map(|i| format!(
-                    "[[service.backend]]\nname = \"b{i}\"\naddr = \"198.18.2.2{i}\"\n"
-                ))
-                .collect::<String>()
-        ),
-    );
+    let config = nat_udp_config(&dir, "closed", 9);
     let lb_ns = lab.ns("lb");
     let client_ns = lab.ns("client");
     let bg = start_nat_lb(&lb_ns, &config);
@@ -1022,18 +1025,7 @@ fn nat_fragmented_udp_answers_reach_the_client_from_the_vip() {
     const QUERIES: usize = 30;
     let dir = TempDir::new("lbf");
     let (lab, _servers, _) = nat_lab("lbf", &dir);
-    let config = dir.file(
-        "lb-big.toml",
-        &format!(
-            "{NAT_CONFIG}\n[[service]]\nname = \"big\"\nvip = \"198.18.1.100\"\nport = 5300\n\
-             proto = \"udp\"\nmode = \"nat\"\n{}",
-            (1..=3)
-                .map(|i| format!(
-                    "[[service.backend]]\nname = \"b{i}\"\naddr = \"198.18.2.2{i}\"\n"
-                ))
-                .collect::<String>()
-        ),
-    );
+    let config = nat_udp_config(&dir, "big", 5300);
     // Each backend answers every datagram with 4,000 bytes (three fragments at MTU 1500),
     // for two minutes at most.
     let server = "import socket\n\
