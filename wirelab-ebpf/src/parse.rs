@@ -304,8 +304,9 @@ pub struct Parsed {
     pub ip_options: bool,
     /// True for any IPv4/IPv6 fragment.
     pub fragment: bool,
-    /// A fragment's identification (IPv4: 16 bits; IPv6: the fragment header's 32), shared
-    /// by the fragments of one datagram; 0 when not `fragment`.
+    /// The identification the fragments of one datagram share (IPv4: the header's 16 bits,
+    /// read for every packet; IPv6: the fragment header's 32, else 0). Meaningful only when
+    /// `fragment`.
     pub frag_id: u32,
     /// True when the L4 header is present and was validated (not a non-first fragment).
     pub has_l4: bool,
@@ -438,9 +439,8 @@ fn parse_ipv4(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     let more = frag & IP_MF != 0;
     let frag_off = frag & IP_OFFSET;
     p.fragment = more || frag_off != 0;
-    if p.fragment {
-        p.frag_id = f.be16_at(off + IPV4_ID_OFF)? as u32;
-    }
+    // Read whatever the packet is (no branch for the verifier to follow twice).
+    p.frag_id = f.be16_at(off + IPV4_ID_OFF)? as u32;
     p.ip_proto = f.u8_at(off + IPV4_PROTO_OFF)?;
     let s = f.raw32_at(off + IPV4_SADDR_OFF)?;
     let d = f.raw32_at(off + IPV4_DADDR_OFF)?;
