@@ -13,7 +13,7 @@ use common::frames::{cat, eth, ipv4, udp_hdr, DST, SRC};
 use etherparse::PacketBuilder;
 use wirelab::ebpf::LoadRetrying as _;
 use wirelab::lb::{Balancer, Config, Stats};
-use wirelab_common::lb::{FlowKey, FAMILY_IPV4, FAMILY_IPV6};
+use wirelab_common::lb::{FlowKey, NatValue, FAMILY_IPV4, FAMILY_IPV6};
 use wirelab_testkit::frames::lb::{CLIENT, CLIENT6, IFACE_MAC, OTHER, VIP, VIP6, VIP_DOWN};
 
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: passed on
@@ -102,6 +102,13 @@ impl Harness {
         t.load_retrying()
             .unwrap_or_else(|e| panic!("verifier accepts lb_egress: {e:?}"));
         Self { bpf, lb }
+    }
+
+    /// The program's `LB_NAT` table (NAT flows by reply 5-tuple), for entering or evicting
+    /// entries as other flows or the LRU would.
+    fn nat(&mut self) -> aya::maps::HashMap<&mut aya::maps::MapData, FlowKey, NatValue> {
+        aya::maps::HashMap::try_from(self.bpf.map_mut(wirelab_common::maps::LB_NAT).unwrap())
+            .unwrap()
     }
 
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -815,11 +822,7 @@ fn a_tracked_nat_flow_whose_reply_entry_was_evicted_gets_it_back() {
         let reply_key = key4(b, to, 80, 40000, 6);
         let reply = tcp(b, to, 80, 40000, Flags::Ack);
         let ack = tcp(CLIENT, VIP, 40000, 80, Flags::Ack);
-        let evict = |h: &mut Harness| {
-            let mut nat: aya::maps::HashMap<_, FlowKey, wirelab_common::lb::NatValue> =
-                aya::maps::HashMap::try_from(h.bpf.map_mut("LB_NAT").unwrap()).unwrap();
-            nat.remove(&reply_key).unwrap();
-        };
+        let evict = |h: &mut Harness| h.nat().remove(&reply_key).unwrap();
         evict(&mut h);
         assert_eq!(
             h.run(&reply),
@@ -842,9 +845,8 @@ fn a_tracked_nat_flow_whose_reply_entry_was_evicted_gets_it_back() {
         // The port given to another client in the meantime: this flow's packets are dropped.
         evict(&mut h);
         {
-            let mut nat: aya::maps::HashMap<_, FlowKey, wirelab_common::lb::NatValue> =
-                aya::maps::HashMap::try_from(h.bpf.map_mut("LB_NAT").unwrap()).unwrap();
-            let other = wirelab_common::lb::NatValue {
+            let mut nat = h.nat();
+            let other = NatValue {
                 snat: 1,
                 client_port: 1,
                 ..Default::default()
@@ -1375,12 +1377,11 @@ fn snat_rewrites_source_and_destination_and_picks_a_free_port() {
         let k3 = key4(c3, VIP, 41000, 80, 6);
         let hash = wirelab_common::lb::flow_hash(&k3, svc.conf.seed as u32);
         let mut h = h;
-        let mut nat: aya::maps::HashMap<_, FlowKey, wirelab_common::lb::NatValue> =
-            aya::maps::HashMap::try_from(h.bpf.map_mut("LB_NAT").unwrap()).unwrap();
+        let mut nat = h.nat();
         for i in 0..wirelab_common::lb::SNAT_TRIES {
             let port = wirelab_common::lb::snat_port_try(41000, hash, i);
             let taken = key4(b, SNAT, 80, port, 6);
-            let other = wirelab_common::lb::NatValue {
+            let other = NatValue {
                 snat: 1,
                 client_port: 1,
                 ..Default::default()
