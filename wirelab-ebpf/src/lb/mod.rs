@@ -771,23 +771,32 @@ fn same16(a: &[u8; 16], b: &[u8; 16]) -> bool {
 
 /// A NAT flow's reply (`n`, its `LB_NAT` entry) goes back from the VIP and the service
 /// port, with SNAT to the client's address and port: this CPU's rewrite set for packet `p`.
+/// A later fragment (no L4 header) gets the addresses only, and counts as a fragment.
 #[inline(always)]
 fn reply_rewrite<const LIVE: bool>(p: &parse::Parsed, n: &NatValue, pick: &mut Pick) -> Result<()> {
-    ev::<LIVE>(event::NAT_REPLIES);
+    let l4 = p.has_l4;
+    ev::<LIVE>(if l4 {
+        event::NAT_REPLIES
+    } else {
+        event::NAT_FRAGMENTS
+    });
     pick.what = lb_what::NAT_REPLY;
     pick.id = n.backend;
     let r = Rewrite::slot(p, p.ip_proto == IPPROTO_UDP, is_v6(p))?;
     r.parts = RW_SRC;
     r.src = n.vip;
-    if n.vport != p.sport {
+    if l4 && n.vport != p.sport {
         // The backend listens on another port than the service's.
         r.parts |= RW_SPORT;
         r.sport = n.vport.to_be_bytes();
     }
     if n.snat != 0 {
-        r.parts |= RW_DST | RW_DPORT;
+        r.parts |= RW_DST;
         r.dst = n.client;
-        r.dport = n.client_port.to_be_bytes();
+        if l4 {
+            r.parts |= RW_DPORT;
+            r.dport = n.client_port.to_be_bytes();
+        }
     }
     Ok(())
 }
@@ -844,17 +853,7 @@ fn nat_fragment(p: &parse::Parsed, family: u8, pick: &mut Pick) -> Result<bool> 
         return Ok(false);
     };
     // SAFETY: as above.
-    let n = unsafe { &*n };
-    counter::bump(&LB_EVENTS, event::NAT_FRAGMENTS);
-    pick.what = lb_what::NAT_REPLY;
-    pick.id = n.backend;
-    let r = Rewrite::slot(p, p.ip_proto == IPPROTO_UDP, is_v6(p))?;
-    r.parts = RW_SRC;
-    r.src = n.vip;
-    if n.snat != 0 {
-        r.parts |= RW_DST;
-        r.dst = n.client;
-    }
+    reply_rewrite::<true>(p, unsafe { &*n }, pick)?;
     Ok(true)
 }
 
