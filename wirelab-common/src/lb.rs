@@ -69,8 +69,9 @@ pub mod event {
     /// The parser could not see through it (truncated, bad header lengths): passed to the
     /// stack, which judges it as it would without the balancer.
     pub const MALFORMED: u32 = 2;
-    /// An IPv4/IPv6 fragment to a VIP address: dropped (ports are only in the first
-    /// fragment, so fragments cannot be balanced consistently without reassembly).
+    /// A later IPv4/IPv6 fragment to a VIP address whose first fragment has not been balanced
+    /// (it comes first, or was dropped; the ports are only in the first), or any fragment to
+    /// a VIP address that is not TCP/UDP to a VIP:port: dropped.
     pub const DROP_FRAGMENT: u32 = 3;
     /// A VIP packet whose service has no backend with weight > 0: dropped.
     pub const DROP_NO_BACKEND: u32 = 4;
@@ -107,8 +108,11 @@ pub mod event {
     /// Later fragments of NAT replies translated (by the entry their first fragment left in
     /// `LB_FRAGS`; the first counts in `NAT_REPLIES`).
     pub const NAT_FRAGMENTS: u32 = 17;
+    /// Later fragments of datagrams to a VIP sent where their first went (by the decision it
+    /// left in `LB_VIP_FRAGS`; the first counts as any packet of its flow).
+    pub const VIP_FRAGMENTS: u32 = 18;
     /// Entries of `LB_EVENTS`.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     /// Names, by index (the JSON and table keys).
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
@@ -129,6 +133,7 @@ pub mod event {
         "icmp_forwarded",
         "nat_reentered",
         "nat_fragments",
+        "vip_fragments",
     ];
 }
 
@@ -219,8 +224,9 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Key of `LB_FRAGS`: a fragmented NAT reply as the backend sends it (addresses network
-/// order), by the identification its fragments share.
+/// Key of `LB_FRAGS` and `LB_VIP_FRAGS`: a fragmented NAT reply as the backend sends it, or a
+/// fragmented datagram to a VIP as the client sends it (addresses network order), by the
+/// identification its fragments share.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
@@ -232,7 +238,8 @@ pub struct FragKey {
     pub _pad: [u8; 2],
 }
 
-/// Entries of `LB_FRAGS`: fragmented NAT replies whose later fragments may still come.
+/// Entries of `LB_FRAGS` and `LB_VIP_FRAGS`: fragmented NAT replies, and datagrams to a VIP,
+/// whose later fragments may still come.
 pub const MAX_FRAGS: u32 = 8192;
 
 /// Value of the connection-tracking table.

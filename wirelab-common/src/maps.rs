@@ -57,6 +57,7 @@ pub const LB_BACKEND_STATS: &str = "LB_BACKEND_STATS";
 pub const LB_EVENTS: &str = "LB_EVENTS";
 pub const LB_NAT: &str = "LB_NAT";
 pub const LB_FRAGS: &str = "LB_FRAGS";
+pub const LB_VIP_FRAGS: &str = "LB_VIP_FRAGS";
 pub const LB_RATE: &str = "LB_RATE";
 pub const LB_TAP: &str = "LB_TAP";
 pub const LB_TAP_ON: &str = "LB_TAP_ON";
@@ -131,6 +132,7 @@ pub const ALL: &[&str] = &[
     LB_EVENTS,
     LB_NAT,
     LB_FRAGS,
+    LB_VIP_FRAGS,
     LB_RATE,
     LB_TAP,
     LB_TAP_ON,

@@ -1015,25 +1015,27 @@ fn nat_icmp_errors_reach_the_client_from_the_vip() {
     bg.terminate();
 }
 
-/// A NAT backend's UDP answer larger than the link's MTU leaves it in fragments: the balancer
-/// translates the first (with the ports) through `LB_NAT` and the later ones through the
-/// entry the first left, so the client's connected socket gets each 4,000-byte answer whole
-/// from the VIP (untranslated, the reassembled datagram would come from the backend's address
-/// and the socket would drop it: a timeout).
+/// UDP datagrams larger than the links' MTU, both ways through a NAT service, in fragments.
+/// Each 3,000-byte query: the balancer balances its first fragment (with the ports) and sends
+/// the later ones to the same backend (`LB_VIP_FRAGS`), which gets it whole (else it answers
+/// short). Each 4,000-byte answer: the balancer translates the first fragment through `LB_NAT`
+/// and the later ones through the entry the first left, so the client's connected socket gets
+/// it whole from the VIP (untranslated, the reassembled datagram would come from the
+/// backend's address and the socket would drop it: a timeout).
 #[test]
-fn nat_fragmented_udp_answers_reach_the_client_from_the_vip() {
+fn nat_fragmented_udp_queries_and_answers_cross_whole() {
     const QUERIES: usize = 30;
     let dir = TempDir::new("lbf");
     let (lab, _servers, _) = nat_lab("lbf", &dir);
     let config = nat_udp_config(&dir, "big", 5300);
-    // Each backend answers every datagram with 4,000 bytes (three fragments at MTU 1500),
-    // for two minutes at most.
+    // Each backend answers every whole 3,000-byte query with 4,000 bytes (three fragments
+    // each way at MTU 1500), anything else with 5 bytes, for two minutes at most.
     let server = "import socket\n\
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
         s.bind(('0.0.0.0', 5300))\n\
         while True:\n    \
-            d, a = s.recvfrom(100)\n    \
-            s.sendto(b'y' * 4000, a)\n";
+            d, a = s.recvfrom(8000)\n    \
+            s.sendto(b'y' * 4000 if d == b'q' * 3000 else b'short', a)\n";
     let _udp: Vec<Bg> = BACKENDS
         .iter()
         .map(|(b, _)| {
@@ -1064,7 +1066,7 @@ fn nat_fragmented_udp_answers_reach_the_client_from_the_vip() {
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
             s.settimeout(2)\n    \
             s.connect(('198.18.1.100', 5300))\n    \
-            s.send(b'q')\n    \
+            s.send(b'q' * 3000)\n    \
             try:\n        \
                 n = len(s.recv(8000))\n        \
                 ok, short = ok + (n == 4000), short + (n != 4000)\n    \
@@ -1083,7 +1085,11 @@ fn nat_fragmented_udp_answers_reach_the_client_from_the_vip() {
         ev.nat_replies >= QUERIES as u64 && ev.nat_fragments >= 2 * QUERIES as u64,
         "a first and two later fragments per answer: {ev:?}"
     );
-    assert_eq!(ev.drop_error, 0, "{ev:?}");
+    assert!(
+        ev.vip_fragments >= 2 * QUERIES as u64,
+        "two later fragments per query: {ev:?}"
+    );
+    assert_eq!((ev.drop_error, ev.drop_fragment), (0, 0), "{ev:?}");
     bg.terminate();
 }
 

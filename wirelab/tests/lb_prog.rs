@@ -281,22 +281,6 @@ fn misses_are_passed_and_counted() {
 }
 
 #[test]
-fn fragments_to_a_vip_are_dropped_others_passed() {
-    let h = Harness::new();
-    let tcp_hdr = &tcp(CLIENT, VIP, 40000, 80, Flags::Syn)[34..];
-    // First fragment (MF, offset 0): has the ports, still a fragment.
-    let first = cat(eth(0x0800), ipv4(CLIENT, VIP, 5, 6, 0x2000, tcp_hdr));
-    // A later fragment: no ports at all.
-    let later = cat(eth(0x0800), ipv4(CLIENT, VIP, 5, 6, 0x0010, &[0u8; 16]));
-    let elsewhere = cat(eth(0x0800), ipv4(CLIENT, OTHER, 5, 6, 0x0010, &[0u8; 16]));
-    assert_eq!(h.run(&first).0, TC_ACT_SHOT);
-    assert_eq!(h.run(&later).0, TC_ACT_SHOT);
-    assert_eq!(h.run(&elsewhere).0, TC_ACT_UNSPEC);
-    let s = h.stats();
-    assert_eq!((s.events.drop_fragment, s.events.non_vip), (2, 1));
-}
-
-#[test]
 fn malformed_frames_are_passed_and_counted() {
     let h = Harness::new();
     let syn = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
@@ -994,6 +978,120 @@ fn fragmented_nat_replies_are_translated_fragment_by_fragment() {
             assert_eq!(&whole[38..54], &CLIENT6, "{what}");
             assert_eq!(port_at(&whole, 56), 40000, "{what}");
             assert_eq!(h.stats().events.nat_fragments, 2, "{what}");
+        }
+    }
+}
+
+/// A datagram to a VIP in fragments (DSR): the first, which holds the ports, is balanced as
+/// any packet and each later fragment goes to the same backend (its `LB_VIP_FRAGS` entry);
+/// 24 TCP segments spread over the web service's backends, both entry points. A later
+/// fragment whose first never came is dropped; fragments to other addresses are passed.
+#[test]
+fn fragments_to_a_vip_follow_their_first_fragment() {
+    const XDP_DROP: u32 = 1;
+    for (prog, drop, unspec) in [("lb", TC_ACT_SHOT, TC_ACT_UNSPEC), ("lb_xdp", XDP_DROP, 2)] {
+        let h = Harness::new();
+        let run = |f: &[u8]| wirelab_testkit::prog::run(&h.bpf, prog, f);
+        let mut backends = std::collections::BTreeSet::new();
+        for i in 0..24u16 {
+            let mut seg = Vec::new();
+            PacketBuilder::ethernet2(SRC, DST)
+                .ipv4(CLIENT, VIP, 64)
+                .tcp(41000 + i, 80, 7, 1024)
+                .ack(1)
+                .write(&mut seg, &[0x5a; 300])
+                .unwrap();
+            let [f1, f2] = fragments(&seg, 104, 0x7000 + i as u32);
+            let (v1, o1) = run(&f1);
+            let (v2, o2) = run(&f2);
+            assert_ne!(v1, drop, "{prog}: first fragment {i} forwarded");
+            assert_eq!(v2, v1, "{prog}: later fragment {i} as its first");
+            assert_eq!(&o2[..6], &o1[..6], "{prog}: {i}: to the same backend");
+            assert_eq!(&o1[14..], &f1[14..], "{prog}: DSR leaves the packet alone");
+            assert_eq!(&o2[14..], &f2[14..], "{prog}");
+            backends.insert(o1[..6].to_vec());
+        }
+        assert_eq!(backends.len(), 3, "{prog}: over the three live backends");
+        let e = h.stats().events;
+        assert_eq!((e.vip_fragments, e.drop_fragment), (24, 0), "{prog}");
+        // A later fragment whose first never came: dropped.
+        let mut seg = Vec::new();
+        PacketBuilder::ethernet2(SRC, DST)
+            .ipv4(CLIENT, VIP, 64)
+            .tcp(42000, 80, 7, 1024)
+            .ack(1)
+            .write(&mut seg, &[0x5a; 300])
+            .unwrap();
+        let [_, lone] = fragments(&seg, 104, 0x0bad);
+        assert_eq!(run(&lone).0, drop, "{prog}: lone later fragment");
+        assert_eq!(h.stats().events.drop_fragment, 1, "{prog}");
+        // Fragments to another address: passed as they are.
+        let elsewhere = cat(eth(0x0800), ipv4(CLIENT, OTHER, 5, 6, 0x0010, &[0u8; 16]));
+        assert_eq!(run(&elsewhere), (unspec, elsewhere.clone()), "{prog}");
+        assert_eq!(h.stats().events.non_vip, 1, "{prog}");
+    }
+}
+
+/// A datagram to a NAT VIP in fragments: the first is translated as any packet (addresses and
+/// ports, its checksum covering the whole datagram), each later fragment gets the same
+/// addresses, so the datagram reassembles at the backend with a right checksum (IPv4 UDP and
+/// IPv6 TCP; both entry points; with SNAT the source too).
+#[test]
+fn fragmented_datagrams_to_a_nat_vip_reach_one_backend_whole() {
+    const XDP_PASS: u32 = 2;
+    for (prog, pass) in [("lb", TC_ACT_OK), ("lb_xdp", XDP_PASS)] {
+        for snat in [false, true] {
+            let h = Harness::with(&if snat {
+                snat_config()
+            } else {
+                NAT_CONFIG.into()
+            });
+            let run = |f: &[u8]| wirelab_testkit::prog::run(&h.bpf, prog, f);
+            let what = format!("{prog}, snat {snat}");
+            let mut query = Vec::new();
+            PacketBuilder::ethernet2(SRC, DST)
+                .ipv4(CLIENT, VIP, 64)
+                .udp(5353, 53)
+                .write(&mut query, &[0x5a; 200])
+                .unwrap();
+            let [f1, f2] = fragments(&query, 104, 0x2222);
+            let (v1, o1) = run(&f1);
+            let (v2, o2) = run(&f2);
+            assert_eq!((v1, v2), (pass, pass), "{what}");
+            assert_eq!(&o2[26..34], &o1[26..34], "{what}: the same addresses");
+            let whole = reassembled(&o1, &o2);
+            assert!(checksums_ok(&whole), "{what}: {whole:02x?}");
+            assert_eq!(&whole[30..33], &[198, 18, 2], "{what}: to a backend");
+            let from: &[u8] = if snat { &SNAT } else { &CLIENT };
+            assert_eq!(&whole[26..30], from, "{what}: from");
+            assert_eq!(port_at(&whole, 36), 53, "{what}");
+            assert_eq!(&whole[42..], &[0x5a; 200], "{what}: payload untouched");
+            let e = h.stats().events;
+            assert_eq!((e.vip_fragments, e.drop_fragment), (1, 0), "{what}");
+
+            // TCP/IPv6 (the nat6 service).
+            let mut seg = Vec::new();
+            PacketBuilder::ethernet2(SRC, DST)
+                .ipv6(CLIENT6, VIP6, 64)
+                .tcp(40000, 80, 7, 1024)
+                .syn()
+                .write(&mut seg, &[0xa5; 300])
+                .unwrap();
+            let [f1, f2] = fragments(&seg, 160, 0x0102_0304);
+            let (v1, o1) = run(&f1);
+            let (v2, o2) = run(&f2);
+            assert_eq!((v1, v2), (pass, pass), "{what}");
+            let whole = reassembled(&o1, &o2);
+            assert!(checksums_ok(&whole), "{what}: {whole:02x?}");
+            assert_eq!(
+                &whole[38..54],
+                &v6("2001:2:2::21"),
+                "{what}: to the backend"
+            );
+            let from6 = if snat { v6("2001:2:2::250") } else { CLIENT6 };
+            assert_eq!(&whole[22..38], &from6, "{what}: from");
+            assert_eq!(&whole[74..], &[0xa5; 300], "{what}: payload untouched");
+            assert_eq!(h.stats().events.vip_fragments, 2, "{what}");
         }
     }
 }

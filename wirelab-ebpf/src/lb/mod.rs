@@ -4,8 +4,9 @@
 //! Three entry points share one decision ([`try_balance`]): `lb` (tc ingress, the default,
 //! which works with any peer), `lb_xdp` (XDP, `XDP_TX`) and `lb_which` (the decision with its
 //! effects off, run by `lb which` through BPF_PROG_TEST_RUN, never attached). Packet path: parse (the shared defensive parser) → not IP: pass (`NON_IP`) → not a
-//! VIP:port/proto: pass (`NON_VIP`) → a fragment to a VIP address: drop (`DROP_FRAGMENT`) →
-//! VIP hit: a tracked flow keeps its backend (unless the backend is down); a TCP SYN (without
+//! VIP:port/proto: pass (`NON_VIP`) → a later fragment to a VIP address: where its first
+//! fragment went (`LB_VIP_FRAGS`, [`vip_fragment`]), else drop (`DROP_FRAGMENT`) →
+//! VIP hit (a first fragment too, which leaves its decision for the later ones): a tracked flow keeps its backend (unless the backend is down); a TCP SYN (without
 //! ACK) or a miss hashes afresh through the service's Maglev table in the generation in force
 //! and enters the flow in the LRU table → DSR: destination MAC = the backend's, source MAC =
 //! the interface's, and back out of the same interface (tc: `bpf_redirect`, the normal
@@ -85,6 +86,10 @@ static LB_NAT: LruHashMap<FlowKey, NatValue> = LruHashMap::with_max_entries(MAX_
 /// so it finds its flow in `LB_NAT`) leaves its flow's entry here for the later ones.
 #[map]
 static LB_FRAGS: LruHashMap<FragKey, NatValue> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
+/// Fragmented datagrams to a VIP by their identification: the first fragment (which holds the
+/// ports, so it is balanced as any packet) leaves its flow's decision here for the later ones.
+#[map]
+static LB_VIP_FRAGS: LruHashMap<FragKey, FlowValue> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 /// Per-CPU state of the new-flow limit.
 #[map]
 static LB_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
@@ -195,7 +200,7 @@ struct Rewrite {
 impl Rewrite {
     /// This CPU's [`LB_NAT_REWRITE`], set for packet `p` with nothing to change yet.
     #[inline(always)]
-    fn slot(p: &parse::Parsed, udp: bool, v6: bool) -> Result<&'static mut Rewrite> {
+    fn slot(p: &parse::Parsed) -> Result<&'static mut Rewrite> {
         // Headers deeper than `OFF_MASK` (a chain of long IPv6 extension headers) cannot be
         // rewritten: dropped as an error rather than written at a masked offset.
         if p.l4_off > OFF_MASK {
@@ -209,8 +214,8 @@ impl Rewrite {
         r.l3_off = p.l3_off as u16;
         r.l4_off = p.l4_off as u16;
         r.parts = 0;
-        r.udp = udp;
-        r.v6 = v6;
+        r.udp = p.ip_proto == IPPROTO_UDP;
+        r.v6 = is_v6(p);
         r.l4 = p.has_l4;
         Ok(r)
     }
@@ -625,8 +630,17 @@ impl Pick {
 struct NatEntry {
     key: FlowKey,
     val: NatValue,
-    /// A fragment's `LB_FRAGS` key ([`nat_fragment`]).
+    /// A fragment's `LB_FRAGS` or `LB_VIP_FRAGS` key ([`frag_scratch`]).
     frag: FragKey,
+    /// A first fragment's decision, for its `LB_VIP_FRAGS` entry.
+    decided: FlowValue,
+    /// 1 while a first fragment to a VIP is being balanced (its key in `frag`): the decision
+    /// enters it in `LB_VIP_FRAGS` when it forwards. Kept here, not in the parse result, so
+    /// that the verifier walks the decision once for fragments and whole packets alike (a
+    /// flag on the stack had it walk `lb_which` twice). One left set by a first fragment
+    /// that was dropped is taken by the next forwarded packet: an entry for a datagram
+    /// whose first fragment is gone, so its later fragments cannot be reassembled anyway.
+    first_fragment: u32,
 }
 
 #[map]
@@ -782,7 +796,7 @@ fn reply_rewrite<const LIVE: bool>(p: &parse::Parsed, n: &NatValue, pick: &mut P
     });
     pick.what = lb_what::NAT_REPLY;
     pick.id = n.backend;
-    let r = Rewrite::slot(p, p.ip_proto == IPPROTO_UDP, is_v6(p))?;
+    let r = Rewrite::slot(p)?;
     r.parts = RW_SRC;
     r.src = n.vip;
     if l4 && n.vport != p.sport {
@@ -806,6 +820,71 @@ fn is_v6(p: &parse::Parsed) -> bool {
     p.ethertype == ETH_P_IPV6
 }
 
+/// This CPU's scratch entry with fragment `p`'s key (addresses, protocol, identification)
+/// filled in `frag`: the key of `LB_FRAGS` and `LB_VIP_FRAGS`, built in place (no stack).
+#[inline(always)]
+fn frag_scratch(p: &parse::Parsed, family: u8) -> Result<&'static mut NatEntry> {
+    let e = LB_NAT_SCRATCH.get_ptr_mut(0).ok_or(Error::Map)?;
+    // SAFETY: this CPU's element of a per-CPU array, aligned, valid for the whole run of the
+    // program and not shared with other CPUs; its users (`nat_entry`'s and these) take it one
+    // at a time, each filling what it reads.
+    let e = unsafe { &mut *e };
+    e.frag.saddr = p.saddr;
+    e.frag.daddr = p.daddr;
+    e.frag.id = p.frag_id;
+    e.frag.proto = p.ip_proto;
+    e.frag.family = family;
+    e.frag._pad = [0; 2];
+    Ok(e)
+}
+
+/// A later fragment of a datagram to a VIP: sent where its first fragment went (the decision
+/// that one left in `LB_VIP_FRAGS`), addresses only. One whose first has not come (or went
+/// nowhere) is dropped (`DROP_FRAGMENT`).
+// The keys are passed by reference on purpose: by value they would be copied to the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn vip_fragment<const LIVE: bool>(
+    f: &Frame,
+    p: &parse::Parsed,
+    family: u8,
+    len: u64,
+    pick: &mut Pick,
+) -> Result<Verdict> {
+    let e = frag_scratch(p, family)?;
+    let Some(v) = LB_VIP_FRAGS.get_ptr(&e.frag) else {
+        ev::<LIVE>(event::DROP_FRAGMENT);
+        pick.dropped(event::DROP_FRAGMENT);
+        return Ok(Verdict::Drop);
+    };
+    // SAFETY: a successful lookup's pointer to the element's value, valid for this RCU
+    // read-side section; only read.
+    let v = unsafe { &*v };
+    let (svc, id, snat_port) = (v.service, v.backend, v.snat_port);
+    if svc >= MAX_SERVICES || id >= MAX_BACKENDS {
+        return Err(Error::Map);
+    }
+    // The map values by reference (no stack: the decision's copies hold it).
+    let gen = LB_GEN.get(0).copied().ok_or(Error::Map)? & 1;
+    let meta = LB_SERVICES
+        .get(gen * MAX_SERVICES + svc)
+        .ok_or(Error::Map)?;
+    let conf = LB_CONF.get(0).ok_or(Error::Map)?;
+    let be = LB_BACKENDS.get(id).ok_or(Error::Map)?;
+    if be.flags & backend_flag::UP == 0 {
+        return Ok(drop_svc::<LIVE>(pick, svc, event::DROP_NO_BACKEND));
+    }
+    ev::<LIVE>(event::VIP_FRAGMENTS);
+    pick.picked(which::TRACKED, lb_what::TRACKED, id);
+    let to = Chosen {
+        svc,
+        id,
+        snat_port,
+        new_flow: false,
+    };
+    forward::<LIVE>(f, p, &to, be, meta, conf, len)
+}
+
 /// A fragment of a NAT backend's reply (too large for the path: a big UDP answer). The
 /// first fragment holds the ports: found in `LB_NAT`, it is translated as any reply (its
 /// TCP/UDP checksum covers the whole datagram, so the incremental update holds) and leaves
@@ -817,17 +896,7 @@ fn is_v6(p: &parse::Parsed) -> bool {
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn nat_fragment(p: &parse::Parsed, family: u8, pick: &mut Pick) -> Result<bool> {
-    let e = LB_NAT_SCRATCH.get_ptr_mut(0).ok_or(Error::Map)?;
-    // SAFETY: this CPU's element of a per-CPU array, aligned, valid for the whole run of the
-    // program and not shared with other CPUs; the fragment path only, which returns before
-    // `nat_entry` could use it.
-    let e = unsafe { &mut *e };
-    e.frag.saddr = p.saddr;
-    e.frag.daddr = p.daddr;
-    e.frag.id = p.frag_id;
-    e.frag.proto = p.ip_proto;
-    e.frag.family = family;
-    e.frag._pad = [0; 2];
+    let e = frag_scratch(p, family)?;
     if p.has_l4 {
         if p.ip_proto != IPPROTO_TCP && p.ip_proto != IPPROTO_UDP {
             return Ok(false);
@@ -881,16 +950,21 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
             proto: 0,
             family,
         };
-        if sys::hash_get(&LB_VIPS, mark).is_some() {
-            ev::<LIVE>(event::DROP_FRAGMENT);
-            pick.dropped(event::DROP_FRAGMENT);
-            return Ok(Verdict::Drop);
+        if sys::hash_get(&LB_VIPS, mark).is_none() {
+            if LIVE && nat_fragment(&p, family, pick)? {
+                return Ok(Verdict::Nat);
+            }
+            ev::<LIVE>(event::NON_VIP);
+            return Ok(Verdict::Pass);
         }
-        if LIVE && nat_fragment(&p, family, pick)? {
-            return Ok(Verdict::Nat);
+        if !p.has_l4 {
+            return vip_fragment::<LIVE>(f, &p, family, len, pick);
         }
-        ev::<LIVE>(event::NON_VIP);
-        return Ok(Verdict::Pass);
+        // The first fragment has the ports: balanced below as any packet, its decision left
+        // for the later fragments (`LB_VIP_FRAGS`).
+        if LIVE {
+            frag_scratch(&p, family)?.first_fragment = 1;
+        }
     }
     let l4 = p.has_l4 && (p.ip_proto == IPPROTO_TCP || p.ip_proto == IPPROTO_UDP);
     let vip = VipKey {
@@ -1054,42 +1128,104 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
             (id, be)
         }
     };
-    let nat = meta.mode == mode::NAT;
-    if LIVE && nat && !new_flow {
+    if LIVE && meta.mode == mode::NAT && !new_flow {
         if let Err(reason) = nat_keep(key, &be, &meta, svc, id, snat_port) {
             return Ok(drop_svc::<LIVE>(pick, svc, reason));
         }
     }
+    if LIVE {
+        first_fragment_decided(id, svc, snat_port)?;
+    }
+    let to = Chosen {
+        svc,
+        id,
+        snat_port,
+        new_flow,
+    };
+    forward::<LIVE>(f, &p, &to, &be, &meta, &conf, len)
+}
+
+/// When a first fragment to a VIP is being forwarded (this CPU's scratch says so), its
+/// decision goes into `LB_VIP_FRAGS` for the later fragments.
+// The key and value are passed by reference on purpose: by value they would be copied to the
+// stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn first_fragment_decided(id: u32, svc: u32, snat_port: u32) -> Result<()> {
+    let e = LB_NAT_SCRATCH.get_ptr_mut(0).ok_or(Error::Map)?;
+    // SAFETY: as in `frag_scratch`.
+    let e = unsafe { &mut *e };
+    if e.first_fragment != 0 {
+        e.first_fragment = 0;
+        e.decided = FlowValue {
+            backend: id,
+            service: svc,
+            created_ns: 0,
+            tcp_flags: 0,
+            snat_port,
+            seen_ns: 0,
+        };
+        let _ = LB_VIP_FRAGS.insert(&e.frag, &e.decided, 0);
+    }
+    Ok(())
+}
+
+/// Where a VIP packet goes: service `svc`'s backend `id`, with its SNAT port (0: none), and
+/// whether it is a new flow (counted).
+struct Chosen {
+    svc: u32,
+    id: u32,
+    snat_port: u32,
+    new_flow: bool,
+}
+
+/// Send VIP packet `p` to its chosen backend `be`: counted per service and backend; DSR: the
+/// frame to the backend's MAC; NAT: this CPU's rewrite set (the backend's address and port,
+/// with SNAT the source's; a later fragment, which has no ports, the addresses only).
+// The values are passed by reference on purpose: by value they would be copied to the stack.
+#[inline(always)]
+fn forward<const LIVE: bool>(
+    f: &Frame,
+    p: &parse::Parsed,
+    to: &Chosen,
+    be: &Backend,
+    meta: &ServiceMeta,
+    conf: &LbConf,
+    len: u64,
+) -> Result<Verdict> {
+    let nat = meta.mode == mode::NAT;
     if !nat {
         // DSR: the frame goes to the backend's MAC, from ours, out of the same interface.
         f.store(ETH_DEST_OFF, be.mac)?;
         f.store(ETH_SOURCE_OFF, conf.iface_mac)?;
     }
-    let bytes = len;
+    let new_flow = to.new_flow;
     let bump = |c: &mut LbCounter| {
         c.packets += 1;
-        c.bytes += bytes;
+        c.bytes += len;
         if new_flow {
             c.new_flows += 1;
         }
     };
     if LIVE {
-        counter::update(&LB_SVC_STATS, svc, bump);
-        counter::update(&LB_BACKEND_STATS, id, bump);
+        counter::update(&LB_SVC_STATS, to.svc, bump);
+        counter::update(&LB_BACKEND_STATS, to.id, bump);
     }
     ev::<LIVE>(event::FORWARDED);
     if nat {
-        let r = Rewrite::slot(&p, udp, v6)?;
+        let r = Rewrite::slot(p)?;
+        let l4 = p.has_l4;
         r.parts = RW_DST;
         r.dst = be.addr;
-        if be.port != p.dport {
+        if l4 && be.port != p.dport {
             r.parts |= RW_DPORT;
             r.dport = be.port.to_be_bytes();
         }
+        let snat_port = to.snat_port;
         if meta.snat != 0 && snat_port != 0 {
             r.parts |= RW_SRC;
             r.src = meta.snat_addr;
-            if snat_port != p.sport as u32 {
+            if l4 && snat_port != p.sport as u32 {
                 r.parts |= RW_SPORT;
                 r.sport = (snat_port as u16).to_be_bytes();
             }

@@ -235,7 +235,7 @@ pub fn lb_text(d: &Decision, name: Option<&str>) -> String {
         lb_what::NAT_REPLY => format!("lb: reply from {}, source back to the VIP", backend()),
         lb_what::DROPPED => {
             let why = match d.id {
-                event::DROP_FRAGMENT => "a fragment to a VIP",
+                event::DROP_FRAGMENT => "a later fragment to a VIP without its first",
                 event::DROP_NO_BACKEND => "no backend up",
                 _ => "could not forward",
             };

@@ -943,6 +943,9 @@ pub struct Events {
     /// Later fragments of NAT replies translated.
     #[serde(default)]
     pub nat_fragments: u64,
+    /// Later fragments of datagrams to a VIP sent where their first fragment went.
+    #[serde(default)]
+    pub vip_fragments: u64,
 }
 
 impl Events {
@@ -968,6 +971,7 @@ impl Events {
             icmp_forwarded: g(event::ICMP_FORWARDED),
             nat_reentered: g(event::NAT_REENTERED),
             nat_fragments: g(event::NAT_FRAGMENTS),
+            vip_fragments: g(event::VIP_FRAGMENTS),
         }
     }
 
@@ -993,6 +997,7 @@ impl Events {
             (event::ICMP_FORWARDED, self.icmp_forwarded),
             (event::NAT_REENTERED, self.nat_reentered),
             (event::NAT_FRAGMENTS, self.nat_fragments),
+            (event::VIP_FRAGMENTS, self.vip_fragments),
         ] {
             a[i as usize] = v;
         }
@@ -1169,8 +1174,8 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     let e = &s.events;
     writeln!(
         out,
-        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} flow-limit {} snat-port {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {} icmp-translated {} icmp-forwarded {} nat-reentered {} nat-fragments {}",
-        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.drop_flow_limit, e.drop_snat_port, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked, e.icmp_translated, e.icmp_forwarded, e.nat_reentered, e.nat_fragments
+        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} flow-limit {} snat-port {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {} icmp-translated {} icmp-forwarded {} nat-reentered {} nat-fragments {} vip-fragments {}",
+        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.drop_flow_limit, e.drop_snat_port, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked, e.icmp_translated, e.icmp_forwarded, e.nat_reentered, e.nat_fragments, e.vip_fragments
     )
 }
 
