@@ -203,26 +203,21 @@ fn stdout_pipes_into_tshark() {
 
 #[test]
 fn a_bad_filter_is_refused_with_its_column() {
-    let err = fails(wirelab().args([
-        "capture",
-        "--iface",
-        "lo",
-        "--filter",
-        "tcp and port",
-        "-w",
-        "/dev/null",
-    ]));
+    let refused = |filter: &str| {
+        fails(wirelab().args([
+            "capture",
+            "--iface",
+            "lo",
+            "--filter",
+            filter,
+            "-w",
+            "/dev/null",
+        ]))
+    };
+    let err = refused("tcp and port");
     assert!(err.contains("column 13"), "{err}");
     assert!(err.contains("found the end"), "{err}");
-    let err = fails(wirelab().args([
-        "capture",
-        "--iface",
-        "lo",
-        "--filter",
-        "host example.com",
-        "-w",
-        "/dev/null",
-    ]));
+    let err = refused("host example.com");
     assert!(
         err.contains("column 6") && err.contains("not an IP address"),
         "{err}"
