@@ -5,10 +5,9 @@
 //! The kernel refuses test input shorter than an Ethernet header (14 bytes), so "truncated
 //! Ethernet" cases are frames whose announced headers (VLAN tags, L3) are cut short.
 mod common;
-use aya::{maps::PerCpuArray, programs::Xdp};
+use aya::maps::PerCpuArray;
 use common::frames::{self, cat, eth, frag6, opts_hdr, DST, SRC};
 use etherparse::{PacketBuilder, VlanId};
-use wirelab::ebpf::LoadRetrying as _;
 use wirelab_common::maps;
 use wirelab_common::{
     inspect::CLASS_NAMES,
@@ -26,8 +25,7 @@ impl Harness {
     fn new() -> Self {
         common::require_privileges();
         let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Inspect).expect("load object");
-        let p: &mut Xdp = bpf.program_mut("inspect").unwrap().try_into().unwrap();
-        p.load_retrying().expect("verifier accepts inspect");
+        common::load_prog(&mut bpf, "inspect");
         Self { bpf }
     }
 

@@ -5,13 +5,9 @@
 mod common;
 use std::collections::BTreeMap;
 
-use aya::{
-    programs::{SchedClassifier, Xdp},
-    Ebpf,
-};
+use aya::{programs::SchedClassifier, Ebpf};
 use common::frames::{cat, eth, ipv4, udp_hdr, DST, SRC};
 use etherparse::PacketBuilder;
-use wirelab::ebpf::LoadRetrying as _;
 use wirelab::lb::{Balancer, Config, Stats};
 use wirelab_common::lb::{FlowKey, NatValue, FAMILY_IPV4, FAMILY_IPV6};
 use wirelab_testkit::frames::lb::{CLIENT, CLIENT6, IFACE_MAC, OTHER, VIP, VIP6, VIP_DOWN};
@@ -84,23 +80,13 @@ impl Harness {
         let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Lb).expect("load object");
         let c = Config::parse(config).unwrap();
         let lb = Balancer::install(&mut bpf, &c, IFACE_MAC).expect("install");
-        let t: &mut SchedClassifier = bpf.program_mut("lb").unwrap().try_into().unwrap();
-        t.load_retrying()
-            .unwrap_or_else(|e| panic!("verifier accepts lb: {e:?}"));
-        let x: &mut Xdp = bpf.program_mut("lb_xdp").unwrap().try_into().unwrap();
-        x.load_retrying()
-            .unwrap_or_else(|e| panic!("verifier accepts lb_xdp: {e:?}"));
+        common::load_prog(&mut bpf, "lb");
+        common::load_prog(&mut bpf, "lb_xdp");
         wirelab::lb::load_which(&mut bpf)
             .unwrap_or_else(|e| panic!("verifier accepts lb_which: {e:?}"));
         wirelab::lb::load_icmp(&mut bpf)
             .unwrap_or_else(|e| panic!("verifier accepts lb_icmp and lb_icmp_xdp: {e:?}"));
-        let t: &mut SchedClassifier = bpf
-            .program_mut(wirelab::lb::PROG_EGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        t.load_retrying()
-            .unwrap_or_else(|e| panic!("verifier accepts lb_egress: {e:?}"));
+        common::load_prog(&mut bpf, wirelab::lb::PROG_EGRESS);
         Self { bpf, lb }
     }
 

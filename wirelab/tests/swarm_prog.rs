@@ -2,12 +2,7 @@
 //! source-MAC rewrite) on crafted and malformed frames through BPF_PROG_TEST_RUN: verdicts and
 //! the exact bytes that come out.
 mod common;
-use aya::{
-    maps::Array,
-    programs::{SchedClassifier, Xdp},
-    Ebpf,
-};
-use wirelab::ebpf::LoadRetrying as _;
+use aya::{maps::Array, Ebpf};
 use wirelab_common::maps;
 use wirelab_common::swarm::{derive_mac, SwarmConfig, DEFAULT_MAC_PREFIX};
 
@@ -40,12 +35,8 @@ impl Harness {
         let mut c: Array<_, SwarmConfig> =
             Array::try_from(bpf.map_mut(maps::SWARM_CONFIG).unwrap()).unwrap();
         c.set(0, cfg, 0).unwrap();
-        let x: &mut Xdp = bpf.program_mut("swarm_xdp").unwrap().try_into().unwrap();
-        x.load_retrying().expect("verifier accepts swarm_xdp");
-        for p in ["swarm_arp", "swarm_egress"] {
-            let t: &mut SchedClassifier = bpf.program_mut(p).unwrap().try_into().unwrap();
-            t.load_retrying()
-                .unwrap_or_else(|e| panic!("verifier accepts {p}: {e}"));
+        for p in ["swarm_xdp", "swarm_arp", "swarm_egress"] {
+            common::load_prog(&mut bpf, p);
         }
         Self { bpf }
     }
