@@ -107,6 +107,17 @@ fn v6(s: &str) -> [u8; 16] {
     s.parse::<std::net::Ipv6Addr>().unwrap().octets()
 }
 
+fn icmp6(src: [u8; 16], request: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    let b = PacketBuilder::ethernet2(SRC, DST).ipv6(src, SERVER6, 64);
+    if request {
+        b.icmpv6_echo_request(1, 1).write(&mut v, &[0; 8]).unwrap();
+    } else {
+        b.icmpv6_echo_reply(1, 1).write(&mut v, &[0; 8]).unwrap();
+    }
+    v
+}
+
 fn udp6(src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(SRC, DST)
@@ -162,20 +173,8 @@ fn ports_protocols_flags_icmp() {
     h.expect(&icmp4([198, 18, 7, 9], false), PASS, "(default)");
     h.expect(&icmp4([198, 18, 8, 9], true), PASS, "(default)");
     // ICMPv6 echo request vs reply.
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv6(v6("2001:2:0:1::1"), SERVER6, 64)
-        .icmpv6_echo_request(1, 1)
-        .write(&mut v, &[0; 8])
-        .unwrap();
-    h.expect(&v, DROP, "echo6");
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv6(v6("2001:2:0:1::1"), SERVER6, 64)
-        .icmpv6_echo_reply(1, 1)
-        .write(&mut v, &[0; 8])
-        .unwrap();
-    h.expect(&v, PASS, "(default)");
+    h.expect(&icmp6(v6("2001:2:0:1::1"), true), DROP, "echo6");
+    h.expect(&icmp6(v6("2001:2:0:1::1"), false), PASS, "(default)");
     // Protocol only.
     let f = cat(
         eth(0x0800),
