@@ -974,9 +974,7 @@ mod tests {
     /// an error naming the file and line, not zeros in a plot.
     #[test]
     fn a_mistyped_series_line_is_named() {
-        let dir = std::env::temp_dir().join(format!("wirelab-report-unit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::util::test_dir("wirelab-report-unit");
         let mut rec = record::Recorder::create(&dir, "wan", "wan", &serde_json::json!({})).unwrap();
         let row = crate::wan::ClassReport {
             dir: "a_to_b".into(),
