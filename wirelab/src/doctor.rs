@@ -33,6 +33,21 @@ fn check(what: &str, status: Status, detail: impl Into<String>) -> Check {
     }
 }
 
+/// `what` passes with `ok` where `passed`; else it is `missing` with `otherwise`.
+fn check_whether(
+    what: &str,
+    passed: bool,
+    ok: impl Into<String>,
+    missing: Status,
+    otherwise: impl Into<String>,
+) -> Check {
+    if passed {
+        check(what, Status::Ok, ok)
+    } else {
+        check(what, missing, otherwise)
+    }
+}
+
 fn kernel_feature(v: Option<(u32, u32)>, f: Feature, missing: Status) -> Check {
     let have = v.is_none_or(|v| v >= f.since);
     check(
@@ -81,19 +96,13 @@ fn kernel_features(v: Option<(u32, u32)>) -> Vec<Check> {
 }
 
 fn tcx(have: bool) -> Check {
-    if have {
-        check(
-            "TCX",
-            Status::Ok,
-            "tc programs attach through bpf_link (Linux 6.6+)",
-        )
-    } else {
-        check(
-            "TCX",
-            Status::Warn,
-            "Linux 6.6+ has TCX; without it swarm's and lb's tc programs are clsact filters, which a killed run leaves until `wirelab cleanup`",
-        )
-    }
+    check_whether(
+        "TCX",
+        have,
+        "tc programs attach through bpf_link (Linux 6.6+)",
+        Status::Warn,
+        "Linux 6.6+ has TCX; without it swarm's and lb's tc programs are clsact filters, which a killed run leaves until `wirelab cleanup`",
+    )
 }
 
 /// What a kernel `rel` (e.g. `6.1`, `5.15.0-91-generic`) would lack, from the checks that
@@ -151,15 +160,13 @@ pub fn run() -> Vec<Check> {
     let rel = kernel::release();
     let v = kernel::parse_version(&rel);
     out.push(kernel_release(&rel, v));
-    out.push(if nix::unistd::geteuid().is_root() {
-        check("root", Status::Ok, "running as root")
-    } else {
-        check(
-            "root",
-            Status::Fail,
-            "eBPF and namespaces need root: run as root, or `sudo env PATH=$PATH cargo xtask ...` when rustup belongs to your user",
-        )
-    });
+    out.push(check_whether(
+        "root",
+        nix::unistd::geteuid().is_root(),
+        "running as root",
+        Status::Fail,
+        "eBPF and namespaces need root: run as root, or `sudo env PATH=$PATH cargo xtask ...` when rustup belongs to your user",
+    ));
     out.extend(kernel_features(v));
     out.push(match crate::runtime::xsk::available() {
         Ok(()) => check(
@@ -179,20 +186,15 @@ pub fn run() -> Vec<Check> {
     });
     out.push(tcx(kernel::has_tcx()));
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    out.push(
-        if mounts
+    out.push(check_whether(
+        "bpffs",
+        mounts
             .lines()
-            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-        {
-            check("bpffs", Status::Ok, "mounted at /sys/fs/bpf")
-        } else {
-            check(
-                "bpffs",
-                Status::Warn,
-                "not mounted at /sys/fs/bpf (`cargo xtask setup` mounts it; the tests need it)",
-            )
-        },
-    );
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")),
+        "mounted at /sys/fs/bpf",
+        Status::Warn,
+        "not mounted at /sys/fs/bpf (`cargo xtask setup` mounts it; the tests need it)",
+    ));
     out.push(match crate::swarm::cgroup::root_no_mount() {
         Ok(p) => check("cgroup v2", Status::Ok, format!("at {}", p.display())),
         Err(e) => check(
@@ -201,15 +203,13 @@ pub fn run() -> Vec<Check> {
             format!("{e:#} (swarm mounts one itself when it can)"),
         ),
     });
-    out.push(if Path::new("/sys/kernel/btf/vmlinux").exists() {
-        check("BTF", Status::Ok, "/sys/kernel/btf/vmlinux")
-    } else {
-        check(
-            "BTF",
-            Status::Warn,
-            "no /sys/kernel/btf/vmlinux: the programs load without it, bpftool shows less",
-        )
-    });
+    out.push(check_whether(
+        "BTF",
+        Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "/sys/kernel/btf/vmlinux",
+        Status::Warn,
+        "no /sys/kernel/btf/vmlinux: the programs load without it, bpftool shows less",
+    ));
     let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .unwrap_or((0, 0));
     out.push(check(
@@ -231,15 +231,13 @@ pub fn run() -> Vec<Check> {
         ("iperf3", "wan's cross-checks and benchmarks", Status::Warn),
         ("nft", "the fw benchmark's peer", Status::Warn),
     ] {
-        out.push(if on_path(cmd) {
-            check(cmd, Status::Ok, format!("found, for {for_what}"))
-        } else {
-            check(
-                cmd,
-                missing,
-                format!("not found, for {for_what} (`cargo xtask setup` installs it)"),
-            )
-        });
+        out.push(check_whether(
+            cmd,
+            on_path(cmd),
+            format!("found, for {for_what}"),
+            missing,
+            format!("not found, for {for_what} (`cargo xtask setup` installs it)"),
+        ));
     }
     out
 }

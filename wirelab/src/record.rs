@@ -703,8 +703,7 @@ mod tests {
 
     #[test]
     fn record_and_summary() {
-        let d = std::env::temp_dir().join(format!("wl-rec-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        let d = crate::util::test_dir("wl-rec");
         let mut a = Recorder::create(&d, "wan", "wan", &json!({"x": 1})).unwrap();
         let mut b = Recorder::create(&d, "wan", "wan", &json!({"x": 2})).unwrap();
         assert_eq!(b.name(), "wan-2");

@@ -161,15 +161,23 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// An empty directory for a unit test: `name` and this process's id under the temp dir
+/// (what an earlier run of the same process id left there removed).
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     #[test]
     fn user_files_are_bounded_regular_files() {
         use std::path::Path;
-        let dir = std::env::temp_dir().join(format!("wirelab-util-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("wirelab-util");
         struct Gone(std::path::PathBuf);
         impl Drop for Gone {
             fn drop(&mut self) {

@@ -203,26 +203,21 @@ fn stdout_pipes_into_tshark() {
 
 #[test]
 fn a_bad_filter_is_refused_with_its_column() {
-    let err = fails(wirelab().args([
-        "capture",
-        "--iface",
-        "lo",
-        "--filter",
-        "tcp and port",
-        "-w",
-        "/dev/null",
-    ]));
+    let refused = |filter: &str| {
+        fails(wirelab().args([
+            "capture",
+            "--iface",
+            "lo",
+            "--filter",
+            filter,
+            "-w",
+            "/dev/null",
+        ]))
+    };
+    let err = refused("tcp and port");
     assert!(err.contains("column 13"), "{err}");
     assert!(err.contains("found the end"), "{err}");
-    let err = fails(wirelab().args([
-        "capture",
-        "--iface",
-        "lo",
-        "--filter",
-        "host example.com",
-        "-w",
-        "/dev/null",
-    ]));
+    let err = refused("host example.com");
     assert!(
         err.contains("column 6") && err.contains("not an IP address"),
         "{err}"
@@ -545,6 +540,25 @@ fn wan_final(wan: Bg) -> wirelab::wan::Line {
     .expect("wan's final line")
 }
 
+/// Stop a capture started with `--json`, then a wan started with `--json`: the capture's
+/// summary and wan's final line.
+fn stop_capture_then_wan(cap: Bg, wan: Bg) -> (Summary, wirelab::wan::Line) {
+    let out = cap.terminate();
+    let fin = wan_final(wan);
+    let s = serde_json::from_str(out.text().trim()).expect("summary line");
+    (s, fin)
+}
+
+/// A UDP probe run (`probe client --json` with `args`) from the lab's client to its probe
+/// server.
+fn probe_udp(lab: &Lab, args: &[&str]) -> wirelab::probe::UdpReport {
+    let o = ok(wirelab()
+        .args(cli::probe_client(&lab.ns("client"), "198.18.0.2:7000"))
+        .arg("--json")
+        .args(args));
+    serde_json::from_slice(&o.stdout).expect("probe JSON")
+}
+
 /// The final line's row of the client-to-server direction's default class.
 fn a_to_b_default(fin: &wirelab::wan::Line) -> &wirelab::wan::ClassReport {
     fin.classes
@@ -576,20 +590,10 @@ fn behind_wan_each_frame_carries_its_class_and_loss() {
             file.to_str().unwrap(),
         ],
     );
-    let o = ok(wirelab()
-        .args(["probe", "client", "--netns", &lab.ns("client")])
-        .args([
-            "--to",
-            "198.18.0.2:7000",
-            "--json",
-            "--rate",
-            "200",
-            "--count",
-            "500",
-            "--wait",
-            "300ms",
-        ]));
-    let r: wirelab::probe::UdpReport = serde_json::from_slice(&o.stdout).expect("probe JSON");
+    let r = probe_udp(
+        &lab,
+        &["--rate", "200", "--count", "500", "--wait", "300ms"],
+    );
     let out = cap.terminate();
     drop(wan);
     let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
@@ -638,15 +642,14 @@ fn behind_wan_the_engines_queue_drops_are_next_to_the_packet() {
         "to-client",
         &["--json", "-w", file.to_str().unwrap()],
     );
-    let o = ok(wirelab()
-        .args(["probe", "client", "--netns", &lab.ns("client")])
-        .args(["--to", "198.18.0.2:7000", "--json", "--rate", "2000"])
-        .args(["--count", "2000", "--size", "1000", "--wait", "1s"]));
-    let r: wirelab::probe::UdpReport = serde_json::from_slice(&o.stdout).expect("probe JSON");
-    let out = cap.terminate();
-    let fin = wan_final(wan);
+    let r = probe_udp(
+        &lab,
+        &[
+            "--rate", "2000", "--count", "2000", "--size", "1000", "--wait", "1s",
+        ],
+    );
+    let (s, fin) = stop_capture_then_wan(cap, wan);
     let row = a_to_b_default(&fin);
-    let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
     assert_eq!(
         (s.behind.as_deref(), s.perf_lost),
         (Some("wan"), 0),
@@ -740,12 +743,14 @@ fn behind_wan_drops_at_a_down_link_are_marked_once_the_hold_covers_the_delay() {
         &["--json", "-w", file.to_str().unwrap()],
     );
     let link = |state: &str| ok(in_ns(&wan_ns, &["ip", "link", "set", "to-server", state]));
-    let flap = std::thread::scope(|s| {
+    let r = std::thread::scope(|s| {
         let probe = s.spawn(|| {
-            ok(wirelab()
-                .args(["probe", "client", "--netns", &lab.ns("client")])
-                .args(["--to", "198.18.0.2:7000", "--json", "--rate", "1000"])
-                .args(["--count", "2500", "--size", "200", "--wait", "1s"]))
+            probe_udp(
+                &lab,
+                &[
+                    "--rate", "1000", "--count", "2500", "--size", "200", "--wait", "1s",
+                ],
+            )
         });
         // The outage's place in the probe's 2.5 s (a schedule, not a wait for a condition).
         std::thread::sleep(Duration::from_millis(800));
@@ -754,11 +759,8 @@ fn behind_wan_drops_at_a_down_link_are_marked_once_the_hold_covers_the_delay() {
         link("up");
         probe.join().expect("probe thread")
     });
-    let r: wirelab::probe::UdpReport = serde_json::from_slice(&flap.stdout).expect("probe JSON");
-    let out = cap.terminate();
-    let fin = wan_final(wan);
+    let (s, fin) = stop_capture_then_wan(cap, wan);
     let row = a_to_b_default(&fin);
-    let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
     let rows = tshark_fields(&file, &["frame.comment"]);
     let down = r#"wan: class "default", dropped by the timing engine: the link out was down when it was due"#;
     let marked = rows.iter().filter(|r| r[0] == down).count() as u64;

@@ -4,11 +4,10 @@
 mod common;
 use std::{collections::BTreeSet, process::Command};
 
-use aya::{maps::PerCpuArray, programs::SchedClassifier, programs::Xdp};
+use aya::maps::PerCpuArray;
 use common::frames::{self, cat, eth, frag6, vlan_wrap, DST, SRC};
 use etherparse::PacketBuilder;
 use wirelab::capture::{self, pcapng};
-use wirelab::ebpf::LoadRetrying as _;
 use wirelab_common::{
     capture::{dir, dir_base, stat},
     maps,
@@ -31,16 +30,9 @@ impl Harness {
         let f = capture::compile(expr).unwrap_or_else(|e| panic!("{e}"));
         capture::configure(&mut bpf, 256, &f).expect("configure");
         capture::load_filter_programs(&mut bpf).expect("filter programs load");
-        let p: &mut Xdp = bpf.program_mut("capture_xdp").unwrap().try_into().unwrap();
-        p.load_retrying().expect("verifier accepts capture_xdp");
-        let p: &mut SchedClassifier = bpf.program_mut("capture_tc").unwrap().try_into().unwrap();
-        p.load_retrying().expect("verifier accepts capture_tc");
-        let p: &mut SchedClassifier = bpf
-            .program_mut("capture_tc_in")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        p.load_retrying().expect("verifier accepts capture_tc_in");
+        for prog in ["capture_xdp", "capture_tc", "capture_tc_in"] {
+            common::load_prog(&mut bpf, prog);
+        }
         Self { bpf }
     }
 

@@ -10,7 +10,6 @@ use common::frames::{
     cat, eth, frag6, ipv4, ipv6, opts_hdr, udp_hdr, vlan_wrap, vlan_wrappings, DST, SRC,
 };
 use etherparse::{PacketBuilder, VlanId};
-use wirelab::ebpf::LoadRetrying as _;
 use wirelab::fw::{rules, Firewall};
 use wirelab_common::parse::{MAX_IPV6_EXT, MAX_VLAN_TAGS};
 
@@ -34,8 +33,7 @@ impl Harness {
         let rs = rules::parse(text, None).expect("rules");
         let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Fw).expect("load object");
         let fw = Firewall::new(&mut bpf, &rs).expect("install");
-        let p: &mut Xdp = bpf.program_mut("fw").unwrap().try_into().unwrap();
-        p.load_retrying().expect("verifier accepts fw");
+        common::load_prog(&mut bpf, "fw");
         Self { bpf, fw }
     }
 
@@ -109,6 +107,17 @@ fn v6(s: &str) -> [u8; 16] {
     s.parse::<std::net::Ipv6Addr>().unwrap().octets()
 }
 
+fn icmp6(src: [u8; 16], request: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    let b = PacketBuilder::ethernet2(SRC, DST).ipv6(src, SERVER6, 64);
+    if request {
+        b.icmpv6_echo_request(1, 1).write(&mut v, &[0; 8]).unwrap();
+    } else {
+        b.icmpv6_echo_reply(1, 1).write(&mut v, &[0; 8]).unwrap();
+    }
+    v
+}
+
 fn udp6(src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(SRC, DST)
@@ -164,20 +173,8 @@ fn ports_protocols_flags_icmp() {
     h.expect(&icmp4([198, 18, 7, 9], false), PASS, "(default)");
     h.expect(&icmp4([198, 18, 8, 9], true), PASS, "(default)");
     // ICMPv6 echo request vs reply.
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv6(v6("2001:2:0:1::1"), SERVER6, 64)
-        .icmpv6_echo_request(1, 1)
-        .write(&mut v, &[0; 8])
-        .unwrap();
-    h.expect(&v, DROP, "echo6");
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv6(v6("2001:2:0:1::1"), SERVER6, 64)
-        .icmpv6_echo_reply(1, 1)
-        .write(&mut v, &[0; 8])
-        .unwrap();
-    h.expect(&v, PASS, "(default)");
+    h.expect(&icmp6(v6("2001:2:0:1::1"), true), DROP, "echo6");
+    h.expect(&icmp6(v6("2001:2:0:1::1"), false), PASS, "(default)");
     // Protocol only.
     let f = cat(
         eth(0x0800),
@@ -643,8 +640,7 @@ fn hundred_thousand_prefixes() {
     let t = std::time::Instant::now();
     let fw = Firewall::new(&mut bpf, &rs).unwrap();
     eprintln!("installed 100,000 prefixes in {:?}", t.elapsed());
-    let p: &mut Xdp = bpf.program_mut("fw").unwrap().try_into().unwrap();
-    p.load_retrying().unwrap();
+    common::load_prog(&mut bpf, "fw");
     let h = Harness { bpf, fw };
     h.expect(&udp4([10, 0, 0, 7], SERVER, 1, 2), DROP, "big");
     h.expect(&udp4([10, 0, 0, 8], SERVER, 1, 2), PASS, "(default)");
@@ -824,12 +820,8 @@ fn the_capture_tap_keeps_fws_verdicts_and_costs_a_lookup_when_off() {
     let filter = wirelab::capture::compile("").unwrap();
     wirelab::capture::configure(&mut cap, 128, &filter).unwrap();
     wirelab::capture::load_filter_programs(&mut cap).unwrap();
-    let p: &mut Xdp = cap
-        .program_mut("capture_xdp_tap")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    p.load_retrying().expect("verifier accepts capture_xdp_tap");
+    common::load_prog(&mut cap, "capture_xdp_tap");
+    let p: &Xdp = cap.program("capture_xdp_tap").unwrap().try_into().unwrap();
     let fd = p.fd().unwrap().try_clone().unwrap();
     ProgramArray::try_from(h.bpf.map_mut(maps::FW_TAP).unwrap())
         .unwrap()

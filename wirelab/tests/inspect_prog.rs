@@ -5,10 +5,9 @@
 //! The kernel refuses test input shorter than an Ethernet header (14 bytes), so "truncated
 //! Ethernet" cases are frames whose announced headers (VLAN tags, L3) are cut short.
 mod common;
-use aya::{maps::PerCpuArray, programs::Xdp};
+use aya::maps::PerCpuArray;
 use common::frames::{self, cat, eth, frag6, opts_hdr, DST, SRC};
-use etherparse::{PacketBuilder, VlanId};
-use wirelab::ebpf::LoadRetrying as _;
+use etherparse::{err::packet::BuildWriteError, PacketBuilder, VlanId};
 use wirelab_common::maps;
 use wirelab_common::{
     inspect::CLASS_NAMES,
@@ -26,8 +25,7 @@ impl Harness {
     fn new() -> Self {
         common::require_privileges();
         let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Inspect).expect("load object");
-        let p: &mut Xdp = bpf.program_mut("inspect").unwrap().try_into().unwrap();
-        p.load_retrying().expect("verifier accepts inspect");
+        common::load_prog(&mut bpf, "inspect");
         Self { bpf }
     }
 
@@ -57,13 +55,21 @@ impl Harness {
     }
 }
 
-fn udp4() -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(SRC, DST)
-        .ipv4(A, B, 64)
-        .udp(1000, 2000);
+/// The frame an etherparse builder writes: `write` is the builder's last step, given the
+/// buffer.
+fn built(write: impl FnOnce(&mut Vec<u8>) -> Result<(), BuildWriteError>) -> Vec<u8> {
     let mut v = Vec::new();
-    b.write(&mut v, &[0u8; 18]).unwrap();
+    write(&mut v).unwrap();
     v
+}
+
+fn udp4() -> Vec<u8> {
+    built(|v| {
+        PacketBuilder::ethernet2(SRC, DST)
+            .ipv4(A, B, 64)
+            .udp(1000, 2000)
+            .write(v, &[0u8; 18])
+    })
 }
 
 fn ipv4(ihl: u8, proto: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
@@ -81,40 +87,49 @@ fn ipv6(first_next: u8, exts: &[Vec<u8>], upper: &[u8]) -> Vec<u8> {
 #[test]
 fn well_formed_frames() {
     let h = Harness::new();
-    assert_eq!(h.classes(&udp4()), ["total", "ipv4", "udp"]);
-
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv4(A, B, 64)
-        .tcp(1000, 22, 1, 1024)
-        .syn()
-        .write(&mut v, &[])
-        .unwrap();
-    assert_eq!(h.classes(&v), ["total", "ipv4", "tcp"]);
-
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv4(A, B, 64)
-        .icmpv4_echo_request(1, 1)
-        .write(&mut v, &[0u8; 56])
-        .unwrap();
-    assert_eq!(h.classes(&v), ["total", "ipv4", "icmp"]);
-
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv6(A6, B6, 64)
-        .icmpv6_echo_request(1, 1)
-        .write(&mut v, &[0u8; 8])
-        .unwrap();
-    assert_eq!(h.classes(&v), ["total", "ipv6", "icmpv6"]);
-
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv6(A6, B6, 64)
-        .udp(53, 53)
-        .write(&mut v, &[1, 2, 3])
-        .unwrap();
-    assert_eq!(h.classes(&v), ["total", "ipv6", "udp"]);
+    let ip: [(Vec<u8>, &[&str]); 5] = [
+        (udp4(), &["total", "ipv4", "udp"]),
+        (
+            built(|v| {
+                PacketBuilder::ethernet2(SRC, DST)
+                    .ipv4(A, B, 64)
+                    .tcp(1000, 22, 1, 1024)
+                    .syn()
+                    .write(v, &[])
+            }),
+            &["total", "ipv4", "tcp"],
+        ),
+        (
+            built(|v| {
+                PacketBuilder::ethernet2(SRC, DST)
+                    .ipv4(A, B, 64)
+                    .icmpv4_echo_request(1, 1)
+                    .write(v, &[0u8; 56])
+            }),
+            &["total", "ipv4", "icmp"],
+        ),
+        (
+            built(|v| {
+                PacketBuilder::ethernet2(SRC, DST)
+                    .ipv6(A6, B6, 64)
+                    .icmpv6_echo_request(1, 1)
+                    .write(v, &[0u8; 8])
+            }),
+            &["total", "ipv6", "icmpv6"],
+        ),
+        (
+            built(|v| {
+                PacketBuilder::ethernet2(SRC, DST)
+                    .ipv6(A6, B6, 64)
+                    .udp(53, 53)
+                    .write(v, &[1, 2, 3])
+            }),
+            &["total", "ipv6", "udp"],
+        ),
+    ];
+    for (f, want) in ip {
+        assert_eq!(h.classes(&f), want, "{f:02x?}");
+    }
 
     // ARP request (Ethernet/IPv4), padded to 60 bytes like on the wire.
     let mut arp = eth(0x0806);
@@ -139,22 +154,22 @@ fn well_formed_frames() {
 #[test]
 fn vlan_tags() {
     let h = Harness::new();
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .single_vlan(VlanId::try_new(42).unwrap())
-        .ipv4(A, B, 64)
-        .udp(1, 2)
-        .write(&mut v, &[0u8; 10])
-        .unwrap();
+    let v = built(|v| {
+        PacketBuilder::ethernet2(SRC, DST)
+            .single_vlan(VlanId::try_new(42).unwrap())
+            .ipv4(A, B, 64)
+            .udp(1, 2)
+            .write(v, &[0u8; 10])
+    });
     assert_eq!(h.classes(&v), ["total", "ipv4", "udp", "vlan"]);
 
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .double_vlan(VlanId::try_new(10).unwrap(), VlanId::try_new(20).unwrap())
-        .ipv6(A6, B6, 64)
-        .udp(1, 2)
-        .write(&mut v, &[0u8; 10])
-        .unwrap();
+    let v = built(|v| {
+        PacketBuilder::ethernet2(SRC, DST)
+            .double_vlan(VlanId::try_new(10).unwrap(), VlanId::try_new(20).unwrap())
+            .ipv6(A6, B6, 64)
+            .udp(1, 2)
+            .write(v, &[0u8; 10])
+    });
     assert_eq!(h.classes(&v), ["total", "ipv6", "udp", "vlan"]);
 
     // A VLAN tag announced, frame ends inside it: truncated.
@@ -164,13 +179,13 @@ fn vlan_tags() {
 
     // Every wrapping the parser walks shows the packet inside; one tag more is malformed,
     // never "other" (the kernel would still deliver the IP packet inside).
-    let mut tcp = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv4(A, B, 64)
-        .tcp(1, 22, 1, 1024)
-        .syn()
-        .write(&mut tcp, &[])
-        .unwrap();
+    let tcp = built(|v| {
+        PacketBuilder::ethernet2(SRC, DST)
+            .ipv4(A, B, 64)
+            .tcp(1, 22, 1, 1024)
+            .syn()
+            .write(v, &[])
+    });
     for (wrap, tags) in frames::vlan_wrappings(MAX_VLAN_TAGS) {
         let want: &[&str] = if tags.is_empty() {
             &["total", "ipv4", "tcp"]

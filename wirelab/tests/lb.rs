@@ -625,10 +625,11 @@ fn which(lb_ns: &str, from: &str) -> wirelab::lb::Which {
 }
 
 /// `n` connections to VIP:PORT from the client's namespace, each with the name of the
-/// backend that answered its first ping.
+/// backend that answered its first ping; some of them on b3 (the backend the tests then drain
+/// or remove).
 fn long_lived(client_ns: &str, n: usize) -> Vec<(TcpStream, String)> {
     let to: SocketAddr = format!("{VIP}:{PORT}").parse().unwrap();
-    wirelab::netns::run_in(Some(client_ns), || {
+    let long = wirelab::netns::run_in(Some(client_ns), || {
         let mut v = Vec::new();
         for _ in 0..n {
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
@@ -638,7 +639,10 @@ fn long_lived(client_ns: &str, n: usize) -> Vec<(TcpStream, String)> {
         }
         Ok(v)
     })
-    .unwrap()
+    .unwrap();
+    let on_b3 = long.iter().filter(|(_, b)| b == "b3").count();
+    assert!(on_b3 > 0, "some long-lived connections on b3");
+    long
 }
 
 fn ping(s: &mut TcpStream) -> std::io::Result<String> {
@@ -674,8 +678,6 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
 
     // 30 long-lived connections, each on its backend.
     let mut long = long_lived(&client_ns, 30);
-    let on_b3 = long.iter().filter(|(_, b)| b == "b3").count();
-    assert!(on_b3 > 0, "some long-lived connections on b3");
 
     // Traffic through every reload: curl, bounded in count and time.
     let cns = client_ns.clone();
@@ -1344,8 +1346,6 @@ fn a_syn_flood_is_held_to_the_new_flow_limit_and_tracked_flows_keep_their_backen
     let client_ns = lab.ns("client");
     let bg = start_lb(&lb_ns, &config);
     let mut long = long_lived(&client_ns, 30);
-    let on_b3 = long.iter().filter(|(_, b)| b == "b3").count();
-    assert!(on_b3 > 0, "some long-lived connections on b3");
     common::ok(
         wirelab()
             .args(["lb", "reload", "--netns", &lb_ns, "--config"])

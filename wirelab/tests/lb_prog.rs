@@ -5,13 +5,9 @@
 mod common;
 use std::collections::BTreeMap;
 
-use aya::{
-    programs::{SchedClassifier, Xdp},
-    Ebpf,
-};
+use aya::{programs::SchedClassifier, Ebpf};
 use common::frames::{cat, eth, ipv4, udp_hdr, DST, SRC};
 use etherparse::PacketBuilder;
-use wirelab::ebpf::LoadRetrying as _;
 use wirelab::lb::{Balancer, Config, Stats};
 use wirelab_common::lb::{FlowKey, NatValue, FAMILY_IPV4, FAMILY_IPV6};
 use wirelab_testkit::frames::lb::{CLIENT, CLIENT6, IFACE_MAC, OTHER, VIP, VIP6, VIP_DOWN};
@@ -84,23 +80,13 @@ impl Harness {
         let mut bpf = wirelab::ebpf::load(wirelab::ebpf::Object::Lb).expect("load object");
         let c = Config::parse(config).unwrap();
         let lb = Balancer::install(&mut bpf, &c, IFACE_MAC).expect("install");
-        let t: &mut SchedClassifier = bpf.program_mut("lb").unwrap().try_into().unwrap();
-        t.load_retrying()
-            .unwrap_or_else(|e| panic!("verifier accepts lb: {e:?}"));
-        let x: &mut Xdp = bpf.program_mut("lb_xdp").unwrap().try_into().unwrap();
-        x.load_retrying()
-            .unwrap_or_else(|e| panic!("verifier accepts lb_xdp: {e:?}"));
+        common::load_prog(&mut bpf, "lb");
+        common::load_prog(&mut bpf, "lb_xdp");
         wirelab::lb::load_which(&mut bpf)
             .unwrap_or_else(|e| panic!("verifier accepts lb_which: {e:?}"));
         wirelab::lb::load_icmp(&mut bpf)
             .unwrap_or_else(|e| panic!("verifier accepts lb_icmp and lb_icmp_xdp: {e:?}"));
-        let t: &mut SchedClassifier = bpf
-            .program_mut(wirelab::lb::PROG_EGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        t.load_retrying()
-            .unwrap_or_else(|e| panic!("verifier accepts lb_egress: {e:?}"));
+        common::load_prog(&mut bpf, wirelab::lb::PROG_EGRESS);
         Self { bpf, lb }
     }
 
@@ -932,6 +918,17 @@ fn fragmented_nat_replies_are_translated_fragment_by_fragment() {
             });
             let run = |f: &[u8]| wirelab_testkit::prog::run(&h.bpf, prog, f);
             let what = format!("{prog}, snat {snat}");
+            // `reply` in two fragments (split at `at`, identification `id`): both passed, and
+            // what comes out reassembles with a right checksum.
+            let through_in_fragments = |reply: &[u8], at: usize, id: u32| {
+                let [f1, f2] = fragments(reply, at, id);
+                let (v1, o1) = run(&f1);
+                let (v2, o2) = run(&f2);
+                assert_eq!((v1, v2), (pass, pass), "{what}");
+                let whole = reassembled(&o1, &o2);
+                assert!(checksums_ok(&whole), "{what}: {whole:02x?}");
+                whole
+            };
             // UDP/IPv4: the query enters the flow; the answer comes back in two fragments.
             let (v, q) = run(&udp4(CLIENT, VIP, 5353, 53));
             assert_eq!(v, pass, "{what}");
@@ -942,12 +939,7 @@ fn fragmented_nat_replies_are_translated_fragment_by_fragment() {
                 .udp(53, port)
                 .write(&mut answer, &[0x5a; 200])
                 .unwrap();
-            let [f1, f2] = fragments(&answer, 104, 0x1234);
-            let (v1, o1) = run(&f1);
-            let (v2, o2) = run(&f2);
-            assert_eq!((v1, v2), (pass, pass), "{what}");
-            let whole = reassembled(&o1, &o2);
-            assert!(checksums_ok(&whole), "{what}: {whole:02x?}");
+            let whole = through_in_fragments(&answer, 104, 0x1234);
             assert_eq!(&whole[26..30], &VIP, "{what}: from the VIP");
             assert_eq!(&whole[30..34], &CLIENT, "{what}: to the client");
             assert_eq!(port_at(&whole, 36), 5353, "{what}");
@@ -968,12 +960,7 @@ fn fragmented_nat_replies_are_translated_fragment_by_fragment() {
                 .ack(8)
                 .write(&mut seg, &[0xa5; 300])
                 .unwrap();
-            let [f1, f2] = fragments(&seg, 160, 0x0102_0304);
-            let (v1, o1) = run(&f1);
-            let (v2, o2) = run(&f2);
-            assert_eq!((v1, v2), (pass, pass), "{what}");
-            let whole = reassembled(&o1, &o2);
-            assert!(checksums_ok(&whole), "{what}: {whole:02x?}");
+            let whole = through_in_fragments(&seg, 160, 0x0102_0304);
             assert_eq!(&whole[22..38], &VIP6, "{what}");
             assert_eq!(&whole[38..54], &CLIENT6, "{what}");
             assert_eq!(port_at(&whole, 56), 40000, "{what}");

@@ -2,12 +2,7 @@
 //! source-MAC rewrite) on crafted and malformed frames through BPF_PROG_TEST_RUN: verdicts and
 //! the exact bytes that come out.
 mod common;
-use aya::{
-    maps::Array,
-    programs::{SchedClassifier, Xdp},
-    Ebpf,
-};
-use wirelab::ebpf::LoadRetrying as _;
+use aya::{maps::Array, Ebpf};
 use wirelab_common::maps;
 use wirelab_common::swarm::{derive_mac, SwarmConfig, DEFAULT_MAC_PREFIX};
 
@@ -40,12 +35,8 @@ impl Harness {
         let mut c: Array<_, SwarmConfig> =
             Array::try_from(bpf.map_mut(maps::SWARM_CONFIG).unwrap()).unwrap();
         c.set(0, cfg, 0).unwrap();
-        let x: &mut Xdp = bpf.program_mut("swarm_xdp").unwrap().try_into().unwrap();
-        x.load_retrying().expect("verifier accepts swarm_xdp");
-        for p in ["swarm_arp", "swarm_egress"] {
-            let t: &mut SchedClassifier = bpf.program_mut(p).unwrap().try_into().unwrap();
-            t.load_retrying()
-                .unwrap_or_else(|e| panic!("verifier accepts {p}: {e}"));
+        for p in ["swarm_xdp", "swarm_arp", "swarm_egress"] {
+            common::load_prog(&mut bpf, p);
         }
         Self { bpf }
     }
@@ -53,6 +44,21 @@ impl Harness {
     /// Run a program on `frame`; return (verdict, frame after the program).
     fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         wirelab_testkit::prog::run(&self.bpf, prog, frame)
+    }
+
+    /// `prog` gives `verdict` and leaves `frame` as it came.
+    fn assert_untouched(&self, prog: &str, frame: &[u8], verdict: u32) {
+        assert_eq!(self.run(prog, frame), (verdict, frame.to_vec()));
+    }
+
+    /// A frame from the server to pool client `c`'s MAC: `prog` gives `verdict` and puts the
+    /// interface's MAC in its destination, the rest unchanged.
+    fn assert_client_mac_rewritten(&self, prog: &str, c: [u8; 4], verdict: u32) {
+        let f = cat(eth(client(c), PEER_MAC, 0x0800), ipv4_udp(SERVER, c));
+        let (v, out) = self.run(prog, &f);
+        assert_eq!(v, verdict);
+        assert_eq!(out[..6], IFACE_MAC);
+        assert_eq!(out[6..], f[6..], "only the destination MAC changes");
     }
 }
 
@@ -98,28 +104,24 @@ fn client(ip: [u8; 4]) -> [u8; 6] {
 fn xdp_rewrites_only_client_macs() {
     let h = Harness::new();
     let c = [198, 18, 4, 5];
-    let f = cat(eth(client(c), PEER_MAC, 0x0800), ipv4_udp(SERVER, c));
-    let (v, out) = h.run("swarm_xdp", &f);
-    assert_eq!(v, XDP_PASS);
-    assert_eq!(out[..6], IFACE_MAC);
-    assert_eq!(out[6..], f[6..], "only the destination MAC changes");
+    h.assert_client_mac_rewritten("swarm_xdp", c, XDP_PASS);
     // Prefix right, address outside the pool (198.18.9.9): untouched.
     let f = cat(
         eth(client([198, 18, 9, 9]), PEER_MAC, 0x0800),
         ipv4_udp(SERVER, c),
     );
-    assert_eq!(h.run("swarm_xdp", &f), (XDP_PASS, f.clone()));
+    h.assert_untouched("swarm_xdp", &f, XDP_PASS);
     // The network address of the pool is not a client.
     let f = cat(
         eth(client([198, 18, 4, 0]), PEER_MAC, 0x0800),
         ipv4_udp(SERVER, c),
     );
-    assert_eq!(h.run("swarm_xdp", &f), (XDP_PASS, f.clone()));
+    h.assert_untouched("swarm_xdp", &f, XDP_PASS);
     // Broadcast and other MACs: untouched. A bare Ethernet header: untouched.
     let f = cat(eth([0xff; 6], PEER_MAC, 0x0806), vec![0; 28]);
-    assert_eq!(h.run("swarm_xdp", &f), (XDP_PASS, f.clone()));
+    h.assert_untouched("swarm_xdp", &f, XDP_PASS);
     let f = eth(PEER_MAC, IFACE_MAC, 0x0800);
-    assert_eq!(h.run("swarm_xdp", &f), (XDP_PASS, f.clone()));
+    h.assert_untouched("swarm_xdp", &f, XDP_PASS);
 }
 
 #[test]
@@ -145,34 +147,25 @@ fn tc_ingress_answers_arp_for_pool_addresses() {
         eth([0xff; 6], PEER_MAC, 0x0806),
         arp(1, PEER_MAC, SERVER, [0; 6], [198, 18, 0, 1]),
     );
-    assert_eq!(h.run("swarm_arp", &other), (TC_ACT_UNSPEC, other.clone()));
+    h.assert_untouched("swarm_arp", &other, TC_ACT_UNSPEC);
     let reply = cat(
         eth(IFACE_MAC, PEER_MAC, 0x0806),
         arp(2, PEER_MAC, SERVER, IFACE_MAC, c),
     );
-    assert_eq!(h.run("swarm_arp", &reply), (TC_ACT_UNSPEC, reply.clone()));
+    h.assert_untouched("swarm_arp", &reply, TC_ACT_UNSPEC);
     let mut bad_hlen = req.clone();
     bad_hlen[14 + 4] = 8;
-    assert_eq!(
-        h.run("swarm_arp", &bad_hlen),
-        (TC_ACT_UNSPEC, bad_hlen.clone())
-    );
+    h.assert_untouched("swarm_arp", &bad_hlen, TC_ACT_UNSPEC);
     let mut ipv6_arp = req.clone();
     ipv6_arp[14 + 2..14 + 4].copy_from_slice(&[0x86, 0xdd]);
-    assert_eq!(
-        h.run("swarm_arp", &ipv6_arp),
-        (TC_ACT_UNSPEC, ipv6_arp.clone())
-    );
+    h.assert_untouched("swarm_arp", &ipv6_arp, TC_ACT_UNSPEC);
     let truncated = req[..30].to_vec();
-    assert_eq!(
-        h.run("swarm_arp", &truncated),
-        (TC_ACT_UNSPEC, truncated.clone())
-    );
+    h.assert_untouched("swarm_arp", &truncated, TC_ACT_UNSPEC);
     // A request in a VLAN with an ID is another network's: not answered.
     let mut tagged = eth([0xff; 6], PEER_MAC, 0x8100);
     tagged.extend_from_slice(&[0, 5, 0x08, 0x06]);
     tagged.extend(arp(1, PEER_MAC, SERVER, [0; 6], c));
-    assert_eq!(h.run("swarm_arp", &tagged), (TC_ACT_UNSPEC, tagged.clone()));
+    h.assert_untouched("swarm_arp", &tagged, TC_ACT_UNSPEC);
     // Priority tags (VLAN ID 0, PCP set, 802.1Q or an 802.1ad outer, up to four deep) are the
     // untagged network: the kernel pops them and would answer with the host's MAC, so swarm
     // answers with the client MAC, the tags kept as they came.
@@ -204,12 +197,7 @@ fn tc_ingress_answers_arp_for_pool_addresses() {
 #[test]
 fn tc_ingress_accepts_frames_to_client_macs() {
     let h = Harness::new();
-    let c = [198, 18, 5, 9];
-    let f = cat(eth(client(c), PEER_MAC, 0x0800), ipv4_udp(SERVER, c));
-    let (v, out) = h.run("swarm_arp", &f);
-    assert_eq!(v, TC_ACT_UNSPEC);
-    assert_eq!(out[..6], IFACE_MAC);
-    assert_eq!(out[6..], f[6..]);
+    h.assert_client_mac_rewritten("swarm_arp", [198, 18, 5, 9], TC_ACT_UNSPEC);
 }
 
 #[test]
@@ -240,17 +228,11 @@ fn tc_egress_sets_client_source_macs() {
         eth(PEER_MAC, IFACE_MAC, 0x0800),
         ipv4_udp([198, 18, 0, 1], SERVER),
     );
-    assert_eq!(h.run("swarm_egress", &own), (TC_ACT_UNSPEC, own.clone()));
+    h.assert_untouched("swarm_egress", &own, TC_ACT_UNSPEC);
     let trunc = req[..30].to_vec();
-    assert_eq!(
-        h.run("swarm_egress", &trunc),
-        (TC_ACT_UNSPEC, trunc.clone())
-    );
+    h.assert_untouched("swarm_egress", &trunc, TC_ACT_UNSPEC);
     let mut tagged = eth(PEER_MAC, IFACE_MAC, 0x8100);
     tagged.extend_from_slice(&[0, 5, 0x08, 0x00]);
     tagged.extend(ipv4_udp(c, SERVER));
-    assert_eq!(
-        h.run("swarm_egress", &tagged),
-        (TC_ACT_UNSPEC, tagged.clone())
-    );
+    h.assert_untouched("swarm_egress", &tagged, TC_ACT_UNSPEC);
 }

@@ -288,6 +288,18 @@ fn class_config(dir: &std::path::Path, seed: u64, net: &str, spec: &str) -> std:
     p
 }
 
+/// `got` of `n` probes is within 4 sigma of the binomial expectation `n * p`.
+#[track_caller]
+fn assert_binomial(got: f64, n: f64, p: f64, what: &str, r: &UdpReport) {
+    let sigma = (n * p * (1.0 - p)).sqrt();
+    assert!(
+        (got - n * p).abs() <= 4.0 * sigma,
+        "{what}: {got}, expected {} ± {}: {r:?}",
+        n * p,
+        4.0 * sigma
+    );
+}
+
 #[test]
 fn random_loss_is_binomial() {
     let _s = serial();
@@ -301,15 +313,7 @@ fn random_loss_is_binomial() {
             r.forward.lost - r.forward.socket_drops,
             r.reverse.lost - r.reverse.socket_drops,
         );
-        // Within 4 sigma of the binomial expectation.
-        let sigma = (n * 0.05 * 0.95f64).sqrt();
-        assert!(
-            (fwd as f64 - n * 0.05).abs() <= 4.0 * sigma,
-            "lost {fwd}, expected {} ± {} ({:?})",
-            n * 0.05,
-            4.0 * sigma,
-            r.forward
-        );
+        assert_binomial(fwd as f64, n, 0.05, "lost", &r);
         assert_eq!(rev, 0, "the reverse path is not impaired: {:?}", r.reverse);
         let fin = stop_wan(wan);
         let row = class_row(&fin, "a_to_b", "default");
@@ -349,18 +353,9 @@ fn duplicate_corrupt_reorder_rates() {
     timing("duplicate_corrupt_reorder_rates", || {
         let b = Bench::new("wx");
         let n = 10000.0;
-        let within = |got: f64, p: f64, what: &str, r: &UdpReport| {
-            let sigma = (n * p * (1.0 - p)).sqrt();
-            assert!(
-                (got - n * p).abs() <= 4.0 * sigma,
-                "{what}: {got}, expected {} ± {}: {r:?}",
-                n * p,
-                4.0 * sigma
-            );
-        };
         let wan = b.wan(&["--a-to-b", "duplicate 5%"]);
         let r = b.probe(&["--rate", "4000", "--count", "10000", "--wait", "300ms"]);
-        within(r.forward.duplicates as f64, 0.05, "duplicates", &r);
+        assert_binomial(r.forward.duplicates as f64, n, 0.05, "duplicates", &r);
         // Only a->b was impaired: the reverse path must show nothing.
         assert_eq!(r.reverse.duplicates, 0, "{r:?}");
         assert_eq!(r.reverse.reordered, 0, "{r:?}");
@@ -374,7 +369,7 @@ fn duplicate_corrupt_reorder_rates() {
             "--rate", "4000", "--count", "10000", "--size", "1000", "--wait", "300ms",
         ]);
         let corrupt = (r.forward.corrupted + r.forward.lost - r.forward.socket_drops) as f64;
-        within(corrupt, 0.03, "corrupted + header-corrupted", &r);
+        assert_binomial(corrupt, n, 0.03, "corrupted + header-corrupted", &r);
         assert!(r.forward.corrupted as f64 > 0.8 * corrupt, "{r:?}");
         let fin = stop_wan(wan);
         eprintln!("corrupt 3%: {:?}", class_row(&fin, "a_to_b", "default"));
@@ -383,7 +378,7 @@ fn duplicate_corrupt_reorder_rates() {
         // overtakes the ~10 probes still delayed.
         let wan = b.wan(&["--a-to-b", "delay 5ms reorder 20%"]);
         let r = b.probe(&["--rate", "2000", "--count", "10000", "--wait", "300ms"]);
-        within(r.overtaking as f64, 0.20, "overtaking probes", &r);
+        assert_binomial(r.overtaking as f64, n, 0.20, "overtaking probes", &r);
         stop_wan(wan);
     });
 }

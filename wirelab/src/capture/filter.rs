@@ -161,24 +161,29 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn or(&mut self) -> PResult<Expr> {
-        let mut e = self.and()?;
-        while matches!(self.peek(), Some("or" | "||")) {
+    /// Operands (each read by `operand`) joined left to right by the operator `words` (either
+    /// spelling) into `join`.
+    fn chain(
+        &mut self,
+        words: [&str; 2],
+        operand: fn(&mut Self) -> PResult<Expr>,
+        join: fn(Box<Expr>, Box<Expr>) -> Expr,
+    ) -> PResult<Expr> {
+        let mut e = operand(self)?;
+        while self.peek().is_some_and(|w| words.contains(&w)) {
             self.i += 1;
-            let r = self.and()?;
-            e = Expr::Or(Box::new(e), Box::new(r));
+            let r = operand(self)?;
+            e = join(Box::new(e), Box::new(r));
         }
         Ok(e)
     }
 
+    fn or(&mut self) -> PResult<Expr> {
+        self.chain(["or", "||"], Self::and, Expr::Or)
+    }
+
     fn and(&mut self) -> PResult<Expr> {
-        let mut e = self.unary()?;
-        while matches!(self.peek(), Some("and" | "&&")) {
-            self.i += 1;
-            let r = self.unary()?;
-            e = Expr::And(Box::new(e), Box::new(r));
-        }
-        Ok(e)
+        self.chain(["and", "&&"], Self::unary, Expr::And)
     }
 
     fn unary(&mut self) -> PResult<Expr> {

@@ -5,7 +5,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use wirelab::fw;
 
-use super::{emit, parse_duration, JsonArg, NetnsArg, Observe, Running, XdpModeArg};
+use super::{parse_duration, print, written, JsonArg, NetnsArg, Observe, Running, XdpModeArg};
 
 #[derive(Args)]
 #[command(
@@ -77,28 +77,25 @@ pub fn run(a: FwArgs) -> Result<ExitCode> {
     match a.sub {
         Some(FwCmd::Check { rules, json }) => {
             let rs = fw::rules::load(&rules)?;
-            let lookup = fw::lookup_plan(&rs);
-            if json {
-                let report = fw::CheckReport {
-                    ok: true,
-                    rules: rs.rules.len(),
-                    prefixes: rs.prefixes(),
-                    lookup,
-                };
-                emit(&serde_json::to_string(&report)?)?;
-            } else {
-                let l = lookup.text();
-                emit(&format!(
+            let report = fw::CheckReport {
+                ok: true,
+                rules: rs.rules.len(),
+                prefixes: rs.prefixes(),
+                lookup: fw::lookup_plan(&rs),
+            };
+            print(json, &report, || {
+                let l = report.lookup.text();
+                Ok(format!(
                     "rules OK: {} rules, {} prefixes{}",
-                    rs.rules.len(),
-                    rs.prefixes(),
+                    report.rules,
+                    report.prefixes,
                     if l.is_empty() {
                         String::new()
                     } else {
                         format!("; lookup: {l}")
                     }
-                ))?;
-            }
+                ))
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Some(FwCmd::Reload {
@@ -110,10 +107,8 @@ pub fn run(a: FwArgs) -> Result<ExitCode> {
                 .with_context(|| format!("rules file {}", rules.display()))?;
             netns.enter()?;
             let v = fw::reload(iface.as_deref(), &rules)?;
-            if json.json {
-                emit(&serde_json::to_string(&v)?)?;
-            } else {
-                emit(&format!(
+            print(json.json, &v, || {
+                Ok(format!(
                     "reloaded: generation {}, {} rules, {} prefixes (kept {}, added {}, removed {}) in {:.1} ms",
                     v.generation,
                     v.rules,
@@ -122,8 +117,8 @@ pub fn run(a: FwArgs) -> Result<ExitCode> {
                     serde_json::to_string(&v.added)?,
                     serde_json::to_string(&v.removed)?,
                     v.install_ms
-                ))?;
-            }
+                ))
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Some(FwCmd::Stats {
@@ -131,13 +126,7 @@ pub fn run(a: FwArgs) -> Result<ExitCode> {
         }) => {
             netns.enter()?;
             let v = fw::stats(iface.as_deref())?;
-            if json.json {
-                emit(&serde_json::to_string(&v)?)?;
-            } else {
-                let mut buf = Vec::new();
-                fw::print_stats(&mut buf, &v)?;
-                emit(String::from_utf8_lossy(&buf).trim_end())?;
-            }
+            print(json.json, &v, || written(|buf| fw::print_stats(buf, &v)))?;
             Ok(ExitCode::SUCCESS)
         }
         None => {

@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use wirelab::gen;
 
-use super::{emit, parse_duration, JsonArg, NetnsArg};
+use super::{parse_duration, print, JsonArg, NetnsArg};
 
 #[derive(Args)]
 #[command(
@@ -76,10 +76,6 @@ pub fn run(a: GenArgs) -> Result<ExitCode> {
         method: a.method,
     };
     let r = gen::run(&opts, &stop)?;
-    if a.json.json {
-        emit(&serde_json::to_string(&r)?)?;
-    } else {
-        emit(&r.to_string())?;
-    }
+    print(a.json.json, &r, || Ok(r.to_string()))?;
     Ok(ExitCode::SUCCESS)
 }

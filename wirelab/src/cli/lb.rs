@@ -5,7 +5,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use wirelab::lb;
 
-use super::{emit, parse_duration, JsonArg, NetnsArg, Observe, Running};
+use super::{parse_duration, print, written, JsonArg, NetnsArg, Observe, Running};
 
 #[derive(Args)]
 #[command(
@@ -110,26 +110,14 @@ enum ProtoArg {
     Udp,
 }
 
-fn print(json: bool, v: &impl serde::Serialize, text: impl FnOnce() -> String) -> Result<()> {
-    if json {
-        emit(&serde_json::to_string(v)?)
-    } else {
-        emit(text().trim_end())
-    }
-}
-
 pub fn run(a: LbArgs) -> Result<ExitCode> {
     match a.sub {
         Some(LbCmd::Check { config, json }) => {
             let c = lb::Config::load(&config)?;
             let report = lb::check(&c)?;
-            if json.json {
-                emit(&serde_json::to_string(&report)?)?;
-            } else {
-                let mut buf = Vec::new();
-                lb::print_check(&mut buf, &report)?;
-                emit(String::from_utf8_lossy(&buf).trim_end())?;
-            }
+            print(json.json, &report, || {
+                written(|buf| lb::print_check(buf, &report))
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Some(LbCmd::Reload {
@@ -161,7 +149,7 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
                         c.name, c.service, c.change, c.added, c.removed, c.reweighted, c.slots_moved_pct
                     );
                 }
-                t
+                Ok(t)
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -171,13 +159,11 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
             netns.enter()?;
             let v = lb::stats(iface.as_deref())?;
             print(json.json, &v, || {
-                let mut buf = Vec::new();
                 let title = format!(
                     "{}: generation {}, {} reloads, {} health changes, up {:.1}s",
                     v.iface, v.generation, v.reloads, v.health_changes, v.uptime_s
                 );
-                let _ = lb::print_stats(&mut buf, &title, &v.stats);
-                String::from_utf8_lossy(&buf).into_owned()
+                written(|buf| lb::print_stats(buf, &title, &v.stats))
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -217,10 +203,10 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
                 } else {
                     "\nwarning: the userspace model of the table picks another backend: please report it"
                 };
-                format!(
+                Ok(format!(
                     "{from} -> {} ({}): slot {} of {}; a new flow goes to {new}; {tracked} (asked the loaded program){model}",
                     w.label, w.service, w.slot, w.table_size
-                )
+                ))
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -233,6 +233,30 @@ pub fn emit(text: &str) -> Result<()> {
     wirelab::runtime::observe::to_stdout(|out| writeln!(out, "{text}"))
 }
 
+/// `v` as one JSON line with `--json`, else the text `text` makes of it (trailing white space
+/// cut).
+pub fn print(
+    json: bool,
+    v: &impl serde::Serialize,
+    text: impl FnOnce() -> Result<String>,
+) -> Result<()> {
+    if json {
+        emit(&serde_json::to_string(v)?)
+    } else {
+        emit(text()?.trim_end())
+    }
+}
+
+/// What a table printer writes, as text.
+pub fn written<E>(print: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<String>
+where
+    anyhow::Error: From<E>,
+{
+    let mut buf = Vec::new();
+    print(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 pub fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("this command needs root (it creates network namespaces); run it with sudo");

@@ -49,13 +49,9 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
     let Some(summary) = sweep::run(&o, &stop)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    if a.json.json {
-        super::emit(&serde_json::to_string(&summary)?)?;
-    } else {
-        let mut buf = vec![];
-        sweep::print_summary(&mut buf, &summary)?;
-        super::emit(String::from_utf8_lossy(&buf).trim_end())?;
-    }
+    super::print(a.json.json, &summary, || {
+        super::written(|buf| sweep::print_summary(buf, &summary))
+    })?;
     Ok(if summary.failed > 0 {
         ExitCode::FAILURE
     } else {

@@ -624,14 +624,16 @@ fn probe_udp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     charts
 }
 
+/// `y` of every line, at its time since `t0`.
+fn over_time<T>(lines: &[record::Stamped<T>], t0: f64, y: impl Fn(&T) -> f64) -> Vec<(f64, f64)> {
+    lines.iter().map(|l| (l.unix - t0, y(&l.line))).collect()
+}
+
 fn probe_tcp_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     let Typed::ProbeTcp(lines) = &src.typed else {
         return vec![];
     };
-    let pts = lines
-        .iter()
-        .map(|l| (l.unix - t0, l.line.goodput_mbps))
-        .collect();
+    let pts = over_time(lines, t0, |l| l.goodput_mbps);
     vec![Chart::lines(
         "tcp-goodput",
         "probe: TCP goodput per second (receiver)",
@@ -725,12 +727,7 @@ fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
                     vec![Series::new(format!("{p}clients"), pts)],
                 ));
             }
-            let line = |f: fn(&swarm::run::Sample) -> u32| -> Vec<(f64, f64)> {
-                lines
-                    .iter()
-                    .map(|l| (l.unix - t0, f64::from(f(&l.line))))
-                    .collect()
-            };
+            let line = |f: fn(&swarm::run::Sample) -> u32| over_time(lines, t0, |l| f(l).into());
             if !lines.is_empty() {
                 charts.push(Chart::lines(
                     "swarm-concurrency",
@@ -745,11 +742,8 @@ fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
             }
         }
         Typed::SwarmConnect(lines, _) if !lines.is_empty() => {
-            let line = |f: fn(&swarm::connect::ConnectSample) -> u32| -> Vec<(f64, f64)> {
-                lines
-                    .iter()
-                    .map(|l| (l.unix - t0, f64::from(f(&l.line))))
-                    .collect()
+            let line = |f: fn(&swarm::connect::ConnectSample) -> u32| {
+                over_time(lines, t0, |l| f(l).into())
             };
             charts.push(Chart::lines(
                 "swarm-connections",
@@ -980,9 +974,7 @@ mod tests {
     /// an error naming the file and line, not zeros in a plot.
     #[test]
     fn a_mistyped_series_line_is_named() {
-        let dir = std::env::temp_dir().join(format!("wirelab-report-unit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::util::test_dir("wirelab-report-unit");
         let mut rec = record::Recorder::create(&dir, "wan", "wan", &serde_json::json!({})).unwrap();
         let row = crate::wan::ClassReport {
             dir: "a_to_b".into(),

@@ -857,8 +857,7 @@ mod tests {
 
     #[test]
     fn a_timeline_is_checked_against_every_cell() {
-        let d = std::env::temp_dir().join(format!("wirelab-sweep-tl-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = crate::util::test_dir("wirelab-sweep-tl");
         let sweep = d.join("sweep.toml");
         std::fs::write(&sweep, format!("timeline = \"tl.toml\"\n{GRID}")).unwrap();
         let tl = d.join("tl.toml");

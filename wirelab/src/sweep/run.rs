@@ -447,16 +447,20 @@ fn timeline(b: &Bench, tl: Option<&wan::timeline::Timeline>) -> Result<()> {
     .context("the sweep's timeline")
 }
 
-/// Run one hook command in the client host; a failure fails the run.
-fn hook(b: &Bench, argv: &[String], what: &str) -> Result<()> {
+/// Start a user's `argv` in the client host: no stdin, `stdout` as given, stderr piped.
+fn start_in_client(b: &Bench, argv: &[String], stdout: Stdio) -> Result<Child> {
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::piped());
     let mut k = Kid::spawn(c, Some(&b.ns("client")))?;
-    let child = k.0.take().context("hook")?;
-    let o = child.wait_with_output()?;
+    k.0.take().context("the started command")
+}
+
+/// Run one hook command in the client host; a failure fails the run.
+fn hook(b: &Bench, argv: &[String], what: &str) -> Result<()> {
+    let o = start_in_client(b, argv, Stdio::null())?.wait_with_output()?;
     if !o.status.success() {
         bail!(
             "{what} hook {argv:?} failed ({}): {}",
@@ -634,13 +638,7 @@ fn command(
     dir: &Path,
     name: &str,
 ) -> Result<(bool, Option<f64>)> {
-    let mut c = Command::new(&argv[0]);
-    c.args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut k = Kid::spawn(c, Some(&b.ns("client")))?;
-    let mut child = k.0.take().context("command")?;
+    let mut child = start_in_client(b, argv, Stdio::piped())?;
     let limit = timeout.unwrap_or(Duration::from_secs(60));
     let (so, se) = (child.stdout.take(), child.stderr.take());
     let read = |p: Option<Box<dyn std::io::Read + Send>>| {

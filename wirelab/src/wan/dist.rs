@@ -153,8 +153,7 @@ mod tests {
             let m = t.iter().sum::<f64>() / t.len() as f64;
             assert!(m.abs() < 0.05, "mean {m}");
         }
-        let dir = std::env::temp_dir().join(format!("wl-dist-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::util::test_dir("wl-dist");
         let f = dir.join("bad.dist");
         std::fs::write(&f, "1 2 x\n").unwrap();
         let e = format!("{:#}", load_dist(&f).unwrap_err());

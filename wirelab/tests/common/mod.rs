@@ -65,6 +65,24 @@ pub fn fails(mut c: impl std::borrow::BorrowMut<Command>) -> String {
 
 pub use wirelab_testkit::in_ns;
 
+/// Load program `name` of `bpf` (XDP or tc) for `BPF_PROG_TEST_RUN`, as the tools do (a load
+/// a signal interrupted is tried again).
+///
+/// # Panics
+/// When the program is missing, of another type, or the verifier refuses it.
+#[track_caller]
+pub fn load_prog(bpf: &mut aya::Ebpf, name: &str) {
+    use aya::programs::Program;
+    use wirelab::ebpf::LoadRetrying as _;
+    let loaded = match bpf.program_mut(name) {
+        Some(Program::Xdp(p)) => p.load_retrying(),
+        Some(Program::SchedClassifier(p)) => p.load_retrying(),
+        Some(_) => panic!("program {name} is neither XDP nor tc"),
+        None => panic!("no program {name} in the object"),
+    };
+    loaded.unwrap_or_else(|e| panic!("verifier accepts {name}: {e:?}"));
+}
+
 /// Whether an XDP program is attached to `iface` in namespace `ns` (`ip -d link` shows it).
 pub fn xdp_attached(ns: &str, iface: &str) -> bool {
     let o = ok(in_ns(ns, &["ip", "-d", "link", "show", "dev", iface]));
