@@ -69,9 +69,10 @@ pub mod event {
     /// The parser could not see through it (truncated, bad header lengths): passed to the
     /// stack, which judges it as it would without the balancer.
     pub const MALFORMED: u32 = 2;
-    /// A later IPv4/IPv6 fragment to a VIP address whose first fragment has not been balanced
-    /// (it comes first, or was dropped; the ports are only in the first), or any fragment to
-    /// a VIP address that is not TCP/UDP to a VIP:port: dropped.
+    /// A later IPv4/IPv6 fragment to a VIP address whose first fragment was not forwarded to
+    /// a backend (it comes first, the first was dropped, or the first was not TCP/UDP to a
+    /// VIP:port and was passed as any such packet is; the ports are only in the first):
+    /// dropped.
     pub const DROP_FRAGMENT: u32 = 3;
     /// A VIP packet whose service has no backend with weight > 0: dropped.
     pub const DROP_NO_BACKEND: u32 = 4;
