@@ -149,6 +149,22 @@ pub fn vlan_wrappings(max_depth: usize) -> Vec<(String, Vec<(u16, u16)>)> {
     out
 }
 
+/// The frame a finished etherparse builder writes with `payload` (a macro: each builder step
+/// is a type of its own).
+#[macro_export]
+macro_rules! build {
+    ($b:expr, $payload:expr) => {{
+        let mut v = Vec::new();
+        $b.write(&mut v, $payload).expect("building a frame");
+        v
+    }};
+}
+
+/// A test frame's first builder step: Ethernet from `SRC` to `DST`.
+pub fn e() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
+    etherparse::PacketBuilder::ethernet2(SRC, DST)
+}
+
 /// A TCP SYN from port 40000 to `dport`, IPv4 or IPv6 by the addresses' family.
 pub fn tcp_syn(
     src_mac: [u8; 6],
@@ -164,10 +180,5 @@ pub fn tcp_syn(
         (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
         _ => panic!("tcp_syn: {src} and {dst} are of different families"),
     };
-    let mut v = Vec::new();
-    ip.tcp(40000, dport, 1, 1024)
-        .syn()
-        .write(&mut v, &[])
-        .expect("building a SYN");
-    v
+    crate::build!(ip.tcp(40000, dport, 1, 1024).syn(), &[])
 }

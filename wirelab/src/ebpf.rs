@@ -90,6 +90,8 @@ const LOAD_ATTEMPTS: u32 = 5;
 /// program wirelab loads goes through here.
 pub trait LoadRetrying {
     fn load_retrying(&mut self) -> Result<(), aya::programs::ProgramError>;
+    /// Whether the program is loaded already (it has an fd).
+    fn is_loaded(&self) -> bool;
 }
 
 fn interrupted(e: &aya::programs::ProgramError) -> bool {
@@ -111,6 +113,10 @@ macro_rules! load_retrying {
                         other => return other,
                     }
                 }
+            }
+
+            fn is_loaded(&self) -> bool {
+                self.fd().is_ok()
             }
         }
     )*};

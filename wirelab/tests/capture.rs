@@ -567,38 +567,61 @@ fn a_to_b_default(fin: &wirelab::wan::Line) -> &wirelab::wan::ClassReport {
         .expect("a_to_b default row")
 }
 
+/// What each behind-wan test starts with: lab `name` with a probe server, `wirelab wan`
+/// between its wan interfaces (`wan_args`, ready) and `wirelab capture --json` on the wan's
+/// `to-client` (with `capture_args`) writing `file`.
+struct BehindWan {
+    cap: Bg,
+    wan: Bg,
+    file: std::path::PathBuf,
+    _dir: TempDir,
+    _server: Bg,
+    lab: Lab,
+}
+
+impl BehindWan {
+    fn start(name: &str, wan_args: &[&str], capture_args: &[&str]) -> Self {
+        let lab = Lab::up(name);
+        let server = probe_server(&lab, "198.18.0.2:7000", "120s");
+        let wan = wan_between(&lab, wan_args);
+        let dir = TempDir::new(&format!("wlcap{name}"));
+        let file = dir.join(&format!("{name}.pcapng"));
+        let cap = start_capture(
+            &lab.ns("wan"),
+            "to-client",
+            &[capture_args, &["--json", "-w", file.to_str().unwrap()]].concat(),
+        );
+        Self {
+            cap,
+            wan,
+            file,
+            _dir: dir,
+            _server: server,
+            lab,
+        }
+    }
+}
+
 /// Behind wan's tap: each client frame arriving at the wan carries its class and what the wan
 /// did with it: lost (the loss model, decided in XDP) or handed to the timing engine (the
 /// delay). The probe's own count of lost probes agrees.
 #[test]
 fn behind_wan_each_frame_carries_its_class_and_loss() {
     let _s = serial();
-    let lab = Lab::up("cwan");
-    let _server = probe_server(&lab, "198.18.0.2:7000", "120s");
-    let wan_ns = lab.ns("wan");
-    let wan = wan_between(&lab, &["--both", "delay 5ms loss 20%", "--seed", "9"]);
-    let dir = TempDir::new("wlcapwan");
-    let file = dir.join("wan.pcapng");
-    let cap = start_capture(
-        &wan_ns,
-        "to-client",
-        &[
-            "--filter",
-            "udp dst port 7000",
-            "--json",
-            "-w",
-            file.to_str().unwrap(),
-        ],
+    let w = BehindWan::start(
+        "cwan",
+        &["--both", "delay 5ms loss 20%", "--seed", "9"],
+        &["--filter", "udp dst port 7000"],
     );
     let r = probe_udp(
-        &lab,
+        &w.lab,
         &["--rate", "200", "--count", "500", "--wait", "300ms"],
     );
-    let out = cap.terminate();
-    drop(wan);
+    let out = w.cap.terminate();
+    drop(w.wan);
     let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
     assert_eq!(s.behind.as_deref(), Some("wan"), "{s:?}");
-    let rows = tshark_fields(&file, &["frame.comment"]);
+    let rows = tshark_fields(&w.file, &["frame.comment"]);
     let count = |c: &str| rows.iter().filter(|r| r[0] == c).count() as u64;
     let lost = count(r#"wan: class "default", lost"#);
     let engine = count(r#"wan: class "default", to the timing engine"#);
@@ -630,25 +653,15 @@ fn behind_wan_each_frame_carries_its_class_and_loss() {
 #[test]
 fn behind_wan_the_engines_queue_drops_are_next_to_the_packet() {
     let _s = serial();
-    let lab = Lab::up("cwq");
-    let _server = probe_server(&lab, "198.18.0.2:7000", "120s");
-    let wan_ns = lab.ns("wan");
-    let wan = wan_between(&lab, &["--json", "--a-to-b", "rate 2mbit limit 10"]);
-    let dir = TempDir::new("wlcapwq");
-    let file = dir.join("wq.pcapng");
     // No filter: every frame the engine could drop is captured.
-    let cap = start_capture(
-        &wan_ns,
-        "to-client",
-        &["--json", "-w", file.to_str().unwrap()],
-    );
+    let w = BehindWan::start("cwq", &["--json", "--a-to-b", "rate 2mbit limit 10"], &[]);
     let r = probe_udp(
-        &lab,
+        &w.lab,
         &[
             "--rate", "2000", "--count", "2000", "--size", "1000", "--wait", "1s",
         ],
     );
-    let (s, fin) = stop_capture_then_wan(cap, wan);
+    let (s, fin) = stop_capture_then_wan(w.cap, w.wan);
     let row = a_to_b_default(&fin);
     assert_eq!(
         (s.behind.as_deref(), s.perf_lost),
@@ -656,7 +669,7 @@ fn behind_wan_the_engines_queue_drops_are_next_to_the_packet() {
         "{s:?}"
     );
     let rows = tshark_fields(
-        &file,
+        &w.file,
         &[
             "frame.comment",
             "udp.dstport",
@@ -731,22 +744,13 @@ fn behind_wan_the_engines_queue_drops_are_next_to_the_packet() {
 #[test]
 fn behind_wan_drops_at_a_down_link_are_marked_once_the_hold_covers_the_delay() {
     let _s = serial();
-    let lab = Lab::up("cwd");
-    let _server = probe_server(&lab, "198.18.0.2:7000", "120s");
-    let wan_ns = lab.ns("wan");
-    let wan = wan_between(&lab, &["--json", "--both", "delay 100ms"]);
-    let dir = TempDir::new("wlcapwd");
-    let file = dir.join("wd.pcapng");
-    let cap = start_capture(
-        &wan_ns,
-        "to-client",
-        &["--json", "-w", file.to_str().unwrap()],
-    );
+    let w = BehindWan::start("cwd", &["--json", "--both", "delay 100ms"], &[]);
+    let wan_ns = w.lab.ns("wan");
     let link = |state: &str| ok(in_ns(&wan_ns, &["ip", "link", "set", "to-server", state]));
     let r = std::thread::scope(|s| {
         let probe = s.spawn(|| {
             probe_udp(
-                &lab,
+                &w.lab,
                 &[
                     "--rate", "1000", "--count", "2500", "--size", "200", "--wait", "1s",
                 ],
@@ -759,9 +763,9 @@ fn behind_wan_drops_at_a_down_link_are_marked_once_the_hold_covers_the_delay() {
         link("up");
         probe.join().expect("probe thread")
     });
-    let (s, fin) = stop_capture_then_wan(cap, wan);
+    let (s, fin) = stop_capture_then_wan(w.cap, w.wan);
     let row = a_to_b_default(&fin);
-    let rows = tshark_fields(&file, &["frame.comment"]);
+    let rows = tshark_fields(&w.file, &["frame.comment"]);
     let down = r#"wan: class "default", dropped by the timing engine: the link out was down when it was due"#;
     let marked = rows.iter().filter(|r| r[0] == down).count() as u64;
     eprintln!(

@@ -5,8 +5,8 @@ mod common;
 use std::{collections::BTreeSet, process::Command};
 
 use aya::maps::PerCpuArray;
-use common::frames::{self, cat, eth, frag6, vlan_wrap, DST, SRC};
-use etherparse::PacketBuilder;
+use common::build;
+use common::frames::{self, cat, e, eth, frag6, vlan_wrap, SRC};
 use wirelab::capture::{self, pcapng};
 use wirelab_common::{
     capture::{dir, dir_base, stat},
@@ -75,19 +75,6 @@ impl Harness {
         assert_eq!(x, ti, "XDP and tc ingress disagree");
         x
     }
-}
-
-/// The frame a finished etherparse builder writes with `payload`.
-macro_rules! build {
-    ($b:expr, $payload:expr) => {{
-        let mut v = Vec::new();
-        $b.write(&mut v, $payload).unwrap();
-        v
-    }};
-}
-
-fn e() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
-    PacketBuilder::ethernet2(SRC, DST)
 }
 
 fn arp(spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {

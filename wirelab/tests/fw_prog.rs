@@ -6,10 +6,11 @@ mod common;
 use std::collections::HashMap;
 
 use aya::programs::Xdp;
+use common::build;
 use common::frames::{
-    cat, eth, frag6, ipv4, ipv6, opts_hdr, udp_hdr, vlan_wrap, vlan_wrappings, DST, SRC,
+    cat, e, eth, frag6, ipv4, ipv6, opts_hdr, udp_hdr, vlan_wrap, vlan_wrappings, DST, SRC,
 };
-use etherparse::{PacketBuilder, VlanId};
+use etherparse::VlanId;
 use wirelab::fw::{rules, Firewall};
 use wirelab_common::parse::{MAX_IPV6_EXT, MAX_VLAN_TAGS};
 
@@ -72,35 +73,23 @@ impl Harness {
 }
 
 fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv4(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut v, &[0u8; 18])
-        .unwrap();
-    v
+    build!(e().ipv4(src, dst, 64).udp(sport, dport), &[0u8; 18])
 }
 
 fn tcp4(src: [u8; 4], dport: u16, syn: bool, ack: bool) -> Vec<u8> {
-    let mut v = Vec::new();
-    let b = PacketBuilder::ethernet2(SRC, DST)
-        .ipv4(src, SERVER, 64)
-        .tcp(40000, dport, 1, 1024);
+    let b = e().ipv4(src, SERVER, 64).tcp(40000, dport, 1, 1024);
     let b = if syn { b.syn() } else { b };
     let b = if ack { b.ack(1) } else { b };
-    b.write(&mut v, &[]).unwrap();
-    v
+    build!(b, &[])
 }
 
 fn icmp4(src: [u8; 4], request: bool) -> Vec<u8> {
-    let mut v = Vec::new();
-    let b = PacketBuilder::ethernet2(SRC, DST).ipv4(src, SERVER, 64);
+    let b = e().ipv4(src, SERVER, 64);
     if request {
-        b.icmpv4_echo_request(1, 1).write(&mut v, &[0; 56]).unwrap();
+        build!(b.icmpv4_echo_request(1, 1), &[0; 56])
     } else {
-        b.icmpv4_echo_reply(1, 1).write(&mut v, &[0; 56]).unwrap();
+        build!(b.icmpv4_echo_reply(1, 1), &[0; 56])
     }
-    v
 }
 
 fn v6(s: &str) -> [u8; 16] {
@@ -108,24 +97,16 @@ fn v6(s: &str) -> [u8; 16] {
 }
 
 fn icmp6(src: [u8; 16], request: bool) -> Vec<u8> {
-    let mut v = Vec::new();
-    let b = PacketBuilder::ethernet2(SRC, DST).ipv6(src, SERVER6, 64);
+    let b = e().ipv6(src, SERVER6, 64);
     if request {
-        b.icmpv6_echo_request(1, 1).write(&mut v, &[0; 8]).unwrap();
+        build!(b.icmpv6_echo_request(1, 1), &[0; 8])
     } else {
-        b.icmpv6_echo_reply(1, 1).write(&mut v, &[0; 8]).unwrap();
+        build!(b.icmpv6_echo_reply(1, 1), &[0; 8])
     }
-    v
 }
 
 fn udp6(src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv6(src, dst, 64)
-        .udp(1000, 2000)
-        .write(&mut v, &[0u8; 8])
-        .unwrap();
-    v
+    build!(e().ipv6(src, dst, 64).udp(1000, 2000), &[0u8; 8])
 }
 
 #[test]
@@ -161,12 +142,10 @@ fn ports_protocols_flags_icmp() {
     h.expect(&udp4([198, 18, 0, 1], SERVER, 5353, 9), DROP, "from-53");
     h.expect(&udp4([198, 18, 0, 1], SERVER, 54, 9), PASS, "(default)");
     // TCP from port 53 is not UDP.
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .ipv4([198, 18, 0, 1], SERVER, 64)
-        .tcp(53, 9, 1, 1024)
-        .write(&mut v, &[])
-        .unwrap();
+    let v = build!(
+        e().ipv4([198, 18, 0, 1], SERVER, 64).tcp(53, 9, 1, 1024),
+        &[]
+    );
     h.expect(&v, PASS, "(default)");
     // ICMP type + source prefix.
     h.expect(&icmp4([198, 18, 7, 9], true), DROP, "echo-from-7");
@@ -200,13 +179,11 @@ fn ipv6_prefixes_and_extension_headers() {
     );
     // An exact IPv6 address (hash table) and its covering /120 (trie) in one rule.
     let tcp6 = |dst: &str| {
-        let mut v = Vec::new();
-        PacketBuilder::ethernet2(SRC, DST)
-            .ipv6(v6("2001:2:0:1::1"), v6(dst), 64)
-            .tcp(1, 2, 1, 1024)
-            .write(&mut v, &[])
-            .unwrap();
-        v
+        build!(
+            e().ipv6(v6("2001:2:0:1::1"), v6(dst), 64)
+                .tcp(1, 2, 1, 1024),
+            &[]
+        )
     };
     h.expect(&tcp6("2001:2:0:3::1"), DROP, "v6-host");
     h.expect(&tcp6("2001:2:0:3::80"), DROP, "v6-host");
@@ -231,21 +208,19 @@ fn ipv6_prefixes_and_extension_headers() {
 fn vlan_options_fragments() {
     let h = Harness::new(RULES);
     // Rules apply to the IP packet inside one or two VLAN tags.
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .single_vlan(VlanId::try_new(42).unwrap())
-        .ipv4([198, 18, 5, 1], SERVER, 64)
-        .udp(1, 2)
-        .write(&mut v, &[0u8; 10])
-        .unwrap();
+    let v = build!(
+        e().single_vlan(VlanId::try_new(42).unwrap())
+            .ipv4([198, 18, 5, 1], SERVER, 64)
+            .udp(1, 2),
+        &[0u8; 10]
+    );
     h.expect(&v, DROP, "block-net");
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(SRC, DST)
-        .double_vlan(VlanId::try_new(10).unwrap(), VlanId::try_new(20).unwrap())
-        .ipv4([198, 18, 0, 1], SERVER, 64)
-        .udp(53, 2)
-        .write(&mut v, &[0u8; 10])
-        .unwrap();
+    let v = build!(
+        e().double_vlan(VlanId::try_new(10).unwrap(), VlanId::try_new(20).unwrap())
+            .ipv4([198, 18, 0, 1], SERVER, 64)
+            .udp(53, 2),
+        &[0u8; 10]
+    );
     h.expect(&v, DROP, "from-53");
     // IPv4 options are skipped: the UDP header after them is matched.
     for ihl in [6u8, 15] {

@@ -43,13 +43,11 @@ fn napi_on_client_peer(lab: &Lab) -> Bg {
 #[test]
 fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
     let lab = Lab::up("gna");
-    let dir = TempDir::new("wirelab-gen-");
     // Count UDP to port 9 per rule; one token per source (burst 1, 1 pps).
-    let rules = dir.file(
-        "r.toml",
+    let _fw = start_fw_rules(
+        &lab.ns("server"),
         "default = \"allow\"\n[[rule]]\nname = \"gen\"\naction = \"rate-limit\"\nproto = \"udp\"\ndst_port = 9\nrate_limit = { pps = 1, burst = 1 }\n",
     );
-    let _fw = start_fw(&lab.ns("server"), &rules);
 
     // 1. The client's peer (wan/to-client) is a plain veth in a bridge: AF_PACKET fallback.
     let r = gen(

@@ -6,8 +6,9 @@
 //! Ethernet" cases are frames whose announced headers (VLAN tags, L3) are cut short.
 mod common;
 use aya::maps::PerCpuArray;
-use common::frames::{self, cat, eth, frag6, opts_hdr, DST, SRC};
-use etherparse::{err::packet::BuildWriteError, PacketBuilder, VlanId};
+use common::build;
+use common::frames::{self, cat, e, eth, frag6, opts_hdr, SRC};
+use etherparse::VlanId;
 use wirelab_common::maps;
 use wirelab_common::{
     inspect::CLASS_NAMES,
@@ -55,21 +56,8 @@ impl Harness {
     }
 }
 
-/// The frame an etherparse builder writes: `write` is the builder's last step, given the
-/// buffer.
-fn built(write: impl FnOnce(&mut Vec<u8>) -> Result<(), BuildWriteError>) -> Vec<u8> {
-    let mut v = Vec::new();
-    write(&mut v).unwrap();
-    v
-}
-
 fn udp4() -> Vec<u8> {
-    built(|v| {
-        PacketBuilder::ethernet2(SRC, DST)
-            .ipv4(A, B, 64)
-            .udp(1000, 2000)
-            .write(v, &[0u8; 18])
-    })
+    build!(e().ipv4(A, B, 64).udp(1000, 2000), &[0u8; 18])
 }
 
 fn ipv4(ihl: u8, proto: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
@@ -90,40 +78,19 @@ fn well_formed_frames() {
     let ip: [(Vec<u8>, &[&str]); 5] = [
         (udp4(), &["total", "ipv4", "udp"]),
         (
-            built(|v| {
-                PacketBuilder::ethernet2(SRC, DST)
-                    .ipv4(A, B, 64)
-                    .tcp(1000, 22, 1, 1024)
-                    .syn()
-                    .write(v, &[])
-            }),
+            build!(e().ipv4(A, B, 64).tcp(1000, 22, 1, 1024).syn(), &[]),
             &["total", "ipv4", "tcp"],
         ),
         (
-            built(|v| {
-                PacketBuilder::ethernet2(SRC, DST)
-                    .ipv4(A, B, 64)
-                    .icmpv4_echo_request(1, 1)
-                    .write(v, &[0u8; 56])
-            }),
+            build!(e().ipv4(A, B, 64).icmpv4_echo_request(1, 1), &[0u8; 56]),
             &["total", "ipv4", "icmp"],
         ),
         (
-            built(|v| {
-                PacketBuilder::ethernet2(SRC, DST)
-                    .ipv6(A6, B6, 64)
-                    .icmpv6_echo_request(1, 1)
-                    .write(v, &[0u8; 8])
-            }),
+            build!(e().ipv6(A6, B6, 64).icmpv6_echo_request(1, 1), &[0u8; 8]),
             &["total", "ipv6", "icmpv6"],
         ),
         (
-            built(|v| {
-                PacketBuilder::ethernet2(SRC, DST)
-                    .ipv6(A6, B6, 64)
-                    .udp(53, 53)
-                    .write(v, &[1, 2, 3])
-            }),
+            build!(e().ipv6(A6, B6, 64).udp(53, 53), &[1, 2, 3]),
             &["total", "ipv6", "udp"],
         ),
     ];
@@ -154,22 +121,20 @@ fn well_formed_frames() {
 #[test]
 fn vlan_tags() {
     let h = Harness::new();
-    let v = built(|v| {
-        PacketBuilder::ethernet2(SRC, DST)
-            .single_vlan(VlanId::try_new(42).unwrap())
+    let v = build!(
+        e().single_vlan(VlanId::try_new(42).unwrap())
             .ipv4(A, B, 64)
-            .udp(1, 2)
-            .write(v, &[0u8; 10])
-    });
+            .udp(1, 2),
+        &[0u8; 10]
+    );
     assert_eq!(h.classes(&v), ["total", "ipv4", "udp", "vlan"]);
 
-    let v = built(|v| {
-        PacketBuilder::ethernet2(SRC, DST)
-            .double_vlan(VlanId::try_new(10).unwrap(), VlanId::try_new(20).unwrap())
+    let v = build!(
+        e().double_vlan(VlanId::try_new(10).unwrap(), VlanId::try_new(20).unwrap())
             .ipv6(A6, B6, 64)
-            .udp(1, 2)
-            .write(v, &[0u8; 10])
-    });
+            .udp(1, 2),
+        &[0u8; 10]
+    );
     assert_eq!(h.classes(&v), ["total", "ipv6", "udp", "vlan"]);
 
     // A VLAN tag announced, frame ends inside it: truncated.
@@ -179,13 +144,7 @@ fn vlan_tags() {
 
     // Every wrapping the parser walks shows the packet inside; one tag more is malformed,
     // never "other" (the kernel would still deliver the IP packet inside).
-    let tcp = built(|v| {
-        PacketBuilder::ethernet2(SRC, DST)
-            .ipv4(A, B, 64)
-            .tcp(1, 22, 1, 1024)
-            .syn()
-            .write(v, &[])
-    });
+    let tcp = build!(e().ipv4(A, B, 64).tcp(1, 22, 1, 1024).syn(), &[]);
     for (wrap, tags) in frames::vlan_wrappings(MAX_VLAN_TAGS) {
         let want: &[&str] = if tags.is_empty() {
             &["total", "ipv4", "tcp"]

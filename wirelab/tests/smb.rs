@@ -15,7 +15,7 @@ use std::{
 };
 
 use common::*;
-use wirelab::smb::{proto, FinalLine, IntervalLine};
+use wirelab::smb::{proto, ClientReport, FinalLine, IntervalLine};
 use wirelab_testkit::samba::Samba;
 
 const SERVER: &str = "198.18.0.2";
@@ -61,9 +61,14 @@ fn ours_by_share(l: &IntervalLine) -> BTreeMap<String, usize> {
         .collect()
 }
 
-/// Count lines of `tshark -T fields` output by their fields (comma lists are split: a
-/// compound frame holds several commands).
-fn tshark_fields(file: &str, filter: &str, fields: &[&str]) -> BTreeMap<(String, String), u64> {
+/// Count lines of `tshark -T fields` output by their two fields (comma lists are split: a
+/// compound frame holds several commands), the second field's value then named by `name`.
+fn tshark_fields(
+    file: &str,
+    filter: &str,
+    fields: &[&str],
+    name: impl Fn(&str) -> String,
+) -> BTreeMap<(String, String), u64> {
     let mut c = std::process::Command::new("tshark");
     c.args(["-r", file, "-Y", filter, "-T", "fields"]);
     for f in fields {
@@ -80,7 +85,24 @@ fn tshark_fields(file: &str, filter: &str, fields: &[&str]) -> BTreeMap<(String,
             *m.entry((a.to_string(), v.to_string())).or_default() += 1;
         }
     }
-    m
+    m.into_iter()
+        .map(|((a, v), n)| ((a, name(&v)), n))
+        .collect()
+}
+
+/// Our counts per (client, key), from each client's map `of`.
+fn per_client(
+    fin: &FinalLine,
+    of: impl Fn(&ClientReport) -> &BTreeMap<String, u64>,
+) -> BTreeMap<(String, String), u64> {
+    fin.clients
+        .iter()
+        .flat_map(|c| {
+            of(c)
+                .iter()
+                .map(|(k, n)| ((c.client.to_string(), k.clone()), *n))
+        })
+        .collect()
 }
 
 /// Equal maps, or a panic listing the keys whose values differ (ours, the reference).
@@ -311,17 +333,12 @@ fn smbclient_swarm_agrees_with_smbstatus_and_tshark() {
     report_plots_live_tree_connects(&rec, &fin);
 
     // Per client and command: requests as tshark decodes them from tcpdump's capture.
-    let reqs = tshark_fields(
+    let want = tshark_fields(
         &pcap,
         "smb2 && smb2.flags.response == 0",
         &["ip.src", "smb2.cmd"],
+        |cmd| proto::command_name(cmd.parse().expect("numeric smb2.cmd")),
     );
-    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for ((ip, cmd), n) in reqs {
-        let cmd: u16 = cmd.parse().expect("numeric smb2.cmd");
-        want.insert((ip, proto::command_name(cmd)), n);
-    }
-    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
     for c in &fin.clients {
         assert_eq!(c.dialect.as_deref(), Some("3.1.1"), "{c:?}");
         // smbclient connects IPC$ (a DFS referral) before the share.
@@ -334,31 +351,24 @@ fn smbclient_swarm_agrees_with_smbstatus_and_tshark() {
             ]
         );
         assert!(!c.encrypted);
-        for (cmd, n) in &c.by_command {
-            got.insert((c.client.to_string(), cmd.clone()), *n);
-        }
     }
     assert_eq!(
-        got, want,
+        per_client(&fin, |c| &c.by_command),
+        want,
         "requests per client and command: wirelab smb vs tshark"
     );
 
     // Errors by client and NTSTATUS: each client's missing file, as tshark sees it.
-    let errs = tshark_fields(
+    let want_err = tshark_fields(
         &pcap,
         "smb2.flags.response == 1 && smb2.nt_status != 0 && smb2.nt_status != 0x103 && smb2.nt_status != 0xc0000016",
         &["ip.dst", "smb2.nt_status"],
+        |st| {
+            let v = u32::from_str_radix(st.trim_start_matches("0x"), 16).expect("hex status");
+            proto::status::name(v)
+        },
     );
-    let mut want_err: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for ((ip, st), n) in errs {
-        let v = u32::from_str_radix(st.trim_start_matches("0x"), 16).expect("hex status");
-        want_err.insert((ip, proto::status::name(v)), n);
-    }
-    let mut got_err: BTreeMap<(String, String), u64> = BTreeMap::new();
     for c in &fin.clients {
-        for (st, n) in &c.errors {
-            got_err.insert((c.client.to_string(), st.clone()), *n);
-        }
         assert!(
             c.errors
                 .get("STATUS_OBJECT_NAME_NOT_FOUND")
@@ -366,7 +376,11 @@ fn smbclient_swarm_agrees_with_smbstatus_and_tshark() {
             "{c:?}"
         );
     }
-    assert_same(&got_err, &want_err, "errors: wirelab smb vs tshark");
+    assert_same(
+        &per_client(&fin, |c| &c.errors),
+        &want_err,
+        "errors: wirelab smb vs tshark",
+    );
 
     // Response times: as many request/response pairs per command as `-z smb2,srt` counts.
     let srt = ok(std::process::Command::new("tshark").args(["-r", &pcap, "-q", "-z", "smb2,srt"]));

@@ -3,13 +3,10 @@
 mod common;
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
-    net::{Ipv4Addr, TcpListener, UdpSocket},
+    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     path::Path,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -285,58 +282,40 @@ fn unconnected_udp_gets_each_clients_source() {
 /// until the thread ends).
 struct TcpServer {
     peers: Arc<Mutex<Vec<Ipv4Addr>>>,
-    done: Arc<AtomicBool>,
-    h: Option<std::thread::JoinHandle<()>>,
+    _worker: NsWorker,
 }
 
 impl TcpServer {
     fn start(ns: String, port: u16) -> Self {
         let peers = Arc::new(Mutex::new(vec![]));
-        let done = Arc::new(AtomicBool::new(false));
-        let (p2, d2) = (peers.clone(), done.clone());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let h = std::thread::spawn(move || {
-            wirelab::netns::run_in(Some(&ns), || {
-                let l = TcpListener::bind((SERVER, port))?;
+        let p2 = peers.clone();
+        let worker = NsWorker::start(
+            &ns,
+            move || {
+                let l = TcpListener::bind((SERVER, port)).expect("tcp server bind");
                 // A deep accept queue for bursts of thousands of clients.
                 unsafe { libc::listen(l.as_raw_fd(), 8192) };
-                l.set_nonblocking(true)?;
-                let _ = tx.send(());
-                let mut held = vec![];
-                while !d2.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((s, std::net::SocketAddr::V4(a))) => {
-                            p2.lock().unwrap().push(*a.ip());
-                            held.push(s);
-                        }
-                        Ok(_) => {}
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                    }
+                l.set_nonblocking(true).expect("nonblocking listener");
+                (l, Vec::<TcpStream>::new())
+            },
+            move |(l, held)| match l.accept() {
+                Ok((s, std::net::SocketAddr::V4(a))) => {
+                    p2.lock().unwrap().push(*a.ip());
+                    held.push(s);
+                    true
                 }
-                Ok(())
-            })
-            .unwrap();
-        });
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("tcp server up");
+                Ok(_) => true,
+                Err(_) => false,
+            },
+        );
         Self {
             peers,
-            done,
-            h: Some(h),
+            _worker: worker,
         }
     }
 
     fn peers(&self) -> Vec<Ipv4Addr> {
         self.peers.lock().unwrap().clone()
-    }
-}
-
-impl Drop for TcpServer {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
-        if let Some(h) = self.h.take() {
-            let _ = h.join();
-        }
     }
 }
 

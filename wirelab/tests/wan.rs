@@ -102,6 +102,12 @@ fn stop_wan(bg: Bg) -> Line {
     serde_json::from_str(last).expect("wan's final line")
 }
 
+/// A timing test (see `timing`) on a fresh bench, one at a time.
+fn timed(name: &str, prefix: &str, test: impl Fn(&Bench)) {
+    let _s = serial();
+    timing(name, || test(&Bench::new(prefix)));
+}
+
 fn class_row<'a>(v: &'a Line, dir: &str, class: &str) -> &'a ClassReport {
     v.classes
         .iter()
@@ -116,9 +122,7 @@ fn some(x: Option<f64>, what: &str) -> f64 {
 
 #[test]
 fn zero_impairment_delivers_everything_fast() {
-    let _s = serial();
-    timing("zero_impairment_delivers_everything_fast", || {
-        let b = Bench::new("wz");
+    timed("zero_impairment_delivers_everything_fast", "wz", |b| {
         // The same probe over the lab's bridge without the wan: what the host itself adds (its
         // scheduling, the probe's own sockets), measured in the same run. The wan's tolerance is
         // on the delay it adds on top.
@@ -154,9 +158,7 @@ fn zero_impairment_delivers_everything_fast() {
 
 #[test]
 fn fixed_delay_each_way() {
-    let _s = serial();
-    timing("fixed_delay_each_way", || {
-        let b = Bench::new("wd");
+    timed("fixed_delay_each_way", "wd", |b| {
         let wan = b.wan(&["--both", "delay 20ms"]);
         let r = b.probe(&["--rate", "200", "--count", "1000", "--wait", "300ms"]);
         // One-way p50 within 20 ms ± 0.3 ms; RTT within 40 ms ± 0.6 ms.
@@ -181,9 +183,7 @@ fn fixed_delay_each_way() {
 
 #[test]
 fn normal_jitter_keeps_order() {
-    let _s = serial();
-    timing("normal_jitter_keeps_order", || {
-        let b = Bench::new("wj");
+    timed("normal_jitter_keeps_order", "wj", |b| {
         let wan = b.wan(&[
             "--both",
             "delay 20ms 5ms distribution normal",
@@ -215,9 +215,7 @@ fn normal_jitter_keeps_order() {
 /// (`zero_impairment_delivers_everything_fast`).
 #[test]
 fn keep_order_jitter_is_unbiased_under_load() {
-    let _s = serial();
-    timing("keep_order_jitter_is_unbiased_under_load", || {
-        let b = Bench::new("wk");
+    timed("keep_order_jitter_is_unbiased_under_load", "wk", |b| {
         let spec = "delay 20ms 2ms distribution normal";
         let mut p50s = vec![];
         for order in ["keep", "fifo"] {
@@ -302,9 +300,7 @@ fn assert_binomial(got: f64, n: f64, p: f64, what: &str, r: &UdpReport) {
 
 #[test]
 fn random_loss_is_binomial() {
-    let _s = serial();
-    timing("random_loss_is_binomial", || {
-        let b = Bench::new("wl");
+    timed("random_loss_is_binomial", "wl", |b| {
         let wan = b.wan(&["--a-to-b", "loss 5%"]);
         let n = 20000.0;
         let r = b.probe(&["--rate", "4000", "--count", "20000", "--wait", "300ms"]);
@@ -349,9 +345,7 @@ fn gemodel_bursts_and_classes() {
 
 #[test]
 fn duplicate_corrupt_reorder_rates() {
-    let _s = serial();
-    timing("duplicate_corrupt_reorder_rates", || {
-        let b = Bench::new("wx");
+    timed("duplicate_corrupt_reorder_rates", "wx", |b| {
         let n = 10000.0;
         let wan = b.wan(&["--a-to-b", "duplicate 5%"]);
         let r = b.probe(&["--rate", "4000", "--count", "10000", "--wait", "300ms"]);
@@ -385,9 +379,7 @@ fn duplicate_corrupt_reorder_rates() {
 
 #[test]
 fn rate_limits_tcp_goodput() {
-    let _s = serial();
-    timing("rate_limits_tcp_goodput", || {
-        let b = Bench::new("wr");
+    timed("rate_limits_tcp_goodput", "wr", |b| {
         let wan = b.wan(&["--both", "rate 20mbit"]);
         let r = b.probe_tcp(&["--duration", "8s"]);
         // 1500-byte MTU: 1448 bytes of payload per 1514-byte frame. ±5%, skipping the first second.
@@ -498,9 +490,9 @@ fn trace_replay_reproduces_rate_and_follows_levels() {
         let e = expected(phase);
         let tol = bound("trace levels tolerance", 0.1, 0.25);
         assert!(
-        worst <= tol * 30.0 * 1448.0 / 1500.0,
-        "per-second goodput {per:.2?} does not follow the trace: best phase {phase:.2} s gives {e:.2?} (worst miss {worst:.2} Mbit/s)"
-    );
+    worst <= tol * 30.0 * 1448.0 / 1500.0,
+    "per-second goodput {per:.2?} does not follow the trace: best phase {phase:.2} s gives {e:.2?} (worst miss {worst:.2} Mbit/s)"
+);
         // Both levels were seen: the seconds wholly inside each one.
         let max = per[1..].iter().cloned().fold(0.0, f64::max);
         let min = per[1..].iter().cloned().fold(f64::MAX, f64::min);
@@ -529,9 +521,7 @@ fn same_seed_same_losses() {
 
 #[test]
 fn live_set_changes_delay_without_loss() {
-    let _s = serial();
-    timing("live_set_changes_delay_without_loss", || {
-        let b = Bench::new("wv");
+    timed("live_set_changes_delay_without_loss", "wv", |b| {
         let wan = b.wan(&["--both", "delay 10ms"]);
         let ns = b.lab.ns("wan");
         let t = std::thread::spawn(move || {
@@ -699,9 +689,7 @@ fn bad_input_attaches_nothing() {
 
 #[test]
 fn probe_agrees_with_ping_and_iperf3() {
-    let _s = serial();
-    timing("probe_agrees_with_ping_and_iperf3", || {
-        let b = Bench::new("wp");
+    timed("probe_agrees_with_ping_and_iperf3", "wp", |b| {
         let wan = b.wan(&["--both", "delay 15ms rate 20mbit"]);
         // RTT: ping's minimum against the probe's minimum round trip (the least load-sensitive
         // statistic of each), within 0.5 ms, and both within 30 ms + 1 ms.

@@ -4,13 +4,13 @@
 //! leaves nothing behind: XDP links, TCX links (6.6+). Before 6.6 a tc program can only be a
 //! clsact filter made over netlink, which outlives a killed process: `attach_tc` says so when
 //! it falls back, and `wirelab cleanup` removes such filters by their program name.
-use crate::ebpf::LoadRetrying as _;
+use crate::ebpf::LoadRetrying;
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{MapData, PerCpuArray, ProgramArray},
     programs::{
         tc::{self, NlOptions, TcAttachOptions},
-        LinkOrder, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, Program, ProgramError, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, Pod,
 };
@@ -33,15 +33,20 @@ impl std::fmt::Display for AttachMode {
     }
 }
 
-fn xdp_program<'a>(bpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut Xdp> {
-    let p: &mut Xdp = bpf
+/// Program `prog` of the object as a `P` (`kind` names its type in the error), loaded once:
+/// one program may be attached to several interfaces (wan).
+fn loaded<'a, P>(bpf: &'a mut Ebpf, prog: &str, kind: &str) -> Result<&'a mut P>
+where
+    P: LoadRetrying,
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let p: &mut P = bpf
         .program_mut(prog)
         .with_context(|| format!("program {prog} missing from the object"))?
         .try_into()?;
-    // One program may be attached to several interfaces (wan): load it once.
-    if p.fd().is_err() {
+    if !p.is_loaded() {
         p.load_retrying()
-            .with_context(|| format!("loading XDP program {prog}"))?;
+            .with_context(|| format!("loading {kind} program {prog}"))?;
     }
     Ok(p)
 }
@@ -118,7 +123,7 @@ pub fn attach_xdp_noting(
     force: Option<AttachMode>,
     fallback_cost: &str,
 ) -> Result<AttachMode> {
-    let p = xdp_program(bpf, prog)?;
+    let p: &mut Xdp = loaded(bpf, prog, "XDP")?;
     require_iface(iface)?;
     let skb = |p: &mut Xdp| {
         p.attach(iface, XdpMode::Skb)
@@ -176,14 +181,7 @@ pub fn tcx_in_use() -> bool {
 /// kernel has TCX (6.6+), otherwise a clsact filter over netlink (the qdisc is added if
 /// missing), with a notice saying which.
 pub fn attach_tc(bpf: &mut Ebpf, prog: &str, iface: &str, dir: TcAttachType) -> Result<TcMode> {
-    let p: &mut SchedClassifier = bpf
-        .program_mut(prog)
-        .with_context(|| format!("program {prog} missing from the object"))?
-        .try_into()?;
-    if p.fd().is_err() {
-        p.load_retrying()
-            .with_context(|| format!("loading tc program {prog}"))?;
-    }
+    let p: &mut SchedClassifier = loaded(bpf, prog, "tc")?;
     require_iface(iface)?;
     let tcx_err = if tcx_in_use() {
         match p.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default())) {

@@ -547,34 +547,10 @@ impl Socket {
             });
         }
         // Every ring mapped before bind(): kernels before 6.4 refuse mmap on a bound socket.
-        let fill = ProdRing(Ring::map(
-            raw,
-            RingKind::Fill,
-            &off.fr,
-            sizes.fill,
-            libc::XDP_UMEM_PGOFF_FILL_RING as libc::off_t,
-        )?);
-        let completion = ConsRing(Ring::map(
-            raw,
-            RingKind::Completion,
-            &off.cr,
-            sizes.completion,
-            libc::XDP_UMEM_PGOFF_COMPLETION_RING as libc::off_t,
-        )?);
-        let rx = ConsRing(Ring::map(
-            raw,
-            RingKind::Rx,
-            &off.rx,
-            sizes.rx,
-            libc::XDP_PGOFF_RX_RING,
-        )?);
-        let tx = ProdRing(Ring::map(
-            raw,
-            RingKind::Tx,
-            &off.tx,
-            sizes.tx,
-            libc::XDP_PGOFF_TX_RING,
-        )?);
+        let fill = ProdRing(Ring::map(raw, RingKind::Fill, &off, sizes)?);
+        let completion = ConsRing(Ring::map(raw, RingKind::Completion, &off, sizes)?);
+        let rx = ConsRing(Ring::map(raw, RingKind::Rx, &off, sizes)?);
+        let tx = ProdRing(Ring::map(raw, RingKind::Tx, &off, sizes)?);
         let iface = iface_name(ifindex);
         let mut sa: libc::sockaddr_xdp = {
             // SAFETY: sockaddr_xdp is plain integers; all zeroes is a valid value.
@@ -710,13 +686,27 @@ struct Ring<T> {
 }
 
 impl<T: Copy> Ring<T> {
+    /// Map ring `ring` of socket `fd`: its offsets in `offs`, its entries in `sizes`.
     fn map(
         fd: RawFd,
         ring: RingKind,
-        off: &RingOffset,
-        size: u32,
-        pgoff: libc::off_t,
+        offs: &MmapOffsets,
+        sizes: RingSizes,
     ) -> Result<Self, XskError> {
+        let (off, size, pgoff) = match ring {
+            RingKind::Fill => (
+                &offs.fr,
+                sizes.fill,
+                libc::XDP_UMEM_PGOFF_FILL_RING as libc::off_t,
+            ),
+            RingKind::Completion => (
+                &offs.cr,
+                sizes.completion,
+                libc::XDP_UMEM_PGOFF_COMPLETION_RING as libc::off_t,
+            ),
+            RingKind::Rx => (&offs.rx, sizes.rx, libc::XDP_PGOFF_RX_RING),
+            RingKind::Tx => (&offs.tx, sizes.tx, libc::XDP_PGOFF_TX_RING),
+        };
         let step = Step::MapRing { ring };
         let len = (off.desc as usize).saturating_add(size as usize * size_of::<T>());
         let fits = |o: u64, n: usize| (o as usize).saturating_add(n) <= len && o.is_multiple_of(4);

@@ -170,14 +170,7 @@ fn read_pcap(r: impl Read, tx: mpsc::SyncSender<Frame>) -> Result<()> {
             rd.header().datalink
         );
     }
-    while let Some(p) = rd.next_packet() {
-        let p = match p {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("pcap ends early: {e}");
-                break;
-            }
-        };
+    while let Some(p) = until_error(rd.next_packet(), "pcap") {
         if tx
             .send((p.timestamp.as_nanos() as u64, p.data.into_owned()))
             .is_err()
@@ -188,20 +181,24 @@ fn read_pcap(r: impl Read, tx: mpsc::SyncSender<Frame>) -> Result<()> {
     Ok(())
 }
 
+/// A reader's next packet or block, or None at the end of the input or at its first error (a
+/// writer killed mid-record: what came before stands), with a warning naming the format.
+fn until_error<T, E: std::fmt::Display>(next: Option<Result<T, E>>, what: &str) -> Option<T> {
+    match next? {
+        Ok(x) => Some(x),
+        Err(e) => {
+            tracing::warn!("{what} ends early: {e}");
+            None
+        }
+    }
+}
+
 /// Read pcapng blocks from `r` and send the Ethernet frames; ends at the end of the input.
 fn read_pcapng(r: impl Read, tx: mpsc::SyncSender<Frame>) -> Result<()> {
     let mut rd = PcapNgReader::new(r).context("reading pcapng (a section header first)")?;
     // Per interface: Ethernet or not, and nanoseconds per timestamp unit (if_tsresol).
     let mut ifaces: Vec<(bool, f64)> = Vec::new();
-    while let Some(b) = rd.next_block() {
-        let b = match b {
-            Ok(b) => b,
-            // A writer killed mid-block: what came before stands.
-            Err(e) => {
-                tracing::warn!("pcapng ends early: {e}");
-                break;
-            }
-        };
+    while let Some(b) = until_error(rd.next_block(), "pcapng") {
         match b {
             Block::InterfaceDescription(idb) => {
                 let res = idb

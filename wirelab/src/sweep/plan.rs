@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use rand::{seq::SliceRandom as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 
-use crate::wan::{spec, splitmix};
+use crate::wan::{spec, splitmix, DirSpecs};
 
 /// The TOML file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -33,9 +33,9 @@ pub struct SweepFile {
     /// one emulator live between runs.
     #[serde(default)]
     pub fresh_wan: bool,
-    /// The SPEC every cell starts from.
+    /// The SPEC every cell starts from (for both directions, or each).
     #[serde(default)]
-    pub base: Base,
+    pub base: DirSpecs,
     #[serde(default, rename = "axis")]
     pub axes: Vec<Axis>,
     #[serde(default, rename = "workload")]
@@ -85,15 +85,6 @@ pub enum Order {
     #[default]
     Random,
     Sequential,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Base {
-    /// SPEC for both directions.
-    pub both: Option<String>,
-    pub a_to_b: Option<String>,
-    pub b_to_a: Option<String>,
 }
 
 /// Which direction an axis changes.

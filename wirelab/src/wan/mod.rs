@@ -64,6 +64,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirSpecs {
+    /// SPEC for both directions.
     pub both: Option<String>,
     pub a_to_b: Option<String>,
     pub b_to_a: Option<String>,

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 pub use wirelab_testkit::{
-    cli, eventually, frames,
+    build, cli, eventually, frames,
     noise::{bound, timing},
     unique, Bg, NsWorker, Ready, TempDir,
 };

@@ -41,6 +41,13 @@ impl Drop for Topo {
 }
 
 impl Topo {
+    /// Write `text` to file `name` of the scratch directory; returns its path.
+    fn file(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let f = self.dir.join(name);
+        std::fs::write(&f, text)?;
+        Ok(f)
+    }
+
     fn up() -> Result<Self> {
         Self::up_for("fw")
     }
@@ -154,8 +161,7 @@ pub(super) fn gen_cmd(t: &Topo, src: &str, dst: &str, size: u32) -> Result<Comma
 }
 
 fn start_fw(t: &Topo, rules: &str) -> Result<Bg> {
-    let f = t.dir.join("rules.toml");
-    std::fs::write(&f, rules)?;
+    let f = t.file("rules.toml", rules)?;
     let mut c = wirelab();
     c.args([
         "fw", "--netns", &t.rx, "--iface", "rx0", "--mode", "native", "--rules",
@@ -187,10 +193,9 @@ impl Drop for Nft {
 }
 
 fn nft_load(t: &Topo, sets: &str, rules: &str) -> Result<Nft> {
-    let f = t.dir.join("rules.nft");
-    std::fs::write(
-        &f,
-        format!(
+    let f = t.file(
+        "rules.nft",
+        &format!(
             "table netdev wlbench {{\n{sets}\n  chain ingress {{\n    type filter hook ingress device \"rx0\" priority 0; policy accept;\n{rules}\n  }}\n}}\n"
         ),
     )?;
@@ -437,8 +442,7 @@ fn drop_rate6(ctx: &Ctx, t: &Topo) -> Result<()> {
 /// fw with `n` prefixes (see [`prefixes`]): (result, program ns/pkt, program ns/pkt with one
 /// source, lookup plan).
 fn fw_with_prefixes(t: &Topo, list: &[String]) -> Result<(Res, f64, f64, String)> {
-    let file = t.dir.join("big.txt");
-    std::fs::write(&file, list.join("\n"))?;
+    let file = t.file("big.txt", &list.join("\n"))?;
     let _fw = start_fw(t, &format!("default = \"allow\"\n[[rule]]\nname = \"drop\"\naction = \"deny\"\nsrc_file = \"{}\"\n", file.display()))?;
     let r = gen(t, GEN_SRC, FLOWS)?;
     let p = fw_prog_ns(t)?;
@@ -550,14 +554,12 @@ fn trafgen_cfg(t: &Topo) -> Result<PathBuf> {
         .nth(2)
         .unwrap_or("")
         .to_string());
-    let cfg = t.dir.join("trafgen.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
+    t.file(
+        "trafgen.cfg",
+        &format!(
             "{{ {dst}, {src}, 0x08, 0x00, 0x45, 0x00, 0x00, 0x32, 0x00, 0x01, 0x00, 0x00, 0x40, 0x11, csumip(14, 33), 198, 18, 10, 1, 198, 18, 10, 2, 0x9c, 0x40, 0x00, 0x09, 0x00, 0x1e, 0x00, 0x00, fill(0x00, 22) }}\n"
         ),
-    )?;
-    Ok(cfg)
+    )
 }
 
 /// Generator vs trafgen (3) into the same firewall.
