@@ -11,8 +11,7 @@
 //! table_size = 65537        # Maglev table size M: a prime, N..=65537 (default 65537)
 //! seed = 0                  # hash seed: same config + seed = same backend choice
 //! snat = "198.18.2.250"     # nat, optional: new flows get this balancer address as their
-//!                           # source, for backends whose replies do not route through it;
-//!                           # a list (up to 8) is a pool: each flow gets one by its hash
+//!                           # source, for backends whose replies do not route through it
 //!
 //! [[service.backend]]
 //! name = "web1"             # unique within the service; seeds its Maglev permutation
@@ -31,7 +30,7 @@ use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
-use wirelab_common::lb::{MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE, SNAT_POOL_MAX};
+use wirelab_common::lb::{MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE};
 
 use super::maglev::{self, DEFAULT_TABLE_SIZE};
 use crate::lab::FieldError;
@@ -71,15 +70,7 @@ struct RawService {
     backend: Vec<RawBackend>,
     health: Option<RawHealth>,
     udp_idle_timeout: Option<String>,
-    snat: Option<RawSnat>,
-}
-
-/// `snat = "ADDR"` or `snat = ["ADDR", ...]` (a pool).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawSnat {
-    One(String),
-    Pool(Vec<String>),
+    snat: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,66 +234,37 @@ fn parse_health(h: RawHealth, f: &dyn Fn(&str) -> String) -> Result<HealthConf> 
     })
 }
 
-/// A service's `snat` pool (one address or a list of 1 to [`SNAT_POOL_MAX`]): NAT services
-/// only, each address of the VIP's family, neither the VIP nor a backend's, none twice.
+/// A service's `snat` address: NAT services only, of the VIP's family, neither the VIP nor a
+/// backend's address.
 fn parse_snat(
-    raw: RawSnat,
+    text: &str,
     vip: IpAddr,
     mode: Mode,
     backends: &[BackendConf],
     f: &dyn Fn(&str) -> String,
-) -> Result<Vec<IpAddr>> {
+) -> Result<IpAddr> {
+    let a: IpAddr = text
+        .parse()
+        .map_err(|_| ferr(f("snat"), format!("{text:?} is not an IP address")))?;
     if mode != Mode::Nat {
         return Err(ferr(
             f("snat"),
             "only for mode = \"nat\" (DSR backends reply to the client themselves)",
         ));
     }
-    let (texts, one) = match raw {
-        RawSnat::One(t) => (vec![t], true),
-        RawSnat::Pool(ts) => (ts, false),
-    };
-    if !(1..=SNAT_POOL_MAX).contains(&texts.len()) {
+    if a.is_ipv4() != vip.is_ipv4() {
         return Err(ferr(
             f("snat"),
-            format!(
-                "{} addresses: a pool holds 1 to {SNAT_POOL_MAX}",
-                texts.len()
-            ),
+            format!("{a} is not of the VIP's address family ({vip})"),
         ));
     }
-    let mut pool: Vec<IpAddr> = Vec::with_capacity(texts.len());
-    for (i, text) in texts.iter().enumerate() {
-        let field = if one {
-            f("snat")
-        } else {
-            f(&format!("snat[{i}]"))
-        };
-        let a: IpAddr = text
-            .parse()
-            .map_err(|_| ferr(&field, format!("{text:?} is not an IP address")))?;
-        if a.is_ipv4() != vip.is_ipv4() {
-            return Err(ferr(
-                &field,
-                format!("{a} is not of the VIP's address family ({vip})"),
-            ));
-        }
-        if a == vip
-            || backends.iter().any(|b| b.addr == a)
-            || a.is_unspecified()
-            || a.is_multicast()
-        {
-            return Err(ferr(
-                &field,
-                format!("{a}: must be an address of the balancer's own, not the VIP, a backend's, unspecified or multicast"),
-            ));
-        }
-        if pool.contains(&a) {
-            return Err(ferr(&field, format!("{a} is already in the pool")));
-        }
-        pool.push(a);
+    if a == vip || backends.iter().any(|b| b.addr == a) || a.is_unspecified() || a.is_multicast() {
+        return Err(ferr(
+            f("snat"),
+            format!("{a}: must be an address of the balancer's own, not the VIP, a backend's, unspecified or multicast"),
+        ));
     }
-    Ok(pool)
+    Ok(a)
 }
 
 fn default_mode() -> String {
@@ -388,10 +350,9 @@ pub struct ServiceConf {
     pub health: Option<HealthConf>,
     /// UDP services: tracked flows idle this long are forgotten (default 30 s).
     pub udp_idle_timeout: Option<Duration>,
-    /// NAT services: the balancer's addresses that new flows get as their source (SNAT), so
-    /// backends reply to the balancer whatever their routes; each flow gets one of them by
-    /// its hash. Empty: the client's address stays.
-    pub snat: Vec<IpAddr>,
+    /// NAT services: the balancer's address that new flows get as their source (SNAT), so
+    /// backends reply to the balancer whatever their routes; `None`: the client's stays.
+    pub snat: Option<IpAddr>,
 }
 
 impl ServiceConf {
@@ -644,9 +605,8 @@ impl Config {
             };
             let snat = s
                 .snat
-                .map(|a| parse_snat(a, vip, mode, &backends, &f))
-                .transpose()?
-                .unwrap_or_default();
+                .map(|a| parse_snat(&a, vip, mode, &backends, &f))
+                .transpose()?;
             services.push(ServiceConf {
                 name,
                 vip,
@@ -921,11 +881,8 @@ mod tests {
         let nat = GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1);
         let with = |a: &str| nat.replacen("seed = 9", &format!("seed = 9\nsnat = \"{a}\""), 1);
         let c = Config::parse(&with("198.18.2.250")).unwrap();
-        assert_eq!(
-            c.services[0].snat,
-            ["198.18.2.250".parse::<IpAddr>().unwrap()]
-        );
-        assert!(Config::parse(&nat).unwrap().services[0].snat.is_empty());
+        assert_eq!(c.services[0].snat, Some("198.18.2.250".parse().unwrap()));
+        assert_eq!(Config::parse(&nat).unwrap().services[0].snat, None);
         for (bad, why) in [
             ("2001:2::1", "family"),
             ("not-an-address", "not an IP address"),
@@ -941,45 +898,6 @@ mod tests {
         let e = err(&dsr);
         assert!(
             e.contains("service[0].snat:") && e.contains("only for mode"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn an_snat_pool_is_a_list_of_distinct_addresses() {
-        let nat = GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1);
-        let with = |l: &str| nat.replacen("seed = 9", &format!("seed = 9\nsnat = [{l}]"), 1);
-        let c = Config::parse(&with("\"198.18.2.250\", \"198.18.2.251\"")).unwrap();
-        let want: Vec<IpAddr> = vec![
-            "198.18.2.250".parse().unwrap(),
-            "198.18.2.251".parse().unwrap(),
-        ];
-        assert_eq!(c.services[0].snat, want);
-        for (bad, field, why) in [
-            (
-                "\"198.18.2.250\", \"198.18.2.250\"",
-                "service[0].snat[1]:",
-                "already",
-            ),
-            (
-                "\"198.18.2.250\", \"2001:2::9\"",
-                "service[0].snat[1]:",
-                "family",
-            ),
-            (
-                "\"198.18.2.250\", \"x\"",
-                "service[0].snat[1]:",
-                "not an IP address",
-            ),
-            ("", "service[0].snat:", "1 to 8"),
-        ] {
-            let e = err(&with(bad));
-            assert!(e.contains(field) && e.contains(why), "{bad}: {e}");
-        }
-        let nine: Vec<String> = (1..=9).map(|i| format!("\"198.18.2.{i}\"")).collect();
-        let e = err(&with(&nine.join(", ")));
-        assert!(
-            e.contains("service[0].snat:") && e.contains("9 addresses"),
             "{e}"
         );
     }
