@@ -513,6 +513,30 @@ fn parse_ipv6(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     parse_l4(f, p)
 }
 
+/// The upper layer of a quoted IPv6 packet (an ICMPv6 error's quote) whose fixed header
+/// starts at `off` and names `next` as its next header: its extension headers walked as [`parse`] walks a packet's, the
+/// protocol and the offset where its header starts. `None`: the quote is of a non-first
+/// fragment (no ports in it), or its chain is longer than `MAX_IPV6_EXT`. `Err`: the quote
+/// ends inside a header.
+#[inline(always)]
+pub fn ipv6_quote_upper(f: &Frame, off: usize, next: u8) -> Result<Option<(u8, usize)>, Error> {
+    // The walk notes fragments in a parse result; the quote's are not kept.
+    let mut scratch = Parsed::empty();
+    let mut next = next;
+    let mut hoff = off + IPV6_HLEN;
+    let mut done = false;
+    unrolled!(MAX_IPV6_EXT, {
+        if !done {
+            match ext_header(f, &mut scratch, &mut hoff, next)? {
+                Ext::Upper => done = true,
+                Ext::Next(n) => next = n,
+                Ext::NonFirstFragment(_) => return Ok(None),
+            }
+        }
+    });
+    Ok(if done { Some((next, hoff)) } else { None })
+}
+
 /// What one IPv6 extension-header step found.
 enum Ext {
     /// `next` is not an extension header: the upper layer starts at the offset.

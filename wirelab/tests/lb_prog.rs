@@ -1521,6 +1521,24 @@ fn quoted6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
     v
 }
 
+/// IPv6 packet `q` with a hop-by-hop options header (8 bytes: a PadN option) and a fragment
+/// header (more fragments; at `offset` 8-byte units, 0: the first) before its upper layer.
+fn with_ext6(q: &[u8], offset: u16) -> Vec<u8> {
+    const HOP: u8 = 0;
+    const FRAGMENT: u8 = 44;
+    let upper = q[6];
+    let mut v = q[..40].to_vec();
+    v[6] = HOP;
+    // Next header, length 0 (8 bytes), PadN with 4 bytes of padding.
+    v.extend_from_slice(&[FRAGMENT, 0, 1, 4, 0, 0, 0, 0]);
+    let fo = (offset << 3) | 1;
+    v.extend_from_slice(&[upper, 0, (fo >> 8) as u8, fo as u8, 0, 0, 0x12, 0x34]);
+    v.extend_from_slice(&q[40..]);
+    let payload = (v.len() - 40) as u16;
+    v[4..6].copy_from_slice(&payload.to_be_bytes());
+    v
+}
+
 /// An ICMPv4 error ("fragmentation needed", or "port unreachable" for UDP) from `src` to
 /// `dst` quoting `quote`; every checksum computed by etherparse.
 fn icmp4_error(src: [u8; 4], dst: [u8; 4], quote: &[u8]) -> Vec<u8> {
@@ -1710,6 +1728,27 @@ fn icmp_errors_about_balanced_flows_are_translated_or_sent_to_the_backend() {
             &icmp6_error(b6, CLIENT6, &sent6),
             &icmp6_error(VIP6, CLIENT6, &orig6),
         );
+        // A quote through extension headers (hop-by-hop, a first fragment's header): the
+        // same translation; of a later fragment (no ports): passed as it is.
+        icmp_becomes(
+            &h,
+            prog,
+            pass,
+            &icmp6_error(r6, CLIENT6, &with_ext6(&sent6, 0)),
+            &icmp6_error(r6, CLIENT6, &with_ext6(&orig6, 0)),
+        );
+        let later = icmp6_error(r6, CLIENT6, &with_ext6(&sent6, 100));
+        let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, &later);
+        let untouched = if prog == "lb" {
+            TC_ACT_UNSPEC
+        } else {
+            XDP_PASS
+        };
+        assert_eq!(
+            (v, &out),
+            (untouched, &later),
+            "{prog}: a later fragment's quote"
+        );
         // About no flow: passed as it is; so is a ping to the VIP.
         for f in [
             icmp4_error(ROUTER, CLIENT, &quoted4(CLIENT, be, 40001, 80, false)),
@@ -1731,7 +1770,7 @@ fn icmp_errors_about_balanced_flows_are_translated_or_sent_to_the_backend() {
         let e = h.stats().events;
         assert_eq!(
             (e.icmp_translated, e.icmp_forwarded),
-            (8, 0),
+            (9, 0),
             "{prog}: {e:?}"
         );
 

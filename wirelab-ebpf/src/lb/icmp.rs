@@ -26,8 +26,10 @@
 //! program (`lb_icmp` for tc, `lb_icmp_xdp`), which `lb` and `lb_xdp` reach by a tail call
 //! for every ICMP error: the decision's stack has no room for this. Errors the balancer host's
 //! own kernel sends about a NAT flow (a smaller MTU towards the backends) leave by the output
-//! path: `lb_egress` (tc egress) hands them to `lb_icmp` the same way, `LB_NAT` only. Quotes through IPv6 extension headers and of
-//! non-first IPv4 fragments carry no ports: such errors are passed on untranslated.
+//! path: `lb_egress` (tc egress) hands them to `lb_icmp` the same way, `LB_NAT` only. An IPv6 quote's extension headers (up to 8, a
+//! first fragment's header among them) are walked as the parser walks a packet's. Quotes of
+//! non-first fragments (IPv4, or IPv6 by their fragment header) carry no ports: such errors
+//! are passed on untranslated.
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{classifier, map, xdp},
@@ -104,6 +106,9 @@ pub(super) struct IcmpPatch {
     /// when passed.
     ol3: u16,
     ol4: u16,
+    /// An IPv6 quote's upper-layer protocol and offset, on their way through the slot.
+    q_proto: u8,
+    q_l4: u16,
     /// Where the outer packet ends by its IP length: the quote ends there too.
     oend: u16,
     v6: bool,
@@ -227,12 +232,22 @@ fn try_icmp(f: &Frame, pick: &mut Pick) -> Result<Verdict> {
         if h[0] >> 4 != IPV6_VERSION {
             return Ok(Verdict::Pass);
         }
-        (
-            h[IPV6_NEXTHDR_OFF],
-            il3 + IPV6_HLEN,
-            il3 + IPV6_SADDR_OFF,
-            il3 + IPV6_DADDR_OFF,
-        )
+        // Through the quote's extension headers (a first fragment's included).
+        let Some((proto, il4)) = parse::ipv6_quote_upper(f, il3, h[IPV6_NEXTHDR_OFF])? else {
+            return Ok(Verdict::Pass);
+        };
+        // Through this CPU's slot: read back, one state for the rest whatever the walk
+        // found (each chain length would otherwise be a state of its own there).
+        s.q_proto = proto;
+        s.q_l4 = il4 as u16;
+        // SAFETY: reads of fields of this CPU's slot (`s`, a valid reference).
+        let (proto, il4) = unsafe {
+            (
+                core::ptr::read_volatile(&s.q_proto),
+                core::ptr::read_volatile(&s.q_l4) as usize,
+            )
+        };
+        (proto, il4, il3 + IPV6_SADDR_OFF, il3 + IPV6_DADDR_OFF)
     } else {
         let h = f.at::<[u8; IPV4_HLEN]>(il3)?.get();
         let ihl = (h[0] & 0x0f) as usize;
