@@ -273,16 +273,149 @@ impl<T: Plain> Field<'_, T> {
     #[inline(always)]
     pub fn get(self) -> T {
         // SAFETY: `Frame::at` checked that the `size_of::<T>()` bytes at `ptr` lie inside the
-        // packet the kernel handed to this program; `T: Plain` is valid for any bytes and is
-        // read unaligned.
-        unsafe { core::ptr::read_unaligned(self.ptr) }
+        // packet the kernel handed to this program; `T: Plain` is valid for any bytes, so the
+        // bytes may be copied out in any chunks.
+        unsafe { wide::load(self.ptr) }
     }
 
     #[inline(always)]
     pub fn set(self, v: T) {
-        // SAFETY: as in `get`; XDP and tc programs may write their packet, and the write is
-        // unaligned.
-        unsafe { core::ptr::write_unaligned(self.ptr, v) }
+        // SAFETY: as in `get`; XDP and tc programs may write their packet.
+        unsafe { wide::store(self.ptr, v) }
+    }
+}
+
+/// Packet loads and stores a word at a time.
+///
+/// Packet bytes have no alignment Rust could rely on, so `read_unaligned` is all safe Rust
+/// offers, and the BPF target compiles it into one load per byte (a 4-byte address: 4 loads,
+/// 3 shifts and 3 ors). The kernel allows unaligned packet access on the architectures that
+/// have it cheap (x86-64, arm64: `CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`; the verifier checks
+/// packet alignment only under `BPF_F_STRICT_ALIGNMENT`, which wirelab never sets), so on
+/// the BPF target a 2-, 4-, 8- or 16-byte value (and a 6-byte MAC) is moved with the
+/// instructions of its width, written here in BPF assembly: the compiler cannot emit them
+/// without an alignment it does not know. Other sizes, and the host build, copy unaligned.
+mod wide {
+    use super::Plain;
+
+    /// Copy the `T` at `p` out of the packet.
+    ///
+    /// # Safety
+    ///
+    /// The `size_of::<T>()` bytes at `p` must be readable packet memory.
+    #[inline(always)]
+    pub(super) unsafe fn load<T: Plain>(p: *const T) -> T {
+        #[cfg(target_arch = "bpf")]
+        {
+            let b = p as *const u8;
+            // SAFETY (every arm): reads in chunks that stay inside the caller's bytes, each
+            // integer kept in memory order (`to_ne_bytes`); the result has `T`'s size, and
+            // `T: Plain` is valid for any bytes.
+            unsafe {
+                match size_of::<T>() {
+                    2 => return core::mem::transmute_copy(&asm::ld16(b).to_ne_bytes()),
+                    4 => return core::mem::transmute_copy(&asm::ld32(b).to_ne_bytes()),
+                    6 => {
+                        let (l, h) = (asm::ld32(b).to_ne_bytes(), asm::ld16(b.add(4)).to_ne_bytes());
+                        return core::mem::transmute_copy(&[l[0], l[1], l[2], l[3], h[0], h[1]]);
+                    }
+                    8 => return core::mem::transmute_copy(&asm::ld64(b).to_ne_bytes()),
+                    16 => {
+                        let w = [asm::ld64(b).to_ne_bytes(), asm::ld64(b.add(8)).to_ne_bytes()];
+                        return core::mem::transmute_copy(&w);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // SAFETY: the caller's bytes; `T: Plain` is valid for any bytes, read unaligned.
+        unsafe { core::ptr::read_unaligned(p) }
+    }
+
+    /// Copy `v` into the packet at `p`.
+    ///
+    /// # Safety
+    ///
+    /// The `size_of::<T>()` bytes at `p` must be writable packet memory.
+    #[inline(always)]
+    pub(super) unsafe fn store<T: Plain>(p: *mut T, v: T) {
+        #[cfg(target_arch = "bpf")]
+        {
+            let b = p as *mut u8;
+            // SAFETY (every arm): `v`'s bytes (as many as `T` has) read as integers in memory
+            // order, written in chunks that stay inside the caller's bytes.
+            unsafe {
+                match size_of::<T>() {
+                    2 => return asm::st16(b, u16::from_ne_bytes(core::mem::transmute_copy(&v))),
+                    4 => return asm::st32(b, u32::from_ne_bytes(core::mem::transmute_copy(&v))),
+                    6 => {
+                        let a: [u8; 6] = core::mem::transmute_copy(&v);
+                        asm::st32(b, u32::from_ne_bytes([a[0], a[1], a[2], a[3]]));
+                        return asm::st16(b.add(4), u16::from_ne_bytes([a[4], a[5]]));
+                    }
+                    8 => return asm::st64(b, u64::from_ne_bytes(core::mem::transmute_copy(&v))),
+                    16 => {
+                        let w: [[u8; 8]; 2] = core::mem::transmute_copy(&v);
+                        asm::st64(b, u64::from_ne_bytes(w[0]));
+                        return asm::st64(b.add(8), u64::from_ne_bytes(w[1]));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // SAFETY: the caller's bytes, written unaligned.
+        unsafe { core::ptr::write_unaligned(p, v) }
+    }
+
+    /// One BPF load or store of a given width (`LDX`/`STX` with offset 0).
+    ///
+    /// # Safety
+    ///
+    /// `p` must point at as many readable (loads) or writable (stores) bytes as the width.
+    #[cfg(target_arch = "bpf")]
+    mod asm {
+        use core::arch::asm;
+
+        macro_rules! ld {
+            ($name:ident, $t:ty, $w:literal) => {
+                #[inline(always)]
+                pub(super) unsafe fn $name(p: *const u8) -> $t {
+                    let v: $t;
+                    // SAFETY: the caller's readable bytes at `p`; only `v` is written.
+                    unsafe {
+                        asm!(
+                            concat!("{v} = *(", $w, " *)({p} + 0)"),
+                            p = in(reg) p,
+                            v = lateout(reg) v,
+                            options(pure, readonly, nostack, preserves_flags)
+                        );
+                    }
+                    v
+                }
+            };
+        }
+        macro_rules! st {
+            ($name:ident, $t:ty, $w:literal) => {
+                #[inline(always)]
+                pub(super) unsafe fn $name(p: *mut u8, v: $t) {
+                    // SAFETY: the caller's writable bytes at `p`, and nothing else.
+                    unsafe {
+                        asm!(
+                            concat!("*(", $w, " *)({p} + 0) = {v}"),
+                            p = in(reg) p,
+                            v = in(reg) v,
+                            options(nostack, preserves_flags)
+                        );
+                    }
+                }
+            };
+        }
+        ld!(ld16, u16, "u16");
+        ld!(ld32, u32, "u32");
+        ld!(ld64, u64, "u64");
+        st!(st16, u16, "u16");
+        st!(st32, u32, "u32");
+        st!(st64, u64, "u64");
     }
 }
 
@@ -407,10 +540,18 @@ fn parse_arp(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
         // sender hw(6) sender ip(4) target hw(6) target ip(4)
         let sip = f.raw32_at(off + ARP_SPA_OFF)?;
         let tip = f.raw32_at(off + ARP_TPA_OFF)?;
-        p.saddr[..IPV4_ALEN].copy_from_slice(&sip);
-        p.daddr[..IPV4_ALEN].copy_from_slice(&tip);
+        p.saddr = v4_mapped(sip);
+        p.daddr = v4_mapped(tip);
     }
     Ok(())
+}
+
+/// An IPv4 address in the 16 bytes `Parsed` keeps (its first 4, the rest zero), written as
+/// one 16-byte value: zeroing the rest separately becomes a call to `memset` on the BPF
+/// target (a byte loop, run for every IPv4 packet).
+#[inline(always)]
+fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    (u32::from_le_bytes(a) as u128).to_le_bytes()
 }
 
 #[inline(always)]
@@ -444,8 +585,8 @@ fn parse_ipv4(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     p.ip_proto = f.u8_at(off + IPV4_PROTO_OFF)?;
     let s = f.raw32_at(off + IPV4_SADDR_OFF)?;
     let d = f.raw32_at(off + IPV4_DADDR_OFF)?;
-    p.saddr[..IPV4_ALEN].copy_from_slice(&s);
-    p.daddr[..IPV4_ALEN].copy_from_slice(&d);
+    p.saddr = v4_mapped(s);
+    p.daddr = v4_mapped(d);
     if frag_off != 0 {
         // Non-first fragment: no L4 header here. One that starts 8 bytes in would overwrite
         // the TCP flags of the first (the overlapping-fragment attack, RFC 1858): malformed.

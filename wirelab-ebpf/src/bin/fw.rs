@@ -2,6 +2,7 @@
 //! `wirelab/build.rs` (aya-build) for `bpfel-unknown-none` and embedded into `wirelab`.
 #![no_std]
 #![no_main]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 include!("../object.rs");
 

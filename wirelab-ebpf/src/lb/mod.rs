@@ -783,6 +783,16 @@ fn same16(a: &[u8; 16], b: &[u8; 16]) -> bool {
         && word(a, 3) == word(b, 3)
 }
 
+/// `*dst = *src` for an address copied between two map values, as the BPF target's inline
+/// copy: a plain assignment there can become a call to `memmove` (a byte loop), since the
+/// compiler cannot tell two map pointers apart.
+#[inline(always)]
+fn set16(dst: &mut [u8; 16], src: &[u8; 16]) {
+    // SAFETY: `dst` is a unique reference and `src` a shared one, so the 16 bytes of each are
+    // valid and do not overlap.
+    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), 16) }
+}
+
 /// A NAT flow's reply (`n`, its `LB_NAT` entry) goes back from the VIP and the service
 /// port, with SNAT to the client's address and port: this CPU's rewrite set for packet `p`.
 /// A later fragment (no L4 header) gets the addresses only, and counts as a fragment.
@@ -798,7 +808,7 @@ fn reply_rewrite<const LIVE: bool>(p: &parse::Parsed, n: &NatValue, pick: &mut P
     pick.id = n.backend;
     let r = Rewrite::slot(p)?;
     r.parts = RW_SRC;
-    r.src = n.vip;
+    set16(&mut r.src, &n.vip);
     if l4 && n.vport != p.sport {
         // The backend listens on another port than the service's.
         r.parts |= RW_SPORT;
@@ -806,7 +816,7 @@ fn reply_rewrite<const LIVE: bool>(p: &parse::Parsed, n: &NatValue, pick: &mut P
     }
     if n.snat != 0 {
         r.parts |= RW_DST;
-        r.dst = n.client;
+        set16(&mut r.dst, &n.client);
         if l4 {
             r.parts |= RW_DPORT;
             r.dport = n.client_port.to_be_bytes();
@@ -1216,7 +1226,7 @@ fn forward<const LIVE: bool>(
         let r = Rewrite::slot(p)?;
         let l4 = p.has_l4;
         r.parts = RW_DST;
-        r.dst = be.addr;
+        set16(&mut r.dst, &be.addr);
         if l4 && be.port != p.dport {
             r.parts |= RW_DPORT;
             r.dport = be.port.to_be_bytes();
@@ -1224,7 +1234,7 @@ fn forward<const LIVE: bool>(
         let snat_port = to.snat_port;
         if meta.snat != 0 && snat_port != 0 {
             r.parts |= RW_SRC;
-            r.src = meta.snat_addr;
+            set16(&mut r.src, &meta.snat_addr);
             if l4 && snat_port != p.sport as u32 {
                 r.parts |= RW_SPORT;
                 r.sport = (snat_port as u16).to_be_bytes();
