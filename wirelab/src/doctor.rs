@@ -119,7 +119,9 @@ pub fn for_kernel(rel: &str) -> Option<Vec<Check>> {
 /// `doctor --programs`: every program of every tool loaded into this kernel (nothing
 /// attached), one check each: refused is a failure (the verifier's reason in the detail); a
 /// program using more than half the verifier's budget is a warning (an older kernel, which
-/// prunes less, may refuse it).
+/// prunes less, may refuse it). Where the kernel does not report the count (before 5.16), it
+/// comes from a statistics load (`ebpf::load_every_program`); a count that could not be had
+/// at all is a warning too (the headroom is unknown).
 pub fn programs() -> Vec<Check> {
     let loads = match crate::ebpf::load_every_program() {
         Ok(l) => l,
@@ -130,9 +132,8 @@ pub fn programs() -> Vec<Check> {
         .map(|l| {
             let what = format!("program {}/{}", l.object.name(), l.program);
             let limit = crate::ebpf::VERIFIER_LIMIT;
-            match (l.error, l.verified) {
-                (Some(e), _) => check(&what, Status::Fail, format!("refused: {e}")),
-                (None, Some(n)) => check(
+            let counted = |n: u32, how: &str| {
+                check(
                     &what,
                     if n > limit / 2 {
                         Status::Warn
@@ -140,11 +141,26 @@ pub fn programs() -> Vec<Check> {
                         Status::Ok
                     },
                     format!(
-                        "loads; the verifier processed {n} instructions ({:.1} % of its limit)",
+                        "loads; the verifier processed {n} instructions ({:.1} % of its limit{how})",
                         100.0 * n as f64 / limit as f64
                     ),
+                )
+            };
+            match (l.error, l.verified, l.stats_load) {
+                (Some(e), _, _) => check(&what, Status::Fail, format!("refused: {e}")),
+                (None, Some(n), _) => counted(n, ""),
+                (None, None, Some(Ok(n))) => counted(
+                    n,
+                    "; counted by a statistics load: this kernel does not report it",
                 ),
-                (None, None) => check(
+                (None, None, Some(Err(e))) => check(
+                    &what,
+                    Status::Warn,
+                    format!(
+                        "loads, but how much verifying it took is unknown: this kernel does not say, and the statistics load failed: {e}"
+                    ),
+                ),
+                (None, None, None) => check(
                     &what,
                     Status::Ok,
                     "loads (this kernel does not say how much verifying it took)",

@@ -2,6 +2,8 @@
 use anyhow::{bail, Context as _, Result};
 use aya::Ebpf;
 
+mod stats;
+
 /// One tool's kernel object, built from `wirelab-ebpf/src/bin/TOOL.rs` by `build.rs`: the
 /// tool's own programs and maps only, so starting one tool never creates another's maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,17 +140,39 @@ pub struct ProgramLoad {
     pub program: String,
     /// The instructions the verifier processed, when the kernel tells (Linux 5.16+).
     pub verified: Option<u32>,
+    /// The same count from a statistics load (the program's instructions loaded a second time
+    /// with the verifier's statistics log, which says it on every kernel wirelab runs on, then
+    /// unloaded): made where `verified` is `None`, or for every program with
+    /// [`StatsLoad::Always`]; `Err` says why it did not give a count.
+    pub stats_load: Option<Result<u32, String>>,
     /// Why the kernel refused the program: the error and the verifier log's last lines.
     pub error: Option<String>,
 }
 
+/// Which programs [`load_every_program_with`] also counts by a statistics load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsLoad {
+    /// Those whose count the kernel does not report (before Linux 5.16): `doctor --programs`.
+    WhereUnreported,
+    /// Every program: where the kernel reports the count too, the two can be compared.
+    Always,
+}
+
 /// Load every program of every tool's object, as the tools would (nothing is attached): the
 /// check that this kernel's verifier accepts all of wirelab, not only the programs a test ran.
+/// A kernel that does not report a program's count gets a statistics load of it.
 pub fn load_every_program() -> Result<Vec<ProgramLoad>> {
+    load_every_program_with(StatsLoad::WhereUnreported)
+}
+
+/// [`load_every_program`], with the statistics loads `stats` asks for.
+pub fn load_every_program_with(stats: StatsLoad) -> Result<Vec<ProgramLoad>> {
     use aya::programs::Program;
     let mut out = vec![];
     for o in Object::ALL {
         let mut bpf = load(o)?;
+        // Made once per object, at its first statistics load; it points at `bpf`'s maps.
+        let mut relocated: Option<Result<stats::Relocated, String>> = None;
         let mut names: Vec<String> = bpf.programs().map(|(n, _)| n.to_string()).collect();
         names.sort();
         for name in names {
@@ -166,16 +190,34 @@ pub fn load_every_program() -> Result<Vec<ProgramLoad>> {
                 ),
             };
             out.push(match res {
-                Ok(info) => ProgramLoad {
-                    object: o,
-                    program: name,
-                    verified: info.verified_instruction_count(),
-                    error: None,
-                },
+                Ok(info) => {
+                    let verified = info.verified_instruction_count();
+                    let stats_load =
+                        (verified.is_none() || stats == StatsLoad::Always).then(|| {
+                            relocated
+                                .get_or_insert_with(|| {
+                                    stats::Relocated::new(o.bytes(), &bpf)
+                                        .map_err(|e| format!("{e:#}"))
+                                })
+                                .as_ref()
+                                .map_err(Clone::clone)
+                                .and_then(|r| {
+                                    r.count(&name, info.btf_id()).map_err(|e| format!("{e:#}"))
+                                })
+                        });
+                    ProgramLoad {
+                        object: o,
+                        program: name,
+                        verified,
+                        stats_load,
+                        error: None,
+                    }
+                }
                 Err(e) => ProgramLoad {
                     object: o,
                     program: name,
                     verified: None,
+                    stats_load: None,
                     error: Some(load_error(&e)),
                 },
             });

@@ -56,6 +56,38 @@ fn every_program_loads_far_from_the_verifier_limit() {
     }
 }
 
+/// On kernels that do not report the verifier's count (before 5.16: Debian 11's 5.10, Ubuntu
+/// 22.04's 5.15), `doctor --programs` gets it from a statistics load: the program's
+/// instructions, made as aya makes them, loaded a second time with `BPF_LOG_STATS`. That count
+/// is only worth having if it is the count of aya's load: here, where the kernel reports it,
+/// the two must be equal for every program.
+#[test]
+fn the_statistics_load_counts_what_the_kernel_reports() {
+    common::require_privileges();
+    let loads = wirelab::ebpf::load_every_program_with(wirelab::ebpf::StatsLoad::Always)
+        .expect("objects load");
+    assert!(loads.len() >= 15, "{} programs", loads.len());
+    for l in &loads {
+        let name = format!("{}/{}", l.object.name(), l.program);
+        assert!(l.error.is_none(), "{name}: {:?}", l.error);
+        let stats = match &l.stats_load {
+            Some(Ok(n)) => *n,
+            other => panic!("{name}: statistics load {other:?}"),
+        };
+        let Some(reported) = l.verified else {
+            eprintln!(
+                "{name}: this kernel does not report the count; the statistics load: {stats}"
+            );
+            continue;
+        };
+        eprintln!("{name}: reported {reported}, statistics load {stats}");
+        assert_eq!(
+            stats, reported,
+            "{name}: statistics load vs the kernel's report"
+        );
+    }
+}
+
 /// The verifier gives up with `EAGAIN` when a signal comes in while it works (CI met it once,
 /// on the capture filter): wirelab loads every program through `load_retrying`, which asks
 /// again. Shown on that program: under a stream of signals every 2 ms a plain `load` fails
