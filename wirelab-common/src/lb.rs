@@ -186,12 +186,13 @@ pub struct ServiceMeta {
     /// UDP: a tracked flow idle longer than this (ms) is forgotten; its next packet hashes
     /// afresh (`UDP_EXPIRED`). 0: no idle timeout (LRU only).
     pub udp_idle_ms: u32,
-    /// NAT: 1 when new flows also get [`ServiceMeta::snat_addr`] as their source (SNAT, for
-    /// backends whose replies do not route through the balancer); 0: the client's address
+    /// NAT: how many addresses of [`ServiceMeta::snat_addrs`] new flows get as their source
+    /// (SNAT, for backends whose replies do not route through the balancer; 1 to
+    /// [`SNAT_POOL_MAX`], each flow one of them by [`snat_pick`]); 0: the client's address
     /// stays.
     pub snat: u32,
-    /// The SNAT source address (IPv4: first 4 bytes), when `snat` is 1.
-    pub snat_addr: [u8; 16],
+    /// The SNAT source addresses (IPv4: first 4 bytes), the first `snat` of them.
+    pub snat_addrs: [[u8; 16]; SNAT_POOL_MAX],
 }
 
 /// A backend (`LB_BACKENDS[id]`).
@@ -255,8 +256,9 @@ pub struct FlowValue {
     pub created_ns: u64,
     /// TCP flags seen on the flow so far (ORed: FIN 0x01, SYN 0x02, RST 0x04 ...).
     pub tcp_flags: u32,
-    /// SNAT services: the source port the flow has towards its backend (host order; often
-    /// the client's own); 0: no SNAT.
+    /// SNAT services: the source port the flow has towards its backend (host order, the low
+    /// 16 bits; often the client's own) and, above them, which address of the service's SNAT
+    /// pool it has ([`snat_index`]); 0: no SNAT.
     pub snat_port: u32,
     /// UDP: when a packet of the flow was last seen (CLOCK_MONOTONIC ns), refreshed at most
     /// every quarter of the idle timeout.
@@ -348,6 +350,31 @@ mod pod {
 
 /// Source ports a new SNAT flow tries towards its backend ([`snat_port_try`]).
 pub const SNAT_TRIES: u32 = 4;
+
+/// Addresses an SNAT pool may hold ([`ServiceMeta::snat_addrs`]; a power of two, so the
+/// program can mask an index into it).
+pub const SNAT_POOL_MAX: usize = 8;
+
+/// Which of a service's `n` SNAT addresses a new flow with hash `hash` ([`flow_hash`]) gets:
+/// the hash scaled into 0..n (multiply and shift, no division), so flows spread evenly over
+/// the pool and a retransmitted SYN gets the same address. `n` 0 gives 0.
+#[inline(always)]
+pub const fn snat_pick(hash: u32, n: u32) -> u32 {
+    ((hash as u64 * n as u64) >> 32) as u32
+}
+
+/// A flow's SNAT port and pool address as kept in [`FlowValue::snat_port`]: the port in the
+/// low 16 bits, the address's index above them.
+#[inline(always)]
+pub const fn snat_port_with(port: u16, index: u32) -> u32 {
+    port as u32 | (index << 16)
+}
+
+/// The pool index kept in a flow's `snat_port` ([`snat_port_with`]), masked into the pool.
+#[inline(always)]
+pub const fn snat_index(snat_port: u32) -> usize {
+    (snat_port >> 16) as usize & (SNAT_POOL_MAX - 1)
+}
 
 /// The source port a new SNAT flow tries at attempt `i`: first the client's own (`sport`),
 /// then alternatives in 1024..=65535 derived from the flow's hash (`flow_hash` with the

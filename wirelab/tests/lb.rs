@@ -1512,6 +1512,51 @@ fn snat_serves_backends_whose_replies_do_not_route_through_the_balancer() {
     assert!(e.contains("service[0].snat"), "{e}");
     let (_, failed) = curl_many(&client_ns, 20);
     assert_eq!(failed, 0, "the running set stays");
+
+    // The pool may grow at its end while the balancer runs: new flows spread over both
+    // addresses (by their hash), every GET answered.
+    let second = "198.18.2.251";
+    common::ok(common::in_ns(
+        &lb_ns,
+        &["ip", "addr", "add", &format!("{second}/24"), "dev", "eth1"],
+    ));
+    let grown = dir.file(
+        "lb-snat-pool.toml",
+        &std::fs::read_to_string(&config).unwrap().replace(
+            &format!("snat = \"{snat}\""),
+            &format!("snat = [\"{snat}\", \"{second}\"]"),
+        ),
+    );
+    common::ok(
+        wirelab()
+            .args(["lb", "reload", "--netns", &lb_ns, "--config"])
+            .arg(&grown),
+    );
+    for s in servers.values() {
+        s.peers.lock().unwrap().clear();
+    }
+    let (per, failed) = curl_many(&client_ns, 300);
+    eprintln!("snat pool of 2: {per:?} failed {failed}");
+    assert_eq!(failed, 0, "every GET answered through the pool");
+    let mut by_addr: BTreeMap<String, usize> = BTreeMap::new();
+    for s in servers.values() {
+        for a in s.peers.lock().unwrap().iter() {
+            *by_addr.entry(a.to_string()).or_default() += 1;
+        }
+    }
+    eprintln!("snat pool of 2, GETs by source address: {by_addr:?}");
+    let keys: Vec<&str> = by_addr.keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [snat, second],
+        "the backends see both pool addresses, nothing else"
+    );
+    for (a, n) in &by_addr {
+        // Each flow's address by its hash: about half each (300 GETs: 150 ± 3 sd is 124..176).
+        assert!((100..=200).contains(n), "{a}: {n} of 300");
+    }
+    let ev = lb_stats(&lb_ns).stats.events;
+    assert_eq!((ev.drop_error, ev.drop_snat_port), (0, 0), "{ev:?}");
     bg.terminate();
 }
 

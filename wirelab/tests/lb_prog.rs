@@ -1489,6 +1489,81 @@ fn snat_rewrites_source_and_destination_and_picks_a_free_port() {
     }
 }
 
+/// An SNAT pool: each new flow gets the pool address its hash picks (as userspace predicts
+/// with `snat_pick`), keeps it on its tracked packets, and its replies to that address come
+/// back to the client; over 40 clients every address of the pool is used.
+#[test]
+fn an_snat_pool_gives_each_flow_the_address_its_hash_picks() {
+    const XDP_PASS: u32 = 2;
+    let pool: [[u8; 4]; 3] = [[198, 18, 2, 250], [198, 18, 2, 251], [198, 18, 2, 252]];
+    let config = NAT_CONFIG.replacen(
+        "name = \"nat\"\n",
+        "name = \"nat\"\nsnat = [\"198.18.2.250\", \"198.18.2.251\", \"198.18.2.252\"]\n",
+        1,
+    );
+    for (prog, pass) in [("lb", TC_ACT_OK), ("lb_xdp", XDP_PASS)] {
+        let h = Harness::with(&config);
+        let svc = &h.lb.services[0];
+        let mut used = [0usize; 3];
+        for i in 2..42u8 {
+            // Each its own port: the same port to the same backend from the same pool
+            // address would take an alternative.
+            let (client, port) = ([198, 18, 0, i], 40000 + i as u16);
+            let k = key4(client, VIP, port, 80, 6);
+            let b = match svc.predict(&k).unwrap().addr {
+                std::net::IpAddr::V4(a) => a.octets(),
+                a => panic!("{a}"),
+            };
+            let hash = wirelab_common::lb::flow_hash(&k, svc.conf.seed as u32);
+            let at = wirelab_common::lb::snat_pick(hash, 3) as usize;
+            used[at] += 1;
+            let what = format!("{prog}, client {client:?}");
+            let out = rewritten(
+                &h,
+                prog,
+                pass,
+                &tcp(client, VIP, port, 80, Flags::Syn),
+                &[(26, 8)],
+            );
+            assert_eq!(
+                (&out[26..30], &out[30..34]),
+                (&pool[at][..], &b[..]),
+                "{what}"
+            );
+            assert_eq!(
+                port_at(&out, 34),
+                port,
+                "{what}: the client's port is free there"
+            );
+            let out = rewritten(
+                &h,
+                prog,
+                pass,
+                &tcp(client, VIP, port, 80, Flags::Ack),
+                &[(26, 8)],
+            );
+            assert_eq!(
+                &out[26..30],
+                &pool[at][..],
+                "{what}: tracked, the same address"
+            );
+            let reply = tcp(b, pool[at], 80, port, Flags::Ack);
+            let out = rewritten(&h, prog, pass, &reply, &[(26, 8), (36, 2)]);
+            assert_eq!(
+                (&out[26..30], &out[30..34]),
+                (&VIP[..], &client[..]),
+                "{what}: reply"
+            );
+        }
+        assert!(
+            used.iter().all(|&n| n >= 5),
+            "{prog}: 40 flows over the pool: {used:?}"
+        );
+        let e = h.stats().events;
+        assert_eq!((e.drop_snat_port, e.drop_error), (0, 0), "{prog}");
+    }
+}
+
 /// An IPv6 address's 16 bytes.
 fn v6(s: &str) -> [u8; 16] {
     s.parse::<std::net::Ipv6Addr>()

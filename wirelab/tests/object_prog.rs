@@ -41,7 +41,9 @@ fn each_object_holds_its_tools_maps_and_no_other() {
 
 /// Every program of every object loads here, each far from the verifier's limit of a million
 /// instructions: older kernels prune less (the kernel matrix's `programs-load` loads them on
-/// 5.10 and 6.1), so 6.18, the best case, must leave a wide margin.
+/// 5.10 and 6.1), so 6.18, the best case, must leave a wide margin: 300,000 here (the largest,
+/// `lb_xdp` and `capture_xdp_tap`, are near 215,000; 6.1 and 5.10 walk up to 2.3 times as
+/// many for the capture tap, 492,899).
 #[test]
 fn every_program_loads_far_from_the_verifier_limit() {
     common::require_privileges();
@@ -52,7 +54,7 @@ fn every_program_loads_far_from_the_verifier_limit() {
         assert!(l.error.is_none(), "{name}: {:?}", l.error);
         let n = l.verified.expect("Linux 5.16+ reports the count");
         eprintln!("{name}: the verifier processed {n} instructions");
-        assert!(n < 400_000, "{name}: {n} instructions");
+        assert!(n < 300_000, "{name}: {n} instructions");
     }
 }
 

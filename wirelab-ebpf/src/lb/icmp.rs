@@ -38,7 +38,7 @@ use aya_ebpf::{
 };
 use wirelab_common::csum;
 use wirelab_common::lb::{
-    event, mode, which, FlowKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES,
+    event, mode, snat_index, which, FlowKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES,
 };
 use wirelab_common::tap::lb_what;
 
@@ -356,11 +356,12 @@ fn try_icmp(f: &Frame, pick: &mut Pick) -> Result<Verdict> {
         }
         if meta.snat != 0 && v.snat_port != 0 {
             s.parts |= IN_DST | IN_DPORT;
-            set16(&mut s.in_dst, &meta.snat_addr);
+            let pool = &meta.snat_addrs[snat_index(v.snat_port)];
+            set16(&mut s.in_dst, pool);
             s.in_dport = (v.snat_port as u16).to_be_bytes();
             if same16(&s.osrc, &s.key.saddr) {
                 s.parts |= OUT_SRC;
-                set16(&mut s.out_src, &meta.snat_addr);
+                set16(&mut s.out_src, pool);
             }
         }
     } else {

@@ -40,10 +40,10 @@ use aya_ebpf::{
 };
 use wirelab_common::csum;
 use wirelab_common::lb::{
-    backend_flag, event, flow_hash, mode, snat_port_try, which, xdp_out, Backend, FlowKey,
-    FlowValue, FragKey, LbConf, LbCounter, NatValue, RateState, ServiceMeta, VipKey, FAMILY_IPV4,
-    FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGS, MAX_SERVICES, MAX_TABLE_SIZE, SNAT_TRIES,
-    TABLE_ENTRIES,
+    backend_flag, event, flow_hash, mode, snat_index, snat_pick, snat_port_try, snat_port_with,
+    which, xdp_out, Backend, FlowKey, FlowValue, FragKey, LbConf, LbCounter, NatValue, RateState,
+    ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGS,
+    MAX_SERVICES, MAX_TABLE_SIZE, SNAT_POOL_MAX, SNAT_TRIES, TABLE_ENTRIES,
 };
 use wirelab_common::tap::{self as tapdef, lb_what, Decision};
 
@@ -195,6 +195,8 @@ struct Rewrite {
     dport: [u8; 2],
     src: [u8; 16],
     dst: [u8; 16],
+    /// The flow's SNAT pool index on its way to `src` ([`pool_addr`]).
+    pool: u32,
 }
 
 impl Rewrite {
@@ -641,6 +643,20 @@ struct NatEntry {
     /// that was dropped is taken by the next forwarded packet: an entry for a datagram
     /// whose first fragment is gone, so its later fragments cannot be reassembled anyway.
     first_fragment: u32,
+    /// An SNAT pool index on its way to an address ([`pool_addr`]).
+    pool: u32,
+}
+
+/// Address `index` of SNAT pool `addrs`, the index passed through `slot` (this CPU's map
+/// memory) first: read back, it is an unknown to the verifier, which checks the pool read
+/// once, instead of marking the flow's hash or SNAT port precise (an index into a map value
+/// must be) and keeping apart every path that differs in them.
+#[inline(always)]
+fn pool_addr(dst: &mut [u8; 16], addrs: &[[u8; 16]; SNAT_POOL_MAX], slot: &mut u32, index: usize) {
+    *slot = index as u32;
+    // SAFETY: `slot` is a valid, aligned `u32` (a field of this CPU's scratch element).
+    let i = unsafe { core::ptr::read_volatile(slot) } as usize;
+    set16(dst, &addrs[i & (SNAT_POOL_MAX - 1)]);
 }
 
 #[map]
@@ -648,7 +664,8 @@ static LB_NAT_SCRATCH: PerCpuArray<NatEntry> = PerCpuArray::with_max_entries(1, 
 
 /// This CPU's scratch `LB_NAT` entry filled for flow `k` to backend `id` of service `svc`:
 /// the reply 5-tuple as the backend sends it (backend:port -> client:port, or with SNAT ->
-/// SNAT address, its port left for the caller) and what the reply gets back.
+/// the pool's SNAT address `pool`, its port left for the caller) and what the reply gets
+/// back.
 // The keys and values are passed by reference on purpose: by value they would be copied to
 // the stack, which the decision fills.
 #[inline(always)]
@@ -658,6 +675,7 @@ fn nat_entry(
     meta: &ServiceMeta,
     svc: u32,
     id: u32,
+    pool: usize,
 ) -> core::result::Result<&'static mut NatEntry, u32> {
     let e = LB_NAT_SCRATCH.get_ptr_mut(0).ok_or(event::DROP_ERROR)?;
     // SAFETY: `e` is this CPU's element of a per-CPU array, aligned, valid for the whole run
@@ -666,8 +684,12 @@ fn nat_entry(
     let e = unsafe { &mut *e };
     let snat = meta.snat != 0;
     // Field by field: a whole struct would be built on the stack first.
-    e.key.saddr = be.addr;
-    e.key.daddr = if snat { meta.snat_addr } else { k.saddr };
+    set16(&mut e.key.saddr, &be.addr);
+    if snat {
+        pool_addr(&mut e.key.daddr, &meta.snat_addrs, &mut e.pool, pool);
+    } else {
+        set16(&mut e.key.daddr, &k.saddr);
+    }
     e.key.sport = be.port;
     e.key.dport = k.sport;
     e.key.proto = k.proto;
@@ -694,9 +716,10 @@ fn nat_owned(o: &NatValue, k: &FlowKey) -> bool {
 /// Enter a new NAT flow's reply 5-tuple, as its backend will send it, in `LB_NAT`. Without
 /// SNAT that is backend:port -> client:port (the port the backend listens on), and the
 /// answer is 0. With SNAT it is
-/// backend:port -> SNAT address:port, and the answer is the port: the client's own when no
-/// other flow holds it towards this backend, else one of `SNAT_TRIES - 1` alternatives
-/// ([`snat_port_try`]);
+/// backend:port -> SNAT address:port, the address the flow's hash picks from the service's
+/// pool ([`snat_pick`]), and the answer is the port with the address's index
+/// ([`snat_port_with`]): the client's own port when no other flow holds it towards this
+/// backend from that address, else one of `SNAT_TRIES - 1` alternatives ([`snat_port_try`]);
 /// an entry of this same client address, port and VIP is taken over (the client reconnects
 /// with its port). `Err`: the drop's reason (`DROP_SNAT_PORT`: every try is held by another
 /// flow).
@@ -710,7 +733,8 @@ fn nat_enter(
     id: u32,
     hash: u32,
 ) -> core::result::Result<u32, u32> {
-    let e = nat_entry(k, be, meta, svc, id)?;
+    let pool = snat_pick(hash, meta.snat);
+    let e = nat_entry(k, be, meta, svc, id, pool as usize)?;
     if meta.snat == 0 {
         return match LB_NAT.insert(&e.key, &e.val, 0) {
             Ok(()) => Ok(0),
@@ -720,14 +744,14 @@ fn nat_enter(
     for i in 0..SNAT_TRIES {
         e.key.dport = snat_port_try(k.sport, hash, i);
         if LB_NAT.insert(&e.key, &e.val, BPF_NOEXIST as u64).is_ok() {
-            return Ok(e.key.dport as u32);
+            return Ok(snat_port_with(e.key.dport, pool));
         }
         if let Some(o) = LB_NAT.get_ptr(&e.key) {
             // SAFETY: a successful lookup's pointer to the element's value, valid for this
             // RCU read-side section; only read here.
             if nat_owned(unsafe { &*o }, k) {
                 let _ = LB_NAT.insert(&e.key, &e.val, 0);
-                return Ok(e.key.dport as u32);
+                return Ok(snat_port_with(e.key.dport, pool));
             }
         }
     }
@@ -737,7 +761,7 @@ fn nat_enter(
 /// A tracked NAT flow's packet: its reply entry in `LB_NAT` is looked up, which also keeps it
 /// recent in that LRU table as long as the flow sends (the two tables are evicted
 /// independently), and entered again if it was evicted (`NAT_REENTERED`), under the SNAT
-/// port the flow holds (`snat_port`). `Err`: the drop's reason: with SNAT, another flow has
+/// address and port the flow holds (`snat_port`, [`snat_port_with`]). `Err`: the drop's reason: with SNAT, another flow has
 /// been given that port towards this backend since (`DROP_SNAT_PORT`; forwarding this
 /// flow's packets under it would mix them into the other flow).
 #[allow(clippy::needless_borrows_for_generic_args)]
@@ -750,7 +774,7 @@ fn nat_keep(
     id: u32,
     snat_port: u32,
 ) -> core::result::Result<(), u32> {
-    let e = nat_entry(k, be, meta, svc, id)?;
+    let e = nat_entry(k, be, meta, svc, id, snat_index(snat_port))?;
     let snat = meta.snat != 0;
     if snat {
         e.key.dport = snat_port as u16;
@@ -1027,7 +1051,9 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         ev::<LIVE>(event::IP_OPTIONS);
     }
     let gen = LB_GEN.get(0).copied().ok_or(Error::Map)? & 1;
-    let meta = *LB_SERVICES
+    // By reference: the service's description (with its SNAT pool) is too large for the
+    // stack the decision fills.
+    let meta = LB_SERVICES
         .get(gen * MAX_SERVICES + svc)
         .ok_or(Error::Map)?;
     let conf = *LB_CONF.get(0).ok_or(Error::Map)?;
@@ -1115,7 +1141,7 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
             } else if flow_allowed(conf.new_flow_limit) {
                 if meta.mode == mode::NAT {
                     // The reply direction, as the backend will send it, is entered now.
-                    match nat_enter(key, &be, &meta, svc, id, hash) {
+                    match nat_enter(key, &be, meta, svc, id, hash) {
                         Ok(port) => snat_port = port,
                         Err(reason) => return Ok(drop_svc::<LIVE>(pick, svc, reason)),
                     }
@@ -1139,7 +1165,7 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         }
     };
     if LIVE && meta.mode == mode::NAT && !new_flow {
-        if let Err(reason) = nat_keep(key, &be, &meta, svc, id, snat_port) {
+        if let Err(reason) = nat_keep(key, &be, meta, svc, id, snat_port) {
             return Ok(drop_svc::<LIVE>(pick, svc, reason));
         }
     }
@@ -1152,7 +1178,7 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         snat_port,
         new_flow,
     };
-    forward::<LIVE>(f, &p, &to, &be, &meta, &conf, len)
+    forward::<LIVE>(f, &p, &to, &be, meta, &conf, len)
 }
 
 /// When a first fragment to a VIP is being forwarded (this CPU's scratch says so), its
@@ -1234,8 +1260,13 @@ fn forward<const LIVE: bool>(
         let snat_port = to.snat_port;
         if meta.snat != 0 && snat_port != 0 {
             r.parts |= RW_SRC;
-            set16(&mut r.src, &meta.snat_addr);
-            if l4 && snat_port != p.sport as u32 {
+            pool_addr(
+                &mut r.src,
+                &meta.snat_addrs,
+                &mut r.pool,
+                snat_index(snat_port),
+            );
+            if l4 && snat_port as u16 != p.sport {
                 r.parts |= RW_SPORT;
                 r.sport = (snat_port as u16).to_be_bytes();
             }

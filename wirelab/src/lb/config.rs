@@ -11,7 +11,8 @@
 //! table_size = 65537        # Maglev table size M: a prime, N..=65537 (default 65537)
 //! seed = 0                  # hash seed: same config + seed = same backend choice
 //! snat = "198.18.2.250"     # nat, optional: new flows get this balancer address as their
-//!                           # source, for backends whose replies do not route through it
+//!                           # source, for backends whose replies do not route through it;
+//!                           # a list (up to 8) is a pool: each flow gets one by its hash
 //!
 //! [[service.backend]]
 //! name = "web1"             # unique within the service; seeds its Maglev permutation
@@ -30,7 +31,7 @@ use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
-use wirelab_common::lb::{MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE};
+use wirelab_common::lb::{MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE, SNAT_POOL_MAX};
 
 use super::maglev::{self, DEFAULT_TABLE_SIZE};
 use crate::lab::FieldError;
@@ -70,7 +71,15 @@ struct RawService {
     backend: Vec<RawBackend>,
     health: Option<RawHealth>,
     udp_idle_timeout: Option<String>,
-    snat: Option<String>,
+    snat: Option<RawSnat>,
+}
+
+/// `snat = "ADDR"` or `snat = ["ADDR", ...]` (a pool).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSnat {
+    One(String),
+    Pool(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,37 +243,66 @@ fn parse_health(h: RawHealth, f: &dyn Fn(&str) -> String) -> Result<HealthConf> 
     })
 }
 
-/// A service's `snat` address: NAT services only, of the VIP's family, neither the VIP nor a
-/// backend's address.
+/// A service's `snat` pool (one address or a list of 1 to [`SNAT_POOL_MAX`]): NAT services
+/// only, each address of the VIP's family, neither the VIP nor a backend's, none twice.
 fn parse_snat(
-    text: &str,
+    raw: RawSnat,
     vip: IpAddr,
     mode: Mode,
     backends: &[BackendConf],
     f: &dyn Fn(&str) -> String,
-) -> Result<IpAddr> {
-    let a: IpAddr = text
-        .parse()
-        .map_err(|_| ferr(f("snat"), format!("{text:?} is not an IP address")))?;
+) -> Result<Vec<IpAddr>> {
     if mode != Mode::Nat {
         return Err(ferr(
             f("snat"),
             "only for mode = \"nat\" (DSR backends reply to the client themselves)",
         ));
     }
-    if a.is_ipv4() != vip.is_ipv4() {
+    let (texts, one) = match raw {
+        RawSnat::One(t) => (vec![t], true),
+        RawSnat::Pool(ts) => (ts, false),
+    };
+    if !(1..=SNAT_POOL_MAX).contains(&texts.len()) {
         return Err(ferr(
             f("snat"),
-            format!("{a} is not of the VIP's address family ({vip})"),
+            format!(
+                "{} addresses: a pool holds 1 to {SNAT_POOL_MAX}",
+                texts.len()
+            ),
         ));
     }
-    if a == vip || backends.iter().any(|b| b.addr == a) || a.is_unspecified() || a.is_multicast() {
-        return Err(ferr(
-            f("snat"),
-            format!("{a}: must be an address of the balancer's own, not the VIP, a backend's, unspecified or multicast"),
-        ));
+    let mut pool: Vec<IpAddr> = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let field = if one {
+            f("snat")
+        } else {
+            f(&format!("snat[{i}]"))
+        };
+        let a: IpAddr = text
+            .parse()
+            .map_err(|_| ferr(&field, format!("{text:?} is not an IP address")))?;
+        if a.is_ipv4() != vip.is_ipv4() {
+            return Err(ferr(
+                &field,
+                format!("{a} is not of the VIP's address family ({vip})"),
+            ));
+        }
+        if a == vip
+            || backends.iter().any(|b| b.addr == a)
+            || a.is_unspecified()
+            || a.is_multicast()
+        {
+            return Err(ferr(
+                &field,
+                format!("{a}: must be an address of the balancer's own, not the VIP, a backend's, unspecified or multicast"),
+            ));
+        }
+        if pool.contains(&a) {
+            return Err(ferr(&field, format!("{a} is already in the pool")));
+        }
+        pool.push(a);
     }
-    Ok(a)
+    Ok(pool)
 }
 
 fn default_mode() -> String {
@@ -350,9 +388,10 @@ pub struct ServiceConf {
     pub health: Option<HealthConf>,
     /// UDP services: tracked flows idle this long are forgotten (default 30 s).
     pub udp_idle_timeout: Option<Duration>,
-    /// NAT services: the balancer's address that new flows get as their source (SNAT), so
-    /// backends reply to the balancer whatever their routes; `None`: the client's stays.
-    pub snat: Option<IpAddr>,
+    /// NAT services: the balancer's addresses that new flows get as their source (SNAT), so
+    /// backends reply to the balancer whatever their routes; each flow gets one of them by
+    /// its hash. Empty: the client's address stays.
+    pub snat: Vec<IpAddr>,
 }
 
 impl ServiceConf {
@@ -605,8 +644,9 @@ impl Config {
             };
             let snat = s
                 .snat
-                .map(|a| parse_snat(&a, vip, mode, &backends, &f))
-                .transpose()?;
+                .map(|a| parse_snat(a, vip, mode, &backends, &f))
+                .transpose()?
+                .unwrap_or_default();
             services.push(ServiceConf {
                 name,
                 vip,
@@ -881,8 +921,11 @@ mod tests {
         let nat = GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1);
         let with = |a: &str| nat.replacen("seed = 9", &format!("seed = 9\nsnat = \"{a}\""), 1);
         let c = Config::parse(&with("198.18.2.250")).unwrap();
-        assert_eq!(c.services[0].snat, Some("198.18.2.250".parse().unwrap()));
-        assert_eq!(Config::parse(&nat).unwrap().services[0].snat, None);
+        assert_eq!(
+            c.services[0].snat,
+            ["198.18.2.250".parse::<IpAddr>().unwrap()]
+        );
+        assert!(Config::parse(&nat).unwrap().services[0].snat.is_empty());
         for (bad, why) in [
             ("2001:2::1", "family"),
             ("not-an-address", "not an IP address"),
@@ -898,6 +941,45 @@ mod tests {
         let e = err(&dsr);
         assert!(
             e.contains("service[0].snat:") && e.contains("only for mode"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_snat_pool_is_a_list_of_distinct_addresses() {
+        let nat = GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1);
+        let with = |l: &str| nat.replacen("seed = 9", &format!("seed = 9\nsnat = [{l}]"), 1);
+        let c = Config::parse(&with("\"198.18.2.250\", \"198.18.2.251\"")).unwrap();
+        let want: Vec<IpAddr> = vec![
+            "198.18.2.250".parse().unwrap(),
+            "198.18.2.251".parse().unwrap(),
+        ];
+        assert_eq!(c.services[0].snat, want);
+        for (bad, field, why) in [
+            (
+                "\"198.18.2.250\", \"198.18.2.250\"",
+                "service[0].snat[1]:",
+                "already",
+            ),
+            (
+                "\"198.18.2.250\", \"2001:2::9\"",
+                "service[0].snat[1]:",
+                "family",
+            ),
+            (
+                "\"198.18.2.250\", \"x\"",
+                "service[0].snat[1]:",
+                "not an IP address",
+            ),
+            ("", "service[0].snat:", "1 to 8"),
+        ] {
+            let e = err(&with(bad));
+            assert!(e.contains(field) && e.contains(why), "{bad}: {e}");
+        }
+        let nine: Vec<String> = (1..=9).map(|i| format!("\"198.18.2.{i}\"")).collect();
+        let e = err(&with(&nine.join(", ")));
+        assert!(
+            e.contains("service[0].snat:") && e.contains("9 addresses"),
             "{e}"
         );
     }

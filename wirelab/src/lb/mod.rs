@@ -359,12 +359,25 @@ impl Balancer {
             .collect();
         for (i, s) in config.services.iter().enumerate() {
             if let Some(p) = prev_svc.get(&(s.vip, s.port, s.proto.number())) {
-                if p.conf.snat != s.snat {
-                    let show = |a: Option<IpAddr>| a.map_or("none".to_string(), |a| a.to_string());
+                // Flows keep their pool address's index: the pool may only grow at its end.
+                let kept = p.conf.snat.len() <= s.snat.len()
+                    && s.snat.starts_with(&p.conf.snat)
+                    && (p.conf.snat.is_empty() == s.snat.is_empty());
+                if !kept {
+                    let show = |a: &[IpAddr]| {
+                        if a.is_empty() {
+                            "none".to_string()
+                        } else {
+                            a.iter()
+                                .map(|a| a.to_string())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        }
+                    };
                     bail!(
-                        "service[{i}].snat: {} -> {}: the SNAT address cannot change while the balancer runs (the replies of its flows come back to the old one); restart the balancer",
-                        show(p.conf.snat),
-                        show(s.snat)
+                        "service[{i}].snat: {} -> {}: SNAT addresses cannot change while the balancer runs, only be added at the pool's end (the replies of its flows come back to the old ones); restart the balancer",
+                        show(&p.conf.snat),
+                        show(&s.snat)
                     );
                 }
             }
@@ -588,8 +601,10 @@ impl Balancer {
                         .conf
                         .udp_idle_timeout
                         .map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32),
-                    snat: s.conf.snat.is_some() as u32,
-                    snat_addr: s.conf.snat.map_or([0; 16], |a| addr16(a).0),
+                    snat: s.conf.snat.len() as u32,
+                    snat_addrs: std::array::from_fn(|i| {
+                        s.conf.snat.get(i).map_or([0; 16], |&a| addr16(a).0)
+                    }),
                 },
                 None => ServiceMeta::default(),
             };
@@ -1198,7 +1213,8 @@ pub fn check_forwarding(config: &Config) -> Result<()> {
         }
         // An SNAT address the balancer holds is a local source to its own routing, which
         // drops such packets as martians unless accept_local is on.
-        if let Some(IpAddr::V4(a)) = s.snat {
+        for a in &s.snat {
+            let IpAddr::V4(a) = *a else { continue };
             let local = std::net::UdpSocket::bind((a, 0)).is_ok();
             if local && !on("net.ipv4.conf.all.accept_local") {
                 bail!(
