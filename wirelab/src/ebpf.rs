@@ -234,11 +234,19 @@ fn load_error(e: &aya::programs::ProgramError) -> String {
             io_error,
             verifier_log,
         } => {
-            let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().rev().take(6).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            format!("{io_error}; verifier: {}", tail.join(" | "))
+            format!(
+                "{io_error}; verifier: {}",
+                log_tail(&verifier_log.to_string())
+            )
         }
         e => format!("{e:#}"),
     }
+}
+
+/// A verifier log's last lines (where it says why it refused, and how many instructions it
+/// processed), on one line.
+fn log_tail(log: &str) -> String {
+    let tail: Vec<&str> = log.lines().rev().take(6).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    tail.join(" | ")
 }

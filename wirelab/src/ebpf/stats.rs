@@ -200,14 +200,10 @@ impl Relocated {
         match loaded {
             // The count is in the log; the second program itself is closed (unloaded) here.
             Ok(fd) => drop(fd),
-            Err(e) => {
-                let tail: Vec<&str> = text.lines().rev().take(6).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                bail!(
-                    "the statistics load of {program} failed: {e}; verifier: {}",
-                    tail.join(" | ")
-                );
-            }
+            Err(e) => bail!(
+                "the statistics load of {program} failed: {e}; verifier: {}",
+                super::log_tail(&text)
+            ),
         }
         processed(&text).with_context(|| {
             format!("no \"processed N insns\" in the statistics load's log of {program}: {text:?}")
