@@ -3,6 +3,10 @@
 //! - `LB_VIPS` maps a [`VipKey`] (address, port, protocol) to a service index. Each VIP
 //!   address also has a marker entry with port 0 and protocol 0 (value [`VIP_ADDR_MARK`]), so
 //!   fragments to a VIP address are recognised without their ports.
+//! - `LB_VIP_BLOOM` holds, per generation, a bit for each service's [`VipKey`]
+//!   ([`vip_bloom_bit`]): a packet whose bit is clear is no service's, and is not looked up
+//!   further. A tracked flow's packet (its bit set) finds its service through its
+//!   `LB_FLOWS` entry and [`ServiceMeta::vip`], without an `LB_VIPS` lookup.
 //! - `LB_GEN[0]` names the generation (0 or 1) in force. The program reads it once per
 //!   packet; `LB_SERVICES` and `LB_TABLE` hold both generations side by side, so userspace
 //!   fills the idle generation and flips `LB_GEN` in one write: no packet sees a half-written
@@ -27,6 +31,10 @@ pub const MAX_FLOWS: u32 = 65536;
 pub const NO_BACKEND: u32 = u32::MAX;
 /// Value of the per-address marker entries of `LB_VIPS` (port 0, protocol 0).
 pub const VIP_ADDR_MARK: u32 = u32::MAX;
+/// 64-bit words of one generation's `LB_VIP_BLOOM` (a power of two): with at most
+/// [`MAX_SERVICES`] keys set among 8,192 bits, a non-service packet finds its bit set about
+/// once in 500.
+pub const VIP_BLOOM_WORDS: u32 = 128;
 
 /// Address family values of [`VipKey::family`] and [`FlowKey::family`].
 pub const FAMILY_IPV4: u8 = 4;
@@ -170,6 +178,21 @@ pub struct VipKey {
     pub family: u8,
 }
 
+/// The bit of `LB_VIP_BLOOM` (`0..VIP_BLOOM_WORDS * 64`, within a generation's words) that
+/// says `k` may be a service's. Only the address's first and last 4 bytes are mixed in (all
+/// of an IPv4 address; an IPv6 address's interface part): a false positive costs only the
+/// lookups it would have cost without the filter.
+#[inline(always)]
+pub fn vip_bloom_bit(k: &VipKey) -> u32 {
+    let a = &k.addr;
+    let first = u32::from_le_bytes([a[0], a[1], a[2], a[3]]);
+    let last = u32::from_le_bytes([a[12], a[13], a[14], a[15]]);
+    let rest = ((k.port as u32) << 16) | ((k.proto as u32) << 8) | k.family as u32;
+    let x = (first ^ last.rotate_left(16)).wrapping_mul(0x9E37_79B1) ^ rest;
+    let x = (x ^ (x >> 15)).wrapping_mul(0x85EB_CA6B);
+    (x ^ (x >> 13)) & (VIP_BLOOM_WORDS * 64 - 1)
+}
+
 /// Per-generation description of a service (`LB_SERVICES[gen * MAX_SERVICES + svc]`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -191,6 +214,9 @@ pub struct ServiceMeta {
     /// [`SNAT_POOL_MAX`], each flow one of them by [`snat_pick`]); 0: the client's address
     /// stays.
     pub snat: u32,
+    /// The service's own key: a tracked flow's packet is the service's only if it matches
+    /// (the service index in its `LB_FLOWS` entry may since have gone to another service).
+    pub vip: VipKey,
     /// The SNAT source addresses (IPv4: first 4 bytes), the first `snat` of them.
     pub snat_addrs: [[u8; 16]; SNAT_POOL_MAX],
 }

@@ -48,6 +48,7 @@ pub const INSPECT_COUNTERS: &str = "INSPECT_COUNTERS";
 pub const LB_CONF: &str = "LB_CONF";
 pub const LB_GEN: &str = "LB_GEN";
 pub const LB_VIPS: &str = "LB_VIPS";
+pub const LB_VIP_BLOOM: &str = "LB_VIP_BLOOM";
 pub const LB_SERVICES: &str = "LB_SERVICES";
 pub const LB_BACKENDS: &str = "LB_BACKENDS";
 pub const LB_TABLE: &str = "LB_TABLE";
@@ -123,6 +124,7 @@ pub const ALL: &[&str] = &[
     LB_CONF,
     LB_GEN,
     LB_VIPS,
+    LB_VIP_BLOOM,
     LB_SERVICES,
     LB_BACKENDS,
     LB_TABLE,

@@ -35,6 +35,10 @@ enum Cmd {
         /// first run translates).
         #[arg(long, default_value_t = 20_000)]
         calls: u32,
+        /// Time only the repeated paths whose "prog: path" contains this (for profiling one
+        /// path with `perf record`); the NAT paths are left out with it.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Maglev's disruption, balance and build time against hash mod N.
     Maglev {
@@ -120,7 +124,7 @@ fn emit(c: &Cost) -> Result<()> {
     Ok(())
 }
 
-fn prog(repeat: u32, rounds: usize, calls: u32) -> Result<()> {
+fn prog(repeat: u32, rounds: usize, calls: u32, only: Option<&str>) -> Result<()> {
     let dsr = loaded(DSR)?;
     // Enter the flows the tracked cases hit.
     for (p, f) in [
@@ -141,6 +145,9 @@ fn prog(repeat: u32, rounds: usize, calls: u32) -> Result<()> {
     ];
     for p in ["lb", "lb_xdp"] {
         for (path, f) in &cases {
+            if only.is_some_and(|o| !format!("{p}: {path}").contains(o)) {
+                continue;
+            }
             let mut ns = vec![];
             let mut verdict = 0;
             for _ in 0..rounds.max(1) {
@@ -157,6 +164,9 @@ fn prog(repeat: u32, rounds: usize, calls: u32) -> Result<()> {
                 verdict,
             })?;
         }
+    }
+    if only.is_some() {
+        return Ok(());
     }
     // NAT: one run per call, next to the DSR tracked flow timed the same way.
     let nat = loaded(NAT)?;
@@ -201,7 +211,8 @@ fn main() -> Result<()> {
             repeat,
             rounds,
             calls,
-        } => prog(repeat, rounds, calls),
+            only,
+        } => prog(repeat, rounds, calls, only.as_deref()),
         Cmd::Maglev { flows } => {
             for m in [251u32, 16381, 65537] {
                 for n in [3u32, 10, 100, 1000] {

@@ -612,6 +612,56 @@ fn a_down_backend_leaves_the_table_and_its_flows_rehash_a_removed_one_keeps_its_
     );
 }
 
+/// A tracked flow's entry names its service by index: once a reload has removed the service
+/// the flow is passed as any non-service packet, also when another service has its index;
+/// when its VIP comes back under another index, it hashes afresh.
+#[test]
+fn a_tracked_flow_follows_its_service_not_its_service_index() {
+    use wirelab::lb::DownSet;
+    let mut h = Harness::new();
+    let port = 30000;
+    let first = h.forwarded(&tcp(CLIENT, VIP, port, 80, Flags::Syn));
+    assert_eq!(h.forwarded(&tcp(CLIENT, VIP, port, 80, Flags::Ack)), first);
+    let web_id = h.lb.services[0].id;
+    let web_end = CONFIG.find("[[service]]\nname = \"dns\"").unwrap();
+    let (web, rest) = CONFIG.split_at(web_end);
+    // web removed, a new service at another VIP: it takes web's index.
+    let other = web
+        .replace("name = \"web\"", "name = \"other\"")
+        .replace("vip = \"198.18.1.100\"", "vip = \"198.18.1.102\"");
+    let reload = |h: &mut Harness, config: &str| {
+        let c = Config::parse(config).unwrap();
+        let next = Balancer::plan(&c, IFACE_MAC, Some(&h.lb), &DownSet::new())
+            .unwrap()
+            .write(&mut h.bpf, Some(&h.lb))
+            .unwrap();
+        h.lb = next;
+    };
+    reload(&mut h, &format!("{rest}{other}"));
+    let moved =
+        h.lb.services
+            .iter()
+            .find(|s| s.conf.name == "other")
+            .unwrap();
+    assert_eq!(
+        moved.id, web_id,
+        "the new service has the removed one's index"
+    );
+    let before = h.stats().events.non_vip;
+    let (v, _) = h.run(&tcp(CLIENT, VIP, port, 80, Flags::Ack));
+    assert_eq!(v, TC_ACT_UNSPEC, "the removed service's flow is passed");
+    assert_eq!(h.stats().events.non_vip, before + 1);
+    // web back, under another index: its old flow hashes afresh (counted), then is tracked.
+    reload(&mut h, &format!("{rest}{other}{web}"));
+    let back = h.lb.services.iter().find(|s| s.conf.name == "web").unwrap();
+    assert_ne!(back.id, web_id);
+    let rehashed = h.stats().events.rehashed;
+    let again = h.forwarded(&tcp(CLIENT, VIP, port, 80, Flags::Ack));
+    assert_eq!(h.stats().events.rehashed, rehashed + 1);
+    assert_eq!(h.forwarded(&tcp(CLIENT, VIP, port, 80, Flags::Ack)), again);
+    assert_eq!(h.stats().events.rehashed, rehashed + 1);
+}
+
 const NAT_CONFIG: &str = include_str!("data/lb-prog-nat.toml");
 
 const TC_ACT_OK: u32 = 0;

@@ -41,9 +41,10 @@ use aya_ebpf::{
 use wirelab_common::csum;
 use wirelab_common::lb::{
     backend_flag, event, flow_hash, mode, snat_index, snat_pick, snat_port_try, snat_port_with,
-    which, xdp_out, Backend, FlowKey, FlowValue, FragKey, LbConf, LbCounter, NatValue, RateState,
-    ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGS,
-    MAX_SERVICES, MAX_TABLE_SIZE, SNAT_POOL_MAX, SNAT_TRIES, TABLE_ENTRIES,
+    vip_bloom_bit, which, xdp_out, Backend, FlowKey, FlowValue, FragKey, LbConf, LbCounter,
+    NatValue, RateState, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_FLOWS,
+    MAX_FRAGS, MAX_SERVICES, MAX_TABLE_SIZE, SNAT_POOL_MAX, SNAT_TRIES, TABLE_ENTRIES,
+    VIP_BLOOM_WORDS,
 };
 use wirelab_common::tap::{self as tapdef, lb_what, Decision};
 
@@ -65,6 +66,9 @@ static LB_CONF: Array<LbConf> = Array::with_max_entries(1, 0);
 static LB_GEN: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static LB_VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(2 * MAX_SERVICES, 0);
+/// Per generation, a bit for each service's key ([`vip_bloom_bit`]).
+#[map]
+static LB_VIP_BLOOM: Array<u64> = Array::with_max_entries(2 * VIP_BLOOM_WORDS, 0);
 #[map]
 static LB_SERVICES: Array<ServiceMeta> = Array::with_max_entries(2 * MAX_SERVICES, 0);
 #[map]
@@ -571,6 +575,31 @@ fn balance(f: &Frame, len: u64, pick: &mut Pick) -> Verdict {
     })
 }
 
+/// May `vip` be a service's key in generation `gen`? (Its bit in `LB_VIP_BLOOM`; a clear
+/// bit is a sure no.)
+#[inline(always)]
+fn vip_maybe(gen: u32, vip: &VipKey) -> bool {
+    let bit = vip_bloom_bit(vip);
+    LB_VIP_BLOOM
+        .get(gen * VIP_BLOOM_WORDS + bit / 64)
+        .is_some_and(|w| (*w >> (bit % 64)) & 1 != 0)
+}
+
+/// Is service `svc` in generation `gen` the one with key `vip`? (A tracked flow's entry names
+/// its service by index: a reload may since have removed it, or given its index to another.)
+#[inline(always)]
+fn serves(gen: u32, svc: u32, vip: &VipKey) -> bool {
+    let Some(m) = LB_SERVICES.get(gen * MAX_SERVICES + svc % MAX_SERVICES) else {
+        return false;
+    };
+    m.table_size != 0
+        && same16(&m.vip.addr, &vip.addr)
+        && m.vip.port == vip.port
+        && m.vip.proto == vip.proto
+        && m.vip.family == vip.family
+        && svc < MAX_SERVICES
+}
+
 /// Count a drop of service `svc`'s packet by `reason`.
 #[inline(always)]
 fn drop_svc<const LIVE: bool>(pick: &mut Pick, svc: u32, reason: u32) -> Verdict {
@@ -1001,16 +1030,11 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         }
     }
     let l4 = p.has_l4 && (p.ip_proto == IPPROTO_TCP || p.ip_proto == IPPROTO_UDP);
-    let vip = VipKey {
+    let vip = &VipKey {
         addr: p.daddr,
         port: p.dport,
         proto: p.ip_proto,
         family,
-    };
-    let svc = if l4 {
-        sys::hash_get(&LB_VIPS, vip)
-    } else {
-        None
     };
     // References all along: by-value copies of the key and values cost stack.
     let key = &FlowKey {
@@ -1024,6 +1048,34 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
     };
     let v6 = family == FAMILY_IPV6;
     let udp = p.ip_proto == IPPROTO_UDP;
+    let flags = if p.ip_proto == IPPROTO_TCP {
+        p.tcp_flags
+    } else {
+        0
+    };
+    let syn = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+    let gen = LB_GEN.get(0).copied().ok_or(Error::Map)? & 1;
+    // The service: none if the key's bit in this generation's filter is clear; a tracked
+    // flow's through its entry, if its service still has this key (one hash lookup, not
+    // two); else through `LB_VIPS`.
+    let mut tracked: Option<FlowValue> = None;
+    let mut stale = false;
+    let mut svc = None;
+    if l4 && vip_maybe(gen, vip) {
+        if !syn {
+            if let Some(v) = sys::lru_get(&LB_FLOWS, key) {
+                if serves(gen, v.service, vip) {
+                    svc = Some(v.service);
+                    tracked = Some(v);
+                } else {
+                    stale = true;
+                }
+            }
+        }
+        if svc.is_none() {
+            svc = sys::hash_get(&LB_VIPS, vip);
+        }
+    }
     let Some(svc) = svc.filter(|s| *s < MAX_SERVICES) else {
         // A reply of a NAT flow: the source goes back to the VIP.
         if l4 {
@@ -1050,19 +1102,12 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
     if p.ip_options {
         ev::<LIVE>(event::IP_OPTIONS);
     }
-    let gen = LB_GEN.get(0).copied().ok_or(Error::Map)? & 1;
     // By reference: the service's description (with its SNAT pool) is too large for the
     // stack the decision fills.
     let meta = LB_SERVICES
         .get(gen * MAX_SERVICES + svc)
         .ok_or(Error::Map)?;
     let conf = *LB_CONF.get(0).ok_or(Error::Map)?;
-    let flags = if p.ip_proto == IPPROTO_TCP {
-        p.tcp_flags
-    } else {
-        0
-    };
-    let syn = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
 
     // A tracked flow keeps its backend while that backend is up (and, UDP, while it is not
     // idle past the service's timeout).
@@ -1074,38 +1119,35 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         0
     };
     let now = if idle_ns != 0 { sys::now_ns() } else { 0 };
-    if !syn {
-        if let Some(v) = sys::lru_get(&LB_FLOWS, key) {
-            let be = *LB_BACKENDS
-                .get(v.backend % MAX_BACKENDS)
-                .ok_or(Error::Map)?;
-            let idle = now.saturating_sub(v.seen_ns);
-            if idle_ns != 0 && idle > idle_ns {
-                ev::<LIVE>(event::UDP_EXPIRED);
-            } else if v.backend < MAX_BACKENDS
-                && be.flags & backend_flag::UP != 0
-                && v.service == svc
-            {
-                // (A flow entered for another service, whose backend id a reload has since
-                // given to this one, hashes afresh.)
-                if LIVE && idle_ns != 0 && idle > idle_ns / 4 {
-                    let nv = &FlowValue { seen_ns: now, ..v };
-                    let _ = LB_FLOWS.insert(key, nv, 0);
-                }
-                if LIVE && flags & (TCP_FIN | TCP_RST) != 0 && v.tcp_flags & flags as u32 == 0 {
-                    let nv = &FlowValue {
-                        tcp_flags: v.tcp_flags | flags as u32,
-                        ..v
-                    };
-                    let _ = LB_FLOWS.insert(key, nv, 0);
-                }
-                chosen = Some((v.backend, be));
-                snat_port = v.snat_port;
-                pick.picked(which::TRACKED, lb_what::TRACKED, v.backend);
-            } else {
-                ev::<LIVE>(event::REHASHED);
+    if let Some(v) = tracked {
+        let be = *LB_BACKENDS
+            .get(v.backend % MAX_BACKENDS)
+            .ok_or(Error::Map)?;
+        let idle = now.saturating_sub(v.seen_ns);
+        if idle_ns != 0 && idle > idle_ns {
+            ev::<LIVE>(event::UDP_EXPIRED);
+        } else if v.backend < MAX_BACKENDS && be.flags & backend_flag::UP != 0 {
+            if LIVE && idle_ns != 0 && idle > idle_ns / 4 {
+                let nv = &FlowValue { seen_ns: now, ..v };
+                let _ = LB_FLOWS.insert(key, nv, 0);
             }
+            if LIVE && flags & (TCP_FIN | TCP_RST) != 0 && v.tcp_flags & flags as u32 == 0 {
+                let nv = &FlowValue {
+                    tcp_flags: v.tcp_flags | flags as u32,
+                    ..v
+                };
+                let _ = LB_FLOWS.insert(key, nv, 0);
+            }
+            chosen = Some((v.backend, be));
+            snat_port = v.snat_port;
+            pick.picked(which::TRACKED, lb_what::TRACKED, v.backend);
+        } else {
+            ev::<LIVE>(event::REHASHED);
         }
+    } else if stale {
+        // (A flow entered for another service, whose index a reload has since given to this
+        // one, hashes afresh.)
+        ev::<LIVE>(event::REHASHED);
     }
     let mut new_flow = false;
     let (id, be) = match chosen {

@@ -31,9 +31,9 @@ use aya::{
 use serde::{Deserialize, Serialize};
 use wirelab_common::{
     lb::{
-        backend_flag, event, flow_hash, mode, which, xdp_out, Backend, FlowKey, FlowValue, LbConf,
-        LbCounter, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS, MAX_SERVICES,
-        MAX_TABLE_SIZE, NO_BACKEND, VIP_ADDR_MARK,
+        backend_flag, event, flow_hash, mode, vip_bloom_bit, which, xdp_out, Backend, FlowKey,
+        FlowValue, LbConf, LbCounter, ServiceMeta, VipKey, FAMILY_IPV4, FAMILY_IPV6, MAX_BACKENDS,
+        MAX_SERVICES, MAX_TABLE_SIZE, NO_BACKEND, VIP_ADDR_MARK, VIP_BLOOM_WORDS,
     },
     maps,
 };
@@ -585,6 +585,15 @@ impl Balancer {
                     .context("writing LB_TABLE")?;
             }
         }
+        let vip_key = |s: &InstalledService| {
+            let (addr, family) = addr16(s.conf.vip);
+            VipKey {
+                addr,
+                port: s.conf.port,
+                proto: s.conf.proto.number(),
+                family,
+            }
+        };
         let mut meta: Array<&mut MapData, ServiceMeta> =
             Array::try_from(map_mut(bpf, maps::LB_SERVICES)?)?;
         for id in 0..MAX_SERVICES {
@@ -602,6 +611,7 @@ impl Balancer {
                         .udp_idle_timeout
                         .map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32),
                     snat: s.conf.snat.len() as u32,
+                    vip: vip_key(s),
                     snat_addrs: std::array::from_fn(|i| {
                         s.conf.snat.get(i).map_or([0; 16], |&a| addr16(a).0)
                     }),
@@ -611,16 +621,19 @@ impl Balancer {
             meta.set(gen * MAX_SERVICES + id, m, 0)
                 .context("writing LB_SERVICES")?;
         }
+        let mut words = [0u64; VIP_BLOOM_WORDS as usize];
+        for s in &self.services {
+            let bit = vip_bloom_bit(&vip_key(s));
+            words[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        let mut bloom: Array<&mut MapData, u64> =
+            Array::try_from(map_mut(bpf, maps::LB_VIP_BLOOM)?)?;
+        for (i, w) in words.into_iter().enumerate() {
+            bloom
+                .set(gen * VIP_BLOOM_WORDS + i as u32, w, 0)
+                .context("writing LB_VIP_BLOOM")?;
+        }
         // VIP keys: removed services' go before the flip, new ones after it.
-        let vip_key = |s: &InstalledService| {
-            let (addr, family) = addr16(s.conf.vip);
-            VipKey {
-                addr,
-                port: s.conf.port,
-                proto: s.conf.proto.number(),
-                family,
-            }
-        };
         let mark = |a: IpAddr| {
             let (addr, family) = addr16(a);
             VipKey {
