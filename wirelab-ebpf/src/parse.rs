@@ -540,8 +540,8 @@ fn parse_arp(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
         // sender hw(6) sender ip(4) target hw(6) target ip(4)
         let sip = f.raw32_at(off + ARP_SPA_OFF)?;
         let tip = f.raw32_at(off + ARP_TPA_OFF)?;
-        p.saddr = v4_mapped(sip);
-        p.daddr = v4_mapped(tip);
+        p.saddr = v4_padded(sip);
+        p.daddr = v4_padded(tip);
     }
     Ok(())
 }
@@ -550,7 +550,7 @@ fn parse_arp(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
 /// one 16-byte value: zeroing the rest separately becomes a call to `memset` on the BPF
 /// target (a byte loop, run for every IPv4 packet).
 #[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+fn v4_padded(a: [u8; 4]) -> [u8; 16] {
     (u32::from_le_bytes(a) as u128).to_le_bytes()
 }
 
@@ -585,8 +585,8 @@ fn parse_ipv4(f: &Frame, p: &mut Parsed) -> Result<(), Error> {
     p.ip_proto = f.u8_at(off + IPV4_PROTO_OFF)?;
     let s = f.raw32_at(off + IPV4_SADDR_OFF)?;
     let d = f.raw32_at(off + IPV4_DADDR_OFF)?;
-    p.saddr = v4_mapped(s);
-    p.daddr = v4_mapped(d);
+    p.saddr = v4_padded(s);
+    p.daddr = v4_padded(d);
     if frag_off != 0 {
         // Non-first fragment: no L4 header here. One that starts 8 bytes in would overwrite
         // the TCP flags of the first (the overlapping-fragment attack, RFC 1858): malformed.

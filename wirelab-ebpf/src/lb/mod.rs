@@ -346,6 +346,9 @@ fn port_tc(
 /// The tc path: `bpf_redirect` to the interface's own egress goes through the normal
 /// transmit path, so a plain veth peer receives it.
 #[classifier]
+// Inlined into the entry point the macro wraps it in: left to itself, the compiler made it a
+// BPF-to-BPF call, a call and a second prologue on every packet.
+#[inline(always)]
 pub fn lb(mut ctx: TcContext) -> i32 {
     // The parser needs the whole IP packet in the linear area: pull the rest in when the skb
     // is not linear (large segments); if that fails, the parse says `Truncated`.
@@ -421,6 +424,8 @@ fn tap_xdp(ctx: &XdpContext, pick: &Pick, action: u32) -> u32 {
 /// if it runs NAPI: an XDP program or GRO on the peer, see docs/lb.md); NAT packets
 /// translated here and passed to the kernel's routing.
 #[xdp]
+// Inlined, as `lb`.
+#[inline(always)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let f = Frame::xdp(&ctx);
     let mut pick = Pick::NONE;
