@@ -496,6 +496,30 @@ impl Parsed {
 /// program's skb keeps a locally made packet's payload in pages, outside its linear data.
 #[inline(always)]
 pub fn parse(f: &Frame) -> Result<Parsed, Error> {
+    let mut p = link(f)?;
+    match p.ethertype {
+        ETH_P_IP => parse_ipv4(f, &mut p)?,
+        ETH_P_IPV6 => parse_ipv6(f, &mut p)?,
+        ETH_P_ARP => parse_arp(f, &mut p)?,
+        _ => {}
+    }
+    Ok(p)
+}
+
+/// [`parse`] for a program that answers ARP only: the link layer, and the ARP header if the
+/// frame is ARP; IP is not walked (so not verified in that program either).
+#[inline(always)]
+pub fn parse_arp_only(f: &Frame) -> Result<Parsed, Error> {
+    let mut p = link(f)?;
+    if p.ethertype == ETH_P_ARP {
+        parse_arp(f, &mut p)?;
+    }
+    Ok(p)
+}
+
+/// The Ethernet header and its VLAN tags: `ethertype`, `l3_off`, `vlans`, `vlan_id_set`.
+#[inline(always)]
+fn link(f: &Frame) -> Result<Parsed, Error> {
     let mut p = Parsed::empty();
     let mut ethertype = f.be16_at(ETH_PROTO_OFF)?;
     let mut off = ETH_HLEN;
@@ -516,12 +540,6 @@ pub fn parse(f: &Frame) -> Result<Parsed, Error> {
     }
     p.ethertype = ethertype;
     p.l3_off = off;
-    match ethertype {
-        ETH_P_IP => parse_ipv4(f, &mut p)?,
-        ETH_P_IPV6 => parse_ipv6(f, &mut p)?,
-        ETH_P_ARP => parse_arp(f, &mut p)?,
-        _ => {}
-    }
     Ok(p)
 }
 

@@ -292,7 +292,7 @@ fn try_swarm_arp(ctx: &TcContext) -> Result<i32> {
     // took into the skb's metadata stays there, so the reply leaves tagged as the request
     // came. A tag with a VLAN ID is another network: left to the kernel (which drops it
     // without a VLAN device).
-    let Ok(p) = parse::parse(&f) else {
+    let Ok(p) = parse::parse_arp_only(&f) else {
         // Not parseable, so not an ARP request this program answers: the kernel's business.
         return Ok(TC_ACT_UNSPEC);
     };
