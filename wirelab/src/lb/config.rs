@@ -408,14 +408,17 @@ impl ServiceConf {
         self.table_without(&|_| false)
     }
 
-    /// The Maglev table with the backends `down` says are down left out (as if weight 0).
+    /// The Maglev table with the backends `down` says are down out of it: their slots handed
+    /// to the backends up, every other slot unchanged ([`maglev::build_with_down`]).
     pub fn table_without(&self, down: &dyn Fn(&str) -> bool) -> Result<Vec<Option<u32>>> {
         let bs: Vec<(&str, u32)> = self
             .backends
             .iter()
-            .map(|b| (b.name.as_str(), if down(&b.name) { 0 } else { b.weight }))
+            .map(|b| (b.name.as_str(), b.weight))
             .collect();
-        maglev::build(self.table_size, self.seed, &bs)
+        maglev::build_with_down(self.table_size, self.seed, &bs, &|i| {
+            down(&self.backends[i].name)
+        })
     }
 }
 

@@ -111,16 +111,26 @@ pub fn populate(m: u32, entries: &[Entry]) -> Result<Vec<Option<u32>>> {
     if left.iter().all(|q| *q == 0) {
         return Ok(table);
     }
+    fill(m, entries, &mut table, &mut left, m);
+    Ok(table)
+}
+
+/// Backends take turns (in index order) claiming the next free slot of `table` along their
+/// permutations until `count` slots are claimed; backend i takes at most `left[i]` of them.
+/// The caller guarantees that the free slots number at least `count` and that the `left`
+/// quotas add up to at least `count`.
+fn fill(m: u32, entries: &[Entry], table: &mut [Option<u32>], left: &mut [u32], count: u32) {
     // next[i]: how far along its permutation backend i is.
     let mut next = vec![0u64; entries.len()];
     let mut filled = 0u32;
-    while filled < m {
+    while filled < count {
+        let before = filled;
         for (i, e) in entries.iter().enumerate() {
             if left[i] == 0 {
                 continue;
             }
-            // Walk backend i's permutation to its next free slot (one exists: quotas add up
-            // to M, and this backend still has some left).
+            // Walk backend i's permutation to its next free slot (one exists: fewer than
+            // `count` are claimed, and the permutation visits every slot).
             loop {
                 let c = ((e.offset as u64 + next[i] * e.skip as u64) % m as u64) as usize;
                 next[i] += 1;
@@ -131,20 +141,20 @@ pub fn populate(m: u32, entries: &[Entry]) -> Result<Vec<Option<u32>>> {
             }
             left[i] -= 1;
             filled += 1;
-            if filled == m {
+            if filled == count {
                 break;
             }
         }
+        if filled == before {
+            // Quotas exhausted before `count` (a caller's error): stop rather than spin.
+            debug_assert!(false, "maglev fill: quotas add up to less than {count}");
+            break;
+        }
     }
-    Ok(table)
 }
 
-/// The table for named, weighted backends with `seed`: `(name, weight)` in config order.
-pub fn build(m: u32, seed: u64, backends: &[(&str, u32)]) -> Result<Vec<Option<u32>>> {
-    if !is_prime(m) {
-        bail!("table size {m} is not prime");
-    }
-    let entries: Vec<Entry> = backends
+fn entries(m: u32, seed: u64, backends: &[(&str, u32)]) -> Vec<Entry> {
+    backends
         .iter()
         .map(|(name, weight)| {
             let (offset, skip) = offset_skip(name, seed, m);
@@ -154,8 +164,72 @@ pub fn build(m: u32, seed: u64, backends: &[(&str, u32)]) -> Result<Vec<Option<u
                 weight: *weight,
             }
         })
+        .collect()
+}
+
+/// The table for named, weighted backends with `seed`: `(name, weight)` in config order.
+pub fn build(m: u32, seed: u64, backends: &[(&str, u32)]) -> Result<Vec<Option<u32>>> {
+    if !is_prime(m) {
+        bail!("table size {m} is not prime");
+    }
+    populate(m, &entries(m, seed, backends))
+}
+
+/// The table with the backends `down` names (by index) out of it, changing only their slots.
+///
+/// Rebuilding the table without a backend (what [`build`] does for a smaller set, and what a
+/// config change does) moves its slots and, as the other backends' turns shift, some more:
+/// 1.6/N of the slots for N = 100 at M = 65,537. A backend that fails its health checks is
+/// not a config change, so its slots are handed on instead: the table is built for every
+/// configured backend, then the slots of those down are cleared and refilled by the backends
+/// up, taking turns along their own permutations (Maglev's fill, over the freed slots only),
+/// each up to its weighted share of the whole table (⌊M·wᵢ/W⌋ or ⌈M·wᵢ/W⌉ of it, W the up
+/// backends' weights). So one backend going down moves exactly its own slots (1/N with equal
+/// weights) and coming back up moves them back; a second one going down moves its own slots
+/// and may shuffle the first one's among the rest. Deterministic: the same config and the
+/// same down set give the same table.
+pub fn build_with_down(
+    m: u32,
+    seed: u64,
+    backends: &[(&str, u32)],
+    down: &dyn Fn(usize) -> bool,
+) -> Result<Vec<Option<u32>>> {
+    if !is_prime(m) {
+        bail!("table size {m} is not prime");
+    }
+    let entries = entries(m, seed, backends);
+    let mut table = populate(m, &entries)?;
+    let is_down: Vec<bool> = (0..backends.len()).map(down).collect();
+    if !is_down.iter().any(|d| *d) {
+        return Ok(table);
+    }
+    let up: Vec<u32> = backends
+        .iter()
+        .zip(&is_down)
+        .map(|((_, w), d)| if *d { 0 } else { *w })
         .collect();
-    populate(m, &entries)
+    let mut freed = 0u32;
+    for slot in table.iter_mut() {
+        if slot.is_some_and(|i| is_down[i as usize]) {
+            *slot = None;
+            freed += 1;
+        }
+    }
+    if freed == 0 || up.iter().all(|w| *w == 0) {
+        // Nothing to hand on, or nobody up to take it: the freed slots stay empty.
+        return Ok(table);
+    }
+    let have = shares(&table, backends.len());
+    // Each up backend takes what it lacks of its share of the whole table. Rounding can
+    // leave one backend a slot over its share (it keeps it: no slot of an up backend moves),
+    // so these add up to at least `freed`.
+    let mut left: Vec<u32> = quotas(m, &up)
+        .iter()
+        .zip(&have)
+        .map(|(q, h)| q.saturating_sub(*h))
+        .collect();
+    fill(m, &entries, &mut table, &mut left, freed);
+    Ok(table)
 }
 
 /// Slots per backend index (`n` backends).
@@ -177,12 +251,18 @@ pub struct Quality {
     pub m: u32,
     /// Median time to build the table of `n` backends (5 builds).
     pub build_ms: f64,
-    /// Share of the slots that point elsewhere when backend `n / 2` goes (the ideal is 1/N:
-    /// only its own).
+    /// Share of the slots that point elsewhere when backend `n / 2` is removed from the
+    /// config and the table rebuilt (the ideal is 1/N: only its own).
     pub slots_moved: f64,
     /// Share of the sample flows that go elsewhere then: Maglev, and hash mod N.
     pub flows_moved: f64,
     pub modn_flows_moved: f64,
+    /// The same when backend `n / 2` goes down (fails its health checks) instead: its slots
+    /// handed on ([`build_with_down`]); slots and sample flows.
+    pub down_slots_moved: f64,
+    pub down_flows_moved: f64,
+    /// Most slots any up backend holds over the average (M/(N-1)) with backend `n / 2` down.
+    pub down_slot_max_avg: f64,
     /// Most slots any backend holds over the average (M/N).
     pub slot_max_avg: f64,
     /// Most sample flows any backend gets over the average: Maglev, and hash mod N.
@@ -224,15 +304,18 @@ pub fn quality(n: u32, m: u32, seed: u64, flows: u32) -> Result<Quality> {
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let after = build(m, seed, &rest)?;
+    let down = build_with_down(m, seed, &all, &|i| i == gone)?;
     // Slots and flows are compared by backend name: indices shift after the removed one.
     let name_before = |s: usize| before[s].map(|i| all[i as usize].0);
     let name_after = |s: usize| after[s].map(|i| rest[i as usize].0);
-    let slots_moved = (0..m as usize)
-        .filter(|s| name_before(*s) != name_after(*s))
-        .count() as f64
-        / m as f64;
+    let share = |moved: &dyn Fn(usize) -> bool| {
+        (0..m as usize).filter(|s| moved(*s)).count() as f64 / m as f64
+    };
+    let slots_moved = share(&|s| name_before(s) != name_after(s));
+    let down_slots_moved = share(&|s| before[s] != down[s]);
     let slot_max = shares(&before, n as usize).into_iter().max().unwrap_or(0);
-    let (mut moved, mut modn_moved) = (0u64, 0u64);
+    let down_max = shares(&down, n as usize).into_iter().max().unwrap_or(0);
+    let (mut moved, mut modn_moved, mut down_moved) = (0u64, 0u64, 0u64);
     let (mut per, mut modn_per) = (vec![0u32; n as usize], vec![0u32; n as usize]);
     for i in 0..flows {
         let mut k = FlowKey {
@@ -253,6 +336,9 @@ pub fn quality(n: u32, m: u32, seed: u64, flows: u32) -> Result<Quality> {
         if name_before(slot) != name_after(slot) {
             moved += 1;
         }
+        if before[slot] != down[slot] {
+            down_moved += 1;
+        }
         let b = (h % n) as usize;
         modn_per[b] += 1;
         if all[b].0 != rest[(h % (n - 1)) as usize].0 {
@@ -268,6 +354,9 @@ pub fn quality(n: u32, m: u32, seed: u64, flows: u32) -> Result<Quality> {
         slots_moved,
         flows_moved: moved as f64 / flows.max(1) as f64,
         modn_flows_moved: modn_moved as f64 / flows.max(1) as f64,
+        down_slots_moved,
+        down_flows_moved: down_moved as f64 / flows.max(1) as f64,
+        down_slot_max_avg: down_max as f64 / (m as f64 / (n - 1) as f64),
         slot_max_avg: slot_max as f64 / (m as f64 / n as f64),
         flow_max_avg: max_avg(&per),
         modn_flow_max_avg: max_avg(&modn_per),
@@ -392,10 +481,83 @@ mod tests {
         }
     }
 
+    /// A backend going down hands on exactly its own slots: every other slot keeps its
+    /// backend, the ones up end at their weighted share of the whole table (within one
+    /// slot of ⌊M·wᵢ/W⌋..⌈M·wᵢ/W⌉, W the weights up), and back up the table is the full one.
+    #[test]
+    fn a_backend_going_down_moves_only_its_own_slots() {
+        for (m, weights) in [
+            (65537u32, vec![1u32; 3]),
+            (65537, vec![1; 10]),
+            (65537, vec![1; 100]),
+            (16381, vec![1, 2, 3, 4, 0, 5]),
+            (251, vec![5, 1, 1, 3]),
+        ] {
+            let ns = names(weights.len());
+            let bs: Vec<(&str, u32)> = ns.iter().map(|n| n.as_str()).zip(weights.clone()).collect();
+            let full = build(m, 9, &bs).unwrap();
+            assert_eq!(build_with_down(m, 9, &bs, &|_| false).unwrap(), full);
+            for gone in [0, bs.len() / 2, bs.len() - 1] {
+                let t = build_with_down(m, 9, &bs, &|i| i == gone).unwrap();
+                let changed: Vec<usize> = (0..m as usize).filter(|s| t[*s] != full[*s]).collect();
+                assert!(
+                    changed.iter().all(|s| full[*s] == Some(gone as u32)),
+                    "M={m} {weights:?}, {gone} down: only its slots change"
+                );
+                assert_eq!(
+                    changed.len(),
+                    shares(&full, bs.len())[gone] as usize,
+                    "all of its slots change"
+                );
+                assert!(t.iter().all(Option::is_some), "every slot has a backend up");
+                let s = shares(&t, bs.len());
+                let up: u64 = (0..bs.len())
+                    .filter(|i| *i != gone)
+                    .map(|i| weights[i] as u64)
+                    .sum();
+                for (i, w) in weights.iter().enumerate() {
+                    let exact = m as u64 * if i == gone { 0 } else { *w as u64 };
+                    let (lo, hi) = ((exact / up).saturating_sub(1), exact.div_ceil(up) + 1);
+                    assert!(
+                        (lo..=hi).contains(&(s[i] as u64)),
+                        "M={m} {weights:?}, {gone} down: backend {i} has {} slots, expected {lo}..={hi}",
+                        s[i]
+                    );
+                }
+            }
+        }
+    }
+
+    /// A second backend down: the slots of the backends still up in the full table stay
+    /// theirs; all down: no slot has a backend.
+    #[test]
+    fn more_backends_down() {
+        let ns = names(10);
+        let bs: Vec<(&str, u32)> = ns.iter().map(|n| (n.as_str(), 1)).collect();
+        let full = build(16381, 4, &bs).unwrap();
+        let one = build_with_down(16381, 4, &bs, &|i| i == 3).unwrap();
+        let two = build_with_down(16381, 4, &bs, &|i| i == 3 || i == 7).unwrap();
+        for s in 0..16381 {
+            let owner = full[s].unwrap();
+            if owner != 3 && owner != 7 {
+                assert_eq!(two[s], Some(owner), "slot {s} of a backend up moved");
+            }
+            assert!(two[s] != Some(3) && two[s] != Some(7));
+        }
+        let moved = (0..16381).filter(|s| one[*s] != two[*s]).count();
+        assert!(
+            (1638..2 * 1639 + 200).contains(&moved),
+            "the second down moves its own slots and a little of the first one's: {moved}"
+        );
+        let none = build_with_down(251, 4, &bs[..3], &|_| true).unwrap();
+        assert!(none.iter().all(Option::is_none));
+    }
+
     /// The goals for the Maglev quality table where they hold: the table's max/avg
-    /// load is at most 1.01 whenever M >= 100·N, and removing 1 of N moves at most 1.1/N of
-    /// the slots for N <= 10 (for N = 100 it moves 1.6–2.3/N: docs/benchmarks-lb.md); hash
-    /// mod N moves most flows.
+    /// load is at most 1.01 whenever M >= 100·N; a backend going down moves 1/N of the slots
+    /// and leaves max/avg at most 1.01; removing 1 of N from the config moves at most 1.1/N
+    /// for N <= 10 (for N = 100 it moves 1.6–2.3/N: docs/benchmarks-lb.md); hash mod N moves
+    /// most flows.
     #[test]
     fn quality_meets_the_goals_when_m_is_at_least_100_n() {
         for (n, m) in [
@@ -413,6 +575,13 @@ mod tests {
                 q.slot_max_avg
             );
             assert!(q.slots_moved >= 1.0 / n as f64 - 1.0 / m as f64, "{q:?}");
+            // A backend down hands on its own slots only, at any N.
+            assert!(
+                (q.down_slots_moved - 1.0 / n as f64).abs() <= 1.0 / m as f64,
+                "N={n} M={m}: {:.4} of slots moved with one down",
+                q.down_slots_moved
+            );
+            assert!(q.down_slot_max_avg <= 1.01, "{q:?}");
             if n <= 10 {
                 assert!(
                     q.slots_moved <= 1.1 / n as f64,
