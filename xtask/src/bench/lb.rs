@@ -117,7 +117,7 @@ fn prog_cost(ctx: &Ctx, peer: &Path, repeat: u64) -> Result<()> {
         "--repeat",
         &repeat.to_string(),
         "--rounds",
-        "3",
+        "9",
         "--calls",
         &(repeat / 10).max(1000).to_string(),
     ]))?;
@@ -128,8 +128,8 @@ fn prog_cost(ctx: &Ctx, peer: &Path, repeat: u64) -> Result<()> {
             .unwrap_or(Value::Null)
     };
     let mut tb = Table::new(
-        "Program cost per packet (BPF_PROG_TEST_RUN, one frame repeated; median of 3 runs)",
-        &format!("target/release/examples/lb_bench prog --repeat {repeat} --rounds 3"),
+        "Program cost per packet (BPF_PROG_TEST_RUN, one frame repeated; median of 9 runs taken in rounds over the paths)",
+        &format!("target/release/examples/lb_bench prog --repeat {repeat} --rounds 9"),
         &[
             "path",
             "tc `lb` ns/packet",
