@@ -410,14 +410,34 @@ impl ServiceConf {
 
     /// The Maglev table with the backends `down` says are down out of it: their slots handed
     /// to the backends up, every other slot unchanged ([`maglev::build_with_down`]).
+    ///
+    /// A drained backend (weight 0) is out of it the same way: it keeps its place in the
+    /// table's layout at the service's smallest weight, and its slots are handed on. So
+    /// draining one of N equally weighted backends moves exactly its own slots, as a backend
+    /// going down does; with unequal weights the layout changes with the weight, as any
+    /// reweighting changes it. The shares are the same either way: each backend up holds
+    /// its weighted share of the table among the backends up.
     pub fn table_without(&self, down: &dyn Fn(&str) -> bool) -> Result<Vec<Option<u32>>> {
+        let layout = self
+            .backends
+            .iter()
+            .map(|b| b.weight)
+            .filter(|w| *w > 0)
+            .min()
+            .unwrap_or(1);
         let bs: Vec<(&str, u32)> = self
             .backends
             .iter()
-            .map(|b| (b.name.as_str(), b.weight))
+            .map(|b| {
+                (
+                    b.name.as_str(),
+                    if b.weight == 0 { layout } else { b.weight },
+                )
+            })
             .collect();
         maglev::build_with_down(self.table_size, self.seed, &bs, &|i| {
-            down(&self.backends[i].name)
+            let b = &self.backends[i];
+            b.weight == 0 || down(&b.name)
         })
     }
 }
@@ -713,6 +733,47 @@ mod tests {
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    /// A service of `weights.len()` backends `b0`, `b1`, … with these weights, M = 16,381.
+    fn service(weights: &[u32]) -> ServiceConf {
+        let mut text = String::from(
+            "[[service]]\nvip = \"198.18.1.100\"\nport = 80\nproto = \"tcp\"\ntable_size = 16381\n",
+        );
+        for (i, w) in weights.iter().enumerate() {
+            text += &format!(
+                "[[service.backend]]\nname = \"b{i}\"\naddr = \"198.18.2.{}\"\nweight = {w}\n",
+                i + 1
+            );
+        }
+        Config::parse(&text).unwrap().services.remove(0)
+    }
+
+    /// Draining one of N equal backends moves exactly its own slots (as it going down does),
+    /// and undraining moves them back; with unequal weights the shares still follow them.
+    #[test]
+    fn a_drained_backend_hands_on_its_own_slots() {
+        let full = service(&[1; 10]).table().unwrap();
+        let mut w = vec![1; 10];
+        w[4] = 0;
+        let drained = service(&w).table().unwrap();
+        assert_eq!(
+            drained,
+            service(&[1; 10]).table_without(&|b| b == "b4").unwrap(),
+            "drained = down"
+        );
+        for (a, b) in full.iter().zip(&drained) {
+            assert!(a == b || *a == Some(4), "only b4's slots move");
+            assert_ne!(*b, Some(4));
+        }
+        let s = service(&[2, 0, 4, 2]);
+        let shares = maglev::shares(&s.table().unwrap(), 4);
+        assert_eq!(shares[1], 0);
+        // M·w/W with W = 8: 4095.25, 8190.5, 4095.25 (within a slot of either side).
+        assert!((4094..=4097).contains(&shares[0]), "{shares:?}");
+        assert!((8189..=8192).contains(&shares[2]), "{shares:?}");
+        assert!((4094..=4097).contains(&shares[3]), "{shares:?}");
+        assert_eq!(shares.iter().sum::<u32>(), 16381);
     }
 
     #[test]
