@@ -101,6 +101,17 @@ impl Harness {
         wirelab_testkit::prog::run(&self.bpf, "lb", frame)
     }
 
+    /// Plan `config` with the backends `down` out and write it as a reload does (the idle
+    /// generation, then the flip); the balancer in force becomes it, which is returned.
+    fn reload(&mut self, config: &Config, down: &wirelab::lb::DownSet) -> &Balancer {
+        let next = Balancer::plan(config, IFACE_MAC, Some(&self.lb), down)
+            .unwrap()
+            .write(&mut self.bpf, Some(&self.lb))
+            .unwrap();
+        self.lb = next;
+        &self.lb
+    }
+
     fn stats(&self) -> Stats {
         self.lb.read(&self.bpf).unwrap()
     }
@@ -536,15 +547,11 @@ fn a_down_backend_leaves_the_table_and_its_flows_rehash_a_removed_one_keeps_its_
     let (pa, pb) = (on["a"], on["b"]);
     let c = Config::parse(&with_health).unwrap();
     let down: DownSet = [("web".to_string(), "a".to_string())].into();
-    let next = Balancer::plan(&c, IFACE_MAC, Some(&h.lb), &down)
-        .unwrap()
-        .write(&mut h.bpf, Some(&h.lb))
-        .unwrap();
+    let next = h.reload(&c, &down);
     let a = &next.services[0].backends[0];
     assert_eq!((a.health, a.slots), (Health::Down, 0));
     assert_eq!(next.services[0].backends[1].health, Health::Up);
     assert_eq!(next.services[1].backends[0].health, Health::Unchecked);
-    h.lb = next;
     // a's tracked flow hashes afresh (a is down); b's stays.
     let moved = h.forwarded(&tcp(CLIENT, VIP, pa, 80, Flags::Ack));
     assert_ne!(moved, "a");
@@ -554,16 +561,10 @@ fn a_down_backend_leaves_the_table_and_its_flows_rehash_a_removed_one_keeps_its_
         assert_ne!(h.forwarded(&tcp(CLIENT, VIP, port, 80, Flags::Syn)), "a");
     }
     // Back up: a takes its slots again (ids unchanged).
-    let up = Balancer::plan(&c, IFACE_MAC, Some(&h.lb), &DownSet::new())
-        .unwrap()
-        .write(&mut h.bpf, Some(&h.lb))
-        .unwrap();
-    assert_eq!(
-        up.services[0].backends[0].id,
-        h.lb.services[0].backends[0].id
-    );
+    let a_id = h.lb.services[0].backends[0].id;
+    let up = h.reload(&c, &DownSet::new());
+    assert_eq!(up.services[0].backends[0].id, a_id);
     assert!(up.services[0].backends[0].slots > 0);
-    h.lb = up;
     // Remove b from the config: its tracked flow stays on it; new flows never go there,
     // and a backend added later does not take b's id.
     let removed = with_health.replacen(
@@ -574,12 +575,7 @@ fn a_down_backend_leaves_the_table_and_its_flows_rehash_a_removed_one_keeps_its_
     assert_ne!(removed, with_health);
     let c2 = Config::parse(&removed).unwrap();
     let b_id = h.lb.services[0].backends[1].id;
-    let next = Balancer::plan(&c2, IFACE_MAC, Some(&h.lb), &DownSet::new())
-        .unwrap()
-        .write(&mut h.bpf, Some(&h.lb))
-        .unwrap();
-    assert!(next.retired.contains(&b_id));
-    h.lb = next;
+    assert!(h.reload(&c2, &DownSet::new()).retired.contains(&b_id));
     assert_eq!(
         wirelab_testkit::prog::run(&h.bpf, "lb", &tcp(CLIENT, VIP, pb, 80, Flags::Ack)).1[..6],
         [2, 0, 0, 0, 0, 0x22],
@@ -630,12 +626,7 @@ fn a_tracked_flow_follows_its_service_not_its_service_index() {
         .replace("name = \"web\"", "name = \"other\"")
         .replace("vip = \"198.18.1.100\"", "vip = \"198.18.1.102\"");
     let reload = |h: &mut Harness, config: &str| {
-        let c = Config::parse(config).unwrap();
-        let next = Balancer::plan(&c, IFACE_MAC, Some(&h.lb), &DownSet::new())
-            .unwrap()
-            .write(&mut h.bpf, Some(&h.lb))
-            .unwrap();
-        h.lb = next;
+        h.reload(&Config::parse(config).unwrap(), &DownSet::new());
     };
     reload(&mut h, &format!("{rest}{other}"));
     let moved =
@@ -1804,93 +1795,64 @@ fn icmp_errors_about_balanced_flows_are_translated_or_sent_to_the_backend() {
             (ROUTER, CLIENT, &sent),
             (ROUTER, CLIENT, &orig),
         );
-        // From the backend itself: its source becomes the VIP too.
-        icmp_becomes(
-            &h,
-            prog,
-            pass,
-            &icmp4_error(be, CLIENT, &sent),
-            &icmp4_error(VIP, CLIENT, &orig),
-        );
-        // UDP: "port unreachable" from the backend.
+        // A UDP and an IPv6 flow for the errors below.
         let (v, _) = wirelab_testkit::prog::run(&h.bpf, prog, &udp4(CLIENT, VIP, 5353, 53));
         assert_eq!(v, pass);
-        let u1 = [198, 18, 2, 31];
-        icmp_becomes(
-            &h,
-            prog,
-            pass,
-            &icmp4_error(u1, CLIENT, &quoted4(CLIENT, u1, 5353, 53, true)),
-            &icmp4_error(VIP, CLIENT, &quoted4(CLIENT, VIP, 5353, 53, true)),
-        );
-        // To the VIP about a reply (the client's side lowers the MTU): to the backend.
-        icmp_becomes(
-            &h,
-            prog,
-            pass,
-            &icmp4_error(CLIENT, VIP, &quoted4(VIP, CLIENT, 80, 40000, false)),
-            &icmp4_error(CLIENT, be, &quoted4(be, CLIENT, 80, 40000, false)),
-        );
-        // IPv6: "packet too big" from a router and from the backend (whose source is in
-        // ICMPv6's pseudo-header).
         let (v, _) = wirelab_testkit::prog::run(&h.bpf, prog, &tcp6(CLIENT6, VIP6, 40000, 80));
         assert_eq!(v, pass);
+        let u1 = [198, 18, 2, 31];
         let b6 = v6("2001:2:2::21");
         let r6 = v6("2001:2:2::1");
         let sent6 = quoted6(CLIENT6, b6, 40000, 80);
         let orig6 = quoted6(CLIENT6, VIP6, 40000, 80);
-        icmp_becomes(
-            &h,
-            prog,
-            pass,
-            &icmp6_error(r6, CLIENT6, &sent6),
-            &icmp6_error(r6, CLIENT6, &orig6),
-        );
-        icmp_becomes(
-            &h,
-            prog,
-            pass,
-            &icmp6_error(b6, CLIENT6, &sent6),
-            &icmp6_error(VIP6, CLIENT6, &orig6),
-        );
-        // A quote through extension headers (hop-by-hop, a first fragment's header): the
-        // same translation; of a later fragment (no ports): passed as it is.
-        icmp_becomes(
-            &h,
-            prog,
-            pass,
-            &icmp6_error(r6, CLIENT6, &with_ext6(&sent6, 0)),
-            &icmp6_error(r6, CLIENT6, &with_ext6(&orig6, 0)),
-        );
-        let later = icmp6_error(r6, CLIENT6, &with_ext6(&sent6, 100));
-        let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, &later);
+        for (from, to) in [
+            // From the backend itself: its source becomes the VIP too.
+            (
+                icmp4_error(be, CLIENT, &sent),
+                icmp4_error(VIP, CLIENT, &orig),
+            ),
+            // UDP: "port unreachable" from the backend.
+            (
+                icmp4_error(u1, CLIENT, &quoted4(CLIENT, u1, 5353, 53, true)),
+                icmp4_error(VIP, CLIENT, &quoted4(CLIENT, VIP, 5353, 53, true)),
+            ),
+            // To the VIP about a reply (the client's side lowers the MTU): to the backend.
+            (
+                icmp4_error(CLIENT, VIP, &quoted4(VIP, CLIENT, 80, 40000, false)),
+                icmp4_error(CLIENT, be, &quoted4(be, CLIENT, 80, 40000, false)),
+            ),
+            // IPv6: "packet too big" from a router and from the backend (whose source is in
+            // ICMPv6's pseudo-header).
+            (
+                icmp6_error(r6, CLIENT6, &sent6),
+                icmp6_error(r6, CLIENT6, &orig6),
+            ),
+            (
+                icmp6_error(b6, CLIENT6, &sent6),
+                icmp6_error(VIP6, CLIENT6, &orig6),
+            ),
+            // A quote through extension headers (hop-by-hop, a first fragment's header): the
+            // same translation; of a later fragment (no ports): passed as it is (below).
+            (
+                icmp6_error(r6, CLIENT6, &with_ext6(&sent6, 0)),
+                icmp6_error(r6, CLIENT6, &with_ext6(&orig6, 0)),
+            ),
+        ] {
+            icmp_becomes(&h, prog, pass, &from, &to);
+        }
         let untouched = if prog == "lb" {
             TC_ACT_UNSPEC
         } else {
             XDP_PASS
         };
-        assert_eq!(
-            (v, &out),
-            (untouched, &later),
-            "{prog}: a later fragment's quote"
-        );
-        // About no flow: passed as it is; so is a ping to the VIP.
+        // Passed as they are: a later fragment's quote, and errors about no flow.
         for f in [
+            icmp6_error(r6, CLIENT6, &with_ext6(&sent6, 100)),
             icmp4_error(ROUTER, CLIENT, &quoted4(CLIENT, be, 40001, 80, false)),
             icmp4_error(CLIENT, VIP, &quoted4(VIP, CLIENT, 80, 40001, false)),
         ] {
             let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, &f);
-            assert_eq!(
-                (v, &out),
-                (
-                    if prog == "lb" {
-                        TC_ACT_UNSPEC
-                    } else {
-                        XDP_PASS
-                    },
-                    &f
-                )
-            );
+            assert_eq!((v, &out), (untouched, &f), "{prog}: passed as it is");
         }
         let e = h.stats().events;
         assert_eq!(

@@ -484,10 +484,11 @@ impl Balancer {
     }
 
     /// Write this plan into the idle generation and flip `LB_GEN` (after `prev`, the one in
-    /// force, if any). Order: backends that come up or are new first, then the tables and
-    /// service descriptions of the idle generation, VIPs of removed services deleted, the
-    /// flip (one word), then the new VIPs and the `UP` flags cleared of backends that went
-    /// down or were removed (their tracked flows hash afresh).
+    /// force, if any). Order: backends that come up or are new first, then the tables,
+    /// service descriptions and VIP filter words (`LB_VIP_BLOOM`) of the idle generation,
+    /// VIPs of removed services deleted, the flip (one word), then the new VIPs and the `UP`
+    /// flags cleared of backends that went down or were removed (their tracked flows hash
+    /// afresh).
     pub fn write(mut self, bpf: &mut Ebpf, prev: Option<&Balancer>) -> Result<Self> {
         let cur = Array::<&mut MapData, u32>::try_from(map_mut(bpf, maps::LB_GEN)?)?
             .get(&0, 0)
