@@ -12,7 +12,8 @@
 //!
 //! Knobs (environment): WIRELAB_BENCH_LB_SECS (wrk seconds per case, default 5),
 //! WIRELAB_BENCH_LB_CONNS (wrk connections, default 16), WIRELAB_BENCH_LB_REPEAT
-//! (BPF_PROG_TEST_RUN repeat, default 200000), WIRELAB_BENCH_LB_FLOWS (Maglev sample
+//! (BPF_PROG_TEST_RUN repeat, default 200000), WIRELAB_BENCH_LB_ROUNDS (connection-rate
+//! rounds, default 3), WIRELAB_BENCH_LB_FLOWS (Maglev sample
 //! flows, default 1000000).
 use std::{
     path::{Path, PathBuf},
@@ -40,6 +41,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let conns = knob("WIRELAB_BENCH_LB_CONNS", 16)?.clamp(1, 1000);
     let repeat = knob("WIRELAB_BENCH_LB_REPEAT", 200_000)?.clamp(1, 10_000_000);
     let flows = knob("WIRELAB_BENCH_LB_FLOWS", 1_000_000)?.clamp(1000, 10_000_000);
+    let rounds = knob("WIRELAB_BENCH_LB_ROUNDS", 3)?.clamp(1, 20);
     for tool in ["wrk", "nginx", "haproxy", "nft"] {
         if Command::new("which")
             .arg(tool)
@@ -65,7 +67,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     ctx.check()?;
     maglev_quality(ctx, &peer, flows)?;
     ctx.check()?;
-    conn_rate(ctx, secs, conns)
+    conn_rate(ctx, secs, conns, rounds)
 }
 
 /// Build the example peer (the library half) and return its path.
@@ -623,13 +625,16 @@ fn lab(prefix: &str, topology: &str) -> Result<Lab> {
     )
 }
 
-fn conn_rate(ctx: &Ctx, secs: u64, conns: u64) -> Result<()> {
-    eprintln!("== connection rate ==");
+/// The connection-rate rows, in `rounds` rounds: each round runs every case of a lab once,
+/// its no-balancer row first, so each balancer is compared with a baseline measured beside it
+/// (this host's rate moves by tens of percent over minutes).
+fn conn_rate(ctx: &Ctx, secs: u64, conns: u64, rounds: u64) -> Result<()> {
+    eprintln!("== connection rate ({rounds} rounds) ==");
     let _stats = Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
     let backends = ["b1", "b2", "b3"];
     let dir = TempDir::new("wirelab-bench-lb-");
     let url = format!("http://{VIP}/");
-    let mut cases: Vec<(Case, &str)> = vec![];
+    let mut cases: Vec<(Case, &str, u64)> = vec![];
     {
         // DSR lab: everything on one bridge; the backends hold the VIP on lo.
         let lab = lab("bld", "lb-lab.toml")?;
@@ -641,17 +646,21 @@ fn conn_rate(ctx: &Ctx, secs: u64, conns: u64) -> Result<()> {
             ))?;
         }
         let (r, _ng) = Run::start(&lab, &dir, &backends, (secs, conns))?;
-        cases.push((r.baseline("over the bridge", "198.18.0.21")?, "dsr"));
-        ctx.check()?;
         let cfg = root().join("docs/examples/lb.toml");
-        let lb = start_lb(&lab, &cfg, false)?;
-        answers(&lab, &url)?;
-        cases.push((
-            r.case("wirelab lb, dsr", &url, true, Some(lb.pid()))?,
-            "dsr",
-        ));
-        drop(lb);
-        ctx.check()?;
+        for round in 0..rounds {
+            eprintln!(" dsr lab, round {}/{rounds}", round + 1);
+            cases.push((r.baseline("over the bridge", "198.18.0.21")?, "dsr", round));
+            ctx.check()?;
+            let lb = start_lb(&lab, &cfg, false)?;
+            answers(&lab, &url)?;
+            cases.push((
+                r.case("wirelab lb, dsr", &url, true, Some(lb.pid()))?,
+                "dsr",
+                round,
+            ));
+            drop(lb);
+            ctx.check()?;
+        }
     }
     {
         // NAT lab: the balancer host routes between the client and the backends' segment.
@@ -678,8 +687,6 @@ fn conn_rate(ctx: &Ctx, secs: u64, conns: u64) -> Result<()> {
             ],
         ))?;
         let (r, _ng) = Run::start(&lab, &dir, &backends, (secs, conns))?;
-        cases.push((r.baseline("routed by the lb host", "198.18.2.21")?, "nat"));
-        ctx.check()?;
         // The lab's config without health checks (their probes would be load of their own).
         let text = std::fs::read_to_string(root().join("docs/examples/lb-nat.toml"))?;
         let cfg = dir.file(
@@ -690,80 +697,172 @@ fn conn_rate(ctx: &Ctx, secs: u64, conns: u64) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join("\n"),
         );
-        {
-            let lb = start_lb(&lab, &cfg, true)?;
-            answers(&lab, &url)?;
-            cases.push((
-                r.case("wirelab lb, nat", &url, true, Some(lb.pid()))?,
-                "nat",
-            ));
-        }
-        ctx.check()?;
-        {
-            let lbns = lab.ns("lb");
-            let nft = dir.file(
-                "dnat.nft",
-                &format!(
-                    "table ip wlbench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
-                     ip daddr {VIP} tcp dport 80 dnat to jhash ip saddr . tcp sport mod 3 map {{ 0 : 198.18.2.21, 1 : 198.18.2.22, 2 : 198.18.2.23 }}\n  }}\n}}\n"
-                ),
-            );
-            out(in_ns(&lbns, &["nft", "-f"]).arg(&nft))?;
-            let res = answers(&lab, &url)
-                .and_then(|_| r.case("nftables DNAT (jhash mod 3)", &url, false, None));
-            let _ = out(&mut in_ns(
-                &lbns,
-                &["nft", "delete", "table", "ip", "wlbench"],
-            ));
-            cases.push((res?, "nat"));
-        }
-        ctx.check()?;
-        {
-            let lbns = lab.ns("lb");
-            out(&mut in_ns(
-                &lbns,
-                &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
-            ))?;
-            let cfg = dir.file(
-                "haproxy.cfg",
-                &format!(
-                    "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\n\
-                     frontend web\n  bind {VIP}:80\n  default_backend b\n\nbackend b\n  balance roundrobin\n  \
-                     server b1 198.18.2.21:80\n  server b2 198.18.2.22:80\n  server b3 198.18.2.23:80\n"
-                ),
-            );
-            let log = dir.join("haproxy.log");
-            let child = in_ns(&lbns, &["haproxy", "-db", "-f"])
-                .arg(&cfg)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?)
-                .spawn()
-                .context("starting haproxy")?;
-            let hp = Bg::from_child(child);
-            let res = answers(&lab, &url)
-                .with_context(|| {
-                    format!(
-                        "haproxy: {}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    )
-                })
-                .and_then(|_| r.case("HAProxy mode tcp (roundrobin)", &url, true, None));
-            drop(hp);
-            cases.push((res?, "nat"));
+        for round in 0..rounds {
+            eprintln!(" nat lab, round {}/{rounds}", round + 1);
+            for (case, label) in nat_round(ctx, &lab, &r, &dir, &cfg, &url)? {
+                cases.push((case, label, round));
+            }
         }
     }
-    conn_table(ctx, &cases, secs, conns);
+    conn_table(ctx, &cases, secs, conns, rounds);
     Ok(())
 }
 
-fn conn_table(ctx: &Ctx, cases: &[(Case, &str)], secs: u64, conns: u64) {
+/// One round of the NAT lab: no balancer (routed by the lb host), wirelab lb nat, nftables
+/// DNAT and HAProxy, each once; the labels with their lab.
+fn nat_round(
+    ctx: &Ctx,
+    lab: &Lab,
+    r: &Run<'_>,
+    dir: &TempDir,
+    cfg: &Path,
+    url: &str,
+) -> Result<Vec<(Case, &'static str)>> {
+    let lbns = lab.ns("lb");
+    let mut cases = vec![(r.baseline("routed by the lb host", "198.18.2.21")?, "nat")];
+    ctx.check()?;
+    {
+        let lb = start_lb(lab, cfg, true)?;
+        answers(lab, url)?;
+        cases.push((r.case("wirelab lb, nat", url, true, Some(lb.pid()))?, "nat"));
+    }
+    ctx.check()?;
+    let nft = dir.file(
+        "dnat.nft",
+        &format!(
+            "table ip wlbench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+             ip daddr {VIP} tcp dport 80 dnat to jhash ip saddr . tcp sport mod 3 map {{ 0 : 198.18.2.21, 1 : 198.18.2.22, 2 : 198.18.2.23 }}\n  }}\n}}\n"
+        ),
+    );
+    out(in_ns(&lbns, &["nft", "-f"]).arg(&nft))?;
+    let res =
+        answers(lab, url).and_then(|_| r.case("nftables DNAT (jhash mod 3)", url, false, None));
+    let _ = out(&mut in_ns(
+        &lbns,
+        &["nft", "delete", "table", "ip", "wlbench"],
+    ));
+    cases.push((res?, "nat"));
+    ctx.check()?;
+    // HAProxy binds the VIP, on the balancer's lo for its run only.
+    let vip = format!("{VIP}/32");
+    out(&mut in_ns(&lbns, &["ip", "addr", "add", &vip, "dev", "lo"]))?;
+    let hcfg = dir.file(
+        "haproxy.cfg",
+        &format!(
+            "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\n\
+             frontend web\n  bind {VIP}:80\n  default_backend b\n\nbackend b\n  balance roundrobin\n  \
+             server b1 198.18.2.21:80\n  server b2 198.18.2.22:80\n  server b3 198.18.2.23:80\n"
+        ),
+    );
+    let log = dir.join("haproxy.log");
+    let child = in_ns(&lbns, &["haproxy", "-db", "-f"])
+        .arg(&hcfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting haproxy")?;
+    let hp = Bg::from_child(child);
+    let res = answers(lab, url)
+        .with_context(|| {
+            format!(
+                "haproxy: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
+        .and_then(|_| r.case("HAProxy mode tcp (roundrobin)", url, true, None));
+    drop(hp);
+    let _ = out(&mut in_ns(&lbns, &["ip", "addr", "del", &vip, "dev", "lo"]));
+    cases.push((res?, "nat"));
+    Ok(cases)
+}
+
+/// One row of the connection-rate table: a case over its rounds.
+struct Row<'a> {
+    label: &'a str,
+    lab: &'a str,
+    /// (case, its round's no-balancer case) per round.
+    runs: Vec<(&'a Case, Option<&'a Case>)>,
+}
+
+impl Row<'_> {
+    fn is_base(&self) -> bool {
+        self.label.starts_with("no balancer")
+    }
+
+    /// Rate over the same round's no-balancer rate, per round.
+    fn ratios(&self) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter_map(|(c, b)| Some(c.wrk.rate / (*b)?.wrk.rate))
+            .collect()
+    }
+
+    /// The round shown in full: the one with the median ratio (no-balancer rows: the median
+    /// rate).
+    fn shown(&self) -> (&Case, Option<&Case>) {
+        let key = |(c, b): &(&Case, Option<&Case>)| {
+            b.filter(|_| !self.is_base())
+                .map_or(c.wrk.rate, |b| c.wrk.rate / b.wrk.rate)
+        };
+        let mut v = self.runs.clone();
+        v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        v[(v.len() - 1) / 2]
+    }
+
+    /// Balancer CPU seconds over all rounds and the requests they served: (program, process).
+    fn balancer(&self) -> (Option<f64>, Option<f64>, f64, f64) {
+        let sum = |f: &dyn Fn(&Case) -> Option<f64>| -> Option<f64> {
+            self.runs.iter().map(|(c, _)| f(c)).sum()
+        };
+        let prog = sum(&|c| c.lb_prog.map(|p| p.0));
+        let runs = sum(&|c| c.lb_prog.map(|p| p.1)).unwrap_or(0.0);
+        let requests = self.runs.iter().map(|(c, _)| c.wrk.requests.max(0.0)).sum();
+        (prog, sum(&|c| c.lb_cpu), runs, requests)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn conn_table(ctx: &Ctx, cases: &[(Case, &str, u64)], secs: u64, conns: u64, rounds: u64) {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let busy = format!("machine busy ({cpus} CPUs = {}%)", cpus * 100);
+    let mut rows: Vec<Row<'_>> = vec![];
+    for (c, lab, round) in cases {
+        let base = cases
+            .iter()
+            .find(|(b, l, r)| l == lab && r == round && b.label.starts_with("no balancer"))
+            .map(|(b, _, _)| b);
+        match rows
+            .iter_mut()
+            .find(|r| r.label == c.label && r.lab == *lab)
+        {
+            Some(r) => r.runs.push((c, base)),
+            None => rows.push(Row {
+                label: &c.label,
+                lab,
+                runs: vec![(c, base)],
+            }),
+        }
+    }
     let mut tb = Table::new(
-        "Connection rate: a new TCP connection per HTTP request, client → VIP:80 → 3 nginx backends",
+        &format!(
+            "Connection rate: a new TCP connection per HTTP request, client → VIP:80 → 3 nginx \
+             backends ({rounds} rounds)"
+        ),
         &format!(
             "wrk -t1 -c{conns} -d{secs}s --latency -H 'Connection: close' http://{VIP}/ (inside the lab)"
         ),
@@ -771,12 +870,13 @@ fn conn_table(ctx: &Ctx, cases: &[(Case, &str)], secs: u64, conns: u64) {
             "path",
             "lab",
             "connections/s",
-            "vs no balancer",
+            "vs no balancer (median of rounds)",
+            "each round: connections/s (vs its no balancer)",
             "p50 ms (added)",
             "p99 ms (added)",
             "errors",
             "client SYN retransmits",
-            "balancer CPU s /100k conn",
+            "balancer CPU s /100k conn (all rounds)",
             "wrk CPU",
             "backends CPU",
             &busy,
@@ -787,19 +887,19 @@ fn conn_table(ctx: &Ctx, cases: &[(Case, &str)], secs: u64, conns: u64) {
     let mut haproxy = f64::NAN;
     let mut wirelab_best = f64::NAN;
     let mut rate_ratio: Vec<(String, f64)> = vec![];
-    for (c, lab) in cases {
-        let base = cases
-            .iter()
-            .find(|(b, l)| l == lab && b.label.starts_with("no balancer"))
-            .map(|(b, _)| &b.wrk);
-        let is_base = c.label.starts_with("no balancer");
+    for row in &rows {
+        let (c, base) = row.shown();
+        let is_base = row.is_base();
+        let base = base.map(|b| &b.wrk);
         let added = |v: f64, b: Option<f64>| match b {
             Some(b) if !is_base => format!("{} ({:+.2})", f(v, 2), v - b),
             _ => f(v, 2),
         };
-        let balancer = match (c.lb_prog, c.lb_cpu) {
-            (Some((p, runs)), Some(u)) => {
-                let total = per100k(p + u, c);
+        let (prog, process, runs, requests) = row.balancer();
+        let per = |s: f64| s / requests.max(1.0) * 1e5;
+        let balancer = match (prog, process) {
+            (Some(p), Some(u)) => {
+                let total = per(p + u);
                 wirelab_best = if wirelab_best.is_finite() {
                     wirelab_best.max(total)
                 } else {
@@ -808,32 +908,47 @@ fn conn_table(ctx: &Ctx, cases: &[(Case, &str)], secs: u64, conns: u64) {
                 format!(
                     "{} (program {} + process {}; {:.1} packets/conn at {:.0} ns)",
                     f(total, 3),
-                    f(per100k(p, c), 3),
-                    f(per100k(u, c), 3),
-                    runs / c.wrk.requests.max(1.0),
+                    f(per(p), 3),
+                    f(per(u), 3),
+                    runs / requests.max(1.0),
                     p * 1e9 / runs.max(1.0)
                 )
             }
             (None, Some(u)) => {
-                haproxy = per100k(u, c);
+                haproxy = per(u);
                 format!("{} (process)", f(haproxy, 3))
             }
             _ if c.label.starts_with("nftables") => "n/a (softirq)".into(),
             _ => "—".into(),
         };
-        let vs = base
-            .map(|b| pct(c.wrk.rate, b.rate))
-            .unwrap_or_else(|| "—".into());
-        if let Some(b) = base {
-            if !is_base {
-                rate_ratio.push((c.label.clone(), c.wrk.rate / b.rate));
-            }
-        }
+        let ratio = median(row.ratios());
+        let vs = if is_base || !ratio.is_finite() {
+            "—".into()
+        } else {
+            rate_ratio.push((c.label.clone(), ratio));
+            format!("{:.0}%", ratio * 100.0)
+        };
+        let each = row
+            .runs
+            .iter()
+            .map(|(c, b)| match b {
+                Some(b) if !is_base => {
+                    format!(
+                        "{:.0} ({:.0}%)",
+                        c.wrk.rate,
+                        100.0 * c.wrk.rate / b.wrk.rate
+                    )
+                }
+                _ => format!("{:.0}", c.wrk.rate),
+            })
+            .collect::<Vec<_>>()
+            .join(" · ");
         tb.row(vec![
             c.label.clone(),
-            (*lab).into(),
+            row.lab.into(),
             f(c.wrk.rate, 0),
             vs,
+            each,
             added(c.wrk.p50_ms, base.map(|b| b.p50_ms)),
             added(c.wrk.p99_ms, base.map(|b| b.p99_ms)),
             c.errors_text(),
@@ -846,13 +961,17 @@ fn conn_table(ctx: &Ctx, cases: &[(Case, &str)], secs: u64, conns: u64) {
         ]);
     }
     tb.note(
-        "Each row ran for the same time back to back; rates are compared with the no-balancer \
-         row of the same lab (dsr: one bridge; nat: the lb host routes). Latency is wrk's per \
-         request, from the request's first byte on the established connection to the response \
-         (the handshake is not in it). wrk CPU 100% = its one thread saturated a core (the \
-         generator is the limit); backends CPU is the three nginx processes together (each \
-         at most 100%); when the machine is busy near 100% per CPU, the CPUs are the limit, shared \
-         by generator, backends, the kernel and other work on the machine.",
+        "Rounds: each round ran every case of a lab once, back to back for the same time, its \
+         no-balancer row first; a rate is compared with the no-balancer row of the same lab \
+         (dsr: one bridge; nat: the lb host routes) and the same round, and the median of the \
+         rounds' ratios is given. The other columns are the round with the median ratio (the \
+         no-balancer rows: the median rate), except the balancer's CPU, summed over all rounds. \
+         Latency is wrk's per request, from the request's first byte on the established \
+         connection to the response (the handshake is not in it). wrk CPU 100% = its one thread \
+         saturated a core (the generator is the limit); backends CPU is the three nginx \
+         processes together (each at most 100%); when the machine is busy near 100% per CPU, \
+         the CPUs are the limit, shared by generator, backends, the kernel and other work on \
+         the machine.",
     );
     tb.note(
         "Balancer CPU: wirelab = the tc program's run time (kernel.bpf_stats_enabled, \
