@@ -117,6 +117,10 @@ fn pad(v: &mut Vec<u8>) {
     }
 }
 
+/// An enhanced packet block's fields before the data: type, total length, interface id,
+/// timestamp (two words), captured and original length.
+const EPB_FIXED: usize = 28;
+
 /// Writes blocks to `W`; the caller flushes (or drops a `BufWriter`) at the end.
 pub struct Writer<W: Write> {
     out: W,
@@ -157,33 +161,45 @@ impl<W: Write> Writer<W> {
         self.emit(IDB, &body)
     }
 
-    /// An enhanced packet block, built in place in the writer's one buffer (the block is
-    /// written for every frame: no allocation, one copy of the data).
+    /// An enhanced packet block, written in pieces: its fixed fields, the frame's bytes as
+    /// they are, their padding, then the options and the closing length (built in the
+    /// writer's one buffer). With a `BufWriter` underneath the frame's bytes are copied once,
+    /// into its buffer; no allocation per frame.
     pub fn packet(&mut self, p: &Packet<'_>) -> io::Result<()> {
-        let b = &mut self.buf;
-        b.clear();
-        b.extend_from_slice(&EPB.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes()); // the total length, once known
-        b.extend_from_slice(&p.interface_id.to_le_bytes());
-        b.extend_from_slice(&((p.ts_ns >> 32) as u32).to_le_bytes());
-        b.extend_from_slice(&(p.ts_ns as u32).to_le_bytes());
-        b.extend_from_slice(&(p.data.len() as u32).to_le_bytes());
-        b.extend_from_slice(&p.orig_len.to_le_bytes());
-        b.extend_from_slice(p.data);
-        pad(b);
+        // What follows the data and its padding: the options, the closing total length.
+        let pad = (4 - p.data.len() % 4) % 4;
+        let t = &mut self.buf;
+        t.clear();
         if let Some(d) = p.direction {
-            option(b, EPB_FLAGS, &(d as u32).to_le_bytes());
+            option(t, EPB_FLAGS, &(d as u32).to_le_bytes());
         }
         if let Some(c) = p.comment {
-            option(b, OPT_COMMENT, c.as_bytes());
+            option(t, OPT_COMMENT, c.as_bytes());
         }
         if p.direction.is_some() || p.comment.is_some() {
-            end_of_options(b);
+            end_of_options(t);
         }
-        let total = (b.len() + 4) as u32;
-        b[4..8].copy_from_slice(&total.to_le_bytes());
-        b.extend_from_slice(&total.to_le_bytes());
-        self.out.write_all(b)
+        let total = (EPB_FIXED + p.data.len() + pad + t.len() + 4) as u32;
+        t.extend_from_slice(&total.to_le_bytes());
+        let mut head = [0u8; EPB_FIXED];
+        for (i, v) in [
+            EPB,
+            total,
+            p.interface_id,
+            (p.ts_ns >> 32) as u32,
+            p.ts_ns as u32,
+            p.data.len() as u32,
+            p.orig_len,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            head[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        self.out.write_all(&head)?;
+        self.out.write_all(p.data)?;
+        self.out.write_all(&[0; 3][..pad])?;
+        self.out.write_all(&self.buf)
     }
 
     pub fn stats(&mut self, s: &Stats) -> io::Result<()> {
