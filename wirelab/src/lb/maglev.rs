@@ -410,17 +410,25 @@ mod tests {
             let bs: Vec<(&str, u32)> = ns.iter().map(|n| n.as_str()).zip(weights.clone()).collect();
             let t = build(m, 42, &bs).unwrap();
             assert!(t.iter().all(Option::is_some), "every slot filled");
-            let s = shares(&t, bs.len());
-            let total: u64 = weights.iter().map(|w| *w as u64).sum();
-            for (i, w) in weights.iter().enumerate() {
-                let exact = m as u64 * *w as u64;
-                let (lo, hi) = (exact / total, exact.div_ceil(total));
-                assert!(
-                    (lo..=hi).contains(&(s[i] as u64)),
-                    "M={m} weights {weights:?}: backend {i} has {} slots, expected {lo}..={hi}",
-                    s[i]
-                );
-            }
+            let what = format!("M={m} weights {weights:?}");
+            assert_weighted(m, &weights, &shares(&t, bs.len()), 0, &what);
+        }
+    }
+
+    /// Backend i holds ⌊M·wᵢ/W⌋..=⌈M·wᵢ/W⌉ slots, widened by `slack` on each side.
+    fn assert_weighted(m: u32, weights: &[u32], s: &[u32], slack: u64, what: &str) {
+        let total: u64 = weights.iter().map(|w| *w as u64).sum();
+        for (i, w) in weights.iter().enumerate() {
+            let exact = m as u64 * *w as u64;
+            let (lo, hi) = (
+                (exact / total).saturating_sub(slack),
+                exact.div_ceil(total) + slack,
+            );
+            assert!(
+                (lo..=hi).contains(&(s[i] as u64)),
+                "{what}: backend {i} has {} slots, expected {lo}..={hi}",
+                s[i]
+            );
         }
     }
 
@@ -510,20 +518,10 @@ mod tests {
                     "all of its slots change"
                 );
                 assert!(t.iter().all(Option::is_some), "every slot has a backend up");
-                let s = shares(&t, bs.len());
-                let up: u64 = (0..bs.len())
-                    .filter(|i| *i != gone)
-                    .map(|i| weights[i] as u64)
-                    .sum();
-                for (i, w) in weights.iter().enumerate() {
-                    let exact = m as u64 * if i == gone { 0 } else { *w as u64 };
-                    let (lo, hi) = ((exact / up).saturating_sub(1), exact.div_ceil(up) + 1);
-                    assert!(
-                        (lo..=hi).contains(&(s[i] as u64)),
-                        "M={m} {weights:?}, {gone} down: backend {i} has {} slots, expected {lo}..={hi}",
-                        s[i]
-                    );
-                }
+                let mut up = weights.clone();
+                up[gone] = 0;
+                let what = format!("M={m} {weights:?}, {gone} down");
+                assert_weighted(m, &up, &shares(&t, bs.len()), 1, &what);
             }
         }
     }
