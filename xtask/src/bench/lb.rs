@@ -26,7 +26,7 @@ use serde_json::Value;
 use wirelab_testkit::eventually;
 
 use super::{
-    cpu_seconds, f, in_ns, knob, machine, num, out, pct, prog_stats, spawn_ready, wirelab,
+    cpu_seconds, f, in_ns, knob, machine, median, num, out, pct, prog_stats, spawn_ready, wirelab,
     wirelab_bin, Bg, Ctx, Lab, Ready, Sysctl, Table, TempDir,
 };
 use crate::root;
@@ -799,7 +799,7 @@ impl Row<'_> {
     }
 
     /// The round shown in full: the one with the median ratio (no-balancer rows: the median
-    /// rate).
+    /// rate), the upper one of an even count, as [`median`] takes.
     fn shown(&self) -> (&Case, Option<&Case>) {
         let key = |(c, b): &(&Case, Option<&Case>)| {
             b.filter(|_| !self.is_base())
@@ -807,10 +807,11 @@ impl Row<'_> {
         };
         let mut v = self.runs.clone();
         v.sort_by(|a, b| key(a).total_cmp(&key(b)));
-        v[(v.len() - 1) / 2]
+        v[v.len() / 2]
     }
 
-    /// Balancer CPU seconds over all rounds and the requests they served: (program, process).
+    /// Over all rounds: the balancer's program and process CPU seconds (where measured), its
+    /// program runs, and the requests served.
     fn balancer(&self) -> (Option<f64>, Option<f64>, f64, f64) {
         let sum = |f: &dyn Fn(&Case) -> Option<f64>| -> Option<f64> {
             self.runs.iter().map(|(c, _)| f(c)).sum()
@@ -819,19 +820,6 @@ impl Row<'_> {
         let runs = sum(&|c| c.lb_prog.map(|p| p.1)).unwrap_or(0.0);
         let requests = self.runs.iter().map(|(c, _)| c.wrk.requests.max(0.0)).sum();
         (prog, sum(&|c| c.lb_cpu), runs, requests)
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
