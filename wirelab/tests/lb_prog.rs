@@ -161,9 +161,14 @@ fn a_vip_syn_goes_to_the_backend_userspace_predicts() {
 fn a_tracked_flow_keeps_its_backend() {
     let h = Harness::new();
     let first = h.forwarded(&tcp(CLIENT, VIP, 40001, 80, Flags::Syn));
-    for f in [Flags::Ack, Flags::Ack, Flags::Fin, Flags::Rst] {
+    let active = |h: &Harness| h.lb.active_flows(&h.bpf).unwrap().services.get(&0).copied();
+    for (i, f) in [Flags::Ack, Flags::Ack, Flags::Fin].into_iter().enumerate() {
+        assert_eq!(active(&h), Some(1), "open before packet {i}");
         assert_eq!(h.forwarded(&tcp(CLIENT, VIP, 40001, 80, f)), first);
     }
+    // The FIN is marked in the flow's entry: no longer counted as open.
+    assert_eq!(active(&h), None, "closed by the FIN");
+    assert_eq!(h.forwarded(&tcp(CLIENT, VIP, 40001, 80, Flags::Rst)), first);
     let web = &h.stats().services[0];
     assert_eq!((web.count.packets, web.count.new_flows), (5, 1));
     // A miss that is not a SYN (the balancer restarted mid-flow) is hashed and tracked too:

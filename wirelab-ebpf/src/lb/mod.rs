@@ -1063,15 +1063,21 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
     // The service: none if the key's bit in this generation's filter is clear; a tracked
     // flow's through its entry, if its service still has this key (one hash lookup, not
     // two); else through `LB_VIPS`.
-    let mut tracked: Option<FlowValue> = None;
+    // The entry's copy, and where it lies (its FIN/RST marks and UDP refreshes are written
+    // there in place: a second insert would take a fresh LRU element, a third per flow).
+    let mut tracked: Option<(FlowValue, *mut FlowValue)> = None;
     let mut stale = false;
     let mut svc = None;
     if l4 && vip_maybe(gen, vip) {
         if !syn {
-            if let Some(v) = sys::lru_get(&LB_FLOWS, key) {
+            if let Some(e) = LB_FLOWS.get_ptr_mut(key) {
+                // SAFETY: a successful lookup's pointer to the element's value, aligned and
+                // valid for this RCU read-side section; copied out at once (another CPU may
+                // write its flags meanwhile: statistics-grade fields).
+                let v = unsafe { core::ptr::read(e) };
                 if serves(gen, v.service, vip) {
                     svc = Some(v.service);
-                    tracked = Some(v);
+                    tracked = Some((v, e));
                 } else {
                     stale = true;
                 }
@@ -1124,7 +1130,7 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
         0
     };
     let now = if idle_ns != 0 { sys::now_ns() } else { 0 };
-    if let Some(v) = tracked {
+    if let Some((v, e)) = tracked {
         let be = *LB_BACKENDS
             .get(v.backend % MAX_BACKENDS)
             .ok_or(Error::Map)?;
@@ -1133,15 +1139,15 @@ fn try_balance<const LIVE: bool>(f: &Frame, len: u64, pick: &mut Pick) -> Result
             ev::<LIVE>(event::UDP_EXPIRED);
         } else if v.backend < MAX_BACKENDS && be.flags & backend_flag::UP != 0 {
             if LIVE && idle_ns != 0 && idle > idle_ns / 4 {
-                let nv = &FlowValue { seen_ns: now, ..v };
-                let _ = LB_FLOWS.insert(key, nv, 0);
+                // SAFETY: `e` as above; one aligned word written in place (two CPUs writing
+                // it at once both write a time of now).
+                unsafe { (*e).seen_ns = now };
             }
             if LIVE && flags & (TCP_FIN | TCP_RST) != 0 && v.tcp_flags & flags as u32 == 0 {
-                let nv = &FlowValue {
-                    tcp_flags: v.tcp_flags | flags as u32,
-                    ..v
-                };
-                let _ = LB_FLOWS.insert(key, nv, 0);
+                // SAFETY: `e` as above; one aligned word written in place (a mark another
+                // CPU sets at the same instant may be lost: the flow's next FIN or RST sets
+                // it again, and the count of active flows is statistics-grade).
+                unsafe { (*e).tcp_flags = v.tcp_flags | flags as u32 };
             }
             chosen = Some((v.backend, be));
             snat_port = v.snat_port;
