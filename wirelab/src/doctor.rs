@@ -78,7 +78,7 @@ fn kernel_release(rel: &str, v: Option<(u32, u32)>) -> Check {
             Status::Ok
         },
         format!(
-            "Linux {rel} (5.10+; tested: 5.10, 6.1, 6.12, 6.18, 7.2; Debian 12 ships 6.1, Ubuntu 22.04 5.15)"
+            "Linux {rel} (5.10+; tested: 5.10, 5.15, 6.1, 6.12, 6.18, 7.2; Debian 12 ships 6.1, Ubuntu 22.04 5.15)"
         ),
     )
 }

@@ -28,9 +28,8 @@ const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf"];
 #[derive(Clone, Copy)]
 pub struct Kernel {
     pub name: &'static str,
-    /// A Debian suite not in this machine's sources (read through a private apt
-    /// configuration under target/kernels/, the host's sources untouched), or None.
-    pub suite: Option<&'static str>,
+    /// Where the package comes from.
+    pub archive: Archive,
     /// Debian package whose dependency (or newest match) is the image to boot.
     pub query: Query,
     /// Checks expected to fail on this kernel (named with the reason in the report).
@@ -38,6 +37,19 @@ pub struct Kernel {
     /// The modules are in a package of their own (`linux-modules-KVER`, Debian from 6.17 on;
     /// the image package then holds only `usr/lib/modules/KVER/vmlinuz`).
     pub split_modules: bool,
+}
+
+/// An apt archive. Every one but the host's is read through a private apt configuration
+/// under target/kernels/ (the host's sources untouched).
+#[derive(Clone, Copy)]
+pub enum Archive {
+    /// This machine's apt sources.
+    Host,
+    /// A Debian suite (checked with the host's Debian keys).
+    Debian(&'static str),
+    /// An Ubuntu suite of archive.ubuntu.com, checked with the Ubuntu archive keys of Debian's
+    /// `ubuntu-keyring` package (itself from Debian sid, checked with the host's Debian keys).
+    Ubuntu(&'static str),
 }
 
 #[derive(Clone, Copy)]
@@ -51,21 +63,30 @@ pub enum Query {
 pub const MATRIX: &[Kernel] = &[
     Kernel {
         name: "5.10",
-        suite: Some("bullseye"),
+        archive: Archive::Debian("bullseye"),
         query: Query::DependsOf("linux-image-cloud-amd64"),
         expected_fail: &[],
         split_modules: false,
     },
+    // Ubuntu 22.04's kernel (its newest 5.15 in jammy-updates): the generic flavour, whose
+    // modules are a package of their own.
+    Kernel {
+        name: "5.15",
+        archive: Archive::Ubuntu("jammy-updates"),
+        query: Query::Newest("linux-image-5.15.0-", "-generic"),
+        expected_fail: &[],
+        split_modules: true,
+    },
     Kernel {
         name: "6.1",
-        suite: None,
+        archive: Archive::Host,
         query: Query::DependsOf("linux-image-cloud-amd64"),
         expected_fail: &[],
         split_modules: false,
     },
     Kernel {
         name: "6.12",
-        suite: None,
+        archive: Archive::Host,
         query: Query::Newest("linux-image-6.12.", "-cloud-amd64-unsigned"),
         expected_fail: &[],
         split_modules: false,
@@ -73,7 +94,7 @@ pub const MATRIX: &[Kernel] = &[
     // The newest Debian kernel (sid), so a change that breaks on the next kernels shows here.
     Kernel {
         name: "newest",
-        suite: Some("sid"),
+        archive: Archive::Debian("sid"),
         query: Query::Newest("linux-binary-7.", "-cloud-amd64"),
         expected_fail: &[],
         split_modules: true,
@@ -84,20 +105,28 @@ fn ensure_host_packages() -> Result<()> {
     crate::setup::install_debian(HOST_PACKAGES).map(|_| ())
 }
 
-/// apt options reading `suite` from a private configuration under `cache` (updated once).
-fn apt_opts(cache: &Path, suite: Option<&str>) -> Result<Vec<String>> {
-    let Some(suite) = suite else {
-        return Ok(vec![]);
+/// apt options reading `archive` from a private configuration under `cache` (updated once).
+fn apt_opts(cache: &Path, archive: Archive) -> Result<Vec<String>> {
+    let (suite, line) = match archive {
+        Archive::Host => return Ok(vec![]),
+        Archive::Debian(suite) => (
+            suite.to_string(),
+            format!("deb http://deb.debian.org/debian {suite} main\n"),
+        ),
+        Archive::Ubuntu(suite) => (
+            format!("ubuntu-{suite}"),
+            format!(
+                "deb [signed-by={}] http://archive.ubuntu.com/ubuntu {suite} main\n",
+                ubuntu_keyring(cache)?.display()
+            ),
+        ),
     };
     let dir = cache.join(format!("apt-{suite}"));
     for d in ["lists/partial", "cache/archives/partial"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
     let list = dir.join("sources.list");
-    std::fs::write(
-        &list,
-        format!("deb http://deb.debian.org/debian {suite} main\n"),
-    )?;
+    std::fs::write(&list, line)?;
     let d = dir.display();
     let opts: Vec<String> = [
         format!("Dir::Etc::SourceList={}", list.display()),
@@ -109,13 +138,30 @@ fn apt_opts(cache: &Path, suite: Option<&str>) -> Result<Vec<String>> {
     .into_iter()
     .flat_map(|o| ["-o".to_string(), o])
     .collect();
+    let listed = suite.trim_start_matches("ubuntu-");
     let has_lists = std::fs::read_dir(dir.join("lists"))?
         .flatten()
-        .any(|e| e.file_name().to_string_lossy().contains(suite));
+        .any(|e| e.file_name().to_string_lossy().contains(listed));
     if !has_lists {
         run(Command::new("apt-get").args(&opts).args(["update", "-q"]))?;
     }
     Ok(opts)
+}
+
+/// The Ubuntu archive's keys: Debian's `ubuntu-keyring` package, from sid (unpacked once
+/// under `cache`).
+fn ubuntu_keyring(cache: &Path) -> Result<PathBuf> {
+    let dir = cache.join("ubuntu-keyring");
+    let key = dir.join("usr/share/keyrings/ubuntu-archive-keyring.gpg");
+    if !key.exists() {
+        let apt = apt_opts(cache, Archive::Debian("sid"))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        unpack("ubuntu-keyring", &apt, cache, &dir)?;
+    }
+    if !key.exists() {
+        bail!("Debian's ubuntu-keyring holds no {}", key.display());
+    }
+    Ok(key)
 }
 
 fn package_name(q: Query, apt: &[String]) -> Result<String> {
@@ -178,7 +224,7 @@ fn unpack(pkg: &str, apt: &[String], cache: &Path, dir: &Path) -> Result<()> {
 /// tree is normalised to `lib/modules/KVER` (newer packages use `usr/lib/modules`).
 fn fetch(k: &Kernel, cache: &Path) -> Result<(PathBuf, String)> {
     std::fs::create_dir_all(cache)?;
-    let apt = apt_opts(cache, k.suite)?;
+    let apt = apt_opts(cache, k.archive)?;
     let pkg = package_name(k.query, &apt)?;
     let dir = cache.join(&pkg);
     let done = dir.join(".unpacked");

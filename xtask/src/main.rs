@@ -54,8 +54,8 @@ enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// The kernel matrix: Debian's 5.10, 6.1 and 6.12 kernels booted under qemu (software
-    /// emulation), every tool run in a lab inside each guest.
+    /// The kernel matrix: Debian's 5.10, 6.1, 6.12 and newest kernels and Ubuntu 22.04's
+    /// 5.15 booted under qemu (software emulation), every tool run in a lab inside each guest.
     Kernels {
         /// Only these kernels (e.g. 6.1).
         names: Vec<String>,
