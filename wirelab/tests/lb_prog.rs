@@ -13,6 +13,10 @@ use wirelab_common::lb::{FlowKey, NatValue, FAMILY_IPV4, FAMILY_IPV6};
 use wirelab_testkit::frames::lb::{CLIENT, CLIENT6, IFACE_MAC, OTHER, VIP, VIP6, VIP_DOWN};
 
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: passed on
+/// XDP verdicts.
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
@@ -73,6 +77,15 @@ fn key4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> FlowKe
 impl Harness {
     fn new() -> Self {
         Self::with(CONFIG)
+    }
+
+    /// The NAT services, with SNAT or without.
+    fn with_nat(snat: bool) -> Self {
+        Self::with(&if snat {
+            snat_config()
+        } else {
+            NAT_CONFIG.into()
+        })
     }
 
     fn with(config: &str) -> Self {
@@ -356,8 +369,6 @@ fn the_tables_go_in_the_idle_generation() {
 #[test]
 fn the_xdp_entry_point_decides_the_same() {
     const XDP_DROP: u32 = 1;
-    const XDP_PASS: u32 = 2;
-    const XDP_TX: u32 = 3;
     let h = Harness::new();
     let syn = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
     let (v, out) = wirelab_testkit::prog::run(&h.bpf, "lb_xdp", &syn);
@@ -768,54 +779,58 @@ fn translated_by(h: &Harness, prog: &str, pass: u32, f: &[u8], off: usize, len: 
     out[off..off + len].to_vec()
 }
 
-#[test]
-fn nat_rewrites_both_directions_with_correct_checksums() {
-    let h = Harness::with(NAT_CONFIG);
-    // TCP/IPv4: the destination becomes the backend userspace predicts.
-    let syn = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
-    let to = translated(&h, &syn, 30, 4);
+/// The NAT rewrites one entry point (`prog`, whose verdict for "on to the kernel's routing"
+/// is `pass`) makes, each with correct checksums, for flows from client port `port` (and
+/// `port + 1`): a SYN goes to the backend userspace predicts, the flow's ACK after it follows
+/// (through the tc entry point: both share the tables), the backend's reply goes back from
+/// the VIP; UDP with a checksum and without one (0 stays 0), and its reply; TCP over IPv6
+/// (four words of the address through the L4 checksum, no header checksum) both ways. The
+/// answer: the TCP flow's backend.
+#[track_caller]
+fn assert_nat_rewrites(h: &Harness, prog: &str, pass: u32, port: u16) -> [u8; 4] {
+    let x = |f: &[u8], off: usize, len: usize| translated_by(h, prog, pass, f, off, len);
+    let to = x(&tcp(CLIENT, VIP, port, 80, Flags::Syn), 30, 4);
     let want = h.lb.services[0]
-        .predict(&key4(CLIENT, VIP, 40000, 80, 6))
+        .predict(&key4(CLIENT, VIP, port, 80, 6))
         .unwrap();
     assert_eq!(
         std::net::IpAddr::from([to[0], to[1], to[2], to[3]]),
-        want.addr
+        want.addr,
+        "{prog}"
     );
-    // The rest of the flow follows (tracked), also translated.
-    let ack = tcp(CLIENT, VIP, 40000, 80, Flags::Ack);
-    assert_eq!(translated(&h, &ack, 30, 4), to);
-    // The backend's reply: its source goes back to the VIP.
+    let ack = tcp(CLIENT, VIP, port, 80, Flags::Ack);
+    assert_eq!(translated(h, &ack, 30, 4), to, "{prog}: tracked");
     let be: [u8; 4] = to.clone().try_into().unwrap();
-    let reply = tcp(be, CLIENT, 80, 40000, Flags::Ack);
-    assert_eq!(translated(&h, &reply, 26, 4), VIP);
-    // A packet from the backend that is no NAT flow's reply is left alone.
-    let other = tcp(be, CLIENT, 80, 40001, Flags::Ack);
+    assert_eq!(x(&tcp(be, CLIENT, 80, port, Flags::Ack), 26, 4), VIP);
+
+    let udp_be = [198, 18, 2, 31];
+    assert_eq!(x(&udp4(CLIENT, VIP, port, 53), 30, 4), udp_be);
+    let mut q0 = udp4(CLIENT, VIP, port + 1, 53);
+    q0[40..42].copy_from_slice(&[0, 0]);
+    let (v, out) = wirelab_testkit::prog::run(&h.bpf, prog, &q0);
+    assert_eq!((v, &out[30..34]), (pass, &udp_be[..]), "{prog}");
+    assert_eq!(&out[40..42], &[0, 0], "{prog}: no UDP checksum stays none");
+    assert!(checksums_ok(&out));
+    assert_eq!(x(&udp4(udp_be, CLIENT, 53, port), 26, 4), VIP);
+
+    let b6 = x(&tcp6_from(CLIENT6, VIP6, port, 80, true), 38, 16);
+    assert_eq!(b6, v6("2001:2:2::21"), "{prog}");
+    let b6: [u8; 16] = b6.try_into().unwrap();
+    assert_eq!(x(&tcp6_from(b6, CLIENT6, 80, port, false), 22, 16), VIP6);
+    be
+}
+
+#[test]
+fn nat_rewrites_both_directions_with_correct_checksums() {
+    let h = Harness::with(NAT_CONFIG);
+    let be = assert_nat_rewrites(&h, "lb", TC_ACT_OK, 40000);
+    // A packet from a backend that is no NAT flow's reply is left alone.
+    let other = tcp(be, CLIENT, 80, 40002, Flags::Ack);
     assert_eq!(h.run(&other), (TC_ACT_UNSPEC, other.clone()));
     let s = h.stats();
-    assert_eq!((s.events.nat_replies, s.events.forwarded), (1, 2));
+    // Forwarded: the SYN, its ACK, both UDP queries and the IPv6 SYN; replies: one each.
+    assert_eq!((s.events.nat_replies, s.events.forwarded), (3, 5));
     assert_eq!(s.services[0].count.new_flows, 1);
-
-    // UDP/IPv4, with a checksum and without one (0 stays 0).
-    let q = udp4(CLIENT, VIP, 5353, 53);
-    assert_eq!(translated(&h, &q, 30, 4), [198, 18, 2, 31]);
-    let mut q0 = udp4(CLIENT, VIP, 5354, 53);
-    q0[40..42].copy_from_slice(&[0, 0]);
-    let (v, out) = h.run(&q0);
-    assert_eq!(v, TC_ACT_OK);
-    assert_eq!(&out[30..34], &[198, 18, 2, 31]);
-    assert_eq!(&out[40..42], &[0, 0], "no UDP checksum stays none");
-    assert!(checksums_ok(&out));
-    let r = udp4([198, 18, 2, 31], CLIENT, 53, 5353);
-    assert_eq!(translated(&h, &r, 26, 4), VIP);
-
-    // TCP/IPv6: four words of the address through the L4 checksum (no header checksum).
-    let s6 = tcp6_from(CLIENT6, VIP6, 40000, 80, true);
-    let to6 = translated(&h, &s6, 38, 16);
-    let b6 = v6("2001:2:2::21");
-    assert_eq!(to6, b6);
-    let r6 = tcp6_from(b6, CLIENT6, 80, 40000, false);
-    assert_eq!(translated(&h, &r6, 22, 16), VIP6);
-    assert_eq!(h.stats().events.nat_replies, 3);
 }
 
 /// `LB_FLOWS` and `LB_NAT` are LRU tables evicted independently. A tracked NAT flow whose
@@ -825,11 +840,7 @@ fn nat_rewrites_both_directions_with_correct_checksums() {
 #[test]
 fn a_tracked_nat_flow_whose_reply_entry_was_evicted_gets_it_back() {
     for snat in [false, true] {
-        let mut h = Harness::with(&if snat {
-            snat_config()
-        } else {
-            NAT_CONFIG.into()
-        });
+        let mut h = Harness::with_nat(snat);
         let syn = tcp(CLIENT, VIP, 40000, 80, Flags::Syn);
         let (v, out) = h.run(&syn);
         assert_eq!(v, TC_ACT_OK, "snat {snat}");
@@ -951,17 +962,12 @@ fn reassembled(a: &[u8], b: &[u8]) -> Vec<u8> {
 /// a datagram whose first was not seen is passed as it is.
 #[test]
 fn fragmented_nat_replies_are_translated_fragment_by_fragment() {
-    const XDP_PASS: u32 = 2;
     for (prog, pass, unspec) in [
         ("lb", TC_ACT_OK, TC_ACT_UNSPEC),
         ("lb_xdp", XDP_PASS, XDP_PASS),
     ] {
         for snat in [false, true] {
-            let h = Harness::with(&if snat {
-                snat_config()
-            } else {
-                NAT_CONFIG.into()
-            });
+            let h = Harness::with_nat(snat);
             let run = |f: &[u8]| wirelab_testkit::prog::run(&h.bpf, prog, f);
             let what = format!("{prog}, snat {snat}");
             // `reply` in two fragments (split at `at`, identification `id`): both passed, and
@@ -1071,14 +1077,9 @@ fn fragments_to_a_vip_follow_their_first_fragment() {
 /// IPv6 TCP; both entry points; with SNAT the source too).
 #[test]
 fn fragmented_datagrams_to_a_nat_vip_reach_one_backend_whole() {
-    const XDP_PASS: u32 = 2;
     for (prog, pass) in [("lb", TC_ACT_OK), ("lb_xdp", XDP_PASS)] {
         for snat in [false, true] {
-            let h = Harness::with(&if snat {
-                snat_config()
-            } else {
-                NAT_CONFIG.into()
-            });
+            let h = Harness::with_nat(snat);
             let run = |f: &[u8]| wirelab_testkit::prog::run(&h.bpf, prog, f);
             let what = format!("{prog}, snat {snat}");
             let mut query = Vec::new();
@@ -1270,43 +1271,11 @@ fn over_the_new_flow_limit_nat_syns_are_dropped_and_tracked_flows_stay() {
 /// veth: docs/lb.md).
 #[test]
 fn xdp_entry_point_translates_nat_and_redirects_dsr_on_request() {
-    const XDP_PASS: u32 = 2;
-    const XDP_REDIRECT: u32 = 4;
     let x = |h: &Harness, f: &[u8], off: usize, len: usize| {
         translated_by(h, "lb_xdp", XDP_PASS, f, off, len)
     };
     let h = Harness::with(NAT_CONFIG);
-    let syn = tcp(CLIENT, VIP, 41000, 80, Flags::Syn);
-    let to = x(&h, &syn, 30, 4);
-    let want = h.lb.services[0]
-        .predict(&key4(CLIENT, VIP, 41000, 80, 6))
-        .unwrap();
-    assert_eq!(
-        std::net::IpAddr::from([to[0], to[1], to[2], to[3]]),
-        want.addr
-    );
-    // The tc entry point agrees on the tracked flow.
-    assert_eq!(
-        translated(&h, &tcp(CLIENT, VIP, 41000, 80, Flags::Ack), 30, 4),
-        to
-    );
-    let be: [u8; 4] = to.clone().try_into().unwrap();
-    assert_eq!(x(&h, &tcp(be, CLIENT, 80, 41000, Flags::Ack), 26, 4), VIP);
-    // UDP with a checksum, and without one (stays none).
-    assert_eq!(x(&h, &udp4(CLIENT, VIP, 5400, 53), 30, 4), [198, 18, 2, 31]);
-    let mut q0 = udp4(CLIENT, VIP, 5401, 53);
-    q0[40..42].copy_from_slice(&[0, 0]);
-    let (v, out) = wirelab_testkit::prog::run(&h.bpf, "lb_xdp", &q0);
-    assert_eq!((v, &out[40..42]), (XDP_PASS, &[0u8, 0][..]));
-    assert!(checksums_ok(&out));
-    assert_eq!(x(&h, &udp4([198, 18, 2, 31], CLIENT, 53, 5400), 26, 4), VIP);
-    // IPv6: four words through the L4 checksum.
-    let b6 = x(&h, &tcp6_from(CLIENT6, VIP6, 41000, 80, true), 38, 16);
-    let b6: [u8; 16] = b6.try_into().unwrap();
-    assert_eq!(
-        x(&h, &tcp6_from(b6, CLIENT6, 80, 41000, false), 22, 16),
-        VIP6
-    );
+    let _ = assert_nat_rewrites(&h, "lb_xdp", XDP_PASS, 41000);
     // Many different checksums (one per source port), so one's complement carries occur.
     for port in 6000..6064 {
         let f = udp4(CLIENT, VIP, port, 53);
@@ -1318,11 +1287,7 @@ fn xdp_entry_point_translates_nat_and_redirects_dsr_on_request() {
     // DSR: XDP_TX by default; a redirect to the interface itself when asked.
     let mut d = Harness::new();
     let f = tcp(CLIENT, VIP, 42000, 80, Flags::Syn);
-    assert_eq!(
-        wirelab_testkit::prog::run(&d.bpf, "lb_xdp", &f).0,
-        3,
-        "XDP_TX"
-    );
+    assert_eq!(wirelab_testkit::prog::run(&d.bpf, "lb_xdp", &f).0, XDP_TX);
     let c = Config::parse(CONFIG).unwrap();
     let mut plan = Balancer::plan(&c, IFACE_MAC, Some(&d.lb), &Default::default()).unwrap();
     plan.xdp_out = wirelab_common::lb::xdp_out::REDIRECT;
@@ -1398,7 +1363,6 @@ fn port_at(f: &[u8], off: usize) -> u16 {
 /// client's own address and port; with every try taken the SYN is a counted drop.
 #[test]
 fn snat_rewrites_source_and_destination_and_picks_a_free_port() {
-    const XDP_PASS: u32 = 2;
     for (prog, pass) in [("lb", TC_ACT_OK), ("lb_xdp", XDP_PASS)] {
         let h = Harness::with(&snat_config());
         let svc = &h.lb.services[0];
@@ -1540,7 +1504,6 @@ fn snat_rewrites_source_and_destination_and_picks_a_free_port() {
 /// back to the client; over 40 clients every address of the pool is used.
 #[test]
 fn an_snat_pool_gives_each_flow_the_address_its_hash_picks() {
-    const XDP_PASS: u32 = 2;
     let pool: [[u8; 4]; 3] = [[198, 18, 2, 250], [198, 18, 2, 251], [198, 18, 2, 252]];
     let config = NAT_CONFIG.replacen(
         "name = \"nat\"\n",
@@ -1781,8 +1744,6 @@ fn errors_the_balancer_host_sends_about_nat_flows_are_translated_at_egress() {
 /// checksum checked against frames built afresh with the translated fields.
 #[test]
 fn icmp_errors_about_balanced_flows_are_translated_or_sent_to_the_backend() {
-    const XDP_PASS: u32 = 2;
-    const XDP_TX: u32 = 3;
     const ROUTER: [u8; 4] = [198, 18, 2, 1];
     for (prog, pass) in [("lb", TC_ACT_OK), ("lb_xdp", XDP_PASS)] {
         // NAT, no SNAT.
@@ -1940,7 +1901,6 @@ fn port_config(snat: bool) -> String {
 /// translates the source port beside it.
 #[test]
 fn nat_translates_the_service_port_to_the_port_the_backend_listens_on() {
-    const XDP_PASS: u32 = 2;
     const ROUTER: [u8; 4] = [198, 18, 2, 1];
     for (prog, pass) in [("lb", TC_ACT_OK), ("lb_xdp", XDP_PASS)] {
         let h = Harness::with(&port_config(false));
