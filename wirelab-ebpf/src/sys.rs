@@ -4,10 +4,10 @@
 use core::borrow::Borrow;
 
 use aya_ebpf::{
-    bindings::{sockaddr, BPF_F_CURRENT_CPU},
+    bindings::{bpf_fib_lookup, sockaddr, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_F_CURRENT_CPU},
     helpers::{
         bpf_bind, bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        bpf_perf_event_output, bpf_redirect, bpf_xdp_adjust_meta,
+        bpf_perf_event_output, bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_meta,
     },
     maps::{HashMap, LruHashMap, PerfEventArray},
     programs::{SockAddrContext, TcContext, XdpContext},
@@ -27,6 +27,33 @@ pub fn now_ns() -> u64 {
 pub fn redirect(ifindex: u32) -> i32 {
     // SAFETY: takes plain integers; the kernel validates the ifindex when it redirects.
     unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// Send a tc program's packet out of the interface of the route to its destination (`fib`:
+/// the lookup's parameters, the destination and family filled in, `ifindex` the interface the
+/// lookup is made from), its link-layer header made by the kernel's neighbour table
+/// (`bpf_redirect_neigh`, Linux 5.10). `None` when there is no such route (or the lookup
+/// refuses: forwarding off, not a unicast route): nothing was changed.
+#[inline(always)]
+pub fn redirect_by_route(ctx: &TcContext, fib: &mut bpf_fib_lookup) -> Option<i32> {
+    // SAFETY: `ctx.skb.skb` is this tc program's context; `fib` is a whole, aligned
+    // `bpf_fib_lookup` the helper reads and writes within its size.
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    // The route is found whether or not the next hop's address is resolved yet (the
+    // neighbour table resolves it on the way out).
+    if rc != 0 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return None;
+    }
+    // SAFETY: takes plain integers and no next hop (the kernel looks it up); the kernel
+    // validates the ifindex when it redirects.
+    Some(unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32 })
 }
 
 /// Grow (negative `delta`) or shrink the XDP metadata area in front of the packet. True on

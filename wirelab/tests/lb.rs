@@ -1189,26 +1189,71 @@ fn dsr_over_ipv6_finds_backends_by_neighbour_discovery() {
 /// keeps no MTU and the upload stalls (the client gives up after 10 s).
 #[test]
 fn nat_path_mtu_discovery_works_through_the_balancer() {
-    let dir = TempDir::new("lbm");
-    let (lab, _servers, _) = nat_lab("lbm", &dir);
+    path_mtu_upload("lbm", None);
+}
+
+/// [`nat_path_mtu_discovery_works_through_the_balancer`] with SNAT: the balancer's "fragmentation
+/// needed" goes to the flow's source as translated, the SNAT address, i.e. to this host
+/// itself (through `lo`). `lb_egress` on `lo` takes it, `lb_icmp` turns it towards the client
+/// (quote and destination, as for an error from a backend) and sends it out of the route to
+/// the client.
+#[test]
+fn snat_path_mtu_discovery_works_through_the_balancer() {
+    path_mtu_upload("lbp", Some("198.18.2.250"));
+}
+
+/// A 300 kB upload from the client to a sink on b1 through the NAT lab whose backend link on
+/// the balancer has MTU 1280; with `snat`, the sink's service takes it (on the balancer's
+/// eth1, accept_local on).
+fn path_mtu_upload(name: &str, snat: Option<&str>) {
+    let dir = TempDir::new(name);
+    let (lab, _servers, _) = nat_lab(name, &dir);
+    let snat_line = snat
+        .map(|a| format!("snat = \"{a}\"\n"))
+        .unwrap_or_default();
     let config = dir.file(
         "lb-sink.toml",
         &format!(
             "{NAT_CONFIG}\n[[service]]\nname = \"sink\"\nvip = \"198.18.1.100\"\nport = 9000\n\
-             proto = \"tcp\"\nmode = \"nat\"\n[[service.backend]]\nname = \"b1\"\n\
+             proto = \"tcp\"\nmode = \"nat\"\n{snat_line}[[service.backend]]\nname = \"b1\"\n\
              addr = \"198.18.2.21\"\n"
         ),
     );
     let lb_ns = lab.ns("lb");
-    let client_ns = lab.ns("client");
     common::ok(common::in_ns(
         &lb_ns,
         &["ip", "link", "set", "eth1", "mtu", "1280"],
     ));
-    // A sink on b1: counts what one connection sends and answers with the count.
-    let sink = "import socket, sys\n\
-        s = socket.socket()\n\
-        s.bind(('0.0.0.0', 9000))\n\
+    if let Some(a) = snat {
+        common::ok(common::in_ns(
+            &lb_ns,
+            &["ip", "addr", "add", &format!("{a}/24"), "dev", "eth1"],
+        ));
+        common::ok(common::in_ns(
+            &lb_ns,
+            &["sysctl", "-qw", "net.ipv4.conf.all.accept_local=1"],
+        ));
+    }
+    let bg = start_nat_lb(&lb_ns, &config);
+    upload_learns_the_path_mtu(&lab, "198.18.1.100");
+    bg.terminate();
+}
+
+/// A sink on b1 (port 9000: counts what one connection sends and answers with the count) and a
+/// 300 kB upload to it from the client through the running balancer at `vip`, whose
+/// backend link has MTU 1280: the upload completes, the client's route to `vip` holds the path
+/// MTU, and the balancer translated at least one ICMP error.
+fn upload_learns_the_path_mtu(lab: &Lab, vip: &str) {
+    let any = if vip.contains(':') { "::" } else { "0.0.0.0" };
+    let family = if vip.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
+    let sink = format!(
+        "import socket, sys\n\
+        s = socket.socket(socket.{family})\n\
+        s.bind(('{any}', 9000))\n\
         s.listen(1)\n\
         s.settimeout(60)\n\
         print('listening', file=sys.stderr, flush=True)\n\
@@ -1220,39 +1265,38 @@ fn nat_path_mtu_discovery_works_through_the_balancer() {
             if not d:\n        \
                 break\n    \
             n += len(d)\n\
-        c.sendall(str(n).encode())\n";
+        c.sendall(str(n).encode())\n"
+    );
     let _sink = spawn_ready(
-        common::in_ns(&lab.ns("b1"), &["python3", "-c", sink]),
+        common::in_ns(&lab.ns("b1"), &["python3", "-c", &sink]),
         "listening",
         Duration::from_secs(10),
     );
-    let bg = start_nat_lb(&lb_ns, &config);
-    let upload = "import socket\n\
-        c = socket.create_connection(('198.18.1.100', 9000), timeout=10)\n\
+    let client_ns = lab.ns("client");
+    let upload = format!(
+        "import socket\n\
+        c = socket.create_connection(('{vip}', 9000), timeout=10)\n\
         c.sendall(b'x' * 300000)\n\
         c.shutdown(socket.SHUT_WR)\n\
-        print(c.recv(100).decode())\n";
-    let o = common::ok(common::in_ns(&client_ns, &["python3", "-c", upload]));
+        print(c.recv(100).decode())\n"
+    );
+    let o = common::ok(common::in_ns(&client_ns, &["python3", "-c", &upload]));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "300000");
-    let o = common::ok(common::in_ns(
-        &client_ns,
-        &["ip", "route", "get", "198.18.1.100"],
-    ));
+    let o = common::ok(common::in_ns(&client_ns, &["ip", "route", "get", vip]));
     let route = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
         route.contains("mtu 1280"),
         "the client learnt no path MTU: {route}"
     );
-    let ev = lb_stats(&lb_ns).stats.events;
+    let ev = lb_stats(&lab.ns("lb")).stats.events;
     assert!(ev.icmp_translated >= 1, "{ev:?}");
     assert_eq!(ev.drop_error, 0, "{ev:?}");
-    bg.terminate();
 }
 
 /// The NAT balancer on the clsact path (kernels before 6.6; forced here with
 /// WIRELAB_TC_ATTACH=clsact): `lb` at ingress of both interfaces, and `lb_egress` at egress
-/// once a NAT service comes (here by a reload of a DSR-only start). `wirelab cleanup` leaves
-/// a live balancer's filters alone; after a kill -9 it removes all four.
+/// (and lo's) once a NAT service comes (here by a reload of a DSR-only start). `wirelab
+/// cleanup` leaves a live balancer's filters alone; after a kill -9 it removes all five.
 #[test]
 fn nat_on_clsact_a_killed_balancers_filters_are_removed_by_cleanup() {
     let dir = TempDir::new("lbk");
@@ -1265,7 +1309,7 @@ fn nat_on_clsact_a_killed_balancers_filters_are_removed_by_cleanup() {
     );
     let lb_ns = lab.ns("lb");
     let filters = || -> usize {
-        ["eth0", "eth1"]
+        ["eth0", "eth1", "lo"]
             .iter()
             .flat_map(|i| ["ingress", "egress"].map(|hook| (*i, hook)))
             .map(|(i, hook)| {
@@ -1292,8 +1336,8 @@ fn nat_on_clsact_a_killed_balancers_filters_are_removed_by_cleanup() {
     );
     assert_eq!(
         filters(),
-        4,
-        "the reload's NAT service: lb_egress on eth0 and eth1 too"
+        5,
+        "the reload's NAT service: lb_egress on eth0, eth1 and lo too"
     );
     let cleanup = || -> wirelab::cleanup::Report {
         let o = common::ok(
@@ -1305,13 +1349,19 @@ fn nat_on_clsact_a_killed_balancers_filters_are_removed_by_cleanup() {
     };
     let r = cleanup();
     assert!(r.lb_filters_removed.is_empty(), "{r:?}");
-    assert_eq!(filters(), 4, "cleanup removed a live balancer's filters");
+    assert_eq!(filters(), 5, "cleanup removed a live balancer's filters");
     bg.kill();
-    assert_eq!(filters(), 4, "a killed clsact balancer leaves its filters");
+    assert_eq!(filters(), 5, "a killed clsact balancer leaves its filters");
     let r = cleanup();
+    let mut removed = r.lb_filters_removed.clone();
+    removed.sort();
     assert_eq!(
-        r.lb_filters_removed,
-        [format!("{lb_ns}/eth0"), format!("{lb_ns}/eth1")],
+        removed,
+        [
+            format!("{lb_ns}/eth0"),
+            format!("{lb_ns}/eth1"),
+            format!("{lb_ns}/lo")
+        ],
         "{r:?}"
     );
     assert_eq!(filters(), 0);
@@ -1663,6 +1713,22 @@ fn nat_over_ipv6() {
     let ev = &st.stats.events;
     assert!(ev.nat_replies >= 600, "{ev:?}");
     assert_eq!((ev.drop_error, ev.drop_snat_port), (0, 0), "{ev:?}");
+
+    // Path MTU discovery with SNAT over IPv6: the balancer's "packet too big" goes to the
+    // SNAT address (through `lo`) and is turned towards the client.
+    common::ok(common::in_ns(
+        &lb_ns,
+        &["ip", "link", "set", "eth1", "mtu", "1280"],
+    ));
+    let sink = dir.file(
+        "lb6-sink.toml",
+        "[[service]]\nname = \"sink6\"\nvip = \"2001:2:1::100\"\nport = 9000\nproto = \"tcp\"\n\
+         mode = \"nat\"\nsnat = \"2001:2:2::250\"\n[[service.backend]]\nname = \"b1\"\n\
+         addr = \"2001:2:2::21\"\n",
+    );
+    let bg = start_nat_lb(&lb_ns, &sink);
+    upload_learns_the_path_mtu(&lab, "2001:2:1::100");
+    bg.terminate();
 }
 
 /// `wirelab lb --record` then `wirelab report`: the plots of each backend's share and of the

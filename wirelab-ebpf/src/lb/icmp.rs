@@ -31,7 +31,9 @@
 //! non-first fragments (IPv4, or IPv6 by their fragment header) carry no ports: such errors
 //! are passed on untranslated.
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{
+        bpf_fib_lookup, xdp_action, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
     macros::{classifier, map, xdp},
     maps::PerCpuArray,
     programs::{TcContext, XdpContext},
@@ -142,6 +144,15 @@ pub(super) struct IcmpPatch {
 
 #[map]
 static LB_ICMP_PATCH: PerCpuArray<IcmpPatch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's route lookup for [`to_client`] (a map value: the program's stack has no room).
+#[map]
+static LB_ICMP_FIB: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// `lo`'s interface index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// This CPU's patch.
 #[inline(always)]
@@ -584,10 +595,12 @@ pub fn lb_icmp(mut ctx: TcContext) -> i32 {
     let mut pick = Pick::NONE;
     let verdict = match decide(&Frame::tc(&ctx), &mut pick) {
         Verdict::IcmpNat => {
-            if written(apply(&mut Skb(&ctx)), &mut pick) {
-                TC_ACT_OK
-            } else {
+            if !written(apply(&mut Skb(&ctx)), &mut pick) {
                 TC_ACT_SHOT
+            } else if egressing() && sys::skb_ifindex(&ctx) == LOOPBACK_IFINDEX {
+                to_client(&ctx)
+            } else {
+                TC_ACT_OK
             }
         }
         Verdict::Forward => sys::redirect(sys::skb_ifindex(&ctx)),
@@ -599,6 +612,41 @@ pub fn lb_icmp(mut ctx: TcContext) -> i32 {
         return verdict;
     }
     tap_tc(&mut ctx, &pick, verdict)
+}
+
+/// An error this host's kernel sent to itself, now translated: one about an SNAT flow went to
+/// the flow's SNAT address, this host's own, so it left through `lo` (where `lb_egress` also
+/// sits); its destination is the client's now, so it goes out of the route to the client
+/// (else, looped back to this host, it would be delivered here and dropped). Without a route
+/// it is passed on as before.
+#[inline(always)]
+fn to_client(ctx: &TcContext) -> i32 {
+    let Ok(s) = slot() else {
+        return TC_ACT_OK;
+    };
+    let Some(fib) = LB_ICMP_FIB.get_ptr_mut(0) else {
+        return TC_ACT_OK;
+    };
+    if s.parts & OUT_DST == 0 {
+        return TC_ACT_OK;
+    }
+    // SAFETY: this CPU's element of a per-CPU array, aligned, valid for the whole run of the
+    // program and used by this function only.
+    let fib = unsafe { &mut *fib };
+    // SAFETY: `bpf_fib_lookup` is plain data (integers and arrays of them): all zeroes is a
+    // valid value.
+    *fib = unsafe { core::mem::zeroed() };
+    fib.ifindex = LOOPBACK_IFINDEX;
+    let d = &s.out_dst;
+    let w = |i: usize| u32::from_ne_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]);
+    if s.v6 {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_4.ipv6_dst = [w(0), w(1), w(2), w(3)];
+    } else {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_4.ipv4_dst = w(0);
+    }
+    sys::redirect_by_route(ctx, fib).unwrap_or(TC_ACT_OK)
 }
 
 /// tc egress of the balancer's interfaces, for NAT services: ICMP errors this host's own

@@ -1815,14 +1815,18 @@ fn ask_program(
     Ok(r.return_value)
 }
 
-/// Attach [`PROG_EGRESS`] at tc egress of every interface the balancer watches: once, for the
-/// first NAT service (at start, or the reload that brings one).
+/// Attach [`PROG_EGRESS`] at tc egress of every interface the balancer watches and of `lo`
+/// (the errors about SNAT flows go to the SNAT address, this host's own): once, for the first
+/// NAT service (at start, or the reload that brings one).
 fn attach_egress(bpf: &mut Ebpf, opts: &Options) -> Result<()> {
-    for i in std::iter::once(&opts.iface).chain(&opts.nat_ifaces) {
+    let ifaces = std::iter::once(opts.iface.as_str())
+        .chain(opts.nat_ifaces.iter().map(String::as_str))
+        .chain(["lo"]);
+    for i in ifaces {
         rbpf::attach_tc(bpf, PROG_EGRESS, i, TcAttachType::Egress)?;
     }
     tracing::info!(
-        "lb_egress at tc egress: ICMP errors this host sends about NAT flows quote the VIP"
+        "lb_egress at tc egress (and lo's): ICMP errors this host sends about NAT flows quote the VIP"
     );
     Ok(())
 }
