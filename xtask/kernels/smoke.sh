@@ -225,9 +225,18 @@ check lb-dsr-tcp lb_balances
 # gives its quote the VIP back. Without it the bulk TCP probe stalls at 0 goodput. The
 # backend listens on 8080 (`port`): the service port is translated both ways, in the quote
 # too.
+# $1: an SNAT address for the service (then the balancer's "fragmentation needed" goes to
+# that address, its own, through lo, and lb_icmp sends it on to the client), or nothing.
 lb_nat_pmtu() {
   $W lab up --name lbn /examples/lb-nat-lab.toml || return 1
-  printf '[[service]]\nname = "web"\nvip = "198.18.1.100"\nport = 80\nproto = "tcp"\nmode = "nat"\n[[service.backend]]\nname = "b1"\naddr = "198.18.2.21"\nport = 8080\n' > /tmp/lbn.toml
+  snat=""
+  if [ -n "$1" ]; then
+    snat="snat = \"$1\"\n"
+    $W lab exec --name lbn lb -- ip addr add "$1/24" dev eth1 || return 1
+    $W lab exec --name lbn lb -- sysctl -w net.ipv4.conf.all.accept_local=1 || return 1
+  fi
+  printf '[[service]]\nname = "web"\nvip = "198.18.1.100"\nport = 80\nproto = "tcp"\nmode = "nat"\n'"$snat"'[[service.backend]]\nname = "b1"\naddr = "198.18.2.21"\nport = 8080\n' > /tmp/lbn.toml
+  cat /tmp/lbn.toml
   $W lab exec --name lbn lb -- ip link set eth1 mtu 1280 || return 1
   $W probe server --netns lbn-b1 --bind 198.18.2.21:8080 --duration 120s > /tmp/lbn-b1.out 2>&1 &
   $W lb --netns lbn-lb --iface eth0 --nat-iface eth1 --config /tmp/lbn.toml --duration 120s > /tmp/lbn.out 2>&1 &
@@ -245,6 +254,7 @@ lb_nat_pmtu() {
   return $ok
 }
 check lb-nat-port-pmtu lb_nat_pmtu
+check lb-snat-pmtu lb_nat_pmtu 198.18.2.250
 check cleanup-after $W cleanup
 echo "WIRELAB-KT DONE"
 poweroff -f
