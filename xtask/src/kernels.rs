@@ -30,7 +30,7 @@ pub struct Kernel {
     pub name: &'static str,
     /// Where the package comes from.
     pub archive: Archive,
-    /// Debian package whose dependency (or newest match) is the image to boot.
+    /// The package whose dependency (or newest match) is the image to boot.
     pub query: Query,
     /// Checks expected to fail on this kernel (named with the reason in the report).
     pub expected_fail: &'static [(&'static str, &'static str)],
