@@ -25,9 +25,12 @@ ONLY=$(sed -n 's/.*wirelab\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
 check() {
   name=$1; shift
   if [ -n "$ONLY" ] && ! echo ",$ONLY," | grep -q ",$name,"; then return 0; fi
+  t0=$(cut -d' ' -f1 /proc/uptime)
   if "$@" > /tmp/out 2>&1; then r=PASS; else r=FAIL; fi
+  t1=$(cut -d' ' -f1 /proc/uptime)
   sed 's/^/  | /' /tmp/out | tail -n 25
   echo "WIRELAB-KT $r $name"
+  echo "WIRELAB-KT TOOK $name $(awk "BEGIN { printf \"%.1f\", $t1 - $t0 }") s"
 }
 
 # until TRIES CMD...: retry CMD every 0.5 s. Waits for a tool to load and attach take up to
