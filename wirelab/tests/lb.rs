@@ -1225,18 +1225,24 @@ fn path_mtu_upload(name: &str, snat: Option<&str>) {
         &["ip", "link", "set", "eth1", "mtu", "1280"],
     ));
     if let Some(a) = snat {
-        common::ok(common::in_ns(
-            &lb_ns,
-            &["ip", "addr", "add", &format!("{a}/24"), "dev", "eth1"],
-        ));
-        common::ok(common::in_ns(
-            &lb_ns,
-            &["sysctl", "-qw", "net.ipv4.conf.all.accept_local=1"],
-        ));
+        snat_address(&lb_ns, a);
     }
     let bg = start_nat_lb(&lb_ns, &config);
     upload_learns_the_path_mtu(&lab, "198.18.1.100");
     bg.terminate();
+}
+
+/// An SNAT address on the NAT lab's balancer (`lb_ns`): its own, on the backend side (the
+/// kernel answers ARP), with accept_local on (the address is a local source to its routing).
+fn snat_address(lb_ns: &str, addr: &str) {
+    common::ok(common::in_ns(
+        lb_ns,
+        &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth1"],
+    ));
+    common::ok(common::in_ns(
+        lb_ns,
+        &["sysctl", "-qw", "net.ipv4.conf.all.accept_local=1"],
+    ));
 }
 
 /// A sink on b1 (port 9000: counts what one connection sends and answers with the count) and a
@@ -1294,9 +1300,10 @@ fn upload_learns_the_path_mtu(lab: &Lab, vip: &str) {
 }
 
 /// The NAT balancer on the clsact path (kernels before 6.6; forced here with
-/// WIRELAB_TC_ATTACH=clsact): `lb` at ingress of both interfaces, and `lb_egress` at egress
-/// (and lo's) once a NAT service comes (here by a reload of a DSR-only start). `wirelab
-/// cleanup` leaves a live balancer's filters alone; after a kill -9 it removes all five.
+/// WIRELAB_TC_ATTACH=clsact): `lb` at ingress of both interfaces, `lb_egress` at their egress
+/// once a NAT service comes (here by a reload of a DSR-only start) and at lo's once a service
+/// has SNAT (a second reload). `wirelab cleanup` leaves a live balancer's filters alone; after
+/// a kill -9 it removes all five.
 #[test]
 fn nat_on_clsact_a_killed_balancers_filters_are_removed_by_cleanup() {
     let dir = TempDir::new("lbk");
@@ -1336,8 +1343,29 @@ fn nat_on_clsact_a_killed_balancers_filters_are_removed_by_cleanup() {
     );
     assert_eq!(
         filters(),
+        4,
+        "the reload's NAT service: lb_egress on eth0 and eth1 (not lo: no SNAT)"
+    );
+    let snat = "198.18.2.250";
+    snat_address(&lb_ns, snat);
+    let with_snat = dir.file(
+        "lb-snat.toml",
+        &format!(
+            "{NAT_CONFIG}\n[[service]]\nname = \"sink\"\nvip = \"198.18.1.100\"\nport = 9000\n\
+             proto = \"tcp\"\nmode = \"nat\"\nsnat = \"{snat}\"\n[[service.backend]]\n\
+             name = \"b1\"\naddr = \"198.18.2.21\"\n"
+        ),
+    );
+    common::ok(
+        wirelab()
+            .env("WIRELAB_TC_ATTACH", "clsact")
+            .args(["lb", "reload", "--netns", &lb_ns, "--config"])
+            .arg(&with_snat),
+    );
+    assert_eq!(
+        filters(),
         5,
-        "the reload's NAT service: lb_egress on eth0, eth1 and lo too"
+        "the reload's service with SNAT: lb_egress on lo too"
     );
     let cleanup = || -> wirelab::cleanup::Report {
         let o = common::ok(

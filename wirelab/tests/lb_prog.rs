@@ -97,7 +97,7 @@ impl Harness {
         common::load_prog(&mut bpf, "lb_xdp");
         wirelab::lb::load_which(&mut bpf)
             .unwrap_or_else(|e| panic!("verifier accepts lb_which: {e:?}"));
-        wirelab::lb::load_icmp(&mut bpf)
+        wirelab::lb::load_icmp(&mut bpf, true)
             .unwrap_or_else(|e| panic!("verifier accepts lb_icmp and lb_icmp_xdp: {e:?}"));
         common::load_prog(&mut bpf, wirelab::lb::PROG_EGRESS);
         Self { bpf, lb }

@@ -350,16 +350,24 @@ pub fn configure(bpf: &mut aya::Ebpf, snaplen: u32, f: &Filter) -> Result<()> {
     Ok(())
 }
 
-/// Load the filter halves and put them where the entry programs tail-call them.
-pub fn load_filter_programs(bpf: &mut aya::Ebpf) -> Result<()> {
+/// Load the filter half of `hook` and put it where that hook's entry programs tail-call it:
+/// before any of them is attached. A capture loads the XDP half only when its ingress is at
+/// XDP (its own program or a decider's XDP tap): the filter is the largest program the
+/// verifier sees at start.
+pub fn load_filter_program(bpf: &mut aya::Ebpf, hook: crate::runtime::bpf::Hook) -> Result<()> {
     use crate::runtime::bpf::{fill_tail_calls, Hook};
-    fill_tail_calls(
-        bpf,
-        &[
-            ("capture_xdp_filter", Hook::Xdp, maps::CAPTURE_XDP_PROG),
-            ("capture_tc_filter", Hook::Tc, maps::CAPTURE_TC_PROG),
-        ],
-    )
+    let (prog, array) = match hook {
+        Hook::Xdp => ("capture_xdp_filter", maps::CAPTURE_XDP_PROG),
+        Hook::Tc => ("capture_tc_filter", maps::CAPTURE_TC_PROG),
+    };
+    fill_tail_calls(bpf, &[(prog, hook, array)])
+}
+
+/// Both filter halves (tests that run every entry program).
+pub fn load_filter_programs(bpf: &mut aya::Ebpf) -> Result<()> {
+    use crate::runtime::bpf::Hook;
+    load_filter_program(bpf, Hook::Tc)?;
+    load_filter_program(bpf, Hook::Xdp)
 }
 
 /// Sets the flag that stops [`stream`]'s threads when dropped.
@@ -551,7 +559,8 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     )?;
     let mut bpf = ebpf::load(ebpf::Object::Capture)?;
     configure(&mut bpf, opts.snaplen, &filter)?;
-    load_filter_programs(&mut bpf)?;
+    // Egress is always at tc; the XDP half comes with an XDP ingress (below, or in the tap).
+    load_filter_program(&mut bpf, bpf::Hook::Tc)?;
 
     // One buffer per CPU, each drained by its own thread: a slow CPU's backlog does not hold
     // up the others, and draining keeps pace with the CPUs producing.
@@ -638,12 +647,15 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             tap = Some(t);
             h
         }
-        (IngressChoice::Xdp, None) => IngressHook::Xdp(bpf::attach_xdp(
-            &mut bpf,
-            "capture_xdp",
-            &opts.iface,
-            opts.mode,
-        )?),
+        (IngressChoice::Xdp, None) => {
+            load_filter_program(&mut bpf, bpf::Hook::Xdp)?;
+            IngressHook::Xdp(bpf::attach_xdp(
+                &mut bpf,
+                "capture_xdp",
+                &opts.iface,
+                opts.mode,
+            )?)
+        }
         (IngressChoice::Auto | IngressChoice::Tc, None) => IngressHook::Tc(bpf::attach_tc(
             &mut bpf,
             "capture_tc_in",

@@ -104,6 +104,9 @@ impl Tap {
             (false, _) => (Some(AttachMode::Native), "capture_xdp_tap"),
         };
         let hook = if info.tc { Hook::Tc } else { Hook::Xdp };
+        if hook == Hook::Xdp {
+            super::load_filter_program(bpf, Hook::Xdp)?;
+        }
         let fd = crate::runtime::bpf::load_for_tail_call(bpf, prog, hook)?;
         let mut progs = ProgramArray::try_from(Map::ProgramArray(
             MapData::from_id(info.prog_array_id)

@@ -487,6 +487,11 @@ impl Config {
         self.services.iter().any(|s| s.mode == Mode::Nat)
     }
 
+    /// A NAT service gives new flows an SNAT address (errors about them come through `lo`).
+    pub fn has_snat(&self) -> bool {
+        self.services.iter().any(|s| !s.snat.is_empty())
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = crate::util::read_user_file(path, crate::util::limit::CONFIG)?;
         Self::parse(&text).with_context(|| format!("invalid lb config {}", path.display()))

@@ -1395,6 +1395,8 @@ struct LbTool<'a> {
     tap_checked: Instant,
     /// [`PROG_EGRESS`] is attached (a NAT service was configured at start or by a reload).
     egress_on: bool,
+    /// [`PROG_EGRESS`] is attached at `lo` too (a service with `snat` came).
+    lo_egress_on: bool,
 }
 
 /// Print one event line: JSON with `--json`, else `text`.
@@ -1530,6 +1532,10 @@ impl LbTool<'_> {
             attach_egress(&mut self.bpf, self.opts)?;
             self.egress_on = true;
         }
+        if !self.lo_egress_on && config.has_snat() {
+            attach_egress_lo(&mut self.bpf)?;
+            self.lo_egress_on = true;
+        }
         let next = next.write(&mut self.bpf, Some(&self.lb))?;
         report.generation = next.gen;
         report.install_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -1629,9 +1635,8 @@ impl LbTool<'_> {
                         tracing::warn!("reload refused, the running config stays: {e:#}");
                     })
                     .map(|r| Answer::Reload(Box::new(r))),
-                Ok(Request::Which { from, to, proto }) => self
-                    .lb
-                    .which(&self.bpf, from, to, proto)
+                Ok(Request::Which { from, to, proto }) => load_which(&mut self.bpf)
+                    .and_then(|()| self.lb.which(&self.bpf, from, to, proto))
                     .map(|w| Answer::Which(Box::new(w))),
                 Ok(Request::Tap { iface }) => {
                     self.tap_info(&iface).map(|t| Answer::Tap(Box::new(t)))
@@ -1751,27 +1756,31 @@ impl Sampled for LbTool<'_> {
     }
 }
 
-/// Load (never attach) [`PROG_WHICH`], which `lb which` runs.
+/// Load (never attach) [`PROG_WHICH`], which `lb which` runs; nothing to do when it is loaded
+/// already. The balancer loads it at the first `lb which`, not at start: the verifier's time
+/// goes to the programs that carry traffic.
 pub fn load_which(bpf: &mut Ebpf) -> Result<()> {
     let p: &mut Xdp = bpf
         .program_mut(PROG_WHICH)
         .with_context(|| format!("program {PROG_WHICH} missing from the object"))?
         .try_into()?;
+    if p.is_loaded() {
+        return Ok(());
+    }
     p.load_retrying()
         .with_context(|| format!("loading {PROG_WHICH} (the decision `lb which` asks)"))
 }
 
-/// Load [`PROG_ICMP`] and [`PROG_ICMP_XDP`] and enter them in the tail-call arrays the entry
-/// points use for ICMP errors (without them errors are passed on untranslated).
-pub fn load_icmp(bpf: &mut Ebpf) -> Result<()> {
+/// Load [`PROG_ICMP`] (for tc: the tc entry point and `lb_egress`) and, with `xdp`,
+/// [`PROG_ICMP_XDP`] (for the XDP entry point), and enter them in the tail-call arrays the
+/// entry points use for ICMP errors (without them errors are passed on untranslated).
+pub fn load_icmp(bpf: &mut Ebpf, xdp: bool) -> Result<()> {
     use crate::runtime::bpf::{fill_tail_calls, Hook};
-    fill_tail_calls(
-        bpf,
-        &[
-            (PROG_ICMP, Hook::Tc, maps::LB_ICMP_TC),
-            (PROG_ICMP_XDP, Hook::Xdp, maps::LB_ICMP_XDP),
-        ],
-    )
+    fill_tail_calls(bpf, &[(PROG_ICMP, Hook::Tc, maps::LB_ICMP_TC)])?;
+    if xdp {
+        fill_tail_calls(bpf, &[(PROG_ICMP_XDP, Hook::Xdp, maps::LB_ICMP_XDP)])?;
+    }
+    Ok(())
 }
 
 /// Run [`PROG_WHICH`] on a crafted frame `from` → `to` (a SYN when `syn`, otherwise an ACK
@@ -1815,18 +1824,27 @@ fn ask_program(
     Ok(r.return_value)
 }
 
-/// Attach [`PROG_EGRESS`] at tc egress of every interface the balancer watches and of `lo`
-/// (the errors about SNAT flows go to the SNAT address, this host's own): once, for the first
-/// NAT service (at start, or the reload that brings one).
+/// Attach [`PROG_EGRESS`] at tc egress of every interface the balancer watches: once, for the
+/// first NAT service (at start, or the reload that brings one).
 fn attach_egress(bpf: &mut Ebpf, opts: &Options) -> Result<()> {
-    let ifaces = std::iter::once(opts.iface.as_str())
-        .chain(opts.nat_ifaces.iter().map(String::as_str))
-        .chain(["lo"]);
+    let ifaces =
+        std::iter::once(opts.iface.as_str()).chain(opts.nat_ifaces.iter().map(String::as_str));
     for i in ifaces {
         rbpf::attach_tc(bpf, PROG_EGRESS, i, TcAttachType::Egress)?;
     }
     tracing::info!(
-        "lb_egress at tc egress (and lo's): ICMP errors this host sends about NAT flows quote the VIP"
+        "lb_egress at tc egress: ICMP errors this host sends about NAT flows quote the VIP"
+    );
+    Ok(())
+}
+
+/// Attach [`PROG_EGRESS`] at `lo`'s egress too: the errors this host sends about SNAT flows go
+/// to the SNAT address, its own. Once, for the first service with `snat` (at start or by a
+/// reload): without one, what this host sends itself never passes the program.
+fn attach_egress_lo(bpf: &mut Ebpf) -> Result<()> {
+    rbpf::attach_tc(bpf, PROG_EGRESS, "lo", TcAttachType::Egress)?;
+    tracing::info!(
+        "lb_egress at lo's egress too: ICMP errors this host sends about SNAT flows go on to the client"
     );
     Ok(())
 }
@@ -1851,8 +1869,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     let mut plan = Balancer::plan(&config, mac, None, &DownSet::new())?;
     plan.xdp_out = if veth { xdp_out::REDIRECT } else { xdp_out::TX };
     let lb = plan.write(&mut bpf, None)?;
-    load_which(&mut bpf)?;
-    load_icmp(&mut bpf)?;
+    load_icmp(&mut bpf, path == Path::Xdp)?;
     let attach = match path {
         Path::Tc => {
             rbpf::attach_tc(&mut bpf, PROG, &opts.iface, TcAttachType::Ingress)?.to_string()
@@ -1873,6 +1890,10 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     let nat = config.has_nat();
     if nat {
         attach_egress(&mut bpf, opts)?;
+    }
+    let snat = config.has_snat();
+    if snat {
+        attach_egress_lo(&mut bpf)?;
     }
     for s in &lb.services {
         tracing::info!(
@@ -1940,6 +1961,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         metrics,
         tap_checked: Instant::now(),
         egress_on: nat,
+        lo_egress_on: snat,
     };
     let (_, total) = sampled::drive(&mut tool, opts.report.ticker(), stop, obs)?;
     // Dropping the tool closes the TCX link (the program detaches) and stops the probers.
