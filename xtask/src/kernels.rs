@@ -523,10 +523,26 @@ pub fn kernels(only: &[String], checks: &[String]) -> Result<()> {
     let mut rows = vec![];
     let mut bad = vec![];
     for ((k, _, kver, _, log), r) in guests.iter().zip(done) {
-        let results = r.context("a guest was not booted")??;
-        if results.is_empty() {
-            bail!("kernel {}: no results in {}", k.name, log.display());
-        }
+        // A guest that did not finish is one failure among the others' results.
+        let results = match r {
+            Some(Ok(results)) if !results.is_empty() => results,
+            Some(Ok(_)) => {
+                bad.push(format!(
+                    "kernel {}: no results in {}",
+                    k.name,
+                    log.display()
+                ));
+                continue;
+            }
+            Some(Err(e)) => {
+                bad.push(format!("{e:#}"));
+                continue;
+            }
+            None => {
+                bad.push(format!("kernel {}: not booted", k.name));
+                continue;
+            }
+        };
         for c in &results {
             let name = &c.name;
             let expected = k.expected_fail.iter().find(|(n, _)| n == name);
