@@ -1208,17 +1208,7 @@ fn snat_path_mtu_discovery_works_through_the_balancer() {
 fn path_mtu_upload(name: &str, snat: Option<&str>) {
     let dir = TempDir::new(name);
     let (lab, _servers, _) = nat_lab(name, &dir);
-    let snat_line = snat
-        .map(|a| format!("snat = \"{a}\"\n"))
-        .unwrap_or_default();
-    let config = dir.file(
-        "lb-sink.toml",
-        &format!(
-            "{NAT_CONFIG}\n[[service]]\nname = \"sink\"\nvip = \"198.18.1.100\"\nport = 9000\n\
-             proto = \"tcp\"\nmode = \"nat\"\n{snat_line}[[service.backend]]\nname = \"b1\"\n\
-             addr = \"198.18.2.21\"\n"
-        ),
-    );
+    let config = dir.file("lb-sink.toml", &with_sink(snat));
     let lb_ns = lab.ns("lb");
     common::ok(common::in_ns(
         &lb_ns,
@@ -1230,6 +1220,18 @@ fn path_mtu_upload(name: &str, snat: Option<&str>) {
     let bg = start_nat_lb(&lb_ns, &config);
     upload_learns_the_path_mtu(&lab, "198.18.1.100");
     bg.terminate();
+}
+
+/// The NAT lab's config and a service "sink" (VIP port 9000 to b1), with `snat` if given.
+fn with_sink(snat: Option<&str>) -> String {
+    let snat_line = snat
+        .map(|a| format!("snat = \"{a}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "{NAT_CONFIG}\n[[service]]\nname = \"sink\"\nvip = \"198.18.1.100\"\nport = 9000\n\
+         proto = \"tcp\"\nmode = \"nat\"\n{snat_line}[[service.backend]]\nname = \"b1\"\n\
+         addr = \"198.18.2.21\"\n"
+    )
 }
 
 /// An SNAT address on the NAT lab's balancer (`lb_ns`): its own, on the backend side (the
@@ -1348,14 +1350,7 @@ fn nat_on_clsact_a_killed_balancers_filters_are_removed_by_cleanup() {
     );
     let snat = "198.18.2.250";
     snat_address(&lb_ns, snat);
-    let with_snat = dir.file(
-        "lb-snat.toml",
-        &format!(
-            "{NAT_CONFIG}\n[[service]]\nname = \"sink\"\nvip = \"198.18.1.100\"\nport = 9000\n\
-             proto = \"tcp\"\nmode = \"nat\"\nsnat = \"{snat}\"\n[[service.backend]]\n\
-             name = \"b1\"\naddr = \"198.18.2.21\"\n"
-        ),
-    );
+    let with_snat = dir.file("lb-snat.toml", &with_sink(Some(snat)));
     common::ok(
         wirelab()
             .env("WIRELAB_TC_ATTACH", "clsact")
