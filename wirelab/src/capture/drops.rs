@@ -242,11 +242,14 @@ impl Matcher {
 
     /// The note for the frame going to wan's engine captured at `ts_ns` (its arrival time)
     /// with length `len`, if one names it (the note is used up). Frames come in time order,
-    /// so notes older than `ts_ns` can no longer match one, and are forgotten (their frames
-    /// were not captured: the filter or a full buffer).
+    /// so a note older than `ts_ns` by more than the hold can no longer match one, and is
+    /// forgotten (its frame was not captured: the filter or a full buffer). Younger ones stay:
+    /// a frame held up on its CPU for longer than the hold (a stalled vCPU) is written behind
+    /// later ones, and still finds its note.
     pub fn take(&mut self, ts_ns: u64, len: u32) -> Option<Note> {
         self.last_ts = self.last_ts.max(ts_ns);
-        self.pending.retain(|n| n.arrival_ns >= ts_ns);
+        let oldest = self.last_ts.saturating_sub(self.hold_ns);
+        self.pending.retain(|n| n.arrival_ns >= oldest);
         let i = self
             .pending
             .iter()
@@ -315,13 +318,16 @@ mod tests {
         assert_eq!(m.take(1_000_000_000, 100), Some(note(1_000_000_000, 100)));
         assert_eq!(m.take(1_000_000_300, 100), None, "no note of that time");
         assert_eq!(m.take(1_000_001_000, 100), Some(note(1_000_001_000, 100)));
-        // A frame at 150 us: the notes of frames before it can no longer match (not
-        // captured) and are forgotten.
+        // A frame at 150 us; then one at 2 us, written behind it (its CPU stalled): it still
+        // finds its note.
         assert_eq!(m.take(1_000_150_000, 100), Some(note(1_000_150_000, 100)));
-        assert_eq!(m.pending.len(), 49);
-        assert!(m.pending.iter().all(|n| n.arrival_ns > 1_000_150_000));
-        assert_eq!(m.take(1_000_500_000, 100), None, "past the last note");
-        assert_eq!(m.matched, 3);
+        assert_eq!(m.take(1_000_002_000, 100), Some(note(1_000_002_000, 100)));
+        // A frame a hold later: the notes of frames more than a hold before it can no longer
+        // match (not captured) and are forgotten.
+        let later = 1_000_200_000 + HOLD_NS;
+        assert_eq!(m.take(later, 100), None, "past the last note");
+        assert!(m.pending.is_empty(), "{:?}", m.pending);
+        assert_eq!(m.matched, 4);
         // A full socket (it queues `net.unix.max_dgram_qlen` datagrams) keeps the rest in the
         // backlog for the next flush; beyond the backlog the oldest go.
         for i in 0..(BACKLOG + 5) as u64 {

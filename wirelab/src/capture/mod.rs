@@ -733,10 +733,19 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     let mut heap = BinaryHeap::new();
     let mut safe: HashMap<u32, u64> = cpus.iter().map(|c| (*c, 0)).collect();
     let mut perf_lost = 0u64;
-    let write_frame = |sink: &mut dyn Sink,
-                       tap: &mut Option<tap::Tap>,
-                       notes: &mut Option<drops::Matcher>,
-                       mut f: Captured| {
+    let mut written_ts = 0u64;
+    let (mut out_of_order, mut most_behind_ns) = (0u64, 0u64);
+    let mut write_frame = |sink: &mut dyn Sink,
+                           tap: &mut Option<tap::Tap>,
+                           notes: &mut Option<drops::Matcher>,
+                           mut f: Captured| {
+        if f.ts < written_ts {
+            // Its CPU's program stalled between its timestamp and its output for longer than
+            // the margin and the hold (a descheduled vCPU): the file is out of order here.
+            out_of_order += 1;
+            most_behind_ns = most_behind_ns.max(written_ts - f.ts);
+        }
+        written_ts = written_ts.max(f.ts);
         // A frame wan handed to its engine, which dropped it: the note says why.
         if let Some(m) = notes.as_mut() {
             if f.decision.tool == tool::WAN
@@ -829,6 +838,13 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     }
     while let Some(f) = heap.pop() {
         write_frame(sink, &mut tap, &mut notes, f)?;
+    }
+    if out_of_order > 0 {
+        tracing::warn!(
+            frames = out_of_order,
+            most_behind_us = most_behind_ns / 1000,
+            "frames came too late to be written in time order (their CPU stalled)"
+        );
     }
     let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&stats_map)?;
     Ok(Streamed {
