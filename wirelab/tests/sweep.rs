@@ -202,33 +202,6 @@ fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
             );
         }
 
-        // The same file again: every run's loss decisions are the same (its seed).
-        let out_b = d.join("b");
-        ok(wirelab().arg("sweep").arg(&file).arg("--out").arg(&out_b));
-        let by_id = |dir: &Path| -> BTreeMap<usize, Vec<u64>> {
-            results(dir)
-                .iter()
-                .map(|r| (r.id, final_of(dir, r).report.lost_seqs))
-                .collect()
-        };
-        let (a, b) = (by_id(&out), by_id(&out_b));
-        // The two sweeps side by side: a difference heatmap per metric.
-        let o = ok(wirelab().arg("report").arg(&out).arg(&out_b));
-        let cmp = std::fs::read_to_string(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
-        assert!(cmp.contains("B − A") && cmp.contains("<h2>udp.fwd_loss_pct</h2>"));
-        let lossy: Vec<usize> = a
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, _)| *k)
-            .collect();
-        assert!(lossy.len() >= 10, "runs with losses: {lossy:?}");
-        for id in &lossy {
-            assert_eq!(
-                a[id], b[id],
-                "run {id}: lost probes differ between two sweeps"
-            );
-        }
-
         // kill -9 part-way, then --resume: only the missing runs run, each once.
         let out_c = d.join("c");
         let mut c = wirelab();
@@ -260,6 +233,32 @@ fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
         ids.sort();
         assert_eq!(ids, (0..24).collect::<Vec<_>>(), "each run exactly once");
         assert!(!lab_of(killed) && !lab_of(resumed), "labs left");
+
+        // The same file again (killed and resumed at that): every run's loss decisions are the
+        // same (its seed).
+        let by_id = |dir: &Path| -> BTreeMap<usize, Vec<u64>> {
+            results(dir)
+                .iter()
+                .map(|r| (r.id, final_of(dir, r).report.lost_seqs))
+                .collect()
+        };
+        let (a, c) = (by_id(&out), by_id(&out_c));
+        let lossy: Vec<usize> = a
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        assert!(lossy.len() >= 10, "runs with losses: {lossy:?}");
+        for id in &lossy {
+            assert_eq!(
+                a[id], c[id],
+                "run {id}: lost probes differ between two sweeps"
+            );
+        }
+        // The two sweeps side by side: a difference heatmap per metric.
+        let o = ok(wirelab().arg("report").arg(&out).arg(&out_c));
+        let cmp = std::fs::read_to_string(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+        assert!(cmp.contains("B − A") && cmp.contains("<h2>udp.fwd_loss_pct</h2>"));
     });
 }
 
