@@ -81,7 +81,15 @@ pub fn root() -> PathBuf {
 
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
+    let t = std::time::Instant::now();
     let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    // Where a run's time goes (the CI log has no clock of its own).
+    let args: Vec<_> = cmd.get_args().take(3).collect();
+    eprintln!(
+        "xtask: {:.0} s: {} {args:?}",
+        t.elapsed().as_secs_f64(),
+        cmd.get_program().to_string_lossy()
+    );
     if !st.success() {
         bail!("{cmd:?} failed: {st}");
     }
