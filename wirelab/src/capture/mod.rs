@@ -12,12 +12,13 @@
 //! ```
 pub mod drops;
 pub mod filter;
+mod merge;
 pub mod pcapng;
 mod perf_ring;
 pub mod tap;
 
 use std::{
-    collections::{BinaryHeap, HashMap},
+    collections::HashMap,
     fs::File,
     io::{BufWriter, Write},
     os::fd::AsFd,
@@ -219,8 +220,8 @@ struct Captured {
 
 impl Ord for Captured {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        // BinaryHeap is a max-heap: the oldest frame is the greatest.
-        (o.ts, o.seq).cmp(&(self.ts, self.seq))
+        // The oldest frame is the least.
+        (self.ts, self.seq).cmp(&(o.ts, o.seq))
     }
 }
 
@@ -263,8 +264,14 @@ fn decode(head: &[u8], tail: &[u8], seq: u64, batch: &mut bytes::BytesMut) -> Op
         None => tail.get(i - head.len()).copied(),
     };
     let mut b = [0u8; EVENT_HEADER_LEN];
-    for (i, v) in b.iter_mut().enumerate() {
-        *v = at(i)?;
+    match head.get(..EVENT_HEADER_LEN) {
+        Some(h) => b.copy_from_slice(h),
+        // The header wraps around the ring's end (rare): byte by byte.
+        None => {
+            for (i, v) in b.iter_mut().enumerate() {
+                *v = at(i)?;
+            }
+        }
     }
     // The header's fields in the machine's byte order (the kernel wrote them on this host).
     let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
@@ -730,7 +737,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     // program between its timestamp and its output), so the file is in time order.
     const MARGIN_NS: u64 = 2_000_000;
     let start = Instant::now();
-    let mut heap = BinaryHeap::new();
+    let mut queued = merge::Merge::default();
     let mut safe: HashMap<u32, u64> = cpus.iter().map(|c| (*c, 0)).collect();
     let mut perf_lost = 0u64;
     let mut written_ts = 0u64;
@@ -782,7 +789,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
                 let s = safe.entry(cpu).or_default();
                 for frame in frames {
                     *s = (*s).max(frame.ts);
-                    heap.push(frame);
+                    queued.push(cpu, frame);
                 }
                 *s = (*s).max(mono_ns.saturating_sub(MARGIN_NS));
                 perf_lost += lost;
@@ -801,10 +808,8 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             .min()
             .unwrap_or(0)
             .saturating_sub(notes.as_ref().map_or(0, |m| m.hold_ns));
-        while heap.peek().is_some_and(|f: &Captured| f.ts <= watermark) {
-            if let Some(f) = heap.pop() {
-                write_frame(sink, &mut tap, &mut notes, f)?;
-            }
+        while let Some(f) = queued.pop_if(|f: &Captured| f.ts <= watermark) {
+            write_frame(sink, &mut tap, &mut notes, f)?;
         }
         sink.idle()?;
     }
@@ -822,8 +827,12 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     quit.store(true, Ordering::Relaxed);
     for msg in rx.iter() {
         match msg {
-            Msg::Drained { frames, lost, .. } => {
-                heap.extend(frames);
+            Msg::Drained {
+                cpu, frames, lost, ..
+            } => {
+                for frame in frames {
+                    queued.push(cpu, frame);
+                }
                 perf_lost += lost;
             }
             Msg::Notes(n) => {
@@ -836,7 +845,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     for r in readers {
         let _ = r.join();
     }
-    while let Some(f) = heap.pop() {
+    while let Some(f) = queued.pop() {
         write_frame(sink, &mut tap, &mut notes, f)?;
     }
     if out_of_order > 0 {
@@ -966,7 +975,7 @@ mod tests {
     }
 
     #[test]
-    fn the_heap_yields_the_oldest_first() {
+    fn frames_merge_oldest_first() {
         let f = |ts, seq| Captured {
             ts,
             seq,
@@ -975,11 +984,11 @@ mod tests {
             decision: Decision::default(),
             data: bytes::Bytes::new(),
         };
-        let mut h = BinaryHeap::new();
-        for (ts, seq) in [(5, 1), (1, 2), (3, 3), (1, 1)] {
-            h.push(f(ts, seq));
+        let mut m = merge::Merge::default();
+        for (cpu, ts, seq) in [(0, 5, 1), (1, 1, 2), (0, 3, 3), (1, 1, 1)] {
+            m.push(cpu, f(ts, seq));
         }
-        let order: Vec<_> = std::iter::from_fn(|| h.pop())
+        let order: Vec<_> = std::iter::from_fn(|| m.pop())
             .map(|c| (c.ts, c.seq))
             .collect();
         assert_eq!(order, [(1, 1), (1, 2), (3, 3), (5, 1)]);
