@@ -30,7 +30,9 @@ use super::{
 const SECS: u64 = 2;
 /// Offered rates (pps) tried, lowest first; a tool's ladder stops at its first loss. 0: as
 /// fast as the generator goes (for SECS seconds).
-const RATES: &[u64] = &[25_000, 50_000, 100_000, 200_000, 400_000, 800_000, 0];
+const RATES: &[u64] = &[
+    25_000, 50_000, 100_000, 200_000, 400_000, 600_000, 800_000, 0,
+];
 const FILTER: &str = "udp port 9";
 /// Bytes kept of each iperf3 segment (headers): the cost measured is the capture path, not
 /// the disk.
@@ -40,6 +42,9 @@ const IPERF_SNAPLEN: u32 = 128;
 enum Tool {
     /// Default hooks: ingress at tc/TCX.
     Wirelab,
+    /// Rings as large in all as `tcpdump -B 65536`'s one (64 MiB): `--buffer-size` 64 MiB
+    /// over the CPUs.
+    WirelabBig,
     /// `--ingress xdp` (the iperf3 table only: the earlier default, for comparison).
     WirelabXdp,
     Tcpdump,
@@ -47,8 +52,9 @@ enum Tool {
     Dumpcap,
 }
 
-const TOOLS: [Tool; 4] = [
+const TOOLS: [Tool; 5] = [
     Tool::Wirelab,
+    Tool::WirelabBig,
     Tool::Tcpdump,
     Tool::TcpdumpBig,
     Tool::Dumpcap,
@@ -58,6 +64,7 @@ impl Tool {
     fn name(self) -> &'static str {
         match self {
             Tool::Wirelab => "wirelab capture",
+            Tool::WirelabBig => "wirelab capture, 64 MiB of rings",
             Tool::WirelabXdp => "wirelab capture --ingress xdp",
             Tool::Tcpdump => "tcpdump -w",
             Tool::TcpdumpBig => "tcpdump -B 65536 -w",
@@ -70,12 +77,14 @@ impl Tool {
         let f = file.to_str().context("file name")?;
         let s = snaplen.to_string();
         let (c, ready) = match self {
-            Tool::Wirelab | Tool::WirelabXdp => {
+            Tool::Wirelab | Tool::WirelabXdp | Tool::WirelabBig => {
                 let mut c = wirelab();
+                c.arg("capture");
                 if self == Tool::WirelabXdp {
-                    c.args(["capture", "--ingress", "xdp"]);
-                } else {
-                    c.arg("capture");
+                    c.args(["--ingress", "xdp"]);
+                }
+                if self == Tool::WirelabBig {
+                    c.args(["--buffer-size", &big_ring_mib().to_string()]);
                 }
                 c.args([
                     "--netns",
@@ -114,6 +123,14 @@ impl Tool {
     }
 }
 
+/// MiB per CPU for [`Tool::WirelabBig`]: 64 MiB over the CPUs, rounded down to a power of two
+/// (as `--buffer-size` rounds).
+fn big_ring_mib() -> u64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let mib = (64 / cpus).max(1);
+    1 << (63 - mib.leading_zeros())
+}
+
 /// rx0's (rx_packets, rx_dropped).
 fn rx_counters(t: &Topo) -> Result<(u64, u64)> {
     let v = json(
@@ -138,7 +155,7 @@ fn frames_in(file: &Path) -> Result<u64> {
 /// The loss a tool reports about itself, from its final output.
 fn stated_loss(tool: Tool, stdout: &str, stderr: &[String]) -> Option<u64> {
     match tool {
-        Tool::Wirelab | Tool::WirelabXdp => {
+        Tool::Wirelab | Tool::WirelabXdp | Tool::WirelabBig => {
             let v: serde_json::Value = serde_json::from_str(stdout.trim()).ok()?;
             // The kernel's count of samples a full buffer refused, and the perf buffers' own
             // count of the same samples: two views of one loss.
@@ -282,26 +299,34 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             }
             best.push((tool, top));
         }
-        let wl = best
-            .iter()
-            .find(|(t, _)| *t == Tool::Wirelab)
-            .map_or(0, |b| b.1);
+        let of = |which: Tool| best.iter().find(|(t, _)| *t == which).map_or(0, |b| b.1);
+        let (wl, wl_big) = (of(Tool::Wirelab), of(Tool::WirelabBig));
         for (tool, top) in &best {
-            tab.note(format!(
-                "{}: loss-free up to {} pps reached{}",
-                tool.name(),
-                top,
-                if *tool != Tool::Wirelab && *top > 0 {
-                    format!(" (wirelab: {}x)", f(wl as f64 / *top as f64, 2))
-                } else {
-                    String::new()
+            let mut vs = String::new();
+            if !matches!(tool, Tool::Wirelab | Tool::WirelabBig) && *top > 0 {
+                vs = format!(" (wirelab: {}x", f(wl as f64 / *top as f64, 2));
+                if *tool == Tool::TcpdumpBig {
+                    vs += &format!(
+                        "; with as much ring, {}x",
+                        f(wl_big as f64 / *top as f64, 2)
+                    );
                 }
+                vs += ")";
+            }
+            tab.note(format!(
+                "{}: loss-free up to {} pps reached{vs}",
+                tool.name(),
+                top
             ));
         }
         tab.note(format!(
             "{SECS} s per run (wirelab gen, XDP, --rate, --count = {SECS} x rate; `max`: no --rate), \
-             filter `{FILTER}`; a tool's ladder stops at its first run with fewer frames in the file \
-             than sent; loss-free rates are the rates the generator reached. {}",
+             filter `{FILTER}`; `{}` is `wirelab capture --buffer-size {}` (MiB per CPU, as much \
+             in all as `tcpdump -B 65536`'s 64 MiB); a tool's ladder stops at its first run with \
+             fewer frames in the file than sent; loss-free rates are the rates the generator \
+             reached. {}",
+            Tool::WirelabBig.name(),
+            big_ring_mib(),
             machine()
         ));
         ctx.emit(&tab.render());
