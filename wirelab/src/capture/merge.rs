@@ -22,9 +22,9 @@ impl<T: Ord> Default for Merge<T> {
 }
 
 impl<T: Ord> Merge<T> {
-    /// Queue `item` from `source`: at the back, or in its place if it is older than the
-    /// back.
-    pub(super) fn push(&mut self, source: u32, item: T) {
+    /// Queue `items` from `source` (a drain of its ring): each at the back, or in its place
+    /// if it is older than the back.
+    pub(super) fn extend(&mut self, source: u32, items: impl IntoIterator<Item = T>) {
         let i = match self.queues.iter().position(|(s, _)| *s == source) {
             Some(i) => i,
             None => {
@@ -33,11 +33,13 @@ impl<T: Ord> Merge<T> {
             }
         };
         let q = &mut self.queues[i].1;
-        if q.back().is_some_and(|b| *b > item) {
-            let at = q.partition_point(|x| *x <= item);
-            q.insert(at, item);
-        } else {
-            q.push_back(item);
+        for item in items {
+            if q.back().is_some_and(|b| *b > item) {
+                let at = q.partition_point(|x| *x <= item);
+                q.insert(at, item);
+            } else {
+                q.push_back(item);
+            }
         }
     }
 
@@ -75,12 +77,12 @@ mod tests {
     #[test]
     fn sources_merge_oldest_first_and_a_late_item_takes_its_place() {
         let mut m = Merge::default();
-        for (src, x) in [(0, 1), (1, 2), (0, 4), (1, 3), (0, 6), (2, 0)] {
-            m.push(src, x);
-        }
+        m.extend(0, [1, 4, 6]);
+        m.extend(1, [2, 3]);
+        m.extend(2, [0]);
         // Source 0 gets one older than its last (a preempted program): it goes in its place.
-        m.push(0, 5);
-        m.push(1, 3);
+        m.extend(0, [5]);
+        m.extend(1, [3]);
         assert_eq!(m.pop_if(|x| *x <= 2), Some(0));
         assert_eq!(m.pop_if(|x| *x <= 2), Some(1));
         assert_eq!(m.pop_if(|x| *x <= 2), Some(2));

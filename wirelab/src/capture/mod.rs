@@ -787,10 +787,8 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
                 mono_ns,
             }) => {
                 let s = safe.entry(cpu).or_default();
-                for frame in frames {
-                    *s = (*s).max(frame.ts);
-                    queued.push(cpu, frame);
-                }
+                *s = frames.iter().map(|f| f.ts).fold(*s, u64::max);
+                queued.extend(cpu, frames);
                 *s = (*s).max(mono_ns.saturating_sub(MARGIN_NS));
                 perf_lost += lost;
             }
@@ -830,9 +828,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             Msg::Drained {
                 cpu, frames, lost, ..
             } => {
-                for frame in frames {
-                    queued.push(cpu, frame);
-                }
+                queued.extend(cpu, frames);
                 perf_lost += lost;
             }
             Msg::Notes(n) => {
@@ -985,9 +981,8 @@ mod tests {
             data: bytes::Bytes::new(),
         };
         let mut m = merge::Merge::default();
-        for (cpu, ts, seq) in [(0, 5, 1), (1, 1, 2), (0, 3, 3), (1, 1, 1)] {
-            m.push(cpu, f(ts, seq));
-        }
+        m.extend(0, [f(5, 1), f(3, 3)]);
+        m.extend(1, [f(1, 2), f(1, 1)]);
         let order: Vec<_> = std::iter::from_fn(|| m.pop())
             .map(|c| (c.ts, c.seq))
             .collect();
