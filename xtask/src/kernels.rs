@@ -377,11 +377,12 @@ fn boot(
     // none of our code: emulation, not the tools. Seen once in a CI run: 7.2's boot hit an
     // `Oops: int3` in a text poke under multi-threaded TCG. It boots once more, and its
     // console log of the first boot is kept beside the new one.
+    let first = log.with_extension("first-boot.log");
+    let _ = std::fs::remove_file(&first);
     let (st, text) = boot_once(k, &vmlinuz, kver, img, log, checks)?;
     let (st, text) = if text.contains("WIRELAB-KT KERNEL") {
         (st, text)
     } else {
-        let first = log.with_extension("first-boot.log");
         let _ = std::fs::rename(log, &first);
         eprintln!(
             "xtask kernels: {} ({kver}) died before the guest's script started (console in {}); booting it once more",
