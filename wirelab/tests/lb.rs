@@ -729,6 +729,9 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
     }
     let r = reload(&removed, &[]);
     assert_eq!(r.services[0].removed, ["b3"]);
+    // Drained b3 held no slots and keeps its place in the layout: nothing moves.
+    assert_eq!(r.services[0].slots_moved_pct, 0.0, "{r:?}");
+    assert_eq!(r.services[0].departed, ["b3"]);
     std::thread::sleep(Duration::from_millis(500));
     // Drained, then removed: every long-lived connection still talks to its backend.
     for (s, b) in long.iter_mut() {
@@ -736,6 +739,13 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
     }
     let r = reload(&config, &[]);
     assert_eq!(r.services[0].added, ["b3"]);
+    // Back in its old place: its own third of the slots, no more.
+    let moved = r.services[0].slots_moved_pct;
+    assert!(
+        (33.3..33.4).contains(&moved),
+        "b3 takes back its third: {moved}"
+    );
+    assert!(r.services[0].departed.is_empty(), "{r:?}");
     let (per, failed) = traffic.join().unwrap();
     eprintln!("through 3 reloads: {per:?}, failed {failed}");
     assert_eq!(failed, 0, "reload under traffic loses nothing: {per:?}");

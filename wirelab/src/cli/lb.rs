@@ -148,6 +148,9 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
                         "\n  {} {}: {}; added {:?}, removed {:?}, reweighted {:?}; {:.2}% of slots move",
                         c.name, c.service, c.change, c.added, c.removed, c.reweighted, c.slots_moved_pct
                     );
+                    if !c.departed.is_empty() {
+                        t += &format!("; departed places kept {:?}", c.departed);
+                    }
                 }
                 Ok(t)
             })?;

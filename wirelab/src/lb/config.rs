@@ -408,38 +408,131 @@ impl ServiceConf {
         self.table_without(&|_| false)
     }
 
+    /// The weight a drained backend (weight 0) fills a fresh layout with: the service's
+    /// smallest weight (1 if every backend is drained).
+    fn layout_weight(&self) -> u32 {
+        self.backends
+            .iter()
+            .map(|b| b.weight)
+            .filter(|w| *w > 0)
+            .min()
+            .unwrap_or(1)
+    }
+
+    /// The layout a fresh start gives: the configured backends in file order, a drained one
+    /// at [`Self::layout_weight`].
+    pub fn layout(&self) -> Vec<Place> {
+        let w = self.layout_weight();
+        self.backends
+            .iter()
+            .map(|b| Place {
+                name: b.name.clone(),
+                weight: if b.weight == 0 { w } else { b.weight },
+            })
+            .collect()
+    }
+
+    /// The layout after a reload from `prev` (the running service) with `prev_layout`: every
+    /// place stays where it was. A backend still configured fills with its new weight (a
+    /// drained one with the weight it filled with before); a backend gone from the file
+    /// keeps its place and weight as a departed place, out of the table the way a backend
+    /// down is; a new backend takes a place at the end (a departed one coming back takes its
+    /// old place again). So removing one of N backends from the file moves exactly its own
+    /// slots, as its going down does, where a table laid out afresh without it moves 1.6/N
+    /// of them at N = 100 (the algorithm's turns shift). A changed `table_size` or `seed`
+    /// lays the table out afresh, and so does a restart. At most [`MAX_DEPARTED`] departed
+    /// places are kept, the earliest forgotten first.
+    pub fn layout_after(&self, prev: &ServiceConf, prev_layout: &[Place]) -> Vec<Place> {
+        if prev.table_size != self.table_size || prev.seed != self.seed {
+            return self.layout();
+        }
+        let mut out: Vec<Place> = prev_layout
+            .iter()
+            .map(|p| match self.backends.iter().find(|b| b.name == p.name) {
+                Some(b) if b.weight > 0 => Place {
+                    name: p.name.clone(),
+                    weight: b.weight,
+                },
+                _ => p.clone(),
+            })
+            .collect();
+        let w = self.layout_weight();
+        for b in &self.backends {
+            if !out.iter().any(|p| p.name == b.name) {
+                out.push(Place {
+                    name: b.name.clone(),
+                    weight: if b.weight == 0 { w } else { b.weight },
+                });
+            }
+        }
+        let departed = |p: &Place| !self.backends.iter().any(|b| b.name == p.name);
+        let mut excess = out
+            .iter()
+            .filter(|p| departed(p))
+            .count()
+            .saturating_sub(MAX_DEPARTED);
+        out.retain(|p| {
+            let forget = excess > 0 && departed(p);
+            excess -= usize::from(forget);
+            !forget
+        });
+        out
+    }
+
     /// The Maglev table with the backends `down` says are down out of it: their slots handed
-    /// to the backends up, every other slot unchanged ([`maglev::build_with_down`]).
+    /// to the backends up, every other slot unchanged ([`maglev::build_with_down`]), laid out
+    /// afresh ([`Self::layout`]).
     ///
     /// A drained backend (weight 0) is out of it the same way: it keeps its place in the
     /// table's layout at the service's smallest weight, and its slots are handed on. So
     /// draining one of N equally weighted backends moves exactly its own slots, as a backend
     /// going down does; with unequal weights the layout changes with the weight, as any
-    /// reweighting changes it. The shares are the same either way: each backend up holds
+    /// reweighting changes it (a running balancer keeps the weight it filled with: see
+    /// [`Self::layout_after`]). The shares are the same either way: each backend up holds
     /// its weighted share of the table among the backends up.
     pub fn table_without(&self, down: &dyn Fn(&str) -> bool) -> Result<Vec<Option<u32>>> {
-        let layout = self
-            .backends
-            .iter()
-            .map(|b| b.weight)
-            .filter(|w| *w > 0)
-            .min()
-            .unwrap_or(1);
-        let bs: Vec<(&str, u32)> = self
-            .backends
-            .iter()
-            .map(|b| {
-                (
-                    b.name.as_str(),
-                    if b.weight == 0 { layout } else { b.weight },
-                )
-            })
-            .collect();
-        maglev::build_with_down(self.table_size, self.seed, &bs, &|i| {
-            let b = &self.backends[i];
-            b.weight == 0 || down(&b.name)
-        })
+        self.table_in(&self.layout(), down)
     }
+
+    /// The Maglev table filled along `layout` (slot → index into `backends`): a place whose
+    /// name is not configured (departed), a drained backend and a backend `down` names are
+    /// out of it, their slots handed to the backends up.
+    pub fn table_in(
+        &self,
+        layout: &[Place],
+        down: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Option<u32>>> {
+        let index: Vec<Option<usize>> = layout
+            .iter()
+            .map(|p| self.backends.iter().position(|b| b.name == p.name))
+            .collect();
+        let bs: Vec<(&str, u32)> = layout
+            .iter()
+            .map(|p| (p.name.as_str(), p.weight.max(1)))
+            .collect();
+        let table = maglev::build_with_down(self.table_size, self.seed, &bs, &|i| {
+            index[i].is_none_or(|j| {
+                let b = &self.backends[j];
+                b.weight == 0 || down(&b.name)
+            })
+        })?;
+        Ok(table
+            .into_iter()
+            .map(|s| s.and_then(|i| index[i as usize].map(|j| j as u32)))
+            .collect())
+    }
+}
+
+/// Departed places (backends removed from the file while the balancer runs) a service's
+/// layout keeps ([`ServiceConf::layout_after`]).
+pub const MAX_DEPARTED: usize = MAX_BACKENDS as usize;
+
+/// One place in a service's Maglev layout: the name whose permutation fills the table and
+/// the weight it fills with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub name: String,
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -752,6 +845,90 @@ mod tests {
             );
         }
         Config::parse(&text).unwrap().services.remove(0)
+    }
+
+    /// Backend names by slot.
+    fn named(t: &[Option<u32>], s: &ServiceConf) -> Vec<Option<String>> {
+        t.iter()
+            .map(|i| i.map(|i| s.backends[i as usize].name.clone()))
+            .collect()
+    }
+
+    /// While the balancer runs, removing one of N backends from the file moves exactly its
+    /// own slots (it keeps its place in the layout, out of the table as if down), where a
+    /// fresh layout without it moves about twice as many; putting it back restores the table
+    /// it left; a new backend takes a place at the end.
+    #[test]
+    fn a_removed_backend_keeps_its_place_while_the_balancer_runs() {
+        let all = service(&[1; 100]);
+        let full = named(&all.table().unwrap(), &all);
+        let own = full.iter().filter(|n| n.as_deref() == Some("b50")).count();
+        let mut less = all.clone();
+        less.backends.remove(50);
+        let layout = less.layout_after(&all, &all.layout());
+        assert_eq!(layout, all.layout(), "b50 keeps its place and weight");
+        let kept = named(&less.table_in(&layout, &|_| false).unwrap(), &less);
+        for (a, b) in full.iter().zip(&kept) {
+            assert!(
+                a == b || a.as_deref() == Some("b50"),
+                "only b50's slots move"
+            );
+            assert!(b.is_some());
+        }
+        let moved = |t: &[Option<String>]| full.iter().zip(t).filter(|(a, b)| a != b).count();
+        assert_eq!(moved(&kept), own);
+        let fresh = named(&less.table().unwrap(), &less);
+        assert!(
+            moved(&fresh) as f64 > 1.5 * own as f64,
+            "a fresh layout moves more: {} vs {own}",
+            moved(&fresh)
+        );
+        // Back again: its old place, the old table.
+        let back = all.layout_after(&less, &layout);
+        assert_eq!(back, all.layout());
+        assert_eq!(named(&all.table_in(&back, &|_| false).unwrap(), &all), full);
+        // A new backend goes at the end, after the departed place.
+        let mut plus = less.clone();
+        let mut n = plus.backends[0].clone();
+        n.name = "new".into();
+        plus.backends.push(n);
+        let l = plus.layout_after(&less, &layout);
+        assert_eq!(l.len(), 101);
+        assert_eq!((l[50].name.as_str(), l[100].name.as_str()), ("b50", "new"));
+        let t = plus.table_in(&l, &|_| false).unwrap();
+        assert!(maglev::shares(&t, 100)
+            .iter()
+            .all(|c| (163..=165).contains(c)));
+        // Another seed or table size lays the table out afresh.
+        let mut reseeded = less.clone();
+        reseeded.seed += 1;
+        assert_eq!(reseeded.layout_after(&all, &layout), reseeded.layout());
+    }
+
+    /// A drained backend keeps the weight it filled with, so with unequal weights too it
+    /// hands on exactly its own slots while the balancer runs; departed places are bounded.
+    #[test]
+    fn a_running_layout_keeps_weights_and_forgets_the_earliest_departed() {
+        let s = service(&[1, 3, 2, 5]);
+        let full = named(&s.table().unwrap(), &s);
+        let mut drained = s.clone();
+        drained.backends[1].weight = 0;
+        let l = drained.layout_after(&s, &s.layout());
+        assert_eq!(l, s.layout());
+        let t = named(&drained.table_in(&l, &|_| false).unwrap(), &drained);
+        for (a, b) in full.iter().zip(&t) {
+            assert!(a == b || a.as_deref() == Some("b1"), "only b1's slots move");
+        }
+        let gone: Vec<Place> = (0..MAX_DEPARTED + 5)
+            .map(|i| Place {
+                name: format!("gone{i}"),
+                weight: 1,
+            })
+            .chain(s.layout())
+            .collect();
+        let l = s.layout_after(&s, &gone);
+        assert_eq!(l.len(), MAX_DEPARTED + 4);
+        assert_eq!(l[0].name, "gone5", "the earliest forgotten first");
     }
 
     /// Draining one of N equal backends moves exactly its own slots (as it going down does),

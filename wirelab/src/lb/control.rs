@@ -76,6 +76,11 @@ pub struct ServiceChange {
     /// Share of the Maglev slots that point to another backend afterwards (percent; new
     /// flows hashing there go elsewhere, tracked flows stay).
     pub slots_moved_pct: f64,
+    /// Backends gone from the file that keep their place in the table's layout while the
+    /// balancer runs, so that removing one moves only its own slots
+    /// ([`super::config::ServiceConf::layout_after`]).
+    #[serde(default)]
+    pub departed: Vec<String>,
 }
 
 /// `lb reload`'s answer.
@@ -119,6 +124,7 @@ pub(super) fn diff(prev: &Balancer, next: &Balancer) -> Vec<ServiceChange> {
                 removed: vec![],
                 reweighted: vec![],
                 slots_moved_pct: 100.0,
+                departed: vec![],
             });
             continue;
         };
@@ -139,6 +145,12 @@ pub(super) fn diff(prev: &Balancer, next: &Balancer) -> Vec<ServiceChange> {
                     .any(|x| x.id == b.id && x.weight != b.weight)
             }),
             slots_moved_pct: 100.0 * moved as f64 / n.table.len().max(1) as f64,
+            departed: n
+                .layout
+                .iter()
+                .filter(|l| !n.backends.iter().any(|b| b.name == l.name))
+                .map(|l| l.name.clone())
+                .collect(),
         });
     }
     for p in &prev.services {
@@ -151,6 +163,7 @@ pub(super) fn diff(prev: &Balancer, next: &Balancer) -> Vec<ServiceChange> {
                 removed: names(p, |_| true),
                 reweighted: vec![],
                 slots_moved_pct: 100.0,
+                departed: vec![],
             });
         }
     }

@@ -178,9 +178,10 @@ pub fn build(m: u32, seed: u64, backends: &[(&str, u32)]) -> Result<Vec<Option<u
 /// The table with the backends `down` names (by index) out of it, changing only their slots.
 ///
 /// Rebuilding the table without a backend (what [`build`] does for a smaller set, and what a
-/// config change does) moves its slots and, as the other backends' turns shift, some more:
-/// 1.6/N of the slots for N = 100 at M = 65,537. A backend that fails its health checks is
-/// not a config change, so its slots are handed on instead: the table is built for every
+/// fresh start from a smaller config does) moves its slots and, as the other backends' turns
+/// shift, some more: 1.6/N of the slots for N = 100 at M = 65,537. A backend that fails its
+/// health checks (or, in a running balancer, one removed by a reload: a departed place of
+/// `ServiceConf::layout_after`) has its slots handed on instead: the table is built for every
 /// configured backend, then the slots of those down are cleared and refilled by the backends
 /// up, taking turns along their own permutations (Maglev's fill, over the freed slots only),
 /// each up to its weighted share of the whole table (⌊M·wᵢ/W⌋ or ⌈M·wᵢ/W⌉ of it, W the up

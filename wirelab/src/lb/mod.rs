@@ -281,6 +281,9 @@ pub struct InstalledService {
     pub backends: Vec<InstalledBackend>,
     /// Slot → backend id ([`NO_BACKEND`] when no backend has weight).
     pub table: Vec<u32>,
+    /// The places the table was filled along, departed backends among them
+    /// ([`ServiceConf::layout_after`]).
+    pub layout: Vec<config::Place>,
 }
 
 impl InstalledService {
@@ -428,7 +431,11 @@ impl Balancer {
         for (i, s) in config.services.iter().enumerate() {
             let is_down =
                 |b: &str| s.health.is_some() && down.contains(&(s.name.clone(), b.to_string()));
-            let slots = s.table_without(&is_down)?;
+            let layout = match prev_svc.get(&(s.vip, s.port, s.proto.number())) {
+                Some(p) => s.layout_after(&p.conf, &p.layout),
+                None => s.layout(),
+            };
+            let slots = s.table_in(&layout, &is_down)?;
             let mut backends = Vec::new();
             for (j, b) in s.backends.iter().enumerate() {
                 let mac = match (b.mac, s.mode) {
@@ -466,6 +473,7 @@ impl Balancer {
                 conf: s.clone(),
                 backends,
                 table,
+                layout,
             });
         }
         let in_use: BTreeSet<u32> = services
