@@ -793,3 +793,89 @@ fn behind_wan_drops_at_a_down_link_are_marked_once_the_hold_covers_the_delay() {
         s.engine_drops_late
     );
 }
+
+/// A reader of `-w -` that pauses while 20 MB of frames arrive (far more than the pipe and
+/// the writer's buffer hold): the frames wait in the backlog and none is lost. With a backlog
+/// too small for the pause (`--backlog 1`), whole drains are dropped and counted, memory stays
+/// bounded, and every matched frame is either in the file or counted as dropped.
+#[test]
+fn a_paused_reader_of_stdout_loses_nothing_until_the_backlog_fills() {
+    let _s = serial();
+    let lab = Lab::up("cbl");
+    let dir = TempDir::new("wlcapb");
+    let m = mac_of(&lab.ns("server"), "eth0");
+    let mac = format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    );
+    let n = 20_000u64;
+    for (backlog, until, what) in [
+        ("512", format!("--count {n}"), "kept"),
+        ("1", "--duration 8s".to_string(), "bounded"),
+    ] {
+        let file = dir.join(&format!("{what}.pcapng"));
+        let go = dir.join(&format!("{what}.go"));
+        // The reader of stdout starts reading only once `go` exists.
+        let script = format!(
+            "WIRELAB_LOG=info {WIRELAB} capture --netns {} --iface eth0 --filter 'udp and dst port 9' \
+             --backlog {backlog} {until} --json -w - \
+             | (while [ ! -e {} ]; do sleep 0.05; done; cat > {})",
+            lab.ns("server"),
+            go.display(),
+            file.display()
+        );
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
+        let bg = spawn_ready(c, "capture attached", Duration::from_secs(30));
+        let lines = bg.lines.clone();
+        let mut g = wirelab();
+        g.args(cli::on_iface("gen", &lab.ns("client"), "eth0"));
+        g.args(["--dst-mac", &mac, "--dst", "198.18.0.2", "--dport", "9"]);
+        g.args(["--src", "198.18.0.1", "--size", "1000", "--rate", "20000"]);
+        g.args(["--count", &n.to_string(), "--json"]);
+        let r: wirelab::gen::Report = serde_json::from_slice(&ok(g).stdout).expect("gen --json");
+        assert_eq!(r.sent, n, "{r:?}");
+        // Every frame has been sent while nothing read the capture's stdout.
+        assert!(!file.exists());
+        std::fs::write(&go, b"").unwrap();
+        let out = bg
+            .wait(Duration::from_secs(60))
+            .expect("the capture ends by itself");
+        assert!(out.success(), "{:?}", out.status);
+        let log = lines.lock().unwrap().join("\n");
+        let s: Summary = log
+            .lines()
+            .find(|l| l.starts_with("{\"type\":\"final\""))
+            .map(|l| serde_json::from_str(l).expect("summary"))
+            .unwrap_or_else(|| panic!("no summary line: {log}"));
+        eprintln!(
+            "{what}: written {}, dropped in userspace {}, kernel lost {}",
+            s.written, s.backlog_dropped, s.ingress.lost
+        );
+        assert_eq!(s.ingress.matched, n, "{s:?}");
+        let o = ok(Command::new("capinfos").args(["-c", "-M"]).arg(&file));
+        let info = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            info.lines().any(|l| l.starts_with("Number of packets:")
+                && l.trim_end().ends_with(&format!(" {}", s.written))),
+            "{info}"
+        );
+        if what == "kept" {
+            assert_eq!(s.written, n, "{s:?}");
+            assert_eq!(s.backlog_dropped + s.ingress.lost + s.perf_lost, 0, "{s:?}");
+        } else {
+            // About 1 MiB of frames waited; the rest of the pause's drains were dropped.
+            assert_eq!(
+                s.written + s.backlog_dropped + s.ingress.lost,
+                n,
+                "each matched frame written or counted: {s:?}"
+            );
+            assert!(s.backlog_dropped >= n / 2, "{s:?}");
+            assert!(s.written >= 200, "{s:?}");
+            assert!(
+                log.contains("the writer fell more than the backlog behind"),
+                "{log}"
+            );
+        }
+    }
+}

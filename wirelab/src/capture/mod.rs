@@ -24,7 +24,7 @@ use std::{
     os::fd::AsFd,
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc,
     },
     time::{Duration, Instant},
@@ -64,6 +64,9 @@ pub struct Options {
     pub snaplen: u32,
     /// Bytes of kernel ring per CPU (`None`: [`ring_bytes`]'s share of 32 MiB).
     pub ring_bytes: Option<usize>,
+    /// Bytes drained frames may hold in memory while they wait for the writer (`None`:
+    /// [`DEFAULT_BACKLOG_MIB`]); a drain that would go past it is dropped and counted.
+    pub backlog_bytes: Option<u64>,
     /// Stop after this many frames written.
     pub count: Option<u64>,
     pub duration: Option<Duration>,
@@ -151,6 +154,15 @@ const BATCH_BYTES: usize = 256 << 10;
 /// every `POLL_MS` unless its ring fills faster: each wakeup (of the reader, and of the
 /// writer it hands the batch to) costs microseconds, so a drain should collect many frames.
 const POLL_MS: u8 = 20;
+/// Frames drained and not yet written may hold this much memory by default (`--backlog`):
+/// a writer that falls behind (a slow disk, a paused reader of `-w -`) costs no frame up to
+/// it, and the capture's memory stays bounded past it.
+pub const DEFAULT_BACKLOG_MIB: u32 = 512;
+
+/// The memory a drained frame holds until it is written (its bytes and its description).
+fn held(f: &Captured) -> u64 {
+    (f.data.len() + std::mem::size_of::<Captured>()) as u64
+}
 
 /// Kernel counters of one direction.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -180,6 +192,10 @@ pub struct Summary {
     pub egress: DirCounts,
     /// Samples the perf buffers reported lost (the kernel's `lost` count cross-checks it).
     pub perf_lost: u64,
+    /// Frames taken from the kernel's rings and dropped because the frames waiting for the
+    /// writer already held `--backlog` MiB (the writer, or the reader of `-w -`, fell behind).
+    #[serde(default)]
+    pub backlog_dropped: u64,
     /// Matched frames not written because `--count` was reached first.
     pub beyond_count: u64,
     pub duration_s: f64,
@@ -240,6 +256,8 @@ enum Msg {
         cpu: u32,
         frames: Vec<Captured>,
         lost: u64,
+        /// Frames this drain took from the ring and dropped: the backlog was full.
+        dropped: u64,
         mono_ns: u64,
     },
     /// wan's engine dropped these frames after the tap (see [`drops`]).
@@ -421,6 +439,8 @@ pub struct Streamed {
     pub ingress: DirCounts,
     pub egress: DirCounts,
     pub perf_lost: u64,
+    /// Frames dropped with the backlog full ([`Summary::backlog_dropped`]).
+    pub backlog_dropped: u64,
     /// Wall-clock start and end, ns since the Unix epoch.
     pub start_ns: u64,
     pub end_ns: u64,
@@ -521,7 +541,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
         start_ns: s.start_ns,
         end_ns: s.end_ns,
         ifrecv: s.ingress.seen + s.egress.seen,
-        ifdrop: s.ingress.lost + s.egress.lost,
+        ifdrop: s.ingress.lost + s.egress.lost + s.backlog_dropped,
         filter_accept: s.ingress.matched + s.egress.matched,
     })?;
     w.into_inner()?.flush()?;
@@ -535,6 +555,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Summary> {
         ingress: s.ingress,
         egress: s.egress,
         perf_lost: s.perf_lost,
+        backlog_dropped: s.backlog_dropped,
         beyond_count: sink.beyond,
         duration_s: s.duration_s,
         ingress_hook: s.ingress_hook.to_string(),
@@ -591,6 +612,11 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let quit = Arc::new(AtomicBool::new(false));
+    // Bytes the drained frames not yet written hold (readers add, the writer subtracts).
+    let backlog = Arc::new(AtomicU64::new(0));
+    let backlog_cap = opts
+        .backlog_bytes
+        .unwrap_or(DEFAULT_BACKLOG_MIB as u64 * (1 << 20));
     // The threads stop however this function ends (an attach error included).
     let _quit_on_return = QuitOnDrop(quit.clone());
     // fw, lb or wan owns the XDP hook when it runs here: XDP ingress goes behind its tap (the
@@ -684,6 +710,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     for (cpu, mut buf) in bufs {
         let tx = tx.clone();
         let quit = quit.clone();
+        let backlog = backlog.clone();
         readers.push(std::thread::spawn(move || {
             let mut seq = 0u64;
             let mut last_count = 0;
@@ -710,10 +737,22 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
                     perf_ring::Record::Lost { count } => lost += count,
                 });
                 last_count = frames.len();
+                // Past the backlog's bound the drain is dropped, not kept: the ring keeps
+                // being drained (the writer's merge needs every reader's drains to go on),
+                // and memory stays bounded whatever the writer's pace.
+                let bytes: u64 = frames.iter().map(held).sum();
+                let mut dropped = 0;
+                if backlog.load(Ordering::Relaxed) + bytes > backlog_cap {
+                    dropped = frames.len() as u64;
+                    frames.clear();
+                } else {
+                    backlog.fetch_add(bytes, Ordering::Relaxed);
+                }
                 let drained = Msg::Drained {
                     cpu,
                     frames,
                     lost,
+                    dropped,
                     mono_ns: drained_at,
                 };
                 if tx.send(drained).is_err() || done {
@@ -740,12 +779,14 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     let mut queued = merge::Merge::default();
     let mut safe: HashMap<u32, u64> = cpus.iter().map(|c| (*c, 0)).collect();
     let mut perf_lost = 0u64;
+    let mut backlog_dropped = 0u64;
     let mut written_ts = 0u64;
     let (mut out_of_order, mut most_behind_ns) = (0u64, 0u64);
     let mut write_frame = |sink: &mut dyn Sink,
                            tap: &mut Option<tap::Tap>,
                            notes: &mut Option<drops::Matcher>,
                            mut f: Captured| {
+        let release = held(&f);
         if f.ts < written_ts {
             // Its CPU's program stalled between its timestamp and its output for longer than
             // the margin and the hold (a descheduled vCPU): the file is out of order here.
@@ -765,13 +806,15 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
             }
         }
         let comment = tap.as_mut().and_then(|t| t.comment(&f.decision));
-        sink.frame(&Frame {
+        let r = sink.frame(&Frame {
             ts_ns: to_wall(f.ts),
             orig_len: f.orig_len,
             egress: f.dir == dir::EGRESS,
             data: &f.data,
             comment: comment.as_deref(),
-        })
+        });
+        backlog.fetch_sub(release, Ordering::Relaxed);
+        r
     };
     loop {
         let finished =
@@ -784,6 +827,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
                 cpu,
                 frames,
                 lost,
+                dropped,
                 mono_ns,
             }) => {
                 let s = safe.entry(cpu).or_default();
@@ -791,6 +835,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
                 queued.extend(cpu, frames);
                 *s = (*s).max(mono_ns.saturating_sub(MARGIN_NS));
                 perf_lost += lost;
+                backlog_dropped += dropped;
             }
             Ok(Msg::Notes(n)) => {
                 if let Some(m) = notes.as_mut() {
@@ -826,10 +871,15 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     for msg in rx.iter() {
         match msg {
             Msg::Drained {
-                cpu, frames, lost, ..
+                cpu,
+                frames,
+                lost,
+                dropped,
+                ..
             } => {
                 queued.extend(cpu, frames);
                 perf_lost += lost;
+                backlog_dropped += dropped;
             }
             Msg::Notes(n) => {
                 if let Some(m) = notes.as_mut() {
@@ -844,6 +894,13 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     while let Some(f) = queued.pop() {
         write_frame(sink, &mut tap, &mut notes, f)?;
     }
+    if backlog_dropped > 0 {
+        tracing::warn!(
+            frames = backlog_dropped,
+            backlog_mib = backlog_cap >> 20,
+            "frames dropped: the writer fell more than the backlog behind (--backlog)"
+        );
+    }
     if out_of_order > 0 {
         tracing::warn!(
             frames = out_of_order,
@@ -856,6 +913,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
         ingress: read_counts(&stats, dir::INGRESS)?,
         egress: read_counts(&stats, dir::EGRESS)?,
         perf_lost,
+        backlog_dropped,
         start_ns: real0,
         end_ns: to_wall(end_mono),
         duration_s: start.elapsed().as_secs_f64(),
@@ -890,6 +948,13 @@ pub fn print_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
         )?;
     }
     writeln!(out, "  written: {} frames", s.written)?;
+    if s.backlog_dropped > 0 {
+        writeln!(
+            out,
+            "  dropped in userspace: {} frames (the writer fell --backlog MiB behind)",
+            s.backlog_dropped
+        )?;
+    }
     if s.engine_drops > 0 {
         writeln!(
             out,

@@ -31,6 +31,11 @@ pub struct CaptureArgs {
     /// shared by the CPUs, 4-16 MiB each). Larger absorbs longer bursts of large frames.
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
     buffer_size: Option<u32>,
+    /// MiB that frames drained from the kernel may hold while they wait to be written: a
+    /// slow disk or a paused reader of `-w -` loses no frame until they fill it; then whole
+    /// drains are dropped and counted (`dropped in userspace`, and in the file's ifdrop).
+    #[arg(long, value_name = "MIB", default_value_t = capture::DEFAULT_BACKLOG_MIB, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    backlog: u32,
     /// Stop after writing this many frames.
     #[arg(long, conflicts_with = "duration")]
     count: Option<u64>,
@@ -98,6 +103,7 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode> {
             filter: a.filter,
             snaplen: a.snaplen,
             ring_bytes: a.buffer_size.map(|m| m as usize * (1 << 20)),
+            backlog_bytes: Some(a.backlog as u64 * (1 << 20)),
             count: a.count,
             duration: a.duration,
             out,

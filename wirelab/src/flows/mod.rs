@@ -507,6 +507,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<FinalLine> {
         filter: opts.filter.clone(),
         snaplen: SNAPLEN,
         ring_bytes: None,
+        backlog_bytes: None,
         count: None,
         duration: opts.report.duration,
         out: capture::Output::Stdout,
@@ -515,7 +516,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<FinalLine> {
         mode: opts.mode,
     };
     let s = capture::stream(&copts, stop, &mut sink)?;
-    let lost = s.ingress.lost + s.egress.lost;
+    let lost = s.ingress.lost + s.egress.lost + s.backlog_dropped;
     if lost > 0 || s.perf_lost > 0 {
         tracing::warn!(
             lost,
