@@ -120,8 +120,12 @@ pub mod event {
     /// Later fragments of datagrams to a VIP sent where their first went (by the decision it
     /// left in `LB_VIP_FRAGS`; the first counts as any packet of its flow).
     pub const VIP_FRAGMENTS: u32 = 18;
+    /// NAT replies (no SNAT) too big for the link towards their client (IPv4 with DF, or
+    /// IPv6): passed on untranslated, so that the kernel's "fragmentation needed" / "packet
+    /// too big" goes to the backend, quoting the reply as the backend sent it.
+    pub const NAT_TOO_BIG: u32 = 19;
     /// Entries of `LB_EVENTS`.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     /// Names, by index (the JSON and table keys).
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
@@ -143,6 +147,7 @@ pub mod event {
         "nat_reentered",
         "nat_fragments",
         "vip_fragments",
+        "nat_too_big",
     ];
 }
 
@@ -349,6 +354,10 @@ pub struct LbConf {
     /// it, new DSR flows are forwarded by their hash but not entered (`UNTRACKED`), so a SYN
     /// flood cannot evict the established flows.
     pub new_flow_limit: u32,
+    /// NAT replies longer than this (IP length, bytes) are checked against the route to their
+    /// client, which may not carry them (0: never): the smallest MTU of this namespace's
+    /// interfaces, so that where every link carries what any link does, no reply is checked.
+    pub reply_check_len: u32,
 }
 
 /// State of the per-CPU new-flow limit (`LB_RATE[0]`): the theoretical arrival time of the

@@ -69,6 +69,7 @@ pub const LB_NAT_REWRITE: &str = "LB_NAT_REWRITE";
 pub const LB_NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
 pub const LB_ICMP_PATCH: &str = "LB_ICMP_PATCH";
 pub const LB_ICMP_FIB: &str = "LB_ICMP_FIB";
+pub const LB_REPLY_FIB: &str = "LB_REPLY_FIB";
 
 // swarm
 pub const SWARM_CONFIG: &str = "SWARM_CONFIG";
@@ -146,6 +147,7 @@ pub const ALL: &[&str] = &[
     LB_ICMP_XDP,
     LB_ICMP_PATCH,
     LB_ICMP_FIB,
+    LB_REPLY_FIB,
     SWARM_CONFIG,
     SWARM_IDS,
     SWARM_SOCKS,

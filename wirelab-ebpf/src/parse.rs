@@ -58,6 +58,8 @@ const IPV4_TOT_LEN_OFF: usize = 2;
 pub const IPV4_ID_OFF: usize = 4;
 pub const IPV4_FRAG_OFF: usize = 6;
 const IP_MF: u16 = 0x2000;
+/// IPv4 "don't fragment" (in the flags and fragment offset word).
+pub const IP_DF: u16 = 0x4000;
 pub const IP_OFFSET: u16 = 0x1fff;
 pub const IPV4_PROTO_OFF: usize = 9;
 pub const IPV4_CSUM_OFF: usize = 10;

@@ -56,6 +56,38 @@ pub fn redirect_by_route(ctx: &TcContext, fib: &mut bpf_fib_lookup) -> Option<i3
     Some(unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32 })
 }
 
+/// `bpf_fib_lookup` for a tc program's packet (`fib` filled in as for
+/// [`redirect_by_route`]): the helper's return code (`BPF_FIB_LKUP_RET_*`). Without GSO the
+/// packet's length is checked against the route's device (`BPF_FIB_LKUP_RET_FRAG_NEEDED`).
+#[inline(always)]
+pub fn fib_lookup_tc(ctx: &TcContext, fib: &mut bpf_fib_lookup) -> i64 {
+    // SAFETY: as in `redirect_by_route`.
+    unsafe {
+        aya_ebpf::helpers::bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    }
+}
+
+/// `bpf_fib_lookup` for an XDP program's packet: `fib.tot_len` is checked against the route's
+/// MTU (`BPF_FIB_LKUP_RET_FRAG_NEEDED`).
+#[inline(always)]
+pub fn fib_lookup_xdp(ctx: &XdpContext, fib: &mut bpf_fib_lookup) -> i64 {
+    // SAFETY: `ctx.ctx` is the `xdp_md` the kernel passed to this program; `fib` is a whole,
+    // aligned `bpf_fib_lookup` the helper reads and writes within its size.
+    unsafe {
+        aya_ebpf::helpers::bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    }
+}
+
 /// Grow (negative `delta`) or shrink the XDP metadata area in front of the packet. True on
 /// success. Invalidates every `Frame` of this packet: build new ones after the call.
 #[inline(always)]

@@ -1311,6 +1311,112 @@ fn upload_learns_the_path_mtu(lab: &Lab, vip: &str) {
     assert_eq!(ev.drop_error, 0, "{ev:?}");
 }
 
+/// A NAT reply too big for the balancer's link to the client (a UDP answer of 1,400 bytes with
+/// DF, the client side at MTU 1280) goes on untranslated, so the balancer's "fragmentation
+/// needed" reaches the backend about the reply it sent: the backend learns the path MTU to the
+/// client (its route holds `mtu 1280`, its next 1,400-byte send fails with EMSGSIZE) and
+/// answers in 1,200 bytes, which reach the client from the VIP. Translated first, the error
+/// would go to the VIP, which the balancer has no route to: the backend would never learn, and
+/// the client would get nothing. On both paths (tc, XDP).
+#[test]
+fn nat_replies_too_big_for_the_client_link_teach_the_backend_the_path_mtu() {
+    let dir = TempDir::new("lbtb");
+    let (lab, _servers, _) = nat_lab("lbtb", &dir);
+    let config = dir.file(
+        "lb-big.toml",
+        &format!(
+            "{NAT_CONFIG}\n[[service]]\nname = \"big\"\nvip = \"198.18.1.100\"\nport = 9053\n\
+             proto = \"udp\"\nmode = \"nat\"\n[[service.backend]]\nname = \"b1\"\n\
+             addr = \"198.18.2.21\"\n"
+        ),
+    );
+    let lb_ns = lab.ns("lb");
+    common::ok(common::in_ns(
+        &lb_ns,
+        &["ip", "link", "set", "eth0", "mtu", "1280"],
+    ));
+    // Answers 1,400 bytes with DF; once the kernel refuses that (EMSGSIZE: it knows a smaller
+    // path MTU), 1,200.
+    let server = "import socket, sys, errno\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.setsockopt(socket.IPPROTO_IP, 10, 2)\n\
+        s.bind(('0.0.0.0', 9053))\n\
+        s.settimeout(60)\n\
+        print('listening', file=sys.stderr, flush=True)\n\
+        while True:\n    \
+            d, a = s.recvfrom(100)\n    \
+            try:\n        \
+                s.sendto(b'L' * 1400, a)\n    \
+            except OSError as e:\n        \
+                if e.errno != errno.EMSGSIZE:\n            \
+                    raise\n        \
+                s.sendto(b's' * 1200, a)\n";
+    let _server = spawn_ready(
+        common::in_ns(&lab.ns("b1"), &["python3", "-c", server]),
+        "listening",
+        Duration::from_secs(10),
+    );
+    // At most 20 queries, half a second each: the first answer that arrives.
+    let client = "import socket\n\
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        c.settimeout(0.5)\n\
+        for i in range(20):\n    \
+            c.sendto(b'q', ('198.18.1.100', 9053))\n    \
+            try:\n        \
+                d, a = c.recvfrom(2000)\n        \
+                print(len(d), a[0])\n        \
+                break\n    \
+            except socket.timeout:\n        \
+                pass\n";
+    for path in ["tc", "xdp"] {
+        common::ok(common::in_ns(
+            &lab.ns("b1"),
+            &["ip", "route", "flush", "cache"],
+        ));
+        let mut c = wirelab();
+        c.args([
+            "lb",
+            "--netns",
+            &lb_ns,
+            "--iface",
+            "eth0",
+            "--nat-iface",
+            "eth1",
+            "--path",
+            path,
+            "--json",
+            "--interval",
+            "1s",
+            "--config",
+        ])
+        .arg(&config);
+        let bg = spawn_ready(c, "lb attached", Duration::from_secs(30));
+        let o = common::ok(common::in_ns(&lab.ns("client"), &["python3", "-c", client]));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "1200 198.18.1.100",
+            "{path}: the answer in 1,200 bytes, from the VIP"
+        );
+        let o = common::ok(common::in_ns(
+            &lab.ns("b1"),
+            &["ip", "route", "get", "198.18.0.1"],
+        ));
+        let route = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            route.contains("mtu 1280"),
+            "{path}: b1 learnt no path MTU: {route}"
+        );
+        let ev = lb_stats(&lb_ns).stats.events;
+        assert!(ev.nat_too_big >= 1, "{path}: {ev:?}");
+        assert!(
+            ev.nat_replies >= 1,
+            "{path}: the 1,200-byte answer translated: {ev:?}"
+        );
+        assert_eq!(ev.drop_error, 0, "{path}: {ev:?}");
+        bg.terminate();
+    }
+}
+
 /// The NAT balancer on the clsact path (kernels before 6.6; forced here with
 /// WIRELAB_TC_ATTACH=clsact): `lb` at ingress of both interfaces, `lb_egress` at their egress
 /// once a NAT service comes (here by a reload of a DSR-only start) and at lo's once a service

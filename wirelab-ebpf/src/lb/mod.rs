@@ -31,8 +31,8 @@ use core::num::NonZeroU32;
 
 use aya_ebpf::{
     bindings::{
-        xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
-        TC_ACT_UNSPEC,
+        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_F_MARK_MANGLED_0,
+        BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
@@ -120,6 +120,11 @@ static LB_ICMP_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 static LB_NAT_REWRITE: PerCpuArray<Rewrite> = PerCpuArray::with_max_entries(1, 0);
 
+/// This CPU's route lookup for a NAT reply that may be too big for the way to its client
+/// ([`reply_too_big`]): built here rather than on the stack.
+#[map]
+static LB_REPLY_FIB: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
 /// May one more flow enter the tracking table on this CPU (at most `limit` per second, with
 /// a burst of one second's worth)? GCRA: each flow moves the theoretical arrival time on by
 /// 1/limit s; a flow is refused while that time is more than a second ahead of now.
@@ -194,6 +199,11 @@ struct Rewrite {
     /// The TCP/UDP header is in this packet (false: a later fragment, where only the
     /// addresses change and only the IPv4 header checksum covers them).
     l4: bool,
+    /// A reply (no SNAT) longer than `LbConf::reply_check_len`: checked against the route to
+    /// its client before it is translated ([`reply_too_big`]).
+    check: bool,
+    /// The IP packet's length by its header.
+    ip_len: u16,
     /// New ports, network order.
     sport: [u8; 2],
     dport: [u8; 2],
@@ -223,6 +233,8 @@ impl Rewrite {
         r.udp = p.ip_proto == IPPROTO_UDP;
         r.v6 = is_v6(p);
         r.l4 = p.has_l4;
+        r.check = false;
+        r.ip_len = p.l3_end.saturating_sub(p.l3_off) as u16;
         Ok(r)
     }
 
@@ -361,6 +373,16 @@ pub fn lb(mut ctx: TcContext) -> i32 {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Forward => sys::redirect(sys::skb_ifindex(&ctx)),
+        // A reply the link to its client cannot carry: untranslated, the kernel's error about
+        // it goes to the backend.
+        Verdict::Nat
+            if reply_too_big(&Frame::tc(&ctx), sys::skb_ifindex(&ctx), |fib| {
+                sys::fib_lookup_tc(&ctx, fib)
+            }) =>
+        {
+            counter::bump(&LB_EVENTS, event::NAT_TOO_BIG);
+            TC_ACT_UNSPEC
+        }
         // Translated: the kernel routes it (to the backend, or back to the client).
         Verdict::Nat => match LB_NAT_REWRITE.get(0).map(|r| nat_tc(&ctx, r)) {
             Some(Ok(())) => TC_ACT_OK,
@@ -433,6 +455,14 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Forward => xdp_forward(&ctx),
+        Verdict::Nat
+            if reply_too_big(&f, sys::xdp_ifindex(&ctx), |fib| {
+                sys::fib_lookup_xdp(&ctx, fib)
+            }) =>
+        {
+            counter::bump(&LB_EVENTS, event::NAT_TOO_BIG);
+            xdp_action::XDP_PASS
+        }
         Verdict::Nat => match LB_NAT_REWRITE
             .get(0)
             .ok_or(Error::Map)
@@ -454,6 +484,64 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         }
     };
     tap_xdp(&ctx, &pick, action)
+}
+
+/// Address families of `bpf_fib_lookup::family`.
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Word `i` (0-3) of a 16-byte address, in memory order.
+#[inline(always)]
+fn word32(a: &[u8; 16], i: usize) -> u32 {
+    let i = i & 3;
+    u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
+}
+
+/// Whether the NAT reply this CPU's rewrite describes (marked `check`) is too big for the
+/// route to its client: IPv4 with DF, or IPv6 (routers do not fragment it), longer than the
+/// MTU there (`lookup`: `bpf_fib_lookup` from the interface it came in on, `ifindex`). A
+/// reply whose route cannot be looked up is not held back.
+#[inline(always)]
+fn reply_too_big(f: &Frame, ifindex: u32, lookup: impl FnOnce(&mut bpf_fib_lookup) -> i64) -> bool {
+    let Some(r) = LB_NAT_REWRITE.get(0) else {
+        return false;
+    };
+    if !r.check {
+        return false;
+    }
+    if !r.v6 && f.be16_at(r.l3() + parse::IPV4_FRAG_OFF).unwrap_or(0) & parse::IP_DF == 0 {
+        // The kernel fragments it on the way: nothing to tell the backend.
+        return false;
+    }
+    let Some(fib) = LB_REPLY_FIB.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's element of a per-CPU array, aligned, valid for the whole run of the
+    // program and used by this function only.
+    let fib = unsafe { &mut *fib };
+    // SAFETY: `bpf_fib_lookup` is plain data (integers and arrays of them): all zeroes is a
+    // valid value.
+    *fib = unsafe { core::mem::zeroed() };
+    fib.ifindex = ifindex;
+    fib.__bindgen_anon_1.tot_len = r.ip_len;
+    if r.v6 {
+        let (Ok(s), Ok(d)) = (f.raw128_at(r.src_off()), f.raw128_at(r.dst_off())) else {
+            return false;
+        };
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_3.ipv6_src =
+            [word32(&s, 0), word32(&s, 1), word32(&s, 2), word32(&s, 3)];
+        fib.__bindgen_anon_4.ipv6_dst =
+            [word32(&d, 0), word32(&d, 1), word32(&d, 2), word32(&d, 3)];
+    } else {
+        let (Ok(s), Ok(d)) = (f.raw32_at(r.src_off()), f.raw32_at(r.dst_off())) else {
+            return false;
+        };
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(s);
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(d);
+    }
+    lookup(fib) == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64
 }
 
 /// `lb which`: the running balancer asks its own loaded decision code, through
@@ -867,6 +955,17 @@ fn reply_rewrite<const LIVE: bool>(p: &parse::Parsed, n: &NatValue, pick: &mut P
     let r = Rewrite::slot(p)?;
     r.parts = RW_SRC;
     set16(&mut r.src, &n.vip);
+    // Too big for the link to the client, the kernel would send its error to the VIP (which
+    // this host does not hold) about the translated reply; untranslated, it goes to the
+    // backend, which learns the path's MTU (only without SNAT: with it the reply's
+    // destination is this host's own address until translated).
+    r.check = LIVE
+        && n.snat == 0
+        && l4
+        && !p.fragment
+        && LB_CONF
+            .get(0)
+            .is_some_and(|c| c.reply_check_len != 0 && r.ip_len as u32 > c.reply_check_len);
     if l4 && n.vport != p.sport {
         // The backend listens on another port than the service's.
         r.parts |= RW_SPORT;

@@ -314,6 +314,9 @@ pub struct Balancer {
     pub new_flow_limit: u32,
     /// `LbConf::xdp_out`: how the XDP path sends DSR frames back out.
     pub xdp_out: u8,
+    /// `LbConf::reply_check_len`: NAT replies longer than this are checked against the route
+    /// to their client (0: never; [`smallest_mtu`]).
+    pub reply_check_len: u32,
 }
 
 fn map_mut<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -488,6 +491,7 @@ impl Balancer {
             retired,
             new_flow_limit: config.new_flow_limit.unwrap_or(0),
             xdp_out: prev.map_or(xdp_out::TX, |p| p.xdp_out),
+            reply_check_len: prev.map_or(0, |p| p.reply_check_len),
         })
     }
 
@@ -524,6 +528,7 @@ impl Balancer {
                 services: self.services.len() as u32,
                 new_flow_limit: self.new_flow_limit,
                 xdp_out: self.xdp_out,
+                reply_check_len: self.reply_check_len,
                 ..Default::default()
             },
             0,
@@ -983,6 +988,10 @@ pub struct Events {
     /// Later fragments of datagrams to a VIP sent where their first fragment went.
     #[serde(default)]
     pub vip_fragments: u64,
+    /// NAT replies too big for the link to their client, passed untranslated so that the
+    /// kernel's error reaches the backend.
+    #[serde(default)]
+    pub nat_too_big: u64,
 }
 
 impl Events {
@@ -1009,6 +1018,7 @@ impl Events {
             nat_reentered: g(event::NAT_REENTERED),
             nat_fragments: g(event::NAT_FRAGMENTS),
             vip_fragments: g(event::VIP_FRAGMENTS),
+            nat_too_big: g(event::NAT_TOO_BIG),
         }
     }
 
@@ -1035,6 +1045,7 @@ impl Events {
             (event::NAT_REENTERED, self.nat_reentered),
             (event::NAT_FRAGMENTS, self.nat_fragments),
             (event::VIP_FRAGMENTS, self.vip_fragments),
+            (event::NAT_TOO_BIG, self.nat_too_big),
         ] {
             a[i as usize] = v;
         }
@@ -1211,9 +1222,22 @@ pub fn print_stats(out: &mut dyn Write, title: &str, s: &Stats) -> std::io::Resu
     let e = &s.events;
     writeln!(
         out,
-        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} flow-limit {} snat-port {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {} icmp-translated {} icmp-forwarded {} nat-reentered {} nat-fragments {} vip-fragments {}",
-        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.drop_flow_limit, e.drop_snat_port, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked, e.icmp_translated, e.icmp_forwarded, e.nat_reentered, e.nat_fragments, e.vip_fragments
+        "  passed: non-ip {} non-vip {} malformed {} | dropped: fragment {} no-backend {} error {} flow-limit {} snat-port {} | rehashed {} ip-options {} nat-replies {} udp-expired {} untracked {} icmp-translated {} icmp-forwarded {} nat-reentered {} nat-fragments {} vip-fragments {} nat-too-big {}",
+        e.non_ip, e.non_vip, e.malformed, e.drop_fragment, e.drop_no_backend, e.drop_error, e.drop_flow_limit, e.drop_snat_port, e.rehashed, e.ip_options, e.nat_replies, e.udp_expired, e.untracked, e.icmp_translated, e.icmp_forwarded, e.nat_reentered, e.nat_fragments, e.vip_fragments, e.nat_too_big
     )
+}
+
+/// The smallest MTU of this namespace's interfaces but loopback (`LbConf::reply_check_len`):
+/// a NAT reply no longer than that fits every link here, so it is not looked up. Read at
+/// start and at each reload.
+fn smallest_mtu() -> Result<u32> {
+    let ifs = crate::nl::with(None, |h| async move { crate::nl::interfaces(&h).await })?;
+    Ok(ifs
+        .iter()
+        .filter(|i| i.name != "lo")
+        .map(|i| i.mtu)
+        .min()
+        .unwrap_or(0))
 }
 
 /// NAT hands translated packets to the kernel's routing: it must forward.
@@ -1522,7 +1546,8 @@ impl LbTool<'_> {
             .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.name.clone())))
             .collect();
         let down: DownSet = self.down.intersection(&checked).cloned().collect();
-        let next = Balancer::plan(&config, self.lb.iface_mac, Some(&self.lb), &down)?;
+        let mut next = Balancer::plan(&config, self.lb.iface_mac, Some(&self.lb), &down)?;
+        next.reply_check_len = smallest_mtu()?;
         let services = control::diff(&self.lb, &next);
         let (tracked_flows, tracked_flows_moved) = self.lb.tracked_flows(&self.bpf, &next)?;
         let mut report = ReloadReport {
@@ -1876,6 +1901,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     let mut bpf = ebpf::load(ebpf::Object::Lb)?;
     let mut plan = Balancer::plan(&config, mac, None, &DownSet::new())?;
     plan.xdp_out = if veth { xdp_out::REDIRECT } else { xdp_out::TX };
+    plan.reply_check_len = smallest_mtu()?;
     let lb = plan.write(&mut bpf, None)?;
     load_icmp(&mut bpf, path == Path::Xdp)?;
     let attach = match path {
