@@ -45,8 +45,8 @@ use wirelab_common::lb::{
 use wirelab_common::tap::lb_what;
 
 use super::{
-    quad, same16, set16, tap_tc, tap_xdp, xdp_forward, Pick, Verdict, LB_BACKENDS, LB_CONF,
-    LB_EVENTS, LB_FLOWS, LB_GEN, LB_ICMP_TC, LB_NAT, LB_SERVICES, OFF_MASK,
+    quad, same16, set16, tap_tc, tap_xdp, word32, xdp_forward, Pick, Verdict, AF_INET, AF_INET6,
+    LB_BACKENDS, LB_CONF, LB_EVENTS, LB_FLOWS, LB_GEN, LB_ICMP_TC, LB_NAT, LB_SERVICES, OFF_MASK,
 };
 use crate::{
     counter,
@@ -151,8 +151,6 @@ static LB_ICMP_FIB: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(
 
 /// `lo`'s interface index, the same in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 
 /// This CPU's patch.
 #[inline(always)]
@@ -638,13 +636,12 @@ fn to_client(ctx: &TcContext) -> i32 {
     *fib = unsafe { core::mem::zeroed() };
     fib.ifindex = LOOPBACK_IFINDEX;
     let d = &s.out_dst;
-    let w = |i: usize| u32::from_ne_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]);
     if s.v6 {
         fib.family = AF_INET6;
-        fib.__bindgen_anon_4.ipv6_dst = [w(0), w(1), w(2), w(3)];
+        fib.__bindgen_anon_4.ipv6_dst = [word32(d, 0), word32(d, 1), word32(d, 2), word32(d, 3)];
     } else {
         fib.family = AF_INET;
-        fib.__bindgen_anon_4.ipv4_dst = w(0);
+        fib.__bindgen_anon_4.ipv4_dst = word32(d, 0);
     }
     sys::redirect_by_route(ctx, fib).unwrap_or(TC_ACT_OK)
 }
