@@ -274,7 +274,22 @@ impl Pacer {
     }
 }
 
-pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
+/// What [`check`] found in the options.
+pub struct Checked {
+    net: IpNet,
+    /// The first source address's low 32 bits (the generator varies them).
+    base: u32,
+    tcp: bool,
+    /// Always bounded: by count, by duration, or by 5 s.
+    duration: Option<Duration>,
+    dst_mac: [u8; 6],
+    src_mac: Option<[u8; 6]>,
+}
+
+/// The checks of `o` that need no interface (addresses, flows, counts, MACs): made by
+/// [`run`], and by the command before it enters its namespace, so that a typo is reported
+/// as itself whatever the namespace.
+pub fn check(o: &Options) -> Result<Checked> {
     let net: IpNet = o
         .src
         .parse()
@@ -290,7 +305,6 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
     if o.flows == 0 {
         bail!("--flows must be at least 1");
     }
-    let v6 = net.addr().is_ipv6();
     let (first, last) = match net {
         IpNet::V4(n) => (
             u32::from(n.addr()) as u128,
@@ -323,17 +337,39 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
     if o.rate == Some(0) {
         bail!("--rate must be at least 1");
     }
-    // Always bounded: by count, by duration, or by 5 s.
-    let duration = o.duration.or(if o.count.is_some() {
-        None
-    } else {
-        Some(Duration::from_secs(5))
-    });
+    Ok(Checked {
+        net,
+        base,
+        tcp,
+        duration: o.duration.or(if o.count.is_some() {
+            None
+        } else {
+            Some(Duration::from_secs(5))
+        }),
+        dst_mac: parse_mac(&o.dst_mac).context("--dst-mac")?,
+        src_mac: o
+            .src_mac
+            .as_deref()
+            .map(parse_mac)
+            .transpose()
+            .context("--src-mac")?,
+    })
+}
+
+pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
+    let Checked {
+        net,
+        base,
+        tcp,
+        duration,
+        dst_mac,
+        src_mac,
+    } = check(o)?;
+    let v6 = net.addr().is_ipv6();
     let ifindex = nix::net::if_::if_nametoindex(o.iface.as_str())
         .with_context(|| format!("no interface named {:?} in this network namespace", o.iface))?;
-    let dst_mac = parse_mac(&o.dst_mac).context("--dst-mac")?;
-    let src_mac = match &o.src_mac {
-        Some(m) => parse_mac(m).context("--src-mac")?,
+    let src_mac = match src_mac {
+        Some(m) => m,
         None => iface_mac(&o.iface)?,
     };
     let frame = template(src_mac, dst_mac, net.addr(), o.dst, tcp, o.dport, o.size)?;

@@ -486,6 +486,89 @@ impl Topology {
                 }
             }
         }
+        self.check_segments()
+    }
+
+    /// No address and no MAC twice on one layer-2 segment (interfaces joined by links and
+    /// bridges): the kernel takes both, and the lab would answer ARP from two places.
+    /// (The same address on two separate segments is allowed: networks behind routers.)
+    fn check_segments<'t>(&'t self) -> Result<()> {
+        // Union-find over the interfaces, by (host, interface) name.
+        type Iface<'a> = (&'a str, &'a str);
+        fn root<'a>(p: &BTreeMap<Iface<'a>, Iface<'a>>, mut k: Iface<'a>) -> Iface<'a> {
+            while let Some(&up) = p.get(&k).filter(|up| **up != k) {
+                k = up;
+            }
+            k
+        }
+        let mut parent: BTreeMap<Iface<'t>, Iface<'t>> = BTreeMap::new();
+        let mut join = |x: Iface<'t>, y: Iface<'t>| {
+            let (rx, ry) = (root(&parent, x), root(&parent, y));
+            if rx != ry {
+                parent.insert(rx, ry);
+            }
+        };
+        for l in &self.link {
+            join((&l.a.host, &l.a.iface), (&l.b.host, &l.b.iface));
+        }
+        for h in &self.host {
+            for b in &h.bridge {
+                for port in &b.ports {
+                    join((&h.name, &b.name), (&h.name, port));
+                }
+            }
+        }
+        // Every interface with addresses or a MAC: its field, segment, addresses and MAC.
+        let mut ifaces: Vec<(String, Iface<'t>, &'t [String], Option<&'t str>)> = vec![];
+        for (i, l) in self.link.iter().enumerate() {
+            for (side, ep) in [("a", &l.a), ("b", &l.b)] {
+                let key = (ep.host.as_str(), ep.iface.as_str());
+                ifaces.push((
+                    format!("link[{i}].{side}"),
+                    root(&parent, key),
+                    &ep.addresses,
+                    ep.mac.as_deref(),
+                ));
+            }
+        }
+        for (i, h) in self.host.iter().enumerate() {
+            for (j, b) in h.bridge.iter().enumerate() {
+                let key = (h.name.as_str(), b.name.as_str());
+                ifaces.push((
+                    format!("host[{i}].bridge[{j}]"),
+                    root(&parent, key),
+                    &b.addresses,
+                    None,
+                ));
+            }
+        }
+        // (segment, address) and (segment, MAC) -> the field that has it first.
+        let mut addrs: BTreeMap<(Iface<'t>, IpAddr), String> = BTreeMap::new();
+        let mut macs: BTreeMap<(Iface<'t>, [u8; 6]), String> = BTreeMap::new();
+        for (base, seg, addresses, mac) in ifaces {
+            for (j, a) in addresses.iter().enumerate() {
+                let f = format!("{base}.addresses[{j}]");
+                let ip = parse_iface_addr(&f, a)?.addr();
+                if let Some(first) = addrs.get(&(seg, ip)) {
+                    return Err(ferr(
+                        f,
+                        format!("{ip} is already {first}'s, on the same segment"),
+                    ));
+                }
+                addrs.insert((seg, ip), f);
+            }
+            if let Some(m) = mac {
+                let f = format!("{base}.mac");
+                let mac = parse_mac(&f, m)?;
+                if let Some(first) = macs.get(&(seg, mac)) {
+                    return Err(ferr(
+                        f,
+                        format!("{m} is already {first}'s, on the same segment"),
+                    ));
+                }
+                macs.insert((seg, mac), f);
+            }
+        }
         Ok(())
     }
 }
@@ -880,6 +963,56 @@ mod tests {
             "host[0].route[0].via",
         ),
     ];
+
+    #[test]
+    fn an_address_or_mac_twice_on_one_segment_is_refused() {
+        // Three hosts on one bridge (host "sw"), and a fourth behind "a" on a link of its own.
+        let lab = |a: &str, b: &str, c: &str, d: &str| {
+            format!(
+                "[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n[[host]]\nname = \"c\"\n\
+                 [[host]]\nname = \"d\"\n[[host]]\nname = \"sw\"\n[[host.bridge]]\nname = \"br0\"\n\
+                 ports = [\"pa\", \"pb\", \"pc\"]\n\
+                 [[link]]\na = {{ host = \"a\", iface = \"e0\", {a} }}\nb = {{ host = \"sw\", iface = \"pa\" }}\n\
+                 [[link]]\na = {{ host = \"b\", iface = \"e0\", {b} }}\nb = {{ host = \"sw\", iface = \"pb\" }}\n\
+                 [[link]]\na = {{ host = \"c\", iface = \"e0\", {c} }}\nb = {{ host = \"sw\", iface = \"pc\" }}\n\
+                 [[link]]\na = {{ host = \"a\", iface = \"e1\", addresses = [\"198.18.9.1/24\"] }}\n\
+                 b = {{ host = \"d\", iface = \"e0\", {d} }}\n"
+            )
+        };
+        let ok = lab(
+            "addresses = [\"198.18.0.1/24\"], mac = \"02:00:00:00:00:01\"",
+            "addresses = [\"198.18.0.2/24\"], mac = \"02:00:00:00:00:02\"",
+            "addresses = [\"198.18.0.3/24\"]",
+            // The same address and MAC as b's, on another segment: allowed.
+            "addresses = [\"198.18.0.2/24\"], mac = \"02:00:00:00:00:02\"",
+        );
+        Topology::parse(&ok).unwrap();
+        let e = format!(
+            "{:#}",
+            Topology::parse(&lab(
+                "addresses = [\"198.18.0.1/24\"]",
+                "addresses = [\"198.18.0.2/24\"]",
+                "addresses = [\"198.18.0.9/24\", \"198.18.0.1/24\"]",
+                "addresses = [\"198.18.9.2/24\"]",
+            ))
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("link[2].a.addresses[1]") && e.contains("link[0].a.addresses[0]"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            Topology::parse(&lab(
+                "mac = \"02:00:00:00:00:01\"",
+                "mac = \"02:00:00:00:00:01\"",
+                "addresses = [\"198.18.0.3/24\"]",
+                "addresses = [\"198.18.9.2/24\"]",
+            ))
+            .unwrap_err()
+        );
+        assert!(e.contains("link[1].a.mac"), "{e}");
+    }
 
     fn full_check(s: &str) -> Result<Topology> {
         let t = Topology::parse(s)?;

@@ -12,14 +12,26 @@ use anyhow::{Context as _, Result};
 /// Parse `1s`, `250ms`, `2m`, `1h30m`, or a bare number of seconds (`5`, `0.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
+    let d = if let Ok(secs) = t.parse::<f64>() {
+        if !(secs.is_finite() && secs >= 0.0) {
+            return Err(format!("{s:?}: a duration must be finite and not negative"));
         }
-        return Err(format!("{s:?}: a duration must be finite and not negative"));
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+    } else {
+        humantime::parse_duration(t).map_err(|e| format!("{s:?}: {e} (examples: 500ms, 1s, 2m)"))?
+    };
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s:?}: longer than {} days, the longest duration wirelab takes",
+            MAX_DURATION.as_secs() / 86_400
+        ));
     }
-    humantime::parse_duration(t).map_err(|e| format!("{s:?}: {e} (examples: 500ms, 1s, 2m)"))
+    Ok(d)
 }
+
+/// The longest duration, interval or timeout [`parse_duration`] takes: a year (so that any
+/// deadline computed from it stays far from `Instant`'s and `Duration`'s limits).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 /// Standard normal CDF Φ(x) (Abramowitz-Stegun 7.1.26 erf, |error| < 1.5e-7): the sweep's
 /// trend test and wan's smooth keep-order jitter.
@@ -213,5 +225,17 @@ mod tests {
         assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+        // Out of range: refused, never a panic.
+        for long in [
+            "1e20",
+            "99999999999999999999",
+            "99999999999h",
+            "366days",
+            "inf",
+            "NaN",
+        ] {
+            assert!(parse_duration(long).is_err(), "{long}");
+        }
+        assert_eq!(parse_duration("365days").unwrap(), MAX_DURATION);
     }
 }

@@ -59,7 +59,6 @@ pub struct GenArgs {
 }
 
 pub fn run(a: GenArgs) -> Result<ExitCode> {
-    let stop = a.netns.enter_until_stopped()?;
     let opts = gen::Options {
         iface: a.iface,
         dst_mac: a.dst_mac,
@@ -75,6 +74,8 @@ pub fn run(a: GenArgs) -> Result<ExitCode> {
         dport: a.dport,
         method: a.method,
     };
+    gen::check(&opts)?;
+    let stop = a.netns.enter_until_stopped()?;
     let r = gen::run(&opts, &stop)?;
     print(a.json.json, &r, || Ok(r.to_string()))?;
     Ok(ExitCode::SUCCESS)

@@ -22,9 +22,11 @@ pub struct LbArgs {
     /// arrive there and get the VIP back as their source.
     #[arg(long, value_name = "IF")]
     nat_iface: Vec<String>,
-    /// How forwarded frames leave: `xdp` (native XDP, `XDP_TX`), `tc` (tc ingress,
-    /// `bpf_redirect`), or `auto`: XDP unless IF is a veth whose peer runs no NAPI (GRO off,
-    /// no XDP program), where XDP_TX frames would be lost. The choice and why are printed.
+    /// Where the balancer runs: `xdp` (native XDP: DSR frames out with `XDP_TX`, NAT
+    /// translated in XDP), `tc` (tc ingress, `bpf_redirect`), or `auto`: XDP unless a watched
+    /// interface is a veth whose peer sends partial checksums (TX checksum offload on: XDP
+    /// cannot finish them), or, for DSR, runs no NAPI (GRO off, no XDP program: XDP_TX frames
+    /// would be lost). The choice and why are printed.
     #[arg(long, value_enum, default_value = "auto")]
     path: lb::PathChoice,
     #[command(flatten)]
@@ -87,7 +89,7 @@ enum LbCmd {
     /// Which backend a new flow FROM -> TO would get now, and whether a tracked flow of that
     /// 5-tuple exists (and where it goes).
     #[command(
-        after_help = "Examples:\n  wirelab lb which --netns lbt-lb --from 198.18.0.1:40000 --to 198.18.1.100:80\n  wirelab lb which --netns lbt-lb --from [2001:2::1]:40000 --to [2001:2::100]:80 --proto tcp --json"
+        after_help = "Examples:\n  wirelab lb which --netns lbt-lb --from 198.18.0.1:40000 --to 198.18.1.100:80\n  wirelab lb which --netns lbt-lb --from [2001:2::1]:40000 --to [2001:2::100]:80 \\\n      --proto tcp --json"
     )]
     Which {
         #[command(flatten)]

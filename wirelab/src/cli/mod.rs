@@ -31,7 +31,7 @@ mod wan;
     name = "wirelab",
     version,
     about = "Rust + eBPF network lab toolkit: namespace labs, packet inspection, WAN emulation",
-    after_help = "Examples:\n  wirelab lab up                         # default lab: client — wan — server\n  wirelab inspect --netns wirelab-wan --iface to-client --duration 10s\n  wirelab probe server --netns wirelab-server --bind 198.18.0.2:7000 &\n  wirelab wan --netns wirelab-wan --between to-client to-server --both \"delay 40ms 5ms loss 0.5%\" &\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --rate 200 --count 2000\n  wirelab swarm run --netns wirelab-client --iface eth0 --pool 198.18.0.128/25 --clients 100 -- curl -s http://198.18.0.2/\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml\n  wirelab lab down\n\nLogs go to stderr; set WIRELAB_LOG=debug for more. Docs: README.md and docs/."
+    after_help = "Examples:\n  wirelab lab up                         # default lab: client — wan — server\n  wirelab inspect --netns wirelab-wan --iface to-client --duration 10s\n  wirelab probe server --netns wirelab-server --bind 198.18.0.2:7000 &\n  wirelab wan --netns wirelab-wan --between to-client to-server \\\n      --both \"delay 40ms 5ms loss 0.5%\" &\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --rate 200 --count 2000\n  wirelab swarm run --netns wirelab-client --iface eth0 --pool 198.18.0.128/25 --clients 100 \\\n      -- curl -s http://198.18.0.2/\n  wirelab fw --netns wirelab-server --iface eth0 --rules rules.toml\n  wirelab lab down\n\nLogs go to stderr; set WIRELAB_LOG=debug for more. Docs: README.md and docs/."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -45,8 +45,9 @@ enum Cmd {
     Lab(lab::LabCmd),
     /// Count packets per class (ARP, IPv4, IPv6, ICMP, TCP, UDP, malformed, ...) with XDP.
     Inspect(inspect::InspectArgs),
-    /// Capture what an interface receives (XDP) and sends (tc) to pcapng, filtered in the
-    /// kernel with tcpdump's words; `-w -` writes to stdout for tshark or Wireshark.
+    /// Capture what an interface receives and sends (tc; XDP with --ingress xdp) to pcapng,
+    /// filtered in the kernel with tcpdump's words; `-w -` writes to stdout for tshark or
+    /// Wireshark; frames carry fw's, lb's and wan's decisions as comments.
     Capture(capture::CaptureArgs),
     /// SMB2/3 per client address: dialect, sessions, tree connects, opens, commands and
     /// their latency, errors by NTSTATUS; live tree connects over time (live or from pcapng).
@@ -69,8 +70,9 @@ enum Cmd {
     /// XDP firewall: CIDR/port/protocol rules, per-source rate limits, live reload.
     #[command(args_conflicts_with_subcommands = true)]
     Fw(fw::FwArgs),
-    /// L4 load balancer (tc): weighted Maglev hashing, connection tracking, direct server
-    /// return; `lb check` validates a config and shows each backend's share.
+    /// L4 load balancer (XDP or tc): weighted Maglev hashing, connection tracking, direct
+    /// server return or NAT, health checks; `lb check` validates a config and shows each
+    /// backend's share.
     #[command(args_conflicts_with_subcommands = true)]
     Lb(lb::LbArgs),
     /// Fast packet generator (XDP live frames; AF_PACKET fallback) reporting achieved pps.
@@ -137,7 +139,8 @@ impl NetnsArg {
 /// `--json`: machine-readable output.
 #[derive(Args, Clone, Copy, Debug, Default)]
 pub struct JsonArg {
-    /// Machine-readable output on stdout: JSON (one object per line) instead of tables.
+    /// Machine-readable output on stdout instead of tables: JSON lines (an object per line;
+    /// a list, as one line, where the answer is a list: `lab status`, `lb check`).
     #[arg(long)]
     pub json: bool,
 }

@@ -1,7 +1,7 @@
 //! `wirelab probe`: measurement traffic (UDP one-way delay and loss, TCP goodput).
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use wirelab::probe;
 
@@ -25,7 +25,7 @@ pub enum ProbeCmd {
     },
     /// Send probes to a probe server and report.
     #[command(
-        after_help = "Examples:\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --rate 1000 --count 20000 --json\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --tcp --duration 10s"
+        after_help = "Examples:\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --rate 1000 --count 20000 \\\n      --json\n  wirelab probe client --netns wirelab-client --to 198.18.0.2:7000 --tcp --duration 10s"
     )]
     Client {
         #[command(flatten)]
@@ -90,6 +90,10 @@ pub fn run(p: ProbeCmd) -> Result<ExitCode> {
             record: record_dir,
             per_probe,
         } => {
+            let csv = per_probe
+                .as_deref()
+                .map(probe::ProbeSample::create_csv)
+                .transpose()?;
             let stop = netns.enter_until_stopped()?;
             if tcp {
                 let dur = duration.unwrap_or(Duration::from_secs(10));
@@ -125,13 +129,14 @@ pub fn run(p: ProbeCmd) -> Result<ExitCode> {
                     None => probe::udp_client(&o, &stop)?,
                     Some(d) => probe::udp_recorded(&o, &stop, d, interval, vec![])?,
                 };
-                if let Some(p) = &per_probe {
-                    probe::ProbeSample::write_csv(&r.per_probe, p)?;
-                }
                 if json.json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
                     probe::print_udp(&r);
+                }
+                if let (Some(f), Some(p)) = (csv, &per_probe) {
+                    probe::ProbeSample::write_csv(&r.per_probe, f)
+                        .with_context(|| format!("--per-probe {}", p.display()))?;
                 }
             }
         }

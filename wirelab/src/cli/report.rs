@@ -63,15 +63,11 @@ pub fn run(a: ReportArgs) -> Result<ExitCode> {
         eprintln!("note: {n}");
     }
     println!("{}", o.html.display());
-    println!(
-        "  {} plot files in {}",
-        o.plots.len(),
-        o.plots
-            .first()
-            .and_then(|p| p.parent())
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
-    );
+    if o.plots.is_empty() {
+        println!("  no plots (the run recorded nothing over time)");
+    } else {
+        println!("  {} plot files in {}", o.plots.len(), o.plot_dir.display());
+    }
     // Tools with a summary of their own (lb: the table per backend; flows: top talkers and
     // flows; smb: the peak of live tree connects) print it too.
     for (r, tag) in runs.iter().zip(["A", "B"]) {

@@ -12,7 +12,7 @@ use super::{parse_duration, JsonArg, NetnsArg};
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  wirelab smb --netns wirelab-server --iface eth0 --interval 1s\n  wirelab smb --netns wirelab-server --iface eth0 --duration 30s --json\n  wirelab smb --netns wirelab-server --iface eth0 --duration 60s --record smb-run && wirelab report smb-run\n  wirelab smb --read server.pcapng --top 50\n  wirelab smb --netns wirelab-server --iface eth0 --metrics 127.0.0.1:9466\n  wirelab capture --netns wirelab-server --iface eth0 --filter 'tcp port 445' -w - | wirelab smb --read -\n\nPer client address: dialect, connections, sessions / tree connects / opens (live now and\nin total), commands and commands per second, errors by NTSTATUS, encrypted sessions; per\ncommand: latency from request to response by MessageId (p50, p99, max); per share: tree\nconnects live, in total and at most; server-wide: live tree connects over time and their\npeak; --metrics serves them live. See docs/smb.md."
+    after_help = "Examples:\n  wirelab smb --netns wirelab-server --iface eth0 --interval 1s\n  wirelab smb --netns wirelab-server --iface eth0 --duration 30s --json\n  wirelab smb --netns wirelab-server --iface eth0 --duration 60s --record smb-run\n  wirelab report smb-run\n  wirelab smb --read server.pcapng --top 50\n  wirelab smb --netns wirelab-server --iface eth0 --metrics 127.0.0.1:9466\n  wirelab capture --netns wirelab-server --iface eth0 --filter 'tcp port 445' -w - \\\n      | wirelab smb --read -\n\nPer client address: dialect, connections, sessions / tree connects / opens (live now and\nin total), commands and commands per second, errors by NTSTATUS, encrypted sessions; per\ncommand: latency from request to response by MessageId (p50, p99, max); per share: tree\nconnects live, in total and at most; server-wide: live tree connects over time and their\npeak; --metrics serves them live. See docs/smb.md."
 )]
 pub struct SmbArgs {
     /// Capture on this interface (runs `wirelab capture` with `tcp port PORT` in the kernel).
@@ -24,7 +24,7 @@ pub struct SmbArgs {
     #[arg(short = 'r', long, value_name = "FILE")]
     read: Option<PathBuf>,
     /// The SMB servers' TCP port.
-    #[arg(long, default_value_t = 445)]
+    #[arg(long, default_value_t = 445, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
     /// Live: stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_parser = parse_duration, conflicts_with = "read")]

@@ -45,6 +45,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         out,
         resume,
         dry_run: a.dry_run,
+        json: a.json.json,
     };
     let Some(summary) = sweep::run(&o, &stop)? else {
         return Ok(ExitCode::SUCCESS);

@@ -43,7 +43,7 @@ enum WanCmd {
     /// Write a packet-delivery trace (Mahimahi's mm-link format) for `rate trace FILE`:
     /// a constant rate, or several levels in turn (one --rate and --duration each).
     #[command(
-        after_help = "Examples:\n  wirelab wan trace --rate 12mbit --duration 1s -o 12mbit.trace\n  wirelab wan trace --rate 2.64mbit --duration 60s --poisson 1 -o mexico.trace\n  wirelab wan trace --rate 20mbit --duration 2s --rate 5mbit --duration 2s -o steps.trace\n  wirelab wan --between to-client to-server --netns wirelab-wan --a-to-b \"delay 20ms rate trace steps.trace\""
+        after_help = "Examples:\n  wirelab wan trace --rate 12mbit --duration 1s -o 12mbit.trace\n  wirelab wan trace --rate 2.64mbit --duration 60s --poisson 1 -o mexico.trace\n  wirelab wan trace --rate 20mbit --duration 2s --rate 5mbit --duration 2s -o steps.trace\n  wirelab wan --between to-client to-server --netns wirelab-wan \\\n      --a-to-b \"delay 20ms rate trace steps.trace\""
     )]
     Trace {
         /// Rate of a level (of IP packets, 1500-byte opportunities): 12mbit, 500kbit, 1gbit.

@@ -27,7 +27,12 @@
 //! ```toml
 //! health = { kind = "http", path = "/", expect_status = 200, interval = "1s", rise = 2, fall = 3, timeout = "500ms" }
 //! ```
-use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
@@ -543,6 +548,15 @@ pub struct Config {
 }
 
 /// `aa:bb:cc:dd:ee:ff` (or with `-`), a unicast, non-zero address.
+/// Can `a` be a service's or a backend's address (one host's: not unspecified, loopback,
+/// multicast or the IPv4 broadcast)?
+fn unicast(a: &IpAddr) -> bool {
+    !(a.is_unspecified()
+        || a.is_multicast()
+        || a.is_loopback()
+        || matches!(a, IpAddr::V4(v4) if v4.is_broadcast()))
+}
+
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = s.split([':', '-']).collect();
     if parts.len() != 6 {
@@ -619,7 +633,7 @@ impl Config {
                 .vip
                 .parse()
                 .map_err(|_| ferr(f("vip"), format!("{:?} is not an IP address", s.vip)))?;
-            if vip.is_unspecified() || vip.is_multicast() || vip.is_loopback() {
+            if !unicast(&vip) {
                 return Err(ferr(f("vip"), format!("{vip} cannot be a service address")));
             }
             let port = u16::try_from(s.port)
@@ -678,6 +692,7 @@ impl Config {
             }
             let mut backends = Vec::new();
             let mut bnames = HashSet::new();
+            let mut baddrs = HashMap::new();
             for (j, b) in s.backend.into_iter().enumerate() {
                 let g = |k: &str| format!("service[{i}].backend[{j}].{k}");
                 if b.name.is_empty() || !bnames.insert(b.name.clone()) {
@@ -696,6 +711,12 @@ impl Config {
                         format!("{addr} is not of the VIP's address family ({vip})"),
                     ));
                 }
+                if addr == vip || !unicast(&addr) {
+                    return Err(ferr(
+                        g("addr"),
+                        format!("{addr}: a backend's own address, not the VIP, unspecified, loopback, multicast or broadcast"),
+                    ));
+                }
                 let bport = match b.port {
                     None => port,
                     Some(n) => {
@@ -711,6 +732,18 @@ impl Config {
                         p
                     }
                 };
+                if let Some(k) = baddrs.insert((addr, bport), j) {
+                    return Err(ferr(
+                        g("addr"),
+                        format!("{addr} port {bport} is already backend[{k}]'s"),
+                    ));
+                }
+                if mode == Mode::Nat && b.mac.is_some() {
+                    return Err(ferr(
+                        g("mac"),
+                        "only for mode = \"dsr\" (a NAT backend is reached by the kernel's routing, which finds its MAC)",
+                    ));
+                }
                 let mac = b
                     .mac
                     .as_deref()
@@ -827,6 +860,13 @@ mod tests {
         let shares = maglev::shares(&s.table().unwrap(), 2);
         assert_eq!(shares.iter().sum::<u32>(), 251);
         assert!((62..=63).contains(&shares[0]), "{shares:?}");
+    }
+
+    /// [`GOOD`] with its first service in NAT mode (its backend's `mac`, for DSR only, left
+    /// out).
+    fn nat_good() -> String {
+        GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1)
+            .replacen("mac = \"02:00:00:00:00:21\"\n", "", 1)
     }
 
     fn err(text: &str) -> String {
@@ -1008,6 +1048,33 @@ mod tests {
             ),
             ("name = \"b\"", "name = \"a\"", "service[0].backend[1].name"),
             (
+                "vip = \"198.18.1.100\"",
+                "vip = \"255.255.255.255\"",
+                "service[0].vip",
+            ),
+            // A backend that is the VIP, or the same address and port as another.
+            (
+                "addr = \"198.18.0.22\"",
+                "addr = \"198.18.1.100\"",
+                "service[0].backend[1].addr",
+            ),
+            (
+                "addr = \"198.18.0.22\"",
+                "addr = \"198.18.0.21\"",
+                "service[0].backend[1].addr",
+            ),
+            (
+                "addr = \"198.18.0.22\"",
+                "addr = \"127.0.0.1\"",
+                "service[0].backend[1].addr",
+            ),
+            // `mac` is for DSR backends only.
+            (
+                "seed = 9",
+                "seed = 9\nmode = \"nat\"",
+                "service[0].backend[0].mac",
+            ),
+            (
                 "port = 53",
                 "port = 80\nmode = \"dsr\"\nname = \"web\"",
                 "service[1].name",
@@ -1022,7 +1089,7 @@ mod tests {
 
     #[test]
     fn nat_mode_and_unknown_modes() {
-        let c = Config::parse(&GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1)).unwrap();
+        let c = Config::parse(&nat_good()).unwrap();
         assert_eq!(c.services[0].mode, Mode::Nat);
         let e = err(&GOOD.replacen("seed = 9", "seed = 9\nmode = \"tunnel\"", 1));
         assert!(
@@ -1041,7 +1108,7 @@ mod tests {
     /// it); a DSR one cannot (it answers from the VIP itself), unless it is the same port.
     #[test]
     fn a_nat_backend_may_listen_on_another_port() {
-        let nat = GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1);
+        let nat = nat_good();
         let with = |c: &str, port: &str| {
             c.replacen(
                 "addr = \"198.18.0.22\"",
@@ -1164,7 +1231,7 @@ mod tests {
 
     #[test]
     fn snat_is_for_nat_services_in_the_vips_family() {
-        let nat = GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1);
+        let nat = nat_good();
         let with = |a: &str| nat.replacen("seed = 9", &format!("seed = 9\nsnat = \"{a}\""), 1);
         let c = Config::parse(&with("198.18.2.250")).unwrap();
         assert_eq!(
@@ -1193,7 +1260,7 @@ mod tests {
 
     #[test]
     fn an_snat_pool_is_a_list_of_distinct_addresses() {
-        let nat = GOOD.replacen("seed = 9", "seed = 9\nmode = \"nat\"", 1);
+        let nat = nat_good();
         let with = |l: &str| nat.replacen("seed = 9", &format!("seed = 9\nsnat = [{l}]"), 1);
         let c = Config::parse(&with("\"198.18.2.250\", \"198.18.2.251\"")).unwrap();
         let want: Vec<IpAddr> = vec![

@@ -132,7 +132,7 @@ pub const PROG_WHICH: &str = "lb_which";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PathChoice {
-    /// XDP where its transmits can arrive (see [`choose_path`]), else tc.
+    /// XDP where its frames can arrive whole, else tc (the rules: `choose_path`).
     #[default]
     Auto,
     /// Native XDP (`XDP_TX`), whatever the peer.

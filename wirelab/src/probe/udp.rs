@@ -168,12 +168,15 @@ pub struct ClientOptions {
 
 impl ProbeSample {
     /// `--per-probe FILE`: one CSV line per echoed probe.
-    pub fn write_csv(v: &[Self], p: &std::path::Path) -> Result<()> {
+    /// Create `p` for [`write_csv`](Self::write_csv): before the run, so that a path that
+    /// cannot be written costs no run.
+    pub fn create_csv(p: &std::path::Path) -> Result<std::fs::File> {
+        std::fs::File::create(p).map_err(|e| anyhow::anyhow!("--per-probe {}: {e}", p.display()))
+    }
+
+    pub fn write_csv(v: &[Self], f: std::fs::File) -> Result<()> {
         use std::io::Write as _;
-        let mut w = std::io::BufWriter::new(
-            std::fs::File::create(p)
-                .map_err(|e| anyhow::anyhow!("--per-probe {}: {e}", p.display()))?,
-        );
+        let mut w = std::io::BufWriter::new(f);
         writeln!(w, "seq,sent_unix,forward_ms,reverse_ms")?;
         for s in v {
             writeln!(

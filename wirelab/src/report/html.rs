@@ -54,10 +54,15 @@ pub fn table<const N: usize>(
 
 fn when(unix: Option<f64>) -> String {
     match unix {
-        Some(u) if u > 0.0 => {
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(u);
-            humantime::format_rfc3339_seconds(t).to_string()
-        }
+        // (humantime formats up to the end of year 9999; a record's time is the file's word.)
+        Some(u) if u > 0.0 => match std::time::Duration::try_from_secs_f64(u)
+            .ok()
+            .filter(|d| d.as_secs() < 253_402_300_800)
+            .and_then(|d| std::time::UNIX_EPOCH.checked_add(d))
+        {
+            Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
+            None => "-".into(),
+        },
         _ => "-".into(),
     }
 }

@@ -212,6 +212,12 @@ fn read_jsonl(p: &Path) -> Result<(Vec<Value>, Option<String>)> {
 
 /// Load and validate a run directory.
 pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{}: a file, not a run directory (give the DIR a command's --record wrote)",
+            dir.display()
+        );
+    }
     if !dir.is_dir() {
         bail!("{}: no such run directory", dir.display());
     }
@@ -876,6 +882,8 @@ pub fn charts_for(src: &Source, t0: f64, prefix: &str) -> Vec<Chart> {
 pub struct Output {
     pub html: PathBuf,
     pub plots: Vec<PathBuf>,
+    /// Where the plots are (made even when there are none).
+    pub plot_dir: PathBuf,
     pub png_note: Option<String>,
 }
 
@@ -962,6 +970,7 @@ pub fn write(runs: &[Run], out: &Path) -> Result<Output> {
     Ok(Output {
         html: out.to_path_buf(),
         plots,
+        plot_dir,
         png_note,
     })
 }

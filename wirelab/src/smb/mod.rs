@@ -141,18 +141,24 @@ type Frame = (u64, Vec<u8>);
 /// Read a capture (pcapng, or classic pcap as tcpdump writes it) from `r` and send its
 /// Ethernet frames.
 /// `ready` is set once the input's first bytes (or its end) arrived: a live capture writes
-/// them once its programs are attached.
+/// them once its programs are attached. `empty` names an input that may not be empty (a file
+/// or a pipe the user gave); a live capture stopped before it wrote anything is (None).
 fn read_capture(
     mut r: impl Read,
     tx: mpsc::SyncSender<Frame>,
     ready: Arc<AtomicBool>,
+    empty: Option<String>,
 ) -> Result<()> {
     let mut magic = [0u8; 4];
     let got = r.read_exact(&mut magic);
     ready.store(true, Ordering::Release);
     if got.is_err() {
-        // An empty input (a capture stopped before it wrote anything).
-        return Ok(());
+        return match empty {
+            Some(what) => Err(anyhow::anyhow!(
+                "{what}: no capture in it (empty, or shorter than a pcap or pcapng header)"
+            )),
+            None => Ok(()),
+        };
     }
     let r = std::io::Cursor::new(magic).chain(r);
     if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
@@ -328,12 +334,18 @@ pub fn run(o: &Options, stop: &Stop) -> Result<FinalLine> {
     let ready = Arc::new(AtomicBool::new(false));
     let r = ready.clone();
     let reader = match &o.source {
-        Source::File(p) if p.as_os_str() == "-" => {
-            std::thread::spawn(move || read_capture(std::io::stdin().lock(), tx, r))
-        }
+        Source::File(p) if p.as_os_str() == "-" => std::thread::spawn(move || {
+            read_capture(
+                std::io::stdin().lock(),
+                tx,
+                r,
+                Some("standard input".into()),
+            )
+        }),
         Source::File(p) => {
             let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-            std::thread::spawn(move || read_capture(std::io::BufReader::new(f), tx, r))
+            let what = p.display().to_string();
+            std::thread::spawn(move || read_capture(std::io::BufReader::new(f), tx, r, Some(what)))
         }
         Source::Live {
             iface,
@@ -345,7 +357,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<FinalLine> {
                 bail!("wirelab capture has no stdout");
             };
             child = Some(c);
-            std::thread::spawn(move || read_capture(stdout, tx, r))
+            std::thread::spawn(move || read_capture(stdout, tx, r, None))
         }
     };
     let mut v = View::new(o.port);

@@ -29,6 +29,8 @@ pub struct Options {
     pub out: PathBuf,
     pub resume: bool,
     pub dry_run: bool,
+    /// With `dry_run`: the listing as one JSON line.
+    pub json: bool,
 }
 
 /// One cell's results (`summary.json`).
@@ -115,35 +117,89 @@ pub fn summarize(plan: &Plan, results: &[RunResult]) -> Summary {
 }
 
 /// The runs of a plan as a table (`--dry-run`).
-pub fn print_runs(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
+/// `sweep --dry-run`: the runs in the order they would run (`--json`: this, one line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listing {
+    pub cells: usize,
+    pub repetitions: u32,
+    pub order: plan::Order,
+    pub seed: u64,
+    pub runs: Vec<ListedRun>,
+}
+
+/// One run of a [`Listing`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListedRun {
+    /// Its place in the order the runs go (0 first).
+    pub index: usize,
+    /// cell * repetitions + repetition (the run's directory and result key).
+    pub id: usize,
+    pub cell: usize,
+    pub rep: u32,
+    pub seed: u64,
+    pub label: String,
+    /// Its cell's class rule differs from the run's before: the emulator restarts.
+    pub restarts_emulator: bool,
+}
+
+/// The runs of `plan`, in the order they run.
+pub fn listing(plan: &Plan) -> Listing {
+    let mut running = plan.runs.first().map(|r| plan.cells[r.cell].class_match());
+    let runs = plan
+        .runs
+        .iter()
+        .enumerate()
+        .map(|(index, r)| {
+            let m = plan.cells[r.cell].class_match();
+            // Class rules do not change live: a new rule starts a new emulator.
+            let restarts_emulator = !plan.file.fresh_wan && running.as_ref() != Some(&m);
+            running = Some(m);
+            ListedRun {
+                index,
+                id: r.id,
+                cell: r.cell,
+                rep: r.rep,
+                seed: r.seed,
+                label: plan.cells[r.cell].label.clone(),
+                restarts_emulator,
+            }
+        })
+        .collect();
+    Listing {
+        cells: plan.cells.len(),
+        repetitions: plan.file.repetitions,
+        order: plan.file.order,
+        seed: plan.file.seed,
+        runs,
+    }
+}
+
+/// The text of a [`Listing`].
+pub fn print_runs(out: &mut dyn Write, l: &Listing) -> std::io::Result<()> {
     writeln!(
         out,
         "{} cells x {} repetitions = {} runs, order {:?}, master seed {}",
-        plan.cells.len(),
-        plan.file.repetitions,
-        plan.runs.len(),
-        plan.file.order,
-        plan.file.seed
+        l.cells,
+        l.repetitions,
+        l.runs.len(),
+        l.order,
+        l.seed
     )?;
     writeln!(
         out,
         "{:>5} {:>5} {:>5} {:>4} {:>20}  cell",
         "#", "run", "cell", "rep", "seed"
     )?;
-    let mut running = plan.runs.first().map(|r| plan.cells[r.cell].class_match());
-    for (i, r) in plan.runs.iter().enumerate() {
-        let m = plan.cells[r.cell].class_match();
-        // Class rules do not change live: a new rule starts a new emulator.
-        let restart = if !plan.file.fresh_wan && running.as_ref() != Some(&m) {
+    for r in &l.runs {
+        let restart = if r.restarts_emulator {
             "  (new class rule: restarts the emulator)"
         } else {
             ""
         };
-        running = Some(m);
         writeln!(
             out,
             "{:>5} {:>5} {:>5} {:>4} {:>20}  {}{restart}",
-            i, r.id, r.cell, r.rep, r.seed, plan.cells[r.cell].label
+            r.index, r.id, r.cell, r.rep, r.seed, r.label
         )?;
     }
     Ok(())
@@ -217,7 +273,15 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Option<Summary>> {
         None => plan.timeline = resumed_timeline,
     }
     if o.dry_run {
-        crate::runtime::observe::to_stdout(|out| print_runs(out, &plan))?;
+        let l = listing(&plan);
+        if o.json {
+            crate::runtime::observe::to_stdout(|out| {
+                serde_json::to_writer(&mut *out, &l)?;
+                writeln!(out)
+            })?;
+        } else {
+            crate::runtime::observe::to_stdout(|out| print_runs(out, &l))?;
+        }
         return Ok(None);
     }
     let (manifest, done) = run::prepare(&plan, &file_text, &o.out, o.resume)?;

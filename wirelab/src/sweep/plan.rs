@@ -23,7 +23,7 @@ pub struct SweepFile {
     #[serde(default)]
     pub order: Order,
     /// Pause between runs (e.g. "500ms").
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "opt_pause")]
     pub pause: Option<Duration>,
     /// A cell whose primary metric varies more than this (coefficient of variation) across
     /// its repetitions is flagged unstable.
@@ -73,11 +73,44 @@ mod opt_duration {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        named(d, "duration")
+    }
+
+    /// The value of field `field` (named in the error: a workload's fields reach serde
+    /// through its `kind` tag, which loses their names).
+    pub fn named<'de, D: Deserializer<'de>>(
+        d: D,
+        field: &str,
+    ) -> Result<Option<Duration>, D::Error> {
         let s = Option::<String>::deserialize(d)?;
-        s.map(|s| crate::util::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
+        s.map(|s| {
+            crate::util::parse_duration(&s)
+                .map_err(|e| serde::de::Error::custom(format!("{field}: {e}")))
+        })
+        .transpose()
     }
 }
+
+/// [`opt_duration`] for a field of another name (the name is in its errors).
+macro_rules! opt_duration_named {
+    ($module:ident, $field:literal) => {
+        mod $module {
+            use std::time::Duration;
+
+            use serde::Deserializer;
+
+            pub use super::opt_duration::serialize;
+
+            pub fn deserialize<'de, D: Deserializer<'de>>(
+                d: D,
+            ) -> Result<Option<Duration>, D::Error> {
+                super::opt_duration::named(d, $field)
+            }
+        }
+    };
+}
+opt_duration_named!(opt_timeout, "timeout");
+opt_duration_named!(opt_pause, "pause");
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -233,7 +266,7 @@ pub enum Workload {
         argv: Vec<String>,
         #[serde(default)]
         number: Option<String>,
-        #[serde(with = "opt_duration", default)]
+        #[serde(with = "opt_timeout", default)]
         timeout: Option<Duration>,
     },
 }
@@ -840,7 +873,7 @@ mod tests {
         assert_eq!(m.class_cfg("measured", "", "").net, "198.18.0.2/32");
         // --dry-run says which runs restart the emulator.
         let mut out = vec![];
-        super::super::print_runs(&mut out, &p).unwrap();
+        super::super::print_runs(&mut out, &super::super::listing(&p)).unwrap();
         let out = String::from_utf8(out).unwrap();
         let restarts = out.matches("restarts the emulator").count();
         assert!((1..=3).contains(&restarts), "{out}");

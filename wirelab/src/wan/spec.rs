@@ -341,9 +341,14 @@ pub fn parse_percent(w: &str) -> Result<f64, SpecError> {
     Ok(v / 100.0)
 }
 
-fn is_percent(w: &str) -> bool {
-    parse_percent(w).is_ok()
+/// The optional correlation after a value (`delay T J CORR`, `duplicate P CORR`, …).
+fn parse_corr(w: &str) -> Result<f64, SpecError> {
+    parse_percent(w).map_err(|_| err(w, "a correlation must be a percentage from 0% to 100%"))
 }
+
+/// The highest rate a spec takes, bit/s (1000gbit: beyond any link; higher values lost
+/// precision on their way to the engine's pacing).
+pub const MAX_RATE_BPS: u64 = 1_000_000_000_000;
 
 pub fn parse_rate(w: &str) -> Result<u64, SpecError> {
     let (num, unit) = split_num(w);
@@ -379,6 +384,9 @@ pub fn parse_rate(w: &str) -> Result<u64, SpecError> {
     let bps = v * scale;
     if !(bps.is_finite() && bps >= 1000.0) {
         return Err(err(w, "a rate must be at least 1kbit"));
+    }
+    if bps > MAX_RATE_BPS as f64 {
+        return Err(err(w, "a rate must be at most 1000gbit"));
     }
     Ok(bps as u64)
 }
@@ -448,8 +456,8 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
                 if next_is_value(i) {
                     s.jitter = parse_time(words[i])?;
                     i += 1;
-                    if next_is_value(i) && is_percent(words[i]) {
-                        s.delay_corr = parse_percent(words[i])?;
+                    if next_is_value(i) {
+                        s.delay_corr = parse_corr(words[i])?;
                         i += 1;
                     }
                 }
@@ -534,8 +542,8 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
                 let p = parse_percent(need(i, "a percentage")?)?;
                 i += 1;
                 let mut c = 0.0;
-                if next_is_value(i) && is_percent(words[i]) {
-                    c = parse_percent(words[i])?;
+                if next_is_value(i) {
+                    c = parse_corr(words[i])?;
                     i += 1;
                 }
                 match kw {
@@ -749,9 +757,23 @@ mod tests {
             ("delay 1ms delay 2ms", "delay"),
             ("jitter-order sometimes", "sometimes"),
             ("limit 10 link", "link"),
+            ("delay 10ms 1ms 200%", "200%"),
+            ("duplicate 1% 5ms", "5ms"),
+            ("rate 99999999999gbit", "99999999999gbit"),
         ] {
             assert_eq!(parse(spec).unwrap_err().word, word, "{spec}");
         }
+        for (spec, reason) in [
+            ("delay 10ms 1ms 200%", "a correlation must be a percentage"),
+            ("rate 99999999999gbit", "at most 1000gbit"),
+        ] {
+            let e = parse(spec).unwrap_err().reason;
+            assert!(e.contains(reason), "{spec}: {e}");
+        }
+        assert_eq!(
+            parse("rate 1000gbit").unwrap().rate.unwrap().bits_per_sec,
+            MAX_RATE_BPS
+        );
         assert!(parse("delay 40ms lossy 1%")
             .unwrap_err()
             .reason

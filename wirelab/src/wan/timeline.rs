@@ -128,8 +128,16 @@ pub fn load(p: &Path) -> Result<Timeline> {
     toml::from_str(&t).map_err(|e| anyhow!("{}: {}", p.display(), e.to_string().trim()))
 }
 
+/// A time of the schedule: as in a SPEC (`500ms`, `1.5s`), or with minutes and hours
+/// (`2m`, `1h30m`), as on the command line; a bare number needs its unit.
 fn time(at: &str, v: &str) -> Result<Duration> {
-    spec::parse_time(v.trim()).map_err(|e| anyhow!("{at}: {e}"))
+    let v = v.trim();
+    spec::parse_time(v).or_else(|e| match humantime::parse_duration(v) {
+        Ok(d) if d <= crate::util::MAX_DURATION => Ok(d),
+        _ => Err(anyhow!(
+            "{at}: {e} (a timeline also takes m and h: 2m, 1h30m)"
+        )),
+    })
 }
 
 /// Directions a step changes: [a_to_b, b_to_a].

@@ -258,6 +258,21 @@ pub fn levels(levels: &[(u64, u64)], poisson_seed: Option<u64>) -> Result<Vec<u6
     if levels.is_empty() {
         bail!("give at least one rate");
     }
+    // Refused before anything is built: a trace the `rate trace` word would not read (the
+    // stamps of a long fast trace would otherwise fill the memory first).
+    let total_ms: u64 = levels.iter().fold(0u64, |a, &(_, ms)| a.saturating_add(ms));
+    let expected: u128 = levels
+        .iter()
+        .map(|&(bps, ms)| bps as u128 * ms as u128 / (1000 * OPPORTUNITY_BYTES as u128 * 8))
+        .sum();
+    let line = total_ms.to_string().len() as u128 + 1;
+    if expected * line > MAX_FILE as u128 {
+        bail!(
+            "about {expected} opportunities over {total_ms} ms: a file of about {} MiB, more than the {} MiB a `rate trace` reads; give a shorter duration (a trace wraps: a short one repeats)",
+            (expected * line) >> 20,
+            MAX_FILE >> 20
+        );
+    }
     let mut v = vec![];
     let mut from = 0;
     let mut rng = poisson_seed.map(StdRng::seed_from_u64);
@@ -367,6 +382,20 @@ mod tests {
         // Once, and ready after the end: nothing.
         let mut late = Cursor::new(0);
         assert_eq!(late.depart(&t, true, 3 * MS, 10), None);
+    }
+
+    #[test]
+    fn a_trace_too_long_to_read_back_is_refused_before_it_is_built() {
+        // 100 Gbit/s for an hour: 30 billion opportunities (it used to fill the memory).
+        let e = levels(&[(100_000_000_000, 3_600_000)], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than the 64 MiB"), "{e}");
+        // 1 Gbit/s for a minute: 5 million lines, about 32 MiB, is written.
+        assert_eq!(
+            levels(&[(1_000_000_000, 60_000)], None).unwrap().len(),
+            5_000_000
+        );
     }
 
     #[test]
