@@ -236,3 +236,72 @@ fn wan_trace_files_are_validated_naming_the_line() {
     c.args(["wan", "--check", "--preset", "mars"]);
     refused(c, &["\"mars\"", "pantheon-nepal-india"]);
 }
+
+/// Out-of-range numbers and empty inputs are refused with what is wrong, never a panic or a
+/// machine's memory: huge durations (bare seconds and with units), a `wan trace` longer than
+/// `rate trace` reads (it used to be built in memory first: 100 Gbit/s for an hour filled
+/// 24 GB), rates beyond 1000gbit, correlations over 100 %, an empty capture for `smb --read`.
+#[test]
+fn out_of_range_and_empty_inputs_are_refused_without_a_panic() {
+    let d = TempDir::new("wirelab-inputs-");
+    let empty = d.file("empty.pcap", "");
+    let run = |args: &[&str], stdin_empty: bool| {
+        let mut c = wirelab();
+        c.current_dir(d.path()).args(args);
+        if stdin_empty {
+            c.stdin(Stdio::null());
+        }
+        c
+    };
+    for (args, want) in [
+        (
+            &["wan", "trace", "--rate", "10mbit", "--duration=1e20"][..],
+            "longer than 365 days",
+        ),
+        (
+            &[
+                "wan",
+                "trace",
+                "--rate",
+                "10mbit",
+                "--duration",
+                "99999999999h",
+            ],
+            "longer than 365 days",
+        ),
+        (
+            &[
+                "wan",
+                "trace",
+                "--rate",
+                "100gbit",
+                "--duration",
+                "1h",
+                "-o",
+                "t",
+            ],
+            "more than the 64 MiB a `rate trace` reads",
+        ),
+        (
+            &["wan", "--check", "--both", "rate 99999999999gbit"],
+            "at most 1000gbit",
+        ),
+        (
+            &["wan", "--check", "--both", "delay 10ms 1ms 200%"],
+            "a correlation must be a percentage",
+        ),
+        (
+            &["smb", "--read", empty.to_str().unwrap()],
+            "no capture in it",
+        ),
+        (&["smb", "--read", "-"], "standard input: no capture in it"),
+        (&["smb", "--read", "-", "--interval", "1e20"], "365 days"),
+    ] {
+        let o = bounded(run(args, true));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} accepted: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: no {want:?} in: {err}");
+    }
+    assert!(!d.join("t").exists(), "a refused trace writes no file");
+}

@@ -61,6 +61,14 @@ fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
             assert_eq!(w[1].parse::<usize>().unwrap(), r.id, "{row}");
             assert_eq!(w[4].parse::<u64>().unwrap(), r.seed, "{row}");
         }
+        // --dry-run --json: the same runs, typed.
+        let (o, _) = sweep_cmd(&[file.as_os_str(), "--dry-run".as_ref(), "--json".as_ref()]);
+        assert!(o.status.success());
+        let listed: sweep::Listing = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!((listed.cells, listed.repetitions), (8, 3));
+        let ids: Vec<(usize, u64)> = listed.runs.iter().map(|r| (r.id, r.seed)).collect();
+        let want: Vec<(usize, u64)> = plan.runs.iter().map(|r| (r.id, r.seed)).collect();
+        assert_eq!(ids, want);
 
         // The whole sweep.
         let out = d.join("a");
@@ -276,6 +284,21 @@ fn a_bad_sweep_file_names_the_field_and_makes_nothing() {
         (
             GRID.replace("name = \"dup\"", "name = \"loss\""),
             "axis[2] (loss).name",
+        ),
+        // A workload's duration: named, and out of range refused (it was a panic).
+        (
+            GRID.replace(
+                "kind = \"udp\"\nrate = 200\ncount = 120",
+                "kind = \"tcp\"\nduration = \"-3s\"",
+            ),
+            "duration: \"-3s\"",
+        ),
+        (
+            GRID.replace(
+                "kind = \"udp\"\nrate = 200\ncount = 120",
+                "kind = \"tcp\"\nduration = \"1e20\"",
+            ),
+            "longer than 365 days",
         ),
     ] {
         let f = d.file("bad.toml", &text);

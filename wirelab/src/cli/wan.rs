@@ -136,6 +136,17 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
         specs,
     }) = w.cmd
     {
+        // The words are checked here, before the namespace (the running emulator checks the
+        // change again against its classes and files).
+        for (flag, text) in [
+            ("--both", &specs.both),
+            ("--a-to-b", &specs.a_to_b),
+            ("--b-to-a", &specs.b_to_a),
+        ] {
+            if let Some(t) = text {
+                wan::spec::parse(t).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+            }
+        }
         let req = wan::SetRequest {
             class,
             both: specs.both,
