@@ -8,22 +8,15 @@ use wirelab::{
     runtime::observe,
 };
 
-use super::{parse_duration, JsonArg, NetnsArg, XdpModeArg};
+use super::{parse_duration, JsonArg, TapArgs, XdpModeArg};
 
 #[derive(Args)]
 #[command(
     after_help = "Examples:\n  wirelab capture --netns wirelab-server --iface eth0 -w /tmp/server.pcapng --count 100\n  wirelab capture --netns wirelab-wan --iface to-client --filter 'icmp or udp port 7000' \\\n      --duration 10s -w run.pcapng --json\n  wirelab capture --netns wirelab-client --iface eth0 --snaplen 128 -w - | tshark -r -\n  wirelab capture --netns wirelab-server --iface eth0 --buffer-size 64 -w big.pcapng\n\nFilter words: host, net CIDR, port, portrange A-B (after src/dst, src or dst, src and dst;\nports also after tcp/udp), ip, ip6, arp, tcp, udp, icmp, icmp6, vlan [ID],\ntcp[tcpflags] & FLAGS != 0, and/&&, or/||, not/!, parentheses. Unmatched frames are not\ncopied. See docs/capture.md."
 )]
 pub struct CaptureArgs {
-    /// Interface to capture on (both directions).
-    #[arg(long)]
-    iface: String,
     #[command(flatten)]
-    netns: NetnsArg,
-    /// tcpdump-style filter, evaluated in the kernel (see `docs/capture.md` for the words);
-    /// an expression outside the subset is refused with the column of the problem.
-    #[arg(long, value_name = "EXPR", default_value = "")]
-    filter: String,
+    tap: TapArgs,
     /// Bytes kept of each frame (1-65535).
     #[arg(long, default_value_t = capture::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(1..=65535))]
     snaplen: u32,
@@ -81,8 +74,7 @@ impl From<IngressArg> for IngressChoice {
 }
 
 pub fn run(a: CaptureArgs) -> Result<ExitCode> {
-    // Refuse a bad filter before touching anything (it is compiled again in `run`).
-    capture::compile(&a.filter)?;
+    a.tap.check()?;
     if a.mode.is_some() && a.ingress == IngressArg::Tc {
         bail!("--mode is the XDP mode of XDP ingress: it does not go with --ingress tc");
     }
@@ -90,7 +82,7 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode> {
         (IngressArg::Auto, Some(_)) => IngressChoice::Xdp,
         (i, _) => i.into(),
     };
-    let stop = a.netns.enter_until_stopped()?;
+    let stop = a.tap.netns.enter_until_stopped()?;
     let out = if a.write.as_os_str() == "-" {
         Output::Stdout
     } else {
@@ -99,8 +91,8 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode> {
     let to_stdout = out == Output::Stdout;
     let s = capture::run(
         &capture::Options {
-            iface: a.iface,
-            filter: a.filter,
+            iface: a.tap.iface,
+            filter: a.tap.filter,
             snaplen: a.snaplen,
             ring_bytes: a.buffer_size.map(|m| m as usize * (1 << 20)),
             backlog_bytes: Some(a.backlog as u64 * (1 << 20)),

@@ -5,21 +5,15 @@ use anyhow::Result;
 use clap::Args;
 use wirelab::flows;
 
-use super::{parse_duration, JsonArg, NetnsArg, Observe, XdpModeArg};
+use super::{parse_duration, JsonArg, Observe, TapArgs, XdpModeArg};
 
 #[derive(Args)]
 #[command(
     after_help = "Examples:\n  wirelab flows --netns wirelab-client --iface eth0\n  wirelab flows --netns wirelab-server --iface eth0 --filter 'tcp port 5201' --sort rate --top 5\n  wirelab flows --netns wirelab-client --iface eth0 --duration 10s --json --record run1\n  wirelab flows --netns wirelab-client --iface eth0 --top 20 --metrics 127.0.0.1:9467\n\nState and history follow Zeek's conn.log (upper-case letters: the originator); retx, ooo,\nzwin and rst are originator/responder; rtt> is the running RTT (TCP timestamps, the pping\nmethod) from this interface to the responder and back, rtt< to the originator and back.\nSee docs/flows.md."
 )]
 pub struct FlowsArgs {
-    /// Interface to watch (both directions: XDP ingress, tc egress).
-    #[arg(long)]
-    iface: String,
     #[command(flatten)]
-    netns: NetnsArg,
-    /// tcpdump-style filter, evaluated in the kernel (capture's words, see docs/capture.md).
-    #[arg(long, value_name = "EXPR", default_value = "")]
-    filter: String,
+    tap: TapArgs,
     /// Order of the table: bytes so far, rate in the last interval, or packets so far.
     #[arg(long, value_enum, default_value = "bytes")]
     sort: flows::SortBy,
@@ -42,14 +36,13 @@ pub struct FlowsArgs {
 }
 
 pub fn run(a: FlowsArgs) -> Result<ExitCode> {
-    // Refuse a bad filter before touching anything.
-    wirelab::capture::compile(&a.filter)?;
+    a.tap.check()?;
     let report = a.observe.reporting(a.json, a.duration)?;
-    let stop = a.netns.enter_until_stopped()?;
+    let stop = a.tap.netns.enter_until_stopped()?;
     flows::run(
         &flows::Options {
-            iface: a.iface,
-            filter: a.filter,
+            iface: a.tap.iface,
+            filter: a.tap.filter,
             sort: a.sort,
             top: a.top as usize,
             mode: a.mode.map(Into::into),

@@ -110,6 +110,30 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `--iface`, `--netns` and `--filter`: where a command that watches frames watches, and
+/// which frames (capture, flows).
+#[derive(Args, Clone, Debug)]
+pub struct TapArgs {
+    /// Interface to watch, both directions (received: tc or XDP ingress; sent: tc egress).
+    #[arg(long)]
+    pub iface: String,
+    #[command(flatten)]
+    pub netns: NetnsArg,
+    /// tcpdump-style filter, evaluated in the kernel (the words: docs/capture.md); an
+    /// expression outside the subset is refused with the column of the problem.
+    #[arg(long, value_name = "EXPR", default_value = "")]
+    pub filter: String,
+}
+
+impl TapArgs {
+    /// Refuse a bad filter before anything is touched (it is compiled again when the
+    /// programs are loaded).
+    pub fn check(&self) -> Result<()> {
+        wirelab::capture::compile(&self.filter)?;
+        Ok(())
+    }
+}
+
 /// `--netns`: the namespace a command works in.
 #[derive(Args, Clone, Debug, Default)]
 pub struct NetnsArg {
