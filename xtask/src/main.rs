@@ -35,7 +35,7 @@ enum Cmd {
         /// Skip fmt/clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Skip the kernel matrix (qemu; about 13 minutes on 2 cores).
+        /// Skip the kernel matrix (qemu; about 10 minutes on 2 cores).
         #[arg(long)]
         no_kernels: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
