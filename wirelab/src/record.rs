@@ -728,6 +728,5 @@ mod tests {
         assert!(s.unfinished.is_empty());
         assert_eq!(s.comparisons.len(), 1);
         assert!(s.comparisons[0].ok);
-        let _ = std::fs::remove_dir_all(&d);
     }
 }

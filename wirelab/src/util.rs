@@ -174,13 +174,40 @@ pub fn unix_now() -> f64 {
 }
 
 /// An empty directory for a unit test: `name` and this process's id under the temp dir
-/// (what an earlier run of the same process id left there removed).
+/// (what an earlier run of the same process id left there removed); removed when dropped, so
+/// a failing test leaves nothing behind either.
 #[cfg(test)]
-pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+pub(crate) fn test_dir(name: &str) -> TestDir {
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TestDir(dir)
+}
+
+/// [`test_dir`]'s directory, removed on drop.
+#[cfg(test)]
+pub(crate) struct TestDir(std::path::PathBuf);
+
+#[cfg(test)]
+impl std::ops::Deref for TestDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl AsRef<std::path::Path> for TestDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]
@@ -190,13 +217,6 @@ mod tests {
     fn user_files_are_bounded_regular_files() {
         use std::path::Path;
         let dir = test_dir("wirelab-util");
-        struct Gone(std::path::PathBuf);
-        impl Drop for Gone {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let _g = Gone(dir.clone());
         let f = dir.join("ok.txt");
         std::fs::write(&f, "198.18.0.1\n").unwrap();
         assert_eq!(read_user_file(&f, 100).unwrap(), "198.18.0.1\n");

@@ -234,7 +234,7 @@ fn flows_agree() {
         "90s",
     ]);
     let wan = spawn_ready(c, "wan running", Duration::from_secs(20));
-    let _servers = servers(&lab.ns("server"));
+    let servers = servers(&lab.ns("server"));
     // flows sees ingress frames where XDP does, before GRO merges them, and counts an egress
     // GSO packet (tc sees it before it is split) as the segments it is sent as. tcpdump sees
     // packets after GRO, and GSO packets whole when the device takes them whole: without
@@ -274,6 +274,10 @@ fn flows_agree() {
             .expect("tcpdump");
 
     client(&lab.ns("client")).join().expect("client");
+    // The servers' own checks (the upload arrived whole) fail the test through their join.
+    for s in servers {
+        s.join().expect("a server thread failed");
+    }
     // --metrics: once an interval without packets has passed (active 0), the top flows'
     // gauges hold their final bytes.
     let mut rows = vec![];

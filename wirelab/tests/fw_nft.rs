@@ -207,16 +207,36 @@ fn same_verdicts_as_nftables_netdev_ingress() {
     };
     let ps = probes();
     let rec = Recorder::start(&server);
-    // Send every probe once from the client, IPv4 IDs numbered from `first_id`, and give the
-    // server's stack time to take what passed (how many will is what the test finds out).
+    // Send every probe once from the client, IPv4 IDs numbered from `first_id`, then one
+    // sentinel of each protocol that both rule sets pass (IDs first_id + 900..=902). Each raw
+    // socket of the recorder takes its protocol's frames in order, so once the three
+    // sentinels are recorded every probe that passed has been.
+    let sentinels = [
+        Probe::Tcp(22, true, false),
+        Probe::Udp(40000, 53),
+        Probe::Icmp(8),
+    ];
     let send_probes = |first_id: u16| {
-        let frames: Vec<Vec<u8>> = ps
+        let mut frames: Vec<Vec<u8>> = ps
             .iter()
             .enumerate()
             .map(|(i, (s, p))| frame(dst_mac, *s, *p, first_id + i as u16))
             .collect();
+        frames.extend(
+            sentinels
+                .iter()
+                .enumerate()
+                .map(|(k, p)| frame(dst_mac, [198, 18, 0, 1], *p, first_id + 900 + k as u16)),
+        );
         send_frames(&lab.ns("client"), frames);
-        std::thread::sleep(Duration::from_millis(500));
+        let ids = rec.ids.clone();
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let ids = ids.lock().unwrap();
+                (900..903).all(|k| ids.contains(&(first_id + k)))
+            }),
+            "the sentinels (passed by both rule sets) never arrived"
+        );
     };
 
     // 1. wirelab fw.

@@ -775,7 +775,7 @@ fn ns_per_run(bpf: &aya::Ebpf, frame: &[u8], repeat: u32) -> f64 {
 }
 
 #[test]
-fn the_capture_tap_keeps_fws_verdicts_and_costs_a_lookup_when_off() {
+fn the_capture_tap_keeps_fws_verdicts_and_is_skipped_when_off() {
     use aya::maps::{Array, PerCpuArray, ProgramArray};
     use wirelab_common::{capture::stat, maps};
     let mut h = Harness::new(include_str!("data/fw-block-udp.toml"));

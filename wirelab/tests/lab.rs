@@ -187,10 +187,11 @@ fn down_after_killed_up() {
     assert!(!ns_of(&name).is_empty(), "up made nothing before the kill");
     let o = ok(wirelab().args(["cleanup", "--json"]));
     let v: cleanup::Report = serde_json::from_slice(&o.stdout).expect("cleanup --json");
-    let complete = !v.labs_removed.contains(&name);
-    if complete {
-        // `up` had finished before the kill: cleanup keeps complete labs, down removes them.
+    if !v.labs_removed.contains(&name) {
+        // `up` had finished before the kill (cleanup keeps complete labs): remove it, and
+        // fail, since the half-made lab this test is about was never there.
         ok(wirelab().args(["lab", "down", "--name", &name]));
+        panic!("`up` finished before the kill (killed at 3 of 24 namespaces): {v:?}");
     }
     assert!(ns_of(&name).is_empty(), "left behind: {:?}", ns_of(&name));
 }

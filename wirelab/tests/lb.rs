@@ -679,9 +679,25 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
     // 30 long-lived connections, each on its backend.
     let mut long = long_lived(&client_ns, 30);
 
-    // Traffic through every reload: curl, bounded in count and time.
+    // Traffic through every reload: rounds of 100 curls until the last reload is done,
+    // bounded in count (at most 100 rounds) and time (each round's curl at most 120 s).
     let cns = client_ns.clone();
-    let traffic = std::thread::spawn(move || curl_many(&cns, 1500));
+    let done = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (mut per, mut failed, mut rounds) = (BTreeMap::<String, usize>::new(), 0, 0);
+            while rounds < 100 && (rounds < 3 || !done.load(Ordering::Acquire)) {
+                let (p, f) = curl_many(&cns, 100);
+                for (b, n) in p {
+                    *per.entry(b).or_default() += n;
+                }
+                failed += f;
+                rounds += 1;
+            }
+            (per, failed, rounds)
+        })
+    };
     let reload = |f: &std::path::Path, extra: &[&str]| {
         let mut c = wirelab();
         c.args(["lb", "reload", "--netns", &lb_ns, "--json", "--config"])
@@ -746,8 +762,14 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
         "b3 takes back its third: {moved}"
     );
     assert!(r.services[0].departed.is_empty(), "{r:?}");
-    let (per, failed) = traffic.join().unwrap();
-    eprintln!("through 3 reloads: {per:?}, failed {failed}");
+    // The traffic was still flowing when the last reload was done: it was under traffic.
+    assert!(
+        !traffic.is_finished(),
+        "the curls ended before the last reload (100 rounds)"
+    );
+    done.store(true, Ordering::Release);
+    let (per, failed, rounds) = traffic.join().unwrap();
+    eprintln!("through 3 reloads: {rounds} rounds of 100 curls: {per:?}, failed {failed}");
     assert_eq!(failed, 0, "reload under traffic loses nothing: {per:?}");
     for (s, b) in long.iter_mut() {
         assert_eq!(&ping(s).unwrap(), b, "long-lived connection kept");
@@ -790,7 +812,12 @@ fn reload_under_traffic_loses_nothing_and_drained_or_removed_backends_keep_their
         .values()
         .map(|s| s.served.load(Ordering::Relaxed))
         .sum();
-    assert_eq!(served, 1500, "the servers saw exactly the curl GETs");
+    assert_eq!(
+        served,
+        rounds as u64 * 100,
+        "the servers saw exactly the curl GETs"
+    );
+    assert_eq!(per.values().sum::<usize>(), rounds * 100);
     let text = bg.terminate().text();
     assert_eq!(
         text.lines()

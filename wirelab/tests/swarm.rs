@@ -368,24 +368,16 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
         assert!(err.contains(want), "{pool} {iface}: {err}");
         assert_clean(&lab, pool);
     }
-    let o = wirelab()
-        .args([
-            "swarm",
-            "run",
-            "--iface",
-            "eth0",
-            "--pool",
-            "198.18.0.64/28",
-            "--clients",
-            "2",
-            "--mac-prefix",
-            "03:00",
-            "--",
-            "true",
-        ])
+    // (In the lab's client namespace like every case: were the check to go, nothing would
+    // be attached to this host's own interfaces.)
+    let mut c = swarm_on(&lab, "run", "eth0", "198.18.0.64/28", 2);
+    let o = c
+        .args(["--mac-prefix", "03:00", "--", "true"])
         .output()
         .unwrap();
+    assert!(!o.status.success(), "a multicast MAC prefix accepted");
     assert!(String::from_utf8_lossy(&o.stderr).contains("multicast bit"));
+    assert_clean(&lab, "198.18.0.64/28");
     // A failing command: results grouped by exit status, exit code 3.
     let o = run(
         "198.18.0.64/28",
@@ -414,8 +406,27 @@ fn cleanup_removes_what_kill_9_left() {
     let mut bg = spawn_ready(c, "swarm ready", Duration::from_secs(30));
     let child = bg.child_mut();
     let pid = child.id();
-    // Let the clients start, then kill -9 wirelab.
-    std::thread::sleep(Duration::from_millis(500));
+    // The 4 clients running (in the run's cgroup tree), then kill -9 wirelab.
+    fn procs(cg: &std::path::Path) -> usize {
+        let own = std::fs::read_to_string(cg.join("cgroup.procs")).map_or(0, |t| t.lines().count());
+        let below: usize = std::fs::read_dir(cg)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| procs(&e.path()))
+            .sum();
+        own + below
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            wirelab::swarm::read_states()
+                .iter()
+                .find(|s| s.pid == pid)
+                .is_some_and(|s| procs(&s.cgroup) >= 4)
+        }),
+        "the 4 clients never ran"
+    );
     let _g = KILL9.write().unwrap_or_else(|e| e.into_inner());
     child.kill().unwrap();
     child.wait().unwrap();

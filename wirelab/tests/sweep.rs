@@ -91,6 +91,9 @@ fn a_sweep_runs_every_cell_reproducibly_and_resumes() {
             "run in the planned order"
         );
         assert!(!lab_of(pid), "the sweep's lab is gone");
+        // Every check below runs over the summary's cells: all 8 must be there.
+        assert_eq!(summary.cells.len(), 8, "{summary:#?}");
+        assert!(summary.cells.iter().all(|c| c.runs == 3 && c.failed == 0));
 
         // Each cell's median is the median of its runs' own records; the measured one-way
         // delay is the configured one (within 1 ms: the probe's own path adds ~0.1 ms).

@@ -572,7 +572,17 @@ fn live_set_changes_delay_without_loss() {
             .expect("socat");
         let ns = b.lab.ns("wan");
         let setter = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(500));
+            // The silent clients connected (the emulator's control socket has an established
+            // connection), then a real set.
+            let connected = || {
+                in_ns(&ns, &["ss", "-xH", "state", "established"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("@wirelab-wan/"))
+            };
+            assert!(
+                eventually(Duration::from_secs(5), connected),
+                "no silent client connected"
+            );
             let t = Instant::now();
             let o = wirelab()
                 .args(["wan", "set", "--netns", &ns, "--both", "delay 50ms"])

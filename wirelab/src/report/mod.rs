@@ -1005,7 +1005,6 @@ mod tests {
         rec.interval(&bad).unwrap();
         rec.finish(&good, vec![], vec![]).unwrap();
         let e = format!("{:#}", load(&dir, true).unwrap_err());
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(e.contains("wan.series.jsonl line 2"), "{e}");
     }
 }

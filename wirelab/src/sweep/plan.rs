@@ -899,7 +899,6 @@ mod tests {
         )
         .unwrap();
         let e = format!("{:#}", load(&sweep).unwrap_err());
-        let _ = std::fs::remove_dir_all(&d);
         assert!(e.contains("timeline.steps[1].down"), "{e}");
     }
 }

@@ -432,6 +432,12 @@ fn tour_runs_as_written() {
         .iter()
         .filter(|b| b.skip.is_none() && !b.alone && chosen(b))
         .collect();
+    // A WIRELAB_TOUR naming no block would run nothing and pass.
+    assert!(
+        !order.is_empty(),
+        "no README block to run (WIRELAB_TOUR={:?})",
+        std::env::var("WIRELAB_TOUR").ok()
+    );
     // The longest first, so the others run beside it.
     order.sort_by_key(|b| !b.long);
     let queue: Mutex<VecDeque<&Block>> = Mutex::new(order.into());

@@ -20,7 +20,7 @@ use super::{
 
 const SECS: u64 = 3;
 
-fn sh(ns: &str, args: &[&str]) -> Result<String> {
+pub(super) fn sh(ns: &str, args: &[&str]) -> Result<String> {
     out(&mut in_ns(ns, args))
 }
 
@@ -42,7 +42,7 @@ impl Drop for Topo {
 
 impl Topo {
     /// Write `text` to file `name` of the scratch directory; returns its path.
-    fn file(&self, name: &str, text: &str) -> Result<PathBuf> {
+    pub(super) fn file(&self, name: &str, text: &str) -> Result<PathBuf> {
         let f = self.dir.join(name);
         std::fs::write(&f, text)?;
         Ok(f)
