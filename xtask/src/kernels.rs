@@ -469,6 +469,16 @@ fn boot_once(
     Ok((st, text))
 }
 
+/// The names of the checks `smoke.sh` runs: its `check NAME ...` lines.
+fn script_checks(script: &str) -> Vec<String> {
+    script
+        .lines()
+        .filter_map(|l| l.strip_prefix("check "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The `WIRELAB-KT PASS|FAIL name` lines of a guest's console, each with the seconds of its
 /// `WIRELAB-KT TOOK name N s` line.
 fn parse_serial(text: &str) -> Vec<CheckResult> {
@@ -552,6 +562,15 @@ pub fn kernels(only: &[String], checks: &[String]) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("a guest's thread panicked"))?;
     let mut rows = vec![];
     let mut bad = vec![];
+    // Every check the script names must report on every kernel (a check that stopped
+    // reporting would otherwise go unnoticed); with --check, those asked for.
+    let expected: Vec<String> = if checks.is_empty() {
+        script_checks(&std::fs::read_to_string(
+            crate::root().join("xtask/kernels/smoke.sh"),
+        )?)
+    } else {
+        checks.to_vec()
+    };
     for ((k, _, kver, _, log), r) in guests.iter().zip(done) {
         // A guest that did not finish is one failure among the others' results.
         let results = match r {
@@ -573,6 +592,17 @@ pub fn kernels(only: &[String], checks: &[String]) -> Result<()> {
                 continue;
             }
         };
+        for name in expected
+            .iter()
+            .filter(|n| !results.iter().any(|c| &c.name == *n))
+        {
+            bad.push(format!(
+                "kernel {}: check {name} did not report (see {})",
+                k.name,
+                log.display()
+            ));
+            rows.push(format!("| {} ({kver}) | {name} | NO RESULT | — |", k.name));
+        }
         for c in &results {
             let name = &c.name;
             let expected = k.expected_fail.iter().find(|(n, _)| n == name);
