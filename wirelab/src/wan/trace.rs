@@ -211,11 +211,16 @@ impl Cursor {
 /// millisecond's worth), and the span holds as many whole opportunities as the rate fills.
 fn constant(bits_per_sec: u64, from_ms: u64, duration_ms: u64, out: &mut Vec<u64>) {
     let bits = OPPORTUNITY_BYTES as u128 * 8;
-    let total = bits_per_sec as u128 * duration_ms as u128 / (1000 * bits);
-    for k in 1..=total {
+    for k in 1..=opportunities(bits_per_sec, duration_ms) {
         let ms = (k * bits * 1000).div_ceil(bits_per_sec as u128);
         out.push(from_ms + ms as u64);
     }
+}
+
+/// Whole delivery opportunities `bits_per_sec` fills in `duration_ms` (a constant level's
+/// count; a Poisson level's mean).
+fn opportunities(bits_per_sec: u64, duration_ms: u64) -> u128 {
+    bits_per_sec as u128 * duration_ms as u128 / (1000 * OPPORTUNITY_BYTES as u128 * 8)
 }
 
 /// The text of a trace: one timestamp per line.
@@ -261,10 +266,7 @@ pub fn levels(levels: &[(u64, u64)], poisson_seed: Option<u64>) -> Result<Vec<u6
     // Refused before anything is built: a trace the `rate trace` word would not read (the
     // stamps of a long fast trace would otherwise fill the memory first).
     let total_ms: u64 = levels.iter().fold(0u64, |a, &(_, ms)| a.saturating_add(ms));
-    let expected: u128 = levels
-        .iter()
-        .map(|&(bps, ms)| bps as u128 * ms as u128 / (1000 * OPPORTUNITY_BYTES as u128 * 8))
-        .sum();
+    let expected: u128 = levels.iter().map(|&(bps, ms)| opportunities(bps, ms)).sum();
     let line = total_ms.to_string().len() as u128 + 1;
     if expected * line > MAX_FILE as u128 {
         bail!(
