@@ -547,7 +547,6 @@ pub struct Config {
     pub new_flow_limit: Option<u32>,
 }
 
-/// `aa:bb:cc:dd:ee:ff` (or with `-`), a unicast, non-zero address.
 /// Can `a` be a service's or a backend's address (one host's: not unspecified, loopback,
 /// multicast or the IPv4 broadcast)?
 fn unicast(a: &IpAddr) -> bool {
@@ -557,6 +556,7 @@ fn unicast(a: &IpAddr) -> bool {
         || matches!(a, IpAddr::V4(v4) if v4.is_broadcast()))
 }
 
+/// `aa:bb:cc:dd:ee:ff` (or with `-`), a unicast, non-zero address.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = s.split([':', '-']).collect();
     if parts.len() != 6 {
