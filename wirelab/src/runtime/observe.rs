@@ -27,7 +27,8 @@ pub fn to_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result
     }
 }
 
-fn json_line(out: &mut dyn Write, v: &impl Serialize) -> io::Result<()> {
+/// `v` as one JSON line.
+pub(crate) fn json_line(out: &mut dyn Write, v: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer(&mut *out, v)?;
     writeln!(out)
 }

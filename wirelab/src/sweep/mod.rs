@@ -275,10 +275,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Option<Summary>> {
     if o.dry_run {
         let l = listing(&plan);
         if o.json {
-            crate::runtime::observe::to_stdout(|out| {
-                serde_json::to_writer(&mut *out, &l)?;
-                writeln!(out)
-            })?;
+            crate::runtime::observe::to_stdout(|out| crate::runtime::observe::json_line(out, &l))?;
         } else {
             crate::runtime::observe::to_stdout(|out| print_runs(out, &l))?;
         }
