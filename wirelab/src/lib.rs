@@ -1,5 +1,7 @@
 //! wirelab: a Rust + eBPF network lab toolkit. This library holds every tool's userspace side;
 //! the `wirelab` binary is a thin clap front end over it.
+#[macro_use]
+pub mod named;
 pub mod capture;
 pub mod cleanup;
 pub mod doctor;

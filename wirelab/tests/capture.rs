@@ -10,7 +10,8 @@ use std::{
 };
 
 use common::*;
-use wirelab::capture::Summary;
+use wirelab::capture::{Decider, Summary};
+use wirelab::wan::Direction;
 
 /// `wirelab cleanup` acts on every lab of the machine: the tests that make labs take turns
 /// with the one that runs it (as wan's tests do).
@@ -375,7 +376,7 @@ fn behind_fw_each_frame_carries_fws_verdict_and_rule() {
     }));
     let out = bg.terminate();
     let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
-    assert_eq!(s.behind.as_deref(), Some("fw"), "{s:?}");
+    assert_eq!(s.behind.map(Decider::as_str), Some("fw"), "{s:?}");
     assert_eq!(s.written, 2 * n as u64 + udp, "{s:?}");
     let rows = tshark_fields(
         &file,
@@ -563,7 +564,7 @@ fn probe_udp(lab: &Lab, args: &[&str]) -> wirelab::probe::UdpReport {
 fn a_to_b_default(fin: &wirelab::wan::Line) -> &wirelab::wan::ClassReport {
     fin.classes
         .iter()
-        .find(|c| c.dir == "a_to_b" && c.class == "default")
+        .find(|c| c.dir == Direction::AToB && c.class == "default")
         .expect("a_to_b default row")
 }
 
@@ -620,7 +621,7 @@ fn behind_wan_each_frame_carries_its_class_and_loss() {
     let out = w.cap.terminate();
     drop(w.wan);
     let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
-    assert_eq!(s.behind.as_deref(), Some("wan"), "{s:?}");
+    assert_eq!(s.behind.map(Decider::as_str), Some("wan"), "{s:?}");
     let rows = tshark_fields(&w.file, &["frame.comment"]);
     let count = |c: &str| rows.iter().filter(|r| r[0] == c).count() as u64;
     let lost = count(r#"wan: class "default", lost"#);
@@ -664,7 +665,7 @@ fn behind_wan_the_engines_queue_drops_are_next_to_the_packet() {
     let (s, fin) = stop_capture_then_wan(w.cap, w.wan);
     let row = a_to_b_default(&fin);
     assert_eq!(
-        (s.behind.as_deref(), s.perf_lost),
+        (s.behind.map(Decider::as_str), s.perf_lost),
         (Some("wan"), 0),
         "{s:?}"
     );

@@ -115,7 +115,11 @@ fn deny_cidr_inside_fails_outside_works() {
     assert_eq!(logs.len(), 5, "{lines:?}");
     for l in logs {
         assert_eq!(
-            (l.rule.as_str(), l.verdict.as_str(), l.src.as_str()),
+            (
+                l.rule.as_str(),
+                l.verdict.as_str(),
+                l.src.to_string().as_str()
+            ),
             ("bad-net", "drop", "198.18.0.200")
         );
         assert_eq!(l.icmp_type, 8);

@@ -540,10 +540,10 @@ fn rate_limit_per_source_and_log() {
     let logs = h.fw.drain_log();
     assert_eq!(logs.len(), 3, "{logs:?}");
     assert_eq!(logs[0].rule, "log-5000");
-    assert_eq!(logs[0].src, "198.18.0.3");
+    assert_eq!(logs[0].src.to_string(), "198.18.0.3");
     assert_eq!(logs[0].sport, 777);
     assert_eq!(logs[0].dport, 5000);
-    assert_eq!(logs[0].verdict, "pass");
+    assert_eq!(logs[0].verdict, wirelab::fw::Verdict::Pass);
     let st = h.fw.stats().unwrap();
     let r = st.rules.iter().find(|r| r.name == "log-5000").unwrap();
     assert_eq!(r.counters.logged, 3);

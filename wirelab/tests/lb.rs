@@ -18,6 +18,7 @@ use std::{
 };
 
 use common::{eventually, spawn_ready, tcx_ingress_count, wirelab, Bg, Lab, TempDir};
+use wirelab::capture::Decider;
 use wirelab::lb::{health::Transition, FinalLine, Health, Path, ReloadReport, StatsReply};
 
 const VIP: &str = "198.18.1.100";
@@ -2362,7 +2363,7 @@ fn assert_behind_lb(cap: Bg) {
     let out = cap.terminate();
     let s: wirelab::capture::Summary =
         serde_json::from_str(out.text().trim()).expect("capture summary line");
-    assert_eq!(s.behind.as_deref(), Some("lb"), "{s:?}");
+    assert_eq!(s.behind.map(Decider::as_str), Some("lb"), "{s:?}");
 }
 
 /// A capture of `tcp port 80` on the balancer's client side, behind lb's tap, while `gets`

@@ -273,6 +273,12 @@ fn recorded_wan_and_probe_run_report_and_metrics() {
     let o = ok(wirelab().args(["report", dir.to_str().unwrap()]));
     assert!(String::from_utf8_lossy(&o.stdout).contains("report.html"));
     let text = std::fs::read_to_string(&html).unwrap();
+    // The live change's row: its source and the SPEC it put in force.
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("<tr><td class=n>1</td>") && l.contains("<td>set</td>"))
+        .unwrap_or_else(|| panic!("no row for the live change in the report"));
+    assert!(row.contains("delay 20ms"), "{row}");
     for id in [
         "wan-delay",
         "wan-queue",

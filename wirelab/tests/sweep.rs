@@ -357,13 +357,16 @@ fn a_sweep_plays_its_timeline_in_every_run() {
                 .lines()
                 .map(|l| serde_json::from_str(l).expect("a wan change line"))
                 .collect();
-        let tl: Vec<_> = lines.iter().filter(|l| l.source == "timeline").collect();
+        let tl: Vec<_> = lines
+            .iter()
+            .filter(|l| l.source == wirelab::wan::ChangeSource::Timeline)
+            .collect();
         assert_eq!(tl.len(), 16, "{lines:?}");
         // Applied within 10 ms of its time; a host taking the VM's CPU delays the emulator's
         // thread too (a fresh-clone run at 31-40 % steal: 18-50 ms).
         let late = bound("a timeline change's latency (ms)", 10.0, 100.0);
         for l in tl {
-            assert_eq!(l.kind, "applied", "{l:?}");
+            assert_eq!(l.kind, wirelab::wan::ChangeOutcome::Applied, "{l:?}");
             assert!(l.latency_ms.expect("latency_ms") < late, "{l:?}");
         }
         // A bad timeline is refused before anything is made, naming the step's field.

@@ -16,7 +16,7 @@ use wirelab::{
     cleanup,
     probe::{TcpReport, UdpReport},
     sweep::run::Iperf3,
-    wan::{ChangeEntry, CheckReport, ClassReport, Line},
+    wan::{ChangeEntry, ChangeOutcome, ChangeSource, CheckReport, ClassReport, Line},
 };
 
 /// Timing tests run one at a time: two cores, and the numbers are the point.
@@ -111,7 +111,7 @@ fn timed(name: &str, prefix: &str, test: impl Fn(&Bench)) {
 fn class_row<'a>(v: &'a Line, dir: &str, class: &str) -> &'a ClassReport {
     v.classes
         .iter()
-        .find(|r| r.dir == dir && r.class == class)
+        .find(|r| r.dir.as_str() == dir && r.class == class)
         .unwrap_or_else(|| panic!("no row {dir}/{class} in {v:?}"))
 }
 
@@ -1020,8 +1020,8 @@ fn timeline_ramp_follows_the_schedule() {
         assert_eq!(lines.len(), 12, "{lines:?}");
         let mut worst = 0.0f64;
         for (k, l) in lines.iter().enumerate() {
-            assert_eq!(l.kind, "applied", "{l:?}");
-            assert_eq!(l.source, "timeline", "{l:?}");
+            assert_eq!(l.kind, ChangeOutcome::Applied, "{l:?}");
+            assert_eq!(l.source, ChangeSource::Timeline, "{l:?}");
             let due = 2.0 + 0.5 * (k + 1) as f64;
             let requested = some(l.requested_t, "requested_t");
             assert!((requested - due).abs() < 1e-6, "{l:?}");

@@ -49,6 +49,7 @@ use crate::{
 };
 
 pub use filter::{compile, Filter, FilterError};
+pub use tap::Decider;
 
 /// Where the pcapng goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,10 +205,9 @@ pub struct Summary {
     pub ingress_hook: String,
     /// The egress hook's attachment.
     pub tc_mode: TcMode,
-    /// `fw`, `lb` or `wan` when ingress was captured behind its tap (frames carry its
-    /// decisions).
+    /// fw, lb or wan when ingress was captured behind its tap (frames carry its decisions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub behind: Option<String>,
+    pub behind: Option<Decider>,
     /// Behind wan: frames the timing engine dropped after the tap, so marked (its queue was
     /// full, its trace had ended, or the link out was down when the frame was due).
     #[serde(default)]
@@ -448,8 +448,8 @@ pub struct Streamed {
     pub ingress_hook: IngressHook,
     /// The egress hook's attachment.
     pub tc_mode: TcMode,
-    /// `fw`, `lb` or `wan` when ingress was captured behind its tap.
-    pub behind: Option<String>,
+    /// fw, lb or wan when ingress was captured behind its tap.
+    pub behind: Option<Decider>,
     /// Frames marked dropped by wan's engine (see [`drops`]).
     pub engine_drops: u64,
     /// Drops wan's engine noted after their frame had been written (see [`drops`]).
@@ -862,7 +862,7 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
         .take_map(maps::CAPTURE_STATS)
         .context("capture stats map missing")?;
     // The tap off (fw stops calling capture), kept for the names of the frames still queued.
-    let behind = tap.as_ref().map(|t| t.decider.name().to_string());
+    let behind = tap.as_ref().map(|t| t.decider);
     if let Some(t) = &mut tap {
         t.off();
     }

@@ -30,12 +30,13 @@ pub fn fw_running(iface: &str) -> bool {
     crate::runtime::control::listening(&fw::socket_name(iface)).contains(&fw::socket_name(iface))
 }
 
-/// The wirelab program whose XDP hook a capture on an interface goes behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decider {
-    Fw,
-    Lb,
-    Wan,
+named_enum! {
+    /// The wirelab program whose XDP hook a capture on an interface goes behind.
+    pub enum Decider {
+        Fw = "fw",
+        Lb = "lb",
+        Wan = "wan",
+    }
 }
 
 impl Decider {
@@ -53,14 +54,6 @@ impl Decider {
         }
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Decider::Fw => "fw",
-            Decider::Lb => "lb",
-            Decider::Wan => "wan",
-        }
-    }
-
     /// Ask it where its tap is.
     fn tap_info(self, iface: &str) -> Result<TapInfo> {
         match self {
@@ -68,12 +61,6 @@ impl Decider {
             Decider::Lb => crate::lb::tap(iface),
             Decider::Wan => crate::wan::tap(iface),
         }
-    }
-}
-
-impl std::fmt::Display for Decider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -98,10 +85,12 @@ impl Tap {
             .with_context(|| format!("asking {decider} for its capture tap"))?;
         let ifindex =
             nix::net::if_::if_nametoindex(iface).with_context(|| format!("interface {iface}"))?;
-        let (mode, prog) = match (info.tc, info.mode.as_deref()) {
-            (true, _) => (None, "capture_tc_tap"),
-            (false, Some("skb")) => (Some(AttachMode::Skb), "capture_xdp_tap"),
-            (false, _) => (Some(AttachMode::Native), "capture_xdp_tap"),
+        let (mode, prog) = match info.tc {
+            true => (None, "capture_tc_tap"),
+            false => (
+                Some(info.mode.unwrap_or(AttachMode::Native)),
+                "capture_xdp_tap",
+            ),
         };
         let hook = if info.tc { Hook::Tc } else { Hook::Xdp };
         if hook == Hook::Xdp {

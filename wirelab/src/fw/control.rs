@@ -80,10 +80,10 @@ pub(super) fn serve(
         Ok(Request::Stats) => fw.stats().map(|mut v| {
             v.program = program_stats(bpf);
             v.iface = Some(opts.iface.clone());
-            v.mode = Some(mode.to_string());
+            v.mode = Some(mode);
             Answer::Stats(Box::new(v))
         }),
-        Ok(Request::Tap) => tap_info(bpf, &mode.to_string()).map(Answer::Tap),
+        Ok(Request::Tap) => tap_info(bpf, mode).map(Answer::Tap),
         Ok(Request::Reload { rules, base }) => rules::parse(&rules, base.as_deref())
             .inspect_err(|e| tracing::warn!("reload refused, old rules stay in force: {e:#}"))
             .and_then(|rs| {
@@ -121,13 +121,13 @@ pub fn stats(iface: Option<&str>) -> Result<Stats> {
 }
 
 /// The kernel ids of this firewall's tap maps.
-fn tap_info(bpf: &aya::Ebpf, mode: &str) -> Result<TapInfo> {
+fn tap_info(bpf: &aya::Ebpf, mode: AttachMode) -> Result<TapInfo> {
     let mut t = TapInfo::of(
         bpf,
         wirelab_common::maps::FW_TAP,
         wirelab_common::maps::FW_TAP_ON,
     )?;
-    t.mode = Some(mode.to_string());
+    t.mode = Some(mode);
     Ok(t)
 }
 

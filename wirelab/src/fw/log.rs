@@ -1,22 +1,26 @@
 //! Log samples from the ring, as [`LogLine`]s.
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use wirelab_common::fw::LogEvent;
 
-use super::types::LogLine;
+use super::types::{LogLine, Verdict};
 
-pub(super) fn addr(family: u8, a: &[u8; 16]) -> String {
+pub(super) fn addr(family: u8, a: &[u8; 16]) -> IpAddr {
     if family == 4 {
-        Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()
+        Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
     } else {
-        Ipv6Addr::from(*a).to_string()
+        Ipv6Addr::from(*a).into()
     }
 }
 
 pub(super) fn log_line(e: &LogEvent, rule: &str) -> LogLine {
     LogLine {
         rule: rule.to_string(),
-        verdict: if e.dropped != 0 { "drop" } else { "pass" }.to_string(),
+        verdict: if e.dropped != 0 {
+            Verdict::Drop
+        } else {
+            Verdict::Pass
+        },
         family: e.family,
         proto: e.proto,
         src: addr(e.family, &e.saddr),

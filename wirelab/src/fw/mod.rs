@@ -144,7 +144,7 @@ impl Sampled for FwTool<'_> {
     fn finish(&mut self, total: &Stats, secs: f64) -> Result<(Line, Vec<crate::record::Quantity>)> {
         let mut s = total.clone();
         s.iface = Some(self.opts.iface.clone());
-        s.mode = Some(self.mode.to_string());
+        s.mode = Some(self.mode);
         s.duration_s = Some(secs);
         Ok((Line::Final(Box::new(s)), vec![]))
     }

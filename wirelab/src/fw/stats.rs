@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 use super::types::{Interval, IntervalTag, Stats};
+use crate::runtime::bpf::AttachMode;
 
 /// Per-interval record line: passes and drops, and each rule's hits, since `prev`.
 pub(super) fn interval_line(t: f64, cur: &Stats, prev: &Stats) -> Interval {
@@ -36,7 +37,7 @@ pub fn print_stats(out: &mut (impl std::io::Write + ?Sized), s: &Stats) -> Resul
         out,
         "fw on {} ({} XDP): generation {}, {} reloads, {} prefixes",
         s.iface.as_deref().unwrap_or("?"),
-        s.mode.as_deref().unwrap_or("?"),
+        s.mode.map_or("?", AttachMode::as_str),
         s.generation,
         s.reloads,
         s.prefixes

@@ -2,9 +2,11 @@
 //! lines on stdout and the run record carry. The same types are written here and read by
 //! `fw stats`/`fw reload` (through the control socket), the metrics and the report, so a
 //! renamed field is a compile error, not a silent zero.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
+
+use crate::runtime::bpf::AttachMode;
 use wirelab_common::fw::RuleCounter;
 
 /// One counter set (a rule or a policy).
@@ -98,17 +100,24 @@ impl Lookup {
     }
 }
 
+named_enum! {
+    /// What became of a logged packet.
+    pub enum Verdict {
+        Drop = "drop",
+        Pass = "pass",
+    }
+}
+
 /// A sampled packet from the log ring.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogLine {
     pub rule: String,
-    /// `drop` or `pass`.
-    pub verdict: String,
+    pub verdict: Verdict,
     /// 4 or 6.
     pub family: u8,
     pub proto: u8,
-    pub src: String,
-    pub dst: String,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
@@ -151,9 +160,9 @@ pub struct Stats {
     /// Set by the running process (absent from [`crate::fw::Firewall::stats`] alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iface: Option<String>,
-    /// XDP attach mode: `native` or `skb`.
+    /// XDP attach mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<AttachMode>,
     /// Seconds since attach (final line only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,

@@ -324,12 +324,13 @@ struct RawBackend {
     weight: Option<i64>,
 }
 
-/// Transport protocol of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Tcp,
-    Udp,
+named_enum! {
+    /// Transport protocol of a service.
+    #[derive(Hash)]
+    pub enum Proto {
+        Tcp = "tcp",
+        Udp = "udp",
+    }
 }
 
 impl Proto {
@@ -341,29 +342,11 @@ impl Proto {
     }
 }
 
-impl std::fmt::Display for Proto {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        })
-    }
-}
-
-/// Forwarding mode of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Dsr,
-    Nat,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Dsr => "dsr",
-            Mode::Nat => "nat",
-        })
+named_enum! {
+    /// Forwarding mode of a service.
+    pub enum Mode {
+        Dsr = "dsr",
+        Nat = "nat",
     }
 }
 

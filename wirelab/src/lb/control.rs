@@ -61,14 +61,23 @@ pub struct StatsReply {
     pub stats: Stats,
 }
 
+named_enum! {
+    /// What a reload does to a service.
+    pub enum ServiceFate {
+        Added = "added",
+        Removed = "removed",
+        /// In both files (its backends may change).
+        Kept = "kept",
+    }
+}
+
 /// What a reload changed (or, with `dry_run`, would change) in one service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ServiceChange {
     pub name: String,
     /// `VIP:port/proto`.
     pub service: String,
-    /// `added`, `removed` or `kept`.
-    pub change: String,
+    pub change: ServiceFate,
     pub added: Vec<String>,
     pub removed: Vec<String>,
     /// Backends whose weight changed.
@@ -119,7 +128,7 @@ pub(super) fn diff(prev: &Balancer, next: &Balancer) -> Vec<ServiceChange> {
             out.push(ServiceChange {
                 name: n.conf.name.clone(),
                 service: n.conf.label(),
-                change: "added".into(),
+                change: ServiceFate::Added,
                 added: names(n, |_| true),
                 removed: vec![],
                 reweighted: vec![],
@@ -136,7 +145,7 @@ pub(super) fn diff(prev: &Balancer, next: &Balancer) -> Vec<ServiceChange> {
         out.push(ServiceChange {
             name: n.conf.name.clone(),
             service: n.conf.label(),
-            change: "kept".into(),
+            change: ServiceFate::Kept,
             added: names(n, |b| !p.backends.iter().any(|x| x.id == b.id)),
             removed: names(p, |b| !n.backends.iter().any(|x| x.id == b.id)),
             reweighted: names(n, |b| {
@@ -158,7 +167,7 @@ pub(super) fn diff(prev: &Balancer, next: &Balancer) -> Vec<ServiceChange> {
             out.push(ServiceChange {
                 name: p.conf.name.clone(),
                 service: p.conf.label(),
-                change: "removed".into(),
+                change: ServiceFate::Removed,
                 added: vec![],
                 removed: names(p, |_| true),
                 reweighted: vec![],

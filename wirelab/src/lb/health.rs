@@ -85,25 +85,15 @@ pub fn probe(h: &HealthConf, addr: SocketAddr) -> Result<(), String> {
     }
 }
 
-/// A backend's health as the balancer sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    /// In the table (probes pass, or none has failed `fall` times yet).
-    Up,
-    /// Out of the table: `fall` probes in a row failed.
-    Down,
-    /// The service has no health checks.
-    Unchecked,
-}
-
-impl std::fmt::Display for Health {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Health::Up => "up",
-            Health::Down => "down",
-            Health::Unchecked => "unchecked",
-        })
+named_enum! {
+    /// A backend's health as the balancer sees it.
+    pub enum Health {
+        /// In the table (probes pass, or none has failed `fall` times yet).
+        Up = "up",
+        /// Out of the table: `fall` probes in a row failed.
+        Down = "down",
+        /// The service has no health checks.
+        Unchecked = "unchecked",
     }
 }
 

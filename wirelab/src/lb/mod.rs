@@ -97,7 +97,7 @@ pub struct TrackedFlow {
 }
 
 use crate::runtime::{
-    bpf::{self as rbpf, PerCpuSum},
+    bpf::{self as rbpf, Attached, PerCpuSum},
     prelude::*,
 };
 
@@ -141,25 +141,16 @@ pub enum PathChoice {
     Tc,
 }
 
-/// How forwarded frames leave: back out of the interface they came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Path {
-    /// Native XDP: DSR frames bounced with `XDP_TX`, NAT packets translated in XDP and
-    /// passed to the kernel's routing. Into a veth, only a peer running NAPI (an XDP program
-    /// or GRO on) receives `XDP_TX` frames.
-    Xdp,
-    /// tc ingress, `bpf_redirect` to the interface's egress: the normal transmit path, so
-    /// any peer receives the frames.
-    Tc,
-}
-
-impl std::fmt::Display for Path {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Path::Xdp => "xdp",
-            Path::Tc => "tc",
-        })
+named_enum! {
+    /// How forwarded frames leave: back out of the interface they came in on.
+    pub enum Path {
+        /// Native XDP: DSR frames bounced with `XDP_TX`, NAT packets translated in XDP and
+        /// passed to the kernel's routing. Into a veth, only a peer running NAPI (an XDP program
+        /// or GRO on) receives `XDP_TX` frames.
+        Xdp = "xdp",
+        /// tc ingress, `bpf_redirect` to the interface's egress: the normal transmit path, so
+        /// any peer receives the frames.
+        Tc = "tc",
     }
 }
 
@@ -1154,7 +1145,7 @@ pub struct FinalLine {
     /// Why that path (what `--path auto` found, or that it was asked for).
     pub path_reason: String,
     /// How the program is attached: "tcx" or "clsact" (tc), "native" or "skb" (XDP).
-    pub attach: String,
+    pub attach: Attached,
     pub duration_s: f64,
     pub reloads: u64,
     pub health_changes: u64,
@@ -1380,7 +1371,7 @@ struct RecordConfig<'a> {
     path: Path,
     /// Why this path (`--path auto` says what it found).
     path_reason: &'a str,
-    attach: &'a str,
+    attach: Attached,
     services: Vec<String>,
     interval_s: f64,
 }
@@ -1418,7 +1409,7 @@ struct LbTool<'a> {
     down: DownSet,
     path: Path,
     path_reason: String,
-    attach: String,
+    attach: Attached,
     start: Instant,
     reloads: u64,
     health_changes: u64,
@@ -1631,9 +1622,7 @@ impl LbTool<'_> {
             bail!("lb does not run on {iface}");
         }
         let mut t = self.tap_maps()?;
-        if self.path == Path::Xdp {
-            t.mode = Some(self.attach.clone());
-        }
+        t.mode = self.attach.xdp();
         t.names = self
             .lb
             .services
@@ -1764,7 +1753,7 @@ impl Sampled for LbTool<'_> {
                 iface: self.opts.iface.clone(),
                 path: self.path,
                 path_reason: self.path_reason.clone(),
-                attach: self.attach.clone(),
+                attach: self.attach,
                 duration_s: secs,
                 reloads: self.reloads,
                 health_changes: self.health_changes,
@@ -1904,11 +1893,9 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
     plan.reply_check_len = smallest_mtu()?;
     let lb = plan.write(&mut bpf, None)?;
     load_icmp(&mut bpf, path == Path::Xdp)?;
-    let attach = match path {
-        Path::Tc => {
-            rbpf::attach_tc(&mut bpf, PROG, &opts.iface, TcAttachType::Ingress)?.to_string()
-        }
-        Path::Xdp => rbpf::attach_xdp(&mut bpf, PROG_XDP, &opts.iface, None)?.to_string(),
+    let attach: Attached = match path {
+        Path::Tc => rbpf::attach_tc(&mut bpf, PROG, &opts.iface, TcAttachType::Ingress)?.into(),
+        Path::Xdp => rbpf::attach_xdp(&mut bpf, PROG_XDP, &opts.iface, None)?.into(),
     };
     for i in &opts.nat_ifaces {
         match path {
@@ -1966,7 +1953,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
             config_file: &opts.config,
             path,
             path_reason: &why,
-            attach: &attach,
+            attach,
             services: lb.services.iter().map(|s| s.conf.label()).collect(),
             interval_s: opts.report.interval.as_secs_f64(),
         },
@@ -1988,7 +1975,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Stats> {
         down: DownSet::new(),
         path,
         path_reason: why.clone(),
-        attach: attach.clone(),
+        attach,
         start: Instant::now(),
         reloads: 0,
         health_changes: 0,

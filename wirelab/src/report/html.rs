@@ -5,7 +5,11 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::{plot::Chart, Run};
-use crate::record::SourcedQuantity;
+use crate::{
+    fw::ReloadChange,
+    record::{SourcedQuantity, Stamped},
+    wan::ChangeEntry,
+};
 
 pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -198,33 +202,68 @@ fn config_section(h: &mut String, run: &Run) -> Result<()> {
             esc(&serde_json::to_string_pretty(&s.config.config)?)
         )?;
         // An lb's changes have their own table (the load balancer section).
-        if !s.changes.is_empty() && !matches!(s.typed, super::Typed::Lb(_)) {
-            writeln!(
-                h,
-                "<p>Live changes (marked on the time plots):</p><table><tr><th>#</th><th>time</th><th>asked (s)</th><th>applied (s)</th><th>latency (ms)</th><th>source</th><th>step</th><th>applied</th></tr>"
-            )?;
-            for c in &s.changes {
-                let secs = |v: &Value| v.as_f64().map(|x| format!("{x:.3}")).unwrap_or_default();
-                let applied = match c["error"].as_str() {
-                    Some(e) => format!("refused: {e}"),
-                    None => c["applied"].as_str().unwrap_or(&c.to_string()).to_string(),
-                };
-                writeln!(
-                    h,
-                    "<tr><td class=n>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-                    c["seq"],
-                    when(c["unix"].as_f64()),
-                    secs(&c["requested_t"]),
-                    secs(&c["t"]),
-                    secs(&c["latency_ms"]),
-                    esc(c["source"].as_str().unwrap_or("set")),
-                    esc(c["label"].as_str().unwrap_or("")),
-                    esc(&applied),
-                )?;
-            }
-            writeln!(h, "</table>")?;
+        match &s.typed {
+            super::Typed::Wan(_, changes) if !changes.is_empty() => wan_changes(h, changes)?,
+            super::Typed::Fw(_, reloads) if !reloads.is_empty() => fw_reloads(h, reloads)?,
+            _ => {}
         }
     }
+    Ok(())
+}
+
+/// A wan source's live changes, applied and refused.
+fn wan_changes(h: &mut String, changes: &[ChangeEntry]) -> Result<()> {
+    writeln!(
+        h,
+        "<p>Live changes (marked on the time plots):</p><table><tr><th>#</th><th>time</th><th>asked (s)</th><th>applied (s)</th><th>latency (ms)</th><th>source</th><th>step</th><th>applied</th></tr>"
+    )?;
+    let secs = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_default();
+    for (i, l) in changes.iter().enumerate() {
+        let applied = match &l.error {
+            Some(e) => format!("refused: {e}"),
+            None => l.applied.clone(),
+        };
+        writeln!(
+            h,
+            "<tr><td class=n>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            i + 1,
+            when(Some(l.unix)),
+            secs(l.requested_t),
+            secs(Some(l.t)),
+            secs(l.latency_ms),
+            l.source,
+            esc(l.label.as_deref().unwrap_or("")),
+            esc(&applied),
+        )?;
+    }
+    writeln!(h, "</table>")?;
+    Ok(())
+}
+
+/// A firewall's reloads: the generation each put in force, and its rules.
+fn fw_reloads(h: &mut String, reloads: &[Stamped<ReloadChange>]) -> Result<()> {
+    writeln!(
+        h,
+        "<p>Reloads:</p><table><tr><th>#</th><th>time</th><th>at (s)</th><th>generation</th><th>rules</th></tr>"
+    )?;
+    for c in reloads {
+        let rules: Vec<String> = c
+            .line
+            .rules
+            .iter()
+            .map(|r| format!("{} ({})", r.name, r.action))
+            .collect();
+        writeln!(
+            h,
+            "<tr><td class=n>{}</td><td>{}</td><td class=n>{:.3}</td><td class=n>{}</td><td>{}</td></tr>",
+            c.seq,
+            when(Some(c.unix)),
+            c.line.t,
+            c.line.generation,
+            esc(&rules.join(", ")),
+        )?;
+    }
+    writeln!(h, "</table>")?;
     Ok(())
 }
 

@@ -39,8 +39,17 @@ pub struct Source {
 /// naming the file and line, never a silent zero in a plot.
 #[derive(Debug, Clone)]
 pub enum Typed {
-    Wan(Vec<record::Stamped<crate::wan::Line>>),
-    Fw(Vec<record::Stamped<crate::fw::Interval>>),
+    /// The emulator's lines, and its live changes (applied and refused; each has its own
+    /// `unix`, the time it was applied, which the record's stamp keeps; the n-th is `seq` n).
+    Wan(
+        Vec<record::Stamped<crate::wan::Line>>,
+        Vec<crate::wan::ChangeEntry>,
+    ),
+    /// The firewall's intervals, and its reloads.
+    Fw(
+        Vec<record::Stamped<crate::fw::Interval>>,
+        Vec<record::Stamped<crate::fw::ReloadChange>>,
+    ),
     /// The UDP probe's intervals, and its final result when the run finished.
     ProbeUdp(
         Vec<record::Stamped<probe::UdpInterval>>,
@@ -108,9 +117,10 @@ impl Typed {
             })
             .transpose()
         }
+        let changes_path = path.with_extension("").with_extension("changes.jsonl");
         Ok(match tool {
-            "wan" => Typed::Wan(all(path, series)?),
-            "fw" => Typed::Fw(all(path, series)?),
+            "wan" => Typed::Wan(all(path, series)?, all(&changes_path, changes)?),
+            "fw" => Typed::Fw(all(path, series)?, all(&changes_path, changes)?),
             "probe-udp" => Typed::ProbeUdp(all(path, series)?, result(path, fin)?),
             "probe-tcp" => Typed::ProbeTcp(all(path, series)?),
             "inspect" => Typed::Inspect(all(path, series)?),
@@ -118,10 +128,7 @@ impl Typed {
             "swarm-connect" => Typed::SwarmConnect(all(path, series)?, result(path, fin)?),
             "lb" => Typed::Lb(Box::new(lb::LbLines {
                 intervals: all(path, series)?,
-                changes: all(
-                    &path.with_extension("").with_extension("changes.jsonl"),
-                    changes,
-                )?,
+                changes: all(&changes_path, changes)?,
                 fin: result(path, fin)?,
             })),
             "flows" => Typed::Flows(Box::new(flows::FlowLines {
@@ -363,13 +370,11 @@ fn dts(src: &Source) -> Vec<f64> {
         .collect()
 }
 
-const DIRS: [&str; 2] = ["a_to_b", "b_to_a"];
-
 /// A counter of a wan class row.
 type Field = fn(&wan::ClassReport) -> u64;
 
 fn wan_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
-    let Typed::Wan(lines) = &src.typed else {
+    let Typed::Wan(lines, _) = &src.typed else {
         return vec![];
     };
     let x = xs(src, t0);
@@ -378,7 +383,7 @@ fn wan_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
     let mut tput = vec![];
     let mut drops = vec![];
     let mut queue = vec![];
-    for d in DIRS {
+    for d in wan::DIRS {
         type Pick<'a> = &'a dyn Fn(&[&wan::ClassReport], f64) -> Option<f64>;
         let pick = |f: Pick<'_>| -> Vec<(f64, f64)> {
             lines
@@ -770,7 +775,7 @@ fn swarm_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
 
 /// fw: passes vs drops per interval, and each rule's hits over time.
 fn fw_charts(src: &Source, t0: f64, p: &str) -> Vec<Chart> {
-    let Typed::Fw(lines) = &src.typed else {
+    let Typed::Fw(lines, _) = &src.typed else {
         return vec![];
     };
     let x = xs(src, t0);
@@ -892,23 +897,20 @@ pub struct Output {
 /// live changes lists them). An lb's health transitions and reloads are marked too.
 pub fn markers(run: &Run, t0: f64, prefix: &str) -> Vec<(f64, String)> {
     let mut v = lb::markers(run, t0, prefix);
-    for s in run.sources.iter().filter(|s| s.tool == "wan") {
-        for c in &s.changes {
-            if c["type"] == "refused" {
+    for s in &run.sources {
+        let Typed::Wan(_, changes) = &s.typed else {
+            continue;
+        };
+        for c in changes {
+            if c.kind == wan::ChangeOutcome::Refused {
                 continue;
             }
-            let Some(unix) = c["unix"].as_f64() else {
-                continue;
-            };
-            let text = c["label"]
-                .as_str()
-                .or(c["applied"].as_str())
-                .unwrap_or("change");
+            let text = c.label.as_deref().unwrap_or(&c.applied);
             let mut label: String = format!("{prefix}{text}");
             if label.chars().count() > 40 {
                 label = label.chars().take(39).collect::<String>() + "…";
             }
-            v.push((unix - t0, label));
+            v.push((c.unix - t0, label));
         }
     }
     v
@@ -986,7 +988,7 @@ mod tests {
         let dir = crate::util::test_dir("wirelab-report-unit");
         let mut rec = record::Recorder::create(&dir, "wan", "wan", &serde_json::json!({})).unwrap();
         let row = crate::wan::ClassReport {
-            dir: "a_to_b".into(),
+            dir: crate::wan::Direction::AToB,
             class: "default".into(),
             rx: 5,
             ..Default::default()

@@ -14,22 +14,12 @@ use aya::{
     },
     Ebpf, Pod,
 };
-use serde::{Deserialize, Serialize};
 
-/// How an XDP program ended up attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    Native,
-    Skb,
-}
-
-impl std::fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AttachMode::Native => "native",
-            AttachMode::Skb => "skb",
-        })
+named_enum! {
+    /// How an XDP program ended up attached.
+    pub enum AttachMode {
+        Native = "native",
+        Skb = "skb",
     }
 }
 
@@ -151,23 +141,53 @@ pub fn attach_xdp_noting(
     }
 }
 
-/// How a tc program ended up attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TcMode {
-    /// A TCX link (Linux 6.6+): detached by the kernel when the process dies.
-    Tcx,
-    /// A clsact filter made over netlink (kernels before 6.6): removed on a clean exit; after
-    /// a kill, by `wirelab cleanup`.
-    Clsact,
+named_enum! {
+    /// How a tc program ended up attached.
+    pub enum TcMode {
+        /// A TCX link (Linux 6.6+): detached by the kernel when the process dies.
+        Tcx = "tcx",
+        /// A clsact filter made over netlink (kernels before 6.6): removed on a clean exit; after
+        /// a kill, by `wirelab cleanup`.
+        Clsact = "clsact",
+    }
 }
 
-impl std::fmt::Display for TcMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TcMode::Tcx => "tcx",
-            TcMode::Clsact => "clsact",
-        })
+named_enum! {
+    /// How a program that runs at either hook (lb) ended up attached.
+    pub enum Attached {
+        Native = "native",
+        Skb = "skb",
+        Tcx = "tcx",
+        Clsact = "clsact",
+    }
+}
+
+impl Attached {
+    /// The XDP mode, if it is attached at XDP.
+    pub fn xdp(self) -> Option<AttachMode> {
+        match self {
+            Attached::Native => Some(AttachMode::Native),
+            Attached::Skb => Some(AttachMode::Skb),
+            Attached::Tcx | Attached::Clsact => None,
+        }
+    }
+}
+
+impl From<AttachMode> for Attached {
+    fn from(m: AttachMode) -> Self {
+        match m {
+            AttachMode::Native => Attached::Native,
+            AttachMode::Skb => Attached::Skb,
+        }
+    }
+}
+
+impl From<TcMode> for Attached {
+    fn from(m: TcMode) -> Self {
+        match m {
+            TcMode::Tcx => Attached::Tcx,
+            TcMode::Clsact => Attached::Clsact,
+        }
     }
 }
 

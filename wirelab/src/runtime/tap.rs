@@ -3,15 +3,17 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use super::bpf::AttachMode;
+
 /// The kernel ids of a deciding program's tap maps (`*_TAP`, `*_TAP_ON`), its XDP mode on the
 /// interface asked about, and the names of the ids its decisions carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TapInfo {
     pub prog_array_id: u32,
     pub flag_id: u32,
-    /// `native` or `skb`: the tap program must be loaded for the same.
+    /// XDP attach mode: the tap program must be loaded for the same (`None` at tc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<AttachMode>,
     /// (id, name): lb's backends, wan's classes (fw's rules come with its stats). A list, not
     /// a map: the reply envelope flattens its body, and serde cannot read integer map keys
     /// back through a flattened struct.
@@ -72,7 +74,7 @@ mod tests {
         let t = TapInfo {
             prog_array_id: 7,
             flag_id: 8,
-            mode: Some("native".into()),
+            mode: Some(AttachMode::Native),
             names: vec![(0, "default".into()), (3, "web/b2".into())],
             tc: true,
         };

@@ -14,7 +14,8 @@ pub mod trace;
 
 pub use crate::record::LineKind;
 pub use report::{
-    configured, measured, ChangeEntry, ChangeStats, ClassConfig, ClassReport, EngineHealth, Line,
+    configured, measured, ChangeEntry, ChangeOutcome, ChangeSource, ChangeStats, ClassConfig,
+    ClassReport, EngineHealth, Line,
 };
 
 use std::{
@@ -41,14 +42,32 @@ use wirelab_common::wan::{
 
 use crate::{
     ebpf,
-    runtime::{control as ctl, observe::Observer, tap::TapInfo, Reporting},
+    runtime::{bpf::AttachMode, control as ctl, observe::Observer, tap::TapInfo, Reporting},
     util::Stop,
 };
 use engine::{mono_ns, Engine, Profile};
 use report::{class_configs, ReportMsg, WanMetrics};
 use spec::{Limit, Loss, Spec};
 
-pub const DIRS: [&str; 2] = ["a_to_b", "b_to_a"];
+named_enum! {
+    /// A direction through the emulator: from the first interface to the second, or back.
+    #[derive(Default)]
+    pub enum Direction {
+        #[default]
+        AToB = "a_to_b",
+        BToA = "b_to_a",
+    }
+}
+
+/// Both directions, in the order of every per-direction array (`[a_to_b, b_to_a]`).
+pub const DIRS: [Direction; 2] = [Direction::AToB, Direction::BToA];
+
+impl Direction {
+    /// Its index in per-direction arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// The TOML config: a seed, the default class, and per-flow classes.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -432,7 +451,7 @@ fn taps(
     bpf: &aya::Ebpf,
     opts: &Options,
     plan: &Plan,
-    modes: &[&str],
+    modes: &[AttachMode],
 ) -> Result<BTreeMap<String, TapInfo>> {
     let mut out = BTreeMap::new();
     for (iface, mode) in [&opts.iface_a, &opts.iface_b].into_iter().zip(modes) {
@@ -441,7 +460,7 @@ fn taps(
             wirelab_common::maps::WAN_TAP,
             wirelab_common::maps::WAN_TAP_ON,
         )?;
-        t.mode = Some(mode.to_string());
+        t.mode = Some(*mode);
         t.names = plan
             .names
             .iter()
@@ -671,7 +690,7 @@ fn load(plan: &Plan, ifindex: [u32; 2], n_host: usize, n_prefix: usize) -> Resul
 
 /// Attach the tc fast path (TCX, or a clsact filter before 6.6), then XDP, to both
 /// interfaces; returns the XDP mode of each.
-fn attach(bpf: &mut aya::Ebpf, opts: &Options) -> Result<Vec<&'static str>> {
+fn attach(bpf: &mut aya::Ebpf, opts: &Options) -> Result<Vec<AttachMode>> {
     for iface in [&opts.iface_a, &opts.iface_b] {
         let tc = crate::runtime::bpf::attach_tc(bpf, "wan_fwd", iface, TcAttachType::Ingress)
             .with_context(|| format!("attaching the tc fast path to {iface}"))?;
@@ -686,11 +705,7 @@ fn attach(bpf: &mut aya::Ebpf, opts: &Options) -> Result<Vec<&'static str>> {
             None,
             "loss decisions of a class may interleave across CPUs, so --seed reproducibility is not exact",
         )?;
-        modes.push(if mode == crate::runtime::bpf::AttachMode::Native {
-            "native"
-        } else {
-            "skb"
-        });
+        modes.push(mode);
     }
 
     Ok(modes)
@@ -756,7 +771,7 @@ pub fn run(opts: &Options, stop: &Stop) -> Result<Vec<ClassReport>> {
     }
     tracing::info!(
         a = %opts.iface_a, b = %opts.iface_b, classes = max, seed = plan.seed,
-        mode = %modes.join("/"), a_to_b = %plan.specs[0][0].text, b_to_a = %plan.specs[1][0].text,
+        mode = %modes.iter().map(|m| m.as_str()).collect::<Vec<_>>().join("/"), a_to_b = %plan.specs[0][0].text, b_to_a = %plan.specs[1][0].text,
         "wan running"
     );
 
@@ -1076,12 +1091,12 @@ impl<'a> EngineLoop<'a> {
             .saturating_duration_since(origin.requested)
             .as_secs_f64()
             * 1e3;
-        tracing::info!(change = %applied, source = origin.source, latency_ms, "live change applied");
+        tracing::info!(change = %applied, source = %origin.source, latency_ms, "live change applied");
         let since = |i: Instant| i.saturating_duration_since(self.start).as_secs_f64();
         let _ = self.rep_tx.send(ReportMsg::Change(
             ChangeEntry {
-                kind: "applied".into(),
-                source: origin.source.into(),
+                kind: ChangeOutcome::Applied,
+                source: origin.source,
                 label: origin.label,
                 requested_t: Some(since(origin.requested)),
                 latency_ms: Some(latency_ms),
@@ -1235,8 +1250,7 @@ const LEAD: Duration = Duration::from_millis(250);
 /// Where a live change comes from, and what it is for the record.
 #[derive(Debug, Clone)]
 struct Origin {
-    /// `set` (the control socket) or `timeline`.
-    source: &'static str,
+    source: ChangeSource,
     /// The timeline's label of the change ("steps[1] ramp delay 25ms (1/12)").
     label: Option<String>,
     /// When it was asked for: a timeline's scheduled time, a socket request's arrival.
@@ -1333,7 +1347,7 @@ impl Control {
                                 Err(e) => Err(e),
                             };
                             let origin = Origin {
-                                source: "set",
+                                source: ChangeSource::Set,
                                 label: None,
                                 requested: Instant::now(),
                                 due: None,
@@ -1444,12 +1458,12 @@ impl Control {
 
     /// A refused change goes into the record too.
     fn refused(&self, o: &Origin, e: &anyhow::Error) {
-        tracing::warn!(source = o.source, "live change refused: {e:#}");
+        tracing::warn!(source = %o.source, "live change refused: {e:#}");
         let t = |i: Instant| i.saturating_duration_since(self.start).as_secs_f64();
         let _ = self.rep_tx.send(ReportMsg::Change(
             ChangeEntry {
-                kind: "refused".into(),
-                source: o.source.into(),
+                kind: ChangeOutcome::Refused,
+                source: o.source,
                 label: o.label.clone(),
                 requested_t: Some(t(o.requested)),
                 latency_ms: None,
@@ -1494,7 +1508,7 @@ fn play(
                 }
                 let (rtx, rrx) = std::sync::mpsc::channel();
                 let origin = Origin {
-                    source: "timeline",
+                    source: ChangeSource::Timeline,
                     label: Some(c.label.clone()),
                     requested: due,
                     due: Some(due),

@@ -18,9 +18,12 @@ use wirelab_common::wan::WanCounters;
 use super::{
     engine::{ClassStats, Engine},
     spec::{self, Loss, Spec},
-    Config, DirSpecs, Options, Plan, DIRS,
+    Config, DirSpecs, Direction, Options, Plan, DIRS,
 };
-use crate::{record::LineKind, runtime::observe::Observer};
+use crate::{
+    record::LineKind,
+    runtime::{bpf::AttachMode, observe::Observer},
+};
 
 pub(super) enum ReportMsg {
     Interval(f64, Vec<(usize, usize, ClassStats)>, EngineHealth),
@@ -86,7 +89,7 @@ pub(super) fn reporter(
                     (Some(specs), lat) => {
                         obs.set_configured(configured(specs));
                         stats.applied += 1;
-                        if entry.source == "timeline" {
+                        if entry.source == ChangeSource::Timeline {
                             stats.timeline += 1;
                             latencies.extend(lat);
                         }
@@ -170,16 +173,31 @@ pub struct ClassConfig {
     pub b_to_a_parsed: Spec,
 }
 
+named_enum! {
+    /// Whether a live change was put in force.
+    pub enum ChangeOutcome {
+        Applied = "applied",
+        Refused = "refused",
+    }
+}
+
+named_enum! {
+    /// Who asked for a live change.
+    pub enum ChangeSource {
+        /// The control socket: `wan set`, a sweep.
+        Set = "set",
+        Timeline = "timeline",
+    }
+}
+
 /// A live change in the record (`wan.changes.jsonl`): one line per change asked for, applied
 /// or refused, with the time it was asked for (a timeline's: its scheduled time), the time
 /// the engine switched to it, and every class now in force.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangeEntry {
-    /// `applied` or `refused`.
     #[serde(rename = "type")]
-    pub kind: String,
-    /// `set` (the control socket: `wan set`, a sweep) or `timeline`.
-    pub source: String,
+    pub kind: ChangeOutcome,
+    pub source: ChangeSource,
     /// The timeline step(s) behind it: "steps[1] ramp delay 25ms (1/12)".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
@@ -202,8 +220,7 @@ pub struct ChangeEntry {
 /// One line of stats for a (direction, class).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct ClassReport {
-    /// `a_to_b` or `b_to_a`.
-    pub dir: String,
+    pub dir: Direction,
     pub class: String,
     /// Frames (and bytes) that entered the emulator.
     pub rx: u64,
@@ -259,7 +276,7 @@ fn report(d: usize, name: &str, k: &WanCounters, e: &ClassStats) -> ClassReport 
         })
     };
     ClassReport {
-        dir: DIRS[d].into(),
+        dir: DIRS[d],
         class: name.into(),
         rx: k.rx_packets,
         rx_bytes: k.rx_bytes,
@@ -396,7 +413,7 @@ struct RecordConfig<'a> {
     duration_s: Option<f64>,
     frames: u64,
     realtime: bool,
-    xdp_modes: &'a [&'a str],
+    xdp_modes: &'a [AttachMode],
     classes: Vec<ClassConfig>,
 }
 
@@ -406,7 +423,7 @@ pub(super) fn observer(
     opts: &Options,
     cfg: &Config,
     plan: &Plan,
-    modes: &[&str],
+    modes: &[AttachMode],
 ) -> Result<Observer> {
     let (interval_s, duration_s) = opts.report.seconds();
     let config = RecordConfig {
@@ -434,6 +451,7 @@ pub fn configured(specs: &[Vec<Spec>; 2]) -> Vec<crate::record::Quantity> {
     use crate::record::Quantity as Q;
     let mut v = vec![];
     for (d, dir) in DIRS.iter().enumerate() {
+        let dir = dir.as_str();
         let Some(s) = specs[d].first() else { continue };
         let ms = |x: Duration| x.as_secs_f64() * 1000.0;
         v.push(Q::new("delay_ms", dir, ms(s.delay), "ms", &s.text));
@@ -479,14 +497,14 @@ pub fn measured(rows: &[ClassReport], specs: &[Vec<Spec>; 2]) -> Vec<crate::reco
     use crate::record::Quantity as Q;
     let mut v = vec![];
     for r in rows.iter().filter(|r| r.class == "default") {
-        let d = DIRS.iter().position(|d| *d == r.dir).unwrap_or(0);
+        let d = r.dir.index();
         // Like with like: the delay stage's own realised delay against the configured delay;
         // the queue a rate builds (TCP fills it) is reported beside it, not inside it.
         if let Some(p50) = r.delay_p50_ms {
             v.push(
                 Q::new(
                     "delay_ms",
-                    &r.dir,
+                    r.dir.as_str(),
                     p50,
                     "ms",
                     "emulated delay p50 (wan engine, before the rate queue)",
@@ -502,7 +520,7 @@ pub fn measured(rows: &[ClassReport], specs: &[Vec<Spec>; 2]) -> Vec<crate::reco
                 v.push(
                     Q::new(
                         "queue_delay_ms",
-                        &r.dir,
+                        r.dir.as_str(),
                         q50,
                         "ms",
                         "queueing delay p50 in front of the rate (no configured value)",
@@ -515,7 +533,7 @@ pub fn measured(rows: &[ClassReport], specs: &[Vec<Spec>; 2]) -> Vec<crate::reco
             v.push(
                 Q::new(
                     "loss_pct",
-                    &r.dir,
+                    r.dir.as_str(),
                     r.drops_loss as f64 * 100.0 / r.rx as f64,
                     "%",
                     "frames dropped by the loss model (wan)",
@@ -560,7 +578,7 @@ impl WanMetrics {
     fn update(&self, rows: &[ClassReport]) {
         use crate::metrics::labels;
         for r in rows {
-            let l = labels(&[("direction", &r.dir), ("class", &r.class)]);
+            let l = labels(&[("direction", r.dir.as_str()), ("class", &r.class)]);
             self.rx.get_or_create(&l).inc_by(r.rx);
             self.rx_bytes.get_or_create(&l).inc_by(r.rx_bytes);
             self.tx.get_or_create(&l).inc_by(r.tx);
@@ -575,7 +593,7 @@ impl WanMetrics {
             ] {
                 self.drops
                     .get_or_create(&labels(&[
-                        ("direction", &r.dir),
+                        ("direction", r.dir.as_str()),
                         ("class", &r.class),
                         ("cause", cause),
                     ]))
@@ -586,7 +604,7 @@ impl WanMetrics {
                 if let Some(ms) = v {
                     self.delay
                         .get_or_create(&labels(&[
-                            ("direction", &r.dir),
+                            ("direction", r.dir.as_str()),
                             ("class", &r.class),
                             ("quantile", q),
                         ]))
