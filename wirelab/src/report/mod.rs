@@ -16,6 +16,7 @@ pub mod smb;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::record;
@@ -28,11 +29,24 @@ pub struct Source {
     pub name: String,
     pub tool: String,
     pub config: record::ConfigDoc,
+    /// The interval lines as written (the generic plots of tools without their own read
+    /// any numeric field), and the stamp every line has.
     pub series: Vec<Value>,
+    pub stamps: Vec<LineStamp>,
     /// The series read back as the tool's own line type (tools that have one).
     pub typed: Typed,
     pub changes: Vec<Value>,
     pub fin: Option<record::FinalDoc>,
+}
+
+/// What every record line carries whatever its tool: its number, its time and (interval
+/// lines) the interval's length.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct LineStamp {
+    pub seq: u64,
+    pub unix: f64,
+    #[serde(default)]
+    pub interval_s: Option<f64>,
 }
 
 /// A series decoded into the type its tool wrote: a line of another shape is an error
@@ -169,19 +183,23 @@ impl Run {
     }
 }
 
-/// Read a JSON-lines file strictly. Returns the good lines and the first problem (if any).
-fn read_jsonl(p: &Path) -> Result<(Vec<Value>, Option<String>)> {
+/// The good lines of a JSON-lines file with their stamps, and the first problem (if any).
+type Lines = (Vec<Value>, Vec<LineStamp>, Option<String>);
+
+/// Read a JSON-lines file strictly: every line whole, valid, stamped and numbered in order.
+fn read_jsonl(p: &Path) -> Result<Lines> {
     if !p.exists() {
-        return Ok((vec![], None));
+        return Ok((vec![], vec![], None));
     }
     let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    let mut out = vec![];
+    let (mut out, mut stamps) = (vec![], vec![]);
     let n_lines = t.lines().count();
     for (i, line) in t.lines().enumerate() {
         let ln = i + 1;
         if ln == n_lines && !t.ends_with('\n') {
             return Ok((
                 out,
+                stamps,
                 Some(format!(
                     "{}: line {ln}: truncated (the last line has no newline: the file was cut while being written)",
                     p.display()
@@ -193,6 +211,7 @@ fn read_jsonl(p: &Path) -> Result<(Vec<Value>, Option<String>)> {
             Err(e) => {
                 return Ok((
                     out,
+                    stamps,
                     Some(format!(
                         "{}: line {ln} column {}: not valid JSON: {e}",
                         p.display(),
@@ -201,20 +220,35 @@ fn read_jsonl(p: &Path) -> Result<(Vec<Value>, Option<String>)> {
                 ))
             }
         };
+        let stamp = match LineStamp::deserialize(&v) {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok((
+                    out,
+                    stamps,
+                    Some(format!(
+                        "{}: line {ln}: not a record line: {e}",
+                        p.display()
+                    )),
+                ))
+            }
+        };
         let want = out.len() as u64 + 1;
-        if v["seq"].as_u64() != Some(want) {
+        if stamp.seq != want {
             return Ok((
                 out,
+                stamps,
                 Some(format!(
                     "{}: line {ln}: seq {} where {want} was expected (lines missing, repeated or out of order)",
                     p.display(),
-                    v["seq"]
+                    stamp.seq
                 )),
             ));
         }
         out.push(v);
+        stamps.push(stamp);
     }
-    Ok((out, None))
+    Ok((out, stamps, None))
 }
 
 /// Load and validate a run directory.
@@ -252,11 +286,11 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
         let cp = dir.join(format!("{name}.config.json"));
         let config: record::ConfigDoc = record::read_doc(&cp)?;
         let sp = dir.join(format!("{name}.series.jsonl"));
-        let (series, prob) = read_jsonl(&sp)?;
+        let (series, stamps, prob) = read_jsonl(&sp)?;
         if let Some(p) = prob {
             problems.push(p);
         }
-        let (changes, prob) = read_jsonl(&dir.join(format!("{name}.changes.jsonl")))?;
+        let (changes, _, prob) = read_jsonl(&dir.join(format!("{name}.changes.jsonl")))?;
         if let Some(p) = prob {
             problems.push(p);
         }
@@ -297,6 +331,7 @@ pub fn load(dir: &Path, allow_partial: bool) -> Result<Run> {
             tool,
             config,
             series,
+            stamps,
             typed,
             changes,
             fin,
@@ -341,10 +376,7 @@ fn num(v: &Value) -> Option<f64> {
 
 /// x = seconds since the run's first start, from each line's wall-clock stamp.
 fn xs(src: &Source, t0: f64) -> Vec<f64> {
-    src.series
-        .iter()
-        .map(|l| l["unix"].as_f64().unwrap_or(t0) - t0)
-        .collect()
+    src.stamps.iter().map(|s| s.unix - t0).collect()
 }
 
 /// (time, value) points of one numeric field of every series line (`field` picks it out of
@@ -359,12 +391,11 @@ fn points(src: &Source, x: &[f64], field: impl Fn(&Value) -> &Value) -> Vec<(f64
 
 fn dts(src: &Source) -> Vec<f64> {
     let mut prev = src.started();
-    src.series
+    src.stamps
         .iter()
-        .map(|l| {
-            let u = l["unix"].as_f64().unwrap_or(prev);
-            let d = l["interval_s"].as_f64().unwrap_or(u - prev);
-            prev = u;
+        .map(|s| {
+            let d = s.interval_s.unwrap_or(s.unix - prev);
+            prev = s.unix;
             d.max(1e-3)
         })
         .collect()
