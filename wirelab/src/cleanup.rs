@@ -15,8 +15,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::lab;
 
+/// What was removed, or with `dry_run` what would be.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Report {
+    /// Nothing was removed: the lists say what would be.
+    #[serde(default)]
+    pub dry_run: bool,
     pub labs_removed: Vec<String>,
     pub namespaces_removed: Vec<String>,
     pub kept_labs: Vec<String>,
@@ -44,6 +48,7 @@ fn stale_tc_filters(
     ns: &str,
     progs: &'static [&'static str],
     held: fn() -> Option<Vec<String>>,
+    dry_run: bool,
 ) -> Vec<String> {
     if !crate::netns::exists(ns) {
         return vec![];
@@ -66,7 +71,10 @@ fn stale_tc_filters(
             .filter(|i| {
                 progs
                     .iter()
-                    .map(|p| crate::runtime::bpf::detach_tc_filters(i, p))
+                    .map(|p| match dry_run {
+                        true => crate::runtime::bpf::count_tc_filters(i, p),
+                        false => crate::runtime::bpf::detach_tc_filters(i, p),
+                    })
                     .sum::<usize>()
                     > 0
             })
@@ -98,10 +106,12 @@ fn lb_holds() -> Option<Vec<String>> {
 }
 
 /// Remove half-made labs and sweep labs whose creator is gone; with `all_labs`, every lab.
-pub fn run(all_labs: bool) -> Result<Report> {
+/// With `dry_run`, remove nothing and say what would go.
+pub fn run(all_labs: bool, dry_run: bool) -> Result<Report> {
     // Swarm runs first: their route and promiscuous mode live in lab namespaces.
     let mut r = Report {
-        swarm_removed: crate::swarm::cleanup_stale()?,
+        dry_run,
+        swarm_removed: crate::swarm::cleanup_stale(dry_run)?,
         ..Default::default()
     };
     for name in lab::list_labs() {
@@ -110,15 +120,24 @@ pub fn run(all_labs: bool) -> Result<Report> {
         };
         if !crate::runtime::bpf::tcx_in_use() {
             for ns in st.namespaces.values() {
-                r.wan_filters_removed
-                    .extend(stale_tc_filters(ns, &["wan_fwd"], wan_holds));
+                r.wan_filters_removed.extend(stale_tc_filters(
+                    ns,
+                    &["wan_fwd"],
+                    wan_holds,
+                    dry_run,
+                ));
                 r.capture_filters_removed.extend(stale_tc_filters(
                     ns,
                     &["capture_tc", "capture_tc_in"],
                     captures_held,
+                    dry_run,
                 ));
-                r.lb_filters_removed
-                    .extend(stale_tc_filters(ns, &crate::lb::TC_PROGS, lb_holds));
+                r.lb_filters_removed.extend(stale_tc_filters(
+                    ns,
+                    &crate::lb::TC_PROGS,
+                    lb_holds,
+                    dry_run,
+                ));
             }
         }
         // A sweep's lab (`swp<pid>`) lives exactly as long as its sweep process.
@@ -127,8 +146,18 @@ pub fn run(all_labs: bool) -> Result<Report> {
             .is_some_and(|p| p.parse::<u32>().is_ok());
         let stale = (!st.complete || sweep_lab) && !alive(st.pid);
         if all_labs || stale {
-            let ns = lab::down(&name)?;
-            r.namespaces_removed.extend(ns);
+            if dry_run {
+                // What `down` removes: every name with a file under /run/netns, also one a
+                // killed `up` made but never mounted.
+                r.namespaces_removed.extend(
+                    st.namespaces
+                        .values()
+                        .filter(|ns| crate::netns::path(ns).exists())
+                        .cloned(),
+                );
+            } else {
+                r.namespaces_removed.extend(lab::down(&name)?);
+            }
             r.labs_removed.push(name);
         } else {
             r.kept_labs.push(name);
@@ -143,7 +172,9 @@ pub fn run(all_labs: bool) -> Result<Report> {
             continue;
         };
         if (side == "tx" || side == "rx") && pid.parse::<u32>().is_ok_and(|p| !alive(p)) {
-            crate::netns::delete(&ns, std::time::Duration::from_secs(1))?;
+            if !dry_run {
+                crate::netns::delete(&ns, std::time::Duration::from_secs(1))?;
+            }
             r.bench_namespaces_removed.push(ns);
         }
     }

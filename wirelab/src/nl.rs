@@ -41,6 +41,32 @@ where
     })
 }
 
+/// The program names of the bpf filters on `iface`'s clsact hooks (ingress, then egress), as
+/// `tc filter show` lists them. An interface without a clsact qdisc has none.
+pub async fn tc_bpf_filter_names(h: &Handle, iface: &str) -> Result<Vec<String>> {
+    use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+    let idx = i32::try_from(index_of(h, iface).await?).context("interface index")?;
+    let mut names = vec![];
+    for egress in [false, true] {
+        let req = h.traffic_filter(idx).get();
+        let req = if egress { req.egress() } else { req.ingress() };
+        let mut s = req.execute();
+        // No clsact qdisc: the kernel refuses the dump; nothing is attached there.
+        while let Ok(Some(m)) = s.try_next().await {
+            for a in m.attributes {
+                let TcAttribute::Options(opts) = a else {
+                    continue;
+                };
+                names.extend(opts.into_iter().filter_map(|o| match o {
+                    TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => Some(n),
+                    _ => None,
+                }));
+            }
+        }
+    }
+    Ok(names)
+}
+
 pub async fn index_of(h: &Handle, name: &str) -> Result<u32> {
     let mut s = h.link().get().match_name(name.to_string()).execute();
     match s.try_next().await {

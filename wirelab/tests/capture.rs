@@ -315,6 +315,19 @@ fn cleanup_removes_a_killed_captures_clsact_filter_and_spares_a_live_one() {
         2,
         "a killed clsact capture leaves its filters"
     );
+    // A dry run finds them (listed over netlink) and leaves them.
+    let o =
+        ok(wirelab()
+            .env("WIRELAB_TC_ATTACH", "clsact")
+            .args(["cleanup", "--dry-run", "--json"]));
+    let v: wirelab::cleanup::Report = serde_json::from_slice(&o.stdout).expect("cleanup --json");
+    assert!(v.dry_run);
+    assert_eq!(
+        v.capture_filters_removed,
+        [format!("{}/eth0", lab.ns("server"))],
+        "{v:?}"
+    );
+    assert_eq!(filters("eth0"), 2, "the dry run removed filters");
     let o = ok(wirelab()
         .env("WIRELAB_TC_ATTACH", "clsact")
         .args(["cleanup", "--json"]));

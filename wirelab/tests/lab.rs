@@ -185,6 +185,17 @@ fn down_after_killed_up() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(!ns_of(&name).is_empty(), "up made nothing before the kill");
+    // A dry run names the half-made lab and its namespaces, and removes nothing.
+    let made = ns_of(&name);
+    let o = ok(wirelab().args(["cleanup", "--dry-run", "--json"]));
+    let v: cleanup::Report = serde_json::from_slice(&o.stdout).expect("cleanup --dry-run --json");
+    assert!(v.dry_run, "{v:?}");
+    if v.labs_removed.contains(&name) {
+        for ns in &made {
+            assert!(v.namespaces_removed.contains(ns), "{ns} not listed: {v:?}");
+        }
+        assert_eq!(ns_of(&name), made, "the dry run removed namespaces");
+    }
     let o = ok(wirelab().args(["cleanup", "--json"]));
     let v: cleanup::Report = serde_json::from_slice(&o.stdout).expect("cleanup --json");
     if !v.labs_removed.contains(&name) {

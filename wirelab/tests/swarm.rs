@@ -438,6 +438,18 @@ fn cleanup_removes_what_kill_9_left() {
         &["ip", "route", "show", "table", "local"],
     ));
     assert!(String::from_utf8_lossy(&o.stdout).contains(pool_s));
+    // A dry run names the run once (not its cgroup again) and leaves it.
+    let o = ok(wirelab().args(["cleanup", "--dry-run", "--json"]));
+    let v: cleanup::Report = json_of(&o);
+    assert_eq!(
+        v.swarm_removed
+            .iter()
+            .filter(|r| **r == mine.run_id)
+            .count(),
+        1,
+        "{v:?}"
+    );
+    assert!(mine.cgroup.exists(), "the dry run removed the cgroup");
     let o = ok(wirelab().args(["cleanup", "--json"]));
     let v: cleanup::Report = json_of(&o);
     assert!(v.swarm_removed.contains(&mine.run_id), "{v:?}");

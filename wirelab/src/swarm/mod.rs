@@ -633,13 +633,16 @@ fn alive(pid: u32) -> bool {
 }
 
 /// `wirelab cleanup`: undo swarm runs whose process is gone; remove stray swarm cgroups.
-pub fn cleanup_stale() -> Result<Vec<String>> {
+/// With `dry_run`, only name them.
+pub fn cleanup_stale(dry_run: bool) -> Result<Vec<String>> {
     let mut done = vec![];
     for s in read_states() {
         if alive(s.pid) {
             continue;
         }
-        teardown(&s, true).with_context(|| format!("cleaning up swarm run {}", s.run_id))?;
+        if !dry_run {
+            teardown(&s, true).with_context(|| format!("cleaning up swarm run {}", s.run_id))?;
+        }
         done.push(s.run_id);
     }
     if let Ok(root) = cgroup::root_no_mount() {
@@ -650,10 +653,13 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
                     continue;
                 };
                 let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-                if pid.is_some_and(alive) {
+                // (A stale run's cgroup is named by its run id: listed above already.)
+                if pid.is_some_and(alive) || done.contains(&name) {
                     continue;
                 }
-                cgroup::remove_tree(&e.path())?;
+                if !dry_run {
+                    cgroup::remove_tree(&e.path())?;
+                }
                 done.push(name);
             }
         }
