@@ -589,70 +589,179 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
     configure(&mut bpf, opts.snaplen, &filter)?;
     // Egress is always at tc; the XDP half comes with an XDP ingress (below, or in the tap).
     load_filter_program(&mut bpf, bpf::Hook::Tc)?;
-
-    // One buffer per CPU, each drained by its own thread: a slow CPU's backlog does not hold
-    // up the others, and draining keeps pace with the CPUs producing.
-    let Some(Map::PerfEventArray(events)) = bpf.map(maps::CAPTURE_EVENTS) else {
-        bail!("capture events map missing");
-    };
-    let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-    let ring = opts.ring_bytes.unwrap_or_else(|| ring_bytes(cpus.len()));
-    let mut bufs = vec![];
-    for &cpu in &cpus {
-        bufs.push((
-            cpu,
-            perf_ring::PerfRing::open(events.fd().as_fd(), cpu, ring)?,
-        ));
-    }
+    let bufs = open_rings(&bpf, opts.ring_bytes)?;
+    let cpus: Vec<u32> = bufs.iter().map(|(cpu, _)| *cpu).collect();
     let ring_kib = bufs.first().map_or(0, |(_, r)| r.bytes() / 1024);
-
-    let mono0 = mono_ns();
-    let real0 = clock_ns(nix::time::ClockId::CLOCK_REALTIME);
-    let to_wall = |mono: u64| mono.wrapping_sub(mono0).wrapping_add(real0);
+    // The run starts here (its frames' wall-clock times count from this pair of clocks).
+    let clocks = (mono_ns(), clock_ns(nix::time::ClockId::CLOCK_REALTIME));
 
     let (tx, rx) = mpsc::channel::<Msg>();
-    let quit = Arc::new(AtomicBool::new(false));
-    // Bytes the drained frames not yet written hold (readers add, the writer subtracts).
-    let backlog = Arc::new(AtomicU64::new(0));
-    let backlog_cap = opts
-        .backlog_bytes
-        .unwrap_or(DEFAULT_BACKLOG_MIB as u64 * (1 << 20));
+    let shared = Shared {
+        tx,
+        quit: Arc::new(AtomicBool::new(false)),
+        backlog: Arc::new(AtomicU64::new(0)),
+        backlog_cap: opts
+            .backlog_bytes
+            .unwrap_or(DEFAULT_BACKLOG_MIB as u64 * (1 << 20)),
+    };
     // The threads stop however this function ends (an attach error included).
-    let _quit_on_return = QuitOnDrop(quit.clone());
+    let _quit_on_return = QuitOnDrop(shared.quit.clone());
     // fw, lb or wan owns the XDP hook when it runs here: XDP ingress goes behind its tap (the
     // frames then carry its decisions); lb on its tc path has a tap at tc; tc ingress (the
     // default elsewhere) keeps GRO on.
     let decider = tap::Decider::on(&opts.iface);
-    // Behind wan: the engine's drops come as notes (see `drops`), to a socket bound and read
-    // before the tap is on, so every frame the tap hands over has a listener for its drop
-    // (attaching the rest can take seconds while the wan is busy: the notes queue meanwhile).
     let notes_reader = match (opts.ingress, decider) {
         (IngressChoice::Auto | IngressChoice::Xdp, Some(tap::Decider::Wan)) => {
-            match drops::Listener::bind(&opts.iface) {
-                Ok(l) => {
-                    let tx = tx.clone();
-                    let quit = quit.clone();
-                    Some(std::thread::spawn(move || {
-                        while !quit.load(Ordering::Relaxed) {
-                            let n = l.recv();
-                            if !n.is_empty() && tx.send(Msg::Notes(n)).is_err() {
-                                return;
-                            }
-                        }
-                    }))
-                }
-                Err(e) => {
-                    tracing::warn!("wan's queue drops will show as `to the timing engine`: {e:#}");
-                    None
-                }
-            }
+            spawn_notes_reader(&opts.iface, &shared)
         }
         _ => None,
     };
-    let mut tap = None;
+    let (ingress_hook, mut tap) = attach_ingress(&mut bpf, opts, decider)?;
+    // Frames wait for their notes (only behind wan's tap): HOLD_NS, longer once notes come
+    // late (drops at departure, behind a delay).
+    let mut notes = notes_reader
+        .as_ref()
+        .filter(|_| tap.is_some())
+        .map(|_| drops::Matcher::default());
+    let tc_mode = bpf::attach_tc(&mut bpf, "capture_tc", &opts.iface, TcAttachType::Egress)?;
+    tracing::info!(iface = %opts.iface, ingress = %ingress_hook, egress = %tc_mode, filter = %opts.filter, ring_kib_per_cpu = ring_kib, "capture attached");
+    sink.attached()?;
+
+    let mut readers: Vec<_> = bufs
+        .into_iter()
+        .map(|(cpu, buf)| spawn_reader(cpu, buf, &shared))
+        .collect();
+    readers.extend(notes_reader);
+    let Shared {
+        tx,
+        quit,
+        backlog,
+        backlog_cap,
+    } = shared;
+    drop(tx);
+
+    let start = Instant::now();
+    let mut queue = Queue::new(&cpus);
+    let mut writer = Writer::new(backlog, clocks);
+    loop {
+        let finished =
+            stop.requested() || opts.duration.is_some_and(|d| start.elapsed() >= d) || sink.done();
+        if finished {
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(msg) => queue.take(msg, &mut notes),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("every capture reader stopped"),
+        }
+        let hold = notes.as_ref().map_or(0, |m| m.hold_ns);
+        while let Some(f) = queue.pop_written(hold) {
+            writer.write(sink, &mut tap, &mut notes, f)?;
+        }
+        sink.idle()?;
+    }
+    let end_mono = mono_ns();
+    // Detach first, so the counters below are final, then let the readers drain.
+    let stats_map = bpf
+        .take_map(maps::CAPTURE_STATS)
+        .context("capture stats map missing")?;
+    // The tap off (fw stops calling capture), kept for the names of the frames still queued.
+    let behind = tap.as_ref().map(|t| t.decider);
+    if let Some(t) = &mut tap {
+        t.off();
+    }
+    drop(bpf);
+    quit.store(true, Ordering::Relaxed);
+    for msg in rx.iter() {
+        queue.take(msg, &mut notes);
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    while let Some(f) = queue.queued.pop() {
+        writer.write(sink, &mut tap, &mut notes, f)?;
+    }
+    queue.warn(backlog_cap);
+    writer.warn();
+    let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&stats_map)?;
+    Ok(Streamed {
+        ingress: read_counts(&stats, dir::INGRESS)?,
+        egress: read_counts(&stats, dir::EGRESS)?,
+        perf_lost: queue.perf_lost,
+        backlog_dropped: queue.backlog_dropped,
+        start_ns: writer.real0,
+        end_ns: writer.to_wall(end_mono),
+        duration_s: start.elapsed().as_secs_f64(),
+        ingress_hook,
+        tc_mode,
+        behind,
+        engine_drops: notes.as_ref().map_or(0, |m| m.matched),
+        engine_drops_late: notes.as_ref().map_or(0, |m| m.late),
+    })
+}
+
+/// One perf buffer per CPU on the capture's events map (`ring` bytes each, `None`: the
+/// default share), each to be drained by its own thread: a slow CPU's backlog does not hold
+/// up the others, and draining keeps pace with the CPUs producing.
+fn open_rings(bpf: &aya::Ebpf, ring: Option<usize>) -> Result<Vec<(u32, perf_ring::PerfRing)>> {
+    let Some(Map::PerfEventArray(events)) = bpf.map(maps::CAPTURE_EVENTS) else {
+        bail!("capture events map missing");
+    };
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    let ring = ring.unwrap_or_else(|| ring_bytes(cpus.len()));
+    cpus.iter()
+        .map(|&cpu| {
+            Ok((
+                cpu,
+                perf_ring::PerfRing::open(events.fd().as_fd(), cpu, ring)?,
+            ))
+        })
+        .collect()
+}
+
+/// What the reader threads share with the writer.
+struct Shared {
+    tx: mpsc::Sender<Msg>,
+    quit: Arc<AtomicBool>,
+    /// Bytes the drained frames not yet written hold (readers add, the writer subtracts).
+    backlog: Arc<AtomicU64>,
+    backlog_cap: u64,
+}
+
+/// Behind wan: the engine's drops come as notes (see `drops`), to a socket bound and read
+/// before the tap is on, so every frame the tap hands over has a listener for its drop
+/// (attaching the rest can take seconds while the wan is busy: the notes queue meanwhile).
+fn spawn_notes_reader(iface: &str, shared: &Shared) -> Option<std::thread::JoinHandle<()>> {
+    match drops::Listener::bind(iface) {
+        Ok(l) => {
+            let tx = shared.tx.clone();
+            let quit = shared.quit.clone();
+            Some(std::thread::spawn(move || {
+                while !quit.load(Ordering::Relaxed) {
+                    let n = l.recv();
+                    if !n.is_empty() && tx.send(Msg::Notes(n)).is_err() {
+                        return;
+                    }
+                }
+            }))
+        }
+        Err(e) => {
+            tracing::warn!("wan's queue drops will show as `to the timing engine`: {e:#}");
+            None
+        }
+    }
+}
+
+/// Attach ingress: behind `decider`'s tap when one runs here (and `--ingress` allows), else
+/// capture's own XDP or tc program. Returns the hook, and the tap when it went behind one.
+fn attach_ingress(
+    bpf: &mut aya::Ebpf,
+    opts: &Options,
+    decider: Option<tap::Decider>,
+) -> Result<(IngressHook, Option<tap::Tap>)> {
     let behind = match (opts.ingress, decider) {
         (IngressChoice::Auto | IngressChoice::Xdp, Some(d)) => {
-            match tap::Tap::attach(&mut bpf, &opts.iface, d) {
+            match tap::Tap::attach(bpf, &opts.iface, d) {
                 Ok(t) if t.mode.is_none() && opts.ingress == IngressChoice::Xdp => {
                     bail!(
                         "{d} runs on its tc path on {}: its decisions are captured at tc (--ingress auto), not at XDP",
@@ -674,126 +783,202 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
         }
         _ => None,
     };
-    let ingress_hook = match (opts.ingress, behind) {
-        (_, Some(t)) => {
-            let h = IngressHook::Tap(t.decider, t.mode);
-            tap = Some(t);
-            h
-        }
+    Ok(match (opts.ingress, behind) {
+        (_, Some(t)) => (IngressHook::Tap(t.decider, t.mode), Some(t)),
         (IngressChoice::Xdp, None) => {
-            load_filter_program(&mut bpf, bpf::Hook::Xdp)?;
-            IngressHook::Xdp(bpf::attach_xdp(
-                &mut bpf,
-                "capture_xdp",
-                &opts.iface,
-                opts.mode,
-            )?)
+            load_filter_program(bpf, bpf::Hook::Xdp)?;
+            let mode = bpf::attach_xdp(bpf, "capture_xdp", &opts.iface, opts.mode)?;
+            (IngressHook::Xdp(mode), None)
         }
-        (IngressChoice::Auto | IngressChoice::Tc, None) => IngressHook::Tc(bpf::attach_tc(
-            &mut bpf,
-            "capture_tc_in",
-            &opts.iface,
-            TcAttachType::Ingress,
-        )?),
-    };
-    // Frames wait for their notes (only behind wan's tap): HOLD_NS, longer once notes come
-    // late (drops at departure, behind a delay).
-    let mut notes = notes_reader
-        .as_ref()
-        .filter(|_| tap.is_some())
-        .map(|_| drops::Matcher::default());
-    let tc_mode = bpf::attach_tc(&mut bpf, "capture_tc", &opts.iface, TcAttachType::Egress)?;
-    tracing::info!(iface = %opts.iface, ingress = %ingress_hook, egress = %tc_mode, filter = %opts.filter, ring_kib_per_cpu = ring_kib, "capture attached");
-    sink.attached()?;
+        (IngressChoice::Auto | IngressChoice::Tc, None) => {
+            let mode = bpf::attach_tc(bpf, "capture_tc_in", &opts.iface, TcAttachType::Ingress)?;
+            (IngressHook::Tc(mode), None)
+        }
+    })
+}
 
-    let mut readers = vec![];
-    for (cpu, mut buf) in bufs {
-        let tx = tx.clone();
-        let quit = quit.clone();
-        let backlog = backlog.clone();
-        readers.push(std::thread::spawn(move || {
-            let mut seq = 0u64;
-            let mut last_count = 0;
-            loop {
-                let done = quit.load(Ordering::Relaxed);
-                let mut frames = Vec::with_capacity(last_count);
-                let mut lost = 0;
-                let mut batch = bytes::BytesMut::new();
-                // Read before the drain: every frame stamped earlier (less the margin for a
-                // program between its timestamp and its output) is in the ring by now, so
-                // this drain takes it. Read after, a drain that took long (or was preempted)
-                // would vouch for frames output behind the ring's head it had read.
-                let drained_at = mono_ns();
-                buf.for_each(|e| match e {
-                    perf_ring::Record::Sample { head, tail } => {
-                        seq += 1;
-                        if batch.capacity() < MAX_SNAPLEN as usize {
-                            batch.reserve(BATCH_BYTES);
-                        }
-                        if let Some(f) = decode(head, tail, seq, &mut batch) {
-                            frames.push(f);
-                        }
+/// The thread that drains CPU `cpu`'s buffer, one message per drain, until told to quit.
+fn spawn_reader(
+    cpu: u32,
+    mut buf: perf_ring::PerfRing,
+    shared: &Shared,
+) -> std::thread::JoinHandle<()> {
+    let tx = shared.tx.clone();
+    let quit = shared.quit.clone();
+    let backlog = shared.backlog.clone();
+    let backlog_cap = shared.backlog_cap;
+    std::thread::spawn(move || {
+        let mut seq = 0u64;
+        let mut last_count = 0;
+        loop {
+            let done = quit.load(Ordering::Relaxed);
+            let mut frames = Vec::with_capacity(last_count);
+            let mut lost = 0;
+            let mut batch = bytes::BytesMut::new();
+            // Read before the drain: every frame stamped earlier (less the margin for a
+            // program between its timestamp and its output) is in the ring by now, so this
+            // drain takes it. Read after, a drain that took long (or was preempted) would
+            // vouch for frames output behind the ring's head it had read.
+            let drained_at = mono_ns();
+            buf.for_each(|e| match e {
+                perf_ring::Record::Sample { head, tail } => {
+                    seq += 1;
+                    if batch.capacity() < MAX_SNAPLEN as usize {
+                        batch.reserve(BATCH_BYTES);
                     }
-                    perf_ring::Record::Lost { count } => lost += count,
-                });
-                last_count = frames.len();
-                // Past the backlog's bound the drain is dropped, not kept: the ring keeps
-                // being drained (the writer's merge needs every reader's drains to go on),
-                // and memory stays bounded whatever the writer's pace.
-                let bytes: u64 = frames.iter().map(held).sum();
-                let mut dropped = 0;
-                if backlog.load(Ordering::Relaxed) + bytes > backlog_cap {
-                    dropped = frames.len() as u64;
-                    frames.clear();
-                } else {
-                    backlog.fetch_add(bytes, Ordering::Relaxed);
+                    if let Some(f) = decode(head, tail, seq, &mut batch) {
+                        frames.push(f);
+                    }
                 }
-                let drained = Msg::Drained {
-                    cpu,
-                    frames,
-                    lost,
-                    dropped,
-                    mono_ns: drained_at,
-                };
-                if tx.send(drained).is_err() || done {
-                    return;
-                }
-                // The kernel wakes us only at the ring's watermark (a quarter full), not
-                // for every frame: a drain takes a batch, and the timeout bounds how long
-                // a frame waits on a quiet interface.
-                let mut pfd = [nix::poll::PollFd::new(
-                    buf.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                )];
-                let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(POLL_MS));
+                perf_ring::Record::Lost { count } => lost += count,
+            });
+            last_count = frames.len();
+            // Past the backlog's bound the drain is dropped, not kept: the ring keeps being
+            // drained (the writer's merge needs every reader's drains to go on), and memory
+            // stays bounded whatever the writer's pace.
+            let bytes: u64 = frames.iter().map(held).sum();
+            let mut dropped = 0;
+            if backlog.load(Ordering::Relaxed) + bytes > backlog_cap {
+                dropped = frames.len() as u64;
+                frames.clear();
+            } else {
+                backlog.fetch_add(bytes, Ordering::Relaxed);
             }
-        }));
-    }
-    readers.extend(notes_reader);
-    drop(tx);
+            let drained = Msg::Drained {
+                cpu,
+                frames,
+                lost,
+                dropped,
+                mono_ns: drained_at,
+            };
+            if tx.send(drained).is_err() || done {
+                return;
+            }
+            // The kernel wakes us only at the ring's watermark (a quarter full), not for
+            // every frame: a drain takes a batch, and the timeout bounds how long a frame
+            // waits on a quiet interface.
+            let mut pfd = [nix::poll::PollFd::new(
+                buf.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(POLL_MS));
+        }
+    })
+}
 
-    // A frame is written once every CPU has been seen idle after it (minus a margin for a
-    // program between its timestamp and its output), so the file is in time order.
-    const MARGIN_NS: u64 = 2_000_000;
-    let start = Instant::now();
-    let mut queued = merge::Merge::default();
-    let mut safe: HashMap<u32, u64> = cpus.iter().map(|c| (*c, 0)).collect();
-    let mut perf_lost = 0u64;
-    let mut backlog_dropped = 0u64;
-    let mut written_ts = 0u64;
-    let (mut out_of_order, mut most_behind_ns) = (0u64, 0u64);
-    let mut write_frame = |sink: &mut dyn Sink,
-                           tap: &mut Option<tap::Tap>,
-                           notes: &mut Option<drops::Matcher>,
-                           mut f: Captured| {
+/// A frame may be written once every CPU has been seen idle after it (less a margin for a
+/// program between its timestamp and its output), so the file is in time order.
+const MARGIN_NS: u64 = 2_000_000;
+
+/// Frames drained from every CPU, merged in time order, and how far each CPU is known done.
+struct Queue {
+    queued: merge::Merge<Captured>,
+    safe: HashMap<u32, u64>,
+    perf_lost: u64,
+    backlog_dropped: u64,
+}
+
+impl Queue {
+    fn new(cpus: &[u32]) -> Self {
+        Queue {
+            queued: merge::Merge::default(),
+            safe: cpus.iter().map(|c| (*c, 0)).collect(),
+            perf_lost: 0,
+            backlog_dropped: 0,
+        }
+    }
+
+    /// A reader's message: a drain's frames (and losses), or wan's notes of engine drops.
+    fn take(&mut self, msg: Msg, notes: &mut Option<drops::Matcher>) {
+        match msg {
+            Msg::Drained {
+                cpu,
+                frames,
+                lost,
+                dropped,
+                mono_ns,
+            } => {
+                let s = self.safe.entry(cpu).or_default();
+                *s = frames.iter().map(|f| f.ts).fold(*s, u64::max);
+                self.queued.extend(cpu, frames);
+                *s = (*s).max(mono_ns.saturating_sub(MARGIN_NS));
+                self.perf_lost += lost;
+                self.backlog_dropped += dropped;
+            }
+            Msg::Notes(n) => {
+                if let Some(m) = notes.as_mut() {
+                    m.add(n, mono_ns());
+                }
+            }
+        }
+    }
+
+    /// The next frame every CPU is done with (and, behind wan, held `hold_ns` for its note).
+    fn pop_written(&mut self, hold_ns: u64) -> Option<Captured> {
+        let watermark = self
+            .safe
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(0)
+            .saturating_sub(hold_ns);
+        self.queued.pop_if(|f: &Captured| f.ts <= watermark)
+    }
+
+    fn warn(&self, backlog_cap: u64) {
+        if self.backlog_dropped > 0 {
+            tracing::warn!(
+                frames = self.backlog_dropped,
+                backlog_mib = backlog_cap >> 20,
+                "frames dropped: the writer fell more than the backlog behind (--backlog)"
+            );
+        }
+    }
+}
+
+/// Hands frames to the sink in order: with wan's drop notes applied, decisions named, wall
+/// clock times, and their bytes given back to the backlog.
+struct Writer {
+    backlog: Arc<AtomicU64>,
+    mono0: u64,
+    real0: u64,
+    written_ts: u64,
+    out_of_order: u64,
+    most_behind_ns: u64,
+}
+
+impl Writer {
+    /// `(mono0, real0)`: the monotonic and wall clocks read at one instant.
+    fn new(backlog: Arc<AtomicU64>, (mono0, real0): (u64, u64)) -> Self {
+        Writer {
+            backlog,
+            mono0,
+            real0,
+            written_ts: 0,
+            out_of_order: 0,
+            most_behind_ns: 0,
+        }
+    }
+
+    fn to_wall(&self, mono: u64) -> u64 {
+        mono.wrapping_sub(self.mono0).wrapping_add(self.real0)
+    }
+
+    fn write(
+        &mut self,
+        sink: &mut dyn Sink,
+        tap: &mut Option<tap::Tap>,
+        notes: &mut Option<drops::Matcher>,
+        mut f: Captured,
+    ) -> Result<()> {
         let release = held(&f);
-        if f.ts < written_ts {
+        if f.ts < self.written_ts {
             // Its CPU's program stalled between its timestamp and its output for longer than
             // the margin and the hold (a descheduled vCPU): the file is out of order here.
-            out_of_order += 1;
-            most_behind_ns = most_behind_ns.max(written_ts - f.ts);
+            self.out_of_order += 1;
+            self.most_behind_ns = self.most_behind_ns.max(self.written_ts - f.ts);
         }
-        written_ts = written_ts.max(f.ts);
+        self.written_ts = self.written_ts.max(f.ts);
         // A frame wan handed to its engine, which dropped it: the note says why.
         if let Some(m) = notes.as_mut() {
             if f.decision.tool == tool::WAN
@@ -807,122 +992,25 @@ pub fn stream(opts: &Options, stop: &Stop, sink: &mut dyn Sink) -> Result<Stream
         }
         let comment = tap.as_mut().and_then(|t| t.comment(&f.decision));
         let r = sink.frame(&Frame {
-            ts_ns: to_wall(f.ts),
+            ts_ns: self.to_wall(f.ts),
             orig_len: f.orig_len,
             egress: f.dir == dir::EGRESS,
             data: &f.data,
             comment: comment.as_deref(),
         });
-        backlog.fetch_sub(release, Ordering::Relaxed);
+        self.backlog.fetch_sub(release, Ordering::Relaxed);
         r
-    };
-    loop {
-        let finished =
-            stop.requested() || opts.duration.is_some_and(|d| start.elapsed() >= d) || sink.done();
-        if finished {
-            break;
-        }
-        match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(Msg::Drained {
-                cpu,
-                frames,
-                lost,
-                dropped,
-                mono_ns,
-            }) => {
-                let s = safe.entry(cpu).or_default();
-                *s = frames.iter().map(|f| f.ts).fold(*s, u64::max);
-                queued.extend(cpu, frames);
-                *s = (*s).max(mono_ns.saturating_sub(MARGIN_NS));
-                perf_lost += lost;
-                backlog_dropped += dropped;
-            }
-            Ok(Msg::Notes(n)) => {
-                if let Some(m) = notes.as_mut() {
-                    m.add(n, mono_ns());
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("every capture reader stopped"),
-        }
-        let watermark = safe
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(0)
-            .saturating_sub(notes.as_ref().map_or(0, |m| m.hold_ns));
-        while let Some(f) = queued.pop_if(|f: &Captured| f.ts <= watermark) {
-            write_frame(sink, &mut tap, &mut notes, f)?;
-        }
-        sink.idle()?;
     }
-    let end_mono = mono_ns();
-    // Detach first, so the counters below are final, then let the readers drain.
-    let stats_map = bpf
-        .take_map(maps::CAPTURE_STATS)
-        .context("capture stats map missing")?;
-    // The tap off (fw stops calling capture), kept for the names of the frames still queued.
-    let behind = tap.as_ref().map(|t| t.decider);
-    if let Some(t) = &mut tap {
-        t.off();
-    }
-    drop(bpf);
-    quit.store(true, Ordering::Relaxed);
-    for msg in rx.iter() {
-        match msg {
-            Msg::Drained {
-                cpu,
-                frames,
-                lost,
-                dropped,
-                ..
-            } => {
-                queued.extend(cpu, frames);
-                perf_lost += lost;
-                backlog_dropped += dropped;
-            }
-            Msg::Notes(n) => {
-                if let Some(m) = notes.as_mut() {
-                    m.add(n, mono_ns());
-                }
-            }
+
+    fn warn(&self) {
+        if self.out_of_order > 0 {
+            tracing::warn!(
+                frames = self.out_of_order,
+                most_behind_us = self.most_behind_ns / 1000,
+                "frames came too late to be written in time order (their CPU stalled)"
+            );
         }
     }
-    for r in readers {
-        let _ = r.join();
-    }
-    while let Some(f) = queued.pop() {
-        write_frame(sink, &mut tap, &mut notes, f)?;
-    }
-    if backlog_dropped > 0 {
-        tracing::warn!(
-            frames = backlog_dropped,
-            backlog_mib = backlog_cap >> 20,
-            "frames dropped: the writer fell more than the backlog behind (--backlog)"
-        );
-    }
-    if out_of_order > 0 {
-        tracing::warn!(
-            frames = out_of_order,
-            most_behind_us = most_behind_ns / 1000,
-            "frames came too late to be written in time order (their CPU stalled)"
-        );
-    }
-    let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&stats_map)?;
-    Ok(Streamed {
-        ingress: read_counts(&stats, dir::INGRESS)?,
-        egress: read_counts(&stats, dir::EGRESS)?,
-        perf_lost,
-        backlog_dropped,
-        start_ns: real0,
-        end_ns: to_wall(end_mono),
-        duration_s: start.elapsed().as_secs_f64(),
-        ingress_hook,
-        tc_mode,
-        behind,
-        engine_drops: notes.as_ref().map_or(0, |m| m.matched),
-        engine_drops_late: notes.as_ref().map_or(0, |m| m.late),
-    })
 }
 
 /// The summary as a table.
