@@ -240,6 +240,17 @@ fn addr16(a: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
+/// A service's key in `LB_VIPS`: its VIP, port and protocol.
+fn vip_key(s: &InstalledService) -> VipKey {
+    let (addr, family) = addr16(s.conf.vip);
+    VipKey {
+        addr,
+        port: s.conf.port,
+        proto: s.conf.proto.number(),
+        family,
+    }
+}
+
 /// A backend as installed: its id in `LB_BACKENDS` (kept across reloads and health
 /// changes, so tracked flows keep their backend).
 #[derive(Debug, Clone)]
@@ -510,7 +521,20 @@ impl Balancer {
         let prev_services: BTreeSet<u32> = prev
             .map(|p| p.services.iter().map(|s| s.id).collect())
             .unwrap_or_default();
+        self.write_conf(bpf)?;
+        let later = self.write_backends(bpf, &prev_backends)?;
+        self.clear_new_counters(bpf, &prev_backends, &prev_services)?;
+        self.write_generation(bpf, gen)?;
+        self.switch(bpf, gen)?;
+        let mut bmap: Array<&mut MapData, Backend> =
+            Array::try_from(map_mut(bpf, maps::LB_BACKENDS)?)?;
+        for (id, b) in later {
+            bmap.set(id, b, 0).context("writing LB_BACKENDS")?;
+        }
+        Ok(self)
+    }
 
+    fn write_conf(&self, bpf: &mut Ebpf) -> Result<()> {
         let mut conf: Array<&mut MapData, LbConf> = Array::try_from(map_mut(bpf, maps::LB_CONF)?)?;
         conf.set(
             0,
@@ -525,6 +549,16 @@ impl Balancer {
             0,
         )
         .context("writing LB_CONF")?;
+        Ok(())
+    }
+
+    /// Every backend of the plan, `UP` as it will be, except that one going down keeps its
+    /// flag until the flip: returns those, to be cleared after it.
+    fn write_backends(
+        &self,
+        bpf: &mut Ebpf,
+        prev_backends: &BTreeMap<u32, &InstalledBackend>,
+    ) -> Result<Vec<(u32, Backend)>> {
         let backend = |b: &InstalledBackend, up: bool| {
             let (addr, family) = addr16(b.addr);
             Backend {
@@ -553,6 +587,16 @@ impl Balancer {
                 }
             }
         }
+        Ok(later)
+    }
+
+    /// Counters of ids new to this plan start at zero.
+    fn clear_new_counters(
+        &self,
+        bpf: &mut Ebpf,
+        prev_backends: &BTreeMap<u32, &InstalledBackend>,
+        prev_services: &BTreeSet<u32>,
+    ) -> Result<()> {
         let new_ids: BTreeSet<u32> = self
             .services
             .iter()
@@ -581,6 +625,11 @@ impl Balancer {
                 sv.set(s.id, zero()?, 0).context("clearing LB_SVC_STATS")?;
             }
         }
+        Ok(())
+    }
+
+    /// The idle generation `gen`: Maglev tables, service descriptions, VIP filter words.
+    fn write_generation(&self, bpf: &mut Ebpf, gen: u32) -> Result<()> {
         let mut table: Array<&mut MapData, u32> = Array::try_from(map_mut(bpf, maps::LB_TABLE)?)?;
         for s in &self.services {
             let base = (gen * MAX_SERVICES + s.id) * MAX_TABLE_SIZE;
@@ -590,15 +639,6 @@ impl Balancer {
                     .context("writing LB_TABLE")?;
             }
         }
-        let vip_key = |s: &InstalledService| {
-            let (addr, family) = addr16(s.conf.vip);
-            VipKey {
-                addr,
-                port: s.conf.port,
-                proto: s.conf.proto.number(),
-                family,
-            }
-        };
         let mut meta: Array<&mut MapData, ServiceMeta> =
             Array::try_from(map_mut(bpf, maps::LB_SERVICES)?)?;
         for id in 0..MAX_SERVICES {
@@ -638,6 +678,11 @@ impl Balancer {
                 .set(gen * VIP_BLOOM_WORDS + i as u32, w, 0)
                 .context("writing LB_VIP_BLOOM")?;
         }
+        Ok(())
+    }
+
+    /// VIPs of removed services out, the flip to `gen` (one word), then the new VIPs in.
+    fn switch(&self, bpf: &mut Ebpf, gen: u32) -> Result<()> {
         // VIP keys: removed services' go before the flip, new ones after it.
         let mark = |a: IpAddr| {
             let (addr, family) = addr16(a);
@@ -692,12 +737,7 @@ impl Balancer {
                 vips.remove(k).context("removing from LB_VIPS")?;
             }
         }
-        let mut bmap: Array<&mut MapData, Backend> =
-            Array::try_from(map_mut(bpf, maps::LB_BACKENDS)?)?;
-        for (id, b) in later {
-            bmap.set(id, b, 0).context("writing LB_BACKENDS")?;
-        }
-        Ok(self)
+        Ok(())
     }
 
     /// Tracked flows now, and how many of them a switch to `next` would move (their backend
