@@ -256,185 +256,191 @@ fn q(name: &str, value: f64, unit: &str, what: &str) -> record::Quantity {
 
 pub fn run(c: SwarmCmd) -> Result<ExitCode> {
     match c {
-        SwarmCmd::Run(a) => {
-            if a.concurrency == 0 {
-                anyhow::bail!("--concurrency must be at least 1");
-            }
-            let ep = a.common.observe.endpoint()?;
-            let o = options(&a.common, a.identity)?;
-            let stop = util::Stop::install()?;
-            let mets = ep
-                .as_ref()
-                .map(|e| SwarmMetrics::start(e, "run"))
-                .transpose()?;
-            let ro = run::RunOptions {
-                concurrency: a.concurrency,
-                interval: a.common.observe.interval,
-                timeout: a.timeout,
-                out: a.out,
-                cmd: a.cmd,
-            };
-            let mut obs = observer(
-                &a.common,
-                "swarm-run",
-                &RunConfig {
-                    iface: &a.common.iface,
-                    netns: a.common.netns.netns.as_deref(),
-                    pool: a.common.pool.net.to_string(),
-                    clients: a.common.clients,
-                    mac_prefix: a.common.mac_prefix,
-                    concurrency: ro.concurrency,
-                    identity: format!("{:?}", a.identity),
-                    timeout_s: ro.timeout.map(|t| t.as_secs_f64()),
-                    cmd: &ro.cmd,
-                },
-            )?;
-            let mut sw = Swarm::setup(o)?;
-            let mut rec_err = None;
-            let (summary, results) = run::run_with(&mut sw, &ro, &stop, &mut |s| {
-                if let Some(m) = &mets {
-                    m.publish_run(s);
-                }
-                if let Err(e) = obs.record_only(s) {
-                    rec_err.get_or_insert(e);
-                }
-            })?;
-            drop(sw);
-            if let Some(e) = rec_err {
-                return Err(e.context("writing the run record"));
-            }
-            let measured = vec![
-                q(
-                    "clients_succeeded",
-                    summary.succeeded as f64,
-                    "clients",
-                    "clients that exited 0",
-                ),
-                q(
-                    "clients_failed",
-                    summary.failed as f64,
-                    "clients",
-                    "clients that failed",
-                ),
-                q(
-                    "client_duration_p50_s",
-                    summary.duration_p50_s,
-                    "s",
-                    "client run time p50",
-                ),
-                q(
-                    "client_duration_p99_s",
-                    summary.duration_p99_s,
-                    "s",
-                    "client run time p99",
-                ),
-            ];
-            let fin = run::RunRecord {
-                summary,
-                clients: results,
-            };
-            let summary = &fin.summary;
-            obs.finish_apart(&fin, summary, measured, |out| {
-                run::print_summary(summary, out)
-            })?;
-            Ok(if summary.failed == 0 && !summary.interrupted {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            })
-        }
-        SwarmCmd::Connect(a) => {
-            // Preflight: the descriptor limit is settled before anything is attached.
-            let conc = connect::plan_concurrency(a.concurrency, a.common.clients)?;
-            if let Some(n) = &conc.notice {
-                tracing::warn!("{n}");
-            }
-            let concurrency = conc.value;
-            let ep = a.common.observe.endpoint()?;
-            let o = options(&a.common, Identity::Cgroup)?;
-            let stop = util::Stop::install()?;
-            let mets = ep
-                .as_ref()
-                .map(|e| SwarmMetrics::start(e, "connect"))
-                .transpose()?;
-            let obs = observer(
-                &a.common,
-                "swarm-connect",
-                &ConnectConfig {
-                    iface: &a.common.iface,
-                    netns: a.common.netns.netns.as_deref(),
-                    pool: a.common.pool.net.to_string(),
-                    clients: a.common.clients,
-                    to: a.to,
-                    hold_s: a.hold.as_secs_f64(),
-                    rate: a.rate,
-                    concurrency,
-                    timeout_s: a.timeout.as_secs_f64(),
-                    send: a.send,
-                    recv: a.recv,
-                },
-            )?;
-            let mut sw = Swarm::setup(o)?;
-            let co = connect::ConnectOptions {
-                to: a.to,
-                hold: a.hold,
-                rate: a.rate,
-                concurrency,
-                timeout: a.timeout,
-                send: a.send,
-                recv: a.recv,
-                progress: Arc::new(connect::ConnectProgress::default()),
-            };
-            // A sampler thread on the runtime's ticker: one series line and one metrics
-            // update per second, and a last one when the run ends.
-            let progress = co.progress.clone();
-            let done = util::Stop::new();
-            let interval = a.common.observe.interval;
-            let sampler = {
-                let done = done.clone();
-                let mut obs = obs;
-                std::thread::spawn(move || -> Result<Observer> {
-                    let mut ticker = Ticker::new(interval, None);
-                    while let Some(tick) = ticker.wait(&done) {
-                        let line = progress.snapshot(tick.t);
-                        if let Some(m) = &mets {
-                            m.publish_connect(&line);
-                        }
-                        obs.record_only(&line)?;
-                    }
-                    Ok(obs)
-                })
-            };
-            let s = connect::run(&mut sw, co, &stop).context("swarm connect");
-            done.raise();
-            let obs = sampler
-                .join()
-                .map_err(|_| anyhow::anyhow!("the sampler thread panicked"))?;
-            let s = s?;
-            let obs = obs.context("writing the run record")?;
-            drop(sw);
-            let measured = vec![
-                q(
-                    "clients_connected",
-                    s.connected as f64,
-                    "clients",
-                    "connections established",
-                ),
-                q("connect_p50_ms", s.connect_p50_ms, "ms", "connect time p50"),
-                q("connect_p99_ms", s.connect_p99_ms, "ms", "connect time p99"),
-                q(
-                    "connects_per_s",
-                    s.connects_per_s,
-                    "1/s",
-                    "connections per second",
-                ),
-            ];
-            obs.finish(&s, measured, |out| connect::print_summary(&s, out))?;
-            Ok(if s.identity_ok == s.clients && !s.interrupted {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            })
-        }
+        SwarmCmd::Run(a) => swarm_run(a),
+        SwarmCmd::Connect(a) => swarm_connect(a),
     }
+}
+
+/// `swarm run`: the command once per client, each in its own identity.
+fn swarm_run(a: RunArgs) -> Result<ExitCode> {
+    if a.concurrency == 0 {
+        anyhow::bail!("--concurrency must be at least 1");
+    }
+    let ep = a.common.observe.endpoint()?;
+    let o = options(&a.common, a.identity)?;
+    let stop = util::Stop::install()?;
+    let mets = ep
+        .as_ref()
+        .map(|e| SwarmMetrics::start(e, "run"))
+        .transpose()?;
+    let ro = run::RunOptions {
+        concurrency: a.concurrency,
+        interval: a.common.observe.interval,
+        timeout: a.timeout,
+        out: a.out,
+        cmd: a.cmd,
+    };
+    let mut obs = observer(
+        &a.common,
+        "swarm-run",
+        &RunConfig {
+            iface: &a.common.iface,
+            netns: a.common.netns.netns.as_deref(),
+            pool: a.common.pool.net.to_string(),
+            clients: a.common.clients,
+            mac_prefix: a.common.mac_prefix,
+            concurrency: ro.concurrency,
+            identity: format!("{:?}", a.identity),
+            timeout_s: ro.timeout.map(|t| t.as_secs_f64()),
+            cmd: &ro.cmd,
+        },
+    )?;
+    let mut sw = Swarm::setup(o)?;
+    let mut rec_err = None;
+    let (summary, results) = run::run_with(&mut sw, &ro, &stop, &mut |s| {
+        if let Some(m) = &mets {
+            m.publish_run(s);
+        }
+        if let Err(e) = obs.record_only(s) {
+            rec_err.get_or_insert(e);
+        }
+    })?;
+    drop(sw);
+    if let Some(e) = rec_err {
+        return Err(e.context("writing the run record"));
+    }
+    let measured = vec![
+        q(
+            "clients_succeeded",
+            summary.succeeded as f64,
+            "clients",
+            "clients that exited 0",
+        ),
+        q(
+            "clients_failed",
+            summary.failed as f64,
+            "clients",
+            "clients that failed",
+        ),
+        q(
+            "client_duration_p50_s",
+            summary.duration_p50_s,
+            "s",
+            "client run time p50",
+        ),
+        q(
+            "client_duration_p99_s",
+            summary.duration_p99_s,
+            "s",
+            "client run time p99",
+        ),
+    ];
+    let fin = run::RunRecord {
+        summary,
+        clients: results,
+    };
+    let summary = &fin.summary;
+    obs.finish_apart(&fin, summary, measured, |out| {
+        run::print_summary(summary, out)
+    })?;
+    Ok(if summary.failed == 0 && !summary.interrupted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// `swarm connect`: a TCP connection from every client, held, with per-client identity checks.
+fn swarm_connect(a: ConnectArgs) -> Result<ExitCode> {
+    // Preflight: the descriptor limit is settled before anything is attached.
+    let conc = connect::plan_concurrency(a.concurrency, a.common.clients)?;
+    if let Some(n) = &conc.notice {
+        tracing::warn!("{n}");
+    }
+    let concurrency = conc.value;
+    let ep = a.common.observe.endpoint()?;
+    let o = options(&a.common, Identity::Cgroup)?;
+    let stop = util::Stop::install()?;
+    let mets = ep
+        .as_ref()
+        .map(|e| SwarmMetrics::start(e, "connect"))
+        .transpose()?;
+    let obs = observer(
+        &a.common,
+        "swarm-connect",
+        &ConnectConfig {
+            iface: &a.common.iface,
+            netns: a.common.netns.netns.as_deref(),
+            pool: a.common.pool.net.to_string(),
+            clients: a.common.clients,
+            to: a.to,
+            hold_s: a.hold.as_secs_f64(),
+            rate: a.rate,
+            concurrency,
+            timeout_s: a.timeout.as_secs_f64(),
+            send: a.send,
+            recv: a.recv,
+        },
+    )?;
+    let mut sw = Swarm::setup(o)?;
+    let co = connect::ConnectOptions {
+        to: a.to,
+        hold: a.hold,
+        rate: a.rate,
+        concurrency,
+        timeout: a.timeout,
+        send: a.send,
+        recv: a.recv,
+        progress: Arc::new(connect::ConnectProgress::default()),
+    };
+    // A sampler thread on the runtime's ticker: one series line and one metrics
+    // update per second, and a last one when the run ends.
+    let progress = co.progress.clone();
+    let done = util::Stop::new();
+    let interval = a.common.observe.interval;
+    let sampler = {
+        let done = done.clone();
+        let mut obs = obs;
+        std::thread::spawn(move || -> Result<Observer> {
+            let mut ticker = Ticker::new(interval, None);
+            while let Some(tick) = ticker.wait(&done) {
+                let line = progress.snapshot(tick.t);
+                if let Some(m) = &mets {
+                    m.publish_connect(&line);
+                }
+                obs.record_only(&line)?;
+            }
+            Ok(obs)
+        })
+    };
+    let s = connect::run(&mut sw, co, &stop).context("swarm connect");
+    done.raise();
+    let obs = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sampler thread panicked"))?;
+    let s = s?;
+    let obs = obs.context("writing the run record")?;
+    drop(sw);
+    let measured = vec![
+        q(
+            "clients_connected",
+            s.connected as f64,
+            "clients",
+            "connections established",
+        ),
+        q("connect_p50_ms", s.connect_p50_ms, "ms", "connect time p50"),
+        q("connect_p99_ms", s.connect_p99_ms, "ms", "connect time p99"),
+        q(
+            "connects_per_s",
+            s.connects_per_s,
+            "1/s",
+            "connections per second",
+        ),
+    ];
+    obs.finish(&s, measured, |out| connect::print_summary(&s, out))?;
+    Ok(if s.identity_ok == s.clients && !s.interrupted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

@@ -228,81 +228,10 @@ pub fn run_with(
                 cgroup::kill(&r.cg);
             }
         }
-        while !interrupted && next < total && (running.len() as u32) < o.concurrency {
-            let n = next;
-            next += 1;
-            let ip = sw.opts.pool.addr(n);
-            let start_unix = unix_now();
-            match spawn_client(sw, o, n, ip) {
-                Ok((child, cg, cgid, out)) => running.push(Running {
-                    n,
-                    ip,
-                    child,
-                    cg,
-                    cgid,
-                    start: Instant::now(),
-                    start_unix,
-                    out,
-                }),
-                Err(e) => {
-                    let cg = sw.state.cgroup.join(format!("c{n}"));
-                    let _ = cgroup::rmdir(&cg, Duration::from_secs(1));
-                    results.push(ClientResult {
-                        n,
-                        ip: ip.to_string(),
-                        mac: client_mac(sw.opts.mac_prefix, ip),
-                        status: "spawn failed".into(),
-                        exit_code: None,
-                        ok: false,
-                        start_unix,
-                        duration_s: 0.0,
-                        stdout: None,
-                        stderr: None,
-                        error: Some(format!("{e:#}")),
-                    });
-                }
-            }
+        if !interrupted {
+            start_clients(sw, o, &mut next, total, &mut running, &mut results);
         }
-        let mut i = 0;
-        while i < running.len() {
-            let timed_out = o.timeout.is_some_and(|t| running[i].start.elapsed() > t);
-            if timed_out {
-                cgroup::kill(&running[i].cg);
-            }
-            let done = match running[i].child.try_wait() {
-                Ok(Some(st)) => Some(st),
-                Ok(None) if timed_out => running[i].child.wait().ok(),
-                Ok(None) => None,
-                Err(_) => running[i].child.wait().ok(),
-            };
-            let Some(st) = done else {
-                i += 1;
-                continue;
-            };
-            let r = running.swap_remove(i);
-            let dur = r.start.elapsed().as_secs_f64();
-            finish_client(sw, &r);
-            let (mut status, code, mut ok) = status_of(st);
-            if timed_out {
-                status = "timeout".into();
-                ok = false;
-            } else if interrupted && !ok {
-                status = "interrupted".into();
-            }
-            results.push(ClientResult {
-                n: r.n,
-                ip: r.ip.to_string(),
-                mac: client_mac(sw.opts.mac_prefix, r.ip),
-                status,
-                exit_code: code,
-                ok,
-                start_unix: r.start_unix,
-                duration_s: dur,
-                stdout: r.out.as_ref().map(|x| x.0.clone()),
-                stderr: r.out.as_ref().map(|x| x.1.clone()),
-                error: None,
-            });
-        }
+        reap(sw, o, interrupted, &mut running, &mut results);
         let snap = |results: &[ClientResult], running: usize, stats| {
             let ok = results.iter().filter(|r| r.ok).count() as u32;
             Sample {
@@ -335,6 +264,115 @@ pub fn run_with(
     }
     bar.finish();
     results.sort_by_key(|r| r.n);
+    let summary = summarize(sw, o, &results, t0.elapsed().as_secs_f64(), interrupted)?;
+    Ok((summary, results))
+}
+
+/// Start clients while there are clients left and room under `o.concurrency`; one that
+/// cannot be started is a result at once (`spawn failed`).
+fn start_clients(
+    sw: &mut Swarm,
+    o: &RunOptions,
+    next: &mut u32,
+    total: u32,
+    running: &mut Vec<Running>,
+    results: &mut Vec<ClientResult>,
+) {
+    while *next < total && (running.len() as u32) < o.concurrency {
+        let n = *next;
+        *next += 1;
+        let ip = sw.opts.pool.addr(n);
+        let start_unix = unix_now();
+        match spawn_client(sw, o, n, ip) {
+            Ok((child, cg, cgid, out)) => running.push(Running {
+                n,
+                ip,
+                child,
+                cg,
+                cgid,
+                start: Instant::now(),
+                start_unix,
+                out,
+            }),
+            Err(e) => {
+                let cg = sw.state.cgroup.join(format!("c{n}"));
+                let _ = cgroup::rmdir(&cg, Duration::from_secs(1));
+                results.push(ClientResult {
+                    n,
+                    ip: ip.to_string(),
+                    mac: client_mac(sw.opts.mac_prefix, ip),
+                    status: "spawn failed".into(),
+                    exit_code: None,
+                    ok: false,
+                    start_unix,
+                    duration_s: 0.0,
+                    stdout: None,
+                    stderr: None,
+                    error: Some(format!("{e:#}")),
+                });
+            }
+        }
+    }
+}
+
+/// Collect the clients that ended (killing those past `o.timeout`) as results.
+fn reap(
+    sw: &mut Swarm,
+    o: &RunOptions,
+    interrupted: bool,
+    running: &mut Vec<Running>,
+    results: &mut Vec<ClientResult>,
+) {
+    let mut i = 0;
+    while i < running.len() {
+        let timed_out = o.timeout.is_some_and(|t| running[i].start.elapsed() > t);
+        if timed_out {
+            cgroup::kill(&running[i].cg);
+        }
+        let done = match running[i].child.try_wait() {
+            Ok(Some(st)) => Some(st),
+            Ok(None) if timed_out => running[i].child.wait().ok(),
+            Ok(None) => None,
+            Err(_) => running[i].child.wait().ok(),
+        };
+        let Some(st) = done else {
+            i += 1;
+            continue;
+        };
+        let r = running.swap_remove(i);
+        let dur = r.start.elapsed().as_secs_f64();
+        finish_client(sw, &r);
+        let (mut status, code, mut ok) = status_of(st);
+        if timed_out {
+            status = "timeout".into();
+            ok = false;
+        } else if interrupted && !ok {
+            status = "interrupted".into();
+        }
+        results.push(ClientResult {
+            n: r.n,
+            ip: r.ip.to_string(),
+            mac: client_mac(sw.opts.mac_prefix, r.ip),
+            status,
+            exit_code: code,
+            ok,
+            start_unix: r.start_unix,
+            duration_s: dur,
+            stdout: r.out.as_ref().map(|x| x.0.clone()),
+            stderr: r.out.as_ref().map(|x| x.1.clone()),
+            error: None,
+        });
+    }
+}
+
+/// The run's summary from its results (in client order); writes `results.json` to `--out`.
+fn summarize(
+    sw: &Swarm,
+    o: &RunOptions,
+    results: &[ClientResult],
+    wall_s: f64,
+    interrupted: bool,
+) -> Result<Summary> {
     let mut durs: Vec<f64> = results.iter().map(|r| r.duration_s).collect();
     durs.sort_by(|a, b| a.total_cmp(b));
     let mut failures = BTreeMap::new();
@@ -346,7 +384,7 @@ pub fn run_with(
         Some(d) => {
             let p = d.join("results.json");
             let mut f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
-            f.write_all(&serde_json::to_vec_pretty(&results)?)?;
+            f.write_all(&serde_json::to_vec_pretty(results)?)?;
             Some(p)
         }
         None => None,
@@ -363,7 +401,7 @@ pub fn run_with(
         failures,
         duration_p50_s: percentile(&durs, 50.0),
         duration_p99_s: percentile(&durs, 99.0),
-        wall_s: t0.elapsed().as_secs_f64(),
+        wall_s,
         interrupted,
         stats: sw.stats(),
         process_addresses: (sw.opts.identity == Identity::Process).then(|| {
@@ -374,7 +412,7 @@ pub fn run_with(
         }),
         results_file,
     };
-    Ok((summary, results))
+    Ok(summary)
 }
 
 pub fn print_summary(s: &Summary, out: &mut dyn std::io::Write) -> std::io::Result<()> {
