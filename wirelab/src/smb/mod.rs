@@ -307,70 +307,14 @@ pub fn run(o: &Options, stop: &Stop) -> Result<FinalLine> {
         .as_ref()
         .map(|ep| metrics::SmbMetrics::serve("smb", ep))
         .transpose()?;
-    let (iface, netns, read, duration) = match &o.source {
-        Source::File(p) => (None, None, Some(p.display().to_string()), None),
-        Source::Live {
-            iface,
-            netns,
-            duration,
-        } => (Some(iface.as_str()), netns.as_deref(), None, *duration),
-    };
-    let mut obs = Observer::new(
-        o.json,
-        o.record.as_deref(),
-        "smb",
-        &RecordConfig {
-            iface,
-            netns,
-            read,
-            port: o.port,
-            interval_s: interval.unwrap_or(RECORD_INTERVAL).as_secs_f64(),
-            duration_s: duration.map(|d| d.as_secs_f64()),
-        },
-    )?;
+    let mut obs = observer(o, interval)?;
     let (tx, rx) = mpsc::sync_channel::<Frame>(4096);
-    let mut child = None;
     let live = matches!(o.source, Source::Live { .. });
     let ready = Arc::new(AtomicBool::new(false));
-    let r = ready.clone();
-    let reader = match &o.source {
-        Source::File(p) if p.as_os_str() == "-" => std::thread::spawn(move || {
-            read_capture(
-                std::io::stdin().lock(),
-                tx,
-                r,
-                Some("standard input".into()),
-            )
-        }),
-        Source::File(p) => {
-            let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-            let what = p.display().to_string();
-            std::thread::spawn(move || read_capture(std::io::BufReader::new(f), tx, r, Some(what)))
-        }
-        Source::Live {
-            iface,
-            netns,
-            duration,
-        } => {
-            let mut c = spawn_capture(iface, netns.as_deref(), o.port, *duration)?;
-            let Some(stdout) = c.stdout.take() else {
-                bail!("wirelab capture has no stdout");
-            };
-            child = Some(c);
-            std::thread::spawn(move || read_capture(stdout, tx, r, None))
-        }
-    };
+    let (reader, child) = start_reader(o, tx, ready.clone())?;
     let mut v = View::new(o.port);
     if live {
-        // The clock starts when the capture is attached (its pcapng header arrives then).
-        let t0 = Instant::now();
-        while !ready.load(Ordering::Acquire)
-            && !reader.is_finished()
-            && !stop.requested()
-            && t0.elapsed() < ATTACH_WAIT
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_attached(&ready, &reader, stop);
         // wirelab capture stamps frames with the wall clock.
         v.set_origin((crate::util::unix_now() * 1e9) as u64);
     }
@@ -444,10 +388,17 @@ pub fn run(o: &Options, stop: &Stop) -> Result<FinalLine> {
     } else {
         v.elapsed_s(v.last_ns())
     };
+    let f = final_line(&v, duration_s, frames, other);
+    obs.finish(&f, vec![], |out| print_final(&f, o.top, out))?;
+    Ok(f)
+}
+
+/// The whole capture's figures, clients by commands (most first).
+fn final_line(v: &View, duration_s: f64, frames: u64, other: u64) -> FinalLine {
     let (trees_max, trees_max_t) = v.trees_max();
     let mut clients = v.clients(duration_s);
     clients.sort_by(|a, b| b.commands.cmp(&a.commands).then(a.client.cmp(&b.client)));
-    let f = FinalLine {
+    FinalLine {
         kind: LineKind::Final,
         duration_s,
         totals: v.totals(),
@@ -462,9 +413,85 @@ pub fn run(o: &Options, stop: &Stop) -> Result<FinalLine> {
         messages: v.messages,
         other_frames: other,
         skipped_bytes: v.skipped(),
+    }
+}
+
+/// The `--record`/`--json` observer, with the run's configuration.
+fn observer(o: &Options, interval: Option<Duration>) -> Result<Observer> {
+    let (iface, netns, read, duration) = match &o.source {
+        Source::File(p) => (None, None, Some(p.display().to_string()), None),
+        Source::Live {
+            iface,
+            netns,
+            duration,
+        } => (Some(iface.as_str()), netns.as_deref(), None, *duration),
     };
-    obs.finish(&f, vec![], |out| print_final(&f, o.top, out))?;
-    Ok(f)
+    Observer::new(
+        o.json,
+        o.record.as_deref(),
+        "smb",
+        &RecordConfig {
+            iface,
+            netns,
+            read,
+            port: o.port,
+            interval_s: interval.unwrap_or(RECORD_INTERVAL).as_secs_f64(),
+            duration_s: duration.map(|d| d.as_secs_f64()),
+        },
+    )
+}
+
+/// The thread reading the pcapng (a file, standard input, or a `wirelab capture` started
+/// here, returned too) into `tx`; `ready` is raised when its header has come.
+fn start_reader(
+    o: &Options,
+    tx: mpsc::SyncSender<Frame>,
+    r: Arc<AtomicBool>,
+) -> Result<(
+    std::thread::JoinHandle<Result<()>>,
+    Option<std::process::Child>,
+)> {
+    let mut child = None;
+    let reader = match &o.source {
+        Source::File(p) if p.as_os_str() == "-" => std::thread::spawn(move || {
+            read_capture(
+                std::io::stdin().lock(),
+                tx,
+                r,
+                Some("standard input".into()),
+            )
+        }),
+        Source::File(p) => {
+            let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+            let what = p.display().to_string();
+            std::thread::spawn(move || read_capture(std::io::BufReader::new(f), tx, r, Some(what)))
+        }
+        Source::Live {
+            iface,
+            netns,
+            duration,
+        } => {
+            let mut c = spawn_capture(iface, netns.as_deref(), o.port, *duration)?;
+            let Some(stdout) = c.stdout.take() else {
+                bail!("wirelab capture has no stdout");
+            };
+            child = Some(c);
+            std::thread::spawn(move || read_capture(stdout, tx, r, None))
+        }
+    };
+    Ok((reader, child))
+}
+
+/// Live: the clock starts when the capture is attached (its pcapng header arrives then).
+fn wait_attached(ready: &AtomicBool, reader: &std::thread::JoinHandle<Result<()>>, stop: &Stop) {
+    let t0 = Instant::now();
+    while !ready.load(Ordering::Acquire)
+        && !reader.is_finished()
+        && !stop.requested()
+        && t0.elapsed() < ATTACH_WAIT
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn print_interval(l: &IntervalLine, out: &mut dyn Write) -> std::io::Result<()> {
