@@ -128,52 +128,63 @@ struct WanRunArgs {
 }
 
 pub fn run(w: WanArgs) -> Result<ExitCode> {
-    if let Some(WanCmd::Set {
-        netns,
-        between,
-        class,
-        seed,
-        specs,
-    }) = w.cmd
-    {
-        // The words are checked here, before the namespace (the running emulator checks the
-        // change again against its classes and files).
-        for (flag, text) in [
-            ("--both", &specs.both),
-            ("--a-to-b", &specs.a_to_b),
-            ("--b-to-a", &specs.b_to_a),
-        ] {
-            if let Some(t) = text {
-                wan::spec::parse(t).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
-            }
-        }
-        let req = wan::SetRequest {
+    match w.cmd {
+        Some(WanCmd::Set {
+            netns,
+            between,
             class,
-            both: specs.both,
-            a_to_b: specs.a_to_b,
-            b_to_a: specs.b_to_a,
             seed,
-            timeline: None,
-        };
-        netns.enter()?;
-        let pair = match between.as_slice() {
-            [a, b] => Some((a.as_str(), b.as_str())),
-            _ => None,
-        };
-        let applied = wan::send_set(pair, &req)?;
-        println!("applied: {applied}");
-        return Ok(ExitCode::SUCCESS);
+            specs,
+        }) => set(&netns, &between, class, seed, specs),
+        Some(WanCmd::Trace {
+            rate,
+            duration,
+            output,
+            poisson,
+        }) => write_trace(&rate, &duration, output.as_deref(), poisson),
+        None => emulate(w.run),
     }
-    if let Some(WanCmd::Trace {
-        rate,
-        duration,
-        output,
-        poisson,
-    }) = w.cmd
-    {
-        return write_trace(&rate, &duration, output.as_deref(), poisson);
+}
+
+/// `wan set`: a live change sent to the running emulator.
+fn set(
+    netns: &NetnsArg,
+    between: &[String],
+    class: Option<String>,
+    seed: Option<u64>,
+    specs: SpecArgs,
+) -> Result<ExitCode> {
+    // The words are checked here, before the namespace (the running emulator checks the
+    // change again against its classes and files).
+    for (flag, text) in [
+        ("--both", &specs.both),
+        ("--a-to-b", &specs.a_to_b),
+        ("--b-to-a", &specs.b_to_a),
+    ] {
+        if let Some(t) = text {
+            wan::spec::parse(t).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+        }
     }
-    let a = w.run;
+    let req = wan::SetRequest {
+        class,
+        both: specs.both,
+        a_to_b: specs.a_to_b,
+        b_to_a: specs.b_to_a,
+        seed,
+        timeline: None,
+    };
+    netns.enter()?;
+    let pair = match between {
+        [a, b] => Some((a.as_str(), b.as_str())),
+        _ => None,
+    };
+    let applied = wan::send_set(pair, &req)?;
+    println!("applied: {applied}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The emulator between two interfaces (or, with `--check`, what it would do).
+fn emulate(a: WanRunArgs) -> Result<ExitCode> {
     let specs = match &a.preset {
         Some(name) => {
             let p = wan::preset::lookup(name)?;
@@ -194,61 +205,7 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
         .transpose()?;
     wan::engine::frames_hint(a.frames)?;
     if a.check {
-        // Build every profile too (distribution and trace files are read here).
-        let mut traces = vec![[String::new(), String::new()]; plan.names.len()];
-        for (d, v) in plan.specs.iter().enumerate() {
-            for (c, s) in v.iter().enumerate() {
-                let p = wan::engine::Profile::new(s.clone(), a.frames)
-                    .with_context(|| format!("class {} {}", plan.names[c], wan::DIRS[d]))?;
-                if let Some(t) = &p.trace {
-                    traces[c][d] = format!(
-                        ": {} opportunities over {} ms, mean {:.3} Mbit/s",
-                        t.opportunities,
-                        t.period_ms,
-                        t.mean_bps() / 1e6
-                    );
-                }
-            }
-        }
-        let check = CheckReport {
-            ok: true,
-            seed: plan.seed,
-            classes: plan
-                .names
-                .iter()
-                .enumerate()
-                .map(|(c, name)| ClassCheck {
-                    name: name.clone(),
-                    a_to_b: plan.specs[0][c].explain() + &traces[c][0],
-                    b_to_a: plan.specs[1][c].explain() + &traces[c][1],
-                })
-                .collect(),
-            warnings: wan::warnings(&plan.names, &plan.specs),
-            timeline: schedule,
-        };
-        if a.json.json {
-            emit(&serde_json::to_string(&check)?)?;
-        } else {
-            let mut text = format!(
-                "config OK: {} class(es), seed {}",
-                check.classes.len(),
-                check.seed
-            );
-            for c in &check.classes {
-                text += &format!(
-                    "\n  class {}\n    a_to_b: {}\n    b_to_a: {}",
-                    c.name, c.a_to_b, c.b_to_a
-                );
-            }
-            for w in &check.warnings {
-                text += &format!("\nwarning: {w}");
-            }
-            if let Some(s) = &check.timeline {
-                text += &format!("\n{}", wan::timeline::describe(s));
-            }
-            emit(&text)?;
-        }
-        return Ok(ExitCode::SUCCESS);
+        return check(&plan, schedule, a.frames, a.json.json);
     }
     if a.between.len() != 2 {
         bail!("--between IF_A IF_B is required");
@@ -270,6 +227,70 @@ pub fn run(w: WanArgs) -> Result<ExitCode> {
         },
         &stop,
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wan --check`: every class's SPECs explained, trace files read, warnings, the timeline.
+fn check(
+    plan: &wan::Plan,
+    schedule: Option<wan::timeline::Schedule>,
+    frames: u64,
+    json: bool,
+) -> Result<ExitCode> {
+    // Build every profile too (distribution and trace files are read here).
+    let mut traces = vec![[String::new(), String::new()]; plan.names.len()];
+    for (d, v) in plan.specs.iter().enumerate() {
+        for (c, s) in v.iter().enumerate() {
+            let p = wan::engine::Profile::new(s.clone(), frames)
+                .with_context(|| format!("class {} {}", plan.names[c], wan::DIRS[d]))?;
+            if let Some(t) = &p.trace {
+                traces[c][d] = format!(
+                    ": {} opportunities over {} ms, mean {:.3} Mbit/s",
+                    t.opportunities,
+                    t.period_ms,
+                    t.mean_bps() / 1e6
+                );
+            }
+        }
+    }
+    let check = CheckReport {
+        ok: true,
+        seed: plan.seed,
+        classes: plan
+            .names
+            .iter()
+            .enumerate()
+            .map(|(c, name)| ClassCheck {
+                name: name.clone(),
+                a_to_b: plan.specs[0][c].explain() + &traces[c][0],
+                b_to_a: plan.specs[1][c].explain() + &traces[c][1],
+            })
+            .collect(),
+        warnings: wan::warnings(&plan.names, &plan.specs),
+        timeline: schedule,
+    };
+    if json {
+        emit(&serde_json::to_string(&check)?)?;
+    } else {
+        let mut text = format!(
+            "config OK: {} class(es), seed {}",
+            check.classes.len(),
+            check.seed
+        );
+        for c in &check.classes {
+            text += &format!(
+                "\n  class {}\n    a_to_b: {}\n    b_to_a: {}",
+                c.name, c.a_to_b, c.b_to_a
+            );
+        }
+        for w in &check.warnings {
+            text += &format!("\nwarning: {w}");
+        }
+        if let Some(s) = &check.timeline {
+            text += &format!("\n{}", wan::timeline::describe(s));
+        }
+        emit(&text)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
