@@ -356,6 +356,56 @@ pub fn check(o: &Options) -> Result<Checked> {
     })
 }
 
+/// The method to send with: live frames came with Linux 5.18, before that `auto` takes
+/// AF_PACKET and `xdp` is refused.
+fn method(asked: Method) -> Result<Method> {
+    let live = crate::kernel::feature::XDP_LIVE_FRAMES;
+    Ok(match asked {
+        Method::Xdp => {
+            crate::kernel::require(&[live])?;
+            Method::Xdp
+        }
+        Method::Auto if !crate::kernel::at_least(live.since.0, live.since.1) => {
+            tracing::warn!(
+                "{} needs Linux {}.{} (this is {}): sending with AF_PACKET (slower)",
+                live.name,
+                live.since.0,
+                live.since.1,
+                crate::kernel::release()
+            );
+            Method::Packet
+        }
+        m => m,
+    })
+}
+
+/// `gen_tx` configured (sources from `base`, `flows` of them, TCP or UDP, v4 or v6) and
+/// loaded.
+fn load_gen(flows: u32, base: u32, tcp: bool, v6: bool) -> Result<aya::Ebpf> {
+    let mut b = ebpf::load(ebpf::Object::Gen)?;
+    {
+        let mut conf: Array<_, GenConf> =
+            Array::try_from(b.map_mut(maps::GEN_CONF).context("GEN_CONF missing")?)?;
+        conf.set(
+            0,
+            GenConf {
+                src_base: base,
+                flows,
+                l3_off: 14,
+                proto: if tcp { 6 } else { 17 },
+                family: if v6 { 6 } else { 4 },
+            },
+            0,
+        )?;
+    }
+    let p: &mut Xdp = b
+        .program_mut("gen_tx")
+        .context("gen_tx missing")?
+        .try_into()?;
+    p.load_retrying().context("loading gen_tx")?;
+    Ok(b)
+}
+
 pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
     let Checked {
         net,
@@ -375,51 +425,12 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
     let frame = template(src_mac, dst_mac, net.addr(), o.dst, tcp, o.dport, o.size)?;
     let limit = o.count.unwrap_or(u64::MAX);
     let (mut tx0, _) = tx_counters(&o.iface)?;
-    // Live frames came with Linux 5.18: before that `auto` takes AF_PACKET, `xdp` is refused.
-    let live = crate::kernel::feature::XDP_LIVE_FRAMES;
-    let method = match o.method {
-        Method::Xdp => {
-            crate::kernel::require(&[live])?;
-            Method::Xdp
-        }
-        Method::Auto if !crate::kernel::at_least(live.since.0, live.since.1) => {
-            tracing::warn!(
-                "{} needs Linux {}.{} (this is {}): sending with AF_PACKET (slower)",
-                live.name,
-                live.since.0,
-                live.since.1,
-                crate::kernel::release()
-            );
-            Method::Packet
-        }
-        m => m,
-    };
+    let method = method(o.method)?;
     // Load the program before the clock starts: verification is not sending time.
-    let mut bpf = None;
-    if method != Method::Packet {
-        let mut b = ebpf::load(ebpf::Object::Gen)?;
-        {
-            let mut conf: Array<_, GenConf> =
-                Array::try_from(b.map_mut(maps::GEN_CONF).context("GEN_CONF missing")?)?;
-            conf.set(
-                0,
-                GenConf {
-                    src_base: base,
-                    flows: o.flows,
-                    l3_off: 14,
-                    proto: if tcp { 6 } else { 17 },
-                    family: if v6 { 6 } else { 4 },
-                },
-                0,
-            )?;
-        }
-        let p: &mut Xdp = b
-            .program_mut("gen_tx")
-            .context("gen_tx missing")?
-            .try_into()?;
-        p.load_retrying().context("loading gen_tx")?;
-        bpf = Some(b);
-    }
+    let mut bpf = match method {
+        Method::Packet => None,
+        _ => Some(load_gen(o.flows, base, tcp, v6)?),
+    };
     let mut sent = 0u64;
     let start = Instant::now();
     let mut used = "xdp-live-frames";
