@@ -151,7 +151,46 @@ impl Firewall {
         let t0 = Instant::now();
         let g = 1 - self.active;
         let tables = rules::compile(rs);
-        // Bookkeeping: keep slot/id by name, give new rules free slots (zeroed).
+        let (installed, kept, added) = self.assign_slots(rs)?;
+        let removed: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|o| !rs.rules.iter().any(|r| r.name == o.name))
+            .map(|o| o.name.clone())
+            .collect();
+        // Generation g: arrays (differences only), tries, metadata, policies.
+        self.write_arrays(g, &tables)?;
+        let (conf, lookup) = self.write_addresses(g, &tables, rs)?;
+        self.write_meta(g, rs, &installed)?;
+        let m = &mut self.maps;
+        m.conf.set(g, conf, 0)?;
+        // The switch: one 4-byte array write.
+        m.gen.set(0, g, 0)?;
+        let old_gen = self.active;
+        self.active = g;
+        // Packets already being judged by the old generation finish within microseconds
+        // (XDP runs to completion under RCU); give them ample time before clearing it.
+        std::thread::sleep(Duration::from_millis(20));
+        self.clear_tries(old_gen)?;
+        self.rules = installed;
+        self.lookup = lookup.clone();
+        self.set = Some(rs.clone());
+        self.reloads += 1;
+        Ok(InstallReport {
+            generation: g,
+            rules: rs.rules.len(),
+            prefixes: rs.prefixes(),
+            kept,
+            added,
+            removed,
+            install_ms: t0.elapsed().as_secs_f64() * 1e3,
+            lookup,
+        })
+    }
+
+    /// Each rule's counter slot and id: kept by name, free slots (zeroed) for new rules.
+    /// Returns the rules as installed, and the names kept and added.
+    fn assign_slots(&mut self, rs: &RuleSet) -> Result<(Vec<Installed>, Vec<String>, Vec<String>)> {
         let old: HashMap<&str, &Installed> =
             self.rules.iter().map(|r| (r.name.as_str(), r)).collect();
         let mut used: Vec<bool> = vec![false; RULE_SLOTS as usize];
@@ -191,13 +230,11 @@ impl Firewall {
                 added.push(r.name.clone());
             }
         }
-        let removed: Vec<String> = self
-            .rules
-            .iter()
-            .filter(|o| !rs.rules.iter().any(|r| r.name == o.name))
-            .map(|o| o.name.clone())
-            .collect();
-        // Generation g: arrays (differences only), tries, metadata, policies.
+        Ok((installed, kept, added))
+    }
+
+    /// Generation `g`'s match arrays, written where they differ from what it holds.
+    fn write_arrays(&mut self, g: u32, tables: &Tables) -> Result<()> {
         let m = &mut self.maps;
         let sh = &mut self.shadow[g as usize];
         for (arr, new, old, per) in [
@@ -214,9 +251,21 @@ impl Firewall {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Generation `g`'s address tables: the configuration saying how each is searched, and
+    /// the lookup plan.
+    fn write_addresses(
+        &mut self,
+        g: u32,
+        tables: &Tables,
+        rs: &RuleSet,
+    ) -> Result<(FwConf, Lookup)> {
+        let m = &mut self.maps;
         // Address tables: plan each (prefix hash or trie), record what is written before
         // writing it, so a failure part-way can remove it.
-        let (p4, p6) = plans(&tables);
+        let (p4, p6) = plans(tables);
         let w = &mut self.written[g as usize];
         let mut conf = FwConf {
             default_action: rs.default_action,
@@ -253,7 +302,12 @@ impl Firewall {
                 conf.mask6[t][i] = plan::mask6(*l);
             }
         }
-        let lookup = lookup_of(&p4, &p6);
+        Ok((conf, lookup_of(&p4, &p6)))
+    }
+
+    /// Generation `g`'s per-rule metadata: action, counter slot, id, log and rate limits.
+    fn write_meta(&mut self, g: u32, rs: &RuleSet, installed: &[Installed]) -> Result<()> {
+        let m = &mut self.maps;
         for (i, (r, ins)) in rs.rules.iter().zip(installed.iter()).enumerate() {
             // Nanoseconds for an empty bucket to fill (0 where there is no such limit).
             let fill = |burst: u64, rate: u64| burst.checked_div(rate).map_or(0, |t| t + 1);
@@ -271,29 +325,7 @@ impl Firewall {
             };
             m.meta.set(g * MAX_RULES + i as u32, meta, 0)?;
         }
-        m.conf.set(g, conf, 0)?;
-        // The switch: one 4-byte array write.
-        m.gen.set(0, g, 0)?;
-        let old_gen = self.active;
-        self.active = g;
-        // Packets already being judged by the old generation finish within microseconds
-        // (XDP runs to completion under RCU); give them ample time before clearing it.
-        std::thread::sleep(Duration::from_millis(20));
-        self.clear_tries(old_gen)?;
-        self.rules = installed;
-        self.lookup = lookup.clone();
-        self.set = Some(rs.clone());
-        self.reloads += 1;
-        Ok(InstallReport {
-            generation: g,
-            rules: rs.rules.len(),
-            prefixes: rs.prefixes(),
-            kept,
-            added,
-            removed,
-            install_ms: t0.elapsed().as_secs_f64() * 1e3,
-            lookup,
-        })
+        Ok(())
     }
 
     /// Remove generation `g`'s prefixes from the address tables.
