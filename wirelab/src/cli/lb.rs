@@ -132,30 +132,7 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
                 .with_context(|| format!("config file {}", config.display()))?;
             netns.enter()?;
             let r = lb::reload(iface.as_deref(), &config, dry_run)?;
-            print(json.json, &r, || {
-                let mut t = format!(
-                    "{}generation {} ({:.1} ms); tracked flows {}, of which {} move",
-                    if r.dry_run {
-                        "dry run, nothing changed: "
-                    } else {
-                        "reloaded: "
-                    },
-                    r.generation,
-                    r.install_ms,
-                    r.tracked_flows,
-                    r.tracked_flows_moved
-                );
-                for c in &r.services {
-                    t += &format!(
-                        "\n  {} {}: {}; added {:?}, removed {:?}, reweighted {:?}; {:.2}% of slots move",
-                        c.name, c.service, c.change, c.added, c.removed, c.reweighted, c.slots_moved_pct
-                    );
-                    if !c.departed.is_empty() {
-                        t += &format!("; departed places kept {:?}", c.departed);
-                    }
-                }
-                Ok(t)
-            })?;
+            print(json.json, &r, || Ok(reload_text(&r)))?;
             Ok(ExitCode::SUCCESS)
         }
         Some(LbCmd::Stats {
@@ -184,35 +161,7 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
                 ProtoArg::Udp => lb::config::Proto::Udp,
             };
             let w = lb::which(iface.as_deref(), from, to, proto)?;
-            print(json.json, &w, || {
-                let new = match &w.new_flow {
-                    Some(b) => format!("{} ({}, {})", b.name, b.addr, b.health),
-                    None => "none (no backend up with weight > 0: dropped)".into(),
-                };
-                let tracked = match &w.tracked {
-                    Some(t) => format!(
-                        "tracked flow to {} (age {:.1}s, TCP flags {:#04x}){}",
-                        t.backend,
-                        t.age_s,
-                        t.tcp_flags,
-                        if t.stays {
-                            ""
-                        } else {
-                            ": its backend is down or gone, the next packet hashes afresh"
-                        }
-                    ),
-                    None => "no tracked flow".into(),
-                };
-                let model = if w.model_agrees {
-                    ""
-                } else {
-                    "\nwarning: the userspace model of the table picks another backend: please report it"
-                };
-                Ok(format!(
-                    "{from} -> {} ({}): slot {} of {}; a new flow goes to {new}; {tracked} (asked the loaded program){model}",
-                    w.label, w.service, w.slot, w.table_size
-                ))
-            })?;
+            print(json.json, &w, || Ok(which_text(&from, &w)))?;
             Ok(ExitCode::SUCCESS)
         }
         None => {
@@ -238,4 +187,61 @@ pub fn run(a: LbArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `lb reload`'s report as text.
+fn reload_text(r: &lb::ReloadReport) -> String {
+    let mut t = format!(
+        "{}generation {} ({:.1} ms); tracked flows {}, of which {} move",
+        if r.dry_run {
+            "dry run, nothing changed: "
+        } else {
+            "reloaded: "
+        },
+        r.generation,
+        r.install_ms,
+        r.tracked_flows,
+        r.tracked_flows_moved
+    );
+    for c in &r.services {
+        t += &format!(
+            "\n  {} {}: {}; added {:?}, removed {:?}, reweighted {:?}; {:.2}% of slots move",
+            c.name, c.service, c.change, c.added, c.removed, c.reweighted, c.slots_moved_pct
+        );
+        if !c.departed.is_empty() {
+            t += &format!("; departed places kept {:?}", c.departed);
+        }
+    }
+    t
+}
+
+/// `lb which`'s answer as text.
+fn which_text(from: &SocketAddr, w: &lb::Which) -> String {
+    let new = match &w.new_flow {
+        Some(b) => format!("{} ({}, {})", b.name, b.addr, b.health),
+        None => "none (no backend up with weight > 0: dropped)".into(),
+    };
+    let tracked = match &w.tracked {
+        Some(t) => format!(
+            "tracked flow to {} (age {:.1}s, TCP flags {:#04x}){}",
+            t.backend,
+            t.age_s,
+            t.tcp_flags,
+            if t.stays {
+                ""
+            } else {
+                ": its backend is down or gone, the next packet hashes afresh"
+            }
+        ),
+        None => "no tracked flow".into(),
+    };
+    let model = if w.model_agrees {
+        ""
+    } else {
+        "\nwarning: the userspace model of the table picks another backend: please report it"
+    };
+    format!(
+        "{from} -> {} ({}): slot {} of {}; a new flow goes to {new}; {tracked} (asked the loaded program){model}",
+        w.label, w.service, w.slot, w.table_size
+    )
 }
