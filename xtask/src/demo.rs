@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use serde_json::Value;
+use serde::{de::DeserializeOwned, Deserialize};
 use wirelab_testkit::cli;
 
 use crate::root;
@@ -75,20 +75,56 @@ fn spawn_ready(mut c: Command, ready: &str) -> Result<Kill> {
     Ok(Kill(Some(child)))
 }
 
-fn json_of(c: &mut Command) -> Result<Value> {
+/// The fields of wirelab's `--json` output the demo prints, read as types (xtask builds
+/// before wirelab, so it cannot use wirelab's own): a field wirelab renames fails the demo
+/// with its name instead of printing NaN.
+#[derive(Deserialize)]
+struct Delay {
+    p50: f64,
+    mean: f64,
+    stddev: f64,
+}
+
+#[derive(Deserialize)]
+struct UdpDir {
+    delay_ms: Delay,
+    loss_pct: f64,
+    reordered: u64,
+}
+
+#[derive(Deserialize)]
+struct Udp {
+    forward: UdpDir,
+    reverse: UdpDir,
+    rtt_ms: Delay,
+}
+
+#[derive(Deserialize)]
+struct Tcp {
+    goodput_mbps: f64,
+}
+
+#[derive(Deserialize)]
+struct WanClass {
+    dir: String,
+    class: String,
+    delay_p50_ms: Option<f64>,
+    queue_delay_p50_ms: Option<f64>,
+    drops_loss: u64,
+    drops_queue: u64,
+}
+
+#[derive(Deserialize)]
+struct WanFinal {
+    classes: Vec<WanClass>,
+}
+
+fn json_of<T: DeserializeOwned>(c: &mut Command) -> Result<T> {
     let o = c.stderr(Stdio::inherit()).output()?;
     if !o.status.success() {
         bail!("{c:?} failed: {}", o.status);
     }
     serde_json::from_slice(&o.stdout).with_context(|| format!("JSON from {c:?}"))
-}
-
-fn num(v: &Value, path: &[&str]) -> f64 {
-    let mut x = v;
-    for p in path {
-        x = &x[*p];
-    }
-    x.as_f64().unwrap_or(f64::NAN)
 }
 
 pub fn demo() -> Result<()> {
@@ -142,14 +178,15 @@ pub fn demo() -> Result<()> {
     let probe = |extra: &[&str]| {
         let mut c = wirelab();
         c.args(cli::probe_client(&ns("client"), TO)).args(extra);
-        json_of(c.args(["--json", "--record", &rec]))
+        c.args(["--json", "--record", &rec]);
+        c
     };
 
     println!("\n== 3. UDP probes client -> server: 100/s for 10 s ==");
-    let udp = probe(&["--rate", "100", "--count", "1000"])?;
+    let udp: Udp = json_of(&mut probe(&["--rate", "100", "--count", "1000"]))?;
     interrupted()?;
     println!("\n== 4. TCP goodput client -> server for 8 s ==");
-    let tcp = probe(&["--tcp", "--duration", "8s"])?;
+    let tcp: Tcp = json_of(&mut probe(&["--tcp", "--duration", "8s"]))?;
 
     // Stop the emulator and take its own final numbers.
     let mut child = wan.0.take().context("wan")?;
@@ -160,23 +197,33 @@ pub fn demo() -> Result<()> {
         so.read_to_string(&mut out)?;
     }
     child.wait()?;
-    let fin: Value = out
+    let fin: WanFinal = out
         .lines()
         .rfind(|l| l.contains("\"final\""))
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(Value::Null);
+        .context("wan printed no final line")
+        .and_then(|l| serde_json::from_str(l).context("wan's final line"))?;
+    print_table(&udp, &tcp, &fin)?;
+    println!("\n== 6. report ==");
+    let st = wirelab().args(["report", &rec]).status()?;
+    if !st.success() {
+        bail!("wirelab report failed");
+    }
+    println!(
+        "report of this run: {}",
+        rec_dir.join("report.html").display()
+    );
+    Ok(())
+}
 
-    let row = |dir: &str| -> Value {
-        fin["classes"]
-            .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .find(|r| r["dir"] == dir && r["class"] == "default")
-                    .cloned()
-            })
-            .unwrap_or(Value::Null)
+/// Step 5: what was configured beside what the probes and the wan measured.
+fn print_table(udp: &Udp, tcp: &Tcp, fin: &WanFinal) -> Result<()> {
+    let class = |dir: &str| {
+        fin.classes
+            .iter()
+            .find(|r| r.dir == dir && r.class == "default")
+            .with_context(|| format!("no default {dir} row in wan's final line"))
     };
-    let (ab, ba) = (row("a_to_b"), row("b_to_a"));
+    let (ab, ba) = (class("a_to_b")?, class("b_to_a")?);
     println!("\n== 5. configured vs measured ==");
     println!(
         "{:<34} {:>16} {:>16} {:>16}",
@@ -188,60 +235,40 @@ pub fn demo() -> Result<()> {
         let rev = rev.map(|r| format!("{r:>16.prec$}")).unwrap_or_default();
         println!("{label:<34} {configured:>16} {fwd:>16.prec$} {rev}");
     };
-    let both = |v: &Value, f: &[&str], r: &[&str]| (num(v, f), Some(num(v, r)));
-    let (f, r) = both(
-        &udp,
-        &["forward", "delay_ms", "p50"],
-        &["reverse", "delay_ms", "p50"],
-    );
-    row("one-way delay p50 (ms)", "40", f, r, 2);
-    let (f, r) = both(
-        &udp,
-        &["forward", "delay_ms", "mean"],
-        &["reverse", "delay_ms", "mean"],
-    );
-    row("one-way delay mean (ms)", "40", f, r, 2);
-    let (f, r) = both(
-        &udp,
-        &["forward", "delay_ms", "stddev"],
-        &["reverse", "delay_ms", "stddev"],
-    );
-    row("one-way delay stddev (ms)", "5 (normal)", f, r, 2);
-    let (f, r) = both(&udp, &["forward", "loss_pct"], &["reverse", "loss_pct"]);
-    row("loss (%) of UDP probes", "0.5", f, r, 2);
-    let (f, r) = both(&udp, &["forward", "reordered"], &["reverse", "reordered"]);
-    row("reordered probes", "0 (keep order)", f, r, 0);
-    row("RTT p50 (ms)", "80", num(&udp, &["rtt_ms", "p50"]), None, 2);
+    let (f, r) = (&udp.forward, &udp.reverse);
+    let both = |pick: fn(&UdpDir) -> f64| (pick(f), Some(pick(r)));
+    let (x, y) = both(|d| d.delay_ms.p50);
+    row("one-way delay p50 (ms)", "40", x, y, 2);
+    let (x, y) = both(|d| d.delay_ms.mean);
+    row("one-way delay mean (ms)", "40", x, y, 2);
+    let (x, y) = both(|d| d.delay_ms.stddev);
+    row("one-way delay stddev (ms)", "5 (normal)", x, y, 2);
+    let (x, y) = both(|d| d.loss_pct);
+    row("loss (%) of UDP probes", "0.5", x, y, 2);
+    let (x, y) = both(|d| d.reordered as f64);
+    row("reordered probes", "0 (keep order)", x, y, 0);
+    row("RTT p50 (ms)", "80", udp.rtt_ms.p50, None, 2);
     row(
         "TCP goodput (Mbit/s)",
         "<= 19.13",
-        num(&tcp, &["goodput_mbps"]),
+        tcp.goodput_mbps,
         None,
         2,
     );
-    let wan = |k: &str| (num(&ab, &[k]), Some(num(&ba, &[k])));
-    let (f, r) = wan("delay_p50_ms");
-    row("wan: emulated delay p50, all traffic", "40", f, r, 2);
-    let (f, r) = wan("queue_delay_p50_ms");
-    row("wan: rate queue p50, all traffic (ms)", "", f, r, 2);
-    let (f, r) = wan("drops_loss");
-    row("wan: frames lost (loss model)", "0.5%", f, r, 0);
-    let (f, r) = wan("drops_queue");
-    row("wan: queue drops (rate)", "", f, r, 0);
+    let wan = |pick: fn(&WanClass) -> f64| (pick(ab), Some(pick(ba)));
+    let (x, y) = wan(|c| c.delay_p50_ms.unwrap_or(f64::NAN));
+    row("wan: emulated delay p50, all traffic", "40", x, y, 2);
+    let (x, y) = wan(|c| c.queue_delay_p50_ms.unwrap_or(f64::NAN));
+    row("wan: rate queue p50, all traffic (ms)", "", x, y, 2);
+    let (x, y) = wan(|c| c.drops_loss as f64);
+    row("wan: frames lost (loss model)", "0.5%", x, y, 0);
+    let (x, y) = wan(|c| c.drops_queue as f64);
+    row("wan: queue drops (rate)", "", x, y, 0);
     println!(
         "\n20 Mbit/s of 1514-byte frames carries at most 19.13 Mbit/s of TCP payload; TCP reached\n\
          {:.0}% of that. The wan reports its emulated delay (what `delay` configures) apart from the\n\
          queue TCP builds in front of the 20 Mbit/s rate client->server (the probes ran alone).",
-        num(&tcp, &["goodput_mbps"]) / 19.13 * 100.0
-    );
-    println!("\n== 6. report ==");
-    let st = wirelab().args(["report", &rec]).status()?;
-    if !st.success() {
-        bail!("wirelab report failed");
-    }
-    println!(
-        "report of this run: {}",
-        rec_dir.join("report.html").display()
+        tcp.goodput_mbps / 19.13 * 100.0
     );
     Ok(())
 }
