@@ -77,11 +77,21 @@ pub struct Options {
     pub method: Method,
 }
 
+named_enum! {
+    /// How the frames were sent.
+    pub enum Sent {
+        /// `gen_tx` run by BPF_PROG_TEST_RUN in live-frames mode.
+        XdpLiveFrames = "xdp-live-frames",
+        /// An AF_PACKET socket.
+        AfPacket = "af-packet",
+    }
+}
+
 /// What `gen` did (`--json`: this type, read back by the tests).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub iface: String,
-    pub method: String,
+    pub method: Sent,
     /// Frames handed to the kernel.
     pub sent: u64,
     /// Frames the interface counted as transmitted (delivered to the veth peer).
@@ -433,7 +443,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
     };
     let mut sent = 0u64;
     let start = Instant::now();
-    let mut used = "xdp-live-frames";
+    let mut used = Sent::XdpLiveFrames;
     let done = |sent: u64| {
         sent >= limit || stop.requested() || duration.is_some_and(|d| start.elapsed() >= d)
     };
@@ -476,7 +486,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
                 bail!("{msg}");
             }
             tracing::warn!("{msg}; falling back to AF_PACKET (slower)");
-            used = "af-packet";
+            used = Sent::AfPacket;
             // The probe frames were dropped: count from here.
             sent = 0;
             tx0 = tx_counters(&o.iface)?.0;
@@ -491,9 +501,9 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
             }
         }
     } else {
-        used = "af-packet";
+        used = Sent::AfPacket;
     }
-    if used == "af-packet" {
+    if used == Sent::AfPacket {
         sent += send_packet(
             ifindex,
             &frame,
@@ -513,7 +523,7 @@ pub fn run(o: &Options, stop: &Stop) -> Result<Report> {
     let delivered = tx2.saturating_sub(tx0).min(sent);
     Ok(Report {
         iface: o.iface.clone(),
-        method: used.into(),
+        method: used,
         sent,
         delivered,
         elapsed_s: elapsed,

@@ -531,7 +531,7 @@ fn check_shows_the_lookup_plan_and_refuses_bad_files() {
         "{v:?}"
     );
     assert_eq!(l.src6.lengths, [128, 64], "{v:?}");
-    assert_eq!(l.dst4.method, "none", "{v:?}");
+    assert_eq!(l.dst4.method.as_str(), "none", "{v:?}");
     let bad = dir.file(
         "bad.toml",
         "default = \"allow\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nsrc = \"198.18.0.0/33\"\n",

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use wirelab::gen::Report;
+use wirelab::gen::{Report, Sent};
 
 fn server_mac(lab: &Lab) -> String {
     let o = ok(in_ns(
@@ -54,7 +54,7 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
         &lab,
         &["--src", "198.18.0.1", "--count", "300", "--rate", "3000"],
     );
-    assert_eq!(r.method, "af-packet", "{r:?}");
+    assert_eq!(r.method, Sent::AfPacket, "{r:?}");
     assert_eq!(r.sent, 300, "{r:?}");
     assert_eq!(r.delivered, 300, "{r:?}");
     let rule_packets = || fw_stats(&lab.ns("server")).rules[0].counters.packets;
@@ -76,7 +76,7 @@ fn plain_peer_falls_back_and_xdp_peer_takes_live_frames() {
             "2560",
         ],
     );
-    assert_eq!(r.method, "xdp-live-frames", "{r:?}");
+    assert_eq!(r.method, Sent::XdpLiveFrames, "{r:?}");
     assert_eq!(r.sent, 2560, "{r:?}");
     assert_eq!(r.delivered, 2560, "{r:?}");
     let secs = r.elapsed_s;
@@ -157,7 +157,7 @@ fn ipv6_frames_reach_the_server_stack_with_valid_checksums() {
     // 1. AF_PACKET (plain veth peer): 300 datagrams from 16 sources.
     let (np0, ce0) = udp6_counters(&lab);
     let r = gen6(&["--flows", "16", "--count", "300", "--rate", "3000"]);
-    assert_eq!(r.method, "af-packet", "{r:?}");
+    assert_eq!(r.method, Sent::AfPacket, "{r:?}");
     assert_eq!(r.delivered, 300, "{r:?}");
     let (np1, ce1) = counters_after(np0, 300);
     assert_eq!((np1 - np0, ce1 - ce0), (300, 0), "NoPorts, InCsumErrors");
@@ -165,7 +165,7 @@ fn ipv6_frames_reach_the_server_stack_with_valid_checksums() {
     // the low 32 bits of the source and the UDP checksum of every frame.
     let _insp = napi_on_client_peer(&lab);
     let r = gen6(&["--flows", "256", "--count", "2560", "--rate", "10000"]);
-    assert_eq!(r.method, "xdp-live-frames", "{r:?}");
+    assert_eq!(r.method, Sent::XdpLiveFrames, "{r:?}");
     assert_eq!(r.delivered, 2560, "{r:?}");
     let (np2, ce2) = counters_after(np1, 2560);
     assert_eq!((np2 - np1, ce2 - ce1), (2560, 0), "NoPorts, InCsumErrors");

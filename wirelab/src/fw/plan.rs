@@ -34,17 +34,18 @@ pub struct Plan<const A: usize> {
 }
 
 impl<const A: usize> Plan<A> {
-    pub fn method_name(&self) -> &'static str {
+    pub fn method(&self) -> super::types::TableMethod {
+        use super::types::TableMethod;
         match self.mode {
-            lookup::HASH => "hash",
-            lookup::TRIE => "trie",
-            _ => "none",
+            lookup::HASH => TableMethod::Hash,
+            lookup::TRIE => TableMethod::Trie,
+            _ => TableMethod::Empty,
         }
     }
 
     pub fn table_plan(&self) -> super::types::TablePlan {
         super::types::TablePlan {
-            method: self.method_name().to_string(),
+            method: self.method(),
             lengths: self.lengths.clone(),
             entries: self.entries.len(),
         }

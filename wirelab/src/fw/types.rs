@@ -51,11 +51,24 @@ pub struct PolicyStats {
     pub counters: Counters,
 }
 
+named_enum! {
+    /// How one address table is searched.
+    #[derive(Default)]
+    pub enum TableMethod {
+        /// A prefix hash, probed at the listed lengths.
+        Hash = "hash",
+        /// An LPM trie.
+        Trie = "trie",
+        /// Nothing to search (no prefix but /0).
+        #[default]
+        Empty = "none",
+    }
+}
+
 /// How one address table is searched.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TablePlan {
-    /// `hash` (probes at the listed lengths), `trie` (LPM trie) or `none` (empty).
-    pub method: String,
+    pub method: TableMethod,
     /// Probed prefix lengths, longest first (hash only).
     pub lengths: Vec<u8>,
     pub entries: usize,
@@ -81,8 +94,8 @@ impl Lookup {
             ("dst6", &self.dst6),
         ]
         .iter()
-        .filter_map(|(t, l)| match l.method.as_str() {
-            "hash" => Some(format!(
+        .filter_map(|(t, l)| match l.method {
+            TableMethod::Hash => Some(format!(
                 "{t} hash {} probe(s) at {} ({} entries)",
                 l.lengths.len(),
                 l.lengths
@@ -92,7 +105,7 @@ impl Lookup {
                     .join(" "),
                 l.entries
             )),
-            "trie" => Some(format!("{t} LPM trie ({} entries)", l.entries)),
+            TableMethod::Trie => Some(format!("{t} LPM trie ({} entries)", l.entries)),
             _ => None,
         })
         .collect::<Vec<_>>()
