@@ -69,14 +69,16 @@ fn stale_tc_filters(
             .into_iter()
             .filter(|i| !held.contains(i))
             .filter(|i| {
-                progs
-                    .iter()
-                    .map(|p| match dry_run {
-                        true => crate::runtime::bpf::count_tc_filters(i, p),
-                        false => crate::runtime::bpf::detach_tc_filters(i, p),
-                    })
-                    .sum::<usize>()
-                    > 0
+                if dry_run {
+                    let names = crate::runtime::bpf::tc_filter_names(i);
+                    names.iter().any(|n| progs.contains(&n.as_str()))
+                } else {
+                    progs
+                        .iter()
+                        .map(|p| crate::runtime::bpf::detach_tc_filters(i, p))
+                        .sum::<usize>()
+                        > 0
+                }
             })
             .map(|i| format!("{ns_owned}/{i}"))
             .collect())
@@ -147,14 +149,8 @@ pub fn run(all_labs: bool, dry_run: bool) -> Result<Report> {
         let stale = (!st.complete || sweep_lab) && !alive(st.pid);
         if all_labs || stale {
             if dry_run {
-                // What `down` removes: every name with a file under /run/netns, also one a
-                // killed `up` made but never mounted.
-                r.namespaces_removed.extend(
-                    st.namespaces
-                        .values()
-                        .filter(|ns| crate::netns::path(ns).exists())
-                        .cloned(),
-                );
+                r.namespaces_removed
+                    .extend(lab::present_namespaces(&st).cloned());
             } else {
                 r.namespaces_removed.extend(lab::down(&name)?);
             }

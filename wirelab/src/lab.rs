@@ -827,6 +827,15 @@ fn build(state: &LabState) -> Result<()> {
 }
 
 /// Remove everything a lab's `up` made (also a half-made lab). Returns the namespaces removed.
+/// The lab's namespaces that are there: every name with a file under /run/netns, also one a
+/// killed `up` made but never mounted. [`down`] removes these.
+pub fn present_namespaces(state: &LabState) -> impl Iterator<Item = &String> {
+    state
+        .namespaces
+        .values()
+        .filter(|ns| netns::path(ns).exists())
+}
+
 pub fn down(lab: &str) -> Result<Vec<String>> {
     validate_lab_name(lab)?;
     let Some(state) = read_state(lab)? else {
@@ -834,12 +843,10 @@ pub fn down(lab: &str) -> Result<Vec<String>> {
     };
     let mut removed = vec![];
     let mut errors = vec![];
-    for ns in state.namespaces.values() {
-        if netns::path(ns).exists() {
-            match netns::delete(ns, Duration::from_secs(2)) {
-                Ok(()) => removed.push(ns.clone()),
-                Err(e) => errors.push(format!("{ns}: {e:#}")),
-            }
+    for ns in present_namespaces(&state) {
+        match netns::delete(ns, Duration::from_secs(2)) {
+            Ok(()) => removed.push(ns.clone()),
+            Err(e) => errors.push(format!("{ns}: {e:#}")),
         }
     }
     if !errors.is_empty() {

@@ -243,15 +243,14 @@ pub fn detach_tc_filters(iface: &str, prog: &str) -> usize {
     n
 }
 
-/// How many clsact filters of program `prog` `iface` has at both hooks (what
-/// [`detach_tc_filters`] would remove), in the calling thread's namespace.
-pub fn count_tc_filters(iface: &str, prog: &str) -> usize {
+/// The program names of `iface`'s clsact filters at both hooks (what [`detach_tc_filters`]
+/// finds by name), in the calling thread's namespace; none when they cannot be listed.
+pub fn tc_filter_names(iface: &str) -> Vec<String> {
     let iface = iface.to_string();
     crate::nl::with(None, move |h| async move {
         crate::nl::tc_bpf_filter_names(&h, &iface).await
     })
-    .map(|names| names.iter().filter(|n| *n == prog).count())
-    .unwrap_or(0)
+    .unwrap_or_default()
 }
 
 /// Per-CPU values that add up: counters kept by each CPU and summed when read.
