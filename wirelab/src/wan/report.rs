@@ -175,7 +175,10 @@ pub struct ClassConfig {
 
 named_enum! {
     /// Whether a live change was put in force.
+    #[derive(Default)]
     pub enum ChangeOutcome {
+        /// (Also every line written before `type` existed: only applied changes were.)
+        #[default]
         Applied = "applied",
         Refused = "refused",
     }
@@ -183,8 +186,11 @@ named_enum! {
 
 named_enum! {
     /// Who asked for a live change.
+    #[derive(Default)]
     pub enum ChangeSource {
-        /// The control socket: `wan set`, a sweep.
+        /// The control socket: `wan set`, a sweep (and every line written before `source`
+        /// existed).
+        #[default]
         Set = "set",
         Timeline = "timeline",
     }
@@ -195,8 +201,10 @@ named_enum! {
 /// the engine switched to it, and every class now in force.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangeEntry {
-    #[serde(rename = "type")]
+    /// Lines written before `type` and `source` existed have neither (docs/record-format.md).
+    #[serde(rename = "type", default)]
     pub kind: ChangeOutcome,
+    #[serde(default)]
     pub source: ChangeSource,
     /// The timeline step(s) behind it: "steps[1] ramp delay 25ms (1/12)".
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -612,5 +620,34 @@ impl WanMetrics {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/record-format.md: lines written before `type` and `source` existed have only
+    /// `applied`, `t` and `classes` (and the record's stamp); readers take them as applied.
+    #[test]
+    fn a_change_line_from_before_type_and_source_reads_as_applied_by_set() {
+        let old =
+            r#"{"seq":1,"v":1,"unix":1700000000.5,"applied":"delay 20ms","t":3.25,"classes":[]}"#;
+        let c: ChangeEntry = serde_json::from_str(old).expect("an old change line");
+        assert_eq!(
+            (c.kind, c.source, c.applied.as_str(), c.t),
+            (
+                ChangeOutcome::Applied,
+                ChangeSource::Set,
+                "delay 20ms",
+                3.25
+            )
+        );
+        let refused = r#"{"type":"refused","source":"timeline","error":"no","unix":1.0,"applied":"","t":1.0,"classes":[]}"#;
+        let c: ChangeEntry = serde_json::from_str(refused).expect("a refused change line");
+        assert_eq!(
+            (c.kind, c.source),
+            (ChangeOutcome::Refused, ChangeSource::Timeline)
+        );
     }
 }
