@@ -36,28 +36,40 @@ pub struct Report {
     pub lb_filters_removed: Vec<String>,
 }
 
-fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// In namespace `ns`: remove the clsact filters of program `prog` that a killed process left
-/// (kernels before 6.6, where tc programs are not bpf_links) from every interface no live
-/// process holds. `held` runs inside the namespace: the interfaces live processes hold, or
-/// `None` when one holds them all.
-fn stale_tc_filters(
-    ns: &str,
+/// A tool whose tc programs are clsact filters before 6.6: their names, and which interfaces
+/// a live run holds (run inside the namespace: `None` when one holds them all).
+struct TcTool {
     progs: &'static [&'static str],
     held: fn() -> Option<Vec<String>>,
-    dry_run: bool,
-) -> Vec<String> {
+}
+
+/// wan's fast path, capture's two programs, lb's: the order of [`stale_tc_filters`]' answer.
+const TC_TOOLS: [TcTool; 3] = [
+    TcTool {
+        progs: &["wan_fwd"],
+        held: wan_holds,
+    },
+    TcTool {
+        progs: &["capture_tc", "capture_tc_in"],
+        held: captures_held,
+    },
+    TcTool {
+        progs: &crate::lb::TC_PROGS,
+        held: lb_holds,
+    },
+];
+
+/// In namespace `ns` (kernels before 6.6, where tc programs are not bpf_links): each
+/// interface's clsact filters, listed once by name; per tool of [`TC_TOOLS`], the interfaces
+/// with a filter of its programs that no live run holds (`ns/iface`), those filters removed
+/// unless `dry_run`. A dry run lists what the real one removes: the same listing.
+fn stale_tc_filters(ns: &str, dry_run: bool) -> [Vec<String>; 3] {
     if !crate::netns::exists(ns) {
-        return vec![];
+        return Default::default();
     }
     let ns_owned = ns.to_string();
     crate::netns::run_in(Some(ns), move || {
-        let Some(held) = held() else {
-            return Ok(vec![]);
-        };
+        let held: Vec<Option<Vec<String>>> = TC_TOOLS.iter().map(|t| (t.held)()).collect();
         let ifaces: Vec<String> = nix::net::if_::if_nameindex()
             .map(|l| {
                 l.iter()
@@ -65,23 +77,29 @@ fn stale_tc_filters(
                     .collect()
             })
             .unwrap_or_default();
-        Ok(ifaces
-            .into_iter()
-            .filter(|i| !held.contains(i))
-            .filter(|i| {
-                if dry_run {
-                    let names = crate::runtime::bpf::tc_filter_names(i);
-                    names.iter().any(|n| progs.contains(&n.as_str()))
-                } else {
-                    progs
-                        .iter()
-                        .map(|p| crate::runtime::bpf::detach_tc_filters(i, p))
-                        .sum::<usize>()
-                        > 0
+        let mut found: [Vec<String>; 3] = Default::default();
+        for iface in ifaces {
+            let names = crate::runtime::bpf::tc_filter_names(&iface);
+            for ((tool, held), found) in TC_TOOLS.iter().zip(&held).zip(&mut found) {
+                let Some(held) = held else { continue };
+                let stale: Vec<&str> = tool
+                    .progs
+                    .iter()
+                    .copied()
+                    .filter(|p| names.iter().any(|n| n == p))
+                    .collect();
+                if held.contains(&iface) || stale.is_empty() {
+                    continue;
                 }
-            })
-            .map(|i| format!("{ns_owned}/{i}"))
-            .collect())
+                if !dry_run {
+                    for p in stale {
+                        crate::runtime::bpf::detach_tc_filters(&iface, p);
+                    }
+                }
+                found.push(format!("{ns_owned}/{iface}"));
+            }
+        }
+        Ok(found)
     })
     .unwrap_or_default()
 }
@@ -122,31 +140,17 @@ pub fn run(all_labs: bool, dry_run: bool) -> Result<Report> {
         };
         if !crate::runtime::bpf::tcx_in_use() {
             for ns in st.namespaces.values() {
-                r.wan_filters_removed.extend(stale_tc_filters(
-                    ns,
-                    &["wan_fwd"],
-                    wan_holds,
-                    dry_run,
-                ));
-                r.capture_filters_removed.extend(stale_tc_filters(
-                    ns,
-                    &["capture_tc", "capture_tc_in"],
-                    captures_held,
-                    dry_run,
-                ));
-                r.lb_filters_removed.extend(stale_tc_filters(
-                    ns,
-                    &crate::lb::TC_PROGS,
-                    lb_holds,
-                    dry_run,
-                ));
+                let [wan, capture, lb] = stale_tc_filters(ns, dry_run);
+                r.wan_filters_removed.extend(wan);
+                r.capture_filters_removed.extend(capture);
+                r.lb_filters_removed.extend(lb);
             }
         }
         // A sweep's lab (`swp<pid>`) lives exactly as long as its sweep process.
         let sweep_lab = name
             .strip_prefix("swp")
             .is_some_and(|p| p.parse::<u32>().is_ok());
-        let stale = (!st.complete || sweep_lab) && !alive(st.pid);
+        let stale = (!st.complete || sweep_lab) && !crate::util::alive(st.pid);
         if all_labs || stale {
             if dry_run {
                 r.namespaces_removed
@@ -167,7 +171,9 @@ pub fn run(all_labs: bool, dry_run: bool) -> Result<Report> {
         let Some((pid, side)) = rest.split_once('-') else {
             continue;
         };
-        if (side == "tx" || side == "rx") && pid.parse::<u32>().is_ok_and(|p| !alive(p)) {
+        if (side == "tx" || side == "rx")
+            && pid.parse::<u32>().is_ok_and(|p| !crate::util::alive(p))
+        {
             if !dry_run {
                 crate::netns::delete(&ns, std::time::Duration::from_secs(1))?;
             }

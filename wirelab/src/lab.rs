@@ -826,7 +826,6 @@ fn build(state: &LabState) -> Result<()> {
     Ok(())
 }
 
-/// Remove everything a lab's `up` made (also a half-made lab). Returns the namespaces removed.
 /// The lab's namespaces that are there: every name with a file under /run/netns, also one a
 /// killed `up` made but never mounted. [`down`] removes these.
 pub fn present_namespaces(state: &LabState) -> impl Iterator<Item = &String> {
@@ -836,6 +835,7 @@ pub fn present_namespaces(state: &LabState) -> impl Iterator<Item = &String> {
         .filter(|ns| netns::path(ns).exists())
 }
 
+/// Remove everything a lab's `up` made (also a half-made lab). Returns the namespaces removed.
 pub fn down(lab: &str) -> Result<Vec<String>> {
     validate_lab_name(lab)?;
     let Some(state) = read_state(lab)? else {

@@ -166,6 +166,12 @@ pub fn mono_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether process `pid` is still there (its /proc entry; a zombie counts).
+pub fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Seconds since the Unix epoch, wall clock.
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

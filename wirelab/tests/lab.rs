@@ -185,24 +185,36 @@ fn down_after_killed_up() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(!ns_of(&name).is_empty(), "up made nothing before the kill");
-    // A dry run names the half-made lab and its namespaces, and removes nothing.
+    // A dry run names the half-made lab and its namespaces, and removes nothing: what it
+    // lists of this lab is what the real cleanup then removes.
     let made = ns_of(&name);
     let o = ok(wirelab().args(["cleanup", "--dry-run", "--json"]));
-    let v: cleanup::Report = serde_json::from_slice(&o.stdout).expect("cleanup --dry-run --json");
-    assert!(v.dry_run, "{v:?}");
-    if v.labs_removed.contains(&name) {
-        for ns in &made {
-            assert!(v.namespaces_removed.contains(ns), "{ns} not listed: {v:?}");
-        }
-        assert_eq!(ns_of(&name), made, "the dry run removed namespaces");
-    }
+    let dry: cleanup::Report = serde_json::from_slice(&o.stdout).expect("cleanup --dry-run --json");
+    assert!(dry.dry_run, "{dry:?}");
+    assert_eq!(ns_of(&name), made, "the dry run removed namespaces");
     let o = ok(wirelab().args(["cleanup", "--json"]));
     let v: cleanup::Report = serde_json::from_slice(&o.stdout).expect("cleanup --json");
+    assert!(!v.dry_run, "{v:?}");
     if !v.labs_removed.contains(&name) {
         // `up` had finished before the kill (cleanup keeps complete labs): remove it, and
         // fail, since the half-made lab this test is about was never there.
         ok(wirelab().args(["lab", "down", "--name", &name]));
         panic!("`up` finished before the kill (killed at 3 of 24 namespaces): {v:?}");
     }
+    let mine = |r: &cleanup::Report| {
+        let mut v: Vec<String> = r
+            .namespaces_removed
+            .iter()
+            .filter(|n| n.starts_with(&format!("{name}-")))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(dry.labs_removed.contains(&name), "{dry:?}");
+    assert_eq!(mine(&dry), mine(&v), "the dry run listed other namespaces");
+    let mut made = made;
+    made.sort();
+    assert_eq!(mine(&v), made);
     assert!(ns_of(&name).is_empty(), "left behind: {:?}", ns_of(&name));
 }

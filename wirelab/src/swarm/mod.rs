@@ -628,16 +628,12 @@ pub fn teardown(s: &State, other_ns: bool) -> Result<()> {
     }
 }
 
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// `wirelab cleanup`: undo swarm runs whose process is gone; remove stray swarm cgroups.
 /// With `dry_run`, only name them.
 pub fn cleanup_stale(dry_run: bool) -> Result<Vec<String>> {
     let mut done = vec![];
     for s in read_states() {
-        if alive(s.pid) {
+        if crate::util::alive(s.pid) {
             continue;
         }
         if !dry_run {
@@ -654,7 +650,7 @@ pub fn cleanup_stale(dry_run: bool) -> Result<Vec<String>> {
                 };
                 let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
                 // (A stale run's cgroup is named by its run id: listed above already.)
-                if pid.is_some_and(alive) || done.contains(&name) {
+                if pid.is_some_and(crate::util::alive) || done.contains(&name) {
                     continue;
                 }
                 if !dry_run {

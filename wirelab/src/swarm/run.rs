@@ -264,7 +264,7 @@ pub fn run_with(
     }
     bar.finish();
     results.sort_by_key(|r| r.n);
-    let summary = summarize(sw, o, &results, t0.elapsed().as_secs_f64(), interrupted)?;
+    let summary = summarize(sw, o, &results, t0, interrupted)?;
     Ok((summary, results))
 }
 
@@ -370,7 +370,7 @@ fn summarize(
     sw: &Swarm,
     o: &RunOptions,
     results: &[ClientResult],
-    wall_s: f64,
+    t0: Instant,
     interrupted: bool,
 ) -> Result<Summary> {
     let mut durs: Vec<f64> = results.iter().map(|r| r.duration_s).collect();
@@ -401,7 +401,7 @@ fn summarize(
         failures,
         duration_p50_s: percentile(&durs, 50.0),
         duration_p99_s: percentile(&durs, 99.0),
-        wall_s,
+        wall_s: t0.elapsed().as_secs_f64(),
         interrupted,
         stats: sw.stats(),
         process_addresses: (sw.opts.identity == Identity::Process).then(|| {
