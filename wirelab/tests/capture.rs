@@ -389,7 +389,7 @@ fn behind_fw_each_frame_carries_fws_verdict_and_rule() {
     }));
     let out = bg.terminate();
     let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
-    assert_eq!(s.behind.map(Decider::as_str), Some("fw"), "{s:?}");
+    assert_eq!(s.behind, Some(Decider::Fw), "{s:?}");
     assert_eq!(s.written, 2 * n as u64 + udp, "{s:?}");
     let rows = tshark_fields(
         &file,
@@ -634,7 +634,7 @@ fn behind_wan_each_frame_carries_its_class_and_loss() {
     let out = w.cap.terminate();
     drop(w.wan);
     let s: Summary = serde_json::from_str(out.text().trim()).expect("summary line");
-    assert_eq!(s.behind.map(Decider::as_str), Some("wan"), "{s:?}");
+    assert_eq!(s.behind, Some(Decider::Wan), "{s:?}");
     let rows = tshark_fields(&w.file, &["frame.comment"]);
     let count = |c: &str| rows.iter().filter(|r| r[0] == c).count() as u64;
     let lost = count(r#"wan: class "default", lost"#);
@@ -677,11 +677,7 @@ fn behind_wan_the_engines_queue_drops_are_next_to_the_packet() {
     );
     let (s, fin) = stop_capture_then_wan(w.cap, w.wan);
     let row = a_to_b_default(&fin);
-    assert_eq!(
-        (s.behind.map(Decider::as_str), s.perf_lost),
-        (Some("wan"), 0),
-        "{s:?}"
-    );
+    assert_eq!((s.behind, s.perf_lost), (Some(Decider::Wan), 0), "{s:?}");
     let rows = tshark_fields(
         &w.file,
         &[

@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::*;
-use wirelab::fw::{CheckReport, Interval, Line, LogLine, Stats};
+use wirelab::fw::{CheckReport, Interval, Line, LogLine, Stats, TableMethod, Verdict};
 
 fn stats(lab: &Lab) -> Stats {
     fw_stats(&lab.ns("server"))
@@ -115,12 +115,8 @@ fn deny_cidr_inside_fails_outside_works() {
     assert_eq!(logs.len(), 5, "{lines:?}");
     for l in logs {
         assert_eq!(
-            (
-                l.rule.as_str(),
-                l.verdict.as_str(),
-                l.src.to_string().as_str()
-            ),
-            ("bad-net", "drop", "198.18.0.200")
+            (l.rule.as_str(), l.verdict, l.src.to_string().as_str()),
+            ("bad-net", Verdict::Drop, "198.18.0.200")
         );
         assert_eq!(l.icmp_type, 8);
     }
@@ -522,16 +518,12 @@ fn check_shows_the_lookup_plan_and_refuses_bad_files() {
     let v: CheckReport = serde_json::from_slice(&o.stdout).expect("fw check --json");
     let l = &v.lookup;
     assert_eq!(
-        (
-            l.src4.method.as_str(),
-            l.src4.lengths.as_slice(),
-            l.src4.entries
-        ),
-        ("hash", &[25u8][..], 3),
+        (l.src4.method, l.src4.lengths.as_slice(), l.src4.entries),
+        (TableMethod::Hash, &[25u8][..], 3),
         "{v:?}"
     );
     assert_eq!(l.src6.lengths, [128, 64], "{v:?}");
-    assert_eq!(l.dst4.method.as_str(), "none", "{v:?}");
+    assert_eq!(l.dst4.method, TableMethod::Empty, "{v:?}");
     let bad = dir.file(
         "bad.toml",
         "default = \"allow\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nsrc = \"198.18.0.0/33\"\n",

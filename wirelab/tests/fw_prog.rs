@@ -11,7 +11,7 @@ use common::frames::{
     cat, e, eth, frag6, ipv4, ipv6, opts_hdr, udp_hdr, vlan_wrap, vlan_wrappings, DST, SRC,
 };
 use etherparse::VlanId;
-use wirelab::fw::{rules, Firewall};
+use wirelab::fw::{rules, Firewall, TableMethod, Verdict};
 use wirelab_common::parse::{MAX_IPV6_EXT, MAX_VLAN_TAGS};
 
 const SERVER: [u8; 4] = [198, 18, 0, 2];
@@ -543,7 +543,7 @@ fn rate_limit_per_source_and_log() {
     assert_eq!(logs[0].src.to_string(), "198.18.0.3");
     assert_eq!(logs[0].sport, 777);
     assert_eq!(logs[0].dport, 5000);
-    assert_eq!(logs[0].verdict, wirelab::fw::Verdict::Pass);
+    assert_eq!(logs[0].verdict, Verdict::Pass);
     let st = h.fw.stats().unwrap();
     let r = st.rules.iter().find(|r| r.name == "log-5000").unwrap();
     assert_eq!(r.counters.logged, 3);
@@ -715,11 +715,11 @@ fn prefix_hash_answers_longest_match() {
     // 256x the entries, so all four
     // are probed (every probe slot used).
     let p = longest_match_by_kernel(&[8, 16, 24, 32], 100, true, 0x1234_5678_9abc_def1);
-    assert_eq!(p.method.as_str(), "hash", "{p:?}");
+    assert_eq!(p.method, TableMethod::Hash, "{p:?}");
     assert_eq!(p.lengths, [32, 24, 16, 8], "{p:?}");
     // Six close lengths: expanded into fewer probes.
     let p = longest_match_by_kernel(&[23, 24, 25, 30, 31, 32], 200, false, 0x0bad_cafe_f00d_0001);
-    assert_eq!(p.method.as_str(), "hash", "{p:?}");
+    assert_eq!(p.method, TableMethod::Hash, "{p:?}");
     assert!((2..=3).contains(&p.lengths.len()), "{p:?}");
     // One length: one probe.
     let p = longest_match_by_kernel(&[20], 300, false, 0x1111_2222_3333_4444);
@@ -732,7 +732,7 @@ fn trie_fallback_answers_longest_match() {
     // four probes would need far more entries than the budget, so the table stays a trie.
     let all: Vec<u8> = (1..=32).collect();
     let p = longest_match_by_kernel(&all, 400, true, 0x5eed_5eed_5eed_5eed);
-    assert_eq!(p.method.as_str(), "trie", "{p:?}");
+    assert_eq!(p.method, TableMethod::Trie, "{p:?}");
 }
 
 #[test]
@@ -746,7 +746,7 @@ fn ipv6_nested_prefixes_over_three_probes() {
          [[rule]]\nname = \"net48\"\naction = \"deny\"\nsrc = \"2001:2::/48\"\n",
     );
     let plan = h.fw.stats().unwrap().lookup.src6;
-    assert_eq!(plan.method.as_str(), "hash", "{plan:?}");
+    assert_eq!(plan.method, TableMethod::Hash, "{plan:?}");
     assert_eq!(plan.lengths, [128, 64, 48], "{plan:?}");
     h.expect(&udp6(v6("2001:2:0:1::5"), SERVER6), DROP, "host");
     h.expect(&udp6(v6("2001:2:0:1::6"), SERVER6), PASS, "net64");

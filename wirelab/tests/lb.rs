@@ -20,6 +20,7 @@ use std::{
 use common::{eventually, spawn_ready, tcx_ingress_count, wirelab, Bg, Lab, TempDir};
 use wirelab::capture::Decider;
 use wirelab::lb::{health::Transition, FinalLine, Health, Path, ReloadReport, StatsReply};
+use wirelab::runtime::bpf::Attached;
 
 const VIP: &str = "198.18.1.100";
 const PORT: u16 = 80;
@@ -140,7 +141,7 @@ fn dsr_spreads_real_connections_and_kill_9_leaves_nothing_attached() {
     // The balancer's own account: every connection a new flow, on the backend that answered.
     let text = stopped.text();
     let fin = final_of(&text);
-    assert_eq!((fin.path, fin.attach.as_str()), (Path::Tc, "tcx"));
+    assert_eq!((fin.path, fin.attach), (Path::Tc, Attached::Tcx));
     let web = &fin.stats.services[0];
     assert_eq!(
         web.count.new_flows, CONNECTIONS as u64,
@@ -2276,7 +2277,7 @@ fn xdp_path_on_a_veth_peer_with_napi_and_tc_on_a_plain_peer() {
     let (per, failed) = curl_many(&client_ns, 30);
     assert_eq!(failed, 0, "tc path: {per:?}");
     let fin = final_of(&bg.terminate().text());
-    assert_eq!((fin.path, fin.attach.as_str()), (Path::Tc, "tcx"));
+    assert_eq!((fin.path, fin.attach), (Path::Tc, Attached::Tcx));
     assert!(fin.path_reason.contains("runs no NAPI"), "{fin:?}");
 
     // GRO on alone: the peer may still hand over unfinished checksums: still tc.
@@ -2313,7 +2314,7 @@ fn xdp_path_on_a_veth_peer_with_napi_and_tc_on_a_plain_peer() {
         failed, 0,
         "every GET answered through the XDP path: {per:?}"
     );
-    assert_eq!((fin.path, fin.attach.as_str()), (Path::Xdp, "native"));
+    assert_eq!((fin.path, fin.attach), (Path::Xdp, Attached::Native));
     let web = &fin.stats.services[0];
     assert_eq!(
         web.count.new_flows, GETS as u64,
@@ -2363,7 +2364,7 @@ fn assert_behind_lb(cap: Bg) {
     let out = cap.terminate();
     let s: wirelab::capture::Summary =
         serde_json::from_str(out.text().trim()).expect("capture summary line");
-    assert_eq!(s.behind.map(Decider::as_str), Some("lb"), "{s:?}");
+    assert_eq!(s.behind, Some(Decider::Lb), "{s:?}");
 }
 
 /// A capture of `tcp port 80` on the balancer's client side, behind lb's tap, while `gets`

@@ -16,7 +16,7 @@ use wirelab::{
     cleanup,
     probe::{TcpReport, UdpReport},
     sweep::run::Iperf3,
-    wan::{ChangeEntry, ChangeOutcome, ChangeSource, CheckReport, ClassReport, Line},
+    wan::{ChangeEntry, ChangeOutcome, ChangeSource, CheckReport, ClassReport, Direction, Line},
 };
 
 /// Timing tests run one at a time: two cores, and the numbers are the point.
@@ -108,10 +108,10 @@ fn timed(name: &str, prefix: &str, test: impl Fn(&Bench)) {
     timing(name, || test(&Bench::new(prefix)));
 }
 
-fn class_row<'a>(v: &'a Line, dir: &str, class: &str) -> &'a ClassReport {
+fn class_row<'a>(v: &'a Line, dir: Direction, class: &str) -> &'a ClassReport {
     v.classes
         .iter()
-        .find(|r| r.dir.as_str() == dir && r.class == class)
+        .find(|r| r.dir == dir && r.class == class)
         .unwrap_or_else(|| panic!("no row {dir}/{class} in {v:?}"))
 }
 
@@ -146,7 +146,7 @@ fn zero_impairment_delivers_everything_fast() {
             assert!(f - base_f < limit, "{spec:?}: {r:?}");
             assert!(rv - base_r < limit, "{spec:?}: {r:?}");
             let fin = stop_wan(wan);
-            let row = class_row(&fin, "a_to_b", "default");
+            let row = class_row(&fin, Direction::AToB, "default");
             if spec.is_empty() {
                 assert!(row.fast_path >= 3000, "fast path not used: {row:?}");
             } else {
@@ -175,7 +175,7 @@ fn fixed_delay_each_way() {
         let rtt = r.rtt_ms.p50;
         assert!((rtt - 40.0).abs() <= 0.6, "rtt {rtt}");
         let fin = stop_wan(wan);
-        let row = class_row(&fin, "a_to_b", "default");
+        let row = class_row(&fin, Direction::AToB, "default");
         let p50 = some(row.delay_p50_ms, "the engine's delay p50");
         assert!((p50 - 20.0).abs() <= 0.3, "engine's own p50 {p50}");
     });
@@ -312,7 +312,7 @@ fn random_loss_is_binomial() {
         assert_binomial(fwd as f64, n, 0.05, "lost", &r);
         assert_eq!(rev, 0, "the reverse path is not impaired: {:?}", r.reverse);
         let fin = stop_wan(wan);
-        let row = class_row(&fin, "a_to_b", "default");
+        let row = class_row(&fin, Direction::AToB, "default");
         assert!(row.drops_loss >= fwd, "kernel loss counter {row:?}");
     });
 }
@@ -337,9 +337,9 @@ fn gemodel_bursts_and_classes() {
     let pct = r.forward.loss_pct;
     assert!((pct - 7.41).abs() <= 1.5, "loss {pct}%");
     let fin = stop_wan(wan);
-    let row = class_row(&fin, "a_to_b", "probe");
+    let row = class_row(&fin, Direction::AToB, "probe");
     assert!(row.drops_loss > 0, "{row:?}");
-    let def = class_row(&fin, "a_to_b", "default");
+    let def = class_row(&fin, Direction::AToB, "default");
     assert_eq!(def.drops_loss, 0, "default class must not lose: {def:?}");
 }
 
@@ -366,7 +366,10 @@ fn duplicate_corrupt_reorder_rates() {
         assert_binomial(corrupt, n, 0.03, "corrupted + header-corrupted", &r);
         assert!(r.forward.corrupted as f64 > 0.8 * corrupt, "{r:?}");
         let fin = stop_wan(wan);
-        eprintln!("corrupt 3%: {:?}", class_row(&fin, "a_to_b", "default"));
+        eprintln!(
+            "corrupt 3%: {:?}",
+            class_row(&fin, Direction::AToB, "default")
+        );
 
         // reorder 20% with a 5 ms delay at 2000/s: a reordered probe is sent at once and
         // overtakes the ~10 probes still delayed.
@@ -394,7 +397,7 @@ fn rate_limits_tcp_goodput() {
             tol * 100.0
         );
         let fin = stop_wan(wan);
-        let row = class_row(&fin, "a_to_b", "default");
+        let row = class_row(&fin, Direction::AToB, "default");
         assert!(
             row.drops_queue > 0,
             "TCP should overflow the queue: {row:?}"
